@@ -1,0 +1,102 @@
+"""The sandbox's FHIR server process and its seed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+
+import httpx
+import pytest
+
+from sandbox import codes
+from sandbox.fhir_server import FhirServer
+from sandbox.seed import USERS, seed, ssin, years_ago
+
+pytestmark = pytest.mark.fhirserver
+
+
+@pytest.fixture(scope="module")
+def fhir() -> Iterator[FhirServer]:
+    with FhirServer() as server:
+        yield server
+
+
+def test_server_answers_metadata_and_stops(tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = tmp_path_factory.mktemp("sekmet-data")
+    server = FhirServer(data_dir=data)
+    with server:
+        r = httpx.get(f"{server.base_url}/metadata")
+        assert r.status_code == 200
+        assert r.json()["resourceType"] == "CapabilityStatement"
+        assert server.startup_seconds is not None
+        assert server.running
+    assert not server.running
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.base_url}/metadata", timeout=2.0)
+    assert (data / "sekmet.db").exists()  # a given data dir is kept
+
+
+def test_seed_is_idempotent(fhir: FhirServer) -> None:
+    first = seed(fhir.base_url)
+    counts = {
+        t: httpx.get(f"{fhir.base_url}/{t}").json()["total"]
+        for t in ("Patient", "Practitioner", "Encounter", "RelatedPerson", "Flag", "Condition")
+    }
+    second = seed(fhir.base_url)
+    assert second == first
+    again = {t: httpx.get(f"{fhir.base_url}/{t}").json()["total"] for t in counts}
+    assert again == counts
+    assert counts["Patient"] == len(first.patients)
+    assert counts["Practitioner"] == len(USERS)
+
+
+def test_seeded_patients_cover_the_scenarios(fhir: FhirServer) -> None:
+    result = seed(fhir.base_url, today=date.today())
+    base = fhir.base_url
+    minor = httpx.get(f"{base}/Patient/{result.patient('noor-vermeulen').id}").json()
+    adult18 = httpx.get(f"{base}/Patient/{result.patient('milan-de-smet').id}").json()
+    today = date.today()
+    assert adult18["birthDate"] == years_ago(today, 18).isoformat()  # 18 today
+    minor_birth = date.fromisoformat(minor["birthDate"])
+    assert years_ago(today, 18) < minor_birth <= years_ago(today, 17)  # 17 years old
+    ssin_ids = [i for i in minor["identifier"] if i["system"] == codes.SSIN_SYSTEM]
+    assert len(ssin_ids) == 1
+    assert len(ssin_ids[0]["value"]) == 11
+
+    dv = result.patient("jan-janssens")
+    enc = httpx.get(f"{base}/Encounter/{dv.arrived_encounter_id}").json()
+    assert enc["class"]["code"] == "EMER"
+    assert enc["status"] == "arrived"
+    assert enc["reasonCode"][0]["coding"][0] == codes.trigger_coding("domestic-violence")
+
+    intox = result.patient("lotte-claes")
+    conds = httpx.get(
+        f"{base}/Condition", params={"encounter": f"Encounter/{intox.arrived_encounter_id}"}
+    ).json()
+    assert conds["total"] == 1
+
+    returning = result.patient("els-goossens")
+    kids = httpx.get(f"{base}/RelatedPerson", params={"patient": f"Patient/{returning.id}"}).json()
+    assert kids["total"] == 2
+    for e in kids["entry"]:
+        rp = e["resource"]
+        assert rp["relationship"][0]["coding"][0]["code"] == "CHILD"
+        assert rp["birthDate"]
+        assert rp["name"][0]["given"]
+
+    concern = result.patient("karim-el-amrani")
+    flags = httpx.get(
+        f"{base}/Flag", params={"patient": f"Patient/{concern.id}", "status": "active"}
+    ).json()
+    assert flags["total"] == 1
+
+    nurse = httpx.get(f"{base}/Practitioner/{result.practitioners['nurse']}").json()
+    assert nurse["identifier"][0]["system"] == codes.NIHDI_PROFESSIONAL_SYSTEM
+
+
+def test_ssin_check_digits() -> None:
+    # check digits: 97 - (number mod 97), with a leading 2 for births from 2000
+    n = ssin(date(1984, 9, 3), 901)
+    assert 97 - int(n[:9]) % 97 == int(n[9:])
+    m = ssin(date(2008, 11, 23), 907)
+    assert 97 - int("2" + m[:9]) % 97 == int(m[9:])
