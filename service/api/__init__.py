@@ -1,0 +1,1 @@
+"""Thin HTTP routers: they parse, call a use case, and answer."""

@@ -1,0 +1,44 @@
+"""The application factory: wires settings, database, tenants and routers together."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from service.api import health
+from service.db.base import Database
+from service.observability import Metrics, MetricsMiddleware
+from service.settings import Settings, get_settings
+from service.tenancy import SecretBox, TenantDirectory
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    """Build the ASGI app. The database schema must already be migrated (``db upgrade``)."""
+    settings = settings or get_settings()
+    database = database or Database(settings.database_url)
+    metrics = Metrics()
+
+    app = FastAPI(
+        title="Kindreflex-ED",
+        summary="The Flemish Kindreflex in the emergency department: CDS Hooks and SMART on FHIR",
+        version="0.1.0",
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.metrics = metrics
+    app.state.tenants = TenantDirectory(database, SecretBox(settings.secret_key))
+    app.state.readiness_checks = [health.database_check(database)]
+
+    app.include_router(health.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    if not settings.cds_jwt_required:
+        log.warning(
+            "CDS Hooks JWT verification is OFF: any caller can ask for cards. "
+            "Only acceptable for the local demo.",
+            extra={"fields": {"environment": settings.environment}},
+        )
+    return app

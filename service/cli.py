@@ -1,0 +1,109 @@
+"""The ``kindreflex`` console command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import uvicorn
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+
+from service.db import migrate
+from service.observability import configure_logging
+from service.settings import Settings, load_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _schema_is_current(settings: Settings) -> bool:
+    script = ScriptDirectory.from_config(migrate.alembic_config(settings.database_url))
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+    return current == set(script.get_heads())
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    if not _schema_is_current(settings):
+        if not settings.is_sqlite:
+            print(
+                "The database schema is not current: run `kindreflex db upgrade` first "
+                "(on PostgreSQL migrations are a separate step, so that instances never race).",
+                file=sys.stderr,
+            )
+            return 2
+        migrate.upgrade(settings.database_url)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        log_config=None,
+    )
+    return 0
+
+
+def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
+    migrate.upgrade(settings.database_url)
+    print("database schema is current")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, _settings: Settings) -> int:
+    from service.demo import run_demo  # the sandbox is a development tool: load it only here
+
+    return run_demo(port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kindreflex",
+        description="Kindreflex-ED: the Flemish Kindreflex for the emergency department "
+        "(CDS Hooks service and SMART on FHIR app). Configuration: KINDREFLEX_* variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the production server")
+    serve.add_argument("--host", help="interface to bind (default: KINDREFLEX_HOST)")
+    serve.add_argument("--port", type=int, help="port (default: KINDREFLEX_PORT)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies whose X-Forwarded-* headers are trusted",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    demo = commands.add_parser(
+        "demo", help="run everything on localhost: the app, a sandbox EHR and a FHIR server"
+    )
+    demo.add_argument("--port", type=int, default=8000, help="port of the Kindreflex app")
+    demo.set_defaults(handler=cmd_demo)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    db_commands.add_parser("upgrade", help="apply all migrations").set_defaults(
+        handler=cmd_db_upgrade
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    handler: Command = args.handler
+    return handler(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

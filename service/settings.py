@@ -1,0 +1,102 @@
+"""All configuration of the service, read once from ``KINDREFLEX_*`` environment variables.
+
+An optional dotenv-style file named by ``KINDREFLEX_SETTINGS_FILE`` is read as well;
+environment variables win over the file. Secrets are ``SecretStr`` so that they never
+appear in a log line or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+Environment = Literal["production", "demo", "test"]
+
+
+class Settings(BaseSettings):
+    """The service's settings. Every field is ``KINDREFLEX_<FIELD NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KINDREFLEX_", extra="ignore")
+
+    environment: Environment = Field(
+        "production",
+        description="`production` refuses unsafe switches; `demo` and `test` allow them.",
+    )
+    database_url: str = Field(
+        "sqlite:///kindreflex.db",
+        description="SQLAlchemy URL. The embedded default is a SQLite file in the working "
+        "directory; `postgresql+psycopg://…` selects PostgreSQL (production, several instances).",
+    )
+    public_url: str = Field(
+        "http://localhost:8000",
+        description="The URL under which EHRs reach this service: the `aud` of CDS Hooks JWTs, "
+        "the base of SMART launch links and of the JWKS.",
+    )
+    host: str = Field("127.0.0.1", description="Interface `kindreflex serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `kindreflex serve` listens on.")
+    default_tenant: str = Field(
+        "default",
+        description="Tenant (hospital) that un-prefixed paths such as `/cds-services` belong to.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key that encrypts stored EHR client secrets. Without it, registrations "
+        "can only use private_key_jwt (our own keys), which is the recommended method.",
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    cds_jwt_required: bool = Field(
+        True,
+        description="Verify the EHR's CDS Hooks JWT. Only `demo`/`test` may turn this off, "
+        "and the service then warns at every start.",
+    )
+    fhir_timeout_seconds: float = Field(
+        5.0, gt=0, description="Timeout of one request to a hospital FHIR server."
+    )
+    outbox_interval_seconds: float = Field(
+        2.0, gt=0, description="How often the outbox retries undelivered FHIR writes."
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _no_unsafe_switch_in_production(self) -> Settings:
+        if self.environment == "production" and not self.cds_jwt_required:
+            raise ValueError(
+                "KINDREFLEX_CDS_JWT_REQUIRED=false is only allowed with "
+                "KINDREFLEX_ENVIRONMENT=demo or test: in production every CDS call must be signed"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
+    def safe_summary(self) -> dict[str, Any]:
+        """The settings as loggable data: secrets and database passwords masked."""
+        data = self.model_dump()
+        data["secret_key"] = "***" if self.secret_key else None
+        data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and ``KINDREFLEX_SETTINGS_FILE``), then overrides."""
+    env_file = os.environ.get("KINDREFLEX_SETTINGS_FILE")
+    if env_file and not Path(env_file).is_file():
+        raise FileNotFoundError(f"KINDREFLEX_SETTINGS_FILE names a missing file: {env_file}")
+    return Settings(_env_file=env_file, **overrides)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,163 @@
+"""Tenants and their current configuration, as the rest of the service sees them.
+
+Reading the configuration is on the CDS hot path, so each process keeps the current
+version in memory and re-checks the database at most every ``REFRESH_SECONDS``; a save in
+this process is visible at once, a save in another instance within that interval.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from pydantic import SecretStr
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.base import Database
+from service.db.models import Tenant, TenantConfigVersion
+from service.tenant_config import TenantConfiguration
+
+REFRESH_SECONDS = 2.0
+
+
+class UnknownTenantError(LookupError):
+    """No tenant with that slug is configured on this deployment."""
+
+
+class SecretsUnavailableError(RuntimeError):
+    """A client secret must be stored or read, but KINDREFLEX_SECRET_KEY is not set."""
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    """A tenant and the configuration version in force."""
+
+    id: int
+    slug: str
+    version: int
+    config: TenantConfiguration
+
+
+class SecretBox:
+    """Encrypts the secrets inside configuration documents with the deployment's key."""
+
+    def __init__(self, secret_key: SecretStr | None) -> None:
+        self._fernet: Fernet | None = None
+        if secret_key is not None:
+            digest = hashlib.sha256(secret_key.get_secret_value().encode()).digest()
+            self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+
+    def _require(self) -> Fernet:
+        if self._fernet is None:
+            raise SecretsUnavailableError(
+                "storing a client secret needs KINDREFLEX_SECRET_KEY; "
+                "or register the EHR with client_auth private_key_jwt"
+            )
+        return self._fernet
+
+    def seal(self, document: dict[str, Any], config: TenantConfiguration) -> dict[str, Any]:
+        pairs = zip(document["registrations"], config.registrations, strict=True)
+        for stored, registration in pairs:
+            if registration.client_secret is not None:
+                plain = registration.client_secret.get_secret_value().encode()
+                stored["client_secret"] = self._require().encrypt(plain).decode()
+        return document
+
+    def open(self, document: dict[str, Any]) -> dict[str, Any]:
+        for stored in document.get("registrations", []):
+            if stored.get("client_secret"):
+                try:
+                    stored["client_secret"] = (
+                        self._require().decrypt(stored["client_secret"].encode()).decode()
+                    )
+                except InvalidToken as error:
+                    raise SecretsUnavailableError(
+                        "a stored client secret cannot be decrypted: KINDREFLEX_SECRET_KEY changed"
+                    ) from error
+        return document
+
+
+class TenantDirectory:
+    """Creates tenants, saves configuration versions, and serves the current one."""
+
+    def __init__(self, database: Database, secrets: SecretBox) -> None:
+        self._database = database
+        self._secrets = secrets
+        self._cache: dict[str, tuple[float, TenantContext]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, slug: str) -> TenantContext:
+        now = time.monotonic()
+        cached = self._cache.get(slug)
+        if cached and now - cached[0] < REFRESH_SECONDS:
+            return cached[1]
+        with self._database.session() as session:
+            context = self._load(session, slug, cached[1] if cached else None)
+        with self._lock:
+            self._cache[slug] = (now, context)
+        return context
+
+    def _load(self, session: Session, slug: str, cached: TenantContext | None) -> TenantContext:
+        tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+        if tenant is None:
+            raise UnknownTenantError(f"no hospital '{slug}' is configured on this service")
+        latest = session.scalar(
+            select(func.max(TenantConfigVersion.version)).where(
+                TenantConfigVersion.tenant_id == tenant.id
+            )
+        )
+        if cached is not None and cached.version == latest:
+            return cached
+        row = session.scalar(
+            select(TenantConfigVersion).where(
+                TenantConfigVersion.tenant_id == tenant.id, TenantConfigVersion.version == latest
+            )
+        )
+        if row is None:
+            raise UnknownTenantError(f"hospital '{slug}' has no configuration yet")
+        config = TenantConfiguration.model_validate(self._secrets.open(dict(row.document)))
+        return TenantContext(id=tenant.id, slug=slug, version=row.version, config=config)
+
+    def save(self, slug: str, config: TenantConfiguration, actor: str) -> TenantContext:
+        """Store ``config`` as the tenant's newest version (creating the tenant if new)."""
+        document = self._secrets.seal(_plain_document(config), config)
+        with self._database.session() as session:
+            tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
+            if tenant is None:
+                tenant = Tenant(slug=slug, name=config.name)
+                session.add(tenant)
+                session.flush()
+            tenant.name = config.name
+            latest = session.scalar(
+                select(func.max(TenantConfigVersion.version)).where(
+                    TenantConfigVersion.tenant_id == tenant.id
+                )
+            )
+            version = (latest or 0) + 1
+            session.add(
+                TenantConfigVersion(
+                    tenant_id=tenant.id, version=version, document=document, created_by=actor
+                )
+            )
+            context = TenantContext(id=tenant.id, slug=slug, version=version, config=config)
+        with self._lock:
+            self._cache[slug] = (time.monotonic(), context)
+        return context
+
+    def slugs(self) -> list[str]:
+        with self._database.session() as session:
+            return list(session.scalars(select(Tenant.slug).order_by(Tenant.slug)))
+
+
+def _plain_document(config: TenantConfiguration) -> dict[str, Any]:
+    """The configuration as JSON data, secrets still in clear (sealed before storing)."""
+    document = config.model_dump(mode="json")
+    for stored, registration in zip(document["registrations"], config.registrations, strict=True):
+        stored["client_secret"] = None if registration.client_secret is None else "sealed"
+    return document

@@ -1,0 +1,52 @@
+"""The console command: its sub-commands, and `serve` answering the operations endpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import free_port, running
+
+KINDREFLEX = [sys.executable, "-m", "service.cli"]
+
+
+def test_help_lists_serve_demo_and_db() -> None:
+    result = subprocess.run([*KINDREFLEX, "--help"], capture_output=True, text=True, check=True)
+    for command in ("serve", "demo", "db"):
+        assert command in result.stdout
+
+
+def test_db_upgrade_then_serve_answers_health_ready_and_metrics(tmp_path: Path) -> None:
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}"}
+    upgraded = subprocess.run(
+        [*KINDREFLEX, "db", "upgrade"], env=env, capture_output=True, text=True, check=True
+    )
+    assert "current" in upgraded.stdout
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running([*KINDREFLEX, "serve", "--port", str(port)], f"{base}/healthz", env):
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["database"]["ok"] is True
+        metrics = httpx.get(f"{base}/metrics").text
+        counted = 'kindreflex_http_requests_total{method="GET",route="/healthz",status="200"}'
+        assert counted in metrics
+
+
+def test_serve_refuses_an_outdated_postgres_schema_instead_of_migrating_it(
+    database_url: str,
+) -> None:
+    if not database_url.startswith("postgresql"):
+        return  # SQLite (the embedded default) is migrated by `serve` itself: see the test above
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": database_url}
+    result = subprocess.run(
+        [*KINDREFLEX, "serve", "--port", str(free_port())], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "kindreflex db upgrade" in result.stderr

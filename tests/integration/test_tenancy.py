@@ -1,0 +1,70 @@
+"""Tenant configuration: versions, secrets sealed at rest, tenants kept apart."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from service.db.base import Database
+from service.db.models import TenantConfigVersion
+from service.tenancy import SecretBox, SecretsUnavailableError, TenantDirectory, UnknownTenantError
+from service.tenant_config import EhrRegistration, HookSettings, TenantConfiguration
+
+KEY = SecretStr("test-deployment-key")
+
+
+def registration(secret: str | None = None) -> EhrRegistration:
+    return EhrRegistration(
+        id="ehr",
+        name="Sandbox EHR",
+        fhir_base_url="https://ehr.example/fhir/",
+        client_id="kindreflex",
+        client_auth="client_secret_basic" if secret else "private_key_jwt",
+        client_secret=SecretStr(secret) if secret else None,
+    )
+
+
+def test_each_save_is_a_new_version_and_the_newest_is_served(database: Database) -> None:
+    tenants = TenantDirectory(database, SecretBox(KEY))
+    tenants.save("az-gent", TenantConfiguration(name="AZ Gent"), actor="admin@test")
+    second = TenantConfiguration(name="AZ Gent", hooks=HookSettings(adult_age=16))
+    tenants.save("az-gent", second, actor="admin@test")
+
+    current = TenantDirectory(database, SecretBox(KEY)).get("az-gent")
+    assert current.version == 2
+    assert current.config.hooks.adult_age == 16
+
+
+def test_client_secret_is_encrypted_at_rest_and_readable_again(database: Database) -> None:
+    tenants = TenantDirectory(database, SecretBox(KEY))
+    config = TenantConfiguration(name="AZ Gent", registrations=[registration("s3cr3t-value")])
+    tenants.save("az-gent", config, actor="admin@test")
+
+    with database.session() as session:
+        stored = session.scalars(select(TenantConfigVersion)).one().document
+    assert "s3cr3t-value" not in str(stored)
+
+    loaded = TenantDirectory(database, SecretBox(KEY)).get("az-gent").config
+    secret = loaded.registrations[0].client_secret
+    assert secret is not None
+    assert secret.get_secret_value() == "s3cr3t-value"
+    assert loaded.registration_for_iss("https://ehr.example/fhir") is not None
+
+
+def test_a_client_secret_cannot_be_stored_without_the_deployment_key(database: Database) -> None:
+    tenants = TenantDirectory(database, SecretBox(None))
+    config = TenantConfiguration(name="AZ Gent", registrations=[registration("s3cr3t")])
+    with pytest.raises(SecretsUnavailableError, match="KINDREFLEX_SECRET_KEY"):
+        tenants.save("az-gent", config, actor="admin@test")
+
+
+def test_tenants_never_see_each_others_configuration(database: Database) -> None:
+    tenants = TenantDirectory(database, SecretBox(KEY))
+    tenants.save("hospital-a", TenantConfiguration(name="A", registrations=[registration()]), "x")
+    tenants.save("hospital-b", TenantConfiguration(name="B"), "x")
+
+    assert tenants.get("hospital-b").config.registrations == []
+    assert tenants.get("hospital-a").config.name == "A"
+    with pytest.raises(UnknownTenantError):
+        tenants.get("hospital-c")

@@ -1,0 +1,1 @@
+"""Helpers for the tests: processes, validators, the sandbox EHR."""

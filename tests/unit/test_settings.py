@@ -1,0 +1,61 @@
+"""Settings come from KINDREFLEX_* variables, refuse unsafe production switches, hide secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the defaults, whatever the shell running pytest exported."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("KINDREFLEX_")]:
+        monkeypatch.delenv(name)
+
+
+def test_environment_variables_with_the_prefix_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KINDREFLEX_PORT", "9123")
+    monkeypatch.setenv("KINDREFLEX_PUBLIC_URL", "https://kr.hospital.be/")
+    settings = load_settings()
+    assert settings.port == 9123
+    assert settings.public_url == "https://kr.hospital.be"
+
+
+def test_the_settings_file_is_read_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    file = tmp_path / "kindreflex.env"
+    file.write_text("KINDREFLEX_PORT=9000\nKINDREFLEX_DEFAULT_TENANT=az-gent\n")
+    monkeypatch.setenv("KINDREFLEX_SETTINGS_FILE", str(file))
+    monkeypatch.setenv("KINDREFLEX_PORT", "9001")
+    settings = load_settings()
+    assert (settings.port, settings.default_tenant) == (9001, "az-gent")
+
+
+def test_a_missing_settings_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KINDREFLEX_SETTINGS_FILE", "/nonexistent/kindreflex.env")
+    with pytest.raises(FileNotFoundError, match="missing file"):
+        load_settings()
+
+
+def test_production_refuses_unsigned_cds_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KINDREFLEX_CDS_JWT_REQUIRED", "false")
+    with pytest.raises(ValidationError, match="only allowed"):
+        load_settings()
+    monkeypatch.setenv("KINDREFLEX_ENVIRONMENT", "demo")
+    assert load_settings().cds_jwt_required is False
+
+
+def test_the_loggable_summary_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "very-secret")
+    monkeypatch.setenv("KINDREFLEX_DATABASE_URL", "postgresql+psycopg://kr:pw123@db/kr")
+    summary = load_settings().safe_summary()
+    assert "very-secret" not in str(summary)
+    assert "pw123" not in str(summary)
+    assert repr(load_settings().secret_key) == "SecretStr('**********')"
