@@ -1,0 +1,34 @@
+"""Every message exists in Dutch; French and English cover the same ids and placeholders."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.i18n import LANGUAGES, catalogue, negotiate, translate
+
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@pytest.mark.parametrize("language", [lang for lang in LANGUAGES if lang != "nl"])
+def test_translations_cover_the_dutch_catalogue_with_the_same_placeholders(language: str) -> None:
+    dutch = catalogue("nl").messages
+    other = catalogue(language).messages  # type: ignore[arg-type]
+    assert set(other) == set(dutch), "message ids differ from the Dutch catalogue"
+    for message_id, text in dutch.items():
+        assert set(PLACEHOLDER.findall(other[message_id])) == set(PLACEHOLDER.findall(text)), (
+            message_id
+        )
+
+
+def test_a_message_falls_back_to_dutch_and_a_missing_one_is_an_error() -> None:
+    assert translate("fr", "product.name").startswith("Réflexe")
+    with pytest.raises(KeyError, match="missing from the Dutch catalogue"):
+        translate("nl", "no.such.message")
+
+
+def test_language_negotiation_prefers_the_first_supported_tag() -> None:
+    assert negotiate([None, "de-DE,fr-BE;q=0.9,nl;q=0.8"]) == "fr"
+    assert negotiate(["en_GB"]) == "en"
+    assert negotiate(["de"]) == "nl"
