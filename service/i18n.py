@@ -47,7 +47,7 @@ def negotiate(candidates: Iterable[str | None]) -> Language:
         for tag in candidate.replace(" ", "").split(","):
             primary = tag.split(";")[0].split("-")[0].split("_")[0].lower()
             if primary in LANGUAGES:
-                return primary  # type: ignore[return-value]
+                return primary
     return DEFAULT_LANGUAGE
 
 

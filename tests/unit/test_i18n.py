@@ -14,7 +14,7 @@ PLACEHOLDER = re.compile(r"\{(\w+)\}")
 @pytest.mark.parametrize("language", [lang for lang in LANGUAGES if lang != "nl"])
 def test_translations_cover_the_dutch_catalogue_with_the_same_placeholders(language: str) -> None:
     dutch = catalogue("nl").messages
-    other = catalogue(language).messages  # type: ignore[arg-type]
+    other = catalogue(language).messages
     assert set(other) == set(dutch), "message ids differ from the Dutch catalogue"
     for message_id, text in dutch.items():
         assert set(PLACEHOLDER.findall(other[message_id])) == set(PLACEHOLDER.findall(text)), (
