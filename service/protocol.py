@@ -1,0 +1,1012 @@
+"""The Kindreflex protocol: the six steps, what each records, and the branch rules.
+
+The Kindreflex ("child reflex") asks every professional who treats an adult to see the
+children behind that adult. This module is the whole protocol in one place, written so
+that a clinician can review it from top to bottom. It is pure Python: no I/O, no clock,
+no FHIR. The FHIR mapping, the database and the screens build on the types defined here.
+
+How to read it
+==============
+1. Code values (enums). Their *values* are the codes of the Kindreflex FHIR guide; do
+   not change them without changing the guide.
+2. Errors. Every refused move raises a :class:`ProtocolError` with an English message a
+   nurse understands and a stable ``code`` (an :class:`ErrorCode`) that the screens
+   translate.
+3. The case: the adult patient, the children, an expected child.
+4. The six steps, one frozen dataclass per step, each recording what the step asks to
+   note in the record. Every finding records its author (``recorded_by``, a user
+   reference such as a fhirUser URL) and its time (``recorded_at``, timezone-aware; the
+   engine never reads the clock, the caller passes the time).
+5. The branch rules: :func:`apply` validates one move and returns the new, immutable
+   state; :meth:`KindreflexCase.replay` rebuilds a state from its recorded findings.
+6. Derived advice: Kind & Gezin, the child's consent, CLB.
+
+The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.md``)::
+
+    step 1  talk about the children and parenthood
+      |     (no children and no child expected: nothing more to do)
+    step 2  gauge safety at home and the children's well-being
+      |-- no concern ------------------------------------------> step 3
+      |-- niet-pluis or unclear (reasons required) ------------> step 4
+      '-- acute danger (with niet-pluis or unclear) -----------> step 4 or step 6
+    step 3  support the patient as a parent -------------------> step 3 again, or step 2
+            (keep asking about the children; when new worries arise, gauge safety again)
+    step 4  team decision on concern and willingness
+      |-- safe ------------------------------------------------> step 3
+      |-- concerning, patient willing -------------------------> step 5
+      |-- concerning, patient unable or resisting -------------> step 6
+      '-- acute danger ----------------------------------------> step 6
+    step 5  restore safety
+      |-- improving -------------------------------------------> step 3
+      '-- safety not restored ---------------------------------> step 6
+    step 6  involve a mandated facility: VK, OCJ, or with acute danger parket / police
+            ---------------------------------------------------> step 6 again (another
+            facility), step 5 (restore safety together with the facility) or step 3
+
+Two rules hold at any point after step 1:
+
+* Step 1 may be recorded again to update the children (a birth, a correction). It does
+  not move the case, except that a case with nothing to do (no children) reopens at
+  step 2.
+* Acute danger does not wait for the route: a step 2 finding with acute danger may be
+  recorded at any point and leads straight to step 6 (or to a team decision, step 4).
+
+Dutch terms used once and explained here:
+
+* *niet-pluis* (Dutch: the gut feeling that something is wrong at home);
+* *VK*, Vertrouwenscentrum Kindermishandeling (confidential centre for child abuse);
+* *OCJ*, Ondersteuningscentrum Jeugdhulp (support centre for youth care);
+* *parket*, the public prosecutor's office;
+* *meldrecht*, the legal right of a professional bound by secrecy to report to the
+  parket when a child's physical or psychological integrity is in serious danger;
+* *Kind & Gezin*, the Flemish agency for young children and families;
+* *CLB*, Centrum voor Leerlingenbegeleiding (pupil guidance centre of the schools).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import ClassVar
+
+__all__ = [
+    "ACUTE_DANGER_TARGETS",
+    "MANDATED_FACILITIES",
+    "STEP_6_TARGETS",
+    "STEP_HEADINGS",
+    "Advice",
+    "AdviceKind",
+    "Child",
+    "ChildConsentAdvice",
+    "ChildFinding",
+    "ChildRelationship",
+    "Consultation",
+    "ErrorCode",
+    "ExpectedChild",
+    "Factor",
+    "FactorKind",
+    "Finding",
+    "FindingBase",
+    "HagueTrigger",
+    "HeardChild",
+    "InvalidFindingError",
+    "KindreflexCase",
+    "LivesWith",
+    "MissingInformationError",
+    "PregnancyOf",
+    "ProgressAssessment",
+    "ProtocolError",
+    "ReferralTarget",
+    "SafetyAction",
+    "SafetyAssessment",
+    "Step",
+    "Step1Finding",
+    "Step2Finding",
+    "Step3Support",
+    "Step4Decision",
+    "Step5Progress",
+    "Step6Referral",
+    "StepOrderError",
+    "SupportAction",
+    "TeamDecision",
+    "advice",
+    "age_in_months",
+    "apply",
+    "child_consent_advice",
+    "clb_children",
+    "kind_en_gezin_advised",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Code values
+# ---------------------------------------------------------------------------------------
+
+
+class Step(StrEnum):
+    """The six steps of the Kindreflex."""
+
+    STEP_1 = "step-1"
+    STEP_2 = "step-2"
+    STEP_3 = "step-3"
+    STEP_4 = "step-4"
+    STEP_5 = "step-5"
+    STEP_6 = "step-6"
+
+    @property
+    def number(self) -> int:
+        return int(self.value.removeprefix("step-"))
+
+    @property
+    def heading(self) -> str:
+        """The step's English heading (the screens translate it)."""
+        return STEP_HEADINGS[self]
+
+
+STEP_HEADINGS: Mapping[Step, str] = {
+    Step.STEP_1: "Talk about the children and parenthood",
+    Step.STEP_2: "Gauge safety at home and the children's well-being",
+    Step.STEP_3: "Support the patient as a parent",
+    Step.STEP_4: "Check for concern and willingness",
+    Step.STEP_5: "Restore safety",
+    Step.STEP_6: "Involve a mandated facility",
+}
+
+
+class LivesWith(StrEnum):
+    """Whether a child lives with the patient (step 1)."""
+
+    PERMANENTLY = "permanently"
+    PART_TIME = "part-time"  # e.g. co-parenting, weekends
+    NOT = "not"
+
+
+class ChildRelationship(StrEnum):
+    """How the child is related to the patient.
+
+    These are codes of HL7 v3 RoleCode (``http://terminology.hl7.org/CodeSystem/v3-RoleCode``),
+    not Kindreflex codes: the FHIR guide reuses them for ``RelatedPerson.relationship``.
+    The patient may care for a child who is not their own (a partner's child, a foster
+    child, a grandchild), so the list is wider than "own child".
+    """
+
+    CHILD = "CHILD"  # child, unspecified
+    NATURAL_CHILD = "NCHILD"
+    STEPCHILD = "STPCHLD"  # also a partner's child
+    FOSTER_CHILD = "CHLDFOST"
+    ADOPTED_CHILD = "CHLDADOPT"
+    GRANDCHILD = "GRNDCHILD"
+    NIECE_OR_NEPHEW = "NIENEPH"
+
+
+class PregnancyOf(StrEnum):
+    """Who is pregnant when the patient expects a child (step 1)."""
+
+    PATIENT = "patient"
+    PARTNER = "partner"
+
+
+class SafetyAssessment(StrEnum):
+    """Step 2: the outcome of gauging safety at home.
+
+    ``niet-pluis`` is the Dutch term for the gut feeling that something is wrong; it is
+    kept as the code because the Flemish professionals know it by that name.
+    """
+
+    NO_CONCERN = "no-concern"
+    NIET_PLUIS = "niet-pluis"
+    UNCLEAR = "unclear"
+
+
+class TeamDecision(StrEnum):
+    """Step 4: the team's decision on concern and the patient's willingness."""
+
+    SAFE = "safe"
+    CONCERNING_WILLING = "concerning-willing"
+    CONCERNING_UNWILLING = "concerning-unwilling"  # inability or resistance
+    ACUTE_DANGER = "acute-danger"
+
+
+class ProgressAssessment(StrEnum):
+    """Step 5: has safety been restored?"""
+
+    IMPROVING = "improving"
+    NOT_RESTORED = "not-restored"
+
+
+class SupportAction(StrEnum):
+    """Step 3: how the patient was supported as a parent."""
+
+    ASK_REGULARLY = "ask-regularly"  # ask regularly about the children and parenthood
+    DISCUSS_IMPACT = "discuss-impact"  # discuss the impact of the situation on the children
+    STRENGTHEN_RESILIENCE = "strengthen-resilience"  # help strengthen the children's resilience
+    INVOLVE_CHILDREN = "involve-children"  # involve the children, support them where needed
+    INVOLVE_NETWORK = "involve-network"  # partner, grandparents, neighbour, friend
+    INVOLVE_SERVICE = "involve-service"  # another service supports the patient
+    KIND_EN_GEZIN_START = "kind-en-gezin-start"  # start conversation, children -9 months..3
+
+
+class SafetyAction(StrEnum):
+    """Step 5: what was done to restore safety."""
+
+    CREATE_SAFE_SITUATION = "create-safe-situation"  # alone or with a suitable service
+    WORK_WITH_FAMILY = "work-with-family"  # the patient's context, the whole family
+    HELP_FOR_CHILDREN = "help-for-children"  # install help for the children
+    ANONYMOUS_CONSULTATION = "anonymous-consultation"  # VK and/or OCJ by phone
+    REVISIT_PARENTHOOD = "revisit-parenthood"  # discuss parenthood again, stay alert
+    INVOLVE_SERVICE = "involve-service"
+
+
+class HagueTrigger(StrEnum):
+    """Presentations at the emergency department that call for an elevated prompt.
+
+    From the Dutch Hague Protocol (2008-2013): adults presenting with one of these were
+    screened for children in their care, and maltreatment was confirmed in about 9 of
+    10 referred families. The code lists (ICD-10, SNOMED CT) that map onto these
+    categories are configuration of the FHIR guide and the hospital, not of this module.
+    """
+
+    DOMESTIC_VIOLENCE = "domestic-violence"  # intimate-partner or domestic violence
+    SUBSTANCE_ABUSE = "substance-abuse"  # substance abuse or intoxication
+    # suicide attempt, self-harm or serious psychiatric problems
+    SELF_HARM_PSYCHIATRIC = "self-harm-psychiatric"
+
+
+class Consultation(StrEnum):
+    """Whom the professional consulted before judging (steps 2, 4 and 5).
+
+    Own norms and values bias judgement; the Kindreflex asks to discuss with colleagues
+    or experts, and in doubt to call the VK and/or OCJ anonymously.
+    """
+
+    COLLEAGUE = "colleague"
+    EXPERT = "expert"
+    VK_ANONYMOUS = "vk-anonymous"
+    OCJ_ANONYMOUS = "ocj-anonymous"
+    CLB = "clb"  # consult of the school's CLB (seed 002 step 4); see docs/codes-requested.md
+
+
+class ReferralTarget(StrEnum):
+    """Services a patient can be referred to; also the types of the partner directory."""
+
+    VK = "vk"
+    OCJ = "ocj"
+    PARKET = "parket"
+    POLICE = "police"
+    KIND_EN_GEZIN = "kind-en-gezin"
+    CLB = "clb"
+    CAW = "caw"  # Centrum Algemeen Welzijnswerk: general welfare work
+    CGG = "cgg"  # Centrum Geestelijke Gezondheidszorg: mental health care
+    CKG = "ckg"  # Centrum voor Kinderzorg en Gezinsondersteuning: parenting support
+    OCMW = "ocmw"  # public social welfare centre of the municipality
+    HUIS_VAN_HET_KIND = "huis-van-het-kind"
+    OPVOEDINGSLIJN = "opvoedingslijn"  # parenting helpline
+    RTJ = "rtj"  # regional youth-care table, e.g. "1 Gezin 1 Plan"
+    FARA = "fara"  # pregnancy choices
+    ECHO = "echo"  # peer support for survivors of child abuse
+    CAR = "car"  # rehabilitation centre for children (development)
+    FIOLA = "fiola"  # support for suspected developmental problems
+    GP = "gp"
+    MUTUALITY = "mutuality"  # health insurance fund (ziekenfonds)
+
+
+#: The mandated facilities of step 6 for a concerning situation.
+MANDATED_FACILITIES: frozenset[ReferralTarget] = frozenset({ReferralTarget.VK, ReferralTarget.OCJ})
+#: Involved only with acute danger, under the legal right to report (meldrecht).
+ACUTE_DANGER_TARGETS: frozenset[ReferralTarget] = frozenset(
+    {ReferralTarget.PARKET, ReferralTarget.POLICE}
+)
+#: Everything a step 6 referral may go to.
+STEP_6_TARGETS: frozenset[ReferralTarget] = MANDATED_FACILITIES | ACUTE_DANGER_TARGETS
+
+
+class FactorKind(StrEnum):
+    """Step 4: a risk factor or a protective factor."""
+
+    RISK = "risk"
+    PROTECTIVE = "protective"
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Errors
+# ---------------------------------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    """Stable codes of refused moves; the screens translate them."""
+
+    STEP_OUT_OF_ORDER = "step-out-of-order"
+    TIME_OUT_OF_ORDER = "time-out-of-order"
+    AUTHOR_REQUIRED = "author-required"
+    TIMEZONE_REQUIRED = "timezone-required"
+    VALUE_REQUIRED = "value-required"
+    CHILD_BORN_IN_FUTURE = "child-born-in-future"
+    DUPLICATE_CHILD = "duplicate-child"
+    UNKNOWN_CHILD = "unknown-child"
+    REASONS_REQUIRED = "reasons-required"
+    ACUTE_DANGER_NEEDS_CONCERN = "acute-danger-needs-concern"
+    SUPPORT_REQUIRED = "support-required"
+    NOT_A_SUPPORT_SERVICE = "not-a-support-service"
+    TEAM_DISCUSSION_REQUIRED = "team-discussion-required"
+    CONCERNS_NOT_DISCUSSED = "concerns-not-discussed"
+    CHILD_CONSENT_REQUIRED = "child-consent-required"
+    NOT_A_MANDATED_FACILITY = "not-a-mandated-facility"
+    OCJ_WITHOUT_COOPERATION_ONLY = "ocj-without-cooperation-only"
+    ACUTE_DANGER_REQUIRED = "acute-danger-required"
+    PATIENT_NOT_INFORMED = "patient-not-informed"
+    NOT_INFORMED_REASON_REQUIRED = "not-informed-reason-required"
+
+
+class ProtocolError(Exception):
+    """A move the Kindreflex does not allow. ``message`` is meant for the nurse."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+
+class StepOrderError(ProtocolError):
+    """The step cannot be recorded now (skipped a step, or recorded back in time)."""
+
+
+class MissingInformationError(ProtocolError):
+    """The step lacks something the Kindreflex asks to record (reasons, consent, ...)."""
+
+
+class InvalidFindingError(ProtocolError):
+    """A recorded value is impossible or contradicts the protocol."""
+
+
+# ---------------------------------------------------------------------------------------
+# 3. The case: the patient, the children, an expected child
+# ---------------------------------------------------------------------------------------
+
+
+def _require_text(value: str | None, what: str) -> None:
+    if value is None or not value.strip():
+        raise MissingInformationError(ErrorCode.VALUE_REQUIRED, f"Please fill in {what}.")
+
+
+@dataclass(frozen=True)
+class Child:
+    """A child the patient cares for, fully, partly or occasionally (step 1).
+
+    ``ref`` identifies the child within the case (for example the id of the FHIR
+    RelatedPerson); findings of later steps point at children through it. Children of
+    any age may be recorded (a genogram); the advice only concerns minors.
+    """
+
+    ref: str
+    name: str
+    birth_date: date
+    relationship: ChildRelationship
+    lives_with: LivesWith
+
+    def __post_init__(self) -> None:
+        _require_text(self.ref, "a reference for the child")
+        _require_text(self.name, "the child's name")
+
+
+@dataclass(frozen=True)
+class ExpectedChild:
+    """The patient expects a child: their own pregnancy or their partner's (step 1)."""
+
+    pregnancy_of: PregnancyOf
+    expected_date: date | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# 4. The six steps: what each records
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindingBase:
+    """What every finding records: who, when, where, and an optional free-text note.
+
+    ``recorded_by`` is a user reference (e.g. a fhirUser URL ``Practitioner/123``);
+    ``recorded_at`` must be timezone-aware. ``encounter_ref`` is the encounter in which
+    the finding was recorded when it differs from the encounter that opened the case.
+    """
+
+    step: ClassVar[Step]
+
+    recorded_by: str
+    recorded_at: datetime
+    encounter_ref: str | None = None
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.recorded_by or not self.recorded_by.strip():
+            raise MissingInformationError(
+                ErrorCode.AUTHOR_REQUIRED, "Every finding must say who recorded it."
+            )
+        if self.recorded_at.tzinfo is None or self.recorded_at.utcoffset() is None:
+            raise InvalidFindingError(
+                ErrorCode.TIMEZONE_REQUIRED,
+                "The time of the finding must include its time zone.",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChildFinding(FindingBase):
+    """A finding of steps 2-6, about some or all of the children.
+
+    ``focus`` holds the ``ref`` of each child concerned; empty means all children.
+    """
+
+    focus: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step1Finding(FindingBase):
+    """Step 1, talk about the children and parenthood.
+
+    Say the topic is standard, ask whether the patient cares for children or expects a
+    child (also the partner's pregnancy), and note per child the name, the date of birth
+    and whether the child lives with the patient. An empty list of children with no
+    expected child is a valid answer: the Kindreflex then ends here.
+    """
+
+    step: ClassVar[Step] = Step.STEP_1
+
+    children: tuple[Child, ...] = ()
+    expecting: ExpectedChild | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        today = self.recorded_at.date()
+        seen: set[str] = set()
+        for child in self.children:
+            if child.birth_date > today:
+                raise InvalidFindingError(
+                    ErrorCode.CHILD_BORN_IN_FUTURE,
+                    f"The date of birth of {child.name} ({child.birth_date.isoformat()}) "
+                    "lies in the future. An unborn child is recorded as an expected child.",
+                )
+            if child.ref in seen:
+                raise InvalidFindingError(
+                    ErrorCode.DUPLICATE_CHILD, f"The child {child.name} is listed twice."
+                )
+            seen.add(child.ref)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step2Finding(ChildFinding):
+    """Step 2, gauge safety at home and the children's well-being.
+
+    Who or what helps on a bad day; discuss with a colleague, because one's own norms
+    bias the judgement. A niet-pluis feeling (or an unclear situation) is recorded with
+    its reasons. ``acute_danger`` records that the situation at home is acutely unsafe
+    (the pocket card's "degree of urgency"); it only goes with niet-pluis or unclear.
+    ``triggers`` notes a Hague presentation that prompted the check, if any.
+    """
+
+    step: ClassVar[Step] = Step.STEP_2
+
+    assessment: SafetyAssessment
+    reasons: tuple[str, ...] = ()
+    who_helps: str | None = None
+    consultations: frozenset[Consultation] = frozenset()
+    acute_danger: bool = False
+    triggers: frozenset[HagueTrigger] = frozenset()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        has_reasons = any(reason.strip() for reason in self.reasons)
+        if self.assessment is not SafetyAssessment.NO_CONCERN and not has_reasons:
+            raise MissingInformationError(
+                ErrorCode.REASONS_REQUIRED,
+                "Write down why you have a niet-pluis feeling or why the situation is "
+                "unclear: the reasons are part of the record.",
+            )
+        if self.acute_danger and self.assessment is SafetyAssessment.NO_CONCERN:
+            raise InvalidFindingError(
+                ErrorCode.ACUTE_DANGER_NEEDS_CONCERN,
+                "Acute danger cannot go with 'no concern'. Choose niet-pluis or unclear "
+                "and write down the reasons.",
+            )
+
+
+def _check_support_services(services: frozenset[ReferralTarget]) -> None:
+    mandated = services & STEP_6_TARGETS
+    if mandated:
+        names = ", ".join(sorted(target.value for target in mandated))
+        raise InvalidFindingError(
+            ErrorCode.NOT_A_SUPPORT_SERVICE,
+            f"A referral to {names} is recorded at step 6 (involve a mandated facility). "
+            "An anonymous call to the VK or OCJ is a consultation.",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step3Support(ChildFinding):
+    """Step 3, support the patient as a parent.
+
+    Ask regularly about the children; discuss the impact of the situation on them; help
+    strengthen their resilience; involve the children and the network; involve another
+    service if needed (for children from 9 months before birth to 3 years: Kind & Gezin
+    for a start conversation). Record how the patient was supported: at least one
+    action or a note. ``services`` are the supporting services involved (not the VK,
+    OCJ, parket or police: those belong to step 6).
+    """
+
+    step: ClassVar[Step] = Step.STEP_3
+
+    actions: frozenset[SupportAction] = frozenset()
+    services: frozenset[ReferralTarget] = frozenset()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.actions and not (self.note and self.note.strip()):
+            raise MissingInformationError(
+                ErrorCode.SUPPORT_REQUIRED,
+                "Record how you supported the patient as a parent.",
+            )
+        _check_support_services(self.services)
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A risk or protective factor weighed at step 4.
+
+    ``code`` comes from the hospital's catalogue of factors (extensible, so it is not an
+    enum here; the catalogue validates it); ``text`` adds the specifics of this family.
+    """
+
+    code: str
+    kind: FactorKind
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_text(self.code, "the factor")
+
+
+@dataclass(frozen=True)
+class HeardChild:
+    """A child listened to as a key person at step 4; needs the child's consent."""
+
+    child_ref: str
+    consent_given: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step4Decision(ChildFinding):
+    """Step 4, check for concern and willingness.
+
+    Gather more information and weigh risk and protective factors; listen to key
+    persons (a child only with the child's consent; from 12 a child decides much
+    itself); discuss first with a colleague or expert, and in doubt call the VK and/or
+    OCJ anonymously; name the worries concretely to the patient and stay open to other
+    explanations; then decide as a team whether the situation is concerning and whether
+    the patient is willing to change it.
+
+    Rules: the decision is discussed with at least one colleague, expert, CLB, VK or OCJ
+    (``consultations``), except with acute danger, which cannot wait. A decision about
+    the patient's willingness ("concerning-willing" or "concerning-unwilling") requires
+    that the worries were discussed with the patient (``discussed_with_patient``).
+    """
+
+    step: ClassVar[Step] = Step.STEP_4
+
+    decision: TeamDecision
+    factors: tuple[Factor, ...] = ()
+    consultations: frozenset[Consultation] = frozenset()
+    discussed_with_patient: bool = False
+    children_heard: tuple[HeardChild, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        acute = self.decision is TeamDecision.ACUTE_DANGER
+        if not acute and not self.consultations:
+            raise MissingInformationError(
+                ErrorCode.TEAM_DISCUSSION_REQUIRED,
+                "Discuss the situation with a colleague or an expert (or call the VK or "
+                "OCJ anonymously) before deciding.",
+            )
+        if (
+            self.decision in (TeamDecision.CONCERNING_WILLING, TeamDecision.CONCERNING_UNWILLING)
+            and not self.discussed_with_patient
+        ):
+            raise MissingInformationError(
+                ErrorCode.CONCERNS_NOT_DISCUSSED,
+                "Name your worries concretely to the patient before deciding whether the "
+                "patient is willing to change the situation.",
+            )
+        for heard in self.children_heard:
+            if not heard.consent_given:
+                raise MissingInformationError(
+                    ErrorCode.CHILD_CONSENT_REQUIRED,
+                    "A child is only listened to with the child's own consent.",
+                )
+
+    @property
+    def risk_factors(self) -> tuple[Factor, ...]:
+        return tuple(f for f in self.factors if f.kind is FactorKind.RISK)
+
+    @property
+    def protective_factors(self) -> tuple[Factor, ...]:
+        return tuple(f for f in self.factors if f.kind is FactorKind.PROTECTIVE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step5Progress(ChildFinding):
+    """Step 5, restore safety.
+
+    Create a safe situation, yourself or with a suitable service; work with the whole
+    family; install help for the children; call the VK and/or OCJ anonymously when
+    needed; revisit parenthood regularly and stay alert. Record the progress: improving
+    (back to supporting the parent, step 3) or safety not restored (step 6).
+    """
+
+    step: ClassVar[Step] = Step.STEP_5
+
+    progress: ProgressAssessment
+    actions: frozenset[SafetyAction] = frozenset()
+    services: frozenset[ReferralTarget] = frozenset()
+    consultations: frozenset[Consultation] = frozenset()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_support_services(self.services)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step6Referral(ChildFinding):
+    """Step 6, involve a mandated facility.
+
+    The facility (``target``):
+
+    * VK, with or without the patient's cooperation;
+    * OCJ, only without the patient's cooperation;
+    * parket and/or police, only with acute danger; information is then shared under
+      the legal right to report when a child's integrity is in danger (meldrecht).
+
+    One referral goes to one facility; record a second step 6 for a second facility
+    (e.g. the police now and the VK for the follow-up).
+
+    Informing the patient: the patient must be informed and prepared (told what will
+    happen) before the referral, ``patient_informed``. The one exception is acute
+    danger, where informing first could put the child or others at risk: then the
+    patient may be informed afterwards, and ``not_informed_reason`` must say why this
+    did not happen first. Informing afterwards is then one of the ``follow_up_actions``.
+
+    ``follow_up_actions`` are what was agreed with the facility that the hospital does
+    itself to help restore safety.
+    """
+
+    step: ClassVar[Step] = Step.STEP_6
+
+    target: ReferralTarget
+    with_cooperation: bool
+    patient_informed: bool
+    not_informed_reason: str | None = None
+    follow_up_actions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target not in STEP_6_TARGETS:
+            raise InvalidFindingError(
+                ErrorCode.NOT_A_MANDATED_FACILITY,
+                "Step 6 involves the VK, the OCJ or, with acute danger, the parket or the "
+                f"police; '{self.target.value}' is a supporting service (step 3 or 5).",
+            )
+        if self.target is ReferralTarget.OCJ and self.with_cooperation:
+            raise InvalidFindingError(
+                ErrorCode.OCJ_WITHOUT_COOPERATION_ONLY,
+                "The OCJ is involved when the parents do not cooperate. When they do, "
+                "contact the VK.",
+            )
+
+
+#: Any finding of the six steps.
+Finding = Step1Finding | Step2Finding | Step3Support | Step4Decision | Step5Progress | Step6Referral
+
+
+# ---------------------------------------------------------------------------------------
+# 5. The branch rules
+# ---------------------------------------------------------------------------------------
+
+_NO_STEPS: frozenset[Step] = frozenset()
+
+
+@dataclass(frozen=True)
+class KindreflexCase:
+    """The state of the Kindreflex for one adult patient.
+
+    Build it with :meth:`open` or :meth:`replay` and move it on with :func:`apply` (or
+    :meth:`record`); never construct the derived fields by hand.
+
+    * ``next_steps``: the steps the protocol expects next (empty: nothing to do);
+    * ``children`` and ``expecting``: from the latest step 1;
+    * ``acute_danger``: the route into step 6 comes from an acute-danger finding, which
+      is what allows the parket or the police.
+    """
+
+    patient_ref: str
+    encounter_ref: str
+    findings: tuple[Finding, ...] = ()
+    next_steps: frozenset[Step] = frozenset({Step.STEP_1})
+    children: tuple[Child, ...] = ()
+    expecting: ExpectedChild | None = None
+    acute_danger: bool = False
+
+    @classmethod
+    def open(cls, patient_ref: str, encounter_ref: str) -> KindreflexCase:
+        """A new case: the protocol starts at step 1."""
+        _require_text(patient_ref, "the patient")
+        _require_text(encounter_ref, "the encounter")
+        return cls(patient_ref=patient_ref, encounter_ref=encounter_ref)
+
+    @classmethod
+    def replay(
+        cls, patient_ref: str, encounter_ref: str, findings: Iterable[Finding]
+    ) -> KindreflexCase:
+        """Rebuild the state from recorded findings, validating every move again."""
+        case = cls.open(patient_ref, encounter_ref)
+        for finding in findings:
+            case = apply(case, finding)
+        return case
+
+    def record(self, finding: Finding) -> KindreflexCase:
+        """Same as ``apply(self, finding)``."""
+        return apply(self, finding)
+
+    @property
+    def current_step(self) -> Step | None:
+        """The step of the latest finding, or None before step 1."""
+        return self.findings[-1].step if self.findings else None
+
+    @property
+    def is_closed(self) -> bool:
+        """Nothing more to do: the patient cares for no child and expects none."""
+        return not self.next_steps
+
+    @property
+    def has_open_concern(self) -> bool:
+        """A concern is open: steps 4, 5 or 6 lie ahead (what fills the worklist)."""
+        return bool(self.next_steps & {Step.STEP_4, Step.STEP_5, Step.STEP_6})
+
+    def can_record(self, step: Step) -> bool:
+        """Whether a finding of this step may be recorded now (acute danger aside)."""
+        return step in self.next_steps or (step is Step.STEP_1)
+
+    def child(self, ref: str) -> Child | None:
+        return next((c for c in self.children if c.ref == ref), None)
+
+
+def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
+    """Validate one move and return the new state. Raises a :class:`ProtocolError`."""
+    _check_time(case, finding)
+    _check_step_allowed(case, finding)
+    if isinstance(finding, ChildFinding):
+        _check_focus(case, finding)
+
+    children, expecting = case.children, case.expecting
+    acute = case.acute_danger
+    match finding:
+        case Step1Finding():
+            children, expecting = finding.children, finding.expecting
+            nothing_to_do = not children and expecting is None
+            if case.findings and case.next_steps:
+                nxt = case.next_steps  # an update of the children does not move the case
+            else:
+                nxt = _NO_STEPS if nothing_to_do else frozenset({Step.STEP_2})
+        case Step2Finding():
+            acute = finding.acute_danger
+            if finding.acute_danger:
+                nxt = frozenset({Step.STEP_4, Step.STEP_6})
+            elif finding.assessment is SafetyAssessment.NO_CONCERN:
+                nxt = frozenset({Step.STEP_3})
+            else:  # niet-pluis or unclear
+                nxt = frozenset({Step.STEP_4})
+        case Step3Support():
+            acute = False
+            nxt = frozenset({Step.STEP_3, Step.STEP_2})
+        case Step4Decision():
+            acute = finding.decision is TeamDecision.ACUTE_DANGER
+            nxt = {
+                TeamDecision.SAFE: frozenset({Step.STEP_3}),
+                TeamDecision.CONCERNING_WILLING: frozenset({Step.STEP_5}),
+                TeamDecision.CONCERNING_UNWILLING: frozenset({Step.STEP_6}),
+                TeamDecision.ACUTE_DANGER: frozenset({Step.STEP_6}),
+            }[finding.decision]
+        case Step5Progress():
+            acute = False
+            nxt = {
+                ProgressAssessment.IMPROVING: frozenset({Step.STEP_3}),
+                ProgressAssessment.NOT_RESTORED: frozenset({Step.STEP_6}),
+            }[finding.progress]
+        case Step6Referral():
+            if finding.target in ACUTE_DANGER_TARGETS and not case.acute_danger:
+                raise InvalidFindingError(
+                    ErrorCode.ACUTE_DANGER_REQUIRED,
+                    "The parket or the police are involved only with acute danger. Record "
+                    "the acute danger first (step 2 or the team decision of step 4), or "
+                    "contact the VK or the OCJ.",
+                )
+            if not finding.patient_informed:
+                if not case.acute_danger:
+                    raise MissingInformationError(
+                        ErrorCode.PATIENT_NOT_INFORMED,
+                        "Inform the patient and explain what will happen before the "
+                        "referral; only with acute danger may this happen afterwards.",
+                    )
+                if not (finding.not_informed_reason and finding.not_informed_reason.strip()):
+                    raise MissingInformationError(
+                        ErrorCode.NOT_INFORMED_REASON_REQUIRED,
+                        "Write down why the patient could not be informed first, and "
+                        "inform the patient afterwards.",
+                    )
+            nxt = frozenset({Step.STEP_6, Step.STEP_5, Step.STEP_3})
+    return dataclasses.replace(
+        case,
+        findings=(*case.findings, finding),
+        next_steps=nxt,
+        children=children,
+        expecting=expecting,
+        acute_danger=acute,
+    )
+
+
+def _check_time(case: KindreflexCase, finding: Finding) -> None:
+    if case.findings and finding.recorded_at < case.findings[-1].recorded_at:
+        raise StepOrderError(
+            ErrorCode.TIME_OUT_OF_ORDER,
+            "This finding is dated before the previous one; findings are recorded in order.",
+        )
+
+
+def _check_step_allowed(case: KindreflexCase, finding: Finding) -> None:
+    step = finding.step
+    if step is Step.STEP_1 or step in case.next_steps:
+        return
+    after_step_1 = bool(case.findings)
+    if isinstance(finding, Step2Finding) and finding.acute_danger and after_step_1:
+        return  # acute danger does not wait for the route
+    if not case.next_steps:
+        expected = "nothing: the patient cares for no children and expects none"
+    else:
+        expected = " or ".join(
+            f"step {s.number} ({s.heading.lower()})" for s in sorted(case.next_steps)
+        )
+    raise StepOrderError(
+        ErrorCode.STEP_OUT_OF_ORDER,
+        f"Step {step.number} ({step.heading.lower()}) cannot be recorded now. Next is {expected}.",
+    )
+
+
+def _check_focus(case: KindreflexCase, finding: ChildFinding) -> None:
+    known = {child.ref for child in case.children}
+    refs = list(finding.focus)
+    if isinstance(finding, Step4Decision):
+        refs += [heard.child_ref for heard in finding.children_heard]
+    for ref in refs:
+        if ref not in known:
+            raise InvalidFindingError(
+                ErrorCode.UNKNOWN_CHILD,
+                "This finding names a child who is not recorded at step 1. Add the child "
+                "at step 1 first.",
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Derived advice
+# ---------------------------------------------------------------------------------------
+
+#: Kind & Gezin start conversation: from 9 months before birth (an expected child)
+#: until the third birthday ("van -9 maanden tot 3 jaar").
+KIND_EN_GEZIN_UNTIL_MONTHS = 36
+#: Adulthood: the Kindreflex concerns minors.
+ADULT_FROM_MONTHS = 18 * 12
+#: From 12 a child decides much itself (seed 001, step 4).
+DECIDES_LARGELY_FROM_MONTHS = 12 * 12
+#: School age for the CLB: Flemish children may go to nursery school (kleuterschool)
+#: from 2.5 years; compulsory education runs until 18. So 30 months up to 18 years.
+SCHOOL_AGE_FROM_MONTHS = 30
+
+
+def age_in_months(birth_date: date, on: date) -> int:
+    """Completed months of age on a date (negative before birth)."""
+    months = (on.year - birth_date.year) * 12 + (on.month - birth_date.month)
+    if months > 0 and on.day < birth_date.day:
+        months -= 1
+    elif months < 0 and on.day > birth_date.day:
+        months += 1
+    return months
+
+
+class AdviceKind(StrEnum):
+    """Kinds of derived advice (shown by the screens, not recorded in FHIR)."""
+
+    KIND_EN_GEZIN_START = "kind-en-gezin-start"
+    CHILD_CONSENT = "child-consent"
+    CLB = "clb"
+
+
+@dataclass(frozen=True)
+class Advice:
+    """A hint for the professional; ``child_refs`` empty with an expected child."""
+
+    kind: AdviceKind
+    step: Step
+    child_refs: tuple[str, ...]
+    includes_expected_child: bool = False
+
+
+@dataclass(frozen=True)
+class ChildConsentAdvice:
+    """Involving this child needs the child's consent; from 12 it decides much itself."""
+
+    child_ref: str
+    decides_largely_themselves: bool
+
+
+def kind_en_gezin_advised(case: KindreflexCase, on: date) -> Advice | None:
+    """Step 3: refer to Kind & Gezin for a start conversation.
+
+    For children from 9 months before birth to their third birthday; an expected child
+    counts (until three years after its expected date, when known).
+    """
+    refs = tuple(
+        c.ref
+        for c in case.children
+        if 0 <= age_in_months(c.birth_date, on) < KIND_EN_GEZIN_UNTIL_MONTHS
+    )
+    expected = case.expecting is not None and (
+        case.expecting.expected_date is None
+        or age_in_months(case.expecting.expected_date, on) < KIND_EN_GEZIN_UNTIL_MONTHS
+    )
+    if not refs and not expected:
+        return None
+    return Advice(AdviceKind.KIND_EN_GEZIN_START, Step.STEP_3, refs, expected)
+
+
+def child_consent_advice(case: KindreflexCase, on: date) -> tuple[ChildConsentAdvice, ...]:
+    """Step 4: every minor child needs to consent before being involved as a key person."""
+    return tuple(
+        ChildConsentAdvice(c.ref, age_in_months(c.birth_date, on) >= DECIDES_LARGELY_FROM_MONTHS)
+        for c in case.children
+        if age_in_months(c.birth_date, on) < ADULT_FROM_MONTHS
+    )
+
+
+def clb_children(case: KindreflexCase, on: date) -> tuple[Child, ...]:
+    """School-age children (2.5 to 18 years), for whom the school's CLB is involved."""
+    return tuple(
+        c
+        for c in case.children
+        if SCHOOL_AGE_FROM_MONTHS <= age_in_months(c.birth_date, on) < ADULT_FROM_MONTHS
+    )
+
+
+def advice(case: KindreflexCase, on: date) -> tuple[Advice, ...]:
+    """The advice that fits where the case stands now (its current and next steps).
+
+    * Kind & Gezin start conversation: when step 3 is current or next.
+    * The child's consent: when step 4 is current or next, for every minor child.
+    * CLB for school-age children: when step 4, 5 or 6 is current or next. The
+      workshop asks for the CLB at step 5; the pocket card also names it at step 4
+      ("for school children, involve the CLB too") and at step 6 ("consult the CLB").
+    """
+    steps = set(case.next_steps)
+    if case.current_step is not None:
+        steps.add(case.current_step)
+    result: list[Advice] = []
+    if Step.STEP_3 in steps and (kg := kind_en_gezin_advised(case, on)) is not None:
+        result.append(kg)
+    if Step.STEP_4 in steps and (consent := child_consent_advice(case, on)):
+        result.append(
+            Advice(AdviceKind.CHILD_CONSENT, Step.STEP_4, tuple(a.child_ref for a in consent))
+        )
+    concern_steps = steps & {Step.STEP_4, Step.STEP_5, Step.STEP_6}
+    if concern_steps and (school := clb_children(case, on)):
+        result.append(Advice(AdviceKind.CLB, min(concern_steps), tuple(c.ref for c in school)))
+    return tuple(result)
