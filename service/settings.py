@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Verify the EHR's CDS Hooks JWT. Only `demo`/`test` may turn this off, "
         "and the service then warns at every start.",
     )
+    guide_dir: Path | None = Field(
+        None,
+        description="Directory of the built FHIR guide's JSON resources; default: the "
+        "repository's fhir_profiles/fsh-generated/resources (the container image sets it).",
+    )
     fhir_timeout_seconds: float = Field(
         5.0, gt=0, description="Timeout of one request to a hospital FHIR server."
     )

@@ -1,0 +1,7 @@
+-- Run once as a PostgreSQL superuser, e.g.:
+--   psql -h db.hospital.example -U postgres -v password="'…'" -f deploy/postgres/create-database.sql
+-- The service's role owns its database and nothing else; `kindreflex db upgrade` creates
+-- the tables.
+CREATE ROLE kindreflex LOGIN PASSWORD :password;
+CREATE DATABASE kindreflex OWNER kindreflex ENCODING 'UTF8' TEMPLATE template0;
+REVOKE ALL ON DATABASE kindreflex FROM PUBLIC;
