@@ -148,6 +148,8 @@ Description: "With whom the professional discussed the situation (steps 2, 4 and
 * insert Tr(vk-anonymous, Consultation anonyme du centre de confiance pour enfants maltraités (VK\), Anonymous consultation of the VK)
 * #ocj-anonymous "Anoniem overleg met het Ondersteuningscentrum Jeugdhulp" "Anonymous consultation of the OCJ."
 * insert Tr(ocj-anonymous, Consultation anonyme du centre de soutien à l'aide à la jeunesse (OCJ\), Anonymous consultation of the OCJ)
+* #clb "Overleg met het CLB" "Consultation of the school's pupil guidance centre (CLB), for school-age children."
+* insert Tr(clb, Concertation avec le CLB, Consultation of the CLB)
 
 CodeSystem: PartnerTypeCS
 Id: partner-type
@@ -209,7 +211,8 @@ Title: "Risk and protective factors"
 Description: "A starting catalogue of risk and protective factors for weighing concern at step 4, drawn from the Kindreflex leaflet and workshop (seeds 000 and 001) and the pocket card. The property 'kind' tells risk from protective. A hospital extends the ValueSet with its own codes or an assessment instrument's codes."
 * insert KRCodeSystem(factor, Risk and protective factors)
 * ^property[0].code = #kind
-* ^property[0].description = "risk or protective"
+* ^property[0].uri = "https://kindreflex-ed.be/fhir/CodeSystem/factor-kind"
+* ^property[0].description = "risk or protective (a code of CodeSystem factor-kind)"
 * ^property[0].type = #code
 * #parental-mental-illness "Psychische problemen bij de ouder" "Mental health problems of the parent."
 * #parental-mental-illness ^property[0].code = #kind
@@ -321,13 +324,23 @@ Description: "Codes of the components of Kindreflex step findings (Observation.c
 * insert Tr(reason, Raison, Reason)
 * #factor "Risico- of beschermende factor" "A risk or protective factor weighed at step 4."
 * insert Tr(factor, Facteur de risque ou de protection, Risk or protective factor)
-* #willingness "Bereidheid van de cliënt" "Whether the patient is willing to change the situation (true/false)."
-* insert Tr(willingness, Disposition du patient, Patient's willingness)
-* #urgency "Acuut gevaar" "Whether a child is in acute danger (true/false)."
+* #who-helps "Wie helpt op een mindere dag" "Who or what helps the family on a bad day (text, step 2)."
+* insert Tr(who-helps, Qui aide lors d'un mauvais jour, Who helps on a bad day)
+* #urgency "Acuut gevaar" "Whether the situation at home is acutely unsafe for a child (true/false)."
 * insert Tr(urgency, Danger aigu, Acute danger)
+* #trigger "Aanleiding (Haags protocol)" "The Hague Protocol presentation that prompted the check."
+* insert Tr(trigger, Déclencheur (protocole de La Haye\), Trigger (Hague Protocol\))
+* #service "Betrokken dienst" "A supporting service involved (steps 3 and 5; not the VK, OCJ, parket or police)."
+* insert Tr(service, Service impliqué, Service involved)
+* #discussed-with-patient "Zorgen besproken met de cliënt" "The worries were named concretely to the patient (true/false)."
+* insert Tr(discussed-with-patient, Inquiétudes discutées avec le patient, Worries discussed with the patient)
+* #with-cooperation "Met medewerking van de cliënt" "The referral is made with the patient's cooperation (true/false)."
+* insert Tr(with-cooperation, Avec la coopération du patient, With the patient's cooperation)
+* #not-informed-reason "Reden waarom de cliënt niet vooraf is ingelicht" "Why the patient could not be informed before the referral (only with acute danger)."
+* insert Tr(not-informed-reason, Raison pour laquelle le patient n'a pas été informé au préalable, Why the patient was not informed first)
 * #consultation "Overleg" "With whom the situation was discussed."
 * insert Tr(consultation, Concertation, Consultation)
-* #child-consent "Toestemming van het kind" "A child aged 12 or more who was heard gave (true) or refused (false) consent; the child is named in an extension."
+* #child-consent "Toestemming van het kind" "A child listened to as a key person consented (true) or not (false); the child is named in an extension. Children from 12 decide much themselves."
 * insert Tr(child-consent, Consentement de l'enfant, Child's consent)
 * #support-action "Ondersteuning" "A way the patient was supported as a parent (step 3)."
 * insert Tr(support-action, Soutien, Support action)
@@ -341,3 +354,13 @@ Description: "Codes of the components of Kindreflex step findings (Observation.c
 * insert Tr(follow-up, Action de suivi, Follow-up action)
 * #expected-delivery-date "Verwachte bevallingsdatum" "The expected date of delivery."
 * insert Tr(expected-delivery-date, Date prévue de l'accouchement, Expected delivery date)
+
+CodeSystem: FactorKindCS
+Id: factor-kind
+Title: "Kind of factor"
+Description: "Whether a step 4 factor is a risk factor or a protective factor."
+* insert KRCodeSystem(factor-kind, Kind of factor)
+* #risk "Risicofactor" "A factor that raises the risk for the children."
+* insert Tr(risk, Facteur de risque, Risk factor)
+* #protective "Beschermende factor" "A factor that protects the children."
+* insert Tr(protective, Facteur de protection, Protective factor)

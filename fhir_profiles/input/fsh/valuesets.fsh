@@ -127,3 +127,22 @@ Description: "How a child relates to the patient, from HL7 v3 RoleCode (terminol
 * include $v3-RoleCode#CHLDFOST "foster child"
 * include $v3-RoleCode#CHLDADOPT "adopted child"
 * include $v3-RoleCode#GRNDCHILD "grandchild"
+* include $v3-RoleCode#NIENEPH "niece/nephew"
+
+ValueSet: SupportServiceVS
+Id: support-service
+Title: "Supporting services"
+Description: "Services that support the patient or the children at steps 3 and 5: every partner type except the step 6 targets (VK, OCJ, parket, police)."
+* insert KRValueSet(support-service, Supporting services)
+* include codes from system PartnerTypeCS
+* exclude PartnerTypeCS#vk
+* exclude PartnerTypeCS#ocj
+* exclude PartnerTypeCS#parket
+* exclude PartnerTypeCS#police
+
+ValueSet: FactorKindVS
+Id: factor-kind
+Title: "Kind of factor"
+Description: "Risk or protective."
+* insert KRValueSet(factor-kind, Kind of factor)
+* include codes from system FactorKindCS

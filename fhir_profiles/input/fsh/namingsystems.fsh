@@ -1,0 +1,43 @@
+// Identifier systems for the business identifiers of the resources Kindreflex writes.
+// The service generates the value (a UUID) when the input is committed locally, so a
+// repeated write is a conditional create on identifier=system|value.
+
+RuleSet: KRNamingSystem(id, name, what)
+* name = "{name}"
+* status = #draft
+* kind = #identifier
+* date = "2026-11-23"
+* description = "Business identifiers of {what} written by Kindreflex-ED (value: a UUID)."
+* uniqueId[0].type = #uri
+* uniqueId[0].value = "https://kindreflex-ed.be/fhir/sid/{id}"
+* uniqueId[0].preferred = true
+
+Instance: sid-child
+InstanceOf: NamingSystem
+Usage: #definition
+Title: "Kindreflex child identifier"
+* insert KRNamingSystem(child, KindreflexChildIdentifier, children (RelatedPerson\))
+
+Instance: sid-finding
+InstanceOf: NamingSystem
+Usage: #definition
+Title: "Kindreflex finding identifier"
+* insert KRNamingSystem(finding, KindreflexFindingIdentifier, step findings and expecting-a-child observations (Observation\))
+
+Instance: sid-referral
+InstanceOf: NamingSystem
+Usage: #definition
+Title: "Kindreflex referral identifier"
+* insert KRNamingSystem(referral, KindreflexReferralIdentifier, referrals (ServiceRequest\))
+
+Instance: sid-concern
+InstanceOf: NamingSystem
+Usage: #definition
+Title: "Kindreflex open concern identifier"
+* insert KRNamingSystem(concern, KindreflexConcernIdentifier, open concerns (Flag\))
+
+Instance: sid-partner
+InstanceOf: NamingSystem
+Usage: #definition
+Title: "Kindreflex partner directory identifier"
+* insert KRNamingSystem(partner, KindreflexPartnerIdentifier, partner organisations of the regional directory (Organization\))

@@ -1,0 +1,284 @@
+// Profiles of the Kindreflex guide (FHIR R4 4.0.1)
+
+Profile: KindreflexChild
+Parent: RelatedPerson
+Id: kindreflex-child
+Title: "Kindreflex child of the patient"
+Description: "A child the adult patient cares for, fully, partly or occasionally (step 1). The patient is the adult; the relationship says how the child relates to the patient."
+* insert BusinessIdentifier(child)
+* identifier contains ssin 0..1 MS
+* identifier[ssin] ^short = "Belgian national number (INSZ/NISS) of the child, when known"
+* identifier[ssin].system 1..1
+* identifier[ssin].system = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin" (exactly)
+* identifier[ssin].value 1..1
+* extension contains LivesWithExt named livesWith 1..1 MS
+* extension[livesWith] ^short = "Lives with the patient: permanently, part-time or not"
+* patient MS
+* patient ^short = "The adult patient"
+* relationship 1..* MS
+* relationship from ChildRelationshipVS (required)
+* relationship ^short = "How the child relates to the patient (CHILD, NCHILD, STPCHLD, CHLDFOST, CHLDADOPT, GRNDCHILD, NIENEPH)"
+* name 1..* MS
+* name ^short = "The child's name"
+* birthDate 1..1 MS
+* birthDate ^short = "The child's date of birth"
+* gender MS
+
+Profile: KindreflexExpectingChild
+Parent: Observation
+Id: kindreflex-expecting-child
+Title: "Kindreflex expecting a child"
+Description: "The patient expects a child: the patient's own pregnancy or the partner's (step 1), with the expected date when known."
+* insert BusinessIdentifier(finding)
+* status MS
+* insert CategorySlice(socialHistory, $obs-category#social-history)
+* code MS
+* code = RecordTypeCS#expecting-child
+* subject 1..1 MS
+* subject only Reference(Patient)
+* encounter MS
+* effective[x] 1..1 MS
+* effective[x] only dateTime
+* performer 1..* MS
+* performer only Reference(Practitioner or PractitionerRole)
+* value[x] 1..1 MS
+* value[x] only CodeableConcept
+* value[x] from PregnancyOfVS (required)
+* value[x] ^short = "Who is pregnant: the patient or the partner"
+* insert ComponentSlicing
+* component contains expectedDeliveryDate 0..1 MS
+* component[expectedDeliveryDate] ^short = "Expected date of delivery, when known"
+* component[expectedDeliveryDate].code = FindingComponentCS#expected-delivery-date
+* component[expectedDeliveryDate].value[x] 1..1
+* component[expectedDeliveryDate].value[x] only dateTime
+
+Profile: KindreflexStepFinding
+Parent: Observation
+Id: kindreflex-step-finding
+Title: "Kindreflex step finding (base)"
+Description: "What every Kindreflex step finding records: the step, the patient, the encounter, the children concerned (focus; none = all children), the author and the time. Abstract: a finding conforms to one of the six step profiles."
+* ^abstract = true
+* insert BusinessIdentifier(finding)
+* status MS
+* insert CategorySlice(socialHistory, $obs-category#social-history)
+* code MS
+* code from KindreflexStepVS (required)
+* code ^short = "The Kindreflex step"
+* subject 1..1 MS
+* subject only Reference(Patient)
+* subject ^short = "The adult patient"
+* encounter MS
+* encounter ^short = "The encounter in which the finding was recorded"
+* focus MS
+* focus only Reference(KindreflexChild)
+* focus ^short = "The children concerned (none: all children of the patient)"
+* effective[x] 1..1 MS
+* effective[x] only dateTime
+* effective[x] ^short = "When the finding was recorded (with time zone)"
+* performer 1..* MS
+* performer only Reference(Practitioner or PractitionerRole)
+* performer ^short = "The user who recorded the finding (fhirUser)"
+* note MS
+
+Profile: KindreflexStep1Finding
+Parent: KindreflexStepFinding
+Id: kindreflex-step1-finding
+Title: "Kindreflex step 1: talk about the children and parenthood"
+Description: "Step 1: whether the patient cares for children (fully, partly or occasionally) or expects a child. The children themselves are RelatedPerson resources (kindreflex-child) named in focus; a pregnancy is a kindreflex-expecting-child Observation."
+* ^abstract = false
+* code = KindreflexStepCS#step-1
+* value[x] 1..1 MS
+* value[x] only boolean
+* value[x] ^short = "true: the patient cares for or expects children; false: no children (the Kindreflex ends)"
+* insert ComponentSlicing
+* insert PlanVersionComponent
+* obeys kr-s1-1
+
+Profile: KindreflexStep2Finding
+Parent: KindreflexStepFinding
+Id: kindreflex-step2-finding
+Title: "Kindreflex step 2: gauge safety at home"
+Description: "Step 2: the safety assessment (no concern, niet-pluis, unclear) with its reasons, who helps on a bad day, consultations, acute danger and the Hague trigger that prompted the check."
+* ^abstract = false
+* code = KindreflexStepCS#step-2
+* value[x] 1..1 MS
+* value[x] only CodeableConcept
+* value[x] from SafetyAssessmentVS (required)
+* value[x] ^short = "no-concern | niet-pluis | unclear"
+* insert ComponentSlicing
+* insert StringComponent(reason, reason, 0..*, A reason for the niet-pluis feeling or the unclear situation)
+* insert StringComponent(whoHelps, who-helps, 0..1, Who or what helps on a bad day)
+* insert ConsultationComponent
+* insert BooleanComponent(urgency, urgency, 0..1, The situation at home is acutely unsafe)
+* insert CodedComponent(trigger, trigger, 0..*, HagueTriggerVS, required, Hague trigger group that prompted the check)
+* insert PlanVersionComponent
+* obeys kr-s2-1 and kr-s2-2
+
+Profile: KindreflexStep3Finding
+Parent: KindreflexStepFinding
+Id: kindreflex-step3-finding
+Title: "Kindreflex step 3: support the patient as a parent"
+Description: "Step 3: how the patient was supported as a parent (support actions and/or a note) and the supporting services involved."
+* ^abstract = false
+* code = KindreflexStepCS#step-3
+* value[x] 0..0
+* insert ComponentSlicing
+* insert CodedComponent(supportAction, support-action, 0..*, SupportActionVS, required, How the patient was supported)
+* insert CodedComponent(service, service, 0..*, SupportServiceVS, required, A supporting service involved (not VK/OCJ/parket/police\))
+* insert PlanVersionComponent
+* obeys kr-s3-1
+
+Profile: KindreflexStep4Finding
+Parent: KindreflexStepFinding
+Id: kindreflex-step4-finding
+Title: "Kindreflex step 4: concern and willingness"
+Description: "Step 4: the team decision on concern and willingness, the risk and protective factors weighed, consultations, whether the worries were discussed with the patient, and the children heard (with their consent)."
+* ^abstract = false
+* code = KindreflexStepCS#step-4
+* value[x] 1..1 MS
+* value[x] only CodeableConcept
+* value[x] from TeamDecisionVS (required)
+* value[x] ^short = "safe | concerning-willing | concerning-unwilling | acute-danger"
+* insert ComponentSlicing
+* insert CodedComponent(factor, factor, 0..*, FactorVS, extensible, A risk or protective factor (text: the specifics of this family\))
+* component[factor].extension contains FactorKindExt named factorKind 1..1 MS
+* insert ConsultationComponent
+* insert BooleanComponent(discussedWithPatient, discussed-with-patient, 0..1, The worries were named concretely to the patient)
+* insert BooleanComponent(childConsent, child-consent, 0..*, A child heard as a key person consented)
+* component[childConsent].extension contains ConcernedChildExt named child 1..1 MS
+* insert PlanVersionComponent
+* obeys kr-s4-1 and kr-s4-2 and kr-s4-3
+
+Profile: KindreflexStep5Finding
+Parent: KindreflexStepFinding
+Id: kindreflex-step5-finding
+Title: "Kindreflex step 5: restore safety"
+Description: "Step 5: the progress (improving or not restored), the safety actions taken, the supporting services and consultations."
+* ^abstract = false
+* code = KindreflexStepCS#step-5
+* value[x] 1..1 MS
+* value[x] only CodeableConcept
+* value[x] from SafetyProgressVS (required)
+* value[x] ^short = "improving | not-restored"
+* insert ComponentSlicing
+* insert CodedComponent(safetyAction, safety-action, 0..*, SafetyActionVS, required, An action taken to restore safety)
+* insert CodedComponent(service, service, 0..*, SupportServiceVS, required, A supporting service involved (not VK/OCJ/parket/police\))
+* insert ConsultationComponent
+* insert PlanVersionComponent
+
+Profile: KindreflexStep6Finding
+Parent: KindreflexStepFinding
+Id: kindreflex-step6-finding
+Title: "Kindreflex step 6: involve a mandated facility"
+Description: "Step 6: which facility was involved (VK, OCJ, or with acute danger the parket or police), with or without the patient's cooperation, whether the patient was informed first (if not: why), and the follow-up actions agreed. The referral itself is a kindreflex-referral ServiceRequest (basedOn)."
+* ^abstract = false
+* code = KindreflexStepCS#step-6
+* basedOn MS
+* basedOn only Reference(KindreflexReferral)
+* basedOn ^short = "The referral (ServiceRequest) this step made"
+* value[x] 1..1 MS
+* value[x] only CodeableConcept
+* value[x] from MandatedTargetVS (required)
+* value[x] ^short = "vk | ocj | parket | police"
+* insert ComponentSlicing
+* insert BooleanComponent(withCooperation, with-cooperation, 1..1, With the patient's cooperation)
+* insert BooleanComponent(patientInformed, patient-informed, 1..1, The patient was informed and prepared before the referral)
+* insert StringComponent(notInformedReason, not-informed-reason, 0..1, Why the patient could not be informed first (acute danger only\))
+* insert StringComponent(followUp, follow-up, 0..*, A follow-up action agreed with the facility)
+* insert PlanVersionComponent
+* obeys kr-s6-1 and kr-s6-2
+
+Profile: KindreflexPartnerOrganization
+Parent: Organization
+Id: kindreflex-partner-organization
+Title: "Kindreflex partner organisation"
+Description: "An organisation of the regional Kindreflex partner directory (VK, OCJ, parket, police, Kind en Gezin, CLB, ...). Identifiers follow HL7 Belgium (KBO/BCE enterprise number, NIHDI number)."
+* identifier MS
+* identifier ^slicing.discriminator.type = #value
+* identifier ^slicing.discriminator.path = "system"
+* identifier ^slicing.rules = #open
+* identifier contains kindreflex 0..1 MS and cbe 0..1 MS and nihdi 0..1 MS
+* identifier[kindreflex].system 1..1
+* identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/partner" (exactly)
+* identifier[kindreflex].value 1..1
+* identifier[kindreflex] ^short = "Key of the partner in the Kindreflex directory"
+* identifier[cbe].system 1..1
+* identifier[cbe].system = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/cbe" (exactly)
+* identifier[cbe].value 1..1
+* identifier[cbe] ^short = "KBO/BCE enterprise number"
+* identifier[nihdi].system 1..1
+* identifier[nihdi].system = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi-organization" (exactly)
+* identifier[nihdi].value 1..1
+* identifier[nihdi] ^short = "NIHDI (RIZIV/INAMI) organisation number"
+* type 1..* MS
+* type from PartnerTypeVS (extensible)
+* type ^short = "Kind of partner (vk, ocj, parket, police, kind-en-gezin, clb, ...)"
+* name 1..1 MS
+* telecom MS
+
+Profile: KindreflexReferral
+Parent: ServiceRequest
+Id: kindreflex-referral
+Title: "Kindreflex referral (step 6)"
+Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo the children concerned."
+* insert BusinessIdentifier(referral)
+* extension contains PatientInformedExt named patientInformed 1..1 MS
+* status MS
+* intent = #order
+* code 1..1 MS
+* code = RecordTypeCS#referral
+* subject MS
+* subject only Reference(Patient)
+* encounter MS
+* authoredOn 1..1 MS
+* requester 1..1 MS
+* requester only Reference(Practitioner or PractitionerRole)
+* performerType 1..1 MS
+* performerType from MandatedTargetVS (required)
+* performerType ^short = "vk | ocj | parket | police"
+* performer 1..1 MS
+* performer only Reference(KindreflexPartnerOrganization)
+* reasonReference 1..* MS
+* reasonReference only Reference(KindreflexStep4Finding or KindreflexStep5Finding or KindreflexStep2Finding)
+* reasonReference ^short = "The finding that led to step 6 (step 4 decision; or step 5 not restored; or step 2 acute danger)"
+* supportingInfo 1..* MS
+* supportingInfo only Reference(KindreflexChild)
+* supportingInfo ^short = "The children concerned"
+* note MS
+* obeys kr-ref-1
+
+Profile: KindreflexOpenConcern
+Parent: Flag
+Id: kindreflex-open-concern
+Title: "Kindreflex open concern"
+Description: "An open Kindreflex concern about the children of the patient: what makes the CDS card warn at the next presentation and what fills the social service's worklist. status active while steps 4-6 lie ahead; inactive (with period.end) when closed."
+* insert BusinessIdentifier(concern)
+* extension contains ConcernLastStepExt named lastStep 0..1 MS and ConcernTriggerExt named trigger 0..* MS
+* status MS
+* insert CategorySlice(safety, $flag-category#safety)
+* code MS
+* code = RecordTypeCS#open-concern
+* subject MS
+* subject only Reference(Patient)
+* period 1..1 MS
+* period.start 1..1 MS
+* encounter MS
+* author 1..1 MS
+* author only Reference(Practitioner or PractitionerRole or Organization or Device)
+* obeys kr-flag-1
+
+Profile: KindreflexProvenance
+Parent: Provenance
+Id: kindreflex-provenance
+Title: "Kindreflex provenance"
+Description: "Who wrote the Kindreflex resources: target = the resources written together, agent author = the user (Practitioner via fhirUser), recorded = when. Provenance has no identifier in R4: the service gives it a client-assigned id (PUT) or writes it in the same transaction as its targets."
+* target 1..* MS
+* recorded MS
+* occurred[x] only dateTime
+* activity MS
+* agent 1..* MS
+* agent.type 1..1 MS
+* agent.who MS
+* agent.who only Reference(Practitioner or PractitionerRole or Organization or Device)
+* agent.who ^short = "The author: the user (fhirUser) who recorded the data"
+* obeys kr-prov-1

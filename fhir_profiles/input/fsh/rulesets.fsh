@@ -1,0 +1,59 @@
+// Shared rules of the profiles
+
+// A business identifier under our canonical base, for idempotent (conditional) writes
+RuleSet: BusinessIdentifier(sid)
+* identifier 1..* MS
+* identifier ^slicing.discriminator.type = #value
+* identifier ^slicing.discriminator.path = "system"
+* identifier ^slicing.rules = #open
+* identifier ^slicing.description = "The Kindreflex business identifier, plus any other identifier"
+* identifier contains kindreflex 1..1 MS
+* identifier[kindreflex] ^short = "Kindreflex business identifier (UUID)"
+* identifier[kindreflex].system 1..1
+* identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/{sid}" (exactly)
+* identifier[kindreflex].value 1..1
+
+// Components sliced by their code (closed: only the components a step defines)
+RuleSet: ComponentSlicing
+* component ^slicing.discriminator.type = #pattern
+* component ^slicing.discriminator.path = "code"
+* component ^slicing.rules = #closed
+* component ^slicing.description = "Components by code (FindingComponentCS)"
+
+RuleSet: BooleanComponent(name, code, card, short)
+* component contains {name} {card} MS
+* component[{name}] ^short = "{short}"
+* component[{name}].code = FindingComponentCS#{code}
+* component[{name}].value[x] 1..1
+* component[{name}].value[x] only boolean
+
+RuleSet: StringComponent(name, code, card, short)
+* component contains {name} {card} MS
+* component[{name}] ^short = "{short}"
+* component[{name}].code = FindingComponentCS#{code}
+* component[{name}].value[x] 1..1
+* component[{name}].value[x] only string
+
+RuleSet: CodedComponent(name, code, card, vs, strength, short)
+* component contains {name} {card} MS
+* component[{name}] ^short = "{short}"
+* component[{name}].code = FindingComponentCS#{code}
+* component[{name}].value[x] 1..1
+* component[{name}].value[x] only CodeableConcept
+* component[{name}].value[x] from {vs} ({strength})
+
+RuleSet: PlanVersionComponent
+* insert StringComponent(planVersion, plan-version, 0..1, Version of the facility's plan wording shown to the user)
+
+RuleSet: ConsultationComponent
+* insert CodedComponent(consultation, consultation, 0..*, ConsultationTypeVS, required, With whom the situation was discussed)
+
+// A required category, as a slice (a pattern on the whole repeating element is not
+// what we mean: other categories may be added)
+RuleSet: CategorySlice(name, concept)
+* category 1..* MS
+* category ^slicing.discriminator.type = #pattern
+* category ^slicing.discriminator.path = "$this"
+* category ^slicing.rules = #open
+* category contains {name} 1..1 MS
+* category[{name}] = {concept}
