@@ -30,6 +30,8 @@ __all__ = [
     "guide_resources",
     "lives_with_extension",
     "trigger_coding",
+    "trigger_codings",
+    "trigger_source",
 ]
 
 GUIDE_RESOURCES = (
@@ -57,7 +59,7 @@ RECORD_SYSTEM = f"{SANDBOX_SYSTEM}/record-id"
 TriggerCategory = Literal["domestic-violence", "substance", "self-harm"]
 
 _KEYWORDS: dict[TriggerCategory, tuple[str, ...]] = {
-    "domestic-violence": ("domestic", "violence", "geweld", "partner-abuse", "ipv", "abuse"),
+    "domestic-violence": ("domestic", "violence", "geweld", "partner-abuse"),
     "substance": ("substance", "intox", "alcohol", "drug", "middel", "verslaving"),
     "self-harm": ("self-harm", "selfharm", "suicid", "zelfbeschadig", "zelfdoding"),
 }
@@ -113,10 +115,11 @@ def _of_type(rtype: str) -> Iterator[GuideResource]:
     return (r for r in guide_resources() if r.body.get("resourceType") == rtype)
 
 
-def _first_code(vs: dict[str, Any]) -> dict[str, str] | None:
+def _all_vs_codes(vs: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
     for c in vs.get("expansion", {}).get("contains", []) or []:
         if c.get("system") and c.get("code"):
-            return {k: c[k] for k in ("system", "code", "display") if c.get(k)}
+            out.append({k: c[k] for k in ("system", "code", "display") if c.get(k)})
     for inc in vs.get("compose", {}).get("include", []) or []:
         system = inc.get("system")
         for c in inc.get("concept", []) or []:
@@ -124,39 +127,48 @@ def _first_code(vs: dict[str, Any]) -> dict[str, str] | None:
                 coding = {"system": system, "code": c["code"]}
                 if c.get("display"):
                     coding["display"] = c["display"]
-                return coding
-    return None
+                out.append(coding)
+    return out
 
 
-def _guide_trigger_codes(category: TriggerCategory) -> list[dict[str, str]]:
-    """Codes of the guide's ValueSet(s) for a category, SNOMED CT first."""
+def trigger_codings(category: TriggerCategory) -> list[dict[str, str]]:
+    """All codes of the guide's ValueSet(s) for a Hague-trigger category (guide order)."""
     found: list[dict[str, str]] = []
-    for r in _of_type("ValueSet"):
+    value_sets = list(_of_type("ValueSet"))
+    # the guide names them hague-trigger-<category>; fall back to any ValueSet by keywords
+    triggers = [r for r in value_sets if "trigger" in r.words]
+    for r in triggers or value_sets:
         if not any(k in r.words for k in _KEYWORDS[category]):
             continue
-        if category != "domestic-violence" and any(
-            k in r.words for k in _KEYWORDS["domestic-violence"][:3]
-        ):
+        others = [k for c, ks in _KEYWORDS.items() if c != category for k in ks[:2]]
+        if any(k in r.words for k in others):
             continue
-        coding = _first_code(r.body)
-        if coding:
-            found.append(coding)
-    found.sort(key=lambda c: c["system"] != SNOMED)
+        found += _all_vs_codes(r.body)
     return found
 
 
-def trigger_coding(category: TriggerCategory) -> dict[str, str] | None:
-    """One Coding for a Hague-trigger category: from the guide, else the documented fallback."""
-    codes = _guide_trigger_codes(category)
+def trigger_coding(
+    category: TriggerCategory, *, system: str | None = None, hint: str | None = None
+) -> dict[str, str] | None:
+    """One Coding for a Hague-trigger category: from the guide, else the documented fallback.
+
+    ``system`` prefers a code system (e.g. ICD-10-CM for a diagnosis), ``hint`` a code whose
+    display contains the hint; otherwise the first code of the guide's ValueSet.
+    """
+    codes = trigger_codings(category)
     if codes:
-        return dict(codes[0])
+        pool = [c for c in codes if system is None or c["system"] == system] or codes
+        if hint:
+            hinted = [c for c in pool if hint.lower() in c.get("display", "").lower()]
+            pool = hinted or pool
+        return dict(pool[0])
     fallback = _FALLBACK[category]
     return dict(fallback) if fallback else None
 
 
 def trigger_source(category: TriggerCategory) -> str:
     """Where ``trigger_coding(category)`` came from (for logs and the EHR page)."""
-    return "guide" if _guide_trigger_codes(category) else "fallback"
+    return "guide" if trigger_codings(category) else "fallback"
 
 
 def _profile(resource_type: str, *keywords: str) -> str | None:
@@ -233,18 +245,27 @@ def _all_codes(vs: dict[str, Any]) -> list[str]:
 
 def concern_flag_code() -> dict[str, str] | None:
     """The guide's code for "open Kindreflex concern" (a Flag.code), if built."""
+    candidates: list[tuple[int, dict[str, str]]] = []
     for cs in _of_type("CodeSystem"):
         url = cs.body.get("url")
+        if not isinstance(url, str):
+            continue
         for c in _walk(cs.body.get("concept", []) or []):
-            words = f"{c.get('code', '')} {c.get('display', '')}".lower()
-            if ("concern" in words or "verontrust" in words or "zorg" in words) and isinstance(
-                url, str
-            ):
-                coding = {"system": url, "code": str(c["code"])}
+            code = str(c.get("code", ""))
+            rank = (
+                0
+                if code == "open-concern"
+                else 1
+                if code.startswith("open") and "concern" in code
+                else 9
+            )
+            if rank < 9:
+                coding = {"system": url, "code": code}
                 if c.get("display"):
                     coding["display"] = str(c["display"])
-                return coding
-    return None
+                candidates.append((rank, coding))
+    candidates.sort(key=lambda t: t[0])
+    return candidates[0][1] if candidates else None
 
 
 def _walk(concepts: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -95,6 +95,8 @@ class PatientSpec:
     presenting: str  # free-text presenting problem at the ED desk (Dutch)
     trigger: TriggerCategory | None = None
     trigger_as_condition: bool = False  # the trigger as a Condition linked to the encounter
+    trigger_system: str | None = None  # preferred code system for the trigger code
+    trigger_hint: str | None = None  # preferred words in the trigger code's display
     children: tuple[ChildSpec, ...] = ()
     earlier_visit: bool = False
     open_concern: bool = False
@@ -170,6 +172,8 @@ def patient_specs(today: date) -> tuple[PatientSpec, ...]:
             "Verminderd bewustzijn, vermoedelijke intoxicatie",
             trigger="substance",
             trigger_as_condition=True,
+            trigger_system=codes.ICD10CM,
+            trigger_hint="with intoxication, uncomplicated",
         ),
         PatientSpec(
             "tom-wouters",
@@ -181,6 +185,8 @@ def patient_specs(today: date) -> tuple[PatientSpec, ...]:
             "adult, suicide attempt / self-harm",
             "Snijwonden polsen, suïcidepoging",
             trigger="self-harm",
+            trigger_system=codes.SNOMED,
+            trigger_hint="cutting",
         ),
         PatientSpec(
             "els-goossens",
@@ -445,7 +451,11 @@ def _arrived_encounter(
     """Today's ED visit, registered at the desk ("arrived"), waiting for triage."""
     visit = f"V{number}-2"
     reason: dict[str, Any] = {"text": p.presenting}
-    trigger = codes.trigger_coding(p.trigger) if p.trigger else None
+    trigger = (
+        codes.trigger_coding(p.trigger, system=p.trigger_system, hint=p.trigger_hint)
+        if p.trigger
+        else None
+    )
     if trigger and not p.trigger_as_condition:
         reason["coding"] = [trigger]
     enc: dict[str, Any] = {

@@ -1,0 +1,236 @@
+"""Pytest-friendly helpers around the sandbox EHR (``sandbox`` package).
+
+* ``running_sandbox(**config)`` — a context manager: sekmet + seed + EHR on free ports;
+* ``JwksServer`` — serves a JWKS on a free loopback port (a SMART client's ``jwks_uri``);
+* ``client_assertion`` / ``pkce_pair`` — the client side of ``private_key_jwt`` and PKCE;
+* ``SmartDance`` — a tiny SMART client that walks authorize → consent → code → token.
+
+Use in a conftest::
+
+    @pytest.fixture(scope="module")
+    def sandbox() -> Iterator[Sandbox]:
+        with running_sandbox(cds_base_url=...) as sb:
+            yield sb
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+
+from sandbox.config import SandboxConfig, SmartClient
+from sandbox.keys import Alg, SigningKey
+from sandbox.runner import Sandbox
+
+__all__ = [
+    "ASSERTION_TYPE",
+    "JwksServer",
+    "SmartDance",
+    "TokenResult",
+    "client_assertion",
+    "pkce_pair",
+    "running_sandbox",
+]
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@contextmanager
+def running_sandbox(config: SandboxConfig | None = None, **overrides: Any) -> Iterator[Sandbox]:
+    """The whole sandbox on free localhost ports; stopped (no process left) on exit."""
+    with Sandbox.start(config, **overrides) as sb:
+        yield sb
+
+
+class JwksServer:
+    """Serve ``{"keys": [...]}`` at ``http://127.0.0.1:<port>/jwks.json`` from a thread."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        self.keys = list(keys)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"keys": [k.public_jwk() for k in owner.keys]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> JwksServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge)."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def client_assertion(
+    key: SigningKey,
+    client_id: str,
+    token_url: str,
+    *,
+    lifetime: int = 240,
+    now: float | None = None,
+    jti: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> str:
+    """A ``private_key_jwt`` client assertion (SMART asymmetric client authentication)."""
+    t = int(time.time() if now is None else now)
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "iat": t,
+        "exp": t + lifetime,
+        "jti": jti or str(uuid.uuid4()),
+    }
+    return key.sign(claims, headers=headers)
+
+
+@dataclass
+class TokenResult:
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class SmartDance:
+    """A minimal SMART App Launch client, driving the sandbox over HTTP like an app would."""
+
+    sandbox: Sandbox
+    client_id: str
+    redirect_uri: str
+    key: SigningKey | None = None  # None: public client
+
+    def configuration(self) -> dict[str, Any]:
+        r = httpx.get(self.sandbox.smart_configuration_url)
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def authorize(
+        self,
+        *,
+        launch: str | None,
+        scope: str,
+        challenge: str | None,
+        state: str = "st-1",
+        aud: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        params = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "scope": scope,
+            "state": state,
+            "aud": aud or self.sandbox.fhir_base_url,
+        }
+        if launch:
+            params["launch"] = launch
+        if challenge:
+            params.update(code_challenge=challenge, code_challenge_method="S256")
+        params.update(extra or {})
+        url = self.configuration()["authorization_endpoint"]
+        return httpx.get(f"{url}?{urlencode(params)}", follow_redirects=False)
+
+    def consent(
+        self, page: httpx.Response, decision: str = "allow", user: str | None = None
+    ) -> dict[str, list[str]]:
+        """Click Allow/Deny on the consent page; the redirect's query parameters."""
+        m = re.search(r'name="request_id" value="([^"]+)"', page.text)
+        assert m, f"no consent form in: {page.text[:500]}"
+        form = {"request_id": m.group(1), "decision": decision}
+        if user:
+            form["user"] = user
+        r = httpx.post(
+            f"{self.sandbox.ehr_url}/authorize/decision", data=form, follow_redirects=False
+        )
+        assert r.status_code == 303, r.text
+        return redirect_params(r)
+
+    def token(self, form: dict[str, str], *, assertion: str | None = None) -> TokenResult:
+        data = dict(form)
+        if self.key is not None:
+            data["client_assertion_type"] = ASSERTION_TYPE
+            data["client_assertion"] = assertion or client_assertion(
+                self.key, self.client_id, self.configuration()["token_endpoint"]
+            )
+        else:
+            data["client_id"] = self.client_id
+        r = httpx.post(self.configuration()["token_endpoint"], data=data)
+        return TokenResult(r.status_code, r.json())
+
+    def exchange(self, code: str, verifier: str, **kw: Any) -> TokenResult:
+        return self.token(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": self.redirect_uri,
+                "code_verifier": verifier,
+            },
+            **kw,
+        )
+
+    def launch_and_token(
+        self,
+        *,
+        patient: str,
+        encounter: str | None = None,
+        user: str = "nurse",
+        app_context: str | None = None,
+        scope: str = "launch openid fhirUser patient/*.rs offline_access",
+    ) -> TokenResult:
+        """The whole EHR launch: launch context → authorize → Allow → code → token."""
+        launch = self.sandbox.create_launch(
+            patient=patient, encounter=encounter, user=user, app_context=app_context
+        )
+        verifier, challenge = pkce_pair()
+        page = self.authorize(launch=launch, scope=scope, challenge=challenge)
+        assert page.status_code == 200, page.text
+        back = self.consent(page)
+        return self.exchange(back["code"][0], verifier)
+
+
+def redirect_params(r: httpx.Response) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(r.headers["location"]).query)
+
+
+def new_key(kid: str, alg: Alg = "ES384") -> SigningKey:
+    return SigningKey.generate(kid, alg)
+
+
+def smart_client(client_id: str, redirect_uri: str, jwks_uri: str | None) -> SmartClient:
+    return SmartClient(client_id, (redirect_uri,), jwks_uri=jwks_uri)
