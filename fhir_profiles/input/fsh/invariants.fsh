@@ -61,3 +61,13 @@ Invariant: kr-prov-1
 Description: "One agent is the author (provenance-participant-type author), a Practitioner or PractitionerRole."
 Severity: #error
 Expression: "agent.where(type.coding.where(system = 'http://terminology.hl7.org/CodeSystem/provenance-participant-type' and code = 'author').exists() and (who.reference.startsWith('Practitioner') or who.reference.startsWith('urn:uuid:'))).exists()"
+
+Invariant: kr-s4-4
+Description: "Every factor component tells whether it is a risk or a protective factor (extension factor-kind)."
+Severity: #error
+Expression: "component.where(code.coding.code = 'factor').all(extension('https://kindreflex-ed.be/fhir/StructureDefinition/factor-kind').exists())"
+
+Invariant: kr-s4-5
+Description: "Every child-consent component names the child (extension concerned-child)."
+Severity: #error
+Expression: "component.where(code.coding.code = 'child-consent').all(extension('https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child').exists())"

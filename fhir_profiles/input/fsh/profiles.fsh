@@ -13,6 +13,7 @@ Description: "A child the adult patient cares for, fully, partly or occasionally
 * identifier[ssin].value 1..1
 * extension contains LivesWithExt named livesWith 1..1 MS
 * extension[livesWith] ^short = "Lives with the patient: permanently, part-time or not"
+* extension[livesWith].value[x] MS
 * patient MS
 * patient ^short = "The adult patient"
 * relationship 1..* MS
@@ -141,11 +142,11 @@ Description: "Step 4: the team decision on concern and willingness, the risk and
 * value[x] ^short = "safe | concerning-willing | concerning-unwilling | acute-danger"
 * insert ComponentSlicing
 * insert CodedComponent(factor, factor, 0..*, FactorVS, extensible, A risk or protective factor (text: the specifics of this family\))
-* component[factor].extension contains FactorKindExt named factorKind 1..1 MS
+* obeys kr-s4-4
 * insert ConsultationComponent
 * insert BooleanComponent(discussedWithPatient, discussed-with-patient, 0..1, The worries were named concretely to the patient)
 * insert BooleanComponent(childConsent, child-consent, 0..*, A child heard as a key person consented)
-* component[childConsent].extension contains ConcernedChildExt named child 1..1 MS
+* obeys kr-s4-5
 * insert PlanVersionComponent
 * obeys kr-s4-1 and kr-s4-2 and kr-s4-3
 
@@ -223,6 +224,7 @@ Title: "Kindreflex referral (step 6)"
 Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo the children concerned."
 * insert BusinessIdentifier(referral)
 * extension contains PatientInformedExt named patientInformed 1..1 MS
+* extension[patientInformed].value[x] MS
 * status MS
 * intent = #order
 * code 1..1 MS
@@ -254,6 +256,8 @@ Title: "Kindreflex open concern"
 Description: "An open Kindreflex concern about the children of the patient: what makes the CDS card warn at the next presentation and what fills the social service's worklist. status active while steps 4-6 lie ahead; inactive (with period.end) when closed."
 * insert BusinessIdentifier(concern)
 * extension contains ConcernLastStepExt named lastStep 0..1 MS and ConcernTriggerExt named trigger 0..* MS
+* extension[lastStep].value[x] MS
+* extension[trigger].value[x] MS
 * status MS
 * insert CategorySlice(safety, $flag-category#safety)
 * code MS

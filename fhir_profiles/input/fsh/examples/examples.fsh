@@ -1,0 +1,133 @@
+// Standalone valid examples, one (or more) per profile, with relative references to the
+// resources of the hospital's FHIR server (Patient, Encounter, Practitioner).
+
+Instance: ChildLucas
+InstanceOf: KindreflexChild
+Title: "Example: Lucas, 3, lives with his mother"
+Usage: #example
+* insert ChildLucasContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a01, Patient/kr-mother-001)
+
+Instance: ChildEmma
+InstanceOf: KindreflexChild
+Title: "Example: Emma, 8, lives with her mother"
+Usage: #example
+* insert ChildEmmaContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a02, Patient/kr-mother-001)
+
+Instance: ExpectingChildPartner
+InstanceOf: KindreflexExpectingChild
+Title: "Example: the patient's partner is pregnant"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a10, Patient/kr-father-002, Encounter/kr-enc-9, 2026-11-23T09:12:00+01:00, Practitioner/kr-nurse-1)
+* code = RecordTypeCS#expecting-child
+* valueCodeableConcept = PregnancyOfCS#partner "De partner van de cliënt is zwanger"
+* component[expectedDeliveryDate].valueDateTime = "2027-04-15"
+
+Instance: Step1Example
+InstanceOf: KindreflexStep1Finding
+Title: "Example: step 1, two children"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a11, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-03-02T21:40:00+01:00, Practitioner/kr-nurse-1)
+* insert Step1Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+
+Instance: Step1NoChildren
+InstanceOf: KindreflexStep1Finding
+Title: "Example: step 1, no children and none expected"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a12, Patient/kr-adult-003, Encounter/kr-enc-7, 2026-11-23T08:05:00+01:00, Practitioner/kr-nurse-1)
+* code = KindreflexStepCS#step-1
+* valueBoolean = false
+
+Instance: Step2Example
+InstanceOf: KindreflexStep2Finding
+Title: "Example: step 2, niet-pluis with reasons"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a13, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-03-02T21:42:00+01:00, Practitioner/kr-nurse-1)
+* insert Step2Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+
+Instance: Step2AcuteTrigger
+InstanceOf: KindreflexStep2Finding
+Title: "Example: step 2 after a Hague trigger, unclear with acute danger"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a14, Patient/kr-adult-004, Encounter/kr-enc-8, 2026-11-22T23:10:00+01:00, Practitioner/kr-nurse-2)
+* code = KindreflexStepCS#step-2
+* valueCodeableConcept = SafetyAssessmentCS#unclear "Onduidelijk"
+* component[reason][0].valueString = "Aangemeld na partnergeweld; kinderen thuis bij de partner"
+* component[urgency].valueBoolean = true
+* component[trigger][0].valueCodeableConcept = HagueTriggerCS#domestic-violence
+
+Instance: Step3Example
+InstanceOf: KindreflexStep3Finding
+Title: "Example: step 3, support as a parent"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a15, Patient/kr-father-002, Encounter/kr-enc-9, 2026-11-23T09:20:00+01:00, Practitioner/kr-nurse-1)
+* code = KindreflexStepCS#step-3
+* component[supportAction][0].valueCodeableConcept = SupportActionCS#discuss-impact
+* component[supportAction][1].valueCodeableConcept = SupportActionCS#kind-en-gezin-start
+* component[service][0].valueCodeableConcept = PartnerTypeCS#kind-en-gezin
+
+Instance: Step4Example
+InstanceOf: KindreflexStep4Finding
+Title: "Example: step 4, concerning but willing"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a16, Patient/kr-mother-001, Encounter/kr-enc-2, 2026-05-11T14:10:00+02:00, Practitioner/kr-social-1)
+* insert Step4Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+* component[childConsent][0].valueBoolean = true
+* component[childConsent][0].extension[0].url = "https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child"
+* component[childConsent][0].extension[0].valueReference.reference = "RelatedPerson/ChildEmma"
+
+Instance: Step5Example
+InstanceOf: KindreflexStep5Finding
+Title: "Example: step 5, safety not restored"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a17, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-09-28T10:30:00+02:00, Practitioner/kr-social-1)
+* insert Step5Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+
+Instance: Step6Example
+InstanceOf: KindreflexStep6Finding
+Title: "Example: step 6, the VK is involved"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a18, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-09-28T11:15:00+02:00, Practitioner/kr-social-1)
+* insert Step6Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma, ServiceRequest/ReferralExample)
+
+Instance: VkOostVlaanderen
+InstanceOf: KindreflexPartnerOrganization
+Title: "Example: VK Oost-Vlaanderen (partner directory, seed 002)"
+Usage: #example
+* insert VkContent
+
+Instance: ReferralExample
+InstanceOf: KindreflexReferral
+Title: "Example: referral to the VK"
+Usage: #example
+* insert ReferralContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a19, Patient/kr-mother-001, Encounter/kr-enc-3, Practitioner/kr-social-1, Organization/VkOostVlaanderen, Observation/Step5Example, RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+
+Instance: OpenConcernExample
+InstanceOf: KindreflexOpenConcern
+Title: "Example: open concern after step 6"
+Usage: #example
+* insert ConcernContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a20, Patient/kr-mother-001, Encounter/kr-enc-3, Practitioner/kr-social-1)
+
+Instance: ClosedConcernExample
+InstanceOf: KindreflexOpenConcern
+Title: "Example: a closed concern (inactive, with an end)"
+Usage: #example
+* identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/concern"
+* identifier[kindreflex].value = "0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a21"
+* extension[lastStep].valueCoding = KindreflexStepCS#step-3
+* extension[trigger][0].valueCoding = HagueTriggerCS#substance-abuse
+* status = #inactive
+* category[safety] = $flag-category#safety
+* code = RecordTypeCS#open-concern
+* subject.reference = "Patient/kr-adult-005"
+* period.start = "2026-06-01T02:10:00+02:00"
+* period.end = "2026-07-15T10:00:00+02:00"
+* author.reference = "Practitioner/kr-social-1"
+
+Instance: ProvenanceExample
+InstanceOf: KindreflexProvenance
+Title: "Example: authorship of the step 6 writes"
+Usage: #example
+* target[0].reference = "Observation/Step6Example"
+* target[1].reference = "ServiceRequest/ReferralExample"
+* target[2].reference = "Flag/OpenConcernExample"
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-09-28T11:16:00+02:00)

@@ -1,0 +1,171 @@
+// The whole seed 001 worked case (three episodes) as one transaction Bundle.
+// Every entry is a conditional create on its business identifier (idempotent), except
+// Provenance (no identifier in R4): a PUT on a client-assigned id. References between
+// entries are urn:uuid; Patient, Encounter and Practitioner live on the hospital's server.
+// The Flag is the concern's final state (after episode 3).
+
+Instance: Seed001Lucas
+InstanceOf: KindreflexChild
+Title: "Seed 001: Lucas"
+Usage: #inline
+* insert ChildLucasContent(5eed0001-0000-4000-8000-000000000001, Patient/kr-mother-001)
+
+Instance: Seed001Emma
+InstanceOf: KindreflexChild
+Title: "Seed 001: Emma"
+Usage: #inline
+* insert ChildEmmaContent(5eed0001-0000-4000-8000-000000000002, Patient/kr-mother-001)
+
+Instance: Seed001Step1
+InstanceOf: KindreflexStep1Finding
+Title: "Seed 001 episode 1: step 1"
+Usage: #inline
+* insert FindingCommon(5eed0001-0000-4000-8000-000000000011, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-03-02T21:40:00+01:00, Practitioner/kr-nurse-1)
+* insert Step1Content(urn:uuid:5eed0001-0000-4000-8000-000000000001, urn:uuid:5eed0001-0000-4000-8000-000000000002)
+
+Instance: Seed001Step2
+InstanceOf: KindreflexStep2Finding
+Title: "Seed 001 episode 1: step 2"
+Usage: #inline
+* insert FindingCommon(5eed0001-0000-4000-8000-000000000012, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-03-02T21:43:00+01:00, Practitioner/kr-nurse-1)
+* insert Step2Content(urn:uuid:5eed0001-0000-4000-8000-000000000001, urn:uuid:5eed0001-0000-4000-8000-000000000002)
+
+Instance: Seed001Step4
+InstanceOf: KindreflexStep4Finding
+Title: "Seed 001 episode 2: step 4"
+Usage: #inline
+* insert FindingCommon(5eed0001-0000-4000-8000-000000000014, Patient/kr-mother-001, Encounter/kr-enc-2, 2026-05-11T14:10:00+02:00, Practitioner/kr-social-1)
+* insert Step4Content(urn:uuid:5eed0001-0000-4000-8000-000000000001, urn:uuid:5eed0001-0000-4000-8000-000000000002)
+
+Instance: Seed001Step5
+InstanceOf: KindreflexStep5Finding
+Title: "Seed 001 episode 3: step 5"
+Usage: #inline
+* insert FindingCommon(5eed0001-0000-4000-8000-000000000015, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-09-28T10:30:00+02:00, Practitioner/kr-social-1)
+* insert Step5Content(urn:uuid:5eed0001-0000-4000-8000-000000000001, urn:uuid:5eed0001-0000-4000-8000-000000000002)
+
+Instance: Seed001Step6
+InstanceOf: KindreflexStep6Finding
+Title: "Seed 001 episode 3: step 6"
+Usage: #inline
+* insert FindingCommon(5eed0001-0000-4000-8000-000000000016, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-09-28T11:15:00+02:00, Practitioner/kr-social-1)
+* insert Step6Content(urn:uuid:5eed0001-0000-4000-8000-000000000001, urn:uuid:5eed0001-0000-4000-8000-000000000002, urn:uuid:5eed0001-0000-4000-8000-000000000021)
+
+Instance: Seed001Vk
+InstanceOf: KindreflexPartnerOrganization
+Title: "Seed 001: VK Oost-Vlaanderen"
+Usage: #inline
+* insert VkContent
+
+Instance: Seed001Referral
+InstanceOf: KindreflexReferral
+Title: "Seed 001 episode 3: referral to the VK"
+Usage: #inline
+* insert ReferralContent(5eed0001-0000-4000-8000-000000000021, Patient/kr-mother-001, Encounter/kr-enc-3, Practitioner/kr-social-1, urn:uuid:5eed0001-0000-4000-8000-000000000020, urn:uuid:5eed0001-0000-4000-8000-000000000015, urn:uuid:5eed0001-0000-4000-8000-000000000001, urn:uuid:5eed0001-0000-4000-8000-000000000002)
+
+Instance: Seed001Concern
+InstanceOf: KindreflexOpenConcern
+Title: "Seed 001: the open concern"
+Usage: #inline
+* insert ConcernContent(5eed0001-0000-4000-8000-000000000030, Patient/kr-mother-001, Encounter/kr-enc-1, Practitioner/kr-nurse-1)
+
+Instance: Seed001Provenance1
+InstanceOf: KindreflexProvenance
+Title: "Seed 001 episode 1: authorship"
+Usage: #inline
+* id = "5eed0001-0000-4000-8000-000000000041"
+* target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000001"
+* target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000002"
+* target[2].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000011"
+* target[3].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000012"
+* target[4].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
+* insert ProvenanceAuthor(Practitioner/kr-nurse-1, 2026-03-02T21:45:00+01:00)
+
+Instance: Seed001Provenance2
+InstanceOf: KindreflexProvenance
+Title: "Seed 001 episode 2: authorship"
+Usage: #inline
+* id = "5eed0001-0000-4000-8000-000000000042"
+* target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000014"
+* target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-05-11T14:12:00+02:00)
+
+Instance: Seed001Provenance3
+InstanceOf: KindreflexProvenance
+Title: "Seed 001 episode 3: authorship"
+Usage: #inline
+* id = "5eed0001-0000-4000-8000-000000000043"
+* target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000015"
+* target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000016"
+* target[2].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000021"
+* target[3].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-09-28T11:16:00+02:00)
+
+Instance: Seed001Bundle
+InstanceOf: Bundle
+Title: "Seed 001 worked case: three episodes as one transaction"
+Description: "The training workshop case (seed 001): single mother, boy of 3 and girl of 8; a new partner and school absence; bruises, care stopped, referral to the VK."
+Usage: #example
+* type = #transaction
+* entry[0].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000001"
+* entry[0].resource = Seed001Lucas
+* entry[0].request.method = #POST
+* entry[0].request.url = "RelatedPerson"
+* entry[0].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/child|5eed0001-0000-4000-8000-000000000001"
+* entry[1].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000002"
+* entry[1].resource = Seed001Emma
+* entry[1].request.method = #POST
+* entry[1].request.url = "RelatedPerson"
+* entry[1].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/child|5eed0001-0000-4000-8000-000000000002"
+* entry[2].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000011"
+* entry[2].resource = Seed001Step1
+* entry[2].request.method = #POST
+* entry[2].request.url = "Observation"
+* entry[2].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/finding|5eed0001-0000-4000-8000-000000000011"
+* entry[3].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000012"
+* entry[3].resource = Seed001Step2
+* entry[3].request.method = #POST
+* entry[3].request.url = "Observation"
+* entry[3].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/finding|5eed0001-0000-4000-8000-000000000012"
+* entry[4].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
+* entry[4].resource = Seed001Concern
+* entry[4].request.method = #POST
+* entry[4].request.url = "Flag"
+* entry[4].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/concern|5eed0001-0000-4000-8000-000000000030"
+* entry[5].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000014"
+* entry[5].resource = Seed001Step4
+* entry[5].request.method = #POST
+* entry[5].request.url = "Observation"
+* entry[5].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/finding|5eed0001-0000-4000-8000-000000000014"
+* entry[6].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000020"
+* entry[6].resource = Seed001Vk
+* entry[6].request.method = #POST
+* entry[6].request.url = "Organization"
+* entry[6].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/partner|vk-oost-vlaanderen"
+* entry[7].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000015"
+* entry[7].resource = Seed001Step5
+* entry[7].request.method = #POST
+* entry[7].request.url = "Observation"
+* entry[7].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/finding|5eed0001-0000-4000-8000-000000000015"
+* entry[8].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000021"
+* entry[8].resource = Seed001Referral
+* entry[8].request.method = #POST
+* entry[8].request.url = "ServiceRequest"
+* entry[8].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/referral|5eed0001-0000-4000-8000-000000000021"
+* entry[9].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000016"
+* entry[9].resource = Seed001Step6
+* entry[9].request.method = #POST
+* entry[9].request.url = "Observation"
+* entry[9].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/finding|5eed0001-0000-4000-8000-000000000016"
+* entry[10].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000041"
+* entry[10].resource = Seed001Provenance1
+* entry[10].request.method = #PUT
+* entry[10].request.url = "Provenance/5eed0001-0000-4000-8000-000000000041"
+* entry[11].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000042"
+* entry[11].resource = Seed001Provenance2
+* entry[11].request.method = #PUT
+* entry[11].request.url = "Provenance/5eed0001-0000-4000-8000-000000000042"
+* entry[12].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000043"
+* entry[12].resource = Seed001Provenance3
+* entry[12].request.method = #PUT
+* entry[12].request.url = "Provenance/5eed0001-0000-4000-8000-000000000043"
