@@ -25,9 +25,12 @@ __all__ = [
     "GUIDE_RESOURCES",
     "TriggerCategory",
     "child_profile",
+    "code_in",
     "concern_flag_code",
     "concern_flag_profile",
+    "extension_url",
     "guide_resources",
+    "identifier_system",
     "lives_with_extension",
     "trigger_coding",
     "trigger_codings",
@@ -241,6 +244,41 @@ def _all_codes(vs: dict[str, Any]) -> list[str]:
                         f"{system}|{c['code']}" for c in cs.body.get("concept", []) if c.get("code")
                     ]
     return out
+
+
+def identifier_system(kind: str) -> str | None:
+    """The guide's preferred URI for a business identifier kind (NamingSystem ``sid-<kind>``)."""
+    for r in _of_type("NamingSystem"):
+        if r.body.get("id") != f"sid-{kind}":
+            continue
+        ids = r.body.get("uniqueId", []) or []
+        preferred = [u for u in ids if u.get("type") == "uri" and u.get("preferred")]
+        for u in preferred or [u for u in ids if u.get("type") == "uri"]:
+            return str(u["value"])
+    return None
+
+
+def extension_url(resource_id: str) -> str | None:
+    """The canonical URL of one of the guide's extensions, by resource id."""
+    for r in _of_type("StructureDefinition"):
+        if r.body.get("id") == resource_id and r.body.get("type") == "Extension":
+            url = r.body.get("url")
+            return str(url) if url else None
+    return None
+
+
+def code_in(codesystem_id: str, code: str) -> dict[str, str] | None:
+    """A Coding for ``code`` of the guide's CodeSystem ``codesystem_id`` (if both exist)."""
+    for r in _of_type("CodeSystem"):
+        if r.body.get("id") != codesystem_id:
+            continue
+        for c in _walk(r.body.get("concept", []) or []):
+            if c.get("code") == code:
+                coding = {"system": str(r.body["url"]), "code": code}
+                if c.get("display"):
+                    coding["display"] = str(c["display"])
+                return coding
+    return None
 
 
 def concern_flag_code() -> dict[str, str] | None:

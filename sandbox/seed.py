@@ -12,6 +12,7 @@ fallbacks while it is not built).
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from .codes import (
     NIHDI_PROFESSIONAL_SYSTEM,
     PATIENT_NUMBER_SYSTEM,
     RECORD_SYSTEM,
+    SANDBOX_SYSTEM,
     SSIN_SYSTEM,
     VISIT_NUMBER_SYSTEM,
     TriggerCategory,
@@ -382,8 +384,14 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
         for j, c in enumerate(p.children):
             birth = today - timedelta(days=c.age_days)
             child_nr = ssin(birth, 910 + 2 * j + (1 if c.gender == "male" else 0))
+            # the guide's business identifier (a UUID), stable per patient and child
+            child_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{SANDBOX_SYSTEM}/{number}/{c.key}"))
+            child_system = codes.identifier_system("child") or RECORD_SYSTEM
             child: dict[str, Any] = {
-                "identifier": [{"system": SSIN_SYSTEM, "value": child_nr}],
+                "identifier": [
+                    {"system": child_system, "value": child_uuid},
+                    {"system": SSIN_SYSTEM, "value": child_nr},
+                ],
                 "active": True,
                 "patient": {"reference": patient_ref},
                 "relationship": [
@@ -403,17 +411,13 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
                     {"url": lives_with[0], "valueCoding": {"system": system, "code": code}}
                 ]
             seeded.related_person_ids.append(
-                s.ensure(
-                    "RelatedPerson",
-                    SSIN_SYSTEM,
-                    child_nr,
-                    child,
-                    extra_query=f"&patient={patient_ref}",
-                )
+                s.ensure("RelatedPerson", child_system, child_uuid, child)
             )
         if p.open_concern:
+            concern_system = codes.identifier_system("concern") or RECORD_SYSTEM
+            concern_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{SANDBOX_SYSTEM}/{number}/concern"))
             flag: dict[str, Any] = {
-                "identifier": [{"system": RECORD_SYSTEM, "value": f"flag-{number}"}],
+                "identifier": [{"system": concern_system, "value": concern_uuid}],
                 "status": "active",
                 "category": [
                     {
@@ -431,11 +435,15 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
                 "period": {"start": (s.now - timedelta(days=200)).isoformat()},
                 "author": {"reference": sw_ref},
             }
+            last_step_url = codes.extension_url("concern-last-step")
+            step4 = codes.code_in("kindreflex-step", "step-4")
+            if last_step_url and step4:
+                flag["extension"] = [{"url": last_step_url, "valueCoding": step4}]
             if earlier_enc:
                 flag["encounter"] = {"reference": f"Encounter/{earlier_enc}"}
             if profile_flag:
                 flag["meta"] = {"profile": [profile_flag]}
-            seeded.flag_ids.append(s.ensure("Flag", RECORD_SYSTEM, f"flag-{number}", flag))
+            seeded.flag_ids.append(s.ensure("Flag", concern_system, concern_uuid, flag))
         if p.arrived:
             seeded.arrived_encounter_id = _arrived_encounter(
                 s, p, number, patient_ref, org_id, nurse_ref

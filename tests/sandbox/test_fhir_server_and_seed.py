@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+import subprocess
 from collections.abc import Iterator
 from datetime import date
 
@@ -100,3 +103,36 @@ def test_ssin_check_digits() -> None:
     assert 97 - int(n[:9]) % 97 == int(n[9:])
     m = ssin(date(2008, 11, 23), 907)
     assert 97 - int("2" + m[:9]) % 97 == int(m[9:])
+
+
+def test_seeded_children_and_concern_conform_to_the_guide(
+    fhir: FhirServer, tmp_path: pathlib.Path
+) -> None:
+    """The returning patient's children and the open concern validate against the profiles."""
+    result = seed(fhir.base_url)
+    files: list[pathlib.Path] = []
+    for key in ("els-goossens", "karim-el-amrani"):
+        p = result.patient(key)
+        for rid in p.related_person_ids:
+            files.append(_dump(tmp_path, httpx.get(f"{fhir.base_url}/RelatedPerson/{rid}").json()))
+        for fid in p.flag_ids:
+            files.append(_dump(tmp_path, httpx.get(f"{fhir.base_url}/Flag/{fid}").json()))
+    assert len(files) == 4
+    for f in files:
+        assert json.loads(f.read_text())["meta"]["profile"], f"{f.name} claims no profile"
+    guide = pathlib.Path(__file__).resolve().parents[2] / "fhir_profiles"
+    proc = subprocess.run(
+        ["node", "scripts/validate.mjs", *map(str, files)],
+        cwd=guide,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _dump(directory: pathlib.Path, resource: dict[str, object]) -> pathlib.Path:
+    path = directory / f"{resource['resourceType']}-{resource['id']}.json"
+    path.write_text(json.dumps(resource))
+    return path
