@@ -1,0 +1,148 @@
+"""A small, synchronous FHIR R4 REST client for the hospital's FHIR server.
+
+Synchronous on purpose: the use cases run in FastAPI's thread pool and in the outbox
+worker thread, like the database sessions. The client never retries: a failed write is
+the outbox's business (it retries with backoff), a failed read is shown to the user.
+Every failure is one of three typed errors, so callers decide without parsing HTTP:
+
+* :class:`FhirUnavailable` — network error, timeout, 5xx: try again later;
+* :class:`FhirConflict` — 409/412: someone else changed the resource (If-Match);
+* :class:`FhirRejected` — any other 4xx, with the server's OperationOutcome: retrying
+  the same request cannot help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+FHIR_JSON = "application/fhir+json"
+
+Resource = dict[str, Any]
+
+
+class ReauthorisationRequired(Exception):  # noqa: N818 - name agreed between the engineers
+    """No valid access token can be obtained for a session without the user signing in again.
+
+    Raised by the token source (``SessionTokens.access_token``); defined here because the
+    outbox worker in ``service`` must recognise it without importing ``smart_app``.
+    """
+
+
+class FhirError(Exception):
+    """Base class of the client's errors."""
+
+
+class FhirUnavailable(FhirError):  # noqa: N818 - name agreed between the engineers
+    """The server could not be reached, timed out or answered 5xx; the request may be retried."""
+
+
+class FhirRejected(FhirError):  # noqa: N818 - name agreed between the engineers
+    """The server refused the request (4xx other than 409/412). ``outcome`` is its explanation."""
+
+    def __init__(self, status: int, outcome: Resource) -> None:
+        super().__init__(f"FHIR server answered {status}: {summarise(outcome)}")
+        self.status = status
+        self.outcome = outcome
+
+    @property
+    def needs_authorisation(self) -> bool:
+        """401/403: the token was refused, not the content."""
+        return self.status in (401, 403)
+
+
+class FhirConflict(FhirRejected):
+    """409 or 412: the resource changed since it was read (optimistic locking)."""
+
+
+def summarise(outcome: Resource) -> str:
+    """A one-line summary of an OperationOutcome (diagnostics only: no resource content)."""
+    issues = outcome.get("issue") or []
+    parts = [
+        f"{issue.get('severity', '?')}/{issue.get('code', '?')}: {issue.get('diagnostics', '')}"
+        for issue in issues
+        if isinstance(issue, dict)
+    ]
+    return "; ".join(parts)[:500] or "no OperationOutcome"
+
+
+class FhirClient:
+    """FHIR R4 JSON over HTTP with a bearer token from ``token`` (called for every request)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: Callable[[], str],
+        timeout: float,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def read(self, resource_type: str, resource_id: str) -> Resource:
+        return self._send("GET", f"{resource_type}/{resource_id}")
+
+    def search(self, resource_type: str, params: Mapping[str, str]) -> Resource:
+        """A search; returns the searchset Bundle (first page)."""
+        return self._send("GET", resource_type, params=params)
+
+    def transaction(self, bundle: Resource) -> Resource:
+        """POST a transaction Bundle; returns the transaction-response Bundle."""
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+            raise ValueError("transaction() needs a Bundle of type 'transaction'")
+        response = self._send("POST", "", json=bundle)
+        if response.get("type") != "transaction-response":
+            raise FhirUnavailable("the server's answer to a transaction is not a response Bundle")
+        return response
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Resource | None = None,
+    ) -> Resource:
+        headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {self._token()}"}
+        if json is not None:
+            headers["Content-Type"] = FHIR_JSON
+        url = f"{self.base_url}/{path}" if path else self.base_url
+        try:
+            response = self._http.request(method, url, params=params, json=json, headers=headers)
+        except httpx.HTTPError as error:
+            raise FhirUnavailable(f"{method} {url}: {type(error).__name__}") from error
+        return _body_or_error(method, url, response)
+
+
+def _body_or_error(method: str, url: str, response: httpx.Response) -> Resource:
+    status = response.status_code
+    if status >= 500:
+        raise FhirUnavailable(f"{method} {url}: server error {status}")
+    body = _json_or_none(response)
+    if status >= 400:
+        outcome = body if body and body.get("resourceType") == "OperationOutcome" else {}
+        error_type = FhirConflict if status in (409, 412) else FhirRejected
+        raise error_type(status, outcome)
+    if body is None:
+        raise FhirUnavailable(f"{method} {url}: answer {status} is not FHIR JSON")
+    return body
+
+
+def _json_or_none(response: httpx.Response) -> Resource | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
