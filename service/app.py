@@ -6,6 +6,8 @@ import logging
 
 from fastapi import FastAPI
 
+import smart_app
+from service import keys
 from service.api import health
 from service.db.base import Database
 from service.observability import Metrics, MetricsMiddleware
@@ -33,6 +35,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.readiness_checks = [health.database_check(database)]
 
     app.include_router(health.router)
+    app.state.keys = keys.KeyStore(database, settings)
+    app.include_router(keys.router)
+    smart_app.install(app)  # SMART launch, sessions, their error pages
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     if not settings.cds_jwt_required:

@@ -1,0 +1,200 @@
+"""The deployment's own signing keys, their rotation and the public JWKS.
+
+EHR authorization servers authenticate us with ``private_key_jwt`` (SMART App Launch 2.x,
+"confidential asymmetric" clients): we sign a short client assertion, they verify it with
+the keys published at ``GET /.well-known/jwks.json``.
+
+* The first key is generated on first use (the first JWKS request or token exchange).
+* ``kindreflex keys rotate`` makes a new key the signing key and keeps the previous one
+  published for ``RETIRED_KEY_PUBLISHED_FOR`` (1 day). Our assertions live at most
+  ``ASSERTION_LIFETIME`` (5 minutes), but authorization servers cache a client's JWKS —
+  a day covers any sane cache. After that the old private key is deleted.
+* Private keys are Fernet-sealed when ``KINDREFLEX_SECRET_KEY`` is set; without it they are
+  stored in clear (the database is then the secret), and the service warns at start.
+* One JWKS for the whole deployment (not per tenant): every hospital registers the same
+  ``jwks_uri``, so the table is not tenant-scoped.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from jwt.algorithms import RSAAlgorithm
+from pydantic import SecretStr
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from service.db.base import Database, utcnow
+from service.db.models import SigningKey
+from service.settings import Settings
+
+ALGORITHM = "RS384"  # SMART App Launch 2.x: servers SHALL support RS384 and ES384
+RSA_KEY_BITS = 3072
+ASSERTION_LIFETIME = timedelta(minutes=5)
+RETIRED_KEY_PUBLISHED_FOR = timedelta(days=1)
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+class Sealer:
+    """Fernet encryption derived from ``KINDREFLEX_SECRET_KEY`` for one purpose.
+
+    Each purpose gets its own key (domain separation), so a value sealed for one use can
+    never be opened as another. Without a secret key the sealer passes values through and
+    says so in ``active``.
+    """
+
+    def __init__(self, secret_key: SecretStr | None, purpose: str) -> None:
+        self._fernet: Fernet | None = None
+        if secret_key is not None:
+            material = f"kindreflex:{purpose}:{secret_key.get_secret_value()}".encode()
+            self._fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(material).digest()))
+
+    @property
+    def active(self) -> bool:
+        return self._fernet is not None
+
+    def seal(self, plain: str) -> str:
+        return plain if self._fernet is None else self._fernet.encrypt(plain.encode()).decode()
+
+    def open(self, stored: str, sealed: bool) -> str:
+        if not sealed:
+            return stored
+        if self._fernet is None:
+            raise RuntimeError("a sealed value needs KINDREFLEX_SECRET_KEY, which is not set")
+        return self._fernet.decrypt(stored.encode()).decode()
+
+
+class KeyStore:
+    """Generates, rotates and serves the deployment's signing keys."""
+
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self._database = database
+        self._sealer = Sealer(settings.secret_key, "signing-keys")
+        self._public_url = settings.public_url
+        self._private: dict[str, rsa.RSAPrivateKey] = {}  # kid -> parsed key (parsing is slow)
+        self._lock = threading.Lock()
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self._public_url}{JWKS_PATH}"
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys to publish: the signing key and retired keys still in their grace."""
+        with self._database.session() as session:
+            self._ensure_signing_key(session)
+            now = utcnow()
+            rows = session.scalars(select(SigningKey).order_by(SigningKey.id)).all()
+            return {
+                "keys": [
+                    self._public_jwk(row)
+                    for row in rows
+                    if row.publish_until is None or row.publish_until > now
+                ]
+            }
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A JWT signed with the current signing key (``kid`` in the header)."""
+        with self._database.session() as session:
+            row = self._ensure_signing_key(session)
+            key = self._private_key(row)
+        return jwt.encode(claims, key, algorithm=row.alg, headers={"kid": row.kid, "typ": "JWT"})
+
+    def sign_client_assertion(self, token_endpoint: str, client_id: str) -> str:
+        """A ``private_key_jwt`` client assertion for one token request (RFC 7523)."""
+        now = utcnow()
+        return self.sign(
+            {
+                "iss": client_id,
+                "sub": client_id,
+                "aud": token_endpoint,
+                "jti": secrets.token_urlsafe(24),
+                "iat": int(now.timestamp()),
+                "exp": int((now + ASSERTION_LIFETIME).timestamp()),
+            }
+        )
+
+    def rotate(self) -> str:
+        """Make a new signing key; the previous ones stay published for a day. Returns its kid."""
+        with self._database.session() as session:
+            now = utcnow()
+            for row in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
+                row.retired_at = now
+                row.publish_until = now + RETIRED_KEY_PUBLISHED_FOR
+            # Retired keys past their grace are gone for good: nothing may verify with them.
+            session.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
+            return self._new_key(session).kid
+
+    def _ensure_signing_key(self, session: Session) -> SigningKey:
+        row = session.scalars(
+            select(SigningKey)
+            .where(SigningKey.retired_at.is_(None))
+            .order_by(SigningKey.created_at.desc(), SigningKey.id.desc())
+        ).first()
+        # Two instances starting at once may both generate a key: both are published and
+        # the newest signs, which is harmless.
+        return row if row is not None else self._new_key(session)
+
+    def _new_key(self, session: Session) -> SigningKey:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        row = SigningKey(
+            kid=uuid.uuid4().hex,
+            alg=ALGORITHM,
+            private_key=self._sealer.seal(pem),
+            sealed=self._sealer.active,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.flush()
+        with self._lock:
+            self._private[row.kid] = key
+        return row
+
+    def _private_key(self, row: SigningKey) -> rsa.RSAPrivateKey:
+        with self._lock:
+            cached = self._private.get(row.kid)
+        if cached is not None:
+            return cached
+        pem = self._sealer.open(row.private_key, row.sealed).encode()
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise TypeError(f"signing key {row.kid} is not an RSA key")
+        with self._lock:
+            self._private[row.kid] = key
+        return key
+
+    def _public_jwk(self, row: SigningKey) -> dict[str, Any]:
+        jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self._private_key(row).public_key()))
+        jwk.update({"kid": row.kid, "alg": row.alg, "use": "sig", "key_ops": ["verify"]})
+        return jwk
+
+
+router = APIRouter()
+
+
+@router.get(JWKS_PATH, summary="The app's public signing keys (JWKS)")
+def jwks(request: Request) -> JSONResponse:
+    store: KeyStore = request.app.state.keys
+    # EHRs cache this; a short max-age lets a rotation's new key appear quickly.
+    return JSONResponse(
+        store.jwks(),
+        media_type="application/jwk-set+json",
+        headers={"Cache-Control": "public, max-age=300"},
+    )

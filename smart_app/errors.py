@@ -1,0 +1,75 @@
+"""Error pages of the app: a short, translated explanation and what to do next.
+
+Raise ``PageError`` anywhere under a request; the handler that ``smart_app.install``
+registers renders it with the app's security headers. Technical detail (never a token or
+secret) is shown under the message for the EHR administrator.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
+
+from service.i18n import Language, translate
+from smart_app.security import ANY_FRAME, page_headers
+
+log = logging.getLogger(__name__)
+
+
+class PageError(Exception):
+    """A request the app refuses, shown to the user as a page (``smart.<problem>.*`` messages)."""
+
+    def __init__(
+        self,
+        status: int,
+        problem: str,
+        *,
+        language: Language = "nl",
+        frame_origins: Sequence[str] = ANY_FRAME,
+        detail: str | None = None,
+        **values: object,
+    ) -> None:
+        super().__init__(f"{problem}: {detail}" if detail else problem)
+        self.status = status
+        self.problem = problem
+        self.language: Language = language
+        self.frame_origins = tuple(frame_origins)
+        self.detail = detail
+        self.values = values
+
+
+def render(error: PageError) -> HTMLResponse:
+    def text(part: str) -> str:
+        return html.escape(
+            translate(error.language, f"smart.{error.problem}.{part}", **error.values)
+        )
+
+    detail = (
+        f'<p class="detail">{html.escape(translate(error.language, "smart.detail"))} '
+        f"<code>{html.escape(error.detail)}</code></p>"
+        if error.detail
+        else ""
+    )
+    body = (
+        f'<!doctype html><html lang="{error.language}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{text('title')} — Kindreflex</title></head><body><main>"
+        f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{detail}'
+        "</main></body></html>"
+    )
+    return HTMLResponse(body, status_code=error.status, headers=page_headers(error.frame_origins))
+
+
+async def handle_page_error(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, PageError)
+    log.info(
+        "app request refused",
+        extra={
+            "fields": {"status": error.status, "problem": error.problem, "detail": error.detail}
+        },
+    )
+    return render(error)

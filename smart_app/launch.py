@@ -1,0 +1,363 @@
+"""SMART App Launch 2.x, EHR launch: ``GET /launch`` and ``GET /callback``.
+
+``/launch?iss=…&launch=…`` (also ``/t/{tenant}/launch``) finds the tenant's EHR
+registration by ``iss``, reads the EHR's ``.well-known/smart-configuration`` and sends the
+browser to its authorization endpoint with PKCE S256, a single-use expiring ``state``
+bound to this browser by a short-lived cookie, and an OpenID Connect ``nonce``.
+
+``/callback`` (one redirect URI for every tenant: the state row remembers the tenant)
+consumes the state, exchanges the code with the registration's client authentication,
+verifies the id_token, stores the tokens server-side and sets the session cookie.
+Anything wrong → a translated page; a refused launch writes no session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar, cast
+from urllib.parse import urlencode
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import delete, select
+from sqlalchemy.engine import CursorResult
+
+from service.db.base import Database, utcnow
+from service.db.models import LaunchState, Tenant
+from service.i18n import negotiate
+from service.keys import KeyStore
+from service.settings import Settings
+from service.tenancy import TenantContext, TenantDirectory, UnknownTenantError
+from service.tenant_config import EhrRegistration
+from smart_app.errors import PageError
+from smart_app.oauth import (
+    AuthServer,
+    OAuthError,
+    discover,
+    pkce_challenge,
+    request_token,
+    verify_id_token,
+)
+from smart_app.security import digest, tokens_match
+from smart_app.session import (
+    SESSION_COOKIE,
+    SESSION_LIFETIME,
+    AppUser,
+    NewSession,
+    Role,
+    SessionStore,
+    all_frame_origins,
+    token_expiry,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LAUNCH_LIFETIME = timedelta(minutes=10)
+BINDING_COOKIE_PREFIX = "kindreflex_launch_"
+START_PAGE = "/app/triage"
+
+#: Served with and without the ``/t/{tenant}`` prefix.
+router = APIRouter(tags=["SMART App Launch"])
+#: Served once, un-prefixed: the single redirect URI registered with every EHR.
+callback_router = APIRouter(tags=["SMART App Launch"])
+
+
+@router.get("/launch", summary="SMART EHR launch (iss, launch)")
+def launch(request: Request, iss: str | None = None, launch: str | None = None) -> RedirectResponse:
+    tenant = _tenant(request)
+    frames = all_frame_origins(tenant)
+    if not iss or not launch:
+        raise PageError(400, "missing_parameters", frame_origins=frames)
+    registration = tenant.config.registration_for_iss(iss)
+    if registration is None:
+        raise PageError(400, "unknown_iss", frame_origins=frames, iss=iss)
+    settings: Settings = request.app.state.settings
+    with httpx.Client(timeout=settings.fhir_timeout_seconds) as http:
+        server = _call(registration, lambda: discover(http, registration))
+    state, verifier, nonce, browser = (secrets.token_urlsafe(32) for _ in range(4))
+    sessions: SessionStore = request.app.state.sessions
+    sessions.purge_expired()
+    database: Database = request.app.state.database
+    with database.session() as session:
+        session.add(
+            LaunchState(
+                state_hash=digest(state),
+                browser_hash=digest(browser),
+                tenant_id=tenant.id,
+                registration_id=registration.id,
+                path_prefix=_path_prefix(request, tenant),
+                code_verifier=verifier,
+                nonce=nonce,
+                server=server.to_json(),
+                expires_at=utcnow() + LAUNCH_LIFETIME,
+            )
+        )
+    query = {
+        "response_type": "code",
+        "client_id": registration.client_id,
+        "redirect_uri": redirect_uri(settings),
+        "launch": launch,
+        "scope": registration.scopes,
+        "state": state,
+        "aud": registration.fhir_base_url,
+        "code_challenge": pkce_challenge(verifier),
+        "code_challenge_method": "S256",
+        "nonce": nonce,
+    }
+    response = RedirectResponse(f"{server.authorization_endpoint}?{urlencode(query)}", 302)
+    _set_cookie(response, _binding_cookie(state), browser, LAUNCH_LIFETIME)
+    return response
+
+
+@callback_router.get("/callback", summary="SMART authorization redirect")
+def callback(
+    request: Request,
+    state: str | None = None,
+    code: str | None = None,
+    error: str | None = None,
+    error_description: str | None = None,
+) -> RedirectResponse:
+    pending, tenant = _consume_state(request, state)
+    registration = _registration(tenant, pending)
+    page = _page_for(registration)
+    if error == "access_denied":
+        raise PageError(403, "access_denied", **page)
+    if error or not code:
+        raise PageError(400, "authorization_failed", detail=error_description or error, **page)
+    settings: Settings = request.app.state.settings
+    keys: KeyStore = request.app.state.keys
+    server = AuthServer.from_json(pending.server)
+    with httpx.Client(timeout=settings.fhir_timeout_seconds) as http:
+        answer = _call(
+            registration,
+            lambda: request_token(
+                http,
+                server.token_endpoint,
+                registration,
+                keys,
+                {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": redirect_uri(settings),
+                    "code_verifier": pending.code_verifier,
+                },
+            ),
+        )
+        id_token = answer.get("id_token")
+        if not isinstance(id_token, str):
+            raise PageError(400, "id_token_invalid", detail="no id_token (scope openid)", **page)
+        claims = _call(
+            registration,
+            lambda: verify_id_token(http, id_token, server, registration.client_id, pending.nonce),
+        )
+    new = _new_session(tenant, registration, pending, server, answer, claims)
+    sessions: SessionStore = request.app.state.sessions
+    secret = sessions.create(new)
+    log.info(
+        "app launched",
+        extra={
+            "fields": {
+                "tenant": tenant.slug,
+                "registration": registration.id,
+                "user": new.user.fhir_user,
+                "roles": sorted(new.user.roles),
+            }
+        },
+    )
+    response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{START_PAGE}", 303)
+    _set_cookie(response, SESSION_COOKIE, secret, SESSION_LIFETIME)
+    _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
+    return response
+
+
+def redirect_uri(settings: Settings) -> str:
+    return f"{settings.public_url}/callback"
+
+
+def roles_from_claims(registration: EhrRegistration, claims: dict[str, Any]) -> frozenset[Role]:
+    """Every launched clinician is a nurse; other roles only through the registration's mapping."""
+    value = claims.get(registration.roles.claim)
+    granted = set(value.split() if isinstance(value, str) else value or [])
+    roles: set[Role] = {"nurse"}
+    if granted & set(registration.roles.social_worker):
+        roles.add("social-worker")
+    if granted & set(registration.roles.admin):
+        roles.add("admin")
+    return frozenset(roles)
+
+
+def _tenant(request: Request) -> TenantContext:
+    tenants: TenantDirectory = request.app.state.tenants
+    settings: Settings = request.app.state.settings
+    slug = str(request.path_params.get("tenant") or settings.default_tenant)
+    try:
+        return tenants.get(slug)
+    except UnknownTenantError as error:
+        raise PageError(404, "unknown_tenant", detail=str(error)) from error
+
+
+def _path_prefix(request: Request, tenant: TenantContext) -> str:
+    return f"/t/{tenant.slug}" if "tenant" in request.path_params else ""
+
+
+def _consume_state(request: Request, state: str | None) -> tuple[LaunchState, TenantContext]:
+    """The launch this callback completes; single use, unexpired, from the same browser."""
+    if not state:
+        raise PageError(400, "bad_state", detail="no state")
+    database: Database = request.app.state.database
+    with database.session() as session:
+        pending = session.get(LaunchState, digest(state))
+        # The DELETE decides a race between two callbacks: only one removes the row.
+        removed = cast(
+            CursorResult[Any],
+            session.execute(delete(LaunchState).where(LaunchState.state_hash == digest(state))),
+        )
+        slug = (
+            None
+            if pending is None
+            else session.scalar(select(Tenant.slug).where(Tenant.id == pending.tenant_id))
+        )
+    if pending is None or removed.rowcount != 1 or slug is None:
+        raise PageError(400, "bad_state", detail="unknown or already used state")
+    if pending.expires_at <= utcnow():
+        raise PageError(400, "bad_state", detail="expired state")
+    browser = request.cookies.get(_binding_cookie(state))
+    if browser is None or not tokens_match(digest(browser), pending.browser_hash):
+        raise PageError(400, "bad_state", detail="state not started in this browser")
+    try:
+        return pending, request.app.state.tenants.get(slug)
+    except UnknownTenantError as error:
+        raise PageError(400, "bad_state", detail=str(error)) from error
+
+
+def _registration(tenant: TenantContext, pending: LaunchState) -> EhrRegistration:
+    registration = next(
+        (r for r in tenant.config.registrations if r.id == pending.registration_id), None
+    )
+    if registration is None:
+        raise PageError(
+            400, "bad_state", frame_origins=all_frame_origins(tenant), detail="EHR unregistered"
+        )
+    return registration
+
+
+def _page_for(registration: EhrRegistration) -> dict[str, Any]:
+    return {
+        "language": registration.default_language,
+        "frame_origins": tuple(registration.frame_origins),
+    }
+
+
+def _call(registration: EhrRegistration, step: Callable[[], T]) -> T:
+    """Run one exchange with the EHR; its failure becomes the matching page."""
+    try:
+        return step()
+    except OAuthError as failure:
+        status = 400 if failure.kind == "id_token_invalid" else 502
+        raise PageError(
+            status, failure.kind, detail=failure.detail, **_page_for(registration)
+        ) from failure
+
+
+def _new_session(
+    tenant: TenantContext,
+    registration: EhrRegistration,
+    pending: LaunchState,
+    server: AuthServer,
+    answer: dict[str, Any],
+    claims: dict[str, Any],
+) -> NewSession:
+    page = _page_for(registration)
+    patient = answer.get("patient")
+    if not isinstance(patient, str) or not patient:
+        raise PageError(400, "no_patient", **page)
+    fhir_user = claims.get("fhirUser")
+    if not isinstance(fhir_user, str) or not fhir_user:
+        raise PageError(
+            400, "id_token_invalid", detail="no fhirUser claim (scope fhirUser)", **page
+        )
+    refresh = answer.get("refresh_token")
+    return NewSession(
+        tenant_id=tenant.id,
+        registration_id=registration.id,
+        path_prefix=pending.path_prefix,
+        fhir_base_url=registration.fhir_base_url,
+        token_endpoint=server.token_endpoint,
+        user=AppUser(
+            fhir_user=fhir_user,
+            name=_display_name(claims, fhir_user),
+            roles=roles_from_claims(registration, claims),
+        ),
+        language=negotiate([_str(claims.get("locale")), registration.default_language]),
+        patient_id=patient,
+        encounter_id=_encounter(answer),
+        app_context=_app_context(answer.get("appContext")),
+        launch_details={
+            name: answer[name]
+            for name in ("need_patient_banner", "smart_style_url", "fhirContext", "intent")
+            if name in answer
+        },
+        scope=str(answer.get("scope") or registration.scopes),
+        access_token=str(answer["access_token"]),
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        access_expires_at=token_expiry(answer),
+    )
+
+
+def _encounter(answer: dict[str, Any]) -> str | None:
+    """``encounter`` (SMART v1 style), else an Encounter reference in ``fhirContext`` (v2)."""
+    if isinstance(answer.get("encounter"), str):
+        return str(answer["encounter"])
+    for item in answer.get("fhirContext") or []:
+        reference = item.get("reference") if isinstance(item, dict) else None
+        if isinstance(reference, str) and reference.startswith("Encounter/"):
+            return reference.removeprefix("Encounter/")
+    return None
+
+
+def _app_context(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)  # some EHRs send the CDS Hooks appContext as parsed JSON
+
+
+def _display_name(claims: dict[str, Any], fhir_user: str) -> str:
+    given_family = " ".join(
+        part for part in (_str(claims.get("given_name")), _str(claims.get("family_name"))) if part
+    )
+    return (
+        _str(claims.get("name"))
+        or given_family
+        or _str(claims.get("preferred_username"))
+        or (fhir_user)
+    )
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _binding_cookie(state: str) -> str:
+    """One binding cookie per launch, so that two tabs launching at once do not collide."""
+    return BINDING_COOKIE_PREFIX + digest(state)[:16]
+
+
+def _set_cookie(response: RedirectResponse, name: str, value: str, lifetime: timedelta) -> None:
+    # SameSite=None + Partitioned: the app lives in the EHR's iframe (a third-party
+    # context); Secure is required for both and works on http://localhost in browsers.
+    response.set_cookie(
+        name,
+        value,
+        max_age=int(lifetime.total_seconds()),
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="none",
+        partitioned=True,
+    )

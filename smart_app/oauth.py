@@ -1,0 +1,204 @@
+"""The OAuth 2 / OpenID Connect client side of SMART App Launch 2.x (no HTTP routes here).
+
+Discovery of an EHR's authorization server, client authentication at its token
+endpoint (``private_key_jwt`` with our keys, ``client_secret_basic``, or a public client),
+the token requests, and verification of the OpenID Connect ``id_token``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+from urllib.parse import quote_plus
+
+import httpx
+import jwt
+
+from service.keys import KeyStore
+from service.tenant_config import EhrRegistration
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Asymmetric algorithms only: an id_token signed with "none" or HS* (keyed with our own
+# public data) must never verify.
+ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384")
+CLOCK_SKEW_SECONDS = 60
+
+FailureKind = Literal["ehr_unreachable", "ehr_unsupported", "token_failed", "id_token_invalid"]
+
+
+class OAuthError(Exception):
+    """The EHR's authorization server cannot be used or gave an unusable answer.
+
+    ``kind`` selects the message shown to the user; ``detail`` is the technical reason
+    (never contains a token or secret).
+    """
+
+    def __init__(self, kind: FailureKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind: FailureKind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    """What we use from an EHR's ``.well-known/smart-configuration``."""
+
+    authorization_endpoint: str
+    token_endpoint: str
+    issuer: str
+    jwks_uri: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AuthServer:
+        return cls(**data)
+
+
+def pkce_challenge(verifier: str) -> str:
+    """BASE64URL(SHA256(verifier)) without padding (RFC 7636, S256)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
+    """Fetch and check the EHR's SMART configuration against what this app needs."""
+    document = _get_json(http, f"{registration.fhir_base_url}/.well-known/smart-configuration")
+    missing = [
+        name
+        for name in ("authorization_endpoint", "token_endpoint", "issuer")
+        if not isinstance(document.get(name), str) or not document[name]
+    ]
+    if "S256" not in _strings(document, "code_challenge_methods_supported"):
+        missing.append("PKCE S256")
+    methods = _strings(document, "token_endpoint_auth_methods_supported")
+    wanted_auth = registration.client_auth
+    if wanted_auth != "none" and methods and wanted_auth not in methods:
+        missing.append(f"token_endpoint_auth_methods_supported: {wanted_auth}")
+    if missing:
+        raise OAuthError("ehr_unsupported", ", ".join(missing))
+    jwks_uri = document.get("jwks_uri")
+    return AuthServer(
+        authorization_endpoint=document["authorization_endpoint"],
+        token_endpoint=document["token_endpoint"],
+        issuer=document["issuer"],
+        jwks_uri=jwks_uri if isinstance(jwks_uri, str) and jwks_uri else None,
+    )
+
+
+def request_token(
+    http: httpx.Client,
+    token_endpoint: str,
+    registration: EhrRegistration,
+    keys: KeyStore,
+    form: dict[str, str],
+) -> dict[str, Any]:
+    """POST a token request with this registration's client authentication."""
+    body = dict(form)
+    auth = httpx.Auth()  # the base class adds nothing: no HTTP authentication
+    if registration.client_auth == "private_key_jwt":
+        body["client_assertion_type"] = ASSERTION_TYPE
+        body["client_assertion"] = keys.sign_client_assertion(
+            token_endpoint, registration.client_id
+        )
+    elif registration.client_auth == "client_secret_basic":
+        if registration.client_secret is None:
+            raise OAuthError("token_failed", "client_secret_basic without a stored secret")
+        # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
+        auth = httpx.BasicAuth(
+            quote_plus(registration.client_id),
+            quote_plus(registration.client_secret.get_secret_value()),
+        )
+    else:
+        body["client_id"] = registration.client_id
+    try:
+        response = http.post(
+            token_endpoint, data=body, auth=auth, headers={"Accept": "application/json"}
+        )
+    except httpx.HTTPError as error:
+        raise OAuthError("ehr_unreachable", f"token endpoint: {type(error).__name__}") from error
+    data = _json_object(response, "token_failed")
+    if response.status_code != 200:
+        reason = (
+            data.get("error_description") or data.get("error") or f"HTTP {response.status_code}"
+        )
+        raise OAuthError("token_failed", str(reason))
+    if not data.get("access_token") or str(data.get("token_type", "")).lower() != "bearer":
+        raise OAuthError("token_failed", "no bearer access_token in the token response")
+    return data
+
+
+def verify_id_token(
+    http: httpx.Client, id_token: str, server: AuthServer, client_id: str, nonce: str
+) -> dict[str, Any]:
+    """The id_token's claims after checking signature, iss, aud, exp/iat and nonce."""
+    try:
+        header = jwt.get_unverified_header(id_token)
+    except jwt.PyJWTError as error:
+        raise OAuthError("id_token_invalid", f"malformed id_token: {error}") from error
+    algorithm = header.get("alg")
+    if algorithm not in ID_TOKEN_ALGORITHMS:
+        raise OAuthError("id_token_invalid", f"id_token algorithm {algorithm!r} not accepted")
+    key = _verification_key(http, server, header.get("kid"), str(algorithm))
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            id_token,
+            key,
+            algorithms=[str(algorithm)],
+            audience=client_id,
+            issuer=server.issuer,
+            leeway=CLOCK_SKEW_SECONDS,
+            options={"require": ["iss", "sub", "aud", "exp", "iat"]},
+        )
+    except jwt.PyJWTError as error:
+        raise OAuthError("id_token_invalid", str(error)) from error
+    if claims.get("nonce") != nonce:
+        raise OAuthError("id_token_invalid", "id_token nonce does not match the request")
+    return claims
+
+
+def _verification_key(http: httpx.Client, server: AuthServer, kid: object, algorithm: str) -> Any:
+    jwks_uri = server.jwks_uri or _openid_jwks_uri(http, server.issuer)
+    keys = [key for key in _get_json(http, jwks_uri).get("keys", []) if isinstance(key, dict)]
+    candidates = [key for key in keys if kid is None or key.get("kid") == kid]
+    if len(candidates) != 1:
+        raise OAuthError("id_token_invalid", f"no single issuer key with kid {kid!r}")
+    try:
+        return jwt.PyJWK(candidates[0], algorithm=algorithm).key
+    except (jwt.PyJWTError, ValueError) as error:
+        raise OAuthError("id_token_invalid", f"unusable issuer key: {error}") from error
+
+
+def _openid_jwks_uri(http: httpx.Client, issuer: str) -> str:
+    document = _get_json(http, f"{issuer.rstrip('/')}/.well-known/openid-configuration")
+    if document.get("issuer") != issuer or not isinstance(document.get("jwks_uri"), str):
+        raise OAuthError("ehr_unsupported", "OpenID configuration without a matching issuer")
+    return str(document["jwks_uri"])
+
+
+def _get_json(http: httpx.Client, url: str) -> dict[str, Any]:
+    try:
+        response = http.get(url, headers={"Accept": "application/json"})
+    except httpx.HTTPError as error:
+        raise OAuthError("ehr_unreachable", f"{url}: {type(error).__name__}") from error
+    if response.status_code != 200:
+        raise OAuthError("ehr_unreachable", f"{url}: HTTP {response.status_code}")
+    return _json_object(response, "ehr_unsupported")
+
+
+def _json_object(response: httpx.Response, kind: FailureKind) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise OAuthError(kind, f"{response.url}: the answer is not a JSON object")
+    return data
+
+
+def _strings(document: dict[str, Any], name: str) -> list[str]:
+    value = document.get(name)
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []

@@ -1,0 +1,386 @@
+"""Launched app sessions: who is using the app, for which patient, with which tokens.
+
+After a SMART launch the browser holds one opaque random secret in the cookie
+``kindreflex_session`` (``Secure; HttpOnly; SameSite=None; Partitioned``: the app runs in
+an EHR iframe); the database holds its SHA-256, the launch context and the EHR's tokens.
+
+* Tokens are sealed with ``KINDREFLEX_SECRET_KEY`` when it is set. Without it they are
+  stored in clear — the embedded default for single-machine installs and the demo; the
+  service warns at start in production. Either way they are never logged and never reach
+  the browser, and a session row is deleted once expired (``SESSION_LIFETIME``).
+* Roles: everyone the EHR launches us for is a clinician at triage, so every session has
+  ``nurse``; ``social-worker`` and ``admin`` come only from the registration's role
+  mapping (an id_token claim and its values).
+* CSRF: a synchroniser token per session, sent back in the form field ``csrf_token`` or
+  the header ``X-CSRF-Token``. It also guards against a stale tab: when the same browser
+  launches the app for another patient, the cookie now names the new session and a form
+  of the old page is refused instead of being saved for the wrong patient.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal, get_args
+
+import httpx
+from fastapi import Depends, Request
+from sqlalchemy import delete, select
+
+from service.api.deps import tenant_slug
+from service.db.base import Database, utcnow
+from service.db.models import AppSession, LaunchState, Tenant
+from service.fhir.client import FhirUnavailable, ReauthorisationRequired
+from service.i18n import Language, translate
+from service.keys import KeyStore, Sealer
+from service.settings import Settings
+from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
+from service.tenant_config import EhrRegistration
+from smart_app.errors import PageError
+from smart_app.oauth import OAuthError, request_token
+from smart_app.security import digest, page_headers, tokens_match
+
+__all__ = [
+    "SESSION_COOKIE",
+    "AppUser",
+    "LaunchContext",
+    "NewSession",
+    "ReauthorisationRequired",
+    "Role",
+    "SessionStore",
+    "SessionTokens",
+    "csrf_token",
+    "current_launch",
+    "require_role",
+    "security_headers",
+    "verify_csrf",
+]
+
+log = logging.getLogger(__name__)
+
+Role = Literal["nurse", "social-worker", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
+SESSION_COOKIE = "kindreflex_session"
+SESSION_LIFETIME = timedelta(hours=8)  # one shift; the EHR relaunches per patient anyway
+REFRESH_MARGIN = timedelta(seconds=60)  # refresh a token this long before it expires
+DEFAULT_TOKEN_LIFETIME = timedelta(minutes=5)  # when a token response has no expires_in
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
+@dataclass(frozen=True)
+class AppUser:
+    fhir_user: str
+    name: str
+    roles: frozenset[Role]
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """The launch a request belongs to. ``session_id`` is a public handle, not the cookie."""
+
+    session_id: str
+    tenant: TenantContext
+    registration_id: str
+    fhir_base_url: str
+    patient_id: str | None
+    encounter_id: str | None
+    user: AppUser
+    language: Language
+    app_context: str | None
+    path_prefix: str = ""  # "" or "/t/<tenant>": where the app's own links start
+    csrf: str = field(default="", repr=False, compare=False)
+
+    @property
+    def registration(self) -> EhrRegistration | None:
+        return next(
+            (r for r in self.tenant.config.registrations if r.id == self.registration_id), None
+        )
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """What a completed launch hands to the session store."""
+
+    tenant_id: int
+    registration_id: str
+    path_prefix: str
+    fhir_base_url: str
+    token_endpoint: str
+    user: AppUser
+    language: Language
+    patient_id: str | None
+    encounter_id: str | None
+    app_context: str | None
+    launch_details: dict[str, Any]  # need_patient_banner, smart_style_url, fhirContext
+    scope: str
+    access_token: str
+    refresh_token: str | None
+    access_expires_at: datetime
+
+
+def token_expiry(token_response: dict[str, Any]) -> datetime:
+    expires_in = token_response.get("expires_in")
+    lifetime = (
+        timedelta(seconds=int(expires_in))
+        if isinstance(expires_in, int | float) and expires_in > 0
+        else DEFAULT_TOKEN_LIFETIME
+    )
+    return utcnow() + lifetime
+
+
+class SessionStore:
+    """Creates, finds and expires app sessions (and expired launch states)."""
+
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self._database = database
+        self._sealer = Sealer(settings.secret_key, "session-tokens")
+
+    def create(self, new: NewSession) -> str:
+        """Store the session; returns the cookie secret (shown to nobody but the browser)."""
+        secret = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self._database.session() as session:
+            session.add(
+                AppSession(
+                    id=secrets.token_hex(16),
+                    cookie_hash=digest(secret),
+                    csrf_token=secrets.token_urlsafe(32),
+                    tenant_id=new.tenant_id,
+                    registration_id=new.registration_id,
+                    path_prefix=new.path_prefix,
+                    fhir_base_url=new.fhir_base_url,
+                    token_endpoint=new.token_endpoint,
+                    fhir_user=new.user.fhir_user,
+                    user_name=new.user.name,
+                    roles=sorted(new.user.roles),
+                    language=new.language,
+                    patient_id=new.patient_id,
+                    encounter_id=new.encounter_id,
+                    app_context=new.app_context,
+                    launch_details=new.launch_details,
+                    scope=new.scope,
+                    access_token=self._sealer.seal(new.access_token),
+                    refresh_token=(
+                        None if new.refresh_token is None else self._sealer.seal(new.refresh_token)
+                    ),
+                    sealed=self._sealer.active,
+                    access_expires_at=new.access_expires_at,
+                    created_at=now,
+                    expires_at=now + SESSION_LIFETIME,
+                )
+            )
+        return secret
+
+    def find(self, cookie_secret: str) -> AppSession | None:
+        """The live session the cookie names, or None."""
+        with self._database.session() as session:
+            row = session.scalar(
+                select(AppSession).where(AppSession.cookie_hash == digest(cookie_secret))
+            )
+        return row if row is not None and row.expires_at > utcnow() else None
+
+    def purge_expired(self) -> None:
+        """Delete expired sessions (with their tokens) and abandoned launch states."""
+        now = utcnow()
+        with self._database.session() as session:
+            session.execute(delete(AppSession).where(AppSession.expires_at <= now))
+            session.execute(delete(LaunchState).where(LaunchState.expires_at <= now))
+
+
+def sessions_of(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.sessions
+    return store
+
+
+def current_launch(request: Request) -> LaunchContext:
+    """The request's launch; a missing, expired or other hospital's session → 401 page."""
+    tenants: TenantDirectory = request.app.state.tenants
+    try:
+        tenant = tenants.get(tenant_slug(request))
+    except UnknownTenantError as error:
+        raise PageError(404, "unknown_tenant", detail=str(error)) from error
+    cookie = request.cookies.get(SESSION_COOKIE)
+    row = sessions_of(request).find(cookie) if cookie else None
+    if row is None or row.tenant_id != tenant.id:
+        raise PageError(401, "session_missing", frame_origins=all_frame_origins(tenant))
+    return LaunchContext(
+        session_id=row.id,
+        tenant=tenant,
+        registration_id=row.registration_id,
+        fhir_base_url=row.fhir_base_url,
+        patient_id=row.patient_id,
+        encounter_id=row.encounter_id,
+        user=AppUser(
+            fhir_user=row.fhir_user,
+            name=row.user_name,
+            roles=frozenset(role for role in row.roles if role in ROLES),
+        ),
+        language=_language(row.language),
+        app_context=row.app_context,
+        path_prefix=row.path_prefix,
+        csrf=row.csrf_token,
+    )
+
+
+LaunchDep = Annotated[LaunchContext, Depends(current_launch)]
+
+
+def require_role(role: Role) -> Callable[[LaunchContext], LaunchContext]:
+    """A dependency: the launch, if its user has ``role``; otherwise a 403 page."""
+
+    def dependency(ctx: LaunchDep) -> LaunchContext:
+        if role not in ctx.user.roles:
+            raise PageError(
+                403,
+                "forbidden_role",
+                language=ctx.language,
+                frame_origins=frame_origins(ctx),
+                role=translate(ctx.language, f"smart.role.{role}"),
+            )
+        return ctx
+
+    return dependency
+
+
+def csrf_token(ctx: LaunchContext) -> str:
+    """The token every form of this session must send back (field ``csrf_token``)."""
+    return ctx.csrf
+
+
+async def verify_csrf(request: Request, ctx: LaunchDep) -> None:
+    """Refuse a state-changing request without this session's CSRF token (403 page)."""
+    presented = request.headers.get(CSRF_HEADER)
+    content_type = request.headers.get("content-type", "")
+    if presented is None and content_type.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get(CSRF_FIELD)
+        presented = value if isinstance(value, str) else None
+    if not tokens_match(presented, ctx.csrf):
+        raise PageError(403, "csrf_failed", language=ctx.language, frame_origins=frame_origins(ctx))
+
+
+def frame_origins(ctx: LaunchContext) -> tuple[str, ...]:
+    registration = ctx.registration
+    return tuple(registration.frame_origins) if registration else ()
+
+
+def all_frame_origins(tenant: TenantContext) -> tuple[str, ...]:
+    """Every origin any of the tenant's EHRs frames us from (for pages before a launch)."""
+    return tuple(dict.fromkeys(o for r in tenant.config.registrations for o in r.frame_origins))
+
+
+def security_headers(ctx: LaunchContext) -> dict[str, str]:
+    """Headers for every app page: CSP with the registered EHR's frame-ancestors, no-store…"""
+    return page_headers(frame_origins(ctx))
+
+
+def _language(value: str) -> Language:
+    return value if value in ("nl", "fr", "en") else "nl"  # type: ignore[return-value]
+
+
+class SessionTokens:
+    """Hands out a valid access token for a session, refreshing it shortly before expiry.
+
+    A refresh happens once even under concurrent requests: a lock per session (striped)
+    in this process, and ``SELECT … FOR UPDATE`` on the session row across instances
+    (PostgreSQL; SQLite deployments are single-instance).
+    """
+
+    LOCK_STRIPES = 64
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        keys: KeyStore | None = None,
+        tenants: TenantDirectory | None = None,
+    ) -> None:
+        self._database = database
+        self._timeout = settings.fhir_timeout_seconds
+        self._sealer = Sealer(settings.secret_key, "session-tokens")
+        self._keys = keys or KeyStore(database, settings)
+        self._tenants = tenants or TenantDirectory(database, SecretBox(settings.secret_key))
+        self._locks = [threading.Lock() for _ in range(self.LOCK_STRIPES)]
+
+    def access_token(self, session_id: str) -> str:
+        """A live access token.
+
+        Raises ``ReauthorisationRequired`` when none can be had without the user (refresh
+        refused, no refresh token, session expired) and ``FhirUnavailable`` when the EHR's
+        token endpoint cannot be reached and the token has expired (retry later).
+        """
+        with self._database.session() as session:
+            row = session.get(AppSession, session_id)
+            if row is not None and self._fresh(row):
+                return self._sealer.open(row.access_token, row.sealed)
+        with self._locks[zlib.crc32(session_id.encode()) % self.LOCK_STRIPES]:
+            return self._refresh(session_id)
+
+    def _refresh(self, session_id: str) -> str:
+        with self._database.session() as session:
+            row = session.scalar(
+                select(AppSession).where(AppSession.id == session_id).with_for_update()
+            )
+            if row is None or row.expires_at <= utcnow():
+                raise ReauthorisationRequired("the app session is unknown or has expired")
+            current = self._sealer.open(row.access_token, row.sealed)
+            if self._fresh(row):  # another request refreshed while we waited
+                return current
+            if row.refresh_token is None:
+                return self._still_valid(row, current, "no refresh token was granted")
+            registration = self._registration(session.get(Tenant, row.tenant_id), row)
+            try:
+                with httpx.Client(timeout=self._timeout) as http:
+                    answer = request_token(
+                        http,
+                        row.token_endpoint,
+                        registration,
+                        self._keys,
+                        {
+                            "grant_type": "refresh_token",
+                            "refresh_token": self._sealer.open(row.refresh_token, row.sealed),
+                        },
+                    )
+            except OAuthError as failure:
+                log.warning(
+                    "token refresh failed",
+                    extra={"fields": {"session": session_id, "reason": failure.detail}},
+                )
+                if failure.kind == "ehr_unreachable" and row.access_expires_at <= utcnow():
+                    raise FhirUnavailable(f"token refresh: {failure.detail}") from failure
+                return self._still_valid(row, current, failure.detail)
+            row.access_token = self._sealer.seal(str(answer["access_token"]))
+            if answer.get("refresh_token"):  # servers may rotate the refresh token
+                row.refresh_token = self._sealer.seal(str(answer["refresh_token"]))
+            row.sealed = self._sealer.active
+            row.access_expires_at = token_expiry(answer)
+            row.scope = str(answer.get("scope") or row.scope)
+            return str(answer["access_token"])
+
+    def _registration(self, tenant: Tenant | None, row: AppSession) -> EhrRegistration:
+        if tenant is None:
+            raise ReauthorisationRequired("the session's hospital no longer exists")
+        config = self._tenants.get(tenant.slug).config
+        registration = next((r for r in config.registrations if r.id == row.registration_id), None)
+        if registration is None:
+            raise ReauthorisationRequired("the session's EHR registration was removed")
+        return registration
+
+    @staticmethod
+    def _fresh(row: AppSession) -> bool:
+        return row.access_expires_at - REFRESH_MARGIN > utcnow()
+
+    @staticmethod
+    def _still_valid(row: AppSession, current: str, reason: str) -> str:
+        """Within the margin the old token still works; past expiry the user must sign in."""
+        if row.access_expires_at > utcnow():
+            return current
+        raise ReauthorisationRequired(f"the access token expired and cannot be refreshed: {reason}")
