@@ -234,3 +234,30 @@ def new_key(kid: str, alg: Alg = "ES384") -> SigningKey:
 
 def smart_client(client_id: str, redirect_uri: str, jwks_uri: str | None) -> SmartClient:
     return SmartClient(client_id, (redirect_uri,), jwks_uri=jwks_uri)
+
+
+@contextmanager
+def serve_asgi(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve an ASGI app (e.g. a test double) with uvicorn in a thread; yields its base URL."""
+    import uvicorn
+
+    from sandbox.fhir_server import free_port
+
+    port = free_port(host)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:  # readiness probe with a deadline
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
