@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from service.db.base import Base, UTCDateTime, utcnow
@@ -111,3 +111,90 @@ class AppSession(TenantScoped, Base):
     access_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+# --- FHIR write path (issue 4 §4): outbox, audit trail, concerns index ---
+# service/outbox.py, service/audit.py, service/worklist.py; migration 0005.
+
+
+class OutboxEntry(TenantScoped, Base):
+    """A FHIR transaction committed here first and delivered to the EHR's FHIR server later.
+
+    ``state``: ``pending`` (due at ``next_attempt_at``), ``delivered``, ``failed`` (the server
+    rejected it: not retried), ``conflict`` (If-Match failed: someone else changed a resource)
+    or ``waiting-authorisation`` (no token: waits for the next launch for this patient).
+    A worker owns an entry while ``lease_until`` lies in the future.
+    """
+
+    __tablename__ = "outbox_entries"
+    __table_args__ = (Index("ix_outbox_entries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    registration_id: Mapped[str] = mapped_column(String(63))
+    fhir_base_url: Mapped[str] = mapped_column(String(500))
+    session_id: Mapped[str] = mapped_column(String(64))
+    author: Mapped[str] = mapped_column(String(500))
+    patient_ref: Mapped[str | None] = mapped_column(String(200))
+    bundle: Mapped[dict[str, Any]] = mapped_column(JSON)
+    witness: Mapped[str | None] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(24))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditRecord(TenantScoped, Base):
+    """One read or write of a child's data: who, when, what, which patient, outcome.
+
+    References only (``Patient/1``, ``RelatedPerson/7``): never names or clinical content.
+    """
+
+    __tablename__ = "audit_records"
+    __table_args__ = (Index("ix_audit_records_patient", "tenant_id", "patient_ref", "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(500))
+    action: Mapped[str] = mapped_column(String(20))
+    patient_ref: Mapped[str | None] = mapped_column(String(200))
+    entities: Mapped[list[str]] = mapped_column(JSON)
+    outcome: Mapped[str] = mapped_column(String(20))
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_entries.id"))
+
+
+class Concern(TenantScoped, Base):
+    """The worklist index: one open (or closed) Kindreflex concern per patient and Flag.
+
+    The FHIR Flag is the source of truth; this row makes the social service's worklist fast.
+    ``row_version`` guards against two social workers changing the same case at once.
+    """
+
+    __tablename__ = "concerns"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "flag_identifier"),
+        Index("ix_concerns_worklist", "tenant_id", "status", "flagged_at", "id"),
+        Index("ix_concerns_patient", "tenant_id", "patient_ref", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_ref: Mapped[str] = mapped_column(String(200))
+    patient_display: Mapped[str | None] = mapped_column(String(200))
+    flag_identifier: Mapped[str] = mapped_column(String(64))
+    flagged_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    flagged_by: Mapped[str] = mapped_column(String(500))
+    triggers: Mapped[list[str]] = mapped_column(JSON)
+    children_birth_dates: Mapped[list[str]] = mapped_column(JSON)
+    last_step: Mapped[str] = mapped_column(String(20))
+    assigned_to: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20))
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_entries.id"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    row_version: Mapped[int] = mapped_column(default=1)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy API

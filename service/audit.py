@@ -1,0 +1,159 @@
+"""The audit trail: every read and write of a child's data, kept here and sent to FHIR.
+
+Each event is stored twice:
+
+* locally (``audit_records``): tenant, when, who (fhirUser), action, patient reference,
+  what (references only — never names or clinical content), outcome. For a write it
+  points at the outbox entry that carries the data, whose state tells the delivery;
+* as a FHIR R4 ``AuditEvent`` on the hospital's server. A write's AuditEvent travels in
+  the same transaction as the data (so it exists exactly when the data does, and a
+  save stays one FHIR request); a read's AuditEvent is an outbox entry of its own,
+  delivered by the worker so that the nurse does not wait for it.
+
+The guide has no AuditEvent profile (``docs/contracts-wip.md``): the events conform to
+base R4, coded with the R4 audit vocabularies. AuditEvent has no business identifier in
+R4, so it gets a client-assigned id: a retried delivery rewrites it instead of
+duplicating it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from service.db.models import AuditRecord
+from service.fhir.client import Resource
+from service.outbox import NewEntry, TransactionBuilder, enqueue
+
+# HL7's base R4 vocabularies of AuditEvent (not the guide's: it has no AuditEvent codes).
+_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+
+#: How the service names itself as the AuditEvent's observer (a display-only reference).
+OBSERVER = "Kindreflex-ED"
+
+
+class AuditAction(StrEnum):
+    """What was done; the value is the R4 restful-interaction code."""
+
+    READ = "read"
+    SEARCH = "search-type"
+    CREATE = "create"
+    UPDATE = "update"
+
+    @property
+    def crude(self) -> str:
+        """AuditEvent.action: C, R, U, or E for a query (as IHE's audit profiles code it)."""
+        return {"read": "R", "search-type": "E", "create": "C", "update": "U"}[self.value]
+
+
+Outcome = Literal["success", "failure"]
+_OUTCOME_CODE = {"success": "0", "failure": "8"}
+
+
+@dataclass(frozen=True)
+class AuditFact:
+    """One audited access. ``entities`` are references (``RelatedPerson/7``, or
+    ``RelatedPerson?identifier=…`` for a resource not yet on the server)."""
+
+    actor: str
+    action: AuditAction
+    patient_ref: str | None
+    entities: tuple[str, ...]
+    outcome: Outcome
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Where and on whose behalf a read's AuditEvent is sent (from the launch context)."""
+
+    tenant_id: int
+    registration_id: str
+    fhir_base_url: str
+    session_id: str
+
+
+def audit_event(fact: AuditFact, entity_references: Sequence[str] = ()) -> Resource:
+    """The R4 AuditEvent of ``fact``. ``entity_references`` replace ``fact.entities`` as the
+    references written to FHIR (e.g. ``urn:uuid:`` entries of the same transaction)."""
+    entities = [_patient_entity(fact.patient_ref)] if fact.patient_ref else []
+    entities += [
+        {"what": {"reference": ref}, "type": {"system": _ENTITY_TYPE, "code": "2"}}
+        for ref in (entity_references or _resolvable(fact.entities))
+    ]
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": {"system": _EVENT_TYPE, "code": "rest"},
+        "subtype": [{"system": _INTERACTION, "code": fact.action.value}],
+        "action": fact.action.crude,
+        "recorded": fact.at.isoformat(),
+        "outcome": _OUTCOME_CODE[fact.outcome],
+        "agent": [{"who": {"reference": fact.actor}, "requestor": True}],
+        "source": {
+            "observer": {"display": OBSERVER},
+            "type": [{"system": _SOURCE_TYPE, "code": "4"}],  # application server
+        },
+        "entity": entities,
+    }
+
+
+def _patient_entity(patient_ref: str) -> Resource:
+    return {
+        "what": {"reference": patient_ref},
+        "type": {"system": _ENTITY_TYPE, "code": "1"},  # person
+        "role": {"system": _OBJECT_ROLE, "code": "1"},  # patient
+    }
+
+
+def _resolvable(entities: Sequence[str]) -> list[str]:
+    """Literal references only: a search-style reference is meaningless once stored."""
+    return [ref for ref in entities if "?" not in ref]
+
+
+def record_local(
+    session: Session, tenant_id: int, fact: AuditFact, outbox_id: int | None = None
+) -> AuditRecord:
+    """The local audit row (in the caller's unit of work)."""
+    row = AuditRecord(
+        tenant_id=tenant_id,
+        recorded_at=fact.at,
+        actor=fact.actor,
+        action=fact.action.value,
+        patient_ref=fact.patient_ref,
+        entities=list(fact.entities),
+        outcome=fact.outcome,
+        outbox_id=outbox_id,
+    )
+    session.add(row)
+    return row
+
+
+def record_read(session: Session, channel: Channel, fact: AuditFact) -> AuditRecord:
+    """A read: the local row and its AuditEvent queued in the outbox, in one unit of work."""
+    transaction = TransactionBuilder()
+    transaction.put_new(audit_event(fact))
+    entry = enqueue(
+        session,
+        channel.tenant_id,
+        NewEntry(
+            kind="audit",
+            registration_id=channel.registration_id,
+            fhir_base_url=channel.fhir_base_url,
+            session_id=channel.session_id,
+            author=fact.actor,
+            patient_ref=fact.patient_ref,
+            bundle=transaction.bundle(),
+        ),
+    )
+    return record_local(session, channel.tenant_id, fact, entry.id)

@@ -1,0 +1,437 @@
+"""The outbox: FHIR transactions committed to our database first, delivered afterwards.
+
+Nothing a nurse records may be lost because the hospital's FHIR server is down, slow or
+restarting, or because this service restarts. So a save commits the transaction Bundle
+(with who wrote it and through which session) to ``outbox_entries`` in the same local
+transaction as everything else, and only then delivers it:
+
+* at once, by the request that saved it (:meth:`Outbox.deliver`, short timeout), and
+* otherwise by the worker (:class:`OutboxWorker`), which retries due entries with capped
+  exponential backoff and jitter, across restarts (all state is in the database).
+
+Exactly once. An instance *claims* entries with a lease (``lease_owner``/``lease_until``)
+in one UPDATE whose subquery uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite takes
+its write lock at the start of the statement), so two instances never deliver the same
+entry concurrently; only the lease holder may record the result. The Bundle itself is
+idempotent: creates are conditional on business identifiers (``ifNoneExist``), updates
+carry ``If-Match``. If a delivery succeeded but its answer was lost, the retry's If-Match
+fails; then the entry's *witness* (a search for a resource only this transaction
+creates) tells that the atomic transaction was in fact applied.
+
+Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
+retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
+the nurse); 401/403 or a session whose tokens cannot be refreshed is
+``waiting-authorisation``: the entry waits until the next launch for the same patient
+through the same EHR registration (:meth:`Outbox.adopt_session`), and is then delivered
+with that session's token — the Provenance inside still names the original author.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.api.health import CheckResult, ReadinessCheck
+from service.db.base import Database, utcnow
+from service.db.models import OutboxEntry
+from service.fhir.client import (
+    FhirClient,
+    FhirConflict,
+    FhirRejected,
+    FhirUnavailable,
+    ReauthorisationRequired,
+    Resource,
+    summarise,
+)
+
+log = logging.getLogger(__name__)
+
+#: Retry delays grow from the worker interval up to this cap (seconds).
+RETRY_CAP_SECONDS = 300.0
+#: The readiness check fails when an entry waits longer than this for delivery.
+READY_MAX_AGE = timedelta(minutes=15)
+#: ... or when the oldest due entry has failed this many attempts in a row.
+READY_MAX_ATTEMPTS = 8
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CONFLICT = "conflict"
+    WAITING_AUTHORISATION = "waiting-authorisation"
+
+
+class TokenSource(Protocol):
+    """Access tokens per app session (``smart_app.session.SessionTokens``)."""
+
+    def access_token(self, session_id: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """What a use case hands to the outbox: the transaction and on whose behalf it is sent."""
+
+    kind: str
+    registration_id: str
+    fhir_base_url: str
+    session_id: str
+    author: str
+    patient_ref: str | None
+    bundle: Resource
+    witness: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The result of one delivery attempt."""
+
+    entry_id: int
+    state: DeliveryState
+    detail: str = ""
+
+
+def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
+    """Add an entry inside the caller's unit of work (committed with the rest of the save)."""
+    row = OutboxEntry(
+        tenant_id=tenant_id,
+        kind=entry.kind,
+        registration_id=entry.registration_id,
+        fhir_base_url=entry.fhir_base_url,
+        session_id=entry.session_id,
+        author=entry.author,
+        patient_ref=entry.patient_ref,
+        bundle=entry.bundle,
+        witness=entry.witness,
+        state=DeliveryState.PENDING,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A claimed entry, detached from any session while it is being delivered."""
+
+    id: int
+    lease: str
+    fhir_base_url: str
+    session_id: str
+    bundle: Resource
+    witness: str | None
+    attempts: int
+
+
+class Outbox:
+    """Claims and delivers outbox entries. One per process; safe to use from several threads."""
+
+    def __init__(
+        self,
+        database: Database,
+        tokens: TokenSource,
+        *,
+        timeout: float,
+        retry_base: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._database = database
+        self._tokens = tokens
+        self._timeout = timeout
+        self._retry_base = retry_base
+        # Lease long enough for a delivery that runs into the timeout, with a margin.
+        self._lease = timedelta(seconds=max(60.0, 4 * timeout))
+        self._clock = clock  # tests move time forward instead of sleeping
+        self._owner = uuid.uuid4().hex[:12]
+
+    # -- public ------------------------------------------------------------------------------
+
+    def deliver(self, entry_id: int, *, timeout: float | None = None) -> DeliveryState:
+        """Try to deliver one entry now (the saving request). Returns its state afterwards."""
+        claimed = self._claim(OutboxEntry.id == entry_id, limit=1)
+        if not claimed:
+            return self.state_of(entry_id)  # the worker has it, or it is not due
+        return self._deliver(claimed[0], timeout or self._timeout).state
+
+    def run_once(self, limit: int = 20) -> list[Delivery]:
+        """Deliver the entries that are due (the worker's cycle; tests call it directly)."""
+        return [self._deliver(c, self._timeout) for c in self._claim(None, limit=limit)]
+
+    def state_of(self, entry_id: int) -> DeliveryState:
+        with self._database.session() as session:
+            state = session.scalar(select(OutboxEntry.state).where(OutboxEntry.id == entry_id))
+        if state is None:
+            raise LookupError(f"no outbox entry {entry_id}")
+        return DeliveryState(state)
+
+    def adopt_session(
+        self, tenant_id: int, registration_id: str, patient_ref: str, session_id: str
+    ) -> int:
+        """A new launch for a patient: entries waiting for authorisation use its session.
+
+        Same tenant, same EHR registration and same patient, so the new token's patient
+        scope covers the writes. Returns how many entries became due again.
+        """
+        with self._database.session() as session:
+            result = session.execute(
+                update(OutboxEntry)
+                .where(
+                    OutboxEntry.tenant_id == tenant_id,
+                    OutboxEntry.registration_id == registration_id,
+                    OutboxEntry.patient_ref == patient_ref,
+                    OutboxEntry.state == DeliveryState.WAITING_AUTHORISATION,
+                )
+                .values(
+                    session_id=session_id,
+                    state=DeliveryState.PENDING,
+                    next_attempt_at=self._clock(),
+                )
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def readiness_check(self, max_age: timedelta = READY_MAX_AGE) -> ReadinessCheck:
+        """Not ready when an entry waits too long or delivery keeps failing (see module doc)."""
+
+        def check() -> CheckResult:
+            with self._database.session() as session:
+                oldest, attempts = session.execute(
+                    select(OutboxEntry.created_at, OutboxEntry.attempts)
+                    .where(OutboxEntry.state == DeliveryState.PENDING)
+                    .order_by(OutboxEntry.created_at, OutboxEntry.id)
+                    .limit(1)
+                ).one_or_none() or (None, 0)
+                stuck = _count_by_state(session)
+            detail = ", ".join(f"{n} {state}" for state, n in sorted(stuck.items())) or "empty"
+            if oldest is not None and self._clock() - oldest > max_age:
+                return CheckResult("outbox", False, f"undelivered for over {max_age}: {detail}")
+            if attempts >= READY_MAX_ATTEMPTS:
+                return CheckResult("outbox", False, f"delivery keeps failing: {detail}")
+            return CheckResult("outbox", True, detail)
+
+        return check
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def _claim(self, condition: Any, limit: int) -> list[_Claimed]:
+        now = self._clock()
+        lease = f"{self._owner}:{uuid.uuid4().hex[:12]}"
+        due = [
+            OutboxEntry.state == DeliveryState.PENDING,
+            OutboxEntry.next_attempt_at <= now,
+            or_(OutboxEntry.lease_until.is_(None), OutboxEntry.lease_until < now),
+        ]
+        if condition is not None:
+            due.append(condition)
+        candidates = (
+            select(OutboxEntry.id)
+            .where(*due)
+            .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite locks the whole database
+        )
+        with self._database.session() as session:
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id.in_(candidates.scalar_subquery()), *due)
+                .values(lease_owner=lease, lease_until=now + self._lease)
+                .execution_options(synchronize_session=False)
+            )
+            rows = session.scalars(select(OutboxEntry).where(OutboxEntry.lease_owner == lease))
+            return [
+                _Claimed(
+                    id=row.id,
+                    lease=lease,
+                    fhir_base_url=row.fhir_base_url,
+                    session_id=row.session_id,
+                    bundle=row.bundle,
+                    witness=row.witness,
+                    attempts=row.attempts,
+                )
+                for row in rows
+            ]
+
+    # -- delivering --------------------------------------------------------------------------
+
+    def _deliver(self, entry: _Claimed, timeout: float) -> Delivery:
+        delivery = self._attempt(entry, timeout)
+        self._record(entry, delivery)
+        return delivery
+
+    def _attempt(self, entry: _Claimed, timeout: float) -> Delivery:
+        try:
+            token = self._tokens.access_token(entry.session_id)
+        except ReauthorisationRequired:
+            return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, "session expired")
+        except Exception as error:  # the token endpoint may be down: retry like the server
+            return Delivery(entry.id, DeliveryState.PENDING, f"token: {type(error).__name__}")
+        with FhirClient(entry.fhir_base_url, lambda: token, timeout) as client:
+            try:
+                client.transaction(entry.bundle)
+            except FhirConflict as error:
+                if entry.witness and _witness_exists(client, entry.witness):
+                    return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
+                return Delivery(entry.id, DeliveryState.CONFLICT, summarise(error.outcome))
+            except FhirRejected as error:
+                if error.needs_authorisation:
+                    return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(error))
+                return Delivery(entry.id, DeliveryState.FAILED, str(error))
+            except FhirUnavailable as error:
+                return Delivery(entry.id, DeliveryState.PENDING, str(error))
+        return Delivery(entry.id, DeliveryState.DELIVERED)
+
+    def _record(self, entry: _Claimed, delivery: Delivery) -> None:
+        now = self._clock()
+        values: dict[str, Any] = {"state": delivery.state, "lease_owner": None, "lease_until": None}
+        values["attempts"] = entry.attempts + 1
+        if delivery.state is DeliveryState.DELIVERED:
+            values["delivered_at"] = now
+        else:
+            values["last_error"] = delivery.detail[:2000]
+        if delivery.state is DeliveryState.PENDING:
+            values["next_attempt_at"] = now + timedelta(seconds=self._backoff(entry.attempts))
+        with self._database.session() as session:
+            result = session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id == entry.id, OutboxEntry.lease_owner == entry.lease)
+                .values(**values)
+            )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            log.warning("outbox lease lost", extra={"fields": {"outbox_id": entry.id}})
+            return
+        _log_delivery(delivery)
+
+    def _backoff(self, attempts: int) -> float:
+        """Capped exponential backoff with jitter, so recovering servers are not stampeded."""
+        ceiling = min(RETRY_CAP_SECONDS, self._retry_base * 2**attempts)
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def _witness_exists(client: FhirClient, witness: str) -> bool:
+    """Whether the search ``Type?params`` finds the resource only this transaction creates."""
+    resource_type, _, query = witness.partition("?")
+    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    try:
+        found = client.search(resource_type, params)
+    except (FhirRejected, FhirUnavailable):
+        return False
+    return bool(found.get("total") or found.get("entry"))
+
+
+def _count_by_state(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(OutboxEntry.state, func.count())
+        .where(OutboxEntry.state != DeliveryState.DELIVERED)
+        .group_by(OutboxEntry.state)
+    )
+    return {state: int(count) for state, count in rows}
+
+
+def _log_delivery(delivery: Delivery) -> None:
+    fields = {"outbox_id": delivery.entry_id, "state": str(delivery.state)}
+    if delivery.state is DeliveryState.FAILED:
+        # An operator must look: the FHIR server refuses what a nurse recorded.
+        log.error("FHIR server rejected an outbox entry", extra={"fields": fields})
+    elif delivery.state is DeliveryState.DELIVERED:
+        log.info("outbox entry delivered", extra={"fields": fields})
+    else:
+        log.warning("outbox entry not delivered", extra={"fields": fields})
+
+
+class OutboxWorker:
+    """A background thread that runs :meth:`Outbox.run_once` every ``interval`` seconds."""
+
+    def __init__(self, outbox: Outbox, interval: float) -> None:
+        self._outbox = outbox
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="outbox-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._outbox.run_once()
+            except Exception:  # the database may be briefly unreachable: keep the worker alive
+                log.exception("outbox cycle failed")
+            if self._stop.wait(self._interval):  # the schedule, not synchronisation
+                return
+
+
+class TransactionBuilder:
+    """Builds one idempotent FHIR transaction: what a retry may safely send again.
+
+    * :meth:`create` — a conditional create on the resource's business identifier;
+    * :meth:`update` — a PUT with ``If-Match`` on the version the user saw;
+    * :meth:`put_new` — resources without an identifier in R4 (Provenance, AuditEvent) get
+      a client-assigned id, so sending them again rewrites instead of duplicating.
+
+    Each method returns the reference other entries of the bundle use for the resource.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[Resource] = []
+
+    def create(self, resource: Resource, identifier: dict[str, str]) -> str:
+        full_url = f"urn:uuid:{uuid.uuid4()}"
+        query = f"identifier={identifier['system']}|{identifier['value']}"
+        self._entries.append(
+            {
+                "fullUrl": full_url,
+                "resource": resource,
+                "request": {
+                    "method": "POST",
+                    "url": resource["resourceType"],
+                    "ifNoneExist": query,
+                },
+            }
+        )
+        return full_url
+
+    def update(self, resource: Resource, version_id: str) -> str:
+        reference = f"{resource['resourceType']}/{resource['id']}"
+        self._entries.append(
+            {
+                "resource": resource,
+                "request": {"method": "PUT", "url": reference, "ifMatch": f'W/"{version_id}"'},
+            }
+        )
+        return reference
+
+    def put_new(self, resource: Resource) -> str:
+        resource = {**resource, "id": resource.get("id") or str(uuid.uuid4())}
+        reference = f"{resource['resourceType']}/{resource['id']}"
+        self._entries.append({"resource": resource, "request": {"method": "PUT", "url": reference}})
+        return reference
+
+    def bundle(self) -> Resource:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": list(self._entries)}
+
+    def stable_references(self) -> list[str]:
+        """How to find each created or updated resource later, without server ids:
+        ``Type?identifier=system|value`` for a create, ``Type/id`` for an update."""
+        return [
+            entry["request"]["url"]
+            + (f"?{entry['request']['ifNoneExist']}" if entry["request"].get("ifNoneExist") else "")
+            for entry in self._entries
+            if entry["request"]["method"] == "POST" or "ifMatch" in entry["request"]
+        ]
