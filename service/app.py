@@ -9,6 +9,7 @@ from fastapi import FastAPI
 import smart_app
 from service import keys
 from service.api import health
+from service.cds.router import router as cds_router
 from service.db.base import Database
 from service.observability import Metrics, MetricsMiddleware
 from service.settings import Settings, get_settings
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.readiness_checks = [health.database_check(database)]
 
     app.include_router(health.router)
+    app.include_router(cds_router)  # CDS Hooks for the default hospital
+    app.include_router(cds_router, prefix="/t/{tenant}")
     app.state.keys = keys.KeyStore(database, settings)
     app.include_router(keys.router)
     smart_app.install(app)  # SMART launch, sessions, their error pages

@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from service.i18n import catalogue
+from service.protocol import HagueTrigger
+
 Language = Literal["nl", "fr", "en"]
 Hook = Literal["encounter-start", "patient-view"]
 ClientAuth = Literal["private_key_jwt", "client_secret_basic", "none"]
@@ -68,12 +71,79 @@ class EhrRegistration(Strict):
         return value.rstrip("/")
 
 
+class LocalTriggerCode(Strict):
+    """A code of the hospital's own coding that counts as a Hague trigger (added to the guide's)."""
+
+    trigger: HagueTrigger
+    system: str = Field(min_length=1, description="The code system URI as the EHR sends it.")
+    code: str = Field(min_length=1)
+
+
+CardText = Literal["info_summary", "info_detail", "warning_summary", "warning_detail"]
+
+
 class HookSettings(Strict):
     """What the CDS services do for this tenant."""
 
     enabled: list[Hook] = Field(default_factory=lambda: list(ALL_HOOKS))
     adult_age: int = Field(18, ge=12, le=25)
-    once_per_encounter: bool = True
+    once_per_encounter: bool = Field(
+        True, description="No card once step 1 is recorded for the encounter."
+    )
+    local_trigger_codes: list[LocalTriggerCode] = Field(
+        default_factory=list,
+        description="Codes of the hospital's own codings that count as Hague triggers, "
+        "on top of the guide's trigger ValueSets.",
+    )
+    override_reasons: list[str] = Field(
+        default_factory=lambda: [
+            "patient-not-responsive",
+            "already-done",
+            "no-children",
+            "not-now",
+        ],
+        description="Override reasons the card offers, in this order (codes of the "
+        "guide's CDS override-reason CodeSystem).",
+    )
+    card_wording: dict[Language, dict[CardText, str]] = Field(
+        default_factory=dict,
+        description="The facility's own card wording per language; a summary may use "
+        "`{reasons}` (warning) and stays within 140 characters.",
+    )
+    source_url: str = Field(
+        "https://kindreflex.be/", description="Where the card's source label links to."
+    )
+
+    @field_validator("override_reasons")
+    @classmethod
+    def _known_override_reasons(cls, value: list[str]) -> list[str]:
+        prefix = "cds.override."
+        known = {m.removeprefix(prefix) for m in catalogue("nl").messages if m.startswith(prefix)}
+        unknown = [code for code in value if code not in known]
+        if unknown:
+            raise ValueError(f"unknown override reason(s) {unknown}; known: {sorted(known)}")
+        return value
+
+    @field_validator("card_wording")
+    @classmethod
+    def _summaries_fit_a_card(
+        cls, value: dict[Language, dict[CardText, str]]
+    ) -> dict[Language, dict[CardText, str]]:
+        for language, texts in value.items():
+            for name, text in texts.items():
+                try:
+                    filled = text.format(reasons="")
+                except (KeyError, IndexError, ValueError) as error:
+                    raise ValueError(
+                        f"card_wording.{language}.{name}: only the placeholder {{reasons}} "
+                        f"may be used ({error})"
+                    ) from error
+                if name.endswith("summary") and len(filled) > 100:
+                    raise ValueError(
+                        f"card_wording.{language}.{name}: at most 100 characters, so that the "
+                        "reasons still fit the 140 characters of a card summary"
+                    )
+        return value
 
 
 class TenantConfiguration(Strict):

@@ -198,3 +198,44 @@ class Concern(TenantScoped, Base):
     row_version: Mapped[int] = mapped_column(default=1)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy API
+
+
+# --- CDS Hooks (service/cds) ------------------------------------------------------------
+
+
+class CdsSeenToken(TenantScoped, Base):
+    """A CDS Hooks JWT already accepted: its ``jti`` may not be used again before it expires.
+
+    The unique constraint is the replay check, shared by every instance of the service;
+    rows past ``expires_at`` are purged (an expired token is refused anyway).
+    """
+
+    __tablename__ = "cds_seen_tokens"
+    __table_args__ = (UniqueConstraint("tenant_id", "issuer", "jti"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(500))
+    jti: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class CdsFeedback(TenantScoped, Base):
+    """What the user did with a card (CDS Hooks feedback), for the monitoring figures.
+
+    The user's free-text comment is not kept: it may name the patient, and the figures
+    need only the coded outcome and reason.
+    """
+
+    __tablename__ = "cds_feedback"
+    # the same feedback posted twice (a client retry) is stored once
+    __table_args__ = (UniqueConstraint("tenant_id", "card_uuid", "outcome", "outcome_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(63))
+    card_uuid: Mapped[str] = mapped_column(String(36))
+    outcome: Mapped[str] = mapped_column(String(16))
+    override_system: Mapped[str | None] = mapped_column(String(500))
+    override_code: Mapped[str | None] = mapped_column(String(100))
+    outcome_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    issuer: Mapped[str | None] = mapped_column(String(500))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,298 @@
+"""CDS Hooks 2.0 endpoints: discovery, the two Kindreflex services, and feedback.
+
+Mounted at the root (the default hospital) and under ``/t/{tenant}``. Every call is
+authenticated with the EHR's JWT (``service.cds.auth``) unless the deployment turned the
+check off for the local demo. Errors are JSON ``{"error": <code>, "reason": <text>}``:
+400 for a malformed body, 401 for authentication, 404 for an unknown or disabled service.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter
+from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.api.deps import SettingsDep, TenantDep
+from service.cds import prefetch
+from service.cds.auth import Caller, CdsAuthenticator, CdsAuthError, JwksCache, SeenTokens, expiry
+from service.cds.cards import CardTarget, card
+from service.cds.rules import advise, local_trigger_codes
+from service.cds.schemas import FeedbackRequest, HookContext, HookRequest
+from service.cds.situation import situation_of
+from service.cds.vocabulary import Vocabulary, guide_vocabulary
+from service.db.base import Database
+from service.db.models import CdsFeedback
+from service.i18n import negotiate
+from service.settings import Settings
+from service.tenancy import TenantContext
+from service.tenant_config import Hook
+
+router = APIRouter(tags=["cds-hooks"])
+
+#: Service id → hook. The ids are part of the EHR's configuration: never rename them.
+SERVICES: dict[str, Hook] = {
+    "kindreflex-encounter-start": "encounter-start",
+    "kindreflex-patient-view": "patient-view",
+}
+#: Ages are counted on the Belgian calendar day, whatever the server's zone.
+CLINIC_ZONE = ZoneInfo("Europe/Brussels")
+
+
+@dataclass(frozen=True)
+class CdsState:
+    """What the CDS endpoints keep per app: keys, the replay ledger, an HTTP client, metrics."""
+
+    authenticator: CdsAuthenticator
+    http: httpx.AsyncClient
+    fhir_requests: Counter
+    cards: Counter
+
+
+_state_lock = threading.Lock()
+
+
+def cds_state(request: Request) -> CdsState:
+    state: CdsState | None = getattr(request.app.state, "cds", None)
+    if state is None:
+        with _state_lock:
+            state = getattr(request.app.state, "cds", None)
+            if state is None:
+                state = _new_state(request.app.state.database, request.app.state.metrics.registry)
+                request.app.state.cds = state
+    return state
+
+
+def _new_state(database: Database, registry: Any) -> CdsState:
+    http = httpx.AsyncClient(follow_redirects=False)
+    return CdsState(
+        authenticator=CdsAuthenticator(JwksCache(http), SeenTokens(database)),
+        http=http,
+        fhir_requests=Counter(
+            "kindreflex_cds_fhir_requests_total",
+            "FHIR requests made by CDS hook calls (prefetch missing).",
+            registry=registry,
+        ),
+        cards=Counter(
+            "kindreflex_cds_cards_total",
+            "CDS cards returned, by indicator ('none' when no card).",
+            ["indicator"],
+            registry=registry,
+        ),
+    )
+
+
+def _error(status: int, code: str, reason: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": f'Bearer error="{code}"'} if status == 401 else None
+    return JSONResponse({"error": code, "reason": reason}, status_code=status, headers=headers)
+
+
+def _unauthorized(error: CdsAuthError) -> JSONResponse:
+    return _error(401, "invalid_token", str(error))
+
+
+def _invalid(error: ValidationError | ValueError) -> JSONResponse:
+    if isinstance(error, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in error.errors(include_url=False)[:5]
+        )
+    else:
+        problems = str(error)
+    return _error(400, "invalid_request", problems)
+
+
+async def _authenticate(
+    request: Request, tenant: TenantContext, settings: Settings, state: CdsState
+) -> Caller | None:
+    """The calling EHR, or None when the deployment switched the check off (demo only)."""
+    if not settings.cds_jwt_required:
+        return None
+    audience = settings.public_url + request.url.path
+    authenticator = state.authenticator
+    caller, claims = await authenticator.verify(
+        request.headers.get("authorization"), tenant, audience
+    )
+    first_use = await run_in_threadpool(
+        authenticator.seen.first_use, tenant.id, caller.issuer, claims["jti"], expiry(claims)
+    )
+    if not first_use:
+        raise CdsAuthError("this jti was already used: a JWT is good for one call only")
+    return caller
+
+
+def _tenant_prefix(request: Request, tenant: TenantContext) -> str:
+    return f"/t/{tenant.slug}" if "tenant" in request.path_params else ""
+
+
+def _vocabulary(tenant: TenantContext) -> Vocabulary:
+    return guide_vocabulary().with_local_codes(local_trigger_codes(tenant.config.hooks))
+
+
+def _enabled_hook(tenant: TenantContext, service_id: str) -> Hook | None:
+    hook = SERVICES.get(service_id)
+    return hook if hook in tenant.config.hooks.enabled else None
+
+
+@router.get("/cds-services", response_model=None)
+async def discovery(
+    request: Request, tenant: TenantDep, settings: SettingsDep
+) -> dict[str, Any] | JSONResponse:
+    try:
+        await _authenticate(request, tenant, settings, cds_state(request))
+    except CdsAuthError as error:
+        return _unauthorized(error)
+    templates = prefetch.templates(guide_vocabulary())
+    return {
+        "services": [
+            {
+                "hook": hook,
+                "id": service_id,
+                "title": "Kindreflex",
+                "description": "Prompts the Kindreflex (see the children behind the adult "
+                "patient) and warns on Hague-protocol presentations or an open concern.",
+                "prefetch": templates,
+            }
+            for service_id, hook in SERVICES.items()
+            if hook in tenant.config.hooks.enabled
+        ]
+    }
+
+
+@router.post("/cds-services/{service_id}", response_model=None)
+async def call_service(
+    service_id: str, request: Request, tenant: TenantDep, settings: SettingsDep
+) -> dict[str, Any] | JSONResponse:
+    hook = _enabled_hook(tenant, service_id)
+    if hook is None:
+        return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
+    state = cds_state(request)
+    try:
+        caller = await _authenticate(request, tenant, settings, state)
+    except CdsAuthError as error:
+        return _unauthorized(error)
+    try:
+        body = HookRequest.model_validate_json(await request.body())
+        context = HookContext.model_validate(body.context)
+    except ValidationError as error:
+        return _invalid(error)
+    if body.hook != hook:
+        return _error(400, "invalid_request", f"service '{service_id}' answers hook '{hook}'")
+    if hook == "encounter-start" and context.encounterId is None:
+        return _error(400, "invalid_request", "context.encounterId is required for encounter-start")
+    vocabulary = _vocabulary(tenant)
+    data = await _patient_data(body, context, vocabulary, caller, tenant, state)
+    advice = advise(
+        situation_of(data, context.encounterId),
+        tenant.config.hooks,
+        vocabulary,
+        datetime.now(CLINIC_ZONE).date(),
+    )
+    state.cards.labels(advice.indicator if advice else "none").inc()
+    if advice is None:
+        return {"cards": []}
+    registration = caller.registration if caller else None
+    language = negotiate(
+        [
+            request.headers.get("accept-language"),
+            registration.default_language if registration else None,
+        ]
+    )
+    target = CardTarget(
+        launch_url=f"{settings.public_url}{_tenant_prefix(request, tenant)}/launch",
+        hook=hook,
+        hook_instance=str(body.hookInstance),
+    )
+    return {
+        "cards": [
+            card(
+                advice,
+                language=language,
+                hooks=tenant.config.hooks,
+                vocabulary=vocabulary,
+                target=target,
+            )
+        ]
+    }
+
+
+async def _patient_data(
+    body: HookRequest,
+    context: HookContext,
+    vocabulary: Vocabulary,
+    caller: Caller | None,
+    tenant: TenantContext,
+    state: CdsState,
+) -> dict[str, Any]:
+    """Prefetch, completed by at most one FHIR request to the calling EHR's own server."""
+    data: dict[str, Any] = dict(body.prefetch or {})
+    queries = prefetch.missing_queries(
+        vocabulary, body.prefetch, context.patientId, context.encounterId
+    )
+    if not queries or body.fhirServer is None or body.fhirAuthorization is None:
+        return data
+    server = str(body.fhirServer).rstrip("/")
+    # the EHR's token goes only to the FHIR server registered for that EHR, never elsewhere
+    registrations = [caller.registration] if caller else tenant.config.registrations
+    if server not in {r.fhir_base_url for r in registrations}:
+        return data
+    state.fhir_requests.inc()
+    data.update(
+        await prefetch.fetch(state.http, server, body.fhirAuthorization.access_token, queries)
+    )
+    return data
+
+
+@router.post("/cds-services/{service_id}/feedback", response_model=None)
+async def feedback(
+    service_id: str, request: Request, tenant: TenantDep, settings: SettingsDep
+) -> dict[str, Any] | JSONResponse:
+    if _enabled_hook(tenant, service_id) is None:
+        return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
+    try:
+        caller = await _authenticate(request, tenant, settings, cds_state(request))
+    except CdsAuthError as error:
+        return _unauthorized(error)
+    try:
+        body = FeedbackRequest.model_validate_json(await request.body())
+    except ValidationError as error:
+        return _invalid(error)
+    database: Database = request.app.state.database
+    await run_in_threadpool(
+        _store_feedback, database, tenant.id, service_id, caller.issuer if caller else None, body
+    )
+    return {}
+
+
+def _store_feedback(
+    database: Database, tenant_id: int, service_id: str, issuer: str | None, body: FeedbackRequest
+) -> None:
+    """All items or none; an item already stored (a client retry) is skipped."""
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "service_id": service_id,
+            "card_uuid": str(item.card),
+            "outcome": item.outcome,
+            "override_system": reason.system if reason else None,
+            "override_code": reason.code if reason else None,
+            "outcome_at": item.outcomeTimestamp,
+            "issuer": issuer,
+            "received_at": datetime.now(CLINIC_ZONE),
+        }
+        for item in body.feedback
+        for reason in [item.overrideReason.reason if item.overrideReason else None]
+    ]
+    dialect = postgresql if database.engine.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(CdsFeedback.__table__).on_conflict_do_nothing()
+    with database.engine.begin() as connection:
+        connection.execute(statement, rows)

@@ -1,0 +1,157 @@
+"""What a hook request tells about the patient, read from FHIR R4 JSON (prefetch or fetched).
+
+Pure and defensive: the JSON comes from the EHR, so a field of the wrong type is treated
+as absent rather than trusted or allowed to raise. Only the facts the card rules use are
+kept; nothing here is logged or stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from service.cds.vocabulary import Code
+from service.protocol import ChildRelationship
+
+#: The prefetch keys of our discovery document; the fetch fallback asks for the same.
+PATIENT = "patient"
+ENCOUNTER = "encounter"
+CONDITIONS = "conditions"
+RELATED_PERSONS = "relatedPersons"
+FLAGS = "flags"
+FINDINGS = "findings"
+PREFETCH_KEYS = (PATIENT, ENCOUNTER, CONDITIONS, RELATED_PERSONS, FLAGS, FINDINGS)
+
+_FHIR_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+_VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})
+_VOID_VERIFICATION = frozenset({"entered-in-error", "refuted"})
+_CHILD_CODES = frozenset(r.value for r in ChildRelationship)
+
+
+@dataclass(frozen=True)
+class Situation:
+    """The facts the rules weigh. ``birth_date`` is the earliest date a partial FHIR date
+    allows (``1990`` → 1990-01-01): with doubt about the age, the card is shown."""
+
+    birth_date: date | None
+    presentation_codes: frozenset[Code]
+    active_flag_codes: frozenset[Code]
+    encounter_finding_codes: frozenset[Code]
+    known_children: int
+
+
+def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation | None:
+    """The situation from prefetch-shaped data; ``None`` when the patient is unknown."""
+    patient = _single(data.get(PATIENT), "Patient")
+    if patient is None:
+        return None
+    encounter = _single(data.get(ENCOUNTER), "Encounter")
+    return Situation(
+        birth_date=_earliest_date(patient.get("birthDate")),
+        presentation_codes=_presentation_codes(encounter, data.get(CONDITIONS)),
+        active_flag_codes=frozenset(
+            code
+            for flag in _resources(data.get(FLAGS), "Flag")
+            if flag.get("status") == "active"
+            for code in _codes(flag.get("code"))
+        ),
+        encounter_finding_codes=frozenset(
+            code
+            for observation in _resources(data.get(FINDINGS), "Observation")
+            if observation.get("status") not in _VOID_STATUSES
+            and encounter_id is not None
+            and _refers_to(observation.get("encounter"), "Encounter", encounter_id)
+            for code in _codes(observation.get("code"))
+        ),
+        known_children=sum(
+            1
+            for person in _resources(data.get(RELATED_PERSONS), "RelatedPerson")
+            if person.get("active") is not False and _is_child(person)
+        ),
+    )
+
+
+def _presentation_codes(encounter: dict[str, Any] | None, conditions: Any) -> frozenset[Code]:
+    """Codes of the encounter's reasons and of the conditions recorded for it."""
+    codes: set[Code] = set()
+    if encounter is not None:
+        for reason in _list(encounter.get("reasonCode")):
+            codes.update(_codes(reason))
+    for condition in _resources(conditions, "Condition"):
+        # verificationStatus has a required binding in R4: the code alone is unambiguous
+        if not _code_values(condition.get("verificationStatus")) & _VOID_VERIFICATION:
+            codes.update(_codes(condition.get("code")))
+    return frozenset(codes)
+
+
+def _is_child(person: dict[str, Any]) -> bool:
+    # The child codes are v3 RoleCode codes (the guide's child-relationship ValueSet); EHRs
+    # often omit the system on relationship codings, so the code alone is compared.
+    return any(
+        _code_values(relationship) & _CHILD_CODES
+        for relationship in _list(person.get("relationship"))
+    )
+
+
+def _resources(value: Any, resource_type: str) -> Iterator[dict[str, Any]]:
+    """The resources of ``resource_type`` in a resource or a search Bundle."""
+    if not isinstance(value, dict):
+        return
+    if value.get("resourceType") == resource_type:
+        yield value
+    elif value.get("resourceType") == "Bundle":
+        for entry in _list(value.get("entry")):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
+                yield resource
+
+
+def _single(value: Any, resource_type: str) -> dict[str, Any] | None:
+    return next(_resources(value, resource_type), None)
+
+
+def _codes(concept: Any) -> Iterator[Code]:
+    if not isinstance(concept, dict):
+        return
+    for coding in _list(concept.get("coding")):
+        if isinstance(coding, dict):
+            system, code = coding.get("system"), coding.get("code")
+            if isinstance(system, str) and isinstance(code, str):
+                yield Code(system, code)
+
+
+def _code_values(concept: Any) -> frozenset[str]:
+    if not isinstance(concept, dict):
+        return frozenset()
+    return frozenset(
+        coding["code"]
+        for coding in _list(concept.get("coding"))
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str)
+    )
+
+
+def _refers_to(reference: Any, resource_type: str, resource_id: str) -> bool:
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return False
+    target: str = reference["reference"]
+    return target == f"{resource_type}/{resource_id}" or target.endswith(
+        f"/{resource_type}/{resource_id}"
+    )
+
+
+def _earliest_date(value: Any) -> date | None:
+    match = _FHIR_DATE.match(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    year, month, day = (int(part) if part else 1 for part in match.groups())
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -1,0 +1,77 @@
+"""The guide's codes the card rules look for, read through ``service.fhir.terminology``.
+
+A small, hashable view built once per process: the Hague trigger ValueSets as
+(system, code) sets, the step-1 finding code, the open-concern Flag code, and the
+CodeSystem of the card's override reasons when the guide has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from service.fhir import terminology
+from service.protocol import HagueTrigger, Step
+
+#: The guide's record-type code of an open Kindreflex concern (a Flag.code).
+OPEN_CONCERN_CODE = "open-concern"
+#: The guide's CodeSystem of override reasons (asked for in docs/contracts-wip.md).
+OVERRIDE_REASON_CODE_SYSTEM = "cds-override-reason"
+
+
+@dataclass(frozen=True)
+class Code:
+    """A (system, code) pair, the identity of a Coding."""
+
+    system: str
+    code: str
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What the rules recognise: trigger codes, the step-1 finding, the open-concern flag."""
+
+    triggers: Mapping[HagueTrigger, frozenset[Code]]
+    step_system: str
+    concern_flag: Code
+    override_reason_system: str | None
+
+    @property
+    def step_1(self) -> Code:
+        return Code(self.step_system, Step.STEP_1.value)
+
+    def triggers_of(self, codes: frozenset[Code]) -> frozenset[HagueTrigger]:
+        return frozenset(t for t, members in self.triggers.items() if members & codes)
+
+    def with_local_codes(self, extra: Mapping[HagueTrigger, frozenset[Code]]) -> Vocabulary:
+        """This vocabulary with a hospital's own trigger codes added."""
+        if not extra:
+            return self
+        merged = {t: codes | extra.get(t, frozenset()) for t, codes in self.triggers.items()}
+        return Vocabulary(merged, self.step_system, self.concern_flag, self.override_reason_system)
+
+
+def vocabulary_of(guide: terminology.Guide) -> Vocabulary:
+    value_sets = guide.hague_trigger_value_sets()
+    triggers = {
+        trigger: frozenset(Code(s, c) for s, c in value_sets[trigger.value].members)
+        for trigger in HagueTrigger
+    }
+    concern = guide.code_system("record-type").concept(OPEN_CONCERN_CODE)
+    try:
+        override_system: str | None = guide.code_system(OVERRIDE_REASON_CODE_SYSTEM).url
+    except terminology.GuideError:
+        override_system = None  # not in the guide yet: Codings go without a system
+    return Vocabulary(
+        triggers=triggers,
+        step_system=guide.code_system("kindreflex-step").url,
+        concern_flag=Code(concern.system, concern.code),
+        override_reason_system=override_system,
+    )
+
+
+@lru_cache(maxsize=1)
+def guide_vocabulary() -> Vocabulary:
+    """The vocabulary of the guide this deployment ships (built once per process)."""
+    return vocabulary_of(terminology.guide())

@@ -1,0 +1,301 @@
+"""The Kindreflex card rules, from FHIR JSON to the card, without I/O.
+
+Codes are taken from the built guide (never typed here), so the tests also prove that
+the rules read the guide's trigger ValueSets and its open-concern and step codes.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import pytest
+
+from service.cds.cards import SUMMARY_LIMIT, CardTarget, card
+from service.cds.rules import GENERIC, Advice, advise, local_trigger_codes
+from service.cds.situation import situation_of
+from service.cds.vocabulary import Code, Vocabulary, guide_vocabulary
+from service.i18n import Language, translate
+from service.protocol import HagueTrigger
+from service.tenant_config import HookSettings, LocalTriggerCode
+
+TODAY = date(2026, 11, 23)
+ENCOUNTER_ID = "enc-1"
+VOCABULARY = guide_vocabulary()
+
+
+def a_code_of(trigger: HagueTrigger) -> Code:
+    return sorted(VOCABULARY.triggers[trigger], key=lambda c: (c.system, c.code))[0]
+
+
+def coding(code: Code) -> dict[str, Any]:
+    return {"coding": [{"system": code.system, "code": code.code}]}
+
+
+def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
+
+
+def prefetch(
+    birth_date: str | None = "1990-05-01",
+    reasons: tuple[Code, ...] = (),
+    conditions: tuple[dict[str, Any], ...] = (),
+    flags: tuple[dict[str, Any], ...] = (),
+    findings: tuple[dict[str, Any], ...] = (),
+    children: int = 0,
+) -> dict[str, Any]:
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": "p1"}
+    if birth_date is not None:
+        patient["birthDate"] = birth_date
+    return {
+        "patient": patient,
+        "encounter": {
+            "resourceType": "Encounter",
+            "id": ENCOUNTER_ID,
+            "status": "arrived",
+            "reasonCode": [coding(code) for code in reasons],
+        },
+        "conditions": bundle(*conditions),
+        "flags": bundle(*flags),
+        "findings": bundle(*findings),
+        "relatedPersons": bundle(
+            *(
+                {
+                    "resourceType": "RelatedPerson",
+                    "patient": {"reference": "Patient/p1"},
+                    "relationship": [{"coding": [{"code": "CHILD"}]}],
+                }
+                for _ in range(children)
+            ),
+            # a partner is a RelatedPerson too, but not a child
+            {"resourceType": "RelatedPerson", "relationship": [{"coding": [{"code": "SPS"}]}]},
+        ),
+    }
+
+
+def condition(code: Code, verification: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Condition",
+        "code": coding(code),
+        "encounter": {"reference": f"Encounter/{ENCOUNTER_ID}"},
+    }
+    if verification:
+        resource["verificationStatus"] = {"coding": [{"code": verification}]}
+    return resource
+
+
+def concern_flag(status: str = "active") -> dict[str, Any]:
+    return {"resourceType": "Flag", "status": status, "code": coding(VOCABULARY.concern_flag)}
+
+
+def step_1_finding(encounter: str = ENCOUNTER_ID, status: str = "final") -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": status,
+        "code": coding(VOCABULARY.step_1),
+        "encounter": {"reference": f"Encounter/{encounter}"},
+    }
+
+
+def advice_for(
+    data: dict[str, Any], hooks: HookSettings | None = None, vocabulary: Vocabulary = VOCABULARY
+) -> Advice | None:
+    return advise(situation_of(data, ENCOUNTER_ID), hooks or HookSettings(), vocabulary, TODAY)
+
+
+# --- who gets a card ---------------------------------------------------------------------
+
+
+def test_a_17_year_old_gets_no_card_and_turns_adult_on_the_18th_birthday() -> None:
+    assert advice_for(prefetch(birth_date="2008-11-24")) is None  # 18 tomorrow
+    eighteen_today = advice_for(prefetch(birth_date="2008-11-23"))
+    assert eighteen_today is not None
+    assert eighteen_today.indicator == "info"
+
+
+def test_the_adult_age_is_the_hospitals_setting() -> None:
+    sixteen = prefetch(birth_date="2010-01-01")
+    assert advice_for(sixteen) is None
+    assert advice_for(sixteen, HookSettings(adult_age=16)) is not None
+
+
+@pytest.mark.parametrize("birth_date", ["2008", "2008-11", None, "not-a-date", "2008-02-30"])
+def test_with_doubt_about_the_age_the_card_is_shown(birth_date: str | None) -> None:
+    # "2008" may be an 18-year-old: the earliest possible birth date counts
+    assert advice_for(prefetch(birth_date=birth_date)) is not None
+
+
+def test_no_patient_data_gives_the_generic_card() -> None:
+    assert advise(situation_of({}, ENCOUNTER_ID), HookSettings(), VOCABULARY, TODAY) is GENERIC
+    assert (
+        advise(situation_of({"patient": None}, None), HookSettings(), VOCABULARY, TODAY) == GENERIC
+    )
+
+
+def test_step_1_recorded_for_this_encounter_means_no_card() -> None:
+    assert advice_for(prefetch(findings=(step_1_finding(),))) is None
+
+
+@pytest.mark.parametrize(
+    "finding",
+    [step_1_finding(encounter="an-earlier-visit"), step_1_finding(status="entered-in-error")],
+    ids=["other encounter", "entered in error"],
+)
+def test_a_step_1_of_another_visit_or_in_error_does_not_count(finding: dict[str, Any]) -> None:
+    assert advice_for(prefetch(findings=(finding,))) is not None
+
+
+def test_once_per_encounter_can_be_switched_off() -> None:
+    data = prefetch(findings=(step_1_finding(),))
+    assert advice_for(data, HookSettings(once_per_encounter=False)) is not None
+
+
+# --- why a card warns --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trigger", list(HagueTrigger))
+def test_each_hague_trigger_as_encounter_reason_warns_and_says_why(trigger: HagueTrigger) -> None:
+    advice = advice_for(prefetch(reasons=(a_code_of(trigger),)))
+    assert advice is not None
+    assert advice.indicator == "warning"
+    assert advice.triggers == (trigger,)
+    assert advice.reasons == (trigger.value,)
+
+
+@pytest.mark.parametrize("trigger", list(HagueTrigger))
+def test_each_hague_trigger_as_encounter_condition_warns(trigger: HagueTrigger) -> None:
+    advice = advice_for(prefetch(conditions=(condition(a_code_of(trigger)),)))
+    assert advice is not None
+    assert advice.triggers == (trigger,)
+
+
+def test_a_refuted_or_erroneous_condition_is_no_trigger() -> None:
+    code = a_code_of(HagueTrigger.SUBSTANCE_ABUSE)
+    conditions = (condition(code, "refuted"), condition(code, "entered-in-error"))
+    advice = advice_for(prefetch(conditions=conditions))
+    assert advice is not None
+    assert advice.indicator == "info"
+
+
+def test_a_code_outside_the_trigger_value_sets_does_not_warn() -> None:
+    advice = advice_for(prefetch(reasons=(Code("http://snomed.info/sct", "0000000"),)))
+    assert advice is not None
+    assert advice.indicator == "info"
+
+
+def test_a_hospitals_local_trigger_code_warns() -> None:
+    local = Code("https://hospital.example/codes/triage", "INTOX-3")
+    hooks = HookSettings(
+        local_trigger_codes=[
+            LocalTriggerCode(
+                trigger=HagueTrigger.SUBSTANCE_ABUSE, system=local.system, code=local.code
+            )
+        ]
+    )
+    vocabulary = VOCABULARY.with_local_codes(local_trigger_codes(hooks))
+    advice = advice_for(prefetch(reasons=(local,)), hooks, vocabulary)
+    assert advice is not None
+    assert advice.triggers == (HagueTrigger.SUBSTANCE_ABUSE,)
+    assert advice_for(prefetch(reasons=(local,))) == Advice(indicator="info")
+
+
+def test_an_open_concern_from_an_earlier_visit_warns_a_closed_one_does_not() -> None:
+    open_concern = advice_for(prefetch(flags=(concern_flag(),)))
+    assert open_concern is not None
+    assert open_concern.indicator == "warning"
+    assert open_concern.reasons == ("open-concern",)
+    closed = advice_for(prefetch(flags=(concern_flag(status="inactive"),)))
+    assert closed == Advice(indicator="info")
+
+
+def test_all_reasons_together_in_protocol_order_and_known_children_counted() -> None:
+    data = prefetch(
+        reasons=tuple(a_code_of(t) for t in reversed(list(HagueTrigger))),
+        flags=(concern_flag(),),
+        children=2,
+    )
+    advice = advice_for(data)
+    assert advice is not None
+    assert advice.reasons == (*(t.value for t in HagueTrigger), "open-concern")
+    assert advice.known_children == 2
+
+
+# --- the card ----------------------------------------------------------------------------
+
+TARGET = CardTarget("https://kindreflex.example/t/az/launch", "encounter-start", "abc")
+
+
+def render(advice: Advice, language: Language = "nl", hooks: HookSettings | None = None) -> Any:
+    return card(
+        advice,
+        language=language,
+        hooks=hooks or HookSettings(),
+        vocabulary=VOCABULARY,
+        target=TARGET,
+    )
+
+
+def test_the_info_card_is_dutch_with_a_smart_link_and_override_reasons() -> None:
+    result = render(Advice(indicator="info"))
+    assert result["summary"] == translate("nl", "cds.info.summary")
+    assert result["summary"].startswith("Doe de Kindreflex")
+    assert result["indicator"] == "info"
+    assert result["source"]["label"] == "Kindreflex"
+    (link,) = result["links"]
+    assert link["type"] == "smart"
+    assert link["url"] == TARGET.launch_url
+    assert json.loads(link["appContext"]) == {
+        "hook": "encounter-start",
+        "hookInstance": "abc",
+        "indicator": "info",
+        "reasons": [],
+    }
+    assert [r["code"] for r in result["overrideReasons"]] == HookSettings().override_reasons
+    assert result["overrideReasons"][0]["display"] == "Patiënt niet aanspreekbaar"
+
+
+@pytest.mark.parametrize("language", ["nl", "fr", "en"])
+def test_the_warning_card_names_every_reason_within_140_characters(language: Language) -> None:
+    advice = Advice(indicator="warning", triggers=tuple(HagueTrigger), open_concern=True)
+    result = render(advice, language)
+    assert len(result["summary"]) <= SUMMARY_LIMIT
+    for reason in advice.reasons:
+        assert translate(language, f"cds.reason.long.{reason}") in result["detail"]
+    assert json.loads(result["links"][0]["appContext"])["reasons"] == list(advice.reasons)
+
+
+def test_french_and_english_cards() -> None:
+    assert render(Advice(indicator="info"), "fr")["summary"].startswith("Faites le Kindreflex")
+    assert render(Advice(indicator="info"), "en")["summary"].startswith("Do the Kindreflex")
+    assert render(Advice(indicator="info"), "en")["overrideReasons"][1]["display"] == (
+        "Kindreflex already done"
+    )
+
+
+def test_the_hospitals_own_wording_replaces_the_catalogue_per_language() -> None:
+    hooks = HookSettings(card_wording={"nl": {"warning_summary": "Kindreflex nodig ({reasons})"}})
+    advice = Advice(indicator="warning", triggers=(HagueTrigger.DOMESTIC_VIOLENCE,))
+    assert render(advice, "nl", hooks)["summary"] == "Kindreflex nodig (huiselijk geweld)"
+    assert render(advice, "fr", hooks)["summary"].startswith("Faites le Kindreflex")
+
+
+def test_card_wording_with_an_unknown_placeholder_or_too_long_is_refused() -> None:
+    with pytest.raises(ValueError, match="placeholder"):
+        HookSettings(card_wording={"nl": {"info_summary": "Hallo {patient}"}})
+    with pytest.raises(ValueError, match="100 characters"):
+        HookSettings(card_wording={"nl": {"info_summary": "x" * 101}})
+    with pytest.raises(ValueError, match="unknown override reason"):
+        HookSettings(override_reasons=["because"])
+
+
+def test_known_children_and_the_generic_card() -> None:
+    with_children = render(Advice(indicator="info", known_children=2))
+    assert translate("nl", "cds.children.known", count=2) in with_children["detail"]
+    generic = render(GENERIC)
+    assert generic["summary"] == translate("nl", "cds.generic.summary")
+    assert generic["indicator"] == "info"
