@@ -1,0 +1,556 @@
+"""The nurse's triage screen: Kindreflex steps 1 and 2 (and step 3 support) on one page.
+
+An emergency nurse has minutes at triage, so steps 1-2 fit one server-rendered page:
+the children (one row each, sensible defaults, the date typed), "expects a child", the
+safety gut feeling with its reasons, and - only with "no concern" - how the patient was
+supported (step 3). Every button works without JavaScript (a server round trip);
+``static/nurse.js`` only saves round trips (add/remove a row, show step 3 when it applies).
+
+The page talks to the rest of the service through the triage use case only
+(``record_triage`` / ``load_recorded_children``); the protocol decides what is valid
+(its ``ProtocolError`` codes are translated here), the use case decides how it is
+written. A FHIR outage never shows an error page: the save is committed locally and the
+page says "delivery pending".
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.datastructures import FormData
+
+from service.fhir.client import FhirError, ReauthorisationRequired
+from service.i18n import Language, translate
+from service.partners import Partner, load_default_directory
+from service.protocol import (
+    STEP_6_TARGETS,
+    AdviceKind,
+    Child,
+    ChildRelationship,
+    Consultation,
+    ErrorCode,
+    ExpectedChild,
+    KindreflexCase,
+    LivesWith,
+    PregnancyOf,
+    ProtocolError,
+    ReferralTarget,
+    SafetyAssessment,
+    Step1Finding,
+    Step2Finding,
+    Step3Support,
+    SupportAction,
+    advice,
+)
+from service.triage import SaveConflict, SaveResult, Triage, TriageDep, TriageInput
+from smart_app.session import (
+    LaunchContext,
+    csrf_token,
+    current_launch,
+    require_role,
+    security_headers,
+    verify_csrf,
+)
+
+__all__ = ["ChildRow", "FieldError", "TriageForm", "parse_typed_date", "router"]
+
+router = APIRouter(prefix="/app", include_in_schema=False)
+
+LaunchDep = Annotated[LaunchContext, Depends(current_launch)]
+NURSE_ONLY = [Depends(require_role("nurse"))]
+
+#: The dates a nurse sees and types are Belgian dates (a child born "today" is not in
+#: the future because the server's UTC date already moved on).
+LOCAL_ZONE = ZoneInfo("Europe/Brussels")
+#: More rows than any family needs; caps the work a forged form can cause.
+MAX_CHILDREN = 25
+_CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
+_DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
+_DATE_DIGITS = re.compile(r"^(\d{2})(\d{2})(\d{4})$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+#: Where on the page a refused move is shown (the id of the field to focus).
+_ERROR_ANCHOR: Mapping[ErrorCode, str] = {
+    ErrorCode.REASONS_REQUIRED: "reasons",
+    ErrorCode.ACUTE_DANGER_NEEDS_CONCERN: "assessment-no-concern",
+    ErrorCode.CHILD_BORN_IN_FUTURE: "children",
+    ErrorCode.DUPLICATE_CHILD: "children",
+    ErrorCode.SUPPORT_REQUIRED: "support",
+}
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("smart_app", "templates"),
+    autoescape=select_autoescape(default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_STATIC = Path(__file__).parent / "static"
+_STATIC_TYPES = {"nurse.css": "text/css; charset=utf-8", "nurse.js": "text/javascript"}
+
+
+# ---------------------------------------------------------------------------------------
+# The form as typed: kept verbatim so a refused save shows the nurse's input again
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """A message for the nurse, attached to the input (id) it is about."""
+
+    field: str
+    message: str
+
+
+@dataclass
+class ChildRow:
+    """One child row as typed. ``ref`` is fixed when the row is first rendered."""
+
+    ref: str = field(default_factory=lambda: f"urn:uuid:{uuid.uuid4()}")
+    name: str = ""
+    birth_date: str = ""
+    relationship: str = ChildRelationship.CHILD.value
+    lives_with: str = LivesWith.PERMANENTLY.value
+    recorded: bool = False
+
+    @property
+    def is_blank(self) -> bool:
+        """An untouched empty row (the page always offers one) is not a child."""
+        return not self.recorded and not self.name.strip() and not self.birth_date.strip()
+
+    @classmethod
+    def of(cls, child: Child) -> ChildRow:
+        """A row for a child already on the FHIR server, shown for confirmation."""
+        return cls(
+            ref=child.ref,
+            name=child.name,
+            birth_date=child.birth_date.strftime("%d/%m/%Y"),
+            relationship=child.relationship.value,
+            lives_with=child.lives_with.value,
+            recorded=True,
+        )
+
+
+@dataclass
+class TriageForm:
+    """Everything on the triage page, as the nurse typed it."""
+
+    children: list[ChildRow] = field(default_factory=lambda: [ChildRow()])
+    no_children: bool = False
+    expecting: bool = False
+    pregnancy_of: str = PregnancyOf.PATIENT.value
+    expected_date: str = ""
+    assessment: str = ""
+    reasons: str = ""
+    discussed_with_colleague: bool = False
+    acute_danger: bool = False
+    who_helps: str = ""
+    support_actions: frozenset[str] = frozenset()
+    support_note: str = ""
+
+    @classmethod
+    def parse(cls, form: FormData) -> TriageForm:
+        """Read the posted form; unknown or missing fields read as empty."""
+
+        def text(name: str) -> str:
+            value = form.get(name)
+            return value.strip() if isinstance(value, str) else ""
+
+        indexes = sorted(int(m.group(1)) for key in form if (m := _CHILD_FIELD.match(key)))
+        if len(indexes) > MAX_CHILDREN:
+            raise HTTPException(status_code=422, detail=f"at most {MAX_CHILDREN} children")
+        children = [
+            ChildRow(
+                ref=text(f"child-{i}-ref") or f"urn:uuid:{uuid.uuid4()}",
+                name=text(f"child-{i}-name"),
+                birth_date=text(f"child-{i}-birth_date"),
+                relationship=text(f"child-{i}-relationship"),
+                lives_with=text(f"child-{i}-lives_with"),
+                recorded=text(f"child-{i}-recorded") == "1",
+            )
+            for i in indexes
+        ]
+        return cls(
+            children=children,
+            no_children=text("no_children") == "1",
+            expecting=text("expecting") == "1",
+            pregnancy_of=text("pregnancy_of") or PregnancyOf.PATIENT.value,
+            expected_date=text("expected_date"),
+            assessment=text("assessment"),
+            reasons=text("reasons"),
+            discussed_with_colleague=text("discussed_with_colleague") == "1",
+            acute_danger=text("acute_danger") == "1",
+            who_helps=text("who_helps"),
+            support_actions=frozenset(
+                v for v in form.getlist("support_actions") if isinstance(v, str)
+            ),
+            support_note=text("support_note"),
+        )
+
+    def with_blank_row(self) -> TriageForm:
+        self.children.append(ChildRow())
+        return self
+
+    def without_row(self, index: int) -> TriageForm:
+        if 0 <= index < len(self.children):
+            del self.children[index]
+        if not self.children:
+            self.children.append(ChildRow())
+        return self
+
+
+def parse_typed_date(text: str) -> date | None:
+    """A date as a Belgian nurse types it: 3/7/2019, 03-07-2019, 03072019 or 2019-07-03."""
+    text = text.strip()
+    try:
+        if _ISO_DATE.match(text):
+            return date.fromisoformat(text)
+        match = _DATE_PARTS.match(text) or _DATE_DIGITS.match(text)
+        if match:
+            day, month, year = (int(part) for part in match.groups())
+            return date(year, month, day)
+    except ValueError:
+        return None  # e.g. 31/02/2020: the right shape, not a date
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# From the typed form to the protocol's findings
+# ---------------------------------------------------------------------------------------
+
+
+class InvalidFormError(Exception):
+    """The form cannot become findings; ``errors`` say why, per field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(f"{len(errors)} field error(s)")
+        self.errors = errors
+
+
+_E = TypeVar("_E", ChildRelationship, LivesWith, PregnancyOf, SafetyAssessment)
+
+
+def _enum_value(kind: type[_E], value: str) -> _E | None:
+    try:
+        return kind(value)
+    except ValueError:
+        return None
+
+
+def _children(
+    form: TriageForm, t: Callable[..., str], errors: list[FieldError]
+) -> tuple[Child, ...]:
+    children: list[Child] = []
+    for index, row in enumerate(form.children):
+        if row.is_blank:
+            continue
+        at = f"child-{index}"
+        born = parse_typed_date(row.birth_date)
+        relationship = _enum_value(ChildRelationship, row.relationship)
+        lives_with = _enum_value(LivesWith, row.lives_with)
+        if not row.name:
+            errors.append(FieldError(f"{at}-name", t("error.child-name-required", n=index + 1)))
+        if born is None:
+            message_id = "error.date-invalid" if row.birth_date else "error.birth-date-required"
+            errors.append(FieldError(f"{at}-birth_date", t(message_id, n=index + 1)))
+        if relationship is None:
+            errors.append(FieldError(f"{at}-relationship", t("error.choose-option")))
+        if lives_with is None:
+            errors.append(FieldError(f"{at}-lives_with", t("error.choose-option")))
+        if row.name and born and relationship and lives_with:
+            children.append(Child(row.ref, row.name, born, relationship, lives_with))
+    return tuple(children)
+
+
+def _expecting(
+    form: TriageForm, t: Callable[..., str], errors: list[FieldError]
+) -> ExpectedChild | None:
+    if not form.expecting:
+        return None
+    pregnancy_of = _enum_value(PregnancyOf, form.pregnancy_of)
+    expected = parse_typed_date(form.expected_date) if form.expected_date else None
+    if form.expected_date and expected is None:
+        errors.append(FieldError("expected_date", t("error.date-invalid-plain")))
+    if pregnancy_of is None:
+        errors.append(FieldError("pregnancy_of", t("error.choose-option")))
+        return None
+    return ExpectedChild(pregnancy_of=pregnancy_of, expected_date=expected)
+
+
+def _support(form: TriageForm, author: str, now: datetime) -> Step3Support | None:
+    """Step 3 goes with "no concern" only, and only once something was done or noted."""
+    actions = frozenset(a for a in SupportAction if a.value in form.support_actions)
+    if not actions and not form.support_note:
+        return None
+    return Step3Support(
+        recorded_by=author, recorded_at=now, actions=actions, note=form.support_note or None
+    )
+
+
+def build_input(
+    form: TriageForm, ctx: LaunchContext, now: datetime, t: Callable[..., str]
+) -> TriageInput:
+    """The findings of the form, validated by the protocol. Raises :class:`InvalidFormError`."""
+    errors: list[FieldError] = []
+    children = _children(form, t, errors)
+    expecting = _expecting(form, t, errors)
+    has_family = bool(children) or form.expecting
+    if not has_family and not form.no_children:
+        errors.append(FieldError("child-0-name", t("error.children-or-none")))
+    if has_family and form.no_children:
+        errors.append(FieldError("no_children", t("error.no-children-contradiction")))
+    assessment = _enum_value(SafetyAssessment, form.assessment)
+    if has_family and assessment is None:
+        errors.append(FieldError("assessment-no-concern", t("error.assessment-required")))
+    if errors:
+        raise InvalidFormError(errors)
+    author = ctx.user.fhir_user
+    try:
+        step1 = Step1Finding(
+            recorded_by=author, recorded_at=now, children=children, expecting=expecting
+        )
+        if not has_family or assessment is None:
+            return TriageInput(step1=step1, step2=None, step3=None, patient_display=None)
+        step2 = Step2Finding(
+            recorded_by=author,
+            recorded_at=now,
+            assessment=assessment,
+            reasons=tuple(line.strip() for line in form.reasons.splitlines() if line.strip()),
+            who_helps=form.who_helps or None,
+            consultations=(
+                frozenset({Consultation.COLLEAGUE})
+                if form.discussed_with_colleague
+                else frozenset()
+            ),
+            acute_danger=form.acute_danger,
+        )
+        step3 = _support(form, author, now) if assessment is SafetyAssessment.NO_CONCERN else None
+    except ProtocolError as error:
+        raise InvalidFormError([protocol_error(error, t)]) from error
+    return TriageInput(step1=step1, step2=step2, step3=step3, patient_display=None)
+
+
+def protocol_error(error: ProtocolError, t: Callable[..., str]) -> FieldError:
+    """A refused move, translated, placed next to the field it is about."""
+    return FieldError(_ERROR_ANCHOR.get(error.code, "form"), t(f"protocol.{error.code.value}"))
+
+
+# ---------------------------------------------------------------------------------------
+# What the page shows besides the form: advice and phone numbers
+# ---------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _support_partners() -> tuple[Partner, ...]:
+    """Services a nurse may call at step 3: every partner with a phone except step 6's."""
+    return tuple(
+        p for p in load_default_directory().partners if p.phones and p.type not in STEP_6_TARGETS
+    )
+
+
+@dataclass(frozen=True)
+class KindEnGezinAdvice:
+    """Step 3 advice: a Kind & Gezin start conversation, for these children."""
+
+    child_names: tuple[str, ...]
+    includes_expected_child: bool
+    partners: tuple[Partner, ...]
+
+
+def kind_en_gezin_advice(
+    ctx: LaunchContext, findings: TriageInput, today: date
+) -> KindEnGezinAdvice | None:
+    """The protocol's Kind & Gezin advice for the saved findings, with whom to call."""
+    # The case exists only to ask the protocol; a launch without an encounter
+    # (patient-view) still gets its advice, hence the placeholder encounter.
+    case = KindreflexCase.replay(
+        f"Patient/{ctx.patient_id}",
+        f"Encounter/{ctx.encounter_id or 'none'}",
+        [f for f in (findings.step1, findings.step2, findings.step3) if f is not None],
+    )
+    for item in advice(case, today):
+        if item.kind is AdviceKind.KIND_EN_GEZIN_START:
+            names = tuple(c.name for ref in item.child_refs if (c := case.child(ref)))
+            partners = tuple(
+                p for p in _support_partners() if p.type is ReferralTarget.KIND_EN_GEZIN
+            )
+            return KindEnGezinAdvice(names, item.includes_expected_child, partners)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------
+
+
+def _app_message(language: Language, message_id: str, **values: object) -> str:
+    """A message of this screen's catalogue domain (ids prefixed ``app.``)."""
+    return translate(language, f"app.{message_id}", **values)
+
+
+def _translator(language: Language) -> Callable[..., str]:
+    return partial(_app_message, language)
+
+
+def _choices(language: Language) -> dict[str, list[tuple[str, str]]]:
+    """The options of each select and checkbox group, with their translated labels."""
+    t = _translator(language)
+
+    def labelled(prefix: str, values: Iterable[str]) -> list[tuple[str, str]]:
+        return [(value, t(f"{prefix}.{value}")) for value in values]
+
+    return {
+        "relationship": labelled("relationship", (r.value for r in ChildRelationship)),
+        "lives_with": labelled("lives-with", (v.value for v in LivesWith)),
+        "pregnancy_of": labelled("pregnancy-of", (p.value for p in PregnancyOf)),
+        "assessment": labelled("assessment", (a.value for a in SafetyAssessment)),
+        "support_actions": labelled("support-action", (a.value for a in SupportAction)),
+    }
+
+
+def render(
+    ctx: LaunchContext, template: str, *, status_code: int = 200, **values: Any
+) -> HTMLResponse:
+    """A page in the launch's language, with CSRF token and the security headers."""
+    html = _TEMPLATES.get_template(template).render(
+        t=_translator(ctx.language),
+        product_name=translate(ctx.language, "product.name"),
+        lang=ctx.language,
+        csrf_token=csrf_token(ctx),
+        choices=_choices(ctx.language),
+        support_partners=_support_partners(),
+        **values,
+    )
+    headers = {**security_headers(ctx), "Cache-Control": "no-store"}
+    return HTMLResponse(html, status_code=status_code, headers=headers)
+
+
+def _form_page(
+    ctx: LaunchContext,
+    form: TriageForm,
+    *,
+    errors: list[FieldError] | None = None,
+    notice: str | None = None,
+    focus: str | None = None,
+) -> HTMLResponse:
+    errors = errors or []
+    return render(
+        ctx,
+        "triage.html",
+        status_code=422 if errors else 200,
+        form=form,
+        errors=errors,
+        error_for={e.field: e.message for e in errors},
+        notice=notice,
+        focus=focus,
+        blank_row=ChildRow(ref=""),
+    )
+
+
+def _message_page(ctx: LaunchContext, message: str, status_code: int) -> HTMLResponse:
+    """A page that only explains what to do next (e.g. open the app again from the EHR)."""
+    return render(ctx, "message.html", status_code=status_code, message=message)
+
+
+def _relaunch_page(ctx: LaunchContext) -> HTMLResponse:
+    return _message_page(ctx, "relaunch", 401)
+
+
+# ---------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------
+
+
+@router.get("/triage", dependencies=NURSE_ONLY, response_class=HTMLResponse)
+def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
+    """Steps 1-2, with the children already on the FHIR server shown for confirmation."""
+    if not ctx.patient_id or not ctx.encounter_id:
+        return _message_page(ctx, "no-context", 400)
+    notice = None
+    try:
+        recorded = triage.load_recorded_children(ctx)
+    except ReauthorisationRequired:
+        return _relaunch_page(ctx)
+    except FhirError:  # unreachable or refused: the nurse can still enter the children
+        recorded, notice = [], _app_message(ctx.language, "notice.children-not-loaded")
+    rows = [ChildRow.of(child) for child in recorded] or [ChildRow()]
+    return _form_page(ctx, TriageForm(children=rows), notice=notice)
+
+
+@router.post(
+    "/triage",
+    dependencies=[*NURSE_ONLY, Depends(verify_csrf)],
+    response_class=HTMLResponse,
+)
+async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
+    """One form, three buttons: add a child row, remove one, or save (the default)."""
+    if not ctx.patient_id or not ctx.encounter_id:
+        return _message_page(ctx, "no-context", 400)
+    posted = await request.form()
+    form = TriageForm.parse(posted)
+    action = str(posted.get("action") or "save")
+    if action == "add-child":
+        form.with_blank_row()
+        return _form_page(ctx, form, focus=f"child-{len(form.children) - 1}-name")
+    if action.startswith("remove-child-") and action.removeprefix("remove-child-").isdigit():
+        return _form_page(ctx, form.without_row(int(action.removeprefix("remove-child-"))))
+    if action != "save":
+        raise HTTPException(status_code=400, detail=f"unknown action '{action}'")
+    return await run_in_threadpool(_save, ctx, triage, form)
+
+
+def _save(ctx: LaunchContext, triage: Triage, form: TriageForm) -> HTMLResponse:
+    t = _translator(ctx.language)
+    now = datetime.now(LOCAL_ZONE)
+    try:
+        findings = build_input(form, ctx, now, t)
+        result: SaveResult = triage.record_triage(ctx, findings)
+    except InvalidFormError as invalid:
+        return _form_page(ctx, form, errors=invalid.errors)
+    except ProtocolError as error:  # a rule that needs the recorded history
+        return _form_page(ctx, form, errors=[protocol_error(error, t)])
+    except SaveConflict:
+        return render(ctx, "triage_saved.html", outcome="conflict", result=None, advice=None)
+    except ReauthorisationRequired:
+        return _relaunch_page(ctx)
+    return render(
+        ctx,
+        "triage_saved.html",
+        outcome=_outcome(findings),
+        result=result,
+        advice=kind_en_gezin_advice(ctx, findings, now.date()),
+    )
+
+
+def _outcome(findings: TriageInput) -> str:
+    """Where the protocol goes next: nothing to do, step 3 support, or step 4."""
+    if findings.step2 is None:
+        return "no-children"
+    if findings.step2.assessment is SafetyAssessment.NO_CONCERN:
+        return "support"
+    return "handed-off"
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    """The page's stylesheet and script (same origin, so the CSP can stay 'self')."""
+    media_type = _STATIC_TYPES.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail="no such file")
+    return Response(
+        (_STATIC / name).read_bytes(),
+        media_type=media_type,
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
