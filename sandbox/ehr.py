@@ -33,6 +33,7 @@ import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
 
 from . import codes
 from .auth import PAGE_CSP, AuthServer, Grant, build_auth_router
@@ -40,7 +41,7 @@ from .cds_client import CdsCall, CdsClient
 from .config import SandboxConfig
 from .facade import FhirFacade, build_facade_router
 from .keys import SigningKey, jwks
-from .seed import USERS, SeedResult
+from .seed import USERS, SeedResult, new_ed_visit
 
 __all__ = ["EhrApp", "Visit", "origin_of"]
 
@@ -222,19 +223,39 @@ class EhrApp:
         return await self.http.request(method, f"{self.facade.upstream}/{path}", **kw)
 
     # -- EHR actions ----------------------------------------------------------------------------
-    async def start_triage(self, patient_id: str, user: str, reason: str | None = None) -> str:
-        """Put the patient's waiting ED encounter in progress (or create one); its id."""
+    async def _waiting_encounters(self, patient_id: str) -> list[dict[str, Any]]:
         r = await self._upstream_json(
             "GET",
             "Encounter",
             params={"patient": f"Patient/{patient_id}", "status": "arrived", "_count": "50"},
         )
         r.raise_for_status()
-        waiting = [
+        return [
             e["resource"]
             for e in r.json().get("entry", [])
             if e.get("resource", {}).get("class", {}).get("code") == "EMER"
         ]
+
+    async def start_triage(self, patient_id: str, user: str, reason: str | None = None) -> str:
+        """Put the patient's waiting ED encounter in progress (or create one); its id.
+
+        A seeded patient whose waiting visit was triaged before presents again with the same
+        problem (a demo run twice); ``reason`` forces a new visit with that Hague trigger.
+        """
+        waiting = await self._waiting_encounters(patient_id)
+        seeded = next(
+            (p for p in (self.seed.patients.values() if self.seed else []) if p.id == patient_id),
+            None,
+        )
+        if not waiting and not reason and seeded is not None:
+            await run_in_threadpool(
+                new_ed_visit,
+                self.facade.upstream,
+                seeded.key,
+                status="arrived",
+                practitioner_id=self.auth.practitioners.get(user),
+            )
+            waiting = await self._waiting_encounters(patient_id)
         participant = [
             {
                 "type": [

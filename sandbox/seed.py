@@ -30,7 +30,16 @@ from .codes import (
     TriggerCategory,
 )
 
-__all__ = ["USERS", "SandboxUser", "SeedResult", "SeededPatient", "seed", "ssin", "years_ago"]
+__all__ = [
+    "USERS",
+    "SandboxUser",
+    "SeedResult",
+    "SeededPatient",
+    "new_ed_visit",
+    "seed",
+    "ssin",
+    "years_ago",
+]
 
 log = logging.getLogger("sandbox.seed")
 Role = Literal["nurse", "social-worker", "admin"]
@@ -453,11 +462,66 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
     return SeedResult(s.base, patients, practitioners, org_id)
 
 
+def new_ed_visit(
+    fhir_base: str,
+    patient_key: str,
+    *,
+    status: Literal["arrived", "in-progress"] = "in-progress",
+    practitioner_id: str | None = None,
+    client: httpx.Client | None = None,
+    today: date | None = None,
+) -> str:
+    """A new ED visit of a seeded patient with the same presenting problem (and trigger).
+
+    The sandbox EHR uses it when the seeded waiting visit was triaged already (a demo that is
+    run again, a test that triages twice): the patient presents again.
+    """
+    specs = patient_specs(today or date.today())
+    index, spec = next((i, p) for i, p in enumerate(specs) if p.key == patient_key)
+    number = f"P{1000 + index}"
+    own = client is None
+    http = client or httpx.Client(timeout=30.0)
+    try:
+        s = _Seeder(http, fhir_base, datetime.now(UTC))
+        found = http.get(
+            f"{s.base}/Patient", params={"identifier": f"{PATIENT_NUMBER_SYSTEM}|{number}"}
+        )
+        found.raise_for_status()
+        pid = found.json()["entry"][0]["resource"]["id"]
+        org = http.get(
+            f"{s.base}/Organization", params={"identifier": f"{RECORD_SYSTEM}|org-az-sandbox"}
+        )
+        org.raise_for_status()
+        org_id = org.json()["entry"][0]["resource"]["id"]
+        nurse_ref = f"Practitioner/{practitioner_id}" if practitioner_id else None
+        return _arrived_encounter(
+            s,
+            spec,
+            number,
+            f"Patient/{pid}",
+            org_id,
+            nurse_ref,
+            visit=f"V{number}-{uuid.uuid4().hex[:8]}",
+            status=status,
+        )
+    finally:
+        if own:
+            http.close()
+
+
 def _arrived_encounter(
-    s: _Seeder, p: PatientSpec, number: str, patient_ref: str, org_id: str, nurse_ref: str
+    s: _Seeder,
+    p: PatientSpec,
+    number: str,
+    patient_ref: str,
+    org_id: str,
+    nurse_ref: str | None,
+    *,
+    visit: str | None = None,
+    status: str = "arrived",
 ) -> str:
     """Today's ED visit, registered at the desk ("arrived"), waiting for triage."""
-    visit = f"V{number}-2"
+    visit = visit or f"V{number}-2"
     reason: dict[str, Any] = {"text": p.presenting}
     trigger = (
         codes.trigger_coding(p.trigger, system=p.trigger_system, hint=p.trigger_hint)
@@ -468,7 +532,7 @@ def _arrived_encounter(
         reason["coding"] = [trigger]
     enc: dict[str, Any] = {
         "identifier": [{"system": VISIT_NUMBER_SYSTEM, "value": visit}],
-        "status": "arrived",
+        "status": status,
         "class": {"system": codes.V3_ACT, "code": "EMER", "display": "emergency"},
         "subject": {"reference": patient_ref},
         "period": {"start": (s.now - timedelta(minutes=20)).isoformat()},
@@ -489,7 +553,7 @@ def _arrived_encounter(
             "subject": {"reference": patient_ref},
             "encounter": {"reference": f"Encounter/{enc_id}"},
             "recordedDate": s.now.isoformat(),
-            "recorder": {"reference": nurse_ref},
+            **({"recorder": {"reference": nurse_ref}} if nurse_ref else {}),
         }
         cond_id = s.ensure("Condition", RECORD_SYSTEM, f"cond-{visit}", cond)
         # link the Condition from the Encounter too (Encounter.diagnosis), once

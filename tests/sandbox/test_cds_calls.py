@@ -287,3 +287,18 @@ def test_patient_view_hook(sandbox: Sandbox, cds: CdsDouble) -> None:
     assert body["context"]["patientId"] == patient.id
     assert body["context"]["userId"] == f"Practitioner/{sandbox.practitioner_id('social-worker')}"
     assert body["prefetch"]["patient"]["birthDate"] == patient.birth_date
+
+
+def test_a_second_triage_is_a_new_visit_with_the_same_trigger(
+    sandbox: Sandbox, cds: CdsDouble
+) -> None:
+    patient = sandbox.seeded.patient("tom-wouters")
+    ehr = _ehr(sandbox)
+    ehr.post(f"/patients/{patient.id}/triage")
+    first = cds.calls[-1][1]["prefetch"]["encounter"]
+    ehr.post(f"/patients/{patient.id}/triage")
+    second = cds.calls[-1][1]["prefetch"]["encounter"]
+    assert second["id"] != first["id"]
+    assert second["status"] == "in-progress"
+    assert second["reasonCode"][0]["coding"] == first["reasonCode"][0]["coding"]
+    assert second["reasonCode"][0]["coding"][0]["system"] == "http://snomed.info/sct"
