@@ -1,0 +1,340 @@
+"""The outbox against a real FHIR server process, on SQLite and PostgreSQL.
+
+The entries here carry AuditEvents (``audit.record_read``) or small hand-built
+transactions: the outbox does not care what it delivers. The triage save, with the
+guide's resources, is tested in ``test_triage_save.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from sandbox.fhir_server import FhirServer, free_port
+from service import audit
+from service.audit import AuditAction, AuditFact, Channel
+from service.db.base import Database, utcnow
+from service.db.models import AuditRecord, OutboxEntry
+from service.fhir.client import FhirClient
+from service.outbox import DeliveryState, NewEntry, TransactionBuilder, enqueue
+from service.settings import Settings
+from service.tenancy import TenantContext
+from smart_app.session import SessionTokens
+from tests.support.validator import validate
+from tests.support.write_path import (
+    Clock,
+    LoopbackTokens,
+    count,
+    fhir_server,
+    make_outbox,
+    make_tenant,
+    search,
+)
+
+__all__ = ["fhir_server"]  # the fixture, shared with pytest
+
+pytestmark = pytest.mark.fhirserver
+
+SYSTEM = "urn:test:outbox"  # identifiers of the hand-built resources of these tests
+
+
+def _read_fact(patient: str = "Patient/p1") -> AuditFact:
+    return AuditFact(
+        actor="Practitioner/nurse-1",
+        action=AuditAction.SEARCH,
+        patient_ref=patient,
+        entities=("RelatedPerson/7",),
+        outcome="success",
+        at=utcnow(),
+    )
+
+
+def _queue_read(database: Database, tenant: TenantContext, base_url: str, session: str) -> int:
+    channel = Channel(tenant.id, "ehr", base_url, session)
+    with database.session() as db:
+        row = audit.record_read(db, channel, _read_fact())
+        db.flush()
+        assert row.outbox_id is not None
+        return row.outbox_id
+
+
+def _audit_event_id(database: Database, entry_id: int) -> str:
+    with database.session() as db:
+        entry = db.get(OutboxEntry, entry_id)
+        assert entry is not None
+        return str(entry.bundle["entry"][0]["resource"]["id"])
+
+
+def _entry(database: Database, entry_id: int) -> OutboxEntry:
+    with database.session() as db:
+        entry = db.get(OutboxEntry, entry_id)
+        assert entry is not None
+        return entry
+
+
+def test_a_read_is_audited_locally_and_its_audit_event_delivered_once(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    entry_id = _queue_read(database, tenant, fhir_server.base_url, "s1")
+    clock = Clock()  # entries are due from when they were queued
+    outbox = make_outbox(database, clock)
+
+    with database.session() as db:
+        record = db.scalars(select(AuditRecord)).one()
+    assert (record.tenant_id, record.actor, record.action, record.patient_ref) == (
+        tenant.id,
+        "Practitioner/nurse-1",
+        "search-type",
+        "Patient/p1",
+    )
+    assert record.entities == ["RelatedPerson/7"]
+    assert record.outbox_id == entry_id
+
+    deliveries = outbox.run_once()
+    assert [(d.entry_id, d.state) for d in deliveries] == [(entry_id, DeliveryState.DELIVERED)]
+    event_id = _audit_event_id(database, entry_id)
+    stored = search(fhir_server.base_url, "AuditEvent", _id=event_id)
+    assert len(stored) == 1
+    assert validate(stored[0]) == []
+    assert stored[0]["agent"][0]["who"]["reference"] == "Practitioner/nurse-1"
+
+    clock.advance(3600)
+    assert outbox.run_once() == []  # delivered exactly once, never again
+    assert _entry(database, entry_id).delivered_at is not None
+    assert count(fhir_server.base_url, "AuditEvent", _id=event_id) == 1
+
+
+def test_fault_fhir_server_down_then_back_after_our_restart_delivers_exactly_once(
+    database_url: str, database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fault test: the FHIR server stops, we save, we restart, it restarts, delivery."""
+    data_dir, port = tmp_path / "fhir-data", free_port()
+    server = FhirServer(port=port, data_dir=data_dir).start()
+    base_url = server.base_url
+    tenant = make_tenant(database, "a", base_url)
+    server.stop()
+
+    entry_id = _queue_read(database, tenant, base_url, "s1")
+    clock = Clock()
+    state = make_outbox(database, clock).deliver(entry_id, timeout=1.0)
+    assert state is DeliveryState.PENDING  # the nurse sees "saved, delivery pending"
+    entry = _entry(database, entry_id)
+    assert entry.attempts == 1
+    assert "ConnectError" in (entry.last_error or "")
+    assert entry.next_attempt_at > clock.now  # backoff: not retried at once
+
+    # Our service restarts: a new Database and Outbox on the same database.
+    database.dispose()
+    restarted = Database(database_url)
+    try:
+        with FhirServer(port=port, data_dir=data_dir) as server_again:
+            outbox = make_outbox(restarted, clock)
+            assert outbox.run_once() == []  # not due yet
+            clock.advance(60)
+            assert [d.state for d in outbox.run_once()] == [DeliveryState.DELIVERED]
+            clock.advance(3600)
+            assert outbox.run_once() == []
+            event_id = _audit_event_id(restarted, entry_id)
+            assert count(server_again.base_url, "AuditEvent", _id=event_id) == 1
+        assert _entry(restarted, entry_id).state == DeliveryState.DELIVERED
+    finally:
+        restarted.dispose()
+    assert "Patient/" not in caplog.text  # log lines carry no patient data
+
+
+def test_two_workers_racing_deliver_each_entry_once(
+    database_url: str, database: Database, fhir_server: FhirServer
+) -> None:
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    ids = [_queue_read(database, tenant, fhir_server.base_url, "s1") for _ in range(12)]
+    clock = Clock()
+    databases = [Database(database_url), Database(database_url)]
+    outboxes = [make_outbox(db, clock) for db in databases]
+    start = threading.Barrier(2)
+    delivered: list[list[int]] = [[], []]
+
+    def work(index: int) -> None:
+        start.wait()
+        while batch := outboxes[index].run_once(limit=3):
+            delivered[index] += [d.entry_id for d in batch if d.state is DeliveryState.DELIVERED]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for db in databases:
+        db.dispose()
+
+    assert sorted(delivered[0] + delivered[1]) == sorted(ids)  # each once, none twice
+    assert not set(delivered[0]) & set(delivered[1])
+    for entry_id in ids:
+        assert _entry(database, entry_id).attempts == 1
+        event_id = _audit_event_id(database, entry_id)
+        assert count(fhir_server.base_url, "AuditEvent", _id=event_id) == 1
+
+
+def _enqueue(
+    database: Database, tenant: TenantContext, base_url: str, bundle: Any, **kw: Any
+) -> int:
+    with database.session() as db:
+        entry = enqueue(
+            db,
+            tenant.id,
+            NewEntry(
+                kind="test",
+                registration_id="ehr",
+                fhir_base_url=base_url,
+                session_id=kw.get("session", "s1"),
+                author="Practitioner/nurse-1",
+                patient_ref=kw.get("patient", "Patient/p1"),
+                bundle=bundle,
+                witness=kw.get("witness"),
+            ),
+        )
+        return entry.id
+
+
+def test_a_rejected_entry_is_failed_logged_and_not_retried(
+    database: Database, fhir_server: FhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    bad = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "NoSuchType"},
+                "request": {"method": "POST", "url": "NoSuchType"},
+            }
+        ],
+    }
+    entry_id = _enqueue(database, tenant, fhir_server.base_url, bad)
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+
+    with caplog.at_level(logging.ERROR, logger="service.outbox"):
+        assert outbox.deliver(entry_id) is DeliveryState.FAILED
+    entry = _entry(database, entry_id)
+    assert entry.attempts == 1
+    assert "answered 4" in (entry.last_error or "")  # the server's 4xx, with its reason
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "Patient" not in errors[0].getMessage()
+
+    clock.advance(24 * 3600)
+    assert outbox.run_once() == []  # a rejection is never retried
+    assert _entry(database, entry_id).attempts == 1
+    check = outbox.readiness_check()()
+    assert "1 failed" in check.detail
+
+
+def _person(identifier: str) -> dict[str, Any]:
+    return {
+        "resourceType": "RelatedPerson",
+        "identifier": [{"system": SYSTEM, "value": identifier}],
+        "patient": {"reference": "Patient/p1"},
+        "name": [{"given": ["Test"]}],
+    }
+
+
+def test_if_match_conflict_is_kept_and_a_lost_answer_is_recognised(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    client = FhirClient(fhir_server.base_url, lambda: "t", 5.0)
+    created = client.transaction(_single_create(_person(str(uuid.uuid4()))))
+    location = created["entry"][0]["response"]["location"]  # …/RelatedPerson/<id>/_history/1
+    person_id = location.split("RelatedPerson/")[1].split("/")[0]
+    current = client.read("RelatedPerson", person_id)
+
+    # 1. A delivery whose answer was lost: the retry's If-Match fails, the witness shows
+    #    the (atomic) transaction was applied → delivered, nothing duplicated.
+    marker = str(uuid.uuid4())
+    tx = TransactionBuilder()
+    tx.update({**current, "name": [{"given": ["Changed"]}]}, current["meta"]["versionId"])
+    tx.create(_person(marker), {"system": SYSTEM, "value": marker})
+    bundle = tx.bundle()
+    witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+    entry_id = _enqueue(database, tenant, fhir_server.base_url, bundle, witness=witness)
+    client.transaction(bundle)  # the first attempt, whose answer "never arrived"
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+    assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
+
+    # 2. A real lost update: someone else changed the resource → conflict, input kept.
+    stale = client.read("RelatedPerson", person_id)
+    client.transaction(_single_update({**stale, "name": [{"given": ["Other nurse"]}]}, stale))
+    other = str(uuid.uuid4())
+    tx = TransactionBuilder()
+    tx.update({**stale, "name": [{"given": ["Mine"]}]}, stale["meta"]["versionId"])
+    tx.create(_person(other), {"system": SYSTEM, "value": other})
+    witness = f"RelatedPerson?identifier={SYSTEM}|{other}"
+    entry_id = _enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness)
+    clock.advance(5)
+    assert outbox.deliver(entry_id) is DeliveryState.CONFLICT
+    assert client.read("RelatedPerson", person_id)["name"][0]["given"] == ["Other nurse"]
+    assert _entry(database, entry_id).bundle["entry"][0]["resource"]["name"][0]["given"] == ["Mine"]
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{other}") == 0
+    client.close()
+
+
+def _single_create(resource: dict[str, Any]) -> dict[str, Any]:
+    tx = TransactionBuilder()
+    tx.create(resource, resource["identifier"][0])
+    return tx.bundle()
+
+
+def _single_update(resource: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any]:
+    tx = TransactionBuilder()
+    tx.update(resource, seen["meta"]["versionId"])
+    return tx.bundle()
+
+
+def test_without_authorisation_an_entry_waits_for_the_next_launch_for_the_patient(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """The real SessionTokens: an unknown (expired) session cannot give a token."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    entry_id = _queue_read(database, tenant, fhir_server.base_url, "expired-session")
+    clock = Clock()
+    settings = Settings(environment="test", database_url="sqlite://")
+    expired = make_outbox(database, clock, tokens=SessionTokens(database, settings))
+
+    assert expired.deliver(entry_id) is DeliveryState.WAITING_AUTHORISATION
+    clock.advance(3600)
+    assert expired.run_once() == []  # waits; no retry storm against the token endpoint
+
+    outbox = make_outbox(database, clock, tokens=LoopbackTokens())
+    assert outbox.adopt_session(tenant.id, "ehr", "Patient/other", "new-session") == 0
+    assert outbox.adopt_session(tenant.id, "ehr", "Patient/p1", "new-session") == 1
+    clock.advance(1)  # adopted entries are due from the real time of the adoption
+    assert [d.state for d in outbox.run_once()] == [DeliveryState.DELIVERED]
+    assert _entry(database, entry_id).session_id == "new-session"
+
+
+def test_readiness_fails_when_an_entry_waits_too_long(database: Database) -> None:
+    tenant = make_tenant(database, "a", "http://127.0.0.1:9/fhir")  # nothing listens there
+    check = make_outbox(database, Clock()).readiness_check(max_age=timedelta(minutes=15))
+    assert check().ok
+    assert check().detail == "empty"
+
+    _queue_read(database, tenant, "http://127.0.0.1:9/fhir", "s1")
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+    check = outbox.readiness_check(max_age=timedelta(minutes=15))
+    assert [d.state for d in outbox.run_once()] == [DeliveryState.PENDING]
+    assert check().ok  # young: the outbox is doing its job
+    clock.advance(16 * 60)
+    result = check()
+    assert not result.ok
+    assert "1 pending" in result.detail

@@ -1,0 +1,76 @@
+"""Shared parts of the FHIR write-path tests (outbox, triage save, audit, worklist)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from sandbox.fhir_server import FhirServer
+from service.db.base import Database, utcnow
+from service.outbox import Outbox
+from service.tenancy import SecretBox, TenantContext, TenantDirectory
+from service.tenant_config import EhrRegistration, TenantConfiguration
+
+
+class LoopbackTokens:
+    """The token source for sekmet on loopback, which needs no token (see sandbox.fhir_server).
+
+    Stands in for ``SessionTokens`` only where no SMART session exists; the tests of
+    re-authorisation use the real ``SessionTokens``.
+    """
+
+    def access_token(self, session_id: str) -> str:
+        return f"loopback-{session_id}"
+
+
+@dataclass
+class Clock:
+    """A clock the outbox reads, moved forward by the test instead of sleeping."""
+
+    now: datetime = field(default_factory=utcnow)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def make_outbox(database: Database, clock: Clock, tokens: Any = None) -> Outbox:
+    return Outbox(database, tokens or LoopbackTokens(), timeout=5.0, retry_base=1.0, clock=clock)
+
+
+def make_tenant(database: Database, slug: str, fhir_base_url: str) -> TenantContext:
+    config = TenantConfiguration(
+        name=f"Ziekenhuis {slug.upper()}",
+        registrations=[
+            EhrRegistration(id="ehr", name="EHR", fhir_base_url=fhir_base_url, client_id="kr")
+        ],
+    )
+    return TenantDirectory(database, SecretBox(None)).save(slug, config, actor="test")
+
+
+def count(base_url: str, resource_type: str, **params: str) -> int:
+    """How many resources the FHIR server holds that match ``params``."""
+    bundle = httpx.get(
+        f"{base_url}/{resource_type}", params={**params, "_summary": "count"}, timeout=10
+    ).json()
+    total: int = bundle["total"]
+    return total
+
+
+def search(base_url: str, resource_type: str, **params: str) -> list[dict[str, Any]]:
+    bundle = httpx.get(f"{base_url}/{resource_type}", params=params, timeout=10).json()
+    return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+@pytest.fixture(scope="module")
+def fhir_server() -> Iterator[FhirServer]:
+    """One real sekmet FHIR server process for a test module (data kept apart by identifiers)."""
+    with FhirServer() as server:
+        yield server
