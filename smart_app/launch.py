@@ -43,7 +43,7 @@ from smart_app.oauth import (
     request_token,
     verify_id_token,
 )
-from smart_app.security import digest, tokens_match
+from smart_app.security import digest, iframe_cookie, tokens_match
 from smart_app.session import (
     SESSION_COOKIE,
     SESSION_LIFETIME,
@@ -349,15 +349,4 @@ def _binding_cookie(state: str) -> str:
 
 
 def _set_cookie(response: RedirectResponse, name: str, value: str, lifetime: timedelta) -> None:
-    # SameSite=None + Partitioned: the app lives in the EHR's iframe (a third-party
-    # context); Secure is required for both and works on http://localhost in browsers.
-    response.set_cookie(
-        name,
-        value,
-        max_age=int(lifetime.total_seconds()),
-        path="/",
-        secure=True,
-        httponly=True,
-        samesite="none",
-        partitioned=True,
-    )
+    response.headers.append("set-cookie", iframe_cookie(name, value, int(lifetime.total_seconds())))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 
 #: frame-ancestors for pages without data or actions (error pages before we know the EHR):
@@ -45,3 +46,22 @@ def tokens_match(presented: str | None, expected: str) -> bool:
 def digest(secret: str) -> str:
     """What we store instead of a bearer secret (session cookie, state): its SHA-256."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def iframe_cookie(name: str, value: str, max_age: int) -> str:
+    """A ``Set-Cookie`` value for a cookie that must work inside the EHR's iframe.
+
+    ``SameSite=None`` (a third-party context) needs ``Secure``, which browsers honour on
+    http://localhost too; ``Partitioned`` (CHIPS) keeps it in the EHR site's partition, so
+    browsers that block third-party cookies still send it. Written by hand because the
+    standard library only knows ``Partitioned`` from Python 3.14 on.
+    """
+    if not _COOKIE_TOKEN.fullmatch(name) or not _COOKIE_VALUE.fullmatch(value):
+        raise ValueError(f"unsafe cookie name or value for {name!r}")
+    return (
+        f"{name}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=None; Partitioned"
+    )
+
+
+_COOKIE_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_\-]*")

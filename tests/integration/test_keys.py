@@ -1,0 +1,137 @@
+"""The deployment's signing keys: generated once, rotated with a grace period, public JWKS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import jwt
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy import select, update
+
+from service.app import create_app
+from service.db.base import Database, utcnow
+from service.db.models import SigningKey
+from service.keys import ASSERTION_LIFETIME, KeyStore
+from service.settings import Settings, load_settings
+
+PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+TOKEN_ENDPOINT = "https://ehr.example/token"
+
+
+def _settings(database: Database, **overrides: object) -> Settings:
+    return load_settings(
+        database_url=database.engine.url.render_as_string(hide_password=False),
+        environment="test",
+        **overrides,
+    )
+
+
+def _verify(assertion: str, jwks: dict[str, object]) -> dict[str, object]:
+    kid = jwt.get_unverified_header(assertion)["kid"]
+    keys = [k for k in jwks["keys"] if isinstance(k, dict) and k["kid"] == kid]  # type: ignore[attr-defined]
+    assert len(keys) == 1, f"kid {kid} is not published"
+    key = jwt.PyJWK(keys[0])
+    claims: dict[str, object] = jwt.decode(
+        assertion, key.key, algorithms=[keys[0]["alg"]], audience=TOKEN_ENDPOINT
+    )
+    return claims
+
+
+def test_jwks_endpoint_publishes_one_public_key_and_no_private_material(
+    database: Database,
+) -> None:
+    client = TestClient(create_app(_settings(database), database))
+    first = client.get("/.well-known/jwks.json")
+    assert first.status_code == 200
+    assert first.headers["content-type"].startswith("application/jwk-set+json")
+    keys = first.json()["keys"]
+    assert len(keys) == 1
+    assert keys[0]["kty"] == "RSA"
+    assert keys[0]["alg"] == "RS384"
+    assert keys[0]["use"] == "sig"
+    assert not PRIVATE_JWK_MEMBERS & set(keys[0]), "the JWKS leaks private key members"
+    # Generated once: the next request (and the next instance) publishes the same key.
+    assert client.get("/.well-known/jwks.json").json() == first.json()
+    other_instance = TestClient(create_app(_settings(database), database))
+    assert other_instance.get("/.well-known/jwks.json").json() == first.json()
+
+
+def test_client_assertion_claims_follow_rfc_7523_and_live_at_most_five_minutes(
+    database: Database,
+) -> None:
+    store = KeyStore(database, _settings(database))
+    assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "kindreflex-app")
+    claims = _verify(assertion, store.jwks())
+    assert claims["iss"] == claims["sub"] == "kindreflex-app"
+    assert claims["aud"] == TOKEN_ENDPOINT
+    assert isinstance(claims["exp"], int)
+    assert isinstance(claims["iat"], int)
+    assert 0 < claims["exp"] - claims["iat"] <= ASSERTION_LIFETIME.total_seconds()
+    again = jwt.decode(
+        store.sign_client_assertion(TOKEN_ENDPOINT, "kindreflex-app"),
+        options={"verify_signature": False},
+    )
+    assert again["jti"] != claims["jti"]
+
+
+def test_rotation_keeps_the_old_key_published_until_its_grace_ends(database: Database) -> None:
+    store = KeyStore(database, _settings(database))
+    old_assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app")
+    old_kid = jwt.get_unverified_header(old_assertion)["kid"]
+
+    new_kid = store.rotate()
+
+    published = store.jwks()
+    assert {k["kid"] for k in published["keys"]} == {old_kid, new_kid}
+    _verify(old_assertion, published)  # a token signed before the rotation still verifies
+    new_assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app")
+    assert jwt.get_unverified_header(new_assertion)["kid"] == new_kid
+    _verify(new_assertion, published)
+
+    # A day later (the grace, set back in our own table): unpublished, then deleted.
+    with database.session() as session:
+        session.execute(
+            update(SigningKey)
+            .where(SigningKey.kid == old_kid)
+            .values(publish_until=utcnow() - timedelta(seconds=1))
+        )
+    assert {k["kid"] for k in store.jwks()["keys"]} == {new_kid}
+    newest = store.rotate()
+    with database.session() as session:
+        kids = set(session.scalars(select(SigningKey.kid)))
+    assert kids == {new_kid, newest}
+
+
+def test_private_keys_are_sealed_with_the_secret_key(database: Database) -> None:
+    settings = _settings(database, secret_key=SecretStr("correct horse battery staple"))
+    store = KeyStore(database, settings)
+    assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app")
+    with database.session() as session:
+        row = session.scalars(select(SigningKey)).one()
+    assert row.sealed
+    assert "PRIVATE KEY" not in row.private_key
+    # Another instance (a fresh process) opens the sealed key and signs with the same kid.
+    again = KeyStore(database, settings).sign_client_assertion(TOKEN_ENDPOINT, "app")
+    assert jwt.get_unverified_header(again)["kid"] == jwt.get_unverified_header(assertion)["kid"]
+    _verify(again, store.jwks())
+
+
+def test_keys_rotate_command(database: Database) -> None:
+    settings = _settings(database)
+    before = {k["kid"] for k in KeyStore(database, settings).jwks()["keys"]}
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": settings.database_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "rotate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "new signing key" in result.stdout
+    after = {k["kid"] for k in KeyStore(database, settings).jwks()["keys"]}
+    assert before < after
+    assert len(after) == 2

@@ -1,0 +1,439 @@
+"""SMART App Launch 2.x end to end: our app and the sandbox EHR, both over real HTTP.
+
+The sandbox (tests/support/sandbox.py) runs its real authorization server, which fetches
+our JWKS over HTTP to verify our private_key_jwt assertions. Our app runs in uvicorn on
+a free port, on SQLite and on PostgreSQL. Cookies are handled by hand so that every
+attribute the browser would see is asserted.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import Depends, FastAPI
+from pydantic import SecretStr
+from sqlalchemy import func, select, update
+
+from sandbox.config import SmartClient
+from sandbox.keys import SigningKey as SandboxKey
+from sandbox.runner import Sandbox
+from service.app import create_app
+from service.db.base import Database, utcnow
+from service.db.models import AppSession, LaunchState
+from service.fhir.client import ReauthorisationRequired
+from service.settings import load_settings
+from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
+from smart_app.session import (
+    SESSION_COOKIE,
+    LaunchContext,
+    LaunchDep,
+    SessionTokens,
+    require_role,
+    verify_csrf,
+)
+from tests.support.processes import free_port
+from tests.support.sandbox import running_sandbox
+
+EHR_ORIGIN = "https://ehr.az-example.be"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with running_sandbox() as sb:
+        yield sb
+
+
+@dataclass
+class Browser:
+    """Cookies kept by hand, as a browser would: name → value, plus the raw Set-Cookie lines."""
+
+    cookies: dict[str, str] = field(default_factory=dict)
+    set_cookie_lines: list[str] = field(default_factory=list)
+
+    def get(self, url: str) -> httpx.Response:
+        response = httpx.get(url, headers=self._header(), follow_redirects=False)
+        self._remember(response)
+        return response
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        response = httpx.post(url, headers=self._header(), follow_redirects=False, **kwargs)
+        self._remember(response)
+        return response
+
+    def attributes(self, name: str) -> dict[str, str]:
+        """The attributes of the last Set-Cookie for ``name`` (lower-case keys)."""
+        line = next(x for x in reversed(self.set_cookie_lines) if x.startswith(f"{name}="))
+        parts = [p.strip() for p in line.split(";")[1:]]
+        return {p.split("=", 1)[0].lower(): ([*p.split("=", 1), ""])[1] for p in parts}
+
+    def _header(self) -> dict[str, str]:
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+
+    def _remember(self, response: httpx.Response) -> None:
+        for line in response.headers.get_list("set-cookie"):
+            self.set_cookie_lines.append(line)
+            name, value = line.split(";", 1)[0].split("=", 1)
+            if "max-age=0" in line.lower():
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value.strip('"')
+
+
+@dataclass
+class Kindreflex:
+    url: str
+    app: FastAPI
+    database: Database
+    sandbox: Sandbox
+    client_id: str
+
+    @property
+    def tokens(self) -> SessionTokens:
+        tokens: SessionTokens = self.app.state.session_tokens
+        return tokens
+
+    def launch(
+        self, browser: Browser, *, prefix: str = "", user: str = "nurse", decision: str = "allow"
+    ) -> httpx.Response:
+        """The whole EHR launch as the browser lives it; returns our callback's answer."""
+        patient = first_patient(self.sandbox)
+        lid = self.sandbox.create_launch(
+            patient=patient, encounter="enc-1", user=user, app_context='{"hook":"encounter-start"}'
+        )
+        started = browser.get(
+            f"{self.url}{prefix}/launch?"
+            + httpx.QueryParams({"iss": self.sandbox.fhir_base_url, "launch": lid}).__str__()
+        )
+        assert started.status_code == 302, started.text
+        consent = browser.get(started.headers["location"])
+        assert consent.status_code == 200, consent.text
+        request_id = re.search(r'name="request_id" value="([^"]+)"', consent.text)
+        assert request_id, consent.text[:500]
+        decided = browser.post(
+            f"{self.sandbox.ehr_url}/authorize/decision",
+            data={"request_id": request_id.group(1), "decision": decision, "user": user},
+        )
+        assert decided.status_code == 303, decided.text
+        assert decided.headers["location"].startswith(f"{self.url}/callback?")
+        return browser.get(decided.headers["location"])
+
+    def count(self, model: type[AppSession] | type[LaunchState]) -> int:
+        with self.database.session() as session:
+            return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def first_patient(sandbox: Sandbox) -> str:
+    return next(iter(sandbox.seeded.patients.values())).id
+
+
+@contextmanager
+def _serve(app: FastAPI, port: int) -> Iterator[None]:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:  # readiness probe, not synchronisation by sleeping
+        assert thread.is_alive(), "our app did not start"
+        assert time.monotonic() < deadline, "our app did not start in time"
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _test_routes(app: FastAPI) -> None:
+    """Protected routes standing in for the nurse's screens."""
+
+    def whoami(ctx: LaunchDep) -> dict[str, Any]:
+        return {
+            "session_id": ctx.session_id,
+            "tenant": ctx.tenant.slug,
+            "patient": ctx.patient_id,
+            "encounter": ctx.encounter_id,
+            "fhir_user": ctx.user.fhir_user,
+            "name": ctx.user.name,
+            "roles": sorted(ctx.user.roles),
+            "app_context": ctx.app_context,
+            "csrf": ctx.csrf,
+        }
+
+    def social(
+        ctx: Annotated[LaunchContext, Depends(require_role("social-worker"))],
+    ) -> dict[str, str]:
+        return {"ok": ctx.user.fhir_user}
+
+    def save(_ctx: LaunchDep) -> dict[str, bool]:
+        return {"saved": True}
+
+    for prefix in ("", "/t/{tenant}"):
+        app.add_api_route(f"{prefix}/test/whoami", whoami)
+        app.add_api_route(f"{prefix}/test/social", social)
+        app.add_api_route(
+            f"{prefix}/test/save", save, methods=["POST"], dependencies=[Depends(verify_csrf)]
+        )
+
+
+def _registration(sandbox: Sandbox, client_id: str, client_auth: ClientAuth) -> EhrRegistration:
+    return EhrRegistration(
+        id="sandbox-ehr",
+        name="Sandbox EHR",
+        fhir_base_url=sandbox.fhir_base_url,
+        client_id=client_id,
+        client_auth=client_auth,
+        scopes="launch openid fhirUser offline_access patient/*.rs",
+        frame_origins=[EHR_ORIGIN],
+    )
+
+
+@pytest.fixture(params=["private_key_jwt", "none"])
+def kindreflex(
+    request: pytest.FixtureRequest, database: Database, sandbox: Sandbox
+) -> Iterator[Kindreflex]:
+    """Our app, registered with the sandbox as a confidential (our JWKS) or public client."""
+    client_auth: ClientAuth = request.param
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = load_settings(
+        database_url=database.engine.url.render_as_string(hide_password=False),
+        environment="test",
+        public_url=url,
+        secret_key=SecretStr("test secret: seals tokens and keys"),
+    )
+    app = create_app(settings, database)
+    _test_routes(app)
+    client_id = f"kindreflex-{uuid.uuid4().hex[:8]}"
+    sandbox.register_client(
+        SmartClient(
+            client_id,
+            (f"{url}/callback",),
+            jwks_uri=f"{url}/.well-known/jwks.json" if client_auth == "private_key_jwt" else None,
+        )
+    )
+    registration = _registration(sandbox, client_id, client_auth)
+    for slug in ("default", "az-gent"):
+        app.state.tenants.save(
+            slug, TenantConfiguration(name=slug, registrations=[registration]), "test"
+        )
+    with _serve(app, port):
+        yield Kindreflex(url, app, database, sandbox, client_id)
+
+
+def test_ehr_launch_sets_a_partitioned_session_cookie_and_the_launch_context(
+    kindreflex: Kindreflex,
+) -> None:
+    browser = Browser()
+    answer = kindreflex.launch(browser)
+
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == f"{kindreflex.url}/app/triage"
+    attributes = browser.attributes(SESSION_COOKIE)
+    assert {"secure", "httponly", "partitioned"} <= set(attributes)
+    assert attributes["samesite"].lower() == "none"
+    assert attributes["path"] == "/"
+    me = browser.get(f"{kindreflex.url}/test/whoami")
+    assert me.status_code == 200, me.text
+    who = me.json()
+    sb = kindreflex.sandbox
+    assert who["patient"] == first_patient(sb)
+    assert who["encounter"] == "enc-1"
+    assert who["fhir_user"] == sb.fhir_user("nurse")
+    assert who["roles"] == ["nurse"]
+    assert who["app_context"] == '{"hook":"encounter-start"}'
+    assert who["tenant"] == "default"
+
+    # The tokens stay on the server: sealed in the database, live at the EHR.
+    access_token = kindreflex.tokens.access_token(who["session_id"])
+    grant = sb.auth.check_access_token(access_token)
+    assert grant is not None
+    assert grant.patient == who["patient"]
+    assert access_token not in browser.cookies.values()
+    with kindreflex.database.session() as session:
+        row = session.get(AppSession, who["session_id"])
+        assert row is not None
+        assert row.sealed
+        assert access_token not in row.access_token
+        assert browser.cookies[SESSION_COOKIE] not in row.cookie_hash
+    # The launch state is used up and its binding cookie cleared.
+    assert kindreflex.count(LaunchState) == 0
+    assert not any(name.startswith("kindreflex_launch_") for name in browser.cookies)
+
+
+def test_a_launch_under_a_tenant_prefix_stays_in_that_tenant(kindreflex: Kindreflex) -> None:
+    browser = Browser()
+    answer = kindreflex.launch(browser, prefix="/t/az-gent")
+
+    assert answer.headers["location"] == f"{kindreflex.url}/t/az-gent/app/triage"
+    assert browser.get(f"{kindreflex.url}/t/az-gent/test/whoami").json()["tenant"] == "az-gent"
+    other_hospital = browser.get(f"{kindreflex.url}/test/whoami")
+    assert other_hospital.status_code == 401
+    assert "Sessie verlopen" in other_hospital.text
+
+
+def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindreflex) -> None:
+    answer = Browser().get(f"{kindreflex.url}/launch?iss=https://elsewhere.example/fhir&launch=abc")
+    assert answer.status_code == 400
+    assert "Dit EHR is niet geregistreerd" in answer.text
+    assert "https://elsewhere.example/fhir" in answer.text
+    assert f"frame-ancestors {EHR_ORIGIN}" in answer.headers["content-security-policy"]
+    assert kindreflex.count(LaunchState) == 0
+    assert kindreflex.count(AppSession) == 0
+    missing = Browser().get(f"{kindreflex.url}/launch")
+    assert missing.status_code == 400
+    assert "onvolledig" in missing.text
+
+
+def test_an_unreachable_ehr_gets_a_clear_page(kindreflex: Kindreflex, database: Database) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/fhir"
+    registration = _registration(kindreflex.sandbox, "x", "none").model_copy(
+        update={"id": "dead", "fhir_base_url": dead}
+    )
+    kindreflex.app.state.tenants.save(
+        "default", TenantConfiguration(name="default", registrations=[registration]), "test"
+    )
+    answer = Browser().get(f"{kindreflex.url}/launch?iss={dead}&launch=abc")
+    assert answer.status_code == 502
+    assert "Het EHR antwoordt niet" in answer.text
+    assert kindreflex.count(LaunchState) == 0
+
+
+def test_denied_consent_shows_access_denied_and_writes_no_session(kindreflex: Kindreflex) -> None:
+    answer = kindreflex.launch(Browser(), decision="deny")
+    assert answer.status_code == 403
+    assert "Toegang geweigerd" in answer.text
+    assert kindreflex.count(AppSession) == 0
+    assert kindreflex.count(LaunchState) == 0
+
+
+def test_bad_replayed_or_foreign_browser_state_is_refused(kindreflex: Kindreflex) -> None:
+    for query in ("", "?state=forged&code=x"):
+        page = Browser().get(f"{kindreflex.url}/callback{query}")
+        assert page.status_code == 400
+        assert "ongeldig, verlopen of al gebruikt" in page.text
+
+    browser = Browser()
+    first = kindreflex.launch(browser)
+    assert first.status_code == 303
+    callback_url = browser_last_callback(browser, first)
+    replay = browser.get(callback_url)
+    assert replay.status_code == 400
+    assert "al gebruikt" in replay.text
+
+    # A callback arriving in another browser than the one that started the launch.
+    victim, attacker = Browser(), Browser()
+    lid = kindreflex.sandbox.create_launch(patient="p", user="nurse")
+    started = attacker.get(
+        f"{kindreflex.url}/launch?iss={kindreflex.sandbox.fhir_base_url}&launch={lid}"
+    )
+    state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+    foreign = victim.get(f"{kindreflex.url}/callback?state={state}&code=stolen")
+    assert foreign.status_code == 400
+    assert kindreflex.count(AppSession) == 1  # only the first, legitimate launch
+
+
+def browser_last_callback(browser: Browser, answer: httpx.Response) -> str:
+    request_url = str(answer.request.url)
+    assert "/callback?" in request_url
+    return request_url
+
+
+def test_roles_come_from_the_id_token_claim_of_the_registration(kindreflex: Kindreflex) -> None:
+    nurse, social_worker = Browser(), Browser()
+    kindreflex.launch(nurse, user="nurse")
+    kindreflex.launch(social_worker, user="social-worker")
+
+    assert social_worker.get(f"{kindreflex.url}/test/whoami").json()["roles"] == [
+        "nurse",
+        "social-worker",
+    ]
+    assert social_worker.get(f"{kindreflex.url}/test/social").status_code == 200
+    refused = nurse.get(f"{kindreflex.url}/test/social")
+    assert refused.status_code == 403
+    assert "de sociale dienst" in refused.text
+
+
+def test_forms_need_the_session_csrf_token(kindreflex: Kindreflex) -> None:
+    first, second = Browser(), Browser()
+    kindreflex.launch(first)
+    kindreflex.launch(second)
+    token = first.get(f"{kindreflex.url}/test/whoami").json()["csrf"]
+    other = second.get(f"{kindreflex.url}/test/whoami").json()["csrf"]
+    save = f"{kindreflex.url}/test/save"
+
+    assert first.post(save, data={"csrf_token": token}).json() == {"saved": True}
+    with httpx.Client() as plain:
+        by_header = plain.post(
+            save, headers={**first._header(), "X-CSRF-Token": token}, json={"a": 1}
+        )
+    assert by_header.status_code == 200
+    for bad in ({}, {"csrf_token": other}, {"csrf_token": token + "x"}):
+        refused = first.post(save, data=bad)
+        assert refused.status_code == 403
+        assert "Formulier niet aanvaard" in refused.text
+
+
+def test_refresh_happens_once_under_concurrent_requests_then_needs_reauthorisation(
+    kindreflex: Kindreflex,
+) -> None:
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    before = kindreflex.tokens.access_token(session_id)
+    _expire_soon(kindreflex.database, session_id)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = set(pool.map(lambda _: kindreflex.tokens.access_token(session_id), range(8)))
+
+    # One refresh: the sandbox rotates refresh tokens, so a second refresh would have failed.
+    assert len(tokens) == 1
+    assert before not in tokens
+    assert kindreflex.sandbox.auth.check_access_token(tokens.pop()) is not None
+
+    kindreflex.sandbox.auth.revoke_all()
+    _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
+    with pytest.raises(ReauthorisationRequired):
+        kindreflex.tokens.access_token(session_id)
+
+
+def _expire_soon(
+    database: Database, session_id: str, by: timedelta = timedelta(seconds=10)
+) -> None:
+    """Move our own record of the token's expiry (the EHR's tokens live an hour)."""
+    with database.session() as session:
+        session.execute(
+            update(AppSession)
+            .where(AppSession.id == session_id)
+            .values(access_expires_at=utcnow() + by)
+        )
+
+
+def test_an_id_token_signed_with_a_key_the_ehr_does_not_publish_is_refused(
+    kindreflex: Kindreflex,
+) -> None:
+    auth = kindreflex.sandbox.auth
+    genuine = auth.id_token_key
+    # The fault: the EHR signs with a key missing from its JWKS (a forged or rogue token).
+    auth.id_token_key = SandboxKey.generate(genuine.kid, "RS256")
+    try:
+        answer = kindreflex.launch(Browser())
+    finally:
+        auth.id_token_key = genuine
+    assert answer.status_code == 400
+    assert "Gebruiker niet bevestigd" in answer.text
+    assert kindreflex.count(AppSession) == 0
