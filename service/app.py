@@ -14,6 +14,7 @@ from service.db.base import Database
 from service.observability import Metrics, MetricsMiddleware
 from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
+from smart_app.admin import router as admin_router
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.keys = keys.KeyStore(database, settings)
     app.include_router(keys.router)
     smart_app.install(app)  # SMART launch, sessions, their error pages
+    app.include_router(admin_router)  # the EHR administrator's screen and API
+    app.include_router(admin_router, prefix="/t/{tenant}")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     if not settings.cds_jwt_required:

@@ -8,12 +8,32 @@ reads and writes as YAML. Secrets inside it are ``SecretStr`` and are stored enc
 
 from __future__ import annotations
 
+from enum import StrEnum
+from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from service.i18n import catalogue
-from service.protocol import HagueTrigger
+from service.partners import (
+    PartnerDirectory,
+    PartnerDirectoryError,
+    load_default_directory,
+    parse_directory,
+)
+from service.protocol import (
+    Consultation,
+    HagueTrigger,
+    LivesWith,
+    PregnancyOf,
+    ProgressAssessment,
+    ReferralTarget,
+    SafetyAction,
+    SafetyAssessment,
+    Step,
+    SupportAction,
+    TeamDecision,
+)
 
 Language = Literal["nl", "fr", "en"]
 Hook = Literal["encounter-start", "patient-view"]
@@ -146,12 +166,146 @@ class HookSettings(Strict):
         return value
 
 
+# --- Partner directory and the facility's own plan (admin journey, issue 6) -------------
+
+
+class PartnerPhone(Strict):
+    number: str = Field(description="Belgian national form, e.g. `09 216 73 30`.")
+    label: str | None = None
+
+
+class PartnerEntry(Strict):
+    """One organisation of the directory; the fields of ``service/partners.py``'s format."""
+
+    id: str
+    type: ReferralTarget
+    name: str
+    description: str | None = None
+    phones: list[PartnerPhone] = Field(default_factory=list)
+    website: str | None = None
+    email: str | None = None
+    address: str | None = None
+    opening_hours: str | None = None
+    region: str | None = None
+    cbe: str | None = Field(
+        None, pattern=r"^[01][0-9]{9}$", description="KBO/BCE enterprise number, 10 digits."
+    )
+
+
+class PartnerSettings(Strict):
+    """The tenant's partner directory; ``service.partners`` holds the validation rules."""
+
+    region: str
+    entries: list[PartnerEntry]
+
+    @model_validator(mode="after")
+    def _valid_directory(self) -> PartnerSettings:
+        self.directory()  # raises with the entry number and the field at fault
+        return self
+
+    def directory(self) -> PartnerDirectory:
+        data = self.model_dump(
+            mode="json", exclude_none=True, exclude={"entries": {"__all__": {"cbe"}}}
+        )
+        try:
+            return parse_directory(data, source="partners")
+        except PartnerDirectoryError as error:
+            raise ValueError(str(error)) from None
+
+    @classmethod
+    def from_directory(cls, directory: PartnerDirectory) -> PartnerSettings:
+        entries = [
+            PartnerEntry(
+                id=p.id,
+                type=p.type,
+                name=p.name,
+                description=p.description,
+                phones=[PartnerPhone(number=ph.number, label=ph.label) for ph in p.phones],
+                website=p.website,
+                email=p.email,
+                address=p.address,
+                opening_hours=p.opening_hours,
+                region=None if p.region == directory.region else p.region,
+            )
+            for p in directory.partners
+        ]
+        return cls(region=directory.region, entries=entries)
+
+
+@lru_cache(maxsize=1)
+def default_partners() -> PartnerSettings:
+    """The directory a new hospital starts with: Oost-Vlaanderen (seed 002); immutable, shared."""
+    return PartnerSettings.from_directory(load_default_directory())
+
+
+#: The choices of the six steps whose wording a facility may adapt, by choice-set name.
+PLAN_CHOICE_SETS: dict[str, type[StrEnum]] = {
+    "lives-with": LivesWith,
+    "pregnancy-of": PregnancyOf,
+    "safety-assessment": SafetyAssessment,
+    "support-action": SupportAction,
+    "consultation": Consultation,
+    "team-decision": TeamDecision,
+    "safety-progress": ProgressAssessment,
+    "safety-action": SafetyAction,
+}
+
+
+class Wording(Strict):
+    """A text in each language; an absent language shows the generic wording."""
+
+    nl: str | None = None
+    fr: str | None = None
+    en: str | None = None
+
+
+class PlanText(Strict):
+    """The facility's wording of one step or one choice."""
+
+    title: Wording = Field(default_factory=Wording)
+    help: Wording = Field(default_factory=Wording)
+
+
+class PlanSettings(Strict):
+    """The facility's own plan: wording and help text only (steps and branch rules are fixed).
+
+    ``revision`` is the plan version in force: the admin use cases raise it whenever the
+    wording changes, and a finding records the revision that was shown.
+    """
+
+    revision: int = Field(1, ge=1)
+    steps: dict[Step, PlanText] = Field(default_factory=dict)
+    choices: dict[str, PlanText] = Field(
+        default_factory=dict,
+        description="Keyed `<choice set>/<code>`, e.g. `safety-assessment/niet-pluis`.",
+    )
+
+    @field_validator("choices")
+    @classmethod
+    def _known_choices(cls, value: dict[str, PlanText]) -> dict[str, PlanText]:
+        for key in value:
+            choice_set, _, code = key.partition("/")
+            codes = PLAN_CHOICE_SETS.get(choice_set)
+            if codes is None or code not in {c.value for c in codes}:
+                raise ValueError(f"'{key}' is not a choice of the plan (<choice set>/<code>)")
+        return value
+
+    def text(
+        self, key: Step | str, part: Literal["title", "help"], language: Language
+    ) -> str | None:
+        """The facility's text of a step or choice in ``language``, or None: use the generic one."""
+        item = self.steps.get(key) if isinstance(key, Step) else self.choices.get(key)
+        return None if item is None else getattr(getattr(item, part), language)
+
+
 class TenantConfiguration(Strict):
     """Everything an EHR administrator configures for one hospital."""
 
     name: str
     registrations: list[EhrRegistration] = Field(default_factory=list)
     hooks: HookSettings = Field(default_factory=HookSettings)
+    partners: PartnerSettings = Field(default_factory=default_partners)
+    plan: PlanSettings = Field(default_factory=PlanSettings)
 
     def registration_for_iss(self, iss: str) -> EhrRegistration | None:
         wanted = iss.rstrip("/")

@@ -113,6 +113,48 @@ class AppSession(TenantScoped, Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+# --- EHR administrator journey (issue 6): bootstrap tokens, admin sessions, admin events ---
+# Configuration changes themselves are audited by their TenantConfigVersion rows (who,
+# when, the whole document); these tables hold how admins got in and what they did besides.
+
+
+class AdminBootstrapToken(TenantScoped, Base):
+    """A one-time token printed by ``kindreflex admin bootstrap``; only its hash is kept."""
+
+    __tablename__ = "admin_bootstrap_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AdminSession(TenantScoped, Base):
+    """A signed-in administrator of one tenant; the browser or API client holds the token."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    actor: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class AdminEvent(TenantScoped, Base):
+    """Something an administrator did that is not a configuration version (sign-in, tests)."""
+
+    __tablename__ = "admin_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(500))
+    action: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 # --- FHIR write path (issue 4 §4): outbox, audit trail, concerns index ---
 # service/outbox.py, service/audit.py, service/worklist.py; migration 0005.
 

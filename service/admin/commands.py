@@ -1,0 +1,90 @@
+"""What ``kindreflex config export|import`` and ``kindreflex admin bootstrap`` do.
+
+``service/cli.py`` only parses arguments; these functions open the database, act, and
+return the process exit code. Messages go to standard error, data to standard output.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from service.admin import access
+from service.admin.config import ConfigurationError, TenantAdmin, export_yaml
+from service.db.base import Database
+from service.settings import Settings
+from service.tenancy import SecretBox, TenantDirectory, UnknownTenantError
+from service.tenant_config import TenantConfiguration
+
+CLI_ACTOR = "kindreflex config import"
+
+
+def _directory(settings: Settings) -> tuple[Database, TenantDirectory]:
+    database = Database(settings.database_url)
+    return database, TenantDirectory(database, SecretBox(settings.secret_key))
+
+
+def export_config(settings: Settings, tenant: str | None) -> int:
+    """Print the tenant's configuration as YAML (client secrets left out)."""
+    database, tenants = _directory(settings)
+    try:
+        config = tenants.get(tenant or settings.default_tenant).config
+    except UnknownTenantError as error:
+        print(f"kindreflex: {error}", file=sys.stderr)
+        return 2
+    finally:
+        database.dispose()
+    sys.stdout.write(export_yaml(config))
+    return 0
+
+
+def import_config(settings: Settings, tenant: str | None, path: Path, actor: str) -> int:
+    """Validate the whole file, then store it as the tenant's new version (or change nothing)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"kindreflex: cannot read {path}: {error}", file=sys.stderr)
+        return 2
+    database, tenants = _directory(settings)
+    slug = tenant or settings.default_tenant
+    try:
+        context = TenantAdmin(tenants).import_yaml(slug, text, actor)
+    except ConfigurationError as error:
+        print(f"{path}: nothing was changed:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return 1
+    finally:
+        database.dispose()
+    print(
+        f"hospital '{slug}': configuration version {context.version} is in force", file=sys.stderr
+    )
+    return 0
+
+
+def bootstrap(settings: Settings, tenant: str | None, minutes: int) -> int:
+    """Print a one-time admin token (creating the tenant with defaults if it is new)."""
+    database, tenants = _directory(settings)
+    slug = tenant or settings.default_tenant
+    try:
+        try:
+            context = tenants.get(slug)
+        except UnknownTenantError:
+            context = tenants.save(
+                slug, TenantConfiguration(name=slug), "kindreflex admin bootstrap"
+            )
+        token, expires_at = access.issue_bootstrap_token(
+            database, context.id, timedelta(minutes=minutes)
+        )
+    finally:
+        database.dispose()
+    prefix = "" if slug == settings.default_tenant else f"/t/{slug}"
+    print(token)
+    print(
+        f"One-time admin token for hospital '{slug}', "
+        f"valid until {expires_at:%Y-%m-%d %H:%M} UTC.\n"
+        f"Sign in at {settings.public_url}{prefix}/admin/login",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,197 @@
+"""Change a tenant's configuration, and configuration as code (YAML).
+
+Every change goes through :meth:`TenantAdmin.save`: the new document is validated as a
+whole, client secrets that an export or a form left out are kept, the plan revision is
+raised when the plan's wording changed, and the result is stored as ONE new
+configuration version (which is also the audit record, see :mod:`service.admin.changes`).
+Nothing is stored when anything is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from yaml.nodes import MappingNode, Node, SequenceNode
+
+from service.tenancy import (
+    SecretsUnavailableError,
+    TenantContext,
+    TenantDirectory,
+    UnknownTenantError,
+)
+from service.tenant_config import EhrRegistration, TenantConfiguration
+
+YAML_HEADER = (
+    "# Kindreflex-ED configuration of one hospital (tenant).\n"
+    "# Import with: kindreflex config import FILE  (validated completely before anything changes)\n"
+    "# Client secrets are never exported: a registration without client_secret keeps the\n"
+    "# secret stored for the same registration id.\n"
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration: where (line, path) and why."""
+
+    message: str
+    path: str = ""
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        at = f"{self.path}: " if self.path else ""
+        return f"{where}{at}{self.message}"
+
+
+class ConfigurationError(ValueError):
+    """The configuration is invalid; nothing was changed. ``problems`` says what and where."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+def export_yaml(config: TenantConfiguration) -> str:
+    """The configuration as YAML, client secrets left out."""
+    document = config.model_dump(mode="json")
+    for registration in document["registrations"]:
+        registration.pop("client_secret", None)
+    return YAML_HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+
+
+def parse_yaml(text: str) -> TenantConfiguration:
+    """Validate a YAML configuration file; problems carry the file's line numbers."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        reason = getattr(error, "problem", None) or str(error)
+        raise ConfigurationError(
+            [Problem(f"not valid YAML: {reason}", line=mark.line + 1 if mark else None)]
+        ) from None
+    if not isinstance(data, dict) or root is None:
+        raise ConfigurationError([Problem("expected a mapping with at least 'name'", line=1)])
+    return validate_document(data, root)
+
+
+def validate_document(data: Any, root: Node | None = None) -> TenantConfiguration:
+    """Validate a configuration document (parsed JSON or YAML) into the typed model."""
+    try:
+        return TenantConfiguration.model_validate(data)
+    except ValidationError as error:
+        raise ConfigurationError(
+            [
+                Problem(
+                    _message(issue),
+                    _dotted(issue["loc"]),
+                    _line_of(root, issue["loc"]) if root else None,
+                )
+                for issue in error.errors(include_url=False)
+            ]
+        ) from None
+
+
+def _message(issue: Any) -> str:
+    if issue["type"] == "extra_forbidden":
+        return "unknown field"
+    return str(issue["msg"]).removeprefix("Value error, ")
+
+
+def _dotted(location: Sequence[int | str]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _line_of(node: Node, location: Sequence[int | str]) -> int:
+    """The 1-based line of the deepest YAML node on ``location`` (pydantic's error path)."""
+    for part in location:
+        child: Node | None = None
+        if isinstance(node, MappingNode):
+            child = next((v for k, v in node.value if k.value == str(part)), None)
+            if child is None:  # an unknown or missing key: point at the key, else the parent
+                key = next((k for k, _ in node.value if k.value == str(part)), None)
+                return (key or node).start_mark.line + 1
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1
+
+
+class TenantAdmin:
+    """The administrator's changes to one deployment's tenants."""
+
+    def __init__(self, tenants: TenantDirectory) -> None:
+        self.tenants = tenants
+
+    def current(self, slug: str) -> TenantContext | None:
+        try:
+            return self.tenants.get(slug)
+        except UnknownTenantError:
+            return None
+
+    def save(self, slug: str, config: TenantConfiguration, actor: str) -> TenantContext:
+        """Store ``config`` as a new version unless it changes nothing (ConfigurationError)."""
+        current = self.current(slug)
+        previous = current.config if current else None
+        config = _with_plan_revision(_with_kept_secrets(config, previous), previous)
+        if current is not None and config == current.config:
+            return current
+        try:
+            return self.tenants.save(slug, config, actor)
+        except SecretsUnavailableError as error:
+            raise ConfigurationError([Problem(str(error), "registrations")]) from None
+
+    def import_yaml(self, slug: str, text: str, actor: str) -> TenantContext:
+        return self.save(slug, parse_yaml(text), actor)
+
+
+def _with_kept_secrets(
+    config: TenantConfiguration, previous: TenantConfiguration | None
+) -> TenantConfiguration:
+    """A registration without a secret keeps the stored one (exports and forms omit it)."""
+    kept = {r.id: r for r in previous.registrations} if previous else {}
+    registrations: list[EhrRegistration] = []
+    problems: list[Problem] = []
+    for index, registration in enumerate(config.registrations):
+        old = kept.get(registration.id)
+        if registration.client_secret is None and old is not None:
+            registration = registration.model_copy(update={"client_secret": old.client_secret})
+        if registration.client_auth == "client_secret_basic" and registration.client_secret is None:
+            problems.append(
+                Problem(
+                    "client_secret_basic needs a client_secret (or use private_key_jwt)",
+                    f"registrations[{index}].client_secret",
+                )
+            )
+        registrations.append(registration)
+    ids = [r.id for r in registrations]
+    problems += [
+        Problem(f"the id '{i}' is used twice", "registrations")
+        for i in set(ids)
+        if ids.count(i) > 1
+    ]
+    if problems:
+        raise ConfigurationError(problems)
+    return config.model_copy(update={"registrations": registrations})
+
+
+def _with_plan_revision(
+    config: TenantConfiguration, previous: TenantConfiguration | None
+) -> TenantConfiguration:
+    """Raise the plan revision when the wording changed; findings record the revision shown."""
+    if previous is None:
+        return config
+    old, new = previous.plan, config.plan
+    if (new.steps, new.choices) == (old.steps, old.choices):
+        return config.model_copy(update={"plan": old})
+    plan = new.model_copy(update={"revision": old.revision + 1})
+    return config.model_copy(update={"plan": plan})

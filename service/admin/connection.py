@@ -1,0 +1,137 @@
+"""The "test connection": what an EHR supports of what Kindreflex needs, in plain words.
+
+Fetches ``{iss}/.well-known/smart-configuration`` (SMART App Launch 2.x) and
+``{iss}/metadata`` (the FHIR CapabilityStatement) and checks each thing the app relies
+on. The result is data (check id, found or not, needed or nice to have) plus the
+sentence for the administrator in their language; nothing is stored but an admin event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from service.i18n import Language, translate
+from service.tenant_config import EhrRegistration
+
+#: Resources the app writes (findings, children, referral, open concern, provenance).
+WRITTEN_RESOURCES = ("RelatedPerson", "Observation", "ServiceRequest", "Flag", "Provenance")
+#: Resources the app and the CDS service read.
+READ_RESOURCES = ("Patient", "Encounter", "Condition")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One capability: found or not; ``needed`` False means nice to have."""
+
+    id: str
+    ok: bool
+    needed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class ConnectionReport:
+    iss: str
+    checks: tuple[Check, ...]
+
+    @property
+    def ready(self) -> bool:
+        """Everything needed is there."""
+        return all(check.ok for check in self.checks if check.needed)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "iss": self.iss,
+            "ready": self.ready,
+            "checks": [check.__dict__ for check in self.checks],
+        }
+
+
+def _fetch_json(client: httpx.Client, url: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON object at ``url``, or None and the reason in plain words."""
+    try:
+        response = client.get(url, headers={"Accept": "application/json, application/fhir+json"})
+    except httpx.TimeoutException:
+        return None, "timeout"
+    except httpx.HTTPError as error:
+        return None, f"unreachable ({type(error).__name__})"
+    if response.status_code != 200:
+        return None, f"HTTP {response.status_code}"
+    try:
+        data = response.json()
+    except ValueError:
+        return None, "not JSON"
+    return (data, None) if isinstance(data, dict) else (None, "not a JSON object")
+
+
+class _Report:
+    """Collects checks with their translated sentences."""
+
+    def __init__(self, language: Language) -> None:
+        self.language = language
+        self.checks: list[Check] = []
+
+    def add(self, check_id: str, ok: bool, needed: bool = True, **values: object) -> None:
+        message = translate(
+            self.language, f"admin.check.{check_id}.{'ok' if ok else 'missing'}", **values
+        )
+        self.checks.append(Check(check_id, ok, needed, message))
+
+
+def _smart_checks(report: _Report, smart: dict[str, Any], registration: EhrRegistration) -> None:
+    capabilities = set(smart.get("capabilities") or [])
+    grants = set(smart.get("grant_types_supported") or [])
+    pkce = set(smart.get("code_challenge_methods_supported") or [])
+    auth_methods = set(smart.get("token_endpoint_auth_methods_supported") or [])
+    scopes = set(smart.get("scopes_supported") or [])
+    report.add("launch_ehr", "launch-ehr" in capabilities)
+    report.add("authorization_code", "authorization_code" in grants)
+    report.add("pkce_s256", "S256" in pkce)
+    if registration.client_auth == "private_key_jwt":
+        report.add(
+            "private_key_jwt",
+            "private_key_jwt" in auth_methods or "client-confidential-asymmetric" in capabilities,
+        )
+    report.add("context_ehr_encounter", "context-ehr-encounter" in capabilities)
+    openid = "sso-openid-connect" in capabilities or {"openid", "fhirUser"} <= scopes
+    report.add("openid_fhiruser", openid)
+    report.add("launch_standalone", "launch-standalone" in capabilities, needed=False)
+
+
+def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
+    version = str(metadata.get("fhirVersion", ""))
+    report.add("fhir_r4", version.startswith("4.0"), version=version or "?")
+    interactions: dict[str, set[str]] = {}
+    for rest in metadata.get("rest") or []:
+        for resource in rest.get("resource") or []:
+            codes = {i.get("code") for i in resource.get("interaction") or []}
+            interactions.setdefault(str(resource.get("type")), set()).update(codes)
+    cannot_write = [r for r in WRITTEN_RESOURCES if "create" not in interactions.get(r, set())]
+    report.add("write_resources", not cannot_write, resources=", ".join(cannot_write))
+    cannot_read = [r for r in READ_RESOURCES if "read" not in interactions.get(r, set())]
+    report.add("read_resources", not cannot_read, resources=", ".join(cannot_read))
+
+
+def check_connection(
+    registration: EhrRegistration, language: Language, timeout_seconds: float
+) -> ConnectionReport:
+    """Ask the EHR what it supports; never raises for what the EHR answers."""
+    iss = registration.fhir_base_url
+    report = _Report(language)
+    with httpx.Client(timeout=timeout_seconds, follow_redirects=False) as client:
+        smart, smart_error = _fetch_json(client, f"{iss}/.well-known/smart-configuration")
+        metadata, metadata_error = _fetch_json(client, f"{iss}/metadata")
+    if smart is None or not smart.get("authorization_endpoint"):
+        report.add("smart_configuration", False, reason=smart_error or "no authorization_endpoint")
+    else:
+        report.add("smart_configuration", True)
+        _smart_checks(report, smart, registration)
+    if metadata is None or metadata.get("resourceType") != "CapabilityStatement":
+        report.add("capability_statement", False, reason=metadata_error or "no CapabilityStatement")
+    else:
+        report.add("capability_statement", True)
+        _fhir_checks(report, metadata)
+    return ConnectionReport(iss, tuple(report.checks))

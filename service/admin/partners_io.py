@@ -1,0 +1,286 @@
+"""The partner directory as CSV and as a FHIR Bundle of Organization + HealthcareService.
+
+Imports validate every row (the rules of ``service.partners``) and collect all problems
+with their row number before anything is returned: a bad row rejects the whole file.
+
+Bundle mapping (FHIR R4, ``Bundle.type`` collection), per partner:
+
+* ``Organization`` (profile kindreflex-partner-organization): identifier = the directory
+  key (Kindreflex partner naming system) and, where known, the KBO/BCE number (HL7
+  Belgium naming system); ``type`` from the guide's partner-type CodeSystem; name;
+  ``telecom`` = unlabelled phones, website, e-mail; ``address.text``; a labelled phone
+  (e.g. "Oudenaarde") becomes a ``contact`` with that name.
+* ``HealthcareService``: ``providedBy`` the Organization; ``comment`` = description;
+  ``availabilityExceptions`` = opening hours; ``coverageArea.display`` = the region.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.admin.config import ConfigurationError, Problem
+from service.fhir import terminology
+from service.tenant_config import PartnerEntry, PartnerPhone, PartnerSettings
+
+CSV_COLUMNS = (
+    "id", "type", "name", "description", "phones", "website", "email", "address",
+    "opening_hours", "region", "cbe",
+)  # fmt: skip
+_PHONE_CELL = re.compile(r"^\s*(?P<number>[0-9][0-9 ]*?)\s*(?:\((?P<label>[^()]*)\))?\s*$")
+_NAMESPACE = uuid.UUID("6f2b0c1e-1d7e-4e0a-9a57-6b1f3c4d5e6f")  # stable fullUrls per partner id
+
+
+# --- the guide's codes and identifier systems ------------------------------------------
+
+PROFILE = "kindreflex-partner-organization"
+
+
+@lru_cache(maxsize=1)
+def _guide() -> dict[str, str]:
+    """The URLs the mapping needs, from the built guide (nothing typed here)."""
+    profile = terminology.guide().structure_definition(PROFILE)
+    fixed = {e["id"]: e["fixedUri"] for e in profile["differential"]["element"] if "fixedUri" in e}
+    return {
+        "profile": terminology.profile_url(PROFILE),
+        "partner_type": terminology.code_system_url("partner-type"),
+        "sid_partner": terminology.identifier_system("partner"),
+        # HL7 Belgium's KBO/BCE naming system, as the profile's identifier slice fixes it
+        "cbe": fixed["Organization.identifier:cbe.system"],
+    }
+
+
+# --- validation shared by both formats ---------------------------------------------------
+
+
+def _validated(
+    region: str, rows: Iterable[tuple[int, Callable[[], dict[str, Any]]]], unit: str
+) -> PartnerSettings:
+    """Every row checked on its own (all problems collected), then the directory as a whole."""
+    entries: list[PartnerEntry] = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for number, read in rows:
+        try:
+            entry = PartnerEntry.model_validate(read())
+            PartnerSettings(region=region, entries=[entry])  # the directory rules, per row
+        except (ValidationError, ValueError) as error:
+            problems.append(Problem(_reason(error), f"{unit} {number}"))
+            continue
+        if entry.id in seen:
+            problems.append(Problem(f"the id '{entry.id}' is used twice", f"{unit} {number}"))
+        seen.add(entry.id)
+        entries.append(entry)
+    if not entries and not problems:
+        problems.append(Problem("the file has no partners"))
+    if problems:
+        raise ConfigurationError(problems)
+    return PartnerSettings(region=region, entries=entries)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in issue['loc']) or 'row'}: "
+            f"{str(issue['msg']).removeprefix('Value error, ')}"
+            for issue in error.errors(include_url=False)
+        )
+    return str(error).removeprefix("partners: ").split(": ", 1)[-1]
+
+
+# --- CSV ------------------------------------------------------------------------------
+
+
+def export_csv(partners: PartnerSettings) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for entry in partners.entries:
+        row = entry.model_dump(mode="json", exclude={"phones"})
+        row["phones"] = "; ".join(
+            f"{p.number} ({p.label})" if p.label else p.number for p in entry.phones
+        )
+        row["region"] = entry.region or partners.region
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def import_csv(text: str, region: str) -> PartnerSettings:
+    """A directory from CSV (header row = row 1).
+
+    The directory's region is the first row's ``region`` cell, else ``region`` (the current
+    one); like a Bundle's first coverage area, so both formats round-trip.
+    """
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    header = reader.fieldnames or []
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    missing = [c for c in ("id", "type", "name") if c not in header]
+    if unknown or missing:
+        raise ConfigurationError(
+            [Problem(f"unknown column '{c}'", "row 1") for c in unknown]
+            + [Problem(f"the column '{c}' is missing", "row 1") for c in missing]
+        )
+    records = list(reader)
+    region = (records[0].get("region") or "").strip() or region if records else region
+    rows = [(number, _csv_row(row, region)) for number, row in enumerate(records, start=2)]
+    return _validated(region, rows, "row")
+
+
+def _csv_row(row: dict[str, str | None], region: str) -> Callable[[], dict[str, Any]]:
+    def read() -> dict[str, Any]:
+        if None in row:
+            raise ValueError("more cells than columns")
+        data: dict[str, Any] = {k: v.strip() for k, v in row.items() if v and v.strip()}
+        data["phones"] = [
+            _phone(cell) for cell in data.get("phones", "").split(";") if cell.strip()
+        ]
+        if data.get("region") == region:
+            del data["region"]
+        return data
+
+    return read
+
+
+def _phone(cell: str) -> dict[str, str | None]:
+    match = _PHONE_CELL.match(cell)
+    if match is None:
+        raise ValueError(f"phones: '{cell.strip()}' is not 'number' or 'number (label)'")
+    return {"number": match["number"], "label": match["label"]}
+
+
+# --- FHIR Bundle ----------------------------------------------------------------------
+
+
+def _full_url(partner_id: str, resource: str = "Organization") -> str:
+    return f"urn:uuid:{uuid.uuid5(_NAMESPACE, f'{resource}/{partner_id}')}"
+
+
+def organization(entry: PartnerEntry) -> dict[str, Any]:
+    guide = _guide()
+    identifiers = [{"system": guide["sid_partner"], "value": entry.id}]
+    if entry.cbe:
+        identifiers.append({"system": guide["cbe"], "value": entry.cbe})
+    telecom = [{"system": "phone", "value": p.number} for p in entry.phones if not p.label]
+    telecom += [{"system": "url", "value": entry.website}] if entry.website else []
+    telecom += [{"system": "email", "value": entry.email}] if entry.email else []
+    resource: dict[str, Any] = {
+        "resourceType": "Organization",
+        "meta": {"profile": [guide["profile"]]},
+        "identifier": identifiers,
+        "active": True,
+        "type": [{"coding": [terminology.coding("partner-type", entry.type)]}],
+        "name": entry.name,
+    }
+    if telecom:
+        resource["telecom"] = telecom
+    if entry.address:
+        resource["address"] = [{"text": entry.address}]
+    contacts = [
+        {"name": {"text": p.label}, "telecom": [{"system": "phone", "value": p.number}]}
+        for p in entry.phones
+        if p.label
+    ]
+    if contacts:
+        resource["contact"] = contacts
+    return resource
+
+
+def healthcare_service(entry: PartnerEntry, region: str) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "HealthcareService",
+        "active": True,
+        "providedBy": {"reference": _full_url(entry.id), "display": entry.name},
+        "name": entry.name,
+        "coverageArea": [{"display": entry.region or region}],
+    }
+    if entry.description:
+        resource["comment"] = entry.description
+    if entry.opening_hours:
+        resource["availabilityExceptions"] = entry.opening_hours
+    return resource
+
+
+def export_bundle(partners: PartnerSettings) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = []
+    for entry in partners.entries:
+        entries.append({"fullUrl": _full_url(entry.id), "resource": organization(entry)})
+        service = healthcare_service(entry, partners.region)
+        entries.append({"fullUrl": _full_url(entry.id, "HealthcareService"), "resource": service})
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def import_bundle(bundle: Any) -> PartnerSettings:
+    """A directory from a Bundle; problems name the entry number (1-based) and resource."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise ConfigurationError([Problem("expected a FHIR Bundle")])
+    raw = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
+    services = {
+        str((e.get("resource") or {}).get("providedBy", {}).get("reference")): e["resource"]
+        for e in raw
+        if (e.get("resource") or {}).get("resourceType") == "HealthcareService"
+    }
+    organizations = [
+        (number, e)
+        for number, e in enumerate(raw, start=1)
+        if (e.get("resource") or {}).get("resourceType") == "Organization"
+    ]
+    if not organizations:
+        raise ConfigurationError([Problem("the Bundle has no Organization")])
+    first = services.get(str(organizations[0][1].get("fullUrl")), {})
+    region = _region(first) or "unknown"
+    rows = [
+        (number, _bundle_row(e["resource"], services.get(str(e.get("fullUrl")), {}), region))
+        for number, e in organizations
+    ]
+    return _validated(region, rows, "entry")
+
+
+def _region(service: dict[str, Any]) -> str | None:
+    areas = service.get("coverageArea") or [{}]
+    display = areas[0].get("display") if isinstance(areas[0], dict) else None
+    return str(display) if display else None
+
+
+def _bundle_row(
+    org: dict[str, Any], service: dict[str, Any], region: str
+) -> Callable[[], dict[str, Any]]:
+    def read() -> dict[str, Any]:
+        guide = _guide()
+        ids = {i.get("system"): i.get("value") for i in org.get("identifier") or []}
+        telecom = org.get("telecom") or []
+        codes = [
+            c.get("code")
+            for t in org.get("type") or []
+            for c in t.get("coding") or []
+            if c.get("system") == guide["partner_type"]
+        ]
+        phones = [PartnerPhone(number=t["value"]) for t in telecom if t.get("system") == "phone"]
+        phones += [
+            PartnerPhone(number=t["value"], label=(c.get("name") or {}).get("text"))
+            for c in org.get("contact") or []
+            for t in c.get("telecom") or []
+            if t.get("system") == "phone"
+        ]
+        own_region = _region(service)
+        return {
+            "id": ids.get(guide["sid_partner"]),
+            "cbe": ids.get(guide["cbe"]),
+            "type": codes[0] if codes else None,
+            "name": org.get("name"),
+            "description": service.get("comment"),
+            "phones": [p.model_dump() for p in phones],
+            "website": next((t["value"] for t in telecom if t.get("system") == "url"), None),
+            "email": next((t["value"] for t in telecom if t.get("system") == "email"), None),
+            "address": next((a.get("text") for a in org.get("address") or []), None),
+            "opening_hours": service.get("availabilityExceptions"),
+            "region": own_region if own_region != region else None,
+        }
+
+    return read

@@ -1,0 +1,673 @@
+"""The EHR administrator's screen and JSON API (issue 6), mounted at ``/admin`` and
+``/t/{tenant}/admin``.
+
+Who may enter: an admin session of THIS tenant — opened with a one-time bootstrap token
+(``kindreflex admin bootstrap``) and held as the cookie ``kindreflex_admin`` or sent as
+``Authorization: Bearer`` — or an app session launched from the tenant's EHR whose user
+has the admin role (``smart_app.session``, role from the id_token). Anonymous → 401, a
+nurse or social worker → 403, an admin of another hospital → 403.
+
+CSRF: a request authenticated by a cookie must send the session's CSRF token (form field
+``csrf_token`` or header ``X-CSRF-Token``) with every state-changing method; a bearer
+token is not sent by the browser on its own, so API clients using it need none.
+
+Every change is one new configuration version (``service.admin.config.TenantAdmin``),
+which is also its audit record; bad input → 4xx with the reason, and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from service.admin import access, changes
+from service.admin.config import (
+    ConfigurationError,
+    Problem,
+    TenantAdmin,
+    export_yaml,
+    parse_yaml,
+    validate_document,
+)
+from service.admin.connection import check_connection
+from service.admin.partners_io import export_bundle, export_csv, import_bundle, import_csv
+from service.api.deps import DatabaseDep, SettingsDep, TenantDep
+from service.i18n import Language, negotiate, translate
+from service.protocol import Step
+from service.tenancy import SecretBox, TenantContext, TenantDirectory
+from service.tenant_config import (
+    ALL_HOOKS,
+    TenantConfiguration,
+)
+from smart_app.security import page_headers, tokens_match
+
+ADMIN_COOKIE = "kindreflex_admin"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+router = APIRouter(tags=["admin"])
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("smart_app", "templates"),
+    autoescape=select_autoescape(default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Who is asking
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Admin:
+    """The administrator of the request's tenant."""
+
+    tenant: TenantContext
+    actor: str
+    csrf: str
+    by_cookie: bool
+    session: access.AdminPrincipal | None  # None: signed in through an EHR launch
+
+
+class AdminAuthError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _identify(request: Request, tenant: TenantContext) -> Admin:
+    """The admin behind the request, or AdminAuthError(401/403) with the reason."""
+    bearer = _bearer(request)
+    token = bearer or request.cookies.get(ADMIN_COOKIE)
+    database = request.app.state.database
+    if token:
+        principal = access.authenticate(database, token)
+        if principal is None:
+            raise AdminAuthError(401, "the admin session is unknown, ended or expired")
+        if principal.tenant_id != tenant.id:
+            raise AdminAuthError(403, "this admin session belongs to another hospital")
+        return Admin(tenant, principal.actor, principal.csrf_token, bearer is None, principal)
+    return _from_app_session(request, tenant)
+
+
+def _from_app_session(request: Request, tenant: TenantContext) -> Admin:
+    """An app session launched from the tenant's EHR, if its user has the admin role."""
+    from smart_app.errors import PageError  # the launch flow is optional for the admin API
+    from smart_app.session import SESSION_COOKIE, current_launch
+
+    if getattr(request.app.state, "sessions", None) is None or not request.cookies.get(
+        SESSION_COOKIE
+    ):
+        raise AdminAuthError(401, "sign in as an administrator first")
+    try:
+        launch = current_launch(request)
+    except PageError as error:
+        raise AdminAuthError(error.status, "sign in as an administrator first") from None
+    if "admin" not in launch.user.roles:
+        raise AdminAuthError(403, "this user does not have the admin role")
+    actor = f"{launch.user.name} <{launch.user.fhir_user}>"
+    return Admin(tenant, actor, launch.csrf, True, None)
+
+
+async def _check_csrf(request: Request, admin: Admin) -> None:
+    if request.method in SAFE_METHODS or not admin.by_cookie:
+        return
+    presented = request.headers.get(CSRF_HEADER)
+    content_type = request.headers.get("content-type", "")
+    if presented is None and content_type.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get(CSRF_FIELD)
+        presented = value if isinstance(value, str) else None
+    if not tokens_match(presented, admin.csrf):
+        raise AdminAuthError(403, "missing or wrong CSRF token")
+
+
+async def api_admin(request: Request, tenant: TenantDep) -> Admin:
+    """Dependency of the JSON API: 401/403 with the reason as JSON."""
+    try:
+        admin = _identify(request, tenant)
+        await _check_csrf(request, admin)
+    except AdminAuthError as error:
+        raise HTTPException(error.status, error.reason) from None
+    return admin
+
+
+async def screen_admin(request: Request, tenant: TenantDep) -> Admin:
+    """Dependency of the screen: anonymous → sign-in page; forbidden → 403 page."""
+    try:
+        admin = _identify(request, tenant)
+        await _check_csrf(request, admin)
+    except AdminAuthError as error:
+        if error.status == 401:
+            raise HTTPException(
+                303, "sign in first", headers={"Location": f"{_prefix(request)}/admin/login"}
+            ) from None
+        raise HTTPException(error.status, error.reason) from None
+    return admin
+
+
+ApiAdmin = Annotated[Admin, Depends(api_admin)]
+ScreenAdmin = Annotated[Admin, Depends(screen_admin)]
+
+
+def _prefix(request: Request) -> str:
+    slug = request.path_params.get("tenant")
+    return f"/t/{slug}" if slug else ""
+
+
+def _tenant_admin(request: Request) -> TenantAdmin:
+    tenants: TenantDirectory = request.app.state.tenants
+    return TenantAdmin(tenants)
+
+
+def _language(request: Request) -> Language:
+    return negotiate([request.query_params.get("lang"), request.headers.get("accept-language")])
+
+
+# ---------------------------------------------------------------------------------------
+# Changing the configuration (shared by the API and the screen)
+# ---------------------------------------------------------------------------------------
+
+
+def _replace(config: TenantConfiguration, **parts: Any) -> TenantConfiguration:
+    """The configuration with some parts replaced, validated again as a whole."""
+    return validate_document({**dict(config), **parts})
+
+
+def _save(request: Request, admin: Admin, config: TenantConfiguration) -> TenantContext:
+    return _tenant_admin(request).save(admin.tenant.slug, config, admin.actor)
+
+
+def _outcome(status: int, problems: tuple[Problem, ...] | list[Problem]) -> JSONResponse:
+    """An OperationOutcome naming each problem (line and path where known)."""
+    issues = [
+        {
+            "severity": "error",
+            "code": "invalid",
+            "diagnostics": str(problem),
+            **({"expression": [problem.path]} if problem.path else {}),
+        }
+        for problem in problems
+    ]
+    return JSONResponse(
+        {"resourceType": "OperationOutcome", "issue": issues},
+        status_code=status,
+        media_type="application/fhir+json",
+    )
+
+
+def _api_change(
+    request: Request, admin: Admin, change: Callable[[TenantConfiguration], TenantConfiguration]
+) -> Response:
+    try:
+        context = _save(request, admin, change(admin.tenant.config))
+    except ConfigurationError as error:
+        return _outcome(422, error.problems)
+    return JSONResponse(_summary(context))
+
+
+def _summary(context: TenantContext) -> dict[str, Any]:
+    return {"version": context.version, "plan_revision": context.config.plan.revision}
+
+
+def _masked(config: TenantConfiguration) -> dict[str, Any]:
+    """The configuration as JSON with client secrets masked (write-only)."""
+    document = config.model_dump(mode="json")
+    for stored, registration in zip(document["registrations"], config.registrations, strict=True):
+        stored["client_secret"] = "***" if registration.client_secret else None
+    return document
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except ValueError as error:
+        raise HTTPException(400, f"the body is not JSON: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# JSON API
+# ---------------------------------------------------------------------------------------
+
+
+@router.post("/admin/api/session", status_code=201)
+async def api_sign_in(request: Request, tenant: TenantDep, database: DatabaseDep) -> Any:
+    """Spend a bootstrap token (``{"token": ..., "name": ...}``) on an admin session."""
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("token"), str):
+        raise HTTPException(400, 'expected {"token": "...", "name": "..."}')
+    name = str(body.get("name") or "")
+    try:
+        issued = access.redeem_bootstrap_token(database, tenant.id, body["token"], name)
+    except access.AccessDeniedError as error:
+        raise HTTPException(401, str(error)) from None
+    return {
+        "session_token": issued.token,
+        "csrf_token": issued.csrf_token,
+        "actor": issued.actor,
+        "expires_at": issued.expires_at.isoformat(),
+    }
+
+
+@router.delete("/admin/api/session", status_code=204)
+def api_sign_out(admin: ApiAdmin, database: DatabaseDep) -> Response:
+    if admin.session is not None:
+        access.end_session(database, admin.session)
+    return Response(status_code=204)
+
+
+@router.get("/admin/api/config")
+def api_get_config(admin: ApiAdmin) -> dict[str, Any]:
+    return {**_summary(admin.tenant), "configuration": _masked(admin.tenant.config)}
+
+
+@router.put("/admin/api/config")
+async def api_put_config(request: Request, admin: ApiAdmin) -> Response:
+    """Replace the whole configuration (a client secret left out or masked is kept)."""
+    body = await _json_body(request)
+    if isinstance(body, dict):
+        for registration in body.get("registrations") or []:
+            if isinstance(registration, dict) and registration.get("client_secret") == "***":
+                registration.pop("client_secret")
+    return _api_change(request, admin, lambda _current: validate_document(body))
+
+
+@router.get("/admin/api/config.yaml", response_class=PlainTextResponse)
+def api_export_yaml(admin: ApiAdmin) -> Response:
+    return PlainTextResponse(export_yaml(admin.tenant.config), media_type="application/yaml")
+
+
+@router.put("/admin/api/config.yaml")
+async def api_import_yaml(request: Request, admin: ApiAdmin) -> Response:
+    text = (await request.body()).decode("utf-8", errors="replace")
+    return _api_change(request, admin, lambda _current: parse_yaml(text))
+
+
+@router.get("/admin/api/registrations")
+def api_registrations(admin: ApiAdmin) -> list[dict[str, Any]]:
+    registrations: list[dict[str, Any]] = _masked(admin.tenant.config)["registrations"]
+    return registrations
+
+
+@router.put("/admin/api/registrations/{registration_id}")
+async def api_put_registration(registration_id: str, request: Request, admin: ApiAdmin) -> Response:
+    """Create or replace one registration (its ``id`` is the path's)."""
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise HTTPException(400, "expected a registration object")
+    if body.get("client_secret") == "***":
+        body.pop("client_secret")
+    body["id"] = registration_id
+    return _api_change(request, admin, lambda c: _upsert_registration(c, body))
+
+
+def _upsert_registration(
+    config: TenantConfiguration, body: Mapping[str, Any]
+) -> TenantConfiguration:
+    others = [dict(r) for r in config.registrations if r.id != body["id"]]
+    position = next((i for i, r in enumerate(config.registrations) if r.id == body["id"]), None)
+    registrations: list[Any] = list(others)
+    registrations.insert(len(others) if position is None else position, dict(body))
+    return _replace(config, registrations=registrations)
+
+
+@router.delete("/admin/api/registrations/{registration_id}")
+def api_delete_registration(registration_id: str, request: Request, admin: ApiAdmin) -> Response:
+    if not any(r.id == registration_id for r in admin.tenant.config.registrations):
+        raise HTTPException(404, f"no registration '{registration_id}'")
+    return _api_change(request, admin, lambda c: _without_registration(c, registration_id))
+
+
+def _without_registration(config: TenantConfiguration, registration_id: str) -> TenantConfiguration:
+    kept = [r for r in config.registrations if r.id != registration_id]
+    return _replace(config, registrations=kept)
+
+
+@router.post("/admin/api/registrations/{registration_id}/test-connection")
+def api_test_connection(
+    registration_id: str,
+    request: Request,
+    admin: ApiAdmin,
+    settings: SettingsDep,
+    database: DatabaseDep,
+) -> dict[str, Any]:
+    """Ask the EHR what it supports; the sentences in ``?lang=`` or Accept-Language."""
+    return _test_connection(
+        request, admin, settings.fhir_timeout_seconds, database, registration_id
+    )
+
+
+def _test_connection(
+    request: Request, admin: Admin, timeout: float, database: Any, registration_id: str
+) -> dict[str, Any]:
+    registration = next(
+        (r for r in admin.tenant.config.registrations if r.id == registration_id), None
+    )
+    if registration is None:
+        raise HTTPException(404, f"no registration '{registration_id}'")
+    report = check_connection(registration, _language(request), timeout)
+    with database.session() as session:
+        access.record_event(
+            session, admin.tenant.id, admin.actor, "test-connection",
+            registration=registration_id, iss=report.iss, ready=report.ready,
+        )  # fmt: skip
+    return report.as_json()
+
+
+@router.get("/admin/api/hooks")
+def api_get_hooks(admin: ApiAdmin) -> dict[str, Any]:
+    return admin.tenant.config.hooks.model_dump(mode="json")
+
+
+@router.put("/admin/api/hooks")
+async def api_put_hooks(request: Request, admin: ApiAdmin) -> Response:
+    body = await _json_body(request)
+    return _api_change(request, admin, lambda c: _replace(c, hooks=body))
+
+
+@router.get("/admin/api/partners")
+def api_get_partners(admin: ApiAdmin, format: str = "json") -> Response:
+    """The partner directory as ``json`` (the configuration's form), ``csv`` or ``bundle``."""
+    partners = admin.tenant.config.partners
+    if format == "csv":
+        return PlainTextResponse(
+            export_csv(partners),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="partners.csv"'},
+        )
+    if format == "bundle":
+        return JSONResponse(export_bundle(partners), media_type="application/fhir+json")
+    if format == "json":
+        return JSONResponse(partners.model_dump(mode="json", exclude_none=True))
+    raise HTTPException(400, "format must be json, csv or bundle")
+
+
+@router.put("/admin/api/partners")
+async def api_put_partners(request: Request, admin: ApiAdmin) -> Response:
+    """Replace the directory: ``text/csv``, a FHIR Bundle, or the configuration's JSON."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    body = await request.body()
+    return _api_change(request, admin, lambda c: _imported_partners(c, content_type, body))
+
+
+def _imported_partners(
+    config: TenantConfiguration, content_type: str, body: bytes
+) -> TenantConfiguration:
+    if content_type == "text/csv":
+        partners: Any = import_csv(
+            body.decode("utf-8-sig", errors="replace"), config.partners.region
+        )
+    else:
+        try:
+            data = json.loads(body)
+        except ValueError as error:
+            raise ConfigurationError([Problem(f"not JSON: {error}")]) from None
+        is_bundle = isinstance(data, dict) and data.get("resourceType") == "Bundle"
+        partners = import_bundle(data) if is_bundle else data
+    return _replace(config, partners=partners)
+
+
+@router.get("/admin/api/plan")
+def api_get_plan(admin: ApiAdmin) -> dict[str, Any]:
+    return admin.tenant.config.plan.model_dump(mode="json", exclude_none=True)
+
+
+@router.put("/admin/api/plan")
+async def api_put_plan(request: Request, admin: ApiAdmin) -> Response:
+    """Replace the plan's wording; the revision is raised when the wording changed."""
+    body = await _json_body(request)
+    if isinstance(body, dict):
+        body = {**body, "revision": admin.tenant.config.plan.revision}
+    return _api_change(request, admin, lambda c: _replace(c, plan=body))
+
+
+@router.get("/admin/api/audit")
+def api_audit(admin: ApiAdmin, request: Request, database: DatabaseDep) -> dict[str, Any]:
+    """Configuration changes (who, when, old → new, secrets masked) and admin events."""
+    return {
+        "changes": [
+            {
+                "version": change.version,
+                "actor": change.actor,
+                "at": change.at.isoformat(),
+                "changes": [c.__dict__ for c in change.changes],
+            }
+            for change in _history(request, admin)
+        ],
+        "events": [
+            {"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "detail": e.detail}
+            for e in access.events(database, admin.tenant.id)
+        ],
+    }
+
+
+def _history(request: Request, admin: Admin) -> list[changes.ConfigChange]:
+    settings = request.app.state.settings
+    database = request.app.state.database
+    return changes.history(database, SecretBox(settings.secret_key), admin.tenant.id)
+
+
+# ---------------------------------------------------------------------------------------
+# The screen (Dutch first)
+# ---------------------------------------------------------------------------------------
+
+
+def _page(
+    request: Request, tenant: TenantContext, template: str, status: int = 200, **values: Any
+) -> HTMLResponse:
+    language = _language(request)
+
+    def t(message_id: str, **fill: object) -> str:
+        return translate(language, message_id, **fill)
+
+    html = _TEMPLATES.get_template(template).render(
+        t=t, lang=language, prefix=_prefix(request), tenant=tenant, **values
+    )
+    frame = [o for r in tenant.config.registrations for o in r.frame_origins]
+    return HTMLResponse(html, status_code=status, headers=page_headers(frame))
+
+
+def _cookie_secure(request: Request) -> bool:
+    settings = request.app.state.settings
+    return str(settings.public_url).startswith("https://")
+
+
+@router.get("/admin/login", response_class=HTMLResponse)
+def login_page(request: Request, tenant: TenantDep) -> HTMLResponse:
+    return _page(request, tenant, "admin/login.html", refused=False)
+
+
+@router.post("/admin/login", response_class=HTMLResponse)
+def login(
+    request: Request,
+    tenant: TenantDep,
+    database: DatabaseDep,
+    token: Annotated[str, Form()],
+    name: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        issued = access.redeem_bootstrap_token(database, tenant.id, token.strip(), name)
+    except access.AccessDeniedError:
+        return _page(request, tenant, "admin/login.html", status=401, refused=True)
+    response = RedirectResponse(f"{_prefix(request)}/admin", status_code=303)
+    response.set_cookie(
+        ADMIN_COOKIE,
+        issued.token,
+        max_age=int(access.SESSION_TTL.total_seconds()),
+        path="/",
+        secure=_cookie_secure(request),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.post("/admin/logout")
+def logout(request: Request, admin: ScreenAdmin, database: DatabaseDep) -> Response:
+    if admin.session is not None:
+        access.end_session(database, admin.session)
+    response = RedirectResponse(f"{_prefix(request)}/admin/login", status_code=303)
+    response.delete_cookie(ADMIN_COOKIE, path="/")
+    return response
+
+
+@router.get("/admin", response_class=HTMLResponse)
+def overview(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+    return _overview(request, admin)
+
+
+def _overview(
+    request: Request,
+    admin: Admin,
+    *,
+    status: int = 200,
+    problems: tuple[Problem, ...] = (),
+    saved: bool = False,
+    report: dict[str, Any] | None = None,
+    tenant: TenantContext | None = None,
+) -> HTMLResponse:
+    tenant = tenant or admin.tenant
+    return _page(
+        request,
+        tenant,
+        "admin/index.html",
+        status=status,
+        admin=admin,
+        config=tenant.config,
+        all_hooks=ALL_HOOKS,
+        steps=list(Step),
+        problems=problems,
+        saved=saved,
+        report=report,
+        history=_history(request, admin)[:20],
+        yaml_text=export_yaml(tenant.config),
+    )
+
+
+def _screen_change(
+    request: Request, admin: Admin, change: Callable[[TenantConfiguration], TenantConfiguration]
+) -> HTMLResponse:
+    try:
+        context = _save(request, admin, change(admin.tenant.config))
+    except ConfigurationError as error:
+        return _overview(request, admin, status=422, problems=error.problems)
+    return _overview(request, admin, saved=True, tenant=context)
+
+
+def _lines(value: str) -> list[str]:
+    return [line.strip() for line in value.splitlines() if line.strip()]
+
+
+@router.post("/admin/registrations", response_class=HTMLResponse)
+async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+    form = await request.form()
+    field = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    body: dict[str, Any] = {
+        key: field.get(key, "").strip()
+        for key in ("id", "name", "fhir_base_url", "client_id", "client_auth", "scopes",
+                    "default_language")
+    }  # fmt: skip
+    if field.get("client_secret"):
+        body["client_secret"] = field["client_secret"]
+    body["frame_origins"] = _lines(field.get("frame_origins", ""))
+    body["cds_issuers"] = [
+        {"iss": parts[0], "jku": parts[1:]}
+        for parts in (line.split() for line in _lines(field.get("cds_issuers", "")))
+    ]
+    existing = next((r for r in admin.tenant.config.registrations if r.id == body["id"]), None)
+    if existing is not None:
+        body["roles"] = existing.roles
+    return _screen_change(request, admin, lambda c: _upsert_registration(c, body))
+
+
+@router.post("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)
+def delete_registration(registration_id: str, request: Request, admin: ScreenAdmin) -> HTMLResponse:
+    return _screen_change(request, admin, lambda c: _without_registration(c, registration_id))
+
+
+@router.post("/admin/registrations/{registration_id}/test", response_class=HTMLResponse)
+def test_registration(
+    registration_id: str,
+    request: Request,
+    admin: ScreenAdmin,
+    settings: SettingsDep,
+    database: DatabaseDep,
+) -> HTMLResponse:
+    report = _test_connection(
+        request, admin, settings.fhir_timeout_seconds, database, registration_id
+    )
+    return _overview(request, admin, report={"registration": registration_id, **report})
+
+
+@router.post("/admin/hooks", response_class=HTMLResponse)
+async def save_hooks(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+    form = await request.form()
+    current = admin.tenant.config.hooks.model_dump(mode="json")
+    hooks = {
+        **current,
+        "enabled": [h for h in ALL_HOOKS if form.get(f"hook-{h}") == "on"],
+        "adult_age": str(form.get("adult_age", "")),
+        "once_per_encounter": form.get("once_per_encounter") == "on",
+    }
+    return _screen_change(request, admin, lambda c: _replace(c, hooks=hooks))
+
+
+@router.post("/admin/partners", response_class=HTMLResponse)
+async def upload_partners(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        problems = (Problem("choose a CSV file or a FHIR Bundle (JSON)"),)
+        return _overview(request, admin, status=400, problems=problems)
+    body = await upload.read()
+    content_type = "text/csv" if upload.filename.lower().endswith(".csv") else "application/json"
+    return _screen_change(request, admin, lambda c: _imported_partners(c, content_type, body))
+
+
+@router.post("/admin/plan", response_class=HTMLResponse)
+async def save_plan(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+    form = await request.form()
+    steps: dict[str, Any] = {}
+    for step in (s.value for s in Step):
+        texts: dict[str, dict[str, str]] = {"title": {}, "help": {}}
+        for part in texts:
+            for language in ("nl", "fr", "en"):
+                value = str(form.get(f"{step}.{part}.{language}", "")).strip()
+                if value:
+                    texts[part][language] = value
+        if texts["title"] or texts["help"]:
+            steps[step] = texts
+    current = admin.tenant.config.plan.model_dump(mode="json")
+    plan = {**current, "steps": steps}
+    return _screen_change(request, admin, lambda c: _replace(c, plan=plan))
+
+
+@router.post("/admin/config", response_class=HTMLResponse)
+async def import_config(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+    form = await request.form()
+    text = str(form.get("yaml", ""))
+    return _screen_change(request, admin, lambda _current: parse_yaml(text))

@@ -1,0 +1,314 @@
+"""The admin JSON API and screen: who may enter, CSRF, tenant isolation, changes, audit.
+
+The real app (``create_app``) on SQLite and PostgreSQL; admins sign in with real
+bootstrap tokens; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from service.admin import access
+from service.app import create_app
+from service.db.base import Database
+from service.protocol import Step
+from service.settings import load_settings
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import EhrRegistration, TenantConfiguration
+from smart_app.admin import ADMIN_COOKIE, router
+
+KEY = "admin-test-deployment-key"
+
+
+@dataclass
+class Hospital:
+    slug: str
+    id: int
+    prefix: str
+
+
+@pytest.fixture
+def client(database: Database, database_url: str) -> Iterator[TestClient]:
+    settings = load_settings(
+        database_url=database_url, environment="test", secret_key=KEY, default_tenant="az-gent"
+    )
+    with TestClient(create_app(settings, database)) as test_client:
+        yield test_client
+
+
+def _hospital(database: Database, slug: str, prefix: str) -> Hospital:
+    tenants = TenantDirectory(database, SecretBox(SecretStr(KEY)))
+    registration = EhrRegistration(
+        id="ehr",
+        name="EPD",
+        fhir_base_url=f"https://{slug}.example/fhir",
+        client_id="kindreflex",
+        client_auth="client_secret_basic",
+        client_secret=SecretStr(f"secret-of-{slug}"),
+    )
+    config = TenantConfiguration(name=slug.upper(), registrations=[registration])
+    context = tenants.save(slug, config, actor="test set-up")
+    return Hospital(slug, context.id, prefix)
+
+
+@pytest.fixture
+def gent(database: Database) -> Hospital:
+    """The default tenant: un-prefixed paths."""
+    return _hospital(database, "az-gent", "")
+
+
+@pytest.fixture
+def brugge(database: Database) -> Hospital:
+    return _hospital(database, "az-brugge", "/t/az-brugge")
+
+
+def bearer(database: Database, hospital: Hospital, name: str = "Els") -> dict[str, str]:
+    token, _ = access.issue_bootstrap_token(database, hospital.id)
+    issued = access.redeem_bootstrap_token(database, hospital.id, token, name)
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+def admin_routes() -> list[tuple[str, str]]:
+    """Every (method, path) of the admin router that needs an admin."""
+    public = {("POST", "/admin/api/session"), ("GET", "/admin/login"), ("POST", "/admin/login")}
+    found = [
+        (method, route.path)
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    ]
+    return [r for r in found if r not in public]
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[a-z_]+\}", "ehr", path)
+
+
+def test_every_admin_endpoint_refuses_anonymous_callers(client: TestClient, gent: Hospital) -> None:
+    routes = admin_routes()
+    assert len(routes) >= 20
+    for method, path in routes:
+        response = client.request(method, concrete(path), follow_redirects=False)
+        if path.startswith("/admin/api"):
+            assert response.status_code == 401, (method, path, response.text)
+        else:  # the screen sends the browser to the sign-in page
+            assert response.status_code == 303, (method, path)
+            assert response.headers["location"] == "/admin/login"
+
+
+def test_every_admin_endpoint_refuses_another_hospitals_admin(
+    client: TestClient, database: Database, gent: Hospital, brugge: Hospital
+) -> None:
+    headers = bearer(database, brugge)
+    for method, path in admin_routes():
+        response = client.request(method, concrete(path), headers=headers, follow_redirects=False)
+        assert response.status_code == 403, (method, path, response.text)
+    # …while the same session works at its own hospital
+    assert client.get("/t/az-brugge/admin/api/config", headers=headers).status_code == 200
+
+
+def test_ended_or_unknown_sessions_are_refused(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    assert client.get("/admin/api/config", headers=headers).status_code == 200
+    assert client.delete("/admin/api/session", headers=headers).status_code == 204
+    assert client.get("/admin/api/config", headers=headers).status_code == 401
+    garbage = {"Authorization": "Bearer not-a-session"}
+    assert client.get("/admin/api/config", headers=garbage).status_code == 401
+
+
+def test_an_admin_sees_and_changes_only_their_own_hospital(
+    client: TestClient, database: Database, gent: Hospital, brugge: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    config = client.get("/admin/api/config", headers=headers).json()["configuration"]
+    assert config["name"] == "AZ-GENT"
+    assert "az-brugge" not in str(config)
+
+    response = client.put("/admin/api/hooks", headers=headers, json={"adult_age": 16})
+    assert response.status_code == 200, response.text
+
+    tenants = TenantDirectory(database, SecretBox(SecretStr(KEY)))
+    assert tenants.get("az-gent").config.hooks.adult_age == 16
+    assert tenants.get("az-brugge").config.hooks.adult_age == 18
+    audit = client.get("/admin/api/audit", headers=headers).json()
+    assert all("az-brugge" not in str(change) for change in audit["changes"])
+
+
+def test_client_secret_is_write_only_and_masked_in_the_audit(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent, name="Els Peeters")
+    registration = client.get("/admin/api/registrations", headers=headers).json()[0]
+    assert registration["client_secret"] == "***"
+
+    # Saving the registration as read back keeps the secret; a new secret replaces it.
+    registration["name"] = "EPD spoed"
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=registration).is_success
+    kept = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config
+    assert kept.registrations[0].client_secret == SecretStr("secret-of-az-gent")
+
+    registration["client_secret"] = "a-brand-new-secret"
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=registration).is_success
+
+    audit = client.get("/admin/api/audit", headers=headers)
+    assert "a-brand-new-secret" not in audit.text
+    assert "secret-of-az-gent" not in audit.text
+    newest, previous = audit.json()["changes"][:2]
+    assert newest["actor"] == "Els Peeters (bootstrap token #1)"
+    assert newest["changes"] == [
+        {"path": "registrations[ehr].client_secret", "old": "***", "new": "***"}
+    ]
+    assert previous["changes"] == [
+        {"path": "registrations[ehr].name", "old": "EPD", "new": "EPD spoed"}
+    ]
+
+
+def test_a_bad_change_is_refused_with_the_reason_and_changes_nothing(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    before = client.get("/admin/api/config", headers=headers).json()
+
+    too_young = client.put("/admin/api/hooks", headers=headers, json={"adult_age": 9})
+    assert too_young.status_code == 422
+    issue = too_young.json()["issue"][0]
+    assert issue["expression"] == ["hooks.adult_age"]
+    assert "greater than or equal to 12" in issue["diagnostics"]
+
+    no_secret = {"name": "X", "fhir_base_url": "https://x/fhir", "client_id": "k",
+                 "client_auth": "client_secret_basic"}  # fmt: skip
+    refused = client.put("/admin/api/registrations/other", headers=headers, json=no_secret)
+    assert refused.status_code == 422
+    assert "client_secret_basic needs a client_secret" in refused.text
+
+    not_json = client.put("/admin/api/plan", headers=headers, content=b"{nope")
+    assert not_json.status_code == 400
+    assert client.get("/admin/api/config", headers=headers).json() == before
+
+
+def test_the_screen_needs_the_csrf_token_of_the_session(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    signed_in = client.post(
+        "/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False
+    )
+    assert signed_in.status_code == 303
+    assert ADMIN_COOKIE in signed_in.cookies
+
+    page = client.get("/admin")
+    assert page.status_code == 200
+    assert "frame-ancestors" in page.headers["content-security-policy"]
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert csrf is not None
+
+    form = {"adult_age": "17", "hook-encounter-start": "on", "once_per_encounter": "on"}
+    forged = client.post("/admin/hooks", data=form)
+    assert forged.status_code == 403
+    saved = client.post("/admin/hooks", data={**form, "csrf_token": csrf.group(1)})
+    assert saved.status_code == 200
+    hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
+    assert (hooks.adult_age, hooks.enabled) == (17, ["encounter-start"])
+
+
+def test_a_used_or_wrong_bootstrap_token_shows_the_refusal(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    first = client.post("/admin/login", data={"token": token}, follow_redirects=False)
+    assert first.status_code == 303
+    again = client.post("/admin/login", data={"token": token}, follow_redirects=False)
+    assert again.status_code == 401
+    assert 'id="login-refused"' in again.text
+    api = client.post("/admin/api/session", json={"token": token})
+    assert api.status_code == 401
+
+
+def test_partner_csv_with_bad_rows_changes_nothing_and_names_every_row(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    exported = client.get("/admin/api/partners?format=csv", headers=headers).text
+    lines = exported.splitlines()
+    bad = [
+        lines[0],
+        lines[1],
+        lines[2].replace(",ocj,", ",ministry,"),
+        lines[3].replace("parket,parket,", "parket,parket,,", 1),
+        lines[1],
+    ]
+    response = client.put(
+        "/admin/api/partners", headers={**headers, "Content-Type": "text/csv"},
+        content="\n".join(bad).encode(),
+    )  # fmt: skip
+    assert response.status_code == 422
+    issues = [issue["diagnostics"] for issue in response.json()["issue"]]
+    assert issues[0].startswith("row 3: type: ")
+    assert issues[1].startswith("row 4: ")
+    assert issues[2] == "row 5: the id 'vk-oost-vlaanderen' is used twice"
+    after = client.get("/admin/api/partners?format=csv", headers=headers).text
+    assert after == exported
+
+
+def test_partner_import_as_csv_and_bundle_replaces_the_directory(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    csv_text = (
+        "id,type,name,phones,website,region\n"
+        'vk-west,vk,VK West-Vlaanderen,"050 40 56 60 (Brugge)",https://vk.example,west\n'
+        "politie-brugge,police,Politie Brugge,,,west\n"
+    )
+    imported = client.put(
+        "/admin/api/partners", headers={**headers, "Content-Type": "text/csv"},
+        content=csv_text.encode(),
+    )  # fmt: skip
+    assert imported.status_code == 200, imported.text
+    bundle = client.get("/admin/api/partners?format=bundle", headers=headers).json()
+    kinds = [entry["resource"]["resourceType"] for entry in bundle["entry"]]
+    assert kinds == ["Organization", "HealthcareService"] * 2
+    organisation = bundle["entry"][0]["resource"]
+    assert organisation["contact"][0]["name"]["text"] == "Brugge"
+
+    organisation["name"] = "Vertrouwenscentrum Kindermishandeling West-Vlaanderen"
+    again = client.put(
+        "/admin/api/partners", headers={**headers, "Content-Type": "application/fhir+json"},
+        json=bundle,
+    )  # fmt: skip
+    assert again.status_code == 200, again.text
+    partners = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.partners
+    assert partners.region == "west"  # the first entry's region is the directory's
+    assert [e.id for e in partners.entries] == ["vk-west", "politie-brugge"]
+    assert partners.entries[0].name.endswith("West-Vlaanderen")
+
+
+def test_plan_wording_changes_raise_the_plan_revision(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    assert client.get("/admin/api/plan", headers=headers).json()["revision"] == 1
+    plan = {
+        "steps": {"step-2": {"title": {"nl": "Peil naar veiligheid (ons ziekenhuis)"}}},
+        "choices": {"safety-assessment/niet-pluis": {"help": {"nl": "Bel de sociale dienst"}}},
+    }
+    assert client.put("/admin/api/plan", headers=headers, json=plan).json()["plan_revision"] == 2
+    # a change elsewhere keeps the plan revision; the same wording again changes nothing
+    assert client.put("/admin/api/hooks", headers=headers, json={"adult_age": 17}).is_success
+    same = client.put("/admin/api/plan", headers=headers, json=plan).json()
+    assert same["plan_revision"] == 2
+    unknown = {"choices": {"safety-assessment/maybe": {"title": {"nl": "?"}}}}
+    assert client.put("/admin/api/plan", headers=headers, json=unknown).status_code == 422
+    context = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent")
+    assert context.config.plan.text(Step.STEP_2, "title", "nl") == (
+        "Peil naar veiligheid (ons ziekenhuis)"
+    )
+    assert context.config.plan.text(Step.STEP_2, "title", "fr") is None
