@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 import smart_app
-from service import keys
+from service import keys, worklist
 from service.api import health
 from service.cds.router import router as cds_router
 from service.db.base import Database
 from service.observability import Metrics, MetricsMiddleware
+from service.outbox import Outbox, OutboxWorker
 from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
 from smart_app.admin import router as admin_router
 
 log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Background work of one instance: the outbox worker delivers pending FHIR writes."""
+    worker = OutboxWorker(app.state.outbox, app.state.settings.outbox_interval_seconds)
+    worker.start()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(worker.stop)
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
@@ -29,6 +44,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         title="Kindreflex-ED",
         summary="The Flemish Kindreflex in the emergency department: CDS Hooks and SMART on FHIR",
         version="0.1.0",
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.database = database
@@ -42,6 +58,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.keys = keys.KeyStore(database, settings)
     app.include_router(keys.router)
     smart_app.install(app)  # SMART launch, sessions, their error pages
+    _install_write_path(app, settings, database)
     app.include_router(admin_router)  # the EHR administrator's screen and API
     app.include_router(admin_router, prefix="/t/{tenant}")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -53,3 +70,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             extra={"fields": {"environment": settings.environment}},
         )
     return app
+
+
+def _install_write_path(app: FastAPI, settings: Settings, database: Database) -> None:
+    """The outbox (and its readiness check) and the worklist; needs SMART's session tokens."""
+    outbox = Outbox(
+        database,
+        app.state.session_tokens,
+        timeout=settings.fhir_timeout_seconds,
+        retry_base=settings.outbox_interval_seconds,
+    )
+    app.state.outbox = outbox
+    app.state.readiness_checks.append(outbox.readiness_check())
+    app.include_router(worklist.router)
+    app.include_router(worklist.router, prefix="/t/{tenant}")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import uvicorn
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
+from service.admin import commands as admin_commands
 from service.db import migrate
 from service.db.base import Database
 from service.keys import RETIRED_KEY_PUBLISHED_FOR, KeyStore
@@ -79,6 +82,47 @@ def cmd_keys_rotate(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_config_export(args: argparse.Namespace, settings: Settings) -> int:
+    return admin_commands.export_config(settings, args.tenant)
+
+
+def cmd_config_import(args: argparse.Namespace, settings: Settings) -> int:
+    actor = f"{admin_commands.CLI_ACTOR} ({getpass.getuser()})"
+    return admin_commands.import_config(settings, args.tenant, Path(args.file), actor)
+
+
+def cmd_admin_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    return admin_commands.bootstrap(settings, args.tenant, args.minutes)
+
+
+def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``config export|import`` and ``admin bootstrap`` (the EHR administrator's journey)."""
+    tenant_help = "hospital (tenant) slug (default: KINDREFLEX_DEFAULT_TENANT)"
+    config = commands.add_parser("config", help="configuration as code (YAML)")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CMD")
+    export = config_commands.add_parser("export", help="print the configuration as YAML")
+    export.add_argument("--tenant", help=tenant_help)
+    export.set_defaults(handler=cmd_config_export)
+    load = config_commands.add_parser(
+        "import", help="validate a YAML file completely, then apply it (or change nothing)"
+    )
+    load.add_argument("file", help="the YAML file (as written by `config export`)")
+    load.add_argument("--tenant", help=tenant_help)
+    load.set_defaults(handler=cmd_config_import)
+
+    admin = commands.add_parser("admin", help="administrator access")
+    admin_commands_ = admin.add_subparsers(dest="admin_command", required=True, metavar="CMD")
+    bootstrap = admin_commands_.add_parser(
+        "bootstrap", help="print a one-time token to sign in to the admin screen"
+    )
+    bootstrap.add_argument("--tenant", help=tenant_help)
+    bootstrap.add_argument(
+        "--minutes", type=int, default=30, choices=range(1, 1441), metavar="1..1440",
+        help="how long the token is valid (default 30)",
+    )  # fmt: skip
+    bootstrap.set_defaults(handler=cmd_admin_bootstrap)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kindreflex",
@@ -115,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_commands.add_parser(
         "rotate", help="make a new signing key; keep the old one published for a day"
     ).set_defaults(handler=cmd_keys_rotate)
+    _add_admin_commands(commands)
     return parser
 
 

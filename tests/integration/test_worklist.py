@@ -1,0 +1,158 @@
+"""``GET /api/worklist``: social workers only, this hospital only, paginated, audited.
+
+Real app (``create_app``), real sessions (``SessionStore``), SQLite and PostgreSQL. The
+concerns are index rows as the triage save writes them (``test_triage_save.py`` checks
+that a niet-pluis save puts the patient on this worklist).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from service.app import create_app
+from service.db.base import Database, utcnow
+from service.db.models import AuditRecord, Concern
+from service.settings import Settings
+from service.tenancy import TenantContext
+from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
+from tests.support.write_path import make_tenant
+
+FHIR = "http://127.0.0.1:9/fhir"  # never called: the worklist is served from our index
+
+
+def _app(database_url: str, database: Database) -> FastAPI:
+    settings = Settings(environment="test", database_url=database_url)
+    return create_app(settings, database)
+
+
+def _cookie(app: FastAPI, tenant: TenantContext, user: str, *roles: Role) -> dict[str, str]:
+    secret = app.state.sessions.create(
+        NewSession(
+            tenant_id=tenant.id,
+            registration_id="ehr",
+            path_prefix="" if tenant.slug == "default" else f"/t/{tenant.slug}",
+            fhir_base_url=FHIR,
+            token_endpoint="http://127.0.0.1:9/token",
+            user=AppUser(fhir_user=user, name=user, roles=frozenset(roles)),
+            language="nl",
+            patient_id=None,
+            encounter_id=None,
+            app_context=None,
+            launch_details={},
+            scope="openid fhirUser",
+            access_token="unused",
+            refresh_token=None,
+            access_expires_at=utcnow() + timedelta(hours=1),
+        )
+    )
+    return {"Cookie": f"{SESSION_COOKIE}={secret}"}
+
+
+def _concern(database: Database, tenant: TenantContext, patient: str, at: datetime) -> None:
+    with database.session() as session:
+        session.add(
+            Concern(
+                tenant_id=tenant.id,
+                patient_ref=patient,
+                patient_display=f"Patiënt {patient}",
+                flag_identifier=f"{tenant.slug}-{patient}",
+                flagged_at=at,
+                flagged_by="Practitioner/nurse-1",
+                triggers=["domestic-violence"],
+                children_birth_dates=["2019-05-01", "2024-02-29"],
+                last_step="step-2",
+                status="open",
+            )
+        )
+
+
+def test_only_social_workers_see_the_worklist(database_url: str, database: Database) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    flagged = utcnow() - timedelta(days=3)
+    _concern(database, hospital, "Patient/1", flagged)
+    app = _app(database_url, database)
+    client = TestClient(app)
+
+    assert client.get("/api/worklist").status_code == 401
+    nurse = _cookie(app, hospital, "Practitioner/nurse-1", "nurse")
+    assert client.get("/api/worklist", headers=nurse).status_code == 403
+    social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
+    answer = client.get("/api/worklist", headers=social)
+
+    assert answer.status_code == 200
+    (item,) = answer.json()["items"]
+    today = utcnow().date()
+    assert item["patient"] == "Patient/1"
+    assert item["flagged_by"] == "Practitioner/nurse-1"
+    assert item["triggers"] == ["domestic-violence"]
+    assert item["days_open"] == (today - flagged.date()).days
+    assert item["children_ages"] == [_age(date(2019, 5, 1), today), _age(date(2024, 2, 29), today)]
+    assert item["last_step"] == "step-2"
+    assert item["delivery"] is None
+    assert answer.json()["next_cursor"] is None
+
+
+def _age(birth: date, today: date) -> int:
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+def test_a_hospital_never_sees_another_hospitals_concerns(
+    database_url: str, database: Database
+) -> None:
+    hospital_a = make_tenant(database, "default", FHIR)
+    hospital_b = make_tenant(database, "b", FHIR)
+    _concern(database, hospital_a, "Patient/a1", utcnow())
+    app = _app(database_url, database)
+    client = TestClient(app)
+    social_b = _cookie(app, hospital_b, "Practitioner/sw-b", "social-worker")
+
+    assert client.get("/t/b/api/worklist", headers=social_b).json()["items"] == []
+    # B's session does not open A's worklist (the un-prefixed paths are hospital A's).
+    assert client.get("/api/worklist", headers=social_b).status_code == 401
+    social_a = _cookie(app, hospital_a, "Practitioner/sw-a", "social-worker")
+    items = client.get("/api/worklist", headers=social_a).json()["items"]
+    assert [i["patient"] for i in items] == ["Patient/a1"]
+
+
+def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    start = utcnow() - timedelta(days=10)
+    for n in range(7):
+        _concern(database, hospital, f"Patient/{n}", start + timedelta(hours=n))
+    with database.session() as session:  # a closed concern is not on the worklist
+        closed = session.scalars(select(Concern).where(Concern.patient_ref == "Patient/6")).one()
+        closed.status = "closed"
+    app = _app(database_url, database)
+    client = TestClient(app)
+    social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/api/worklist", headers=social, params=params).json()
+        seen += [item["patient"] for item in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"Patient/{n}" for n in (5, 4, 3, 2, 1, 0)]
+    assert pages == 3
+
+    bad = client.get("/api/worklist", headers=social, params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 400
+    assert client.get("/api/worklist", headers=social, params={"limit": "0"}).status_code == 422
+
+    with database.session() as session:
+        listings = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+    assert len(listings) == pages
+    assert listings[0].actor == "Practitioner/sw-1"
+    assert listings[0].entities == ["Patient/5", "Patient/4"]
+    assert {row.tenant_id for row in listings} == {hospital.id}
