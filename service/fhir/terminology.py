@@ -46,6 +46,7 @@ __all__ = [
     "IdentifierKind",
     "Lang",
     "ValueSetInfo",
+    "code_differences",
     "code_system",
     "code_system_url",
     "codeable_concept",
@@ -498,3 +499,18 @@ def hague_triggers(codings: Iterable[tuple[str, str]]) -> frozenset[str]:
 
 def factors(kind: str | None = None) -> tuple[Factor, ...]:
     return guide().factors(kind)
+
+
+def code_differences(codes: Iterable[str], cs_or_vs_id: str) -> tuple[set[str], set[str]]:
+    """Compare a set of codes (e.g. a protocol enum's values) with a CodeSystem of the guide
+    (or, when no CodeSystem has that id, a ValueSet's codes).
+
+    Returns ``(missing_in_guide, missing_in_codes)``; both empty when they agree.
+    """
+    ours = {str(code) for code in codes}
+    g = guide()
+    if cs_or_vs_id in g.code_systems:
+        theirs = set(g.code_systems[cs_or_vs_id].codes)
+    else:
+        theirs = {code for _, code in g.value_set(cs_or_vs_id).members}
+    return ours - theirs, theirs - ours

@@ -1,0 +1,102 @@
+"""Every example of the guide validates; every invalid example is rejected as expected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.validator import FHIR_PROFILES_DIR, ProfileValidator
+
+RESOURCES = FHIR_PROFILES_DIR / "fsh-generated" / "resources"
+INVALID = FHIR_PROFILES_DIR / "examples" / "invalid"
+DEFINITIONAL = ("CodeSystem", "ValueSet", "StructureDefinition", "NamingSystem")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _examples() -> list[Path]:
+    return sorted(
+        p
+        for p in RESOURCES.glob("*.json")
+        if not p.name.startswith(DEFINITIONAL) and not p.name.startswith("Bundle-")
+    )
+
+
+def _bundle() -> dict[str, Any]:
+    return _load(RESOURCES / "Bundle-Seed001Bundle.json")
+
+
+def test_there_is_a_valid_example_per_profile() -> None:
+    profiled = {_load(p)["meta"]["profile"][0] for p in _examples()}
+    profiles = {
+        sd["url"]
+        for p in RESOURCES.glob("StructureDefinition-*.json")
+        if (sd := _load(p))["type"] != "Extension" and not sd.get("abstract")
+    }
+    assert profiles - profiled == set()
+
+
+@pytest.mark.parametrize("path", _examples(), ids=lambda p: p.stem)
+def test_valid_example(fhir_validator: ProfileValidator, path: Path) -> None:
+    assert fhir_validator.validate(_load(path)) == []
+
+
+@pytest.mark.parametrize("path", sorted(INVALID.glob("*.json")), ids=lambda p: p.stem)
+def test_invalid_example_is_rejected(fhir_validator: ProfileValidator, path: Path) -> None:
+    case = _load(path)
+    errors = fhir_validator.validate(case["resource"])
+    assert errors, f"{path.name} should be invalid: {case['description']}"
+    for expected in case["expected"]:
+        assert any(expected in message for message in errors), (expected, errors)
+
+
+def test_there_are_invalid_examples() -> None:
+    assert len(list(INVALID.glob("*.json"))) >= 20
+
+
+def test_seed_001_bundle_entries_each_validate(fhir_validator: ProfileValidator) -> None:
+    results = fhir_validator.validate_bundle_entries(_bundle())
+    assert len(results) == 13
+    assert {url: errors for url, errors in results.items() if errors} == {}
+
+
+def test_seed_001_bundle_is_an_idempotent_transaction() -> None:
+    bundle = _bundle()
+    assert bundle["type"] == "transaction"
+    full_urls = {entry["fullUrl"] for entry in bundle["entry"]}
+    for entry in bundle["entry"]:
+        resource, request = entry["resource"], entry["request"]
+        assert resource["meta"]["profile"], entry["fullUrl"]
+        if resource["resourceType"] == "Provenance":
+            # no identifier in R4: a PUT on a client-assigned id is the idempotent write
+            assert request == {"method": "PUT", "url": f"Provenance/{resource['id']}"}
+            continue
+        ours = [i for i in resource["identifier"] if "kindreflex-ed.be" in i["system"]]
+        assert request["method"] == "POST"
+        assert request["ifNoneExist"] == f"identifier={ours[0]['system']}|{ours[0]['value']}"
+        # every urn:uuid reference points into the bundle
+        text = json.dumps(resource)
+        for piece in text.split('"reference": "')[1:]:
+            reference = piece.split('"', 1)[0]
+            if reference.startswith("urn:uuid:"):
+                assert reference in full_urls, reference
+
+
+def test_seed_001_bundle_tells_the_three_episodes() -> None:
+    resources = [entry["resource"] for entry in _bundle()["entry"]]
+    steps = sorted(
+        r["code"]["coding"][0]["code"] for r in resources if r["resourceType"] == "Observation"
+    )
+    assert steps == ["step-1", "step-2", "step-4", "step-5", "step-6"]
+    children = {r["name"][0]["given"][0] for r in resources if r["resourceType"] == "RelatedPerson"}
+    assert children == {"Lucas", "Emma"}
+    encounters = {r["encounter"]["reference"] for r in resources if "encounter" in r}
+    assert len(encounters) == 3
+    referral = next(r for r in resources if r["resourceType"] == "ServiceRequest")
+    assert referral["performerType"]["coding"][0]["code"] == "vk"

