@@ -1,0 +1,99 @@
+"""The OpenID Connect id_token check: real signed JWTs, the issuer's JWKS over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from sandbox.keys import SigningKey
+from smart_app.oauth import AuthServer, OAuthError, verify_id_token
+from tests.support.sandbox import JwksServer
+
+ISSUER = "https://ehr.example"
+CLIENT_ID = "kindreflex"
+NONCE = "n-0S6_WzA2Mj"
+
+
+@pytest.fixture(scope="module")
+def issuer_key() -> SigningKey:
+    return SigningKey.generate("ehr-1", "RS256")
+
+
+@pytest.fixture(scope="module")
+def jwks(issuer_key: SigningKey) -> Iterator[JwksServer]:
+    with JwksServer(issuer_key, SigningKey.generate("ehr-2", "ES384")) as server:
+        yield server
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": "practitioner-1",
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 300,
+        "nonce": NONCE,
+        "fhirUser": f"{ISSUER}/fhir/Practitioner/1",
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _verify(jwks: JwksServer, token: str) -> dict[str, Any]:
+    server = AuthServer("https://ehr.example/authorize", "https://ehr.example/token", ISSUER,
+                        jwks.url)  # fmt: skip
+    with httpx.Client(timeout=5) as http:
+        return verify_id_token(http, token, server, CLIENT_ID, NONCE)
+
+
+def test_a_genuine_id_token_is_accepted(jwks: JwksServer, issuer_key: SigningKey) -> None:
+    claims = _verify(jwks, issuer_key.sign(_claims()))
+    assert claims["fhirUser"] == f"{ISSUER}/fhir/Practitioner/1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"aud": "someone-else"}, "(?i)audience"),
+        ({"iss": "https://rogue.example"}, "(?i)issuer"),
+        ({"exp": int(time.time()) - 3600, "iat": int(time.time()) - 7200}, "expired"),
+        ({"nonce": "replayed"}, "nonce"),
+        ({"nonce": None}, "nonce"),
+        ({"sub": None}, "sub"),
+    ],
+)
+def test_a_wrong_claim_is_refused(
+    jwks: JwksServer, issuer_key: SigningKey, changes: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(OAuthError, match=reason) as refused:
+        _verify(jwks, issuer_key.sign(_claims(**changes)))
+    assert refused.value.kind == "id_token_invalid"
+
+
+def test_a_signature_by_another_key_under_the_same_kid_is_refused(jwks: JwksServer) -> None:
+    forger = SigningKey.generate("ehr-1", "RS256")
+    with pytest.raises(OAuthError, match="Signature verification failed"):
+        _verify(jwks, forger.sign(_claims()))
+
+
+def test_unknown_kid_unsigned_and_symmetric_tokens_are_refused(
+    jwks: JwksServer, issuer_key: SigningKey
+) -> None:
+    with pytest.raises(OAuthError, match="kid"):
+        _verify(jwks, SigningKey.generate("nobody", "RS256").sign(_claims()))
+    unsigned = jwt.encode(_claims(), key="", algorithm="none", headers={"kid": "ehr-1"})
+    with pytest.raises(OAuthError, match="not accepted"):
+        _verify(jwks, unsigned)
+    # HS256 keyed with the issuer's public key: the classic algorithm-confusion forgery.
+    public_pem = issuer_key.public_jwk()["n"]
+    forged = jwt.encode(_claims(), public_pem, algorithm="HS256", headers={"kid": "ehr-1"})
+    with pytest.raises(OAuthError, match="not accepted"):
+        _verify(jwks, forged)
+    with pytest.raises(OAuthError, match="malformed"):
+        _verify(jwks, "not-a-jwt")
