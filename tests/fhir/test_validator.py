@@ -1,0 +1,81 @@
+"""What each validation layer enforces (so an upgrade of @medplum/core that changes it shows).
+
+@medplum/core 4.5 evaluates our FHIRPath invariants, cardinalities and slice counts, but
+not required bindings, closed slicing, the content of slices, or our extensions' values:
+tests.support.validator adds those checks in Python.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.support.validator import FHIR_PROFILES_DIR, Issue, ProfileValidator
+
+INVALID = FHIR_PROFILES_DIR / "examples" / "invalid"
+
+
+def _case(name: str) -> dict[str, Any]:
+    data: dict[str, dict[str, Any]] = json.loads((INVALID / f"{name}.json").read_text())
+    return data["resource"]
+
+
+def _errors(issues: list[Issue], source: str) -> list[str]:
+    return [i.message for i in issues if i.source == source and i.severity == "error"]
+
+
+def test_medplum_evaluates_our_invariants(fhir_validator: ProfileValidator) -> None:
+    issues = fhir_validator.issues(_case("step2-niet-pluis-without-reason"))
+    assert any("kr-s2-1" in m for m in _errors(issues, "medplum"))
+
+
+def test_medplum_checks_cardinality_and_slice_counts(fhir_validator: ProfileValidator) -> None:
+    assert _errors(fhir_validator.issues(_case("child-without-birthdate")), "medplum")
+    issues = fhir_validator.issues(_case("step6-without-patient-informed"))
+    assert any("patientInformed" in m for m in _errors(issues, "medplum"))
+
+
+def test_required_bindings_are_enforced_by_the_python_layer(
+    fhir_validator: ProfileValidator,
+) -> None:
+    issues = fhir_validator.issues(_case("step2-unknown-assessment"))
+    assert _errors(issues, "medplum") == []
+    assert _errors(issues, "bindings")
+
+
+def test_core_required_bindings_too(fhir_validator: ProfileValidator) -> None:
+    issues = fhir_validator.issues(_case("finding-bogus-status"))
+    assert _errors(issues, "medplum") == []
+    assert any("observation-status" in m for m in _errors(issues, "bindings"))
+
+
+def test_closed_slicing_and_slice_content_by_the_python_layer(
+    fhir_validator: ProfileValidator,
+) -> None:
+    issues = fhir_validator.issues(_case("step2-component-of-step3"))
+    assert _errors(issues, "medplum") == []
+    assert _errors(issues, "slices")
+    issues = fhir_validator.issues(_case("step2-reason-not-text"))
+    assert any("not allowed" in m for m in _errors(issues, "slices"))
+
+
+def test_extension_values_by_the_python_layer(fhir_validator: ProfileValidator) -> None:
+    issues = fhir_validator.issues(_case("step4-factor-kind-unknown"))
+    assert _errors(issues, "medplum") == []
+    assert _errors(issues, "extensions")
+
+
+def test_a_resource_without_profile_is_checked_against_fhir(
+    fhir_validator: ProfileValidator,
+) -> None:
+    assert fhir_validator.validate({"resourceType": "Patient", "gender": "male"}) == []
+    assert fhir_validator.validate({"resourceType": "Patient", "bogus": 1})
+    assert fhir_validator.validate({"no": "resourceType"})
+
+
+def test_unknown_profile_of_ours_is_an_error(fhir_validator: ProfileValidator) -> None:
+    resource = {
+        "resourceType": "Observation",
+        "meta": {"profile": ["https://kindreflex-ed.be/fhir/StructureDefinition/nope"]},
+    }
+    assert any("Unknown profile" in m for m in fhir_validator.validate(resource))
