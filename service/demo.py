@@ -1,40 +1,195 @@
-"""``kindreflex demo``: the service on localhost with the embedded defaults.
+"""``kindreflex demo``: the whole journey on localhost, with the embedded defaults.
 
-Everything lives in ``.demo/`` of the working directory, so a demo never touches a
-production database.
+It starts, and on Ctrl-C stops:
+
+* the sandbox EHR (``sandbox/``): a real sekmet FHIR server process seeded with Flemish
+  ED patients, a SMART authorization server, a FHIR facade and the EHR page that calls
+  our CDS service and launches our app in an iframe;
+* this service (environment ``demo``, SQLite under ``.demo/``), with a demo hospital
+  whose configuration registers the sandbox: its FHIR facade as SMART ``iss``, our
+  ``private_key_jwt`` client, its CDS Hooks JWT issuer and key URL, its page as frame
+  origin.
+
+The EHR page is served on ``localhost`` and the app on ``127.0.0.1``: two different
+sites, so the iframe behaves as in a hospital (third-party cookies, frame-ancestors).
+The sandbox is a development tool; ``service.cli`` imports this module only for ``demo``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
+from fastapi import FastAPI
 
+from sandbox.config import SandboxConfig, SmartClient
+from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db import migrate
 from service.db.base import Database
-from service.settings import load_settings
+from service.settings import Settings, load_settings
 from service.tenancy import SecretBox, TenantDirectory
-from service.tenant_config import TenantConfiguration
+from service.tenant_config import CdsIssuer, EhrRegistration, TenantConfiguration
+
+__all__ = ["DEMO_CLIENT_ID", "DEMO_DIR", "DemoStack", "demo_stack", "run_demo", "serving"]
 
 DEMO_DIR = Path(".demo")
+DEMO_CLIENT_ID = "kindreflex-demo"
+DEMO_REGISTRATION_ID = "sandbox"
+DEMO_HOSPITAL = "Demo-ziekenhuis (sandbox)"
 
 
-def run_demo(port: int) -> int:
-    DEMO_DIR.mkdir(exist_ok=True)
+@dataclass(frozen=True)
+class DemoStack:
+    """Everything the demo started, and the URLs to open."""
+
+    sandbox: Sandbox
+    settings: Settings
+    database: Database
+    app: FastAPI
+
+    @property
+    def app_url(self) -> str:
+        return self.settings.public_url
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def sandbox_registration(sandbox: Sandbox) -> EhrRegistration:
+    """How the demo hospital knows the sandbox EHR (what an EHR administrator enters)."""
+    return EhrRegistration(
+        id=DEMO_REGISTRATION_ID,
+        name="Sandbox-EPD",
+        fhir_base_url=sandbox.fhir_base_url,
+        client_id=DEMO_CLIENT_ID,
+        client_auth="private_key_jwt",
+        cds_issuers=[CdsIssuer(iss=sandbox.issuer, jku=[sandbox.jwks_url])],
+        frame_origins=[_origin(sandbox.ehr_url)],
+    )
+
+
+def _register(tenants: TenantDirectory, slug: str, registration: EhrRegistration) -> None:
+    """Save the demo hospital's configuration when it differs (ports change per run)."""
+    wanted = TenantConfiguration(name=DEMO_HOSPITAL, registrations=[registration])
+    if slug in tenants.slugs() and tenants.get(slug).config == wanted:
+        return
+    tenants.save(slug, wanted, actor="kindreflex demo")
+
+
+@contextlib.contextmanager
+def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Iterator[DemoStack]:
+    """Start the sandbox and build our app (not yet serving); stop the sandbox on exit."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app_url = f"http://127.0.0.1:{port}"
     settings = load_settings(
         environment="demo",
-        database_url=f"sqlite:///{DEMO_DIR / 'kindreflex.db'}",
-        public_url=f"http://localhost:{port}",
+        database_url=f"sqlite:///{data_dir.resolve() / 'kindreflex.db'}",
+        public_url=app_url,
         port=port,
     )
     migrate.upgrade(settings.database_url)
     database = Database(settings.database_url)
-    tenants = TenantDirectory(database, SecretBox(settings.secret_key))
-    if settings.default_tenant not in tenants.slugs():
-        tenants.save(
-            settings.default_tenant, TenantConfiguration(name="Demo-ziekenhuis"), actor="demo"
+    client = SmartClient(
+        DEMO_CLIENT_ID,
+        (f"{app_url}/callback",),
+        jwks_uri=f"{app_url}/.well-known/jwks.json",
+        name="Kindreflex",
+    )
+    config = SandboxConfig(
+        cds_base_url=app_url,
+        app_launch_url=f"{app_url}/launch",
+        clients=(client,),
+        ehr_port=ehr_port,
+        public_host="localhost",
+        data_dir=data_dir.resolve() / "fhir",  # the seeded hospital survives a restart
+        auto_consent=True,  # a hospital approves the app once; nurses see no consent page
+    )
+    try:
+        with Sandbox.start(config) as sandbox:
+            tenants = TenantDirectory(database, SecretBox(settings.secret_key))
+            _register(tenants, settings.default_tenant, sandbox_registration(sandbox))
+            yield DemoStack(sandbox, settings, database, create_app(settings, database))
+    finally:
+        database.dispose()
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI, port: int, deadline_s: float = 15.0) -> Iterator[uvicorn.Server]:
+    """Serve ``app`` on 127.0.0.1:``port`` from a thread (tests); stopped on exit."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="kindreflex-app", daemon=True)
+    thread.start()
+    give_up = time.monotonic() + deadline_s
+    try:
+        while not server.started:  # readiness probe with a deadline, not synchronisation
+            if not thread.is_alive() or time.monotonic() > give_up:
+                raise RuntimeError(f"the Kindreflex app did not start on port {port}")
+            time.sleep(0.01)
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
+
+
+def _print_urls(stack: DemoStack) -> None:
+    sandbox, app_url = stack.sandbox, stack.app_url
+    lines = [
+        "Kindreflex-ED demo is running. Open:",
+        f"  1. the sandbox EHR (start here):   {sandbox.ehr_url}/",
+        "     pick a patient, start the triage, follow the card's link",
+        f"  2. the CDS Hooks discovery:        {app_url}/cds-services",
+        f"  3. the social service's worklist:  {app_url}/api/worklist (after a launch)",
+        f"  FHIR server (sandbox facade):      {sandbox.fhir_base_url}",
+        f"  data of this demo:                 {DEMO_DIR.resolve()}",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _free_or_any(port: int) -> int:
+    """``port`` when nothing listens there, else 0 (any free port): the demo must start."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+def run_demo(port: int) -> int:
+    """Run the demo until Ctrl-C; everything it started is stopped on the way out."""
+    # Seeding and every FHIR call would log a line each: keep the terminal for the URLs.
+    for chatty in ("httpx", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # The EHR next to the app (8001 for 8000), so the URLs stay the same between runs.
+    with demo_stack(port, ehr_port=_free_or_any(port + 1)) as stack:
+        server = uvicorn.Server(
+            uvicorn.Config(stack.app, host="127.0.0.1", port=port, log_config=None)
         )
-    print(f"Kindreflex-ED demo: {settings.public_url}/healthz", flush=True)
-    uvicorn.run(create_app(settings, database), host="127.0.0.1", port=port, log_config=None)
+        thread = threading.Thread(target=lambda: _print_when_started(server, stack), daemon=True)
+        thread.start()
+        # uvicorn stops on Ctrl-C / SIGTERM and then re-raises the signal: that
+        # KeyboardInterrupt is the normal way out, after which the sandbox is stopped.
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
     return 0
+
+
+def _print_when_started(server: uvicorn.Server, stack: DemoStack) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)  # waits for uvicorn's readiness flag; only prints
+    if server.started:
+        _print_urls(stack)

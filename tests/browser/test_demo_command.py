@@ -1,0 +1,103 @@
+"""``kindreflex demo``: starts everything on localhost, prints the URLs, Ctrl-C stops it all.
+
+Runs the real console command in a subprocess (its own ``.demo`` directory in a temporary
+working directory), waits until it prints the URLs, checks that each answers, sends
+SIGINT as Ctrl-C does, and checks that the command exits and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import free_port
+
+STARTUP_DEADLINE_S = 90.0
+
+
+def _children_of(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (from /proc; no extra packages)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def _read_lines(stream: object, lines: queue.Queue[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        lines.put(line)
+
+
+def test_demo_prints_the_urls_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    kindreflex = Path(sys.executable).parent / "kindreflex"
+    demo = subprocess.Popen(
+        [str(kindreflex), "demo", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(demo.stdout, lines), daemon=True).start()
+    output: list[str] = []
+    try:
+        give_up = time.monotonic() + STARTUP_DEADLINE_S
+        while not any("Ctrl-C stops everything" in line for line in output):
+            assert demo.poll() is None, "".join(output)
+            assert time.monotonic() < give_up, "".join(output)
+            try:
+                output.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+        text = "".join(output)
+        ehr = re.search(r"sandbox EHR \(start here\):\s+(\S+)", text)
+        assert ehr is not None, text
+        assert text.index("sandbox EHR") < text.index("/cds-services"), "the EHR page comes first"
+        assert httpx.get(ehr.group(1), timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        started = _children_of(demo.pid)
+        assert started, "the demo runs the FHIR server as a child process"
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    assert [pid for pid in started if _alive(pid)] == []
+    for url in (ehr.group(1), f"http://127.0.0.1:{port}/healthz"):
+        try:
+            httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            continue
+        raise AssertionError(f"{url} still answers after Ctrl-C")
