@@ -19,6 +19,7 @@ from service.outbox import Outbox, OutboxWorker
 from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
 from smart_app.admin import router as admin_router
+from smart_app.social import router as social_router
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     _install_write_path(app, settings, database)
     app.include_router(admin_router)  # the EHR administrator's screen and API
     app.include_router(admin_router, prefix="/t/{tenant}")
+    app.include_router(social_router)  # the social service's cases (issue 5)
+    app.include_router(social_router, prefix="/t/{tenant}")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     if not settings.cds_jwt_required:

@@ -1,0 +1,403 @@
+"""The social service's case work (issue 5): its list of cases, who works on which case,
+and the input of steps 4, 5 and 6 checked against the guide's catalogues and the protocol.
+
+A *case* is a row of the concerns index (``concerns``), which the triage save writes in
+the same local transaction as the open-concern Flag. Listing and assigning cases is
+served from that index alone, so it stays fast with 10,000 open concerns; the FHIR server
+remains the source of truth for what was recorded.
+
+Two social workers may change the same case at once. Every change names the
+``row_version`` the user saw and is one conditional UPDATE on it; when another change
+came first, :class:`CaseConflict` says so and nothing is overwritten.
+
+The step inputs (:class:`Step4Input`, :class:`Step5Input`, :class:`Step6Input`) are the
+request bodies of the step forms. :meth:`finding` turns one into the protocol's finding:
+factor codes must exist in the guide's factor catalogue, a step 6 partner in the
+hospital's own partner directory, and the protocol's rules apply
+(:class:`~service.protocol.ProtocolError`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.db.models import Concern, OutboxEntry
+from service.fhir import terminology
+from service.partners import Partner, PartnerDirectory
+from service.protocol import (
+    STEP_6_TARGETS,
+    Consultation,
+    Factor,
+    FactorKind,
+    HeardChild,
+    ProgressAssessment,
+    ReferralTarget,
+    SafetyAction,
+    Step4Decision,
+    Step5Progress,
+    Step6Referral,
+    TeamDecision,
+    age_in_months,
+)
+
+CaseStatus = Literal["open", "closed"]
+CaseView = Literal["all", "mine", "unassigned"]
+CaseSort = Literal["newest", "oldest"]
+
+#: Whom a case may be assigned to: a Practitioner or PractitionerRole, relative or
+#: absolute (a SMART ``fhirUser`` is often an absolute URL).
+_ASSIGNEE = re.compile(
+    r"^(?:https?://[^\s?#]+/)?(?:Practitioner|PractitionerRole)/[A-Za-z0-9.-]{1,64}$"
+)
+
+
+# -- the list of cases ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    """Which cases to list. ``older_than_days``: flagged more than N whole days ago."""
+
+    status: CaseStatus = "open"
+    view: CaseView = "all"
+    older_than_days: int | None = None
+    sort: CaseSort = "newest"
+
+
+class Delivery(BaseModel):
+    """Where the FHIR writes of the case's latest save stand."""
+
+    state: str = Field(
+        description="pending | delivered | failed | conflict | waiting-authorisation"
+    )
+    error: str | None = Field(None, description="The last error, e.g. the server's rejection.")
+
+
+class CaseSummary(BaseModel):
+    id: int
+    patient: str = Field(description="Reference to the adult patient, e.g. `Patient/123`.")
+    patient_display: str | None
+    status: CaseStatus
+    flagged_at: datetime
+    flagged_by: str = Field(description="fhirUser of the nurse who flagged the concern.")
+    triggers: list[str] = Field(description="Hague trigger codes that prompted the check.")
+    children_ages: list[int] = Field(description="Age in whole years of each child, oldest first.")
+    last_step: str
+    days_open: int
+    assigned_to: str | None
+    row_version: int = Field(description="Send back to change the case (optimistic locking).")
+    delivery: Delivery | None
+
+
+class CasePage(BaseModel):
+    items: list[CaseSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done.")
+
+
+class InvalidCursorError(ValueError):
+    """A cursor this service did not hand out (or for another sort order)."""
+
+
+def list_cases(
+    session: Session,
+    tenant_id: int,
+    user: str,
+    wanted: CaseFilter,
+    *,
+    limit: int,
+    cursor: str | None,
+    today: date,
+) -> CasePage:
+    """One page of the tenant's cases. Keyset pagination on ``(flagged_at, id)``, which
+    the index ``ix_concerns_worklist`` serves in either direction."""
+    newest = wanted.sort == "newest"
+    if newest:
+        order = (Concern.flagged_at.desc(), Concern.id.desc())
+    else:
+        order = (Concern.flagged_at.asc(), Concern.id.asc())
+    query = (
+        select(Concern, OutboxEntry.state, OutboxEntry.last_error)
+        .outerjoin(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
+        .where(Concern.tenant_id == tenant_id, *_conditions(wanted, user, today))
+        .order_by(*order)
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        query = query.where(_after(decode_cursor(cursor, wanted.sort), newest))
+    rows = session.execute(query).all()
+    items = [_summary(concern, state, error, today) for concern, state, error in rows[:limit]]
+    last = rows[limit - 1][0] if len(rows) > limit else None
+    return CasePage(items=items, next_cursor=encode_cursor(last, wanted.sort) if last else None)
+
+
+def _conditions(wanted: CaseFilter, user: str, today: date) -> list[ColumnElement[bool]]:
+    conditions = [Concern.status == wanted.status]
+    if wanted.view == "mine":
+        conditions.append(Concern.assigned_to == user)
+    elif wanted.view == "unassigned":
+        conditions.append(Concern.assigned_to.is_(None))
+    if wanted.older_than_days is not None:
+        # "older than N days" compares whole days, as ``days_open`` shows them.
+        cutoff = datetime.combine(today - timedelta(days=wanted.older_than_days), time(), UTC)
+        conditions.append(Concern.flagged_at < cutoff)
+    return conditions
+
+
+def _after(position: tuple[datetime, int], newest: bool) -> ColumnElement[bool]:
+    at, row_id = position
+    if newest:
+        return or_(Concern.flagged_at < at, and_(Concern.flagged_at == at, Concern.id < row_id))
+    return or_(Concern.flagged_at > at, and_(Concern.flagged_at == at, Concern.id > row_id))
+
+
+def _summary(concern: Concern, state: str | None, error: str | None, today: date) -> CaseSummary:
+    births = sorted(date.fromisoformat(d) for d in concern.children_birth_dates)
+    return CaseSummary(
+        id=concern.id,
+        patient=concern.patient_ref,
+        patient_display=concern.patient_display,
+        status="closed" if concern.status == "closed" else "open",
+        flagged_at=concern.flagged_at,
+        flagged_by=concern.flagged_by,
+        triggers=concern.triggers,
+        children_ages=[age_in_months(birth, today) // 12 for birth in births],
+        last_step=concern.last_step,
+        days_open=(today - concern.flagged_at.date()).days,
+        assigned_to=concern.assigned_to,
+        row_version=concern.row_version,
+        delivery=None if state is None else Delivery(state=state, error=error),
+    )
+
+
+def encode_cursor(concern: Concern, sort: CaseSort) -> str:
+    raw = f"{sort}|{concern.flagged_at.isoformat()}|{concern.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str, sort: CaseSort) -> tuple[datetime, int]:
+    try:
+        kind, at, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        moment = datetime.fromisoformat(at)
+        position = moment, int(row_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise InvalidCursorError("the cursor is not one this endpoint handed out") from error
+    if kind != sort or moment.tzinfo is None:
+        raise InvalidCursorError("the cursor belongs to another sort order; start again")
+    return position
+
+
+# -- who works on a case -------------------------------------------------------------------
+
+
+class CaseNotFoundError(LookupError):
+    """No case with this id in this hospital (another hospital's case is not found either)."""
+
+
+class CaseConflict(Exception):  # noqa: N818 - a conflict is an outcome, not a failure
+    """Someone else changed the case since the user loaded it; nothing was written."""
+
+    def __init__(self, message: str, current_version: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.current_version = current_version
+
+
+class InvalidAssigneeError(ValueError):
+    """The assignee is not a Practitioner or PractitionerRole reference."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The case after a change: its patient (for the audit) and its new version."""
+
+    case_id: int
+    patient_ref: str
+    flag_identifier: str
+    assigned_to: str | None
+    row_version: int
+
+
+def assign_case(
+    session: Session,
+    tenant_id: int,
+    case_id: int,
+    *,
+    assignee: str | None,
+    expected_version: int,
+    now: datetime,
+) -> Assignment:
+    """Assign an open case to ``assignee`` (None: unassign), if it is still at
+    ``expected_version``. One conditional UPDATE: two concurrent changes cannot both win."""
+    if assignee is not None and not _ASSIGNEE.match(assignee):
+        raise InvalidAssigneeError(
+            "A case is assigned to a Practitioner or PractitionerRole, e.g. 'Practitioner/123'."
+        )
+    changed = session.execute(
+        update(Concern)
+        .where(
+            Concern.tenant_id == tenant_id,
+            Concern.id == case_id,
+            Concern.status == "open",
+            Concern.row_version == expected_version,
+        )
+        .values(assigned_to=assignee, row_version=expected_version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined] # CursorResult of an UPDATE
+        raise _why_unchanged(session, tenant_id, case_id)
+    refs = session.execute(
+        select(Concern.patient_ref, Concern.flag_identifier).where(Concern.id == case_id)
+    ).one()  # the UPDATE above just matched the row
+    return Assignment(
+        case_id, refs.patient_ref, refs.flag_identifier, assignee, expected_version + 1
+    )
+
+
+def _why_unchanged(session: Session, tenant_id: int, case_id: int) -> Exception:
+    row = session.scalar(
+        select(Concern).where(Concern.tenant_id == tenant_id, Concern.id == case_id)
+    )
+    if row is None:
+        return CaseNotFoundError(f"There is no case {case_id} in this hospital.")
+    if row.status != "open":
+        return CaseConflict("This case is closed; a closed case is not assigned.", row.row_version)
+    holder = row.assigned_to or "nobody"
+    return CaseConflict(
+        "Someone else changed this case since you opened it (it is now assigned to "
+        f"{holder}). Nothing was overwritten; reload the case and try again.",
+        row.row_version,
+    )
+
+
+# -- the input of steps 4, 5 and 6 -----------------------------------------------------------
+
+
+class CatalogueError(ValueError):
+    """A code that is not in the guide's catalogue or the hospital's partner directory."""
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    focus: list[str] = Field(
+        default_factory=list, description="The children concerned (their refs); empty: all."
+    )
+    note: str | None = Field(None, max_length=4000)
+    encounter_ref: str | None = Field(None, max_length=200)
+
+
+class FactorInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(description="A code of the guide's factor catalogue (CodeSystem factor).")
+    text: str | None = Field(None, max_length=1000, description="The specifics of this family.")
+
+
+class HeardChildInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    child_ref: str
+    consent_given: bool
+
+
+class Step4Input(_Input):
+    """Step 4: factors weighed, consultations, worries discussed, children heard, decision."""
+
+    decision: TeamDecision
+    factors: list[FactorInput] = Field(default_factory=list)
+    consultations: set[Consultation] = Field(default_factory=set)
+    discussed_with_patient: bool = False
+    children_heard: list[HeardChildInput] = Field(default_factory=list)
+
+    def finding(self, author: str, at: datetime) -> Step4Decision:
+        return Step4Decision(
+            recorded_by=author,
+            recorded_at=at,
+            encounter_ref=self.encounter_ref,
+            note=self.note,
+            focus=tuple(self.focus),
+            decision=self.decision,
+            factors=tuple(_factor(f) for f in self.factors),
+            consultations=frozenset(self.consultations),
+            discussed_with_patient=self.discussed_with_patient,
+            children_heard=tuple(
+                HeardChild(h.child_ref, h.consent_given) for h in self.children_heard
+            ),
+        )
+
+
+class Step5Input(_Input):
+    """Step 5: the progress, the actions taken, supporting services and consultations."""
+
+    progress: ProgressAssessment
+    actions: set[SafetyAction] = Field(default_factory=set)
+    services: set[ReferralTarget] = Field(default_factory=set)
+    consultations: set[Consultation] = Field(default_factory=set)
+
+    def finding(self, author: str, at: datetime) -> Step5Progress:
+        return Step5Progress(
+            recorded_by=author,
+            recorded_at=at,
+            encounter_ref=self.encounter_ref,
+            note=self.note,
+            focus=tuple(self.focus),
+            progress=self.progress,
+            actions=frozenset(self.actions),
+            services=frozenset(self.services),
+            consultations=frozenset(self.consultations),
+        )
+
+
+class Step6Input(_Input):
+    """Step 6: the facility from the hospital's partner directory and how it was involved."""
+
+    partner_id: str = Field(description="The VK, OCJ, parket or police entry of the directory.")
+    with_cooperation: bool
+    patient_informed: bool
+    not_informed_reason: str | None = Field(None, max_length=2000)
+    follow_up_actions: list[str] = Field(default_factory=list)
+
+    def finding(self, author: str, at: datetime, directory: PartnerDirectory) -> Step6Referral:
+        return Step6Referral(
+            recorded_by=author,
+            recorded_at=at,
+            encounter_ref=self.encounter_ref,
+            note=self.note,
+            focus=tuple(self.focus),
+            target=self.partner(directory).type,
+            with_cooperation=self.with_cooperation,
+            patient_informed=self.patient_informed,
+            not_informed_reason=self.not_informed_reason,
+            follow_up_actions=tuple(a for a in self.follow_up_actions if a.strip()),
+        )
+
+    def partner(self, directory: PartnerDirectory) -> Partner:
+        """The facility referred to; only step 6 targets of this hospital's directory."""
+        partner = directory.get(self.partner_id)
+        if partner is None or partner.type not in STEP_6_TARGETS:
+            targets = ", ".join(p.id for p in directory.partners if p.type in STEP_6_TARGETS)
+            raise CatalogueError(
+                f"'{self.partner_id}' is not a VK, OCJ, parket or police entry of this "
+                f"hospital's partner directory. Choose one of: {targets or 'none configured'}."
+            )
+        return partner
+
+
+def _factor(given: FactorInput) -> Factor:
+    known = {f.code: f for f in terminology.factors()}
+    entry = known.get(given.code)
+    if entry is None:
+        raise CatalogueError(
+            f"'{given.code}' is not a factor of the catalogue; use a catalogue code and "
+            "describe the specifics in the text."
+        )
+    return Factor(given.code, FactorKind(entry.kind), given.text)

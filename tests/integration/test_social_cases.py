@@ -1,0 +1,304 @@
+"""The social service's case API (``/api/cases``): the role matrix, filters, sort and
+pages, claiming and assigning, two social workers at once, tenant isolation, audit.
+
+Real app (``create_app``), real sessions (``SessionStore``) and CSRF tokens, SQLite and
+PostgreSQL. The cases are concerns index rows as the triage save writes them; nothing
+here calls the FHIR server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from service.app import create_app
+from service.db.base import Database, utcnow
+from service.db.models import AuditRecord, Concern
+from service.settings import Settings
+from service.tenancy import TenantContext
+from smart_app.session import CSRF_HEADER, SESSION_COOKIE, AppUser, NewSession, Role
+from tests.support.write_path import make_tenant
+
+FHIR = "http://127.0.0.1:9/fhir"  # never called: cases are served from our index
+SOCIAL_WORKER = "Practitioner/sw-1"
+COLLEAGUE = "Practitioner/sw-2"
+
+
+@dataclass(frozen=True)
+class User:
+    """A signed-in user's request headers: the session cookie and its CSRF token."""
+
+    headers: dict[str, str]
+
+
+def _app(database_url: str, database: Database) -> FastAPI:
+    return create_app(Settings(environment="test", database_url=database_url), database)
+
+
+def _user(app: FastAPI, tenant: TenantContext, fhir_user: str, *roles: Role) -> User:
+    sessions = app.state.sessions
+    secret = sessions.create(
+        NewSession(
+            tenant_id=tenant.id,
+            registration_id="ehr",
+            path_prefix="" if tenant.slug == "default" else f"/t/{tenant.slug}",
+            fhir_base_url=FHIR,
+            token_endpoint="http://127.0.0.1:9/token",
+            user=AppUser(fhir_user=fhir_user, name=fhir_user, roles=frozenset(roles)),
+            language="nl",
+            patient_id=None,
+            encounter_id=None,
+            app_context=None,
+            launch_details={},
+            scope="openid fhirUser",
+            access_token="unused",
+            refresh_token=None,
+            access_expires_at=utcnow() + timedelta(hours=1),
+        )
+    )
+    csrf = sessions.find(secret).csrf_token
+    return User({"Cookie": f"{SESSION_COOKIE}={secret}", CSRF_HEADER: csrf})
+
+
+def _case(
+    database: Database,
+    tenant: TenantContext,
+    patient: str,
+    at: datetime,
+    assigned_to: str | None = None,
+    status: str = "open",
+) -> int:
+    with database.session() as session:
+        row = Concern(
+            tenant_id=tenant.id,
+            patient_ref=patient,
+            patient_display=None,
+            flag_identifier=f"{tenant.slug}-{patient}",
+            flagged_at=at,
+            flagged_by="Practitioner/nurse-1",
+            triggers=[],
+            children_birth_dates=["2019-05-01"],
+            last_step="step-2",
+            assigned_to=assigned_to,
+            status=status,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _version(database: Database, case_id: int) -> tuple[str | None, int]:
+    with database.session() as session:
+        row = session.get(Concern, case_id)
+        assert row is not None
+        return row.assigned_to, row.row_version
+
+
+@pytest.mark.parametrize(
+    ("roles", "allowed"),
+    [((), None), (("nurse",), False), (("admin",), False), (("social-worker",), True)],
+    ids=["anonymous", "nurse", "admin", "social-worker"],
+)
+def test_every_case_endpoint_admits_only_social_workers(
+    database_url: str, database: Database, roles: tuple[Role, ...], allowed: bool | None
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = _case(database, hospital, "Patient/1", utcnow())
+    app = _app(database_url, database)
+    client = TestClient(app)
+    headers = _user(app, hospital, SOCIAL_WORKER, *roles).headers if allowed is not None else {}
+
+    answers = [
+        client.get("/api/cases", headers=headers),
+        client.post(f"/api/cases/{case_id}/claim", headers=headers, json={"row_version": 1}),
+        client.put(
+            f"/api/cases/{case_id}/assignment",
+            headers=headers,
+            json={"assignee": COLLEAGUE, "row_version": 2},
+        ),
+    ]
+
+    expected = {None: 401, False: 403, True: 200}[allowed]
+    assert [a.status_code for a in answers] == [expected] * 3
+    if allowed is False:  # the refusal says which role is missing, in Dutch
+        assert "sociale dienst" in answers[0].text
+    assert _version(database, case_id) == ((COLLEAGUE, 3) if allowed else (None, 1))
+
+
+def test_changes_need_the_sessions_csrf_token(database_url: str, database: Database) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = _case(database, hospital, "Patient/1", utcnow())
+    app = _app(database_url, database)
+    client = TestClient(app)
+    cookie = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]
+
+    for csrf in ({}, {CSRF_HEADER: "forged"}):
+        answer = client.post(
+            f"/api/cases/{case_id}/claim",
+            headers={"Cookie": cookie, **csrf},
+            json={"row_version": 1},
+        )
+        assert answer.status_code == 403
+    assert _version(database, case_id) == (None, 1)
+
+
+def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    now = utcnow()
+    days = {"Patient/a": 20, "Patient/b": 9, "Patient/c": 3, "Patient/d": 0, "Patient/e": 12}
+    owner = {"Patient/b": SOCIAL_WORKER, "Patient/e": COLLEAGUE}
+    for patient, age in days.items():
+        _case(database, hospital, patient, now - timedelta(days=age), owner.get(patient))
+    _case(database, hospital, "Patient/closed", now - timedelta(days=30), status="closed")
+    app = _app(database_url, database)
+    client = TestClient(app)
+    me = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    def patients(**params: str) -> list[str]:
+        answer = client.get("/api/cases", headers=me, params=params)
+        assert answer.status_code == 200, answer.text
+        return [item["patient"] for item in answer.json()["items"]]
+
+    assert patients() == ["Patient/d", "Patient/c", "Patient/b", "Patient/e", "Patient/a"]
+    assert patients(sort="oldest") == [
+        "Patient/a",
+        "Patient/e",
+        "Patient/b",
+        "Patient/c",
+        "Patient/d",
+    ]
+    assert patients(view="mine") == ["Patient/b"]
+    assert patients(view="unassigned") == ["Patient/d", "Patient/c", "Patient/a"]
+    assert patients(older_than_days="9") == ["Patient/e", "Patient/a"]
+    assert patients(view="unassigned", older_than_days="2", sort="oldest") == [
+        "Patient/a",
+        "Patient/c",
+    ]
+    assert patients(status="closed") == ["Patient/closed"]
+
+    for sort in ("newest", "oldest"):
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": "2", "sort": sort} | ({"cursor": cursor} if cursor else {})
+            page = client.get("/api/cases", headers=me, params=params).json()
+            seen += [item["patient"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == patients(sort=sort)
+
+    newest_cursor = client.get("/api/cases", headers=me, params={"limit": "1"}).json()[
+        "next_cursor"
+    ]
+    refused = [
+        client.get("/api/cases", headers=me, params={"cursor": "not-a-cursor"}),
+        client.get("/api/cases", headers=me, params={"cursor": newest_cursor, "sort": "oldest"}),
+    ]
+    assert [r.status_code for r in refused] == [400, 400]
+    assert "sort order" in refused[1].json()["detail"]
+    bad = [
+        client.get("/api/cases", headers=me, params={"view": "everything"}),
+        client.get("/api/cases", headers=me, params={"older_than_days": "-1"}),
+        client.get("/api/cases", headers=me, params={"limit": "0"}),
+    ]
+    assert [r.status_code for r in bad] == [422, 422, 422]
+
+
+def test_claim_and_assign_move_the_version_and_are_audited(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = _case(database, hospital, "Patient/1", utcnow())
+    app = _app(database_url, database)
+    client = TestClient(app)
+    me = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    claimed = client.post(f"/api/cases/{case_id}/claim", headers=me, json={"row_version": 1})
+    assert claimed.json() == {"id": case_id, "assigned_to": SOCIAL_WORKER, "row_version": 2}
+    handed_on = client.put(
+        f"/api/cases/{case_id}/assignment",
+        headers=me,
+        json={"assignee": f"https://ehr.example/fhir/{COLLEAGUE}", "row_version": 2},
+    )
+    assert handed_on.json()["assigned_to"] == f"https://ehr.example/fhir/{COLLEAGUE}"
+    released = client.put(
+        f"/api/cases/{case_id}/assignment", headers=me, json={"assignee": None, "row_version": 3}
+    )
+    assert released.json() == {"id": case_id, "assigned_to": None, "row_version": 4}
+
+    refused = [
+        client.put(
+            f"/api/cases/{case_id}/assignment",
+            headers=me,
+            json={"assignee": "Patient/1", "row_version": 4},
+        ),
+        client.post("/api/cases/999999/claim", headers=me, json={"row_version": 1}),
+        client.post(f"/api/cases/{case_id}/claim", headers=me, json={"row_version": 0}),
+        client.post(f"/api/cases/{case_id}/claim", headers=me, json={"version": 4}),
+    ]
+    assert [r.status_code for r in refused] == [400, 404, 422, 422]
+    assert "Practitioner" in refused[0].json()["detail"]
+    assert _version(database, case_id) == (None, 4)
+
+    with database.session() as session:
+        changes = session.scalars(
+            select(AuditRecord).where(AuditRecord.action == "update").order_by(AuditRecord.id)
+        ).all()
+    assert [c.actor for c in changes] == [SOCIAL_WORKER] * 3
+    assert {c.patient_ref for c in changes} == {"Patient/1"}
+    assert changes[0].entities[0].startswith("Flag?identifier=")
+
+
+def test_the_second_of_two_concurrent_changes_gets_a_conflict(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = _case(database, hospital, "Patient/1", utcnow())
+    app = _app(database_url, database)
+    client = TestClient(app)
+    first = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    second = _user(app, hospital, COLLEAGUE, "social-worker").headers
+    # Both opened the worklist at version 1.
+    seen = client.get("/api/cases", headers=second).json()["items"][0]["row_version"]
+
+    won = client.post(f"/api/cases/{case_id}/claim", headers=first, json={"row_version": seen})
+    lost = client.post(f"/api/cases/{case_id}/claim", headers=second, json={"row_version": seen})
+
+    assert won.status_code == 200
+    assert lost.status_code == 409
+    detail = lost.json()["detail"]
+    assert SOCIAL_WORKER in detail["message"]
+    assert "Nothing was overwritten" in detail["message"]
+    assert detail["row_version"] == 2
+    assert _version(database, case_id) == (SOCIAL_WORKER, 2)
+
+
+def test_a_hospital_never_sees_or_changes_another_hospitals_cases(
+    database_url: str, database: Database
+) -> None:
+    hospital_a = make_tenant(database, "default", FHIR)
+    hospital_b = make_tenant(database, "b", FHIR)
+    case_a = _case(database, hospital_a, "Patient/a1", utcnow())
+    closed_b = _case(database, hospital_b, "Patient/b1", utcnow(), status="closed")
+    app = _app(database_url, database)
+    client = TestClient(app)
+    social_b = _user(app, hospital_b, "Practitioner/sw-b", "social-worker").headers
+
+    assert client.get("/t/b/api/cases", headers=social_b).json()["items"] == []
+    assert client.get("/api/cases", headers=social_b).status_code == 401  # A's paths
+    stolen = client.post(
+        f"/t/b/api/cases/{case_a}/claim", headers=social_b, json={"row_version": 1}
+    )
+    assert stolen.status_code == 404
+    assert _version(database, case_a) == (None, 1)
+    closed = client.post(
+        f"/t/b/api/cases/{closed_b}/claim", headers=social_b, json={"row_version": 1}
+    )
+    assert closed.status_code == 409
+    assert "closed" in closed.json()["detail"]["message"]
