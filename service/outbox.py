@@ -151,8 +151,6 @@ class Outbox:
         self._tokens = tokens
         self._timeout = timeout
         self._retry_base = retry_base
-        # Lease long enough for a delivery that runs into the timeout, with a margin.
-        self._lease = timedelta(seconds=max(60.0, 4 * timeout))
         self._clock = clock  # tests move time forward instead of sleeping
         self._owner = uuid.uuid4().hex[:12]
 
@@ -245,7 +243,7 @@ class Outbox:
             session.execute(
                 update(OutboxEntry)
                 .where(OutboxEntry.id.in_(candidates.scalar_subquery()), *due)
-                .values(lease_owner=lease, lease_until=now + self._lease)
+                .values(lease_owner=lease, lease_until=now + self._lease_for(limit))
                 .execution_options(synchronize_session=False)
             )
             rows = session.scalars(select(OutboxEntry).where(OutboxEntry.lease_owner == lease))
@@ -261,6 +259,11 @@ class Outbox:
                 )
                 for row in rows
             ]
+
+    def _lease_for(self, batch: int) -> timedelta:
+        """Long enough for every delivery of the batch to run into its timeout, and a margin:
+        an entry is never claimed by another instance while its holder may still send it."""
+        return timedelta(seconds=60 + 2 * self._timeout * batch)
 
     # -- delivering --------------------------------------------------------------------------
 
