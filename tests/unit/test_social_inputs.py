@@ -1,0 +1,157 @@
+"""The step 4-6 request bodies of the social service (``service.social``): the seed 001
+case through them, and every refusal with its reason (catalogue, directory, protocol)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from service.partners import load_default_directory
+from service.protocol import (
+    Consultation,
+    FactorKind,
+    KindreflexCase,
+    MissingInformationError,
+    ProgressAssessment,
+    ProtocolError,
+    ReferralTarget,
+    SafetyAssessment,
+    Step,
+    Step2Finding,
+    StepOrderError,
+    TeamDecision,
+    apply,
+)
+from service.social import CatalogueError, Step4Input, Step5Input, Step6Input
+from tests.unit.test_seed001_scenario import (
+    BOY,
+    EPISODE_2,
+    EPISODE_3,
+    GIRL,
+    NURSE,
+    SOCIAL_WORKER,
+    episode_1,
+)
+
+DIRECTORY = load_default_directory()
+
+#: The factors the workshop names in the second episode (seed 001), as the form sends them.
+WORKSHOP_FACTORS = [
+    {"code": "parental-mental-illness", "text": "Depressive thoughts."},
+    {"code": "high-stress", "text": "Cannot organise the day."},
+    {"code": "financial-problems", "text": "Money troubles."},
+    {"code": "partner-hostile-to-children", "text": "New partner irritated by the children."},
+    {"code": "basic-needs-unmet", "text": "No lunch packed for school."},
+    {"code": "school-absence", "text": "Children often absent from school."},
+    {"code": "children-left-alone", "text": "Children often left home alone."},
+    {"code": "asks-for-help", "text": "Mother talks openly about her difficulties."},
+    {"code": "professional-involvement", "text": "School and CLB are involved."},
+]
+
+
+def _handed_off() -> KindreflexCase:
+    """Episode 1, then the nurse's niet-pluis of episode 2: the case waits for step 4."""
+    niet_pluis = Step2Finding(
+        recorded_by=NURSE,
+        recorded_at=EPISODE_2,
+        assessment=SafetyAssessment.NIET_PLUIS,
+        reasons=("New partner is irritated by the children.", "Often left home alone."),
+    )
+    return apply(episode_1(), niet_pluis)
+
+
+def _step4(**changes: object) -> Step4Input:
+    body: dict[str, object] = {
+        "decision": "concerning-unwilling",
+        "factors": WORKSHOP_FACTORS,
+        "consultations": ["colleague", "clb"],
+        "discussed_with_patient": True,
+        "children_heard": [{"child_ref": GIRL.ref, "consent_given": True}],
+        "note": "Worries named; the mother stops the counselling.",
+    }
+    return Step4Input.model_validate(body | changes)
+
+
+def test_the_workshop_case_goes_from_the_team_decision_to_the_vk() -> None:
+    decision = _step4().finding(SOCIAL_WORKER, EPISODE_2 + timedelta(hours=2))
+
+    assert decision.decision is TeamDecision.CONCERNING_UNWILLING
+    assert decision.consultations == {Consultation.COLLEAGUE, Consultation.CLB}
+    assert [f.code for f in decision.risk_factors][:2] == ["parental-mental-illness", "high-stress"]
+    assert {f.kind for f in decision.protective_factors} == {FactorKind.PROTECTIVE}
+    assert len(decision.protective_factors) == 2
+    case = apply(_handed_off(), decision)
+    assert case.next_steps == {Step.STEP_6}
+
+    referral_body = Step6Input.model_validate(
+        {
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+            "focus": [BOY.ref, GIRL.ref],
+            "follow_up_actions": ["Tell the CLB who takes the next step.", "  "],
+        }
+    )
+    referral = referral_body.finding(SOCIAL_WORKER, EPISODE_3, DIRECTORY)
+    case = apply(case, referral)
+
+    assert referral.target is ReferralTarget.VK
+    assert referral.follow_up_actions == ("Tell the CLB who takes the next step.",)
+    assert referral_body.partner(DIRECTORY).phones[0].number == "09 216 73 30"
+    assert case.current_step is Step.STEP_6
+
+
+def test_step_5_input_follows_the_willing_branch() -> None:
+    willing = _step4(decision="concerning-willing").finding(SOCIAL_WORKER, EPISODE_2)
+    case = apply(_handed_off(), willing)
+    progress = Step5Input.model_validate(
+        {
+            "progress": "not-restored",
+            "actions": ["work-with-family", "help-for-children"],
+            "services": ["clb"],
+            "note": "Bruises on the patient; she stops the counselling.",
+        }
+    ).finding(SOCIAL_WORKER, EPISODE_3)
+
+    assert progress.progress is ProgressAssessment.NOT_RESTORED
+    assert apply(case, progress).next_steps == {Step.STEP_6}
+
+
+def test_a_factor_outside_the_catalogue_is_refused_with_the_way_out() -> None:
+    body = _step4(factors=[{"code": "bad-vibes", "text": "?"}])
+    with pytest.raises(CatalogueError, match="'bad-vibes' is not a factor of the catalogue"):
+        body.finding(SOCIAL_WORKER, EPISODE_2)
+
+
+@pytest.mark.parametrize("partner_id", ["vrij-clb-zuid-oost-vlaanderen", "no-such-partner"])
+def test_step_6_goes_only_to_a_mandated_entry_of_the_directory(partner_id: str) -> None:
+    body = Step6Input(partner_id=partner_id, with_cooperation=True, patient_informed=True)
+    with pytest.raises(CatalogueError) as refused:
+        body.finding(SOCIAL_WORKER, EPISODE_3, DIRECTORY)
+    assert "vk-oost-vlaanderen, ocj-oost-vlaanderen, parket, politie" in str(refused.value)
+
+
+def test_the_protocol_decides_what_may_be_recorded() -> None:
+    with pytest.raises(MissingInformationError):  # worries not named to the patient
+        _step4(discussed_with_patient=False).finding(SOCIAL_WORKER, EPISODE_2)
+    ocj = Step6Input(partner_id="ocj-oost-vlaanderen", with_cooperation=True, patient_informed=True)
+    with pytest.raises(ProtocolError, match="OCJ"):
+        ocj.finding(SOCIAL_WORKER, EPISODE_3, DIRECTORY)
+    police = Step6Input(partner_id="politie", with_cooperation=False, patient_informed=True)
+    decided = apply(_handed_off(), _step4().finding(SOCIAL_WORKER, EPISODE_2))
+    with pytest.raises(ProtocolError, match="acute danger"):
+        apply(decided, police.finding(SOCIAL_WORKER, EPISODE_3, DIRECTORY))
+    progress = Step5Input(progress=ProgressAssessment.IMPROVING, note="Better.")
+    with pytest.raises(StepOrderError):  # step 5 follows a willing decision, not this one
+        apply(decided, progress.finding(SOCIAL_WORKER, EPISODE_3))
+
+
+def test_a_body_with_unknown_or_wrong_fields_is_refused() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        _step4(decison="safe")
+    with pytest.raises(ValidationError, match="decision"):
+        _step4(decision="fine")
+    with pytest.raises(ValidationError, match="services"):
+        Step5Input.model_validate({"progress": "improving", "services": ["nobody"]})
