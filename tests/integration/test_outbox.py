@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer, free_port
 from service import audit
+from service.app import create_app
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
@@ -26,7 +29,7 @@ from service.fhir.client import FhirClient
 from service.outbox import DeliveryState, NewEntry, TransactionBuilder, enqueue
 from service.settings import Settings
 from service.tenancy import TenantContext
-from smart_app.session import SessionTokens
+from smart_app.session import AppUser, NewSession, SessionTokens
 from tests.support.validator import validate
 from tests.support.write_path import (
     Clock,
@@ -338,3 +341,45 @@ def test_readiness_fails_when_an_entry_waits_too_long(database: Database) -> Non
     result = check()
     assert not result.ok
     assert "1 pending" in result.detail
+
+
+def test_the_app_runs_the_worker_and_readyz_reports_the_outbox(
+    database_url: str, database: Database, fhir_server: FhirServer
+) -> None:
+    """The real app: its lifespan worker delivers with the session's real token source."""
+    tenant = make_tenant(database, "default", fhir_server.base_url)
+    settings = Settings(environment="test", database_url=database_url, outbox_interval_seconds=0.2)
+    app = create_app(settings, database)
+    secret = app.state.sessions.create(
+        NewSession(
+            tenant_id=tenant.id,
+            registration_id="ehr",
+            path_prefix="",
+            fhir_base_url=fhir_server.base_url,
+            token_endpoint="http://127.0.0.1:9/token",
+            user=AppUser(
+                fhir_user="Practitioner/nurse-1", name="Sofie", roles=frozenset({"nurse"})
+            ),
+            language="nl",
+            patient_id="p1",
+            encounter_id=None,
+            app_context=None,
+            launch_details={},
+            scope="launch openid fhirUser patient/*.c",
+            access_token="loopback",
+            refresh_token=None,
+            access_expires_at=utcnow() + timedelta(hours=1),
+        )
+    )
+    session = app.state.sessions.find(secret)
+    entry_id = _queue_read(database, tenant, fhir_server.base_url, session.id)
+
+    with TestClient(app) as client:  # runs the lifespan: the worker starts
+        ready = client.get("/readyz")
+        assert ready.json()["checks"]["outbox"]["ok"] is True
+        give_up = time.monotonic() + 30
+        while _entry(database, entry_id).state != DeliveryState.DELIVERED:
+            assert time.monotonic() < give_up, "the worker did not deliver within 30 s"
+            time.sleep(0.05)  # polling a background thread's effect, with a deadline
+    event_id = _audit_event_id(database, entry_id)
+    assert count(fhir_server.base_url, "AuditEvent", _id=event_id) == 1
