@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +25,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import Depends, FastAPI
+from playwright.sync_api import sync_playwright
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
@@ -52,7 +54,8 @@ EHR_ORIGIN = "https://ehr.az-example.be"
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    with running_sandbox() as sb:
+    # The EHR on "localhost", our app on 127.0.0.1: another site, as in a hospital.
+    with running_sandbox(public_host="localhost") as sb:
         yield sb
 
 
@@ -198,7 +201,7 @@ def _registration(sandbox: Sandbox, client_id: str, client_auth: ClientAuth) -> 
         client_id=client_id,
         client_auth=client_auth,
         scopes="launch openid fhirUser offline_access patient/*.rs",
-        frame_origins=[EHR_ORIGIN],
+        frame_origins=[EHR_ORIGIN, sandbox.ehr_url],
     )
 
 
@@ -207,7 +210,14 @@ def kindreflex(
     request: pytest.FixtureRequest, database: Database, sandbox: Sandbox
 ) -> Iterator[Kindreflex]:
     """Our app, registered with the sandbox as a confidential (our JWKS) or public client."""
-    client_auth: ClientAuth = request.param
+    with _running_kindreflex(database, sandbox, request.param) as kr:
+        yield kr
+
+
+@contextmanager
+def _running_kindreflex(
+    database: Database, sandbox: Sandbox, client_auth: ClientAuth
+) -> Iterator[Kindreflex]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = load_settings(
@@ -291,7 +301,8 @@ def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindre
     assert answer.status_code == 400
     assert "Dit EHR is niet geregistreerd" in answer.text
     assert "https://elsewhere.example/fhir" in answer.text
-    assert f"frame-ancestors {EHR_ORIGIN}" in answer.headers["content-security-policy"]
+    policy = answer.headers["content-security-policy"]
+    assert f"frame-ancestors {EHR_ORIGIN} {kindreflex.sandbox.ehr_url}" in policy
     assert kindreflex.count(LaunchState) == 0
     assert kindreflex.count(AppSession) == 0
     missing = Browser().get(f"{kindreflex.url}/launch")
@@ -437,3 +448,36 @@ def test_an_id_token_signed_with_a_key_the_ehr_does_not_publish_is_refused(
     assert answer.status_code == 400
     assert "Gebruiker niet bevestigd" in answer.text
     assert kindreflex.count(AppSession) == 0
+
+
+def test_the_session_cookie_works_in_chromium_inside_the_ehr_iframe_on_http_localhost(
+    database: Database, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Secure + SameSite=None + Partitioned, over plain http on loopback, in a cross-site frame."""
+    with (
+        _running_kindreflex(database, sandbox, "private_key_jwt") as kr,
+        sync_playwright() as playwright,
+    ):
+        sandbox.set_app_launch_url(f"{kr.url}/launch")
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium"),
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        try:
+            page = context.new_page()
+            page.goto(sandbox.ehr_url)
+            page.get_by_role("button", name=re.compile("^Start Kindreflex-app")).first.click()
+            frame = page.frame_locator("iframe#app-frame")
+            frame.get_by_role("button", name="Toestaan").click()
+            app_frame = next(f for f in page.frames if f.name == "app-frame")
+            app_frame.wait_for_url(re.compile(re.escape(f"{kr.url}/app/triage")))
+            app_frame.goto(f"{kr.url}/test/whoami")  # the frame's own request: cookie or 401
+            who = app_frame.locator("body").inner_text()
+        finally:
+            context.close()
+        sandbox.set_app_launch_url(None)
+    assert sandbox.fhir_user("nurse") in who
