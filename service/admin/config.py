@@ -69,14 +69,20 @@ def parse_yaml(text: str) -> TenantConfiguration:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        reason = getattr(error, "problem", None) or str(error)
-        raise ConfigurationError(
-            [Problem(f"not valid YAML: {reason}", line=mark.line + 1 if mark else None)]
-        ) from None
+        raise ConfigurationError([_syntax_problem(error)]) from None
     if not isinstance(data, dict) or root is None:
         raise ConfigurationError([Problem("expected a mapping with at least 'name'", line=1)])
     return validate_document(data, root)
+
+
+def _syntax_problem(error: yaml.YAMLError) -> Problem:
+    """Where the broken construct starts (an unclosed ``[``), and where it was noticed."""
+    problem = getattr(error, "problem_mark", None)
+    context = getattr(error, "context_mark", None) or problem
+    reason = getattr(error, "problem", None) or str(error)
+    if problem is not None and context is not None and problem.line != context.line:
+        reason += f" (noticed on line {problem.line + 1})"
+    return Problem(f"not valid YAML: {reason}", line=context.line + 1 if context else None)
 
 
 def validate_document(data: Any, root: Node | None = None) -> TenantConfiguration:

@@ -82,7 +82,7 @@ def admin_routes() -> list[tuple[str, str]]:
         (method, route.path)
         for route in router.routes
         if isinstance(route, APIRoute)
-        for method in route.methods
+        for method in route.methods or ()
     ]
     return [r for r in found if r not in public]
 

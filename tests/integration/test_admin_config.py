@@ -1,0 +1,208 @@
+"""Configuration as code through the real `kindreflex` command, bootstrap tokens, audit.
+
+Each test runs on SQLite and on PostgreSQL (the ``database`` fixture); the command runs
+as a separate process, the way an administrator or a deployment pipeline runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from service.admin import access
+from service.admin.changes import history
+from service.db.base import Database
+from service.db.models import AdminBootstrapToken, TenantConfigVersion
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import (
+    EhrRegistration,
+    HookSettings,
+    PlanSettings,
+    PlanText,
+    TenantConfiguration,
+    Wording,
+)
+
+KINDREFLEX = [sys.executable, "-m", "service.cli"]
+KEY = "config-test-deployment-key"
+
+
+def kindreflex(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": database_url, "KINDREFLEX_SECRET_KEY": KEY}
+    return subprocess.run([*KINDREFLEX, *args], env=env, capture_output=True, text=True)
+
+
+def tenants(database: Database) -> TenantDirectory:
+    return TenantDirectory(database, SecretBox(SecretStr(KEY)))
+
+
+def a_full_configuration() -> TenantConfiguration:
+    """Something in every part, so that a round trip that drops anything fails."""
+    return TenantConfiguration.model_validate(
+        {
+            "name": "AZ Sint-Jan",
+            "registrations": [
+                EhrRegistration(
+                    id="epd",
+                    name="EPD",
+                    fhir_base_url="https://epd.example/fhir",
+                    client_id="kindreflex",
+                    frame_origins=["https://epd.example"],
+                    cds_issuers=[
+                        {"iss": "https://epd.example", "jku": ["https://epd.example/jwks"]}
+                    ],
+                    default_language="fr",
+                )
+            ],
+            "hooks": HookSettings(enabled=["patient-view"], adult_age=16, once_per_encounter=False),
+            "plan": PlanSettings(
+                revision=3, steps={"step-1": PlanText(title=Wording(nl="Kinderen? (AZ)"))}
+            ),
+        }
+    )
+
+
+def version_count(database: Database) -> int:
+    with database.session() as session:
+        return session.scalar(select(func.count()).select_from(TenantConfigVersion)) or 0
+
+
+def test_export_then_import_into_an_empty_hospital_gives_the_same_configuration(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    tenants(database).save("az-sint-jan", a_full_configuration(), actor="set-up")
+
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan")
+    assert exported.returncode == 0, exported.stderr
+    file = tmp_path / "az.yaml"
+    file.write_text(exported.stdout, encoding="utf-8")
+
+    imported = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-nieuw")
+    assert imported.returncode == 0, imported.stderr
+    assert "version 1" in imported.stderr
+
+    copy = tenants(database).get("az-nieuw")
+    assert copy.config == a_full_configuration()
+    again = kindreflex(database_url, "config", "export", "--tenant", "az-nieuw")
+    assert again.stdout == exported.stdout
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (("adult_age: 16", "adult_age: [16"), r"line \d+: not valid YAML"),
+        (
+            ("  client_id: kindreflex", "  client_id: kindreflex\n  clientid: x"),
+            r"line \d+: registrations\[0\].clientid: unknown field",
+        ),
+        (
+            ("adult_age: 16", "adult_age: zestien"),
+            r"line \d+: hooks.adult_age: Input should be a valid integer",
+        ),
+    ],
+    ids=["syntax", "unknown-field", "wrong-type"],
+)
+def test_a_bad_file_changes_nothing_and_names_the_line(
+    database: Database,
+    database_url: str,
+    tmp_path: Path,
+    mutation: tuple[str, str],
+    expected: str,
+) -> None:
+    tenants(database).save("az-sint-jan", a_full_configuration(), actor="set-up")
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    old, new = mutation
+    assert old in exported
+    bad = exported.replace(old, new, 1)
+    file = tmp_path / "bad.yaml"
+    file.write_text(bad, encoding="utf-8")
+
+    result = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+    assert result.returncode == 1
+    assert "nothing was changed" in result.stderr
+    line = re.search(expected, result.stderr)
+    assert line is not None, result.stderr
+    number = int(line.group(0).split()[1].rstrip(":"))
+    assert new.split("\n")[-1].strip() in bad.splitlines()[number - 1]
+    assert version_count(database) == 1
+    assert tenants(database).get("az-sint-jan").config == a_full_configuration()
+
+
+def test_an_import_is_audited_with_who_when_and_what(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    tenants(database).save("az-sint-jan", a_full_configuration(), actor="set-up")
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    file = tmp_path / "az.yaml"
+    file.write_text(exported.replace("adult_age: 16", "adult_age: 18"), encoding="utf-8")
+    assert (
+        kindreflex(
+            database_url, "config", "import", str(file), "--tenant", "az-sint-jan"
+        ).returncode
+        == 0
+    )
+
+    context = tenants(database).get("az-sint-jan")
+    newest = history(database, SecretBox(SecretStr(KEY)), context.id)[0]
+    assert newest.actor.startswith("kindreflex config import (")
+    assert [(c.path, c.old, c.new) for c in newest.changes] == [("hooks.adult_age", 16, 18)]
+
+    # importing the same file again is not a change: no new version, nothing to audit
+    assert (
+        kindreflex(
+            database_url, "config", "import", str(file), "--tenant", "az-sint-jan"
+        ).returncode
+        == 0
+    )
+    assert tenants(database).get("az-sint-jan").version == context.version
+
+
+def test_bootstrap_prints_a_single_use_token_and_stores_only_its_hash(
+    database: Database, database_url: str
+) -> None:
+    result = kindreflex(database_url, "admin", "bootstrap", "--tenant", "az-nieuw")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert "/t/az-nieuw/admin/login" in result.stderr
+
+    context = tenants(database).get("az-nieuw")  # the first set-up creates the hospital
+    with database.session() as session:
+        stored = session.scalars(select(AdminBootstrapToken)).one()
+    assert token not in stored.token_hash
+
+    first = access.redeem_bootstrap_token(database, context.id, token, "Els")
+    assert access.authenticate(database, first.token) is not None
+    with pytest.raises(access.AccessDeniedError):
+        access.redeem_bootstrap_token(database, context.id, token, "Mallory")
+
+
+def test_a_bootstrap_token_expires_and_is_bound_to_its_hospital(database: Database) -> None:
+    directory = tenants(database)
+    gent = directory.save("az-gent", TenantConfiguration(name="Gent"), actor="set-up")
+    brugge = directory.save("az-brugge", TenantConfiguration(name="Brugge"), actor="set-up")
+
+    expired, _ = access.issue_bootstrap_token(database, gent.id, ttl=timedelta(0))
+    with pytest.raises(access.AccessDeniedError):
+        access.redeem_bootstrap_token(database, gent.id, expired, "Els")
+
+    gents, _ = access.issue_bootstrap_token(database, gent.id)
+    with pytest.raises(access.AccessDeniedError):
+        access.redeem_bootstrap_token(database, brugge.id, gents, "Els")
+    assert access.redeem_bootstrap_token(database, gent.id, gents, "Els").actor.startswith("Els")
+
+    refused = [e.action for e in access.events(database, gent.id)]
+    assert refused.count("bootstrap-token-refused") == 1
+
+
+def test_an_expired_admin_session_is_refused(database: Database) -> None:
+    context = tenants(database).save("az-gent", TenantConfiguration(name="Gent"), actor="set-up")
+    issued = access.open_session(database, context.id, "Els", via="test", ttl=timedelta(0))
+    assert access.authenticate(database, issued.token) is None

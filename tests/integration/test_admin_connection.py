@@ -1,0 +1,134 @@
+""""Test connection" against real servers: the sandbox EHR, a plain FHIR server, nothing.
+
+No server is faked: the sandbox EHR (SMART authorization server + FHIR facade over a
+sekmet process), a bare sekmet process (SMART Backend Services only, no user launch), a
+path where nothing FHIR answers, and a port where nothing listens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from sandbox.fhir_server import FhirServer
+from sandbox.runner import Sandbox
+from service.admin import access
+from service.admin.connection import ConnectionReport, check_connection
+from service.app import create_app
+from service.db.base import Database
+from service.settings import load_settings
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import EhrRegistration, TenantConfiguration
+from tests.support.processes import free_port
+from tests.support.sandbox import running_sandbox
+
+pytestmark = pytest.mark.fhirserver
+
+
+def registration(iss: str) -> EhrRegistration:
+    return EhrRegistration(id="ehr", name="EPD", fhir_base_url=iss, client_id="kindreflex")
+
+
+def outcome(report: ConnectionReport) -> dict[str, bool]:
+    return {check.id: check.ok for check in report.checks}
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with running_sandbox() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def plain_fhir() -> Iterator[FhirServer]:
+    with FhirServer() as server:
+        yield server
+
+
+def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> None:
+    report = check_connection(registration(sandbox.fhir_base_url), "nl", timeout_seconds=5)
+    assert report.ready, [c.message for c in report.checks if not c.ok]
+    assert outcome(report) == {
+        "smart_configuration": True,
+        "launch_ehr": True,
+        "authorization_code": True,
+        "pkce_s256": True,
+        "private_key_jwt": True,
+        "context_ehr_encounter": True,
+        "openid_fhiruser": True,
+        "launch_standalone": True,
+        "capability_statement": True,
+        "fhir_r4": True,
+        "write_resources": True,
+        "read_resources": True,
+    }
+    messages = {check.id: check.message for check in report.checks}
+    assert messages["launch_ehr"] == "Starten vanuit het EPD (launch-ehr) wordt ondersteund."
+    assert messages["fhir_r4"] == "FHIR-versie 4.0.1 (R4)."
+
+
+def test_a_fhir_server_without_user_launch_is_not_ready_and_says_why(
+    plain_fhir: FhirServer,
+) -> None:
+    # sekmet publishes a SMART configuration for Backend Services (client_credentials)
+    # only: the FHIR side is fine, the launch of an app by a user is missing.
+    report = check_connection(registration(plain_fhir.base_url), "en", timeout_seconds=5)
+    assert not report.ready
+    result = outcome(report)
+    assert result["capability_statement"]
+    assert result["write_resources"]
+    assert not result["launch_ehr"]
+    assert not result["authorization_code"]
+    assert not result["context_ehr_encounter"]
+    missing = [c.message for c in report.checks if c.needed and not c.ok]
+    assert "Launching from the EHR (launch-ehr) is missing: nurses cannot open the app from " \
+        "the card." in missing  # fmt: skip
+
+
+def test_no_smart_configuration_and_no_fhir_server_is_said_plainly(
+    plain_fhir: FhirServer,
+) -> None:
+    nothing_here = plain_fhir.base_url.replace("/fhir", "/no-fhir-here")
+    report = check_connection(registration(nothing_here), "nl", timeout_seconds=5)
+    assert [(c.id, c.ok) for c in report.checks] == [
+        ("smart_configuration", False),
+        ("capability_statement", False),
+    ]
+    assert report.checks[0].message == (
+        "Geen SMART-configuratie gevonden (HTTP 404): het EPD kan de app niet starten."
+    )
+
+
+def test_an_unreachable_ehr_is_reported_not_raised() -> None:
+    silent = f"http://127.0.0.1:{free_port()}/fhir"
+    report = check_connection(registration(silent), "fr", timeout_seconds=2)
+    assert not report.ready
+    assert "unreachable" in report.checks[0].message
+
+
+def test_the_admin_api_runs_the_test_and_records_it(
+    plain_fhir: FhirServer, database: Database, database_url: str
+) -> None:
+    settings = load_settings(database_url=database_url, environment="test", secret_key="k")
+    tenants = TenantDirectory(database, SecretBox(SecretStr("k")))
+    config = TenantConfiguration(name="AZ", registrations=[registration(plain_fhir.base_url)])
+    context = tenants.save(settings.default_tenant, config, actor="set-up")
+    token, _ = access.issue_bootstrap_token(database, context.id)
+    session = access.redeem_bootstrap_token(database, context.id, token, "Els")
+    headers = {"Authorization": f"Bearer {session.token}", "Accept-Language": "fr-BE"}
+
+    with TestClient(create_app(settings, database)) as client:
+        response = client.post("/admin/api/registrations/ehr/test-connection", headers=headers)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["ready"] is False
+        assert body["checks"][0]["message"] == "La configuration SMART du DPI a été trouvée."
+        unknown = client.post("/admin/api/registrations/nope/test-connection", headers=headers)
+        assert unknown.status_code == 404
+
+    recorded = [e for e in access.events(database, context.id) if e.action == "test-connection"]
+    assert len(recorded) == 1
+    assert recorded[0].detail == {"registration": "ehr", "iss": plain_fhir.base_url, "ready": False}

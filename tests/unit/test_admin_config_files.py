@@ -1,0 +1,93 @@
+"""Configuration files: problems point at the YAML line; the audit diff masks secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.admin.changes import Change, diff
+from service.admin.config import ConfigurationError, export_yaml, parse_yaml
+from service.tenant_config import EhrRegistration, HookSettings, TenantConfiguration
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_yaml(text)
+    return [str(problem) for problem in caught.value.problems]
+
+
+GOOD = """\
+name: AZ Gent
+registrations:
+  - id: epd
+    name: EPD
+    fhir_base_url: https://epd.example/fhir
+    client_id: kindreflex
+hooks:
+  enabled: [encounter-start]
+  adult_age: 18
+"""
+
+
+def test_a_good_file_is_read() -> None:
+    config = parse_yaml(GOOD)
+    assert config.registrations[0].client_auth == "private_key_jwt"
+    assert config.hooks.enabled == ["encounter-start"]
+
+
+def test_a_syntax_error_names_its_line() -> None:
+    broken = GOOD.replace("  adult_age: 18", "  adult_age: [18")
+    (problem,) = problems_of(broken)
+    assert problem.startswith("line 10: not valid YAML")
+
+
+def test_an_unknown_field_names_its_line_and_path() -> None:
+    typo = GOOD.replace("    client_id: kindreflex", "    client_id: kindreflex\n    clientid: x")
+    assert problems_of(typo) == ["line 7: registrations[0].clientid: unknown field"]
+
+
+def test_a_wrong_type_names_its_line_and_path() -> None:
+    wrong = GOOD.replace("adult_age: 18", "adult_age: eighteen")
+    (problem,) = problems_of(wrong)
+    assert problem.startswith("line 9: hooks.adult_age: Input should be a valid integer")
+
+
+def test_a_missing_field_points_at_its_parent() -> None:
+    missing = GOOD.replace("    client_id: kindreflex\n", "")
+    assert problems_of(missing) == ["line 3: registrations[0].client_id: Field required"]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    two = GOOD.replace("adult_age: 18", "adult_age: 99").replace("[encounter-start]", "[x]")
+    lines = [problem.split(":")[0] for problem in problems_of(two)]
+    assert lines == ["line 8", "line 9"]
+
+
+def test_a_file_that_is_not_a_mapping_is_refused() -> None:
+    assert problems_of("- just\n- a list\n") == ["line 1: expected a mapping with at least 'name'"]
+
+
+def test_export_leaves_secrets_out_and_reads_back() -> None:
+    registration = EhrRegistration.model_validate(
+        {"id": "epd", "name": "EPD", "fhir_base_url": "https://epd.example/fhir",
+         "client_id": "k", "client_auth": "client_secret_basic", "client_secret": "s3cr3t"}
+    )  # fmt: skip
+    config = TenantConfiguration(
+        name="AZ", registrations=[registration], hooks=HookSettings(adult_age=16)
+    )
+    text = export_yaml(config)
+    assert "s3cr3t" not in text
+    assert "client_secret:" not in text
+    again = parse_yaml(text)
+    assert again.model_copy(update={"registrations": config.registrations}) == config
+
+
+def test_diff_lists_changed_paths_by_id_and_masks_secrets() -> None:
+    old = {"registrations": [{"id": "a", "client_secret": "one", "name": "A"}], "hooks": {"x": 1}}
+    new = {"registrations": [{"id": "a", "client_secret": "two", "name": "A"},
+                             {"id": "b", "client_secret": "three"}], "hooks": {"x": 2}}  # fmt: skip
+    assert diff(old, new) == [
+        Change("registrations[a].client_secret", "***", "***"),
+        Change("registrations[b]", None, {"id": "b", "client_secret": "***"}),
+        Change("hooks.x", 1, 2),
+    ]
+    assert diff(new, new) == []
