@@ -417,10 +417,11 @@ def write_examples(guide: Guide) -> str:
     lines += table(("file", "profile"), rows)
     lines += [
         "The Bundle `Seed001Bundle` is the worked case of the Kindreflex workshop (seed 001) "
-        "as one transaction: episode 1 (a single mother, a boy of 3 and a girl of 8: steps 1 "
-        "and 2, niet-pluis), episode 2 (a new partner, the children absent from school: step "
-        "4, concerning but willing), episode 3 (bruises, the mother stops care: step 5 not "
-        "restored, step 6 referral to the VK).",
+        "as one transaction, read as tests/unit/test_seed001_scenario.py reads it: episode 1 (a "
+        "single mother, a boy of 3 and a girl of 8: steps 1 and 2 without concern, step 3 "
+        "support), episode 2 (a new partner, the children absent from school and left alone: "
+        "step 2 niet-pluis, step 4 concerning but willing), episode 3 (bruises, the mother "
+        "stops care: step 5 not restored, step 6 referral to the VK without cooperation).",
         "",
         "## Invalid examples (rejected)",
         "",

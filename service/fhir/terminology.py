@@ -53,6 +53,7 @@ __all__ = [
     "coding",
     "configure",
     "display",
+    "element_pattern",
     "extension_url",
     "factors",
     "guide",
@@ -61,6 +62,7 @@ __all__ = [
     "load_guide",
     "profile_url",
     "value_set",
+    "value_set_coding",
     "value_set_url",
 ]
 
@@ -347,6 +349,18 @@ class Guide:
             raise GuideError(f"{extension_id!r} is not an extension")
         return str(sd["url"])
 
+    def element_pattern(self, profile_id: str, element_id: str) -> Any:
+        """The fixed or pattern value of an element of a profile's snapshot (e.g. the
+        category every finding carries), so Python never retypes a code of another system.
+        """
+        for element in self.structure_definition(profile_id)["snapshot"]["element"]:
+            if element["id"] == element_id:
+                for key, value in element.items():
+                    if key.startswith(("fixed", "pattern")):
+                        return value
+                raise GuideError(f"{profile_id} {element_id} has no fixed or pattern value")
+        raise GuideError(f"{profile_id} has no element {element_id}")
+
     @property
     def profiles(self) -> dict[str, str]:
         """Profile id → canonical URL (not extensions)."""
@@ -495,6 +509,14 @@ def codeable_concept(
 
 def hague_triggers(codings: Iterable[tuple[str, str]]) -> frozenset[str]:
     return guide().hague_triggers(codings)
+
+
+def element_pattern(profile_id: str, element_id: str) -> Any:
+    return guide().element_pattern(profile_id, element_id)
+
+
+def value_set_coding(vs_id: str, code: str | StrEnum) -> dict[str, str]:
+    return guide().value_set_coding(vs_id, str(code))
 
 
 def factors(kind: str | None = None) -> tuple[Factor, ...]:

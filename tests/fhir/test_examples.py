@@ -62,7 +62,7 @@ def test_there_are_invalid_examples() -> None:
 
 def test_seed_001_bundle_entries_each_validate(fhir_validator: ProfileValidator) -> None:
     results = fhir_validator.validate_bundle_entries(_bundle())
-    assert len(results) == 13
+    assert len(results) == 15
     assert {url: errors for url, errors in results.items() if errors} == {}
 
 
@@ -93,9 +93,9 @@ def test_seed_001_bundle_tells_the_three_episodes() -> None:
     steps = sorted(
         r["code"]["coding"][0]["code"] for r in resources if r["resourceType"] == "Observation"
     )
-    assert steps == ["step-1", "step-2", "step-4", "step-5", "step-6"]
+    assert steps == ["step-1", "step-2", "step-2", "step-3", "step-4", "step-5", "step-6"]
     children = {r["name"][0]["given"][0] for r in resources if r["resourceType"] == "RelatedPerson"}
-    assert children == {"Lucas", "Emma"}
+    assert children == {"Noah", "Emma"}
     encounters = {r["encounter"]["reference"] for r in resources if "encounter" in r}
     assert len(encounters) == 3
     referral = next(r for r in resources if r["resourceType"] == "ServiceRequest")

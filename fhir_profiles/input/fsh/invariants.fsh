@@ -58,9 +58,9 @@ Severity: #error
 Expression: "extension.where(url = 'https://kindreflex-ed.be/fhir/StructureDefinition/patient-informed' and (value as boolean) = false).exists() implies note.where(text.replace(' ', '').length() > 0).exists()"
 
 Invariant: kr-prov-1
-Description: "One agent is the author (provenance-participant-type author), a Practitioner or PractitionerRole."
+Description: "One agent is the author (provenance-participant-type author): the user who recorded the data."
 Severity: #error
-Expression: "agent.where(type.coding.where(system = 'http://terminology.hl7.org/CodeSystem/provenance-participant-type' and code = 'author').exists() and (who.reference.startsWith('Practitioner') or who.reference.startsWith('urn:uuid:'))).exists()"
+Expression: "agent.where(type.coding.where(system = 'http://terminology.hl7.org/CodeSystem/provenance-participant-type' and code = 'author').exists() and who.reference.exists()).exists()"
 
 Invariant: kr-s4-4
 Description: "Every factor component tells whether it is a risk or a protective factor (extension factor-kind)."

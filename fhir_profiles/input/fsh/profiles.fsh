@@ -280,8 +280,10 @@ Description: "Who wrote the Kindreflex resources: target = the resources written
 * recorded MS
 * occurred[x] only dateTime
 * activity MS
+* activity from ProvenanceActivityVS (required)
 * agent 1..* MS
 * agent.type 1..1 MS
+* agent.type ^short = "author (ValueSet provenance-author-role) for the user who recorded"
 * agent.who MS
 * agent.who only Reference(Practitioner or PractitionerRole or Organization or Device)
 * agent.who ^short = "The author: the user (fhirUser) who recorded the data"

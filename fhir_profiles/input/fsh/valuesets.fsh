@@ -146,3 +146,18 @@ Title: "Kind of factor"
 Description: "Risk or protective."
 * insert KRValueSet(factor-kind, Kind of factor)
 * include codes from system FactorKindCS
+
+ValueSet: ProvenanceActivityVS
+Id: provenance-activity
+Title: "Provenance activity"
+Description: "What a Kindreflex write did: create or update (HL7 v3 DataOperation)."
+* insert KRValueSet(provenance-activity, Provenance activity)
+* include $v3-DataOperation#CREATE "create"
+* include $v3-DataOperation#UPDATE "revise"
+
+ValueSet: ProvenanceAuthorRoleVS
+Id: provenance-author-role
+Title: "Provenance author role"
+Description: "The agent type of the user who recorded Kindreflex data (provenance-participant-type author)."
+* insert KRValueSet(provenance-author-role, Provenance author role)
+* include $provenance-participant-type#author "Author"

@@ -2,16 +2,17 @@
 // shared by the standalone examples (relative references) and the transaction Bundle
 // (urn:uuid references). Names and dates are invented; the story is the workshop's.
 //
-// Episode 1 (triage, 2 March 2026): a single mother is up; she does not manage to
-//   organise the day, has depressive thoughts, money is tight. Two children: a boy of 3
-//   (not yet toilet-trained) and a girl of 8 (school problems). Steps 1 and 2: niet-pluis.
-// Episode 2 (social service, 11 May 2026): a new partner; no lunch taken to school, the
-//   children are often absent (CLB consulted); the mother is caught between two fires;
-//   the partner is irritated by the children, who are often left alone. Step 4: concerning,
-//   the mother is willing.
-// Episode 3 (28 September 2026): bruises on the mother; she took no steps towards help
-//   for the children; school and CLB remain worried; she says she stops the care.
-//   Step 5: safety not restored; step 6: the VK is involved, the mother is told first.
+// Episode 1 (triage, 12 January 2026): a single mother is exhausted, cannot organise the
+//   day, has depressive thoughts and money troubles; a boy of 3 (not yet toilet-trained)
+//   and a girl of 8 (school problems). She talks openly: step 2 no concern, step 3 support.
+// Episode 2 (9 March 2026): a new partner irritated by the children; no lunch packed for
+//   school, the children often absent (CLB consulted) and often left home alone; the
+//   mother torn between her children and her partner. Step 2 niet-pluis, step 4:
+//   concerning, the mother is willing (step 5).
+// Episode 3 (18 May 2026): bruises on the mother; no steps towards help for the children;
+//   school and CLB remain worried; she stops the counselling. Step 5: safety not
+//   restored; step 6: the VK, without her cooperation, after telling her.
+// The same reading of the workshop as tests/unit/test_seed001_scenario.py (the protocol).
 
 RuleSet: FindingCommon(id, patient, encounter, time, performer)
 * identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/finding"
@@ -23,16 +24,16 @@ RuleSet: FindingCommon(id, patient, encounter, time, performer)
 * effectiveDateTime = "{time}"
 * performer[0].reference = "{performer}"
 
-RuleSet: ChildLucasContent(id, patient)
+RuleSet: ChildNoahContent(id, patient)
 * identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/child"
 * identifier[kindreflex].value = "{id}"
 * extension[livesWith].valueCoding = LivesWithCS#permanently "Woont permanent bij de cliënt"
 * patient.reference = "{patient}"
 * relationship = $v3-RoleCode#NCHILD "natural child"
-* name[0].given[0] = "Lucas"
+* name[0].given[0] = "Noah"
 * name[0].family = "Peeters"
 * gender = #male
-* birthDate = "2022-11-20"
+* birthDate = "2022-10-03"
 
 RuleSet: ChildEmmaContent(id, patient)
 * identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/child"
@@ -43,43 +44,73 @@ RuleSet: ChildEmmaContent(id, patient)
 * name[0].given[0] = "Emma"
 * name[0].family = "Peeters"
 * gender = #female
-* birthDate = "2017-09-05"
+* birthDate = "2017-09-12"
 
-RuleSet: Step1Content(lucas, emma)
+RuleSet: Step1Content(noah, emma)
 * code = KindreflexStepCS#step-1
 * valueBoolean = true
-* focus[0].reference = "{lucas}"
+* focus[0].reference = "{noah}"
 * focus[1].reference = "{emma}"
 * component[planVersion].valueString = "kindreflex-generic-2021"
 
-RuleSet: Step2Content(lucas, emma)
+RuleSet: Step2NoConcernContent(noah, emma)
+* code = KindreflexStepCS#step-2
+* valueCodeableConcept = SafetyAssessmentCS#no-concern "Geen twijfels over de thuissituatie"
+* component[whoHelps].valueString = "Nog niemand; ze redt het alleen"
+* component[consultation][0].valueCodeableConcept = ConsultationTypeCS#colleague "Overleg met een collega"
+* component[urgency].valueBoolean = false
+* component[planVersion].valueString = "kindreflex-generic-2021"
+* note[0].text = "Uitgeput, slaagt er niet in de dag te organiseren, depressieve gedachten, financieel moeilijk. Jongen nog niet zindelijk, meisje heeft schoolproblemen. Praat open."
+
+RuleSet: Step3Content(noah, emma)
+* code = KindreflexStepCS#step-3
+* focus[0].reference = "{noah}"
+* focus[1].reference = "{emma}"
+* component[supportAction][0].valueCodeableConcept = SupportActionCS#ask-regularly
+* component[supportAction][1].valueCodeableConcept = SupportActionCS#discuss-impact
+* component[supportAction][2].valueCodeableConcept = SupportActionCS#involve-network
+* component[supportAction][3].valueCodeableConcept = SupportActionCS#involve-service
+* component[supportAction][4].valueCodeableConcept = SupportActionCS#strengthen-resilience
+* component[service][0].valueCodeableConcept = PartnerTypeCS#caw
+* component[service][1].valueCodeableConcept = PartnerTypeCS#ocmw
+* component[service][2].valueCodeableConcept = PartnerTypeCS#opvoedingslijn
+* component[planVersion].valueString = "kindreflex-generic-2021"
+* note[0].text = "Praktische en financiële steun; Opvoedingslijn voor de zindelijkheid."
+
+RuleSet: Step2Content(noah, emma)
 * code = KindreflexStepCS#step-2
 * valueCodeableConcept = SafetyAssessmentCS#niet-pluis "Niet-pluisgevoel"
-* focus[0].reference = "{lucas}"
+* focus[0].reference = "{noah}"
 * focus[1].reference = "{emma}"
-* component[reason][0].valueString = "Alleenstaande moeder slaagt er niet in de dag te organiseren"
-* component[reason][1].valueString = "Depressieve gedachten"
-* component[reason][2].valueString = "Financieel moeilijk"
-* component[whoHelps].valueString = "Niemand vast; soms een buurvrouw"
+* component[reason][0].valueString = "Nieuwe partner ergert zich aan de kinderen"
+* component[reason][1].valueString = "Geen boterhammen mee naar school; de kinderen zijn vaak afwezig"
+* component[reason][2].valueString = "De kinderen blijven dikwijls alleen thuis"
+* component[reason][3].valueString = "Moeder zit tussen twee vuren"
 * component[consultation][0].valueCodeableConcept = ConsultationTypeCS#colleague "Overleg met een collega"
+* component[urgency].valueBoolean = false
 * component[planVersion].valueString = "kindreflex-generic-2021"
 
-RuleSet: Step4Content(lucas, emma)
+RuleSet: Step4Content(noah, emma)
 * code = KindreflexStepCS#step-4
 * valueCodeableConcept = TeamDecisionCS#concerning-willing "Verontrustend, maar de cliënt is bereid mee te werken"
-* focus[0].reference = "{lucas}"
+* focus[0].reference = "{noah}"
 * focus[1].reference = "{emma}"
 * insert FactorComponent(0, parental-mental-illness, risk, Depressieve gedachten)
 * insert FactorComponent(1, high-stress, risk, Slaagt er niet in de dag te organiseren)
 * insert FactorComponent(2, financial-problems, risk, Financieel moeilijk)
 * insert FactorComponent(3, partner-hostile-to-children, risk, Nieuwe partner ergert zich aan de kinderen)
-* insert FactorComponent(4, children-left-alone, risk, Kinderen blijven dikwijls alleen thuis)
-* insert FactorComponent(5, school-absence, risk, Kinderen vaak afwezig op school; geen boterhammen mee)
-* insert FactorComponent(6, asks-for-help, protective, Moeder wil hulp voor de kinderen)
+* insert FactorComponent(4, basic-needs-unmet, risk, Geen boterhammen mee naar school)
+* insert FactorComponent(5, school-absence, risk, Kinderen vaak afwezig op school)
+* insert FactorComponent(6, children-left-alone, risk, Kinderen blijven dikwijls alleen thuis)
+* insert FactorComponent(7, child-development-concerns, risk, Jongen van 3 niet zindelijk; meisje schoolproblemen)
+* insert FactorComponent(8, asks-for-help, protective, Moeder praat open over haar moeilijkheden)
+* insert FactorComponent(9, professional-involvement, protective, School en CLB zijn betrokken)
+* insert FactorComponent(10, supportive-network, protective, Niet meer alleen sinds de nieuwe partner)
 * component[consultation][0].valueCodeableConcept = ConsultationTypeCS#colleague "Overleg met een collega"
 * component[consultation][1].valueCodeableConcept = ConsultationTypeCS#clb "Overleg met het CLB"
 * component[discussedWithPatient].valueBoolean = true
 * component[planVersion].valueString = "kindreflex-generic-2021"
+* note[0].text = "Zorgen concreet benoemd; moeder wil mee aan de situatie werken."
 
 RuleSet: FactorComponent(i, code, kind, text)
 * component[factor][{i}].valueCodeableConcept = FactorCS#{code}
@@ -87,31 +118,30 @@ RuleSet: FactorComponent(i, code, kind, text)
 * component[factor][{i}].extension[0].url = "https://kindreflex-ed.be/fhir/StructureDefinition/factor-kind"
 * component[factor][{i}].extension[0].valueCoding = FactorKindCS#{kind}
 
-RuleSet: Step5Content(lucas, emma)
+RuleSet: Step5Content(noah, emma)
 * code = KindreflexStepCS#step-5
 * valueCodeableConcept = SafetyProgressCS#not-restored "De veiligheid is niet hersteld"
-* focus[0].reference = "{lucas}"
+* focus[0].reference = "{noah}"
 * focus[1].reference = "{emma}"
-* component[safetyAction][0].valueCodeableConcept = SafetyActionCS#revisit-parenthood
-* component[safetyAction][1].valueCodeableConcept = SafetyActionCS#anonymous-consultation
-* component[consultation][0].valueCodeableConcept = ConsultationTypeCS#vk-anonymous
-* component[consultation][1].valueCodeableConcept = ConsultationTypeCS#clb
+* component[safetyAction][0].valueCodeableConcept = SafetyActionCS#help-for-children
+* component[safetyAction][1].valueCodeableConcept = SafetyActionCS#revisit-parenthood
+* component[safetyAction][2].valueCodeableConcept = SafetyActionCS#work-with-family
+* component[service][0].valueCodeableConcept = PartnerTypeCS#clb
 * component[planVersion].valueString = "kindreflex-generic-2021"
-* note[0].text = "Blauwe plekken bij de cliënte. Geen stappen gezet naar hulp voor de kinderen; school en CLB blijven ongerust. Cliënte geeft aan de begeleiding stop te zetten."
+* note[0].text = "Blauwe plekken bij de cliënte. Geen stappen gezet naar hulp voor de kinderen; school en CLB blijven ongerust. Cliënte zet de begeleiding stop."
 
-RuleSet: Step6Content(lucas, emma, referral)
+RuleSet: Step6Content(noah, emma, referral)
 * code = KindreflexStepCS#step-6
 * basedOn[0].reference = "{referral}"
 * valueCodeableConcept = PartnerTypeCS#vk "Vertrouwenscentrum Kindermishandeling (VK)"
-* focus[0].reference = "{lucas}"
+* focus[0].reference = "{noah}"
 * focus[1].reference = "{emma}"
 * component[withCooperation].valueBoolean = false
 * component[patientInformed].valueBoolean = true
-* component[followUp][0].valueString = "VK neemt contact op met de moeder en de school binnen de week"
-* component[followUp][1].valueString = "Sociale dienst blijft aanspreekpunt bij een nieuwe aanmelding op spoed"
+* component[followUp][0].valueString = "Het CLB laten weten wie de volgende stap zet"
 * component[planVersion].valueString = "kindreflex-generic-2021"
 
-RuleSet: ReferralContent(id, patient, encounter, requester, vk, reason, lucas, emma)
+RuleSet: ReferralContent(id, patient, encounter, requester, vk, reason, noah, emma)
 * identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/referral"
 * identifier[kindreflex].value = "{id}"
 * extension[patientInformed].valueBoolean = true
@@ -120,12 +150,12 @@ RuleSet: ReferralContent(id, patient, encounter, requester, vk, reason, lucas, e
 * code = RecordTypeCS#referral
 * subject.reference = "{patient}"
 * encounter.reference = "{encounter}"
-* authoredOn = "2026-09-28T11:15:00+02:00"
+* authoredOn = "2026-05-18T13:00:00+02:00"
 * requester.reference = "{requester}"
 * performerType = PartnerTypeCS#vk "Vertrouwenscentrum Kindermishandeling (VK)"
 * performer[0].reference = "{vk}"
 * reasonReference[0].reference = "{reason}"
-* supportingInfo[0].reference = "{lucas}"
+* supportingInfo[0].reference = "{noah}"
 * supportingInfo[1].reference = "{emma}"
 
 RuleSet: ConcernContent(id, patient, encounter, author)
@@ -137,7 +167,7 @@ RuleSet: ConcernContent(id, patient, encounter, author)
 * code = RecordTypeCS#open-concern
 * subject.reference = "{patient}"
 * encounter.reference = "{encounter}"
-* period.start = "2026-03-02T21:45:00+01:00"
+* period.start = "2026-03-09T14:00:00+01:00"
 * author.reference = "{author}"
 
 RuleSet: VkContent

@@ -1,11 +1,11 @@
 // Standalone valid examples, one (or more) per profile, with relative references to the
 // resources of the hospital's FHIR server (Patient, Encounter, Practitioner).
 
-Instance: ChildLucas
+Instance: ChildNoah
 InstanceOf: KindreflexChild
-Title: "Example: Lucas, 3, lives with his mother"
+Title: "Example: Noah, 3, lives with his mother"
 Usage: #example
-* insert ChildLucasContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a01, Patient/kr-mother-001)
+* insert ChildNoahContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a01, Patient/kr-mother-001)
 
 Instance: ChildEmma
 InstanceOf: KindreflexChild
@@ -26,8 +26,8 @@ Instance: Step1Example
 InstanceOf: KindreflexStep1Finding
 Title: "Example: step 1, two children"
 Usage: #example
-* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a11, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-03-02T21:40:00+01:00, Practitioner/kr-nurse-1)
-* insert Step1Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a11, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-01-12T10:15:00+01:00, Practitioner/kr-nurse-1)
+* insert Step1Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
 
 Instance: Step1NoChildren
 InstanceOf: KindreflexStep1Finding
@@ -41,8 +41,8 @@ Instance: Step2Example
 InstanceOf: KindreflexStep2Finding
 Title: "Example: step 2, niet-pluis with reasons"
 Usage: #example
-* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a13, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-03-02T21:42:00+01:00, Practitioner/kr-nurse-1)
-* insert Step2Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a13, Patient/kr-mother-001, Encounter/kr-enc-2, 2026-03-09T14:00:00+01:00, Practitioner/kr-nurse-1)
+* insert Step2Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
 
 Instance: Step2AcuteTrigger
 InstanceOf: KindreflexStep2Finding
@@ -69,8 +69,8 @@ Instance: Step4Example
 InstanceOf: KindreflexStep4Finding
 Title: "Example: step 4, concerning but willing"
 Usage: #example
-* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a16, Patient/kr-mother-001, Encounter/kr-enc-2, 2026-05-11T14:10:00+02:00, Practitioner/kr-social-1)
-* insert Step4Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a16, Patient/kr-mother-001, Encounter/kr-enc-2, 2026-03-09T16:00:00+01:00, Practitioner/kr-social-1)
+* insert Step4Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
 * component[childConsent][0].valueBoolean = true
 * component[childConsent][0].extension[0].url = "https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child"
 * component[childConsent][0].extension[0].valueReference.reference = "RelatedPerson/ChildEmma"
@@ -79,15 +79,15 @@ Instance: Step5Example
 InstanceOf: KindreflexStep5Finding
 Title: "Example: step 5, safety not restored"
 Usage: #example
-* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a17, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-09-28T10:30:00+02:00, Practitioner/kr-social-1)
-* insert Step5Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a17, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-05-18T11:30:00+02:00, Practitioner/kr-social-1)
+* insert Step5Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
 
 Instance: Step6Example
 InstanceOf: KindreflexStep6Finding
 Title: "Example: step 6, the VK is involved"
 Usage: #example
-* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a18, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-09-28T11:15:00+02:00, Practitioner/kr-social-1)
-* insert Step6Content(RelatedPerson/ChildLucas, RelatedPerson/ChildEmma, ServiceRequest/ReferralExample)
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a18, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-05-18T13:00:00+02:00, Practitioner/kr-social-1)
+* insert Step6Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma, ServiceRequest/ReferralExample)
 
 Instance: VkOostVlaanderen
 InstanceOf: KindreflexPartnerOrganization
@@ -99,7 +99,7 @@ Instance: ReferralExample
 InstanceOf: KindreflexReferral
 Title: "Example: referral to the VK"
 Usage: #example
-* insert ReferralContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a19, Patient/kr-mother-001, Encounter/kr-enc-3, Practitioner/kr-social-1, Organization/VkOostVlaanderen, Observation/Step5Example, RelatedPerson/ChildLucas, RelatedPerson/ChildEmma)
+* insert ReferralContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a19, Patient/kr-mother-001, Encounter/kr-enc-3, Practitioner/kr-social-1, Organization/VkOostVlaanderen, Observation/Step5Example, RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
 
 Instance: OpenConcernExample
 InstanceOf: KindreflexOpenConcern
@@ -130,4 +130,4 @@ Usage: #example
 * target[0].reference = "Observation/Step6Example"
 * target[1].reference = "ServiceRequest/ReferralExample"
 * target[2].reference = "Flag/OpenConcernExample"
-* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-09-28T11:16:00+02:00)
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-05-18T13:01:00+02:00)
