@@ -203,12 +203,23 @@ class CaseNotFoundError(LookupError):
 
 
 class CaseConflict(Exception):  # noqa: N818 - a conflict is an outcome, not a failure
-    """Someone else changed the case since the user loaded it; nothing was written."""
+    """Someone else changed the case since the user loaded it (``reason="changed"``), or it
+    is closed (``reason="closed"``); nothing was written. ``holder``: who has it now."""
 
-    def __init__(self, message: str, current_version: int) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(
+        self, reason: Literal["changed", "closed"], holder: str | None, current_version: int
+    ) -> None:
+        self.reason = reason
+        self.holder = holder
         self.current_version = current_version
+        if reason == "closed":
+            self.message = "This case is closed; a closed case is not assigned."
+        else:
+            self.message = (
+                "Someone else changed this case since you opened it (it is now assigned to "
+                f"{holder or 'nobody'}). Nothing was overwritten; reload the case and try again."
+            )
+        super().__init__(self.message)
 
 
 class InvalidAssigneeError(ValueError):
@@ -269,13 +280,8 @@ def _why_unchanged(session: Session, tenant_id: int, case_id: int) -> Exception:
     if row is None:
         return CaseNotFoundError(f"There is no case {case_id} in this hospital.")
     if row.status != "open":
-        return CaseConflict("This case is closed; a closed case is not assigned.", row.row_version)
-    holder = row.assigned_to or "nobody"
-    return CaseConflict(
-        "Someone else changed this case since you opened it (it is now assigned to "
-        f"{holder}). Nothing was overwritten; reload the case and try again.",
-        row.row_version,
-    )
+        return CaseConflict("closed", row.assigned_to, row.row_version)
+    return CaseConflict("changed", row.assigned_to, row.row_version)
 
 
 # -- the input of steps 4, 5 and 6 -----------------------------------------------------------

@@ -1,30 +1,53 @@
-"""The social service's JSON API (issue 5): its cases, and claiming or assigning one.
+"""The social service's API and screen (issue 5): its cases, and claiming or assigning one.
+
+* JSON: ``GET /api/cases``, ``POST /api/cases/{id}/claim``, ``PUT /api/cases/{id}/assignment``;
+* HTML: ``GET /social`` (the worklist screen) and ``POST /social/cases/{id}/claim``.
 
 Mounted plain and under ``/t/{tenant}``. Every endpoint requires the social-worker role
 (anonymous 401, anyone else 403, both with a clear message); changes also need the
-session's CSRF token (header ``X-CSRF-Token``). Every listing and every change is audited
-locally: who, when, what, which patients.
+session's CSRF token (header ``X-CSRF-Token`` or form field ``csrf_token``). Every
+listing and every change is audited locally: who, when, what, which patients; a refused
+change is audited as a failure.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import audit, social
 from service.api.deps import DatabaseDep
-from service.audit import AuditAction, AuditFact
+from service.audit import AuditAction, AuditFact, Outcome
 from service.db.base import utcnow
+from service.fhir import terminology
 from service.fhir.terminology import identifier_system
+from service.i18n import Language, translate
 from service.social import CaseFilter, CasePage, CaseSort, CaseStatus, CaseView
-from smart_app.session import LaunchContext, require_role, verify_csrf
+from smart_app.session import (
+    LaunchContext,
+    csrf_token,
+    require_role,
+    security_headers,
+    verify_csrf,
+)
 
-router = APIRouter(prefix="/api/cases", tags=["social service"])
+router = APIRouter(tags=["social service"])
 
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
 CaseId = Annotated[int, Path(ge=1)]
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("smart_app", "templates"),
+    autoescape=select_autoescape(default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 class ClaimRequest(BaseModel):
@@ -45,29 +68,130 @@ class AssignmentResponse(BaseModel):
     row_version: int
 
 
-@router.get("", summary="The hospital's Kindreflex cases, filtered, sorted, paginated")
-def list_cases(
+class ListingQuery(BaseModel):
+    """The query parameters of the list (API and screen)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: CaseStatus = "open"
+    view: CaseView = Field("all", description="all | mine | unassigned")
+    older_than_days: int | None = Field(None, ge=0, le=3650)
+    sort: CaseSort = Field("newest", description="newest | oldest (by flag time)")
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200)
+
+    def filter(self) -> CaseFilter:
+        return CaseFilter(self.status, self.view, self.older_than_days, self.sort)
+
+
+Listing = Annotated[ListingQuery, Query()]
+
+
+@router.get("/api/cases", summary="The hospital's Kindreflex cases, filtered, sorted, paginated")
+def list_cases(ctx: SocialWorker, database: DatabaseDep, wanted: Listing) -> CasePage:
+    return _listing(ctx, database, wanted)
+
+
+@router.post(
+    "/api/cases/{case_id}/claim",
+    summary="Take a case on yourself",
+    dependencies=[Depends(verify_csrf)],
+    responses={404: {}, 409: {}},
+)
+def claim(
+    ctx: SocialWorker, database: DatabaseDep, case_id: CaseId, body: ClaimRequest
+) -> AssignmentResponse:
+    return _api_change(ctx, database, case_id, ctx.user.fhir_user, body.row_version)
+
+
+@router.put(
+    "/api/cases/{case_id}/assignment",
+    summary="Assign a case to a colleague, or unassign it",
+    dependencies=[Depends(verify_csrf)],
+    responses={400: {}, 404: {}, 409: {}},
+)
+def assign(
+    ctx: SocialWorker, database: DatabaseDep, case_id: CaseId, body: AssignmentRequest
+) -> AssignmentResponse:
+    return _api_change(ctx, database, case_id, body.assignee, body.row_version)
+
+
+# -- the worklist screen ----------------------------------------------------------------------
+
+
+@router.get("/social", response_class=HTMLResponse, summary="The social service's worklist")
+def worklist_page(ctx: SocialWorker, database: DatabaseDep, wanted: Listing) -> HTMLResponse:
+    return _worklist_page(ctx, database, wanted)
+
+
+@router.post(
+    "/social/cases/{case_id}/claim",
+    dependencies=[Depends(verify_csrf)],
+    response_class=HTMLResponse,
+    summary="Take a case on yourself (the screen's button)",
+)
+def claim_from_page(
     ctx: SocialWorker,
     database: DatabaseDep,
-    status: CaseStatus = "open",
-    view: Annotated[CaseView, Query(description="all | mine | unassigned")] = "all",
-    older_than_days: Annotated[int | None, Query(ge=0, le=3650)] = None,
-    sort: Annotated[CaseSort, Query(description="newest | oldest (by flag time)")] = "newest",
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> CasePage:
-    wanted = CaseFilter(status=status, view=view, older_than_days=older_than_days, sort=sort)
-    now = utcnow()
+    case_id: CaseId,
+    row_version: Annotated[int, Form(ge=1)],
+) -> Response:
+    try:
+        _change(ctx, database, case_id, ctx.user.fhir_user, row_version)
+    except social.CaseNotFoundError:
+        return _worklist_page(
+            ctx, database, ListingQuery(), problem=("not-found", None), status=404
+        )
+    except social.CaseConflict as conflict:
+        problem = (conflict.reason, conflict.holder)
+        return _worklist_page(ctx, database, ListingQuery(), problem=problem, status=409)
+    # Post/redirect/get: a reload does not claim again.
+    return RedirectResponse(f"{ctx.path_prefix}/social?view=mine", status_code=303)
+
+
+def _worklist_page(
+    ctx: LaunchContext,
+    database: DatabaseDep,
+    wanted: ListingQuery,
+    *,
+    problem: tuple[str, str | None] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    page = _listing(ctx, database, wanted)
+    html = _TEMPLATES.get_template("social/worklist.html").render(
+        t=partial(_message, ctx.language),
+        lang=ctx.language,
+        product_name=translate(ctx.language, "product.name"),
+        csrf_token=csrf_token(ctx),
+        prefix=ctx.path_prefix,
+        me=ctx.user.fhir_user,
+        wanted=wanted,
+        page=page,
+        problem=problem,
+        trigger=lambda code: terminology.display("hague-trigger", code, ctx.language),
+    )
+    return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
+
+
+def _message(language: Language, message_id: str, **values: object) -> str:
+    """A message of this screen's catalogue domain (ids prefixed ``social.``)."""
+    return translate(language, f"social.{message_id}", **values)
+
+
+# -- shared by the API and the screen -------------------------------------------------------
+
+
+def _listing(ctx: LaunchContext, database: DatabaseDep, wanted: ListingQuery) -> CasePage:
     with database.session() as session:
         try:
             page = social.list_cases(
                 session,
                 ctx.tenant.id,
                 ctx.user.fhir_user,
-                wanted,
-                limit=limit,
-                cursor=cursor,
-                today=now.date(),
+                wanted.filter(),
+                limit=wanted.limit,
+                cursor=wanted.cursor,
+                today=utcnow().date(),
             )
         except social.InvalidCursorError as error:
             raise HTTPException(400, str(error)) from error
@@ -76,46 +200,11 @@ def list_cases(
     return page
 
 
-@router.post(
-    "/{case_id}/claim",
-    summary="Take a case on yourself",
-    dependencies=[Depends(verify_csrf)],
-    responses={404: {}, 409: {}},
-)
-def claim(
-    ctx: SocialWorker, database: DatabaseDep, case_id: CaseId, body: ClaimRequest
-) -> AssignmentResponse:
-    return _assign(ctx, database, case_id, ctx.user.fhir_user, body.row_version)
-
-
-@router.put(
-    "/{case_id}/assignment",
-    summary="Assign a case to a colleague, or unassign it",
-    dependencies=[Depends(verify_csrf)],
-    responses={400: {}, 404: {}, 409: {}},
-)
-def assign(
-    ctx: SocialWorker, database: DatabaseDep, case_id: CaseId, body: AssignmentRequest
-) -> AssignmentResponse:
-    return _assign(ctx, database, case_id, body.assignee, body.row_version)
-
-
-def _assign(
+def _api_change(
     ctx: LaunchContext, database: DatabaseDep, case_id: int, assignee: str | None, version: int
 ) -> AssignmentResponse:
     try:
-        with database.session() as session:
-            done = social.assign_case(
-                session,
-                ctx.tenant.id,
-                case_id,
-                assignee=assignee,
-                expected_version=version,
-                now=utcnow(),
-            )
-            flag = f"Flag?identifier={identifier_system('concern')}|{done.flag_identifier}"
-            fact = _fact(ctx, AuditAction.UPDATE, done.patient_ref, (flag,))
-            audit.record_local(session, ctx.tenant.id, fact)
+        done = _change(ctx, database, case_id, assignee, version)
     except social.InvalidAssigneeError as error:
         raise HTTPException(400, str(error)) from error
     except social.CaseNotFoundError as error:
@@ -129,14 +218,43 @@ def _assign(
     )
 
 
+def _change(
+    ctx: LaunchContext, database: DatabaseDep, case_id: int, assignee: str | None, version: int
+) -> social.Assignment:
+    """Assign the case and audit it in one unit of work; a refusal is audited on its own."""
+    try:
+        with database.session() as session:
+            done = social.assign_case(
+                session,
+                ctx.tenant.id,
+                case_id,
+                assignee=assignee,
+                expected_version=version,
+                now=utcnow(),
+            )
+            flag = f"Flag?identifier={identifier_system('concern')}|{done.flag_identifier}"
+            fact = _fact(ctx, AuditAction.UPDATE, done.patient_ref, (flag,))
+            audit.record_local(session, ctx.tenant.id, fact)
+    except (social.CaseNotFoundError, social.CaseConflict, social.InvalidAssigneeError):
+        with database.session() as session:
+            refused = _fact(ctx, AuditAction.UPDATE, None, (), outcome="failure")
+            audit.record_local(session, ctx.tenant.id, refused)
+        raise
+    return done
+
+
 def _fact(
-    ctx: LaunchContext, action: AuditAction, patient_ref: str | None, entities: tuple[str, ...]
+    ctx: LaunchContext,
+    action: AuditAction,
+    patient_ref: str | None,
+    entities: tuple[str, ...],
+    outcome: Outcome = "success",
 ) -> AuditFact:
     return AuditFact(
         actor=ctx.user.fhir_user,
         action=action,
         patient_ref=patient_ref,
         entities=entities,
-        outcome="success",
+        outcome=outcome,
         at=utcnow(),
     )

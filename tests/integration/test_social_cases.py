@@ -250,8 +250,10 @@ def test_claim_and_assign_move_the_version_and_are_audited(
         changes = session.scalars(
             select(AuditRecord).where(AuditRecord.action == "update").order_by(AuditRecord.id)
         ).all()
-    assert [c.actor for c in changes] == [SOCIAL_WORKER] * 3
-    assert {c.patient_ref for c in changes} == {"Patient/1"}
+    assert [(c.actor, c.outcome) for c in changes] == [(SOCIAL_WORKER, "success")] * 3 + [
+        (SOCIAL_WORKER, "failure")  # the wrong assignee and the unknown case; 422 never ran
+    ] * 2
+    assert {c.patient_ref for c in changes[:3]} == {"Patient/1"}
     assert changes[0].entities[0].startswith("Flag?identifier=")
 
 

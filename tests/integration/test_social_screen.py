@@ -1,0 +1,98 @@
+"""The social service's worklist screen (``/social``): who sees it, what it shows, claiming
+a case from it (CSRF, post/redirect/get, the conflict in Dutch), its security headers."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+
+from service.db.base import Database, utcnow
+from tests.integration.test_social_cases import (
+    COLLEAGUE,
+    FHIR,
+    SOCIAL_WORKER,
+    _app,
+    _case,
+    _user,
+    _version,
+)
+from tests.support.write_path import make_tenant
+
+
+def _claim_forms(html: str) -> dict[str, tuple[str, str]]:
+    """Per claim form: its action → (csrf_token, row_version)."""
+    forms = re.findall(
+        r'<form method="post" action="([^"]+)">\s*'
+        r'<input type="hidden" name="csrf_token" value="([^"]+)">\s*'
+        r'<input type="hidden" name="row_version" value="(\d+)">',
+        html,
+    )
+    return {action: (csrf, version) for action, csrf, version in forms}
+
+
+def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    mine = _case(database, hospital, "Patient/1", utcnow() - timedelta(days=4), SOCIAL_WORKER)
+    free = _case(database, hospital, "Patient/2", utcnow() - timedelta(days=1))
+    app = _app(database_url, database)
+    client = TestClient(app)
+
+    assert client.get("/social").status_code == 401
+    nurse = _user(app, hospital, "Practitioner/nurse-1", "nurse").headers
+    assert client.get("/social", headers=nurse).status_code == 403
+    me = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    page = client.get("/social", headers={"Cookie": me["Cookie"]})
+
+    assert page.status_code == 200
+    assert '<html lang="nl">' in page.text
+    assert "Werklijst sociale dienst" in page.text
+    assert "Ikzelf" in page.text and "niemand" in page.text
+    assert "frame-ancestors" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    # Only the unassigned case offers "take it on".
+    assert set(_claim_forms(page.text)) == {f"/social/cases/{free}/claim"}
+    assert f'data-case="{mine}"' in page.text
+
+    oldest = client.get("/social", headers=me, params={"view": "mine", "older_than_days": "2"})
+    assert f'data-case="{mine}"' in oldest.text and f'data-case="{free}"' not in oldest.text
+
+
+def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_case(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = _case(database, hospital, "Patient/1", utcnow())
+    app = _app(database_url, database)
+    client = TestClient(app, follow_redirects=False)
+    me = {"Cookie": _user(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]}
+    other = {"Cookie": _user(app, hospital, COLLEAGUE, "social-worker").headers["Cookie"]}
+    (mine_csrf, version) = _claim_forms(client.get("/social", headers=me).text)[
+        f"/social/cases/{case_id}/claim"
+    ]
+    (other_csrf, other_version) = _claim_forms(client.get("/social", headers=other).text)[
+        f"/social/cases/{case_id}/claim"
+    ]
+    action = f"/social/cases/{case_id}/claim"
+
+    forged = client.post(action, headers=me, data={"csrf_token": "x", "row_version": version})
+    assert forged.status_code == 403
+    done = client.post(action, headers=me, data={"csrf_token": mine_csrf, "row_version": version})
+    assert done.status_code == 303
+    assert done.headers["location"] == "/social?view=mine"
+    late = client.post(
+        action, headers=other, data={"csrf_token": other_csrf, "row_version": other_version}
+    )
+
+    assert late.status_code == 409
+    assert "Iemand anders heeft dit dossier intussen gewijzigd" in late.text
+    assert SOCIAL_WORKER in late.text
+    assert _version(database, case_id) == (SOCIAL_WORKER, 2)
+    missing = client.post(
+        "/social/cases/999999/claim", headers=me, data={"csrf_token": mine_csrf, "row_version": "1"}
+    )
+    assert missing.status_code == 404
+    assert "bestaat niet in dit ziekenhuis" in missing.text
