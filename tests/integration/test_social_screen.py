@@ -50,7 +50,8 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     assert page.status_code == 200
     assert '<html lang="nl">' in page.text
     assert "Werklijst sociale dienst" in page.text
-    assert "Ikzelf" in page.text and "niemand" in page.text
+    assert "Ikzelf" in page.text
+    assert "niemand" in page.text
     assert "frame-ancestors" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
     # Only the unassigned case offers "take it on".
@@ -58,7 +59,8 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     assert f'data-case="{mine}"' in page.text
 
     oldest = client.get("/social", headers=me, params={"view": "mine", "older_than_days": "2"})
-    assert f'data-case="{mine}"' in oldest.text and f'data-case="{free}"' not in oldest.text
+    assert f'data-case="{mine}"' in oldest.text
+    assert f'data-case="{free}"' not in oldest.text
 
 
 def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_case(
