@@ -1,0 +1,532 @@
+"""From the protocol's domain types to FHIR R4 resources (plain JSON dicts), and back.
+
+Pure functions: no I/O, no clock. Every resource conforms to its Kindreflex profile
+(``meta.profile``) and carries the business identifier the caller passes (``{"system",
+"value"}``, the system from :func:`service.fhir.terminology.identifier_system`), so that
+writes are conditional creates. Codes, displays, URLs and the codes of other systems (the
+observation category, the referral intent, the Provenance author role) come from the built
+guide through :mod:`service.fhir.terminology`; nothing is typed here.
+
+References are strings as they go on the wire: ``"Patient/123"``, an absolute URL, or an
+``urn:uuid:`` of a transaction entry. ``child_refs`` maps a protocol ``Child.ref`` to the
+reference of that child's RelatedPerson.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any, Final
+
+from service.fhir import terminology as t
+from service.protocol import (
+    Child,
+    ChildFinding,
+    ChildRelationship,
+    ExpectedChild,
+    Factor,
+    Finding,
+    LivesWith,
+    Step,
+    Step1Finding,
+    Step2Finding,
+    Step3Support,
+    Step4Decision,
+    Step5Progress,
+    Step6Referral,
+)
+
+__all__ = [
+    "PROFILE_OF_STEP",
+    "Resource",
+    "child_from_related_person",
+    "child_related_person",
+    "concern_flag",
+    "expecting_observation",
+    "finding_observation",
+    "identifier",
+    "provenance",
+    "referral_service_request",
+]
+
+Resource = dict[str, Any]
+
+#: The profile (id) of each step's finding.
+PROFILE_OF_STEP: Final[Mapping[Step, str]] = {
+    Step.STEP_1: "kindreflex-step1-finding",
+    Step.STEP_2: "kindreflex-step2-finding",
+    Step.STEP_3: "kindreflex-step3-finding",
+    Step.STEP_4: "kindreflex-step4-finding",
+    Step.STEP_5: "kindreflex-step5-finding",
+    Step.STEP_6: "kindreflex-step6-finding",
+}
+
+
+def identifier(kind: t.IdentifierKind, value: str | uuid.UUID | None = None) -> dict[str, str]:
+    """A business identifier of our naming system ``kind``; a new UUID when no value."""
+    return {"system": t.identifier_system(kind), "value": str(value or uuid.uuid4())}
+
+
+def _meta(profile_id: str) -> dict[str, list[str]]:
+    return {"profile": [t.profile_url(profile_id)]}
+
+
+def _ref(reference: str) -> dict[str, str]:
+    return {"reference": reference}
+
+
+def _instant(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("a FHIR dateTime with a time needs a time zone")
+    return moment.isoformat()
+
+
+def _component(code: str, **value: Any) -> Resource:
+    return {"code": t.codeable_concept("finding-component", code), **value}
+
+
+def _coded_component(code: str, cs_id: str, value_code: str) -> Resource:
+    return _component(code, valueCodeableConcept=t.codeable_concept(cs_id, value_code))
+
+
+def _category(profile_id: str, element_id: str) -> list[Any]:
+    return [t.element_pattern(profile_id, element_id)]
+
+
+# --------------------------------------------------------------------------------------
+# Children (RelatedPerson)
+# --------------------------------------------------------------------------------------
+def child_related_person(
+    child: Child, *, patient_ref: str, identifier: Mapping[str, str], ssin: str | None = None
+) -> Resource:
+    """A child of the patient (profile kindreflex-child)."""
+    ids: list[Mapping[str, str]] = [dict(identifier)]
+    if ssin:
+        ids.append({"system": _ssin_system(), "value": ssin})
+    given, family = _split_name(child.name)
+    name: Resource = {"text": child.name}
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = given
+    return {
+        "resourceType": "RelatedPerson",
+        "meta": _meta("kindreflex-child"),
+        "identifier": ids,
+        "extension": [
+            {
+                "url": t.extension_url("lives-with"),
+                "valueCoding": t.coding("lives-with", child.lives_with),
+            }
+        ],
+        "patient": _ref(patient_ref),
+        "relationship": [
+            {"coding": [t.value_set_coding("child-relationship", child.relationship)]}
+        ],
+        "name": [name],
+        "birthDate": child.birth_date.isoformat(),
+    }
+
+
+def _ssin_system() -> str:
+    pattern = t.element_pattern("kindreflex-child", "RelatedPerson.identifier:ssin.system")
+    return str(pattern)
+
+
+def _split_name(name: str) -> tuple[list[str], str | None]:
+    """ "Emma Peeters" → (["Emma"], "Peeters"); a single word is a given name."""
+    parts = name.split()
+    if len(parts) < 2:
+        return parts, None
+    return parts[:-1], parts[-1]
+
+
+def child_from_related_person(resource: Mapping[str, Any]) -> Child | None:
+    """The protocol's Child from a kindreflex-child RelatedPerson (None if not one).
+
+    ``ref`` is ``RelatedPerson/<id>`` (or the business identifier's value when the
+    resource has no id yet); the caller may replace it (e.g. by a versioned reference).
+    """
+    if resource.get("resourceType") != "RelatedPerson":
+        return None
+    lives_with_url = t.extension_url("lives-with")
+    lives_with = next(
+        (
+            e.get("valueCoding", {}).get("code")
+            for e in resource.get("extension", [])
+            if e.get("url") == lives_with_url
+        ),
+        None,
+    )
+    relationship_vs = t.value_set("child-relationship")
+    relationship = next(
+        (
+            c["code"]
+            for rel in resource.get("relationship", [])
+            for c in rel.get("coding", [])
+            if relationship_vs.contains(c.get("system"), c.get("code", ""))
+        ),
+        None,
+    )
+    birth = resource.get("birthDate")
+    if lives_with is None or relationship is None or not birth or len(str(birth)) != 10:
+        return None
+    names = resource.get("name", [])
+    if not names:
+        return None
+    first = names[0]
+    text = first.get("text") or " ".join([*first.get("given", []), first.get("family", "")])
+    if resource.get("id"):
+        ref = f"RelatedPerson/{resource['id']}"
+    else:
+        ours = t.identifier_system("child")
+        ref = next(
+            (i["value"] for i in resource.get("identifier", []) if i.get("system") == ours), ""
+        )
+    if not ref or not text.strip():
+        return None
+    return Child(
+        ref=ref,
+        name=text.strip(),
+        birth_date=date.fromisoformat(str(birth)),
+        relationship=ChildRelationship(relationship),
+        lives_with=LivesWith(lives_with),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Expecting a child (Observation)
+# --------------------------------------------------------------------------------------
+def expecting_observation(
+    expecting: ExpectedChild,
+    *,
+    patient_ref: str,
+    encounter_ref: str | None,
+    performer: str,
+    recorded_at: datetime,
+    identifier: Mapping[str, str],
+) -> Resource:
+    """The patient or the partner expects a child (profile kindreflex-expecting-child)."""
+    profile = "kindreflex-expecting-child"
+    resource: Resource = {
+        "resourceType": "Observation",
+        "meta": _meta(profile),
+        "identifier": [dict(identifier)],
+        "status": "final",
+        "category": _category(profile, "Observation.category:socialHistory"),
+        "code": t.codeable_concept("record-type", "expecting-child"),
+        "subject": _ref(patient_ref),
+        "effectiveDateTime": _instant(recorded_at),
+        "performer": [_ref(performer)],
+        "valueCodeableConcept": t.codeable_concept("pregnancy-of", expecting.pregnancy_of),
+    }
+    if encounter_ref:
+        resource["encounter"] = _ref(encounter_ref)
+    if expecting.expected_date is not None:
+        resource["component"] = [
+            _component("expected-delivery-date", valueDateTime=expecting.expected_date.isoformat())
+        ]
+    return resource
+
+
+# --------------------------------------------------------------------------------------
+# Step findings (Observation)
+# --------------------------------------------------------------------------------------
+def finding_observation(
+    finding: Finding,
+    *,
+    patient_ref: str,
+    encounter_ref: str | None,
+    child_refs: Mapping[str, str],
+    identifier: Mapping[str, str],
+    referral_ref: str | None = None,
+    plan_version: str | None = None,
+) -> Resource:
+    """A step finding (profiles kindreflex-step1-finding … kindreflex-step6-finding).
+
+    ``encounter_ref`` is the case's encounter; the finding's own ``encounter_ref`` wins.
+    ``referral_ref`` (step 6) is the reference of the referral ServiceRequest.
+    """
+    step = finding.step
+    profile = PROFILE_OF_STEP[step]
+    resource: Resource = {
+        "resourceType": "Observation",
+        "meta": _meta(profile),
+        "identifier": [dict(identifier)],
+        "status": "final",
+        "category": _category(profile, "Observation.category:socialHistory"),
+        "code": t.codeable_concept("kindreflex-step", step),
+        "subject": _ref(patient_ref),
+        "effectiveDateTime": _instant(finding.recorded_at),
+        "performer": [_ref(finding.recorded_by)],
+    }
+    encounter = finding.encounter_ref or encounter_ref
+    if encounter:
+        resource["encounter"] = _ref(encounter)
+    focus = _focus(finding, child_refs)
+    if focus:
+        resource["focus"] = [_ref(r) for r in focus]
+    components: list[Resource] = []
+    match finding:
+        case Step1Finding():
+            resource["valueBoolean"] = bool(finding.children) or finding.expecting is not None
+        case Step2Finding():
+            resource["valueCodeableConcept"] = t.codeable_concept(
+                "safety-assessment", finding.assessment
+            )
+            components += [
+                _component("reason", valueString=r.strip()) for r in finding.reasons if r.strip()
+            ]
+            if finding.who_helps and finding.who_helps.strip():
+                components.append(_component("who-helps", valueString=finding.who_helps.strip()))
+            components += _consultations(finding.consultations)
+            components.append(_component("urgency", valueBoolean=finding.acute_danger))
+            components += [
+                _coded_component("trigger", "hague-trigger", code)
+                for code in sorted(finding.triggers)
+            ]
+        case Step3Support():
+            components += [
+                _coded_component("support-action", "support-action", code)
+                for code in sorted(finding.actions)
+            ]
+            components += _services(finding.services)
+        case Step4Decision():
+            resource["valueCodeableConcept"] = t.codeable_concept("team-decision", finding.decision)
+            components += [_factor_component(f) for f in finding.factors]
+            components += _consultations(finding.consultations)
+            components.append(
+                _component("discussed-with-patient", valueBoolean=finding.discussed_with_patient)
+            )
+            for heard in finding.children_heard:
+                consent = _component("child-consent", valueBoolean=heard.consent_given)
+                consent["extension"] = [
+                    {
+                        "url": t.extension_url("concerned-child"),
+                        "valueReference": _ref(_child_ref(child_refs, heard.child_ref)),
+                    }
+                ]
+                components.append(consent)
+        case Step5Progress():
+            resource["valueCodeableConcept"] = t.codeable_concept(
+                "safety-progress", finding.progress
+            )
+            components += [
+                _coded_component("safety-action", "safety-action", code)
+                for code in sorted(finding.actions)
+            ]
+            components += _services(finding.services)
+            components += _consultations(finding.consultations)
+        case Step6Referral():
+            resource["valueCodeableConcept"] = t.codeable_concept("partner-type", finding.target)
+            if referral_ref:
+                resource["basedOn"] = [_ref(referral_ref)]
+            components.append(_component("with-cooperation", valueBoolean=finding.with_cooperation))
+            components.append(_component("patient-informed", valueBoolean=finding.patient_informed))
+            if finding.not_informed_reason and finding.not_informed_reason.strip():
+                components.append(
+                    _component(
+                        "not-informed-reason", valueString=finding.not_informed_reason.strip()
+                    )
+                )
+            components += [
+                _component("follow-up", valueString=a.strip())
+                for a in finding.follow_up_actions
+                if a.strip()
+            ]
+    if plan_version:
+        components.append(_component("plan-version", valueString=plan_version))
+    if components:
+        resource["component"] = components
+    if finding.note and finding.note.strip():
+        resource["note"] = [{"text": finding.note.strip()}]
+    return resource
+
+
+def _focus(finding: Finding, child_refs: Mapping[str, str]) -> list[str]:
+    if isinstance(finding, Step1Finding):
+        return [_child_ref(child_refs, c.ref) for c in finding.children]
+    if isinstance(finding, ChildFinding):
+        return [_child_ref(child_refs, ref) for ref in finding.focus]
+    return []
+
+
+def _child_ref(child_refs: Mapping[str, str], ref: str) -> str:
+    try:
+        return child_refs[ref]
+    except KeyError:
+        raise ValueError(f"no RelatedPerson reference for child {ref!r}") from None
+
+
+def _consultations(consultations: Iterable[str]) -> list[Resource]:
+    return [
+        _coded_component("consultation", "consultation-type", code)
+        for code in sorted(consultations)
+    ]
+
+
+def _services(services: Iterable[str]) -> list[Resource]:
+    return [_coded_component("service", "partner-type", code) for code in sorted(services)]
+
+
+def _factor_component(factor: Factor) -> Resource:
+    """A factor: a code of the guide's catalogue, or ``system|code`` of a hospital's own."""
+    concept: Resource
+    catalogue = t.code_system("factor")
+    if factor.code in catalogue.concepts:
+        concept = t.codeable_concept("factor", factor.code)
+    elif "|" in factor.code:
+        system, code = factor.code.split("|", 1)
+        concept = {"coding": [{"system": system, "code": code}]}
+    else:
+        concept = {"coding": [{"code": factor.code}]}
+    if factor.text and factor.text.strip():
+        concept["text"] = factor.text.strip()
+    component = _component("factor", valueCodeableConcept=concept)
+    component["extension"] = [
+        {"url": t.extension_url("factor-kind"), "valueCoding": t.coding("factor-kind", factor.kind)}
+    ]
+    return component
+
+
+# --------------------------------------------------------------------------------------
+# Referral (ServiceRequest), open concern (Flag), authorship (Provenance)
+# --------------------------------------------------------------------------------------
+def referral_service_request(
+    finding: Step6Referral,
+    *,
+    patient_ref: str,
+    encounter_ref: str | None,
+    performer_ref: str,
+    reason_refs: Sequence[str],
+    child_refs: Mapping[str, str],
+    identifier: Mapping[str, str],
+    status: str = "active",
+) -> Resource:
+    """The step 6 referral (profile kindreflex-referral).
+
+    ``performer_ref``: the partner Organization of the directory; ``reason_refs``: the
+    finding(s) that led to step 6 (the step 4 decision, or step 5, or step 2 acute danger).
+    The children are the finding's focus (all children when the focus is empty: pass
+    them all in ``child_refs``).
+    """
+    profile = "kindreflex-referral"
+    children = (
+        [_child_ref(child_refs, r) for r in finding.focus]
+        if finding.focus
+        else list(child_refs.values())
+    )
+    resource: Resource = {
+        "resourceType": "ServiceRequest",
+        "meta": _meta(profile),
+        "identifier": [dict(identifier)],
+        "extension": [
+            {"url": t.extension_url("patient-informed"), "valueBoolean": finding.patient_informed}
+        ],
+        "status": status,
+        "intent": t.element_pattern(profile, "ServiceRequest.intent"),
+        "code": t.codeable_concept("record-type", "referral"),
+        "subject": _ref(patient_ref),
+        "authoredOn": _instant(finding.recorded_at),
+        "requester": _ref(finding.recorded_by),
+        "performerType": t.codeable_concept("partner-type", finding.target),
+        "performer": [_ref(performer_ref)],
+        "reasonReference": [_ref(r) for r in reason_refs],
+        "supportingInfo": [_ref(r) for r in children],
+    }
+    encounter = finding.encounter_ref or encounter_ref
+    if encounter:
+        resource["encounter"] = _ref(encounter)
+    notes = []
+    if not finding.patient_informed and finding.not_informed_reason:
+        notes.append({"text": finding.not_informed_reason.strip()})
+    if finding.note and finding.note.strip():
+        notes.append({"text": finding.note.strip()})
+    if notes:
+        resource["note"] = notes
+    return resource
+
+
+def concern_flag(
+    *,
+    patient_ref: str,
+    encounter_ref: str | None,
+    author: str,
+    flagged_at: datetime,
+    identifier: Mapping[str, str],
+    last_step: Step | None = None,
+    triggers: Iterable[str] = (),
+    closed_at: datetime | None = None,
+) -> Resource:
+    """An open Kindreflex concern (profile kindreflex-open-concern); inactive when closed."""
+    profile = "kindreflex-open-concern"
+    extensions = []
+    if last_step is not None:
+        extensions.append(
+            {
+                "url": t.extension_url("concern-last-step"),
+                "valueCoding": t.coding("kindreflex-step", last_step),
+            }
+        )
+    extensions += [
+        {"url": t.extension_url("concern-trigger"), "valueCoding": t.coding("hague-trigger", code)}
+        for code in sorted(set(triggers))
+    ]
+    period = {"start": _instant(flagged_at)}
+    if closed_at is not None:
+        period["end"] = _instant(closed_at)
+    resource: Resource = {
+        "resourceType": "Flag",
+        "meta": _meta(profile),
+        "identifier": [dict(identifier)],
+        "status": "inactive" if closed_at is not None else "active",
+        "category": _category(profile, "Flag.category:safety"),
+        "code": t.codeable_concept("record-type", "open-concern"),
+        "subject": _ref(patient_ref),
+        "period": period,
+        "author": _ref(author),
+    }
+    if extensions:
+        resource["extension"] = extensions
+    if encounter_ref:
+        resource["encounter"] = _ref(encounter_ref)
+    return resource
+
+
+def provenance(
+    *,
+    targets: Sequence[str],
+    author: str,
+    recorded: datetime,
+    encounter_ref: str | None = None,
+    update: bool = False,
+    resource_id: str | None = None,
+) -> Resource:
+    """Who wrote ``targets`` (profile kindreflex-provenance).
+
+    R4 Provenance has no encounter nor identifier: ``encounter_ref`` is accepted for the
+    callers' convenience and not written; give ``resource_id`` (a UUID) to write it with
+    an idempotent PUT.
+    """
+    del encounter_ref  # no such element in R4 Provenance
+    if not targets:
+        raise ValueError("a Provenance needs at least one target")
+    resource: Resource = {
+        "resourceType": "Provenance",
+        "meta": _meta("kindreflex-provenance"),
+        "target": [_ref(r) for r in targets],
+        "recorded": _instant(recorded),
+        "activity": {
+            "coding": [t.value_set_coding("provenance-activity", "UPDATE" if update else "CREATE")]
+        },
+        "agent": [
+            {
+                "type": {"coding": [t.value_set_coding("provenance-author-role", "author")]},
+                "who": _ref(author),
+            }
+        ],
+    }
+    if resource_id:
+        resource["id"] = resource_id
+    return resource

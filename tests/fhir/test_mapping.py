@@ -1,0 +1,268 @@
+"""service.fhir.mapping: the seed 001 case mapped to FHIR, every resource valid."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from service.fhir import mapping, terminology
+from service.protocol import (
+    Child,
+    ChildRelationship,
+    Consultation,
+    ExpectedChild,
+    Factor,
+    FactorKind,
+    Finding,
+    HagueTrigger,
+    HeardChild,
+    LivesWith,
+    PregnancyOf,
+    ReferralTarget,
+    SafetyAssessment,
+    Step,
+    Step2Finding,
+    Step4Decision,
+    Step6Referral,
+    TeamDecision,
+)
+from tests.support.validator import ProfileValidator
+from tests.unit.test_seed001_scenario import episode_1, episode_2, episode_3
+
+BRUSSELS = ZoneInfo("Europe/Brussels")
+NOW = datetime(2026, 5, 18, 13, 5, tzinfo=BRUSSELS)
+NURSE = "https://ehr.example.be/fhir/Practitioner/nurse-an"
+PATIENT = "Patient/mother"
+VK = "Organization/vk-oost-vlaanderen"
+
+
+def _uuid(n: int) -> str:
+    return f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+
+
+def _child_refs(children: tuple[Child, ...]) -> dict[str, str]:
+    return {child.ref: _uuid(i + 1) for i, child in enumerate(children)}
+
+
+def test_seed_001_case_maps_to_valid_resources(fhir_validator: ProfileValidator) -> None:
+    case = episode_3(episode_2(episode_1()))
+    refs = _child_refs(case.children)
+    written: list[dict[str, object]] = []
+    for child in case.children:
+        written.append(
+            mapping.child_related_person(
+                child, patient_ref=PATIENT, identifier=mapping.identifier("child")
+            )
+        )
+    finding_refs: dict[Step, str] = {}
+    for n, finding in enumerate(case.findings, start=100):
+        referral_ref = _uuid(99) if finding.step is Step.STEP_6 else None
+        resource = mapping.finding_observation(
+            finding,
+            patient_ref=PATIENT,
+            encounter_ref=case.encounter_ref,
+            child_refs=refs,
+            identifier=mapping.identifier("finding"),
+            referral_ref=referral_ref,
+            plan_version="kindreflex-generic-2021",
+        )
+        finding_refs[finding.step] = _uuid(n)
+        written.append(resource)
+    referral = case.findings[-1]
+    assert isinstance(referral, Step6Referral)
+    written.append(
+        mapping.referral_service_request(
+            referral,
+            patient_ref=PATIENT,
+            encounter_ref=case.encounter_ref,
+            performer_ref=VK,
+            reason_refs=[finding_refs[Step.STEP_5]],
+            child_refs=refs,
+            identifier=mapping.identifier("referral"),
+        )
+    )
+    written.append(
+        mapping.concern_flag(
+            patient_ref=PATIENT,
+            encounter_ref="Encounter/episode-2",
+            author=NURSE,
+            flagged_at=NOW,
+            identifier=mapping.identifier("concern"),
+            last_step=Step.STEP_6,
+        )
+    )
+    written.append(
+        mapping.provenance(
+            targets=[_uuid(i) for i in range(1, 4)], author=NURSE, recorded=NOW, resource_id="p1"
+        )
+    )
+    assert len(written) == 2 + 7 + 3
+    for resource in written:
+        assert fhir_validator.validate(resource) == [], resource
+
+
+def test_finding_codes_and_references() -> None:
+    case = episode_2(episode_1())
+    refs = _child_refs(case.children)
+    step4 = case.findings[-1]
+    assert isinstance(step4, Step4Decision)
+    resource = mapping.finding_observation(
+        step4,
+        patient_ref=PATIENT,
+        encounter_ref=case.encounter_ref,
+        child_refs=refs,
+        identifier={"system": terminology.identifier_system("finding"), "value": "x"},
+    )
+    assert resource["meta"]["profile"] == [terminology.profile_url("kindreflex-step4-finding")]
+    assert resource["code"]["coding"][0]["code"] == "step-4"
+    assert resource["valueCodeableConcept"]["coding"][0]["code"] == "concerning-willing"
+    assert resource["encounter"] == {"reference": "Encounter/episode-2"}  # the finding's own
+    assert resource["performer"] == [{"reference": step4.recorded_by}]
+    kinds = {
+        c["valueCodeableConcept"]["coding"][0]["code"]: c["extension"][0]["valueCoding"]["code"]
+        for c in resource["component"]
+        if c["code"]["coding"][0]["code"] == "factor"
+    }
+    assert kinds["asks-for-help"] == "protective"
+    assert kinds["school-absence"] == "risk"
+
+
+def test_child_round_trip() -> None:
+    child = Child(
+        "c1",
+        "Emma Peeters",
+        date(2017, 9, 12),
+        ChildRelationship.NIECE_OR_NEPHEW,
+        LivesWith.PART_TIME,
+    )
+    resource = mapping.child_related_person(
+        child, patient_ref=PATIENT, identifier=mapping.identifier("child", "u-1")
+    )
+    assert resource["name"] == [{"text": "Emma Peeters", "family": "Peeters", "given": ["Emma"]}]
+    back = mapping.child_from_related_person({**resource, "id": "rp1"})
+    assert back == dataclasses.replace(child, ref="RelatedPerson/rp1")
+    without_id = mapping.child_from_related_person(resource)
+    assert without_id is not None
+    assert without_id.ref == "u-1"
+    assert mapping.child_from_related_person({"resourceType": "Patient"}) is None
+    assert mapping.child_from_related_person({**resource, "relationship": []}) is None
+
+
+def test_child_with_ssin_is_valid(fhir_validator: ProfileValidator) -> None:
+    child = Child("c1", "Noah", date(2022, 10, 3), ChildRelationship.CHILD, LivesWith.PERMANENTLY)
+    resource = mapping.child_related_person(
+        child, patient_ref=PATIENT, identifier=mapping.identifier("child"), ssin="22100312345"
+    )
+    assert fhir_validator.validate(resource) == []
+    assert resource["identifier"][1]["system"].endswith("/NamingSystem/ssin")
+
+
+@pytest.mark.parametrize("expected_date", [None, date(2027, 4, 15)])
+def test_expecting_child(fhir_validator: ProfileValidator, expected_date: date | None) -> None:
+    resource = mapping.expecting_observation(
+        ExpectedChild(PregnancyOf.PARTNER, expected_date),
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        performer=NURSE,
+        recorded_at=NOW,
+        identifier=mapping.identifier("finding"),
+    )
+    assert fhir_validator.validate(resource) == []
+    assert ("component" in resource) is (expected_date is not None)
+
+
+def _findings() -> list[Finding]:
+    return [
+        Step2Finding(
+            recorded_by=NURSE,
+            recorded_at=NOW,
+            assessment=SafetyAssessment.UNCLEAR,
+            reasons=("Presented after partner violence; children at home with the partner",),
+            acute_danger=True,
+            triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
+        ),
+        Step4Decision(
+            recorded_by=NURSE,
+            recorded_at=NOW,
+            decision=TeamDecision.ACUTE_DANGER,
+            factors=(
+                Factor("http://snomed.info/sct|706893006", FactorKind.RISK, "hospital code"),
+                Factor("unknown-local", FactorKind.RISK),
+            ),
+            children_heard=(HeardChild("c1", consent_given=True),),
+        ),
+        Step6Referral(
+            recorded_by=NURSE,
+            recorded_at=NOW,
+            target=ReferralTarget.POLICE,
+            with_cooperation=False,
+            patient_informed=False,
+            not_informed_reason="Informing her first would put the children at risk.",
+        ),
+        Step2Finding(
+            recorded_by=NURSE,
+            recorded_at=NOW,
+            assessment=SafetyAssessment.NO_CONCERN,
+            consultations=frozenset({Consultation.CLB, Consultation.EXPERT}),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("finding", _findings(), ids=lambda f: type(f).__name__)
+def test_acute_danger_and_hospital_codes_map_to_valid_resources(
+    fhir_validator: ProfileValidator, finding: Finding
+) -> None:
+    resource = mapping.finding_observation(
+        finding,
+        patient_ref=PATIENT,
+        encounter_ref="Encounter/e",
+        child_refs={"c1": "RelatedPerson/c1"},
+        identifier=mapping.identifier("finding"),
+    )
+    assert fhir_validator.validate(resource) == []
+    if isinstance(finding, Step6Referral):
+        referral = mapping.referral_service_request(
+            finding,
+            patient_ref=PATIENT,
+            encounter_ref=None,
+            performer_ref="Organization/police",
+            reason_refs=["Observation/s4"],
+            child_refs={"c1": "RelatedPerson/c1"},
+            identifier=mapping.identifier("referral"),
+        )
+        assert fhir_validator.validate(referral) == []
+        assert referral["note"] == [{"text": finding.not_informed_reason}]
+
+
+def test_closed_concern_and_update_provenance(fhir_validator: ProfileValidator) -> None:
+    flag = mapping.concern_flag(
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        author=NURSE,
+        flagged_at=NOW,
+        identifier=mapping.identifier("concern"),
+        last_step=Step.STEP_3,
+        triggers=[HagueTrigger.SUBSTANCE_ABUSE],
+        closed_at=NOW.replace(hour=18),
+    )
+    assert flag["status"] == "inactive"
+    assert fhir_validator.validate(flag) == []
+    prov = mapping.provenance(targets=["Flag/1"], author=NURSE, recorded=NOW, update=True)
+    assert fhir_validator.validate(prov) == []
+    assert prov["activity"]["coding"][0]["code"] == "UPDATE"
+
+
+def test_naive_times_and_unknown_children_are_refused() -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        mapping.provenance(targets=["Flag/1"], author=NURSE, recorded=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="no RelatedPerson"):
+        mapping.finding_observation(
+            _findings()[1],
+            patient_ref=PATIENT,
+            encounter_ref=None,
+            child_refs={},
+            identifier=mapping.identifier("finding"),
+        )
