@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import json
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -375,12 +376,14 @@ class ProfileValidator:
         self._checker = _Checker(self.guide, _Terminology(self.guide))
         self._lock = threading.Lock()
         self._next_id = 0
+        # stderr to a file, not a pipe: a chatty process can never block on a full pipe
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 - closed in close()
         try:
             self._process = subprocess.Popen(
                 ["node", str(_SCRIPT), "--guide", str(guide_dir), "--serve"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=self._stderr,
                 text=True,
                 encoding="utf-8",
                 cwd=FHIR_PROFILES_DIR,
@@ -398,7 +401,8 @@ class ProfileValidator:
         assert self._process.stdout is not None
         line = self._process.stdout.readline()
         if not line:
-            err = self._process.stderr.read() if self._process.stderr else ""
+            self._stderr.seek(0)
+            err = self._stderr.read()
             raise ValidatorUnavailableError(f"validator process ended: {err[-2000:]}")
         answer: dict[str, Any] = json.loads(line)
         return answer
@@ -454,9 +458,9 @@ class ProfileValidator:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        for stream in (self._process.stdout, self._process.stderr):
-            if stream is not None:
-                stream.close()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        self._stderr.close()
 
 
 def _profile_of(resource: Resource) -> str | None:
