@@ -1,0 +1,135 @@
+"""The FHIR transactions of the social service's saves (``service.casework``): the seed 001
+case's team decision and its referral to the VK, and closing the case. Every resource is
+checked against the guide's profiles (``tests/support/validator.py``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from service.casework import CaseRecord, Referral, close_transaction, step_transaction
+from service.fhir import mapping, terminology
+from service.partners import load_default_directory
+from service.protocol import Step
+from service.social import Step4Input, Step6Input
+from tests.support.validator import validate_bundle_entries
+from tests.unit.test_seed001_scenario import BOY, EPISODE_2, EPISODE_3, NURSE, SOCIAL_WORKER
+from tests.unit.test_social_inputs import WORKSHOP_FACTORS
+
+CHILDREN = {BOY.ref: "RelatedPerson/boy", "girl": "RelatedPerson/girl"}
+
+
+def _flag_as_read() -> dict[str, Any]:
+    flag = mapping.concern_flag(
+        patient_ref="Patient/mother",
+        encounter_ref="Encounter/episode-2",
+        author=NURSE,
+        flagged_at=EPISODE_2,
+        identifier=mapping.identifier("concern", "concern-1"),
+        last_step=Step.STEP_2,
+        triggers=["domestic-violence"],
+    )
+    return {**flag, "id": "flag-1", "meta": {**flag["meta"], "versionId": "3"}}
+
+
+def _record(reason_ref: str | None = None) -> CaseRecord:
+    return CaseRecord(
+        patient_ref="Patient/mother",
+        encounter_ref="Encounter/episode-2",
+        child_refs=CHILDREN,
+        flag=_flag_as_read(),
+        reason_ref=reason_ref,
+    )
+
+
+def _problems(bundle: dict[str, Any]) -> dict[str, list[str]]:
+    """The profile validator's issues per bundle entry, entries without issues left out."""
+    return {entry: issues for entry, issues in validate_bundle_entries(bundle).items() if issues}
+
+
+def _entries(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
+    return [e for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type]
+
+
+def _extension_code(resource: dict[str, Any], extension_id: str) -> str:
+    url = terminology.extension_url(extension_id)
+    (code,) = [e["valueCoding"]["code"] for e in resource["extension"] if e["url"] == url]
+    return str(code)
+
+
+def test_the_team_decision_is_one_conforming_transaction() -> None:
+    decision = Step4Input.model_validate(
+        {
+            "decision": "concerning-unwilling",
+            "factors": WORKSHOP_FACTORS,
+            "consultations": ["colleague", "clb"],
+            "discussed_with_patient": True,
+        }
+    ).finding(SOCIAL_WORKER, EPISODE_2 + timedelta(hours=2))
+
+    bundle = step_transaction(
+        _record(), decision, finding_identifier="f-4", now=EPISODE_2 + timedelta(hours=2)
+    )
+
+    assert _problems(bundle) == {}
+    (observation,) = _entries(bundle, "Observation")
+    assert observation["request"]["method"] == "POST"
+    assert observation["request"]["ifNoneExist"].endswith("|f-4")
+    assert len(observation["resource"]["component"]) >= len(WORKSHOP_FACTORS)
+    (flag,) = _entries(bundle, "Flag")
+    assert flag["request"] == {"method": "PUT", "url": "Flag/flag-1", "ifMatch": 'W/"3"'}
+    assert _extension_code(flag["resource"], "concern-last-step") == "step-4"
+    assert _extension_code(flag["resource"], "concern-trigger") == "domestic-violence"
+    assert flag["resource"]["status"] == "active"
+    (provenance,) = _entries(bundle, "Provenance")
+    assert provenance["resource"]["agent"][0]["who"]["reference"] == SOCIAL_WORKER
+    targets = {t["reference"] for t in provenance["resource"]["target"]}
+    assert targets == {observation["fullUrl"], "Flag/flag-1"}
+    assert len(_entries(bundle, "AuditEvent")) == 1
+
+
+def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
+    directory = load_default_directory()
+    body = Step6Input(
+        partner_id="vk-oost-vlaanderen",
+        with_cooperation=False,
+        patient_informed=True,
+        follow_up_actions=["Tell the CLB who takes the next step."],
+    )
+    referral = body.finding(SOCIAL_WORKER, EPISODE_3, directory)
+
+    bundle = step_transaction(
+        _record(reason_ref="Observation/step-4"),
+        referral,
+        finding_identifier="f-6",
+        referral=Referral("referral-1", "Organization/vk-oost-vlaanderen"),
+        now=EPISODE_3,
+    )
+
+    assert _problems(bundle) == {}
+    (request,) = _entries(bundle, "ServiceRequest")
+    service_request = request["resource"]
+    assert service_request["performer"] == [{"reference": "Organization/vk-oost-vlaanderen"}]
+    assert service_request["reasonReference"] == [{"reference": "Observation/step-4"}]
+    assert {r["reference"] for r in service_request["supportingInfo"]} == set(CHILDREN.values())
+    assert service_request["requester"] == {"reference": SOCIAL_WORKER}
+    (observation,) = _entries(bundle, "Observation")
+    assert observation["resource"]["basedOn"] == [{"reference": request["fullUrl"]}]
+    (flag,) = _entries(bundle, "Flag")
+    assert _extension_code(flag["resource"], "concern-last-step") == "step-6"
+
+
+def test_closing_makes_the_flag_inactive_and_keeps_its_history() -> None:
+    closed_at = EPISODE_3 + timedelta(days=30)
+
+    bundle = close_transaction(_record(), author=SOCIAL_WORKER, closed_at=closed_at)
+
+    assert _problems(bundle) == {}
+    (flag,) = _entries(bundle, "Flag")
+    assert flag["request"]["ifMatch"] == 'W/"3"'
+    assert flag["resource"]["status"] == "inactive"
+    assert flag["resource"]["period"] == {
+        "start": EPISODE_2.isoformat(),
+        "end": closed_at.isoformat(),
+    }
+    assert _extension_code(flag["resource"], "concern-last-step") == "step-2"
