@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, Request
@@ -46,6 +46,10 @@ RSA_KEY_BITS = 3072
 ASSERTION_LIFETIME = timedelta(minutes=5)
 RETIRED_KEY_PUBLISHED_FOR = timedelta(days=1)
 JWKS_PATH = "/.well-known/jwks.json"
+
+
+class UnsealError(RuntimeError):
+    """A sealed value cannot be opened: KINDREFLEX_SECRET_KEY is missing or has changed."""
 
 
 class Sealer:
@@ -73,8 +77,13 @@ class Sealer:
         if not sealed:
             return stored
         if self._fernet is None:
-            raise RuntimeError("a sealed value needs KINDREFLEX_SECRET_KEY, which is not set")
-        return self._fernet.decrypt(stored.encode()).decode()
+            raise UnsealError("a sealed value needs KINDREFLEX_SECRET_KEY, which is not set")
+        try:
+            return self._fernet.decrypt(stored.encode()).decode()
+        except InvalidToken as error:
+            raise UnsealError(
+                "a sealed value does not open: KINDREFLEX_SECRET_KEY changed"
+            ) from error
 
 
 class KeyStore:

@@ -36,8 +36,8 @@ from service.api.deps import tenant_slug
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, LaunchState, Tenant
 from service.fhir.client import FhirUnavailable, ReauthorisationRequired
-from service.i18n import Language, translate
-from service.keys import KeyStore, Sealer
+from service.i18n import Language, negotiate, translate
+from service.keys import KeyStore, Sealer, UnsealError
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -94,6 +94,7 @@ class LaunchContext:
     language: Language
     app_context: str | None
     path_prefix: str = ""  # "" or "/t/<tenant>": where the app's own links start
+    need_patient_banner: bool = True  # SMART: False when the EHR already shows the patient
     csrf: str = field(default="", repr=False, compare=False)
 
     @property
@@ -221,9 +222,10 @@ def current_launch(request: Request) -> LaunchContext:
             name=row.user_name,
             roles=frozenset(role for role in row.roles if role in ROLES),
         ),
-        language=_language(row.language),
+        language=negotiate([row.language]),
         app_context=row.app_context,
         path_prefix=row.path_prefix,
+        need_patient_banner=row.launch_details.get("need_patient_banner") is not False,
         csrf=row.csrf_token,
     )
 
@@ -281,10 +283,6 @@ def security_headers(ctx: LaunchContext) -> dict[str, str]:
     return page_headers(frame_origins(ctx))
 
 
-def _language(value: str) -> Language:
-    return value if value in ("nl", "fr", "en") else "nl"  # type: ignore[return-value]
-
-
 class SessionTokens:
     """Hands out a valid access token for a session, refreshing it shortly before expiry.
 
@@ -317,12 +315,15 @@ class SessionTokens:
         refused, no refresh token, session expired) and ``FhirUnavailable`` when the EHR's
         token endpoint cannot be reached and the token has expired (retry later).
         """
-        with self._database.session() as session:
-            row = session.get(AppSession, session_id)
-            if row is not None and self._fresh(row):
-                return self._sealer.open(row.access_token, row.sealed)
-        with self._locks[zlib.crc32(session_id.encode()) % self.LOCK_STRIPES]:
-            return self._refresh(session_id)
+        try:
+            with self._database.session() as session:
+                row = session.get(AppSession, session_id)
+                if row is not None and self._fresh(row):
+                    return self._sealer.open(row.access_token, row.sealed)
+            with self._locks[zlib.crc32(session_id.encode()) % self.LOCK_STRIPES]:
+                return self._refresh(session_id)
+        except UnsealError as error:  # the secret key changed: only a new launch helps
+            raise ReauthorisationRequired(str(error)) from error
 
     def _refresh(self, session_id: str) -> str:
         with self._database.session() as session:

@@ -174,6 +174,7 @@ def _test_routes(app: FastAPI) -> None:
             "name": ctx.user.name,
             "roles": sorted(ctx.user.roles),
             "app_context": ctx.app_context,
+            "need_patient_banner": ctx.need_patient_banner,
             "csrf": ctx.csrf,
         }
 
@@ -266,6 +267,7 @@ def test_ehr_launch_sets_a_partitioned_session_cookie_and_the_launch_context(
     assert who["fhir_user"] == sb.fhir_user("nurse")
     assert who["roles"] == ["nurse"]
     assert who["app_context"] == '{"hook":"encounter-start"}'
+    assert who["need_patient_banner"] is False  # the sandbox EHR shows its own banner
     assert who["tenant"] == "default"
 
     # The tokens stay on the server: sealed in the database, live at the EHR.
@@ -481,3 +483,16 @@ def test_the_session_cookie_works_in_chromium_inside_the_ehr_iframe_on_http_loca
             context.close()
         sandbox.set_app_launch_url(None)
     assert sandbox.fhir_user("nurse") in who
+
+
+def test_a_changed_secret_key_asks_for_a_new_launch_instead_of_failing(
+    kindreflex: Kindreflex,
+) -> None:
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    settings = kindreflex.app.state.settings.model_copy(
+        update={"secret_key": SecretStr("another key after a bad deployment")}
+    )
+    with pytest.raises(ReauthorisationRequired, match="changed"):
+        SessionTokens(kindreflex.database, settings).access_token(session_id)
