@@ -18,6 +18,7 @@ from service.observability import Metrics, MetricsMiddleware
 from service.outbox import Outbox, OutboxWorker
 from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
+from service.triage import Triage
 from smart_app.admin import router as admin_router
 from smart_app.social import router as social_router
 
@@ -76,7 +77,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
 
 def _install_write_path(app: FastAPI, settings: Settings, database: Database) -> None:
-    """The outbox (and its readiness check) and the worklist; needs SMART's session tokens."""
+    """The outbox (and its readiness check), the triage save and the worklist; needs SMART's
+    session tokens."""
     outbox = Outbox(
         database,
         app.state.session_tokens,
@@ -84,6 +86,9 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
         retry_base=settings.outbox_interval_seconds,
     )
     app.state.outbox = outbox
+    app.state.triage = Triage(
+        database, outbox, app.state.session_tokens, settings.fhir_timeout_seconds
+    )
     app.state.readiness_checks.append(outbox.readiness_check())
     app.include_router(worklist.router)
     app.include_router(worklist.router, prefix="/t/{tenant}")

@@ -30,15 +30,19 @@ class LoopbackTokens:
 
 @dataclass
 class Clock:
-    """A clock the outbox reads, moved forward by the test instead of sleeping."""
+    """The real time plus a jump: tests move the outbox's clock forward instead of sleeping."""
 
-    now: datetime = field(default_factory=utcnow)
+    offset: timedelta = field(default_factory=timedelta)
 
     def __call__(self) -> datetime:
-        return self.now
+        return utcnow() + self.offset
+
+    @property
+    def now(self) -> datetime:
+        return self()
 
     def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+        self.offset += timedelta(seconds=seconds)
 
 
 def make_outbox(database: Database, clock: Clock, tokens: Any = None) -> Outbox:

@@ -1,0 +1,508 @@
+"""The nurse's save at triage (steps 1-3): validate, commit locally, deliver to FHIR.
+
+``Triage.record_triage`` is the whole use case, in order:
+
+1. The protocol validates the findings (a :class:`~service.protocol.ProtocolError` goes
+   back to the nurse; nothing is written).
+2. One idempotent FHIR transaction is built with ``service.fhir.mapping``: the children
+   (RelatedPerson; conditional create on the child identifier, or an update with
+   ``If-Match`` of a child already on the server), an expected child, the step findings,
+   the open-concern Flag (niet-pluis or unclear), a Provenance naming the user and the
+   write's AuditEvent.
+3. In ONE local transaction: the outbox entry (the bundle, who, which session), the
+   audit row and — for a concern — the worklist row. From here on nothing is lost.
+4. One delivery attempt with a short timeout. The nurse sees "delivered", or "pending"
+   (the worker delivers it), or — when another user changed a child meanwhile — a
+   :class:`SaveConflict`; the input stays in the outbox either way.
+
+Business identifiers make every retry safe: a new child's identifier is the UUID of its
+``urn:uuid:`` form reference (stable across a double submit), a finding's is derived
+from the session, step and time it was recorded, the concern's is reused while the
+patient's concern stays open.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Annotated, Literal, Protocol
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service import audit
+from service.audit import AuditAction, AuditFact, Channel
+from service.db.base import Database, utcnow
+from service.db.models import Concern
+from service.fhir import mapping, terminology
+from service.fhir.client import FhirClient, FhirRejected, FhirUnavailable, Resource
+from service.outbox import DeliveryState, NewEntry, Outbox, TokenSource, TransactionBuilder, enqueue
+from service.protocol import (
+    Child,
+    ErrorCode,
+    Finding,
+    InvalidFindingError,
+    KindreflexCase,
+    MissingInformationError,
+    SafetyAssessment,
+    Step,
+    Step1Finding,
+    Step2Finding,
+    Step3Support,
+)
+from service.tenancy import TenantContext
+
+#: The save's own delivery attempt must not keep the nurse waiting: the worker retries.
+IMMEDIATE_TIMEOUT_SECONDS = 3.0
+
+_VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
+_FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
+_VERSIONED_REF = re.compile(rf"RelatedPerson/(?P<id>{_FHIR_ID})/_history/(?P<version>{_FHIR_ID})")
+
+
+class User(Protocol):
+    @property
+    def fhir_user(self) -> str: ...
+
+
+class LaunchInfo(Protocol):
+    """What the use case reads of ``smart_app.session.LaunchContext`` (``service`` does not
+    import ``smart_app``; the real LaunchContext satisfies this structurally)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def tenant(self) -> TenantContext: ...
+    @property
+    def registration_id(self) -> str: ...
+    @property
+    def fhir_base_url(self) -> str: ...
+    @property
+    def patient_id(self) -> str | None: ...
+    @property
+    def encounter_id(self) -> str | None: ...
+    @property
+    def user(self) -> User: ...
+
+
+@dataclass(frozen=True)
+class TriageInput:
+    """The nurse's findings of one save. ``step2`` is None only when step 1 closes the case."""
+
+    step1: Step1Finding
+    step2: Step2Finding | None = None
+    step3: Step3Support | None = None
+    patient_display: str | None = None  # the patient's name, for the worklist only
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    status: Literal["delivered", "pending", "failed"]
+    concern_flagged: bool
+    outbox_id: int
+
+
+class SaveConflict(Exception):  # noqa: N818 - name agreed between the engineers
+    """Another user changed a child since it was loaded. The input is kept (``outbox_id``)."""
+
+    def __init__(self, outbox_id: int, message: str) -> None:
+        super().__init__(message)
+        self.outbox_id = outbox_id
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The transaction of one save and what the local rows need to know about it."""
+
+    bundle: Resource
+    witness: str
+    written: list[str]  # stable references (TransactionBuilder.stable_references)
+
+
+class Triage:
+    """The triage use cases; one per app (``app.state.triage``)."""
+
+    def __init__(
+        self, database: Database, outbox: Outbox, tokens: TokenSource, timeout: float
+    ) -> None:
+        self._database = database
+        self._outbox = outbox
+        self._tokens = tokens
+        self._timeout = timeout
+
+    # -- save ---------------------------------------------------------------------------------
+
+    def record_triage(self, ctx: LaunchInfo, findings: TriageInput) -> SaveResult:
+        patient_ref, encounter_ref = _launch_refs(ctx)
+        _validate(patient_ref, encounter_ref, findings)
+        existing = self._versions_seen(ctx, findings.step1.children)
+        concern = _raises_concern(findings)
+        now = utcnow()
+        with self._database.session() as session:
+            open_concern = _open_concern(session, ctx.tenant.id, patient_ref) if concern else None
+            flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
+            plan = _plan(ctx, findings, existing, flag_id if concern else None, now)
+            entry = enqueue(
+                session,
+                ctx.tenant.id,
+                NewEntry(
+                    kind="triage",
+                    registration_id=ctx.registration_id,
+                    fhir_base_url=ctx.fhir_base_url,
+                    session_id=ctx.session_id,
+                    author=ctx.user.fhir_user,
+                    patient_ref=patient_ref,
+                    bundle=plan.bundle,
+                    witness=plan.witness,
+                ),
+            )
+            fact = _write_fact(ctx, patient_ref, plan.written, now)
+            audit.record_local(session, ctx.tenant.id, fact, entry.id)
+            if concern:
+                _index_concern(session, ctx, findings, open_concern, flag_id, entry.id, now)
+        self._outbox.adopt_session(ctx.tenant.id, ctx.registration_id, patient_ref, ctx.session_id)
+        quick = min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
+        state = self._outbox.deliver(entry.id, timeout=quick)
+        if state is DeliveryState.CONFLICT:
+            raise SaveConflict(
+                entry.id,
+                "Someone else changed a child of this patient since you opened the form. "
+                "Your input is kept; reload the children and save again.",
+            )
+        return SaveResult(_status(state), concern, entry.id)
+
+    def _versions_seen(self, ctx: LaunchInfo, children: tuple[Child, ...]) -> dict[str, Resource]:
+        """The exact version of each loaded child the nurse saw (vread), by ``Child.ref``.
+
+        An update replaces the whole resource, so it is built on that version: what the
+        EHR stored besides our fields survives, and If-Match refuses a lost update.
+        """
+        seen = {c.ref: _parse_versioned(c.ref) for c in children}
+        wanted = {ref: ids for ref, ids in seen.items() if ids is not None}
+        if not wanted:
+            return {}
+        patient_ref, _ = _launch_refs(ctx)
+        with self._client(ctx) as client:
+            versions = {
+                ref: client.read("RelatedPerson", f"{rid}/_history/{version}")
+                for ref, (rid, version) in wanted.items()
+            }
+        for resource in versions.values():
+            _check_belongs_to(resource, patient_ref)
+        return versions
+
+    # -- returning patient's children ----------------------------------------------------------
+
+    def load_recorded_children(self, ctx: LaunchInfo) -> list[Child]:
+        """The patient's children already on the FHIR server (an audited search).
+
+        Each child's ``ref`` is versioned (``RelatedPerson/7/_history/2``): a later save
+        updates exactly the version shown, with If-Match.
+        """
+        patient_ref = _patient_ref(ctx)
+        try:
+            with self._client(ctx) as client:
+                bundle = client.search("RelatedPerson", {"patient": patient_ref, "_count": "100"})
+        except (FhirUnavailable, FhirRejected):
+            self._audit_read(ctx, patient_ref, (), "failure")
+            raise
+        children = _children_of(bundle)
+        self._audit_read(ctx, patient_ref, tuple(_unversioned(c.ref) for c in children), "success")
+        return children
+
+    def _audit_read(
+        self, ctx: LaunchInfo, patient_ref: str, entities: tuple[str, ...], outcome: audit.Outcome
+    ) -> None:
+        fact = AuditFact(
+            actor=ctx.user.fhir_user,
+            action=AuditAction.SEARCH,
+            patient_ref=patient_ref,
+            entities=entities,
+            outcome=outcome,
+            at=utcnow(),
+        )
+        channel = Channel(ctx.tenant.id, ctx.registration_id, ctx.fhir_base_url, ctx.session_id)
+        with self._database.session() as session:
+            audit.record_read(session, channel, fact)
+
+    def _client(self, ctx: LaunchInfo) -> FhirClient:
+        return FhirClient(
+            ctx.fhir_base_url, lambda: self._tokens.access_token(ctx.session_id), self._timeout
+        )
+
+
+# -- pure parts of the use case -------------------------------------------------------------
+
+
+def _launch_refs(ctx: LaunchInfo) -> tuple[str, str]:
+    """The patient and encounter a save records against (both come from the EHR launch)."""
+    if not ctx.encounter_id:
+        raise MissingInformationError(
+            ErrorCode.VALUE_REQUIRED,
+            "The EHR opened the app without an encounter; open it from the patient's triage.",
+        )
+    return _patient_ref(ctx), f"Encounter/{ctx.encounter_id}"
+
+
+def _patient_ref(ctx: LaunchInfo) -> str:
+    if not ctx.patient_id:
+        raise MissingInformationError(
+            ErrorCode.VALUE_REQUIRED,
+            "The EHR opened the app without a patient; open it from the patient's record.",
+        )
+    return f"Patient/{ctx.patient_id}"
+
+
+def _validate(patient_ref: str, encounter_ref: str, findings: TriageInput) -> KindreflexCase:
+    """The protocol's verdict on the moves of this save (raises ProtocolError)."""
+    moves: list[Finding] = [findings.step1]
+    moves += [f for f in (findings.step2, findings.step3) if f is not None]
+    return KindreflexCase.replay(patient_ref, encounter_ref, moves)
+
+
+def _raises_concern(findings: TriageInput) -> bool:
+    step2 = findings.step2
+    return step2 is not None and step2.assessment is not SafetyAssessment.NO_CONCERN
+
+
+def _parse_versioned(ref: str) -> tuple[str, str] | None:
+    """``RelatedPerson/<id>/_history/<version>`` → (id, version); anything else is a new child.
+
+    The ref comes back from the browser, so it is checked strictly (FHIR id syntax)."""
+    match = _VERSIONED_REF.fullmatch(ref)
+    return (match["id"], match["version"]) if match else None
+
+
+def _check_belongs_to(child: Resource, patient_ref: str) -> None:
+    """A loaded child's ref travels through the browser: refuse one of another patient."""
+    if child.get("patient", {}).get("reference") != patient_ref:
+        raise InvalidFindingError(
+            ErrorCode.UNKNOWN_CHILD,
+            "One of the children does not belong to this patient's record. Reload the page.",
+        )
+
+
+def _unversioned(ref: str) -> str:
+    return ref.split("/_history/")[0]
+
+
+def _new_child_identifier(ref: str) -> str:
+    """A new child's identifier: the UUID of its ``urn:uuid:`` form ref, else a fresh one."""
+    try:
+        return str(uuid.UUID(ref.removeprefix("urn:uuid:")))
+    except ValueError:
+        return str(uuid.uuid4())
+
+
+def _finding_identifier(ctx: LaunchInfo, finding: Finding) -> str:
+    """Stable for the same finding submitted twice in the same session (a double click)."""
+    key = f"{ctx.session_id}/{ctx.encounter_id}/{finding.step.value}/{finding.recorded_at}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+
+
+def _plan(
+    ctx: LaunchInfo,
+    findings: TriageInput,
+    existing: Mapping[str, Resource],
+    flag_identifier: str | None,
+    now: datetime,
+) -> _Plan:
+    patient_ref, encounter_ref = _launch_refs(ctx)
+    author = ctx.user.fhir_user
+    tx = TransactionBuilder()
+    child_refs = _write_children(tx, findings.step1.children, existing, patient_ref)
+    written = list(child_refs.values())
+    witness_id = mapping.identifier("finding", _finding_identifier(ctx, findings.step1))
+    if findings.step1.expecting is not None:
+        identifier = mapping.identifier("finding", _finding_identifier(ctx, findings.step1) + "-e")
+        resource = mapping.expecting_observation(
+            findings.step1.expecting,
+            patient_ref=patient_ref,
+            encounter_ref=encounter_ref,
+            performer=author,
+            recorded_at=findings.step1.recorded_at,
+            identifier=identifier,
+        )
+        written.append(tx.create(resource, identifier))
+    for finding in (findings.step1, findings.step2, findings.step3):
+        if finding is None:
+            continue
+        identifier = mapping.identifier("finding", _finding_identifier(ctx, finding))
+        resource = mapping.finding_observation(
+            finding,
+            patient_ref=patient_ref,
+            encounter_ref=encounter_ref,
+            child_refs=child_refs,
+            identifier=identifier,
+        )
+        written.append(tx.create(resource, identifier))
+    if flag_identifier is not None and findings.step2 is not None:
+        identifier = mapping.identifier("concern", flag_identifier)
+        flag = mapping.concern_flag(
+            patient_ref=patient_ref,
+            encounter_ref=encounter_ref,
+            author=author,
+            flagged_at=findings.step2.recorded_at,
+            identifier=identifier,
+            last_step=Step.STEP_2,
+            triggers=findings.step2.triggers,
+        )
+        written.append(tx.create(flag, identifier))
+    witness = f"Observation?identifier={witness_id['system']}|{witness_id['value']}"
+    stable = tx.stable_references()
+    provenance = mapping.provenance(
+        targets=written,
+        author=author,
+        recorded=now,
+        update=_updates(stable),
+        resource_id=_derived_id(witness, "provenance"),
+    )
+    tx.put_new(provenance)
+    event = audit.audit_event(_write_fact(ctx, patient_ref, stable, now), written)
+    tx.put_new({**event, "id": _derived_id(witness, "audit-event")})
+    return _Plan(tx.bundle(), witness, stable)
+
+
+def _derived_id(witness: str, what: str) -> str:
+    """Provenance and AuditEvent have no identifier in R4: their id follows from the save's
+    witness, so saving the same findings again rewrites them instead of adding new ones."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{witness}#{what}"))
+
+
+def _write_children(
+    tx: TransactionBuilder,
+    children: tuple[Child, ...],
+    existing: Mapping[str, Resource],
+    patient_ref: str,
+) -> dict[str, str]:
+    """Add the children to the transaction; returns Child.ref → reference inside it."""
+    refs: dict[str, str] = {}
+    for child in children:
+        seen = existing.get(child.ref)
+        if seen is None:
+            identifier = mapping.identifier("child", _new_child_identifier(child.ref))
+            resource = mapping.child_related_person(
+                child, patient_ref=patient_ref, identifier=identifier
+            )
+            refs[child.ref] = tx.create(resource, identifier)
+        else:
+            refs[child.ref] = _update_child(tx, child, seen, patient_ref)
+    return refs
+
+
+def _update_child(tx: TransactionBuilder, child: Child, seen: Resource, patient_ref: str) -> str:
+    """Our fields of the child laid over the version the nurse saw; unchanged → no write."""
+    reference = f"RelatedPerson/{seen['id']}"
+    before = mapping.child_from_related_person(seen)
+    if before is not None and replace(before, ref=child.ref) == child:
+        return reference  # the nurse confirmed the child as recorded
+    system = terminology.identifier_system("child")
+    ours = [i for i in seen.get("identifier", []) if i.get("system") == system]
+    identifier = ours[0] if ours else mapping.identifier("child")
+    mapped = mapping.child_related_person(child, patient_ref=patient_ref, identifier=identifier)
+    return tx.update(_overlay(seen, mapped), seen["meta"]["versionId"])
+
+
+def _overlay(seen: Resource, mapped: Resource) -> Resource:
+    """``mapped``'s elements replace ``seen``'s; extensions are merged by URL, identifiers kept."""
+    merged = {**seen, **{k: v for k, v in mapped.items() if k not in ("id", "meta", "identifier")}}
+    ours = {ext["url"] for ext in mapped.get("extension", [])}
+    merged["extension"] = [
+        *(e for e in seen.get("extension", []) if e.get("url") not in ours),
+        *mapped.get("extension", []),
+    ]
+    if not merged["extension"]:
+        del merged["extension"]
+    merged["identifier"] = seen.get("identifier") or mapped.get("identifier", [])
+    return merged
+
+
+def _children_of(bundle: Resource) -> list[Child]:
+    children = []
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource", {})
+        child = mapping.child_from_related_person(resource)
+        if child is not None:
+            ref = _VERSIONED_CHILD.format(id=resource["id"], version=resource["meta"]["versionId"])
+            children.append(replace(child, ref=ref))
+    return children
+
+
+def _write_fact(ctx: LaunchInfo, patient_ref: str, written: list[str], now: datetime) -> AuditFact:
+    return AuditFact(
+        actor=ctx.user.fhir_user,
+        action=AuditAction.UPDATE if _updates(written) else AuditAction.CREATE,
+        patient_ref=patient_ref,
+        entities=tuple(written),
+        outcome="success",
+        at=now,
+    )
+
+
+def _updates(stable_references: list[str]) -> bool:
+    """Whether the save updates a resource (creates are ``Type?identifier=…``)."""
+    return any("?" not in ref for ref in stable_references)
+
+
+def _status(state: DeliveryState) -> Literal["delivered", "pending", "failed"]:
+    if state is DeliveryState.DELIVERED:
+        return "delivered"
+    if state is DeliveryState.FAILED:
+        return "failed"
+    return "pending"
+
+
+# -- the worklist index ------------------------------------------------------------------------
+
+
+def _open_concern(session: Session, tenant_id: int, patient_ref: str) -> Concern | None:
+    return session.scalar(
+        select(Concern).where(
+            Concern.tenant_id == tenant_id,
+            Concern.patient_ref == patient_ref,
+            Concern.status == "open",
+        )
+    )
+
+
+def _index_concern(
+    session: Session,
+    ctx: LaunchInfo,
+    findings: TriageInput,
+    row: Concern | None,
+    flag_identifier: str,
+    outbox_id: int,
+    now: datetime,
+) -> None:
+    """The worklist row, in the same local transaction as the outbox entry."""
+    step2 = findings.step2
+    assert step2 is not None  # only called for a concern, which step 2 raises
+    if row is None:
+        row = Concern(
+            tenant_id=ctx.tenant.id,
+            patient_ref=f"Patient/{ctx.patient_id}",
+            flag_identifier=flag_identifier,
+            flagged_at=step2.recorded_at,
+            flagged_by=ctx.user.fhir_user,
+            status="open",
+        )
+        session.add(row)
+    row.patient_display = findings.patient_display or row.patient_display
+    row.triggers = sorted(t.value for t in step2.triggers)
+    row.children_birth_dates = sorted(c.birth_date.isoformat() for c in findings.step1.children)
+    row.last_step = Step.STEP_2.value
+    row.outbox_id = outbox_id
+    row.updated_at = now
+
+
+def triage_of(request: Request) -> Triage:
+    triage: Triage = request.app.state.triage
+    return triage
+
+
+TriageDep = Annotated[Triage, Depends(triage_of)]

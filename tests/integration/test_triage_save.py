@@ -1,0 +1,409 @@
+"""The nurse's save (steps 1-3) end to end: real FHIR server, real sessions, both databases.
+
+Every resource that reaches the FHIR server is read back and validated against the
+guide's profiles. Counts are taken by business identifier, so tests sharing the module's
+FHIR server do not disturb each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from sandbox.fhir_server import FhirServer, free_port
+from sandbox.seed import SeedResult, seed
+from service.db.base import Database, utcnow
+from service.db.models import AuditRecord, Concern, OutboxEntry
+from service.fhir.client import FhirClient
+from service.outbox import DeliveryState, Outbox
+from service.protocol import (
+    Child,
+    ChildRelationship,
+    HagueTrigger,
+    InvalidFindingError,
+    LivesWith,
+    SafetyAssessment,
+    Step1Finding,
+    Step2Finding,
+    Step3Support,
+    StepOrderError,
+    SupportAction,
+)
+from service.settings import Settings
+from service.tenancy import TenantContext
+from service.triage import SaveConflict, Triage, TriageInput
+from smart_app.session import AppUser, LaunchContext, NewSession, SessionStore, SessionTokens
+from tests.support.validator import validate
+from tests.support.write_path import Clock, count, fhir_server, make_outbox, make_tenant, search
+
+__all__ = ["fhir_server"]
+
+pytestmark = pytest.mark.fhirserver
+
+NURSE = "Practitioner/{id}"
+
+
+@pytest.fixture(scope="module")
+def seeded(fhir_server: FhirServer) -> SeedResult:
+    return seed(fhir_server.base_url)
+
+
+@dataclass
+class World:
+    """One hospital, its FHIR server and a launched nurse session, wired like the app."""
+
+    database: Database
+    tenant: TenantContext
+    settings: Settings
+    clock: Clock
+    outbox: Outbox
+    triage: Triage
+    base_url: str
+
+    def launch(self, patient_id: str, encounter_id: str | None, nurse: str) -> LaunchContext:
+        user = AppUser(fhir_user=nurse, name="Sofie Maes", roles=frozenset({"nurse"}))
+        store = SessionStore(self.database, self.settings)
+        secret = store.create(
+            NewSession(
+                tenant_id=self.tenant.id,
+                registration_id="ehr",
+                path_prefix="",
+                fhir_base_url=self.base_url,
+                token_endpoint="http://127.0.0.1:9/token",  # never called: the token is fresh
+                user=user,
+                language="nl",
+                patient_id=patient_id,
+                encounter_id=encounter_id,
+                app_context=None,
+                launch_details={},
+                scope="launch openid fhirUser patient/*.rs patient/*.c",
+                access_token="loopback",  # sekmet on loopback needs no token
+                refresh_token=None,
+                access_expires_at=utcnow() + timedelta(hours=1),
+            )
+        )
+        row = store.find(secret)
+        assert row is not None
+        return LaunchContext(
+            session_id=row.id,
+            tenant=self.tenant,
+            registration_id="ehr",
+            fhir_base_url=self.base_url,
+            patient_id=patient_id,
+            encounter_id=encounter_id,
+            user=user,
+            language="nl",
+            app_context=None,
+        )
+
+
+def _world(database: Database, base_url: str) -> World:
+    settings = Settings(environment="test", database_url="sqlite://")
+    tokens = SessionTokens(database, settings)
+    clock = Clock()
+    outbox = make_outbox(database, clock, tokens=tokens)
+    triage = Triage(database, outbox, tokens, timeout=5.0)
+    tenant = make_tenant(database, "default", base_url)
+    return World(database, tenant, settings, clock, outbox, triage, base_url)
+
+
+@pytest.fixture
+def world(database: Database, fhir_server: FhirServer) -> World:
+    return _world(database, fhir_server.base_url)
+
+
+def _child(name: str, years: int) -> Child:
+    return Child(
+        ref=f"urn:uuid:{uuid.uuid4()}",
+        name=name,
+        birth_date=date.today() - timedelta(days=365 * years + 30),
+        relationship=ChildRelationship.CHILD,
+        lives_with=LivesWith.PERMANENTLY,
+    )
+
+
+def _niet_pluis(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
+    now = utcnow()
+    author = ctx.user.fhir_user
+    return TriageInput(
+        step1=Step1Finding(recorded_by=author, recorded_at=now, children=children),
+        step2=Step2Finding(
+            recorded_by=author,
+            recorded_at=now + timedelta(seconds=20),
+            assessment=SafetyAssessment.NIET_PLUIS,
+            reasons=("Blauwe plekken bij de partner; kinderen waren erbij",),
+            triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
+        ),
+        patient_display="Jan Janssens",
+    )
+
+
+def _identifiers(bundle: dict[str, Any]) -> list[tuple[str, str]]:
+    """(type, identifier search) of every conditional create in an outbox bundle."""
+    return [
+        (e["request"]["url"], e["request"]["ifNoneExist"].removeprefix("identifier="))
+        for e in bundle["entry"]
+        if "ifNoneExist" in e["request"]
+    ]
+
+
+def _entry(database: Database, outbox_id: int) -> OutboxEntry:
+    with database.session() as session:
+        entry = session.get(OutboxEntry, outbox_id)
+        assert entry is not None
+        return entry
+
+
+def _written(world: World, outbox_id: int) -> list[dict[str, Any]]:
+    """Every resource the save wrote, read back from the FHIR server."""
+    bundle = _entry(world.database, outbox_id).bundle
+    found = [
+        resource
+        for kind, identifier in _identifiers(bundle)
+        for resource in search(world.base_url, kind, identifier=identifier)
+    ]
+    for e in bundle["entry"]:
+        if "ifNoneExist" not in e["request"]:  # PUT: Provenance, AuditEvent, updated children
+            kind, resource_id = e["request"]["url"].split("/")
+            found += search(world.base_url, kind, _id=resource_id)
+    return found
+
+
+def test_niet_pluis_is_written_as_one_valid_transaction_and_a_second_save_adds_nothing(
+    world: World, seeded: SeedResult
+) -> None:
+    patient = seeded.patient("jan-janssens")
+    nurse = NURSE.format(id=seeded.practitioners["nurse"])
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, nurse)
+    findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7), _child("Wout Janssens", 3)))
+
+    result = world.triage.record_triage(ctx, findings)
+
+    assert result.status == "delivered"
+    assert result.concern_flagged
+    written = _written(world, result.outbox_id)
+    kinds = sorted(r["resourceType"] for r in written)
+    assert kinds == sorted(
+        ["RelatedPerson"] * 2 + ["Observation"] * 2 + ["Flag", "Provenance", "AuditEvent"]
+    )
+    for resource in written:
+        assert validate(resource) == [], resource["resourceType"]
+    flag = next(r for r in written if r["resourceType"] == "Flag")
+    assert flag["status"] == "active"
+    assert flag["subject"]["reference"] == f"Patient/{patient.id}"
+    provenance = next(r for r in written if r["resourceType"] == "Provenance")
+    targets = {t["reference"] for t in provenance["target"]}
+    expected = {
+        f"{r['resourceType']}/{r['id']}"
+        for r in written
+        if r["resourceType"] not in ("Provenance", "AuditEvent")
+    }
+    assert targets == expected
+    assert nurse in {a["who"]["reference"] for a in provenance["agent"]}
+
+    counts = {
+        i: count(world.base_url, k, identifier=i) for k, i in _identifiers(_bundle(world, result))
+    }
+    again = world.triage.record_triage(ctx, findings)  # a double submit, or a retried request
+    assert again.status == "delivered"
+    assert {
+        i: count(world.base_url, k, identifier=i) for k, i in _identifiers(_bundle(world, again))
+    } == counts
+    assert set(counts.values()) == {1}
+    assert count(world.base_url, "Provenance", _id=provenance["id"]) == 1
+
+    with world.database.session() as session:
+        concerns = session.scalars(select(Concern)).all()
+    assert len(concerns) == 1  # the same open concern, not a second one
+    assert concerns[0].patient_ref == f"Patient/{patient.id}"
+    assert concerns[0].triggers == ["domestic-violence"]
+    assert concerns[0].last_step == "step-2"
+
+
+def _bundle(world: World, result: Any) -> dict[str, Any]:
+    return _entry(world.database, result.outbox_id).bundle
+
+
+def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restarts(
+    database_url: str, database: Database, tmp_path: Path
+) -> None:
+    """Stop the FHIR server, save (pending), restart our service and the server: once."""
+    data_dir, port = tmp_path / "fhir", free_port()
+    server = FhirServer(port=port, data_dir=data_dir).start()
+    seeded = seed(server.base_url)
+    world = _world(database, server.base_url)
+    patient = seeded.patient("jan-janssens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-x")
+    findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7),))
+    server.stop()
+
+    result = world.triage.record_triage(ctx, findings)
+
+    assert result.status == "pending"  # "opgeslagen, levering volgt"
+    assert result.concern_flagged
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Concern)) == 1
+        assert session.scalar(select(func.count()).select_from(AuditRecord)) == 1
+    identifiers = _identifiers(_entry(database, result.outbox_id).bundle)
+
+    database.dispose()  # our service restarts: a new Database, SessionTokens and Outbox ...
+    restarted = Database(database_url)
+    try:
+        clock = Clock()
+        tokens = SessionTokens(restarted, world.settings)
+        outbox = make_outbox(restarted, clock, tokens=tokens)
+        with FhirServer(port=port, data_dir=data_dir) as server_again:  # ... and so does FHIR
+            clock.advance(120)
+            assert [d.state for d in outbox.run_once()] == [DeliveryState.DELIVERED]
+            clock.advance(3600)
+            assert outbox.run_once() == []
+            for kind, identifier in identifiers:
+                assert count(server_again.base_url, kind, identifier=identifier) == 1
+            for resource in _written(replace(world, database=restarted), result.outbox_id):
+                assert validate(resource) == [], resource["resourceType"]
+    finally:
+        restarted.dispose()
+
+
+def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match(
+    world: World, seeded: SeedResult
+) -> None:
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-y")
+
+    children = world.triage.load_recorded_children(ctx)
+
+    assert len(children) == 2
+    assert all("/_history/" in c.ref for c in children)
+    renamed = replace(children[0], name=f"{children[0].name} Junior")
+    now = utcnow()
+    findings = TriageInput(
+        step1=Step1Finding(
+            recorded_by=ctx.user.fhir_user, recorded_at=now, children=(renamed, children[1])
+        ),
+        step2=Step2Finding(
+            recorded_by=ctx.user.fhir_user,
+            recorded_at=now,
+            assessment=SafetyAssessment.NO_CONCERN,
+        ),
+        step3=Step3Support(
+            recorded_by=ctx.user.fhir_user,
+            recorded_at=now,
+            actions=frozenset({SupportAction.ASK_REGULARLY}),
+        ),
+    )
+    result = world.triage.record_triage(ctx, findings)
+
+    assert result.status == "delivered"
+    assert not result.concern_flagged
+    changed_id, changed_version = children[0].ref.split("/")[1], children[0].ref.split("/")[3]
+    kept_id, kept_version = children[1].ref.split("/")[1], children[1].ref.split("/")[3]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    changed = client.read("RelatedPerson", changed_id)
+    kept = client.read("RelatedPerson", kept_id)
+    assert int(changed["meta"]["versionId"]) == int(changed_version) + 1
+    assert kept["meta"]["versionId"] == kept_version  # unchanged: not rewritten
+    assert validate(changed) == []
+    bundle = _entry(world.database, result.outbox_id).bundle
+    assert not any(e["resource"]["resourceType"] == "Flag" for e in bundle["entry"])
+    with world.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Concern)) == 0
+        actions = session.scalars(select(AuditRecord.action).order_by(AuditRecord.id)).all()
+    assert actions == ["search-type", "update"]
+    client.close()
+
+
+def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
+    world: World, seeded: SeedResult
+) -> None:
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-z")
+    children = world.triage.load_recorded_children(ctx)
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    other_id = children[0].ref.split("/")[1]
+    current = client.read("RelatedPerson", other_id)
+    other = {
+        **current,
+        "birthDate": (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat(),
+    }
+    client.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": other,
+                    "request": {"method": "PUT", "url": f"RelatedPerson/{other_id}"},
+                }
+            ],
+        }
+    )
+    now = utcnow()
+    mine = replace(children[0], name="Someone Else")
+    findings = TriageInput(
+        step1=Step1Finding(
+            recorded_by=ctx.user.fhir_user, recorded_at=now, children=(mine, children[1])
+        ),
+        step2=Step2Finding(
+            recorded_by=ctx.user.fhir_user,
+            recorded_at=now,
+            assessment=SafetyAssessment.UNCLEAR,
+            reasons=("Patiënt antwoordt ontwijkend",),
+        ),
+    )
+
+    with pytest.raises(SaveConflict) as raised:
+        world.triage.record_triage(ctx, findings)
+
+    entry = _entry(world.database, raised.value.outbox_id)
+    assert entry.state == DeliveryState.CONFLICT  # the nurse's input is kept
+    for kind, identifier in _identifiers(entry.bundle):
+        assert count(world.base_url, kind, identifier=identifier) == 0  # atomic: nothing
+    assert client.read("RelatedPerson", other_id)["name"] == current["name"]
+    client.close()
+
+
+def test_a_move_the_protocol_refuses_writes_nothing(world: World, seeded: SeedResult) -> None:
+    patient = seeded.patient("jan-janssens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7),))
+    support = Step3Support(
+        recorded_by=ctx.user.fhir_user,
+        recorded_at=utcnow() + timedelta(minutes=1),
+        actions=frozenset({SupportAction.ASK_REGULARLY}),
+    )
+
+    with pytest.raises(StepOrderError):  # niet-pluis leads to step 4, not step 3
+        world.triage.record_triage(ctx, replace(findings, step3=support))
+
+    with world.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == 0
+        assert session.scalar(select(func.count()).select_from(Concern)) == 0
+        assert session.scalar(select(func.count()).select_from(AuditRecord)) == 0
+
+
+def test_a_loaded_child_of_another_patient_is_refused(world: World, seeded: SeedResult) -> None:
+    """A versioned ref comes back from the browser: a forged one must not update anything."""
+    returning = seeded.patient("els-goossens")
+    other_ctx = world.launch(returning.id, returning.arrived_encounter_id, "Practitioner/n")
+    foreign = world.triage.load_recorded_children(other_ctx)[0]
+    patient = seeded.patient("jan-janssens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/n")
+    findings = _niet_pluis(ctx, (foreign,))
+
+    with pytest.raises(InvalidFindingError):
+        world.triage.record_triage(ctx, findings)
+
+    with world.database.session() as session:
+        assert (
+            session.scalar(
+                select(func.count()).select_from(OutboxEntry).where(OutboxEntry.kind == "triage")
+            )
+            == 0
+        )
