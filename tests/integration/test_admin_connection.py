@@ -1,4 +1,4 @@
-""""Test connection" against real servers: the sandbox EHR, a plain FHIR server, nothing.
+"""The "test connection" against real servers: the sandbox EHR, a plain FHIR server, nothing.
 
 No server is faked: the sandbox EHR (SMART authorization server + FHIR facade over a
 sekmet process), a bare sekmet process (SMART Backend Services only, no user launch), a
