@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from service.admin import commands as admin_commands
 from service.db import migrate
 from service.db.base import Database
-from service.keys import RETIRED_KEY_PUBLISHED_FOR, KeyStore
+from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore
 from service.observability import configure_logging
 from service.settings import Settings, load_settings
 
@@ -76,8 +76,9 @@ def cmd_keys_rotate(_args: argparse.Namespace, settings: Settings) -> int:
     finally:
         database.dispose()
     print(
-        f"new signing key {kid}; the previous key stays published at /.well-known/jwks.json "
-        f"for {RETIRED_KEY_PUBLISHED_FOR}"
+        f"new signing key {kid}: published at /.well-known/jwks.json now, signing in "
+        f"{NEW_KEY_PUBLISHED_AHEAD}; the previous key stays published for "
+        f"{RETIRED_KEY_PUBLISHED_FOR}"
     )
     return 0
 

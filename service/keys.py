@@ -5,10 +5,12 @@ EHR authorization servers authenticate us with ``private_key_jwt`` (SMART App La
 the keys published at ``GET /.well-known/jwks.json``.
 
 * The first key is generated on first use (the first JWKS request or token exchange).
-* ``kindreflex keys rotate`` makes a new key the signing key and keeps the previous one
-  published for ``RETIRED_KEY_PUBLISHED_FOR`` (1 day). Our assertions live at most
-  ``ASSERTION_LIFETIME`` (5 minutes), but authorization servers cache a client's JWKS —
-  a day covers any sane cache. After that the old private key is deleted.
+* ``kindreflex keys rotate`` adds a new key and keeps the previous one published for
+  ``RETIRED_KEY_PUBLISHED_FOR`` (1 day). The new key is published ``JWKS_MAX_AGE`` before
+  it signs (the JWKS's cache lifetime), the old one keeps signing meanwhile. Our
+  assertions live at most ``ASSERTION_LIFETIME`` (5 minutes), but authorization servers
+  may cache a client's JWKS longer than we ask — a day covers any sane cache. After that
+  the old private key is deleted.
 * Private keys are Fernet-sealed when ``KINDREFLEX_SECRET_KEY`` is set; without it they are
   stored in clear (the database is then the secret), and the service warns at start.
 * One JWKS for the whole deployment (not per tenant): every hospital registers the same
@@ -45,6 +47,8 @@ ALGORITHM = "RS384"  # SMART App Launch 2.x: servers SHALL support RS384 and ES3
 RSA_KEY_BITS = 3072
 ASSERTION_LIFETIME = timedelta(minutes=5)
 RETIRED_KEY_PUBLISHED_FOR = timedelta(days=1)
+JWKS_MAX_AGE = timedelta(minutes=5)  # Cache-Control of the JWKS
+NEW_KEY_PUBLISHED_AHEAD = JWKS_MAX_AGE
 JWKS_PATH = "/.well-known/jwks.json"
 
 
@@ -136,7 +140,8 @@ class KeyStore:
         )
 
     def rotate(self) -> str:
-        """Make a new signing key; the previous ones stay published for a day. Returns its kid."""
+        """Add a new key (it signs once published for ``NEW_KEY_PUBLISHED_AHEAD``); the previous
+        ones stay published for ``RETIRED_KEY_PUBLISHED_FOR``. Returns the new kid."""
         with self._database.session() as session:
             now = utcnow()
             for row in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
@@ -147,14 +152,24 @@ class KeyStore:
             return self._new_key(session).kid
 
     def _ensure_signing_key(self, session: Session) -> SigningKey:
-        row = session.scalars(
+        """The key to sign with: the newest one published for at least ``NEW_KEY_PUBLISHED_AHEAD``.
+
+        A rotated-in key is published before it signs, so that an EHR holding a cached copy
+        of our JWKS already knows it; until then the previous key keeps signing. The very
+        first key signs at once (there is nothing cached to be behind).
+        """
+        now = utcnow()
+        rows = session.scalars(
             select(SigningKey)
-            .where(SigningKey.retired_at.is_(None))
+            .where(SigningKey.publish_until.is_(None) | (SigningKey.publish_until > now))
             .order_by(SigningKey.created_at.desc(), SigningKey.id.desc())
-        ).first()
-        # Two instances starting at once may both generate a key: both are published and
-        # the newest signs, which is harmless.
-        return row if row is not None else self._new_key(session)
+        ).all()
+        if not rows:
+            # Two instances starting at once may both generate a key: both are published
+            # and the newest signs, which is harmless.
+            return self._new_key(session)
+        mature = [row for row in rows if row.created_at <= now - NEW_KEY_PUBLISHED_AHEAD]
+        return mature[0] if mature else rows[0]
 
     def _new_key(self, session: Session) -> SigningKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
@@ -201,9 +216,10 @@ router = APIRouter()
 @router.get(JWKS_PATH, summary="The app's public signing keys (JWKS)")
 def jwks(request: Request) -> JSONResponse:
     store: KeyStore = request.app.state.keys
-    # EHRs cache this; a short max-age lets a rotation's new key appear quickly.
+    # EHRs may cache this for JWKS_MAX_AGE: a rotated-in key is published that long
+    # before it signs (see KeyStore._ensure_signing_key).
     return JSONResponse(
         store.jwks(),
         media_type="application/jwk-set+json",
-        headers={"Cache-Control": "public, max-age=300"},
+        headers={"Cache-Control": f"public, max-age={int(JWKS_MAX_AGE.total_seconds())}"},
     )

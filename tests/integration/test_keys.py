@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import SigningKey
-from service.keys import ASSERTION_LIFETIME, KeyStore
+from service.keys import ASSERTION_LIFETIME, NEW_KEY_PUBLISHED_AHEAD, KeyStore
 from service.settings import Settings, load_settings
 
 PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -78,7 +78,9 @@ def test_client_assertion_claims_follow_rfc_7523_and_live_at_most_five_minutes(
     assert again["jti"] != claims["jti"]
 
 
-def test_rotation_keeps_the_old_key_published_until_its_grace_ends(database: Database) -> None:
+def test_rotation_publishes_the_new_key_before_it_signs_and_keeps_the_old_one_a_day(
+    database: Database,
+) -> None:
     store = KeyStore(database, _settings(database))
     old_assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app")
     old_kid = jwt.get_unverified_header(old_assertion)["kid"]
@@ -88,22 +90,30 @@ def test_rotation_keeps_the_old_key_published_until_its_grace_ends(database: Dat
     published = store.jwks()
     assert {k["kid"] for k in published["keys"]} == {old_kid, new_kid}
     _verify(old_assertion, published)  # a token signed before the rotation still verifies
+    # An EHR may hold our JWKS from before the rotation: the old key signs until that expires.
+    assert _kid(store.sign_client_assertion(TOKEN_ENDPOINT, "app")) == old_kid
+    _shift(database, new_kid, created_at=utcnow() - NEW_KEY_PUBLISHED_AHEAD)
     new_assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app")
-    assert jwt.get_unverified_header(new_assertion)["kid"] == new_kid
+    assert _kid(new_assertion) == new_kid
     _verify(new_assertion, published)
 
     # A day later (the grace, set back in our own table): unpublished, then deleted.
-    with database.session() as session:
-        session.execute(
-            update(SigningKey)
-            .where(SigningKey.kid == old_kid)
-            .values(publish_until=utcnow() - timedelta(seconds=1))
-        )
+    _shift(database, old_kid, publish_until=utcnow() - timedelta(seconds=1))
     assert {k["kid"] for k in store.jwks()["keys"]} == {new_kid}
     newest = store.rotate()
     with database.session() as session:
         kids = set(session.scalars(select(SigningKey.kid)))
     assert kids == {new_kid, newest}
+
+
+def _kid(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def _shift(database: Database, kid: str, **values: object) -> None:
+    """Move a key's timestamps in our own table: the passage of time, without waiting."""
+    with database.session() as session:
+        session.execute(update(SigningKey).where(SigningKey.kid == kid).values(**values))
 
 
 def test_private_keys_are_sealed_with_the_secret_key(database: Database) -> None:
