@@ -18,7 +18,7 @@ from datetime import datetime
 from service import audit
 from service.audit import AuditAction, AuditFact
 from service.fhir import mapping, terminology
-from service.fhir.client import Resource
+from service.fhir.client import FhirClient, Resource
 from service.fhir.terminology import identifier_system
 from service.outbox import TransactionBuilder
 from service.protocol import Step, Step4Decision, Step5Progress, Step6Referral
@@ -157,3 +157,57 @@ def _sign(
         at=now,
     )
     tx.put_new(audit.audit_event(fact, entity_references=written))
+
+
+# -- reading a case from the FHIR server --------------------------------------------------------
+
+#: The findings a referral may give as its reason (profile kindreflex-referral).
+_REASON_STEPS = (Step.STEP_2, Step.STEP_4, Step.STEP_5)
+
+
+class CaseNotOnServerError(LookupError):
+    """The concern's Flag is not (or not yet) on the FHIR server: its save is still pending."""
+
+
+def load_case_record(client: FhirClient, patient_ref: str, flag_identifier: str) -> CaseRecord:
+    """What the FHIR server holds of a case: its Flag (with the version to update), the
+    patient's children and the latest finding a referral may give as its reason."""
+    system = identifier_system("concern")
+    flags = _resources(client.search("Flag", {"identifier": f"{system}|{flag_identifier}"}), "Flag")
+    if len(flags) != 1:
+        raise CaseNotOnServerError(
+            f"The concern's Flag is not on the FHIR server yet ({len(flags)} found); its "
+            "delivery is pending. Try again when the worklist shows it as sent."
+        )
+    related = client.search("RelatedPerson", {"patient": patient_ref, "_count": "100"})
+    children = [
+        r for r in _resources(related, "RelatedPerson") if mapping.child_from_related_person(r)
+    ]
+    child_refs = {f"RelatedPerson/{r['id']}": f"RelatedPerson/{r['id']}" for r in children}
+    flag = flags[0]
+    return CaseRecord(
+        patient_ref=patient_ref,
+        encounter_ref=flag.get("encounter", {}).get("reference"),
+        child_refs=child_refs,
+        flag=flag,
+        reason_ref=_latest_reason(client, patient_ref),
+    )
+
+
+def _latest_reason(client: FhirClient, patient_ref: str) -> str | None:
+    step_system = terminology.code_system_url("kindreflex-step")
+    codes = ",".join(f"{step_system}|{step.value}" for step in _REASON_STEPS)
+    found = _resources(
+        client.search("Observation", {"subject": patient_ref, "code": codes, "_count": "100"}),
+        "Observation",
+    )
+    if not found:
+        return None
+    latest = max(found, key=lambda r: datetime.fromisoformat(r["effectiveDateTime"]))
+    return f"Observation/{latest['id']}"
+
+
+def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
+    """The matches of a search (not the OperationOutcome a server may add)."""
+    found = (e.get("resource", {}) for e in bundle.get("entry", []))
+    return [r for r in found if r.get("resourceType") == resource_type]

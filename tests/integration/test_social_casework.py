@@ -1,0 +1,201 @@
+"""Steps 4 and 6 of the social service on the real FHIR server process, through the outbox
+(SQLite and PostgreSQL): the sandbox's open concern (Karim El Amrani) read from the server,
+the workshop's factors → concerning with resistance → referral to the VK; the referral
+ServiceRequest as stored validates against the guide. Two social workers saving from the
+same reading: the second is refused by If-Match and nothing is overwritten."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sandbox.fhir_server import FhirServer
+from sandbox.seed import SeedResult, seed
+from service.casework import CaseRecord, Referral, load_case_record, step_transaction
+from service.db.base import Database, utcnow
+from service.fhir import terminology
+from service.fhir.client import FhirClient
+from service.outbox import DeliveryState, NewEntry, enqueue
+from service.partners import load_default_directory
+from service.social import Step4Input, Step6Input
+from tests.support.validator import validate
+from tests.support.write_path import (
+    Clock,
+    count,
+    fhir_server,  # noqa: F401 - the module's FHIR server fixture
+    make_outbox,
+    make_tenant,
+    search,
+)
+from tests.unit.test_social_inputs import WORKSHOP_FACTORS
+
+SOCIAL_WORKER = "Practitioner/social-worker"
+
+
+@pytest.fixture(scope="module")
+def seeded(fhir_server: FhirServer) -> SeedResult:  # noqa: F811 - the fixture above
+    return seed(fhir_server.base_url)
+
+
+@pytest.fixture
+def fhir(fhir_server: FhirServer) -> Iterator[FhirClient]:  # noqa: F811
+    with FhirClient(fhir_server.base_url, lambda: "loopback", 10.0) as client:
+        yield client
+
+
+def _karim(fhir: FhirClient, seeded: SeedResult) -> CaseRecord:
+    karim = seeded.patient("karim-el-amrani")
+    flag = fhir.read("Flag", karim.flag_ids[0])
+    system = terminology.identifier_system("concern")
+    (ours,) = [i["value"] for i in flag["identifier"] if i["system"] == system]
+    return load_case_record(fhir, f"Patient/{karim.id}", ours)
+
+
+def _vk(fhir_server: FhirServer) -> str:  # noqa: F811
+    """The directory's VK as an Organization on the server (test data: the directory's
+    publication to FHIR is not built yet)."""
+    organization = {
+        "resourceType": "Organization",
+        "meta": {"profile": [terminology.profile_url("kindreflex-partner-organization")]},
+        "identifier": [
+            {"system": terminology.identifier_system("partner"), "value": "vk-oost-vlaanderen"}
+        ],
+        "type": [terminology.codeable_concept("partner-type", "vk")],
+        "name": "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen",
+    }
+    partner = f"{terminology.identifier_system('partner')}|vk-oost-vlaanderen"
+    found = search(fhir_server.base_url, "Organization", identifier=partner)
+    if found:
+        return f"Organization/{found[0]['id']}"
+    created = httpx.post(f"{fhir_server.base_url}/Organization", json=organization, timeout=10)
+    created.raise_for_status()
+    return f"Organization/{created.json()['id']}"
+
+
+def _deliver(
+    database: Database, tenant_id: int, base_url: str, record: CaseRecord, bundle: dict[str, Any]
+) -> DeliveryState:
+    """The save's path: the bundle committed to the outbox first, then one delivery."""
+    with database.session() as session:
+        entry = enqueue(
+            session,
+            tenant_id,
+            NewEntry(
+                kind="social",
+                registration_id="ehr",
+                fhir_base_url=base_url,
+                session_id="session-of-the-social-worker",
+                author=SOCIAL_WORKER,
+                patient_ref=record.patient_ref,
+                bundle=bundle,
+            ),
+        )
+    return make_outbox(database, Clock()).deliver(entry.id)
+
+
+def _step4(record: CaseRecord, identifier: str) -> dict[str, Any]:
+    decision = Step4Input.model_validate(
+        {
+            "decision": "concerning-unwilling",
+            "factors": WORKSHOP_FACTORS,
+            "consultations": ["colleague", "clb"],
+            "discussed_with_patient": True,
+            "note": "Worries named concretely; he refuses any help for Yasmine.",
+        }
+    ).finding(SOCIAL_WORKER, utcnow())
+    return step_transaction(record, decision, finding_identifier=identifier, now=utcnow())
+
+
+def _finding(base_url: str, identifier: str) -> list[dict[str, Any]]:
+    system = terminology.identifier_system("finding")
+    return search(base_url, "Observation", identifier=f"{system}|{identifier}")
+
+
+def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    fhir: FhirClient,
+    seeded: SeedResult,
+) -> None:
+    tenant = make_tenant(database, "default", fhir_server.base_url)
+    record = _karim(fhir, seeded)
+    assert len(record.child_refs) == 1  # Yasmine
+    run = uuid.uuid4().hex  # the module's server is shared by both databases' runs
+
+    state = _deliver(database, tenant.id, fhir_server.base_url, record, _step4(record, f"s4-{run}"))
+
+    assert state is DeliveryState.DELIVERED
+    (decision,) = _finding(fhir_server.base_url, f"s4-{run}")
+    assert validate(decision) == []
+    after_4 = load_case_record(fhir, record.patient_ref, _flag_value(record))
+    assert after_4.reason_ref == f"Observation/{decision['id']}"
+    assert after_4.flag["meta"]["versionId"] != record.flag["meta"]["versionId"]
+
+    referral = Step6Input(
+        partner_id="vk-oost-vlaanderen",
+        with_cooperation=False,
+        patient_informed=True,
+        follow_up_actions=["Tell the CLB who takes the next step."],
+    ).finding(SOCIAL_WORKER, utcnow(), load_default_directory())
+    vk = _vk(fhir_server)
+    bundle = step_transaction(
+        after_4,
+        referral,
+        finding_identifier=f"s6-{run}",
+        referral=Referral(f"r-{run}", vk),
+        now=utcnow(),
+    )
+    assert _deliver(database, tenant.id, fhir_server.base_url, after_4, bundle) is (
+        DeliveryState.DELIVERED
+    )
+
+    system = terminology.identifier_system("referral")
+    (stored,) = search(fhir_server.base_url, "ServiceRequest", identifier=f"{system}|r-{run}")
+    assert validate(stored) == []
+    assert stored["performer"] == [{"reference": vk}]
+    assert stored["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
+    assert [r["reference"] for r in stored["supportingInfo"]] == list(record.child_refs.values())
+    (step6,) = _finding(fhir_server.base_url, f"s6-{run}")
+    assert step6["basedOn"] == [{"reference": f"ServiceRequest/{stored['id']}"}]
+    flag = fhir.read("Flag", record.flag["id"])
+    assert validate(flag) == []
+    last_step = terminology.extension_url("concern-last-step")
+    assert [e["valueCoding"]["code"] for e in flag["extension"] if e["url"] == last_step] == [
+        "step-6"
+    ]
+
+
+def test_the_second_of_two_social_workers_saving_from_the_same_reading_is_refused(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    fhir: FhirClient,
+    seeded: SeedResult,
+) -> None:
+    tenant = make_tenant(database, "default", fhir_server.base_url)
+    record = _karim(fhir, seeded)  # both opened the case now
+    run = uuid.uuid4().hex
+    first, second = _step4(record, f"a-{run}"), _step4(record, f"b-{run}")
+
+    assert _deliver(database, tenant.id, fhir_server.base_url, record, first) is (
+        DeliveryState.DELIVERED
+    )
+    assert _deliver(database, tenant.id, fhir_server.base_url, record, second) is (
+        DeliveryState.CONFLICT
+    )
+    # The transaction is atomic: the second decision is not on the server at all.
+    assert len(_finding(fhir_server.base_url, f"a-{run}")) == 1
+    assert count(fhir_server.base_url, "Observation", identifier=_identifier(f"b-{run}")) == 0
+
+
+def _identifier(value: str) -> str:
+    return f"{terminology.identifier_system('finding')}|{value}"
+
+
+def _flag_value(record: CaseRecord) -> str:
+    system = terminology.identifier_system("concern")
+    (ours,) = [i["value"] for i in record.flag["identifier"] if i["system"] == system]
+    return str(ours)
