@@ -24,10 +24,18 @@ from service.protocol import (
     Child,
     ChildFinding,
     ChildRelationship,
+    Consultation,
     ExpectedChild,
     Factor,
+    FactorKind,
     Finding,
+    HagueTrigger,
+    HeardChild,
     LivesWith,
+    ProgressAssessment,
+    ReferralTarget,
+    SafetyAction,
+    SafetyAssessment,
     Step,
     Step1Finding,
     Step2Finding,
@@ -35,6 +43,8 @@ from service.protocol import (
     Step4Decision,
     Step5Progress,
     Step6Referral,
+    SupportAction,
+    TeamDecision,
 )
 
 __all__ = [
@@ -44,6 +54,7 @@ __all__ = [
     "child_related_person",
     "concern_flag",
     "expecting_observation",
+    "finding_from_observation",
     "finding_observation",
     "identifier",
     "provenance",
@@ -530,3 +541,153 @@ def provenance(
     if resource_id:
         resource["id"] = resource_id
     return resource
+
+
+# --------------------------------------------------------------------------------------
+# Back: a step finding Observation to the protocol's Finding (reconciling from the server)
+# --------------------------------------------------------------------------------------
+def finding_from_observation(
+    resource: Mapping[str, Any], *, children: Mapping[str, Child] | None = None
+) -> Finding | None:
+    """The protocol's finding recorded in a Kindreflex step Observation.
+
+    None when the resource is not a Kindreflex step finding. Children are named by the
+    references in ``focus`` (and in the child-consent extension), as written. A step 1
+    Observation does not hold the children themselves: pass ``children`` (reference →
+    Child, e.g. from :func:`child_from_related_person`) to fill ``Step1Finding.children``;
+    the expected child is a separate Observation. Raises the protocol's errors when the
+    recorded content breaks a rule of the protocol.
+    """
+    if resource.get("resourceType") != "Observation":
+        return None
+    step_system = t.code_system_url("kindreflex-step")
+    step_code = next(
+        (
+            c.get("code")
+            for c in resource.get("code", {}).get("coding", [])
+            if c.get("system") == step_system
+        ),
+        None,
+    )
+    if step_code not in {s.value for s in Step}:
+        return None
+    step = Step(str(step_code))
+    components = _components_by_code(resource.get("component", []))
+    notes = [n.get("text", "") for n in resource.get("note", []) if n.get("text")]
+    performers = resource.get("performer", [])
+    base: dict[str, Any] = {
+        "recorded_by": performers[0].get("reference", "") if performers else "",
+        "recorded_at": datetime.fromisoformat(str(resource.get("effectiveDateTime", ""))),
+        "encounter_ref": resource.get("encounter", {}).get("reference"),
+        "note": "\n".join(notes) or None,
+    }
+    focus = tuple(str(f["reference"]) for f in resource.get("focus", []) if "reference" in f)
+    if step is Step.STEP_1:
+        known = children or {}
+        return Step1Finding(**base, children=tuple(known[r] for r in focus if r in known))
+    base["focus"] = focus
+    value = _value_code(resource.get("valueCodeableConcept"))
+    consultations = frozenset(Consultation(c) for c in _codes(components, "consultation"))
+    services = frozenset(ReferralTarget(c) for c in _codes(components, "service"))
+    match step:
+        case Step.STEP_2:
+            return Step2Finding(
+                **base,
+                assessment=SafetyAssessment(value),
+                reasons=tuple(_strings(components, "reason")),
+                who_helps=next(iter(_strings(components, "who-helps")), None),
+                consultations=consultations,
+                acute_danger=any(_booleans(components, "urgency")),
+                triggers=frozenset(HagueTrigger(c) for c in _codes(components, "trigger")),
+            )
+        case Step.STEP_3:
+            return Step3Support(
+                **base,
+                actions=frozenset(SupportAction(c) for c in _codes(components, "support-action")),
+                services=services,
+            )
+        case Step.STEP_4:
+            return Step4Decision(
+                **base,
+                decision=TeamDecision(value),
+                factors=tuple(_factor(c) for c in components.get("factor", [])),
+                consultations=consultations,
+                discussed_with_patient=any(_booleans(components, "discussed-with-patient")),
+                children_heard=tuple(_heard(c) for c in components.get("child-consent", [])),
+            )
+        case Step.STEP_5:
+            return Step5Progress(
+                **base,
+                progress=ProgressAssessment(value),
+                actions=frozenset(SafetyAction(c) for c in _codes(components, "safety-action")),
+                services=services,
+                consultations=consultations,
+            )
+        case _:
+            return Step6Referral(
+                **base,
+                target=ReferralTarget(value),
+                with_cooperation=any(_booleans(components, "with-cooperation")),
+                patient_informed=any(_booleans(components, "patient-informed")),
+                not_informed_reason=next(iter(_strings(components, "not-informed-reason")), None),
+                follow_up_actions=tuple(_strings(components, "follow-up")),
+            )
+
+
+def _components_by_code(raw: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    system = t.code_system_url("finding-component")
+    result: dict[str, list[Mapping[str, Any]]] = {}
+    for component in raw:
+        for coding in component.get("code", {}).get("coding", []):
+            if coding.get("system") == system:
+                result.setdefault(str(coding.get("code")), []).append(component)
+    return result
+
+
+def _value_code(concept: Mapping[str, Any] | None) -> str:
+    codings = (concept or {}).get("coding", [])
+    return str(codings[0].get("code", "")) if codings else ""
+
+
+def _codes(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[str]:
+    return [_value_code(c.get("valueCodeableConcept")) for c in components.get(code, [])]
+
+
+def _strings(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[str]:
+    return [str(c["valueString"]) for c in components.get(code, []) if "valueString" in c]
+
+
+def _booleans(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[bool]:
+    return [c["valueBoolean"] is True for c in components.get(code, []) if "valueBoolean" in c]
+
+
+def _factor(component: Mapping[str, Any]) -> Factor:
+    concept = component.get("valueCodeableConcept", {})
+    coding = (concept.get("coding") or [{}])[0]
+    code = str(coding.get("code", ""))
+    system = coding.get("system")
+    if system and system != t.code_system_url("factor"):
+        code = f"{system}|{code}"
+    kind_url = t.extension_url("factor-kind")
+    kind = next(
+        (
+            e.get("valueCoding", {}).get("code")
+            for e in component.get("extension", [])
+            if e.get("url") == kind_url
+        ),
+        FactorKind.RISK.value,
+    )
+    return Factor(code, FactorKind(kind), concept.get("text"))
+
+
+def _heard(component: Mapping[str, Any]) -> HeardChild:
+    child_url = t.extension_url("concerned-child")
+    ref = next(
+        (
+            str(e.get("valueReference", {}).get("reference", ""))
+            for e in component.get("extension", [])
+            if e.get("url") == child_url
+        ),
+        "",
+    )
+    return HeardChild(child_ref=ref, consent_given=component.get("valueBoolean") is True)

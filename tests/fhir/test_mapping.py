@@ -266,3 +266,32 @@ def test_naive_times_and_unknown_children_are_refused() -> None:
             child_refs={},
             identifier=mapping.identifier("finding"),
         )
+
+
+def test_findings_round_trip_through_fhir() -> None:
+    """finding_from_observation(finding_observation(f)) == f for the whole seed 001 case."""
+    case = episode_3(episode_2(episode_1()))
+    identity = {child.ref: child.ref for child in case.children}
+    children = {child.ref: child for child in case.children}
+    for finding in [*case.findings, *_findings()]:
+        resource = mapping.finding_observation(
+            finding,
+            patient_ref=PATIENT,
+            encounter_ref=None,
+            child_refs={**identity, "c1": "c1"},
+            identifier=mapping.identifier("finding"),
+        )
+        assert mapping.finding_from_observation(resource, children=children) == finding
+
+
+def test_finding_from_other_observations_is_none() -> None:
+    expecting = mapping.expecting_observation(
+        ExpectedChild(PregnancyOf.PATIENT),
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        performer=NURSE,
+        recorded_at=NOW,
+        identifier=mapping.identifier("finding"),
+    )
+    assert mapping.finding_from_observation(expecting) is None
+    assert mapping.finding_from_observation({"resourceType": "Flag"}) is None
