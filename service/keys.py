@@ -155,8 +155,8 @@ class KeyStore:
         """The key to sign with: the newest one published for at least ``NEW_KEY_PUBLISHED_AHEAD``.
 
         A rotated-in key is published before it signs, so that an EHR holding a cached copy
-        of our JWKS already knows it; until then the previous key keeps signing. The very
-        first key signs at once (there is nothing cached to be behind).
+        of our JWKS already knows it; until then the key published longest keeps signing.
+        The very first key signs at once (there is nothing cached to be behind).
         """
         now = utcnow()
         rows = session.scalars(
@@ -169,7 +169,7 @@ class KeyStore:
             # and the newest signs, which is harmless.
             return self._new_key(session)
         mature = [row for row in rows if row.created_at <= now - NEW_KEY_PUBLISHED_AHEAD]
-        return mature[0] if mature else rows[0]
+        return mature[0] if mature else rows[-1]  # else the one published longest
 
     def _new_key(self, session: Session) -> SigningKey:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
