@@ -46,7 +46,8 @@ class Clock:
 
 
 def make_outbox(database: Database, clock: Clock, tokens: Any = None) -> Outbox:
-    return Outbox(database, tokens or LoopbackTokens(), timeout=5.0, retry_base=1.0, clock=clock)
+    """An outbox whose retries are never due before the test moves the clock (backoff ≥ 15 s)."""
+    return Outbox(database, tokens or LoopbackTokens(), timeout=5.0, retry_base=30.0, clock=clock)
 
 
 def make_tenant(database: Database, slug: str, fhir_base_url: str) -> TenantContext:
