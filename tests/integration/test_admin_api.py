@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from fastapi.routing import APIRoute
@@ -17,12 +18,13 @@ from pydantic import SecretStr
 
 from service.admin import access
 from service.app import create_app
-from service.db.base import Database
+from service.db.base import Database, utcnow
 from service.protocol import Step
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import EhrRegistration, TenantConfiguration
-from smart_app.admin import ADMIN_COOKIE, router
+from smart_app.admin import ADMIN_COOKIE, CSRF_HEADER, router
+from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
 
 KEY = "admin-test-deployment-key"
 
@@ -312,3 +314,48 @@ def test_plan_wording_changes_raise_the_plan_revision(
         "Peil naar veiligheid (ons ziekenhuis)"
     )
     assert context.config.plan.text(Step.STEP_2, "title", "fr") is None
+
+
+def app_session(client: TestClient, hospital: Hospital, *roles: Role) -> tuple[str, str]:
+    """The session a completed SMART launch creates (the launch itself is tested in
+    test_smart_launch.py); returns the cookie secret and the session's CSRF token."""
+    store = client.app.state.sessions  # type: ignore[attr-defined]
+    secret = store.create(
+        NewSession(
+            tenant_id=hospital.id, registration_id="ehr", path_prefix=hospital.prefix,
+            fhir_base_url=f"https://{hospital.slug}.example/fhir",
+            token_endpoint="https://ehr.example/token",
+            user=AppUser("Practitioner/1", "An Janssens", frozenset({"nurse", *roles})),
+            language="nl", patient_id="p1", encounter_id="e1", app_context=None,
+            launch_details={}, scope="launch openid fhirUser", access_token="at",
+            refresh_token=None, access_expires_at=utcnow() + timedelta(minutes=5),
+        )
+    )  # fmt: skip
+    return secret, store.find(secret).csrf_token
+
+
+def test_nurses_and_social_workers_launched_from_the_ehr_are_not_admins(
+    client: TestClient, gent: Hospital
+) -> None:
+    not_admins: list[tuple[Role, ...]] = [(), ("social-worker",)]
+    for roles in not_admins:
+        cookie, _ = app_session(client, gent, *roles)
+        client.cookies.set(SESSION_COOKIE, cookie)
+        for method, path in admin_routes():
+            response = client.request(method, concrete(path), follow_redirects=False)
+            assert response.status_code == 403, (roles, method, path, response.text)
+
+
+def test_an_ehr_user_with_the_admin_role_administers_their_own_hospital(
+    client: TestClient, database: Database, gent: Hospital, brugge: Hospital
+) -> None:
+    cookie, csrf = app_session(client, gent, "admin")
+    client.cookies.set(SESSION_COOKIE, cookie)
+    assert client.get("/admin/api/config").status_code == 200
+    assert client.put("/admin/api/hooks", json={"adult_age": 19}).status_code == 403  # no CSRF
+    changed = client.put("/admin/api/hooks", json={"adult_age": 19}, headers={CSRF_HEADER: csrf})
+    assert changed.status_code == 200
+    newest = client.get("/admin/api/audit").json()["changes"][0]
+    assert newest["actor"] == "An Janssens <Practitioner/1>"
+    # the launch belongs to az-gent: at az-brugge it is no session at all
+    assert client.get("/t/az-brugge/admin/api/config").status_code == 401
