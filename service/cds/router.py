@@ -3,7 +3,12 @@
 Mounted at the root (the default hospital) and under ``/t/{tenant}``. Every call is
 authenticated with the EHR's JWT (``service.cds.auth``) unless the deployment turned the
 check off for the local demo. Errors are JSON ``{"error": <code>, "reason": <text>}``:
-400 for a malformed body, 401 for authentication, 404 for an unknown or disabled service.
+400 for a malformed body, 401 for authentication, 404 for an unknown or disabled service,
+503 when the replay check cannot be written.
+
+The handlers resolve the tenant and settings by calling ``service.api.deps`` directly
+rather than through ``Depends``: FastAPI runs sync dependencies in its thread pool, a
+thread hop per call on the path where the EHR waits.
 """
 
 from __future__ import annotations
@@ -22,9 +27,17 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.api.deps import SettingsDep, TenantDep
+from service.api.deps import current_tenant, settings_of
 from service.cds import prefetch
-from service.cds.auth import Caller, CdsAuthenticator, CdsAuthError, JwksCache, SeenTokens, expiry
+from service.cds.auth import (
+    Caller,
+    CdsAuthenticator,
+    CdsAuthError,
+    JwksCache,
+    ReplayCheckUnavailableError,
+    SeenTokens,
+    expiry,
+)
 from service.cds.cards import CardTarget, card
 from service.cds.rules import advise, local_trigger_codes
 from service.cds.schemas import FeedbackRequest, HookContext, HookRequest
@@ -50,10 +63,10 @@ CLINIC_ZONE = ZoneInfo("Europe/Brussels")
 
 @dataclass(frozen=True)
 class CdsState:
-    """What the CDS endpoints keep per app: keys, the replay ledger, an HTTP client, metrics."""
+    """What the CDS endpoints keep per app: keys, the replay ledger, HTTP clients, metrics."""
 
     authenticator: CdsAuthenticator
-    http: httpx.AsyncClient
+    fhir_http: httpx.AsyncClient  # counts every request it sends (the "one FHIR request" rule)
     fhir_requests: Counter
     cards: Counter
 
@@ -73,15 +86,22 @@ def cds_state(request: Request) -> CdsState:
 
 
 def _new_state(database: Database, registry: Any) -> CdsState:
-    http = httpx.AsyncClient(follow_redirects=False)
+    fhir_requests = Counter(
+        "kindreflex_cds_fhir_requests_total",
+        "HTTP requests sent to FHIR servers by CDS hook calls (prefetch missing).",
+        registry=registry,
+    )
+
+    async def count(_: httpx.Request) -> None:
+        fhir_requests.inc()
+
+    # no redirects: the EHR's access token must not follow a redirect to another host
+    jwks_http = httpx.AsyncClient(follow_redirects=False)
+    fhir_http = httpx.AsyncClient(follow_redirects=False, event_hooks={"request": [count]})
     return CdsState(
-        authenticator=CdsAuthenticator(JwksCache(http), SeenTokens(database)),
-        http=http,
-        fhir_requests=Counter(
-            "kindreflex_cds_fhir_requests_total",
-            "FHIR requests made by CDS hook calls (prefetch missing).",
-            registry=registry,
-        ),
+        authenticator=CdsAuthenticator(JwksCache(jwks_http), SeenTokens(database)),
+        fhir_http=fhir_http,
+        fhir_requests=fhir_requests,
         cards=Counter(
             "kindreflex_cds_cards_total",
             "CDS cards returned, by indicator ('none' when no card).",
@@ -91,12 +111,19 @@ def _new_state(database: Database, registry: Any) -> CdsState:
     )
 
 
+def _ok(content: dict[str, Any]) -> JSONResponse:
+    # a JSONResponse skips FastAPI's generic jsonable_encoder walk: the cards are plain JSON
+    return JSONResponse(content)
+
+
 def _error(status: int, code: str, reason: str) -> JSONResponse:
     headers = {"WWW-Authenticate": f'Bearer error="{code}"'} if status == 401 else None
     return JSONResponse({"error": code, "reason": reason}, status_code=status, headers=headers)
 
 
-def _unauthorized(error: CdsAuthError) -> JSONResponse:
+def _refused(error: CdsAuthError | ReplayCheckUnavailableError) -> JSONResponse:
+    if isinstance(error, ReplayCheckUnavailableError):
+        return _error(503, "unavailable", "the replay check cannot be made now; retry later")
     return _error(401, "invalid_token", str(error))
 
 
@@ -122,8 +149,8 @@ async def _authenticate(
     caller, claims = await authenticator.verify(
         request.headers.get("authorization"), tenant, audience
     )
-    first_use = await run_in_threadpool(
-        authenticator.seen.first_use, tenant.id, caller.issuer, claims["jti"], expiry(claims)
+    first_use = await authenticator.seen.first_use(
+        tenant.id, caller.issuer, claims["jti"], expiry(claims)
     )
     if not first_use:
         raise CdsAuthError("this jti was already used: a JWT is good for one call only")
@@ -144,42 +171,42 @@ def _enabled_hook(tenant: TenantContext, service_id: str) -> Hook | None:
 
 
 @router.get("/cds-services", response_model=None)
-async def discovery(
-    request: Request, tenant: TenantDep, settings: SettingsDep
-) -> dict[str, Any] | JSONResponse:
+async def discovery(request: Request) -> JSONResponse:
+    tenant, settings = current_tenant(request), settings_of(request)
     try:
         await _authenticate(request, tenant, settings, cds_state(request))
-    except CdsAuthError as error:
-        return _unauthorized(error)
+    except (CdsAuthError, ReplayCheckUnavailableError) as error:
+        return _refused(error)
     templates = prefetch.templates(guide_vocabulary())
-    return {
-        "services": [
-            {
-                "hook": hook,
-                "id": service_id,
-                "title": "Kindreflex",
-                "description": "Prompts the Kindreflex (see the children behind the adult "
-                "patient) and warns on Hague-protocol presentations or an open concern.",
-                "prefetch": templates,
-            }
-            for service_id, hook in SERVICES.items()
-            if hook in tenant.config.hooks.enabled
-        ]
-    }
+    return _ok(
+        {
+            "services": [
+                {
+                    "hook": hook,
+                    "id": service_id,
+                    "title": "Kindreflex",
+                    "description": "Prompts the Kindreflex (see the children behind the adult "
+                    "patient) and warns on Hague-protocol presentations or an open concern.",
+                    "prefetch": templates,
+                }
+                for service_id, hook in SERVICES.items()
+                if hook in tenant.config.hooks.enabled
+            ]
+        }
+    )
 
 
 @router.post("/cds-services/{service_id}", response_model=None)
-async def call_service(
-    service_id: str, request: Request, tenant: TenantDep, settings: SettingsDep
-) -> dict[str, Any] | JSONResponse:
+async def call_service(service_id: str, request: Request) -> JSONResponse:
+    tenant, settings = current_tenant(request), settings_of(request)
     hook = _enabled_hook(tenant, service_id)
     if hook is None:
         return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
     state = cds_state(request)
     try:
         caller = await _authenticate(request, tenant, settings, state)
-    except CdsAuthError as error:
-        return _unauthorized(error)
+    except (CdsAuthError, ReplayCheckUnavailableError) as error:
+        return _refused(error)
     try:
         body = HookRequest.model_validate_json(await request.body())
         context = HookContext.model_validate(body.context)
@@ -199,7 +226,7 @@ async def call_service(
     )
     state.cards.labels(advice.indicator if advice else "none").inc()
     if advice is None:
-        return {"cards": []}
+        return _ok({"cards": []})
     registration = caller.registration if caller else None
     language = negotiate(
         [
@@ -212,17 +239,14 @@ async def call_service(
         hook=hook,
         hook_instance=str(body.hookInstance),
     )
-    return {
-        "cards": [
-            card(
-                advice,
-                language=language,
-                hooks=tenant.config.hooks,
-                vocabulary=vocabulary,
-                target=target,
-            )
-        ]
-    }
+    hooks = tenant.config.hooks
+    return _ok(
+        {
+            "cards": [
+                card(advice, language=language, hooks=hooks, vocabulary=vocabulary, target=target)
+            ]
+        }
+    )
 
 
 async def _patient_data(
@@ -245,23 +269,21 @@ async def _patient_data(
     registrations = [caller.registration] if caller else tenant.config.registrations
     if server not in {r.fhir_base_url for r in registrations}:
         return data
-    state.fhir_requests.inc()
     data.update(
-        await prefetch.fetch(state.http, server, body.fhirAuthorization.access_token, queries)
+        await prefetch.fetch(state.fhir_http, server, body.fhirAuthorization.access_token, queries)
     )
     return data
 
 
 @router.post("/cds-services/{service_id}/feedback", response_model=None)
-async def feedback(
-    service_id: str, request: Request, tenant: TenantDep, settings: SettingsDep
-) -> dict[str, Any] | JSONResponse:
+async def feedback(service_id: str, request: Request) -> JSONResponse:
+    tenant, settings = current_tenant(request), settings_of(request)
     if _enabled_hook(tenant, service_id) is None:
         return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
     try:
         caller = await _authenticate(request, tenant, settings, cds_state(request))
-    except CdsAuthError as error:
-        return _unauthorized(error)
+    except (CdsAuthError, ReplayCheckUnavailableError) as error:
+        return _refused(error)
     try:
         body = FeedbackRequest.model_validate_json(await request.body())
     except ValidationError as error:
@@ -270,7 +292,7 @@ async def feedback(
     await run_in_threadpool(
         _store_feedback, database, tenant.id, service_id, caller.issuer if caller else None, body
     )
-    return {}
+    return _ok({})
 
 
 def _store_feedback(

@@ -1,0 +1,226 @@
+"""Prefetch missing: the service asks a REAL FHIR server (sekmet, seeded with the sandbox's
+Flemish ED patients) once, and degrades to the generic card when it cannot.
+
+The FHIR requests are counted twice: by the service's own counter (an httpx event hook on
+the client that talks to FHIR servers) and in the FHIR server's access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from sandbox.cds_client import compute_prefetch
+from sandbox.fhir_server import FhirServer
+from sandbox.seed import SeedResult, seed
+from service.cds.vocabulary import guide_vocabulary
+from service.db.base import Database
+from service.protocol import Step
+from tests.integration.test_cds_hooks import (
+    PUBLIC_URL,
+    Cds,
+    Ehr,
+    hook_body,
+    make_app,
+    only_card,
+    running_ehr,
+    tenant_config,
+)
+from tests.support.processes import free_port
+
+pytestmark = pytest.mark.fhirserver
+
+
+@pytest.fixture(scope="module")
+def ehr() -> Iterator[Ehr]:
+    yield from running_ehr()
+
+
+@pytest.fixture(scope="module")
+def fhir() -> Iterator[tuple[FhirServer, SeedResult]]:
+    with FhirServer(log_traffic=True) as server:
+        yield server, seed(server.base_url)
+
+
+@pytest.fixture
+def cds_on_fhir(
+    database_url: str, database: Database, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> Iterator[Cds]:
+    app = make_app(database_url, database)
+    with TestClient(app, base_url=PUBLIC_URL) as client:
+        harness = Cds(app, client, ehr, database)
+        harness.configure(tenant_config(ehr, fhir_base_url=fhir[0].base_url))
+        yield harness
+
+
+AUTHORIZATION = {
+    "access_token": "ehr-issued-token",
+    "token_type": "Bearer",
+    "expires_in": 300,
+    "scope": "patient/*.rs",
+    "subject": "kindreflex-cds",
+}
+
+
+def without_prefetch(fhir_server: str | None, patient: Any, **extra: Any) -> dict[str, Any]:
+    body = hook_body(encounter_id=patient.arrived_encounter_id, **extra)
+    body["context"]["patientId"] = patient.id
+    del body["prefetch"]
+    if fhir_server is not None:
+        body |= {"fhirServer": fhir_server, "fhirAuthorization": AUTHORIZATION}
+    return body
+
+
+def fhir_log_lines(server: FhirServer) -> int:
+    return sum(
+        1
+        for line in server.log_text().splitlines()
+        if '"GET /fhir' in line or '"POST /fhir' in line
+    )
+
+
+def wait_for_log(server: FhirServer, lines: int) -> None:
+    """The access log line is written just after the response; wait for it (with a deadline)."""
+    deadline = time.monotonic() + 10
+    while fhir_log_lines(server) < lines and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a log file with a deadline, not synchronisation
+
+
+@pytest.mark.parametrize(
+    ("patient_key", "indicator", "reasons"),
+    [
+        ("jan-janssens", "warning", ["domestic-violence"]),
+        ("lotte-claes", "warning", ["substance-abuse"]),  # the trigger is a Condition
+        ("tom-wouters", "warning", ["self-harm-psychiatric"]),
+        ("karim-el-amrani", "warning", ["open-concern"]),
+        ("an-peeters", "info", []),
+    ],
+)
+def test_without_prefetch_one_batch_request_gives_the_right_card(
+    cds_on_fhir: Cds,
+    fhir: tuple[FhirServer, SeedResult],
+    patient_key: str,
+    indicator: str,
+    reasons: list[str],
+) -> None:
+    server, seeded = fhir
+    before = fhir_log_lines(server)
+    card = only_card(
+        cds_on_fhir.call(body=without_prefetch(server.base_url, seeded.patient(patient_key)))
+    )
+    assert card["indicator"] == indicator
+    assert json.loads(card["links"][0]["appContext"])["reasons"] == reasons
+    assert cds_on_fhir.fhir_requests() == 1
+    wait_for_log(server, before + 1)
+    assert fhir_log_lines(server) == before + 1
+
+
+def test_a_minor_from_the_fhir_server_gets_no_card(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    server, seeded = fhir
+    response = cds_on_fhir.call(
+        body=without_prefetch(server.base_url, seeded.patient("noor-vermeulen"))
+    )
+    assert response.json() == {"cards": []}
+    assert cds_on_fhir.fhir_requests() == 1
+
+
+def test_only_the_missing_keys_are_fetched_still_in_one_request(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    body = without_prefetch(server.base_url, patient)
+    patient_resource = httpx.get(f"{server.base_url}/Patient/{patient.id}").json()
+    body["prefetch"] = {"patient": patient_resource, "flags": None}  # null: "nothing there"
+    card = only_card(cds_on_fhir.call(body=body))
+    assert card["indicator"] == "warning"
+    assert cds_on_fhir.fhir_requests() == 1
+
+
+def test_step_1_recorded_on_the_fhir_server_means_no_card(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    server, seeded = fhir
+    patient = seeded.patient("els-goossens")
+    step_1 = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": guide_vocabulary().step_system, "code": Step.STEP_1.value}]},
+        "subject": {"reference": f"Patient/{patient.id}"},
+        "encounter": {"reference": f"Encounter/{patient.arrived_encounter_id}"},
+    }
+    assert httpx.post(f"{server.base_url}/Observation", json=step_1).status_code == 201
+    response = cds_on_fhir.call(body=without_prefetch(server.base_url, patient))
+    assert response.json() == {"cards": []}
+
+
+def test_the_discovery_templates_work_for_a_real_ehr_client(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """The sandbox EHR's own prefetch code resolves our templates against sekmet."""
+    server, seeded = fhir
+    patient = seeded.patient("lotte-claes")
+    templates = cds_on_fhir.discover().json()["services"][0]["prefetch"]
+    context = {
+        "userId": "Practitioner/nurse-1",
+        "patientId": patient.id,
+        "encounterId": patient.arrived_encounter_id,
+    }
+
+    async def fetch(query: str) -> dict[str, Any] | None:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"{server.base_url}/{query}")
+        return response.json() if response.status_code == 200 else None
+
+    data = asyncio.run(compute_prefetch(templates, context, fetch))
+    assert set(data) == set(templates)
+    body = hook_body(data=data, encounter_id=patient.arrived_encounter_id)
+    body["context"]["patientId"] = patient.id
+    card = only_card(
+        cds_on_fhir.call(
+            body=body | {"fhirServer": server.base_url, "fhirAuthorization": AUTHORIZATION}
+        )
+    )
+    assert card["indicator"] == "warning"
+    assert cds_on_fhir.fhir_requests() == 0  # everything came in prefetch
+
+
+def test_fhir_server_down_gives_the_generic_card(
+    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}/fhir"
+    cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=down))
+    card = only_card(cds_on_fhir.call(body=without_prefetch(down, fhir[1].patient("jan-janssens"))))
+    assert card["indicator"] == "info"
+    assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+
+
+def test_no_prefetch_and_no_fhir_server_gives_the_generic_card(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    card = only_card(cds_on_fhir.call(body=without_prefetch(None, fhir[1].patient("jan-janssens"))))
+    assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    assert cds_on_fhir.fhir_requests() == 0
+
+
+def test_the_token_is_only_sent_to_the_registered_fhir_server(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    server, seeded = fhir
+    before = fhir_log_lines(server)
+    elsewhere = server.base_url.replace("127.0.0.1", "localhost")
+    card = only_card(
+        cds_on_fhir.call(body=without_prefetch(elsewhere, seeded.patient("jan-janssens")))
+    )
+    assert card["indicator"] == "info"
+    assert cds_on_fhir.fhir_requests() == 0
+    assert fhir_log_lines(server) == before

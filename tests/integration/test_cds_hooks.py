@@ -1,0 +1,445 @@
+"""The CDS Hooks service over HTTP: real signed JWTs, JWKS served over real HTTP, SQLite
+and PostgreSQL. Discovery, cards, authentication failures, malformed bodies, feedback."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from sandbox.keys import SigningKey
+from service.app import create_app
+from service.db.base import Database
+from service.db.models import CdsFeedback, CdsSeenToken
+from service.protocol import HagueTrigger
+from service.settings import Settings
+from service.tenant_config import (
+    CdsIssuer,
+    EhrRegistration,
+    HookSettings,
+    Language,
+    TenantConfiguration,
+)
+from tests.support.sandbox import JwksServer
+from tests.unit.test_cds_rules import ENCOUNTER_ID, a_code_of, concern_flag, prefetch
+
+PUBLIC_URL = "http://testserver"
+ENCOUNTER_START = "kindreflex-encounter-start"
+PATIENT_VIEW = "kindreflex-patient-view"
+
+
+@dataclass
+class Ehr:
+    """An EHR that signs its CDS calls: its key, its JWKS URL, its issuer."""
+
+    key: SigningKey
+    jwks: JwksServer
+    issuer: str
+
+    def token(self, aud: str, headers: dict[str, Any] | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": self.issuer, "sub": "ehr-client", "aud": aud, "iat": now}
+        payload |= {"exp": now + 120, "jti": str(uuid.uuid4())} | claims
+        return self.key.sign(payload, headers={"jku": self.jwks.url} | (headers or {}))
+
+
+def running_ehr() -> Iterator[Ehr]:
+    """An EHR with a fresh ES384 key, its JWKS served over HTTP on loopback."""
+    key = SigningKey.generate("ehr-key-1", "ES384")
+    with JwksServer(key) as jwks:
+        yield Ehr(key, jwks, "https://ehr.az-gent.example/cds")
+
+
+@pytest.fixture(scope="module")
+def ehr() -> Iterator[Ehr]:
+    yield from running_ehr()
+
+
+def tenant_config(
+    ehr: Ehr,
+    hooks: HookSettings | None = None,
+    fhir_base_url: str = "https://ehr.az-gent.example/fhir",
+    language: Language = "nl",
+    jwks: dict[str, object] | None = None,
+) -> TenantConfiguration:
+    issuer = CdsIssuer(iss=ehr.issuer, jku=[] if jwks else [ehr.jwks.url], jwks=jwks)
+    registration = EhrRegistration(
+        id="ehr",
+        name="AZ Gent EHR",
+        fhir_base_url=fhir_base_url,
+        client_id="kindreflex",
+        cds_issuers=[issuer],
+        default_language=language,
+    )
+    return TenantConfiguration(
+        name="AZ Gent", registrations=[registration], hooks=hooks or HookSettings()
+    )
+
+
+@dataclass
+class Cds:
+    """Our app, configured for one hospital, and an HTTP client on it."""
+
+    app: FastAPI
+    client: TestClient
+    ehr: Ehr
+    database: Database
+    tokens: list[str] = field(default_factory=list)
+
+    def configure(self, config: TenantConfiguration, slug: str = "default") -> None:
+        self.app.state.tenants.save(slug, config, actor="test")
+
+    def call(
+        self,
+        service: str = ENCOUNTER_START,
+        body: dict[str, Any] | bytes | None = None,
+        prefix: str = "",
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        path = f"{prefix}/cds-services/{service}"
+        token = token or self.ehr.token(PUBLIC_URL + path)
+        sent = {"Authorization": f"Bearer {token}"} | (headers or {})
+        if isinstance(body, bytes):
+            return self.client.post(path, content=body, headers=sent)
+        return self.client.post(path, json=hook_body() if body is None else body, headers=sent)
+
+    def discover(self, prefix: str = "") -> Any:
+        path = f"{prefix}/cds-services"
+        token = self.ehr.token(PUBLIC_URL + path)
+        return self.client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    def count(self, model: type[CdsFeedback] | type[CdsSeenToken]) -> int:
+        with self.database.session() as session:
+            return session.scalar(select(func.count()).select_from(model)) or 0
+
+    def fhir_requests(self) -> float:
+        return float(self.app.state.cds.fhir_requests._value.get())
+
+
+def make_app(database_url: str, database: Database) -> FastAPI:
+    settings = Settings(environment="test", public_url=PUBLIC_URL, database_url=database_url)
+    return create_app(settings, database)
+
+
+@pytest.fixture
+def cds(database_url: str, database: Database, ehr: Ehr) -> Iterator[Cds]:
+    app = make_app(database_url, database)
+    with TestClient(app, base_url=PUBLIC_URL) as client:
+        harness = Cds(app, client, ehr, database)
+        harness.configure(tenant_config(ehr))
+        yield harness
+
+
+def hook_body(
+    hook: str = "encounter-start",
+    data: dict[str, Any] | None = None,
+    encounter_id: str | None = ENCOUNTER_ID,
+    **extra: Any,
+) -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": "Practitioner/nurse-1", "patientId": "p1"}
+    if encounter_id is not None:
+        context["encounterId"] = encounter_id
+    body = {
+        "hook": hook,
+        "hookInstance": str(uuid.uuid4()),
+        "context": context,
+        "prefetch": prefetch() if data is None else data,
+    }
+    return body | extra
+
+
+def only_card(response: Any) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    assert isinstance(card, dict)
+    return card
+
+
+# --- discovery and cards -----------------------------------------------------------------
+
+
+def test_discovery_lists_both_services_with_prefetch_templates(cds: Cds) -> None:
+    response = cds.discover()
+    assert response.status_code == 200, response.text
+    services = {s["id"]: s for s in response.json()["services"]}
+    assert set(services) == {ENCOUNTER_START, PATIENT_VIEW}
+    assert services[ENCOUNTER_START]["hook"] == "encounter-start"
+    templates = services[PATIENT_VIEW]["prefetch"]
+    assert templates["patient"] == "Patient/{{context.patientId}}"
+    assert set(templates) == {
+        "patient",
+        "encounter",
+        "conditions",
+        "relatedPersons",
+        "flags",
+        "findings",
+    }
+
+
+def test_disabling_a_hook_takes_effect_at_once(cds: Cds) -> None:
+    cds.configure(tenant_config(cds.ehr, HookSettings(enabled=["encounter-start"])))
+    assert [s["id"] for s in cds.discover().json()["services"]] == [ENCOUNTER_START]
+    refused = cds.call(PATIENT_VIEW, hook_body("patient-view"))
+    assert refused.status_code == 404
+    assert refused.json()["error"] == "unknown_service"
+
+    cds.configure(tenant_config(cds.ehr, HookSettings(adult_age=16)))
+    assert len(cds.discover().json()["services"]) == 2
+    sixteen = prefetch(birth_date=f"{time.gmtime().tm_year - 17}-01-01")
+    assert len(cds.call(body=hook_body(data=sixteen)).json()["cards"]) == 1
+
+
+def test_a_domestic_violence_presentation_gets_a_warning_card_with_a_smart_link(cds: Cds) -> None:
+    data = prefetch(reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),))
+    card = only_card(cds.call(body=hook_body(data=data)))
+    assert card["indicator"] == "warning"
+    assert card["summary"] == "Doe de Kindreflex — aanleiding: huiselijk geweld"
+    assert "partnergeweld" in card["detail"]
+    (link,) = card["links"]
+    assert (link["type"], link["url"]) == ("smart", f"{PUBLIC_URL}/launch")
+    assert '"reasons":["domestic-violence"]' in link["appContext"]
+    assert uuid.UUID(card["uuid"])
+    assert cds.fhir_requests() == 0  # answered from prefetch
+
+
+def test_minor_step_1_done_and_open_concern(cds: Cds) -> None:
+    minor = prefetch(birth_date=f"{time.gmtime().tm_year - 10}-01-01")
+    assert cds.call(body=hook_body(data=minor)).json() == {"cards": []}
+    concern = only_card(cds.call(body=hook_body(data=prefetch(flags=(concern_flag(),)))))
+    assert concern["indicator"] == "warning"
+    assert "open verontrusting" in concern["summary"]
+
+
+def test_language_from_accept_language_else_the_registration_default(cds: Cds) -> None:
+    french = only_card(cds.call(headers={"Accept-Language": "fr-BE,fr;q=0.9"}))
+    assert french["summary"].startswith("Faites le Kindreflex")
+    cds.configure(tenant_config(cds.ehr, language="en"))
+    assert only_card(cds.call())["summary"].startswith("Do the Kindreflex")
+
+
+def test_patient_view_without_an_encounter_still_prompts(cds: Cds) -> None:
+    body = hook_body("patient-view", encounter_id=None)
+    assert only_card(cds.call(PATIENT_VIEW, body))["indicator"] == "info"
+
+
+# --- authentication ----------------------------------------------------------------------
+
+AUD = f"{PUBLIC_URL}/cds-services/{ENCOUNTER_START}"
+
+
+def hs256_token(ehr: Ehr) -> str:
+    now = int(time.time())
+    claims = {"iss": ehr.issuer, "aud": AUD, "iat": now, "exp": now + 60, "jti": "x"}
+    return jwt.encode(claims, "shared-secret-is-not-accepted", algorithm="HS256")
+
+
+def foreign_key_token(ehr: Ehr) -> str:
+    impostor = SigningKey.generate(ehr.key.kid, "ES384")  # same kid, another key
+    now = int(time.time())
+    claims = {"iss": ehr.issuer, "aud": AUD, "iat": now, "exp": now + 60, "jti": "y"}
+    return impostor.sign(claims, headers={"jku": ehr.jwks.url})
+
+
+NOW = int(time.time())
+BAD_TOKENS: dict[str, tuple[Callable[[Ehr], str], str]] = {
+    "expired": (lambda e: e.token(AUD, iat=NOW - 400, exp=NOW - 100), "expired"),
+    "wrong aud": (lambda e: e.token(f"{PUBLIC_URL}/cds-services"), "aud must be the URL called"),
+    "unknown iss": (lambda e: e.token(AUD, iss="https://evil.example"), "not registered"),
+    "jku not allow-listed": (
+        lambda e: e.token(AUD, headers={"jku": "http://127.0.0.1:9/keys.json"}),
+        "allow-list",
+    ),
+    "HS256": (hs256_token, "not accepted"),
+    "other key": (foreign_key_token, "does not verify"),
+    "too long-lived": (lambda e: e.token(AUD, exp=int(time.time()) + 3600), "longer than"),
+    "issued in the future": (
+        lambda e: e.token(AUD, iat=int(time.time()) + 600, exp=int(time.time()) + 700),
+        "future",
+    ),
+    "no jti": (lambda e: e.token(AUD, jti=None), "jti"),
+    "not a JWT": (lambda e: "not-a-jwt", "not a JWT"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+def test_a_bad_token_is_refused_with_401_and_a_reason(cds: Cds, case: str) -> None:
+    make, reason = BAD_TOKENS[case]
+    response = cds.call(token=make(cds.ehr))
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_token"
+    assert reason in response.json()["reason"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert cds.count(CdsSeenToken) == 0
+
+
+def test_no_authorization_header_is_refused(cds: Cds) -> None:
+    response = cds.client.post(f"/cds-services/{ENCOUNTER_START}", json=hook_body())
+    assert response.status_code == 401
+    assert "Authorization: Bearer" in response.json()["reason"]
+    assert cds.client.get("/cds-services").status_code == 401
+
+
+def test_a_replayed_token_is_refused_also_by_another_instance(
+    cds: Cds, database_url: str, database: Database
+) -> None:
+    token = cds.ehr.token(AUD)
+    assert cds.call(token=token).status_code == 200
+    replay = cds.call(token=token)
+    assert replay.status_code == 401
+    assert "already used" in replay.json()["reason"]
+    # a second instance of the service shares the replay ledger through the database
+    with TestClient(make_app(database_url, database), base_url=PUBLIC_URL) as other:
+        again = other.post(
+            f"/cds-services/{ENCOUNTER_START}",
+            json=hook_body(),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert again.status_code == 401
+    assert cds.count(CdsSeenToken) == 1
+
+
+def test_keys_configured_for_the_issuer_need_no_jku(cds: Cds) -> None:
+    cds.configure(tenant_config(cds.ehr, jwks={"keys": [cds.ehr.key.public_jwk()]}))
+    now = int(time.time())
+    claims = {"iss": cds.ehr.issuer, "aud": AUD, "iat": now, "exp": now + 60, "jti": "z1"}
+    assert cds.call(token=cds.ehr.key.sign(claims)).status_code == 200
+    # with configured keys, a jku the issuer did not allow-list is still refused
+    assert cds.call().status_code == 401
+
+
+def test_a_hospital_only_accepts_its_own_ehrs(cds: Cds) -> None:
+    other = SigningKey.generate("b-key", "ES384")
+    with JwksServer(other) as jwks:
+        hospital_b = Ehr(other, jwks, "https://ehr.az-brugge.example/cds")
+        cds.configure(tenant_config(hospital_b), slug="az-brugge")
+        prefix = "/t/az-brugge"
+        path = f"{PUBLIC_URL}{prefix}/cds-services/{ENCOUNTER_START}"
+        own = cds.call(prefix=prefix, token=hospital_b.token(path))
+        assert own.status_code == 200, own.text
+        assert only_card(own)["links"][0]["url"] == f"{PUBLIC_URL}{prefix}/launch"
+        # hospital A's EHR signs correctly for hospital B's URL: still not B's EHR
+        assert cds.call(prefix=prefix, token=cds.ehr.token(path)).status_code == 401
+        # and B's EHR cannot call hospital A
+        assert cds.call(token=hospital_b.token(AUD)).status_code == 401
+
+
+# --- malformed requests ------------------------------------------------------------------
+
+MALFORMED: dict[str, tuple[str, dict[str, Any] | bytes, int]] = {
+    "not JSON": (ENCOUNTER_START, b"{not json", 400),
+    "hookInstance not a UUID": (ENCOUNTER_START, hook_body(hookInstance="abc"), 400),
+    "context is a string": (ENCOUNTER_START, hook_body(context="p1"), 400),
+    "context missing": (
+        ENCOUNTER_START,
+        {k: v for k, v in hook_body().items() if k != "context"},
+        400,
+    ),
+    "no encounter for encounter-start": (ENCOUNTER_START, hook_body(encounter_id=None), 400),
+    "query injection in patientId": (
+        ENCOUNTER_START,
+        hook_body(context={"userId": "Practitioner/n", "patientId": "p1&_count=1000"}),
+        400,
+    ),
+    "prefetch value is a list": (ENCOUNTER_START, hook_body(data={"patient": []}), 400),
+    "hook of another service": (ENCOUNTER_START, hook_body("patient-view"), 400),
+    "authorization without server": (
+        ENCOUNTER_START,
+        hook_body(
+            fhirAuthorization={
+                "access_token": "t",
+                "token_type": "Bearer",
+                "expires_in": 60,
+                "scope": "patient/*.rs",
+                "subject": "cds",
+            }
+        ),
+        400,
+    ),
+    "unknown service": ("no-such-service", hook_body(), 404),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_request_gets_a_4xx_with_a_reason(cds: Cds, case: str) -> None:
+    service, body, status = MALFORMED[case]
+    response = cds.call(service, body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] in {"invalid_request", "unknown_service"}
+    assert response.json()["reason"]
+
+
+# --- feedback ----------------------------------------------------------------------------
+
+
+def feedback_call(cds: Cds, items: list[dict[str, Any]]) -> Any:
+    path = f"/cds-services/{ENCOUNTER_START}/feedback"
+    token = cds.ehr.token(PUBLIC_URL + path)
+    return cds.client.post(
+        path, json={"feedback": items}, headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+def test_feedback_is_stored_once_per_outcome(cds: Cds) -> None:
+    card = only_card(cds.call())
+    override = card["overrideReasons"][2]
+    items = [
+        {
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"reason": override, "userComment": "named the patient's son"},
+            "outcomeTimestamp": "2026-11-23T10:15:00+01:00",
+        },
+        {
+            "card": str(uuid.uuid4()),
+            "outcome": "accepted",
+            "outcomeTimestamp": "2026-11-23T10:16:00Z",
+        },
+    ]
+    assert feedback_call(cds, items).status_code == 200
+    assert feedback_call(cds, items).status_code == 200  # a client retry
+    with cds.database.session() as session:
+        rows = session.scalars(select(CdsFeedback).order_by(CdsFeedback.outcome_at)).all()
+        assert [(r.card_uuid, r.outcome, r.override_code) for r in rows] == [
+            (card["uuid"], "overridden", "no-children"),
+            (items[1]["card"], "accepted", None),
+        ]
+        assert rows[0].issuer == cds.ehr.issuer
+        assert rows[0].outcome_at.hour == 9  # stored in UTC
+        assert "son" not in str([vars(r) for r in rows])  # free text is never kept
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"card": "not-a-uuid", "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:00:00Z"},
+        {"card": str(uuid.uuid4()), "outcome": "maybe", "outcomeTimestamp": "2026-11-23T10:00:00Z"},
+        {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:00"},
+        {
+            "card": str(uuid.uuid4()),
+            "outcome": "accepted",
+            "overrideReason": {"reason": {"code": "not-now"}},
+            "outcomeTimestamp": "2026-11-23T10:00:00Z",
+        },
+    ],
+    ids=["card not a uuid", "unknown outcome", "naive timestamp", "accepted with override"],
+)
+def test_bad_feedback_is_refused_and_nothing_is_stored(cds: Cds, item: dict[str, Any]) -> None:
+    good = {
+        "card": str(uuid.uuid4()),
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-11-23T10:00:00Z",
+    }
+    response = feedback_call(cds, [good, item])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert cds.count(CdsFeedback) == 0
+    assert feedback_call(cds, []).status_code == 400
