@@ -99,6 +99,7 @@ class Delivery:
     entry_id: int
     state: DeliveryState
     detail: str = ""
+    outcome: Resource | None = None  # the server's OperationOutcome, when it refused
 
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
@@ -285,11 +286,13 @@ class Outbox:
             except FhirConflict as error:
                 if entry.witness and _witness_exists(client, entry.witness):
                     return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
-                return Delivery(entry.id, DeliveryState.CONFLICT, summarise(error.outcome))
+                return Delivery(
+                    entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome
+                )
             except FhirRejected as error:
                 if error.needs_authorisation:
                     return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(error))
-                return Delivery(entry.id, DeliveryState.FAILED, str(error))
+                return Delivery(entry.id, DeliveryState.FAILED, str(error), error.outcome)
             except FhirUnavailable as error:
                 return Delivery(entry.id, DeliveryState.PENDING, str(error))
         return Delivery(entry.id, DeliveryState.DELIVERED)
@@ -302,6 +305,7 @@ class Outbox:
             values["delivered_at"] = now
         else:
             values["last_error"] = delivery.detail[:2000]
+            values["outcome"] = delivery.outcome
         if delivery.state is DeliveryState.PENDING:
             values["next_attempt_at"] = now + timedelta(seconds=self._backoff(entry.attempts))
         with self._database.session() as session:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
@@ -40,6 +40,9 @@ class Delivery(BaseModel):
         description="pending | delivered | failed | conflict | waiting-authorisation"
     )
     error: str | None = Field(None, description="The last error, e.g. the server's rejection.")
+    outcome: dict[str, Any] | None = Field(
+        None, description="The FHIR server's OperationOutcome when it refused the write."
+    )
 
 
 class WorklistItem(BaseModel):
@@ -101,7 +104,7 @@ def open_concerns(
 ) -> WorklistPage:
     """One page of the tenant's open concerns, newest first, after the cursor position."""
     query = (
-        select(Concern, OutboxEntry.state, OutboxEntry.last_error)
+        select(Concern, OutboxEntry.state, OutboxEntry.last_error, OutboxEntry.outcome)
         .outerjoin(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
         .where(Concern.tenant_id == tenant_id, Concern.status == "open")
         .order_by(Concern.flagged_at.desc(), Concern.id.desc())
@@ -113,13 +116,20 @@ def open_concerns(
             or_(Concern.flagged_at < at, and_(Concern.flagged_at == at, Concern.id < row_id))
         )
     rows = session.execute(query).all()
-    items = [_item(concern, state, error, today) for concern, state, error in rows[:limit]]
+    items = [_item(*row, today=today) for row in rows[:limit]]
     more = len(rows) > limit
     last = rows[limit - 1][0] if more else None
     return WorklistPage(items=items, next_cursor=_encode_cursor(last) if last else None)
 
 
-def _item(concern: Concern, state: str | None, error: str | None, today: date) -> WorklistItem:
+def _item(
+    concern: Concern,
+    state: str | None,
+    error: str | None,
+    outcome: dict[str, Any] | None,
+    *,
+    today: date,
+) -> WorklistItem:
     births = sorted(date.fromisoformat(d) for d in concern.children_birth_dates)
     return WorklistItem(
         id=concern.id,
@@ -134,7 +144,7 @@ def _item(concern: Concern, state: str | None, error: str | None, today: date) -
         days_open=(today - concern.flagged_at.date()).days,
         assigned_to=concern.assigned_to,
         row_version=concern.row_version,
-        delivery=None if state is None else Delivery(state=state, error=error),
+        delivery=None if state is None else Delivery(state=state, error=error, outcome=outcome),
     )
 
 

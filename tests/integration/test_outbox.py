@@ -229,6 +229,8 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
     entry = _entry(database, entry_id)
     assert entry.attempts == 1
     assert "answered 4" in (entry.last_error or "")  # the server's 4xx, with its reason
+    assert entry.outcome is not None
+    assert entry.outcome["resourceType"] == "OperationOutcome"
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "Patient" not in errors[0].getMessage()

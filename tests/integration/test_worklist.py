@@ -16,6 +16,7 @@ from sqlalchemy import select
 from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
+from service.outbox import NewEntry, enqueue
 from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
@@ -156,3 +157,28 @@ def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
     assert listings[0].actor == "Practitioner/sw-1"
     assert listings[0].entities == ["Patient/5", "Patient/4"]
     assert {row.tenant_id for row in listings} == {hospital.id}
+
+
+def test_a_refused_delivery_shows_on_the_worklist_with_the_servers_outcome(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    _concern(database, hospital, "Patient/1", utcnow())
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad"}],
+    }
+    with database.session() as session:
+        entry = enqueue(
+            session,
+            hospital.id,
+            NewEntry("triage", "ehr", FHIR, "s1", "Practitioner/nurse-1", "Patient/1", {}),
+        )
+        entry.state, entry.last_error, entry.outcome = "failed", "answered 422", outcome
+        session.scalars(select(Concern)).one().outbox_id = entry.id
+    app = _app(database_url, database)
+    social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
+
+    (item,) = TestClient(app).get("/api/worklist", headers=social).json()["items"]
+
+    assert item["delivery"] == {"state": "failed", "error": "answered 422", "outcome": outcome}
