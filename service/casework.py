@@ -47,10 +47,12 @@ class CaseRecord:
 
 @dataclass(frozen=True)
 class Referral:
-    """A step 6 referral's own identifier value and the partner Organization it goes to."""
+    """A step 6 referral's own identifier value and the partner Organization it goes to
+    (as ``service.admin.partners_io.organization`` publishes the directory entry; created
+    on the server when it is not there yet, matched on its partner identifier)."""
 
     identifier_value: str
-    performer_ref: str
+    organization: Resource
 
 
 def step_transaction(
@@ -99,12 +101,15 @@ def _add_referral(
         return None
     if referral is None or record.reason_ref is None:
         raise ValueError("a step 6 save needs its referral and the finding that led to it")
+    partner_system = identifier_system("partner")
+    (partner,) = [i for i in referral.organization["identifier"] if i["system"] == partner_system]
+    performer_ref = tx.create(referral.organization, partner)
     identifier = mapping.identifier("referral", referral.identifier_value)
     request = mapping.referral_service_request(
         finding,
         patient_ref=record.patient_ref,
         encounter_ref=record.encounter_ref,
-        performer_ref=referral.performer_ref,
+        performer_ref=performer_ref,
         reason_refs=[record.reason_ref],
         child_refs=record.child_refs,
         identifier=identifier,

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from sandbox.fhir_server import FhirServer
@@ -31,6 +30,7 @@ from tests.support.write_path import (
     make_tenant,
     search,
 )
+from tests.unit.test_social_casework import vk_organization
 from tests.unit.test_social_inputs import WORKSHOP_FACTORS
 
 SOCIAL_WORKER = "Practitioner/social-worker"
@@ -53,27 +53,6 @@ def _karim(fhir: FhirClient, seeded: SeedResult) -> CaseRecord:
     system = terminology.identifier_system("concern")
     (ours,) = [i["value"] for i in flag["identifier"] if i["system"] == system]
     return load_case_record(fhir, f"Patient/{karim.id}", ours)
-
-
-def _vk(fhir_server: FhirServer) -> str:  # noqa: F811
-    """The directory's VK as an Organization on the server (test data: the directory's
-    publication to FHIR is not built yet)."""
-    organization = {
-        "resourceType": "Organization",
-        "meta": {"profile": [terminology.profile_url("kindreflex-partner-organization")]},
-        "identifier": [
-            {"system": terminology.identifier_system("partner"), "value": "vk-oost-vlaanderen"}
-        ],
-        "type": [terminology.codeable_concept("partner-type", "vk")],
-        "name": "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen",
-    }
-    partner = f"{terminology.identifier_system('partner')}|vk-oost-vlaanderen"
-    found = search(fhir_server.base_url, "Organization", identifier=partner)
-    if found:
-        return f"Organization/{found[0]['id']}"
-    created = httpx.post(f"{fhir_server.base_url}/Organization", json=organization, timeout=10)
-    created.raise_for_status()
-    return f"Organization/{created.json()['id']}"
 
 
 def _deliver(
@@ -141,12 +120,11 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
         patient_informed=True,
         follow_up_actions=["Tell the CLB who takes the next step."],
     ).finding(SOCIAL_WORKER, utcnow(), load_default_directory())
-    vk = _vk(fhir_server)
     bundle = step_transaction(
         after_4,
         referral,
         finding_identifier=f"s6-{run}",
-        referral=Referral(f"r-{run}", vk),
+        referral=Referral(f"r-{run}", vk_organization()),
         now=utcnow(),
     )
     assert _deliver(database, tenant.id, fhir_server.base_url, after_4, bundle) is (
@@ -156,7 +134,10 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
     system = terminology.identifier_system("referral")
     (stored,) = search(fhir_server.base_url, "ServiceRequest", identifier=f"{system}|r-{run}")
     assert validate(stored) == []
-    assert stored["performer"] == [{"reference": vk}]
+    partner = f"{terminology.identifier_system('partner')}|vk-oost-vlaanderen"
+    (vk,) = search(fhir_server.base_url, "Organization", identifier=partner)
+    assert validate(vk) == []
+    assert stored["performer"] == [{"reference": f"Organization/{vk['id']}"}]
     assert stored["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
     assert [r["reference"] for r in stored["supportingInfo"]] == list(record.child_refs.values())
     (step6,) = _finding(fhir_server.base_url, f"s6-{run}")

@@ -7,14 +7,23 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from service.admin.partners_io import organization
 from service.casework import CaseRecord, Referral, close_transaction, step_transaction
 from service.fhir import mapping, terminology
 from service.partners import load_default_directory
 from service.protocol import Step
 from service.social import Step4Input, Step6Input
+from service.tenant_config import default_partners
 from tests.support.validator import validate_bundle_entries
 from tests.unit.test_seed001_scenario import BOY, EPISODE_2, EPISODE_3, NURSE, SOCIAL_WORKER
 from tests.unit.test_social_inputs import WORKSHOP_FACTORS
+
+
+def vk_organization() -> dict[str, Any]:
+    """The VK of the default directory as the admin's export publishes it."""
+    (entry,) = [e for e in default_partners().entries if e.id == "vk-oost-vlaanderen"]
+    return organization(entry)
+
 
 CHILDREN = {BOY.ref: "RelatedPerson/boy", "girl": "RelatedPerson/girl"}
 
@@ -102,14 +111,16 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
         _record(reason_ref="Observation/step-4"),
         referral,
         finding_identifier="f-6",
-        referral=Referral("referral-1", "Organization/vk-oost-vlaanderen"),
+        referral=Referral("referral-1", vk_organization()),
         now=EPISODE_3,
     )
 
     assert _problems(bundle) == {}
     (request,) = _entries(bundle, "ServiceRequest")
     service_request = request["resource"]
-    assert service_request["performer"] == [{"reference": "Organization/vk-oost-vlaanderen"}]
+    (organization,) = _entries(bundle, "Organization")
+    assert organization["request"]["ifNoneExist"].endswith("|vk-oost-vlaanderen")
+    assert service_request["performer"] == [{"reference": organization["fullUrl"]}]
     assert service_request["reasonReference"] == [{"reference": "Observation/step-4"}]
     assert {r["reference"] for r in service_request["supportingInfo"]} == set(CHILDREN.values())
     assert service_request["requester"] == {"reference": SOCIAL_WORKER}
