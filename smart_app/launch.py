@@ -274,14 +274,17 @@ def _new_session(
     claims: dict[str, Any],
 ) -> NewSession:
     page = _page_for(registration)
-    patient = answer.get("patient")
-    if not isinstance(patient, str) or not patient:
-        raise PageError(400, "no_patient", **page)
     fhir_user = claims.get("fhirUser")
     if not isinstance(fhir_user, str) or not fhir_user:
         raise PageError(
             400, "id_token_invalid", detail="no fhirUser claim (scope fhirUser)", **page
         )
+    roles = roles_from_claims(registration, claims)
+    patient = _str(answer.get("patient"))
+    # Triage is about one patient; the social service's worklist and the admin screen are
+    # opened from the EHR without one.
+    if patient is None and roles == {"nurse"}:
+        raise PageError(400, "no_patient", **page)
     refresh = answer.get("refresh_token")
     return NewSession(
         tenant_id=tenant.id,
@@ -292,7 +295,7 @@ def _new_session(
         user=AppUser(
             fhir_user=fhir_user,
             name=_display_name(claims, fhir_user),
-            roles=roles_from_claims(registration, claims),
+            roles=roles,
         ),
         language=negotiate([_str(claims.get("locale")), registration.default_language]),
         patient_id=patient,

@@ -109,12 +109,20 @@ class Kindreflex:
         return tokens
 
     def launch(
-        self, browser: Browser, *, prefix: str = "", user: str = "nurse", decision: str = "allow"
+        self,
+        browser: Browser,
+        *,
+        prefix: str = "",
+        user: str = "nurse",
+        decision: str = "allow",
+        with_patient: bool = True,
     ) -> httpx.Response:
         """The whole EHR launch as the browser lives it; returns our callback's answer."""
-        patient = first_patient(self.sandbox)
-        lid = self.sandbox.create_launch(
-            patient=patient, encounter="enc-1", user=user, app_context='{"hook":"encounter-start"}'
+        lid = self.sandbox.auth.create_launch(
+            patient=first_patient(self.sandbox) if with_patient else None,
+            encounter="enc-1" if with_patient else None,
+            user=user,
+            app_context='{"hook":"encounter-start"}',
         )
         started = browser.get(
             f"{self.url}{prefix}/launch?"
@@ -496,3 +504,19 @@ def test_a_changed_secret_key_asks_for_a_new_launch_instead_of_failing(
     )
     with pytest.raises(ReauthorisationRequired, match="changed"):
         SessionTokens(kindreflex.database, settings).access_token(session_id)
+
+
+def test_only_the_social_service_and_admins_may_launch_without_a_patient(
+    kindreflex: Kindreflex,
+) -> None:
+    nurse = kindreflex.launch(Browser(), with_patient=False)
+    assert nurse.status_code == 400
+    assert "Geen patiënt gekozen" in nurse.text
+
+    social_worker = Browser()
+    answer = kindreflex.launch(social_worker, user="social-worker", with_patient=False)
+    assert answer.status_code == 303
+    who = social_worker.get(f"{kindreflex.url}/test/whoami").json()
+    assert who["patient"] is None
+    assert who["roles"] == ["nurse", "social-worker"]
+    assert kindreflex.count(AppSession) == 1
