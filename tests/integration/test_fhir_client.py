@@ -1,0 +1,138 @@
+"""The FHIR client against a real FHIR server process, and against a failing HTTP server."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from sandbox.fhir_server import FhirServer, free_port
+from service.fhir.client import FhirClient, FhirConflict, FhirRejected, FhirUnavailable
+from service.outbox import TransactionBuilder
+
+pytestmark = pytest.mark.fhirserver
+
+SYSTEM = "urn:test:fhir-client"
+
+
+@pytest.fixture(scope="module")
+def fhir() -> Iterator[FhirServer]:
+    with FhirServer(log_traffic=True) as server:
+        yield server
+
+
+def _person() -> dict[str, Any]:
+    return {
+        "resourceType": "RelatedPerson",
+        "identifier": [{"system": SYSTEM, "value": str(uuid.uuid4())}],
+        "patient": {"reference": "Patient/p1"},
+    }
+
+
+def test_transaction_read_and_search(fhir: FhirServer) -> None:
+    person = _person()
+    tx = TransactionBuilder()
+    tx.create(person, person["identifier"][0])
+    with FhirClient(fhir.base_url, lambda: "secret-token", 5.0) as client:
+        answer = client.transaction(tx.bundle())
+        assert answer["type"] == "transaction-response"
+        location = answer["entry"][0]["response"]["location"]
+        person_id = location.split("RelatedPerson/")[1].split("/")[0]
+        assert client.read("RelatedPerson", person_id)["patient"] == person["patient"]
+        found = client.search(
+            "RelatedPerson", {"identifier": f"{SYSTEM}|{person['identifier'][0]['value']}"}
+        )
+        assert found["type"] == "searchset"
+        assert [e["resource"]["id"] for e in found["entry"]] == [person_id]
+    assert _last_authorization(fhir) == "Bearer ***redacted***"  # sent, and never logged
+
+
+def _last_authorization(fhir: FhirServer) -> str:
+    assert fhir.data_dir is not None
+    with sqlite3.connect(fhir.data_dir / "sekmet.db") as db:
+        (headers,) = db.execute(
+            "SELECT req_headers FROM traffic WHERE direction = 'inbound' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    return str({k.lower(): v for k, v in json.loads(headers).items()}["authorization"])
+
+
+def test_a_missing_resource_is_rejected_with_the_servers_outcome(fhir: FhirServer) -> None:
+    client = FhirClient(fhir.base_url, lambda: "t", 5.0)
+    with client, pytest.raises(FhirRejected) as raised:
+        client.read("RelatedPerson", "does-not-exist")
+    assert raised.value.status == 404
+    assert raised.value.outcome["resourceType"] == "OperationOutcome"
+    assert not isinstance(raised.value, FhirConflict)
+
+
+def test_a_stale_if_match_is_a_conflict(fhir: FhirServer) -> None:
+    person = _person()
+    with FhirClient(fhir.base_url, lambda: "t", 5.0) as client:
+        tx = TransactionBuilder()
+        tx.create(person, person["identifier"][0])
+        location = client.transaction(tx.bundle())["entry"][0]["response"]["location"]
+        current = client.read("RelatedPerson", location.split("RelatedPerson/")[1].split("/")[0])
+        stale = TransactionBuilder()
+        stale.update(current, "999")
+        with pytest.raises(FhirConflict) as raised:
+            client.transaction(stale.bundle())
+    assert raised.value.status in (409, 412)
+
+
+def test_only_a_transaction_bundle_is_sent(fhir: FhirServer) -> None:
+    with (
+        FhirClient(fhir.base_url, lambda: "t", 5.0) as client,
+        pytest.raises(ValueError, match="transaction"),
+    ):
+        client.transaction({"resourceType": "Bundle", "type": "batch", "entry": []})
+
+
+def test_no_server_is_unavailable() -> None:
+    client = FhirClient(f"http://127.0.0.1:{free_port()}/fhir", lambda: "t", 1.0)
+    with client, pytest.raises(FhirUnavailable, match="ConnectError"):
+        client.read("Patient", "1")
+
+
+class _Broken(BaseHTTPRequestHandler):
+    """A real HTTP server that fails the way overloaded gateways do (sekmet does not)."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/slow"):
+            self.server.release.wait(10)  # type: ignore[attr-defined]
+        status, body = (503, b"busy") if "503" in self.path else (200, b"<html>login</html>")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def broken() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    server.release.set()  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+def test_5xx_timeouts_and_non_fhir_answers_are_unavailable(broken: str) -> None:
+    with FhirClient(broken, lambda: "t", 0.5) as client:
+        with pytest.raises(FhirUnavailable, match="503"):
+            client.read("Patient", "503")
+        with pytest.raises(FhirUnavailable, match="not FHIR JSON"):
+            client.read("Patient", "html")
+        with pytest.raises(FhirUnavailable, match="Timeout"):
+            client.read("Patient", "slow")
