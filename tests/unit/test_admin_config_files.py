@@ -37,7 +37,7 @@ def test_a_good_file_is_read() -> None:
 def test_a_syntax_error_names_its_line() -> None:
     broken = GOOD.replace("  adult_age: 18", "  adult_age: [18")
     (problem,) = problems_of(broken)
-    assert problem.startswith("line 10: not valid YAML")
+    assert problem.startswith("line 9: not valid YAML: expected ',' or ']'")
 
 
 def test_an_unknown_field_names_its_line_and_path() -> None:
