@@ -74,7 +74,11 @@ from typing import ClassVar
 
 __all__ = [
     "ACUTE_DANGER_TARGETS",
+    "ADULT_FROM_MONTHS",
+    "DECIDES_LARGELY_FROM_MONTHS",
+    "KIND_EN_GEZIN_UNTIL_MONTHS",
     "MANDATED_FACILITIES",
+    "SCHOOL_AGE_FROM_MONTHS",
     "STEP_6_TARGETS",
     "STEP_HEADINGS",
     "Advice",
@@ -775,7 +779,11 @@ class KindreflexCase:
         return bool(self.next_steps & {Step.STEP_4, Step.STEP_5, Step.STEP_6})
 
     def can_record(self, step: Step) -> bool:
-        """Whether a finding of this step may be recorded now (acute danger aside)."""
+        """Whether a finding of this step may be recorded now.
+
+        Step 1 always may (an update of the children). Not covered: a step 2 with acute
+        danger, which may interrupt the route at any point after step 1.
+        """
         return step in self.next_steps or (step is Step.STEP_1)
 
     def child(self, ref: str) -> Child | None:
