@@ -24,6 +24,11 @@ the nurse); 401/403 or a session whose tokens cannot be refreshed is
 ``waiting-authorisation``: the entry waits until the next launch for the same patient
 through the same EHR registration (:meth:`Outbox.adopt_session`), and is then delivered
 with that session's token — the Provenance inside still names the original author.
+
+Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
+the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
+writes. Failed, conflicting and waiting entries need a person, not another instance, so
+they are only counted in the check's detail (and shown on the worklist).
 """
 
 from __future__ import annotations
