@@ -14,6 +14,7 @@ from service import keys, worklist
 from service.api import health
 from service.cds.router import router as cds_router
 from service.db.base import Database
+from service.fhir import terminology
 from service.observability import Metrics, MetricsMiddleware
 from service.outbox import Outbox, OutboxWorker
 from service.settings import Settings, get_settings
@@ -41,6 +42,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     settings = settings or get_settings()
     database = database or Database(settings.database_url)
     metrics = Metrics()
+    if settings.guide_dir is not None:
+        terminology.configure(settings.guide_dir)
+    terminology.guide()  # a missing or broken guide stops the start, not the first card
 
     app = FastAPI(
         title="Kindreflex-ED",
