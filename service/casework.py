@@ -11,17 +11,48 @@ write names its author in a Provenance and an AuditEvent. Resources are built on
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import select, update
 
 from service import audit
-from service.audit import AuditAction, AuditFact
+from service.admin import partners_io
+from service.audit import AuditAction, AuditFact, Channel
+from service.db.base import Database, utcnow
+from service.db.models import Concern
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient, Resource
 from service.fhir.terminology import identifier_system
-from service.outbox import TransactionBuilder
-from service.protocol import Step, Step4Decision, Step5Progress, Step6Referral
+from service.outbox import (
+    DeliveryState,
+    NewEntry,
+    Outbox,
+    TokenSource,
+    TransactionBuilder,
+    enqueue,
+)
+from service.protocol import (
+    Child,
+    Finding,
+    KindreflexCase,
+    Step,
+    Step4Decision,
+    Step5Progress,
+    Step6Referral,
+    apply,
+)
+from service.social import (
+    CaseConflict,
+    CaseNotFoundError,
+    Step4Input,
+    Step5Input,
+    Step6Input,
+)
+from service.triage import LaunchInfo
 
 #: The findings the social service records.
 CaseworkFinding = Step4Decision | Step5Progress | Step6Referral
@@ -43,6 +74,7 @@ class CaseRecord:
     child_refs: Mapping[str, str]
     flag: Resource
     reason_ref: str | None = None
+    children: Mapping[str, Child] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,15 @@ class Referral:
     organization: Resource
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A save's transaction and how to find what it writes (``Type?identifier=…`` for a
+    create, ``Type/id`` for an update), for the audit."""
+
+    bundle: Resource
+    written: tuple[str, ...]
+
+
 def step_transaction(
     record: CaseRecord,
     finding: CaseworkFinding,
@@ -62,7 +103,7 @@ def step_transaction(
     finding_identifier: str,
     referral: Referral | None = None,
     now: datetime,
-) -> Resource:
+) -> Plan:
     """One idempotent transaction for a step 4, 5 or 6 save: the finding (conditional
     create), for step 6 the referral ServiceRequest, the Flag's last step (If-Match on the
     version read), a Provenance naming the author and the write's AuditEvent."""
@@ -80,15 +121,15 @@ def step_transaction(
     written = [*([referral_ref] if referral_ref else []), tx.create(observation, identifier)]
     written.append(_update_flag(tx, record.flag, last_step=finding.step, closed_at=None))
     _sign(tx, record, written, finding.recorded_by, now)
-    return tx.bundle()
+    return Plan(tx.bundle(), tuple(tx.stable_references()))
 
 
-def close_transaction(record: CaseRecord, *, author: str, closed_at: datetime) -> Resource:
+def close_transaction(record: CaseRecord, *, author: str, closed_at: datetime) -> Plan:
     """Closing a case: the Flag becomes inactive with ``period.end``; history stays."""
     tx = TransactionBuilder()
     written = [_update_flag(tx, record.flag, last_step=None, closed_at=closed_at)]
     _sign(tx, record, written, author, closed_at)
-    return tx.bundle()
+    return Plan(tx.bundle(), tuple(tx.stable_references()))
 
 
 def _add_referral(
@@ -185,10 +226,12 @@ def load_case_record(client: FhirClient, patient_ref: str, flag_identifier: str)
             "delivery is pending. Try again when the worklist shows it as sent."
         )
     related = client.search("RelatedPerson", {"patient": patient_ref, "_count": "100"})
-    children = [
-        r for r in _resources(related, "RelatedPerson") if mapping.child_from_related_person(r)
-    ]
-    child_refs = {f"RelatedPerson/{r['id']}": f"RelatedPerson/{r['id']}" for r in children}
+    children = {
+        f"RelatedPerson/{r['id']}": replace(child, ref=f"RelatedPerson/{r['id']}")
+        for r in _resources(related, "RelatedPerson")
+        if (child := mapping.child_from_related_person(r)) is not None
+    }
+    child_refs = {ref: ref for ref in children}
     flag = flags[0]
     return CaseRecord(
         patient_ref=patient_ref,
@@ -196,6 +239,7 @@ def load_case_record(client: FhirClient, patient_ref: str, flag_identifier: str)
         child_refs=child_refs,
         flag=flag,
         reason_ref=_latest_reason(client, patient_ref),
+        children=children,
     )
 
 
@@ -216,3 +260,225 @@ def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
     """The matches of a search (not the OperationOutcome a server may add)."""
     found = (e.get("resource", {}) for e in bundle.get("entry", []))
     return [r for r in found if r.get("resourceType") == resource_type]
+
+
+# -- the use case: a social worker's save ----------------------------------------------------
+
+#: The save's own delivery attempt must not keep the social worker waiting: the worker retries.
+IMMEDIATE_TIMEOUT_SECONDS = 3.0
+
+StepInput = Step4Input | Step5Input | Step6Input
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Where a save stands: delivered to FHIR, or pending in the outbox (the worker
+    delivers it), or failed (the server rejected it; kept for the operators)."""
+
+    status: Literal["delivered", "pending", "failed"]
+    outbox_id: int
+    next_steps: tuple[str, ...]
+    row_version: int
+
+
+class FhirChangedConflict(CaseConflict):
+    """The FHIR server's Flag changed since the case was read (If-Match refused the save).
+    The input is kept in the outbox (``outbox_id``) for the social worker to redo."""
+
+    def __init__(self, outbox_id: int, current_version: int) -> None:
+        super().__init__("changed", None, current_version)
+        self.outbox_id = outbox_id
+        self.message = (
+            "Someone else changed this case on the FHIR server since you opened it. Nothing "
+            "was overwritten; open the case again and redo your input."
+        )
+
+
+class CloseRefusedError(ValueError):
+    """A case is closed only when no step 4, 5 or 6 is due, or after a referral (step 6)."""
+
+
+class Casework:
+    """The social service's saves (steps 4-6 and closing a case). Constructed per request."""
+
+    def __init__(
+        self, database: Database, outbox: Outbox, tokens: TokenSource, timeout: float
+    ) -> None:
+        self._database = database
+        self._outbox = outbox
+        self._tokens = tokens
+        self._timeout = timeout
+
+    def record_step(
+        self, ctx: LaunchInfo, case_id: int, expected_version: int, step: StepInput
+    ) -> StepResult:
+        """Validate ``step`` against the case as the FHIR server holds it, then save it."""
+        concern = self._concern(ctx, case_id, expected_version)
+        record, case = self._read(ctx, concern)
+        now = utcnow()
+        author = ctx.user.fhir_user
+        if isinstance(step, Step6Input):
+            finding: CaseworkFinding = step.finding(
+                author, now, ctx.tenant.config.partners.directory()
+            )
+            referral: Referral | None = Referral(
+                _business_id(ctx, case_id, "referral", now), _organization(ctx, step.partner_id)
+            )
+        else:
+            finding = step.finding(author, now)
+            referral = None
+        case = apply(case, finding)  # the protocol's verdict (ProtocolError)
+        plan = step_transaction(
+            record,
+            finding,
+            finding_identifier=_business_id(ctx, case_id, finding.step.value, now),
+            referral=referral,
+            now=now,
+        )
+        return self._save(ctx, concern, plan, finding.step.value, "open", case.next_steps)
+
+    def close_case(self, ctx: LaunchInfo, case_id: int, expected_version: int) -> StepResult:
+        """Close the case: the Flag inactive with its end; the findings stay readable."""
+        concern = self._concern(ctx, case_id, expected_version)
+        record, case = self._read(ctx, concern)
+        if case.has_open_concern and case.current_step is not Step.STEP_6:
+            due = ", ".join(sorted(s.value for s in case.next_steps))
+            raise CloseRefusedError(
+                f"This case still waits for {due}; close it after the team decision found "
+                "the home safe, after safety was restored, or after a referral."
+            )
+        plan = close_transaction(record, author=ctx.user.fhir_user, closed_at=utcnow())
+        return self._save(ctx, concern, plan, concern.last_step, "closed", frozenset())
+
+    # -- steps of the use case --------------------------------------------------------------
+
+    def _concern(self, ctx: LaunchInfo, case_id: int, expected_version: int) -> Concern:
+        with self._database.session() as session:
+            row = session.scalar(
+                select(Concern).where(Concern.tenant_id == ctx.tenant.id, Concern.id == case_id)
+            )
+            if row is None:
+                raise CaseNotFoundError(f"There is no case {case_id} in this hospital.")
+            if row.status != "open":
+                raise CaseConflict("closed", row.assigned_to, row.row_version)
+            if row.row_version != expected_version:
+                raise CaseConflict("changed", row.assigned_to, row.row_version)
+            session.expunge(row)
+        return row
+
+    def _read(self, ctx: LaunchInfo, concern: Concern) -> tuple[CaseRecord, KindreflexCase]:
+        """The case from the FHIR server (the source of truth), replayed by the protocol."""
+        with FhirClient(
+            ctx.fhir_base_url, lambda: self._tokens.access_token(ctx.session_id), self._timeout
+        ) as client:
+            record = load_case_record(client, concern.patient_ref, concern.flag_identifier)
+            findings = _findings(client, record)
+        encounter = record.encounter_ref or next(
+            (f.encounter_ref for f in findings if f.encounter_ref), "Encounter/unknown"
+        )
+        fact = AuditFact(
+            actor=ctx.user.fhir_user,
+            action=AuditAction.READ,
+            patient_ref=record.patient_ref,
+            entities=(f"Flag/{record.flag['id']}", *record.child_refs.values()),
+            outcome="success",
+            at=utcnow(),
+        )
+        channel = Channel(ctx.tenant.id, ctx.registration_id, ctx.fhir_base_url, ctx.session_id)
+        with self._database.session() as session:
+            audit.record_read(session, channel, fact)
+        return record, KindreflexCase.replay(record.patient_ref, encounter, findings)
+
+    def _save(
+        self,
+        ctx: LaunchInfo,
+        concern: Concern,
+        plan: Plan,
+        last_step: str,
+        status: str,
+        next_steps: frozenset[Step],
+    ) -> StepResult:
+        """Outbox entry, index row and audit row in ONE local unit of work, then delivery."""
+        now = utcnow()
+        with self._database.session() as session:
+            entry = enqueue(
+                session,
+                ctx.tenant.id,
+                NewEntry(
+                    kind="social",
+                    registration_id=ctx.registration_id,
+                    fhir_base_url=ctx.fhir_base_url,
+                    session_id=ctx.session_id,
+                    author=ctx.user.fhir_user,
+                    patient_ref=concern.patient_ref,
+                    bundle=plan.bundle,
+                ),
+            )
+            version = concern.row_version + 1
+            changed = session.execute(
+                update(Concern)
+                .where(Concern.id == concern.id, Concern.row_version == concern.row_version)
+                .values(
+                    last_step=last_step,
+                    status=status,
+                    outbox_id=entry.id,
+                    row_version=version,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if changed.rowcount != 1:  # type: ignore[attr-defined] # CursorResult of an UPDATE
+                # Another save came between our reading and now: undo everything.
+                raise CaseConflict("changed", None, concern.row_version + 1)
+            fact = AuditFact(
+                actor=ctx.user.fhir_user,
+                action=AuditAction.UPDATE,
+                patient_ref=concern.patient_ref,
+                entities=tuple(plan.written),
+                outcome="success",
+                at=now,
+            )
+            audit.record_local(session, ctx.tenant.id, fact, entry.id)
+        state = self._outbox.deliver(
+            entry.id, timeout=min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
+        )
+        if state is DeliveryState.CONFLICT:
+            raise FhirChangedConflict(entry.id, version)
+        return StepResult(
+            _status(state), entry.id, tuple(sorted(s.value for s in next_steps)), version
+        )
+
+
+def _findings(client: FhirClient, record: CaseRecord) -> list[Finding]:
+    """Every Kindreflex step finding of the patient, in the order they were recorded."""
+    system = terminology.code_system_url("kindreflex-step")
+    codes = ",".join(f"{system}|{step.value}" for step in Step)
+    bundle = client.search(
+        "Observation", {"subject": record.patient_ref, "code": codes, "_count": "500"}
+    )
+    findings = [
+        finding
+        for resource in _resources(bundle, "Observation")
+        if (finding := mapping.finding_from_observation(resource, children=record.children))
+        is not None
+    ]
+    return sorted(findings, key=lambda f: f.recorded_at)
+
+
+def _organization(ctx: LaunchInfo, partner_id: str) -> Resource:
+    (entry,) = [e for e in ctx.tenant.config.partners.entries if e.id == partner_id]
+    return partners_io.organization(entry)
+
+
+def _business_id(ctx: LaunchInfo, case_id: int, kind: str, at: datetime) -> str:
+    """Stable for the same save sent twice (a retry of the same request)."""
+    key = f"{ctx.session_id}/case/{case_id}/{kind}/{at.isoformat()}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+
+
+def _status(state: DeliveryState) -> Literal["delivered", "pending", "failed"]:
+    if state is DeliveryState.DELIVERED:
+        return "delivered"
+    if state is DeliveryState.FAILED:
+        return "failed"
+    return "pending"

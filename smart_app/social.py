@@ -12,10 +12,11 @@ change is audited as a failure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,11 +24,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import audit, social
 from service.api.deps import DatabaseDep
 from service.audit import AuditAction, AuditFact, Outcome
+from service.casework import (
+    CaseNotOnServerError,
+    Casework,
+    CloseRefusedError,
+    StepResult,
+)
 from service.db.base import utcnow
 from service.fhir import terminology
+from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
 from service.fhir.terminology import identifier_system
 from service.i18n import Language, translate
-from service.social import CaseFilter, CasePage, CaseSort, CaseStatus, CaseView
+from service.protocol import ProtocolError
+from service.social import (
+    CaseFilter,
+    CasePage,
+    CaseSort,
+    CaseStatus,
+    CaseView,
+    Step4Input,
+    Step5Input,
+    Step6Input,
+)
 from smart_app.session import (
     LaunchContext,
     csrf_token,
@@ -65,6 +83,25 @@ class AssignmentRequest(ClaimRequest):
 class AssignmentResponse(BaseModel):
     id: int
     assigned_to: str | None
+    row_version: int
+
+
+class Step4Request(Step4Input):
+    row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
+
+
+class Step5Request(Step5Input):
+    row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
+
+
+class Step6Request(Step6Input):
+    row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
+
+
+class StepResponse(BaseModel):
+    status: str = Field(description="delivered | pending (the outbox delivers it) | failed")
+    outbox_id: int
+    next_steps: list[str] = Field(description="What the protocol expects next.")
     row_version: int
 
 
@@ -114,6 +151,134 @@ def assign(
     ctx: SocialWorker, database: DatabaseDep, case_id: CaseId, body: AssignmentRequest
 ) -> AssignmentResponse:
     return _api_change(ctx, database, case_id, body.assignee, body.row_version)
+
+
+def casework_of(request: Request) -> Casework:
+    state = request.app.state
+    return Casework(
+        state.database, state.outbox, state.session_tokens, state.settings.fhir_timeout_seconds
+    )
+
+
+CaseworkDep = Annotated[Casework, Depends(casework_of)]
+_STEP_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {},
+    404: {},
+    409: {},
+    422: {},
+    502: {},
+    503: {},
+}
+
+
+@router.post(
+    "/api/cases/{case_id}/step-4",
+    summary="Step 4: the team decision on concern and willingness",
+    dependencies=[Depends(verify_csrf)],
+    responses=_STEP_ERRORS,
+)
+def step_4(
+    ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: Step4Request
+) -> StepResponse:
+    return _save(
+        ctx, database, case_id, lambda: work.record_step(ctx, case_id, body.row_version, body)
+    )
+
+
+@router.post(
+    "/api/cases/{case_id}/step-5",
+    summary="Step 5: progress in restoring safety",
+    dependencies=[Depends(verify_csrf)],
+    responses=_STEP_ERRORS,
+)
+def step_5(
+    ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: Step5Request
+) -> StepResponse:
+    return _save(
+        ctx, database, case_id, lambda: work.record_step(ctx, case_id, body.row_version, body)
+    )
+
+
+@router.post(
+    "/api/cases/{case_id}/step-6",
+    summary="Step 6: the referral to the VK, the OCJ or (acute danger) the parket or police",
+    dependencies=[Depends(verify_csrf)],
+    responses=_STEP_ERRORS,
+)
+def step_6(
+    ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: Step6Request
+) -> StepResponse:
+    return _save(
+        ctx, database, case_id, lambda: work.record_step(ctx, case_id, body.row_version, body)
+    )
+
+
+@router.post(
+    "/api/cases/{case_id}/close",
+    summary="Close the case: the Flag becomes inactive; its history stays readable",
+    dependencies=[Depends(verify_csrf)],
+    responses=_STEP_ERRORS,
+)
+def close(
+    ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: ClaimRequest
+) -> StepResponse:
+    return _save(ctx, database, case_id, lambda: work.close_case(ctx, case_id, body.row_version))
+
+
+def _save(
+    ctx: LaunchContext, database: DatabaseDep, case_id: int, save: Callable[[], StepResult]
+) -> StepResponse:
+    """Run a save; every refusal becomes a 4xx (or 503) with its reason, and is audited."""
+    try:
+        result = save()
+    except _REFUSALS as error:
+        _audit_refusal(ctx, database)
+        raise HTTPException(*_refusal(error)) from error
+    return StepResponse(
+        status=result.status,
+        outbox_id=result.outbox_id,
+        next_steps=list(result.next_steps),
+        row_version=result.row_version,
+    )
+
+
+_REFUSALS = (
+    ProtocolError,
+    social.CatalogueError,
+    social.CaseNotFoundError,
+    social.CaseConflict,
+    CaseNotOnServerError,
+    CloseRefusedError,
+    FhirError,
+    ReauthorisationRequired,
+)
+
+
+def _refusal(error: Exception) -> tuple[int, object]:
+    """The HTTP status and detail of a refused save (never a 500)."""
+    match error:
+        case ProtocolError():
+            return 422, {"code": error.code.value, "message": error.message}
+        case social.CatalogueError():
+            return 422, {"message": str(error)}
+        case social.CaseNotFoundError():
+            return 404, str(error)
+        case social.CaseConflict():
+            return 409, {"message": error.message, "row_version": error.current_version}
+        case CaseNotOnServerError() | CloseRefusedError():
+            return 409, {"message": str(error)}
+        case ReauthorisationRequired():
+            return 401, "The EHR session ended; open the app from the EHR again."
+        case FhirUnavailable():
+            return 503, "The FHIR server does not answer; nothing was saved. Try again shortly."
+        case _:
+            return 502, f"The FHIR server refused to read the case: {error}"
+
+
+def _audit_refusal(ctx: LaunchContext, database: DatabaseDep) -> None:
+    with database.session() as session:
+        refused = _fact(ctx, AuditAction.UPDATE, None, (), outcome="failure")
+        audit.record_local(session, ctx.tenant.id, refused)
 
 
 # -- the worklist screen ----------------------------------------------------------------------
@@ -236,9 +401,7 @@ def _change(
             fact = _fact(ctx, AuditAction.UPDATE, done.patient_ref, (flag,))
             audit.record_local(session, ctx.tenant.id, fact)
     except (social.CaseNotFoundError, social.CaseConflict, social.InvalidAssigneeError):
-        with database.session() as session:
-            refused = _fact(ctx, AuditAction.UPDATE, None, (), outcome="failure")
-            audit.record_local(session, ctx.tenant.id, refused)
+        _audit_refusal(ctx, database)
         raise
     return done
 

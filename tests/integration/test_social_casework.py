@@ -86,7 +86,7 @@ def _step4(record: CaseRecord, identifier: str) -> dict[str, Any]:
             "note": "Worries named concretely; he refuses any help for Yasmine.",
         }
     ).finding(SOCIAL_WORKER, utcnow())
-    return step_transaction(record, decision, finding_identifier=identifier, now=utcnow())
+    return step_transaction(record, decision, finding_identifier=identifier, now=utcnow()).bundle
 
 
 def _finding(base_url: str, identifier: str) -> list[dict[str, Any]]:
@@ -126,7 +126,7 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
         finding_identifier=f"s6-{run}",
         referral=Referral(f"r-{run}", vk_organization()),
         now=utcnow(),
-    )
+    ).bundle
     assert _deliver(database, tenant.id, fhir_server.base_url, after_4, bundle) is (
         DeliveryState.DELIVERED
     )

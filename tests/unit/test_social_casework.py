@@ -78,7 +78,7 @@ def test_the_team_decision_is_one_conforming_transaction() -> None:
 
     bundle = step_transaction(
         _record(), decision, finding_identifier="f-4", now=EPISODE_2 + timedelta(hours=2)
-    )
+    ).bundle
 
     assert _problems(bundle) == {}
     (observation,) = _entries(bundle, "Observation")
@@ -113,7 +113,7 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
         finding_identifier="f-6",
         referral=Referral("referral-1", vk_organization()),
         now=EPISODE_3,
-    )
+    ).bundle
 
     assert _problems(bundle) == {}
     (request,) = _entries(bundle, "ServiceRequest")
@@ -133,7 +133,7 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
 def test_closing_makes_the_flag_inactive_and_keeps_its_history() -> None:
     closed_at = EPISODE_3 + timedelta(days=30)
 
-    bundle = close_transaction(_record(), author=SOCIAL_WORKER, closed_at=closed_at)
+    bundle = close_transaction(_record(), author=SOCIAL_WORKER, closed_at=closed_at).bundle
 
     assert _problems(bundle) == {}
     (flag,) = _entries(bundle, "Flag")

@@ -1,0 +1,248 @@
+"""The social service's journey through its JSON API, on the real FHIR server process and
+real PostgreSQL (and SQLite): a nurse's niet-pluis at triage (the real triage save) puts
+the patient on the case list; the social worker records step 4 with the workshop's factors
+(seed 001) → concerning with resistance → step 6 referral to the VK; the ServiceRequest
+on the server validates against the guide; an out-of-order step gets the protocol's
+reason; a stale save gets 409; closing makes the Flag inactive."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+from sandbox.fhir_server import FhirServer
+from service.db.base import Database, utcnow
+from service.fhir import terminology
+from service.protocol import (
+    Child,
+    ChildRelationship,
+    LivesWith,
+    SafetyAssessment,
+    Step1Finding,
+    Step2Finding,
+)
+from service.tenancy import TenantContext
+from service.triage import TriageInput
+from smart_app.session import AppUser
+from tests.integration.test_social_cases import _app, _user
+from tests.support.validator import validate
+from tests.support.write_path import (
+    fhir_server,  # noqa: F401 - the module's FHIR server fixture
+    make_tenant,
+    search,
+)
+from tests.unit.test_social_inputs import WORKSHOP_FACTORS
+
+NURSE = "Practitioner/nurse"
+SOCIAL_WORKER = "Practitioner/social-worker"
+
+
+@dataclass(frozen=True)
+class NurseLaunch:
+    """The launch attributes the triage save reads (``service.triage.LaunchInfo``)."""
+
+    session_id: str
+    tenant: TenantContext
+    registration_id: str
+    fhir_base_url: str
+    patient_id: str | None
+    encounter_id: str | None
+    user: AppUser
+
+
+def _patient_at_triage(base_url: str) -> tuple[str, str]:
+    """A new adult patient with an emergency encounter (each test run its own)."""
+    patient = httpx.post(
+        f"{base_url}/Patient",
+        json={"resourceType": "Patient", "name": [{"text": f"Moeder {uuid.uuid4().hex[:6]}"}]},
+        timeout=10,
+    ).json()
+    encounter = httpx.post(
+        f"{base_url}/Encounter",
+        json={
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "class": {
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                "code": "EMER",
+            },
+            "subject": {"reference": f"Patient/{patient['id']}"},
+        },
+        timeout=10,
+    ).json()
+    return patient["id"], encounter["id"]
+
+
+def _triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
+    """The nurse's save at triage, as the nurse screen makes it; returns the patient ref."""
+    patient_id, encounter_id = _patient_at_triage(base_url)
+    nurse = _user(
+        app,
+        tenant,
+        NURSE,
+        "nurse",
+        fhir_base_url=base_url,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+    )
+    launch = NurseLaunch(
+        nurse.session_id,
+        tenant,
+        "ehr",
+        base_url,
+        patient_id,
+        encounter_id,
+        AppUser(NURSE, "Sofie Maes", frozenset({"nurse"})),
+    )
+    earlier = utcnow() - timedelta(minutes=2)  # the triage came before the social service
+    children = (
+        Child(
+            f"urn:uuid:{uuid.uuid4()}",
+            "Boy",
+            date(2022, 11, 3),
+            ChildRelationship.NATURAL_CHILD,
+            LivesWith.PERMANENTLY,
+        ),
+        Child(
+            f"urn:uuid:{uuid.uuid4()}",
+            "Girl",
+            date(2017, 6, 21),
+            ChildRelationship.NATURAL_CHILD,
+            LivesWith.PERMANENTLY,
+        ),
+    )
+    result = app.state.triage.record_triage(
+        launch,
+        TriageInput(
+            step1=Step1Finding(recorded_by=NURSE, recorded_at=earlier, children=children),
+            step2=Step2Finding(
+                recorded_by=NURSE,
+                recorded_at=earlier + timedelta(seconds=40),
+                assessment=SafetyAssessment.NIET_PLUIS,
+                reasons=("New partner is irritated by the children.", "Often left home alone."),
+            ),
+        ),
+    )
+    assert result.status == "delivered"
+    return f"Patient/{patient_id}"
+
+
+def test_from_the_case_list_to_the_referral_to_the_vk(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = _app(database_url, database)
+    client = TestClient(app)
+    patient = _triage_niet_pluis(app, tenant, base_url)
+    worker = _user(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+
+    (case,) = client.get("/api/cases", headers=worker).json()["items"]
+    assert case["patient"] == patient
+    assert case["last_step"] == "step-2"
+    decided = client.post(
+        f"/api/cases/{case['id']}/step-4",
+        headers=worker,
+        json={
+            "row_version": case["row_version"],
+            "decision": "concerning-unwilling",
+            "factors": WORKSHOP_FACTORS,
+            "consultations": ["colleague", "clb"],
+            "discussed_with_patient": True,
+            "note": "Worries named; she stops the counselling.",
+        },
+    )
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["status"] == "delivered"
+    assert decided.json()["next_steps"] == ["step-6"]
+    version = decided.json()["row_version"]
+
+    out_of_order = client.post(
+        f"/api/cases/{case['id']}/step-5",
+        headers=worker,
+        json={"row_version": version, "progress": "improving", "note": "Better."},
+    )
+    assert out_of_order.status_code == 422
+    assert out_of_order.json()["detail"]["code"] == "step-out-of-order"
+    assert "Next is step 6" in out_of_order.json()["detail"]["message"]
+
+    referred = client.post(
+        f"/api/cases/{case['id']}/step-6",
+        headers=worker,
+        json={
+            "row_version": version,
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+            "follow_up_actions": ["Tell the CLB who takes the next step."],
+        },
+    )
+    assert referred.status_code == 200, referred.text
+    assert referred.json()["status"] == "delivered"
+
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert validate(request) == []
+    step_system = terminology.code_system_url("kindreflex-step")
+    (decision,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4")
+    assert validate(decision) == []
+    assert request["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
+    organization = httpx.get(f"{base_url}/{request['performer'][0]['reference']}", timeout=10)
+    assert organization.json()["name"].startswith("Vertrouwenscentrum")
+    assert len(request["supportingInfo"]) == 2
+
+    stale = client.post(
+        f"/api/cases/{case['id']}/step-6",
+        headers=worker,
+        json={
+            "row_version": version,
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+        },
+    )
+    assert stale.status_code == 409
+    assert "Nothing was overwritten" in stale.json()["detail"]["message"]
+    assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
+
+    closed = client.post(
+        f"/api/cases/{case['id']}/close",
+        headers=worker,
+        json={"row_version": referred.json()["row_version"]},
+    )
+    assert closed.status_code == 200, closed.text
+    (flag,) = search(base_url, "Flag", subject=patient)
+    assert flag["status"] == "inactive"
+    assert "end" in flag["period"]
+    assert validate(flag) == []
+    listed = client.get("/api/cases", headers=worker, params={"status": "closed"}).json()
+    assert [item["id"] for item in listed["items"]] == [case["id"]]
+
+
+def test_a_case_with_a_step_still_due_is_not_closed(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = _app(database_url, database)
+    client = TestClient(app)
+    patient = _triage_niet_pluis(app, tenant, base_url)
+    worker = _user(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+    (case,) = client.get("/api/cases", headers=worker).json()["items"]
+
+    refused = client.post(
+        f"/api/cases/{case['id']}/close", headers=worker, json={"row_version": case["row_version"]}
+    )
+
+    assert refused.status_code == 409
+    assert "step-4" in refused.json()["detail"]["message"]
+    (flag,) = search(base_url, "Flag", subject=patient)
+    assert flag["status"] == "active"
