@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -36,6 +37,7 @@ from service.admin import access, changes
 from service.admin.config import (
     ConfigurationError,
     Problem,
+    StaleConfigurationError,
     TenantAdmin,
     export_yaml,
     parse_yaml,
@@ -51,7 +53,9 @@ from service.tenant_config import (
     ALL_HOOKS,
     TenantConfiguration,
 )
+from smart_app.errors import PageError
 from smart_app.security import page_headers, tokens_match
+from smart_app.session import SESSION_COOKIE, current_launch
 
 ADMIN_COOKIE = "kindreflex_admin"
 CSRF_HEADER = "X-CSRF-Token"
@@ -115,12 +119,7 @@ def _identify(request: Request, tenant: TenantContext) -> Admin:
 
 def _from_app_session(request: Request, tenant: TenantContext) -> Admin:
     """An app session launched from the tenant's EHR, if its user has the admin role."""
-    from smart_app.errors import PageError  # the launch flow is optional for the admin API
-    from smart_app.session import SESSION_COOKIE, current_launch
-
-    if getattr(request.app.state, "sessions", None) is None or not request.cookies.get(
-        SESSION_COOKIE
-    ):
+    if not request.cookies.get(SESSION_COOKIE):
         raise AdminAuthError(401, "sign in as an administrator first")
     try:
         launch = current_launch(request)
@@ -149,7 +148,7 @@ async def _check_csrf(request: Request, admin: Admin) -> None:
 async def api_admin(request: Request, tenant: TenantDep) -> Admin:
     """Dependency of the JSON API: 401/403 with the reason as JSON."""
     try:
-        admin = _identify(request, tenant)
+        admin = await run_in_threadpool(_identify, request, tenant)
         await _check_csrf(request, admin)
     except AdminAuthError as error:
         raise HTTPException(error.status, error.reason) from None
@@ -159,7 +158,7 @@ async def api_admin(request: Request, tenant: TenantDep) -> Admin:
 async def screen_admin(request: Request, tenant: TenantDep) -> Admin:
     """Dependency of the screen: anonymous → sign-in page; forbidden → 403 page."""
     try:
-        admin = _identify(request, tenant)
+        admin = await run_in_threadpool(_identify, request, tenant)
         await _check_csrf(request, admin)
     except AdminAuthError as error:
         if error.status == 401:
@@ -198,16 +197,39 @@ def _replace(config: TenantConfiguration, **parts: Any) -> TenantConfiguration:
     return validate_document({**dict(config), **parts})
 
 
-def _save(request: Request, admin: Admin, config: TenantConfiguration) -> TenantContext:
-    return _tenant_admin(request).save(admin.tenant.slug, config, admin.actor)
+Change = Callable[[TenantConfiguration], TenantConfiguration]
 
 
-def _outcome(status: int, problems: tuple[Problem, ...] | list[Problem]) -> JSONResponse:
+async def _save(
+    request: Request, admin: Admin, change: Change, based_on: int | None
+) -> TenantContext:
+    """Apply ``change`` to the configuration in force and store it (database work off the loop)."""
+
+    def work() -> TenantContext:
+        config = change(admin.tenant.config)
+        return _tenant_admin(request).save(admin.tenant.slug, config, admin.actor, based_on)
+
+    return await run_in_threadpool(work)
+
+
+def _if_match(request: Request) -> int | None:
+    """The version an API client based its change on: ``If-Match: "7"`` (the ETag we sent)."""
+    value = request.headers.get("if-match", "").removeprefix("W/").strip('"')
+    if not value:
+        return None
+    if not value.isdigit():
+        raise HTTPException(400, 'If-Match must be a configuration version such as "7"')
+    return int(value)
+
+
+def _outcome(
+    status: int, problems: tuple[Problem, ...] | list[Problem], code: str = "invalid"
+) -> JSONResponse:
     """An OperationOutcome naming each problem (line and path where known)."""
     issues = [
         {
             "severity": "error",
-            "code": "invalid",
+            "code": code,
             "diagnostics": str(problem),
             **({"expression": [problem.path]} if problem.path else {}),
         }
@@ -220,14 +242,15 @@ def _outcome(status: int, problems: tuple[Problem, ...] | list[Problem]) -> JSON
     )
 
 
-def _api_change(
-    request: Request, admin: Admin, change: Callable[[TenantConfiguration], TenantConfiguration]
-) -> Response:
+async def _api_change(request: Request, admin: Admin, change: Change) -> Response:
     try:
-        context = _save(request, admin, change(admin.tenant.config))
+        context = await _save(request, admin, change, _if_match(request))
     except ConfigurationError as error:
         return _outcome(422, error.problems)
-    return JSONResponse(_summary(context))
+    except StaleConfigurationError as error:
+        status = 412 if request.headers.get("if-match") else 409
+        return _outcome(status, [Problem(str(error))], code="conflict")
+    return JSONResponse(_summary(context), headers={"ETag": f'"{context.version}"'})
 
 
 def _summary(context: TenantContext) -> dict[str, Any]:
@@ -281,8 +304,10 @@ def api_sign_out(admin: ApiAdmin, database: DatabaseDep) -> Response:
 
 
 @router.get("/admin/api/config")
-def api_get_config(admin: ApiAdmin) -> dict[str, Any]:
-    return {**_summary(admin.tenant), "configuration": _masked(admin.tenant.config)}
+def api_get_config(admin: ApiAdmin) -> JSONResponse:
+    """The configuration in force; its ETag is the version to send back in ``If-Match``."""
+    body = {**_summary(admin.tenant), "configuration": _masked(admin.tenant.config)}
+    return JSONResponse(body, headers={"ETag": f'"{admin.tenant.version}"'})
 
 
 @router.put("/admin/api/config")
@@ -293,7 +318,7 @@ async def api_put_config(request: Request, admin: ApiAdmin) -> Response:
         for registration in body.get("registrations") or []:
             if isinstance(registration, dict) and registration.get("client_secret") == "***":
                 registration.pop("client_secret")
-    return _api_change(request, admin, lambda _current: validate_document(body))
+    return await _api_change(request, admin, lambda _current: validate_document(body))
 
 
 @router.get("/admin/api/config.yaml", response_class=PlainTextResponse)
@@ -304,7 +329,7 @@ def api_export_yaml(admin: ApiAdmin) -> Response:
 @router.put("/admin/api/config.yaml")
 async def api_import_yaml(request: Request, admin: ApiAdmin) -> Response:
     text = (await request.body()).decode("utf-8", errors="replace")
-    return _api_change(request, admin, lambda _current: parse_yaml(text))
+    return await _api_change(request, admin, lambda _current: parse_yaml(text))
 
 
 @router.get("/admin/api/registrations")
@@ -322,7 +347,7 @@ async def api_put_registration(registration_id: str, request: Request, admin: Ap
     if body.get("client_secret") == "***":
         body.pop("client_secret")
     body["id"] = registration_id
-    return _api_change(request, admin, lambda c: _upsert_registration(c, body))
+    return await _api_change(request, admin, lambda c: _upsert_registration(c, body))
 
 
 def _upsert_registration(
@@ -336,10 +361,12 @@ def _upsert_registration(
 
 
 @router.delete("/admin/api/registrations/{registration_id}")
-def api_delete_registration(registration_id: str, request: Request, admin: ApiAdmin) -> Response:
+async def api_delete_registration(
+    registration_id: str, request: Request, admin: ApiAdmin
+) -> Response:
     if not any(r.id == registration_id for r in admin.tenant.config.registrations):
         raise HTTPException(404, f"no registration '{registration_id}'")
-    return _api_change(request, admin, lambda c: _without_registration(c, registration_id))
+    return await _api_change(request, admin, lambda c: _without_registration(c, registration_id))
 
 
 def _without_registration(config: TenantConfiguration, registration_id: str) -> TenantConfiguration:
@@ -386,7 +413,7 @@ def api_get_hooks(admin: ApiAdmin) -> dict[str, Any]:
 @router.put("/admin/api/hooks")
 async def api_put_hooks(request: Request, admin: ApiAdmin) -> Response:
     body = await _json_body(request)
-    return _api_change(request, admin, lambda c: _replace(c, hooks=body))
+    return await _api_change(request, admin, lambda c: _replace(c, hooks=body))
 
 
 @router.get("/admin/api/partners")
@@ -411,7 +438,7 @@ async def api_put_partners(request: Request, admin: ApiAdmin) -> Response:
     """Replace the directory: ``text/csv``, a FHIR Bundle, or the configuration's JSON."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     body = await request.body()
-    return _api_change(request, admin, lambda c: _imported_partners(c, content_type, body))
+    return await _api_change(request, admin, lambda c: _imported_partners(c, content_type, body))
 
 
 def _imported_partners(
@@ -442,7 +469,7 @@ async def api_put_plan(request: Request, admin: ApiAdmin) -> Response:
     body = await _json_body(request)
     if isinstance(body, dict):
         body = {**body, "revision": admin.tenant.config.plan.revision}
-    return _api_change(request, admin, lambda c: _replace(c, plan=body))
+    return await _api_change(request, admin, lambda c: _replace(c, plan=body))
 
 
 @router.get("/admin/api/audit")
@@ -568,13 +595,15 @@ def _overview(
     )
 
 
-def _screen_change(
-    request: Request, admin: Admin, change: Callable[[TenantConfiguration], TenantConfiguration]
-) -> HTMLResponse:
+async def _screen_change(request: Request, admin: Admin, change: Change) -> HTMLResponse:
+    form = await request.form()
+    based_on = str(form.get("version", ""))
     try:
-        context = _save(request, admin, change(admin.tenant.config))
+        context = await _save(request, admin, change, int(based_on) if based_on.isdigit() else None)
     except ConfigurationError as error:
         return _overview(request, admin, status=422, problems=error.problems)
+    except StaleConfigurationError as error:
+        return _overview(request, admin, status=409, problems=(Problem(str(error)),))
     return _overview(request, admin, saved=True, tenant=context)
 
 
@@ -601,12 +630,14 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLRespons
     existing = next((r for r in admin.tenant.config.registrations if r.id == body["id"]), None)
     if existing is not None:
         body["roles"] = existing.roles
-    return _screen_change(request, admin, lambda c: _upsert_registration(c, body))
+    return await _screen_change(request, admin, lambda c: _upsert_registration(c, body))
 
 
 @router.post("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)
-def delete_registration(registration_id: str, request: Request, admin: ScreenAdmin) -> HTMLResponse:
-    return _screen_change(request, admin, lambda c: _without_registration(c, registration_id))
+async def delete_registration(
+    registration_id: str, request: Request, admin: ScreenAdmin
+) -> HTMLResponse:
+    return await _screen_change(request, admin, lambda c: _without_registration(c, registration_id))
 
 
 @router.post("/admin/registrations/{registration_id}/test", response_class=HTMLResponse)
@@ -633,7 +664,7 @@ async def save_hooks(request: Request, admin: ScreenAdmin) -> HTMLResponse:
         "adult_age": str(form.get("adult_age", "")),
         "once_per_encounter": form.get("once_per_encounter") == "on",
     }
-    return _screen_change(request, admin, lambda c: _replace(c, hooks=hooks))
+    return await _screen_change(request, admin, lambda c: _replace(c, hooks=hooks))
 
 
 @router.post("/admin/partners", response_class=HTMLResponse)
@@ -645,7 +676,7 @@ async def upload_partners(request: Request, admin: ScreenAdmin) -> HTMLResponse:
         return _overview(request, admin, status=400, problems=problems)
     body = await upload.read()
     content_type = "text/csv" if upload.filename.lower().endswith(".csv") else "application/json"
-    return _screen_change(request, admin, lambda c: _imported_partners(c, content_type, body))
+    return await _screen_change(request, admin, lambda c: _imported_partners(c, content_type, body))
 
 
 @router.post("/admin/plan", response_class=HTMLResponse)
@@ -663,11 +694,11 @@ async def save_plan(request: Request, admin: ScreenAdmin) -> HTMLResponse:
             steps[step] = texts
     current = admin.tenant.config.plan.model_dump(mode="json")
     plan = {**current, "steps": steps}
-    return _screen_change(request, admin, lambda c: _replace(c, plan=plan))
+    return await _screen_change(request, admin, lambda c: _replace(c, plan=plan))
 
 
 @router.post("/admin/config", response_class=HTMLResponse)
 async def import_config(request: Request, admin: ScreenAdmin) -> HTMLResponse:
     form = await request.form()
     text = str(form.get("yaml", ""))
-    return _screen_change(request, admin, lambda _current: parse_yaml(text))
+    return await _screen_change(request, admin, lambda _current: parse_yaml(text))

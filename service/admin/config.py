@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from service.tenancy import (
@@ -132,6 +133,17 @@ def _line_of(node: Node, location: Sequence[int | str]) -> int:
     return node.start_mark.line + 1
 
 
+class StaleConfigurationError(RuntimeError):
+    """The change was based on an older version than the one in force; nothing was saved."""
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(
+            f"the configuration was changed meanwhile (now version {current_version}); "
+            "nothing was saved: reload and make the change again"
+        )
+        self.current_version = current_version
+
+
 class TenantAdmin:
     """The administrator's changes to one deployment's tenants."""
 
@@ -144,9 +156,17 @@ class TenantAdmin:
         except UnknownTenantError:
             return None
 
-    def save(self, slug: str, config: TenantConfiguration, actor: str) -> TenantContext:
-        """Store ``config`` as a new version unless it changes nothing (ConfigurationError)."""
+    def save(
+        self, slug: str, config: TenantConfiguration, actor: str, based_on: int | None = None
+    ) -> TenantContext:
+        """Store ``config`` as a new version unless it changes nothing (ConfigurationError).
+
+        ``based_on``: the version the change was made on; a newer one in force raises
+        StaleConfigurationError, so that one admin never silently undoes another's change.
+        """
         current = self.current(slug)
+        if based_on is not None and current is not None and current.version != based_on:
+            raise StaleConfigurationError(current.version)
         previous = current.config if current else None
         config = _with_plan_revision(_with_kept_secrets(config, previous), previous)
         if current is not None and config == current.config:
@@ -155,6 +175,8 @@ class TenantAdmin:
             return self.tenants.save(slug, config, actor)
         except SecretsUnavailableError as error:
             raise ConfigurationError([Problem(str(error), "registrations")]) from None
+        except IntegrityError:  # another save took the same version number first
+            raise StaleConfigurationError(self.tenants.get(slug).version) from None
 
     def import_yaml(self, slug: str, text: str, actor: str) -> TenantContext:
         return self.save(slug, parse_yaml(text), actor)

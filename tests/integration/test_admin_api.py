@@ -216,8 +216,15 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     form = {"adult_age": "17", "hook-encounter-start": "on", "once_per_encounter": "on"}
     forged = client.post("/admin/hooks", data=form)
     assert forged.status_code == 403
-    saved = client.post("/admin/hooks", data={**form, "csrf_token": csrf.group(1)})
+    version = re.search(r'name="version" value="(\d+)"', page.text)
+    assert version is not None
+    token = {"csrf_token": csrf.group(1), "version": version.group(1)}
+    saved = client.post("/admin/hooks", data={**form, **token})
     assert saved.status_code == 200
+    # the same page's form again: based on a version no longer in force
+    stale = client.post("/admin/hooks", data={**form, **token, "adult_age": "16"})
+    assert stale.status_code == 409
+    assert "changed meanwhile" in stale.text
     hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
     assert (hooks.adult_age, hooks.enabled) == (17, ["encounter-start"])
 
@@ -359,3 +366,21 @@ def test_an_ehr_user_with_the_admin_role_administers_their_own_hospital(
     assert newest["actor"] == "An Janssens <Practitioner/1>"
     # the launch belongs to az-gent: at az-brugge it is no session at all
     assert client.get("/t/az-brugge/admin/api/config").status_code == 401
+
+
+def test_a_change_based_on_an_older_version_is_refused_not_lost(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    read = client.get("/admin/api/config", headers=headers)
+    etag = read.headers["etag"]
+    first = client.put("/admin/api/hooks", headers={**headers, "If-Match": etag},
+                       json={"adult_age": 17})  # fmt: skip
+    assert first.status_code == 200
+    assert first.headers["etag"] != etag
+    late = client.put("/admin/api/hooks", headers={**headers, "If-Match": etag},
+                      json={"adult_age": 16})  # fmt: skip
+    assert late.status_code == 412
+    assert "changed meanwhile" in late.json()["issue"][0]["diagnostics"]
+    hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
+    assert hooks.adult_age == 17
