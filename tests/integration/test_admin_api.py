@@ -218,11 +218,11 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     assert forged.status_code == 403
     version = re.search(r'name="version" value="(\d+)"', page.text)
     assert version is not None
-    token = {"csrf_token": csrf.group(1), "version": version.group(1)}
-    saved = client.post("/admin/hooks", data={**form, **token})
+    hidden = {"csrf_token": csrf.group(1), "version": version.group(1)}
+    saved = client.post("/admin/hooks", data={**form, **hidden})
     assert saved.status_code == 200
     # the same page's form again: based on a version no longer in force
-    stale = client.post("/admin/hooks", data={**form, **token, "adult_age": "16"})
+    stale = client.post("/admin/hooks", data={**form, **hidden, "adult_age": "16"})
     assert stale.status_code == 409
     assert "changed meanwhile" in stale.text
     hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
