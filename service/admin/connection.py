@@ -50,21 +50,24 @@ class ConnectionReport:
         }
 
 
-def _fetch_json(client: httpx.Client, url: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The JSON object at ``url``, or None and the reason in plain words."""
+Reason = tuple[str, dict[str, object]]  # a message id suffix and its values
+
+
+def _fetch_json(client: httpx.Client, url: str) -> tuple[dict[str, Any] | None, Reason | None]:
+    """The JSON object at ``url``, or None and why not."""
     try:
         response = client.get(url, headers={"Accept": "application/json, application/fhir+json"})
     except httpx.TimeoutException:
-        return None, "timeout"
-    except httpx.HTTPError as error:
-        return None, f"unreachable ({type(error).__name__})"
+        return None, ("timeout", {})
+    except httpx.HTTPError:
+        return None, ("unreachable", {})
     if response.status_code != 200:
-        return None, f"HTTP {response.status_code}"
+        return None, ("http", {"status": response.status_code})
     try:
         data = response.json()
     except ValueError:
-        return None, "not JSON"
-    return (data, None) if isinstance(data, dict) else (None, "not a JSON object")
+        return None, ("not_json", {})
+    return (data, None) if isinstance(data, dict) else (None, ("not_json", {}))
 
 
 class _Report:
@@ -73,6 +76,9 @@ class _Report:
     def __init__(self, language: Language) -> None:
         self.language = language
         self.checks: list[Check] = []
+
+    def reason(self, reason: Reason) -> str:
+        return translate(self.language, f"admin.reason.{reason[0]}", **reason[1])
 
     def add(self, check_id: str, ok: bool, needed: bool = True, **values: object) -> None:
         message = translate(
@@ -125,12 +131,14 @@ def check_connection(
         smart, smart_error = _fetch_json(client, f"{iss}/.well-known/smart-configuration")
         metadata, metadata_error = _fetch_json(client, f"{iss}/metadata")
     if smart is None or not smart.get("authorization_endpoint"):
-        report.add("smart_configuration", False, reason=smart_error or "no authorization_endpoint")
+        why = report.reason(smart_error or ("no_authorization_endpoint", {}))
+        report.add("smart_configuration", False, reason=why)
     else:
         report.add("smart_configuration", True)
         _smart_checks(report, smart, registration)
     if metadata is None or metadata.get("resourceType") != "CapabilityStatement":
-        report.add("capability_statement", False, reason=metadata_error or "no CapabilityStatement")
+        why = report.reason(metadata_error or ("no_capability_statement", {}))
+        report.add("capability_statement", False, reason=why)
     else:
         report.add("capability_statement", True)
         _fhir_checks(report, metadata)

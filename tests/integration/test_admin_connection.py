@@ -106,7 +106,10 @@ def test_an_unreachable_ehr_is_reported_not_raised() -> None:
     silent = f"http://127.0.0.1:{free_port()}/fhir"
     report = check_connection(registration(silent), "fr", timeout_seconds=2)
     assert not report.ready
-    assert "unreachable" in report.checks[0].message
+    assert report.checks[0].message == (
+        "Aucune configuration SMART trouvée (serveur injoignable) : "
+        "le DPI ne peut pas lancer l'application."
+    )
 
 
 def test_the_admin_api_runs_the_test_and_records_it(
