@@ -154,23 +154,18 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def interleaved(
-    bare_port: int,
-    cds_port: int,
-    body: bytes,
-    bare_headers: list[dict[str, str]],
-    cds_headers: list[dict[str, str]],
-    warmup: int,
-) -> tuple[Figures, Figures]:
-    """Alternate rounds on both servers, so that a busy machine affects both alike."""
-    await load(bare_port, SERVICE, body, bare_headers[:warmup])
-    await load(cds_port, SERVICE, body, cds_headers[:warmup])
-    results: dict[int, list[Figures]] = {bare_port: [], cds_port: []}
-    timed = len(cds_headers) - warmup
+    servers: list[tuple[int, list[dict[str, str]]]], body: bytes, warmup: int
+) -> list[Figures]:
+    """Alternate rounds on the servers, so that a busy machine affects them alike."""
+    for port, headers in servers:
+        await load(port, SERVICE, body, headers[:warmup])
+    rounds: list[list[Figures]] = [[] for _ in servers]
+    timed = len(servers[0][1]) - warmup
     size = max(1, timed // ROUNDS)
-    for start in range(warmup, len(cds_headers), size):
-        for port, headers in ((bare_port, bare_headers), (cds_port, cds_headers)):
-            results[port].append(await load(port, SERVICE, body, headers[start : start + size]))
-    return _merged(results[bare_port]), _merged(results[cds_port])
+    for start in range(warmup, warmup + timed, size):
+        for results, (port, headers) in zip(rounds, servers, strict=True):
+            results.append(await load(port, SERVICE, body, headers[start : start + size]))
+    return [_merged(results) for results in rounds]
 
 
 def _merged(rounds: list[Figures]) -> Figures:
@@ -251,7 +246,7 @@ def main() -> None:
     ):
         configure(url, jwks.url)
         (Path(tmp) / "bare_app.py").write_text(BARE_APP)
-        bare_port, cds_port = free_port(), free_port()
+        bare_port, open_port, cds_port = free_port(), free_port(), free_port()
         public_url = f"http://127.0.0.1:{cds_port}"
         env = dict(os.environ) | {
             "KINDREFLEX_DATABASE_URL": url,
@@ -262,39 +257,41 @@ def main() -> None:
         }
         total = args.warmup + args.requests
         headers = signed_headers(key, jwks.url, public_url + SERVICE, total)
-        bare_headers = [{"Content-Type": "application/json"}] * total
+        plain = [{"Content-Type": "application/json"}] * total
+        app = uvicorn("service.app:create_app", cds_port, "--factory")
         with (
             running(
                 uvicorn("bare_app:app", bare_port, "--app-dir", tmp),
                 f"http://127.0.0.1:{bare_port}/healthz",
                 env,
             ),
+            # the same service with the JWT check off: shows what the check itself costs
             running(
-                uvicorn("service.app:create_app", cds_port, "--factory"),
-                f"{public_url}/healthz",
-                env,
+                uvicorn("service.app:create_app", open_port, "--factory"),
+                f"http://127.0.0.1:{open_port}/healthz",
+                env | {"KINDREFLEX_CDS_JWT_REQUIRED": "false"},
             ),
+            running(app, f"{public_url}/healthz", env),
         ):
-            bare, cds = asyncio.run(
-                interleaved(bare_port, cds_port, body, bare_headers, headers, args.warmup)
-            )
+            servers = [(bare_port, plain), (open_port, plain), (cds_port, headers)]
+            figures = asyncio.run(interleaved(servers, body, args.warmup))
             fhir_calls = fhir_requests(httpx.get(f"{public_url}/metrics").text)
             check = httpx.post(
                 public_url + SERVICE,
                 content=body,
                 headers=signed_headers(key, jwks.url, public_url + SERVICE, 1)[0],
             ).json()
-    report(args, bare, cds, fhir_calls / total, len(body), check)
+    report(args, figures, fhir_calls / total, len(body), check)
 
 
 def report(
     args: argparse.Namespace,
-    bare: Figures,
-    cds: Figures,
+    figures: list[Figures],
     fhir_per_call: float,
     body_size: int,
     check: dict[str, Any],
 ) -> None:
+    bare, open_hook, cds = figures
     backend = "PostgreSQL" if args.postgres else "SQLite"
     indicator = check["cards"][0]["indicator"] if check.get("cards") else "none"
     throughput = cds.per_second / bare.per_second
@@ -303,10 +300,15 @@ def report(
     lines = [
         f"CDS hook benchmark: {CONCURRENCY} concurrent clients, {args.requests} timed requests",
         f"body {body_size} bytes (full prefetch); JWT {args.alg} via jku; jti ledger on {backend}",
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end of the run",
         f"{'':32}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}",
         *(
             f"{name:32}{f.per_second:>10.0f}{f.percentile(50):>10.1f}{f.percentile(99):>10.1f}"
-            for name, f in (("bare FastAPI (parse JSON only)", bare), ("Kindreflex CDS hook", cds))
+            for name, f in (
+                ("bare FastAPI (parse JSON only)", bare),
+                ("CDS hook, JWT check off", open_hook),
+                ("CDS hook, JWT check on", cds),
+            )
         ),
         f"throughput ratio  {throughput:6.0%}   (target >= 70%)  {_verdict(throughput >= 0.7)}",
         f"p99 ratio         {p99:6.2f}x  (target <= 1.5x)  {_verdict(p99 <= 1.5)}",
