@@ -3,12 +3,17 @@ and PostgreSQL. Discovery, cards, authentication failures, malformed bodies, fee
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
@@ -17,7 +22,7 @@ from sqlalchemy import func, select
 
 from sandbox.keys import SigningKey
 from service.app import create_app
-from service.db.base import Database
+from service.db.base import Base, Database
 from service.db.models import CdsFeedback, CdsSeenToken
 from service.protocol import HagueTrigger
 from service.settings import Settings
@@ -41,21 +46,23 @@ class Ehr:
     """An EHR that signs its CDS calls: its key, its JWKS URL, its issuer."""
 
     key: SigningKey
-    jwks: JwksServer
+    jwks_url: str
     issuer: str
 
-    def token(self, aud: str, headers: dict[str, Any] | None = None, **claims: Any) -> str:
+    def token(
+        self, aud: str | list[str], headers: dict[str, Any] | None = None, **claims: Any
+    ) -> str:
         now = int(time.time())
-        payload = {"iss": self.issuer, "sub": "ehr-client", "aud": aud, "iat": now}
+        payload: dict[str, Any] = {"iss": self.issuer, "sub": "ehr-client", "aud": aud, "iat": now}
         payload |= {"exp": now + 120, "jti": str(uuid.uuid4())} | claims
-        return self.key.sign(payload, headers={"jku": self.jwks.url} | (headers or {}))
+        return self.key.sign(payload, headers={"jku": self.jwks_url} | (headers or {}))
 
 
 def running_ehr() -> Iterator[Ehr]:
     """An EHR with a fresh ES384 key, its JWKS served over HTTP on loopback."""
     key = SigningKey.generate("ehr-key-1", "ES384")
     with JwksServer(key) as jwks:
-        yield Ehr(key, jwks, "https://ehr.az-gent.example/cds")
+        yield Ehr(key, jwks.url, "https://ehr.az-gent.example/cds")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +77,7 @@ def tenant_config(
     language: Language = "nl",
     jwks: dict[str, object] | None = None,
 ) -> TenantConfiguration:
-    issuer = CdsIssuer(iss=ehr.issuer, jku=[] if jwks else [ehr.jwks.url], jwks=jwks)
+    issuer = CdsIssuer(iss=ehr.issuer, jku=[] if jwks else [ehr.jwks_url], jwks=jwks)
     registration = EhrRegistration(
         id="ehr",
         name="AZ Gent EHR",
@@ -246,7 +253,7 @@ def foreign_key_token(ehr: Ehr) -> str:
     impostor = SigningKey.generate(ehr.key.kid, "ES384")  # same kid, another key
     now = int(time.time())
     claims = {"iss": ehr.issuer, "aud": AUD, "iat": now, "exp": now + 60, "jti": "y"}
-    return impostor.sign(claims, headers={"jku": ehr.jwks.url})
+    return impostor.sign(claims, headers={"jku": ehr.jwks_url})
 
 
 NOW = int(time.time())
@@ -319,7 +326,7 @@ def test_keys_configured_for_the_issuer_need_no_jku(cds: Cds) -> None:
 def test_a_hospital_only_accepts_its_own_ehrs(cds: Cds) -> None:
     other = SigningKey.generate("b-key", "ES384")
     with JwksServer(other) as jwks:
-        hospital_b = Ehr(other, jwks, "https://ehr.az-brugge.example/cds")
+        hospital_b = Ehr(other, jwks.url, "https://ehr.az-brugge.example/cds")
         cds.configure(tenant_config(hospital_b), slug="az-brugge")
         prefix = "/t/az-brugge"
         path = f"{PUBLIC_URL}{prefix}/cds-services/{ENCOUNTER_START}"
@@ -443,3 +450,71 @@ def test_bad_feedback_is_refused_and_nothing_is_stored(cds: Cds, item: dict[str,
     assert response.json()["error"] == "invalid_request"
     assert cds.count(CdsFeedback) == 0
     assert feedback_call(cds, []).status_code == 400
+
+
+def test_aud_may_be_a_list_naming_the_url_called(cds: Cds) -> None:
+    assert cds.call(token=cds.ehr.token(["https://other.example", AUD])).status_code == 200
+
+
+class CountingJwks:
+    """A JWKS endpoint on loopback that counts how often it is fetched."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self.fetches = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.fetches += 1
+                body = json.dumps({"keys": [key.public_jwk()]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def test_a_burst_of_calls_fetches_the_issuers_keys_once(cds: Cds) -> None:
+    key = SigningKey.generate("burst-key", "ES384")
+    jwks = CountingJwks(key)
+    try:
+        issuer = Ehr(key, jwks.url, "https://ehr.burst.example/cds")
+        cds.configure(tenant_config(issuer))
+
+        async def burst() -> list[int]:
+            transport = httpx.ASGITransport(app=cds.app)
+            async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
+                calls = [
+                    client.post(
+                        f"/cds-services/{ENCOUNTER_START}",
+                        json=hook_body(),
+                        headers={"Authorization": f"Bearer {issuer.token(AUD)}"},
+                    )
+                    for _ in range(20)
+                ]
+                return [r.status_code for r in await asyncio.gather(*calls)]
+
+        assert asyncio.run(burst()) == [200] * 20
+        assert jwks.fetches == 1
+    finally:
+        jwks.close()
+
+
+def test_without_the_replay_ledger_the_call_is_refused_with_503_not_500(cds: Cds) -> None:
+    """A real fault: the ledger's table is gone (as with a database that refuses writes)."""
+    Base.metadata.tables[CdsSeenToken.__tablename__].drop(cds.database.engine)
+    response = cds.call()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "unavailable"
