@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from sandbox.cds_client import compute_prefetch
 from sandbox.fhir_server import FhirServer
 from sandbox.seed import SeedResult, seed
+from service.cds.prefetch import FETCH_TIMEOUT_SECONDS
 from service.cds.vocabulary import guide_vocabulary
 from service.db.base import Database
 from service.protocol import Step
@@ -224,3 +226,19 @@ def test_the_token_is_only_sent_to_the_registered_fhir_server(
     assert card["indicator"] == "info"
     assert cds_on_fhir.fhir_requests() == 0
     assert fhir_log_lines(server) == before
+
+
+def test_a_fhir_server_that_never_answers_gives_the_generic_card_in_time(
+    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """A real fault: a port that accepts connections but never answers (a hung server)."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        silent = f"http://127.0.0.1:{hung.getsockname()[1]}/fhir"
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=silent))
+        started = time.monotonic()
+        response = cds_on_fhir.call(body=without_prefetch(silent, fhir[1].patient("jan-janssens")))
+        elapsed = time.monotonic() - started
+    assert only_card(response)["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    assert elapsed < FETCH_TIMEOUT_SECONDS + 2
