@@ -31,6 +31,7 @@ from service.db.base import Database, utcnow
 from service.db.models import LaunchState, Tenant
 from service.i18n import negotiate
 from service.keys import KeyStore
+from service.outbox import Outbox
 from service.settings import Settings
 from service.tenancy import TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -158,7 +159,11 @@ def callback(
         )
     new = _new_session(tenant, registration, pending, server, answer, claims)
     sessions: SessionStore = request.app.state.sessions
-    secret = sessions.create(new)
+    session_id, secret = sessions.create(new)
+    if new.patient_id is not None:
+        # Writes for this patient that waited for a new sign-in go out with this session.
+        outbox: Outbox = request.app.state.outbox
+        outbox.adopt_session(tenant.id, registration.id, f"Patient/{new.patient_id}", session_id)
     log.info(
         "app launched",
         extra={

@@ -142,14 +142,14 @@ class SessionStore:
         self._database = database
         self._sealer = Sealer(settings.secret_key, "session-tokens")
 
-    def create(self, new: NewSession) -> str:
-        """Store the session; returns the cookie secret (shown to nobody but the browser)."""
-        secret = secrets.token_urlsafe(32)
+    def create(self, new: NewSession) -> tuple[str, str]:
+        """Store the session; returns its id and the cookie secret (for the browser only)."""
+        session_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = utcnow()
         with self._database.session() as session:
             session.add(
                 AppSession(
-                    id=secrets.token_hex(16),
+                    id=session_id,
                     cookie_hash=digest(secret),
                     csrf_token=secrets.token_urlsafe(32),
                     tenant_id=new.tenant_id,
@@ -176,7 +176,7 @@ class SessionStore:
                     expires_at=now + SESSION_LIFETIME,
                 )
             )
-        return secret
+        return session_id, secret
 
     def find(self, cookie_secret: str) -> AppSession | None:
         """The live session the cookie names, or None."""

@@ -34,8 +34,9 @@ from sandbox.keys import SigningKey as SandboxKey
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
-from service.db.models import AppSession, LaunchState
+from service.db.models import AppSession, LaunchState, OutboxEntry
 from service.fhir.client import ReauthorisationRequired
+from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
 from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
 from smart_app.session import (
@@ -520,3 +521,36 @@ def test_only_the_social_service_and_admins_may_launch_without_a_patient(
     assert who["patient"] is None
     assert who["roles"] == ["nurse", "social-worker"]
     assert kindreflex.count(AppSession) == 1
+
+
+def test_a_new_launch_for_the_patient_takes_over_writes_waiting_for_authorisation(
+    kindreflex: Kindreflex,
+) -> None:
+    patient_ref = f"Patient/{first_patient(kindreflex.sandbox)}"
+    with kindreflex.database.session() as session:
+        tenant_id = kindreflex.app.state.tenants.get("default").id
+        waiting = enqueue(
+            session,
+            tenant_id,
+            NewEntry(
+                kind="triage",
+                registration_id="sandbox-ehr",
+                fhir_base_url=kindreflex.sandbox.fhir_base_url,
+                session_id="an-expired-session",
+                author=kindreflex.sandbox.fhir_user("nurse"),
+                patient_ref=patient_ref,
+                bundle={"resourceType": "Bundle", "type": "transaction", "entry": []},
+            ),
+        )
+        waiting.state = DeliveryState.WAITING_AUTHORISATION
+        entry_id = waiting.id
+
+    browser = Browser()
+    kindreflex.launch(browser)
+
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    with kindreflex.database.session() as session:
+        entry = session.get(OutboxEntry, entry_id)
+        assert entry is not None
+        assert entry.session_id == session_id
+        assert entry.state != DeliveryState.WAITING_AUTHORISATION
