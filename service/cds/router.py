@@ -13,6 +13,7 @@ thread hop per call on the path where the EHR waits.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.deps import current_tenant, settings_of
 from service.cds import prefetch
@@ -43,13 +45,14 @@ from service.cds.rules import advise, local_trigger_codes
 from service.cds.schemas import FeedbackRequest, HookContext, HookRequest
 from service.cds.situation import situation_of
 from service.cds.vocabulary import Vocabulary, guide_vocabulary
-from service.db.base import Database
+from service.db.base import Database, utcnow
 from service.db.models import CdsFeedback
 from service.i18n import negotiate
 from service.settings import Settings
 from service.tenancy import TenantContext
 from service.tenant_config import Hook
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["cds-hooks"])
 
 #: Service id → hook. The ids are part of the EHR's configuration: never rename them.
@@ -127,14 +130,11 @@ def _refused(error: CdsAuthError | ReplayCheckUnavailableError) -> JSONResponse:
     return _error(401, "invalid_token", str(error))
 
 
-def _invalid(error: ValidationError | ValueError) -> JSONResponse:
-    if isinstance(error, ValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in error.errors(include_url=False)[:5]
-        )
-    else:
-        problems = str(error)
+def _invalid(error: ValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+        for e in error.errors(include_url=False)[:5]
+    )
     return _error(400, "invalid_request", problems)
 
 
@@ -289,9 +289,12 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
     except ValidationError as error:
         return _invalid(error)
     database: Database = request.app.state.database
-    await run_in_threadpool(
-        _store_feedback, database, tenant.id, service_id, caller.issuer if caller else None, body
-    )
+    issuer = caller.issuer if caller else None
+    try:
+        await run_in_threadpool(_store_feedback, database, tenant.id, service_id, issuer, body)
+    except SQLAlchemyError as error:
+        log.warning("CDS feedback not stored", extra={"fields": {"error": type(error).__name__}})
+        return _error(503, "unavailable", "the feedback cannot be stored now; retry later")
     return _ok({})
 
 
@@ -309,7 +312,7 @@ def _store_feedback(
             "override_code": reason.code if reason else None,
             "outcome_at": item.outcomeTimestamp,
             "issuer": issuer,
-            "received_at": datetime.now(CLINIC_ZONE),
+            "received_at": utcnow(),
         }
         for item in body.feedback
         for reason in [item.overrideReason.reason if item.overrideReason else None]

@@ -518,3 +518,15 @@ def test_without_the_replay_ledger_the_call_is_refused_with_503_not_500(cds: Cds
     response = cds.call()
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "unavailable"
+
+
+def test_feedback_that_cannot_be_stored_gets_503_not_500(cds: Cds) -> None:
+    Base.metadata.tables[CdsFeedback.__tablename__].drop(cds.database.engine)
+    item = {
+        "card": str(uuid.uuid4()),
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-11-23T10:00:00Z",
+    }
+    response = feedback_call(cds, [item])
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "unavailable"
