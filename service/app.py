@@ -21,6 +21,7 @@ from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.triage import Triage
 from smart_app.admin import router as admin_router
+from smart_app.nurse import router as nurse_router
 from smart_app.social import router as social_router
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.include_router(keys.router)
     smart_app.install(app)  # SMART launch, sessions, their error pages
     _install_write_path(app, settings, database)
+    app.include_router(nurse_router)  # the nurse's triage screen (steps 1-3)
+    app.include_router(nurse_router, prefix="/t/{tenant}")
     app.include_router(admin_router)  # the EHR administrator's screen and API
     app.include_router(admin_router, prefix="/t/{tenant}")
     app.include_router(social_router)  # the social service's cases (issue 5)

@@ -15,6 +15,7 @@ page says "delivery pending".
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,7 @@ from service.protocol import (
     Consultation,
     ErrorCode,
     ExpectedChild,
+    HagueTrigger,
     KindreflexCase,
     LivesWith,
     PregnancyOf,
@@ -227,6 +229,39 @@ def parse_typed_date(text: str) -> date | None:
 
 
 # ---------------------------------------------------------------------------------------
+# Why the EHR's card asked for the Kindreflex (the card's appContext)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """What our CDS card passed at launch: the Hague triggers seen, an open concern."""
+
+    triggers: tuple[HagueTrigger, ...] = ()
+    open_concern: bool = False
+
+
+def card_context(app_context: str | None) -> CardContext:
+    """Read our card's ``appContext`` (service.cds.cards); anything else reads as empty.
+
+    It only informs the nurse and the step 2 finding's ``triggers``; an EHR that launches
+    without a card, or with another app context, loses nothing.
+    """
+    try:
+        data = json.loads(app_context) if app_context else {}
+    except ValueError:
+        return CardContext()
+    reasons = data.get("reasons") if isinstance(data, dict) else None
+    if not isinstance(reasons, list):
+        return CardContext()
+    known = {t.value: t for t in HagueTrigger}
+    return CardContext(
+        triggers=tuple(known[r] for r in reasons if isinstance(r, str) and r in known),
+        open_concern="open-concern" in reasons,
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # From the typed form to the protocol's findings
 # ---------------------------------------------------------------------------------------
 
@@ -335,6 +370,7 @@ def build_input(
                 else frozenset()
             ),
             acute_danger=form.acute_danger,
+            triggers=frozenset(card_context(ctx.app_context).triggers),
         )
         step3 = _support(form, author, now) if assessment is SafetyAssessment.NO_CONCERN else None
     except ProtocolError as error:
@@ -450,6 +486,7 @@ def _form_page(
         ctx,
         "triage.html",
         status_code=422 if errors else 200,
+        card=card_context(ctx.app_context),
         form=form,
         errors=errors,
         error_for={e.field: e.message for e in errors},

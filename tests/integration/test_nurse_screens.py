@@ -1,0 +1,524 @@
+"""The nurse's triage screen over HTTP, against real parts.
+
+The app runs in-process (Starlette's httpx-based TestClient) on SQLite and PostgreSQL; the
+hospital is the sandbox EHR (a real sekmet FHIR server process behind the sandbox's FHIR
+facade, which checks our access tokens). A session is created directly in the database,
+as a completed SMART launch would leave it, with an access token issued by the sandbox's
+authorization server; everything after that is the real code path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from sandbox.runner import Sandbox
+from service.app import create_app
+from service.db.base import Database, utcnow
+from service.i18n import LANGUAGES, catalogue
+from service.protocol import ChildRelationship, ErrorCode, LivesWith, SupportAction
+from service.settings import load_settings
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import EhrRegistration, TenantConfiguration
+from smart_app.nurse import parse_typed_date
+from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
+from tests.support.processes import free_port
+from tests.support.sandbox import running_sandbox
+from tests.support.validator import validate
+
+pytestmark = pytest.mark.fhirserver
+
+REGISTRATION = "sandbox"
+TODAY = date.today()
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures: the sandbox hospital, our app, a launched session
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with running_sandbox() as sb:
+        yield sb
+
+
+@dataclass
+class Nurse:
+    """A launched nurse in a browser-like client, for one patient and encounter."""
+
+    client: TestClient
+    patient_id: str
+    encounter_id: str
+
+    def page(self, path: str = "/app/triage") -> Page:
+        response = self.client.get(path)
+        return Page(response)
+
+    def post(self, form: dict[str, Any], path: str = "/app/triage") -> Page:
+        return Page(self.client.post(path, data=form))
+
+
+def _app(database: Database, database_url: str, fhir_base_url: str) -> Any:
+    settings = load_settings(
+        environment="test", database_url=database_url, public_url="https://testserver"
+    )
+    tenants = TenantDirectory(database, SecretBox(None))
+    registration = EhrRegistration(
+        id=REGISTRATION, name="Sandbox", fhir_base_url=fhir_base_url, client_id="kindreflex"
+    )
+    tenants.save(
+        settings.default_tenant,
+        TenantConfiguration(name="Testziekenhuis", registrations=[registration]),
+        actor="test",
+    )
+    return create_app(settings, database)
+
+
+def _launch(
+    app: Any,
+    sandbox: Sandbox,
+    *,
+    patient_key: str,
+    fhir_base_url: str | None = None,
+    language: str = "nl",
+    app_context: str | None = None,
+    roles: frozenset[Any] = frozenset({"nurse"}),
+) -> NewSession:
+    patient = sandbox.seeded.patient(patient_key)
+    assert patient.arrived_encounter_id is not None
+    token = sandbox.issue_token(
+        client_id="kindreflex",
+        scope="user/*.cruds",
+        user="nurse",
+        patient=patient.id,
+        encounter=patient.arrived_encounter_id,
+    )
+    tenant = app.state.tenants.get(app.state.settings.default_tenant)
+    return NewSession(
+        tenant_id=tenant.id,
+        registration_id=REGISTRATION,
+        path_prefix="",
+        fhir_base_url=fhir_base_url or sandbox.fhir_base_url,
+        token_endpoint=sandbox.token_url,
+        user=AppUser(sandbox.fhir_user("nurse"), "Sofie Maes", roles),
+        language=language,  # type: ignore[arg-type]
+        patient_id=patient.id,
+        encounter_id=patient.arrived_encounter_id,
+        app_context=app_context,
+        launch_details={},
+        scope="launch openid fhirUser user/*.cruds",
+        access_token=token,
+        refresh_token=None,
+        access_expires_at=utcnow() + timedelta(hours=1),
+    )
+
+
+@pytest.fixture
+def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Iterator[Any]:
+    """``nurse_for(patient_key, ...)``: a nurse launched for a seeded patient."""
+    clients: list[TestClient] = []
+
+    def launch(patient_key: str, *, fhir_base_url: str | None = None, **session: Any) -> Nurse:
+        app = _app(database, database_url, fhir_base_url or sandbox.fhir_base_url)
+        client = TestClient(app, base_url="https://testserver").__enter__()
+        clients.append(client)
+        new = _launch(app, sandbox, patient_key=patient_key, fhir_base_url=fhir_base_url, **session)
+        _, secret = SessionStore(database, app.state.settings).create(new)
+        client.cookies.set(SESSION_COOKIE, secret)
+        assert new.encounter_id is not None
+        return Nurse(client, new.patient_id or "", new.encounter_id)
+
+    yield launch
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a page the way a screen reader and a form submit see it
+# ---------------------------------------------------------------------------------------
+
+
+class _Parser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[dict[str, str]] = []
+        self.label_for: set[str] = set()
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+        self.textareas: dict[str, str] = {}
+        self._textarea: str | None = None
+        self._in_template = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "template":
+            self._in_template += 1
+        if self._in_template:
+            return
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "label" and "for" in a:
+            self.label_for.add(a["for"])
+        if tag in ("input", "select", "textarea"):
+            self.fields.append({"tag": tag, **a})
+        if tag == "textarea":
+            self._textarea = a.get("name")
+        if tag == "a" and "href" in a:
+            self.links.append(a["href"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "template":
+            self._in_template -= 1
+        if tag == "textarea":
+            self._textarea = None
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea and not self._in_template:
+            self.textareas[self._textarea] = self.textareas.get(self._textarea, "") + data
+
+
+class Page:
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        self.text = response.text
+        self.parsed = _Parser()
+        self.parsed.feed(self.text)
+
+    def value(self, name: str) -> str:
+        if name in self.parsed.textareas:
+            return self.parsed.textareas[name]
+        field = next(f for f in self.parsed.fields if f.get("name") == name)
+        return field.get("value", "")
+
+    @property
+    def csrf(self) -> str:
+        return self.value("csrf_token")
+
+    def child_refs(self) -> list[str]:
+        names = sorted(
+            (
+                f["name"]
+                for f in self.parsed.fields
+                if re.fullmatch(r"child-\d+-ref", f.get("name", ""))
+            ),
+            key=lambda n: int(n.split("-")[1]),
+        )
+        return [self.value(n) for n in names]
+
+
+def _two_children(page: Page, **extra: str) -> dict[str, Any]:
+    refs = page.child_refs()
+    return {
+        "csrf_token": page.csrf,
+        "child-0-ref": refs[0],
+        "child-0-name": "Lina",
+        "child-0-birth_date": "03/07/2019",
+        "child-0-relationship": "NCHILD",
+        "child-0-lives_with": "permanently",
+        "child-1-ref": "urn:uuid:6f1c1c5e-2a47-4bd0-9f0e-6e51d4b0b7a2",
+        "child-1-name": "Mats",
+        "child-1-birth_date": (TODAY - timedelta(days=400)).strftime("%d/%m/%Y"),
+        "child-1-relationship": "NCHILD",
+        "child-1-lives_with": "part-time",
+        **extra,
+    }
+
+
+def _upstream(sandbox: Sandbox, path: str) -> dict[str, Any]:
+    response = httpx.get(f"{sandbox.upstream_fhir_base_url}/{path}", timeout=10)
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def _resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
+
+
+def written_by_kindreflex(fhir_base: str, patient_ref: str) -> dict[str, list[dict[str, Any]]]:
+    """The patient's resources on the FHIR server that claim a Kindreflex profile, by type.
+
+    Read from sekmet itself (no token needed on loopback); shared with the browser test.
+    """
+    queries = [
+        f"RelatedPerson?patient={patient_ref}",
+        f"Observation?subject={patient_ref}",
+        # the save's Provenance names the Flag among its targets
+        f"Flag?patient={patient_ref}&status=active&_revinclude=Provenance:target",
+    ]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for query in queries:
+        response = httpx.get(f"{fhir_base}/{query}", timeout=10)
+        response.raise_for_status()
+        for resource in _resources(response.json()):
+            if any("kindreflex" in p for p in resource.get("meta", {}).get("profile", [])):
+                by_type.setdefault(resource["resourceType"], []).append(resource)
+    return by_type
+
+
+# ---------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_page_is_dutch_labelled_and_carries_the_security_headers(nurse_for: Any) -> None:
+    page = nurse_for("an-peeters").page()
+
+    assert page.status == 200
+    assert '<html lang="nl">' in page.text
+    assert "Stap 1" in page.text
+    assert "Stap 2" in page.text
+    headers = page.response.headers
+    assert "frame-ancestors" in headers["content-security-policy"]
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["cache-control"] == "no-store"
+    assert "<script>" not in page.text
+    assert "style=" not in page.text
+    visible = [f for f in page.parsed.fields if f.get("type") != "hidden"]
+    assert visible, "the form has fields"
+    unlabelled = [f for f in visible if f.get("id") not in page.parsed.label_for]
+    assert not unlabelled, f"fields without a <label for>: {unlabelled}"
+    assert page.csrf
+    assert 'value="permanently" selected' in page.text  # the fast default
+
+
+def test_french_launch_gets_the_french_screen(nurse_for: Any) -> None:
+    page = nurse_for("an-peeters", language="fr").page()
+    assert '<html lang="fr">' in page.text
+    assert "Étape 1" in page.text
+    assert "Enregistrer" in page.text
+
+
+def test_a_returning_patients_children_are_shown_for_confirmation(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    page = nurse_for("els-goossens").page()
+
+    seeded = sandbox.seeded.patient("els-goossens").related_person_ids
+    refs = page.child_refs()
+    assert len(refs) == len(seeded) == 2
+    assert all(re.fullmatch(r"RelatedPerson/[^/]+/_history/[^/]+", ref) for ref in refs)
+    assert page.text.count("Al in het dossier") == 2
+    assert all(
+        re.fullmatch(r"\d{2}/\d{2}/\d{4}", page.value(f"child-{i}-birth_date")) for i in (0, 1)
+    )
+
+
+def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) -> None:
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    first = page.child_refs()
+    form = {"csrf_token": page.csrf, "child-0-ref": first[0], "child-0-name": "Lina"}
+
+    added = nurse.post({**form, "action": "add-child"})
+    assert added.status == 200
+    assert added.child_refs()[0] == first[0], "a row keeps its ref across round trips"
+    assert len(added.child_refs()) == 2
+    assert added.value("child-0-name") == "Lina"
+
+    removed = nurse.post(
+        {
+            **form,
+            "child-1-ref": added.child_refs()[1],
+            "child-1-name": "Mats",
+            "action": "remove-child-0",
+        }
+    )
+    assert removed.child_refs() == [added.child_refs()[1]]
+    assert removed.value("child-0-name") == "Mats"
+
+
+def test_a_form_without_the_csrf_token_is_refused_and_nothing_is_written(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    form = _two_children(page, assessment="niet-pluis", reasons="Blauwe plekken")
+    del form["csrf_token"]
+    before = len(sandbox.fhir_requests)
+
+    refused = nurse.post(form)
+
+    assert refused.status == 403
+    writes = [r for r in sandbox.fhir_requests[before:] if r.method != "GET"]
+    assert writes == []
+
+
+# ---------------------------------------------------------------------------------------
+# Refused input: the form again, the input kept, the error next to its field
+# ---------------------------------------------------------------------------------------
+
+
+def test_niet_pluis_without_reasons_shows_the_protocols_error_and_keeps_the_input(
+    nurse_for: Any,
+) -> None:
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+
+    again = nurse.post(_two_children(page, assessment="niet-pluis", reasons=""))
+
+    assert again.status == 422
+    assert 'href="#reasons"' in again.text  # the error summary links to the field
+    assert 'id="reasons-error"' in again.text
+    assert "Schrijf op waarom" in again.text  # the protocol's message, in Dutch
+    assert again.value("child-1-name") == "Mats"
+    assert again.value("child-0-birth_date") == "03/07/2019"
+    assert 'value="niet-pluis" data-assessment checked' in again.text
+
+
+@pytest.mark.parametrize(
+    ("form", "field", "message"),
+    [
+        (
+            {"child-0-name": "Lina", "child-0-birth_date": "31/02/2019"},
+            "child-0-birth_date",
+            "geen geldige datum",
+        ),
+        (
+            {"child-0-name": "", "child-0-birth_date": "03/07/2019"},
+            "child-0-name",
+            "Vul de naam van kind 1",
+        ),
+        (
+            {"child-0-name": "Lina", "child-0-birth_date": "01/01/2999"},
+            "children",
+            "in de toekomst",
+        ),
+        ({}, "child-0-name", "vink aan dat de patiënt niet voor kinderen zorgt"),
+    ],
+)
+def test_bad_input_is_answered_next_to_its_field(
+    nurse_for: Any, form: dict[str, str], field: str, message: str
+) -> None:
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    posted = {
+        "csrf_token": page.csrf,
+        "child-0-ref": page.child_refs()[0],
+        "child-0-relationship": "CHILD",
+        "child-0-lives_with": "permanently",
+        "assessment": "no-concern",
+        **form,
+    }
+    again = nurse.post(posted)
+    assert again.status == 422
+    assert f'href="#{field}"' in again.text
+    assert field in again.parsed.ids
+    assert message in again.text
+
+
+# ---------------------------------------------------------------------------------------
+# Saving: niet-pluis hands off to the social service, no concern leads to step 3
+# ---------------------------------------------------------------------------------------
+
+
+def test_niet_pluis_is_saved_and_handed_to_the_social_service(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    # The launch came from our warning card, which named the domestic-violence trigger.
+    card = '{"hook":"encounter-start","indicator":"warning","reasons":["domestic-violence"]}'
+    nurse = nurse_for("jan-janssens", app_context=card)
+    page = nurse.page()
+    assert "partnergeweld" in page.text  # the nurse sees why the card warned
+
+    saved = nurse.post(
+        _two_children(
+            page,
+            assessment="niet-pluis",
+            reasons="Letsels passen niet bij verhaal",
+            discussed_with_colleague="1",
+        )
+    )
+
+    assert saved.status == 200, saved.text
+    assert 'data-save-status="delivered"' in saved.text
+    assert "Doorgegeven aan de sociale dienst" in saved.text
+    patient_ref = f"Patient/{nurse.patient_id}"
+    written = written_by_kindreflex(sandbox.upstream_fhir_base_url, patient_ref)
+    assert {"RelatedPerson", "Observation", "Flag", "Provenance"} <= set(written)
+    assert {c["name"][0]["given"][0] for c in written["RelatedPerson"]} >= {"Lina", "Mats"}
+    for kind, resources in written.items():
+        for resource in resources:
+            assert validate(resource) == [], f"{kind}/{resource['id']}"
+    social_worker = nurse_for("an-peeters", roles=frozenset({"nurse", "social-worker"}))
+    worklist = social_worker.client.get("/api/worklist").json()
+    item = next(i for i in worklist["items"] if i["patient"] == patient_ref)
+    assert item["triggers"] == ["domestic-violence"]
+
+
+def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(
+    nurse_for: Any,
+) -> None:
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+
+    saved = nurse.post(
+        _two_children(
+            page, assessment="no-concern", support_actions="ask-regularly", support_note=""
+        )
+    )
+
+    assert saved.status == 200, saved.text
+    assert 'data-advice="kind-en-gezin"' in saved.text
+    assert "Mats" in saved.text  # 400 days old: Kind & Gezin start conversation
+    advice = saved.text.split('data-advice="kind-en-gezin"')[1].split("</div>")[0]
+    assert "Lina" not in advice  # older than 3
+    assert "tel:+3278150100" in saved.text  # Kind & Gezin, from the partner directory
+    assert "Doorgegeven aan de sociale dienst" not in saved.text
+
+
+def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) -> None:
+    # A FHIR base on a port where nothing listens: a real connection failure.
+    nurse = nurse_for("an-peeters", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
+    page = nurse.page()
+    assert "konden nu niet geladen worden" in page.text  # the form is still usable
+
+    saved = nurse.post(_two_children(page, assessment="unclear", reasons="Patiënt verward"))
+
+    assert saved.status == 200, saved.text
+    assert 'data-save-status="pending"' in saved.text
+    assert "levering volgt" in saved.text
+    assert "Doorgegeven aan de sociale dienst" in saved.text
+
+
+# ---------------------------------------------------------------------------------------
+# Pure parts: typed dates and the catalogue
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("3/7/2019", date(2019, 7, 3)),
+        ("03-07-2019", date(2019, 7, 3)),
+        ("03.07.2019", date(2019, 7, 3)),
+        ("03072019", date(2019, 7, 3)),
+        ("2019-07-03", date(2019, 7, 3)),
+        (" 03/07/2019 ", date(2019, 7, 3)),
+        ("31/02/2019", None),
+        ("7/2019", None),
+        ("gisteren", None),
+    ],
+)
+def test_dates_are_read_as_a_belgian_nurse_types_them(typed: str, expected: date | None) -> None:
+    assert parse_typed_date(typed) == expected
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_code_the_screen_shows_has_a_label_in_every_language(language: str) -> None:
+    messages = catalogue(language).messages  # type: ignore[arg-type]
+    wanted = [f"app.protocol.{code.value}" for code in ErrorCode]
+    wanted += [f"app.relationship.{r.value}" for r in ChildRelationship]
+    wanted += [f"app.lives-with.{v.value}" for v in LivesWith]
+    wanted += [f"app.support-action.{a.value}" for a in SupportAction]
+    assert [m for m in wanted if m not in messages] == []
