@@ -21,6 +21,7 @@ from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.triage import Triage
 from smart_app.admin import router as admin_router
+from smart_app.monitoring import router as monitoring_router
 from smart_app.nurse import router as nurse_router
 from smart_app.social import router as social_router
 
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.include_router(admin_router, prefix="/t/{tenant}")
     app.include_router(social_router)  # the social service's cases (issue 5)
     app.include_router(social_router, prefix="/t/{tenant}")
+    app.include_router(monitoring_router)  # the monitoring figures (issue 5 §6)
+    app.include_router(monitoring_router, prefix="/t/{tenant}")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     if not settings.cds_jwt_required:

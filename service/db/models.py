@@ -281,3 +281,38 @@ class CdsFeedback(TenantScoped, Base):
     outcome_at: Mapped[datetime] = mapped_column(UTCDateTime())
     issuer: Mapped[str | None] = mapped_column(String(500))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- Monitoring (issue 5 §6): the cards the CDS service returned; migration 0008 ---------
+# service/monitoring.py counts from these rows, cds_feedback, the outbox and the concerns.
+
+
+class CdsCard(TenantScoped, Base):
+    """One card returned by a CDS hook call, for the monitoring figures.
+
+    ``presentation`` is a one-way key of the ED presentation (``service.monitoring.
+    presentation_key``): it counts presentations without keeping a patient or encounter id.
+    """
+
+    __tablename__ = "cds_cards"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "card_uuid"),
+        Index("ix_cds_cards_issued", "tenant_id", "issued_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(63))
+    card_uuid: Mapped[str] = mapped_column(String(36))
+    indicator: Mapped[str] = mapped_column(String(10))
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    presentation: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+#: The monitoring reads the saves of a period per kind (triage, social) from the outbox.
+Index(
+    "ix_outbox_entries_monitoring",
+    OutboxEntry.tenant_id,
+    OutboxEntry.kind,
+    OutboxEntry.created_at,
+)

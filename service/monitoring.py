@@ -1,0 +1,404 @@
+"""The monitoring figures an inspector asks for (issue 5 §6), for one hospital and period.
+
+Computed from this service's own tables only — never from the FHIR server:
+
+* ``cds_cards``: the cards the CDS service returned (one row per card, a one-way key of
+  the ED presentation, see :func:`presentation_key`) → presentations with a card;
+* ``cds_feedback``: what the user did with a card → accepted, overridden (per reason);
+* ``outbox_entries`` of kind ``triage`` and ``social``: the transaction each save wrote,
+  holding the step finding Observations and the concern Flag → step 1 done, children
+  named at step 1, niet-pluis, cases reaching steps 4/5/6, referrals per target. Entries
+  the FHIR server refused (``failed``) or that lost an If-Match race (``conflict``) were
+  never recorded and do not count; a finding saved twice (a double click, a retry) counts
+  once, by its business identifier;
+* ``concerns``: when each case was flagged → median time from flag to team decision.
+
+What falls in a period: a card when issued, feedback when the user acted, a finding when
+it was saved (the outbox entry's ``created_at``). Periods are whole calendar days in
+Brussels time, both ends included, at most :data:`MAX_PERIOD_DAYS` long.
+
+The figures count; they never list. No output carries a patient id or name. Small counts
+are NOT suppressed: the output goes only to the hospital's social service and admins
+(and through them to the inspectorate), holds no identifier to link a count to, and the
+inspector needs exact numbers that add up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, distinct, func, select
+from sqlalchemy.orm import Session
+
+from service.db.models import CdsCard, CdsFeedback, Concern, OutboxEntry
+from service.fhir import mapping, terminology
+from service.outbox import DeliveryState
+from service.protocol import (
+    Finding,
+    ProtocolError,
+    SafetyAssessment,
+    Step,
+    Step2Finding,
+    Step6Referral,
+)
+
+log = logging.getLogger(__name__)
+
+#: Periods are calendar days where the hospitals are.
+ZONE = ZoneInfo("Europe/Brussels")
+#: The longest period one report covers (a leap year): bounds the work of one request.
+MAX_PERIOD_DAYS = 366
+#: Outbox kinds whose bundles hold step findings (``service.triage``, ``service.casework``).
+SAVE_KINDS = ("triage", "social")
+#: Saves that never reached the hospital's record.
+_NOT_RECORDED = (DeliveryState.FAILED.value, DeliveryState.CONFLICT.value)
+
+
+class Figure(StrEnum):
+    """The figures; the values are the codes of the guide's ``monitoring-figure`` CodeSystem
+    (the groups of the Measure ``kindreflex-ed-monitoring``)."""
+
+    PRESENTATIONS_WITH_CARD = "presentations-with-card"
+    CARDS_ACCEPTED = "cards-accepted"
+    CARDS_OVERRIDDEN = "cards-overridden"
+    STEP_1_DONE = "step-1-done"
+    CHILDREN_RECORDED = "children-recorded"
+    NIET_PLUIS = "niet-pluis"
+    STEP_4_REACHED = "step-4-reached"
+    STEP_5_REACHED = "step-5-reached"
+    STEP_6_REACHED = "step-6-reached"
+    REFERRALS = "referrals"
+    TIME_TO_DECISION = "time-to-decision"
+
+
+class Breakdown(StrEnum):
+    """What a figure is broken down by (its stratifier)."""
+
+    INDICATOR = "indicator"  # the card's CDS Hooks indicator: info | warning
+    OVERRIDE_REASON = "override-reason"  # the reason code the EHR sent ("" when none)
+    REFERRAL_TARGET = "referral-target"  # the guide's partner-type code (vk, ocj, …)
+
+
+#: The breakdown of each figure that has one.
+BREAKDOWN_OF: Mapping[Figure, Breakdown] = {
+    Figure.PRESENTATIONS_WITH_CARD: Breakdown.INDICATOR,
+    Figure.CARDS_OVERRIDDEN: Breakdown.OVERRIDE_REASON,
+    Figure.REFERRALS: Breakdown.REFERRAL_TARGET,
+}
+
+
+class PeriodError(ValueError):
+    """A period that cannot be reported on: ``code`` names the problem for a translated
+    message (``ends-before-start``, ``too-long``, ``not-a-date``), the text says it in English."""
+
+    def __init__(self, code: str, message: str, **values: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.values = values
+
+
+@dataclass(frozen=True)
+class Period:
+    """Whole calendar days in Brussels, ``first`` and ``last`` included."""
+
+    first: date
+    last: date
+
+    def __post_init__(self) -> None:
+        if self.last < self.first:
+            raise PeriodError("ends-before-start", "the period ends before it starts")
+        if (self.last - self.first).days + 1 > MAX_PERIOD_DAYS:
+            raise PeriodError(
+                "too-long", f"a period covers at most {MAX_PERIOD_DAYS} days", days=MAX_PERIOD_DAYS
+            )
+
+    @property
+    def start(self) -> datetime:
+        """The first instant of the period (aware, UTC)."""
+        return _midnight(self.first)
+
+    @property
+    def end(self) -> datetime:
+        """The first instant after the period (aware, UTC)."""
+        return _midnight(self.last + timedelta(days=1))
+
+    def __contains__(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=ZONE).astimezone(UTC)
+
+
+def presentation_key(fhir_server: str, patient_id: str, encounter_id: str | None, day: date) -> str:
+    """A one-way key of an ED presentation: the encounter, or without one the patient's day.
+
+    Cards of the same presentation (a patient-view on every chart opening) share the key,
+    so presentations are counted without storing a patient or encounter id.
+    """
+    subject = f"Encounter/{encounter_id}" if encounter_id else f"Patient/{patient_id}|{day}"
+    return hashlib.sha256(f"{fhir_server.rstrip('/')}|{subject}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Value:
+    """One figure: its count (for the median: the number of cases it is the median of),
+    its breakdown (code → count) and, for the median, the hours."""
+
+    count: int
+    breakdown: Mapping[str, int] = field(default_factory=dict)
+    hours: float | None = None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The figures of one hospital and period, in :class:`Figure` order."""
+
+    period: Period
+    values: Mapping[Figure, Value]
+    unreadable_saves: int = 0  # saves whose findings could not be read back (logged)
+
+    def __iter__(self) -> Iterator[tuple[Figure, Value]]:
+        return ((figure, self.values[figure]) for figure in Figure)
+
+
+def figures(session: Session, tenant_id: int, period: Period) -> Figures:
+    """Every figure of ``period`` for the hospital ``tenant_id``."""
+    saves = _read_saves(session, tenant_id, period)
+    values = {
+        **_card_figures(session, tenant_id, period),
+        **saves.figures(),
+        Figure.TIME_TO_DECISION: _time_to_decision(session, tenant_id, saves.decisions),
+    }
+    return Figures(period, values, saves.unreadable)
+
+
+# -- cards and feedback -------------------------------------------------------------------
+
+
+def _card_figures(session: Session, tenant_id: int, period: Period) -> dict[Figure, Value]:
+    cards = (
+        select(CdsCard.indicator, func.count(distinct(CdsCard.presentation)))
+        .where(
+            CdsCard.tenant_id == tenant_id,
+            CdsCard.issued_at >= period.start,
+            CdsCard.issued_at < period.end,
+        )
+        .group_by(CdsCard.indicator)
+    )
+    per_indicator = {str(i): int(n) for i, n in session.execute(cards)}
+    presentations = session.scalar(
+        select(func.count(distinct(CdsCard.presentation))).where(
+            CdsCard.tenant_id == tenant_id,
+            CdsCard.issued_at >= period.start,
+            CdsCard.issued_at < period.end,
+        )
+    )
+    return {
+        Figure.PRESENTATIONS_WITH_CARD: Value(int(presentations or 0), per_indicator),
+        Figure.CARDS_ACCEPTED: Value(_feedback_cards(session, tenant_id, period, "accepted")),
+        Figure.CARDS_OVERRIDDEN: _overridden(session, tenant_id, period),
+    }
+
+
+def _feedback_in(tenant_id: int, period: Period, outcome: str) -> list[ColumnElement[bool]]:
+    return [
+        CdsFeedback.tenant_id == tenant_id,
+        CdsFeedback.outcome == outcome,
+        CdsFeedback.outcome_at >= period.start,
+        CdsFeedback.outcome_at < period.end,
+    ]
+
+
+def _feedback_cards(session: Session, tenant_id: int, period: Period, outcome: str) -> int:
+    """Cards (not feedback posts: a card may be reported twice) with this outcome."""
+    query = select(func.count(distinct(CdsFeedback.card_uuid))).where(
+        *_feedback_in(tenant_id, period, outcome)
+    )
+    return int(session.scalar(query) or 0)
+
+
+def _overridden(session: Session, tenant_id: int, period: Period) -> Value:
+    query = (
+        select(CdsFeedback.override_code, func.count(distinct(CdsFeedback.card_uuid)))
+        .where(*_feedback_in(tenant_id, period, "overridden"))
+        .group_by(CdsFeedback.override_code)
+    )
+    reasons = {str(code or ""): int(n) for code, n in session.execute(query)}
+    return Value(_feedback_cards(session, tenant_id, period, "overridden"), reasons)
+
+
+# -- the saves of steps 1-6 ---------------------------------------------------------------
+
+
+@dataclass
+class _Saves:
+    """What the period's saves recorded, each finding once (by its business identifier)."""
+
+    findings: dict[str, tuple[str, Finding]] = field(default_factory=dict)  # id → case, finding
+    children: dict[str, int] = field(default_factory=dict)  # step 1 finding id → children named
+    unreadable: int = 0
+
+    def add(self, case: str, finding_id: str, finding: Finding, children: int) -> None:
+        self.findings.setdefault(finding_id, (case, finding))
+        if finding.step is Step.STEP_1:
+            self.children.setdefault(finding_id, children)
+
+    def _of(self, step: Step) -> list[tuple[str, Finding]]:
+        return [(case, f) for case, f in self.findings.values() if f.step is step]
+
+    def _cases(self, step: Step) -> int:
+        return len({case for case, _ in self._of(step)})
+
+    @property
+    def decisions(self) -> dict[str, datetime]:
+        """Case (concern identifier) → its first team decision (step 4) in the period."""
+        first: dict[str, datetime] = {}
+        for case, finding in self._of(Step.STEP_4):
+            first[case] = min(first.get(case, finding.recorded_at), finding.recorded_at)
+        return first
+
+    def figures(self) -> dict[Figure, Value]:
+        step_2 = [f for _, f in self._of(Step.STEP_2) if isinstance(f, Step2Finding)]
+        referrals = Counter(
+            f.target.value for _, f in self._of(Step.STEP_6) if isinstance(f, Step6Referral)
+        )
+        return {
+            Figure.STEP_1_DONE: Value(len(self._of(Step.STEP_1))),
+            Figure.CHILDREN_RECORDED: Value(sum(self.children.values())),
+            Figure.NIET_PLUIS: Value(
+                sum(1 for f in step_2 if f.assessment is SafetyAssessment.NIET_PLUIS)
+            ),
+            Figure.STEP_4_REACHED: Value(self._cases(Step.STEP_4)),
+            Figure.STEP_5_REACHED: Value(self._cases(Step.STEP_5)),
+            Figure.STEP_6_REACHED: Value(self._cases(Step.STEP_6)),
+            Figure.REFERRALS: Value(referrals.total(), dict(referrals)),
+        }
+
+
+def _read_saves(session: Session, tenant_id: int, period: Period) -> _Saves:
+    query = (
+        select(OutboxEntry.id, OutboxEntry.patient_ref, OutboxEntry.bundle)
+        .where(
+            OutboxEntry.tenant_id == tenant_id,
+            OutboxEntry.kind.in_(SAVE_KINDS),
+            OutboxEntry.created_at >= period.start,
+            OutboxEntry.created_at < period.end,
+            OutboxEntry.state.not_in(_NOT_RECORDED),
+        )
+        .order_by(OutboxEntry.id)
+    )
+    saves = _Saves()
+    for entry_id, patient_ref, bundle in session.execute(query):
+        try:
+            _read_bundle(saves, bundle, fallback_case=str(patient_ref))
+        except (ProtocolError, ValueError, KeyError, TypeError):
+            # our own write read back: a bug, not the user's input — count it, never guess
+            log.exception("monitoring: outbox entry %s cannot be read back", entry_id)
+            saves.unreadable += 1
+    return saves
+
+
+def _read_bundle(saves: _Saves, bundle: Mapping[str, Any], fallback_case: str) -> None:
+    resources = [e.get("resource", {}) for e in bundle.get("entry", [])]
+    case = next(_identifiers(resources, "Flag", "concern"), fallback_case)
+    finding_system = terminology.identifier_system("finding")
+    for resource in resources:
+        finding = mapping.finding_from_observation(resource)
+        if finding is None:
+            continue
+        finding_id = next(
+            (i["value"] for i in resource.get("identifier", []) if i["system"] == finding_system),
+            None,
+        )
+        if finding_id is None:
+            raise ValueError("a step finding without its business identifier")
+        # a step 1 Observation names its children in focus (the RelatedPersons themselves
+        # are not all in the bundle: an unchanged child is not written again)
+        saves.add(case, finding_id, finding, len(resource.get("focus", [])))
+
+
+def _identifiers(resources: Iterable[Mapping[str, Any]], rtype: str, kind: str) -> Iterator[str]:
+    system = terminology.identifier_system(kind)
+    for resource in resources:
+        if resource.get("resourceType") == rtype:
+            for identifier in resource.get("identifier", []):
+                if identifier.get("system") == system:
+                    yield str(identifier["value"])
+
+
+def _time_to_decision(session: Session, tenant_id: int, decisions: Mapping[str, datetime]) -> Value:
+    """The median time from a case's flag to its first team decision in the period."""
+    if not decisions:
+        return Value(0)
+    query = select(Concern.flag_identifier, Concern.flagged_at).where(
+        Concern.tenant_id == tenant_id, Concern.flag_identifier.in_(list(decisions))
+    )
+    flagged: dict[str, datetime] = dict(session.execute(query).all())
+    hours = [
+        (decided - flagged[case]).total_seconds() / 3600
+        for case, decided in decisions.items()
+        if case in flagged
+    ]
+    if not hours:
+        return Value(0)
+    return Value(len(hours), hours=round(statistics.median(hours), 1))
+
+
+# -- as a FHIR R4 MeasureReport -----------------------------------------------------------
+
+MEASURE_ID = "kindreflex-ed-monitoring"
+_UCUM = "http://unitsofmeasure.org"  # FHIR's unit system; the median is in hours
+
+
+def measure_url() -> str:
+    """The canonical URL of the guide's Measure the report is on."""
+    return str(terminology.guide().examples[f"Measure/{MEASURE_ID}"]["url"])
+
+
+def measure_report(result: Figures, *, reporter: str, generated_at: datetime) -> dict[str, Any]:
+    """A summary MeasureReport of ``result``: one group per figure, counts only."""
+    return {
+        "resourceType": "MeasureReport",
+        "status": "complete",
+        "type": "summary",
+        "measure": measure_url(),
+        "date": generated_at.isoformat(),
+        "reporter": {"display": reporter},
+        "period": {"start": result.period.first.isoformat(), "end": result.period.last.isoformat()},
+        "group": [_group(figure, value) for figure, value in result],
+    }
+
+
+def _group(figure: Figure, value: Value) -> dict[str, Any]:
+    code = {"coding": [terminology.coding("monitoring-figure", figure.value)]}
+    group: dict[str, Any] = {"code": code, "population": [{"code": code, "count": value.count}]}
+    if value.hours is not None:
+        group["measureScore"] = {"value": value.hours, "unit": "h", "system": _UCUM, "code": "h"}
+    breakdown = BREAKDOWN_OF.get(figure)
+    if breakdown is not None:
+        group["stratifier"] = [
+            {
+                "code": [{"coding": [terminology.coding("monitoring-breakdown", breakdown.value)]}],
+                "stratum": [
+                    {"value": _stratum_value(breakdown, key), "population": [{"count": count}]}
+                    for key, count in sorted(value.breakdown.items())
+                ],
+            }
+        ]
+    return group
+
+
+def _stratum_value(breakdown: Breakdown, key: str) -> dict[str, Any]:
+    if breakdown is Breakdown.REFERRAL_TARGET:
+        return {"coding": [terminology.coding("partner-type", key)]}
+    return {"text": key or "none"}

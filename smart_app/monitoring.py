@@ -1,0 +1,241 @@
+"""The monitoring figures (issue 5 §6): a screen, a CSV download and a FHIR MeasureReport.
+
+* ``GET /monitoring?from=YYYY-MM-DD&to=YYYY-MM-DD`` — the screen (Dutch first);
+* ``GET /monitoring.csv?…`` — the same figures as a UTF-8 CSV with a header row;
+* ``GET /monitoring/MeasureReport?…`` — a FHIR R4 summary ``MeasureReport``.
+
+Mounted plain and under ``/t/{tenant}``. Social workers and admins only (anonymous 401,
+anyone else 403); every view and download is audited locally. The figures are counts
+(``service.monitoring``): no output names or identifies a patient.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime
+from functools import partial
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from service import audit, monitoring
+from service.api.deps import DatabaseDep
+from service.audit import AuditAction, AuditFact
+from service.db.base import utcnow
+from service.fhir import terminology
+from service.i18n import Language, translate
+from service.monitoring import Breakdown, Figure, Figures, Period, PeriodError
+from smart_app.errors import PageError
+from smart_app.session import LaunchContext, LaunchDep, frame_origins, security_headers
+
+router = APIRouter(tags=["monitoring"])
+
+#: Who may see the figures: the social service and the hospital's admins.
+ALLOWED_ROLES = frozenset({"social-worker", "admin"})
+Format = Literal["screen", "csv", "measure-report"]
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("smart_app", "templates"),
+    autoescape=select_autoescape(default=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def require_monitoring_role(ctx: LaunchDep) -> LaunchContext:
+    if not ALLOWED_ROLES & ctx.user.roles:
+        raise PageError(
+            403,
+            "forbidden_role",
+            language=ctx.language,
+            frame_origins=frame_origins(ctx),
+            role=translate(ctx.language, "monitoring.roles"),
+        )
+    return ctx
+
+
+Monitor = Annotated[LaunchContext, Depends(require_monitoring_role)]
+DateParam = Annotated[str | None, Query(max_length=10, pattern=r"^[0-9-]*$")]
+
+
+@router.get("/monitoring", response_class=HTMLResponse, summary="The monitoring figures")
+def screen(
+    ctx: Monitor,
+    database: DatabaseDep,
+    first: Annotated[DateParam, Query(alias="from")] = None,
+    last: Annotated[DateParam, Query(alias="to")] = None,
+) -> HTMLResponse:
+    try:
+        period = _period(first, last)
+    except PeriodError as error:
+        problem = translate(ctx.language, f"monitoring.period.{error.code}", **error.values)
+        return _page(ctx, None, first, last, problem=problem, status=400)
+    return _page(ctx, _figures(ctx, database, period, "screen"), first, last)
+
+
+@router.get("/monitoring.csv", summary="The monitoring figures as CSV")
+def download_csv(
+    ctx: Monitor,
+    database: DatabaseDep,
+    first: Annotated[DateParam, Query(alias="from")] = None,
+    last: Annotated[DateParam, Query(alias="to")] = None,
+) -> Response:
+    try:
+        period = _period(first, last)
+    except PeriodError as error:
+        return Response(str(error), status_code=400, media_type="text/plain; charset=utf-8")
+    result = _figures(ctx, database, period, "csv")
+    name = f"kindreflex-monitoring-{ctx.tenant.slug}-{period.first}-{period.last}.csv"
+    headers = security_headers(ctx) | {"Content-Disposition": f'attachment; filename="{name}"'}
+    return Response(
+        _csv(result, ctx.language),
+        media_type="text/csv; charset=utf-8; header=present",
+        headers=headers,
+    )
+
+
+@router.get("/monitoring/MeasureReport", summary="The monitoring figures as a FHIR MeasureReport")
+def measure_report(
+    ctx: Monitor,
+    database: DatabaseDep,
+    first: Annotated[DateParam, Query(alias="from")] = None,
+    last: Annotated[DateParam, Query(alias="to")] = None,
+) -> JSONResponse:
+    try:
+        period = _period(first, last)
+    except PeriodError as error:
+        return JSONResponse(_outcome(str(error)), 400, media_type="application/fhir+json")
+    result = _figures(ctx, database, period, "measure-report")
+    report = monitoring.measure_report(
+        result, reporter=ctx.tenant.config.name, generated_at=utcnow()
+    )
+    return JSONResponse(report, headers=security_headers(ctx), media_type="application/fhir+json")
+
+
+# -- shared -------------------------------------------------------------------------------
+
+
+def _period(first: str | None, last: str | None) -> Period:
+    """The asked period; without one, this month up to today."""
+    today = datetime.now(monitoring.ZONE).date()
+    return Period(
+        _date(first, "from") if first else today.replace(day=1),
+        _date(last, "to") if last else today,
+    )
+
+
+def _date(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise PeriodError(
+            "not-a-date", f"'{name}' is not a date (YYYY-MM-DD): {value}", value=value
+        ) from None
+
+
+def _figures(ctx: LaunchContext, database: DatabaseDep, period: Period, shown: Format) -> Figures:
+    """The figures, and the audit row of who saw which period in which form."""
+    with database.session() as session:
+        result = monitoring.figures(session, ctx.tenant.id, period)
+        fact = AuditFact(
+            actor=ctx.user.fhir_user,
+            action=AuditAction.SEARCH,
+            patient_ref=None,
+            entities=(
+                f"Measure/{monitoring.MEASURE_ID}?from={period.first}&to={period.last}"
+                f"&format={shown}",
+            ),
+            outcome="success",
+            at=utcnow(),
+        )
+        audit.record_local(session, ctx.tenant.id, fact)
+    return result
+
+
+def _outcome(reason: str) -> dict[str, object]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": reason}],
+    }
+
+
+def _figure_label(figure: Figure, language: Language) -> str:
+    return terminology.display("monitoring-figure", figure.value, language)
+
+
+def _breakdown_label(breakdown: Breakdown, key: str, language: Language) -> str:
+    """The label of one line of a breakdown, in the user's language."""
+    if breakdown is Breakdown.REFERRAL_TARGET:
+        return terminology.display("partner-type", key, language)
+    if breakdown is Breakdown.INDICATOR:
+        return translate(language, f"monitoring.indicator.{key}")
+    if not key:
+        return translate(language, "monitoring.reason.none")
+    try:
+        return translate(language, f"cds.override.{key}")
+    except KeyError:  # a reason code of the EHR's own: shown as sent
+        return key
+
+
+def _csv(result: Figures, language: Language) -> str:
+    """One row per figure and per line of its breakdown; a BOM so that Excel reads UTF-8."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(
+        [
+            "period_start",
+            "period_end",
+            "figure",
+            "figure_label",
+            "breakdown",
+            "breakdown_label",
+            "count",
+            "median_hours",
+        ]
+    )
+    period = (result.period.first.isoformat(), result.period.last.isoformat())
+    for figure, value in result:
+        label = _figure_label(figure, language)
+        hours = "" if value.hours is None else f"{value.hours:.1f}"
+        writer.writerow([*period, figure.value, label, "", "", value.count, hours])
+        breakdown = monitoring.BREAKDOWN_OF.get(figure)
+        if breakdown is None:
+            continue
+        for key, count in sorted(value.breakdown.items()):
+            line = _breakdown_label(breakdown, key, language)
+            writer.writerow([*period, figure.value, label, key or "none", line, count, ""])
+    return "\ufeff" + out.getvalue()
+
+
+def _page(
+    ctx: LaunchContext,
+    result: Figures | None,
+    first: str | None,
+    last: str | None,
+    *,
+    problem: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    language = ctx.language
+    html = _TEMPLATES.get_template("monitoring/index.html").render(
+        t=partial(_message, language),
+        lang=language,
+        product_name=translate(language, "product.name"),
+        prefix=ctx.path_prefix,
+        first=result.period.first.isoformat() if result else first or "",
+        last=result.period.last.isoformat() if result else last or "",
+        result=result,
+        problem=problem,
+        figure_label=partial(_figure_label, language=language),
+        breakdown_of=monitoring.BREAKDOWN_OF,
+        breakdown_label=partial(_breakdown_label, language=language),
+    )
+    return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
+
+
+def _message(language: Language, message_id: str, **values: object) -> str:
+    return translate(language, f"monitoring.{message_id}", **values)
