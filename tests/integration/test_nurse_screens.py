@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
-from service.i18n import LANGUAGES, catalogue
+from service.i18n import LANGUAGES, Language, catalogue
 from service.protocol import ChildRelationship, ErrorCode, LivesWith, SupportAction
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
@@ -515,8 +515,8 @@ def test_dates_are_read_as_a_belgian_nurse_types_them(typed: str, expected: date
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_every_code_the_screen_shows_has_a_label_in_every_language(language: str) -> None:
-    messages = catalogue(language).messages  # type: ignore[arg-type]
+def test_every_code_the_screen_shows_has_a_label_in_every_language(language: Language) -> None:
+    messages = catalogue(language).messages
     wanted = [f"app.protocol.{code.value}" for code in ErrorCode]
     wanted += [f"app.relationship.{r.value}" for r in ChildRelationship]
     wanted += [f"app.lives-with.{v.value}" for v in LivesWith]

@@ -1,0 +1,186 @@
+"""The nurse's journey end to end in Chromium: EHR → CDS card → SMART launch → steps 1-2.
+
+Everything is real: the sandbox EHR page calls our CDS service with a signed JWT, the
+card's smart link launches our app in the EHR's iframe (authorization code + PKCE +
+private_key_jwt against the sandbox's authorization server), the save goes through the
+outbox to the sekmet FHIR server. The test counts the nurse's interactions (clicks and
+fields filled) for steps 1-2 and prints them with the elapsed time; the count is a design
+property and is asserted, the time is only printed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, FrameLocator, Locator, Page, expect
+from sqlalchemy import select
+
+from service.db.models import OutboxEntry
+from service.demo import DemoStack
+from tests.integration.test_nurse_screens import written_by_kindreflex
+from tests.support.validator import validate
+
+pytestmark = pytest.mark.browser
+
+MAX_INTERACTIONS_STEPS_1_2 = 15
+
+
+@dataclass
+class Counted:
+    """The nurse's hands: every click, key press and filled field is counted."""
+
+    interactions: int = 0
+    log: list[str] = field(default_factory=list)
+
+    def click(self, target: Locator, what: str) -> None:
+        target.click()
+        self._count(f"click {what}")
+
+    def fill(self, target: Locator, text: str, what: str) -> None:
+        target.fill(text)
+        self._count(f"fill {what}")
+
+    def _count(self, what: str) -> None:
+        self.interactions += 1
+        self.log.append(what)
+
+
+def _open_visit(page: Page, stack: DemoStack, patient_key: str) -> Locator:
+    """As the EHR user: start the triage of a seeded patient; the visit's first card."""
+    page.goto(f"{stack.sandbox.ehr_url}/")
+    row = page.locator(f'tr[data-patient-key="{patient_key}"]')
+    row.get_by_role("button", name=re.compile("^Start triage")).click()
+    card = page.locator("article.card").first
+    expect(card).to_be_visible()
+    return card
+
+
+def _launch_from_card(page: Page, card: Locator) -> FrameLocator:
+    card.locator("button.smart-link").click()
+    app = page.frame_locator("#app-frame")
+    expect(app.locator("h1")).to_have_text("Kindreflex bij triage")
+    return app
+
+
+def _every_field_is_labelled(app: FrameLocator) -> list[str]:
+    """An axe-like check: visible form controls without an accessible name, by id."""
+    unnamed: list[str] = app.locator("body").evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+            .filter(el => el.type !== 'hidden' && el.offsetParent !== null)
+            .filter(el => !((el.labels && el.labels.length)
+                || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+                || (el.tagName === 'BUTTON' && el.textContent.trim())))
+            .map(el => el.id || el.name || el.outerHTML.slice(0, 60))"""
+    )
+    return unnamed
+
+
+def _outbox_states(stack: DemoStack) -> list[tuple[str, str | None]]:
+    """Why a save was not delivered at once (for the assertion message)."""
+    with stack.database.session() as session:
+        return [(e.state, e.last_error) for e in session.scalars(select(OutboxEntry))]
+
+
+def test_domestic_violence_card_launch_two_children_niet_pluis(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    page = browser.new_page()
+    card = _open_visit(page, stack, "jan-janssens")
+    expect(card).to_have_attribute("data-indicator", "warning")
+    app = _launch_from_card(page, card)
+    assert _every_field_is_labelled(app) == []
+
+    nurse = Counted()
+    started = time.monotonic()
+    names, dates = app.get_by_label("Naam"), app.get_by_label("Geboortedatum")
+    nurse.fill(names.nth(0), "Lina", "name of child 1")
+    nurse.fill(dates.nth(0), "03/07/2019", "birth date of child 1")
+    nurse.click(app.get_by_role("button", name="+ kind"), "+ kind")
+    baby = (date.today() - timedelta(days=200)).strftime("%d/%m/%Y")
+    nurse.fill(names.nth(1), "Mats", "name of child 2")
+    nurse.fill(dates.nth(1), baby, "birth date of child 2")
+    nurse.click(app.get_by_label(re.compile("^Niet-pluisgevoel")), "niet-pluis")
+    nurse.fill(app.get_by_label("Redenen"), "Letsels passen niet bij het verhaal", "reasons")
+    nurse.click(app.get_by_role("button", name="Opslaan", exact=True), "save")
+    status = app.locator("#save-status")
+    expect(status).to_contain_text("Opgeslagen")
+    elapsed = time.monotonic() - started
+    print(
+        f"\nsteps 1-2: {nurse.interactions} interactions, {elapsed:.1f} s ({', '.join(nurse.log)})"
+    )
+    assert nurse.interactions <= MAX_INTERACTIONS_STEPS_1_2
+    expect(app.locator("[data-handed-off]")).to_contain_text("Doorgegeven aan de sociale dienst")
+    assert status.get_attribute("data-save-status") == "delivered", _outbox_states(stack)
+
+    patient_id = stack.sandbox.seeded.patient("jan-janssens").id
+    written = written_by_kindreflex(stack.sandbox.upstream_fhir_base_url, f"Patient/{patient_id}")
+    assert {"RelatedPerson", "Observation", "Flag", "Provenance"} <= set(written)
+    for kind, resources in written.items():
+        for resource in resources:
+            assert validate(resource) == [], f"{kind}/{resource['id']}"
+
+    worklist = _worklist_as_social_worker(browser, stack)
+    assert f"Patient/{patient_id}" in {item["patient"] for item in worklist["items"]}
+
+
+def _worklist_as_social_worker(browser: BrowserContext, stack: DemoStack) -> dict[str, Any]:
+    """Log in to the EHR as the social worker, open the app, read ``/api/worklist``."""
+    page = browser.new_page()
+    page.goto(f"{stack.sandbox.ehr_url}/")
+    page.get_by_label("Ingelogd als").select_option("social-worker")
+    page.get_by_role("button", name="Wissel gebruiker").click()
+    row = page.locator('tr[data-patient-key="an-peeters"]')
+    row.get_by_role("button", name=re.compile("^Start Kindreflex-app")).click()
+    app = page.frame_locator("#app-frame")
+    expect(app.locator("h1")).to_be_visible()
+    answer: dict[str, Any] = app.locator("body").evaluate(
+        """async () => {
+            const r = await fetch('../api/worklist', {headers: {Accept: 'application/json'}});
+            return {status: r.status, body: await r.json()};
+        }"""
+    )
+    assert answer["status"] == 200, answer
+    body: dict[str, Any] = answer["body"]
+    return body
+
+
+def test_keyboard_only_no_concern_with_support(browser: BrowserContext, stack: DemoStack) -> None:
+    page = browser.new_page()
+    card = _open_visit(page, stack, "lotte-claes")
+    app = _launch_from_card(page, card)
+    frame = page.frame_locator("#app-frame")
+    # Put the keyboard focus into the app (a nurse tabs or clicks into the frame once).
+    page.locator("#app-frame").focus()
+
+    def focused() -> str:
+        value: str = frame.locator("body").evaluate("() => document.activeElement.id")
+        return value
+
+    def tab_to(element_id: str, limit: int = 40) -> None:
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if focused() == element_id:
+                return
+        raise AssertionError(f"Tab never reached #{element_id}")
+
+    tab_to("child-0-name")
+    outline = app.locator("#child-0-name").evaluate("el => getComputedStyle(el).outlineStyle")
+    assert outline != "none", "the keyboard focus is visible"
+    page.keyboard.type("Noor")
+    page.keyboard.press("Tab")
+    page.keyboard.type((date.today() - timedelta(days=500)).strftime("%d/%m/%Y"))
+    tab_to("assessment-no-concern")
+    page.keyboard.press("Space")
+    tab_to("support-ask-regularly")
+    page.keyboard.press("Space")
+    tab_to("save")
+    page.keyboard.press("Enter")
+
+    expect(app.locator("#save-status")).to_contain_text("Opgeslagen")
+    expect(app.locator('[data-advice="kind-en-gezin"]')).to_contain_text("Noor")
+    expect(app.locator('a[href^="tel:"]').first).to_be_visible()
