@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -289,6 +290,8 @@ class _Token:
             raise CdsAuthError("the bearer token is not a JWT (compact JWS)") from error
         if not isinstance(header, dict) or not isinstance(claims, dict):
             raise CdsAuthError("the bearer token is not a JWT (header and claims are objects)")
+        if "crit" in header:  # RFC 7515 4.1.11: no JWS extension is understood here
+            raise CdsAuthError("JWS header 'crit' names extensions this service does not support")
         if header.get("alg") not in ALGORITHMS:
             raise CdsAuthError(
                 f"alg {header.get('alg')!r} is not accepted; use one of {sorted(ALGORITHMS)}"
@@ -323,7 +326,7 @@ def _check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float
         if claims.get(name) is None:
             raise CdsAuthError(f"the JWT lacks the required claim '{name}'")
     exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", 0)
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (exp, iat, nbf)):
+    if not all(_finite_number(v) for v in (exp, iat, nbf)):
         raise CdsAuthError("exp, iat and nbf must be numbers (seconds since the epoch)")
     if claims["iss"] != issuer:
         raise CdsAuthError(f"iss must be {issuer!r}")
@@ -338,6 +341,11 @@ def _check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float
         raise CdsAuthError(f"the JWT lives longer than {MAX_LIFETIME_SECONDS} seconds (exp - iat)")
     if not isinstance(claims["jti"], str) or not 0 < len(claims["jti"]) <= 255:
         raise CdsAuthError("jti must be a non-empty string of at most 255 characters")
+
+
+def _finite_number(value: Any) -> bool:
+    # JSON parsers accept NaN and Infinity, which would slip through every comparison
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def expiry(claims: dict[str, Any]) -> datetime:

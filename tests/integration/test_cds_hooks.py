@@ -273,6 +273,11 @@ BAD_TOKENS: dict[str, tuple[Callable[[Ehr], str], str]] = {
         "future",
     ),
     "no jti": (lambda e: e.token(AUD, jti=None), "jti"),
+    "iat not a number": (lambda e: e.token(AUD, iat=float("nan")), "must be numbers"),
+    "crit extension": (
+        lambda e: e.token(AUD, headers={"crit": ["urn:example:ext"], "urn:example:ext": 1}),
+        "crit",
+    ),
     "not a JWT": (lambda e: "not-a-jwt", "not a JWT"),
 }
 
