@@ -22,6 +22,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -566,3 +567,11 @@ def test_without_a_period_the_screen_shows_this_month_so_far(world: World) -> No
     today = _today()
     assert f'value="{today.replace(day=1).isoformat()}"' in page.text
     assert f'value="{today.isoformat()}"' in page.text
+
+
+@pytest.mark.parametrize(
+    ("codes", "code_system"),
+    [(monitoring.Figure, "monitoring-figure"), (monitoring.Breakdown, "monitoring-breakdown")],
+)
+def test_the_figure_codes_are_the_guides(codes: type[StrEnum], code_system: str) -> None:
+    assert terminology.code_differences(codes, code_system) == (set(), set())
