@@ -155,7 +155,9 @@ class _Parser(HTMLParser):
         self.ids: set[str] = set()
         self.links: list[str] = []
         self.textareas: dict[str, str] = {}
+        self.selected: dict[str, str] = {}
         self._textarea: str | None = None
+        self._select: str | None = None
         self._in_template = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -172,6 +174,10 @@ class _Parser(HTMLParser):
             self.fields.append({"tag": tag, **a})
         if tag == "textarea":
             self._textarea = a.get("name")
+        if tag == "select":
+            self._select = a.get("name")
+        if tag == "option" and self._select and "selected" in a:
+            self.selected[self._select] = a.get("value", "")
         if tag == "a" and "href" in a:
             self.links.append(a["href"])
 
@@ -197,6 +203,8 @@ class Page:
     def value(self, name: str) -> str:
         if name in self.parsed.textareas:
             return self.parsed.textareas[name]
+        if name in self.parsed.selected:
+            return self.parsed.selected[name]
         field = next(f for f in self.parsed.fields if f.get("name") == name)
         return field.get("value", "")
 
@@ -474,6 +482,42 @@ def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(
     advice = saved.text.split('data-advice="kind-en-gezin"')[1].split("</div>")[0]
     assert "Lina" not in advice  # older than 3
     assert "tel:+3278150100" in saved.text  # Kind & Gezin, from the partner directory
+    assert "Doorgegeven aan de sociale dienst" not in saved.text
+
+
+def test_confirming_a_returning_patients_children_creates_no_duplicates(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    patient_ref = f"Patient/{nurse.patient_id}"
+    before = _resources(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
+    rows = {
+        f"child-{i}-{name}": page.value(f"child-{i}-{name}")
+        for i in range(len(page.child_refs()))
+        for name in ("ref", "name", "birth_date", "relationship", "lives_with", "recorded")
+    }
+
+    saved = nurse.post(
+        {"csrf_token": page.csrf, **rows, "assessment": "no-concern", "support_note": "Oma helpt"}
+    )
+
+    assert saved.status == 200, saved.text
+    assert 'data-save-status="delivered"' in saved.text
+    after = _resources(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
+    assert sorted(r["id"] for r in after) == sorted(r["id"] for r in before)
+
+
+def test_a_patient_without_children_closes_the_kindreflex(nurse_for: Any) -> None:
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+
+    saved = nurse.post(
+        {"csrf_token": page.csrf, "child-0-ref": page.child_refs()[0], "no_children": "1"}
+    )
+
+    assert saved.status == 200, saved.text
+    assert "de Kindreflex is afgerond" in saved.text
     assert "Doorgegeven aan de sociale dienst" not in saved.text
 
 
