@@ -32,6 +32,7 @@ from typing import Annotated, Literal, Protocol
 
 from fastapi import Depends, Request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import audit
@@ -142,6 +143,30 @@ class Triage:
         _validate(patient_ref, encounter_ref, findings)
         existing = self._versions_seen(ctx, findings.step1.children)
         concern = _raises_concern(findings)
+        try:
+            entry_id = self._commit(ctx, findings, existing, concern)
+        except IntegrityError:  # another save opened this patient's concern at this moment:
+            entry_id = self._commit(ctx, findings, existing, concern)  # now it joins that one
+        self._outbox.adopt_session(ctx.tenant.id, ctx.registration_id, patient_ref, ctx.session_id)
+        quick = min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
+        state = self._outbox.deliver(entry_id, timeout=quick)
+        if state is DeliveryState.CONFLICT:
+            raise SaveConflict(
+                entry_id,
+                "Someone else changed a child of this patient since you opened the form. "
+                "Your input is kept; reload the children and save again.",
+            )
+        return SaveResult(_status(state), concern, entry_id)
+
+    def _commit(
+        self,
+        ctx: LaunchInfo,
+        findings: TriageInput,
+        existing: Mapping[str, Resource],
+        concern: bool,
+    ) -> int:
+        """One local transaction: outbox entry, audit row, worklist row. Returns the entry id."""
+        patient_ref = _patient_ref(ctx)
         now = utcnow()
         with self._database.session() as session:
             open_concern = _open_concern(session, ctx.tenant.id, patient_ref) if concern else None
@@ -165,16 +190,8 @@ class Triage:
             audit.record_local(session, ctx.tenant.id, fact, entry.id)
             if concern:
                 _index_concern(session, ctx, findings, open_concern, flag_id, entry.id, now)
-        self._outbox.adopt_session(ctx.tenant.id, ctx.registration_id, patient_ref, ctx.session_id)
-        quick = min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
-        state = self._outbox.deliver(entry.id, timeout=quick)
-        if state is DeliveryState.CONFLICT:
-            raise SaveConflict(
-                entry.id,
-                "Someone else changed a child of this patient since you opened the form. "
-                "Your input is kept; reload the children and save again.",
-            )
-        return SaveResult(_status(state), concern, entry.id)
+                session.flush()  # the unique open-concern index speaks here, inside the try
+            return entry.id
 
     def _versions_seen(self, ctx: LaunchInfo, children: tuple[Child, ...]) -> dict[str, Resource]:
         """The exact version of each loaded child the nurse saw (vread), by ``Child.ref``.

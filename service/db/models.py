@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from service.db.base import Base, UTCDateTime, utcnow
@@ -222,6 +222,15 @@ class Concern(TenantScoped, Base):
         UniqueConstraint("tenant_id", "flag_identifier"),
         Index("ix_concerns_worklist", "tenant_id", "status", "flagged_at", "id"),
         Index("ix_concerns_patient", "tenant_id", "patient_ref", "status"),
+        # At most one open concern per patient, even when two nurses save at the same moment.
+        Index(
+            "uq_concerns_open_patient",
+            "tenant_id",
+            "patient_ref",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

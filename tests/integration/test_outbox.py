@@ -352,7 +352,7 @@ def test_the_app_runs_the_worker_and_readyz_reports_the_outbox(
     tenant = make_tenant(database, "default", fhir_server.base_url)
     settings = Settings(environment="test", database_url=database_url, outbox_interval_seconds=0.2)
     app = create_app(settings, database)
-    secret = app.state.sessions.create(
+    session_id, _secret = app.state.sessions.create(
         NewSession(
             tenant_id=tenant.id,
             registration_id="ehr",
@@ -373,8 +373,7 @@ def test_the_app_runs_the_worker_and_readyz_reports_the_outbox(
             access_expires_at=utcnow() + timedelta(hours=1),
         )
     )
-    session = app.state.sessions.find(secret)
-    entry_id = _queue_read(database, tenant, fhir_server.base_url, session.id)
+    entry_id = _queue_read(database, tenant, fhir_server.base_url, session_id)
 
     with TestClient(app) as client:  # runs the lifespan: the worker starts
         ready = client.get("/readyz")

@@ -7,6 +7,7 @@ FHIR server do not disturb each other.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -20,6 +21,7 @@ from sandbox.fhir_server import FhirServer, free_port
 from sandbox.seed import SeedResult, seed
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern, OutboxEntry
+from service.fhir import terminology
 from service.fhir.client import FhirClient
 from service.outbox import DeliveryState, Outbox
 from service.protocol import (
@@ -69,7 +71,7 @@ class World:
     def launch(self, patient_id: str, encounter_id: str | None, nurse: str) -> LaunchContext:
         user = AppUser(fhir_user=nurse, name="Sofie Maes", roles=frozenset({"nurse"}))
         store = SessionStore(self.database, self.settings)
-        secret = store.create(
+        session_id, _secret = store.create(
             NewSession(
                 tenant_id=self.tenant.id,
                 registration_id="ehr",
@@ -88,10 +90,8 @@ class World:
                 access_expires_at=utcnow() + timedelta(hours=1),
             )
         )
-        row = store.find(secret)
-        assert row is not None
         return LaunchContext(
-            session_id=row.id,
+            session_id=session_id,
             tenant=self.tenant,
             registration_id="ehr",
             fhir_base_url=self.base_url,
@@ -407,3 +407,32 @@ def test_a_loaded_child_of_another_patient_is_refused(world: World, seeded: Seed
             )
             == 0
         )
+
+
+def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
+    world: World, seeded: SeedResult
+) -> None:
+    patient = seeded.patient("jan-janssens")
+    contexts = [
+        world.launch(patient.id, patient.arrived_encounter_id, f"Practitioner/nurse-{n}")
+        for n in (1, 2)
+    ]
+    inputs = [_niet_pluis(ctx, (_child("Lotte Janssens", 7),)) for ctx in contexts]
+    start = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def save(n: int) -> None:
+        start.wait()
+        results[n] = world.triage.record_triage(contexts[n], inputs[n])
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert [r.status for r in results] == ["delivered", "delivered"]
+    with world.database.session() as session:
+        (concern,) = session.scalars(select(Concern)).all()  # one open concern, not two
+    flag_identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+    assert count(world.base_url, "Flag", identifier=flag_identifier) == 1

@@ -31,7 +31,7 @@ def _app(database_url: str, database: Database) -> FastAPI:
 
 
 def _cookie(app: FastAPI, tenant: TenantContext, user: str, *roles: Role) -> dict[str, str]:
-    secret = app.state.sessions.create(
+    _session_id, secret = app.state.sessions.create(
         NewSession(
             tenant_id=tenant.id,
             registration_id="ehr",

@@ -105,6 +105,15 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_concerns_patient", "concerns", ["tenant_id", "patient_ref", "status"])
+    open_only = sa.text("status = 'open'")
+    op.create_index(
+        "uq_concerns_open_patient",
+        "concerns",
+        ["tenant_id", "patient_ref"],
+        unique=True,
+        sqlite_where=open_only,
+        postgresql_where=open_only,
+    )
     op.create_index("ix_concerns_tenant_id", "concerns", ["tenant_id"])
     op.create_index("ix_concerns_worklist", "concerns", ["tenant_id", "status", "flagged_at", "id"])
 
