@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import Counter
 
 import smart_app
 from service import keys, worklist
@@ -89,11 +90,18 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 def _install_write_path(app: FastAPI, settings: Settings, database: Database) -> None:
     """The outbox (and its readiness check), the triage save and the worklist; needs SMART's
     session tokens."""
+    deliveries = Counter(
+        "kindreflex_outbox_deliveries_total",
+        "FHIR write deliveries by resulting state (alert on failed and conflict).",
+        ["state"],
+        registry=app.state.metrics.registry,
+    )
     outbox = Outbox(
         database,
         app.state.session_tokens,
         timeout=settings.fhir_timeout_seconds,
         retry_base=settings.outbox_interval_seconds,
+        deliveries=deliveries,
     )
     app.state.outbox = outbox
     app.state.triage = Triage(

@@ -43,6 +43,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
+from prometheus_client import Counter
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -152,12 +153,14 @@ class Outbox:
         timeout: float,
         retry_base: float,
         clock: Callable[[], datetime] = utcnow,
+        deliveries: Counter | None = None,
     ) -> None:
         self._database = database
         self._tokens = tokens
         self._timeout = timeout
         self._retry_base = retry_base
         self._clock = clock  # tests move time forward instead of sleeping
+        self._deliveries = deliveries  # Prometheus: attempts by resulting state (alerting)
         self._owner = uuid.uuid4().hex[:12]
 
     # -- public ------------------------------------------------------------------------------
@@ -323,6 +326,8 @@ class Outbox:
             log.warning("outbox lease lost", extra={"fields": {"outbox_id": entry.id}})
             return
         _log_delivery(delivery)
+        if self._deliveries is not None:
+            self._deliveries.labels(str(delivery.state)).inc()
 
     def _backoff(self, attempts: int) -> float:
         """Capped exponential backoff with jitter, so recovering servers are not stampeded."""

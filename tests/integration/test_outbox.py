@@ -345,7 +345,7 @@ def test_readiness_fails_when_an_entry_waits_too_long(database: Database) -> Non
     assert "1 pending" in result.detail
 
 
-def test_the_app_runs_the_worker_and_readyz_reports_the_outbox(
+def test_the_app_runs_the_worker_and_readyz_and_metrics_report_the_outbox(
     database_url: str, database: Database, fhir_server: FhirServer
 ) -> None:
     """The real app: its lifespan worker delivers with the session's real token source."""
@@ -382,5 +382,7 @@ def test_the_app_runs_the_worker_and_readyz_reports_the_outbox(
         while _entry(database, entry_id).state != DeliveryState.DELIVERED:
             assert time.monotonic() < give_up, "the worker did not deliver within 30 s"
             time.sleep(0.05)  # polling a background thread's effect, with a deadline
+        metrics = client.get("/metrics").text
+        assert 'kindreflex_outbox_deliveries_total{state="delivered"} 1.0' in metrics
     event_id = _audit_event_id(database, entry_id)
     assert count(fhir_server.base_url, "AuditEvent", _id=event_id) == 1
