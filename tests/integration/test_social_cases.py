@@ -62,7 +62,7 @@ def _user(
     encounter_id: str | None = None,
 ) -> User:
     sessions = app.state.sessions
-    secret = sessions.create(
+    session_id, secret = sessions.create(
         NewSession(
             tenant_id=tenant.id,
             registration_id="ehr",
@@ -81,8 +81,8 @@ def _user(
             access_expires_at=utcnow() + timedelta(hours=1),
         )
     )
-    row = sessions.find(secret)
-    return User({"Cookie": f"{SESSION_COOKIE}={secret}", CSRF_HEADER: row.csrf_token}, row.id)
+    csrf = sessions.find(secret).csrf_token
+    return User({"Cookie": f"{SESSION_COOKIE}={secret}", CSRF_HEADER: csrf}, session_id)
 
 
 def _case(
