@@ -25,9 +25,6 @@ the nurse); 401/403 or a session whose tokens cannot be refreshed is
 through the same EHR registration (:meth:`Outbox.adopt_session`), and is then delivered
 with that session's token — the Provenance inside still names the original author.
 
-Retention: a delivered entry is deleted after ``DELIVERED_RETENTION`` (the worker purges);
-the FHIR server is the record, this database keeps only what the service needs.
-
 Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
 the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
 writes. Failed, conflicting and waiting entries need a person, not another instance, so
@@ -47,12 +44,12 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from prometheus_client import Counter
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.api.health import CheckResult, ReadinessCheck
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, Concern, OutboxEntry
+from service.db.models import OutboxEntry
 from service.fhir.client import (
     FhirClient,
     FhirConflict,
@@ -71,9 +68,6 @@ RETRY_CAP_SECONDS = 300.0
 READY_MAX_AGE = timedelta(minutes=15)
 #: ... or when the oldest due entry has failed this many attempts in a row.
 READY_MAX_ATTEMPTS = 8
-#: A delivered entry (the nurse's input, names included) is kept this long for support,
-#: then deleted: the FHIR server holds the record, we keep only what we need.
-DELIVERED_RETENTION = timedelta(days=7)
 
 
 class DeliveryState(StrEnum):
@@ -213,26 +207,6 @@ class Outbox:
                 )
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
-
-    def purge_delivered(self, retention: timedelta = DELIVERED_RETENTION) -> int:
-        """Delete entries delivered longer than ``retention`` ago; returns how many.
-
-        The audit rows and worklist rows that pointed at them keep everything but the link
-        (their references say what was written; the delivery state is then "done").
-        """
-        old = select(OutboxEntry.id).where(
-            OutboxEntry.state == DeliveryState.DELIVERED,
-            OutboxEntry.delivered_at < self._clock() - retention,
-        )
-        with self._database.session() as session:
-            ids = list(session.scalars(old.limit(1000)))
-            if ids:
-                for table in (AuditRecord, Concern):
-                    session.execute(
-                        update(table).where(table.outbox_id.in_(ids)).values(outbox_id=None)
-                    )
-                session.execute(delete(OutboxEntry).where(OutboxEntry.id.in_(ids)))
-        return len(ids)
 
     def readiness_check(self, max_age: timedelta = READY_MAX_AGE) -> ReadinessCheck:
         """Not ready when an entry waits too long or delivery keeps failing (see module doc)."""
@@ -414,7 +388,6 @@ class OutboxWorker:
         while True:
             try:
                 self._outbox.run_once()
-                self._outbox.purge_delivered()
             except Exception:  # the database may be briefly unreachable: keep the worker alive
                 log.exception("outbox cycle failed")
             if self._stop.wait(self._interval):  # the schedule, not synchronisation

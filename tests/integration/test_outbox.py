@@ -386,25 +386,3 @@ def test_the_app_runs_the_worker_and_readyz_and_metrics_report_the_outbox(
         assert 'kindreflex_outbox_deliveries_total{state="delivered"} 1.0' in metrics
     event_id = _audit_event_id(database, entry_id)
     assert count(fhir_server.base_url, "AuditEvent", _id=event_id) == 1
-
-
-def test_delivered_entries_are_purged_after_the_retention_and_nothing_else(
-    database: Database, fhir_server: FhirServer
-) -> None:
-    tenant = make_tenant(database, "a", fhir_server.base_url)
-    delivered = _queue_read(database, tenant, fhir_server.base_url, "s1")
-    clock = Clock()
-    outbox = make_outbox(database, clock)
-    assert outbox.deliver(delivered) is DeliveryState.DELIVERED
-    waiting = _queue_read(database, tenant, "http://127.0.0.1:9/fhir", "s1")  # stays pending
-    assert outbox.purge_delivered() == 0  # young: kept for support
-
-    clock.advance(8 * 24 * 3600)
-    assert outbox.purge_delivered() == 1
-
-    with database.session() as db:
-        assert db.get(OutboxEntry, delivered) is None
-        assert db.get(OutboxEntry, waiting) is not None
-        records = db.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
-    assert [r.outbox_id for r in records] == [None, waiting]  # the audit trail stays
-    assert records[0].patient_ref == "Patient/p1"
