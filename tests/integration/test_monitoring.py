@@ -409,14 +409,18 @@ def test_the_period_includes_both_days_whole_in_brussels_time(world: World) -> N
     ("first", "last", "code"),
     [
         (date(2026, 3, 2), date(2026, 3, 1), "ends-before-start"),
-        (date(2025, 1, 1), date(2026, 1, 1), "too-long"),
+        (date(2025, 1, 1), date(2026, 1, 2), "too-long"),
     ],
 )
 def test_a_period_that_cannot_be_reported_on_says_why(first: date, last: date, code: str) -> None:
     with pytest.raises(PeriodError) as raised:
         Period(first, last)
     assert raised.value.code == code
+
+
+def test_a_period_of_a_whole_year_is_reported() -> None:
     assert Period(date(2024, 1, 1), date(2024, 12, 31)).last == date(2024, 12, 31)  # leap year
+    assert Period(date(2025, 1, 1), date(2026, 1, 1)).first == date(2025, 1, 1)  # 366 days
 
 
 def test_the_screen_csv_and_measure_report_show_the_figures_and_no_patient(world: World) -> None:
