@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from service.admin.config import ConfigurationError, Problem
 from service.fhir import terminology
-from service.tenant_config import PartnerEntry, PartnerPhone, PartnerSettings
+from service.tenant_config import PartnerEntry, PartnerSettings
 
 CSV_COLUMNS = (
     "id", "type", "name", "description", "phones", "website", "email", "address",
@@ -73,6 +73,11 @@ def _validated(
             PartnerSettings(region=region, entries=[entry])  # the directory rules, per row
         except (ValidationError, ValueError) as error:
             problems.append(Problem(_reason(error), f"{unit} {number}"))
+            continue
+        except (KeyError, TypeError, AttributeError):  # e.g. a telecom that is not an object
+            problems.append(
+                Problem("not a valid Organization/HealthcareService", f"{unit} {number}")
+            )
             continue
         if entry.id in seen:
             problems.append(Problem(f"the id '{entry.id}' is used twice", f"{unit} {number}"))
@@ -216,36 +221,50 @@ def export_bundle(partners: PartnerSettings) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else empty: a damaged Bundle is read, not trusted."""
+    return value if isinstance(value, dict) else {}
+
+
+def _objs(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON array (anything else in it, or no array: none)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def import_bundle(bundle: Any) -> PartnerSettings:
     """A directory from a Bundle; problems name the entry number (1-based) and resource."""
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+    if _obj(bundle).get("resourceType") != "Bundle":
         raise ConfigurationError([Problem("expected a FHIR Bundle")])
-    raw = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
+    entries = [
+        (_text(e.get("fullUrl")), _obj(e.get("resource"))) for e in _objs(bundle.get("entry"))
+    ]
     services = {
-        str((e.get("resource") or {}).get("providedBy", {}).get("reference")): e["resource"]
-        for e in raw
-        if (e.get("resource") or {}).get("resourceType") == "HealthcareService"
+        _text(_obj(resource.get("providedBy")).get("reference")): resource
+        for _, resource in entries
+        if resource.get("resourceType") == "HealthcareService"
     }
     organizations = [
-        (number, e)
-        for number, e in enumerate(raw, start=1)
-        if (e.get("resource") or {}).get("resourceType") == "Organization"
+        (number, full_url, resource)
+        for number, (full_url, resource) in enumerate(entries, start=1)
+        if resource.get("resourceType") == "Organization"
     ]
     if not organizations:
         raise ConfigurationError([Problem("the Bundle has no Organization")])
-    first = services.get(str(organizations[0][1].get("fullUrl")), {})
-    region = _region(first) or "unknown"
+    region = _region(services.get(organizations[0][1], {})) or "unknown"
     rows = [
-        (number, _bundle_row(e["resource"], services.get(str(e.get("fullUrl")), {}), region))
-        for number, e in organizations
+        (number, _bundle_row(resource, services.get(full_url, {}), region))
+        for number, full_url, resource in organizations
     ]
     return _validated(region, rows, "entry")
 
 
 def _region(service: dict[str, Any]) -> str | None:
-    areas = service.get("coverageArea") or [{}]
-    display = areas[0].get("display") if isinstance(areas[0], dict) else None
-    return str(display) if display else None
+    areas = _objs(service.get("coverageArea"))
+    return _text(areas[0].get("display")) if areas else None
 
 
 def _bundle_row(
@@ -253,19 +272,19 @@ def _bundle_row(
 ) -> Callable[[], dict[str, Any]]:
     def read() -> dict[str, Any]:
         guide = _guide()
-        ids = {i.get("system"): i.get("value") for i in org.get("identifier") or []}
-        telecom = org.get("telecom") or []
+        ids = {_text(i.get("system")): i.get("value") for i in _objs(org.get("identifier"))}
+        telecom = _objs(org.get("telecom"))
         codes = [
             c.get("code")
-            for t in org.get("type") or []
-            for c in t.get("coding") or []
+            for t in _objs(org.get("type"))
+            for c in _objs(t.get("coding"))
             if c.get("system") == guide["partner_type"]
         ]
-        phones = [PartnerPhone(number=t["value"]) for t in telecom if t.get("system") == "phone"]
+        phones = [{"number": t.get("value")} for t in telecom if t.get("system") == "phone"]
         phones += [
-            PartnerPhone(number=t["value"], label=(c.get("name") or {}).get("text"))
-            for c in org.get("contact") or []
-            for t in c.get("telecom") or []
+            {"number": t.get("value"), "label": _obj(c.get("name")).get("text")}
+            for c in _objs(org.get("contact"))
+            for t in _objs(c.get("telecom"))
             if t.get("system") == "phone"
         ]
         own_region = _region(service)
@@ -275,10 +294,10 @@ def _bundle_row(
             "type": codes[0] if codes else None,
             "name": org.get("name"),
             "description": service.get("comment"),
-            "phones": [p.model_dump() for p in phones],
-            "website": next((t["value"] for t in telecom if t.get("system") == "url"), None),
-            "email": next((t["value"] for t in telecom if t.get("system") == "email"), None),
-            "address": next((a.get("text") for a in org.get("address") or []), None),
+            "phones": phones,
+            "website": next((t.get("value") for t in telecom if t.get("system") == "url"), None),
+            "email": next((t.get("value") for t in telecom if t.get("system") == "email"), None),
+            "address": next((a.get("text") for a in _objs(org.get("address"))), None),
             "opening_hours": service.get("availabilityExceptions"),
             "region": own_region if own_region != region else None,
         }
