@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.admin.changes import Change, diff
-from service.admin.config import ConfigurationError, export_yaml, parse_yaml
+from service.admin.config import ConfigurationError, Problem, export_yaml, parse_yaml
+from service.admin.partners_io import import_csv
 from service.tenant_config import EhrRegistration, HookSettings, TenantConfiguration
+
+
+def problems_or_none(call: Callable[[], object]) -> tuple[Problem, ...]:
+    """The problems of a refused input; () when it was accepted. Any other error fails."""
+    try:
+        call()
+    except ConfigurationError as error:
+        return error.problems
+    return ()
 
 
 def problems_of(text: str) -> list[str]:
@@ -91,3 +105,19 @@ def test_diff_lists_changed_paths_by_id_and_masks_secrets() -> None:
         Change("hooks.x", 1, 2),
     ]
     assert diff(new, new) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab: -[]{}\n\"'#&*!|>0x9.,")), max_size=80))
+def test_any_text_is_a_configuration_or_a_configuration_error(text: str) -> None:
+    problems = problems_or_none(lambda: parse_yaml("name: AZ\n" + text))
+    assert all(p.line is None or p.line >= 1 for p in problems)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list('id,type,name,phones\n"(); 09vk-x')), max_size=80)
+)
+def test_any_csv_is_a_directory_or_rows_with_reasons(text: str) -> None:
+    problems = problems_or_none(lambda: import_csv(text, "oost-vlaanderen"))
+    assert all(str(p) for p in problems)
