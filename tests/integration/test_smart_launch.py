@@ -554,3 +554,24 @@ def test_a_new_launch_for_the_patient_takes_over_writes_waiting_for_authorisatio
         assert entry is not None
         assert entry.session_id == session_id
         assert entry.state != DeliveryState.WAITING_AUTHORISATION
+
+
+def test_an_expired_launch_state_and_an_unknown_hospital_get_clear_pages(
+    kindreflex: Kindreflex,
+) -> None:
+    browser = Browser()
+    lid = kindreflex.sandbox.create_launch(patient=first_patient(kindreflex.sandbox))
+    started = browser.get(
+        f"{kindreflex.url}/launch?iss={kindreflex.sandbox.fhir_base_url}&launch={lid}"
+    )
+    state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+    with kindreflex.database.session() as session:  # ten minutes later, in our own table
+        session.execute(update(LaunchState).values(expires_at=utcnow() - timedelta(seconds=1)))
+    late = browser.get(f"{kindreflex.url}/callback?state={state}&code=whatever")
+    assert late.status_code == 400
+    assert "verlopen" in late.text
+    assert kindreflex.count(AppSession) == 0
+
+    unknown = Browser().get(f"{kindreflex.url}/t/nowhere/launch?iss=x&launch=y")
+    assert unknown.status_code == 404
+    assert "Onbekend ziekenhuis" in unknown.text

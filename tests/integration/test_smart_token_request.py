@@ -1,0 +1,146 @@
+"""The OAuth client against a scripted authorization server over real HTTP: discovery checks
+and ``client_secret_basic`` (the sandbox EHR only speaks private_key_jwt and public clients)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from service.db.base import Database
+from service.keys import KeyStore
+from service.settings import load_settings
+from service.tenant_config import EhrRegistration
+from smart_app.oauth import OAuthError, discover, request_token
+
+
+class ScriptedServer:
+    """GET answers ``documents[path]``; POST answers ``token_answer`` and is kept."""
+
+    def __init__(self) -> None:
+        self.documents: dict[str, tuple[int, str]] = {}
+        self.token_answer: tuple[int, dict[str, Any]] = (200, {})
+        self.token_requests: list[tuple[dict[str, str], dict[str, list[str]]]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = owner.documents.get(self.path, (404, "{}"))
+                self._send(status, body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                form = parse_qs(self.rfile.read(length).decode())
+                owner.token_requests.append((dict(self.headers), form))
+                status, body = owner.token_answer
+                self._send(status, json.dumps(body))
+
+            def _send(self, status: int, body: str) -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    scripted = ScriptedServer()
+    try:
+        yield scripted
+    finally:
+        scripted.close()
+
+
+def _registration(server: ScriptedServer, **changes: Any) -> EhrRegistration:
+    base = EhrRegistration(
+        id="epd", name="EPD", fhir_base_url=f"{server.url}/fhir", client_id="kindreflex app"
+    )
+    return base.model_copy(update=changes)
+
+
+def _configuration(server: ScriptedServer, **changes: Any) -> None:
+    document = {
+        "issuer": server.url,
+        "authorization_endpoint": f"{server.url}/authorize",
+        "token_endpoint": f"{server.url}/token",
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+    }
+    document.update(changes)
+    server.documents["/fhir/.well-known/smart-configuration"] = (200, json.dumps(document))
+
+
+def test_discovery_reports_what_the_ehr_lacks(server: ScriptedServer) -> None:
+    _configuration(server, code_challenge_methods_supported=["plain"], token_endpoint=None)
+    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as refused:
+        discover(http, _registration(server))
+    assert refused.value.kind == "ehr_unsupported"
+    assert "token_endpoint" in refused.value.detail
+    assert "PKCE S256" in refused.value.detail
+
+    server.documents["/fhir/.well-known/smart-configuration"] = (200, "<html>not json</html>")
+    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as not_json:
+        discover(http, _registration(server))
+    assert not_json.value.kind == "ehr_unsupported"
+
+
+def test_client_secret_basic_sends_the_urlencoded_secret_only_in_the_header(
+    server: ScriptedServer, database: Database
+) -> None:
+    _configuration(server)
+    server.token_answer = (200, {"access_token": "at", "token_type": "bearer", "patient": "p"})
+    registration = _registration(
+        server, client_auth="client_secret_basic", client_secret=SecretStr("s3cret:+/ x")
+    )
+    keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
+    with httpx.Client(timeout=5) as http:
+        server_config = discover(http, registration)
+        answer = request_token(
+            http, server_config.token_endpoint, registration, keys, {"grant_type": "x"}
+        )
+    assert answer["access_token"] == "at"
+    headers, form = server.token_requests[-1]
+    # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding.
+    expected = base64.b64encode(b"kindreflex+app:s3cret%3A%2B%2F+x").decode()
+    assert headers["Authorization"] == f"Basic {expected}"
+    assert "client_secret" not in form
+    assert "client_assertion" not in form
+
+
+def test_a_refused_token_request_carries_the_servers_reason(
+    server: ScriptedServer, database: Database
+) -> None:
+    _configuration(server)
+    server.token_answer = (400, {"error": "invalid_grant", "error_description": "code used"})
+    keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
+    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as refused:
+        request_token(http, f"{server.url}/token", _registration(server), keys, {})
+    assert refused.value.kind == "token_failed"
+    assert refused.value.detail == "code used"
+    _, form = server.token_requests[-1]
+    assert form["client_assertion_type"] == [
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    ]
