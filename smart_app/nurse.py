@@ -409,11 +409,9 @@ def kind_en_gezin_advice(
     ctx: LaunchContext, findings: TriageInput, today: date
 ) -> KindEnGezinAdvice | None:
     """The protocol's Kind & Gezin advice for the saved findings, with whom to call."""
-    # The case exists only to ask the protocol; a launch without an encounter
-    # (patient-view) still gets its advice, hence the placeholder encounter.
-    case = KindreflexCase.replay(
+    case = KindreflexCase.replay(  # only to ask the protocol; nothing is stored
         f"Patient/{ctx.patient_id}",
-        f"Encounter/{ctx.encounter_id or 'none'}",
+        f"Encounter/{ctx.encounter_id}",
         [f for f in (findings.step1, findings.step2, findings.step3) if f is not None],
     )
     for item in advice(case, today):
@@ -480,12 +478,13 @@ def _form_page(
     errors: list[FieldError] | None = None,
     notice: str | None = None,
     focus: str | None = None,
+    status_code: int | None = None,
 ) -> HTMLResponse:
     errors = errors or []
     return render(
         ctx,
         "triage.html",
-        status_code=422 if errors else 200,
+        status_code=status_code or (422 if errors else 200),
         card=card_context(ctx.app_context),
         form=form,
         errors=errors,
@@ -558,6 +557,12 @@ def _save(ctx: LaunchContext, triage: Triage, form: TriageForm) -> HTMLResponse:
         return _form_page(ctx, form, errors=invalid.errors)
     except ProtocolError as error:  # a rule that needs the recorded history
         return _form_page(ctx, form, errors=[protocol_error(error, t)])
+    except FhirError:
+        # Updating a child already on record first reads the version the nurse saw; with
+        # the FHIR server down that read fails before anything is stored: keep the input
+        # on screen and say so, rather than an error page.
+        unavailable = FieldError("form", t("error.save-unavailable"))
+        return _form_page(ctx, form, errors=[unavailable], status_code=503)
     except SaveConflict:
         return render(ctx, "triage_saved.html", outcome="conflict", result=None, advice=None)
     except ReauthorisationRequired:

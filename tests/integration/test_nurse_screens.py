@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
+from service.db.models import OutboxEntry
 from service.i18n import LANGUAGES, Language, catalogue
 from service.protocol import ChildRelationship, ErrorCode, LivesWith, SupportAction
 from service.settings import load_settings
@@ -506,6 +508,29 @@ def test_confirming_a_returning_patients_children_creates_no_duplicates(
     assert 'data-save-status="delivered"' in saved.text
     after = _resources(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
     assert sorted(r["id"] for r in after) == sorted(r["id"] for r in before)
+
+
+def test_an_outage_before_anything_is_stored_keeps_the_input_on_screen(
+    nurse_for: Any, database: Database
+) -> None:
+    # Updating a recorded child reads its version first; here the FHIR server is gone.
+    page = nurse_for("els-goossens").page()
+    offline = nurse_for("els-goossens", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
+    rows = {
+        f"child-{i}-{name}": page.value(f"child-{i}-{name}")
+        for i in range(len(page.child_refs()))
+        for name in ("ref", "name", "birth_date", "relationship", "lives_with", "recorded")
+    }
+    csrf = offline.page().csrf
+
+    again = offline.post({"csrf_token": csrf, **rows, "assessment": "no-concern"})
+
+    assert again.status == 503
+    assert "er is nog niets opgeslagen" in again.text
+    assert again.child_refs() == page.child_refs()
+    with database.session() as session:  # the reads' AuditEvents are queued, no save
+        saves = select(OutboxEntry).where(OutboxEntry.kind == "triage")
+        assert session.scalars(saves).all() == []
 
 
 def test_a_patient_without_children_closes_the_kindreflex(nurse_for: Any) -> None:
