@@ -46,6 +46,7 @@ from service.admin.config import (
 from service.admin.connection import check_connection
 from service.admin.partners_io import export_bundle, export_csv, import_bundle, import_csv
 from service.api.deps import DatabaseDep, SettingsDep, TenantDep
+from service.db.base import Database
 from service.i18n import Language, negotiate, translate
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
@@ -203,11 +204,13 @@ Change = Callable[[TenantConfiguration], TenantConfiguration]
 async def _save(
     request: Request, admin: Admin, change: Change, based_on: int | None
 ) -> TenantContext:
-    """Apply ``change`` to the configuration in force and store it (database work off the loop)."""
+    """Apply ``change`` to the configuration in force NOW (not the one the request began
+    with, so that a partial change never undoes another admin's) and store it, off the loop."""
 
     def work() -> TenantContext:
-        config = change(admin.tenant.config)
-        return _tenant_admin(request).save(admin.tenant.slug, config, admin.actor, based_on)
+        tenants = _tenant_admin(request)
+        current = tenants.current(admin.tenant.slug) or admin.tenant
+        return tenants.save(admin.tenant.slug, change(current.config), admin.actor, based_on)
 
     return await run_in_threadpool(work)
 
@@ -285,7 +288,9 @@ async def api_sign_in(request: Request, tenant: TenantDep, database: DatabaseDep
         raise HTTPException(400, 'expected {"token": "...", "name": "..."}')
     name = str(body.get("name") or "")
     try:
-        issued = access.redeem_bootstrap_token(database, tenant.id, body["token"], name)
+        issued = await run_in_threadpool(
+            access.redeem_bootstrap_token, database, tenant.id, body["token"], name
+        )
     except access.AccessDeniedError as error:
         raise HTTPException(401, str(error)) from None
     return {
@@ -389,7 +394,7 @@ def api_test_connection(
 
 
 def _test_connection(
-    request: Request, admin: Admin, timeout: float, database: Any, registration_id: str
+    request: Request, admin: Admin, timeout: float, database: Database, registration_id: str
 ) -> dict[str, Any]:
     registration = next(
         (r for r in admin.tenant.config.registrations if r.id == registration_id), None
