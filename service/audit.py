@@ -12,13 +12,13 @@ Each event is stored twice:
 
 The guide has no AuditEvent profile (``docs/contracts-wip.md``): the events conform to
 base R4, coded with the R4 audit vocabularies. AuditEvent has no business identifier in
-R4, so it gets a client-assigned id: a retried delivery rewrites it instead of
-duplicating it.
+R4: a write's AuditEvent is kept single by its transaction's witness (``service.outbox``);
+a read's may, rarely, be recorded twice when the answer to its delivery was lost —
+harmless for an audit trail, and cheaper than making every read wait.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,7 +93,6 @@ def audit_event(fact: AuditFact, entity_references: Sequence[str] = ()) -> Resou
     ]
     return {
         "resourceType": "AuditEvent",
-        "id": str(uuid.uuid4()),
         "type": {"system": _EVENT_TYPE, "code": "rest"},
         "subtype": [{"system": _INTERACTION, "code": fact.action.value}],
         "action": fact.action.crude,
@@ -142,7 +141,7 @@ def record_local(
 def record_read(session: Session, channel: Channel, fact: AuditFact) -> AuditRecord:
     """A read: the local row and its AuditEvent queued in the outbox, in one unit of work."""
     transaction = TransactionBuilder()
-    transaction.put_new(audit_event(fact))
+    transaction.add(audit_event(fact))
     entry = enqueue(
         session,
         channel.tenant_id,

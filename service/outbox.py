@@ -13,10 +13,13 @@ Exactly once. An instance *claims* entries with a lease (``lease_owner``/``lease
 in one UPDATE whose subquery uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite takes
 its write lock at the start of the statement), so two instances never deliver the same
 entry concurrently; only the lease holder may record the result. The Bundle itself is
-idempotent: creates are conditional on business identifiers (``ifNoneExist``), updates
-carry ``If-Match``. If a delivery succeeded but its answer was lost, the retry's If-Match
-fails; then the entry's *witness* (a search for a resource only this transaction
-creates) tells that the atomic transaction was in fact applied.
+idempotent where FHIR allows it: creates are conditional on business identifiers
+(``ifNoneExist``), updates carry ``If-Match``. Provenance and AuditEvent have no
+identifier in R4 (and a client-assigned id would need update scopes), so they are plain
+creates; what keeps them single is the entry's *witness*, a search for a resource only
+this transaction creates. Before any retry the witness is asked first: when a delivery
+succeeded but its answer was lost, the (atomic) transaction was applied and is not sent
+again.
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
@@ -290,10 +293,10 @@ class Outbox:
             return Delivery(entry.id, DeliveryState.PENDING, f"token: {type(error).__name__}")
         with FhirClient(entry.fhir_base_url, lambda: token, timeout) as client:
             try:
+                if entry.attempts and entry.witness and _witness_exists(client, entry.witness):
+                    return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
                 client.transaction(entry.bundle)
             except FhirConflict as error:
-                if entry.witness and _witness_exists(client, entry.witness):
-                    return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
                 return Delivery(
                     entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome
                 )
@@ -336,13 +339,11 @@ class Outbox:
 
 
 def _witness_exists(client: FhirClient, witness: str) -> bool:
-    """Whether the search ``Type?params`` finds the resource only this transaction creates."""
+    """Whether the search ``Type?params`` finds the resource only this transaction creates.
+    Errors propagate: not knowing is no reason to send the transaction again."""
     resource_type, _, query = witness.partition("?")
     params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    try:
-        found = client.search(resource_type, params)
-    except (FhirRejected, FhirUnavailable):
-        return False
+    found = client.search(resource_type, params)
     return bool(found.get("total") or found.get("entry"))
 
 
@@ -399,8 +400,8 @@ class TransactionBuilder:
 
     * :meth:`create` — a conditional create on the resource's business identifier;
     * :meth:`update` — a PUT with ``If-Match`` on the version the user saw;
-    * :meth:`put_new` — resources without an identifier in R4 (Provenance, AuditEvent) get
-      a client-assigned id, so sending them again rewrites instead of duplicating.
+    * :meth:`add` — a plain create, for resources without an identifier in R4 (Provenance,
+      AuditEvent): the outbox's witness keeps them from being sent twice.
 
     Each method returns the reference other entries of the bundle use for the resource.
     """
@@ -434,11 +435,14 @@ class TransactionBuilder:
         )
         return reference
 
-    def put_new(self, resource: Resource) -> str:
-        resource = {**resource, "id": resource.get("id") or str(uuid.uuid4())}
-        reference = f"{resource['resourceType']}/{resource['id']}"
-        self._entries.append({"resource": resource, "request": {"method": "PUT", "url": reference}})
-        return reference
+    def add(self, resource: Resource) -> str:
+        full_url = f"urn:uuid:{uuid.uuid4()}"
+        request = {"method": "POST", "url": resource["resourceType"]}
+        self._entries.append({"fullUrl": full_url, "resource": resource, "request": request})
+        return full_url
+
+    # The earlier name, still called by service/casework.py (see docs/contracts-wip.md 19:45).
+    put_new = add
 
     def bundle(self) -> Resource:
         return {"resourceType": "Bundle", "type": "transaction", "entry": list(self._entries)}
@@ -450,5 +454,5 @@ class TransactionBuilder:
             entry["request"]["url"]
             + (f"?{entry['request']['ifNoneExist']}" if entry["request"].get("ifNoneExist") else "")
             for entry in self._entries
-            if entry["request"]["method"] == "POST" or "ifMatch" in entry["request"]
+            if "ifNoneExist" in entry["request"] or "ifMatch" in entry["request"]
         ]

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from service import audit
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, utcnow
-from service.db.models import Concern
+from service.db.models import Concern, OutboxEntry
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient, FhirRejected, FhirUnavailable, Resource
 from service.outbox import DeliveryState, NewEntry, Outbox, TokenSource, TransactionBuilder, enqueue
@@ -165,13 +165,20 @@ class Triage:
         existing: Mapping[str, Resource],
         concern: bool,
     ) -> int:
-        """One local transaction: outbox entry, audit row, worklist row. Returns the entry id."""
+        """One local transaction: outbox entry, audit row, worklist row. Returns the entry id.
+
+        The same findings submitted again (a double click, a retried request) have the same
+        witness: they join the entry already saved instead of writing anything twice.
+        """
         patient_ref = _patient_ref(ctx)
         now = utcnow()
         with self._database.session() as session:
             open_concern = _open_concern(session, ctx.tenant.id, patient_ref) if concern else None
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
             plan = _plan(ctx, findings, existing, flag_id if concern else None, now)
+            earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
+            if earlier is not None:
+                return earlier
             entry = enqueue(
                 session,
                 ctx.tenant.id,
@@ -373,22 +380,12 @@ def _plan(
     witness = f"Observation?identifier={witness_id['system']}|{witness_id['value']}"
     stable = tx.stable_references()
     provenance = mapping.provenance(
-        targets=written,
-        author=author,
-        recorded=now,
-        update=_updates(stable),
-        resource_id=_derived_id(witness, "provenance"),
+        targets=written, author=author, recorded=now, update=_updates(stable)
     )
-    tx.put_new(provenance)
+    tx.add(provenance)
     event = audit.audit_event(_write_fact(ctx, patient_ref, stable, now), written)
-    tx.put_new({**event, "id": _derived_id(witness, "audit-event")})
+    tx.add(event)
     return _Plan(tx.bundle(), witness, stable)
-
-
-def _derived_id(witness: str, what: str) -> str:
-    """Provenance and AuditEvent have no identifier in R4: their id follows from the save's
-    witness, so saving the same findings again rewrites them instead of adding new ones."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{witness}#{what}"))
 
 
 def _write_children(
@@ -472,6 +469,18 @@ def _status(state: DeliveryState) -> Literal["delivered", "pending", "failed"]:
     if state is DeliveryState.FAILED:
         return "failed"
     return "pending"
+
+
+def _entry_with_witness(session: Session, tenant_id: int, witness: str) -> int | None:
+    """A live outbox entry of the same save (conflicting or refused ones may be redone)."""
+    live = (DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.WAITING_AUTHORISATION)
+    return session.scalar(
+        select(OutboxEntry.id).where(
+            OutboxEntry.tenant_id == tenant_id,
+            OutboxEntry.witness == witness,
+            OutboxEntry.state.in_(live),
+        )
+    )
 
 
 # -- the worklist index ------------------------------------------------------------------------

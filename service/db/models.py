@@ -169,7 +169,10 @@ class OutboxEntry(TenantScoped, Base):
     """
 
     __tablename__ = "outbox_entries"
-    __table_args__ = (Index("ix_outbox_entries_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_entries_due", "state", "next_attempt_at"),
+        Index("ix_outbox_entries_witness", "tenant_id", "witness"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))

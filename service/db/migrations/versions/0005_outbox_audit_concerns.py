@@ -63,6 +63,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_outbox_entries_due", "outbox_entries", ["state", "next_attempt_at"])
     op.create_index("ix_outbox_entries_tenant_id", "outbox_entries", ["tenant_id"])
+    op.create_index("ix_outbox_entries_witness", "outbox_entries", ["tenant_id", "witness"])
 
     op.create_table(
         "audit_records",
