@@ -323,10 +323,10 @@ def _new_child_identifier(ref: str) -> str:
         return str(uuid.uuid4())
 
 
-def _finding_identifier(ctx: LaunchInfo, finding: Finding) -> str:
+def _finding_identifier(ctx: LaunchInfo, finding: Finding, part: str = "") -> dict[str, str]:
     """Stable for the same finding submitted twice in the same session (a double click)."""
-    key = f"{ctx.session_id}/{ctx.encounter_id}/{finding.step.value}/{finding.recorded_at}"
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+    key = f"{ctx.session_id}/{ctx.encounter_id}/{finding.step.value}/{finding.recorded_at}{part}"
+    return mapping.identifier("finding", uuid.uuid5(uuid.NAMESPACE_URL, key))
 
 
 def _plan(
@@ -336,56 +336,77 @@ def _plan(
     flag_identifier: str | None,
     now: datetime,
 ) -> _Plan:
-    patient_ref, encounter_ref = _launch_refs(ctx)
-    author = ctx.user.fhir_user
+    """The save's transaction; its witness is the step 1 finding (always part of a save)."""
+    patient_ref = _patient_ref(ctx)
     tx = TransactionBuilder()
     child_refs = _write_children(tx, findings.step1.children, existing, patient_ref)
-    written = list(child_refs.values())
-    witness_id = mapping.identifier("finding", _finding_identifier(ctx, findings.step1))
-    if findings.step1.expecting is not None:
-        identifier = mapping.identifier("finding", _finding_identifier(ctx, findings.step1) + "-e")
-        resource = mapping.expecting_observation(
-            findings.step1.expecting,
-            patient_ref=patient_ref,
-            encounter_ref=encounter_ref,
-            performer=author,
-            recorded_at=findings.step1.recorded_at,
-            identifier=identifier,
-        )
-        written.append(tx.create(resource, identifier))
-    for finding in (findings.step1, findings.step2, findings.step3):
-        if finding is None:
-            continue
-        identifier = mapping.identifier("finding", _finding_identifier(ctx, finding))
-        resource = mapping.finding_observation(
-            finding,
-            patient_ref=patient_ref,
-            encounter_ref=encounter_ref,
-            child_refs=child_refs,
-            identifier=identifier,
-        )
-        written.append(tx.create(resource, identifier))
-    if flag_identifier is not None and findings.step2 is not None:
-        identifier = mapping.identifier("concern", flag_identifier)
-        flag = mapping.concern_flag(
-            patient_ref=patient_ref,
-            encounter_ref=encounter_ref,
-            author=author,
-            flagged_at=findings.step2.recorded_at,
-            identifier=identifier,
-            last_step=Step.STEP_2,
-            triggers=findings.step2.triggers,
-        )
-        written.append(tx.create(flag, identifier))
-    witness = f"Observation?identifier={witness_id['system']}|{witness_id['value']}"
+    written = [
+        *child_refs.values(),
+        *_write_findings(tx, ctx, findings, child_refs),
+        *_write_flag(tx, ctx, findings, flag_identifier),
+    ]
     stable = tx.stable_references()
-    provenance = mapping.provenance(
-        targets=written, author=author, recorded=now, update=_updates(stable)
+    author = ctx.user.fhir_user
+    tx.add(
+        mapping.provenance(targets=written, author=author, recorded=now, update=_updates(stable))
     )
-    tx.add(provenance)
-    event = audit.audit_event(_write_fact(ctx, patient_ref, stable, now), written)
-    tx.add(event)
-    return _Plan(tx.bundle(), witness, stable)
+    tx.add(audit.audit_event(_write_fact(ctx, patient_ref, stable, now), written))
+    witness = _finding_identifier(ctx, findings.step1)
+    return _Plan(
+        tx.bundle(), f"Observation?identifier={witness['system']}|{witness['value']}", stable
+    )
+
+
+def _write_findings(
+    tx: TransactionBuilder, ctx: LaunchInfo, findings: TriageInput, child_refs: Mapping[str, str]
+) -> list[str]:
+    """The expected child and the step findings; returns their references in the bundle."""
+    patient_ref, encounter_ref = _launch_refs(ctx)
+    step1 = findings.step1
+    written = []
+    if step1.expecting is not None:
+        identifier = _finding_identifier(ctx, step1, "/expecting")
+        resource = mapping.expecting_observation(
+            step1.expecting,
+            patient_ref=patient_ref,
+            encounter_ref=encounter_ref,
+            performer=ctx.user.fhir_user,
+            recorded_at=step1.recorded_at,
+            identifier=identifier,
+        )
+        written.append(tx.create(resource, identifier))
+    for finding in (step1, findings.step2, findings.step3):
+        if finding is not None:
+            identifier = _finding_identifier(ctx, finding)
+            resource = mapping.finding_observation(
+                finding,
+                patient_ref=patient_ref,
+                encounter_ref=encounter_ref,
+                child_refs=child_refs,
+                identifier=identifier,
+            )
+            written.append(tx.create(resource, identifier))
+    return written
+
+
+def _write_flag(
+    tx: TransactionBuilder, ctx: LaunchInfo, findings: TriageInput, flag_identifier: str | None
+) -> list[str]:
+    """The open-concern Flag of a niet-pluis or unclear step 2 (none otherwise)."""
+    if flag_identifier is None or findings.step2 is None:
+        return []
+    patient_ref, encounter_ref = _launch_refs(ctx)
+    identifier = mapping.identifier("concern", flag_identifier)
+    flag = mapping.concern_flag(
+        patient_ref=patient_ref,
+        encounter_ref=encounter_ref,
+        author=ctx.user.fhir_user,
+        flagged_at=findings.step2.recorded_at,
+        identifier=identifier,
+        last_step=Step.STEP_2,
+        triggers=findings.step2.triggers,
+    )
+    return [tx.create(flag, identifier)]
 
 
 def _write_children(
