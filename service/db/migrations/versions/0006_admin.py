@@ -20,7 +20,10 @@ depends_on: str | Sequence[str] | None = None
 
 def _tenant_fk(table: str) -> sa.ForeignKeyConstraint:
     return sa.ForeignKeyConstraint(
-        ["tenant_id"], ["tenants.id"], name=op.f(f"fk_{table}_tenant_id_tenants"), ondelete="CASCADE"
+        ["tenant_id"],
+        ["tenants.id"],
+        name=op.f(f"fk_{table}_tenant_id_tenants"),
+        ondelete="CASCADE",
     )
 
 
