@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         None,
-        description="Key that encrypts stored EHR client secrets. Without it, registrations "
-        "can only use private_key_jwt (our own keys), which is the recommended method.",
+        description="Seals secrets at rest: EHR client secrets, session tokens, our private "
+        "signing keys. Without it, registrations can only use private_key_jwt.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
     cds_jwt_required: bool = Field(
