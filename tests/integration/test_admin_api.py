@@ -327,7 +327,7 @@ def app_session(client: TestClient, hospital: Hospital, *roles: Role) -> tuple[s
     """The session a completed SMART launch creates (the launch itself is tested in
     test_smart_launch.py); returns the cookie secret and the session's CSRF token."""
     store = client.app.state.sessions  # type: ignore[attr-defined]
-    created = store.create(
+    _, secret = store.create(
         NewSession(
             tenant_id=hospital.id, registration_id="ehr", path_prefix=hospital.prefix,
             fhir_base_url=f"https://{hospital.slug}.example/fhir",
@@ -338,9 +338,6 @@ def app_session(client: TestClient, hospital: Hospital, *roles: Role) -> tuple[s
             refresh_token=None, access_expires_at=utcnow() + timedelta(minutes=5),
         )
     )  # fmt: skip
-    # SessionStore.create returned (id, secret) in d1af7dd and the cookie secret alone
-    # before and after it (docs/contracts-wip.md, 19:25): accept both while it settles.
-    secret = created[1] if isinstance(created, tuple) else created
     return secret, store.find(secret).csrf_token
 
 
