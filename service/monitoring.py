@@ -11,7 +11,9 @@ Computed from this service's own tables only — never from the FHIR server:
   the FHIR server refused (``failed``) or that lost an If-Match race (``conflict``) were
   never recorded and do not count; a finding saved twice (a double click, a retry) counts
   once, by its business identifier;
-* ``concerns``: when each case was flagged → median time from flag to team decision.
+* ``concerns``: when each case was flagged → the median time from the flag to the case's
+  first team decision (step 4) saved in the period. A case decided again in a later period
+  counts there with that decision: the figure reads one period at a time.
 
 What falls in a period: a card when issued, feedback when the user acted, a finding when
 it was saved (the outbox entry's ``created_at``). Periods are whole calendar days in
@@ -131,9 +133,6 @@ class Period:
         """The first instant after the period (aware, UTC)."""
         return _midnight(self.last + timedelta(days=1))
 
-    def __contains__(self, moment: datetime) -> bool:
-        return self.start <= moment < self.end
-
 
 def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=ZONE).astimezone(UTC)
@@ -143,7 +142,9 @@ def presentation_key(fhir_server: str, patient_id: str, encounter_id: str | None
     """A one-way key of an ED presentation: the encounter, or without one the patient's day.
 
     Cards of the same presentation (a patient-view on every chart opening) share the key,
-    so presentations are counted without storing a patient or encounter id.
+    so presentations are counted without storing a patient or encounter id. The ids are
+    guessable, so the key is pseudonymous rather than anonymous: it stays in this database
+    and appears in no output.
     """
     subject = f"Encounter/{encounter_id}" if encounter_id else f"Patient/{patient_id}|{day}"
     return hashlib.sha256(f"{fhir_server.rstrip('/')}|{subject}".encode()).hexdigest()
@@ -186,25 +187,21 @@ def figures(session: Session, tenant_id: int, period: Period) -> Figures:
 
 
 def _card_figures(session: Session, tenant_id: int, period: Period) -> dict[Figure, Value]:
-    cards = (
-        select(CdsCard.indicator, func.count(distinct(CdsCard.presentation)))
-        .where(
-            CdsCard.tenant_id == tenant_id,
-            CdsCard.issued_at >= period.start,
-            CdsCard.issued_at < period.end,
-        )
-        .group_by(CdsCard.indicator)
+    """Presentations with a card, per indicator too: a presentation that got an info and
+    later a warning card counts once in the total and once on each line."""
+    issued = [
+        CdsCard.tenant_id == tenant_id,
+        CdsCard.issued_at >= period.start,
+        CdsCard.issued_at < period.end,
+    ]
+    presentations = func.count(distinct(CdsCard.presentation))
+    per_indicator = session.execute(
+        select(CdsCard.indicator, presentations).where(*issued).group_by(CdsCard.indicator)
     )
-    per_indicator = {str(i): int(n) for i, n in session.execute(cards)}
-    presentations = session.scalar(
-        select(func.count(distinct(CdsCard.presentation))).where(
-            CdsCard.tenant_id == tenant_id,
-            CdsCard.issued_at >= period.start,
-            CdsCard.issued_at < period.end,
-        )
-    )
+    breakdown = {str(indicator): int(n) for indicator, n in per_indicator}
+    total = session.scalar(select(presentations).where(*issued))
     return {
-        Figure.PRESENTATIONS_WITH_CARD: Value(int(presentations or 0), per_indicator),
+        Figure.PRESENTATIONS_WITH_CARD: Value(int(total or 0), breakdown),
         Figure.CARDS_ACCEPTED: Value(_feedback_cards(session, tenant_id, period, "accepted")),
         Figure.CARDS_OVERRIDDEN: _overridden(session, tenant_id, period),
     }
