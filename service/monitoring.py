@@ -6,11 +6,15 @@ Computed from this service's own tables only — never from the FHIR server:
   the ED presentation, see :func:`presentation_key`) → presentations with a card;
 * ``cds_feedback``: what the user did with a card → accepted, overridden (per reason);
 * ``outbox_entries`` of kind ``triage`` and ``social``: the transaction each save wrote,
-  holding the step finding Observations and the concern Flag → step 1 done, children
-  named at step 1, niet-pluis, cases reaching steps 4/5/6, referrals per target. Entries
-  the FHIR server refused (``failed``) or that lost an If-Match race (``conflict``) were
-  never recorded and do not count; a finding saved twice (a double click, a retry) counts
-  once, by its business identifier;
+  holding the step finding Observations and the concern Flag. Each save is read ONCE, the
+  first time a report runs after it, into ``monitoring_findings`` (step, coded outcome,
+  case, children named — nothing else; ``monitoring_saves`` says which saves were read),
+  so that a report costs SQL counts, not a year of bundles → step 1 done, children named
+  at step 1, niet-pluis, cases reaching steps 4/5/6, referrals per target. Saves the FHIR
+  server refused (``failed``) or that lost an If-Match race (``conflict``) were never
+  recorded and do not count (their state is read at report time: a save may fail after
+  it was read); a finding saved twice (a double click, a retry) counts once, by its
+  business identifier;
 * ``concerns``: when each case was flagged → the median time from the flag to the case's
   first team decision (step 4) saved in the period. A case decided again in a later period
   counts there with that decision: the figure reads one period at a time.
@@ -30,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -38,10 +41,19 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, distinct, func, select
+from sqlalchemy import ColumnElement, Select, Subquery, distinct, exists, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.db.models import CdsCard, CdsFeedback, Concern, OutboxEntry
+from service.db.base import Base
+from service.db.models import (
+    CdsCard,
+    CdsFeedback,
+    Concern,
+    MonitoringFinding,
+    MonitoringSave,
+    OutboxEntry,
+)
 from service.fhir import mapping, terminology
 from service.outbox import DeliveryState
 from service.protocol import (
@@ -50,6 +62,8 @@ from service.protocol import (
     SafetyAssessment,
     Step,
     Step2Finding,
+    Step4Decision,
+    Step5Progress,
     Step6Referral,
 )
 
@@ -174,13 +188,15 @@ class Figures:
 
 def figures(session: Session, tenant_id: int, period: Period) -> Figures:
     """Every figure of ``period`` for the hospital ``tenant_id``."""
-    saves = _read_saves(session, tenant_id, period)
+    _read_new_saves(session, tenant_id)
     values = {
         **_card_figures(session, tenant_id, period),
-        **saves.figures(),
-        Figure.TIME_TO_DECISION: _time_to_decision(session, tenant_id, saves.decisions),
+        **_step_figures(session, tenant_id, period),
+        Figure.TIME_TO_DECISION: _time_to_decision(
+            session, tenant_id, _decisions(session, tenant_id, period)
+        ),
     }
-    return Figures(period, values, saves.unreadable)
+    return Figures(period, values, _unreadable(session, tenant_id, period))
 
 
 # -- cards and feedback -------------------------------------------------------------------
@@ -235,80 +251,136 @@ def _overridden(session: Session, tenant_id: int, period: Period) -> Value:
 
 
 # -- the saves of steps 1-6 ---------------------------------------------------------------
+# Each save is read once (``_read_new_saves``) into ``monitoring_findings``; the figures are
+# then SQL counts over the period's findings whose save reached the hospital's record.
 
 
-@dataclass
-class _Saves:
-    """What the period's saves recorded, each finding once (by its business identifier)."""
-
-    findings: dict[str, tuple[str, Finding]] = field(default_factory=dict)  # id → case, finding
-    children: dict[str, int] = field(default_factory=dict)  # step 1 finding id → children named
-    unreadable: int = 0
-
-    def add(self, case: str, finding_id: str, finding: Finding, children: int) -> None:
-        self.findings.setdefault(finding_id, (case, finding))
-        if finding.step is Step.STEP_1:
-            self.children.setdefault(finding_id, children)
-
-    def _of(self, step: Step) -> list[tuple[str, Finding]]:
-        return [(case, f) for case, f in self.findings.values() if f.step is step]
-
-    def _cases(self, step: Step) -> int:
-        return len({case for case, _ in self._of(step)})
-
-    @property
-    def decisions(self) -> dict[str, datetime]:
-        """Case (concern identifier) → its first team decision (step 4) in the period."""
-        first: dict[str, datetime] = {}
-        for case, finding in self._of(Step.STEP_4):
-            first[case] = min(first.get(case, finding.recorded_at), finding.recorded_at)
-        return first
-
-    def figures(self) -> dict[Figure, Value]:
-        step_2 = [f for _, f in self._of(Step.STEP_2) if isinstance(f, Step2Finding)]
-        referrals = Counter(
-            f.target.value for _, f in self._of(Step.STEP_6) if isinstance(f, Step6Referral)
+def _step_figures(session: Session, tenant_id: int, period: Period) -> dict[Figure, Value]:
+    recorded = _recorded_findings(tenant_id, period).subquery()
+    per_step = {
+        step: (int(findings), int(cases))
+        for step, findings, cases in session.execute(
+            select(
+                recorded.c.step,
+                func.count(distinct(recorded.c.finding_id)),
+                func.count(distinct(recorded.c.case_key)),
+            ).group_by(recorded.c.step)
         )
-        return {
-            Figure.STEP_1_DONE: Value(len(self._of(Step.STEP_1))),
-            Figure.CHILDREN_RECORDED: Value(sum(self.children.values())),
-            Figure.NIET_PLUIS: Value(
-                sum(1 for f in step_2 if f.assessment is SafetyAssessment.NIET_PLUIS)
-            ),
-            Figure.STEP_4_REACHED: Value(self._cases(Step.STEP_4)),
-            Figure.STEP_5_REACHED: Value(self._cases(Step.STEP_5)),
-            Figure.STEP_6_REACHED: Value(self._cases(Step.STEP_6)),
-            Figure.REFERRALS: Value(referrals.total(), dict(referrals)),
-        }
+    }
+    outcomes = {
+        (step, outcome): int(n)
+        for step, outcome, n in session.execute(
+            select(recorded.c.step, recorded.c.outcome, func.count(distinct(recorded.c.finding_id)))
+            .where(recorded.c.step.in_((Step.STEP_2.value, Step.STEP_6.value)))
+            .group_by(recorded.c.step, recorded.c.outcome)
+        )
+    }
+    referrals = {str(o): n for (step, o), n in outcomes.items() if step == Step.STEP_6.value}
+    return {
+        Figure.STEP_1_DONE: Value(per_step.get(Step.STEP_1.value, (0, 0))[0]),
+        Figure.CHILDREN_RECORDED: Value(_children(session, recorded)),
+        Figure.NIET_PLUIS: Value(
+            outcomes.get((Step.STEP_2.value, SafetyAssessment.NIET_PLUIS.value), 0)
+        ),
+        Figure.STEP_4_REACHED: Value(per_step.get(Step.STEP_4.value, (0, 0))[1]),
+        Figure.STEP_5_REACHED: Value(per_step.get(Step.STEP_5.value, (0, 0))[1]),
+        Figure.STEP_6_REACHED: Value(per_step.get(Step.STEP_6.value, (0, 0))[1]),
+        Figure.REFERRALS: Value(sum(referrals.values()), referrals),
+    }
 
 
-def _read_saves(session: Session, tenant_id: int, period: Period) -> _Saves:
+def _recorded_findings(tenant_id: int, period: Period) -> Select[Any]:
+    """The period's findings whose save was not refused (an outbox row purged after its
+    delivery counts as recorded)."""
+    return (
+        select(MonitoringFinding)
+        .outerjoin(OutboxEntry, OutboxEntry.id == MonitoringFinding.outbox_id)
+        .where(
+            MonitoringFinding.tenant_id == tenant_id,
+            MonitoringFinding.saved_at >= period.start,
+            MonitoringFinding.saved_at < period.end,
+            or_(OutboxEntry.state.is_(None), OutboxEntry.state.not_in(_NOT_RECORDED)),
+        )
+    )
+
+
+def _children(session: Session, recorded: Subquery) -> int:
+    """Children named by the step 1 findings, each finding once even if saved twice."""
+    per_finding = (
+        select(func.max(recorded.c.children).label("children"))
+        .where(recorded.c.step == Step.STEP_1.value)
+        .group_by(recorded.c.finding_id)
+        .subquery()
+    )
+    return int(session.scalar(select(func.coalesce(func.sum(per_finding.c.children), 0))) or 0)
+
+
+def _decisions(session: Session, tenant_id: int, period: Period) -> dict[str, datetime]:
+    """Case (concern identifier) → its first team decision (step 4) saved in the period."""
+    recorded = _recorded_findings(tenant_id, period).subquery()
     query = (
-        select(OutboxEntry.id, OutboxEntry.patient_ref, OutboxEntry.bundle)
+        select(recorded.c.case_key, func.min(recorded.c.recorded_at))
+        .where(recorded.c.step == Step.STEP_4.value)
+        .group_by(recorded.c.case_key)
+    )
+    return dict(session.execute(query).all())
+
+
+def _unreadable(session: Session, tenant_id: int, period: Period) -> int:
+    query = select(func.count()).where(
+        MonitoringSave.tenant_id == tenant_id,
+        MonitoringSave.saved_at >= period.start,
+        MonitoringSave.saved_at < period.end,
+        MonitoringSave.readable.is_(False),
+    )
+    return int(session.scalar(query) or 0)
+
+
+def _read_new_saves(session: Session, tenant_id: int) -> None:
+    """Read every save not read yet (of any period) into ``monitoring_findings``.
+
+    Idempotent and safe when two reports run at once: rows already there are skipped.
+    """
+    unread = (
+        select(OutboxEntry.id, OutboxEntry.patient_ref, OutboxEntry.bundle, OutboxEntry.created_at)
         .where(
             OutboxEntry.tenant_id == tenant_id,
             OutboxEntry.kind.in_(SAVE_KINDS),
-            OutboxEntry.created_at >= period.start,
-            OutboxEntry.created_at < period.end,
-            OutboxEntry.state.not_in(_NOT_RECORDED),
+            ~exists().where(MonitoringSave.outbox_id == OutboxEntry.id),
         )
         .order_by(OutboxEntry.id)
+        .execution_options(yield_per=500)
     )
-    saves = _Saves()
-    for entry_id, patient_ref, bundle in session.execute(query):
+    saves: list[dict[str, Any]] = []
+    findings: list[dict[str, Any]] = []
+    for entry_id, patient_ref, bundle, saved_at in session.execute(unread):
+        common = {"tenant_id": tenant_id, "outbox_id": entry_id, "saved_at": saved_at}
         try:
-            _read_bundle(saves, bundle, fallback_case=str(patient_ref))
+            read = _findings_of(bundle, fallback_case=str(patient_ref))
         except (ProtocolError, ValueError, KeyError, TypeError):
             # our own write read back: a bug, not the user's input — count it, never guess
             log.exception("monitoring: outbox entry %s cannot be read back", entry_id)
-            saves.unreadable += 1
-    return saves
+            saves.append({**common, "readable": False})
+            continue
+        saves.append({**common, "readable": True})
+        findings += [{**common, **finding} for finding in read]
+    _insert_new(session, MonitoringSave, saves)
+    _insert_new(session, MonitoringFinding, findings)
 
 
-def _read_bundle(saves: _Saves, bundle: Mapping[str, Any], fallback_case: str) -> None:
+def _insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(model).on_conflict_do_nothing(), rows)
+
+
+def _findings_of(bundle: Mapping[str, Any], fallback_case: str) -> list[dict[str, Any]]:
+    """The counted facts of each step finding in a save's transaction bundle."""
     resources = [e.get("resource", {}) for e in bundle.get("entry", [])]
     case = next(_identifiers(resources, "Flag", "concern"), fallback_case)
     finding_system = terminology.identifier_system("finding")
+    result = []
     for resource in resources:
         finding = mapping.finding_from_observation(resource)
         if finding is None:
@@ -319,9 +391,33 @@ def _read_bundle(saves: _Saves, bundle: Mapping[str, Any], fallback_case: str) -
         )
         if finding_id is None:
             raise ValueError("a step finding without its business identifier")
-        # a step 1 Observation names its children in focus (the RelatedPersons themselves
-        # are not all in the bundle: an unchanged child is not written again)
-        saves.add(case, finding_id, finding, len(resource.get("focus", [])))
+        result.append(
+            {
+                "finding_id": finding_id,
+                "step": finding.step.value,
+                "case_key": case,
+                "outcome": _outcome(finding),
+                # a step 1 Observation names its children in focus (an unchanged child is
+                # not written again, so the RelatedPersons are not all in the bundle)
+                "children": len(resource.get("focus", [])),
+                "recorded_at": finding.recorded_at,
+            }
+        )
+    return result
+
+
+def _outcome(finding: Finding) -> str | None:
+    match finding:
+        case Step2Finding():
+            return finding.assessment.value
+        case Step4Decision():
+            return finding.decision.value
+        case Step5Progress():
+            return finding.progress.value
+        case Step6Referral():
+            return finding.target.value
+        case _:
+            return None
 
 
 def _identifiers(resources: Iterable[Mapping[str, Any]], rtype: str, kind: str) -> Iterator[str]:

@@ -328,3 +328,44 @@ Index(
     OutboxEntry.kind,
     OutboxEntry.created_at,
 )
+
+
+class MonitoringSave(TenantScoped, Base):
+    """An outbox save (kind triage or social) already read for the monitoring figures.
+
+    Reading a save's bundle once, not on every report, keeps a year's report fast. No
+    foreign key to the outbox: what was read stays counted if outbox rows are ever purged.
+    ``readable`` False: the bundle could not be read back (logged; shown on the report).
+    """
+
+    __tablename__ = "monitoring_saves"
+    __table_args__ = (Index("ix_monitoring_saves_saved", "tenant_id", "saved_at"),)
+
+    outbox_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    readable: Mapped[bool]
+
+
+class MonitoringFinding(TenantScoped, Base):
+    """One step finding of a save, reduced to what the figures count — no patient, no text.
+
+    ``case_key``: the concern Flag's identifier (or, for a save without a Flag, the
+    patient reference, only ever compared, never shown); ``outcome``: the step's coded
+    value (step 2 assessment, step 4 decision, step 5 progress, step 6 target).
+    """
+
+    __tablename__ = "monitoring_findings"
+    __table_args__ = (
+        UniqueConstraint("outbox_id", "finding_id"),
+        Index("ix_monitoring_findings_saved", "tenant_id", "saved_at", "step"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    outbox_id: Mapped[int]
+    finding_id: Mapped[str] = mapped_column(String(64))
+    step: Mapped[str] = mapped_column(String(10))
+    case_key: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str | None] = mapped_column(String(40))
+    children: Mapped[int]
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime())

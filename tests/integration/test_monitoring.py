@@ -29,14 +29,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from sandbox.fhir_server import FhirServer
 from service import monitoring
 from service.app import create_app
 from service.casework import Casework
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, CdsCard, Concern, OutboxEntry
+from service.db.models import AuditRecord, CdsCard, Concern, MonitoringSave, OutboxEntry
 from service.fhir import terminology
 from service.monitoring import Figure, Period, PeriodError
 from service.protocol import (
@@ -374,6 +374,55 @@ def test_a_failed_or_conflicting_save_was_never_recorded_and_does_not_count(
         first = session.scalars(select(OutboxEntry.id).order_by(OutboxEntry.id)).first()
         session.execute(update(OutboxEntry).where(OutboxEntry.id == first).values(state="failed"))
     assert _figures(world, world.hospital, today).values[Figure.STEP_1_DONE].count == 1
+
+
+def test_each_save_is_read_once_and_stays_counted_after_an_outbox_purge(world: World) -> None:
+    _triage(world, world.hospital, (_child(world, "Lou", date(2018, 2, 2)),), None)
+    today = Period(_today(), _today())
+    assert _figures(world, world.hospital, today).values[Figure.CHILDREN_RECORDED].count == 1
+    with world.database.session() as session:
+        saves = session.scalars(select(MonitoringSave.outbox_id)).all()
+        assert len(saves) == 1
+        # a purge of delivered entries (none exists today) must not lose what was counted
+        session.execute(delete(AuditRecord))
+        session.execute(delete(OutboxEntry))
+    again = _figures(world, world.hospital, today)
+    assert again.values[Figure.STEP_1_DONE].count == 1
+    assert again.values[Figure.CHILDREN_RECORDED].count == 1
+    with world.database.session() as session:
+        assert session.scalars(select(MonitoringSave.outbox_id)).all() == saves
+
+
+def test_a_save_that_cannot_be_read_back_is_reported_not_guessed(world: World) -> None:
+    step_code = {"system": terminology.code_system_url("kindreflex-step"), "code": "step-2"}
+    broken = {  # a step 2 finding without its business identifier
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": {"resourceType": "Observation", "code": {"coding": [step_code]}}}],
+    }
+    with world.database.session() as session:
+        session.execute(
+            insert(OutboxEntry),
+            [
+                {
+                    "tenant_id": world.hospital.id,
+                    "kind": "triage",
+                    "registration_id": "ehr",
+                    "fhir_base_url": world.base_url,
+                    "session_id": "s",
+                    "author": NURSE,
+                    "patient_ref": "Patient/x",
+                    "bundle": broken,
+                    "state": "delivered",
+                    "next_attempt_at": utcnow(),
+                }
+            ],
+        )
+    today = Period(_today(), _today())
+    result = _figures(world, world.hospital, today)
+    assert (result.unreadable_saves, result.values[Figure.NIET_PLUIS].count) == (1, 0)
+    page = world.client.get("/monitoring", headers=world.user("admin").headers)
+    assert "1 opgeslagen registraties konden niet gelezen worden" in page.text
 
 
 def test_the_period_includes_both_days_whole_in_brussels_time(world: World) -> None:
