@@ -342,7 +342,7 @@ def _read_new_saves(session: Session, tenant_id: int) -> None:
     Idempotent and safe when two reports run at once: rows already there are skipped.
     """
     unread = (
-        select(OutboxEntry.id, OutboxEntry.patient_ref, OutboxEntry.bundle, OutboxEntry.created_at)
+        select(OutboxEntry.id, OutboxEntry.bundle, OutboxEntry.created_at)
         .where(
             OutboxEntry.tenant_id == tenant_id,
             OutboxEntry.kind.in_(SAVE_KINDS),
@@ -353,10 +353,11 @@ def _read_new_saves(session: Session, tenant_id: int) -> None:
     )
     saves: list[dict[str, Any]] = []
     findings: list[dict[str, Any]] = []
-    for entry_id, patient_ref, bundle, saved_at in session.execute(unread):
+    for entry_id, bundle, saved_at in session.execute(unread):
         common = {"tenant_id": tenant_id, "outbox_id": entry_id, "saved_at": saved_at}
         try:
-            read = _findings_of(bundle, fallback_case=str(patient_ref))
+            # a save without a concern Flag (steps 1-3, no concern) is a case of its own
+            read = _findings_of(bundle, fallback_case=f"save-{entry_id}")
         except (ProtocolError, ValueError, KeyError, TypeError):
             # our own write read back: a bug, not the user's input — count it, never guess
             log.exception("monitoring: outbox entry %s cannot be read back", entry_id)

@@ -349,9 +349,9 @@ class MonitoringSave(TenantScoped, Base):
 class MonitoringFinding(TenantScoped, Base):
     """One step finding of a save, reduced to what the figures count — no patient, no text.
 
-    ``case_key``: the concern Flag's identifier (or, for a save without a Flag, the
-    patient reference, only ever compared, never shown); ``outcome``: the step's coded
-    value (step 2 assessment, step 4 decision, step 5 progress, step 6 target).
+    ``case_key``: the concern Flag's identifier (``save-<outbox id>`` for a save without a
+    Flag); ``outcome``: the step's coded value (step 2 assessment, step 4 decision, step 5
+    progress, step 6 target).
     """
 
     __tablename__ = "monitoring_findings"
