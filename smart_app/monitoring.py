@@ -207,8 +207,14 @@ def _csv(result: Figures, language: Language) -> str:
             continue
         for key, count in sorted(value.breakdown.items()):
             line = _breakdown_label(breakdown, key, language)
-            writer.writerow([*period, figure.value, label, key or "none", line, count, ""])
+            code = _cell(key or "none")  # an override reason code is the EHR's text
+            writer.writerow([*period, figure.value, label, code, _cell(line), count, ""])
     return "\ufeff" + out.getvalue()
+
+
+def _cell(text: str) -> str:
+    """Text a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) made inert."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 def _page(

@@ -510,6 +510,17 @@ def test_the_screen_csv_and_measure_report_show_the_figures_and_no_patient(world
         assert "Encounter/" not in text
 
 
+def test_an_ehr_override_code_cannot_become_a_spreadsheet_formula(world: World) -> None:
+    _cards(world, world.hospital, ("enc-1", "info", utcnow()))
+    (card,) = _card_uuids(world, world.hospital)
+    _feedback(world, card, "overridden", "=HYPERLINK(1)", utcnow())
+    when = {"from": _today().isoformat(), "to": _today().isoformat()}
+    download = world.client.get("/monitoring.csv", headers=world.user("admin").headers, params=when)
+    rows = list(csv.DictReader(io.StringIO(download.content.decode("utf-8-sig"))))
+    (reason,) = [r for r in rows if r["figure"] == "cards-overridden" and r["breakdown"]]
+    assert (reason["breakdown"], reason["breakdown_label"]) == ("'=HYPERLINK(1)", "'=HYPERLINK(1)")
+
+
 def test_the_measure_report_is_valid_r4_on_the_guides_measure(world: World) -> None:
     _scenario(world)
     when = {"from": _today().isoformat(), "to": _today().isoformat()}
