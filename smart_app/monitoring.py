@@ -59,7 +59,8 @@ def require_monitoring_role(ctx: LaunchDep) -> LaunchContext:
 
 
 Monitor = Annotated[LaunchContext, Depends(require_monitoring_role)]
-DateParam = Annotated[str | None, Query(max_length=10, pattern=r"^[0-9-]*$")]
+#: Dates are checked by ``_date``, so that a bad one gets the screen's own message.
+DateParam = Annotated[str | None, Query()]
 
 
 @router.get("/monitoring", response_class=HTMLResponse, summary="The monitoring figures")
@@ -87,7 +88,12 @@ def download_csv(
     try:
         period = _period(first, last)
     except PeriodError as error:
-        return Response(str(error), status_code=400, media_type="text/plain; charset=utf-8")
+        return Response(
+            str(error),
+            status_code=400,
+            media_type="text/plain; charset=utf-8",
+            headers=security_headers(ctx),
+        )
     result = _figures(ctx, database, period, "csv")
     name = f"kindreflex-monitoring-{ctx.tenant.slug}-{period.first}-{period.last}.csv"
     headers = security_headers(ctx) | {"Content-Disposition": f'attachment; filename="{name}"'}
@@ -108,7 +114,12 @@ def measure_report(
     try:
         period = _period(first, last)
     except PeriodError as error:
-        return JSONResponse(_outcome(str(error)), 400, media_type="application/fhir+json")
+        return JSONResponse(
+            _outcome(str(error)),
+            400,
+            headers=security_headers(ctx),
+            media_type="application/fhir+json",
+        )
     result = _figures(ctx, database, period, "measure-report")
     report = monitoring.measure_report(
         result, reporter=ctx.tenant.config.name, generated_at=utcnow()
@@ -132,8 +143,9 @@ def _date(value: str, name: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
+        shown = value[:20]  # echoed in the message: never a whole pasted text
         raise PeriodError(
-            "not-a-date", f"'{name}' is not a date (YYYY-MM-DD): {value}", value=value
+            "not-a-date", f"'{name}' is not a date (YYYY-MM-DD): {shown}", value=shown
         ) from None
 
 

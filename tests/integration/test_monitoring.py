@@ -603,8 +603,9 @@ def test_every_view_is_audited_without_a_patient(world: World) -> None:
         ({"from": "2026-03-02", "to": "2026-03-01"}, "De periode eindigt voor ze begint."),
         ({"from": "2025-01-01", "to": "2026-03-01"}, "Een periode telt hoogstens 366 dagen."),
         ({"from": "2026-02-30", "to": "2026-03-01"}, "'2026-02-30' is geen datum"),
+        ({"from": "2026-03-01", "to": "morgen" * 50}, "'morgenmorgenmorgenmo' is geen datum"),
     ],
-    ids=["reversed", "too-long", "not-a-date"],
+    ids=["reversed", "too-long", "not-a-date", "not-a-date-at-all"],
 )
 def test_a_bad_period_gets_a_clear_400_in_every_form_and_is_not_audited(
     world: World, params: dict[str, str], reason: str
