@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 import jwt
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, create_engine, delete, event, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from service.cds.batching import BatchWriter
 from service.db.base import Database
 from service.db.models import CdsSeenToken
 from service.tenancy import TenantContext
@@ -123,8 +123,8 @@ class SeenTokens:
 
     It is the one database write of a hook call, so it is made cheap:
 
-    * group commit — calls arriving together share one multi-row INSERT (up to
-      ``MAX_WRITERS`` batches in flight, so a small batch never holds up the next);
+    * group commit (``BatchWriter``) — calls arriving together share one multi-row
+      INSERT;
     * one round trip — the INSERT runs in autocommit (a single statement is atomic), on
       connections of the ledger's own without a pre-ping;
     * no wait for the disk flush — PostgreSQL ``synchronous_commit=off`` and SQLite
@@ -138,34 +138,16 @@ class SeenTokens:
 
     def __init__(self, database: Database) -> None:
         self._engine = _ledger_engine(database)
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
-        self._writers = 0
+        self._batches = BatchWriter(self._write, MAX_WRITERS)
         self._next_purge = 0.0
 
     async def first_use(self, tenant_id: int, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Record the token; False when it was seen before (a replay)."""
         row = {"tenant_id": tenant_id, "issuer": issuer, "jti": jti, "expires_at": expires_at}
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
-        if self._writers < MAX_WRITERS:
-            self._writers += 1
-            asyncio.get_running_loop().create_task(self._write_batches())
-        return await future
-
-    async def _write_batches(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await run_in_threadpool(self._write, [row for row, _ in batch])
-                except Exception as error:  # the database is down: every waiter learns it
-                    for _, future in batch:
-                        future.set_exception(ReplayCheckUnavailableError(type(error).__name__))
-                    continue
-                for (_, future), first in zip(batch, results, strict=True):
-                    future.set_result(first)
-        finally:
-            self._writers -= 1
+            return await self._batches.submit(row)
+        except SQLAlchemyError as error:
+            raise ReplayCheckUnavailableError(type(error).__name__) from error
 
     def _write(self, rows: list[dict[str, Any]]) -> list[bool]:
         """In a worker thread: one INSERT for the batch, row by row after a replay."""

@@ -41,6 +41,7 @@ from service.cds.auth import (
     expiry,
 )
 from service.cds.cards import CardTarget, card
+from service.cds.issued import IssuedCards, Presentation
 from service.cds.rules import advise, local_trigger_codes
 from service.cds.schemas import FeedbackRequest, HookContext, HookRequest
 from service.cds.situation import situation_of
@@ -69,6 +70,7 @@ class CdsState:
     """What the CDS endpoints keep per app: keys, the replay ledger, HTTP clients, metrics."""
 
     authenticator: CdsAuthenticator
+    issued: IssuedCards
     fhir_http: httpx.AsyncClient  # counts every request it sends (the "one FHIR request" rule)
     fhir_requests: Counter
     cards: Counter
@@ -103,6 +105,7 @@ def _new_state(database: Database, registry: Any) -> CdsState:
     fhir_http = httpx.AsyncClient(follow_redirects=False, event_hooks={"request": [count]})
     return CdsState(
         authenticator=CdsAuthenticator(JwksCache(jwks_http), SeenTokens(database)),
+        issued=IssuedCards(database),
         fhir_http=fhir_http,
         fhir_requests=fhir_requests,
         cards=Counter(
@@ -218,12 +221,8 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
         return _error(400, "invalid_request", "context.encounterId is required for encounter-start")
     vocabulary = _vocabulary(tenant)
     data = await _patient_data(body, context, vocabulary, caller, tenant, state)
-    advice = advise(
-        situation_of(data, context.encounterId),
-        tenant.config.hooks,
-        vocabulary,
-        datetime.now(CLINIC_ZONE).date(),
-    )
+    today = datetime.now(CLINIC_ZONE).date()
+    advice = advise(situation_of(data, context.encounterId), tenant.config.hooks, vocabulary, today)
     state.cards.labels(advice.indicator if advice else "none").inc()
     if advice is None:
         return _ok({"cards": []})
@@ -240,13 +239,15 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
         hook_instance=str(body.hookInstance),
     )
     hooks = tenant.config.hooks
-    return _ok(
-        {
-            "cards": [
-                card(advice, language=language, hooks=hooks, vocabulary=vocabulary, target=target)
-            ]
-        }
+    result = card(advice, language=language, hooks=hooks, vocabulary=vocabulary, target=target)
+    fhir_server = (
+        str(body.fhirServer)
+        if body.fhirServer
+        else (registration.fhir_base_url if registration else "")
     )
+    seen = Presentation(fhir_server, context.patientId, context.encounterId, today)
+    state.issued.record(tenant.id, service_id, result["uuid"], advice, seen)
+    return _ok({"cards": [result]})
 
 
 async def _patient_data(

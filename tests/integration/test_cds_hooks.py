@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sandbox.keys import SigningKey
 from service.app import create_app
 from service.db.base import Base, Database
-from service.db.models import CdsFeedback, CdsSeenToken
+from service.db.models import CdsCard, CdsFeedback, CdsSeenToken
 from service.protocol import HagueTrigger
 from service.settings import Settings
 from service.tenant_config import (
@@ -535,3 +535,31 @@ def test_feedback_that_cannot_be_stored_gets_503_not_500(cds: Cds) -> None:
     response = feedback_call(cds, [item])
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "unavailable"
+
+
+def recorded_cards(cds: Cds, expected: int) -> list[CdsCard]:
+    """The cards recorded for monitoring; the write is off the response path, so poll."""
+    deadline = time.monotonic() + 10
+    while True:
+        with cds.database.session() as session:
+            rows = list(session.scalars(select(CdsCard).order_by(CdsCard.id)))
+        if len(rows) >= expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)  # polling a background write with a deadline, not synchronisation
+
+
+def test_each_returned_card_is_recorded_for_monitoring_without_patient_ids(cds: Cds) -> None:
+    warning = prefetch(reasons=(a_code_of(HagueTrigger.SUBSTANCE_ABUSE),))
+    first = only_card(cds.call(body=hook_body(data=warning)))
+    second = only_card(cds.call(body=hook_body(data=warning)))  # the same presentation
+    minor = prefetch(birth_date=f"{time.gmtime().tm_year - 10}-01-01")
+    assert cds.call(body=hook_body(data=minor)).json() == {"cards": []}  # no card, no row
+    rows = recorded_cards(cds, 2)
+    assert [(r.card_uuid, r.indicator, r.reasons) for r in rows] == [
+        (first["uuid"], "warning", ["substance-abuse"]),
+        (second["uuid"], "warning", ["substance-abuse"]),
+    ]
+    assert rows[0].presentation == rows[1].presentation
+    assert len(rows[0].presentation) == 64  # a SHA-256 key, not the encounter or patient id
+    assert ENCOUNTER_ID not in rows[0].presentation
+    assert rows[0].service_id == ENCOUNTER_START
