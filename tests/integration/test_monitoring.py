@@ -8,8 +8,9 @@ real sekmet FHIR server process. How the rows come about:
 * triage saves (steps 1-3) through the real ``Triage.record_triage`` and social-service
   saves (steps 4-6) through the real ``Casework.record_step``, both on the FHIR server;
 * CDS feedback through the real endpoint (JWT check off: ``environment="test"``);
-* the cards issued are INSERTED directly into ``cds_cards``: the CDS service does not yet
-  record the cards it returns (asked in docs/contracts-wip.md, 19:20);
+* cards through real hook calls in one test; elsewhere INSERTED directly into
+  ``cds_cards`` (the CDS service writes them off the response path, in batches), so that
+  those tests can place cards at exact instants and presentations;
 * to place a save in an earlier period, its outbox row's ``created_at`` is moved back by
   an UPDATE (the use cases stamp the present).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -56,6 +58,7 @@ from service.social import Step4Input, Step5Input, Step6Input
 from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.session import AppUser, Role
+from tests.integration.test_cds_hooks import hook_body
 from tests.integration.test_social_cases import User, _user
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -361,6 +364,23 @@ def test_the_figures_count_exactly_what_was_recorded_per_hospital(world: World) 
     assert b.values[Figure.NIET_PLUIS].count == 1
     assert b.values[Figure.CARDS_ACCEPTED].count == 0
     assert b.values[Figure.STEP_4_REACHED].count == 0
+
+
+def test_cards_the_cds_service_returns_count_per_presentation(world: World) -> None:
+    """End to end: real hook calls (JWT check off in the test environment) → cds_cards."""
+    calls = [hook_body(encounter_id="enc-a"), hook_body(encounter_id="enc-a")]
+    calls.append(hook_body(encounter_id="enc-b"))
+    for body in calls:
+        answer = world.client.post("/cds-services/kindreflex-encounter-start", json=body)
+        assert len(answer.json()["cards"]) == 1, answer.text
+    deadline = time.monotonic() + 10
+    while len(_card_uuids(world, world.hospital)) < len(calls) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the CDS service records its cards off the EHR's wait: poll, bounded
+    result = _figures(world, world.hospital, Period(_today(), _today()))
+    assert result.values[Figure.PRESENTATIONS_WITH_CARD].count == 2
+    assert _figures(world, world.other, Period(_today(), _today())).values[
+        Figure.PRESENTATIONS_WITH_CARD
+    ] == monitoring.Value(0)
 
 
 def test_a_failed_or_conflicting_save_was_never_recorded_and_does_not_count(
