@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import Counter
 
 import smart_app
-from service import keys, worklist
+from service import keys
 from service.api import health
 from service.cds.router import router as cds_router
 from service.db.base import Database
@@ -88,8 +88,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
 
 def _install_write_path(app: FastAPI, settings: Settings, database: Database) -> None:
-    """The outbox (and its readiness check), the triage save and the worklist; needs SMART's
-    session tokens."""
+    """The outbox (with its readiness check) and the triage save; both need SMART's tokens."""
     deliveries = Counter(
         "kindreflex_outbox_deliveries_total",
         "FHIR write deliveries by resulting state (alert on failed and conflict).",
@@ -108,5 +107,3 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
         database, outbox, app.state.session_tokens, settings.fhir_timeout_seconds
     )
     app.state.readiness_checks.append(outbox.readiness_check())
-    app.include_router(worklist.router)
-    app.include_router(worklist.router, prefix="/t/{tenant}")

@@ -24,7 +24,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, and_, or_, select, update
@@ -80,6 +80,9 @@ class Delivery(BaseModel):
         description="pending | delivered | failed | conflict | waiting-authorisation"
     )
     error: str | None = Field(None, description="The last error, e.g. the server's rejection.")
+    outcome: dict[str, Any] | None = Field(
+        None, description="The FHIR server's OperationOutcome when it refused the write."
+    )
 
 
 class CaseSummary(BaseModel):
@@ -125,7 +128,7 @@ def list_cases(
     else:
         order = (Concern.flagged_at.asc(), Concern.id.asc())
     query = (
-        select(Concern, OutboxEntry.state, OutboxEntry.last_error)
+        select(Concern, OutboxEntry.state, OutboxEntry.last_error, OutboxEntry.outcome)
         .outerjoin(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
         .where(Concern.tenant_id == tenant_id, *_conditions(wanted, user, today))
         .order_by(*order)
@@ -134,7 +137,7 @@ def list_cases(
     if cursor is not None:
         query = query.where(_after(decode_cursor(cursor, wanted.sort), newest))
     rows = session.execute(query).all()
-    items = [_summary(concern, state, error, today) for concern, state, error in rows[:limit]]
+    items = [_summary(*row, today=today) for row in rows[:limit]]
     last = rows[limit - 1][0] if len(rows) > limit else None
     return CasePage(items=items, next_cursor=encode_cursor(last, wanted.sort) if last else None)
 
@@ -159,7 +162,14 @@ def _after(position: tuple[datetime, int], newest: bool) -> ColumnElement[bool]:
     return or_(Concern.flagged_at > at, and_(Concern.flagged_at == at, Concern.id > row_id))
 
 
-def _summary(concern: Concern, state: str | None, error: str | None, today: date) -> CaseSummary:
+def _summary(
+    concern: Concern,
+    state: str | None,
+    error: str | None,
+    outcome: dict[str, Any] | None,
+    *,
+    today: date,
+) -> CaseSummary:
     births = sorted(date.fromisoformat(d) for d in concern.children_birth_dates)
     return CaseSummary(
         id=concern.id,
@@ -174,7 +184,7 @@ def _summary(concern: Concern, state: str | None, error: str | None, today: date
         days_open=(today - concern.flagged_at.date()).days,
         assigned_to=concern.assigned_to,
         row_version=concern.row_version,
-        delivery=None if state is None else Delivery(state=state, error=error),
+        delivery=None if state is None else Delivery(state=state, error=error, outcome=outcome),
     )
 
 

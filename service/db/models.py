@@ -156,7 +156,8 @@ class AdminEvent(TenantScoped, Base):
 
 
 # --- FHIR write path (issue 4 §4): outbox, audit trail, concerns index ---
-# service/outbox.py, service/audit.py, service/worklist.py; migration 0005.
+# service/outbox.py, service/audit.py; the concerns index is read by service/social.py.
+# Migration 0005.
 
 
 class OutboxEntry(TenantScoped, Base):

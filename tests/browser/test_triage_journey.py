@@ -129,7 +129,7 @@ def test_domestic_violence_card_launch_two_children_niet_pluis(
 
 
 def _worklist_as_social_worker(browser: BrowserContext, stack: DemoStack) -> dict[str, Any]:
-    """Log in to the EHR as the social worker, open the app, read ``/api/worklist``."""
+    """Log in to the EHR as the social worker, open the app, read ``/api/cases``."""
     page = browser.new_page()
     page.goto(f"{stack.sandbox.ehr_url}/")
     page.get_by_label("Ingelogd als").select_option("social-worker")
@@ -140,7 +140,7 @@ def _worklist_as_social_worker(browser: BrowserContext, stack: DemoStack) -> dic
     expect(app.locator("h1")).to_be_visible()
     answer: dict[str, Any] = app.locator("body").evaluate(
         """async () => {
-            const r = await fetch('../api/worklist', {headers: {Accept: 'application/json'}});
+            const r = await fetch('../api/cases', {headers: {Accept: 'application/json'}});
             return {status: r.status, body: await r.json()};
         }"""
     )

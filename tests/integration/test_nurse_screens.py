@@ -461,7 +461,7 @@ def test_niet_pluis_is_saved_and_handed_to_the_social_service(
         for resource in resources:
             assert validate(resource) == [], f"{kind}/{resource['id']}"
     social_worker = nurse_for("an-peeters", roles=frozenset({"nurse", "social-worker"}))
-    worklist = social_worker.client.get("/api/worklist").json()
+    worklist = social_worker.client.get("/api/cases").json()
     item = next(i for i in worklist["items"] if i["patient"] == patient_ref)
     assert item["triggers"] == ["domestic-violence"]
 

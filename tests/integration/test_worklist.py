@@ -1,4 +1,4 @@
-"""``GET /api/worklist``: social workers only, this hospital only, paginated, audited.
+"""``GET /api/cases``, the worklist: social workers only, this hospital only, paginated, audited.
 
 Real app (``create_app``), real sessions (``SessionStore``), SQLite and PostgreSQL. The
 concerns are index rows as the triage save writes them (``test_triage_save.py`` checks
@@ -78,11 +78,11 @@ def test_only_social_workers_see_the_worklist(database_url: str, database: Datab
     app = _app(database_url, database)
     client = TestClient(app)
 
-    assert client.get("/api/worklist").status_code == 401
+    assert client.get("/api/cases").status_code == 401
     nurse = _cookie(app, hospital, "Practitioner/nurse-1", "nurse")
-    assert client.get("/api/worklist", headers=nurse).status_code == 403
+    assert client.get("/api/cases", headers=nurse).status_code == 403
     social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
-    answer = client.get("/api/worklist", headers=social)
+    answer = client.get("/api/cases", headers=social)
 
     assert answer.status_code == 200
     (item,) = answer.json()["items"]
@@ -111,11 +111,11 @@ def test_a_hospital_never_sees_another_hospitals_concerns(
     client = TestClient(app)
     social_b = _cookie(app, hospital_b, "Practitioner/sw-b", "social-worker")
 
-    assert client.get("/t/b/api/worklist", headers=social_b).json()["items"] == []
+    assert client.get("/t/b/api/cases", headers=social_b).json()["items"] == []
     # B's session does not open A's worklist (the un-prefixed paths are hospital A's).
-    assert client.get("/api/worklist", headers=social_b).status_code == 401
+    assert client.get("/api/cases", headers=social_b).status_code == 401
     social_a = _cookie(app, hospital_a, "Practitioner/sw-a", "social-worker")
-    items = client.get("/api/worklist", headers=social_a).json()["items"]
+    items = client.get("/api/cases", headers=social_a).json()["items"]
     assert [i["patient"] for i in items] == ["Patient/a1"]
 
 
@@ -138,7 +138,7 @@ def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
     pages = 0
     while True:
         params = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
-        page = client.get("/api/worklist", headers=social, params=params).json()
+        page = client.get("/api/cases", headers=social, params=params).json()
         seen += [item["patient"] for item in page["items"]]
         pages += 1
         cursor = page["next_cursor"]
@@ -147,9 +147,9 @@ def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
     assert seen == [f"Patient/{n}" for n in (5, 4, 3, 2, 1, 0)]
     assert pages == 3
 
-    bad = client.get("/api/worklist", headers=social, params={"cursor": "not-a-cursor"})
+    bad = client.get("/api/cases", headers=social, params={"cursor": "not-a-cursor"})
     assert bad.status_code == 400
-    assert client.get("/api/worklist", headers=social, params={"limit": "0"}).status_code == 422
+    assert client.get("/api/cases", headers=social, params={"limit": "0"}).status_code == 422
 
     with database.session() as session:
         listings = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
@@ -179,6 +179,6 @@ def test_a_refused_delivery_shows_on_the_worklist_with_the_servers_outcome(
     app = _app(database_url, database)
     social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
 
-    (item,) = TestClient(app).get("/api/worklist", headers=social).json()["items"]
+    (item,) = TestClient(app).get("/api/cases", headers=social).json()["items"]
 
     assert item["delivery"] == {"state": "failed", "error": "answered 422", "outcome": outcome}
