@@ -45,12 +45,6 @@ DEMO_DIR = Path(".demo")
 DEMO_CLIENT_ID = "kindreflex-demo"
 DEMO_REGISTRATION_ID = "sandbox"
 DEMO_HOSPITAL = "Demo-ziekenhuis (sandbox)"
-#: What the app asks the sandbox for: read the patient's record, create the findings,
-#: update a child already recorded (If-Match) and PUT the save's Provenance and AuditEvent
-#: (client-assigned ids), and a refresh token so the outbox can deliver later.
-DEMO_SCOPES = (
-    "launch openid fhirUser offline_access patient/*.rs patient/*.c patient/*.u encounter/*.rs"
-)
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,6 @@ def sandbox_registration(sandbox: Sandbox) -> EhrRegistration:
         fhir_base_url=sandbox.fhir_base_url,
         client_id=DEMO_CLIENT_ID,
         client_auth="private_key_jwt",
-        scopes=DEMO_SCOPES,
         cds_issuers=[CdsIssuer(iss=sandbox.issuer, jku=[sandbox.jwks_url])],
         frame_origins=[_origin(sandbox.ehr_url)],
     )

@@ -40,7 +40,14 @@ Hook = Literal["encounter-start", "patient-view"]
 ClientAuth = Literal["private_key_jwt", "client_secret_basic", "none"]
 
 ALL_HOOKS: tuple[Hook, ...] = ("encounter-start", "patient-view")
-DEFAULT_SCOPES = "launch openid fhirUser patient/*.rs patient/*.c encounter/*.rs"
+#: What a launch asks for by default (SMART 2 scopes): read and search the patient's
+#: record, create the findings, update a child already recorded and the concern Flag
+#: (both with If-Match), the user's identity, and a refresh token so that the outbox can
+#: still deliver after the nurse's session has ended.
+DEFAULT_SCOPES = (
+    "launch openid fhirUser offline_access patient/*.rs patient/*.c "
+    "patient/RelatedPerson.u patient/Flag.u"
+)
 
 
 class Strict(BaseModel):

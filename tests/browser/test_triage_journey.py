@@ -87,7 +87,7 @@ def _outbox_states(stack: DemoStack) -> list[tuple[str, str | None]]:
 
 
 def test_domestic_violence_card_launch_two_children_niet_pluis(
-    browser: BrowserContext, stack: DemoStack
+    browser: BrowserContext, stack: DemoStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     page = browser.new_page()
     card = _open_visit(page, stack, "jan-janssens")
@@ -110,9 +110,11 @@ def test_domestic_violence_card_launch_two_children_niet_pluis(
     status = app.locator("#save-status")
     expect(status).to_contain_text("Opgeslagen")
     elapsed = time.monotonic() - started
-    print(
-        f"\nsteps 1-2: {nurse.interactions} interactions, {elapsed:.1f} s ({', '.join(nurse.log)})"
-    )
+    with capsys.disabled():  # the figures belong in the suite's output, not in a capture
+        print(
+            f"\nsteps 1-2: {nurse.interactions} interactions, {elapsed:.1f} s "
+            f"({', '.join(nurse.log)})"
+        )
     assert nurse.interactions <= MAX_INTERACTIONS_STEPS_1_2
     expect(app.locator("[data-handed-off]")).to_contain_text("Doorgegeven aan de sociale dienst")
     assert status.get_attribute("data-save-status") == "delivered", _outbox_states(stack)
