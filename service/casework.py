@@ -102,6 +102,7 @@ def step_transaction(
     *,
     finding_identifier: str,
     referral: Referral | None = None,
+    plan_version: str | None = None,
     now: datetime,
 ) -> Plan:
     """One idempotent transaction for a step 4, 5 or 6 save: the finding (conditional
@@ -117,6 +118,7 @@ def step_transaction(
         child_refs=record.child_refs,
         identifier=identifier,
         referral_ref=referral_ref,
+        plan_version=plan_version,
     )
     written = [*([referral_ref] if referral_ref else []), tx.create(observation, identifier)]
     written.append(_update_flag(tx, record.flag, last_step=finding.step, closed_at=None))
@@ -333,6 +335,7 @@ class Casework:
             finding,
             finding_identifier=_business_id(ctx, case_id, finding.step.value, now),
             referral=referral,
+            plan_version=str(ctx.tenant.config.plan.revision),  # the wording shown
             now=now,
         )
         return self._save(ctx, concern, plan, finding.step.value, "open", case.next_steps)

@@ -384,6 +384,7 @@ def _write_findings(
                 encounter_ref=encounter_ref,
                 child_refs=child_refs,
                 identifier=identifier,
+                plan_version=str(ctx.tenant.config.plan.revision),  # the wording shown
             )
             written.append(tx.create(resource, identifier))
     return written

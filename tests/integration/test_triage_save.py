@@ -201,6 +201,10 @@ def test_niet_pluis_is_written_as_one_valid_transaction_and_a_second_save_adds_n
     )
     for resource in written:
         assert validate(resource) == [], resource["resourceType"]
+    plan_revision = str(ctx.tenant.config.plan.revision)
+    for finding in (r for r in written if r["resourceType"] == "Observation"):
+        shown = [c.get("valueString") for c in finding["component"] if _is_plan_version(c)]
+        assert shown == [plan_revision], "each finding records the plan wording shown"
     flag = next(r for r in written if r["resourceType"] == "Flag")
     assert flag["status"] == "active"
     assert flag["subject"]["reference"] == f"Patient/{patient.id}"
@@ -443,3 +447,7 @@ def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
         (concern,) = session.scalars(select(Concern)).all()  # one open concern, not two
     flag_identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
     assert count(world.base_url, "Flag", identifier=flag_identifier) == 1
+
+
+def _is_plan_version(component: dict[str, Any]) -> bool:
+    return any(c.get("code") == "plan-version" for c in component["code"]["coding"])
