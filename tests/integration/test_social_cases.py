@@ -8,20 +8,17 @@ here calls the FHIR server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
-from service.settings import Settings
 from service.tenancy import TenantContext
-from smart_app.session import CSRF_HEADER, SESSION_COOKIE, AppUser, NewSession, Role
+from smart_app.session import CSRF_HEADER, Role
+from tests.support.sessions import make_app, signed_in
 from tests.support.write_path import make_tenant
 
 FHIR = "http://127.0.0.1:9/fhir"  # never called: cases are served from our index
@@ -38,51 +35,6 @@ STEP_BODIES: dict[str, dict[str, object]] = {
     "close": {},
 }
 COLLEAGUE = "Practitioner/sw-2"
-
-
-@dataclass(frozen=True)
-class User:
-    """A signed-in user: the request headers (session cookie, CSRF token) and the session."""
-
-    headers: dict[str, str]
-    session_id: str
-
-
-def _app(database_url: str, database: Database) -> FastAPI:
-    return create_app(Settings(environment="test", database_url=database_url), database)
-
-
-def _user(
-    app: FastAPI,
-    tenant: TenantContext,
-    fhir_user: str,
-    *roles: Role,
-    fhir_base_url: str = FHIR,
-    patient_id: str | None = None,
-    encounter_id: str | None = None,
-) -> User:
-    sessions = app.state.sessions
-    session_id, secret = sessions.create(
-        NewSession(
-            tenant_id=tenant.id,
-            registration_id="ehr",
-            path_prefix="" if tenant.slug == "default" else f"/t/{tenant.slug}",
-            fhir_base_url=fhir_base_url,
-            token_endpoint="http://127.0.0.1:9/token",
-            user=AppUser(fhir_user=fhir_user, name=fhir_user, roles=frozenset(roles)),
-            language="nl",
-            patient_id=patient_id,
-            encounter_id=encounter_id,
-            app_context=None,
-            launch_details={},
-            scope="openid fhirUser",
-            access_token="unused",
-            refresh_token=None,
-            access_expires_at=utcnow() + timedelta(hours=1),
-        )
-    )
-    csrf = sessions.find(secret).csrf_token
-    return User({"Cookie": f"{SESSION_COOKIE}={secret}", CSRF_HEADER: csrf}, session_id)
 
 
 def _case(
@@ -129,9 +81,9 @@ def test_every_case_endpoint_admits_only_social_workers(
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
     case_id = _case(database, hospital, "Patient/1", utcnow())
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    headers = _user(app, hospital, SOCIAL_WORKER, *roles).headers if allowed is not None else {}
+    headers = signed_in(app, hospital, SOCIAL_WORKER, *roles).headers if allowed is not None else {}
 
     answers = [
         client.get("/api/cases", headers=headers),
@@ -163,9 +115,9 @@ def test_every_case_endpoint_admits_only_social_workers(
 def test_changes_need_the_sessions_csrf_token(database_url: str, database: Database) -> None:
     hospital = make_tenant(database, "default", FHIR)
     case_id = _case(database, hospital, "Patient/1", utcnow())
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    cookie = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]
+    cookie = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]
 
     for csrf in ({}, {CSRF_HEADER: "forged"}):
         answer = client.post(
@@ -185,9 +137,9 @@ def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
     for patient, age in days.items():
         _case(database, hospital, patient, now - timedelta(days=age), owner.get(patient))
     _case(database, hospital, "Patient/closed", now - timedelta(days=30), status="closed")
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    me = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
 
     def patients(**params: str) -> list[str]:
         answer = client.get("/api/cases", headers=me, params=params)
@@ -245,9 +197,9 @@ def test_claim_and_assign_move_the_version_and_are_audited(
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
     case_id = _case(database, hospital, "Patient/1", utcnow())
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    me = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
 
     claimed = client.post(f"/api/cases/{case_id}/claim", headers=me, json={"row_version": 1})
     assert claimed.json() == {"id": case_id, "assigned_to": SOCIAL_WORKER, "row_version": 2}
@@ -292,10 +244,10 @@ def test_the_second_of_two_concurrent_changes_gets_a_conflict(
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
     case_id = _case(database, hospital, "Patient/1", utcnow())
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    first = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
-    second = _user(app, hospital, COLLEAGUE, "social-worker").headers
+    first = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    second = signed_in(app, hospital, COLLEAGUE, "social-worker").headers
     # Both opened the worklist at version 1.
     seen = client.get("/api/cases", headers=second).json()["items"][0]["row_version"]
 
@@ -318,9 +270,9 @@ def test_a_hospital_never_sees_or_changes_another_hospitals_cases(
     hospital_b = make_tenant(database, "b", FHIR)
     case_a = _case(database, hospital_a, "Patient/a1", utcnow())
     closed_b = _case(database, hospital_b, "Patient/b1", utcnow(), status="closed")
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    social_b = _user(app, hospital_b, "Practitioner/sw-b", "social-worker").headers
+    social_b = signed_in(app, hospital_b, "Practitioner/sw-b", "social-worker").headers
 
     assert client.get("/t/b/api/cases", headers=social_b).json()["items"] == []
     assert client.get("/api/cases", headers=social_b).status_code == 401  # A's paths

@@ -9,48 +9,17 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.outbox import NewEntry, enqueue
-from service.settings import Settings
 from service.tenancy import TenantContext
-from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
+from tests.support.sessions import make_app, signed_in
 from tests.support.write_path import make_tenant
 
 FHIR = "http://127.0.0.1:9/fhir"  # never called: the worklist is served from our index
-
-
-def _app(database_url: str, database: Database) -> FastAPI:
-    settings = Settings(environment="test", database_url=database_url)
-    return create_app(settings, database)
-
-
-def _cookie(app: FastAPI, tenant: TenantContext, user: str, *roles: Role) -> dict[str, str]:
-    _session_id, secret = app.state.sessions.create(
-        NewSession(
-            tenant_id=tenant.id,
-            registration_id="ehr",
-            path_prefix="" if tenant.slug == "default" else f"/t/{tenant.slug}",
-            fhir_base_url=FHIR,
-            token_endpoint="http://127.0.0.1:9/token",
-            user=AppUser(fhir_user=user, name=user, roles=frozenset(roles)),
-            language="nl",
-            patient_id=None,
-            encounter_id=None,
-            app_context=None,
-            launch_details={},
-            scope="openid fhirUser",
-            access_token="unused",
-            refresh_token=None,
-            access_expires_at=utcnow() + timedelta(hours=1),
-        )
-    )
-    return {"Cookie": f"{SESSION_COOKIE}={secret}"}
 
 
 def _concern(database: Database, tenant: TenantContext, patient: str, at: datetime) -> None:
@@ -75,13 +44,13 @@ def test_only_social_workers_see_the_worklist(database_url: str, database: Datab
     hospital = make_tenant(database, "default", FHIR)
     flagged = utcnow() - timedelta(days=3)
     _concern(database, hospital, "Patient/1", flagged)
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
 
     assert client.get("/api/cases").status_code == 401
-    nurse = _cookie(app, hospital, "Practitioner/nurse-1", "nurse")
+    nurse = signed_in(app, hospital, "Practitioner/nurse-1", "nurse").headers
     assert client.get("/api/cases", headers=nurse).status_code == 403
-    social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
+    social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker").headers
     answer = client.get("/api/cases", headers=social)
 
     assert answer.status_code == 200
@@ -107,14 +76,14 @@ def test_a_hospital_never_sees_another_hospitals_concerns(
     hospital_a = make_tenant(database, "default", FHIR)
     hospital_b = make_tenant(database, "b", FHIR)
     _concern(database, hospital_a, "Patient/a1", utcnow())
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    social_b = _cookie(app, hospital_b, "Practitioner/sw-b", "social-worker")
+    social_b = signed_in(app, hospital_b, "Practitioner/sw-b", "social-worker").headers
 
     assert client.get("/t/b/api/cases", headers=social_b).json()["items"] == []
     # B's session does not open A's worklist (the un-prefixed paths are hospital A's).
     assert client.get("/api/cases", headers=social_b).status_code == 401
-    social_a = _cookie(app, hospital_a, "Practitioner/sw-a", "social-worker")
+    social_a = signed_in(app, hospital_a, "Practitioner/sw-a", "social-worker").headers
     items = client.get("/api/cases", headers=social_a).json()["items"]
     assert [i["patient"] for i in items] == ["Patient/a1"]
 
@@ -129,9 +98,9 @@ def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
     with database.session() as session:  # a closed concern is not on the worklist
         closed = session.scalars(select(Concern).where(Concern.patient_ref == "Patient/6")).one()
         closed.status = "closed"
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
-    social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
+    social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker").headers
 
     seen: list[str] = []
     cursor: str | None = None
@@ -176,8 +145,8 @@ def test_a_refused_delivery_shows_on_the_worklist_with_the_servers_outcome(
         )
         entry.state, entry.last_error, entry.outcome = "failed", "answered 422", outcome
         session.scalars(select(Concern)).one().outbox_id = entry.id
-    app = _app(database_url, database)
-    social = _cookie(app, hospital, "Practitioner/sw-1", "social-worker")
+    app = make_app(database_url, database)
+    social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker").headers
 
     (item,) = TestClient(app).get("/api/cases", headers=social).json()["items"]
 
