@@ -56,7 +56,7 @@ from tests.conftest import (  # noqa: E402
     _create_postgres_database,
     _drop_postgres_database,
 )
-from tests.integration.test_social_cases import _user  # noqa: E402
+from tests.support.sessions import signed_in  # noqa: E402
 from tests.support.write_path import make_tenant  # noqa: E402
 
 OPEN_CASES = 10_000
@@ -232,7 +232,7 @@ def run(database_url: str, label: str, requests: int, budget: float) -> None:
         filled = time.perf_counter() - started
         app = create_app(Settings(environment="test", database_url=database_url), database)
         client = TestClient(app)
-        headers = _user(app, hospital, ME, "social-worker").headers
+        headers = signed_in(app, hospital, ME, "social-worker").headers
         shapes = [
             Shape("default view", social.CaseFilter()),
             Shape(

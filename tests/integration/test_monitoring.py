@@ -59,7 +59,7 @@ from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.session import AppUser, Role
 from tests.integration.test_cds_hooks import hook_body
-from tests.integration.test_social_cases import User, _user
+from tests.support.sessions import User, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
     LoopbackTokens,
@@ -97,7 +97,7 @@ class World:
     names: list[str]  # every patient id, name, child name and flag id created: never shown
 
     def launch(self, tenant: TenantContext, user: str, role: Role, patient: str | None) -> Launch:
-        session = _user(self.app, tenant, user, role, fhir_base_url=self.base_url)
+        session = signed_in(self.app, tenant, user, role, fhir_base_url=self.base_url)
         encounter = None
         if patient is not None:
             encounter = _post(self.base_url, _encounter(patient))["id"]
@@ -114,7 +114,7 @@ class World:
         )
 
     def user(self, role: Role, tenant: TenantContext | None = None) -> User:
-        return _user(self.app, tenant or self.hospital, f"Practitioner/{role}-x", role)
+        return signed_in(self.app, tenant or self.hospital, f"Practitioner/{role}-x", role)
 
 
 def _post(base_url: str, resource: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from service.protocol import (
 from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.session import AppUser
-from tests.integration.test_social_cases import _app, _user
+from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
@@ -81,7 +81,7 @@ def _patient_at_triage(base_url: str) -> tuple[str, str]:
 def _triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
     """The nurse's save at triage, as the nurse screen makes it; returns the patient ref."""
     patient_id, encounter_id = _patient_at_triage(base_url)
-    nurse = _user(
+    nurse = signed_in(
         app,
         tenant,
         NURSE,
@@ -139,10 +139,10 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
 ) -> None:
     base_url = fhir_server.base_url
     tenant = make_tenant(database, "default", base_url)
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
     patient = _triage_niet_pluis(app, tenant, base_url)
-    worker = _user(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
 
     (case,) = client.get("/api/cases", headers=worker).json()["items"]
     assert case["patient"] == patient
@@ -232,10 +232,10 @@ def test_a_case_with_a_step_still_due_is_not_closed(
 ) -> None:
     base_url = fhir_server.base_url
     tenant = make_tenant(database, "default", base_url)
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
     patient = _triage_niet_pluis(app, tenant, base_url)
-    worker = _user(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
     (case,) = client.get("/api/cases", headers=worker).json()["items"]
 
     refused = client.post(

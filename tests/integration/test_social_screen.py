@@ -13,11 +13,10 @@ from tests.integration.test_social_cases import (
     COLLEAGUE,
     FHIR,
     SOCIAL_WORKER,
-    _app,
     _case,
-    _user,
     _version,
 )
+from tests.support.sessions import make_app, signed_in
 from tests.support.write_path import make_tenant
 
 
@@ -38,13 +37,13 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     hospital = make_tenant(database, "default", FHIR)
     mine = _case(database, hospital, "Patient/1", utcnow() - timedelta(days=4), SOCIAL_WORKER)
     free = _case(database, hospital, "Patient/2", utcnow() - timedelta(days=1))
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app)
 
     assert client.get("/social").status_code == 401
-    nurse = _user(app, hospital, "Practitioner/nurse-1", "nurse").headers
+    nurse = signed_in(app, hospital, "Practitioner/nurse-1", "nurse").headers
     assert client.get("/social", headers=nurse).status_code == 403
-    me = _user(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
     page = client.get("/social", headers={"Cookie": me["Cookie"]})
 
     assert page.status_code == 200
@@ -68,10 +67,10 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
     case_id = _case(database, hospital, "Patient/1", utcnow())
-    app = _app(database_url, database)
+    app = make_app(database_url, database)
     client = TestClient(app, follow_redirects=False)
-    me = {"Cookie": _user(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]}
-    other = {"Cookie": _user(app, hospital, COLLEAGUE, "social-worker").headers["Cookie"]}
+    me = {"Cookie": signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]}
+    other = {"Cookie": signed_in(app, hospital, COLLEAGUE, "social-worker").headers["Cookie"]}
     (mine_csrf, version) = _claim_forms(client.get("/social", headers=me).text)[
         f"/social/cases/{case_id}/claim"
     ]
