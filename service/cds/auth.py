@@ -44,7 +44,7 @@ JWKS_TTL_SECONDS = 300.0
 JWKS_REFETCH_SECONDS = 30.0  # an unknown kid refetches, but not more often than this
 JWKS_TIMEOUT_SECONDS = 3.0
 PURGE_EVERY_SECONDS = 60.0
-MAX_WRITERS = 4  # jti batches in flight at once
+MAX_WRITERS = 4  # jti batches in flight at once (PostgreSQL; SQLite has one writer anyway)
 
 
 class CdsAuthError(Exception):
@@ -125,8 +125,9 @@ class SeenTokens:
 
     * group commit (``BatchWriter``) — calls arriving together share one multi-row
       INSERT;
-    * one round trip — the INSERT runs in autocommit (a single statement is atomic), on
-      connections of the ledger's own without a pre-ping;
+    * one round trip — on PostgreSQL the INSERT runs in autocommit (a single statement is
+      atomic), on connections of the ledger's own without a pre-ping; on SQLite the batch
+      is one transaction;
     * no wait for the disk flush — PostgreSQL ``synchronous_commit=off`` and SQLite
       ``synchronous=NORMAL`` (WAL) on those connections only. An application crash loses
       nothing; a database server or OS crash may forget the last fraction of a second of
@@ -138,7 +139,10 @@ class SeenTokens:
 
     def __init__(self, database: Database) -> None:
         self._engine = _ledger_engine(database)
-        self._batches = BatchWriter(self._write, MAX_WRITERS)
+        # SQLite writers queue on one lock, and a waiting writer sleeps (up to 100 ms at a
+        # time): one batch at a time, but a bigger one, is faster
+        sqlite = self._engine.url.get_backend_name() == "sqlite"
+        self._batches = BatchWriter(self._write, 1 if sqlite else MAX_WRITERS)
         self._next_purge = 0.0
 
     async def first_use(self, tenant_id: int, issuer: str, jti: str, expires_at: datetime) -> bool:
@@ -151,18 +155,18 @@ class SeenTokens:
 
     def _write(self, rows: list[dict[str, Any]]) -> list[bool]:
         """In a worker thread: one INSERT for the batch, row by row after a replay."""
-        with self._engine.connect() as connection:
-            try:
+        try:
+            with self._engine.begin() as connection:
                 connection.execute(insert(CdsSeenToken), rows)
-            except IntegrityError:
-                return [self._write_one(connection, row) for row in rows]
-            self._purge_when_due(connection)
+                self._purge_when_due(connection)
+        except IntegrityError:
+            return [self._write_one(row) for row in rows]
         return [True] * len(rows)
 
-    @staticmethod
-    def _write_one(connection: Connection, row: dict[str, Any]) -> bool:
+    def _write_one(self, row: dict[str, Any]) -> bool:
         try:
-            connection.execute(insert(CdsSeenToken), row)
+            with self._engine.begin() as connection:
+                connection.execute(insert(CdsSeenToken), row)
         except IntegrityError:
             return False
         return True
@@ -177,24 +181,27 @@ class SeenTokens:
 
 
 def _ledger_engine(database: Database) -> Engine:
-    """Autocommit connections of the ledger's own that do not wait for the disk flush."""
+    """Connections of the ledger's own that do not wait for the disk flush.
+
+    PostgreSQL runs in autocommit: the batch is one multi-row INSERT, atomic on its own.
+    SQLite keeps transactions: in autocommit its executemany would commit every row.
+    """
     url = database.engine.url
-    if url.get_backend_name() == "sqlite":
-        if url.database in (None, "", ":memory:"):  # one shared in-memory database
-            return database.engine.execution_options(isolation_level="AUTOCOMMIT")
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=MAX_WRITERS
-        )
-        event.listen(engine, "connect", _sqlite_ledger_pragmas)
-    else:
-        engine = create_engine(
+    if url.get_backend_name() != "sqlite":
+        return create_engine(
             url,
             pool_size=MAX_WRITERS,
             max_overflow=0,
             pool_recycle=300,
             connect_args={"options": "-c synchronous_commit=off"},
-        )
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+        ).execution_options(isolation_level="AUTOCOMMIT")
+    if url.database in (None, "", ":memory:"):  # one shared in-memory database
+        return database.engine
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=MAX_WRITERS
+    )
+    event.listen(engine, "connect", _sqlite_ledger_pragmas)
+    return engine
 
 
 def _sqlite_ledger_pragmas(dbapi_connection: Any, _record: Any) -> None:

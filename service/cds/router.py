@@ -13,8 +13,10 @@ thread hop per call on the path where the EHR waits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +31,7 @@ from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.api.deps import current_tenant, settings_of
+from service.api.deps import settings_of, tenant_slug, tenants_of
 from service.cds import prefetch
 from service.cds.auth import (
     Caller,
@@ -50,7 +52,7 @@ from service.db.base import Database, utcnow
 from service.db.models import CdsFeedback
 from service.i18n import negotiate
 from service.settings import Settings
-from service.tenancy import TenantContext
+from service.tenancy import TenantContext, UnknownTenantError
 from service.tenant_config import Hook
 
 log = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ async def _authenticate(
     """The calling EHR, or None when the deployment switched the check off (demo only)."""
     if not settings.cds_jwt_required:
         return None
-    audience = settings.public_url + request.url.path
+    audience = settings.public_url + request.scope["path"]
     authenticator = state.authenticator
     caller, claims = await authenticator.verify(
         request.headers.get("authorization"), tenant, audience
@@ -158,6 +160,25 @@ async def _authenticate(
     if not first_use:
         raise CdsAuthError("this jti was already used: a JWT is good for one call only")
     return caller
+
+
+def _hospital(request: Request) -> tuple[TenantContext, Settings]:
+    return tenants_of(request).get(tenant_slug(request)), settings_of(request)
+
+
+def _cds_errors(
+    handler: Callable[..., Awaitable[JSONResponse]],
+) -> Callable[..., Awaitable[JSONResponse]]:
+    """An unknown hospital is a 404 in the CDS error shape, on the router and the fast path."""
+
+    @functools.wraps(handler)
+    async def answer(*args: Any, **kwargs: Any) -> JSONResponse:
+        try:
+            return await handler(*args, **kwargs)
+        except UnknownTenantError as error:
+            return _error(404, "unknown_tenant", str(error))
+
+    return answer
 
 
 def _tenant_prefix(request: Request, tenant: TenantContext) -> str:
@@ -174,8 +195,9 @@ def _enabled_hook(tenant: TenantContext, service_id: str) -> Hook | None:
 
 
 @router.get("/cds-services", response_model=None)
+@_cds_errors
 async def discovery(request: Request) -> JSONResponse:
-    tenant, settings = current_tenant(request), settings_of(request)
+    tenant, settings = _hospital(request)
     try:
         await _authenticate(request, tenant, settings, cds_state(request))
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
@@ -200,8 +222,9 @@ async def discovery(request: Request) -> JSONResponse:
 
 
 @router.post("/cds-services/{service_id}", response_model=None)
+@_cds_errors
 async def call_service(service_id: str, request: Request) -> JSONResponse:
-    tenant, settings = current_tenant(request), settings_of(request)
+    tenant, settings = _hospital(request)
     hook = _enabled_hook(tenant, service_id)
     if hook is None:
         return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
@@ -277,8 +300,9 @@ async def _patient_data(
 
 
 @router.post("/cds-services/{service_id}/feedback", response_model=None)
+@_cds_errors
 async def feedback(service_id: str, request: Request) -> JSONResponse:
-    tenant, settings = current_tenant(request), settings_of(request)
+    tenant, settings = _hospital(request)
     if _enabled_hook(tenant, service_id) is None:
         return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
     try:

@@ -35,11 +35,13 @@ def wait_until_answers(url: str, process: subprocess.Popen[bytes], deadline_s: f
 
 
 @contextmanager
-def running(command: Sequence[str], ready_url: str, env: dict[str, str]) -> Iterator[None]:
+def running(
+    command: Sequence[str], ready_url: str, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_until_answers(ready_url, process)
-        yield
+        yield process
     finally:
         process.terminate()
         try:

@@ -1,0 +1,54 @@
+"""The CDS endpoints are dispatched before the app's router (``service.cds.fastpath``).
+
+What the EHR and the operators rely on must not change with that shortcut: a hospital's
+``/t/{slug}`` prefix, an unknown hospital answered in the CDS error shape, other methods
+left to the router (405), the request metrics under the routes' templates, and the
+OpenAPI document still listing the endpoints.
+"""
+
+from __future__ import annotations
+
+from tests.integration import test_cds_hooks as hooks
+from tests.integration.test_cds_hooks import (
+    ENCOUNTER_START,
+    PUBLIC_URL,
+    Cds,
+    only_card,
+    tenant_config,
+)
+
+cds, ehr = hooks.cds, hooks.ehr  # the fixtures of the CDS tests
+
+
+def test_a_hospitals_prefix_reaches_its_own_configuration(cds: Cds) -> None:
+    cds.configure(tenant_config(cds.ehr), slug="az-gent")
+    card = only_card(cds.call(prefix="/t/az-gent"))
+    assert card["links"][0]["url"] == f"{PUBLIC_URL}/t/az-gent/launch"
+
+
+def test_an_unknown_hospital_gets_a_404_in_the_cds_error_shape(cds: Cds) -> None:
+    for response in (cds.call(prefix="/t/nowhere"), cds.discover(prefix="/t/nowhere")):
+        assert response.status_code == 404
+        assert response.json()["error"] == "unknown_tenant"
+        assert "nowhere" in response.json()["reason"]
+
+
+def test_other_methods_are_left_to_the_router(cds: Cds) -> None:
+    assert cds.client.get(f"/cds-services/{ENCOUNTER_START}").status_code == 405
+    assert cds.client.delete("/cds-services").status_code == 405
+    assert cds.client.post(f"/cds-services/{ENCOUNTER_START}/feedback/x").status_code == 404
+
+
+def test_metrics_name_the_route_templates_not_the_paths(cds: Cds) -> None:
+    cds.configure(tenant_config(cds.ehr), slug="h2")
+    only_card(cds.call(prefix="/t/h2"))
+    metrics = cds.client.get("/metrics").text
+    assert 'route="/t/{tenant}/cds-services/{service_id}"' in metrics
+    assert "/t/h2/" not in metrics
+
+
+def test_the_openapi_document_still_lists_the_cds_endpoints(cds: Cds) -> None:
+    paths = cds.client.get("/openapi.json").json()["paths"]
+    assert "/cds-services" in paths
+    assert "/cds-services/{service_id}/feedback" in paths
+    assert "/t/{tenant}/cds-services/{service_id}" in paths
