@@ -9,7 +9,8 @@ routes: they document the endpoints in OpenAPI and answer anything this dispatch
 alone (another method → 405).
 
 ``scope["route"]`` is set to a route with the same template as the router's, so the
-request metrics keep their route templates.
+request metrics keep their route templates. CORS (``service.cds.cors``) is answered here
+too: the preflight ``OPTIONS`` and the ``Access-Control-Allow-Origin`` of the answers.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.deps import tenant_slug, tenants_of
+from service.cds import cors
 from service.cds.router import call_service, discovery, feedback
+from service.tenancy import UnknownTenantError
 
 _PATH = re.compile(
     r"(?:/t/(?P<tenant>[^/]+))?/cds-services(?:/(?P<service_id>[^/]+)(?P<feedback>/feedback)?)?"
@@ -37,41 +41,60 @@ class CdsFastPath:
         self._routes: dict[str, Route] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = self._target(scope) if scope["type"] == "http" else None
-        if target is None:
+        match = _PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        target = self._target(scope["method"], match) if match else None
+        if match is None or (target is None and scope["method"] != "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        handler, path_params, template = target
-        scope["path_params"] = path_params
-        route = self._routes.get(template)
-        if route is None:
-            route = self._routes[template] = Route(template, handler)
-        scope["route"] = route
-        arguments: dict[str, Any] = {}
-        if "service_id" in path_params:
-            arguments["service_id"] = path_params["service_id"]
-        response = await handler(request=Request(scope, receive), **arguments)
+        params = match.groupdict()
+        scope["path_params"] = {k: params[k] for k in ("tenant", "service_id") if params[k]}
+        request = Request(scope, receive)
+        origin = request.headers.get("origin")
+        allowed = origin is not None and _allowed(request, origin)
+        if target is None:  # a CORS preflight
+            response: Response = _preflight(origin, allowed)
+        else:
+            handler, template = target
+            route = self._routes.get(template)
+            if route is None:
+                route = self._routes[template] = Route(template, handler)
+            scope["route"] = route
+            arguments: dict[str, Any] = {}
+            if match["service_id"] is not None:
+                arguments["service_id"] = match["service_id"]
+            response = await handler(request=request, **arguments)
+            if origin is not None and allowed:
+                response.headers.update(cors.response_headers(origin))
         await response(scope, receive, send)
 
     @staticmethod
-    def _target(scope: Scope) -> tuple[Handler, dict[str, str], str] | None:
-        match = _PATH.fullmatch(scope["path"])
-        if match is None:
-            return None
+    def _target(method: str, match: re.Match[str]) -> tuple[Handler, str] | None:
         tenant, service_id, to_feedback = match.group("tenant", "service_id", "feedback")
         handler: Handler
         if service_id is None:
-            if scope["method"] != "GET":
+            if method != "GET":
                 return None
             handler, template = discovery, "/cds-services"
-        elif scope["method"] != "POST":
+        elif method != "POST":
             return None
         elif to_feedback:
             handler, template = feedback, "/cds-services/{service_id}/feedback"
         else:
             handler, template = call_service, "/cds-services/{service_id}"
-        params = {"service_id": service_id} if service_id is not None else {}
         if tenant is not None:
-            params["tenant"] = tenant
             template = "/t/{tenant}" + template
-        return handler, params, template
+        return handler, template
+
+
+def _allowed(request: Request, origin: str) -> bool:
+    try:
+        return cors.allowed(tenants_of(request).get(tenant_slug(request)), origin)
+    except UnknownTenantError:
+        return False
+
+
+def _preflight(origin: str | None, allowed: bool) -> Response:
+    if origin is None or not allowed:
+        reason = "this origin is not registered as a web origin of the hospital's EHR"
+        return JSONResponse({"error": "origin_not_allowed", "reason": reason}, status_code=403)
+    return Response(status_code=204, headers=cors.preflight_headers(origin))

@@ -52,3 +52,32 @@ def test_the_openapi_document_still_lists_the_cds_endpoints(cds: Cds) -> None:
     assert "/cds-services" in paths
     assert "/cds-services/{service_id}/feedback" in paths
     assert "/t/{tenant}/cds-services/{service_id}" in paths
+
+
+EHR_ORIGIN = "https://epd.az-gent.example"
+
+
+def test_a_browser_cds_client_on_the_ehrs_origin_may_call_the_service(cds: Cds) -> None:
+    config = tenant_config(cds.ehr)
+    registration = config.registrations[0].model_copy(update={"frame_origins": [EHR_ORIGIN]})
+    cds.configure(config.model_copy(update={"registrations": [registration]}))
+    preflight = cds.client.options(
+        f"/cds-services/{ENCOUNTER_START}",
+        headers={"Origin": EHR_ORIGIN, "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == EHR_ORIGIN
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    assert "access-control-allow-credentials" not in preflight.headers  # the JWT authenticates
+    answer = cds.call(headers={"Origin": EHR_ORIGIN})
+    only_card(answer)
+    assert answer.headers["access-control-allow-origin"] == EHR_ORIGIN
+    assert answer.headers["vary"] == "Origin"
+
+
+def test_another_origin_gets_no_cors_permission(cds: Cds) -> None:
+    preflight = cds.client.options("/cds-services", headers={"Origin": "https://evil.example"})
+    assert preflight.status_code == 403
+    assert preflight.json()["error"] == "origin_not_allowed"
+    answer = cds.call(headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in answer.headers
