@@ -12,3 +12,4 @@ Alias: $be-ssin = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/s
 Alias: $be-nihdi-professional = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi-professional
 Alias: $be-cbe = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/cbe
 Alias: $be-nihdi-organization = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi-organization
+Alias: $request-status = http://hl7.org/fhir/request-status

@@ -354,6 +354,22 @@ Description: "Codes of the components of Kindreflex step findings (Observation.c
 * insert Tr(follow-up, Action de suivi, Follow-up action)
 * #expected-delivery-date "Verwachte bevallingsdatum" "The expected date of delivery."
 * insert Tr(expected-delivery-date, Date prévue de l'accouchement, Expected delivery date)
+* #key-person "Gehoorde sleutelfiguur" "An adult key person heard at step 4 (partner, grandparent, other; text: who)."
+* insert Tr(key-person, Personne clé entendue, Key person heard)
+* #patient-explanation "Uitleg van de cliënt" "The patient's explanation of the worries named to them (text, step 4)."
+* insert Tr(patient-explanation, Explication du patient, Patient's explanation)
+* #team-member "Deelnemer aan het teamoverleg" "Who took part in the team decision (name or role, text, step 4)."
+* insert Tr(team-member, Participant à la décision d'équipe, Team decision participant)
+* #agreed-action "Afgesproken actie" "An action agreed with the patient, the family or a service (text, step 5), with its follow-up date in an extension."
+* insert Tr(agreed-action, Action convenue, Agreed action)
+* #next-follow-up "Volgende opvolging" "The date of the next follow-up of restoring safety (step 5)."
+* insert Tr(next-follow-up, Prochain suivi, Next follow-up)
+* #contact-date "Datum van het contact" "When the hospital contacted the mandated facility (step 6)."
+* insert Tr(contact-date, Date du contact, Contact date)
+* #contact-person "Contactpersoon" "The person at the mandated facility the hospital spoke or wrote to (step 6)."
+* insert Tr(contact-person, Personne de contact, Contact person)
+* #contact-channel "Manier van contact" "How the mandated facility was contacted: phone, letter, email, other (step 6)."
+* insert Tr(contact-channel, Moyen de contact, Contact channel)
 
 CodeSystem: FactorKindCS
 Id: factor-kind
@@ -364,3 +380,57 @@ Description: "Whether a step 4 factor is a risk factor or a protective factor."
 * insert Tr(risk, Facteur de risque, Risk factor)
 * #protective "Beschermende factor" "A factor that protects the children."
 * insert Tr(protective, Facteur de protection, Protective factor)
+
+CodeSystem: KeyPersonRoleCS
+Id: key-person-role
+Title: "Step 4 key person"
+Description: "The adult key persons heard at step 4 (children heard are recorded with their consent)."
+* insert KRCodeSystem(key-person-role, Step 4 key person)
+* #partner "Partner" "The patient's partner."
+* insert Tr(partner, Partenaire, Partner)
+* #grandparent "Grootouder" "A grandparent of the children."
+* insert Tr(grandparent, Grand-parent, Grandparent)
+* #other "Andere sleutelfiguur" "Another adult close to the family (the text says who)."
+* insert Tr(other, Autre personne clé, Other key person)
+
+CodeSystem: ContactChannelCS
+Id: contact-channel
+Title: "Contact channel"
+Description: "How the hospital contacted the mandated facility at step 6."
+* insert KRCodeSystem(contact-channel, Contact channel)
+* #phone "Telefonisch" "By phone."
+* insert Tr(phone, Par téléphone, By phone)
+* #letter "Per brief" "By letter."
+* insert Tr(letter, Par lettre, By letter)
+* #email "Per e-mail" "By email."
+* insert Tr(email, Par e-mail, By email)
+* #other "Andere manier" "Another way (e.g. in person)."
+* insert Tr(other, Autre moyen, Other)
+
+CodeSystem: CaseCloseReasonCS
+Id: case-close-reason
+Title: "Reason a Kindreflex case was closed"
+Description: "Why the social service closed a Kindreflex case (the concern Flag became inactive). other: the text says why."
+* insert KRCodeSystem(case-close-reason, Reason a Kindreflex case was closed)
+* #safety-restored "Veiligheid hersteld" "The team found the home safe, or safety was restored."
+* insert Tr(safety-restored, Sécurité rétablie, Safety restored)
+* #referred "Doorverwezen naar een gemandateerde voorziening" "A mandated facility took over the follow-up (step 6)."
+* insert Tr(referred, Orienté vers un service mandaté, Referred to a mandated facility)
+* #patient-left-care "Cliënt niet meer in zorg" "The patient is no longer in the hospital's care."
+* insert Tr(patient-left-care, Patient plus suivi par l'hôpital, Patient left the hospital's care)
+* #other "Andere reden" "Another reason (the text says which)."
+* insert Tr(other, Autre raison, Other reason)
+
+CodeSystem: CdsOverrideReasonCS
+Id: cds-override-reason
+Title: "Reasons to override the Kindreflex card"
+Description: "Redenen om de Kindreflex-kaart te negeren: the overrideReasons of the CDS Hooks card (the EHR sends the chosen one back in its feedback)."
+* insert KRCodeSystem(cds-override-reason, Reasons to override the Kindreflex card)
+* #patient-not-responsive "Patiënt niet aanspreekbaar" "The patient cannot be talked to now (unconscious, confused, intoxicated)."
+* insert Tr(patient-not-responsive, Patient pas en état de répondre, Patient not responsive)
+* #already-done "Kindreflex al gedaan" "The Kindreflex was already done for this presentation."
+* insert Tr(already-done, Kindreflex déjà fait, Kindreflex already done)
+* #no-children "Geen kinderen of zorg voor kinderen" "The patient has no children and cares for none."
+* insert Tr(no-children, Pas d'enfants ni d'enfants à charge, No children or care for children)
+* #not-now "Nu niet mogelijk; later in de zorg" "Not possible now; later during the care."
+* insert Tr(not-now, Pas possible maintenant ; plus tard dans les soins, Not now; later in the care)

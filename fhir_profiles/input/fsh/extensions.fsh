@@ -57,3 +57,22 @@ Description: "The Hague Protocol trigger group that prompted the Kindreflex, if 
 * value[x] 1..1
 * value[x] only Coding
 * valueCoding from HagueTriggerVS (required)
+
+Extension: FollowUpDateExt
+Id: follow-up-date
+Title: "Follow-up date"
+Description: "When to check on an action agreed at step 5 (on the agreed-action component)."
+* ^context[0].type = #element
+* ^context[0].expression = "Observation.component"
+* value[x] 1..1
+* value[x] only date
+
+Extension: ConcernCloseReasonExt
+Id: concern-close-reason
+Title: "Why the concern was closed"
+Description: "Why the social service closed the Kindreflex case (R4 Flag has no statusReason): a code of case-close-reason, with the specifics in text. Present on an inactive concern Flag."
+* ^context[0].type = #element
+* ^context[0].expression = "Flag"
+* value[x] 1..1
+* value[x] only CodeableConcept
+* valueCodeableConcept from CaseCloseReasonVS (required)

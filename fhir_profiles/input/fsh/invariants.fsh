@@ -71,3 +71,33 @@ Invariant: kr-s4-5
 Description: "Every child-consent component names the child (extension concerned-child)."
 Severity: #error
 Expression: "component.where(code.coding.code = 'child-consent').all(extension('https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child').exists())"
+
+Invariant: kr-s4-6
+Description: "The patient's explanation is recorded only when the worries were discussed with the patient."
+Severity: #error
+Expression: "component.where(code.coding.code = 'patient-explanation').exists() implies component.where(code.coding.code = 'discussed-with-patient' and (value as boolean) = true).exists()"
+
+Invariant: kr-s4-7
+Description: "A key person 'other' says who in the text."
+Severity: #error
+Expression: "component.where(code.coding.code = 'key-person' and value.coding.code = 'other').all((value as CodeableConcept).text.replace(' ', '').length() > 0)"
+
+Invariant: kr-s5-1
+Description: "Every agreed-action component has a text."
+Severity: #error
+Expression: "component.where(code.coding.code = 'agreed-action').all((value as string).replace(' ', '').length() > 0)"
+
+Invariant: kr-s6-3
+Description: "A contact with the facility has its date, the person and the channel."
+Severity: #error
+Expression: "(component.where(code.coding.code = 'contact-date').exists() = component.where(code.coding.code = 'contact-person').exists()) and (component.where(code.coding.code = 'contact-date').exists() = component.where(code.coding.code = 'contact-channel').exists())"
+
+Invariant: kr-flag-2
+Description: "An inactive concern says why it was closed (extension concern-close-reason); 'other' with a text."
+Severity: #error
+Expression: "status = 'inactive' implies extension('https://kindreflex-ed.be/fhir/StructureDefinition/concern-close-reason').where(value.coding.code != 'other' or value.text.replace(' ', '').length() > 0).exists()"
+
+Invariant: kr-s5-2
+Description: "An agreed action has at most one follow-up date (extension follow-up-date), and only an agreed action has one."
+Severity: #error
+Expression: "component.where(extension.where(url = 'https://kindreflex-ed.be/fhir/StructureDefinition/follow-up-date').count() > 1).empty() and component.where(code.coding.code != 'agreed-action' and extension.where(url = 'https://kindreflex-ed.be/fhir/StructureDefinition/follow-up-date').exists()).empty()"

@@ -147,8 +147,11 @@ Description: "Step 4: the team decision on concern and willingness, the risk and
 * insert BooleanComponent(discussedWithPatient, discussed-with-patient, 0..1, The worries were named concretely to the patient)
 * insert BooleanComponent(childConsent, child-consent, 0..*, A child heard as a key person consented)
 * obeys kr-s4-5
+* insert CodedComponent(keyPerson, key-person, 0..*, KeyPersonRoleVS, required, An adult key person heard (text: who\))
+* insert StringComponent(patientExplanation, patient-explanation, 0..1, The patient's explanation of the worries named)
+* insert StringComponent(teamMember, team-member, 0..*, Who took part in the team decision (name or role\))
 * insert PlanVersionComponent
-* obeys kr-s4-1 and kr-s4-2 and kr-s4-3
+* obeys kr-s4-1 and kr-s4-2 and kr-s4-3 and kr-s4-6 and kr-s4-7
 
 Profile: KindreflexStep5Finding
 Parent: KindreflexStepFinding
@@ -165,7 +168,10 @@ Description: "Step 5: the progress (improving or not restored), the safety actio
 * insert CodedComponent(safetyAction, safety-action, 0..*, SafetyActionVS, required, An action taken to restore safety)
 * insert CodedComponent(service, service, 0..*, SupportServiceVS, required, A supporting service involved (not VK/OCJ/parket/police\))
 * insert ConsultationComponent
+* insert StringComponent(agreedAction, agreed-action, 0..*, An action agreed with the patient or the family or a service)
+* insert DateComponent(nextFollowUp, next-follow-up, 0..1, The date of the next follow-up (keeps step 5 open\))
 * insert PlanVersionComponent
+* obeys kr-s5-1 and kr-s5-2
 
 Profile: KindreflexStep6Finding
 Parent: KindreflexStepFinding
@@ -186,8 +192,11 @@ Description: "Step 6: which facility was involved (VK, OCJ, or with acute danger
 * insert BooleanComponent(patientInformed, patient-informed, 1..1, The patient was informed and prepared before the referral)
 * insert StringComponent(notInformedReason, not-informed-reason, 0..1, Why the patient could not be informed first (acute danger only\))
 * insert StringComponent(followUp, follow-up, 0..*, A follow-up action agreed with the facility)
+* insert DateComponent(contactDate, contact-date, 0..1, When the facility was contacted)
+* insert StringComponent(contactPerson, contact-person, 0..1, The person contacted at the facility)
+* insert CodedComponent(contactChannel, contact-channel, 0..1, ContactChannelVS, required, How the facility was contacted)
 * insert PlanVersionComponent
-* obeys kr-s6-1 and kr-s6-2
+* obeys kr-s6-1 and kr-s6-2 and kr-s6-3
 
 Profile: KindreflexPartnerOrganization
 Parent: Organization
@@ -246,18 +255,23 @@ Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acut
 * supportingInfo 1..* MS
 * supportingInfo only Reference(KindreflexChild)
 * supportingInfo ^short = "The children concerned"
+* status from KindreflexReferralStatusVS (required)
+* status ^short = "active | on-hold | completed | revoked: kept up to date as the referral proceeds"
 * note MS
+* note ^short = "Why the patient was not informed first; the social worker's notes, one per status change (time, author)"
 * obeys kr-ref-1
 
 Profile: KindreflexOpenConcern
 Parent: Flag
 Id: kindreflex-open-concern
 Title: "Kindreflex open concern"
-Description: "An open Kindreflex concern about the children of the patient: what makes the CDS card warn at the next presentation and what fills the social service's worklist. status active while steps 4-6 lie ahead; inactive (with period.end) when closed."
+Description: "An open Kindreflex concern about the children of the patient: what makes the CDS card warn at the next presentation and what fills the social service's worklist. status active while steps 4-6 lie ahead; inactive (with period.end and the close reason) when closed."
 * insert BusinessIdentifier(concern)
-* extension contains ConcernLastStepExt named lastStep 0..1 MS and ConcernTriggerExt named trigger 0..* MS
+* extension contains ConcernLastStepExt named lastStep 0..1 MS and ConcernTriggerExt named trigger 0..* MS and ConcernCloseReasonExt named closeReason 0..1 MS
 * extension[lastStep].value[x] MS
 * extension[trigger].value[x] MS
+* extension[closeReason].value[x] MS
+* extension[closeReason] ^short = "Why the case was closed (inactive Flag)"
 * status MS
 * insert CategorySlice(safety, $flag-category#safety)
 * code MS
@@ -269,7 +283,7 @@ Description: "An open Kindreflex concern about the children of the patient: what
 * encounter MS
 * author 1..1 MS
 * author only Reference(Practitioner or PractitionerRole or Organization or Device)
-* obeys kr-flag-1
+* obeys kr-flag-1 and kr-flag-2
 
 Profile: KindreflexProvenance
 Parent: Provenance

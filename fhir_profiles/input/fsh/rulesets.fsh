@@ -34,6 +34,13 @@ RuleSet: StringComponent(name, code, card, short)
 * component[{name}].value[x] 1..1
 * component[{name}].value[x] only string
 
+RuleSet: DateComponent(name, code, card, short)
+* component contains {name} {card} MS
+* component[{name}] ^short = "{short}"
+* component[{name}].code = FindingComponentCS#{code}
+* component[{name}].value[x] 1..1
+* component[{name}].value[x] only dateTime
+
 RuleSet: CodedComponent(name, code, card, vs, strength, short)
 * component contains {name} {card} MS
 * component[{name}] ^short = "{short}"

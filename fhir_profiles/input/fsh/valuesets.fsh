@@ -161,3 +161,41 @@ Title: "Provenance author role"
 Description: "The agent type of the user who recorded Kindreflex data (provenance-participant-type author)."
 * insert KRValueSet(provenance-author-role, Provenance author role)
 * include $provenance-participant-type#author "Author"
+
+ValueSet: KeyPersonRoleVS
+Id: key-person-role
+Title: "Step 4 key person"
+Description: "Adult key persons heard at step 4."
+* insert KRValueSet(key-person-role, Step 4 key person)
+* include codes from system KeyPersonRoleCS
+
+ValueSet: ContactChannelVS
+Id: contact-channel
+Title: "Contact channel"
+Description: "How the mandated facility was contacted."
+* insert KRValueSet(contact-channel, Contact channel)
+* include codes from system ContactChannelCS
+
+ValueSet: CaseCloseReasonVS
+Id: case-close-reason
+Title: "Reason a Kindreflex case was closed"
+Description: "Why a case was closed."
+* insert KRValueSet(case-close-reason, Reason a Kindreflex case was closed)
+* include codes from system CaseCloseReasonCS
+
+ValueSet: CdsOverrideReasonVS
+Id: cds-override-reason
+Title: "Reasons to override the Kindreflex card"
+Description: "The card's override reasons."
+* insert KRValueSet(cds-override-reason, Reasons to override the Kindreflex card)
+* include codes from system CdsOverrideReasonCS
+
+ValueSet: KindreflexReferralStatusVS
+Id: referral-status
+Title: "Referral status"
+Description: "The statuses a Kindreflex referral goes through (a subset of FHIR request-status): active when sent, on-hold when paused, completed or revoked when finished."
+* insert KRValueSet(referral-status, Referral status)
+* include $request-status#active
+* include $request-status#on-hold
+* include $request-status#completed
+* include $request-status#revoked

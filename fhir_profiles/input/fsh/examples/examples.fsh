@@ -74,6 +74,12 @@ Usage: #example
 * component[childConsent][0].valueBoolean = true
 * component[childConsent][0].extension[0].url = "https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child"
 * component[childConsent][0].extension[0].valueReference.reference = "RelatedPerson/ChildEmma"
+* component[keyPerson][0].valueCodeableConcept = KeyPersonRoleCS#partner "Partner"
+* component[keyPerson][1].valueCodeableConcept = KeyPersonRoleCS#other "Andere sleutelfiguur"
+* component[keyPerson][1].valueCodeableConcept.text = "Buurvrouw die de kinderen na school opvangt"
+* component[patientExplanation].valueString = "Ze zegt dat haar partner het niet meent en dat het vanzelf beter wordt."
+* component[teamMember][0].valueString = "Sociaal werker spoedgeneeskunde"
+* component[teamMember][1].valueString = "Dr. Janssens, kinderarts"
 
 Instance: Step5Example
 InstanceOf: KindreflexStep5Finding
@@ -81,6 +87,10 @@ Title: "Example: step 5, safety not restored"
 Usage: #example
 * insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a17, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-05-18T11:30:00+02:00, Practitioner/kr-social-1)
 * insert Step5Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
+* component[agreedAction][0].valueString = "Mama neemt contact op met het CAW voor een gesprek"
+* component[agreedAction][0].extension[0].url = "https://kindreflex-ed.be/fhir/StructureDefinition/follow-up-date"
+* component[agreedAction][0].extension[0].valueDate = "2026-05-25"
+* component[nextFollowUp].valueDateTime = "2026-06-01"
 
 Instance: Step6Example
 InstanceOf: KindreflexStep6Finding
@@ -88,6 +98,9 @@ Title: "Example: step 6, the VK is involved"
 Usage: #example
 * insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a18, Patient/kr-mother-001, Encounter/kr-enc-3, 2026-05-18T13:00:00+02:00, Practitioner/kr-social-1)
 * insert Step6Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma, ServiceRequest/ReferralExample)
+* component[contactDate].valueDateTime = "2026-05-18"
+* component[contactPerson].valueString = "Consulent van dienst, VK Oost-Vlaanderen"
+* component[contactChannel].valueCodeableConcept = ContactChannelCS#phone "Telefonisch"
 
 Instance: VkOostVlaanderen
 InstanceOf: KindreflexPartnerOrganization
@@ -109,7 +122,7 @@ Usage: #example
 
 Instance: ClosedConcernExample
 InstanceOf: KindreflexOpenConcern
-Title: "Example: a closed concern (inactive, with an end)"
+Title: "Example: a closed concern (inactive, with an end and the reason)"
 Usage: #example
 * identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/concern"
 * identifier[kindreflex].value = "0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a21"
@@ -122,6 +135,8 @@ Usage: #example
 * period.start = "2026-06-01T02:10:00+02:00"
 * period.end = "2026-07-15T10:00:00+02:00"
 * author.reference = "Practitioner/kr-social-1"
+* extension[closeReason].valueCodeableConcept = CaseCloseReasonCS#safety-restored "Veiligheid hersteld"
+* extension[closeReason].valueCodeableConcept.text = "Steun via het CAW loopt; geen nieuwe zorgen."
 
 Instance: ProvenanceExample
 InstanceOf: KindreflexProvenance
