@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from sqlalchemy import select, update
@@ -36,14 +36,17 @@ from service.outbox import (
     enqueue,
 )
 from service.protocol import (
+    CaseClosure,
     Child,
     Finding,
     KindreflexCase,
+    ReferralStatus,
     Step,
     Step4Decision,
     Step5Progress,
     Step6Referral,
     apply,
+    check_referral_status,
 )
 from service.social import (
     CaseConflict,
@@ -121,16 +124,40 @@ def step_transaction(
         plan_version=plan_version,
     )
     written = [*([referral_ref] if referral_ref else []), tx.create(observation, identifier)]
-    written.append(_update_flag(tx, record.flag, last_step=finding.step, closed_at=None))
+    written.append(_update_flag(tx, record.flag, last_step=finding.step))
     _sign(tx, record, written, finding.recorded_by, now)
     return Plan(tx.bundle(), tuple(tx.stable_references()))
 
 
-def close_transaction(record: CaseRecord, *, author: str, closed_at: datetime) -> Plan:
-    """Closing a case: the Flag becomes inactive with ``period.end``; history stays."""
+def close_transaction(
+    record: CaseRecord, *, author: str, closed_at: datetime, closure: CaseClosure
+) -> Plan:
+    """Closing a case: the Flag becomes inactive with ``period.end`` and the reason; the
+    findings and any referral stay as they are (history stays readable; a referral's own
+    status goes on with the facility's work, see :func:`referral_transaction`)."""
     tx = TransactionBuilder()
-    written = [_update_flag(tx, record.flag, last_step=None, closed_at=closed_at)]
+    written = [_update_flag(tx, record.flag, last_step=None, closed=(closed_at, closure))]
     _sign(tx, record, written, author, closed_at)
+    return Plan(tx.bundle(), tuple(tx.stable_references()))
+
+
+def referral_transaction(
+    record: CaseRecord,
+    referral: Resource,
+    status: ReferralStatus,
+    *,
+    author: str,
+    note: str | None,
+    now: datetime,
+) -> Plan:
+    """A referral's new status: the ServiceRequest as read with the status (and the note),
+    If-Match on the version read, signed like every case write. Raises the protocol's
+    error when the referral is already finished."""
+    check_referral_status(ReferralStatus(referral["status"]), status)
+    tx = TransactionBuilder()
+    updated = mapping.referral_with_status(referral, status, author=author, at=now, note=note)
+    written = [tx.update(updated, referral["meta"]["versionId"])]
+    _sign(tx, record, written, author, now)
     return Plan(tx.bundle(), tuple(tx.stable_references()))
 
 
@@ -165,7 +192,7 @@ def _update_flag(
     flag: Resource,
     *,
     last_step: Step | None,
-    closed_at: datetime | None,
+    closed: tuple[datetime, CaseClosure] | None = None,
 ) -> str:
     """The Flag as read, with a new last step or closed; If-Match on the version read."""
     ours = [i for i in flag["identifier"] if i.get("system") == identifier_system("concern")]
@@ -185,7 +212,8 @@ def _update_flag(
         triggers=[
             e["valueCoding"]["code"] for e in flag.get("extension", []) if e["url"] == trigger_url
         ],
-        closed_at=closed_at,
+        closed_at=closed[0] if closed else None,
+        closure=closed[1] if closed else None,
     )
     # Whatever the EHR stored besides our elements survives the update.
     merged = {**flag, **mapped, "id": flag["id"], "identifier": flag["identifier"]}
@@ -258,6 +286,25 @@ def _latest_reason(client: FhirClient, patient_ref: str) -> str | None:
     return f"Observation/{latest['id']}"
 
 
+class NoReferralError(LookupError):
+    """The case has no referral on the FHIR server (no step 6 delivered yet)."""
+
+
+def _latest_referral(client: FhirClient, patient_ref: str) -> Resource:
+    """The patient's most recent Kindreflex referral ServiceRequest, as read (with version)."""
+    code = f"{terminology.code_system_url('record-type')}|referral"
+    found = _resources(
+        client.search("ServiceRequest", {"subject": patient_ref, "code": code, "_count": "100"}),
+        "ServiceRequest",
+    )
+    if not found:
+        raise NoReferralError(
+            "This case has no referral on the FHIR server yet; record step 6 first (or wait "
+            "until its delivery shows as sent)."
+        )
+    return max(found, key=lambda r: datetime.fromisoformat(r["authoredOn"]))
+
+
 def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
     """The matches of a search (not the OperationOutcome a server may add)."""
     found = (e.get("resource", {}) for e in bundle.get("entry", []))
@@ -281,6 +328,15 @@ class StepResult:
     outbox_id: int
     next_steps: tuple[str, ...]
     row_version: int
+
+
+@dataclass(frozen=True)
+class _Index:
+    """What a save changes in the case's row of the concerns index."""
+
+    last_step: str
+    status: str
+    follow_up_due: date | None
 
 
 class FhirChangedConflict(CaseConflict):
@@ -338,10 +394,16 @@ class Casework:
             plan_version=str(ctx.tenant.config.plan.revision),  # the wording shown
             now=now,
         )
-        return self._save(ctx, concern, plan, finding.step.value, "open", case.next_steps)
+        follow_up = finding.next_follow_up if isinstance(finding, Step5Progress) else None
+        return self._save(
+            ctx, concern, plan, _Index(finding.step.value, "open", follow_up), case.next_steps
+        )
 
-    def close_case(self, ctx: LaunchInfo, case_id: int, expected_version: int) -> StepResult:
-        """Close the case: the Flag inactive with its end; the findings stay readable."""
+    def close_case(
+        self, ctx: LaunchInfo, case_id: int, expected_version: int, closure: CaseClosure
+    ) -> StepResult:
+        """Close the case: the Flag inactive with its end and the reason; the findings and
+        any referral stay as they are."""
         concern = self._concern(ctx, case_id, expected_version)
         record, case = self._read(ctx, concern)
         if case.has_open_concern and case.current_step is not Step.STEP_6:
@@ -350,19 +412,48 @@ class Casework:
                 f"This case still waits for {due}; close it after the team decision found "
                 "the home safe, after safety was restored, or after a referral."
             )
-        plan = close_transaction(record, author=ctx.user.fhir_user, closed_at=utcnow())
-        return self._save(ctx, concern, plan, concern.last_step, "closed", frozenset())
+        plan = close_transaction(
+            record, author=ctx.user.fhir_user, closed_at=utcnow(), closure=closure
+        )
+        return self._save(
+            ctx, concern, plan, _Index(concern.last_step, "closed", None), frozenset()
+        )
+
+    def update_referral(
+        self,
+        ctx: LaunchInfo,
+        case_id: int,
+        expected_version: int,
+        status: ReferralStatus,
+        note: str | None,
+    ) -> StepResult:
+        """The case's latest referral gets a new status (If-Match on the version read).
+
+        Allowed on a closed case too: the facility's work goes on after the hospital closed
+        its concern, and the referral keeps telling where it stands.
+        """
+        concern = self._concern(ctx, case_id, expected_version, closed_too=True)
+        record, case = self._read(ctx, concern)
+        with self._client(ctx) as client:
+            referral = _latest_referral(client, concern.patient_ref)
+        plan = referral_transaction(
+            record, referral, status, author=ctx.user.fhir_user, note=note, now=utcnow()
+        )
+        index = _Index(concern.last_step, concern.status, concern.follow_up_due)
+        return self._save(ctx, concern, plan, index, case.next_steps)
 
     # -- steps of the use case --------------------------------------------------------------
 
-    def _concern(self, ctx: LaunchInfo, case_id: int, expected_version: int) -> Concern:
+    def _concern(
+        self, ctx: LaunchInfo, case_id: int, expected_version: int, *, closed_too: bool = False
+    ) -> Concern:
         with self._database.session() as session:
             row = session.scalar(
                 select(Concern).where(Concern.tenant_id == ctx.tenant.id, Concern.id == case_id)
             )
             if row is None:
                 raise CaseNotFoundError(f"There is no case {case_id} in this hospital.")
-            if row.status != "open":
+            if row.status != "open" and not closed_too:
                 raise CaseConflict("closed", row.assigned_to, row.row_version)
             if row.row_version != expected_version:
                 raise CaseConflict("changed", row.assigned_to, row.row_version)
@@ -371,9 +462,7 @@ class Casework:
 
     def _read(self, ctx: LaunchInfo, concern: Concern) -> tuple[CaseRecord, KindreflexCase]:
         """The case from the FHIR server (the source of truth), replayed by the protocol."""
-        with FhirClient(
-            ctx.fhir_base_url, lambda: self._tokens.access_token(ctx.session_id), self._timeout
-        ) as client:
+        with self._client(ctx) as client:
             record = load_case_record(client, concern.patient_ref, concern.flag_identifier)
             findings = _findings(client, record)
         encounter = record.encounter_ref or next(
@@ -392,13 +481,17 @@ class Casework:
             audit.record_read(session, channel, fact)
         return record, KindreflexCase.replay(record.patient_ref, encounter, findings)
 
+    def _client(self, ctx: LaunchInfo) -> FhirClient:
+        return FhirClient(
+            ctx.fhir_base_url, lambda: self._tokens.access_token(ctx.session_id), self._timeout
+        )
+
     def _save(
         self,
         ctx: LaunchInfo,
         concern: Concern,
         plan: Plan,
-        last_step: str,
-        status: str,
+        index: _Index,
         next_steps: frozenset[Step],
     ) -> StepResult:
         """Outbox entry, index row and audit row in ONE local unit of work, then delivery."""
@@ -422,8 +515,9 @@ class Casework:
                 update(Concern)
                 .where(Concern.id == concern.id, Concern.row_version == concern.row_version)
                 .values(
-                    last_step=last_step,
-                    status=status,
+                    last_step=index.last_step,
+                    status=index.status,
+                    follow_up_due=index.follow_up_due,
                     outbox_id=entry.id,
                     row_version=version,
                     updated_at=now,

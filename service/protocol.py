@@ -83,13 +83,18 @@ __all__ = [
     "STEP_HEADINGS",
     "Advice",
     "AdviceKind",
+    "AgreedAction",
+    "CaseClosure",
     "Child",
     "ChildConsentAdvice",
     "ChildFinding",
     "ChildRelationship",
+    "CloseReason",
     "Consultation",
+    "ContactChannel",
     "ErrorCode",
     "ExpectedChild",
+    "FacilityContact",
     "Factor",
     "FactorKind",
     "Finding",
@@ -97,12 +102,15 @@ __all__ = [
     "HagueTrigger",
     "HeardChild",
     "InvalidFindingError",
+    "KeyPerson",
+    "KeyPersonRole",
     "KindreflexCase",
     "LivesWith",
     "MissingInformationError",
     "PregnancyOf",
     "ProgressAssessment",
     "ProtocolError",
+    "ReferralStatus",
     "ReferralTarget",
     "SafetyAction",
     "SafetyAssessment",
@@ -119,6 +127,7 @@ __all__ = [
     "advice",
     "age_in_months",
     "apply",
+    "check_referral_status",
     "child_consent_advice",
     "clb_children",
     "kind_en_gezin_advised",
@@ -314,6 +323,41 @@ class FactorKind(StrEnum):
     PROTECTIVE = "protective"
 
 
+class KeyPersonRole(StrEnum):
+    """Step 4: an adult key person heard (children heard are :class:`HeardChild`)."""
+
+    PARTNER = "partner"
+    GRANDPARENT = "grandparent"
+    OTHER = "other"  # a neighbour, an aunt, a family friend: say who in the text
+
+
+class ContactChannel(StrEnum):
+    """Step 6: how the hospital contacted the mandated facility."""
+
+    PHONE = "phone"
+    LETTER = "letter"
+    EMAIL = "email"
+    OTHER = "other"
+
+
+class CloseReason(StrEnum):
+    """Why the social service closed a case (the concern Flag becomes inactive)."""
+
+    SAFETY_RESTORED = "safety-restored"  # the team found the home safe, or safety restored
+    REFERRED = "referred"  # a mandated facility took over (step 6)
+    PATIENT_LEFT_CARE = "patient-left-care"  # the patient is no longer in the hospital's care
+    OTHER = "other"  # say why in the text
+
+
+class ReferralStatus(StrEnum):
+    """Where a step 6 referral stands (the FHIR ServiceRequest status it is written as)."""
+
+    ACTIVE = "active"  # sent; the facility works on it
+    ON_HOLD = "on-hold"  # paused, e.g. the facility waits for the family
+    COMPLETED = "completed"  # the facility finished its part
+    REVOKED = "revoked"  # withdrawn by the hospital
+
+
 # ---------------------------------------------------------------------------------------
 # 2. Errors
 # ---------------------------------------------------------------------------------------
@@ -342,6 +386,12 @@ class ErrorCode(StrEnum):
     ACUTE_DANGER_REQUIRED = "acute-danger-required"
     PATIENT_NOT_INFORMED = "patient-not-informed"
     NOT_INFORMED_REASON_REQUIRED = "not-informed-reason-required"
+    KEY_PERSON_TEXT_REQUIRED = "key-person-text-required"
+    EXPLANATION_WITHOUT_DISCUSSION = "explanation-without-discussion"
+    FOLLOW_UP_IN_PAST = "follow-up-in-past"
+    CONTACT_IN_FUTURE = "contact-in-future"
+    CLOSE_REASON_TEXT_REQUIRED = "close-reason-text-required"
+    REFERRAL_STATUS_FINAL = "referral-status-final"
 
 
 class ProtocolError(Exception):
@@ -581,6 +631,21 @@ class HeardChild:
     consent_given: bool
 
 
+@dataclass(frozen=True)
+class KeyPerson:
+    """An adult key person listened to at step 4; ``text`` says who (required for OTHER)."""
+
+    role: KeyPersonRole
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role is KeyPersonRole.OTHER and not (self.text and self.text.strip()):
+            raise MissingInformationError(
+                ErrorCode.KEY_PERSON_TEXT_REQUIRED,
+                "Say who the other key person is (for example 'neighbour' or 'aunt').",
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Step4Decision(ChildFinding):
     """Step 4, check for concern and willingness.
@@ -595,7 +660,10 @@ class Step4Decision(ChildFinding):
     Rules: the decision is discussed with at least one colleague, expert, CLB, VK or OCJ
     (``consultations``), except with acute danger, which cannot wait. A decision about
     the patient's willingness ("concerning-willing" or "concerning-unwilling") requires
-    that the worries were discussed with the patient (``discussed_with_patient``).
+    that the worries were discussed with the patient (``discussed_with_patient``); the
+    patient's own explanation of them (``patient_explanation``) can only be recorded
+    then. ``key_persons`` are the adults heard (partner, grandparents, others);
+    ``team_members`` who took part in the team decision (names or roles, as text).
     """
 
     step: ClassVar[Step] = Step.STEP_4
@@ -605,9 +673,19 @@ class Step4Decision(ChildFinding):
     consultations: frozenset[Consultation] = frozenset()
     discussed_with_patient: bool = False
     children_heard: tuple[HeardChild, ...] = ()
+    key_persons: tuple[KeyPerson, ...] = ()
+    patient_explanation: str | None = None
+    team_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        explained = bool(self.patient_explanation and self.patient_explanation.strip())
+        if explained and not self.discussed_with_patient:
+            raise InvalidFindingError(
+                ErrorCode.EXPLANATION_WITHOUT_DISCUSSION,
+                "The patient's explanation is recorded after the worries were named to the "
+                "patient; tick that they were discussed.",
+            )
         acute = self.decision is TeamDecision.ACUTE_DANGER
         if not acute and not self.consultations:
             raise MissingInformationError(
@@ -640,6 +718,27 @@ class Step4Decision(ChildFinding):
         return tuple(f for f in self.factors if f.kind is FactorKind.PROTECTIVE)
 
 
+def _check_not_before(day: date | None, finding: FindingBase) -> None:
+    if day is not None and day < finding.recorded_at.date():
+        raise InvalidFindingError(
+            ErrorCode.FOLLOW_UP_IN_PAST,
+            f"The follow-up date {day.isoformat()} lies before today; a follow-up is planned "
+            "ahead.",
+        )
+
+
+@dataclass(frozen=True)
+class AgreedAction:
+    """Step 5: an action agreed with the patient, the family or a service, and when to
+    check on it (``follow_up_on``, optional)."""
+
+    text: str
+    follow_up_on: date | None = None
+
+    def __post_init__(self) -> None:
+        _require_text(self.text, "the action agreed")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Step5Progress(ChildFinding):
     """Step 5, restore safety.
@@ -648,6 +747,11 @@ class Step5Progress(ChildFinding):
     family; install help for the children; call the VK and/or OCJ anonymously when
     needed; revisit parenthood regularly and stay alert. Record the progress: improving
     (back to supporting the parent, step 3) or safety not restored (step 6).
+
+    Restoring safety takes several conversations: ``agreed_actions`` are the actions
+    agreed (each with an optional follow-up date), ``next_follow_up`` the date of the
+    next check. A next follow-up keeps step 5 open: the next check is recorded as another
+    step 5, whose ``note`` is the progress note of that follow-up.
     """
 
     step: ClassVar[Step] = Step.STEP_5
@@ -656,10 +760,27 @@ class Step5Progress(ChildFinding):
     actions: frozenset[SafetyAction] = frozenset()
     services: frozenset[ReferralTarget] = frozenset()
     consultations: frozenset[Consultation] = frozenset()
+    agreed_actions: tuple[AgreedAction, ...] = ()
+    next_follow_up: date | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_support_services(self.services)
+        _check_not_before(self.next_follow_up, self)
+        for action in self.agreed_actions:
+            _check_not_before(action.follow_up_on, self)
+
+
+@dataclass(frozen=True)
+class FacilityContact:
+    """Step 6: the contact with the mandated facility: when, with whom, how."""
+
+    on: date
+    person: str
+    channel: ContactChannel
+
+    def __post_init__(self) -> None:
+        _require_text(self.person, "the person contacted at the facility")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -683,7 +804,8 @@ class Step6Referral(ChildFinding):
     did not happen first. Informing afterwards is then one of the ``follow_up_actions``.
 
     ``follow_up_actions`` are what was agreed with the facility that the hospital does
-    itself to help restore safety.
+    itself to help restore safety; ``contact`` is the contact with the facility (date,
+    person, channel), which cannot lie after the finding.
     """
 
     step: ClassVar[Step] = Step.STEP_6
@@ -693,9 +815,16 @@ class Step6Referral(ChildFinding):
     patient_informed: bool
     not_informed_reason: str | None = None
     follow_up_actions: tuple[str, ...] = ()
+    contact: FacilityContact | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.contact is not None and self.contact.on > self.recorded_at.date():
+            raise InvalidFindingError(
+                ErrorCode.CONTACT_IN_FUTURE,
+                "The contact with the facility is recorded after it took place; its date "
+                "cannot lie in the future.",
+            )
         if self.target not in STEP_6_TARGETS:
             raise InvalidFindingError(
                 ErrorCode.NOT_A_MANDATED_FACILITY,
@@ -832,6 +961,8 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
                 ProgressAssessment.IMPROVING: frozenset({Step.STEP_3}),
                 ProgressAssessment.NOT_RESTORED: frozenset({Step.STEP_6}),
             }[finding.progress]
+            if finding.next_follow_up is not None:
+                nxt |= {Step.STEP_5}  # the next check is another step 5
         case Step6Referral():
             if finding.target in ACUTE_DANGER_TARGETS and not case.acute_danger:
                 raise InvalidFindingError(
@@ -903,6 +1034,38 @@ def _check_focus(case: KindreflexCase, finding: ChildFinding) -> None:
                 "This finding names a child who is not recorded at step 1. Add the child "
                 "at step 1 first.",
             )
+
+
+@dataclass(frozen=True)
+class CaseClosure:
+    """Why a case was closed; ``text`` adds the specifics (required for OTHER).
+
+    When a case may be closed (no step 4 or 5 due, or after a referral) depends on the
+    whole case and is checked where the case is read (``service.casework``).
+    """
+
+    reason: CloseReason
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason is CloseReason.OTHER and not (self.text and self.text.strip()):
+            raise MissingInformationError(
+                ErrorCode.CLOSE_REASON_TEXT_REQUIRED, "Write down why the case is closed."
+            )
+
+
+#: A referral that is completed or revoked is history; it does not move again.
+_FINAL_REFERRAL_STATUSES = frozenset({ReferralStatus.COMPLETED, ReferralStatus.REVOKED})
+
+
+def check_referral_status(current: ReferralStatus, new: ReferralStatus) -> None:
+    """Refuse a status change of a finished referral (completed or revoked are final)."""
+    if current in _FINAL_REFERRAL_STATUSES and new is not current:
+        raise InvalidFindingError(
+            ErrorCode.REFERRAL_STATUS_FINAL,
+            f"This referral is {current.value}; a finished referral does not change again. "
+            "Record a new step 6 to involve the facility again.",
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, and_, or_, select, update
@@ -35,10 +35,15 @@ from service.fhir import terminology
 from service.partners import Partner, PartnerDirectory
 from service.protocol import (
     STEP_6_TARGETS,
+    AgreedAction,
     Consultation,
+    ContactChannel,
+    FacilityContact,
     Factor,
     FactorKind,
     HeardChild,
+    KeyPerson,
+    KeyPersonRole,
     ProgressAssessment,
     ReferralTarget,
     SafetyAction,
@@ -71,6 +76,7 @@ class CaseFilter:
     view: CaseView = "all"
     older_than_days: int | None = None
     sort: CaseSort = "newest"
+    overdue: bool = False  # only cases whose step 5 follow-up date has passed
 
 
 class Delivery(BaseModel):
@@ -95,6 +101,10 @@ class CaseSummary(BaseModel):
     triggers: list[str] = Field(description="Hague trigger codes that prompted the check.")
     children_ages: list[int] = Field(description="Age in whole years of each child, oldest first.")
     last_step: str
+    follow_up_due: date | None = Field(
+        description="The next step 5 follow-up, as the latest step 5 planned it."
+    )
+    overdue: bool = Field(description="An open case whose follow-up date has passed.")
     days_open: int
     assigned_to: str | None
     row_version: int = Field(description="Send back to change the case (optimistic locking).")
@@ -148,6 +158,8 @@ def _conditions(wanted: CaseFilter, user: str, today: date) -> list[ColumnElemen
         conditions.append(Concern.assigned_to == user)
     elif wanted.view == "unassigned":
         conditions.append(Concern.assigned_to.is_(None))
+    if wanted.overdue:
+        conditions.append(Concern.follow_up_due < today)
     if wanted.older_than_days is not None:
         # "older than N days" compares whole days, as ``days_open`` shows them.
         cutoff = datetime.combine(today - timedelta(days=wanted.older_than_days), time(), UTC)
@@ -171,6 +183,7 @@ def _summary(
     today: date,
 ) -> CaseSummary:
     births = sorted(date.fromisoformat(d) for d in concern.children_birth_dates)
+    due = concern.follow_up_due
     return CaseSummary(
         id=concern.id,
         patient=concern.patient_ref,
@@ -181,6 +194,8 @@ def _summary(
         triggers=concern.triggers,
         children_ages=[age_in_months(birth, today) // 12 for birth in births],
         last_step=concern.last_step,
+        follow_up_due=due,
+        overdue=concern.status == "open" and due is not None and due < today,
         days_open=(today - concern.flagged_at.date()).days,
         assigned_to=concern.assigned_to,
         row_version=concern.row_version,
@@ -325,14 +340,27 @@ class HeardChildInput(BaseModel):
     consent_given: bool
 
 
+class KeyPersonInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: KeyPersonRole = Field(description="partner | grandparent | other")
+    text: str | None = Field(None, max_length=200, description="Who (required for `other`).")
+
+
 class Step4Input(_Input):
-    """Step 4: factors weighed, consultations, worries discussed, children heard, decision."""
+    """Step 4: factors weighed, consultations, worries discussed (and the patient's
+    explanation), children and adult key persons heard, the team and its decision."""
 
     decision: TeamDecision
     factors: list[FactorInput] = Field(default_factory=list)
     consultations: set[Consultation] = Field(default_factory=set)
     discussed_with_patient: bool = False
     children_heard: list[HeardChildInput] = Field(default_factory=list)
+    key_persons: list[KeyPersonInput] = Field(default_factory=list, max_length=20)
+    patient_explanation: str | None = Field(None, max_length=4000)
+    team_members: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=20, description="Who took part (names or roles)."
+    )
 
     def finding(self, author: str, at: datetime) -> Step4Decision:
         return Step4Decision(
@@ -348,16 +376,31 @@ class Step4Input(_Input):
             children_heard=tuple(
                 HeardChild(h.child_ref, h.consent_given) for h in self.children_heard
             ),
+            key_persons=tuple(KeyPerson(k.role, k.text) for k in self.key_persons),
+            patient_explanation=self.patient_explanation,
+            team_members=tuple(m for m in self.team_members if m.strip()),
         )
 
 
+class AgreedActionInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str = Field(max_length=1000)
+    follow_up_on: date | None = Field(None, description="When to check on it.")
+
+
 class Step5Input(_Input):
-    """Step 5: the progress, the actions taken, supporting services and consultations."""
+    """Step 5: the progress, the actions taken and agreed, supporting services,
+    consultations and the next follow-up; ``note`` is the progress note."""
 
     progress: ProgressAssessment
     actions: set[SafetyAction] = Field(default_factory=set)
     services: set[ReferralTarget] = Field(default_factory=set)
     consultations: set[Consultation] = Field(default_factory=set)
+    agreed_actions: list[AgreedActionInput] = Field(default_factory=list, max_length=50)
+    next_follow_up: date | None = Field(
+        None, description="The next check; keeps step 5 open and shows on the worklist."
+    )
 
     def finding(self, author: str, at: datetime) -> Step5Progress:
         return Step5Progress(
@@ -370,17 +413,31 @@ class Step5Input(_Input):
             actions=frozenset(self.actions),
             services=frozenset(self.services),
             consultations=frozenset(self.consultations),
+            agreed_actions=tuple(AgreedAction(a.text, a.follow_up_on) for a in self.agreed_actions),
+            next_follow_up=self.next_follow_up,
         )
 
 
+class ContactInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on: date
+    person: str = Field(max_length=200, description="Whom the hospital spoke to or wrote to.")
+    channel: ContactChannel = Field(description="phone | letter | email | other")
+
+
 class Step6Input(_Input):
-    """Step 6: the facility from the hospital's partner directory and how it was involved."""
+    """Step 6: the facility from the hospital's partner directory, how it was involved and
+    contacted, and what the hospital agreed to do itself (``follow_up_actions``)."""
 
     partner_id: str = Field(description="The VK, OCJ, parket or police entry of the directory.")
     with_cooperation: bool
     patient_informed: bool
     not_informed_reason: str | None = Field(None, max_length=2000)
-    follow_up_actions: list[str] = Field(default_factory=list)
+    follow_up_actions: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=list, max_length=50
+    )
+    contact: ContactInput | None = None
 
     def finding(self, author: str, at: datetime, directory: PartnerDirectory) -> Step6Referral:
         return Step6Referral(
@@ -394,6 +451,9 @@ class Step6Input(_Input):
             patient_informed=self.patient_informed,
             not_informed_reason=self.not_informed_reason,
             follow_up_actions=tuple(a for a in self.follow_up_actions if a.strip()),
+            contact=None
+            if self.contact is None
+            else FacilityContact(self.contact.on, self.contact.person, self.contact.channel),
         )
 
     def partner(self, directory: PartnerDirectory) -> Partner:

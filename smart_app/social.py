@@ -1,6 +1,8 @@
 """The social service's API and screen (issue 5): its cases, and claiming or assigning one.
 
-* JSON: ``GET /api/cases``, ``POST /api/cases/{id}/claim``, ``PUT /api/cases/{id}/assignment``;
+* JSON: ``GET /api/cases``, ``POST /api/cases/{id}/claim``, ``PUT /api/cases/{id}/assignment``,
+  the steps ``POST /api/cases/{id}/step-4|step-5|step-6``, ``POST /api/cases/{id}/close``
+  (with its reason) and ``PUT /api/cases/{id}/referral`` (the referral's status);
 * HTML: ``GET /social`` (the worklist screen) and ``POST /social/cases/{id}/claim``.
 
 Mounted plain and under ``/t/{tenant}``. Every endpoint requires the social-worker role
@@ -28,6 +30,7 @@ from service.casework import (
     CaseNotOnServerError,
     Casework,
     CloseRefusedError,
+    NoReferralError,
     StepResult,
 )
 from service.db.base import utcnow
@@ -35,7 +38,7 @@ from service.fhir import terminology
 from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
 from service.fhir.terminology import identifier_system
 from service.i18n import Language, translate
-from service.protocol import ProtocolError
+from service.protocol import CaseClosure, CloseReason, ProtocolError, ReferralStatus
 from service.social import (
     CaseFilter,
     CasePage,
@@ -98,6 +101,18 @@ class Step6Request(Step6Input):
     row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
 
 
+class CloseRequest(ClaimRequest):
+    reason: CloseReason = Field(
+        description="safety-restored | referred | patient-left-care | other"
+    )
+    reason_text: str | None = Field(None, max_length=1000, description="Required for `other`.")
+
+
+class ReferralStatusRequest(ClaimRequest):
+    status: ReferralStatus = Field(description="active | on-hold | completed | revoked")
+    note: str | None = Field(None, max_length=4000, description="Why, or what the facility said.")
+
+
 class StepResponse(BaseModel):
     status: str = Field(description="delivered | pending (the outbox delivers it) | failed")
     outbox_id: int
@@ -113,12 +128,13 @@ class ListingQuery(BaseModel):
     status: CaseStatus = "open"
     view: CaseView = Field("all", description="all | mine | unassigned")
     older_than_days: int | None = Field(None, ge=0, le=3650)
+    overdue: bool = Field(False, description="Only cases whose step 5 follow-up date has passed.")
     sort: CaseSort = Field("newest", description="newest | oldest (by flag time)")
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
 
     def filter(self) -> CaseFilter:
-        return CaseFilter(self.status, self.view, self.older_than_days, self.sort)
+        return CaseFilter(self.status, self.view, self.older_than_days, self.sort, self.overdue)
 
 
 Listing = Annotated[ListingQuery, Query()]
@@ -220,9 +236,37 @@ def step_6(
     responses=_STEP_ERRORS,
 )
 def close(
-    ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: ClaimRequest
+    ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: CloseRequest
 ) -> StepResponse:
-    return _save(ctx, database, case_id, lambda: work.close_case(ctx, case_id, body.row_version))
+    return _save(
+        ctx,
+        database,
+        case_id,
+        lambda: work.close_case(
+            ctx, case_id, body.row_version, CaseClosure(body.reason, body.reason_text)
+        ),
+    )
+
+
+@router.put(
+    "/api/cases/{case_id}/referral",
+    summary="The status of the case's latest referral, as it proceeds (also on a closed case)",
+    dependencies=[Depends(verify_csrf)],
+    responses=_STEP_ERRORS,
+)
+def referral_status(
+    ctx: SocialWorker,
+    work: CaseworkDep,
+    database: DatabaseDep,
+    case_id: CaseId,
+    body: ReferralStatusRequest,
+) -> StepResponse:
+    return _save(
+        ctx,
+        database,
+        case_id,
+        lambda: work.update_referral(ctx, case_id, body.row_version, body.status, body.note),
+    )
 
 
 def _save(
@@ -249,6 +293,7 @@ _REFUSALS = (
     social.CaseConflict,
     CaseNotOnServerError,
     CloseRefusedError,
+    NoReferralError,
     FhirError,
     ReauthorisationRequired,
 )
@@ -265,7 +310,7 @@ def _refusal(error: Exception) -> tuple[int, object]:
             return 404, str(error)
         case social.CaseConflict():
             return 409, {"message": error.message, "row_version": error.current_version}
-        case CaseNotOnServerError() | CloseRefusedError():
+        case CaseNotOnServerError() | CloseRefusedError() | NoReferralError():
             return 409, {"message": str(error)}
         case ReauthorisationRequired():
             return 401, "The EHR session ended; open the app from the EHR again."

@@ -5,10 +5,10 @@ Every table that holds data or configuration belongs to exactly one tenant (hosp
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Date, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from service.db.base import Base, UTCDateTime, utcnow
@@ -226,6 +226,7 @@ class Concern(TenantScoped, Base):
         UniqueConstraint("tenant_id", "flag_identifier"),
         Index("ix_concerns_worklist", "tenant_id", "status", "flagged_at", "id"),
         Index("ix_concerns_patient", "tenant_id", "patient_ref", "status"),
+        Index("ix_concerns_follow_up", "tenant_id", "status", "follow_up_due"),
         # At most one open concern per patient, even when two nurses save at the same moment.
         Index(
             "uq_concerns_open_patient",
@@ -246,6 +247,8 @@ class Concern(TenantScoped, Base):
     triggers: Mapped[list[str]] = mapped_column(JSON)
     children_birth_dates: Mapped[list[str]] = mapped_column(JSON)
     last_step: Mapped[str] = mapped_column(String(20))
+    #: The next step 5 follow-up (None: none planned); the worklist's overdue filter.
+    follow_up_due: Mapped[date | None] = mapped_column(Date)
     assigned_to: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(20))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_entries.id"))

@@ -21,18 +21,26 @@ from typing import Any, Final
 
 from service.fhir import terminology as t
 from service.protocol import (
+    AgreedAction,
+    CaseClosure,
     Child,
     ChildFinding,
     ChildRelationship,
+    CloseReason,
     Consultation,
+    ContactChannel,
     ExpectedChild,
+    FacilityContact,
     Factor,
     FactorKind,
     Finding,
     HagueTrigger,
     HeardChild,
+    KeyPerson,
+    KeyPersonRole,
     LivesWith,
     ProgressAssessment,
+    ReferralStatus,
     ReferralTarget,
     SafetyAction,
     SafetyAssessment,
@@ -52,6 +60,7 @@ __all__ = [
     "Resource",
     "child_from_related_person",
     "child_related_person",
+    "closure_from_flag",
     "concern_flag",
     "expecting_observation",
     "finding_from_observation",
@@ -59,6 +68,7 @@ __all__ = [
     "identifier",
     "provenance",
     "referral_service_request",
+    "referral_with_status",
 ]
 
 Resource = dict[str, Any]
@@ -319,6 +329,18 @@ def finding_observation(
                     }
                 ]
                 components.append(consent)
+            components += [_key_person_component(k) for k in finding.key_persons]
+            if finding.patient_explanation and finding.patient_explanation.strip():
+                components.append(
+                    _component(
+                        "patient-explanation", valueString=finding.patient_explanation.strip()
+                    )
+                )
+            components += [
+                _component("team-member", valueString=m.strip())
+                for m in finding.team_members
+                if m.strip()
+            ]
         case Step5Progress():
             resource["valueCodeableConcept"] = t.codeable_concept(
                 "safety-progress", finding.progress
@@ -329,6 +351,11 @@ def finding_observation(
             ]
             components += _services(finding.services)
             components += _consultations(finding.consultations)
+            components += [_agreed_action_component(a) for a in finding.agreed_actions]
+            if finding.next_follow_up is not None:
+                components.append(
+                    _component("next-follow-up", valueDateTime=finding.next_follow_up.isoformat())
+                )
         case Step6Referral():
             resource["valueCodeableConcept"] = t.codeable_concept("partner-type", finding.target)
             if referral_ref:
@@ -346,6 +373,8 @@ def finding_observation(
                 for a in finding.follow_up_actions
                 if a.strip()
             ]
+            if finding.contact is not None:
+                components += _contact_components(finding.contact)
     if plan_version:
         components.append(_component("plan-version", valueString=plan_version))
     if components:
@@ -399,6 +428,30 @@ def _factor_component(factor: Factor) -> Resource:
         {"url": t.extension_url("factor-kind"), "valueCoding": t.coding("factor-kind", factor.kind)}
     ]
     return component
+
+
+def _key_person_component(person: KeyPerson) -> Resource:
+    concept = t.codeable_concept("key-person-role", person.role)
+    if person.text and person.text.strip():
+        concept["text"] = person.text.strip()
+    return _component("key-person", valueCodeableConcept=concept)
+
+
+def _agreed_action_component(action: AgreedAction) -> Resource:
+    component = _component("agreed-action", valueString=action.text.strip())
+    if action.follow_up_on is not None:
+        component["extension"] = [
+            {"url": t.extension_url("follow-up-date"), "valueDate": action.follow_up_on.isoformat()}
+        ]
+    return component
+
+
+def _contact_components(contact: FacilityContact) -> list[Resource]:
+    return [
+        _component("contact-date", valueDateTime=contact.on.isoformat()),
+        _component("contact-person", valueString=contact.person.strip()),
+        _coded_component("contact-channel", "contact-channel", contact.channel),
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -459,6 +512,23 @@ def referral_service_request(
     return resource
 
 
+def referral_with_status(
+    request: Mapping[str, Any],
+    status: ReferralStatus,
+    *,
+    author: str,
+    at: datetime,
+    note: str | None = None,
+) -> Resource:
+    """The referral ``request`` as read, with a new status; ``note`` is added as an
+    annotation naming its author and time (earlier notes stay)."""
+    updated: Resource = {**request, "status": status.value}
+    if note and note.strip():
+        annotation = {"authorReference": _ref(author), "time": _instant(at), "text": note.strip()}
+        updated["note"] = [*request.get("note", []), annotation]
+    return updated
+
+
 def concern_flag(
     *,
     patient_ref: str,
@@ -469,8 +539,15 @@ def concern_flag(
     last_step: Step | None = None,
     triggers: Iterable[str] = (),
     closed_at: datetime | None = None,
+    closure: CaseClosure | None = None,
 ) -> Resource:
-    """An open Kindreflex concern (profile kindreflex-open-concern); inactive when closed."""
+    """An open Kindreflex concern (profile kindreflex-open-concern); inactive when closed.
+
+    A closed concern has both ``closed_at`` (``period.end``) and ``closure``, the reason in
+    the extension concern-close-reason (R4 Flag has no status reason).
+    """
+    if (closed_at is None) != (closure is None):
+        raise ValueError("a closed concern needs both its end and the reason it was closed")
     profile = "kindreflex-open-concern"
     extensions = []
     if last_step is not None:
@@ -484,6 +561,13 @@ def concern_flag(
         {"url": t.extension_url("concern-trigger"), "valueCoding": t.coding("hague-trigger", code)}
         for code in sorted(set(triggers))
     ]
+    if closure is not None:
+        reason = t.codeable_concept("case-close-reason", closure.reason)
+        if closure.text and closure.text.strip():
+            reason["text"] = closure.text.strip()
+        extensions.append(
+            {"url": t.extension_url("concern-close-reason"), "valueCodeableConcept": reason}
+        )
     period = {"start": _instant(flagged_at)}
     if closed_at is not None:
         period["end"] = _instant(closed_at)
@@ -614,6 +698,9 @@ def finding_from_observation(
                 consultations=consultations,
                 discussed_with_patient=any(_booleans(components, "discussed-with-patient")),
                 children_heard=tuple(_heard(c) for c in components.get("child-consent", [])),
+                key_persons=tuple(_key_person(c) for c in components.get("key-person", [])),
+                patient_explanation=next(iter(_strings(components, "patient-explanation")), None),
+                team_members=tuple(_strings(components, "team-member")),
             )
         case Step.STEP_5:
             return Step5Progress(
@@ -622,6 +709,10 @@ def finding_from_observation(
                 actions=frozenset(SafetyAction(c) for c in _codes(components, "safety-action")),
                 services=services,
                 consultations=consultations,
+                agreed_actions=tuple(
+                    _agreed_action(c) for c in components.get("agreed-action", [])
+                ),
+                next_follow_up=next(iter(_dates(components, "next-follow-up")), None),
             )
         case _:
             return Step6Referral(
@@ -631,6 +722,7 @@ def finding_from_observation(
                 patient_informed=any(_booleans(components, "patient-informed")),
                 not_informed_reason=next(iter(_strings(components, "not-informed-reason")), None),
                 follow_up_actions=tuple(_strings(components, "follow-up")),
+                contact=_contact(components),
             )
 
 
@@ -691,3 +783,48 @@ def _heard(component: Mapping[str, Any]) -> HeardChild:
         "",
     )
     return HeardChild(child_ref=ref, consent_given=component.get("valueBoolean") is True)
+
+
+def _dates(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[date]:
+    return [
+        date.fromisoformat(str(c["valueDateTime"])[:10])
+        for c in components.get(code, [])
+        if "valueDateTime" in c
+    ]
+
+
+def _key_person(component: Mapping[str, Any]) -> KeyPerson:
+    concept = component.get("valueCodeableConcept", {})
+    return KeyPerson(KeyPersonRole(_value_code(concept)), concept.get("text"))
+
+
+def _agreed_action(component: Mapping[str, Any]) -> AgreedAction:
+    url = t.extension_url("follow-up-date")
+    due = next(
+        (str(e["valueDate"]) for e in component.get("extension", []) if e.get("url") == url), None
+    )
+    return AgreedAction(
+        str(component.get("valueString", "")), date.fromisoformat(due) if due else None
+    )
+
+
+def _contact(components: Mapping[str, list[Mapping[str, Any]]]) -> FacilityContact | None:
+    day = next(iter(_dates(components, "contact-date")), None)
+    if day is None:
+        return None
+    return FacilityContact(
+        on=day,
+        person=next(iter(_strings(components, "contact-person")), ""),
+        channel=ContactChannel(next(iter(_codes(components, "contact-channel")), "")),
+    )
+
+
+def closure_from_flag(flag: Mapping[str, Any]) -> CaseClosure | None:
+    """Why a concern Flag was closed (None: it is open, or was closed without a reason)."""
+    url = t.extension_url("concern-close-reason")
+    concept = next(
+        (e["valueCodeableConcept"] for e in flag.get("extension", []) if e.get("url") == url), None
+    )
+    if concept is None:
+        return None
+    return CaseClosure(CloseReason(_value_code(concept)), concept.get("text"))

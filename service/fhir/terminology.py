@@ -94,9 +94,15 @@ PROTOCOL_ENUM_CODE_SYSTEMS: Final[Mapping[str, str]] = {
     "Consultation": "consultation-type",
     "ReferralTarget": "partner-type",
     "FactorKind": "factor-kind",
+    "KeyPersonRole": "key-person-role",
+    "ContactChannel": "contact-channel",
+    "CloseReason": "case-close-reason",
 }
 #: Protocol enums whose codes belong to a ValueSet of the guide (codes of another system).
-PROTOCOL_ENUM_VALUE_SETS: Final[Mapping[str, str]] = {"ChildRelationship": "child-relationship"}
+PROTOCOL_ENUM_VALUE_SETS: Final[Mapping[str, str]] = {
+    "ChildRelationship": "child-relationship",
+    "ReferralStatus": "referral-status",  # FHIR request-status codes
+}
 
 
 class GuideError(LookupError):

@@ -10,22 +10,32 @@ import pytest
 
 from service.fhir import mapping, terminology
 from service.protocol import (
+    AgreedAction,
+    CaseClosure,
     Child,
     ChildRelationship,
+    CloseReason,
     Consultation,
+    ContactChannel,
     ExpectedChild,
+    FacilityContact,
     Factor,
     FactorKind,
     Finding,
     HagueTrigger,
     HeardChild,
+    KeyPerson,
+    KeyPersonRole,
     LivesWith,
     PregnancyOf,
+    ProgressAssessment,
+    ReferralStatus,
     ReferralTarget,
     SafetyAssessment,
     Step,
     Step2Finding,
     Step4Decision,
+    Step5Progress,
     Step6Referral,
     TeamDecision,
 )
@@ -208,6 +218,47 @@ def _findings() -> list[Finding]:
             assessment=SafetyAssessment.NO_CONCERN,
             consultations=frozenset({Consultation.CLB, Consultation.EXPERT}),
         ),
+        *_casework_findings(),
+    ]
+
+
+def _casework_findings() -> list[Finding]:
+    """Steps 4-6 with every casework field (key persons, follow-ups, the contact)."""
+    return [
+        Step4Decision(
+            recorded_by=NURSE,
+            recorded_at=NOW,
+            decision=TeamDecision.CONCERNING_WILLING,
+            consultations=frozenset({Consultation.COLLEAGUE}),
+            discussed_with_patient=True,
+            key_persons=(
+                KeyPerson(KeyPersonRole.PARTNER),
+                KeyPerson(KeyPersonRole.OTHER, "neighbour who picks the children up"),
+            ),
+            patient_explanation="She says her partner is tired and does not mean it.",
+            team_members=("social worker ED", "dr. Janssens, paediatrician"),
+        ),
+        Step5Progress(
+            recorded_by=NURSE,
+            recorded_at=NOW,
+            progress=ProgressAssessment.IMPROVING,
+            agreed_actions=(
+                AgreedAction("appointment at the CAW", date(2026, 5, 25)),
+                AgreedAction("the grandmother takes the children on Wednesdays"),
+            ),
+            next_follow_up=date(2026, 6, 1),
+            note="Progress: the patient kept the first appointment.",
+        ),
+        Step6Referral(
+            recorded_by=NURSE,
+            recorded_at=NOW,
+            target=ReferralTarget.POLICE,
+            with_cooperation=False,
+            patient_informed=False,
+            not_informed_reason="Informing her first would put the children at risk.",
+            follow_up_actions=("the social nurse calls the patient tomorrow",),
+            contact=FacilityContact(date(2026, 5, 18), "inspector De Smet", ContactChannel.PHONE),
+        ),
     ]
 
 
@@ -247,9 +298,11 @@ def test_closed_concern_and_update_provenance(fhir_validator: ProfileValidator) 
         last_step=Step.STEP_3,
         triggers=[HagueTrigger.SUBSTANCE_ABUSE],
         closed_at=NOW.replace(hour=18),
+        closure=CaseClosure(CloseReason.OTHER, "moved abroad"),
     )
     assert flag["status"] == "inactive"
     assert fhir_validator.validate(flag) == []
+    assert mapping.closure_from_flag(flag) == CaseClosure(CloseReason.OTHER, "moved abroad")
     prov = mapping.provenance(targets=["Flag/1"], author=NURSE, recorded=NOW, update=True)
     assert fhir_validator.validate(prov) == []
     assert prov["activity"]["coding"][0]["code"] == "UPDATE"
@@ -295,3 +348,45 @@ def test_finding_from_other_observations_is_none() -> None:
     )
     assert mapping.finding_from_observation(expecting) is None
     assert mapping.finding_from_observation({"resourceType": "Flag"}) is None
+
+
+def test_a_closed_concern_needs_its_reason() -> None:
+    with pytest.raises(ValueError, match="reason"):
+        mapping.concern_flag(
+            patient_ref=PATIENT,
+            encounter_ref=None,
+            author=NURSE,
+            flagged_at=NOW,
+            identifier=mapping.identifier("concern"),
+            closed_at=NOW,
+        )
+
+
+def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileValidator) -> None:
+    referral = mapping.referral_service_request(
+        _casework_findings()[-1],  # type: ignore[arg-type] # the step 6 finding
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        performer_ref=VK,
+        reason_refs=["Observation/s4"],
+        child_refs={"c1": "RelatedPerson/c1"},
+        identifier=mapping.identifier("referral"),
+    )
+    later = NOW.replace(day=20)
+    updated = mapping.referral_with_status(
+        referral, ReferralStatus.ON_HOLD, author=NURSE, at=later, note="VK waits for the family"
+    )
+    assert updated["status"] == "on-hold"
+    assert updated["note"][:-1] == referral["note"]
+    assert updated["note"][-1] == {
+        "authorReference": {"reference": NURSE},
+        "time": later.isoformat(),
+        "text": "VK waits for the family",
+    }
+    assert fhir_validator.validate(updated) == []
+    assert (
+        mapping.referral_with_status(referral, ReferralStatus.ACTIVE, author=NURSE, at=later)[
+            "note"
+        ]
+        == referral["note"]
+    )

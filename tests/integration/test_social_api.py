@@ -17,10 +17,12 @@ from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
-from service.fhir import terminology
+from service.fhir import mapping, terminology
 from service.protocol import (
+    CaseClosure,
     Child,
     ChildRelationship,
+    CloseReason,
     LivesWith,
     SafetyAssessment,
     Step1Finding,
@@ -157,6 +159,9 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
             "consultations": ["colleague", "clb"],
             "discussed_with_patient": True,
             "note": "Worries named; she stops the counselling.",
+            "key_persons": [{"role": "partner"}, {"role": "other", "text": "neighbour"}],
+            "patient_explanation": "She says the children are fine alone for an hour.",
+            "team_members": ["social worker ED", "dr. Janssens, paediatrician"],
         },
     )
     assert decided.status_code == 200, decided.text
@@ -182,6 +187,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
             "with_cooperation": False,
             "patient_informed": True,
             "follow_up_actions": ["Tell the CLB who takes the next step."],
+            "contact": {"on": str(utcnow().date()), "person": "An", "channel": "phone"},
         },
     )
     assert referred.status_code == 200, referred.text
@@ -193,6 +199,11 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     (decision,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4")
     assert validate(decision) == []
     assert request["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
+    components = {c["code"]["coding"][0]["code"] for c in decision["component"]}
+    assert {"key-person", "patient-explanation", "team-member"} <= components
+    (step_6,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-6")
+    assert validate(step_6) == []
+    assert mapping.finding_from_observation(step_6).contact.person == "An"  # type: ignore[union-attr]
     organization = httpx.get(f"{base_url}/{request['performer'][0]['reference']}", timeout=10)
     assert organization.json()["name"].startswith("Vertrouwenscentrum")
     assert len(request["supportingInfo"]) == 2
@@ -211,18 +222,80 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert "Nothing was overwritten" in stale.json()["detail"]["message"]
     assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
 
+    on_hold = client.put(
+        f"/api/cases/{case['id']}/referral",
+        headers=worker,
+        json={
+            "row_version": referred.json()["row_version"],
+            "status": "on-hold",
+            "note": "The VK waits until the mother is home.",
+        },
+    )
+    assert on_hold.status_code == 200, on_hold.text
+    assert on_hold.json()["status"] == "delivered"
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["status"] == "on-hold"
+    assert request["note"][-1]["text"] == "The VK waits until the mother is home."
+    assert request["note"][-1]["authorReference"] == {"reference": SOCIAL_WORKER}
+    assert validate(request) == []
+
+    without_reason = client.post(
+        f"/api/cases/{case['id']}/close",
+        headers=worker,
+        json={"row_version": on_hold.json()["row_version"]},
+    )
+    assert without_reason.status_code == 422
+    other_without_text = client.post(
+        f"/api/cases/{case['id']}/close",
+        headers=worker,
+        json={"row_version": on_hold.json()["row_version"], "reason": "other"},
+    )
+    assert other_without_text.status_code == 422
+    assert other_without_text.json()["detail"]["code"] == "close-reason-text-required"
     closed = client.post(
         f"/api/cases/{case['id']}/close",
         headers=worker,
-        json={"row_version": referred.json()["row_version"]},
+        json={
+            "row_version": on_hold.json()["row_version"],
+            "reason": "referred",
+            "reason_text": "The VK follows up.",
+        },
     )
     assert closed.status_code == 200, closed.text
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
     assert "end" in flag["period"]
     assert validate(flag) == []
+    assert mapping.closure_from_flag(flag) == CaseClosure(
+        CloseReason.REFERRED, "The VK follows up."
+    )
     listed = client.get("/api/cases", headers=worker, params={"status": "closed"}).json()
     assert [item["id"] for item in listed["items"]] == [case["id"]]
+
+    # The referral outlives the hospital's concern: its status is still kept up to date.
+    completed = client.put(
+        f"/api/cases/{case['id']}/referral",
+        headers=worker,
+        json={"row_version": closed.json()["row_version"], "status": "completed"},
+    )
+    assert completed.status_code == 200, completed.text
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["status"] == "completed"
+    assert validate(request) == []
+    reopened = client.put(
+        f"/api/cases/{case['id']}/referral",
+        headers=worker,
+        json={"row_version": completed.json()["row_version"], "status": "active"},
+    )
+    assert reopened.status_code == 422
+    assert reopened.json()["detail"]["code"] == "referral-status-final"
+    stale_status = client.put(
+        f"/api/cases/{case['id']}/referral",
+        headers=worker,
+        json={"row_version": closed.json()["row_version"], "status": "revoked"},
+    )
+    assert stale_status.status_code == 409
+    assert search(base_url, "ServiceRequest", subject=patient)[0]["status"] == "completed"
 
 
 def test_a_case_with_a_step_still_due_is_not_closed(
@@ -239,10 +312,85 @@ def test_a_case_with_a_step_still_due_is_not_closed(
     (case,) = client.get("/api/cases", headers=worker).json()["items"]
 
     refused = client.post(
-        f"/api/cases/{case['id']}/close", headers=worker, json={"row_version": case["row_version"]}
+        f"/api/cases/{case['id']}/close",
+        headers=worker,
+        json={"row_version": case["row_version"], "reason": "safety-restored"},
     )
 
     assert refused.status_code == 409
     assert "step-4" in refused.json()["detail"]["message"]
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "active"
+
+
+def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    patient = _triage_niet_pluis(app, tenant, base_url)
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+    (case,) = client.get("/api/cases", headers=worker).json()["items"]
+    willing = client.post(
+        f"/api/cases/{case['id']}/step-4",
+        headers=worker,
+        json={
+            "row_version": case["row_version"],
+            "decision": "concerning-willing",
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        },
+    )
+    assert willing.status_code == 200, willing.text
+    today = utcnow().date()
+
+    first = client.post(
+        f"/api/cases/{case['id']}/step-5",
+        headers=worker,
+        json={
+            "row_version": willing.json()["row_version"],
+            "progress": "improving",
+            "actions": ["work-with-family"],
+            "agreed_actions": [{"text": "Appointment at the CAW", "follow_up_on": str(today)}],
+            "next_follow_up": str(today),
+            "note": "First conversation; the mother agrees to go to the CAW.",
+        },
+    )
+
+    assert first.status_code == 200, first.text
+    assert first.json()["next_steps"] == ["step-3", "step-5"]
+    (listed,) = client.get("/api/cases", headers=worker).json()["items"]
+    assert (listed["follow_up_due"], listed["overdue"]) == (str(today), False)
+    step_system = terminology.code_system_url("kindreflex-step")
+    (progress,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-5")
+    assert validate(progress) == []
+    assert mapping.finding_from_observation(progress).next_follow_up == today  # type: ignore[union-attr]
+
+    last = client.post(
+        f"/api/cases/{case['id']}/step-5",
+        headers=worker,
+        json={
+            "row_version": first.json()["row_version"],
+            "progress": "improving",
+            "note": "Follow-up: the CAW sees her weekly.",
+        },
+    )
+
+    assert last.status_code == 200, last.text
+    assert last.json()["next_steps"] == ["step-3"]
+    (listed,) = client.get("/api/cases", headers=worker).json()["items"]
+    assert (listed["follow_up_due"], listed["overdue"]) == (None, False)
+    past = client.post(
+        f"/api/cases/{case['id']}/step-5",
+        headers=worker,
+        json={
+            "row_version": last.json()["row_version"],
+            "progress": "improving",
+            "next_follow_up": str(today - timedelta(days=1)),
+        },
+    )
+    assert past.status_code == 422

@@ -8,7 +8,7 @@ here calls the FHIR server.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,7 +32,7 @@ STEP_BODIES: dict[str, dict[str, object]] = {
         "with_cooperation": True,
         "patient_informed": True,
     },
-    "close": {},
+    "close": {"reason": "referred"},
 }
 COLLEAGUE = "Practitioner/sw-2"
 
@@ -44,6 +44,7 @@ def _case(
     at: datetime,
     assigned_to: str | None = None,
     status: str = "open",
+    follow_up_due: date | None = None,
 ) -> int:
     with database.session() as session:
         row = Concern(
@@ -58,6 +59,7 @@ def _case(
             last_step="step-2",
             assigned_to=assigned_to,
             status=status,
+            follow_up_due=follow_up_due,
         )
         session.add(row)
         session.flush()
@@ -99,6 +101,11 @@ def test_every_case_endpoint_admits_only_social_workers(
             )
             for path, body in STEP_BODIES.items()
         ),
+        client.put(
+            f"/api/cases/{case_id}/referral",
+            headers=headers,
+            json={"status": "completed", "row_version": 3},
+        ),
     ]
 
     expected = {None: 401, False: 403, True: 200}[allowed]
@@ -106,7 +113,7 @@ def test_every_case_endpoint_admits_only_social_workers(
     # A social worker's step saves get past the role check and read the case from the FHIR
     # server, which this test does not run: 503, the answer for an unreachable server.
     steps = 503 if allowed else expected
-    assert [a.status_code for a in answers[3:]] == [steps] * len(STEP_BODIES)
+    assert [a.status_code for a in answers[3:]] == [steps] * (len(STEP_BODIES) + 1)
     if allowed is False:  # the refusal says which role is missing, in Dutch
         assert "sociale dienst" in answers[0].text
     assert _version(database, case_id) == ((COLLEAGUE, 3) if allowed else (None, 1))
@@ -190,6 +197,48 @@ def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
         client.get("/api/cases", headers=me, params={"limit": "0"}),
     ]
     assert [r.status_code for r in bad] == [422, 422, 422]
+
+
+def test_overdue_follow_ups_show_and_filter(database_url: str, database: Database) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    now = utcnow()
+    today = now.date()  # the day the list compares with (as the endpoint does)
+    due = {
+        "Patient/late": today - timedelta(days=3),
+        "Patient/yesterday": today - timedelta(days=1),
+        "Patient/today": today,
+        "Patient/later": today + timedelta(days=7),
+        "Patient/none": None,
+    }
+    for patient, day in due.items():
+        _case(database, hospital, patient, now - timedelta(days=10), follow_up_due=day)
+    _case(
+        database,
+        hospital,
+        "Patient/closed",
+        now - timedelta(days=10),
+        status="closed",
+        follow_up_due=today - timedelta(days=5),
+    )
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    listed = client.get("/api/cases", headers=me, params={"sort": "oldest"}).json()["items"]
+    shown = {item["patient"]: (item["follow_up_due"], item["overdue"]) for item in listed}
+    assert shown == {
+        patient: (day.isoformat() if day else None, day is not None and day < today)
+        for patient, day in due.items()
+    }
+    overdue = client.get("/api/cases", headers=me, params={"overdue": "true", "sort": "oldest"})
+    assert [item["patient"] for item in overdue.json()["items"]] == [
+        "Patient/late",
+        "Patient/yesterday",
+    ]
+    mine = client.get("/api/cases", headers=me, params={"overdue": "true", "view": "mine"})
+    assert mine.json()["items"] == []
+    closed = client.get("/api/cases", headers=me, params={"status": "closed"}).json()["items"]
+    assert [(c["patient"], c["overdue"]) for c in closed] == [("Patient/closed", False)]
 
 
 def test_claim_and_assign_move_the_version_and_are_audited(

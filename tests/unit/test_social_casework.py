@@ -11,7 +11,7 @@ from service.admin.partners_io import organization
 from service.casework import CaseRecord, Referral, close_transaction, step_transaction
 from service.fhir import mapping, terminology
 from service.partners import load_default_directory
-from service.protocol import Step
+from service.protocol import CaseClosure, CloseReason, Step
 from service.social import Step4Input, Step6Input
 from service.tenant_config import default_partners
 from tests.support.validator import validate_bundle_entries
@@ -133,7 +133,11 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
 def test_closing_makes_the_flag_inactive_and_keeps_its_history() -> None:
     closed_at = EPISODE_3 + timedelta(days=30)
 
-    bundle = close_transaction(_record(), author=SOCIAL_WORKER, closed_at=closed_at).bundle
+    closure = CaseClosure(CloseReason.SAFETY_RESTORED, "support through the CAW")
+
+    bundle = close_transaction(
+        _record(), author=SOCIAL_WORKER, closed_at=closed_at, closure=closure
+    ).bundle
 
     assert _problems(bundle) == {}
     (flag,) = _entries(bundle, "Flag")
@@ -144,3 +148,4 @@ def test_closing_makes_the_flag_inactive_and_keeps_its_history() -> None:
         "end": closed_at.isoformat(),
     }
     assert _extension_code(flag["resource"], "concern-last-step") == "step-2"
+    assert mapping.closure_from_flag(flag["resource"]) == closure
