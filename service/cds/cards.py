@@ -105,7 +105,6 @@ def _app_context(advice: Advice, target: CardTarget) -> str:
 
 
 def _override_reason(code: str, language: Language, vocabulary: Vocabulary) -> dict[str, str]:
-    coding = {"code": code, "display": translate(language, f"cds.override.{code}")}
-    if vocabulary.override_reason_system is not None:
-        coding["system"] = vocabulary.override_reason_system
-    return coding
+    """A Coding of the guide's cds-override-reason CodeSystem with the guide's display in
+    the card's language (the EHR echoes the chosen one back in its feedback)."""
+    return dict(vocabulary.override_reasons[language][code])

@@ -2,11 +2,12 @@
 
 A small, hashable view built once per process: the Hague trigger ValueSets as
 (system, code) sets, the step-1 finding code, the open-concern Flag code, and the
-CodeSystem of the card's override reasons when the guide has one.
+CodeSystem of the card's override reasons (``cds-override-reason``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +17,7 @@ from service.protocol import HagueTrigger, Step
 
 #: The guide's record-type code of an open Kindreflex concern (a Flag.code).
 OPEN_CONCERN_CODE = "open-concern"
-#: The guide's CodeSystem of override reasons (asked for in docs/contracts-wip.md).
+#: The guide's CodeSystem of the card's override reasons.
 OVERRIDE_REASON_CODE_SYSTEM = "cds-override-reason"
 
 
@@ -35,7 +36,9 @@ class Vocabulary:
     triggers: Mapping[HagueTrigger, frozenset[Code]]
     step_system: str
     concern_flag: Code
-    override_reason_system: str | None
+    override_reason_system: str
+    #: language → code → the override reason's Coding (system, code, the guide's display)
+    override_reasons: Mapping[str, Mapping[str, Mapping[str, str]]]
 
     @property
     def step_1(self) -> Code:
@@ -49,7 +52,7 @@ class Vocabulary:
         if not extra:
             return self
         merged = {t: codes | extra.get(t, frozenset()) for t, codes in self.triggers.items()}
-        return Vocabulary(merged, self.step_system, self.concern_flag, self.override_reason_system)
+        return dataclasses.replace(self, triggers=merged)
 
 
 def vocabulary_of(guide: terminology.Guide) -> Vocabulary:
@@ -59,15 +62,17 @@ def vocabulary_of(guide: terminology.Guide) -> Vocabulary:
         for trigger in HagueTrigger
     }
     concern = guide.code_system("record-type").concept(OPEN_CONCERN_CODE)
-    try:
-        override_system: str | None = guide.code_system(OVERRIDE_REASON_CODE_SYSTEM).url
-    except terminology.GuideError:
-        override_system = None  # not in the guide yet: Codings go without a system
+    overrides = guide.code_system(OVERRIDE_REASON_CODE_SYSTEM)
+    languages: tuple[terminology.Lang, ...] = ("nl", "fr", "en")
     return Vocabulary(
         triggers=triggers,
         step_system=guide.code_system("kindreflex-step").url,
         concern_flag=Code(concern.system, concern.code),
-        override_reason_system=override_system,
+        override_reason_system=overrides.url,
+        override_reasons={
+            lang: {code: guide.coding(overrides.id, code, lang) for code in overrides.codes}
+            for lang in languages
+        },
     )
 
 

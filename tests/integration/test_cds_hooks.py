@@ -24,6 +24,7 @@ from sandbox.keys import SigningKey
 from service.app import create_app
 from service.db.base import Base, Database
 from service.db.models import CdsCard, CdsFeedback, CdsSeenToken
+from service.fhir import terminology
 from service.protocol import HagueTrigger
 from service.settings import Settings
 from service.tenant_config import (
@@ -403,11 +404,12 @@ def feedback_call(cds: Cds, items: list[dict[str, Any]]) -> Any:
 def test_feedback_is_stored_once_per_outcome(cds: Cds) -> None:
     card = only_card(cds.call())
     override = card["overrideReasons"][2]
+    assert override["system"] == terminology.code_system_url("cds-override-reason")
     items = [
         {
             "card": card["uuid"],
             "outcome": "overridden",
-            "overrideReason": {"reason": override, "userComment": "named the patient's son"},
+            "overrideReason": {"reason": override, "userComment": "named the son Jonas"},
             "outcomeTimestamp": "2026-11-23T10:15:00+01:00",
         },
         {
@@ -425,8 +427,9 @@ def test_feedback_is_stored_once_per_outcome(cds: Cds) -> None:
             (items[1]["card"], "accepted", None),
         ]
         assert rows[0].issuer == cds.ehr.issuer
+        assert rows[0].override_system == override["system"]
         assert rows[0].outcome_at.hour == 9  # stored in UTC
-        assert "son" not in str([vars(r) for r in rows])  # free text is never kept
+        assert "Jonas" not in str([vars(r) for r in rows])  # free text is never kept
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ from service.cds.cards import SUMMARY_LIMIT, CardTarget, card
 from service.cds.rules import GENERIC, Advice, advise, local_trigger_codes
 from service.cds.situation import situation_of
 from service.cds.vocabulary import Code, Vocabulary, guide_vocabulary
-from service.i18n import Language, translate
+from service.fhir import terminology
+from service.i18n import Language, catalogue, translate
 from service.protocol import HagueTrigger
 from service.tenant_config import HookSettings, LocalTriggerCode
 
@@ -257,6 +258,20 @@ def test_the_info_card_is_dutch_with_a_smart_link_and_override_reasons() -> None
     }
     assert [r["code"] for r in result["overrideReasons"]] == HookSettings().override_reasons
     assert result["overrideReasons"][0]["display"] == "Patiënt niet aanspreekbaar"
+    override_system = terminology.code_system("cds-override-reason")
+    for coding in result["overrideReasons"]:  # a Coding without its system would fail here
+        assert coding == terminology.coding("cds-override-reason", coding["code"])
+        assert coding["system"] == override_system.url
+
+
+def test_every_configurable_override_reason_is_a_code_of_the_guide() -> None:
+    """The configuration accepts the catalogue's override reasons; the card codes them
+    from the guide's CodeSystem: both must name the same codes."""
+    prefix = "cds.override."
+    configurable = {
+        m.removeprefix(prefix) for m in catalogue("nl").messages if m.startswith(prefix)
+    }
+    assert configurable == set(terminology.code_system("cds-override-reason").codes)
 
 
 @pytest.mark.parametrize("language", ["nl", "fr", "en"])
