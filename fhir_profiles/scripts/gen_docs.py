@@ -306,14 +306,20 @@ STEP_RESOURCES = {
     "opens a `Flag` (kindreflex-open-concern).",
     "step-3": "`Observation` (kindreflex-step3-finding): support actions and services.",
     "step-4": "`Observation` (kindreflex-step4-finding): team decision, risk and protective "
-    "factors, consultations, worries discussed, children heard with consent. The `Flag` "
-    "stays active (last step 4).",
+    "factors, consultations, worries discussed and the patient's explanation, children heard "
+    "with consent, adult key persons heard (partner, grandparent, other), who took part in "
+    "the team decision. The `Flag` stays active (last step 4).",
     "step-5": "`Observation` (kindreflex-step5-finding): progress, safety actions, services, "
-    "consultations.",
+    "consultations, actions agreed (each with an optional follow-up date, extension "
+    "follow-up-date) and the next follow-up; the note is the progress note. A next follow-up "
+    "keeps step 5 open: each follow-up is another step 5 finding.",
     "step-6": "`ServiceRequest` (kindreflex-referral) to the `Organization` "
     "(kindreflex-partner-organization) of the VK, OCJ, parket or police, reasonReference = "
-    "the step 4 (or 5, or 2) finding, supportingInfo = the children; `Observation` "
-    "(kindreflex-step6-finding) with cooperation, patient informed and follow-up actions.",
+    "the step 4 (or 5, or 2) finding, supportingInfo = the children; its `status` (active, "
+    "on-hold, completed, revoked) is kept up to date as the referral proceeds, each change "
+    "with an optional `note` (author, time); `Observation` (kindreflex-step6-finding) with "
+    "cooperation, patient informed, the contact with the facility (date, person, channel) "
+    "and the follow-up actions agreed for the hospital.",
 }
 
 
@@ -363,7 +369,8 @@ def write_index(guide: Guide) -> str:
         "acute danger (never with no concern) → step 4 or 6.",
         "- Step 4: safe → step 3; concerning-willing → step 5; concerning-unwilling or "
         "acute-danger → step 6.",
-        "- Step 5: improving → step 3; not-restored → step 6.",
+        "- Step 5: improving → step 3; not-restored → step 6; with a next follow-up date, "
+        "also step 5 again (the follow-up).",
         "- Step 6: VK (with or without cooperation), OCJ (only without cooperation), parket or "
         "police (only with acute danger).",
         "",
@@ -377,7 +384,11 @@ def write_index(guide: Guide) -> str:
         "A `Flag` (kindreflex-open-concern, category safety) is active while steps 4-6 lie "
         "ahead. It makes the CDS card warn at the next presentation and fills the social "
         "service's worklist; extensions tell the last step and the Hague trigger. When the "
-        "concern is closed, the Flag becomes inactive with `period.end`.",
+        "concern is closed, the Flag becomes inactive with `period.end` and the reason in "
+        "the extension concern-close-reason (R4 `Flag` has no status reason): "
+        "safety-restored, referred, patient-left-care or other (with a text). The findings "
+        "and any referral stay as they are: closing the hospital's concern does not end a "
+        "referral, whose status keeps following the facility's work.",
         "",
         "## Hague Protocol triggers",
         "",
