@@ -26,11 +26,10 @@ from typing import Any
 
 import httpx
 import jwt
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert
+from sqlalchemy import Connection, delete, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from service.cds.batching import BatchWriter
-from service.db.base import Database
+from service.cds.batching import BatchWriter, FastWrites
 from service.db.models import CdsSeenToken
 from service.tenancy import TenantContext
 from service.tenant_config import CdsIssuer, EhrRegistration
@@ -44,7 +43,6 @@ JWKS_TTL_SECONDS = 300.0
 JWKS_REFETCH_SECONDS = 30.0  # an unknown kid refetches, but not more often than this
 JWKS_TIMEOUT_SECONDS = 3.0
 PURGE_EVERY_SECONDS = 60.0
-MAX_WRITERS = 4  # jti batches in flight at once (PostgreSQL; SQLite has one writer anyway)
 
 
 class CdsAuthError(Exception):
@@ -123,26 +121,17 @@ class SeenTokens:
 
     It is the one database write of a hook call, so it is made cheap:
 
-    * group commit (``BatchWriter``) — calls arriving together share one multi-row
-      INSERT;
-    * one round trip — on PostgreSQL the INSERT runs in autocommit (a single statement is
-      atomic), on connections of the ledger's own without a pre-ping; on SQLite the batch
-      is one transaction;
-    * no wait for the disk flush — PostgreSQL ``synchronous_commit=off`` and SQLite
-      ``synchronous=NORMAL`` (WAL) on those connections only. An application crash loses
-      nothing; a database server or OS crash may forget the last fraction of a second of
-      jtis, of tokens that expire within five minutes anyway. The clinical data (outbox,
-      findings) keeps full durability on the service's main connections.
+    * group commit (``BatchWriter``) — calls arriving together share one INSERT;
+    * one round trip, no wait for the disk flush (``FastWrites``). An application crash
+      loses nothing; a database server or OS crash may forget the last fraction of a
+      second of jtis, of tokens that expire within five minutes anyway.
 
     A batch that hits a replay is retried row by row to tell which token was the replay.
     """
 
-    def __init__(self, database: Database) -> None:
-        self._engine = _ledger_engine(database)
-        # SQLite writers queue on one lock, and a waiting writer sleeps (up to 100 ms at a
-        # time): one batch at a time, but a bigger one, is faster
-        sqlite = self._engine.url.get_backend_name() == "sqlite"
-        self._batches = BatchWriter(self._write, 1 if sqlite else MAX_WRITERS)
+    def __init__(self, writes: FastWrites) -> None:
+        self._writes = writes
+        self._batches = BatchWriter(self._write, writes.writers)
         self._next_purge = 0.0
 
     async def first_use(self, tenant_id: int, issuer: str, jti: str, expires_at: datetime) -> bool:
@@ -156,7 +145,7 @@ class SeenTokens:
     def _write(self, rows: list[dict[str, Any]]) -> list[bool]:
         """In a worker thread: one INSERT for the batch, row by row after a replay."""
         try:
-            with self._engine.begin() as connection:
+            with self._writes.begin() as connection:
                 connection.execute(insert(CdsSeenToken), rows)
                 self._purge_when_due(connection)
         except IntegrityError:
@@ -165,7 +154,7 @@ class SeenTokens:
 
     def _write_one(self, row: dict[str, Any]) -> bool:
         try:
-            with self._engine.begin() as connection:
+            with self._writes.begin() as connection:
                 connection.execute(insert(CdsSeenToken), row)
         except IntegrityError:
             return False
@@ -178,37 +167,6 @@ class SeenTokens:
         self._next_purge = now + PURGE_EVERY_SECONDS
         cutoff = datetime.now(UTC) - timedelta(seconds=LEEWAY_SECONDS)
         connection.execute(delete(CdsSeenToken).where(CdsSeenToken.expires_at < cutoff))
-
-
-def _ledger_engine(database: Database) -> Engine:
-    """Connections of the ledger's own that do not wait for the disk flush.
-
-    PostgreSQL runs in autocommit: the batch is one multi-row INSERT, atomic on its own.
-    SQLite keeps transactions: in autocommit its executemany would commit every row.
-    """
-    url = database.engine.url
-    if url.get_backend_name() != "sqlite":
-        return create_engine(
-            url,
-            pool_size=MAX_WRITERS,
-            max_overflow=0,
-            pool_recycle=300,
-            connect_args={"options": "-c synchronous_commit=off"},
-        ).execution_options(isolation_level="AUTOCOMMIT")
-    if url.database in (None, "", ":memory:"):  # one shared in-memory database
-        return database.engine
-    engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=MAX_WRITERS
-    )
-    event.listen(engine, "connect", _sqlite_ledger_pragmas)
-    return engine
-
-
-def _sqlite_ledger_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
 
 
 class ReplayCheckUnavailableError(RuntimeError):

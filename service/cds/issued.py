@@ -1,9 +1,9 @@
 """The cards returned, recorded for the monitoring figures (``service.monitoring``).
 
 Written off the EHR's wait: the response does not wait for the row, batches of rows are
-written together (``BatchWriter``), and a failed write costs a count, never a card — it
-is logged, not raised. No patient or encounter id is stored: ``presentation`` is the
-monitoring's one-way key of the ED presentation.
+written together on the CDS path's own connections (``FastWrites``), and a failed write
+costs a count, never a card — it is logged, not raised. No patient or encounter id is
+stored: ``presentation`` is the monitoring's one-way key of the ED presentation.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from service.cds.batching import BatchWriter
+from service.cds.batching import BatchWriter, FastWrites
 from service.cds.rules import Advice
-from service.db.base import Database, utcnow
+from service.db.base import utcnow
 from service.db.models import CdsCard
 from service.monitoring import presentation_key
 
@@ -36,8 +36,8 @@ class Presentation:
 
 
 class IssuedCards:
-    def __init__(self, database: Database) -> None:
-        self._database = database
+    def __init__(self, writes: FastWrites) -> None:
+        self._writes = writes
         self._batches: BatchWriter[dict[str, Any], None] = BatchWriter(self._write, 1)
 
     def record(
@@ -57,7 +57,7 @@ class IssuedCards:
         self._batches.submit(row).add_done_callback(_log_failure)
 
     def _write(self, rows: list[dict[str, Any]]) -> list[None]:
-        with self._database.engine.begin() as connection:
+        with self._writes.begin() as connection:
             connection.execute(insert(CdsCard), rows)
         return [None] * len(rows)
 

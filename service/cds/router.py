@@ -42,6 +42,7 @@ from service.cds.auth import (
     SeenTokens,
     expiry,
 )
+from service.cds.batching import FastWrites
 from service.cds.cards import CardTarget, card
 from service.cds.issued import IssuedCards, Presentation
 from service.cds.rules import advise, local_trigger_codes
@@ -105,9 +106,10 @@ def _new_state(database: Database, registry: Any) -> CdsState:
     # no redirects: the EHR's access token must not follow a redirect to another host
     jwks_http = httpx.AsyncClient(follow_redirects=False)
     fhir_http = httpx.AsyncClient(follow_redirects=False, event_hooks={"request": [count]})
+    writes = FastWrites(database)
     return CdsState(
-        authenticator=CdsAuthenticator(JwksCache(jwks_http), SeenTokens(database)),
-        issued=IssuedCards(database),
+        authenticator=CdsAuthenticator(JwksCache(jwks_http), SeenTokens(writes)),
+        issued=IssuedCards(writes),
         fhir_http=fhir_http,
         fhir_requests=fhir_requests,
         cards=Counter(
