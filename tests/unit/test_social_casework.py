@@ -7,11 +7,27 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from service.admin.partners_io import organization
-from service.casework import CaseRecord, Referral, close_transaction, step_transaction
+from service.casework import (
+    CaseRecord,
+    Referral,
+    close_transaction,
+    referral_transaction,
+    step_transaction,
+)
 from service.fhir import mapping, terminology
 from service.partners import load_default_directory
-from service.protocol import CaseClosure, CloseReason, Step
+from service.protocol import (
+    CaseClosure,
+    CloseReason,
+    InvalidFindingError,
+    ReferralStatus,
+    ReferralTarget,
+    Step,
+    Step6Referral,
+)
 from service.social import Step4Input, Step6Input
 from service.tenant_config import default_partners
 from tests.support.validator import validate_bundle_entries
@@ -149,3 +165,64 @@ def test_closing_makes_the_flag_inactive_and_keeps_its_history() -> None:
     }
     assert _extension_code(flag["resource"], "concern-last-step") == "step-2"
     assert mapping.closure_from_flag(flag["resource"]) == closure
+
+
+def _referral_as_read(status: str) -> dict[str, Any]:
+    """The step 6 referral to the VK as the FHIR server returns it (id and version)."""
+    finding = Step6Referral(
+        recorded_by=SOCIAL_WORKER,
+        recorded_at=EPISODE_3,
+        target=ReferralTarget.VK,
+        with_cooperation=False,
+        patient_informed=True,
+    )
+    request = mapping.referral_service_request(
+        finding,
+        patient_ref="Patient/mother",
+        encounter_ref="Encounter/episode-3",
+        performer_ref="Organization/vk",
+        reason_refs=["Observation/decision"],
+        child_refs=CHILDREN,
+        identifier=mapping.identifier("referral", "referral-1"),
+        status=status,
+    )
+    return {**request, "id": "referral-1", "meta": {**request["meta"], "versionId": "2"}}
+
+
+def test_a_referral_status_change_is_an_if_match_update_signed_by_the_social_worker() -> None:
+    later = EPISODE_3 + timedelta(days=9)
+
+    plan = referral_transaction(
+        _record(),
+        _referral_as_read("active"),
+        ReferralStatus.ON_HOLD,
+        author=SOCIAL_WORKER,
+        note="The VK waits for the family.",
+        now=later,
+    )
+
+    assert _problems(plan.bundle) == {}
+    (request,) = _entries(plan.bundle, "ServiceRequest")
+    assert request["request"] == {
+        "method": "PUT",
+        "url": "ServiceRequest/referral-1",
+        "ifMatch": 'W/"2"',
+    }
+    assert request["resource"]["status"] == "on-hold"
+    assert request["resource"]["note"][-1]["text"] == "The VK waits for the family."
+    assert _entries(plan.bundle, "Flag") == []  # the concern itself does not change
+    (provenance,) = _entries(plan.bundle, "Provenance")
+    assert provenance["resource"]["target"] == [{"reference": "ServiceRequest/referral-1"}]
+    assert "ServiceRequest/referral-1" in plan.written
+
+
+def test_a_finished_referral_does_not_change_again() -> None:
+    with pytest.raises(InvalidFindingError):
+        referral_transaction(
+            _record(),
+            _referral_as_read("revoked"),
+            ReferralStatus.ACTIVE,
+            author=SOCIAL_WORKER,
+            note=None,
+            now=EPISODE_3,
+        )

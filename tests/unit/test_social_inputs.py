@@ -10,8 +10,13 @@ from pydantic import ValidationError
 
 from service.partners import load_default_directory
 from service.protocol import (
+    AgreedAction,
     Consultation,
+    ContactChannel,
+    FacilityContact,
     FactorKind,
+    KeyPerson,
+    KeyPersonRole,
     KindreflexCase,
     MissingInformationError,
     ProgressAssessment,
@@ -155,3 +160,56 @@ def test_a_body_with_unknown_or_wrong_fields_is_refused() -> None:
         _step4(decision="fine")
     with pytest.raises(ValidationError, match="services"):
         Step5Input.model_validate({"progress": "improving", "services": ["nobody"]})
+
+
+def test_the_casework_fields_reach_the_findings() -> None:
+    decision = _step4(
+        key_persons=[{"role": "partner"}, {"role": "other", "text": "neighbour"}],
+        patient_explanation="She says the children are fine alone for an hour.",
+        team_members=["social worker ED", "  ", "dr. Janssens"],
+    ).finding(SOCIAL_WORKER, EPISODE_2)
+    assert decision.key_persons == (
+        KeyPerson(KeyPersonRole.PARTNER),
+        KeyPerson(KeyPersonRole.OTHER, "neighbour"),
+    )
+    assert decision.patient_explanation == "She says the children are fine alone for an hour."
+    assert decision.team_members == ("social worker ED", "dr. Janssens")
+
+    day = EPISODE_3.date()
+    progress = Step5Input.model_validate(
+        {
+            "progress": "improving",
+            "agreed_actions": [{"text": "CAW appointment", "follow_up_on": str(day)}],
+            "next_follow_up": str(day + timedelta(days=14)),
+        }
+    ).finding(SOCIAL_WORKER, EPISODE_3)
+    assert progress.agreed_actions == (AgreedAction("CAW appointment", day),)
+    assert progress.next_follow_up == day + timedelta(days=14)
+
+    referral = Step6Input.model_validate(
+        {
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": True,
+            "patient_informed": True,
+            "contact": {"on": str(day), "person": "An (VK)", "channel": "letter"},
+        }
+    ).finding(SOCIAL_WORKER, EPISODE_3, DIRECTORY)
+    assert referral.contact == FacilityContact(day, "An (VK)", ContactChannel.LETTER)
+
+
+def test_bad_casework_fields_are_refused_with_their_reason() -> None:
+    with pytest.raises(ValidationError, match="role"):
+        _step4(key_persons=[{"role": "uncle"}])
+    with pytest.raises(MissingInformationError):
+        _step4(key_persons=[{"role": "other"}]).finding(SOCIAL_WORKER, EPISODE_2)
+    with pytest.raises(ValidationError, match="channel"):
+        Step6Input.model_validate(
+            {
+                "partner_id": "vk-oost-vlaanderen",
+                "with_cooperation": True,
+                "patient_informed": True,
+                "contact": {"on": "2026-05-18", "person": "An", "channel": "pigeon"},
+            }
+        )
+    with pytest.raises(ValidationError, match="next_follow_up"):
+        Step5Input.model_validate({"progress": "improving", "next_follow_up": "soon"})
