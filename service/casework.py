@@ -290,19 +290,26 @@ class NoReferralError(LookupError):
     """The case has no referral on the FHIR server (no step 6 delivered yet)."""
 
 
-def _latest_referral(client: FhirClient, patient_ref: str) -> Resource:
-    """The patient's most recent Kindreflex referral ServiceRequest, as read (with version)."""
+def _referrals(client: FhirClient, patient_ref: str) -> list[Resource]:
+    """The patient's Kindreflex referral ServiceRequests as read (with versions), newest
+    first."""
     code = f"{terminology.code_system_url('record-type')}|referral"
     found = _resources(
         client.search("ServiceRequest", {"subject": patient_ref, "code": code, "_count": "100"}),
         "ServiceRequest",
     )
+    return sorted(found, key=lambda r: datetime.fromisoformat(r["authoredOn"]), reverse=True)
+
+
+def _latest_referral(client: FhirClient, patient_ref: str) -> Resource:
+    """The patient's most recent Kindreflex referral ServiceRequest, as read (with version)."""
+    found = _referrals(client, patient_ref)
     if not found:
         raise NoReferralError(
             "This case has no referral on the FHIR server yet; record step 6 first (or wait "
             "until its delivery shows as sent)."
         )
-    return max(found, key=lambda r: datetime.fromisoformat(r["authoredOn"]))
+    return found[0]
 
 
 def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
@@ -354,6 +361,21 @@ class FhirChangedConflict(CaseConflict):
 
 class CloseRefusedError(ValueError):
     """A case is closed only when no step 4, 5 or 6 is due, or after a referral (step 6)."""
+
+
+@dataclass(frozen=True)
+class CaseFile:
+    """A case as the FHIR server holds it, for reading its history: the protocol's state
+    (findings, children, next steps), the referrals (as read, newest first) and, for a
+    closed case, why it was closed."""
+
+    case_id: int
+    status: str
+    row_version: int
+    follow_up_due: date | None
+    case: KindreflexCase
+    referrals: tuple[Resource, ...]
+    closure: CaseClosure | None
 
 
 class Casework:
@@ -419,6 +441,22 @@ class Casework:
             ctx, concern, plan, _Index(concern.last_step, "closed", None), frozenset()
         )
 
+    def open_case(self, ctx: LaunchInfo, case_id: int) -> CaseFile:
+        """The case with its history (an audited read), open or closed."""
+        concern = self._concern(ctx, case_id, None)
+        record, case = self._read(ctx, concern)
+        with self._client(ctx) as client:
+            referrals = _referrals(client, concern.patient_ref)
+        return CaseFile(
+            case_id=concern.id,
+            status=concern.status,
+            row_version=concern.row_version,
+            follow_up_due=concern.follow_up_due,
+            case=case,
+            referrals=tuple(referrals),
+            closure=mapping.closure_from_flag(record.flag),
+        )
+
     def update_referral(
         self,
         ctx: LaunchInfo,
@@ -445,14 +483,24 @@ class Casework:
     # -- steps of the use case --------------------------------------------------------------
 
     def _concern(
-        self, ctx: LaunchInfo, case_id: int, expected_version: int, *, closed_too: bool = False
+        self,
+        ctx: LaunchInfo,
+        case_id: int,
+        expected_version: int | None,
+        *,
+        closed_too: bool = False,
     ) -> Concern:
+        """The case's index row; for a change (``expected_version`` given) only at the
+        version the user saw, and only open unless ``closed_too``."""
         with self._database.session() as session:
             row = session.scalar(
                 select(Concern).where(Concern.tenant_id == ctx.tenant.id, Concern.id == case_id)
             )
             if row is None:
                 raise CaseNotFoundError(f"There is no case {case_id} in this hospital.")
+            if expected_version is None:  # a read
+                session.expunge(row)
+                return row
             if row.status != "open" and not closed_too:
                 raise CaseConflict("closed", row.assigned_to, row.row_version)
             if row.row_version != expected_version:

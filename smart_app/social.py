@@ -15,18 +15,20 @@ change is audited as a failure.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date, datetime
 from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from service import audit, social
 from service.api.deps import DatabaseDep
 from service.audit import AuditAction, AuditFact, Outcome
 from service.casework import (
+    CaseFile,
     CaseNotOnServerError,
     Casework,
     CloseRefusedError,
@@ -38,7 +40,7 @@ from service.fhir import terminology
 from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
 from service.fhir.terminology import identifier_system
 from service.i18n import Language, translate
-from service.protocol import CaseClosure, CloseReason, ProtocolError, ReferralStatus
+from service.protocol import CaseClosure, CloseReason, Finding, ProtocolError, ReferralStatus
 from service.social import (
     CaseFilter,
     CasePage,
@@ -113,6 +115,45 @@ class ReferralStatusRequest(ClaimRequest):
     note: str | None = Field(None, max_length=4000, description="Why, or what the facility said.")
 
 
+class ChildView(BaseModel):
+    ref: str = Field(description="The child's RelatedPerson reference (use it in `focus`).")
+    name: str
+    birth_date: date
+
+
+class FindingView(BaseModel):
+    step: str
+    recorded_at: datetime
+    recorded_by: str
+    content: dict[str, Any] = Field(
+        description="Every field of the finding, named as in the step bodies."
+    )
+
+
+class ReferralView(BaseModel):
+    id: str = Field(description="The ServiceRequest id on the FHIR server.")
+    status: str = Field(description="active | on-hold | completed | revoked")
+    target: str = Field(description="vk | ocj | parket | police")
+    performer: str = Field(description="Reference to the facility's Organization.")
+    authored_on: datetime
+    notes: list[dict[str, Any]] = Field(description="FHIR Annotations, oldest first.")
+
+
+class CaseFileResponse(BaseModel):
+    id: int
+    patient: str
+    status: str
+    row_version: int = Field(description="Send back to change the case (optimistic locking).")
+    follow_up_due: date | None
+    next_steps: list[str]
+    children: list[ChildView]
+    findings: list[FindingView] = Field(description="Steps 1-6 as recorded, oldest first.")
+    referrals: list[ReferralView] = Field(description="Newest first.")
+    closure: dict[str, str | None] | None = Field(
+        description="Why the case was closed: `{reason, text}`; null while open."
+    )
+
+
 class StepResponse(BaseModel):
     status: str = Field(description="delivered | pending (the outbox delivers it) | failed")
     outbox_id: int
@@ -185,6 +226,64 @@ _STEP_ERRORS: dict[int | str, dict[str, Any]] = {
     502: {},
     503: {},
 }
+
+
+@router.get(
+    "/api/cases/{case_id}",
+    summary="A case with its history, as the FHIR server holds it (an audited read)",
+    responses={401: {}, 404: {}, 409: {}, 502: {}, 503: {}},
+)
+def case_file(
+    ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId
+) -> CaseFileResponse:
+    try:
+        opened = work.open_case(ctx, case_id)
+    except _REFUSALS as error:
+        _audit_refusal(ctx, database, AuditAction.READ)
+        raise HTTPException(*_refusal(error)) from error
+    return _case_file_view(opened)
+
+
+def _case_file_view(opened: CaseFile) -> CaseFileResponse:
+    case = opened.case
+    closure = opened.closure
+    return CaseFileResponse(
+        id=opened.case_id,
+        patient=case.patient_ref,
+        status=opened.status,
+        row_version=opened.row_version,
+        follow_up_due=opened.follow_up_due,
+        next_steps=sorted(s.value for s in case.next_steps),
+        children=[
+            ChildView(ref=c.ref, name=c.name, birth_date=c.birth_date) for c in case.children
+        ],
+        findings=[
+            FindingView(
+                step=f.step.value,
+                recorded_at=f.recorded_at,
+                recorded_by=f.recorded_by,
+                content=_FINDING_JSON.dump_python(f, mode="json"),
+            )
+            for f in case.findings
+        ],
+        referrals=[_referral_view(r) for r in opened.referrals],
+        closure=None if closure is None else {"reason": closure.reason.value, "text": closure.text},
+    )
+
+
+#: A protocol finding (a frozen dataclass) as JSON, fields named as in the step bodies.
+_FINDING_JSON: TypeAdapter[Finding] = TypeAdapter(Finding)
+
+
+def _referral_view(resource: dict[str, Any]) -> ReferralView:
+    return ReferralView(
+        id=resource["id"],
+        status=resource["status"],
+        target=resource["performerType"]["coding"][0]["code"],
+        performer=resource["performer"][0]["reference"],
+        authored_on=resource["authoredOn"],
+        notes=resource.get("note", []),
+    )
 
 
 @router.post(
@@ -320,9 +419,11 @@ def _refusal(error: Exception) -> tuple[int, object]:
             return 502, f"The FHIR server refused to read the case: {error}"
 
 
-def _audit_refusal(ctx: LaunchContext, database: DatabaseDep) -> None:
+def _audit_refusal(
+    ctx: LaunchContext, database: DatabaseDep, action: AuditAction = AuditAction.UPDATE
+) -> None:
     with database.session() as session:
-        refused = _fact(ctx, AuditAction.UPDATE, None, (), outcome="failure")
+        refused = _fact(ctx, action, None, (), outcome="failure")
         audit.record_local(session, ctx.tenant.id, refused)
 
 

@@ -297,6 +297,22 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert stale_status.status_code == 409
     assert search(base_url, "ServiceRequest", subject=patient)[0]["status"] == "completed"
 
+    history = client.get(f"/api/cases/{case['id']}", headers=worker)
+    assert history.status_code == 200, history.text
+    opened = history.json()
+    assert opened["status"] == "closed"
+    assert opened["closure"] == {"reason": "referred", "text": "The VK follows up."}
+    assert [f["step"] for f in opened["findings"]] == ["step-1", "step-2", "step-4", "step-6"]
+    assert opened["findings"][2]["content"]["key_persons"] == [
+        {"role": "partner", "text": None},
+        {"role": "other", "text": "neighbour"},
+    ]
+    assert opened["findings"][3]["content"]["contact"]["person"] == "An"
+    (referral_view,) = opened["referrals"]
+    assert (referral_view["status"], referral_view["target"]) == ("completed", "vk")
+    assert referral_view["notes"][-1]["text"] == "The VK waits until the mother is home."
+    assert len(opened["children"]) == 2
+
 
 def test_a_case_with_a_step_still_due_is_not_closed(
     database_url: str,

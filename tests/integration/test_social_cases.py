@@ -106,6 +106,7 @@ def test_every_case_endpoint_admits_only_social_workers(
             headers=headers,
             json={"status": "completed", "row_version": 3},
         ),
+        client.get(f"/api/cases/{case_id}", headers=headers),
     ]
 
     expected = {None: 401, False: 403, True: 200}[allowed]
@@ -113,7 +114,7 @@ def test_every_case_endpoint_admits_only_social_workers(
     # A social worker's step saves get past the role check and read the case from the FHIR
     # server, which this test does not run: 503, the answer for an unreachable server.
     steps = 503 if allowed else expected
-    assert [a.status_code for a in answers[3:]] == [steps] * (len(STEP_BODIES) + 1)
+    assert [a.status_code for a in answers[3:]] == [steps] * (len(STEP_BODIES) + 2)
     if allowed is False:  # the refusal says which role is missing, in Dutch
         assert "sociale dienst" in answers[0].text
     assert _version(database, case_id) == ((COLLEAGUE, 3) if allowed else (None, 1))
