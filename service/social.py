@@ -152,6 +152,18 @@ def list_cases(
     return CasePage(items=items, next_cursor=encode_cursor(last, wanted.sort) if last else None)
 
 
+def case_summary(
+    session: Session, tenant_id: int, case_id: int, *, today: date
+) -> CaseSummary | None:
+    """One case's row of the list (None: no such case in this hospital)."""
+    row = session.execute(
+        select(Concern, OutboxEntry.state, OutboxEntry.last_error, OutboxEntry.outcome)
+        .outerjoin(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
+        .where(Concern.tenant_id == tenant_id, Concern.id == case_id)
+    ).one_or_none()
+    return None if row is None else _summary(*row, today=today)
+
+
 def _conditions(wanted: CaseFilter, user: str, today: date) -> list[ColumnElement[bool]]:
     conditions = [Concern.status == wanted.status]
     if wanted.view == "mine":

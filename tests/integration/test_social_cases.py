@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
+from service.social import CaseFilter, case_summary, list_cases
 from service.tenancy import TenantContext
 from smart_app.session import CSRF_HEADER, Role
 from tests.support.sessions import make_app, signed_in
@@ -336,3 +337,17 @@ def test_a_hospital_never_sees_or_changes_another_hospitals_cases(
     )
     assert closed.status_code == 409
     assert "closed" in closed.json()["detail"]["message"]
+
+
+def test_one_case_summary_is_the_lists_row(database_url: str, database: Database) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    other = make_tenant(database, "other", FHIR)
+    today = utcnow().date()
+    case_id = _case(database, hospital, "Patient/1", utcnow(), follow_up_due=today)
+    foreign = _case(database, other, "Patient/2", utcnow())
+    with database.session() as session:
+        (listed,) = list_cases(
+            session, hospital.id, SOCIAL_WORKER, CaseFilter(), limit=10, cursor=None, today=today
+        ).items
+        assert case_summary(session, hospital.id, case_id, today=today) == listed
+        assert case_summary(session, hospital.id, foreign, today=today) is None
