@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from service.i18n import catalogue
+from service.fhir import terminology
 from service.partners import (
     PartnerDirectory,
     PartnerDirectoryError,
@@ -40,6 +40,8 @@ Hook = Literal["encounter-start", "patient-view"]
 ClientAuth = Literal["private_key_jwt", "client_secret_basic", "none"]
 
 ALL_HOOKS: tuple[Hook, ...] = ("encounter-start", "patient-view")
+#: The guide's CodeSystem of the reasons a nurse may give for not following the card.
+OVERRIDE_REASONS = "cds-override-reason"
 #: What a launch asks for by default (SMART 2 scopes): read and search the patient's
 #: record, create the findings, update a child already recorded and the concern Flag
 #: (both with If-Match), the user's identity, and a refresh token so that the outbox can
@@ -144,8 +146,7 @@ class HookSettings(Strict):
     @field_validator("override_reasons")
     @classmethod
     def _known_override_reasons(cls, value: list[str]) -> list[str]:
-        prefix = "cds.override."
-        known = {m.removeprefix(prefix) for m in catalogue("nl").messages if m.startswith(prefix)}
+        known = terminology.code_system(OVERRIDE_REASONS).codes
         unknown = [code for code in value if code not in known]
         if unknown:
             raise ValueError(f"unknown override reason(s) {unknown}; known: {sorted(known)}")

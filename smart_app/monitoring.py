@@ -28,6 +28,7 @@ from service.db.base import utcnow
 from service.fhir import terminology
 from service.i18n import Language, translate
 from service.monitoring import Breakdown, Figure, Figures, Period, PeriodError
+from service.tenant_config import OVERRIDE_REASONS
 from smart_app.errors import PageError
 from smart_app.session import LaunchContext, LaunchDep, frame_origins, security_headers
 
@@ -188,8 +189,8 @@ def _breakdown_label(breakdown: Breakdown, key: str, language: Language) -> str:
     if not key:
         return translate(language, "monitoring.reason.none")
     try:
-        return translate(language, f"cds.override.{key}")
-    except KeyError:  # a reason code of the EHR's own: shown as sent
+        return terminology.display(OVERRIDE_REASONS, key, language)
+    except terminology.GuideError:  # a reason code of the EHR's own: shown as sent
         return key
 
 

@@ -14,11 +14,10 @@ from functools import lru_cache
 
 from service.fhir import terminology
 from service.protocol import HagueTrigger, Step
+from service.tenant_config import OVERRIDE_REASONS
 
 #: The guide's record-type code of an open Kindreflex concern (a Flag.code).
 OPEN_CONCERN_CODE = "open-concern"
-#: The guide's CodeSystem of the card's override reasons.
-OVERRIDE_REASON_CODE_SYSTEM = "cds-override-reason"
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def vocabulary_of(guide: terminology.Guide) -> Vocabulary:
         for trigger in HagueTrigger
     }
     concern = guide.code_system("record-type").concept(OPEN_CONCERN_CODE)
-    overrides = guide.code_system(OVERRIDE_REASON_CODE_SYSTEM)
+    overrides = guide.code_system(OVERRIDE_REASONS)
     languages: tuple[terminology.Lang, ...] = ("nl", "fr", "en")
     return Vocabulary(
         triggers=triggers,
