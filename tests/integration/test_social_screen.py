@@ -62,6 +62,27 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     assert f'data-case="{free}"' not in oldest.text
 
 
+def test_the_worklist_screen_marks_and_filters_overdue_follow_ups(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    today = utcnow().date()
+    late = _case(database, hospital, "Patient/1", utcnow(), follow_up_due=today - timedelta(days=2))
+    due = _case(database, hospital, "Patient/2", utcnow(), follow_up_due=today)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    page = client.get("/social", headers=me)
+    assert "Volgende opvolging" in page.text
+    assert page.text.count('<strong class="overdue">over tijd</strong>') == 1
+    assert f'datetime="{today.isoformat()}"' in page.text
+    overdue = client.get("/social", headers=me, params={"overdue": "true"})
+    assert f'data-case="{late}"' in overdue.text
+    assert f'data-case="{due}"' not in overdue.text
+    assert 'id="overdue" name="overdue" type="checkbox" value="true" checked' in overdue.text
+
+
 def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_case(
     database_url: str, database: Database
 ) -> None:
