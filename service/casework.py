@@ -290,20 +290,31 @@ class NoReferralError(LookupError):
     """The case has no referral on the FHIR server (no step 6 delivered yet)."""
 
 
-def _referrals(client: FhirClient, patient_ref: str) -> list[Resource]:
-    """The patient's Kindreflex referral ServiceRequests as read (with versions), newest
-    first."""
+def _referrals(client: FhirClient, record: CaseRecord) -> list[Resource]:
+    """The case's referral ServiceRequests as read (with versions), newest first: those of
+    the patient made while this concern was open (a later concern of the same patient has
+    its own)."""
     code = f"{terminology.code_system_url('record-type')}|referral"
     found = _resources(
-        client.search("ServiceRequest", {"subject": patient_ref, "code": code, "_count": "100"}),
+        client.search(
+            "ServiceRequest", {"subject": record.patient_ref, "code": code, "_count": "100"}
+        ),
         "ServiceRequest",
     )
-    return sorted(found, key=lambda r: datetime.fromisoformat(r["authoredOn"]), reverse=True)
+    period = record.flag["period"]
+    start = datetime.fromisoformat(period["start"])
+    end = datetime.fromisoformat(period["end"]) if "end" in period else None
+    ours = [r for r in found if start <= _authored(r) and (end is None or _authored(r) <= end)]
+    return sorted(ours, key=_authored, reverse=True)
 
 
-def _latest_referral(client: FhirClient, patient_ref: str) -> Resource:
-    """The patient's most recent Kindreflex referral ServiceRequest, as read (with version)."""
-    found = _referrals(client, patient_ref)
+def _authored(request: Resource) -> datetime:
+    return datetime.fromisoformat(request["authoredOn"])
+
+
+def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
+    """The case's most recent referral ServiceRequest, as read (with version)."""
+    found = _referrals(client, record)
     if not found:
         raise NoReferralError(
             "This case has no referral on the FHIR server yet; record step 6 first (or wait "
@@ -446,7 +457,7 @@ class Casework:
         concern = self._concern(ctx, case_id, None)
         record, case = self._read(ctx, concern)
         with self._client(ctx) as client:
-            referrals = _referrals(client, concern.patient_ref)
+            referrals = _referrals(client, record)
         return CaseFile(
             case_id=concern.id,
             status=concern.status,
@@ -473,7 +484,7 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version, closed_too=True)
         record, case = self._read(ctx, concern)
         with self._client(ctx) as client:
-            referral = _latest_referral(client, concern.patient_ref)
+            referral = _latest_referral(client, record)
         plan = referral_transaction(
             record, referral, status, author=ctx.user.fhir_user, note=note, now=utcnow()
         )

@@ -272,6 +272,12 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     listed = client.get("/api/cases", headers=worker, params={"status": "closed"}).json()
     assert [item["id"] for item in listed["items"]] == [case["id"]]
 
+    # A later concern of the same patient has its own referrals (here one made a day later).
+    later = {k: v for k, v in request.items() if k not in ("id", "meta")}
+    later["identifier"] = [{**request["identifier"][0], "value": str(uuid.uuid4())}]
+    later["authoredOn"] = (utcnow() + timedelta(days=1)).isoformat()
+    assert httpx.post(f"{base_url}/ServiceRequest", json=later, timeout=10).status_code == 201
+
     # The referral outlives the hospital's concern: its status is still kept up to date.
     completed = client.put(
         f"/api/cases/{case['id']}/referral",
@@ -279,8 +285,12 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
         json={"row_version": closed.json()["row_version"], "status": "completed"},
     )
     assert completed.status_code == 200, completed.text
-    (request,) = search(base_url, "ServiceRequest", subject=patient)
-    assert request["status"] == "completed"
+    on_server = search(base_url, "ServiceRequest", subject=patient)
+    assert sorted((r["id"] == request["id"], r["status"]) for r in on_server) == [
+        (False, "on-hold"),  # the later concern's referral, untouched
+        (True, "completed"),
+    ]
+    (request,) = [r for r in on_server if r["id"] == request["id"]]
     assert validate(request) == []
     reopened = client.put(
         f"/api/cases/{case['id']}/referral",
@@ -295,7 +305,10 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
         json={"row_version": closed.json()["row_version"], "status": "revoked"},
     )
     assert stale_status.status_code == 409
-    assert search(base_url, "ServiceRequest", subject=patient)[0]["status"] == "completed"
+    assert {r["status"] for r in search(base_url, "ServiceRequest", subject=patient)} == {
+        "completed",
+        "on-hold",
+    }
 
     history = client.get(f"/api/cases/{case['id']}", headers=worker)
     assert history.status_code == 200, history.text
