@@ -25,6 +25,7 @@ from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.triage import Triage
 from smart_app.admin import router as admin_router
+from smart_app.casefile import router as casefile_router
 from smart_app.monitoring import router as monitoring_router
 from smart_app.nurse import router as nurse_router
 from smart_app.social import router as social_router
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.include_router(admin_router, prefix="/t/{tenant}")
     app.include_router(social_router)  # the social service's cases (issue 5)
     app.include_router(social_router, prefix="/t/{tenant}")
+    for prefix in ("", "/t/{tenant}"):  # the social worker's case pages
+        app.include_router(casefile_router, prefix=prefix)
     app.include_router(monitoring_router)  # the monitoring figures (issue 5 §6)
     app.include_router(monitoring_router, prefix="/t/{tenant}")
     app.add_middleware(CdsFastPath)  # the EHR waits on these calls: skip the router

@@ -1,0 +1,587 @@
+"""The social worker's case file (issue 5): one case's page, the forms of steps 4-6 and
+closing, and the printable referral summary.
+
+* ``GET /social/cases/{id}``: the patient, the flag, the children, the findings so far,
+  the delivery state and the assignment; the forms of the steps the protocol allows next.
+* ``POST /social/cases/{id}/step-4|step-5|step-6|close``: the forms (CSRF token required).
+* ``GET /social/cases/{id}/referral``: what the mandated facility needs for the call.
+* ``GET /social/static/casefile.css``: the pages' stylesheet (screen and print).
+
+Mounted plain and under ``/t/{tenant}``, social-worker role only. The case is read from
+the FHIR server (the source of truth) and replayed by the protocol each time a page is
+opened, through the same use case as the JSON API (``service.casework.Casework``), which
+also audits the read. Every save goes through the same use case as the API; a refused
+save shows the page again with the input kept and the reason next to the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from service import social
+from service.api.deps import DatabaseDep
+from service.casework import (
+    CaseFile,
+    CaseNotOnServerError,
+    Casework,
+    CloseRefusedError,
+    StepResult,
+)
+from service.db.base import utcnow
+from service.fhir import terminology
+from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
+from service.i18n import Language, translate
+from service.partners import Partner
+from service.protocol import (
+    ACUTE_DANGER_TARGETS,
+    STEP_6_TARGETS,
+    CaseClosure,
+    CloseReason,
+    Consultation,
+    ContactChannel,
+    ErrorCode,
+    KeyPersonRole,
+    KindreflexCase,
+    ProgressAssessment,
+    ProtocolError,
+    SafetyAction,
+    Step,
+    Step2Finding,
+    Step4Decision,
+    Step6Referral,
+    TeamDecision,
+    age_in_months,
+)
+from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
+from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
+from smart_app.social import _TEMPLATES, CaseId, CaseworkDep, SocialWorker, _audit_refusal
+
+router = APIRouter(prefix="/social", include_in_schema=False)
+
+_STYLESHEET = Path(__file__).parent / "static" / "casefile.css"
+#: The lines a form offers for the agreed actions of step 5.
+AGREED_ACTION_ROWS = 3
+#: From this age a child decides much itself: the page asks for the child's own say.
+OWN_SAY_AGE = 12
+
+#: Where on the page a refused move is shown (the id of the field it is about).
+_ERROR_ANCHOR: Mapping[ErrorCode, str] = {
+    ErrorCode.TEAM_DISCUSSION_REQUIRED: "s4-consultations",
+    ErrorCode.CONCERNS_NOT_DISCUSSED: "s4-discussed",
+    ErrorCode.EXPLANATION_WITHOUT_DISCUSSION: "s4-discussed",
+    ErrorCode.CHILD_CONSENT_REQUIRED: "s4-children",
+    ErrorCode.KEY_PERSON_TEXT_REQUIRED: "s4-key-other-text",
+    ErrorCode.FOLLOW_UP_IN_PAST: "s5-next-follow-up",
+    ErrorCode.CONTACT_IN_FUTURE: "s6-contact-on",
+    ErrorCode.ACUTE_DANGER_REQUIRED: "s6-partner",
+    ErrorCode.OCJ_WITHOUT_COOPERATION_ONLY: "s6-cooperation",
+    ErrorCode.NOT_A_MANDATED_FACILITY: "s6-partner",
+    ErrorCode.PATIENT_NOT_INFORMED: "s6-informed",
+    ErrorCode.NOT_INFORMED_REASON_REQUIRED: "s6-not-informed-reason",
+    ErrorCode.CLOSE_REASON_TEXT_REQUIRED: "close-reason-text",
+}
+
+
+# -- the form as typed ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Typed:
+    """The form the social worker sent (``form`` names which one), kept to show it again."""
+
+    form: str = ""
+    values: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def value(self, form: str, name: str, default: str = "") -> str:
+        if form != self.form:
+            return default
+        return (self.values.get(name) or [default])[0]
+
+    def checked(self, form: str, name: str, value: str = "on") -> bool:
+        return form == self.form and value in self.values.get(name, [])
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What went wrong with a save: the message and the field it belongs to (or ``form``)."""
+
+    form: str
+    anchor: str
+    message: str
+
+
+def _one(values: Mapping[str, list[str]], name: str) -> str | None:
+    """A single text field; blank means absent."""
+    found = (values.get(name) or [""])[0].strip()
+    return found or None
+
+
+def _lines(values: Mapping[str, list[str]], name: str) -> list[str]:
+    return [line.strip() for line in (_one(values, name) or "").splitlines() if line.strip()]
+
+
+def step4_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The step 4 form as the API's body.
+
+    A child of 12 or more has its own say; the API has no field for it, so it is kept in
+    the finding's note, prefixed with the child's name (it reaches FHIR and the replay).
+    """
+    key_persons: list[dict[str, Any]] = [
+        {"role": role} for role in values.get("key_person", []) if role != "other"
+    ]
+    if "other" in values.get("key_person", []):
+        key_persons.append({"role": "other", "text": _one(values, "key_person_other")})
+    says = [
+        f"{_one(values, f'child_name_{ref}') or ref}: {say}"
+        for ref in values.get("child_heard", [])
+        if (say := _one(values, f"child_say_{ref}"))
+    ]
+    note = "\n".join([*([n] if (n := _one(values, "note")) else []), *says]) or None
+    return {
+        "decision": _one(values, "decision"),
+        "factors": [
+            {"code": code, "text": _one(values, f"factor_text_{code}")}
+            for code in values.get("factor", [])
+        ],
+        "consultations": values.get("consultation", []),
+        "discussed_with_patient": "discussed" in values,
+        "patient_explanation": _one(values, "patient_explanation"),
+        "children_heard": [
+            {"child_ref": ref, "consent_given": f"child_consent_{ref}" in values}
+            for ref in values.get("child_heard", [])
+        ],
+        "key_persons": key_persons,
+        "team_members": _lines(values, "team_members"),
+        "note": note,
+    }
+
+
+def step5_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
+    rows = (
+        (_one(values, f"action_text_{i}"), _one(values, f"action_on_{i}"))
+        for i in range(AGREED_ACTION_ROWS)
+    )
+    return {
+        "progress": _one(values, "progress"),
+        "actions": values.get("action", []),
+        "consultations": values.get("consultation", []),
+        "agreed_actions": [{"text": text, "follow_up_on": on} for text, on in rows if text],
+        "next_follow_up": _one(values, "next_follow_up"),
+        "note": _one(values, "note"),
+    }
+
+
+def step6_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
+    contact_on, person = _one(values, "contact_on"), _one(values, "contact_person")
+    contact = None
+    if contact_on or person:
+        contact = {"on": contact_on, "person": person, "channel": _one(values, "contact_channel")}
+    return {
+        "partner_id": _one(values, "partner_id") or "",
+        "with_cooperation": _one(values, "cooperation") == "yes",
+        "patient_informed": _one(values, "informed") == "yes",
+        "not_informed_reason": _one(values, "not_informed_reason"),
+        "follow_up_actions": _lines(values, "follow_up_actions"),
+        "contact": contact,
+        "note": _one(values, "note"),
+    }
+
+
+# -- what the page shows ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A case as the page shows it: its worklist row, and what the FHIR server holds of it
+    (``opened`` is None when it could not be read; ``unreadable`` says why)."""
+
+    summary: CaseSummary
+    opened: CaseFile | None = None
+    unreadable: str | None = None
+
+    @property
+    def case(self) -> KindreflexCase | None:
+        return None if self.opened is None else self.opened.case
+
+    def offers(self, step: Step) -> bool:
+        return (
+            self.case is not None and self.summary.status == "open" and step in self.case.next_steps
+        )
+
+    @property
+    def may_close(self) -> bool:
+        """The use case's rule (``Casework.close_case``): no step 4 or 5 due, or referred."""
+        case = self.case
+        return (
+            case is not None
+            and self.summary.status == "open"
+            and (not case.has_open_concern or case.current_step is Step.STEP_6)
+        )
+
+
+def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: int) -> Shown | None:
+    """The case of this hospital (None: no such case), reconciled from the FHIR server
+    (an audited read)."""
+    with database.session() as session:
+        summary = social.case_summary(session, ctx.tenant.id, case_id, today=utcnow().date())
+    if summary is None:
+        return None
+    try:
+        return Shown(summary, work.open_case(ctx, case_id))
+    except social.CaseNotFoundError:
+        return None
+    except CaseNotOnServerError:
+        return Shown(summary, unreadable="not-on-server")
+    except ReauthorisationRequired:
+        return Shown(summary, unreadable="reauthorise")
+    except FhirUnavailable:
+        return Shown(summary, unreadable="fhir-down")
+    except (FhirError, ProtocolError):
+        return Shown(summary, unreadable="fhir-refused")
+
+
+def _message(language: Language, message_id: str, **values: object) -> str:
+    """A message of this screen's catalogue domain (ids prefixed ``casefile.``)."""
+    return translate(language, f"casefile.{message_id}", **values)
+
+
+def _display(language: Language) -> Callable[[str, str], str]:
+    return lambda code_system, code: terminology.display(code_system, code, language)
+
+
+def _wording(ctx: LaunchContext) -> Callable[[str, str], str]:
+    """The facility's wording of a choice (``team-decision/safe``), else the guide's display."""
+    plan = ctx.tenant.config.plan
+
+    def word(choice_set: str, code: str) -> str:
+        own = plan.text(f"{choice_set}/{code}", "title", ctx.language)
+        system = {"consultation": "consultation-type", "safety-progress": "safety-progress"}.get(
+            choice_set, choice_set
+        )
+        return own or terminology.display(system, code, ctx.language)
+
+    return word
+
+
+def _step_title(ctx: LaunchContext, step: Step) -> str:
+    own = ctx.tenant.config.plan.text(step, "title", ctx.language)
+    return own or terminology.display("kindreflex-step", step.value, ctx.language)
+
+
+def _partners(ctx: LaunchContext, case: KindreflexCase | None) -> list[Partner]:
+    """The facilities this case may be referred to: the branch decides (parket and police
+    only after acute danger)."""
+    allowed = set(STEP_6_TARGETS)
+    if case is None or not case.acute_danger:
+        allowed -= set(ACUTE_DANGER_TARGETS)
+    return [p for p in ctx.tenant.config.partners.directory().partners if p.type in allowed]
+
+
+def _children(case: KindreflexCase | None) -> list[tuple[str, str, int]]:
+    """(ref, name, age in years) of the recorded children, oldest first."""
+    if case is None:
+        return []
+    today = utcnow().date()
+    kids = sorted(case.children, key=lambda c: c.birth_date)
+    return [(c.ref, c.name, age_in_months(c.birth_date, today) // 12) for c in kids]
+
+
+def _render(
+    ctx: LaunchContext,
+    file: Shown,
+    *,
+    typed: Typed = Typed(),
+    problems: tuple[Problem, ...] = (),
+    saved: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    html = _TEMPLATES.get_template("social/case.html").render(
+        t=partial(_message, ctx.language),
+        social=lambda message_id, **values: translate(
+            ctx.language, f"social.{message_id}", **values
+        ),
+        lang=ctx.language,
+        product_name=translate(ctx.language, "product.name"),
+        csrf_token=csrf_token(ctx),
+        prefix=ctx.path_prefix,
+        me=ctx.user.fhir_user,
+        file=file,
+        children=_children(file.case),
+        own_say_age=OWN_SAY_AGE,
+        steps=Step,
+        typed=typed,
+        problems=problems,
+        problem_at=lambda anchor: [p.message for p in problems if p.anchor == anchor],
+        saved=saved,
+        display=_display(ctx.language),
+        word=_wording(ctx),
+        step_title=partial(_step_title, ctx),
+        factors=terminology.factors(),
+        decisions=list(TeamDecision),
+        consultations=list(Consultation),
+        key_roles=[r for r in KeyPersonRole if r is not KeyPersonRole.OTHER],
+        progress=list(ProgressAssessment),
+        safety_actions=list(SafetyAction),
+        agreed_rows=range(AGREED_ACTION_ROWS),
+        channels=list(ContactChannel),
+        close_reasons=list(CloseReason),
+        partners=_partners(ctx, file.case),
+        today=utcnow().date().isoformat(),
+    )
+    return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
+
+
+def _not_found(ctx: LaunchContext) -> HTMLResponse:
+    html = _TEMPLATES.get_template("social/case_missing.html").render(
+        t=partial(_message, ctx.language),
+        lang=ctx.language,
+        product_name=translate(ctx.language, "product.name"),
+        prefix=ctx.path_prefix,
+    )
+    return HTMLResponse(html, status_code=404, headers=security_headers(ctx))
+
+
+# -- the pages --------------------------------------------------------------------------------
+
+
+@router.get("/static/casefile.css")
+def stylesheet() -> Response:
+    """The case pages' stylesheet (same origin, so the CSP can stay 'self')."""
+    return Response(
+        _STYLESHEET.read_bytes(),
+        media_type="text/css; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/cases/{case_id}", response_class=HTMLResponse)
+def case_page(
+    ctx: SocialWorker,
+    database: DatabaseDep,
+    work: CaseworkDep,
+    case_id: CaseId,
+    saved: str | None = None,
+) -> HTMLResponse:
+    file = _load(ctx, database, work, case_id)
+    if file is None:
+        return _not_found(ctx)
+    shown = saved if saved in ("delivered", "pending", "failed") else None
+    return _render(ctx, file, saved=shown)
+
+
+class _Form(BaseModel):
+    """What every form carries besides its fields."""
+
+    row_version: int
+
+
+async def _typed(request: Request, form: str) -> Typed:
+    data = await request.form()
+    return Typed(form, {key: [str(v) for v in data.getlist(key)] for key in data})
+
+
+def _save_step(
+    ctx: LaunchContext,
+    database: DatabaseDep,
+    work: Casework,
+    case_id: int,
+    typed: Typed,
+    save: Callable[[int], StepResult],
+) -> Response:
+    """Run a save from a form; on success back to the case (post/redirect/get), on a
+    refusal the page again with the input kept and the reason next to the field."""
+    problem, status = None, 200
+    try:
+        version = _Form.model_validate({"row_version": typed.value(typed.form, "row_version")})
+        result = save(version.row_version)
+    except ValidationError as error:
+        problem, status = _invalid(ctx, typed.form, error), 422
+    except ProtocolError as error:
+        anchor = _ERROR_ANCHOR.get(error.code, typed.form)
+        message = translate(ctx.language, f"app.protocol.{error.code.value}")
+        problem, status = Problem(typed.form, anchor, message), 422
+    except social.CatalogueError:
+        anchor = "s6-partner" if typed.form == "s6" else f"{typed.form}-factors"
+        problem = Problem(typed.form, anchor, _message(ctx.language, "error.catalogue"))
+        status = 422
+    except social.CaseNotFoundError:
+        return _not_found(ctx)
+    except social.CaseConflict as conflict:
+        key = "error.closed" if conflict.reason == "closed" else "error.conflict"
+        problem, status = Problem(typed.form, typed.form, _message(ctx.language, key)), 409
+    except (CaseNotOnServerError, CloseRefusedError):
+        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.not-now"))
+        status = 409
+    except ReauthorisationRequired:
+        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.reauthorise"))
+        status = 401
+    except FhirUnavailable:
+        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-down"))
+        status = 503
+    except FhirError:
+        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-refused"))
+        status = 502
+    if problem is None:
+        target = f"{ctx.path_prefix}/social/cases/{case_id}?saved={result.status}"
+        return RedirectResponse(target, status_code=303)
+    _audit_refusal(ctx, database)
+    file = _load(ctx, database, work, case_id)
+    if file is None:
+        return _not_found(ctx)
+    return _render(ctx, file, typed=typed, problems=(problem,), status=status)
+
+
+def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> Problem:
+    """A field the form sent in a shape the API refuses (a missing choice, a bad date)."""
+    first = error.errors()[0]
+    where = str(first["loc"][0]).replace("_", "-") if first["loc"] else ""
+    anchor = form if where in ("", "row-version") else f"{form}-{where}"
+    return Problem(form, anchor, _message(ctx.language, "error.field"))
+
+
+@router.post("/cases/{case_id}/step-4", dependencies=[Depends(verify_csrf)])
+async def step_4(
+    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
+) -> Response:
+    typed = await _typed(request, "s4")
+
+    def save(version: int) -> StepResult:
+        body = Step4Input.model_validate(step4_body(typed.values))
+        return work.record_step(ctx, case_id, version, body)
+
+    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
+
+
+@router.post("/cases/{case_id}/step-5", dependencies=[Depends(verify_csrf)])
+async def step_5(
+    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
+) -> Response:
+    typed = await _typed(request, "s5")
+
+    def save(version: int) -> StepResult:
+        body = Step5Input.model_validate(step5_body(typed.values))
+        return work.record_step(ctx, case_id, version, body)
+
+    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
+
+
+@router.post("/cases/{case_id}/step-6", dependencies=[Depends(verify_csrf)])
+async def step_6(
+    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
+) -> Response:
+    typed = await _typed(request, "s6")
+
+    def save(version: int) -> StepResult:
+        body = Step6Input.model_validate(step6_body(typed.values))
+        return work.record_step(ctx, case_id, version, body)
+
+    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
+
+
+@router.post("/cases/{case_id}/close", dependencies=[Depends(verify_csrf)])
+async def close(
+    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
+) -> Response:
+    typed = await _typed(request, "close")
+
+    def save(version: int) -> StepResult:
+        body = _CloseForm.model_validate(
+            {
+                "reason": _one(typed.values, "reason"),
+                "reason_text": _one(typed.values, "reason_text"),
+            }
+        )
+        return work.close_case(ctx, case_id, version, CaseClosure(body.reason, body.reason_text))
+
+    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
+
+
+class _CloseForm(BaseModel):
+    reason: CloseReason
+    reason_text: str | None = None
+
+
+# -- the printable referral ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferralSummary:
+    """Exactly what the facility needs for the call, nothing more."""
+
+    partner_name: str
+    phones: list[tuple[str | None, str]]
+    decision: Step4Decision | None
+    referral: Step6Referral
+    concern: Step2Finding | None
+
+
+def _referral_summary(ctx: LaunchContext, work: Casework, file: Shown) -> ReferralSummary | None:
+    """The latest referral of the case and the facility it went to (None: no referral)."""
+    case, opened = file.case, file.opened
+    referrals = [f for f in case.findings if isinstance(f, Step6Referral)] if case else []
+    if opened is None or case is None or not referrals or not opened.referrals:
+        return None
+    kind, _, org_id = opened.referrals[0]["performer"][0]["reference"].partition("/")
+    with work._client(ctx) as client:  # private: see docs/contracts-wip.md (casefile UI)
+        organization = client.read(kind, org_id)
+    partner_system = terminology.identifier_system("partner")
+    partner_id = next(
+        (i["value"] for i in organization.get("identifier", []) if i["system"] == partner_system),
+        "",
+    )
+    partner = ctx.tenant.config.partners.directory().get(partner_id)
+    if partner is not None:  # the directory's numbers, with their labels (e.g. "24/7")
+        phones = [(p.label, p.number) for p in partner.phones]
+    else:
+        telecom = organization.get("telecom", [])
+        phones = [(None, str(t["value"])) for t in telecom if t["system"] == "phone"]
+    decisions = [f for f in case.findings if isinstance(f, Step4Decision)]
+    concerns = [f for f in case.findings if isinstance(f, Step2Finding)]
+    return ReferralSummary(
+        partner_name=str(organization.get("name", "")),
+        phones=phones,
+        decision=decisions[-1] if decisions else None,
+        referral=referrals[-1],
+        concern=concerns[-1] if concerns else None,
+    )
+
+
+@router.get("/cases/{case_id}/referral", response_class=HTMLResponse)
+def referral_page(
+    ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
+) -> HTMLResponse:
+    file = _load(ctx, database, work, case_id)
+    if file is None:
+        return _not_found(ctx)
+    try:
+        summary = _referral_summary(ctx, work, file)
+    except (FhirError, LookupError):
+        summary = None
+    if summary is None:
+        return _render(
+            ctx,
+            file,
+            problems=(Problem("", "referral", _message(ctx.language, "error.no-referral")),),
+            status=404,
+        )
+    html = _TEMPLATES.get_template("social/referral.html").render(
+        t=partial(_message, ctx.language),
+        lang=ctx.language,
+        product_name=translate(ctx.language, "product.name"),
+        prefix=ctx.path_prefix,
+        file=file,
+        children=_children(file.case),
+        summary=summary,
+        display=_display(ctx.language),
+        printed_on=utcnow().date().isoformat(),
+    )
+    return HTMLResponse(html, headers=security_headers(ctx))

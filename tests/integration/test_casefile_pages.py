@@ -1,0 +1,181 @@
+"""The social worker's case pages (``smart_app.casefile``) on the real FHIR server process and
+real PostgreSQL (and SQLite): who may open them, the forms of the steps the protocol allows
+next, a refused save shown next to its field with the input kept, the conflict of a stale
+form, CSRF, the FHIR server being down, and the printable referral with the VK's number."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from fastapi.testclient import TestClient
+
+from sandbox.fhir_server import FhirServer
+from service.db.base import Database, utcnow
+from tests.integration.test_social_api import _triage_niet_pluis
+from tests.integration.test_social_cases import FHIR, SOCIAL_WORKER, _case
+from tests.support.sessions import make_app, signed_in
+from tests.support.validator import validate
+from tests.support.write_path import (
+    fhir_server,  # noqa: F401 - the module's FHIR server fixture
+    make_tenant,
+    search,
+)
+
+STEP_4 = {
+    "decision": "concerning-unwilling",
+    "factor": ["partner-hostile-to-children", "children-left-alone", "asks-for-help"],
+    "factor_text_partner-hostile-to-children": "New partner irritated by the children.",
+    "consultation": ["colleague", "clb"],
+    "discussed": "on",
+    "patient_explanation": "She says they are fine alone for an hour.",
+    "key_person": ["partner"],
+    "team_members": "social worker ED\ndr. Janssens",
+    "note": "Worries named; she stops the counselling.",
+}
+STEP_6 = {
+    "partner_id": "vk-oost-vlaanderen",
+    "cooperation": "no",
+    "informed": "yes",
+    "contact_person": "An",
+    "contact_channel": "phone",
+    "follow_up_actions": "Tell the CLB who takes the next step.",
+}
+
+
+def _hidden(html: str, form: str, name: str) -> str:
+    """A hidden field of the form with id ``form``."""
+    section = html[html.index(f'id="{form}"') :]
+    found = re.search(rf'name="{name}" value="([^"]*)"', section)
+    assert found is not None, f"{name} not in {form}"
+    return found.group(1)
+
+
+def _post(
+    client: TestClient, html: str, case_id: int, action: str, form: str, fields: dict[str, object]
+) -> httpx.Response:
+    body = {
+        "csrf_token": _hidden(html, f"{form}-form", "csrf_token"),
+        "row_version": _hidden(html, f"{form}-form", "row_version"),
+        **fields,
+    }
+    return client.post(f"/social/cases/{case_id}/{action}", data=body)
+
+
+def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = _case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app, follow_redirects=False)
+    pages = [f"/social/cases/{case_id}", f"/social/cases/{case_id}/referral"]
+    forms = [f"/social/cases/{case_id}/{a}" for a in ("step-4", "step-5", "step-6", "close")]
+
+    for url in pages:
+        assert client.get(url).status_code == 401
+    for url in forms:
+        assert client.post(url, data={"row_version": "1"}).status_code == 401
+    for role, user in (("nurse", "Practitioner/nurse-1"), ("admin", "Practitioner/admin")):
+        headers = signed_in(app, hospital, user, role).headers  # type: ignore[arg-type]
+        for url in pages:
+            assert client.get(url, headers=headers).status_code == 403
+        for url in forms:
+            assert client.post(url, headers=headers, data={"row_version": "1"}).status_code == 403
+
+    worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    cookie_only = {"Cookie": worker["Cookie"]}
+    # The FHIR server of this hospital does not answer: the page says so, offers no step.
+    page = client.get(pages[0], headers=cookie_only)
+    assert page.status_code == 200
+    assert page.headers["cache-control"] == "no-store"
+    assert "De FHIR-server antwoordt niet" in page.text
+    assert 'id="s4-form"' not in page.text
+    assert client.get(pages[1], headers=cookie_only).status_code == 404
+    # A change without the session's CSRF token is refused before anything is read.
+    for url in forms:
+        assert client.post(url, headers=cookie_only, data={"row_version": "1"}).status_code == 403
+    missing = client.get("/social/cases/999999", headers=cookie_only)
+    assert missing.status_code == 404
+    assert "Dossier niet gevonden" in missing.text
+    assert (
+        client.get("/social", headers=cookie_only).text.count(f'href="/social/cases/{case_id}"')
+        == 1
+    )
+
+
+def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = _triage_niet_pluis(app, tenant, base_url)
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
+    (case_id,) = [
+        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    ]
+
+    page = client.get(f"/social/cases/{case_id}").text
+    assert "New partner is irritated by the children." in page  # the nurse's reasons
+    assert 'id="s4-form"' in page
+    assert 'id="s5-form"' not in page and 'id="s6-form"' not in page
+    assert 'id="close-form"' not in page
+
+    # Without consultation the protocol refuses: the reason next to the field, input kept.
+    refused = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "consultation": []})
+    assert refused.status_code == 422
+    assert 'id="s4-consultations-error"' in refused.text
+    assert "She says they are fine alone for an hour." in refused.text
+    assert 'value="partner-hostile-to-children" checked' in refused.text
+
+    saved = _post(client, page, case_id, "step-4", "s4", STEP_4)
+    assert saved.status_code == 303, saved.text
+    after_4 = client.get(saved.headers["location"]).text
+    assert "Opgeslagen en naar het dossier van het ziekenhuis geschreven." in after_4
+    assert 'id="s6-form"' in after_4 and 'id="s4-form"' not in after_4
+    assert "09 216 73 30" in after_4  # the VK of the directory, with its number
+    assert "parket" not in _hidden_section(after_4, "s6-partner").lower()  # no acute danger
+
+    # A second social worker's form from before the save: the conflict, nothing overwritten.
+    stale = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "decision": "safe"})
+    assert stale.status_code == 409
+    assert "Er werd niets overschreven" in stale.text
+    step_system = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step"
+    assert len(search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4")) == 1
+
+    contact = {"contact_on": utcnow().date().isoformat()}
+    referred = _post(client, after_4, case_id, "step-6", "s6", {**STEP_6, **contact})
+    assert referred.status_code == 303, referred.text
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert validate(request) == []
+    after_6 = client.get(referred.headers["location"]).text
+    assert 'id="close-form"' in after_6
+    assert f'href="/social/cases/{case_id}/referral"' in after_6
+
+    summary = client.get(f"/social/cases/{case_id}/referral")
+    assert summary.status_code == 200
+    assert summary.headers["cache-control"] == "no-store"
+    assert "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen" in summary.text
+    assert 'href="tel:092167330"' in summary.text
+    assert "New partner irritated by the children." in summary.text
+    assert "Tell the CLB who takes the next step." in summary.text
+    assert "she stops the counselling" not in summary.text  # the team's notes stay home
+
+    closed = _post(client, after_6, case_id, "close", "close", {"reason": "other"})
+    assert closed.status_code == 422
+    assert 'id="close-reason-text-error"' in closed.text
+    done = _post(client, after_6, case_id, "close", "close", {"reason": "referred"})
+    assert done.status_code == 303
+    (flag,) = search(base_url, "Flag", subject=patient)
+    assert flag["status"] == "inactive"
+    closed_page = client.get(f"/social/cases/{case_id}").text
+    assert 'id="close-form"' not in closed_page and 'id="s6-form"' not in closed_page
+
+
+def _hidden_section(html: str, anchor: str) -> str:
+    start = html.index(f'id="{anchor}"')
+    return html[start : html.index("</fieldset>", start)]
