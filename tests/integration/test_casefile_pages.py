@@ -6,6 +6,7 @@ form, CSRF, the FHIR server being down, and the printable referral with the VK's
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import httpx
 from fastapi.testclient import TestClient
@@ -52,14 +53,20 @@ def _hidden(html: str, form: str, name: str) -> str:
 
 
 def _post(
-    client: TestClient, html: str, case_id: int, action: str, form: str, fields: dict[str, object]
+    client: TestClient,
+    html: str,
+    case_id: int,
+    action: str,
+    form: str,
+    fields: Mapping[str, object],
 ) -> httpx.Response:
     body = {
         "csrf_token": _hidden(html, f"{form}-form", "csrf_token"),
         "row_version": _hidden(html, f"{form}-form", "row_version"),
         **fields,
     }
-    return client.post(f"/social/cases/{case_id}/{action}", data=body)
+    answer: httpx.Response = client.post(f"/social/cases/{case_id}/{action}", data=body)
+    return answer
 
 
 def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows(
@@ -122,7 +129,8 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     page = client.get(f"/social/cases/{case_id}").text
     assert "New partner is irritated by the children." in page  # the nurse's reasons
     assert 'id="s4-form"' in page
-    assert 'id="s5-form"' not in page and 'id="s6-form"' not in page
+    assert 'id="s5-form"' not in page
+    assert 'id="s6-form"' not in page
     assert 'id="close-form"' not in page
 
     # Without consultation the protocol refuses: the reason next to the field, input kept.
@@ -136,7 +144,8 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert saved.status_code == 303, saved.text
     after_4 = client.get(saved.headers["location"]).text
     assert "Opgeslagen en naar het dossier van het ziekenhuis geschreven." in after_4
-    assert 'id="s6-form"' in after_4 and 'id="s4-form"' not in after_4
+    assert 'id="s6-form"' in after_4
+    assert 'id="s4-form"' not in after_4
     assert "09 216 73 30" in after_4  # the VK of the directory, with its number
     assert "parket" not in _hidden_section(after_4, "s6-partner").lower()  # no acute danger
 
@@ -173,7 +182,8 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
     closed_page = client.get(f"/social/cases/{case_id}").text
-    assert 'id="close-form"' not in closed_page and 'id="s6-form"' not in closed_page
+    assert 'id="close-form"' not in closed_page
+    assert 'id="s6-form"' not in closed_page
 
 
 def _hidden_section(html: str, anchor: str) -> str:
