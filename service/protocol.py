@@ -625,10 +625,15 @@ class Factor:
 
 @dataclass(frozen=True)
 class HeardChild:
-    """A child listened to as a key person at step 4; needs the child's consent."""
+    """A child listened to as a key person at step 4; needs the child's consent.
+
+    ``own_say`` is what the child itself said or wants (from 12 a child decides much
+    itself; younger children may be heard too).
+    """
 
     child_ref: str
     consent_given: bool
+    own_say: str | None = None
 
 
 @dataclass(frozen=True)

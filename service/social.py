@@ -350,6 +350,7 @@ class HeardChildInput(BaseModel):
 
     child_ref: str
     consent_given: bool
+    own_say: str | None = Field(None, max_length=2000, description="The child's own say.")
 
 
 class KeyPersonInput(BaseModel):
@@ -386,7 +387,7 @@ class Step4Input(_Input):
             consultations=frozenset(self.consultations),
             discussed_with_patient=self.discussed_with_patient,
             children_heard=tuple(
-                HeardChild(h.child_ref, h.consent_given) for h in self.children_heard
+                HeardChild(h.child_ref, h.consent_given, h.own_say) for h in self.children_heard
             ),
             key_persons=tuple(KeyPerson(k.role, k.text) for k in self.key_persons),
             patient_explanation=self.patient_explanation,

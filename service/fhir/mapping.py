@@ -321,14 +321,12 @@ def finding_observation(
                 _component("discussed-with-patient", valueBoolean=finding.discussed_with_patient)
             )
             for heard in finding.children_heard:
+                child = _concerned_child(_child_ref(child_refs, heard.child_ref))
                 consent = _component("child-consent", valueBoolean=heard.consent_given)
-                consent["extension"] = [
-                    {
-                        "url": t.extension_url("concerned-child"),
-                        "valueReference": _ref(_child_ref(child_refs, heard.child_ref)),
-                    }
-                ]
-                components.append(consent)
+                components.append({**consent, "extension": [child]})
+                if heard.own_say and heard.own_say.strip():
+                    say = _component("child-say", valueString=heard.own_say.strip())
+                    components.append({**say, "extension": [child]})
             components += [_key_person_component(k) for k in finding.key_persons]
             if finding.patient_explanation and finding.patient_explanation.strip():
                 components.append(
@@ -428,6 +426,11 @@ def _factor_component(factor: Factor) -> Resource:
         {"url": t.extension_url("factor-kind"), "valueCoding": t.coding("factor-kind", factor.kind)}
     ]
     return component
+
+
+def _concerned_child(reference: str) -> Resource:
+    """The extension naming the child a component is about."""
+    return {"url": t.extension_url("concerned-child"), "valueReference": _ref(reference)}
 
 
 def _key_person_component(person: KeyPerson) -> Resource:
@@ -697,7 +700,7 @@ def finding_from_observation(
                 factors=tuple(_factor(c) for c in components.get("factor", [])),
                 consultations=consultations,
                 discussed_with_patient=any(_booleans(components, "discussed-with-patient")),
-                children_heard=tuple(_heard(c) for c in components.get("child-consent", [])),
+                children_heard=_children_heard(components),
                 key_persons=tuple(_key_person(c) for c in components.get("key-person", [])),
                 patient_explanation=next(iter(_strings(components, "patient-explanation")), None),
                 team_members=tuple(_strings(components, "team-member")),
@@ -772,9 +775,22 @@ def _factor(component: Mapping[str, Any]) -> Factor:
     return Factor(code, FactorKind(kind), concept.get("text"))
 
 
-def _heard(component: Mapping[str, Any]) -> HeardChild:
+def _children_heard(components: Mapping[str, list[Mapping[str, Any]]]) -> tuple[HeardChild, ...]:
+    """Each child-consent component, with the child's own say (child-say) when recorded."""
+    says = {_child_of(c): str(c["valueString"]) for c in components.get("child-say", [])}
+    return tuple(
+        HeardChild(
+            child_ref=_child_of(c),
+            consent_given=c.get("valueBoolean") is True,
+            own_say=says.get(_child_of(c)),
+        )
+        for c in components.get("child-consent", [])
+    )
+
+
+def _child_of(component: Mapping[str, Any]) -> str:
     child_url = t.extension_url("concerned-child")
-    ref = next(
+    return next(
         (
             str(e.get("valueReference", {}).get("reference", ""))
             for e in component.get("extension", [])
@@ -782,7 +798,6 @@ def _heard(component: Mapping[str, Any]) -> HeardChild:
         ),
         "",
     )
-    return HeardChild(child_ref=ref, consent_given=component.get("valueBoolean") is True)
 
 
 def _dates(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[date]:

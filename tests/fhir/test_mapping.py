@@ -236,6 +236,9 @@ def _casework_findings() -> list[Finding]:
                 KeyPerson(KeyPersonRole.OTHER, "neighbour who picks the children up"),
             ),
             patient_explanation="She says her partner is tired and does not mean it.",
+            children_heard=(
+                HeardChild("c1", consent_given=True, own_say="Wants mum to get help."),
+            ),
             team_members=("social worker ED", "dr. Janssens, paediatrician"),
         ),
         Step5Progress(

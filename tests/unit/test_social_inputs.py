@@ -15,6 +15,7 @@ from service.protocol import (
     ContactChannel,
     FacilityContact,
     FactorKind,
+    HeardChild,
     KeyPerson,
     KeyPersonRole,
     KindreflexCase,
@@ -167,7 +168,9 @@ def test_the_casework_fields_reach_the_findings() -> None:
         key_persons=[{"role": "partner"}, {"role": "other", "text": "neighbour"}],
         patient_explanation="She says the children are fine alone for an hour.",
         team_members=["social worker ED", "  ", "dr. Janssens"],
+        children_heard=[{"child_ref": GIRL.ref, "consent_given": True, "own_say": "Wants help."}],
     ).finding(SOCIAL_WORKER, EPISODE_2)
+    assert decision.children_heard == (HeardChild(GIRL.ref, True, "Wants help."),)
     assert decision.key_persons == (
         KeyPerson(KeyPersonRole.PARTNER),
         KeyPerson(KeyPersonRole.OTHER, "neighbour"),

@@ -354,6 +354,8 @@ Description: "Codes of the components of Kindreflex step findings (Observation.c
 * insert Tr(follow-up, Action de suivi, Follow-up action)
 * #expected-delivery-date "Verwachte bevallingsdatum" "The expected date of delivery."
 * insert Tr(expected-delivery-date, Date prévue de l'accouchement, Expected delivery date)
+* #child-say "Inbreng van het kind" "What a child heard at step 4 said or wants (text); the child is named in an extension. From 12 a child decides much itself."
+* insert Tr(child-say, Avis de l'enfant, The child's own say)
 * #key-person "Gehoorde sleutelfiguur" "An adult key person heard at step 4 (partner, grandparent, other; text: who)."
 * insert Tr(key-person, Personne clé entendue, Key person heard)
 * #patient-explanation "Uitleg van de cliënt" "The patient's explanation of the worries named to them (text, step 4)."

@@ -101,3 +101,8 @@ Invariant: kr-s5-2
 Description: "An agreed action has at most one follow-up date (extension follow-up-date), and only an agreed action has one."
 Severity: #error
 Expression: "component.where(extension.where(url = 'https://kindreflex-ed.be/fhir/StructureDefinition/follow-up-date').count() > 1).empty() and component.where(code.coding.code != 'agreed-action' and extension.where(url = 'https://kindreflex-ed.be/fhir/StructureDefinition/follow-up-date').exists()).empty()"
+
+Invariant: kr-s4-8
+Description: "Every child-say component names the child (extension concerned-child), a child heard with consent."
+Severity: #error
+Expression: "component.where(code.coding.code = 'child-say').all(extension('https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child').exists())"

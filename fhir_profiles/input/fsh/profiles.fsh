@@ -147,11 +147,12 @@ Description: "Step 4: the team decision on concern and willingness, the risk and
 * insert BooleanComponent(discussedWithPatient, discussed-with-patient, 0..1, The worries were named concretely to the patient)
 * insert BooleanComponent(childConsent, child-consent, 0..*, A child heard as a key person consented)
 * obeys kr-s4-5
+* insert StringComponent(childSay, child-say, 0..*, What a child heard said or wants (the child in extension concerned-child\))
 * insert CodedComponent(keyPerson, key-person, 0..*, KeyPersonRoleVS, required, An adult key person heard (text: who\))
 * insert StringComponent(patientExplanation, patient-explanation, 0..1, The patient's explanation of the worries named)
 * insert StringComponent(teamMember, team-member, 0..*, Who took part in the team decision (name or role\))
 * insert PlanVersionComponent
-* obeys kr-s4-1 and kr-s4-2 and kr-s4-3 and kr-s4-6 and kr-s4-7
+* obeys kr-s4-1 and kr-s4-2 and kr-s4-3 and kr-s4-6 and kr-s4-7 and kr-s4-8
 
 Profile: KindreflexStep5Finding
 Parent: KindreflexStepFinding

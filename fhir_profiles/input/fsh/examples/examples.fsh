@@ -74,6 +74,9 @@ Usage: #example
 * component[childConsent][0].valueBoolean = true
 * component[childConsent][0].extension[0].url = "https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child"
 * component[childConsent][0].extension[0].valueReference.reference = "RelatedPerson/ChildEmma"
+* component[childSay][0].valueString = "Emma wil dat mama hulp krijgt en wil zelf met de CLB-medewerker praten."
+* component[childSay][0].extension[0].url = "https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child"
+* component[childSay][0].extension[0].valueReference.reference = "RelatedPerson/ChildEmma"
 * component[keyPerson][0].valueCodeableConcept = KeyPersonRoleCS#partner "Partner"
 * component[keyPerson][1].valueCodeableConcept = KeyPersonRoleCS#other "Andere sleutelfiguur"
 * component[keyPerson][1].valueCodeableConcept.text = "Buurvrouw die de kinderen na school opvangt"
