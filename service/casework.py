@@ -46,6 +46,7 @@ from service.protocol import (
     Step5Progress,
     Step6Referral,
     apply,
+    check_closure,
     check_referral_status,
 )
 from service.social import (
@@ -445,6 +446,7 @@ class Casework:
                 f"This case still waits for {due}; close it after the team decision found "
                 "the home safe, after safety was restored, or after a referral."
             )
+        check_closure(case, closure)
         plan = close_transaction(
             record, author=ctx.user.fhir_user, closed_at=utcnow(), closure=closure
         )

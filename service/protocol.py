@@ -127,6 +127,7 @@ __all__ = [
     "advice",
     "age_in_months",
     "apply",
+    "check_closure",
     "check_referral_status",
     "child_consent_advice",
     "clb_children",
@@ -392,6 +393,7 @@ class ErrorCode(StrEnum):
     CONTACT_IN_FUTURE = "contact-in-future"
     CLOSE_REASON_TEXT_REQUIRED = "close-reason-text-required"
     REFERRAL_STATUS_FINAL = "referral-status-final"
+    NOT_REFERRED = "not-referred"
 
 
 class ProtocolError(Exception):
@@ -1057,6 +1059,17 @@ class CaseClosure:
             raise MissingInformationError(
                 ErrorCode.CLOSE_REASON_TEXT_REQUIRED, "Write down why the case is closed."
             )
+
+
+def check_closure(case: KindreflexCase, closure: CaseClosure) -> None:
+    """Refuse a close reason the case contradicts: "referred" needs a step 6 referral."""
+    referred = any(isinstance(f, Step6Referral) for f in case.findings)
+    if closure.reason is CloseReason.REFERRED and not referred:
+        raise InvalidFindingError(
+            ErrorCode.NOT_REFERRED,
+            "This case has no referral to a mandated facility (step 6); choose another "
+            "reason for closing it.",
+        )
 
 
 #: A referral that is completed or revoked is history; it does not move again.

@@ -423,3 +423,50 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
         },
     )
     assert past.status_code == 422
+
+
+def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    patient = _triage_niet_pluis(app, tenant, base_url)
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+    (case,) = client.get("/api/cases", headers=worker).json()["items"]
+    safe = client.post(
+        f"/api/cases/{case['id']}/step-4",
+        headers=worker,
+        json={"row_version": case["row_version"], "decision": "safe", "consultations": ["expert"]},
+    )
+    assert safe.status_code == 200, safe.text
+    version = safe.json()["row_version"]
+
+    referred = client.post(
+        f"/api/cases/{case['id']}/close",
+        headers=worker,
+        json={"row_version": version, "reason": "referred"},
+    )
+    assert referred.status_code == 422
+    assert referred.json()["detail"]["code"] == "not-referred"
+    assert search(base_url, "Flag", subject=patient)[0]["status"] == "active"
+
+    restored = client.post(
+        f"/api/cases/{case['id']}/close",
+        headers=worker,
+        json={"row_version": version, "reason": "safety-restored"},
+    )
+    assert restored.status_code == 200, restored.text
+    (flag,) = search(base_url, "Flag", subject=patient)
+    assert mapping.closure_from_flag(flag) == CaseClosure(CloseReason.SAFETY_RESTORED)
+    assert validate(flag) == []
+    no_referral = client.put(
+        f"/api/cases/{case['id']}/referral",
+        headers=worker,
+        json={"row_version": restored.json()["row_version"], "status": "completed"},
+    )
+    assert no_referral.status_code == 409
+    assert "no referral" in no_referral.json()["detail"]["message"]

@@ -54,6 +54,7 @@ from service.protocol import (
     advice,
     age_in_months,
     apply,
+    check_closure,
     check_referral_status,
     child_consent_advice,
     clb_children,
@@ -792,6 +793,9 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
     ErrorCode.CLOSE_REASON_TEXT_REQUIRED: lambda: CaseClosure(CloseReason.OTHER),
     ErrorCode.REFERRAL_STATUS_FINAL: lambda: check_referral_status(
         ReferralStatus.COMPLETED, ReferralStatus.ACTIVE
+    ),
+    ErrorCode.NOT_REFERRED: lambda: check_closure(
+        case_of(step1(), step2(), step4(TeamDecision.SAFE)), CaseClosure(CloseReason.REFERRED)
     ),
 }
 

@@ -26,6 +26,7 @@ from service.protocol import (
     Step5Progress,
     TeamDecision,
     apply,
+    check_closure,
     check_referral_status,
 )
 from tests.unit.test_protocol import (
@@ -130,6 +131,15 @@ def test_a_case_is_closed_with_a_reason() -> None:
     assert CaseClosure(CloseReason.OTHER, "moved abroad").text == "moved abroad"
     with pytest.raises(MissingInformationError):
         CaseClosure(CloseReason.OTHER, "  ")
+
+
+def test_only_a_referred_case_is_closed_as_referred() -> None:
+    safe = case_of(step1(), step2(), step4(TeamDecision.SAFE))
+    check_closure(safe, CaseClosure(CloseReason.SAFETY_RESTORED))
+    with pytest.raises(InvalidFindingError):
+        check_closure(safe, CaseClosure(CloseReason.REFERRED))
+    referred = apply(case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING)), step6())
+    check_closure(referred, CaseClosure(CloseReason.REFERRED))
 
 
 @pytest.mark.parametrize("current", list(ReferralStatus))
