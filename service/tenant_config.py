@@ -67,6 +67,10 @@ class CdsIssuer(Strict):
     jwks: dict[str, object] | None = Field(
         None, description="The issuer's public keys, when configured instead of fetched."
     )
+    subjects: list[str] = Field(
+        default_factory=list,
+        description="The CDS client ids (JWT `sub`) this issuer may call with; empty: any.",
+    )
 
 
 class RoleMapping(Strict):

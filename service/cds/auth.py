@@ -4,9 +4,10 @@ Checks, in order: an asymmetric ``alg``; an ``iss`` trusted by one of the tenant
 registrations (``cds_issuers``); the signing keys — from the JWT's ``jku`` only when that
 URL is on the issuer's allow-list, else the issuer's configured JWKS or its allow-listed
 JWKS URLs; the signature; ``aud`` = the exact URL called; ``exp`` and ``iat`` (with a small
-leeway, a lifetime of at most five minutes); and a ``jti`` never seen before for that
-issuer. A failure raises :class:`CdsAuthError` with a reason the EHR's integrator can act
-on (the router answers 401). Tokens and keys are never logged.
+leeway, a lifetime of at most five minutes); ``sub`` (the EHR's CDS client id) on the
+issuer's allow-list when it has one; and a ``jti`` never seen before for that issuer.
+A failure raises :class:`CdsAuthError` with a reason the EHR's integrator can act on (the
+router answers 401). Tokens and keys are never logged.
 
 Cost on the hot path: keys are cached (``JWKS_TTL_SECONDS``); the ``jti`` insert is the
 one database write of a hook call; expired ``jti`` rows are purged about once a minute.
@@ -190,6 +191,8 @@ class CdsAuthenticator:
         registration, issuer = trusted
         token.verify_signature(await self._keys(issuer, token.header))
         _check_claims(token.claims, issuer.iss, audience, time.time())
+        if issuer.subjects and token.claims.get("sub") not in issuer.subjects:
+            raise CdsAuthError(f"sub {token.claims.get('sub')!r} is not a client of this issuer")
         return Caller(issuer.iss, registration), token.claims
 
     async def _keys(self, issuer: CdsIssuer, header: dict[str, Any]) -> list[jwt.PyJWK]:

@@ -329,6 +329,19 @@ def test_keys_configured_for_the_issuer_need_no_jku(cds: Cds) -> None:
     assert cds.call().status_code == 401
 
 
+def test_an_issuer_with_a_client_allow_list_refuses_other_subjects(cds: Cds) -> None:
+    config = tenant_config(cds.ehr)
+    registration = config.registrations[0]
+    issuer = registration.cds_issuers[0].model_copy(update={"subjects": ["ehr-client"]})
+    registration = registration.model_copy(update={"cds_issuers": [issuer]})
+    cds.configure(config.model_copy(update={"registrations": [registration]}))
+    assert cds.call().status_code == 200  # Ehr.token signs with sub "ehr-client"
+    refused = cds.call(token=cds.ehr.token(AUD, sub="another-client"))
+    assert refused.status_code == 401
+    assert "another-client" in refused.json()["reason"]
+    assert cds.call(token=cds.ehr.token(AUD, sub=None)).status_code == 401
+
+
 def test_a_hospital_only_accepts_its_own_ehrs(cds: Cds) -> None:
     other = SigningKey.generate("b-key", "ES384")
     with JwksServer(other) as jwks:
