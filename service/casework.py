@@ -313,6 +313,16 @@ def _authored(request: Resource) -> datetime:
     return datetime.fromisoformat(request["authoredOn"])
 
 
+def _facilities(client: FhirClient, referrals: list[Resource]) -> dict[str, Resource]:
+    """The Organizations the referrals go to, by the reference they are named with."""
+    references = {p["reference"] for r in referrals for p in r.get("performer", [])}
+    return {
+        reference: client.read(*reference.split("/", 1))
+        for reference in sorted(references)
+        if reference.startswith("Organization/")
+    }
+
+
 def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
     """The case's most recent referral ServiceRequest, as read (with version)."""
     found = _referrals(client, record)
@@ -378,8 +388,8 @@ class CloseRefusedError(ValueError):
 @dataclass(frozen=True)
 class CaseFile:
     """A case as the FHIR server holds it, for reading its history: the protocol's state
-    (findings, children, next steps), the referrals (as read, newest first) and, for a
-    closed case, why it was closed."""
+    (findings, children, next steps), the referrals (as read, newest first) with their
+    facilities and, for a closed case, why it was closed."""
 
     case_id: int
     status: str
@@ -388,6 +398,9 @@ class CaseFile:
     case: KindreflexCase
     referrals: tuple[Resource, ...]
     closure: CaseClosure | None
+    #: each referral's performer reference → the facility's Organization as read (its
+    #: name and phone numbers, e.g. for the printable referral summary)
+    facilities: Mapping[str, Resource] = field(default_factory=dict)
 
 
 class Casework:
@@ -460,6 +473,7 @@ class Casework:
         record, case = self._read(ctx, concern)
         with self._client(ctx) as client:
             referrals = _referrals(client, record)
+            facilities = _facilities(client, referrals)
         return CaseFile(
             case_id=concern.id,
             status=concern.status,
@@ -468,6 +482,7 @@ class Casework:
             case=case,
             referrals=tuple(referrals),
             closure=mapping.closure_from_flag(record.flag),
+            facilities=facilities,
         )
 
     def update_referral(

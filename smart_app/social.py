@@ -14,7 +14,7 @@ change is audited as a failure.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from functools import partial
 from typing import Annotated, Any
@@ -137,6 +137,10 @@ class ReferralView(BaseModel):
     performer: str = Field(description="Reference to the facility's Organization.")
     authored_on: datetime
     notes: list[dict[str, Any]] = Field(description="FHIR Annotations, oldest first.")
+    facility_name: str | None = Field(description="The facility's name, as on the server.")
+    facility_telecom: list[dict[str, Any]] = Field(
+        description="The facility's phone numbers and addresses (FHIR ContactPoints)."
+    )
 
 
 class CaseFileResponse(BaseModel):
@@ -266,7 +270,7 @@ def _case_file_view(opened: CaseFile) -> CaseFileResponse:
             )
             for f in case.findings
         ],
-        referrals=[_referral_view(r) for r in opened.referrals],
+        referrals=[_referral_view(r, opened.facilities) for r in opened.referrals],
         closure=None if closure is None else {"reason": closure.reason.value, "text": closure.text},
     )
 
@@ -275,14 +279,20 @@ def _case_file_view(opened: CaseFile) -> CaseFileResponse:
 _FINDING_JSON: TypeAdapter[Finding] = TypeAdapter(Finding)
 
 
-def _referral_view(resource: dict[str, Any]) -> ReferralView:
+def _referral_view(
+    resource: dict[str, Any], facilities: Mapping[str, dict[str, Any]]
+) -> ReferralView:
+    performer = resource["performer"][0]["reference"]
+    facility = facilities.get(performer, {})
     return ReferralView(
         id=resource["id"],
         status=resource["status"],
         target=resource["performerType"]["coding"][0]["code"],
-        performer=resource["performer"][0]["reference"],
+        performer=performer,
         authored_on=resource["authoredOn"],
         notes=resource.get("note", []),
+        facility_name=facility.get("name"),
+        facility_telecom=facility.get("telecom", []),
     )
 
 

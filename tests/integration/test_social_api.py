@@ -324,6 +324,8 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     (referral_view,) = opened["referrals"]
     assert (referral_view["status"], referral_view["target"]) == ("completed", "vk")
     assert referral_view["notes"][-1]["text"] == "The VK waits until the mother is home."
+    assert referral_view["facility_name"].startswith("Vertrouwenscentrum")
+    assert referral_view["facility_telecom"][0]["system"] == "phone"
     assert len(opened["children"]) == 2
 
 
