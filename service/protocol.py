@@ -21,6 +21,10 @@ How to read it
    state; :meth:`KindreflexCase.replay` rebuilds a state from its recorded findings.
 6. Derived advice: Kind & Gezin, the child's consent, CLB.
 
+Closing a case (:class:`CaseClosure`, :func:`check_closure`) and the status of a step 6
+referral (:class:`ReferralStatus`, :func:`check_referral_status`) are ruled at the end of
+section 5.
+
 The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.md``)::
 
     step 1  talk about the children and parenthood
@@ -38,7 +42,8 @@ The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.m
       '-- acute danger ----------------------------------------> step 6
     step 5  restore safety
       |-- improving -------------------------------------------> step 3
-      '-- safety not restored ---------------------------------> step 6
+      |-- safety not restored ---------------------------------> step 6
+      '-- with a next follow-up date: also ---------------------> step 5 (the follow-up)
     step 6  involve a mandated facility: VK, OCJ, or with acute danger parket / police
             ---------------------------------------------------> step 6 again (another
             facility), step 5 (restore safety together with the facility) or step 3
