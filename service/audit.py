@@ -37,6 +37,10 @@ _INTERACTION = "http://hl7.org/fhir/restful-interaction"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 _SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+# A sign-in is not a REST interaction: R4's audit-event-type takes DICOM's codes for it.
+_DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+_USER_AUTHENTICATION = {"system": _DICOM, "code": "110114", "display": "User Authentication"}
+_LOGIN = {"system": _DICOM, "code": "110122", "display": "Login"}
 
 #: How the service names itself as the AuditEvent's observer (a display-only reference).
 OBSERVER = "Kindreflex-ED"
@@ -49,11 +53,13 @@ class AuditAction(StrEnum):
     SEARCH = "search-type"
     CREATE = "create"
     UPDATE = "update"
+    LOGIN = "login"  # a SMART launch: the user signed in to the app (DICOM 110122)
 
     @property
     def crude(self) -> str:
-        """AuditEvent.action: C, R, U, or E for a query (as IHE's audit profiles code it)."""
-        return {"read": "R", "search-type": "E", "create": "C", "update": "U"}[self.value]
+        """AuditEvent.action: C, R, U, or E for a query or a sign-in (as IHE codes them)."""
+        codes = {"read": "R", "search-type": "E", "create": "C", "update": "U", "login": "E"}
+        return codes[self.value]
 
 
 Outcome = Literal["success", "failure"]
@@ -91,10 +97,11 @@ def audit_event(fact: AuditFact, entity_references: Sequence[str] = ()) -> Resou
         {"what": {"reference": ref}, "type": {"system": _ENTITY_TYPE, "code": "2"}}
         for ref in (entity_references or _resolvable(fact.entities))
     ]
+    login = fact.action is AuditAction.LOGIN
     return {
         "resourceType": "AuditEvent",
-        "type": {"system": _EVENT_TYPE, "code": "rest"},
-        "subtype": [{"system": _INTERACTION, "code": fact.action.value}],
+        "type": _USER_AUTHENTICATION if login else {"system": _EVENT_TYPE, "code": "rest"},
+        "subtype": [_LOGIN if login else {"system": _INTERACTION, "code": fact.action.value}],
         "action": fact.action.crude,
         "recorded": fact.at.isoformat(),
         "outcome": _OUTCOME_CODE[fact.outcome],
@@ -139,7 +146,8 @@ def record_local(
 
 
 def record_read(session: Session, channel: Channel, fact: AuditFact) -> AuditRecord:
-    """A read: the local row and its AuditEvent queued in the outbox, in one unit of work."""
+    """A read (or a sign-in: an event that writes no data of its own): the local row and
+    its AuditEvent queued in the outbox, in one unit of work."""
     transaction = TransactionBuilder()
     transaction.add(audit_event(fact))
     entry = enqueue(

@@ -27,6 +27,8 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import delete, select
 from sqlalchemy.engine import CursorResult
 
+from service import audit
+from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, utcnow
 from service.db.models import LaunchState, Tenant
 from service.i18n import negotiate
@@ -164,6 +166,7 @@ def callback(
         # Writes for this patient that waited for a new sign-in go out with this session.
         outbox: Outbox = request.app.state.outbox
         outbox.adopt_session(tenant.id, registration.id, f"Patient/{new.patient_id}", session_id)
+    _audit_sign_in(request.app.state.database, tenant, registration, new, session_id)
     log.info(
         "app launched",
         extra={
@@ -175,10 +178,31 @@ def callback(
             }
         },
     )
-    response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{START_PAGE}", 303)
+    worklist = new.patient_id is None and "social-worker" in new.user.roles  # not triage
+    start = "/social" if worklist else START_PAGE
+    response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{start}", 303)
     _set_cookie(response, SESSION_COOKIE, secret, SESSION_LIFETIME)
     _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
     return response
+
+
+def _audit_sign_in(
+    database: Database,
+    tenant: TenantContext,
+    registration: EhrRegistration,
+    new: NewSession,
+    session_id: str,
+) -> None:
+    """The sign-in in the audit trail; for a patient's chart also as an AuditEvent on the
+    EHR's server (without a patient there is no compartment to write it in)."""
+    patient_ref = f"Patient/{new.patient_id}" if new.patient_id else None
+    fact = AuditFact(new.user.fhir_user, AuditAction.LOGIN, patient_ref, (), "success", utcnow())
+    with database.session() as session:
+        if patient_ref is None:
+            audit.record_local(session, tenant.id, fact)
+        else:
+            channel = Channel(tenant.id, registration.id, registration.fhir_base_url, session_id)
+            audit.record_read(session, channel, fact)
 
 
 def redirect_uri(settings: Settings) -> str:

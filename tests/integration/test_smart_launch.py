@@ -34,7 +34,7 @@ from sandbox.keys import SigningKey as SandboxKey
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
-from service.db.models import AppSession, LaunchState, OutboxEntry
+from service.db.models import AppSession, AuditRecord, LaunchState, OutboxEntry
 from service.fhir.client import ReauthorisationRequired
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
@@ -49,6 +49,7 @@ from smart_app.session import (
 )
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
+from tests.support.validator import validate
 
 EHR_ORIGIN = "https://ehr.az-example.be"
 
@@ -521,6 +522,34 @@ def test_only_the_social_service_and_admins_may_launch_without_a_patient(
     assert who["patient"] is None
     assert who["roles"] == ["nurse", "social-worker"]
     assert kindreflex.count(AppSession) == 1
+
+
+def test_every_sign_in_is_audited_and_a_patients_also_on_the_ehrs_server(
+    kindreflex: Kindreflex,
+) -> None:
+    nurse, social_worker = Browser(), Browser()
+    assert kindreflex.launch(nurse).status_code == 303
+    assert (
+        kindreflex.launch(social_worker, user="social-worker", with_patient=False).status_code
+        == 303
+    )
+    sb = kindreflex.sandbox
+    with kindreflex.database.session() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        assert [(r.actor, r.action, r.patient_ref, r.outcome) for r in rows] == [
+            (sb.fhir_user("nurse"), "login", f"Patient/{first_patient(sb)}", "success"),
+            (sb.fhir_user("social-worker"), "login", None, "success"),
+        ]
+        queued = session.get(OutboxEntry, rows[0].outbox_id)
+        assert queued is not None
+        assert queued.kind == "audit"
+        assert rows[1].outbox_id is None  # no patient compartment to write it in
+        (entry,) = queued.bundle["entry"]
+    event = entry["resource"]
+    assert event["type"]["code"] == "110114"  # DICOM User Authentication
+    assert event["subtype"][0]["code"] == "110122"  # Login
+    assert event["agent"][0]["who"]["reference"] == sb.fhir_user("nurse")
+    assert validate(event) == []
 
 
 def test_a_new_launch_for_the_patient_takes_over_writes_waiting_for_authorisation(
