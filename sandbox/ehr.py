@@ -500,6 +500,17 @@ class EhrApp:
                 visit.messages.append("No app_launch_url configured.")
             return RedirectResponse(f"/visits/{visit.id}", status_code=303)
 
+        @app.post("/worklist")
+        async def worklist(request: Request) -> Response:
+            """The social service's way in: the app launched without a patient (its worklist)."""
+            if not self.config.app_launch_url:
+                return RedirectResponse("/", status_code=303)
+            lid = self.auth.create_launch(patient=None, user=self.user_of(request))
+            query = urlencode({"iss": self.fhir_base, "launch": lid})
+            url = f"{self.config.app_launch_url}?{query}"
+            title = "Werklijst sociale dienst"
+            return self.render("app.html", csp=self.csp(url), title=title, launch_url=url)
+
         @app.get("/visits/{visit_id}", response_class=HTMLResponse)
         async def visit_page(visit_id: str) -> Response:
             visit = self.visits.get(visit_id)

@@ -5,7 +5,8 @@ closing, and the printable referral summary.
   the delivery state and the assignment; the forms of the steps the protocol allows next.
 * ``POST /social/cases/{id}/step-4|step-5|step-6|close``: the forms (CSRF token required).
 * ``GET /social/cases/{id}/referral``: what the mandated facility needs for the call.
-* ``GET /social/static/casefile.css``: the pages' stylesheet (screen and print).
+* ``GET /social/static/casefile.css|casefile.js``: the stylesheet (screen and print) and
+  the referral's print button.
 
 Mounted plain and under ``/t/{tenant}``, social-worker role only. The case is read from
 the FHIR server (the source of truth) and replayed by the protocol each time a page is
@@ -62,12 +63,14 @@ from service.protocol import (
     age_in_months,
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
+from smart_app.nurse import LOCAL_ZONE
 from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
 from smart_app.social import _TEMPLATES, CaseId, CaseworkDep, SocialWorker, _audit_refusal
 
 router = APIRouter(prefix="/social", include_in_schema=False)
 
-_STYLESHEET = Path(__file__).parent / "static" / "casefile.css"
+_STATIC = Path(__file__).parent / "static"
+_STATIC_TYPES = {"casefile.css": "text/css; charset=utf-8", "casefile.js": "text/javascript"}
 #: The lines a form offers for the agreed actions of step 5.
 AGREED_ACTION_ROWS = 3
 #: From this age a child decides much itself: the page asks for the child's own say.
@@ -181,10 +184,12 @@ def step5_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
 
 
 def step6_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
-    contact_on, person = _one(values, "contact_on"), _one(values, "contact_person")
+    # The date defaults to today on the page: a contact is recorded when a person is named.
+    person = _one(values, "contact_person")
     contact = None
-    if contact_on or person:
-        contact = {"on": contact_on, "person": person, "channel": _one(values, "contact_channel")}
+    if person:
+        on, channel = _one(values, "contact_on"), _one(values, "contact_channel")
+        contact = {"on": on, "person": person, "channel": channel}
     return {
         "partner_id": _one(values, "partner_id") or "",
         "with_cooperation": _one(values, "cooperation") == "yes",
@@ -336,6 +341,7 @@ def _render(
         close_reasons=list(CloseReason),
         partners=_partners(ctx, file.case),
         today=utcnow().date().isoformat(),
+        local=lambda moment: moment.astimezone(LOCAL_ZONE),
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
 
@@ -353,12 +359,15 @@ def _not_found(ctx: LaunchContext) -> HTMLResponse:
 # -- the pages --------------------------------------------------------------------------------
 
 
-@router.get("/static/casefile.css")
-def stylesheet() -> Response:
-    """The case pages' stylesheet (same origin, so the CSP can stay 'self')."""
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    """The case pages' stylesheet and print button (same origin: the CSP stays 'self')."""
+    media_type = _STATIC_TYPES.get(name)
+    if media_type is None:
+        return Response("no such file", status_code=404, media_type="text/plain")
     return Response(
-        _STYLESHEET.read_bytes(),
-        media_type="text/css; charset=utf-8",
+        (_STATIC / name).read_bytes(),
+        media_type=media_type,
         headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
     )
 

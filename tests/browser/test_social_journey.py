@@ -1,0 +1,136 @@
+"""The social worker's journey end to end in Chromium: seed 001's second and third episodes.
+
+A nurse hands a mother of two off to the social service at triage (the real CDS card and
+SMART launch in the sandbox EHR). The social worker signs in to the sandbox EHR, opens the
+worklist (a SMART launch without a patient), opens the case, records step 4 with the
+factors the workshop lists (new partner irritated by the children, no lunch, absence,
+children left alone, …) and the team decision "concerning, with resistance", then step 6:
+the referral to the VK. The ServiceRequest on the FHIR server validates against the guide,
+and the printable summary shows the VK's phone number. The team decision and the submit
+are done with the keyboard; every form control has a label.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+
+import pytest
+from playwright.sync_api import BrowserContext, FrameLocator, Locator, Page, expect
+
+from service.demo import DemoStack
+from service.fhir import terminology
+from tests.browser.test_triage_journey import (
+    _every_field_is_labelled,
+    _launch_from_card,
+    _open_visit,
+)
+from tests.support.validator import validate
+from tests.support.write_path import search
+from tests.unit.test_social_inputs import WORKSHOP_FACTORS
+
+pytestmark = pytest.mark.browser
+
+PATIENT = "lotte-claes"
+VK_PHONE = "09 216 73 30"
+#: A save reads the case from the FHIR server, then writes one transaction: a few seconds.
+SAVE_TIMEOUT_MS = 20_000
+
+
+def _hand_off_at_triage(browser: BrowserContext, stack: DemoStack) -> None:
+    """Episode 1 as the nurse records it: two children (3 and 8), niet-pluis."""
+    page = browser.new_page()
+    app = _launch_from_card(page, _open_visit(page, stack, PATIENT))
+    names, dates = app.get_by_label("Naam"), app.get_by_label("Geboortedatum")
+    names.nth(0).fill("Wout")
+    dates.nth(0).fill((date.today() - timedelta(days=3 * 365 + 30)).strftime("%d/%m/%Y"))
+    app.get_by_role("button", name="+ kind").click()
+    names.nth(1).fill("Fien")
+    dates.nth(1).fill((date.today() - timedelta(days=8 * 365 + 30)).strftime("%d/%m/%Y"))
+    app.get_by_label(re.compile("^Niet-pluisgevoel")).click()
+    app.get_by_label("Redenen").fill("Alleenstaand, depressieve gedachten, financieel moeilijk")
+    app.get_by_role("button", name="Opslaan", exact=True).click()
+    expect(app.locator("[data-handed-off]")).to_contain_text("Doorgegeven aan de sociale dienst")
+    page.close()
+
+
+def _worklist(browser: BrowserContext, stack: DemoStack) -> tuple[Page, FrameLocator]:
+    """The social worker signs in to the EHR and opens the worklist from it (in its frame)."""
+    page = browser.new_page()
+    page.goto(f"{stack.sandbox.ehr_url}/")
+    page.get_by_label("Ingelogd als").select_option("social-worker")
+    page.get_by_role("button", name="Wissel gebruiker").click()
+    page.get_by_role("button", name="Werklijst sociale dienst (Kindreflex)").click()
+    app = page.frame_locator("#app-frame")
+    expect(app.locator("h1")).to_have_text("Werklijst sociale dienst")
+    return page, app
+
+
+def _submit_with_keyboard(page: Page, button: Locator) -> None:
+    button.focus()
+    page.keyboard.press("Enter")
+
+
+def test_seed_001_from_the_worklist_to_the_referral_to_the_vk(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    _hand_off_at_triage(browser, stack)
+    patient_id = stack.sandbox.seeded.patient(PATIENT).id
+    page, app = _worklist(browser, stack)
+    app.locator("table.worklist a").filter(has_text=re.compile(patient_id)).click()
+    expect(app.locator("#s4-form")).to_be_visible()
+    expect(app.locator("#s6-form")).to_have_count(0)  # the protocol: step 4 first
+    assert _every_field_is_labelled(app) == []
+
+    # Episode 2: the factors the workshop lists, each with what plays in this family.
+    for factor in WORKSHOP_FACTORS:
+        display = next(
+            f.display_in("nl") for f in terminology.factors() if f.code == factor["code"]
+        )
+        app.get_by_label(display, exact=True).check()
+        app.get_by_label(f"Wat speelt er bij dit gezin: {display}").fill(factor["text"])
+    app.get_by_label(terminology.display("key-person-role", "partner", "nl"), exact=True).check()
+    app.locator("#s4-consult-colleague").check()
+    app.locator("#s4-consult-clb").check()
+    app.get_by_label("Zorgen concreet besproken met de patiënt").check()
+    app.get_by_label("Uitleg van de patiënt").fill("Ze wil haar vriend niet kwijt.")
+    app.get_by_label("Wie nam deel aan de teambeslissing").fill("sociale dienst\nspoedarts")
+    # Episode 3: bruises, no help for the children, counselling stopped → resistance.
+    app.get_by_label("Notitie").fill("Blauwe plekken; cliënte zet de begeleiding stop.")
+    app.locator("#s4-decision-concerning-unwilling").focus()
+    page.keyboard.press("Space")
+    expect(app.locator("#s4-decision-concerning-unwilling")).to_be_checked()
+    _submit_with_keyboard(page, app.get_by_role("button", name="Stap 4 opslaan"))
+
+    expect(app.locator("[role=status]")).to_contain_text("Opgeslagen", timeout=SAVE_TIMEOUT_MS)
+    expect(app.locator("#s4-form")).to_have_count(0)
+    vk = app.get_by_label(re.compile("Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen"))
+    expect(vk).to_be_visible()
+    expect(app.locator("#s6-partner")).to_contain_text(VK_PHONE)
+    vk.check()
+    app.locator("#s6-cooperation-no").check()
+    app.locator("#s6-informed-yes").check()
+    app.get_by_label("Contactpersoon").fill("An, onthaal VK")
+    app.get_by_label("Afgesproken acties voor het ziekenhuis").fill(
+        "De CLB-medewerker op de hoogte brengen"
+    )
+    _submit_with_keyboard(page, app.get_by_role("button", name="Stap 6 opslaan"))
+    # The link to the printable referral appears once the referral is recorded.
+    printable = app.get_by_role("link", name="Verwijzing afdrukken")
+    expect(printable).to_be_visible(timeout=SAVE_TIMEOUT_MS)
+    expect(app.locator("[role=status]")).to_contain_text("Opgeslagen en naar het dossier")
+
+    fhir = stack.sandbox.upstream_fhir_base_url
+    (referral,) = search(fhir, "ServiceRequest", subject=f"Patient/{patient_id}")
+    assert validate(referral) == []
+    assert referral["status"] == "active"
+
+    printable.click()
+    expect(app.locator("h1")).to_have_text("Verwijzing naar de gemandateerde voorziening")
+    expect(app.locator(".phones")).to_contain_text(VK_PHONE)
+    expect(app.locator("main")).to_contain_text("Children often left home alone.")
+    page.emulate_media(media="print")
+    expect(app.locator(".banner")).to_be_hidden()
+    expect(app.locator(".phones")).to_be_visible()
+    page.emulate_media(media="screen")
+    expect(app.get_by_role("button", name="Afdrukken")).to_be_visible()  # casefile.js ran
