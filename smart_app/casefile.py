@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -35,6 +35,7 @@ from service.casework import (
     CaseNotOnServerError,
     Casework,
     CloseRefusedError,
+    StepInput,
     StepResult,
 )
 from service.db.base import utcnow
@@ -133,22 +134,12 @@ def _lines(values: Mapping[str, list[str]], name: str) -> list[str]:
 
 
 def step4_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
-    """The step 4 form as the API's body.
-
-    A child of 12 or more has its own say; the API has no field for it, so it is kept in
-    the finding's note, prefixed with the child's name (it reaches FHIR and the replay).
-    """
+    """The step 4 form as the API's body."""
     key_persons: list[dict[str, Any]] = [
         {"role": role} for role in values.get("key_person", []) if role != "other"
     ]
     if "other" in values.get("key_person", []):
         key_persons.append({"role": "other", "text": _one(values, "key_person_other")})
-    says = [
-        f"{_one(values, f'child_name_{ref}') or ref}: {say}"
-        for ref in values.get("child_heard", [])
-        if (say := _one(values, f"child_say_{ref}"))
-    ]
-    note = "\n".join([*([n] if (n := _one(values, "note")) else []), *says]) or None
     return {
         "decision": _one(values, "decision"),
         "factors": [
@@ -159,12 +150,16 @@ def step4_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
         "discussed_with_patient": "discussed" in values,
         "patient_explanation": _one(values, "patient_explanation"),
         "children_heard": [
-            {"child_ref": ref, "consent_given": f"child_consent_{ref}" in values}
+            {
+                "child_ref": ref,
+                "consent_given": f"child_consent_{ref}" in values,
+                "own_say": _one(values, f"child_say_{ref}"),
+            }
             for ref in values.get("child_heard", [])
         ],
         "key_persons": key_persons,
         "team_members": _lines(values, "team_members"),
-        "note": note,
+        "note": _one(values, "note"),
     }
 
 
@@ -331,14 +326,15 @@ def _render(
         word=_wording(ctx),
         step_title=partial(_step_title, ctx),
         factors=terminology.factors(),
-        decisions=list(TeamDecision),
-        consultations=list(Consultation),
-        key_roles=[r for r in KeyPersonRole if r is not KeyPersonRole.OTHER],
+        decisions=[d.value for d in TeamDecision],
+        consultations=[c.value for c in Consultation],
+        key_roles=[r.value for r in KeyPersonRole if r is not KeyPersonRole.OTHER],
         progress=list(ProgressAssessment),
-        safety_actions=list(SafetyAction),
+        safety_actions=[a.value for a in SafetyAction],
         agreed_rows=range(AGREED_ACTION_ROWS),
         channels=list(ContactChannel),
-        close_reasons=list(CloseReason),
+        close_reasons=[r.value for r in CloseReason],
+        child_names={c.ref: c.name for c in file.case.children} if file.case else {},
         partners=_partners(ctx, file.case),
         today=utcnow().date().isoformat(),
         local=lambda moment: moment.astimezone(LOCAL_ZONE),
@@ -457,45 +453,6 @@ def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> Problem:
     return Problem(form, anchor, _message(ctx.language, "error.field"))
 
 
-@router.post("/cases/{case_id}/step-4", dependencies=[Depends(verify_csrf)])
-async def step_4(
-    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
-) -> Response:
-    typed = await _typed(request, "s4")
-
-    def save(version: int) -> StepResult:
-        body = Step4Input.model_validate(step4_body(typed.values))
-        return work.record_step(ctx, case_id, version, body)
-
-    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
-
-
-@router.post("/cases/{case_id}/step-5", dependencies=[Depends(verify_csrf)])
-async def step_5(
-    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
-) -> Response:
-    typed = await _typed(request, "s5")
-
-    def save(version: int) -> StepResult:
-        body = Step5Input.model_validate(step5_body(typed.values))
-        return work.record_step(ctx, case_id, version, body)
-
-    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
-
-
-@router.post("/cases/{case_id}/step-6", dependencies=[Depends(verify_csrf)])
-async def step_6(
-    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
-) -> Response:
-    typed = await _typed(request, "s6")
-
-    def save(version: int) -> StepResult:
-        body = Step6Input.model_validate(step6_body(typed.values))
-        return work.record_step(ctx, case_id, version, body)
-
-    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
-
-
 @router.post("/cases/{case_id}/close", dependencies=[Depends(verify_csrf)])
 async def close(
     request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
@@ -519,6 +476,33 @@ class _CloseForm(BaseModel):
     reason_text: str | None = None
 
 
+#: Each step's form: its name on the page and how its fields become the API's body.
+_STEP_FORMS: Mapping[str, tuple[str, Callable[[Mapping[str, list[str]]], StepInput]]] = {
+    "step-4": ("s4", lambda values: Step4Input.model_validate(step4_body(values))),
+    "step-5": ("s5", lambda values: Step5Input.model_validate(step5_body(values))),
+    "step-6": ("s6", lambda values: Step6Input.model_validate(step6_body(values))),
+}
+
+
+# After ``/close`` (and the worklist's ``/claim``): a route matches on its path first.
+@router.post("/cases/{case_id}/{step}", dependencies=[Depends(verify_csrf)])
+async def record_step(
+    request: Request,
+    ctx: SocialWorker,
+    database: DatabaseDep,
+    work: CaseworkDep,
+    case_id: CaseId,
+    step: Literal["step-4", "step-5", "step-6"],
+) -> Response:
+    form, body_of = _STEP_FORMS[step]
+    typed = await _typed(request, form)
+
+    def save(version: int) -> StepResult:
+        return work.record_step(ctx, case_id, version, body_of(typed.values))
+
+    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
+
+
 # -- the printable referral ------------------------------------------------------------------
 
 
@@ -533,15 +517,15 @@ class ReferralSummary:
     concern: Step2Finding | None
 
 
-def _referral_summary(ctx: LaunchContext, work: Casework, file: Shown) -> ReferralSummary | None:
+def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None:
     """The latest referral of the case and the facility it went to (None: no referral)."""
     case, opened = file.case, file.opened
     referrals = [f for f in case.findings if isinstance(f, Step6Referral)] if case else []
     if opened is None or case is None or not referrals or not opened.referrals:
         return None
-    kind, _, org_id = opened.referrals[0]["performer"][0]["reference"].partition("/")
-    with work._client(ctx) as client:  # private: see docs/contracts-wip.md (casefile UI)
-        organization = client.read(kind, org_id)
+    organization = opened.facilities.get(opened.referrals[0]["performer"][0]["reference"])
+    if organization is None:
+        return None
     partner_system = terminology.identifier_system("partner")
     partner_id = next(
         (i["value"] for i in organization.get("identifier", []) if i["system"] == partner_system),
@@ -572,7 +556,7 @@ def referral_page(
     if file is None:
         return _not_found(ctx)
     try:
-        summary = _referral_summary(ctx, work, file)
+        summary = _referral_summary(ctx, file)
     except (FhirError, LookupError):
         summary = None
     if summary is None:

@@ -102,6 +102,15 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
     # A change without the session's CSRF token is refused before anything is read.
     for url in forms:
         assert client.post(url, headers=cookie_only, data={"row_version": "1"}).status_code == 403
+    # A save while the FHIR server is down: nothing saved, the input shown again.
+    down = client.post(
+        forms[0],
+        headers=worker,
+        data={"row_version": "1", "decision": "acute-danger", "note": "Gesprek met oma."},
+    )
+    assert down.status_code == 503
+    assert "er werd nog niets opgeslagen" in down.text
+    assert "Gesprek met oma." in down.text
     missing = client.get("/social/cases/999999", headers=cookie_only)
     assert missing.status_code == 404
     assert "Dossier niet gevonden" in missing.text
