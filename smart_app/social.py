@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -60,6 +60,7 @@ from smart_app.session import (
 )
 
 router = APIRouter(tags=["social service"])
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
 CaseId = Annotated[int, Path(ge=1)]
@@ -232,6 +233,18 @@ _STEP_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _case_write(method: str, action: str, summary: str) -> Callable[[_Endpoint], _Endpoint]:
+    """The route of a change of a case (``/api/cases/{case_id}/<action>``): CSRF-checked,
+    answering the refusals of ``_refusal``."""
+    return router.api_route(
+        f"/api/cases/{{case_id}}/{action}",
+        methods=[method],
+        summary=summary,
+        dependencies=[Depends(verify_csrf)],
+        responses=_STEP_ERRORS,
+    )
+
+
 @router.get(
     "/api/cases/{case_id}",
     summary="A case with its history, as the FHIR server holds it (an audited read)",
@@ -296,12 +309,7 @@ def _referral_view(
     )
 
 
-@router.post(
-    "/api/cases/{case_id}/step-4",
-    summary="Step 4: the team decision on concern and willingness",
-    dependencies=[Depends(verify_csrf)],
-    responses=_STEP_ERRORS,
-)
+@_case_write("POST", "step-4", "Step 4: the team decision on concern and willingness")
 def step_4(
     ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: Step4Request
 ) -> StepResponse:
@@ -310,12 +318,7 @@ def step_4(
     )
 
 
-@router.post(
-    "/api/cases/{case_id}/step-5",
-    summary="Step 5: progress in restoring safety",
-    dependencies=[Depends(verify_csrf)],
-    responses=_STEP_ERRORS,
-)
+@_case_write("POST", "step-5", "Step 5: progress in restoring safety")
 def step_5(
     ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: Step5Request
 ) -> StepResponse:
@@ -324,11 +327,10 @@ def step_5(
     )
 
 
-@router.post(
-    "/api/cases/{case_id}/step-6",
-    summary="Step 6: the referral to the VK, the OCJ or (acute danger) the parket or police",
-    dependencies=[Depends(verify_csrf)],
-    responses=_STEP_ERRORS,
+@_case_write(
+    "POST",
+    "step-6",
+    "Step 6: the referral to the VK, the OCJ or (acute danger) the parket or police",
 )
 def step_6(
     ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: Step6Request
@@ -338,11 +340,8 @@ def step_6(
     )
 
 
-@router.post(
-    "/api/cases/{case_id}/close",
-    summary="Close the case: the Flag becomes inactive; its history stays readable",
-    dependencies=[Depends(verify_csrf)],
-    responses=_STEP_ERRORS,
+@_case_write(
+    "POST", "close", "Close the case: the Flag becomes inactive; its history stays readable"
 )
 def close(
     ctx: SocialWorker, work: CaseworkDep, database: DatabaseDep, case_id: CaseId, body: CloseRequest
@@ -357,11 +356,8 @@ def close(
     )
 
 
-@router.put(
-    "/api/cases/{case_id}/referral",
-    summary="The status of the case's latest referral, as it proceeds (also on a closed case)",
-    dependencies=[Depends(verify_csrf)],
-    responses=_STEP_ERRORS,
+@_case_write(
+    "PUT", "referral", "The status of the case's latest referral, as it proceeds (also closed)"
 )
 def referral_status(
     ctx: SocialWorker,

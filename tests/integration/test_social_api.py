@@ -134,26 +134,50 @@ def _triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
     return f"Patient/{patient_id}"
 
 
-def test_from_the_case_list_to_the_referral_to_the_vk(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
-) -> None:
-    base_url = fhir_server.base_url
+@dataclass(frozen=True)
+class HandedOffCase:
+    """A patient handed off at triage, as the case list shows it, and the social worker's
+    API on that case."""
+
+    client: TestClient
+    headers: dict[str, str]
+    base_url: str
+    patient: str
+    id: int
+    row_version: int
+
+    def send(self, action: str, body: dict[str, Any]) -> httpx.Response:
+        """A change of the case: ``PUT …/referral``, else ``POST …/<action>``."""
+        method = "PUT" if action == "referral" else "POST"
+        answer: httpx.Response = self.client.request(
+            method, f"/api/cases/{self.id}/{action}", headers=self.headers, json=body
+        )
+        return answer
+
+
+def _handed_off_case(database_url: str, database: Database, base_url: str) -> HandedOffCase:
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     client = TestClient(app)
     patient = _triage_niet_pluis(app, tenant, base_url)
     worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
-
     (case,) = client.get("/api/cases", headers=worker).json()["items"]
-    assert case["patient"] == patient
-    assert case["last_step"] == "step-2"
-    decided = client.post(
-        f"/api/cases/{case['id']}/step-4",
-        headers=worker,
-        json={
-            "row_version": case["row_version"],
+    return HandedOffCase(client, worker, base_url, patient, case["id"], case["row_version"])
+
+
+def test_from_the_case_list_to_the_referral_to_the_vk(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert listed["patient"] == case.patient
+    assert listed["last_step"] == "step-2"
+    decided = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
             "decision": "concerning-unwilling",
             "factors": WORKSHOP_FACTORS,
             "consultations": ["colleague", "clb"],
@@ -169,19 +193,17 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert decided.json()["next_steps"] == ["step-6"]
     version = decided.json()["row_version"]
 
-    out_of_order = client.post(
-        f"/api/cases/{case['id']}/step-5",
-        headers=worker,
-        json={"row_version": version, "progress": "improving", "note": "Better."},
+    out_of_order = case.send(
+        "step-5",
+        {"row_version": version, "progress": "improving", "note": "Better."},
     )
     assert out_of_order.status_code == 422
     assert out_of_order.json()["detail"]["code"] == "step-out-of-order"
     assert "Next is step 6" in out_of_order.json()["detail"]["message"]
 
-    referred = client.post(
-        f"/api/cases/{case['id']}/step-6",
-        headers=worker,
-        json={
+    referred = case.send(
+        "step-6",
+        {
             "row_version": version,
             "partner_id": "vk-oost-vlaanderen",
             "with_cooperation": False,
@@ -193,25 +215,28 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert referred.status_code == 200, referred.text
     assert referred.json()["status"] == "delivered"
 
-    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
     assert validate(request) == []
     step_system = terminology.code_system_url("kindreflex-step")
-    (decision,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4")
+    (decision,) = search(
+        case.base_url, "Observation", subject=case.patient, code=f"{step_system}|step-4"
+    )
     assert validate(decision) == []
     assert request["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
     components = {c["code"]["coding"][0]["code"] for c in decision["component"]}
     assert {"key-person", "patient-explanation", "team-member"} <= components
-    (step_6,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-6")
+    (step_6,) = search(
+        case.base_url, "Observation", subject=case.patient, code=f"{step_system}|step-6"
+    )
     assert validate(step_6) == []
     assert mapping.finding_from_observation(step_6).contact.person == "An"  # type: ignore[union-attr]
-    organization = httpx.get(f"{base_url}/{request['performer'][0]['reference']}", timeout=10)
+    organization = httpx.get(f"{case.base_url}/{request['performer'][0]['reference']}", timeout=10)
     assert organization.json()["name"].startswith("Vertrouwenscentrum")
     assert len(request["supportingInfo"]) == 2
 
-    stale = client.post(
-        f"/api/cases/{case['id']}/step-6",
-        headers=worker,
-        json={
+    stale = case.send(
+        "step-6",
+        {
             "row_version": version,
             "partner_id": "vk-oost-vlaanderen",
             "with_cooperation": False,
@@ -220,12 +245,11 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     )
     assert stale.status_code == 409
     assert "Nothing was overwritten" in stale.json()["detail"]["message"]
-    assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
+    assert len(search(case.base_url, "ServiceRequest", subject=case.patient)) == 1
 
-    on_hold = client.put(
-        f"/api/cases/{case['id']}/referral",
-        headers=worker,
-        json={
+    on_hold = case.send(
+        "referral",
+        {
             "row_version": referred.json()["row_version"],
             "status": "on-hold",
             "note": "The VK waits until the mother is home.",
@@ -233,84 +257,78 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     )
     assert on_hold.status_code == 200, on_hold.text
     assert on_hold.json()["status"] == "delivered"
-    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
     assert request["status"] == "on-hold"
     assert request["note"][-1]["text"] == "The VK waits until the mother is home."
     assert request["note"][-1]["authorReference"] == {"reference": SOCIAL_WORKER}
     assert validate(request) == []
 
-    without_reason = client.post(
-        f"/api/cases/{case['id']}/close",
-        headers=worker,
-        json={"row_version": on_hold.json()["row_version"]},
+    without_reason = case.send(
+        "close",
+        {"row_version": on_hold.json()["row_version"]},
     )
     assert without_reason.status_code == 422
-    other_without_text = client.post(
-        f"/api/cases/{case['id']}/close",
-        headers=worker,
-        json={"row_version": on_hold.json()["row_version"], "reason": "other"},
+    other_without_text = case.send(
+        "close",
+        {"row_version": on_hold.json()["row_version"], "reason": "other"},
     )
     assert other_without_text.status_code == 422
     assert other_without_text.json()["detail"]["code"] == "close-reason-text-required"
-    closed = client.post(
-        f"/api/cases/{case['id']}/close",
-        headers=worker,
-        json={
+    closed = case.send(
+        "close",
+        {
             "row_version": on_hold.json()["row_version"],
             "reason": "referred",
             "reason_text": "The VK follows up.",
         },
     )
     assert closed.status_code == 200, closed.text
-    (flag,) = search(base_url, "Flag", subject=patient)
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
     assert flag["status"] == "inactive"
     assert "end" in flag["period"]
     assert validate(flag) == []
     assert mapping.closure_from_flag(flag) == CaseClosure(
         CloseReason.REFERRED, "The VK follows up."
     )
-    listed = client.get("/api/cases", headers=worker, params={"status": "closed"}).json()
-    assert [item["id"] for item in listed["items"]] == [case["id"]]
+    listed = case.client.get("/api/cases", headers=case.headers, params={"status": "closed"}).json()
+    assert [item["id"] for item in listed["items"]] == [case.id]
 
     # A later concern of the same patient has its own referrals (here one made a day later).
     later = {k: v for k, v in request.items() if k not in ("id", "meta")}
     later["identifier"] = [{**request["identifier"][0], "value": str(uuid.uuid4())}]
     later["authoredOn"] = (utcnow() + timedelta(days=1)).isoformat()
-    assert httpx.post(f"{base_url}/ServiceRequest", json=later, timeout=10).status_code == 201
+    assert httpx.post(f"{case.base_url}/ServiceRequest", json=later, timeout=10).status_code == 201
 
     # The referral outlives the hospital's concern: its status is still kept up to date.
-    completed = client.put(
-        f"/api/cases/{case['id']}/referral",
-        headers=worker,
-        json={"row_version": closed.json()["row_version"], "status": "completed"},
+    completed = case.send(
+        "referral",
+        {"row_version": closed.json()["row_version"], "status": "completed"},
     )
     assert completed.status_code == 200, completed.text
-    on_server = search(base_url, "ServiceRequest", subject=patient)
+    on_server = search(case.base_url, "ServiceRequest", subject=case.patient)
     assert sorted((r["id"] == request["id"], r["status"]) for r in on_server) == [
         (False, "on-hold"),  # the later concern's referral, untouched
         (True, "completed"),
     ]
     (request,) = [r for r in on_server if r["id"] == request["id"]]
     assert validate(request) == []
-    reopened = client.put(
-        f"/api/cases/{case['id']}/referral",
-        headers=worker,
-        json={"row_version": completed.json()["row_version"], "status": "active"},
+    reopened = case.send(
+        "referral",
+        {"row_version": completed.json()["row_version"], "status": "active"},
     )
     assert reopened.status_code == 422
     assert reopened.json()["detail"]["code"] == "referral-status-final"
-    stale_status = client.put(
-        f"/api/cases/{case['id']}/referral",
-        headers=worker,
-        json={"row_version": closed.json()["row_version"], "status": "revoked"},
+    stale_status = case.send(
+        "referral",
+        {"row_version": closed.json()["row_version"], "status": "revoked"},
     )
     assert stale_status.status_code == 409
-    assert {r["status"] for r in search(base_url, "ServiceRequest", subject=patient)} == {
+    assert {r["status"] for r in search(case.base_url, "ServiceRequest", subject=case.patient)} == {
         "completed",
         "on-hold",
     }
 
-    history = client.get(f"/api/cases/{case['id']}", headers=worker)
+    history = case.client.get(f"/api/cases/{case.id}", headers=case.headers)
     assert history.status_code == 200, history.text
     opened = history.json()
     assert opened["status"] == "closed"
@@ -334,23 +352,16 @@ def test_a_case_with_a_step_still_due_is_not_closed(
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    patient = _triage_niet_pluis(app, tenant, base_url)
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
-    (case,) = client.get("/api/cases", headers=worker).json()["items"]
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
 
-    refused = client.post(
-        f"/api/cases/{case['id']}/close",
-        headers=worker,
-        json={"row_version": case["row_version"], "reason": "safety-restored"},
+    refused = case.send(
+        "close",
+        {"row_version": case.row_version, "reason": "safety-restored"},
     )
 
     assert refused.status_code == 409
     assert "step-4" in refused.json()["detail"]["message"]
-    (flag,) = search(base_url, "Flag", subject=patient)
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
     assert flag["status"] == "active"
 
 
@@ -359,18 +370,11 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    patient = _triage_niet_pluis(app, tenant, base_url)
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
-    (case,) = client.get("/api/cases", headers=worker).json()["items"]
-    willing = client.post(
-        f"/api/cases/{case['id']}/step-4",
-        headers=worker,
-        json={
-            "row_version": case["row_version"],
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    willing = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
             "decision": "concerning-willing",
             "consultations": ["colleague"],
             "discussed_with_patient": True,
@@ -379,10 +383,9 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
     assert willing.status_code == 200, willing.text
     today = utcnow().date()
 
-    first = client.post(
-        f"/api/cases/{case['id']}/step-5",
-        headers=worker,
-        json={
+    first = case.send(
+        "step-5",
+        {
             "row_version": willing.json()["row_version"],
             "progress": "improving",
             "actions": ["work-with-family"],
@@ -394,17 +397,18 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
 
     assert first.status_code == 200, first.text
     assert first.json()["next_steps"] == ["step-3", "step-5"]
-    (listed,) = client.get("/api/cases", headers=worker).json()["items"]
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert (listed["follow_up_due"], listed["overdue"]) == (str(today), False)
     step_system = terminology.code_system_url("kindreflex-step")
-    (progress,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-5")
+    (progress,) = search(
+        case.base_url, "Observation", subject=case.patient, code=f"{step_system}|step-5"
+    )
     assert validate(progress) == []
     assert mapping.finding_from_observation(progress).next_follow_up == today  # type: ignore[union-attr]
 
-    last = client.post(
-        f"/api/cases/{case['id']}/step-5",
-        headers=worker,
-        json={
+    last = case.send(
+        "step-5",
+        {
             "row_version": first.json()["row_version"],
             "progress": "improving",
             "note": "Follow-up: the CAW sees her weekly.",
@@ -413,12 +417,11 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
 
     assert last.status_code == 200, last.text
     assert last.json()["next_steps"] == ["step-3"]
-    (listed,) = client.get("/api/cases", headers=worker).json()["items"]
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert (listed["follow_up_due"], listed["overdue"]) == (None, False)
-    past = client.post(
-        f"/api/cases/{case['id']}/step-5",
-        headers=worker,
-        json={
+    past = case.send(
+        "step-5",
+        {
             "row_version": last.json()["row_version"],
             "progress": "improving",
             "next_follow_up": str(today - timedelta(days=1)),
@@ -432,43 +435,33 @@ def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    patient = _triage_niet_pluis(app, tenant, base_url)
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
-    (case,) = client.get("/api/cases", headers=worker).json()["items"]
-    safe = client.post(
-        f"/api/cases/{case['id']}/step-4",
-        headers=worker,
-        json={"row_version": case["row_version"], "decision": "safe", "consultations": ["expert"]},
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    safe = case.send(
+        "step-4",
+        {"row_version": case.row_version, "decision": "safe", "consultations": ["expert"]},
     )
     assert safe.status_code == 200, safe.text
     version = safe.json()["row_version"]
 
-    referred = client.post(
-        f"/api/cases/{case['id']}/close",
-        headers=worker,
-        json={"row_version": version, "reason": "referred"},
+    referred = case.send(
+        "close",
+        {"row_version": version, "reason": "referred"},
     )
     assert referred.status_code == 422
     assert referred.json()["detail"]["code"] == "not-referred"
-    assert search(base_url, "Flag", subject=patient)[0]["status"] == "active"
+    assert search(case.base_url, "Flag", subject=case.patient)[0]["status"] == "active"
 
-    restored = client.post(
-        f"/api/cases/{case['id']}/close",
-        headers=worker,
-        json={"row_version": version, "reason": "safety-restored"},
+    restored = case.send(
+        "close",
+        {"row_version": version, "reason": "safety-restored"},
     )
     assert restored.status_code == 200, restored.text
-    (flag,) = search(base_url, "Flag", subject=patient)
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
     assert mapping.closure_from_flag(flag) == CaseClosure(CloseReason.SAFETY_RESTORED)
     assert validate(flag) == []
-    no_referral = client.put(
-        f"/api/cases/{case['id']}/referral",
-        headers=worker,
-        json={"row_version": restored.json()["row_version"], "status": "completed"},
+    no_referral = case.send(
+        "referral",
+        {"row_version": restored.json()["row_version"], "status": "completed"},
     )
     assert no_referral.status_code == 409
     assert "no referral" in no_referral.json()["detail"]["message"]
