@@ -35,6 +35,7 @@ from service.casework import (
     CaseNotOnServerError,
     Casework,
     CloseRefusedError,
+    NoReferralError,
     StepInput,
     StepResult,
 )
@@ -55,6 +56,8 @@ from service.protocol import (
     KindreflexCase,
     ProgressAssessment,
     ProtocolError,
+    ReferralStatus,
+    ReferralTarget,
     SafetyAction,
     Step,
     Step2Finding,
@@ -171,6 +174,7 @@ def step5_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
     return {
         "progress": _one(values, "progress"),
         "actions": values.get("action", []),
+        "services": values.get("service", []),
         "consultations": values.get("consultation", []),
         "agreed_actions": [{"text": text, "follow_up_on": on} for text, on in rows if text],
         "next_follow_up": _one(values, "next_follow_up"),
@@ -215,6 +219,13 @@ class Shown:
     def offers(self, step: Step) -> bool:
         return (
             self.case is not None and self.summary.status == "open" and step in self.case.next_steps
+        )
+
+    @property
+    def referral(self) -> dict[str, Any] | None:
+        """The latest referral as read (None: none yet); its status goes on after closing."""
+        return (
+            None if self.opened is None or not self.opened.referrals else self.opened.referrals[0]
         )
 
     @property
@@ -331,6 +342,8 @@ def _render(
         key_roles=[r.value for r in KeyPersonRole if r is not KeyPersonRole.OTHER],
         progress=list(ProgressAssessment),
         safety_actions=[a.value for a in SafetyAction],
+        support_services=[t.value for t in ReferralTarget if t not in STEP_6_TARGETS],
+        referral_statuses=[r.value for r in ReferralStatus],
         agreed_rows=range(AGREED_ACTION_ROWS),
         channels=list(ContactChannel),
         close_reasons=[r.value for r in CloseReason],
@@ -423,7 +436,7 @@ def _save_step(
     except social.CaseConflict as conflict:
         key = "error.closed" if conflict.reason == "closed" else "error.conflict"
         problem, status = Problem(typed.form, typed.form, _message(ctx.language, key)), 409
-    except (CaseNotOnServerError, CloseRefusedError):
+    except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
         problem = Problem(typed.form, typed.form, _message(ctx.language, "error.not-now"))
         status = 409
     except ReauthorisationRequired:
@@ -484,7 +497,29 @@ _STEP_FORMS: Mapping[str, tuple[str, Callable[[Mapping[str, list[str]]], StepInp
 }
 
 
-# After ``/close`` (and the worklist's ``/claim``): a route matches on its path first.
+@router.post("/cases/{case_id}/referral-status", dependencies=[Depends(verify_csrf)])
+async def referral_status(
+    request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
+) -> Response:
+    """The latest referral's status as the facility's work proceeds (also on a closed case)."""
+    typed = await _typed(request, "referral")
+
+    def save(version: int) -> StepResult:
+        body = _ReferralForm.model_validate(
+            {"status": _one(typed.values, "status"), "note": _one(typed.values, "note")}
+        )
+        return work.update_referral(ctx, case_id, version, body.status, body.note)
+
+    return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
+
+
+class _ReferralForm(BaseModel):
+    status: ReferralStatus
+    note: str | None = None
+
+
+# After ``/close`` and ``/referral-status`` (and the worklist's ``/claim``): a route matches
+# on its path first.
 @router.post("/cases/{case_id}/{step}", dependencies=[Depends(verify_csrf)])
 async def record_step(
     request: Request,

@@ -10,9 +10,11 @@ from collections.abc import Mapping
 
 import httpx
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
+from service.db.models import AuditRecord
 from tests.integration.test_social_api import _triage_niet_pluis
 from tests.integration.test_social_cases import FHIR, SOCIAL_WORKER, _case
 from tests.support.sessions import make_app, signed_in
@@ -183,6 +185,14 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert "Tell the CLB who takes the next step." in summary.text
     assert "she stops the counselling" not in summary.text  # the team's notes stay home
 
+    paused = _post(client, after_6, case_id, "referral-status", "referral", {"status": "on-hold"})
+    assert paused.status_code == 303, paused.text
+    after_6 = client.get(f"/social/cases/{case_id}").text
+    assert "De verwijzing is nu: on hold." in after_6
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["status"] == "on-hold"
+    assert validate(request) == []
+
     closed = _post(client, after_6, case_id, "close", "close", {"reason": "other"})
     assert closed.status_code == 422
     assert 'id="close-reason-text-error"' in closed.text
@@ -191,6 +201,14 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
     closed_page = client.get(f"/social/cases/{case_id}").text
+    assert 'id="referral-form"' in closed_page  # the facility's work goes on
+    with database.session() as session:
+        reads = session.scalars(
+            select(AuditRecord.actor).where(
+                AuditRecord.patient_ref == patient, AuditRecord.action == "read"
+            )
+        ).all()
+    assert SOCIAL_WORKER in reads  # opening the case is an audited read
     assert 'id="close-form"' not in closed_page
     assert 'id="s6-form"' not in closed_page
 
