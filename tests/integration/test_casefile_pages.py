@@ -113,6 +113,10 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
     assert down.status_code == 503
     assert "er werd nog niets opgeslagen" in down.text
     assert "Gesprek met oma." in down.text
+    # Another hospital's social worker does not find this hospital's case.
+    other = make_tenant(database, "other", FHIR)
+    stranger = {"Cookie": signed_in(app, other, SOCIAL_WORKER, "social-worker").headers["Cookie"]}
+    assert client.get(f"/t/other/social/cases/{case_id}", headers=stranger).status_code == 404
     missing = client.get("/social/cases/999999", headers=cookie_only)
     assert missing.status_code == 404
     assert "Dossier niet gevonden" in missing.text
