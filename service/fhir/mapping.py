@@ -107,6 +107,11 @@ def _component(code: str, **value: Any) -> Resource:
     return {"code": t.codeable_concept("finding-component", code), **value}
 
 
+def _texts(code: str, texts: Iterable[str | None]) -> list[Resource]:
+    """A string component per text given, trimmed; blank or missing texts are left out."""
+    return [_component(code, valueString=text.strip()) for text in texts if text and text.strip()]
+
+
 def _coded_component(code: str, cs_id: str, value_code: str) -> Resource:
     return _component(code, valueCodeableConcept=t.codeable_concept(cs_id, value_code))
 
@@ -296,11 +301,8 @@ def finding_observation(
             resource["valueCodeableConcept"] = t.codeable_concept(
                 "safety-assessment", finding.assessment
             )
-            components += [
-                _component("reason", valueString=r.strip()) for r in finding.reasons if r.strip()
-            ]
-            if finding.who_helps and finding.who_helps.strip():
-                components.append(_component("who-helps", valueString=finding.who_helps.strip()))
+            components += _texts("reason", finding.reasons)
+            components += _texts("who-helps", [finding.who_helps])
             components += _consultations(finding.consultations)
             components.append(_component("urgency", valueBoolean=finding.acute_danger))
             components += [
@@ -328,17 +330,8 @@ def finding_observation(
                     say = _component("child-say", valueString=heard.own_say.strip())
                     components.append({**say, "extension": [child]})
             components += [_key_person_component(k) for k in finding.key_persons]
-            if finding.patient_explanation and finding.patient_explanation.strip():
-                components.append(
-                    _component(
-                        "patient-explanation", valueString=finding.patient_explanation.strip()
-                    )
-                )
-            components += [
-                _component("team-member", valueString=m.strip())
-                for m in finding.team_members
-                if m.strip()
-            ]
+            components += _texts("patient-explanation", [finding.patient_explanation])
+            components += _texts("team-member", finding.team_members)
         case Step5Progress():
             resource["valueCodeableConcept"] = t.codeable_concept(
                 "safety-progress", finding.progress
@@ -360,17 +353,8 @@ def finding_observation(
                 resource["basedOn"] = [_ref(referral_ref)]
             components.append(_component("with-cooperation", valueBoolean=finding.with_cooperation))
             components.append(_component("patient-informed", valueBoolean=finding.patient_informed))
-            if finding.not_informed_reason and finding.not_informed_reason.strip():
-                components.append(
-                    _component(
-                        "not-informed-reason", valueString=finding.not_informed_reason.strip()
-                    )
-                )
-            components += [
-                _component("follow-up", valueString=a.strip())
-                for a in finding.follow_up_actions
-                if a.strip()
-            ]
+            components += _texts("not-informed-reason", [finding.not_informed_reason])
+            components += _texts("follow-up", finding.follow_up_actions)
             if finding.contact is not None:
                 components += _contact_components(finding.contact)
     if plan_version:

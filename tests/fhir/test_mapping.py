@@ -204,14 +204,6 @@ def _findings() -> list[Finding]:
             ),
             children_heard=(HeardChild("c1", consent_given=True),),
         ),
-        Step6Referral(
-            recorded_by=NURSE,
-            recorded_at=NOW,
-            target=ReferralTarget.POLICE,
-            with_cooperation=False,
-            patient_informed=False,
-            not_informed_reason="Informing her first would put the children at risk.",
-        ),
         Step2Finding(
             recorded_by=NURSE,
             recorded_at=NOW,
@@ -223,7 +215,8 @@ def _findings() -> list[Finding]:
 
 
 def _casework_findings() -> list[Finding]:
-    """Steps 4-6 with every casework field (key persons, follow-ups, the contact)."""
+    """Steps 4-6 with every casework field (key persons, follow-ups, the contact); the
+    step 6 is the police after acute danger, the patient not informed first."""
     return [
         Step4Decision(
             recorded_by=NURSE,
