@@ -101,6 +101,9 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
     assert "De FHIR-server antwoordt niet" in page.text
     assert 'id="s4-form"' not in page.text
     assert client.get(pages[1], headers=cookie_only).status_code == 404
+    # After a save whose delivery waits (the outbox retries), the page says so.
+    pending = client.get(pages[0], headers=cookie_only, params={"saved": "pending"})
+    assert "de levering aan de FHIR-server loopt nog" in pending.text
     # A change without the session's CSRF token is refused before anything is read.
     for url in forms:
         assert client.post(url, headers=cookie_only, data={"row_version": "1"}).status_code == 403
