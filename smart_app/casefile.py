@@ -69,7 +69,7 @@ from service.protocol import (
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app.nurse import LOCAL_ZONE
 from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
-from smart_app.social import _TEMPLATES, CaseId, CaseworkDep, SocialWorker, _audit_refusal
+from smart_app.social import TEMPLATES, CaseId, CaseworkDep, SocialWorker, audit_refusal
 
 router = APIRouter(prefix="/social", include_in_schema=False)
 
@@ -315,7 +315,7 @@ def _render(
     saved: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    html = _TEMPLATES.get_template("social/case.html").render(
+    html = TEMPLATES.get_template("social/case.html").render(
         t=partial(_message, ctx.language),
         social=lambda message_id, **values: translate(
             ctx.language, f"social.{message_id}", **values
@@ -356,7 +356,7 @@ def _render(
 
 
 def _not_found(ctx: LaunchContext) -> HTMLResponse:
-    html = _TEMPLATES.get_template("social/case_missing.html").render(
+    html = TEMPLATES.get_template("social/case_missing.html").render(
         t=partial(_message, ctx.language),
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
@@ -451,7 +451,7 @@ def _save_step(
     if problem is None:
         target = f"{ctx.path_prefix}/social/cases/{case_id}?saved={result.status}"
         return RedirectResponse(target, status_code=303)
-    _audit_refusal(ctx, database)
+    audit_refusal(ctx, database)
     file = _load(ctx, database, work, case_id)
     if file is None:
         return _not_found(ctx)
@@ -601,7 +601,7 @@ def referral_page(
             problems=(Problem("", "referral", _message(ctx.language, "error.no-referral")),),
             status=404,
         )
-    html = _TEMPLATES.get_template("social/referral.html").render(
+    html = TEMPLATES.get_template("social/referral.html").render(
         t=partial(_message, ctx.language),
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),

@@ -65,7 +65,7 @@ _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
 CaseId = Annotated[int, Path(ge=1)]
 
-_TEMPLATES = Environment(
+TEMPLATES = Environment(
     loader=PackageLoader("smart_app", "templates"),
     autoescape=select_autoescape(default=True),
     undefined=StrictUndefined,
@@ -256,7 +256,7 @@ def case_file(
     try:
         opened = work.open_case(ctx, case_id)
     except _REFUSALS as error:
-        _audit_refusal(ctx, database, AuditAction.READ)
+        audit_refusal(ctx, database, AuditAction.READ)
         raise HTTPException(*_refusal(error)) from error
     return _case_file_view(opened)
 
@@ -381,7 +381,7 @@ def _save(
     try:
         result = save()
     except _REFUSALS as error:
-        _audit_refusal(ctx, database)
+        audit_refusal(ctx, database)
         raise HTTPException(*_refusal(error)) from error
     return StepResponse(
         status=result.status,
@@ -425,7 +425,7 @@ def _refusal(error: Exception) -> tuple[int, object]:
             return 502, f"The FHIR server refused to read the case: {error}"
 
 
-def _audit_refusal(
+def audit_refusal(
     ctx: LaunchContext, database: DatabaseDep, action: AuditAction = AuditAction.UPDATE
 ) -> None:
     with database.session() as session:
@@ -475,7 +475,7 @@ def _worklist_page(
     status: int = 200,
 ) -> HTMLResponse:
     page = _listing(ctx, database, wanted)
-    html = _TEMPLATES.get_template("social/worklist.html").render(
+    html = TEMPLATES.get_template("social/worklist.html").render(
         t=partial(_message, ctx.language),
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
@@ -553,7 +553,7 @@ def _change(
             fact = _fact(ctx, AuditAction.UPDATE, done.patient_ref, (flag,))
             audit.record_local(session, ctx.tenant.id, fact)
     except (social.CaseNotFoundError, social.CaseConflict, social.InvalidAssigneeError):
-        _audit_refusal(ctx, database)
+        audit_refusal(ctx, database)
         raise
     return done
 
