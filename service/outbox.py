@@ -21,6 +21,14 @@ this transaction creates. Before any retry the witness is asked first: when a de
 succeeded but its answer was lost, the (atomic) transaction was applied and is not sent
 again.
 
+Updates that keep what others stored. :meth:`TransactionBuilder.merge_update` queues only
+*our* elements of a resource someone else may also write (a child the EHR recorded), with
+``If-Match`` on the version the user saw. Just before sending, the outbox reads that exact
+version (vread) and lays our elements over it, so the save itself needs no FHIR server:
+the input is committed first like any other. At that point it also refuses an update that
+would move the resource to another patient (the version reference travelled through the
+browser) — the entry is ``failed`` — and drops an update that changes nothing.
+
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
 the nurse); 401/403 or a session whose tokens cannot be refreshed is
@@ -31,7 +39,8 @@ with that session's token — the Provenance inside still names the original aut
 Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
 the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
 writes. Failed, conflicting and waiting entries need a person, not another instance, so
-they are only counted in the check's detail (and shown on the worklist).
+they are only counted in the check's detail (and shown on the worklist); a failed or
+conflicting write also gets a local audit row with outcome ``failure``.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from sqlalchemy.orm import Session
 
 from service.api.health import CheckResult, ReadinessCheck
 from service.db.base import Database, utcnow
-from service.db.models import OutboxEntry
+from service.db.models import AuditRecord, OutboxEntry
 from service.fhir.client import (
     FhirClient,
     FhirConflict,
@@ -138,6 +147,8 @@ class _Claimed:
 
     id: int
     lease: str
+    tenant_id: int
+    kind: str
     fhir_base_url: str
     session_id: str
     bundle: Resource
@@ -263,6 +274,8 @@ class Outbox:
                 _Claimed(
                     id=row.id,
                     lease=lease,
+                    tenant_id=row.tenant_id,
+                    kind=row.kind,
                     fhir_base_url=row.fhir_base_url,
                     session_id=row.session_id,
                     bundle=row.bundle,
@@ -295,7 +308,9 @@ class Outbox:
             try:
                 if entry.attempts and entry.witness and _witness_exists(client, entry.witness):
                     return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
-                client.transaction(entry.bundle)
+                client.transaction(_merged(client, entry.bundle))
+            except _Refused as refusal:
+                return Delivery(entry.id, DeliveryState.FAILED, str(refusal))
             except FhirConflict as error:
                 return Delivery(
                     entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome
@@ -325,6 +340,8 @@ class Outbox:
                 .where(OutboxEntry.id == entry.id, OutboxEntry.lease_owner == entry.lease)
                 .values(**values)
             )
+            if result.rowcount == 1 and delivery.state in _NEEDS_A_PERSON:  # type: ignore[attr-defined]
+                _audit_failure(session, entry, now)
         if result.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("outbox lease lost", extra={"fields": {"outbox_id": entry.id}})
             return
@@ -336,6 +353,105 @@ class Outbox:
         """Capped exponential backoff with jitter, so recovering servers are not stampeded."""
         ceiling = min(RETRY_CAP_SECONDS, self._retry_base * 2**attempts)
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+#: Outcomes of a write that did not happen and will not be retried: audited as failures.
+_NEEDS_A_PERSON = (DeliveryState.FAILED, DeliveryState.CONFLICT)
+
+
+def _audit_failure(session: Session, entry: _Claimed, at: datetime) -> None:
+    """A failure row beside the save's own audit row (same actor, action and entities).
+
+    An AuditEvent delivery of its own (kind ``audit``) has nothing further to record."""
+    from service import audit  # imported here: service.audit queues through this module
+
+    if entry.kind == "audit":
+        return
+    saved = session.scalar(
+        select(AuditRecord).where(AuditRecord.outbox_id == entry.id).order_by(AuditRecord.id)
+    )
+    if saved is None:
+        return
+    fact = audit.AuditFact(
+        actor=saved.actor,
+        action=audit.AuditAction(saved.action),
+        patient_ref=saved.patient_ref,
+        entities=tuple(saved.entities),
+        outcome="failure",
+        at=at,
+    )
+    audit.record_local(session, entry.tenant_id, fact, entry.id)
+
+
+class _Refused(Exception):  # noqa: N818 - a reason, not an error of ours
+    """A queued update the outbox must not send (see :func:`_merged`)."""
+
+
+#: The elements naming whose record a resource belongs to: a merge may not change them.
+_OWNER_ELEMENTS = ("patient", "subject")
+
+
+def _merged(client: FhirClient, bundle: Resource) -> Resource:
+    """The bundle as sent: each :meth:`TransactionBuilder.merge_update` laid over the version
+    it names (read now), unchanged ones left out. Raises :class:`_Refused`."""
+    entries = []
+    for entry in bundle["entry"]:
+        if not entry.get(_MERGE):
+            entries.append(entry)
+            continue
+        request = entry["request"]
+        version = request["ifMatch"].removeprefix('W/"').removesuffix('"')
+        ours = entry["resource"]
+        seen = client.read(ours["resourceType"], f"{ours['id']}/_history/{version}")
+        _check_owner(seen, ours)
+        if not _unchanged(seen, ours):
+            entries.append({"resource": _overlay(seen, ours), "request": request})
+    return {**bundle, "entry": entries}
+
+
+def _check_owner(seen: Resource, ours: Resource) -> None:
+    for element in _OWNER_ELEMENTS:
+        if element in ours and seen.get(element, {}).get("reference") != ours[element].get(
+            "reference"
+        ):
+            raise _Refused(
+                f"{ours['resourceType']}/{ours['id']} belongs to another {element}'s record"
+            )
+
+
+def _overlay(seen: Resource, ours: Resource) -> Resource:
+    """``ours``' elements replace ``seen``'s; extensions are merged by URL, identifiers kept."""
+    merged = {**seen, **{k: v for k, v in ours.items() if k not in ("id", "meta", "identifier")}}
+    own = {ext["url"] for ext in ours.get("extension", [])}
+    merged["extension"] = [
+        *(e for e in seen.get("extension", []) if e.get("url") not in own),
+        *ours.get("extension", []),
+    ]
+    if not merged["extension"]:
+        del merged["extension"]
+    merged["identifier"] = seen.get("identifier") or ours.get("identifier", [])
+    return merged
+
+
+def _unchanged(seen: Resource, ours: Resource) -> bool:
+    """Whether ``seen`` already holds each of our elements (extensions by URL).
+
+    Where both sides have a value they must agree; what only one side spells out (the
+    EHR's name ``use``, our coding's ``display``) is representation, not a change."""
+    extensions = {e.get("url"): e for e in seen.get("extension", [])}
+    for ext in ours.get("extension", []):
+        if ext["url"] not in extensions or not _agrees(extensions[ext["url"]], ext):
+            return False
+    mine = {k: v for k, v in ours.items() if k not in ("id", "meta", "identifier", "extension")}
+    return all(key in seen and _agrees(seen[key], value) for key, value in mine.items())
+
+
+def _agrees(theirs: Any, mine: Any) -> bool:
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        return all(_agrees(theirs[key], value) for key, value in mine.items() if key in theirs)
+    if isinstance(theirs, list) and isinstance(mine, list):
+        return len(theirs) == len(mine) and all(map(_agrees, theirs, mine))
+    return bool(theirs == mine)
 
 
 def _witness_exists(client: FhirClient, witness: str) -> bool:
@@ -395,11 +511,16 @@ class OutboxWorker:
                 return
 
 
+#: Marks a bundle entry as a merge update; never sent (:func:`_merged` rebuilds the entry).
+_MERGE = "kindreflexMerge"
+
+
 class TransactionBuilder:
     """Builds one idempotent FHIR transaction: what a retry may safely send again.
 
     * :meth:`create` — a conditional create on the resource's business identifier;
     * :meth:`update` — a PUT with ``If-Match`` on the version the user saw;
+    * :meth:`merge_update` — the same, with only our elements, merged at delivery;
     * :meth:`add` — a plain create, for resources without an identifier in R4 (Provenance,
       AuditEvent): the outbox's witness keeps them from being sent twice.
 
@@ -433,6 +554,13 @@ class TransactionBuilder:
                 "request": {"method": "PUT", "url": reference, "ifMatch": f'W/"{version_id}"'},
             }
         )
+        return reference
+
+    def merge_update(self, resource: Resource, version_id: str) -> str:
+        """An update of ``resource`` (its ``id``, and only our elements) over the version the
+        user saw, merged with that version at delivery (see the module doc)."""
+        reference = self.update(resource, version_id)
+        self._entries[-1][_MERGE] = True
         return reference
 
     def add(self, resource: Resource) -> str:

@@ -39,14 +39,13 @@ from service import audit
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, utcnow
 from service.db.models import Concern, OutboxEntry
-from service.fhir import mapping, terminology
+from service.fhir import mapping
 from service.fhir.client import FhirClient, FhirRejected, FhirUnavailable, Resource
 from service.outbox import DeliveryState, NewEntry, Outbox, TokenSource, TransactionBuilder, enqueue
 from service.protocol import (
     Child,
     ErrorCode,
     Finding,
-    InvalidFindingError,
     KindreflexCase,
     MissingInformationError,
     SafetyAssessment,
@@ -141,12 +140,11 @@ class Triage:
     def record_triage(self, ctx: LaunchInfo, findings: TriageInput) -> SaveResult:
         patient_ref, encounter_ref = _launch_refs(ctx)
         _validate(patient_ref, encounter_ref, findings)
-        existing = self._versions_seen(ctx, findings.step1.children)
         concern = _raises_concern(findings)
         try:
-            entry_id = self._commit(ctx, findings, existing, concern)
+            entry_id = self._commit(ctx, findings, concern)
         except IntegrityError:  # another save opened this patient's concern at this moment:
-            entry_id = self._commit(ctx, findings, existing, concern)  # now it joins that one
+            entry_id = self._commit(ctx, findings, concern)  # now it joins that one
         self._outbox.adopt_session(ctx.tenant.id, ctx.registration_id, patient_ref, ctx.session_id)
         quick = min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
         state = self._outbox.deliver(entry_id, timeout=quick)
@@ -158,13 +156,7 @@ class Triage:
             )
         return SaveResult(_status(state), concern, entry_id)
 
-    def _commit(
-        self,
-        ctx: LaunchInfo,
-        findings: TriageInput,
-        existing: Mapping[str, Resource],
-        concern: bool,
-    ) -> int:
+    def _commit(self, ctx: LaunchInfo, findings: TriageInput, concern: bool) -> int:
         """One local transaction: outbox entry, audit row, worklist row. Returns the entry id.
 
         The same findings submitted again (a double click, a retried request) have the same
@@ -175,7 +167,7 @@ class Triage:
         with self._database.session() as session:
             open_concern = _open_concern(session, ctx.tenant.id, patient_ref) if concern else None
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
-            plan = _plan(ctx, findings, existing, flag_id if concern else None, now)
+            plan = _plan(ctx, findings, flag_id if concern else None, now)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
                 return earlier
@@ -199,26 +191,6 @@ class Triage:
                 _index_concern(session, ctx, findings, open_concern, flag_id, entry.id, now)
                 session.flush()  # the unique open-concern index speaks here, inside the try
             return entry.id
-
-    def _versions_seen(self, ctx: LaunchInfo, children: tuple[Child, ...]) -> dict[str, Resource]:
-        """The exact version of each loaded child the nurse saw (vread), by ``Child.ref``.
-
-        An update replaces the whole resource, so it is built on that version: what the
-        EHR stored besides our fields survives, and If-Match refuses a lost update.
-        """
-        seen = {c.ref: _parse_versioned(c.ref) for c in children}
-        wanted = {ref: ids for ref, ids in seen.items() if ids is not None}
-        if not wanted:
-            return {}
-        patient_ref, _ = _launch_refs(ctx)
-        with self._client(ctx) as client:
-            versions = {
-                ref: client.read("RelatedPerson", f"{rid}/_history/{version}")
-                for ref, (rid, version) in wanted.items()
-            }
-        for resource in versions.values():
-            _check_belongs_to(resource, patient_ref)
-        return versions
 
     # -- returning patient's children ----------------------------------------------------------
 
@@ -302,15 +274,6 @@ def _parse_versioned(ref: str) -> tuple[str, str] | None:
     return (match["id"], match["version"]) if match else None
 
 
-def _check_belongs_to(child: Resource, patient_ref: str) -> None:
-    """A loaded child's ref travels through the browser: refuse one of another patient."""
-    if child.get("patient", {}).get("reference") != patient_ref:
-        raise InvalidFindingError(
-            ErrorCode.UNKNOWN_CHILD,
-            "One of the children does not belong to this patient's record. Reload the page.",
-        )
-
-
 def _unversioned(ref: str) -> str:
     return ref.split("/_history/")[0]
 
@@ -330,16 +293,12 @@ def _finding_identifier(ctx: LaunchInfo, finding: Finding, part: str = "") -> di
 
 
 def _plan(
-    ctx: LaunchInfo,
-    findings: TriageInput,
-    existing: Mapping[str, Resource],
-    flag_identifier: str | None,
-    now: datetime,
+    ctx: LaunchInfo, findings: TriageInput, flag_identifier: str | None, now: datetime
 ) -> _Plan:
     """The save's transaction; its witness is the step 1 finding (always part of a save)."""
     patient_ref = _patient_ref(ctx)
     tx = TransactionBuilder()
-    child_refs = _write_children(tx, findings.step1.children, existing, patient_ref)
+    child_refs = _write_children(tx, findings.step1.children, patient_ref)
     written = [
         *child_refs.values(),
         *_write_findings(tx, ctx, findings, child_refs),
@@ -411,15 +370,17 @@ def _write_flag(
 
 
 def _write_children(
-    tx: TransactionBuilder,
-    children: tuple[Child, ...],
-    existing: Mapping[str, Resource],
-    patient_ref: str,
+    tx: TransactionBuilder, children: tuple[Child, ...], patient_ref: str
 ) -> dict[str, str]:
-    """Add the children to the transaction; returns Child.ref → reference inside it."""
+    """Add the children to the transaction; returns Child.ref → reference inside it.
+
+    A loaded child is a merge update on the version the nurse saw: the outbox lays our
+    fields over that version at delivery (keeping what the EHR stored besides them, leaving
+    an unchanged child alone, refusing a child of another patient), so the save needs no
+    FHIR server and If-Match still refuses a lost update."""
     refs: dict[str, str] = {}
     for child in children:
-        seen = existing.get(child.ref)
+        seen = _parse_versioned(child.ref)
         if seen is None:
             identifier = mapping.identifier("child", _new_child_identifier(child.ref))
             resource = mapping.child_related_person(
@@ -427,35 +388,13 @@ def _write_children(
             )
             refs[child.ref] = tx.create(resource, identifier)
         else:
-            refs[child.ref] = _update_child(tx, child, seen, patient_ref)
+            child_id, version = seen
+            # the identifier only counts when the EHR's version has none of its own
+            ours = mapping.child_related_person(
+                child, patient_ref=patient_ref, identifier=mapping.identifier("child")
+            )
+            refs[child.ref] = tx.merge_update({**ours, "id": child_id}, version)
     return refs
-
-
-def _update_child(tx: TransactionBuilder, child: Child, seen: Resource, patient_ref: str) -> str:
-    """Our fields of the child laid over the version the nurse saw; unchanged → no write."""
-    reference = f"RelatedPerson/{seen['id']}"
-    before = mapping.child_from_related_person(seen)
-    if before is not None and replace(before, ref=child.ref) == child:
-        return reference  # the nurse confirmed the child as recorded
-    system = terminology.identifier_system("child")
-    ours = [i for i in seen.get("identifier", []) if i.get("system") == system]
-    identifier = ours[0] if ours else mapping.identifier("child")
-    mapped = mapping.child_related_person(child, patient_ref=patient_ref, identifier=identifier)
-    return tx.update(_overlay(seen, mapped), seen["meta"]["versionId"])
-
-
-def _overlay(seen: Resource, mapped: Resource) -> Resource:
-    """``mapped``'s elements replace ``seen``'s; extensions are merged by URL, identifiers kept."""
-    merged = {**seen, **{k: v for k, v in mapped.items() if k not in ("id", "meta", "identifier")}}
-    ours = {ext["url"] for ext in mapped.get("extension", [])}
-    merged["extension"] = [
-        *(e for e in seen.get("extension", []) if e.get("url") not in ours),
-        *mapped.get("extension", []),
-    ]
-    if not merged["extension"]:
-        del merged["extension"]
-    merged["identifier"] = seen.get("identifier") or mapped.get("identifier", [])
-    return merged
 
 
 def _children_of(bundle: Resource) -> list[Child]:

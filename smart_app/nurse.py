@@ -557,12 +557,6 @@ def _save(ctx: LaunchContext, triage: Triage, form: TriageForm) -> HTMLResponse:
         return _form_page(ctx, form, errors=invalid.errors)
     except ProtocolError as error:  # a rule that needs the recorded history
         return _form_page(ctx, form, errors=[protocol_error(error, t)])
-    except FhirError:
-        # Updating a child already on record first reads the version the nurse saw; with
-        # the FHIR server down that read fails before anything is stored: keep the input
-        # on screen and say so, rather than an error page.
-        unavailable = FieldError("form", t("error.save-unavailable"))
-        return _form_page(ctx, form, errors=[unavailable], status_code=503)
     except SaveConflict:
         return render(ctx, "triage_saved.html", outcome="conflict", result=None, advice=None)
     except ReauthorisationRequired:

@@ -28,7 +28,6 @@ from service.protocol import (
     Child,
     ChildRelationship,
     HagueTrigger,
-    InvalidFindingError,
     LivesWith,
     SafetyAssessment,
     Step1Finding,
@@ -282,6 +281,56 @@ def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restar
         restarted.dispose()
 
 
+def _edit_first_child(ctx: LaunchContext, children: list[Child], name: str) -> TriageInput:
+    """A no-concern save in which the nurse renamed the first loaded child."""
+    now = utcnow()
+    author = ctx.user.fhir_user
+    edited = (replace(children[0], name=name), *children[1:])
+    return TriageInput(
+        step1=Step1Finding(recorded_by=author, recorded_at=now, children=edited),
+        step2=Step2Finding(
+            recorded_by=author, recorded_at=now, assessment=SafetyAssessment.NO_CONCERN
+        ),
+        step3=Step3Support(
+            recorded_by=author, recorded_at=now, actions=frozenset({SupportAction.ASK_REGULARLY})
+        ),
+    )
+
+
+def test_fault_a_loaded_child_edited_while_the_server_is_down_is_delivered_exactly_once(
+    database: Database, tmp_path: Path
+) -> None:
+    """Stop the FHIR server, edit a loaded child, save (pending), start it: once, merged."""
+    data_dir, port = tmp_path / "fhir", free_port()
+    server = FhirServer(port=port, data_dir=data_dir).start()
+    patient = seed(server.base_url).patient("els-goossens")
+    world = _world(database, server.base_url)
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-edit")
+    children = world.triage.load_recorded_children(ctx)
+    child_id, version = children[0].ref.split("/")[1], children[0].ref.split("/")[3]
+    with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        before = client.read("RelatedPerson", child_id)
+    server.stop()
+
+    result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, "Noor Goossens"))
+
+    assert result.status == "pending"  # saved: the edit waits in the outbox
+    with FhirServer(port=port, data_dir=data_dir) as again:
+        world.clock.advance(120)
+        deliveries = [d for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
+        assert [d.state for d in deliveries] == [DeliveryState.DELIVERED]
+        world.clock.advance(3600)
+        assert all(d.entry_id != result.outbox_id for d in world.outbox.run_once())
+        with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+            after = client.read("RelatedPerson", child_id)
+            kept = client.read("RelatedPerson", children[1].ref.split("/")[1])
+    assert int(after["meta"]["versionId"]) == int(version) + 1  # one update, not two
+    assert "Noor Goossens" in str(after["name"])
+    assert after["identifier"] == before["identifier"]  # what the EHR stored stays
+    assert kept["meta"]["versionId"] == children[1].ref.split("/")[3]  # unchanged: untouched
+    assert validate(after) == []
+
+
 def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match(
     world: World, seeded: SeedResult
 ) -> None:
@@ -377,6 +426,7 @@ def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
     for kind, identifier in _identifiers(entry.bundle):
         assert count(world.base_url, kind, identifier=identifier) == 0  # atomic: nothing
     assert client.read("RelatedPerson", other_id)["name"] == current["name"]
+    assert _outcomes(world.database, entry.id) == ["success", "failure"]  # audited
     client.close()
 
 
@@ -399,25 +449,37 @@ def test_a_move_the_protocol_refuses_writes_nothing(world: World, seeded: SeedRe
         assert session.scalar(select(func.count()).select_from(AuditRecord)) == 0
 
 
-def test_a_loaded_child_of_another_patient_is_refused(world: World, seeded: SeedResult) -> None:
-    """A versioned ref comes back from the browser: a forged one must not update anything."""
+def test_a_loaded_child_of_another_patient_is_refused_at_delivery(
+    world: World, seeded: SeedResult
+) -> None:
+    """A versioned ref comes back from the browser: a forged one must not update anything.
+    The save is kept (it needs no FHIR server); the outbox refuses it before sending."""
     returning = seeded.patient("els-goossens")
     other_ctx = world.launch(returning.id, returning.arrived_encounter_id, "Practitioner/n")
     foreign = world.triage.load_recorded_children(other_ctx)[0]
     patient = seeded.patient("jan-janssens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/n")
-    findings = _niet_pluis(ctx, (foreign,))
+    findings = _niet_pluis(ctx, (replace(foreign, name="Vreemd Kind"),))
 
-    with pytest.raises(InvalidFindingError):
-        world.triage.record_triage(ctx, findings)
+    result = world.triage.record_triage(ctx, findings)
 
-    with world.database.session() as session:
-        assert (
-            session.scalar(
-                select(func.count()).select_from(OutboxEntry).where(OutboxEntry.kind == "triage")
-            )
-            == 0
-        )
+    assert result.status == "failed"
+    entry = _entry(world.database, result.outbox_id)
+    assert entry.state == DeliveryState.FAILED
+    assert "another patient" in (entry.last_error or "")
+    for kind, identifier in _identifiers(entry.bundle):
+        assert count(world.base_url, kind, identifier=identifier) == 0
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    assert "Vreemd" not in str(client.read("RelatedPerson", foreign.ref.split("/")[1]))
+    client.close()
+    assert _outcomes(world.database, result.outbox_id) == ["success", "failure"]
+
+
+def _outcomes(database: Database, outbox_id: int) -> list[str]:
+    """The local audit rows of one save, in order (the save, then any delivery failure)."""
+    with database.session() as session:
+        rows = select(AuditRecord.outcome).where(AuditRecord.outbox_id == outbox_id)
+        return list(session.scalars(rows.order_by(AuditRecord.id)).all())
 
 
 def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
