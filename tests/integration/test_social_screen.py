@@ -118,3 +118,18 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
     )
     assert missing.status_code == 404
     assert "bestaat niet in dit ziekenhuis" in missing.text
+
+
+def test_the_worklists_stylesheet_and_script_load(database_url: str, database: Database) -> None:
+    """Every asset the worklist links answers 200 (a relative link once resolved to
+    /static/… below /social and the screen came out unstyled)."""
+    hospital = make_tenant(database, "default", FHIR)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    for page in ("/social", "/social?view=mine"):
+        html = client.get(page, headers=me).text
+        assets = re.findall(r'(?:href|src)="(/[^"]+\.(?:css|js))"', html)
+        assert any(asset.endswith("nurse.css") for asset in assets)
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
