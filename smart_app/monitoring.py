@@ -4,8 +4,10 @@
 * ``GET /monitoring.csv?…`` — the same figures as a UTF-8 CSV with a header row;
 * ``GET /monitoring/MeasureReport?…`` — a FHIR R4 summary ``MeasureReport``.
 
-Mounted plain and under ``/t/{tenant}``. Social workers and admins only (anonymous 401,
-anyone else 403); every view and download is audited locally. The figures are counts
+Mounted plain and under ``/t/{tenant}``. Social workers and admins only: launched from
+the EHR, or an admin of the same hospital signed in with a bootstrap token (the
+``kindreflex_admin`` cookie or ``Authorization: Bearer``, as on the admin pages).
+Anonymous 401, anyone else 403; every view and download is audited locally. The figures are counts
 (``service.monitoring``): no output names or identifies a patient.
 """
 
@@ -13,24 +15,28 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from service import audit, monitoring
-from service.api.deps import DatabaseDep
+from service.api.deps import DatabaseDep, TenantDep
 from service.audit import AuditAction, AuditFact
 from service.db.base import utcnow
 from service.fhir import terminology
-from service.i18n import Language, translate
+from service.i18n import Language, negotiate, translate
 from service.monitoring import Breakdown, Figure, Figures, Period, PeriodError
+from service.tenancy import TenantContext
 from service.tenant_config import OVERRIDE_REASONS
+from smart_app import admin
 from smart_app.errors import PageError
-from smart_app.session import LaunchContext, LaunchDep, frame_origins, security_headers
+from smart_app.security import page_headers
+from smart_app.session import all_frame_origins, current_launch, frame_origins, security_headers
 
 router = APIRouter(tags=["monitoring"])
 
@@ -47,7 +53,32 @@ _TEMPLATES = Environment(
 )
 
 
-def require_monitoring_role(ctx: LaunchDep) -> LaunchContext:
+@dataclass(frozen=True)
+class Viewer:
+    """Who looks at the figures, whichever way they signed in."""
+
+    tenant: TenantContext
+    actor: str  # the audit row's actor
+    language: Language
+    prefix: str  # "" or "/t/{tenant}", for the screen's links
+    headers: dict[str, str]  # the page's security headers (frame-ancestors of the EHRs)
+
+
+async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
+    """A social worker's or admin's EHR launch, or a signed-in admin of this hospital.
+
+    An admin token (cookie or Bearer) is judged by the admin pages' own dependency: an
+    unknown or expired one is 401, another hospital's 403 — never a fall back to a launch.
+    """
+    if admin.ADMIN_COOKIE in request.cookies or _has_bearer(request):
+        signed_in = await admin.api_admin(request, tenant)
+        language = negotiate(
+            [request.query_params.get("lang"), request.headers.get("accept-language")]
+        )
+        slug = request.path_params.get("tenant")
+        headers = page_headers(all_frame_origins(tenant))
+        return Viewer(tenant, signed_in.actor, language, f"/t/{slug}" if slug else "", headers)
+    ctx = current_launch(request)
     if not ALLOWED_ROLES & ctx.user.roles:
         raise PageError(
             403,
@@ -56,10 +87,16 @@ def require_monitoring_role(ctx: LaunchDep) -> LaunchContext:
             frame_origins=frame_origins(ctx),
             role=translate(ctx.language, "monitoring.roles"),
         )
-    return ctx
+    return Viewer(
+        ctx.tenant, ctx.user.fhir_user, ctx.language, ctx.path_prefix, security_headers(ctx)
+    )
 
 
-Monitor = Annotated[LaunchContext, Depends(require_monitoring_role)]
+def _has_bearer(request: Request) -> bool:
+    return request.headers.get("authorization", "").lower().startswith("bearer ")
+
+
+Monitor = Annotated[Viewer, Depends(require_viewer)]
 #: Dates are checked by ``_date``, so that a bad one gets the screen's own message.
 DateParam = Annotated[str | None, Query()]
 
@@ -93,11 +130,11 @@ def download_csv(
             str(error),
             status_code=400,
             media_type="text/plain; charset=utf-8",
-            headers=security_headers(ctx),
+            headers=ctx.headers,
         )
     result = _figures(ctx, database, period, "csv")
     name = f"kindreflex-monitoring-{ctx.tenant.slug}-{period.first}-{period.last}.csv"
-    headers = security_headers(ctx) | {"Content-Disposition": f'attachment; filename="{name}"'}
+    headers = ctx.headers | {"Content-Disposition": f'attachment; filename="{name}"'}
     return Response(
         _csv(result, ctx.language),
         media_type="text/csv; charset=utf-8; header=present",
@@ -118,14 +155,14 @@ def measure_report(
         return JSONResponse(
             _outcome(str(error)),
             400,
-            headers=security_headers(ctx),
+            headers=ctx.headers,
             media_type="application/fhir+json",
         )
     result = _figures(ctx, database, period, "measure-report")
     report = monitoring.measure_report(
         result, reporter=ctx.tenant.config.name, generated_at=utcnow()
     )
-    return JSONResponse(report, headers=security_headers(ctx), media_type="application/fhir+json")
+    return JSONResponse(report, headers=ctx.headers, media_type="application/fhir+json")
 
 
 # -- shared -------------------------------------------------------------------------------
@@ -150,12 +187,12 @@ def _date(value: str, name: str) -> date:
         ) from None
 
 
-def _figures(ctx: LaunchContext, database: DatabaseDep, period: Period, shown: Format) -> Figures:
+def _figures(ctx: Viewer, database: DatabaseDep, period: Period, shown: Format) -> Figures:
     """The figures, and the audit row of who saw which period in which form."""
     with database.session() as session:
         result = monitoring.figures(session, ctx.tenant.id, period)
         fact = AuditFact(
-            actor=ctx.user.fhir_user,
+            actor=ctx.actor,
             action=AuditAction.SEARCH,
             patient_ref=None,
             entities=(
@@ -231,7 +268,7 @@ def _cell(text: str) -> str:
 
 
 def _page(
-    ctx: LaunchContext,
+    ctx: Viewer,
     result: Figures | None,
     first: str | None,
     last: str | None,
@@ -244,7 +281,7 @@ def _page(
         t=partial(_message, language),
         lang=language,
         product_name=translate(language, "product.name"),
-        prefix=ctx.path_prefix,
+        prefix=ctx.prefix,
         first=result.period.first.isoformat() if result else first or "",
         last=result.period.last.isoformat() if result else last or "",
         result=result,
@@ -253,7 +290,7 @@ def _page(
         breakdown_of=monitoring.BREAKDOWN_OF,
         breakdown_label=partial(_breakdown_label, language=language),
     )
-    return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
+    return HTMLResponse(html, status_code=status, headers=ctx.headers)
 
 
 def _message(language: Language, message_id: str, **values: object) -> str:

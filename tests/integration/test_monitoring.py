@@ -35,6 +35,7 @@ from sqlalchemy import delete, insert, select, update
 
 from sandbox.fhir_server import FhirServer
 from service import monitoring
+from service.admin import access
 from service.app import create_app
 from service.casework import Casework
 from service.db.base import Database, utcnow
@@ -57,6 +58,7 @@ from service.settings import Settings
 from service.social import Step4Input, Step5Input, Step6Input
 from service.tenancy import TenantContext
 from service.triage import TriageInput
+from smart_app.admin import ADMIN_COOKIE
 from smart_app.session import AppUser, Role
 from tests.integration.test_cds_hooks import hook_body
 from tests.support.sessions import User, signed_in
@@ -595,6 +597,51 @@ def test_only_the_social_service_and_admins_see_the_figures(
         assert answer.status_code == status, (endpoint, answer.text)
     if status == 403:
         assert "de sociale dienst en beheerders" in answer.text
+
+
+def _admin_headers(token: str, carried: str) -> dict[str, str]:
+    """An admin session token as the admin pages accept it: their cookie or a Bearer."""
+    if carried == "cookie":
+        return {"Cookie": f"{ADMIN_COOKIE}={token}"}
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("carried", ["cookie", "bearer"])
+@pytest.mark.parametrize("prefix", ["", "/t/hospital-b"], ids=["default", "prefixed"])
+def test_an_admin_signed_in_with_a_bootstrap_token_sees_the_figures_of_their_hospital(
+    world: World, carried: str, prefix: str
+) -> None:
+    tenant = world.other if prefix else world.hospital
+    other = world.hospital if prefix else world.other
+    token, _ = access.issue_bootstrap_token(world.database, tenant.id)
+    mine = access.redeem_bootstrap_token(world.database, tenant.id, token, "Els")
+    token, _ = access.issue_bootstrap_token(world.database, other.id)
+    theirs = access.redeem_bootstrap_token(world.database, other.id, token, "Jan")
+    when = {"from": "2026-01-01", "to": "2026-01-31"}
+
+    for endpoint in ENDPOINTS:
+        url = f"{prefix}{endpoint}"
+        answer = world.client.get(url, headers=_admin_headers(mine.token, carried), params=when)
+        assert answer.status_code == 200, (endpoint, answer.text)
+        foreign = world.client.get(url, headers=_admin_headers(theirs.token, carried))
+        assert foreign.status_code == 403, endpoint  # another hospital's admin
+        unknown = world.client.get(url, headers=_admin_headers("not-a-token", carried))
+        assert unknown.status_code == 401, endpoint
+
+    with world.database.session() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        seen = [(r.tenant_id, r.actor, r.entities[0].rsplit("=", 1)[1]) for r in rows]
+    assert seen == [(tenant.id, mine.actor, shown) for shown in ("screen", "csv", "measure-report")]
+
+
+def test_an_ended_admin_session_is_refused(world: World) -> None:
+    token, _ = access.issue_bootstrap_token(world.database, world.hospital.id)
+    issued = access.redeem_bootstrap_token(world.database, world.hospital.id, token, "Els")
+    headers = _admin_headers(issued.token, "bearer")
+    assert world.client.get("/monitoring", headers=headers).status_code == 200
+    assert world.client.delete("/admin/api/session", headers=headers).status_code == 204
+
+    assert world.client.get("/monitoring", headers=headers).status_code == 401
 
 
 def test_a_session_of_another_hospital_is_refused(world: World) -> None:
