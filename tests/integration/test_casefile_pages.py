@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
-from tests.integration.test_social_api import _triage_niet_pluis
-from tests.integration.test_social_cases import FHIR, SOCIAL_WORKER, _case
+from tests.support.casework import SOCIAL_WORKER, index_case, triage_niet_pluis
+from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -75,7 +75,7 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    case_id = _case(database, hospital, "Patient/1", utcnow())
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
     app = make_app(database_url, database)
     client = TestClient(app, follow_redirects=False)
     pages = [f"/social/cases/{case_id}", f"/social/cases/{case_id}/referral"]
@@ -137,7 +137,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     base_url = fhir_server.base_url
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
-    patient = _triage_niet_pluis(app, tenant, base_url)
+    patient = triage_niet_pluis(app, tenant, base_url)
     worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
     client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
     (case_id,) = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -20,17 +20,9 @@ from service.db.base import Database, utcnow
 from service.fhir import mapping, terminology
 from service.protocol import (
     CaseClosure,
-    Child,
-    ChildRelationship,
     CloseReason,
-    LivesWith,
-    SafetyAssessment,
-    Step1Finding,
-    Step2Finding,
 )
-from service.tenancy import TenantContext
-from service.triage import TriageInput
-from smart_app.session import AppUser
+from tests.support.casework import triage_niet_pluis
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -40,98 +32,7 @@ from tests.support.write_path import (
 )
 from tests.unit.test_social_inputs import WORKSHOP_FACTORS
 
-NURSE = "Practitioner/nurse"
 SOCIAL_WORKER = "Practitioner/social-worker"
-
-
-@dataclass(frozen=True)
-class NurseLaunch:
-    """The launch attributes the triage save reads (``service.triage.LaunchInfo``)."""
-
-    session_id: str
-    tenant: TenantContext
-    registration_id: str
-    fhir_base_url: str
-    patient_id: str | None
-    encounter_id: str | None
-    user: AppUser
-
-
-def _patient_at_triage(base_url: str) -> tuple[str, str]:
-    """A new adult patient with an emergency encounter (each test run its own)."""
-    patient = httpx.post(
-        f"{base_url}/Patient",
-        json={"resourceType": "Patient", "name": [{"text": f"Moeder {uuid.uuid4().hex[:6]}"}]},
-        timeout=10,
-    ).json()
-    encounter = httpx.post(
-        f"{base_url}/Encounter",
-        json={
-            "resourceType": "Encounter",
-            "status": "in-progress",
-            "class": {
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                "code": "EMER",
-            },
-            "subject": {"reference": f"Patient/{patient['id']}"},
-        },
-        timeout=10,
-    ).json()
-    return patient["id"], encounter["id"]
-
-
-def _triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
-    """The nurse's save at triage, as the nurse screen makes it; returns the patient ref."""
-    patient_id, encounter_id = _patient_at_triage(base_url)
-    nurse = signed_in(
-        app,
-        tenant,
-        NURSE,
-        "nurse",
-        fhir_base_url=base_url,
-        patient_id=patient_id,
-        encounter_id=encounter_id,
-    )
-    launch = NurseLaunch(
-        nurse.session_id,
-        tenant,
-        "ehr",
-        base_url,
-        patient_id,
-        encounter_id,
-        AppUser(NURSE, "Sofie Maes", frozenset({"nurse"})),
-    )
-    earlier = utcnow() - timedelta(minutes=2)  # the triage came before the social service
-    children = (
-        Child(
-            f"urn:uuid:{uuid.uuid4()}",
-            "Boy",
-            date(2022, 11, 3),
-            ChildRelationship.NATURAL_CHILD,
-            LivesWith.PERMANENTLY,
-        ),
-        Child(
-            f"urn:uuid:{uuid.uuid4()}",
-            "Girl",
-            date(2017, 6, 21),
-            ChildRelationship.NATURAL_CHILD,
-            LivesWith.PERMANENTLY,
-        ),
-    )
-    result = app.state.triage.record_triage(
-        launch,
-        TriageInput(
-            step1=Step1Finding(recorded_by=NURSE, recorded_at=earlier, children=children),
-            step2=Step2Finding(
-                recorded_by=NURSE,
-                recorded_at=earlier + timedelta(seconds=40),
-                assessment=SafetyAssessment.NIET_PLUIS,
-                reasons=("New partner is irritated by the children.", "Often left home alone."),
-            ),
-        ),
-    )
-    assert result.status == "delivered"
-    return f"Patient/{patient_id}"
 
 
 @dataclass(frozen=True)
@@ -159,7 +60,7 @@ def _handed_off_case(database_url: str, database: Database, base_url: str) -> Ha
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     client = TestClient(app)
-    patient = _triage_niet_pluis(app, tenant, base_url)
+    patient = triage_niet_pluis(app, tenant, base_url)
     worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
     (case,) = client.get("/api/cases", headers=worker).json()["items"]
     return HandedOffCase(client, worker, base_url, patient, case["id"], case["row_version"])

@@ -8,22 +8,21 @@ here calls the FHIR server.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, Concern
+from service.db.models import AuditRecord
 from service.social import CaseFilter, case_summary, list_cases
-from service.tenancy import TenantContext
 from smart_app.session import CSRF_HEADER, Role
-from tests.support.sessions import make_app, signed_in
+from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, assignment_of, index_case
+from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
 from tests.support.write_path import make_tenant
 
-FHIR = "http://127.0.0.1:9/fhir"  # never called: cases are served from our index
-SOCIAL_WORKER = "Practitioner/sw-1"
+FHIR = UNUSED_FHIR  # never called: cases are served from our index
 #: A valid body of every step endpoint (without `row_version`).
 STEP_BODIES: dict[str, dict[str, object]] = {
     "step-4": {"decision": "acute-danger"},
@@ -35,43 +34,6 @@ STEP_BODIES: dict[str, dict[str, object]] = {
     },
     "close": {"reason": "referred"},
 }
-COLLEAGUE = "Practitioner/sw-2"
-
-
-def _case(
-    database: Database,
-    tenant: TenantContext,
-    patient: str,
-    at: datetime,
-    assigned_to: str | None = None,
-    status: str = "open",
-    follow_up_due: date | None = None,
-) -> int:
-    with database.session() as session:
-        row = Concern(
-            tenant_id=tenant.id,
-            patient_ref=patient,
-            patient_display=None,
-            flag_identifier=f"{tenant.slug}-{patient}",
-            flagged_at=at,
-            flagged_by="Practitioner/nurse-1",
-            triggers=[],
-            children_birth_dates=["2019-05-01"],
-            last_step="step-2",
-            assigned_to=assigned_to,
-            status=status,
-            follow_up_due=follow_up_due,
-        )
-        session.add(row)
-        session.flush()
-        return row.id
-
-
-def _version(database: Database, case_id: int) -> tuple[str | None, int]:
-    with database.session() as session:
-        row = session.get(Concern, case_id)
-        assert row is not None
-        return row.assigned_to, row.row_version
 
 
 @pytest.mark.parametrize(
@@ -83,7 +45,7 @@ def test_every_case_endpoint_admits_only_social_workers(
     database_url: str, database: Database, roles: tuple[Role, ...], allowed: bool | None
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    case_id = _case(database, hospital, "Patient/1", utcnow())
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
     app = make_app(database_url, database)
     client = TestClient(app)
     headers = signed_in(app, hospital, SOCIAL_WORKER, *roles).headers if allowed is not None else {}
@@ -118,12 +80,12 @@ def test_every_case_endpoint_admits_only_social_workers(
     assert [a.status_code for a in answers[3:]] == [steps] * (len(STEP_BODIES) + 2)
     if allowed is False:  # the refusal says which role is missing, in Dutch
         assert "sociale dienst" in answers[0].text
-    assert _version(database, case_id) == ((COLLEAGUE, 3) if allowed else (None, 1))
+    assert assignment_of(database, case_id) == ((COLLEAGUE, 3) if allowed else (None, 1))
 
 
 def test_changes_need_the_sessions_csrf_token(database_url: str, database: Database) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    case_id = _case(database, hospital, "Patient/1", utcnow())
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
     app = make_app(database_url, database)
     client = TestClient(app)
     cookie = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]
@@ -135,7 +97,7 @@ def test_changes_need_the_sessions_csrf_token(database_url: str, database: Datab
             json={"row_version": 1},
         )
         assert answer.status_code == 403
-    assert _version(database, case_id) == (None, 1)
+    assert assignment_of(database, case_id) == (None, 1)
 
 
 def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
@@ -144,8 +106,8 @@ def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
     days = {"Patient/a": 20, "Patient/b": 9, "Patient/c": 3, "Patient/d": 0, "Patient/e": 12}
     owner = {"Patient/b": SOCIAL_WORKER, "Patient/e": COLLEAGUE}
     for patient, age in days.items():
-        _case(database, hospital, patient, now - timedelta(days=age), owner.get(patient))
-    _case(database, hospital, "Patient/closed", now - timedelta(days=30), status="closed")
+        index_case(database, hospital, patient, now - timedelta(days=age), owner.get(patient))
+    index_case(database, hospital, "Patient/closed", now - timedelta(days=30), status="closed")
     app = make_app(database_url, database)
     client = TestClient(app)
     me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
@@ -213,8 +175,8 @@ def test_overdue_follow_ups_show_and_filter(database_url: str, database: Databas
         "Patient/none": None,
     }
     for patient, day in due.items():
-        _case(database, hospital, patient, now - timedelta(days=10), follow_up_due=day)
-    _case(
+        index_case(database, hospital, patient, now - timedelta(days=10), follow_up_due=day)
+    index_case(
         database,
         hospital,
         "Patient/closed",
@@ -247,7 +209,7 @@ def test_claim_and_assign_move_the_version_and_are_audited(
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    case_id = _case(database, hospital, "Patient/1", utcnow())
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
     app = make_app(database_url, database)
     client = TestClient(app)
     me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
@@ -277,7 +239,7 @@ def test_claim_and_assign_move_the_version_and_are_audited(
     ]
     assert [r.status_code for r in refused] == [400, 404, 422, 422]
     assert "Practitioner" in refused[0].json()["detail"]
-    assert _version(database, case_id) == (None, 4)
+    assert assignment_of(database, case_id) == (None, 4)
 
     with database.session() as session:
         changes = session.scalars(
@@ -294,7 +256,7 @@ def test_the_second_of_two_concurrent_changes_gets_a_conflict(
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    case_id = _case(database, hospital, "Patient/1", utcnow())
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
     app = make_app(database_url, database)
     client = TestClient(app)
     first = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
@@ -311,7 +273,7 @@ def test_the_second_of_two_concurrent_changes_gets_a_conflict(
     assert SOCIAL_WORKER in detail["message"]
     assert "Nothing was overwritten" in detail["message"]
     assert detail["row_version"] == 2
-    assert _version(database, case_id) == (SOCIAL_WORKER, 2)
+    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
 
 
 def test_a_hospital_never_sees_or_changes_another_hospitals_cases(
@@ -319,8 +281,8 @@ def test_a_hospital_never_sees_or_changes_another_hospitals_cases(
 ) -> None:
     hospital_a = make_tenant(database, "default", FHIR)
     hospital_b = make_tenant(database, "b", FHIR)
-    case_a = _case(database, hospital_a, "Patient/a1", utcnow())
-    closed_b = _case(database, hospital_b, "Patient/b1", utcnow(), status="closed")
+    case_a = index_case(database, hospital_a, "Patient/a1", utcnow())
+    closed_b = index_case(database, hospital_b, "Patient/b1", utcnow(), status="closed")
     app = make_app(database_url, database)
     client = TestClient(app)
     social_b = signed_in(app, hospital_b, "Practitioner/sw-b", "social-worker").headers
@@ -331,7 +293,7 @@ def test_a_hospital_never_sees_or_changes_another_hospitals_cases(
         f"/t/b/api/cases/{case_a}/claim", headers=social_b, json={"row_version": 1}
     )
     assert stolen.status_code == 404
-    assert _version(database, case_a) == (None, 1)
+    assert assignment_of(database, case_a) == (None, 1)
     closed = client.post(
         f"/t/b/api/cases/{closed_b}/claim", headers=social_b, json={"row_version": 1}
     )
@@ -343,8 +305,8 @@ def test_one_case_summary_is_the_lists_row(database_url: str, database: Database
     hospital = make_tenant(database, "default", FHIR)
     other = make_tenant(database, "other", FHIR)
     today = utcnow().date()
-    case_id = _case(database, hospital, "Patient/1", utcnow(), follow_up_due=today)
-    foreign = _case(database, other, "Patient/2", utcnow())
+    case_id = index_case(database, hospital, "Patient/1", utcnow(), follow_up_due=today)
+    foreign = index_case(database, other, "Patient/2", utcnow())
     with database.session() as session:
         (listed,) = list_cases(
             session, hospital.id, SOCIAL_WORKER, CaseFilter(), limit=10, cursor=None, today=today

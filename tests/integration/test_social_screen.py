@@ -9,13 +9,8 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 
 from service.db.base import Database, utcnow
-from tests.integration.test_social_cases import (
-    COLLEAGUE,
-    FHIR,
-    SOCIAL_WORKER,
-    _case,
-    _version,
-)
+from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, assignment_of, index_case
+from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
 from tests.support.write_path import make_tenant
 
@@ -35,8 +30,8 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    mine = _case(database, hospital, "Patient/1", utcnow() - timedelta(days=4), SOCIAL_WORKER)
-    free = _case(database, hospital, "Patient/2", utcnow() - timedelta(days=1))
+    mine = index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=4), SOCIAL_WORKER)
+    free = index_case(database, hospital, "Patient/2", utcnow() - timedelta(days=1))
     app = make_app(database_url, database)
     client = TestClient(app)
 
@@ -67,8 +62,10 @@ def test_the_worklist_screen_marks_and_filters_overdue_follow_ups(
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
     today = utcnow().date()
-    late = _case(database, hospital, "Patient/1", utcnow(), follow_up_due=today - timedelta(days=2))
-    due = _case(database, hospital, "Patient/2", utcnow(), follow_up_due=today)
+    late = index_case(
+        database, hospital, "Patient/1", utcnow(), follow_up_due=today - timedelta(days=2)
+    )
+    due = index_case(database, hospital, "Patient/2", utcnow(), follow_up_due=today)
     app = make_app(database_url, database)
     client = TestClient(app)
     me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
@@ -87,7 +84,7 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    case_id = _case(database, hospital, "Patient/1", utcnow())
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
     app = make_app(database_url, database)
     client = TestClient(app, follow_redirects=False)
     me = {"Cookie": signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]}
@@ -112,7 +109,7 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
     assert late.status_code == 409
     assert "Iemand anders heeft dit dossier intussen gewijzigd" in late.text
     assert SOCIAL_WORKER in late.text
-    assert _version(database, case_id) == (SOCIAL_WORKER, 2)
+    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
     missing = client.post(
         "/social/cases/999999/claim", headers=me, data={"csrf_token": mine_csrf, "row_version": "1"}
     )

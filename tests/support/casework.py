@@ -1,0 +1,158 @@
+"""Cases for the social service's tests: a concern on the worklist index (no FHIR server
+needed), and a real niet-pluis save at triage on a real FHIR server."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from service.db.base import Database, utcnow
+from service.db.models import Concern
+from service.protocol import (
+    Child,
+    ChildRelationship,
+    LivesWith,
+    SafetyAssessment,
+    Step1Finding,
+    Step2Finding,
+)
+from service.tenancy import TenantContext
+from service.triage import TriageInput
+from smart_app.session import AppUser
+from tests.support.sessions import signed_in
+
+NURSE = "Practitioner/nurse"
+SOCIAL_WORKER = "Practitioner/sw-1"
+COLLEAGUE = "Practitioner/sw-2"
+
+
+def index_case(
+    database: Database,
+    tenant: TenantContext,
+    patient: str,
+    at: datetime,
+    assigned_to: str | None = None,
+    status: str = "open",
+    follow_up_due: date | None = None,
+) -> int:
+    """A concern on the worklist index, as the triage save writes it (no FHIR server)."""
+    with database.session() as session:
+        row = Concern(
+            tenant_id=tenant.id,
+            patient_ref=patient,
+            patient_display=None,
+            flag_identifier=f"{tenant.slug}-{patient}",
+            flagged_at=at,
+            flagged_by="Practitioner/nurse-1",
+            triggers=[],
+            children_birth_dates=["2019-05-01"],
+            last_step="step-2",
+            assigned_to=assigned_to,
+            status=status,
+            follow_up_due=follow_up_due,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def assignment_of(database: Database, case_id: int) -> tuple[str | None, int]:
+    """Who a case is assigned to, and its row version."""
+    with database.session() as session:
+        row = session.get(Concern, case_id)
+        assert row is not None
+        return row.assigned_to, row.row_version
+
+
+@dataclass(frozen=True)
+class NurseLaunch:
+    """The launch attributes the triage save reads (``service.triage.LaunchInfo``)."""
+
+    session_id: str
+    tenant: TenantContext
+    registration_id: str
+    fhir_base_url: str
+    patient_id: str | None
+    encounter_id: str | None
+    user: AppUser
+
+
+def patient_at_triage(base_url: str) -> tuple[str, str]:
+    """A new adult patient with an emergency encounter (each test run its own)."""
+    patient = httpx.post(
+        f"{base_url}/Patient",
+        json={"resourceType": "Patient", "name": [{"text": f"Moeder {uuid.uuid4().hex[:6]}"}]},
+        timeout=10,
+    ).json()
+    encounter = httpx.post(
+        f"{base_url}/Encounter",
+        json={
+            "resourceType": "Encounter",
+            "status": "in-progress",
+            "class": {
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                "code": "EMER",
+            },
+            "subject": {"reference": f"Patient/{patient['id']}"},
+        },
+        timeout=10,
+    ).json()
+    return patient["id"], encounter["id"]
+
+
+def triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
+    """The nurse's save at triage, as the nurse screen makes it; returns the patient ref."""
+    patient_id, encounter_id = patient_at_triage(base_url)
+    nurse = signed_in(
+        app,
+        tenant,
+        NURSE,
+        "nurse",
+        fhir_base_url=base_url,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+    )
+    launch = NurseLaunch(
+        nurse.session_id,
+        tenant,
+        "ehr",
+        base_url,
+        patient_id,
+        encounter_id,
+        AppUser(NURSE, "Sofie Maes", frozenset({"nurse"})),
+    )
+    earlier = utcnow() - timedelta(minutes=2)  # the triage came before the social service
+    children = (
+        Child(
+            f"urn:uuid:{uuid.uuid4()}",
+            "Boy",
+            date(2022, 11, 3),
+            ChildRelationship.NATURAL_CHILD,
+            LivesWith.PERMANENTLY,
+        ),
+        Child(
+            f"urn:uuid:{uuid.uuid4()}",
+            "Girl",
+            date(2017, 6, 21),
+            ChildRelationship.NATURAL_CHILD,
+            LivesWith.PERMANENTLY,
+        ),
+    )
+    result = app.state.triage.record_triage(
+        launch,
+        TriageInput(
+            step1=Step1Finding(recorded_by=NURSE, recorded_at=earlier, children=children),
+            step2=Step2Finding(
+                recorded_by=NURSE,
+                recorded_at=earlier + timedelta(seconds=40),
+                assessment=SafetyAssessment.NIET_PLUIS,
+                reasons=("New partner is irritated by the children.", "Often left home alone."),
+            ),
+        ),
+    )
+    assert result.status == "delivered"
+    return f"Patient/{patient_id}"
