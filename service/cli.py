@@ -6,6 +6,7 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
@@ -13,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
+from service import retention
 from service.admin import commands as admin_commands
 from service.db import migrate
 from service.db.base import Database
@@ -61,6 +63,26 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
     migrate.upgrade(settings.database_url)
     print("database schema is current")
     return 0
+
+
+def cmd_db_purge(args: argparse.Namespace, settings: Settings) -> int:
+    database = Database(settings.database_url)
+    try:
+        purged = retention.purge(database, timedelta(days=args.days))
+    finally:
+        database.dispose()
+    print(
+        f"emptied {purged.payloads} delivered outbox payloads older than {args.days} days; "
+        f"deleted {purged.admin_sessions} admin sessions and {purged.bootstrap_tokens} "
+        "bootstrap tokens that expired, ended or were used"
+    )
+    return 0
+
+
+def _retention_days(value: str) -> int:
+    if not value.isdigit() or int(value) > 3650:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days, 0..3650: {value[:20]}")
+    return int(value)
 
 
 def cmd_demo(args: argparse.Namespace, _settings: Settings) -> int:
@@ -154,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("upgrade", help="apply all migrations").set_defaults(
         handler=cmd_db_upgrade
     )
+    purge = db_commands.add_parser(
+        "purge", help="empty delivered payloads monitoring counted; drop dead admin access"
+    )
+    purge.add_argument(
+        "--days", type=_retention_days, default=retention.DEFAULT_RETENTION.days,
+        metavar="DAYS", help="keep delivered payloads this many days (0..3650, default 30)",
+    )  # fmt: skip
+    purge.set_defaults(handler=cmd_db_purge)
 
     keys = commands.add_parser("keys", help="the app's signing keys (private_key_jwt, JWKS)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")

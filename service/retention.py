@@ -1,0 +1,80 @@
+"""Data retention: what this service keeps no longer than it needs (``kindreflex db purge``).
+
+* A delivered outbox entry's bundle holds the nurse's or social worker's input (children's
+  names, reasons). Once it is on the FHIR server and monitoring has read it into its own
+  tables (``monitoring_saves``), the copy here has done its work: after the retention
+  period its payload is emptied. The row itself stays, because audit rows and the
+  worklist refer to it and monitoring reads its delivery state. Entries not yet counted,
+  not delivered (pending, failed, conflict, waiting) or younger are left alone: they may
+  still need a person or a retry.
+* Admin sessions that expired or ended, and bootstrap tokens that expired or were used,
+  are deleted (they only hold hashes, but a dead credential has no reason to stay).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Text, cast, delete, or_, select, update
+
+from service.db.base import Database, utcnow
+from service.db.models import AdminBootstrapToken, AdminSession, MonitoringSave, OutboxEntry
+from service.outbox import DeliveryState
+
+#: How long a delivered entry keeps its payload by default (``--days``).
+DEFAULT_RETENTION = timedelta(days=30)
+#: What a purged entry's bundle becomes (the column is required): an empty transaction.
+PURGED_BUNDLE = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+#: As stored (both databases keep the JSON text they were given): purged rows are skipped,
+#: so a second purge changes and counts nothing.
+_PURGED_TEXT = json.dumps(PURGED_BUNDLE)
+
+
+@dataclass(frozen=True)
+class Purged:
+    """How many rows one purge changed."""
+
+    payloads: int
+    admin_sessions: int
+    bootstrap_tokens: int
+
+
+def purge(database: Database, retention: timedelta, now: datetime | None = None) -> Purged:
+    """Empty old delivered payloads already counted by monitoring; drop dead admin access.
+
+    One transaction, so a purge interrupted halfway changes nothing. Safe to run again."""
+    if retention < timedelta(0):
+        raise ValueError("the retention period cannot be negative")
+    now = now or utcnow()
+    counted = select(MonitoringSave.outbox_id).where(
+        MonitoringSave.tenant_id == OutboxEntry.tenant_id
+    )
+    with database.session() as session:
+        payloads = session.execute(
+            update(OutboxEntry)
+            .where(
+                OutboxEntry.state == DeliveryState.DELIVERED,
+                OutboxEntry.delivered_at < now - retention,
+                OutboxEntry.id.in_(counted),
+                cast(OutboxEntry.bundle, Text) != _PURGED_TEXT,
+            )
+            .values(bundle=PURGED_BUNDLE, outcome=None, last_error=None)
+            .execution_options(synchronize_session=False)
+        )
+        sessions = session.execute(
+            delete(AdminSession).where(
+                or_(AdminSession.expires_at <= now, AdminSession.ended_at.is_not(None))
+            )
+        )
+        tokens = session.execute(
+            delete(AdminBootstrapToken).where(
+                or_(AdminBootstrapToken.expires_at <= now, AdminBootstrapToken.used_at.is_not(None))
+            )
+        )
+        return Purged(
+            int(payloads.rowcount),  # type: ignore[attr-defined]
+            int(sessions.rowcount),  # type: ignore[attr-defined]
+            int(tokens.rowcount),  # type: ignore[attr-defined]
+        )

@@ -1,0 +1,148 @@
+"""Data retention (``kindreflex db purge``) on SQLite and PostgreSQL: delivered payloads that
+monitoring counted are emptied after the retention period, nothing else is; dead admin
+access is deleted. The rows are made with the real outbox and admin functions; the
+monitoring row is inserted directly (what ``service.monitoring`` writes when it reads a
+save), so that which saves count is under the test's control."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from service import audit, retention
+from service.admin import access
+from service.audit import AuditAction, AuditFact
+from service.db.base import Database, utcnow
+from service.db.models import (
+    AdminBootstrapToken,
+    AdminSession,
+    AuditRecord,
+    MonitoringSave,
+    OutboxEntry,
+)
+from service.outbox import DeliveryState, NewEntry, enqueue
+from service.tenancy import TenantContext
+from tests.support.write_path import make_tenant
+
+CHILD_NAME = "Lotte Janssens"  # the nurse's input in every bundle
+
+
+def _save(
+    database: Database,
+    tenant: TenantContext,
+    state: DeliveryState,
+    delivered_at: datetime | None,
+    counted: bool,
+) -> int:
+    """One triage save with its audit row, in ``state``; ``counted``: monitoring read it."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": {"resourceType": "RelatedPerson", "name": [{"text": CHILD_NAME}]}}],
+    }
+    with database.session() as session:
+        entry = enqueue(
+            session,
+            tenant.id,
+            NewEntry(
+                "triage", "ehr", "http://fhir.test", "s1", "Practitioner/n", "Patient/p", bundle
+            ),
+        )
+        fact = AuditFact("Practitioner/n", AuditAction.CREATE, "Patient/p", (), "success", utcnow())
+        audit.record_local(session, tenant.id, fact, entry.id)
+        entry.state = state
+        entry.delivered_at = delivered_at
+        if counted:
+            session.add(
+                MonitoringSave(
+                    tenant_id=tenant.id, outbox_id=entry.id, saved_at=utcnow(), readable=True
+                )
+            )
+        return entry.id
+
+
+def _bundles(database: Database) -> dict[int, str]:
+    with database.session() as session:
+        rows = session.execute(select(OutboxEntry.id, OutboxEntry.bundle)).all()
+    return {entry_id: str(bundle) for entry_id, bundle in rows}
+
+
+def test_only_old_delivered_counted_payloads_are_emptied_and_dead_admin_access_dropped(
+    database: Database,
+) -> None:
+    hospital = make_tenant(database, "default", "http://fhir.test")
+    other = make_tenant(database, "hospital-b", "http://fhir.test")
+    now = utcnow()
+    month_ago, recently = now - timedelta(days=31), now - timedelta(days=11)
+    old = _save(database, hospital, DeliveryState.DELIVERED, month_ago, counted=True)
+    other_old = _save(database, other, DeliveryState.DELIVERED, month_ago, counted=True)
+    uncounted = _save(database, hospital, DeliveryState.DELIVERED, month_ago, counted=False)
+    recent = _save(database, hospital, DeliveryState.DELIVERED, recently, counted=True)
+    needs_a_person = [
+        _save(database, hospital, state, None, counted=True)
+        for state in (DeliveryState.FAILED, DeliveryState.CONFLICT, DeliveryState.PENDING)
+    ]
+    live = access.open_session(database, hospital.id, "Els", via="test")
+    ended = access.open_session(database, hospital.id, "Jan", via="test")
+    access.open_session(database, hospital.id, "Piet", via="test", ttl=timedelta(seconds=-1))
+    live_token, _ = access.issue_bootstrap_token(database, hospital.id)
+    used_token, _ = access.issue_bootstrap_token(database, hospital.id)
+    redeemed = access.redeem_bootstrap_token(database, hospital.id, used_token, "Karel")
+    access.issue_bootstrap_token(database, hospital.id, ttl=timedelta(seconds=-1))
+    with database.session() as session:
+        session.execute(
+            update(AdminSession).where(AdminSession.actor == ended.actor).values(ended_at=now)
+        )
+
+    purged = retention.purge(database, timedelta(days=30))
+
+    assert purged == retention.Purged(payloads=2, admin_sessions=2, bootstrap_tokens=2)
+    bundles = _bundles(database)
+    assert CHILD_NAME not in bundles[old]
+    assert CHILD_NAME not in bundles[other_old]
+    for kept in (uncounted, recent, *needs_a_person):
+        assert CHILD_NAME in bundles[kept]
+    with database.session() as session:
+        audited = session.scalars(select(AuditRecord.outbox_id).order_by(AuditRecord.id)).all()
+        actors = session.scalars(select(AdminSession.actor)).all()
+        unused = select(AdminBootstrapToken.id).where(AdminBootstrapToken.used_at.is_(None))
+        tokens = session.scalars(unused).all()
+    assert audited == [old, other_old, uncounted, recent, *needs_a_person]  # the trail stays
+    assert sorted(actors) == sorted([live.actor, redeemed.actor])
+    assert access.authenticate(database, live.token) is not None
+    assert len(tokens) == 1  # the unused, unexpired one
+    again = retention.purge(database, timedelta(days=30))
+    assert again == retention.Purged(0, 0, 0)  # safe to run again: nothing left to do
+    assert access.redeem_bootstrap_token(database, hospital.id, live_token, "Els").token
+
+
+def test_a_negative_retention_is_refused(database: Database) -> None:
+    with pytest.raises(ValueError, match="cannot be negative"):
+        retention.purge(database, timedelta(days=-1))
+
+
+def test_the_cli_purges_with_the_retention_given(database_url: str, database: Database) -> None:
+    hospital = make_tenant(database, "default", "http://fhir.test")
+    long_ago = utcnow() - timedelta(days=10)
+    entry = _save(database, hospital, DeliveryState.DELIVERED, long_ago, counted=True)
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "service.cli", "db", "purge"]
+
+    kept = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert "emptied 0 delivered outbox payloads older than 30 days" in kept.stdout
+    assert CHILD_NAME in _bundles(database)[entry]
+
+    emptied = subprocess.run(
+        [*command, "--days", "7"], env=env, capture_output=True, text=True, check=True
+    )
+    assert "emptied 1 delivered outbox payloads older than 7 days" in emptied.stdout
+    assert CHILD_NAME not in _bundles(database)[entry]
+
+    refused = subprocess.run([*command, "--days", "-3"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "0..3650" in refused.stderr
