@@ -386,6 +386,15 @@ class CloseRefusedError(ValueError):
 
 
 @dataclass(frozen=True)
+class PatientIdentity:
+    """Who the case is about, as the hospital's FHIR server names them (the case page and
+    the facility's call need it; the launch that raised the concern carried no name)."""
+
+    name: str | None
+    birth_date: str | None  # a FHIR date, possibly partial
+
+
+@dataclass(frozen=True)
 class CaseFile:
     """A case as the FHIR server holds it, for reading its history: the protocol's state
     (findings, children, next steps), the referrals (as read, newest first) with their
@@ -401,6 +410,7 @@ class CaseFile:
     #: each referral's performer reference → the facility's Organization as read (its
     #: name and phone numbers, e.g. for the printable referral summary)
     facilities: Mapping[str, Resource] = field(default_factory=dict)
+    patient: PatientIdentity | None = None
 
 
 class Casework:
@@ -474,6 +484,9 @@ class Casework:
         with self._client(ctx) as client:
             referrals = _referrals(client, record)
             facilities = _facilities(client, referrals)
+            patient = client.read("Patient", record.patient_ref.removeprefix("Patient/"))
+        identity = PatientIdentity(mapping.display_name(patient), patient.get("birthDate"))
+        self._remember_name(ctx, concern, identity.name)
         return CaseFile(
             case_id=concern.id,
             status=concern.status,
@@ -483,6 +496,7 @@ class Casework:
             referrals=tuple(referrals),
             closure=mapping.closure_from_flag(record.flag),
             facilities=facilities,
+            patient=identity,
         )
 
     def update_referral(
@@ -535,6 +549,18 @@ class Casework:
                 raise CaseConflict("changed", row.assigned_to, row.row_version)
             session.expunge(row)
         return row
+
+    def _remember_name(self, ctx: LaunchInfo, concern: Concern, name: str | None) -> None:
+        """The worklist shows the patient's name from now on: the index is reconciled with
+        the server when a case is opened. Not a user's change, so the row version stays."""
+        if name is None or name == concern.patient_display:
+            return
+        with self._database.session() as session:
+            session.execute(
+                update(Concern)
+                .where(Concern.tenant_id == ctx.tenant.id, Concern.id == concern.id)
+                .values(patient_display=name)
+            )
 
     def _read(self, ctx: LaunchInfo, concern: Concern) -> tuple[CaseRecord, KindreflexCase]:
         """The case from the FHIR server (the source of truth), replayed by the protocol."""

@@ -216,6 +216,19 @@ class Shown:
     def case(self) -> KindreflexCase | None:
         return None if self.opened is None else self.opened.case
 
+    @property
+    def patient_name(self) -> str:
+        """The name on the hospital's FHIR server, else the worklist's (a reference at worst)."""
+        identity = self.opened.patient if self.opened is not None else None
+        if identity is not None and identity.name:
+            return identity.name
+        return self.summary.patient_display or self.summary.patient
+
+    @property
+    def patient_birth_date(self) -> str | None:
+        identity = self.opened.patient if self.opened is not None else None
+        return None if identity is None else identity.birth_date
+
     def offers(self, step: Step) -> bool:
         return (
             self.case is not None and self.summary.status == "open" and step in self.case.next_steps

@@ -168,6 +168,16 @@ def _split_name(name: str) -> tuple[list[str], str | None]:
     return parts[:-1], parts[-1]
 
 
+def display_name(resource: Mapping[str, Any]) -> str | None:
+    """A person's first HumanName as people read it: its text, else given names and family."""
+    names = resource.get("name")
+    if not isinstance(names, list) or not names or not isinstance(names[0], dict):
+        return None
+    first = names[0]
+    text = first.get("text") or " ".join([*first.get("given", []), first.get("family", "")])
+    return str(text).strip() or None
+
+
 def child_from_related_person(resource: Mapping[str, Any]) -> Child | None:
     """The protocol's Child from a kindreflex-child RelatedPerson (None if not one).
 
@@ -198,11 +208,7 @@ def child_from_related_person(resource: Mapping[str, Any]) -> Child | None:
     birth = resource.get("birthDate")
     if lives_with is None or relationship is None or not birth or len(str(birth)) != 10:
         return None
-    names = resource.get("name", [])
-    if not names:
-        return None
-    first = names[0]
-    text = first.get("text") or " ".join([*first.get("given", []), first.get("family", "")])
+    text = display_name(resource)
     if resource.get("id"):
         ref = f"RelatedPerson/{resource['id']}"
     else:
@@ -210,7 +216,7 @@ def child_from_related_person(resource: Mapping[str, Any]) -> Child | None:
         ref = next(
             (i["value"] for i in resource.get("identifier", []) if i.get("system") == ours), ""
         )
-    if not ref or not text.strip():
+    if not ref or text is None:
         return None
     return Child(
         ref=ref,

@@ -85,7 +85,11 @@ def patient_at_triage(base_url: str) -> tuple[str, str]:
     """A new adult patient with an emergency encounter (each test run its own)."""
     patient = httpx.post(
         f"{base_url}/Patient",
-        json={"resourceType": "Patient", "name": [{"text": f"Moeder {uuid.uuid4().hex[:6]}"}]},
+        json={
+            "resourceType": "Patient",
+            "name": [{"given": ["Moeder"], "family": uuid.uuid4().hex[:6]}],
+            "birthDate": "1990-04-12",
+        },
         timeout=10,
     ).json()
     encounter = httpx.post(
