@@ -61,6 +61,7 @@ from service.triage import TriageInput
 from smart_app.admin import ADMIN_COOKIE
 from smart_app.session import AppUser, Role
 from tests.integration.test_cds_hooks import hook_body
+from tests.support.casework import NurseLaunch
 from tests.support.sessions import User, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -75,19 +76,6 @@ MEASURE_REPORT = "http://hl7.org/fhir/StructureDefinition/MeasureReport"
 ENDPOINTS = ("/monitoring", "/monitoring.csv", "/monitoring/MeasureReport")
 
 
-@dataclass(frozen=True)
-class Launch:
-    """The launch attributes the use cases read (``service.triage.LaunchInfo``)."""
-
-    session_id: str
-    tenant: TenantContext
-    registration_id: str
-    fhir_base_url: str
-    patient_id: str | None
-    encounter_id: str | None
-    user: AppUser
-
-
 @dataclass
 class World:
     app: FastAPI
@@ -98,14 +86,16 @@ class World:
     other: TenantContext
     names: list[str]  # every patient id, name, child name and flag id created: never shown
 
-    def launch(self, tenant: TenantContext, user: str, role: Role, patient: str | None) -> Launch:
+    def launch(
+        self, tenant: TenantContext, user: str, role: Role, patient: str | None
+    ) -> NurseLaunch:
         session = signed_in(self.app, tenant, user, role, fhir_base_url=self.base_url)
         encounter = None
         if patient is not None:
             encounter = _post(self.base_url, _encounter(patient))["id"]
             self.names.append(encounter)
         roles = frozenset({role})
-        return Launch(
+        return NurseLaunch(
             session.session_id,
             tenant,
             "ehr",
