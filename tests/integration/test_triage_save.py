@@ -38,7 +38,7 @@ from service.protocol import (
 )
 from service.settings import Settings
 from service.tenancy import TenantContext
-from service.triage import SaveConflict, Triage, TriageInput
+from service.triage import SaveConflict, SaveResult, Triage, TriageInput
 from smart_app.session import AppUser, LaunchContext, NewSession, SessionStore, SessionTokens
 from tests.support.validator import validate
 from tests.support.write_path import Clock, count, fhir_server, make_outbox, make_tenant, search
@@ -297,25 +297,46 @@ def _edit_first_child(ctx: LaunchContext, children: list[Child], name: str) -> T
     )
 
 
-def test_fault_a_loaded_child_edited_while_the_server_is_down_is_delivered_exactly_once(
-    database: Database, tmp_path: Path
-) -> None:
-    """Stop the FHIR server, edit a loaded child, save (pending), start it: once, merged."""
-    data_dir, port = tmp_path / "fhir", free_port()
+@dataclass
+class _Outage:
+    """A nurse's edit of a loaded child, saved while the FHIR server was stopped."""
+
+    world: World
+    port: int
+    data_dir: Path
+    children: list[Child]  # as the nurse loaded them
+    before: dict[str, Any]  # the edited child as stored before the save
+    result: SaveResult
+
+    def restart(self) -> FhirServer:
+        """The FHIR server again, on the same port and data (a context manager)."""
+        return FhirServer(port=self.port, data_dir=self.data_dir)
+
+
+def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outage:
+    port, data_dir = free_port(), tmp_path / "fhir"
     server = FhirServer(port=port, data_dir=data_dir).start()
     patient = seed(server.base_url).patient("els-goossens")
     world = _world(database, server.base_url)
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-edit")
     children = world.triage.load_recorded_children(ctx)
-    child_id, version = children[0].ref.split("/")[1], children[0].ref.split("/")[3]
     with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
-        before = client.read("RelatedPerson", child_id)
+        before = client.read("RelatedPerson", children[0].ref.split("/")[1])
     server.stop()
+    result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, name))
+    return _Outage(world, port, data_dir, children, before, result)
 
-    result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, "Noor Goossens"))
+
+def test_fault_a_loaded_child_edited_while_the_server_is_down_is_delivered_exactly_once(
+    database: Database, tmp_path: Path
+) -> None:
+    """Stop the FHIR server, edit a loaded child, save (pending), start it: once, merged."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world, children, result, before = outage.world, outage.children, outage.result, outage.before
+    child_id, version = children[0].ref.split("/")[1], children[0].ref.split("/")[3]
 
     assert result.status == "pending"  # saved: the edit waits in the outbox
-    with FhirServer(port=port, data_dir=data_dir) as again:
+    with outage.restart() as again:
         world.clock.advance(120)
         deliveries = [d for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
         assert [d.state for d in deliveries] == [DeliveryState.DELIVERED]
@@ -379,6 +400,49 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
     client.close()
 
 
+def _changed_by_someone_else(client: FhirClient, child_id: str) -> dict[str, Any]:
+    """Another user corrects the child's birth date (a new version); returns the old one."""
+    current = client.read("RelatedPerson", child_id)
+    other = {
+        **current,
+        "birthDate": (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat(),
+    }
+    request = {"method": "PUT", "url": f"RelatedPerson/{child_id}"}
+    client.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"resource": other, "request": request}],
+        }
+    )
+    return current
+
+
+def test_a_child_changed_by_someone_else_while_the_save_waited_is_a_visible_conflict(
+    database: Database, tmp_path: Path
+) -> None:
+    """Saved during an outage; before delivery another user changes the child: no silent
+    overwrite — the entry is in conflict (kept for the nurse), audited as a failure."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    child_id = outage.children[0].ref.split("/")[1]
+
+    with outage.restart() as again, FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+        _changed_by_someone_else(client, child_id)
+        outage.world.clock.advance(120)
+        deliveries = [
+            d for d in outage.world.outbox.run_once() if d.entry_id == outage.result.outbox_id
+        ]
+        assert [d.state for d in deliveries] == [DeliveryState.CONFLICT]
+        entry = _entry(database, outage.result.outbox_id)
+        for kind, identifier in _identifiers(entry.bundle):
+            assert count(again.base_url, kind, identifier=identifier) == 0  # atomic: nothing
+        stored = client.read("RelatedPerson", child_id)
+    assert "Noor Goossens" not in str(stored)
+    assert stored["birthDate"] != outage.before["birthDate"]  # the other user's change stays
+    assert entry.state == DeliveryState.CONFLICT
+    assert _outcomes(database, entry.id) == ["success", "failure"]
+
+
 def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
     world: World, seeded: SeedResult
 ) -> None:
@@ -387,23 +451,7 @@ def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
     children = world.triage.load_recorded_children(ctx)
     client = FhirClient(world.base_url, lambda: "loopback", 5.0)
     other_id = children[0].ref.split("/")[1]
-    current = client.read("RelatedPerson", other_id)
-    other = {
-        **current,
-        "birthDate": (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat(),
-    }
-    client.transaction(
-        {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {
-                    "resource": other,
-                    "request": {"method": "PUT", "url": f"RelatedPerson/{other_id}"},
-                }
-            ],
-        }
-    )
+    current = _changed_by_someone_else(client, other_id)
     now = utcnow()
     mine = replace(children[0], name="Someone Else")
     findings = TriageInput(
