@@ -363,23 +363,7 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
 
     assert len(children) == 2
     assert all("/_history/" in c.ref for c in children)
-    renamed = replace(children[0], name=f"{children[0].name} Junior")
-    now = utcnow()
-    findings = TriageInput(
-        step1=Step1Finding(
-            recorded_by=ctx.user.fhir_user, recorded_at=now, children=(renamed, children[1])
-        ),
-        step2=Step2Finding(
-            recorded_by=ctx.user.fhir_user,
-            recorded_at=now,
-            assessment=SafetyAssessment.NO_CONCERN,
-        ),
-        step3=Step3Support(
-            recorded_by=ctx.user.fhir_user,
-            recorded_at=now,
-            actions=frozenset({SupportAction.ASK_REGULARLY}),
-        ),
-    )
+    findings = _edit_first_child(ctx, children, f"{children[0].name} Junior")
     result = world.triage.record_triage(ctx, findings)
 
     assert result.status == "delivered"
