@@ -10,8 +10,8 @@ Each event is stored twice:
   save stays one FHIR request); a read's AuditEvent is an outbox entry of its own,
   delivered by the worker so that the nurse does not wait for it.
 
-The guide has no AuditEvent profile (``docs/contracts-wip.md``): the events conform to
-base R4, coded with the R4 audit vocabularies. AuditEvent has no business identifier in
+The guide has no AuditEvent profile (``docs/architecture.md``, Audit): the events conform
+to base R4, coded with the R4 audit vocabularies. AuditEvent has no business identifier in
 R4: a write's AuditEvent is kept single by its transaction's witness (``service.outbox``);
 a read's may, rarely, be recorded twice when the answer to its delivery was lost —
 harmless for an audit trail, and cheaper than making every read wait.

@@ -224,7 +224,7 @@ def _update_flag(
 def _sign(
     tx: TransactionBuilder, record: CaseRecord, written: list[str], author: str, now: datetime
 ) -> None:
-    tx.put_new(mapping.provenance(targets=written, author=author, recorded=now, update=True))
+    tx.add(mapping.provenance(targets=written, author=author, recorded=now, update=True))
     fact = AuditFact(
         actor=author,
         action=AuditAction.UPDATE,
@@ -233,7 +233,7 @@ def _sign(
         outcome="success",
         at=now,
     )
-    tx.put_new(audit.audit_event(fact, entity_references=written))
+    tx.add(audit.audit_event(fact, entity_references=written))
 
 
 # -- reading a case from the FHIR server --------------------------------------------------------

@@ -569,9 +569,6 @@ class TransactionBuilder:
         self._entries.append({"fullUrl": full_url, "resource": resource, "request": request})
         return full_url
 
-    # The earlier name, still called by service/casework.py (see docs/contracts-wip.md 19:45).
-    put_new = add
-
     def bundle(self) -> Resource:
         return {"resourceType": "Bundle", "type": "transaction", "entry": list(self._entries)}
 
