@@ -386,15 +386,6 @@ class CloseRefusedError(ValueError):
 
 
 @dataclass(frozen=True)
-class PatientIdentity:
-    """Who the case is about, as the hospital's FHIR server names them (the case page and
-    the facility's call need it; the launch that raised the concern carried no name)."""
-
-    name: str | None
-    birth_date: str | None  # a FHIR date, possibly partial
-
-
-@dataclass(frozen=True)
 class CaseFile:
     """A case as the FHIR server holds it, for reading its history: the protocol's state
     (findings, children, next steps), the referrals (as read, newest first) with their
@@ -410,7 +401,7 @@ class CaseFile:
     #: each referral's performer reference → the facility's Organization as read (its
     #: name and phone numbers, e.g. for the printable referral summary)
     facilities: Mapping[str, Resource] = field(default_factory=dict)
-    patient: PatientIdentity | None = None
+    patient: mapping.PatientIdentity | None = None
 
 
 class Casework:
@@ -485,7 +476,7 @@ class Casework:
             referrals = _referrals(client, record)
             facilities = _facilities(client, referrals)
             patient = client.read("Patient", record.patient_ref.removeprefix("Patient/"))
-        identity = PatientIdentity(mapping.display_name(patient), patient.get("birthDate"))
+        identity = mapping.patient_identity(patient)
         self._remember_name(ctx, concern, identity.name)
         return CaseFile(
             case_id=concern.id,

@@ -100,6 +100,14 @@ class TriageInput:
 
 
 @dataclass(frozen=True)
+class RecordedChart:
+    """What the hospital's FHIR server holds for the nurse at triage."""
+
+    patient: mapping.PatientIdentity | None
+    children: list[Child]
+
+
+@dataclass(frozen=True)
 class SaveResult:
     status: Literal["delivered", "pending", "failed"]
     concern_flagged: bool
@@ -194,22 +202,32 @@ class Triage:
 
     # -- returning patient's children ----------------------------------------------------------
 
-    def load_recorded_children(self, ctx: LaunchInfo) -> list[Child]:
-        """The patient's children already on the FHIR server (an audited search).
+    def load_chart(self, ctx: LaunchInfo) -> RecordedChart:
+        """The patient and their children already on the FHIR server: one audited search
+        (the Patient with ``_revinclude`` of its RelatedPersons).
 
         Each child's ``ref`` is versioned (``RelatedPerson/7/_history/2``): a later save
         updates exactly the version shown, with If-Match.
         """
         patient_ref = _patient_ref(ctx)
+        query = {
+            "_id": patient_ref.removeprefix("Patient/"),
+            "_revinclude": "RelatedPerson:patient",
+            "_count": "100",
+        }
         try:
             with self._client(ctx) as client:
-                bundle = client.search("RelatedPerson", {"patient": patient_ref, "_count": "100"})
+                bundle = client.search("Patient", query)
         except (FhirUnavailable, FhirRejected):
             self._audit_read(ctx, patient_ref, (), "failure")
             raise
         children = _children_of(bundle)
         self._audit_read(ctx, patient_ref, tuple(_unversioned(c.ref) for c in children), "success")
-        return children
+        patients = [
+            e["resource"] for e in bundle.get("entry", []) if _is_a(e, "Patient", patient_ref)
+        ]
+        patient = mapping.patient_identity(patients[0]) if patients else None
+        return RecordedChart(patient, children)
 
     def _audit_read(
         self, ctx: LaunchInfo, patient_ref: str, entities: tuple[str, ...], outcome: audit.Outcome
@@ -397,15 +415,25 @@ def _write_children(
     return refs
 
 
+def _is_a(entry: Resource, resource_type: str, reference: str | None = None) -> bool:
+    resource = entry.get("resource", {})
+    if resource.get("resourceType") != resource_type:
+        return False
+    return reference is None or f"{resource_type}/{resource.get('id')}" == reference
+
+
 def _children_of(bundle: Resource) -> list[Child]:
+    """The recorded children, eldest first (a server returns them in no promised order)."""
     children = []
     for entry in bundle.get("entry", []):
-        resource = entry.get("resource", {})
+        if not _is_a(entry, "RelatedPerson"):
+            continue
+        resource = entry["resource"]
         child = mapping.child_from_related_person(resource)
         if child is not None:
             ref = _VERSIONED_CHILD.format(id=resource["id"], version=resource["meta"]["versionId"])
             children.append(replace(child, ref=ref))
-    return children
+    return sorted(children, key=lambda child: (child.birth_date, child.name))
 
 
 def _write_fact(ctx: LaunchInfo, patient_ref: str, written: list[str], now: datetime) -> AuditFact:

@@ -7,7 +7,7 @@ supported (step 3). Every button works without JavaScript (a server round trip);
 ``static/nurse.js`` only saves round trips (add/remove a row, show step 3 when it applies).
 
 The page talks to the rest of the service through the triage use case only
-(``record_triage`` / ``load_recorded_children``); the protocol decides what is valid
+(``record_triage`` / ``load_chart``); the protocol decides what is valid
 (its ``ProtocolError`` codes are translated here), the use case decides how it is
 written. A FHIR outage never shows an error page: the save is committed locally and the
 page says "delivery pending".
@@ -56,7 +56,14 @@ from service.protocol import (
     SupportAction,
     advice,
 )
-from service.triage import SaveConflict, SaveResult, Triage, TriageDep, TriageInput
+from service.triage import (
+    RecordedChart,
+    SaveConflict,
+    SaveResult,
+    Triage,
+    TriageDep,
+    TriageInput,
+)
 from smart_app.session import (
     LaunchContext,
     csrf_token,
@@ -161,6 +168,11 @@ class TriageForm:
     who_helps: str = ""
     support_actions: frozenset[str] = frozenset()
     support_note: str = ""
+    # The patient as the FHIR server named them when the page was loaded: carried through
+    # the form for the patient banner and the worklist's name (display only; the case
+    # page reads the name from the server again).
+    patient_name: str = ""
+    patient_birth_date: str = ""
 
     @classmethod
     def parse(cls, form: FormData) -> TriageForm:
@@ -199,6 +211,8 @@ class TriageForm:
                 v for v in form.getlist("support_actions") if isinstance(v, str)
             ),
             support_note=text("support_note"),
+            patient_name=text("patient_name")[:200],
+            patient_birth_date=text("patient_birth_date")[:10],
         )
 
     def with_blank_row(self) -> TriageForm:
@@ -357,7 +371,7 @@ def build_input(
             recorded_by=author, recorded_at=now, children=children, expecting=expecting
         )
         if not has_family or assessment is None:
-            return TriageInput(step1=step1, step2=None, step3=None, patient_display=None)
+            return TriageInput(step1=step1, patient_display=form.patient_name or None)
         step2 = Step2Finding(
             recorded_by=author,
             recorded_at=now,
@@ -375,7 +389,7 @@ def build_input(
         step3 = _support(form, author, now) if assessment is SafetyAssessment.NO_CONCERN else None
     except ProtocolError as error:
         raise InvalidFormError([protocol_error(error, t)]) from error
-    return TriageInput(step1=step1, step2=step2, step3=step3, patient_display=None)
+    return TriageInput(step1, step2, step3, patient_display=form.patient_name or None)
 
 
 def protocol_error(error: ProtocolError, t: Callable[..., str]) -> FieldError:
@@ -492,6 +506,7 @@ def _form_page(
         notice=notice,
         focus=focus,
         blank_row=ChildRow(ref=""),
+        patient_banner=ctx.need_patient_banner and bool(form.patient_name),
     )
 
 
@@ -516,13 +531,17 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
         return _message_page(ctx, "no-context", 400)
     notice = None
     try:
-        recorded = triage.load_recorded_children(ctx)
+        chart = triage.load_chart(ctx)
     except ReauthorisationRequired:
         return _relaunch_page(ctx)
     except FhirError:  # unreachable or refused: the nurse can still enter the children
-        recorded, notice = [], _app_message(ctx.language, "notice.children-not-loaded")
-    rows = [ChildRow.of(child) for child in recorded] or [ChildRow()]
-    return _form_page(ctx, TriageForm(children=rows), notice=notice)
+        chart = RecordedChart(None, [])
+        notice = _app_message(ctx.language, "notice.children-not-loaded")
+    form = TriageForm(children=[ChildRow.of(child) for child in chart.children] or [ChildRow()])
+    if chart.patient is not None:
+        form.patient_name = chart.patient.name or ""
+        form.patient_birth_date = chart.patient.birth_date or ""
+    return _form_page(ctx, form, notice=notice)
 
 
 @router.post(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -166,6 +167,26 @@ def _split_name(name: str) -> tuple[list[str], str | None]:
     if len(parts) < 2:
         return parts, None
     return parts[:-1], parts[-1]
+
+
+@dataclass(frozen=True)
+class PatientIdentity:
+    """Who a chart is about, as the hospital's FHIR server names them: for the patient
+    banner (SMART ``need_patient_banner``), the worklist, the case page and the call to a
+    facility. ``birth_date`` is a FHIR date, possibly partial."""
+
+    name: str | None
+    birth_date: str | None
+    gender: str | None
+
+
+def patient_identity(patient: Mapping[str, Any]) -> PatientIdentity:
+    birth_date, gender = patient.get("birthDate"), patient.get("gender")
+    return PatientIdentity(
+        display_name(patient),
+        birth_date if isinstance(birth_date, str) else None,
+        gender if isinstance(gender, str) else None,
+    )
 
 
 def display_name(resource: Mapping[str, Any]) -> str | None:

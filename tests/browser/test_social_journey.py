@@ -75,9 +75,10 @@ def test_seed_001_from_the_worklist_to_the_referral_to_the_vk(
     browser: BrowserContext, stack: DemoStack
 ) -> None:
     _hand_off_at_triage(browser, stack)
-    patient_id = stack.sandbox.seeded.patient(PATIENT).id
+    patient = stack.sandbox.seeded.patient(PATIENT)
     page, app = _worklist(browser, stack)
-    app.locator("table.worklist a").filter(has_text=re.compile(patient_id)).click()
+    # the worklist names the patient as the EHR's FHIR server does
+    app.locator("table.worklist a").filter(has_text=patient.name).click()
     expect(app.locator("#s4-form")).to_be_visible()
     expect(app.locator("#s6-form")).to_have_count(0)  # the protocol: step 4 first
     assert _every_field_is_labelled(app) == []
@@ -121,7 +122,7 @@ def test_seed_001_from_the_worklist_to_the_referral_to_the_vk(
     expect(app.locator("[role=status]")).to_contain_text("Opgeslagen en naar het dossier")
 
     fhir = stack.sandbox.upstream_fhir_base_url
-    (referral,) = search(fhir, "ServiceRequest", subject=f"Patient/{patient_id}")
+    (referral,) = search(fhir, "ServiceRequest", subject=f"Patient/{patient.id}")
     assert validate(referral) == []
     assert referral["status"] == "active"
 

@@ -38,7 +38,7 @@ def test_loading_children_is_audited_here_and_on_the_fhir_server(
     nurse = f"Practitioner/nurse-{uuid.uuid4().hex[:8]}"  # this test's events on the server
     ctx = world.launch(patient.id, patient.arrived_encounter_id, nurse)
 
-    children = world.triage.load_recorded_children(ctx)
+    children = world.triage.load_chart(ctx).children
 
     (record,) = _records(world.database)
     assert record.tenant_id == world.tenant.id
@@ -70,7 +70,7 @@ def test_a_failed_read_is_audited_as_a_failure(database: Database, tmp_path: Pat
     ctx = here.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-b")
 
     with pytest.raises(FhirUnavailable):
-        here.triage.load_recorded_children(ctx)
+        here.triage.load_chart(ctx)
 
     (record,) = _records(database)
     assert (record.action, record.outcome, record.entities) == ("search-type", "failure", [])

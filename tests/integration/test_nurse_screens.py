@@ -94,6 +94,7 @@ def _launch(
     language: str = "nl",
     app_context: str | None = None,
     roles: frozenset[Any] = frozenset({"nurse"}),
+    need_patient_banner: bool = True,
 ) -> NewSession:
     patient = sandbox.seeded.patient(patient_key)
     assert patient.arrived_encounter_id is not None
@@ -116,7 +117,7 @@ def _launch(
         patient_id=patient.id,
         encounter_id=patient.arrived_encounter_id,
         app_context=app_context,
-        launch_details={},
+        launch_details={"need_patient_banner": need_patient_banner},
         scope="launch openid fhirUser user/*.cruds",
         access_token=token,
         refresh_token=None,
@@ -230,6 +231,7 @@ def _two_children(page: Page, **extra: str) -> dict[str, Any]:
     refs = page.child_refs()
     return {
         "csrf_token": page.csrf,
+        "patient_name": page.value("patient_name"),  # hidden fields go with every submit
         "child-0-ref": refs[0],
         "child-0-name": "Lina",
         "child-0-birth_date": "03/07/2019",
@@ -319,6 +321,15 @@ def test_a_returning_patients_children_are_shown_for_confirmation(
     assert len(refs) == len(seeded) == 2
     assert all(re.fullmatch(r"RelatedPerson/[^/]+/_history/[^/]+", ref) for ref in refs)
     assert page.text.count("Al in het dossier") == 2
+    # the same search names the patient: the banner SMART asks for when the EHR shows none
+    birth = sandbox.seeded.patient("els-goossens").birth_date
+    assert f"<strong>Els Goossens</strong> · geboren {birth}" in page.text
+
+
+def test_no_patient_banner_when_the_ehr_shows_its_own(nurse_for: Any) -> None:
+    page = nurse_for("els-goossens", need_patient_banner=False).page()
+    assert "patient-banner" not in page.text
+    assert page.value("patient_name") == "Els Goossens"  # still carried for the worklist
     assert all(
         re.fullmatch(r"\d{2}/\d{2}/\d{4}", page.value(f"child-{i}-birth_date")) for i in (0, 1)
     )
@@ -464,6 +475,7 @@ def test_niet_pluis_is_saved_and_handed_to_the_social_service(
     worklist = social_worker.client.get("/api/cases").json()
     item = next(i for i in worklist["items"] if i["patient"] == patient_ref)
     assert item["triggers"] == ["domestic-violence"]
+    assert item["patient_display"] == "Jan Janssens"  # the social worker sees a name
 
 
 def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(

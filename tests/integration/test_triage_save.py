@@ -319,7 +319,7 @@ def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outag
     patient = seed(server.base_url).patient("els-goossens")
     world = _world(database, server.base_url)
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-edit")
-    children = world.triage.load_recorded_children(ctx)
+    children = world.triage.load_chart(ctx).children
     with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
         before = client.read("RelatedPerson", children[0].ref.split("/")[1])
     server.stop()
@@ -359,7 +359,7 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
     patient = seeded.patient("els-goossens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-y")
 
-    children = world.triage.load_recorded_children(ctx)
+    children = world.triage.load_chart(ctx).children
 
     assert len(children) == 2
     assert all("/_history/" in c.ref for c in children)
@@ -433,7 +433,7 @@ def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
 ) -> None:
     patient = seeded.patient("els-goossens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-z")
-    children = world.triage.load_recorded_children(ctx)
+    children = world.triage.load_chart(ctx).children
     client = FhirClient(world.base_url, lambda: "loopback", 5.0)
     other_id = children[0].ref.split("/")[1]
     current = _changed_by_someone_else(client, other_id)
@@ -489,7 +489,7 @@ def test_a_loaded_child_of_another_patient_is_refused_at_delivery(
     The save is kept (it needs no FHIR server); the outbox refuses it before sending."""
     returning = seeded.patient("els-goossens")
     other_ctx = world.launch(returning.id, returning.arrived_encounter_id, "Practitioner/n")
-    foreign = world.triage.load_recorded_children(other_ctx)[0]
+    foreign = world.triage.load_chart(other_ctx).children[0]
     patient = seeded.patient("jan-janssens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/n")
     findings = _niet_pluis(ctx, (replace(foreign, name="Vreemd Kind"),))
