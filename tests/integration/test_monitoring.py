@@ -608,6 +608,9 @@ def test_an_admin_signed_in_with_a_bootstrap_token_sees_the_figures_of_their_hos
     token, _ = access.issue_bootstrap_token(world.database, other.id)
     theirs = access.redeem_bootstrap_token(world.database, other.id, token, "Jan")
     when = {"from": "2026-01-01", "to": "2026-01-31"}
+    if carried == "cookie":  # the admin screen leads there
+        overview = world.client.get(f"{prefix}/admin", headers=_admin_headers(mine.token, carried))
+        assert f'<a href="{prefix}/monitoring">Monitoringcijfers</a>' in overview.text
 
     for endpoint in ENDPOINTS:
         url = f"{prefix}{endpoint}"
