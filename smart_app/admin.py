@@ -31,7 +31,6 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from service.admin import access, changes
 from service.admin.config import (
@@ -55,6 +54,7 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from smart_app.errors import PageError
+from smart_app.pages import TEMPLATES
 from smart_app.security import page_headers, tokens_match
 from smart_app.session import SESSION_COOKIE, current_launch
 
@@ -64,14 +64,6 @@ CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 router = APIRouter(tags=["admin"])
-
-_TEMPLATES = Environment(
-    loader=PackageLoader("smart_app", "templates"),
-    autoescape=select_autoescape(default=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 # ---------------------------------------------------------------------------------------
@@ -516,7 +508,7 @@ def _page(
     def t(message_id: str, **fill: object) -> str:
         return translate(language, message_id, **fill)
 
-    html = _TEMPLATES.get_template(template).render(
+    html = TEMPLATES.get_template(template).render(
         t=t, lang=language, prefix=_prefix(request), tenant=tenant, **values
     )
     frame = [o for r in tenant.config.registrations for o in r.frame_origins]

@@ -68,8 +68,9 @@ from service.protocol import (
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app.nurse import LOCAL_ZONE
+from smart_app.pages import TEMPLATES
 from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
-from smart_app.social import TEMPLATES, CaseId, CaseworkDep, SocialWorker, audit_refusal
+from smart_app.social import CaseId, CaseworkDep, SocialWorker, audit_refusal
 
 router = APIRouter(prefix="/social", include_in_schema=False)
 

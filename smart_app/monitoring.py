@@ -22,7 +22,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from service import audit, monitoring
 from service.api.deps import DatabaseDep, TenantDep
@@ -35,6 +34,7 @@ from service.tenancy import TenantContext
 from service.tenant_config import OVERRIDE_REASONS
 from smart_app import admin
 from smart_app.errors import PageError
+from smart_app.pages import TEMPLATES
 from smart_app.security import page_headers
 from smart_app.session import all_frame_origins, current_launch, frame_origins, security_headers
 
@@ -43,14 +43,6 @@ router = APIRouter(tags=["monitoring"])
 #: Who may see the figures: the social service and the hospital's admins.
 ALLOWED_ROLES = frozenset({"social-worker", "admin"})
 Format = Literal["screen", "csv", "measure-report"]
-
-_TEMPLATES = Environment(
-    loader=PackageLoader("smart_app", "templates"),
-    autoescape=select_autoescape(default=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 @dataclass(frozen=True)
@@ -277,7 +269,7 @@ def _page(
     status: int = 200,
 ) -> HTMLResponse:
     language = ctx.language
-    html = _TEMPLATES.get_template("monitoring/index.html").render(
+    html = TEMPLATES.get_template("monitoring/index.html").render(
         t=partial(_message, language),
         lang=language,
         product_name=translate(language, "product.name"),

@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.datastructures import FormData
 
 from service.fhir.client import FhirError, ReauthorisationRequired
@@ -64,6 +63,7 @@ from service.triage import (
     TriageDep,
     TriageInput,
 )
+from smart_app.pages import TEMPLATES
 from smart_app.session import (
     LaunchContext,
     csrf_token,
@@ -99,13 +99,6 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.SUPPORT_REQUIRED: "support",
 }
 
-_TEMPLATES = Environment(
-    loader=PackageLoader("smart_app", "templates"),
-    autoescape=select_autoescape(default=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 _STATIC = Path(__file__).parent / "static"
 _STATIC_TYPES = {"nurse.css": "text/css; charset=utf-8", "nurse.js": "text/javascript"}
 
@@ -472,7 +465,7 @@ def render(
     ctx: LaunchContext, template: str, *, status_code: int = 200, **values: Any
 ) -> HTMLResponse:
     """A page in the launch's language, with CSRF token and the security headers."""
-    html = _TEMPLATES.get_template(template).render(
+    html = TEMPLATES.get_template(template).render(
         t=_translator(ctx.language),
         product_name=translate(ctx.language, "product.name"),
         lang=ctx.language,

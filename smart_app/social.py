@@ -21,7 +21,6 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from service import audit, social
@@ -51,6 +50,7 @@ from service.social import (
     Step5Input,
     Step6Input,
 )
+from smart_app.pages import TEMPLATES
 from smart_app.session import (
     LaunchContext,
     csrf_token,
@@ -64,14 +64,6 @@ _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
 CaseId = Annotated[int, Path(ge=1)]
-
-TEMPLATES = Environment(
-    loader=PackageLoader("smart_app", "templates"),
-    autoescape=select_autoescape(default=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 class ClaimRequest(BaseModel):
