@@ -56,7 +56,7 @@ from service.social import (
     Step5Input,
     Step6Input,
 )
-from service.triage import LaunchInfo
+from service.triage import LaunchInfo, search_chart
 
 #: The findings the social service records.
 CaseworkFinding = Step4Decision | Step5Progress | Step6Referral
@@ -79,6 +79,7 @@ class CaseRecord:
     flag: Resource
     reason_ref: str | None = None
     children: Mapping[str, Child] = field(default_factory=dict)
+    patient: mapping.PatientIdentity | None = None
 
 
 @dataclass(frozen=True)
@@ -256,10 +257,10 @@ def load_case_record(client: FhirClient, patient_ref: str, flag_identifier: str)
             f"The concern's Flag is not on the FHIR server yet ({len(flags)} found); its "
             "delivery is pending. Try again when the worklist shows it as sent."
         )
-    related = client.search("RelatedPerson", {"patient": patient_ref, "_count": "100"})
+    chart = search_chart(client, patient_ref)
     children = {
         f"RelatedPerson/{r['id']}": replace(child, ref=f"RelatedPerson/{r['id']}")
-        for r in _resources(related, "RelatedPerson")
+        for r in chart.related_persons
         if (child := mapping.child_from_related_person(r)) is not None
     }
     child_refs = {ref: ref for ref in children}
@@ -271,6 +272,7 @@ def load_case_record(client: FhirClient, patient_ref: str, flag_identifier: str)
         flag=flag,
         reason_ref=_latest_reason(client, patient_ref),
         children=children,
+        patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
     )
 
 
@@ -475,9 +477,7 @@ class Casework:
         with self._client(ctx) as client:
             referrals = _referrals(client, record)
             facilities = _facilities(client, referrals)
-            patient = client.read("Patient", record.patient_ref.removeprefix("Patient/"))
-        identity = mapping.patient_identity(patient)
-        self._remember_name(ctx, concern, identity.name)
+        self._remember_name(ctx, concern, record.patient)
         return CaseFile(
             case_id=concern.id,
             status=concern.status,
@@ -487,7 +487,7 @@ class Casework:
             referrals=tuple(referrals),
             closure=mapping.closure_from_flag(record.flag),
             facilities=facilities,
-            patient=identity,
+            patient=record.patient,
         )
 
     def update_referral(
@@ -541,9 +541,12 @@ class Casework:
             session.expunge(row)
         return row
 
-    def _remember_name(self, ctx: LaunchInfo, concern: Concern, name: str | None) -> None:
+    def _remember_name(
+        self, ctx: LaunchInfo, concern: Concern, patient: mapping.PatientIdentity | None
+    ) -> None:
         """The worklist shows the patient's name from now on: the index is reconciled with
         the server when a case is opened. Not a user's change, so the row version stays."""
+        name = None if patient is None else patient.name
         if name is None or name == concern.patient_display:
             return
         with self._database.session() as session:

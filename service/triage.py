@@ -100,6 +100,28 @@ class TriageInput:
 
 
 @dataclass(frozen=True)
+class Chart:
+    """A patient's chart as one search returns it (see :func:`search_chart`)."""
+
+    patient: Resource | None  # None: the server does not know the patient
+    related_persons: list[Resource]
+
+
+def search_chart(client: FhirClient, patient_ref: str) -> Chart:
+    """The Patient and every RelatedPerson that names them, in one request
+    (``Patient?_id=…&_revinclude=RelatedPerson:patient``)."""
+    query = {
+        "_id": patient_ref.removeprefix("Patient/"),
+        "_revinclude": "RelatedPerson:patient",
+        "_count": "100",
+    }
+    found = [e.get("resource", {}) for e in client.search("Patient", query).get("entry", [])]
+    patients = [r for r in found if f"{r.get('resourceType')}/{r.get('id')}" == patient_ref]
+    related = [r for r in found if r.get("resourceType") == "RelatedPerson"]
+    return Chart(patients[0] if patients else None, related)
+
+
+@dataclass(frozen=True)
 class RecordedChart:
     """What the hospital's FHIR server holds for the nurse at triage."""
 
@@ -210,23 +232,15 @@ class Triage:
         updates exactly the version shown, with If-Match.
         """
         patient_ref = _patient_ref(ctx)
-        query = {
-            "_id": patient_ref.removeprefix("Patient/"),
-            "_revinclude": "RelatedPerson:patient",
-            "_count": "100",
-        }
         try:
             with self._client(ctx) as client:
-                bundle = client.search("Patient", query)
+                chart = search_chart(client, patient_ref)
         except (FhirUnavailable, FhirRejected):
             self._audit_read(ctx, patient_ref, (), "failure")
             raise
-        children = _children_of(bundle)
+        children = _children_of(chart.related_persons)
         self._audit_read(ctx, patient_ref, tuple(_unversioned(c.ref) for c in children), "success")
-        patients = [
-            e["resource"] for e in bundle.get("entry", []) if _is_a(e, "Patient", patient_ref)
-        ]
-        patient = mapping.patient_identity(patients[0]) if patients else None
+        patient = None if chart.patient is None else mapping.patient_identity(chart.patient)
         return RecordedChart(patient, children)
 
     def _audit_read(
@@ -415,20 +429,10 @@ def _write_children(
     return refs
 
 
-def _is_a(entry: Resource, resource_type: str, reference: str | None = None) -> bool:
-    resource = entry.get("resource", {})
-    if resource.get("resourceType") != resource_type:
-        return False
-    return reference is None or f"{resource_type}/{resource.get('id')}" == reference
-
-
-def _children_of(bundle: Resource) -> list[Child]:
+def _children_of(related_persons: list[Resource]) -> list[Child]:
     """The recorded children, eldest first (a server returns them in no promised order)."""
     children = []
-    for entry in bundle.get("entry", []):
-        if not _is_a(entry, "RelatedPerson"):
-            continue
-        resource = entry["resource"]
+    for resource in related_persons:
         child = mapping.child_from_related_person(resource)
         if child is not None:
             ref = _VERSIONED_CHILD.format(id=resource["id"], version=resource["meta"]["versionId"])
