@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,12 +32,21 @@ _PATH = re.compile(
     r"(?:/t/(?P<tenant>[^/]+))?/cds-services(?:/(?P<service_id>[^/]+)(?P<feedback>/feedback)?)?"
 )
 Handler = Callable[..., Awaitable[Response]]
+_HANDLERS: tuple[tuple[Handler, str], ...] = (
+    (discovery, "/cds-services"),
+    (call_service, "/cds-services/{service_id}"),
+    (feedback, "/cds-services/{service_id}/feedback"),
+)
 
 
 class CdsFastPath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._routes: dict[str, Route] = {}
+        self._routes = {
+            prefix + path: Route(prefix + path, handler)
+            for handler, path in _HANDLERS
+            for prefix in ("", "/t/{tenant}")
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
@@ -55,14 +63,9 @@ class CdsFastPath:
             response: Response = _preflight(origin, allowed)
         else:
             handler, template = target
-            route = self._routes.get(template)
-            if route is None:
-                route = self._routes[template] = Route(template, handler)
-            scope["route"] = route
-            arguments: dict[str, Any] = {}
-            if match["service_id"] is not None:
-                arguments["service_id"] = match["service_id"]
-            response = await handler(request=request, **arguments)
+            scope["route"] = self._routes[template]
+            service = {"service_id": match["service_id"]} if match["service_id"] else {}
+            response = await handler(request=request, **service)
             if origin is not None and allowed:
                 response.headers.update(cors.response_headers(origin))
         await response(scope, receive, send)
