@@ -16,6 +16,7 @@ import smart_app
 from service import keys
 from service.api import health
 from service.cds.fastpath import CdsFastPath
+from service.cds.router import CdsState
 from service.cds.router import router as cds_router
 from service.db.base import Database
 from service.fhir import terminology
@@ -35,13 +36,17 @@ log = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Background work of one instance: the outbox worker delivers pending FHIR writes."""
+    """Background work of one instance: the outbox worker delivers pending FHIR writes; at
+    shutdown the CDS path's pending writes are finished."""
     worker = OutboxWorker(app.state.outbox, app.state.settings.outbox_interval_seconds)
     worker.start()
     _freeze_startup_heap()
     try:
         yield
     finally:
+        cds: CdsState | None = getattr(app.state, "cds", None)
+        if cds is not None:
+            await cds.close()
         await asyncio.to_thread(worker.stop)
 
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 import jwt
-from sqlalchemy import Connection, delete, insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from service.cds.batching import BatchWriter, FastWrites
+from service.cds.batching import GroupCommit
 from service.db.models import CdsSeenToken
 from service.tenancy import TenantContext
 from service.tenant_config import CdsIssuer, EhrRegistration
@@ -44,6 +44,7 @@ JWKS_TTL_SECONDS = 300.0
 JWKS_REFETCH_SECONDS = 30.0  # an unknown kid refetches, but not more often than this
 JWKS_TIMEOUT_SECONDS = 3.0
 PURGE_EVERY_SECONDS = 60.0
+PURGE_CHUNK = 2000  # rows deleted at once
 
 
 class CdsAuthError(Exception):
@@ -120,54 +121,40 @@ def _matching(keyset: jwt.PyJWKSet, kid: str | None) -> list[jwt.PyJWK]:
 class SeenTokens:
     """The replay check: remembers each accepted (tenant, iss, jti) until the token expires.
 
-    It is the one database write of a hook call, so it is made cheap:
+    It is the one database write a hook call waits for, so it is made cheap:
 
-    * group commit (``BatchWriter``) — calls arriving together share one INSERT;
+    * group commit (``GroupCommit``) — calls arriving together share one INSERT;
     * one round trip, no wait for the disk flush (``FastWrites``). An application crash
       loses nothing; a database server or OS crash may forget the last fraction of a
       second of jtis, of tokens that expire within five minutes anyway.
-
-    A batch that hits a replay is retried row by row to tell which token was the replay.
     """
 
-    def __init__(self, writes: FastWrites) -> None:
-        self._writes = writes
-        self._batches = BatchWriter(self._write, writes.writers)
+    def __init__(self, commits: GroupCommit) -> None:
+        self._commits = commits
         self._next_purge = 0.0
+        commits.add_upkeep(self._purge_when_due)
 
     async def first_use(self, tenant_id: int, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Record the token; False when it was seen before (a replay)."""
         row = {"tenant_id": tenant_id, "issuer": issuer, "jti": jti, "expires_at": expires_at}
         try:
-            return await self._batches.submit(row)
+            return await self._commits.submit(self._insert, row)
         except SQLAlchemyError as error:
             raise ReplayCheckUnavailableError(type(error).__name__) from error
 
-    def _write(self, rows: list[dict[str, Any]]) -> list[bool]:
-        """In a worker thread: one INSERT for the batch, row by row after a replay."""
-        try:
-            with self._writes.begin() as connection:
-                connection.execute(insert(CdsSeenToken), rows)
-                self._purge_when_due(connection)
-        except IntegrityError:
-            return [self._write_one(row) for row in rows]
-        return [True] * len(rows)
-
-    def _write_one(self, row: dict[str, Any]) -> bool:
-        try:
-            with self._writes.begin() as connection:
-                connection.execute(insert(CdsSeenToken), row)
-        except IntegrityError:
-            return False
-        return True
+    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        connection.execute(insert(CdsSeenToken), rows)
 
     def _purge_when_due(self, connection: Connection) -> None:
+        """Delete expired rows, a chunk at a time (a write may run on the event loop)."""
         now = time.monotonic()
         if now < self._next_purge:
             return
-        self._next_purge = now + PURGE_EVERY_SECONDS
         cutoff = datetime.now(UTC) - timedelta(seconds=LEEWAY_SECONDS)
-        connection.execute(delete(CdsSeenToken).where(CdsSeenToken.expires_at < cutoff))
+        expired = select(CdsSeenToken.id).where(CdsSeenToken.expires_at < cutoff).limit(PURGE_CHUNK)
+        deleted = connection.execute(delete(CdsSeenToken).where(CdsSeenToken.id.in_(expired)))
+        more = deleted.rowcount == PURGE_CHUNK
+        self._next_purge = now + (0 if more else PURGE_EVERY_SECONDS)
 
 
 class ReplayCheckUnavailableError(RuntimeError):

@@ -4,7 +4,9 @@ the disk flush.
 A database write per CDS call would cost the EHR more than every other check together;
 concurrent calls share one write instead (``BatchWriter``). Up to ``max_writers``
 batches are in flight, so a small batch never holds up the next one. The write runs in a
-worker thread.
+worker thread. ``GroupCommit`` puts the rows of both tables of the path in the same
+batch: a hook call's card record rides along with the next calls' jtis, one transaction
+and one thread hop for all of them.
 
 The two tables written on this path — the ``jti`` replay ledger and the cards issued for
 monitoring — hold nothing that must survive an OS crash (tokens expire within minutes;
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Generic, TypeVar
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from service.db.base import Database
 
@@ -31,15 +35,38 @@ MAX_WRITERS = 4  # batches in flight at once per table (PostgreSQL; SQLite has o
 
 Row = TypeVar("Row")
 Result = TypeVar("Result")
+#: Inserts rows of one table inside the batch's transaction.
+Insert = Callable[[Connection, list[dict[str, Any]]], None]
 
 
 class BatchWriter(Generic[Row, Result]):
-    def __init__(self, write: Callable[[list[Row]], list[Result]], max_writers: int) -> None:
+    """Group commit: rows submitted while a write is in flight go together in the next one.
+
+    ``write`` runs in a worker thread. ``write_now``, when given, is tried first on the
+    event loop: it returns None to hand the batch to ``write``, and raises
+    ``DatabaseBusyError`` to be tried again after ``BUSY_RETRIES`` (another writer's
+    transaction is short; the thread would wait for the same lock, and costs more).
+    """
+
+    BUSY_RETRIES = (0.001, 0.002, 0.005, 0.01, 0.02)  # seconds; then the worker thread
+
+    def __init__(
+        self,
+        write: Callable[[list[Row]], list[Result]],
+        max_writers: int,
+        write_now: Callable[[list[Row]], list[Result] | None] | None = None,
+    ) -> None:
         self._write = write
+        self._write_now = write_now
         self._max_writers = max_writers
         self._pending: list[tuple[Row, asyncio.Future[Result]]] = []
         self._writers = 0
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+
+    @property
+    def backlog(self) -> int:
+        """Rows waiting for a write to start."""
+        return len(self._pending)
 
     def submit(self, row: Row) -> asyncio.Future[Result]:
         """Queue ``row``; the future has the write's result for it (or its exception)."""
@@ -57,8 +84,11 @@ class BatchWriter(Generic[Row, Result]):
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                rows = [row for row, _ in batch]
                 try:
-                    results = await run_in_threadpool(self._write, [row for row, _ in batch])
+                    results = await self._try_now(rows)
+                    if results is None:
+                        results = await run_in_threadpool(self._write, rows)
                 except Exception as error:  # e.g. the database is down: every waiter learns it
                     for _, future in batch:
                         future.set_exception(error)
@@ -67,6 +97,119 @@ class BatchWriter(Generic[Row, Result]):
                     future.set_result(result)
         finally:
             self._writers -= 1
+
+    async def flushed(self) -> None:
+        """Return once every row submitted so far is written (or has failed)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _try_now(self, rows: list[Row]) -> list[Result] | None:
+        if self._write_now is None:
+            return None
+        for delay in (0.0, *self.BUSY_RETRIES):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                return self._write_now(rows)
+            except DatabaseBusyError:
+                continue
+        return None
+
+
+class GroupCommit:
+    """Rows of the CDS path's tables, committed together: one transaction per batch.
+
+    On SQLite a batch is written on the event loop itself (``FastWrites.begin_now``): in a
+    worker thread every SQLite call gives up the GIL and then waits up to the interpreter's
+    switch interval to get it back from the busy loop, so under load the writes fell far
+    behind the calls. The loop never waits for the database: when another writer holds
+    it (the outbox, an administrator), the batch is tried again a little later, and in the
+    end in the worker thread. Upkeep tasks (purging expired rows, in small chunks) run
+    with a write at most every ``UPKEEP_SECONDS``; SQLite's WAL checkpoint, which waits
+    for the disk, runs in a worker thread.
+    """
+
+    UPKEEP_SECONDS = 1.0
+
+    def __init__(self, writes: FastWrites) -> None:
+        self._writes = writes
+        self._upkeep: list[Callable[[Connection], None]] = []
+        self._next_upkeep = 0.0
+        self._checkpoints: set[asyncio.Future[None]] = set()
+        self._batches: BatchWriter[tuple[Insert, dict[str, Any]], bool] = BatchWriter(
+            self._write, writes.writers, self._write_now if writes.can_write_now else None
+        )
+
+    @property
+    def backlog(self) -> int:
+        return self._batches.backlog
+
+    async def flushed(self) -> None:
+        """Return once every row submitted so far is written, and a checkpoint started by
+        them has finished (at shutdown; in tests)."""
+        await self._batches.flushed()
+        if self._checkpoints:
+            await asyncio.wait(set(self._checkpoints))
+
+    def add_upkeep(self, task: Callable[[Connection], None]) -> None:
+        """Run ``task`` with a write, in its transaction, at most every ``UPKEEP_SECONDS``."""
+        self._upkeep.append(task)
+
+    def submit(self, insert: Insert, row: dict[str, Any]) -> asyncio.Future[bool]:
+        """True once ``row`` is committed, False when a unique constraint refused it (the
+        future has the exception when the database cannot be written)."""
+        return self._batches.submit((insert, row))
+
+    def _write_now(self, items: list[tuple[Insert, dict[str, Any]]]) -> list[bool] | None:
+        try:
+            with self._writes.begin_now() as connection:
+                upkeep = self._insert_all(connection, items)
+        except IntegrityError:  # the thread tells which row it was
+            return None
+        if upkeep:
+            checkpoint = asyncio.get_running_loop().run_in_executor(None, self._writes.checkpoint)
+            self._checkpoints.add(checkpoint)
+            checkpoint.add_done_callback(self._checkpoints.discard)
+        return [True] * len(items)
+
+    def _write(self, items: list[tuple[Insert, dict[str, Any]]]) -> list[bool]:
+        """In a worker thread: each table's rows in one INSERT; row by row after a refusal,
+        to tell which row it was."""
+        try:
+            with self._writes.begin() as connection:
+                self._insert_all(connection, items)
+        except IntegrityError:
+            return [self._write_one(insert, row) for insert, row in items]
+        return [True] * len(items)
+
+    def _write_one(self, insert: Insert, row: dict[str, Any]) -> bool:
+        try:
+            with self._writes.begin() as connection:
+                insert(connection, [row])
+        except IntegrityError:
+            return False
+        return True
+
+    def _insert_all(
+        self, connection: Connection, items: list[tuple[Insert, dict[str, Any]]]
+    ) -> bool:
+        """Each table's rows in one INSERT, and the upkeep when due (then True)."""
+        by_table: dict[Insert, list[dict[str, Any]]] = {}
+        for insert, row in items:
+            by_table.setdefault(insert, []).append(row)
+        for insert, rows in by_table.items():
+            insert(connection, rows)
+        now = time.monotonic()
+        if now < self._next_upkeep:
+            return False
+        self._next_upkeep = now + self.UPKEEP_SECONDS
+        for task in self._upkeep:
+            task(connection)
+        return True
+
+
+class DatabaseBusyError(Exception):
+    """Another connection holds SQLite's write lock: a write that must not wait gives way."""
 
 
 class FastWrites:
@@ -83,6 +226,7 @@ class FastWrites:
         self.sqlite = url.get_backend_name() == "sqlite"
         self.writers = 1 if self.sqlite else MAX_WRITERS
         self._turn = threading.Lock() if self.sqlite else None
+        self._now_engine: Engine | None = None
         if not self.sqlite:
             self._engine: Engine = create_engine(
                 url,
@@ -98,6 +242,16 @@ class FastWrites:
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=2
             )
             event.listen(self._engine, "connect", _sqlite_pragmas)
+            # no wait for a lock (timeout 0) and no checkpoint: both would stop the loop
+            self._now_engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 0}, pool_size=1
+            )
+            event.listen(self._now_engine, "connect", _sqlite_pragmas_now)
+
+    @property
+    def can_write_now(self) -> bool:
+        """Whether ``begin_now`` may be used (a SQLite file)."""
+        return self._now_engine is not None
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -105,9 +259,42 @@ class FastWrites:
         with self._turn or nullcontext(), self._engine.begin() as connection:
             yield connection
 
+    def checkpoint(self) -> None:
+        """Copy SQLite's write-ahead log into the database (it waits for the disk: call it
+        in a worker thread). Passive: never blocks a writer. A no-op on PostgreSQL."""
+        if self._now_engine is not None:
+            with self._engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    @contextmanager
+    def begin_now(self) -> Iterator[Connection]:
+        """A SQLite transaction that never waits: ``DatabaseBusyError`` when another writer
+        of this process or another holds the database."""
+        if self._now_engine is None or self._turn is None:
+            raise RuntimeError("begin_now needs a SQLite file: check can_write_now")
+        if not self._turn.acquire(blocking=False):
+            raise DatabaseBusyError("a write of this process is in progress")
+        try:
+            with self._now_engine.begin() as connection:
+                yield connection
+        except OperationalError as error:
+            if "locked" not in str(error.orig) and "busy" not in str(error.orig):
+                raise
+            raise DatabaseBusyError("another connection holds the database") from error
+        finally:
+            self._turn.release()
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    _pragmas(dbapi_connection, "journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000")
+
+
+def _sqlite_pragmas_now(dbapi_connection: Any, _record: Any) -> None:
+    _pragmas(dbapi_connection, "journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0")
+
+
+def _pragmas(dbapi_connection: Any, *pragmas: str) -> None:
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+    for pragma in pragmas:
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()

@@ -7,10 +7,11 @@ characters CDS Hooks allows; the detail is GitHub-flavoured markdown.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from service.cds.rules import Advice
 from service.cds.vocabulary import Vocabulary
@@ -29,33 +30,62 @@ class CardTarget:
     hook_instance: str
 
 
-def card(
-    advice: Advice,
-    *,
-    language: Language,
-    hooks: HookSettings,
-    vocabulary: Vocabulary,
-    target: CardTarget,
-) -> dict[str, Any]:
-    summary, detail = _texts(advice, language, hooks)
-    return {
-        "uuid": str(uuid.uuid4()),
-        "summary": _fit(summary),
-        "detail": detail,
-        "indicator": advice.indicator,
-        "source": {"label": translate(language, "cds.source.label"), "url": hooks.source_url},
-        "links": [
-            {
-                "label": translate(language, "cds.link.label"),
-                "url": target.launch_url,
-                "type": "smart",
-                "appContext": _app_context(advice, target),
-            }
-        ],
-        "overrideReasons": [
-            _override_reason(code, language, vocabulary) for code in hooks.override_reasons
-        ],
-    }
+class CardBook:
+    """The cards of one hospital configuration, each face worded once.
+
+    A card's face — its texts, source, link label and override reasons — depends only on
+    the advice and the language, and a configuration yields a handful of distinct advices.
+    Wording them on every hook call (catalogue look-ups, formatting, the guide's displays)
+    cost more than the rules; each face is built on first use and kept as long as the
+    configuration version it belongs to (``service.cds.configured``).
+    """
+
+    MAX_FACES = 512  # advices × languages; a bound, not a tuning knob
+
+    def __init__(self, hooks: HookSettings, vocabulary: Vocabulary) -> None:
+        self._hooks = hooks
+        self._vocabulary = vocabulary
+        self._faces: dict[tuple[Advice, Language], dict[str, Any]] = {}
+
+    def card(self, advice: Advice, language: Language, target: CardTarget) -> dict[str, Any]:
+        """A new card (its own ``uuid``) for this call. Its parts are shared with other
+        cards of the same face: serialise it, never change it."""
+        face = self._faces.get((advice, language))
+        if face is None:
+            if len(self._faces) >= self.MAX_FACES:
+                self._faces.clear()
+            face = self._faces[(advice, language)] = self._face(advice, language)
+        link = {
+            "label": face["link_label"],
+            "url": target.launch_url,
+            "type": "smart",
+            "appContext": _app_context(advice, target),
+        }
+        return {
+            "uuid": str(uuid.uuid4()),
+            "summary": face["summary"],
+            "detail": face["detail"],
+            "indicator": advice.indicator,
+            "source": face["source"],
+            "links": [link],
+            "overrideReasons": face["overrideReasons"],
+        }
+
+    def _face(self, advice: Advice, language: Language) -> dict[str, Any]:
+        summary, detail = _texts(advice, language, self._hooks)
+        return {
+            "summary": _fit(summary),
+            "detail": detail,
+            "source": {
+                "label": translate(language, "cds.source.label"),
+                "url": self._hooks.source_url,
+            },
+            "link_label": translate(language, "cds.link.label"),
+            "overrideReasons": [
+                _override_reason(code, language, self._vocabulary)
+                for code in self._hooks.override_reasons
+            ],
+        }
 
 
 def _texts(advice: Advice, language: Language, hooks: HookSettings) -> tuple[str, str]:
@@ -93,15 +123,13 @@ def _fit(summary: str) -> str:
 
 def _app_context(advice: Advice, target: CardTarget) -> str:
     """A compact JSON string (CDS Hooks' appContext is a string) the app reads at launch."""
-    return json.dumps(
-        {
-            "hook": target.hook,
-            "hookInstance": target.hook_instance,
-            "indicator": advice.indicator,
-            "reasons": list(advice.reasons),
-        },
-        separators=(",", ":"),
-    )
+    context = {
+        "hook": target.hook,
+        "hookInstance": target.hook_instance,
+        "indicator": advice.indicator,
+        "reasons": advice.reasons,
+    }
+    return orjson.dumps(context).decode()
 
 
 def _override_reason(code: str, language: Language, vocabulary: Vocabulary) -> dict[str, str]:

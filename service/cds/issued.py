@@ -1,9 +1,14 @@
 """The cards returned, recorded for the monitoring figures (``service.monitoring``).
 
-Written off the EHR's wait: the response does not wait for the row, batches of rows are
-written together on the CDS path's own connections (``FastWrites``), and a failed write
-costs a count, never a card — it is logged, not raised. No patient or encounter id is
-stored: ``presentation`` is the monitoring's one-way key of the ED presentation.
+Written off the EHR's wait: the response does not wait for the row, which is committed
+with the next batch of the CDS path's writes (``GroupCommit``), and a failed write costs
+a count, never a card — it is logged, not raised. Unless the writes fall behind: beyond
+``MAX_BACKLOG`` rows waiting, a call waits for its own row. Without that back-pressure a
+sustained burst (nothing else on the path waits for the database when the JWT check is
+off) grew the queue without bound, and the garbage collector's pauses with it.
+
+No patient or encounter id is stored: ``presentation`` is the monitoring's one-way key
+of the ED presentation.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
-from service.cds.batching import BatchWriter, FastWrites
+from service.cds.batching import GroupCommit
 from service.cds.rules import Advice
 from service.db.base import utcnow
 from service.db.models import CdsCard
@@ -35,12 +40,15 @@ class Presentation:
     day: date
 
 
-class IssuedCards:
-    def __init__(self, writes: FastWrites) -> None:
-        self._writes = writes
-        self._batches: BatchWriter[dict[str, Any], None] = BatchWriter(self._write, 1)
+MAX_BACKLOG = 1000
 
-    def record(
+
+class IssuedCards:
+    def __init__(self, commits: GroupCommit, max_backlog: int = MAX_BACKLOG) -> None:
+        self._commits = commits
+        self._max_backlog = max_backlog
+
+    async def record(
         self, tenant_id: int, service_id: str, card_uuid: str, advice: Advice, seen: Presentation
     ) -> None:
         row = {
@@ -54,17 +62,20 @@ class IssuedCards:
             ),
             "issued_at": utcnow(),
         }
-        self._batches.submit(row).add_done_callback(_log_failure)
-
-    def _write(self, rows: list[dict[str, Any]]) -> list[None]:
-        with self._writes.begin() as connection:
-            connection.execute(insert(CdsCard), rows)
-        return [None] * len(rows)
+        written = self._commits.submit(_insert, row)
+        written.add_done_callback(_log_failure)
+        if self._commits.backlog > self._max_backlog:
+            await asyncio.wait([written])  # its failure is logged, never raised to the EHR
 
 
-def _log_failure(future: asyncio.Future[None]) -> None:
-    if future.exception() is not None:
+def _insert(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    connection.execute(insert(CdsCard), rows)
+
+
+def _log_failure(future: asyncio.Future[bool]) -> None:
+    error = future.exception()
+    if error is not None or not future.result():
         log.warning(
             "a returned CDS card was not recorded for monitoring",
-            extra={"fields": {"error": type(future.exception()).__name__}},
+            extra={"fields": {"error": type(error).__name__ if error else "duplicate card uuid"}},
         )

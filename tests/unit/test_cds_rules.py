@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.cds.cards import SUMMARY_LIMIT, CardTarget, card
+from service.cds.cards import SUMMARY_LIMIT, CardBook, CardTarget
+from service.cds.configured import ConfiguredHooks
 from service.cds.rules import GENERIC, Advice, advise, local_trigger_codes
 from service.cds.situation import situation_of
 from service.cds.vocabulary import Code, Vocabulary, guide_vocabulary
 from service.fhir import terminology
 from service.i18n import Language, translate
 from service.protocol import HagueTrigger
-from service.tenant_config import HookSettings, LocalTriggerCode
+from service.tenancy import TenantContext
+from service.tenant_config import HookSettings, LocalTriggerCode, TenantConfiguration
 
 TODAY = date(2026, 11, 23)
 ENCOUNTER_ID = "enc-1"
@@ -233,13 +235,7 @@ TARGET = CardTarget("https://kindreflex.example/t/az/launch", "encounter-start",
 
 
 def render(advice: Advice, language: Language = "nl", hooks: HookSettings | None = None) -> Any:
-    return card(
-        advice,
-        language=language,
-        hooks=hooks or HookSettings(),
-        vocabulary=VOCABULARY,
-        target=TARGET,
-    )
+    return CardBook(hooks or HookSettings(), VOCABULARY).card(advice, language, TARGET)
 
 
 def test_the_info_card_is_dutch_with_a_smart_link_and_override_reasons() -> None:
@@ -295,6 +291,37 @@ def test_the_hospitals_own_wording_replaces_the_catalogue_per_language() -> None
     advice = Advice(indicator="warning", triggers=(HagueTrigger.DOMESTIC_VIOLENCE,))
     assert render(advice, "nl", hooks)["summary"] == "Kindreflex nodig (huiselijk geweld)"
     assert render(advice, "fr", hooks)["summary"].startswith("Faites le Kindreflex")
+
+
+def test_every_card_of_a_book_is_new_while_its_wording_is_built_once() -> None:
+    book = CardBook(HookSettings(), VOCABULARY)
+    advice = Advice(indicator="warning", triggers=(HagueTrigger.DOMESTIC_VIOLENCE,))
+    other_call = CardTarget(TARGET.launch_url, "patient-view", "def")
+    first, second = book.card(advice, "nl", TARGET), book.card(advice, "nl", other_call)
+    assert first["uuid"] != second["uuid"]
+    assert json.loads(first["links"][0]["appContext"])["hookInstance"] == "abc"
+    assert json.loads(second["links"][0]["appContext"])["hook"] == "patient-view"
+    assert first["summary"] is second["summary"]  # worded once for this advice and language
+    assert book.card(advice, "fr", TARGET)["summary"].startswith("Faites le Kindreflex")
+    assert book.card(Advice(indicator="info"), "nl", TARGET)["indicator"] == "info"
+
+
+def test_configured_hooks_follow_the_hospitals_configuration_version() -> None:
+    local = LocalTriggerCode(
+        trigger=HagueTrigger.SELF_HARM_PSYCHIATRIC, system="urn:local", code="zelfmoordpoging"
+    )
+    config = TenantConfiguration(name="AZ")
+    configured = ConfiguredHooks()
+    first = configured.of(TenantContext(1, "az", 1, config))
+    assert configured.of(TenantContext(1, "az", 1, config)) is first
+    changed = config.model_copy(update={"hooks": HookSettings(local_trigger_codes=[local])})
+    second = configured.of(TenantContext(1, "az", 2, changed))
+    assert second is not first
+    assert second.vocabulary.triggers_of(frozenset({Code("urn:local", "zelfmoordpoging")})) == {
+        HagueTrigger.SELF_HARM_PSYCHIATRIC
+    }
+    assert not first.vocabulary.triggers_of(frozenset({Code("urn:local", "zelfmoordpoging")}))
+    assert configured.of(TenantContext(2, "other", 1, config)) is not second
 
 
 def test_card_wording_with_an_unknown_placeholder_or_too_long_is_refused() -> None:

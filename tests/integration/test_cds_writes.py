@@ -1,0 +1,183 @@
+"""The CDS path's own writes (``service.cds.batching``): the jti ledger and the issued
+cards committed together, on SQLite files and PostgreSQL, against real databases.
+
+The lock held by "another writer" is a real SQLite write transaction on a second
+connection, as the outbox or an administrator's save would hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, func, insert, select
+
+from service.cds.auth import PURGE_CHUNK, SeenTokens
+from service.cds.batching import FastWrites, GroupCommit
+from service.cds.issued import IssuedCards, Presentation
+from service.cds.rules import Advice
+from service.db import migrate
+from service.db.base import Database
+from service.db.models import CdsCard, CdsSeenToken
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import TenantConfiguration
+
+ISSUER = "https://ehr.example/cds"
+SOON = datetime.now(UTC) + timedelta(minutes=5)
+SEEN = Presentation("https://ehr.example/fhir", "p1", "enc-1", datetime.now(UTC).date())
+
+
+@pytest.fixture
+def tenant_id(database: Database) -> int:
+    return (
+        TenantDirectory(database, SecretBox(None))
+        .save("default", TenantConfiguration(name="AZ"), actor="test")
+        .id
+    )
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Iterator[Database]:
+    url = f"sqlite:///{tmp_path / 'cds.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    TenantDirectory(database, SecretBox(None)).save(
+        "default", TenantConfiguration(name="AZ"), actor="test"
+    )
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def count(database: Database, model: type[CdsCard] | type[CdsSeenToken]) -> int:
+    with database.session() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_concurrent_calls_share_writes_and_a_replay_in_the_same_batch_is_caught(
+    database: Database, tenant_id: int
+) -> None:
+    async def calls() -> list[bool]:
+        commits = GroupCommit(FastWrites(database))
+        seen, issued = SeenTokens(commits), IssuedCards(commits)
+        jtis = [uuid.uuid4().hex for _ in range(30)] + ["replayed", "replayed"]
+        uses = [seen.first_use(tenant_id, ISSUER, jti, SOON) for jti in jtis]
+        cards = [
+            issued.record(tenant_id, "svc", str(uuid.uuid4()), Advice("info"), SEEN)
+            for _ in range(10)
+        ]
+        results = await asyncio.gather(*uses)
+        await asyncio.gather(*cards)
+        await commits.flushed()
+        return results
+
+    results = asyncio.run(calls())
+    assert results[:30] == [True] * 30
+    assert sorted(results[30:]) == [False, True]  # exactly one of the two uses is accepted
+    assert count(database, CdsSeenToken) == 31
+    assert count(database, CdsCard) == 10  # the refused jti did not take the cards with it
+
+
+def test_on_sqlite_the_writes_run_on_the_event_loop(sqlite_database: Database) -> None:
+    threads: set[int] = set()
+
+    def insert_noting_the_thread(connection: Connection, rows: list[dict[str, Any]]) -> None:
+        threads.add(threading.get_ident())
+        connection.execute(insert(CdsSeenToken), rows)
+
+    async def calls() -> int:
+        commits = GroupCommit(FastWrites(sqlite_database))
+        rows = [token_row(uuid.uuid4().hex) for _ in range(20)]
+        written = [commits.submit(insert_noting_the_thread, row) for row in rows]
+        assert all(await asyncio.gather(*written))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(calls())
+    assert threads == {loop_thread}
+
+
+def test_while_another_writer_holds_sqlite_the_loop_goes_on_and_the_row_waits(
+    sqlite_database: Database,
+) -> None:
+    path = sqlite_database.engine.url.database
+    assert path is not None
+    other_writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other_writer.execute("BEGIN IMMEDIATE")  # e.g. the outbox committing a save
+
+    async def call() -> bool:
+        commits = GroupCommit(FastWrites(sqlite_database))
+        written = commits.submit(SeenTokens(commits)._insert, token_row("held"))
+        ticks = 0
+        while ticks < 100:  # the loop keeps running while the database is held
+            await asyncio.sleep(0)
+            ticks += 1
+        assert not written.done()
+        other_writer.execute("COMMIT")
+        return await written
+
+    try:
+        assert asyncio.run(call()) is True
+    finally:
+        other_writer.close()
+    assert count(sqlite_database, CdsSeenToken) == 1
+
+
+def test_when_the_card_writes_fall_behind_the_calls_wait_for_their_row(
+    sqlite_database: Database,
+) -> None:
+    path = sqlite_database.engine.url.database
+    assert path is not None
+    other_writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other_writer.execute("BEGIN IMMEDIATE")
+
+    async def calls() -> None:
+        commits = GroupCommit(FastWrites(sqlite_database))
+        issued = IssuedCards(commits, max_backlog=2)
+
+        def record() -> asyncio.Task[None]:
+            card = str(uuid.uuid4())
+            return asyncio.create_task(issued.record(1, "svc", card, Advice("info"), SEEN))
+
+        first = record()
+        await asyncio.sleep(0)  # the first batch is now being written (and waits)
+        queued = [record() for _ in range(3)]
+        await asyncio.sleep(0)
+        assert first.done()  # below the bound nobody waits for the database
+        assert [t.done() for t in queued] == [True, True, False]  # the third is over it
+        other_writer.execute("COMMIT")
+        await asyncio.gather(*queued)
+        await commits.flushed()
+
+    try:
+        asyncio.run(calls())
+    finally:
+        other_writer.close()
+    assert count(sqlite_database, CdsCard) == 4
+
+
+def test_expired_jtis_are_purged_in_chunks(database: Database, tenant_id: int) -> None:
+    expired = datetime.now(UTC) - timedelta(hours=1)
+    rows = [token_row(f"old-{n}", tenant_id, expired) for n in range(PURGE_CHUNK + 10)]
+    with database.engine.begin() as connection:
+        connection.execute(insert(CdsSeenToken), [*rows, token_row("valid", tenant_id)])
+
+    commits = GroupCommit(FastWrites(database))
+    seen = SeenTokens(commits)
+    with database.engine.begin() as connection:
+        seen._purge_when_due(connection)
+    assert count(database, CdsSeenToken) == 11  # one chunk, and the next one is due at once
+    with database.engine.begin() as connection:
+        seen._purge_when_due(connection)
+    assert count(database, CdsSeenToken) == 1
+
+
+def token_row(jti: str, tenant_id: int = 1, expires_at: datetime = SOON) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "issuer": ISSUER, "jti": jti, "expires_at": expires_at}
