@@ -61,7 +61,7 @@ def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation
         encounter_finding_codes=frozenset(
             code
             for observation in _resources(data.get(FINDINGS), "Observation")
-            if observation.get("status") not in _VOID_STATUSES
+            if _text(observation.get("status")) not in _VOID_STATUSES
             and encounter_id is not None
             and _refers_to(observation.get("encounter"), "Encounter", encounter_id)
             for code in _codes(observation.get("code"))
@@ -82,7 +82,7 @@ def _presentation_codes(encounter: dict[str, Any] | None, conditions: Any) -> fr
             codes.update(_codes(reason))
     for condition in _resources(conditions, "Condition"):
         # verificationStatus has a required binding in R4: the code alone is unambiguous
-        if not _code_values(condition.get("verificationStatus")) & _VOID_VERIFICATION:
+        if not _has_code(condition.get("verificationStatus"), _VOID_VERIFICATION):
             codes.update(_codes(condition.get("code")))
     return frozenset(codes)
 
@@ -91,8 +91,7 @@ def _is_child(person: dict[str, Any]) -> bool:
     # The child codes are v3 RoleCode codes (the guide's child-relationship ValueSet); EHRs
     # often omit the system on relationship codings, so the code alone is compared.
     return any(
-        _code_values(relationship) & _CHILD_CODES
-        for relationship in _list(person.get("relationship"))
+        _has_code(relationship, _CHILD_CODES) for relationship in _list(person.get("relationship"))
     )
 
 
@@ -123,13 +122,13 @@ def _codes(concept: Any) -> Iterator[Code]:
                 yield Code(system, code)
 
 
-def _code_values(concept: Any) -> frozenset[str]:
+def _has_code(concept: Any, codes: frozenset[str]) -> bool:
+    """Whether a coding of the CodeableConcept has one of ``codes`` (whatever its system)."""
     if not isinstance(concept, dict):
-        return frozenset()
-    return frozenset(
-        coding["code"]
+        return False
+    return any(
+        isinstance(coding, dict) and _text(coding.get("code")) in codes
         for coding in _list(concept.get("coding"))
-        if isinstance(coding, dict) and isinstance(coding.get("code"), str)
     )
 
 
@@ -151,6 +150,11 @@ def _earliest_date(value: Any) -> date | None:
         return date(year, month, day)
     except ValueError:
         return None
+
+
+def _text(value: Any) -> str | None:
+    """A JSON string, else None (a list or an object cannot be looked up in a set)."""
+    return value if isinstance(value, str) else None
 
 
 def _list(value: Any) -> list[Any]:

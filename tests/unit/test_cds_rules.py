@@ -11,6 +11,8 @@ from datetime import date
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from service.cds.cards import SUMMARY_LIMIT, CardBook, CardTarget
@@ -227,6 +229,58 @@ def test_all_reasons_together_in_protocol_order_and_known_children_counted() -> 
     assert advice is not None
     assert advice.reasons == (*(t.value for t in HagueTrigger), "open-concern")
     assert advice.known_children == 2
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON document: its keys and list positions, nested."""
+    children = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    return [path] + [p for key, child in children for p in paths(child, (*path, key))]
+
+
+def replaced(document: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    copy = dict(document) if isinstance(document, dict) else list(document)
+    copy[path[0]] = replaced(document[path[0]], path[1:], value)
+    return copy
+
+
+FULL = prefetch(
+    reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),),
+    conditions=(condition(a_code_of(HagueTrigger.SUBSTANCE_ABUSE), "confirmed"),),
+    flags=(concern_flag(),),
+    findings=(step_1_finding(encounter="other"),),
+    children=2,
+)
+PATHS = paths(FULL)[1:]  # the prefetch itself is a dict of dicts or nulls (schemas.HookRequest)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same examples every run
+@given(where=st.sampled_from(PATHS), data=st.data())
+def test_any_field_of_the_prefetch_with_a_wrong_type_is_treated_as_absent(
+    where: tuple[Any, ...], data: st.DataObject
+) -> None:
+    """The EHR's JSON is not trusted: whatever stands anywhere, the rules answer, never raise."""
+    value = data.draw(
+        JSON.filter(lambda v: v is None or isinstance(v, dict)) if len(where) == 1 else JSON
+    )
+    advice = advice_for(replaced(FULL, where, value))
+    assert advice is None or advice.indicator in ("info", "warning")
 
 
 # --- the card ----------------------------------------------------------------------------
