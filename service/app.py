@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import Counter
+from starlette.types import ASGIApp
 
 import smart_app
 from service import keys
@@ -62,6 +63,14 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+class KindreflexApp(FastAPI):
+    """The app, with the CDS Hooks endpoints answered before its middleware stack: the EHR
+    waits on those calls (``service.cds.fastpath``)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return CdsFastPath(super().build_middleware_stack(), self.state.metrics)
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     """Build the ASGI app. The database schema must already be migrated (``db upgrade``)."""
     settings = settings or get_settings()
@@ -71,7 +80,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         terminology.configure(settings.guide_dir)
     terminology.guide()  # a missing or broken guide stops the start, not the first card
 
-    app = FastAPI(
+    app = KindreflexApp(
         title="Kindreflex-ED",
         summary="The Flemish Kindreflex in the emergency department: CDS Hooks and SMART on FHIR",
         version="0.1.0",
@@ -100,7 +109,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         app.include_router(casefile_router, prefix=prefix)
     app.include_router(monitoring_router)  # the monitoring figures (issue 5 §6)
     app.include_router(monitoring_router, prefix="/t/{tenant}")
-    app.add_middleware(CdsFastPath)  # the EHR waits on these calls: skip the router
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     if not settings.cds_jwt_required:

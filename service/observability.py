@@ -39,6 +39,9 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     """The service's metrics, in a registry of their own (one per app instance)."""
 
@@ -57,6 +60,22 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and its latency. The labelled series are looked up once each:
+        prometheus_client's ``labels()`` takes a lock and builds a key on every call."""
+        if method not in _METHODS:  # any word can be sent: one series each would leak memory
+            method = "OTHER"
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 class MetricsMiddleware:
@@ -70,19 +89,24 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500
+        await measured(self.metrics, self.app, scope, receive, send)
 
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(template).observe(time.perf_counter() - started)
+async def measured(
+    metrics: Metrics, app: ASGIApp, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Call ``app`` for an HTTP request; count it by route template, method and status."""
+    started = time.perf_counter()
+    status = 500
+
+    async def send_with_status(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    try:
+        await app(scope, receive, send_with_status)
+    finally:
+        template = getattr(scope.get("route"), "path", "unmatched")
+        metrics.observe(template, scope["method"], status, time.perf_counter() - started)

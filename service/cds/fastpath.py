@@ -1,20 +1,22 @@
-"""The CDS Hooks endpoints served without the app's router.
+"""The CDS Hooks endpoints served without the app's router and middleware stack.
 
 The EHR waits on every hook call, and for each of them FastAPI matched the path against
-every route of the app (the SMART pages, the admin API, the social service…) and solved
-a dependency graph — more CPU than the card rules themselves. The CDS handlers need only
-the ``Request``, so this pure ASGI middleware recognises their three paths (at the root
-and under ``/t/{tenant}``) and calls the handlers directly. The router keeps the same
+every route of the app (the SMART pages, the admin API, the social service…), solved a
+dependency graph and passed five middleware layers — more CPU than the card rules. The
+CDS handlers need only the ``Request``, so ``CdsFastPath`` is the app's outermost ASGI
+layer (``service.app.KindreflexApp``): it recognises their three paths (at the root and
+under ``/t/{tenant}``) and calls the handlers directly. The router keeps the same
 routes: they document the endpoints in OpenAPI and answer anything this dispatch leaves
 alone (another method → 405).
 
-``scope["route"]`` is set to a route with the same template as the router's, so the
-request metrics keep their route templates. CORS (``service.cds.cors``) is answered here
-too: the preflight ``OPTIONS`` and the ``Access-Control-Allow-Origin`` of the answers.
+What the skipped layers did for these calls is done here: request metrics (with the
+router's route templates), a JSON 500 for an unexpected error, CORS
+(``service.cds.cors``: the preflight ``OPTIONS`` and ``Access-Control-Allow-Origin``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 
@@ -26,7 +28,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.deps import tenant_slug, tenants_of
 from service.cds import cors
 from service.cds.router import call_service, discovery, feedback
+from service.observability import Metrics, measured
 from service.tenancy import UnknownTenantError
+
+log = logging.getLogger(__name__)
 
 _PATH = re.compile(
     r"(?:/t/(?P<tenant>[^/]+))?/cds-services(?:/(?P<service_id>[^/]+)(?P<feedback>/feedback)?)?"
@@ -40,8 +45,9 @@ _HANDLERS: tuple[tuple[Handler, str], ...] = (
 
 
 class CdsFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self._metrics = metrics
         self._routes = {
             prefix + path: Route(prefix + path, handler)
             for handler, path in _HANDLERS
@@ -54,6 +60,36 @@ class CdsFastPath:
         if match is None or (target is None and scope["method"] != "OPTIONS"):
             await self.app(scope, receive, send)
             return
+
+        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._answer(scope, receive, send, match, target)
+
+        await measured(self._metrics, answer, scope, receive, send)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        match: re.Match[str],
+        target: tuple[Handler, str] | None,
+    ) -> None:
+        try:
+            response = await self._response(scope, receive, match, target)
+        except Exception:  # what Starlette's ServerErrorMiddleware does for other paths
+            log.exception("CDS endpoint failed", extra={"fields": {"path": scope["path"]}})
+            response = JSONResponse(
+                {"error": "internal", "reason": "unexpected error; it is logged"}, status_code=500
+            )
+        await response(scope, receive, send)
+
+    async def _response(
+        self,
+        scope: Scope,
+        receive: Receive,
+        match: re.Match[str],
+        target: tuple[Handler, str] | None,
+    ) -> Response:
         params = match.groupdict()
         scope["path_params"] = {k: params[k] for k in ("tenant", "service_id") if params[k]}
         request = Request(scope, receive)
@@ -68,7 +104,7 @@ class CdsFastPath:
             response = await handler(request=request, **service)
             if origin is not None and allowed:
                 response.headers.update(cors.response_headers(origin))
-        await response(scope, receive, send)
+        return response
 
     @staticmethod
     def _target(method: str, match: re.Match[str]) -> tuple[Handler, str] | None:

@@ -4,7 +4,7 @@ Mounted at the root (the default hospital) and under ``/t/{tenant}``. Every call
 authenticated with the EHR's JWT (``service.cds.auth``) unless the deployment turned the
 check off for the local demo. Errors are JSON ``{"error": <code>, "reason": <text>}``:
 400 for a malformed body, 401 for authentication, 404 for an unknown or disabled service,
-503 when the replay check cannot be written.
+413 for a body over ``MAX_BODY_BYTES``, 503 when the replay check cannot be written.
 
 The handlers resolve the tenant and settings by calling ``service.api.deps`` directly
 rather than through ``Depends``: FastAPI runs sync dependencies in its thread pool, a
@@ -66,6 +66,8 @@ SERVICES: dict[str, Hook] = {
     "kindreflex-encounter-start": "encounter-start",
     "kindreflex-patient-view": "patient-view",
 }
+#: A hook call's body, prefetch included, is read no further (a few KiB is usual).
+MAX_BODY_BYTES = 4 * 2**20
 #: Ages are counted on the Belgian calendar day, whatever the server's zone.
 CLINIC_ZONE = ZoneInfo("Europe/Brussels")
 
@@ -156,6 +158,30 @@ def _refused(error: CdsAuthError | ReplayCheckUnavailableError) -> JSONResponse:
     if isinstance(error, ReplayCheckUnavailableError):
         return _error(503, "unavailable", "the replay check cannot be made now; retry later")
     return _error(401, "invalid_token", str(error))
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, read no further than ``MAX_BODY_BYTES``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _TooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _TooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> JSONResponse:
+    limit = f"{MAX_BODY_BYTES // 2**20} MiB"
+    return _error(413, "request_too_large", f"the body is larger than {limit}; send less prefetch")
 
 
 def _invalid(error: ValidationError) -> JSONResponse:
@@ -253,10 +279,12 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
         return _refused(error)
     try:
-        body = HookRequest.model_validate_json(await request.body())
+        body = HookRequest.model_validate_json(await _body(request))
         context = HookContext.model_validate(body.context)
     except ValidationError as error:
         return _invalid(error)
+    except _TooLargeError:
+        return _too_large()
     if body.hook != hook:
         return _error(400, "invalid_request", f"service '{service_id}' answers hook '{hook}'")
     if hook == "encounter-start" and context.encounterId is None:
@@ -329,9 +357,11 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
         return _refused(error)
     try:
-        body = FeedbackRequest.model_validate_json(await request.body())
+        body = FeedbackRequest.model_validate_json(await _body(request))
     except ValidationError as error:
         return _invalid(error)
+    except _TooLargeError:
+        return _too_large()
     database: Database = request.app.state.database
     issuer = caller.issuer if caller else None
     try:

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from sandbox.keys import SigningKey
 from service.app import create_app
+from service.cds.router import MAX_BODY_BYTES
 from service.db.base import Base, Database
 from service.db.models import CdsCard, CdsFeedback, CdsSeenToken
 from service.fhir import terminology
@@ -125,7 +126,7 @@ class Cds:
         token = self.ehr.token(PUBLIC_URL + path)
         return self.client.get(path, headers={"Authorization": f"Bearer {token}"})
 
-    def count(self, model: type[CdsFeedback] | type[CdsSeenToken]) -> int:
+    def count(self, model: type[CdsFeedback] | type[CdsSeenToken] | type[CdsCard]) -> int:
         with self.database.session() as session:
             return session.scalar(select(func.count()).select_from(model)) or 0
 
@@ -401,6 +402,43 @@ def test_a_malformed_request_gets_a_4xx_with_a_reason(cds: Cds, case: str) -> No
     assert response.status_code == status, response.text
     assert response.json()["error"] in {"invalid_request", "unknown_service"}
     assert response.json()["reason"]
+
+
+def test_a_body_over_the_limit_is_refused_with_413_before_it_is_parsed(cds: Cds) -> None:
+    padding = "x" * MAX_BODY_BYTES
+    response = cds.call(body=hook_body(padding=padding))
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "request_too_large"
+    assert cds.count(CdsCard) == 0
+
+
+def test_an_unexpected_error_on_a_cds_path_is_a_json_500_and_counted(
+    cds: Cds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault we cannot cause from outside (every input is checked), so it is injected: the
+    rules raise. The EHR gets the CDS error shape, and the metrics count the 500."""
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("service.cds.router.advise", broken)
+    response = cds.call()
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal"
+    assert "a bug" not in response.text
+    metrics = cds.client.get("/metrics").text
+    line = 'method="POST",route="/cds-services/{service_id}",status="500"'
+    assert f"kindreflex_http_requests_total{{{line}}} 1.0" in metrics
+
+
+def test_request_metrics_keep_the_route_template_and_a_bounded_set_of_methods(cds: Cds) -> None:
+    assert cds.call().status_code == 200
+    cds.client.request("BREW", "/healthz")
+    metrics = cds.client.get("/metrics").text
+    line = 'method="POST",route="/cds-services/{service_id}",status="200"'
+    assert f"kindreflex_http_requests_total{{{line}}} 1.0" in metrics
+    assert 'method="OTHER"' in metrics
+    assert "BREW" not in metrics
 
 
 # --- feedback ----------------------------------------------------------------------------
