@@ -262,6 +262,12 @@ class Outbox:
             .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL; SQLite locks the whole database
         )
+        # Most cycles find nothing: ask first, in a read of its own. SQLite's UPDATE takes the
+        # database's write lock even when it matches no row, every cycle of every instance,
+        # and holds up the CDS path's writes (service.cds.batching). The UPDATE re-checks.
+        with self._database.session() as session:
+            if session.scalar(select(OutboxEntry.id).where(*due).limit(1)) is None:
+                return []
         with self._database.session() as session:
             session.execute(
                 update(OutboxEntry)

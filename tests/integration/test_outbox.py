@@ -8,6 +8,7 @@ guide's resources, is tested in ``test_triage_save.py``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from sandbox.fhir_server import FhirServer, free_port
 from service import audit
 from service.app import create_app
 from service.audit import AuditAction, AuditFact, Channel
+from service.db import migrate
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
 from service.fhir.client import FhirClient
@@ -353,6 +355,22 @@ def test_readiness_fails_when_an_entry_waits_too_long(database: Database) -> Non
     result = check()
     assert not result.ok
     assert "1 pending" in result.detail
+
+
+def test_an_idle_cycle_takes_no_write_lock(tmp_path: Path) -> None:
+    """SQLite: the worker's cycle with nothing due must not wait for (or take) the database's
+    write lock, which the CDS path's writes need (service.cds.batching)."""
+    url = f"sqlite:///{tmp_path / 'idle.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    other_writer = sqlite3.connect(tmp_path / "idle.db", isolation_level=None)
+    other_writer.execute("BEGIN IMMEDIATE")
+    try:
+        assert make_outbox(database, Clock()).run_once() == []
+    finally:
+        other_writer.execute("ROLLBACK")
+        other_writer.close()
+        database.dispose()
 
 
 def test_the_app_runs_the_worker_and_readyz_and_metrics_report_the_outbox(
