@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 import jwt
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.cds.batching import GroupCommit
@@ -45,6 +45,7 @@ JWKS_REFETCH_SECONDS = 30.0  # an unknown kid refetches, but not more often than
 JWKS_TIMEOUT_SECONDS = 3.0
 PURGE_EVERY_SECONDS = 60.0
 PURGE_CHUNK = 2000  # rows deleted at once
+SEEN_TOKENS: Table = CdsSeenToken.__table__  # type: ignore[assignment]
 
 
 class CdsAuthError(Exception):
@@ -138,12 +139,9 @@ class SeenTokens:
         """Record the token; False when it was seen before (a replay)."""
         row = {"tenant_id": tenant_id, "issuer": issuer, "jti": jti, "expires_at": expires_at}
         try:
-            return await self._commits.submit(self._insert, row)
+            return await self._commits.submit(SEEN_TOKENS, row)
         except SQLAlchemyError as error:
             raise ReplayCheckUnavailableError(type(error).__name__) from error
-
-    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
-        connection.execute(insert(CdsSeenToken), rows)
 
     def _purge_when_due(self, connection: Connection) -> None:
         """Delete expired rows, a chunk at a time (a write may run on the event loop)."""

@@ -26,7 +26,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Generic, TypeVar
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from service.db.base import Database
@@ -35,8 +35,39 @@ MAX_WRITERS = 4  # batches in flight at once per table (PostgreSQL; SQLite has o
 
 Row = TypeVar("Row")
 Result = TypeVar("Result")
-#: Inserts rows of one table inside the batch's transaction.
-Insert = Callable[[Connection, list[dict[str, Any]]], None]
+Rows = list[dict[str, Any]]
+
+
+class TableInsert:
+    """A multi-row INSERT into one table, its SQL compiled once per database.
+
+    SQLAlchemy's ``execute(insert(table), rows)`` builds its parameters row by row in
+    Python, about as much work as the database's own insert. Here each value is converted
+    by the column type's own bind processor (the conversion SQLAlchemy applies: UTC
+    timestamps, JSON), and the rows go to the driver's ``executemany`` at once.
+    """
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        self.table = table
+        self._columns = [c for c in table.columns if not c.primary_key]
+        self._convert = [
+            c.type.dialect_impl(dialect).bind_processor(dialect) for c in self._columns
+        ]
+        quote = dialect.identifier_preparer.quote
+        marker = "?" if dialect.paramstyle == "qmark" else "%s"
+        columns = ", ".join(quote(c.name) for c in self._columns)
+        markers = ", ".join([marker] * len(self._columns))
+        # names from our own table metadata, quoted; the values go as parameters
+        self.sql = f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({markers})"  # noqa: S608
+
+    def __call__(self, connection: Connection, rows: Rows) -> None:
+        names = [c.name for c in self._columns]
+        pairs = list(zip(names, self._convert, strict=True))
+        parameters = [
+            tuple(convert(row[name]) if convert else row[name] for name, convert in pairs)
+            for row in rows
+        ]
+        connection.exec_driver_sql(self.sql, parameters)
 
 
 class BatchWriter(Generic[Row, Result]):
@@ -136,7 +167,8 @@ class GroupCommit:
         self._upkeep: list[Callable[[Connection], None]] = []
         self._next_upkeep = 0.0
         self._checkpoints: set[asyncio.Future[None]] = set()
-        self._batches: BatchWriter[tuple[Insert, dict[str, Any]], bool] = BatchWriter(
+        self._inserts: dict[Table, TableInsert] = {}
+        self._batches: BatchWriter[tuple[Table, dict[str, Any]], bool] = BatchWriter(
             self._write, writes.writers, self._write_now if writes.can_write_now else None
         )
 
@@ -155,12 +187,13 @@ class GroupCommit:
         """Run ``task`` with a write, in its transaction, at most every ``UPKEEP_SECONDS``."""
         self._upkeep.append(task)
 
-    def submit(self, insert: Insert, row: dict[str, Any]) -> asyncio.Future[bool]:
-        """True once ``row`` is committed, False when a unique constraint refused it (the
-        future has the exception when the database cannot be written)."""
-        return self._batches.submit((insert, row))
+    def submit(self, table: Table, row: dict[str, Any]) -> asyncio.Future[bool]:
+        """Insert ``row`` (every column but the primary key) into ``table``. The future is
+        True once it is committed, False when a unique constraint refused it, and has the
+        exception when the database cannot be written."""
+        return self._batches.submit((table, row))
 
-    def _write_now(self, items: list[tuple[Insert, dict[str, Any]]]) -> list[bool] | None:
+    def _write_now(self, items: list[tuple[Table, dict[str, Any]]]) -> list[bool] | None:
         try:
             with self._writes.begin_now() as connection:
                 upkeep = self._insert_all(connection, items)
@@ -172,33 +205,33 @@ class GroupCommit:
             checkpoint.add_done_callback(self._checkpoints.discard)
         return [True] * len(items)
 
-    def _write(self, items: list[tuple[Insert, dict[str, Any]]]) -> list[bool]:
+    def _write(self, items: list[tuple[Table, dict[str, Any]]]) -> list[bool]:
         """In a worker thread: each table's rows in one INSERT; row by row after a refusal,
         to tell which row it was."""
         try:
             with self._writes.begin() as connection:
                 self._insert_all(connection, items)
         except IntegrityError:
-            return [self._write_one(insert, row) for insert, row in items]
+            return [self._write_one(table, row) for table, row in items]
         return [True] * len(items)
 
-    def _write_one(self, insert: Insert, row: dict[str, Any]) -> bool:
+    def _write_one(self, table: Table, row: dict[str, Any]) -> bool:
         try:
             with self._writes.begin() as connection:
-                insert(connection, [row])
+                self._insert(table, connection)(connection, [row])
         except IntegrityError:
             return False
         return True
 
     def _insert_all(
-        self, connection: Connection, items: list[tuple[Insert, dict[str, Any]]]
+        self, connection: Connection, items: list[tuple[Table, dict[str, Any]]]
     ) -> bool:
         """Each table's rows in one INSERT, and the upkeep when due (then True)."""
-        by_table: dict[Insert, list[dict[str, Any]]] = {}
-        for insert, row in items:
-            by_table.setdefault(insert, []).append(row)
-        for insert, rows in by_table.items():
-            insert(connection, rows)
+        by_table: dict[Table, Rows] = {}
+        for table, row in items:
+            by_table.setdefault(table, []).append(row)
+        for table, rows in by_table.items():
+            self._insert(table, connection)(connection, rows)
         now = time.monotonic()
         if now < self._next_upkeep:
             return False
@@ -206,6 +239,12 @@ class GroupCommit:
         for task in self._upkeep:
             task(connection)
         return True
+
+    def _insert(self, table: Table, connection: Connection) -> TableInsert:
+        insert = self._inserts.get(table)
+        if insert is None:
+            insert = self._inserts[table] = TableInsert(table, connection.dialect)
+        return insert
 
 
 class DatabaseBusyError(Exception):

@@ -17,9 +17,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Table
 
 from service.cds.batching import GroupCommit
 from service.cds.rules import Advice
@@ -41,6 +40,7 @@ class Presentation:
 
 
 MAX_BACKLOG = 1000
+CARDS: Table = CdsCard.__table__  # type: ignore[assignment]
 
 
 class IssuedCards:
@@ -62,14 +62,10 @@ class IssuedCards:
             ),
             "issued_at": utcnow(),
         }
-        written = self._commits.submit(_insert, row)
+        written = self._commits.submit(CARDS, row)
         written.add_done_callback(_log_failure)
         if self._commits.backlog > self._max_backlog:
             await asyncio.wait([written])  # its failure is logged, never raised to the EHR
-
-
-def _insert(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    connection.execute(insert(CdsCard), rows)
 
 
 def _log_failure(future: asyncio.Future[bool]) -> None:

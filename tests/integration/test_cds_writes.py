@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Engine, event, func, insert, select
 
-from service.cds.auth import PURGE_CHUNK, SeenTokens
+from service.cds.auth import PURGE_CHUNK, SEEN_TOKENS, SeenTokens
 from service.cds.batching import FastWrites, GroupCommit
-from service.cds.issued import IssuedCards, Presentation
+from service.cds.issued import CARDS, IssuedCards, Presentation
 from service.cds.rules import Advice
 from service.db import migrate
 from service.db.base import Database
@@ -89,19 +89,52 @@ def test_concurrent_calls_share_writes_and_a_replay_in_the_same_batch_is_caught(
 def test_on_sqlite_the_writes_run_on_the_event_loop(sqlite_database: Database) -> None:
     threads: set[int] = set()
 
-    def insert_noting_the_thread(connection: Connection, rows: list[dict[str, Any]]) -> None:
-        threads.add(threading.get_ident())
-        connection.execute(insert(CdsSeenToken), rows)
+    def note_the_thread(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith('INSERT INTO "cds_seen_tokens"') or "cds_seen_tokens" in statement:
+            threads.add(threading.get_ident())
 
     async def calls() -> int:
         commits = GroupCommit(FastWrites(sqlite_database))
         rows = [token_row(uuid.uuid4().hex) for _ in range(20)]
-        written = [commits.submit(insert_noting_the_thread, row) for row in rows]
+        written = [commits.submit(SEEN_TOKENS, row) for row in rows]
         assert all(await asyncio.gather(*written))
         return threading.get_ident()
 
-    loop_thread = asyncio.run(calls())
+    event.listen(Engine, "before_cursor_execute", note_the_thread)
+    try:
+        loop_thread = asyncio.run(calls())
+    finally:
+        event.remove(Engine, "before_cursor_execute", note_the_thread)
     assert threads == {loop_thread}
+
+
+def test_rows_written_by_the_fast_insert_read_back_as_the_orm_wrote_them(
+    database: Database, tenant_id: int
+) -> None:
+    """The CDS path converts values itself (TableInsert): UTC timestamps and JSON must come
+    back from the ORM exactly as they went in."""
+    issued_at = datetime(2026, 11, 23, 21, 5, 7, 123456, tzinfo=UTC)
+    row = {
+        "tenant_id": tenant_id,
+        "service_id": "svc",
+        "card_uuid": str(uuid.uuid4()),
+        "indicator": "warning",
+        "reasons": ["domestic-violence", "open-concern"],
+        "presentation": "k" * 64,
+        "issued_at": issued_at,
+    }
+
+    async def write() -> bool:
+        commits = GroupCommit(FastWrites(database))
+        return await commits.submit(CARDS, row)
+
+    assert asyncio.run(write()) is True
+    with database.session() as session:
+        card = session.scalars(select(CdsCard)).one()
+        assert card.reasons == ["domestic-violence", "open-concern"]
+        assert card.issued_at == issued_at
+        recent = select(CdsCard).where(CdsCard.issued_at > issued_at - timedelta(seconds=1))
+        assert session.scalars(recent).one() is card  # comparisons in SQL see the same time
 
 
 def test_while_another_writer_holds_sqlite_the_loop_goes_on_and_the_row_waits(
@@ -114,7 +147,7 @@ def test_while_another_writer_holds_sqlite_the_loop_goes_on_and_the_row_waits(
 
     async def call() -> bool:
         commits = GroupCommit(FastWrites(sqlite_database))
-        written = commits.submit(SeenTokens(commits)._insert, token_row("held"))
+        written = commits.submit(SEEN_TOKENS, token_row("held"))
         ticks = 0
         while ticks < 100:  # the loop keeps running while the database is held
             await asyncio.sleep(0)
