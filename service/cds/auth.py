@@ -28,9 +28,8 @@ from typing import Any
 import httpx
 import jwt
 from sqlalchemy import Connection, Table, delete, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from service.cds.batching import GroupCommit
+from service.cds.batching import GroupCommit, WriteFailedError
 from service.db.models import CdsSeenToken
 from service.tenancy import TenantContext
 from service.tenant_config import CdsIssuer, EhrRegistration
@@ -124,10 +123,10 @@ class SeenTokens:
 
     It is the one database write a hook call waits for, so it is made cheap:
 
-    * group commit (``GroupCommit``) — calls arriving together share one INSERT;
-    * one round trip, no wait for the disk flush (``FastWrites``). An application crash
-      loses nothing; a database server or OS crash may forget the last fraction of a
-      second of jtis, of tokens that expire within five minutes anyway.
+    * group commit (``GroupCommit``) — calls arriving together share one INSERT, on the
+      event loop, with no wait for the disk flush (``service.cds.batching``). An
+      application crash loses nothing; a database server or OS crash may forget the last
+      fraction of a second of jtis, of tokens that expire within five minutes anyway.
     """
 
     def __init__(self, commits: GroupCommit) -> None:
@@ -140,8 +139,8 @@ class SeenTokens:
         row = {"tenant_id": tenant_id, "issuer": issuer, "jti": jti, "expires_at": expires_at}
         try:
             return await self._commits.submit(SEEN_TOKENS, row)
-        except SQLAlchemyError as error:
-            raise ReplayCheckUnavailableError(type(error).__name__) from error
+        except WriteFailedError as error:
+            raise ReplayCheckUnavailableError(str(error)) from error
 
     def _purge_when_due(self, connection: Connection) -> None:
         """Delete expired rows, a chunk at a time (a write may run on the event loop)."""

@@ -43,7 +43,7 @@ from service.cds.auth import (
     SeenTokens,
     expiry,
 )
-from service.cds.batching import FastWrites, GroupCommit
+from service.cds.batching import GroupCommit, fast_writes
 from service.cds.cards import CardTarget
 from service.cds.configured import ConfiguredHooks
 from service.cds.issued import IssuedCards, Presentation
@@ -87,7 +87,7 @@ class CdsState:
 
     async def close(self) -> None:
         """At shutdown: the cards returned so far are recorded, the HTTP clients closed."""
-        await self.commits.flushed()
+        await self.commits.close()
         await self.fhir_http.aclose()
         await self.jwks_http.aclose()
 
@@ -119,7 +119,7 @@ def _new_state(database: Database, registry: Any) -> CdsState:
     # no redirects: the EHR's access token must not follow a redirect to another host
     jwks_http = httpx.AsyncClient(follow_redirects=False)
     fhir_http = httpx.AsyncClient(follow_redirects=False, event_hooks={"request": [count]})
-    commits = GroupCommit(FastWrites(database))
+    commits = GroupCommit(fast_writes(database))
     return CdsState(
         authenticator=CdsAuthenticator(JwksCache(jwks_http), SeenTokens(commits)),
         commits=commits,

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, event, func, insert, select
 
 from service.cds.auth import PURGE_CHUNK, SEEN_TOKENS, SeenTokens
-from service.cds.batching import FastWrites, GroupCommit
+from service.cds.batching import GroupCommit, fast_writes
 from service.cds.issued import CARDS, IssuedCards, Presentation
 from service.cds.rules import Advice
 from service.db import migrate
@@ -66,7 +66,7 @@ def test_concurrent_calls_share_writes_and_a_replay_in_the_same_batch_is_caught(
     database: Database, tenant_id: int
 ) -> None:
     async def calls() -> list[bool]:
-        commits = GroupCommit(FastWrites(database))
+        commits = GroupCommit(fast_writes(database))
         seen, issued = SeenTokens(commits), IssuedCards(commits)
         jtis = [uuid.uuid4().hex for _ in range(30)] + ["replayed", "replayed"]
         uses = [seen.first_use(tenant_id, ISSUER, jti, SOON) for jti in jtis]
@@ -94,7 +94,7 @@ def test_on_sqlite_the_writes_run_on_the_event_loop(sqlite_database: Database) -
             threads.add(threading.get_ident())
 
     async def calls() -> int:
-        commits = GroupCommit(FastWrites(sqlite_database))
+        commits = GroupCommit(fast_writes(sqlite_database))
         rows = [token_row(uuid.uuid4().hex) for _ in range(20)]
         written = [commits.submit(SEEN_TOKENS, row) for row in rows]
         assert all(await asyncio.gather(*written))
@@ -125,7 +125,7 @@ def test_rows_written_by_the_fast_insert_read_back_as_the_orm_wrote_them(
     }
 
     async def write() -> bool:
-        commits = GroupCommit(FastWrites(database))
+        commits = GroupCommit(fast_writes(database))
         return await commits.submit(CARDS, row)
 
     assert asyncio.run(write()) is True
@@ -146,7 +146,7 @@ def test_while_another_writer_holds_sqlite_the_loop_goes_on_and_the_row_waits(
     other_writer.execute("BEGIN IMMEDIATE")  # e.g. the outbox committing a save
 
     async def call() -> bool:
-        commits = GroupCommit(FastWrites(sqlite_database))
+        commits = GroupCommit(fast_writes(sqlite_database))
         written = commits.submit(SEEN_TOKENS, token_row("held"))
         ticks = 0
         while ticks < 100:  # the loop keeps running while the database is held
@@ -172,7 +172,7 @@ def test_when_the_card_writes_fall_behind_the_calls_wait_for_their_row(
     other_writer.execute("BEGIN IMMEDIATE")
 
     async def calls() -> None:
-        commits = GroupCommit(FastWrites(sqlite_database))
+        commits = GroupCommit(fast_writes(sqlite_database))
         issued = IssuedCards(commits, max_backlog=2)
 
         def record() -> asyncio.Task[None]:
@@ -202,7 +202,7 @@ def test_expired_jtis_are_purged_in_chunks(database: Database, tenant_id: int) -
     with database.engine.begin() as connection:
         connection.execute(insert(CdsSeenToken), [*rows, token_row("valid", tenant_id)])
 
-    commits = GroupCommit(FastWrites(database))
+    commits = GroupCommit(fast_writes(database))
     seen = SeenTokens(commits)
     with database.engine.begin() as connection:
         seen._purge_when_due(connection)

@@ -22,6 +22,7 @@ import io
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -130,13 +131,16 @@ def world(
     database_url: str,
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
-) -> World:
+) -> Iterator[World]:
     base_url = fhir_server.base_url
     hospital = make_tenant(database, "default", base_url)
     other = make_tenant(database, "hospital-b", base_url)
     settings = Settings(environment="test", database_url=database_url, cds_jwt_required=False)
     app = create_app(settings, database)
-    return World(app, TestClient(app), database, base_url, hospital, other, [])
+    # one event loop for the whole test, as in production: the CDS path's writes finish
+    # on the loop after the response (a loop per request would stop them half-way)
+    with TestClient(app) as client:
+        yield World(app, client, database, base_url, hospital, other, [])
 
 
 def _child(world: World, name: str, born: date) -> Child:
