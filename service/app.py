@@ -17,7 +17,7 @@ import smart_app
 from service import keys
 from service.api import health
 from service.cds.fastpath import CdsFastPath
-from service.cds.router import CdsState
+from service.cds.router import CdsState, new_cds_state
 from service.cds.router import router as cds_router
 from service.db.base import Database
 from service.fhir import terminology
@@ -45,9 +45,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        cds: CdsState | None = getattr(app.state, "cds", None)
-        if cds is not None:
-            await cds.close()
+        cds: CdsState = app.state.cds
+        await cds.commits.flushed()  # the cards returned so far are recorded
         await asyncio.to_thread(worker.stop)
 
 
@@ -91,6 +90,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.metrics = metrics
     app.state.tenants = TenantDirectory(database, SecretBox(settings.secret_key))
     app.state.readiness_checks = [health.database_check(database)]
+    app.state.cds = new_cds_state(database, metrics.registry)
 
     app.include_router(health.router)
     app.include_router(cds_router)  # CDS Hooks for the default hospital

@@ -169,10 +169,6 @@ class GroupCommit:
         await self._batches.flushed()
         await self._writes.settled()
 
-    async def close(self) -> None:
-        await self.flushed()
-        await self._writes.close()
-
     async def _write(self, batch: Batch) -> list[bool]:
         now = time.monotonic()
         upkeep: list[Upkeep] = []
@@ -222,7 +218,6 @@ class SqliteWrites:
         self._turn = threading.Lock()  # one writer of this process at a time
         self._checkpoints: set[asyncio.Future[None]] = set()
         self._now: Engine | None = None
-        self._own: list[Engine] = []
         if url.database in (None, "", ":memory:"):
             self._engine = database.engine
             return
@@ -235,7 +230,6 @@ class SqliteWrites:
             url, connect_args={"check_same_thread": False, "timeout": 0}, pool_size=1
         )
         event.listen(self._now, "connect", _sqlite_pragmas_now)
-        self._own = [self._engine, self._now]
 
     async def write(self, batch: Batch, upkeep: list[Upkeep]) -> list[bool]:
         if self._now is not None:
@@ -253,10 +247,6 @@ class SqliteWrites:
     async def settled(self) -> None:
         if self._checkpoints:
             await asyncio.wait(set(self._checkpoints))
-
-    async def close(self) -> None:
-        for engine in self._own:
-            engine.dispose()
 
     def _write_now(self, engine: Engine, batch: Batch, upkeep: list[Upkeep]) -> list[bool]:
         with self._begin_now(engine) as connection:
@@ -349,12 +339,6 @@ class PostgresWrites:
     async def settled(self) -> None:
         if self._upkeeps:
             await asyncio.wait(set(self._upkeeps))
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.close()
-        self._upkeep_engine.dispose()
 
     async def _write_one(self, table: Table, row: dict[str, Any]) -> bool:
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,32 +80,18 @@ class CdsState:
     issued: IssuedCards
     configured: ConfiguredHooks
     fhir_http: httpx.AsyncClient  # counts every request it sends (the "one FHIR request" rule)
-    jwks_http: httpx.AsyncClient
     fhir_requests: Counter
     cards: Counter
 
-    async def close(self) -> None:
-        """At shutdown: the cards returned so far are recorded, the HTTP clients closed."""
-        await self.commits.close()
-        await self.fhir_http.aclose()
-        await self.jwks_http.aclose()
-
-
-_state_lock = threading.Lock()
-
 
 def cds_state(request: Request) -> CdsState:
-    state: CdsState | None = getattr(request.app.state, "cds", None)
-    if state is None:
-        with _state_lock:
-            state = getattr(request.app.state, "cds", None)
-            if state is None:
-                state = _new_state(request.app.state.database, request.app.state.metrics.registry)
-                request.app.state.cds = state
+    state: CdsState = request.app.state.cds
     return state
 
 
-def _new_state(database: Database, registry: Any) -> CdsState:
+def new_cds_state(database: Database, registry: Any) -> CdsState:
+    """Built with the app, so that the first hook call after a start does not pay for it
+    (the HTTP clients' imports and set-up took seconds on a loaded machine)."""
     fhir_requests = Counter(
         "kindreflex_cds_fhir_requests_total",
         "HTTP requests sent to FHIR servers by CDS hook calls (prefetch missing).",
@@ -126,7 +111,6 @@ def _new_state(database: Database, registry: Any) -> CdsState:
         issued=IssuedCards(commits),
         configured=ConfiguredHooks(),
         fhir_http=fhir_http,
-        jwks_http=jwks_http,
         fhir_requests=fhir_requests,
         cards=Counter(
             "kindreflex_cds_cards_total",
