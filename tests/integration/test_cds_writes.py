@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -137,15 +138,24 @@ def test_rows_written_by_the_fast_insert_read_back_as_the_orm_wrote_them(
         assert session.scalars(recent).one() is card  # comparisons in SQL see the same time
 
 
+@contextmanager
+def another_writer(database: Database) -> Iterator[sqlite3.Connection]:
+    """A write transaction on a second connection, as the outbox's committing a save;
+    ``execute("COMMIT")`` on it lets go."""
+    path = database.engine.url.database
+    assert path is not None
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
 def test_while_another_writer_holds_sqlite_the_loop_goes_on_and_the_row_waits(
     sqlite_database: Database,
 ) -> None:
-    path = sqlite_database.engine.url.database
-    assert path is not None
-    other_writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other_writer.execute("BEGIN IMMEDIATE")  # e.g. the outbox committing a save
-
-    async def call() -> bool:
+    async def call(other_writer: sqlite3.Connection) -> bool:
         commits = GroupCommit(fast_writes(sqlite_database))
         written = commits.submit(SEEN_TOKENS, token_row("held"))
         ticks = 0
@@ -156,22 +166,15 @@ def test_while_another_writer_holds_sqlite_the_loop_goes_on_and_the_row_waits(
         other_writer.execute("COMMIT")
         return await written
 
-    try:
-        assert asyncio.run(call()) is True
-    finally:
-        other_writer.close()
+    with another_writer(sqlite_database) as other_writer:
+        assert asyncio.run(call(other_writer)) is True
     assert count(sqlite_database, CdsSeenToken) == 1
 
 
 def test_when_the_card_writes_fall_behind_the_calls_wait_for_their_row(
     sqlite_database: Database,
 ) -> None:
-    path = sqlite_database.engine.url.database
-    assert path is not None
-    other_writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other_writer.execute("BEGIN IMMEDIATE")
-
-    async def calls() -> None:
+    async def calls(other_writer: sqlite3.Connection) -> None:
         commits = GroupCommit(fast_writes(sqlite_database))
         issued = IssuedCards(commits, max_backlog=2)
 
@@ -189,10 +192,8 @@ def test_when_the_card_writes_fall_behind_the_calls_wait_for_their_row(
         await asyncio.gather(*queued)
         await commits.flushed()
 
-    try:
-        asyncio.run(calls())
-    finally:
-        other_writer.close()
+    with another_writer(sqlite_database) as other_writer:
+        asyncio.run(calls(other_writer))
     assert count(sqlite_database, CdsCard) == 4
 
 
