@@ -18,6 +18,8 @@ import jwt
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from sandbox.keys import SigningKey
@@ -36,7 +38,16 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from tests.support.sandbox import JwksServer
-from tests.unit.test_cds_rules import ENCOUNTER_ID, a_code_of, concern_flag, prefetch
+from tests.unit.test_cds_rules import (
+    ENCOUNTER_ID,
+    FULL,
+    JSON,
+    a_code_of,
+    concern_flag,
+    paths,
+    prefetch,
+    replaced,
+)
 
 PUBLIC_URL = "http://testserver"
 ENCOUNTER_START = "kindreflex-encounter-start"
@@ -439,6 +450,28 @@ def test_request_metrics_keep_the_route_template_and_a_bounded_set_of_methods(cd
     assert f"kindreflex_http_requests_total{{{line}}} 1.0" in metrics
     assert 'method="OTHER"' in metrics
     assert "BREW" not in metrics
+
+
+#: a call with every kind of prefetch resource (FULL), so that every field can be spoiled
+VALID_CALL = hook_body(data=FULL, hookInstance="9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d")
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,  # the same examples every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # each call is independent
+)
+@given(where=st.sampled_from(paths(VALID_CALL)), data=st.data())
+def test_any_field_of_a_hook_call_with_any_json_gets_a_card_or_a_4xx_never_a_500(
+    cds: Cds, where: tuple[Any, ...], data: st.DataObject
+) -> None:
+    body = replaced(VALID_CALL, where, data.draw(JSON))
+    sent = json.dumps(body).encode()
+    response = cds.call(body=sent, headers={"Content-Type": "application/json"})
+    assert response.status_code in (200, 400), response.text
+    answer = response.json()
+    assert ("cards" in answer) if response.status_code == 200 else answer["reason"]
 
 
 # --- feedback ----------------------------------------------------------------------------
