@@ -13,9 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
+from service import casework
 from service.db.base import Database, utcnow
 from service.fhir import mapping, terminology
 from service.protocol import (
@@ -366,3 +368,61 @@ def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
     )
     assert no_referral.status_code == 409
     assert "no referral" in no_referral.json()["detail"]["message"]
+
+
+def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The facility's own system updates the ServiceRequest between the service's read and
+    its write: a real second writer on the real FHIR server, interleaved at that moment."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    decided = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
+            "decision": "concerning-unwilling",
+            "factors": WORKSHOP_FACTORS,
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        },
+    )
+    referred = case.send(
+        "step-6",
+        {
+            "row_version": decided.json()["row_version"],
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+        },
+    )
+    assert referred.json()["status"] == "delivered", referred.text
+    read_referral = casework._latest_referral
+
+    def read_then_the_facility_writes(client: Any, record: Any) -> dict[str, Any]:
+        as_read = read_referral(client, record)
+        theirs = {**as_read, "note": [{"text": "VK: case taken on by An."}]}
+        url = f"{case.base_url}/ServiceRequest/{as_read['id']}"
+        assert httpx.put(url, json=theirs, timeout=10).status_code == 200
+        return as_read
+
+    monkeypatch.setattr(casework, "_latest_referral", read_then_the_facility_writes)
+    refused = case.send(
+        "referral", {"row_version": referred.json()["row_version"], "status": "revoked"}
+    )
+    assert refused.status_code == 409, refused.text
+    assert "Nothing was overwritten" in refused.json()["detail"]["message"]
+    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    assert request["status"] == "active"  # our revocation did not land on their change
+    assert request["note"] == [{"text": "VK: case taken on by An."}]
+
+    monkeypatch.undo()  # the social worker opens the case again and redoes the change
+    current = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    redone = case.send("referral", {"row_version": current["row_version"], "status": "revoked"})
+    assert redone.status_code == 200, redone.text
+    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    assert request["status"] == "revoked"
+    assert request["note"][0] == {"text": "VK: case taken on by An."}  # theirs is kept
+    assert validate(request) == []
