@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 import jwt
+import orjson
 from sqlalchemy import Connection, Table, delete, select
 
 from service.cds.batching import GroupCommit, WriteFailedError
@@ -218,7 +218,7 @@ class _Token:
     def parse(cls, token: str) -> _Token:
         try:
             header_b64, claims_b64, signature_b64 = token.split(".")
-            header, claims = json.loads(_b64(header_b64)), json.loads(_b64(claims_b64))
+            header, claims = orjson.loads(_b64(header_b64)), orjson.loads(_b64(claims_b64))
             signature = _b64(signature_b64)
         except (ValueError, binascii.Error) as error:
             raise CdsAuthError("the bearer token is not a JWT (compact JWS)") from error
@@ -226,10 +226,9 @@ class _Token:
             raise CdsAuthError("the bearer token is not a JWT (header and claims are objects)")
         if "crit" in header:  # RFC 7515 4.1.11: no JWS extension is understood here
             raise CdsAuthError("JWS header 'crit' names extensions this service does not support")
-        if header.get("alg") not in ALGORITHMS:
-            raise CdsAuthError(
-                f"alg {header.get('alg')!r} is not accepted; use one of {sorted(ALGORITHMS)}"
-            )
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
+            raise CdsAuthError(f"alg {alg!r} is not accepted; use one of {sorted(ALGORITHMS)}")
         return cls(header, claims, f"{header_b64}.{claims_b64}".encode(), signature)
 
     def verify_signature(self, keys: list[jwt.PyJWK]) -> None:

@@ -4,6 +4,7 @@ and PostgreSQL. Discovery, cards, authentication failures, malformed bodies, fee
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -293,6 +294,36 @@ BAD_TOKENS: dict[str, tuple[Callable[[Ehr], str], str]] = {
     ),
     "not a JWT": (lambda e: "not-a-jwt", "not a JWT"),
 }
+
+
+def b64url(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,  # the same examples every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # each call is independent
+)
+@given(part=st.sampled_from(["header", "claims"]), data=st.data())
+def test_a_jwt_with_any_json_in_any_field_is_refused_with_401_never_a_500(
+    cds: Cds, part: str, data: st.DataObject
+) -> None:
+    """The token's header and claims are the caller's JSON too: spoil any field of a good
+    token (its signature then fails, if nothing else does first)."""
+    header_b64, claims_b64, signature = cds.ehr.token(AUD).split(".")
+    segments = {
+        "header": json.loads(base64.urlsafe_b64decode(header_b64 + "==")),
+        "claims": json.loads(base64.urlsafe_b64decode(claims_b64 + "==")),
+    }
+    where = data.draw(st.sampled_from(paths(segments[part])[1:]))
+    segments[part] = replaced(segments[part], where, data.draw(JSON))
+    token = f"{b64url(segments['header'])}.{b64url(segments['claims'])}.{signature}"
+    response = cds.call(token=token)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_token"
+    assert response.json()["reason"]
 
 
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
