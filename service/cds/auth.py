@@ -277,7 +277,8 @@ def _check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float
 
 
 def _finite_number(value: Any) -> bool:
-    # JSON parsers accept NaN and Infinity, which would slip through every comparison
+    # NaN and Infinity would slip through every comparison (orjson refuses them; the check
+    # stays so that it does not depend on the parser)
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

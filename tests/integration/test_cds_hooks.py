@@ -287,7 +287,9 @@ BAD_TOKENS: dict[str, tuple[Callable[[Ehr], str], str]] = {
         "future",
     ),
     "no jti": (lambda e: e.token(AUD, jti=None), "jti"),
-    "iat not a number": (lambda e: e.token(AUD, iat=float("nan")), "must be numbers"),
+    "iat not a number": (lambda e: e.token(AUD, iat="today"), "must be numbers"),
+    # NaN is not JSON (RFC 8259): the claims do not parse
+    "iat NaN": (lambda e: e.token(AUD, iat=float("nan")), "not a JWT"),
     "crit extension": (
         lambda e: e.token(AUD, headers={"crit": ["urn:example:ext"], "urn:example:ext": 1}),
         "crit",
