@@ -518,6 +518,39 @@ def feedback_call(cds: Cds, items: list[dict[str, Any]]) -> Any:
     )
 
 
+VALID_FEEDBACK = {
+    "feedback": [
+        {
+            "card": "0b8f1c7e-5d55-4a8e-9a45-3f4b7a1e2c10",
+            "outcome": "overridden",
+            "overrideReason": {
+                "reason": {"system": "urn:x", "code": "no-children"},
+                "userComment": "c",
+            },
+            "outcomeTimestamp": "2026-11-23T10:15:00+01:00",
+        }
+    ]
+}
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,  # the same examples every run
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # each call is independent
+)
+@given(where=st.sampled_from(paths(VALID_FEEDBACK)), data=st.data())
+def test_feedback_with_any_json_in_any_field_is_stored_or_refused_never_a_500(
+    cds: Cds, where: tuple[Any, ...], data: st.DataObject
+) -> None:
+    body = replaced(VALID_FEEDBACK, where, data.draw(JSON))
+    path = f"/cds-services/{ENCOUNTER_START}/feedback"
+    token = cds.ehr.token(PUBLIC_URL + path)
+    response = cds.client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code in (200, 400), response.text
+    assert response.status_code == 200 or response.json()["reason"]
+
+
 def test_feedback_is_stored_once_per_outcome(cds: Cds) -> None:
     card = only_card(cds.call())
     override = card["overrideReasons"][2]
