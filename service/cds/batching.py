@@ -181,7 +181,7 @@ class GroupCommit:
             raise WriteFailedError(type(error).__name__) from error
 
 
-def by_table(batch: Batch) -> dict[Table, Rows]:
+def _by_table(batch: Batch) -> dict[Table, Rows]:
     grouped: dict[Table, Rows] = {}
     for table, row in batch:
         grouped.setdefault(table, []).append(row)
@@ -275,7 +275,7 @@ class SqliteWrites:
         return True
 
     def _insert(self, connection: Connection, batch: Batch, upkeep: list[Upkeep]) -> None:
-        for table, rows in by_table(batch).items():
+        for table, rows in _by_table(batch).items():
             insert = self._inserts(table)
             connection.exec_driver_sql(insert.sql, insert.parameters(rows))
         for task in upkeep:
@@ -351,7 +351,7 @@ class PostgresWrites:
         connection = self._idle.pop() if self._idle else await self._connect()
         try:
             async with connection.transaction(), connection.cursor() as cursor:
-                for table, rows in by_table(batch).items():
+                for table, rows in _by_table(batch).items():
                     insert = self._inserts(table)
                     await cursor.executemany(insert.sql, insert.parameters(rows))
         finally:
