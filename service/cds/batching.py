@@ -25,6 +25,7 @@ a worker thread or in small chunks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -37,6 +38,8 @@ from sqlalchemy import Connection, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from service.db.base import Database
+
+log = logging.getLogger(__name__)
 
 MAX_WRITERS = 4  # PostgreSQL batches in flight at once; SQLite has one writer
 UPKEEP_SECONDS = 1.0
@@ -181,6 +184,21 @@ class GroupCommit:
             raise WriteFailedError(type(error).__name__) from error
 
 
+def _in_thread(running: set[asyncio.Future[None]], work: Callable[..., None], *args: Any) -> None:
+    """Start ``work`` in a worker thread without waiting for it; ``running`` holds it until
+    it ends (``settled``). A failure is logged: the next upkeep tries again."""
+    future = asyncio.get_running_loop().run_in_executor(None, work, *args)
+    running.add(future)
+    future.add_done_callback(running.discard)
+    future.add_done_callback(_log_upkeep_failure)
+
+
+def _log_upkeep_failure(future: asyncio.Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning("CDS write upkeep failed", extra={"fields": {"error": type(error).__name__}})
+
+
 def _by_table(batch: Batch) -> dict[Table, Rows]:
     grouped: dict[Table, Rows] = {}
     for table, row in batch:
@@ -252,9 +270,7 @@ class SqliteWrites:
         with self._begin_now(engine) as connection:
             self._insert(connection, batch, upkeep)
         if upkeep:
-            checkpoint = asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
-            self._checkpoints.add(checkpoint)
-            checkpoint.add_done_callback(self._checkpoints.discard)
+            _in_thread(self._checkpoints, self._checkpoint)
         return [True] * len(batch)
 
     def _write_waiting(self, batch: Batch, upkeep: list[Upkeep]) -> list[bool]:
@@ -327,9 +343,7 @@ class PostgresWrites:
 
     async def write(self, batch: Batch, upkeep: list[Upkeep]) -> list[bool]:
         if upkeep:
-            done = asyncio.get_running_loop().run_in_executor(None, self._run_upkeep, upkeep)
-            self._upkeeps.add(done)
-            done.add_done_callback(self._upkeeps.discard)
+            _in_thread(self._upkeeps, self._run_upkeep, upkeep)
         try:
             await self._insert(batch)
         except psycopg.IntegrityError:  # row by row, to tell which row it was
@@ -361,8 +375,9 @@ class PostgresWrites:
                 self._idle.append(connection)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        # bounded: a database that does not answer must fail the call, not hang the EHR
         return await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, options=OPTIONS
+            self._conninfo, autocommit=True, options=OPTIONS, connect_timeout=CONNECT_TIMEOUT
         )
 
     def _run_upkeep(self, upkeep: list[Upkeep]) -> None:
@@ -371,7 +386,8 @@ class PostgresWrites:
                 task(connection)
 
 
-OPTIONS = "-c synchronous_commit=off"
+CONNECT_TIMEOUT = 3  # seconds
+OPTIONS = "-c synchronous_commit=off -c statement_timeout=5000"
 
 
 def fast_writes(database: Database) -> SqliteWrites | PostgresWrites:
