@@ -337,7 +337,10 @@ class PostgresWrites:
         self._inserts = _Inserts(database.engine.dialect)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._upkeep_engine = create_engine(
-            url, pool_size=1, max_overflow=0, connect_args={"options": OPTIONS}
+            url,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"options": OPTIONS, "connect_timeout": CONNECT_TIMEOUT},
         )
         self._upkeeps: set[asyncio.Future[None]] = set()
 

@@ -8,6 +8,7 @@ connection, as the outbox or an administrator's save would hold it.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import threading
 import uuid
@@ -21,7 +22,7 @@ import pytest
 from sqlalchemy import Engine, event, func, insert, select
 
 from service.cds.auth import PURGE_CHUNK, SEEN_TOKENS, SeenTokens
-from service.cds.batching import GroupCommit, fast_writes
+from service.cds.batching import CONNECT_TIMEOUT, GroupCommit, WriteFailedError, fast_writes
 from service.cds.issued import CARDS, IssuedCards, Presentation
 from service.cds.rules import Advice
 from service.db import migrate
@@ -215,3 +216,23 @@ def test_expired_jtis_are_purged_in_chunks(database: Database, tenant_id: int) -
 
 def token_row(jti: str, tenant_id: int = 1, expires_at: datetime = SOON) -> dict[str, Any]:
     return {"tenant_id": tenant_id, "issuer": ISSUER, "jti": jti, "expires_at": expires_at}
+
+
+def test_a_postgresql_that_does_not_answer_fails_the_write_instead_of_hanging() -> None:
+    """A real socket that accepts the connection and then says nothing, as a hung server."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        database = Database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/kindreflex")
+        commits = GroupCommit(fast_writes(database))
+
+        async def write() -> bool:
+            written = commits.submit(SEEN_TOKENS, token_row("unanswered"))
+            # a hang shows as TimeoutError here, not as the WriteFailedError expected
+            await asyncio.wait_for(commits.flushed(), timeout=CONNECT_TIMEOUT + 10)
+            return written.result()
+
+        with pytest.raises(WriteFailedError):
+            asyncio.run(write())
+        database.dispose()
