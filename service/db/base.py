@@ -54,6 +54,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 def make_engine(database_url: str) -> Engine:
     """An engine for the URL; SQLite gets foreign keys on and WAL for concurrent readers."""
     if database_url.startswith("sqlite"):
@@ -65,7 +68,14 @@ def make_engine(database_url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # a database that does not answer fails a request within seconds instead of holding it
+    return create_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
