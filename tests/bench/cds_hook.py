@@ -371,7 +371,7 @@ def report(
             f"{f.percentile(99):>8.1f}{f.cpu_per_call_us:>8.0f}"
             f"{f.per_second / bare.per_second:>8.0%}"
             f"{f.percentile(99) / bare.percentile(99):>6.2f}x"
-            f"{f.cpu_per_call_us / bare.cpu_per_call_us:>6.2f}x"
+            f"{_cpu_ratio(f, bare):>7}"
         )
     for target, f in zip(targets[2:], figures[2:], strict=True):
         throughput = f.per_second / bare.per_second
@@ -393,6 +393,14 @@ def report(
         f"card returned: {indicator}",
     ]
     return "\n".join(lines)
+
+
+def _cpu_ratio(figures: Figures, bare: Figures) -> str:
+    """The CPU ratio; /proc counts in clock ticks (10 ms), so a very short run may show the
+    bare server using none at all."""
+    if bare.cpu_seconds == 0:
+        return "n/a"
+    return f"{figures.cpu_per_call_us / bare.cpu_per_call_us:.2f}x"
 
 
 def _verdict(met: bool) -> str:

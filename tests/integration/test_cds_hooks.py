@@ -298,16 +298,19 @@ BAD_TOKENS: dict[str, tuple[Callable[[Ehr], str], str]] = {
 }
 
 
-def b64url(value: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-
-
-@settings(
-    max_examples=300,
+#: Property tests that spoil one field of a good request with arbitrary JSON.
+SPOILED_INPUT = settings(
     deadline=None,
     derandomize=True,  # the same examples every run
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # each call is independent
 )
+
+
+def b64url(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+@settings(SPOILED_INPUT, max_examples=300)
 @given(part=st.sampled_from(["header", "claims"]), data=st.data())
 def test_a_jwt_with_any_json_in_any_field_is_refused_with_401_never_a_500(
     cds: Cds, part: str, data: st.DataObject
@@ -489,12 +492,7 @@ def test_request_metrics_keep_the_route_template_and_a_bounded_set_of_methods(cd
 VALID_CALL = hook_body(data=FULL, hookInstance="9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d")
 
 
-@settings(
-    max_examples=400,
-    deadline=None,
-    derandomize=True,  # the same examples every run
-    suppress_health_check=[HealthCheck.function_scoped_fixture],  # each call is independent
-)
+@settings(SPOILED_INPUT, max_examples=400)
 @given(where=st.sampled_from(paths(VALID_CALL)), data=st.data())
 def test_any_field_of_a_hook_call_with_any_json_gets_a_card_or_a_4xx_never_a_500(
     cds: Cds, where: tuple[Any, ...], data: st.DataObject
@@ -533,12 +531,7 @@ VALID_FEEDBACK = {
 }
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,  # the same examples every run
-    suppress_health_check=[HealthCheck.function_scoped_fixture],  # each call is independent
-)
+@settings(SPOILED_INPUT, max_examples=200)
 @given(where=st.sampled_from(paths(VALID_FEEDBACK)), data=st.data())
 def test_feedback_with_any_json_in_any_field_is_stored_or_refused_never_a_500(
     cds: Cds, where: tuple[Any, ...], data: st.DataObject
