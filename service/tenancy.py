@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.db.base import Database
 from service.db.models import Tenant, TenantConfigVersion
@@ -102,6 +103,14 @@ class TenantDirectory:
         with self._lock:
             self._cache[slug] = (now, context)
         return context
+
+    async def current(self, slug: str) -> TenantContext:
+        """``get`` for code on the event loop (the CDS path): a refresh from the database
+        runs in a worker thread, so a slow or hung database never stops the loop."""
+        cached = self._cache.get(slug)
+        if cached and time.monotonic() - cached[0] < REFRESH_SECONDS:
+            return cached[1]
+        return await run_in_threadpool(self.get, slug)
 
     def _load(self, session: Session, slug: str, cached: TenantContext | None) -> TenantContext:
         tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))

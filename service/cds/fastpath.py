@@ -94,7 +94,7 @@ class CdsFastPath:
         scope["path_params"] = {k: params[k] for k in ("tenant", "service_id") if params[k]}
         request = Request(scope, receive)
         origin = request.headers.get("origin")
-        allowed = origin is not None and _allowed(request, origin)
+        allowed = origin is not None and await _allowed(request, origin)
         if target is None:  # a CORS preflight
             response: Response = _preflight(origin, allowed)
         else:
@@ -125,9 +125,9 @@ class CdsFastPath:
         return handler, template
 
 
-def _allowed(request: Request, origin: str) -> bool:
+async def _allowed(request: Request, origin: str) -> bool:
     try:
-        return cors.allowed(tenants_of(request).get(tenant_slug(request)), origin)
+        return cors.allowed(await tenants_of(request).current(tenant_slug(request)), origin)
     except UnknownTenantError:
         return False
 

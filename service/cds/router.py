@@ -195,8 +195,8 @@ async def _authenticate(
     return caller
 
 
-def _hospital(request: Request) -> tuple[TenantContext, Settings]:
-    return tenants_of(request).get(tenant_slug(request)), settings_of(request)
+async def _hospital(request: Request) -> tuple[TenantContext, Settings]:
+    return await tenants_of(request).current(tenant_slug(request)), settings_of(request)
 
 
 def _cds_errors(
@@ -226,7 +226,7 @@ def _enabled_hook(tenant: TenantContext, service_id: str) -> Hook | None:
 @router.get("/cds-services", response_model=None)
 @_cds_errors
 async def discovery(request: Request) -> JSONResponse:
-    tenant, settings = _hospital(request)
+    tenant, settings = await _hospital(request)
     try:
         await _authenticate(request, tenant, settings, cds_state(request))
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
@@ -253,7 +253,7 @@ async def discovery(request: Request) -> JSONResponse:
 @router.post("/cds-services/{service_id}", response_model=None)
 @_cds_errors
 async def call_service(service_id: str, request: Request) -> JSONResponse:
-    tenant, settings = _hospital(request)
+    tenant, settings = await _hospital(request)
     hook = _enabled_hook(tenant, service_id)
     if hook is None:
         return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
@@ -333,7 +333,7 @@ async def _patient_data(
 @router.post("/cds-services/{service_id}/feedback", response_model=None)
 @_cds_errors
 async def feedback(service_id: str, request: Request) -> JSONResponse:
-    tenant, settings = _hospital(request)
+    tenant, settings = await _hospital(request)
     if _enabled_hook(tenant, service_id) is None:
         return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
     try:

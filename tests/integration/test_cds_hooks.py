@@ -16,21 +16,25 @@ from typing import Any
 
 import httpx
 import jwt
+import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from sandbox.keys import SigningKey
 from service.app import create_app
 from service.cds.router import MAX_BODY_BYTES
+from service.db import migrate
 from service.db.base import Base, Database
 from service.db.models import CdsCard, CdsFeedback, CdsSeenToken
 from service.fhir import terminology
 from service.protocol import HagueTrigger
 from service.settings import Settings
+from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import (
     CdsIssuer,
     EhrRegistration,
@@ -38,6 +42,7 @@ from service.tenant_config import (
     Language,
     TenantConfiguration,
 )
+from tests.conftest import _create_postgres_database, _drop_postgres_database
 from tests.support.sandbox import JwksServer
 from tests.unit.test_cds_rules import (
     ENCOUNTER_ID,
@@ -709,3 +714,65 @@ def test_each_returned_card_is_recorded_for_monitoring_without_patient_ids(cds: 
     assert len(rows[0].presentation) == 64  # a SHA-256 key, not the encounter or patient id
     assert ENCOUNTER_ID not in rows[0].presentation
     assert rows[0].service_id == ENCOUNTER_START
+
+
+@pytest.mark.postgres
+def test_a_configuration_read_waiting_on_the_database_does_not_stop_the_event_loop(
+    ehr: Ehr,
+) -> None:
+    """The hospital's configuration is read again every few seconds. A real lock on its
+    table (as a slow or hung database) holds that read: meanwhile the service answers
+    other requests, and the hook call completes once the lock is gone."""
+    url = _create_postgres_database()
+    try:
+        migrate.upgrade(url)
+        database = Database(url)
+        TenantDirectory(database, SecretBox(None)).save("default", tenant_config(ehr), "test")
+        app = make_app(url, database)  # a fresh instance: its first call reads the table
+        locker = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"))
+        locker.execute("LOCK TABLE tenant_config_versions IN ACCESS EXCLUSIVE MODE")
+        release = threading.Timer(20, locker.commit)  # if the loop were stopped, still end
+        release.start()
+        answered_while_locked: list[bool] = []
+
+        async def scenario() -> int:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as client:
+                path = f"/cds-services/{ENCOUNTER_START}"
+                headers = {"Authorization": f"Bearer {ehr.token(PUBLIC_URL + path)}"}
+                call = asyncio.create_task(client.post(path, json=hook_body(), headers=headers))
+                await _until_a_query_waits_for_a_lock(url)
+                health = await client.get("/healthz")
+                answered_while_locked.append(health.status_code == 200 and not call.done())
+                locker.commit()
+                return (await call).status_code
+
+        try:
+            assert asyncio.run(scenario()) == 200
+        finally:
+            release.cancel()
+            locker.close()
+            database.dispose()
+        assert answered_while_locked == [True]
+    finally:
+        _drop_postgres_database(url)
+
+
+async def _until_a_query_waits_for_a_lock(url: str) -> None:
+    """Poll (bounded) until PostgreSQL shows a query of this database waiting for a lock."""
+    name = make_url(url).database
+    deadline = time.monotonic() + 10
+    async with await psycopg.AsyncConnection.connect(
+        url.replace("postgresql+psycopg", "postgresql"), autocommit=True
+    ) as watcher:
+        while time.monotonic() < deadline:
+            waiting = await watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND wait_event_type = 'Lock'",
+                (name,),
+            )
+            row = await waiting.fetchone()
+            if row and row[0]:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("the configuration read never waited for the lock")
