@@ -7,6 +7,7 @@ this process is visible at once, a save in another instance within that interval
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import threading
@@ -92,6 +93,7 @@ class TenantDirectory:
         self._secrets = secrets
         self._cache: dict[str, tuple[float, TenantContext]] = {}
         self._lock = threading.Lock()
+        self._refreshing: dict[str, asyncio.Task[TenantContext]] = {}
 
     def get(self, slug: str) -> TenantContext:
         now = time.monotonic()
@@ -106,11 +108,22 @@ class TenantDirectory:
 
     async def current(self, slug: str) -> TenantContext:
         """``get`` for code on the event loop (the CDS path): a refresh from the database
-        runs in a worker thread, so a slow or hung database never stops the loop."""
+        runs in a worker thread, so a slow or hung database never stops the loop. Calls
+        that find the configuration due for a refresh together share one read."""
         cached = self._cache.get(slug)
         if cached and time.monotonic() - cached[0] < REFRESH_SECONDS:
             return cached[1]
-        return await run_in_threadpool(self.get, slug)
+        loop = asyncio.get_running_loop()
+        pending = self._refreshing.get(slug)
+        if pending is None or pending.get_loop() is not loop:
+            pending = loop.create_task(run_in_threadpool(self.get, slug))
+            self._refreshing[slug] = pending
+            pending.add_done_callback(lambda done: self._forget_refresh(slug, done))
+        return await asyncio.shield(pending)
+
+    def _forget_refresh(self, slug: str, done: asyncio.Task[TenantContext]) -> None:
+        if self._refreshing.get(slug) is done:
+            del self._refreshing[slug]
 
     def _load(self, session: Session, slug: str, cached: TenantContext | None) -> TenantContext:
         tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from service.db.base import Database
 from service.db.models import TenantConfigVersion
-from service.tenancy import SecretBox, SecretsUnavailableError, TenantDirectory, UnknownTenantError
+from service.tenancy import (
+    SecretBox,
+    SecretsUnavailableError,
+    TenantContext,
+    TenantDirectory,
+    UnknownTenantError,
+)
 from service.tenant_config import EhrRegistration, HookSettings, TenantConfiguration
 
 KEY = SecretStr("test-deployment-key")
@@ -68,3 +77,26 @@ def test_tenants_never_see_each_others_configuration(database: Database) -> None
     assert tenants.get("hospital-a").config.name == "A"
     with pytest.raises(UnknownTenantError):
         tenants.get("hospital-c")
+
+
+def test_calls_on_the_event_loop_that_find_the_configuration_due_share_one_read(
+    database: Database,
+) -> None:
+    TenantDirectory(database, SecretBox(None)).save("az", TenantConfiguration(name="AZ"), "t")
+    directory = TenantDirectory(database, SecretBox(None))  # another instance: nothing cached
+    reads: list[str] = []
+
+    def note_tenant_reads(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM tenants" in statement:
+            reads.append(statement)
+
+    async def calls() -> list[TenantContext]:
+        return await asyncio.gather(*(directory.current("az") for _ in range(20)))
+
+    event.listen(database.engine, "before_cursor_execute", note_tenant_reads)
+    try:
+        contexts = asyncio.run(calls())
+    finally:
+        event.remove(database.engine, "before_cursor_execute", note_tenant_reads)
+    assert {context.config.name for context in contexts} == {"AZ"}
+    assert len(reads) == 1
