@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,10 @@ from service.db.base import Database
 from service.db.models import Tenant, TenantConfigVersion
 from service.tenant_config import TenantConfiguration
 
+log = logging.getLogger(__name__)
+
 REFRESH_SECONDS = 2.0
+STALE_GRACE_SECONDS = 1.0  # see TenantDirectory.current
 
 
 class UnknownTenantError(LookupError):
@@ -88,15 +93,18 @@ class SecretBox:
 class TenantDirectory:
     """Creates tenants, saves configuration versions, and serves the current one."""
 
-    def __init__(self, database: Database, secrets: SecretBox) -> None:
+    def __init__(
+        self, database: Database, secrets: SecretBox, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._database = database
         self._secrets = secrets
+        self._clock = clock
         self._cache: dict[str, tuple[float, TenantContext]] = {}
         self._lock = threading.Lock()
         self._refreshing: dict[str, asyncio.Task[TenantContext]] = {}
 
     def get(self, slug: str) -> TenantContext:
-        now = time.monotonic()
+        now = self._clock()
         cached = self._cache.get(slug)
         if cached and now - cached[0] < REFRESH_SECONDS:
             return cached[1]
@@ -107,23 +115,41 @@ class TenantDirectory:
         return context
 
     async def current(self, slug: str) -> TenantContext:
-        """``get`` for code on the event loop (the CDS path): a refresh from the database
-        runs in a worker thread, so a slow or hung database never stops the loop. Calls
-        that find the configuration due for a refresh together share one read."""
+        """``get`` for code on the event loop (the CDS path), which must never wait for the
+        database on the loop nor hold a call up for a routine refresh:
+
+        * the refresh runs in a worker thread, one at a time per hospital;
+        * while it runs, calls within ``STALE_GRACE_SECONDS`` of the due time get the
+          version they had (the loop's waits on a thread are slow under load, and every
+          call in flight would wait for it); later ones wait for the refresh.
+        """
         cached = self._cache.get(slug)
-        if cached and time.monotonic() - cached[0] < REFRESH_SECONDS:
+        age = self._clock() - cached[0] if cached else None
+        if cached and age is not None and age < REFRESH_SECONDS:
             return cached[1]
+        refresh = self._refresh(slug)
+        if cached and age is not None and age < REFRESH_SECONDS + STALE_GRACE_SECONDS:
+            return cached[1]
+        return await asyncio.shield(refresh)
+
+    def _refresh(self, slug: str) -> asyncio.Task[TenantContext]:
         loop = asyncio.get_running_loop()
-        pending = self._refreshing.get(slug)
-        if pending is None or pending.get_loop() is not loop:
-            pending = loop.create_task(run_in_threadpool(self.get, slug))
-            self._refreshing[slug] = pending
-            pending.add_done_callback(lambda done: self._forget_refresh(slug, done))
-        return await asyncio.shield(pending)
+        running = self._refreshing.get(slug)
+        if running is None or running.get_loop() is not loop:
+            running = loop.create_task(run_in_threadpool(self.get, slug))
+            self._refreshing[slug] = running
+            running.add_done_callback(lambda done: self._forget_refresh(slug, done))
+        return running
 
     def _forget_refresh(self, slug: str, done: asyncio.Task[TenantContext]) -> None:
         if self._refreshing.get(slug) is done:
             del self._refreshing[slug]
+        if not done.cancelled() and done.exception() is not None:
+            # the callers that waited have it; for a background refresh the next one tries
+            log.warning(
+                "hospital configuration not refreshed",
+                extra={"fields": {"tenant": slug, "error": type(done.exception()).__name__}},
+            )
 
     def _load(self, session: Session, slug: str, cached: TenantContext | None) -> TenantContext:
         tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
@@ -169,7 +195,7 @@ class TenantDirectory:
             )
             context = TenantContext(id=tenant.id, slug=slug, version=version, config=config)
         with self._lock:
-            self._cache[slug] = (time.monotonic(), context)
+            self._cache[slug] = (self._clock(), context)
         return context
 
     def slugs(self) -> list[str]:

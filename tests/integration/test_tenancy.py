@@ -9,6 +9,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import event, select
 
+from service import tenancy
 from service.db.base import Database
 from service.db.models import TenantConfigVersion
 from service.tenancy import (
@@ -100,3 +101,27 @@ def test_calls_on_the_event_loop_that_find_the_configuration_due_share_one_read(
         event.remove(database.engine, "before_cursor_execute", note_tenant_reads)
     assert {context.config.name for context in contexts} == {"AZ"}
     assert len(reads) == 1
+
+
+def test_a_call_just_after_the_refresh_is_due_gets_the_version_it_had_and_the_next_the_new(
+    database: Database,
+) -> None:
+    """On the event loop, a routine refresh never holds calls up: within the grace after it
+    is due the known version is served while one read runs in a thread; past the grace a
+    call waits for the read."""
+    admin = TenantDirectory(database, SecretBox(None))  # another instance saves the change
+    admin.save("az", TenantConfiguration(name="AZ v1"), "t")
+    clock = [1000.0]
+    directory = TenantDirectory(database, SecretBox(None), clock=lambda: clock[0])
+
+    async def scenario() -> list[str]:
+        names = [(await directory.current("az")).config.name]
+        admin.save("az", TenantConfiguration(name="AZ v2"), "t")
+        clock[0] += tenancy.REFRESH_SECONDS + tenancy.STALE_GRACE_SECONDS / 2
+        names.append((await directory.current("az")).config.name)  # served at once
+        await asyncio.sleep(0)
+        clock[0] += tenancy.STALE_GRACE_SECONDS  # past the grace: waits for the read
+        names.append((await directory.current("az")).config.name)
+        return names
+
+    assert asyncio.run(scenario()) == ["AZ v1", "AZ v1", "AZ v2"]
