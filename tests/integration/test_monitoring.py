@@ -60,9 +60,8 @@ from service.social import Step4Input, Step5Input, Step6Input
 from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.admin import ADMIN_COOKIE
-from smart_app.session import AppUser, Role
+from smart_app.session import AppUser, LaunchContext, Role
 from tests.integration.test_cds_hooks import hook_body
-from tests.support.casework import NurseLaunch
 from tests.support.sessions import User, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -89,14 +88,14 @@ class World:
 
     def launch(
         self, tenant: TenantContext, user: str, role: Role, patient: str | None
-    ) -> NurseLaunch:
+    ) -> LaunchContext:
         session = signed_in(self.app, tenant, user, role, fhir_base_url=self.base_url)
         encounter = None
         if patient is not None:
             encounter = _post(self.base_url, _encounter(patient))["id"]
             self.names.append(encounter)
         roles = frozenset({role})
-        return NurseLaunch(
+        return LaunchContext(
             session.session_id,
             tenant,
             "ehr",
@@ -104,6 +103,8 @@ class World:
             patient,
             encounter,
             AppUser(user, user, roles),
+            language="nl",
+            app_context=None,
         )
 
     def user(self, role: Role, tenant: TenantContext | None = None) -> User:

@@ -4,7 +4,6 @@ needed), and a real niet-pluis save at triage on a real FHIR server."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,7 @@ from service.protocol import (
 )
 from service.tenancy import TenantContext
 from service.triage import TriageInput
-from smart_app.session import AppUser
+from smart_app.session import AppUser, LaunchContext
 from tests.support.sessions import signed_in
 
 NURSE = "Practitioner/nurse"
@@ -68,19 +67,6 @@ def assignment_of(database: Database, case_id: int) -> tuple[str | None, int]:
         return row.assigned_to, row.row_version
 
 
-@dataclass(frozen=True)
-class NurseLaunch:
-    """The launch attributes the triage save reads (``service.triage.LaunchInfo``)."""
-
-    session_id: str
-    tenant: TenantContext
-    registration_id: str
-    fhir_base_url: str
-    patient_id: str | None
-    encounter_id: str | None
-    user: AppUser
-
-
 def patient_at_triage(base_url: str) -> tuple[str, str]:
     """A new adult patient with an emergency encounter (each test run its own)."""
     patient = httpx.post(
@@ -120,7 +106,7 @@ def triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
         patient_id=patient_id,
         encounter_id=encounter_id,
     )
-    launch = NurseLaunch(
+    launch = LaunchContext(
         nurse.session_id,
         tenant,
         "ehr",
@@ -128,6 +114,8 @@ def triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
         patient_id,
         encounter_id,
         AppUser(NURSE, "Sofie Maes", frozenset({"nurse"})),
+        language="nl",
+        app_context=None,
     )
     earlier = utcnow() - timedelta(minutes=2)  # the triage came before the social service
     children = (
