@@ -21,13 +21,13 @@ import re
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import tenant_slug, tenants_of
 from service.cds import cors
-from service.cds.router import call_service, discovery, feedback
+from service.cds.router import call_service, cds_error, discovery, feedback
 from service.observability import Metrics, measured
 from service.tenancy import UnknownTenantError
 
@@ -78,9 +78,7 @@ class CdsFastPath:
             response = await self._response(scope, receive, match, target)
         except Exception:  # what Starlette's ServerErrorMiddleware does for other paths
             log.exception("CDS endpoint failed", extra={"fields": {"path": scope["path"]}})
-            response = JSONResponse(
-                {"error": "internal", "reason": "unexpected error; it is logged"}, status_code=500
-            )
+            response = cds_error(500, "internal", "unexpected error; it is logged")
         await response(scope, receive, send)
 
     async def _response(
@@ -135,5 +133,5 @@ async def _allowed(request: Request, origin: str) -> bool:
 def _preflight(origin: str | None, allowed: bool) -> Response:
     if origin is None or not allowed:
         reason = "this origin is not registered as a web origin of the hospital's EHR"
-        return JSONResponse({"error": "origin_not_allowed", "reason": reason}, status_code=403)
+        return cds_error(403, "origin_not_allowed", reason)
     return Response(status_code=204, headers=cors.preflight_headers(origin))

@@ -133,15 +133,15 @@ def _ok(content: dict[str, Any]) -> JSONResponse:
     return _Json(content)
 
 
-def _error(status: int, code: str, reason: str) -> JSONResponse:
+def cds_error(status: int, code: str, reason: str) -> JSONResponse:
     headers = {"WWW-Authenticate": f'Bearer error="{code}"'} if status == 401 else None
     return _Json({"error": code, "reason": reason}, status_code=status, headers=headers)
 
 
 def _refused(error: CdsAuthError | ReplayCheckUnavailableError) -> JSONResponse:
     if isinstance(error, ReplayCheckUnavailableError):
-        return _error(503, "unavailable", "the replay check cannot be made now; retry later")
-    return _error(401, "invalid_token", str(error))
+        return cds_error(503, "unavailable", "the replay check cannot be made now; retry later")
+    return cds_error(401, "invalid_token", str(error))
 
 
 class _TooLargeError(Exception):
@@ -165,7 +165,8 @@ async def _body(request: Request) -> bytes:
 
 def _too_large() -> JSONResponse:
     limit = f"{MAX_BODY_BYTES // 2**20} MiB"
-    return _error(413, "request_too_large", f"the body is larger than {limit}; send less prefetch")
+    reason = f"the body is larger than {limit}; send less prefetch"
+    return cds_error(413, "request_too_large", reason)
 
 
 def _invalid(error: ValidationError) -> JSONResponse:
@@ -173,7 +174,7 @@ def _invalid(error: ValidationError) -> JSONResponse:
         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
         for e in error.errors(include_url=False)[:5]
     )
-    return _error(400, "invalid_request", problems)
+    return cds_error(400, "invalid_request", problems)
 
 
 async def _authenticate(
@@ -209,7 +210,7 @@ def _cds_errors(
         try:
             return await handler(*args, **kwargs)
         except UnknownTenantError as error:
-            return _error(404, "unknown_tenant", str(error))
+            return cds_error(404, "unknown_tenant", str(error))
 
     return answer
 
@@ -256,7 +257,7 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
     tenant, settings = await _hospital(request)
     hook = _enabled_hook(tenant, service_id)
     if hook is None:
-        return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
+        return cds_error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
     state = cds_state(request)
     try:
         caller = await _authenticate(request, tenant, settings, state)
@@ -270,9 +271,10 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
     except _TooLargeError:
         return _too_large()
     if body.hook != hook:
-        return _error(400, "invalid_request", f"service '{service_id}' answers hook '{hook}'")
+        return cds_error(400, "invalid_request", f"service '{service_id}' answers hook '{hook}'")
     if hook == "encounter-start" and context.encounterId is None:
-        return _error(400, "invalid_request", "context.encounterId is required for encounter-start")
+        reason = "context.encounterId is required for encounter-start"
+        return cds_error(400, "invalid_request", reason)
     configured = state.configured.of(tenant)
     data = await _patient_data(body, context, configured.vocabulary, caller, tenant, state)
     today = datetime.now(CLINIC_ZONE).date()
@@ -335,7 +337,7 @@ async def _patient_data(
 async def feedback(service_id: str, request: Request) -> JSONResponse:
     tenant, settings = await _hospital(request)
     if _enabled_hook(tenant, service_id) is None:
-        return _error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
+        return cds_error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
     try:
         caller = await _authenticate(request, tenant, settings, cds_state(request))
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
@@ -352,7 +354,7 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
         await run_in_threadpool(_store_feedback, database, tenant.id, service_id, issuer, body)
     except SQLAlchemyError as error:
         log.warning("CDS feedback not stored", extra={"fields": {"error": type(error).__name__}})
-        return _error(503, "unavailable", "the feedback cannot be stored now; retry later")
+        return cds_error(503, "unavailable", "the feedback cannot be stored now; retry later")
     return _ok({})
 
 
