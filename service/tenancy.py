@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.db.base import Database
 from service.db.models import Tenant, TenantConfigVersion
+from service.single_flight import SingleFlight
 from service.tenant_config import TenantConfiguration
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class TenantDirectory:
         self._clock = clock
         self._cache: dict[str, tuple[float, TenantContext]] = {}
         self._lock = threading.Lock()
-        self._refreshing: dict[str, asyncio.Task[TenantContext]] = {}
+        self._refreshes: SingleFlight[str, TenantContext] = SingleFlight()
 
     def get(self, slug: str) -> TenantContext:
         now = self._clock()
@@ -127,29 +128,24 @@ class TenantDirectory:
         age = self._clock() - cached[0] if cached else None
         if cached and age is not None and age < REFRESH_SECONDS:
             return cached[1]
-        refresh = self._refresh(slug)
+        refresh = self._refreshes.start(slug, lambda: self._refresh(slug))
         if cached and age is not None and age < REFRESH_SECONDS + STALE_GRACE_SECONDS:
             return cached[1]
         return await asyncio.shield(refresh)
 
-    def _refresh(self, slug: str) -> asyncio.Task[TenantContext]:
-        loop = asyncio.get_running_loop()
-        running = self._refreshing.get(slug)
-        if running is None or running.get_loop() is not loop:
-            running = loop.create_task(run_in_threadpool(self.get, slug))
-            self._refreshing[slug] = running
-            running.add_done_callback(lambda done: self._forget_refresh(slug, done))
-        return running
-
-    def _forget_refresh(self, slug: str, done: asyncio.Task[TenantContext]) -> None:
-        if self._refreshing.get(slug) is done:
-            del self._refreshing[slug]
-        if not done.cancelled() and done.exception() is not None:
-            # the callers that waited have it; for a background refresh the next one tries
+    async def _refresh(self, slug: str) -> TenantContext:
+        try:
+            return await run_in_threadpool(self.get, slug)
+        except UnknownTenantError:
+            raise  # the caller's answer (404), not a fault of the service
+        except Exception as error:
+            # the callers that waited have it; after a refresh in the background the next
+            # call tries again, and the failure must not pass unseen
             log.warning(
                 "hospital configuration not refreshed",
-                extra={"fields": {"tenant": slug, "error": type(done.exception()).__name__}},
+                extra={"fields": {"tenant": slug, "error": type(error).__name__}},
             )
+            raise
 
     def _load(self, session: Session, slug: str, cached: TenantContext | None) -> TenantContext:
         tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Table, delete, select
 
 from service.cds.batching import GroupCommit, WriteFailedError
 from service.db.models import CdsSeenToken
+from service.single_flight import SingleFlight
 from service.tenancy import TenantContext
 from service.tenant_config import CdsIssuer, EhrRegistration
 
@@ -77,7 +78,7 @@ class JwksCache:
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
         self._sets: dict[str, tuple[float, jwt.PyJWKSet]] = {}
-        self._fetching: dict[str, asyncio.Future[jwt.PyJWKSet]] = {}
+        self._fetches: SingleFlight[str, jwt.PyJWKSet] = SingleFlight()
 
     async def keys(self, url: str, kid: str | None) -> list[jwt.PyJWK]:
         cached = self._sets.get(url)
@@ -87,15 +88,8 @@ class JwksCache:
             # an unknown kid may be a rotated key: refetch, at most every JWKS_REFETCH_SECONDS
             if age < JWKS_TTL_SECONDS and (known or age < JWKS_REFETCH_SECONDS):
                 return _matching(cached[1], kid)
-        return _matching(await self._refresh(url), kid)
-
-    async def _refresh(self, url: str) -> jwt.PyJWKSet:
-        pending = self._fetching.get(url)
-        if pending is None:
-            pending = asyncio.ensure_future(self._fetch(url))
-            self._fetching[url] = pending
-            pending.add_done_callback(lambda _: self._fetching.pop(url, None))
-        return await asyncio.shield(pending)
+        fetch = self._fetches.start(url, lambda: self._fetch(url))
+        return _matching(await asyncio.shield(fetch), kid)
 
     async def _fetch(self, url: str) -> jwt.PyJWKSet:
         try:
