@@ -81,7 +81,7 @@ class CdsState:
     configured: ConfiguredHooks
     fhir_http: httpx.AsyncClient  # counts every request it sends (the "one FHIR request" rule)
     fhir_requests: Counter
-    cards: Counter
+    cards: dict[str, Any]  # the cards counter's series by indicator ("none": no card)
 
 
 def cds_state(request: Request) -> CdsState:
@@ -105,6 +105,12 @@ def new_cds_state(database: Database, registry: Any) -> CdsState:
     jwks_http = httpx.AsyncClient(follow_redirects=False)
     fhir_http = httpx.AsyncClient(follow_redirects=False, event_hooks={"request": [count]})
     commits = GroupCommit(fast_writes(database))
+    cards = Counter(
+        "kindreflex_cds_cards_total",
+        "CDS cards returned, by indicator ('none' when no card).",
+        ["indicator"],
+        registry=registry,
+    )
     return CdsState(
         authenticator=CdsAuthenticator(JwksCache(jwks_http), SeenTokens(commits)),
         commits=commits,
@@ -112,12 +118,7 @@ def new_cds_state(database: Database, registry: Any) -> CdsState:
         configured=ConfiguredHooks(),
         fhir_http=fhir_http,
         fhir_requests=fhir_requests,
-        cards=Counter(
-            "kindreflex_cds_cards_total",
-            "CDS cards returned, by indicator ('none' when no card).",
-            ["indicator"],
-            registry=registry,
-        ),
+        cards={indicator: cards.labels(indicator) for indicator in ("info", "warning", "none")},
     )
 
 
@@ -280,7 +281,7 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
     today = datetime.now(CLINIC_ZONE).date()
     situation = situation_of(data, context.encounterId)
     advice = advise(situation, configured.hooks, configured.vocabulary, today)
-    state.cards.labels(advice.indicator if advice else "none").inc()
+    state.cards[advice.indicator if advice else "none"].inc()
     if advice is None:
         return _ok({"cards": []})
     registration = caller.registration if caller else None
