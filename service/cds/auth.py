@@ -16,8 +16,8 @@ one database write of a hook call; expired ``jti`` rows are purged about once a 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from service.tenant_config import CdsIssuer, EhrRegistration
 ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 )
+_ALGORITHMS = {name: jwt.get_algorithm_by_name(name) for name in ALGORITHMS}
 LEEWAY_SECONDS = 30
 MAX_LIFETIME_SECONDS = 300  # bounds how long a jti must be remembered
 JWKS_TTL_SECONDS = 300.0
@@ -77,39 +78,44 @@ class JwksCache:
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
-        self._sets: dict[str, tuple[float, jwt.PyJWKSet]] = {}
-        self._fetches: SingleFlight[str, jwt.PyJWKSet] = SingleFlight()
+        self._sets: dict[str, tuple[float, KeysByKid]] = {}
+        self._fetches: SingleFlight[str, KeysByKid] = SingleFlight()
 
     async def keys(self, url: str, kid: str | None) -> list[jwt.PyJWK]:
         cached = self._sets.get(url)
         if cached is not None:
             age = time.monotonic() - cached[0]
-            known = kid is None or _by_kid(cached[1], kid)
+            known = kid is None or kid in cached[1]
             # an unknown kid may be a rotated key: refetch, at most every JWKS_REFETCH_SECONDS
             if age < JWKS_TTL_SECONDS and (known or age < JWKS_REFETCH_SECONDS):
-                return _matching(cached[1], kid)
+                return cached[1].get(kid, [])
         fetch = self._fetches.start(url, lambda: self._fetch(url))
-        return _matching(await asyncio.shield(fetch), kid)
+        return (await asyncio.shield(fetch)).get(kid, [])
 
-    async def _fetch(self, url: str) -> jwt.PyJWKSet:
+    async def _fetch(self, url: str) -> KeysByKid:
         try:
             response = await self._client.get(url, timeout=JWKS_TIMEOUT_SECONDS)
             response.raise_for_status()
-            keyset = jwt.PyJWKSet.from_dict(response.json())
+            keys = by_kid(jwt.PyJWKSet.from_dict(response.json()))
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
             raise CdsAuthError(
                 f"the issuer's JWK Set at {url} could not be read ({type(error).__name__})"
             ) from error
-        self._sets[url] = (time.monotonic(), keyset)
-        return keyset
+        self._sets[url] = (time.monotonic(), keys)
+        return keys
 
 
-def _by_kid(keyset: jwt.PyJWKSet, kid: str) -> bool:
-    return any(key.key_id == kid for key in keyset.keys)
+#: The keys of a JWK Set by ``kid``; under ``None`` all of them (a JWT without a kid).
+KeysByKid = dict[str | None, list[jwt.PyJWK]]
 
 
-def _matching(keyset: jwt.PyJWKSet, kid: str | None) -> list[jwt.PyJWK]:
-    return [key for key in keyset.keys if kid is None or key.key_id == kid]
+def by_kid(keyset: jwt.PyJWKSet) -> KeysByKid:
+    """Indexed once per fetch, not searched on every call."""
+    keys: KeysByKid = {None: list(keyset.keys)}
+    for key in keyset.keys:
+        if key.key_id is not None:
+            keys.setdefault(key.key_id, []).append(key)
+    return keys
 
 
 class SeenTokens:
@@ -182,13 +188,20 @@ class CdsAuthenticator:
             return await self._jwks.keys(jku, kid)
         if issuer.jwks is not None:
             try:
-                return _matching(jwt.PyJWKSet.from_dict(issuer.jwks), kid)
+                return _configured_keys(orjson.dumps(issuer.jwks)).get(kid, [])
             except jwt.PyJWTError as error:
                 raise CdsAuthError(f"the configured JWKS of {issuer.iss!r} is unusable") from error
         keys = [key for url in issuer.jku for key in await self._jwks.keys(url, kid)]
         if not keys:
             raise CdsAuthError(f"no keys are configured for issuer {issuer.iss!r}")
         return keys
+
+
+@functools.lru_cache(maxsize=64)
+def _configured_keys(jwks: bytes) -> KeysByKid:
+    """A configured JWK Set, parsed once (building an RSA or EC key object costs more than
+    checking a signature with it); keyed by its JSON, so a changed configuration misses."""
+    return by_kid(jwt.PyJWKSet.from_dict(orjson.loads(jwks)))
 
 
 def _bearer(authorization: str | None) -> str:
@@ -228,7 +241,7 @@ class _Token:
     def verify_signature(self, keys: list[jwt.PyJWK]) -> None:
         """Passes when one of the issuer's keys (of the header's alg) verifies the signature."""
         name = self.header["alg"]
-        algorithm = jwt.get_algorithm_by_name(name)
+        algorithm = _ALGORITHMS[name]
         key_type = "EC" if name.startswith("ES") else "RSA"
         candidates = [k for k in keys if k.key_type == key_type]
         if not candidates:
@@ -243,8 +256,13 @@ class _Token:
 
 
 def _b64(segment: str) -> bytes:
-    padded = segment + "=" * (-len(segment) % 4)
-    return base64.b64decode(padded, altchars=b"-_", validate=True)
+    """base64url, its padding left out (RFC 7515 section 2); a character outside base64 is
+    an error, not skipped."""
+    data = segment.encode("ascii").translate(_URL_ALPHABET) + b"=" * (-len(segment) % 4)
+    return binascii.a2b_base64(data, strict_mode=True)
+
+
+_URL_ALPHABET = bytes.maketrans(b"-_", b"+/")
 
 
 def _check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float) -> None:
@@ -253,7 +271,7 @@ def _check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float
         if claims.get(name) is None:
             raise CdsAuthError(f"the JWT lacks the required claim '{name}'")
     exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", 0)
-    if not all(_finite_number(v) for v in (exp, iat, nbf)):
+    if not (_finite_number(exp) and _finite_number(iat) and _finite_number(nbf)):
         raise CdsAuthError("exp, iat and nbf must be numbers (seconds since the epoch)")
     if claims["iss"] != issuer:
         raise CdsAuthError(f"iss must be {issuer!r}")
