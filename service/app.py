@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import Counter
 from starlette.types import ASGIApp
 
@@ -62,6 +63,11 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+#: FastAPI's own OpenTelemetry off (``KINDREFLEX_OPENTELEMETRY``): it checked the global
+#: providers, reading the environment, on every request — the CDS hook's included.
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
 class KindreflexApp(FastAPI):
     """The app, with the CDS Hooks endpoints answered before its middleware stack: the EHR
     waits on those calls (``service.cds.fastpath``)."""
@@ -84,6 +90,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         summary="The Flemish Kindreflex in the emergency department: CDS Hooks and SMART on FHIR",
         version="0.1.0",
         lifespan=_lifespan,
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.database = database

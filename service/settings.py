@@ -67,6 +67,14 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often the outbox retries undelivered FHIR writes."
     )
 
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry traces, metrics and logs of every request, "
+        "for a hospital that runs an OpenTelemetry SDK and collector. Off by default: the "
+        "service's figures are at /metrics (Prometheus) and its logs are JSON lines, and off, "
+        "FastAPI does not look up the OpenTelemetry providers on every request.",
+    )
+
     @field_validator("public_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
