@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from service.app import create_app
+from service.cli import build_parser
 from service.db.base import Database
 from service.settings import Settings, load_settings
 
@@ -49,14 +50,45 @@ def test_probes_point_at_routes_the_app_serves(tmp_path: Path) -> None:
         assert container[probe]["httpGet"]["path"] in routes
 
 
+def pods() -> list[dict[str, Any]]:
+    """The pod templates of the Deployment, the Job and the CronJob."""
+    found = []
+    for document in manifests():
+        if document["kind"] in ("Deployment", "Job"):
+            found.append(document["spec"]["template"]["spec"])
+        elif document["kind"] == "CronJob":
+            found.append(document["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    return found
+
+
 def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
     image_uid = re.search(r"USER (\d+)", (DEPLOY / "Dockerfile").read_text())
     assert image_uid is not None
-    for document in manifests():
-        if document["kind"] not in ("Deployment", "Job"):
-            continue
-        pod = document["spec"]["template"]["spec"]
+    assert len(pods()) == 3  # the service, the migration, the daily purge
+    for pod in pods():
         assert pod["securityContext"]["runAsUser"] == int(image_uid.group(1))
         for container in pod["containers"]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_every_container_runs_a_command_of_the_cli() -> None:
+    """A renamed command or option would otherwise fail only in the hospital's cluster."""
+    for pod in pods():
+        for container in pod["containers"]:
+            build_parser().parse_args(container["args"])  # exits on an unknown argument
+
+
+def test_retention_is_scheduled_daily_and_never_twice_at_once() -> None:
+    cronjob = next(d for d in manifests() if d["kind"] == "CronJob")
+    args = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["db", "purge"]
+    minute, hour, *every_day = cronjob["spec"]["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and every_day == ["*", "*", "*"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_kustomize_applies_every_manifest() -> None:
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    files = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
