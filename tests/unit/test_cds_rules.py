@@ -7,6 +7,8 @@ the rules read the guide's trigger ValueSets and its open-concern and step codes
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from datetime import date
 from typing import Any
 
@@ -15,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.cds.cards import SUMMARY_LIMIT, CardBook, CardTarget
+from service.cds.cards import SUMMARY_LIMIT, CardBook, CardTarget, uuid7
 from service.cds.configured import ConfiguredHooks
 from service.cds.rules import GENERIC, Advice, advise, local_trigger_codes
 from service.cds.situation import situation_of
@@ -347,12 +349,24 @@ def test_the_hospitals_own_wording_replaces_the_catalogue_per_language() -> None
     assert render(advice, "fr", hooks)["summary"].startswith("Faites le Kindreflex")
 
 
+def test_card_uuids_are_rfc_9562_version_7_unique_and_ordered_by_time() -> None:
+    before = time.time_ns() // 1_000_000
+    uuids = [uuid7() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert {(u.version, u.variant) for u in uuids} == {(7, uuid.RFC_4122)}
+    assert all(before <= u.int >> 80 <= after for u in uuids)  # 48 bits of Unix milliseconds
+    assert len(set(uuids)) == len(uuids)
+    in_text_order = [u.int >> 80 for u in sorted(uuids, key=str)]
+    assert in_text_order == sorted(in_text_order)  # as stored, a later card sorts after
+
+
 def test_every_card_of_a_book_is_new_while_its_wording_is_built_once() -> None:
     book = CardBook(HookSettings(), VOCABULARY)
     advice = Advice(indicator="warning", triggers=(HagueTrigger.DOMESTIC_VIOLENCE,))
     other_call = CardTarget(TARGET.launch_url, "patient-view", "def")
     first, second = book.card(advice, "nl", TARGET), book.card(advice, "nl", other_call)
     assert first["uuid"] != second["uuid"]
+    assert uuid.UUID(first["uuid"]).version == 7
     assert json.loads(first["links"][0]["appContext"])["hookInstance"] == "abc"
     assert json.loads(second["links"][0]["appContext"])["hook"] == "patient-view"
     assert first["summary"] is second["summary"]  # worded once for this advice and language
