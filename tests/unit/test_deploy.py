@@ -84,7 +84,9 @@ def test_retention_is_scheduled_daily_and_never_twice_at_once() -> None:
     args = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["db", "purge"]
     minute, hour, *every_day = cronjob["spec"]["schedule"].split()
-    assert minute.isdigit() and hour.isdigit() and every_day == ["*", "*", "*"]
+    assert minute.isdigit()
+    assert hour.isdigit()
+    assert every_day == ["*", "*", "*"]
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
 
 
