@@ -22,7 +22,13 @@ import pytest
 from sqlalchemy import Engine, event, func, insert, select
 
 from service.cds.auth import PURGE_CHUNK, SEEN_TOKENS, SeenTokens
-from service.cds.batching import CONNECT_TIMEOUT, GroupCommit, WriteFailedError, fast_writes
+from service.cds.batching import (
+    CONNECT_TIMEOUT,
+    GroupCommit,
+    SqliteWrites,
+    WriteFailedError,
+    fast_writes,
+)
 from service.cds.issued import CARDS, IssuedCards, Presentation
 from service.cds.rules import Advice
 from service.db import migrate
@@ -170,6 +176,29 @@ def test_while_another_writer_holds_sqlite_the_loop_goes_on_and_the_row_waits(
     with another_writer(sqlite_database) as other_writer:
         assert asyncio.run(call(other_writer)) is True
     assert count(sqlite_database, CdsSeenToken) == 1
+
+
+@pytest.mark.parametrize("limit_pages", [16_384, 8])
+def test_a_write_ahead_log_past_its_limit_is_emptied_by_the_checkpoint(
+    sqlite_database: Database, limit_pages: int
+) -> None:
+    """The checkpoint after a write copies the log into the database; a log grown past its
+    limit is truncated as well (under a sustained load it never started over by itself)."""
+    log = Path(f"{sqlite_database.engine.url.database}-wal")
+
+    async def calls() -> None:
+        writes = SqliteWrites(sqlite_database)
+        writes.wal_limit_pages = limit_pages
+        commits = GroupCommit(writes)
+        SeenTokens(commits)  # its purge is the upkeep that a checkpoint follows
+        rows = [token_row(uuid.uuid4().hex) for _ in range(500)]
+        assert all(await asyncio.gather(*(commits.submit(SEEN_TOKENS, r) for r in rows)))
+        await commits.flushed()  # the checkpoint included
+
+    asyncio.run(calls())
+    assert count(sqlite_database, CdsSeenToken) == 500
+    pages = log.stat().st_size // 4096
+    assert pages == 0 if limit_pages == 8 else pages > 8
 
 
 def test_when_the_card_writes_fall_behind_the_calls_wait_for_their_row(
