@@ -247,9 +247,13 @@ class CaseNotOnServerError(LookupError):
     """The concern's Flag is not (or not yet) on the FHIR server: its save is still pending."""
 
 
-def load_case_record(client: FhirClient, patient_ref: str, flag_identifier: str) -> CaseRecord:
-    """What the FHIR server holds of a case: its Flag (with the version to update), the
-    patient's children and the latest finding a referral may give as its reason."""
+def load_case_record(
+    client: FhirClient, patient_ref: str, flag_identifier: str
+) -> tuple[CaseRecord, list[Finding]]:
+    """What the FHIR server holds of a case, in three searches: its Flag (with the version
+    to update), the patient with the children, and every step finding of the patient in
+    the order they were recorded (the latest a referral may give as its reason among them).
+    """
     system = identifier_system("concern")
     flags = _resources(client.search("Flag", {"identifier": f"{system}|{flag_identifier}"}), "Flag")
     if len(flags) != 1:
@@ -263,26 +267,50 @@ def load_case_record(client: FhirClient, patient_ref: str, flag_identifier: str)
         for r in chart.related_persons
         if (child := mapping.child_from_related_person(r)) is not None
     }
-    child_refs = {ref: ref for ref in children}
+    observations = _step_observations(client, patient_ref)
     flag = flags[0]
-    return CaseRecord(
+    record = CaseRecord(
         patient_ref=patient_ref,
         encounter_ref=flag.get("encounter", {}).get("reference"),
-        child_refs=child_refs,
+        child_refs={ref: ref for ref in children},
         flag=flag,
-        reason_ref=_latest_reason(client, patient_ref),
+        reason_ref=_latest_reason(observations),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
     )
+    return record, _findings(observations, children)
 
 
-def _latest_reason(client: FhirClient, patient_ref: str) -> str | None:
-    step_system = terminology.code_system_url("kindreflex-step")
-    codes = ",".join(f"{step_system}|{step.value}" for step in _REASON_STEPS)
-    found = _resources(
-        client.search("Observation", {"subject": patient_ref, "code": codes, "_count": "100"}),
-        "Observation",
-    )
+def _step_observations(client: FhirClient, patient_ref: str) -> list[Resource]:
+    """Every Kindreflex step finding of the patient (one search serves the case's history
+    and the referral's reason)."""
+    system = terminology.code_system_url("kindreflex-step")
+    codes = ",".join(f"{system}|{step.value}" for step in Step)
+    bundle = client.search("Observation", {"subject": patient_ref, "code": codes, "_count": "500"})
+    return _resources(bundle, "Observation")
+
+
+def _findings(observations: list[Resource], children: Mapping[str, Child]) -> list[Finding]:
+    """The findings the protocol replays, in the order they were recorded."""
+    findings = [
+        finding
+        for resource in observations
+        if (finding := mapping.finding_from_observation(resource, children=children)) is not None
+    ]
+    return sorted(findings, key=lambda f: f.recorded_at)
+
+
+def _latest_reason(observations: list[Resource]) -> str | None:
+    system = terminology.code_system_url("kindreflex-step")
+    reasons = {step.value for step in _REASON_STEPS}
+    found = [
+        resource
+        for resource in observations
+        if any(
+            coding.get("system") == system and coding.get("code") in reasons
+            for coding in resource.get("code", {}).get("coding", [])
+        )
+    ]
     if not found:
         return None
     latest = max(found, key=lambda r: datetime.fromisoformat(r["effectiveDateTime"]))
@@ -293,33 +321,42 @@ class NoReferralError(LookupError):
     """The case has no referral on the FHIR server (no step 6 delivered yet)."""
 
 
-def _referrals(client: FhirClient, record: CaseRecord) -> list[Resource]:
+def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], Resource]:
     """The case's referral ServiceRequests as read (with versions), newest first: those of
     the patient made while this concern was open (a later concern of the same patient has
-    its own)."""
+    its own). With the search Bundle, which includes the facilities referred to."""
     code = f"{terminology.code_system_url('record-type')}|referral"
-    found = _resources(
-        client.search(
-            "ServiceRequest", {"subject": record.patient_ref, "code": code, "_count": "100"}
-        ),
-        "ServiceRequest",
-    )
+    params = {
+        "subject": record.patient_ref,
+        "code": code,
+        "_count": "100",
+        "_include": "ServiceRequest:performer",
+    }
+    bundle = client.search("ServiceRequest", params)
     period = record.flag["period"]
     start = datetime.fromisoformat(period["start"])
     end = datetime.fromisoformat(period["end"]) if "end" in period else None
-    ours = [r for r in found if start <= _authored(r) and (end is None or _authored(r) <= end)]
-    return sorted(ours, key=_authored, reverse=True)
+    ours = [
+        r
+        for r in _resources(bundle, "ServiceRequest")
+        if start <= _authored(r) and (end is None or _authored(r) <= end)
+    ]
+    return sorted(ours, key=_authored, reverse=True), bundle
 
 
 def _authored(request: Resource) -> datetime:
     return datetime.fromisoformat(request["authoredOn"])
 
 
-def _facilities(client: FhirClient, referrals: list[Resource]) -> dict[str, Resource]:
-    """The Organizations the referrals go to, by the reference they are named with."""
+def referred_facilities(
+    client: FhirClient, referrals: list[Resource], bundle: Resource
+) -> dict[str, Resource]:
+    """The Organizations the referrals go to, by the reference they are named with: as the
+    search included them, read one by one where a server ignored ``_include``."""
+    included = {f"Organization/{o['id']}": o for o in _resources(bundle, "Organization")}
     references = {p["reference"] for r in referrals for p in r.get("performer", [])}
     return {
-        reference: client.read(*reference.split("/", 1))
+        reference: included.get(reference) or client.read(*reference.split("/", 1))
         for reference in sorted(references)
         if reference.startswith("Organization/")
     }
@@ -327,7 +364,7 @@ def _facilities(client: FhirClient, referrals: list[Resource]) -> dict[str, Reso
 
 def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
     """The case's most recent referral ServiceRequest, as read (with version)."""
-    found = _referrals(client, record)
+    found, _ = _referrals(client, record)
     if not found:
         raise NoReferralError(
             "This case has no referral on the FHIR server yet; record step 6 first (or wait "
@@ -422,7 +459,8 @@ class Casework:
     ) -> StepResult:
         """Validate ``step`` against the case as the FHIR server holds it, then save it."""
         concern = self._concern(ctx, case_id, expected_version)
-        record, case = self._read(ctx, concern)
+        with self._client(ctx) as client:
+            record, case = self._read(ctx, concern, client)
         now = utcnow()
         author = ctx.user.fhir_user
         if isinstance(step, Step6Input):
@@ -455,7 +493,8 @@ class Casework:
         """Close the case: the Flag inactive with its end and the reason; the findings and
         any referral stay as they are."""
         concern = self._concern(ctx, case_id, expected_version)
-        record, case = self._read(ctx, concern)
+        with self._client(ctx) as client:
+            record, case = self._read(ctx, concern, client)
         if case.has_open_concern and case.current_step is not Step.STEP_6:
             due = ", ".join(sorted(s.value for s in case.next_steps))
             raise CloseRefusedError(
@@ -473,10 +512,10 @@ class Casework:
     def open_case(self, ctx: LaunchInfo, case_id: int) -> CaseFile:
         """The case with its history (an audited read), open or closed."""
         concern = self._concern(ctx, case_id, None)
-        record, case = self._read(ctx, concern)
         with self._client(ctx) as client:
-            referrals = _referrals(client, record)
-            facilities = _facilities(client, referrals)
+            record, case = self._read(ctx, concern, client)
+            referrals, bundle = _referrals(client, record)
+            facilities = referred_facilities(client, referrals, bundle)
         self._remember_name(ctx, concern, record.patient)
         return CaseFile(
             case_id=concern.id,
@@ -504,8 +543,8 @@ class Casework:
         its concern, and the referral keeps telling where it stands.
         """
         concern = self._concern(ctx, case_id, expected_version, closed_too=True)
-        record, case = self._read(ctx, concern)
         with self._client(ctx) as client:
+            record, case = self._read(ctx, concern, client)
             referral = _latest_referral(client, record)
         plan = referral_transaction(
             record, referral, status, author=ctx.user.fhir_user, note=note, now=utcnow()
@@ -556,11 +595,11 @@ class Casework:
                 .values(patient_display=name)
             )
 
-    def _read(self, ctx: LaunchInfo, concern: Concern) -> tuple[CaseRecord, KindreflexCase]:
+    def _read(
+        self, ctx: LaunchInfo, concern: Concern, client: FhirClient
+    ) -> tuple[CaseRecord, KindreflexCase]:
         """The case from the FHIR server (the source of truth), replayed by the protocol."""
-        with self._client(ctx) as client:
-            record = load_case_record(client, concern.patient_ref, concern.flag_identifier)
-            findings = _findings(client, record)
+        record, findings = load_case_record(client, concern.patient_ref, concern.flag_identifier)
         encounter = record.encounter_ref or next(
             (f.encounter_ref for f in findings if f.encounter_ref), "Encounter/unknown"
         )
@@ -640,22 +679,6 @@ class Casework:
         return StepResult(
             _status(state), entry.id, tuple(sorted(s.value for s in next_steps)), version
         )
-
-
-def _findings(client: FhirClient, record: CaseRecord) -> list[Finding]:
-    """Every Kindreflex step finding of the patient, in the order they were recorded."""
-    system = terminology.code_system_url("kindreflex-step")
-    codes = ",".join(f"{system}|{step.value}" for step in Step)
-    bundle = client.search(
-        "Observation", {"subject": record.patient_ref, "code": codes, "_count": "500"}
-    )
-    findings = [
-        finding
-        for resource in _resources(bundle, "Observation")
-        if (finding := mapping.finding_from_observation(resource, children=record.children))
-        is not None
-    ]
-    return sorted(findings, key=lambda f: f.recorded_at)
 
 
 def _organization(ctx: LaunchInfo, partner_id: str) -> Resource:

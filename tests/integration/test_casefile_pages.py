@@ -6,15 +6,19 @@ form, CSRF, the FHIR server being down, and the printable referral with the VK's
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
+from service.fhir.client import FhirClient
 from tests.support.casework import SOCIAL_WORKER, index_case, triage_niet_pluis
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
@@ -44,6 +48,32 @@ STEP_6 = {
     "contact_channel": "phone",
     "follow_up_actions": "Tell the CLB who takes the next step.",
 }
+
+
+@contextmanager
+def fhir_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """What the app asks the FHIR server while in the block: "connect" for each client it
+    opens, the resource type of each search and read. A spy: the real requests are made."""
+    seen: list[str] = []
+    connect, search, read = FhirClient.__init__, FhirClient.search, FhirClient.read
+
+    def spied_connect(self: FhirClient, *args: Any, **kwargs: Any) -> None:
+        seen.append("connect")
+        connect(self, *args, **kwargs)
+
+    def spied_search(self: FhirClient, resource_type: str, params: Mapping[str, str]) -> Any:
+        seen.append(resource_type)
+        return search(self, resource_type, params)
+
+    def spied_read(self: FhirClient, resource_type: str, resource_id: str) -> Any:
+        seen.append(f"{resource_type}/{resource_id}")
+        return read(self, resource_type, resource_id)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FhirClient, "__init__", spied_connect)
+        patch.setattr(FhirClient, "search", spied_search)
+        patch.setattr(FhirClient, "read", spied_read)
+        yield seen
 
 
 def _hidden(html: str, form: str, name: str) -> str:
@@ -133,6 +163,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     database_url: str,
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base_url = fhir_server.base_url
     tenant = make_tenant(database, "default", base_url)
@@ -184,7 +215,11 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert referred.status_code == 303, referred.text
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     assert validate(request) == []
-    after_6 = client.get(referred.headers["location"]).text
+    with fhir_reads(monkeypatch) as asked:
+        after_6 = client.get(referred.headers["location"]).text
+    # one connection, three searches for the case and one for its referrals with the facility
+    assert asked == ["connect", "Flag", "Patient", "Observation", "ServiceRequest"]
+    assert "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen" in after_6
     assert 'id="close-form"' in after_6
     assert f'href="/social/cases/{case_id}/referral"' in after_6
 

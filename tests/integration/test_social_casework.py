@@ -14,12 +14,19 @@ import pytest
 
 from sandbox.fhir_server import FhirServer
 from sandbox.seed import SeedResult, seed
-from service.casework import CaseRecord, Referral, load_case_record, step_transaction
+from service.casework import (
+    CaseRecord,
+    Referral,
+    load_case_record,
+    referred_facilities,
+    step_transaction,
+)
 from service.db.base import Database, utcnow
 from service.fhir import terminology
 from service.fhir.client import FhirClient
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.partners import load_default_directory
+from service.protocol import Step
 from service.social import Step4Input, Step6Input
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -52,7 +59,8 @@ def _karim(fhir: FhirClient, seeded: SeedResult) -> CaseRecord:
     flag = fhir.read("Flag", karim.flag_ids[0])
     system = terminology.identifier_system("concern")
     (ours,) = [i["value"] for i in flag["identifier"] if i["system"] == system]
-    return load_case_record(fhir, f"Patient/{karim.id}", ours)
+    record, _ = load_case_record(fhir, f"Patient/{karim.id}", ours)
+    return record
 
 
 def _deliver(
@@ -110,7 +118,8 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
     assert state is DeliveryState.DELIVERED
     (decision,) = _finding(fhir_server.base_url, f"s4-{run}")
     assert validate(decision) == []
-    after_4 = load_case_record(fhir, record.patient_ref, _flag_value(record))
+    after_4, findings = load_case_record(fhir, record.patient_ref, _flag_value(record))
+    assert findings[-1].step is Step.STEP_4  # the history, from the same search
     assert after_4.reason_ref == f"Observation/{decision['id']}"
     assert after_4.flag["meta"]["versionId"] != record.flag["meta"]["versionId"]
 
@@ -148,6 +157,10 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
     assert [e["valueCoding"]["code"] for e in flag["extension"] if e["url"] == last_step] == [
         "step-6"
     ]
+    # a server that ignored the search's _include: the facility is read on its own
+    no_include: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    facilities = referred_facilities(fhir, [stored], no_include)
+    assert facilities[f"Organization/{vk['id']}"]["name"] == vk["name"]
 
 
 def test_the_second_of_two_social_workers_saving_from_the_same_reading_is_refused(
