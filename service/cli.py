@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import sys
 from collections.abc import Callable, Sequence
@@ -13,6 +14,8 @@ import uvicorn
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from service import retention
 from service.admin import commands as admin_commands
@@ -34,6 +37,23 @@ def _schema_is_current(settings: Settings) -> bool:
     finally:
         engine.dispose()
     return current == set(script.get_heads())
+
+
+def _on_current_schema(command: Command) -> Command:
+    """For a command that works on the service's tables: a database without them, or with
+    an older schema, gets a sentence saying what to do instead of SQL errors."""
+
+    @functools.wraps(command)
+    def checked(args: argparse.Namespace, settings: Settings) -> int:
+        if not _schema_is_current(settings):
+            print(
+                "The database schema is not current: run `kindreflex db upgrade` first.",
+                file=sys.stderr,
+            )
+            return 2
+        return command(args, settings)
+
+    return checked
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,13 +145,13 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CMD")
     export = config_commands.add_parser("export", help="print the configuration as YAML")
     export.add_argument("--tenant", help=tenant_help)
-    export.set_defaults(handler=cmd_config_export)
+    export.set_defaults(handler=_on_current_schema(cmd_config_export))
     load = config_commands.add_parser(
         "import", help="validate a YAML file completely, then apply it (or change nothing)"
     )
     load.add_argument("file", help="the YAML file (as written by `config export`)")
     load.add_argument("--tenant", help=tenant_help)
-    load.set_defaults(handler=cmd_config_import)
+    load.set_defaults(handler=_on_current_schema(cmd_config_import))
 
     admin = commands.add_parser("admin", help="administrator access")
     admin_commands_ = admin.add_subparsers(dest="admin_command", required=True, metavar="CMD")
@@ -143,7 +163,7 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--minutes", type=int, default=30, choices=range(1, 1441), metavar="1..1440",
         help="how long the token is valid (default 30)",
     )  # fmt: skip
-    bootstrap.set_defaults(handler=cmd_admin_bootstrap)
+    bootstrap.set_defaults(handler=_on_current_schema(cmd_admin_bootstrap))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--days", type=_retention_days, default=retention.DEFAULT_RETENTION.days,
         metavar="DAYS", help="keep delivered payloads this many days (0..3650, default 30)",
     )  # fmt: skip
-    purge.set_defaults(handler=cmd_db_purge)
+    purge.set_defaults(handler=_on_current_schema(cmd_db_purge))
 
     keys = commands.add_parser("keys", help="the app's signing keys (private_key_jwt, JWKS)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
     keys_commands.add_parser(
         "rotate", help="make a new signing key; keep the old one published for a day"
-    ).set_defaults(handler=cmd_keys_rotate)
+    ).set_defaults(handler=_on_current_schema(cmd_keys_rotate))
     _add_admin_commands(commands)
     return parser
 
@@ -199,7 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
     handler: Command = args.handler
-    return handler(args, settings)
+    try:
+        return handler(args, settings)
+    except OperationalError as error:  # the database is down, unreachable or unreadable
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        print(f"The database at {where} cannot be used: {reason}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

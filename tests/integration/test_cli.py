@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.processes import free_port, running
 
@@ -50,3 +51,28 @@ def test_serve_refuses_an_outdated_postgres_schema_instead_of_migrating_it(
     )
     assert result.returncode == 2
     assert "kindreflex db upgrade" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["config", "export"], ["admin", "bootstrap"], ["db", "purge"], ["keys", "rotate"]]
+)
+def test_a_command_on_a_database_without_the_schema_says_to_upgrade_it(
+    command: list[str], tmp_path: Path
+) -> None:
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"}
+    result = subprocess.run([*KINDREFLEX, *command], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "run `kindreflex db upgrade` first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["config", "export"]])
+def test_an_unreachable_database_is_named_without_its_password(command: list[str]) -> None:
+    url = f"postgresql+psycopg://kindreflex:s3cret-pw@127.0.0.1:{free_port()}/kindreflex"
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+    result = subprocess.run([*KINDREFLEX, *command], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "The database at postgresql+psycopg://kindreflex:***@127.0.0.1" in result.stderr
+    assert "cannot be used" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
