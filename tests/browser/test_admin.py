@@ -29,6 +29,7 @@ from service.db import migrate
 from service.db.base import Database
 from service.demo import serving
 from service.settings import Settings, load_settings
+from tests.browser import axe
 from tests.support.processes import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.fhirserver]
@@ -136,6 +137,7 @@ def test_bootstrap_register_test_connection_and_tune_the_hooks(
     new.locator("#new-frame_origins").fill(sandbox.ehr_url)
     new.locator("#save-registration-new").click()
     expect(admin.locator("#saved")).to_be_visible()
+    assert axe.violations(admin) == []  # the saved message and the registration's form
 
     # 3. Test connection: the sandbox's capabilities, in Dutch.
     admin.locator("#registration-sandbox summary").click()
