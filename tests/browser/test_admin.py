@@ -121,6 +121,7 @@ def test_bootstrap_register_test_connection_and_tune_the_hooks(
     token = bootstrap.stdout.strip()
     admin = browser.new_page()
     admin.goto(f"{stack.app_url}/admin/login")
+    assert axe.violations(admin) == []
     admin.fill("#token", token)
     admin.fill("#name", "Els Peeters (EPD-beheer)")
     admin.click("#sign-in")
@@ -182,3 +183,4 @@ def test_the_admin_screen_is_not_for_anonymous_visitors(
     expect(page.locator("#login-refused")).to_have_text(
         "Dit token is onbekend, al gebruikt of verlopen."
     )
+    assert axe.violations(page) == []  # the refusal, as a screen reader announces it

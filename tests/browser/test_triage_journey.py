@@ -176,3 +176,21 @@ def test_keyboard_only_no_concern_with_support(browser: BrowserContext, stack: D
     expect(app.locator('[data-advice="kind-en-gezin"]')).to_contain_text("Noor")
     expect(app.locator('a[href^="tel:"]').first).to_be_visible()
     assert axe.violations(axe.in_frame(page)) == []  # step 3's advice and phone numbers
+
+
+def test_the_apps_refusal_pages_are_accessible_too(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    """What a nurse sees when a launch goes wrong: an EHR that is not registered, a
+    callback that is not ours. Dutch, and within WCAG 2.1 AA like the screens."""
+    page = browser.new_page()
+    refusals = [
+        "/launch?iss=https%3A%2F%2Funknown.example%2Ffhir&launch=abc",
+        "/callback?code=abc&state=not-ours",
+    ]
+    for path in refusals:
+        response = page.goto(stack.app_url + path)
+        assert response is not None
+        assert 400 <= response.status < 500, path
+        expect(page.locator("html")).to_have_attribute("lang", "nl")
+        assert axe.violations(page) == [], path
