@@ -643,6 +643,7 @@ class Casework:
                     author=ctx.user.fhir_user,
                     patient_ref=concern.patient_ref,
                     bundle=plan.bundle,
+                    delivered_at_once=True,
                 ),
             )
             version = concern.row_version + 1

@@ -108,6 +108,16 @@ class NewEntry:
     patient_ref: str | None
     bundle: Resource
     witness: str | None = None
+    #: The saving request delivers the entry itself right after its commit
+    #: (:meth:`Outbox.deliver`); the worker leaves it to that request for ``HELD_FOR_SAVER``.
+    delivered_at_once: bool = False
+
+
+#: How long the worker leaves an entry to the request that saved it. When the worker
+#: claimed it in the moment between the commit and the request's own attempt, the nurse
+#: saw "delivery pending" for a save that was being delivered. Should the request die
+#: before its attempt, the worker delivers the entry after this.
+HELD_FOR_SAVER = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,7 @@ def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
         witness=entry.witness,
         state=DeliveryState.PENDING,
         attempts=0,
-        next_attempt_at=utcnow(),
+        next_attempt_at=utcnow() + (HELD_FOR_SAVER if entry.delivered_at_once else timedelta()),
     )
     session.add(row)
     session.flush()
@@ -180,10 +190,11 @@ class Outbox:
     # -- public ------------------------------------------------------------------------------
 
     def deliver(self, entry_id: int, *, timeout: float | None = None) -> DeliveryState:
-        """Try to deliver one entry now (the saving request). Returns its state afterwards."""
-        claimed = self._claim(OutboxEntry.id == entry_id, limit=1)
+        """Try to deliver one entry now (the saving request), whenever it is next due.
+        Returns its state afterwards."""
+        claimed = self._claim(OutboxEntry.id == entry_id, limit=1, due_now=False)
         if not claimed:
-            return self.state_of(entry_id)  # the worker has it, or it is not due
+            return self.state_of(entry_id)  # a worker has it, or it is delivered already
         return self._deliver(claimed[0], timeout or self._timeout).state
 
     def run_once(self, limit: int = 20) -> list[Delivery]:
@@ -245,14 +256,15 @@ class Outbox:
 
     # -- claiming ----------------------------------------------------------------------------
 
-    def _claim(self, condition: Any, limit: int) -> list[_Claimed]:
+    def _claim(self, condition: Any, limit: int, *, due_now: bool = True) -> list[_Claimed]:
         now = self._clock()
         lease = f"{self._owner}:{uuid.uuid4().hex[:12]}"
         due = [
             OutboxEntry.state == DeliveryState.PENDING,
-            OutboxEntry.next_attempt_at <= now,
             or_(OutboxEntry.lease_until.is_(None), OutboxEntry.lease_until < now),
         ]
+        if due_now:
+            due.append(OutboxEntry.next_attempt_at <= now)
         if condition is not None:
             due.append(condition)
         candidates = (

@@ -213,6 +213,7 @@ class Triage:
                     patient_ref=patient_ref,
                     bundle=plan.bundle,
                     witness=plan.witness,
+                    delivered_at_once=True,
                 ),
             )
             fact = _write_fact(ctx, patient_ref, plan.written, now)

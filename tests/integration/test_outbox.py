@@ -28,7 +28,13 @@ from service.db import migrate
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
 from service.fhir.client import FhirClient
-from service.outbox import DeliveryState, NewEntry, TransactionBuilder, enqueue
+from service.outbox import (
+    HELD_FOR_SAVER,
+    DeliveryState,
+    NewEntry,
+    TransactionBuilder,
+    enqueue,
+)
 from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionTokens
@@ -208,9 +214,33 @@ def _enqueue(
                 patient_ref=kw.get("patient", "Patient/p1"),
                 bundle=bundle,
                 witness=kw.get("witness"),
+                delivered_at_once=kw.get("delivered_at_once", False),
             ),
         )
         return entry.id
+
+
+def test_an_entry_its_saving_request_delivers_is_left_to_it_by_the_worker(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """The worker claiming an entry between the save's commit and the save's own attempt
+    made the nurse see "delivery pending" for a save being delivered (a flaky browser
+    test showed it). Until ``HELD_FOR_SAVER`` has passed, the worker leaves it alone."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    clock = Clock()
+    worker, saver = make_outbox(database, clock), make_outbox(database, clock)
+    saved, abandoned = (
+        _enqueue(database, tenant, fhir_server.base_url, bundle, delivered_at_once=True)
+        for bundle in (_single_create(_person(str(uuid.uuid4()))) for _ in range(2))
+    )
+
+    assert worker.run_once() == []  # both saves are their requests' to deliver
+    assert saver.deliver(saved) is DeliveryState.DELIVERED
+    # the request of the other save died before its attempt: the worker takes over
+    clock.advance(HELD_FOR_SAVER.total_seconds() + 1)
+    assert [(d.entry_id, d.state) for d in worker.run_once()] == [
+        (abandoned, DeliveryState.DELIVERED)
+    ]
 
 
 def test_a_rejected_entry_is_failed_logged_and_not_retried(
