@@ -301,16 +301,7 @@ def _findings(observations: list[Resource], children: Mapping[str, Child]) -> li
 
 
 def _latest_reason(observations: list[Resource]) -> str | None:
-    system = terminology.code_system_url("kindreflex-step")
-    reasons = {step.value for step in _REASON_STEPS}
-    found = [
-        resource
-        for resource in observations
-        if any(
-            coding.get("system") == system and coding.get("code") in reasons
-            for coding in resource.get("code", {}).get("coding", [])
-        )
-    ]
+    found = [r for r in observations if mapping.step_of_observation(r) in _REASON_STEPS]
     if not found:
         return None
     latest = max(found, key=lambda r: datetime.fromisoformat(r["effectiveDateTime"]))

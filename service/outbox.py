@@ -190,8 +190,8 @@ class Outbox:
     # -- public ------------------------------------------------------------------------------
 
     def deliver(self, entry_id: int, *, timeout: float | None = None) -> DeliveryState:
-        """Try to deliver one entry now (the saving request), whenever it is next due.
-        Returns its state afterwards."""
+        """Try to deliver one entry now (the saving request), even before it is due for the
+        worker (``HELD_FOR_SAVER``, or a retry's backoff). Returns its state afterwards."""
         claimed = self._claim(OutboxEntry.id == entry_id, limit=1, due_now=False)
         if not claimed:
             return self.state_of(entry_id)  # a worker has it, or it is delivered already

@@ -96,7 +96,7 @@ class JwksCache:
         try:
             response = await self._client.get(url, timeout=JWKS_TIMEOUT_SECONDS)
             response.raise_for_status()
-            keys = by_kid(jwt.PyJWKSet.from_dict(response.json()))
+            keys = _by_kid(jwt.PyJWKSet.from_dict(response.json()))
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
             raise CdsAuthError(
                 f"the issuer's JWK Set at {url} could not be read ({type(error).__name__})"
@@ -109,7 +109,7 @@ class JwksCache:
 KeysByKid = dict[str | None, list[jwt.PyJWK]]
 
 
-def by_kid(keyset: jwt.PyJWKSet) -> KeysByKid:
+def _by_kid(keyset: jwt.PyJWKSet) -> KeysByKid:
     """Indexed once per fetch, not searched on every call."""
     keys: KeysByKid = {None: list(keyset.keys)}
     for key in keyset.keys:
@@ -201,7 +201,7 @@ class CdsAuthenticator:
 def _configured_keys(jwks: bytes) -> KeysByKid:
     """A configured JWK Set, parsed once (building an RSA or EC key object costs more than
     checking a signature with it); keyed by its JSON, so a changed configuration misses."""
-    return by_kid(jwt.PyJWKSet.from_dict(orjson.loads(jwks)))
+    return _by_kid(jwt.PyJWKSet.from_dict(orjson.loads(jwks)))
 
 
 def _bearer(authorization: str | None) -> str:

@@ -644,6 +644,22 @@ def provenance(
 # --------------------------------------------------------------------------------------
 # Back: a step finding Observation to the protocol's Finding (reconciling from the server)
 # --------------------------------------------------------------------------------------
+def step_of_observation(resource: Mapping[str, Any]) -> Step | None:
+    """The Kindreflex step an Observation records (its code), or None for another one."""
+    if resource.get("resourceType") != "Observation":
+        return None
+    step_system = t.code_system_url("kindreflex-step")
+    step_code = next(
+        (
+            c.get("code")
+            for c in resource.get("code", {}).get("coding", [])
+            if c.get("system") == step_system
+        ),
+        None,
+    )
+    return Step(step_code) if step_code in {s.value for s in Step} else None
+
+
 def finding_from_observation(
     resource: Mapping[str, Any], *, children: Mapping[str, Child] | None = None
 ) -> Finding | None:
@@ -656,20 +672,9 @@ def finding_from_observation(
     the expected child is a separate Observation. Raises the protocol's errors when the
     recorded content breaks a rule of the protocol.
     """
-    if resource.get("resourceType") != "Observation":
+    step = step_of_observation(resource)
+    if step is None:
         return None
-    step_system = t.code_system_url("kindreflex-step")
-    step_code = next(
-        (
-            c.get("code")
-            for c in resource.get("code", {}).get("coding", [])
-            if c.get("system") == step_system
-        ),
-        None,
-    )
-    if step_code not in {s.value for s in Step}:
-        return None
-    step = Step(str(step_code))
     components = _components_by_code(resource.get("component", []))
     notes = [n.get("text", "") for n in resource.get("note", []) if n.get("text")]
     performers = resource.get("performer", [])
