@@ -42,10 +42,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Select, Subquery, distinct, exists, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.db.base import Base
+from service.db.base import insert_new
 from service.db.models import (
     CdsCard,
     CdsFeedback,
@@ -365,15 +364,8 @@ def _read_new_saves(session: Session, tenant_id: int) -> None:
             continue
         saves.append({**common, "readable": True})
         findings += [{**common, **finding} for finding in read]
-    _insert_new(session, MonitoringSave, saves)
-    _insert_new(session, MonitoringFinding, findings)
-
-
-def _insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(dialect.insert(model).on_conflict_do_nothing(), rows)
+    insert_new(session, MonitoringSave, saves)
+    insert_new(session, MonitoringFinding, findings)
 
 
 def _findings_of(bundle: Mapping[str, Any], fallback_case: str) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@
    (RelatedPerson; conditional create on the child identifier, or an update with
    ``If-Match`` of a child already on the server), an expected child, the step findings,
    the open-concern Flag (niet-pluis or unclear), a Provenance naming the user and the
-   write's AuditEvent.
+   write's AuditEvent. A child already on the server whom the nurse only confirmed (the
+   version and the values the page showed) is referenced, not written: the Provenance
+   and the audit then say "create", not "update".
 3. In ONE local transaction: the outbox entry (the bundle, who, which session), the
    audit row and — for a concern — the worklist row. From here on nothing is lost.
 4. One delivery attempt with a short timeout. The nurse sees "delivered", or "pending"
@@ -23,6 +25,7 @@ patient's concern stays open.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping
@@ -37,8 +40,8 @@ from sqlalchemy.orm import Session
 
 from service import audit
 from service.audit import AuditAction, AuditFact, Channel
-from service.db.base import Database, utcnow
-from service.db.models import Concern, OutboxEntry
+from service.db.base import Database, insert_new, utcnow
+from service.db.models import Concern, OutboxEntry, ShownChild
 from service.fhir import mapping
 from service.fhir.client import FhirClient, FhirRejected, FhirUnavailable, Resource
 from service.outbox import DeliveryState, NewEntry, Outbox, TokenSource, TransactionBuilder, enqueue
@@ -197,7 +200,8 @@ class Triage:
         with self._database.session() as session:
             open_concern = _open_concern(session, ctx.tenant.id, patient_ref) if concern else None
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
-            plan = _plan(ctx, findings, flag_id if concern else None, now)
+            shown = _shown_children(session, ctx.session_id)
+            plan = _plan(ctx, findings, flag_id if concern else None, now, shown)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
                 return earlier
@@ -230,7 +234,8 @@ class Triage:
         (the Patient with ``_revinclude`` of its RelatedPersons).
 
         Each child's ``ref`` is versioned (``RelatedPerson/7/_history/2``): a later save
-        updates exactly the version shown, with If-Match.
+        updates exactly the version shown, with If-Match — unless the nurse changed none of
+        its values, which the session remembers (``ShownChild``).
         """
         patient_ref = _patient_ref(ctx)
         try:
@@ -240,13 +245,21 @@ class Triage:
             self._audit_read(ctx, patient_ref, (), "failure")
             raise
         children = _children_of(chart.related_persons)
-        self._audit_read(ctx, patient_ref, tuple(_unversioned(c.ref) for c in children), "success")
+        self._audit_read(
+            ctx, patient_ref, tuple(_unversioned(c.ref) for c in children), "success", children
+        )
         patient = None if chart.patient is None else mapping.patient_identity(chart.patient)
         return RecordedChart(patient, children)
 
     def _audit_read(
-        self, ctx: LaunchInfo, patient_ref: str, entities: tuple[str, ...], outcome: audit.Outcome
+        self,
+        ctx: LaunchInfo,
+        patient_ref: str,
+        entities: tuple[str, ...],
+        outcome: audit.Outcome,
+        shown: list[Child] | None = None,
     ) -> None:
+        """The read's audit row and, when it showed children, what it showed: together."""
         fact = AuditFact(
             actor=ctx.user.fhir_user,
             action=AuditAction.SEARCH,
@@ -258,6 +271,8 @@ class Triage:
         channel = Channel(ctx.tenant.id, ctx.registration_id, ctx.fhir_base_url, ctx.session_id)
         with self._database.session() as session:
             audit.record_read(session, channel, fact)
+            if shown:
+                _remember_shown(session, ctx.session_id, shown)
 
     def _client(self, ctx: LaunchInfo) -> FhirClient:
         return FhirClient(
@@ -326,14 +341,18 @@ def _finding_identifier(ctx: LaunchInfo, finding: Finding, part: str = "") -> di
 
 
 def _plan(
-    ctx: LaunchInfo, findings: TriageInput, flag_identifier: str | None, now: datetime
+    ctx: LaunchInfo,
+    findings: TriageInput,
+    flag_identifier: str | None,
+    now: datetime,
+    shown: Mapping[str, str],
 ) -> _Plan:
     """The save's transaction; its witness is the step 1 finding (always part of a save)."""
     patient_ref = _patient_ref(ctx)
     tx = TransactionBuilder()
-    child_refs = _write_children(tx, findings.step1.children, patient_ref)
+    child_refs, children_written = _write_children(tx, findings.step1.children, patient_ref, shown)
     written = [
-        *child_refs.values(),
+        *children_written,
         *_write_findings(tx, ctx, findings, child_refs),
         *_write_flag(tx, ctx, findings, flag_identifier),
     ]
@@ -403,15 +422,22 @@ def _write_flag(
 
 
 def _write_children(
-    tx: TransactionBuilder, children: tuple[Child, ...], patient_ref: str
-) -> dict[str, str]:
-    """Add the children to the transaction; returns Child.ref → reference inside it.
+    tx: TransactionBuilder,
+    children: tuple[Child, ...],
+    patient_ref: str,
+    shown: Mapping[str, str],
+) -> tuple[dict[str, str], list[str]]:
+    """Add the children to the transaction. Returns Child.ref → the reference the findings
+    use, and the references of the children written.
 
-    A loaded child is a merge update on the version the nurse saw: the outbox lays our
-    fields over that version at delivery (keeping what the EHR stored besides them, leaving
-    an unchanged child alone, refusing a child of another patient), so the save needs no
-    FHIR server and If-Match still refuses a lost update."""
+    A loaded child the nurse only confirmed — the page showed this version with these
+    values (``shown``: ref → fingerprint) — is referenced and not written. Any other loaded
+    child is a merge update on the version the nurse saw: the outbox lays our fields over
+    that version at delivery (keeping what the EHR stored besides them, leaving an
+    unchanged child alone, refusing a child of another patient), so the save needs no FHIR
+    server and If-Match still refuses a lost update."""
     refs: dict[str, str] = {}
+    written: list[str] = []
     for child in children:
         seen = _parse_versioned(child.ref)
         if seen is None:
@@ -420,6 +446,9 @@ def _write_children(
                 child, patient_ref=patient_ref, identifier=identifier
             )
             refs[child.ref] = tx.create(resource, identifier)
+            written.append(refs[child.ref])
+        elif shown.get(child.ref) == fingerprint(child):
+            refs[child.ref] = _unversioned(child.ref)
         else:
             child_id, version = seen
             # the identifier only counts when the EHR's version has none of its own
@@ -427,7 +456,28 @@ def _write_children(
                 child, patient_ref=patient_ref, identifier=mapping.identifier("child")
             )
             refs[child.ref] = tx.merge_update({**ours, "id": child_id}, version)
-    return refs
+            written.append(refs[child.ref])
+    return refs, written
+
+
+def fingerprint(child: Child) -> str:
+    """What the nurse sees of a child, hashed: equal fingerprints, nothing changed."""
+    shown = (child.name, child.birth_date.isoformat(), child.relationship, child.lives_with)
+    return hashlib.sha256("\x1f".join(shown).encode()).hexdigest()
+
+
+def _remember_shown(session: Session, session_id: str, shown: list[Child]) -> None:
+    """Record what the page showed; a version shown before is already recorded (its
+    fingerprint cannot differ: a version's values never change)."""
+    rows = [{"session_id": session_id, "ref": c.ref, "fingerprint": fingerprint(c)} for c in shown]
+    insert_new(session, ShownChild, rows)
+
+
+def _shown_children(session: Session, session_id: str) -> dict[str, str]:
+    rows = session.execute(
+        select(ShownChild.ref, ShownChild.fingerprint).where(ShownChild.session_id == session_id)
+    )
+    return dict(rows.all())
 
 
 def _children_of(related_persons: list[Resource]) -> list[Child]:

@@ -28,7 +28,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.deps import settings_of, tenant_slug, tenants_of
@@ -50,7 +49,7 @@ from service.cds.rules import advise
 from service.cds.schemas import FeedbackRequest, HookContext, HookRequest
 from service.cds.situation import situation_of
 from service.cds.vocabulary import Vocabulary, guide_vocabulary
-from service.db.base import Database, utcnow
+from service.db.base import Database, insert_new, utcnow
 from service.db.models import CdsFeedback
 from service.i18n import negotiate
 from service.settings import Settings
@@ -378,7 +377,5 @@ def _store_feedback(
         for item in body.feedback
         for reason in [item.overrideReason.reason if item.overrideReason else None]
     ]
-    dialect = postgresql if database.engine.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(CdsFeedback.__table__).on_conflict_do_nothing()
     with database.engine.begin() as connection:
-        connection.execute(statement, rows)
+        insert_new(connection, CdsFeedback, rows)

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, MetaData, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -55,6 +56,18 @@ def utcnow() -> datetime:
 
 
 CONNECT_TIMEOUT_SECONDS = 5
+
+
+def insert_new(
+    target: Session | Connection, table: type[Base] | Table, rows: list[dict[str, Any]]
+) -> None:
+    """Insert ``rows``, skipping each one a unique constraint says is already there (a
+    retry, a concurrent writer): ``ON CONFLICT DO NOTHING`` on both backends."""
+    if not rows:
+        return
+    bind = target.get_bind() if isinstance(target, Session) else target
+    dialect = postgresql if bind.dialect.name == "postgresql" else sqlite
+    target.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def make_engine(database_url: str) -> Engine:

@@ -113,6 +113,23 @@ class AppSession(TenantScoped, Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class ShownChild(Base):
+    """A child the triage page showed from the FHIR server, as shown: the version and a
+    fingerprint of the values on screen. A save that posts that version with the same
+    values is the nurse's confirmation, not an update (``service.triage``).
+
+    It lives and dies with its app session (the session's purge deletes it). The values
+    themselves are not kept here, only their SHA-256."""
+
+    __tablename__ = "triage_shown_children"
+    __table_args__ = (UniqueConstraint("session_id", "ref"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("smart_app_sessions.id", ondelete="CASCADE"))
+    ref: Mapped[str] = mapped_column(String(200))  # RelatedPerson/<id>/_history/<version>
+    fingerprint: Mapped[str] = mapped_column(String(64))
+
+
 # --- EHR administrator journey (issue 6): bootstrap tokens, admin sessions, admin events ---
 # Configuration changes themselves are audited by their TenantConfigVersion rows (who,
 # when, the whole document); these tables hold how admins got in and what they did besides.

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
-from service.db.models import OutboxEntry
+from service.db.models import AuditRecord, OutboxEntry
 from service.i18n import LANGUAGES, Language, catalogue
 from service.protocol import ChildRelationship, ErrorCode, LivesWith, SupportAction
 from service.settings import load_settings
@@ -500,8 +500,10 @@ def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(
 
 
 def test_confirming_a_returning_patients_children_creates_no_duplicates(
-    nurse_for: Any, sandbox: Sandbox
+    nurse_for: Any, sandbox: Sandbox, database: Database
 ) -> None:
+    """The children as the page showed them, posted back unchanged: a confirmation. Nothing
+    rewrites them, and the save is audited as a create, not an update."""
     nurse = nurse_for("els-goossens")
     page = nurse.page()
     patient_ref = f"Patient/{nurse.patient_id}"
@@ -519,7 +521,14 @@ def test_confirming_a_returning_patients_children_creates_no_duplicates(
     assert saved.status == 200, saved.text
     assert 'data-save-status="delivered"' in saved.text
     after = _resources(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
-    assert sorted(r["id"] for r in after) == sorted(r["id"] for r in before)
+    versions = sorted((r["id"], r["meta"]["versionId"]) for r in after)
+    assert versions == sorted((r["id"], r["meta"]["versionId"]) for r in before)
+    with database.session() as session:
+        (entry,) = session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage"))
+        saves = select(AuditRecord.action).where(AuditRecord.outbox_id == entry.id)
+        assert session.scalars(saves).all() == ["create"]
+    kinds = [e["resource"]["resourceType"] for e in entry.bundle["entry"]]
+    assert "RelatedPerson" not in kinds
 
 
 def test_an_edited_child_is_saved_during_an_outage_and_delivery_follows(

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sandbox.fhir_server import FhirServer, free_port
 from sandbox.seed import SeedResult, seed
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, Concern, OutboxEntry
+from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, ShownChild
 from service.fhir import terminology
 from service.fhir.client import FhirClient
 from service.outbox import DeliveryState, Outbox
@@ -283,11 +283,15 @@ def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restar
 
 def _edit_first_child(ctx: LaunchContext, children: list[Child], name: str) -> TriageInput:
     """A no-concern save in which the nurse renamed the first loaded child."""
+    return _no_concern(ctx, (replace(children[0], name=name), *children[1:]))
+
+
+def _no_concern(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
+    """A no-concern save of these children, with step 3's support."""
     now = utcnow()
     author = ctx.user.fhir_user
-    edited = (replace(children[0], name=name), *children[1:])
     return TriageInput(
-        step1=Step1Finding(recorded_by=author, recorded_at=now, children=edited),
+        step1=Step1Finding(recorded_by=author, recorded_at=now, children=children),
         step2=Step2Finding(
             recorded_by=author, recorded_at=now, assessment=SafetyAssessment.NO_CONCERN
         ),
@@ -383,6 +387,82 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
         actions = session.scalars(select(AuditRecord.action).order_by(AuditRecord.id)).all()
     assert actions == ["search-type", "update"]
     client.close()
+
+
+def test_children_only_confirmed_are_referenced_not_rewritten_and_the_save_is_a_create(
+    world: World, seeded: SeedResult
+) -> None:
+    """The nurse changed nothing of the children the page showed: the findings point at
+    them, nothing rewrites them, and neither the Provenance nor the audit says "update"."""
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-c")
+    children = world.triage.load_chart(ctx).children
+    versions = {c.ref.split("/_history/")[0]: c.ref.split("/")[3] for c in children}
+
+    result = world.triage.record_triage(ctx, _no_concern(ctx, tuple(children)))
+
+    assert result.status == "delivered"
+    bundle = _bundle(world, result)
+    assert "RelatedPerson" not in [e["resource"]["resourceType"] for e in bundle["entry"]]
+    written = _written(world, result.outbox_id)
+    for resource in written:
+        assert validate(resource) == [], resource["resourceType"]
+    focused = {
+        focus["reference"]
+        for r in written
+        if r["resourceType"] == "Observation"
+        for focus in r.get("focus", [])
+    }
+    assert set(versions) <= focused  # the step 1 finding names the confirmed children
+    provenance = next(r for r in written if r["resourceType"] == "Provenance")
+    assert provenance["activity"]["coding"][0]["code"] == "CREATE"
+    assert not any("RelatedPerson" in t["reference"] for t in provenance["target"])
+    assert next(r for r in written if r["resourceType"] == "AuditEvent")["action"] == "C"
+    with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
+        for ref, version in versions.items():
+            assert client.read(*ref.split("/"))["meta"]["versionId"] == version
+    with world.database.session() as session:
+        actions = session.scalars(select(AuditRecord.action).order_by(AuditRecord.id)).all()
+    assert actions == ["search-type", "create"]
+
+
+def test_a_confirmation_counts_only_in_the_session_that_showed_the_children(
+    world: World, seeded: SeedResult
+) -> None:
+    """Versions this session never showed (a reference from another launch) are sent as
+    updates on the version named; the outbox then finds they change nothing."""
+    patient = seeded.patient("els-goossens")
+    showed = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-d")
+    children = world.triage.load_chart(showed).children
+    other = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-e")
+
+    result = world.triage.record_triage(other, _no_concern(other, tuple(children)))
+
+    assert result.status == "delivered"
+    bundle = _bundle(world, result)
+    updates = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "RelatedPerson"]
+    assert [e["request"]["ifMatch"] for e in updates] == [
+        f'W/"{c.ref.split("/")[3]}"' for c in children
+    ]
+    with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
+        for child in children:
+            stored = client.read("RelatedPerson", child.ref.split("/")[1])
+            assert stored["meta"]["versionId"] == child.ref.split("/")[3]
+
+
+def test_what_a_page_showed_is_deleted_with_its_session(world: World, seeded: SeedResult) -> None:
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-f")
+    world.triage.load_chart(ctx)
+    world.triage.load_chart(ctx)  # shown again: remembered once
+    with world.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(ShownChild)) == 2
+        session.execute(update(AppSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+
+    SessionStore(world.database, world.settings).purge_expired()
+
+    with world.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(ShownChild)) == 0
 
 
 def _changed_by_someone_else(client: FhirClient, child_id: str) -> dict[str, Any]:
