@@ -25,7 +25,9 @@ Updates that keep what others stored. :meth:`TransactionBuilder.merge_update` qu
 *our* elements of a resource someone else may also write (a child the EHR recorded), with
 ``If-Match`` on the version the user saw. Just before sending, the outbox reads that exact
 version (vread) and lays our elements over it, so the save itself needs no FHIR server:
-the input is committed first like any other. At that point it also refuses an update that
+the input is committed first like any other. An element of that version that already
+says what ours says stays as the EHR wrote it (its local codes, its texts), and of a
+list only the entry ours stands for is replaced (the EHR's nickname for a child stays). At that point it also refuses an update that
 would move the resource to another patient (the version reference travelled through the
 browser) — the entry is ``failed`` — and drops an update that changes nothing.
 
@@ -438,8 +440,12 @@ def _check_owner(seen: Resource, ours: Resource) -> None:
 
 
 def _overlay(seen: Resource, ours: Resource) -> Resource:
-    """``ours``' elements replace ``seen``'s; extensions are merged by URL, identifiers kept."""
-    merged = {**seen, **{k: v for k, v in ours.items() if k not in ("id", "meta", "identifier")}}
+    """``ours``' elements laid over ``seen``'s (see :func:`_element`); extensions are merged
+    by URL, identifiers kept."""
+    merged = {**seen}
+    for key, mine in ours.items():
+        if key not in _NOT_OURS:
+            merged[key] = _element(seen[key], mine) if key in seen else mine
     own = {ext["url"] for ext in ours.get("extension", [])}
     merged["extension"] = [
         *(e for e in seen.get("extension", []) if e.get("url") not in own),
@@ -451,8 +457,48 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
     return merged
 
 
+#: Elements a merge never takes from ours (``extension`` is merged by URL).
+_NOT_OURS = ("id", "meta", "identifier", "extension")
+
+
+def _element(theirs: Any, mine: Any) -> Any:
+    """One element after the merge: ``theirs`` itself when it already says what ours says
+    (:func:`_agrees`: the EHR's codings, texts and name parts stay), else ours — of a list,
+    only the entry ours stands for: the EHR's other entries (a nickname) stay."""
+    if _agrees(theirs, mine):
+        return theirs
+    if isinstance(theirs, list) and _stands_for_one(mine) and theirs:
+        at = _corresponding(theirs, mine[0])
+        return [*theirs[:at], mine[0], *theirs[at + 1 :]]
+    return mine
+
+
+def _stands_for_one(mine: Any) -> bool:
+    """Our list of one structure (a name, a relationship, a coding) stands for one entry of
+    theirs: the one :func:`_corresponding` finds. Lists of strings (given names) are
+    compared whole: a dropped middle name is a change."""
+    return isinstance(mine, list) and len(mine) == 1 and isinstance(mine[0], dict)
+
+
+def _corresponding(theirs: list[Any], mine: dict[str, Any]) -> int:
+    """The entry of ``theirs`` in the same code system as ``mine`` (a coding, or a
+    CodeableConcept's), else the first: the name the nurse was shown is the first."""
+    systems = _systems(mine)
+    if systems:
+        for at, entry in enumerate(theirs):
+            if isinstance(entry, dict) and systems & _systems(entry):
+                return at
+    return 0
+
+
+def _systems(value: dict[str, Any]) -> set[str]:
+    if "system" in value:
+        return {value["system"]}
+    return {c["system"] for c in value.get("coding", []) if isinstance(c, dict) and "system" in c}
+
+
 def _unchanged(seen: Resource, ours: Resource) -> bool:
-    """Whether ``seen`` already holds each of our elements (extensions by URL).
+    """Whether the merge would keep every element of ``seen`` as it is (extensions by URL).
 
     Where both sides have a value they must agree; what only one side spells out (the
     EHR's name ``use``, our coding's ``display``) is representation, not a change."""
@@ -460,14 +506,18 @@ def _unchanged(seen: Resource, ours: Resource) -> bool:
     for ext in ours.get("extension", []):
         if ext["url"] not in extensions or not _agrees(extensions[ext["url"]], ext):
             return False
-    mine = {k: v for k, v in ours.items() if k not in ("id", "meta", "identifier", "extension")}
-    return all(key in seen and _agrees(seen[key], value) for key, value in mine.items())
+    mine = {k: v for k, v in ours.items() if k not in _NOT_OURS}
+    return all(
+        key in seen and _element(seen[key], value) is seen[key] for key, value in mine.items()
+    )
 
 
 def _agrees(theirs: Any, mine: Any) -> bool:
     if isinstance(theirs, dict) and isinstance(mine, dict):
         return all(_agrees(theirs[key], value) for key, value in mine.items() if key in theirs)
     if isinstance(theirs, list) and isinstance(mine, list):
+        if _stands_for_one(mine) and theirs:
+            return _agrees(theirs[_corresponding(theirs, mine[0])], mine[0])
         return len(theirs) == len(mine) and all(map(_agrees, theirs, mine))
     return bool(theirs == mine)
 

@@ -48,6 +48,7 @@ __all__ = ["fhir_server"]
 pytestmark = pytest.mark.fhirserver
 
 NURSE = "Practitioner/{id}"
+CHILD_PROFILE = terminology.profile_url("kindreflex-child")
 
 
 @pytest.fixture(scope="module")
@@ -468,19 +469,85 @@ def test_what_a_page_showed_is_deleted_with_its_session(world: World, seeded: Se
 def _changed_by_someone_else(client: FhirClient, child_id: str) -> dict[str, Any]:
     """Another user corrects the child's birth date (a new version); returns the old one."""
     current = client.read("RelatedPerson", child_id)
-    other = {
-        **current,
-        "birthDate": (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat(),
-    }
-    request = {"method": "PUT", "url": f"RelatedPerson/{child_id}"}
+    _put(client, {**current, "birthDate": _day_before(current["birthDate"])})
+    return current
+
+
+def _put(client: FhirClient, resource: dict[str, Any]) -> None:
+    """Store a new version of ``resource``, as the EHR would."""
+    request = {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
     client.transaction(
         {
             "resourceType": "Bundle",
             "type": "transaction",
-            "entry": [{"resource": other, "request": request}],
+            "entry": [{"resource": resource, "request": request}],
         }
     )
-    return current
+
+
+def _day_before(iso_date: str) -> str:
+    return (date.fromisoformat(iso_date) - timedelta(days=1)).isoformat()
+
+
+def _as_the_ehr_enriched_it(client: FhirClient, child_id: str) -> dict[str, Any]:
+    """The EHR's own parts beside ours: a nickname, a local code and text beside ours."""
+    current = client.read("RelatedPerson", child_id)
+    (relationship,) = current["relationship"]
+    local = {"system": "https://ehr.example.org/relaties", "code": "dochter"}
+    enriched = {
+        **current,
+        "name": [*current["name"], {"use": "nickname", "text": "Mieke"}],
+        "relationship": [
+            {**relationship, "coding": [*relationship["coding"], local], "text": "dochter"}
+        ],
+    }
+    _put(client, enriched)
+    return enriched
+
+
+def _saved_with(world: World, ctx: LaunchContext, child_id: str, **change: Any) -> SaveResult:
+    """The nurse loads the children, changes one of them, saves."""
+    children = world.triage.load_chart(ctx).children
+    edited = tuple(replace(c, **change) if c.ref.split("/")[1] == child_id else c for c in children)
+    return world.triage.record_triage(ctx, _no_concern(ctx, edited))
+
+
+def test_an_edit_keeps_what_the_ehr_recorded_beside_our_elements(
+    world: World, seeded: SeedResult
+) -> None:
+    """A corrected birth date leaves the EHR's nickname and its local relationship code as
+    they were; a changed relationship replaces only the relationship it stands for."""
+    patient = seeded.patient("els-goossens")
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-g")
+    child = world.triage.load_chart(first).children[0]
+    child_id = child.ref.split("/")[1]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    enriched = _as_the_ehr_enriched_it(client, child_id)
+
+    corrected = _saved_with(world, first, child_id, birth_date=child.birth_date - timedelta(1))
+
+    assert corrected.status == "delivered"
+    after = client.read("RelatedPerson", child_id)
+    assert after["birthDate"] == _day_before(enriched["birthDate"])
+    assert after["name"] == enriched["name"]
+    assert after["relationship"] == enriched["relationship"]
+    assert validate(after, CHILD_PROFILE) == []
+
+    second = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-g")
+    # the server outlives a test: whatever an earlier run left, this is a change
+    other = next(
+        r
+        for r in (ChildRelationship.STEPCHILD, ChildRelationship.FOSTER_CHILD)
+        if r is not child.relationship
+    )
+    changed = _saved_with(world, second, child_id, relationship=other)
+
+    assert changed.status == "delivered"
+    after = client.read("RelatedPerson", child_id)
+    assert [c["code"] for r in after["relationship"] for c in r["coding"]] == [other.value]
+    assert after["name"] == enriched["name"]
+    assert validate(after, CHILD_PROFILE) == []
+    client.close()
 
 
 def test_a_child_changed_by_someone_else_while_the_save_waited_is_a_visible_conflict(
