@@ -21,7 +21,7 @@ from playwright.sync_api import BrowserContext, FrameLocator, Locator, Page, exp
 from service.demo import DemoStack
 from service.fhir import terminology
 from tests.browser import axe
-from tests.browser.test_triage_journey import _launch_from_card, _open_visit
+from tests.browser.ehr import launch_from_card, open_visit
 from tests.support.validator import validate
 from tests.support.write_path import search
 from tests.unit.test_social_inputs import WORKSHOP_FACTORS
@@ -37,7 +37,7 @@ SAVE_TIMEOUT_MS = 20_000
 def _hand_off_at_triage(browser: BrowserContext, stack: DemoStack) -> None:
     """Episode 1 as the nurse records it: two children (3 and 8), niet-pluis."""
     page = browser.new_page()
-    app = _launch_from_card(page, _open_visit(page, stack, PATIENT))
+    app = launch_from_card(page, open_visit(page, stack, PATIENT))
     names, dates = app.get_by_label("Naam"), app.get_by_label("Geboortedatum")
     names.nth(0).fill("Wout")
     dates.nth(0).fill((date.today() - timedelta(days=3 * 365 + 30)).strftime("%d/%m/%Y"))

@@ -17,12 +17,13 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from playwright.sync_api import BrowserContext, FrameLocator, Locator, Page, expect
+from playwright.sync_api import BrowserContext, Locator, expect
 from sqlalchemy import select
 
 from service.db.models import OutboxEntry
 from service.demo import DemoStack
 from tests.browser import axe
+from tests.browser.ehr import launch_from_card, open_visit
 from tests.integration.test_nurse_screens import written_by_kindreflex
 from tests.support.validator import validate
 
@@ -51,23 +52,6 @@ class Counted:
         self.log.append(what)
 
 
-def _open_visit(page: Page, stack: DemoStack, patient_key: str) -> Locator:
-    """As the EHR user: start the triage of a seeded patient; the visit's first card."""
-    page.goto(f"{stack.sandbox.ehr_url}/")
-    row = page.locator(f'tr[data-patient-key="{patient_key}"]')
-    row.get_by_role("button", name=re.compile("^Start triage")).click()
-    card = page.locator("article.card").first
-    expect(card).to_be_visible()
-    return card
-
-
-def _launch_from_card(page: Page, card: Locator) -> FrameLocator:
-    card.locator("button.smart-link").click()
-    app = page.frame_locator("#app-frame")
-    expect(app.locator("h1")).to_have_text("Kindreflex bij triage")
-    return app
-
-
 def _outbox_states(stack: DemoStack) -> list[tuple[str, str | None]]:
     """Why a save was not delivered at once (for the assertion message)."""
     with stack.database.session() as session:
@@ -78,9 +62,9 @@ def test_domestic_violence_card_launch_two_children_niet_pluis(
     browser: BrowserContext, stack: DemoStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     page = browser.new_page()
-    card = _open_visit(page, stack, "jan-janssens")
+    card = open_visit(page, stack, "jan-janssens")
     expect(card).to_have_attribute("data-indicator", "warning")
-    app = _launch_from_card(page, card)
+    app = launch_from_card(page, card)
     assert axe.violations(axe.in_frame(page)) == []  # labels, contrast, … (WCAG 2.1 AA)
 
     nurse = Counted()
@@ -142,8 +126,8 @@ def _worklist_as_social_worker(browser: BrowserContext, stack: DemoStack) -> dic
 
 def test_keyboard_only_no_concern_with_support(browser: BrowserContext, stack: DemoStack) -> None:
     page = browser.new_page()
-    card = _open_visit(page, stack, "lotte-claes")
-    app = _launch_from_card(page, card)
+    card = open_visit(page, stack, "lotte-claes")
+    app = launch_from_card(page, card)
     frame = page.frame_locator("#app-frame")
     # Put the keyboard focus into the app (a nurse tabs or clicks into the frame once).
     page.locator("#app-frame").focus()
