@@ -94,7 +94,9 @@ def cmd_db_purge(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"emptied {purged.payloads} delivered outbox payloads older than {args.days} days; "
         f"deleted {purged.admin_sessions} admin sessions and {purged.bootstrap_tokens} "
-        "bootstrap tokens that expired, ended or were used"
+        "bootstrap tokens that expired, ended or were used, "
+        f"{purged.app_sessions} expired app sessions (with their EHR tokens) and "
+        f"{purged.launch_states} abandoned launch states"
     )
     return 0
 

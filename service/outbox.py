@@ -27,9 +27,10 @@ Updates that keep what others stored. :meth:`TransactionBuilder.merge_update` qu
 version (vread) and lays our elements over it, so the save itself needs no FHIR server:
 the input is committed first like any other. An element of that version that already
 says what ours says stays as the EHR wrote it (its local codes, its texts), and of a
-list only the entry ours stands for is replaced (the EHR's nickname for a child stays). At that point it also refuses an update that
-would move the resource to another patient (the version reference travelled through the
-browser) — the entry is ``failed`` — and drops an update that changes nothing.
+list only the entry ours stands for is replaced (the EHR's nickname for a child stays).
+At that point it also refuses an update that would move the resource to another patient
+(the version reference travelled through the browser) — the entry is ``failed`` — and
+drops an update that changes nothing.
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for

@@ -9,6 +9,10 @@
   still need a person or a retry.
 * Admin sessions that expired or ended, and bootstrap tokens that expired or were used,
   are deleted (they only hold hashes, but a dead credential has no reason to stay).
+* Expired app sessions are deleted with the EHR's access and refresh tokens they hold
+  (and what their triage pages showed), and abandoned launch states with them. A launch
+  does this too (``SessionStore.purge_expired``), but a quiet service must not keep an
+  EHR's refresh token until the next launch.
 """
 
 from __future__ import annotations
@@ -18,9 +22,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Text, cast, delete, or_, select, update
+from sqlalchemy.orm import Session
 
 from service.db.base import Database, utcnow
-from service.db.models import AdminBootstrapToken, AdminSession, MonitoringSave, OutboxEntry
+from service.db.models import (
+    AdminBootstrapToken,
+    AdminSession,
+    AppSession,
+    LaunchState,
+    MonitoringSave,
+    OutboxEntry,
+)
 from service.outbox import DeliveryState
 
 #: How long a delivered entry keeps its payload by default (``--days``).
@@ -39,6 +51,8 @@ class Purged:
     payloads: int
     admin_sessions: int
     bootstrap_tokens: int
+    app_sessions: int
+    launch_states: int
 
 
 def purge(database: Database, retention: timedelta, now: datetime | None = None) -> Purged:
@@ -73,8 +87,19 @@ def purge(database: Database, retention: timedelta, now: datetime | None = None)
                 or_(AdminBootstrapToken.expires_at <= now, AdminBootstrapToken.used_at.is_not(None))
             )
         )
+        app_sessions, launch_states = drop_expired_launches(session, now)
         return Purged(
             int(payloads.rowcount),  # type: ignore[attr-defined]
             int(sessions.rowcount),  # type: ignore[attr-defined]
             int(tokens.rowcount),  # type: ignore[attr-defined]
+            app_sessions,
+            launch_states,
         )
+
+
+def drop_expired_launches(session: Session, now: datetime) -> tuple[int, int]:
+    """Delete expired app sessions (with their tokens) and abandoned launch states; how
+    many of each."""
+    app_sessions = session.execute(delete(AppSession).where(AppSession.expires_at <= now))
+    states = session.execute(delete(LaunchState).where(LaunchState.expires_at <= now))
+    return int(app_sessions.rowcount), int(states.rowcount)  # type: ignore[attr-defined]

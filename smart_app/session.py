@@ -30,11 +30,12 @@ from typing import Annotated, Any, Literal, get_args
 
 import httpx
 from fastapi import Depends, Request
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
+from service import retention
 from service.api.deps import tenant_slug
 from service.db.base import Database, utcnow
-from service.db.models import AppSession, LaunchState, Tenant
+from service.db.models import AppSession, Tenant
 from service.fhir.client import FhirUnavailable, ReauthorisationRequired
 from service.i18n import Language, negotiate, translate
 from service.keys import KeyStore, Sealer, UnsealError
@@ -188,10 +189,8 @@ class SessionStore:
 
     def purge_expired(self) -> None:
         """Delete expired sessions (with their tokens) and abandoned launch states."""
-        now = utcnow()
         with self._database.session() as session:
-            session.execute(delete(AppSession).where(AppSession.expires_at <= now))
-            session.execute(delete(LaunchState).where(LaunchState.expires_at <= now))
+            retention.drop_expired_launches(session, utcnow())
 
 
 def sessions_of(request: Request) -> SessionStore:

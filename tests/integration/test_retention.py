@@ -1,8 +1,9 @@
 """Data retention (``kindreflex db purge``) on SQLite and PostgreSQL: delivered payloads that
 monitoring counted are emptied after the retention period, nothing else is; dead admin
-access is deleted. The rows are made with the real outbox and admin functions; the
-monitoring row is inserted directly (what ``service.monitoring`` writes when it reads a
-save), so that which saves count is under the test's control."""
+access and expired app sessions (with their EHR tokens) are deleted. The rows are made
+with the real outbox, admin and session functions; the monitoring row is inserted
+directly (what ``service.monitoring`` writes when it reads a save), so that which saves
+count is under the test's control."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ from service.db.base import Database, utcnow
 from service.db.models import (
     AdminBootstrapToken,
     AdminSession,
+    AppSession,
     AuditRecord,
+    LaunchState,
     MonitoringSave,
     OutboxEntry,
+    ShownChild,
 )
 from service.outbox import DeliveryState, NewEntry, enqueue
+from service.settings import Settings
 from service.tenancy import TenantContext
+from smart_app.session import AppUser, NewSession, SessionStore
 from tests.support.write_path import make_tenant
 
 CHILD_NAME = "Lotte Janssens"  # the nurse's input in every bundle
@@ -101,7 +107,9 @@ def test_only_old_delivered_counted_payloads_are_emptied_and_dead_admin_access_d
 
     purged = retention.purge(database, timedelta(days=30))
 
-    assert purged == retention.Purged(payloads=2, admin_sessions=2, bootstrap_tokens=2)
+    assert purged == retention.Purged(
+        payloads=2, admin_sessions=2, bootstrap_tokens=2, app_sessions=0, launch_states=0
+    )
     bundles = _bundles(database)
     assert CHILD_NAME not in bundles[old]
     assert CHILD_NAME not in bundles[other_old]
@@ -117,8 +125,82 @@ def test_only_old_delivered_counted_payloads_are_emptied_and_dead_admin_access_d
     assert access.authenticate(database, live.token) is not None
     assert len(tokens) == 1  # the unused, unexpired one
     again = retention.purge(database, timedelta(days=30))
-    assert again == retention.Purged(0, 0, 0)  # safe to run again: nothing left to do
+    assert again == retention.Purged(0, 0, 0, 0, 0)  # safe to run again: nothing left to do
     assert access.redeem_bootstrap_token(database, hospital.id, live_token, "Els").token
+
+
+def _app_session(database: Database, tenant: TenantContext, expires_in: timedelta) -> str:
+    """A launched app session holding the EHR's tokens, expiring ``expires_in`` from now."""
+    store = SessionStore(database, Settings(environment="test", database_url="sqlite://"))
+    session_id, _cookie = store.create(
+        NewSession(
+            tenant_id=tenant.id,
+            registration_id="ehr",
+            path_prefix="",
+            fhir_base_url="http://fhir.test",
+            token_endpoint="http://ehr.test/token",
+            user=AppUser("Practitioner/n", "Sofie Maes", frozenset({"nurse"})),
+            language="nl",
+            patient_id="p",
+            encounter_id="e",
+            app_context=None,
+            launch_details={},
+            scope="launch openid fhirUser patient/*.rs offline_access",
+            access_token="access-secret",
+            refresh_token="refresh-secret",
+            access_expires_at=utcnow() + timedelta(minutes=5),
+        )
+    )
+    with database.session() as session:
+        expiry = utcnow() + expires_in
+        session.execute(
+            update(AppSession).where(AppSession.id == session_id).values(expires_at=expiry)
+        )
+        session.add(
+            ShownChild(
+                session_id=session_id, ref="RelatedPerson/7/_history/1", fingerprint="0" * 64
+            )
+        )
+    return session_id
+
+
+def _launch_state(database: Database, tenant: TenantContext, expires_in: timedelta) -> str:
+    """An authorization request in flight (as ``/launch`` stores it)."""
+    state_hash = os.urandom(32).hex()
+    with database.session() as session:
+        session.add(
+            LaunchState(
+                tenant_id=tenant.id,
+                state_hash=state_hash,
+                browser_hash="b" * 64,
+                registration_id="ehr",
+                path_prefix="",
+                code_verifier="v" * 64,
+                nonce="n" * 32,
+                server={},
+                expires_at=utcnow() + expires_in,
+            )
+        )
+    return state_hash
+
+
+def test_expired_app_sessions_go_with_their_tokens_and_what_their_pages_showed(
+    database: Database,
+) -> None:
+    """Without any launch to clean up, ``db purge`` deletes expired app sessions."""
+    hospital = make_tenant(database, "default", "http://fhir.test")
+    _app_session(database, hospital, timedelta(seconds=-1))
+    live = _app_session(database, hospital, timedelta(hours=1))
+    _launch_state(database, hospital, timedelta(seconds=-1))
+    in_flight = _launch_state(database, hospital, timedelta(minutes=5))
+
+    purged = retention.purge(database, timedelta(days=30))
+
+    assert (purged.app_sessions, purged.launch_states) == (1, 1)
+    with database.session() as session:
+        assert session.scalars(select(AppSession.id)).all() == [live]
+        assert session.scalars(select(ShownChild.session_id)).all() == [live]
+        assert session.scalars(select(LaunchState.state_hash)).all() == [in_flight]
 
 
 def test_a_negative_retention_is_refused(database: Database) -> None:
