@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,22 @@ def _fhir_requests(server: FhirServer) -> int:
     return int(row[0])
 
 
-def run(database_url: str, saves: int) -> None:
+@dataclass(frozen=True)
+class SaveFigures:
+    """One nurse after another, each saving steps 1-2 with two children (niet-pluis)."""
+
+    latencies: list[float]  # seconds, sorted
+    elapsed: float
+    delivered: int  # delivered by the save itself, not later by the worker
+    fhir_requests: int  # as the FHIR server logged them
+
+    @property
+    def per_save(self) -> float:
+        return self.fhir_requests / len(self.latencies)
+
+
+def measure(database_url: str, saves: int) -> SaveFigures:
+    """``saves`` real saves into a fresh sekmet server; ``database_url`` is migrated here."""
     migrate.upgrade(database_url)
     database = Database(database_url)
     with FhirServer(log_traffic=True) as server:
@@ -65,13 +81,18 @@ def run(database_url: str, saves: int) -> None:
         elapsed = time.perf_counter() - started
         requests = _fhir_requests(server) - before
     database.dispose()
-    latencies.sort()
+    return SaveFigures(sorted(latencies), elapsed, delivered, requests)
+
+
+def run(database_url: str, saves: int) -> None:
+    figures = measure(database_url, saves)
+    latencies = figures.latencies
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     print(f"backend: {database_url.split(':')[0]}   saves: {saves}")
     print(f"save latency p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
-    print(f"saves/s (sequential): {saves / elapsed:.1f}")
-    print(f"delivered at once: {delivered}/{saves}")
-    print(f"FHIR requests per save: {requests / saves:.2f} (target 1)")
+    print(f"saves/s (sequential): {saves / figures.elapsed:.1f}")
+    print(f"delivered at once: {figures.delivered}/{saves}")
+    print(f"FHIR requests per save: {figures.per_save:.2f} (target 1)")
 
 
 def main() -> None:

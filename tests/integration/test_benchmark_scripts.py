@@ -1,7 +1,7 @@
 """The benchmark scripts still run and report (their figures are read by people, not
 asserted: speed is measured, never timed in a test). A small run of the CDS benchmark also
-checks what it must show whatever the machine: a warning card, and no FHIR request per hook
-call when the prefetch is complete."""
+checks what it must show whatever the machine: a warning card, no FHIR request per hook
+call when the prefetch is complete, and one per nurse save."""
 
 from __future__ import annotations
 
@@ -26,4 +26,5 @@ def test_the_cds_benchmark_runs_and_needs_no_fhir_request_with_full_prefetch() -
     for line in ("bare FastAPI", "JWT check off", "JWT RS384", "JWT ES384", "CPU budget"):
         assert line in report
     assert "FHIR requests per hook call: 0.00" in report
+    assert "FHIR requests per nurse save: 1.00" in report
     assert "card returned: warning" in report
