@@ -6,7 +6,7 @@ Every table that holds data or configuration belongs to exactly one tenant (hosp
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, Date, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
@@ -26,11 +26,17 @@ class Tenant(Base):
 
 
 class TenantScoped:
-    """Mixin for every tenant-owned table: a non-null, indexed ``tenant_id``."""
+    """Mixin for every tenant-owned table: a non-null, indexed ``tenant_id``.
+
+    A table whose unique constraint or index already starts with ``tenant_id`` sets
+    ``tenant_id_indexed_by_constraint``: a second index would only cost every insert."""
+
+    tenant_id_indexed_by_constraint: ClassVar[bool] = False
 
     @declared_attr
     def tenant_id(cls) -> Mapped[int]:  # noqa: N805 - SQLAlchemy passes the class
-        return mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+        index = not cls.tenant_id_indexed_by_constraint
+        return mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=index)
 
 
 class TenantConfigVersion(TenantScoped, Base):
@@ -287,6 +293,7 @@ class CdsSeenToken(TenantScoped, Base):
 
     __tablename__ = "cds_seen_tokens"
     __table_args__ = (UniqueConstraint("tenant_id", "issuer", "jti"),)
+    tenant_id_indexed_by_constraint = True  # every hook call writes a row here
 
     id: Mapped[int] = mapped_column(primary_key=True)
     issuer: Mapped[str] = mapped_column(String(500))
@@ -332,6 +339,7 @@ class CdsCard(TenantScoped, Base):
         UniqueConstraint("tenant_id", "card_uuid"),
         Index("ix_cds_cards_issued", "tenant_id", "issued_at"),
     )
+    tenant_id_indexed_by_constraint = True  # every hook call with a card writes a row here
 
     id: Mapped[int] = mapped_column(primary_key=True)
     service_id: Mapped[str] = mapped_column(String(63))
