@@ -290,7 +290,7 @@ Profile: KindreflexProvenance
 Parent: Provenance
 Id: kindreflex-provenance
 Title: "Kindreflex provenance"
-Description: "Who wrote the Kindreflex resources: target = the resources written together, agent author = the user (Practitioner via fhirUser), recorded = when. Provenance has no identifier in R4: the service gives it a client-assigned id (PUT) or writes it in the same transaction as its targets."
+Description: "Who wrote the Kindreflex resources: target = the resources written together, agent author = the user (Practitioner via fhirUser), recorded = when; activity UPDATE when one of them was updated, else CREATE. A recorded child the nurse only confirmed is referenced by the step 1 finding and is not a target: nothing of it was written. Provenance has no identifier in R4: the service gives it a client-assigned id (PUT) or writes it in the same transaction as its targets."
 * target 1..* MS
 * recorded MS
 * occurred[x] only dateTime
