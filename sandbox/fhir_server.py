@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,16 @@ class FhirServer:
         if self._log_file is None or not self._log_file.exists():
             return ""
         return self._log_file.read_text(errors="replace")
+
+    def inbound_requests(self) -> int:
+        """FHIR requests the server received so far (its traffic log: ``log_traffic``)."""
+        if not self.log_traffic or self.data_dir is None:
+            raise RuntimeError("start the server with log_traffic=True to count its requests")
+        with contextlib.closing(sqlite3.connect(self.data_dir / "sekmet.db")) as connection:
+            row = connection.execute(
+                "SELECT count(*) FROM traffic WHERE direction = 'inbound' AND url LIKE '%/fhir%'"
+            ).fetchone()
+        return int(row[0])
 
     def __enter__(self) -> FhirServer:
         return self.start()

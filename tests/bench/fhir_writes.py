@@ -15,7 +15,6 @@ per save counted by the FHIR server itself (its traffic log; target 1).
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -33,16 +32,6 @@ from service.db import migrate  # noqa: E402
 from service.db.base import Database  # noqa: E402
 from tests.conftest import _create_postgres_database, _drop_postgres_database  # noqa: E402
 from tests.integration.test_triage_save import _child, _niet_pluis, _world  # noqa: E402
-
-
-def _fhir_requests(server: FhirServer) -> int:
-    """Inbound FHIR requests the server logged so far."""
-    assert server.data_dir is not None
-    with sqlite3.connect(server.data_dir / "sekmet.db") as connection:
-        row = connection.execute(
-            "SELECT count(*) FROM traffic WHERE direction = 'inbound' AND url LIKE '%/fhir%'"
-        ).fetchone()
-    return int(row[0])
 
 
 @dataclass(frozen=True)
@@ -69,7 +58,7 @@ def measure(database_url: str, saves: int) -> SaveFigures:
         patient = seeded.patient("jan-janssens")
         latencies: list[float] = []
         delivered = 0
-        before = _fhir_requests(server)
+        before = server.inbound_requests()
         started = time.perf_counter()
         for n in range(saves):
             ctx = world.launch(patient.id, patient.arrived_encounter_id, f"Practitioner/n{n}")
@@ -79,7 +68,7 @@ def measure(database_url: str, saves: int) -> SaveFigures:
             latencies.append(time.perf_counter() - t0)
             delivered += result.status == "delivered"
         elapsed = time.perf_counter() - started
-        requests = _fhir_requests(server) - before
+        requests = server.inbound_requests() - before
     database.dispose()
     return SaveFigures(sorted(latencies), elapsed, delivered, requests)
 

@@ -391,18 +391,21 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
 
 
 def test_children_only_confirmed_are_referenced_not_rewritten_and_the_save_is_a_create(
-    world: World, seeded: SeedResult
+    world: World, seeded: SeedResult, fhir_server: FhirServer
 ) -> None:
     """The nurse changed nothing of the children the page showed: the findings point at
-    them, nothing rewrites them, and neither the Provenance nor the audit says "update"."""
+    them, nothing rewrites them, and neither the Provenance nor the audit says "update".
+    The save is one FHIR request: no child's version has to be read at delivery."""
     patient = seeded.patient("els-goossens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-c")
     children = world.triage.load_chart(ctx).children
     versions = {c.ref.split("/_history/")[0]: c.ref.split("/")[3] for c in children}
+    before = fhir_server.inbound_requests()
 
     result = world.triage.record_triage(ctx, _no_concern(ctx, tuple(children)))
 
     assert result.status == "delivered"
+    assert fhir_server.inbound_requests() - before == 1  # the transaction alone
     bundle = _bundle(world, result)
     assert "RelatedPerson" not in [e["resource"]["resourceType"] for e in bundle["entry"]]
     written = _written(world, result.outbox_id)
@@ -428,18 +431,21 @@ def test_children_only_confirmed_are_referenced_not_rewritten_and_the_save_is_a_
 
 
 def test_a_confirmation_counts_only_in_the_session_that_showed_the_children(
-    world: World, seeded: SeedResult
+    world: World, seeded: SeedResult, fhir_server: FhirServer
 ) -> None:
     """Versions this session never showed (a reference from another launch) are sent as
-    updates on the version named; the outbox then finds they change nothing."""
+    updates on the version named; the outbox reads each of them at delivery and finds
+    they change nothing."""
     patient = seeded.patient("els-goossens")
     showed = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-d")
     children = world.triage.load_chart(showed).children
     other = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-e")
+    before = fhir_server.inbound_requests()
 
     result = world.triage.record_triage(other, _no_concern(other, tuple(children)))
 
     assert result.status == "delivered"
+    assert fhir_server.inbound_requests() - before == 1 + len(children)  # a read per child
     bundle = _bundle(world, result)
     updates = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "RelatedPerson"]
     assert [e["request"]["ifMatch"] for e in updates] == [
