@@ -74,6 +74,7 @@ from service.fhir.client import (
     Resource,
     summarise,
 )
+from service.fhir.mapping import display_name
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +447,7 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
     merged = {**seen}
     for key, mine in ours.items():
         if key not in _NOT_OURS:
-            merged[key] = _element(seen[key], mine) if key in seen else mine
+            merged[key] = _element(key, seen[key], mine) if key in seen else mine
     own = {ext["url"] for ext in ours.get("extension", [])}
     merged["extension"] = [
         *(e for e in seen.get("extension", []) if e.get("url") not in own),
@@ -462,16 +463,25 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
 _NOT_OURS = ("id", "meta", "identifier", "extension")
 
 
-def _element(theirs: Any, mine: Any) -> Any:
+def _element(key: str, theirs: Any, mine: Any) -> Any:
     """One element after the merge: ``theirs`` itself when it already says what ours says
     (:func:`_agrees`: the EHR's codings, texts and name parts stay), else ours — of a list,
     only the entry ours stands for: the EHR's other entries (a nickname) stay."""
-    if _agrees(theirs, mine):
-        return theirs
     if isinstance(theirs, list) and _stands_for_one(mine) and theirs:
         at = _corresponding(theirs, mine[0])
+        if _entry_agrees(key, theirs[at], mine[0]):
+            return theirs
         return [*theirs[:at], mine[0], *theirs[at + 1 :]]
-    return mine
+    return theirs if _agrees(theirs, mine) else mine
+
+
+def _entry_agrees(key: str, theirs: Any, mine: Any) -> bool:
+    """A name is compared as people read it: its text, or its parts where it has no text
+    (a dropped family name is a change even though the parts ours leaves out are only
+    theirs)."""
+    if key == "name":
+        return display_name({"name": [theirs]}) == display_name({"name": [mine]})
+    return _agrees(theirs, mine)
 
 
 def _stands_for_one(mine: Any) -> bool:
@@ -509,7 +519,7 @@ def _unchanged(seen: Resource, ours: Resource) -> bool:
             return False
     mine = {k: v for k, v in ours.items() if k not in _NOT_OURS}
     return all(
-        key in seen and _element(seen[key], value) is seen[key] for key, value in mine.items()
+        key in seen and _element(key, seen[key], value) is seen[key] for key, value in mine.items()
     )
 
 

@@ -23,6 +23,7 @@ from service.db.base import Database, utcnow
 from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, ShownChild
 from service.fhir import terminology
 from service.fhir.client import FhirClient
+from service.fhir.mapping import display_name
 from service.outbox import DeliveryState, Outbox
 from service.protocol import (
     Child,
@@ -455,6 +456,29 @@ def test_a_confirmation_counts_only_in_the_session_that_showed_the_children(
         for child in children:
             stored = client.read("RelatedPerson", child.ref.split("/")[1])
             assert stored["meta"]["versionId"] == child.ref.split("/")[3]
+
+
+def test_a_name_stored_as_parts_only_is_compared_as_it_reads(
+    world: World, seeded: SeedResult
+) -> None:
+    """The EHR stored the child's name as given and family names without a text; the nurse
+    drops the family name. The change is written (our name leaves the family out, which
+    only compared part by part would have looked like agreement)."""
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-h")
+    child_id = world.triage.load_chart(ctx).children[1].ref.split("/")[1]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    stored = client.read("RelatedPerson", child_id)
+    parts = {"use": "official", "given": ["Mira"], "family": "Goossens"}
+    _put(client, {**stored, "name": [parts, *stored["name"][1:]]})
+
+    saved = _saved_with(world, ctx, child_id, name="Mira")
+
+    assert saved.status == "delivered"
+    after = client.read("RelatedPerson", child_id)
+    assert display_name(after) == "Mira"
+    assert validate(after, CHILD_PROFILE) == []
+    client.close()
 
 
 def test_what_a_page_showed_is_deleted_with_its_session(world: World, seeded: SeedResult) -> None:
