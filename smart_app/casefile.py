@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -67,6 +66,7 @@ from service.protocol import (
     age_in_months,
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
+from smart_app.assets import asset_response
 from smart_app.nurse import LOCAL_ZONE
 from smart_app.pages import TEMPLATES
 from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
@@ -74,8 +74,6 @@ from smart_app.social import CaseId, CaseworkDep, SocialWorker, audit_refusal
 
 router = APIRouter(prefix="/social", include_in_schema=False)
 
-_STATIC = Path(__file__).parent / "static"
-_STATIC_TYPES = {"casefile.css": "text/css; charset=utf-8", "casefile.js": "text/javascript"}
 #: The lines a form offers for the agreed actions of step 5.
 AGREED_ACTION_ROWS = 3
 #: From this age a child decides much itself: the page asks for the child's own say.
@@ -383,16 +381,10 @@ def _not_found(ctx: LaunchContext) -> HTMLResponse:
 
 
 @router.get("/static/{name}")
-def static_file(name: str) -> Response:
-    """The case pages' stylesheet and print button (same origin: the CSP stays 'self')."""
-    media_type = _STATIC_TYPES.get(name)
-    if media_type is None:
-        return Response("no such file", status_code=404, media_type="text/plain")
-    return Response(
-        (_STATIC / name).read_bytes(),
-        media_type=media_type,
-        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
-    )
+def static_file(name: str, v: str | None = None) -> Response:
+    """The case pages' stylesheet and print button (same origin: the CSP stays 'self');
+    ``v``: the version the page linked (``smart_app.assets``)."""
+    return asset_response(name, v, served=("casefile.css", "casefile.js"))
 
 
 @router.get("/cases/{case_id}", response_class=HTMLResponse)

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache, partial
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -63,6 +62,7 @@ from service.triage import (
     TriageDep,
     TriageInput,
 )
+from smart_app.assets import asset_response
 from smart_app.pages import TEMPLATES
 from smart_app.session import (
     LaunchContext,
@@ -98,9 +98,6 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.DUPLICATE_CHILD: "children",
     ErrorCode.SUPPORT_REQUIRED: "support",
 }
-
-_STATIC = Path(__file__).parent / "static"
-_STATIC_TYPES = {"nurse.css": "text/css; charset=utf-8", "nurse.js": "text/javascript"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -592,13 +589,7 @@ def _outcome(findings: TriageInput) -> str:
 
 
 @router.get("/static/{name}")
-def static_file(name: str) -> Response:
-    """The page's stylesheet and script (same origin, so the CSP can stay 'self')."""
-    media_type = _STATIC_TYPES.get(name)
-    if media_type is None:
-        raise HTTPException(status_code=404, detail="no such file")
-    return Response(
-        (_STATIC / name).read_bytes(),
-        media_type=media_type,
-        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
-    )
+def static_file(name: str, v: str | None = None) -> Response:
+    """The page's stylesheet and script (same origin, so the CSP can stay 'self'); ``v``:
+    the version the page linked (``smart_app.assets``)."""
+    return asset_response(name, v, served=("nurse.css", "nurse.js"))

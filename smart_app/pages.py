@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from smart_app.assets import asset_url
+
 TEMPLATES = Environment(
     loader=PackageLoader("smart_app", "templates"),
     autoescape=select_autoescape(default=True),
@@ -12,3 +14,4 @@ TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+TEMPLATES.globals["asset_url"] = asset_url

@@ -119,14 +119,22 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
 
 def test_the_worklists_stylesheet_and_script_load(database_url: str, database: Database) -> None:
     """Every asset the worklist links answers 200 (a relative link once resolved to
-    /static/… below /social and the screen came out unstyled)."""
+    /static/… below /social and the screen came out unstyled), cacheable for good under
+    its versioned URL; each route serves only its own files."""
     hospital = make_tenant(database, "default", FHIR)
     app = make_app(database_url, database)
     client = TestClient(app)
     me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
     for page in ("/social", "/social?view=mine"):
         html = client.get(page, headers=me).text
-        assets = re.findall(r'(?:href|src)="(/[^"]+\.(?:css|js))"', html)
-        assert any(asset.endswith("nurse.css") for asset in assets)
+        assets = re.findall(r'(?:href|src)="(/[^"]+\.(?:css|js)(?:\?v=[0-9a-f]+)?)"', html)
+        assert any("/nurse.css?v=" in asset for asset in assets)
         for asset in assets:
-            assert client.get(asset).status_code == 200, asset
+            versioned = client.get(asset)
+            assert versioned.status_code == 200, asset
+            assert "immutable" in versioned.headers["cache-control"]  # the URL names the content
+            old_page = client.get(asset.split("?")[0])  # as a page from before an upgrade links it
+            assert old_page.content == versioned.content
+            assert old_page.headers["cache-control"] == "no-cache"
+    for unknown in ("/social/static/nurse.js", "/app/static/casefile.css", "/app/static/x.js"):
+        assert client.get(unknown).status_code == 404, unknown
