@@ -466,12 +466,18 @@ _NOT_OURS = ("id", "meta", "identifier", "extension")
 def _element(key: str, theirs: Any, mine: Any) -> Any:
     """One element after the merge: ``theirs`` itself when it already says what ours says
     (:func:`_agrees`: the EHR's codings, texts and name parts stay), else ours — of a list,
-    only the entry ours stands for: the EHR's other entries (a nickname) stay."""
+    only the entry ours stands for: the EHR's other entries (a nickname) stay, except other
+    answers in our code system, which would now contradict ours (a second relationship)."""
     if isinstance(theirs, list) and _stands_for_one(mine) and theirs:
         at = _corresponding(theirs, mine[0])
         if _entry_agrees(key, theirs[at], mine[0]):
             return theirs
-        return [*theirs[:at], mine[0], *theirs[at + 1 :]]
+        ours = _systems(mine[0])
+        return [
+            mine[0] if i == at else entry
+            for i, entry in enumerate(theirs)
+            if i == at or not (isinstance(entry, dict) and ours & _systems(entry))
+        ]
     return theirs if _agrees(theirs, mine) else mine
 
 

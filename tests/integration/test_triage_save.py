@@ -520,15 +520,18 @@ def _day_before(iso_date: str) -> str:
 
 
 def _as_the_ehr_enriched_it(client: FhirClient, child_id: str) -> dict[str, Any]:
-    """The EHR's own parts beside ours: a nickname, a local code and text beside ours."""
+    """The EHR's own parts beside ours: a nickname, a local code and text beside ours, and
+    a second relationship after ours."""
     current = client.read("RelatedPerson", child_id)
     (relationship,) = current["relationship"]
     local = {"system": "https://ehr.example.org/relaties", "code": "dochter"}
+    natural = {"system": relationship["coding"][0]["system"], "code": "NCHILD"}
     enriched = {
         **current,
         "name": [*current["name"], {"use": "nickname", "text": "Mieke"}],
         "relationship": [
-            {**relationship, "coding": [*relationship["coding"], local], "text": "dochter"}
+            {**relationship, "coding": [*relationship["coding"], local], "text": "dochter"},
+            {"coding": [natural]},
         ],
     }
     _put(client, enriched)
@@ -545,8 +548,9 @@ def _saved_with(world: World, ctx: LaunchContext, child_id: str, **change: Any) 
 def test_an_edit_keeps_what_the_ehr_recorded_beside_our_elements(
     world: World, seeded: SeedResult
 ) -> None:
-    """A corrected birth date leaves the EHR's nickname and its local relationship code as
-    they were; a changed relationship replaces only the relationship it stands for."""
+    """A corrected birth date leaves the EHR's nickname and its relationships as they were;
+    a changed relationship replaces the one it stands for, and drops the other answer in
+    the same code system, which would contradict it."""
     patient = seeded.patient("els-goossens")
     first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-g")
     child = world.triage.load_chart(first).children[0]
