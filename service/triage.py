@@ -447,7 +447,7 @@ def _write_children(
             )
             refs[child.ref] = tx.create(resource, identifier)
             written.append(refs[child.ref])
-        elif shown.get(child.ref) == fingerprint(child):
+        elif shown.get(child.ref) == _fingerprint(child):
             refs[child.ref] = _unversioned(child.ref)
         else:
             child_id, version = seen
@@ -460,7 +460,7 @@ def _write_children(
     return refs, written
 
 
-def fingerprint(child: Child) -> str:
+def _fingerprint(child: Child) -> str:
     """What the nurse sees of a child, hashed: equal fingerprints, nothing changed."""
     shown = (child.name, child.birth_date.isoformat(), child.relationship, child.lives_with)
     return hashlib.sha256("\x1f".join(shown).encode()).hexdigest()
@@ -469,7 +469,7 @@ def fingerprint(child: Child) -> str:
 def _remember_shown(session: Session, session_id: str, shown: list[Child]) -> None:
     """Record what the page showed; a version shown before is already recorded (its
     fingerprint cannot differ: a version's values never change)."""
-    rows = [{"session_id": session_id, "ref": c.ref, "fingerprint": fingerprint(c)} for c in shown]
+    rows = [{"session_id": session_id, "ref": c.ref, "fingerprint": _fingerprint(c)} for c in shown]
     insert_new(session, ShownChild, rows)
 
 
