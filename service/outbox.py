@@ -474,11 +474,19 @@ def _element(key: str, theirs: Any, mine: Any) -> Any:
             return theirs
         ours = _systems(mine[0])
         return [
-            mine[0] if i == at else entry
+            _replacing(key, entry, mine[0]) if i == at else entry
             for i, entry in enumerate(theirs)
             if i == at or not (isinstance(entry, dict) and ours & _systems(entry))
         ]
     return theirs if _agrees(theirs, mine) else mine
+
+
+def _replacing(key: str, theirs: Any, mine: dict[str, Any]) -> dict[str, Any]:
+    """Our entry in place of theirs; a corrected name stays the kind of name it was (its
+    ``use``: official, usual…), which ours does not say."""
+    if key == "name" and isinstance(theirs, dict) and "use" in theirs:
+        return {"use": theirs["use"], **mine}
+    return mine
 
 
 def _entry_agrees(key: str, theirs: Any, mine: Any) -> bool:

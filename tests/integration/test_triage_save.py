@@ -477,6 +477,7 @@ def test_a_name_stored_as_parts_only_is_compared_as_it_reads(
     assert saved.status == "delivered"
     after = client.read("RelatedPerson", child_id)
     assert display_name(after) == "Mira"
+    assert after["name"][0]["use"] == "official"  # still the official name, corrected
     assert validate(after, CHILD_PROFILE) == []
     client.close()
 
