@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
@@ -242,12 +242,10 @@ class Triage:
             with self._client(ctx) as client:
                 chart = search_chart(client, patient_ref)
         except (FhirUnavailable, FhirRejected):
-            self._audit_read(ctx, patient_ref, (), "failure")
+            self._audit_read(ctx, patient_ref, "failure")
             raise
         children = _children_of(chart.related_persons)
-        self._audit_read(
-            ctx, patient_ref, tuple(_unversioned(c.ref) for c in children), "success", children
-        )
+        self._audit_read(ctx, patient_ref, "success", children)
         patient = None if chart.patient is None else mapping.patient_identity(chart.patient)
         return RecordedChart(patient, children)
 
@@ -255,16 +253,17 @@ class Triage:
         self,
         ctx: LaunchInfo,
         patient_ref: str,
-        entities: tuple[str, ...],
         outcome: audit.Outcome,
-        shown: list[Child] | None = None,
+        shown: Sequence[Child] = (),
     ) -> None:
-        """The read's audit row and, when it showed children, what it showed: together."""
+        """The read's audit row (naming the children it showed) and what the page showed of
+        them (``ShownChild``), in one transaction: a confirmation is only recognised for a
+        read that is audited."""
         fact = AuditFact(
             actor=ctx.user.fhir_user,
             action=AuditAction.SEARCH,
             patient_ref=patient_ref,
-            entities=entities,
+            entities=tuple(_unversioned(c.ref) for c in shown),
             outcome=outcome,
             at=utcnow(),
         )
@@ -466,7 +465,7 @@ def _fingerprint(child: Child) -> str:
     return hashlib.sha256("\x1f".join(shown).encode()).hexdigest()
 
 
-def _remember_shown(session: Session, session_id: str, shown: list[Child]) -> None:
+def _remember_shown(session: Session, session_id: str, shown: Sequence[Child]) -> None:
     """Record what the page showed; a version shown before is already recorded (its
     fingerprint cannot differ: a version's values never change)."""
     rows = [{"session_id": session_id, "ref": c.ref, "fingerprint": _fingerprint(c)} for c in shown]
