@@ -42,6 +42,7 @@ from service.protocol import (
     KindreflexCase,
     ReferralStatus,
     Step,
+    Step1Finding,
     Step4Decision,
     Step5Progress,
     Step6Referral,
@@ -251,8 +252,9 @@ def load_case_record(
     client: FhirClient, patient_ref: str, flag_identifier: str
 ) -> tuple[CaseRecord, list[Finding]]:
     """What the FHIR server holds of a case, in three searches: its Flag (with the version
-    to update), the patient with the children, and every step finding of the patient in
-    the order they were recorded (the latest a referral may give as its reason among them).
+    to update), the patient with the children, and the step findings of this concern in
+    the order they were recorded (one search of all the patient's findings, among which the
+    latest a referral may give as its reason).
     """
     system = identifier_system("concern")
     flags = _resources(client.search("Flag", {"identifier": f"{system}|{flag_identifier}"}), "Flag")
@@ -278,7 +280,7 @@ def load_case_record(
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
     )
-    return record, _findings(observations, children)
+    return record, _findings(observations, children, flag["period"])
 
 
 def _step_observations(client: FhirClient, patient_ref: str) -> list[Resource]:
@@ -290,14 +292,32 @@ def _step_observations(client: FhirClient, patient_ref: str) -> list[Resource]:
     return _resources(bundle, "Observation")
 
 
-def _findings(observations: list[Resource], children: Mapping[str, Child]) -> list[Finding]:
-    """The findings the protocol replays, in the order they were recorded."""
-    findings = [
-        finding
-        for resource in observations
-        if (finding := mapping.finding_from_observation(resource, children=children)) is not None
+def _findings(
+    observations: list[Resource], children: Mapping[str, Child], period: Resource
+) -> list[Finding]:
+    """The findings of this concern the protocol replays, in the order they were recorded:
+    from the step 1 of the triage that raised it (the Flag's start is its step 2) until the
+    case was closed (the Flag's end). Another concern of the patient is replayed on its own
+    case: an earlier one's route must not carry into this one, which starts with the team's
+    decision (step 4), and a closed case's history ends when it was closed."""
+    raised_at = datetime.fromisoformat(period["start"])
+    closed_at = datetime.fromisoformat(period["end"]) if "end" in period else None
+    findings = sorted(
+        (
+            finding
+            for resource in observations
+            if (finding := mapping.finding_from_observation(resource, children=children))
+            is not None
+            and (closed_at is None or finding.recorded_at <= closed_at)
+        ),
+        key=lambda f: f.recorded_at,
+    )
+    starts = [
+        at
+        for at, f in enumerate(findings)
+        if isinstance(f, Step1Finding) and f.recorded_at <= raised_at
     ]
-    return sorted(findings, key=lambda f: f.recorded_at)
+    return findings[starts[-1] :] if starts else findings
 
 
 def _latest_reason(observations: list[Resource]) -> str | None:

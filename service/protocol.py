@@ -50,9 +50,14 @@ The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.m
 
 Two rules hold at any point after step 1:
 
-* Step 1 may be recorded again to update the children (a birth, a correction). It does
-  not move the case, except that a case with nothing to do (no children) reopens at
-  step 2.
+* Step 1 may be recorded again: at the patient's next contact (the Kindreflex is done at
+  every contact, seed 000) or to update the children (a birth, a correction). It opens
+  step 2 for children to gauge, and it keeps what was open: a concern the social service
+  follows (steps 4-6 ahead) stays open.
+* A step 2 (without acute danger) while a concern is open adds its route to the
+  concern's; it does not close it. A nurse who finds no concern at the next visit does
+  not end the team's follow-up, and an acute danger the team found stays until step 3,
+  4 or 5 says otherwise.
 * Acute danger does not wait for the route: a step 2 finding with acute danger may be
   recorded at any point and leads straight to step 6 (or to a team decision, step 4).
 
@@ -860,6 +865,8 @@ Finding = Step1Finding | Step2Finding | Step3Support | Step4Decision | Step5Prog
 # ---------------------------------------------------------------------------------------
 
 _NO_STEPS: frozenset[Step] = frozenset()
+#: the steps of an open concern, which the social service follows
+CONCERN_STEPS: frozenset[Step] = frozenset({Step.STEP_4, Step.STEP_5, Step.STEP_6})
 
 
 @dataclass(frozen=True)
@@ -917,13 +924,13 @@ class KindreflexCase:
     @property
     def has_open_concern(self) -> bool:
         """A concern is open: steps 4, 5 or 6 lie ahead (what fills the worklist)."""
-        return bool(self.next_steps & {Step.STEP_4, Step.STEP_5, Step.STEP_6})
+        return bool(self.next_steps & CONCERN_STEPS)
 
     def can_record(self, step: Step) -> bool:
         """Whether a finding of this step may be recorded now.
 
-        Step 1 always may (an update of the children). Not covered: a step 2 with acute
-        danger, which may interrupt the route at any point after step 1.
+        Step 1 always may (a new contact, an update of the children). Not covered: a step 2
+        with acute danger, which may interrupt the route at any point after step 1.
         """
         return step in self.next_steps or (step is Step.STEP_1)
 
@@ -943,19 +950,17 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
     match finding:
         case Step1Finding():
             children, expecting = finding.children, finding.expecting
-            nothing_to_do = not children and expecting is None
-            if case.findings and case.next_steps:
-                nxt = case.next_steps  # an update of the children does not move the case
-            else:
-                nxt = _NO_STEPS if nothing_to_do else frozenset({Step.STEP_2})
+            gauge = _NO_STEPS if not children and expecting is None else {Step.STEP_2}
+            nxt = (case.next_steps if case.findings else _NO_STEPS) | gauge
         case Step2Finding():
-            acute = finding.acute_danger
+            acute = finding.acute_danger or case.acute_danger
             if finding.acute_danger:
-                nxt = frozenset({Step.STEP_4, Step.STEP_6})
-            elif finding.assessment is SafetyAssessment.NO_CONCERN:
-                nxt = frozenset({Step.STEP_3})
-            else:  # niet-pluis or unclear
-                nxt = frozenset({Step.STEP_4})
+                nxt = frozenset({Step.STEP_4, Step.STEP_6})  # in place of any other route
+            else:
+                no_concern = finding.assessment is SafetyAssessment.NO_CONCERN
+                own = Step.STEP_3 if no_concern else Step.STEP_4  # niet-pluis or unclear: 4
+                # an open concern stays open: the triage does not close it
+                nxt = frozenset({own}) | (case.next_steps & CONCERN_STEPS)
         case Step3Support():
             acute = False
             nxt = frozenset({Step.STEP_3, Step.STEP_2})

@@ -19,7 +19,7 @@ from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
 from service.fhir.client import FhirClient
-from tests.support.casework import SOCIAL_WORKER, index_case, triage_niet_pluis
+from tests.support.casework import SOCIAL_WORKER, index_case, save_triage
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
@@ -168,7 +168,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     base_url = fhir_server.base_url
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
-    patient = triage_niet_pluis(app, tenant, base_url)
+    patient = save_triage(app, tenant, base_url)
     worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
     client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
     (case_id,) = [

@@ -23,8 +23,10 @@ from service.fhir import mapping, terminology
 from service.protocol import (
     CaseClosure,
     CloseReason,
+    SafetyAssessment,
 )
-from tests.support.casework import triage_niet_pluis
+from service.tenancy import TenantContext
+from tests.support.casework import save_triage
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -48,6 +50,8 @@ class HandedOffCase:
     patient: str
     id: int
     row_version: int
+    app: Any
+    tenant: TenantContext
 
     def send(self, action: str, body: dict[str, Any]) -> httpx.Response:
         """A change of the case: ``PUT …/referral``, else ``POST …/<action>``."""
@@ -62,10 +66,12 @@ def _handed_off_case(database_url: str, database: Database, base_url: str) -> Ha
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     client = TestClient(app)
-    patient = triage_niet_pluis(app, tenant, base_url)
+    patient = save_triage(app, tenant, base_url)
     worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
     (case,) = client.get("/api/cases", headers=worker).json()["items"]
-    return HandedOffCase(client, worker, base_url, patient, case["id"], case["row_version"])
+    return HandedOffCase(
+        client, worker, base_url, patient, case["id"], case["row_version"], app, tenant
+    )
 
 
 def test_from_the_case_list_to_the_referral_to_the_vk(
@@ -426,3 +432,86 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
     assert request["status"] == "revoked"
     assert request["note"][0] == {"text": "VK: case taken on by An."}  # theirs is kept
     assert validate(request) == []
+
+
+def test_the_next_visit_during_the_follow_up_leaves_the_case_workable(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Seed 000: the Kindreflex at every contact. The nurse's steps 1-2 at the patient's next
+    visit (no concern this time) do not close the team's follow-up, nor block it."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    willing = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
+            "decision": "concerning-willing",
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        },
+    )
+    assert willing.status_code == 200, willing.text
+
+    save_triage(
+        case.app,
+        case.tenant,
+        case.base_url,
+        returning=case.patient,
+        assessment=SafetyAssessment.NO_CONCERN,
+    )
+
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers)
+    assert opened.status_code == 200, opened.text
+    assert opened.json()["next_steps"] == ["step-3", "step-5"]
+    progress = case.send(
+        "step-5",
+        {
+            "row_version": willing.json()["row_version"],
+            "progress": "improving",
+            "note": "The CAW sees her weekly.",
+        },
+    )
+    assert progress.status_code == 200, progress.text
+
+
+def test_a_new_concern_after_a_closed_one_starts_at_the_team_decision(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    unwilling = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
+            "decision": "concerning-unwilling",
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        },
+    )
+    referred = case.send(
+        "step-6",
+        {
+            "row_version": unwilling.json()["row_version"],
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+            "contact": {"on": str(utcnow().date()), "person": "An", "channel": "phone"},
+        },
+    )
+    closed = case.send(
+        "close", {"row_version": referred.json()["row_version"], "reason": "referred"}
+    )
+    assert closed.status_code == 200, closed.text
+
+    save_triage(case.app, case.tenant, case.base_url, returning=case.patient)
+
+    (new,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert new["id"] != case.id
+    opened = case.client.get(f"/api/cases/{new['id']}", headers=case.headers).json()
+    # the earlier concern's referral route (steps 5 and 6) does not carry into this one
+    assert opened["next_steps"] == ["step-4"]
+    assert [f["step"] for f in opened["findings"]] == ["step-1", "step-2"]
+    earlier = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    assert [f["step"] for f in earlier["findings"]] == ["step-1", "step-2", "step-4", "step-6"]

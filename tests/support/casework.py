@@ -78,6 +78,11 @@ def patient_at_triage(base_url: str) -> tuple[str, str]:
         },
         timeout=10,
     ).json()
+    return patient["id"], new_visit(base_url, f"Patient/{patient['id']}")
+
+
+def new_visit(base_url: str, patient: str) -> str:
+    """A new emergency encounter of the patient; returns its id."""
     encounter = httpx.post(
         f"{base_url}/Encounter",
         json={
@@ -87,16 +92,35 @@ def patient_at_triage(base_url: str) -> tuple[str, str]:
                 "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                 "code": "EMER",
             },
-            "subject": {"reference": f"Patient/{patient['id']}"},
+            "subject": {"reference": patient},
         },
         timeout=10,
     ).json()
-    return patient["id"], encounter["id"]
+    return str(encounter["id"])
 
 
-def triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
-    """The nurse's save at triage, as the nurse screen makes it; returns the patient ref."""
-    patient_id, encounter_id = patient_at_triage(base_url)
+def save_triage(
+    app: Any,
+    tenant: TenantContext,
+    base_url: str,
+    *,
+    returning: str | None = None,
+    assessment: SafetyAssessment = SafetyAssessment.NIET_PLUIS,
+) -> str:
+    """The nurse's save at triage, as the nurse screen makes it; returns the patient ref.
+
+    ``returning``: the patient (``Patient/<id>``) of an earlier triage, at a new visit now
+    (a new encounter), with ``assessment`` as step 2."""
+    if returning is None:
+        patient_id, encounter_id = patient_at_triage(base_url)
+        earlier = utcnow() - timedelta(minutes=2)  # the triage came before the social service
+        gauged = earlier + timedelta(seconds=40)
+    else:
+        patient_id, encounter_id = (
+            returning.removeprefix("Patient/"),
+            new_visit(base_url, returning),
+        )
+        earlier = gauged = utcnow()
     nurse = signed_in(
         app,
         tenant,
@@ -117,7 +141,6 @@ def triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
         language="nl",
         app_context=None,
     )
-    earlier = utcnow() - timedelta(minutes=2)  # the triage came before the social service
     children = (
         Child(
             f"urn:uuid:{uuid.uuid4()}",
@@ -140,9 +163,11 @@ def triage_niet_pluis(app: Any, tenant: TenantContext, base_url: str) -> str:
             step1=Step1Finding(recorded_by=NURSE, recorded_at=earlier, children=children),
             step2=Step2Finding(
                 recorded_by=NURSE,
-                recorded_at=earlier + timedelta(seconds=40),
-                assessment=SafetyAssessment.NIET_PLUIS,
-                reasons=("New partner is irritated by the children.", "Often left home alone."),
+                recorded_at=gauged,
+                assessment=assessment,
+                reasons=()
+                if assessment is SafetyAssessment.NO_CONCERN
+                else ("New partner is irritated by the children.", "Often left home alone."),
             ),
         ),
     )

@@ -295,12 +295,44 @@ def test_a_closed_case_reopens_when_step_1_finds_a_child() -> None:
     assert case.next_steps == {S2}
 
 
-def test_step_1_again_updates_the_children_without_moving_the_case() -> None:
+def test_step_1_again_updates_the_children_and_keeps_the_concern_open() -> None:
     case = at_step4()
     newborn = child("c9", TODAY, "Mila")
     updated = apply(case, step1(t=2, children=(*case.children, newborn)))
-    assert updated.next_steps == {S4}
+    assert updated.next_steps == {S4, S2}
     assert updated.child("c9") == newborn
+    assert updated.has_open_concern
+
+
+# --- the next contact: the Kindreflex again (seed 000: "bij elke cliënt") ------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "still_open"),
+    [
+        ((step4(TeamDecision.SAFE),), set()),
+        ((step4(TeamDecision.CONCERNING_WILLING),), {S5}),
+        ((step4(TeamDecision.CONCERNING_UNWILLING), step6()), {S5, S6}),
+        ((step4(TeamDecision.CONCERNING_WILLING), step5(ProgressAssessment.IMPROVING)), set()),
+    ],
+)
+@pytest.mark.parametrize("assessment", list(SafetyAssessment))
+def test_the_next_visit_records_steps_1_and_2_again_without_closing_the_concern(
+    route: tuple[Finding, ...], still_open: set[Step], assessment: SafetyAssessment
+) -> None:
+    earlier = case_of(step1(), step2(), *route)
+    reasons = () if assessment is SafetyAssessment.NO_CONCERN else ("new bruises",)
+    again = apply(apply(earlier, step1(t=10)), step2(t=11, assessment=assessment, reasons=reasons))
+    own = {S3} if assessment is SafetyAssessment.NO_CONCERN else {S4}
+    assert again.next_steps == own | still_open
+    assert again.has_open_concern == bool((own | still_open) & {S4, S5, S6})
+
+
+def test_an_acute_danger_the_team_found_stays_through_the_next_visit() -> None:
+    earlier = case_of(step1(), step2(), step4(TeamDecision.ACUTE_DANGER))
+    again = apply(apply(earlier, step1(t=10)), step2(11, SafetyAssessment.NO_CONCERN, ()))
+    assert again.acute_danger
+    assert apply(again, step6(ReferralTarget.PARKET, t=12)).current_step is S6
 
 
 def test_a_child_born_today_is_fine_but_not_tomorrow() -> None:

@@ -218,9 +218,15 @@ def check_parket_and_police_only_follow_an_acute_danger_finding(
     for before, finding in accepted:
         if isinstance(finding, Step6Referral) and finding.target in ACUTE_DANGER_TARGETS:
             assert before.acute_danger
-            # the finding that moved the case into step 6 (step 1 updates and earlier
-            # referrals do not move it)
-            route = [f for f in before.findings if not isinstance(f, Step6Referral | Step1Finding)]
+            # the latest finding that says whether the danger is acute: an acute step 2, or
+            # the team's steps 3-5 (step 1, a step 2 without acute danger and earlier
+            # referrals do not revise it)
+            route = [
+                f
+                for f in before.findings
+                if isinstance(f, Step3Support | Step4Decision | Step5Progress)
+                or (isinstance(f, Step2Finding) and f.acute_danger)
+            ]
             last = route[-1]
             assert (isinstance(last, Step2Finding) and last.acute_danger) or (
                 isinstance(last, Step4Decision) and last.decision is TeamDecision.ACUTE_DANGER
@@ -232,10 +238,17 @@ def check_every_move_follows_the_route(case: KindreflexCase, accepted: Accepted)
         acute_interrupt = isinstance(finding, Step2Finding) and finding.acute_danger
         assert finding.step in before.next_steps or finding.step is Step.STEP_1 or acute_interrupt
         if finding.step is Step.STEP_4:
-            route = [f for f in before.findings if not isinstance(f, Step1Finding)]
-            last = route[-1]
-            assert isinstance(last, Step2Finding)
-            assert last.assessment is not SafetyAssessment.NO_CONCERN
+            # a niet-pluis or unclear step 2 since the route last moved on past step 2
+            moved = [
+                at
+                for at, f in enumerate(before.findings)
+                if isinstance(f, Step3Support | Step4Decision | Step5Progress | Step6Referral)
+            ]
+            since = before.findings[moved[-1] + 1 :] if moved else before.findings
+            assert any(
+                isinstance(f, Step2Finding) and f.assessment is not SafetyAssessment.NO_CONCERN
+                for f in since
+            )
 
 
 def check_every_decision_records_its_author_and_time(
