@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -32,7 +32,7 @@ from starlette.datastructures import FormData
 
 from service.fhir.client import FhirError, ReauthorisationRequired
 from service.i18n import Language, translate
-from service.partners import Partner, load_default_directory
+from service.partners import Partner
 from service.protocol import (
     STEP_6_TARGETS,
     AdviceKind,
@@ -392,12 +392,11 @@ def protocol_error(error: ProtocolError, t: Callable[..., str]) -> FieldError:
 # ---------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _support_partners() -> tuple[Partner, ...]:
-    """Services a nurse may call at step 3: every partner with a phone except step 6's."""
-    return tuple(
-        p for p in load_default_directory().partners if p.phones and p.type not in STEP_6_TARGETS
-    )
+def _support_partners(ctx: LaunchContext) -> tuple[Partner, ...]:
+    """Services a nurse may call at step 3: every partner with a phone except step 6's, from
+    the hospital's own directory (its region's numbers)."""
+    directory = ctx.tenant.config.partners.directory()
+    return tuple(p for p in directory.partners if p.phones and p.type not in STEP_6_TARGETS)
 
 
 @dataclass(frozen=True)
@@ -422,7 +421,7 @@ def kind_en_gezin_advice(
         if item.kind is AdviceKind.KIND_EN_GEZIN_START:
             names = tuple(c.name for ref in item.child_refs if (c := case.child(ref)))
             partners = tuple(
-                p for p in _support_partners() if p.type is ReferralTarget.KIND_EN_GEZIN
+                p for p in _support_partners(ctx) if p.type is ReferralTarget.KIND_EN_GEZIN
             )
             return KindEnGezinAdvice(names, item.includes_expected_child, partners)
     return None
@@ -468,7 +467,7 @@ def render(
         lang=ctx.language,
         csrf_token=csrf_token(ctx),
         choices=_choices(ctx.language),
-        support_partners=_support_partners(),
+        support_partners=_support_partners(ctx),
         **values,
     )
     headers = {**security_headers(ctx), "Cache-Control": "no-store"}

@@ -26,10 +26,22 @@ from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
 from service.i18n import LANGUAGES, Language, catalogue
-from service.protocol import ChildRelationship, ErrorCode, LivesWith, SupportAction
+from service.partners import load_default_directory
+from service.protocol import (
+    ChildRelationship,
+    ErrorCode,
+    LivesWith,
+    ReferralTarget,
+    SupportAction,
+)
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
-from service.tenant_config import EhrRegistration, TenantConfiguration
+from service.tenant_config import (
+    EhrRegistration,
+    PartnerPhone,
+    PartnerSettings,
+    TenantConfiguration,
+)
 from smart_app.nurse import parse_typed_date
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
@@ -69,7 +81,12 @@ class Nurse:
         return Page(self.client.post(path, data=form))
 
 
-def _app(database: Database, database_url: str, fhir_base_url: str) -> Any:
+def _app(
+    database: Database,
+    database_url: str,
+    fhir_base_url: str,
+    partners: PartnerSettings | None = None,
+) -> Any:
     settings = load_settings(
         environment="test", database_url=database_url, public_url="https://testserver"
     )
@@ -77,11 +94,10 @@ def _app(database: Database, database_url: str, fhir_base_url: str) -> Any:
     registration = EhrRegistration(
         id=REGISTRATION, name="Sandbox", fhir_base_url=fhir_base_url, client_id="kindreflex"
     )
-    tenants.save(
-        settings.default_tenant,
-        TenantConfiguration(name="Testziekenhuis", registrations=[registration]),
-        actor="test",
-    )
+    config = TenantConfiguration(name="Testziekenhuis", registrations=[registration])
+    if partners is not None:
+        config = config.model_copy(update={"partners": partners})
+    tenants.save(settings.default_tenant, config, actor="test")
     return create_app(settings, database)
 
 
@@ -130,8 +146,14 @@ def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Iterat
     """``nurse_for(patient_key, ...)``: a nurse launched for a seeded patient."""
     clients: list[TestClient] = []
 
-    def launch(patient_key: str, *, fhir_base_url: str | None = None, **session: Any) -> Nurse:
-        app = _app(database, database_url, fhir_base_url or sandbox.fhir_base_url)
+    def launch(
+        patient_key: str,
+        *,
+        fhir_base_url: str | None = None,
+        partners: PartnerSettings | None = None,
+        **session: Any,
+    ) -> Nurse:
+        app = _app(database, database_url, fhir_base_url or sandbox.fhir_base_url, partners)
         client = TestClient(app, base_url="https://testserver").__enter__()
         clients.append(client)
         new = _launch(app, sandbox, patient_key=patient_key, fhir_base_url=fhir_base_url, **session)
@@ -497,6 +519,34 @@ def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(
     assert "Lina" not in advice  # older than 3
     assert "tel:+3278150100" in saved.text  # Kind & Gezin, from the partner directory
     assert "Doorgegeven aan de sociale dienst" not in saved.text
+
+
+def test_the_numbers_to_call_are_the_hospitals_own(nurse_for: Any) -> None:
+    """A hospital in another region edits its directory; its nurses see its numbers."""
+    default = PartnerSettings.from_directory(load_default_directory())
+    limburg = default.model_copy(
+        update={
+            "region": "Limburg",
+            "entries": [
+                e.model_copy(update={"phones": [PartnerPhone(number="011 12 34 56")]})
+                if e.type is ReferralTarget.KIND_EN_GEZIN
+                else e
+                for e in default.entries
+            ],
+        }
+    )
+    nurse = nurse_for("an-peeters", partners=limburg)
+    page = nurse.page()
+    saved = nurse.post(
+        _two_children(
+            page, assessment="no-concern", support_actions="ask-regularly", support_note=""
+        )
+    )
+
+    assert saved.status == 200, saved.text
+    advice = saved.text.split('data-advice="kind-en-gezin"')[1].split("</div>")[0]
+    assert "tel:+3211123456" in advice
+    assert "tel:+3278150100" not in saved.text
 
 
 def test_confirming_a_returning_patients_children_creates_no_duplicates(
