@@ -34,6 +34,7 @@ from service.fhir.client import FhirError, ReauthorisationRequired
 from service.i18n import Language, translate
 from service.partners import Partner
 from service.protocol import (
+    ACUTE_DANGER_TARGETS,
     STEP_6_TARGETS,
     AdviceKind,
     Child,
@@ -573,18 +574,29 @@ def _save(ctx: LaunchContext, triage: Triage, form: TriageForm) -> HTMLResponse:
         ctx,
         "triage_saved.html",
         outcome=_outcome(findings),
+        acute_danger_partners=_acute_danger_partners(ctx),
         result=result,
         advice=kind_en_gezin_advice(ctx, findings, now.date()),
     )
 
 
 def _outcome(findings: TriageInput) -> str:
-    """Where the protocol goes next: nothing to do, step 3 support, or step 4."""
+    """Where the protocol goes next: nothing to do, step 3 support, step 4, or, with acute
+    danger, the parket or the police now (seed 002) besides the hand-off to step 4."""
     if findings.step2 is None:
         return "no-children"
+    if findings.step2.acute_danger:
+        return "acute-danger"
     if findings.step2.assessment is SafetyAssessment.NO_CONCERN:
         return "support"
     return "handed-off"
+
+
+def _acute_danger_partners(ctx: LaunchContext) -> tuple[Partner, ...]:
+    """The hospital's parket and police, as its directory names them (the pocket card gives
+    no numbers: each hospital adds its arrondissement's)."""
+    directory = ctx.tenant.config.partners.directory()
+    return tuple(p for p in directory.partners if p.type in ACUTE_DANGER_TARGETS)
 
 
 @router.get("/static/{name}")

@@ -498,6 +498,43 @@ def test_niet_pluis_is_saved_and_handed_to_the_social_service(
     item = next(i for i in worklist["items"] if i["patient"] == patient_ref)
     assert item["triggers"] == ["domestic-violence"]
     assert item["patient_display"] == "Jan Janssens"  # the social worker sees a name
+    assert "data-acute-danger" not in saved.text
+
+
+def test_acute_danger_tells_the_nurse_to_involve_the_parket_or_police_now(
+    nurse_for: Any,
+) -> None:
+    """Seed 002: "Er is acuut gevaar → Betrek het PARKET en/of POLITIE. Breng de cliënt op
+    de hoogte en geef aan wat er zal gebeuren." With the hospital's own police number."""
+    default = PartnerSettings.from_directory(load_default_directory())
+    with_police = default.model_copy(
+        update={
+            "entries": [
+                e.model_copy(update={"phones": [PartnerPhone(number="09 266 61 11")]})
+                if e.type is ReferralTarget.POLICE
+                else e
+                for e in default.entries
+            ]
+        }
+    )
+    nurse = nurse_for("tom-wouters", partners=with_police)
+    page = nurse.page()
+
+    saved = nurse.post(
+        _two_children(
+            page,
+            assessment="niet-pluis",
+            reasons="Dreigt de kinderen iets aan te doen",
+            acute_danger="1",
+        )
+    )
+
+    assert saved.status == 200, saved.text
+    acute = saved.text.split("data-acute-danger")[1].split("</section>")[0]
+    assert "parket en/of de politie" in acute
+    assert "Breng de patiënt op de hoogte" in acute
+    assert "tel:+3292666111" in acute
+    assert "Doorgegeven aan de sociale dienst" in saved.text  # and step 4 as well
 
 
 def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(
