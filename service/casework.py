@@ -27,6 +27,7 @@ from service.db.models import Concern
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient, Resource
 from service.fhir.terminology import identifier_system
+from service.local_time import local_now
 from service.outbox import (
     DeliveryState,
     NewEntry,
@@ -472,7 +473,7 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version)
         with self._client(ctx) as client:
             record, case = self._read(ctx, concern, client)
-        now = utcnow()
+        now = local_now()  # the protocol's "today" (a contact, a follow-up) is Belgian
         author = ctx.user.fhir_user
         if isinstance(step, Step6Input):
             finding: CaseworkFinding = step.finding(

@@ -38,10 +38,10 @@ from service.casework import (
     StepInput,
     StepResult,
 )
-from service.db.base import utcnow
 from service.fhir import terminology
 from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
 from service.i18n import Language, translate
+from service.local_time import LOCAL_ZONE, local_today
 from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
@@ -67,7 +67,6 @@ from service.protocol import (
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app.assets import asset_response
-from smart_app.nurse import LOCAL_ZONE
 from smart_app.pages import TEMPLATES
 from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
 from smart_app.social import CaseId, CaseworkDep, SocialWorker, audit_refusal
@@ -255,7 +254,7 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
     """The case of this hospital (None: no such case), reconciled from the FHIR server
     (an audited read)."""
     with database.session() as session:
-        summary = social.case_summary(session, ctx.tenant.id, case_id, today=utcnow().date())
+        summary = social.case_summary(session, ctx.tenant.id, case_id, today=local_today())
     if summary is None:
         return None
     try:
@@ -313,7 +312,7 @@ def _children(case: KindreflexCase | None) -> list[tuple[str, str, int]]:
     """(ref, name, age in years) of the recorded children, oldest first."""
     if case is None:
         return []
-    today = utcnow().date()
+    today = local_today()
     kids = sorted(case.children, key=lambda c: c.birth_date)
     return [(c.ref, c.name, age_in_months(c.birth_date, today) // 12) for c in kids]
 
@@ -361,7 +360,7 @@ def _render(
         close_reasons=[r.value for r in CloseReason],
         child_names={c.ref: c.name for c in file.case.children} if file.case else {},
         partners=_partners(ctx, file.case),
-        today=utcnow().date().isoformat(),
+        today=local_today().isoformat(),
         local=lambda moment: moment.astimezone(LOCAL_ZONE),
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
@@ -616,6 +615,6 @@ def referral_page(
         children=_children(file.case),
         summary=summary,
         display=_display(ctx.language),
-        printed_on=utcnow().date().isoformat(),
+        printed_on=local_today().isoformat(),
     )
     return HTMLResponse(html, headers=security_headers(ctx))

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
 from typing import Annotated, Any, TypeVar
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -32,6 +31,7 @@ from starlette.datastructures import FormData
 
 from service.fhir.client import FhirError, ReauthorisationRequired
 from service.i18n import Language, translate
+from service.local_time import local_now
 from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
@@ -81,9 +81,6 @@ router = APIRouter(prefix="/app", include_in_schema=False)
 LaunchDep = Annotated[LaunchContext, Depends(current_launch)]
 NURSE_ONLY = [Depends(require_role("nurse"))]
 
-#: The dates a nurse sees and types are Belgian dates (a child born "today" is not in
-#: the future because the server's UTC date already moved on).
-LOCAL_ZONE = ZoneInfo("Europe/Brussels")
 #: More rows than any family needs; caps the work a forged form can cause.
 MAX_CHILDREN = 25
 _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
@@ -558,7 +555,7 @@ async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> 
 
 def _save(ctx: LaunchContext, triage: Triage, form: TriageForm) -> HTMLResponse:
     t = _translator(ctx.language)
-    now = datetime.now(LOCAL_ZONE)
+    now = local_now()  # a child born "today" is born today in Belgium
     try:
         findings = build_input(form, ctx, now, t)
         result: SaveResult = triage.record_triage(ctx, findings)

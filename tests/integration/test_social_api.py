@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from sandbox.fhir_server import FhirServer
 from service import casework
 from service.db.base import Database, utcnow
 from service.fhir import mapping, terminology
+from service.local_time import LOCAL_ZONE
 from service.protocol import (
     CaseClosure,
     CloseReason,
@@ -515,3 +516,42 @@ def test_a_new_concern_after_a_closed_one_starts_at_the_team_decision(
     assert [f["step"] for f in opened["findings"]] == ["step-1", "step-2"]
     earlier = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
     assert [f["step"] for f in earlier["findings"]] == ["step-1", "step-2", "step-4", "step-6"]
+
+
+def test_a_facility_called_after_midnight_in_belgium_is_called_today(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between midnight and 01:00 (02:00 in summer) the UTC date is still yesterday's. The
+    clock is set to 00:30 in Brussels (the time of day cannot be caused otherwise); the
+    social worker's "today" is the Belgian date."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    tomorrow = (utcnow() + timedelta(days=1)).astimezone(LOCAL_ZONE).date()
+    half_past_midnight = datetime.combine(tomorrow, time(0, 30), tzinfo=LOCAL_ZONE)
+    assert half_past_midnight.astimezone(UTC).date() < tomorrow
+    monkeypatch.setattr(casework, "local_now", lambda: half_past_midnight)
+    unwilling = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
+            "decision": "concerning-unwilling",
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        },
+    )
+    assert unwilling.status_code == 200, unwilling.text
+
+    referred = case.send(
+        "step-6",
+        {
+            "row_version": unwilling.json()["row_version"],
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+            "contact": {"on": str(tomorrow), "person": "An", "channel": "phone"},
+        },
+    )
+
+    assert referred.status_code == 200, referred.text
