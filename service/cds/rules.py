@@ -58,16 +58,21 @@ def age_in_years(birth_date: date, today: date) -> int:
     return today.year - birth_date.year - (1 if before_birthday else 0)
 
 
+def _known_minor(birth_date: date | None, today: date, adult_age: int) -> bool:
+    """Whether the record says the patient is a minor. A birth date after today is an
+    error in the record, not a minor: in doubt about the age, the card is shown."""
+    if birth_date is None or birth_date > today:
+        return False
+    return age_in_years(birth_date, today) < adult_age
+
+
 def advise(
     situation: Situation | None, hooks: HookSettings, vocabulary: Vocabulary, today: date
 ) -> Advice | None:
     """The card to show, or ``None`` for no card. ``vocabulary`` includes local codes."""
     if situation is None:
         return GENERIC
-    if (
-        situation.birth_date is not None
-        and age_in_years(situation.birth_date, today) < hooks.adult_age
-    ):
+    if _known_minor(situation.birth_date, today, hooks.adult_age):
         return None
     if hooks.once_per_encounter and vocabulary.step_1 in situation.encounter_finding_codes:
         return None

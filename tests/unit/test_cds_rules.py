@@ -132,7 +132,9 @@ def test_the_adult_age_is_the_hospitals_setting() -> None:
     assert advice_for(sixteen, HookSettings(adult_age=16)) is not None
 
 
-@pytest.mark.parametrize("birth_date", ["2008", "2008-11", None, "not-a-date", "2008-02-30"])
+@pytest.mark.parametrize(
+    "birth_date", ["2008", "2008-11", None, "not-a-date", "2008-02-30", "2026-11-24", "9999-12-31"]
+)
 def test_with_doubt_about_the_age_the_card_is_shown(birth_date: str | None) -> None:
     # "2008" may be an 18-year-old: the earliest possible birth date counts
     assert advice_for(prefetch(birth_date=birth_date)) is not None
@@ -332,6 +334,16 @@ def test_the_warning_card_names_every_reason_within_140_characters(language: Lan
     for reason in advice.reasons:
         assert translate(language, f"cds.reason.long.{reason}") in result["detail"]
     assert json.loads(result["links"][0]["appContext"])["reasons"] == list(advice.reasons)
+
+
+@pytest.mark.parametrize("language", ["nl", "fr", "en"])
+def test_the_short_reason_of_the_third_trigger_names_psychiatric_problems(
+    language: Language,
+) -> None:
+    """The Hague Protocol's third group includes serious psychiatric problems (a psychosis
+    warns as well): the card's summary must not read as self-harm only."""
+    advice = Advice(indicator="warning", triggers=(HagueTrigger.SELF_HARM_PSYCHIATRIC,))
+    assert "psychiatri" in render(advice, language)["summary"]
 
 
 def test_french_and_english_cards() -> None:
