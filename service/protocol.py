@@ -1102,6 +1102,7 @@ def check_referral_status(current: ReferralStatus, new: ReferralStatus) -> None:
 
 #: Kind & Gezin start conversation: from 9 months before birth (an expected child)
 #: until the third birthday ("van -9 maanden tot 3 jaar").
+KIND_EN_GEZIN_FROM_MONTHS = -9
 KIND_EN_GEZIN_UNTIL_MONTHS = 36
 #: Adulthood: the Kindreflex concerns minors.
 ADULT_FROM_MONTHS = 18 * 12
@@ -1152,7 +1153,8 @@ def kind_en_gezin_advised(case: KindreflexCase, on: date) -> Advice | None:
     """Step 3: refer to Kind & Gezin for a start conversation.
 
     For children from 9 months before birth to their third birthday; an expected child
-    counts (until three years after its expected date, when known).
+    counts (when its expected date is known: from 9 months before it until three years
+    after it).
     """
     refs = tuple(
         c.ref
@@ -1161,7 +1163,9 @@ def kind_en_gezin_advised(case: KindreflexCase, on: date) -> Advice | None:
     )
     expected = case.expecting is not None and (
         case.expecting.expected_date is None
-        or age_in_months(case.expecting.expected_date, on) < KIND_EN_GEZIN_UNTIL_MONTHS
+        or KIND_EN_GEZIN_FROM_MONTHS
+        <= age_in_months(case.expecting.expected_date, on)
+        < KIND_EN_GEZIN_UNTIL_MONTHS
     )
     if not refs and not expected:
         return None

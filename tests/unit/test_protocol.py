@@ -890,6 +890,18 @@ def test_kind_en_gezin_for_an_expected_child() -> None:
     assert kind_en_gezin_advised(long_ago, TODAY) is None
 
 
+def test_kind_en_gezin_from_nine_months_before_the_expected_date() -> None:
+    """Seed 002: "bij kinderen van -9m tot 3jaar" (TODAY is 2 March 2026)."""
+    nine_months_ahead = _with_children(
+        expecting=ExpectedChild(PregnancyOf.PATIENT, date(2026, 12, 2))
+    )
+    assert kind_en_gezin_advised(nine_months_ahead, TODAY) is not None
+    ten_months_ahead = _with_children(
+        expecting=ExpectedChild(PregnancyOf.PATIENT, date(2027, 1, 2))
+    )
+    assert kind_en_gezin_advised(ten_months_ahead, TODAY) is None
+
+
 def test_no_kind_en_gezin_for_older_children() -> None:
     assert kind_en_gezin_advised(_with_children(child(born=date(2015, 1, 1))), TODAY) is None
 
