@@ -78,7 +78,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
 
@@ -383,6 +383,7 @@ class ErrorCode(StrEnum):
     TIMEZONE_REQUIRED = "timezone-required"
     VALUE_REQUIRED = "value-required"
     CHILD_BORN_IN_FUTURE = "child-born-in-future"
+    EXPECTED_DATE_IMPLAUSIBLE = "expected-date-implausible"
     DUPLICATE_CHILD = "duplicate-child"
     UNKNOWN_CHILD = "unknown-child"
     REASONS_REQUIRED = "reasons-required"
@@ -511,6 +512,12 @@ class ChildFinding(FindingBase):
     focus: tuple[str, ...] = ()
 
 
+#: An expected date lies within a pregnancy seen from the day it is recorded: at most
+#: about ten months (43 weeks) ahead, and a month past for a late birth.
+EXPECTED_DATE_AHEAD_DAYS = 301
+EXPECTED_DATE_OVERDUE_DAYS = 31
+
+
 @dataclass(frozen=True, kw_only=True)
 class Step1Finding(FindingBase):
     """Step 1, talk about the children and parenthood.
@@ -542,6 +549,18 @@ class Step1Finding(FindingBase):
                     ErrorCode.DUPLICATE_CHILD, f"The child {child.name} is listed twice."
                 )
             seen.add(child.ref)
+        expected = self.expecting.expected_date if self.expecting else None
+        if expected is not None and not (
+            today - timedelta(days=EXPECTED_DATE_OVERDUE_DAYS)
+            <= expected
+            <= today + timedelta(days=EXPECTED_DATE_AHEAD_DAYS)
+        ):
+            raise InvalidFindingError(
+                ErrorCode.EXPECTED_DATE_IMPLAUSIBLE,
+                f"The expected date {expected.isoformat()} is not within a pregnancy: at most "
+                "ten months ahead and one month past. A child already born is recorded as a "
+                "child.",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

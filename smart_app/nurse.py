@@ -81,9 +81,14 @@ router = APIRouter(prefix="/app", include_in_schema=False)
 LaunchDep = Annotated[LaunchContext, Depends(current_launch)]
 NURSE_ONLY = [Depends(require_role("nurse"))]
 
+#: Dates typed before this year are typos (0019 for 2019), not dates of birth.
+_EARLIEST_YEAR = 1900
 #: More rows than any family needs; caps the work a forged form can cause.
 MAX_CHILDREN = 25
 _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+_EDGES = re.compile(rf"^{_INVISIBLE}+|{_INVISIBLE}+$")
 _DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
 _DATE_DIGITS = re.compile(r"^(\d{2})(\d{2})(\d{4})$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -94,6 +99,7 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.ACUTE_DANGER_NEEDS_CONCERN: "assessment-no-concern",
     ErrorCode.CHILD_BORN_IN_FUTURE: "children",
     ErrorCode.DUPLICATE_CHILD: "children",
+    ErrorCode.EXPECTED_DATE_IMPLAUSIBLE: "expected_date",
     ErrorCode.SUPPORT_REQUIRED: "support",
 }
 
@@ -168,7 +174,7 @@ class TriageForm:
 
         def text(name: str) -> str:
             value = form.get(name)
-            return value.strip() if isinstance(value, str) else ""
+            return typed_text(value) if isinstance(value, str) else ""
 
         indexes = sorted(int(m.group(1)) for key in form if (m := _CHILD_FIELD.match(key)))
         if len(indexes) > MAX_CHILDREN:
@@ -215,19 +221,31 @@ class TriageForm:
         return self
 
 
+def typed_text(value: str) -> str:
+    """Typed text as it is kept: without control characters (a NUL cannot be stored in
+    PostgreSQL, the FHIR server refuses it, and no keyboard types it) and without blank or
+    invisible characters at its ends (a name of only zero-width spaces is no name)."""
+    return _EDGES.sub("", _CONTROL.sub("", value))
+
+
 def parse_typed_date(text: str) -> date | None:
     """A date as a Belgian nurse types it: 3/7/2019, 03-07-2019, 03072019 or 2019-07-03."""
     text = text.strip()
     try:
         if _ISO_DATE.match(text):
-            return date.fromisoformat(text)
+            return _plausible(date.fromisoformat(text))
         match = _DATE_PARTS.match(text) or _DATE_DIGITS.match(text)
         if match:
             day, month, year = (int(part) for part in match.groups())
-            return date(year, month, day)
+            return _plausible(date(year, month, day))
     except ValueError:
         return None  # e.g. 31/02/2020: the right shape, not a date
     return None
+
+
+def _plausible(day: date) -> date | None:
+    """A typo such as 0019 for 2019 is no date of this century or the last."""
+    return day if day.year >= _EARLIEST_YEAR else None
 
 
 # ---------------------------------------------------------------------------------------

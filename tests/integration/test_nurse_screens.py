@@ -42,7 +42,7 @@ from service.tenant_config import (
     PartnerSettings,
     TenantConfiguration,
 )
-from smart_app.nurse import parse_typed_date
+from smart_app.nurse import parse_typed_date, typed_text
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
@@ -687,6 +687,8 @@ def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) 
         ("31/02/2019", None),
         ("7/2019", None),
         ("gisteren", None),
+        ("01/01/0001", None),  # a typo, not a date of birth
+        ("0019-07-03", None),
     ],
 )
 def test_dates_are_read_as_a_belgian_nurse_types_them(typed: str, expected: date | None) -> None:
@@ -701,3 +703,39 @@ def test_every_code_the_screen_shows_has_a_label_in_every_language(language: Lan
     wanted += [f"app.lives-with.{v.value}" for v in LivesWith]
     wanted += [f"app.support-action.{a.value}" for a in SupportAction]
     assert [m for m in wanted if m not in messages] == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "kept"),
+    [
+        ("  Lina ", "Lina"),
+        ("Li\x00na", "Lina"),  # a NUL: PostgreSQL cannot store it, the save would be lost
+        ("\u200b\u200b", ""),  # only zero-width spaces: no name
+        ("\ufeffMats\u200d", "Mats"),
+        ("Eerste regel\nTweede regel", "Eerste regel\nTweede regel"),
+        ("عائشة", "عائشة"),
+    ],
+)
+def test_typed_text_is_kept_without_control_or_invisible_edges(typed: str, kept: str) -> None:
+    assert typed_text(typed) == kept
+
+
+def test_a_name_of_invisible_characters_is_no_name_and_a_nul_does_not_lose_the_save(
+    nurse_for: Any,
+) -> None:
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    refused = nurse.post(_two_children(page, assessment="no-concern", **{"child-1-name": "\u200b"}))
+    assert refused.status == 422
+    assert 'href="#child-1-name"' in refused.text
+    assert "Vul de naam van kind 2 in." in refused.text
+
+    saved = nurse.post(
+        _two_children(
+            page,
+            assessment="no-concern",
+            patient_name="An\x00 Peeters",
+            **{"child-1-name": "Ma\x00ts"},
+        )
+    )
+    assert saved.status == 200, saved.text

@@ -774,6 +774,9 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
     ErrorCode.VALUE_REQUIRED: lambda: child(name=""),
     ErrorCode.CHILD_BORN_IN_FUTURE: lambda: step1(children=(child(born=date(2030, 1, 1)),)),
     ErrorCode.DUPLICATE_CHILD: lambda: step1(children=(child(), child())),
+    ErrorCode.EXPECTED_DATE_IMPLAUSIBLE: lambda: step1(
+        expecting=ExpectedChild(PregnancyOf.PATIENT, date(2000, 1, 1))
+    ),
     ErrorCode.UNKNOWN_CHILD: lambda: apply(case_of(step1()), step2(focus=("x",))),
     ErrorCode.REASONS_REQUIRED: lambda: step2(reasons=()),
     ErrorCode.ACUTE_DANGER_NEEDS_CONCERN: lambda: step2(
@@ -886,20 +889,25 @@ def test_kind_en_gezin_for_an_expected_child() -> None:
     assert kg is not None
     assert kg.includes_expected_child
     assert kg.child_refs == ()
-    long_ago = _with_children(expecting=ExpectedChild(PregnancyOf.PATIENT, date(2022, 1, 1)))
-    assert kind_en_gezin_advised(long_ago, TODAY) is None
+    born_then = _with_children(expecting=ExpectedChild(PregnancyOf.PATIENT, date(2026, 4, 1)))
+    assert kind_en_gezin_advised(born_then, date(2029, 3, 31)) is not None
+    assert kind_en_gezin_advised(born_then, date(2029, 4, 1)) is None  # three years later
 
 
 def test_kind_en_gezin_from_nine_months_before_the_expected_date() -> None:
     """Seed 002: "bij kinderen van -9m tot 3jaar" (TODAY is 2 March 2026)."""
-    nine_months_ahead = _with_children(
-        expecting=ExpectedChild(PregnancyOf.PATIENT, date(2026, 12, 2))
-    )
-    assert kind_en_gezin_advised(nine_months_ahead, TODAY) is not None
-    ten_months_ahead = _with_children(
-        expecting=ExpectedChild(PregnancyOf.PATIENT, date(2027, 1, 2))
-    )
-    assert kind_en_gezin_advised(ten_months_ahead, TODAY) is None
+    expected = _with_children(expecting=ExpectedChild(PregnancyOf.PATIENT, date(2026, 12, 2)))
+    assert kind_en_gezin_advised(expected, TODAY) is not None  # nine months ahead
+    assert kind_en_gezin_advised(expected, date(2026, 2, 1)) is None  # ten months ahead
+
+
+def test_an_expected_date_lies_within_a_pregnancy() -> None:
+    for plausible in (TODAY + timedelta(days=301), TODAY - timedelta(days=31)):
+        step1(children=(), expecting=ExpectedChild(PregnancyOf.PATIENT, plausible))
+    for implausible in (date(2000, 1, 1), date(9999, 1, 1), TODAY + timedelta(days=302)):
+        with pytest.raises(InvalidFindingError) as error:
+            step1(children=(), expecting=ExpectedChild(PregnancyOf.PATIENT, implausible))
+        assert error.value.code is ErrorCode.EXPECTED_DATE_IMPLAUSIBLE
 
 
 def test_no_kind_en_gezin_for_older_children() -> None:
