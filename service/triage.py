@@ -43,7 +43,13 @@ from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, insert_new, utcnow
 from service.db.models import Concern, OutboxEntry, ShownChild
 from service.fhir import mapping
-from service.fhir.client import FhirClient, FhirRejected, FhirUnavailable, Resource
+from service.fhir.client import (
+    FhirClient,
+    FhirRejected,
+    FhirUnavailable,
+    FhirUnreadable,
+    Resource,
+)
 from service.outbox import DeliveryState, NewEntry, Outbox, TokenSource, TransactionBuilder, enqueue
 from service.protocol import (
     Child,
@@ -241,13 +247,12 @@ class Triage:
         try:
             with self._client(ctx) as client:
                 chart = search_chart(client, patient_ref)
+            recorded = _readable(chart)
         except (FhirUnavailable, FhirRejected):
             self._audit_read(ctx, patient_ref, "failure")
             raise
-        children = _children_of(chart.related_persons)
-        self._audit_read(ctx, patient_ref, "success", children)
-        patient = None if chart.patient is None else mapping.patient_identity(chart.patient)
-        return RecordedChart(patient, children)
+        self._audit_read(ctx, patient_ref, "success", recorded.children)
+        return recorded
 
     def _audit_read(
         self,
@@ -477,6 +482,18 @@ def _shown_children(session: Session, session_id: str) -> dict[str, str]:
         select(ShownChild.ref, ShownChild.fingerprint).where(ShownChild.session_id == session_id)
     )
     return dict(rows.all())
+
+
+def _readable(chart: Chart) -> RecordedChart:
+    """The chart as the nurse sees it. A resource the server holds in a form FHIR or our
+    profile does not allow (no version, a birth date that is no date, an unknown code, a
+    name that is no text) makes the chart unreadable: the nurse is told the children were
+    not loaded, rather than shown some of them as if complete."""
+    try:
+        patient = None if chart.patient is None else mapping.patient_identity(chart.patient)
+        return RecordedChart(patient, _children_of(chart.related_persons))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise FhirUnreadable(f"the chart cannot be read: {type(error).__name__}") from error
 
 
 def _children_of(related_persons: list[Resource]) -> list[Child]:

@@ -41,6 +41,12 @@ class FhirUnavailable(FhirError):  # noqa: N818 - name agreed between the engine
     """The server could not be reached, timed out or answered 5xx; the request may be retried."""
 
 
+class FhirUnreadable(FhirUnavailable):
+    """The server answered with what FHIR does not allow (a search answered by something
+    other than a Bundle, a RelatedPerson born on 30 February). Nothing is read from such an
+    answer; like an outage it may pass (a proxy's page, a server being fixed)."""
+
+
 class FhirRejected(FhirError):  # noqa: N818 - name agreed between the engineers
     """The server refused the request (4xx other than 409/412). ``outcome`` is its explanation."""
 
@@ -96,8 +102,18 @@ class FhirClient:
         return self._send("GET", f"{resource_type}/{resource_id}")
 
     def search(self, resource_type: str, params: Mapping[str, str]) -> Resource:
-        """A search; returns the searchset Bundle (first page)."""
-        return self._send("GET", resource_type, params=params)
+        """A search; returns the searchset Bundle (first page), its entries objects."""
+        bundle = self._send("GET", resource_type, params=params)
+        entries = bundle.get("entry", [])
+        if (
+            bundle.get("resourceType") != "Bundle"
+            or not isinstance(entries, list)
+            or not all(
+                isinstance(e, dict) and isinstance(e.get("resource", {}), dict) for e in entries
+            )
+        ):
+            raise FhirUnreadable(f"GET {resource_type}: the answer to a search is not a Bundle")
+        return bundle
 
     def transaction(self, bundle: Resource) -> Resource:
         """POST a transaction Bundle; returns the transaction-response Bundle."""

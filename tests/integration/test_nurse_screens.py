@@ -9,12 +9,16 @@ authorization server; everything after that is the real code path.
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from html.parser import HTMLParser
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -25,6 +29,7 @@ from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
+from service.fhir import terminology
 from service.i18n import LANGUAGES, Language, catalogue
 from service.partners import load_default_directory
 from service.protocol import (
@@ -668,6 +673,114 @@ def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) 
     assert 'data-save-status="pending"' in saved.text
     assert "levering volgt" in saved.text
     assert "Doorgegeven aan de sociale dienst" in saved.text
+
+
+class _Garbled(BaseHTTPRequestHandler):
+    """A real HTTP server answering the chart's search with what FHIR does not allow; sekmet
+    refuses to store such resources, so this is the only way to cause the fault."""
+
+    answer: ClassVar[bytes] = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(self.answer)))
+        self.end_headers()
+        self.wfile.write(self.answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@contextmanager
+def _serving(answer: dict[str, Any]) -> Iterator[str]:
+    """A FHIR base URL whose every GET answers ``answer``."""
+    _Garbled.answer = json.dumps(answer).encode()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbled)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _chart(**child: Any) -> dict[str, Any]:
+    """A searchset with the patient and one child, the child's elements replaced by ``child``."""
+    related = {
+        "resourceType": "RelatedPerson",
+        "id": "c1",
+        "meta": {"versionId": "1"},
+        "patient": {"reference": "Patient/p1"},
+        "extension": [
+            {"url": terminology.extension_url("lives-with"), "valueCoding": {"code": "permanently"}}
+        ],
+        "relationship": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "CHILD"}
+                ]
+            }
+        ],
+        "name": [{"text": "Emma"}],
+        "birthDate": "2019-05-01",
+        **child,
+    }
+    patient = {"resourceType": "Patient", "id": "p1", "name": [{"text": "Moeder"}]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in (patient, {k: v for k, v in related.items() if v})],
+    }
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]},
+        {"resourceType": "Bundle", "type": "searchset", "entry": "x"},
+        _chart(birthDate="2019-02-30"),
+        _chart(
+            extension=[
+                {
+                    "url": terminology.extension_url("lives-with"),
+                    "valueCoding": {"code": "sometimes"},
+                }
+            ]
+        ),
+        _chart(meta=None),
+        _chart(name=[{"given": [1, 2]}]),
+        _chart(extension="x"),
+    ],
+    ids=[
+        "operation-outcome",
+        "entry-not-a-list",
+        "30-february",
+        "unknown-code",
+        "no-version",
+        "given-not-text",
+        "extension-not-a-list",
+    ],
+)
+def test_a_chart_the_server_garbles_is_not_loaded_and_the_form_stays_usable(
+    nurse_for: Any, answer: dict[str, Any]
+) -> None:
+    with _serving(answer) as fhir_base_url:
+        page = nurse_for("an-peeters", fhir_base_url=fhir_base_url).page()
+
+    assert page.status == 200
+    assert "konden nu niet geladen worden" in page.text
+    assert "Emma" not in page.text
+
+
+def test_a_well_formed_chart_from_the_same_server_is_loaded(nurse_for: Any) -> None:
+    """The garbled charts above differ from this one in one element each."""
+    with _serving(_chart()) as fhir_base_url:
+        page = nurse_for("an-peeters", fhir_base_url=fhir_base_url).page()
+
+    assert page.status == 200
+    assert "Emma" in page.text
+    assert "konden nu niet geladen worden" not in page.text
 
 
 # ---------------------------------------------------------------------------------------
