@@ -58,6 +58,7 @@ from service.social import (
     Step5Input,
     Step6Input,
 )
+from service.text import worklist_display
 from service.triage import LaunchInfo, search_chart
 
 #: The findings the social service records.
@@ -597,8 +598,10 @@ class Casework:
     ) -> None:
         """The worklist shows the patient's name from now on: the index is reconciled with
         the server when a case is opened. Not a user's change, so the row version stays."""
-        name = None if patient is None else patient.name
-        if name is None or name == concern.patient_display:
+        if patient is None or patient.name is None:
+            return
+        name = worklist_display(patient.name)
+        if not name or name == concern.patient_display:
             return
         with self._database.session() as session:
             session.execute(

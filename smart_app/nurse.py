@@ -55,6 +55,7 @@ from service.protocol import (
     SupportAction,
     advice,
 )
+from service.text import typed_text, worklist_display
 from service.triage import (
     RecordedChart,
     SaveConflict,
@@ -86,9 +87,6 @@ _EARLIEST_YEAR = 1900
 #: More rows than any family needs; caps the work a forged form can cause.
 MAX_CHILDREN = 25
 _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
-_EDGES = re.compile(rf"^{_INVISIBLE}+|{_INVISIBLE}+$")
 _DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
 _DATE_DIGITS = re.compile(r"^(\d{2})(\d{2})(\d{4})$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -205,7 +203,7 @@ class TriageForm:
                 v for v in form.getlist("support_actions") if isinstance(v, str)
             ),
             support_note=text("support_note"),
-            patient_name=text("patient_name")[:200],
+            patient_name=worklist_display(text("patient_name")),
             patient_birth_date=text("patient_birth_date")[:10],
         )
 
@@ -219,13 +217,6 @@ class TriageForm:
         if not self.children:
             self.children.append(ChildRow())
         return self
-
-
-def typed_text(value: str) -> str:
-    """Typed text as it is kept: without control characters (a NUL cannot be stored in
-    PostgreSQL, the FHIR server refuses it, and no keyboard types it) and without blank or
-    invisible characters at its ends (a name of only zero-width spaces is no name)."""
-    return _EDGES.sub("", _CONTROL.sub("", value))
 
 
 def parse_typed_date(text: str) -> date | None:

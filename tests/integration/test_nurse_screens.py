@@ -47,7 +47,8 @@ from service.tenant_config import (
     PartnerSettings,
     TenantConfiguration,
 )
-from smart_app.nurse import parse_typed_date, typed_text
+from service.text import typed_text
+from smart_app.nurse import parse_typed_date
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox

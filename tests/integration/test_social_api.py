@@ -555,3 +555,20 @@ def test_a_facility_called_after_midnight_in_belgium_is_called_today(
     )
 
     assert referred.status_code == 200, referred.text
+
+
+def test_a_patient_name_longer_than_the_worklist_column_is_cut_not_a_500(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    patient = httpx.get(f"{case.base_url}/{case.patient}", timeout=10).json()
+    patient["name"] = [{"text": "Van " + "der Berghe-" * 40 + "\u200b"}]
+    httpx.put(f"{case.base_url}/{case.patient}", json=patient, timeout=10).raise_for_status()
+
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers)
+
+    assert opened.status_code == 200, opened.text
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert listed["patient_display"] == ("Van " + "der Berghe-" * 40)[:200]

@@ -1,0 +1,25 @@
+"""Text as the service keeps it, whether a person typed it or a FHIR server sent it."""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+_EDGES = re.compile(rf"^{_INVISIBLE}+|{_INVISIBLE}+$")
+
+
+def typed_text(value: str) -> str:
+    """Text without control characters (a NUL cannot be stored in PostgreSQL, a FHIR server
+    refuses it, and no keyboard types it) and without blank or invisible characters at its
+    ends (a name of only zero-width spaces is no name). Line breaks and tabs stay."""
+    return _EDGES.sub("", _CONTROL.sub("", value))
+
+
+#: The worklist keeps a patient's name for display in a column this long.
+WORKLIST_DISPLAY_LENGTH = 200
+
+
+def worklist_display(name: str) -> str:
+    """A patient's name as the worklist keeps it: clean, and cut to its column."""
+    return typed_text(name)[:WORKLIST_DISPLAY_LENGTH]
