@@ -236,7 +236,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     paused = _post(client, after_6, case_id, "referral-status", "referral", {"status": "on-hold"})
     assert paused.status_code == 303, paused.text
     after_6 = client.get(f"/social/cases/{case_id}").text
-    assert "De verwijzing is nu: on hold." in after_6
+    assert "De verwijzing is nu: gepauzeerd." in after_6
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     assert request["status"] == "on-hold"
     assert validate(request) == []
