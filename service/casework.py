@@ -330,6 +330,18 @@ def _latest_reason(observations: list[Resource]) -> str | None:
     return f"Observation/{latest['id']}"
 
 
+class CaseOnAnotherServerError(CaseNotOnServerError):
+    """The case's patient is on the FHIR server of another EHR of the hospital: the session's
+    server and access token cannot read it (and its ``Patient/123`` is someone else)."""
+
+    def __init__(self, fhir_base_url: str) -> None:
+        super().__init__(
+            f"This case was recorded through another EHR (FHIR server {fhir_base_url}); "
+            "open it from that EHR."
+        )
+        self.fhir_base_url = fhir_base_url
+
+
 class NoReferralError(LookupError):
     """The case has no referral on the FHIR server (no step 6 delivered yet)."""
 
@@ -583,6 +595,8 @@ class Casework:
             )
             if row is None:
                 raise CaseNotFoundError(f"There is no case {case_id} in this hospital.")
+            if row.fhir_base_url != ctx.fhir_base_url:
+                raise CaseOnAnotherServerError(row.fhir_base_url)
             if expected_version is None:  # a read
                 session.expunge(row)
                 return row

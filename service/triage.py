@@ -204,7 +204,7 @@ class Triage:
         patient_ref = _patient_ref(ctx)
         now = utcnow()
         with self._database.session() as session:
-            open_concern = _open_concern(session, ctx.tenant.id, patient_ref) if concern else None
+            open_concern = _open_concern(session, ctx, patient_ref) if concern else None
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
             shown = _shown_children(session, ctx.session_id)
             plan = _plan(ctx, findings, flag_id if concern else None, now, shown)
@@ -546,10 +546,13 @@ def _entry_with_witness(session: Session, tenant_id: int, witness: str) -> int |
 # -- the worklist index ------------------------------------------------------------------------
 
 
-def _open_concern(session: Session, tenant_id: int, patient_ref: str) -> Concern | None:
+def _open_concern(session: Session, ctx: LaunchInfo, patient_ref: str) -> Concern | None:
+    """The patient's open concern: the patient of this FHIR server (another EHR of the same
+    hospital may have its own ``Patient/123``)."""
     return session.scalar(
         select(Concern).where(
-            Concern.tenant_id == tenant_id,
+            Concern.tenant_id == ctx.tenant.id,
+            Concern.fhir_base_url == ctx.fhir_base_url,
             Concern.patient_ref == patient_ref,
             Concern.status == "open",
         )
@@ -571,6 +574,7 @@ def _index_concern(
     if row is None:
         row = Concern(
             tenant_id=ctx.tenant.id,
+            fhir_base_url=ctx.fhir_base_url,
             patient_ref=f"Patient/{ctx.patient_id}",
             flag_identifier=flag_identifier,
             flagged_at=step2.recorded_at,

@@ -32,6 +32,7 @@ from service.api.deps import DatabaseDep
 from service.casework import (
     CaseFile,
     CaseNotOnServerError,
+    CaseOnAnotherServerError,
     Casework,
     CloseRefusedError,
     NoReferralError,
@@ -261,6 +262,8 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         return Shown(summary, work.open_case(ctx, case_id))
     except social.CaseNotFoundError:
         return None
+    except CaseOnAnotherServerError:
+        return Shown(summary, unreadable="other-ehr")
     except CaseNotOnServerError:
         return Shown(summary, unreadable="not-on-server")
     except ReauthorisationRequired:

@@ -242,6 +242,8 @@ class Concern(TenantScoped, Base):
 
     The FHIR Flag is the source of truth; this row makes the social service's worklist fast.
     ``row_version`` guards against two social workers changing the same case at once.
+    A patient is ``patient_ref`` on the FHIR server ``fhir_base_url``: a hospital with two
+    EHRs has two servers, on which ``Patient/123`` may be two different people.
     """
 
     __tablename__ = "concerns"
@@ -254,6 +256,7 @@ class Concern(TenantScoped, Base):
         Index(
             "uq_concerns_open_patient",
             "tenant_id",
+            "fhir_base_url",
             "patient_ref",
             unique=True,
             sqlite_where=text("status = 'open'"),
@@ -262,6 +265,7 @@ class Concern(TenantScoped, Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    fhir_base_url: Mapped[str] = mapped_column(String(500))
     patient_ref: Mapped[str] = mapped_column(String(200))
     patient_display: Mapped[str | None] = mapped_column(String(200))
     flag_identifier: Mapped[str] = mapped_column(String(64))

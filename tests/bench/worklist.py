@@ -144,6 +144,7 @@ def fill(database: Database, tenant_id: int, label: str) -> None:
             [
                 {
                     "tenant_id": tenant_id,
+                    "fhir_base_url": FHIR,
                     "patient_ref": f"Patient/{label}-{n}",
                     "patient_display": f"Patiënt {n}",
                     "flag_identifier": f"{label}-flag-{n}",

@@ -572,3 +572,29 @@ def test_a_patient_name_longer_than_the_worklist_column_is_cut_not_a_500(
     assert opened.status_code == 200, opened.text
     (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert listed["patient_display"] == ("Van " + "der Berghe-" * 40)[:200]
+
+
+def test_a_second_ehr_of_the_hospital_has_its_own_patients_and_cases(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A hospital with two EHRs has two FHIR servers, on which Patient/123 may be two
+    people. (The second server here is the same process under another address: the patient
+    ids coincide, which is what the test needs.)"""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    second_ehr = fhir_server.base_url.replace("127.0.0.1", "localhost")
+    assert second_ehr != fhir_server.base_url
+
+    save_triage(case.app, case.tenant, second_ehr, returning=case.patient)
+
+    listed = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert len(listed) == 2  # not joined to the first EHR's open concern
+    other = next(c["id"] for c in listed if c["id"] != case.id)
+    refused = case.client.get(f"/api/cases/{other}", headers=case.headers)
+    assert refused.status_code == 409
+    assert "another EHR" in refused.json()["detail"]["message"]
+    from_second = signed_in(
+        case.app, case.tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=second_ehr
+    ).headers
+    assert case.client.get(f"/api/cases/{other}", headers=from_second).status_code == 200

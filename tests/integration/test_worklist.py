@@ -27,6 +27,7 @@ def _concern(database: Database, tenant: TenantContext, patient: str, at: dateti
         session.add(
             Concern(
                 tenant_id=tenant.id,
+                fhir_base_url=FHIR,
                 patient_ref=patient,
                 patient_display=f"Patiënt {patient}",
                 flag_identifier=f"{tenant.slug}-{patient}",

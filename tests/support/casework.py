@@ -22,7 +22,7 @@ from service.protocol import (
 from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.session import AppUser, LaunchContext
-from tests.support.sessions import signed_in
+from tests.support.sessions import UNUSED_FHIR, signed_in
 
 NURSE = "Practitioner/nurse"
 SOCIAL_WORKER = "Practitioner/sw-1"
@@ -37,11 +37,14 @@ def index_case(
     assigned_to: str | None = None,
     status: str = "open",
     follow_up_due: date | None = None,
+    fhir_base_url: str = UNUSED_FHIR,
 ) -> int:
-    """A concern on the worklist index, as the triage save writes it (no FHIR server)."""
+    """A concern on the worklist index, as the triage save writes it (no FHIR server; the
+    patient is on ``fhir_base_url``, the server of :func:`signed_in`'s sessions by default)."""
     with database.session() as session:
         row = Concern(
             tenant_id=tenant.id,
+            fhir_base_url=fhir_base_url,
             patient_ref=patient,
             patient_display=None,
             flag_identifier=f"{tenant.slug}-{patient}",
