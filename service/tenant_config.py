@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
-from typing import Literal
+from string import Formatter
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+import jwt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from service.fhir import terminology
 from service.partners import (
@@ -52,8 +62,43 @@ DEFAULT_SCOPES = (
 )
 
 
+#: The validation context of a configuration an administrator submits:
+#: ``TenantConfiguration.model_validate(data, context=SUBMITTED)``. Checks added after
+#: configurations were first stored run only then, so that a version stored before them
+#: still loads (and can be corrected) instead of taking the whole hospital down.
+SUBMITTED = "submitted"
+
+
+def _submitted(info: ValidationInfo) -> bool:
+    return info.context == SUBMITTED
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def jwk_set(document: object) -> jwt.PyJWKSet:
+    """The usable keys of a JWK Set (RFC 7517 section 5); ValueError says what is wrong.
+
+    As the RFC asks, a member that is not an RSA or EC key with string members is ignored,
+    and so is a key PyJWT cannot build; only a set with no usable key is refused. The
+    shape is checked here because PyJWT trusts it: a list, ``null`` or a key whose ``alg``
+    is a list makes it raise AttributeError or TypeError. The reason never quotes a key
+    (a configured set might hold private material by mistake).
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError('a JWK Set is a JSON object whose "keys" is a list of JWKs')
+    keys = [key for key in document["keys"] if isinstance(key, dict) and _well_formed(key)]
+    try:
+        return jwt.PyJWKSet(keys)
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError, KeyError):
+        raise ValueError("the JWK Set has no usable RSA or EC public key") from None
+
+
+def _well_formed(key: dict[Any, Any]) -> bool:
+    """An RSA or EC key (the JWT algorithms accepted) whose identifying members are strings."""
+    members = ("kid", "alg", "use")
+    return key.get("kty") in ("RSA", "EC") and all(isinstance(key.get(m, ""), str) for m in members)
 
 
 class CdsIssuer(Strict):
@@ -71,6 +116,16 @@ class CdsIssuer(Strict):
         default_factory=list,
         description="The CDS client ids (JWT `sub`) this issuer may call with; empty: any.",
     )
+
+    @field_validator("jwks")
+    @classmethod
+    def _usable_keys(
+        cls, value: dict[str, object] | None, info: ValidationInfo
+    ) -> dict[str, object] | None:
+        """Keys that cannot verify any call are refused when saved, not at the first call."""
+        if value is not None and _submitted(info):
+            jwk_set(value)
+        return value
 
 
 class RoleMapping(Strict):
@@ -164,8 +219,8 @@ class HookSettings(Strict):
         for language, texts in value.items():
             for name, text in texts.items():
                 try:
-                    filled = text.format(reasons="")
-                except (KeyError, IndexError, ValueError) as error:
+                    filled = _filled(text)
+                except ValueError as error:
                     raise ValueError(
                         f"card_wording.{language}.{name}: only the placeholder {{reasons}} "
                         f"may be used ({error})"
@@ -176,6 +231,21 @@ class HookSettings(Strict):
                         "reasons still fit the 140 characters of a card summary"
                     )
         return value
+
+
+def _filled(text: str) -> str:
+    """The wording with an empty ``{reasons}``; ValueError for any other replacement field.
+
+    The fields are checked before formatting: ``{reasons.x}`` or ``{reasons[0]}`` would
+    fail only for some values of ``reasons`` (or, as ``{reasons.upper}``, put a Python
+    object's description on the card), and so would a field nested in the format spec.
+    """
+    for _literal, field, spec, _conversion in Formatter().parse(text):
+        if field is not None and field != "reasons":
+            raise ValueError(f"unknown placeholder {{{field}}}")
+        if spec and "{" in spec:
+            raise ValueError("no placeholder may be nested in the format of {reasons}")
+    return text.format(reasons="")
 
 
 # --- Partner directory and the facility's own plan (admin journey, issue 6) -------------

@@ -17,11 +17,11 @@ which is also its audit record; bad input → 4xx with the reason, and nothing i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import (
@@ -262,9 +262,16 @@ def _masked(config: TenantConfiguration) -> dict[str, Any]:
 
 async def _json_body(request: Request) -> Any:
     try:
-        return json.loads(await request.body())
+        return _parse_json(await request.body())
     except ValueError as error:
         raise HTTPException(400, f"the body is not JSON: {error}") from None
+
+
+def _parse_json(body: bytes) -> Any:
+    """JSON, ValueError when it is not. orjson, not json: json recurses once per level, and
+    ``[[[[…`` a hundred thousand deep would be a RecursionError (a 500); orjson refuses
+    nesting deeper than 1024 (and NaN or a lone surrogate, which are not JSON either)."""
+    return orjson.loads(body)
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,13 +283,18 @@ async def _json_body(request: Request) -> Any:
 async def api_sign_in(request: Request, tenant: TenantDep, database: DatabaseDep) -> Any:
     """Spend a bootstrap token (``{"token": ..., "name": ...}``) on an admin session."""
     body = await _json_body(request)
+    shape = 'expected {"token": "...", "name": "..."}'
     if not isinstance(body, dict) or not isinstance(body.get("token"), str):
-        raise HTTPException(400, 'expected {"token": "...", "name": "..."}')
-    name = str(body.get("name") or "")
+        raise HTTPException(400, shape)
+    name = body.get("name") or ""
+    if not isinstance(name, str):
+        raise HTTPException(400, shape)
     try:
         issued = await run_in_threadpool(
             access.redeem_bootstrap_token, database, tenant.id, body["token"], name
         )
+    except access.InvalidNameError as error:
+        raise HTTPException(422, str(error)) from None
     except access.AccessDeniedError as error:
         raise HTTPException(401, str(error)) from None
     return {
@@ -309,12 +321,13 @@ def api_get_config(admin: ApiAdmin) -> JSONResponse:
 
 @router.put("/admin/api/config")
 async def api_put_config(request: Request, admin: ApiAdmin) -> Response:
-    """Replace the whole configuration (a client secret left out or masked is kept)."""
+    """Replace the whole configuration (a client secret left out or masked is kept while
+    the registration's EHR and client stay the same: ``_with_kept_secrets``)."""
     body = await _json_body(request)
-    if isinstance(body, dict):
-        for registration in body.get("registrations") or []:
-            if isinstance(registration, dict) and registration.get("client_secret") == "***":
-                registration.pop("client_secret")
+    registrations = body.get("registrations") if isinstance(body, dict) else None
+    for registration in registrations if isinstance(registrations, list) else []:
+        if isinstance(registration, dict) and registration.get("client_secret") == "***":
+            registration.pop("client_secret")
     return await _api_change(request, admin, lambda _current: validate_document(body))
 
 
@@ -447,7 +460,7 @@ def _imported_partners(
         )
     else:
         try:
-            data = json.loads(body)
+            data = _parse_json(body)
         except ValueError as error:
             raise ConfigurationError([Problem(f"not JSON: {error}")]) from None
         is_bundle = isinstance(data, dict) and data.get("resourceType") == "Bundle"
@@ -535,6 +548,8 @@ def login(
 ) -> Response:
     try:
         issued = access.redeem_bootstrap_token(database, tenant.id, token.strip(), name)
+    except access.InvalidNameError as error:
+        raise HTTPException(422, str(error)) from None
     except access.AccessDeniedError:
         return _page(request, tenant, "admin/login.html", status=401, refused=True)
     response = RedirectResponse(f"{_prefix(request)}/admin", status_code=303)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,10 +26,18 @@ from service.db.models import AdminBootstrapToken, AdminEvent, AdminSession
 
 BOOTSTRAP_TTL = timedelta(minutes=30)
 SESSION_TTL = timedelta(hours=8)
+MAX_NAME_LENGTH = 200  # the actor column holds 500; room for " (bootstrap token #n)"
+#: Control characters (NUL, which PostgreSQL cannot store, line breaks that would forge
+#: lines in an audit read as text), lone surrogates (not encodable) and line separators.
+_UNRECORDABLE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 class AccessDeniedError(PermissionError):
     """A token or session that does not (or no longer) grant access."""
+
+
+class InvalidNameError(ValueError):
+    """The name given at sign-in cannot be recorded as the actor of the audit."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,12 @@ def issue_bootstrap_token(
 def redeem_bootstrap_token(
     database: Database, tenant_id: int, token: str, name: str
 ) -> IssuedSession:
-    """Spend a bootstrap token on an admin session; refused when unknown, used or expired."""
+    """Spend a bootstrap token on an admin session; refused when unknown, used or expired.
+
+    ``name`` is checked first (InvalidNameError): nothing is recorded and the token is not
+    spent for a name the audit could not hold.
+    """
+    name = checked_name(name)
     now = utcnow()
     with database.session() as session:
         # One conditional UPDATE: of two concurrent redemptions exactly one wins.
@@ -107,8 +121,19 @@ def redeem_bootstrap_token(
         with database.session() as session:
             record_event(session, tenant_id, name or "anonymous", "bootstrap-token-refused")
         raise AccessDeniedError("this bootstrap token is unknown, already used or expired")
-    actor = f"{name.strip() or 'admin'} (bootstrap token #{used})"
+    actor = f"{name or 'admin'} (bootstrap token #{used})"
     return open_session(database, tenant_id, actor, via="bootstrap-token")
+
+
+def checked_name(name: str) -> str:
+    """The name an admin signs in with, stripped; InvalidNameError when it is too long or
+    holds characters the audit cannot record faithfully."""
+    name = name.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"the name is longer than {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(character) in _UNRECORDABLE for character in name):
+        raise InvalidNameError("the name contains control characters")
+    return name
 
 
 def open_session(

@@ -1,9 +1,10 @@
 """Change a tenant's configuration, and configuration as code (YAML).
 
 Every change goes through :meth:`TenantAdmin.save`: the new document is validated as a
-whole, client secrets that an export or a form left out are kept, the plan revision is
-raised when the plan's wording changed, and the result is stored as ONE new
-configuration version (which is also the audit record, see :mod:`service.admin.changes`).
+whole, client secrets that an export or a form left out are kept (for the same client of
+the same EHR only), the plan revision is raised when the plan's wording changed, and the
+result is stored as ONE new configuration version (which is also the audit record, see
+:mod:`service.admin.changes`).
 Nothing is stored when anything is wrong.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from service.tenancy import (
     SecretsUnavailableError,
@@ -24,13 +26,14 @@ from service.tenancy import (
     TenantDirectory,
     UnknownTenantError,
 )
-from service.tenant_config import EhrRegistration, TenantConfiguration
+from service.tenant_config import SUBMITTED, EhrRegistration, TenantConfiguration
 
 YAML_HEADER = (
     "# Kindreflex-ED configuration of one hospital (tenant).\n"
     "# Import with: kindreflex config import FILE  (validated completely before anything changes)\n"
     "# Client secrets are never exported: a registration without client_secret keeps the\n"
-    "# secret stored for the same registration id.\n"
+    "# secret stored for the same registration id, as long as its fhir_base_url, client_id\n"
+    "# and client_auth stay the same (else the secret must be given again).\n"
 )
 
 
@@ -67,13 +70,29 @@ def export_yaml(config: TenantConfiguration) -> str:
 def parse_yaml(text: str) -> TenantConfiguration:
     """Validate a YAML configuration file; problems carry the file's line numbers."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as error:
         raise ConfigurationError([_syntax_problem(error)]) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigurationError([Problem("not valid YAML: nested too deeply")]) from None
     if not isinstance(data, dict) or root is None:
         raise ConfigurationError([Problem("expected a mapping with at least 'name'", line=1)])
     return validate_document(data, root)
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, whose values that cannot be built (the date ``2025-02-30``, an
+    ``!!int`` that is no number) are YAML errors with their line, not a ValueError."""
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as error:
+            value = f"'{node.value}' " if isinstance(node, ScalarNode) else ""
+            raise ConstructorError(
+                None, None, f"the value {value}cannot be read ({error})", node.start_mark
+            ) from None
 
 
 def _syntax_problem(error: yaml.YAMLError) -> Problem:
@@ -87,9 +106,10 @@ def _syntax_problem(error: yaml.YAMLError) -> Problem:
 
 
 def validate_document(data: Any, root: Node | None = None) -> TenantConfiguration:
-    """Validate a configuration document (parsed JSON or YAML) into the typed model."""
+    """Validate a configuration document (parsed JSON or YAML) into the typed model, with
+    the checks of a submitted configuration (``SUBMITTED``)."""
     try:
-        return TenantConfiguration.model_validate(data)
+        return TenantConfiguration.model_validate(data, context=SUBMITTED)
     except ValidationError as error:
         raise ConfigurationError(
             [
@@ -185,21 +205,30 @@ class TenantAdmin:
 def _with_kept_secrets(
     config: TenantConfiguration, previous: TenantConfiguration | None
 ) -> TenantConfiguration:
-    """A registration without a secret keeps the stored one (exports and forms omit it)."""
+    """A registration without a secret keeps the stored one (exports and forms omit it) —
+    but only for the same client of the same EHR: its ``fhir_base_url``, ``client_id`` and
+    ``client_auth`` unchanged.
+
+    The secret is sent (HTTP Basic) to the token endpoint that ``fhir_base_url``
+    advertises, and an admin never sees it. Were it kept when the registration points
+    elsewhere, an admin could repoint it at their own server and read the secret there.
+    So, like a browser's saved password that is not filled in on another site, it is
+    not carried over: a save that still needs a secret (``client_secret_basic``) is
+    refused until the secret is entered again; one that no longer needs it drops it.
+    """
     kept = {r.id: r for r in previous.registrations} if previous else {}
     registrations: list[EhrRegistration] = []
     problems: list[Problem] = []
     for index, registration in enumerate(config.registrations):
         old = kept.get(registration.id)
-        if registration.client_secret is None and old is not None:
+        if (
+            old is not None
+            and registration.client_secret is None
+            and _client(old) == _client(registration)
+        ):
             registration = registration.model_copy(update={"client_secret": old.client_secret})
         if registration.client_auth == "client_secret_basic" and registration.client_secret is None:
-            problems.append(
-                Problem(
-                    "client_secret_basic needs a client_secret (or use private_key_jwt)",
-                    f"registrations[{index}].client_secret",
-                )
-            )
+            problems.append(_secret_needed(index, old))
         registrations.append(registration)
     ids = [r.id for r in registrations]
     problems += [
@@ -210,6 +239,22 @@ def _with_kept_secrets(
     if problems:
         raise ConfigurationError(problems)
     return config.model_copy(update={"registrations": registrations})
+
+
+def _client(registration: EhrRegistration) -> tuple[str, str, str]:
+    """Where a client secret goes and whose it is: the stored one is kept while this stays."""
+    return registration.fhir_base_url, registration.client_id, registration.client_auth
+
+
+def _secret_needed(index: int, old: EhrRegistration | None) -> Problem:
+    path = f"registrations[{index}].client_secret"
+    if old is not None and old.client_secret is not None:
+        return Problem(
+            "fhir_base_url, client_id or client_auth changed: enter the client secret again "
+            "(the stored one is only kept for the same client of the same EHR)",
+            path,
+        )
+    return Problem("client_secret_basic needs a client_secret (or use private_key_jwt)", path)
 
 
 def _with_plan_revision(

@@ -33,7 +33,7 @@ from service.cds.batching import GroupCommit, WriteFailedError
 from service.db.models import CdsSeenToken
 from service.single_flight import SingleFlight
 from service.tenancy import TenantContext
-from service.tenant_config import CdsIssuer, EhrRegistration
+from service.tenant_config import CdsIssuer, EhrRegistration, jwk_set
 
 ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
@@ -96,11 +96,15 @@ class JwksCache:
         try:
             response = await self._client.get(url, timeout=JWKS_TIMEOUT_SECONDS)
             response.raise_for_status()
-            keys = _by_kid(jwt.PyJWKSet.from_dict(response.json()))
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
+            document = orjson.loads(response.content)  # depth-limited, unlike json
+        except (httpx.HTTPError, ValueError) as error:
             raise CdsAuthError(
                 f"the issuer's JWK Set at {url} could not be read ({type(error).__name__})"
             ) from error
+        try:
+            keys = _by_kid(jwk_set(document))
+        except ValueError as error:
+            raise CdsAuthError(f"the issuer's JWK Set at {url} is unusable: {error}") from error
         self._sets[url] = (time.monotonic(), keys)
         return keys
 
@@ -189,8 +193,10 @@ class CdsAuthenticator:
         if issuer.jwks is not None:
             try:
                 return _configured_keys(orjson.dumps(issuer.jwks)).get(kid, [])
-            except jwt.PyJWTError as error:
-                raise CdsAuthError(f"the configured JWKS of {issuer.iss!r} is unusable") from error
+            except ValueError as error:  # stored before a save checked it (SUBMITTED)
+                raise CdsAuthError(
+                    f"the configured JWK Set of {issuer.iss!r} is unusable: {error}"
+                ) from error
         keys = [key for url in issuer.jku for key in await self._jwks.keys(url, kid)]
         if not keys:
             raise CdsAuthError(f"no keys are configured for issuer {issuer.iss!r}")
@@ -201,7 +207,7 @@ class CdsAuthenticator:
 def _configured_keys(jwks: bytes) -> KeysByKid:
     """A configured JWK Set, parsed once (building an RSA or EC key object costs more than
     checking a signature with it); keyed by its JSON, so a changed configuration misses."""
-    return _by_kid(jwt.PyJWKSet.from_dict(orjson.loads(jwks)))
+    return _by_kid(jwk_set(orjson.loads(jwks)))
 
 
 def _bearer(authorization: str | None) -> str:
@@ -295,4 +301,6 @@ def _finite_number(value: Any) -> bool:
 
 
 def expiry(claims: dict[str, Any]) -> datetime:
-    return datetime.fromtimestamp(int(claims["exp"]), UTC)
+    """Until when the ``jti`` is remembered: ``exp`` rounded UP to the second, so that the
+    ledger never forgets a token (exp 100.9) that is still accepted (until 100.9 + leeway)."""
+    return datetime.fromtimestamp(math.ceil(claims["exp"]), UTC)

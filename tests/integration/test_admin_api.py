@@ -174,6 +174,79 @@ def test_client_secret_is_write_only_and_masked_in_the_audit(
     ]
 
 
+@pytest.mark.parametrize(
+    ("field", "elsewhere"),
+    [("fhir_base_url", "https://attacker.example/fhir"), ("client_id", "someone-else")],
+)
+def test_a_stored_secret_does_not_follow_the_registration_to_another_ehr_or_client(
+    client: TestClient, database: Database, gent: Hospital, field: str, elsewhere: str
+) -> None:
+    """The secret is sent (HTTP Basic) to the token endpoint of fhir_base_url: were it kept
+    for a repointed registration, an admin could have it sent to their own server."""
+    headers = bearer(database, gent)
+    before = client.get("/admin/api/config", headers=headers).json()
+    registration = client.get("/admin/api/registrations", headers=headers).json()[0]
+    moved = {**registration, field: elsewhere}  # client_secret "***": the stored one
+
+    refused = client.put("/admin/api/registrations/ehr", headers=headers, json=moved)
+    assert refused.status_code == 422
+    (issue,) = refused.json()["issue"]
+    assert issue["expression"] == ["registrations[0].client_secret"]
+    assert "enter the client secret again" in issue["diagnostics"]
+    exported = client.get("/admin/api/config.yaml", headers=headers).text
+    yaml_moved = exported.replace(f"{field}: {registration[field]}", f"{field}: {elsewhere}")
+    assert yaml_moved != exported
+    imported = client.put("/admin/api/config.yaml", headers=headers, content=yaml_moved.encode())
+    assert imported.status_code == 422
+    assert "enter the client secret again" in imported.text
+    assert client.get("/admin/api/config", headers=headers).json() == before
+
+    moved["client_secret"] = "secret-of-the-new-client"
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=moved).is_success
+    stored = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config
+    assert stored.registrations[0].client_secret == SecretStr("secret-of-the-new-client")
+
+
+def test_a_registration_that_stops_using_its_secret_drops_it(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    headers = bearer(database, gent)
+    registration = client.get("/admin/api/registrations", headers=headers).json()[0]
+    keys = {**registration, "client_auth": "private_key_jwt"}
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=keys).is_success
+    stored = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config
+    assert stored.registrations[0].client_secret is None
+    # …so going back to client_secret_basic needs the secret again
+    back = {**keys, "client_auth": "client_secret_basic"}
+    refused = client.put("/admin/api/registrations/ehr", headers=headers, json=back)
+    assert refused.status_code == 422
+    assert "client_secret_basic needs a client_secret" in refused.text
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("E" * 201, "longer than 200"), ("E" * 501, "longer than 200"),
+     ("Els\x00", "control characters"), ("Els\nadmin-signed-in", "control characters")],
+    ids=["201 characters", "501 characters", "NUL", "line break"],
+)  # fmt: skip
+def test_a_sign_in_name_the_audit_cannot_hold_is_refused_before_the_token_is_spent(
+    client: TestClient, database: Database, gent: Hospital, name: str, reason: str
+) -> None:
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    recorded = len(access.events(database, gent.id))
+    for attempt in ({"token": token, "name": name}, {"token": "unknown", "name": name}):
+        refused = client.post("/admin/api/session", json=attempt)
+        assert refused.status_code == 422, refused.text
+        assert reason in refused.json()["detail"]
+    form = client.post("/admin/login", data={"token": token, "name": name})
+    assert form.status_code == 422
+    assert len(access.events(database, gent.id)) == recorded  # nothing written
+
+    signed_in = client.post("/admin/api/session", json={"token": token, "name": " Els Peeters "})
+    assert signed_in.status_code == 201, signed_in.text
+    assert signed_in.json()["actor"].startswith("Els Peeters (bootstrap token #")
+
+
 def test_a_bad_change_is_refused_with_the_reason_and_changes_nothing(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

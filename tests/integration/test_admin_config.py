@@ -107,8 +107,16 @@ def test_export_then_import_into_an_empty_hospital_gives_the_same_configuration(
             ("adult_age: 16", "adult_age: zestien"),
             r"line \d+: hooks.adult_age: Input should be a valid integer",
         ),
+        (
+            ("adult_age: 16", "adult_age: 2025-02-30"),
+            r"line \d+: not valid YAML: the value '2025-02-30' cannot be read",
+        ),
+        (
+            ("card_wording: {}", "card_wording: {nl: {warning_summary: '{reasons.x}'}}"),
+            r"line \d+: hooks.card_wording: .*unknown placeholder \{reasons.x\}",
+        ),
     ],
-    ids=["syntax", "unknown-field", "wrong-type"],
+    ids=["syntax", "unknown-field", "wrong-type", "impossible-date", "wording-placeholder"],
 )
 def test_a_bad_file_changes_nothing_and_names_the_line(
     database: Database,

@@ -4,11 +4,12 @@ and a refused request changes nothing (property-based, on the real app and datab
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -92,3 +93,84 @@ def test_a_damaged_partner_bundle_is_answered_with_a_reason(
         content=json.dumps(bundle).encode(),
     )  # fmt: skip
     assert response.status_code in (200, 422), response.text
+
+
+def unchanged_after(
+    client: TestClient, headers: dict[str, str], request: Callable[[], Response]
+) -> Response:
+    """The answer to ``request``, checked to have changed nothing."""
+    before = client.get("/admin/api/config", headers=headers).json()
+    response = request()
+    assert client.get("/admin/api/config", headers=headers).json() == before
+    return response
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_json_nested_a_hundred_thousand_deep_is_refused_as_not_json(
+    admin_client: tuple[TestClient, dict[str, str]], endpoint: str
+) -> None:
+    client, headers = admin_client
+    deep = b"[" * 100_000 + b"]" * 100_000
+    sent = {**headers, "Content-Type": "application/json"}
+    response = unchanged_after(
+        client, headers, lambda: client.put(endpoint, headers=sent, content=deep)
+    )
+    assert response.status_code in (400, 422), response.text
+    assert "not JSON: depth limit exceeded" in response.text
+
+
+@pytest.mark.parametrize("registrations", [5, "ehr", {"id": "ehr"}, True])
+def test_registrations_that_are_not_a_list_are_refused_with_the_path(
+    admin_client: tuple[TestClient, dict[str, str]], registrations: Any
+) -> None:
+    client, headers = admin_client
+    body = {"name": "AZ", "registrations": registrations}
+    response = unchanged_after(
+        client, headers, lambda: client.put("/admin/api/config", headers=headers, json=body)
+    )
+    assert response.status_code == 422, response.text
+    (issue,) = response.json()["issue"]
+    assert issue["expression"] == ["registrations"]
+    assert "valid list" in issue["diagnostics"]
+
+
+@pytest.mark.parametrize("wording", ["{reasons.x}", "{reasons[x]}", "{reasons.upper}"])
+def test_card_wording_with_another_placeholder_is_refused_by_the_api_and_the_screen(
+    admin_client: tuple[TestClient, dict[str, str]], wording: str
+) -> None:
+    client, headers = admin_client
+    hooks = {"card_wording": {"nl": {"warning_summary": wording}}}
+    api = unchanged_after(
+        client, headers, lambda: client.put("/admin/api/hooks", headers=headers, json=hooks)
+    )
+    assert api.status_code == 422, api.text
+    (issue,) = api.json()["issue"]
+    assert issue["expression"] == ["hooks.card_wording"]
+    assert (
+        f"only the placeholder {{reasons}} may be used (unknown placeholder {wording})"
+        in (issue["diagnostics"])
+    )
+    yaml_text = f"name: AZ\nhooks:\n  card_wording:\n    nl:\n      warning_summary: '{wording}'\n"
+    screen = unchanged_after(
+        client,
+        headers,
+        lambda: client.post("/admin/config", headers=headers, data={"yaml": yaml_text}),
+    )
+    assert screen.status_code == 422
+    assert "only the placeholder {reasons} may be used" in screen.text
+
+
+def test_a_yaml_file_with_an_impossible_date_is_refused_with_its_line(
+    admin_client: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, headers = admin_client
+    text = b"name: AZ\nplan:\n  revision: 2025-02-30\n"
+    response = unchanged_after(
+        client, headers, lambda: client.put("/admin/api/config.yaml", headers=headers, content=text)
+    )
+    assert response.status_code == 422, response.text
+    (issue,) = response.json()["issue"]
+    assert issue["diagnostics"] == (
+        "line 3: not valid YAML: the value '2025-02-30' cannot be read "
+        "(day is out of range for month)"
+    )

@@ -65,6 +65,21 @@ def test_a_wrong_type_names_its_line_and_path() -> None:
     assert problem.startswith("line 9: hooks.adult_age: Input should be a valid integer")
 
 
+def test_a_value_that_cannot_be_read_names_its_line() -> None:
+    impossible = GOOD.replace("adult_age: 18", "adult_age: 2025-02-30")
+    assert problems_of(impossible) == [
+        "line 9: not valid YAML: the value '2025-02-30' cannot be read "
+        "(day is out of range for month)"
+    ]
+    not_a_number = GOOD.replace("adult_age: 18", "adult_age: !!int achttien")
+    (problem,) = problems_of(not_a_number)
+    assert problem.startswith("line 9: not valid YAML: the value 'achttien' cannot be read")
+
+
+def test_yaml_nested_a_hundred_thousand_deep_is_a_problem_not_a_crash() -> None:
+    assert problems_of("name: AZ\nhooks: " + "[" * 100_000) == ["not valid YAML: nested too deeply"]
+
+
 def test_a_missing_field_points_at_its_parent() -> None:
     missing = GOOD.replace("    client_id: kindreflex\n", "")
     assert problems_of(missing) == ["line 3: registrations[0].client_id: Field required"]

@@ -1,0 +1,167 @@
+"""An issuer's JWK Set that is not one: the CDS call is refused with 401 and the reason,
+never a 500; a configured one is refused when an admin saves it.
+
+The real app on SQLite and PostgreSQL, real signed JWTs, the JWK Set served over real
+HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from sandbox.keys import SigningKey
+from service.admin import access
+from service.db.base import Database
+from service.tenant_config import TenantConfiguration
+from tests.integration.test_cds_hooks import (
+    AUD,
+    ENCOUNTER_START,
+    PUBLIC_URL,
+    Ehr,
+    hook_body,
+    make_app,
+    tenant_config,
+)
+
+KEY = SigningKey.generate("ehr-key-1", "ES384")
+GOOD = json.dumps({"keys": [KEY.public_jwk()]}).encode()
+BAD_ALG: dict[str, object] = {"keys": [{**KEY.public_jwk(), "alg": ["ES384"]}]}
+
+
+class ServedJson:
+    """Serves ``body`` (changeable between calls) at a loopback URL, as an EHR's JWKS URL."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(owner.body)))
+                self.end_headers()
+                self.wfile.write(owner.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ServedJson:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def app(database_url: str, database: Database) -> FastAPI:
+    return make_app(database_url, database)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, base_url=PUBLIC_URL) as test_client:
+        yield test_client
+
+
+def configure(app: FastAPI, config: TenantConfiguration) -> None:
+    """Store the configuration directly, as an older version (no admin checks) was."""
+    app.state.tenants.save("default", config, actor="test")
+
+
+def call(client: TestClient, token: str) -> Any:
+    headers = {"Authorization": f"Bearer {token}"}
+    return client.post(f"/cds-services/{ENCOUNTER_START}", json=hook_body(), headers=headers)
+
+
+def without_jku(ehr: Ehr) -> str:
+    """A token signed by the EHR's key that names no jku: verified with the configured keys."""
+    now = int(time.time())
+    claims = {"iss": ehr.issuer, "aud": AUD, "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
+    return ehr.key.sign(claims)
+
+
+UNUSABLE: dict[str, tuple[bytes, str]] = {
+    "a list": (b"[]", "is unusable: a JWK Set is a JSON object"),
+    "null": (b"null", "is unusable: a JWK Set is a JSON object"),
+    "a string": (b'"x"', "is unusable: a JWK Set is a JSON object"),
+    "keys not a list": (b'{"keys": {}}', "is unusable: a JWK Set is a JSON object"),
+    "a key's alg a list": (json.dumps(BAD_ALG).encode(), "is unusable: the JWK Set has no usable"),
+    "not JSON": (b'{"keys": [', "could not be read"),
+    "nested too deeply": (b"[" * 100_000, "could not be read"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_a_fetched_jwk_set_that_is_not_one_is_refused_with_401_and_the_reason(
+    app: FastAPI, client: TestClient, case: str
+) -> None:
+    body, reason = UNUSABLE[case]
+    with ServedJson(body) as jwks:
+        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        configure(app, tenant_config(ehr))
+        refused = call(client, ehr.token(AUD))
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"] == "invalid_token"
+        assert f"the issuer's JWK Set at {jwks.url} {reason}" in refused.json()["reason"]
+        # a failed fetch is not cached: once the EHR serves its keys, its calls get through
+        jwks.body = GOOD
+        assert call(client, ehr.token(AUD)).status_code == 200
+
+
+def admin_headers(app: FastAPI, database: Database) -> dict[str, str]:
+    tenant = app.state.tenants.get("default")
+    token, _ = access.issue_bootstrap_token(database, tenant.id)
+    session = access.redeem_bootstrap_token(database, tenant.id, token, "Els")
+    return {"Authorization": f"Bearer {session.token}"}
+
+
+EHR = Ehr(KEY, "http://127.0.0.1:9/unused", "https://ehr.az-gent.example/cds")
+
+
+def test_a_configured_jwk_set_that_is_not_one_is_refused_when_an_admin_saves_it(
+    app: FastAPI, client: TestClient, database: Database
+) -> None:
+    configure(app, tenant_config(EHR))
+    headers = admin_headers(app, database)
+    registration = client.get("/admin/api/registrations", headers=headers).json()[0]
+    unusable: list[object] = [{}, {"keys": "x"}, {"keys": []}, BAD_ALG]
+    for jwks in unusable:
+        changed = {**registration, "cds_issuers": [{"iss": EHR.issuer, "jwks": jwks}]}
+        refused = client.put("/admin/api/registrations/ehr", headers=headers, json=changed)
+        assert refused.status_code == 422, refused.text
+        (issue,) = refused.json()["issue"]
+        assert issue["expression"] == ["registrations[0].cds_issuers[0].jwks"]
+        assert "JWK Set" in issue["diagnostics"]
+    assert call(client, without_jku(EHR)).status_code == 401  # nothing was saved
+    good = {**registration, "cds_issuers": [{"iss": EHR.issuer, "jwks": json.loads(GOOD)}]}
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=good).is_success
+    assert call(client, without_jku(EHR)).status_code == 200
+
+
+def test_a_configured_jwk_set_stored_before_the_check_is_a_401_not_a_500(
+    app: FastAPI, client: TestClient
+) -> None:
+    """A version stored before saves were checked still loads; its issuer is refused."""
+    configure(app, tenant_config(EHR, jwks=BAD_ALG))
+    refused = call(client, without_jku(EHR))
+    assert refused.status_code == 401, refused.text
+    reason = refused.json()["reason"]
+    assert f"the configured JWK Set of {EHR.issuer!r} is unusable" in reason

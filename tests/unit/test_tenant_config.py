@@ -1,0 +1,89 @@
+"""What a submitted tenant configuration may hold: card wording and an issuer's JWK Set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from sandbox.keys import SigningKey
+from service.tenant_config import (
+    SUBMITTED,
+    CdsIssuer,
+    HookSettings,
+    TenantConfiguration,
+    jwk_set,
+)
+
+KEY = SigningKey.generate("ehr-key-1", "ES384")
+
+
+@pytest.mark.parametrize(
+    "wording",
+    ["{reasons.x}", "{reasons[x]}", "{reasons[0]}", "{reasons.upper}", "{0}", "{}",
+     "{reasons:>{width}}", "{reasons!z}", "Let op: {reasons"],
+)  # fmt: skip
+def test_wording_with_another_placeholder_than_reasons_is_refused(wording: str) -> None:
+    with pytest.raises(ValidationError, match=r"only the placeholder \{reasons\} may be used"):
+        HookSettings.model_validate({"card_wording": {"nl": {"warning_summary": wording}}})
+
+
+def test_wording_with_reasons_and_escaped_braces_is_accepted() -> None:
+    wording = {"warning_summary": "Let op ({{AZ}}): {reasons}", "info_detail": "Vraag {{naar}}"}
+    hooks = HookSettings.model_validate({"card_wording": {"nl": wording}})
+    assert hooks.card_wording["nl"]["warning_summary"].format(reasons="x") == "Let op ({AZ}): x"
+
+
+UNUSABLE: dict[str, Any] = {
+    "a list": [],
+    "null": None,
+    "a string": "x",
+    "no keys member": {},
+    "keys not a list": {"keys": "x"},
+    "no keys": {"keys": []},
+    "keys not objects": {"keys": [1, None, "k"]},
+    "alg a list": {"keys": [{**KEY.public_jwk(), "alg": ["ES384"]}]},
+    "kid a list": {"keys": [{**KEY.public_jwk(), "kid": ["ehr-key-1"]}]},
+    "not a point on the curve": {"keys": [{"kty": "EC", "crv": "P-384", "x": "a", "y": "b"}]},
+    "only a symmetric key": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]},
+}
+
+
+@pytest.mark.parametrize("document", list(UNUSABLE.values()), ids=list(UNUSABLE))
+def test_an_unusable_jwk_set_is_a_value_error_with_the_reason(document: Any) -> None:
+    with pytest.raises(ValueError, match="JWK Set"):
+        jwk_set(document)
+
+
+def test_malformed_keys_next_to_a_usable_one_are_ignored() -> None:
+    """RFC 7517 section 5: keys an implementation cannot use are ignored, not fatal."""
+    document = {"keys": [1, {**KEY.public_jwk(), "kid": ["x"]}, KEY.public_jwk()]}
+    assert [key.key_id for key in jwk_set(document).keys] == ["ehr-key-1"]
+
+
+def issuer_document(jwks: Any) -> dict[str, Any]:
+    issuer = {"iss": "https://epd.example", "jwks": jwks}
+    registration = {"id": "epd", "name": "EPD", "fhir_base_url": "https://epd.example/fhir",
+                    "client_id": "k", "cds_issuers": [issuer]}  # fmt: skip
+    return {"name": "AZ", "registrations": [registration]}
+
+
+def test_a_submitted_configuration_with_an_unusable_jwk_set_is_refused_where_it_is() -> None:
+    with pytest.raises(ValidationError) as refused:
+        TenantConfiguration.model_validate(
+            issuer_document(UNUSABLE["alg a list"]), context=SUBMITTED
+        )
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("registrations", 0, "cds_issuers", 0, "jwks")
+    assert "no usable RSA or EC public key" in error["msg"]
+
+
+def test_a_stored_configuration_with_an_unusable_jwk_set_still_loads() -> None:
+    """A version stored before the check must not take the hospital down on load; its
+    issuer's calls are refused (401) until an admin corrects it."""
+    stored = TenantConfiguration.model_validate(issuer_document(UNUSABLE["alg a list"]))
+    assert stored.registrations[0].cds_issuers[0].jwks == UNUSABLE["alg a list"]
+    usable = {"keys": [KEY.public_jwk()]}
+    submitted = CdsIssuer.model_validate({"iss": "x", "jwks": usable}, context=SUBMITTED)
+    assert submitted.jwks == usable
