@@ -218,12 +218,14 @@ class HookSettings(Strict):
     ) -> dict[Language, dict[CardText, str]]:
         for language, texts in value.items():
             for name, text in texts.items():
+                # an info card has no reasons to name
+                allowed = frozenset({"reasons"}) if name.startswith("warning") else frozenset()
                 try:
-                    filled = _filled(text)
+                    filled = _filled(text, allowed)
                 except ValueError as error:
+                    what = "only the placeholder {reasons}" if allowed else "no placeholder"
                     raise ValueError(
-                        f"card_wording.{language}.{name}: only the placeholder {{reasons}} "
-                        f"may be used ({error})"
+                        f"card_wording.{language}.{name}: {what} may be used ({error})"
                     ) from error
                 if name.endswith("summary") and len(filled) > 100:
                     raise ValueError(
@@ -233,19 +235,19 @@ class HookSettings(Strict):
         return value
 
 
-def _filled(text: str) -> str:
-    """The wording with an empty ``{reasons}``; ValueError for any other replacement field.
+def _filled(text: str, allowed: frozenset[str]) -> str:
+    """The wording with its ``allowed`` placeholders empty; ValueError for any other field.
 
     The fields are checked before formatting: ``{reasons.x}`` or ``{reasons[0]}`` would
     fail only for some values of ``reasons`` (or, as ``{reasons.upper}``, put a Python
     object's description on the card), and so would a field nested in the format spec.
     """
     for _literal, field, spec, _conversion in Formatter().parse(text):
-        if field is not None and field != "reasons":
+        if field is not None and field not in allowed:
             raise ValueError(f"unknown placeholder {{{field}}}")
         if spec and "{" in spec:
             raise ValueError("no placeholder may be nested in the format of {reasons}")
-    return text.format(reasons="")
+    return text.format(**dict.fromkeys(allowed, ""))
 
 
 # --- Partner directory and the facility's own plan (admin journey, issue 6) -------------

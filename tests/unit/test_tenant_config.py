@@ -29,6 +29,13 @@ def test_wording_with_another_placeholder_than_reasons_is_refused(wording: str) 
         HookSettings.model_validate({"card_wording": {"nl": {"warning_summary": wording}}})
 
 
+@pytest.mark.parametrize("name", ["info_summary", "info_detail"])
+def test_an_info_card_has_no_reasons_to_name(name: str) -> None:
+    """An info card is rendered without reasons: ``{reasons}`` there would fail every card."""
+    with pytest.raises(ValidationError, match="no placeholder may be used"):
+        HookSettings.model_validate({"card_wording": {"nl": {name: "Doe het ({reasons})"}}})
+
+
 def test_wording_with_reasons_and_escaped_braces_is_accepted() -> None:
     wording = {"warning_summary": "Let op ({{AZ}}): {reasons}", "info_detail": "Vraag {{naar}}"}
     hooks = HookSettings.model_validate({"card_wording": {"nl": wording}})
