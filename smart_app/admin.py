@@ -535,7 +535,7 @@ def _cookie_secure(request: Request) -> bool:
 
 @router.get("/admin/login", response_class=HTMLResponse)
 def login_page(request: Request, tenant: TenantDep) -> HTMLResponse:
-    return _page(request, tenant, "admin/login.html", refused=False)
+    return _page(request, tenant, "admin/login.html", problem=None)
 
 
 @router.post("/admin/login", response_class=HTMLResponse)
@@ -548,10 +548,10 @@ def login(
 ) -> Response:
     try:
         issued = access.redeem_bootstrap_token(database, tenant.id, token.strip(), name)
-    except access.InvalidNameError as error:
-        raise HTTPException(422, str(error)) from None
+    except access.InvalidNameError:
+        return _page(request, tenant, "admin/login.html", status=422, problem="bad-name")
     except access.AccessDeniedError:
-        return _page(request, tenant, "admin/login.html", status=401, refused=True)
+        return _page(request, tenant, "admin/login.html", status=401, problem="refused")
     response = RedirectResponse(f"{_prefix(request)}/admin", status_code=303)
     response.set_cookie(
         ADMIN_COOKIE,

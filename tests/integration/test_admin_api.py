@@ -240,6 +240,8 @@ def test_a_sign_in_name_the_audit_cannot_hold_is_refused_before_the_token_is_spe
         assert reason in refused.json()["detail"]
     form = client.post("/admin/login", data={"token": token, "name": name})
     assert form.status_code == 422
+    assert 'id="login-bad-name"' in form.text  # the sign-in page again, with the reason
+    assert "Het token is niet gebruikt." in form.text
     assert len(access.events(database, gent.id)) == recorded  # nothing written
 
     signed_in = client.post("/admin/api/session", json={"token": token, "name": " Els Peeters "})
