@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import getpass
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -13,6 +14,7 @@ from pathlib import Path
 import uvicorn
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from pydantic import ValidationError
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -23,7 +25,7 @@ from service.db import migrate
 from service.db.base import Database
 from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore
 from service.observability import configure_logging
-from service.settings import Settings, load_settings
+from service.settings import TENANT_SLUG, Settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -107,6 +109,15 @@ def _retention_days(value: str) -> int:
     return int(value)
 
 
+def _tenant_slug(value: str) -> str:
+    if not re.fullmatch(TENANT_SLUG, value):
+        raise argparse.ArgumentTypeError(
+            f"a hospital's slug is lowercase letters, digits and '-' (its URLs are /t/<slug>): "
+            f"{value[:40]}"
+        )
+    return value
+
+
 def cmd_demo(args: argparse.Namespace, _settings: Settings) -> int:
     from service.demo import run_demo  # the sandbox is a development tool: load it only here
 
@@ -146,13 +157,13 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     config = commands.add_parser("config", help="configuration as code (YAML)")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CMD")
     export = config_commands.add_parser("export", help="print the configuration as YAML")
-    export.add_argument("--tenant", help=tenant_help)
+    export.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
     export.set_defaults(handler=_on_current_schema(cmd_config_export))
     load = config_commands.add_parser(
         "import", help="validate a YAML file completely, then apply it (or change nothing)"
     )
     load.add_argument("file", help="the YAML file (as written by `config export`)")
-    load.add_argument("--tenant", help=tenant_help)
+    load.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
     load.set_defaults(handler=_on_current_schema(cmd_config_import))
 
     admin = commands.add_parser("admin", help="administrator access")
@@ -160,7 +171,7 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     bootstrap = admin_commands_.add_parser(
         "bootstrap", help="print a one-time token to sign in to the admin screen"
     )
-    bootstrap.add_argument("--tenant", help=tenant_help)
+    bootstrap.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
     bootstrap.add_argument(
         "--minutes", type=int, default=30, choices=range(1, 1441), metavar="1..1440",
         help="how long the token is valid (default 30)",
@@ -218,7 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except (ValidationError, FileNotFoundError) as error:
+        print(
+            f"kindreflex: the settings cannot be used:\n{_settings_problems(error)}",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(settings.log_level)
     handler: Command = args.handler
     try:
@@ -228,6 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
         print(f"The database at {where} cannot be used: {reason}", file=sys.stderr)
         return 2
+
+
+def _settings_problems(error: ValidationError | FileNotFoundError) -> str:
+    """One line per setting at fault, named as the environment names it."""
+    if isinstance(error, FileNotFoundError):
+        return f"  {error}"
+    return "\n".join(
+        f"  KINDREFLEX_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
+        for problem in error.errors()
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,12 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 Environment = Literal["production", "demo", "test"]
+#: A hospital's slug: the ``/t/{slug}`` of its URLs.
+TENANT_SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -42,6 +46,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port `kindreflex serve` listens on.")
     default_tenant: str = Field(
         "default",
+        pattern=TENANT_SLUG,
         description="Tenant (hospital) that un-prefixed paths such as `/cds-services` belong to.",
     )
     secret_key: SecretStr | None = Field(
@@ -61,10 +66,18 @@ class Settings(BaseSettings):
         "repository's fhir_profiles/fsh-generated/resources (the container image sets it).",
     )
     fhir_timeout_seconds: float = Field(
-        5.0, gt=0, description="Timeout of one request to a hospital FHIR server."
+        5.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Timeout of one request to a hospital FHIR server (at most 300 s).",
     )
     outbox_interval_seconds: float = Field(
-        2.0, gt=0, description="How often the outbox retries undelivered FHIR writes."
+        2.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="How often the outbox retries undelivered FHIR writes (at most hourly).",
     )
 
     opentelemetry: bool = Field(
@@ -79,6 +92,25 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"one of {', '.join(_LOG_LEVELS)}")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a database URL (e.g. postgresql+psycopg://…)") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"{backend} is not supported: SQLite or PostgreSQL")
+        return value
 
     @model_validator(mode="after")
     def _no_unsafe_switch_in_production(self) -> Settings:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.db.base import Database
 from service.db.models import Tenant, TenantConfigVersion
+from service.settings import TENANT_SLUG
 from service.single_flight import SingleFlight
 from service.tenant_config import TenantConfiguration
 
@@ -170,6 +172,8 @@ class TenantDirectory:
 
     def save(self, slug: str, config: TenantConfiguration, actor: str) -> TenantContext:
         """Store ``config`` as the tenant's newest version (creating the tenant if new)."""
+        if not re.fullmatch(TENANT_SLUG, slug):
+            raise ValueError(f"'{slug}' cannot name a hospital: lowercase letters, digits, '-'")
         document = self._secrets.seal(_plain_document(config), config)
         with self._database.session() as session:
             tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))

@@ -76,3 +76,41 @@ def test_an_unreachable_database_is_named_without_its_password(command: list[str
     assert "cannot be used" in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "reason"),
+    [
+        ("KINDREFLEX_PORT", "abc", "KINDREFLEX_PORT: Input should be a valid integer"),
+        ("KINDREFLEX_SETTINGS_FILE", "/nowhere/kindreflex.env", "names a missing file"),
+        ("KINDREFLEX_DATABASE_URL", "notaurl", "KINDREFLEX_DATABASE_URL: Value error, not a"),
+        ("KINDREFLEX_DATABASE_URL", "mysql://db/kr", "mysql is not supported"),
+        ("KINDREFLEX_LOG_LEVEL", "LOUD", "KINDREFLEX_LOG_LEVEL: Value error, one of DEBUG"),
+        ("KINDREFLEX_OUTBOX_INTERVAL_SECONDS", "inf", "should be a finite number"),
+        ("KINDREFLEX_FHIR_TIMEOUT_SECONDS", "nan", "should be a finite number"),
+        ("KINDREFLEX_FHIR_TIMEOUT_SECONDS", "3600", "less than or equal to 300"),
+        ("KINDREFLEX_DEFAULT_TENANT", "Gent/Spoed", "KINDREFLEX_DEFAULT_TENANT: String should"),
+    ],
+)
+def test_a_setting_that_cannot_be_used_is_named_with_its_reason(
+    setting: str, value: str, reason: str
+) -> None:
+    """Before, each of these printed a traceback (or, for inf, stopped the outbox silently)."""
+    env = {**os.environ, setting: value}
+    result = subprocess.run([*KINDREFLEX, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "the settings cannot be used" in result.stderr
+    assert reason in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_tenant_slug_that_no_url_can_reach_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}"}
+    result = subprocess.run(
+        [*KINDREFLEX, "admin", "bootstrap", "--tenant", "Bad Slug/../x"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "a hospital's slug is lowercase letters, digits and '-'" in result.stderr
