@@ -6,13 +6,20 @@ import asyncio
 import functools
 import gc
 import logging
+import math
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import Counter
-from starlette.types import ASGIApp
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import smart_app
 from service import keys
@@ -31,6 +38,7 @@ from smart_app.admin import router as admin_router
 from smart_app.casefile import router as casefile_router
 from smart_app.monitoring import router as monitoring_router
 from smart_app.nurse import router as nurse_router
+from smart_app.security import ANY_FRAME, page_headers
 from smart_app.social import router as social_router
 
 log = logging.getLogger(__name__)
@@ -116,7 +124,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         app.include_router(casefile_router, prefix=prefix)
     app.include_router(monitoring_router)  # the monitoring figures (issue 5 §6)
     app.include_router(monitoring_router, prefix="/t/{tenant}")
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
 
     if not settings.cds_jwt_required:
         log.warning(
@@ -147,3 +157,99 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
         database, outbox, app.state.session_tokens, settings.fhir_timeout_seconds
     )
     app.state.readiness_checks.append(outbox.readiness_check())
+
+
+#: The largest request body the app reads (the CDS hooks, answered before the middleware,
+#: cap theirs at the same size: ``service.cds.router.MAX_BODY_BYTES``). The largest
+#: legitimate bodies are an admin's imports: the partner directory (the shipped one is
+#: 5 KiB as YAML; a region's FHIR Bundle some hundred KiB) and the configuration YAML.
+MAX_BODY_BYTES = 4 * 2**20
+#: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.
+_JSON_API = re.compile(r"(?:/t/[^/]+)?(?:/api|/admin/api)(?:/.*)?")
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuses a request body over ``limit`` bytes with 413 before the app buffers it.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs. A body
+    without one (chunked) is counted as the app reads it: past the limit, the read fails
+    and whatever the app made of that failure is replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _too_large(scope["path"], self.limit)(scope, receive, send)
+            return
+        received = 0
+        answered = False  # the app's response began before the body was too large
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _BodyTooLargeError
+            return message
+
+        async def send_unless_too_large(message: Message) -> None:
+            nonlocal answered
+            if received > self.limit:  # the app's answer to a body it never got whole
+                return
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, send_unless_too_large)
+        except Exception:
+            if received <= self.limit or answered:
+                raise
+        if received > self.limit and not answered:
+            await _too_large(scope["path"], self.limit)(scope, receive, send)
+
+
+def _too_large(path: str, limit: int) -> Response:
+    """413: the APIs' JSON error, or a short page in the app's three languages (the app's
+    error pages are translated messages; this one is a plain text)."""
+    mib = limit // 2**20
+    if _JSON_API.fullmatch(path):
+        return JSONResponse({"detail": f"the request body is larger than {mib} MiB"}, 413)
+    text = (
+        f"Het verzoek is te groot (ten hoogste {mib} MiB).\n"
+        f"La requête est trop volumineuse ({mib} Mio au plus).\n"
+        f"The request is too large (at most {mib} MiB).\n"
+    )
+    return PlainTextResponse(text, 413, headers=page_headers(ANY_FRAME))
+
+
+async def _validation_failed(_request: Request, error: Exception) -> Response:
+    """FastAPI's 422 for a request that fails validation, with what it echoes made JSON.
+
+    FastAPI echoes the value it refused; a NaN or an infinity (``1e400``) in a JSON body
+    was echoed as a float that JSON cannot carry, and the answer became a 500.
+    """
+    assert isinstance(error, RequestValidationError)
+    detail = _finite(jsonable_encoder(error.errors()))
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (JSON-like) with every non-finite float written as text ("nan", "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -21,7 +21,8 @@ Computed from this service's own tables only — never from the FHIR server:
 
 What falls in a period: a card when issued, feedback when the user acted, a finding when
 it was saved (the outbox entry's ``created_at``). Periods are whole calendar days in
-Brussels time, both ends included, at most :data:`MAX_PERIOD_DAYS` long.
+Brussels time, both ends included, at most :data:`MAX_PERIOD_DAYS` long, between
+:data:`FIRST_DAY` and :data:`LAST_DAY`.
 
 The figures count; they never list. No output carries a patient id or name. Small counts
 are NOT suppressed: the output goes only to the hospital's social service and admins
@@ -72,6 +73,10 @@ log = logging.getLogger(__name__)
 ZONE = ZoneInfo("Europe/Brussels")
 #: The longest period one report covers (a leap year): bounds the work of one request.
 MAX_PERIOD_DAYS = 366
+#: The days a period may cover. The service holds nothing from before 2000 or after 2999,
+#: and at the calendar's own ends (years 1 and 9999) a day's bounds in UTC do not exist.
+FIRST_DAY = date(2000, 1, 1)
+LAST_DAY = date(2999, 12, 31)
 #: Outbox kinds whose bundles hold step findings (``service.triage``, ``service.casework``).
 SAVE_KINDS = ("triage", "social")
 #: Saves that never reached the hospital's record.
@@ -113,7 +118,11 @@ BREAKDOWN_OF: Mapping[Figure, Breakdown] = {
 
 class PeriodError(ValueError):
     """A period that cannot be reported on: ``code`` names the problem for a translated
-    message (``ends-before-start``, ``too-long``, ``not-a-date``), the text says it in English."""
+    message (``ends-before-start``, ``too-long``, ``not-a-date``), the text says it in English.
+
+    A day outside ``FIRST_DAY``…``LAST_DAY`` is ``not-a-date`` (with the day as ``value``):
+    the message catalogues have no message of their own for it yet.
+    """
 
     def __init__(self, code: str, message: str, **values: object) -> None:
         super().__init__(message)
@@ -129,6 +138,13 @@ class Period:
     last: date
 
     def __post_init__(self) -> None:
+        for day in (self.first, self.last):
+            if not FIRST_DAY <= day <= LAST_DAY:
+                raise PeriodError(
+                    "not-a-date",
+                    f"a period lies between {FIRST_DAY} and {LAST_DAY}, not on {day}",
+                    value=day.isoformat(),
+                )
         if self.last < self.first:
             raise PeriodError("ends-before-start", "the period ends before it starts")
         if (self.last - self.first).days + 1 > MAX_PERIOD_DAYS:

@@ -54,6 +54,10 @@ from service.protocol import (
     age_in_months,
 )
 
+#: The largest case id and ``row_version``: PostgreSQL's INTEGER (SQLite's is larger). A
+#: bigger number from a client is refused before it reaches a query, where it failed.
+MAX_ID = 2**31 - 1
+
 CaseStatus = Literal["open", "closed"]
 CaseView = Literal["all", "mine", "unassigned"]
 CaseSort = Literal["newest", "oldest"]
@@ -221,13 +225,20 @@ def encode_cursor(concern: Concern, sort: CaseSort) -> str:
 
 
 def decode_cursor(cursor: str, sort: CaseSort) -> tuple[datetime, int]:
+    """The position ``encode_cursor`` wrote; anything else is an ``InvalidCursorError``.
+
+    The id and the time are bounded here, not by the database: an id beyond ``MAX_ID`` or
+    a time outside the calendar once in UTC failed in the query (a 500, not a 400).
+    """
     try:
         kind, at, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         moment = datetime.fromisoformat(at)
-        position = moment, int(row_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        position = moment.astimezone(UTC), int(row_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as error:
         raise InvalidCursorError("the cursor is not one this endpoint handed out") from error
-    if kind != sort or moment.tzinfo is None:
+    if moment.tzinfo is None or not 1 <= position[1] <= MAX_ID:
+        raise InvalidCursorError("the cursor is not one this endpoint handed out")
+    if kind != sort:
         raise InvalidCursorError("the cursor belongs to another sort order; start again")
     return position
 
@@ -297,7 +308,9 @@ def assign_case(
             Concern.status == "open",
             Concern.row_version == expected_version,
         )
-        .values(assigned_to=assignee, row_version=expected_version + 1, updated_at=now)
+        # the column's own + 1: a bound parameter of expected + 1 overflowed PostgreSQL's
+        # INTEGER for expected = MAX_ID, even with no row at that version
+        .values(assigned_to=assignee, row_version=Concern.row_version + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if changed.rowcount != 1:  # type: ignore[attr-defined] # CursorResult of an UPDATE

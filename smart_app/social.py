@@ -63,13 +63,19 @@ router = APIRouter(tags=["social service"])
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
-CaseId = Annotated[int, Path(ge=1)]
+#: Ids and versions are bounded by the database's integer (``social.MAX_ID``): a larger
+#: one is a 422 here, where the query failed with a 500.
+CaseId = Annotated[int, Path(ge=1, le=social.MAX_ID)]
+RowVersion = Annotated[
+    int,
+    Field(ge=1, le=social.MAX_ID, description="The case's `row_version` as you last saw it."),
+]
 
 
 class ClaimRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
+    row_version: RowVersion
 
 
 class AssignmentRequest(ClaimRequest):
@@ -85,15 +91,15 @@ class AssignmentResponse(BaseModel):
 
 
 class Step4Request(Step4Input):
-    row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
+    row_version: RowVersion
 
 
 class Step5Request(Step5Input):
-    row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
+    row_version: RowVersion
 
 
 class Step6Request(Step6Input):
-    row_version: int = Field(ge=1, description="The case's `row_version` as you last saw it.")
+    row_version: RowVersion
 
 
 class CloseRequest(ClaimRequest):
@@ -443,7 +449,7 @@ def claim_from_page(
     ctx: SocialWorker,
     database: DatabaseDep,
     case_id: CaseId,
-    row_version: Annotated[int, Form(ge=1)],
+    row_version: Annotated[int, Form(ge=1, le=social.MAX_ID)],
 ) -> Response:
     try:
         _change(ctx, database, case_id, ctx.user.fhir_user, row_version)

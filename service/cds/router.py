@@ -4,7 +4,16 @@ Mounted at the root (the default hospital) and under ``/t/{tenant}``. Every call
 authenticated with the EHR's JWT (``service.cds.auth``) unless the deployment turned the
 check off for the local demo. Errors are JSON ``{"error": <code>, "reason": <text>}``:
 400 for a malformed body, 401 for authentication, 404 for an unknown or disabled service,
-413 for a body over ``MAX_BODY_BYTES``, 503 when the replay check cannot be written.
+413 for a body over ``MAX_BODY_BYTES``, 503 when the replay check cannot be written or
+the database cannot take the feedback now. 503 means "retry later" to the EHR, so data
+that can never be stored is a 400 (``service.cds.schemas`` checks it before the write).
+
+Feedback names an override reason only as one a card of ours offers: CDS Hooks 2.0's
+``overrideReason.reason`` is the Coding the user chose from the card's
+``overrideReasons``. Any other code is refused (400), else the monitoring figures would
+count it as a nurse's reason. The codes accepted are the whole CodeSystem the cards'
+reasons come from, not only those the hospital configures now: a card shown before an
+administrator changed the list may still be answered.
 
 The handlers resolve the tenant and settings by calling ``service.api.deps`` directly
 rather than through ``Depends``: FastAPI runs sync dependencies in its thread pool, a
@@ -28,7 +37,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
 
 from service.api.deps import settings_of, tenant_slug, tenants_of
 from service.cds import prefetch
@@ -348,14 +357,45 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
         return _invalid(error)
     except _TooLargeError:
         return _too_large()
+    unoffered = _unoffered_reason(body, cds_state(request).configured.of(tenant).vocabulary)
+    if unoffered is not None:
+        return cds_error(400, "invalid_request", unoffered)
     database: Database = request.app.state.database
     issuer = caller.issuer if caller else None
     try:
         await run_in_threadpool(_store_feedback, database, tenant.id, service_id, issuer, body)
     except SQLAlchemyError as error:
         log.warning("CDS feedback not stored", extra={"fields": {"error": type(error).__name__}})
+        if _refused_as_data(error):
+            return cds_error(400, "invalid_request", "a value of the feedback cannot be stored")
         return cds_error(503, "unavailable", "the feedback cannot be stored now; retry later")
     return _ok({})
+
+
+def _unoffered_reason(body: FeedbackRequest, vocabulary: Vocabulary) -> str | None:
+    """Why an item's override reason is none a card of ours offers; None when all are.
+
+    A Coding without a system is judged by its code alone (the code is unique among the
+    cards' reasons); one with a system must name the guide's CodeSystem.
+    """
+    offered = vocabulary.override_reasons["en"]  # the same codes in every language
+    system = vocabulary.override_reason_system
+    for index, item in enumerate(body.feedback):
+        reason = item.overrideReason.reason if item.overrideReason else None
+        if reason is None or (reason.code in offered and reason.system in (None, system)):
+            continue
+        return (
+            f"feedback.{index}.overrideReason.reason: not one of the card's overrideReasons "
+            f"(codes of {system}: {', '.join(sorted(offered))})"
+        )
+    return None
+
+
+def _refused_as_data(error: SQLAlchemyError) -> bool:
+    """The database (or the conversion for it) refused a value: a retry cannot succeed.
+    The schema's checks should leave none; any other error is the database's state."""
+    converting = isinstance(error, StatementError) and not isinstance(error, DBAPIError)
+    return converting or isinstance(error, DataError)
 
 
 def _store_feedback(

@@ -7,10 +7,20 @@ can never smuggle extra query parameters into a prefetch request.
 
 from __future__ import annotations
 
+import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    model_validator,
+)
 
 FhirId = Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 UserReference = Annotated[
@@ -57,10 +67,29 @@ class HookRequest(Lenient):
         return self
 
 
+def _no_control_characters(value: str) -> str:
+    # PostgreSQL refuses a NUL in text, and a tab or newline is no part of a code
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    # stored in UTC: 0001-01-01T00:00:00+14:00 is a valid timestamp without a UTC value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the timestamp is out of range once in UTC") from None
+
+
+#: Plain text (the lengths of a Coding's stored parts are those of ``cds_feedback``).
+Text = AfterValidator(_no_control_characters)
+
+
 class Coding(Lenient):
-    system: str | None = None
-    code: str = Field(min_length=1, max_length=100)
-    display: str | None = None
+    system: Annotated[str, Field(max_length=500), Text] | None = None
+    code: Annotated[str, Field(min_length=1, max_length=100), Text]
+    display: str | None = None  # read, never stored
 
 
 class OverrideReason(Lenient):
@@ -72,7 +101,7 @@ class Feedback(Lenient):
     card: UUID
     outcome: Literal["accepted", "overridden"]
     overrideReason: OverrideReason | None = None  # noqa: N815
-    outcomeTimestamp: AwareDatetime  # noqa: N815
+    outcomeTimestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)]  # noqa: N815
 
     @model_validator(mode="after")
     def _override_reason_only_when_overridden(self) -> Feedback:

@@ -522,13 +522,15 @@ def feedback_call(cds: Cds, items: list[dict[str, Any]]) -> Any:
     )
 
 
+#: The system of the override reasons the cards offer (the guide's CodeSystem).
+OVERRIDE_REASON_SYSTEM = terminology.code_system_url("cds-override-reason")
 VALID_FEEDBACK = {
     "feedback": [
         {
             "card": "0b8f1c7e-5d55-4a8e-9a45-3f4b7a1e2c10",
             "outcome": "overridden",
             "overrideReason": {
-                "reason": {"system": "urn:x", "code": "no-children"},
+                "reason": {"system": OVERRIDE_REASON_SYSTEM, "code": "no-children"},
                 "userComment": "c",
             },
             "outcomeTimestamp": "2026-11-23T10:15:00+01:00",
@@ -545,7 +547,9 @@ def test_feedback_with_any_json_in_any_field_is_stored_or_refused_never_a_500(
     body = replaced(VALID_FEEDBACK, where, data.draw(JSON))
     path = f"/cds-services/{ENCOUNTER_START}/feedback"
     token = cds.ehr.token(PUBLIC_URL + path)
-    response = cds.client.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+    sent = json.dumps(body).encode()  # an infinity drawn goes as `Infinity`, as an EHR may
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    response = cds.client.post(path, content=sent, headers=headers)
     assert response.status_code in (200, 400), response.text
     assert response.status_code == 200 or response.json()["reason"]
 
@@ -593,10 +597,44 @@ def test_feedback_is_stored_once_per_outcome(cds: Cds) -> None:
             "overrideReason": {"reason": {"code": "not-now"}},
             "outcomeTimestamp": "2026-11-23T10:00:00Z",
         },
+        *(
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "accepted",
+                "outcomeTimestamp": moment,
+            }
+            for moment in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+        ),
+        *(
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "overrideReason": {"reason": reason},
+                "outcomeTimestamp": "2026-11-23T10:00:00Z",
+            }
+            for reason in (
+                {"code": "not-now\u0000"},
+                {"code": "not-now", "system": "urn:" + "x" * 500},
+                {"code": "<script>bogus"},
+                {"code": "not-now", "system": "http://other.example/reasons"},
+            )
+        ),
     ],
-    ids=["card not a uuid", "unknown outcome", "naive timestamp", "accepted with override"],
+    ids=[
+        "card not a uuid",
+        "unknown outcome",
+        "naive timestamp",
+        "accepted with override",
+        "before year 1 in UTC",
+        "after year 9999 in UTC",
+        "NUL in the code",
+        "system longer than its column",
+        "a code no card offers",
+        "a card's code in another system",
+    ],
 )
 def test_bad_feedback_is_refused_and_nothing_is_stored(cds: Cds, item: dict[str, Any]) -> None:
+    """A 400, not a 503: the EHR retries a 503, and this data would never be stored."""
     good = {
         "card": str(uuid.uuid4()),
         "outcome": "accepted",
@@ -675,6 +713,18 @@ def test_without_the_replay_ledger_the_call_is_refused_with_503_not_500(cds: Cds
     response = cds.call()
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "unavailable"
+
+
+def test_feedback_may_name_a_cards_reason_by_its_code_alone(cds: Cds) -> None:
+    item = {
+        "card": str(uuid.uuid4()),
+        "outcome": "overridden",
+        "overrideReason": {"reason": {"code": "not-now"}},
+        "outcomeTimestamp": "2026-11-23T10:00:00Z",
+    }
+    assert feedback_call(cds, [item]).status_code == 200
+    with cds.database.session() as session:
+        assert session.scalars(select(CdsFeedback.override_code)).all() == ["not-now"]
 
 
 def test_feedback_that_cannot_be_stored_gets_503_not_500(cds: Cds) -> None:

@@ -40,7 +40,14 @@ from service.admin import access
 from service.app import create_app
 from service.casework import Casework
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, CdsCard, Concern, MonitoringSave, OutboxEntry
+from service.db.models import (
+    AuditRecord,
+    CdsCard,
+    CdsFeedback,
+    Concern,
+    MonitoringSave,
+    OutboxEntry,
+)
 from service.fhir import terminology
 from service.monitoring import Figure, Period, PeriodError
 from service.protocol import (
@@ -484,6 +491,34 @@ def test_a_period_that_cannot_be_reported_on_says_why(first: date, last: date, c
     assert raised.value.code == code
 
 
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        (date(9999, 12, 1), date(9999, 12, 31)),
+        (date(1, 1, 1), date(1, 1, 5)),
+        (date(1999, 12, 31), date(2000, 1, 1)),
+        (date(2999, 12, 31), date(3000, 1, 1)),
+    ],
+)
+def test_a_period_beyond_the_services_years_is_refused_with_its_bounds(
+    first: date, last: date
+) -> None:
+    with pytest.raises(PeriodError) as raised:
+        Period(first, last)
+    assert raised.value.code == "not-a-date"
+    assert "between 2000-01-01 and 2999-12-31" in str(raised.value)
+
+
+def test_the_first_and_last_days_of_the_services_years_are_reported() -> None:
+    # midnight in Brussels (winter: UTC+1), in UTC
+    assert Period(date(2000, 1, 1), date(2000, 1, 1)).start == datetime(
+        1999, 12, 31, 23, tzinfo=UTC
+    )
+    assert Period(date(2999, 12, 31), date(2999, 12, 31)).end == datetime(
+        2999, 12, 31, 23, tzinfo=UTC
+    )
+
+
 def test_a_period_of_a_whole_year_is_reported() -> None:
     assert Period(date(2024, 1, 1), date(2024, 12, 31)).last == date(2024, 12, 31)  # leap year
     assert Period(date(2025, 1, 1), date(2026, 1, 1)).first == date(2025, 1, 1)  # 366 days
@@ -528,9 +563,20 @@ def test_the_screen_csv_and_measure_report_show_the_figures_and_no_patient(world
 
 
 def test_an_ehr_override_code_cannot_become_a_spreadsheet_formula(world: World) -> None:
+    """The feedback endpoint now refuses a code no card offers; a database may still hold
+    one stored before it did, so the row is inserted as it was stored then."""
     _cards(world, world.hospital, ("enc-1", "info", utcnow()))
     (card,) = _card_uuids(world, world.hospital)
-    _feedback(world, card, "overridden", "=HYPERLINK(1)", utcnow())
+    row = {
+        "tenant_id": world.hospital.id,
+        "service_id": "kindreflex-encounter-start",
+        "card_uuid": card,
+        "outcome": "overridden",
+        "override_code": "=HYPERLINK(1)",
+        "outcome_at": utcnow(),
+    }
+    with world.database.session() as session:
+        session.execute(insert(CdsFeedback), [row])
     when = {"from": _today().isoformat(), "to": _today().isoformat()}
     download = world.client.get("/monitoring.csv", headers=world.user("admin").headers, params=when)
     rows = list(csv.DictReader(io.StringIO(download.content.decode("utf-8-sig"))))
@@ -669,8 +715,17 @@ def test_every_view_is_audited_without_a_patient(world: World) -> None:
         ({"from": "2025-01-01", "to": "2026-03-01"}, "Een periode telt hoogstens 366 dagen."),
         ({"from": "2026-02-30", "to": "2026-03-01"}, "'2026-02-30' is geen datum"),
         ({"from": "2026-03-01", "to": "morgen" * 50}, "'morgenmorgenmorgenmo' is geen datum"),
+        ({"from": "9999-12-01", "to": "9999-12-31"}, "'9999-12-01' is geen datum"),
+        ({"from": "0001-01-01", "to": "0001-01-05"}, "'0001-01-01' is geen datum"),
     ],
-    ids=["reversed", "too-long", "not-a-date", "not-a-date-at-all"],
+    ids=[
+        "reversed",
+        "too-long",
+        "not-a-date",
+        "not-a-date-at-all",
+        "the calendar's last days",
+        "the calendar's first days",
+    ],
 )
 def test_a_bad_period_gets_a_clear_400_in_every_form_and_is_not_audited(
     world: World, params: dict[str, str], reason: str

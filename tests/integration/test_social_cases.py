@@ -8,6 +8,7 @@ here calls the FHIR server.
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -250,6 +251,76 @@ def test_claim_and_assign_move_the_version_and_are_audited(
     ] * 2
     assert {c.patient_ref for c in changes[:3]} == {"Patient/1"}
     assert changes[0].entities[0].startswith("Flag?identifier=")
+
+
+def test_numbers_beyond_the_databases_integers_are_refused_not_a_500(
+    database_url: str, database: Database
+) -> None:
+    """PostgreSQL's INTEGER ends at 2**31 - 1, SQLite's at 2**63 - 1: a larger id or
+    version failed in the query (a 500); it is a 422 now, and changes nothing."""
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    for number in (2**31, 2**63, 10**25):
+        answers = [
+            client.get(f"/api/cases/{number}", headers=me),
+            client.post(f"/api/cases/{number}/claim", headers=me, json={"row_version": 1}),
+            client.post(f"/api/cases/{case_id}/claim", headers=me, json={"row_version": number}),
+            client.put(
+                f"/api/cases/{case_id}/assignment",
+                headers=me,
+                json={"assignee": COLLEAGUE, "row_version": number},
+            ),
+            client.post(
+                f"/api/cases/{case_id}/step-4",
+                headers=me,
+                json=STEP_BODIES["step-4"] | {"row_version": number},
+            ),
+            client.post(f"/social/cases/{number}/claim", headers=me, data={"row_version": "1"}),
+            client.post(
+                f"/social/cases/{case_id}/claim", headers=me, data={"row_version": str(number)}
+            ),
+        ]
+        assert [a.status_code for a in answers] == [422] * len(answers), number
+    # the largest number that fits is a case and a version like any other
+    assert client.get(f"/api/cases/{2**31 - 1}", headers=me).status_code == 404
+    largest = client.post(
+        f"/api/cases/{case_id}/claim", headers=me, json={"row_version": 2**31 - 1}
+    )
+    assert largest.status_code == 409
+    step = STEP_BODIES["step-4"] | {"row_version": 2**31 - 1}
+    assert client.post(f"/api/cases/{case_id}/step-4", headers=me, json=step).status_code == 409
+    assert assignment_of(database, case_id) == (None, 1)
+
+
+def test_a_cursor_this_service_did_not_write_is_a_400_not_a_500(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    forged = [
+        "newest|2026-01-01T00:00:00+00:00|" + "9" * 25,  # an id beyond the database's integer
+        "newest|2026-01-01T00:00:00+00:00|2147483648",
+        "newest|2026-01-01T00:00:00+00:00|0",
+        "newest|0001-01-01T00:00:00+14:00|1",  # no UTC value before year 1
+        "newest|9999-12-31T23:59:59-14:00|1",  # nor after year 9999
+        "newest|2026-01-01T00:00:00|1",  # no time zone
+    ]
+    for position in forged:
+        cursor = base64.urlsafe_b64encode(position.encode()).decode()
+        for path in ("/api/cases", "/social"):
+            answer = client.get(path, headers=me, params={"cursor": cursor})
+            assert answer.status_code == 400, (position, path)
+    # what the service writes still pages
+    written = base64.urlsafe_b64encode(b"newest|2999-12-31T23:59:59+00:00|2147483647").decode()
+    page = client.get("/api/cases", headers=me, params={"cursor": written})
+    assert [item["patient"] for item in page.json()["items"]] == ["Patient/1"]
 
 
 def test_the_second_of_two_concurrent_changes_gets_a_conflict(
