@@ -430,6 +430,7 @@ class _Index:
     last_step: str
     status: str
     follow_up_due: date | None
+    acute_danger: bool
 
 
 class FhirChangedConflict(CaseConflict):
@@ -509,7 +510,11 @@ class Casework:
         )
         follow_up = finding.next_follow_up if isinstance(finding, Step5Progress) else None
         return self._save(
-            ctx, concern, plan, _Index(finding.step.value, "open", follow_up), case.next_steps
+            ctx,
+            concern,
+            plan,
+            _Index(finding.step.value, "open", follow_up, case.acute_danger),
+            case.next_steps,
         )
 
     def close_case(
@@ -531,7 +536,7 @@ class Casework:
             record, author=ctx.user.fhir_user, closed_at=utcnow(), closure=closure
         )
         return self._save(
-            ctx, concern, plan, _Index(concern.last_step, "closed", None), frozenset()
+            ctx, concern, plan, _Index(concern.last_step, "closed", None, False), frozenset()
         )
 
     def open_case(self, ctx: LaunchInfo, case_id: int) -> CaseFile:
@@ -574,7 +579,9 @@ class Casework:
         plan = referral_transaction(
             record, referral, status, author=ctx.user.fhir_user, note=note, now=utcnow()
         )
-        index = _Index(concern.last_step, concern.status, concern.follow_up_due)
+        index = _Index(
+            concern.last_step, concern.status, concern.follow_up_due, concern.acute_danger
+        )
         return self._save(ctx, concern, plan, index, case.next_steps)
 
     # -- steps of the use case --------------------------------------------------------------
@@ -683,6 +690,7 @@ class Casework:
                     last_step=index.last_step,
                     status=index.status,
                     follow_up_due=index.follow_up_due,
+                    acute_danger=index.acute_danger,
                     outbox_id=entry.id,
                     row_version=version,
                     updated_at=now,

@@ -105,6 +105,9 @@ class CaseSummary(BaseModel):
     triggers: list[str] = Field(description="Hague trigger codes that prompted the check.")
     children_ages: list[int] = Field(description="Age in whole years of each child, oldest first.")
     last_step: str
+    acute_danger: bool = Field(
+        description="The case's route comes from an acute-danger finding (parket or police)."
+    )
     follow_up_due: date | None = Field(
         description="The next step 5 follow-up, as the latest step 5 planned it."
     )
@@ -210,6 +213,7 @@ def _summary(
         triggers=concern.triggers,
         children_ages=[age_in_months(birth, today) // 12 for birth in births],
         last_step=concern.last_step,
+        acute_danger=concern.acute_danger,
         follow_up_due=due,
         overdue=concern.status == "open" and due is not None and due < today,
         days_open=(today - concern.flagged_at.date()).days,

@@ -586,6 +586,7 @@ def _index_concern(
     row.triggers = sorted(t.value for t in step2.triggers)
     row.children_birth_dates = sorted(c.birth_date.isoformat() for c in findings.step1.children)
     row.last_step = Step.STEP_2.value
+    row.acute_danger = row.acute_danger or step2.acute_danger  # as the protocol keeps it
     row.outbox_id = outbox_id
     row.updated_at = now
 

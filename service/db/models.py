@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Date, ForeignKey, Index, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from service.db.base import Base, UTCDateTime, utcnow
@@ -274,6 +274,9 @@ class Concern(TenantScoped, Base):
     triggers: Mapped[list[str]] = mapped_column(JSON)
     children_birth_dates: Mapped[list[str]] = mapped_column(JSON)
     last_step: Mapped[str] = mapped_column(String(20))
+    #: The case's route comes from an acute-danger finding (the protocol's ``acute_danger``):
+    #: the worklist marks it.
+    acute_danger: Mapped[bool] = mapped_column(default=False, server_default=false())
     #: The next step 5 follow-up (None: none planned); the worklist's overdue filter.
     follow_up_due: Mapped[date | None] = mapped_column(Date)
     assigned_to: Mapped[str | None] = mapped_column(String(500))

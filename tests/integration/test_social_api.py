@@ -598,3 +598,33 @@ def test_a_second_ehr_of_the_hospital_has_its_own_patients_and_cases(
         case.app, case.tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=second_ehr
     ).headers
     assert case.client.get(f"/api/cases/{other}", headers=from_second).status_code == 200
+
+
+def test_acute_danger_is_marked_on_the_worklist_until_the_team_decides_otherwise(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert listed["acute_danger"] is False
+
+    save_triage(case.app, case.tenant, case.base_url, returning=case.patient, acute_danger=True)
+
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert listed["acute_danger"] is True  # the same concern, now acute
+    screen = case.client.get("/social", headers=case.headers).text
+    assert "data-acute-danger" in screen
+    assert "Acuut gevaar" in screen
+    willing = case.send(
+        "step-4",
+        {
+            "row_version": listed["row_version"],
+            "decision": "concerning-willing",
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        },
+    )
+    assert willing.status_code == 200, willing.text
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert listed["acute_danger"] is False
