@@ -118,10 +118,8 @@ BREAKDOWN_OF: Mapping[Figure, Breakdown] = {
 
 class PeriodError(ValueError):
     """A period that cannot be reported on: ``code`` names the problem for a translated
-    message (``ends-before-start``, ``too-long``, ``not-a-date``), the text says it in English.
-
-    A day outside ``FIRST_DAY``…``LAST_DAY`` is ``not-a-date`` (with the day as ``value``):
-    the message catalogues have no message of their own for it yet.
+    message (``ends-before-start``, ``too-long``, ``not-a-date``, ``out-of-range``: a day
+    outside ``FIRST_DAY``…``LAST_DAY``), the text says it in English.
     """
 
     def __init__(self, code: str, message: str, **values: object) -> None:
@@ -141,9 +139,10 @@ class Period:
         for day in (self.first, self.last):
             if not FIRST_DAY <= day <= LAST_DAY:
                 raise PeriodError(
-                    "not-a-date",
+                    "out-of-range",
                     f"a period lies between {FIRST_DAY} and {LAST_DAY}, not on {day}",
-                    value=day.isoformat(),
+                    first=FIRST_DAY.isoformat(),
+                    last=LAST_DAY.isoformat(),
                 )
         if self.last < self.first:
             raise PeriodError("ends-before-start", "the period ends before it starts")
