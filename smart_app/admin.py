@@ -338,8 +338,8 @@ def api_export_yaml(admin: ApiAdmin) -> Response:
 
 @router.put("/admin/api/config.yaml")
 async def api_import_yaml(request: Request, admin: ApiAdmin) -> Response:
-    text = (await request.body()).decode("utf-8", errors="replace")
-    return await _api_change(request, admin, lambda _current: parse_yaml(text))
+    body = await request.body()
+    return await _api_change(request, admin, lambda _current: parse_yaml(_utf8(body, "utf-8")))
 
 
 @router.get("/admin/api/registrations")
@@ -455,9 +455,7 @@ def _imported_partners(
     config: TenantConfiguration, content_type: str, body: bytes
 ) -> TenantConfiguration:
     if content_type == "text/csv":
-        partners: Any = import_csv(
-            body.decode("utf-8-sig", errors="replace"), config.partners.region
-        )
+        partners: Any = import_csv(_utf8(body, "utf-8-sig"), config.partners.region)
     else:
         try:
             data = _parse_json(body)
@@ -466,6 +464,17 @@ def _imported_partners(
         is_bundle = isinstance(data, dict) and data.get("resourceType") == "Bundle"
         partners = import_bundle(data) if is_bundle else data
     return _replace(config, partners=partners)
+
+
+def _utf8(body: bytes, encoding: str) -> str:
+    """The uploaded text; a byte that is not UTF-8 is refused, not replaced by '�' and saved
+    into a name or a phone number."""
+    try:
+        return body.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            [Problem(f"the text is not UTF-8 (byte {error.start} cannot be read)")]
+        ) from None
 
 
 @router.get("/admin/api/plan")

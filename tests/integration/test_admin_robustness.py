@@ -174,3 +174,23 @@ def test_a_yaml_file_with_an_impossible_date_is_refused_with_its_line(
         "line 3: not valid YAML: the value '2025-02-30' cannot be read "
         "(day is out of range for month)"
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "text"),
+    [
+        ("/admin/api/config.yaml", "application/yaml", b"name: AZ Sint-Jan \xff\xfe\n"),
+        ("/admin/api/partners", "text/csv", b"id,type,name,phone\nvk,vk,VK \xe9 Brugge,09\n"),
+    ],
+    ids=["yaml", "csv"],
+)
+def test_an_upload_that_is_not_utf8_is_refused_not_saved_with_replacement_characters(
+    admin_client: tuple[TestClient, dict[str, str]], path: str, content_type: str, text: bytes
+) -> None:
+    client, headers = admin_client
+    upload = {**headers, "Content-Type": content_type}
+    response = unchanged_after(
+        client, headers, lambda: client.put(path, headers=upload, content=text)
+    )
+    assert response.status_code == 422, response.text
+    assert "not UTF-8" in response.json()["issue"][0]["diagnostics"]
