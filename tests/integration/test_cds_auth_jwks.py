@@ -8,11 +8,9 @@ HTTP on loopback.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -32,42 +30,11 @@ from tests.integration.test_cds_hooks import (
     make_app,
     tenant_config,
 )
+from tests.support.served import ServedJson
 
 KEY = SigningKey.generate("ehr-key-1", "ES384")
 GOOD = json.dumps({"keys": [KEY.public_jwk()]}).encode()
 BAD_ALG: dict[str, object] = {"keys": [{**KEY.public_jwk(), "alg": ["ES384"]}]}
-
-
-class ServedJson:
-    """Serves ``body`` (changeable between calls) at a loopback URL, as an EHR's JWKS URL."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(owner.body)))
-                self.end_headers()
-                self.wfile.write(owner.body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> ServedJson:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -114,7 +81,7 @@ def test_a_fetched_jwk_set_that_is_not_one_is_refused_with_401_and_the_reason(
     app: FastAPI, client: TestClient, case: str
 ) -> None:
     body, reason = UNUSABLE[case]
-    with ServedJson(body) as jwks:
+    with ServedJson(body, path="/jwks.json") as jwks:
         ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
         configure(app, tenant_config(ehr))
         refused = call(client, ehr.token(AUD))

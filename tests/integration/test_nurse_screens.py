@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
@@ -52,6 +50,7 @@ from smart_app.nurse import parse_typed_date
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
+from tests.support.served import ServedJson
 from tests.support.validator import validate
 
 pytestmark = pytest.mark.fhirserver
@@ -253,6 +252,18 @@ class Page:
             key=lambda n: int(n.split("-")[1]),
         )
         return [self.value(n) for n in names]
+
+
+def _directory_calling(
+    partner: ReferralTarget, number: str, region: str | None = None
+) -> PartnerSettings:
+    """The embedded directory, with ``number`` as the phone of ``partner``'s entries."""
+    default = PartnerSettings.from_directory(load_default_directory())
+    phone = [PartnerPhone(number=number)]
+    entries = [
+        e.model_copy(update={"phones": phone}) if e.type is partner else e for e in default.entries
+    ]
+    return default.model_copy(update={"region": region or default.region, "entries": entries})
 
 
 def _two_children(page: Page, **extra: str) -> dict[str, Any]:
@@ -512,17 +523,7 @@ def test_acute_danger_tells_the_nurse_to_involve_the_parket_or_police_now(
 ) -> None:
     """Seed 002: "Er is acuut gevaar → Betrek het PARKET en/of POLITIE. Breng de cliënt op
     de hoogte en geef aan wat er zal gebeuren." With the hospital's own police number."""
-    default = PartnerSettings.from_directory(load_default_directory())
-    with_police = default.model_copy(
-        update={
-            "entries": [
-                e.model_copy(update={"phones": [PartnerPhone(number="09 266 61 11")]})
-                if e.type is ReferralTarget.POLICE
-                else e
-                for e in default.entries
-            ]
-        }
-    )
+    with_police = _directory_calling(ReferralTarget.POLICE, "09 266 61 11")
     nurse = nurse_for("tom-wouters", partners=with_police)
     page = nurse.page()
 
@@ -566,18 +567,7 @@ def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(
 
 def test_the_numbers_to_call_are_the_hospitals_own(nurse_for: Any) -> None:
     """A hospital in another region edits its directory; its nurses see its numbers."""
-    default = PartnerSettings.from_directory(load_default_directory())
-    limburg = default.model_copy(
-        update={
-            "region": "Limburg",
-            "entries": [
-                e.model_copy(update={"phones": [PartnerPhone(number="011 12 34 56")]})
-                if e.type is ReferralTarget.KIND_EN_GEZIN
-                else e
-                for e in default.entries
-            ],
-        }
-    )
+    limburg = _directory_calling(ReferralTarget.KIND_EN_GEZIN, "011 12 34 56", "Limburg")
     nurse = nurse_for("an-peeters", partners=limburg)
     page = nurse.page()
     saved = nurse.post(
@@ -676,34 +666,12 @@ def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) 
     assert "Doorgegeven aan de sociale dienst" in saved.text
 
 
-class _Garbled(BaseHTTPRequestHandler):
-    """A real HTTP server answering the chart's search with what FHIR does not allow; sekmet
-    refuses to store such resources, so this is the only way to cause the fault."""
-
-    answer: ClassVar[bytes] = b""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/fhir+json")
-        self.send_header("Content-Length", str(len(self.answer)))
-        self.end_headers()
-        self.wfile.write(self.answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
 @contextmanager
 def _serving(answer: dict[str, Any]) -> Iterator[str]:
-    """A FHIR base URL whose every GET answers ``answer``."""
-    _Garbled.answer = json.dumps(answer).encode()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbled)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A FHIR base URL whose every GET answers ``answer``: a real HTTP server, because sekmet
+    refuses to store such resources and so is no way to cause the fault."""
+    with ServedJson(json.dumps(answer).encode(), path="/fhir") as served:
+        yield served.url
 
 
 def _chart(**child: Any) -> dict[str, Any]:

@@ -54,6 +54,26 @@ class HandedOffCase:
     app: Any
     tenant: TenantContext
 
+    def decide(self, decision: str, row_version: int) -> httpx.Response:
+        """The team's step 4 decision, a colleague consulted and the worries discussed."""
+        body = {
+            "decision": decision,
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        }
+        return self.send("step-4", {"row_version": row_version, **body})
+
+    def refer_to_vk(self, row_version: int, contacted_on: str | None = None) -> httpx.Response:
+        """Step 6: the VK, without cooperation, the patient informed; called on a day."""
+        body: dict[str, Any] = {
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+        }
+        if contacted_on is not None:
+            body["contact"] = {"on": contacted_on, "person": "An", "channel": "phone"}
+        return self.send("step-6", {"row_version": row_version, **body})
+
     def send(self, action: str, body: dict[str, Any]) -> httpx.Response:
         """A change of the case: ``PUT …/referral``, else ``POST …/<action>``."""
         method = "PUT" if action == "referral" else "POST"
@@ -144,15 +164,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert organization.json()["name"].startswith("Vertrouwenscentrum")
     assert len(request["supportingInfo"]) == 2
 
-    stale = case.send(
-        "step-6",
-        {
-            "row_version": version,
-            "partner_id": "vk-oost-vlaanderen",
-            "with_cooperation": False,
-            "patient_informed": True,
-        },
-    )
+    stale = case.refer_to_vk(version)
     assert stale.status_code == 409
     assert "Nothing was overwritten" in stale.json()["detail"]["message"]
     assert len(search(case.base_url, "ServiceRequest", subject=case.patient)) == 1
@@ -281,15 +293,7 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
     case = _handed_off_case(database_url, database, fhir_server.base_url)
-    willing = case.send(
-        "step-4",
-        {
-            "row_version": case.row_version,
-            "decision": "concerning-willing",
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        },
-    )
+    willing = case.decide("concerning-willing", case.row_version)
     assert willing.status_code == 200, willing.text
     today = utcnow().date()
 
@@ -396,15 +400,7 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
             "discussed_with_patient": True,
         },
     )
-    referred = case.send(
-        "step-6",
-        {
-            "row_version": decided.json()["row_version"],
-            "partner_id": "vk-oost-vlaanderen",
-            "with_cooperation": False,
-            "patient_informed": True,
-        },
-    )
+    referred = case.refer_to_vk(decided.json()["row_version"])
     assert referred.json()["status"] == "delivered", referred.text
     read_referral = casework._latest_referral
 
@@ -443,15 +439,7 @@ def test_the_next_visit_during_the_follow_up_leaves_the_case_workable(
     """Seed 000: the Kindreflex at every contact. The nurse's steps 1-2 at the patient's next
     visit (no concern this time) do not close the team's follow-up, nor block it."""
     case = _handed_off_case(database_url, database, fhir_server.base_url)
-    willing = case.send(
-        "step-4",
-        {
-            "row_version": case.row_version,
-            "decision": "concerning-willing",
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        },
-    )
+    willing = case.decide("concerning-willing", case.row_version)
     assert willing.status_code == 200, willing.text
 
     save_triage(
@@ -482,25 +470,8 @@ def test_a_new_concern_after_a_closed_one_starts_at_the_team_decision(
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
     case = _handed_off_case(database_url, database, fhir_server.base_url)
-    unwilling = case.send(
-        "step-4",
-        {
-            "row_version": case.row_version,
-            "decision": "concerning-unwilling",
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        },
-    )
-    referred = case.send(
-        "step-6",
-        {
-            "row_version": unwilling.json()["row_version"],
-            "partner_id": "vk-oost-vlaanderen",
-            "with_cooperation": False,
-            "patient_informed": True,
-            "contact": {"on": str(utcnow().date()), "person": "An", "channel": "phone"},
-        },
-    )
+    unwilling = case.decide("concerning-unwilling", case.row_version)
+    referred = case.refer_to_vk(unwilling.json()["row_version"], contacted_on=str(utcnow().date()))
     closed = case.send(
         "close", {"row_version": referred.json()["row_version"], "reason": "referred"}
     )
@@ -532,27 +503,10 @@ def test_a_facility_called_after_midnight_in_belgium_is_called_today(
     half_past_midnight = datetime.combine(tomorrow, time(0, 30), tzinfo=LOCAL_ZONE)
     assert half_past_midnight.astimezone(UTC).date() < tomorrow
     monkeypatch.setattr(casework, "local_now", lambda: half_past_midnight)
-    unwilling = case.send(
-        "step-4",
-        {
-            "row_version": case.row_version,
-            "decision": "concerning-unwilling",
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        },
-    )
+    unwilling = case.decide("concerning-unwilling", case.row_version)
     assert unwilling.status_code == 200, unwilling.text
 
-    referred = case.send(
-        "step-6",
-        {
-            "row_version": unwilling.json()["row_version"],
-            "partner_id": "vk-oost-vlaanderen",
-            "with_cooperation": False,
-            "patient_informed": True,
-            "contact": {"on": str(tomorrow), "person": "An", "channel": "phone"},
-        },
-    )
+    referred = case.refer_to_vk(unwilling.json()["row_version"], contacted_on=str(tomorrow))
 
     assert referred.status_code == 200, referred.text
 
@@ -616,15 +570,7 @@ def test_acute_danger_is_marked_on_the_worklist_until_the_team_decides_otherwise
     screen = case.client.get("/social", headers=case.headers).text
     assert "data-acute-danger" in screen
     assert "Acuut gevaar" in screen
-    willing = case.send(
-        "step-4",
-        {
-            "row_version": listed["row_version"],
-            "decision": "concerning-willing",
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        },
-    )
+    willing = case.decide("concerning-willing", listed["row_version"])
     assert willing.status_code == 200, willing.text
     (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert listed["acute_danger"] is False

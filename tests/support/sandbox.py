@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -35,6 +34,7 @@ import httpx
 from sandbox.config import SandboxConfig, SmartClient
 from sandbox.keys import Alg, SigningKey
 from sandbox.runner import Sandbox
+from tests.support.served import ServedJson
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -56,37 +56,15 @@ def running_sandbox(config: SandboxConfig | None = None, **overrides: Any) -> It
         yield sb
 
 
-class JwksServer:
+class JwksServer(ServedJson):
     """Serve ``{"keys": [...]}`` at ``http://127.0.0.1:<port>/jwks.json`` from a thread."""
 
     def __init__(self, *keys: SigningKey) -> None:
+        super().__init__(path="/jwks.json")
         self.keys = list(keys)
-        owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = json.dumps({"keys": [k.public_jwk() for k in owner.keys]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> JwksServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+    def current(self) -> bytes:
+        return json.dumps({"keys": [k.public_jwk() for k in self.keys]}).encode()
 
 
 def pkce_pair() -> tuple[str, str]:

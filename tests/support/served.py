@@ -1,0 +1,46 @@
+"""A real HTTP server on loopback that answers every GET with one JSON body: for answers a
+real server will not give (an EHR's broken JWK Set, a chart a FHIR server garbles) and for
+keys a test publishes."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+
+class ServedJson:
+    """Serves ``body`` at ``url`` from a thread while entered. ``body`` may be changed
+    between requests; ``current()`` is what a request gets (a subclass may compute it)."""
+
+    def __init__(self, body: bytes = b"", path: str = "/") -> None:
+        self.body = body
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                answer = owner.current()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def current(self) -> bytes:
+        return self.body
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
