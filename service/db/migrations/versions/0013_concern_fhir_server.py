@@ -5,6 +5,7 @@ A hospital with two EHRs has two FHIR servers, on which ``Patient/123`` may be t
 different people: a nurse of the second EHR joined the first one's open concern. Existing
 rows take the server their outbox entry was delivered to. Acute danger is marked on the
 worklist; existing rows start unmarked (opening the case shows it from the server).
+The downgrade fails while one patient id has open concerns on two servers: close one first.
 
 Revision ID: 0013_concern_fhir_server
 Revises: 0010_concern_follow_up
