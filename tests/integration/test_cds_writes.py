@@ -38,7 +38,14 @@ from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import TenantConfiguration
 
 ISSUER = "https://ehr.example/cds"
-SOON = datetime.now(UTC) + timedelta(minutes=5)
+
+
+def soon() -> datetime:
+    """An expiry five minutes from the moment of the call: a module-level constant was past
+    by the time a long test run reached these tests, and the purge removed its rows."""
+    return datetime.now(UTC) + timedelta(minutes=5)
+
+
 SEEN = Presentation("https://ehr.example/fhir", "p1", "enc-1", datetime.now(UTC).date())
 
 
@@ -77,7 +84,7 @@ def test_concurrent_calls_share_writes_and_a_replay_in_the_same_batch_is_caught(
         commits = GroupCommit(fast_writes(database))
         seen, issued = SeenTokens(commits), IssuedCards(commits)
         jtis = [uuid.uuid4().hex for _ in range(30)] + ["replayed", "replayed"]
-        uses = [seen.first_use(tenant_id, ISSUER, jti, SOON) for jti in jtis]
+        uses = [seen.first_use(tenant_id, ISSUER, jti, soon()) for jti in jtis]
         cards = [
             issued.record(tenant_id, "svc", str(uuid.uuid4()), Advice("info"), SEEN)
             for _ in range(10)
@@ -243,8 +250,9 @@ def test_expired_jtis_are_purged_in_chunks(database: Database, tenant_id: int) -
     assert count(database, CdsSeenToken) == 1
 
 
-def token_row(jti: str, tenant_id: int = 1, expires_at: datetime = SOON) -> dict[str, Any]:
-    return {"tenant_id": tenant_id, "issuer": ISSUER, "jti": jti, "expires_at": expires_at}
+def token_row(jti: str, tenant_id: int = 1, expires_at: datetime | None = None) -> dict[str, Any]:
+    expiry = soon() if expires_at is None else expires_at
+    return {"tenant_id": tenant_id, "issuer": ISSUER, "jti": jti, "expires_at": expiry}
 
 
 def test_a_postgresql_that_does_not_answer_fails_the_write_instead_of_hanging() -> None:
