@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Select, Subquery, distinct, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -55,6 +54,7 @@ from service.db.models import (
     OutboxEntry,
 )
 from service.fhir import mapping, terminology
+from service.local_time import LOCAL_ZONE
 from service.outbox import DeliveryState
 from service.protocol import (
     Finding,
@@ -70,7 +70,6 @@ from service.protocol import (
 log = logging.getLogger(__name__)
 
 #: Periods are calendar days where the hospitals are.
-ZONE = ZoneInfo("Europe/Brussels")
 #: The longest period one report covers (a leap year): bounds the work of one request.
 MAX_PERIOD_DAYS = 366
 #: The days a period may cover. The service holds nothing from before 2000 or after 2999,
@@ -163,7 +162,7 @@ class Period:
 
 
 def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=ZONE).astimezone(UTC)
+    return datetime.combine(day, time(0), tzinfo=LOCAL_ZONE).astimezone(UTC)
 
 
 def presentation_key(fhir_server: str, patient_id: str, encounter_id: str | None, day: date) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from functools import partial
 from typing import Annotated, Literal
 
@@ -29,6 +29,7 @@ from service.audit import AuditAction, AuditFact
 from service.db.base import utcnow
 from service.fhir import terminology
 from service.i18n import Language, negotiate, translate
+from service.local_time import local_today
 from service.monitoring import Breakdown, Figure, Figures, Period, PeriodError
 from service.tenancy import TenantContext
 from service.tenant_config import OVERRIDE_REASONS
@@ -162,7 +163,7 @@ def measure_report(
 
 def _period(first: str | None, last: str | None) -> Period:
     """The asked period; without one, this month up to today."""
-    today = datetime.now(monitoring.ZONE).date()
+    today = local_today()
     return Period(
         _date(first, "from") if first else today.replace(day=1),
         _date(last, "to") if last else today,

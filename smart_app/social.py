@@ -39,6 +39,7 @@ from service.fhir import terminology
 from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
 from service.fhir.terminology import identifier_system
 from service.i18n import Language, translate
+from service.local_time import local_today
 from service.protocol import CaseClosure, CloseReason, Finding, ProtocolError, ReferralStatus
 from service.social import (
     CaseFilter,
@@ -506,7 +507,7 @@ def _listing(ctx: LaunchContext, database: DatabaseDep, wanted: ListingQuery) ->
                 wanted.filter(),
                 limit=wanted.limit,
                 cursor=wanted.cursor,
-                today=utcnow().date(),
+                today=local_today(),  # as the case page counts overdue
             )
         except social.InvalidCursorError as error:
             raise HTTPException(400, str(error)) from error

@@ -26,9 +26,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
@@ -61,6 +59,7 @@ from service.cds.vocabulary import Vocabulary, guide_vocabulary
 from service.db.base import Database, insert_new, utcnow
 from service.db.models import CdsFeedback
 from service.i18n import negotiate
+from service.local_time import local_today
 from service.settings import Settings
 from service.tenancy import TenantContext, UnknownTenantError
 from service.tenant_config import Hook
@@ -75,8 +74,6 @@ SERVICES: dict[str, Hook] = {
 }
 #: A hook call's body, prefetch included, is read no further (a few KiB is usual).
 MAX_BODY_BYTES = 4 * 2**20
-#: Ages are counted on the Belgian calendar day, whatever the server's zone.
-CLINIC_ZONE = ZoneInfo("Europe/Brussels")
 
 
 @dataclass(frozen=True)
@@ -286,7 +283,7 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
         return cds_error(400, "invalid_request", reason)
     configured = state.configured.of(tenant)
     data = await _patient_data(body, context, configured.vocabulary, caller, tenant, state)
-    today = datetime.now(CLINIC_ZONE).date()
+    today = local_today()  # ages count on the Belgian calendar day
     situation = situation_of(data, context.encounterId)
     advice = advise(situation, configured.hooks, configured.vocabulary, today)
     state.cards[advice.indicator if advice else "none"].inc()

@@ -49,6 +49,7 @@ from service.db.models import (
     OutboxEntry,
 )
 from service.fhir import terminology
+from service.local_time import local_today
 from service.monitoring import Figure, Period, PeriodError
 from service.protocol import (
     Child,
@@ -261,7 +262,7 @@ def _figures(world: World, tenant: TenantContext, period: Period) -> monitoring.
 
 
 def _today() -> date:
-    return datetime.now(monitoring.ZONE).date()
+    return local_today()
 
 
 def _scenario(world: World) -> None:
