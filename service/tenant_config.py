@@ -8,6 +8,7 @@ reads and writes as YAML. Secrets inside it are ``SecretStr`` and are stored enc
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from functools import lru_cache
 from string import Formatter
@@ -253,6 +254,14 @@ def _filled(text: str, allowed: frozenset[str]) -> str:
 # --- Partner directory and the facility's own plan (admin journey, issue 6) -------------
 
 
+@lru_cache(maxsize=32)
+def _parsed_directory(document: str) -> PartnerDirectory:
+    try:
+        return parse_directory(json.loads(document), source="partners")
+    except PartnerDirectoryError as error:
+        raise ValueError(str(error)) from None
+
+
 class PartnerPhone(Strict):
     number: str = Field(description="Belgian national form, e.g. `09 216 73 30`.")
     label: str | None = None
@@ -288,13 +297,11 @@ class PartnerSettings(Strict):
         return self
 
     def directory(self) -> PartnerDirectory:
-        data = self.model_dump(
-            mode="json", exclude_none=True, exclude={"entries": {"__all__": {"cbe"}}}
+        """The directory as the screens use it, parsed once per distinct content (every
+        nurse page shows its numbers; parsing costs about ten times the dump)."""
+        return _parsed_directory(
+            self.model_dump_json(exclude_none=True, exclude={"entries": {"__all__": {"cbe"}}})
         )
-        try:
-            return parse_directory(data, source="partners")
-        except PartnerDirectoryError as error:
-            raise ValueError(str(error)) from None
 
     @classmethod
     def from_directory(cls, directory: PartnerDirectory) -> PartnerSettings:
