@@ -25,7 +25,7 @@ import smart_app
 from service import keys
 from service.api import health
 from service.cds.fastpath import CdsFastPath
-from service.cds.router import CdsState, new_cds_state
+from service.cds.router import MAX_BODY_BYTES, CdsState, new_cds_state
 from service.cds.router import router as cds_router
 from service.db.base import Database
 from service.fhir import terminology
@@ -159,11 +159,10 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
     app.state.readiness_checks.append(outbox.readiness_check())
 
 
-#: The largest request body the app reads (the CDS hooks, answered before the middleware,
-#: cap theirs at the same size: ``service.cds.router.MAX_BODY_BYTES``). The largest
-#: legitimate bodies are an admin's imports: the partner directory (the shipped one is
-#: 5 KiB as YAML; a region's FHIR Bundle some hundred KiB) and the configuration YAML.
-MAX_BODY_BYTES = 4 * 2**20
+#: The largest request body the app reads is the CDS hooks' (``MAX_BODY_BYTES``, which
+#: they apply themselves, answered before the middleware). The largest legitimate bodies
+#: elsewhere are an admin's imports: the partner directory (the shipped one is 5 KiB as
+#: YAML; a region's FHIR Bundle some hundred KiB) and the configuration YAML.
 #: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.
 _JSON_API = re.compile(r"(?:/t/[^/]+)?(?:/api|/admin/api)(?:/.*)?")
 

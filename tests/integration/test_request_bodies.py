@@ -20,7 +20,7 @@ from sqlalchemy import select
 from starlette.types import Message
 
 from service.admin import access
-from service.app import MAX_BODY_BYTES
+from service.cds.router import MAX_BODY_BYTES
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
 from service.tenancy import TenantContext
