@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
@@ -14,6 +15,17 @@ def typed_text(value: str) -> str:
     refuses it, and no keyboard types it) and without blank or invisible characters at its
     ends (a name of only zero-width spaces is no name). Line breaks and tabs stay."""
     return _EDGES.sub("", _CONTROL.sub("", value))
+
+
+#: What a one-line value (a name in the audit, a code) cannot hold: control characters (a
+#: NUL cannot be stored in PostgreSQL, a line break would forge a line of an audit read as
+#: text), lone surrogates (not encodable) and line or paragraph separators.
+_NOT_ONE_LINE = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+def is_one_line(value: str) -> bool:
+    """Whether ``value`` can be recorded as one line of text, as it is (nothing removed)."""
+    return not any(unicodedata.category(character) in _NOT_ONE_LINE for character in value)
 
 
 #: The worklist keeps a patient's name for display in a column this long.

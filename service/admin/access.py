@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,13 +22,11 @@ from sqlalchemy.orm import Session
 
 from service.db.base import Database, utcnow
 from service.db.models import AdminBootstrapToken, AdminEvent, AdminSession
+from service.text import is_one_line
 
 BOOTSTRAP_TTL = timedelta(minutes=30)
 SESSION_TTL = timedelta(hours=8)
 MAX_NAME_LENGTH = 200  # the actor column holds 500; room for " (bootstrap token #n)"
-#: Control characters (NUL, which PostgreSQL cannot store, line breaks that would forge
-#: lines in an audit read as text), lone surrogates (not encodable) and line separators.
-_UNRECORDABLE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 
 
 class AccessDeniedError(PermissionError):
@@ -131,7 +128,7 @@ def checked_name(name: str) -> str:
     name = name.strip()
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"the name is longer than {MAX_NAME_LENGTH} characters")
-    if any(unicodedata.category(character) in _UNRECORDABLE for character in name):
+    if not is_one_line(name):
         raise InvalidNameError("the name contains control characters")
     return name
 

@@ -7,7 +7,6 @@ can never smuggle extra query parameters into a prefetch request.
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -21,6 +20,8 @@ from pydantic import (
     HttpUrl,
     model_validator,
 )
+
+from service.text import is_one_line
 
 FhirId = Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 UserReference = Annotated[
@@ -67,9 +68,9 @@ class HookRequest(Lenient):
         return self
 
 
-def _no_control_characters(value: str) -> str:
+def _one_line(value: str) -> str:
     # PostgreSQL refuses a NUL in text, and a tab or newline is no part of a code
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if not is_one_line(value):
         raise ValueError("control characters are not allowed")
     return value
 
@@ -83,7 +84,7 @@ def _in_utc(value: datetime) -> datetime:
 
 
 #: Plain text (the lengths of a Coding's stored parts are those of ``cds_feedback``).
-Text = AfterValidator(_no_control_characters)
+Text = AfterValidator(_one_line)
 
 
 class Coding(Lenient):
