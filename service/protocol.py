@@ -969,7 +969,7 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
     match finding:
         case Step1Finding():
             children, expecting = finding.children, finding.expecting
-            gauge = _NO_STEPS if not children and expecting is None else {Step.STEP_2}
+            gauge = _NO_STEPS if not children and expecting is None else frozenset({Step.STEP_2})
             nxt = (case.next_steps if case.findings else _NO_STEPS) | gauge
         case Step2Finding():
             acute = finding.acute_danger or case.acute_danger

@@ -580,6 +580,7 @@ def _index_concern(
             flagged_at=step2.recorded_at,
             flagged_by=ctx.user.fhir_user,
             status="open",
+            acute_danger=False,
         )
         session.add(row)
     row.patient_display = findings.patient_display or row.patient_display
