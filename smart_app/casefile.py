@@ -40,7 +40,12 @@ from service.casework import (
     StepResult,
 )
 from service.fhir import terminology
-from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
+from service.fhir.client import (
+    FhirError,
+    FhirUnavailable,
+    FhirUnreadable,
+    ReauthorisationRequired,
+)
 from service.i18n import Language, translate
 from service.local_time import LOCAL_ZONE, local_today
 from service.partners import Partner
@@ -268,6 +273,8 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         return Shown(summary, unreadable="not-on-server")
     except ReauthorisationRequired:
         return Shown(summary, unreadable="reauthorise")
+    except FhirUnreadable:
+        return Shown(summary, unreadable="fhir-garbled")
     except FhirUnavailable:
         return Shown(summary, unreadable="fhir-down")
     except (FhirError, ProtocolError):
@@ -450,6 +457,9 @@ def _save_step(
     except ReauthorisationRequired:
         problem = Problem(typed.form, typed.form, _message(ctx.language, "error.reauthorise"))
         status = 401
+    except FhirUnreadable:
+        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-garbled"))
+        status = 502
     except FhirUnavailable:
         problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-down"))
         status = 503

@@ -36,7 +36,12 @@ from service.casework import (
 )
 from service.db.base import utcnow
 from service.fhir import terminology
-from service.fhir.client import FhirError, FhirUnavailable, ReauthorisationRequired
+from service.fhir.client import (
+    FhirError,
+    FhirUnavailable,
+    FhirUnreadable,
+    ReauthorisationRequired,
+)
 from service.fhir.terminology import identifier_system
 from service.i18n import Language, translate
 from service.local_time import local_today
@@ -418,6 +423,8 @@ def _refusal(error: Exception) -> tuple[int, object]:
             return 409, {"message": str(error)}
         case ReauthorisationRequired():
             return 401, "The EHR session ended; open the app from the EHR again."
+        case FhirUnreadable():
+            return 502, "The FHIR server's answer is not FHIR; nothing was saved."
         case FhirUnavailable():
             return 503, "The FHIR server does not answer; nothing was saved. Try again shortly."
         case _:

@@ -42,8 +42,9 @@ class FhirUnavailable(FhirError):  # noqa: N818 - name agreed between the engine
 
 
 class FhirUnreadable(FhirUnavailable):
-    """The server answered with what FHIR does not allow (a search answered by something
-    other than a Bundle, a RelatedPerson born on 30 February). Nothing is read from such an
+    """The server answered with what FHIR does not allow (a page that is not JSON, such as a
+    proxy's sign-in page; a search answered by something other than a Bundle; a
+    RelatedPerson born on 30 February). Nothing is read from such an
     answer; like an outage it may pass (a proxy's page, a server being fixed)."""
 
 
@@ -121,7 +122,7 @@ class FhirClient:
             raise ValueError("transaction() needs a Bundle of type 'transaction'")
         response = self._send("POST", "", json=bundle)
         if response.get("type") != "transaction-response":
-            raise FhirUnavailable("the server's answer to a transaction is not a response Bundle")
+            raise FhirUnreadable("the server's answer to a transaction is not a response Bundle")
         return response
 
     def _send(
@@ -160,7 +161,7 @@ def _body_or_error(method: str, url: str, response: httpx.Response) -> Resource:
         error_type = FhirConflict if status in (409, 412) else FhirRejected
         raise error_type(status, outcome)
     if body is None:
-        raise FhirUnavailable(f"{method} {url}: answer {status} is not FHIR JSON")
+        raise FhirUnreadable(f"{method} {url}: answer {status} is not FHIR JSON")
     return body
 
 

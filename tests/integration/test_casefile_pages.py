@@ -20,6 +20,7 @@ from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
 from service.fhir.client import FhirClient
 from tests.support.casework import SOCIAL_WORKER, index_case, save_triage
+from tests.support.served import ServedJson
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
@@ -157,6 +158,48 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
         client.get("/social", headers=cookie_only).text.count(f'href="/social/cases/{case_id}"')
         == 1
     )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"<html><body>Sign in to the proxy</body></html>", b'{"resourceType": "Patient"}'],
+    ids=["a-proxy-page", "not-a-bundle"],
+)
+def test_a_fhir_answer_that_is_not_fhir_is_named_as_such_not_as_an_outage(
+    database_url: str, database: Database, answer: bytes
+) -> None:
+    # A real HTTP server in place of the FHIR server: sekmet never answers this way.
+    with ServedJson(answer, path="/fhir") as served:
+        hospital = make_tenant(database, "default", served.url)
+        case_id = index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=served.url)
+        app = make_app(database_url, database)
+        client = TestClient(app, follow_redirects=False)
+        worker = signed_in(
+            app, hospital, SOCIAL_WORKER, "social-worker", fhir_base_url=served.url
+        ).headers
+
+        page = client.get(f"/social/cases/{case_id}", headers={"Cookie": worker["Cookie"]})
+        save = client.post(
+            f"/social/cases/{case_id}/step-4",
+            headers=worker,
+            data={"row_version": "1", "decision": "acute-danger", "note": "Gesprek met oma."},
+        )
+        api = client.post(
+            f"/api/cases/{case_id}/step-4",
+            headers=worker,
+            json={"row_version": 1, "decision": "acute-danger", "discussed_with_patient": True},
+        )
+
+    assert page.status_code == 200
+    assert "een antwoord dat geen FHIR is" in page.text
+    assert "antwoordt niet" not in page.text
+    assert 'id="s4-form"' not in page.text
+    assert save.status_code == 502
+    assert "er werd niets opgeslagen" in save.text
+    assert "Gesprek met oma." in save.text
+    assert api.status_code == 502
+    assert "not FHIR" in api.text
+    assert client.get("/api/cases", headers=worker).json()["items"][0]["last_step"] == "step-2"
 
 
 def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from sandbox.fhir_server import FhirServer, free_port
-from service.fhir.client import FhirClient, FhirConflict, FhirRejected, FhirUnavailable
+from service.fhir.client import (
+    FhirClient,
+    FhirConflict,
+    FhirRejected,
+    FhirUnavailable,
+    FhirUnreadable,
+)
 from service.outbox import TransactionBuilder
 
 pytestmark = pytest.mark.fhirserver
@@ -129,10 +135,11 @@ def broken() -> Iterator[str]:
 
 
 def test_5xx_timeouts_and_non_fhir_answers_are_unavailable(broken: str) -> None:
+    # Unreadable answers are unavailable too (retried), but named apart for the user.
     with FhirClient(broken, lambda: "t", 0.5) as client:
         with pytest.raises(FhirUnavailable, match="503"):
             client.read("Patient", "503")
-        with pytest.raises(FhirUnavailable, match="not FHIR JSON"):
+        with pytest.raises(FhirUnreadable, match="not FHIR JSON"):
             client.read("Patient", "html")
         with pytest.raises(FhirUnavailable, match="Timeout"):
             client.read("Patient", "slow")
