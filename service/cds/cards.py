@@ -1,8 +1,8 @@
 """A CDS Hooks 2.0 card from the rules' advice, in the user's language.
 
 Wording comes from the ``cds`` message catalogue (Dutch first), overridden per tenant
-and language by ``HookSettings.card_wording``. The summary stays within the 140
-characters CDS Hooks allows; the detail is GitHub-flavoured markdown.
+and language by ``HookSettings.card_wording``. The summary stays under the 140
+characters CDS Hooks allows ("<140-character"); the detail is GitHub-flavoured markdown.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from service.cds.vocabulary import Vocabulary
 from service.i18n import Language, translate
 from service.tenant_config import CardText, HookSettings
 
+#: CDS Hooks 2.0: a card's summary is a "<140-character" sentence, so at most 139.
 SUMMARY_LIMIT = 140
 
 
@@ -134,9 +135,9 @@ def _texts(advice: Advice, language: Language, hooks: HookSettings) -> tuple[str
 
 
 def _fit(summary: str) -> str:
-    if len(summary) <= SUMMARY_LIMIT:
+    if len(summary) < SUMMARY_LIMIT:
         return summary
-    return summary[: SUMMARY_LIMIT - 1].rstrip(" ,;:") + "…"
+    return summary[: SUMMARY_LIMIT - 2].rstrip(" ,;:") + "…"
 
 
 def _app_context(advice: Advice, target: CardTarget) -> str:

@@ -330,10 +330,22 @@ def test_the_configurable_override_reasons_are_the_codes_of_the_guide() -> None:
 def test_the_warning_card_names_every_reason_within_140_characters(language: Language) -> None:
     advice = Advice(indicator="warning", triggers=tuple(HagueTrigger), open_concern=True)
     result = render(advice, language)
-    assert len(result["summary"]) <= SUMMARY_LIMIT
+    assert len(result["summary"]) < SUMMARY_LIMIT
     for reason in advice.reasons:
         assert translate(language, f"cds.reason.long.{reason}") in result["detail"]
     assert json.loads(result["links"][0]["appContext"])["reasons"] == list(advice.reasons)
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2])
+def test_a_summary_of_140_characters_or_more_is_shortened_below_140(extra: int) -> None:
+    """CDS Hooks 2.0 asks for a "<140-character" summary: 140 itself is one too many."""
+    advice = Advice(indicator="warning", triggers=tuple(HagueTrigger), open_concern=True)
+    reasons = ", ".join(translate("en", f"cds.reason.short.{r}") for r in advice.reasons)
+    padding = "x" * (SUMMARY_LIMIT - 1 - len(reasons) - len(": ") + extra)  # 139 + extra
+    hooks = HookSettings(card_wording={"en": {"warning_summary": padding + ": {reasons}"}})
+    summary = render(advice, "en", hooks)["summary"]
+    assert len(summary) == SUMMARY_LIMIT - 1
+    assert summary.endswith("…" if extra else reasons)
 
 
 @pytest.mark.parametrize("language", ["nl", "fr", "en"])
