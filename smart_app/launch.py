@@ -44,6 +44,7 @@ from smart_app.oauth import (
     discover,
     pkce_challenge,
     request_token,
+    requested_scopes,
     verify_id_token,
 )
 from smart_app.security import digest, iframe_cookie, tokens_match
@@ -106,7 +107,7 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
         "client_id": registration.client_id,
         "redirect_uri": redirect_uri(settings),
         "launch": launch,
-        "scope": registration.scopes,
+        "scope": requested_scopes(registration.scopes, server),
         "state": state,
         "aud": registration.fhir_base_url,
         "code_challenge": pkce_challenge(verifier),
@@ -335,7 +336,7 @@ def _new_session(
             for name in ("need_patient_banner", "smart_style_url", "fhirContext", "intent")
             if name in answer
         },
-        scope=str(answer.get("scope") or registration.scopes),
+        scope=str(answer.get("scope") or requested_scopes(registration.scopes, server)),
         access_token=str(answer["access_token"]),
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
         access_expires_at=token_expiry(answer),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urljoin
 
 import httpx
 import jwt
@@ -43,12 +44,17 @@ class OAuthError(Exception):
 
 @dataclass(frozen=True)
 class AuthServer:
-    """What we use from an EHR's ``.well-known/smart-configuration``."""
+    """What we use from an EHR's ``.well-known/smart-configuration``.
+
+    ``scopes_v1``: the server advertises SMART v1 scope syntax (``permission-v1``) and not
+    v2 (``permission-v2``), so the launch asks in v1 syntax (``requested_scopes``).
+    """
 
     authorization_endpoint: str
     token_endpoint: str
     issuer: str
     jwks_uri: str | None
+    scopes_v1: bool = False  # a default: launch states stored before it still load
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +72,8 @@ def pkce_challenge(verifier: str) -> str:
 
 def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
     """Fetch and check the EHR's SMART configuration against what this app needs."""
-    document = _get_json(http, f"{registration.fhir_base_url}/.well-known/smart-configuration")
+    base = registration.fhir_base_url
+    document = _get_json(http, f"{base}/.well-known/smart-configuration")
     missing = [
         name
         for name in ("authorization_endpoint", "token_endpoint", "issuer")
@@ -81,12 +88,48 @@ def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
     if missing:
         raise OAuthError("ehr_unsupported", ", ".join(missing))
     jwks_uri = document.get("jwks_uri")
+    capabilities = _strings(document, "capabilities")
     return AuthServer(
-        authorization_endpoint=document["authorization_endpoint"],
-        token_endpoint=document["token_endpoint"],
+        authorization_endpoint=_absolute(base, document["authorization_endpoint"]),
+        token_endpoint=_absolute(base, document["token_endpoint"]),
         issuer=document["issuer"],
-        jwks_uri=jwks_uri if isinstance(jwks_uri, str) and jwks_uri else None,
+        jwks_uri=_absolute(base, jwks_uri) if isinstance(jwks_uri, str) and jwks_uri else None,
+        scopes_v1="permission-v1" in capabilities and "permission-v2" not in capabilities,
     )
+
+
+def _absolute(fhir_base_url: str, url: str) -> str:
+    """SMART 2.x: a legacy server's relative endpoint URL is resolved against the FHIR base
+    URL (RFC 1808), as a browser's ``new URL(url, fhirBaseUrl)`` would; absolute ones stay."""
+    return urljoin(fhir_base_url, url)
+
+
+#: A SMART v2 resource scope: context, resource type, permissions and an optional query.
+_V2_SCOPE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.([cruds]+)(\?.*)?$")
+
+
+def requested_scopes(scopes: str, server: AuthServer) -> str:
+    """The registration's scopes in the syntax the server understands.
+
+    They are configured in SMART v2 syntax. A server that advertises only v1 syntax gets
+    each v2 resource scope as its v1 equivalents (``r``/``s`` → ``read``, ``c``/``u``/``d`` →
+    ``write``, the spec's mapping read backwards); a v2 query restriction has no v1 form
+    and is dropped. Other scopes (``launch``, ``openid``…) and v1 scopes pass unchanged.
+    """
+    if not server.scopes_v1:
+        return scopes
+    converted: list[str] = []
+    for scope in scopes.split():
+        match = _V2_SCOPE.match(scope)
+        if match is None:
+            converted.append(scope)
+            continue
+        context, resource, permissions = match.group(1, 2, 3)
+        if set(permissions) & set("rs"):
+            converted.append(f"{context}/{resource}.read")
+        if set(permissions) & set("cud"):
+            converted.append(f"{context}/{resource}.write")
+    return " ".join(dict.fromkeys(converted))
 
 
 def request_token(

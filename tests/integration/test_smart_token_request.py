@@ -19,7 +19,7 @@ from service.db.base import Database
 from service.keys import KeyStore
 from service.settings import load_settings
 from service.tenant_config import EhrRegistration
-from smart_app.oauth import OAuthError, discover, request_token
+from smart_app.oauth import OAuthError, discover, request_token, requested_scopes
 
 
 class ScriptedServer:
@@ -105,6 +105,49 @@ def test_discovery_reports_what_the_ehr_lacks(server: ScriptedServer) -> None:
     with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as not_json:
         discover(http, _registration(server))
     assert not_json.value.kind == "ehr_unsupported"
+
+
+def test_relative_endpoints_of_a_legacy_server_are_resolved_against_the_fhir_base(
+    server: ScriptedServer,
+) -> None:
+    """SMART 2.x: clients SHOULD read relative endpoint URLs relative to the FHIR base URL."""
+    _configuration(server, authorization_endpoint="/auth/authorize", token_endpoint="token",
+                   jwks_uri="../keys")  # fmt: skip
+    with httpx.Client(timeout=5) as http:
+        found = discover(http, _registration(server))
+    assert found.authorization_endpoint == f"{server.url}/auth/authorize"
+    assert found.token_endpoint == f"{server.url}/token"
+    assert found.jwks_uri == f"{server.url}/keys"
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "v1"),
+    [
+        (["launch-ehr", "permission-v1"], True),
+        (["launch-ehr", "permission-v1", "permission-v2"], False),
+        (["launch-ehr", "permission-v2"], False),
+        (["launch-ehr"], False),  # says nothing: the configured (v2) scopes are sent
+    ],
+)
+def test_a_server_advertising_only_v1_scopes_is_asked_in_v1_syntax(
+    server: ScriptedServer, capabilities: list[str], v1: bool
+) -> None:
+    _configuration(server, capabilities=capabilities)
+    registration = _registration(server)
+    with httpx.Client(timeout=5) as http:
+        found = discover(http, registration)
+    scopes = requested_scopes(registration.scopes, found)
+    if not v1:
+        assert scopes == registration.scopes
+        return
+    assert scopes == (
+        "launch openid fhirUser offline_access patient/*.read patient/*.write "
+        "patient/RelatedPerson.write patient/Flag.write"
+    )
+    narrow = "launch patient/Observation.rs?category=exam patient/Patient.r user/*.cruds"
+    assert requested_scopes(narrow, found) == (
+        "launch patient/Observation.read patient/Patient.read user/*.read user/*.write"
+    )
 
 
 def test_client_secret_basic_sends_the_urlencoded_secret_only_in_the_header(
