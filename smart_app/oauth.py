@@ -200,7 +200,19 @@ def verify_id_token(
         raise OAuthError("id_token_invalid", str(error)) from error
     if claims.get("nonce") != nonce:
         raise OAuthError("id_token_invalid", "id_token nonce does not match the request")
+    _check_authorized_party(claims, client_id)
     return claims
+
+
+def _check_authorized_party(claims: dict[str, Any], client_id: str) -> None:
+    """OpenID Connect Core 3.1.3.7: a token for several audiences names the party it was
+    issued to in ``azp``, and an ``azp`` must be us (else it was issued to another client
+    that merely lists us)."""
+    azp, aud = claims.get("azp"), claims["aud"]
+    if azp is None and isinstance(aud, list) and len(aud) > 1:
+        raise OAuthError("id_token_invalid", "id_token has several audiences and no azp")
+    if azp is not None and azp != client_id:
+        raise OAuthError("id_token_invalid", "id_token azp is another client")
 
 
 def _verification_key(http: httpx.Client, server: AuthServer, kid: object, algorithm: str) -> Any:

@@ -66,6 +66,9 @@ def test_a_genuine_id_token_is_accepted(jwks: JwksServer, issuer_key: SigningKey
         ({"nonce": "replayed"}, "nonce"),
         ({"nonce": None}, "nonce"),
         ({"sub": None}, "sub"),
+        ({"aud": [CLIENT_ID, "another-client"]}, "azp"),
+        ({"aud": [CLIENT_ID, "another-client"], "azp": "another-client"}, "azp"),
+        ({"azp": "another-client"}, "azp"),
     ],
 )
 def test_a_wrong_claim_is_refused(
@@ -74,6 +77,13 @@ def test_a_wrong_claim_is_refused(
     with pytest.raises(OAuthError, match=reason) as refused:
         _verify(jwks, issuer_key.sign(_claims(**changes)))
     assert refused.value.kind == "id_token_invalid"
+
+
+def test_several_audiences_are_accepted_when_we_are_the_authorized_party(
+    jwks: JwksServer, issuer_key: SigningKey
+) -> None:
+    token = issuer_key.sign(_claims(aud=[CLIENT_ID, "fhir-server"], azp=CLIENT_ID))
+    assert _verify(jwks, token)["azp"] == CLIENT_ID
 
 
 def test_a_signature_by_another_key_under_the_same_kid_is_refused(jwks: JwksServer) -> None:
