@@ -53,6 +53,7 @@ from service.protocol import (
     TeamDecision,
     age_in_months,
 )
+from service.text import OneLine, OptionalText, TypedText
 
 #: The largest case id and ``row_version``: PostgreSQL's INTEGER (SQLite's is larger). A
 #: bigger number from a client is refused before it reaches a query, where it failed.
@@ -348,33 +349,33 @@ class CatalogueError(ValueError):
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    focus: list[str] = Field(
+    focus: list[OneLine] = Field(
         default_factory=list, description="The children concerned (their refs); empty: all."
     )
-    note: str | None = Field(None, max_length=4000)
-    encounter_ref: str | None = Field(None, max_length=200)
+    note: OptionalText = Field(None, max_length=4000)
+    encounter_ref: OneLine | None = Field(None, max_length=200)
 
 
 class FactorInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     code: str = Field(description="A code of the guide's factor catalogue (CodeSystem factor).")
-    text: str | None = Field(None, max_length=1000, description="The specifics of this family.")
+    text: OptionalText = Field(None, max_length=1000, description="The specifics of this family.")
 
 
 class HeardChildInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    child_ref: str
+    child_ref: OneLine
     consent_given: bool
-    own_say: str | None = Field(None, max_length=2000, description="The child's own say.")
+    own_say: OptionalText = Field(None, max_length=2000, description="The child's own say.")
 
 
 class KeyPersonInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: KeyPersonRole = Field(description="partner | grandparent | other")
-    text: str | None = Field(None, max_length=200, description="Who (required for `other`).")
+    text: OptionalText = Field(None, max_length=200, description="Who (required for `other`).")
 
 
 class Step4Input(_Input):
@@ -387,8 +388,8 @@ class Step4Input(_Input):
     discussed_with_patient: bool = False
     children_heard: list[HeardChildInput] = Field(default_factory=list)
     key_persons: list[KeyPersonInput] = Field(default_factory=list, max_length=20)
-    patient_explanation: str | None = Field(None, max_length=4000)
-    team_members: list[Annotated[str, Field(max_length=200)]] = Field(
+    patient_explanation: OptionalText = Field(None, max_length=4000)
+    team_members: list[Annotated[TypedText, Field(max_length=200)]] = Field(
         default_factory=list, max_length=20, description="Who took part (names or roles)."
     )
 
@@ -408,14 +409,14 @@ class Step4Input(_Input):
             ),
             key_persons=tuple(KeyPerson(k.role, k.text) for k in self.key_persons),
             patient_explanation=self.patient_explanation,
-            team_members=tuple(m for m in self.team_members if m.strip()),
+            team_members=tuple(m for m in self.team_members if m),
         )
 
 
 class AgreedActionInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    text: str = Field(max_length=1000)
+    text: TypedText = Field(max_length=1000)
     follow_up_on: date | None = Field(None, description="When to check on it.")
 
 
@@ -452,7 +453,7 @@ class ContactInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     on: date
-    person: str = Field(max_length=200, description="Whom the hospital spoke to or wrote to.")
+    person: TypedText = Field(max_length=200, description="Whom the hospital spoke to or wrote to.")
     channel: ContactChannel = Field(description="phone | letter | email | other")
 
 
@@ -463,8 +464,8 @@ class Step6Input(_Input):
     partner_id: str = Field(description="The VK, OCJ, parket or police entry of the directory.")
     with_cooperation: bool
     patient_informed: bool
-    not_informed_reason: str | None = Field(None, max_length=2000)
-    follow_up_actions: list[Annotated[str, Field(max_length=1000)]] = Field(
+    not_informed_reason: OptionalText = Field(None, max_length=2000)
+    follow_up_actions: list[Annotated[TypedText, Field(max_length=1000)]] = Field(
         default_factory=list, max_length=50
     )
     contact: ContactInput | None = None
@@ -480,7 +481,7 @@ class Step6Input(_Input):
             with_cooperation=self.with_cooperation,
             patient_informed=self.patient_informed,
             not_informed_reason=self.not_informed_reason,
-            follow_up_actions=tuple(a for a in self.follow_up_actions if a.strip()),
+            follow_up_actions=tuple(a for a in self.follow_up_actions if a),
             contact=None
             if self.contact is None
             else FacilityContact(self.contact.on, self.contact.person, self.contact.channel),

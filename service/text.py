@@ -1,9 +1,26 @@
-"""Text as the service keeps it, whether a person typed it or a FHIR server sent it."""
+"""Text as the service keeps it, whether a person typed it or a FHIR server sent it.
+
+The rule, one for the whole service:
+
+- **Free text a person typed** (a name, a reason, a note) is *cleaned*
+  (:func:`typed_text`): control characters and invisible characters at its ends are
+  removed, tabs and line breaks inside stay. The person cannot see what was removed, so a
+  refusal would be a riddle; a value with nothing left is no value (:data:`OptionalText`).
+- **A value that names or codes something** (a reference, a code, a sign-in name) is
+  *refused* when it is not one line (:func:`is_one_line`), never changed: a changed
+  identifier would name something else.
+
+FHIR strings may not hold control characters other than tab and line breaks, and
+PostgreSQL cannot store a NUL; both rules keep such characters out of what we write.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
@@ -26,6 +43,24 @@ _NOT_ONE_LINE = frozenset({"Cc", "Cs", "Zl", "Zp"})
 def is_one_line(value: str) -> bool:
     """Whether ``value`` can be recorded as one line of text, as it is (nothing removed)."""
     return not any(unicodedata.category(character) in _NOT_ONE_LINE for character in value)
+
+
+def _nothing_left_is_none(value: str | None) -> str | None:
+    return None if value is None else typed_text(value) or None
+
+
+def _one_line(value: str) -> str:
+    if not is_one_line(value):
+        raise ValueError("must be one line, without control characters")
+    return value
+
+
+#: Free text a person typed, in an API body: cleaned.
+TypedText = Annotated[str, AfterValidator(typed_text)]
+#: Optional free text a person typed: cleaned; nothing left is None.
+OptionalText = Annotated[str | None, AfterValidator(_nothing_left_is_none)]
+#: A reference or other identifier in an API body: refused unless one line.
+OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
 #: The worklist keeps a patient's name for display in a column this long.

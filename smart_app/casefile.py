@@ -75,7 +75,14 @@ from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app.assets import asset_response
 from smart_app.pages import TEMPLATES
 from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
-from smart_app.social import CaseId, CaseworkDep, SocialWorker, audit_refusal
+from smart_app.social import (
+    CaseId,
+    CaseworkDep,
+    Closing,
+    ReferralStatusChange,
+    SocialWorker,
+    audit_refusal,
+)
 
 router = APIRouter(prefix="/social", include_in_schema=False)
 
@@ -491,7 +498,7 @@ async def close(
     typed = await _typed(request, "close")
 
     def save(version: int) -> StepResult:
-        body = _CloseForm.model_validate(
+        body = Closing.model_validate(
             {
                 "reason": _one(typed.values, "reason"),
                 "reason_text": _one(typed.values, "reason_text"),
@@ -500,11 +507,6 @@ async def close(
         return work.close_case(ctx, case_id, version, CaseClosure(body.reason, body.reason_text))
 
     return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
-
-
-class _CloseForm(BaseModel):
-    reason: CloseReason
-    reason_text: str | None = None
 
 
 #: Each step's form: its name on the page and how its fields become the API's body.
@@ -523,17 +525,12 @@ async def referral_status(
     typed = await _typed(request, "referral")
 
     def save(version: int) -> StepResult:
-        body = _ReferralForm.model_validate(
+        body = ReferralStatusChange.model_validate(
             {"status": _one(typed.values, "status"), "note": _one(typed.values, "note")}
         )
         return work.update_referral(ctx, case_id, version, body.status, body.note)
 
     return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
-
-
-class _ReferralForm(BaseModel):
-    status: ReferralStatus
-    note: str | None = None
 
 
 # After ``/close`` and ``/referral-status`` (and the worklist's ``/claim``): a route matches

@@ -56,6 +56,7 @@ from service.social import (
     Step5Input,
     Step6Input,
 )
+from service.text import OneLine, OptionalText
 from smart_app.pages import TEMPLATES
 from smart_app.session import (
     LaunchContext,
@@ -85,7 +86,7 @@ class ClaimRequest(BaseModel):
 
 
 class AssignmentRequest(ClaimRequest):
-    assignee: str | None = Field(
+    assignee: OneLine | None = Field(
         max_length=500, description="`Practitioner/<id>` (or PractitionerRole); null: unassign."
     )
 
@@ -108,16 +109,32 @@ class Step6Request(Step6Input):
     row_version: RowVersion
 
 
-class CloseRequest(ClaimRequest):
+class Closing(BaseModel):
+    """Why a case closes (the API's body and the case page's form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     reason: CloseReason = Field(
         description="safety-restored | referred | patient-left-care | other"
     )
-    reason_text: str | None = Field(None, max_length=1000, description="Required for `other`.")
+    reason_text: OptionalText = Field(None, max_length=1000, description="Required for `other`.")
 
 
-class ReferralStatusRequest(ClaimRequest):
+class CloseRequest(ClaimRequest, Closing):
+    pass
+
+
+class ReferralStatusChange(BaseModel):
+    """The referral's new status (the API's body and the case page's form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     status: ReferralStatus = Field(description="active | on-hold | completed | revoked")
-    note: str | None = Field(None, max_length=4000, description="Why, or what the facility said.")
+    note: OptionalText = Field(None, max_length=4000, description="Why, or what the facility said.")
+
+
+class ReferralStatusRequest(ClaimRequest, ReferralStatusChange):
+    pass
 
 
 class ChildView(BaseModel):

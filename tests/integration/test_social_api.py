@@ -574,3 +574,45 @@ def test_acute_danger_is_marked_on_the_worklist_until_the_team_decides_otherwise
     assert willing.status_code == 200, willing.text
     (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert listed["acute_danger"] is False
+
+
+def test_the_social_workers_text_reaches_fhir_clean_and_a_garbled_reference_is_refused(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # FHIR strings may not hold control characters and PostgreSQL cannot store a NUL: typed
+    # text is cleaned (service.text's rule), an identifier is refused, never changed.
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    garbled_ref = case.send(
+        "step-4",
+        {"row_version": case.row_version, "decision": "safe", "encounter_ref": "Encounter/1\n"},
+    )
+    assert garbled_ref.status_code == 422
+    assert "one line" in garbled_ref.text
+
+    decided = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
+            "decision": "concerning-unwilling",
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+            "note": "\u200bGesprek\x00 met oma.\u00ad",
+            "patient_explanation": "\u200b \u200b",
+            "team_members": ["\ufeff", "dr. Janssens\x07"],
+            "key_persons": [{"role": "other", "text": "buurvrouw\x1b"}],
+        },
+    )
+
+    assert decided.status_code == 200, decided.text
+    step_system = terminology.code_system_url("kindreflex-step")
+    (observation,) = search(
+        case.base_url, "Observation", subject=case.patient, code=f"{step_system}|step-4"
+    )
+    assert validate(observation) == []
+    finding = mapping.finding_from_observation(observation)
+    assert finding.note == "Gesprek met oma."
+    assert finding.patient_explanation is None  # type: ignore[union-attr]
+    assert finding.team_members == ("dr. Janssens",)  # type: ignore[union-attr]
+    assert finding.key_persons[0].text == "buurvrouw"  # type: ignore[union-attr]
