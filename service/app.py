@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.database = database
     app.state.metrics = metrics
     app.state.tenants = TenantDirectory(database, SecretBox(settings.secret_key))
-    app.state.readiness_checks = [health.database_check(database)]
+    app.state.readiness_checks = {"database": health.database_check(database)}
     app.state.cds = new_cds_state(database, metrics.registry)
 
     app.include_router(health.router)
@@ -156,7 +156,7 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
     app.state.triage = Triage(
         database, outbox, app.state.session_tokens, settings.fhir_timeout_seconds
     )
-    app.state.readiness_checks.append(outbox.readiness_check())
+    app.state.readiness_checks["outbox"] = outbox.readiness_check()
 
 
 #: The largest request body the app reads is the CDS hooks' (``MAX_BODY_BYTES``, which
