@@ -36,7 +36,6 @@ from .seed import USERS, SandboxUser
 __all__ = ["AuthServer", "Grant", "LaunchContext", "build_auth_router", "pkce_challenge"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_ALGS = ("RS384", "ES384", "RS256", "ES256")
 MAX_ASSERTION_LIFETIME = 300
 
 
@@ -439,7 +438,7 @@ class AuthServer:
         if client is None or client.public:
             raise OAuthError("invalid_client", "assertion iss is not a confidential client", 401)
         alg = header.get("alg")
-        if alg not in ASSERTION_ALGS:
+        if alg not in self.config.client_assertion_algs:
             raise OAuthError("invalid_client", f"assertion alg {alg!r} not accepted", 401)
         jku = header.get("jku")
         if jku and jku != client.jwks_uri:
@@ -511,7 +510,9 @@ class AuthServer:
             "token_endpoint": self.token_url,
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
-            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
+            "token_endpoint_auth_signing_alg_values_supported": list(
+                self.config.client_assertion_algs
+            ),
             "scopes_supported": [
                 "openid",
                 "fhirUser",

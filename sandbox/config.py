@@ -48,6 +48,8 @@ class SandboxConfig:
     * ``host``/``ehr_port``/``fhir_port`` — where to listen (0 = a free port).
     * ``public_host`` — the host name in the URLs the sandbox hands out (default ``host``); use
       ``localhost`` while the app runs on ``127.0.0.1`` to make the iframe cross-site.
+    * ``client_assertion_algs`` — the ``private_key_jwt`` algorithms the token endpoint
+      verifies (and advertises); narrow it to try a client against a stricter server.
     """
 
     cds_base_url: str | None = None
@@ -62,6 +64,7 @@ class SandboxConfig:
     refresh_token_lifetime: int = 24 * 3600
     launch_lifetime: int = 600
     code_lifetime: int = 120
+    client_assertion_algs: tuple[str, ...] = ("RS384", "ES384", "RS256", "ES256")
     cds_jwt_alg: Literal["ES384", "RS384"] = "ES384"
     cds_jwt_lifetime: int = 300
     cds_client_id: str = "kindreflex-cds"

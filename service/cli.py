@@ -127,12 +127,12 @@ def cmd_demo(args: argparse.Namespace, _settings: Settings) -> int:
 def cmd_keys_rotate(_args: argparse.Namespace, settings: Settings) -> int:
     database = Database(settings.database_url)
     try:
-        kid = KeyStore(database, settings).rotate()
+        kids = KeyStore(database, settings).rotate()
     finally:
         database.dispose()
     print(
-        f"new signing key {kid}: published at /.well-known/jwks.json now, signing in "
-        f"{NEW_KEY_PUBLISHED_AHEAD}; the previous key stays published for "
+        f"new signing keys {', '.join(kids)}: published at /.well-known/jwks.json now, signing in "
+        f"{NEW_KEY_PUBLISHED_AHEAD}; the previous keys stay published for "
         f"{RETIRED_KEY_PUBLISHED_FOR}"
     )
     return 0

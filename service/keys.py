@@ -4,8 +4,14 @@ EHR authorization servers authenticate us with ``private_key_jwt`` (SMART App La
 "confidential asymmetric" clients): we sign a short client assertion, they verify it with
 the keys published at ``GET /.well-known/jwks.json``.
 
-* The first key is generated on first use (the first JWKS request or token exchange).
-* ``kindreflex keys rotate`` adds a new key and keeps the previous one published for
+* SMART clients SHALL support both RS384 and ES384, and a server need verify only one of
+  them: there is an RSA key (RS384) and an EC P-384 key (ES384) at any time, both
+  published; each assertion is signed with the algorithm the EHR accepts
+  (``smart_app.oauth.assertion_algorithm``).
+* The first key of each algorithm is generated on first use (the first JWKS request or
+  token exchange).
+* ``kindreflex keys rotate`` adds a new key of each algorithm and keeps the previous ones
+  published for
   ``RETIRED_KEY_PUBLISHED_FOR`` (1 day). The new key is published ``JWKS_MAX_AGE`` before
   it signs (the JWKS's cache lifetime), the old one keeps signing meanwhile. Our
   assertions live at most ``ASSERTION_LIFETIME`` (5 minutes), but authorization servers
@@ -26,15 +32,15 @@ import secrets
 import threading
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jwt
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from jwt.algorithms import RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import SecretStr
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -43,13 +49,18 @@ from service.db.base import Database, utcnow
 from service.db.models import SigningKey
 from service.settings import Settings
 
-ALGORITHM = "RS384"  # SMART App Launch 2.x: servers SHALL support RS384 and ES384
+#: SMART App Launch 2.x: clients SHALL support both; servers verify at least one of them.
+Algorithm = Literal["RS384", "ES384"]
+ALGORITHMS: tuple[Algorithm, ...] = get_args(Algorithm)
+DEFAULT_ALGORITHM: Algorithm = "RS384"  # when the EHR does not say which one it verifies
 RSA_KEY_BITS = 3072
 ASSERTION_LIFETIME = timedelta(minutes=5)
 RETIRED_KEY_PUBLISHED_FOR = timedelta(days=1)
 JWKS_MAX_AGE = timedelta(minutes=5)  # Cache-Control of the JWKS
 NEW_KEY_PUBLISHED_AHEAD = JWKS_MAX_AGE
 JWKS_PATH = "/.well-known/jwks.json"
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 class UnsealError(RuntimeError):
@@ -97,7 +108,7 @@ class KeyStore:
         self._database = database
         self._sealer = Sealer(settings.secret_key, "signing-keys")
         self._public_url = settings.public_url
-        self._private: dict[str, rsa.RSAPrivateKey] = {}  # kid -> parsed key (parsing is slow)
+        self._private: dict[str, PrivateKey] = {}  # kid -> parsed key (parsing is slow)
         self._lock = threading.Lock()
 
     @property
@@ -105,9 +116,10 @@ class KeyStore:
         return f"{self._public_url}{JWKS_PATH}"
 
     def jwks(self) -> dict[str, Any]:
-        """The public keys to publish: the signing key and retired keys still in their grace."""
+        """The public keys to publish: the signing keys and retired keys still in their grace."""
         with self._database.session() as session:
-            self._ensure_signing_key(session)
+            for algorithm in ALGORITHMS:
+                self._ensure_signing_key(session, algorithm)
             now = utcnow()
             rows = session.scalars(select(SigningKey).order_by(SigningKey.id)).all()
             return {
@@ -118,14 +130,16 @@ class KeyStore:
                 ]
             }
 
-    def sign(self, claims: dict[str, Any]) -> str:
-        """A JWT signed with the current signing key (``kid`` in the header)."""
+    def sign(self, claims: dict[str, Any], algorithm: Algorithm = DEFAULT_ALGORITHM) -> str:
+        """A JWT signed with the current key of ``algorithm`` (``kid`` in the header)."""
         with self._database.session() as session:
-            row = self._ensure_signing_key(session)
+            row = self._ensure_signing_key(session, algorithm)
             key = self._private_key(row)
         return jwt.encode(claims, key, algorithm=row.alg, headers={"kid": row.kid, "typ": "JWT"})
 
-    def sign_client_assertion(self, token_endpoint: str, client_id: str) -> str:
+    def sign_client_assertion(
+        self, token_endpoint: str, client_id: str, algorithm: Algorithm = DEFAULT_ALGORITHM
+    ) -> str:
         """A ``private_key_jwt`` client assertion for one token request (RFC 7523)."""
         now = utcnow()
         return self.sign(
@@ -136,12 +150,14 @@ class KeyStore:
                 "jti": secrets.token_urlsafe(24),
                 "iat": int(now.timestamp()),
                 "exp": int((now + ASSERTION_LIFETIME).timestamp()),
-            }
+            },
+            algorithm,
         )
 
-    def rotate(self) -> str:
-        """Add a new key (it signs once published for ``NEW_KEY_PUBLISHED_AHEAD``); the previous
-        ones stay published for ``RETIRED_KEY_PUBLISHED_FOR``. Returns the new kid."""
+    def rotate(self) -> list[str]:
+        """Add a new key of each algorithm (each signs once published for
+        ``NEW_KEY_PUBLISHED_AHEAD``); the previous ones stay published for
+        ``RETIRED_KEY_PUBLISHED_FOR``. Returns the new kids."""
         with self._database.session() as session:
             now = utcnow()
             for row in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
@@ -149,10 +165,11 @@ class KeyStore:
                 row.publish_until = now + RETIRED_KEY_PUBLISHED_FOR
             # Retired keys past their grace are gone for good: nothing may verify with them.
             session.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
-            return self._new_key(session).kid
+            return [self._new_key(session, algorithm).kid for algorithm in ALGORITHMS]
 
-    def _ensure_signing_key(self, session: Session) -> SigningKey:
-        """The key to sign with: the newest one published for at least ``NEW_KEY_PUBLISHED_AHEAD``.
+    def _ensure_signing_key(self, session: Session, algorithm: Algorithm) -> SigningKey:
+        """The key of ``algorithm`` to sign with: the newest one published for at least
+        ``NEW_KEY_PUBLISHED_AHEAD``.
 
         A rotated-in key is published before it signs, so that an EHR holding a cached copy
         of our JWKS already knows it; until then the key published longest keeps signing.
@@ -161,18 +178,23 @@ class KeyStore:
         now = utcnow()
         rows = session.scalars(
             select(SigningKey)
+            .where(SigningKey.alg == algorithm)
             .where(SigningKey.publish_until.is_(None) | (SigningKey.publish_until > now))
             .order_by(SigningKey.created_at.desc(), SigningKey.id.desc())
         ).all()
         if not rows:
             # Two instances starting at once may both generate a key: both are published
             # and the newest signs, which is harmless.
-            return self._new_key(session)
+            return self._new_key(session, algorithm)
         mature = [row for row in rows if row.created_at <= now - NEW_KEY_PUBLISHED_AHEAD]
         return mature[0] if mature else rows[-1]  # else the one published longest
 
-    def _new_key(self, session: Session) -> SigningKey:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    def _new_key(self, session: Session, algorithm: Algorithm) -> SigningKey:
+        key: PrivateKey = (
+            ec.generate_private_key(ec.SECP384R1())
+            if algorithm == "ES384"
+            else rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+        )
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -180,7 +202,7 @@ class KeyStore:
         ).decode()
         row = SigningKey(
             kid=uuid.uuid4().hex,
-            alg=ALGORITHM,
+            alg=algorithm,
             private_key=self._sealer.seal(pem),
             sealed=self._sealer.active,
             created_at=utcnow(),
@@ -191,21 +213,27 @@ class KeyStore:
             self._private[row.kid] = key
         return row
 
-    def _private_key(self, row: SigningKey) -> rsa.RSAPrivateKey:
+    def _private_key(self, row: SigningKey) -> PrivateKey:
         with self._lock:
             cached = self._private.get(row.kid)
         if cached is not None:
             return cached
         pem = self._sealer.open(row.private_key, row.sealed).encode()
         key = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise TypeError(f"signing key {row.kid} is not an RSA key")
+        expected = ec.EllipticCurvePrivateKey if row.alg == "ES384" else rsa.RSAPrivateKey
+        if not isinstance(key, expected):
+            raise TypeError(f"signing key {row.kid} is not a key for {row.alg}")
         with self._lock:
             self._private[row.kid] = key
         return key
 
     def _public_jwk(self, row: SigningKey) -> dict[str, Any]:
-        jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self._private_key(row).public_key()))
+        public = self._private_key(row).public_key()
+        jwk: dict[str, Any] = json.loads(
+            ECAlgorithm.to_jwk(public)
+            if isinstance(public, ec.EllipticCurvePublicKey)
+            else RSAAlgorithm.to_jwk(public)
+        )
         jwk.update({"kid": row.kid, "alg": row.alg, "use": "sig", "key_ops": ["verify"]})
         return jwk
 

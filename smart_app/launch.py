@@ -151,6 +151,7 @@ def callback(
                     "redirect_uri": redirect_uri(settings),
                     "code_verifier": pending.code_verifier,
                 },
+                server.assertion_alg,
             ),
         )
         id_token = answer.get("id_token")

@@ -17,7 +17,7 @@ from urllib.parse import quote_plus, urljoin
 import httpx
 import jwt
 
-from service.keys import KeyStore
+from service.keys import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, KeyStore
 from service.tenant_config import EhrRegistration
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -48,13 +48,16 @@ class AuthServer:
 
     ``scopes_v1``: the server advertises SMART v1 scope syntax (``permission-v1``) and not
     v2 (``permission-v2``), so the launch asks in v1 syntax (``requested_scopes``).
+    ``assertion_alg``: how our ``private_key_jwt`` assertions are signed for this server.
     """
 
     authorization_endpoint: str
     token_endpoint: str
     issuer: str
     jwks_uri: str | None
-    scopes_v1: bool = False  # a default: launch states stored before it still load
+    # defaults: launch states stored before these fields existed still load
+    scopes_v1: bool = False
+    assertion_alg: Algorithm = DEFAULT_ALGORITHM
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,7 @@ def pkce_challenge(verifier: str) -> str:
 def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
     """Fetch and check the EHR's SMART configuration against what this app needs."""
     base = registration.fhir_base_url
-    document = _get_json(http, f"{base}/.well-known/smart-configuration")
+    document = _smart_configuration(http, registration)
     missing = [
         name
         for name in ("authorization_endpoint", "token_endpoint", "issuer")
@@ -95,7 +98,30 @@ def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
         issuer=document["issuer"],
         jwks_uri=_absolute(base, jwks_uri) if isinstance(jwks_uri, str) and jwks_uri else None,
         scopes_v1="permission-v1" in capabilities and "permission-v2" not in capabilities,
+        assertion_alg=_assertion_algorithm(document),
     )
+
+
+def _smart_configuration(http: httpx.Client, registration: EhrRegistration) -> dict[str, Any]:
+    return _get_json(http, f"{registration.fhir_base_url}/.well-known/smart-configuration")
+
+
+def _assertion_algorithm(smart_configuration: dict[str, Any]) -> Algorithm:
+    """The algorithm our client assertions are signed with for this server.
+
+    SMART 2.x: clients SHALL support RS384 and ES384, servers verify at least one and list
+    it in ``token_endpoint_auth_signing_alg_values_supported``. RS384 unless the server
+    lists only ES384 of the two (a server that lists neither, or nothing, gets RS384).
+    """
+    listed = _strings(smart_configuration, "token_endpoint_auth_signing_alg_values_supported")
+    accepted = [algorithm for algorithm in ALGORITHMS if algorithm in listed]
+    return accepted[0] if accepted else DEFAULT_ALGORITHM
+
+
+def assertion_algorithm(http: httpx.Client, registration: EhrRegistration) -> Algorithm:
+    """The assertion algorithm for a token request outside a launch (a refresh), read
+    anew from the EHR's SMART configuration (the session keeps only the token endpoint)."""
+    return _assertion_algorithm(_smart_configuration(http, registration))
 
 
 def _absolute(fhir_base_url: str, url: str) -> str:
@@ -138,14 +164,16 @@ def request_token(
     registration: EhrRegistration,
     keys: KeyStore,
     form: dict[str, str],
+    assertion_alg: Algorithm = DEFAULT_ALGORITHM,
 ) -> dict[str, Any]:
-    """POST a token request with this registration's client authentication."""
+    """POST a token request with this registration's client authentication
+    (``assertion_alg``: see ``AuthServer.assertion_alg``)."""
     body = dict(form)
     auth = httpx.Auth()  # the base class adds nothing: no HTTP authentication
     if registration.client_auth == "private_key_jwt":
         body["client_assertion_type"] = ASSERTION_TYPE
         body["client_assertion"] = keys.sign_client_assertion(
-            token_endpoint, registration.client_id
+            token_endpoint, registration.client_id, assertion_alg
         )
     elif registration.client_auth == "client_secret_basic":
         if registration.client_secret is None:

@@ -8,6 +8,7 @@ import sys
 from datetime import timedelta
 
 import jwt
+import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import select, update
@@ -15,7 +16,13 @@ from sqlalchemy import select, update
 from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import SigningKey
-from service.keys import ASSERTION_LIFETIME, NEW_KEY_PUBLISHED_AHEAD, KeyStore
+from service.keys import (
+    ALGORITHMS,
+    ASSERTION_LIFETIME,
+    NEW_KEY_PUBLISHED_AHEAD,
+    Algorithm,
+    KeyStore,
+)
 from service.settings import Settings, load_settings
 
 PRIVATE_JWK_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -41,30 +48,37 @@ def _verify(assertion: str, jwks: dict[str, object]) -> dict[str, object]:
     return claims
 
 
-def test_jwks_endpoint_publishes_one_public_key_and_no_private_material(
+def test_jwks_endpoint_publishes_an_rs384_and_an_es384_key_and_no_private_material(
     database: Database,
 ) -> None:
+    """SMART 2.x: a client SHALL support both RS384 and ES384 (a server verifies one)."""
     client = TestClient(create_app(_settings(database), database))
     first = client.get("/.well-known/jwks.json")
     assert first.status_code == 200
     assert first.headers["content-type"].startswith("application/jwk-set+json")
     keys = first.json()["keys"]
-    assert len(keys) == 1
-    assert keys[0]["kty"] == "RSA"
-    assert keys[0]["alg"] == "RS384"
-    assert keys[0]["use"] == "sig"
-    assert not PRIVATE_JWK_MEMBERS & set(keys[0]), "the JWKS leaks private key members"
+    assert sorted((k["kty"], k["alg"], k.get("crv")) for k in keys) == [
+        ("EC", "ES384", "P-384"),
+        ("RSA", "RS384", None),
+    ]
+    for key in keys:
+        assert key["use"] == "sig"
+        assert key["kid"]
+        assert not PRIVATE_JWK_MEMBERS & set(key), "the JWKS leaks private key members"
     # Generated once: the next request (and the next instance) publishes the same key.
     assert client.get("/.well-known/jwks.json").json() == first.json()
     other_instance = TestClient(create_app(_settings(database), database))
     assert other_instance.get("/.well-known/jwks.json").json() == first.json()
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_client_assertion_claims_follow_rfc_7523_and_live_at_most_five_minutes(
-    database: Database,
+    database: Database, algorithm: Algorithm
 ) -> None:
     store = KeyStore(database, _settings(database))
-    assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "kindreflex-app")
+    assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "kindreflex-app", algorithm)
+    assert jwt.get_unverified_header(assertion)["alg"] == algorithm
+    assert jwt.get_unverified_header(assertion)["typ"] == "JWT"
     claims = _verify(assertion, store.jwks())
     assert claims["iss"] == claims["sub"] == "kindreflex-app"
     assert claims["aud"] == TOKEN_ENDPOINT
@@ -85,10 +99,12 @@ def test_rotation_publishes_the_new_key_before_it_signs_and_keeps_the_old_one_a_
     old_assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app")
     old_kid = jwt.get_unverified_header(old_assertion)["kid"]
 
-    new_kid = store.rotate()
+    old_kids = {k["kid"] for k in store.jwks()["keys"]}  # RS384's and ES384's
+    new_kids = store.rotate()
+    new_kid = new_kids[ALGORITHMS.index("RS384")]
 
     published = store.jwks()
-    assert {k["kid"] for k in published["keys"]} == {old_kid, new_kid}
+    assert {k["kid"] for k in published["keys"]} == old_kids | set(new_kids)
     _verify(old_assertion, published)  # a token signed before the rotation still verifies
     # An EHR may hold our JWKS from before the rotation: the old key signs until that expires.
     assert _kid(store.sign_client_assertion(TOKEN_ENDPOINT, "app")) == old_kid
@@ -98,12 +114,13 @@ def test_rotation_publishes_the_new_key_before_it_signs_and_keeps_the_old_one_a_
     _verify(new_assertion, published)
 
     # A day later (the grace, set back in our own table): unpublished, then deleted.
-    _shift(database, old_kid, publish_until=utcnow() - timedelta(seconds=1))
-    assert {k["kid"] for k in store.jwks()["keys"]} == {new_kid}
+    for kid in old_kids:
+        _shift(database, kid, publish_until=utcnow() - timedelta(seconds=1))
+    assert {k["kid"] for k in store.jwks()["keys"]} == set(new_kids)
     newest = store.rotate()
     with database.session() as session:
         kids = set(session.scalars(select(SigningKey.kid)))
-    assert kids == {new_kid, newest}
+    assert kids == set(new_kids) | set(newest)
 
 
 def _kid(token: str) -> str:
@@ -120,10 +137,13 @@ def test_private_keys_are_sealed_with_the_secret_key(database: Database) -> None
     settings = _settings(database, secret_key=SecretStr("correct horse battery staple"))
     store = KeyStore(database, settings)
     assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app")
+    store.sign_client_assertion(TOKEN_ENDPOINT, "app", "ES384")
     with database.session() as session:
-        row = session.scalars(select(SigningKey)).one()
-    assert row.sealed
-    assert "PRIVATE KEY" not in row.private_key
+        rows = session.scalars(select(SigningKey)).all()
+    assert len(rows) == 2
+    for row in rows:
+        assert row.sealed
+        assert "PRIVATE KEY" not in row.private_key
     # Another instance (a fresh process) opens the sealed key and signs with the same kid.
     again = KeyStore(database, settings).sign_client_assertion(TOKEN_ENDPOINT, "app")
     assert jwt.get_unverified_header(again)["kid"] == jwt.get_unverified_header(assertion)["kid"]
@@ -144,4 +164,4 @@ def test_keys_rotate_command(database: Database) -> None:
     assert "new signing key" in result.stdout
     after = {k["kid"] for k in KeyStore(database, settings).jwks()["keys"]}
     assert before < after
-    assert len(after) == 2
+    assert len(after) == 4  # the RS384 and ES384 keys, each with its successor

@@ -29,7 +29,7 @@ from playwright.sync_api import sync_playwright
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
-from sandbox.config import SmartClient
+from sandbox.config import SandboxConfig, SmartClient
 from sandbox.keys import SigningKey as SandboxKey
 from sandbox.runner import Sandbox
 from service.app import create_app
@@ -432,6 +432,25 @@ def test_refresh_happens_once_under_concurrent_requests_then_needs_reauthorisati
     _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
     with pytest.raises(ReauthorisationRequired):
         kindreflex.tokens.access_token(session_id)
+
+
+def test_an_ehr_verifying_only_es384_gets_es384_assertions_at_launch_and_refresh(
+    database: Database, sandbox: Sandbox
+) -> None:
+    """SMART 2.x: a client SHALL support RS384 and ES384, a server need verify only one."""
+    sandbox.auth.config.client_assertion_algs = ("ES384",)
+    try:
+        with _running_kindreflex(database, sandbox, "private_key_jwt") as kindreflex:
+            browser = Browser()
+            assert kindreflex.launch(browser).status_code == 303
+            session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+            before = kindreflex.tokens.access_token(session_id)
+            _expire_soon(kindreflex.database, session_id)
+            refreshed = kindreflex.tokens.access_token(session_id)
+    finally:
+        sandbox.auth.config.client_assertion_algs = SandboxConfig.client_assertion_algs
+    assert refreshed != before
+    assert kindreflex.sandbox.auth.check_access_token(refreshed) is not None
 
 
 def _expire_soon(

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+import jwt
 import pytest
 from pydantic import SecretStr
 
@@ -19,7 +20,13 @@ from service.db.base import Database
 from service.keys import KeyStore
 from service.settings import load_settings
 from service.tenant_config import EhrRegistration
-from smart_app.oauth import OAuthError, discover, request_token, requested_scopes
+from smart_app.oauth import (
+    OAuthError,
+    assertion_algorithm,
+    discover,
+    request_token,
+    requested_scopes,
+)
 
 
 class ScriptedServer:
@@ -148,6 +155,38 @@ def test_a_server_advertising_only_v1_scopes_is_asked_in_v1_syntax(
     assert requested_scopes(narrow, found) == (
         "launch patient/Observation.read patient/Patient.read user/*.read user/*.write"
     )
+
+
+@pytest.mark.parametrize(
+    ("advertised", "expected"),
+    [
+        (["ES384"], "ES384"),
+        (["ES384", "RS384"], "RS384"),
+        (["RS384"], "RS384"),
+        (None, "RS384"),  # not advertised
+    ],
+)
+def test_the_client_assertion_is_signed_with_an_algorithm_the_server_verifies(
+    server: ScriptedServer, database: Database, advertised: list[str] | None, expected: str
+) -> None:
+    """SMART 2.x: clients SHALL support RS384 and ES384; a server verifies at least one."""
+    _configuration(server, token_endpoint_auth_signing_alg_values_supported=advertised)
+    server.token_answer = (200, {"access_token": "at", "token_type": "Bearer"})
+    keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
+    registration = _registration(server)
+    with httpx.Client(timeout=5) as http:
+        found = discover(http, registration)
+        request_token(http, found.token_endpoint, registration, keys, {}, found.assertion_alg)
+        assert assertion_algorithm(http, registration) == expected  # as a refresh reads it
+    _, form = server.token_requests[-1]
+    (assertion,) = form["client_assertion"]
+    header = jwt.get_unverified_header(assertion)
+    assert header["alg"] == expected
+    (public,) = [k for k in keys.jwks()["keys"] if k["kid"] == header["kid"]]
+    claims = jwt.decode(
+        assertion, jwt.PyJWK(public).key, algorithms=[expected], audience=found.token_endpoint
+    )
+    assert claims["iss"] == claims["sub"] == registration.client_id
 
 
 def test_client_secret_basic_sends_the_urlencoded_secret_only_in_the_header(
