@@ -109,7 +109,9 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
         "launch": launch,
         "scope": requested_scopes(registration.scopes, server),
         "state": state,
-        "aud": registration.fhir_base_url,
+        # SMART: in an EHR launch aud is the launch's iss, as the EHR wrote it (the
+        # registration's base has no trailing slash; an EHR may compare aud exactly)
+        "aud": iss,
         "code_challenge": pkce_challenge(verifier),
         "code_challenge_method": "S256",
         "nonce": nonce,

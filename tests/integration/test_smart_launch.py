@@ -308,6 +308,27 @@ def test_a_launch_under_a_tenant_prefix_stays_in_that_tenant(kindreflex: Kindref
     assert "Sessie verlopen" in other_hospital.text
 
 
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_the_authorization_request_carries_pkce_state_nonce_and_the_iss_as_aud(
+    kindreflex: Kindreflex, slash: str
+) -> None:
+    iss = kindreflex.sandbox.fhir_base_url + slash
+    query = httpx.QueryParams({"iss": iss, "launch": "launch-1"})
+    started = Browser().get(f"{kindreflex.url}/launch?{query}")
+    assert started.status_code == 302, started.text
+    sent = {k: v[0] for k, v in parse_qs(urlsplit(started.headers["location"]).query).items()}
+    assert sent["aud"] == iss  # SMART: in an EHR launch, aud is the launch's iss
+    assert sent["response_type"] == "code"
+    assert sent["client_id"] == kindreflex.client_id
+    assert sent["redirect_uri"] == f"{kindreflex.url}/callback"
+    assert sent["launch"] == "launch-1"
+    assert "launch" in sent["scope"].split()
+    assert sent["code_challenge_method"] == "S256"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", sent["code_challenge"])
+    assert len(sent["state"]) >= 22  # SMART: at least 122 bits of entropy
+    assert len(sent["nonce"]) >= 22
+
+
 def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindreflex) -> None:
     answer = Browser().get(f"{kindreflex.url}/launch?iss=https://elsewhere.example/fhir&launch=abc")
     assert answer.status_code == 400
