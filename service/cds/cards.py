@@ -64,7 +64,7 @@ class CardBook:
     def __init__(self, hooks: HookSettings, vocabulary: Vocabulary) -> None:
         self._hooks = hooks
         self._vocabulary = vocabulary
-        self._faces: dict[tuple[Advice, Language], dict[str, Any]] = {}
+        self._faces: dict[tuple[Advice, Language], _Face] = {}
 
     def card(self, advice: Advice, language: Language, target: CardTarget) -> dict[str, Any]:
         """A new card (its own ``uuid``) for this call. Its parts are shared with other
@@ -75,46 +75,51 @@ class CardBook:
                 self._faces.clear()
             face = self._faces[(advice, language)] = self._face(advice, language)
         link = {
-            "label": face["link_label"],
+            "label": face.link_label,
             "url": target.launch_url,
             "type": "smart",
             "appContext": _app_context(advice, target),
         }
         return {
             "uuid": str(uuid7()),
-            "summary": face["summary"],
-            "detail": face["detail"],
+            **face.fields,
             "indicator": advice.indicator,
-            "source": face["source"],
             "links": [link],
-            "overrideReasons": face["overrideReasons"],
         }
 
-    def _face(self, advice: Advice, language: Language) -> dict[str, Any]:
+    def _face(self, advice: Advice, language: Language) -> _Face:
         summary, detail = _texts(advice, language, self._hooks)
-        return {
-            "summary": _fit(summary),
-            "detail": detail,
-            "source": {
-                "label": translate(language, "cds.source.label"),
-                "url": self._hooks.source_url,
-            },
-            "link_label": translate(language, "cds.link.label"),
-            "overrideReasons": [
-                _override_reason(code, language, self._vocabulary)
-                for code in self._hooks.override_reasons
-            ],
-        }
+        source = {"label": translate(language, "cds.source.label")}
+        reasons = [
+            _override_reason(code, language, self._vocabulary)
+            for code in self._hooks.override_reasons
+        ]
+        fields: dict[str, Any] = {"summary": _fit(summary), "detail": detail, "source": source}
+        # CDS Hooks 2.0: a JSON element SHALL NOT be empty: an optional one the hospital's
+        # settings leave empty (no override reasons, no source URL) is left out
+        if reasons:
+            fields["overrideReasons"] = reasons
+        if self._hooks.source_url:
+            source["url"] = self._hooks.source_url
+        return _Face(fields, translate(language, "cds.link.label"))
+
+
+@dataclass(frozen=True)
+class _Face:
+    """What cards of one advice and language share: their fields but the uuid, indicator
+    and link, and the link's label."""
+
+    fields: dict[str, Any]
+    link_label: str
 
 
 def _texts(advice: Advice, language: Language, hooks: HookSettings) -> tuple[str, str]:
     wording = hooks.card_wording.get(language, {})
 
     def text(name: CardText, message_id: str, **values: object) -> str:
-        own = wording.get(name)
-        return (
-            own.format(**values) if own is not None else translate(language, message_id, **values)
-        )
+        own = wording.get(name, "")
+        # a blank wording would leave the card without its (required) summary
+        return own.format(**values) if own.strip() else translate(language, message_id, **values)
 
     if not advice.patient_data:
         return (

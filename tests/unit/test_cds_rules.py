@@ -319,6 +319,17 @@ def test_the_info_card_is_dutch_with_a_smart_link_and_override_reasons() -> None
         assert coding["system"] == override_system.url
 
 
+def test_no_card_field_is_empty_whatever_the_hospital_leaves_blank() -> None:
+    """CDS Hooks 2.0: JSON elements SHALL NOT be empty (an empty card list excepted)."""
+    blank = {"info_summary": " ", "info_detail": ""}
+    hooks = HookSettings(override_reasons=[], source_url="", card_wording={"nl": blank})
+    result = render(Advice(indicator="info"), "nl", hooks)
+    assert "overrideReasons" not in result
+    assert result["source"] == {"label": "Kindreflex"}
+    assert result["summary"] == translate("nl", "cds.info.summary")
+    assert result["detail"] == translate("nl", "cds.info.detail")
+
+
 def test_the_configurable_override_reasons_are_the_codes_of_the_guide() -> None:
     every = sorted(terminology.code_system("cds-override-reason").codes)
     assert HookSettings(override_reasons=every).override_reasons == every
