@@ -29,7 +29,7 @@ from service.cds.router import MAX_BODY_BYTES, CdsState, new_cds_state
 from service.cds.router import router as cds_router
 from service.db.base import Database
 from service.fhir import terminology
-from service.observability import Metrics, MetricsMiddleware
+from service.observability import Metrics, MetricsMiddleware, configure_logging
 from service.outbox import Outbox, OutboxWorker
 from service.settings import Settings, get_settings
 from service.tenancy import SecretBox, TenantDirectory
@@ -87,6 +87,11 @@ class KindreflexApp(FastAPI):
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     """Build the ASGI app. The database schema must already be migrated (``db upgrade``)."""
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:
+        # a worker process of `serve --workers N`: uvicorn spawns it with no logging set up
+        # (`kindreflex` configured only the parent), which would drop every INFO line and
+        # print the rest as plain text
+        configure_logging(settings.log_level)
     database = database or Database(settings.database_url)
     metrics = Metrics()
     if settings.guide_dir is not None:

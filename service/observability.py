@@ -31,9 +31,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class WithoutQueryString(logging.Filter):
+    """uvicorn's access lines without the query string: the SMART redirect carries the
+    authorization code (``/callback?code=…&state=…``) and the EHR's launch its launch token,
+    which no log line may hold."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            path = args[2]
+            if isinstance(path, str) and "?" in path:
+                record.args = (*args[:2], path.partition("?")[0], *args[3:])
+        return True
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(WithoutQueryString())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

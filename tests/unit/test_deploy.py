@@ -1,20 +1,35 @@
-"""The deployment files agree with the code: probes exist, settings are real, no secrets."""
+"""The deployment files agree with the code: probes exist, settings are real, no secrets;
+and so do the README and the guides: every command and setting they name exists.
+
+What the probes answer when a FHIR server takes no writes, or the database is down, is
+in ``tests/integration/test_readiness_and_logs.py``.
+"""
 
 from __future__ import annotations
 
 import re
+import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from service.app import create_app
+from service.cds.router import MAX_BODY_BYTES
 from service.cli import build_parser
 from service.db.base import Database
 from service.settings import Settings, load_settings
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
+DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: Variables the docs name that are not settings of the service.
+NOT_SETTINGS = {"KINDREFLEX_SETTINGS_FILE", "KINDREFLEX_TEST_POSTGRES_URL"}
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -38,6 +53,20 @@ def test_every_configured_variable_is_a_setting_of_the_service() -> None:
 def test_the_configmap_holds_no_secret() -> None:
     configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
     assert not {"KINDREFLEX_DATABASE_URL", "KINDREFLEX_SECRET_KEY"} & set(configmap["data"])
+    assert not [d for d in manifests() if d["kind"] == "Secret"], "its values would be in git"
+
+
+def test_every_setting_the_docs_name_exists_and_every_setting_is_in_the_readme() -> None:
+    named = {
+        variable
+        for path in [*DOCS, *KUBERNETES.glob("*.yaml"), DEPLOY / "Dockerfile"]
+        for variable in re.findall(r"KINDREFLEX_[A-Z_]*[A-Z]", path.read_text())
+    }
+    assert named - NOT_SETTINGS - setting_names() == set()
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## What the app serves")]
+    missing = {v for v in setting_names() if f"`{v}`" not in table}
+    assert missing == set(), "settings the README's Configuration table leaves out"
 
 
 def test_probes_point_at_routes_the_app_serves(tmp_path: Path) -> None:
@@ -47,7 +76,37 @@ def test_probes_point_at_routes_the_app_serves(tmp_path: Path) -> None:
     deployment = next(d for d in manifests() if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] in routes
+        assert urlsplit(container[probe]["httpGet"]["path"]).path in routes
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"] in routes
+    healthcheck = re.search(r"^HEALTHCHECK .*'http://127\.0\.0\.1:%s(/\w+)'", DOCKERFILE, re.M)
+    assert healthcheck, "the image's HEALTHCHECK asks no path"
+    assert healthcheck[1] in routes
+
+
+def test_the_probes_and_the_scrape_ask_on_the_port_the_service_listens_on() -> None:
+    deployment = next(d for d in manifests() if d["kind"] == "Deployment")
+    service = next(d for d in manifests() if d["kind"] == "Service")
+    policy = next(d for d in manifests() if d["kind"] == "NetworkPolicy")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    port = re.search(r"KINDREFLEX_PORT=(\d+)", DOCKERFILE)
+    assert port
+    assert re.search(rf"^EXPOSE {port[1]}$", DOCKERFILE, flags=re.MULTILINE)
+    assert container["ports"] == [{"name": "http", "containerPort": int(port[1])}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == port[1]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert all(rule["ports"] == [{"port": int(port[1])}] for rule in policy["spec"]["ingress"])
+
+
+def test_the_ingress_lets_through_the_largest_cds_call_the_service_accepts() -> None:
+    ingress = next(d for d in manifests() if d["kind"] == "Ingress")
+    size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    found = re.fullmatch(r"(\d+)([km]?)", size)
+    assert found, size
+    assert int(found[1]) * {"": 1, "k": 2**10, "m": 2**20}[found[2]] > MAX_BODY_BYTES
+    assert ingress["spec"]["tls"], "the app's cookies are Secure: TLS is required"
 
 
 def pods() -> list[dict[str, Any]]:
@@ -65,18 +124,75 @@ def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
     image_uid = re.search(r"USER (\d+)", (DEPLOY / "Dockerfile").read_text())
     assert image_uid is not None
     assert len(pods()) == 3  # the service, the migration, the daily purge
+    namespace = next(d for d in manifests() if d["kind"] == "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for pod in pods():
-        assert pod["securityContext"]["runAsUser"] == int(image_uid.group(1))
+        assert pod["securityContext"]["runAsUser"] == int(image_uid.group(1)) != 0
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for container in pod["containers"]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+            assert "memory" in container["resources"]["limits"]
+            assert {"secretRef": {"name": "kindreflex-secrets"}} in container["envFrom"]
+            assert "env" not in container  # no value inlined into a manifest
+
+
+def dockerfile_exec_form(instruction: str) -> list[str]:
+    line = re.search(rf"^{instruction} (\[.*\])$", DOCKERFILE, flags=re.MULTILINE)
+    assert line, f"the Dockerfile has no {instruction} in exec form"
+    words: list[str] = yaml.safe_load(line[1])
+    return words
 
 
 def test_every_container_runs_a_command_of_the_cli() -> None:
     """A renamed command or option would otherwise fail only in the hospital's cluster."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert dockerfile_exec_form("ENTRYPOINT") == ["kindreflex"]
+    assert "kindreflex" in scripts
     for pod in pods():
         for container in pod["containers"]:
+            assert "command" not in container  # the image's ENTRYPOINT: kindreflex
             build_parser().parse_args(container["args"])  # exits on an unknown argument
+    # one worker per process: each has its own Prometheus registry (README, "Operations")
+    assert build_parser().parse_args(dockerfile_exec_form("CMD")).workers == 1
+    assert build_parser().parse_args(pods()[0]["containers"][0]["args"]).workers == 1
+
+
+def documented_commands() -> list[str]:
+    """Every ``kindreflex …`` command line in the README's and the guides' code."""
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        code = re.findall(r"`([^`\n]+)`", text) + re.findall(r"^ *(kindreflex .+)$", text, re.M)
+        for span in code:
+            for match in re.finditer(
+                r"\bkindreflex ((?:serve|demo|db|keys|config|admin)\b[^`#<>|\n]*)", span
+            ):
+                found.append(match[1].strip())
+    return sorted(set(found))
+
+
+def test_every_kindreflex_command_the_docs_show_is_accepted_by_the_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    placeholders = {"N": "30", "W": "1", "H": "localhost", "T": "az-brugge", "IPS": "*"}
+    commands = documented_commands()
+    assert "db upgrade" in commands
+    assert len(commands) > 10
+    for command in commands:
+        words = [placeholders.get(w, w) for w in shlex.split(re.sub(r"[][]", " ", command))]
+        named_only = len(words) <= 2 and not any(w.startswith("-") for w in words)
+        try:  # a command only named in a sentence (`kindreflex config import`) must exist
+            build_parser().parse_args([*words, "--help"] if named_only else words)
+        except SystemExit as refused:
+            if not (named_only and refused.code == 0):
+                pytest.fail(f"the docs show `kindreflex {command}`, which the command refuses")
+        else:
+            assert not named_only
+    capsys.readouterr()  # the help texts
 
 
 def test_retention_is_scheduled_daily_and_never_twice_at_once() -> None:

@@ -1,0 +1,117 @@
+"""What the operations endpoints and the server's logs do for a hospital's platform.
+
+- Kubernetes' readiness probe must not take every pod out of the Service when a hospital's
+  FHIR server takes no writes (the outbox keeps them), while the full ``/readyz`` still
+  says so for alerting; with the database down ``/readyz`` names the failing checks.
+- ``serve --workers N`` logs JSON lines from every worker, with no query string (the SMART
+  redirect's authorization code).
+
+That the manifests point at these paths is in ``tests/unit/test_deploy.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from service import audit
+from service.app import create_app
+from service.audit import AuditAction, AuditFact, Channel
+from service.db.base import Database, utcnow
+from service.db.models import OutboxEntry
+from service.outbox import READY_MAX_AGE
+from service.settings import Settings
+from tests.support.processes import free_port, running
+from tests.support.write_path import make_tenant
+
+DEPLOYMENT = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "deployment.yaml"
+FHIR_DOWN = "http://127.0.0.1:9/fhir"  # nothing listens there
+
+
+def probe_path(probe: str) -> str:
+    deployment: dict[str, Any] = yaml.safe_load(DEPLOYMENT.read_text())
+    path: str = deployment["spec"]["template"]["spec"]["containers"][0][probe]["httpGet"]["path"]
+    return path
+
+
+def _stale_pending_write(database: Database) -> None:
+    """A pending write the hospital's FHIR server has not taken for longer than readiness
+    allows."""
+    tenant = make_tenant(database, "default", FHIR_DOWN)
+    fact = AuditFact(
+        actor="Practitioner/nurse-1",
+        action=AuditAction.SEARCH,
+        patient_ref="Patient/p1",
+        entities=("RelatedPerson/7",),
+        outcome="success",
+        at=utcnow(),
+    )
+    with database.session() as session:
+        row = audit.record_read(session, Channel(tenant.id, "ehr", FHIR_DOWN, "s1"), fact)
+        session.flush()
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == row.outbox_id)
+            .values(created_at=utcnow() - READY_MAX_AGE - timedelta(minutes=1))
+        )
+
+
+def test_a_fhir_server_that_takes_no_writes_fails_readyz_but_not_the_readiness_probe(
+    database_url: str, database: Database
+) -> None:
+    """Else every pod leaves the Service at once: CDS cards and saves stop for every
+    hospital while the outbox could have kept the writes."""
+    _stale_pending_write(database)
+    app = create_app(Settings(environment="test", database_url=database_url), database)
+    client = TestClient(app)  # no lifespan: no worker delivers meanwhile
+    full = client.get("/readyz")
+    assert full.status_code == 503
+    assert full.json()["checks"]["outbox"]["ok"] is False
+    assert full.json()["checks"]["database"]["ok"] is True
+    probe = client.get(probe_path("readinessProbe"))
+    assert probe.status_code == 200
+    assert list(probe.json()["checks"]) == ["database"]
+    assert client.get(probe_path("livenessProbe")).status_code == 200
+    unknown = client.get("/readyz", params={"check": "fhir"})
+    assert unknown.status_code == 400
+    assert "database, outbox" in unknown.json()["detail"]
+
+
+def test_with_the_database_down_readyz_names_both_failing_checks_instead_of_a_500() -> None:
+    url = "postgresql+psycopg://kindreflex@127.0.0.1:9/kindreflex"  # nothing listens there
+    database = Database(url)
+    try:
+        app = create_app(Settings(environment="test", database_url=url), database)
+        answer = TestClient(app).get("/readyz")
+    finally:
+        database.dispose()
+    assert answer.status_code == 503
+    checks = answer.json()["checks"]
+    assert checks["database"]["ok"] is False
+    assert checks["outbox"] == {"ok": False, "detail": "OperationalError"}
+
+
+def test_serve_with_several_workers_logs_json_lines_and_no_query_string(tmp_path: Path) -> None:
+    """uvicorn spawns its workers without the parent's logging: they printed plain text and
+    dropped every INFO line. The SMART redirect's code is a secret: no query in the logs."""
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"]
+    with running(command, f"{base}/healthz", env) as process:
+        httpx.get(f"{base}/callback", params={"state": "s", "code": "the-code-4711"})
+    assert process.stdout is not None
+    output = process.stdout.read().decode()
+    lines = [json.loads(line) for line in output.splitlines()]  # every line is JSON
+    access = [line["msg"] for line in lines if line["logger"] == "uvicorn.access"]
+    assert any('"GET /callback HTTP/1.1" 400' in msg for msg in access), output
+    assert "the-code-4711" not in output
