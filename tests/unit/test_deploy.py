@@ -130,6 +130,7 @@ def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
         assert pod["securityContext"]["runAsUser"] == int(image_uid.group(1)) != 0
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False  # no pod calls the cluster's API
         for container in pod["containers"]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
