@@ -162,6 +162,21 @@ def test_every_container_runs_a_command_of_the_cli() -> None:
     assert build_parser().parse_args(pods()[0]["containers"][0]["args"]).workers == 1
 
 
+def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> None:
+    """The context is sent to the builder whole: without the allow-list it was the
+    repository with .venv and node_modules (some 700 MB) and any unreadable .dev/postgres."""
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [line for line in ignore if line and not line.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {rule[1:] for rule in rules if rule.startswith("!")}
+    copied = {
+        source
+        for line in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, flags=re.MULTILINE)
+        for source in line.split()
+    }
+    assert copied == allowed
+
+
 def documented_commands() -> list[str]:
     """Every ``kindreflex …`` command line in the README's and the guides' code."""
     found = []
