@@ -83,6 +83,32 @@ def test_probes_point_at_routes_the_app_serves(tmp_path: Path) -> None:
     assert healthcheck[1] in routes
 
 
+def test_every_address_the_guides_give_an_ehr_administrator_is_served(tmp_path: Path) -> None:
+    """``{BASE}/x`` is the default hospital's ``/x`` and every other one's ``/t/{tenant}/x``;
+    ``KINDREFLEX_PUBLIC_URL/x`` is one address for all hospitals."""
+    settings = load_settings(database_url=f"sqlite:///{tmp_path / 'kr.db'}")
+    app = create_app(settings, Database(settings.database_url))
+    routes = [
+        re.compile(re.sub(r"\\\{\w+\\\}", r"[^/]+", re.escape(path)) + "$")
+        for path in app.openapi()["paths"]
+    ]
+
+    def served(path: str) -> bool:
+        return any(route.match(path) for route in routes)
+
+    addresses = set()
+    for path in DOCS:
+        found = re.findall(r"(\{BASE\}|\{?KINDREFLEX_PUBLIC_URL\}?)(/[^\s`)\"]*)", path.read_text())
+        addresses |= {(base.strip("{}"), re.sub(r"<\w+>", "x", rest)) for base, rest in found}
+    assert len(addresses) > 10
+    for base, path in addresses:
+        if base == "BASE":
+            assert served(path), f"{{BASE}}{path}"
+            assert served(f"/t/az-brugge{path}"), f"{{BASE}}{path} of another hospital"
+        elif not path.startswith("/t/"):
+            assert served(path), f"KINDREFLEX_PUBLIC_URL{path}"
+
+
 def test_the_probes_and_the_scrape_ask_on_the_port_the_service_listens_on() -> None:
     deployment = next(d for d in manifests() if d["kind"] == "Deployment")
     service = next(d for d in manifests() if d["kind"] == "Service")
