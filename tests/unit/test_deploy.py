@@ -97,8 +97,8 @@ def test_every_address_the_guides_give_an_ehr_administrator_is_served(tmp_path: 
         return any(route.match(path) for route in routes)
 
     addresses = set()
-    for path in DOCS:
-        found = re.findall(r"(\{BASE\}|\{?KINDREFLEX_PUBLIC_URL\}?)(/[^\s`)\"]*)", path.read_text())
+    for doc in DOCS:
+        found = re.findall(r"(\{BASE\}|\{?KINDREFLEX_PUBLIC_URL\}?)(/[^\s`)\"]*)", doc.read_text())
         addresses |= {(base.strip("{}"), re.sub(r"<\w+>", "x", rest)) for base, rest in found}
     assert len(addresses) > 10
     for base, path in addresses:
@@ -126,13 +126,23 @@ def test_the_probes_and_the_scrape_ask_on_the_port_the_service_listens_on() -> N
     assert all(rule["ports"] == [{"port": int(port[1])}] for rule in policy["spec"]["ingress"])
 
 
+def test_the_ingress_serves_the_public_url_over_tls() -> None:
+    """An EHR signs its CDS calls for KINDREFLEX_PUBLIC_URL (the JWT's aud): the Ingress
+    must answer at exactly that host, with TLS (the app's cookies are Secure)."""
+    ingress = next(d for d in manifests() if d["kind"] == "Ingress")
+    configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
+    public = urlsplit(configmap["data"]["KINDREFLEX_PUBLIC_URL"])
+    assert public.scheme == "https"
+    assert [rule["host"] for rule in ingress["spec"]["rules"]] == [public.hostname]
+    assert ingress["spec"]["tls"][0]["hosts"] == [public.hostname]
+
+
 def test_the_ingress_lets_through_the_largest_cds_call_the_service_accepts() -> None:
     ingress = next(d for d in manifests() if d["kind"] == "Ingress")
     size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     found = re.fullmatch(r"(\d+)([km]?)", size)
     assert found, size
     assert int(found[1]) * {"": 1, "k": 2**10, "m": 2**20}[found[2]] > MAX_BODY_BYTES
-    assert ingress["spec"]["tls"], "the app's cookies are Secure: TLS is required"
 
 
 def pods() -> list[dict[str, Any]]:
