@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-from urllib.parse import quote_plus, urljoin
+from urllib.parse import quote_plus, urljoin, urlsplit
 
 import httpx
 import jwt
@@ -92,7 +92,7 @@ def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
         raise OAuthError("ehr_unsupported", ", ".join(missing))
     jwks_uri = document.get("jwks_uri")
     capabilities = _strings(document, "capabilities")
-    return AuthServer(
+    server = AuthServer(
         authorization_endpoint=_absolute(base, document["authorization_endpoint"]),
         token_endpoint=_absolute(base, document["token_endpoint"]),
         issuer=document["issuer"],
@@ -100,6 +100,33 @@ def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
         scopes_v1="permission-v1" in capabilities and "permission-v2" not in capabilities,
         assertion_alg=_assertion_algorithm(document),
     )
+    cleartext = [name for name, url in _contacted(base, server) if not _over_tls(url)]
+    if cleartext:
+        raise OAuthError("ehr_unsupported", f"not https: {', '.join(cleartext)}")
+    return server
+
+
+def _contacted(fhir_base_url: str, server: AuthServer) -> list[tuple[str, str]]:
+    """The URLs a launch sends secrets to or trusts keys from (the issuer: where the
+    OpenID configuration naming the keys is read when the SMART one names none)."""
+    keys = ("jwks_uri", server.jwks_uri) if server.jwks_uri else ("issuer", server.issuer)
+    return [
+        ("FHIR base URL", fhir_base_url),
+        ("authorization_endpoint", server.authorization_endpoint),
+        ("token_endpoint", server.token_endpoint),
+        keys,
+    ]
+
+
+#: Hosts where plain http never leaves the machine (the demo, a local TLS-terminating proxy).
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _over_tls(url: str) -> bool:
+    """SMART 2.x: apps SHALL send authorization codes, tokens and client credentials only
+    to authenticated servers over TLS; plain http is accepted on the loopback interface."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
 
 
 def _smart_configuration(http: httpx.Client, registration: EhrRegistration) -> dict[str, Any]:
@@ -259,6 +286,8 @@ def _openid_jwks_uri(http: httpx.Client, issuer: str) -> str:
     document = _get_json(http, f"{issuer.rstrip('/')}/.well-known/openid-configuration")
     if document.get("issuer") != issuer or not isinstance(document.get("jwks_uri"), str):
         raise OAuthError("ehr_unsupported", "OpenID configuration without a matching issuer")
+    if not _over_tls(document["jwks_uri"]):
+        raise OAuthError("ehr_unsupported", "not https: the OpenID configuration's jwks_uri")
     return str(document["jwks_uri"])
 
 

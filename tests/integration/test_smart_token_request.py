@@ -26,6 +26,7 @@ from smart_app.oauth import (
     discover,
     request_token,
     requested_scopes,
+    verify_id_token,
 )
 
 
@@ -125,6 +126,31 @@ def test_relative_endpoints_of_a_legacy_server_are_resolved_against_the_fhir_bas
     assert found.authorization_endpoint == f"{server.url}/auth/authorize"
     assert found.token_endpoint == f"{server.url}/token"
     assert found.jwks_uri == f"{server.url}/keys"
+
+
+def test_endpoints_in_cleartext_off_this_machine_are_refused(server: ScriptedServer) -> None:
+    """SMART 2.x: codes, tokens and client credentials go only to servers over TLS."""
+    _configuration(server, token_endpoint="http://ehr.example/token",
+                   jwks_uri="https://ehr.example/jwks")  # fmt: skip
+    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as refused:
+        discover(http, _registration(server))
+    assert refused.value.kind == "ehr_unsupported"
+    assert refused.value.detail == "not https: token_endpoint"
+
+    _configuration(server, token_endpoint="https://ehr.example/token", jwks_uri=None)
+    server.documents["/.well-known/openid-configuration"] = (
+        200, json.dumps({"issuer": server.url, "jwks_uri": "http://ehr.example/jwks"}),
+    )  # fmt: skip
+    with httpx.Client(timeout=5) as http:
+        found = discover(http, _registration(server))  # the FHIR base is on the loopback
+        with pytest.raises(OAuthError, match="not https: the OpenID configuration's jwks_uri"):
+            verify_id_token(http, _an_rs256_jwt(), found, "kindreflex app", "nonce")
+
+
+def _an_rs256_jwt() -> str:
+    """A JWT with an RS256 header; refused before its (bogus) signature is looked at."""
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","kid":"k"}').rstrip(b"=").decode()
+    return f"{header}.e30.c2ln"
 
 
 @pytest.mark.parametrize(
