@@ -29,6 +29,12 @@ from service.settings import TENANT_SLUG, Settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
+#: How long `serve` keeps an idle keep-alive connection open (uvicorn's default is 5 s). A
+#: reverse proxy reuses its idle connections to us for longer (ingress-nginx 60 s, many load
+#: balancers 60 s): a request it sends just as uvicorn closes one gets a 502, and a CDS
+#: hook call, a POST, is not retried. Outlasting the proxy, we let it close first.
+KEEP_ALIVE_SECONDS = 75
+
 
 def _schema_is_current(settings: Settings) -> bool:
     script = ScriptDirectory.from_config(migrate.alembic_config(settings.database_url))
@@ -76,6 +82,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         workers=args.workers,
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        timeout_keep_alive=args.timeout_keep_alive,
         log_config=None,
     )
     return 0
@@ -196,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="proxies whose X-Forwarded-* headers are trusted",
     )
+    serve.add_argument(
+        "--timeout-keep-alive", type=int, default=KEEP_ALIVE_SECONDS, metavar="SECONDS",
+        help=f"close idle connections after this long (default {KEEP_ALIVE_SECONDS}: longer "
+        "than the reverse proxy keeps its idle connections to us)",
+    )  # fmt: skip
     serve.set_defaults(handler=cmd_serve)
 
     demo = commands.add_parser(

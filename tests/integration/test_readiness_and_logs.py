@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from sqlalchemy import update
 from service import audit
 from service.app import create_app
 from service.audit import AuditAction, AuditFact, Channel
+from service.cli import KEEP_ALIVE_SECONDS, build_parser
 from service.db.base import Database, utcnow
 from service.db.models import OutboxEntry
 from service.outbox import READY_MAX_AGE
@@ -115,3 +118,30 @@ def test_serve_with_several_workers_logs_json_lines_and_no_query_string(tmp_path
     access = [line["msg"] for line in lines if line["logger"] == "uvicorn.access"]
     assert any('"GET /callback HTTP/1.1" 400' in msg for msg in access), output
     assert "the-code-4711" not in output
+
+
+def test_serve_keeps_idle_connections_open_longer_than_a_reverse_proxy_does(
+    tmp_path: Path,
+) -> None:
+    """ingress-nginx reuses an idle connection for up to 60 s: uvicorn's own 5 s made it
+    send a CDS call into a connection being closed (a 502). The option reaches uvicorn:
+    with 1 s the server closes an idle connection after about that long."""
+    assert KEEP_ALIVE_SECONDS > 60
+    assert build_parser().parse_args(["serve"]).timeout_keep_alive == KEEP_ALIVE_SECONDS
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}"}
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    with (
+        running([*command, "--timeout-keep-alive", "1"], f"http://127.0.0.1:{port}/healthz", env),
+        socket.create_connection(("127.0.0.1", port), timeout=10) as connection,
+    ):
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: kindreflex\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b'{"status":"ok"}'):  # the head and the body may come apart
+            chunk = connection.recv(4096)
+            assert chunk, f"closed before the whole answer: {answer!r}"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+        idle_since = time.monotonic()
+        assert connection.recv(4096) == b""  # blocks until the server closes the connection
+        assert time.monotonic() - idle_since < 4  # uvicorn's own default would be 5 s

@@ -230,7 +230,7 @@ def documented_commands() -> list[str]:
 def test_every_kindreflex_command_the_docs_show_is_accepted_by_the_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    placeholders = {"N": "30", "W": "1", "H": "localhost", "T": "az-brugge", "IPS": "*"}
+    placeholders = {"N": "30", "W": "1", "H": "localhost", "T": "az-brugge", "IPS": "*", "S": "75"}
     commands = documented_commands()
     assert "db upgrade" in commands
     assert len(commands) > 10
