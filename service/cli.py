@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
 from alembic.runtime.migration import MigrationContext
@@ -25,7 +26,7 @@ from service.db import migrate
 from service.db.base import Database
 from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore
 from service.observability import configure_logging
-from service.settings import TENANT_SLUG, Settings, load_settings
+from service.settings import TENANT_SLUG, Settings, is_loopback, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -65,6 +66,17 @@ def _on_current_schema(command: Command) -> Command:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    host = args.host or settings.host
+    if not is_loopback(host) and is_loopback(urlsplit(settings.public_url).hostname):
+        # Other machines reach us, yet we would tell EHRs we live on theirs: every CDS
+        # call would fail its `aud` check and every launch link would point nowhere.
+        print(
+            f"KINDREFLEX_PUBLIC_URL is {settings.public_url}, but `serve` listens on {host} "
+            "for other machines. Set KINDREFLEX_PUBLIC_URL to the https address EHRs and "
+            "browsers reach the service at.",
+            file=sys.stderr,
+        )
+        return 2
     if not _schema_is_current(settings):
         if not settings.is_sqlite:
             print(
@@ -77,7 +89,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     uvicorn.run(
         "service.app:create_app",
         factory=True,
-        host=args.host or settings.host,
+        host=host,
         port=args.port or settings.port,
         workers=args.workers,
         proxy_headers=True,

@@ -151,6 +151,7 @@ def _print_urls(stack: DemoStack) -> None:
         f"  1. the sandbox EHR (start here):   {sandbox.ehr_url}/",
         "     pick a patient, start the triage, follow the card's link",
         f"  2. the CDS Hooks discovery:        {app_url}/cds-services",
+        "     (called by the EHR with its signed JWT; a browser gets 401 invalid_token)",
         f"  3. the social service's worklist:  {app_url}/social (launch as Pieter Jacobs)",
         "     (launch from the EHR as the social worker)",
         f"  FHIR server (sandbox facade):      {sandbox.fhir_base_url}",

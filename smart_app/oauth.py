@@ -18,6 +18,7 @@ import httpx
 import jwt
 
 from service.keys import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, KeyStore
+from service.settings import is_loopback
 from service.tenant_config import EhrRegistration
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -118,15 +119,11 @@ def _contacted(fhir_base_url: str, server: AuthServer) -> list[tuple[str, str]]:
     ]
 
 
-#: Hosts where plain http never leaves the machine (the demo, a local TLS-terminating proxy).
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 def _over_tls(url: str) -> bool:
     """SMART 2.x: apps SHALL send authorization codes, tokens and client credentials only
     to authenticated servers over TLS; plain http is accepted on the loopback interface."""
     parts = urlsplit(url)
-    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
 
 
 def _smart_configuration(http: httpx.Client, registration: EhrRegistration) -> dict[str, Any]:

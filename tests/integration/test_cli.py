@@ -53,6 +53,22 @@ def test_serve_refuses_an_outdated_postgres_schema_instead_of_migrating_it(
     assert "kindreflex db upgrade" in result.stderr
 
 
+def test_serve_for_other_machines_refuses_a_public_url_on_localhost(tmp_path: Path) -> None:
+    # The default KINDREFLEX_PUBLIC_URL (http://localhost:8000) on a server EHRs reach over
+    # the network: every CDS call would fail its aud check. Named before anything starts.
+    env = {
+        **os.environ,
+        "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}",
+        "KINDREFLEX_PUBLIC_URL": "http://localhost:8000",
+    }
+    env.pop("KINDREFLEX_HOST", None)
+    command = [*KINDREFLEX, "serve", "--host", "0.0.0.0", "--port", str(free_port())]  # noqa: S104
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "KINDREFLEX_PUBLIC_URL is http://localhost:8000" in result.stderr
+    assert not (tmp_path / "k.db").exists()  # refused before the database was touched
+
+
 @pytest.mark.parametrize(
     "command", [["config", "export"], ["admin", "bootstrap"], ["db", "purge"], ["keys", "rotate"]]
 )
