@@ -49,12 +49,15 @@ def missing_queries(
     patient_id: str,
     encounter_id: str | None,
 ) -> dict[str, str]:
-    """The FHIR queries for the keys the EHR did not prefetch (a present ``null`` is "no data")."""
+    """The FHIR queries for the keys the EHR did not prefetch (a present ``null`` is "no data")
+    or could not: CDS Hooks 2.0 lets a client send an OperationOutcome for a prefetch that
+    failed, and a failed Flag query must not read as "no open concern"."""
     given = prefetch or {}
     values = {"{{context.patientId}}": patient_id, "{{context.encounterId}}": encounter_id}
     queries: dict[str, str] = {}
     for key, template in templates(vocabulary).items():
-        if key in given or (key in _NEEDS_ENCOUNTER and encounter_id is None):
+        answered = key in given and not _failed(given[key])
+        if answered or (key in _NEEDS_ENCOUNTER and encounter_id is None):
             continue
         query = template
         for token, value in values.items():
@@ -62,6 +65,11 @@ def missing_queries(
                 query = query.replace(token, value)
         queries[key] = query
     return queries
+
+
+def _failed(value: Any) -> bool:
+    """Whether a prefetch value is the client's report of a failed query."""
+    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
 async def fetch(

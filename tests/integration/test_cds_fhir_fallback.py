@@ -148,6 +148,27 @@ def test_only_the_missing_keys_are_fetched_still_in_one_request(
     assert cds_on_fhir.fhir_requests() == 1
 
 
+def test_a_prefetch_the_ehr_reports_as_failed_is_fetched_not_read_as_no_concern(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    # CDS Hooks 2.0: a client may send an OperationOutcome where a prefetch query failed.
+    server, seeded = fhir
+    patient = seeded.patient("karim-el-amrani")  # an open concern from an earlier visit
+    body = without_prefetch(server.base_url, patient)
+    failed = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout", "diagnostics": "Flag query"}],
+    }
+    body["prefetch"] = {
+        "patient": httpx.get(f"{server.base_url}/Patient/{patient.id}").json(),
+        "flags": failed,
+    }
+    card = only_card(cds_on_fhir.call(body=body))
+    assert card["indicator"] == "warning"
+    assert json.loads(card["links"][0]["appContext"])["reasons"] == ["open-concern"]
+    assert cds_on_fhir.fhir_requests() == 1
+
+
 def test_step_1_recorded_on_the_fhir_server_means_no_card(
     cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
 ) -> None:
