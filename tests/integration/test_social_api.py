@@ -25,6 +25,7 @@ from service.protocol import (
     CaseClosure,
     CloseReason,
     SafetyAssessment,
+    Step4Decision,
 )
 from service.tenancy import TenantContext
 from tests.support.casework import save_triage
@@ -612,7 +613,8 @@ def test_the_social_workers_text_reaches_fhir_clean_and_a_garbled_reference_is_r
     )
     assert validate(observation) == []
     finding = mapping.finding_from_observation(observation)
+    assert isinstance(finding, Step4Decision)
     assert finding.note == "Gesprek met oma."
-    assert finding.patient_explanation is None  # type: ignore[union-attr]
-    assert finding.team_members == ("dr. Janssens",)  # type: ignore[union-attr]
-    assert finding.key_persons[0].text == "buurvrouw"  # type: ignore[union-attr]
+    assert finding.patient_explanation is None
+    assert finding.team_members == ("dr. Janssens",)
+    assert finding.key_persons[0].text == "buurvrouw"
