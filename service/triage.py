@@ -37,6 +37,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from service import audit
 from service.audit import AuditAction, AuditFact, Channel
@@ -67,6 +68,9 @@ from service.tenancy import TenantContext
 
 #: The save's own delivery attempt must not keep the nurse waiting: the worker retries.
 IMMEDIATE_TIMEOUT_SECONDS = 3.0
+#: How often a save is tried when the patient's concern changes under it (see
+#: :meth:`Triage._commit_retrying`).
+_COMMIT_ATTEMPTS = 3
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
@@ -180,10 +184,7 @@ class Triage:
         patient_ref, encounter_ref = _launch_refs(ctx)
         _validate(patient_ref, encounter_ref, findings)
         concern = _raises_concern(findings)
-        try:
-            entry_id = self._commit(ctx, findings, concern)
-        except IntegrityError:  # another save opened this patient's concern at this moment:
-            entry_id = self._commit(ctx, findings, concern)  # now it joins that one
+        entry_id = self._commit_retrying(ctx, findings, concern)
         self._outbox.adopt_session(ctx.tenant.id, ctx.registration_id, patient_ref, ctx.session_id)
         quick = min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
         state = self._outbox.deliver(entry_id, timeout=quick)
@@ -194,6 +195,20 @@ class Triage:
                 "Your input is kept; reload the children and save again.",
             )
         return SaveResult(_status(state), concern, entry_id)
+
+    def _commit_retrying(self, ctx: LaunchInfo, findings: TriageInput, concern: bool) -> int:
+        """:meth:`_commit`, done again when the patient's concern changed under it: another
+        save opened it at this moment (the unique open-concern index: IntegrityError; the
+        save now joins that one), or another save, an assignment or a closing changed the
+        open concern's row between our reading and our update (its ``row_version``:
+        StaleDataError; the save now updates the row as it is, or opens a new concern when
+        it was closed). Each attempt is rolled back whole, so none writes anything twice."""
+        for _ in range(_COMMIT_ATTEMPTS - 1):
+            try:
+                return self._commit(ctx, findings, concern)
+            except (IntegrityError, StaleDataError):
+                continue
+        return self._commit(ctx, findings, concern)
 
     def _commit(self, ctx: LaunchInfo, findings: TriageInput, concern: bool) -> int:
         """One local transaction: outbox entry, audit row, worklist row. Returns the entry id.

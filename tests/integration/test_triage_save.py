@@ -728,3 +728,48 @@ def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
 
 def _is_plan_version(component: dict[str, Any]) -> bool:
     return any(c.get("code") == "plan-version" for c in component["code"]["coding"])
+
+
+def test_a_case_changed_between_reading_and_saving_its_concern_does_not_lose_the_save(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second triage save for a patient with an open concern updates the concern's row,
+    whose ``row_version`` guards it. A social worker assigning the case between the save's
+    reading of the row and its flush made that UPDATE match no row (StaleDataError): the
+    nurse got a 500 and her save was rolled back. The interleaving is forced with a hook
+    in the save's own reading (no fault is mocked; the assignment is a real commit)."""
+    from service import social, triage
+
+    patient = seeded.patient("jan-janssens")
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    world.triage.record_triage(first, _niet_pluis(first, (_child("Lotte Janssens", 7),)))
+    with world.database.session() as session:
+        (case,) = session.scalars(select(Concern)).all()
+
+    reading = triage._shown_children
+    assigned: list[int] = []
+
+    def read_then_someone_assigns(session: Any, session_id: str) -> dict[str, str]:
+        if not assigned:  # once: the social worker's change lands in between
+            with world.database.session() as other:
+                done = social.assign_case(
+                    other,
+                    world.tenant.id,
+                    case.id,
+                    assignee="Practitioner/sw-1",
+                    expected_version=case.row_version,
+                    now=utcnow(),
+                )
+            assigned.append(done.row_version)
+        return reading(session, session_id)
+
+    monkeypatch.setattr(triage, "_shown_children", read_then_someone_assigns)
+    second = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+    result = world.triage.record_triage(second, _niet_pluis(second, (_child("Wout", 3),)))
+
+    assert result.status == "delivered"
+    with world.database.session() as session:
+        (row,) = session.scalars(select(Concern)).all()
+    assert row.outbox_id == result.outbox_id  # the nurse's save reached the index
+    assert row.assigned_to == "Practitioner/sw-1"  # and the assignment was not overwritten
+    assert row.row_version == assigned[0] + 1
