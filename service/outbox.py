@@ -167,7 +167,7 @@ class _Claimed:
     session_id: str
     bundle: Resource
     witness: str | None
-    attempts: int
+    attempts: int  # this attempt's number: 1 for the first (counted when claimed)
 
 
 class Outbox:
@@ -288,7 +288,14 @@ class Outbox:
             session.execute(
                 update(OutboxEntry)
                 .where(OutboxEntry.id.in_(candidates.scalar_subquery()), *due)
-                .values(lease_owner=lease, lease_until=now + self._lease_for(limit))
+                # The attempt counts from its claim, not its result: an instance that dies
+                # after the server applied the transaction, before recording it, leaves an
+                # entry whose next holder must ask the witness first (see _attempt).
+                .values(
+                    lease_owner=lease,
+                    lease_until=now + self._lease_for(limit),
+                    attempts=OutboxEntry.attempts + 1,
+                )
                 .execution_options(synchronize_session=False)
             )
             rows = session.scalars(select(OutboxEntry).where(OutboxEntry.lease_owner == lease))
@@ -328,7 +335,8 @@ class Outbox:
             return Delivery(entry.id, DeliveryState.PENDING, f"token: {type(error).__name__}")
         with FhirClient(entry.fhir_base_url, lambda: token, timeout) as client:
             try:
-                if entry.attempts and entry.witness and _witness_exists(client, entry.witness):
+                # an earlier attempt may have been applied (its answer, or its holder, lost)
+                if entry.attempts > 1 and entry.witness and _witness_exists(client, entry.witness):
                     return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
                 client.transaction(_merged(client, entry.bundle))
             except _Refused as refusal:
@@ -348,14 +356,13 @@ class Outbox:
     def _record(self, entry: _Claimed, delivery: Delivery) -> None:
         now = self._clock()
         values: dict[str, Any] = {"state": delivery.state, "lease_owner": None, "lease_until": None}
-        values["attempts"] = entry.attempts + 1
         if delivery.state is DeliveryState.DELIVERED:
             values["delivered_at"] = now
         else:
             values["last_error"] = delivery.detail[:2000]
             values["outcome"] = delivery.outcome
         if delivery.state is DeliveryState.PENDING:
-            values["next_attempt_at"] = now + timedelta(seconds=self._backoff(entry.attempts))
+            values["next_attempt_at"] = now + timedelta(seconds=self._backoff(entry.attempts - 1))
         with self._database.session() as session:
             result = session.execute(
                 update(OutboxEntry)

@@ -443,3 +443,40 @@ def test_the_app_runs_the_worker_and_readyz_and_metrics_report_the_outbox(
         metrics = client.get("/metrics").text
         assert 'kindreflex_outbox_deliveries_total{state="delivered"} 1.0' in metrics
     assert len(_events(database, fhir_server.base_url, entry_id)) == 1
+
+
+def test_a_holder_that_died_after_the_server_applied_its_delivery_is_not_repeated(
+    database: Database, fhir_server: FhirServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance sends the transaction, the FHIR server applies it, and the instance dies
+    before it records anything (killed, out of memory, its database connection gone). Its
+    lease runs out and another instance claims the entry. The attempt was counted only
+    when recorded, so the entry still said 0 attempts, its witness was not asked, and the
+    transaction was sent again: the plain creates (Provenance, AuditEvent) twice.
+
+    The death is the one fault mocked here: ``_record`` raises instead of writing."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    marker, plain = str(uuid.uuid4()), str(uuid.uuid4())
+    tx = TransactionBuilder()
+    tx.create(_person(marker), {"system": SYSTEM, "value": marker})
+    tx.add(_person(plain))  # no ifNoneExist, like a Provenance: only the witness keeps it single
+    witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+    entry_id = _enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness)
+    clock = Clock()
+    dying, other = make_outbox(database, clock), make_outbox(database, clock)
+
+    def killed(*_args: Any) -> None:
+        raise RuntimeError("the process died before recording the delivery")
+
+    monkeypatch.setattr(dying, "_record", killed)
+    with pytest.raises(RuntimeError):
+        dying.deliver(entry_id)
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
+
+    assert other.run_once() == []  # the dead holder's lease still runs
+    clock.advance(3600)
+    assert [(d.state, d.detail) for d in other.run_once()] == [
+        (DeliveryState.DELIVERED, "applied earlier")
+    ]
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
+    assert _entry(database, entry_id).attempts == 2
