@@ -107,6 +107,18 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.NOT_INFORMED_REASON_REQUIRED: "s6-not-informed-reason",
     ErrorCode.CLOSE_REASON_TEXT_REQUIRED: "close-reason-text",
 }
+#: A field the API refuses (``s4-team-members``) → its id on the page, where the two differ:
+#: a message at an anchor the page lacks would be shown nowhere.
+_FIELD_ANCHOR: Mapping[str, str] = {
+    "s4-discussed-with-patient": "s4-discussed",
+    "s4-patient-explanation": "s4-explanation",
+    "s4-children-heard": "s4-children",
+    "s4-team-members": "s4-team",
+    "s6-partner-id": "s6-partner",
+    "s6-with-cooperation": "s6-cooperation",
+    "s6-patient-informed": "s6-informed",
+    "s6-follow-up-actions": "s6-follow-up",
+}
 
 
 # -- the form as typed ------------------------------------------------------------------------
@@ -488,7 +500,7 @@ def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> Problem:
     first = error.errors()[0]
     where = str(first["loc"][0]).replace("_", "-") if first["loc"] else ""
     anchor = form if where in ("", "row-version") else f"{form}-{where}"
-    return Problem(form, anchor, _message(ctx.language, "error.field"))
+    return Problem(form, _FIELD_ANCHOR.get(anchor, anchor), _message(ctx.language, "error.field"))
 
 
 @router.post("/cases/{case_id}/close", dependencies=[Depends(verify_csrf)])

@@ -96,6 +96,13 @@ def test_seed_001_from_the_worklist_to_the_referral_to_the_vk(
     app.get_by_label("Wie nam deel aan de teambeslissing").fill("sociale dienst\nspoedarts")
     # Episode 3: bruises, no help for the children, counselling stopped → resistance.
     app.get_by_label("Notitie").fill("Blauwe plekken; cliënte zet de begeleiding stop.")
+    # Saved without the team's decision: refused, the focus on the form's error summary.
+    _submit_with_keyboard(page, app.get_by_role("button", name="Stap 4 opslaan"))
+    expect(app.locator("#s4-error-summary")).to_be_focused(timeout=SAVE_TIMEOUT_MS)
+    expect(app.get_by_label("Uitleg van de patiënt")).to_have_value(
+        "Ze wil haar vriend niet kwijt."
+    )
+    assert axe.violations(axe.in_frame(page)) == []
     app.locator("#s4-decision-concerning-unwilling").focus()
     page.keyboard.press("Space")
     expect(app.locator("#s4-decision-concerning-unwilling")).to_be_checked()

@@ -236,6 +236,22 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert 'id="s4-consultations-error"' in refused.text
     assert "She says they are fine alone for an hour." in refused.text
     assert 'value="partner-hostile-to-children" checked' in refused.text
+    # The form's error summary links to the field; casefile.js moves the focus to it.
+    summary = _error_summary(refused.text, "s4")
+    assert 'href="#s4-consultations"' in summary
+    assert '<fieldset id="s4-consultations" aria-describedby="s4-consultations-error"' in (
+        refused.text
+    )
+    assert "casefile.js" in refused.text
+
+    # A team the API refuses (21 names): before, the message was lost (no such anchor on
+    # the page) and the social worker saw the form again without a word.
+    team = "\n".join(f"member {i}" for i in range(21))
+    refused = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "team_members": team})
+    assert refused.status_code == 422
+    assert 'href="#s4-team"' in _error_summary(refused.text, "s4")
+    assert 'id="s4-team-error"' in refused.text
+    assert 'aria-describedby="s4-team-hint s4-team-error" aria-invalid="true"' in refused.text
 
     saved = _post(client, page, case_id, "step-4", "s4", STEP_4)
     assert saved.status_code == 303, saved.text
@@ -302,6 +318,16 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert SOCIAL_WORKER in reads  # opening the case is an audited read
     assert 'id="close-form"' not in closed_page
     assert 'id="s6-form"' not in closed_page
+
+
+def _error_summary(html: str, form: str) -> str:
+    """The error summary at the head of form ``form``: announced and focusable."""
+    start = html.index(f'id="{form}-error-summary"')
+    opening = html[html.rindex("<div", 0, start) : html.index(">", start)]
+    assert 'role="alert"' in opening
+    assert 'tabindex="-1"' in opening
+    assert "data-error-summary" in opening
+    return html[start : html.index("</div>", start)]
 
 
 def _hidden_section(html: str, anchor: str) -> str:
