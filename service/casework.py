@@ -98,10 +98,16 @@ class Referral:
 @dataclass(frozen=True)
 class Plan:
     """A save's transaction and how to find what it writes (``Type?identifier=…`` for a
-    create, ``Type/id`` for an update), for the audit."""
+    create, ``Type/id`` for an update), for the audit.
+
+    ``witness``: the search for a resource only this transaction creates (the outbox's
+    witness, ``service.outbox``). Before a retry the outbox asks it: a save whose answer was
+    lost was applied, and sending it again would meet its own Flag update's If-Match (412)
+    and show the social worker a conflict for a save that was recorded."""
 
     bundle: Resource
     written: tuple[str, ...]
+    witness: str | None = None
 
 
 def step_transaction(
@@ -131,7 +137,8 @@ def step_transaction(
     written = [*([referral_ref] if referral_ref else []), tx.create(observation, identifier)]
     written.append(_update_flag(tx, record.flag, last_step=finding.step))
     _sign(tx, record, written, finding.recorded_by, now)
-    return Plan(tx.bundle(), tuple(tx.stable_references()))
+    witness = f"Observation?identifier={identifier['system']}|{identifier['value']}"
+    return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
 
 def close_transaction(
@@ -142,8 +149,8 @@ def close_transaction(
     status goes on with the facility's work, see :func:`referral_transaction`)."""
     tx = TransactionBuilder()
     written = [_update_flag(tx, record.flag, last_step=None, closed=(closed_at, closure))]
-    _sign(tx, record, written, author, closed_at)
-    return Plan(tx.bundle(), tuple(tx.stable_references()))
+    witness = _sign(tx, record, written, author, closed_at)
+    return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
 
 def referral_transaction(
@@ -162,8 +169,8 @@ def referral_transaction(
     tx = TransactionBuilder()
     updated = mapping.referral_with_status(referral, status, author=author, at=now, note=note)
     written = [tx.update(updated, referral["meta"]["versionId"])]
-    _sign(tx, record, written, author, now)
-    return Plan(tx.bundle(), tuple(tx.stable_references()))
+    witness = _sign(tx, record, written, author, now)
+    return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
 
 def _add_referral(
@@ -227,8 +234,12 @@ def _update_flag(
 
 def _sign(
     tx: TransactionBuilder, record: CaseRecord, written: list[str], author: str, now: datetime
-) -> None:
-    tx.add(mapping.provenance(targets=written, author=author, recorded=now, update=True))
+) -> str:
+    """Add the Provenance and the AuditEvent. Returns the search that finds this Provenance
+    (its first target and its instant): the witness of a save that only updates (closing
+    a case, a referral's status), which creates nothing with an identifier."""
+    provenance = mapping.provenance(targets=written, author=author, recorded=now, update=True)
+    tx.add(provenance)
     fact = AuditFact(
         actor=author,
         action=AuditAction.UPDATE,
@@ -238,6 +249,7 @@ def _sign(
         at=now,
     )
     tx.add(audit.audit_event(fact, entity_references=written))
+    return f"Provenance?target={written[0]}&recorded={provenance['recorded']}"
 
 
 # -- reading a case from the FHIR server --------------------------------------------------------
@@ -679,6 +691,7 @@ class Casework:
                     author=ctx.user.fhir_user,
                     patient_ref=concern.patient_ref,
                     bundle=plan.bundle,
+                    witness=plan.witness,
                     delivered_at_once=True,
                 ),
             )

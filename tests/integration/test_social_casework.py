@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer
 from sandbox.seed import SeedResult, seed
@@ -193,3 +194,125 @@ def _flag_value(record: CaseRecord) -> str:
     system = terminology.identifier_system("concern")
     (ours,) = [i["value"] for i in record.flag["identifier"] if i["system"] == system]
     return str(ours)
+
+
+def test_a_step_or_a_closing_whose_answer_was_lost_is_delivered_not_a_conflict(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The FHIR server applies a social save, but its answer never reaches us (a timeout,
+    a dropped connection). Social saves had no witness, so the retry sent the transaction
+    again: its Flag update's If-Match named the version before our own update → 412, the
+    save shown as a conflict ("someone else changed this case, redo your input") and
+    audited as a failure although it was recorded. The lost answer is the one fault mocked:
+    each transaction is sent for real, then FhirUnavailable is raised."""
+    from service.casework import Casework, StepResult
+    from service.db.models import AuditRecord, Concern
+    from service.fhir.client import FhirUnavailable
+    from service.protocol import CaseClosure, CloseReason
+    from service.triage import Triage
+    from smart_app.session import AppUser, LaunchContext, Role
+    from tests.support.casework import patient_at_triage
+    from tests.support.write_path import LoopbackTokens
+
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+    patient_id, encounter_id = patient_at_triage(base_url)
+
+    def launch(user: str, role: Role) -> LaunchContext:
+        return LaunchContext(
+            uuid.uuid4().hex,
+            tenant,
+            "ehr",
+            base_url,
+            patient_id,
+            encounter_id,
+            AppUser(user, user, frozenset({role})),
+            language="nl",
+            app_context=None,
+        )
+
+    nurse = launch("Practitioner/nurse", "nurse")
+    triage = Triage(database, outbox, LoopbackTokens(), 5.0)
+    assert triage.record_triage(nurse, _niet_pluis(nurse.user.fhir_user)).status == "delivered"
+    with database.session() as session:
+        (case,) = session.scalars(select(Concern).where(Concern.tenant_id == tenant.id)).all()
+
+    sent = FhirClient.transaction
+
+    def answer_lost(client: FhirClient, bundle: dict[str, Any]) -> dict[str, Any]:
+        sent(client, bundle)
+        raise FhirUnavailable("POST: ReadTimeout")
+
+    casework = Casework(database, outbox, LoopbackTokens(), 5.0)
+    social_worker = launch(SOCIAL_WORKER, "social-worker")
+    step = Step4Input.model_validate(
+        {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
+    )
+
+    def record(version: int) -> StepResult:
+        return casework.record_step(social_worker, case.id, version, step)
+
+    def close(version: int) -> StepResult:
+        closure = CaseClosure(CloseReason.SAFETY_RESTORED)
+        return casework.close_case(social_worker, case.id, version, closure)
+
+    saves: list[StepResult] = []
+    for save in (record, close):
+        monkeypatch.setattr(FhirClient, "transaction", answer_lost)
+        result = save(saves[-1].row_version if saves else case.row_version)
+        assert result.status == "pending"
+        monkeypatch.setattr(FhirClient, "transaction", sent)
+        clock.advance(3600)
+        outbox.run_once()  # the save, and the AuditEvent of the case's reading
+        assert outbox.state_of(result.outbox_id) is DeliveryState.DELIVERED
+        saves.append(result)
+
+    with database.session() as session:
+        outcomes = session.scalars(
+            select(AuditRecord.outcome).where(
+                AuditRecord.outbox_id.in_([s.outbox_id for s in saves])
+            )
+        ).all()
+    assert outcomes == ["success", "success"]  # no failure audited for saves recorded
+    with FhirClient(base_url, lambda: "loopback", 10.0) as client:
+        flag, findings = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
+    assert [f.step for f in findings].count(Step.STEP_4) == 1
+    assert flag.flag["status"] == "inactive"
+
+
+def _niet_pluis(nurse: str) -> Any:
+    from datetime import date, timedelta
+
+    from service.protocol import (
+        Child,
+        ChildRelationship,
+        HagueTrigger,
+        LivesWith,
+        SafetyAssessment,
+        Step1Finding,
+        Step2Finding,
+    )
+    from service.triage import TriageInput
+
+    at = utcnow() - timedelta(minutes=2)
+    child = Child(
+        f"urn:uuid:{uuid.uuid4()}",
+        "Girl",
+        date(2017, 6, 21),
+        ChildRelationship.NATURAL_CHILD,
+        LivesWith.PERMANENTLY,
+    )
+    return TriageInput(
+        step1=Step1Finding(recorded_by=nurse, recorded_at=at, children=(child,)),
+        step2=Step2Finding(
+            recorded_by=nurse,
+            recorded_at=at + timedelta(seconds=40),
+            assessment=SafetyAssessment.NIET_PLUIS,
+            reasons=("Often left home alone.",),
+            triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
+        ),
+    )
