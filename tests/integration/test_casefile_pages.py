@@ -145,7 +145,8 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
         data={"row_version": "1", "decision": "acute-danger", "note": "Gesprek met oma."},
     )
     assert down.status_code == 503
-    assert "er werd nog niets opgeslagen" in down.text
+    assert "er werd nog niets opgeslagen" in _error_summary(down.text, "s4")
+    assert down.text.count("er werd nog niets opgeslagen") == 1  # once: in the summary
     assert "Gesprek met oma." in down.text
     # Another hospital's social worker does not find this hospital's case.
     other = make_tenant(database, "other", FHIR)
