@@ -202,8 +202,17 @@ class Outbox:
         return self._deliver(claimed[0], timeout or self._timeout).state
 
     def run_once(self, limit: int = 20) -> list[Delivery]:
-        """Deliver the entries that are due (the worker's cycle; tests call it directly)."""
-        return [self._deliver(c, self._timeout) for c in self._claim(None, limit=limit)]
+        """Deliver the entries that are due (the worker's cycle; tests call it directly).
+
+        The batch is claimed under one lease, but its entries are delivered one after the
+        other: each one's lease is renewed when its turn comes (:meth:`_renew`), and one
+        that another instance took over meanwhile (a slow server ran the batch past its
+        lease) is left to it, not sent a second time."""
+        return [
+            self._deliver(claimed, self._timeout)
+            for claimed in self._claim(None, limit=limit)
+            if self._renew(claimed)
+        ]
 
     def state_of(self, entry_id: int) -> DeliveryState:
         with self._database.session() as session:
@@ -313,6 +322,20 @@ class Outbox:
                 )
                 for row in rows
             ]
+
+    def _renew(self, entry: _Claimed) -> bool:
+        """A fresh lease for one entry of a claimed batch, if it is still ours."""
+        with self._database.session() as session:
+            result = session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id == entry.id, OutboxEntry.lease_owner == entry.lease)
+                .values(lease_until=self._clock() + self._lease_for(1))
+                .execution_options(synchronize_session=False)
+            )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            return True
+        log.warning("outbox lease lost", extra={"fields": {"outbox_id": entry.id}})
+        return False
 
     def _lease_for(self, batch: int) -> timedelta:
         """Long enough for every delivery of the batch to run into its timeout, and a margin:

@@ -480,3 +480,49 @@ def test_a_holder_that_died_after_the_server_applied_its_delivery_is_not_repeate
     ]
     assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
     assert _entry(database, entry_id).attempts == 2
+
+
+def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """A worker claims a batch with one lease for all of it, then delivers the entries one
+    after the other. When the FHIR server is slow (each entry: a token, a witness search,
+    vreads, the transaction, each up to the timeout) the lease runs out before the last
+    entry; another instance claims and delivers it, and the first one, not looking, sent
+    it again (its plain creates twice). The slowness is the shared test clock moved on
+    while the first two entries are delivered; nothing is mocked."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    plains = [str(uuid.uuid4()) for _ in range(3)]
+    ids = []
+    for plain in plains:
+        marker = str(uuid.uuid4())
+        tx = TransactionBuilder()
+        tx.create(_person(marker), {"system": SYSTEM, "value": marker})
+        tx.add(_person(plain))
+        witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+        ids.append(_enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness))
+    clock = Clock()
+    other = make_outbox(database, clock)
+    calls: list[str] = []
+    taken_over: list[Any] = []
+
+    class SlowTokens(LoopbackTokens):
+        def access_token(self, session_id: str) -> str:
+            calls.append(session_id)
+            if len(calls) <= 2:  # the batch's lease: 60 s + 2 timeouts (5 s) per entry
+                clock.advance(50)
+            if len(calls) == 2:  # the third entry's lease has run out: another takes it
+                taken_over.extend(other.run_once())
+            return super().access_token(session_id)
+
+    slow = make_outbox(database, clock, tokens=SlowTokens())
+    delivered = slow.run_once(limit=3)
+
+    assert [(d.entry_id, d.state) for d in taken_over] == [(ids[2], DeliveryState.DELIVERED)]
+    assert [(d.entry_id, d.state) for d in delivered] == [
+        (ids[0], DeliveryState.DELIVERED),
+        (ids[1], DeliveryState.DELIVERED),
+    ]
+    for plain in plains:
+        assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
+    assert _entry(database, ids[2]).state == DeliveryState.DELIVERED
