@@ -624,7 +624,8 @@ async def _screen_change(request: Request, admin: Admin, change: Change) -> HTML
     except ConfigurationError as error:
         return _overview(request, admin, status=422, problems=error.problems)
     except StaleConfigurationError as error:
-        return _overview(request, admin, status=409, problems=(Problem(str(error)),))
+        stale = translate(_language(request), "admin.stale", version=error.current_version)
+        return _overview(request, admin, status=409, problems=(Problem(stale),))
     return _overview(request, admin, saved=True, tenant=context)
 
 
@@ -693,7 +694,7 @@ async def upload_partners(request: Request, admin: ScreenAdmin) -> HTMLResponse:
     form = await request.form()
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
-        problems = (Problem("choose a CSV file or a FHIR Bundle (JSON)"),)
+        problems = (Problem(translate(_language(request), "admin.partners.no-file")),)
         return _overview(request, admin, status=400, problems=problems)
     body = await upload.read()
     content_type = "text/csv" if upload.filename.lower().endswith(".csv") else "application/json"

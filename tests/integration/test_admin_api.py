@@ -299,7 +299,18 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     # the same page's form again: based on a version no longer in force
     stale = client.post("/admin/hooks", data={**form, **hidden, "adult_age": "16"})
     assert stale.status_code == 409
-    assert "changed meanwhile" in stale.text
+    # the screen speaks the admin's language (the API's text was English on a Dutch page)
+    assert "intussen gewijzigd" in stale.text
+    assert "changed meanwhile" not in stale.text
+    french = client.post(
+        "/admin/hooks", data={**form, **hidden}, headers={"Accept-Language": "fr-BE"}
+    )
+    assert french.status_code == 409
+    assert '<html lang="fr">' in french.text
+    assert "modifiée entre-temps" in french.text
+    no_file = client.post("/admin/partners", data=hidden, files={"file": ("", b"")})
+    assert no_file.status_code == 400
+    assert "Kies een CSV-bestand" in no_file.text
     hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
     assert (hooks.adult_age, hooks.enabled) == (17, ["encounter-start"])
 
