@@ -51,6 +51,11 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     # Only the unassigned case offers "take it on".
     assert set(_claim_forms(page.text)) == {f"/social/cases/{free}/claim"}
     assert f'data-case="{mine}"' in page.text
+    # Each row's button names its patient for a screen reader's list of buttons.
+    assert re.search(
+        r'<button type="submit">Neem op mij<span class="visually-hidden">: Patient/2</span>',
+        page.text,
+    )
 
     oldest = client.get("/social", headers=me, params={"view": "mine", "older_than_days": "2"})
     assert f'data-case="{mine}"' in oldest.text
