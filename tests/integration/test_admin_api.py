@@ -241,6 +241,9 @@ def test_a_sign_in_name_the_audit_cannot_hold_is_refused_before_the_token_is_spe
     form = client.post("/admin/login", data={"token": token, "name": name})
     assert form.status_code == 422
     assert 'id="login-bad-name"' in form.text  # the sign-in page again, with the reason
+    assert re.search(
+        r'<input id="name"[^>]* aria-describedby="login-bad-name" aria-invalid', form.text
+    )
     assert "Het token is niet gebruikt." in form.text
     assert len(access.events(database, gent.id)) == recorded  # nothing written
 
@@ -324,6 +327,9 @@ def test_a_used_or_wrong_bootstrap_token_shows_the_refusal(
     again = client.post("/admin/login", data={"token": token}, follow_redirects=False)
     assert again.status_code == 401
     assert 'id="login-refused"' in again.text
+    assert re.search(
+        r'<input id="token"[^>]* aria-describedby="login-refused" aria-invalid', again.text
+    )
     api = client.post("/admin/api/session", json={"token": token})
     assert api.status_code == 401
 
