@@ -183,4 +183,6 @@ def test_the_admin_screen_is_not_for_anonymous_visitors(
     expect(page.locator("#login-refused")).to_have_text(
         "Dit token is onbekend, al gebruikt of verlopen."
     )
+    # shown as an error (the app's error red), not as ordinary text
+    expect(page.locator("#login-refused")).to_have_css("color", "rgb(176, 0, 32)")
     assert axe.violations(page) == []  # the refusal, as a screen reader announces it
