@@ -735,6 +735,9 @@ def test_a_bad_period_gets_a_clear_400_in_every_form_and_is_not_audited(
     page = world.client.get("/monitoring", headers=headers, params=params)
     assert page.status_code == 400
     assert reason in page.text.replace("&#39;", "'")
+    # the reason is read with both dates of the period (and announced)
+    assert 'role="alert" class="error" id="period-problem"' in page.text
+    assert page.text.count('aria-describedby="period-problem" aria-invalid="true"') == 2
     download = world.client.get("/monitoring.csv", headers=headers, params=params)
     assert download.status_code == 400
     assert download.text
