@@ -19,8 +19,10 @@
 
 Business identifiers make every retry safe: a new child's identifier is the UUID of its
 ``urn:uuid:`` form reference (stable across a double submit), a finding's is derived
-from the session, step and time it was recorded, the concern's is reused while the
-patient's concern stays open.
+from the session, step and submission (``TriageInput.submission``: the same form posted
+again; else the time it was recorded), the concern's is reused while the patient's
+concern stays open. The saves of one session take turns (:func:`_one_save_at_a_time`),
+so a double submit's second post finds the first's entry and joins it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from datetime import datetime
 from typing import Annotated, Literal, Protocol
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -42,7 +44,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from service import audit
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, insert_new, utcnow
-from service.db.models import Concern, OutboxEntry, ShownChild
+from service.db.models import AppSession, Concern, OutboxEntry, ShownChild
 from service.fhir import mapping
 from service.fhir.client import (
     FhirClient,
@@ -110,6 +112,10 @@ class TriageInput:
     step2: Step2Finding | None = None
     step3: Step3Support | None = None
     patient_display: str | None = None  # the patient's name, for the worklist only
+    #: The same for the same form posted again (a double click, a browser resending it),
+    #: else different: the findings' identifiers come from it instead of their time, which
+    #: each post stamps anew. None: from the time (a caller that keeps it stable).
+    submission: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,7 @@ class Triage:
         patient_ref = _patient_ref(ctx)
         now = utcnow()
         with self._database.session() as session:
+            _one_save_at_a_time(session, ctx.session_id)
             open_concern = _open_concern(session, ctx, patient_ref) if concern else None
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
             shown = _shown_children(session, ctx.session_id)
@@ -353,9 +360,13 @@ def _new_child_identifier(ref: str) -> str:
         return str(uuid.uuid4())
 
 
-def _finding_identifier(ctx: LaunchInfo, finding: Finding, part: str = "") -> dict[str, str]:
-    """Stable for the same finding submitted twice in the same session (a double click)."""
-    key = f"{ctx.session_id}/{ctx.encounter_id}/{finding.step.value}/{finding.recorded_at}{part}"
+def _finding_identifier(
+    ctx: LaunchInfo, findings: TriageInput, finding: Finding, part: str = ""
+) -> dict[str, str]:
+    """Stable for the same findings submitted twice in the same session (a double click):
+    from the submission when the caller names it, else from the time it was recorded."""
+    made = findings.submission or str(finding.recorded_at)
+    key = f"{ctx.session_id}/{ctx.encounter_id}/{finding.step.value}/{made}{part}"
     return mapping.identifier("finding", uuid.uuid5(uuid.NAMESPACE_URL, key))
 
 
@@ -381,7 +392,7 @@ def _plan(
         mapping.provenance(targets=written, author=author, recorded=now, update=_updates(stable))
     )
     tx.add(audit.audit_event(_write_fact(ctx, patient_ref, stable, now), written))
-    witness = _finding_identifier(ctx, findings.step1)
+    witness = _finding_identifier(ctx, findings, findings.step1)
     return _Plan(
         tx.bundle(), f"Observation?identifier={witness['system']}|{witness['value']}", stable
     )
@@ -395,7 +406,7 @@ def _write_findings(
     step1 = findings.step1
     written = []
     if step1.expecting is not None:
-        identifier = _finding_identifier(ctx, step1, "/expecting")
+        identifier = _finding_identifier(ctx, findings, step1, "/expecting")
         resource = mapping.expecting_observation(
             step1.expecting,
             patient_ref=patient_ref,
@@ -407,7 +418,7 @@ def _write_findings(
         written.append(tx.create(resource, identifier))
     for finding in (step1, findings.step2, findings.step3):
         if finding is not None:
-            identifier = _finding_identifier(ctx, finding)
+            identifier = _finding_identifier(ctx, findings, finding)
             resource = mapping.finding_observation(
                 finding,
                 patient_ref=patient_ref,
@@ -544,6 +555,19 @@ def _status(state: DeliveryState) -> Literal["delivered", "pending", "failed"]:
     if state is DeliveryState.FAILED:
         return "failed"
     return "pending"
+
+
+def _one_save_at_a_time(session: Session, session_id: str) -> None:
+    """Serialise the saves of one app session, before anything is read: a double submit's
+    second post waits here until the first has committed, then finds its entry (the
+    witness) and joins it, instead of both finding none and writing two. A no-op UPDATE of
+    the session's row: PostgreSQL locks that row, SQLite takes its write lock."""
+    session.execute(
+        update(AppSession)
+        .where(AppSession.id == session_id)
+        .values(sealed=AppSession.sealed)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _entry_with_witness(session: Session, tenant_id: int, witness: str) -> int | None:

@@ -15,11 +15,12 @@ page says "delivery pending".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -165,6 +166,10 @@ class TriageForm:
     # page reads the name from the server again).
     patient_name: str = ""
     patient_birth_date: str = ""
+    #: This page of the form: rendered into it, posted back with it, kept when the page is
+    #: shown again (a row added, an error). The same form posted twice is one save
+    #: (:func:`submission_of`).
+    page_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
     def parse(cls, form: FormData) -> TriageForm:
@@ -205,6 +210,7 @@ class TriageForm:
             support_note=text("support_note"),
             patient_name=worklist_display(text("patient_name")),
             patient_birth_date=text("patient_birth_date")[:10],
+            page_id=page_id if _PAGE_ID.fullmatch(page_id := text("page_id")) else uuid.uuid4().hex,
         )
 
     def with_blank_row(self) -> TriageForm:
@@ -296,7 +302,7 @@ def _enum_value(kind: type[_E], value: str) -> _E | None:
 
 
 def _children(
-    form: TriageForm, t: Callable[..., str], errors: list[FieldError], today: date
+    form: TriageForm, t: Callable[..., str], errors: list[FieldError]
 ) -> tuple[Child, ...]:
     children: list[Child] = []
     for index, row in enumerate(form.children):
@@ -311,8 +317,6 @@ def _children(
         if born is None:
             message_id = "error.date-invalid" if row.birth_date else "error.birth-date-required"
             errors.append(FieldError(f"{at}-birth_date", t(message_id, n=index + 1)))
-        elif born > today:  # the protocol's rule, shown at the child's own date
-            errors.append(FieldError(f"{at}-birth_date", t("protocol.child-born-in-future")))
         if relationship is None:
             errors.append(FieldError(f"{at}-relationship", t("error.choose-option")))
         if lives_with is None:
@@ -352,7 +356,7 @@ def build_input(
 ) -> TriageInput:
     """The findings of the form, validated by the protocol. Raises :class:`InvalidFormError`."""
     errors: list[FieldError] = []
-    children = _children(form, t, errors, now.date())
+    children = _children(form, t, errors)
     expecting = _expecting(form, t, errors)
     has_family = bool(children) or form.expecting
     if not has_family and not form.no_children:
@@ -561,14 +565,35 @@ async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> 
         return _form_page(ctx, form.without_row(int(action.removeprefix("remove-child-"))))
     if action != "save":
         raise HTTPException(status_code=400, detail=f"unknown action '{action}'")
-    return await run_in_threadpool(_save, ctx, triage, form)
+    return await run_in_threadpool(_save, ctx, triage, form, submission_of(posted))
 
 
-def _save(ctx: LaunchContext, triage: Triage, form: TriageForm) -> HTMLResponse:
+def submission_of(posted: FormData) -> str | None:
+    """The same for the same page of the form posted again with the same values (a double
+    click on "save", a browser resending the form), else different: the findings'
+    identifiers and the save's witness come from it (``TriageInput.submission``), so the
+    second post joins the first save instead of recording every finding twice. A post
+    without a page id (a page from before this rule) has none: its time is used."""
+    if not _PAGE_ID.fullmatch(str(posted.get("page_id") or "")):
+        return None
+    values = sorted(
+        (key, value)
+        for key, value in posted.multi_items()
+        if isinstance(value, str) and key not in ("csrf_token", "action")
+    )
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+_PAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _save(
+    ctx: LaunchContext, triage: Triage, form: TriageForm, submission: str | None = None
+) -> HTMLResponse:
     t = _translator(ctx.language)
     now = local_now()  # a child born "today" is born today in Belgium
     try:
-        findings = build_input(form, ctx, now, t)
+        findings = replace(build_input(form, ctx, now, t), submission=submission)
         result: SaveResult = triage.record_triage(ctx, findings)
     except InvalidFormError as invalid:
         return _form_page(ctx, form, errors=invalid.errors)

@@ -7,6 +7,7 @@ FHIR server do not disturb each other.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from dataclasses import dataclass, replace
@@ -736,8 +737,10 @@ def test_a_case_changed_between_reading_and_saving_its_concern_does_not_lose_the
     """A second triage save for a patient with an open concern updates the concern's row,
     whose ``row_version`` guards it. A social worker assigning the case between the save's
     reading of the row and its flush made that UPDATE match no row (StaleDataError): the
-    nurse got a 500 and her save was rolled back. The interleaving is forced with a hook
-    in the save's own reading (no fault is mocked; the assignment is a real commit)."""
+    nurse got a 500 and her save was rolled back. The assignment is a real commit from
+    another thread, started from a hook in the save's own reading; on PostgreSQL it lands
+    in between, on SQLite it waits for the save's write lock (the join's timeout is that
+    wait, not a schedule)."""
     from service import social, triage
 
     patient = seeded.patient("jan-janssens")
@@ -746,13 +749,12 @@ def test_a_case_changed_between_reading_and_saving_its_concern_does_not_lose_the
     with world.database.session() as session:
         (case,) = session.scalars(select(Concern)).all()
 
-    reading = triage._shown_children
-    assigned: list[int] = []
+    assigned: list[bool] = []
 
-    def read_then_someone_assigns(session: Any, session_id: str) -> dict[str, str]:
-        if not assigned:  # once: the social worker's change lands in between
+    def assign() -> None:
+        try:
             with world.database.session() as other:
-                done = social.assign_case(
+                social.assign_case(
                     other,
                     world.tenant.id,
                     case.id,
@@ -760,16 +762,79 @@ def test_a_case_changed_between_reading_and_saving_its_concern_does_not_lose_the
                     expected_version=case.row_version,
                     now=utcnow(),
                 )
-            assigned.append(done.row_version)
+            assigned.append(True)
+        except social.CaseConflict:  # it came after the save: the social worker is told
+            assigned.append(False)
+
+    social_worker = threading.Thread(target=assign)
+    reading = triage._shown_children
+
+    def read_then_someone_assigns(session: Any, session_id: str) -> dict[str, str]:
+        if not social_worker.is_alive() and social_worker.ident is None:  # once
+            social_worker.start()
+            social_worker.join(timeout=3)
         return reading(session, session_id)
 
     monkeypatch.setattr(triage, "_shown_children", read_then_someone_assigns)
     second = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
     result = world.triage.record_triage(second, _niet_pluis(second, (_child("Wout", 3),)))
+    social_worker.join(timeout=60)
 
     assert result.status == "delivered"
     with world.database.session() as session:
         (row,) = session.scalars(select(Concern)).all()
     assert row.outbox_id == result.outbox_id  # the nurse's save reached the index
-    assert row.assigned_to == "Practitioner/sw-1"  # and the assignment was not overwritten
-    assert row.row_version == assigned[0] + 1
+    if world.database.engine.dialect.name == "postgresql":
+        assert assigned == [True]  # it came in between, and was not overwritten
+    assert row.assigned_to == ("Practitioner/sw-1" if assigned[0] else None)
+    assert row.row_version == case.row_version + 1 + assigned[0]
+
+
+def test_the_same_form_posted_twice_at_once_is_saved_once(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A double click posts the same form twice, at the same moment. Both posts looked for
+    an entry of the same save (the witness), found none, and each wrote one: the findings
+    were kept single by their conditional creates, but the Provenance, the AuditEvent and
+    the local audit row were written twice (a concern's save was safe: the unique open
+    concern refused the second). A barrier holds each post after its look
+    (with a timeout: a post that waits for the other's commit never reaches it)."""
+    import threading as threads
+
+    from service import triage
+
+    patient = seeded.patient("jan-janssens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    no_children = Step1Finding(recorded_by=ctx.user.fhir_user, recorded_at=utcnow(), children=())
+    findings = TriageInput(step1=no_children, submission="the-same-page")  # no concern
+    looked = threads.Barrier(2)
+    look = triage._entry_with_witness
+
+    def look_then_meet(session: Any, tenant_id: int, witness: str) -> int | None:
+        found = look(session, tenant_id, witness)
+        # the other post may wait for this one's commit: it will find this entry
+        with contextlib.suppress(threads.BrokenBarrierError):
+            looked.wait(timeout=3)
+        return found
+
+    monkeypatch.setattr(triage, "_entry_with_witness", look_then_meet)
+    results: list[Any] = [None, None]
+
+    def save(n: int) -> None:
+        results[n] = world.triage.record_triage(ctx, findings)
+
+    posts = [threads.Thread(target=save, args=(n,)) for n in (0, 1)]
+    for post in posts:
+        post.start()
+    for post in posts:
+        post.join(timeout=60)
+
+    assert results[0].outbox_id == results[1].outbox_id
+    with world.database.session() as session:
+        entries = session.scalar(select(func.count()).select_from(OutboxEntry))
+        audits = session.scalar(
+            select(func.count())
+            .select_from(AuditRecord)
+            .where(AuditRecord.outbox_id == results[0].outbox_id)
+        )
+    assert (entries, audits) == (1, 1)
