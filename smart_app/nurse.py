@@ -302,7 +302,7 @@ def _enum_value(kind: type[_E], value: str) -> _E | None:
 
 
 def _children(
-    form: TriageForm, t: Callable[..., str], errors: list[FieldError]
+    form: TriageForm, t: Callable[..., str], errors: list[FieldError], today: date
 ) -> tuple[Child, ...]:
     children: list[Child] = []
     for index, row in enumerate(form.children):
@@ -317,6 +317,8 @@ def _children(
         if born is None:
             message_id = "error.date-invalid" if row.birth_date else "error.birth-date-required"
             errors.append(FieldError(f"{at}-birth_date", t(message_id, n=index + 1)))
+        elif born > today:  # the protocol's rule, shown at the child's own date
+            errors.append(FieldError(f"{at}-birth_date", t("protocol.child-born-in-future")))
         if relationship is None:
             errors.append(FieldError(f"{at}-relationship", t("error.choose-option")))
         if lives_with is None:
@@ -356,7 +358,7 @@ def build_input(
 ) -> TriageInput:
     """The findings of the form, validated by the protocol. Raises :class:`InvalidFormError`."""
     errors: list[FieldError] = []
-    children = _children(form, t, errors)
+    children = _children(form, t, errors, now.date())
     expecting = _expecting(form, t, errors)
     has_family = bool(children) or form.expecting
     if not has_family and not form.no_children:

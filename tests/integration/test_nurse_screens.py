@@ -451,9 +451,9 @@ def test_niet_pluis_without_reasons_shows_the_protocols_error_and_keeps_the_inpu
             "child-0-name",
             "Vul de naam van kind 1",
         ),
-        (
+        (  # next to the date of the child concerned, not only at the top of step 1
             {"child-0-name": "Lina", "child-0-birth_date": "01/01/2999"},
-            "children",
+            "child-0-birth_date",
             "in de toekomst",
         ),
         ({}, "child-0-name", "vink aan dat de patiënt niet voor kinderen zorgt"),
@@ -477,6 +477,9 @@ def test_bad_input_is_answered_next_to_its_field(
     assert f'href="#{field}"' in again.text
     assert field in again.parsed.ids
     assert message in again.text
+    (tied,) = [f for f in again.parsed.fields if f.get("id") == field]  # read with the field
+    assert f"{field}-error" in tied.get("aria-describedby", "").split()
+    assert tied.get("aria-invalid") == "true"
 
 
 # ---------------------------------------------------------------------------------------
