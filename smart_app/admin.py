@@ -597,6 +597,7 @@ def _overview(
     saved: bool = False,
     report: dict[str, Any] | None = None,
     tenant: TenantContext | None = None,
+    typed: Mapping[str, Any] | None = None,
 ) -> HTMLResponse:
     tenant = tenant or admin.tenant
     return _page(
@@ -611,21 +612,26 @@ def _overview(
         problems=problems,
         saved=saved,
         report=report,
+        typed=typed,
         history=_history(request, admin)[:20],
         yaml_text=export_yaml(tenant.config),
     )
 
 
-async def _screen_change(request: Request, admin: Admin, change: Change) -> HTMLResponse:
+async def _screen_change(
+    request: Request, admin: Admin, change: Change, typed: Mapping[str, Any] | None = None
+) -> HTMLResponse:
+    """Save a change from the screen; refused, the page again with ``typed`` (which form,
+    what was typed in it) kept."""
     form = await request.form()
     based_on = str(form.get("version", ""))
     try:
         context = await _save(request, admin, change, int(based_on) if based_on.isdigit() else None)
     except ConfigurationError as error:
-        return _overview(request, admin, status=422, problems=error.problems)
+        return _overview(request, admin, status=422, problems=error.problems, typed=typed)
     except StaleConfigurationError as error:
         stale = translate(_language(request), "admin.stale", version=error.current_version)
-        return _overview(request, admin, status=409, problems=(Problem(stale),))
+        return _overview(request, admin, status=409, problems=(Problem(stale),), typed=typed)
     return _overview(request, admin, saved=True, tenant=context)
 
 
@@ -652,7 +658,8 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLRespons
     existing = next((r for r in admin.tenant.config.registrations if r.id == body["id"]), None)
     if existing is not None:
         body["roles"] = existing.roles
-    return await _screen_change(request, admin, lambda c: _upsert_registration(c, body))
+    typed = {"registration": existing.id if existing else "new", "fields": field}
+    return await _screen_change(request, admin, lambda c: _upsert_registration(c, body), typed)
 
 
 @router.post("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)

@@ -318,6 +318,44 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     assert (hooks.adult_age, hooks.enabled) == (17, ["encounter-start"])
 
 
+def test_a_refused_registration_keeps_what_the_admin_typed(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Before, the form came back with the stored values (for a new one: empty) and, for a
+    registration already saved, folded shut: everything typed had to be typed again."""
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    page = client.get("/admin")
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    version = re.search(r'name="version" value="(\d+)"', page.text)
+    assert csrf is not None
+    assert version is not None
+    typed = {
+        "csrf_token": csrf.group(1),
+        "version": version.group(1),
+        "id": "nieuw",
+        "name": "Nieuw EPD",
+        "fhir_base_url": "https://epd.example/fhir",
+        "client_id": "kindreflex-nieuw",
+        "client_auth": "client_secret_basic",  # without a secret: refused
+        "scopes": "launch openid",
+        "frame_origins": "https://epd.example",
+        "cds_issuers": "",
+        "default_language": "fr",
+    }
+    refused = client.post("/admin/registrations", data=typed)
+    assert refused.status_code == 422
+    assert 'id="problems"' in refused.text
+    form = refused.text[refused.text.index('id="registration-new"') :]
+    form = form[: form.index("</details>")]
+    for value in ("nieuw", "Nieuw EPD", "https://epd.example/fhir", "kindreflex-nieuw"):
+        assert f'value="{value}"' in form
+    assert 'value="launch openid"' in form
+    assert '<option value="client_secret_basic" selected>' in form
+    assert '<option value="fr" selected>' in form
+    assert "https://epd.example</textarea>" in form
+
+
 def test_a_used_or_wrong_bootstrap_token_shows_the_refusal(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
