@@ -579,11 +579,44 @@ def _agrees(theirs: Any, mine: Any) -> bool:
 
 def _witness_exists(client: FhirClient, witness: str) -> bool:
     """Whether the search ``Type?params`` finds the resource only this transaction creates.
-    Errors propagate: not knowing is no reason to send the transaction again."""
+    Errors propagate: not knowing is no reason to send the transaction again.
+
+    What the server found is checked against the parameters it can be checked against
+    (``identifier``, ``target``, ``recorded``): a server that ignores a parameter it does
+    not support (FHIR's lenient handling) answers with more than was asked, e.g. every
+    Provenance of the Flag, and an entry never sent must not count as applied."""
     resource_type, _, query = witness.partition("?")
     params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
     found = client.search(resource_type, params)
-    return bool(found.get("total") or found.get("entry"))
+    resources = (e.get("resource", {}) for e in found.get("entry", []))
+    return any(
+        resource.get("resourceType") == resource_type and _matches(resource, params)
+        for resource in resources
+    )
+
+
+def _matches(resource: Resource, params: dict[str, str]) -> bool:
+    return all(_matches_one(resource, name, value) for name, value in params.items())
+
+
+def _matches_one(resource: Resource, name: str, value: str) -> bool:
+    if name == "identifier":
+        system, _, code = value.rpartition("|")
+        identifiers = resource.get("identifier", [])
+        return any(i.get("system") == system and i.get("value") == code for i in identifiers)
+    if name == "target":
+        references = (t.get("reference", "") for t in resource.get("target", []))
+        return any(r == value or r.endswith(f"/{value}") for r in references)
+    if name == "recorded":
+        return _instant(resource.get("recorded")) == _instant(value)
+    return True  # a parameter the witnesses do not use: the server's answer stands
+
+
+def _instant(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _count_by_state(session: Session) -> dict[str, int]:

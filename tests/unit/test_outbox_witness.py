@@ -1,0 +1,63 @@
+"""The outbox's witness: what a retry asks before sending a transaction again.
+
+A stub stands in for the FHIR server here: the behaviour tested — a server ignoring a
+search parameter it does not support (FHIR's lenient handling) — is one the test server
+(sekmet) does not have. The witnesses against a real server are tested in
+tests/integration/test_outbox.py and test_social_casework.py."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from service.fhir.client import FhirClient
+from service.outbox import _witness_exists
+
+FLAG_CLOSED = "Provenance?target=Flag/7&recorded=2026-12-03T10:13:49.016845+00:00"
+
+
+class _Server:
+    """Answers every search with the given resources, whatever its parameters."""
+
+    def __init__(self, *resources: dict[str, Any]) -> None:
+        self._resources = resources
+
+    def search(self, resource_type: str, params: dict[str, str]) -> dict[str, Any]:
+        entries = [{"resource": r} for r in self._resources]
+        return {"resourceType": "Bundle", "total": len(entries), "entry": entries}
+
+
+def _provenance(target: str, recorded: str) -> dict[str, Any]:
+    return {"resourceType": "Provenance", "target": [{"reference": target}], "recorded": recorded}
+
+
+def _asks(server: _Server, witness: str) -> bool:
+    return _witness_exists(cast(FhirClient, server), witness)
+
+
+def test_a_server_ignoring_recorded_does_not_make_an_unsent_closing_count_as_applied() -> None:
+    # the triage's Provenance of the same Flag: what a lenient server finds for target alone
+    triage = _provenance("Flag/7", "2026-12-01T08:00:00+00:00")
+    assert not _asks(_Server(triage), FLAG_CLOSED)
+    assert not _asks(_Server(_provenance("Flag/8", "2026-12-03T10:13:49.016845Z")), FLAG_CLOSED)
+
+
+def test_the_closings_own_provenance_is_its_witness() -> None:
+    ours = _provenance("Flag/7", "2026-12-03T10:13:49.016845Z")  # the server's own spelling
+    assert _asks(_Server(_provenance("Flag/7", "2026-12-01T08:00:00Z"), ours), FLAG_CLOSED)
+    absolute = _provenance("https://ehr.example/fhir/Flag/7", "2026-12-03T10:13:49.016845Z")
+    assert _asks(_Server(absolute), FLAG_CLOSED)
+
+
+def test_an_identifier_witness_needs_that_identifier() -> None:
+    witness = "Observation?identifier=urn:kr:finding|abc"
+    other = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:kr:finding", "value": "x"}],
+    }
+    ours = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:kr:finding", "value": "abc"}],
+    }
+    assert not _asks(_Server(other), witness)
+    assert _asks(_Server(other, ours), witness)
+    assert not _asks(_Server(), witness)
