@@ -725,11 +725,38 @@ class Casework:
         state = self._outbox.deliver(
             entry.id, timeout=min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
         )
+        if state in (DeliveryState.CONFLICT, DeliveryState.FAILED):
+            version = self._undo_index(concern, version)
         if state is DeliveryState.CONFLICT:
             raise FhirChangedConflict(entry.id, version)
         return StepResult(
             _status(state), entry.id, tuple(sorted(s.value for s in next_steps)), version
         )
+
+    def _undo_index(self, before: Concern, version: int) -> int:
+        """The FHIR server refused the save (If-Match, or a rejection): the case's index row
+        goes back to what the server still holds — a refused closing leaves the case open,
+        to be closed again — unless another save changed the row since. The row keeps the
+        refused entry (``outbox_id``): the worklist shows its state. Returns the row's
+        version."""
+        with self._database.session() as session:
+            undone = session.execute(
+                update(Concern)
+                .where(Concern.id == before.id, Concern.row_version == version)
+                .values(
+                    last_step=before.last_step,
+                    status=before.status,
+                    follow_up_due=before.follow_up_due,
+                    acute_danger=before.acute_danger,
+                    row_version=version + 1,
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if undone.rowcount == 1:  # type: ignore[attr-defined] # CursorResult of an UPDATE
+                return version + 1
+            current = session.scalar(select(Concern.row_version).where(Concern.id == before.id))
+        return int(current or version)
 
 
 def _organization(ctx: LaunchInfo, partner_id: str) -> Resource:

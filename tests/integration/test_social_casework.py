@@ -316,3 +316,80 @@ def _niet_pluis(nurse: str) -> Any:
             triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
         ),
     )
+
+
+def test_a_closing_the_fhir_server_refuses_leaves_the_case_open_to_close_again(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing a case commits the index row as closed, then delivers. When If-Match refused
+    the delivery (someone changed the Flag on the FHIR server meanwhile), the Flag stayed
+    active but the case was closed on the worklist: hidden from the open cases, and the
+    social worker, told to redo the closing, was refused ("this case is closed"). The
+    change on the server is made for real, by a hook just before our transaction."""
+    import httpx
+
+    from service.casework import Casework, FhirChangedConflict
+    from service.db.models import Concern
+    from service.protocol import CaseClosure, CloseReason
+    from service.triage import Triage
+    from smart_app.session import AppUser, LaunchContext, Role
+    from tests.support.casework import patient_at_triage
+    from tests.support.write_path import LoopbackTokens
+
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    outbox = make_outbox(database, Clock())
+    patient_id, encounter_id = patient_at_triage(base_url)
+
+    def launch(user: str, role: Role) -> LaunchContext:
+        return LaunchContext(
+            uuid.uuid4().hex,
+            tenant,
+            "ehr",
+            base_url,
+            patient_id,
+            encounter_id,
+            AppUser(user, user, frozenset({role})),
+            language="nl",
+            app_context=None,
+        )
+
+    nurse = launch("Practitioner/nurse", "nurse")
+    triage = Triage(database, outbox, LoopbackTokens(), 5.0)
+    assert triage.record_triage(nurse, _niet_pluis(nurse.user.fhir_user)).status == "delivered"
+    with database.session() as session:
+        (case,) = session.scalars(select(Concern).where(Concern.tenant_id == tenant.id)).all()
+    casework = Casework(database, outbox, LoopbackTokens(), 5.0)
+    social_worker = launch(SOCIAL_WORKER, "social-worker")
+    step = Step4Input.model_validate(
+        {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
+    )
+    decided = casework.record_step(social_worker, case.id, case.row_version, step)
+
+    sent = FhirClient.transaction
+
+    def someone_changes_the_flag_first(client: FhirClient, bundle: dict[str, Any]) -> Any:
+        flag = next(e["resource"] for e in bundle["entry"] if e["request"]["method"] == "PUT")
+        current = httpx.get(f"{base_url}/Flag/{flag['id']}", timeout=10).json()
+        note = {"url": "urn:test:ehr-note", "valueString": "seen by the GP"}
+        changed = {**current, "extension": [*current.get("extension", []), note]}
+        httpx.put(f"{base_url}/Flag/{flag['id']}", json=changed, timeout=10).raise_for_status()
+        monkeypatch.setattr(FhirClient, "transaction", sent)
+        return sent(client, bundle)
+
+    monkeypatch.setattr(FhirClient, "transaction", someone_changes_the_flag_first)
+    closure = CaseClosure(CloseReason.SAFETY_RESTORED)
+    with pytest.raises(FhirChangedConflict) as refused:
+        casework.close_case(social_worker, case.id, decided.row_version, closure)
+
+    with database.session() as session:
+        row = session.get(Concern, case.id)
+        assert row is not None
+        assert (row.status, row.row_version) == ("open", refused.value.current_version)
+    again = casework.close_case(social_worker, case.id, refused.value.current_version, closure)
+    assert again.status == "delivered"
+    with FhirClient(base_url, lambda: "loopback", 10.0) as client:
+        flag, _ = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
+    assert flag.flag["status"] == "inactive"
