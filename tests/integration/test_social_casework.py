@@ -393,3 +393,6 @@ def test_a_closing_the_fhir_server_refuses_leaves_the_case_open_to_close_again(
     with FhirClient(base_url, lambda: "loopback", 10.0) as client:
         flag, _ = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
     assert flag.flag["status"] == "inactive"
+    # and what the EHR added to the Flag meanwhile survived our update of it (it was dropped:
+    # the update replaced the Flag's whole extension list with ours)
+    assert "urn:test:ehr-note" in {e["url"] for e in flag.flag.get("extension", [])}
