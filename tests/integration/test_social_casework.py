@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from sqlalchemy import select
@@ -17,21 +17,27 @@ from sandbox.fhir_server import FhirServer
 from sandbox.seed import SeedResult, seed
 from service.casework import (
     CaseRecord,
+    Casework,
     Referral,
     load_case_record,
     referred_facilities,
     step_transaction,
 )
 from service.db.base import Database, utcnow
+from service.db.models import Concern
 from service.fhir import terminology
 from service.fhir.client import FhirClient
-from service.outbox import DeliveryState, NewEntry, enqueue
+from service.outbox import DeliveryState, NewEntry, Outbox, enqueue
 from service.partners import load_default_directory
 from service.protocol import Step
 from service.social import Step4Input, Step6Input
+from service.triage import Triage
+from smart_app.session import AppUser, LaunchContext, Role
+from tests.support.casework import patient_at_triage
 from tests.support.validator import validate
 from tests.support.write_path import (
     Clock,
+    LoopbackTokens,
     count,
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
     make_outbox,
@@ -207,48 +213,19 @@ def test_a_step_or_a_closing_whose_answer_was_lost_is_delivered_not_a_conflict(
     save shown as a conflict ("someone else changed this case, redo your input") and
     audited as a failure although it was recorded. The lost answer is the one fault mocked:
     each transaction is sent for real, then FhirUnavailable is raised."""
-    from service.casework import Casework, StepResult
-    from service.db.models import AuditRecord, Concern
+    from service.casework import StepResult
+    from service.db.models import AuditRecord
     from service.fhir.client import FhirUnavailable
     from service.protocol import CaseClosure, CloseReason
-    from service.triage import Triage
-    from smart_app.session import AppUser, LaunchContext, Role
-    from tests.support.casework import patient_at_triage
-    from tests.support.write_path import LoopbackTokens
 
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    clock = Clock()
-    outbox = make_outbox(database, clock)
-    patient_id, encounter_id = patient_at_triage(base_url)
-
-    def launch(user: str, role: Role) -> LaunchContext:
-        return LaunchContext(
-            uuid.uuid4().hex,
-            tenant,
-            "ehr",
-            base_url,
-            patient_id,
-            encounter_id,
-            AppUser(user, user, frozenset({role})),
-            language="nl",
-            app_context=None,
-        )
-
-    nurse = launch("Practitioner/nurse", "nurse")
-    triage = Triage(database, outbox, LoopbackTokens(), 5.0)
-    assert triage.record_triage(nurse, _niet_pluis(nurse.user.fhir_user)).status == "delivered"
-    with database.session() as session:
-        (case,) = session.scalars(select(Concern).where(Concern.tenant_id == tenant.id)).all()
-
+    patient_id, clock, outbox, case, casework, social_worker = _triaged_case(database, base_url)
     sent = FhirClient.transaction
 
     def answer_lost(client: FhirClient, bundle: dict[str, Any]) -> dict[str, Any]:
         sent(client, bundle)
         raise FhirUnavailable("POST: ReadTimeout")
 
-    casework = Casework(database, outbox, LoopbackTokens(), 5.0)
-    social_worker = launch(SOCIAL_WORKER, "social-worker")
     step = Step4Input.model_validate(
         {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
     )
@@ -282,6 +259,47 @@ def test_a_step_or_a_closing_whose_answer_was_lost_is_delivered_not_a_conflict(
         flag, findings = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
     assert [f.step for f in findings].count(Step.STEP_4) == 1
     assert flag.flag["status"] == "inactive"
+
+
+class _TriagedCase(NamedTuple):
+    """A niet-pluis saved at triage and delivered, and the social worker who takes it up."""
+
+    patient_id: str
+    clock: Clock
+    outbox: Outbox
+    case: Concern
+    casework: Casework
+    social_worker: LaunchContext
+
+
+def _triaged_case(database: Database, base_url: str) -> _TriagedCase:
+    tenant = make_tenant(database, "default", base_url)
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+    patient_id, encounter_id = patient_at_triage(base_url)
+
+    def launch(user: str, role: Role) -> LaunchContext:
+        return LaunchContext(
+            uuid.uuid4().hex,
+            tenant,
+            "ehr",
+            base_url,
+            patient_id,
+            encounter_id,
+            AppUser(user, user, frozenset({role})),
+            language="nl",
+            app_context=None,
+        )
+
+    nurse = launch("Practitioner/nurse", "nurse")
+    triage = Triage(database, outbox, LoopbackTokens(), 5.0)
+    assert triage.record_triage(nurse, _niet_pluis(nurse.user.fhir_user)).status == "delivered"
+    with database.session() as session:
+        (case,) = session.scalars(select(Concern).where(Concern.tenant_id == tenant.id)).all()
+    casework = Casework(database, outbox, LoopbackTokens(), 5.0)
+    return _TriagedCase(
+        patient_id, clock, outbox, case, casework, launch(SOCIAL_WORKER, "social-worker")
+    )
 
 
 def _niet_pluis(nurse: str) -> Any:
@@ -330,39 +348,11 @@ def test_a_closing_the_fhir_server_refuses_leaves_the_case_open_to_close_again(
     change on the server is made for real, by a hook just before our transaction."""
     import httpx
 
-    from service.casework import Casework, FhirChangedConflict
-    from service.db.models import Concern
+    from service.casework import FhirChangedConflict
     from service.protocol import CaseClosure, CloseReason
-    from service.triage import Triage
-    from smart_app.session import AppUser, LaunchContext, Role
-    from tests.support.casework import patient_at_triage
-    from tests.support.write_path import LoopbackTokens
 
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    outbox = make_outbox(database, Clock())
-    patient_id, encounter_id = patient_at_triage(base_url)
-
-    def launch(user: str, role: Role) -> LaunchContext:
-        return LaunchContext(
-            uuid.uuid4().hex,
-            tenant,
-            "ehr",
-            base_url,
-            patient_id,
-            encounter_id,
-            AppUser(user, user, frozenset({role})),
-            language="nl",
-            app_context=None,
-        )
-
-    nurse = launch("Practitioner/nurse", "nurse")
-    triage = Triage(database, outbox, LoopbackTokens(), 5.0)
-    assert triage.record_triage(nurse, _niet_pluis(nurse.user.fhir_user)).status == "delivered"
-    with database.session() as session:
-        (case,) = session.scalars(select(Concern).where(Concern.tenant_id == tenant.id)).all()
-    casework = Casework(database, outbox, LoopbackTokens(), 5.0)
-    social_worker = launch(SOCIAL_WORKER, "social-worker")
+    patient_id, _, _, case, casework, social_worker = _triaged_case(database, base_url)
     step = Step4Input.model_validate(
         {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
     )
