@@ -130,6 +130,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.include_router(monitoring_router)  # the monitoring figures (issue 5 §6)
     app.include_router(monitoring_router, prefix="/t/{tenant}")
     app.add_exception_handler(RequestValidationError, _validation_failed)
+    # The CDS hooks' limit (they apply it themselves, before this) is the app's: the largest
+    # bodies elsewhere are an admin's imports (the partner directory: 5 KiB as YAML, a
+    # region's FHIR Bundle some hundred KiB; the configuration YAML).
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
 
@@ -164,10 +167,6 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
     app.state.readiness_checks["outbox"] = outbox.readiness_check()
 
 
-#: The largest request body the app reads is the CDS hooks' (``MAX_BODY_BYTES``, which
-#: they apply themselves, answered before the middleware). The largest legitimate bodies
-#: elsewhere are an admin's imports: the partner directory (the shipped one is 5 KiB as
-#: YAML; a region's FHIR Bundle some hundred KiB) and the configuration YAML.
 #: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.
 _JSON_API = re.compile(r"(?:/t/[^/]+)?(?:/api|/admin/api)(?:/.*)?")
 

@@ -229,17 +229,13 @@ def _update_flag(
     )
     # Whatever the EHR stored besides our elements survives the update: its own extensions
     # too (ours are replaced by what the mapping says now).
-    ours_urls = {terminology.extension_url(e) for e in _FLAG_EXTENSIONS}
+    ours_urls = {terminology.extension_url(e) for e in mapping.CONCERN_FLAG_EXTENSIONS}
     theirs = [e for e in flag.get("extension", []) if e.get("url") not in ours_urls]
     merged = {**flag, **mapped, "id": flag["id"], "identifier": flag["identifier"]}
     merged.pop("extension", None)
     if extensions := [*theirs, *mapped.get("extension", [])]:
         merged["extension"] = extensions
     return tx.update(merged, flag["meta"]["versionId"])
-
-
-#: The extensions of the concern Flag that are ours (``mapping.concern_flag``).
-_FLAG_EXTENSIONS = ("concern-last-step", "concern-trigger", "concern-close-reason")
 
 
 def _sign(

@@ -144,7 +144,10 @@ def _assertion_algorithm(smart_configuration: dict[str, Any]) -> Algorithm:
 
 def assertion_algorithm(http: httpx.Client, registration: EhrRegistration) -> Algorithm:
     """The assertion algorithm for a token request outside a launch (a refresh), read
-    anew from the EHR's SMART configuration (the session keeps only the token endpoint)."""
+    anew from the EHR's SMART configuration (the session keeps only the token endpoint).
+    Only ``private_key_jwt`` signs an assertion: no other registration costs the request."""
+    if registration.client_auth != "private_key_jwt":
+        return DEFAULT_ALGORITHM
     return _assertion_algorithm(_smart_configuration(http, registration))
 
 

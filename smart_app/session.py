@@ -38,7 +38,7 @@ from service.db.base import Database, utcnow
 from service.db.models import AppSession, Tenant
 from service.fhir.client import FhirUnavailable, ReauthorisationRequired
 from service.i18n import Language, negotiate, translate
-from service.keys import DEFAULT_ALGORITHM, Algorithm, KeyStore, Sealer, UnsealError
+from service.keys import KeyStore, Sealer, UnsealError
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -348,7 +348,7 @@ class SessionTokens:
                             "grant_type": "refresh_token",
                             "refresh_token": self._sealer.open(row.refresh_token, row.sealed),
                         },
-                        _assertion_algorithm(http, registration),
+                        assertion_algorithm(http, registration),
                     )
             except OAuthError as failure:
                 log.warning(
@@ -385,11 +385,3 @@ class SessionTokens:
         if row.access_expires_at > utcnow():
             return current
         raise ReauthorisationRequired(f"the access token expired and cannot be refreshed: {reason}")
-
-
-def _assertion_algorithm(http: httpx.Client, registration: EhrRegistration) -> Algorithm:
-    """What the EHR verifies our client assertions with; only ``private_key_jwt`` signs one,
-    so no other registration costs the extra request for the EHR's SMART configuration."""
-    if registration.client_auth != "private_key_jwt":
-        return DEFAULT_ALGORITHM
-    return assertion_algorithm(http, registration)

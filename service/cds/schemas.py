@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.text import is_one_line
+from service.text import OneLine
 
 FhirId = Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 UserReference = Annotated[
@@ -68,13 +68,6 @@ class HookRequest(Lenient):
         return self
 
 
-def _one_line(value: str) -> str:
-    # PostgreSQL refuses a NUL in text, and a tab or newline is no part of a code
-    if not is_one_line(value):
-        raise ValueError("control characters are not allowed")
-    return value
-
-
 def _in_utc(value: datetime) -> datetime:
     # stored in UTC: 0001-01-01T00:00:00+14:00 is a valid timestamp without a UTC value
     try:
@@ -83,13 +76,11 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("the timestamp is out of range once in UTC") from None
 
 
-#: Plain text (the lengths of a Coding's stored parts are those of ``cds_feedback``).
-Text = AfterValidator(_one_line)
-
-
 class Coding(Lenient):
-    system: Annotated[str, Field(max_length=500), Text] | None = None
-    code: Annotated[str, Field(min_length=1, max_length=100), Text]
+    # one line (PostgreSQL refuses a NUL; a tab is no part of a code), as long as the
+    # columns of ``cds_feedback`` that store them
+    system: Annotated[OneLine, Field(max_length=500)] | None = None
+    code: Annotated[OneLine, Field(min_length=1, max_length=100)]
     display: str | None = None  # read, never stored
 
 

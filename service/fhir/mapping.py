@@ -543,6 +543,11 @@ def referral_with_status(
     return updated
 
 
+#: The extensions of the concern Flag that are ours (:func:`concern_flag` writes them);
+#: an update replaces these and keeps any other the EHR added.
+CONCERN_FLAG_EXTENSIONS = ("concern-last-step", "concern-trigger", "concern-close-reason")
+
+
 def concern_flag(
     *,
     patient_ref: str,
