@@ -101,9 +101,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
-    migrate.upgrade(settings.database_url)
+    try:
+        migrate.upgrade(settings.database_url)
+    except migrate.MigrationLockedError as error:
+        print(f"The database was not migrated: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
     print("database schema is current")
     return 0
+
+
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure, the same command may succeed later
 
 
 def cmd_db_purge(args: argparse.Namespace, settings: Settings) -> int:

@@ -59,6 +59,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL database, for what only PostgreSQL does (mark the test postgres)."""
+    url = _create_postgres_database()
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(url)
+
+
+@pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
     """A migrated database on each backend."""
     migrate.upgrade(database_url)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
+from service.db import migrate
 from tests.support.processes import free_port, running
 
 KINDREFLEX = [sys.executable, "-m", "service.cli"]
@@ -51,6 +53,26 @@ def test_serve_refuses_an_outdated_postgres_schema_instead_of_migrating_it(
     )
     assert result.returncode == 2
     assert "kindreflex db upgrade" in result.stderr
+
+
+@pytest.mark.postgres
+def test_db_upgrade_held_up_by_a_lock_gives_up_with_a_temporary_failure(postgres_url: str) -> None:
+    # The migration Job must not stall the running service behind its lock request: it
+    # gives up (after migrate.LOCK_TIMEOUT_MS) with an exit code that says "try again".
+    migrate.upgrade(postgres_url, "0010_concern_follow_up")
+    engine = create_engine(postgres_url)
+    with engine.connect() as report:
+        report.execute(text("SET idle_in_transaction_session_timeout = '60s'"))  # no hang
+        report.execute(text("SELECT count(*) FROM concerns"))  # a long report's read lock
+        env = {**os.environ, "KINDREFLEX_DATABASE_URL": postgres_url}
+        result = subprocess.run(
+            [*KINDREFLEX, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=90
+        )
+        report.rollback()
+    engine.dispose()
+    assert result.returncode == 75, result.stderr
+    assert "The database was not migrated" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_serve_for_other_machines_refuses_a_public_url_on_localhost(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from service.db import (
     migrate,
@@ -31,4 +32,32 @@ def test_downgrade_to_base_and_up_again(database_url: str) -> None:
     migrate.upgrade(database_url)
     engine = create_engine(database_url)
     assert "tenants" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def _heads(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+
+@pytest.mark.postgres
+def test_a_migration_waiting_for_a_lock_gives_up_and_changes_nothing(postgres_url: str) -> None:
+    # A long report holds a read lock on `concerns`; migration 0013 alters that table. Without
+    # a lock timeout the ALTER would wait, and every query of the running service on the
+    # table would queue behind it.
+    migrate.upgrade(postgres_url, "0010_concern_follow_up")
+    engine = create_engine(postgres_url)
+    before = _heads(engine)
+    with engine.connect() as report:
+        # ended by the server after 20 s: without the lock timeout the migration would then
+        # go through, and the test fail instead of hanging
+        report.execute(text("SET idle_in_transaction_session_timeout = '20s'"))
+        report.execute(text("SELECT count(*) FROM concerns"))  # its transaction stays open
+        with pytest.raises(migrate.MigrationLockedError, match="nothing was changed"):
+            migrate.upgrade(postgres_url, lock_timeout_ms=200)
+        assert _heads(engine) == before
+        assert "fhir_base_url" not in {c["name"] for c in inspect(engine).get_columns("concerns")}
+        report.rollback()
+    migrate.upgrade(postgres_url)  # the lock released, the same command goes through
+    assert "fhir_base_url" in {c["name"] for c in inspect(engine).get_columns("concerns")}
     engine.dispose()

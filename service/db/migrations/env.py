@@ -6,6 +6,7 @@ from alembic import context
 
 from service.db import models  # noqa: F401 - registers every table on Base.metadata
 from service.db.base import Base, make_engine
+from service.db.migrate import LOCK_TIMEOUT_MS
 
 target_metadata = Base.metadata
 
@@ -15,6 +16,11 @@ def run_migrations() -> None:
     assert url, "sqlalchemy.url is not set"
     engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":  # see LOCK_TIMEOUT_MS
+            timeout = int(context.config.attributes.get("lock_timeout_ms", LOCK_TIMEOUT_MS))
+            connection.exec_driver_sql(f"SET lock_timeout = {timeout}")
+            connection.commit()  # the setting stays for the session; the migration's
+            # transaction starts afresh below
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
