@@ -228,10 +228,17 @@ def _update_flag(
         closure=closed[1] if closed else None,
     )
     # Whatever the EHR stored besides our elements survives the update: its own extensions
-    # too (ours are replaced by what the mapping says now).
+    # too (ours are replaced by what the mapping says now), and its meta (tags, security
+    # labels) with our profile added.
     ours_urls = {terminology.extension_url(e) for e in mapping.CONCERN_FLAG_EXTENSIONS}
     theirs = [e for e in flag.get("extension", []) if e.get("url") not in ours_urls]
-    merged = {**flag, **mapped, "id": flag["id"], "identifier": flag["identifier"]}
+    merged = {
+        **flag,
+        **mapped,
+        "id": flag["id"],
+        "identifier": flag["identifier"],
+        "meta": mapping.meta_on_update(flag.get("meta"), mapped["meta"]),
+    }
     merged.pop("extension", None)
     if extensions := [*theirs, *mapped.get("extension", [])]:
         merged["extension"] = extensions

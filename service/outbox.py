@@ -74,7 +74,7 @@ from service.fhir.client import (
     Resource,
     summarise,
 )
-from service.fhir.mapping import display_name
+from service.fhir.mapping import display_name, meta_on_update
 
 log = logging.getLogger(__name__)
 
@@ -473,8 +473,9 @@ def _check_owner(seen: Resource, ours: Resource) -> None:
 
 def _overlay(seen: Resource, ours: Resource) -> Resource:
     """``ours``' elements laid over ``seen``'s (see :func:`_element`); extensions are merged
-    by URL, identifiers kept."""
-    merged = {**seen}
+    by URL, identifiers kept, ``meta`` is the server's with our profile added
+    (:func:`~service.fhir.mapping.meta_on_update`: its tags and security labels stay)."""
+    merged = {**seen, "meta": meta_on_update(seen.get("meta"), ours.get("meta"))}
     for key, mine in ours.items():
         if key not in _NOT_OURS:
             merged[key] = _element(key, seen[key], mine) if key in seen else mine
@@ -489,7 +490,8 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
     return merged
 
 
-#: Elements a merge never takes from ours (``extension`` is merged by URL).
+#: Elements a merge never takes from ours (``extension`` is merged by URL, ``meta`` kept
+#: with our profile added).
 _NOT_OURS = ("id", "meta", "identifier", "extension")
 
 

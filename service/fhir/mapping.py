@@ -67,6 +67,7 @@ __all__ = [
     "finding_from_observation",
     "finding_observation",
     "identifier",
+    "meta_on_update",
     "provenance",
     "referral_service_request",
     "referral_with_status",
@@ -92,6 +93,23 @@ def identifier(kind: t.IdentifierKind, value: str | uuid.UUID | None = None) -> 
 
 def _meta(profile_id: str) -> dict[str, list[str]]:
     return {"profile": [t.profile_url(profile_id)]}
+
+
+#: The parts of ``meta`` the FHIR server manages: an update does not send them back.
+_SERVER_MANAGED_META = ("versionId", "lastUpdated")
+
+
+def meta_on_update(stored: Mapping[str, Any] | None, ours: Mapping[str, Any] | None) -> Resource:
+    """The ``meta`` of our update of a resource the FHIR server holds: ``stored`` (its
+    ``meta`` as read) without what the server manages (``versionId``, ``lastUpdated``),
+    with the profile(s) of ``ours`` (the mapping's ``meta``) added to ``meta.profile``,
+    once each. The EHR's ``tag`` and ``security`` labels survive as they are: dropping a
+    security label could widen who may read the resource."""
+    meta = {k: v for k, v in (stored or {}).items() if k not in _SERVER_MANAGED_META}
+    profiles = [*meta.get("profile", []), *(ours or {}).get("profile", [])]
+    if profiles:
+        meta["profile"] = list(dict.fromkeys(profiles))
+    return meta
 
 
 def _ref(reference: str) -> dict[str, str]:
@@ -535,8 +553,13 @@ def referral_with_status(
     note: str | None = None,
 ) -> Resource:
     """The referral ``request`` as read, with a new status; ``note`` is added as an
-    annotation naming its author and time (earlier notes stay)."""
-    updated: Resource = {**request, "status": status.value}
+    annotation naming its author and time (earlier notes stay). Its ``meta`` is the
+    server's (:func:`meta_on_update`)."""
+    updated: Resource = {
+        **request,
+        "meta": meta_on_update(request.get("meta"), _meta("kindreflex-referral")),
+        "status": status.value,
+    }
     if note and note.strip():
         annotation = {"authorReference": _ref(author), "time": _instant(at), "text": note.strip()}
         updated["note"] = [*request.get("note", []), annotation]

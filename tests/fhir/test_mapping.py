@@ -386,3 +386,40 @@ def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileVal
         ]
         == referral["note"]
     )
+
+
+def test_an_update_keeps_the_servers_meta_but_what_the_server_manages() -> None:
+    """Our update of a resource the server holds: its tags and security labels stay, its
+    profiles stay with ours added once, versionId and lastUpdated are not sent back."""
+    ours = terminology.profile_url("kindreflex-referral")
+    tag = {"system": "https://ehr.example.org/tags", "code": "reviewed-by-gp"}
+    security = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+    stored = {
+        "versionId": "7",
+        "lastUpdated": "2026-05-18T13:05:00+02:00",
+        "profile": ["https://ehr.example.org/StructureDefinition/request", ours],
+        "tag": [tag],
+        "security": [security],
+    }
+    expected = {
+        "profile": ["https://ehr.example.org/StructureDefinition/request", ours],
+        "tag": [tag],
+        "security": [security],
+    }
+    assert mapping.meta_on_update(stored, {"profile": [ours]}) == expected
+    assert mapping.meta_on_update({"versionId": "1", "tag": [tag]}, {"profile": [ours]}) == {
+        "tag": [tag],
+        "profile": [ours],
+    }
+    referral = mapping.referral_service_request(
+        _casework_findings()[-1],  # type: ignore[arg-type] # the step 6 finding
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        performer_ref=VK,
+        reason_refs=["Observation/s4"],
+        child_refs={"c1": "RelatedPerson/c1"},
+        identifier=mapping.identifier("referral"),
+    )
+    as_read = {**referral, "id": "r1", "meta": stored}
+    updated = mapping.referral_with_status(as_read, ReferralStatus.ON_HOLD, author=NURSE, at=NOW)
+    assert updated["meta"] == expected

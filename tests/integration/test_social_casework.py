@@ -386,3 +386,48 @@ def test_a_closing_the_fhir_server_refuses_leaves_the_case_open_to_close_again(
     # and what the EHR added to the Flag meanwhile survived our update of it (it was dropped:
     # the update replaced the Flag's whole extension list with ours)
     assert "urn:test:ehr-note" in {e["url"] for e in flag.flag.get("extension", [])}
+
+
+#: What an EHR labels a resource with (``meta.tag``, ``meta.security``); an update of ours
+#: must keep them: a dropped security label can widen who may read the resource.
+EHR_TAG = {"system": "https://ehr.example.org/tags", "code": "reviewed-by-gp"}
+EHR_SECURITY = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+    "code": "R",
+}
+
+
+def test_a_step_keeps_the_tags_and_security_labels_the_ehr_put_on_the_flag(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The EHR labelled the concern Flag (a tag, a security label). The social service's
+    update of the Flag (steps 4-6, closing) replaced its whole ``meta`` with the mapping's
+    (only our profile), so the labels were gone after the team decision."""
+    import httpx
+
+    base_url = fhir_server.base_url
+    patient_id, _, _, case, casework, social_worker = _triaged_case(database, base_url)
+    with FhirClient(base_url, lambda: "loopback", 10.0) as client:
+        before, _ = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
+    labelled = {
+        **before.flag,
+        "meta": {**before.flag["meta"], "tag": [EHR_TAG], "security": [EHR_SECURITY]},
+    }
+    url = f"{base_url}/Flag/{before.flag['id']}"
+    httpx.put(url, json=labelled, timeout=10).raise_for_status()
+
+    step = Step4Input.model_validate(
+        {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
+    )
+    assert casework.record_step(social_worker, case.id, case.row_version, step).status == (
+        "delivered"
+    )
+
+    with FhirClient(base_url, lambda: "loopback", 10.0) as client:
+        after, _ = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
+    meta = after.flag["meta"]
+    assert (meta["tag"], meta["security"]) == ([EHR_TAG], [EHR_SECURITY])
+    assert meta["profile"] == [terminology.profile_url("kindreflex-open-concern")]
+    assert int(meta["versionId"]) > int(before.flag["meta"]["versionId"]) + 1  # ours came
+    assert validate(after.flag) == []

@@ -586,6 +586,31 @@ def test_an_edit_keeps_what_the_ehr_recorded_beside_our_elements(
     client.close()
 
 
+def test_an_edit_keeps_the_ehrs_tags_and_security_labels_and_adds_our_profile(
+    world: World, seeded: SeedResult
+) -> None:
+    """A child the EHR recorded without our profile, with a tag and a security label:
+    the nurse's edit keeps both labels and declares our profile beside them (the merge
+    sent the server's meta back as it was read: no profile of ours)."""
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-m")
+    child_id = world.triage.load_chart(ctx).children[0].ref.split("/")[1]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    stored = client.read("RelatedPerson", child_id)
+    tag = {"system": "https://ehr.example.org/tags", "code": "reviewed-by-gp"}
+    security = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+    _put(client, {**stored, "meta": {"tag": [tag], "security": [security]}})
+
+    saved = _saved_with(world, ctx, child_id, name=f"Noor {uuid.uuid4().hex[:6].upper()}")
+
+    assert saved.status == "delivered"
+    meta = client.read("RelatedPerson", child_id)["meta"]
+    assert (meta["tag"], meta["security"]) == ([tag], [security])
+    assert meta["profile"] == [CHILD_PROFILE]
+    assert validate(client.read("RelatedPerson", child_id)) == []
+    client.close()
+
+
 def test_a_child_changed_by_someone_else_while_the_save_waited_is_a_visible_conflict(
     database: Database, tmp_path: Path
 ) -> None:
