@@ -513,12 +513,21 @@ def _element(key: str, theirs: Any, mine: Any) -> Any:
     return theirs if _agrees(theirs, mine) else mine
 
 
+#: The parts of a list entry our mapping writes (``mapping.child_related_person``): a
+#: name's text and parts, a relationship's codings and text. Of the entry ours replaces,
+#: the parts not listed here are the EHR's and stay.
+_MODELLED_PARTS = {"name": ("text", "family", "given"), "relationship": ("coding", "text")}
+
+
 def _replacing(key: str, theirs: Any, mine: dict[str, Any]) -> dict[str, Any]:
-    """Our entry in place of theirs; a corrected name stays the kind of name it was (its
-    ``use``: official, usual…), which ours does not say."""
-    if key == "name" and isinstance(theirs, dict) and "use" in theirs:
-        return {"use": theirs["use"], **mine}
-    return mine
+    """Our entry in place of theirs, keeping what of theirs ours does not model: a
+    corrected name stays the kind of name it was (its ``use``: official, usual…) for as
+    long as it was (its ``period``), its extensions and ``id`` stay. An element without
+    a list of its parts is replaced whole."""
+    modelled = _MODELLED_PARTS.get(key)
+    if modelled is None or not isinstance(theirs, dict):
+        return mine
+    return {**{part: v for part, v in theirs.items() if part not in modelled}, **mine}
 
 
 def _entry_agrees(key: str, theirs: Any, mine: Any) -> bool:

@@ -586,6 +586,32 @@ def test_an_edit_keeps_what_the_ehr_recorded_beside_our_elements(
     client.close()
 
 
+def test_a_corrected_name_keeps_the_parts_of_it_we_do_not_write(
+    world: World, seeded: SeedResult
+) -> None:
+    """The EHR stored the child's official name with the period it holds; the nurse
+    corrects the name. The merge replaced the name entry with ours and carried over only
+    its ``use``: the name's ``period`` was lost."""
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-p")
+    child_id = world.triage.load_chart(ctx).children[1].ref.split("/")[1]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    stored = client.read("RelatedPerson", child_id)
+    since = {"start": stored["birthDate"]}
+    official = {**stored["name"][0], "use": "official", "period": since}
+    _put(client, {**stored, "name": [official, *stored["name"][1:]]})
+    corrected = f"Mira {uuid.uuid4().hex[:6].upper()}"  # a change whatever runs left
+
+    saved = _saved_with(world, ctx, child_id, name=corrected)
+
+    assert saved.status == "delivered"
+    after = client.read("RelatedPerson", child_id)
+    assert display_name(after) == corrected
+    assert (after["name"][0]["use"], after["name"][0]["period"]) == ("official", since)
+    assert validate(after, CHILD_PROFILE) == []
+    client.close()
+
+
 def test_an_edit_keeps_the_ehrs_tags_and_security_labels_and_adds_our_profile(
     world: World, seeded: SeedResult
 ) -> None:
