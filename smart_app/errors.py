@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
-from service.i18n import Language, translate
+from service.i18n import Language, negotiate, translate
 from smart_app.security import ANY_FRAME, page_headers
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class PageError(Exception):
         status: int,
         problem: str,
         *,
-        language: Language = "nl",
+        language: Language | None = None,
         frame_origins: Sequence[str] = ANY_FRAME,
         detail: str | None = None,
         **values: object,
@@ -36,26 +36,26 @@ class PageError(Exception):
         super().__init__(f"{problem}: {detail}" if detail else problem)
         self.status = status
         self.problem = problem
-        self.language: Language = language
+        # None until the user's language is known (a registration's or the session's):
+        # the page then follows the browser's Accept-Language, Dutch failing that
+        self.language = language
         self.frame_origins = tuple(frame_origins)
         self.detail = detail
         self.values = values
 
 
-def render(error: PageError) -> HTMLResponse:
+def render(error: PageError, language: Language) -> HTMLResponse:
     def text(part: str) -> str:
-        return html.escape(
-            translate(error.language, f"smart.{error.problem}.{part}", **error.values)
-        )
+        return html.escape(translate(language, f"smart.{error.problem}.{part}", **error.values))
 
     detail = (
-        f'<p class="detail">{html.escape(translate(error.language, "smart.detail"))} '
+        f'<p class="detail">{html.escape(translate(language, "smart.detail"))} '
         f"<code>{html.escape(error.detail)}</code></p>"
         if error.detail
         else ""
     )
     body = (
-        f'<!doctype html><html lang="{error.language}"><head><meta charset="utf-8">'
+        f'<!doctype html><html lang="{language}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{text('title')} — Kindreflex</title></head><body><main>"
         f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{detail}'
@@ -64,7 +64,7 @@ def render(error: PageError) -> HTMLResponse:
     return HTMLResponse(body, status_code=error.status, headers=page_headers(error.frame_origins))
 
 
-async def handle_page_error(_request: Request, error: Exception) -> Response:
+async def handle_page_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, PageError)
     log.info(
         "app request refused",
@@ -72,4 +72,4 @@ async def handle_page_error(_request: Request, error: Exception) -> Response:
             "fields": {"status": error.status, "problem": error.problem, "detail": error.detail}
         },
     )
-    return render(error)
+    return render(error, error.language or negotiate([request.headers.get("accept-language")]))

@@ -343,6 +343,21 @@ def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindre
     assert "onvolledig" in missing.text
 
 
+def test_a_page_refused_before_any_registration_is_known_follows_the_browser_language(
+    kindreflex: Kindreflex,
+) -> None:
+    # No registration (and so no configured language) is known for an unknown EHR: the
+    # browser's language is the best guess; Dutch stays the default (test above).
+    answer = httpx.get(
+        f"{kindreflex.url}/launch?iss=https://elsewhere.example/fhir&launch=abc",
+        headers={"Accept-Language": "fr-BE,fr;q=0.9,nl;q=0.8"},
+    )
+    assert answer.status_code == 400
+    assert '<html lang="fr">' in answer.text
+    assert "Ce DPI n&#x27;est pas enregistré" in answer.text
+    assert "Dit EHR is niet geregistreerd" not in answer.text
+
+
 def test_an_unreachable_ehr_gets_a_clear_page(kindreflex: Kindreflex, database: Database) -> None:
     dead = f"http://127.0.0.1:{free_port()}/fhir"
     registration = _registration(kindreflex.sandbox, "x", "none").model_copy(
