@@ -17,12 +17,13 @@ which is also its audit record; bad input → 4xx with the reason, and nothing i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import (
     HTMLResponse,
@@ -31,11 +32,14 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
+from markupsafe import Markup, escape
+from starlette.datastructures import UploadFile
 
 from service.admin import access, changes
 from service.admin.config import (
     ConfigurationError,
     Problem,
+    Reason,
     StaleConfigurationError,
     TenantAdmin,
     export_yaml,
@@ -460,7 +464,8 @@ def _imported_partners(
         try:
             data = _parse_json(body)
         except ValueError as error:
-            raise ConfigurationError([Problem(f"not JSON: {error}")]) from None
+            not_json = (Reason.of("admin.problem.not-json", detail=error),)
+            raise ConfigurationError([Problem(f"not JSON: {error}", reasons=not_json)]) from None
         is_bundle = isinstance(data, dict) and data.get("resourceType") == "Bundle"
         partners = import_bundle(data) if is_bundle else data
     return _replace(config, partners=partners)
@@ -472,9 +477,9 @@ def _utf8(body: bytes, encoding: str) -> str:
     try:
         return body.decode(encoding)
     except UnicodeDecodeError as error:
-        raise ConfigurationError(
-            [Problem(f"the text is not UTF-8 (byte {error.start} cannot be read)")]
-        ) from None
+        message = f"the text is not UTF-8 (byte {error.start} cannot be read)"
+        not_utf8 = (Reason.of("admin.problem.not-utf8", byte=error.start),)
+        raise ConfigurationError([Problem(message, reasons=not_utf8)]) from None
 
 
 @router.get("/admin/api/plan")
@@ -535,6 +540,112 @@ def _page(
     )
     frame = [o for r in tenant.config.registrations for o in r.frame_origins]
     return HTMLResponse(html, status_code=status, headers=page_headers(frame))
+
+
+@dataclass(frozen=True)
+class ScreenError:
+    """A problem of a refused save as the screen shows it: the sentence in the page's
+    language, next to the field it concerns (its id; "" when it concerns no one field:
+    then in the page's error summary only), as ``_fields.html`` renders such errors."""
+
+    field: str
+    message: Markup
+
+
+#: Which field of the screen a problem concerns (its id in ``admin/index.html``), or "".
+FieldOf = Callable[[Problem], str]
+
+
+def _no_field(_problem: Problem) -> str:
+    return ""
+
+
+def _say(language: Language, problem: Problem) -> Markup:
+    """The problem in ``language``: where (a line, row or Bundle entry; the path) and why,
+    the sentences from the catalogues (escaped, like any text of the page), the technical
+    data in them as ``<code>`` (escaped too: a YAML file's words are the admin's input)."""
+
+    def say(message_id: str, **values: object) -> Markup:
+        data = {name: Markup("<code>{}</code>").format(value) for name, value in values.items()}
+        return escape(translate(language, message_id)).format(**data)
+
+    where: list[Markup] = []
+    if problem.place is not None:
+        unit, number = problem.place
+        where.append(escape(translate(language, f"admin.problem.at-{unit}", n=number)))
+    elif problem.line is not None:
+        where.append(escape(translate(language, "admin.problem.at-line", line=problem.line)))
+    if problem.path and problem.place is None:
+        where.append(Markup("<code>{}</code>").format(problem.path))
+    reasons = problem.reasons or (Reason.of("admin.problem.rejected", detail=problem.message),)
+    what = Markup("; ").join(
+        Markup("<code>{}</code>: {}").format(r.field, say(r.code, **dict(r.values)))
+        if r.field
+        else say(r.code, **dict(r.values))
+        for r in reasons
+    )
+    if not where:
+        return what
+    sentence = escape(translate(language, "admin.problem.where"))
+    return sentence.format(where=Markup(", ").join(where), what=what)
+
+
+def _screen_errors(
+    language: Language, problems: Sequence[Problem], field_of: FieldOf
+) -> tuple[list[ScreenError], dict[str, Markup]]:
+    """The summary's errors, and each field's messages (``error_for`` of ``_fields.html``)."""
+    errors = [ScreenError(field_of(problem), _say(language, problem)) for problem in problems]
+    fields = dict.fromkeys(e.field for e in errors if e.field)
+    error_for = {
+        field: Markup("<br>").join(e.message for e in errors if e.field == field)
+        for field in fields
+    }
+    return errors, error_for
+
+
+def _in_yaml(_problem: Problem) -> str:
+    return "yaml"
+
+
+def _in_partners_file(_problem: Problem) -> str:
+    return "partners-file"
+
+
+_HOOK_FIELDS = {
+    "hooks.adult_age": "adult_age",
+    "hooks.once_per_encounter": "once_per_encounter",
+    "hooks.enabled": f"hook-{ALL_HOOKS[0]}",
+}
+
+
+def _in_hooks_form(problem: Problem) -> str:
+    return _HOOK_FIELDS.get(problem.path.split("[")[0], "")
+
+
+def _in_plan_form(problem: Problem) -> str:
+    """``plan.steps.step-1.title.nl`` → the input ``step-1.title.nl``."""
+    rest = problem.path.removeprefix("plan.steps.")
+    return rest if rest != problem.path and rest.count(".") == 2 else ""
+
+
+#: The registration form's fields; each field's id is ``<registration id>-<field>``.
+_REGISTRATION_FIELDS = frozenset(
+    {"id", "name", "fhir_base_url", "client_id", "client_auth", "client_secret", "scopes",
+     "cds_issuers", "frame_origins", "default_language"}
+)  # fmt: skip
+
+
+def _in_registration_form(form: str, index: int) -> FieldOf:
+    """Problems at ``registrations[<index>].<field>…``: that field of the form ``form``."""
+    at = f"registrations[{index}]."
+
+    def field_of(problem: Problem) -> str:
+        if not problem.path.startswith(at):
+            return ""
+        key = re.split(r"[.\[]", problem.path.removeprefix(at))[0]
+        return f"{form}-{key}" if key in _REGISTRATION_FIELDS else ""
+
+    return field_of
 
 
 def _cookie_secure(request: Request) -> bool:
@@ -598,8 +709,10 @@ def _overview(
     report: dict[str, Any] | None = None,
     tenant: TenantContext | None = None,
     typed: Mapping[str, Any] | None = None,
+    field_of: FieldOf = _no_field,
 ) -> HTMLResponse:
     tenant = tenant or admin.tenant
+    errors, error_for = _screen_errors(_language(request), problems, field_of)
     return _page(
         request,
         tenant,
@@ -609,7 +722,8 @@ def _overview(
         config=tenant.config,
         all_hooks=ALL_HOOKS,
         steps=list(Step),
-        problems=problems,
+        errors=errors,
+        error_for=error_for,
         saved=saved,
         report=report,
         typed=typed,
@@ -619,19 +733,26 @@ def _overview(
 
 
 async def _screen_change(
-    request: Request, admin: Admin, change: Change, typed: Mapping[str, Any] | None = None
+    request: Request,
+    admin: Admin,
+    change: Change,
+    typed: Mapping[str, Any] | None = None,
+    field_of: FieldOf = _no_field,
 ) -> HTMLResponse:
     """Save a change from the screen; refused, the page again with ``typed`` (which form,
-    what was typed in it) kept."""
+    what was typed in it) kept, and each problem next to its field (``field_of``)."""
     form = await request.form()
     based_on = str(form.get("version", ""))
     try:
         context = await _save(request, admin, change, int(based_on) if based_on.isdigit() else None)
     except ConfigurationError as error:
-        return _overview(request, admin, status=422, problems=error.problems, typed=typed)
+        return _overview(
+            request, admin, status=422, problems=error.problems, typed=typed, field_of=field_of
+        )
     except StaleConfigurationError as error:
-        stale = translate(_language(request), "admin.stale", version=error.current_version)
-        return _overview(request, admin, status=409, problems=(Problem(stale),), typed=typed)
+        version = Reason.of("admin.stale", version=error.current_version)
+        stale = Problem(str(error), reasons=(version,))
+        return _overview(request, admin, status=409, problems=(stale,), typed=typed)
     return _overview(request, admin, saved=True, tenant=context)
 
 
@@ -655,11 +776,20 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLRespons
         {"iss": parts[0], "jku": parts[1:]}
         for parts in (line.split() for line in _lines(field.get("cds_issuers", "")))
     ]
-    existing = next((r for r in admin.tenant.config.registrations if r.id == body["id"]), None)
+    registrations = admin.tenant.config.registrations
+    existing = next((r for r in registrations if r.id == body["id"]), None)
     if existing is not None:
         body["roles"] = existing.roles
-    typed = {"registration": existing.id if existing else "new", "fields": field}
-    return await _screen_change(request, admin, lambda c: _upsert_registration(c, body), typed)
+    form_id = existing.id if existing else "new"
+    typed = {"registration": form_id, "fields": field}
+    index = registrations.index(existing) if existing else len(registrations)
+    return await _screen_change(
+        request,
+        admin,
+        lambda c: _upsert_registration(c, body),
+        typed,
+        _in_registration_form(form_id, index),
+    )
 
 
 @router.post("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)
@@ -693,19 +823,28 @@ async def save_hooks(request: Request, admin: ScreenAdmin) -> HTMLResponse:
         "adult_age": str(form.get("adult_age", "")),
         "once_per_encounter": form.get("once_per_encounter") == "on",
     }
-    return await _screen_change(request, admin, lambda c: _replace(c, hooks=hooks))
+    return await _screen_change(
+        request, admin, lambda c: _replace(c, hooks=hooks), field_of=_in_hooks_form
+    )
 
 
 @router.post("/admin/partners", response_class=HTMLResponse)
 async def upload_partners(request: Request, admin: ScreenAdmin) -> HTMLResponse:
     form = await request.form()
-    upload = form.get("file")
+    upload = form.get("file")  # Starlette's UploadFile (FastAPI's is a subclass of it)
     if not isinstance(upload, UploadFile) or not upload.filename:
-        problems = (Problem(translate(_language(request), "admin.partners.no-file")),)
-        return _overview(request, admin, status=400, problems=problems)
+        no_file = Problem("choose a file", reasons=(Reason("admin.partners.no-file"),))
+        return _overview(
+            request, admin, status=400, problems=(no_file,), field_of=_in_partners_file
+        )
     body = await upload.read()
     content_type = "text/csv" if upload.filename.lower().endswith(".csv") else "application/json"
-    return await _screen_change(request, admin, lambda c: _imported_partners(c, content_type, body))
+    return await _screen_change(
+        request,
+        admin,
+        lambda c: _imported_partners(c, content_type, body),
+        field_of=_in_partners_file,
+    )
 
 
 @router.post("/admin/plan", response_class=HTMLResponse)
@@ -723,11 +862,15 @@ async def save_plan(request: Request, admin: ScreenAdmin) -> HTMLResponse:
             steps[step] = texts
     current = admin.tenant.config.plan.model_dump(mode="json")
     plan = {**current, "steps": steps}
-    return await _screen_change(request, admin, lambda c: _replace(c, plan=plan))
+    return await _screen_change(
+        request, admin, lambda c: _replace(c, plan=plan), field_of=_in_plan_form
+    )
 
 
 @router.post("/admin/config", response_class=HTMLResponse)
 async def import_config(request: Request, admin: ScreenAdmin) -> HTMLResponse:
     form = await request.form()
     text = str(form.get("yaml", ""))
-    return await _screen_change(request, admin, lambda _current: parse_yaml(text))
+    return await _screen_change(
+        request, admin, lambda _current: parse_yaml(text), {"yaml": text}, _in_yaml
+    )

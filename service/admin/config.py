@@ -38,12 +38,34 @@ YAML_HEADER = (
 
 
 @dataclass(frozen=True)
+class Reason:
+    """Why, in words a screen says in the admin's language: the catalogue message ``code``
+    (``admin.problem.…``) with ``values`` filled in — data shown as is, never translated
+    (a value, a limit, the YAML parser's own words). ``field``: where inside the problem's
+    place, shown as is (a CSV row's column)."""
+
+    code: str
+    values: tuple[tuple[str, str], ...] = ()
+    field: str = ""
+
+    @classmethod
+    def of(cls, code: str, field: str = "", **values: object) -> Reason:
+        return cls(code, tuple((k, str(v)) for k, v in values.items()), field)
+
+
+@dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a configuration: where (line, path) and why."""
+    """One thing wrong with a configuration: where (line, path) and why.
+
+    ``message`` is the English text of the API and the command line; ``reasons`` and
+    ``place`` (a partner file's ``("row", 3)`` or ``("entry", 2)``) say the same for a
+    screen to translate (``smart_app.admin``)."""
 
     message: str
     path: str = ""
     line: int | None = None
+    reasons: tuple[Reason, ...] = ()
+    place: tuple[str, int] | None = None
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line else ""
@@ -75,9 +97,13 @@ def parse_yaml(text: str) -> TenantConfiguration:
     except yaml.YAMLError as error:
         raise ConfigurationError([_syntax_problem(error)]) from None
     except RecursionError:  # PyYAML's composer recurses once per level of nesting
-        raise ConfigurationError([Problem("not valid YAML: nested too deeply")]) from None
+        too_deep = Problem("not valid YAML: nested too deeply", reasons=(_YAML_TOO_DEEP,))
+        raise ConfigurationError([too_deep]) from None
     if not isinstance(data, dict) or root is None:
-        raise ConfigurationError([Problem("expected a mapping with at least 'name'", line=1)])
+        not_a_mapping = Problem(
+            "expected a mapping with at least 'name'", line=1, reasons=(_YAML_NO_MAPPING,)
+        )
+        raise ConfigurationError([not_a_mapping])
     return validate_document(data, root)
 
 
@@ -102,7 +128,15 @@ def _syntax_problem(error: yaml.YAMLError) -> Problem:
     reason = getattr(error, "problem", None) or str(error)
     if problem is not None and context is not None and problem.line != context.line:
         reason += f" (noticed on line {problem.line + 1})"
-    return Problem(f"not valid YAML: {reason}", line=context.line + 1 if context else None)
+    return Problem(
+        f"not valid YAML: {reason}",
+        line=context.line + 1 if context else None,
+        reasons=(Reason.of("admin.problem.yaml-syntax", detail=reason),),
+    )
+
+
+_YAML_TOO_DEEP = Reason("admin.problem.yaml-too-deep")
+_YAML_NO_MAPPING = Reason("admin.problem.yaml-no-mapping")
 
 
 def validate_document(data: Any, root: Node | None = None) -> TenantConfiguration:
@@ -117,6 +151,7 @@ def validate_document(data: Any, root: Node | None = None) -> TenantConfiguratio
                     _message(issue),
                     _dotted(issue["loc"]),
                     _line_of(root, issue["loc"]) if root else None,
+                    (issue_reason(issue),),
                 )
                 for issue in error.errors(include_url=False)
             ]
@@ -127,6 +162,50 @@ def _message(issue: Any) -> str:
     if issue["type"] == "extra_forbidden":
         return "unknown field"
     return str(issue["msg"]).removeprefix("Value error, ")
+
+
+#: pydantic's error types → the catalogue's message, and which of the error's ``ctx``
+#: values it shows (as ``limit``/``expected``); any other type says "rejected" with
+#: pydantic's (English) words as data — our own validators' reasons are such words.
+_ISSUE_REASONS: dict[str, tuple[str, str]] = {
+    "extra_forbidden": ("unknown-field", ""),
+    "missing": ("missing", ""),
+    "int_parsing": ("not-integer", ""),
+    "int_type": ("not-integer", ""),
+    "int_from_float": ("not-integer", ""),
+    "bool_parsing": ("not-boolean", ""),
+    "bool_type": ("not-boolean", ""),
+    "string_type": ("not-text", ""),
+    "list_type": ("not-list", ""),
+    "dict_type": ("not-object", ""),
+    "model_type": ("not-object", ""),
+    "model_attributes_type": ("not-object", ""),
+    "greater_than_equal": ("too-small", "ge"),
+    "less_than_equal": ("too-large", "le"),
+    "string_too_short": ("too-short", "min_length"),
+    "string_too_long": ("too-long", "max_length"),
+    "string_pattern_mismatch": ("pattern", "pattern"),
+    "literal_error": ("not-allowed", "expected"),
+    "enum": ("not-allowed", "expected"),
+}
+
+
+#: What a value that is no text or number is, shown in its place (JSON's and YAML's words).
+_KIND: dict[type, str] = {dict: "{…}", list: "[…]", type(None): "null", bool: "true/false"}
+
+
+def issue_reason(issue: Any, field: str = "") -> Reason:
+    """One pydantic error as a Reason, with the value at fault (a long one shortened)."""
+    code, limit = _ISSUE_REASONS.get(issue["type"], ("rejected", ""))
+    values: dict[str, object] = {}
+    if limit:
+        values["limit"] = issue.get("ctx", {}).get(limit, "")
+    if code == "rejected":
+        values["detail"] = _message(issue)
+    given = issue.get("input")
+    shown = str(given) if isinstance(given, str | int | float) else _KIND.get(type(given), "")
+    values["value"] = shown if len(shown) <= 80 else shown[:79] + "…"
+    return Reason.of(f"admin.problem.{code}", field, **values)
 
 
 def _dotted(location: Sequence[int | str]) -> str:
@@ -194,7 +273,10 @@ class TenantAdmin:
         try:
             return self.tenants.save(slug, config, actor)
         except SecretsUnavailableError as error:
-            raise ConfigurationError([Problem(str(error), "registrations")]) from None
+            reason = Reason.of("admin.problem.rejected", detail=error)
+            raise ConfigurationError(
+                [Problem(str(error), "registrations", reasons=(reason,))]
+            ) from None
         except IntegrityError:  # another save took the same version number first
             raise StaleConfigurationError(self.tenants.get(slug).version) from None
 
@@ -232,7 +314,11 @@ def _with_kept_secrets(
         registrations.append(registration)
     ids = [r.id for r in registrations]
     problems += [
-        Problem(f"the id '{i}' is used twice", "registrations")
+        Problem(
+            f"the id '{i}' is used twice",
+            "registrations",
+            reasons=(Reason.of("admin.problem.id-twice", id=i),),
+        )
         for i in set(ids)
         if ids.count(i) > 1
     ]
@@ -253,8 +339,13 @@ def _secret_needed(index: int, old: EhrRegistration | None) -> Problem:
             "fhir_base_url, client_id or client_auth changed: enter the client secret again "
             "(the stored one is only kept for the same client of the same EHR)",
             path,
+            reasons=(Reason("admin.problem.secret-again"),),
         )
-    return Problem("client_secret_basic needs a client_secret (or use private_key_jwt)", path)
+    return Problem(
+        "client_secret_basic needs a client_secret (or use private_key_jwt)",
+        path,
+        reasons=(Reason("admin.problem.secret-needed"),),
+    )
 
 
 def _with_plan_revision(

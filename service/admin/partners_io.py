@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.admin.config import ConfigurationError, Problem
+from service.admin.config import ConfigurationError, Problem, Reason, issue_reason
 from service.fhir import terminology
 from service.tenant_config import PartnerEntry, PartnerSettings
 
@@ -68,26 +68,36 @@ def _validated(
     problems: list[Problem] = []
     seen: set[str] = set()
     for number, read in rows:
+        at, place = f"{unit} {number}", (unit, number)
         try:
             entry = PartnerEntry.model_validate(read())
             PartnerSettings(region=region, entries=[entry])  # the directory rules, per row
         except (ValidationError, ValueError) as error:
-            problems.append(Problem(_reason(error), f"{unit} {number}"))
+            problems.append(Problem(_reason(error), at, None, _why(error), place))
             continue
         except (KeyError, TypeError, AttributeError):  # e.g. a telecom that is not an object
-            problems.append(
-                Problem("not a valid Organization/HealthcareService", f"{unit} {number}")
-            )
+            message, reason = "not a valid Organization/HealthcareService", _NOT_A_PARTNER
+            problems.append(Problem(message, at, None, (reason,), place))
             continue
         if entry.id in seen:
-            problems.append(Problem(f"the id '{entry.id}' is used twice", f"{unit} {number}"))
+            message, reason = f"the id '{entry.id}' is used twice", _id_twice(entry.id)
+            problems.append(Problem(message, at, None, (reason,), place))
         seen.add(entry.id)
         entries.append(entry)
     if not entries and not problems:
-        problems.append(Problem("the file has no partners"))
+        problems.append(
+            Problem("the file has no partners", reasons=(Reason("admin.problem.no-partners"),))
+        )
     if problems:
         raise ConfigurationError(problems)
     return PartnerSettings(region=region, entries=entries)
+
+
+_NOT_A_PARTNER = Reason("admin.problem.not-a-partner")
+
+
+def _id_twice(partner_id: str) -> Reason:
+    return Reason.of("admin.problem.id-twice", id=partner_id)
 
 
 def _reason(error: Exception) -> str:
@@ -98,6 +108,26 @@ def _reason(error: Exception) -> str:
             for issue in error.errors(include_url=False)
         )
     return str(error).removeprefix("partners: ").split(": ", 1)[-1]
+
+
+class RowError(ValueError):
+    """A row that cannot be read, with the reason a screen translates."""
+
+    def __init__(self, message: str, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _why(error: Exception) -> tuple[Reason, ...]:
+    """``_reason``'s words as Reasons: one per field at fault (the column as ``field``)."""
+    if isinstance(error, RowError):
+        return (error.reason,)
+    if isinstance(error, ValidationError):
+        return tuple(
+            issue_reason(issue, ".".join(str(p) for p in issue["loc"]))
+            for issue in error.errors(include_url=False)
+        )
+    return (Reason.of("admin.problem.rejected", detail=_reason(error)),)
 
 
 # --- CSV ------------------------------------------------------------------------------
@@ -128,9 +158,26 @@ def import_csv(text: str, region: str) -> PartnerSettings:
     unknown = [c for c in header if c not in CSV_COLUMNS]
     missing = [c for c in ("id", "type", "name") if c not in header]
     if unknown or missing:
+        header_row = ("row", 1)
         raise ConfigurationError(
-            [Problem(f"unknown column '{c}'", "row 1") for c in unknown]
-            + [Problem(f"the column '{c}' is missing", "row 1") for c in missing]
+            [
+                Problem(
+                    f"unknown column '{c}'",
+                    "row 1",
+                    reasons=(Reason.of("admin.problem.unknown-column", column=c),),
+                    place=header_row,
+                )
+                for c in unknown
+            ]
+            + [
+                Problem(
+                    f"the column '{c}' is missing",
+                    "row 1",
+                    reasons=(Reason.of("admin.problem.missing-column", column=c),),
+                    place=header_row,
+                )
+                for c in missing
+            ]
         )
     records = list(reader)
     region = (records[0].get("region") or "").strip() or region if records else region
@@ -141,7 +188,7 @@ def import_csv(text: str, region: str) -> PartnerSettings:
 def _csv_row(row: dict[str, str | None], region: str) -> Callable[[], dict[str, Any]]:
     def read() -> dict[str, Any]:
         if None in row:
-            raise ValueError("more cells than columns")
+            raise RowError("more cells than columns", Reason("admin.problem.extra-cells"))
         data: dict[str, Any] = {k: v.strip() for k, v in row.items() if v and v.strip()}
         data["phones"] = [
             _phone(cell) for cell in data.get("phones", "").split(";") if cell.strip()
@@ -156,7 +203,10 @@ def _csv_row(row: dict[str, str | None], region: str) -> Callable[[], dict[str, 
 def _phone(cell: str) -> dict[str, str | None]:
     match = _PHONE_CELL.match(cell)
     if match is None:
-        raise ValueError(f"phones: '{cell.strip()}' is not 'number' or 'number (label)'")
+        raise RowError(
+            f"phones: '{cell.strip()}' is not 'number' or 'number (label)'",
+            Reason.of("admin.problem.phone", "phones", value=cell.strip()),
+        )
     return {"number": match["number"], "label": match["label"]}
 
 
@@ -238,7 +288,8 @@ def _text(value: Any) -> str | None:
 def import_bundle(bundle: Any) -> PartnerSettings:
     """A directory from a Bundle; problems name the entry number (1-based) and resource."""
     if _obj(bundle).get("resourceType") != "Bundle":
-        raise ConfigurationError([Problem("expected a FHIR Bundle")])
+        not_a_bundle = (Reason("admin.problem.not-a-bundle"),)
+        raise ConfigurationError([Problem("expected a FHIR Bundle", reasons=not_a_bundle)])
     entries = [
         (_text(e.get("fullUrl")), _obj(e.get("resource"))) for e in _objs(bundle.get("entry"))
     ]
@@ -253,7 +304,10 @@ def import_bundle(bundle: Any) -> PartnerSettings:
         if resource.get("resourceType") == "Organization"
     ]
     if not organizations:
-        raise ConfigurationError([Problem("the Bundle has no Organization")])
+        no_organization = (Reason("admin.problem.no-organization"),)
+        raise ConfigurationError(
+            [Problem("the Bundle has no Organization", reasons=no_organization)]
+        )
     region = _region(services.get(organizations[0][1], {})) or "unknown"
     rows = [
         (number, _bundle_row(resource, services.get(full_url, {}), region))

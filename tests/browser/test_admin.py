@@ -191,3 +191,27 @@ def test_the_admin_screen_is_not_for_anonymous_visitors(
     # shown as an error (the app's error red), not as ordinary text
     expect(page.locator("#login-refused")).to_have_css("color", "rgb(176, 0, 32)")
     assert axe.violations(page) == []  # the refusal, as a screen reader announces it
+
+
+def test_a_refused_configuration_is_said_at_its_field_and_the_summary_takes_the_focus(
+    browser: BrowserContext, stack: Stack
+) -> None:
+    bootstrap = subprocess.run(
+        [sys.executable, "-m", "service.cli", "admin", "bootstrap"],
+        env=stack.env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    admin = browser.new_page()
+    admin.goto(f"{stack.app_url}/admin/login")
+    admin.fill("#token", bootstrap.stdout.strip())
+    admin.click("#sign-in")
+    admin.fill("#yaml", "name: [AZ")
+    admin.click("#import-config")
+    # the summary is announced and focused, and links to the text it concerns
+    expect(admin.locator("#problems")).to_be_focused()
+    expect(admin.locator("#problems a[href='#yaml']")).to_contain_text("geen geldige YAML")
+    field = admin.locator("#yaml")
+    expect(field).to_have_attribute("aria-invalid", "true")
+    expect(field).to_have_attribute("aria-describedby", "yaml-error")
+    expect(field).to_have_value("name: [AZ")
+    expect(admin.locator("#yaml-error")).to_contain_text("Regel 1")
+    assert axe.violations(admin) == []

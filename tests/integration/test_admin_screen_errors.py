@@ -1,0 +1,208 @@
+"""The admin screen's refusals in the page's language, each next to the field it concerns.
+
+A broken YAML file, a broken partner CSV and a configuration that parses but breaks the
+rules are refused: the sentence comes from the catalogues (Dutch by default, French with
+``Accept-Language``), the technical data (line, path, value) inside it; the field says
+``aria-invalid="true"`` and is described by the message; the error summary links to the
+field; nothing is saved. The real app on SQLite and PostgreSQL, nothing mocked.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from service.admin import access
+from service.admin.config import export_yaml
+from service.db.base import Database
+from service.tenancy import SecretBox, TenantContext, TenantDirectory
+from tests.integration.test_admin_api import KEY, Hospital, client, gent
+
+__all__ = ["client", "gent"]  # the fixtures, shared with the admin API's tests
+
+FRENCH = {"Accept-Language": "fr-BE,fr;q=0.9"}
+
+
+def _signed_in(client: TestClient, database: Database, hospital: Hospital) -> dict[str, str]:
+    """Sign in on the screen; the hidden fields every form sends (CSRF token, version)."""
+    token, _ = access.issue_bootstrap_token(database, hospital.id)
+    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    page = client.get("/admin").text
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert csrf is not None
+    assert version is not None
+    return {"csrf_token": csrf.group(1), "version": version.group(1)}
+
+
+def _stored(database: Database) -> TenantContext:
+    return TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent")
+
+
+def _field(page: str, tag: str, field_id: str) -> str:
+    """The opening tag of the field ``field_id``."""
+    found = re.search(rf'<{tag} [^>]*id="{re.escape(field_id)}"[^>]*>', page)
+    assert found is not None, f"no <{tag} id={field_id}>"
+    return found.group(0)
+
+
+def _message_of(page: str, field_id: str) -> str:
+    """The text of the field's message (its id ``<field>-error``), tags removed."""
+    found = re.search(rf'<p class="field-error" id="{re.escape(field_id)}-error">(.*?)</p>', page)
+    assert found is not None, f"no message for {field_id}"
+    return re.sub(r"<[^>]+>", "", found.group(1))
+
+
+def _assert_tied(page: str, tag: str, field_id: str) -> str:
+    """The field is marked invalid, described by its message, and the summary links to it."""
+    field = _field(page, tag, field_id)
+    assert 'aria-invalid="true"' in field
+    assert f'aria-describedby="{field_id}-error"' in field
+    summary = page[page.index('id="problems"') :]
+    summary = summary[: summary.index("</div>")]
+    assert "data-error-summary" in page[page.index('<div class="error-summary"') :][:200]
+    assert f'<a href="#{field_id}">' in summary
+    return _message_of(page, field_id)
+
+
+def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    hidden = _signed_in(client, database, gent)
+    before = _stored(database)
+    broken = export_yaml(before.config).replace("adult_age: 18", "adult_age: [18")
+
+    dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
+    assert dutch.status_code == 422
+    message = _assert_tied(dutch.text, "textarea", "yaml")
+    assert re.fullmatch(
+        r"Fout: Regel \d+: Dit is geen geldige YAML \(de YAML-lezer meldt: .+\)\.", message
+    )
+    assert "not valid YAML" not in dutch.text
+    # what was typed comes back to be corrected, not the configuration in force
+    assert "adult_age: [18" in dutch.text
+    # the script that moves the focus to the summary, as on the case pages, is served
+    script = re.search(r'<script src="([^"]+casefile\.js[^"]*)"', dutch.text)
+    assert script is not None
+    assert client.get(script.group(1)).status_code == 200
+
+    french = client.post("/admin/config", data={**hidden, "yaml": broken}, headers=FRENCH)
+    assert french.status_code == 422
+    assert '<html lang="fr">' in french.text
+    message = _assert_tied(french.text, "textarea", "yaml")
+    assert re.fullmatch(
+        r"Erreur : Ligne \d+ : Ce n&#39;est pas du YAML valide \(le lecteur YAML signale : .+\)\.",
+        message,
+    )
+    after = _stored(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
+def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated_sentence(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    hidden = _signed_in(client, database, gent)
+    before = _stored(database)
+    invalid = export_yaml(before.config).replace("adult_age: 18", "adult_age: 40")
+
+    french = client.post("/admin/config", data={**hidden, "yaml": invalid}, headers=FRENCH)
+    assert french.status_code == 422
+    message = _assert_tied(french.text, "textarea", "yaml")
+    assert re.fullmatch(
+        r"Erreur : Ligne \d+, hooks\.adult_age : Doit valoir au plus 25 \(donné : 40\)\.", message
+    )
+    # the path and the value are data, shown as code inside the sentence
+    assert "<code>hooks.adult_age</code>" in french.text
+    assert "<code>40</code>" in french.text
+    assert "less than or equal" not in french.text
+
+    dutch = client.post("/admin/config", data={**hidden, "yaml": invalid})
+    message = _assert_tied(dutch.text, "textarea", "yaml")
+    assert re.fullmatch(
+        r"Fout: Regel \d+, hooks\.adult_age: Mag hoogstens 25 zijn \(gegeven: 40\)\.", message
+    )
+
+    # a form's field: the hooks' adult age typed as a word
+    form = {**hidden, "adult_age": "zestien", "hook-patient-view": "on"}
+    typed = client.post("/admin/hooks", data=form, headers=FRENCH)
+    assert typed.status_code == 422
+    message = _assert_tied(typed.text, "input", "adult_age")
+    assert message == "Erreur : hooks.adult_age : Doit être un nombre entier (donné : zestien)."
+    assert 'aria-invalid="true"' not in _field(typed.text, "textarea", "yaml")
+
+    # a registration's field: a new registration that needs a secret and has none
+    registration = {
+        **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
+        "client_id": "kindreflex", "client_auth": "client_secret_basic", "scopes": "openid",
+        "frame_origins": "", "cds_issuers": "", "default_language": "nl",
+    }  # fmt: skip
+    refused = client.post("/admin/registrations", data=registration, headers=FRENCH)
+    assert refused.status_code == 422
+    message = _assert_tied(refused.text, "input", "new-client_secret")
+    assert message == (
+        "Erreur : registrations[1].client_secret : client_secret_basic exige un secret client "
+        "(ou choisissez private_key_jwt)."
+    )
+
+    after = _stored(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
+def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    hidden = _signed_in(client, database, gent)
+    before = _stored(database)
+    exported = client.get("/admin/api/partners?format=csv").text
+    lines = exported.splitlines()
+    bad_rows = "\n".join([lines[0], lines[1].replace(",", ",,", 1), lines[1]]).encode()
+    bad_header = "\n".join([lines[0] + ",fax", *lines[1:]]).encode()
+
+    dutch = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", bad_rows)})
+    assert dutch.status_code == 422
+    message = _assert_tied(dutch.text, "input", "partners-file")
+    assert message.startswith("Fout: Rij 2 van het bestand: ")
+    assert "Rij 3 van het bestand: " not in message  # row 3 is right: only row 2 is named
+    assert "row 2" not in dutch.text
+
+    french = client.post(
+        "/admin/partners", data=hidden, files={"file": ("p.csv", bad_header)}, headers=FRENCH
+    )
+    assert french.status_code == 422
+    message = _assert_tied(french.text, "input", "partners-file")
+    assert message == "Erreur : Ligne 1 du fichier : Colonne inconnue : fax."
+    assert "<code>fax</code>" in french.text
+    assert "unknown column" not in french.text
+
+    after = _stored(database)
+    assert (after.version, after.config) == (before.version, before.config)
+    # the same form takes a good file (the screen read no uploaded file before: the form
+    # holds Starlette's UploadFile, not FastAPI's subclass it was checked against)
+    good = "\n".join([*lines[:2]]).encode()
+    saved = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", good)})
+    assert saved.status_code == 200
+    assert 'id="saved"' in saved.text
+    assert [e.id for e in _stored(database).config.partners.entries] == [lines[1].split(",")[0]]
+
+
+def test_the_api_keeps_its_english_operation_outcome(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The screen's translation does not change the API's documented answer."""
+    _signed_in(client, database, gent)
+    yaml_text = export_yaml(_stored(database).config).replace("adult_age: 18", "adult_age: 40")
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    issued = access.redeem_bootstrap_token(database, gent.id, token, "API")
+    refused = client.put(
+        "/admin/api/config.yaml",
+        content=yaml_text.encode(),
+        headers={"Authorization": f"Bearer {issued.token}", **FRENCH},
+    )
+    assert refused.status_code == 422
+    (issue,) = refused.json()["issue"]
+    assert issue["expression"] == ["hooks.adult_age"]
+    assert re.fullmatch(
+        r"line \d+: hooks.adult_age: Input should be less than .*25", issue["diagnostics"]
+    )
