@@ -24,10 +24,10 @@ import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, UnaryExpression, and_, false, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import Concern, OutboxEntry
@@ -61,7 +61,7 @@ MAX_ID = 2**31 - 1
 
 CaseStatus = Literal["open", "closed"]
 CaseView = Literal["all", "mine", "unassigned"]
-CaseSort = Literal["newest", "oldest"]
+CaseSort = Literal["newest", "oldest", "acute-first"]
 
 #: Whom a case may be assigned to: a Practitioner or PractitionerRole, relative or
 #: absolute (a SMART ``fhirUser`` is often an absolute URL).
@@ -139,25 +139,29 @@ def list_cases(
     today: date,
 ) -> CasePage:
     """One page of the tenant's cases. Keyset pagination on ``(flagged_at, id)``, which
-    the index ``ix_concerns_worklist`` serves in either direction."""
-    newest = wanted.sort == "newest"
-    if newest:
-        order = (Concern.flagged_at.desc(), Concern.id.desc())
-    else:
-        order = (Concern.flagged_at.asc(), Concern.id.asc())
+    the index ``ix_concerns_worklist`` serves in either direction; ``acute-first`` puts
+    the cases with acute danger before the others, each group newest first."""
     query = (
         select(Concern, OutboxEntry.state, OutboxEntry.last_error, OutboxEntry.outcome)
         .outerjoin(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
         .where(Concern.tenant_id == tenant_id, *_conditions(wanted, user, today))
-        .order_by(*order)
+        .order_by(*_ORDER[wanted.sort])
         .limit(limit + 1)
     )
     if cursor is not None:
-        query = query.where(_after(decode_cursor(cursor, wanted.sort), newest))
+        query = query.where(_after(decode_cursor(cursor, wanted.sort), wanted.sort))
     rows = session.execute(query).all()
     items = [_summary(*row, today=today) for row in rows[:limit]]
     last = rows[limit - 1][0] if len(rows) > limit else None
     return CasePage(items=items, next_cursor=encode_cursor(last, wanted.sort) if last else None)
+
+
+_NEWEST = (Concern.flagged_at.desc(), Concern.id.desc())
+_ORDER: dict[CaseSort, tuple[UnaryExpression[Any], ...]] = {
+    "newest": _NEWEST,
+    "oldest": (Concern.flagged_at.asc(), Concern.id.asc()),
+    "acute-first": (Concern.acute_danger.desc(), *_NEWEST),
+}
 
 
 def case_summary(
@@ -187,11 +191,16 @@ def _conditions(wanted: CaseFilter, user: str, today: date) -> list[ColumnElemen
     return conditions
 
 
-def _after(position: tuple[datetime, int], newest: bool) -> ColumnElement[bool]:
-    at, row_id = position
-    if newest:
-        return or_(Concern.flagged_at < at, and_(Concern.flagged_at == at, Concern.id < row_id))
-    return or_(Concern.flagged_at > at, and_(Concern.flagged_at == at, Concern.id > row_id))
+def _after(position: CursorPosition, sort: CaseSort) -> ColumnElement[bool]:
+    at, row_id, acute = position
+    if sort == "oldest":
+        return or_(Concern.flagged_at > at, and_(Concern.flagged_at == at, Concern.id > row_id))
+    later = or_(Concern.flagged_at < at, and_(Concern.flagged_at == at, Concern.id < row_id))
+    if sort == "newest":
+        return later
+    in_same_group = and_(Concern.acute_danger == acute, later)
+    # past the last acute case come all the others
+    return or_(in_same_group, Concern.acute_danger == false()) if acute else in_same_group
 
 
 def _summary(
@@ -224,27 +233,40 @@ def _summary(
     )
 
 
+class CursorPosition(NamedTuple):
+    """Where a page ended: the last row's flag time and id (and, sorted ``acute-first``,
+    whether it was an acute case)."""
+
+    flagged_at: datetime
+    id: int
+    acute_danger: bool
+
+
 def encode_cursor(concern: Concern, sort: CaseSort) -> str:
-    raw = f"{sort}|{concern.flagged_at.isoformat()}|{concern.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
+    parts = [sort, concern.flagged_at.isoformat(), str(concern.id)]
+    if sort == "acute-first":
+        parts.append("1" if concern.acute_danger else "0")
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
 
 
-def decode_cursor(cursor: str, sort: CaseSort) -> tuple[datetime, int]:
+def decode_cursor(cursor: str, sort: CaseSort) -> CursorPosition:
     """The position ``encode_cursor`` wrote; anything else is an ``InvalidCursorError``.
 
     The id and the time are bounded here, not by the database: an id beyond ``MAX_ID`` or
     a time outside the calendar once in UTC failed in the query (a 500, not a 400).
     """
     try:
-        kind, at, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        kind, at, row_id, *group = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         moment = datetime.fromisoformat(at)
-        position = moment.astimezone(UTC), int(row_id)
+        position = CursorPosition(moment.astimezone(UTC), int(row_id), group == ["1"])
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as error:
         raise InvalidCursorError("the cursor is not one this endpoint handed out") from error
-    if moment.tzinfo is None or not 1 <= position[1] <= MAX_ID:
+    if moment.tzinfo is None or not 1 <= position.id <= MAX_ID:
         raise InvalidCursorError("the cursor is not one this endpoint handed out")
     if kind != sort:
         raise InvalidCursorError("the cursor belongs to another sort order; start again")
+    if group not in ((["0"], ["1"]) if sort == "acute-first" else ([],)):
+        raise InvalidCursorError("the cursor is not one this endpoint handed out")
     return position
 
 

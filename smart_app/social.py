@@ -196,7 +196,11 @@ class ListingQuery(BaseModel):
     view: CaseView = Field("all", description="all | mine | unassigned")
     older_than_days: int | None = Field(None, ge=0, le=3650)
     overdue: bool = Field(False, description="Only cases whose step 5 follow-up date has passed.")
-    sort: CaseSort = Field("newest", description="newest | oldest (by flag time)")
+    sort: CaseSort = Field(
+        "newest",
+        description="newest | oldest (by flag time) | acute-first (acute danger first, then "
+        "newest)",
+    )
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
 
@@ -205,6 +209,12 @@ class ListingQuery(BaseModel):
 
 
 Listing = Annotated[ListingQuery, Query()]
+
+
+class WorklistQuery(ListingQuery):
+    """The screen's: a social worker opening the worklist sees acute danger first."""
+
+    sort: CaseSort = "acute-first"
 
 
 @router.get("/api/cases", summary="The hospital's Kindreflex cases, filtered, sorted, paginated")
@@ -460,7 +470,9 @@ def audit_refusal(
 
 
 @router.get("/social", response_class=HTMLResponse, summary="The social service's worklist")
-def worklist_page(ctx: SocialWorker, database: DatabaseDep, wanted: Listing) -> HTMLResponse:
+def worklist_page(
+    ctx: SocialWorker, database: DatabaseDep, wanted: Annotated[WorklistQuery, Query()]
+) -> HTMLResponse:
     return _worklist_page(ctx, database, wanted)
 
 
@@ -480,11 +492,11 @@ def claim_from_page(
         _change(ctx, database, case_id, ctx.user.fhir_user, row_version)
     except social.CaseNotFoundError:
         return _worklist_page(
-            ctx, database, ListingQuery(), problem=("not-found", None), status=404
+            ctx, database, WorklistQuery(), problem=("not-found", None), status=404
         )
     except social.CaseConflict as conflict:
         problem = (conflict.reason, conflict.holder)
-        return _worklist_page(ctx, database, ListingQuery(), problem=problem, status=409)
+        return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
     # Post/redirect/get: a reload does not claim again.
     return RedirectResponse(f"{ctx.path_prefix}/social?view=mine", status_code=303)
 

@@ -22,7 +22,9 @@ from tests.support.write_path import make_tenant
 FHIR = "http://127.0.0.1:9/fhir"  # never called: the worklist is served from our index
 
 
-def _concern(database: Database, tenant: TenantContext, patient: str, at: datetime) -> None:
+def _concern(
+    database: Database, tenant: TenantContext, patient: str, at: datetime, *, acute: bool = False
+) -> None:
     with database.session() as session:
         session.add(
             Concern(
@@ -37,6 +39,7 @@ def _concern(database: Database, tenant: TenantContext, patient: str, at: dateti
                 children_birth_dates=["2019-05-01", "2024-02-29"],
                 last_step="step-2",
                 status="open",
+                acute_danger=acute,
             )
         )
 
@@ -127,6 +130,48 @@ def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
     assert listings[0].actor == "Practitioner/sw-1"
     assert listings[0].entities == ["Patient/5", "Patient/4"]
     assert {row.tenant_id for row in listings} == {hospital.id}
+
+
+def test_acute_danger_comes_first_on_the_screen_across_pages(
+    database_url: str, database: Database
+) -> None:
+    # Acute cases (parket or police) must not sink below newer, less urgent ones. The pages
+    # are cut inside each group and across the boundary between them.
+    hospital = make_tenant(database, "default", FHIR)
+    start = utcnow() - timedelta(days=10)
+    acute = {1, 4}
+    for n in range(6):
+        _concern(database, hospital, f"Patient/{n}", start + timedelta(hours=n), acute=n in acute)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker").headers
+
+    def walk(limit: int) -> list[str]:
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"sort": "acute-first", "limit": str(limit)} | (
+                {"cursor": cursor} if cursor else {}
+            )
+            page = client.get("/api/cases", headers=social, params=params).json()
+            seen += [item["patient"] for item in page["items"]]
+            if (cursor := page["next_cursor"]) is None:
+                return seen
+
+    expected = [f"Patient/{n}" for n in (4, 1, 5, 3, 2, 0)]
+    assert walk(1) == walk(3) == walk(50) == expected
+    # the API's default stays newest first; the screen opens acute first
+    assert [i["patient"] for i in client.get("/api/cases", headers=social).json()["items"]] == [
+        f"Patient/{n}" for n in (5, 4, 3, 2, 1, 0)
+    ]
+    screen = client.get("/social", headers=social).text
+    positions = [screen.index(f"Patiënt Patient/{n}") for n in (4, 1, 5, 3, 2, 0)]
+    assert positions == sorted(positions)
+    assert '<option value="acute-first" selected>Acuut gevaar eerst</option>' in screen
+    # a cursor of another order is refused, not misread
+    newest = client.get("/api/cases", headers=social, params={"limit": "1"}).json()
+    wrong = {"sort": "acute-first", "cursor": newest["next_cursor"]}
+    assert client.get("/api/cases", headers=social, params=wrong).status_code == 400
 
 
 def test_a_refused_delivery_shows_on_the_worklist_with_the_servers_outcome(
