@@ -21,8 +21,12 @@ Business identifiers make every retry safe: a new child's identifier is the UUID
 ``urn:uuid:`` form reference (stable across a double submit), a finding's is derived
 from the session, step and submission (``TriageInput.submission``: the same form posted
 again; else the time it was recorded), the concern's is reused while the patient's
-concern stays open. The saves of one session take turns (:func:`_one_save_at_a_time`),
-so a double submit's second post finds the first's entry and joins it.
+concern stays open, and so are the Flag's start and author (when and by whom it was first
+raised), whichever of several pending saves is delivered first. The saves of one session
+take turns (:func:`_one_save_at_a_time`), so a double submit's second post finds the
+first's entry and joins it. A returning patient's chart shows, besides the server's
+children, the new children of saves still waiting in the outbox (:meth:`Triage.load_chart`),
+with their identifiers: saved again, such a child is the same RelatedPerson, not a second.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
@@ -45,7 +49,7 @@ from service import audit
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, insert_new, utcnow
 from service.db.models import AppSession, Concern, OutboxEntry, ShownChild
-from service.fhir import mapping
+from service.fhir import mapping, terminology
 from service.fhir.client import (
     FhirClient,
     FhirRejected,
@@ -73,6 +77,8 @@ IMMEDIATE_TIMEOUT_SECONDS = 3.0
 #: How often a save is tried when the patient's concern changes under it (see
 #: :meth:`Triage._commit_retrying`).
 _COMMIT_ATTEMPTS = 3
+#: Outbox entries that will still be delivered: their new children are shown pending.
+_UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
@@ -228,8 +234,9 @@ class Triage:
             _one_save_at_a_time(session, ctx.session_id)
             open_concern = _open_concern(session, ctx, patient_ref) if concern else None
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
+            raised = _raised(ctx, findings, flag_id, open_concern) if concern else None
             shown = _shown_children(session, ctx.session_id)
-            plan = _plan(ctx, findings, flag_id if concern else None, now, shown)
+            plan = _plan(ctx, findings, raised, now, shown)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
                 return earlier
@@ -264,6 +271,9 @@ class Triage:
         Each child's ``ref`` is versioned (``RelatedPerson/7/_history/2``): a later save
         updates exactly the version shown, with If-Match — unless the nurse changed none of
         its values, which the session remembers (``ShownChild``).
+
+        Added to them: the new children of this patient's saves still waiting in the outbox
+        that the server does not hold yet (:meth:`pending_children`).
         """
         patient_ref = _patient_ref(ctx)
         try:
@@ -274,7 +284,34 @@ class Triage:
             self._audit_read(ctx, patient_ref, "failure")
             raise
         self._audit_read(ctx, patient_ref, "success", recorded.children)
-        return recorded
+        on_server = _child_identifiers(chart.related_persons)
+        pending = [c for c in self.pending_children(ctx) if _child_uuid(c.ref) not in on_server]
+        return replace(recorded, children=_eldest_first([*recorded.children, *pending]))
+
+    def pending_children(self, ctx: LaunchInfo) -> list[Child]:
+        """The new children of the saves for this patient (same hospital, same FHIR server)
+        that still wait in the outbox, as the latest of them recorded each; ``ref`` is the
+        ``urn:uuid:`` of the child's identifier, so saving the child again reuses it (a
+        conditional create: one RelatedPerson). Also shown when the server cannot be read."""
+        patient_ref = _patient_ref(ctx)
+        with self._database.session() as session:
+            bundles = session.scalars(
+                select(OutboxEntry.bundle)
+                .where(
+                    OutboxEntry.tenant_id == ctx.tenant.id,
+                    OutboxEntry.fhir_base_url == ctx.fhir_base_url,
+                    OutboxEntry.patient_ref == patient_ref,
+                    OutboxEntry.state.in_(_UNDELIVERED),
+                )
+                .order_by(OutboxEntry.id)
+            ).all()
+        children = {
+            child.ref: child
+            for bundle in bundles
+            for entry in bundle.get("entry", [])
+            if (child := _created_child(entry, patient_ref)) is not None
+        }
+        return _eldest_first(children.values())
 
     def _audit_read(
         self,
@@ -370,10 +407,32 @@ def _finding_identifier(
     return mapping.identifier("finding", uuid.uuid5(uuid.NAMESPACE_URL, key))
 
 
+@dataclass(frozen=True)
+class _Raised:
+    """The open concern a save's Flag stands for: its identifier, and when and by whom it
+    was first raised (``period.start`` and ``author``)."""
+
+    identifier: str
+    at: datetime
+    by: str
+
+
+def _raised(
+    ctx: LaunchInfo, findings: TriageInput, flag_identifier: str, open_concern: Concern | None
+) -> _Raised:
+    """A concern already open keeps its first raising: every save of it sends the same Flag,
+    so whichever pending entry the server gets first (the worker's order is the backoff's,
+    not the saves') starts the Flag when the concern was first raised."""
+    if open_concern is not None:
+        return _Raised(flag_identifier, open_concern.flagged_at, open_concern.flagged_by)
+    assert findings.step2 is not None  # only asked for a concern, which step 2 raises
+    return _Raised(flag_identifier, findings.step2.recorded_at, ctx.user.fhir_user)
+
+
 def _plan(
     ctx: LaunchInfo,
     findings: TriageInput,
-    flag_identifier: str | None,
+    raised: _Raised | None,
     now: datetime,
     shown: Mapping[str, str],
 ) -> _Plan:
@@ -384,7 +443,7 @@ def _plan(
     written = [
         *children_written,
         *_write_findings(tx, ctx, findings, child_refs),
-        *_write_flag(tx, ctx, findings, flag_identifier),
+        *_write_flag(tx, ctx, findings, raised),
     ]
     stable = tx.stable_references()
     author = ctx.user.fhir_user
@@ -432,18 +491,18 @@ def _write_findings(
 
 
 def _write_flag(
-    tx: TransactionBuilder, ctx: LaunchInfo, findings: TriageInput, flag_identifier: str | None
+    tx: TransactionBuilder, ctx: LaunchInfo, findings: TriageInput, raised: _Raised | None
 ) -> list[str]:
     """The open-concern Flag of a niet-pluis or unclear step 2 (none otherwise)."""
-    if flag_identifier is None or findings.step2 is None:
+    if raised is None or findings.step2 is None:
         return []
     patient_ref, encounter_ref = _launch_refs(ctx)
-    identifier = mapping.identifier("concern", flag_identifier)
+    identifier = mapping.identifier("concern", raised.identifier)
     flag = mapping.concern_flag(
         patient_ref=patient_ref,
         encounter_ref=encounter_ref,
-        author=ctx.user.fhir_user,
-        flagged_at=findings.step2.recorded_at,
+        author=raised.by,
+        flagged_at=raised.at,
         identifier=identifier,
         last_step=Step.STEP_2,
         triggers=findings.step2.triggers,
@@ -530,7 +589,41 @@ def _children_of(related_persons: list[Resource]) -> list[Child]:
         if child is not None:
             ref = _VERSIONED_CHILD.format(id=resource["id"], version=resource["meta"]["versionId"])
             children.append(replace(child, ref=ref))
+    return _eldest_first(children)
+
+
+def _eldest_first(children: Iterable[Child]) -> list[Child]:
     return sorted(children, key=lambda child: (child.birth_date, child.name))
+
+
+def _created_child(entry: Resource, patient_ref: str) -> Child | None:
+    """The child a queued transaction entry creates for this patient (a conditional create
+    on our child identifier, see :func:`_write_children`), with its ``urn:uuid:`` ref."""
+    resource, request = entry.get("resource", {}), entry.get("request", {})
+    if request.get("method") != "POST" or resource.get("resourceType") != "RelatedPerson":
+        return None
+    if resource.get("patient", {}).get("reference") != patient_ref:
+        return None
+    found = _child_identifiers([resource])
+    child = mapping.child_from_related_person(resource)
+    if len(found) != 1 or child is None:
+        return None
+    return replace(child, ref=f"urn:uuid:{found.pop()}")
+
+
+def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:
+    """The values of our child identifiers (UUIDs) the resources carry."""
+    system = terminology.identifier_system("child")
+    return {
+        str(identifier.get("value"))
+        for resource in related_persons
+        for identifier in resource.get("identifier", [])
+        if identifier.get("system") == system
+    }
+
+
+def _child_uuid(ref: str) -> str:
+    return ref.removeprefix("urn:uuid:")
 
 
 def _write_fact(ctx: LaunchInfo, patient_ref: str, written: list[str], now: datetime) -> AuditFact:

@@ -7,7 +7,8 @@ supported (step 3). Every button works without JavaScript (a server round trip);
 ``static/nurse.js`` only saves round trips (add/remove a row, show step 3 when it applies).
 
 The page talks to the rest of the service through the triage use case only
-(``record_triage`` / ``load_chart``); the protocol decides what is valid
+(``record_triage`` / ``load_chart``, or ``pending_children`` when the chart cannot be
+read: the children of saves still waiting for delivery); the protocol decides what is valid
 (its ``ProtocolError`` codes are translated here), the use case decides how it is
 written. A FHIR outage never shows an error page: the save is committed locally and the
 page says "delivery pending".
@@ -132,9 +133,16 @@ class ChildRow:
         """An untouched empty row (the page always offers one) is not a child."""
         return not self.recorded and not self.name.strip() and not self.birth_date.strip()
 
+    @property
+    def pending(self) -> bool:
+        """A child of a save still waiting in the outbox (``Triage.pending_children``):
+        shown with its identifier's ``urn:uuid:``, not yet a version on the FHIR server."""
+        return self.recorded and self.ref.startswith("urn:uuid:")
+
     @classmethod
     def of(cls, child: Child) -> ChildRow:
-        """A row for a child already on the FHIR server, shown for confirmation."""
+        """A row for a child already on the FHIR server (or pending delivery to it), shown
+        for confirmation."""
         return cls(
             ref=child.ref,
             name=child.name,
@@ -539,7 +547,7 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
     except ReauthorisationRequired:
         return _relaunch_page(ctx)
     except FhirError:  # unreachable or refused: the nurse can still enter the children
-        chart = RecordedChart(None, [])
+        chart = RecordedChart(None, triage.pending_children(ctx))
         notice = _app_message(ctx.language, "notice.children-not-loaded")
     form = TriageForm(children=[ChildRow.of(child) for child in chart.children] or [ChildRow()])
     if chart.patient is not None:

@@ -671,6 +671,28 @@ def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) 
     assert "Doorgegeven aan de sociale dienst" in saved.text
 
 
+def test_a_child_saved_during_an_outage_is_shown_again_pending_delivery(nurse_for: Any) -> None:
+    """The page opened again while the save waits for the FHIR server: the children saved
+    are shown, marked as pending delivery, with the refs (identifiers) they were saved
+    with, so saving them again writes the same RelatedPersons, not second ones. Another
+    patient's page does not show them."""
+    offline = f"http://127.0.0.1:{free_port()}/fhir"
+    nurse = nurse_for("an-peeters", fhir_base_url=offline)
+    form = _two_children(nurse.page(), assessment="no-concern")
+    saved = nurse.post(form)
+    assert 'data-save-status="pending"' in saved.text
+
+    again = nurse.page()
+
+    assert "konden nu niet geladen worden" in again.text  # the server is still down
+    assert again.child_refs() == [form["child-0-ref"], form["child-1-ref"]]
+    assert [again.value(f"child-{i}-name") for i in (0, 1)] == ["Lina", "Mats"]
+    assert again.text.count("levering aan het dossier volgt") == 2
+    other = nurse_for("jan-janssens", fhir_base_url=offline).page()
+    assert form["child-0-ref"] not in other.child_refs()
+    assert "levering aan het dossier volgt" not in other.text
+
+
 @contextmanager
 def _serving(answer: dict[str, Any]) -> Iterator[str]:
     """A FHIR base URL whose every GET answers ``answer``: a real HTTP server, because sekmet

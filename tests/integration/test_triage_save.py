@@ -11,7 +11,7 @@ import contextlib
 import threading
 import uuid
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -305,25 +305,47 @@ def _no_concern(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
 
 
 @dataclass
+class _OwnServer:
+    """A seeded FHIR server process of the test's own: stopped to make saves pend, then
+    started again on the same port and data."""
+
+    process: FhirServer
+    seeded: SeedResult
+
+    @classmethod
+    def start(cls, tmp_path: Path) -> _OwnServer:
+        process = FhirServer(port=free_port(), data_dir=tmp_path / "fhir").start()
+        return cls(process, seed(process.base_url))
+
+    @property
+    def base_url(self) -> str:
+        return self.process.base_url
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def restart(self) -> FhirServer:
+        """The FHIR server again, on the same port and data (a context manager)."""
+        return FhirServer(port=self.process.port, data_dir=self.process.data_dir)
+
+
+@dataclass
 class _Outage:
     """A nurse's edit of a loaded child, saved while the FHIR server was stopped."""
 
     world: World
-    port: int
-    data_dir: Path
+    server: _OwnServer
     children: list[Child]  # as the nurse loaded them
     before: dict[str, Any]  # the edited child as stored before the save
     result: SaveResult
 
     def restart(self) -> FhirServer:
-        """The FHIR server again, on the same port and data (a context manager)."""
-        return FhirServer(port=self.port, data_dir=self.data_dir)
+        return self.server.restart()
 
 
 def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outage:
-    port, data_dir = free_port(), tmp_path / "fhir"
-    server = FhirServer(port=port, data_dir=data_dir).start()
-    patient = seed(server.base_url).patient("els-goossens")
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
     world = _world(database, server.base_url)
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-edit")
     children = world.triage.load_chart(ctx).children
@@ -331,7 +353,7 @@ def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outag
         before = client.read("RelatedPerson", children[0].ref.split("/")[1])
     server.stop()
     result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, name))
-    return _Outage(world, port, data_dir, children, before, result)
+    return _Outage(world, server, children, before, result)
 
 
 def test_fault_a_loaded_child_edited_while_the_server_is_down_is_delivered_exactly_once(
@@ -889,3 +911,93 @@ def test_the_same_form_posted_twice_at_once_is_saved_once(
             .where(AuditRecord.outbox_id == results[0].outbox_id)
         )
     assert (entries, audits) == (1, 1)
+
+
+def test_fault_a_child_saved_while_the_server_was_down_is_shown_pending_and_written_once(
+    database: Database, tmp_path: Path
+) -> None:
+    """A new child saved while the FHIR server is stopped waits in the outbox. The server is
+    back, the entry not yet delivered, and a colleague opens the patient's chart: the
+    server does not have the child yet, so the chart shows it from the outbox (its
+    ``urn:uuid:`` ref: pending delivery) and the colleague's save reuses its identifier.
+    Once both are delivered, the server holds one RelatedPerson for the child. Another
+    patient's chart and another hospital's do not show it."""
+    server = _OwnServer.start(tmp_path)
+    world = _world(database, server.base_url)
+    patient = server.seeded.patient("an-peeters")
+    named = _child("Lotte Peeters", 4)  # the child the patient names, to each nurse
+    nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    server.stop()
+    first = world.triage.record_triage(nurse, _no_concern(nurse, (named,)))
+    assert first.status == "pending"
+
+    with server.restart() as again:
+        colleague = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+        shown = world.triage.load_chart(colleague).children
+        other = server.seeded.patient("jan-janssens")
+        elsewhere = [
+            world.launch(other.id, other.arrived_encounter_id, "Practitioner/nurse-3"),
+            replace(world, tenant=make_tenant(database, "other", again.base_url)).launch(
+                patient.id, patient.arrived_encounter_id, "Practitioner/nurse-4"
+            ),
+        ]
+        leaked = [c.name for ctx in elsewhere for c in world.triage.load_chart(ctx).children]
+        # the colleague adds the child the patient names when the page does not show it
+        added = () if named.name in {c.name for c in shown} else (_child(named.name, 4),)
+        second = world.triage.record_triage(colleague, _no_concern(colleague, (*shown, *added)))
+        world.clock.advance(120)
+        world.outbox.run_once()
+        states = {world.outbox.state_of(r.outbox_id) for r in (first, second)}
+        persons = search(again.base_url, "RelatedPerson", patient=f"Patient/{patient.id}")
+
+    assert states == {DeliveryState.DELIVERED}
+    assert [display_name(p) for p in persons].count(named.name) == 1
+    assert [c.ref for c in shown] == [named.ref]  # shown with its identifier: pending
+    assert named.name not in leaked
+
+
+def _earlier(findings: TriageInput, minutes: int) -> TriageInput:
+    """The same findings, recorded ``minutes`` earlier."""
+    assert findings.step2 is not None
+    back = timedelta(minutes=minutes)
+    step1, step2 = findings.step1, findings.step2
+    return replace(
+        findings,
+        step1=replace(step1, recorded_at=step1.recorded_at - back),
+        step2=replace(step2, recorded_at=step2.recorded_at - back),
+    )
+
+
+def test_fault_two_pending_concern_saves_keep_the_flag_start_of_the_first(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two niet-pluis saves for one patient while the FHIR server is stopped: one open
+    concern, one Flag. The worker delivers entries as they come due (a jittered backoff,
+    longer for the entry that failed more often), here the later save first. The Flag
+    still starts when the concern was first raised, by whom it was raised."""
+    server = _OwnServer.start(tmp_path)
+    world = _world(database, server.base_url)
+    patient = server.seeded.patient("jan-janssens")
+    lotte = _child("Lotte Janssens", 7)
+    server.stop()
+    saves = []
+    for nurse, minutes in (("Practitioner/nurse-1", 10), ("Practitioner/nurse-2", 0)):
+        ctx = world.launch(patient.id, patient.arrived_encounter_id, nurse)
+        findings = _earlier(_niet_pluis(ctx, (lotte,)), minutes)
+        saves.append((findings, world.triage.record_triage(ctx, findings)))
+    (first, _), (_, second) = saves
+    assert [r.status for _, r in saves] == ["pending", "pending"]
+    with world.database.session() as session:
+        (concern,) = session.scalars(select(Concern)).all()
+    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+
+    with server.restart() as again:
+        assert world.outbox.deliver(second.outbox_id) is DeliveryState.DELIVERED
+        world.clock.advance(120)
+        assert [d.state for d in world.outbox.run_once()] == [DeliveryState.DELIVERED]
+        (flag,) = search(again.base_url, "Flag", identifier=identifier)
+
+    assert first.step2 is not None
+    assert datetime.fromisoformat(flag["period"]["start"]) == first.step2.recorded_at
+    assert flag["author"]["reference"] == "Practitioner/nurse-1"
+    assert validate(flag) == []
