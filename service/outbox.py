@@ -12,7 +12,11 @@ transaction as everything else, and only then delivers it:
 Exactly once. An instance *claims* entries with a lease (``lease_owner``/``lease_until``)
 in one UPDATE whose subquery uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite takes
 its write lock at the start of the statement), so two instances never deliver the same
-entry concurrently; only the lease holder may record the result. The Bundle itself is
+entry concurrently; only the lease holder may record the result. While a delivery runs,
+its holder renews the lease (``LEASE_HEARTBEAT_SECONDS``): httpx's timeouts bound each
+read and write, not a whole exchange, so a server answering a little at a time could
+otherwise outlast the lease and another instance send the entry a second time. A holder
+that dies stops renewing, and its lease runs out. The Bundle itself is
 idempotent where FHIR allows it: creates are conditional on business identifiers
 (``ifNoneExist``), updates carry ``If-Match``. Provenance and AuditEvent have no
 identifier in R4 (and a client-assigned id would need update scopes), so they are plain
@@ -52,7 +56,8 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -122,6 +127,8 @@ class NewEntry:
 #: saw "delivery pending" for a save that was being delivered. Should the request die
 #: before its attempt, the worker delivers the entry after this.
 HELD_FOR_SAVER = timedelta(seconds=30)
+#: How often a running delivery renews its lease: well inside the shortest lease (60 s).
+LEASE_HEARTBEAT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,7 @@ class Outbox:
         retry_base: float,
         clock: Callable[[], datetime] = utcnow,
         deliveries: Counter | None = None,
+        heartbeat_seconds: float = LEASE_HEARTBEAT_SECONDS,
     ) -> None:
         self._database = database
         self._tokens = tokens
@@ -189,6 +197,7 @@ class Outbox:
         self._retry_base = retry_base
         self._clock = clock  # tests move time forward instead of sleeping
         self._deliveries = deliveries  # Prometheus: attempts by resulting state (alerting)
+        self._heartbeat_seconds = heartbeat_seconds
         self._owner = uuid.uuid4().hex[:12]
 
     # -- public ------------------------------------------------------------------------------
@@ -345,9 +354,27 @@ class Outbox:
     # -- delivering --------------------------------------------------------------------------
 
     def _deliver(self, entry: _Claimed, timeout: float) -> Delivery:
-        delivery = self._attempt(entry, timeout)
+        with self._lease_kept(entry):
+            delivery = self._attempt(entry, timeout)
         self._record(entry, delivery)
         return delivery
+
+    @contextmanager
+    def _lease_kept(self, entry: _Claimed) -> Iterator[None]:
+        """Renew the entry's lease every ``heartbeat_seconds`` until the block ends."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self._heartbeat_seconds) and self._renew(entry):
+                pass
+
+        heartbeat = threading.Thread(target=renew, name=f"outbox-lease-{entry.id}", daemon=True)
+        heartbeat.start()
+        try:
+            yield
+        finally:
+            done.set()
+            heartbeat.join()
 
     def _attempt(self, entry: _Claimed, timeout: float) -> Delivery:
         try:

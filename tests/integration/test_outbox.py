@@ -526,3 +526,41 @@ def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
     for plain in plains:
         assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
     assert _entry(database, ids[2]).state == DeliveryState.DELIVERED
+
+
+def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """httpx's timeouts bound each read and write, not a whole exchange: a server answering
+    a little at a time keeps one delivery going past its lease. Another instance then
+    claimed the entry and sent it again (its plain creates twice). The holder now renews
+    the lease while it delivers. The slowness is the shared clock moved past the lease
+    while the delivery is under way; nothing is mocked."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    marker, plain = str(uuid.uuid4()), str(uuid.uuid4())
+    tx = TransactionBuilder()
+    tx.create(_person(marker), {"system": SYSTEM, "value": marker})
+    tx.add(_person(plain))
+    witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+    entry_id = _enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness)
+    clock = Clock()
+    other = make_outbox(database, clock)
+    taken_over: list[Any] = []
+
+    class SlowTokens(LoopbackTokens):
+        def access_token(self, session_id: str) -> str:
+            clock.advance(3600)  # far past any lease
+            give_up = time.monotonic() + 10
+            while _entry(database, entry_id).lease_until <= clock.now:  # type: ignore[operator]
+                if time.monotonic() > give_up:
+                    break  # not renewed: the other instance will show what that costs
+                time.sleep(0.01)  # polling the heartbeat thread's effect, with a deadline
+            taken_over.extend(other.run_once())
+            return super().access_token(session_id)
+
+    slow = make_outbox(database, clock, tokens=SlowTokens(), heartbeat_seconds=0.01)
+    assert slow.deliver(entry_id) == DeliveryState.DELIVERED
+
+    assert taken_over == []
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
+    assert _entry(database, entry_id).lease_until is None  # released once recorded

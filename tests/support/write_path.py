@@ -45,9 +45,19 @@ class Clock:
         self.offset += timedelta(seconds=seconds)
 
 
-def make_outbox(database: Database, clock: Clock, tokens: Any = None) -> Outbox:
+def make_outbox(
+    database: Database, clock: Clock, tokens: Any = None, *, heartbeat_seconds: float = 15.0
+) -> Outbox:
     """An outbox whose retries are never due before the test moves the clock (backoff ≥ 15 s)."""
-    return Outbox(database, tokens or LoopbackTokens(), timeout=5.0, retry_base=30.0, clock=clock)
+    tokens = tokens or LoopbackTokens()
+    return Outbox(
+        database,
+        tokens,
+        timeout=5.0,
+        retry_base=30.0,
+        clock=clock,
+        heartbeat_seconds=heartbeat_seconds,
+    )
 
 
 def make_tenant(database: Database, slug: str, fhir_base_url: str) -> TenantContext:
