@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from service.fhir import mapping, terminology
+from service.fhir.client import Resource
 from service.protocol import (
     AgreedAction,
     CaseClosure,
@@ -358,8 +359,9 @@ def test_a_closed_concern_needs_its_reason() -> None:
         )
 
 
-def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileValidator) -> None:
-    referral = mapping.referral_service_request(
+def _referral() -> Resource:
+    """A step 6 referral to the VK, as the casework writes it."""
+    return mapping.referral_service_request(
         _casework_findings()[-1],  # type: ignore[arg-type] # the step 6 finding
         patient_ref=PATIENT,
         encounter_ref=None,
@@ -368,6 +370,10 @@ def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileVal
         child_refs={"c1": "RelatedPerson/c1"},
         identifier=mapping.identifier("referral"),
     )
+
+
+def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileValidator) -> None:
+    referral = _referral()
     later = NOW.replace(day=20)
     updated = mapping.referral_with_status(
         referral, ReferralStatus.ON_HOLD, author=NURSE, at=later, note="VK waits for the family"
@@ -411,15 +417,7 @@ def test_an_update_keeps_the_servers_meta_but_what_the_server_manages() -> None:
         "tag": [tag],
         "profile": [ours],
     }
-    referral = mapping.referral_service_request(
-        _casework_findings()[-1],  # type: ignore[arg-type] # the step 6 finding
-        patient_ref=PATIENT,
-        encounter_ref=None,
-        performer_ref=VK,
-        reason_refs=["Observation/s4"],
-        child_refs={"c1": "RelatedPerson/c1"},
-        identifier=mapping.identifier("referral"),
-    )
+    referral = _referral()
     as_read = {**referral, "id": "r1", "meta": stored}
     updated = mapping.referral_with_status(as_read, ReferralStatus.ON_HOLD, author=NURSE, at=NOW)
     assert updated["meta"] == expected
