@@ -19,15 +19,16 @@ harmless for an audit trail, and cheaper than making every read wait.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.models import AuditRecord
+from service.db.models import AuditRecord, OutboxEntry
 from service.fhir.client import Resource
 from service.outbox import NewEntry, TransactionBuilder, enqueue
 
@@ -164,3 +165,49 @@ def record_read(session: Session, channel: Channel, fact: AuditFact) -> AuditRec
         ),
     )
     return record_local(session, channel.tenant_id, fact, entry.id)
+
+
+# -- reading the trail ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrailQuery:
+    """Which audit rows to read: one hospital's, optionally one patient's, one user's, and a
+    period (``since`` included, ``until`` excluded)."""
+
+    tenant_id: int
+    patient_ref: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def trail(session: Session, query: TrailQuery) -> Iterator[dict[str, object]]:
+    """The rows in the order they were recorded, each with the delivery state of the save
+    it belongs to (a write's data travels in an outbox entry), streamed, not loaded whole."""
+    conditions = [AuditRecord.tenant_id == query.tenant_id]
+    if query.patient_ref is not None:
+        conditions.append(AuditRecord.patient_ref == query.patient_ref)
+    if query.actor is not None:
+        conditions.append(AuditRecord.actor == query.actor)
+    if query.since is not None:
+        conditions.append(AuditRecord.recorded_at >= query.since)
+    if query.until is not None:
+        conditions.append(AuditRecord.recorded_at < query.until)
+    rows = session.execute(
+        select(AuditRecord, OutboxEntry.state)
+        .outerjoin(OutboxEntry, OutboxEntry.id == AuditRecord.outbox_id)
+        .where(*conditions)
+        .order_by(AuditRecord.recorded_at, AuditRecord.id)
+        .execution_options(yield_per=500)
+    )
+    for row, delivery in rows:
+        yield {
+            "recorded_at": row.recorded_at.isoformat(),
+            "actor": row.actor,
+            "action": row.action,
+            "patient": row.patient_ref,
+            "entities": row.entities,
+            "outcome": row.outcome,
+            "delivery": delivery,
+        }

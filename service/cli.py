@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import getpass
 import re
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,9 +23,11 @@ from sqlalchemy.exc import OperationalError
 
 from service import retention
 from service.admin import commands as admin_commands
+from service.audit import TrailQuery
 from service.db import migrate
 from service.db.base import Database
 from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore
+from service.local_time import LOCAL_ZONE
 from service.observability import configure_logging
 from service.settings import TENANT_SLUG, Settings, is_loopback, load_settings
 
@@ -173,6 +176,26 @@ def cmd_config_import(args: argparse.Namespace, settings: Settings) -> int:
     return admin_commands.import_config(settings, args.tenant, Path(args.file), actor)
 
 
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    query = TrailQuery(0, args.patient, args.actor, args.since, args.until)
+    actor = f"kindreflex audit ({getpass.getuser()})"
+    return admin_commands.show_audit(settings, args.tenant, query, actor)
+
+
+def _moment(value: str) -> datetime:
+    """A date (from its midnight, Belgian time: the day as the hospital counts it) or a
+    timestamp with its offset."""
+    with contextlib.suppress(ValueError):
+        return datetime.combine(date.fromisoformat(value), time(), LOCAL_ZONE)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date or timestamp: {value[:40]}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"a timestamp needs its offset (e.g. +01:00): {value}")
+    return moment
+
+
 def cmd_admin_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     return admin_commands.bootstrap(settings, args.tenant, args.minutes)
 
@@ -203,6 +226,18 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="how long the token is valid (default 30)",
     )  # fmt: skip
     bootstrap.set_defaults(handler=_on_current_schema(cmd_admin_bootstrap))
+
+    trail = commands.add_parser(
+        "audit",
+        help="print the audit trail (who read or wrote which patient's data) as JSON lines",
+    )
+    trail.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
+    trail.add_argument("--patient", help="only this patient, e.g. Patient/123")
+    trail.add_argument("--actor", help="only this user (fhirUser), e.g. Practitioner/7")
+    moment = "a date (Belgian time) or a timestamp with offset"
+    trail.add_argument("--since", type=_moment, help=f"from this moment on: {moment}")
+    trail.add_argument("--until", type=_moment, help=f"before this moment: {moment}")
+    trail.set_defaults(handler=_on_current_schema(cmd_audit))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""What ``kindreflex config export|import`` and ``kindreflex admin bootstrap`` do.
+"""What ``kindreflex config export|import``, ``kindreflex admin bootstrap`` and
+``kindreflex audit`` do.
 
 ``service/cli.py`` only parses arguments; these functions open the database, act, and
 return the process exit code. Messages go to standard error, data to standard output.
@@ -7,12 +8,16 @@ return the process exit code. Messages go to standard error, data to standard ou
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
+
+from service import audit
 from service.admin import access
 from service.admin.config import ConfigurationError, TenantAdmin, export_yaml
-from service.db.base import Database
+from service.db.base import Database, utcnow
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantDirectory, UnknownTenantError
 from service.tenant_config import TenantConfiguration
@@ -87,4 +92,26 @@ def bootstrap(settings: Settings, tenant: str | None, minutes: int) -> int:
         f"Sign in at {settings.public_url}{prefix}/admin/login",
         file=sys.stderr,
     )
+    return 0
+
+
+def show_audit(settings: Settings, tenant: str | None, query: audit.TrailQuery, actor: str) -> int:
+    """Print a hospital's audit trail as JSON lines (``query.tenant_id`` is set here from
+    the slug). Reading the trail is itself audited: a ``search-type`` row by ``actor``."""
+    database, tenants = _directory(settings)
+    try:
+        query = replace(query, tenant_id=tenants.get(tenant or settings.default_tenant).id)
+        with database.session() as session:
+            for row in audit.trail(session, query):
+                sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
+            sys.stdout.flush()
+            read = audit.AuditFact(
+                actor, audit.AuditAction.SEARCH, query.patient_ref, (), "success", utcnow()
+            )
+            audit.record_local(session, query.tenant_id, read)
+    except UnknownTenantError as error:
+        print(f"kindreflex: {error}", file=sys.stderr)
+        return 2
+    finally:
+        database.dispose()
     return 0

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
+from service import audit
+from service.audit import AuditAction, AuditFact
 from service.db import migrate
+from service.db.base import Database
+from service.db.models import AuditRecord
 from tests.support.processes import free_port, running
+from tests.support.write_path import make_tenant
 
 KINDREFLEX = [sys.executable, "-m", "service.cli"]
 
@@ -152,3 +159,62 @@ def test_a_tenant_slug_that_no_url_can_reach_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "a hospital's slug is lowercase letters, digits and '-'" in result.stderr
+
+
+def test_the_audit_trail_is_printed_for_one_patient_and_its_reading_is_audited(
+    tmp_path: Path,
+) -> None:
+    """A data-protection officer asks who saw a patient's data (GDPR access request)."""
+    url = f"sqlite:///{tmp_path / 'kr.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    hospital = make_tenant(database, "default", "http://127.0.0.1:9/fhir")
+    other = make_tenant(database, "other", "http://127.0.0.1:9/fhir")
+    at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 1 December 00:30 in Brussels
+
+    def seen(patient: str, when: datetime) -> AuditFact:
+        return AuditFact(
+            "Practitioner/nurse-1", AuditAction.READ, patient, ("RelatedPerson/7",), "success", when
+        )
+
+    with database.session() as session:
+        audit.record_local(session, hospital.id, seen("Patient/1", at))
+        audit.record_local(session, hospital.id, seen("Patient/1", at - _DAY))
+        audit.record_local(session, hospital.id, seen("Patient/2", at))
+        audit.record_local(session, other.id, seen("Patient/1", at))
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+    wanted = ["audit", "--patient", "Patient/1", "--since", "2026-12-01"]
+    result = subprocess.run([*KINDREFLEX, *wanted], env=env, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows == [
+        {
+            "recorded_at": at.isoformat(),
+            "actor": "Practitioner/nurse-1",
+            "action": "read",
+            "patient": "Patient/1",
+            "entities": ["RelatedPerson/7"],
+            "outcome": "success",
+            "delivery": None,
+        }
+    ]
+    with database.session() as session:
+        reading = session.scalars(select(AuditRecord).order_by(AuditRecord.id.desc())).first()
+    database.dispose()
+    assert reading is not None
+    assert reading.tenant_id == hospital.id
+    assert reading.actor.startswith("kindreflex audit (")
+    assert (reading.action, reading.patient_ref) == ("search-type", "Patient/1")
+
+    naive = subprocess.run(
+        [*KINDREFLEX, "audit", "--since", "2026-12-01T08:00"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert naive.returncode == 2
+    assert "a timestamp needs its offset" in naive.stderr
+
+
+_DAY = timedelta(days=1)
