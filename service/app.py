@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import smart_app
-from service import keys
+from service import casework, keys
 from service.api import health
 from service.cds.fastpath import CdsFastPath
 from service.cds.router import MAX_BODY_BYTES, CdsState, new_cds_state
@@ -160,6 +160,7 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
         retry_base=settings.outbox_interval_seconds,
         deliveries=deliveries,
     )
+    casework.install(outbox)  # a refused social save puts its worklist row back
     app.state.outbox = outbox
     app.state.triage = Triage(
         database, outbox, app.state.session_tokens, settings.fhir_timeout_seconds

@@ -11,13 +11,15 @@ write names its author in a Provenance and an AuditEvent. Resources are built on
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from service import audit
 from service.admin import partners_io
@@ -60,6 +62,11 @@ from service.social import (
 )
 from service.text import worklist_display
 from service.triage import LaunchInfo, search_chart
+
+log = logging.getLogger(__name__)
+
+#: The outbox kind of the social service's saves.
+KIND = "social"
 
 #: The findings the social service records.
 CaseworkFinding = Step4Decision | Step5Progress | Step6Referral
@@ -457,6 +464,25 @@ class _Index:
     follow_up_due: date | None
     acute_danger: bool
 
+    @classmethod
+    def of(cls, row: Concern) -> _Index:
+        return cls(row.last_step, row.status, row.follow_up_due, row.acute_danger)
+
+    def stored(self) -> dict[str, Any]:
+        """As ``concerns.before_save`` keeps it (JSON)."""
+        due = self.follow_up_due.isoformat() if self.follow_up_due else None
+        return {**asdict(self), "follow_up_due": due}
+
+    @classmethod
+    def stored_as(cls, stored: dict[str, Any]) -> _Index:
+        due = stored["follow_up_due"]
+        return cls(
+            stored["last_step"],
+            stored["status"],
+            date.fromisoformat(due) if due else None,
+            bool(stored["acute_danger"]),
+        )
+
 
 class FhirChangedConflict(CaseConflict):
     """The FHIR server's Flag changed since the case was read (If-Match refused the save).
@@ -604,10 +630,7 @@ class Casework:
         plan = referral_transaction(
             record, referral, status, author=ctx.user.fhir_user, note=note, now=utcnow()
         )
-        index = _Index(
-            concern.last_step, concern.status, concern.follow_up_due, concern.acute_danger
-        )
-        return self._save(ctx, concern, plan, index, case.next_steps)
+        return self._save(ctx, concern, plan, _Index.of(concern), case.next_steps)
 
     # -- steps of the use case --------------------------------------------------------------
 
@@ -697,7 +720,7 @@ class Casework:
                 session,
                 ctx.tenant.id,
                 NewEntry(
-                    kind="social",
+                    kind=KIND,
                     registration_id=ctx.registration_id,
                     fhir_base_url=ctx.fhir_base_url,
                     session_id=ctx.session_id,
@@ -718,6 +741,7 @@ class Casework:
                     follow_up_due=index.follow_up_due,
                     acute_danger=index.acute_danger,
                     outbox_id=entry.id,
+                    before_save=_Index.of(concern).stored(),
                     row_version=version,
                     updated_at=now,
                 )
@@ -739,37 +763,76 @@ class Casework:
             entry.id, timeout=min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
         )
         if state in (DeliveryState.CONFLICT, DeliveryState.FAILED):
-            version = self._undo_index(concern, version)
+            version = self._version(concern.id)  # the row went back (undo_refused_save)
         if state is DeliveryState.CONFLICT:
             raise FhirChangedConflict(entry.id, version)
         return StepResult(
             _status(state), entry.id, tuple(sorted(s.value for s in next_steps)), version
         )
 
-    def _undo_index(self, before: Concern, version: int) -> int:
-        """The FHIR server refused the save (If-Match, or a rejection): the case's index row
-        goes back to what the server still holds — a refused closing leaves the case open,
-        to be closed again — unless another save changed the row since. The row keeps the
-        refused entry (``outbox_id``): the worklist shows its state. Returns the row's
-        version."""
+    def _version(self, case_id: int) -> int:
         with self._database.session() as session:
-            undone = session.execute(
-                update(Concern)
-                .where(Concern.id == before.id, Concern.row_version == version)
-                .values(
-                    last_step=before.last_step,
-                    status=before.status,
-                    follow_up_due=before.follow_up_due,
-                    acute_danger=before.acute_danger,
-                    row_version=version + 1,
-                    updated_at=utcnow(),
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if undone.rowcount == 1:  # type: ignore[attr-defined] # CursorResult of an UPDATE
-                return version + 1
-            current = session.scalar(select(Concern.row_version).where(Concern.id == before.id))
-        return int(current or version)
+            version = session.scalar(select(Concern.row_version).where(Concern.id == case_id))
+        return int(version or 0)
+
+
+def install(outbox: Outbox) -> None:
+    """Wire the outbox (at start-up): a refused social save puts its case's worklist row
+    back, whether the saving request or the worker records the refusal."""
+    outbox.when_refused(KIND, undo_refused_save)
+
+
+def undo_refused_save(session: Session, outbox_id: int) -> None:
+    """The FHIR server refused a social save (If-Match, or a rejection), at once or when the
+    worker delivered it later: the case's index row goes back to what the server still
+    holds (``concerns.before_save``) — a refused closing leaves the case open, to be closed
+    again — unless another save (a step, a triage) changed the row since: its ``outbox_id``
+    then names that save. The row keeps the refused entry: the worklist shows its state. Its
+    ``row_version`` moves on (a form still showing the refused save is stale). Runs in the
+    outbox's transaction that records the refusal (``Outbox.when_refused``).
+
+    A case the refused save closed stays closed when the patient has another open concern
+    by now (a later triage opened one; one open concern per patient): logged."""
+    row = session.scalar(select(Concern).where(Concern.outbox_id == outbox_id))
+    if row is None or row.before_save is None:
+        return
+    before = _Index.stored_as(row.before_save)
+    if before.status == "open" and row.status != "open" and _other_open_concern(session, row):
+        log.warning(
+            "refused closing not undone: the patient has another open concern",
+            extra={"fields": {"case_id": row.id, "outbox_id": outbox_id}},
+        )
+        return
+    session.execute(
+        update(Concern)
+        .where(Concern.id == row.id, Concern.outbox_id == outbox_id)
+        .values(
+            last_step=before.last_step,
+            status=before.status,
+            follow_up_due=before.follow_up_due,
+            acute_danger=before.acute_danger,
+            before_save=None,
+            row_version=Concern.row_version + 1,
+            updated_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _other_open_concern(session: Session, row: Concern) -> bool:
+    """Whether the row's patient has another open concern (on the same server)."""
+    other = session.scalar(
+        select(Concern.id)
+        .where(
+            Concern.tenant_id == row.tenant_id,
+            Concern.fhir_base_url == row.fhir_base_url,
+            Concern.patient_ref == row.patient_ref,
+            Concern.status == "open",
+            Concern.id != row.id,
+        )
+        .limit(1)
+    )
+    return other is not None
 
 
 def _organization(ctx: LaunchInfo, partner_id: str) -> Resource:

@@ -48,6 +48,11 @@ the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not t
 writes. Failed, conflicting and waiting entries need a person, not another instance, so
 they are only counted in the check's detail (and shown on the worklist); a failed or
 conflicting write also gets a local audit row with outcome ``failure``.
+
+What else a refused write undoes belongs to the module that saved it: a hook registered
+for the entry's kind (:meth:`Outbox.when_refused`) runs in the same local transaction
+that records ``failed`` or ``conflict``, whoever recorded it: the saving request or the
+worker, minutes or hours later.
 """
 
 from __future__ import annotations
@@ -97,6 +102,11 @@ class DeliveryState(StrEnum):
     FAILED = "failed"
     CONFLICT = "conflict"
     WAITING_AUTHORISATION = "waiting-authorisation"
+
+
+#: What a refused entry (``failed`` or ``conflict``) undoes locally: called with the
+#: session that records the state and the entry's id (see :meth:`Outbox.when_refused`).
+RefusalHook = Callable[[Session, int], None]
 
 
 class TokenSource(Protocol):
@@ -199,8 +209,15 @@ class Outbox:
         self._deliveries = deliveries  # Prometheus: attempts by resulting state (alerting)
         self._heartbeat_seconds = heartbeat_seconds
         self._owner = uuid.uuid4().hex[:12]
+        self._refusal_hooks: dict[str, RefusalHook] = {}
 
     # -- public ------------------------------------------------------------------------------
+
+    def when_refused(self, kind: str, hook: RefusalHook) -> None:
+        """Run ``hook`` whenever an entry of ``kind`` is recorded ``failed`` or ``conflict``,
+        in the transaction recording it (both commit, or neither): by the saving request's
+        :meth:`deliver` or the worker's :meth:`run_once` alike. Wired at start-up."""
+        self._refusal_hooks[kind] = hook
 
     def deliver(self, entry_id: int, *, timeout: float | None = None) -> DeliveryState:
         """Try to deliver one entry now (the saving request), even before it is due for the
@@ -421,6 +438,9 @@ class Outbox:
             )
             if result.rowcount == 1 and delivery.state in _NEEDS_A_PERSON:  # type: ignore[attr-defined]
                 _audit_failure(session, entry, now)
+                hook = self._refusal_hooks.get(entry.kind)
+                if hook is not None:
+                    hook(session, entry.id)
         if result.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("outbox lease lost", extra={"fields": {"outbox_id": entry.id}})
             return

@@ -282,6 +282,10 @@ class Concern(TenantScoped, Base):
     assigned_to: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(20))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_entries.id"))
+    #: The index as it was before the social save ``outbox_id`` (last step, status, follow-up,
+    #: acute danger): what the row goes back to when the FHIR server refuses that save, be it
+    #: at once or later to the worker (``service.casework.undo_refused_save``).
+    before_save: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     row_version: Mapped[int] = mapped_column(default=1)
 

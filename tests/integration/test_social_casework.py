@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 from sqlalchemy import select
 
-from sandbox.fhir_server import FhirServer
+from sandbox.fhir_server import FhirServer, free_port
 from sandbox.seed import SeedResult, seed
 from service.casework import (
     CaseRecord,
@@ -386,6 +387,91 @@ def test_a_closing_the_fhir_server_refuses_leaves_the_case_open_to_close_again(
     # and what the EHR added to the Flag meanwhile survived our update of it (it was dropped:
     # the update replaced the Flag's whole extension list with ours)
     assert "urn:test:ehr-note" in {e["url"] for e in flag.flag.get("extension", [])}
+
+
+def test_a_closing_the_fhir_server_refuses_to_the_worker_leaves_the_case_open_to_close_again(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FHIR server is down when the case is closed: the closing waits in the outbox and
+    the worklist shows the case closed. Meanwhile someone changes the Flag on the server;
+    back up, the worker's delivery of the closing meets If-Match (a real 412). Only a
+    refusal the saving request recorded put the index row back: the case stayed closed on
+    the worklist while its Flag stayed active, and redoing the closing was refused ("this
+    case is closed"). The server is stopped for real, between the closing's reading of the
+    case and its delivery."""
+    import httpx
+
+    from service.protocol import CaseClosure, CloseReason
+    from service.social import CaseFilter, list_cases
+
+    data_dir, port = tmp_path / "fhir-data", free_port()
+    with FhirServer(port=port, data_dir=data_dir) as server:
+        base_url = server.base_url
+        patient_id, clock, outbox, case, casework, social_worker = _triaged_case(database, base_url)
+        step = Step4Input.model_validate(
+            {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
+        )
+        decided = casework.record_step(social_worker, case.id, case.row_version, step)
+        assert decided.status == "delivered"
+        delivered_at_once = outbox.deliver
+
+        def server_down_first(entry_id: int, *, timeout: float | None = None) -> DeliveryState:
+            server.stop()
+            return delivered_at_once(entry_id, timeout=timeout)
+
+        monkeypatch.setattr(outbox, "deliver", server_down_first)
+        closure = CaseClosure(CloseReason.SAFETY_RESTORED)
+        closing = casework.close_case(social_worker, case.id, decided.row_version, closure)
+        assert closing.status == "pending"
+        monkeypatch.setattr(outbox, "deliver", delivered_at_once)
+
+    def open_cases() -> dict[int, tuple[int, str | None]]:
+        """The worklist's open cases: their row version and their latest save's state."""
+        with database.session() as session:
+            page = list_cases(
+                session,
+                case.tenant_id,
+                SOCIAL_WORKER,
+                CaseFilter(),
+                limit=50,
+                cursor=None,
+                today=utcnow().date(),
+            )
+        return {c.id: (c.row_version, c.delivery.state if c.delivery else None) for c in page.items}
+
+    assert case.id not in open_cases()  # closed on the worklist while the closing waits
+    with FhirServer(port=port, data_dir=data_dir) as server_again:
+        flag_url = f"{server_again.base_url}/Flag/{_flag_id(closing.outbox_id, database)}"
+        current = httpx.get(flag_url, timeout=10).json()
+        note = {"url": "urn:test:ehr-note", "valueString": "seen by the GP"}
+        changed = {**current, "extension": [*current.get("extension", []), note]}
+        httpx.put(flag_url, json=changed, timeout=10).raise_for_status()
+        clock.advance(3600)
+        outbox.run_once()  # the worker: the closing, and the AuditEvents of the readings
+        assert outbox.state_of(closing.outbox_id) is DeliveryState.CONFLICT
+
+        assert case.id in open_cases(), "the refused closing left the case closed"
+        version, delivery = open_cases()[case.id]
+        assert delivery == "conflict"  # the worklist shows why it is open again
+        assert version > closing.row_version  # a form still showing the closing is stale
+        again = casework.close_case(social_worker, case.id, version, closure)
+        assert again.status == "delivered"
+        with FhirClient(server_again.base_url, lambda: "loopback", 10.0) as client:
+            flag, _ = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
+    assert flag.flag["status"] == "inactive"
+    assert case.id not in open_cases()
+
+
+def _flag_id(outbox_id: int, database: Database) -> str:
+    """The id of the Flag an outbox entry updates."""
+    from service.db.models import OutboxEntry
+
+    with database.session() as session:
+        entry = session.get(OutboxEntry, outbox_id)
+        assert entry is not None
+        bundle = entry.bundle
+    (flag,) = [e for e in bundle["entry"] if e["request"]["method"] == "PUT"]
+    return str(flag["resource"]["id"])
 
 
 #: What an EHR labels a resource with (``meta.tag``, ``meta.security``); an update of ours

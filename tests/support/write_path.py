@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from sandbox.fhir_server import FhirServer
+from service import casework
 from service.db.base import Database, utcnow
 from service.outbox import Outbox
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
@@ -48,9 +49,10 @@ class Clock:
 def make_outbox(
     database: Database, clock: Clock, tokens: Any = None, *, heartbeat_seconds: float = 15.0
 ) -> Outbox:
-    """An outbox whose retries are never due before the test moves the clock (backoff ≥ 15 s)."""
+    """An outbox whose retries are never due before the test moves the clock (backoff ≥ 15 s),
+    wired as the app wires it (``service.app``: a refused social save is undone)."""
     tokens = tokens or LoopbackTokens()
-    return Outbox(
+    outbox = Outbox(
         database,
         tokens,
         timeout=5.0,
@@ -58,6 +60,8 @@ def make_outbox(
         clock=clock,
         heartbeat_seconds=heartbeat_seconds,
     )
+    casework.install(outbox)
+    return outbox
 
 
 def make_tenant(database: Database, slug: str, fhir_base_url: str) -> TenantContext:
