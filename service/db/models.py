@@ -250,6 +250,11 @@ class Concern(TenantScoped, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "flag_identifier"),
         Index("ix_concerns_worklist", "tenant_id", "status", "flagged_at", "id"),
+        # the screen's order: acute danger first, then newest (social.list_cases)
+        Index(
+            "ix_concerns_worklist_acute", "tenant_id", "status", "acute_danger", "flagged_at", "id"
+        ),
+        Index("ix_concerns_outbox", "outbox_id"),  # the case of a refused save
         Index("ix_concerns_patient", "tenant_id", "patient_ref", "status"),
         Index("ix_concerns_follow_up", "tenant_id", "status", "follow_up_due"),
         # At most one open concern per patient, even when two nurses save at the same moment.

@@ -8,9 +8,10 @@ Run by hand (a script that prints figures; not collected by pytest)::
 One hospital gets 10,000 open concerns (a third assigned to the benchmark's user, a third
 to a colleague, a third unassigned, flagged over the last ~400 days, each with its outbox
 entry) and 2,000 closed ones; a second hospital gets the same again as noise that every
-query must filter out. Measured for three shapes — the default view (open, newest first),
-a filter (assigned to me, flagged more than 30 days ago) and a deep page (page 100, 50 per
-page, reached by the keyset cursor):
+query must filter out; one open case in 20 has acute danger. Measured for five shapes —
+the API's default view (open, newest first), the screen's (acute danger first), a filter
+(assigned to me, flagged more than 30 days ago) and a deep page of each order (page 100,
+50 per page, reached by the keyset cursor):
 
 * the query: ``service.social.list_cases`` in one unit of work;
 * the endpoint: ``GET /api/cases`` in process (Starlette's TestClient: session lookup,
@@ -64,6 +65,7 @@ CLOSED_CASES = 2_000
 PAGE_SIZE = 50
 DEEP_PAGE = 100  # cases 4,951-5,000 of the default view
 OLDER_THAN_DAYS = 30
+ACUTE_EVERY = 20  # one case in 20 has acute danger
 ME = "Practitioner/bench-sw"
 FHIR = "http://127.0.0.1:9/fhir"  # never called: the worklist is served from our index
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -78,7 +80,7 @@ class Shape:
     cursor: str | None = None
 
     def params(self) -> dict[str, str]:
-        params = {"limit": str(PAGE_SIZE), "view": self.wanted.view}
+        params = {"limit": str(PAGE_SIZE), "view": self.wanted.view, "sort": self.wanted.sort}
         if self.wanted.older_than_days is not None:
             params["older_than_days"] = str(self.wanted.older_than_days)
         if self.cursor is not None:
@@ -155,6 +157,7 @@ def fill(database: Database, tenant_id: int, label: str) -> None:
                     "last_step": "step-2",
                     "assigned_to": owners[n % 3],
                     "status": "open" if n < OPEN_CASES else "closed",
+                    "acute_danger": n % ACUTE_EVERY == 0,
                     "outbox_id": entries[n],
                     "updated_at": now,
                     "row_version": 1,
@@ -164,8 +167,8 @@ def fill(database: Database, tenant_id: int, label: str) -> None:
         )
 
 
-def deep_cursor(database: Database, tenant_id: int) -> str:
-    """The cursor of page ``DEEP_PAGE`` of the default view, by walking the pages once."""
+def deep_cursor(database: Database, tenant_id: int, wanted: social.CaseFilter) -> str:
+    """The cursor of page ``DEEP_PAGE`` of a view, by walking the pages once."""
     cursor: str | None = None
     with database.session() as session:
         for _ in range(DEEP_PAGE - 1):
@@ -173,7 +176,7 @@ def deep_cursor(database: Database, tenant_id: int) -> str:
                 session,
                 tenant_id,
                 ME,
-                social.CaseFilter(),
+                wanted,
                 limit=PAGE_SIZE,
                 cursor=cursor,
                 today=utcnow().date(),
@@ -234,14 +237,17 @@ def run(database_url: str, label: str, requests: int, budget: float) -> None:
         app = create_app(Settings(environment="test", database_url=database_url), database)
         client = TestClient(app)
         headers = signed_in(app, hospital, ME, "social-worker").headers
+        newest, acute_first = social.CaseFilter(), social.CaseFilter(sort="acute-first")
         shapes = [
-            Shape("default view", social.CaseFilter()),
+            Shape("default view", newest),
+            Shape("screen: acute first", acute_first),
             Shape(
                 f"mine, older than {OLDER_THAN_DAYS} d",
                 social.CaseFilter(view="mine", older_than_days=OLDER_THAN_DAYS),
             ),
-            Shape(
-                f"deep page ({DEEP_PAGE})", social.CaseFilter(), deep_cursor(database, hospital.id)
+            *(
+                Shape(f"page {DEEP_PAGE}, {w.sort}", w, deep_cursor(database, hospital.id, w))
+                for w in (newest, acute_first)
             ),
         ]
         baseline = measure(select_one(database), requests, budget)
