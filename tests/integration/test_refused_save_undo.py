@@ -1,0 +1,135 @@
+"""What a refused social save puts back on the worklist (``casework.undo_refused_save``),
+for the cases the end-to-end test (``test_social_casework.py``) does not reach: another save
+since, and a patient with another open concern by now. Index rows as the casework writes
+them, SQLite and PostgreSQL; the outbox's recording of the refusal calls this function in
+its transaction (``Outbox.when_refused``)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlalchemy import select
+
+from service.casework import KIND, undo_refused_save
+from service.db.base import Database, utcnow
+from service.db.models import Concern
+from service.outbox import NewEntry, enqueue
+from service.tenancy import TenantContext
+from tests.support.write_path import make_tenant
+
+FHIR = "http://127.0.0.1:9/fhir"  # never called
+PATIENT = "Patient/1"
+BEFORE_CLOSING = {
+    "last_step": "step-4",
+    "status": "open",
+    "follow_up_due": None,
+    "acute_danger": False,
+}
+
+
+def _save(database: Database, tenant: TenantContext) -> int:
+    """An outbox entry of a social save for the patient."""
+    with database.session() as session:
+        new = NewEntry(KIND, "ehr", FHIR, "s1", "Practitioner/sw-1", PATIENT, {})
+        return enqueue(session, tenant.id, new).id
+
+
+def _closed_by(database: Database, tenant: TenantContext, outbox_id: int) -> int:
+    """The case as a closing left it on the worklist (before the FHIR server answered)."""
+    with database.session() as session:
+        row = Concern(
+            tenant_id=tenant.id,
+            fhir_base_url=FHIR,
+            patient_ref=PATIENT,
+            flag_identifier="flag-1",
+            flagged_at=utcnow(),
+            flagged_by="Practitioner/nurse-1",
+            triggers=[],
+            children_birth_dates=[],
+            last_step="step-4",
+            status="closed",
+            outbox_id=outbox_id,
+            before_save=BEFORE_CLOSING,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _row(database: Database, case_id: int) -> Concern:
+    with database.session() as session:
+        row = session.get(Concern, case_id)
+        assert row is not None
+        return row
+
+
+def test_a_refused_closing_opens_the_case_again(database: Database) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    closing = _save(database, hospital)
+    case_id = _closed_by(database, hospital, closing)
+    version = _row(database, case_id).row_version
+
+    with database.session() as session:
+        undo_refused_save(session, closing)
+
+    row = _row(database, case_id)
+    assert (row.status, row.last_step, row.outbox_id) == ("open", "step-4", closing)
+    assert row.row_version == version + 1  # a form still showing the closing is stale
+    assert row.before_save is None
+
+
+def test_a_refusal_after_another_save_leaves_that_save_alone(database: Database) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    closing = _save(database, hospital)
+    case_id = _closed_by(database, hospital, closing)
+    later = _save(database, hospital)
+    with database.session() as session:  # a later save points the row at itself
+        row = session.get(Concern, case_id)
+        assert row is not None
+        row.outbox_id, row.last_step, row.row_version = later, "step-5", 4
+
+    with database.session() as session:
+        undo_refused_save(session, closing)
+
+    row = _row(database, case_id)
+    assert (row.status, row.last_step, row.outbox_id, row.row_version) == (
+        "closed",
+        "step-5",
+        later,
+        4,
+    )
+
+
+def test_a_refused_closing_stays_closed_when_the_patient_has_another_open_concern(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One open concern per patient: reopening would break the unique index, and the
+    # outbox's recording of the refusal with it, on every retry.
+    hospital = make_tenant(database, "default", FHIR)
+    closing = _save(database, hospital)
+    case_id = _closed_by(database, hospital, closing)
+    with database.session() as session:
+        session.add(
+            Concern(
+                tenant_id=hospital.id,
+                fhir_base_url=FHIR,
+                patient_ref=PATIENT,
+                flag_identifier="flag-2",
+                flagged_at=utcnow(),
+                flagged_by="Practitioner/nurse-2",
+                triggers=[],
+                children_birth_dates=[],
+                last_step="step-2",
+                status="open",
+            )
+        )
+
+    with caplog.at_level(logging.WARNING), database.session() as session:
+        undo_refused_save(session, closing)
+
+    assert _row(database, case_id).status == "closed"
+    assert "refused closing not undone" in caplog.text
+    with database.session() as session:
+        open_rows = session.scalars(select(Concern).where(Concern.status == "open")).all()
+    assert [r.flag_identifier for r in open_rows] == ["flag-2"]
