@@ -25,6 +25,13 @@ this transaction creates. Before any retry the witness is asked first: when a de
 succeeded but its answer was lost, the (atomic) transaction was applied and is not sent
 again.
 
+One patient's saves in save order. An entry that writes patient data is not claimed — by
+the worker nor by the saving request, which then leaves it to the worker ("delivery
+pending") — while an older entry for the same patient (same hospital and FHIR server)
+is ``pending`` or ``waiting-authorisation``: a later save's values are the ones the server
+keeps. Failed and conflicting entries need a person and block nothing; read AuditEvents
+(kind ``audit``) depend on nothing and are neither held nor holding.
+
 Updates that keep what others stored. :meth:`TransactionBuilder.merge_update` queues only
 *our* elements of a resource someone else may also write (a child the EHR recorded), with
 ``If-Match`` on the version the user saw. Just before sending, the outbox reads that exact
@@ -34,7 +41,10 @@ says what ours says stays as the EHR wrote it (its local codes, its texts), and 
 list only the entry ours stands for is replaced (the EHR's nickname for a child stays).
 At that point it also refuses an update that would move the resource to another patient
 (the version reference travelled through the browser) — the entry is ``failed`` — and
-drops an update that changes nothing.
+drops an update that changes nothing. :meth:`TransactionBuilder.create_or_merge` (a child
+saved again while an earlier save of it may not be on the server yet) is a conditional
+create that, when the resource with its identifier exists at delivery, becomes the same
+merge over that resource's current version (a search, then If-Match on what it found).
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
@@ -61,7 +71,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -69,8 +79,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from prometheus_client import Counter
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from service.api.health import CheckResult, ReadinessCheck
 from service.db.base import Database, utcnow
@@ -139,6 +149,12 @@ class NewEntry:
 HELD_FOR_SAVER = timedelta(seconds=30)
 #: How often a running delivery renews its lease: well inside the shortest lease (60 s).
 LEASE_HEARTBEAT_SECONDS = 15.0
+#: An older entry for the same patient in one of these states holds a later one back
+#: (see the module doc): it will still be delivered. Failed and conflicting ones need a
+#: person, and must not hold up the patient's later saves until someone comes.
+_HOLDS_LATER = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
+#: Entries outside the per-patient order: a read's AuditEvent (a plain create of its own).
+_UNORDERED_KINDS = ("audit",)
 
 
 @dataclass(frozen=True)
@@ -224,7 +240,10 @@ class Outbox:
         worker (``HELD_FOR_SAVER``, or a retry's backoff). Returns its state afterwards."""
         claimed = self._claim(OutboxEntry.id == entry_id, limit=1, due_now=False)
         if not claimed:
-            return self.state_of(entry_id)  # a worker has it, or it is delivered already
+            # a worker has it, it is delivered already, or an older save of the patient
+            # comes first: then the worker sends it after that one, without the hold
+            self._release_hold(entry_id)
+            return self.state_of(entry_id)
         return self._deliver(claimed[0], timeout or self._timeout).state
 
     def run_once(self, limit: int = 20) -> list[Delivery]:
@@ -233,12 +252,20 @@ class Outbox:
         The batch is claimed under one lease, but its entries are delivered one after the
         other: each one's lease is renewed when its turn comes (:meth:`_renew`), and one
         that another instance took over meanwhile (a slow server ran the batch past its
-        lease) is left to it, not sent a second time."""
-        return [
-            self._deliver(claimed, self._timeout)
-            for claimed in self._claim(None, limit=limit)
-            if self._renew(claimed)
-        ]
+        lease) is left to it, not sent a second time. A batch that delivered something is
+        followed by another (up to ``limit`` entries in all): a patient's later save is
+        claimed once the earlier one is delivered."""
+        deliveries: list[Delivery] = []
+        while len(deliveries) < limit:
+            batch = [
+                self._deliver(claimed, self._timeout)
+                for claimed in self._claim(None, limit=limit - len(deliveries))
+                if self._renew(claimed)
+            ]
+            deliveries += batch
+            if not any(d.state is DeliveryState.DELIVERED for d in batch):
+                break
+        return deliveries
 
     def state_of(self, entry_id: int) -> DeliveryState:
         with self._database.session() as session:
@@ -306,6 +333,7 @@ class Outbox:
             due.append(OutboxEntry.next_attempt_at <= now)
         if condition is not None:
             due.append(condition)
+        due.append(_in_its_turn())
         candidates = (
             select(OutboxEntry.id)
             .where(*due)
@@ -348,6 +376,24 @@ class Outbox:
                 )
                 for row in rows
             ]
+
+    def _release_hold(self, entry_id: int) -> None:
+        """The saving request did not deliver its entry: the worker need not wait
+        ``HELD_FOR_SAVER`` for it (an entry it holds or that waits for a retry is left)."""
+        now = self._clock()
+        with self._database.session() as session:
+            session.execute(
+                update(OutboxEntry)
+                .where(
+                    OutboxEntry.id == entry_id,
+                    OutboxEntry.state == DeliveryState.PENDING,
+                    OutboxEntry.attempts == 0,
+                    OutboxEntry.lease_owner.is_(None),
+                    OutboxEntry.next_attempt_at > now,
+                )
+                .values(next_attempt_at=now)
+                .execution_options(synchronize_session=False)
+            )
 
     def _renew(self, entry: _Claimed) -> bool:
         """A fresh lease for one entry of a claimed batch, if it is still ours."""
@@ -454,6 +500,23 @@ class Outbox:
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
+def _in_its_turn() -> Any:
+    """No older entry of the same patient (same tenant, FHIR server) still to be delivered
+    (:data:`_HOLDS_LATER`): a patient's saves reach the server in save order (entry id).
+    Only undelivered rows are looked at (the ``state`` index), and entries without a
+    patient or of :data:`_UNORDERED_KINDS` are not ordered."""
+    older = aliased(OutboxEntry)
+    held = exists().where(
+        older.state.in_(_HOLDS_LATER),
+        older.tenant_id == OutboxEntry.tenant_id,
+        older.fhir_base_url == OutboxEntry.fhir_base_url,
+        older.patient_ref == OutboxEntry.patient_ref,
+        older.kind.not_in(_UNORDERED_KINDS),
+        older.id < OutboxEntry.id,
+    )
+    return or_(OutboxEntry.patient_ref.is_(None), OutboxEntry.kind.in_(_UNORDERED_KINDS), ~held)
+
+
 #: Outcomes of a write that did not happen and will not be retried: audited as failures.
 _NEEDS_A_PERSON = (DeliveryState.FAILED, DeliveryState.CONFLICT)
 
@@ -492,20 +555,68 @@ _OWNER_ELEMENTS = ("patient", "subject")
 
 def _merged(client: FhirClient, bundle: Resource) -> Resource:
     """The bundle as sent: each :meth:`TransactionBuilder.merge_update` laid over the version
-    it names (read now), unchanged ones left out. Raises :class:`_Refused`."""
+    it names (read now), unchanged ones left out; each
+    :meth:`TransactionBuilder.create_or_merge` likewise over the resource its identifier
+    finds (:func:`_merged_create`). Raises :class:`_Refused`."""
     entries = []
+    found: dict[str, str] = {}  # fullUrl of a create → the resource it found
     for entry in bundle["entry"]:
         if not entry.get(_MERGE):
             entries.append(entry)
             continue
         request = entry["request"]
+        if request["method"] == "POST":
+            entries += _merged_create(client, entry, found)
+            continue
         version = request["ifMatch"].removeprefix('W/"').removesuffix('"')
         ours = entry["resource"]
         seen = client.read(ours["resourceType"], f"{ours['id']}/_history/{version}")
         _check_owner(seen, ours)
         if not _unchanged(seen, ours):
             entries.append({"resource": _overlay(seen, ours), "request": request})
-    return {**bundle, "entry": entries}
+    return {**bundle, "entry": _referring(entries, found) if found else entries}
+
+
+def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -> list[Resource]:
+    """A :meth:`TransactionBuilder.create_or_merge` as sent: the conditional create as
+    queued while no resource has its identifier (or several do: the server then refuses
+    it, a conflict); else our elements laid over the one found, with If-Match on its
+    current version, or nothing when that changes nothing. The bundle's references to
+    the create's ``fullUrl`` then name the resource found (``found``)."""
+    request, ours = entry["request"], entry["resource"]
+    params = dict([request["ifNoneExist"].split("=", 1)])
+    answer = client.search(request["url"], params)
+    matches = [
+        resource
+        for e in answer.get("entry", [])
+        if (resource := e.get("resource", {})).get("resourceType") == request["url"]
+        and _matches(resource, params)
+    ]
+    if len(matches) != 1:
+        return [{key: value for key, value in entry.items() if key != _MERGE}]
+    (seen,) = matches
+    _check_owner(seen, {**ours, "id": seen["id"]})
+    reference = f"{seen['resourceType']}/{seen['id']}"
+    found[entry["fullUrl"]] = reference
+    if _unchanged(seen, ours):
+        return []
+    version = seen["meta"]["versionId"]
+    update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
+    return [{"resource": _overlay(seen, ours), "request": update_request}]
+
+
+def _referring(value: Any, found: Mapping[str, str]) -> Any:
+    """``value`` with each ``reference`` to a key of ``found`` naming its resource."""
+    if isinstance(value, list):
+        return [_referring(item, found) for item in value]
+    if isinstance(value, dict):
+        return {
+            key: found.get(item, item)
+            if key == "reference" and isinstance(item, str)
+            else _referring(item, found)
+            for key, item in value.items()
+        }
+    return value
 
 
 def _check_owner(seen: Resource, ours: Resource) -> None:
@@ -735,6 +846,8 @@ class TransactionBuilder:
     * :meth:`create` — a conditional create on the resource's business identifier;
     * :meth:`update` — a PUT with ``If-Match`` on the version the user saw;
     * :meth:`merge_update` — the same, with only our elements, merged at delivery;
+    * :meth:`create_or_merge` — a conditional create that becomes such a merge over the
+      resource its identifier finds at delivery (an earlier save of it delivered first);
     * :meth:`add` — a plain create, for resources without an identifier in R4 (Provenance,
       AuditEvent): the outbox's witness keeps them from being sent twice.
 
@@ -759,6 +872,15 @@ class TransactionBuilder:
             }
         )
         return full_url
+
+    def create_or_merge(self, resource: Resource, identifier: dict[str, str]) -> str:
+        """A :meth:`create` of a resource an earlier transaction, still undelivered or
+        delivered since, may have created with the same identifier: at delivery, our
+        elements are laid over the resource found by the identifier, with If-Match on its
+        version (see the module doc), so the later save's values are the ones kept."""
+        reference = self.create(resource, identifier)
+        self._entries[-1][_MERGE] = True
+        return reference
 
     def update(self, resource: Resource, version_id: str) -> str:
         reference = f"{resource['resourceType']}/{resource['id']}"

@@ -26,7 +26,10 @@ raised), whichever of several pending saves is delivered first. The saves of one
 take turns (:func:`_one_save_at_a_time`), so a double submit's second post finds the
 first's entry and joins it. A returning patient's chart shows, besides the server's
 children, the new children of saves still waiting in the outbox (:meth:`Triage.load_chart`),
-with their identifiers: saved again, such a child is the same RelatedPerson, not a second.
+with their identifiers: saved again, such a child is the same RelatedPerson, not a second,
+and it has the values of the later save: a new child an earlier save of the patient
+already queued is queued with ``TransactionBuilder.create_or_merge`` (laid over the child
+its identifier finds at delivery), and the outbox delivers a patient's saves in order.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
@@ -236,7 +239,8 @@ class Triage:
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
             raised = _raised(ctx, findings, flag_id, open_concern) if concern else None
             shown = _shown_children(session, ctx.session_id)
-            plan = _plan(ctx, findings, raised, now, shown)
+            queued = _queued_children(session, ctx, patient_ref)
+            plan = _plan(ctx, findings, raised, now, shown, queued)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
                 return earlier
@@ -435,11 +439,14 @@ def _plan(
     raised: _Raised | None,
     now: datetime,
     shown: Mapping[str, str],
+    queued: Set[str] = frozenset(),
 ) -> _Plan:
     """The save's transaction; its witness is the step 1 finding (always part of a save)."""
     patient_ref = _patient_ref(ctx)
     tx = TransactionBuilder()
-    child_refs, children_written = _write_children(tx, findings.step1.children, patient_ref, shown)
+    child_refs, children_written = _write_children(
+        tx, findings.step1.children, patient_ref, shown, queued
+    )
     written = [
         *children_written,
         *_write_findings(tx, ctx, findings, child_refs),
@@ -515,6 +522,7 @@ def _write_children(
     children: tuple[Child, ...],
     patient_ref: str,
     shown: Mapping[str, str],
+    queued: Set[str] = frozenset(),
 ) -> tuple[dict[str, str], list[str]]:
     """Add the children to the transaction. Returns Child.ref → the reference the findings
     use, and the references of the children written.
@@ -524,7 +532,12 @@ def _write_children(
     child is a merge update on the version the nurse saw: the outbox lays our fields over
     that version at delivery (keeping what the EHR stored besides them, leaving an
     unchanged child alone, refusing a child of another patient), so the save needs no FHIR
-    server and If-Match still refuses a lost update."""
+    server and If-Match still refuses a lost update.
+
+    A new child whose identifier an earlier save of the patient already queued (``queued``:
+    it was shown pending delivery, or saved twice from one form) is a create-or-merge: at
+    delivery it updates the child that save created, else creates it; the outbox sends
+    the patient's saves in order, so this save's values are the ones kept."""
     refs: dict[str, str] = {}
     written: list[str] = []
     for child in children:
@@ -534,7 +547,8 @@ def _write_children(
             resource = mapping.child_related_person(
                 child, patient_ref=patient_ref, identifier=identifier
             )
-            refs[child.ref] = tx.create(resource, identifier)
+            write = tx.create_or_merge if identifier["value"] in queued else tx.create
+            refs[child.ref] = write(resource, identifier)
             written.append(refs[child.ref])
         elif shown.get(child.ref) == _fingerprint(child):
             refs[child.ref] = _unversioned(child.ref)
@@ -609,6 +623,25 @@ def _created_child(entry: Resource, patient_ref: str) -> Child | None:
     if len(found) != 1 or child is None:
         return None
     return replace(child, ref=f"urn:uuid:{found.pop()}")
+
+
+def _queued_children(session: Session, ctx: LaunchInfo, patient_ref: str) -> set[str]:
+    """The identifiers of the new children this patient's earlier saves (same hospital and
+    FHIR server) queued, in any state: one shown pending may have been delivered since."""
+    bundles = session.scalars(
+        select(OutboxEntry.bundle).where(
+            OutboxEntry.tenant_id == ctx.tenant.id,
+            OutboxEntry.fhir_base_url == ctx.fhir_base_url,
+            OutboxEntry.patient_ref == patient_ref,
+            OutboxEntry.kind == "triage",
+        )
+    )
+    return _child_identifiers(
+        entry["resource"]
+        for bundle in bundles
+        for entry in (bundle or {}).get("entry", [])
+        if _created_child(entry, patient_ref) is not None
+    )
 
 
 def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:

@@ -12,13 +12,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer, free_port
 from service import audit
@@ -347,6 +347,61 @@ def _single_update(resource: dict[str, Any], seen: dict[str, Any]) -> dict[str, 
     return tx.bundle()
 
 
+def _due_at(database: Database, entry_id: int, at: datetime) -> None:
+    with database.session() as db:
+        db.execute(update(OutboxEntry).where(OutboxEntry.id == entry_id).values(next_attempt_at=at))
+
+
+def test_a_patients_saves_are_delivered_in_order_and_a_failed_one_holds_back_nothing(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """One patient's entries reach the server in save order: a later one is not claimed
+    while an earlier one is still pending (the saving request leaves it to the worker),
+    whichever comes due first. A failed entry needs a person: it holds back neither its
+    own patient's later saves nor anyone else's, and another patient's pending entry, or
+    a read's AuditEvent, is not held back by this patient's."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    base_url = fhir_server.base_url
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+    bad = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "NoSuchType"},
+                "request": {"method": "POST", "url": "NoSuchType"},
+            }
+        ],
+    }
+    a, b = f"Patient/{uuid.uuid4()}", f"Patient/{uuid.uuid4()}"
+    a_refused = _enqueue(database, tenant, base_url, bad, patient=a)
+    b_first, b_later = (
+        _enqueue(database, tenant, base_url, _single_create(_person(str(uuid.uuid4()))), patient=b)
+        for _ in range(2)
+    )
+    a_later = _enqueue(
+        database, tenant, base_url, _single_create(_person(str(uuid.uuid4()))), patient=a
+    )
+    b_read = _queue_read(database, tenant, base_url, "s1", b)
+    assert outbox.deliver(a_refused) is DeliveryState.FAILED
+    _due_at(database, b_first, clock.now + timedelta(minutes=5))  # waits for a retry
+    _due_at(database, b_later, clock.now - timedelta(minutes=1))  # due first
+
+    assert outbox.deliver(b_later) is DeliveryState.PENDING  # its turn comes after b_first
+    delivered = [(d.entry_id, d.state) for d in outbox.run_once()]
+    assert sorted(delivered) == sorted(
+        [(a_later, DeliveryState.DELIVERED), (b_read, DeliveryState.DELIVERED)]
+    )
+    assert outbox.state_of(a_refused) is DeliveryState.FAILED  # for a person to look at
+
+    clock.advance(600)
+    assert [(d.entry_id, d.state) for d in outbox.run_once()] == [
+        (b_first, DeliveryState.DELIVERED),
+        (b_later, DeliveryState.DELIVERED),
+    ]
+
+
 def test_without_authorisation_an_entry_waits_for_the_next_launch_for_the_patient(
     database: Database, fhir_server: FhirServer
 ) -> None:
@@ -500,7 +555,11 @@ def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
         tx.create(_person(marker), {"system": SYSTEM, "value": marker})
         tx.add(_person(plain))
         witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
-        ids.append(_enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness))
+        patient = f"Patient/{uuid.uuid4()}"  # one patient's entries would wait for each other
+        base_url = fhir_server.base_url
+        ids.append(
+            _enqueue(database, tenant, base_url, tx.bundle(), witness=witness, patient=patient)
+        )
     clock = Clock()
     other = make_outbox(database, clock)
     calls: list[str] = []

@@ -793,7 +793,12 @@ def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
     for thread in threads:
         thread.join(timeout=60)
 
-    assert [r.status for r in results] == ["delivered", "delivered"]
+    # the later entry waits for the earlier one when that is still being delivered: the
+    # patient's saves reach the server in save order (the worker then delivers it)
+    assert {r.status for r in results} <= {"delivered", "pending"}
+    world.clock.advance(120)
+    world.outbox.run_once()
+    assert {world.outbox.state_of(r.outbox_id) for r in results} == {DeliveryState.DELIVERED}
     with world.database.session() as session:
         (concern,) = session.scalars(select(Concern)).all()  # one open concern, not two
     flag_identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
@@ -973,8 +978,9 @@ def test_fault_two_pending_concern_saves_keep_the_flag_start_of_the_first(
 ) -> None:
     """Two niet-pluis saves for one patient while the FHIR server is stopped: one open
     concern, one Flag. The worker delivers entries as they come due (a jittered backoff,
-    longer for the entry that failed more often), here the later save first. The Flag
-    still starts when the concern was first raised, by whom it was raised."""
+    longer for the entry that failed more often), but one patient's saves in save order:
+    the later save's own delivery leaves it to the worker, after the first. The Flag
+    starts when the concern was first raised, by whom it was raised."""
     server = _OwnServer.start(tmp_path)
     world = _world(database, server.base_url)
     patient = server.seeded.patient("jan-janssens")
@@ -985,19 +991,78 @@ def test_fault_two_pending_concern_saves_keep_the_flag_start_of_the_first(
         ctx = world.launch(patient.id, patient.arrived_encounter_id, nurse)
         findings = _earlier(_niet_pluis(ctx, (lotte,)), minutes)
         saves.append((findings, world.triage.record_triage(ctx, findings)))
-    (first, _), (_, second) = saves
+    (first_findings, first), (_, second) = saves
     assert [r.status for _, r in saves] == ["pending", "pending"]
     with world.database.session() as session:
         (concern,) = session.scalars(select(Concern)).all()
     identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
 
     with server.restart() as again:
-        assert world.outbox.deliver(second.outbox_id) is DeliveryState.DELIVERED
+        assert world.outbox.deliver(second.outbox_id) is DeliveryState.PENDING  # not its turn
         world.clock.advance(120)
-        assert [d.state for d in world.outbox.run_once()] == [DeliveryState.DELIVERED]
+        assert [(d.entry_id, d.state) for d in world.outbox.run_once()] == [
+            (first.outbox_id, DeliveryState.DELIVERED),
+            (second.outbox_id, DeliveryState.DELIVERED),
+        ]
         (flag,) = search(again.base_url, "Flag", identifier=identifier)
 
-    assert first.step2 is not None
-    assert datetime.fromisoformat(flag["period"]["start"]) == first.step2.recorded_at
+    assert first_findings.step2 is not None
+    assert datetime.fromisoformat(flag["period"]["start"]) == first_findings.step2.recorded_at
     assert flag["author"]["reference"] == "Practitioner/nurse-1"
     assert validate(flag) == []
+
+
+def _due(database: Database, entry_id: int, minutes: int) -> None:
+    """Make an entry due ``minutes`` from now (a retry's backoff), or ago."""
+    at = utcnow() + timedelta(minutes=minutes)
+    with database.session() as session:
+        session.execute(
+            update(OutboxEntry).where(OutboxEntry.id == entry_id).values(next_attempt_at=at)
+        )
+
+
+@pytest.mark.parametrize("due_first", ["earlier save", "later save"])
+def test_fault_a_pending_child_corrected_and_saved_again_keeps_the_correction(
+    database: Database, tmp_path: Path, due_first: str
+) -> None:
+    """A new child saved while the FHIR server is stopped; the page opened again shows it
+    from the outbox (the chart cannot be read), the nurse corrects its birth date and saves
+    again: a second entry for the same identifier. Whichever entry comes due first (the
+    later save's, here, while the earlier one waits for its retry), the patient's saves
+    reach the server in save order, and the second lays the correction over the child the
+    first created (it used to be a conditional create too, a no-op: the correction lost).
+    One RelatedPerson, with the corrected birth date, valid."""
+    server = _OwnServer.start(tmp_path)
+    world = _world(database, server.base_url)
+    patient = server.seeded.patient("an-peeters")
+    nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    typo = _child("Lotte Peeters", 4)
+    server.stop()
+    first = world.triage.record_triage(nurse, _no_concern(nurse, (typo,)))
+    (shown,) = world.triage.pending_children(nurse)  # the page, when the chart is unreadable
+    corrected = replace(shown, birth_date=typo.birth_date - timedelta(days=400))
+    second = world.triage.record_triage(nurse, _no_concern(nurse, (corrected,)))
+    assert (first.status, second.status) == ("pending", "pending")
+    assert shown.ref == typo.ref
+    in_order = [first.outbox_id, second.outbox_id]
+    _due(database, second.outbox_id, -1)
+    _due(database, first.outbox_id, -2 if due_first == "earlier save" else 5)
+    identifier = f"{terminology.identifier_system('child')}|{typo.ref.removeprefix('urn:uuid:')}"
+
+    with server.restart() as again:
+        delivered = [(d.entry_id, d.state) for d in world.outbox.run_once()]
+        world.clock.advance(600)
+        delivered += [(d.entry_id, d.state) for d in world.outbox.run_once()]
+        persons = search(again.base_url, "RelatedPerson", identifier=identifier)
+        chart = world.triage.load_chart(nurse).children
+        written = _written(world, second.outbox_id)
+
+    assert delivered == [(i, DeliveryState.DELIVERED) for i in in_order]
+    (person,) = persons
+    assert person["birthDate"] == corrected.birth_date.isoformat()
+    assert validate(person) == []
+    assert [(c.name, c.birth_date) for c in chart] == [(typo.name, corrected.birth_date)]
+    for resource in written:  # the second save's findings name the child the first created
+        assert validate(resource) == [], resource["resourceType"]
+    step1 = next(r for r in written if r["resourceType"] == "Observation")
+    assert f"RelatedPerson/{person['id']}" in str(step1)
