@@ -27,7 +27,7 @@ from service.audit import AuditAction, AuditFact, Channel
 from service.db import migrate
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
-from service.fhir.client import FhirClient
+from service.fhir.client import FhirClient, Resource
 from service.outbox import (
     HELD_FOR_SAVER,
     DeliveryState,
@@ -243,11 +243,9 @@ def test_an_entry_its_saving_request_delivers_is_left_to_it_by_the_worker(
     ]
 
 
-def test_a_rejected_entry_is_failed_logged_and_not_retried(
-    database: Database, fhir_server: FhirServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    tenant = make_tenant(database, "a", fhir_server.base_url)
-    bad = {
+def _bundle_the_server_rejects() -> Resource:
+    """A transaction no FHIR server takes (an unknown resource type): a 4xx, ``failed``."""
+    return {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
@@ -257,6 +255,13 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
             }
         ],
     }
+
+
+def test_a_rejected_entry_is_failed_logged_and_not_retried(
+    database: Database, fhir_server: FhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    bad = _bundle_the_server_rejects()
     entry_id = _enqueue(database, tenant, fhir_server.base_url, bad)
     clock = Clock()
     outbox = make_outbox(database, clock)
@@ -364,16 +369,7 @@ def test_a_patients_saves_are_delivered_in_order_and_a_failed_one_holds_back_not
     base_url = fhir_server.base_url
     clock = Clock()
     outbox = make_outbox(database, clock)
-    bad = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "resource": {"resourceType": "NoSuchType"},
-                "request": {"method": "POST", "url": "NoSuchType"},
-            }
-        ],
-    }
+    bad = _bundle_the_server_rejects()
     a, b = f"Patient/{uuid.uuid4()}", f"Patient/{uuid.uuid4()}"
     a_refused = _enqueue(database, tenant, base_url, bad, patient=a)
     b_first, b_later = (

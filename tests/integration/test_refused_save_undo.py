@@ -35,23 +35,26 @@ def _save(database: Database, tenant: TenantContext) -> int:
         return enqueue(session, tenant.id, new).id
 
 
+def _concern(tenant: TenantContext, flag: str, last_step: str, status: str) -> Concern:
+    return Concern(
+        tenant_id=tenant.id,
+        fhir_base_url=FHIR,
+        patient_ref=PATIENT,
+        flag_identifier=flag,
+        flagged_at=utcnow(),
+        flagged_by="Practitioner/nurse-1",
+        triggers=[],
+        children_birth_dates=[],
+        last_step=last_step,
+        status=status,
+    )
+
+
 def _closed_by(database: Database, tenant: TenantContext, outbox_id: int) -> int:
     """The case as a closing left it on the worklist (before the FHIR server answered)."""
     with database.session() as session:
-        row = Concern(
-            tenant_id=tenant.id,
-            fhir_base_url=FHIR,
-            patient_ref=PATIENT,
-            flag_identifier="flag-1",
-            flagged_at=utcnow(),
-            flagged_by="Practitioner/nurse-1",
-            triggers=[],
-            children_birth_dates=[],
-            last_step="step-4",
-            status="closed",
-            outbox_id=outbox_id,
-            before_save=BEFORE_CLOSING,
-        )
+        row = _concern(tenant, "flag-1", "step-4", "closed")
+        row.outbox_id, row.before_save = outbox_id, BEFORE_CLOSING
         session.add(row)
         session.flush()
         return row.id
@@ -109,21 +112,8 @@ def test_a_refused_closing_stays_closed_when_the_patient_has_another_open_concer
     hospital = make_tenant(database, "default", FHIR)
     closing = _save(database, hospital)
     case_id = _closed_by(database, hospital, closing)
-    with database.session() as session:
-        session.add(
-            Concern(
-                tenant_id=hospital.id,
-                fhir_base_url=FHIR,
-                patient_ref=PATIENT,
-                flag_identifier="flag-2",
-                flagged_at=utcnow(),
-                flagged_by="Practitioner/nurse-2",
-                triggers=[],
-                children_birth_dates=[],
-                last_step="step-2",
-                status="open",
-            )
-        )
+    with database.session() as session:  # a later triage raised a new concern
+        session.add(_concern(hospital, "flag-2", "step-2", "open"))
 
     with caplog.at_level(logging.WARNING), database.session() as session:
         undo_refused_save(session, closing)
