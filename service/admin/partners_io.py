@@ -158,25 +158,17 @@ def import_csv(text: str, region: str) -> PartnerSettings:
     unknown = [c for c in header if c not in CSV_COLUMNS]
     missing = [c for c in ("id", "type", "name") if c not in header]
     if unknown or missing:
-        header_row = ("row", 1)
+        wrong = [(f"unknown column '{c}'", "unknown-column", c) for c in unknown]
+        wrong += [(f"the column '{c}' is missing", "missing-column", c) for c in missing]
         raise ConfigurationError(
             [
                 Problem(
-                    f"unknown column '{c}'",
+                    message,
                     "row 1",
-                    reasons=(Reason.of("admin.problem.unknown-column", column=c),),
-                    place=header_row,
+                    reasons=(Reason.of(f"admin.problem.{code}", column=column),),
+                    place=("row", 1),
                 )
-                for c in unknown
-            ]
-            + [
-                Problem(
-                    f"the column '{c}' is missing",
-                    "row 1",
-                    reasons=(Reason.of("admin.problem.missing-column", column=c),),
-                    place=header_row,
-                )
-                for c in missing
+                for message, code, column in wrong
             ]
         )
     records = list(reader)
