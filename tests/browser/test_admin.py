@@ -110,15 +110,21 @@ def save_hooks(admin: Page, adult_age: int) -> None:
     expect(admin.locator("#saved")).to_be_visible()
 
 
-def test_bootstrap_register_test_connection_and_tune_the_hooks(
-    browser: BrowserContext, stack: Stack
-) -> None:
-    # 1. The very first set-up: a one-time token from the command line.
+def _bootstrap_token(stack: Stack) -> str:
+    """A one-time admin token from `kindreflex admin bootstrap` (which creates the hospital
+    when it does not exist yet)."""
     bootstrap = subprocess.run(
         [sys.executable, "-m", "service.cli", "admin", "bootstrap"],
         env=stack.env, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    token = bootstrap.stdout.strip()
+    return bootstrap.stdout.strip()
+
+
+def test_bootstrap_register_test_connection_and_tune_the_hooks(
+    browser: BrowserContext, stack: Stack
+) -> None:
+    # 1. The very first set-up: a one-time token from the command line.
+    token = _bootstrap_token(stack)
     admin = browser.new_page()
     admin.goto(f"{stack.app_url}/admin/login")
     assert axe.violations(admin) == []
@@ -176,10 +182,7 @@ def test_the_admin_screen_is_not_for_anonymous_visitors(
     browser: BrowserContext, stack: Stack
 ) -> None:
     # The hospital exists (bootstrap creates it), whether or not the test above ran first.
-    subprocess.run(
-        [sys.executable, "-m", "service.cli", "admin", "bootstrap"],
-        env=stack.env, capture_output=True, check=True,
-    )  # fmt: skip
+    _bootstrap_token(stack)
     page = browser.new_page()
     page.goto(f"{stack.app_url}/admin")
     expect(page).to_have_url(f"{stack.app_url}/admin/login")
@@ -196,13 +199,9 @@ def test_the_admin_screen_is_not_for_anonymous_visitors(
 def test_a_refused_configuration_is_said_at_its_field_and_the_summary_takes_the_focus(
     browser: BrowserContext, stack: Stack
 ) -> None:
-    bootstrap = subprocess.run(
-        [sys.executable, "-m", "service.cli", "admin", "bootstrap"],
-        env=stack.env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
     admin = browser.new_page()
     admin.goto(f"{stack.app_url}/admin/login")
-    admin.fill("#token", bootstrap.stdout.strip())
+    admin.fill("#token", _bootstrap_token(stack))
     admin.click("#sign-in")
     admin.fill("#yaml", "name: [AZ")
     admin.click("#import-config")
