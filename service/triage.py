@@ -80,6 +80,8 @@ IMMEDIATE_TIMEOUT_SECONDS = 3.0
 #: How often a save is tried when the patient's concern changes under it (see
 #: :meth:`Triage._commit_retrying`).
 _COMMIT_ATTEMPTS = 3
+#: The outbox kind of the triage saves.
+KIND = "triage"
 #: Outbox entries that will still be delivered: their new children are shown pending.
 _UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
 
@@ -239,7 +241,9 @@ class Triage:
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
             raised = _raised(ctx, findings, flag_id, open_concern) if concern else None
             shown = _shown_children(session, ctx.session_id)
-            queued = _queued_children(session, ctx, patient_ref)
+            # only a new child can have been queued by an earlier save
+            new = any(_parse_versioned(c.ref) is None for c in findings.step1.children)
+            queued = set(_queued_children(session, ctx)) if new else set()
             plan = _plan(ctx, findings, raised, now, shown, queued)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
@@ -248,7 +252,7 @@ class Triage:
                 session,
                 ctx.tenant.id,
                 NewEntry(
-                    kind="triage",
+                    kind=KIND,
                     registration_id=ctx.registration_id,
                     fhir_base_url=ctx.fhir_base_url,
                     session_id=ctx.session_id,
@@ -297,25 +301,9 @@ class Triage:
         that still wait in the outbox, as the latest of them recorded each; ``ref`` is the
         ``urn:uuid:`` of the child's identifier, so saving the child again reuses it (a
         conditional create: one RelatedPerson). Also shown when the server cannot be read."""
-        patient_ref = _patient_ref(ctx)
         with self._database.session() as session:
-            bundles = session.scalars(
-                select(OutboxEntry.bundle)
-                .where(
-                    OutboxEntry.tenant_id == ctx.tenant.id,
-                    OutboxEntry.fhir_base_url == ctx.fhir_base_url,
-                    OutboxEntry.patient_ref == patient_ref,
-                    OutboxEntry.state.in_(_UNDELIVERED),
-                )
-                .order_by(OutboxEntry.id)
-            ).all()
-        children = {
-            child.ref: child
-            for bundle in bundles
-            for entry in bundle.get("entry", [])
-            if (child := _created_child(entry, patient_ref)) is not None
-        }
-        return _eldest_first(children.values())
+            queued = _queued_children(session, ctx, _UNDELIVERED)
+        return _eldest_first(queued.values())
 
     def _audit_read(
         self,
@@ -625,23 +613,28 @@ def _created_child(entry: Resource, patient_ref: str) -> Child | None:
     return replace(child, ref=f"urn:uuid:{found.pop()}")
 
 
-def _queued_children(session: Session, ctx: LaunchInfo, patient_ref: str) -> set[str]:
-    """The identifiers of the new children this patient's earlier saves (same hospital and
-    FHIR server) queued, in any state: one shown pending may have been delivered since."""
-    bundles = session.scalars(
-        select(OutboxEntry.bundle).where(
-            OutboxEntry.tenant_id == ctx.tenant.id,
-            OutboxEntry.fhir_base_url == ctx.fhir_base_url,
-            OutboxEntry.patient_ref == patient_ref,
-            OutboxEntry.kind == "triage",
-        )
+def _queued_children(
+    session: Session, ctx: LaunchInfo, states: Sequence[DeliveryState] | None = None
+) -> dict[str, Child]:
+    """The new children the patient's triage saves (same hospital and FHIR server) queued,
+    in ``states`` (None: any, as one shown pending may have been delivered since), by their
+    identifier; of a child queued twice, the later save's. ``ref`` is the ``urn:uuid:`` of
+    the identifier."""
+    patient_ref = _patient_ref(ctx)
+    query = select(OutboxEntry.bundle).where(
+        OutboxEntry.tenant_id == ctx.tenant.id,
+        OutboxEntry.fhir_base_url == ctx.fhir_base_url,
+        OutboxEntry.patient_ref == patient_ref,
+        OutboxEntry.kind == KIND,
     )
-    return _child_identifiers(
-        entry["resource"]
-        for bundle in bundles
-        for entry in (bundle or {}).get("entry", [])
-        if _created_child(entry, patient_ref) is not None
-    )
+    if states is not None:
+        query = query.where(OutboxEntry.state.in_(states))
+    return {
+        _child_uuid(child.ref): child
+        for bundle in session.scalars(query.order_by(OutboxEntry.id))
+        for entry in (bundle or {}).get("entry", [])  # a purged payload is empty
+        if (child := _created_child(entry, patient_ref)) is not None
+    }
 
 
 def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:

@@ -196,6 +196,7 @@ class OutboxEntry(TenantScoped, Base):
     __table_args__ = (
         Index("ix_outbox_entries_due", "state", "next_attempt_at"),
         Index("ix_outbox_entries_witness", "tenant_id", "witness"),
+        Index("ix_outbox_entries_patient", "tenant_id", "patient_ref"),  # one patient's saves
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
