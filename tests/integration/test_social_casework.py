@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -19,20 +21,33 @@ from sandbox.seed import SeedResult, seed
 from service.casework import (
     CaseRecord,
     Casework,
+    FhirChangedConflict,
     Referral,
+    StepResult,
     load_case_record,
     referred_facilities,
     step_transaction,
 )
 from service.db.base import Database, utcnow
-from service.db.models import Concern
+from service.db.models import AuditRecord, Concern, OutboxEntry
 from service.fhir import terminology
-from service.fhir.client import FhirClient
+from service.fhir.client import FhirClient, FhirUnavailable
 from service.outbox import DeliveryState, NewEntry, Outbox, enqueue
 from service.partners import load_default_directory
-from service.protocol import Step
-from service.social import Step4Input, Step6Input
-from service.triage import Triage
+from service.protocol import (
+    CaseClosure,
+    Child,
+    ChildRelationship,
+    CloseReason,
+    HagueTrigger,
+    LivesWith,
+    SafetyAssessment,
+    Step,
+    Step1Finding,
+    Step2Finding,
+)
+from service.social import CaseFilter, Step4Input, Step6Input, list_cases
+from service.triage import Triage, TriageInput
 from smart_app.session import AppUser, LaunchContext, Role
 from tests.support.casework import patient_at_triage
 from tests.support.validator import validate
@@ -214,11 +229,6 @@ def test_a_step_or_a_closing_whose_answer_was_lost_is_delivered_not_a_conflict(
     save shown as a conflict ("someone else changed this case, redo your input") and
     audited as a failure although it was recorded. The lost answer is the one fault mocked:
     each transaction is sent for real, then FhirUnavailable is raised."""
-    from service.casework import StepResult
-    from service.db.models import AuditRecord
-    from service.fhir.client import FhirUnavailable
-    from service.protocol import CaseClosure, CloseReason
-
     base_url = fhir_server.base_url
     patient_id, clock, outbox, case, casework, social_worker = _triaged_case(database, base_url)
     sent = FhirClient.transaction
@@ -303,20 +313,7 @@ def _triaged_case(database: Database, base_url: str) -> _TriagedCase:
     )
 
 
-def _niet_pluis(nurse: str) -> Any:
-    from datetime import date, timedelta
-
-    from service.protocol import (
-        Child,
-        ChildRelationship,
-        HagueTrigger,
-        LivesWith,
-        SafetyAssessment,
-        Step1Finding,
-        Step2Finding,
-    )
-    from service.triage import TriageInput
-
+def _niet_pluis(nurse: str) -> TriageInput:
     at = utcnow() - timedelta(minutes=2)
     child = Child(
         f"urn:uuid:{uuid.uuid4()}",
@@ -347,11 +344,6 @@ def test_a_closing_the_fhir_server_refuses_leaves_the_case_open_to_close_again(
     active but the case was closed on the worklist: hidden from the open cases, and the
     social worker, told to redo the closing, was refused ("this case is closed"). The
     change on the server is made for real, by a hook just before our transaction."""
-    import httpx
-
-    from service.casework import FhirChangedConflict
-    from service.protocol import CaseClosure, CloseReason
-
     base_url = fhir_server.base_url
     patient_id, _, _, case, casework, social_worker = _triaged_case(database, base_url)
     step = Step4Input.model_validate(
@@ -399,11 +391,6 @@ def test_a_closing_the_fhir_server_refuses_to_the_worker_leaves_the_case_open_to
     the worklist while its Flag stayed active, and redoing the closing was refused ("this
     case is closed"). The server is stopped for real, between the closing's reading of the
     case and its delivery."""
-    import httpx
-
-    from service.protocol import CaseClosure, CloseReason
-    from service.social import CaseFilter, list_cases
-
     data_dir, port = tmp_path / "fhir-data", free_port()
     with FhirServer(port=port, data_dir=data_dir) as server:
         base_url = server.base_url
@@ -464,8 +451,6 @@ def test_a_closing_the_fhir_server_refuses_to_the_worker_leaves_the_case_open_to
 
 def _flag_id(outbox_id: int, database: Database) -> str:
     """The id of the Flag an outbox entry updates."""
-    from service.db.models import OutboxEntry
-
     with database.session() as session:
         entry = session.get(OutboxEntry, outbox_id)
         assert entry is not None
@@ -490,8 +475,6 @@ def test_a_step_keeps_the_tags_and_security_labels_the_ehr_put_on_the_flag(
     """The EHR labelled the concern Flag (a tag, a security label). The social service's
     update of the Flag (steps 4-6, closing) replaced its whole ``meta`` with the mapping's
     (only our profile), so the labels were gone after the team decision."""
-    import httpx
-
     base_url = fhir_server.base_url
     patient_id, _, _, case, casework, social_worker = _triaged_case(database, base_url)
     with FhirClient(base_url, lambda: "loopback", 10.0) as client:
