@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from service import audit, social
 from service.api.deps import DatabaseDep
@@ -215,6 +215,15 @@ class WorklistQuery(ListingQuery):
     """The screen's: a social worker opening the worklist sees acute danger first."""
 
     sort: CaseSort = "acute-first"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: Any) -> Any:
+        """The filter form sends a number field left empty as ``older_than_days=``: no filter
+        (the API keeps refusing it)."""
+        if isinstance(data, Mapping):
+            return {name: value for name, value in data.items() if value != ""}
+        return data
 
 
 @router.get("/api/cases", summary="The hospital's Kindreflex cases, filtered, sorted, paginated")
