@@ -155,6 +155,12 @@ def _one(values: Mapping[str, list[str]], name: str) -> str | None:
     return found or None
 
 
+def _yes_no(values: Mapping[str, list[str]], name: str) -> bool | None:
+    """A yes/no question; unanswered is None, which the API refuses next to the question
+    (a silent "no" would record an answer nobody gave)."""
+    return {"yes": True, "no": False}.get(_one(values, name) or "")
+
+
 def _lines(values: Mapping[str, list[str]], name: str) -> list[str]:
     return [line.strip() for line in (_one(values, name) or "").splitlines() if line.strip()]
 
@@ -214,8 +220,8 @@ def step6_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
         contact = {"on": on, "person": person, "channel": channel}
     return {
         "partner_id": _one(values, "partner_id") or "",
-        "with_cooperation": _one(values, "cooperation") == "yes",
-        "patient_informed": _one(values, "informed") == "yes",
+        "with_cooperation": _yes_no(values, "cooperation"),
+        "patient_informed": _yes_no(values, "informed"),
         "not_informed_reason": _one(values, "not_informed_reason"),
         "follow_up_actions": _lines(values, "follow_up_actions"),
         "contact": contact,

@@ -1,0 +1,65 @@
+"""The case page's forms with input a hurried social worker sends (``smart_app.casefile``),
+on the real FHIR server process: an unanswered question is refused next to its field,
+never recorded as an answer, and nothing is written."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sandbox.fhir_server import FhirServer
+from service.db.base import Database
+from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
+from tests.support.casework import SOCIAL_WORKER, save_triage
+from tests.support.sessions import make_app, signed_in
+from tests.support.write_path import (
+    fhir_server,  # noqa: F401 - the module's FHIR server fixture
+    make_tenant,
+    search,
+)
+
+
+def _case_at_step_6(
+    database_url: str, database: Database, base_url: str
+) -> tuple[TestClient, int, str, str]:
+    """A niet-pluis triage and the team's decision "concerning, unwilling": the client of a
+    signed-in social worker, the case id, the patient and the case page (step 6 offered)."""
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
+    (case_id,) = [
+        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    ]
+    page = client.get(f"/social/cases/{case_id}").text
+    assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
+    return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
+
+
+@pytest.mark.parametrize(
+    ("question", "anchor"), [("cooperation", "s6-cooperation"), ("informed", "s6-informed")]
+)
+def test_a_referral_with_a_yes_no_question_unanswered_is_refused_not_recorded_as_no(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    question: str,
+    anchor: str,
+) -> None:
+    # Before, an unanswered "with the patient's cooperation" was written to the FHIR server
+    # as "without cooperation" (and "informed" as "not informed").
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_at_step_6(database_url, database, base_url)
+    fields = {key: value for key, value in STEP_6.items() if key != question}
+
+    refused = _post(client, page, case_id, "step-6", "s6", {**fields, "contact_on": "2026-01-02"})
+
+    assert refused.status_code == 422
+    assert f'href="#{anchor}"' in _error_summary(refused.text, "s6")
+    assert f'id="{anchor}-error"' in refused.text
+    assert "Tell the CLB who takes the next step." in refused.text  # the input is kept
+    assert search(base_url, "ServiceRequest", subject=patient) == []
+    assert client.get("/api/cases").json()["items"][0]["last_step"] == "step-4"
