@@ -44,7 +44,10 @@ At that point it also refuses an update that would move the resource to another 
 drops an update that changes nothing. :meth:`TransactionBuilder.create_or_merge` (a child
 saved again while an earlier save of it may not be on the server yet) is a conditional
 create that, when the resource with its identifier exists at delivery, becomes the same
-merge over that resource's current version (a search, then If-Match on what it found).
+merge over that resource's current version (a search, then If-Match on what it found);
+what describes the write (its Provenance's activity, its AuditEvent's action) is queued
+both ways and sent as it turned out, create or update (``if_updating`` of
+:meth:`TransactionBuilder.add`).
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
@@ -560,13 +563,16 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
     finds (:func:`_merged_create`). Raises :class:`_Refused`."""
     entries = []
     found: dict[str, str] = {}  # fullUrl of a create → the resource it found
+    updating = False  # whether a create-or-merge became an update
     for entry in bundle["entry"]:
         if not entry.get(_MERGE):
             entries.append(entry)
             continue
         request = entry["request"]
         if request["method"] == "POST":
-            entries += _merged_create(client, entry, found)
+            merged = _merged_create(client, entry, found)
+            updating |= any(e["request"]["method"] == "PUT" for e in merged)
+            entries += merged
             continue
         version = request["ifMatch"].removeprefix('W/"').removesuffix('"')
         ours = entry["resource"]
@@ -574,7 +580,17 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
         _check_owner(seen, ours)
         if not _unchanged(seen, ours):
             entries.append({"resource": _overlay(seen, ours), "request": request})
+    entries = [_described(entry, updating) for entry in entries]
     return {**bundle, "entry": _referring(entries, found) if found else entries}
+
+
+def _described(entry: Resource, updating: bool) -> Resource:
+    """An entry added with an ``if_updating`` variant (:meth:`TransactionBuilder.add`) as
+    sent: the variant when the transaction updates a resource it was to create."""
+    if _IF_UPDATING not in entry:
+        return entry
+    sent = {key: value for key, value in entry.items() if key != _IF_UPDATING}
+    return {**sent, "resource": entry[_IF_UPDATING]} if updating else sent
 
 
 def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -> list[Resource]:
@@ -838,6 +854,7 @@ class OutboxWorker:
 
 #: Marks a bundle entry as a merge update; never sent (:func:`_merged` rebuilds the entry).
 _MERGE = "kindreflexMerge"
+_IF_UPDATING = "kindreflexIfUpdating"
 
 
 class TransactionBuilder:
@@ -899,11 +916,23 @@ class TransactionBuilder:
         self._entries[-1][_MERGE] = True
         return reference
 
-    def add(self, resource: Resource) -> str:
+    def add(self, resource: Resource, *, if_updating: Resource | None = None) -> str:
+        """A plain create. ``if_updating`` is sent instead when, at delivery, a
+        :meth:`create_or_merge` of the transaction updates the resource it found: what
+        describes the write (a Provenance's activity, an AuditEvent's action) then says
+        so, not "create"."""
         full_url = f"urn:uuid:{uuid.uuid4()}"
         request = {"method": "POST", "url": resource["resourceType"]}
-        self._entries.append({"fullUrl": full_url, "resource": resource, "request": request})
+        entry: Resource = {"fullUrl": full_url, "resource": resource, "request": request}
+        if if_updating is not None:
+            entry[_IF_UPDATING] = if_updating
+        self._entries.append(entry)
         return full_url
+
+    @property
+    def may_become_update(self) -> bool:
+        """Whether a :meth:`create_or_merge` may turn the transaction into an update."""
+        return any(e.get(_MERGE) and e["request"]["method"] == "POST" for e in self._entries)
 
     def bundle(self) -> Resource:
         return {"resourceType": "Bundle", "type": "transaction", "entry": list(self._entries)}

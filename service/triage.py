@@ -263,7 +263,7 @@ class Triage:
                     delivered_at_once=True,
                 ),
             )
-            fact = _write_fact(ctx, patient_ref, plan.written, now)
+            fact = _write_fact(ctx, patient_ref, plan.written, now, _updates(plan.written))
             audit.record_local(session, ctx.tenant.id, fact, entry.id)
             if concern:
                 _index_concern(session, ctx, findings, open_concern, flag_id, entry.id, now)
@@ -441,11 +441,14 @@ def _plan(
         *_write_flag(tx, ctx, findings, raised),
     ]
     stable = tx.stable_references()
-    author = ctx.user.fhir_user
-    tx.add(
-        mapping.provenance(targets=written, author=author, recorded=now, update=_updates(stable))
-    )
-    tx.add(audit.audit_event(_write_fact(ctx, patient_ref, stable, now), written))
+    updates = _updates(stable)
+    as_created = _description(ctx, written, stable, now, updates)
+    # a re-saved pending child may turn out, at delivery, to update the first save's child
+    as_updated: tuple[Resource | None, Resource | None] = (None, None)
+    if tx.may_become_update and not updates:
+        as_updated = _description(ctx, written, stable, now, True)
+    for resource, if_updating in zip(as_created, as_updated, strict=True):
+        tx.add(resource, if_updating=if_updating)
     witness = _finding_identifier(ctx, findings, findings.step1)
     return _Plan(
         tx.bundle(), f"Observation?identifier={witness['system']}|{witness['value']}", stable
@@ -652,10 +655,22 @@ def _child_uuid(ref: str) -> str:
     return ref.removeprefix("urn:uuid:")
 
 
-def _write_fact(ctx: LaunchInfo, patient_ref: str, written: list[str], now: datetime) -> AuditFact:
+def _description(
+    ctx: LaunchInfo, written: list[str], stable: list[str], now: datetime, update: bool
+) -> tuple[Resource, Resource]:
+    """The save's Provenance and AuditEvent, naming ``written`` (the bundle's references)."""
+    author = ctx.user.fhir_user
+    provenance = mapping.provenance(targets=written, author=author, recorded=now, update=update)
+    fact = _write_fact(ctx, _patient_ref(ctx), stable, now, update)
+    return provenance, audit.audit_event(fact, written)
+
+
+def _write_fact(
+    ctx: LaunchInfo, patient_ref: str, written: list[str], now: datetime, update: bool
+) -> AuditFact:
     return AuditFact(
         actor=ctx.user.fhir_user,
-        action=AuditAction.UPDATE if _updates(written) else AuditAction.CREATE,
+        action=AuditAction.UPDATE if update else AuditAction.CREATE,
         patient_ref=patient_ref,
         entities=tuple(written),
         outcome="success",

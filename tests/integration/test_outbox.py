@@ -352,6 +352,45 @@ def _single_update(resource: dict[str, Any], seen: dict[str, Any]) -> dict[str, 
     return tx.bundle()
 
 
+def _described_save(person: dict[str, Any], marker: str) -> dict[str, Any]:
+    """A create-or-merge of ``person`` and a resource describing the write, with a variant
+    for when it turns out to update (as a save's Provenance and AuditEvent have)."""
+
+    def description(activity: str) -> dict[str, Any]:
+        identifier = [{"system": SYSTEM, "value": marker}]
+        return {"resourceType": "Basic", "identifier": identifier, "code": {"text": activity}}
+
+    tx = TransactionBuilder()
+    tx.create_or_merge(person, person["identifier"][0])
+    assert tx.may_become_update
+    tx.add(description("create"), if_updating=description("update"))
+    return tx.bundle()
+
+
+def test_a_create_or_merge_is_described_as_what_it_turned_out_to_be(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """The first delivery of a create-or-merge creates the resource: its description says
+    "create". A second one merges over the resource found: the variant saying "update" is
+    sent instead. The variants never reach the server as an extra element."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    outbox = make_outbox(database, Clock())
+    person = _person(str(uuid.uuid4()))
+    said = []
+    for name in ("First", "Corrected"):
+        marker = str(uuid.uuid4())
+        bundle = _described_save({**person, "name": [{"given": [name]}]}, marker)
+        entry_id = _enqueue(database, tenant, fhir_server.base_url, bundle)
+        assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
+        (description,) = search(fhir_server.base_url, "Basic", identifier=f"{SYSTEM}|{marker}")
+        said.append(description["code"]["text"])
+        assert "kindreflexIfUpdating" not in str(description)
+    assert said == ["create", "update"]
+    identifier = f"{SYSTEM}|{person['identifier'][0]['value']}"
+    (stored,) = search(fhir_server.base_url, "RelatedPerson", identifier=identifier)
+    assert stored["name"][0]["given"] == ["Corrected"]
+
+
 def _due_at(database: Database, entry_id: int, at: datetime) -> None:
     with database.session() as db:
         db.execute(update(OutboxEntry).where(OutboxEntry.id == entry_id).values(next_attempt_at=at))

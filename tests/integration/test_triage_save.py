@@ -1066,3 +1066,8 @@ def test_fault_a_pending_child_corrected_and_saved_again_keeps_the_correction(
         assert validate(resource) == [], resource["resourceType"]
     step1 = next(r for r in written if r["resourceType"] == "Observation")
     assert f"RelatedPerson/{person['id']}" in str(step1)
+    # the second save updated the child the first created, and says so
+    (provenance,) = (r for r in written if r["resourceType"] == "Provenance")
+    assert provenance["activity"]["coding"][0]["code"] == "UPDATE"
+    (event,) = (r for r in written if r["resourceType"] == "AuditEvent")
+    assert (event["action"], event["subtype"][0]["code"]) == ("U", "update")
