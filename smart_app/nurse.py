@@ -361,6 +361,14 @@ def _support(form: TriageForm, author: str, now: datetime) -> Step3Support | Non
     )
 
 
+def _marks_a_concern(form: TriageForm, assessment: SafetyAssessment | None) -> bool:
+    """Whether step 2 says something is wrong (niet-pluis, unclear, acute danger). Without
+    children step 2 is not recorded, so such a finding next to "no children" is refused
+    rather than dropped: the save would say "Kindreflex complete" and hand nobody over."""
+    concern = assessment is not None and assessment is not SafetyAssessment.NO_CONCERN
+    return concern or form.acute_danger
+
+
 def build_input(
     form: TriageForm, ctx: LaunchContext, now: datetime, t: Callable[..., str]
 ) -> TriageInput:
@@ -376,6 +384,8 @@ def build_input(
     assessment = _enum_value(SafetyAssessment, form.assessment)
     if has_family and assessment is None:
         errors.append(FieldError("assessment-no-concern", t("error.assessment-required")))
+    if form.no_children and not has_family and _marks_a_concern(form, assessment):
+        errors.append(FieldError("no_children", t("error.concern-without-children")))
     if errors:
         raise InvalidFormError(errors)
     author = ctx.user.fhir_user

@@ -657,6 +657,42 @@ def test_a_patient_without_children_closes_the_kindreflex(nurse_for: Any) -> Non
     assert "Doorgegeven aan de sociale dienst" not in saved.text
 
 
+@pytest.mark.parametrize(
+    "concern",
+    [
+        {"assessment": "niet-pluis", "reasons": "Kinderen van de buren vaak alleen"},
+        {"assessment": "unclear", "reasons": "Zegt niets over thuis"},
+        {"assessment": "no-concern", "acute_danger": "1"},
+    ],
+    ids=["niet-pluis", "unclear", "acute-danger"],
+)
+def test_a_concern_next_to_no_children_is_refused_not_dropped(
+    nurse_for: Any, database: Database, concern: dict[str, str]
+) -> None:
+    """Without children step 2 is not recorded: a niet-pluis feeling, an unclear situation
+    or acute danger ticked next to "no children" was silently dropped, and the save said
+    "the Kindreflex is complete" with nobody handed over. It is a contradiction to resolve."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+
+    refused = nurse.post(
+        {
+            "csrf_token": page.csrf,
+            "child-0-ref": page.child_refs()[0],
+            "no_children": "1",
+            **concern,
+        }
+    )
+
+    assert refused.status == 422
+    assert 'href="#no_children"' in refused.text
+    assert "maar duidde bij stap 2 zorgen aan" in refused.text
+    (tied,) = [f for f in refused.parsed.fields if f.get("id") == "no_children"]
+    assert "no_children-error" in tied.get("aria-describedby", "").split()
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
 def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) -> None:
     # A FHIR base on a port where nothing listens: a real connection failure.
     nurse = nurse_for("an-peeters", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
