@@ -165,18 +165,31 @@ def _lines(values: Mapping[str, list[str]], name: str) -> list[str]:
     return [line.strip() for line in (_one(values, name) or "").splitlines() if line.strip()]
 
 
-def step4_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
-    """The step 4 form as the API's body."""
-    key_persons: list[dict[str, Any]] = [
-        {"role": role} for role in values.get("key_person", []) if role != "other"
+def _ticked_or_typed(values: Mapping[str, list[str]], name: str, text_prefix: str) -> list[str]:
+    """The choices ticked under ``name``, and those whose own text field (``text_prefix`` and
+    the choice) was filled without ticking the choice: what a person wrote next to a choice
+    is not dropped."""
+    typed = [
+        key.removeprefix(text_prefix)
+        for key in values
+        if key.startswith(text_prefix) and _one(values, key)
     ]
-    if "other" in values.get("key_person", []):
-        key_persons.append({"role": "other", "text": _one(values, "key_person_other")})
+    return list(dict.fromkeys([*values.get(name, []), *typed]))
+
+
+def step4_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The step 4 form as the API's body. A factor's specifics, a child's own say or the
+    other key person typed without ticking its box count as ticked: the protocol still asks
+    for the child's consent."""
+    roles, other = values.get("key_person", []), _one(values, "key_person_other")
+    key_persons: list[dict[str, Any]] = [{"role": role} for role in roles if role != "other"]
+    if "other" in roles or other:
+        key_persons.append({"role": "other", "text": other})
     return {
         "decision": _one(values, "decision"),
         "factors": [
             {"code": code, "text": _one(values, f"factor_text_{code}")}
-            for code in values.get("factor", [])
+            for code in _ticked_or_typed(values, "factor", "factor_text_")
         ],
         "consultations": values.get("consultation", []),
         "discussed_with_patient": "discussed" in values,
@@ -187,7 +200,7 @@ def step4_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
                 "consent_given": f"child_consent_{ref}" in values,
                 "own_say": _one(values, f"child_say_{ref}"),
             }
-            for ref in values.get("child_heard", [])
+            for ref in _ticked_or_typed(values, "child_heard", "child_say_")
         ],
         "key_persons": key_persons,
         "team_members": _lines(values, "team_members"),
@@ -205,7 +218,8 @@ def step5_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
         "actions": values.get("action", []),
         "services": values.get("service", []),
         "consultations": values.get("consultation", []),
-        "agreed_actions": [{"text": text, "follow_up_on": on} for text, on in rows if text],
+        # a date without its action is refused (the action's text is required), not dropped
+        "agreed_actions": [{"text": text, "follow_up_on": on} for text, on in rows if text or on],
         "next_follow_up": _one(values, "next_follow_up"),
         "note": _one(values, "note"),
     }

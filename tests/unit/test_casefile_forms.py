@@ -1,0 +1,66 @@
+"""The case page's forms as the API's bodies (``smart_app.casefile``): what a social worker
+typed next to a choice reaches the finding or is refused, never dropped."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.social import Step4Input, Step5Input
+from smart_app.casefile import step4_body, step5_body
+
+GIRL = "RelatedPerson/girl"
+
+
+def test_text_typed_next_to_an_unticked_choice_of_step_4_is_kept() -> None:
+    # Before, the specifics of a factor, a child's own say and the other key person were
+    # dropped without a word when their box was not ticked; the page said "saved".
+    body = step4_body(
+        {
+            "decision": ["concerning-willing"],
+            "factor": ["high-stress"],
+            "factor_text_high-stress": ["Cannot organise the day."],
+            "factor_text_children-left-alone": ["Often home alone after school."],
+            "factor_text_asks-for-help": [" "],
+            "child_say_" + GIRL: ["I want to stay with mum."],
+            "child_consent_" + GIRL: ["on"],
+            "key_person_other": ["neighbour"],
+        }
+    )
+
+    assert body["factors"] == [
+        {"code": "high-stress", "text": "Cannot organise the day."},
+        {"code": "children-left-alone", "text": "Often home alone after school."},
+    ]
+    assert body["children_heard"] == [
+        {"child_ref": GIRL, "consent_given": True, "own_say": "I want to stay with mum."}
+    ]
+    assert body["key_persons"] == [{"role": "other", "text": "neighbour"}]
+    step = Step4Input.model_validate(body)
+    assert [h.own_say for h in step.children_heard] == ["I want to stay with mum."]
+
+
+def test_a_ticked_choice_with_its_text_is_listed_once() -> None:
+    body = step4_body(
+        {
+            "decision": ["safe"],
+            "factor": ["high-stress"],
+            "factor_text_high-stress": ["Cannot organise the day."],
+            "child_heard": [GIRL],
+            "child_say_" + GIRL: ["Fine."],
+            "key_person": ["partner", "other"],
+            "key_person_other": ["aunt"],
+        }
+    )
+
+    assert [f["code"] for f in body["factors"]] == ["high-stress"]
+    assert [h["child_ref"] for h in body["children_heard"]] == [GIRL]
+    assert body["key_persons"] == [{"role": "partner"}, {"role": "other", "text": "aunt"}]
+
+
+def test_a_follow_up_date_without_its_agreed_action_is_refused_not_dropped() -> None:
+    body = step5_body({"progress": ["improving"], "action_on_1": ["2099-01-05"]})
+
+    with pytest.raises(ValidationError) as refused:
+        Step5Input.model_validate(body)
+    assert refused.value.errors()[0]["loc"][:2] == ("agreed_actions", 0)
