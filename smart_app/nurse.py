@@ -313,11 +313,17 @@ def _children(
     form: TriageForm, t: Callable[..., str], errors: list[FieldError], today: date
 ) -> tuple[Child, ...]:
     children: list[Child] = []
+    listed: dict[tuple[str, date], tuple[int, ChildRow]] = {}
     for index, row in enumerate(form.children):
         if row.is_blank:
             continue
         at = f"child-{index}"
         born = parse_typed_date(row.birth_date)
+        if born is not None and row.name:
+            first = listed.setdefault((_same_name(row.name), born), (index, row))
+            if first[0] != index and not (first[1].recorded and row.recorded):
+                message = t("error.duplicate-child", n=index + 1, first=first[0] + 1)
+                errors.append(FieldError(f"{at}-name", message))
         relationship = _enum_value(ChildRelationship, row.relationship)
         lives_with = _enum_value(LivesWith, row.lives_with)
         if not row.name:
@@ -334,6 +340,15 @@ def _children(
         if row.name and born and relationship and lives_with:
             children.append(Child(row.ref, row.name, born, relationship, lives_with))
     return tuple(children)
+
+
+def _same_name(name: str) -> str:
+    """A name as compared for a duplicate row: case and spacing do not make another child.
+
+    Two rows with the same name and date of birth are one child typed twice (a new row next
+    to the child already in the record): saved, the child would be in the record twice.
+    Two children both already recorded are left alone: this form cannot remove either."""
+    return " ".join(name.split()).casefold()
 
 
 def _expecting(

@@ -619,6 +619,51 @@ def test_confirming_a_returning_patients_children_creates_no_duplicates(
     assert "RelatedPerson" not in kinds
 
 
+def test_a_child_typed_twice_is_refused_at_the_second_row(
+    nurse_for: Any, database: Database
+) -> None:
+    """The same name and date of birth in a new row, next to a child on the page (typed
+    before, or already in the record): each row became its own RelatedPerson, the child
+    twice in the record. The second row is refused next to its name; nothing is queued."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    typed_twice = _two_children(
+        page,
+        assessment="no-concern",
+        **{"child-1-name": "  lina ", "child-1-birth_date": "3/7/2019"},
+    )
+
+    refused = nurse.post(typed_twice)
+
+    assert refused.status == 422
+    assert 'href="#child-1-name"' in refused.text
+    assert "Kind 2 staat al in de lijst als kind 1" in refused.text
+
+    returning = nurse_for("els-goossens")
+    shown = returning.page()
+    rows = {
+        f"child-{i}-{name}": shown.value(f"child-{i}-{name}")
+        for i in range(len(shown.child_refs()))
+        for name in ("ref", "name", "birth_date", "relationship", "lives_with", "recorded")
+    }
+    again = {
+        "child-2-ref": "urn:uuid:0c5f7a52-8f0e-4a43-9d59-3c2a0f3e5b11",
+        "child-2-name": rows["child-0-name"],
+        "child-2-birth_date": rows["child-0-birth_date"],
+        "child-2-relationship": "CHILD",
+        "child-2-lives_with": "permanently",
+    }
+
+    retyped = returning.post(
+        {"csrf_token": shown.csrf, **rows, **again, "assessment": "no-concern"}
+    )
+
+    assert retyped.status == 422
+    assert 'href="#child-2-name"' in retyped.text
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
 def test_an_edited_child_is_saved_during_an_outage_and_delivery_follows(
     nurse_for: Any, database: Database
 ) -> None:
