@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from functools import partial
 from typing import Any, Literal
 
@@ -478,7 +479,7 @@ def _save_step(
     except ValidationError as error:
         problem, status = _invalid(ctx, typed.form, error), 422
     except ProtocolError as error:
-        anchor = _ERROR_ANCHOR.get(error.code, typed.form)
+        anchor = _protocol_anchor(error, typed)
         message = translate(ctx.language, f"app.protocol.{error.code.value}")
         problem, status = Problem(typed.form, anchor, message), 422
     except social.CatalogueError:
@@ -513,6 +514,25 @@ def _save_step(
     if file is None:
         return _not_found(ctx)
     return _render(ctx, file, typed=typed, problems=(problem,), status=status)
+
+
+def _protocol_anchor(error: ProtocolError, typed: Typed) -> str:
+    """Where a refused move is shown. A follow-up date in the past is an agreed action's when
+    the next follow-up is not in the past: shown at the next follow-up, the message pointed
+    at a date that was right."""
+    if error.code is ErrorCode.FOLLOW_UP_IN_PAST and not _before_today(
+        typed.value("s5", "next_follow_up")
+    ):
+        return "s5-agreed-actions"
+    return _ERROR_ANCHOR.get(error.code, typed.form)
+
+
+def _before_today(day: str) -> bool:
+    """Whether a date as typed lies before the Belgian today (False: none or no date)."""
+    try:
+        return date.fromisoformat(day) < local_today()
+    except ValueError:
+        return False
 
 
 def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> Problem:

@@ -5,12 +5,14 @@ never recorded as an answer, and nothing is written."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database
+from service.local_time import local_today
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
 from tests.support.casework import SOCIAL_WORKER, save_triage
 from tests.support.sessions import make_app, signed_in
@@ -21,11 +23,11 @@ from tests.support.write_path import (
 )
 
 
-def _case_at_step_6(
-    database_url: str, database: Database, base_url: str
+def _case_after_step_4(
+    database_url: str, database: Database, base_url: str, decision: str = "concerning-unwilling"
 ) -> tuple[TestClient, int, str, str]:
-    """A niet-pluis triage and the team's decision "concerning, unwilling": the client of a
-    signed-in social worker, the case id, the patient and the case page (step 6 offered)."""
+    """A niet-pluis triage and the team's ``decision``: the client of a signed-in social
+    worker, the case id, the patient and the case page (with the next step's form)."""
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     patient = save_triage(app, tenant, base_url)
@@ -35,7 +37,8 @@ def _case_at_step_6(
         int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
     ]
     page = client.get(f"/social/cases/{case_id}").text
-    assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
+    decided = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "decision": decision})
+    assert decided.status_code == 303
     return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
 
 
@@ -52,7 +55,7 @@ def test_a_referral_with_a_yes_no_question_unanswered_is_refused_not_recorded_as
     # Before, an unanswered "with the patient's cooperation" was written to the FHIR server
     # as "without cooperation" (and "informed" as "not informed").
     base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_at_step_6(database_url, database, base_url)
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
     fields = {key: value for key, value in STEP_6.items() if key != question}
 
     refused = _post(client, page, case_id, "step-6", "s6", {**fields, "contact_on": "2026-01-02"})
@@ -63,3 +66,33 @@ def test_a_referral_with_a_yes_no_question_unanswered_is_refused_not_recorded_as
     assert "Tell the CLB who takes the next step." in refused.text  # the input is kept
     assert search(base_url, "ServiceRequest", subject=patient) == []
     assert client.get("/api/cases").json()["items"][0]["last_step"] == "step-4"
+
+
+def test_an_agreed_actions_date_in_the_past_is_shown_at_that_action_not_at_the_next_check(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the message "a follow-up date does not lie in the past" stood at the next
+    # follow-up, whose date was right; the wrong date was an agreed action's.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(
+        database_url, database, base_url, "concerning-willing"
+    )
+    today = local_today()
+    fields = {
+        "progress": "improving",
+        "action_text_1": "The school calls when the children are absent.",
+        "action_on_1": (today - timedelta(days=1)).isoformat(),
+        "next_follow_up": (today + timedelta(days=7)).isoformat(),
+    }
+
+    refused = _post(client, page, case_id, "step-5", "s5", fields)
+
+    assert refused.status_code == 422
+    assert 'href="#s5-agreed-actions"' in _error_summary(refused.text, "s5")
+    assert 'id="s5-agreed-actions-error"' in refused.text
+    assert 'id="s5-next-follow-up-error"' not in refused.text
+    assert "The school calls when the children are absent." in refused.text
+    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
+    assert search(base_url, "Observation", subject=patient, code=step_5) == []
