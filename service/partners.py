@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from service.config_error import ConfigValueError, Loc
 from service.protocol import ReferralTarget
 
 __all__ = [
@@ -69,8 +70,27 @@ _ENTRY_FIELDS = frozenset(
 _PHONE_FIELDS = frozenset({"number", "label"})
 
 
-class PartnerDirectoryError(ValueError):
-    """The partner directory file is malformed; the message names the entry at fault."""
+class PartnerDirectoryError(ConfigValueError):
+    """The partner directory file is malformed; the message names the entry at fault, and
+    ``code``, ``params`` and ``loc`` say the same for a screen (``service.config_error``)."""
+
+    def within(self, source: str) -> PartnerDirectoryError:
+        """The same error, its message prefixed with the file (or document) it is in."""
+        return PartnerDirectoryError(f"{source}: {self}", self.code, self.loc, **self.params)
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a rule is broken: in the English message's words (``entry 2 ('vk-gent')``)
+    and as a path into the directory (``("entries", 1)``) that a screen shows as is."""
+
+    words: str
+    loc: Loc = ()
+
+    def error(
+        self, what: str, code: str, *path: str | int, **params: object
+    ) -> PartnerDirectoryError:
+        return PartnerDirectoryError(f"{self.words}: {what}", code, self.loc + path, **params)
 
 
 @dataclass(frozen=True)
@@ -124,79 +144,101 @@ class PartnerDirectory:
         return frozenset(p.type for p in self.partners)
 
 
-def _text(entry: Mapping[str, object], field: str, where: str) -> str | None:
+def _text(entry: Mapping[str, object], field: str, at: _At) -> str | None:
     """An optional text field: None when absent, else stripped non-empty text."""
     value = entry.get(field)
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise PartnerDirectoryError(f"{where}: '{field}' must be non-empty text")
+        raise at.error(f"'{field}' must be non-empty text", "empty-text", field)
     return value.strip()
 
 
-def _required_text(entry: Mapping[str, object], field: str, where: str) -> str:
-    value = _text(entry, field, where)
+def _required_text(entry: Mapping[str, object], field: str, at: _At) -> str:
+    value = _text(entry, field, at)
     if value is None:
-        raise PartnerDirectoryError(f"{where}: '{field}' is missing")
+        raise at.error(f"'{field}' is missing", "missing", field)
     return value
 
 
-def _phones(value: object, where: str) -> tuple[Phone, ...]:
+def _unknown(fields: set[str]) -> str:
+    return ", ".join(sorted(fields))
+
+
+def _phones(value: object, where: _At) -> tuple[Phone, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise PartnerDirectoryError(f"{where}: 'phones' must be a list")
+        raise where.error("'phones' must be a list", "phones-not-list", "phones")
     phones: list[Phone] = []
     for index, item in enumerate(value, start=1):
-        at = f"{where}, phone {index}"
+        at = _At(f"{where.words}, phone {index}", (*where.loc, "phones", index - 1))
         if not isinstance(item, dict):
-            raise PartnerDirectoryError(f"{at}: expected 'number' and optional 'label'")
+            raise at.error("expected 'number' and optional 'label'", "phone-not-mapping")
         unknown = set(item) - _PHONE_FIELDS
         if unknown:
-            raise PartnerDirectoryError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
+            fields = _unknown(unknown)
+            raise at.error(f"unknown field(s) {fields}", "unknown-fields", fields=fields)
         number = item.get("number")
         if not isinstance(number, str):
-            raise PartnerDirectoryError(
-                f"{at}: 'number' must be text such as \"09 216 73 30\" (quote it in YAML)"
+            raise at.error(
+                "'number' must be text such as \"09 216 73 30\" (quote it in YAML)",
+                "phone-not-text",
+                "number",
             )
         number = " ".join(number.split())
         digits = number.replace(" ", "")
         if not _PHONE.match(number) or len(digits) not in (9, 10):
-            raise PartnerDirectoryError(
-                f"{at}: '{number}' is not a Belgian phone number (0 and 8 or 9 more digits)"
+            raise at.error(
+                f"'{number}' is not a Belgian phone number (0 and 8 or 9 more digits)",
+                "phone-not-belgian",
+                "number",
+                value=number,
             )
         phones.append(Phone(number=number, label=_text(item, "label", at)))
     return tuple(phones)
 
 
 def _partner(raw: object, index: int, default_region: str) -> Partner:
-    where = f"entry {index}"
+    where = _At(f"entry {index}", ("entries", index - 1))
     if not isinstance(raw, dict):
-        raise PartnerDirectoryError(f"{where}: expected a mapping with id, type and name")
+        raise where.error("expected a mapping with id, type and name", "partner-not-mapping")
     raw_id = raw.get("id")
     if isinstance(raw_id, str):
-        where = f"entry {index} ('{raw_id}')"
+        where = _At(f"entry {index} ('{raw_id}')", where.loc)
     unknown = set(raw) - _ENTRY_FIELDS
     if unknown:
-        raise PartnerDirectoryError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        fields = _unknown(unknown)
+        raise where.error(f"unknown field(s) {fields}", "unknown-fields", fields=fields)
     partner_id = _required_text(raw, "id", where)
     if not _ID.match(partner_id):
-        raise PartnerDirectoryError(f"{where}: id must be lower-case letters, digits and hyphens")
+        raise where.error(
+            "id must be lower-case letters, digits and hyphens",
+            "partner-id",
+            "id",
+            value=partner_id,
+        )
     raw_type = _required_text(raw, "type", where)
     try:
         partner_type = ReferralTarget(raw_type)
     except ValueError:
         known = ", ".join(t.value for t in ReferralTarget)
-        raise PartnerDirectoryError(
-            f"{where}: unknown type '{raw_type}'; expected one of {known}"
+        raise where.error(
+            f"unknown type '{raw_type}'; expected one of {known}",
+            "not-allowed",
+            "type",
+            value=raw_type,
+            limit=known,
         ) from None
     name = _required_text(raw, "name", where)
     website = _text(raw, "website", where)
     if website is not None and not website.startswith(("https://", "http://")):
-        raise PartnerDirectoryError(f"{where}: website must start with https:// or http://")
+        raise where.error(
+            "website must start with https:// or http://", "website", "website", value=website
+        )
     email = _text(raw, "email", where)
     if email is not None and "@" not in email:
-        raise PartnerDirectoryError(f"{where}: '{email}' is not an e-mail address")
+        raise where.error(f"'{email}' is not an e-mail address", "email", "email", value=email)
     return Partner(
         id=partner_id,
         type=partner_type,
@@ -215,22 +257,30 @@ def parse_directory(data: object, *, source: str = "partner directory") -> Partn
     """Validate already-parsed YAML/JSON data into a :class:`PartnerDirectory`."""
     try:
         if not isinstance(data, dict):
-            raise PartnerDirectoryError("expected a mapping with 'region' and 'entries'")
+            raise PartnerDirectoryError(
+                "expected a mapping with 'region' and 'entries'", "directory-not-mapping"
+            )
         unknown = set(data) - {"region", "entries"}
         if unknown:
-            raise PartnerDirectoryError(f"unknown top-level field(s) {', '.join(sorted(unknown))}")
-        region = _required_text(data, "region", "the file")
+            fields = _unknown(unknown)
+            raise PartnerDirectoryError(
+                f"unknown top-level field(s) {fields}", "unknown-fields", fields=fields
+            )
+        region = _required_text(data, "region", _At("the file"))
         entries = data.get("entries")
         if not isinstance(entries, list) or not entries:
-            raise PartnerDirectoryError("'entries' must be a non-empty list")
+            raise PartnerDirectoryError(
+                "'entries' must be a non-empty list", "no-entries", ("entries",)
+            )
         partners = tuple(_partner(raw, i, region) for i, raw in enumerate(entries, start=1))
         seen: set[str] = set()
         for index, partner in enumerate(partners, start=1):
             if partner.id in seen:
-                raise PartnerDirectoryError(f"entry {index} ('{partner.id}'): the id is used twice")
+                at = _At(f"entry {index} ('{partner.id}')", ("entries", index - 1))
+                raise at.error("the id is used twice", "id-twice", "id", id=partner.id)
             seen.add(partner.id)
     except PartnerDirectoryError as error:
-        raise PartnerDirectoryError(f"{source}: {error}") from None
+        raise error.within(source) from None
     return PartnerDirectory(region=region, partners=partners)
 
 
@@ -240,7 +290,9 @@ def load_directory(path: Path | str) -> PartnerDirectory:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise PartnerDirectoryError(f"{path}: not valid YAML: {error}") from None
+        raise PartnerDirectoryError(
+            f"{path}: not valid YAML: {error}", "yaml-syntax", detail=error
+        ) from None
     return parse_directory(data, source=str(path))
 
 

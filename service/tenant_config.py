@@ -25,10 +25,10 @@ from pydantic import (
     model_validator,
 )
 
+from service.config_error import ConfigValueError
 from service.fhir import terminology
 from service.partners import (
     PartnerDirectory,
-    PartnerDirectoryError,
     load_default_directory,
     parse_directory,
 )
@@ -79,7 +79,7 @@ class Strict(BaseModel):
 
 
 def jwk_set(document: object) -> jwt.PyJWKSet:
-    """The usable keys of a JWK Set (RFC 7517 section 5); ValueError says what is wrong.
+    """The usable keys of a JWK Set (RFC 7517 section 5); ConfigValueError says what is wrong.
 
     As the RFC asks, a member that is not an RSA or EC key with string members is ignored,
     and so is a key PyJWT cannot build; only a set with no usable key is refused. The
@@ -88,12 +88,16 @@ def jwk_set(document: object) -> jwt.PyJWKSet:
     (a configured set might hold private material by mistake).
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError('a JWK Set is a JSON object whose "keys" is a list of JWKs')
+        raise ConfigValueError(
+            'a JWK Set is a JSON object whose "keys" is a list of JWKs', "jwks-not-a-set"
+        )
     keys = [key for key in document["keys"] if isinstance(key, dict) and _well_formed(key)]
     try:
         return jwt.PyJWKSet(keys)
     except (jwt.PyJWTError, ValueError, TypeError, AttributeError, KeyError):
-        raise ValueError("the JWK Set has no usable RSA or EC public key") from None
+        raise ConfigValueError(
+            "the JWK Set has no usable RSA or EC public key", "jwks-no-usable-key"
+        ) from None
 
 
 def _well_formed(key: dict[Any, Any]) -> bool:
@@ -209,7 +213,12 @@ class HookSettings(Strict):
         known = terminology.code_system(OVERRIDE_REASONS).codes
         unknown = [code for code in value if code not in known]
         if unknown:
-            raise ValueError(f"unknown override reason(s) {unknown}; known: {sorted(known)}")
+            raise ConfigValueError(
+                f"unknown override reason(s) {unknown}; known: {sorted(known)}",
+                "unknown-override-reasons",
+                reasons=", ".join(unknown),
+                known=", ".join(sorted(known)),
+            )
         return value
 
     @field_validator("card_wording")
@@ -223,32 +232,54 @@ class HookSettings(Strict):
                 allowed = frozenset({"reasons"}) if name.startswith("warning") else frozenset()
                 try:
                     filled = _filled(text, allowed)
-                except ValueError as error:
+                except ConfigValueError as error:
                     what = "only the placeholder {reasons}" if allowed else "no placeholder"
-                    raise ValueError(
-                        f"card_wording.{language}.{name}: {what} may be used ({error})"
+                    raise ConfigValueError(
+                        f"card_wording.{language}.{name}: {what} may be used ({error})",
+                        error.code,
+                        (language, name),
+                        **error.params,
                     ) from error
                 if name.endswith("summary") and len(filled) > 100:
-                    raise ValueError(
+                    raise ConfigValueError(
                         f"card_wording.{language}.{name}: at most 100 characters, so that the "
-                        "reasons still fit the 140 characters of a card summary"
+                        "reasons still fit the 140 characters of a card summary",
+                        "card-summary-too-long",
+                        (language, name),
+                        limit=100,
                     )
         return value
 
 
 def _filled(text: str, allowed: frozenset[str]) -> str:
-    """The wording with its ``allowed`` placeholders empty; ValueError for any other field.
+    """The wording with its ``allowed`` placeholders empty; ConfigValueError for any other
+    field, and for a text Python cannot format (a lone ``{``, ``{reasons:d}``).
 
     The fields are checked before formatting: ``{reasons.x}`` or ``{reasons[0]}`` would
     fail only for some values of ``reasons`` (or, as ``{reasons.upper}``, put a Python
     object's description on the card), and so would a field nested in the format spec.
     """
-    for _literal, field, spec, _conversion in Formatter().parse(text):
-        if field is not None and field not in allowed:
-            raise ValueError(f"unknown placeholder {{{field}}}")
-        if spec and "{" in spec:
-            raise ValueError("no placeholder may be nested in the format of {reasons}")
-    return text.format(**dict.fromkeys(allowed, ""))
+    try:
+        for _literal, field, spec, _conversion in Formatter().parse(text):
+            if field is not None and field not in allowed:
+                placeholder = f"{{{field}}}"
+                raise ConfigValueError(
+                    f"unknown placeholder {placeholder}",
+                    "card-placeholder" if allowed else "card-no-placeholder",
+                    placeholder=placeholder,
+                    allowed=", ".join(f"{{{name}}}" for name in sorted(allowed)),
+                )
+            if spec and "{" in spec:
+                raise ConfigValueError(
+                    "no placeholder may be nested in the format of {reasons}",
+                    "card-nested-placeholder",
+                    placeholder=f"{{{field}}}",
+                )
+        return text.format(**dict.fromkeys(allowed, ""))
+    except ConfigValueError:
+        raise
+    except ValueError as error:  # Python's own words, shown as data
+        raise ConfigValueError(str(error), "card-format", detail=error) from None
 
 
 # --- Partner directory and the facility's own plan (admin journey, issue 6) -------------
@@ -256,10 +287,8 @@ def _filled(text: str, allowed: frozenset[str]) -> str:
 
 @lru_cache(maxsize=32)
 def _parsed_directory(document: str) -> PartnerDirectory:
-    try:
-        return parse_directory(json.loads(document), source="partners")
-    except PartnerDirectoryError as error:
-        raise ValueError(str(error)) from None
+    """The directory; a broken rule raises PartnerDirectoryError, a ConfigValueError."""
+    return parse_directory(json.loads(document), source="partners")
 
 
 class PartnerPhone(Strict):
@@ -378,7 +407,11 @@ class PlanSettings(Strict):
             choice_set, _, code = key.partition("/")
             codes = PLAN_CHOICE_SETS.get(choice_set)
             if codes is None or code not in {c.value for c in codes}:
-                raise ValueError(f"'{key}' is not a choice of the plan (<choice set>/<code>)")
+                raise ConfigValueError(
+                    f"'{key}' is not a choice of the plan (<choice set>/<code>)",
+                    "unknown-plan-choice",
+                    key=key,
+                )
         return value
 
     def text(

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from service.config_error import ConfigValueError
 from service.tenancy import (
     SecretsUnavailableError,
     TenantContext,
@@ -166,7 +167,8 @@ def _message(issue: Any) -> str:
 
 #: pydantic's error types → the catalogue's message, and which of the error's ``ctx``
 #: values it shows (as ``limit``/``expected``); any other type says "rejected" with
-#: pydantic's (English) words as data — our own validators' reasons are such words.
+#: pydantic's (English) words as data. Our own validators' errors carry their own code
+#: (``service.config_error``).
 _ISSUE_REASONS: dict[str, tuple[str, str]] = {
     "extra_forbidden": ("unknown-field", ""),
     "missing": ("missing", ""),
@@ -194,8 +196,16 @@ _ISSUE_REASONS: dict[str, tuple[str, str]] = {
 _KIND: dict[type, str] = {dict: "{…}", list: "[…]", type(None): "null", bool: "true/false"}
 
 
-def issue_reason(issue: Any, field: str = "") -> Reason:
-    """One pydantic error as a Reason, with the value at fault (a long one shortened)."""
+def issue_reason(issue: Any, field: str | None = None) -> Reason:
+    """One pydantic error as a Reason, with the value at fault (a long one shortened).
+
+    ``field``: where inside the problem's place; None: for our own validators' errors,
+    the place they name inside the value they checked (``entries[2].website``).
+    """
+    own = issue.get("ctx", {}).get("error")
+    if isinstance(own, ConfigValueError):
+        where = _dotted(own.loc) if field is None else field
+        return Reason.of(f"admin.problem.{own.code}", where, **own.params)
     code, limit = _ISSUE_REASONS.get(issue["type"], ("rejected", ""))
     values: dict[str, object] = {}
     if limit:
@@ -205,7 +215,7 @@ def issue_reason(issue: Any, field: str = "") -> Reason:
     given = issue.get("input")
     shown = str(given) if isinstance(given, str | int | float) else _KIND.get(type(given), "")
     values["value"] = shown if len(shown) <= 80 else shown[:79] + "…"
-    return Reason.of(f"admin.problem.{code}", field, **values)
+    return Reason.of(f"admin.problem.{code}", field or "", **values)
 
 
 def _dotted(location: Sequence[int | str]) -> str:

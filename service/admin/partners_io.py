@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from service.admin.config import ConfigurationError, Problem, Reason, issue_reason
 from service.fhir import terminology
+from service.partners import PartnerDirectoryError
 from service.tenant_config import PartnerEntry, PartnerSettings
 
 CSV_COLUMNS = (
@@ -124,10 +125,17 @@ def _why(error: Exception) -> tuple[Reason, ...]:
         return (error.reason,)
     if isinstance(error, ValidationError):
         return tuple(
-            issue_reason(issue, ".".join(str(p) for p in issue["loc"]))
-            for issue in error.errors(include_url=False)
+            issue_reason(issue, _column(issue)) for issue in error.errors(include_url=False)
         )
     return (Reason.of("admin.problem.rejected", detail=_reason(error)),)
+
+
+def _column(issue: Any) -> str:
+    """Where in the row: pydantic's path in the entry, or where a rule of the directory
+    (checked on a directory of this one row) is broken inside its entry (``phones.0.number``)."""
+    own = issue.get("ctx", {}).get("error")
+    in_entry = isinstance(own, PartnerDirectoryError) and own.loc[:1] == ("entries",)
+    return ".".join(str(p) for p in (own.loc[2:] if in_entry else issue["loc"]))
 
 
 # --- CSV ------------------------------------------------------------------------------

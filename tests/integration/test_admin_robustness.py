@@ -157,7 +157,11 @@ def test_card_wording_with_another_placeholder_is_refused_by_the_api_and_the_scr
         lambda: client.post("/admin/config", headers=headers, data={"yaml": yaml_text}),
     )
     assert screen.status_code == 422
-    assert "only the placeholder {reasons} may be used" in screen.text
+    assert (
+        f"Alleen de placeholder <code>{{reasons}}</code> mag gebruikt worden, "
+        f"niet <code>{wording}</code>." in screen.text
+    )
+    assert "only the placeholder" not in screen.text
 
 
 def test_a_yaml_file_with_an_impossible_date_is_refused_with_its_line(

@@ -9,8 +9,10 @@ field; nothing is saved. The real app on SQLite and PostgreSQL, nothing mocked.
 
 from __future__ import annotations
 
+import csv
 import re
 
+import yaml
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -18,6 +20,7 @@ from service.admin import access
 from service.admin.config import export_yaml
 from service.db.base import Database
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
+from service.tenant_config import TenantConfiguration
 from tests.integration.test_admin_api import KEY, Hospital, client, gent
 
 __all__ = ["client", "gent"]  # the fixtures, shared with the admin API's tests
@@ -205,4 +208,132 @@ def test_the_api_keeps_its_english_operation_outcome(
     assert issue["expression"] == ["hooks.adult_age"]
     assert re.fullmatch(
         r"line \d+: hooks.adult_age: Input should be less than .*25", issue["diagnostics"]
+    )
+
+
+def _broken_by_our_validators(config: TenantConfiguration) -> str:
+    """The configuration as YAML, broken against the rules of our own validators (not
+    pydantic's): a card summary's placeholder, an override reason, a plan choice, an
+    issuer's JWK Set and a partner's website."""
+    document = config.model_dump(mode="json")
+    document["hooks"]["card_wording"] = {"nl": {"warning_summary": "Let op {kinderen}"}}
+    document["hooks"]["override_reasons"] = ["not-now", "geen-tijd"]
+    document["plan"]["choices"] = {"lives-with/hond": {"title": {"nl": "Hond"}}}
+    document["registrations"][0]["cds_issuers"] = [{"iss": "https://epd.example", "jwks": {}}]
+    document["partners"]["entries"][1]["website"] = "www.example.be"
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+def _messages(page: str) -> list[str]:
+    """The error summary's sentences, tags removed."""
+    summary = page[page.index('id="problems"') :]
+    summary = summary[: summary.index("</div>")]
+    return [re.sub(r"<[^>]+>", "", item) for item in re.findall(r"<li>(.*?)</li>", summary)]
+
+
+def test_our_own_validators_refusals_are_translated_on_the_screen(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    hidden = _signed_in(client, database, gent)
+    before = _stored(database)
+    broken = _broken_by_our_validators(before.config)
+
+    dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
+    assert dutch.status_code == 422
+    _assert_tied(dutch.text, "textarea", "yaml")
+    said = " | ".join(_messages(dutch.text))
+    for sentence in (
+        r"Regel \d+, registrations\[0\]\.cds_issuers\[0\]\.jwks: Een JWK Set is een "
+        r"JSON-object waarvan &#34;keys&#34; een lijst van JWK&#39;s is\.",
+        r"Regel \d+, hooks\.override_reasons: Onbekende reden\(en\) om de kaart niet te "
+        r"volgen: geen-tijd; mogelijk: already-done, .*\.",
+        r"Regel \d+, hooks\.card_wording: nl\.warning_summary: Alleen de placeholder "
+        r"\{reasons\} mag gebruikt worden, niet \{kinderen\}\.",
+        r"Regel \d+, partners: entries\[1\]\.website: www\.example\.be is geen website: die "
+        r"begint met https:// of http://\.",
+        r"Regel \d+, plan\.choices: lives-with/hond is geen keuze van het plan "
+        r"\(vorm: &lt;keuzeset&gt;/&lt;code&gt;\)\.",
+    ):
+        assert re.search(sentence, said), said
+    # the data inside the sentences are code, and none of our English words is left
+    assert "<code>{kinderen}</code>" in dutch.text
+    assert "<code>nl.warning_summary</code>" in dutch.text
+    for english in ("may be used", "unknown override", "not a choice", "must start with"):
+        assert english not in dutch.text
+    assert "JWK Set is a JSON object" not in dutch.text
+
+    french = client.post("/admin/config", data={**hidden, "yaml": broken}, headers=FRENCH)
+    assert french.status_code == 422
+    said = " | ".join(_messages(french.text))
+    for sentence in (
+        r"Ligne \d+, hooks\.card_wording : nl\.warning_summary: Seul l&#39;espace réservé "
+        r"\{reasons\} peut être utilisé, pas \{kinderen\}\.",
+        r"Ligne \d+, hooks\.override_reasons : Motif\(s\) inconnu\(s\) de ne pas suivre la "
+        r"carte : geen-tijd ; possibles : already-done, .*\.",
+        r"Ligne \d+, partners : entries\[1\]\.website: www\.example\.be n&#39;est pas un site "
+        r"web : il commence par https:// ou http://\.",
+        r"Ligne \d+, plan\.choices : lives-with/hond n&#39;est pas un choix du plan",
+    ):
+        assert re.search(sentence, said), said
+
+    after = _stored(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
+def test_a_partner_row_that_breaks_the_directorys_rules_names_its_column_in_dutch(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    hidden = _signed_in(client, database, gent)
+    lines = client.get("/admin/api/partners?format=csv").text.splitlines()
+    header = lines[0].split(",")
+    row = next(csv.reader([lines[1]]))
+    row[header.index("phones")] = "09 216 73"
+    bad = "\n".join([lines[0], ",".join(f'"{cell}"' for cell in row)]).encode()
+
+    dutch = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", bad)})
+    assert dutch.status_code == 422
+    message = _assert_tied(dutch.text, "input", "partners-file")
+    assert message == (
+        "Fout: Rij 2 van het bestand: phones.0.number: 09 216 73 is geen Belgisch "
+        "telefoonnummer (een 0 en dan 8 of 9 cijfers)."
+    )
+
+
+def test_the_api_says_our_own_validators_refusals_in_english_as_before(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The codes are for the screen; the API's OperationOutcome keeps its English words."""
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    issued = access.redeem_bootstrap_token(database, gent.id, token, "API")
+    refused = client.put(
+        "/admin/api/config.yaml",
+        content=_broken_by_our_validators(_stored(database).config).encode(),
+        headers={"Authorization": f"Bearer {issued.token}", **FRENCH},
+    )
+    assert refused.status_code == 422
+    said = {issue["expression"][0]: issue["diagnostics"] for issue in refused.json()["issue"]}
+    assert re.fullmatch(
+        r"line \d+: hooks\.card_wording: card_wording\.nl\.warning_summary: only the "
+        r"placeholder \{reasons\} may be used \(unknown placeholder \{kinderen\}\)",
+        said["hooks.card_wording"],
+    )
+    assert re.fullmatch(
+        r"line \d+: hooks\.override_reasons: unknown override reason\(s\) \['geen-tijd'\]; "
+        r"known: \[.*\]",
+        said["hooks.override_reasons"],
+    )
+    assert re.fullmatch(
+        r"line \d+: plan\.choices: 'lives-with/hond' is not a choice of the plan "
+        r"\(<choice set>/<code>\)",
+        said["plan.choices"],
+    )
+    assert re.fullmatch(
+        r"line \d+: partners: partners: entry 2 \('[a-z0-9-]+'\): website must start with "
+        r"https:// or http://",
+        said["partners"],
+    )
+    assert re.fullmatch(
+        r"line \d+: registrations\[0\]\.cds_issuers\[0\]\.jwks: a JWK Set is a JSON object "
+        r'whose "keys" is a list of JWKs',
+        said["registrations[0].cds_issuers[0].jwks"],
     )
