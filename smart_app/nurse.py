@@ -93,6 +93,12 @@ _DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
 _DATE_DIGITS = re.compile(r"^(\d{2})(\d{2})(\d{4})$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
+#: The longest text a field keeps, as on the social service's screens: more is a paste
+#: gone wrong, refused next to its field with the input kept, not written to the record.
+#: (Checked on the server only: a browser's ``maxlength`` cuts a paste without a word.)
+MAX_NAME_LENGTH = 200
+_MAX_LENGTH: Mapping[str, int] = {"reasons": 4000, "who_helps": 1000, "support_note": 4000}
+
 #: Where on the page a refused move is shown (the id of the field to focus).
 _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.REASONS_REQUIRED: "reasons",
@@ -328,6 +334,8 @@ def _children(
         lives_with = _enum_value(LivesWith, row.lives_with)
         if not row.name:
             errors.append(FieldError(f"{at}-name", t("error.child-name-required", n=index + 1)))
+        elif len(row.name) > MAX_NAME_LENGTH:
+            errors.append(FieldError(f"{at}-name", t("error.too-long", max=MAX_NAME_LENGTH)))
         if born is None:
             message_id = "error.date-invalid" if row.birth_date else "error.birth-date-required"
             errors.append(FieldError(f"{at}-birth_date", t(message_id, n=index + 1)))
@@ -366,6 +374,19 @@ def _expecting(
     return ExpectedChild(pregnancy_of=pregnancy_of, expected_date=expected)
 
 
+def _too_long(form: TriageForm, t: Callable[..., str]) -> list[FieldError]:
+    """The free texts longer than they may be; step 3's note only when it would be saved
+    (with "no concern"; otherwise the page hides it)."""
+    typed = {"reasons": form.reasons, "who_helps": form.who_helps}
+    if form.assessment == SafetyAssessment.NO_CONCERN.value:
+        typed["support_note"] = form.support_note
+    return [
+        FieldError(name, t("error.too-long", max=_MAX_LENGTH[name]))
+        for name, text in typed.items()
+        if len(text) > _MAX_LENGTH[name]
+    ]
+
+
 def _support(form: TriageForm, author: str, now: datetime) -> Step3Support | None:
     """Step 3 goes with "no concern" only, and only once something was done or noted."""
     actions = frozenset(a for a in SupportAction if a.value in form.support_actions)
@@ -401,6 +422,7 @@ def build_input(
         errors.append(FieldError("assessment-no-concern", t("error.assessment-required")))
     if form.no_children and not has_family and _marks_a_concern(form, assessment):
         errors.append(FieldError("no_children", t("error.concern-without-children")))
+    errors += _too_long(form, t)
     if errors:
         raise InvalidFormError(errors)
     author = ctx.user.fhir_user

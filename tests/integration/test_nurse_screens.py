@@ -482,6 +482,35 @@ def test_bad_input_is_answered_next_to_its_field(
     assert tied.get("aria-invalid") == "true"
 
 
+@pytest.mark.parametrize(
+    ("field", "length"),
+    [("child-1-name", 201), ("reasons", 4001), ("who_helps", 1001), ("support_note", 4001)],
+)
+def test_oversized_text_is_refused_next_to_its_field_and_kept(
+    nurse_for: Any, database: Database, field: str, length: int
+) -> None:
+    """A paste gone wrong (a whole letter as a child's name) was written to the record as
+    it came; it is refused next to its field, in the nurse's language, her input kept."""
+    nurse = nurse_for("an-peeters", language="fr")
+    page = nurse.page()
+    typed = "Lorem ipsum " * (length // 12) + "x" * (length % 12)
+
+    refused = nurse.post(
+        _two_children(
+            page, assessment="no-concern", support_actions="ask-regularly", **{field: typed}
+        )
+    )
+
+    assert refused.status == 422
+    assert f'href="#{field}"' in refused.text
+    assert "Trop long" in refused.text
+    (tied,) = [f for f in refused.parsed.fields if f.get("id") == field]
+    assert f"{field}-error" in tied.get("aria-describedby", "").split()
+    assert refused.value(field) == typed
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
 # ---------------------------------------------------------------------------------------
 # Saving: niet-pluis hands off to the social service, no concern leads to step 3
 # ---------------------------------------------------------------------------------------
