@@ -25,7 +25,7 @@ from service import audit
 from service.admin import partners_io
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, utcnow
-from service.db.models import Concern
+from service.db.models import Concern, OutboxEntry
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient, Resource
 from service.fhir.terminology import identifier_system
@@ -468,10 +468,11 @@ class _Index:
     def of(cls, row: Concern) -> _Index:
         return cls(row.last_step, row.status, row.follow_up_due, row.acute_danger)
 
-    def stored(self) -> dict[str, Any]:
-        """As ``concerns.before_save`` keeps it (JSON)."""
+    def stored(self, row_version: int) -> dict[str, Any]:
+        """As ``concerns.before_save`` keeps it (JSON), with the row version the save moved
+        on from (:meth:`Casework.saved_twice`)."""
         due = self.follow_up_due.isoformat() if self.follow_up_due else None
-        return {**asdict(self), "follow_up_due": due}
+        return {**asdict(self), "follow_up_due": due, "row_version": row_version}
 
     @classmethod
     def stored_as(cls, stored: dict[str, Any]) -> _Index:
@@ -632,6 +633,23 @@ class Casework:
         )
         return self._save(ctx, concern, plan, _Index.of(concern), case.next_steps)
 
+    def saved_twice(self, ctx: LaunchInfo, case_id: int, seen_version: int) -> bool:
+        """Whether the one change since the version a refused form showed is this session's
+        own save from that version: the form was sent twice (a double click, a reload), no
+        colleague changed the case."""
+        with self._database.session() as session:
+            row = session.execute(
+                select(Concern.row_version, Concern.before_save, OutboxEntry.session_id)
+                .join(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
+                .where(Concern.tenant_id == ctx.tenant.id, Concern.id == case_id)
+            ).one_or_none()
+        return (
+            row is not None
+            and row.row_version == seen_version + 1
+            and row.session_id == ctx.session_id
+            and (row.before_save or {}).get("row_version") == seen_version
+        )
+
     # -- steps of the use case --------------------------------------------------------------
 
     def _concern(
@@ -741,7 +759,7 @@ class Casework:
                     follow_up_due=index.follow_up_due,
                     acute_danger=index.acute_danger,
                     outbox_id=entry.id,
-                    before_save=_Index.of(concern).stored(),
+                    before_save=_Index.of(concern).stored(concern.row_version),
                     row_version=version,
                     updated_at=now,
                 )

@@ -490,6 +490,8 @@ def _save_step(
         return _not_found(ctx)
     except social.CaseConflict as conflict:
         key = "error.closed" if conflict.reason == "closed" else "error.conflict"
+        if conflict.reason == "changed" and work.saved_twice(ctx, case_id, version.row_version):
+            key = "error.saved-twice"
         problem, status = Problem(typed.form, typed.form, _message(ctx.language, key)), 409
     except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
         problem = Problem(typed.form, typed.form, _message(ctx.language, "error.not-now"))

@@ -96,3 +96,26 @@ def test_an_agreed_actions_date_in_the_past_is_shown_at_that_action_not_at_the_n
     assert "The school calls when the children are absent." in refused.text
     step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
     assert search(base_url, "Observation", subject=patient, code=step_5) == []
+
+
+def test_a_referral_sent_twice_says_it_was_saved_not_that_someone_else_changed_the_case(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # A double click sends the form twice; the browser shows the second answer. Before, it
+    # said someone else had changed the case and asked to save again, with the input in the
+    # step 6 form (offered again after a referral): a second referral to the VK.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    fields = {**STEP_6, "contact_on": local_today().isoformat()}
+
+    first = _post(client, page, case_id, "step-6", "s6", fields)
+    second = _post(client, page, case_id, "step-6", "s6", fields)
+
+    assert first.status_code == 303
+    assert second.status_code == 409
+    said = _error_summary(second.text, "s6")
+    assert "U hebt dit formulier al opgeslagen" in said
+    assert "Iemand anders" not in said
+    assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
