@@ -345,7 +345,7 @@ def _children(
             errors.append(FieldError(f"{at}-relationship", t("error.choose-option")))
         if lives_with is None:
             errors.append(FieldError(f"{at}-lives_with", t("error.choose-option")))
-        if row.name and born and relationship and lives_with:
+        if row.name and born and born <= today and relationship and lives_with:
             children.append(Child(row.ref, row.name, born, relationship, lives_with))
     return tuple(children)
 
@@ -423,33 +423,58 @@ def build_input(
     if form.no_children and not has_family and _marks_a_concern(form, assessment):
         errors.append(FieldError("no_children", t("error.concern-without-children")))
     errors += _too_long(form, t)
-    if errors:
-        raise InvalidFormError(errors)
     author = ctx.user.fhir_user
-    try:
-        step1 = Step1Finding(
-            recorded_by=author, recorded_at=now, children=children, expecting=expecting
-        )
-        if not has_family or assessment is None:
-            return TriageInput(step1=step1, patient_display=form.patient_name or None)
-        step2 = Step2Finding(
+    step1 = _checked(
+        errors,
+        t,
+        partial(
+            Step1Finding,
             recorded_by=author,
             recorded_at=now,
-            assessment=assessment,
-            reasons=tuple(line.strip() for line in form.reasons.splitlines() if line.strip()),
-            who_helps=form.who_helps or None,
-            consultations=(
-                frozenset({Consultation.COLLEAGUE})
-                if form.discussed_with_colleague
-                else frozenset()
-            ),
-            acute_danger=form.acute_danger,
-            triggers=frozenset(card_context(ctx.app_context).triggers),
-        )
-        step3 = _support(form, author, now) if assessment is SafetyAssessment.NO_CONCERN else None
-    except ProtocolError as error:
-        raise InvalidFormError([protocol_error(error, t)]) from error
+            children=children,
+            expecting=expecting,
+        ),
+    )
+    step2 = step3 = None
+    if assessment is not None and (has_family or not form.no_children):
+        step2 = _checked(errors, t, partial(_step2, form, ctx, assessment, now))
+    if step2 is not None and assessment is SafetyAssessment.NO_CONCERN:
+        step3 = _checked(errors, t, partial(_support, form, author, now))
+    if errors or step1 is None:
+        raise InvalidFormError(errors)
     return TriageInput(step1, step2, step3, patient_display=form.patient_name or None)
+
+
+def _step2(
+    form: TriageForm, ctx: LaunchContext, assessment: SafetyAssessment, now: datetime
+) -> Step2Finding:
+    """Step 2 as filled in; the card's Hague triggers say why the check was prompted."""
+    return Step2Finding(
+        recorded_by=ctx.user.fhir_user,
+        recorded_at=now,
+        assessment=assessment,
+        reasons=tuple(line.strip() for line in form.reasons.splitlines() if line.strip()),
+        who_helps=form.who_helps or None,
+        consultations=(
+            frozenset({Consultation.COLLEAGUE}) if form.discussed_with_colleague else frozenset()
+        ),
+        acute_danger=form.acute_danger,
+        triggers=frozenset(card_context(ctx.app_context).triggers),
+    )
+
+
+_F = TypeVar("_F")
+
+
+def _checked(errors: list[FieldError], t: Callable[..., str], make: Callable[[], _F]) -> _F | None:
+    """The protocol's finding, or None with its refusal added to ``errors``. Each step is
+    checked even when the form or another step is refused, so that the nurse sees every
+    problem of the page at once instead of one per save."""
+    try:
+        return make()
+    except ProtocolError as error:
+        errors.append(protocol_error(error, t))
+        return None
 
 
 def protocol_error(error: ProtocolError, t: Callable[..., str]) -> FieldError:

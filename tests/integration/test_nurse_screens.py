@@ -482,6 +482,31 @@ def test_bad_input_is_answered_next_to_its_field(
     assert tied.get("aria-invalid") == "true"
 
 
+def test_every_problem_of_the_page_is_shown_at_once(nurse_for: Any, database: Database) -> None:
+    """A missing name hid the missing reasons, and an implausible expected date hid them
+    too: the nurse corrected one field per save. Each step is now checked on every save."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    form = _two_children(
+        page,
+        assessment="niet-pluis",
+        reasons="",
+        expecting="1",
+        expected_date=(TODAY - timedelta(days=90)).strftime("%d/%m/%Y"),
+        **{"child-1-name": ""},
+    )
+
+    refused = nurse.post(form)
+
+    assert refused.status == 422
+    summary = refused.text.split("data-error-summary")[1].split("</div>")[0]
+    for field in ("child-1-name", "expected_date", "reasons"):
+        assert f'href="#{field}"' in summary
+        assert f'id="{field}-error"' in refused.text
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
 @pytest.mark.parametrize(
     ("field", "length"),
     [("child-1-name", 201), ("reasons", 4001), ("who_helps", 1001), ("support_note", 4001)],
