@@ -9,10 +9,12 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database
 from service.local_time import local_today
+from service.social import Step4Input
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
 from tests.support.casework import SOCIAL_WORKER, save_triage
 from tests.support.sessions import make_app, signed_in
@@ -119,3 +121,32 @@ def test_a_referral_sent_twice_says_it_was_saved_not_that_someone_else_changed_t
     assert "U hebt dit formulier al opgeslagen" in said
     assert "Iemand anders" not in said
     assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
+
+
+def test_the_step_4_form_takes_as_much_text_as_the_service_keeps(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # A browser cuts pasted text at the field's maxlength without a word: the step 4 note
+    # was cut at 3,000 characters where the service keeps 4,000.
+    tenant = make_tenant(database, "default", fhir_server.base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, fhir_server.base_url)
+    worker = signed_in(
+        app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=fhir_server.base_url
+    )
+    client = TestClient(app, headers={"Cookie": worker.headers["Cookie"]})
+    (case_id,) = re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    page = client.get(f"/social/cases/{case_id}").text
+    form = page[page.index('id="s4-form"') : page.index("</form>", page.index('id="s4-form"'))]
+
+    note = re.search(r'name="note" rows="\d+" maxlength="(\d+)"', form)
+    assert note is not None
+    assert int(note.group(1)) == _max_length(Step4Input, "note")
+
+
+def _max_length(model: type[BaseModel], name: str) -> int:
+    """The longest text the API keeps in a field of a step body."""
+    (limit,) = [m.max_length for m in model.model_fields[name].metadata if hasattr(m, "max_length")]
+    return int(limit)
