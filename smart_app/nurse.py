@@ -334,7 +334,7 @@ def _children(
         lives_with = _enum_value(LivesWith, row.lives_with)
         if not row.name:
             errors.append(FieldError(f"{at}-name", t("error.child-name-required", n=index + 1)))
-        elif len(row.name) > MAX_NAME_LENGTH:
+        elif len(row.name) > MAX_NAME_LENGTH and not row.recorded:  # the record's, not typed
             errors.append(FieldError(f"{at}-name", t("error.too-long", max=MAX_NAME_LENGTH)))
         if born is None:
             message_id = "error.date-invalid" if row.birth_date else "error.birth-date-required"

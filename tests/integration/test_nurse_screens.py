@@ -482,6 +482,25 @@ def test_bad_input_is_answered_next_to_its_field(
     assert tied.get("aria-invalid") == "true"
 
 
+def test_a_recorded_childs_long_name_does_not_block_the_save(nurse_for: Any) -> None:
+    """The length limit is for what the nurse types: a name the record already holds (the
+    EHR wrote it) is confirmed as it is, not refused with an error she cannot resolve."""
+    long_name = "Emma " + "Van den Broeck-" * 15
+    with _serving(_chart(name=[{"text": long_name}])) as fhir_base_url:
+        nurse = nurse_for("an-peeters", fhir_base_url=fhir_base_url)
+        page = nurse.page()
+        assert page.value("child-0-name") == long_name.strip()
+        rows = {
+            f"child-0-{name}": page.value(f"child-0-{name}")
+            for name in ("ref", "name", "birth_date", "relationship", "lives_with", "recorded")
+        }
+
+        saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+
+    assert saved.status == 200, saved.text
+    assert 'id="save-status"' in saved.text
+
+
 def test_every_problem_of_the_page_is_shown_at_once(nurse_for: Any, database: Database) -> None:
     """A missing name hid the missing reasons, and an implausible expected date hid them
     too: the nurse corrected one field per save. Each step is now checked on every save."""
