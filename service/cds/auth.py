@@ -7,7 +7,8 @@ JWKS URLs; the signature; ``aud`` = the exact URL called; ``exp`` and ``iat`` (w
 leeway, a lifetime of at most five minutes); ``sub`` (the EHR's CDS client id) on the
 issuer's allow-list when it has one; and a ``jti`` never seen before for that issuer.
 A failure raises :class:`CdsAuthError` with a reason the EHR's integrator can act on (the
-router answers 401). Tokens and keys are never logged.
+router answers 401). Tokens and keys are never logged. A JWK Set is fetched without
+redirects, in at most ``JWKS_TIMEOUT_SECONDS`` all told and up to ``JWKS_MAX_BYTES``.
 
 Cost on the hot path: keys are cached (``JWKS_TTL_SECONDS``); the ``jti`` insert is the
 one database write of a hook call; expired ``jti`` rows are purged about once a minute.
@@ -43,7 +44,8 @@ LEEWAY_SECONDS = 30
 MAX_LIFETIME_SECONDS = 300  # bounds how long a jti must be remembered
 JWKS_TTL_SECONDS = 300.0
 JWKS_REFETCH_SECONDS = 30.0  # an unknown kid refetches, but not more often than this
-JWKS_TIMEOUT_SECONDS = 3.0
+JWKS_TIMEOUT_SECONDS = 3.0  # the whole fetch, not each read
+JWKS_MAX_BYTES = 256 * 1024  # a JWK Set of a few keys is a few KiB
 PURGE_EVERY_SECONDS = 60.0
 PURGE_CHUNK = 2000  # rows deleted at once
 SEEN_TOKENS: Table = CdsSeenToken.__table__  # type: ignore[assignment]
@@ -94,10 +96,10 @@ class JwksCache:
 
     async def _fetch(self, url: str) -> KeysByKid:
         try:
-            response = await self._client.get(url, timeout=JWKS_TIMEOUT_SECONDS)
-            response.raise_for_status()
-            document = orjson.loads(response.content)  # depth-limited, unlike json
-        except (httpx.HTTPError, ValueError) as error:
+            async with asyncio.timeout(JWKS_TIMEOUT_SECONDS):
+                body = await self._download(url)
+            document = orjson.loads(body)  # depth-limited, unlike json
+        except (httpx.HTTPError, ValueError, TimeoutError) as error:
             raise CdsAuthError(
                 f"the issuer's JWK Set at {url} could not be read ({type(error).__name__})"
             ) from error
@@ -107,6 +109,26 @@ class JwksCache:
             raise CdsAuthError(f"the issuer's JWK Set at {url} is unusable: {error}") from error
         self._sets[url] = (time.monotonic(), keys)
         return keys
+
+    async def _download(self, url: str) -> bytes:
+        """The body at ``url``, read no further than ``JWKS_MAX_BYTES``.
+
+        Every hook call of the issuer waits for this one fetch: httpx's timeout bounds each
+        read, not the whole answer, so a server trickling bytes (or sending gigabytes)
+        would hold them all, and the memory, for as long as it liked. The caller bounds
+        the time; this bounds the size.
+        """
+        headers = {"Accept": "application/jwk-set+json, application/json"}
+        async with self._client.stream("GET", url, headers=headers) as response:
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > JWKS_MAX_BYTES:
+                    raise CdsAuthError(
+                        f"the issuer's JWK Set at {url} is larger than {JWKS_MAX_BYTES} bytes"
+                    )
+            return bytes(body)
 
 
 #: The keys of a JWK Set by ``kid``; under ``None`` all of them (a JWT without a kid).

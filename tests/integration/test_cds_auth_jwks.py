@@ -1,5 +1,6 @@
-"""An issuer's JWK Set that is not one: the CDS call is refused with 401 and the reason,
-never a 500; a configured one is refused when an admin saves it.
+"""An issuer's JWK Set that is not one, or is too large or too slow: the CDS call is refused
+with 401 and the reason, never a 500 nor a wait; a configured one is refused when an admin
+saves it.
 
 The real app on SQLite and PostgreSQL, real signed JWTs, the JWK Set served over real
 HTTP on loopback.
@@ -11,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from io import BufferedIOBase
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from sandbox.keys import SigningKey
 from service.admin import access
+from service.cds.auth import JWKS_MAX_BYTES, JWKS_TIMEOUT_SECONDS
 from service.db.base import Database
 from service.tenant_config import TenantConfiguration
 from tests.integration.test_cds_hooks import (
@@ -132,3 +135,51 @@ def test_a_configured_jwk_set_stored_before_the_check_is_a_401_not_a_500(
     assert refused.status_code == 401, refused.text
     reason = refused.json()["reason"]
     assert f"the configured JWK Set of {EHR.issuer!r} is unusable" in reason
+
+
+class Trickled(ServedJson):
+    """A JWK Set server that sends ``body`` one byte at a time, ``pause`` seconds apart:
+    every read gets a byte well within any per-read timeout (the fault under test)."""
+
+    def __init__(self, body: bytes, pause: float) -> None:
+        super().__init__(body, path="/jwks.json")
+        self.pause = pause
+
+    def send(self, out: BufferedIOBase, answer: bytes) -> None:
+        try:
+            for byte in answer:
+                out.write(bytes([byte]))
+                out.flush()
+                time.sleep(self.pause)
+        except ConnectionError:
+            return  # the service gave up on the answer: what the test expects
+
+
+def test_a_jwk_set_larger_than_the_limit_is_refused_without_reading_it_all(
+    app: FastAPI, client: TestClient
+) -> None:
+    padded = GOOD[:-1] + b" " * JWKS_MAX_BYTES + b"}"  # the EHR's real keys, padded
+    with ServedJson(padded, path="/jwks.json") as jwks:
+        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        configure(app, tenant_config(ehr))
+        refused = call(client, ehr.token(AUD))
+        assert refused.status_code == 401, refused.text
+        reason = refused.json()["reason"]
+        assert reason == f"the issuer's JWK Set at {jwks.url} is larger than {JWKS_MAX_BYTES} bytes"
+        jwks.body = GOOD
+        assert call(client, ehr.token(AUD)).status_code == 200
+
+
+def test_a_jwk_set_trickled_slower_than_the_deadline_is_refused_in_time(
+    app: FastAPI, client: TestClient
+) -> None:
+    """Each byte comes within httpx's per-read timeout; the whole set would take 10 s."""
+    with Trickled(GOOD, pause=10 / len(GOOD)) as jwks:
+        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        configure(app, tenant_config(ehr))
+        started = time.monotonic()
+        refused = call(client, ehr.token(AUD))
+        elapsed = time.monotonic() - started
+        assert refused.status_code == 401, refused.text
+        assert "could not be read (TimeoutError)" in refused.json()["reason"]
+        assert elapsed < JWKS_TIMEOUT_SECONDS + 2

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
 from typing import Any, Self
 
 
 class ServedJson:
     """Serves ``body`` at ``url`` from a thread while entered. ``body`` may be changed
-    between requests; ``current()`` is what a request gets (a subclass may compute it)."""
+    between requests; ``current()`` is what a request gets (a subclass may compute it) and
+    ``send()`` how it is written."""
 
     def __init__(self, body: bytes = b"", path: str = "/") -> None:
         self.body = body
@@ -24,7 +26,7 @@ class ServedJson:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
-                self.wfile.write(answer)
+                owner.send(self.wfile, answer)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -35,6 +37,10 @@ class ServedJson:
 
     def current(self) -> bytes:
         return self.body
+
+    def send(self, out: BufferedIOBase, answer: bytes) -> None:
+        """Writes the answer at once; a subclass may send it otherwise (slowly)."""
+        out.write(answer)
 
     def __enter__(self) -> Self:
         self._thread.start()
