@@ -193,7 +193,7 @@ class TriageForm:
             value = form.get(name)
             return typed_text(value) if isinstance(value, str) else ""
 
-        indexes = sorted(int(m.group(1)) for key in form if (m := _CHILD_FIELD.match(key)))
+        indexes = posted_rows(form)
         if len(indexes) > MAX_CHILDREN:
             raise HTTPException(status_code=422, detail=f"at most {MAX_CHILDREN} children")
         children = [
@@ -237,6 +237,13 @@ class TriageForm:
         if not self.children:
             self.children.append(ChildRow())
         return self
+
+
+def posted_rows(form: FormData) -> list[int]:
+    """The numbers of the posted child rows (``child-N-…``) in page order. They have gaps
+    once the page's script removed a row (it does not rename the others): a row's number
+    is not its place in :attr:`TriageForm.children`."""
+    return sorted(int(m.group(1)) for key in form if (m := _CHILD_FIELD.match(key)))
 
 
 def parse_typed_date(text: str) -> date | None:
@@ -643,8 +650,11 @@ async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> 
     if action == "add-child":
         form.with_blank_row()
         return _form_page(ctx, form, focus=f"child-{len(form.children) - 1}-name")
-    if action.startswith("remove-child-") and action.removeprefix("remove-child-").isdigit():
-        return _form_page(ctx, form.without_row(int(action.removeprefix("remove-child-"))))
+    removed = action.removeprefix("remove-child-")
+    if removed != action and removed.isdigit():
+        rows = posted_rows(posted)
+        place = rows.index(int(removed)) if int(removed) in rows else len(rows)
+        return _form_page(ctx, form.without_row(place))
     if action != "save":
         raise HTTPException(status_code=400, detail=f"unknown action '{action}'")
     return await run_in_threadpool(_save, ctx, triage, form, submission_of(posted))

@@ -400,6 +400,32 @@ def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) 
     assert removed.value("child-0-name") == "Mats"
 
 
+def test_a_row_is_removed_by_its_number_after_the_script_removed_another(
+    nurse_for: Any,
+) -> None:
+    """The page's script removes a row without renaming the others (child-0, child-2 are
+    left), and leaves the last row's "remove" to the server. The server took the number in
+    the button for a place in the list: it removed another row, or none."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    rows = {
+        "csrf_token": page.csrf,
+        "child-0-ref": "urn:uuid:0c5f7a52-8f0e-4a43-9d59-3c2a0f3e5b10",
+        "child-0-name": "Lina",
+        "child-2-ref": "urn:uuid:0c5f7a52-8f0e-4a43-9d59-3c2a0f3e5b12",
+        "child-2-name": "Mats",
+    }
+
+    second = nurse.post({**rows, "action": "remove-child-2"})
+    assert [second.value("child-0-name")] == ["Lina"]
+    assert len(second.child_refs()) == 1
+
+    only = {k: v for k, v in rows.items() if not k.startswith("child-0-")}
+    cleared = nurse.post({**only, "action": "remove-child-2"})
+    assert cleared.value("child-0-name") == ""
+    assert "urn:uuid:0c5f7a52-8f0e-4a43-9d59-3c2a0f3e5b12" not in cleared.child_refs()
+
+
 def test_a_form_without_the_csrf_token_is_refused_and_nothing_is_written(
     nurse_for: Any, sandbox: Sandbox
 ) -> None:
