@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from service import social
 from service.api.deps import DatabaseDep
+from service.audit import AuditAction
 from service.casework import (
     CaseFile,
     CaseNotOnServerError,
@@ -298,7 +299,7 @@ class Shown:
 
 def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: int) -> Shown | None:
     """The case of this hospital (None: no such case), reconciled from the FHIR server
-    (an audited read)."""
+    (an audited read, also when the server could not be read)."""
     with database.session() as session:
         summary = social.case_summary(session, ctx.tenant.id, case_id, today=local_today())
     if summary is None:
@@ -308,17 +309,22 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
     except social.CaseNotFoundError:
         return None
     except CaseOnAnotherServerError:
-        return Shown(summary, unreadable="other-ehr")
+        unreadable = "other-ehr"
     except CaseNotOnServerError:
-        return Shown(summary, unreadable="not-on-server")
+        unreadable = "not-on-server"
     except ReauthorisationRequired:
-        return Shown(summary, unreadable="reauthorise")
+        unreadable = "reauthorise"
     except FhirUnreadable:
-        return Shown(summary, unreadable="fhir-garbled")
+        unreadable = "fhir-garbled"
     except FhirUnavailable:
-        return Shown(summary, unreadable="fhir-down")
+        unreadable = "fhir-down"
     except (FhirError, ProtocolError):
-        return Shown(summary, unreadable="fhir-refused")
+        unreadable = "fhir-refused"
+    # The page still shows the worklist's row of the patient: a read, audited as failed. A
+    # case of another EHR names its patient on that EHR's server, not on this session's.
+    patient = None if unreadable == "other-ehr" else summary.patient
+    audit_refusal(ctx, database, AuditAction.READ, patient)
+    return Shown(summary, unreadable=unreadable)
 
 
 def _message(language: Language, message_id: str, **values: object) -> str:

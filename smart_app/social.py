@@ -468,10 +468,15 @@ def _refusal(error: Exception) -> tuple[int, object]:
 
 
 def audit_refusal(
-    ctx: LaunchContext, database: DatabaseDep, action: AuditAction = AuditAction.UPDATE
+    ctx: LaunchContext,
+    database: DatabaseDep,
+    action: AuditAction = AuditAction.UPDATE,
+    patient_ref: str | None = None,
 ) -> None:
+    """A refused change or read, audited as a failure; ``patient_ref``: the patient whose
+    data the user was shown all the same (on the session's FHIR server)."""
     with database.session() as session:
-        refused = _fact(ctx, action, None, (), outcome="failure")
+        refused = _fact(ctx, action, patient_ref, (), outcome="failure")
         audit.record_local(session, ctx.tenant.id, refused)
 
 

@@ -10,14 +10,16 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer
-from service.db.base import Database
+from service.db.base import Database, utcnow
+from service.db.models import AuditRecord
 from service.local_time import local_today
 from service.social import Step4Input
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
-from tests.support.casework import SOCIAL_WORKER, save_triage
-from tests.support.sessions import make_app, signed_in
+from tests.support.casework import SOCIAL_WORKER, index_case, save_triage
+from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
 from tests.support.write_path import (
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
     make_tenant,
@@ -150,3 +152,26 @@ def _max_length(model: type[BaseModel], name: str) -> int:
     """The longest text the API keeps in a field of a step body."""
     (limit,) = [m.max_length for m in model.model_fields[name].metadata if hasattr(m, "max_length")]
     return int(limit)
+
+
+def test_a_case_page_shown_while_the_fhir_server_is_down_is_an_audited_read(
+    database_url: str, database: Database
+) -> None:
+    # The page still shows the worklist's row (the patient, the children's ages, who
+    # flagged it); before, nothing of that read was audited when the server did not answer.
+    hospital = make_tenant(database, "default", UNUSED_FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client = TestClient(app, headers={"Cookie": worker["Cookie"]})
+
+    page = client.get(f"/social/cases/{case_id}")
+
+    assert "De FHIR-server antwoordt niet" in page.text
+    with database.session() as session:
+        reads = session.execute(
+            select(AuditRecord.actor, AuditRecord.patient_ref, AuditRecord.outcome).where(
+                AuditRecord.action == "read"
+            )
+        ).all()
+    assert [tuple(r) for r in reads] == [(SOCIAL_WORKER, "Patient/1", "failure")]
