@@ -648,7 +648,8 @@ def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None
         telecom = organization.get("telecom", [])
         phones = [(None, str(t["value"])) for t in telecom if t["system"] == "phone"]
     decisions = [f for f in case.findings if isinstance(f, Step4Decision)]
-    concerns = [f for f in case.findings if isinstance(f, Step2Finding)]
+    # the latest step 2 that gave reasons: a later visit's "no concern" keeps the concern open
+    concerns = [f for f in case.findings if isinstance(f, Step2Finding) and f.reasons]
     return ReferralSummary(
         partner_name=str(organization.get("name", "")),
         phones=phones,

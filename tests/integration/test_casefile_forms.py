@@ -16,6 +16,7 @@ from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
 from service.local_time import local_today
+from service.protocol import SafetyAssessment
 from service.social import Step4Input
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
 from tests.support.casework import SOCIAL_WORKER, index_case, save_triage
@@ -175,3 +176,33 @@ def test_a_case_page_shown_while_the_fhir_server_is_down_is_an_audited_read(
             )
         ).all()
     assert [tuple(r) for r in reads] == [(SOCIAL_WORKER, "Patient/1", "failure")]
+
+
+def test_the_printed_referral_gives_the_concerns_reasons_after_a_later_visit_without_concern(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # The Kindreflex is done at every contact: a nurse who finds no concern at the next
+    # visit keeps the concern open. Before, the referral summary took that latest step 2,
+    # which has no reasons, and the facility was told nothing of why there is a concern.
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    save_triage(app, tenant, base_url, returning=patient, assessment=SafetyAssessment.NO_CONCERN)
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
+    (case_id,) = [
+        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    ]
+    page = client.get(f"/social/cases/{case_id}").text
+    assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    fields = {**STEP_6, "contact_on": local_today().isoformat()}
+    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+
+    summary = client.get(f"/social/cases/{case_id}/referral")
+
+    assert summary.status_code == 200
+    assert "New partner is irritated by the children." in summary.text
