@@ -176,6 +176,24 @@ def case_summary(
     return None if row is None else _summary(*row, today=today)
 
 
+def patient_case(
+    session: Session, tenant_id: int, fhir_base_url: str, patient_ref: str
+) -> int | None:
+    """The case a social worker opening the app from a patient's chart means: the patient's
+    open one, else the latest closed one (None: the patient has none). The patient is
+    ``patient_ref`` on ``fhir_base_url``: on another EHR's server it is someone else."""
+    return session.scalar(
+        select(Concern.id)
+        .where(
+            Concern.tenant_id == tenant_id,
+            Concern.fhir_base_url == fhir_base_url,
+            Concern.patient_ref == patient_ref,
+        )
+        .order_by((Concern.status == "open").desc(), *_NEWEST)
+        .limit(1)
+    )
+
+
 def _conditions(wanted: CaseFilter, user: str, today: date) -> list[ColumnElement[bool]]:
     conditions = [Concern.status == wanted.status]
     if wanted.view == "mine":

@@ -58,6 +58,7 @@ from smart_app.session import (
     all_frame_origins,
     token_expiry,
 )
+from smart_app.social import PATIENT_CASE_PAGE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -182,12 +183,20 @@ def callback(
             }
         },
     )
-    worklist = new.patient_id is None and "social-worker" in new.user.roles  # not triage
-    start = "/social" if worklist else START_PAGE
+    start = _start_page(new)
     response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{start}", 303)
     _set_cookie(response, SESSION_COOKIE, secret, SESSION_LIFETIME)
     _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
     return response
+
+
+def _start_page(new: NewSession) -> str:
+    """Where the launch opens the app: a triage visit (a patient and an encounter) on the
+    nurse's screen; a social worker's launch without a patient on the worklist, and from
+    a patient's chart (no encounter) on that patient's case."""
+    if "social-worker" not in new.user.roles or new.encounter_id is not None:
+        return START_PAGE
+    return "/social" if new.patient_id is None else PATIENT_CASE_PAGE
 
 
 def _audit_sign_in(

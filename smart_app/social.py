@@ -70,6 +70,8 @@ router = APIRouter(tags=["social service"])
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
+#: Where a social worker's launch from a patient's chart opens (``patient_case_page``).
+PATIENT_CASE_PAGE = "/social/patient"
 #: Ids and versions are bounded by the database's integer (``social.MAX_ID``): a larger
 #: one is a 422 here, where the query failed with a 500.
 CaseId = Annotated[int, Path(ge=1, le=social.MAX_ID)]
@@ -490,6 +492,23 @@ def worklist_page(
     return _worklist_page(ctx, database, wanted)
 
 
+@router.get(
+    PATIENT_CASE_PAGE, response_class=HTMLResponse, summary="The case of the launch's patient"
+)
+def patient_case_page(ctx: SocialWorker, database: DatabaseDep) -> Response:
+    """Where a social worker's launch from a patient's chart (a patient, no triage visit)
+    opens: that patient's case; without one, the worklist saying so. The triage screen
+    would only say it needs a visit, though the user came for the case."""
+    case_id = None
+    if ctx.patient_id is not None:
+        with database.session() as session:
+            patient = f"Patient/{ctx.patient_id}"
+            case_id = social.patient_case(session, ctx.tenant.id, ctx.fhir_base_url, patient)
+    if case_id is None:
+        return _worklist_page(ctx, database, WorklistQuery(), notice="no-case-for-patient")
+    return RedirectResponse(f"{ctx.path_prefix}/social/cases/{case_id}", status_code=303)
+
+
 @router.post(
     "/social/cases/{case_id}/claim",
     dependencies=[Depends(verify_csrf)],
@@ -521,6 +540,7 @@ def _worklist_page(
     wanted: ListingQuery,
     *,
     problem: tuple[str, str | None] | None = None,
+    notice: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     page = _listing(ctx, database, wanted)
@@ -534,6 +554,7 @@ def _worklist_page(
         wanted=wanted,
         page=page,
         problem=problem,
+        notice=notice,
         trigger=lambda code: terminology.display("hague-trigger", code, ctx.language),
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))

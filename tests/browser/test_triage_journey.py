@@ -115,7 +115,7 @@ def _worklist_as_social_worker(browser: BrowserContext, stack: DemoStack) -> dic
     expect(app.locator("h1")).to_be_visible()
     answer: dict[str, Any] = app.locator("body").evaluate(
         """async () => {
-            const r = await fetch('../api/cases', {headers: {Accept: 'application/json'}});
+            const r = await fetch('/api/cases', {headers: {Accept: 'application/json'}});
             return {status: r.status, body: await r.json()};
         }"""
     )

@@ -118,11 +118,13 @@ class Kindreflex:
         user: str = "nurse",
         decision: str = "allow",
         with_patient: bool = True,
+        with_encounter: bool = True,
     ) -> httpx.Response:
-        """The whole EHR launch as the browser lives it; returns our callback's answer."""
+        """The whole EHR launch as the browser lives it; returns our callback's answer.
+        Without an encounter it is a launch from the patient's chart, not a triage visit."""
         lid = self.sandbox.auth.create_launch(
             patient=first_patient(self.sandbox) if with_patient else None,
-            encounter="enc-1" if with_patient else None,
+            encounter="enc-1" if with_patient and with_encounter else None,
             user=user,
             app_context='{"hook":"encounter-start"}',
         )
@@ -425,6 +427,24 @@ def test_roles_come_from_the_id_token_claim_of_the_registration(kindreflex: Kind
     refused = nurse.get(f"{kindreflex.url}/test/social")
     assert refused.status_code == 403
     assert "de sociale dienst" in refused.text
+
+
+def test_the_app_opens_where_the_launch_context_says(kindreflex: Kindreflex) -> None:
+    """A triage visit opens the nurse's screen, whoever launches; a social worker's launch
+    opens the worklist without a patient and the patient's case from the patient's chart
+    (there the triage screen could only say that it needs a visit)."""
+
+    def opened(user: str, with_patient: bool = True, with_encounter: bool = True) -> str:
+        answer = kindreflex.launch(
+            Browser(), user=user, with_patient=with_patient, with_encounter=with_encounter
+        )
+        assert answer.status_code == 303, answer.text
+        return str(answer.headers["location"]).removeprefix(kindreflex.url)
+
+    assert opened("social-worker") == "/app/triage"
+    assert opened("social-worker", with_encounter=False) == "/social/patient"
+    assert opened("social-worker", with_patient=False) == "/social"
+    assert opened("nurse", with_encounter=False) == "/app/triage"
 
 
 def test_forms_need_the_session_csrf_token(kindreflex: Kindreflex) -> None:

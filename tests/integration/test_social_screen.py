@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import httpx
 from fastapi.testclient import TestClient
 
 from service.db.base import Database, utcnow
+from smart_app.session import Role
 from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, assignment_of, index_case
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
@@ -164,3 +166,33 @@ def test_the_filter_form_sent_with_its_number_field_left_empty_filters(
     assert f'data-case="{mine}"' in page.text
     assert f'data-case="{free}"' not in page.text
     assert 'id="older_than_days" name="older_than_days"' in page.text
+
+
+def test_a_launch_from_a_patients_chart_opens_that_patients_case(
+    database_url: str, database: Database
+) -> None:
+    """The patient's open case, else the latest closed one; never the case of the same id
+    on another EHR's FHIR server (someone else); without a case, the worklist says so."""
+    hospital = make_tenant(database, "default", FHIR)
+    now = utcnow()
+    index_case(database, hospital, "Patient/7", now - timedelta(days=30), status="closed")
+    is_open = index_case(database, hospital, "Patient/7", now - timedelta(days=3))
+    index_case(database, hospital, "Patient/7", now, fhir_base_url="https://other-ehr.example/fhir")
+    closed_only = index_case(database, hospital, "Patient/8", now, status="closed")
+    app = make_app(database_url, database)
+    client = TestClient(app, follow_redirects=False)
+
+    def opened(patient_id: str, *roles: Role) -> httpx.Response:
+        user = signed_in(app, hospital, SOCIAL_WORKER, *roles, patient_id=patient_id)
+        answer: httpx.Response = client.get("/social/patient", headers=user.headers)
+        return answer
+
+    assert opened("7", "nurse", "social-worker").headers["location"] == f"/social/cases/{is_open}"
+    assert opened("8", "nurse", "social-worker").headers["location"] == (
+        f"/social/cases/{closed_only}"
+    )
+    without = opened("9", "nurse", "social-worker")
+    assert without.status_code == 200
+    assert "Deze patiënt heeft geen Kindreflex-dossier in dit ziekenhuis." in without.text
+    assert "Werklijst sociale dienst" in without.text
+    assert opened("7", "nurse").status_code == 403

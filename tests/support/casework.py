@@ -47,7 +47,7 @@ def index_case(
             fhir_base_url=fhir_base_url,
             patient_ref=patient,
             patient_display=None,
-            flag_identifier=f"{tenant.slug}-{patient}",
+            flag_identifier=str(uuid.uuid4()),  # a patient may have had several concerns
             flagged_at=at,
             flagged_by="Practitioner/nurse-1",
             triggers=[],
