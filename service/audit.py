@@ -2,9 +2,11 @@
 
 Each event is stored twice:
 
-* locally (``audit_records``): tenant, when, who (fhirUser), action, patient reference,
-  what (references only — never names or clinical content), outcome. For a write it
-  points at the outbox entry that carries the data, whose state tells the delivery;
+* locally (``audit_records``): tenant, when, who (fhirUser), action, patient reference and
+  the FHIR server it is on (a hospital with two EHRs has two servers, on which
+  ``Patient/123`` may be two different people), what (references only — never names or
+  clinical content), outcome. For a write it points at the outbox entry that carries the
+  data, whose state tells the delivery;
 * as a FHIR R4 ``AuditEvent`` on the hospital's server. A write's AuditEvent travels in
   the same transaction as the data (so it exists exactly when the data does, and a
   save stays one FHIR request); a read's AuditEvent is an outbox entry of its own,
@@ -20,12 +22,12 @@ harmless for an audit trail, and cheaper than making every read wait.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, distinct, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.models import AuditRecord, OutboxEntry
@@ -129,14 +131,21 @@ def _resolvable(entities: Sequence[str]) -> list[str]:
 
 
 def record_local(
-    session: Session, tenant_id: int, fact: AuditFact, outbox_id: int | None = None
+    session: Session,
+    tenant_id: int,
+    fact: AuditFact,
+    fhir_base_url: str | None,
+    outbox_id: int | None = None,
 ) -> AuditRecord:
-    """The local audit row (in the caller's unit of work)."""
+    """The local audit row (in the caller's unit of work). ``fhir_base_url`` is the FHIR
+    server the patient is on (without a patient: the user's EHR; None: no EHR at all), so
+    that one patient's rows are not mixed with another's of the same reference."""
     row = AuditRecord(
         tenant_id=tenant_id,
         recorded_at=fact.at,
         actor=fact.actor,
         action=fact.action.value,
+        fhir_base_url=fhir_base_url,
         patient_ref=fact.patient_ref,
         entities=list(fact.entities),
         outcome=fact.outcome,
@@ -164,7 +173,7 @@ def record_read(session: Session, channel: Channel, fact: AuditFact) -> AuditRec
             bundle=transaction.bundle(),
         ),
     )
-    return record_local(session, channel.tenant_id, fact, entry.id)
+    return record_local(session, channel.tenant_id, fact, channel.fhir_base_url, entry.id)
 
 
 # -- reading the trail ----------------------------------------------------------------------
@@ -172,32 +181,68 @@ def record_read(session: Session, channel: Channel, fact: AuditFact) -> AuditRec
 
 @dataclass(frozen=True)
 class TrailQuery:
-    """Which audit rows to read: one hospital's, optionally one patient's, one user's, and a
-    period (``since`` included, ``until`` excluded)."""
+    """Which audit rows to read: one hospital's, optionally one patient's (``patient_ref``
+    on the FHIR server ``fhir_base_url``), one user's, and a period (``since`` included,
+    ``until`` excluded). A server also selects the rows that have none recorded (see
+    :class:`AuditRecord`): they may be of that server's patient, and are shown as such."""
 
     tenant_id: int
     patient_ref: str | None = None
+    fhir_base_url: str | None = None
     actor: str | None = None
     since: datetime | None = None
     until: datetime | None = None
 
 
-def trail(session: Session, query: TrailQuery) -> Iterator[dict[str, object]]:
-    """The rows in the order they were recorded, each with the delivery state of the save
-    it belongs to (a write's data travels in an outbox entry), streamed, not loaded whole."""
+class AmbiguousPatientError(Exception):
+    """A patient reference that the trail has on more than one FHIR server."""
+
+    def __init__(self, patient_ref: str, servers: Sequence[str]) -> None:
+        super().__init__(
+            f"{patient_ref} has audit rows on {len(servers)} FHIR servers, on which it may be "
+            f"different people: {', '.join(servers)}. Nothing was printed: name the patient's "
+            "server with --fhir-server."
+        )
+        self.servers = tuple(servers)
+
+
+def one_patient(session: Session, query: TrailQuery) -> TrailQuery:
+    """``query`` with the FHIR server of its patient filled in when the trail has that
+    reference on one server only. Raises :class:`AmbiguousPatientError` when it has it on
+    several and the query names none: their rows together would mix people."""
+    if query.patient_ref is None or query.fhir_base_url is not None:
+        return query
+    recorded = select(distinct(AuditRecord.fhir_base_url)).where(*_matching(query))
+    servers = sorted(s for s in session.scalars(recorded) if s is not None)
+    if len(servers) > 1:
+        raise AmbiguousPatientError(query.patient_ref, servers)
+    return replace(query, fhir_base_url=next(iter(servers), None))
+
+
+def _matching(query: TrailQuery) -> list[ColumnElement[bool]]:
+    """The conditions of the rows ``query`` selects."""
     conditions = [AuditRecord.tenant_id == query.tenant_id]
     if query.patient_ref is not None:
         conditions.append(AuditRecord.patient_ref == query.patient_ref)
+    if query.fhir_base_url is not None:
+        on_server = AuditRecord.fhir_base_url == query.fhir_base_url
+        conditions.append(or_(on_server, AuditRecord.fhir_base_url.is_(None)))
     if query.actor is not None:
         conditions.append(AuditRecord.actor == query.actor)
     if query.since is not None:
         conditions.append(AuditRecord.recorded_at >= query.since)
     if query.until is not None:
         conditions.append(AuditRecord.recorded_at < query.until)
+    return conditions
+
+
+def trail(session: Session, query: TrailQuery) -> Iterator[dict[str, object]]:
+    """The rows in the order they were recorded, each with the delivery state of the save
+    it belongs to (a write's data travels in an outbox entry), streamed, not loaded whole."""
     rows = session.execute(
         select(AuditRecord, OutboxEntry.state)
         .outerjoin(OutboxEntry, OutboxEntry.id == AuditRecord.outbox_id)
-        .where(*conditions)
+        .where(*_matching(query))
         .order_by(AuditRecord.recorded_at, AuditRecord.id)
         .execution_options(yield_per=500)
     )
@@ -206,6 +251,7 @@ def trail(session: Session, query: TrailQuery) -> Iterator[dict[str, object]]:
             "recorded_at": row.recorded_at.isoformat(),
             "actor": row.actor,
             "action": row.action,
+            "fhir_server": row.fhir_base_url,
             "patient": row.patient_ref,
             "entities": row.entities,
             "outcome": row.outcome,

@@ -776,7 +776,7 @@ class Casework:
                 outcome="success",
                 at=now,
             )
-            audit.record_local(session, ctx.tenant.id, fact, entry.id)
+            audit.record_local(session, ctx.tenant.id, fact, entry.fhir_base_url, entry.id)
         state = self._outbox.deliver(
             entry.id, timeout=min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
         )

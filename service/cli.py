@@ -177,7 +177,14 @@ def cmd_config_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    query = TrailQuery(0, args.patient, args.actor, args.since, args.until)
+    query = TrailQuery(
+        tenant_id=0,
+        patient_ref=args.patient,
+        fhir_base_url=args.fhir_server,
+        actor=args.actor,
+        since=args.since,
+        until=args.until,
+    )
     actor = f"kindreflex audit ({getpass.getuser()})"
     return admin_commands.show_audit(settings, args.tenant, query, actor)
 
@@ -194,6 +201,12 @@ def _moment(value: str) -> datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"a timestamp needs its offset (e.g. +01:00): {value}")
     return moment
+
+
+def _fhir_server(value: str) -> str:
+    """A FHIR base URL as the registrations store it (``EhrRegistration``: no trailing
+    slash), so that one copied with a slash still finds the server's rows."""
+    return value.rstrip("/")
 
 
 def cmd_admin_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
@@ -230,9 +243,23 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     trail = commands.add_parser(
         "audit",
         help="print the audit trail (who read or wrote which patient's data) as JSON lines",
+        description="Print the audit trail as JSON lines, each with the FHIR server "
+        "(fhir_server) its patient is on. A hospital with two EHRs has two FHIR servers, on "
+        "which Patient/123 may be two different people: when the rows of --patient are on "
+        "more than one server, name one with --fhir-server (otherwise nothing is printed, "
+        "the servers are named and the exit code is 2). Rows without a server (fhir_server "
+        "null: some older rows, and readings of this command without a patient) are printed "
+        "with any --fhir-server: they may be that patient's.",
     )
     trail.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
     trail.add_argument("--patient", help="only this patient, e.g. Patient/123")
+    trail.add_argument(
+        "--fhir-server",
+        type=_fhir_server,
+        metavar="URL",
+        help="only this FHIR server's rows (its base URL, as printed in fhir_server) and "
+        "those without one; needed with --patient when its rows are on several servers",
+    )
     trail.add_argument("--actor", help="only this user (fhirUser), e.g. Practitioner/7")
     moment = "a date (Belgian time) or a timestamp with offset"
     trail.add_argument("--since", type=_moment, help=f"from this moment on: {moment}")

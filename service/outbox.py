@@ -545,7 +545,7 @@ def _audit_failure(session: Session, entry: _Claimed, at: datetime) -> None:
         outcome="failure",
         at=at,
     )
-    audit.record_local(session, entry.tenant_id, fact, entry.id)
+    audit.record_local(session, entry.tenant_id, fact, entry.fhir_base_url, entry.id)
 
 
 class _Refused(Exception):  # noqa: N818 - a reason, not an error of ours

@@ -321,9 +321,11 @@ class InvalidAssigneeError(ValueError):
 
 @dataclass(frozen=True)
 class Assignment:
-    """The case after a change: its patient (for the audit) and its new version."""
+    """The case after a change: its patient (for the audit: ``patient_ref`` on the FHIR
+    server ``fhir_base_url``) and its new version."""
 
     case_id: int
+    fhir_base_url: str
     patient_ref: str
     flag_identifier: str
     assigned_to: str | None
@@ -361,10 +363,17 @@ def assign_case(
     if changed.rowcount != 1:  # type: ignore[attr-defined] # CursorResult of an UPDATE
         raise _why_unchanged(session, tenant_id, case_id)
     refs = session.execute(
-        select(Concern.patient_ref, Concern.flag_identifier).where(Concern.id == case_id)
+        select(Concern.fhir_base_url, Concern.patient_ref, Concern.flag_identifier).where(
+            Concern.id == case_id
+        )
     ).one()  # the UPDATE above just matched the row
     return Assignment(
-        case_id, refs.patient_ref, refs.flag_identifier, assignee, expected_version + 1
+        case_id,
+        refs.fhir_base_url,
+        refs.patient_ref,
+        refs.flag_identifier,
+        assignee,
+        expected_version + 1,
     )
 
 

@@ -264,7 +264,7 @@ class Triage:
                 ),
             )
             fact = _write_fact(ctx, patient_ref, plan.written, now, _updates(plan.written))
-            audit.record_local(session, ctx.tenant.id, fact, entry.id)
+            audit.record_local(session, ctx.tenant.id, fact, entry.fhir_base_url, entry.id)
             if concern:
                 _index_concern(session, ctx, findings, open_concern, flag_id, entry.id, now)
                 session.flush()  # the unique open-concern index speaks here, inside the try

@@ -212,7 +212,7 @@ def _audit_sign_in(
     fact = AuditFact(new.user.fhir_user, AuditAction.LOGIN, patient_ref, (), "success", utcnow())
     with database.session() as session:
         if patient_ref is None:
-            audit.record_local(session, tenant.id, fact)
+            audit.record_local(session, tenant.id, fact, registration.fhir_base_url)
         else:
             channel = Channel(tenant.id, registration.id, registration.fhir_base_url, session_id)
             audit.record_read(session, channel, fact)

@@ -52,6 +52,7 @@ class Viewer:
 
     tenant: TenantContext
     actor: str  # the audit row's actor
+    fhir_base_url: str | None  # the audit row's: the EHR launched from (None: an admin's sign-in)
     language: Language
     prefix: str  # "" or "/t/{tenant}", for the screen's links
     headers: dict[str, str]  # the page's security headers (frame-ancestors of the EHRs)
@@ -70,7 +71,8 @@ async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
         )
         slug = request.path_params.get("tenant")
         headers = page_headers(all_frame_origins(tenant))
-        return Viewer(tenant, signed_in.actor, language, f"/t/{slug}" if slug else "", headers)
+        prefix = f"/t/{slug}" if slug else ""
+        return Viewer(tenant, signed_in.actor, None, language, prefix, headers)
     ctx = current_launch(request)
     if not ALLOWED_ROLES & ctx.user.roles:
         raise PageError(
@@ -81,7 +83,12 @@ async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
             role=translate(ctx.language, "monitoring.roles"),
         )
     return Viewer(
-        ctx.tenant, ctx.user.fhir_user, ctx.language, ctx.path_prefix, security_headers(ctx)
+        ctx.tenant,
+        ctx.user.fhir_user,
+        ctx.fhir_base_url,
+        ctx.language,
+        ctx.path_prefix,
+        security_headers(ctx),
     )
 
 
@@ -195,7 +202,7 @@ def _figures(ctx: Viewer, database: DatabaseDep, period: Period, shown: Format) 
             outcome="success",
             at=utcnow(),
         )
-        audit.record_local(session, ctx.tenant.id, fact)
+        audit.record_local(session, ctx.tenant.id, fact, ctx.fhir_base_url)
     return result
 
 

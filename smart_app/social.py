@@ -479,7 +479,7 @@ def audit_refusal(
     data the user was shown all the same (on the session's FHIR server)."""
     with database.session() as session:
         refused = _fact(ctx, action, patient_ref, (), outcome="failure")
-        audit.record_local(session, ctx.tenant.id, refused)
+        audit.record_local(session, ctx.tenant.id, refused, ctx.fhir_base_url)
 
 
 # -- the worklist screen ----------------------------------------------------------------------
@@ -583,7 +583,8 @@ def _listing(ctx: LaunchContext, database: DatabaseDep, wanted: ListingQuery) ->
         except social.InvalidCursorError as error:
             raise HTTPException(400, str(error)) from error
         patients = tuple(item.patient for item in page.items)
-        audit.record_local(session, ctx.tenant.id, _fact(ctx, AuditAction.SEARCH, None, patients))
+        listed = _fact(ctx, AuditAction.SEARCH, None, patients)
+        audit.record_local(session, ctx.tenant.id, listed, ctx.fhir_base_url)
     return page
 
 
@@ -621,7 +622,7 @@ def _change(
             )
             flag = f"Flag?identifier={identifier_system('concern')}|{done.flag_identifier}"
             fact = _fact(ctx, AuditAction.UPDATE, done.patient_ref, (flag,))
-            audit.record_local(session, ctx.tenant.id, fact)
+            audit.record_local(session, ctx.tenant.id, fact, done.fhir_base_url)
     except (social.CaseNotFoundError, social.CaseConflict, social.InvalidAssigneeError):
         audit_refusal(ctx, database)
         raise

@@ -97,19 +97,23 @@ def bootstrap(settings: Settings, tenant: str | None, minutes: int) -> int:
 
 def show_audit(settings: Settings, tenant: str | None, query: audit.TrailQuery, actor: str) -> int:
     """Print a hospital's audit trail as JSON lines (``query.tenant_id`` is set here from
-    the slug). Reading the trail is itself audited: a ``search-type`` row by ``actor``."""
+    the slug). Reading the trail is itself audited: a ``search-type`` row by ``actor``.
+
+    A patient whose reference the trail has on several FHIR servers is refused unless the
+    query names the server: the rows of two people would be printed as one's."""
     database, tenants = _directory(settings)
     try:
         query = replace(query, tenant_id=tenants.get(tenant or settings.default_tenant).id)
         with database.session() as session:
+            query = audit.one_patient(session, query)
             for row in audit.trail(session, query):
                 sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
             sys.stdout.flush()
             read = audit.AuditFact(
                 actor, audit.AuditAction.SEARCH, query.patient_ref, (), "success", utcnow()
             )
-            audit.record_local(session, query.tenant_id, read)
-    except UnknownTenantError as error:
+            audit.record_local(session, query.tenant_id, read, query.fhir_base_url)
+    except (UnknownTenantError, audit.AmbiguousPatientError) as error:
         print(f"kindreflex: {error}", file=sys.stderr)
         return 2
     finally:

@@ -223,15 +223,25 @@ class AuditRecord(TenantScoped, Base):
     """One read or write of a child's data: who, when, what, which patient, outcome.
 
     References only (``Patient/1``, ``RelatedPerson/7``): never names or clinical content.
+    A patient is ``patient_ref`` on the FHIR server ``fhir_base_url``, as in
+    :class:`Concern`. Without a patient, ``fhir_base_url`` is the server of the EHR the user
+    launched from; it is None where there is none (the command line, an admin's sign-in)
+    and on rows written before migration 0017 without an outbox entry.
     """
 
     __tablename__ = "audit_records"
-    __table_args__ = (Index("ix_audit_records_patient", "tenant_id", "patient_ref", "recorded_at"),)
+    __table_args__ = (
+        # one patient's rows in time order, and the servers a patient reference occurs on
+        Index(
+            "ix_audit_records_patient", "tenant_id", "patient_ref", "fhir_base_url", "recorded_at"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     actor: Mapped[str] = mapped_column(String(500))
     action: Mapped[str] = mapped_column(String(20))
+    fhir_base_url: Mapped[str | None] = mapped_column(String(500))
     patient_ref: Mapped[str | None] = mapped_column(String(200))
     entities: Mapped[list[str]] = mapped_column(JSON)
     outcome: Mapped[str] = mapped_column(String(20))

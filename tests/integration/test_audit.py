@@ -45,6 +45,7 @@ def test_loading_children_is_audited_here_and_on_the_fhir_server(
     assert record.actor == nurse
     assert record.action == "search-type"
     assert record.patient_ref == f"Patient/{patient.id}"
+    assert record.fhir_base_url == world.base_url  # the server that patient is on
     assert record.outcome == "success"
     assert sorted(record.entities) == sorted(c.ref.split("/_history/")[0] for c in children)
     assert not any(c.name in str(record.entities) for c in children)  # references, no names
@@ -88,7 +89,7 @@ def test_a_save_is_audited_here_and_its_audit_event_travels_with_the_data(
     (record,) = _records(world.database)
     assert record.action == "create"
     assert record.outbox_id == result.outbox_id
-    assert record.patient_ref == f"Patient/{patient.id}"
+    assert (record.fhir_base_url, record.patient_ref) == (world.base_url, f"Patient/{patient.id}")
     assert all("?identifier=" in ref for ref in record.entities)  # findable, no names
     assert "Lotte" not in str(record.entities)
     with world.database.session() as session:

@@ -168,20 +168,15 @@ def test_the_audit_trail_is_printed_for_one_patient_and_its_reading_is_audited(
     url = f"sqlite:///{tmp_path / 'kr.db'}"
     migrate.upgrade(url)
     database = Database(url)
-    hospital = make_tenant(database, "default", "http://127.0.0.1:9/fhir")
-    other = make_tenant(database, "other", "http://127.0.0.1:9/fhir")
+    hospital = make_tenant(database, "default", _SERVER)
+    other = make_tenant(database, "other", _SERVER)
     at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 1 December 00:30 in Brussels
 
-    def seen(patient: str, when: datetime) -> AuditFact:
-        return AuditFact(
-            "Practitioner/nurse-1", AuditAction.READ, patient, ("RelatedPerson/7",), "success", when
-        )
-
     with database.session() as session:
-        audit.record_local(session, hospital.id, seen("Patient/1", at))
-        audit.record_local(session, hospital.id, seen("Patient/1", at - _DAY))
-        audit.record_local(session, hospital.id, seen("Patient/2", at))
-        audit.record_local(session, other.id, seen("Patient/1", at))
+        audit.record_local(session, hospital.id, _seen("Patient/1", at), _SERVER)
+        audit.record_local(session, hospital.id, _seen("Patient/1", at - _DAY), _SERVER)
+        audit.record_local(session, hospital.id, _seen("Patient/2", at), _SERVER)
+        audit.record_local(session, other.id, _seen("Patient/1", at), _SERVER)
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
     wanted = ["audit", "--patient", "Patient/1", "--since", "2026-12-01"]
     result = subprocess.run([*KINDREFLEX, *wanted], env=env, capture_output=True, text=True)
@@ -193,6 +188,7 @@ def test_the_audit_trail_is_printed_for_one_patient_and_its_reading_is_audited(
             "recorded_at": at.isoformat(),
             "actor": "Practitioner/nurse-1",
             "action": "read",
+            "fhir_server": _SERVER,
             "patient": "Patient/1",
             "entities": ["RelatedPerson/7"],
             "outcome": "success",
@@ -206,6 +202,7 @@ def test_the_audit_trail_is_printed_for_one_patient_and_its_reading_is_audited(
     assert reading.tenant_id == hospital.id
     assert reading.actor.startswith("kindreflex audit (")
     assert (reading.action, reading.patient_ref) == ("search-type", "Patient/1")
+    assert reading.fhir_base_url == _SERVER  # the hospital's only server that has the patient
 
     naive = subprocess.run(
         [*KINDREFLEX, "audit", "--since", "2026-12-01T08:00"],
@@ -217,4 +214,60 @@ def test_the_audit_trail_is_printed_for_one_patient_and_its_reading_is_audited(
     assert "a timestamp needs its offset" in naive.stderr
 
 
+def test_the_audit_trail_of_a_patient_reference_on_two_fhir_servers_needs_the_server(
+    tmp_path: Path,
+) -> None:
+    """A hospital with two EHRs: Patient/1 of one is another child than Patient/1 of the
+    other, and an access request must not answer with both."""
+    url = f"sqlite:///{tmp_path / 'kr.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    hospital = make_tenant(database, "default", _SERVER)
+    first, second = "http://ehr-a.test/fhir", "http://ehr-b.test/fhir"
+    at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    with database.session() as session:
+        audit.record_local(session, hospital.id, _seen("Patient/1", at), first)
+        audit.record_local(session, hospital.id, _seen("Patient/1", at + _MINUTE), second)
+        # a row written before the server was kept (no outbox entry to take it from)
+        audit.record_local(session, hospital.id, _seen("Patient/1", at + 2 * _MINUTE), None)
+    database.dispose()
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+
+    def kindreflex_audit(*wanted: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*KINDREFLEX, "audit", *wanted], env=env, capture_output=True, text=True
+        )
+
+    refused = kindreflex_audit("--patient", "Patient/1")
+    assert refused.returncode == 2
+    assert refused.stdout == ""
+    assert (
+        f"Patient/1 has audit rows on 2 FHIR servers, on which it may be different people: "
+        f"{first}, {second}. Nothing was printed: name the patient's server with --fhir-server."
+    ) in refused.stderr
+
+    # as copied from a browser, with a slash: the registrations store it without one
+    chosen = kindreflex_audit("--patient", "Patient/1", "--fhir-server", f"{second}/")
+    assert chosen.returncode == 0, chosen.stderr
+    printed = [json.loads(line) for line in chosen.stdout.splitlines()]
+    # the row without a server may be this patient's: printed, and marked as unknown
+    assert [(row["fhir_server"], row["recorded_at"]) for row in printed] == [
+        (second, (at + _MINUTE).isoformat()),
+        (None, (at + 2 * _MINUTE).isoformat()),
+    ]
+
+    by_user = kindreflex_audit("--actor", "Practitioner/nurse-1")  # each line names its server
+    assert by_user.returncode == 0, by_user.stderr
+    servers = [json.loads(line)["fhir_server"] for line in by_user.stdout.splitlines()]
+    assert servers == [first, second, None]
+
+
+def _seen(patient: str, when: datetime) -> AuditFact:
+    return AuditFact(
+        "Practitioner/nurse-1", AuditAction.READ, patient, ("RelatedPerson/7",), "success", when
+    )
+
+
+_SERVER = "http://127.0.0.1:9/fhir"
 _DAY = timedelta(days=1)
+_MINUTE = timedelta(minutes=1)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, insert, inspect, select, text
 
 from service.db import (
     migrate,
     models,  # noqa: F401 - registers every table
 )
-from service.db.base import Base
+from service.db.base import Base, Database, utcnow
+from service.db.models import AuditRecord
+from service.outbox import NewEntry, enqueue
+from tests.support.write_path import make_tenant
 
 
 def test_upgrade_creates_a_schema_equal_to_the_models(database_url: str) -> None:
@@ -33,6 +36,43 @@ def test_downgrade_to_base_and_up_again(database_url: str) -> None:
     engine = create_engine(database_url)
     assert "tenants" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_0017_gives_old_audit_rows_the_fhir_server_of_their_outbox_entry(
+    database_url: str,
+) -> None:
+    migrate.upgrade(database_url, "0016_outbox_patient_index")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    server = "http://ehr-b.test/fhir"  # the row's own, not just any of the hospital's
+    with database.session() as session:
+        entry = enqueue(
+            session,
+            tenant.id,
+            NewEntry("audit", "ehr", server, "s1", "Practitioner/n", "Patient/1", {}),
+        )
+        session.flush()
+        row = {
+            "tenant_id": tenant.id,
+            "recorded_at": utcnow(),
+            "actor": "Practitioner/n",
+            "action": "read",
+            "patient_ref": "Patient/1",
+            "entities": [],
+            "outcome": "success",
+        }
+        # the table as 0016 left it: no fhir_base_url column yet
+        session.execute(
+            insert(AuditRecord),
+            [{**row, "outbox_id": entry.id}, {**row, "outbox_id": None}],
+        )
+
+    migrate.upgrade(database_url)
+
+    with database.session() as session:
+        servers = session.scalars(select(AuditRecord.fhir_base_url).order_by(AuditRecord.id))
+        assert list(servers) == [server, None]  # a row without an entry has no known server
+    database.dispose()
 
 
 def _heads(engine: Engine) -> set[str]:

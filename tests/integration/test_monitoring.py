@@ -70,7 +70,7 @@ from service.triage import TriageInput
 from smart_app.admin import ADMIN_COOKIE
 from smart_app.session import AppUser, LaunchContext, Role
 from tests.integration.test_cds_hooks import hook_body
-from tests.support.sessions import User, signed_in
+from tests.support.sessions import UNUSED_FHIR, User, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (
     LoopbackTokens,
@@ -676,7 +676,9 @@ def test_an_admin_signed_in_with_a_bootstrap_token_sees_the_figures_of_their_hos
     with world.database.session() as session:
         rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
         seen = [(r.tenant_id, r.actor, r.entities[0].rsplit("=", 1)[1]) for r in rows]
+        servers = {r.fhir_base_url for r in rows}
     assert seen == [(tenant.id, mine.actor, shown) for shown in ("screen", "csv", "measure-report")]
+    assert servers == {None}  # signed in here, not launched from an EHR
 
 
 def test_an_ended_admin_session_is_refused(world: World) -> None:
@@ -702,11 +704,13 @@ def test_every_view_is_audited_without_a_patient(world: World) -> None:
     with world.database.session() as session:
         rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
         seen = [(r.actor, r.action, r.patient_ref, r.entities, r.outcome) for r in rows]
+        servers = {r.fhir_base_url for r in rows}
     what = "Measure/kindreflex-ed-monitoring?from=2026-01-01&to=2026-03-31&format="
     assert seen == [
         ("Practitioner/admin-x", "search-type", None, [what + shown], "success")
         for shown in ("screen", "csv", "measure-report")
     ]
+    assert servers == {UNUSED_FHIR}  # the EHR the admin launched from
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def test_a_read_is_audited_locally_and_its_audit_event_delivered_once(
         patient,
     )
     assert record.entities == ["RelatedPerson/7"]
-    assert record.outbox_id == entry_id
+    assert (record.fhir_base_url, record.outbox_id) == (fhir_server.base_url, entry_id)
 
     deliveries = outbox.run_once()
     assert [(d.entry_id, d.state) for d in deliveries] == [(entry_id, DeliveryState.DELIVERED)]
@@ -263,6 +264,9 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
     tenant = make_tenant(database, "a", fhir_server.base_url)
     bad = _bundle_the_server_rejects()
     entry_id = _enqueue(database, tenant, fhir_server.base_url, bad)
+    saved = replace(_read_fact("Patient/p1"), action=AuditAction.CREATE)
+    with database.session() as db:
+        audit.record_local(db, tenant.id, saved, fhir_server.base_url, entry_id)
     clock = Clock()
     outbox = make_outbox(database, clock)
 
@@ -276,6 +280,13 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "Patient" not in errors[0].getMessage()
+    with database.session() as db:
+        audited = db.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        # the failure of the save is of the same patient, on the same server
+        assert [(r.outcome, r.fhir_base_url) for r in audited] == [
+            ("success", fhir_server.base_url),
+            ("failure", fhir_server.base_url),
+        ]
 
     clock.advance(24 * 3600)
     assert outbox.run_once() == []  # a rejection is never retried

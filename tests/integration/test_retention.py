@@ -60,7 +60,7 @@ def _save(
             ),
         )
         fact = AuditFact("Practitioner/n", AuditAction.CREATE, "Patient/p", (), "success", utcnow())
-        audit.record_local(session, tenant.id, fact, entry.id)
+        audit.record_local(session, tenant.id, fact, entry.fhir_base_url, entry.id)
         entry.state = state
         entry.delivered_at = delivered_at
         if counted:

@@ -210,7 +210,9 @@ def test_claim_and_assign_move_the_version_and_are_audited(
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    # the case came from the hospital's other EHR: its patient is on that one's server
+    other_ehr = "http://ehr-b.test/fhir"
+    case_id = index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=other_ehr)
     app = make_app(database_url, database)
     client = TestClient(app)
     me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
@@ -249,7 +251,8 @@ def test_claim_and_assign_move_the_version_and_are_audited(
     assert [(c.actor, c.outcome) for c in changes] == [(SOCIAL_WORKER, "success")] * 3 + [
         (SOCIAL_WORKER, "failure")  # the wrong assignee and the unknown case; 422 never ran
     ] * 2
-    assert {c.patient_ref for c in changes[:3]} == {"Patient/1"}
+    assert {(c.fhir_base_url, c.patient_ref) for c in changes[:3]} == {(other_ehr, "Patient/1")}
+    assert {c.fhir_base_url for c in changes[3:]} == {FHIR}  # no patient: the worker's EHR
     assert changes[0].entities[0].startswith("Flag?identifier=")
 
 
