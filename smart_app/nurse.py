@@ -420,7 +420,9 @@ def build_input(
     children = _children(form, t, errors, now.date())
     expecting = _expecting(form, t, errors)
     has_family = bool(children) or form.expecting
-    if not has_family and not form.no_children:
+    # a row typed with a mistake has its own error: "fill in the children" would contradict it
+    typed_rows = any(not row.is_blank for row in form.children)
+    if not has_family and not typed_rows and not form.no_children:
         errors.append(FieldError("child-0-name", t("error.children-or-none")))
     if has_family and form.no_children:
         errors.append(FieldError("no_children", t("error.no-children-contradiction")))

@@ -506,6 +506,8 @@ def test_bad_input_is_answered_next_to_its_field(
     (tied,) = [f for f in again.parsed.fields if f.get("id") == field]  # read with the field
     assert f"{field}-error" in tied.get("aria-describedby", "").split()
     assert tied.get("aria-invalid") == "true"
+    if form:  # a child was typed: not also told to fill in the children
+        assert "vink aan dat de patiënt niet voor kinderen zorgt" not in again.text
 
 
 def test_a_recorded_childs_long_name_does_not_block_the_save(nurse_for: Any) -> None:
