@@ -15,6 +15,11 @@ def local_now() -> datetime:
     return datetime.now(LOCAL_ZONE)
 
 
+def local(moment: datetime) -> datetime:
+    """A moment (timezone-aware) as a Belgian clock shows it."""
+    return moment.astimezone(LOCAL_ZONE)
+
+
 def local_today() -> date:
     """Today's date in Belgium."""
     return local_now().date()

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Concern, OutboxEntry
 from service.fhir import terminology
+from service.local_time import LOCAL_ZONE, local
 from service.partners import Partner, PartnerDirectory
 from service.protocol import (
     STEP_6_TARGETS,
@@ -203,8 +204,10 @@ def _conditions(wanted: CaseFilter, user: str, today: date) -> list[ColumnElemen
     if wanted.overdue:
         conditions.append(Concern.follow_up_due < today)
     if wanted.older_than_days is not None:
-        # "older than N days" compares whole days, as ``days_open`` shows them.
-        cutoff = datetime.combine(today - timedelta(days=wanted.older_than_days), time(), UTC)
+        # "older than N days" compares whole Belgian days, as ``days_open`` shows them.
+        cutoff = datetime.combine(
+            today - timedelta(days=wanted.older_than_days), time(), LOCAL_ZONE
+        )
         conditions.append(Concern.flagged_at < cutoff)
     return conditions
 
@@ -244,7 +247,7 @@ def _summary(
         acute_danger=concern.acute_danger,
         follow_up_due=due,
         overdue=concern.status == "open" and due is not None and due < today,
-        days_open=(today - concern.flagged_at.date()).days,
+        days_open=(today - local(concern.flagged_at).date()).days,
         assigned_to=concern.assigned_to,
         row_version=concern.row_version,
         delivery=None if state is None else Delivery(state=state, error=error, outcome=outcome),

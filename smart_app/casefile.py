@@ -49,7 +49,7 @@ from service.fhir.client import (
     ReauthorisationRequired,
 )
 from service.i18n import Language, translate
-from service.local_time import LOCAL_ZONE, local_today
+from service.local_time import local, local_today
 from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
@@ -417,7 +417,7 @@ def _render(
         child_names={c.ref: c.name for c in file.case.children} if file.case else {},
         partners=_partners(ctx, file.case),
         today=local_today().isoformat(),
-        local=lambda moment: moment.astimezone(LOCAL_ZONE),
+        local=local,
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
 

@@ -44,7 +44,7 @@ from service.fhir.client import (
 )
 from service.fhir.terminology import identifier_system
 from service.i18n import Language, translate
-from service.local_time import local_today
+from service.local_time import local, local_today
 from service.protocol import CaseClosure, CloseReason, Finding, ProtocolError, ReferralStatus
 from service.social import (
     CaseFilter,
@@ -556,6 +556,7 @@ def _worklist_page(
         problem=problem,
         notice=notice,
         trigger=lambda code: terminology.display("hague-trigger", code, ctx.language),
+        local=local,
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
 

@@ -4,12 +4,13 @@ a case from it (CSRF, post/redirect/get, the conflict in Dutch), its security he
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import httpx
 from fastapi.testclient import TestClient
 
 from service.db.base import Database, utcnow
+from service.local_time import LOCAL_ZONE, local_today
 from smart_app.session import Role
 from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, assignment_of, index_case
 from tests.support.sessions import UNUSED_FHIR as FHIR
@@ -166,6 +167,28 @@ def test_the_filter_form_sent_with_its_number_field_left_empty_filters(
     assert f'data-case="{mine}"' in page.text
     assert f'data-case="{free}"' not in page.text
     assert 'id="older_than_days" name="older_than_days"' in page.text
+
+
+def test_a_concern_flagged_after_midnight_in_belgium_counts_belgian_days(
+    database_url: str, database: Database
+) -> None:
+    # Flagged yesterday at 00:30 in Brussels, which is the day before in UTC: before, the
+    # worklist showed the UTC date, counted one day too many and "older than 1 day" found it.
+    hospital = make_tenant(database, "default", FHIR)
+    yesterday = local_today() - timedelta(days=1)
+    flagged = datetime.combine(yesterday, time(0, 30), LOCAL_ZONE).astimezone(UTC)
+    case_id = index_case(database, hospital, "Patient/1", flagged)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    (item,) = client.get("/api/cases", headers=me).json()["items"]
+    page = client.get("/social", headers=me).text
+    older = client.get("/social", headers=me, params={"older_than_days": "1"}).text
+
+    assert item["days_open"] == 1
+    assert f">{yesterday.isoformat()}</time>" in page
+    assert f'data-case="{case_id}"' not in older
 
 
 def test_a_launch_from_a_patients_chart_opens_that_patients_case(
