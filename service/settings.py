@@ -12,6 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -159,3 +160,12 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def over_tls(url: str) -> bool:
+    """Whether what is fetched from or sent to ``url`` is protected in transit: https, or
+    plain http on the loopback interface (it never leaves the machine). SMART 2.x sends
+    codes, tokens and client credentials only over TLS; RFC 7515 fetches a JWK Set only
+    over TLS (a key set read in clear could be swapped on the way)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))

@@ -12,13 +12,13 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-from urllib.parse import quote_plus, urljoin, urlsplit
+from urllib.parse import quote_plus, urljoin
 
 import httpx
 import jwt
 
 from service.keys import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, KeyStore
-from service.settings import is_loopback
+from service.settings import over_tls
 from service.tenant_config import EhrRegistration
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -101,7 +101,7 @@ def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
         scopes_v1="permission-v1" in capabilities and "permission-v2" not in capabilities,
         assertion_alg=_assertion_algorithm(document),
     )
-    cleartext = [name for name, url in _contacted(base, server) if not _over_tls(url)]
+    cleartext = [name for name, url in _contacted(base, server) if not over_tls(url)]
     if cleartext:
         raise OAuthError("ehr_unsupported", f"not https: {', '.join(cleartext)}")
     return server
@@ -117,13 +117,6 @@ def _contacted(fhir_base_url: str, server: AuthServer) -> list[tuple[str, str]]:
         ("token_endpoint", server.token_endpoint),
         keys,
     ]
-
-
-def _over_tls(url: str) -> bool:
-    """SMART 2.x: apps SHALL send authorization codes, tokens and client credentials only
-    to authenticated servers over TLS; plain http is accepted on the loopback interface."""
-    parts = urlsplit(url)
-    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))
 
 
 def _smart_configuration(http: httpx.Client, registration: EhrRegistration) -> dict[str, Any]:
@@ -286,7 +279,7 @@ def _openid_jwks_uri(http: httpx.Client, issuer: str) -> str:
     document = _get_json(http, f"{issuer.rstrip('/')}/.well-known/openid-configuration")
     if document.get("issuer") != issuer or not isinstance(document.get("jwks_uri"), str):
         raise OAuthError("ehr_unsupported", "OpenID configuration without a matching issuer")
-    if not _over_tls(document["jwks_uri"]):
+    if not over_tls(document["jwks_uri"]):
         raise OAuthError("ehr_unsupported", "not https: the OpenID configuration's jwks_uri")
     return str(document["jwks_uri"])
 

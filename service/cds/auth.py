@@ -7,8 +7,9 @@ JWKS URLs; the signature; ``aud`` = the exact URL called; ``exp`` and ``iat`` (w
 leeway, a lifetime of at most five minutes); ``sub`` (the EHR's CDS client id) on the
 issuer's allow-list when it has one; and a ``jti`` never seen before for that issuer.
 A failure raises :class:`CdsAuthError` with a reason the EHR's integrator can act on (the
-router answers 401). Tokens and keys are never logged. A JWK Set is fetched without
-redirects, in at most ``JWKS_TIMEOUT_SECONDS`` all told and up to ``JWKS_MAX_BYTES``.
+router answers 401). Tokens and keys are never logged. A JWK Set is fetched over https
+(plain http on loopback only), without redirects, in at most ``JWKS_TIMEOUT_SECONDS`` all
+told and up to ``JWKS_MAX_BYTES``.
 
 Cost on the hot path: keys are cached (``JWKS_TTL_SECONDS``); the ``jti`` insert is the
 one database write of a hook call; expired ``jti`` rows are purged about once a minute.
@@ -32,6 +33,7 @@ from sqlalchemy import Connection, Table, delete, select
 
 from service.cds.batching import GroupCommit, WriteFailedError
 from service.db.models import CdsSeenToken
+from service.settings import over_tls
 from service.single_flight import SingleFlight
 from service.tenancy import TenantContext
 from service.tenant_config import CdsIssuer, EhrRegistration, jwk_set
@@ -95,6 +97,8 @@ class JwksCache:
         return (await asyncio.shield(fetch)).get(kid, [])
 
     async def _fetch(self, url: str) -> KeysByKid:
+        if not over_tls(url):  # RFC 7515 4.1.2: keys read in clear could be swapped on the way
+            raise CdsAuthError(f"the issuer's JWK Set at {url} is not served over https")
         try:
             async with asyncio.timeout(JWKS_TIMEOUT_SECONDS):
                 body = await self._download(url)

@@ -183,3 +183,17 @@ def test_a_jwk_set_trickled_slower_than_the_deadline_is_refused_in_time(
         assert refused.status_code == 401, refused.text
         assert "could not be read (TimeoutError)" in refused.json()["reason"]
         assert elapsed < JWKS_TIMEOUT_SECONDS + 2
+
+
+def test_a_jwk_set_url_in_cleartext_off_this_machine_is_never_fetched(
+    app: FastAPI, client: TestClient
+) -> None:
+    """RFC 7515: a JWK Set is read over TLS. One read in clear could be swapped on the way,
+    and every JWT signed with the swapped-in key would pass. (http on loopback, as in the
+    other tests here, never leaves the machine.)"""
+    url = "http://ehr.az-gent.example/jwks.json"
+    ehr = Ehr(KEY, url, "https://ehr.az-gent.example/cds")
+    configure(app, tenant_config(ehr))
+    refused = call(client, ehr.token(AUD))
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["reason"] == f"the issuer's JWK Set at {url} is not served over https"
