@@ -453,7 +453,7 @@ def case_page(
     file = _load(ctx, database, work, case_id)
     if file is None:
         return _not_found(ctx)
-    shown = saved if saved in ("delivered", "pending", "failed") else None
+    shown = saved if saved in ("delivered", "pending") else None
     return _render(ctx, file, saved=shown)
 
 
@@ -513,6 +513,11 @@ def _save_step(
         status = 503
     except FhirError:
         problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-refused"))
+        status = 502
+    if problem is None and result.status == "failed":
+        # A rejection is final: nothing reached the case and its row went back
+        # (``casework.undo_refused_save``), so the input stays on the page to be redone.
+        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-rejected"))
         status = 502
     if problem is None:
         target = f"{ctx.path_prefix}/social/cases/{case_id}?saved={result.status}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
+from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local_today
 from service.protocol import SafetyAssessment
 from service.social import Step4Input
@@ -206,3 +208,29 @@ def test_the_printed_referral_gives_the_concerns_reasons_after_a_later_visit_wit
 
     assert summary.status_code == 200
     assert "New partner is irritated by the children." in summary.text
+
+
+def test_a_step_the_fhir_server_rejects_is_shown_again_with_the_input_not_as_saved(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A rejection (4xx) is final: nothing reaches the case and its row goes back. Before,
+    # the page said "saved" and showed the step's form again empty: the referral typed was
+    # gone. A mock, because the sandbox FHIR server accepts everything this form can send.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+
+    def rejected(self: FhirClient, bundle: dict[str, Any]) -> Any:
+        raise FhirRejected(422, outcome)
+
+    monkeypatch.setattr(FhirClient, "transaction", rejected)
+    fields = {**STEP_6, "contact_on": local_today().isoformat()}
+    refused = _post(client, page, case_id, "step-6", "s6", fields)
+
+    assert refused.status_code == 502
+    assert "er werd niets vastgelegd" in _error_summary(refused.text, "s6")
+    assert "Tell the CLB who takes the next step." in refused.text
+    assert search(base_url, "ServiceRequest", subject=patient) == []
