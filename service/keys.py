@@ -157,12 +157,21 @@ class KeyStore:
     def rotate(self) -> list[str]:
         """Add a new key of each algorithm (each signs once published for
         ``NEW_KEY_PUBLISHED_AHEAD``); the previous ones stay published for
-        ``RETIRED_KEY_PUBLISHED_FOR``. Returns the new kids."""
+        ``RETIRED_KEY_PUBLISHED_FOR``. Returns the new kids.
+
+        A key sealed under another ``KINDREFLEX_SECRET_KEY`` is deleted at once: it can
+        neither sign nor be published (its public half is derived from the private one),
+        and kept it would fail the JWKS for the whole grace. So a rotation is how the
+        service recovers from a changed secret key.
+        """
         with self._database.session() as session:
             now = utcnow()
-            for row in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
-                row.retired_at = now
-                row.publish_until = now + RETIRED_KEY_PUBLISHED_FOR
+            for row in session.scalars(select(SigningKey)).all():
+                if not self._opens(row):
+                    session.delete(row)
+                elif row.retired_at is None:
+                    row.retired_at = now
+                    row.publish_until = now + RETIRED_KEY_PUBLISHED_FOR
             # Retired keys past their grace are gone for good: nothing may verify with them.
             session.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
             return [self._new_key(session, algorithm).kid for algorithm in ALGORITHMS]
@@ -212,6 +221,14 @@ class KeyStore:
         with self._lock:
             self._private[row.kid] = key
         return row
+
+    def _opens(self, row: SigningKey) -> bool:
+        """Whether this instance's secret key opens ``row``'s private key."""
+        try:
+            self._private_key(row)
+        except UnsealError:
+            return False
+        return True
 
     def _private_key(self, row: SigningKey) -> PrivateKey:
         with self._lock:

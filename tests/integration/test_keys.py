@@ -165,3 +165,19 @@ def test_keys_rotate_command(database: Database) -> None:
     after = {k["kid"] for k in KeyStore(database, settings).jwks()["keys"]}
     assert before < after
     assert len(after) == 4  # the RS384 and ES384 keys, each with its successor
+
+
+def test_a_rotation_recovers_from_a_changed_secret_key(database: Database) -> None:
+    """Keys sealed under the old secret key can neither sign nor be published: the rotation
+    drops them, so the JWKS answers again and the new keys sign at once."""
+    before = KeyStore(database, _settings(database, secret_key=SecretStr("the old secret")))
+    old_kids = {k["kid"] for k in before.jwks()["keys"]}
+    store = KeyStore(database, _settings(database, secret_key=SecretStr("the new secret")))
+    new_kids = store.rotate()
+    published = store.jwks()
+    assert {k["kid"] for k in published["keys"]} == set(new_kids)
+    assert not old_kids & set(new_kids)
+    for algorithm in ALGORITHMS:
+        assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app", algorithm)
+        assert _kid(assertion) == new_kids[ALGORITHMS.index(algorithm)]
+        _verify(assertion, published)
