@@ -478,19 +478,20 @@ def _save_step(
 ) -> Response:
     """Run a save from a form; on success back to the case (post/redirect/get), on a
     refusal the page again with the input kept and the reason next to the field."""
-    problem, status = None, 200
+    problems: tuple[Problem, ...] = ()
+    status = 200
     try:
         version = _Form.model_validate({"row_version": typed.value(typed.form, "row_version")})
         result = save(version.row_version)
     except ValidationError as error:
-        problem, status = _invalid(ctx, typed.form, error), 422
+        problems, status = _invalid(ctx, typed.form, error), 422
     except ProtocolError as error:
         anchor = _protocol_anchor(error, typed)
         message = translate(ctx.language, f"app.protocol.{error.code.value}")
-        problem, status = Problem(typed.form, anchor, message), 422
+        problems, status = (Problem(typed.form, anchor, message),), 422
     except social.CatalogueError:
         anchor = "s6-partner" if typed.form == "s6" else f"{typed.form}-factors"
-        problem = Problem(typed.form, anchor, _message(ctx.language, "error.catalogue"))
+        problems = (Problem(typed.form, anchor, _message(ctx.language, "error.catalogue")),)
         status = 422
     except social.CaseNotFoundError:
         return _not_found(ctx)
@@ -498,35 +499,34 @@ def _save_step(
         key = "error.closed" if conflict.reason == "closed" else "error.conflict"
         if conflict.reason == "changed" and work.saved_twice(ctx, case_id, version.row_version):
             key = "error.saved-twice"
-        problem, status = Problem(typed.form, typed.form, _message(ctx.language, key)), 409
+        problems, status = _about_form(ctx, typed, key), 409
     except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
-        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.not-now"))
-        status = 409
+        problems, status = _about_form(ctx, typed, "error.not-now"), 409
     except ReauthorisationRequired:
-        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.reauthorise"))
-        status = 401
+        problems, status = _about_form(ctx, typed, "error.reauthorise"), 401
     except FhirUnreadable:
-        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-garbled"))
-        status = 502
+        problems, status = _about_form(ctx, typed, "error.fhir-garbled"), 502
     except FhirUnavailable:
-        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-down"))
-        status = 503
+        problems, status = _about_form(ctx, typed, "error.fhir-down"), 503
     except FhirError:
-        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-refused"))
-        status = 502
-    if problem is None and result.status == "failed":
+        problems, status = _about_form(ctx, typed, "error.fhir-refused"), 502
+    if not problems and result.status == "failed":
         # A rejection is final: nothing reached the case and its row went back
         # (``casework.undo_refused_save``), so the input stays on the page to be redone.
-        problem = Problem(typed.form, typed.form, _message(ctx.language, "error.fhir-rejected"))
-        status = 502
-    if problem is None:
+        problems, status = _about_form(ctx, typed, "error.fhir-rejected"), 502
+    if not problems:
         target = f"{ctx.path_prefix}/social/cases/{case_id}?saved={result.status}"
         return RedirectResponse(target, status_code=303)
     audit_refusal(ctx, database)
     file = _load(ctx, database, work, case_id)
     if file is None:
         return _not_found(ctx)
-    return _render(ctx, file, typed=typed, problems=(problem,), status=status)
+    return _render(ctx, file, typed=typed, problems=problems, status=status)
+
+
+def _about_form(ctx: LaunchContext, typed: Typed, message_id: str) -> tuple[Problem]:
+    """A refusal of the whole form (not of one field), shown at its head."""
+    return (Problem(typed.form, typed.form, _message(ctx.language, message_id)),)
 
 
 def _protocol_anchor(error: ProtocolError, typed: Typed) -> str:
@@ -548,12 +548,19 @@ def _before_today(day: str) -> bool:
         return False
 
 
-def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> Problem:
-    """A field the form sent in a shape the API refuses (a missing choice, a bad date)."""
-    first = error.errors()[0]
-    where = str(first["loc"][0]).replace("_", "-") if first["loc"] else ""
+def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> tuple[Problem, ...]:
+    """Each field the form sent in a shape the API refuses (a missing choice, a bad date),
+    once: all of them at a time, not one per save."""
+    message = _message(ctx.language, "error.field")
+    anchors = dict.fromkeys(_field_anchor(form, problem["loc"]) for problem in error.errors())
+    return tuple(Problem(form, anchor, message) for anchor in anchors)
+
+
+def _field_anchor(form: str, loc: tuple[int | str, ...]) -> str:
+    """The id on the page of the field an API error names (``loc``: its path in the body)."""
+    where = str(loc[0]).replace("_", "-") if loc else ""
     anchor = form if where in ("", "row-version") else f"{form}-{where}"
-    return Problem(form, _FIELD_ANCHOR.get(anchor, anchor), _message(ctx.language, "error.field"))
+    return _FIELD_ANCHOR.get(anchor, anchor)
 
 
 @router.post("/cases/{case_id}/close", dependencies=[Depends(verify_csrf)])

@@ -234,3 +234,23 @@ def test_a_step_the_fhir_server_rejects_is_shown_again_with_the_input_not_as_sav
     assert "er werd niets vastgelegd" in _error_summary(refused.text, "s6")
     assert "Tell the CLB who takes the next step." in refused.text
     assert search(base_url, "ServiceRequest", subject=patient) == []
+
+
+def test_every_field_the_form_got_wrong_is_shown_at_once(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, only the first was named: the social worker corrected one field per save.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    fields = {k: v for k, v in STEP_6.items() if k not in ("cooperation", "informed")}
+
+    refused = _post(client, page, case_id, "step-6", "s6", {**fields, "contact_on": "30-02"})
+
+    assert refused.status_code == 422
+    said = _error_summary(refused.text, "s6")
+    for anchor in ("s6-cooperation", "s6-informed", "s6-contact"):
+        assert f'href="#{anchor}"' in said
+        assert f'id="{anchor}-error"' in refused.text
+    assert search(base_url, "ServiceRequest", subject=patient) == []
