@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -127,6 +127,19 @@ class SeededPatient:
     arrived_encounter_id: str | None
     related_person_ids: list[str] = field(default_factory=list)
     flag_ids: list[str] = field(default_factory=list)
+    concern: SeededConcern | None = None  # the open Kindreflex concern of an earlier visit
+
+
+@dataclass(frozen=True)
+class SeededConcern:
+    """An open concern as the app would have raised it at the earlier visit: what the demo
+    puts on the social service's worklist (``service.demo``)."""
+
+    flag_identifier: str
+    flagged_at: datetime
+    flagged_by: str
+    encounter_id: str | None  # the earlier visit
+    children_birth_dates: tuple[str, ...]
 
 
 @dataclass
@@ -138,6 +151,12 @@ class SeedResult:
 
     def patient(self, key: str) -> SeededPatient:
         return self.patients[key]
+
+
+def _earlier_visit_start(today: date) -> datetime:
+    """When a returning patient's earlier ED visit began: a fixed time of a day, so that
+    seeding again the same day reports the same concern (``SeededConcern.flagged_at``)."""
+    return datetime.combine(today - timedelta(days=200), time(9, 0), UTC)
 
 
 def years_ago(today: date, years: int, extra_days: int = 0) -> date:
@@ -325,7 +344,6 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
             },
         )
     nurse_ref = f"Practitioner/{practitioners['nurse']}"
-    sw_ref = f"Practitioner/{practitioners['social-worker']}"
     lives_with = codes.lives_with_extension()
     profile_child = codes.child_profile()
     profile_flag = codes.concern_flag_profile()
@@ -372,7 +390,7 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
         )
         earlier_enc: str | None = None
         if p.earlier_visit:
-            start = s.now - timedelta(days=200)
+            start = _earlier_visit_start(today)
             earlier_enc = s.ensure(
                 "Encounter",
                 VISIT_NUMBER_SYSTEM,
@@ -425,6 +443,7 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
         if p.open_concern:
             concern_system = codes.identifier_system("concern") or RECORD_SYSTEM
             concern_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{SANDBOX_SYSTEM}/{number}/concern"))
+            flagged_at = _earlier_visit_start(today) + timedelta(hours=1)  # at its step 2
             flag: dict[str, Any] = {
                 "identifier": [{"system": concern_system, "value": concern_uuid}],
                 "status": "active",
@@ -441,18 +460,26 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
                     else {"text": "Kindreflex: open verontrusting"}
                 ),
                 "subject": {"reference": patient_ref},
-                "period": {"start": (s.now - timedelta(days=200)).isoformat()},
-                "author": {"reference": sw_ref},
+                "period": {"start": flagged_at.isoformat()},
+                "author": {"reference": nurse_ref},
             }
             last_step_url = codes.extension_url("concern-last-step")
-            step4 = codes.code_in("kindreflex-step", "step-4")
-            if last_step_url and step4:
-                flag["extension"] = [{"url": last_step_url, "valueCoding": step4}]
+            # handed to the social service at step 2 (service.demo records steps 1 and 2)
+            step2 = codes.code_in("kindreflex-step", "step-2")
+            if last_step_url and step2:
+                flag["extension"] = [{"url": last_step_url, "valueCoding": step2}]
             if earlier_enc:
                 flag["encounter"] = {"reference": f"Encounter/{earlier_enc}"}
             if profile_flag:
                 flag["meta"] = {"profile": [profile_flag]}
             seeded.flag_ids.append(s.ensure("Flag", concern_system, concern_uuid, flag))
+            seeded.concern = SeededConcern(
+                concern_uuid,
+                flagged_at,
+                nurse_ref,
+                earlier_enc,
+                tuple(sorted((today - timedelta(days=c.age_days)).isoformat() for c in p.children)),
+            )
         if p.arrived:
             seeded.arrived_encounter_id = _arrived_encounter(
                 s, p, number, patient_ref, org_id, nurse_ref

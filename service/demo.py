@@ -22,19 +22,28 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from sandbox.config import SandboxConfig, SmartClient
 from sandbox.runner import Sandbox
+from sandbox.seed import SeededConcern, SeededPatient
 from service.app import create_app
 from service.db import migrate
 from service.db.base import Database
+from service.db.models import Concern
+from service.fhir import mapping
+from service.fhir.client import FhirClient, Resource
+from service.outbox import TransactionBuilder
+from service.protocol import SafetyAssessment, Step, Step1Finding, Step2Finding
 from service.settings import Settings, load_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import CdsIssuer, EhrRegistration, TenantConfiguration
@@ -87,6 +96,83 @@ def _register(tenants: TenantDirectory, slug: str, registration: EhrRegistration
     tenants.save(slug, wanted, actor="kindreflex demo")
 
 
+def _record_seeded_concerns(
+    database: Database, tenant_id: int, fhir_base_url: str, sandbox: Sandbox
+) -> None:
+    """The sandbox seeds a patient with an open concern from an earlier visit (its Flag):
+    record that visit's steps 1 and 2 as the app wrote them, and put the concern on the
+    worklist as the app indexed it. Else the CDS card warns of a concern the social service
+    cannot see, its case has no history to go on from, and a new niet-pluis for the patient
+    adds a second Flag. Conditional creates and a lookup: a restarted demo adds nothing."""
+    # the sandbox's FHIR server itself, behind its facade: it asks no token
+    with FhirClient(sandbox.upstream_fhir_base_url, lambda: "unused", 10.0) as client:
+        for patient in sandbox.seeded.patients.values():
+            if patient.concern is not None:
+                client.transaction(_earlier_visit(client, patient, patient.concern))
+    with database.session() as session:
+        for patient in sandbox.seeded.patients.values():
+            concern = patient.concern
+            if concern is None or session.scalar(
+                select(Concern.id).where(
+                    Concern.tenant_id == tenant_id,
+                    Concern.flag_identifier == concern.flag_identifier,
+                )
+            ):
+                continue
+            session.add(
+                Concern(
+                    tenant_id=tenant_id,
+                    fhir_base_url=fhir_base_url,
+                    patient_ref=f"Patient/{patient.id}",
+                    patient_display=patient.name,
+                    flag_identifier=concern.flag_identifier,
+                    flagged_at=concern.flagged_at,
+                    flagged_by=concern.flagged_by,
+                    triggers=[],
+                    children_birth_dates=list(concern.children_birth_dates),
+                    last_step=Step.STEP_2.value,
+                    status="open",
+                    acute_danger=False,
+                )
+            )
+
+
+def _earlier_visit(client: FhirClient, patient: SeededPatient, concern: SeededConcern) -> Resource:
+    """The transaction of the earlier visit's steps 1 and 2 (niet-pluis), as the app wrote it."""
+    children = tuple(
+        replace(child, ref=f"RelatedPerson/{person_id}")
+        for person_id in patient.related_person_ids
+        if (child := mapping.child_from_related_person(client.read("RelatedPerson", person_id)))
+    )
+    encounter = f"Encounter/{concern.encounter_id}" if concern.encounter_id else None
+    step1 = Step1Finding(
+        recorded_by=concern.flagged_by,
+        recorded_at=concern.flagged_at - timedelta(minutes=5),
+        encounter_ref=encounter,
+        children=children,
+    )
+    step2 = Step2Finding(
+        recorded_by=concern.flagged_by,
+        recorded_at=concern.flagged_at,  # the Flag's start: the hand-off
+        encounter_ref=encounter,
+        assessment=SafetyAssessment.NIET_PLUIS,
+        reasons=("Blauwe plekken bij de dochter; de patiënt ontwijkt vragen over thuis",),
+    )
+    tx = TransactionBuilder()
+    for finding in (step1, step2):
+        key = f"{concern.flag_identifier}/{finding.step.value}"
+        identifier = mapping.identifier("finding", uuid.uuid5(uuid.NAMESPACE_URL, key))
+        resource = mapping.finding_observation(
+            finding,
+            patient_ref=f"Patient/{patient.id}",
+            encounter_ref=encounter,
+            child_refs={child.ref: child.ref for child in children},
+            identifier=identifier,
+        )
+        tx.create(resource, identifier)
+    return tx.bundle()
+
+
 @contextlib.contextmanager
 def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Iterator[DemoStack]:
     """Start the sandbox and build our app (not yet serving); stop the sandbox on exit."""
@@ -118,7 +204,10 @@ def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Itera
     try:
         with Sandbox.start(config) as sandbox:
             tenants = TenantDirectory(database, SecretBox(settings.secret_key))
-            _register(tenants, settings.default_tenant, sandbox_registration(sandbox))
+            registration = sandbox_registration(sandbox)
+            _register(tenants, settings.default_tenant, registration)
+            hospital = tenants.get(settings.default_tenant)
+            _record_seeded_concerns(database, hospital.id, registration.fhir_base_url, sandbox)
             yield DemoStack(sandbox, settings, database, create_app(settings, database))
     finally:
         database.dispose()

@@ -142,3 +142,33 @@ def test_seed_001_from_the_worklist_to_the_referral_to_the_vk(
     page.emulate_media(media="screen")
     expect(app.get_by_role("button", name="Afdrukken")).to_be_visible()  # casefile.js ran
     assert axe.violations(axe.in_frame(page)) == []
+
+
+def test_the_seeded_concern_of_an_earlier_visit_is_a_case_to_go_on_with(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    """The demo's patient with an open concern (the CDS card warns of it) is on the worklist,
+    and the social worker who opens the app from that patient's chart lands on the case: the
+    earlier visit's niet-pluis in its history, step 4 offered. What the demo recorded of that
+    visit validates against the guide."""
+    patient = stack.sandbox.seeded.patient("karim-el-amrani")
+    _, worklist = _worklist(browser, stack)
+    expect(worklist.locator("table.worklist a").filter(has_text=patient.name)).to_be_visible()
+
+    page = browser.new_page()
+    page.goto(f"{stack.sandbox.ehr_url}/")
+    page.get_by_label("Ingelogd als").select_option("social-worker")
+    page.get_by_role("button", name="Wissel gebruiker").click()
+    row = page.locator('tr[data-patient-key="karim-el-amrani"]')
+    row.get_by_role("button", name=re.compile("^Start Kindreflex-app")).click()
+    app = page.frame_locator("#app-frame")
+    expect(app.locator("h1")).to_have_text(f"Dossier {patient.name}")
+    expect(app.locator(".history")).to_contain_text("Niet-pluisgevoel")
+    expect(app.locator("#s4-form")).to_be_visible()
+    assert axe.violations(axe.in_frame(page)) == []
+
+    fhir = stack.sandbox.upstream_fhir_base_url
+    findings = search(fhir, "Observation", subject=f"Patient/{patient.id}")
+    assert len(findings) == 2
+    for finding in findings:
+        assert validate(finding) == []
