@@ -528,8 +528,10 @@ def claim_from_page(
             ctx, database, WorklistQuery(), problem=("not-found", None), status=404
         )
     except social.CaseConflict as conflict:
-        problem = (conflict.reason, conflict.holder)
-        return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
+        # Already yours (the button pressed twice, or in another tab): what was asked is done.
+        if conflict.reason != "changed" or conflict.holder != ctx.user.fhir_user:
+            problem = (conflict.reason, conflict.holder)
+            return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
     # Post/redirect/get: a reload does not claim again.
     return RedirectResponse(f"{ctx.path_prefix}/social?view=mine", status_code=303)
 

@@ -219,3 +219,24 @@ def test_a_launch_from_a_patients_chart_opens_that_patients_case(
     assert "Deze patiënt heeft geen Kindreflex-dossier in dit ziekenhuis." in without.text
     assert "Werklijst sociale dienst" in without.text
     assert opened("7", "nurse").status_code == 403
+
+
+def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
+    database_url: str, database: Database
+) -> None:
+    # Before, the second press said someone else had changed the case, naming the user
+    # herself as the one who has it now.
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app, follow_redirects=False)
+    me = {"Cookie": signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]}
+    action = f"/social/cases/{case_id}/claim"
+    (csrf, version) = _claim_forms(client.get("/social", headers=me).text)[action]
+
+    first = client.post(action, headers=me, data={"csrf_token": csrf, "row_version": version})
+    second = client.post(action, headers=me, data={"csrf_token": csrf, "row_version": version})
+
+    assert (first.status_code, second.status_code) == (303, 303)
+    assert second.headers["location"] == "/social?view=mine"
+    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
