@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
+from service.fhir import terminology
 from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local_today
 from service.protocol import SafetyAssessment
@@ -254,3 +255,26 @@ def test_every_field_the_form_got_wrong_is_shown_at_once(
         assert f'href="#{anchor}"' in said
         assert f'id="{anchor}-error"' in refused.text
     assert search(base_url, "ServiceRequest", subject=patient) == []
+
+
+def test_the_history_shows_the_services_and_consultations_of_step_5(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, step 5's supporting services and consultations were recorded but the case's
+    # history left them out: nobody could see who was involved in restoring safety.
+    base_url = fhir_server.base_url
+    client, case_id, _, page = _case_after_step_4(
+        database_url, database, base_url, "concerning-willing"
+    )
+    fields = {"progress": "improving", "service": ["caw"], "consultation": ["expert"]}
+
+    assert _post(client, page, case_id, "step-5", "s5", fields).status_code == 303
+    after = client.get(f"/social/cases/{case_id}").text
+
+    start = after.index('id="history-heading"')
+    history = after[start : after.index("</section>", start)]
+    step_5 = history[history.rindex("<li>") :]
+    assert terminology.display("partner-type", "caw", "nl") in step_5
+    assert terminology.display("consultation-type", "expert", "nl") in step_5
