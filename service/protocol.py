@@ -21,9 +21,10 @@ How to read it
    state; :meth:`KindreflexCase.replay` rebuilds a state from its recorded findings.
 6. Derived advice: Kind & Gezin, the child's consent, CLB.
 
-Closing a case (:class:`CaseClosure`, :func:`check_closure`) and the status of a step 6
-referral (:class:`ReferralStatus`, :func:`check_referral_status`) are ruled at the end of
-section 5.
+Closing a case (:class:`CaseClosure`, :func:`check_closure`), the status of a step 6
+referral (:class:`ReferralStatus`, :func:`check_referral_status`) and a new referral's
+reason for not informing the patient (:func:`check_not_informed_reason`) are ruled at the
+end of section 5.
 
 The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.md``)::
 
@@ -138,6 +139,7 @@ __all__ = [
     "age_in_months",
     "apply",
     "check_closure",
+    "check_not_informed_reason",
     "check_referral_status",
     "child_consent_advice",
     "clb_children",
@@ -398,6 +400,7 @@ class ErrorCode(StrEnum):
     ACUTE_DANGER_REQUIRED = "acute-danger-required"
     PATIENT_NOT_INFORMED = "patient-not-informed"
     NOT_INFORMED_REASON_REQUIRED = "not-informed-reason-required"
+    REASON_WITHOUT_NOT_INFORMED = "reason-without-not-informed"
     KEY_PERSON_TEXT_REQUIRED = "key-person-text-required"
     EXPLANATION_WITHOUT_DISCUSSION = "explanation-without-discussion"
     FOLLOW_UP_IN_PAST = "follow-up-in-past"
@@ -1098,6 +1101,18 @@ def check_closure(case: KindreflexCase, closure: CaseClosure) -> None:
             ErrorCode.NOT_REFERRED,
             "This case has no referral to a mandated facility (step 6); choose another "
             "reason for closing it.",
+        )
+
+
+def check_not_informed_reason(referral: Step6Referral) -> None:
+    """Refuse a reason why the patient was not informed next to "informed": a contradiction
+    the facility would read. Checked when a referral is recorded, not in the finding
+    itself: referrals already recorded so must still replay."""
+    if referral.patient_informed and referral.not_informed_reason:
+        raise InvalidFindingError(
+            ErrorCode.REASON_WITHOUT_NOT_INFORMED,
+            "A reason why the patient was not informed goes with 'not informed'; choose 'no' "
+            "or clear the reason.",
         )
 
 

@@ -53,6 +53,7 @@ from service.protocol import (
     Step6Referral,
     TeamDecision,
     age_in_months,
+    check_not_informed_reason,
 )
 from service.text import OneLine, OptionalText, TypedText
 
@@ -523,7 +524,7 @@ class Step6Input(_Input):
     contact: ContactInput | None = None
 
     def finding(self, author: str, at: datetime, directory: PartnerDirectory) -> Step6Referral:
-        return Step6Referral(
+        referral = Step6Referral(
             recorded_by=author,
             recorded_at=at,
             encounter_ref=self.encounter_ref,
@@ -538,6 +539,8 @@ class Step6Input(_Input):
             if self.contact is None
             else FacilityContact(self.contact.on, self.contact.person, self.contact.channel),
         )
+        check_not_informed_reason(referral)
+        return referral
 
     def partner(self, directory: PartnerDirectory) -> Partner:
         """The facility referred to; only step 6 targets of this hospital's directory."""

@@ -107,6 +107,7 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.NOT_A_MANDATED_FACILITY: "s6-partner",
     ErrorCode.PATIENT_NOT_INFORMED: "s6-informed",
     ErrorCode.NOT_INFORMED_REASON_REQUIRED: "s6-not-informed-reason",
+    ErrorCode.REASON_WITHOUT_NOT_INFORMED: "s6-not-informed-reason",
     ErrorCode.CLOSE_REASON_TEXT_REQUIRED: "close-reason-text",
 }
 #: A field the API refuses (``s4-team-members``) → its id on the page, where the two differ:

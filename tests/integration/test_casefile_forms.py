@@ -278,3 +278,27 @@ def test_the_history_shows_the_services_and_consultations_of_step_5(
     step_5 = history[history.rindex("<li>") :]
     assert terminology.display("partner-type", "caw", "nl") in step_5
     assert terminology.display("consultation-type", "expert", "nl") in step_5
+
+
+def test_a_reason_for_not_informing_the_patient_next_to_informed_is_refused(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, "informed: yes" was recorded with a reason why the patient was not informed
+    # (typed before switching to yes), and the facility's summary said both.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    fields = {
+        **STEP_6,
+        "informed": "yes",
+        "not_informed_reason": "She would take the children away.",
+        "contact_on": local_today().isoformat(),
+    }
+
+    refused = _post(client, page, case_id, "step-6", "s6", fields)
+
+    assert refused.status_code == 422
+    assert 'href="#s6-not-informed-reason"' in _error_summary(refused.text, "s6")
+    assert 'id="s6-not-informed-reason-error"' in refused.text
+    assert search(base_url, "ServiceRequest", subject=patient) == []

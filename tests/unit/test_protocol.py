@@ -55,6 +55,7 @@ from service.protocol import (
     age_in_months,
     apply,
     check_closure,
+    check_not_informed_reason,
     check_referral_status,
     child_consent_advice,
     clb_children,
@@ -802,6 +803,9 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
     ErrorCode.PATIENT_NOT_INFORMED: lambda: apply(unwilling(), step6(informed=False)),
     ErrorCode.NOT_INFORMED_REASON_REQUIRED: lambda: apply(
         at_acute_step2(), step6(ReferralTarget.POLICE, t=2, informed=False)
+    ),
+    ErrorCode.REASON_WITHOUT_NOT_INFORMED: lambda: check_not_informed_reason(
+        step6(informed=True, reason="would take the children away")
     ),
     ErrorCode.KEY_PERSON_TEXT_REQUIRED: lambda: KeyPerson(KeyPersonRole.OTHER, " "),
     ErrorCode.EXPLANATION_WITHOUT_DISCUSSION: lambda: Step4Decision(
