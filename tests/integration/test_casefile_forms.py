@@ -302,3 +302,25 @@ def test_a_reason_for_not_informing_the_patient_next_to_informed_is_refused(
     assert 'href="#s6-not-informed-reason"' in _error_summary(refused.text, "s6")
     assert 'id="s6-not-informed-reason-error"' in refused.text
     assert search(base_url, "ServiceRequest", subject=patient) == []
+
+
+def test_the_history_shows_who_helps_on_a_bad_day_as_the_nurse_recorded_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the nurse's answer at step 2 was recorded but the case's history left it out.
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, base_url, who_helps="Her sister, who lives next door.")
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, headers={"Cookie": worker.headers["Cookie"]})
+    (case_id,) = re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+
+    page = client.get(f"/social/cases/{case_id}").text
+
+    start = page.index('id="history-heading"')
+    history = page[start : page.index("</section>", start)]
+    assert "Wie helpt op een slechte dag" in history
+    assert "Her sister, who lives next door." in history

@@ -110,11 +110,12 @@ def save_triage(
     returning: str | None = None,
     assessment: SafetyAssessment = SafetyAssessment.NIET_PLUIS,
     acute_danger: bool = False,
+    who_helps: str | None = None,
 ) -> str:
     """The nurse's save at triage, as the nurse screen makes it; returns the patient ref.
 
     ``returning``: the patient (``Patient/<id>``) of an earlier triage, at a new visit now
-    (a new encounter), with ``assessment`` (and ``acute_danger``) as step 2."""
+    (a new encounter), with ``assessment`` (and ``acute_danger``, ``who_helps``) as step 2."""
     if returning is None:
         patient_id, encounter_id = patient_at_triage(base_url)
         earlier = utcnow() - timedelta(minutes=2)  # the triage came before the social service
@@ -170,6 +171,7 @@ def save_triage(
                 recorded_at=gauged,
                 assessment=assessment,
                 acute_danger=acute_danger,
+                who_helps=who_helps,
                 reasons=()
                 if assessment is SafetyAssessment.NO_CONCERN
                 else ("New partner is irritated by the children.", "Often left home alone."),
