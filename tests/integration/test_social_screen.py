@@ -240,3 +240,24 @@ def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
     assert (first.status_code, second.status_code) == (303, 303)
     assert second.headers["location"] == "/social?view=mine"
     assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+
+
+def test_the_next_page_of_closed_cases_lists_closed_cases(
+    database_url: str, database: Database
+) -> None:
+    # Before, the "next" link dropped the status: page 2 of the closed cases listed open ones.
+    hospital = make_tenant(database, "default", FHIR)
+    closed = [
+        index_case(database, hospital, f"Patient/{i}", utcnow(), status="closed") for i in (1, 2)
+    ]
+    still_open = index_case(database, hospital, "Patient/3", utcnow() - timedelta(days=1))
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    first = client.get("/social", headers=me, params={"status": "closed", "limit": "1"}).text
+    (link,) = re.findall(r'<a rel="next" href="([^"]+)"', first)
+    second = client.get(link.replace("&amp;", "&"), headers=me).text
+
+    assert f'data-case="{closed[0]}"' in second or f'data-case="{closed[1]}"' in second
+    assert f'data-case="{still_open}"' not in second
