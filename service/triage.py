@@ -35,6 +35,7 @@ its identifier finds at delivery), and the outbox delivers a patient's saves in 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence, Set
@@ -43,8 +44,8 @@ from datetime import datetime
 from typing import Annotated, Literal, Protocol
 
 from fastapi import Depends, Request
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -74,6 +75,8 @@ from service.protocol import (
     Step3Support,
 )
 from service.tenancy import TenantContext
+
+log = logging.getLogger(__name__)
 
 #: The save's own delivery attempt must not keep the nurse waiting: the worker retries.
 IMMEDIATE_TIMEOUT_SECONDS = 3.0
@@ -135,20 +138,23 @@ class Chart:
 
     patient: Resource | None  # None: the server does not know the patient
     related_persons: list[Resource]
+    flags: list[Resource]
 
 
 def search_chart(client: FhirClient, patient_ref: str) -> Chart:
-    """The Patient and every RelatedPerson that names them, in one request
-    (``Patient?_id=…&_revinclude=RelatedPerson:patient``)."""
-    query = {
-        "_id": patient_ref.removeprefix("Patient/"),
-        "_revinclude": "RelatedPerson:patient",
-        "_count": "100",
-    }
+    """The Patient, every RelatedPerson and every Flag that names them, in one request
+    (``Patient?_id=…&_revinclude=RelatedPerson:patient&_revinclude=Flag:patient``)."""
+    query = [
+        ("_id", patient_ref.removeprefix("Patient/")),
+        ("_revinclude", "RelatedPerson:patient"),
+        ("_revinclude", "Flag:patient"),
+        ("_count", "100"),
+    ]
     found = [e.get("resource", {}) for e in client.search("Patient", query).get("entry", [])]
     patients = [r for r in found if f"{r.get('resourceType')}/{r.get('id')}" == patient_ref]
     related = [r for r in found if r.get("resourceType") == "RelatedPerson"]
-    return Chart(patients[0] if patients else None, related)
+    flags = [r for r in found if r.get("resourceType") == "Flag"]
+    return Chart(patients[0] if patients else None, related, flags)
 
 
 @dataclass(frozen=True)
@@ -292,9 +298,42 @@ class Triage:
             self._audit_read(ctx, patient_ref, "failure")
             raise
         self._audit_read(ctx, patient_ref, "success", recorded.children)
+        self._index_unlisted_concern(ctx, chart, recorded)
         on_server = _child_identifiers(chart.related_persons)
         pending = [c for c in self.pending_children(ctx) if _child_uuid(c.ref) not in on_server]
         return replace(recorded, children=_eldest_first([*recorded.children, *pending]))
+
+    def _index_unlisted_concern(
+        self, ctx: LaunchInfo, chart: Chart, recorded: RecordedChart
+    ) -> None:
+        """Put an open concern the FHIR server holds, and the worklist does not know, on the
+        worklist (the local database restored from an older backup, say). Else the social
+        service would never see it, and a niet-pluis now would raise a second Flag beside
+        it instead of continuing it. A concern the worklist knows, even as closed (its
+        closing may still be on its way to the server), is left as it is."""
+        found = [c for flag in chart.flags if (c := mapping.open_concern_of(flag)) is not None]
+        if not found:
+            return
+        concern = max(found, key=lambda c: c.flagged_at)  # the worklist holds one per patient
+        patient_ref = _patient_ref(ctx)
+        try:
+            with self._database.session() as session:
+                if _listed(session, ctx, patient_ref, concern.identifier):
+                    return
+                # a concurrent load may index it first: the unique indexes keep one row
+                insert_new(
+                    session, Concern, [_unlisted_concern(ctx, patient_ref, concern, recorded)]
+                )
+        except SQLAlchemyError as error:  # the chart is read; the worklist waits for the next load
+            log.error(
+                "an open concern on the FHIR server could not be put on the worklist",
+                extra={"fields": {"flag": concern.identifier, "error": type(error).__name__}},
+            )
+            return
+        log.warning(
+            "an open concern on the FHIR server was not on the worklist: indexed",
+            extra={"fields": {"tenant": ctx.tenant.slug, "flag": concern.identifier}},
+        )
 
     def pending_children(self, ctx: LaunchInfo) -> list[Child]:
         """The new children of the saves for this patient (same hospital, same FHIR server)
@@ -730,6 +769,42 @@ def _open_concern(session: Session, ctx: LaunchInfo, patient_ref: str) -> Concer
             Concern.status == "open",
         )
     )
+
+
+def _listed(session: Session, ctx: LaunchInfo, patient_ref: str, flag_identifier: str) -> bool:
+    """Whether the worklist knows the concern, or has an open one for the patient."""
+    open_for_patient = and_(
+        Concern.fhir_base_url == ctx.fhir_base_url,
+        Concern.patient_ref == patient_ref,
+        Concern.status == "open",
+    )
+    known = select(Concern.id).where(
+        Concern.tenant_id == ctx.tenant.id,
+        or_(Concern.flag_identifier == flag_identifier, open_for_patient),
+    )
+    return session.scalar(known.limit(1)) is not None
+
+
+def _unlisted_concern(
+    ctx: LaunchInfo, patient_ref: str, concern: mapping.OpenConcern, recorded: RecordedChart
+) -> dict[str, object]:
+    """The worklist row of an open concern found on the FHIR server only (the acute danger
+    of its step 2 is not in the Flag: the case page shows it from the findings)."""
+    return {
+        "tenant_id": ctx.tenant.id,
+        "fhir_base_url": ctx.fhir_base_url,
+        "patient_ref": patient_ref,
+        "patient_display": recorded.patient.name if recorded.patient else None,
+        "flag_identifier": concern.identifier,
+        "flagged_at": concern.flagged_at,
+        "flagged_by": concern.flagged_by,
+        "triggers": list(concern.triggers),
+        "children_birth_dates": sorted(c.birth_date.isoformat() for c in recorded.children),
+        "last_step": concern.last_step.value,
+        "status": "open",
+        "acute_danger": False,
+        "updated_at": utcnow(),
+    }
 
 
 def _index_concern(

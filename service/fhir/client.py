@@ -14,7 +14,7 @@ Every failure is one of three typed errors, so callers decide without parsing HT
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +23,8 @@ import httpx
 FHIR_JSON = "application/fhir+json"
 
 Resource = dict[str, Any]
+#: Search parameters: a mapping, or pairs when a parameter repeats (``_revinclude``).
+SearchParams = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 class ReauthorisationRequired(Exception):  # noqa: N818 - name agreed between the engineers
@@ -102,7 +104,7 @@ class FhirClient:
     def read(self, resource_type: str, resource_id: str) -> Resource:
         return self._send("GET", f"{resource_type}/{resource_id}")
 
-    def search(self, resource_type: str, params: Mapping[str, str]) -> Resource:
+    def search(self, resource_type: str, params: SearchParams) -> Resource:
         """A search; returns the searchset Bundle (first page), its entries objects."""
         bundle = self._send("GET", resource_type, params=params)
         entries = bundle.get("entry", [])
@@ -130,7 +132,7 @@ class FhirClient:
         method: str,
         path: str,
         *,
-        params: Mapping[str, str] | None = None,
+        params: SearchParams | None = None,
         json: Resource | None = None,
     ) -> Resource:
         headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {self._token()}"}
@@ -138,7 +140,8 @@ class FhirClient:
             headers["Content-Type"] = FHIR_JSON
         url = f"{self.base_url}/{path}" if path else self.base_url
         try:
-            response = self._http.request(method, url, params=params, json=json, headers=headers)
+            query = tuple(params) if isinstance(params, Sequence) else params
+            response = self._http.request(method, url, params=query, json=json, headers=headers)
         except httpx.HTTPError as error:
             raise FhirUnavailable(f"{method} {url}: {type(error).__name__}") from error
         return _body_or_error(method, url, response)

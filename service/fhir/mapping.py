@@ -631,6 +631,55 @@ def concern_flag(
     return resource
 
 
+@dataclass(frozen=True)
+class OpenConcern:
+    """An active Kindreflex concern Flag as the worklist indexes it."""
+
+    identifier: str
+    flagged_at: datetime
+    flagged_by: str
+    last_step: Step
+    triggers: tuple[str, ...]
+
+
+def open_concern_of(flag: Mapping[str, Any]) -> OpenConcern | None:
+    """The open concern an active Flag of ours records (:func:`concern_flag`), or None for
+    any other Flag: inactive, of another kind, without our identifier or a start. A Flag
+    without the last-step extension was raised at step 2, where the Kindreflex hands off."""
+    system = t.identifier_system("concern")
+    identifiers = [i.get("value") for i in flag.get("identifier", []) if i.get("system") == system]
+    kind = t.codeable_concept("record-type", "open-concern")["coding"][0]
+    if (
+        flag.get("resourceType") != "Flag"
+        or flag.get("status") != "active"
+        or not any(
+            c.get("system") == kind["system"] and c.get("code") == kind["code"]
+            for c in flag.get("code", {}).get("coding", [])
+        )
+        or len(identifiers) != 1
+        or not flag.get("period", {}).get("start")
+    ):
+        return None
+    steps = _extension_codes(flag, "concern-last-step")
+    return OpenConcern(
+        identifier=str(identifiers[0]),
+        flagged_at=datetime.fromisoformat(flag["period"]["start"]),
+        flagged_by=str(flag.get("author", {}).get("reference", "")),
+        last_step=Step(steps[0]) if steps and steps[0] in set(Step) else Step.STEP_2,
+        triggers=tuple(sorted(_extension_codes(flag, "concern-trigger"))),
+    )
+
+
+def _extension_codes(resource: Mapping[str, Any], extension_id: str) -> list[str]:
+    """The codes of the resource's ``valueCoding`` extensions of the guide's ``extension_id``."""
+    url = t.extension_url(extension_id)
+    return [
+        str(e["valueCoding"].get("code"))
+        for e in resource.get("extension", [])
+        if e.get("url") == url and isinstance(e.get("valueCoding"), dict)
+    ]
+
+
 def provenance(
     *,
     targets: Sequence[str],

@@ -1071,3 +1071,34 @@ def test_fault_a_pending_child_corrected_and_saved_again_keeps_the_correction(
     assert provenance["activity"]["coding"][0]["code"] == "UPDATE"
     (event,) = (r for r in written if r["resourceType"] == "AuditEvent")
     assert (event["action"], event["subtype"][0]["code"]) == ("U", "update")
+
+
+def test_an_open_concern_only_the_fhir_server_knows_is_put_on_the_worklist_and_continued(
+    world: World, seeded: SeedResult
+) -> None:
+    """The patient's open concern Flag is on the FHIR server, but not on the worklist (our
+    database restored from an older backup, say). Opening the chart indexes it, so the
+    social service sees it, and a niet-pluis now continues that Flag instead of adding a
+    second one beside it."""
+    patient = seeded.patient("karim-el-amrani")
+    assert patient.concern is not None
+    nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+
+    world.triage.load_chart(nurse)
+    with world.database.session() as session:
+        (indexed,) = session.scalars(select(Concern)).all()
+    assert (indexed.flag_identifier, indexed.status) == (patient.concern.flag_identifier, "open")
+    assert (indexed.flagged_at, indexed.flagged_by) == (
+        patient.concern.flagged_at,
+        patient.concern.flagged_by,
+    )
+    assert indexed.patient_display == patient.name
+    world.triage.load_chart(nurse)  # again: nothing more
+
+    saved = world.triage.record_triage(nurse, _niet_pluis(nurse, (_child("Yasmine", 6),)))
+    assert saved.status == "delivered"
+    with world.database.session() as session:
+        assert [c.id for c in session.scalars(select(Concern))] == [indexed.id]
+    flags = search(world.base_url, "Flag", patient=f"Patient/{patient.id}", status="active")
+    (flag,) = flags
+    assert datetime.fromisoformat(flag["period"]["start"]) == patient.concern.flagged_at
