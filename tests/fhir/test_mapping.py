@@ -421,3 +421,35 @@ def test_an_update_keeps_the_servers_meta_but_what_the_server_manages() -> None:
     as_read = {**referral, "id": "r1", "meta": stored}
     updated = mapping.referral_with_status(as_read, ReferralStatus.ON_HOLD, author=NURSE, at=NOW)
     assert updated["meta"] == expected
+
+
+def test_an_open_concern_is_read_back_from_its_flag_and_any_other_flag_is_not_one() -> None:
+    identifier = mapping.identifier("concern")
+    flag = mapping.concern_flag(
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        author=NURSE,
+        flagged_at=NOW,
+        identifier=identifier,
+        last_step=Step.STEP_4,
+        triggers=[HagueTrigger.SUBSTANCE_ABUSE, HagueTrigger.DOMESTIC_VIOLENCE],
+    )
+    assert mapping.open_concern_of(flag) == mapping.OpenConcern(
+        identifier=identifier["value"],
+        flagged_at=NOW,
+        flagged_by=NURSE,
+        last_step=Step.STEP_4,
+        triggers=tuple(sorted({HagueTrigger.SUBSTANCE_ABUSE, HagueTrigger.DOMESTIC_VIOLENCE})),
+    )
+    without_step = {k: v for k, v in flag.items() if k != "extension"}
+    handed_off = mapping.open_concern_of(without_step)  # no last step: raised at step 2
+    assert handed_off is not None
+    assert handed_off.last_step is Step.STEP_2
+    not_ours = [
+        {**flag, "status": "inactive"},
+        {**flag, "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}},
+        {**flag, "identifier": [{"system": "urn:other", "value": "1"}]},
+        {**flag, "period": {}},
+        {**flag, "resourceType": "Observation"},
+    ]
+    assert [mapping.open_concern_of(other) for other in not_ours] == [None] * len(not_ours)
