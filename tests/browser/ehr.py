@@ -26,3 +26,13 @@ def launch_from_card(page: Page, card: Locator) -> FrameLocator:
     app = page.frame_locator("#app-frame")
     expect(app.locator("h1")).to_have_text("Kindreflex bij triage")
     return app
+
+
+def launch_from_chart(page: Page, stack: DemoStack, patient_key: str) -> FrameLocator:
+    """As the social worker: open the app from a seeded patient's chart (no triage visit)."""
+    page.goto(f"{stack.sandbox.ehr_url}/")
+    page.get_by_label("Ingelogd als").select_option("social-worker")
+    page.get_by_role("button", name="Wissel gebruiker").click()
+    row = page.locator(f'tr[data-patient-key="{patient_key}"]')
+    row.get_by_role("button", name=re.compile("^Start Kindreflex-app")).click()
+    return page.frame_locator("#app-frame")

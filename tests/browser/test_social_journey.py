@@ -21,7 +21,7 @@ from playwright.sync_api import BrowserContext, FrameLocator, Locator, Page, exp
 from service.demo import DemoStack
 from service.fhir import terminology
 from tests.browser import axe
-from tests.browser.ehr import launch_from_card, open_visit
+from tests.browser.ehr import launch_from_card, launch_from_chart, open_visit
 from tests.support.validator import validate
 from tests.support.write_path import search
 from tests.unit.test_social_inputs import WORKSHOP_FACTORS
@@ -156,12 +156,7 @@ def test_the_seeded_concern_of_an_earlier_visit_is_a_case_to_go_on_with(
     expect(worklist.locator("table.worklist a").filter(has_text=patient.name)).to_be_visible()
 
     page = browser.new_page()
-    page.goto(f"{stack.sandbox.ehr_url}/")
-    page.get_by_label("Ingelogd als").select_option("social-worker")
-    page.get_by_role("button", name="Wissel gebruiker").click()
-    row = page.locator('tr[data-patient-key="karim-el-amrani"]')
-    row.get_by_role("button", name=re.compile("^Start Kindreflex-app")).click()
-    app = page.frame_locator("#app-frame")
+    app = launch_from_chart(page, stack, "karim-el-amrani")
     expect(app.locator("h1")).to_have_text(f"Dossier {patient.name}")
     expect(app.locator(".history")).to_contain_text("Niet-pluisgevoel")
     expect(app.locator("#s4-form")).to_be_visible()

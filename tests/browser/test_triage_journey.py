@@ -23,7 +23,7 @@ from sqlalchemy import select
 from service.db.models import OutboxEntry
 from service.demo import DemoStack
 from tests.browser import axe
-from tests.browser.ehr import launch_from_card, open_visit
+from tests.browser.ehr import launch_from_card, launch_from_chart, open_visit
 from tests.integration.test_nurse_screens import written_by_kindreflex
 from tests.support.validator import validate
 
@@ -105,13 +105,7 @@ def test_domestic_violence_card_launch_two_children_niet_pluis(
 
 def _worklist_as_social_worker(browser: BrowserContext, stack: DemoStack) -> dict[str, Any]:
     """Log in to the EHR as the social worker, open the app, read ``/api/cases``."""
-    page = browser.new_page()
-    page.goto(f"{stack.sandbox.ehr_url}/")
-    page.get_by_label("Ingelogd als").select_option("social-worker")
-    page.get_by_role("button", name="Wissel gebruiker").click()
-    row = page.locator('tr[data-patient-key="an-peeters"]')
-    row.get_by_role("button", name=re.compile("^Start Kindreflex-app")).click()
-    app = page.frame_locator("#app-frame")
+    app = launch_from_chart(browser.new_page(), stack, "an-peeters")
     expect(app.locator("h1")).to_be_visible()
     answer: dict[str, Any] = app.locator("body").evaluate(
         """async () => {
