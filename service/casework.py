@@ -39,6 +39,7 @@ from service.outbox import (
     enqueue,
 )
 from service.protocol import (
+    CONCERN_STEPS,
     CaseClosure,
     Child,
     Finding,
@@ -502,6 +503,18 @@ class CloseRefusedError(ValueError):
     """A case is closed only when no step 4, 5 or 6 is due, or after a referral (step 6)."""
 
 
+def closable(case: KindreflexCase) -> bool:
+    """Whether the social service may close the case: no step 4, 5 or 6 due, or referred.
+    The referral counts while it is the social service's latest step and no new concern
+    asks for a team decision (step 4): a nurse's "no concern" at a later visit (the
+    Kindreflex is done at every contact) keeps the referral's route open; it must not keep
+    the case from closing."""
+    if not case.has_open_concern:
+        return True
+    casework = [f.step for f in case.findings if f.step in CONCERN_STEPS]
+    return casework[-1:] == [Step.STEP_6] and Step.STEP_4 not in case.next_steps
+
+
 @dataclass(frozen=True)
 class CaseFile:
     """A case as the FHIR server holds it, for reading its history: the protocol's state
@@ -577,7 +590,7 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version)
         with self._client(ctx) as client:
             record, case = self._read(ctx, concern, client)
-        if case.has_open_concern and case.current_step is not Step.STEP_6:
+        if not closable(case):
             due = ", ".join(sorted(s.value for s in case.next_steps))
             raise CloseRefusedError(
                 f"This case still waits for {due}; close it after the team decision found "

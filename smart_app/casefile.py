@@ -40,6 +40,7 @@ from service.casework import (
     NoReferralError,
     StepInput,
     StepResult,
+    closable,
 )
 from service.fhir import terminology
 from service.fhir.client import (
@@ -289,13 +290,8 @@ class Shown:
 
     @property
     def may_close(self) -> bool:
-        """The use case's rule (``Casework.close_case``): no step 4 or 5 due, or referred."""
-        case = self.case
-        return (
-            case is not None
-            and self.summary.status == "open"
-            and (not case.has_open_concern or case.current_step is Step.STEP_6)
-        )
+        """The use case's rule (``casework.closable``): no step 4, 5 or 6 due, or referred."""
+        return self.case is not None and self.summary.status == "open" and closable(self.case)
 
 
 def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: int) -> Shown | None:

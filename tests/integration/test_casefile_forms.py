@@ -324,3 +324,35 @@ def test_the_history_shows_who_helps_on_a_bad_day_as_the_nurse_recorded_it(
     history = page[start : page.index("</section>", start)]
     assert "Wie helpt op een slechte dag" in history
     assert "Her sister, who lives next door." in history
+
+
+def test_a_referred_case_closes_after_a_later_visit_without_concern(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # The Kindreflex is done at every contact. Before, the nurse's "no concern" at the
+    # patient's next visit after the referral took the close form away and closing was
+    # refused ("a step is still due"), though the case was referred.
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
+    (case_id,) = [
+        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    ]
+    page = client.get(f"/social/cases/{case_id}").text
+    assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    fields = {**STEP_6, "contact_on": local_today().isoformat()}
+    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    save_triage(app, tenant, base_url, returning=patient, assessment=SafetyAssessment.NO_CONCERN)
+    page = client.get(f"/social/cases/{case_id}").text
+
+    assert 'id="close-form"' in page
+    closed = _post(client, page, case_id, "close", "close", {"reason": "referred"})
+    assert closed.status_code == 303, closed.text
+    (flag,) = search(base_url, "Flag", subject=patient)
+    assert flag["status"] == "inactive"
