@@ -86,7 +86,9 @@ NURSE_ONLY = [Depends(require_role("nurse"))]
 
 #: Dates typed before this year are typos (0019 for 2019), not dates of birth.
 _EARLIEST_YEAR = 1900
-#: More rows than any family needs; caps the work a forged form can cause.
+#: More rows than any family needs: "+ kind" offers no more, and a save with more is refused
+#: next to the children, the rows kept. (The work a forged form can cause is capped by the
+#: three-digit row numbers and the form parser's 1000 fields.)
 MAX_CHILDREN = 25
 _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
 _DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
@@ -193,9 +195,6 @@ class TriageForm:
             value = form.get(name)
             return typed_text(value) if isinstance(value, str) else ""
 
-        indexes = posted_rows(form)
-        if len(indexes) > MAX_CHILDREN:
-            raise HTTPException(status_code=422, detail=f"at most {MAX_CHILDREN} children")
         children = [
             ChildRow(
                 ref=text(f"child-{i}-ref") or f"urn:uuid:{uuid.uuid4()}",
@@ -205,7 +204,7 @@ class TriageForm:
                 lives_with=text(f"child-{i}-lives_with"),
                 recorded=text(f"child-{i}-recorded") == "1",
             )
-            for i in indexes
+            for i in posted_rows(form)
         ]
         return cls(
             children=children,
@@ -227,8 +226,16 @@ class TriageForm:
             page_id=page_id if _PAGE_ID.fullmatch(page_id := text("page_id")) else uuid.uuid4().hex,
         )
 
+    @property
+    def room_for_a_child(self) -> bool:
+        """Whether "+ kind" may add a row: never beyond :data:`MAX_CHILDREN`."""
+        return len(self.children) < MAX_CHILDREN
+
     def with_blank_row(self) -> TriageForm:
-        self.children.append(ChildRow())
+        """Another row, unless the form is full (a page from before the last row was added
+        still offers "+ kind"): then the same rows."""
+        if self.room_for_a_child:
+            self.children.append(ChildRow())
         return self
 
     def without_row(self, index: int) -> TriageForm:
@@ -426,6 +433,8 @@ def build_input(
         errors.append(FieldError("child-0-name", t("error.children-or-none")))
     if has_family and form.no_children:
         errors.append(FieldError("no_children", t("error.no-children-contradiction")))
+    if len(form.children) > MAX_CHILDREN:
+        errors.append(FieldError("children", t("error.too-many-children", max=MAX_CHILDREN)))
     assessment = _enum_value(SafetyAssessment, form.assessment)
     if has_family and assessment is None:
         errors.append(FieldError("assessment-no-concern", t("error.assessment-required")))
@@ -599,6 +608,7 @@ def _form_page(
         notice=notice,
         focus=focus,
         blank_row=ChildRow(ref=""),
+        max_children=MAX_CHILDREN,
         patient_banner=ctx.need_patient_banner and bool(form.patient_name),
     )
 

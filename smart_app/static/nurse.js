@@ -7,8 +7,22 @@
   const rows = form.querySelector("[data-children]");
   const template = document.getElementById("child-row-template");
   const announcer = form.querySelector("[data-row-announcer]");
+  const addButton = form.querySelector("[data-add-child]");
+  const limitNote = form.querySelector("[data-children-limit]");
+  const maxChildren = Number(rows.getAttribute("data-max-children"));
 
   function announce(text) { announcer.textContent = text; }
+
+  function rowCount() { return rows.querySelectorAll("[data-child-row]").length; }
+
+  // The server refuses a save with more rows than the page takes: at the limit "+ kind"
+  // gives way to a note saying so, as on the server-rendered page.
+  function syncLimit() {
+    const full = rowCount() >= maxChildren;
+    addButton.hidden = full;
+    limitNote.hidden = !full;
+    return full;
+  }
 
   function renumber() {
     rows.querySelectorAll("[data-child-row]").forEach(function (row, index) {
@@ -38,8 +52,10 @@
     if (window.crypto && crypto.randomUUID) ref.value = "urn:uuid:" + crypto.randomUUID();
     rows.appendChild(row);
     renumber();
+    const full = syncLimit();
     row.querySelector("input[type=text]").focus();
-    announce(row.querySelector("legend").textContent.trim());
+    const legend = row.querySelector("legend").textContent.trim();
+    announce(full ? legend + ". " + limitNote.textContent.trim() : legend);
   }
 
   form.addEventListener("click", function (event) {
@@ -50,11 +66,12 @@
       addRow();
     } else if (button.hasAttribute("data-remove-child")) {
       const row = button.closest("[data-child-row]");
-      if (rows.querySelectorAll("[data-child-row]").length === 1) return; // server keeps one row
+      if (rowCount() === 1) return; // server keeps one row
       event.preventDefault();
       row.remove();
       renumber();
-      form.querySelector("[data-add-child]").focus();
+      syncLimit();
+      addButton.focus();
     }
   });
 

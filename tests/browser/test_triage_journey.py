@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from service.db.models import OutboxEntry
 from service.demo import DemoStack
+from smart_app.nurse import MAX_CHILDREN
 from tests.browser import axe
 from tests.browser.ehr import launch_from_card, launch_from_chart, open_visit
 from tests.integration.test_nurse_screens import written_by_kindreflex
@@ -154,6 +155,31 @@ def test_keyboard_only_no_concern_with_support(browser: BrowserContext, stack: D
     expect(app.locator('[data-advice="kind-en-gezin"]')).to_contain_text("Noor")
     expect(app.locator('a[href^="tel:"]').first).to_be_visible()
     assert axe.violations(axe.in_frame(page)) == []  # step 3's advice and phone numbers
+
+
+def test_add_child_stops_at_the_rows_the_page_takes(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    """The script's '+ kind' added rows past MAX_CHILDREN, and the server refused the save;
+    at the limit the button gives way to a note (read out), and comes back with a row removed."""
+    page = browser.new_page()
+    app = launch_from_card(page, open_visit(page, stack, "tom-wouters"))
+    add, rows = app.get_by_role("button", name="+ kind"), app.locator("[data-child-row]")
+    note = app.locator("[data-children-limit]")
+    expect(note).to_be_hidden()
+
+    for _ in range(MAX_CHILDREN - rows.count()):
+        add.click()
+
+    expect(rows).to_have_count(MAX_CHILDREN)
+    expect(add).to_be_hidden()
+    expect(note).to_have_text(f"Ten hoogste {MAX_CHILDREN} kinderen: er kan geen rij meer bij.")
+    expect(app.locator("[data-row-announcer]")).to_contain_text("er kan geen rij meer bij")
+    assert axe.violations(axe.in_frame(page)) == []
+    app.locator("[data-remove-child]").last.click()
+    expect(rows).to_have_count(MAX_CHILDREN - 1)
+    expect(add).to_be_focused()
+    expect(note).to_be_hidden()
 
 
 def test_the_apps_refusal_pages_are_accessible_too(

@@ -47,7 +47,7 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from service.text import typed_text
-from smart_app.nurse import parse_typed_date
+from smart_app.nurse import MAX_CHILDREN, parse_typed_date
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
@@ -287,6 +287,27 @@ def _two_children(page: Page, **extra: str) -> dict[str, Any]:
     }
 
 
+def _child_rows(page: Page, count: int) -> dict[str, Any]:
+    """A form with ``count`` typed children (child-0 to child-<count - 1>), each another."""
+    form: dict[str, Any] = {"csrf_token": page.csrf, "page_id": page.value("page_id")}
+    for i in range(count):
+        form |= {
+            f"child-{i}-ref": f"urn:uuid:0c5f7a52-8f0e-4a43-9d59-{i:012d}",
+            f"child-{i}-name": f"Kind {i + 1}",
+            f"child-{i}-birth_date": "03/07/2019",
+            f"child-{i}-relationship": "NCHILD",
+            f"child-{i}-lives_with": "permanently",
+        }
+    return form
+
+
+def _tag(page: Page, marker: str) -> str:
+    """The start tag of the page's (first) element carrying ``marker``, e.g. an attribute."""
+    match = re.search(rf"<[a-z]+[^>]*\s{re.escape(marker)}(?=[\s>=])[^>]*>", page.text)
+    assert match, marker
+    return match.group(0)
+
+
 def _upstream(sandbox: Sandbox, path: str) -> dict[str, Any]:
     response = httpx.get(f"{sandbox.upstream_fhir_base_url}/{path}", timeout=10)
     response.raise_for_status()
@@ -398,6 +419,28 @@ def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) 
     )
     assert removed.child_refs() == [added.child_refs()[1]]
     assert removed.value("child-0-name") == "Mats"
+
+
+def test_add_child_offers_no_row_beyond_the_limit_without_javascript(nurse_for: Any) -> None:
+    """'+ kind' went on adding rows past MAX_CHILDREN, and the save then failed; at the
+    limit the button gives way to a note, and a stale page's '+ kind' adds nothing."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    assert " hidden" not in _tag(page, "data-add-child")
+    assert " hidden" in _tag(page, "data-children-limit")
+
+    full = nurse.post({**_child_rows(page, MAX_CHILDREN - 1), "action": "add-child"})
+
+    assert len(full.child_refs()) == MAX_CHILDREN
+    assert " hidden" in _tag(full, "data-add-child")
+    note = _tag(full, "data-children-limit")
+    assert " hidden" not in note
+    assert f"Ten hoogste {MAX_CHILDREN} kinderen" in full.text.split(note)[1].split("</p>")[0]
+
+    again = nurse.post({**_child_rows(page, MAX_CHILDREN), "action": "add-child"})
+    assert again.status == 200
+    assert len(again.child_refs()) == MAX_CHILDREN
+    assert again.value(f"child-{MAX_CHILDREN - 1}-name") == f"Kind {MAX_CHILDREN}"
 
 
 def test_a_row_is_removed_by_its_number_after_the_script_removed_another(
@@ -579,6 +622,40 @@ def test_oversized_text_is_refused_next_to_its_field_and_kept(
     (tied,) = [f for f in refused.parsed.fields if f.get("id") == field]
     assert f"{field}-error" in tied.get("aria-describedby", "").split()
     assert refused.value(field) == typed
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        ("nl", f"Ten hoogste {MAX_CHILDREN} kinderen: verwijder"),
+        ("fr", f"{MAX_CHILDREN} enfants au maximum : supprimez"),
+        ("en", f"At most {MAX_CHILDREN} children: remove"),
+    ],
+)
+def test_more_children_than_the_page_takes_are_refused_next_to_them_and_kept(
+    nurse_for: Any, database: Database, language: str, said: str
+) -> None:
+    """A row past MAX_CHILDREN answered a raw English JSON 422 and the typed page was gone;
+    the page comes back with the error next to the children, in the nurse's language, every
+    row and the rest of her input kept, and nothing saved."""
+    nurse = nurse_for("an-peeters", language=language)
+    page = nurse.page()
+    rows = _child_rows(page, MAX_CHILDREN + 1)
+
+    refused = nurse.post({**rows, "assessment": "niet-pluis", "reasons": "Blauwe plekken"})
+
+    assert refused.status == 422
+    assert refused.response.headers["content-type"].startswith("text/html")
+    summary = refused.text.split("data-error-summary")[1].split("</div>")[0]
+    assert 'href="#children"' in summary
+    assert said in summary
+    assert 'id="children-error"' in refused.text
+    assert 'aria-describedby="children-error"' in _tag(refused, 'id="children"')
+    assert refused.child_refs() == [rows[f"child-{i}-ref"] for i in range(MAX_CHILDREN + 1)]
+    assert refused.value(f"child-{MAX_CHILDREN}-name") == f"Kind {MAX_CHILDREN + 1}"
+    assert refused.value("reasons") == "Blauwe plekken"
     with database.session() as session:
         assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
 
