@@ -21,7 +21,6 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import delete, select
@@ -42,6 +41,7 @@ from smart_app.oauth import (
     AuthServer,
     OAuthError,
     discover,
+    ehr_client,
     pkce_challenge,
     request_token,
     requested_scopes,
@@ -83,7 +83,7 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
     if registration is None:
         raise PageError(400, "unknown_iss", frame_origins=frames, iss=iss)
     settings: Settings = request.app.state.settings
-    with httpx.Client(timeout=settings.fhir_timeout_seconds) as http:
+    with ehr_client(settings.fhir_timeout_seconds) as http:
         server = _call(registration, lambda: discover(http, registration))
     state, verifier, nonce, browser = (secrets.token_urlsafe(32) for _ in range(4))
     sessions: SessionStore = request.app.state.sessions
@@ -140,7 +140,7 @@ def callback(
     settings: Settings = request.app.state.settings
     keys: KeyStore = request.app.state.keys
     server = AuthServer.from_json(pending.server)
-    with httpx.Client(timeout=settings.fhir_timeout_seconds) as http:
+    with ehr_client(settings.fhir_timeout_seconds) as http:
         answer = _call(
             registration,
             lambda: request_token(

@@ -3,6 +3,12 @@
 Discovery of an EHR's authorization server, client authentication at its token
 endpoint (``private_key_jwt`` with our keys, ``client_secret_basic``, or a public client),
 the token requests, and verification of the OpenID Connect ``id_token``.
+
+Every exchange with the EHR goes through :func:`ehr_client`: each fetch ends within
+``EHR_FETCH_SECONDS`` all told and reads at most ``EHR_FETCH_MAX_BYTES``, so that an EHR
+answering slowly, or without end, cannot hold a launch (and a thread of the pool every
+hospital's pages share) for long. A fetch beyond either is a failure like an unreachable
+EHR (too slow) or an unusable answer (too large).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from urllib.parse import quote_plus, urljoin
 import httpx
 import jwt
 
+from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
 from service.keys import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, KeyStore
 from service.settings import over_tls
 from service.tenant_config import EhrRegistration
@@ -26,6 +33,10 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # public data) must never verify.
 ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384")
 CLOCK_SKEW_SECONDS = 60
+# A SMART configuration, a JWK Set or a token response is a few KiB (tokens of a few
+# KiB each, a launch context); a server answers within a second or two.
+EHR_FETCH_SECONDS = 10.0
+EHR_FETCH_MAX_BYTES = 1024 * 1024
 
 FailureKind = Literal["ehr_unreachable", "ehr_unsupported", "token_failed", "id_token_invalid"]
 
@@ -68,13 +79,19 @@ class AuthServer:
         return cls(**data)
 
 
+def ehr_client(timeout: float) -> BlockingClient:
+    """The client of one launch or refresh: ``timeout`` bounds each network operation,
+    ``EHR_FETCH_SECONDS`` and ``EHR_FETCH_MAX_BYTES`` each whole fetch."""
+    return BlockingClient(Bounds(EHR_FETCH_SECONDS, EHR_FETCH_MAX_BYTES), timeout)
+
+
 def pkce_challenge(verifier: str) -> str:
     """BASE64URL(SHA256(verifier)) without padding (RFC 7636, S256)."""
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def discover(http: httpx.Client, registration: EhrRegistration) -> AuthServer:
+def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
     """Fetch and check the EHR's SMART configuration against what this app needs."""
     base = registration.fhir_base_url
     document = _smart_configuration(http, registration)
@@ -119,7 +136,7 @@ def _contacted(fhir_base_url: str, server: AuthServer) -> list[tuple[str, str]]:
     ]
 
 
-def _smart_configuration(http: httpx.Client, registration: EhrRegistration) -> dict[str, Any]:
+def _smart_configuration(http: BlockingClient, registration: EhrRegistration) -> dict[str, Any]:
     return _get_json(http, f"{registration.fhir_base_url}/.well-known/smart-configuration")
 
 
@@ -135,7 +152,7 @@ def _assertion_algorithm(smart_configuration: dict[str, Any]) -> Algorithm:
     return accepted[0] if accepted else DEFAULT_ALGORITHM
 
 
-def assertion_algorithm(http: httpx.Client, registration: EhrRegistration) -> Algorithm:
+def assertion_algorithm(http: BlockingClient, registration: EhrRegistration) -> Algorithm:
     """The assertion algorithm for a token request outside a launch (a refresh), read
     anew from the EHR's SMART configuration (the session keeps only the token endpoint).
     Only ``private_key_jwt`` signs an assertion: no other registration costs the request."""
@@ -179,7 +196,7 @@ def requested_scopes(scopes: str, server: AuthServer) -> str:
 
 
 def request_token(
-    http: httpx.Client,
+    http: BlockingClient,
     token_endpoint: str,
     registration: EhrRegistration,
     keys: KeyStore,
@@ -205,12 +222,7 @@ def request_token(
         )
     else:
         body["client_id"] = registration.client_id
-    try:
-        response = http.post(
-            token_endpoint, data=body, auth=auth, headers={"Accept": "application/json"}
-        )
-    except httpx.HTTPError as error:
-        raise OAuthError("ehr_unreachable", f"token endpoint: {type(error).__name__}") from error
+    response = _exchange(http, "POST", token_endpoint, "token endpoint", data=body, auth=auth)
     data = _json_object(response, "token_failed")
     if response.status_code != 200:
         reason = (
@@ -223,7 +235,7 @@ def request_token(
 
 
 def verify_id_token(
-    http: httpx.Client, id_token: str, server: AuthServer, client_id: str, nonce: str
+    http: BlockingClient, id_token: str, server: AuthServer, client_id: str, nonce: str
 ) -> dict[str, Any]:
     """The id_token's claims after checking signature, iss, aud, exp/iat and nonce."""
     try:
@@ -263,7 +275,7 @@ def _check_authorized_party(claims: dict[str, Any], client_id: str) -> None:
         raise OAuthError("id_token_invalid", "id_token azp is another client")
 
 
-def _verification_key(http: httpx.Client, server: AuthServer, kid: object, algorithm: str) -> Any:
+def _verification_key(http: BlockingClient, server: AuthServer, kid: object, algorithm: str) -> Any:
     jwks_uri = server.jwks_uri or _openid_jwks_uri(http, server.issuer)
     keys = [key for key in _get_json(http, jwks_uri).get("keys", []) if isinstance(key, dict)]
     candidates = [key for key in keys if kid is None or key.get("kid") == kid]
@@ -275,7 +287,7 @@ def _verification_key(http: httpx.Client, server: AuthServer, kid: object, algor
         raise OAuthError("id_token_invalid", f"unusable issuer key: {error}") from error
 
 
-def _openid_jwks_uri(http: httpx.Client, issuer: str) -> str:
+def _openid_jwks_uri(http: BlockingClient, issuer: str) -> str:
     document = _get_json(http, f"{issuer.rstrip('/')}/.well-known/openid-configuration")
     if document.get("issuer") != issuer or not isinstance(document.get("jwks_uri"), str):
         raise OAuthError("ehr_unsupported", "OpenID configuration without a matching issuer")
@@ -284,14 +296,24 @@ def _openid_jwks_uri(http: httpx.Client, issuer: str) -> str:
     return str(document["jwks_uri"])
 
 
-def _get_json(http: httpx.Client, url: str) -> dict[str, Any]:
-    try:
-        response = http.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as error:
-        raise OAuthError("ehr_unreachable", f"{url}: {type(error).__name__}") from error
+def _get_json(http: BlockingClient, url: str) -> dict[str, Any]:
+    response = _exchange(http, "GET", url, url)
     if response.status_code != 200:
         raise OAuthError("ehr_unreachable", f"{url}: HTTP {response.status_code}")
     return _json_object(response, "ehr_unsupported")
+
+
+def _exchange(
+    http: BlockingClient, method: str, url: str, name: str, **options: Any
+) -> httpx.Response:
+    """One request to the EHR (``name`` in the failure's detail); no whole answer in time is
+    an unreachable EHR, one past the size limit an unusable one."""
+    try:
+        return http.request(method, url, headers={"Accept": "application/json"}, **options)
+    except BodyTooLargeError as error:
+        raise OAuthError("ehr_unsupported", f"{name}: {error}") from error
+    except (httpx.HTTPError, TimeoutError) as error:
+        raise OAuthError("ehr_unreachable", f"{name}: {type(error).__name__}") from error
 
 
 def _json_object(response: httpx.Response, kind: FailureKind) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
-import httpx
 from fastapi import Depends, Request
 from sqlalchemy import select
 
@@ -43,7 +42,7 @@ from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
 from smart_app.errors import PageError
-from smart_app.oauth import OAuthError, assertion_algorithm, request_token
+from smart_app.oauth import OAuthError, assertion_algorithm, ehr_client, request_token
 from smart_app.security import digest, page_headers, tokens_match
 
 __all__ = [
@@ -338,7 +337,7 @@ class SessionTokens:
                 return self._still_valid(row, current, "no refresh token was granted")
             registration = self._registration(session.get(Tenant, row.tenant_id), row)
             try:
-                with httpx.Client(timeout=self._timeout) as http:
+                with ehr_client(self._timeout) as http:
                     answer = request_token(
                         http,
                         row.token_endpoint,

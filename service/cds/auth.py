@@ -31,6 +31,7 @@ import jwt
 import orjson
 from sqlalchemy import Connection, Table, delete, select
 
+from service.bounded_fetch import BodyTooLargeError, Bounds, fetch
 from service.cds.batching import GroupCommit, WriteFailedError
 from service.db.models import CdsSeenToken
 from service.settings import over_tls
@@ -48,6 +49,7 @@ JWKS_TTL_SECONDS = 300.0
 JWKS_REFETCH_SECONDS = 30.0  # an unknown kid refetches, but not more often than this
 JWKS_TIMEOUT_SECONDS = 3.0  # the whole fetch, not each read
 JWKS_MAX_BYTES = 256 * 1024  # a JWK Set of a few keys is a few KiB
+JWKS_BOUNDS = Bounds(JWKS_TIMEOUT_SECONDS, JWKS_MAX_BYTES)
 PURGE_EVERY_SECONDS = 60.0
 PURGE_CHUNK = 2000  # rows deleted at once
 SEEN_TOKENS: Table = CdsSeenToken.__table__  # type: ignore[assignment]
@@ -99,10 +101,17 @@ class JwksCache:
     async def _fetch(self, url: str) -> KeysByKid:
         if not over_tls(url):  # RFC 7515 4.1.2: keys read in clear could be swapped on the way
             raise CdsAuthError(f"the issuer's JWK Set at {url} is not served over https")
+        headers = {"Accept": "application/jwk-set+json, application/json"}
+        request = self._client.build_request("GET", url, headers=headers)
         try:
-            async with asyncio.timeout(JWKS_TIMEOUT_SECONDS):
-                body = await self._download(url)
-            document = orjson.loads(body)  # depth-limited, unlike json
+            # every hook call of the issuer waits for this one fetch: it is bounded
+            response = await fetch(self._client, request, JWKS_BOUNDS)
+            response.raise_for_status()
+            document = orjson.loads(response.content)  # depth-limited, unlike json
+        except BodyTooLargeError as error:
+            raise CdsAuthError(
+                f"the issuer's JWK Set at {url} is larger than {error.max_bytes} bytes"
+            ) from error
         except (httpx.HTTPError, ValueError, TimeoutError) as error:
             raise CdsAuthError(
                 f"the issuer's JWK Set at {url} could not be read ({type(error).__name__})"
@@ -113,26 +122,6 @@ class JwksCache:
             raise CdsAuthError(f"the issuer's JWK Set at {url} is unusable: {error}") from error
         self._sets[url] = (time.monotonic(), keys)
         return keys
-
-    async def _download(self, url: str) -> bytes:
-        """The body at ``url``, read no further than ``JWKS_MAX_BYTES``.
-
-        Every hook call of the issuer waits for this one fetch: httpx's timeout bounds each
-        read, not the whole answer, so a server trickling bytes (or sending gigabytes)
-        would hold them all, and the memory, for as long as it liked. The caller bounds
-        the time; this bounds the size.
-        """
-        headers = {"Accept": "application/jwk-set+json, application/json"}
-        async with self._client.stream("GET", url, headers=headers) as response:
-            response.raise_for_status()
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > JWKS_MAX_BYTES:
-                    raise CdsAuthError(
-                        f"the issuer's JWK Set at {url} is larger than {JWKS_MAX_BYTES} bytes"
-                    )
-            return bytes(body)
 
 
 #: The keys of a JWK Set by ``kid``; under ``None`` all of them (a JWT without a kid).

@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from io import BufferedIOBase
 from typing import Any
 
 import pytest
@@ -33,7 +32,7 @@ from tests.integration.test_cds_hooks import (
     make_app,
     tenant_config,
 )
-from tests.support.served import ServedJson
+from tests.support.served import ServedJson, Trickled
 
 KEY = SigningKey.generate("ehr-key-1", "ES384")
 GOOD = json.dumps({"keys": [KEY.public_jwk()]}).encode()
@@ -137,24 +136,6 @@ def test_a_configured_jwk_set_stored_before_the_check_is_a_401_not_a_500(
     assert f"the configured JWK Set of {EHR.issuer!r} is unusable" in reason
 
 
-class Trickled(ServedJson):
-    """A JWK Set server that sends ``body`` one byte at a time, ``pause`` seconds apart:
-    every read gets a byte well within any per-read timeout (the fault under test)."""
-
-    def __init__(self, body: bytes, pause: float) -> None:
-        super().__init__(body, path="/jwks.json")
-        self.pause = pause
-
-    def send(self, out: BufferedIOBase, answer: bytes) -> None:
-        try:
-            for byte in answer:
-                out.write(bytes([byte]))
-                out.flush()
-                time.sleep(self.pause)
-        except ConnectionError:
-            return  # the service gave up on the answer: what the test expects
-
-
 def test_a_jwk_set_larger_than_the_limit_is_refused_without_reading_it_all(
     app: FastAPI, client: TestClient
 ) -> None:
@@ -174,7 +155,7 @@ def test_a_jwk_set_trickled_slower_than_the_deadline_is_refused_in_time(
     app: FastAPI, client: TestClient
 ) -> None:
     """Each byte comes within httpx's per-read timeout; the whole set would take 10 s."""
-    with Trickled(GOOD, pause=10 / len(GOOD)) as jwks:
+    with Trickled(GOOD, pause=10 / len(GOOD), path="/jwks.json") as jwks:
         ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
         configure(app, tenant_config(ehr))
         started = time.monotonic()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 
 from sandbox.keys import SigningKey
-from smart_app.oauth import AuthServer, OAuthError, verify_id_token
+from smart_app import oauth
+from smart_app.oauth import EHR_FETCH_MAX_BYTES, AuthServer, OAuthError, ehr_client, verify_id_token
 from tests.support.sandbox import JwksServer
+from tests.support.served import ServedJson, Trickled
 
 ISSUER = "https://ehr.example"
 CLIENT_ID = "kindreflex"
@@ -45,10 +47,10 @@ def _claims(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def _verify(jwks: JwksServer, token: str) -> dict[str, Any]:
+def _verify(jwks: ServedJson, token: str) -> dict[str, Any]:
     server = AuthServer("https://ehr.example/authorize", "https://ehr.example/token", ISSUER,
                         jwks.url)  # fmt: skip
-    with httpx.Client(timeout=5) as http:
+    with ehr_client(timeout=5) as http:
         return verify_id_token(http, token, server, CLIENT_ID, NONCE)
 
 
@@ -107,3 +109,26 @@ def test_unknown_kid_unsigned_and_symmetric_tokens_are_refused(
         _verify(jwks, forged)
     with pytest.raises(OAuthError, match="malformed"):
         _verify(jwks, "not-a-jwt")
+
+
+def test_an_issuer_key_set_answered_too_slowly_or_too_large_is_refused_in_time(
+    issuer_key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte comes within the per-read timeout, the whole set would take 30 s; then one
+    past the size limit."""
+    monkeypatch.setattr(oauth, "EHR_FETCH_SECONDS", 2.0)  # 10 s: the launch tests wait that
+    keys = json.dumps({"keys": [issuer_key.public_jwk()]}).encode()
+    token = issuer_key.sign(_claims())
+    with Trickled(keys, pause=30 / len(keys), path="/jwks.json") as slow:
+        started = time.monotonic()
+        with pytest.raises(OAuthError) as refused:
+            _verify(slow, token)
+        assert time.monotonic() - started < 2.0 + 2
+    assert refused.value.kind == "ehr_unreachable"
+    assert refused.value.detail == f"{slow.url}: TimeoutError"
+
+    padded = keys[:-1] + b" " * EHR_FETCH_MAX_BYTES + b"}"
+    with ServedJson(padded, path="/jwks.json") as flood, pytest.raises(OAuthError) as refused:
+        _verify(flood, token)
+    assert refused.value.kind == "ehr_unsupported"
+    assert refused.value.detail.endswith(f"the answer is larger than {EHR_FETCH_MAX_BYTES} bytes")

@@ -8,6 +8,7 @@ attribute the browser would see is asserted.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -39,6 +40,7 @@ from service.fhir.client import ReauthorisationRequired
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
 from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
+from smart_app.oauth import EHR_FETCH_MAX_BYTES, EHR_FETCH_SECONDS
 from smart_app.session import (
     SESSION_COOKIE,
     LaunchContext,
@@ -49,6 +51,7 @@ from smart_app.session import (
 )
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
+from tests.support.served import ServedJson, Trickled
 from tests.support.validator import validate
 
 EHR_ORIGIN = "https://ehr.az-example.be"
@@ -360,18 +363,49 @@ def test_a_page_refused_before_any_registration_is_known_follows_the_browser_lan
     assert "Dit EHR is niet geregistreerd" not in answer.text
 
 
-def test_an_unreachable_ehr_gets_a_clear_page(kindreflex: Kindreflex, database: Database) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/fhir"
+def _launch_from(kindreflex: Kindreflex, fhir_base_url: str) -> httpx.Response:
+    """A launch from an EHR registered at ``fhir_base_url`` (the only registration)."""
     registration = _registration(kindreflex.sandbox, "x", "none").model_copy(
-        update={"id": "dead", "fhir_base_url": dead}
+        update={"id": "elsewhere", "fhir_base_url": fhir_base_url}
     )
     kindreflex.app.state.tenants.save(
         "default", TenantConfiguration(name="default", registrations=[registration]), "test"
     )
-    answer = Browser().get(f"{kindreflex.url}/launch?iss={dead}&launch=abc")
+    launch = f"{kindreflex.url}/launch?iss={fhir_base_url}&launch=abc"
+    return httpx.get(launch, timeout=EHR_FETCH_SECONDS + 5)  # our page may take that long
+
+
+def test_an_unreachable_ehr_gets_a_clear_page(kindreflex: Kindreflex, database: Database) -> None:
+    answer = _launch_from(kindreflex, f"http://127.0.0.1:{free_port()}/fhir")
     assert answer.status_code == 502
     assert "Het EHR antwoordt niet" in answer.text
     assert kindreflex.count(LaunchState) == 0
+
+
+def test_an_ehr_answering_too_slowly_or_too_much_gets_a_clear_page_in_time(
+    database: Database, sandbox: Sandbox
+) -> None:
+    """Its SMART configuration trickled (each byte within the per-read timeout, the whole in
+    a minute), then one past the size limit: the launch ends within the deadline."""
+    configuration = json.dumps(sandbox.auth.smart_configuration()).encode()
+    padded = configuration[:-1] + b" " * EHR_FETCH_MAX_BYTES + b"}"
+    with (
+        _running_kindreflex(database, sandbox, "none") as kindreflex,
+        Trickled(configuration, pause=60 / len(configuration), path="/fhir") as slow,
+        ServedJson(padded, path="/fhir") as flood,
+    ):
+        started = time.monotonic()
+        answer = _launch_from(kindreflex, slow.url)
+        assert time.monotonic() - started < EHR_FETCH_SECONDS + 2
+        assert answer.status_code == 502
+        assert "Het EHR antwoordt niet" in answer.text
+        assert "TimeoutError" in answer.text
+
+        answer = _launch_from(kindreflex, flood.url)
+        assert answer.status_code == 502
+        assert "Het EHR ondersteunt Kindreflex niet" in answer.text
+        assert f"larger than {EHR_FETCH_MAX_BYTES} bytes" in answer.text
+        assert kindreflex.count(LaunchState) == 0
 
 
 def test_denied_consent_shows_access_denied_and_writes_no_session(kindreflex: Kindreflex) -> None:

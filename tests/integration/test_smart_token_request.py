@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
 import jwt
 import pytest
 from pydantic import SecretStr
@@ -20,14 +20,18 @@ from service.db.base import Database
 from service.keys import KeyStore
 from service.settings import load_settings
 from service.tenant_config import EhrRegistration
+from smart_app import oauth
 from smart_app.oauth import (
+    EHR_FETCH_MAX_BYTES,
     OAuthError,
     assertion_algorithm,
     discover,
+    ehr_client,
     request_token,
     requested_scopes,
     verify_id_token,
 )
+from tests.support.served import ServedJson, Trickled
 
 
 class ScriptedServer:
@@ -103,14 +107,14 @@ def _configuration(server: ScriptedServer, **changes: Any) -> None:
 
 def test_discovery_reports_what_the_ehr_lacks(server: ScriptedServer) -> None:
     _configuration(server, code_challenge_methods_supported=["plain"], token_endpoint=None)
-    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as refused:
+    with ehr_client(timeout=5) as http, pytest.raises(OAuthError) as refused:
         discover(http, _registration(server))
     assert refused.value.kind == "ehr_unsupported"
     assert "token_endpoint" in refused.value.detail
     assert "PKCE S256" in refused.value.detail
 
     server.documents["/fhir/.well-known/smart-configuration"] = (200, "<html>not json</html>")
-    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as not_json:
+    with ehr_client(timeout=5) as http, pytest.raises(OAuthError) as not_json:
         discover(http, _registration(server))
     assert not_json.value.kind == "ehr_unsupported"
 
@@ -121,7 +125,7 @@ def test_relative_endpoints_of_a_legacy_server_are_resolved_against_the_fhir_bas
     """SMART 2.x: clients SHOULD read relative endpoint URLs relative to the FHIR base URL."""
     _configuration(server, authorization_endpoint="/auth/authorize", token_endpoint="token",
                    jwks_uri="../keys")  # fmt: skip
-    with httpx.Client(timeout=5) as http:
+    with ehr_client(timeout=5) as http:
         found = discover(http, _registration(server))
     assert found.authorization_endpoint == f"{server.url}/auth/authorize"
     assert found.token_endpoint == f"{server.url}/token"
@@ -132,7 +136,7 @@ def test_endpoints_in_cleartext_off_this_machine_are_refused(server: ScriptedSer
     """SMART 2.x: codes, tokens and client credentials go only to servers over TLS."""
     _configuration(server, token_endpoint="http://ehr.example/token",
                    jwks_uri="https://ehr.example/jwks")  # fmt: skip
-    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as refused:
+    with ehr_client(timeout=5) as http, pytest.raises(OAuthError) as refused:
         discover(http, _registration(server))
     assert refused.value.kind == "ehr_unsupported"
     assert refused.value.detail == "not https: token_endpoint"
@@ -141,7 +145,7 @@ def test_endpoints_in_cleartext_off_this_machine_are_refused(server: ScriptedSer
     server.documents["/.well-known/openid-configuration"] = (
         200, json.dumps({"issuer": server.url, "jwks_uri": "http://ehr.example/jwks"}),
     )  # fmt: skip
-    with httpx.Client(timeout=5) as http:
+    with ehr_client(timeout=5) as http:
         found = discover(http, _registration(server))  # the FHIR base is on the loopback
         with pytest.raises(OAuthError, match="not https: the OpenID configuration's jwks_uri"):
             verify_id_token(http, _an_rs256_jwt(), found, "kindreflex app", "nonce")
@@ -167,7 +171,7 @@ def test_a_server_advertising_only_v1_scopes_is_asked_in_v1_syntax(
 ) -> None:
     _configuration(server, capabilities=capabilities)
     registration = _registration(server)
-    with httpx.Client(timeout=5) as http:
+    with ehr_client(timeout=5) as http:
         found = discover(http, registration)
     scopes = requested_scopes(registration.scopes, found)
     if not v1:
@@ -200,7 +204,7 @@ def test_the_client_assertion_is_signed_with_an_algorithm_the_server_verifies(
     server.token_answer = (200, {"access_token": "at", "token_type": "Bearer"})
     keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
     registration = _registration(server)
-    with httpx.Client(timeout=5) as http:
+    with ehr_client(timeout=5) as http:
         found = discover(http, registration)
         request_token(http, found.token_endpoint, registration, keys, {}, found.assertion_alg)
         assert assertion_algorithm(http, registration) == expected  # as a refresh reads it
@@ -224,7 +228,7 @@ def test_client_secret_basic_sends_the_urlencoded_secret_only_in_the_header(
         server, client_auth="client_secret_basic", client_secret=SecretStr("s3cret:+/ x")
     )
     keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
-    with httpx.Client(timeout=5) as http:
+    with ehr_client(timeout=5) as http:
         server_config = discover(http, registration)
         answer = request_token(
             http, server_config.token_endpoint, registration, keys, {"grant_type": "x"}
@@ -244,7 +248,7 @@ def test_a_refused_token_request_carries_the_servers_reason(
     _configuration(server)
     server.token_answer = (400, {"error": "invalid_grant", "error_description": "code used"})
     keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
-    with httpx.Client(timeout=5) as http, pytest.raises(OAuthError) as refused:
+    with ehr_client(timeout=5) as http, pytest.raises(OAuthError) as refused:
         request_token(http, f"{server.url}/token", _registration(server), keys, {})
     assert refused.value.kind == "token_failed"
     assert refused.value.detail == "code used"
@@ -252,3 +256,37 @@ def test_a_refused_token_request_carries_the_servers_reason(
     assert form["client_assertion_type"] == [
         "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
     ]
+
+
+def test_a_token_endpoint_answering_too_slowly_or_too_much_is_refused_in_time(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte comes within the per-read timeout, the whole answer would take 30 s; then
+    one past the size limit. Also what a refresh meets (same request)."""
+    monkeypatch.setattr(oauth, "EHR_FETCH_SECONDS", 2.0)  # 10 s: the launch tests wait that
+    answer = json.dumps({"access_token": "a", "token_type": "Bearer"}).encode()
+    registration = EhrRegistration(
+        id="epd", name="EPD", fhir_base_url="http://127.0.0.1/fhir", client_id="kindreflex app"
+    )
+    keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
+    with Trickled(answer, pause=30 / len(answer)) as slow, ehr_client(timeout=5) as http:
+        started = time.monotonic()
+        with pytest.raises(OAuthError) as refused:
+            request_token(http, slow.url, registration, keys, {})
+        assert time.monotonic() - started < 2.0 + 2
+    assert (refused.value.kind, refused.value.detail) == (
+        "ehr_unreachable",
+        "token endpoint: TimeoutError",
+    )
+
+    padded = answer[:-1] + b" " * EHR_FETCH_MAX_BYTES + b"}"
+    with (
+        ServedJson(padded) as flood,
+        ehr_client(timeout=5) as http,
+        pytest.raises(OAuthError) as refused,
+    ):
+        request_token(http, flood.url, registration, keys, {})
+    assert (refused.value.kind, refused.value.detail) == (
+        "ehr_unsupported",
+        f"token endpoint: the answer is larger than {EHR_FETCH_MAX_BYTES} bytes",
+    )

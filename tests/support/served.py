@@ -1,10 +1,11 @@
-"""A real HTTP server on loopback that answers every GET with one JSON body: for answers a
-real server will not give (an EHR's broken JWK Set, a chart a FHIR server garbles) and for
-keys a test publishes."""
+"""A real HTTP server on loopback that answers every GET and POST with one JSON body: for
+answers a real server will not give (an EHR's broken JWK Set, a chart a FHIR server
+garbles, a token endpoint trickling its answer) and for keys a test publishes."""
 
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
 from typing import Any, Self
@@ -28,6 +29,10 @@ class ServedJson:
                 self.end_headers()
                 owner.send(self.wfile, answer)
 
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.do_GET()
+
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
@@ -50,3 +55,21 @@ class ServedJson:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+class Trickled(ServedJson):
+    """A server that sends ``body`` one byte at a time, ``pause`` seconds apart: every read
+    gets a byte well within any per-read timeout (the fault under test)."""
+
+    def __init__(self, body: bytes, pause: float, path: str = "/") -> None:
+        super().__init__(body, path)
+        self.pause = pause
+
+    def send(self, out: BufferedIOBase, answer: bytes) -> None:
+        try:
+            for byte in answer:
+                out.write(bytes([byte]))
+                out.flush()
+                time.sleep(self.pause)
+        except ConnectionError:
+            return  # the client gave up on the answer: what the test expects
