@@ -384,8 +384,9 @@ def test_a_returning_patients_children_are_shown_for_confirmation(
     assert all(re.fullmatch(r"RelatedPerson/[^/]+/_history/[^/]+", ref) for ref in refs)
     assert page.text.count("Al in het dossier") == 2
     # the same search names the patient: the banner SMART asks for when the EHR shows none
-    birth = sandbox.seeded.patient("els-goossens").birth_date
-    assert f"<strong>Els Goossens</strong> · geboren {birth}" in page.text
+    # in the page's date form (the children's dates, the hint dd/mm/jjjj), not ISO
+    birth = date.fromisoformat(sandbox.seeded.patient("els-goossens").birth_date)
+    assert f"<strong>Els Goossens</strong> · geboren {birth:%d/%m/%Y}" in page.text
 
 
 def test_no_patient_banner_when_the_ehr_shows_its_own(nurse_for: Any) -> None:
@@ -1036,6 +1037,51 @@ def test_a_well_formed_chart_from_the_same_server_is_loaded(nurse_for: Any) -> N
     assert page.status == 200
     assert "Emma" in page.text
     assert "konden nu niet geladen worden" not in page.text
+
+
+@pytest.mark.parametrize(
+    ("language", "birth_date", "shown"),
+    [
+        ("nl", "1985-03-14", "geboren 14/03/1985"),
+        ("fr", "1985-03-14", "né(e) le 14/03/1985"),
+        ("en", "1985-03-14", "born 14/03/1985"),
+        ("nl", "1985-03", "geboren in 03/1985"),
+        ("nl", "1985", "geboren in 1985"),
+        ("fr", "1985", "né(e) en 1985"),
+        ("en", "1985-03", "born in 03/1985"),
+    ],
+)
+def test_the_banner_shows_the_birth_date_as_the_page_writes_dates(
+    nurse_for: Any, sandbox: Sandbox, language: str, birth_date: str, shown: str
+) -> None:
+    """The banner said "geboren 1985-03-14" beside dd/mm/jjjj everywhere else on the page (in
+    French and English too: jj/mm/aaaa, dd/mm/yyyy). A FHIR birth date may be partial: the
+    EHR knows only the year, or the month."""
+    chart = _chart()
+    patient = chart["entry"][0]["resource"]
+    patient.update(id=sandbox.seeded.patient("an-peeters").id, birthDate=birth_date)
+    with _serving(chart) as fhir_base_url:
+        nurse = nurse_for("an-peeters", fhir_base_url=fhir_base_url, language=language)
+        page = nurse.page()
+        assert f"<strong>Moeder</strong> · {shown}</section>" in _banner(page)
+        assert page.value("patient_birth_date") == birth_date  # posted back as the FHIR date
+
+        refused = nurse.post(
+            {
+                "csrf_token": page.csrf,
+                "patient_name": "Moeder",
+                "patient_birth_date": birth_date,
+            }
+        )
+
+    assert refused.status == 422
+    assert f"<strong>Moeder</strong> · {shown}</section>" in _banner(refused)
+
+
+def _banner(page: Page) -> str:
+    """The patient banner's markup on one line."""
+    start = page.text.index('<section class="patient-banner"')
+    return " ".join(page.text[start : page.text.index("</section>", start) + 10].split())
 
 
 # ---------------------------------------------------------------------------------------
