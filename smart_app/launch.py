@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LAUNCH_LIFETIME = timedelta(minutes=10)
+#: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+FHIR_USER_MAX = 500  # the session's column
+USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
 BINDING_COOKIE_PREFIX = "kindreflex_launch_"
 START_PAGE = "/app/triage"
 
@@ -223,9 +228,21 @@ def redirect_uri(settings: Settings) -> str:
 
 
 def roles_from_claims(registration: EhrRegistration, claims: dict[str, Any]) -> frozenset[Role]:
-    """Every launched clinician is a nurse; other roles only through the registration's mapping."""
-    value = claims.get(registration.roles.claim)
-    granted = set(value.split() if isinstance(value, str) else value or [])
+    """Every launched clinician is a nurse; other roles only through the registration's mapping.
+
+    EHRs send the claim as a list of strings or as one space-separated string. Another shape
+    (objects, a number) is refused, not read as no role: the EHR's administrator learns of the
+    mistake at once, rather than a social worker later, as a screen she may not open.
+    """
+    name = registration.roles.claim
+    value = claims.get(name, [])
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise OAuthError(
+            "id_token_invalid", f"the id_token claim {name!r} is not a list of strings"
+        )
+    granted = set(value)
     roles: set[Role] = {"nurse"}
     if granted & set(registration.roles.social_worker):
         roles.add("social-worker")
@@ -321,8 +338,12 @@ def _new_session(
         raise PageError(
             400, "id_token_invalid", detail="no fhirUser claim (scope fhirUser)", **page
         )
-    roles = roles_from_claims(registration, claims)
-    patient = _str(answer.get("patient"))
+    if len(fhir_user) > FHIR_USER_MAX:
+        raise PageError(
+            400, "id_token_invalid", detail=f"fhirUser longer than {FHIR_USER_MAX}", **page
+        )
+    roles = _call(registration, lambda: roles_from_claims(registration, claims))
+    patient = _call(registration, lambda: _fhir_id(answer.get("patient"), "patient"))
     # Triage is about one patient; the social service's worklist and the admin screen are
     # opened from the EHR without one.
     if patient is None and roles == {"nurse"}:
@@ -336,12 +357,12 @@ def _new_session(
         token_endpoint=server.token_endpoint,
         user=AppUser(
             fhir_user=fhir_user,
-            name=_display_name(claims, fhir_user),
+            name=_display_name(claims, fhir_user)[:USER_NAME_MAX],
             roles=roles,
         ),
         language=negotiate([_str(claims.get("locale")), registration.default_language]),
         patient_id=patient,
-        encounter_id=_encounter(answer),
+        encounter_id=_call(registration, lambda: _encounter(answer)),
         app_context=_app_context(answer.get("appContext")),
         launch_details={
             name: answer[name]
@@ -357,13 +378,25 @@ def _new_session(
 
 def _encounter(answer: dict[str, Any]) -> str | None:
     """``encounter`` (SMART v1 style), else an Encounter reference in ``fhirContext`` (v2)."""
-    if isinstance(answer.get("encounter"), str):
-        return str(answer["encounter"])
-    for item in answer.get("fhirContext") or []:
+    if answer.get("encounter") is not None:
+        return _fhir_id(answer["encounter"], "encounter")
+    context = answer.get("fhirContext") or []
+    if not isinstance(context, list):
+        raise OAuthError("token_failed", "fhirContext in the token response is not a list")
+    for item in context:
         reference = item.get("reference") if isinstance(item, dict) else None
         if isinstance(reference, str) and reference.startswith("Encounter/"):
-            return reference.removeprefix("Encounter/")
+            return _fhir_id(reference.removeprefix("Encounter/"), "fhirContext's Encounter")
     return None
+
+
+def _fhir_id(value: object, name: str) -> str | None:
+    """A resource id of the launch context; none when the EHR gives none (null or "")."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not FHIR_ID.fullmatch(value):
+        raise OAuthError("token_failed", f"{name} in the token response is not a FHIR id")
+    return value
 
 
 def _app_context(value: object) -> str | None:

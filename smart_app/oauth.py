@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import quote_plus, urljoin
 
 import httpx
 import jwt
+import orjson
 
 from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
 from service.keys import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, KeyStore
@@ -37,6 +40,8 @@ CLOCK_SKEW_SECONDS = 60
 # KiB each, a launch context); a server answers within a second or two.
 EHR_FETCH_SECONDS = 10.0
 EHR_FETCH_MAX_BYTES = 1024 * 1024
+# Access tokens live minutes to hours; an expires_in beyond this is a broken server.
+MAX_TOKEN_LIFETIME = timedelta(days=366)
 
 FailureKind = Literal["ehr_unreachable", "ehr_unsupported", "token_failed", "id_token_invalid"]
 
@@ -229,9 +234,42 @@ def request_token(
             data.get("error_description") or data.get("error") or f"HTTP {response.status_code}"
         )
         raise OAuthError("token_failed", str(reason))
-    if not data.get("access_token") or str(data.get("token_type", "")).lower() != "bearer":
-        raise OAuthError("token_failed", "no bearer access_token in the token response")
+    _check_token_response(data)
     return data
+
+
+def _check_token_response(data: dict[str, Any]) -> None:
+    """The fields a launch and a refresh use, in the types RFC 6749 gives them: a value of
+    another shape is the EHR's fault, refused here rather than a failure further on."""
+    access_token, token_type = data.get("access_token"), str(data.get("token_type", ""))
+    if not isinstance(access_token, str) or not access_token or token_type.lower() != "bearer":
+        raise OAuthError("token_failed", "no bearer access_token in the token response")
+    for name in ("scope", "refresh_token"):
+        if not isinstance(data.get(name, ""), str):
+            raise OAuthError("token_failed", f"{name} in the token response is not a string")
+    token_lifetime(data)
+
+
+def token_lifetime(token_response: dict[str, Any]) -> timedelta | None:
+    """The access token's lifetime (``expires_in``), None when the server gives none.
+
+    RFC 6749 makes it a number of seconds; a numeric string, as some servers send, is read
+    as one. Anything else, not above zero or beyond ``MAX_TOKEN_LIFETIME`` is refused.
+    """
+    value = token_response.get("expires_in")
+    if value is None:
+        return None
+    try:
+        seconds = float(value) if isinstance(value, int | float | str) else math.nan
+    except ValueError:
+        seconds = math.nan
+    if isinstance(value, bool) or not 0 < seconds <= MAX_TOKEN_LIFETIME.total_seconds():
+        raise OAuthError(
+            "token_failed",
+            "expires_in in the token response is not a number of seconds "
+            f"above 0 and at most {int(MAX_TOKEN_LIFETIME.total_seconds())}",
+        )
+    return timedelta(seconds=seconds)
 
 
 def verify_id_token(
@@ -318,7 +356,7 @@ def _exchange(
 
 def _json_object(response: httpx.Response, kind: FailureKind) -> dict[str, Any]:
     try:
-        data = response.json()
+        data = orjson.loads(response.content)  # no NaN nor Infinity, unlike json
     except ValueError:
         data = None
     if not isinstance(data, dict):

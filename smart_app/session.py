@@ -42,7 +42,13 @@ from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
 from smart_app.errors import PageError
-from smart_app.oauth import OAuthError, assertion_algorithm, ehr_client, request_token
+from smart_app.oauth import (
+    OAuthError,
+    assertion_algorithm,
+    ehr_client,
+    request_token,
+    token_lifetime,
+)
 from smart_app.security import digest, page_headers, tokens_match
 
 __all__ = [
@@ -126,13 +132,8 @@ class NewSession:
 
 
 def token_expiry(token_response: dict[str, Any]) -> datetime:
-    expires_in = token_response.get("expires_in")
-    lifetime = (
-        timedelta(seconds=int(expires_in))
-        if isinstance(expires_in, int | float) and expires_in > 0
-        else DEFAULT_TOKEN_LIFETIME
-    )
-    return utcnow() + lifetime
+    """When the access token of a checked token response (``oauth.request_token``) expires."""
+    return utcnow() + (token_lifetime(token_response) or DEFAULT_TOKEN_LIFETIME)
 
 
 class SessionStore:

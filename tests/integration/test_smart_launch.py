@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 import pytest
 import uvicorn
 from fastapi import Depends, FastAPI
@@ -30,6 +31,7 @@ from playwright.sync_api import sync_playwright
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
+from sandbox.auth import Grant
 from sandbox.config import SandboxConfig, SmartClient
 from sandbox.keys import SigningKey as SandboxKey
 from sandbox.runner import Sandbox
@@ -715,3 +717,118 @@ def test_an_expired_launch_state_and_an_unknown_hospital_get_clear_pages(
     unknown = Browser().get(f"{kindreflex.url}/t/nowhere/launch?iss=x&launch=y")
     assert unknown.status_code == 404
     assert "Onbekend ziekenhuis" in unknown.text
+
+
+@pytest.fixture
+def public_app(database: Database, sandbox: Sandbox) -> Iterator[Kindreflex]:
+    """Our app as a public client only: for what the EHR answers, not how we sign in."""
+    with _running_kindreflex(database, sandbox, "none") as kr:
+        yield kr
+
+
+def _ehr_answers(
+    monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox, token: dict[str, Any], claims: dict[str, Any]
+) -> None:
+    """From now on the sandbox EHR's token responses carry ``token`` and its id_tokens
+    ``claims`` (signed with its real key), over or beside its own values."""
+    auth = sandbox.auth
+    genuine_answer, genuine_id_token = auth._token_response, auth.id_token
+
+    def id_token(client_id: str, grant: Grant) -> str:
+        genuine = jwt.decode(
+            genuine_id_token(client_id, grant), options={"verify_signature": False}
+        )
+        return auth.id_token_key.sign({**genuine, **claims})
+
+    def answer(client: SmartClient, grant: Grant) -> dict[str, Any]:
+        return {**genuine_answer(client, grant), **token}
+
+    monkeypatch.setattr(auth, "id_token", id_token)
+    monkeypatch.setattr(auth, "_token_response", answer)
+
+
+NOT_CONFIRMED, SIGN_IN_FAILED = (400, "Gebruiker niet bevestigd"), (502, "Aanmelding mislukt")
+
+
+@pytest.mark.parametrize(
+    ("token", "claims", "page", "detail"),
+    [
+        ({}, {"roles": [{"code": "social-worker"}]}, NOT_CONFIRMED, "&#x27;roles&#x27; is not"),
+        ({}, {"roles": 7}, NOT_CONFIRMED, "&#x27;roles&#x27; is not a list of strings"),
+        ({}, {"fhirUser": "https://ehr.example/" + "a" * 500}, NOT_CONFIRMED, "fhirUser longer"),
+        ({"expires_in": -60}, {}, SIGN_IN_FAILED, "expires_in in the token response"),
+        ({"expires_in": 10**12}, {}, SIGN_IN_FAILED, "expires_in in the token response"),
+        ({"expires_in": 1e300}, {}, SIGN_IN_FAILED, "expires_in in the token response"),
+        ({"expires_in": "soon"}, {}, SIGN_IN_FAILED, "expires_in in the token response"),
+        ({"expires_in": True}, {}, SIGN_IN_FAILED, "expires_in in the token response"),
+        ({"access_token": {"jwt": "x"}}, {}, SIGN_IN_FAILED, "no bearer access_token"),
+        ({"scope": ["launch"]}, {}, SIGN_IN_FAILED, "scope in the token response is not"),
+        ({"patient": 12}, {}, SIGN_IN_FAILED, "patient in the token response is not a FHIR id"),
+        ({"patient": "p" * 65}, {}, SIGN_IN_FAILED, "patient in the token response is not"),
+        ({"encounter": {"id": "enc-1"}}, {}, SIGN_IN_FAILED, "encounter in the token response"),
+        ({"encounter": None, "fhirContext": 5}, {}, SIGN_IN_FAILED, "fhirContext in the token"),
+    ],
+    ids=[
+        "roles-objects",
+        "roles-number",
+        "fhirUser-too-long",
+        "expires_in-negative",
+        "expires_in-1e12",
+        "expires_in-1e300",
+        "expires_in-word",
+        "expires_in-true",
+        "access_token-object",
+        "scope-list",
+        "patient-number",
+        "patient-too-long",
+        "encounter-object",
+        "fhirContext-number",
+    ],
+)
+def test_a_value_of_the_ehr_in_another_shape_gets_a_clear_page_and_nothing_is_written(
+    public_app: Kindreflex,
+    monkeypatch: pytest.MonkeyPatch,
+    token: dict[str, Any],
+    claims: dict[str, Any],
+    page: tuple[int, str],
+    detail: str,
+) -> None:
+    _ehr_answers(monkeypatch, public_app.sandbox, token, claims)
+    answer = public_app.launch(Browser(), user="social-worker")
+    assert (answer.status_code, page[1] in answer.text) == (page[0], True), answer.text
+    assert '<html lang="nl">' in answer.text
+    assert detail in answer.text
+    assert public_app.count(AppSession) == 0
+    with public_app.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(AuditRecord)) == 0
+
+
+def test_roles_as_one_string_and_expires_in_in_digits_still_launch(
+    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shapes real servers send beside the usual ones (a list of roles, a number)."""
+    _ehr_answers(
+        monkeypatch, public_app.sandbox, {"expires_in": "3600"}, {"roles": "md social-worker"}
+    )
+    browser = Browser()
+    assert public_app.launch(browser, user="nurse").status_code == 303
+    assert browser.get(f"{public_app.url}/test/whoami").json()["roles"] == [
+        "nurse",
+        "social-worker",
+    ]
+    with public_app.database.session() as session:
+        expires = session.scalar(select(AppSession.access_expires_at))
+    assert expires is not None
+    assert timedelta(minutes=59) < expires - utcnow() <= timedelta(hours=1)
+
+
+def test_a_refresh_answered_with_an_absurd_expires_in_keeps_the_token_while_it_lasts(
+    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    browser = Browser()
+    public_app.launch(browser)
+    session_id = browser.get(f"{public_app.url}/test/whoami").json()["session_id"]
+    current = public_app.tokens.access_token(session_id)
+    _expire_soon(public_app.database, session_id)  # within the margin: a refresh is tried
+    _ehr_answers(monkeypatch, public_app.sandbox, {"expires_in": 10**12}, {})
+    assert public_app.tokens.access_token(session_id) == current
