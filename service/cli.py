@@ -26,7 +26,7 @@ from service.admin import commands as admin_commands
 from service.audit import TrailQuery
 from service.db import migrate
 from service.db.base import Database
-from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore
+from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore, Rotation
 from service.local_time import LOCAL_ZONE
 from service.observability import configure_logging
 from service.settings import TENANT_SLUG, Settings, is_loopback, load_settings
@@ -156,15 +156,36 @@ def cmd_demo(args: argparse.Namespace, _settings: Settings) -> int:
 def cmd_keys_rotate(_args: argparse.Namespace, settings: Settings) -> int:
     database = Database(settings.database_url)
     try:
-        kids = KeyStore(database, settings).rotate()
+        rotation = KeyStore(database, settings).rotate()
     finally:
         database.dispose()
-    print(
-        f"new signing keys {', '.join(kids)}: published at /.well-known/jwks.json now, signing in "
-        f"{NEW_KEY_PUBLISHED_AHEAD}; the previous keys stay published for "
-        f"{RETIRED_KEY_PUBLISHED_FOR}"
-    )
+    print(rotation_report(rotation))
     return 0
+
+
+def rotation_report(rotation: Rotation) -> str:
+    """What ``keys rotate`` did, as it happened: the operator rotating after a changed
+    secret key must learn that the old keys are gone, and that the new ones sign at once."""
+    kept, unreadable = rotation.kept, rotation.unreadable
+    lines = [
+        f"new signing keys {', '.join(rotation.new)}: published at /.well-known/jwks.json now, "
+        + (f"signing in {NEW_KEY_PUBLISHED_AHEAD}" if kept else "signing at once")
+    ]
+    if kept:
+        lines.append(
+            f"{_previous_keys(kept)} {'stays' if kept == 1 else 'stay'} published for "
+            f"{RETIRED_KEY_PUBLISHED_FOR}"
+        )
+    if unreadable:
+        lines.append(
+            f"{_previous_keys(unreadable)} removed: sealed under another "
+            "KINDREFLEX_SECRET_KEY, they could not be read (nor sign, nor be published)"
+        )
+    return "\n".join(lines)
+
+
+def _previous_keys(count: int) -> str:
+    return f"{count} previous key{'' if count == 1 else 's'}"
 
 
 def cmd_config_export(args: argparse.Namespace, settings: Settings) -> int:

@@ -31,6 +31,7 @@ import json
 import secrets
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, get_args
 
@@ -101,6 +102,16 @@ class Sealer:
             ) from error
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """What a rotation did, for the operator: the new keys' kids, how many previous keys
+    stay published (retired), and how many it deleted because it could not open them."""
+
+    new: list[str]
+    kept: int
+    unreadable: int
+
+
 class KeyStore:
     """Generates, rotates and serves the deployment's signing keys."""
 
@@ -154,10 +165,10 @@ class KeyStore:
             algorithm,
         )
 
-    def rotate(self) -> list[str]:
+    def rotate(self) -> Rotation:
         """Add a new key of each algorithm (each signs once published for
         ``NEW_KEY_PUBLISHED_AHEAD``); the previous ones stay published for
-        ``RETIRED_KEY_PUBLISHED_FOR``. Returns the new kids.
+        ``RETIRED_KEY_PUBLISHED_FOR``.
 
         A key sealed under another ``KINDREFLEX_SECRET_KEY`` is deleted at once: it can
         neither sign nor be published (its public half is derived from the private one),
@@ -166,15 +177,21 @@ class KeyStore:
         """
         with self._database.session() as session:
             now = utcnow()
+            kept = unreadable = 0
             for row in session.scalars(select(SigningKey)).all():
                 if not self._opens(row):
                     session.delete(row)
-                elif row.retired_at is None:
+                    unreadable += 1
+                    continue
+                if row.retired_at is None:
                     row.retired_at = now
                     row.publish_until = now + RETIRED_KEY_PUBLISHED_FOR
+                if row.publish_until is not None and row.publish_until > now:
+                    kept += 1  # the others are past their grace: deleted below
             # Retired keys past their grace are gone for good: nothing may verify with them.
             session.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
-            return [self._new_key(session, algorithm).kid for algorithm in ALGORITHMS]
+            new = [self._new_key(session, algorithm).kid for algorithm in ALGORITHMS]
+            return Rotation(new, kept, unreadable)
 
     def _ensure_signing_key(self, session: Session, algorithm: Algorithm) -> SigningKey:
         """The key of ``algorithm`` to sign with: the newest one published for at least

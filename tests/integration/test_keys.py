@@ -20,6 +20,7 @@ from service.keys import (
     ALGORITHMS,
     ASSERTION_LIFETIME,
     NEW_KEY_PUBLISHED_AHEAD,
+    RETIRED_KEY_PUBLISHED_FOR,
     Algorithm,
     KeyStore,
 )
@@ -100,7 +101,7 @@ def test_rotation_publishes_the_new_key_before_it_signs_and_keeps_the_old_one_a_
     old_kid = jwt.get_unverified_header(old_assertion)["kid"]
 
     old_kids = {k["kid"] for k in store.jwks()["keys"]}  # RS384's and ES384's
-    new_kids = store.rotate()
+    new_kids = store.rotate().new
     new_kid = new_kids[ALGORITHMS.index("RS384")]
 
     published = store.jwks()
@@ -117,7 +118,7 @@ def test_rotation_publishes_the_new_key_before_it_signs_and_keeps_the_old_one_a_
     for kid in old_kids:
         _shift(database, kid, publish_until=utcnow() - timedelta(seconds=1))
     assert {k["kid"] for k in store.jwks()["keys"]} == set(new_kids)
-    newest = store.rotate()
+    newest = store.rotate().new
     with database.session() as session:
         kids = set(session.scalars(select(SigningKey.kid)))
     assert kids == set(new_kids) | set(newest)
@@ -150,10 +151,11 @@ def test_private_keys_are_sealed_with_the_secret_key(database: Database) -> None
     _verify(again, store.jwks())
 
 
-def test_keys_rotate_command(database: Database) -> None:
-    settings = _settings(database)
-    before = {k["kid"] for k in KeyStore(database, settings).jwks()["keys"]}
+def _rotate_command(settings: Settings) -> list[str]:
+    """``kindreflex keys rotate`` in a process of its own; the lines it printed."""
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": settings.database_url}
+    if settings.secret_key is not None:
+        env["KINDREFLEX_SECRET_KEY"] = settings.secret_key.get_secret_value()
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "keys", "rotate"],
         env=env,
@@ -161,10 +163,39 @@ def test_keys_rotate_command(database: Database) -> None:
         text=True,
         check=True,
     )
-    assert "new signing key" in result.stdout
+    return result.stdout.splitlines()
+
+
+def test_keys_rotate_command(database: Database) -> None:
+    settings = _settings(database)
+    before = {k["kid"] for k in KeyStore(database, settings).jwks()["keys"]}
+    printed = _rotate_command(settings)
     after = {k["kid"] for k in KeyStore(database, settings).jwks()["keys"]}
     assert before < after
     assert len(after) == 4  # the RS384 and ES384 keys, each with its successor
+    new = ", ".join(sorted(after - before, key=printed[0].index))
+    assert printed == [
+        f"new signing keys {new}: published at /.well-known/jwks.json now, "
+        f"signing in {NEW_KEY_PUBLISHED_AHEAD}",
+        f"2 previous keys stay published for {RETIRED_KEY_PUBLISHED_FOR}",
+    ]
+
+
+def test_the_rotate_command_says_it_removed_keys_sealed_under_another_secret_key(
+    database: Database,
+) -> None:
+    """Not that the previous keys stay published: they are gone, the new ones sign at once."""
+    KeyStore(database, _settings(database, secret_key=SecretStr("the old secret"))).jwks()
+    settings = _settings(database, secret_key=SecretStr("the new secret"))
+    printed = _rotate_command(settings)
+    new = [k["kid"] for k in KeyStore(database, settings).jwks()["keys"]]
+    assert len(new) == 2
+    assert printed == [
+        f"new signing keys {', '.join(sorted(new, key=printed[0].index))}: published at "
+        "/.well-known/jwks.json now, signing at once",
+        "2 previous keys removed: sealed under another KINDREFLEX_SECRET_KEY, they could not "
+        "be read (nor sign, nor be published)",
+    ]
 
 
 def test_a_rotation_recovers_from_a_changed_secret_key(database: Database) -> None:
@@ -173,7 +204,7 @@ def test_a_rotation_recovers_from_a_changed_secret_key(database: Database) -> No
     before = KeyStore(database, _settings(database, secret_key=SecretStr("the old secret")))
     old_kids = {k["kid"] for k in before.jwks()["keys"]}
     store = KeyStore(database, _settings(database, secret_key=SecretStr("the new secret")))
-    new_kids = store.rotate()
+    new_kids = store.rotate().new
     published = store.jwks()
     assert {k["kid"] for k in published["keys"]} == set(new_kids)
     assert not old_kids & set(new_kids)
