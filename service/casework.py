@@ -81,7 +81,10 @@ class CaseRecord:
     ``child_refs``: each child's protocol ``Child.ref`` → its RelatedPerson reference;
     ``flag``: the concern Flag as read (``id`` and ``meta.versionId`` guard the update);
     ``reason_ref``: the finding that led to step 6 (the step 4 decision, step 5 not
-    restored or a step 2 acute danger), for the referral's ``reasonReference``.
+    restored or a step 2 acute danger), for the referral's ``reasonReference``;
+    ``people``: the names of the people the case names (the findings' authors, the Flag's),
+    by reference, as the same searches included their Practitioners; someone absent is
+    shown by reference.
     """
 
     patient_ref: str
@@ -91,6 +94,7 @@ class CaseRecord:
     reason_ref: str | None = None
     children: Mapping[str, Child] = field(default_factory=dict)
     patient: mapping.PatientIdentity | None = None
+    people: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -290,9 +294,17 @@ def load_case_record(
     to update), the patient with the children, and the step findings of this concern in
     the order they were recorded (one search of all the patient's findings, among which the
     latest a referral may give as its reason).
+
+    The Flag's and the findings' searches include their authors' Practitioners
+    (``_include``), for their names: no request per person. A server may ignore an
+    ``_include`` (sekmet ignores ``Flag:author``, with a warning): the Flag's author, the
+    nurse who raised the concern, is named all the same by the step 2 finding she recorded.
     """
     system = identifier_system("concern")
-    flags = _resources(client.search("Flag", {"identifier": f"{system}|{flag_identifier}"}), "Flag")
+    flag_bundle = client.search(
+        "Flag", {"identifier": f"{system}|{flag_identifier}", "_include": "Flag:author"}
+    )
+    flags = _resources(flag_bundle, "Flag")
     if len(flags) != 1:
         raise CaseNotOnServerError(
             f"The concern's Flag is not on the FHIR server yet ({len(flags)} found); its "
@@ -304,7 +316,8 @@ def load_case_record(
         for r in chart.related_persons
         if (child := mapping.child_from_related_person(r)) is not None
     }
-    observations = _step_observations(client, patient_ref)
+    finding_bundle = _step_search(client, patient_ref)
+    observations = _resources(finding_bundle, "Observation")
     flag = flags[0]
     record = CaseRecord(
         patient_ref=patient_ref,
@@ -314,17 +327,34 @@ def load_case_record(
         reason_ref=_latest_reason(observations),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
+        people=_people(flag_bundle, finding_bundle),
     )
     return record, _findings(observations, children, flag["period"])
 
 
-def _step_observations(client: FhirClient, patient_ref: str) -> list[Resource]:
+def _step_search(client: FhirClient, patient_ref: str) -> Resource:
     """Every Kindreflex step finding of the patient (one search serves the case's history
-    and the referral's reason)."""
+    and the referral's reason), with the Practitioners who recorded them."""
     system = terminology.code_system_url("kindreflex-step")
     codes = ",".join(f"{system}|{step.value}" for step in Step)
-    bundle = client.search("Observation", {"subject": patient_ref, "code": codes, "_count": "500"})
-    return _resources(bundle, "Observation")
+    params = {
+        "subject": patient_ref,
+        "code": codes,
+        "_count": "500",
+        "_include": "Observation:performer",
+    }
+    return client.search("Observation", params)
+
+
+def _people(*bundles: Resource) -> dict[str, str]:
+    """The names of the Practitioners the searches included, by the reference the case
+    names them with (``Practitioner/<id>``), cut to the worklist's column."""
+    return {
+        f"Practitioner/{person['id']}": name
+        for bundle in bundles
+        for person in _resources(bundle, "Practitioner")
+        if (name := worklist_display(mapping.display_name(person) or ""))
+    }
 
 
 def _findings(
@@ -532,6 +562,8 @@ class CaseFile:
     #: name and phone numbers, e.g. for the printable referral summary)
     facilities: Mapping[str, Resource] = field(default_factory=dict)
     patient: mapping.PatientIdentity | None = None
+    #: the names of the people the case names, by reference (``CaseRecord.people``)
+    people: Mapping[str, str] = field(default_factory=dict)
 
 
 class Casework:
@@ -611,7 +643,7 @@ class Casework:
             record, case = self._read(ctx, concern, client)
             referrals, bundle = _referrals(client, record)
             facilities = referred_facilities(client, referrals, bundle)
-        self._remember_name(ctx, concern, record.patient)
+        self._remember_names(ctx, concern, record)
         return CaseFile(
             case_id=concern.id,
             status=concern.status,
@@ -622,6 +654,7 @@ class Casework:
             closure=mapping.closure_from_flag(record.flag),
             facilities=facilities,
             patient=record.patient,
+            people=record.people,
         )
 
     def update_referral(
@@ -687,27 +720,43 @@ class Casework:
                 session.expunge(row)
                 return row
             if row.status != "open" and not closed_too:
-                raise CaseConflict("closed", row.assigned_to, row.row_version)
+                raise CaseConflict.of("closed", row)
             if row.row_version != expected_version:
-                raise CaseConflict("changed", row.assigned_to, row.row_version)
+                raise CaseConflict.of("changed", row)
             session.expunge(row)
         return row
 
-    def _remember_name(
-        self, ctx: LaunchInfo, concern: Concern, patient: mapping.PatientIdentity | None
-    ) -> None:
-        """The worklist shows the patient's name from now on: the index is reconciled with
-        the server when a case is opened. Not a user's change, so the row version stays."""
-        if patient is None or patient.name is None:
-            return
-        name = worklist_display(patient.name)
-        if not name or name == concern.patient_display:
+    def _remember_names(self, ctx: LaunchInfo, concern: Concern, record: CaseRecord) -> None:
+        """The worklist shows the names the server gives from now on: the patient's, the
+        flagging nurse's and the assignee's when the case names them (a concern indexed
+        from a Flag, a colleague assigned by reference, a row older than the names). The
+        index is reconciled with the server when a case is opened. Not a user's change, so
+        the row version stays; the row as read, so a name goes to the person it is of (a
+        colleague claiming the case meanwhile: corrected at the next opening)."""
+        patient = record.patient.name if record.patient else None
+        assignee = concern.assigned_to
+        names = {
+            "patient_display": worklist_display(patient) if patient else None,
+            "flagged_by_display": record.people.get(concern.flagged_by),
+            "assigned_to_display": record.people.get(assignee) if assignee else None,
+        }
+        changed = {
+            column: name
+            for column, name in names.items()
+            if name and name != getattr(concern, column)
+        }
+        if not changed:
             return
         with self._database.session() as session:
             session.execute(
                 update(Concern)
-                .where(Concern.tenant_id == ctx.tenant.id, Concern.id == concern.id)
-                .values(patient_display=name)
+                .where(
+                    Concern.tenant_id == ctx.tenant.id,
+                    Concern.id == concern.id,
+                    Concern.row_version == concern.row_version,
+                )
+                .values(**changed)
+                .execution_options(synchronize_session=False)
             )
 
     def _read(

@@ -55,7 +55,7 @@ from service.protocol import (
     age_in_months,
     check_not_informed_reason,
 )
-from service.text import OneLine, OptionalText, TypedText
+from service.text import OneLine, OptionalText, TypedText, worklist_display
 
 #: The largest case id and ``row_version``: PostgreSQL's INTEGER (SQLite's is larger). A
 #: bigger number from a client is refused before it reaches a query, where it failed.
@@ -105,6 +105,9 @@ class CaseSummary(BaseModel):
     status: CaseStatus
     flagged_at: datetime
     flagged_by: str = Field(description="fhirUser of the nurse who flagged the concern.")
+    flagged_by_display: str | None = Field(
+        None, description="The nurse's name; null when not known (show `flagged_by`)."
+    )
     triggers: list[str] = Field(description="Hague trigger codes that prompted the check.")
     children_ages: list[int] = Field(description="Age in whole years of each child, oldest first.")
     last_step: str
@@ -117,6 +120,9 @@ class CaseSummary(BaseModel):
     overdue: bool = Field(description="An open case whose follow-up date has passed.")
     days_open: int
     assigned_to: str | None
+    assigned_to_display: str | None = Field(
+        None, description="The assignee's name; null when not known (show `assigned_to`)."
+    )
     row_version: int = Field(description="Send back to change the case (optimistic locking).")
     delivery: Delivery | None
 
@@ -242,6 +248,7 @@ def _summary(
         status="closed" if concern.status == "closed" else "open",
         flagged_at=concern.flagged_at,
         flagged_by=concern.flagged_by,
+        flagged_by_display=concern.flagged_by_display,
         triggers=concern.triggers,
         children_ages=[age_in_months(birth, today) // 12 for birth in births],
         last_step=concern.last_step,
@@ -250,6 +257,7 @@ def _summary(
         overdue=concern.status == "open" and due is not None and due < today,
         days_open=(today - local(concern.flagged_at).date()).days,
         assigned_to=concern.assigned_to,
+        assigned_to_display=concern.assigned_to_display,
         row_version=concern.row_version,
         delivery=None if state is None else Delivery(state=state, error=error, outcome=outcome),
     )
@@ -301,22 +309,34 @@ class CaseNotFoundError(LookupError):
 
 class CaseConflict(Exception):  # noqa: N818 - a conflict is an outcome, not a failure
     """Someone else changed the case since the user loaded it (``reason="changed"``), or it
-    is closed (``reason="closed"``); nothing was written. ``holder``: who has it now."""
+    is closed (``reason="closed"``); nothing was written. ``holder``: who has it now (a
+    reference); ``holder_display``: their name, or the reference when no name is known."""
 
     def __init__(
-        self, reason: Literal["changed", "closed"], holder: str | None, current_version: int
+        self,
+        reason: Literal["changed", "closed"],
+        holder: str | None,
+        current_version: int,
+        holder_name: str | None = None,
     ) -> None:
         self.reason = reason
         self.holder = holder
+        self.holder_display = holder_name or holder
         self.current_version = current_version
         if reason == "closed":
             self.message = "This case is closed; a closed case is not assigned."
         else:
             self.message = (
                 "Someone else changed this case since you opened it (it is now assigned to "
-                f"{holder or 'nobody'}). Nothing was overwritten; reload the case and try again."
+                f"{self.holder_display or 'nobody'}). Nothing was overwritten; reload the case "
+                "and try again."
             )
         super().__init__(self.message)
+
+    @classmethod
+    def of(cls, reason: Literal["changed", "closed"], row: Concern) -> CaseConflict:
+        """The conflict with the case's row as it is now (its holder and version)."""
+        return cls(reason, row.assigned_to, row.row_version, row.assigned_to_display)
 
 
 class InvalidAssigneeError(ValueError):
@@ -342,11 +362,18 @@ def assign_case(
     case_id: int,
     *,
     assignee: str | None,
+    assignee_name: str | None = None,
     expected_version: int,
     now: datetime,
 ) -> Assignment:
     """Assign an open case to ``assignee`` (None: unassign), if it is still at
-    ``expected_version``. One conditional UPDATE: two concurrent changes cannot both win."""
+    ``expected_version``. One conditional UPDATE: two concurrent changes cannot both win.
+
+    ``assignee_name``: the assignee's name as the worklist shows it, None when not known.
+    A social worker claiming a case knows her own name (her launch's); a colleague she
+    assigns it to is named by reference only (the API takes no name for someone else, and
+    nothing here looks colleagues up), so the worklist shows the reference until the case
+    page finds the colleague's name on the FHIR server (``Casework.open_case``)."""
     if assignee is not None and not _ASSIGNEE.match(assignee):
         raise InvalidAssigneeError(
             "A case is assigned to a Practitioner or PractitionerRole, e.g. 'Practitioner/123'."
@@ -361,7 +388,12 @@ def assign_case(
         )
         # the column's own + 1: a bound parameter of expected + 1 overflowed PostgreSQL's
         # INTEGER for expected = MAX_ID, even with no row at that version
-        .values(assigned_to=assignee, row_version=Concern.row_version + 1, updated_at=now)
+        .values(
+            assigned_to=assignee,
+            assigned_to_display=worklist_display(assignee_name) if assignee_name else None,
+            row_version=Concern.row_version + 1,
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     if changed.rowcount != 1:  # type: ignore[attr-defined] # CursorResult of an UPDATE
@@ -387,9 +419,7 @@ def _why_unchanged(session: Session, tenant_id: int, case_id: int) -> Exception:
     )
     if row is None:
         return CaseNotFoundError(f"There is no case {case_id} in this hospital.")
-    if row.status != "open":
-        return CaseConflict("closed", row.assigned_to, row.row_version)
-    return CaseConflict("changed", row.assigned_to, row.row_version)
+    return CaseConflict.of("closed" if row.status != "open" else "changed", row)
 
 
 # -- the input of steps 4, 5 and 6 -----------------------------------------------------------

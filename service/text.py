@@ -63,10 +63,20 @@ OptionalText = Annotated[str | None, AfterValidator(_nothing_left_is_none)]
 OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
-#: The worklist keeps a patient's name for display in a column this long.
+#: The worklist keeps a person's name (a patient's, a user's) in a column this long.
 WORKLIST_DISPLAY_LENGTH = 200
 
 
 def worklist_display(name: str) -> str:
-    """A patient's name as the worklist keeps it: clean, and cut to its column."""
+    """A person's name as the worklist keeps it: clean, and cut to its column (a name from
+    an identity provider or a FHIR server has no length limit; a save must not fail on it).
+    """
     return typed_text(name)[:WORKLIST_DISPLAY_LENGTH]
+
+
+def user_display(fhir_user: str, name: str) -> str | None:
+    """A signed-in user's name as the worklist keeps it, None when the launch named no one:
+    a session without a name from the identity provider carries the ``fhirUser`` reference
+    as its name (``smart_app.launch``), which is no name to show beside the reference."""
+    display = worklist_display(name)
+    return display if display and display != fhir_user else None

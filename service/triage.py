@@ -75,6 +75,7 @@ from service.protocol import (
     Step3Support,
 )
 from service.tenancy import TenantContext
+from service.text import user_display, worklist_display
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ _VERSIONED_REF = re.compile(rf"RelatedPerson/(?P<id>{_FHIR_ID})/_history/(?P<ver
 class User(Protocol):
     @property
     def fhir_user(self) -> str: ...
+    @property
+    def name(self) -> str: ...
 
 
 class LaunchInfo(Protocol):
@@ -789,12 +792,15 @@ def _unlisted_concern(
     ctx: LaunchInfo, patient_ref: str, concern: mapping.OpenConcern, recorded: RecordedChart
 ) -> dict[str, object]:
     """The worklist row of an open concern found on the FHIR server only (the acute danger
-    of its step 2 is not in the Flag: the case page shows it from the findings)."""
+    of its step 2 is not in the Flag: the case page shows it from the findings). The Flag
+    names its author by reference only: the worklist shows that until the case page, which
+    reads the author's name with the findings, fills it in (``Casework.open_case``)."""
+    name = recorded.patient.name if recorded.patient else None
     return {
         "tenant_id": ctx.tenant.id,
         "fhir_base_url": ctx.fhir_base_url,
         "patient_ref": patient_ref,
-        "patient_display": recorded.patient.name if recorded.patient else None,
+        "patient_display": worklist_display(name) if name else None,
         "flag_identifier": concern.identifier,
         "flagged_at": concern.flagged_at,
         "flagged_by": concern.flagged_by,
@@ -827,6 +833,7 @@ def _index_concern(
             flag_identifier=flag_identifier,
             flagged_at=step2.recorded_at,
             flagged_by=ctx.user.fhir_user,
+            flagged_by_display=user_display(ctx.user.fhir_user, ctx.user.name),
             status="open",
             acute_danger=False,
         )

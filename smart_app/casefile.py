@@ -271,6 +271,17 @@ class Shown:
             return identity.name
         return self.summary.patient_display or self.summary.patient
 
+    def name_of(self, reference: str) -> str:
+        """A person the case names (a finding's author, the nurse who flagged it, the
+        assignee): their name on the FHIR server, else the worklist's, else their
+        reference."""
+        people = self.opened.people if self.opened is not None else {}
+        indexed = {
+            self.summary.flagged_by: self.summary.flagged_by_display,
+            self.summary.assigned_to: self.summary.assigned_to_display,
+        }
+        return people.get(reference) or indexed.get(reference) or reference
+
     @property
     def patient_birth_date(self) -> str | None:
         identity = self.opened.patient if self.opened is not None else None

@@ -56,7 +56,7 @@ from service.social import (
     Step5Input,
     Step6Input,
 )
-from service.text import OneLine, OptionalText
+from service.text import OneLine, OptionalText, user_display
 from smart_app.pages import TEMPLATES
 from smart_app.session import (
     LaunchContext,
@@ -149,6 +149,9 @@ class FindingView(BaseModel):
     step: str
     recorded_at: datetime
     recorded_by: str
+    recorded_by_display: str | None = Field(
+        None, description="The author's name, as the FHIR server has it; null when not known."
+    )
     content: dict[str, Any] = Field(
         description="Every field of the finding, named as in the step bodies."
     )
@@ -321,6 +324,7 @@ def _case_file_view(opened: CaseFile) -> CaseFileResponse:
                 step=f.step.value,
                 recorded_at=f.recorded_at,
                 recorded_by=f.recorded_by,
+                recorded_by_display=opened.people.get(f.recorded_by),
                 content=_FINDING_JSON.dump_python(f, mode="json"),
             )
             for f in case.findings
@@ -530,7 +534,7 @@ def claim_from_page(
     except social.CaseConflict as conflict:
         # Already yours (the button pressed twice, or in another tab): what was asked is done.
         if conflict.reason != "changed" or conflict.holder != ctx.user.fhir_user:
-            problem = (conflict.reason, conflict.holder)
+            problem = (conflict.reason, conflict.holder_display)
             return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
     # Post/redirect/get: a reload does not claim again.
     return RedirectResponse(f"{ctx.path_prefix}/social?view=mine", status_code=303)
@@ -620,6 +624,7 @@ def _change(
                 ctx.tenant.id,
                 case_id,
                 assignee=assignee,
+                assignee_name=_name_of(ctx, assignee),
                 expected_version=version,
                 now=utcnow(),
             )
@@ -630,6 +635,15 @@ def _change(
         audit_refusal(ctx, database)
         raise
     return done
+
+
+def _name_of(ctx: LaunchContext, assignee: str | None) -> str | None:
+    """The assignee's name as far as this request knows it: the user's own (her launch
+    named her) when she takes the case; a colleague is named by reference only
+    (``social.assign_case``)."""
+    if assignee is None or assignee != ctx.user.fhir_user:
+        return None
+    return user_display(ctx.user.fhir_user, ctx.user.name)
 
 
 def _fact(

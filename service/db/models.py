@@ -287,6 +287,8 @@ class Concern(TenantScoped, Base):
     flag_identifier: Mapped[str] = mapped_column(String(64))
     flagged_at: Mapped[datetime] = mapped_column(UTCDateTime())
     flagged_by: Mapped[str] = mapped_column(String(500))
+    #: The flagging nurse's name (None: not known; the worklist shows ``flagged_by``).
+    flagged_by_display: Mapped[str | None] = mapped_column(String(200))
     triggers: Mapped[list[str]] = mapped_column(JSON)
     children_birth_dates: Mapped[list[str]] = mapped_column(JSON)
     last_step: Mapped[str] = mapped_column(String(20))
@@ -296,6 +298,8 @@ class Concern(TenantScoped, Base):
     #: The next step 5 follow-up (None: none planned); the worklist's overdue filter.
     follow_up_due: Mapped[date | None] = mapped_column(Date)
     assigned_to: Mapped[str | None] = mapped_column(String(500))
+    #: The assignee's name (None: not known; the worklist shows ``assigned_to``).
+    assigned_to_display: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_entries.id"))
     #: The index as it was before the social save ``outbox_id`` (last step, status, follow-up,

@@ -6,6 +6,7 @@ form, CSRF, the FHIR server being down, and the printable referral with the VK's
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -17,9 +18,9 @@ from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord
+from service.db.models import AuditRecord, Concern
 from service.fhir.client import FhirClient
-from tests.support.casework import SOCIAL_WORKER, index_case, save_triage
+from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, index_case, save_triage
 from tests.support.served import ServedJson
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
@@ -334,3 +335,91 @@ def _error_summary(html: str, form: str) -> str:
 def _hidden_section(html: str, anchor: str) -> str:
     start = html.index(f'id="{anchor}"')
     return html[start : html.index("</fieldset>", start)]
+
+
+def test_the_case_names_its_people_from_the_same_searches_and_corrects_the_worklist(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base_url = fhir_server.base_url
+    nurse, worker = f"Practitioner/n-{uuid.uuid4()}", f"Practitioner/sw-{uuid.uuid4()}"
+    for reference, name in (
+        (nurse, {"given": ["Sofie"], "family": "Maes"}),
+        (worker, {"text": "An Peeters"}),
+    ):
+        practitioner = {"resourceType": "Practitioner", "id": reference.split("/")[1]}
+        httpx.put(
+            f"{base_url}/{reference}", json={**practitioner, "name": [name]}, timeout=10
+        ).raise_for_status()
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    save_triage(app, tenant, base_url, nurse=nurse, nurse_name=nurse)  # the launch named no one
+    an = signed_in(app, tenant, worker, "social-worker", fhir_base_url=base_url).headers
+    colleague = signed_in(app, tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url).headers
+    (case,) = client.get("/api/cases", headers=an).json()["items"]
+    assert (case["flagged_by"], case["flagged_by_display"]) == (nurse, None)
+    decision = {
+        "decision": "concerning-unwilling",
+        "consultations": ["colleague"],
+        "discussed_with_patient": True,
+    }
+    decided = client.post(
+        f"/api/cases/{case['id']}/step-4", headers=an, json={"row_version": 1, **decision}
+    )
+    assert decided.status_code == 200, decided.text
+    assigned = client.put(  # a colleague assigns it by reference: no name known yet
+        f"/api/cases/{case['id']}/assignment",
+        headers=colleague,
+        json={"assignee": worker, "row_version": 2},
+    )
+    assert assigned.status_code == 200, assigned.text
+
+    with fhir_reads(monkeypatch) as seen:
+        opened = client.get(f"/api/cases/{case['id']}", headers=colleague)
+
+    assert opened.status_code == 200, opened.text
+    authors = {
+        (f["step"], f["recorded_by"], f["recorded_by_display"]) for f in opened.json()["findings"]
+    }
+    assert authors == {
+        ("step-1", nurse, "Sofie Maes"),
+        ("step-2", nurse, "Sofie Maes"),
+        ("step-4", worker, "An Peeters"),
+    }
+    # the names came with the case's searches: no request per person
+    assert not [asked for asked in seen if asked.startswith("Practitioner")]
+    assert (seen.count("Flag"), seen.count("Observation")) == (1, 1)
+    (listed,) = client.get("/api/cases", headers=an).json()["items"]
+    assert (listed["flagged_by_display"], listed["assigned_to_display"]) == (
+        "Sofie Maes",
+        "An Peeters",
+    )
+    page = client.get(f"/social/cases/{case['id']}", headers={"Cookie": colleague["Cookie"]})
+    assert "Sofie Maes" in page.text
+    assert "An Peeters" in page.text
+    assert nurse not in page.text
+    assert worker not in page.text
+
+
+def test_a_nurses_name_is_cut_to_its_column_and_shown_as_text(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    base_url = fhir_server.base_url
+    name = "<b>Sofie</b> Maes" + " van Damme" * 40  # no Practitioner on the server
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, base_url, nurse=f"Practitioner/n-{uuid.uuid4()}", nurse_name=name)
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, headers={"Cookie": worker.headers["Cookie"]})
+
+    with database.session() as session:
+        case_id, stored = session.execute(select(Concern.id, Concern.flagged_by_display)).one()
+    assert stored == name[:200]
+    for shown in (client.get("/social").text, client.get(f"/social/cases/{case_id}").text):
+        assert "&lt;b&gt;Sofie&lt;/b&gt; Maes van Damme" in shown
+        assert "<b>" not in shown

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, insert, inspect, select, text
+from sqlalchemy import Engine, create_engine, insert, inspect, select, text, update
 
 from service.db import (
     migrate,
     models,  # noqa: F401 - registers every table
 )
 from service.db.base import Base, Database, utcnow
-from service.db.models import AuditRecord
+from service.db.models import AuditRecord, Concern
 from service.outbox import NewEntry, enqueue
 from tests.support.write_path import make_tenant
 
@@ -72,6 +72,46 @@ def test_0017_gives_old_audit_rows_the_fhir_server_of_their_outbox_entry(
     with database.session() as session:
         servers = session.scalars(select(AuditRecord.fhir_base_url).order_by(AuditRecord.id))
         assert list(servers) == [server, None]  # a row without an entry has no known server
+    database.dispose()
+
+
+def test_0018_adds_the_user_names_empty_and_its_downgrade_keeps_the_rows(
+    database_url: str,
+) -> None:
+    migrate.upgrade(database_url, "0017_audit_fhir_server")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    row = {
+        "tenant_id": tenant.id,
+        "fhir_base_url": "http://ehr-a.test/fhir",
+        "patient_ref": "Patient/1",
+        "flag_identifier": "f-1",
+        "flagged_at": utcnow(),
+        "flagged_by": "Practitioner/n",
+        "triggers": [],
+        "children_birth_dates": [],
+        "last_step": "step-2",
+        "assigned_to": "Practitioner/sw",
+        "status": "open",
+        "updated_at": utcnow(),
+        "row_version": 1,
+    }
+    with database.session() as session:
+        session.execute(insert(Concern), [row])  # the table as 0017 left it: no names
+
+    migrate.upgrade(database_url)
+    with database.session() as session:
+        names = session.execute(select(Concern.flagged_by_display, Concern.assigned_to_display))
+        assert list(names) == [(None, None)]  # the case page fills them in
+        session.execute(update(Concern).values(flagged_by_display="Sofie Maes"))
+    migrate.downgrade(database_url, "0017_audit_fhir_server")
+
+    engine = create_engine(database_url)
+    columns = {c["name"] for c in inspect(engine).get_columns("concerns")}
+    assert not columns & {"flagged_by_display", "assigned_to_display"}
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT flagged_by FROM concerns")) == "Practitioner/n"
+    engine.dispose()
     database.dispose()
 
 

@@ -261,3 +261,43 @@ def test_the_next_page_of_closed_cases_lists_closed_cases(
 
     assert f'data-case="{closed[0]}"' in second or f'data-case="{closed[1]}"' in second
     assert f'data-case="{still_open}"' not in second
+
+
+def test_the_worklist_names_who_has_the_case_and_a_colleague_assigned_by_reference_keeps_it(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app, follow_redirects=False)
+    an = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", name="An Peeters").headers
+    other = {"Cookie": signed_in(app, hospital, COLLEAGUE, "social-worker").headers["Cookie"]}
+    (other_csrf, version) = _claim_forms(client.get("/social", headers=other).text)[
+        f"/social/cases/{case_id}/claim"
+    ]
+
+    claimed = client.post(f"/api/cases/{case_id}/claim", headers=an, json={"row_version": 1})
+    assert claimed.status_code == 200, claimed.text
+    worklist = client.get("/social", headers=other).text
+    assert "An Peeters" in worklist
+    assert SOCIAL_WORKER not in worklist
+    (listed,) = client.get("/api/cases", headers=an).json()["items"]
+    assert (listed["assigned_to"], listed["assigned_to_display"]) == (SOCIAL_WORKER, "An Peeters")
+    late = client.post(
+        f"/social/cases/{case_id}/claim",
+        headers=other,
+        data={"csrf_token": other_csrf, "row_version": version},
+    )
+    assert late.status_code == 409
+    assert "An Peeters" in late.text  # who has the case now, by name
+
+    # Handed on to a colleague: only her reference is known here (no name is sent for her).
+    handed_on = client.put(
+        f"/api/cases/{case_id}/assignment",
+        headers=an,
+        json={"assignee": COLLEAGUE, "row_version": 2},
+    )
+    assert handed_on.status_code == 200, handed_on.text
+    (listed,) = client.get("/api/cases", headers=an).json()["items"]
+    assert (listed["assigned_to"], listed["assigned_to_display"]) == (COLLEAGUE, None)
+    assert COLLEAGUE in client.get("/social", headers={"Cookie": an["Cookie"]}).text

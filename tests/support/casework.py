@@ -111,8 +111,13 @@ def save_triage(
     assessment: SafetyAssessment = SafetyAssessment.NIET_PLUIS,
     acute_danger: bool = False,
     who_helps: str | None = None,
+    nurse: str = NURSE,
+    nurse_name: str = "Sofie Maes",
 ) -> str:
     """The nurse's save at triage, as the nurse screen makes it; returns the patient ref.
+
+    ``nurse``, ``nurse_name``: the launch's user (a launch that named no one carries the
+    reference as its name).
 
     ``returning``: the patient (``Patient/<id>``) of an earlier triage, at a new visit now
     (a new encounter), with ``assessment`` (and ``acute_danger``, ``who_helps``) as step 2."""
@@ -126,23 +131,23 @@ def save_triage(
             new_visit(base_url, returning),
         )
         earlier = gauged = utcnow()
-    nurse = signed_in(
+    signed = signed_in(
         app,
         tenant,
-        NURSE,
+        nurse,
         "nurse",
         fhir_base_url=base_url,
         patient_id=patient_id,
         encounter_id=encounter_id,
     )
     launch = LaunchContext(
-        nurse.session_id,
+        signed.session_id,
         tenant,
         "ehr",
         base_url,
         patient_id,
         encounter_id,
-        AppUser(NURSE, "Sofie Maes", frozenset({"nurse"})),
+        AppUser(nurse, nurse_name, frozenset({"nurse"})),
         language="nl",
         app_context=None,
     )
@@ -165,9 +170,9 @@ def save_triage(
     result = app.state.triage.record_triage(
         launch,
         TriageInput(
-            step1=Step1Finding(recorded_by=NURSE, recorded_at=earlier, children=children),
+            step1=Step1Finding(recorded_by=nurse, recorded_at=earlier, children=children),
             step2=Step2Finding(
-                recorded_by=NURSE,
+                recorded_by=nurse,
                 recorded_at=gauged,
                 assessment=assessment,
                 acute_danger=acute_danger,

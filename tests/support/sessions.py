@@ -42,6 +42,7 @@ def signed_in(
     fhir_base_url: str = UNUSED_FHIR,
     patient_id: str | None = None,
     encounter_id: str | None = None,
+    name: str | None = None,
 ) -> User:
     sessions = app.state.sessions
     session_id, secret = sessions.create(
@@ -51,7 +52,8 @@ def signed_in(
             path_prefix="" if tenant.slug == "default" else f"/t/{tenant.slug}",
             fhir_base_url=fhir_base_url,
             token_endpoint="http://127.0.0.1:9/token",
-            user=AppUser(fhir_user=fhir_user, name=fhir_user, roles=frozenset(roles)),
+            # a launch without a name from the identity provider is named by its fhirUser
+            user=AppUser(fhir_user=fhir_user, name=name or fhir_user, roles=frozenset(roles)),
             language="nl",
             patient_id=patient_id,
             encounter_id=encounter_id,
