@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import smart_app
 from service import casework, keys
 from service.api import health
+from service.api.deps import for_each_hospital
 from service.cds.fastpath import CdsFastPath
 from service.cds.router import MAX_BODY_BYTES, CdsState, new_cds_state
 from service.cds.router import router as cds_router
@@ -113,22 +114,16 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.cds = new_cds_state(database, metrics.registry)
 
     app.include_router(health.router)
-    app.include_router(cds_router)  # CDS Hooks for the default hospital
-    app.include_router(cds_router, prefix="/t/{tenant}")
+    for_each_hospital(app, cds_router)  # CDS Hooks
     app.state.keys = keys.KeyStore(database, settings)
     app.include_router(keys.router)
     smart_app.install(app)  # SMART launch, sessions, their error pages
     _install_write_path(app, settings, database)
-    app.include_router(nurse_router)  # the nurse's triage screen (steps 1-3)
-    app.include_router(nurse_router, prefix="/t/{tenant}")
-    app.include_router(admin_router)  # the EHR administrator's screen and API
-    app.include_router(admin_router, prefix="/t/{tenant}")
-    app.include_router(social_router)  # the social service's cases (issue 5)
-    app.include_router(social_router, prefix="/t/{tenant}")
-    for prefix in ("", "/t/{tenant}"):  # the social worker's case pages
-        app.include_router(casefile_router, prefix=prefix)
-    app.include_router(monitoring_router)  # the monitoring figures (issue 5 §6)
-    app.include_router(monitoring_router, prefix="/t/{tenant}")
+    for_each_hospital(app, nurse_router)  # the nurse's triage screen (steps 1-3)
+    for_each_hospital(app, admin_router)  # the EHR administrator's screen and API
+    for_each_hospital(app, social_router)  # the social service's cases (issue 5)
+    for_each_hospital(app, casefile_router)  # the social worker's case pages
+    for_each_hospital(app, monitoring_router)  # the monitoring figures (issue 5 §6)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     # The CDS hooks' limit (they apply it themselves, before this) is the app's: the largest
     # bodies elsewhere are an admin's imports (the partner directory: 5 KiB as YAML, a

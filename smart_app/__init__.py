@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
+from service.api.deps import for_each_hospital
 from service.settings import Settings
 from smart_app import launch
 from smart_app.errors import PageError, handle_page_error
@@ -22,8 +23,7 @@ def install(app: FastAPI) -> None:
         app.state.database, settings, keys=app.state.keys, tenants=app.state.tenants
     )
     app.add_exception_handler(PageError, handle_page_error)
-    app.include_router(launch.router)
-    app.include_router(launch.router, prefix="/t/{tenant}")
+    for_each_hospital(app, launch.router)
     app.include_router(launch.callback_router)
     if settings.secret_key is None and settings.environment == "production":
         log.warning(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request
 
 from service.db.base import Database
 from service.settings import Settings
@@ -42,3 +42,21 @@ def current_tenant(request: Request) -> TenantContext:
 SettingsDep = Annotated[Settings, Depends(settings_of)]
 DatabaseDep = Annotated[Database, Depends(database_of)]
 TenantDep = Annotated[TenantContext, Depends(current_tenant)]
+
+
+async def _hospital_in_path(
+    tenant: Annotated[
+        str, Path(description="The hospital (tenant) slug; without the prefix, the default one.")
+    ],
+) -> None:
+    """Declares the ``/t/{tenant}`` prefix's parameter in the OpenAPI document, where every
+    path parameter must be declared (a generated client refused the document). The
+    handlers read it from the path themselves (:func:`tenant_slug`); async:
+    no thread hop."""
+
+
+def for_each_hospital(app: FastAPI, router: APIRouter) -> None:
+    """Serve ``router`` at the root, for the deployment's default hospital, and under
+    ``/t/{tenant}`` for each hospital by name."""
+    app.include_router(router)
+    app.include_router(router, prefix="/t/{tenant}", dependencies=[Depends(_hospital_in_path)])
