@@ -4,6 +4,13 @@ Fetches ``{iss}/.well-known/smart-configuration`` (SMART App Launch 2.x) and
 ``{iss}/metadata`` (the FHIR CapabilityStatement) and checks each thing the app relies
 on. The result is data (check id, found or not, needed or nice to have) plus the
 sentence for the administrator in their language; nothing is stored but an admin event.
+
+Both fetches are bounded (:mod:`service.bounded_fetch`): the test runs in a thread of the
+pool every hospital's pages share, and httpx's timeout bounds each read, not the answer,
+so an EHR trickling its answer (or sending one without end) would hold that thread and
+the memory for as long as it liked. ``ANSWER_BOUNDS`` fits a real EHR: a CapabilityStatement
+listing every resource with its search parameters and operations is a few hundred KiB
+(a large EHR's approaches 1 MiB), generated within a few seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
 from service.i18n import Language, translate
 from service.tenant_config import EhrRegistration
 
@@ -20,6 +28,8 @@ from service.tenant_config import EhrRegistration
 WRITTEN_RESOURCES = ("RelatedPerson", "Observation", "ServiceRequest", "Flag", "Provenance")
 #: Resources the app and the CDS service read.
 READ_RESOURCES = ("Patient", "Encounter", "Condition")
+#: Each of the two fetches, whole: four times the largest CapabilityStatement seen.
+ANSWER_BOUNDS = Bounds(seconds=10.0, max_bytes=4 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,18 @@ class ConnectionReport:
 Reason = tuple[str, dict[str, object]]  # a message id suffix and its values
 
 
-def _fetch_json(client: httpx.Client, url: str) -> tuple[dict[str, Any] | None, Reason | None]:
+def _fetch_json(client: BlockingClient, url: str) -> tuple[dict[str, Any] | None, Reason | None]:
     """The JSON object at ``url``, or None and why not."""
     try:
-        response = client.get(url, headers={"Accept": "application/json, application/fhir+json"})
-    except httpx.TimeoutException:
+        response = client.request(
+            "GET", url, headers={"Accept": "application/json, application/fhir+json"}
+        )
+    except httpx.TimeoutException:  # one network operation took longer than the timeout
         return None, ("timeout", {})
+    except TimeoutError:  # each step in time, the whole answer not
+        return None, ("too_slow", {"seconds": f"{ANSWER_BOUNDS.seconds:g}"})
+    except BodyTooLargeError as error:
+        return None, ("too_large", {"mib": f"{error.max_bytes / 1024 / 1024:g}"})
     except httpx.HTTPError:
         return None, ("unreachable", {})
     if response.status_code != 200:
@@ -127,7 +143,7 @@ def check_connection(
     """Ask the EHR what it supports; never raises for what the EHR answers."""
     iss = registration.fhir_base_url
     report = _Report(language)
-    with httpx.Client(timeout=timeout_seconds, follow_redirects=False) as client:
+    with BlockingClient(ANSWER_BOUNDS, timeout_seconds) as client:
         smart, smart_error = _fetch_json(client, f"{iss}/.well-known/smart-configuration")
         metadata, metadata_error = _fetch_json(client, f"{iss}/metadata")
     if smart is None or not smart.get("authorization_endpoint"):

@@ -2,11 +2,14 @@
 
 No server is faked: the sandbox EHR (SMART authorization server + FHIR facade over a
 sekmet process), a bare sekmet process (SMART Backend Services only, no user launch), a
-path where nothing FHIR answers, and a port where nothing listens.
+path where nothing FHIR answers, and a port where nothing listens; and, for answers a
+real server will not give, a loopback server trickling its answer or sending too much.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,15 +18,17 @@ from pydantic import SecretStr
 
 from sandbox.fhir_server import FhirServer
 from sandbox.runner import Sandbox
-from service.admin import access
-from service.admin.connection import ConnectionReport, check_connection
+from service.admin import access, connection
+from service.admin.connection import ANSWER_BOUNDS, ConnectionReport, check_connection
 from service.app import create_app
+from service.bounded_fetch import Bounds
 from service.db.base import Database
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import EhrRegistration, TenantConfiguration
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
+from tests.support.served import ServedJson, Trickled
 
 pytestmark = pytest.mark.fhirserver
 
@@ -109,6 +114,57 @@ def test_an_unreachable_ehr_is_reported_not_raised() -> None:
     assert report.checks[0].message == (
         "Aucune configuration SMART trouvée (serveur injoignable) : "
         "le DPI ne peut pas lancer l'application."
+    )
+
+
+def capability_statement(size: int) -> bytes:
+    """A CapabilityStatement of the sandbox's kind, padded to ``size`` bytes."""
+    resources = [{"type": "Patient", "interaction": [{"code": "read"}]}]
+    statement = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1",
+                 "rest": [{"mode": "server", "resource": resources}]}  # fmt: skip
+    body = json.dumps(statement).encode()
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+def test_an_ehr_trickling_its_answers_is_reported_within_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each byte well within the per-read timeout, each answer in half a minute: both
+    fetches end at the deadline (shortened here to one second) and the report says so."""
+    monkeypatch.setattr(connection, "ANSWER_BOUNDS", Bounds(1.0, ANSWER_BOUNDS.max_bytes))
+    body = capability_statement(300)
+    with Trickled(body, pause=30 / len(body), path="/fhir") as slow:
+        started = time.monotonic()
+        report = check_connection(registration(slow.url), "nl", timeout_seconds=5)
+        assert time.monotonic() - started < 2 * 1.0 + 1
+    assert [(c.id, c.ok) for c in report.checks] == [
+        ("smart_configuration", False),
+        ("capability_statement", False),
+    ]
+    assert report.checks[1].message == (
+        "De FHIR-server antwoordt niet met een CapabilityStatement "
+        "(geen volledig antwoord binnen 1 s)."
+    )
+
+
+def test_an_answer_past_the_size_limit_is_reported_and_a_large_one_is_read() -> None:
+    """A large EHR's CapabilityStatement approaches 1 MiB: read whole. One past the limit
+    (4 MiB) is not read further, and the report says so."""
+    assert ANSWER_BOUNDS.max_bytes == 4 * 1024 * 1024
+    with ServedJson(capability_statement(1024 * 1024), path="/fhir") as large:
+        report = check_connection(registration(large.url), "en", timeout_seconds=5)
+        assert outcome(report)["capability_statement"]
+        large.body = capability_statement(ANSWER_BOUNDS.max_bytes + 1)
+        report = check_connection(registration(large.url), "en", timeout_seconds=5)
+    assert not outcome(report)["capability_statement"]
+    messages = {check.id: check.message for check in report.checks}
+    assert messages["capability_statement"] == (
+        "The FHIR server does not answer with a CapabilityStatement "
+        "(the answer is larger than 4 MiB)."
+    )
+    assert messages["smart_configuration"] == (
+        "No SMART configuration found (the answer is larger than 4 MiB): "
+        "the EHR cannot launch the app."
     )
 
 
