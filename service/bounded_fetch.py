@@ -21,6 +21,8 @@ from typing import Any, Self
 
 import httpx
 
+from service import tls
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -74,7 +76,9 @@ class BlockingClient:
     def __init__(self, bounds: Bounds, timeout: float) -> None:
         self._bounds = bounds
         self._runner = asyncio.Runner()
-        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self._client = httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, verify=tls.context()
+        )
 
     def request(
         self, method: str, url: str, *, auth: httpx.Auth | None = None, **options: Any

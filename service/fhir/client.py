@@ -13,12 +13,12 @@ Every failure is one of three typed errors, so callers decide without parsing HT
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 import httpx
+
+from service import tls
 
 FHIR_JSON = "application/fhir+json"
 
@@ -90,7 +90,7 @@ class FhirClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        self._http = httpx.Client(timeout=timeout, verify=_tls())
+        self._http = httpx.Client(timeout=timeout, verify=tls.context())
 
     def close(self) -> None:
         self._http.close()
@@ -145,13 +145,6 @@ class FhirClient:
         except httpx.HTTPError as error:
             raise FhirUnavailable(f"{method} {url}: {type(error).__name__}") from error
         return _body_or_error(method, url, response)
-
-
-@lru_cache(maxsize=1)
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every client (loading CAs costs ~0.1 s each time). The system's
-    trust store, where a hospital installs its own CA (or SSL_CERT_FILE / SSL_CERT_DIR)."""
-    return ssl.create_default_context()
 
 
 def _body_or_error(method: str, url: str, response: httpx.Response) -> Resource:

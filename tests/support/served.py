@@ -4,6 +4,7 @@ garbles, a token endpoint trickling its answer) and for keys a test publishes.""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,9 @@ class ServedJson:
     between requests; ``current()`` is what a request gets (a subclass may compute it) and
     ``send()`` how it is written."""
 
-    def __init__(self, body: bytes = b"", path: str = "/") -> None:
+    def __init__(
+        self, body: bytes = b"", path: str = "/", tls: ssl.SSLContext | None = None
+    ) -> None:
         self.body = body
         owner = self
 
@@ -37,7 +40,10 @@ class ServedJson:
                 return
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+        if tls is not None:  # https, with the certificate the context holds
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}{path}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def current(self) -> bytes:
