@@ -233,14 +233,37 @@ def _too_large(path: str, limit: int) -> Response:
 
 
 async def _validation_failed(_request: Request, error: Exception) -> Response:
-    """FastAPI's 422 for a request that fails validation, with what it echoes made JSON.
+    """FastAPI's 422 for a request that fails validation, with what it echoes made JSON
+    and short.
 
-    FastAPI echoes the value it refused; a NaN or an infinity (``1e400``) in a JSON body
-    was echoed as a float that JSON cannot carry, and the answer became a 500.
+    FastAPI echoes the value it refused (``input``) and where it was (``loc``, which holds
+    the name of a field it did not expect); a NaN or an infinity (``1e400``) in a JSON body
+    was echoed as a float that JSON cannot carry, and the answer became a 500; and a string
+    of megabytes (a code refused for its length) was echoed whole.
     """
     assert isinstance(error, RequestValidationError)
-    detail = _finite(jsonable_encoder(error.errors()))
-    return JSONResponse({"detail": detail}, status_code=422)
+    detail = [_echoable(problem) for problem in jsonable_encoder(error.errors())]
+    return JSONResponse({"detail": _finite(detail)}, status_code=422)
+
+
+#: How much of a refused string a 422 repeats: enough to recognise it.
+ECHOED_CHARACTERS = 100
+
+
+def _echoable(problem: dict[str, Any]) -> dict[str, Any]:
+    """One problem of a 422 with its ``input`` and ``loc`` cut short."""
+    return problem | {key: _cut(problem[key]) for key in ("input", "loc") if key in problem}
+
+
+def _cut(value: Any) -> Any:
+    """``value`` (JSON-like) with every string cut to ``ECHOED_CHARACTERS`` and an ellipsis."""
+    if isinstance(value, str) and len(value) > ECHOED_CHARACTERS:
+        return value[:ECHOED_CHARACTERS] + "…"
+    if isinstance(value, dict):
+        return {_cut(key): _cut(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cut(item) for item in value]
+    return value
 
 
 def _finite(value: Any) -> Any:

@@ -35,6 +35,7 @@ import yaml
 
 from service.config_error import ConfigValueError, Loc
 from service.protocol import ReferralTarget
+from service.text import CODE_SHAPE
 
 __all__ = [
     "DEFAULT_DIRECTORY_RESOURCE",
@@ -50,7 +51,6 @@ __all__ = [
 #: The default directory shipped with the service (package ``service.data``).
 DEFAULT_DIRECTORY_RESOURCE = "partners-oost-vlaanderen.yaml"
 
-_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # Belgian national form: a leading 0, then 8 or 9 more digits, spaces allowed between.
 _PHONE = re.compile(r"^0[0-9 ]+$")
 _ENTRY_FIELDS = frozenset(
@@ -211,7 +211,7 @@ def _partner(raw: object, index: int, default_region: str) -> Partner:
         fields = _unknown(unknown)
         raise where.error(f"unknown field(s) {fields}", "unknown-fields", fields=fields)
     partner_id = _required_text(raw, "id", where)
-    if not _ID.match(partner_id):
+    if not CODE_SHAPE.fullmatch(partner_id):
         raise where.error(
             "id must be lower-case letters, digits and hyphens",
             "partner-id",

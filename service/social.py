@@ -22,11 +22,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import ColumnElement, UnaryExpression, and_, false, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -55,7 +56,7 @@ from service.protocol import (
     age_in_months,
     check_not_informed_reason,
 )
-from service.text import OneLine, OptionalText, TypedText, worklist_display
+from service.text import Code, OneLine, OptionalText, TypedText, worklist_display
 
 #: The largest case id and ``row_version``: PostgreSQL's INTEGER (SQLite's is larger). A
 #: bigger number from a client is refused before it reaches a query, where it failed.
@@ -442,14 +443,14 @@ class _Input(BaseModel):
 class FactorInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    code: str = Field(description="A code of the guide's factor catalogue (CodeSystem factor).")
+    code: Code = Field(description="A code of the guide's factor catalogue (CodeSystem factor).")
     text: OptionalText = Field(None, max_length=1000, description="The specifics of this family.")
 
 
 class HeardChildInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    child_ref: OneLine
+    child_ref: OneLine = Field(max_length=200)
     consent_given: bool
     own_say: OptionalText = Field(None, max_length=2000, description="The child's own say.")
 
@@ -475,6 +476,16 @@ class Step4Input(_Input):
     team_members: list[Annotated[TypedText, Field(max_length=200)]] = Field(
         default_factory=list, max_length=20, description="Who took part (names or roles)."
     )
+
+    @field_validator("factors")
+    @classmethod
+    def _each_factor_once(cls, factors: list[FactorInput]) -> list[FactorInput]:
+        return _once_each(factors, lambda factor: factor.code, "factor")
+
+    @field_validator("children_heard")
+    @classmethod
+    def _each_child_once(cls, heard: list[HeardChildInput]) -> list[HeardChildInput]:
+        return _once_each(heard, lambda child: child.child_ref, "child")
 
     def finding(self, author: str, at: datetime) -> Step4Decision:
         return Step4Decision(
@@ -544,7 +555,7 @@ class Step6Input(_Input):
     """Step 6: the facility from the hospital's partner directory, how it was involved and
     contacted, and what the hospital agreed to do itself (``follow_up_actions``)."""
 
-    partner_id: str = Field(description="The VK, OCJ, parket or police entry of the directory.")
+    partner_id: Code = Field(description="The VK, OCJ, parket or police entry of the directory.")
     with_cooperation: bool
     patient_informed: bool
     not_informed_reason: OptionalText = Field(None, max_length=2000)
@@ -582,6 +593,21 @@ class Step6Input(_Input):
                 f"hospital's partner directory. Choose one of: {targets or 'none configured'}."
             )
         return partner
+
+
+_Item = TypeVar("_Item")
+
+
+def _once_each(items: list[_Item], key: Callable[[_Item], str], what: str) -> list[_Item]:
+    """``items`` when no two share a ``key``. A factor or a child given twice would be
+    recorded twice, each time with other specifics, and neither is the one meant: the
+    sender says which (a 422 naming the field), rather than this service choosing."""
+    seen: set[str] = set()
+    for item in items:
+        if key(item) in seen:
+            raise ValueError(f"the {what} '{key(item)}' is given twice; give each {what} once")
+        seen.add(key(item))
+    return items
 
 
 def _factor(given: FactorInput) -> Factor:

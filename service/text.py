@@ -20,7 +20,7 @@ import re
 import unicodedata
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
@@ -61,6 +61,15 @@ TypedText = Annotated[str, AfterValidator(typed_text)]
 OptionalText = Annotated[str | None, AfterValidator(_nothing_left_is_none)]
 #: A reference or other identifier in an API body: refused unless one line.
 OneLine = Annotated[str, AfterValidator(_one_line)]
+
+#: The shape of a code of the guide's catalogues and of an id of a partner directory:
+#: lower-case letters and digits, words joined by single hyphens.
+CODE_SHAPE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+#: The longest code an API body may name: a FHIR id's limit (the guide's are at most 30).
+CODE_MAX_LENGTH = 64
+#: A code or id in an API body: refused when longer or of another shape before it is
+#: looked up, so that no refusal repeats a huge value.
+Code = Annotated[str, StringConstraints(max_length=CODE_MAX_LENGTH, pattern=CODE_SHAPE.pattern)]
 
 
 #: The worklist keeps a person's name (a patient's, a user's) in a column this long.

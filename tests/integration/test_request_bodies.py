@@ -1,7 +1,8 @@
 """What the app does with request bodies before its routes see them: a body over
 ``MAX_BODY_BYTES`` is refused with 413 (by its Content-Length before the app runs, and by
-counting a chunked one as it arrives), and a JSON number that JSON cannot carry back
-(NaN, an infinity) gets the ordinary 422.
+counting a chunked one as it arrives), a JSON number that JSON cannot carry back
+(NaN, an infinity) gets the ordinary 422, and a 422 repeats a refused value only in short
+(a step's code of a megabyte; a factor or a child given twice is refused naming the field).
 
 The real app on SQLite and PostgreSQL, real sessions, CSRF tokens and bootstrap tokens.
 A route that ran leaves a trace (a claimed case, an audit row, a spent token); a refused
@@ -207,3 +208,53 @@ def test_a_number_json_cannot_carry_gets_the_usual_422(
     (problem,) = answer.json()["detail"]
     assert (problem["loc"], problem["input"]) == (["body", "row_version"], echoed)
     assert assignment_of(database, hospital.case_id) == (None, 1)
+
+
+def _step(hospital: _Hospital, step: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The one problem of a step's body the API refused with 422."""
+    answer = hospital.client.post(
+        f"/api/cases/{hospital.case_id}/{step}", json=body, headers=hospital.headers
+    )
+    assert answer.status_code == 422, answer.text
+    assert len(answer.content) < 1000  # whatever the body held
+    (problem,) = answer.json()["detail"]
+    return dict(problem)
+
+
+_DECIDED = {"row_version": 1, "decision": "concerning-unwilling", "discussed_with_patient": True}
+_REFERRED = {"row_version": 1, "with_cooperation": False, "patient_informed": True}
+
+
+def test_a_factor_or_a_child_given_twice_is_refused_naming_the_field(
+    hospital: _Hospital, database: Database
+) -> None:
+    factors = [{"code": "high-stress"}, {"code": "school-absence"}, {"code": "high-stress"}]
+    twice = _step(hospital, "step-4", _DECIDED | {"factors": factors})
+    assert twice["loc"] == ["body", "factors"]
+    assert "the factor 'high-stress' is given twice" in twice["msg"]
+
+    child = "RelatedPerson/1"
+    heard = [{"child_ref": child, "consent_given": consent} for consent in (True, False)]
+    twice = _step(hospital, "step-4", _DECIDED | {"children_heard": heard})
+    assert twice["loc"] == ["body", "children_heard"]
+    assert "the child 'RelatedPerson/1' is given twice" in twice["msg"]
+    assert assignment_of(database, hospital.case_id) == (None, 1)
+    assert _audited(database) == []
+
+
+def test_a_code_of_a_megabyte_is_refused_and_echoed_in_short(
+    hospital: _Hospital, database: Database
+) -> None:
+    huge = "vk-" + "x" * MIB
+    partner = _step(hospital, "step-6", _REFERRED | {"partner_id": huge})
+    assert (partner["loc"], partner["type"]) == (["body", "partner_id"], "string_too_long")
+    assert partner["input"] == huge[:100] + "…"
+
+    factor = _step(hospital, "step-4", _DECIDED | {"factors": [{"code": huge}]})
+    assert factor["loc"] == ["body", "factors", 0, "code"]
+    assert factor["input"] == huge[:100] + "…"
+
+    unexpected = _step(hospital, "step-6", _REFERRED | {"partner_id": "parket", huge: 1})
+    assert unexpected["loc"] == ["body", huge[:100] + "…"]
+    assert assignment_of(database, hospital.case_id) == (None, 1)
+    assert _audited(database) == []

@@ -216,3 +216,36 @@ def test_bad_casework_fields_are_refused_with_their_reason() -> None:
         )
     with pytest.raises(ValidationError, match="next_follow_up"):
         Step5Input.model_validate({"progress": "improving", "next_follow_up": "soon"})
+
+
+def test_a_factor_or_a_child_given_twice_is_refused() -> None:
+    twice = [*WORKSHOP_FACTORS, {"code": "high-stress", "text": "Again, otherwise."}]
+    with pytest.raises(ValidationError) as factors:
+        _step4(factors=twice)
+    (problem,) = factors.value.errors()
+    assert problem["loc"] == ("factors",)
+    assert "the factor 'high-stress' is given twice; give each factor once" in problem["msg"]
+
+    heard = [{"child_ref": GIRL.ref, "consent_given": given} for given in (True, False)]
+    with pytest.raises(ValidationError) as children:
+        _step4(children_heard=heard)
+    (problem,) = children.value.errors()
+    assert problem["loc"] == ("children_heard",)
+    assert f"the child '{GIRL.ref}' is given twice" in problem["msg"]
+
+
+@pytest.mark.parametrize("code", ["x" * 65, "High-Stress", "high stress", "-", "vk\n", ""])
+def test_a_code_longer_than_64_characters_or_of_another_shape_is_refused(code: str) -> None:
+    with pytest.raises(ValidationError, match=r"factors\.0\.code"):
+        _step4(factors=[{"code": code}])
+    with pytest.raises(ValidationError, match="partner_id"):
+        Step6Input(partner_id=code, with_cooperation=True, patient_informed=True)
+
+
+def test_a_code_of_64_characters_is_looked_up() -> None:
+    longest = "x" * 64
+    with pytest.raises(CatalogueError, match=f"'{longest}' is not a factor"):
+        _step4(factors=[{"code": longest}]).finding(SOCIAL_WORKER, EPISODE_2)
+    referral = Step6Input(partner_id=longest, with_cooperation=True, patient_informed=True)
+    with pytest.raises(CatalogueError, match=f"'{longest}' is not a VK"):
+        referral.finding(SOCIAL_WORKER, EPISODE_3, DIRECTORY)
