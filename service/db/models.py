@@ -235,6 +235,8 @@ class AuditRecord(TenantScoped, Base):
         Index(
             "ix_audit_records_patient", "tenant_id", "patient_ref", "fhir_base_url", "recorded_at"
         ),
+        # the save's own row of a failed delivery (service.outbox), and ``kindreflex audit``
+        Index("ix_audit_records_outbox", "outbox_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -115,6 +115,75 @@ def test_0018_adds_the_user_names_empty_and_its_downgrade_keeps_the_rows(
     database.dispose()
 
 
+def _audit_row(tenant_id: int, outbox_id: int | None) -> dict[str, object]:
+    """An audit row as 0017 and later keep it."""
+    return {
+        "tenant_id": tenant_id,
+        "recorded_at": utcnow(),
+        "actor": "Practitioner/n",
+        "action": "create",
+        "fhir_base_url": "http://ehr-a.test/fhir",
+        "patient_ref": "Patient/1",
+        "entities": [],
+        "outcome": "success",
+        "outbox_id": outbox_id,
+    }
+
+
+def _outbox_index(engine: Engine) -> list[list[str | None]]:
+    """The columns of each index on ``audit_records.outbox_id`` alone."""
+    indexes = inspect(engine).get_indexes("audit_records")
+    return [i["column_names"] for i in indexes if i["name"] == "ix_audit_records_outbox"]
+
+
+def test_0019_indexes_audit_rows_by_outbox_entry_and_its_downgrade_keeps_the_rows(
+    database_url: str,
+) -> None:
+    migrate.upgrade(database_url, "0018_concern_user_names")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    with database.session() as session:
+        session.execute(insert(AuditRecord), [_audit_row(tenant.id, None)])
+
+    migrate.upgrade(database_url)
+    engine = create_engine(database_url)
+    assert _outbox_index(engine) == [["outbox_id"]]
+    migrate.downgrade(database_url, "0018_concern_user_names")
+    assert _outbox_index(engine) == []
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM audit_records")) == 1
+    engine.dispose()
+    database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_failed_deliverys_audit_row_is_found_by_the_index(postgres_url: str) -> None:
+    """The outbox's look-up of a failed entry's audit row (``service.outbox``), among many
+    rows of other saves: PostgreSQL's plan reads the index, not the whole trail."""
+    migrate.upgrade(postgres_url)
+    database = Database(postgres_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    with database.session() as session:
+        entry = enqueue(
+            session,
+            tenant.id,
+            NewEntry("triage", "ehr", "http://ehr-a.test/fhir", "s1", "Practitioner/n",
+                     "Patient/1", {}),
+        )  # fmt: skip
+        session.flush()
+        others = [_audit_row(tenant.id, None) for _ in range(5000)]
+        session.execute(insert(AuditRecord), [*others, _audit_row(tenant.id, entry.id)])
+    lookup = select(AuditRecord).where(AuditRecord.outbox_id == entry.id).order_by(AuditRecord.id)
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE audit_records"))
+        statement = lookup.compile(engine, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(connection.scalars(text(f"EXPLAIN {statement}")))
+    assert "ix_audit_records_outbox" in plan, plan
+    engine.dispose()
+    database.dispose()
+
+
 def _heads(engine: Engine) -> set[str]:
     with engine.connect() as connection:
         return set(MigrationContext.configure(connection).get_current_heads())
