@@ -50,7 +50,7 @@ from service.fhir.client import (
     ReauthorisationRequired,
 )
 from service.i18n import Language, translate
-from service.local_time import local, local_today
+from service.local_time import local_today
 from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
@@ -75,6 +75,7 @@ from service.protocol import (
     age_in_months,
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
+from smart_app import dates
 from smart_app.assets import asset_response
 from smart_app.pages import TEMPLATES
 from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
@@ -401,6 +402,7 @@ def _render(
         prefix=ctx.path_prefix,
         me=ctx.user.fhir_user,
         file=file,
+        birth=dates.born(file.patient_birth_date, ctx.language),
         children=_children(file.case),
         own_say_age=OWN_SAY_AGE,
         steps=Step,
@@ -425,7 +427,6 @@ def _render(
         child_names={c.ref: c.name for c in file.case.children} if file.case else {},
         partners=_partners(ctx, file.case),
         today=local_today().isoformat(),
-        local=local,
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
 
@@ -703,9 +704,10 @@ def referral_page(
         product_name=translate(ctx.language, "product.name"),
         prefix=ctx.path_prefix,
         file=file,
+        birth=dates.born(file.patient_birth_date, ctx.language),
         children=_children(file.case),
         summary=summary,
         display=_display(ctx.language),
-        printed_on=local_today().isoformat(),
+        printed_on=local_today(),
     )
     return HTMLResponse(html, headers=security_headers(ctx))

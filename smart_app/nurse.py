@@ -66,6 +66,7 @@ from service.triage import (
     TriageDep,
     TriageInput,
 )
+from smart_app import dates
 from smart_app.assets import asset_response
 from smart_app.pages import TEMPLATES
 from smart_app.session import (
@@ -94,8 +95,6 @@ _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
 _DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
 _DATE_DIGITS = re.compile(r"^(\d{2})(\d{2})(\d{4})$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-#: A FHIR date: a year, a month or a day (YYYY, YYYY-MM, YYYY-MM-DD).
-_FHIR_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 #: The longest text a field keeps, as on the social service's screens: more is a paste
 #: gone wrong, refused next to its field with the input kept, not written to the record.
@@ -156,7 +155,7 @@ class ChildRow:
         return cls(
             ref=child.ref,
             name=child.name,
-            birth_date=_shown_date(child.birth_date.isoformat()),
+            birth_date=dates.shown_date(child.birth_date),
             relationship=child.relationship.value,
             lives_with=child.lives_with.value,
             recorded=True,
@@ -268,15 +267,6 @@ def parse_typed_date(text: str) -> date | None:
     except ValueError:
         return None  # e.g. 31/02/2020: the right shape, not a date
     return None
-
-
-def _shown_date(fhir_date: str) -> str:
-    """A FHIR date as this page writes dates, the form the nurse types them in: dd/mm/yyyy in
-    every language (the French and English hints, jj/mm/aaaa and dd/mm/yyyy, name the same
-    form). A partial date goes as far as it is known (03/1985, 1985); anything else is shown
-    as the server sent it (the banner only displays it)."""
-    match = _FHIR_DATE.match(fhir_date)
-    return "/".join(part for part in reversed(match.groups()) if part) if match else fhir_date
 
 
 def _plausible(day: date) -> date | None:
@@ -621,17 +611,8 @@ def _form_page(
         blank_row=ChildRow(ref=""),
         max_children=MAX_CHILDREN,
         patient_banner=ctx.need_patient_banner and bool(form.patient_name),
-        born=_born(form.patient_birth_date, _translator(ctx.language)),
+        born=dates.born(form.patient_birth_date, ctx.language),
     )
-
-
-def _born(fhir_date: str, t: Callable[..., str]) -> str | None:
-    """The patient banner's "born …" in the page's date form; "born in …" when the EHR knows
-    only the year or the month of birth (FHIR allows a partial date)."""
-    if not fhir_date:
-        return None
-    message_id = "patient.born" if _ISO_DATE.match(fhir_date) else "patient.born-in"
-    return t(message_id, day=_shown_date(fhir_date))
 
 
 def _message_page(ctx: LaunchContext, message: str, status_code: int) -> HTMLResponse:

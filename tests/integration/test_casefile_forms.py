@@ -5,9 +5,10 @@ never recorded as an answer, and nothing is written."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -18,7 +19,7 @@ from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
 from service.fhir import terminology
 from service.fhir.client import FhirClient, FhirRejected
-from service.local_time import local_today
+from service.local_time import local, local_today
 from service.protocol import SafetyAssessment
 from service.social import Step4Input
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
@@ -356,3 +357,52 @@ def test_a_referred_case_closes_after_a_later_visit_without_concern(
     assert closed.status_code == 303, closed.text
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
+
+
+def test_the_case_page_and_the_referral_write_dates_as_the_nurses_page_does(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, they showed ISO dates ("geboren 1990-04-12", "2026-05-17 16:58", a follow-up
+    # "2026-05-24") where the nurse's page writes dd/mm/jjjj; an EHR that knows only the
+    # year of birth made it "geboren 1990", as if the 1st of January were meant.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(
+        database_url, database, base_url, "concerning-willing"
+    )
+    stored = httpx.get(f"{base_url}/{patient}", timeout=10).json()
+    httpx.put(f"{base_url}/{patient}", json={**stored, "birthDate": "1990"}, timeout=10)
+    today = local_today()
+    action_on, next_check = today + timedelta(days=3), today + timedelta(days=7)
+    fields = {
+        "progress": "not-restored",
+        "action_text_0": "The school calls when the children are absent.",
+        "action_on_0": action_on.isoformat(),  # the date input's own form
+        "next_follow_up": next_check.isoformat(),
+    }
+    assert _post(client, page, case_id, "step-5", "s5", fields).status_code == 303
+    after_5 = client.get(f"/social/cases/{case_id}").text
+    fields = {**STEP_6, "contact_on": today.isoformat()}
+    assert _post(client, after_5, case_id, "step-6", "s6", fields).status_code == 303
+    after_6 = client.get(f"/social/cases/{case_id}").text
+    summary = client.get(f"/social/cases/{case_id}/referral").text
+
+    assert f"volgende opvolging {next_check:%d/%m/%Y}" in after_5
+    assert f"children are absent. ({action_on:%d/%m/%Y})</li>" in after_5
+    assert f"<dd>{next_check:%d/%m/%Y}</dd>" in after_5
+    assert f"<dd>{today:%d/%m/%Y} · An · " in after_6  # the contact with the VK
+    for html in (after_5, after_6, summary):
+        assert "(geboren in 1990)" in html
+        assert not re.search(r"\d{4}-\d{2}-\d{2}", _text(html)), _text(html)
+    assert f"Afgedrukt op {today:%d/%m/%Y}" in summary
+    # when the concern was flagged and each finding recorded: Belgian time, ISO for machines
+    moments = re.findall(r'<time datetime="([^"]+)">([^<]+)</time>', after_6)
+    assert len(moments) == 6  # the flag, steps 1, 2, 4, 5 and 6
+    for machine, shown in moments:
+        assert local(datetime.fromisoformat(machine)).strftime("%d/%m/%Y %H:%M") == shown
+
+
+def _text(html: str) -> str:
+    """What a page shows, without its markup (its attributes keep their machine forms)."""
+    return re.sub(r"<[^>]*>", " ", html)

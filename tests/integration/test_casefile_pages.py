@@ -224,7 +224,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     page = client.get(f"/social/cases/{case_id}").text
     stored = httpx.get(f"{base_url}/{patient}", timeout=10).json()["name"][0]
     name = f"{stored['given'][0]} {stored['family']}"
-    assert f"{name} (geboren 1990-04-12)" in page  # as the hospital's FHIR server names her
+    assert f"{name} (geboren 12/04/1990)" in page  # as the hospital's FHIR server names her
     assert name in client.get("/social").text  # the worklist learnt it when the case was opened
     assert "New partner is irritated by the children." in page  # the nurse's reasons
     assert 'id="s4-form"' in page
@@ -288,7 +288,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert summary.status_code == 200
     assert summary.headers["cache-control"] == "no-store"
     assert "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen" in summary.text
-    assert f"{name} (geboren 1990-04-12)" in summary.text
+    assert f"{name} (geboren 12/04/1990)" in summary.text
     assert 'href="tel:092167330"' in summary.text
     assert "New partner irritated by the children." in summary.text
     assert "Tell the CLB who takes the next step." in summary.text

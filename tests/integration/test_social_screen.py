@@ -4,7 +4,7 @@ a case from it (CSRF, post/redirect/get, the conflict in Dutch), its security he
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import httpx
 from fastapi.testclient import TestClient
@@ -63,6 +63,24 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     oldest = client.get("/social", headers=me, params={"view": "mine", "older_than_days": "2"})
     assert f'data-case="{mine}"' in oldest.text
     assert f'data-case="{free}"' not in oldest.text
+
+
+def test_the_worklist_writes_dates_as_the_nurses_page_does(
+    database_url: str, database: Database
+) -> None:
+    # Before, the flag's and the follow-up's dates were ISO (2026-05-17) where the nurse's
+    # page writes dd/mm/jjjj; the <time> element keeps the ISO form for machines.
+    hospital = make_tenant(database, "default", FHIR)
+    flagged = datetime(2026, 5, 17, 14, 58, tzinfo=UTC)  # 16:58 in Brussels
+    follow_up = date(2026, 5, 24)
+    index_case(database, hospital, "Patient/1", flagged, follow_up_due=follow_up)
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    page = TestClient(app).get("/social", headers=me).text
+
+    assert re.search(r'<time datetime="2026-05-17T14:58:00[^"]*">17/05/2026</time>', page)
+    assert '<time datetime="2026-05-24">24/05/2026</time>' in page
 
 
 def test_the_worklist_screen_marks_and_filters_overdue_follow_ups(
@@ -187,7 +205,7 @@ def test_a_concern_flagged_after_midnight_in_belgium_counts_belgian_days(
     older = client.get("/social", headers=me, params={"older_than_days": "1"}).text
 
     assert item["days_open"] == 1
-    assert f">{yesterday.isoformat()}</time>" in page
+    assert f">{yesterday:%d/%m/%Y}</time>" in page
     assert f'data-case="{case_id}"' not in older
 
 

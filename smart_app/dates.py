@@ -1,0 +1,42 @@
+"""Dates as the screens write them: dd/mm/yyyy in every language, the form the nurse types
+dates in (the French and English hints, jj/mm/aaaa and dd/mm/yyyy, name the same form).
+The nurse's page and the social worker's pages share these, so one patient's dates read
+alike on both; a ``<time datetime="…">`` attribute keeps the ISO form for machines.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+
+from service.i18n import Language, translate
+from service.local_time import local
+
+#: A FHIR date: a year, a month or a day (YYYY, YYYY-MM, YYYY-MM-DD).
+_FHIR_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+_FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def shown_date(day: date | str) -> str:
+    """A date (or a FHIR date as the server sent it) as the screens write dates. A partial
+    FHIR date goes as far as it is known (03/1985, 1985); anything else is shown as the
+    server sent it (the screens only display it)."""
+    text = day if isinstance(day, str) else day.isoformat()
+    match = _FHIR_DATE.match(text)
+    return "/".join(part for part in reversed(match.groups()) if part) if match else text
+
+
+def shown_moment(moment: datetime) -> str:
+    """A moment (timezone-aware) as a Belgian clock shows it, the date as the screens write
+    dates: the UTC date is still yesterday's between midnight and 01:00 or 02:00."""
+    here = local(moment)
+    return f"{shown_date(here.date())} {here:%H:%M}"
+
+
+def born(fhir_date: str | None, language: Language) -> str | None:
+    """A patient's "born …" in the screens' date form; "born in …" when the EHR knows only
+    the year or the month of birth (FHIR allows a partial date)."""
+    if not fhir_date:
+        return None
+    message_id = "app.patient.born" if _FULL_DATE.match(fhir_date) else "app.patient.born-in"
+    return translate(language, message_id, day=shown_date(fhir_date))
