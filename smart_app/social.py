@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from functools import partial
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -75,6 +75,8 @@ PATIENT_CASE_PAGE = "/social/patient"
 #: Ids and versions are bounded by the database's integer (``social.MAX_ID``): a larger
 #: one is a 422 here, where the query failed with a 500.
 CaseId = Annotated[int, Path(ge=1, le=social.MAX_ID)]
+#: The screen a claim from a page returns to (``social/_claim.html``).
+ClaimReturn = Literal["worklist", "case"]
 RowVersion = Annotated[
     int,
     Field(ge=1, le=social.MAX_ID, description="The case's `row_version` as you last saw it."),
@@ -524,6 +526,7 @@ def claim_from_page(
     database: DatabaseDep,
     case_id: CaseId,
     row_version: Annotated[int, Form(ge=1, le=social.MAX_ID)],
+    return_to: Annotated[ClaimReturn, Form()] = "worklist",
 ) -> Response:
     try:
         _change(ctx, database, case_id, ctx.user.fhir_user, row_version)
@@ -537,7 +540,15 @@ def claim_from_page(
             problem = (conflict.reason, conflict.holder_display)
             return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
     # Post/redirect/get: a reload does not claim again.
-    return RedirectResponse(f"{ctx.path_prefix}/social?view=mine", status_code=303)
+    return RedirectResponse(_after_claim(ctx, case_id, return_to), status_code=303)
+
+
+def _after_claim(ctx: LaunchContext, case_id: int, return_to: ClaimReturn) -> str:
+    """Where a claim returns to: the case page's button to the case the social worker was
+    reading, the worklist's to her own cases (the one just taken among them)."""
+    if return_to == "case":
+        return f"{ctx.path_prefix}/social/cases/{case_id}"
+    return f"{ctx.path_prefix}/social?view=mine"
 
 
 def _worklist_page(

@@ -9,13 +9,23 @@ from datetime import UTC, date, datetime, time, timedelta
 import httpx
 from fastapi.testclient import TestClient
 
+from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.local_time import LOCAL_ZONE, local_today
 from smart_app.session import Role
-from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, assignment_of, index_case
+from tests.support.casework import (
+    COLLEAGUE,
+    SOCIAL_WORKER,
+    assignment_of,
+    index_case,
+    save_triage,
+)
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
-from tests.support.write_path import make_tenant
+from tests.support.write_path import (
+    fhir_server,  # noqa: F401 - the module's FHIR server fixture
+    make_tenant,
+)
 
 
 def _claim_forms(html: str) -> dict[str, tuple[str, str]]:
@@ -258,6 +268,39 @@ def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
     assert (first.status_code, second.status_code) == (303, 303)
     assert second.headers["location"] == "/social?view=mine"
     assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+
+
+def test_take_it_on_from_the_case_page_returns_to_that_case(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the case page's button landed on the worklist: the social worker had to find
+    # the case she was reading again. The worklist's button still returns to the worklist.
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, base_url)
+    me = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": me.headers["Cookie"]})
+    worklist = client.get("/social").text
+    (case_id,) = [int(i) for i in re.findall(r'href="/social/cases/(\d+)"', worklist)]
+    assert 'name="return_to" value="worklist"' in worklist
+    page = client.get(f"/social/cases/{case_id}").text
+    action = f"/social/cases/{case_id}/claim"
+    (csrf, version) = _claim_forms(page)[action]
+    assert 'name="return_to" value="case"' in page
+
+    claimed = client.post(
+        action, data={"csrf_token": csrf, "row_version": version, "return_to": "case"}
+    )
+
+    assert claimed.status_code == 303
+    assert claimed.headers["location"] == f"/social/cases/{case_id}"
+    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+    shown = client.get(claimed.headers["location"]).text
+    assert "Ikzelf" in shown
+    assert action not in shown  # taken: no button any more
 
 
 def test_the_next_page_of_closed_cases_lists_closed_cases(
