@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 from typing import Any, Literal
 
@@ -293,6 +293,22 @@ class Shown:
             self.case is not None and self.summary.status == "open" and step in self.case.next_steps
         )
 
+    def facility(self, referral: Step6Referral) -> dict[str, Any] | None:
+        """The facility a step 6 finding referred the case to, its Organization as read (its
+        name, its numbers). The finding names only the facility's type (VK); the referral
+        ServiceRequest written with it, authored at the moment it was recorded, names the
+        facility. None: not read."""
+        if self.opened is None:
+            return None
+        written_with = (r for r in self.opened.referrals if _authored(r) == referral.recorded_at)
+        performer = _performer(next(written_with, {}))
+        return None if performer is None else self.opened.facilities.get(performer)
+
+    def facility_name(self, referral: Step6Referral) -> str | None:
+        """The name of the facility a step 6 finding referred the case to (None: unknown)."""
+        name = (self.facility(referral) or {}).get("name")
+        return str(name) if name else None
+
     @property
     def referral(self) -> dict[str, Any] | None:
         """The latest referral as read (None: none yet); its status goes on after closing."""
@@ -304,6 +320,19 @@ class Shown:
     def may_close(self) -> bool:
         """The use case's rule (``casework.closable``): no step 4, 5 or 6 due, or referred."""
         return self.case is not None and self.summary.status == "open" and closable(self.case)
+
+
+def _authored(request: dict[str, Any]) -> datetime | None:
+    """When a referral ServiceRequest was written (None: it does not say)."""
+    authored = request.get("authoredOn")
+    return datetime.fromisoformat(authored) if isinstance(authored, str) else None
+
+
+def _performer(request: dict[str, Any]) -> str | None:
+    """The reference of the facility a referral ServiceRequest names (None: none)."""
+    performers = request.get("performer") or [{}]
+    reference = performers[0].get("reference")
+    return reference if isinstance(reference, str) else None
 
 
 def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: int) -> Shown | None:
@@ -650,12 +679,10 @@ class ReferralSummary:
 
 def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None:
     """The latest referral of the case and the facility it went to (None: no referral)."""
-    case, opened = file.case, file.opened
+    case = file.case
     referrals = [f for f in case.findings if isinstance(f, Step6Referral)] if case else []
-    if opened is None or case is None or not referrals or not opened.referrals:
-        return None
-    organization = opened.facilities.get(opened.referrals[0]["performer"][0]["reference"])
-    if organization is None:
+    organization = file.facility(referrals[-1]) if referrals else None
+    if case is None or organization is None:
         return None
     partner_system = terminology.identifier_system("partner")
     partner_id = next(

@@ -406,3 +406,22 @@ def test_the_case_page_and_the_referral_write_dates_as_the_nurses_page_does(
 def _text(html: str) -> str:
     """What a page shows, without its markup (its attributes keep their machine forms)."""
     return re.sub(r"<[^>]*>", " ", html)
+
+
+def test_the_history_names_the_facility_a_case_was_referred_to(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the history named only the facility's type (VK): which of the VKs the case
+    # went to was on the printable referral only.
+    base_url = fhir_server.base_url
+    client, case_id, _, page = _case_after_step_4(database_url, database, base_url)
+    fields = {**STEP_6, "contact_on": local_today().isoformat()}
+    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+
+    after = client.get(f"/social/cases/{case_id}").text
+
+    history = after[after.index('<ol class="history">') : after.index("</ol>")]
+    facility = "Vertrouwenscentrum Kindermishandeling (VK): Vertrouwenscentrum Kindermishandeling"
+    assert f"<dd>{facility} Oost-Vlaanderen · " in history  # its type, then its name
