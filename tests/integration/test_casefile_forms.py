@@ -425,3 +425,37 @@ def test_the_history_names_the_facility_a_case_was_referred_to(
     history = after[after.index('<ol class="history">') : after.index("</ol>")]
     facility = "Vertrouwenscentrum Kindermishandeling (VK): Vertrouwenscentrum Kindermishandeling"
     assert f"<dd>{facility} Oost-Vlaanderen · " in history  # its type, then its name
+
+
+def test_step_5s_unknown_codes_and_a_note_too_long_are_refused_next_to_their_fields(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the error summary linked to them, but the fields said nothing: no message
+    # beside them, nothing for a screen reader on the field itself.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(
+        database_url, database, base_url, "concerning-willing"
+    )
+    fields = {
+        "progress": "improving",
+        "action": ["made-up-action"],
+        "consultation": ["made-up-consultation"],
+        "note": "n" * 4001,  # a paste gone wrong, past the textarea's maxlength
+    }
+
+    refused = _post(client, page, case_id, "step-5", "s5", fields)
+
+    assert refused.status_code == 422
+    said = _error_summary(refused.text, "s5")
+    for anchor in ("s5-actions", "s5-consultations", "s5-note"):
+        assert f'href="#{anchor}"' in said
+        assert f'id="{anchor}-error"' in refused.text
+        assert re.search(
+            rf'id="{anchor}"[^>]* aria-describedby="{anchor}-error" aria-invalid="true"',
+            refused.text,
+        ), anchor
+    assert "n" * 4001 in refused.text  # the input is kept
+    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
+    assert search(base_url, "Observation", subject=patient, code=step_5) == []
