@@ -335,6 +335,13 @@ def _performer(request: dict[str, Any]) -> str | None:
     return reference if isinstance(reference, str) else None
 
 
+def _waits_for_sign_in(summary: social.CaseSummary) -> bool:
+    """The case's latest save waits for a new launch for its patient through the same EHR
+    (``Outbox.adopt_session``): the social worker's own launch from the patient's chart
+    is one, so the page says how to send it rather than only that it is on its way."""
+    return summary.delivery is not None and summary.delivery.state == "waiting-authorisation"
+
+
 def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: int) -> Shown | None:
     """The case of this hospital (None: no such case), reconciled from the FHIR server
     (an audited read, also when the server could not be read)."""
@@ -349,7 +356,7 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
     except CaseOnAnotherServerError:
         unreadable = "other-ehr"
     except CaseNotOnServerError:
-        unreadable = "not-on-server"
+        unreadable = "waiting-sign-in" if _waits_for_sign_in(summary) else "not-on-server"
     except ReauthorisationRequired:
         unreadable = "reauthorise"
     except FhirUnreadable:

@@ -14,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.fhir.client import FhirClient
+from service.outbox import DeliveryState, NewEntry, enqueue
 from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, index_case, save_triage
 from tests.support.served import ServedJson
 from tests.support.sessions import UNUSED_FHIR as FHIR
@@ -160,6 +161,45 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
         client.get("/social", headers=cookie_only).text.count(f'href="/social/cases/{case_id}"')
         == 1
     )
+
+
+def test_a_case_whose_save_waits_for_a_new_sign_in_says_how_to_send_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The triage save that raised the concern waits for authorisation (its session ended
+    before delivery): the Flag is not on the server, and the page says that a launch from
+    the patient's chart sends it (``Outbox.adopt_session``), not only that it is on its way."""
+    base_url = fhir_server.base_url
+    hospital = make_tenant(database, "default", base_url)
+    patient = f"Patient/{uuid.uuid4()}"
+    case_id = index_case(database, hospital, patient, utcnow(), fhir_base_url=base_url)
+    with database.session() as session:
+        entry = enqueue(
+            session,
+            hospital.id,
+            NewEntry(
+                kind="triage",
+                registration_id="ehr",
+                fhir_base_url=base_url,
+                session_id="ended",
+                author="Practitioner/nurse-1",
+                patient_ref=patient,
+                bundle={"resourceType": "Bundle", "type": "transaction", "entry": []},
+            ),
+        )
+        entry.state = DeliveryState.WAITING_AUTHORISATION
+        session.flush()
+        session.execute(update(Concern).where(Concern.id == case_id).values(outbox_id=entry.id))
+    app = make_app(database_url, database)
+    worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+
+    page = TestClient(app).get(f"/social/cases/{case_id}", headers=worker.headers)
+
+    assert page.status_code == 200
+    assert "de levering wacht op een nieuwe aanmelding" in page.text
+    assert "Open de Kindreflex vanuit het dossier van deze patiënt in het EPD" in page.text
 
 
 @pytest.mark.parametrize(

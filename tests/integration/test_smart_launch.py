@@ -665,8 +665,13 @@ def test_every_sign_in_is_audited_and_a_patients_also_on_the_ehrs_server(
     assert validate(event) == []
 
 
+@pytest.mark.parametrize(
+    ("user", "with_encounter"),
+    [("nurse", True), ("social-worker", False)],
+    ids=["a-triage-visit", "a-social-worker-from-the-chart"],
+)
 def test_a_new_launch_for_the_patient_takes_over_writes_waiting_for_authorisation(
-    kindreflex: Kindreflex,
+    kindreflex: Kindreflex, user: str, with_encounter: bool
 ) -> None:
     patient_ref = f"Patient/{first_patient(kindreflex.sandbox)}"
     with kindreflex.database.session() as session:
@@ -688,7 +693,7 @@ def test_a_new_launch_for_the_patient_takes_over_writes_waiting_for_authorisatio
         entry_id = waiting.id
 
     browser = Browser()
-    kindreflex.launch(browser)
+    kindreflex.launch(browser, user=user, with_encounter=with_encounter)
 
     session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
     with kindreflex.database.session() as session:
