@@ -9,7 +9,8 @@ The file format (see ``service/data/partners-oost-vlaanderen.yaml``)::
 
     region: oost-vlaanderen
     entries:
-      - id: vk-oost-vlaanderen          # unique, lower-case letters, digits, hyphens
+      - id: vk-oost-vlaanderen          # unique, lower-case letters, digits, hyphens,
+                                        # at most 64 characters
         type: vk                        # a ReferralTarget code of service.protocol
         name: Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen
         description: ...                # optional
@@ -35,7 +36,7 @@ import yaml
 
 from service.config_error import ConfigValueError, Loc
 from service.protocol import ReferralTarget
-from service.text import CODE_SHAPE
+from service.text import CODE_MAX_LENGTH, CODE_SHAPE
 
 __all__ = [
     "DEFAULT_DIRECTORY_RESOURCE",
@@ -211,6 +212,15 @@ def _partner(raw: object, index: int, default_region: str) -> Partner:
         fields = _unknown(unknown)
         raise where.error(f"unknown field(s) {fields}", "unknown-fields", fields=fields)
     partner_id = _required_text(raw, "id", where)
+    if len(partner_id) > CODE_MAX_LENGTH:
+        # step 6 names its partner by a code of at most this length (service.text.Code):
+        # an entry with a longer id could be listed but never chosen
+        raise where.error(
+            f"id must be at most {CODE_MAX_LENGTH} characters",
+            "too-long",
+            "id",
+            limit=CODE_MAX_LENGTH,
+        )
     if not CODE_SHAPE.fullmatch(partner_id):
         raise where.error(
             "id must be lower-case letters, digits and hyphens",

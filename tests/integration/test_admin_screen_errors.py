@@ -299,6 +299,26 @@ def test_a_partner_row_that_breaks_the_directorys_rules_names_its_column_in_dutc
     )
 
 
+def test_a_partner_id_longer_than_step_6_takes_is_refused_in_dutch(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Step 6 names its partner by a code of at most 64 characters: a longer id could be
+    listed but never chosen, so the import refuses it like the directory's other rules."""
+    hidden = _signed_in(client, database, gent)
+    before = _stored(database)
+    lines = client.get("/admin/api/partners?format=csv").text.splitlines()
+    row = next(csv.reader([lines[1]]))
+    row[lines[0].split(",").index("id")] = "vk-" + "x" * 62
+    bad = "\n".join([lines[0], ",".join(f'"{cell}"' for cell in row)]).encode()
+
+    dutch = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", bad)})
+    assert dutch.status_code == 422
+    message = _assert_tied(dutch.text, "input", "partners-file")
+    assert message == "Fout: Rij 2 van het bestand: id: Mag hoogstens 64 tekens lang zijn."
+    after = _stored(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
 def test_the_api_says_our_own_validators_refusals_in_english_as_before(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

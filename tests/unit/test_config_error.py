@@ -87,6 +87,7 @@ CASES: dict[str, tuple[Callable[[], object], str, tuple[str | int, ...]]] = {
     "entry field": (_directory(with_entry(fax="09")), "unknown-fields", ("entries", 0)),
     "empty name": (_directory(with_entry(name="")), "empty-text", ("entries", 0, "name")),
     "id": (_directory(with_entry(id="VK Test")), "partner-id", ("entries", 0, "id")),
+    "long id": (_directory(with_entry(id="v" * 65)), "too-long", ("entries", 0, "id")),
     "type": (_directory(with_entry(type="vkk")), "not-allowed", ("entries", 0, "type")),
     "website": (_directory(with_entry(website="www.x.be")), "website", ("entries", 0, "website")),
     "email": (_directory(with_entry(email="nobody")), "email", ("entries", 0, "email")),

@@ -139,6 +139,7 @@ def test_a_minimal_file_parses() -> None:
         ({"name": ""}, "entry 1 ('vk-test'): 'name' must be non-empty text"),
         ({"name": None}, "entry 1 ('vk-test'): 'name' is missing"),
         ({"id": "VK Test"}, "entry 1 ('VK Test'): id must be lower-case"),
+        ({"id": "vk-" + "x" * 62}, "id must be at most 64 characters"),
         ({"phone": "09 216 73 30"}, "entry 1 ('vk-test'): unknown field(s) phone"),
         ({"phones": "09 216 73 30"}, "entry 1 ('vk-test'): 'phones' must be a list"),
         ({"phones": [{"number": 92167330}]}, "phone 1: 'number' must be text"),
@@ -154,6 +155,12 @@ def test_a_bad_entry_is_named_in_the_error(changes: dict[str, Any], message: str
         parse_directory(with_entry(**changes), source="partners.yaml")
     assert str(error.value).startswith("partners.yaml: ")
     assert message in str(error.value)
+
+
+def test_an_id_as_long_as_step_6_takes_is_read() -> None:
+    """Step 6 names its partner by a code of at most 64 characters (service.text.Code)."""
+    longest = "vk-" + "x" * 61
+    assert parse_directory(with_entry(id=longest)).get(longest) is not None
 
 
 def test_a_duplicate_id_is_refused() -> None:
