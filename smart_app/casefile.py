@@ -17,6 +17,7 @@ save shows the page again with the input kept and the reason next to the field.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -602,8 +603,11 @@ def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> tuple[Pro
 
 
 def _field_anchor(form: str, loc: tuple[int | str, ...]) -> str:
-    """The id on the page of the field an API error names (``loc``: its path in the body)."""
-    where = str(loc[0]).replace("_", "-") if loc else ""
+    """The id on the page of the field an API error names (``loc``: its path in the body).
+    A field of a nested object has its own input (the contact's person: ``s6-contact-person``);
+    an item of a list is shown at the list, whose rows have no id each."""
+    names = itertools.takewhile(lambda part: isinstance(part, str), loc)
+    where = "-".join(str(name) for name in names).replace("_", "-")
     anchor = form if where in ("", "row-version") else f"{form}-{where}"
     return _FIELD_ANCHOR.get(anchor, anchor)
 

@@ -32,11 +32,11 @@ from tests.support.write_path import (
 )
 
 
-def _case_after_step_4(
-    database_url: str, database: Database, base_url: str, decision: str = "concerning-unwilling"
+def _case_before_step_4(
+    database_url: str, database: Database, base_url: str
 ) -> tuple[TestClient, int, str, str]:
-    """A niet-pluis triage and the team's ``decision``: the client of a signed-in social
-    worker, the case id, the patient and the case page (with the next step's form)."""
+    """A niet-pluis triage: the client of a signed-in social worker, the case id, the
+    patient and the case page (with the step 4 form)."""
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     patient = save_triage(app, tenant, base_url)
@@ -45,7 +45,15 @@ def _case_after_step_4(
     (case_id,) = [
         int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
     ]
-    page = client.get(f"/social/cases/{case_id}").text
+    return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
+
+
+def _case_after_step_4(
+    database_url: str, database: Database, base_url: str, decision: str = "concerning-unwilling"
+) -> tuple[TestClient, int, str, str]:
+    """A niet-pluis triage and the team's ``decision``: the client of a signed-in social
+    worker, the case id, the patient and the case page (with the next step's form)."""
+    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
     decided = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "decision": decision})
     assert decided.status_code == 303
     return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
@@ -252,7 +260,7 @@ def test_every_field_the_form_got_wrong_is_shown_at_once(
 
     assert refused.status_code == 422
     said = _error_summary(refused.text, "s6")
-    for anchor in ("s6-cooperation", "s6-informed", "s6-contact"):
+    for anchor in ("s6-cooperation", "s6-informed", "s6-contact-on"):  # the date's own field
         assert f'href="#{anchor}"' in said
         assert f'id="{anchor}-error"' in refused.text
     assert search(base_url, "ServiceRequest", subject=patient) == []
@@ -448,14 +456,64 @@ def test_step_5s_unknown_codes_and_a_note_too_long_are_refused_next_to_their_fie
     refused = _post(client, page, case_id, "step-5", "s5", fields)
 
     assert refused.status_code == 422
-    said = _error_summary(refused.text, "s5")
-    for anchor in ("s5-actions", "s5-consultations", "s5-note"):
-        assert f'href="#{anchor}"' in said
-        assert f'id="{anchor}-error"' in refused.text
-        assert re.search(
-            rf'id="{anchor}"[^>]* aria-describedby="{anchor}-error" aria-invalid="true"',
-            refused.text,
-        ), anchor
+    anchors = ("s5-actions", "s5-consultations", "s5-note")
+    _assert_refused_at_their_fields(refused.text, "s5", anchors)
     assert "n" * 4001 in refused.text  # the input is kept
     step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
     assert search(base_url, "Observation", subject=patient, code=step_5) == []
+
+
+def test_step_4s_note_and_explanation_too_long_are_refused_next_to_their_fields(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the error summary linked to them, but the fields said nothing.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    fields = {**STEP_4, "patient_explanation": "e" * 4001, "note": "n" * 4001}
+
+    refused = _post(client, page, case_id, "step-4", "s4", fields)
+
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "s4", ("s4-explanation", "s4-note"))
+    assert "e" * 4001 in refused.text  # the input is kept
+    assert "n" * 4001 in refused.text
+    step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
+    assert search(base_url, "Observation", subject=patient, code=step_4) == []
+
+
+def test_step_6s_note_and_contact_refused_next_to_their_fields(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the summary linked the note to a field that said nothing, and the person to
+    # the contact's fieldset: the message stood there, not at the field to correct.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    person = "p" * 201  # past the input's maxlength of 200
+    contact = {"contact_on": local_today().isoformat(), "contact_person": person}
+    fields = {**STEP_6, **contact, "contact_channel": "pigeon", "note": "n" * 4001}
+
+    refused = _post(client, page, case_id, "step-6", "s6", fields)
+
+    assert refused.status_code == 422
+    anchors = ("s6-contact-person", "s6-contact-channel", "s6-note")
+    _assert_refused_at_their_fields(refused.text, "s6", anchors)
+    assert 'id="s6-contact-error"' not in refused.text
+    assert f'value="{person}"' in refused.text  # the input is kept
+    assert "n" * 4001 in refused.text
+    assert search(base_url, "ServiceRequest", subject=patient) == []
+
+
+def _assert_refused_at_their_fields(html: str, form: str, anchors: tuple[str, ...]) -> None:
+    """Each field's message stands next to it, the field points to it (aria-describedby,
+    aria-invalid) and the form's error summary links to the field."""
+    said = _error_summary(html, form)
+    for anchor in anchors:
+        assert f'href="#{anchor}"' in said
+        assert f'id="{anchor}-error"' in html
+        assert re.search(
+            rf'id="{anchor}"[^>]* aria-describedby="{anchor}-error" aria-invalid="true"', html
+        ), anchor
