@@ -503,6 +503,27 @@ def case_page(
     return _render(ctx, file, saved=shown)
 
 
+def claim_refused(
+    ctx: LaunchContext,
+    database: DatabaseDep,
+    work: Casework,
+    case_id: int,
+    conflict: social.CaseConflict,
+) -> HTMLResponse:
+    """The case page again after its 'Neem op mij' was refused (409): the social worker
+    stays on the case she was reading, shown as it is now, with who has it."""
+    file = _load(ctx, database, work, case_id)
+    if file is None:
+        return _not_found(ctx)
+    if conflict.reason == "closed":
+        message = translate(ctx.language, "social.problem.closed")
+    else:
+        nobody = translate(ctx.language, "social.worklist.nobody")
+        holder = file.name_of(conflict.holder) if conflict.holder else nobody
+        message = _message(ctx.language, "claim.changed", holder=holder)
+    return _render(ctx, file, problems=(Problem("claim", "claim", message),), status=409)
+
+
 class _Form(BaseModel):
     """What every form carries besides its fields."""
 

@@ -526,6 +526,7 @@ def claim_from_page(
     database: DatabaseDep,
     case_id: CaseId,
     row_version: Annotated[int, Form(ge=1, le=social.MAX_ID)],
+    work: CaseworkDep,
     return_to: Annotated[ClaimReturn, Form()] = "worklist",
 ) -> Response:
     try:
@@ -537,6 +538,11 @@ def claim_from_page(
     except social.CaseConflict as conflict:
         # Already yours (the button pressed twice, or in another tab): what was asked is done.
         if conflict.reason != "changed" or conflict.holder != ctx.user.fhir_user:
+            if return_to == "case":
+                # imported here: smart_app.casefile builds on this module
+                from smart_app.casefile import claim_refused
+
+                return claim_refused(ctx, database, work, case_id, conflict)
             problem = (conflict.reason, conflict.holder_display)
             return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
     # Post/redirect/get: a reload does not claim again.

@@ -303,6 +303,46 @@ def test_take_it_on_from_the_case_page_returns_to_that_case(
     assert action not in shown  # taken: no button any more
 
 
+def test_take_it_on_from_the_case_page_refused_shows_that_case_with_who_has_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the refusal landed on the worklist: the social worker lost the case she was
+    # reading, to learn there that a colleague had taken it on meanwhile.
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, base_url)
+    me = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    colleague = signed_in(
+        app, tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url, name="Els Peeters"
+    )
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": me.headers["Cookie"]})
+    (case_id,) = [
+        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    ]
+    action = f"/social/cases/{case_id}/claim"
+    (csrf, version) = _claim_forms(client.get(f"/social/cases/{case_id}").text)[action]
+    theirs = TestClient(
+        app, follow_redirects=False, headers={"Cookie": colleague.headers["Cookie"]}
+    )
+    (their_csrf, _) = _claim_forms(theirs.get("/social").text)[action]
+    taken = theirs.post(action, data={"csrf_token": their_csrf, "row_version": version})
+    assert taken.status_code == 303
+
+    late = client.post(
+        action, data={"csrf_token": csrf, "row_version": version, "return_to": "case"}
+    )
+
+    assert late.status_code == 409
+    assert "Iemand anders heeft dit dossier intussen gewijzigd" in late.text
+    assert "nu toegewezen aan Els Peeters" in late.text
+    assert 'id="about-heading"' in late.text  # the case page, not the worklist
+    assert "Werklijst sociale dienst</h1>" not in late.text
+    assert assignment_of(database, case_id) == (COLLEAGUE, 2)
+
+
 def test_the_next_page_of_closed_cases_lists_closed_cases(
     database_url: str, database: Database
 ) -> None:
