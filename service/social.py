@@ -36,6 +36,7 @@ from service.fhir import terminology
 from service.local_time import LOCAL_ZONE, local
 from service.partners import Partner, PartnerDirectory
 from service.protocol import (
+    MAX_CHILDREN,
     STEP_6_TARGETS,
     AgreedAction,
     Consultation,
@@ -430,14 +431,28 @@ class CatalogueError(ValueError):
     """A code that is not in the guide's catalogue or the hospital's partner directory."""
 
 
+#: A child's reference in a body: one line, bounded like the encounter's.
+_ChildRef = Annotated[OneLine, Field(max_length=200)]
+#: The most factors a step 4 weighs: each factor of the guide's catalogue (CodeSystem
+#: factor, 22 codes) once; a longer list could only repeat a code or name an unknown one.
+MAX_FACTORS = 22
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    focus: list[OneLine] = Field(
-        default_factory=list, description="The children concerned (their refs); empty: all."
+    focus: list[_ChildRef] = Field(
+        default_factory=list,
+        max_length=MAX_CHILDREN,
+        description="The children concerned (their refs), each once; empty: all.",
     )
     note: OptionalText = Field(None, max_length=4000)
     encounter_ref: OneLine | None = Field(None, max_length=200)
+
+    @field_validator("focus")
+    @classmethod
+    def _each_child_in_focus_once(cls, focus: list[str]) -> list[str]:
+        return _once_each(focus, lambda child_ref: child_ref, "child")
 
 
 class FactorInput(BaseModel):
@@ -450,7 +465,7 @@ class FactorInput(BaseModel):
 class HeardChildInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    child_ref: OneLine = Field(max_length=200)
+    child_ref: _ChildRef
     consent_given: bool
     own_say: OptionalText = Field(None, max_length=2000, description="The child's own say.")
 
@@ -467,10 +482,10 @@ class Step4Input(_Input):
     explanation), children and adult key persons heard, the team and its decision."""
 
     decision: TeamDecision
-    factors: list[FactorInput] = Field(default_factory=list)
+    factors: list[FactorInput] = Field(default_factory=list, max_length=MAX_FACTORS)
     consultations: set[Consultation] = Field(default_factory=set)
     discussed_with_patient: bool = False
-    children_heard: list[HeardChildInput] = Field(default_factory=list)
+    children_heard: list[HeardChildInput] = Field(default_factory=list, max_length=MAX_CHILDREN)
     key_persons: list[KeyPersonInput] = Field(default_factory=list, max_length=20)
     patient_explanation: OptionalText = Field(None, max_length=4000)
     team_members: list[Annotated[TypedText, Field(max_length=200)]] = Field(
@@ -600,8 +615,9 @@ _Item = TypeVar("_Item")
 
 def _once_each(items: list[_Item], key: Callable[[_Item], str], what: str) -> list[_Item]:
     """``items`` when no two share a ``key``. A factor or a child given twice would be
-    recorded twice, each time with other specifics, and neither is the one meant: the
-    sender says which (a 422 naming the field), rather than this service choosing."""
+    recorded twice (a factor or a child heard each time with other specifics, and neither
+    is the one meant): the sender says which (a 422 naming the field), rather than this
+    service choosing."""
     seen: set[str] = set()
     for item in items:
         if key(item) in seen:

@@ -37,6 +37,7 @@ from service.local_time import local_now
 from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
+    MAX_CHILDREN,
     STEP_6_TARGETS,
     AdviceKind,
     Child,
@@ -78,7 +79,7 @@ from smart_app.session import (
     verify_csrf,
 )
 
-__all__ = ["ChildRow", "FieldError", "TriageForm", "parse_typed_date", "router"]
+__all__ = ["MAX_CHILDREN", "ChildRow", "FieldError", "TriageForm", "parse_typed_date", "router"]
 
 router = APIRouter(prefix="/app", include_in_schema=False)
 
@@ -87,10 +88,9 @@ NURSE_ONLY = [Depends(require_role("nurse"))]
 
 #: Dates typed before this year are typos (0019 for 2019), not dates of birth.
 _EARLIEST_YEAR = 1900
-#: More rows than any family needs: "+ kind" offers no more, and a save with more is refused
-#: next to the children, the rows kept. (The work a forged form can cause is capped by the
-#: three-digit row numbers and the form parser's 1000 fields.)
-MAX_CHILDREN = 25
+#: A child row's fields. "+ kind" offers no more than MAX_CHILDREN rows, and a save with
+#: more is refused next to the children, the rows kept; the work a forged form can cause
+#: is capped by these three-digit row numbers and the form parser's 1000 fields.
 _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
 _DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
 _DATE_DIGITS = re.compile(r"^(\d{2})(\d{2})(\d{4})$")

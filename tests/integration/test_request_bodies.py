@@ -2,7 +2,8 @@
 ``MAX_BODY_BYTES`` is refused with 413 (by its Content-Length before the app runs, and by
 counting a chunked one as it arrives), a JSON number that JSON cannot carry back
 (NaN, an infinity) gets the ordinary 422, and a 422 repeats a refused value only in short
-(a step's code of a megabyte; a factor or a child given twice is refused naming the field).
+(a step's code of a megabyte; a factor or a child given twice, and a list of children
+longer than a case holds, are refused naming the field).
 
 The real app on SQLite and PostgreSQL, real sessions, CSRF tokens and bootstrap tokens.
 A route that ran leaves a trace (a claimed case, an audit row, a spent token); a refused
@@ -24,6 +25,7 @@ from service.admin import access
 from service.cds.router import MAX_BODY_BYTES
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
+from service.protocol import MAX_CHILDREN
 from service.tenancy import TenantContext
 from tests.support.casework import SOCIAL_WORKER, assignment_of, index_case
 from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
@@ -256,5 +258,19 @@ def test_a_code_of_a_megabyte_is_refused_and_echoed_in_short(
 
     unexpected = _step(hospital, "step-6", _REFERRED | {"partner_id": "parket", huge: 1})
     assert unexpected["loc"] == ["body", huge[:100] + "…"]
+    assert assignment_of(database, hospital.case_id) == (None, 1)
+    assert _audited(database) == []
+
+
+def test_a_focus_with_a_child_twice_or_more_children_than_a_case_holds_is_refused(
+    hospital: _Hospital, database: Database
+) -> None:
+    twice = _step(hospital, "step-6", _REFERRED | {"partner_id": "parket", "focus": ["P/1"] * 2})
+    assert twice["loc"] == ["body", "focus"]
+    assert "the child 'P/1' is given twice" in twice["msg"]
+
+    many = [f"P/{number}" for number in range(MAX_CHILDREN + 1)]
+    too_many = _step(hospital, "step-4", _DECIDED | {"focus": many})
+    assert (too_many["loc"], too_many["type"]) == (["body", "focus"], "too_long")
     assert assignment_of(database, hospital.case_id) == (None, 1)
     assert _audited(database) == []

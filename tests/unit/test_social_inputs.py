@@ -8,8 +8,10 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
+from service.fhir import terminology
 from service.partners import load_default_directory
 from service.protocol import (
+    MAX_CHILDREN,
     AgreedAction,
     Consultation,
     ContactChannel,
@@ -30,7 +32,7 @@ from service.protocol import (
     TeamDecision,
     apply,
 )
-from service.social import CatalogueError, Step4Input, Step5Input, Step6Input
+from service.social import MAX_FACTORS, CatalogueError, Step4Input, Step5Input, Step6Input
 from tests.unit.test_seed001_scenario import (
     BOY,
     EPISODE_2,
@@ -249,3 +251,47 @@ def test_a_code_of_64_characters_is_looked_up() -> None:
     referral = Step6Input(partner_id=longest, with_cooperation=True, patient_informed=True)
     with pytest.raises(CatalogueError, match=f"'{longest}' is not a VK"):
         referral.finding(SOCIAL_WORKER, EPISODE_3, DIRECTORY)
+
+
+def test_a_child_in_focus_twice_is_refused_in_every_step() -> None:
+    focus = [GIRL.ref, BOY.ref, GIRL.ref]
+    for step in (
+        lambda: _step4(focus=focus),
+        lambda: Step5Input.model_validate({"progress": "improving", "focus": focus}),
+        lambda: Step6Input.model_validate(
+            {"partner_id": "vk", "with_cooperation": True, "patient_informed": True}
+            | {"focus": focus}
+        ),
+    ):
+        with pytest.raises(ValidationError) as refused:
+            step()
+        (problem,) = refused.value.errors()
+        assert problem["loc"] == ("focus",)
+        assert f"the child '{GIRL.ref}' is given twice; give each child once" in problem["msg"]
+    with pytest.raises(ValidationError, match=r"focus\.0"):
+        _step4(focus=["Patient/" + "1" * 200])
+
+
+def test_every_factor_of_the_catalogue_once_is_the_longest_list() -> None:
+    """MAX_FACTORS is the catalogue's size: each factor once is taken, one more refused."""
+    catalogue = [{"code": factor.code} for factor in terminology.factors()]
+    assert len(catalogue) == MAX_FACTORS
+    assert len(_step4(factors=catalogue).finding(SOCIAL_WORKER, EPISODE_2).factors) == MAX_FACTORS
+    with pytest.raises(ValidationError) as refused:
+        _step4(factors=[*catalogue, {"code": "one-more"}])
+    (problem,) = refused.value.errors()
+    assert (problem["loc"], problem["type"]) == (("factors",), "too_long")
+
+
+def test_no_more_children_than_a_case_holds() -> None:
+    """A case names at most MAX_CHILDREN children (the triage screen's rows): so many are
+    taken in the focus and among those heard, one more is refused."""
+    refs = [f"Patient/child-{number}" for number in range(MAX_CHILDREN + 1)]
+    heard = [{"child_ref": ref, "consent_given": True} for ref in refs]
+    taken = _step4(focus=refs[:MAX_CHILDREN], children_heard=heard[:MAX_CHILDREN])
+    assert (len(taken.focus), len(taken.children_heard)) == (MAX_CHILDREN, MAX_CHILDREN)
+    for field, items in (("focus", refs), ("children_heard", heard)):
+        with pytest.raises(ValidationError) as refused:
+            _step4(**{field: items})
+        (problem,) = refused.value.errors()
+        assert (problem["loc"], problem["type"]) == ((field,), "too_long")
