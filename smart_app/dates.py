@@ -1,7 +1,8 @@
 """Dates as the screens write them: dd/mm/yyyy in every language, the form the nurse types
 dates in (the French and English hints, jj/mm/aaaa and dd/mm/yyyy, name the same form).
-The nurse's page and the social worker's pages share these, so one patient's dates read
-alike on both; a ``<time datetime="…">`` attribute keeps the ISO form for machines.
+The nurse's page, the social worker's pages and the admin screen share these, so a date
+reads alike on every screen; a ``<time datetime="…">`` attribute keeps the ISO form for
+machines.
 """
 
 from __future__ import annotations

@@ -9,16 +9,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from service.admin import access
 from service.app import create_app
 from service.db.base import Database, utcnow
+from service.db.models import TenantConfigVersion
 from service.protocol import Step
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
@@ -316,6 +318,29 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     assert "Kies een CSV-bestand" in no_file.text
     hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
     assert (hooks.adult_age, hooks.enabled) == (17, ["encounter-start"])
+
+
+def test_the_screens_audit_writes_when_as_the_other_screens_do(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    # Before, "2026-05-17 22:30": ISO, and the UTC clock, where the nurse's and the social
+    # worker's screens write dd/mm/jjjj and Belgian time; the API keeps ISO.
+    late_evening = datetime(2026, 5, 17, 22, 30, tzinfo=UTC)  # after midnight in Belgium
+    with database.session() as session:
+        (first,) = session.scalars(select(TenantConfigVersion).filter_by(tenant_id=gent.id))
+        first.created_at = late_evening
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+
+    page = client.get("/admin").text
+
+    audit = page[page.index('<section id="audit">') :]
+    audit = audit[: audit.index("</section>")]
+    assert '<time datetime="2026-05-17T22:30:00+00:00">18/05/2026 00:30</time> (v1)' in audit
+    assert not re.search(r"\d{4}-\d{2}-\d{2}", re.sub(r"<[^>]+>", "", audit))
+    headers = bearer(database, gent)
+    changes = client.get("/admin/api/audit", headers=headers).json()["changes"]
+    assert changes[-1]["at"] == "2026-05-17T22:30:00+00:00"
 
 
 def test_a_refused_registration_keeps_what_the_admin_typed(
