@@ -26,7 +26,7 @@ from datetime import date, datetime
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
@@ -79,7 +79,15 @@ from smart_app.session import (
     verify_csrf,
 )
 
-__all__ = ["MAX_CHILDREN", "ChildRow", "FieldError", "TriageForm", "parse_typed_date", "router"]
+__all__ = [
+    "MAX_CHILDREN",
+    "NO_FIELD",
+    "ChildRow",
+    "FieldError",
+    "TriageForm",
+    "parse_typed_date",
+    "router",
+]
 
 router = APIRouter(prefix="/app", include_in_schema=False)
 
@@ -102,6 +110,11 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_NAME_LENGTH = 200
 _MAX_LENGTH: Mapping[str, int] = {"reasons": 4000, "who_helps": 1000, "support_note": 4000}
 
+#: Where an error without a field of its own is linked from the error summary, and the
+#: key of its message above the save button: the summary itself, which takes focus
+#: (tabindex="-1", the id of ``_fields.html``'s error_summary) and says the message. The
+#: form (``#form``) cannot take focus: a link to it moved neither focus nor screen reader.
+NO_FIELD = "error-summary"
 #: Where on the page a refused move is shown (the id of the field to focus).
 _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.REASONS_REQUIRED: "reasons",
@@ -498,7 +511,7 @@ def _checked(errors: list[FieldError], t: Callable[..., str], make: Callable[[],
 
 def protocol_error(error: ProtocolError, t: Callable[..., str]) -> FieldError:
     """A refused move, translated, placed next to the field it is about."""
-    return FieldError(_ERROR_ANCHOR.get(error.code, "form"), t(f"protocol.{error.code.value}"))
+    return FieldError(_ERROR_ANCHOR.get(error.code, NO_FIELD), t(f"protocol.{error.code.value}"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -669,8 +682,9 @@ async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> 
         rows = posted_rows(posted)
         place = rows.index(int(removed)) if int(removed) in rows else len(rows)
         return _form_page(ctx, form.without_row(place))
-    if action != "save":
-        raise HTTPException(status_code=400, detail=f"unknown action '{action}'")
+    if action != "save":  # only a forged form names another: said as the page's errors
+        unknown = FieldError(NO_FIELD, _app_message(ctx.language, "error.unknown-action"))
+        return _form_page(ctx, form, errors=[unknown], status_code=400)
     return await run_in_threadpool(_save, ctx, triage, form, submission_of(posted))
 
 

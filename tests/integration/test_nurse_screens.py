@@ -35,6 +35,7 @@ from service.protocol import (
     ChildRelationship,
     ErrorCode,
     LivesWith,
+    ProtocolError,
     ReferralTarget,
     SupportAction,
 )
@@ -47,7 +48,7 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from service.text import typed_text
-from smart_app.nurse import MAX_CHILDREN, parse_typed_date
+from smart_app.nurse import MAX_CHILDREN, NO_FIELD, parse_typed_date, protocol_error
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
@@ -659,6 +660,87 @@ def test_more_children_than_the_page_takes_are_refused_next_to_them_and_kept(
     assert refused.value("reasons") == "Blauwe plekken"
     with database.session() as session:
         assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
+def _summary(page: Page) -> str:
+    return page.text.split("data-error-summary")[1].split("</div>")[0]
+
+
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        ("nl", "Het formulier vroeg iets wat deze pagina niet kent"),
+        ("fr", "Le formulaire a demandé une action que cette page ne connaît pas"),
+        ("en", "The form asked for something this page does not know"),
+    ],
+)
+def test_an_unknown_action_is_the_pages_error_and_the_input_is_kept(
+    nurse_for: Any, database: Database, language: str, said: str
+) -> None:
+    """Only a forged form names another action than the buttons': it answered a raw English
+    JSON 400 and the typed page was gone. The page comes back with its error in the nurse's
+    language, her input kept, nothing saved."""
+    nurse = nurse_for("an-peeters", language=language)
+    page = nurse.page()
+
+    refused = nurse.post(_two_children(page, assessment="no-concern", action="delete-all"))
+
+    assert refused.status == 400
+    assert refused.response.headers["content-type"].startswith("text/html")
+    assert said in _summary(refused)
+    assert "delete-all" not in refused.text
+    assert refused.value("child-1-name") == "Mats"
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
+def _message_id(message_id: str, **_values: object) -> str:
+    return message_id
+
+
+def test_an_error_without_a_field_links_to_the_summary_which_takes_focus(
+    nurse_for: Any,
+) -> None:
+    """Such an error was linked to #form, which cannot take focus: following the link moved
+    neither the focus nor a screen reader. It links to the summary (tabindex -1), which says
+    it; the message also stands above the save button. A protocol refusal without a field
+    of its own goes the same way."""
+    unplaced = ProtocolError(ErrorCode.UNKNOWN_CHILD, "not in the case")
+    assert protocol_error(unplaced, _message_id).field == NO_FIELD
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+
+    refused = nurse.post(_two_children(page, action="delete-all"))
+
+    assert 'href="#form"' not in refused.text
+    assert f'<a href="#{NO_FIELD}">' in _summary(refused)
+    assert 'tabindex="-1"' in _tag(refused, f'id="{NO_FIELD}"')
+    assert "data-error-summary" in _tag(refused, f'id="{NO_FIELD}"')
+    assert f'id="{NO_FIELD}-error"' in refused.text.split('id="support"')[1]
+
+
+def test_the_pregnancys_choice_is_described_by_its_error(nurse_for: Any) -> None:
+    """ "Who is pregnant" showed its error without tying it to the fieldset, so a screen
+    reader on the choices did not hear it (the assessment's fieldset was tied)."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    expected = (TODAY + timedelta(days=90)).strftime("%d/%m/%Y")
+
+    refused = nurse.post(
+        _two_children(
+            page,
+            assessment="no-concern",
+            support_actions="ask-regularly",
+            expecting="1",
+            expected_date=expected,
+            pregnancy_of="neighbour",
+        )
+    )
+
+    assert refused.status == 422
+    assert 'href="#pregnancy_of"' in _summary(refused)
+    assert 'id="pregnancy_of-error"' in refused.text
+    assert 'aria-describedby="pregnancy_of-error"' in _tag(refused, 'id="pregnancy_of"')
 
 
 # ---------------------------------------------------------------------------------------
