@@ -248,6 +248,8 @@ async def _validation_failed(_request: Request, error: Exception) -> Response:
 
 #: How much of a refused string a 422 repeats: enough to recognise it.
 ECHOED_CHARACTERS = 100
+#: How many items of a refused list, or fields of a refused object, a 422 repeats.
+ECHOED_ITEMS = 10
 
 
 def _echoable(problem: dict[str, Any]) -> dict[str, Any]:
@@ -256,13 +258,17 @@ def _echoable(problem: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cut(value: Any) -> Any:
-    """``value`` (JSON-like) with every string cut to ``ECHOED_CHARACTERS`` and an ellipsis."""
+    """``value`` (JSON-like) with every string cut to ``ECHOED_CHARACTERS``, every list and
+    object to ``ECHOED_ITEMS``, an ellipsis standing for the rest (a list refused for its
+    length, or a whole body that misses a field, was echoed whole)."""
     if isinstance(value, str) and len(value) > ECHOED_CHARACTERS:
         return value[:ECHOED_CHARACTERS] + "…"
+    more = len(value) > ECHOED_ITEMS if isinstance(value, dict | list) else False
     if isinstance(value, dict):
-        return {_cut(key): _cut(item) for key, item in value.items()}
+        shown = list(value.items())[:ECHOED_ITEMS]
+        return {_cut(key): _cut(item) for key, item in shown} | ({"…": "…"} if more else {})
     if isinstance(value, list):
-        return [_cut(item) for item in value]
+        return [_cut(item) for item in value[:ECHOED_ITEMS]] + (["…"] if more else [])
     return value
 
 

@@ -272,5 +272,9 @@ def test_a_focus_with_a_child_twice_or_more_children_than_a_case_holds_is_refuse
     many = [f"P/{number}" for number in range(MAX_CHILDREN + 1)]
     too_many = _step(hospital, "step-4", _DECIDED | {"focus": many})
     assert (too_many["loc"], too_many["type"]) == (["body", "focus"], "too_long")
+    assert too_many["input"] == [*many[:10], "…"]  # echoed in short, like a long string
+    heard = [{"child_ref": ref, "consent_given": True} for ref in many]
+    too_many = _step(hospital, "step-4", _DECIDED | {"children_heard": heard})
+    assert len(too_many["input"]) == 11
     assert assignment_of(database, hospital.case_id) == (None, 1)
     assert _audited(database) == []
