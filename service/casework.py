@@ -643,7 +643,7 @@ class Casework:
             record, case = self._read(ctx, concern, client)
             referrals, bundle = _referrals(client, record)
             facilities = referred_facilities(client, referrals, bundle)
-        self._remember_names(ctx, concern, record)
+        self._reconcile_index(ctx, concern, record, case)
         return CaseFile(
             case_id=concern.id,
             status=concern.status,
@@ -726,12 +726,16 @@ class Casework:
             session.expunge(row)
         return row
 
-    def _remember_names(self, ctx: LaunchInfo, concern: Concern, record: CaseRecord) -> None:
-        """The worklist shows the names the server gives from now on: the patient's, the
-        flagging nurse's and the assignee's when the case names them (a concern indexed
-        from a Flag, a colleague assigned by reference, a row older than the names). The
-        index is reconciled with the server when a case is opened. Not a user's change, so
-        the row version stays; the row as read, so a name goes to the person it is of (a
+    def _reconcile_index(
+        self, ctx: LaunchInfo, concern: Concern, record: CaseRecord, case: KindreflexCase
+    ) -> None:
+        """The worklist shows what the server says from now on: the names of the patient,
+        of the flagging nurse and of the assignee when the case names them (a concern
+        indexed from a Flag, a colleague assigned by reference, a row older than the names),
+        and the acute danger of the case's findings (a concern indexed from a Flag, which
+        does not carry it: the worklist's "acute danger first" order must know). The index
+        is reconciled with the server when a case is opened. Not a user's change, so the
+        row version stays; the row as read, so a name goes to the person it is of (a
         colleague claiming the case meanwhile: corrected at the next opening)."""
         patient = record.patient.name if record.patient else None
         assignee = concern.assigned_to
@@ -740,11 +744,13 @@ class Casework:
             "flagged_by_display": record.people.get(concern.flagged_by),
             "assigned_to_display": record.people.get(assignee) if assignee else None,
         }
-        changed = {
+        changed: dict[str, object] = {
             column: name
             for column, name in names.items()
             if name and name != getattr(concern, column)
         }
+        if case.acute_danger and not concern.acute_danger:  # the protocol keeps it once set
+            changed["acute_danger"] = True
         if not changed:
             return
         with self._database.session() as session:

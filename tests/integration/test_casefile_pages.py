@@ -444,6 +444,34 @@ def test_the_case_names_its_people_from_the_same_searches_and_corrects_the_workl
     assert worker not in page.text
 
 
+def test_opening_a_case_tells_the_worklist_its_acute_danger(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A concern indexed from its Flag (``triage._unlisted_concern``) starts without acute
+    danger, which the Flag does not carry; its step 2 found it. Opening the case tells the
+    worklist, whose "acute danger first" order then has it first."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    save_triage(app, tenant, base_url, acute_danger=True)
+    save_triage(app, tenant, base_url)  # newer, no acute danger
+    with database.session() as session:
+        acute = session.scalars(select(Concern).where(Concern.acute_danger)).one()
+        acute.acute_danger = False  # as indexed from its Flag
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    listed = {"sort": "acute-first"}
+    first = client.get("/api/cases", headers=worker.headers, params=listed).json()["items"][0]
+    assert first["id"] != acute.id
+
+    assert client.get(f"/social/cases/{acute.id}", headers=worker.headers).status_code == 200
+
+    first = client.get("/api/cases", headers=worker.headers, params=listed).json()["items"][0]
+    assert (first["id"], first["acute_danger"]) == (acute.id, True)
+
+
 def test_a_nurses_name_is_cut_to_its_column_and_shown_as_text(
     database_url: str,
     database: Database,
