@@ -31,19 +31,19 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from sandbox.config import SandboxConfig, SmartClient
 from sandbox.runner import Sandbox
 from sandbox.seed import SeededConcern, SeededPatient
+from service import triage
 from service.app import create_app
 from service.db import migrate
-from service.db.base import Database
+from service.db.base import Database, insert_new
 from service.db.models import Concern
 from service.fhir import mapping
 from service.fhir.client import FhirClient, Resource
 from service.outbox import TransactionBuilder
-from service.protocol import SafetyAssessment, Step, Step1Finding, Step2Finding
+from service.protocol import SafetyAssessment, Step1Finding, Step2Finding
 from service.settings import Settings, load_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import CdsIssuer, EhrRegistration, TenantConfiguration
@@ -101,40 +101,31 @@ def _record_seeded_concerns(
 ) -> None:
     """The sandbox seeds a patient with an open concern from an earlier visit (its Flag):
     record that visit's steps 1 and 2 as the app wrote them, and put the concern on the
-    worklist as the app indexed it. Else the CDS card warns of a concern the social service
-    cannot see, its case has no history to go on from, and a new niet-pluis for the patient
-    adds a second Flag. Conditional creates and a lookup: a restarted demo adds nothing."""
+    worklist as the app indexed it, from its Flag (``triage.concern_index_row``). Else the
+    CDS card warns of a concern the social service cannot see, its case has no history to
+    go on from, and a new niet-pluis for the patient adds a second Flag. Conditional creates
+    and the index's unique keys: a restarted demo adds nothing."""
+    rows = []
     # the sandbox's FHIR server itself, behind its facade: it asks no token
     with FhirClient(sandbox.upstream_fhir_base_url, lambda: "unused", 10.0) as client:
         for patient in sandbox.seeded.patients.values():
-            if patient.concern is not None:
-                client.transaction(_earlier_visit(client, patient, patient.concern))
-    with database.session() as session:
-        for patient in sandbox.seeded.patients.values():
-            concern = patient.concern
-            if concern is None or session.scalar(
-                select(Concern.id).where(
-                    Concern.tenant_id == tenant_id,
-                    Concern.flag_identifier == concern.flag_identifier,
-                )
-            ):
+            if patient.concern is None:
                 continue
-            session.add(
-                Concern(
-                    tenant_id=tenant_id,
-                    fhir_base_url=fhir_base_url,
-                    patient_ref=f"Patient/{patient.id}",
-                    patient_display=patient.name,
-                    flag_identifier=concern.flag_identifier,
-                    flagged_at=concern.flagged_at,
-                    flagged_by=concern.flagged_by,
-                    triggers=[],
-                    children_birth_dates=list(concern.children_birth_dates),
-                    last_step=Step.STEP_2.value,
-                    status="open",
-                    acute_danger=False,
-                )
+            client.transaction(_earlier_visit(client, patient, patient.concern))
+            (flag_id,) = patient.flag_ids
+            concern = mapping.open_concern_of(client.read("Flag", flag_id))
+            assert concern is not None, "the sandbox seeds an open Kindreflex concern"
+            row = triage.concern_index_row(
+                concern,
+                tenant_id=tenant_id,
+                fhir_base_url=fhir_base_url,
+                patient_ref=f"Patient/{patient.id}",
+                patient_name=patient.name,
+                children_birth_dates=patient.concern.children_birth_dates,
             )
+            rows.append(row)
+    with database.session() as session:
+        insert_new(session, Concern, rows)
 
 
 def _earlier_visit(client: FhirClient, patient: SeededPatient, concern: SeededConcern) -> Resource:

@@ -44,7 +44,7 @@ from datetime import datetime
 from typing import Annotated, Literal, Protocol
 
 from fastapi import Depends, Request
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -324,9 +324,15 @@ class Triage:
                 if _listed(session, ctx, patient_ref, concern.identifier):
                     return
                 # a concurrent load may index it first: the unique indexes keep one row
-                insert_new(
-                    session, Concern, [_unlisted_concern(ctx, patient_ref, concern, recorded)]
+                row = concern_index_row(
+                    concern,
+                    tenant_id=ctx.tenant.id,
+                    fhir_base_url=ctx.fhir_base_url,
+                    patient_ref=patient_ref,
+                    patient_name=recorded.patient.name if recorded.patient else None,
+                    children_birth_dates=(c.birth_date.isoformat() for c in recorded.children),
                 )
+                insert_new(session, Concern, [row])
         except SQLAlchemyError as error:  # the chart is read; the worklist waits for the next load
             log.error(
                 "an open concern on the FHIR server could not be put on the worklist",
@@ -775,37 +781,39 @@ def _open_concern(session: Session, ctx: LaunchInfo, patient_ref: str) -> Concer
 
 
 def _listed(session: Session, ctx: LaunchInfo, patient_ref: str, flag_identifier: str) -> bool:
-    """Whether the worklist knows the concern, or has an open one for the patient."""
-    open_for_patient = and_(
-        Concern.fhir_base_url == ctx.fhir_base_url,
-        Concern.patient_ref == patient_ref,
-        Concern.status == "open",
-    )
+    """Whether the worklist knows the concern (open or closed), or has an open one for the
+    patient."""
     known = select(Concern.id).where(
-        Concern.tenant_id == ctx.tenant.id,
-        or_(Concern.flag_identifier == flag_identifier, open_for_patient),
+        Concern.tenant_id == ctx.tenant.id, Concern.flag_identifier == flag_identifier
     )
-    return session.scalar(known.limit(1)) is not None
+    return (
+        _open_concern(session, ctx, patient_ref) is not None
+        or session.scalar(known.limit(1)) is not None
+    )
 
 
-def _unlisted_concern(
-    ctx: LaunchInfo, patient_ref: str, concern: mapping.OpenConcern, recorded: RecordedChart
+def concern_index_row(
+    concern: mapping.OpenConcern,
+    *,
+    tenant_id: int,
+    fhir_base_url: str,
+    patient_ref: str,
+    patient_name: str | None,
+    children_birth_dates: Iterable[str],
 ) -> dict[str, object]:
-    """The worklist row of an open concern found on the FHIR server only (the acute danger
-    of its step 2 is not in the Flag: the case page shows it from the findings). The Flag
-    names its author by reference only: the worklist shows that until the case page, which
-    reads the author's name with the findings, fills it in (``Casework.open_case``)."""
-    name = recorded.patient.name if recorded.patient else None
+    """The worklist row of an open concern known from its Flag only (one the index lost, or
+    the demo's seeded one). The acute danger of its step 2 is not in the Flag, nor its
+    author's name: opening the case fills them in (``Casework.open_case``)."""
     return {
-        "tenant_id": ctx.tenant.id,
-        "fhir_base_url": ctx.fhir_base_url,
+        "tenant_id": tenant_id,
+        "fhir_base_url": fhir_base_url,
         "patient_ref": patient_ref,
-        "patient_display": worklist_display(name) if name else None,
+        "patient_display": worklist_display(patient_name) if patient_name else None,
         "flag_identifier": concern.identifier,
         "flagged_at": concern.flagged_at,
         "flagged_by": concern.flagged_by,
         "triggers": list(concern.triggers),
-        "children_birth_dates": sorted(c.birth_date.isoformat() for c in recorded.children),
+        "children_birth_dates": sorted(children_birth_dates),
         "last_step": concern.last_step.value,
         "status": "open",
         "acute_danger": False,

@@ -449,7 +449,7 @@ def test_opening_a_case_tells_the_worklist_its_acute_danger(
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
-    """A concern indexed from its Flag (``triage._unlisted_concern``) starts without acute
+    """A concern indexed from its Flag (``triage.concern_index_row``) starts without acute
     danger, which the Flag does not carry; its step 2 found it. Opening the case tells the
     worklist, whose "acute danger first" order then has it first."""
     base_url = fhir_server.base_url
