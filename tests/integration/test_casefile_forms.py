@@ -507,6 +507,33 @@ def test_step_6s_note_and_contact_refused_next_to_their_fields(
     assert search(base_url, "ServiceRequest", subject=patient) == []
 
 
+def test_a_referral_status_note_too_long_is_refused_next_to_the_note(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the error summary linked to the note, but the note said nothing: no message
+    # beside it, nothing for a screen reader on the field itself.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    referred = _post(
+        client, page, case_id, "step-6", "s6", {**STEP_6, "contact_on": local_today().isoformat()}
+    )
+    assert referred.status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    note = "n" * 4001  # a paste gone wrong, past the textarea's maxlength
+
+    refused = _post(
+        client, page, case_id, "referral-status", "referral", {"status": "on-hold", "note": note}
+    )
+
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "referral", ("referral-note",))
+    assert note in refused.text  # the input is kept
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["status"] == "active"
+
+
 def _assert_refused_at_their_fields(html: str, form: str, anchors: tuple[str, ...]) -> None:
     """Each field's message stands next to it, the field points to it (aria-describedby,
     aria-invalid) and the form's error summary links to the field."""
