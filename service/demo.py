@@ -253,9 +253,9 @@ def _free_or_any(port: int) -> int:
 
 def run_demo(port: int) -> int:
     """Run the demo until Ctrl-C; everything it started is stopped on the way out."""
-    # Seeding and every FHIR call would log a line each: keep the terminal for the URLs.
-    for chatty in ("httpx", "alembic"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # Each migration would log a line: keep the terminal for the URLs (httpx's request lines
+    # are quiet already, see service.observability).
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # The EHR next to the app (8001 for 8000), so the URLs stay the same between runs.
     with demo_stack(port, ehr_port=_free_or_any(port + 1)) as stack:
         server = uvicorn.Server(

@@ -45,6 +45,13 @@ class WithoutQueryString(logging.Filter):
         return True
 
 
+#: Libraries that log every request they make at INFO: httpx a line per FHIR request, with
+#: its URL — a patient's id, the search on their records. Our own lines say what happened
+#: to a save or a launch; these add volume and patient references. At DEBUG they are kept,
+#: for an operator who asked for everything.
+_REQUEST_LOGGERS = ("httpx", "httpcore")
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
@@ -52,6 +59,9 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in _REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -310,9 +310,15 @@ class SessionTokens:
     def access_token(self, session_id: str) -> str:
         """A live access token.
 
-        Raises ``ReauthorisationRequired`` when none can be had without the user (refresh
-        refused, no refresh token, session expired) and ``FhirUnavailable`` when the EHR's
-        token endpoint cannot be reached and the token has expired (retry later).
+        A token that is not yet due for refresh is handed out even after the app session
+        has ended: the outbox delivers a save the user made while signed in with it. Pages
+        check the session's end themselves (``SessionStore``), so no user acts on an ended
+        session this way.
+
+        Raises ``ReauthorisationRequired`` when none can be had without the user (a refresh
+        is due but refused, there is no refresh token, or the session has ended so it may
+        not refresh) and ``FhirUnavailable`` when the EHR's token endpoint cannot be reached
+        and the token has expired (retry later).
         """
         try:
             with self._database.session() as session:
