@@ -44,6 +44,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, Subquery, distinct, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from service import casework, triage
 from service.db.base import insert_new
 from service.db.models import (
     CdsCard,
@@ -76,8 +77,8 @@ MAX_PERIOD_DAYS = 366
 #: and at the calendar's own ends (years 1 and 9999) a day's bounds in UTC do not exist.
 FIRST_DAY = date(2000, 1, 1)
 LAST_DAY = date(2999, 12, 31)
-#: Outbox kinds whose bundles hold step findings (``service.triage``, ``service.casework``).
-SAVE_KINDS = ("triage", "social")
+#: Outbox kinds whose bundles hold step findings.
+SAVE_KINDS = (triage.KIND, casework.KIND)
 #: Saves that never reached the hospital's record.
 _NOT_RECORDED = (DeliveryState.FAILED.value, DeliveryState.CONFLICT.value)
 
