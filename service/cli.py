@@ -210,6 +210,11 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return admin_commands.show_audit(settings, args.tenant, query, actor)
 
 
+def cmd_outbox_waiting(args: argparse.Namespace, settings: Settings) -> int:
+    actor = f"kindreflex outbox waiting ({getpass.getuser()})"
+    return admin_commands.show_waiting(settings, args.tenant, actor)
+
+
 def _moment(value: str) -> datetime:
     """A date (from its midnight, Belgian time: the day as the hospital counts it) or a
     timestamp with its offset."""
@@ -235,7 +240,8 @@ def cmd_admin_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``config export|import`` and ``admin bootstrap`` (the EHR administrator's journey)."""
+    """``config export|import``, ``admin bootstrap`` (the EHR administrator's journey),
+    ``audit`` and ``outbox waiting``."""
     tenant_help = "hospital (tenant) slug (default: KINDREFLEX_DEFAULT_TENANT)"
     config = commands.add_parser("config", help="configuration as code (YAML)")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CMD")
@@ -286,6 +292,23 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     trail.add_argument("--since", type=_moment, help=f"from this moment on: {moment}")
     trail.add_argument("--until", type=_moment, help=f"before this moment: {moment}")
     trail.set_defaults(handler=_on_current_schema(cmd_audit))
+
+    box = commands.add_parser("outbox", help="FHIR writes not yet delivered")
+    box_commands = box.add_subparsers(dest="outbox_command", required=True, metavar="CMD")
+    waiting = box_commands.add_parser(
+        "waiting",
+        help="list the writes waiting for a sign-in for their patient (audited: it names them)",
+        description="List the FHIR writes waiting for authorisation, oldest first: the "
+        "nurse's session could no longer write to the FHIR server, and the next launch of "
+        "Kindreflex for the same patient through the same EHR sends them. Until then they "
+        "also hold back that patient's later saves. One line each: entry, hospital, FHIR "
+        "server, patient, kind, undelivered since (Belgian time), what to do. Listing them "
+        "is recorded in the audit trail, one row per patient.",
+    )
+    waiting.add_argument(
+        "--tenant", type=_tenant_slug, help="only this hospital's (default: every hospital's)"
+    )
+    waiting.set_defaults(handler=_on_current_schema(cmd_outbox_waiting))
 
 
 def build_parser() -> argparse.ArgumentParser:

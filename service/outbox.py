@@ -58,9 +58,14 @@ with that session's token — the Provenance inside still names the original aut
 
 Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
 the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
-writes. Failed, conflicting and waiting entries need a person, not another instance, so
-they are only counted in the check's detail (and shown on the worklist); a failed or
-conflicting write also gets a local audit row with outcome ``failure``.
+writes. It also fails when an entry saved more than ``READY_MAX_WAIT`` ago still waits for
+authorisation: nobody launched the app for that patient since, and until someone does, the
+finding is not on the server and holds back the patient's later saves. Failed, conflicting
+and younger waiting entries need a person, not another instance, so they are only counted
+in the check's detail (and shown on the worklist); a failed or conflicting write also gets
+a local audit row with outcome ``failure``. The detail counts, it never names a patient
+(``/readyz`` may be reachable from outside); ``kindreflex outbox waiting`` lists the
+waiting entries for an operator (:func:`waiting_for_authorisation`).
 
 What else a refused write undoes belongs to the module that saved it: a hook registered
 for the entry's kind (:meth:`Outbox.when_refused`) runs in the same local transaction
@@ -87,7 +92,7 @@ from sqlalchemy.orm import Session, aliased
 
 from service.api.health import CheckResult, ReadinessCheck
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, OutboxEntry
+from service.db.models import AuditRecord, OutboxEntry, Tenant
 from service.fhir.client import (
     FhirClient,
     FhirConflict,
@@ -107,6 +112,12 @@ RETRY_CAP_SECONDS = 300.0
 READY_MAX_AGE = timedelta(minutes=15)
 #: ... or when the oldest due entry has failed this many attempts in a row.
 READY_MAX_ATTEMPTS = 8
+#: ... or when an entry saved longer ago than this still waits for authorisation. A waiting
+#: entry is normally taken over by the next launch for its patient, often within the same
+#: nurse's session (8 hours) or by the next shift's; past both, nobody is likely to open
+#: that patient's chart in time, and the finding (with the patient's later saves, which it
+#: holds back) may never reach the FHIR server unless an operator has someone do so.
+READY_MAX_WAIT = timedelta(hours=24)
 
 
 class DeliveryState(StrEnum):
@@ -189,6 +200,41 @@ def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
     session.add(row)
     session.flush()
     return row
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """An entry waiting for authorisation, as ``kindreflex outbox waiting`` lists it."""
+
+    entry_id: int
+    tenant_slug: str
+    fhir_base_url: str
+    patient_ref: str | None
+    kind: str
+    saved_at: datetime
+    tenant_id: int
+
+
+def waiting_for_authorisation(session: Session, tenant_id: int | None = None) -> list[Waiting]:
+    """The entries waiting for a launch for their patient (all hospitals', or one's), oldest
+    first. They name patients: a caller that shows them audits the reading."""
+    query = (
+        select(
+            OutboxEntry.id,
+            Tenant.slug,
+            OutboxEntry.fhir_base_url,
+            OutboxEntry.patient_ref,
+            OutboxEntry.kind,
+            OutboxEntry.created_at,
+            OutboxEntry.tenant_id,
+        )
+        .join(Tenant, Tenant.id == OutboxEntry.tenant_id)
+        .where(OutboxEntry.state == DeliveryState.WAITING_AUTHORISATION)
+        .order_by(OutboxEntry.created_at, OutboxEntry.id)
+    )
+    if tenant_id is not None:
+        query = query.where(OutboxEntry.tenant_id == tenant_id)
+    return [Waiting(*row) for row in session.execute(query)]
 
 
 @dataclass(frozen=True)
@@ -302,8 +348,11 @@ class Outbox:
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
-    def readiness_check(self, max_age: timedelta = READY_MAX_AGE) -> ReadinessCheck:
-        """Not ready when an entry waits too long or delivery keeps failing (see module doc)."""
+    def readiness_check(
+        self, max_age: timedelta = READY_MAX_AGE, max_wait: timedelta = READY_MAX_WAIT
+    ) -> ReadinessCheck:
+        """Not ready when an entry waits too long for delivery or for a sign-in, or delivery
+        keeps failing (see module doc). The detail counts entries by state, never names one."""
 
         def check() -> CheckResult:
             with self._database.session() as session:
@@ -314,11 +363,27 @@ class Outbox:
                     .limit(1)
                 ).one_or_none() or (None, 0)
                 stuck = _count_by_state(session)
+                # asked only when something waits: the usual check stays two queries
+                waiting_since = (
+                    session.scalar(
+                        select(OutboxEntry.created_at)
+                        .where(OutboxEntry.state == DeliveryState.WAITING_AUTHORISATION)
+                        .order_by(OutboxEntry.created_at, OutboxEntry.id)
+                        .limit(1)
+                    )
+                    if stuck.get(DeliveryState.WAITING_AUTHORISATION)
+                    else None
+                )
             detail = ", ".join(f"{n} {state}" for state, n in sorted(stuck.items())) or "empty"
-            if oldest is not None and self._clock() - oldest > max_age:
+            now = self._clock()
+            if oldest is not None and now - oldest > max_age:
                 return CheckResult("outbox", False, f"undelivered for over {max_age}: {detail}")
             if attempts >= READY_MAX_ATTEMPTS:
                 return CheckResult("outbox", False, f"delivery keeps failing: {detail}")
+            if waiting_since is not None and now - waiting_since > max_wait:
+                return CheckResult(
+                    "outbox", False, f"waiting for a sign-in for over {max_wait}: {detail}"
+                )
             return CheckResult("outbox", True, detail)
 
         return check

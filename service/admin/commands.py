@@ -1,5 +1,5 @@
-"""What ``kindreflex config export|import``, ``kindreflex admin bootstrap`` and
-``kindreflex audit`` do.
+"""What ``kindreflex config export|import``, ``kindreflex admin bootstrap``,
+``kindreflex audit`` and ``kindreflex outbox waiting`` do.
 
 ``service/cli.py`` only parses arguments; these functions open the database, act, and
 return the process exit code. Messages go to standard error, data to standard output.
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import orjson
 
-from service import audit
+from service import audit, outbox
 from service.admin import access
 from service.admin.config import ConfigurationError, TenantAdmin, export_yaml
 from service.db.base import Database, utcnow
+from service.local_time import local
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantDirectory, UnknownTenantError
 from service.tenant_config import TenantConfiguration
@@ -118,4 +119,49 @@ def show_audit(settings: Settings, tenant: str | None, query: audit.TrailQuery, 
         return 2
     finally:
         database.dispose()
+    return 0
+
+
+#: What an operator has someone do about an entry waiting for authorisation: a launch for its
+#: patient through the same EHR takes it over (``Outbox.adopt_session``) and sends it.
+WAITING_ADVICE = "open Kindreflex from this patient's chart to send it"
+
+
+def show_waiting(settings: Settings, tenant: str | None, actor: str) -> int:
+    """Print the outbox entries waiting for a sign-in (``waiting-authorisation``), of every
+    hospital or of ``tenant``'s, one line each, oldest first; "none waiting" (on standard
+    error, like other messages) when there are none.
+
+    The lines name patients: the reading is audited as ``kindreflex audit`` audits its own,
+    a ``search-type`` row by ``actor``, here one per patient listed (on its hospital and
+    FHIR server, where the reference means that patient)."""
+    database, tenants = _directory(settings)
+    try:
+        tenant_id = None if tenant is None else tenants.get(tenant).id
+        with database.session() as session:
+            waiting = outbox.waiting_for_authorisation(session, tenant_id)
+            for entry in waiting:
+                print(
+                    f"entry {entry.entry_id}  hospital {entry.tenant_slug}  "
+                    f"FHIR server {entry.fhir_base_url}  {entry.patient_ref or 'no patient'}  "
+                    f"{entry.kind}  undelivered since {local(entry.saved_at):%d/%m/%Y %H:%M}: "
+                    f"{WAITING_ADVICE}"
+                )
+            sys.stdout.flush()
+            now = utcnow()
+            listed = {
+                (entry.tenant_id, entry.fhir_base_url, entry.patient_ref)
+                for entry in waiting
+                if entry.patient_ref is not None
+            }
+            for tenant_of, server, patient in sorted(listed):
+                read = audit.AuditFact(actor, audit.AuditAction.SEARCH, patient, (), "success", now)
+                audit.record_local(session, tenant_of, read, server)
+    except UnknownTenantError as error:
+        print(f"kindreflex: {error}", file=sys.stderr)
+        return 2
+    finally:
+        database.dispose()
+    if not waiting:
+        print("none waiting", file=sys.stderr)
     return 0

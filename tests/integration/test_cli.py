@@ -11,13 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select, text, update
 
 from service import audit
 from service.audit import AuditAction, AuditFact
 from service.db import migrate
 from service.db.base import Database
-from service.db.models import AuditRecord
+from service.db.models import AuditRecord, OutboxEntry
+from service.outbox import DeliveryState, NewEntry, enqueue
 from tests.support.processes import free_port, running
 from tests.support.write_path import make_tenant
 
@@ -99,7 +100,14 @@ def test_serve_for_other_machines_refuses_a_public_url_on_localhost(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "command", [["config", "export"], ["admin", "bootstrap"], ["db", "purge"], ["keys", "rotate"]]
+    "command",
+    [
+        ["config", "export"],
+        ["admin", "bootstrap"],
+        ["db", "purge"],
+        ["keys", "rotate"],
+        ["outbox", "waiting"],
+    ],
 )
 def test_a_command_on_a_database_without_the_schema_says_to_upgrade_it(
     command: list[str], tmp_path: Path
@@ -260,6 +268,98 @@ def test_the_audit_trail_of_a_patient_reference_on_two_fhir_servers_needs_the_se
     assert by_user.returncode == 0, by_user.stderr
     servers = [json.loads(line)["fhir_server"] for line in by_user.stdout.splitlines()]
     assert servers == [first, second, None]
+
+
+def test_outbox_waiting_lists_the_writes_waiting_for_a_sign_in_and_audits_the_reading(
+    tmp_path: Path,
+) -> None:
+    """The full /readyz fails for a write waiting a day for a sign-in, without naming its
+    patient: the operator finds the patient here, and someone opens that chart."""
+    url = f"sqlite:///{tmp_path / 'kr.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    hospital = make_tenant(database, "default", _SERVER)
+    other = make_tenant(database, "other", _SERVER)
+    at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 1 December 00:30 in Brussels
+    second = "http://ehr-b.test/fhir"
+    triage = _waiting(database, hospital.id, _SERVER, "Patient/1", "triage", at)
+    read = _waiting(database, hospital.id, _SERVER, "Patient/1", "audit", at + _MINUTE)
+    elsewhere = _waiting(database, other.id, second, "Patient/1", "casework", at + _DAY)
+    _waiting(database, hospital.id, _SERVER, "Patient/9", "triage", at, DeliveryState.PENDING)
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+
+    def outbox_waiting(*wanted: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*KINDREFLEX, "outbox", "waiting", *wanted], env=env, capture_output=True, text=True
+        )
+
+    def readings() -> list[tuple[int, str | None, str | None, str]]:
+        with database.session() as session:
+            rows = session.scalars(
+                select(AuditRecord)
+                .where(AuditRecord.actor.startswith("kindreflex outbox waiting ("))
+                .order_by(AuditRecord.id)
+            )
+            return [(r.tenant_id, r.fhir_base_url, r.patient_ref, r.action) for r in rows]
+
+    advice = "open Kindreflex from this patient's chart to send it"
+    listed = outbox_waiting()
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        f"entry {triage}  hospital default  FHIR server {_SERVER}  Patient/1  triage  "
+        f"undelivered since 01/12/2026 00:30: {advice}",
+        f"entry {read}  hospital default  FHIR server {_SERVER}  Patient/1  audit  "
+        f"undelivered since 01/12/2026 00:31: {advice}",
+        f"entry {elsewhere}  hospital other  FHIR server {second}  Patient/1  casework  "
+        f"undelivered since 02/12/2026 00:30: {advice}",
+    ]
+    # one reading per patient listed, on its hospital and server (Patient/1 twice: two people)
+    assert readings() == [
+        (hospital.id, _SERVER, "Patient/1", "search-type"),
+        (other.id, second, "Patient/1", "search-type"),
+    ]
+
+    one = outbox_waiting("--tenant", "other")
+    assert one.returncode == 0, one.stderr
+    assert [line.split("  ")[:2] for line in one.stdout.splitlines()] == [
+        [f"entry {elsewhere}", "hospital other"]
+    ]
+    assert readings()[2:] == [(other.id, second, "Patient/1", "search-type")]
+
+    with database.session() as session:
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.state == DeliveryState.WAITING_AUTHORISATION)
+            .values(state=DeliveryState.DELIVERED)
+        )
+    none = outbox_waiting()
+    assert none.returncode == 0, none.stderr
+    assert none.stdout == ""
+    assert "none waiting" in none.stderr
+    assert len(readings()) == 3  # nothing listed, nobody's data read
+
+    unknown = outbox_waiting("--tenant", "nowhere")
+    database.dispose()
+    assert unknown.returncode == 2
+    assert "nowhere" in unknown.stderr
+
+
+def _waiting(
+    database: Database,
+    tenant_id: int,
+    server: str,
+    patient: str,
+    kind: str,
+    saved_at: datetime,
+    state: DeliveryState = DeliveryState.WAITING_AUTHORISATION,
+) -> int:
+    """An outbox entry in ``state`` (a session whose token could not be refreshed)."""
+    entry = NewEntry(kind, "ehr", server, "expired", "Practitioner/nurse-1", patient, {})
+    with database.session() as session:
+        row = enqueue(session, tenant_id, entry)
+        row.state, row.created_at = state, saved_at
+        session.flush()
+        return row.id
 
 
 def _seen(patient: str, when: datetime) -> AuditFact:

@@ -488,6 +488,33 @@ def test_readiness_fails_when_an_entry_waits_too_long(database: Database) -> Non
     assert "1 pending" in result.detail
 
 
+def test_readiness_fails_when_an_entry_waits_for_a_sign_in_for_over_a_day(
+    database: Database,
+) -> None:
+    """A waiting entry holds back its patient's later saves until someone launches the app
+    for that patient: when nobody has for a day, the full /readyz (what operators alert on)
+    fails, without naming the patient (/readyz may be reachable from outside)."""
+    tenant = make_tenant(database, "a", "http://127.0.0.1:9/fhir")  # nothing listens there
+    patient = "Patient/readiness-secret-7"
+    entry_id = _queue_read(database, tenant, "http://127.0.0.1:9/fhir", "expired", patient)
+    clock = Clock()
+    settings = Settings(environment="test", database_url="sqlite://")
+    outbox = make_outbox(database, clock, tokens=SessionTokens(database, settings))
+    assert outbox.deliver(entry_id) is DeliveryState.WAITING_AUTHORISATION
+    check = outbox.readiness_check()
+
+    clock.advance(23 * 3600)  # a nurse's session and the next shift: not yet an alarm
+    young = check()
+    assert young.ok
+    assert young.detail == "1 waiting-authorisation"
+
+    clock.advance(2 * 3600)
+    old = check()
+    assert not old.ok
+    assert old.detail == "waiting for a sign-in for over 1 day, 0:00:00: 1 waiting-authorisation"
+    assert "readiness-secret-7" not in old.detail
+
+
 def test_an_idle_cycle_takes_no_write_lock(tmp_path: Path) -> None:
     """SQLite: the worker's cycle with nothing due must not wait for (or take) the database's
     write lock, which the CDS path's writes need (service.cds.batching)."""
