@@ -52,6 +52,7 @@ from service.protocol import (
     Step6Referral,
     apply,
     check_closure,
+    check_plausible_dates,
     check_referral_status,
 )
 from service.social import (
@@ -596,6 +597,7 @@ class Casework:
         else:
             finding = step.finding(author, now)
             referral = None
+        check_plausible_dates(finding)  # a new finding's dates (old ones replay as recorded)
         case = apply(case, finding)  # the protocol's verdict (ProtocolError)
         plan = step_transaction(
             record,

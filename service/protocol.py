@@ -22,9 +22,10 @@ How to read it
 6. Derived advice: Kind & Gezin, the child's consent, CLB.
 
 Closing a case (:class:`CaseClosure`, :func:`check_closure`), the status of a step 6
-referral (:class:`ReferralStatus`, :func:`check_referral_status`) and a new referral's
-reason for not informing the patient (:func:`check_not_informed_reason`) are ruled at the
-end of section 5.
+referral (:class:`ReferralStatus`, :func:`check_referral_status`), a new referral's
+reason for not informing the patient (:func:`check_not_informed_reason`) and how far the
+dates of a new step 5 or 6 may lie from the day they are recorded
+(:func:`check_plausible_dates`) are ruled at the end of section 5.
 
 The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.md``)::
 
@@ -86,7 +87,9 @@ from typing import ClassVar
 __all__ = [
     "ACUTE_DANGER_TARGETS",
     "ADULT_FROM_MONTHS",
+    "CONTACT_AT_MOST_YEARS_BEFORE",
     "DECIDES_LARGELY_FROM_MONTHS",
+    "FOLLOW_UP_AT_MOST_YEARS_AHEAD",
     "KIND_EN_GEZIN_UNTIL_MONTHS",
     "MANDATED_FACILITIES",
     "MAX_CHILDREN",
@@ -141,10 +144,13 @@ __all__ = [
     "apply",
     "check_closure",
     "check_not_informed_reason",
+    "check_plausible_dates",
     "check_referral_status",
     "child_consent_advice",
     "clb_children",
+    "earliest_contact",
     "kind_en_gezin_advised",
+    "latest_follow_up",
 ]
 
 
@@ -405,7 +411,9 @@ class ErrorCode(StrEnum):
     KEY_PERSON_TEXT_REQUIRED = "key-person-text-required"
     EXPLANATION_WITHOUT_DISCUSSION = "explanation-without-discussion"
     FOLLOW_UP_IN_PAST = "follow-up-in-past"
+    FOLLOW_UP_TOO_FAR_AHEAD = "follow-up-too-far-ahead"
     CONTACT_IN_FUTURE = "contact-in-future"
+    CONTACT_TOO_LONG_AGO = "contact-too-long-ago"
     CLOSE_REASON_TEXT_REQUIRED = "close-reason-text-required"
     REFERRAL_STATUS_FINAL = "referral-status-final"
     NOT_REFERRED = "not-referred"
@@ -1115,6 +1123,67 @@ def check_not_informed_reason(referral: Step6Referral) -> None:
             "A reason why the patient was not informed goes with 'not informed'; choose 'no' "
             "or clear the reason.",
         )
+
+
+#: A follow-up (step 5's next check, an agreed action's date) lies at most a year ahead of
+#: the day it is planned. Restoring safety means revisiting the family regularly and staying
+#: alert (seed 001, step 5); a check planned further away is not a follow-up of this
+#: concern, and the likely cause is a year typed wrong (2062 for 2026). A later check is
+#: planned at the next follow-up.
+FOLLOW_UP_AT_MOST_YEARS_AHEAD = 1
+#: The contact with the mandated facility (step 6) lies at most a year before the day the
+#: referral is recorded. It is noted when the referral is recorded, normally the same day
+#: (the screen offers today); a year leaves room for a record caught up late, and refuses a
+#: year typed wrong (2002 for 2026), which would tell the facility of a contact before the
+#: concern could have existed. (The concern itself may be older than a year: a case
+#: followed at step 5 for long; so the bound is the recording day, not the concern's start.)
+CONTACT_AT_MOST_YEARS_BEFORE = 1
+
+
+def _years_from(day: date, years: int) -> date:
+    """The same calendar day ``years`` later (earlier when negative); 29 February becomes
+    the 28th in a year without it."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
+def latest_follow_up(recorded_on: date) -> date:
+    """The latest follow-up date a step 5 recorded on ``recorded_on`` may plan."""
+    return _years_from(recorded_on, FOLLOW_UP_AT_MOST_YEARS_AHEAD)
+
+
+def earliest_contact(recorded_on: date) -> date:
+    """The earliest date of a facility contact a step 6 recorded on ``recorded_on`` may give."""
+    return _years_from(recorded_on, -CONTACT_AT_MOST_YEARS_BEFORE)
+
+
+def check_plausible_dates(finding: Finding) -> None:
+    """Refuse a step 5 follow-up more than a year ahead and a step 6 facility contact more
+    than a year back (see the bounds above). Checked when a finding is recorded, not in the
+    finding itself: findings already recorded with such a date must still replay (their
+    case stays readable). Other findings have no such dates."""
+    recorded_on = finding.recorded_at.date()
+    if isinstance(finding, Step5Progress):
+        latest = latest_follow_up(recorded_on)
+        planned = [finding.next_follow_up, *(a.follow_up_on for a in finding.agreed_actions)]
+        for day in planned:
+            if day is not None and day > latest:
+                raise InvalidFindingError(
+                    ErrorCode.FOLLOW_UP_TOO_FAR_AHEAD,
+                    f"The follow-up date {day.isoformat()} lies more than a year ahead (after "
+                    f"{latest.isoformat()}); check the year, and plan a later check at the next "
+                    "follow-up.",
+                )
+    if isinstance(finding, Step6Referral) and finding.contact is not None:
+        earliest = earliest_contact(recorded_on)
+        if finding.contact.on < earliest:
+            raise InvalidFindingError(
+                ErrorCode.CONTACT_TOO_LONG_AGO,
+                f"The contact with the facility on {finding.contact.on.isoformat()} lies more "
+                f"than a year back (before {earliest.isoformat()}); check the year.",
+            )
 
 
 #: A referral that is completed or revoked is history; it does not move again.

@@ -74,6 +74,8 @@ from service.protocol import (
     Step6Referral,
     TeamDecision,
     age_in_months,
+    earliest_contact,
+    latest_follow_up,
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app import dates
@@ -104,7 +106,9 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.CHILD_CONSENT_REQUIRED: "s4-children",
     ErrorCode.KEY_PERSON_TEXT_REQUIRED: "s4-key-other-text",
     ErrorCode.FOLLOW_UP_IN_PAST: "s5-next-follow-up",
+    ErrorCode.FOLLOW_UP_TOO_FAR_AHEAD: "s5-next-follow-up",
     ErrorCode.CONTACT_IN_FUTURE: "s6-contact-on",
+    ErrorCode.CONTACT_TOO_LONG_AGO: "s6-contact-on",
     ErrorCode.ACUTE_DANGER_REQUIRED: "s6-partner",
     ErrorCode.OCJ_WITHOUT_COOPERATION_ONLY: "s6-cooperation",
     ErrorCode.NOT_A_MANDATED_FACILITY: "s6-partner",
@@ -464,6 +468,8 @@ def _render(
         child_names={c.ref: c.name for c in file.case.children} if file.case else {},
         partners=_partners(ctx, file.case),
         today=local_today().isoformat(),
+        latest_follow_up=latest_follow_up(local_today()).isoformat(),
+        earliest_contact=earliest_contact(local_today()).isoformat(),
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
 
@@ -597,22 +603,28 @@ def _about_form(ctx: LaunchContext, typed: Typed, message_id: str) -> tuple[Prob
 
 
 def _protocol_anchor(error: ProtocolError, typed: Typed) -> str:
-    """Where a refused move is shown. A follow-up date in the past is an agreed action's when
-    the next follow-up is not in the past: shown at the next follow-up, the message pointed
-    at a date that was right."""
-    if error.code is ErrorCode.FOLLOW_UP_IN_PAST and not _before_today(
-        typed.value("s5", "next_follow_up")
+    """Where a refused move is shown. A follow-up date in the past (or more than a year ahead)
+    is an agreed action's when the next follow-up is not: shown at the next follow-up, the
+    message pointed at a date that was right."""
+    next_follow_up = _typed_date(typed.value("s5", "next_follow_up"))
+    today = local_today()
+    if error.code is ErrorCode.FOLLOW_UP_IN_PAST and not (
+        next_follow_up is not None and next_follow_up < today
+    ):
+        return "s5-agreed-actions"
+    if error.code is ErrorCode.FOLLOW_UP_TOO_FAR_AHEAD and not (
+        next_follow_up is not None and next_follow_up > latest_follow_up(today)
     ):
         return "s5-agreed-actions"
     return _ERROR_ANCHOR.get(error.code, typed.form)
 
 
-def _before_today(day: str) -> bool:
-    """Whether a date as typed lies before the Belgian today (False: none or no date)."""
+def _typed_date(day: str) -> date | None:
+    """A date as the form's date input sends it (None: none or no date)."""
     try:
-        return date.fromisoformat(day) < local_today()
+        return date.fromisoformat(day)
     except ValueError:
-        return False
+        return None
 
 
 def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> tuple[Problem, ...]:

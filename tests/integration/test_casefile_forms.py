@@ -6,21 +6,22 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
+from html import unescape
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord
+from service.db.models import AppSession, AuditRecord
 from service.fhir import terminology
 from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local, local_today
-from service.protocol import SafetyAssessment
+from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
 from service.social import Step4Input
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
 from tests.support.casework import SOCIAL_WORKER, index_case, save_triage
@@ -532,6 +533,99 @@ def test_a_referral_status_note_too_long_is_refused_next_to_the_note(
     assert note in refused.text  # the input is kept
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     assert request["status"] == "active"
+
+
+#: The message of each date bound, as the case page says it in each language.
+_TOO_FAR = {
+    "nl": "Een opvolgdatum ligt ten hoogste een jaar vooruit.",
+    "fr": "Une date de suivi se situe au plus un an à l'avance.",
+    "en": "A follow-up date lies at most a year ahead.",
+}
+_TOO_LONG_AGO = {
+    "nl": "Het contact met de voorziening ligt ten hoogste een jaar terug.",
+    "fr": "Le contact avec le service date d'au plus un an.",
+    "en": "The contact with the facility lies at most a year back.",
+}
+
+
+def _speaks(database: Database, language: str) -> None:
+    """The social worker's session speaks ``language`` (signed_in opens it in Dutch)."""
+    with database.session() as session:
+        session.execute(
+            update(AppSession)
+            .where(AppSession.fhir_user == SOCIAL_WORKER)
+            .values(language=language)
+        )
+
+
+@pytest.mark.parametrize("language", ["nl", "fr", "en"])
+def test_a_follow_up_more_than_a_year_ahead_is_refused_next_to_its_date(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    language: str,
+) -> None:
+    # Before, a year typed wrong (2062 for 2026) was recorded and put on the worklist.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(
+        database_url, database, base_url, "concerning-willing"
+    )
+    _speaks(database, language)
+    page = client.get(f"/social/cases/{case_id}").text
+    latest = latest_follow_up(local_today())
+    # the date inputs offer no date the service refuses
+    assert f'name="next_follow_up" min="{local_today()}" max="{latest}"' in page
+    assert f'name="action_on_0" min="{local_today()}" max="{latest}"' in page
+    far = (latest + timedelta(days=1)).isoformat()
+
+    refused = _post(
+        client, page, case_id, "step-5", "s5", {"progress": "improving", "next_follow_up": far}
+    )
+
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "s5", ("s5-next-follow-up",))
+    error = refused.text[refused.text.index('id="s5-next-follow-up-error"') :]
+    assert _TOO_FAR[language] in unescape(error[: error.index("</p>")])
+    assert f'value="{far}"' in refused.text  # the input is kept
+
+    # an agreed action's date is shown at the agreed actions, not at the right next check
+    action = {"action_text_0": "Call the school.", "action_on_0": far}
+    fields = {"progress": "improving", "next_follow_up": latest.isoformat(), **action}
+    refused = _post(client, page, case_id, "step-5", "s5", fields)
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "s5", ("s5-agreed-actions",))
+    assert 'id="s5-next-follow-up-error"' not in refused.text
+    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
+    assert search(base_url, "Observation", subject=patient, code=step_5) == []
+
+
+@pytest.mark.parametrize("language", ["nl", "fr", "en"])
+def test_a_facility_contact_more_than_a_year_back_is_refused_next_to_its_date(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    language: str,
+) -> None:
+    # Before, a year typed wrong (2002 for 2026) told the facility of a contact 24 years ago.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    _speaks(database, language)
+    page = client.get(f"/social/cases/{case_id}").text
+    earliest = earliest_contact(local_today())
+    assert f'name="contact_on" min="{earliest}" max="{local_today()}"' in page
+    typo = local_today().replace(year=2002, day=1).isoformat()
+
+    refused = _post(client, page, case_id, "step-6", "s6", {**STEP_6, "contact_on": typo})
+
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "s6", ("s6-contact-on",))
+    error = refused.text[refused.text.index('id="s6-contact-on-error"') :]
+    assert _TOO_LONG_AGO[language] in unescape(error[: error.index("</p>")])
+    assert f'value="{typo}"' in refused.text  # the input is kept
+    assert search(base_url, "ServiceRequest", subject=patient) == []
+
+    on_the_bound = {**STEP_6, "contact_on": earliest.isoformat()}
+    assert _post(client, page, case_id, "step-6", "s6", on_the_bound).status_code == 303
 
 
 def _assert_refused_at_their_fields(html: str, form: str, anchors: tuple[str, ...]) -> None:

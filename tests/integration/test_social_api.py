@@ -20,12 +20,14 @@ from sandbox.fhir_server import FhirServer
 from service import casework
 from service.db.base import Database, utcnow
 from service.fhir import mapping, terminology
-from service.local_time import LOCAL_ZONE
+from service.local_time import LOCAL_ZONE, local_today
 from service.protocol import (
     CaseClosure,
     CloseReason,
     SafetyAssessment,
     Step4Decision,
+    earliest_contact,
+    latest_follow_up,
 )
 from service.tenancy import TenantContext
 from tests.support.casework import save_triage
@@ -343,6 +345,44 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
         },
     )
     assert past.status_code == 422
+
+
+def test_dates_a_year_out_of_reach_are_refused_with_their_reason(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, a follow-up in 2062 and a facility contact in 2002 (years typed wrong) were
+    # recorded on the FHIR server.
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    willing = case.decide("concerning-willing", case.row_version)
+    assert willing.status_code == 200, willing.text
+    version = willing.json()["row_version"]
+    far = str(latest_follow_up(local_today()) + timedelta(days=1))
+    for body in (
+        {"next_follow_up": far},
+        {"agreed_actions": [{"text": "Call the school", "follow_up_on": far}]},
+    ):
+        refused = case.send("step-5", {"row_version": version, "progress": "not-restored", **body})
+
+        assert refused.status_code == 422, refused.text
+        detail = refused.json()["detail"]
+        assert detail["code"] == "follow-up-too-far-ahead"
+        assert f"The follow-up date {far} lies more than a year ahead" in detail["message"]
+    step_system = terminology.code_system_url("kindreflex-step")
+    step_5 = f"{step_system}|step-5"
+    assert search(case.base_url, "Observation", subject=case.patient, code=step_5) == []
+
+    not_restored = case.send("step-5", {"row_version": version, "progress": "not-restored"})
+    assert not_restored.status_code == 200, not_restored.text
+    typo = str(earliest_contact(local_today()) - timedelta(days=1))
+    refused = case.refer_to_vk(not_restored.json()["row_version"], contacted_on=typo)
+
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert detail["code"] == "contact-too-long-ago"
+    assert f"on {typo} lies more than a year back" in detail["message"]
+    assert search(case.base_url, "ServiceRequest", subject=case.patient) == []
 
 
 def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(

@@ -56,6 +56,7 @@ from service.protocol import (
     apply,
     check_closure,
     check_not_informed_reason,
+    check_plausible_dates,
     check_referral_status,
     child_consent_advice,
     clb_children,
@@ -828,6 +829,24 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
         with_cooperation=True,
         patient_informed=True,
         contact=FacilityContact(TODAY + timedelta(days=1), "An Peeters", ContactChannel.PHONE),
+    ),
+    ErrorCode.FOLLOW_UP_TOO_FAR_AHEAD: lambda: check_plausible_dates(
+        Step5Progress(
+            recorded_by=SOCIAL_WORKER,
+            recorded_at=T0,
+            progress=ProgressAssessment.IMPROVING,
+            next_follow_up=date(2062, 3, 2),  # 2062 typed for 2026
+        )
+    ),
+    ErrorCode.CONTACT_TOO_LONG_AGO: lambda: check_plausible_dates(
+        Step6Referral(
+            recorded_by=SOCIAL_WORKER,
+            recorded_at=T0,
+            target=ReferralTarget.VK,
+            with_cooperation=True,
+            patient_informed=True,
+            contact=FacilityContact(date(2002, 3, 2), "An Peeters", ContactChannel.PHONE),
+        )
     ),
     ErrorCode.CLOSE_REASON_TEXT_REQUIRED: lambda: CaseClosure(CloseReason.OTHER),
     ErrorCode.REFERRAL_STATUS_FINAL: lambda: check_referral_status(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 
@@ -24,10 +24,14 @@ from service.protocol import (
     Step,
     Step4Decision,
     Step5Progress,
+    Step6Referral,
     TeamDecision,
     apply,
     check_closure,
+    check_plausible_dates,
     check_referral_status,
+    earliest_contact,
+    latest_follow_up,
 )
 from tests.unit.test_protocol import (
     SOCIAL_WORKER,
@@ -111,6 +115,61 @@ def test_follow_up_dates_are_not_in_the_past() -> None:
     assert raised.value.code is ErrorCode.FOLLOW_UP_IN_PAST
     with pytest.raises(MissingInformationError):
         AgreedAction(" ")
+
+
+def _planned(next_follow_up: date | None, action_on: date | None = None) -> Step5Progress:
+    return Step5Progress(
+        recorded_by=SOCIAL_WORKER,
+        recorded_at=at(4),
+        progress=ProgressAssessment.IMPROVING,
+        agreed_actions=() if action_on is None else (AgreedAction("call", action_on),),
+        next_follow_up=next_follow_up,
+    )
+
+
+def test_a_follow_up_is_planned_at_most_a_year_ahead() -> None:
+    # Before, a year typed wrong (2062 for 2026) was planned and put on the worklist.
+    a_year = date(2027, 3, 2)  # TODAY is 2 March 2026
+    assert latest_follow_up(TODAY) == a_year
+    check_plausible_dates(_planned(a_year, a_year))
+    for finding in (
+        _planned(a_year + timedelta(days=1)),
+        _planned(TODAY, a_year + timedelta(days=1)),  # an agreed action's date too
+        _planned(date(2062, 3, 2)),
+    ):
+        with pytest.raises(InvalidFindingError) as raised:
+            check_plausible_dates(finding)
+        assert raised.value.code is ErrorCode.FOLLOW_UP_TOO_FAR_AHEAD
+        assert "more than a year ahead" in raised.value.message
+
+
+def _contacted(on: date) -> Step6Referral:
+    return replace(step6(t=5), contact=FacilityContact(on, "An Peeters", ContactChannel.PHONE))
+
+
+def test_a_facility_contact_lies_at_most_a_year_back() -> None:
+    # Before, a year typed wrong (2002 for 2026) told the facility of a contact 24 years ago.
+    a_year = date(2025, 3, 2)
+    assert earliest_contact(TODAY) == a_year
+    check_plausible_dates(_contacted(a_year))
+    check_plausible_dates(step6(t=5))  # no contact: nothing to check
+    for on in (a_year - timedelta(days=1), date(2002, 3, 2)):
+        with pytest.raises(InvalidFindingError) as raised:
+            check_plausible_dates(_contacted(on))
+        assert raised.value.code is ErrorCode.CONTACT_TOO_LONG_AGO
+
+
+def test_a_year_from_29_february_is_28_february() -> None:
+    assert latest_follow_up(date(2028, 2, 29)) == date(2029, 2, 28)
+    assert earliest_contact(date(2028, 2, 29)) == date(2027, 2, 28)
+
+
+def test_findings_recorded_with_dates_out_of_these_bounds_still_replay() -> None:
+    # The bounds refuse a new finding; one recorded before them keeps its case readable.
+    willing = case_of(step1(), step2(), step4(TeamDecision.CONCERNING_WILLING))
+    assert apply(willing, _planned(date(2062, 3, 2))).current_step is Step.STEP_5
+    unwilling = case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING))
+    assert apply(unwilling, _contacted(date(2002, 3, 2))).current_step is Step.STEP_6
 
 
 def test_step_6_records_the_contact_with_the_facility() -> None:
