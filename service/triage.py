@@ -44,7 +44,7 @@ from datetime import datetime
 from typing import Annotated, Literal, Protocol
 
 from fastapi import Depends, Request
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -52,7 +52,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from service import audit
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, insert_new, utcnow
-from service.db.models import AppSession, Concern, OutboxEntry, ShownChild
+from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, ShownChild
 from service.fhir import mapping, terminology
 from service.fhir.client import (
     FhirClient,
@@ -88,10 +88,13 @@ _COMMIT_ATTEMPTS = 3
 KIND = "triage"
 #: Outbox entries that will still be delivered: their new children are shown pending.
 _UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
+#: Outbox entries that are or will be on the server: an edit of theirs is not made again.
+_LIVE = (*_UNDELIVERED, DeliveryState.DELIVERED)
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
 _VERSIONED_REF = re.compile(rf"RelatedPerson/(?P<id>{_FHIR_ID})/_history/(?P<version>{_FHIR_ID})")
+_CHILD_REFERENCE = re.compile(rf"RelatedPerson/(?P<id>{_FHIR_ID})(?:/_history/{_FHIR_ID})?$")
 
 
 class User(Protocol):
@@ -162,10 +165,19 @@ def search_chart(client: FhirClient, patient_ref: str) -> Chart:
 
 @dataclass(frozen=True)
 class RecordedChart:
-    """What the hospital's FHIR server holds for the nurse at triage."""
+    """What the hospital's FHIR server holds for the nurse at triage, with what our saves
+    still waiting in the outbox will change in it (:meth:`Triage.load_chart`)."""
 
     patient: mapping.PatientIdentity | None
     children: list[Child]
+    #: The refs of the children shown with the values of a save still waiting in the outbox:
+    #: a new child (its ``urn:uuid:``) or an edit of a child on the server (the version it
+    #: was made on). The page marks them "delivery pending".
+    pending: frozenset[str] = frozenset()
+    #: The refs of children on the server (as shown: the server's version) whose edit in a
+    #: save of ours the server refused because someone else had changed the child first
+    #: (``conflict``), and that no save since has named again.
+    conflicts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -250,10 +262,14 @@ class Triage:
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
             raised = _raised(ctx, findings, flag_id, open_concern) if concern else None
             shown = _shown_children(session, ctx.session_id)
-            # only a new child can have been queued by an earlier save
+            # an earlier save can have queued a new child, or an edit of a loaded one
             new = any(_parse_versioned(c.ref) is None for c in findings.step1.children)
-            queued = set(_queued_children(session, ctx)) if new else set()
-            plan = _plan(ctx, findings, raised, now, shown, queued)
+            edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
+            saves = _patient_saves(session, ctx) if new or edited else []
+            queued = set(_created_children(saves, patient_ref))
+            live = [save for save in saves if save.state in _LIVE]
+            edits = {c.ref: c for c in _edited_children(live, patient_ref).values()}
+            plan = _plan(ctx, findings, raised, now, shown, queued, edits)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
                 return earlier
@@ -289,8 +305,13 @@ class Triage:
         updates exactly the version shown, with If-Match — unless the nurse changed none of
         its values, which the session remembers (``ShownChild``).
 
-        Added to them: the new children of this patient's saves still waiting in the outbox
-        that the server does not hold yet (:meth:`pending_children`).
+        Laid over them, what this patient's saves still waiting in the outbox will write
+        (``pending``): the new children the server does not hold yet, and the latest
+        edit of a child on the server, shown with its saved values and the ref of the
+        version it was made on (saved again unchanged, it is referenced, not written a
+        second time: :func:`_write_children`). A child whose edit the server refused
+        because someone else changed it first is shown as the server has it now, in
+        ``conflicts``, until a later save names it again (:func:`_refused_edits`).
         """
         patient_ref = _patient_ref(ctx)
         try:
@@ -302,9 +323,47 @@ class Triage:
             raise
         self._audit_read(ctx, patient_ref, "success", recorded.children)
         self._index_unlisted_concern(ctx, chart, recorded)
+        outstanding = self._outstanding(ctx)
         on_server = _child_identifiers(chart.related_persons)
-        pending = [c for c in self.pending_children(ctx) if _child_uuid(c.ref) not in on_server]
-        return replace(recorded, children=_eldest_first([*recorded.children, *pending]))
+        new = [c for c in outstanding.new_children if _child_uuid(c.ref) not in on_server]
+        children, pending, conflicts = [], {c.ref for c in new}, set()
+        for child in recorded.children:
+            edit = outstanding.edits.get(_child_id(child.ref))
+            if edit is not None:  # the server's version, as our waiting save will change it
+                children.append(edit)
+                pending.add(edit.ref)
+                continue
+            children.append(child)
+            if _child_id(child.ref) in outstanding.refused:
+                conflicts.add(child.ref)
+        return replace(
+            recorded,
+            children=_eldest_first([*children, *new]),
+            pending=frozenset(pending),
+            conflicts=frozenset(conflicts),
+        )
+
+    def pending_chart(self, ctx: LaunchInfo) -> RecordedChart:
+        """What the page can show when the FHIR server cannot be read: the children of this
+        patient's saves still waiting in the outbox, new ones and edits of children on the
+        server (with the ref of the version the edit was made on), all pending delivery."""
+        outstanding = self._outstanding(ctx)
+        children = _eldest_first([*outstanding.new_children, *outstanding.edits.values()])
+        return RecordedChart(None, children, pending=frozenset(c.ref for c in children))
+
+    def _outstanding(self, ctx: LaunchInfo) -> _Outstanding:
+        with self._database.session() as session:
+            saves = _patient_saves(session, ctx)
+            refused = _refused_edits(session, saves, _patient_ref(ctx))
+        undelivered = [save for save in saves if save.state in _UNDELIVERED]
+        return _Outstanding(
+            new_children=_eldest_first(_created_children(undelivered, _patient_ref(ctx)).values()),
+            edits={
+                _child_id(child.ref): child
+                for child in _edited_children(undelivered, _patient_ref(ctx)).values()
+            },
+            refused=refused,
+        )
 
     def _index_unlisted_concern(
         self, ctx: LaunchInfo, chart: Chart, recorded: RecordedChart
@@ -348,10 +407,9 @@ class Triage:
         """The new children of the saves for this patient (same hospital, same FHIR server)
         that still wait in the outbox, as the latest of them recorded each; ``ref`` is the
         ``urn:uuid:`` of the child's identifier, so saving the child again reuses it (a
-        conditional create: one RelatedPerson). Also shown when the server cannot be read."""
-        with self._database.session() as session:
-            queued = _queued_children(session, ctx, _UNDELIVERED)
-        return _eldest_first(queued.values())
+        conditional create: one RelatedPerson). Also shown when the server cannot be read
+        (:meth:`pending_chart`)."""
+        return self._outstanding(ctx).new_children
 
     def _audit_read(
         self,
@@ -476,12 +534,13 @@ def _plan(
     now: datetime,
     shown: Mapping[str, str],
     queued: Set[str] = frozenset(),
+    edits: Mapping[str, Child] | None = None,
 ) -> _Plan:
     """The save's transaction; its witness is the step 1 finding (always part of a save)."""
     patient_ref = _patient_ref(ctx)
     tx = TransactionBuilder()
     child_refs, children_written = _write_children(
-        tx, findings.step1.children, patient_ref, shown, queued
+        tx, findings.step1.children, patient_ref, shown, queued, edits or {}
     )
     written = [
         *children_written,
@@ -562,6 +621,7 @@ def _write_children(
     patient_ref: str,
     shown: Mapping[str, str],
     queued: Set[str] = frozenset(),
+    edits: Mapping[str, Child] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Add the children to the transaction. Returns Child.ref → the reference the findings
     use, and the references of the children written.
@@ -576,11 +636,20 @@ def _write_children(
     A new child whose identifier an earlier save of the patient already queued (``queued``:
     it was shown pending delivery, or saved twice from one form) is a create-or-merge: at
     delivery it updates the child that save created, else creates it; the outbox sends
-    the patient's saves in order, so this save's values are the ones kept."""
+    the patient's saves in order, so this save's values are the ones kept.
+
+    A loaded child posted with the values of an edit an earlier save made of the same
+    version (``edits``: ref → the edit, of saves pending, waiting or delivered): the page
+    showed that edit pending delivery and the nurse kept it. It is referenced, not written
+    again: that save writes it (or has), and a second update on the same version would be
+    refused at delivery. Such a child posted with other values is a change of what the page
+    showed (the edit, not the version the session saw), so it is written."""
+    edits = edits or {}
     refs: dict[str, str] = {}
     written: list[str] = []
     for child in children:
         seen = _parse_versioned(child.ref)
+        earlier = edits.get(child.ref)
         if seen is None:
             identifier = mapping.identifier("child", _new_child_identifier(child.ref))
             resource = mapping.child_related_person(
@@ -589,7 +658,9 @@ def _write_children(
             write = tx.create_or_merge if identifier["value"] in queued else tx.create
             refs[child.ref] = write(resource, identifier)
             written.append(refs[child.ref])
-        elif shown.get(child.ref) == _fingerprint(child):
+        elif _fingerprint(child) == (
+            _fingerprint(earlier) if earlier is not None else shown.get(child.ref)
+        ):  # as the page showed it: the server's version, or the earlier save's edit of it
             refs[child.ref] = _unversioned(child.ref)
         else:
             child_id, version = seen
@@ -664,28 +735,134 @@ def _created_child(entry: Resource, patient_ref: str) -> Child | None:
     return replace(child, ref=f"urn:uuid:{found.pop()}")
 
 
-def _queued_children(
-    session: Session, ctx: LaunchInfo, states: Sequence[DeliveryState] | None = None
-) -> dict[str, Child]:
-    """The new children the patient's triage saves (same hospital and FHIR server) queued,
-    in ``states`` (None: any, as one shown pending may have been delivered since), by their
-    identifier; of a child queued twice, the later save's. ``ref`` is the ``urn:uuid:`` of
-    the identifier."""
-    patient_ref = _patient_ref(ctx)
-    query = select(OutboxEntry.bundle).where(
-        OutboxEntry.tenant_id == ctx.tenant.id,
-        OutboxEntry.fhir_base_url == ctx.fhir_base_url,
-        OutboxEntry.patient_ref == patient_ref,
-        OutboxEntry.kind == KIND,
+@dataclass(frozen=True)
+class _Save:
+    """One triage save of the patient in the outbox (oldest first by ``id``)."""
+
+    id: int
+    state: str
+    bundle: Resource
+
+
+@dataclass(frozen=True)
+class _Outstanding:
+    """What the patient's saves in the outbox change on the chart (see ``load_chart``)."""
+
+    new_children: list[Child]  # undelivered new children, eldest first
+    edits: dict[str, Child]  # child id → the latest undelivered edit (ref: its version)
+    refused: set[str]  # ids of children whose edit was refused as a conflict, not named since
+
+
+def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
+    """The patient's triage saves (same hospital and FHIR server), oldest first."""
+    rows = session.execute(
+        select(OutboxEntry.id, OutboxEntry.state, OutboxEntry.bundle)
+        .where(
+            OutboxEntry.tenant_id == ctx.tenant.id,
+            OutboxEntry.fhir_base_url == ctx.fhir_base_url,
+            OutboxEntry.patient_ref == _patient_ref(ctx),
+            OutboxEntry.kind == KIND,
+        )
+        .order_by(OutboxEntry.id)
     )
-    if states is not None:
-        query = query.where(OutboxEntry.state.in_(states))
+    return [_Save(id, state, bundle or {}) for id, state, bundle in rows.all()]
+
+
+def _entries(save: _Save) -> list[Resource]:
+    return list(save.bundle.get("entry", []))  # a purged payload is empty
+
+
+def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Child]:
+    """The new children ``saves`` create, by identifier; of one created twice, the later."""
     return {
         _child_uuid(child.ref): child
-        for bundle in session.scalars(query.order_by(OutboxEntry.id))
-        for entry in (bundle or {}).get("entry", [])  # a purged payload is empty
+        for save in saves
+        for entry in _entries(save)
         if (child := _created_child(entry, patient_ref)) is not None
     }
+
+
+def _edited_child(entry: Resource, patient_ref: str) -> Child | None:
+    """The edit a queued transaction entry makes of a child on the server (a merge update
+    with If-Match, see :func:`_write_children`), with the ref of the version it was made on."""
+    resource, request = entry.get("resource", {}), entry.get("request", {})
+    if request.get("method") != "PUT" or resource.get("resourceType") != "RelatedPerson":
+        return None
+    if resource.get("patient", {}).get("reference") != patient_ref:
+        return None
+    version = str(request.get("ifMatch", "")).removeprefix('W/"').removesuffix('"')
+    ref = _VERSIONED_CHILD.format(id=resource.get("id"), version=version)
+    child = mapping.child_from_related_person(resource)
+    if child is None or _parse_versioned(ref) is None:
+        return None
+    return replace(child, ref=ref)
+
+
+def _edited_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Child]:
+    """The edits ``saves`` make of children on the server, by child id; of a child edited
+    twice, the later save's."""
+    return {
+        _child_id(child.ref): child
+        for save in saves
+        for entry in _entries(save)
+        if (child := _edited_child(entry, patient_ref)) is not None
+    }
+
+
+def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -> set[str]:
+    """The ids of the children whose latest edit the FHIR server refused because someone
+    else had changed them first (a ``conflict`` entry), that no save made after the refusal
+    names (writes, or references as confirmed): the nurse who opens the chart next must be
+    told her edit is not in the record, until a save of the child after that tells it was
+    seen. "After" is in the order of the audit trail (the refusal's failure row and the
+    later save's own row), whose clock is not the outbox's."""
+    refused: dict[str, int] = {}  # child id → the last conflicting save editing it
+    for save in saves:
+        if save.state == DeliveryState.CONFLICT:
+            for child in _edited_children([save], patient_ref):
+                refused[child] = save.id
+    if not refused:
+        return set()
+    rows = session.execute(
+        select(AuditRecord.outbox_id, AuditRecord.outcome, func.min(AuditRecord.id))
+        .where(AuditRecord.outbox_id.in_([save.id for save in saves]))
+        .group_by(AuditRecord.outbox_id, AuditRecord.outcome)
+    )
+    audited = {(outbox_id, outcome): row_id for outbox_id, outcome, row_id in rows.all()}
+    seen = set()
+    for child_id, refused_in in refused.items():
+        since = audited.get((refused_in, "failure"), 0)
+        for save in saves:
+            made = audited.get((save.id, "success"), 0)
+            if (
+                save.id > refused_in
+                and save.state not in (DeliveryState.CONFLICT, DeliveryState.FAILED)
+                and made > since
+                and child_id in _named_children(save)
+            ):
+                seen.add(child_id)
+                break
+    return set(refused) - seen
+
+
+def _named_children(save: _Save) -> set[str]:
+    """The ids of the RelatedPersons a save writes or references."""
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("reference", "url") and isinstance(item, str):
+                    if match := _CHILD_REFERENCE.match(item):
+                        found.add(match["id"])
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(save.bundle)
+    return found
 
 
 def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:
@@ -701,6 +878,11 @@ def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:
 
 def _child_uuid(ref: str) -> str:
     return ref.removeprefix("urn:uuid:")
+
+
+def _child_id(ref: str) -> str:
+    """``RelatedPerson/7/_history/2`` → ``7``."""
+    return _unversioned(ref).removeprefix("RelatedPerson/")
 
 
 def _description(

@@ -149,6 +149,12 @@ class ChildRow:
     relationship: str = ChildRelationship.CHILD.value
     lives_with: str = LivesWith.PERMANENTLY.value
     recorded: bool = False
+    #: What the page says of a recorded child besides "already in the record" (one of
+    #: :data:`DELIVERY_MARKERS`): ``pending``, an edit of it saved and waiting in the outbox
+    #: (shown with the saved values); ``conflict``, an edit of it the FHIR server refused
+    #: because someone else changed it first (shown as the server has it). Posted back with
+    #: the row, so the page shown again (a row added, an error) still says it.
+    delivery: str = ""
 
     @property
     def is_blank(self) -> bool:
@@ -161,10 +167,28 @@ class ChildRow:
         shown with its identifier's ``urn:uuid:``, not yet a version on the FHIR server."""
         return self.recorded and self.ref.startswith("urn:uuid:")
 
+    @property
+    def marker(self) -> str | None:
+        """The message id of what the page says above a recorded child's fields."""
+        if not self.recorded:
+            return None
+        if self.pending:
+            return "step1.pending-child"
+        if self.delivery == "pending":
+            return "step1.pending-edit"
+        if self.delivery == "conflict":
+            return "step1.conflict-child"
+        return "step1.recorded-child"
+
     @classmethod
-    def of(cls, child: Child) -> ChildRow:
+    def of(cls, child: Child, chart: RecordedChart | None = None) -> ChildRow:
         """A row for a child already on the FHIR server (or pending delivery to it), shown
-        for confirmation."""
+        for confirmation; ``chart`` says whether it shows a pending edit or a conflict."""
+        delivery = ""
+        if chart is not None and child.ref in chart.pending:
+            delivery = "pending"
+        elif chart is not None and child.ref in chart.conflicts:
+            delivery = "conflict"
         return cls(
             ref=child.ref,
             name=child.name,
@@ -172,7 +196,12 @@ class ChildRow:
             relationship=child.relationship.value,
             lives_with=child.lives_with.value,
             recorded=True,
+            delivery=delivery,
         )
+
+
+#: The values of :attr:`ChildRow.delivery` the page knows (anything else posted reads as "").
+DELIVERY_MARKERS = frozenset({"pending", "conflict"})
 
 
 @dataclass
@@ -217,6 +246,7 @@ class TriageForm:
                 relationship=text(f"child-{i}-relationship"),
                 lives_with=text(f"child-{i}-lives_with"),
                 recorded=text(f"child-{i}-recorded") == "1",
+                delivery=d if (d := text(f"child-{i}-delivery")) in DELIVERY_MARKERS else "",
             )
             for i in posted_rows(form)
         ]
@@ -653,9 +683,10 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
     except ReauthorisationRequired:
         return _relaunch_page(ctx)
     except FhirError:  # unreachable or refused: the nurse can still enter the children
-        chart = RecordedChart(None, triage.pending_children(ctx))
+        chart = triage.pending_chart(ctx)  # what our saves still waiting will write
         notice = _app_message(ctx.language, "notice.children-not-loaded")
-    form = TriageForm(children=[ChildRow.of(child) for child in chart.children] or [ChildRow()])
+    rows = [ChildRow.of(child, chart) for child in chart.children]
+    form = TriageForm(children=rows or [ChildRow()])
     if chart.patient is not None:
         form.patient_name = chart.patient.name or ""
         form.patient_birth_date = chart.patient.birth_date or ""

@@ -1260,3 +1260,75 @@ def test_the_same_form_posted_twice_records_its_findings_once(
     assert first.status == second.status == 200, second.text
     assert 'data-save-status="delivered"' in second.text
     assert findings() - before == 2  # step 1 and step 2, once
+
+
+def _recorded_rows(page: Page) -> dict[str, str]:
+    """The recorded children's rows as the page shows them, to post back."""
+    return {
+        f"child-{i}-{name}": page.value(f"child-{i}-{name}")
+        for i in range(len(page.child_refs()))
+        for name in ("ref", "name", "birth_date", "relationship", "lives_with", "recorded")
+    }
+
+
+def test_an_edit_waiting_for_delivery_is_shown_again_with_its_values_and_marked_pending(
+    nurse_for: Any,
+) -> None:
+    """A recorded child renamed while the FHIR server is unreachable: the page opened again
+    showed nothing of the edit. It shows the child with the saved name, under the ref of
+    the version it was made on, marked as a change waiting for delivery."""
+    page = nurse_for("els-goossens").page()
+    offline = nurse_for("els-goossens", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
+    rows = _recorded_rows(page)
+    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    saved = offline.post({"csrf_token": offline.page().csrf, **rows, "assessment": "no-concern"})
+    assert 'data-save-status="pending"' in saved.text
+
+    again = offline.page()
+
+    assert "konden nu niet geladen worden" in again.text  # the server is still down
+    place = again.child_refs().index(rows["child-0-ref"])
+    assert again.value(f"child-{place}-name") == rows["child-0-name"]
+    # the offline session showed no child: its save queued an update of each (the other
+    # one is found unchanged at delivery), so each is shown as a change waiting
+    assert again.text.count("Een opgeslagen wijziging van dit kind wacht op levering") == 2
+    assert again.value(f"child-{place}-delivery") == "pending"
+    assert 'data-child-delivery="pending"' in again.text
+
+
+def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reload(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    """The nurse renames a recorded child that someone else changed after the page was
+    loaded: the save says so (a conflict). Opened again, the page showed the record's
+    version without a word. It now says, at that child, that the saved change was not
+    applied because someone else changed the child first, and shows the record's
+    version; the other child is only 'already in the record'."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows = _recorded_rows(page)
+    child_id = rows["child-0-ref"].split("/")[1]
+    current = _upstream(sandbox, f"RelatedPerson/{child_id}")
+    earlier = (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat()
+    changed = httpx.put(
+        f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{child_id}",
+        json={**current, "birthDate": earlier},
+        timeout=10,
+    )
+    changed.raise_for_status()
+    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+
+    refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+    assert 'data-save-status="conflict"' in refused.text
+
+    again = nurse.page()
+
+    place = next(i for i, ref in enumerate(again.child_refs()) if f"/{child_id}/" in ref)
+    version = _upstream(sandbox, f"RelatedPerson/{child_id}")["meta"]["versionId"]
+    assert again.child_refs()[place] == f"RelatedPerson/{child_id}/_history/{version}"
+    assert again.value(f"child-{place}-name") == page.value("child-0-name")  # the record's
+    assert again.value(f"child-{place}-birth_date") == f"{date.fromisoformat(earlier):%d/%m/%Y}"
+    assert again.text.count("Een opgeslagen wijziging van dit kind is niet in het dossier") == 1
+    assert again.text.count("iemand anders had het kind eerst gewijzigd") == 1
+    assert again.value(f"child-{place}-delivery") == "conflict"
+    assert again.text.count("Al in het dossier") == 1  # the other child

@@ -1102,3 +1102,153 @@ def test_an_open_concern_only_the_fhir_server_knows_is_put_on_the_worklist_and_c
     flags = search(world.base_url, "Flag", patient=f"Patient/{patient.id}", status="active")
     (flag,) = flags
     assert datetime.fromisoformat(flag["period"]["start"]) == patient.concern.flagged_at
+
+
+def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_once_confirmed(
+    database: Database, tmp_path: Path
+) -> None:
+    """A loaded child's name corrected while the FHIR server is stopped: the save waits in
+    the outbox. The page opened again showed the server's version once the server was
+    back (the entry not yet delivered), as if the correction was lost, and nothing of it
+    while the server was still down. It now shows the child with the saved values,
+    marked pending, under the ref of the version the edit was made on. A colleague saves
+    it unchanged: the child is referenced, not updated a second time on that version
+    (which the server would refuse after the first update). Both saves are delivered, the
+    child updated once, with the correction."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world, children = outage.world, outage.children
+    edited_ref = children[0].ref
+    patient = outage.server.seeded.patient("els-goossens")
+    nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-edit")
+    assert outage.result.status == "pending"
+
+    unreadable = world.triage.pending_chart(nurse)  # the page, when the server cannot be read
+    with outage.restart() as server:
+        colleague = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/c-1")
+        chart = world.triage.load_chart(colleague)
+        confirmed = world.triage.record_triage(
+            colleague, _no_concern(colleague, tuple(chart.children))
+        )
+        world.clock.advance(120)
+        world.outbox.run_once()
+        world.clock.advance(600)
+        world.outbox.run_once()
+        states = [world.outbox.state_of(r.outbox_id) for r in (outage.result, confirmed)]
+        with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+            after = client.read("RelatedPerson", edited_ref.split("/")[1])
+        reloaded = world.triage.load_chart(colleague)
+
+    assert [(c.ref, c.name) for c in unreadable.children] == [(edited_ref, "Noor Goossens")]
+    assert unreadable.pending == {edited_ref}
+    shown = {c.ref: c for c in chart.children}
+    assert set(shown) == {c.ref for c in children}
+    assert shown[edited_ref].name == "Noor Goossens"  # the saved edit, not the server's
+    assert shown[children[1].ref] == children[1]
+    assert chart.pending == {edited_ref}  # the other child is the server's: not pending
+    assert chart.conflicts == frozenset()
+    bundle = _entry(database, confirmed.outbox_id).bundle
+    assert not any(e["request"].get("ifMatch") for e in bundle["entry"])  # referenced only
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED]
+    assert int(after["meta"]["versionId"]) == int(edited_ref.split("/")[3]) + 1
+    assert display_name(after) == "Noor Goossens"
+    assert validate(after) == []
+    assert reloaded.pending == reloaded.conflicts == frozenset()
+    assert "Noor Goossens" in {c.name for c in reloaded.children}
+
+
+def test_fault_an_edit_refused_as_a_conflict_is_told_on_the_chart_until_the_child_is_saved_again(
+    database: Database, tmp_path: Path
+) -> None:
+    """An edit saved during an outage; someone else changes the child before delivery, so
+    the server refuses it (conflict). Opened again, the chart showed the server's version
+    without a word: the edit silently gone. It now names the child among ``conflicts``
+    (the page says the edit was not applied), with the server's version and its ref,
+    until the nurse saves the child again; that save is delivered and the notice goes."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world = outage.world
+    child_id = outage.children[0].ref.split("/")[1]
+    patient = outage.server.seeded.patient("els-goossens")
+
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        _changed_by_someone_else(client, child_id)
+        world.clock.advance(120)
+        world.outbox.run_once()
+        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.CONFLICT
+        current = client.read("RelatedPerson", child_id)
+        nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-r")
+        chart = world.triage.load_chart(nurse)
+        shown = next(c for c in chart.children if c.ref.split("/")[1] == child_id)
+        again = world.triage.load_chart(nurse)  # a reload: still told
+        redone = replace(shown, name="Noor Goossens")
+        saved = world.triage.record_triage(
+            nurse, _no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
+        )
+        after = world.triage.load_chart(nurse)
+        stored = client.read("RelatedPerson", child_id)
+
+    assert shown.ref == f"RelatedPerson/{child_id}/_history/{current['meta']['versionId']}"
+    assert shown.birth_date.isoformat() == current["birthDate"]  # the server's version
+    assert shown.name != "Noor Goossens"
+    assert chart.conflicts == again.conflicts == {shown.ref}
+    assert chart.pending == frozenset()
+    assert saved.status == "delivered"
+    assert display_name(stored) == "Noor Goossens"
+    assert after.conflicts == frozenset()
+
+
+def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
+    """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
+    stored = client.read("RelatedPerson", child_id)
+    _put(client, {**stored, "name": [{**stored["name"][0], **parts}, *stored["name"][1:]]})
+    return client.read("RelatedPerson", child_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the merge at delivery keeps every part of the EHR's name that "
+    "service.outbox._MODELLED_PARTS does not list (prefix and suffix are not): fixed there",
+)
+def test_a_renamed_child_loses_the_old_names_prefix_and_suffix(
+    world: World, seeded: SeedResult
+) -> None:
+    """The EHR stored the child's name with a prefix and a suffix; the nurse types another
+    name. The name she typed replaces the old one: its prefix and suffix belonged to the
+    old name and are not written into the new one (its use stays: another test)."""
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-n")
+    child_id = world.triage.load_chart(ctx).children[1].ref.split("/")[1]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    _named(client, child_id, prefix=["Jhr."], suffix=["II"])
+    renamed = f"Mira {uuid.uuid4().hex[:6].upper()}"
+
+    saved = _saved_with(world, ctx, child_id, name=renamed)
+
+    assert saved.status == "delivered"
+    after = client.read("RelatedPerson", child_id)
+    client.close()
+    assert display_name(after) == renamed
+    assert "prefix" not in after["name"][0]
+    assert "suffix" not in after["name"][0]
+
+
+def test_a_child_edited_without_a_new_name_keeps_its_names_prefix_and_suffix(
+    world: World, seeded: SeedResult
+) -> None:
+    """The same child's birth date corrected, the name as it was: the name, with its prefix
+    and suffix, stays as the EHR stored it."""
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-s")
+    child = world.triage.load_chart(ctx).children[1]
+    child_id = child.ref.split("/")[1]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    stored = _named(client, child_id, prefix=["Jhr."], suffix=["II"])
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-s")
+
+    saved = _saved_with(world, ctx, child_id, birth_date=child.birth_date - timedelta(days=1))
+
+    assert saved.status == "delivered"
+    after = client.read("RelatedPerson", child_id)
+    client.close()
+    assert after["birthDate"] != stored["birthDate"]
+    assert after["name"] == stored["name"]
+    assert (after["name"][0]["prefix"], after["name"][0]["suffix"]) == (["Jhr."], ["II"])
