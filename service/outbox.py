@@ -752,10 +752,15 @@ def _element(key: str, theirs: Any, mine: Any) -> Any:
     return theirs if _agrees(theirs, mine) else mine
 
 
-#: The parts of a list entry our mapping writes (``mapping.child_related_person``): a
-#: name's text and parts, a relationship's codings and text. Of the entry ours replaces,
-#: the parts not listed here are the EHR's and stay.
-_MODELLED_PARTS = {"name": ("text", "family", "given"), "relationship": ("coding", "text")}
+#: The parts of a list entry our mapping writes or replaces (``mapping.child_related_person``):
+#: a name's text and parts, a relationship's codings and text. Of the entry ours replaces,
+#: the parts not listed here are the EHR's and stay. A name's prefix and suffix are listed
+#: though ours has none: they belonged to the old name ("Jhr.", "II"), not to the one the
+#: nurse typed. An unchanged name is not replaced at all and keeps them.
+_MODELLED_PARTS = {
+    "name": ("text", "family", "given", "prefix", "suffix"),
+    "relationship": ("coding", "text"),
+}
 
 
 def _replacing(key: str, theirs: Any, mine: dict[str, Any]) -> dict[str, Any]:

@@ -1203,11 +1203,6 @@ def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     return client.read("RelatedPerson", child_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the merge at delivery keeps every part of the EHR's name that "
-    "service.outbox._MODELLED_PARTS does not list (prefix and suffix are not): fixed there",
-)
 def test_a_renamed_child_loses_the_old_names_prefix_and_suffix(
     world: World, seeded: SeedResult
 ) -> None:
