@@ -27,7 +27,7 @@ from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, utcnow
 from service.db.models import Concern, OutboxEntry
 from service.fhir import mapping, terminology
-from service.fhir.client import FhirClient, Resource
+from service.fhir.client import FhirClient, Resource, SearchPages
 from service.fhir.terminology import identifier_system
 from service.local_time import local_now
 from service.outbox import (
@@ -85,7 +85,8 @@ class CaseRecord:
     restored or a step 2 acute danger), for the referral's ``reasonReference``;
     ``people``: the names of the people the case names (the findings' authors, the Flag's),
     by reference, as the same searches included their Practitioners; someone absent is
-    shown by reference.
+    shown by reference. ``findings_complete``: False when the findings' search had more
+    pages than a case reads (:data:`MAX_SEARCH_PAGES`): the history shown lacks some.
     """
 
     patient_ref: str
@@ -96,6 +97,7 @@ class CaseRecord:
     children: Mapping[str, Child] = field(default_factory=dict)
     patient: mapping.PatientIdentity | None = None
     people: Mapping[str, str] = field(default_factory=dict)
+    findings_complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,14 @@ def _sign(
 
 #: The findings a referral may give as its reason (profile kindreflex-referral).
 _REASON_STEPS = (Step.STEP_2, Step.STEP_4, Step.STEP_5)
+#: The page sizes of a case's searches (``_count``): the patient's step findings, and its
+#: referrals. Further pages are followed (the server's ``next`` links) ...
+FINDINGS_PAGE_SIZE = 500
+REFERRALS_PAGE_SIZE = 100
+#: ... up to this many pages of one search: a bound on the work one case's read makes
+#: (5,000 findings, 1,000 referrals: far more than any family's case). Beyond it the case
+#: says its history is incomplete (``CaseFile.history_complete``) rather than hiding it.
+MAX_SEARCH_PAGES = 10
 
 
 class CaseNotOnServerError(LookupError):
@@ -317,7 +327,8 @@ def load_case_record(
         for r in chart.related_persons
         if (child := mapping.child_from_related_person(r)) is not None
     }
-    finding_bundle = _step_search(client, patient_ref)
+    finding_pages = _step_search(client, patient_ref)
+    finding_bundle = finding_pages.bundle
     observations = _resources(finding_bundle, "Observation")
     flag = flags[0]
     record = CaseRecord(
@@ -329,22 +340,23 @@ def load_case_record(
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
         people=_people(flag_bundle, finding_bundle),
+        findings_complete=finding_pages.complete,
     )
     return record, _findings(observations, children, flag["period"])
 
 
-def _step_search(client: FhirClient, patient_ref: str) -> Resource:
+def _step_search(client: FhirClient, patient_ref: str) -> SearchPages:
     """Every Kindreflex step finding of the patient (one search serves the case's history
-    and the referral's reason), with the Practitioners who recorded them."""
+    and the referral's reason), with the Practitioners who recorded them; page by page."""
     system = terminology.code_system_url("kindreflex-step")
     codes = ",".join(f"{system}|{step.value}" for step in Step)
     params = {
         "subject": patient_ref,
         "code": codes,
-        "_count": "500",
+        "_count": str(FINDINGS_PAGE_SIZE),
         "_include": "Observation:performer",
     }
-    return client.search("Observation", params)
+    return client.search_pages("Observation", params, max_pages=MAX_SEARCH_PAGES)
 
 
 def _people(*bundles: Resource) -> dict[str, str]:
@@ -410,18 +422,19 @@ class NoReferralError(LookupError):
     """The case has no referral on the FHIR server (no step 6 delivered yet)."""
 
 
-def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], Resource]:
+def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], SearchPages]:
     """The case's referral ServiceRequests as read (with versions), newest first: those of
     the patient made while this concern was open (a later concern of the same patient has
-    its own). With the search Bundle, which includes the facilities referred to."""
+    its own). With the search's pages, whose Bundle includes the facilities referred to."""
     code = f"{terminology.code_system_url('record-type')}|referral"
     params = {
         "subject": record.patient_ref,
         "code": code,
-        "_count": "100",
+        "_count": str(REFERRALS_PAGE_SIZE),
         "_include": "ServiceRequest:performer",
     }
-    bundle = client.search("ServiceRequest", params)
+    pages = client.search_pages("ServiceRequest", params, max_pages=MAX_SEARCH_PAGES)
+    bundle = pages.bundle
     period = record.flag["period"]
     start = datetime.fromisoformat(period["start"])
     end = datetime.fromisoformat(period["end"]) if "end" in period else None
@@ -430,7 +443,7 @@ def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], 
         for r in _resources(bundle, "ServiceRequest")
         if start <= _authored(r) and (end is None or _authored(r) <= end)
     ]
-    return sorted(ours, key=_authored, reverse=True), bundle
+    return sorted(ours, key=_authored, reverse=True), pages
 
 
 def _authored(request: Resource) -> datetime:
@@ -565,6 +578,9 @@ class CaseFile:
     patient: mapping.PatientIdentity | None = None
     #: the names of the people the case names, by reference (``CaseRecord.people``)
     people: Mapping[str, str] = field(default_factory=dict)
+    #: False: the FHIR server holds more findings or referrals than a case reads
+    #: (:data:`MAX_SEARCH_PAGES`); the history shown lacks some
+    history_complete: bool = True
 
 
 class Casework:
@@ -643,8 +659,8 @@ class Casework:
         concern = self._concern(ctx, case_id, None)
         with self._client(ctx) as client:
             record, case = self._read(ctx, concern, client)
-            referrals, bundle = _referrals(client, record)
-            facilities = referred_facilities(client, referrals, bundle)
+            referrals, pages = _referrals(client, record)
+            facilities = referred_facilities(client, referrals, pages.bundle)
         self._reconcile_index(ctx, concern, record, case)
         return CaseFile(
             case_id=concern.id,
@@ -657,6 +673,7 @@ class Casework:
             facilities=facilities,
             patient=record.patient,
             people=record.people,
+            history_complete=record.findings_complete and pages.complete,
         )
 
     def update_referral(

@@ -185,6 +185,10 @@ class CaseFileResponse(BaseModel):
     closure: dict[str, str | None] | None = Field(
         description="Why the case was closed: `{reason, text}`; null while open."
     )
+    history_complete: bool = Field(
+        description="False: the FHIR server holds more findings or referrals than a case "
+        "reads; `findings` and `referrals` lack some."
+    )
 
 
 class StepResponse(BaseModel):
@@ -333,6 +337,7 @@ def _case_file_view(opened: CaseFile) -> CaseFileResponse:
         ],
         referrals=[_referral_view(r, opened.facilities) for r in opened.referrals],
         closure=None if closure is None else {"reason": closure.reason.value, "text": closure.text},
+        history_complete=opened.history_complete,
     )
 
 

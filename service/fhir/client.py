@@ -14,7 +14,9 @@ Every failure is one of three typed errors, so callers decide without parsing HT
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -79,6 +81,17 @@ def summarise(outcome: Resource) -> str:
     return "; ".join(parts)[:500] or "no OperationOutcome"
 
 
+@dataclass(frozen=True)
+class SearchPages:
+    """A search read page by page (:meth:`FhirClient.search_pages`): ``bundle`` is the first
+    page's Bundle with the entries of every page read (matches and included resources, in
+    the server's order; no ``link``); ``complete`` is False when the server offered a next
+    page that was not read (the cap was reached, or its link left the FHIR server)."""
+
+    bundle: Resource
+    complete: bool
+
+
 class FhirClient:
     """FHIR R4 JSON over HTTP with a bearer token from ``token`` (called for every request)."""
 
@@ -106,17 +119,36 @@ class FhirClient:
 
     def search(self, resource_type: str, params: SearchParams) -> Resource:
         """A search; returns the searchset Bundle (first page), its entries objects."""
-        bundle = self._send("GET", resource_type, params=params)
-        entries = bundle.get("entry", [])
-        if (
-            bundle.get("resourceType") != "Bundle"
-            or not isinstance(entries, list)
-            or not all(
-                isinstance(e, dict) and isinstance(e.get("resource", {}), dict) for e in entries
-            )
-        ):
-            raise FhirUnreadable(f"GET {resource_type}: the answer to a search is not a Bundle")
-        return bundle
+        return _searchset(self._send("GET", resource_type, params=params), resource_type)
+
+    def search_pages(
+        self, resource_type: str, params: SearchParams, *, max_pages: int
+    ) -> SearchPages:
+        """A search with its further pages: the Bundle's ``next`` links are followed, at most
+        ``max_pages`` pages in all (a bound on the work one read makes). A ``next`` link
+        outside this FHIR server's base URL is not followed (the access token goes to this
+        server only): the read is then incomplete, as when the cap is reached."""
+        bundle = self.search(resource_type, params)
+        entries = list(bundle.get("entry", []))
+        following = _next_link(bundle)
+        pages = 1
+        while following is not None and pages < max_pages:
+            url = urljoin(f"{self.base_url}/", following)
+            if not self._is_ours(url):
+                break
+            page = _searchset(self._request("GET", url), resource_type)
+            entries += page.get("entry", [])
+            following = _next_link(page)
+            pages += 1
+        merged = {key: value for key, value in bundle.items() if key != "link"}
+        return SearchPages({**merged, "entry": entries}, complete=following is None)
+
+    def _is_ours(self, url: str) -> bool:
+        """Whether ``url`` lies under this client's base URL (same scheme, host and port)."""
+        base, there = urlsplit(self.base_url), urlsplit(url)
+        return (there.scheme, there.netloc) == (base.scheme, base.netloc) and (
+            there.path.rstrip("/") + "/"
+        ).startswith(base.path.rstrip("/") + "/")
 
     def transaction(self, bundle: Resource) -> Resource:
         """POST a transaction Bundle; returns the transaction-response Bundle."""
@@ -135,16 +167,50 @@ class FhirClient:
         params: SearchParams | None = None,
         json: Resource | None = None,
     ) -> Resource:
+        url = f"{self.base_url}/{path}" if path else self.base_url
+        return self._request(method, url, params=params, json=json)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: SearchParams | None = None,
+        json: Resource | None = None,
+    ) -> Resource:
         headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {self._token()}"}
         if json is not None:
             headers["Content-Type"] = FHIR_JSON
-        url = f"{self.base_url}/{path}" if path else self.base_url
         try:
             query = tuple(params) if isinstance(params, Sequence) else params
             response = self._http.request(method, url, params=query, json=json, headers=headers)
         except httpx.HTTPError as error:
             raise FhirUnavailable(f"{method} {url}: {type(error).__name__}") from error
         return _body_or_error(method, url, response)
+
+
+def _searchset(bundle: Resource, resource_type: str) -> Resource:
+    """``bundle`` when it is a Bundle whose entries are objects (a search's answer)."""
+    entries = bundle.get("entry", [])
+    if (
+        bundle.get("resourceType") != "Bundle"
+        or not isinstance(entries, list)
+        or not all(isinstance(e, dict) and isinstance(e.get("resource", {}), dict) for e in entries)
+    ):
+        raise FhirUnreadable(f"GET {resource_type}: the answer to a search is not a Bundle")
+    return bundle
+
+
+def _next_link(bundle: Resource) -> str | None:
+    """The URL of a search Bundle's next page (None: the last page)."""
+    links = bundle.get("link", [])
+    found = (
+        link.get("url")
+        for link in (links if isinstance(links, list) else [])
+        if isinstance(link, dict) and link.get("relation") == "next"
+    )
+    url = next(found, None)
+    return url if isinstance(url, str) and url else None
 
 
 def _body_or_error(method: str, url: str, response: httpx.Response) -> Resource:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from sandbox.fhir_server import FhirServer, free_port
@@ -143,3 +144,56 @@ def test_5xx_timeouts_and_non_fhir_answers_are_unavailable(broken: str) -> None:
             client.read("Patient", "html")
         with pytest.raises(FhirUnavailable, match="Timeout"):
             client.read("Patient", "slow")
+
+
+def test_a_search_is_read_page_by_page_up_to_its_cap(fhir: FhirServer) -> None:
+    # Before, only a search's first page was read. The real server's next links here.
+    patient = f"Patient/{uuid.uuid4()}"
+    tx = TransactionBuilder()
+    for _ in range(5):
+        person = {**_person(), "patient": {"reference": patient}}
+        tx.create(person, person["identifier"][0])
+    with FhirClient(fhir.base_url, lambda: "secret-token", 5.0) as client:
+        client.transaction(tx.bundle())
+        params = {"patient": patient, "_count": "2"}
+
+        whole = client.search_pages("RelatedPerson", params, max_pages=10)
+        capped = client.search_pages("RelatedPerson", params, max_pages=2)
+
+    ids = [e["resource"]["id"] for e in whole.bundle["entry"]]
+    assert (len(set(ids)), whole.complete) == (5, True)
+    assert "link" not in whole.bundle
+    assert (len(capped.bundle["entry"]), capped.complete) == (4, False)
+
+
+def test_a_next_link_away_from_the_fhir_server_is_not_followed() -> None:
+    # The access token goes to the hospital's FHIR server only: a next page elsewhere is
+    # not asked for, and the read says it is incomplete.
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        page = int(request.url.params.get("page", "1"))
+        following = {
+            1: "Observation?page=2",  # relative to the base: followed
+            2: "https://elsewhere.example/fhir/Observation?page=3",
+        }.get(page)
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Observation", "id": str(page)}}],
+            "link": [{"relation": "next", "url": following}] if following else [],
+        }
+        return httpx.Response(200, json=bundle)
+
+    with FhirClient("https://fhir.hospital.example/fhir", lambda: "t", 1.0) as client:
+        client._http.close()
+        client._http = httpx.Client(transport=httpx.MockTransport(answer))
+        pages = client.search_pages("Observation", {"code": "x"}, max_pages=10)
+
+    assert [e["resource"]["id"] for e in pages.bundle["entry"]] == ["1", "2"]
+    assert pages.complete is False
+    assert asked == [
+        "https://fhir.hospital.example/fhir/Observation?code=x",
+        "https://fhir.hospital.example/fhir/Observation?page=2",
+    ]

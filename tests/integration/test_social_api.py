@@ -20,6 +20,7 @@ from sandbox.fhir_server import FhirServer
 from service import casework
 from service.db.base import Database, utcnow
 from service.fhir import mapping, terminology
+from service.fhir.client import FhirClient
 from service.local_time import LOCAL_ZONE, local_today
 from service.protocol import (
     CaseClosure,
@@ -383,6 +384,73 @@ def test_dates_a_year_out_of_reach_are_refused_with_their_reason(
     assert detail["code"] == "contact-too-long-ago"
     assert f"on {typo} lies more than a year back" in detail["message"]
     assert search(case.base_url, "ServiceRequest", subject=case.patient) == []
+
+
+def test_a_long_case_is_read_page_by_page(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, one page of 500 findings (and 100 referrals) was read and further pages were
+    # not followed: a longer case silently lost part of its history. Two findings a page
+    # here: five findings take three pages of the real server's ``next`` links.
+    monkeypatch.setattr(casework, "FINDINGS_PAGE_SIZE", 2)
+    pages: list[str] = []
+    request = FhirClient._request
+
+    def counted(self: FhirClient, method: str, url: str, **kwargs: Any) -> Any:
+        if url.startswith(f"{self.base_url}/Observation"):
+            pages.append(url)
+        return request(self, method, url, **kwargs)
+
+    monkeypatch.setattr(FhirClient, "_request", counted)
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    saved = case.decide("concerning-willing", case.row_version)
+    today = str(local_today())
+    for _ in range(2):  # each save replays the case as read: all of it, or the save is refused
+        assert saved.status_code == 200, saved.text
+        body = {"progress": "improving", "next_follow_up": today}
+        saved = case.send("step-5", {"row_version": saved.json()["row_version"], **body})
+    assert saved.status_code == 200, saved.text
+    pages.clear()
+
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+
+    steps = [f["step"] for f in opened["findings"]]
+    assert steps == ["step-1", "step-2", "step-4", "step-5", "step-5"]
+    assert opened["history_complete"] is True
+    assert len(pages) == 3  # the first page, then two next links
+    assert all("_count=2" in url for url in pages[1:])
+
+
+def test_a_case_longer_than_a_read_takes_says_its_history_is_incomplete(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Beyond the pages a case reads, the page and the API say so instead of hiding it.
+    monkeypatch.setattr(casework, "REFERRALS_PAGE_SIZE", 1)
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    saved = case.decide("concerning-unwilling", case.row_version)
+    for _ in range(2):  # two referrals (to the VK, then again)
+        assert saved.status_code == 200, saved.text
+        saved = case.refer_to_vk(saved.json()["row_version"])
+    assert saved.status_code == 200, saved.text
+    incomplete = "de geschiedenis hieronder is onvolledig"
+
+    monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 1)
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    page = case.client.get(f"/social/cases/{case.id}", headers=case.headers).text
+    assert (opened["history_complete"], len(opened["referrals"])) == (False, 1)
+    assert incomplete in page
+
+    monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 2)
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    page = case.client.get(f"/social/cases/{case.id}", headers=case.headers).text
+    assert (opened["history_complete"], len(opened["referrals"])) == (True, 2)
+    assert incomplete not in page
 
 
 def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
