@@ -468,8 +468,6 @@ def _seed(s: _Seeder, today: date) -> SeedResult:
             step2 = codes.code_in("kindreflex-step", "step-2")
             if last_step_url and step2:
                 flag["extension"] = [{"url": last_step_url, "valueCoding": step2}]
-            if earlier_enc:
-                flag["encounter"] = {"reference": f"Encounter/{earlier_enc}"}
             if profile_flag:
                 flag["meta"] = {"profile": [profile_flag]}
             seeded.flag_ids.append(s.ensure("Flag", concern_system, concern_uuid, flag))

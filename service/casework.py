@@ -79,6 +79,8 @@ class CaseRecord:
     """What the FHIR server holds of a case, as a step save needs it (read when the case is
     opened; the server is the source of truth for the details).
 
+    ``encounter_ref``: the ED visit that raised the concern, its findings' encounter (the
+    Flag has none, see ``mapping.concern_flag``); the social service's findings name it;
     ``child_refs``: each child's protocol ``Child.ref`` → its RelatedPerson reference;
     ``flag``: the concern Flag as read (``id`` and ``meta.versionId`` guard the update);
     ``reason_ref``: the finding that led to step 6 (the step 4 decision, step 5 not
@@ -231,7 +233,6 @@ def _update_flag(
     )
     mapped = mapping.concern_flag(
         patient_ref=flag["subject"]["reference"],
-        encounter_ref=flag.get("encounter", {}).get("reference"),
         author=flag["author"]["reference"],
         flagged_at=datetime.fromisoformat(flag["period"]["start"]),
         identifier=ours[0],
@@ -255,6 +256,7 @@ def _update_flag(
         "meta": mapping.meta_on_update(flag.get("meta"), mapped["meta"]),
     }
     merged.pop("extension", None)
+    merged.pop("encounter", None)  # written before 2026-12-03: see mapping.concern_flag
     if extensions := [*theirs, *mapped.get("extension", [])]:
         merged["extension"] = extensions
     return tx.update(merged, flag["meta"]["versionId"])
@@ -331,9 +333,10 @@ def load_case_record(
     finding_bundle = finding_pages.bundle
     observations = _resources(finding_bundle, "Observation")
     flag = flags[0]
+    findings = _findings(observations, children, flag["period"])
     record = CaseRecord(
         patient_ref=patient_ref,
-        encounter_ref=flag.get("encounter", {}).get("reference"),
+        encounter_ref=next((f.encounter_ref for f in findings if f.encounter_ref), None),
         child_refs={ref: ref for ref in children},
         flag=flag,
         reason_ref=_latest_reason(observations),
@@ -342,7 +345,7 @@ def load_case_record(
         people=_people(flag_bundle, finding_bundle),
         findings_complete=finding_pages.complete,
     )
-    return record, _findings(observations, children, flag["period"])
+    return record, findings
 
 
 def _step_search(client: FhirClient, patient_ref: str) -> SearchPages:
@@ -789,9 +792,7 @@ class Casework:
     ) -> tuple[CaseRecord, KindreflexCase]:
         """The case from the FHIR server (the source of truth), replayed by the protocol."""
         record, findings = load_case_record(client, concern.patient_ref, concern.flag_identifier)
-        encounter = record.encounter_ref or next(
-            (f.encounter_ref for f in findings if f.encounter_ref), "Encounter/unknown"
-        )
+        encounter = record.encounter_ref or "Encounter/unknown"
         fact = AuditFact(
             actor=ctx.user.fhir_user,
             action=AuditAction.READ,

@@ -601,11 +601,10 @@ def _write_flag(
     """The open-concern Flag of a niet-pluis or unclear step 2 (none otherwise)."""
     if raised is None or findings.step2 is None:
         return []
-    patient_ref, encounter_ref = _launch_refs(ctx)
+    patient_ref = _launch_refs(ctx)[0]
     identifier = mapping.identifier("concern", raised.identifier)
     flag = mapping.concern_flag(
         patient_ref=patient_ref,
-        encounter_ref=encounter_ref,
         author=raised.by,
         flagged_at=raised.at,
         identifier=identifier,

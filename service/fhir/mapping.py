@@ -574,7 +574,6 @@ CONCERN_FLAG_EXTENSIONS = ("concern-last-step", "concern-trigger", "concern-clos
 def concern_flag(
     *,
     patient_ref: str,
-    encounter_ref: str | None,
     author: str,
     flagged_at: datetime,
     identifier: Mapping[str, str],
@@ -587,6 +586,10 @@ def concern_flag(
 
     A closed concern has both ``closed_at`` (``period.end``) and ``closure``, the reason in
     the extension concern-close-reason (R4 Flag has no status reason).
+
+    No ``Flag.encounter``: in R4 it says the alert is "only relevant during the encounter",
+    and an EHR that honours it would hide the concern at the next presentation, where it
+    must warn. The ED visit that raised it is its step findings' encounter.
     """
     if (closed_at is None) != (closure is None):
         raise ValueError("a closed concern needs both its end and the reason it was closed")
@@ -626,8 +629,6 @@ def concern_flag(
     }
     if extensions:
         resource["extension"] = extensions
-    if encounter_ref:
-        resource["encounter"] = _ref(encounter_ref)
     return resource
 
 

@@ -98,7 +98,6 @@ def test_seed_001_case_maps_to_valid_resources(fhir_validator: ProfileValidator)
     written.append(
         mapping.concern_flag(
             patient_ref=PATIENT,
-            encounter_ref="Encounter/episode-2",
             author=NURSE,
             flagged_at=NOW,
             identifier=mapping.identifier("concern"),
@@ -288,7 +287,6 @@ def test_acute_danger_and_hospital_codes_map_to_valid_resources(
 def test_closed_concern_and_update_provenance(fhir_validator: ProfileValidator) -> None:
     flag = mapping.concern_flag(
         patient_ref=PATIENT,
-        encounter_ref=None,
         author=NURSE,
         flagged_at=NOW,
         identifier=mapping.identifier("concern"),
@@ -351,7 +349,6 @@ def test_a_closed_concern_needs_its_reason() -> None:
     with pytest.raises(ValueError, match="reason"):
         mapping.concern_flag(
             patient_ref=PATIENT,
-            encounter_ref=None,
             author=NURSE,
             flagged_at=NOW,
             identifier=mapping.identifier("concern"),
@@ -427,7 +424,6 @@ def test_an_open_concern_is_read_back_from_its_flag_and_any_other_flag_is_not_on
     identifier = mapping.identifier("concern")
     flag = mapping.concern_flag(
         patient_ref=PATIENT,
-        encounter_ref=None,
         author=NURSE,
         flagged_at=NOW,
         identifier=identifier,

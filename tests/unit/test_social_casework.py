@@ -4,6 +4,7 @@ checked against the guide's profiles (``tests/support/validator.py``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from service.protocol import (
     ReferralStatus,
     ReferralTarget,
     Step,
+    Step4Decision,
     Step6Referral,
 )
 from service.social import Step4Input, Step6Input
@@ -47,7 +49,6 @@ CHILDREN = {BOY.ref: "RelatedPerson/boy", "girl": "RelatedPerson/girl"}
 def _flag_as_read() -> dict[str, Any]:
     flag = mapping.concern_flag(
         patient_ref="Patient/mother",
-        encounter_ref="Encounter/episode-2",
         author=NURSE,
         flagged_at=EPISODE_2,
         identifier=mapping.identifier("concern", "concern-1"),
@@ -82,8 +83,8 @@ def _extension_code(resource: dict[str, Any], extension_id: str) -> str:
     return str(code)
 
 
-def test_the_team_decision_is_one_conforming_transaction() -> None:
-    decision = Step4Input.model_validate(
+def _team_decision() -> Step4Decision:
+    return Step4Input.model_validate(
         {
             "decision": "concerning-unwilling",
             "factors": WORKSHOP_FACTORS,
@@ -91,6 +92,10 @@ def test_the_team_decision_is_one_conforming_transaction() -> None:
             "discussed_with_patient": True,
         }
     ).finding(SOCIAL_WORKER, EPISODE_2 + timedelta(hours=2))
+
+
+def test_the_team_decision_is_one_conforming_transaction() -> None:
+    decision = _team_decision()
 
     bundle = step_transaction(
         _record(), decision, finding_identifier="f-4", now=EPISODE_2 + timedelta(hours=2)
@@ -111,6 +116,27 @@ def test_the_team_decision_is_one_conforming_transaction() -> None:
     targets = {t["reference"] for t in provenance["resource"]["target"]}
     assert targets == {observation["fullUrl"], "Flag/flag-1"}
     assert len(_entries(bundle, "AuditEvent")) == 1
+
+
+def test_a_flag_written_with_an_encounter_loses_it_and_the_finding_keeps_the_visit() -> None:
+    """R4's Flag.encounter means "only relevant during the encounter": an EHR honouring it
+    would hide the concern at the next presentation. A Flag an earlier version wrote with
+    one loses it at its next update; the finding still names the visit that raised it."""
+    as_read = _record()
+    record = replace(
+        as_read, flag={**as_read.flag, "encounter": {"reference": "Encounter/episode-2"}}
+    )
+    decision = _team_decision()
+
+    bundle = step_transaction(
+        record, decision, finding_identifier="f-4", now=EPISODE_2 + timedelta(hours=2)
+    ).bundle
+
+    assert _problems(bundle) == {}
+    (flag,) = _entries(bundle, "Flag")
+    assert "encounter" not in flag["resource"]
+    (observation,) = _entries(bundle, "Observation")
+    assert observation["resource"]["encounter"] == {"reference": "Encounter/episode-2"}
 
 
 def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:

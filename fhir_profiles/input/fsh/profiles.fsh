@@ -266,7 +266,7 @@ Profile: KindreflexOpenConcern
 Parent: Flag
 Id: kindreflex-open-concern
 Title: "Kindreflex open concern"
-Description: "An open Kindreflex concern about the children of the patient: what makes the CDS card warn at the next presentation and what fills the social service's worklist. status active while steps 4-6 lie ahead; inactive (with period.end and the close reason) when closed."
+Description: "An open Kindreflex concern about the children of the patient: what makes the CDS card warn at the next presentation and what fills the social service's worklist. status active while steps 4-6 lie ahead; inactive (with period.end and the close reason) when closed. It has no encounter: it is relevant beyond the visit that raised it."
 * insert BusinessIdentifier(concern)
 * extension contains ConcernLastStepExt named lastStep 0..1 MS and ConcernTriggerExt named trigger 0..* MS and ConcernCloseReasonExt named closeReason 0..1 MS
 * extension[lastStep].value[x] MS
@@ -281,7 +281,8 @@ Description: "An open Kindreflex concern about the children of the patient: what
 * subject only Reference(Patient)
 * period 1..1 MS
 * period.start 1..1 MS
-* encounter MS
+* encounter 0..0
+* encounter ^comment = "Not used: R4 Flag.encounter makes the alert only relevant during that encounter, and the concern must warn at every later presentation until it is closed. The ED visit that raised it is the encounter of its step findings."
 * author 1..1 MS
 * author only Reference(Practitioner or PractitionerRole or Organization or Device)
 * obeys kr-flag-1 and kr-flag-2

@@ -158,7 +158,7 @@ RuleSet: ReferralContent(id, patient, encounter, requester, vk, reason, noah, em
 * supportingInfo[0].reference = "{noah}"
 * supportingInfo[1].reference = "{emma}"
 
-RuleSet: ConcernContent(id, patient, encounter, author)
+RuleSet: ConcernContent(id, patient, author)
 * identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/concern"
 * identifier[kindreflex].value = "{id}"
 * extension[lastStep].valueCoding = KindreflexStepCS#step-6
@@ -166,7 +166,6 @@ RuleSet: ConcernContent(id, patient, encounter, author)
 * category[safety] = $flag-category#safety
 * code = RecordTypeCS#open-concern
 * subject.reference = "{patient}"
-* encounter.reference = "{encounter}"
 * period.start = "2026-03-09T14:00:00+01:00"
 * author.reference = "{author}"
 

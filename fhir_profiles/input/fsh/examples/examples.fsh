@@ -121,7 +121,7 @@ Instance: OpenConcernExample
 InstanceOf: KindreflexOpenConcern
 Title: "Example: open concern after step 6"
 Usage: #example
-* insert ConcernContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a20, Patient/kr-mother-001, Encounter/kr-enc-3, Practitioner/kr-social-1)
+* insert ConcernContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a20, Patient/kr-mother-001, Practitioner/kr-social-1)
 
 Instance: ClosedConcernExample
 InstanceOf: KindreflexOpenConcern

@@ -82,7 +82,7 @@ Instance: Seed001Concern
 InstanceOf: KindreflexOpenConcern
 Title: "Seed 001: the open concern"
 Usage: #inline
-* insert ConcernContent(5eed0001-0000-4000-8000-000000000030, Patient/kr-mother-001, Encounter/kr-enc-2, Practitioner/kr-nurse-1)
+* insert ConcernContent(5eed0001-0000-4000-8000-000000000030, Patient/kr-mother-001, Practitioner/kr-nurse-1)
 
 Instance: Seed001Provenance1
 InstanceOf: KindreflexProvenance
