@@ -526,7 +526,9 @@ class AgreedActionInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     text: TypedText = Field(max_length=1000)
-    follow_up_on: date | None = Field(None, description="When to check on it.")
+    follow_up_on: date | None = Field(
+        None, description="When to check on it: from the day of the save to a year after it."
+    )
 
 
 class Step5Input(_Input):
@@ -539,7 +541,9 @@ class Step5Input(_Input):
     consultations: set[Consultation] = Field(default_factory=set)
     agreed_actions: list[AgreedActionInput] = Field(default_factory=list, max_length=50)
     next_follow_up: date | None = Field(
-        None, description="The next check; keeps step 5 open and shows on the worklist."
+        None,
+        description="The next check, from the day of the save to a year after it; keeps "
+        "step 5 open and shows on the worklist.",
     )
 
     def finding(self, author: str, at: datetime) -> Step5Progress:
@@ -561,7 +565,7 @@ class Step5Input(_Input):
 class ContactInput(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    on: date
+    on: date = Field(description="When: at most a year before the day of the save, not after it.")
     person: TypedText = Field(max_length=200, description="Whom the hospital spoke to or wrote to.")
     channel: ContactChannel = Field(description="phone | letter | email | other")
 
