@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
@@ -144,11 +144,15 @@ class FhirClient:
         return SearchPages({**merged, "entry": entries}, complete=following is None)
 
     def _is_ours(self, url: str) -> bool:
-        """Whether ``url`` lies under this client's base URL (same scheme, host and port)."""
+        """Whether ``url`` lies under this client's base URL (same scheme, host and port, as
+        URLs compare them: a host in any case, a default port written out or left out)."""
         base, there = urlsplit(self.base_url), urlsplit(url)
-        return (there.scheme, there.netloc) == (base.scheme, base.netloc) and (
-            there.path.rstrip("/") + "/"
-        ).startswith(base.path.rstrip("/") + "/")
+        origin = _origin(there)
+        return (
+            origin is not None
+            and origin == _origin(base)
+            and (there.path.rstrip("/") + "/").startswith(base.path.rstrip("/") + "/")
+        )
 
     def transaction(self, bundle: Resource) -> Resource:
         """POST a transaction Bundle; returns the transaction-response Bundle."""
@@ -199,6 +203,20 @@ def _searchset(bundle: Resource, resource_type: str) -> Resource:
     ):
         raise FhirUnreadable(f"GET {resource_type}: the answer to a search is not a Bundle")
     return bundle
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: SplitResult) -> tuple[str, str, int | None, str | None] | None:
+    """A URL's scheme, host, port (the scheme's default when none is written) and user
+    info; None for a URL whose port is not a number."""
+    try:
+        port = url.port
+    except ValueError:
+        return None
+    scheme = url.scheme.lower()
+    return scheme, url.hostname or "", port or _DEFAULT_PORTS.get(scheme), url.username
 
 
 def _next_link(bundle: Resource) -> str | None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -197,3 +198,36 @@ def test_a_next_link_away_from_the_fhir_server_is_not_followed() -> None:
         "https://fhir.hospital.example/fhir/Observation?code=x",
         "https://fhir.hospital.example/fhir/Observation?page=2",
     ]
+
+
+def test_a_next_link_to_the_same_server_written_another_way_is_followed() -> None:
+    # A server (or the proxy in front of it) may write its own host in capitals or name the
+    # default port: the same server, followed. Before, such a link was refused as another
+    # server's and every case longer than a page read as incomplete. Another port is not.
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        page = int(request.url.params.get("page", "1"))
+        following = {
+            1: "https://FHIR.Hospital.example:443/fhir/Observation?page=2",
+            2: "https://fhir.hospital.example/fhir/Observation?page=3",
+            3: "https://fhir.hospital.example:8443/fhir/Observation?page=4",
+        }.get(page)
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Observation", "id": str(page)}}],
+            "link": [{"relation": "next", "url": following}] if following else [],
+        }
+        return httpx.Response(200, json=bundle)
+
+    with FhirClient("https://fhir.hospital.example/fhir", lambda: "t", 1.0) as client:
+        client._http.close()
+        client._http = httpx.Client(transport=httpx.MockTransport(answer))
+        pages = client.search_pages("Observation", {"code": "x"}, max_pages=10)
+
+    assert [e["resource"]["id"] for e in pages.bundle["entry"]] == ["1", "2", "3"]
+    assert pages.complete is False  # page 4 is on another port: not asked for
+    assert len(asked) == 3
+    assert all(urlsplit(url).port in (None, 443) for url in asked)
