@@ -623,7 +623,7 @@ _OWNER_ELEMENTS = ("patient", "subject")
 
 def _merged(client: FhirClient, bundle: Resource) -> Resource:
     """The bundle as sent: each :meth:`TransactionBuilder.merge_update` laid over the version
-    it names (read now), unchanged ones left out; each
+    it names (read now), unchanged ones and those the resource says by now left out; each
     :meth:`TransactionBuilder.create_or_merge` likewise over the resource its identifier
     finds (:func:`_merged_create`). Raises :class:`_Refused`."""
     entries = []
@@ -643,10 +643,20 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
         ours = entry["resource"]
         seen = client.read(ours["resourceType"], f"{ours['id']}/_history/{version}")
         _check_owner(seen, ours)
-        if not _unchanged(seen, ours):
+        if not _unchanged(seen, ours) and not _already_there(client, ours, version):
             entries.append({"resource": _overlay(seen, ours), "request": request})
     entries = [_described(entry, updating) for entry in entries]
     return {**bundle, "entry": _referring(entries, found) if found else entries}
+
+
+def _already_there(client: FhirClient, ours: Resource, version: str) -> bool:
+    """Whether the resource, changed since ``version`` (an earlier save made the same edit
+    of that version, say), now says what ours says: nothing left to write, and no conflict.
+    Any other change since ``version`` is left to If-Match to refuse."""
+    current = client.read(ours["resourceType"], ours["id"])
+    if current.get("meta", {}).get("versionId") == version:
+        return False
+    return _unchanged(current, ours)  # its patient too: a child moved is no match
 
 
 def _described(entry: Resource, updating: bool) -> Resource:

@@ -88,8 +88,6 @@ _COMMIT_ATTEMPTS = 3
 KIND = "triage"
 #: Outbox entries that will still be delivered: their new children are shown pending.
 _UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
-#: Outbox entries that are or will be on the server: an edit of theirs is not made again.
-_LIVE = (*_UNDELIVERED, DeliveryState.DELIVERED)
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
@@ -267,8 +265,8 @@ class Triage:
             edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
             saves = _patient_saves(session, ctx) if new or edited else []
             queued = set(_created_children(saves, patient_ref))
-            live = [save for save in saves if save.state in _LIVE]
-            edits = {c.ref: c for c in _edited_children(live, patient_ref).values()}
+            undelivered = [save for save in saves if save.state in _UNDELIVERED]
+            edits = {c.ref: c for c in _edited_children(undelivered, patient_ref).values()}
             plan = _plan(ctx, findings, raised, now, shown, queued, edits)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
@@ -637,12 +635,16 @@ def _write_children(
     delivery it updates the child that save created, else creates it; the outbox sends
     the patient's saves in order, so this save's values are the ones kept.
 
-    A loaded child posted with the values of an edit an earlier save made of the same
-    version (``edits``: ref → the edit, of saves pending, waiting or delivered): the page
+    A loaded child posted with the values of an edit an earlier save still waiting made of
+    the same version (``edits``: ref → the edit, of saves pending or waiting): the page
     showed that edit pending delivery and the nurse kept it. It is referenced, not written
-    again: that save writes it (or has), and a second update on the same version would be
-    refused at delivery. Such a child posted with other values is a change of what the page
-    showed (the edit, not the version the session saw), so it is written."""
+    again: that save writes it, and a second update on the same version would be refused
+    at delivery. Such a child posted with other values is a change of what the page
+    showed (the edit, not the version the session saw), so it is written. An edit already
+    delivered is no reason to reference: someone else may have changed the child since,
+    and this save's edit of the version its page showed must then be refused, not lost; it
+    is written, and left out at delivery when the record already says what it says
+    (``service.outbox._merged``)."""
     edits = edits or {}
     refs: dict[str, str] = {}
     written: list[str] = []

@@ -1247,3 +1247,58 @@ def test_a_child_edited_without_a_new_name_keeps_its_names_prefix_and_suffix(
     assert after["birthDate"] != stored["birthDate"]
     assert after["name"] == stored["name"]
     assert (after["name"][0]["prefix"], after["name"][0]["suffix"]) == (["Jhr."], ["II"])
+
+
+def test_an_edit_another_save_already_delivered_then_changed_by_someone_else_is_a_conflict(
+    world: World, seeded: SeedResult
+) -> None:
+    """Two nurses' pages show the same version of a child; the first renames it (delivered),
+    then someone else renames it again. The second nurse, on her page of the first version,
+    types the first nurse's name: hers was referenced, not written (an earlier save had made
+    that edit of that version), so the other user's name stayed and nobody was told. Her
+    edit is an update of the version she saw: refused as a conflict, the other's name kept."""
+    patient = seeded.patient("els-goossens")
+    second = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-b2")
+    children = world.triage.load_chart(second).children
+    child_id = children[0].ref.split("/")[1]
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-b1")
+    renamed = f"Noor {uuid.uuid4().hex[:6].upper()}"
+    assert _saved_with(world, first, child_id, name=renamed).status == "delivered"
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    current = client.read("RelatedPerson", child_id)
+    _put(client, {**current, "name": [{"text": "Someone Else"}]})
+
+    with pytest.raises(SaveConflict):
+        world.triage.record_triage(second, _edit_first_child(second, children, renamed))
+
+    assert display_name(client.read("RelatedPerson", child_id)) == "Someone Else"
+    client.close()
+    shown = world.triage.load_chart(second)
+    assert [c.ref for c in shown.children if c.ref.split("/")[1] == child_id] == list(
+        shown.conflicts
+    )
+
+
+def test_an_edit_another_save_already_delivered_is_not_a_conflict_nor_written_again(
+    world: World, seeded: SeedResult
+) -> None:
+    """The same, without the other user's change: the record already has the name she typed,
+    so her save is delivered and the child not updated a second time."""
+    patient = seeded.patient("els-goossens")
+    second = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-c2")
+    children = world.triage.load_chart(second).children
+    child_id = children[0].ref.split("/")[1]
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-c1")
+    renamed = f"Noor {uuid.uuid4().hex[:6].upper()}"
+    assert _saved_with(world, first, child_id, name=renamed).status == "delivered"
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    version = client.read("RelatedPerson", child_id)["meta"]["versionId"]
+
+    saved = world.triage.record_triage(second, _edit_first_child(second, children, renamed))
+
+    assert saved.status == "delivered"
+    after = client.read("RelatedPerson", child_id)
+    client.close()
+    assert after["meta"]["versionId"] == version
+    assert display_name(after) == renamed
+    assert world.triage.load_chart(second).conflicts == frozenset()
