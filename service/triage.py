@@ -816,7 +816,10 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
     names (writes, or references as confirmed): the nurse who opens the chart next must be
     told her edit is not in the record, until a save of the child after that tells it was
     seen. "After" is in the order of the audit trail (the refusal's failure row and the
-    later save's own row), whose clock is not the outbox's."""
+    later save's own row), whose clock is not the outbox's. A later save delivered long
+    ago whose payload retention emptied cannot say whom it named: it counts as naming the
+    child (a save names the children its page showed), so a notice it cleared does not
+    come back with the purge."""
     refused: dict[str, int] = {}  # child id → the last conflicting save editing it
     for save in saves:
         if save.state == DeliveryState.CONFLICT:
@@ -839,7 +842,7 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
                 save.id > refused_in
                 and save.state not in (DeliveryState.CONFLICT, DeliveryState.FAILED)
                 and made > since
-                and child_id in _named_children(save)
+                and (not _entries(save) or child_id in _named_children(save))
             ):
                 seen.add(child_id)
                 break

@@ -38,6 +38,7 @@ from service.protocol import (
     StepOrderError,
     SupportAction,
 )
+from service.retention import PURGED_BUNDLE
 from service.settings import Settings
 from service.tenancy import TenantContext
 from service.triage import SaveConflict, SaveResult, Triage, TriageInput
@@ -1302,3 +1303,42 @@ def test_an_edit_another_save_already_delivered_is_not_a_conflict_nor_written_ag
     assert after["meta"]["versionId"] == version
     assert display_name(after) == renamed
     assert world.triage.load_chart(second).conflicts == frozenset()
+
+
+def test_fault_a_conflict_notice_cleared_by_a_later_save_stays_cleared_once_it_is_purged(
+    database: Database, tmp_path: Path
+) -> None:
+    """A conflict is told until a later save names the child. That save delivered, its
+    payload emptied by retention (``kindreflex db purge``): the chart could no longer see
+    that it named the child, and told the long-redone conflict again."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world = outage.world
+    child_id = outage.children[0].ref.split("/")[1]
+    patient = outage.server.seeded.patient("els-goossens")
+
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        _changed_by_someone_else(client, child_id)
+        world.clock.advance(120)
+        world.outbox.run_once()
+        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.CONFLICT
+        nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-p")
+        chart = world.triage.load_chart(nurse)
+        assert len(chart.conflicts) == 1
+        shown = next(c for c in chart.children if c.ref in chart.conflicts)
+        redone = replace(shown, name="Noor Goossens")
+        saved = world.triage.record_triage(
+            nurse, _no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
+        )
+        assert saved.status == "delivered"
+        assert world.triage.load_chart(nurse).conflicts == frozenset()
+        with database.session() as session:  # as retention.purge leaves a delivered entry
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id == saved.outbox_id)
+                .values(bundle=PURGED_BUNDLE)
+            )
+
+        after = world.triage.load_chart(nurse)
+
+    assert after.conflicts == frozenset()
+    assert "Noor Goossens" in {c.name for c in after.children}
