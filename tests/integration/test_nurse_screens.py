@@ -1332,3 +1332,29 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     assert again.text.count("iemand anders had het kind eerst gewijzigd") == 1
     assert again.value(f"child-{place}-delivery") == "conflict"
     assert again.text.count("Al in het dossier") == 1  # the other child
+
+
+def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any) -> None:
+    """'Already in the record', 'a saved change waits for delivery', 'not applied': said
+    above the child's fields but tied to nothing, so a screen reader going from field to
+    field never heard it. Each recorded child's fieldset is now described by it."""
+    page = nurse_for("els-goossens").page()
+    offline = nurse_for("els-goossens", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
+    rows = _recorded_rows(page)
+    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    offline.post({"csrf_token": offline.page().csrf, **rows, "assessment": "no-concern"})
+
+    for shown, said in (
+        (page, "Al in het dossier"),
+        (offline.page(), "Een opgeslagen wijziging van dit kind wacht op levering"),
+    ):
+        for i in range(len(shown.child_refs())):
+            fieldset = re.search(
+                rf"<fieldset[^>]*>\s*<legend>[^<]*<span data-child-number>{i + 1}</span>",
+                shown.text,
+            )
+            assert fieldset, i
+            assert f'aria-describedby="child-{i}-status"' in fieldset.group(0)
+            status = re.search(rf'<p id="child-{i}-status"[^>]*>([^<]*)</p>', shown.text)
+            assert status, i
+            assert said in status.group(1)
