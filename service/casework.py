@@ -409,6 +409,19 @@ def _latest_reason(observations: list[Resource]) -> str | None:
     return f"Observation/{latest['id']}"
 
 
+class IncompleteCaseError(CaseNotOnServerError):
+    """The FHIR server holds more of the case than a read takes (:data:`MAX_SEARCH_PAGES`, or
+    a next page not under its base URL): a change made from part of its history could be
+    wrong (a step the protocol refuses taken, a case with a step due closed, an older
+    referral's status changed). Shown, not changed: the EHR holds the whole record."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The FHIR server holds more of this case's history than Kindreflex reads; "
+            "nothing was saved. Record it in the EHR."
+        )
+
+
 class CaseOnAnotherServerError(CaseNotOnServerError):
     """The case's patient is on the FHIR server of another EHR of the hospital: the session's
     server and access token cannot read it (and its ``Patient/123`` is someone else)."""
@@ -469,7 +482,9 @@ def referred_facilities(
 
 def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
     """The case's most recent referral ServiceRequest, as read (with version)."""
-    found, _ = _referrals(client, record)
+    found, pages = _referrals(client, record)
+    if not pages.complete:  # the latest of them may be among those not read
+        raise IncompleteCaseError()
     if not found:
         raise NoReferralError(
             "This case has no referral on the FHIR server yet; record step 6 first (or wait "
@@ -604,6 +619,7 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version)
         with self._client(ctx) as client:
             record, case = self._read(ctx, concern, client)
+        _whole(record)
         now = local_now()  # the protocol's "today" (a contact, a follow-up) is Belgian
         author = ctx.user.fhir_user
         if isinstance(step, Step6Input):
@@ -643,6 +659,7 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version)
         with self._client(ctx) as client:
             record, case = self._read(ctx, concern, client)
+        _whole(record)
         if not closable(case):
             due = ", ".join(sorted(s.value for s in case.next_steps))
             raise CloseRefusedError(
@@ -880,6 +897,12 @@ class Casework:
         with self._database.session() as session:
             version = session.scalar(select(Concern.row_version).where(Concern.id == case_id))
         return int(version or 0)
+
+
+def _whole(record: CaseRecord) -> None:
+    """A step or a closing is ruled on the case's whole history, never on part of it."""
+    if not record.findings_complete:
+        raise IncompleteCaseError()
 
 
 def install(outbox: Outbox) -> None:

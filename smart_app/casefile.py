@@ -38,6 +38,7 @@ from service.casework import (
     CaseOnAnotherServerError,
     Casework,
     CloseRefusedError,
+    IncompleteCaseError,
     NoReferralError,
     StepInput,
     StepResult,
@@ -573,6 +574,8 @@ def _save_step(
         if conflict.reason == "changed" and work.saved_twice(ctx, case_id, version.row_version):
             key = "error.saved-twice"
         problems, status = _about_form(ctx, typed, key), 409
+    except IncompleteCaseError:
+        problems, status = _about_form(ctx, typed, "error.incomplete"), 409
     except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
         problems, status = _about_form(ctx, typed, "error.not-now"), 409
     except ReauthorisationRequired:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer
+from service import casework
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, AuditRecord
 from service.fhir import terminology
@@ -638,3 +639,27 @@ def _assert_refused_at_their_fields(html: str, form: str, anchors: tuple[str, ..
         assert re.search(
             rf'id="{anchor}"[^>]* aria-describedby="{anchor}-error" aria-invalid="true"', html
         ), anchor
+
+
+def test_a_step_on_a_case_read_in_part_is_refused_on_the_page(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Beyond the pages a case reads, the page offered (and took) the team's decision a second
+    # time: the findings read still asked for it. Now refused with its reason, nothing written.
+    client, case_id, patient, _ = _case_after_step_4(
+        database_url, database, fhir_server.base_url, "concerning-willing"
+    )
+    monkeypatch.setattr(casework, "FINDINGS_PAGE_SIZE", 2)  # steps 1 and 2: step 4 unread
+    monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 1)
+    page = client.get(f"/social/cases/{case_id}").text
+    assert 'id="history-incomplete"' in page
+
+    again = _post(client, page, case_id, "step-4", "s4", STEP_4)
+
+    assert again.status_code == 409
+    assert "Niet bewaard: de FHIR-server bewaart meer geschiedenis" in unescape(again.text)
+    step = f"{terminology.code_system_url('kindreflex-step')}|step-4"
+    assert len(search(fhir_server.base_url, "Observation", subject=patient, code=step)) == 1

@@ -453,6 +453,71 @@ def test_a_case_longer_than_a_read_takes_says_its_history_is_incomplete(
     assert incomplete not in page
 
 
+def _step_4_findings(case: HandedOffCase) -> list[dict[str, Any]]:
+    step = f"{terminology.code_system_url('kindreflex-step')}|step-4"
+    return search(case.base_url, "Observation", subject=case.patient, code=step)
+
+
+def test_a_case_read_in_part_is_not_changed(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Beyond the pages a case reads, a change ruled on part of its history could be wrong:
+    # before, the team's decision (on the page not read) was taken a second time, as the
+    # findings read still asked for it. Now the step and the closing are refused, nothing
+    # is written; the case is still shown, saying its history is incomplete.
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    decided = case.decide("concerning-willing", case.row_version)
+    assert decided.status_code == 200, decided.text
+    version = decided.json()["row_version"]
+    monkeypatch.setattr(casework, "FINDINGS_PAGE_SIZE", 2)  # steps 1 and 2: step 4 unread
+    monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 1)
+
+    again = case.decide("concerning-willing", version)
+    closing = case.send("close", {"row_version": version, "reason": "safety-restored"})
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers)
+
+    for refused in (again, closing):
+        assert refused.status_code == 409, refused.text
+        assert "more of this case's history" in refused.json()["detail"]["message"]
+    assert len(_step_4_findings(case)) == 1
+    assert opened.status_code == 200
+    assert opened.json()["history_complete"] is False
+
+
+def test_a_referral_status_is_not_changed_when_not_every_referral_was_read(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The latest referral may be among those not read: before, the status went to the
+    # latest of those read, here the older referral.
+    monkeypatch.setattr(casework, "REFERRALS_PAGE_SIZE", 1)
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    saved = case.decide("concerning-unwilling", case.row_version)
+    for _ in range(2):  # two referrals (to the VK, then again)
+        assert saved.status_code == 200, saved.text
+        saved = case.refer_to_vk(saved.json()["row_version"])
+    assert saved.status_code == 200, saved.text
+    before = sorted((r["id"], r["status"]) for r in _referrals_on(case))
+    monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 1)
+
+    changed = case.send(
+        "referral", {"row_version": saved.json()["row_version"], "status": "completed"}
+    )
+
+    assert changed.status_code == 409, changed.text
+    assert "more of this case's history" in changed.json()["detail"]["message"]
+    assert sorted((r["id"], r["status"]) for r in _referrals_on(case)) == before
+
+
+def _referrals_on(case: HandedOffCase) -> list[dict[str, Any]]:
+    return search(case.base_url, "ServiceRequest", subject=case.patient)
+
+
 def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
     database_url: str,
     database: Database,
