@@ -652,8 +652,11 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
 def _already_there(client: FhirClient, ours: Resource, version: str) -> bool:
     """Whether the resource, changed since ``version`` (an earlier save made the same edit
     of that version, say), now says what ours says: nothing left to write, and no conflict.
-    Any other change since ``version`` is left to If-Match to refuse."""
-    current = client.read(ours["resourceType"], ours["id"])
+    Any other change since ``version``, a deletion too (410), is left to If-Match to refuse."""
+    try:
+        current = client.read(ours["resourceType"], ours["id"])
+    except FhirRejected:  # gone, or not ours to read: the update itself will say
+        return False
     if current.get("meta", {}).get("versionId") == version:
         return False
     return _unchanged(current, ours)  # its patient too: a child moved is no match

@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, update
 
@@ -1342,3 +1343,22 @@ def test_fault_a_conflict_notice_cleared_by_a_later_save_stays_cleared_once_it_i
 
     assert after.conflicts == frozenset()
     assert "Noor Goossens" in {c.name for c in after.children}
+
+
+def test_fault_an_edit_of_a_child_deleted_before_delivery_is_a_conflict(
+    database: Database, tmp_path: Path
+) -> None:
+    """The EHR deletes the child (a duplicate merged away) while the nurse's edit waits: the
+    update is refused as a conflict, as any change since the version she saw, and the
+    chart no longer shows the child; reading the deleted child (410) does not make the
+    save a failure."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    child_id = outage.children[0].ref.split("/")[1]
+
+    with outage.restart() as server:
+        deleted = httpx.delete(f"{server.base_url}/RelatedPerson/{child_id}", timeout=10)
+        deleted.raise_for_status()
+        outage.world.clock.advance(120)
+        outage.world.outbox.run_once()
+
+        assert outage.world.outbox.state_of(outage.result.outbox_id) == DeliveryState.CONFLICT
