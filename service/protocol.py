@@ -84,6 +84,8 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
 
+from service.local_time import LOCAL_ZONE
+
 __all__ = [
     "ACUTE_DANGER_TARGETS",
     "ADULT_FROM_MONTHS",
@@ -491,7 +493,8 @@ class FindingBase:
     """What every finding records: who, when, where, and an optional free-text note.
 
     ``recorded_by`` is a user reference (e.g. a fhirUser URL ``Practitioner/123``);
-    ``recorded_at`` must be timezone-aware. ``encounter_ref`` is the encounter in which
+    ``recorded_at`` must be timezone-aware; the day it falls on is :attr:`recorded_on`.
+    ``encounter_ref`` is the encounter in which
     the finding was recorded when it differs from the encounter that opened the case.
     """
 
@@ -512,6 +515,14 @@ class FindingBase:
                 ErrorCode.TIMEZONE_REQUIRED,
                 "The time of the finding must include its time zone.",
             )
+
+    @property
+    def recorded_on(self) -> date:
+        """The day the finding was recorded, in Belgium: the dates it is checked against
+        (a birth, a follow-up, a call to the facility) are the Belgian dates people typed,
+        whatever offset the moment comes back with (a FHIR server may return it in UTC,
+        where 00:30 in Brussels is still yesterday)."""
+        return self.recorded_at.astimezone(LOCAL_ZONE).date()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -547,7 +558,7 @@ class Step1Finding(FindingBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        today = self.recorded_at.date()
+        today = self.recorded_on
         seen: set[str] = set()
         for child in self.children:
             if child.birth_date > today:
@@ -767,7 +778,7 @@ class Step4Decision(ChildFinding):
 
 
 def _check_not_before(day: date | None, finding: FindingBase) -> None:
-    if day is not None and day < finding.recorded_at.date():
+    if day is not None and day < finding.recorded_on:
         raise InvalidFindingError(
             ErrorCode.FOLLOW_UP_IN_PAST,
             f"The follow-up date {day.isoformat()} lies before today; a follow-up is planned "
@@ -867,7 +878,7 @@ class Step6Referral(ChildFinding):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.contact is not None and self.contact.on > self.recorded_at.date():
+        if self.contact is not None and self.contact.on > self.recorded_on:
             raise InvalidFindingError(
                 ErrorCode.CONTACT_IN_FUTURE,
                 "The contact with the facility is recorded after it took place; its date "
@@ -1164,7 +1175,7 @@ def check_plausible_dates(finding: Finding) -> None:
     than a year back (see the bounds above). Checked when a finding is recorded, not in the
     finding itself: findings already recorded with such a date must still replay (their
     case stays readable). Other findings have no such dates."""
-    recorded_on = finding.recorded_at.date()
+    recorded_on = finding.recorded_on
     if isinstance(finding, Step5Progress):
         latest = latest_follow_up(recorded_on)
         planned = [finding.next_follow_up, *(a.follow_up_on for a in finding.agreed_actions)]

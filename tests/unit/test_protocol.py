@@ -976,3 +976,44 @@ def test_advice_follows_the_position_of_the_case() -> None:
     assert kinds(willing) == {(AdviceKind.CHILD_CONSENT, S4), (AdviceKind.CLB, S4)}
     restoring = apply(willing, step5(ProgressAssessment.NOT_RESTORED))
     assert kinds(restoring) == {(AdviceKind.CLB, S5)}
+
+
+#: 00:30 on 4 December in Brussels, as a FHIR server that keeps moments in UTC returns it:
+#: still 3 December there.
+JUST_AFTER_MIDNIGHT_IN_UTC = datetime(2026, 12, 3, 23, 30, tzinfo=UTC)
+
+
+def test_the_day_of_a_finding_is_the_belgian_day_whatever_offset_it_comes_back_with() -> None:
+    """A call to the facility 'today', a child born 'today', a follow-up 'today' recorded at
+    00:30 in Brussels are of 4 December, also when the server gives the moment in UTC: the
+    case replays, and a follow-up on the 3rd is in the past."""
+    today = date(2026, 12, 4)
+    referral = Step6Referral(
+        recorded_by=SOCIAL_WORKER,
+        recorded_at=JUST_AFTER_MIDNIGHT_IN_UTC,
+        target=ReferralTarget.VK,
+        with_cooperation=True,
+        patient_informed=True,
+        contact=FacilityContact(today, "An Peeters", ContactChannel.PHONE),
+    )
+    newborn = Step1Finding(
+        recorded_by=NURSE,
+        recorded_at=JUST_AFTER_MIDNIGHT_IN_UTC,
+        children=(child(born=today),),
+    )
+    progress = Step5Progress(
+        recorded_by=SOCIAL_WORKER,
+        recorded_at=JUST_AFTER_MIDNIGHT_IN_UTC,
+        progress=ProgressAssessment.IMPROVING,
+        next_follow_up=today,
+    )
+
+    assert referral.recorded_on == newborn.recorded_on == progress.recorded_on == today
+    with pytest.raises(InvalidFindingError) as refused:
+        Step5Progress(
+            recorded_by=SOCIAL_WORKER,
+            recorded_at=JUST_AFTER_MIDNIGHT_IN_UTC,
+            progress=ProgressAssessment.IMPROVING,
+            next_follow_up=today - timedelta(days=1),
+        )
+    assert refused.value.code is ErrorCode.FOLLOW_UP_IN_PAST
