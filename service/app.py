@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import smart_app
-from service import casework, keys
+from service import casework, keys, outbound
 from service.api import health
 from service.api.deps import for_each_hospital
 from service.cds.fastpath import CdsFastPath
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     if settings.guide_dir is not None:
         terminology.configure(settings.guide_dir)
     terminology.guide()  # a missing or broken guide stops the start, not the first card
+    outbound.configure(settings.outbound_allow)  # where the service may connect, for all
 
     app = KindreflexApp(
         title="Kindreflex-ED",

@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import httpx
 
-from service import tls
+from service import outbound
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class BlockingClient:
         self._bounds = bounds
         self._runner = asyncio.Runner()
         self._client = httpx.AsyncClient(
-            timeout=timeout, follow_redirects=False, verify=tls.context()
+            timeout=timeout, follow_redirects=False, transport=outbound.async_transport()
         )
 
     def request(

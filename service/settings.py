@@ -11,11 +11,11 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -82,6 +82,18 @@ class Settings(BaseSettings):
         description="How often the outbox retries undelivered FHIR writes (at most hourly).",
     )
 
+    outbound_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Where the service may connect (a hospital's FHIR server and SMART "
+        "endpoints, CDS issuers' JWK Sets): host names, `*.example.org` (any name under it), "
+        "IP addresses and CIDR ranges, separated by commas. Empty (the default): any address "
+        "but those never allowed (link-local, where cloud metadata answers, unspecified, "
+        "multicast, broadcast), so that the demo and hospitals' EHRs on loopback or private "
+        "addresses work out of the box. Set by the platform operator, not by a hospital: an "
+        "administrator's URL outside it is refused when saved and when connecting "
+        "(`service.outbound`).",
+    )
+
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry traces, metrics and logs of every request, "
@@ -94,6 +106,22 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("outbound_allow", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [entry.strip() for entry in value.split(",") if entry.strip()]
+        return value
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _allow_list_entries(cls, value: list[str]) -> list[str]:
+        from service.outbound import OutboundPolicy  # imported when set: it imports httpx
+
+        if value:
+            OutboundPolicy.parse(value)
+        return value
 
     @field_validator("log_level")
     @classmethod

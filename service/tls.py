@@ -5,7 +5,8 @@ a CDS client's JWK Set and the administrator's connection test are all reached w
 :func:`context`: the system's trust store, where a hospital installs its own CA (Debian:
 ``update-ca-certificates``), or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``. httpx's default is
 certifi's public bundle instead, so a hospital CA trusted for FHIR writes failed the SMART
-launch of the same EHR.
+launch of the same EHR. The clients get it through the transports of
+:mod:`service.outbound`, which also check where they connect.
 """
 
 from __future__ import annotations

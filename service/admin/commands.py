@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from service import audit, outbox
+from service import audit, outbound, outbox
 from service.admin import access
 from service.admin.config import ConfigurationError, TenantAdmin, export_yaml
 from service.db.base import Database, utcnow
@@ -54,6 +54,7 @@ def import_config(settings: Settings, tenant: str | None, path: Path, actor: str
         return 2
     database, tenants = _directory(settings)
     slug = tenant or settings.default_tenant
+    outbound.configure(settings.outbound_allow)  # the file's URLs are checked against it
     try:
         context = TenantAdmin(tenants).import_yaml(slug, text, actor)
     except ConfigurationError as error:

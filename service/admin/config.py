@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from service import outbound
 from service.config_error import ConfigValueError
 from service.tenancy import (
     SecretsUnavailableError,
@@ -277,6 +279,7 @@ class TenantAdmin:
         if based_on is not None and current is not None and current.version != based_on:
             raise StaleConfigurationError(current.version)
         previous = current.config if current else None
+        _refuse_hosts_not_allowed(config)
         config = _with_plan_revision(_with_kept_secrets(config, previous), previous)
         if current is not None and config == current.config:
             return current
@@ -335,6 +338,34 @@ def _with_kept_secrets(
     if problems:
         raise ConfigurationError(problems)
     return config.model_copy(update={"registrations": registrations})
+
+
+def _refuse_hosts_not_allowed(config: TenantConfiguration) -> None:
+    """Every URL the service will connect to (a FHIR base, a CDS issuer's ``jku``) within
+    the platform's outbound policy (:mod:`service.outbound`), checked by its host as
+    written; the connection checks again after resolving it. All URLs of the document are
+    checked, not only changed ones: one the policy no longer allows would fail anyway."""
+    problems: list[Problem] = []
+    for index, registration in enumerate(config.registrations):
+        urls = [(f"registrations[{index}].fhir_base_url", registration.fhir_base_url)]
+        urls += [
+            (f"registrations[{index}].cds_issuers[{i}].jku[{j}]", jku)
+            for i, issuer in enumerate(registration.cds_issuers)
+            for j, jku in enumerate(issuer.jku)
+        ]
+        for path, url in urls:
+            refusal = outbound.url_refusal(url)
+            if refusal is not None:
+                host = urlsplit(url).hostname or url
+                problems.append(
+                    Problem(
+                        f"the service may not connect to {host}: {refusal}",
+                        path,
+                        reasons=(Reason.of(f"admin.problem.outbound-{refusal.kind}", host=host),),
+                    )
+                )
+    if problems:
+        raise ConfigurationError(problems)
 
 
 def _client(registration: EhrRegistration) -> tuple[str, str, str]:

@@ -37,7 +37,7 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
 
-from service import tls
+from service import outbound
 from service.api.deps import settings_of, tenant_slug, tenants_of
 from service.cds import prefetch
 from service.cds.auth import (
@@ -108,9 +108,11 @@ def new_cds_state(database: Database, registry: Any) -> CdsState:
         fhir_requests.inc()
 
     # no redirects: the EHR's access token must not follow a redirect to another host
-    jwks_http = httpx.AsyncClient(follow_redirects=False, verify=tls.context())
+    jwks_http = httpx.AsyncClient(follow_redirects=False, transport=outbound.async_transport())
     fhir_http = httpx.AsyncClient(
-        follow_redirects=False, verify=tls.context(), event_hooks={"request": [count]}
+        follow_redirects=False,
+        transport=outbound.async_transport(),
+        event_hooks={"request": [count]},
     )
     commits = GroupCommit(fast_writes(database))
     cards = Counter(

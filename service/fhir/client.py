@@ -20,7 +20,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
-from service import tls
+from service import outbound
 
 FHIR_JSON = "application/fhir+json"
 
@@ -103,7 +103,8 @@ class FhirClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        self._http = httpx.Client(timeout=timeout, verify=tls.context())
+        # the trust store of service.tls, and the outbound policy checked at each connection
+        self._http = httpx.Client(timeout=timeout, transport=outbound.transport())
 
     def close(self) -> None:
         self._http.close()

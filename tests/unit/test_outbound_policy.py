@@ -1,0 +1,100 @@
+"""The outbound policy's decisions (``service.outbound``): which addresses are never
+reached, and what an allow-list entry admits. Pure functions: no network."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from pydantic import ValidationError
+
+from service.outbound import OutboundPolicy, denied, ip_literal
+from service.settings import load_settings
+
+OPEN = OutboundPolicy()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",
+        "169.254.0.1",
+        "0.0.0.0",  # noqa: S104 - an address refused, not bound
+        "0.1.2.3",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::",
+        "fe80::1",
+        "ff02::1",
+        "fd00:ec2::254",
+        "::ffff:169.254.169.254",  # IPv4-mapped
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    ],
+)
+def test_addresses_that_are_never_an_ehr_are_denied_whatever_the_allow_list(address: str) -> None:
+    assert denied(ipaddress.ip_address(address))
+    allowing = OutboundPolicy.parse(["0.0.0.0/0", "::/0", address])
+    refusal = allowing.refusal(address, [ipaddress.ip_address(address)])
+    assert refusal is not None
+    assert refusal.kind == "denied"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.1.5", "8.8.8.8"])
+def test_loopback_private_and_public_addresses_are_reached_without_an_allow_list(
+    address: str,
+) -> None:
+    assert OPEN.refusal(address, [ipaddress.ip_address(address)]) is None
+
+
+@pytest.mark.parametrize(
+    ("written", "address"),
+    [
+        ("169.254.43518", "169.254.169.254"),
+        ("0xa9fea9fe", "169.254.169.254"),
+        ("[::1]", "::1"),
+        ("127.1", "127.0.0.1"),
+    ],
+)
+def test_an_address_written_in_another_form_is_read_as_the_resolver_reads_it(
+    written: str, address: str
+) -> None:
+    assert ip_literal(written) == ipaddress.ip_address(address)
+
+
+def test_names_are_not_addresses() -> None:
+    assert ip_literal("ehr.az-gent.be") is None
+    assert ip_literal("deadbeef.example") is None
+
+
+def test_an_allow_list_admits_its_names_suffixes_and_ranges_only() -> None:
+    policy = OutboundPolicy.parse(["ehr.az-gent.be", "*.hospital.example", "10.20.0.0/16"])
+    ten = [ipaddress.ip_address("10.20.3.4")]
+    loopback = [ipaddress.ip_address("127.0.0.1")]
+    assert policy.refusal("EHR.az-gent.be.", loopback) is None  # a listed name: its DNS trusted
+    assert policy.refusal("fhir.hospital.example", []) is None
+    assert policy.refusal("a.b.hospital.example", []) is None
+    assert policy.refusal("10.20.9.9", [ipaddress.ip_address("10.20.9.9")]) is None
+    assert policy.refusal("fhir.elders.example", ten) is None  # every address in a range
+    for host, addresses in [
+        ("hospital.example", []),  # "*." is what is under the domain, not the domain
+        ("evilhospital.example", []),
+        ("az-gent.be", []),
+        ("localhost", loopback),
+        ("mixed.example", [*ten, *loopback]),
+        ("unresolved.example", []),
+    ]:
+        refusal = policy.refusal(host, addresses)
+        assert refusal is not None, host
+        assert refusal.kind == "not-allowed"
+
+
+@pytest.mark.parametrize("entry", ["a b", "*", "*.", "10.0.0.0/33", "http://ehr.example", "a.*.b"])
+def test_an_entry_that_is_no_host_domain_address_or_range_stops_the_start(entry: str) -> None:
+    with pytest.raises(ValidationError, match="outbound_allow"):
+        load_settings(outbound_allow=entry)
+
+
+def test_the_setting_is_comma_separated() -> None:
+    settings = load_settings(outbound_allow=" *.az-gent.be, 10.0.0.0/8 ,,localhost ")
+    assert settings.outbound_allow == ["*.az-gent.be", "10.0.0.0/8", "localhost"]
+    assert load_settings().outbound_allow == []
