@@ -88,6 +88,8 @@ _COMMIT_ATTEMPTS = 3
 KIND = "triage"
 #: Outbox entries that will still be delivered: their new children are shown pending.
 _UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
+#: Outbox entries the FHIR server refused (not retried): their edits are told on the chart.
+_REFUSED = (DeliveryState.CONFLICT, DeliveryState.FAILED)
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
@@ -176,6 +178,9 @@ class RecordedChart:
     #: save of ours the server refused because someone else had changed the child first
     #: (``conflict``), and that no save since has named again.
     conflicts: frozenset[str] = frozenset()
+    #: Likewise, the children whose edit the server refused for another reason (``failed``:
+    #: the save's content, say), shown as the server has them, until a save names them again.
+    failed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -309,7 +314,8 @@ class Triage:
         version it was made on (saved again unchanged, it is referenced, not written a
         second time: :func:`_write_children`). A child whose edit the server refused
         because someone else changed it first is shown as the server has it now, in
-        ``conflicts``, until a later save names it again (:func:`_refused_edits`).
+        ``conflicts`` (refused for another reason: ``failed``), until a later save names it
+        again (:func:`_refused_edits`).
         """
         patient_ref = _patient_ref(ctx)
         try:
@@ -324,7 +330,7 @@ class Triage:
         outstanding = self._outstanding(ctx)
         on_server = _child_identifiers(chart.related_persons)
         new = [c for c in outstanding.new_children if _child_uuid(c.ref) not in on_server]
-        children, pending, conflicts = [], {c.ref for c in new}, set()
+        children, pending, conflicts, failed = [], {c.ref for c in new}, set(), set()
         for child in recorded.children:
             edit = outstanding.edits.get(_child_id(child.ref))
             if edit is not None:  # the server's version, as our waiting save will change it
@@ -332,13 +338,17 @@ class Triage:
                 pending.add(edit.ref)
                 continue
             children.append(child)
-            if _child_id(child.ref) in outstanding.refused:
+            refusal = outstanding.refused.get(_child_id(child.ref))
+            if refusal == DeliveryState.CONFLICT:
                 conflicts.add(child.ref)
+            elif refusal is not None:
+                failed.add(child.ref)
         return replace(
             recorded,
             children=_eldest_first([*children, *new]),
             pending=frozenset(pending),
             conflicts=frozenset(conflicts),
+            failed=frozenset(failed),
         )
 
     def pending_chart(self, ctx: LaunchInfo) -> RecordedChart:
@@ -751,7 +761,8 @@ class _Outstanding:
 
     new_children: list[Child]  # undelivered new children, eldest first
     edits: dict[str, Child]  # child id → the latest undelivered edit (ref: its version)
-    refused: set[str]  # ids of children whose edit was refused as a conflict, not named since
+    refused: dict[str, str]  # child id → the state of the save that refused its latest edit
+    # (conflict or failed), for the children no save has named since
 
 
 def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
@@ -810,9 +821,10 @@ def _edited_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chil
     }
 
 
-def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -> set[str]:
-    """The ids of the children whose latest edit the FHIR server refused because someone
-    else had changed them first (a ``conflict`` entry), that no save made after the refusal
+def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -> dict[str, str]:
+    """The ids of the children whose latest edit the FHIR server refused, because someone
+    else had changed them first (a ``conflict`` entry) or for another reason (``failed``:
+    the nurse is no less unaware of it), with that state, that no save made after the refusal
     names (writes, or references as confirmed): the nurse who opens the chart next must be
     told her edit is not in the record, until a save of the child after that tells it was
     seen. "After" is in the order of the audit trail (the refusal's failure row and the
@@ -820,13 +832,13 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
     ago whose payload retention emptied cannot say whom it named: it counts as naming the
     child (a save names the children its page showed), so a notice it cleared does not
     come back with the purge."""
-    refused: dict[str, int] = {}  # child id → the last conflicting save editing it
+    refused: dict[str, _Save] = {}  # child id → the last refused save editing it
     for save in saves:
-        if save.state == DeliveryState.CONFLICT:
+        if save.state in _REFUSED:
             for child in _edited_children([save], patient_ref):
-                refused[child] = save.id
+                refused[child] = save
     if not refused:
-        return set()
+        return {}
     rows = session.execute(
         select(AuditRecord.outbox_id, AuditRecord.outcome, func.min(AuditRecord.id))
         .where(AuditRecord.outbox_id.in_([save.id for save in saves]))
@@ -834,19 +846,19 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
     )
     audited = {(outbox_id, outcome): row_id for outbox_id, outcome, row_id in rows.all()}
     seen = set()
-    for child_id, refused_in in refused.items():
-        since = audited.get((refused_in, "failure"), 0)
+    for child_id, refusing in refused.items():
+        since = audited.get((refusing.id, "failure"), 0)
         for save in saves:
             made = audited.get((save.id, "success"), 0)
             if (
-                save.id > refused_in
-                and save.state not in (DeliveryState.CONFLICT, DeliveryState.FAILED)
+                save.id > refusing.id
+                and save.state not in _REFUSED
                 and made > since
                 and (not _entries(save) or child_id in _named_children(save))
             ):
                 seen.add(child_id)
                 break
-    return set(refused) - seen
+    return {child_id: save.state for child_id, save in refused.items() if child_id not in seen}
 
 
 def _named_children(save: _Save) -> set[str]:

@@ -152,7 +152,8 @@ class ChildRow:
     #: What the page says of a recorded child besides "already in the record" (one of
     #: :data:`DELIVERY_MARKERS`): ``pending``, an edit of it saved and waiting in the outbox
     #: (shown with the saved values); ``conflict``, an edit of it the FHIR server refused
-    #: because someone else changed it first (shown as the server has it). Posted back with
+    #: because someone else changed it first (shown as the server has it); ``failed``, an
+    #: edit of it the server refused for another reason (likewise). Posted back with
     #: the row, so the page shown again (a row added, an error) still says it.
     delivery: str = ""
 
@@ -178,6 +179,8 @@ class ChildRow:
             return "step1.pending-edit"
         if self.delivery == "conflict":
             return "step1.conflict-child"
+        if self.delivery == "failed":
+            return "step1.failed-child"
         return "step1.recorded-child"
 
     @classmethod
@@ -189,6 +192,8 @@ class ChildRow:
             delivery = "pending"
         elif chart is not None and child.ref in chart.conflicts:
             delivery = "conflict"
+        elif chart is not None and child.ref in chart.failed:
+            delivery = "failed"
         return cls(
             ref=child.ref,
             name=child.name,
@@ -201,7 +206,7 @@ class ChildRow:
 
 
 #: The values of :attr:`ChildRow.delivery` the page knows (anything else posted reads as "").
-DELIVERY_MARKERS = frozenset({"pending", "conflict"})
+DELIVERY_MARKERS = frozenset({"pending", "conflict", "failed"})
 
 
 @dataclass

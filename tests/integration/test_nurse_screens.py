@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sandbox.runner import Sandbox
 from service.app import create_app
@@ -1358,3 +1358,35 @@ def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any
             status = re.search(rf'<p id="child-{i}-status"[^>]*>([^<]*)</p>', shown.text)
             assert status, i
             assert said in status.group(1)
+
+
+def test_an_edit_the_server_refused_for_another_reason_is_told_at_the_child(
+    nurse_for: Any, database: Database
+) -> None:
+    """A save editing a recorded child that the server refused, not as a conflict (its
+    entry failed, for a person): opened again, the page said only 'already in the record'.
+    It now says at that child, as a warning tied to the row, that the saved change was not
+    applied because the record refused it; the other child is only 'already in the record'."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows = _recorded_rows(page)
+    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+    assert 'data-save-status="delivered"' in saved.text
+    with database.session() as session:  # as if the server had refused it at delivery
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.kind == "triage")
+            .values(state="failed", delivered_at=None)
+        )
+
+    again = nurse.page()
+
+    child_id = rows["child-0-ref"].split("/")[1]
+    place = next(i for i, ref in enumerate(again.child_refs()) if f"/{child_id}/" in ref)
+    assert again.value(f"child-{place}-delivery") == "failed"
+    status = _tag(again, f'id="child-{place}-status"')
+    assert 'class="status warning"' in status
+    assert 'data-child-delivery="failed"' in status
+    assert again.text.count("het dossier weigerde ze") == 1
+    assert again.text.count("Al in het dossier") == 1  # the other child

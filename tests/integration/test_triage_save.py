@@ -1362,3 +1362,49 @@ def test_fault_an_edit_of_a_child_deleted_before_delivery_is_a_conflict(
         outage.world.outbox.run_once()
 
         assert outage.world.outbox.state_of(outage.result.outbox_id) == DeliveryState.CONFLICT
+
+
+def test_fault_an_edit_the_server_refused_for_another_reason_is_told_on_the_chart(
+    database: Database, tmp_path: Path
+) -> None:
+    """An edit saved during an outage whose save the server refuses at delivery, not as a
+    conflict (a 4xx for its content: here an entry it cannot take, added to the queued
+    bundle): the entry is failed, for a person. The chart showed the server's version as
+    'already in the record' without a word, the edit silently gone; it now names the child
+    among ``failed`` (shown as the server has it) until a later save names it again."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world = outage.world
+    child_id = outage.children[0].ref.split("/")[1]
+    patient = outage.server.seeded.patient("els-goossens")
+    bundle = _entry(database, outage.result.outbox_id).bundle
+    refused = {
+        "resource": {"resourceType": "NoSuchType"},
+        "request": {"method": "POST", "url": "NoSuchType"},
+    }
+    with database.session() as session:
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == outage.result.outbox_id)
+            .values(bundle={**bundle, "entry": [*bundle["entry"], refused]})
+        )
+
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        world.clock.advance(120)
+        world.outbox.run_once()
+        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.FAILED
+        stored = client.read("RelatedPerson", child_id)
+        nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-f")
+        chart = world.triage.load_chart(nurse)
+        shown = next(c for c in chart.children if c.ref.split("/")[1] == child_id)
+        redone = replace(shown, name="Noor Goossens")
+        saved = world.triage.record_triage(
+            nurse, _no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
+        )
+        after = world.triage.load_chart(nurse)
+
+    assert shown.ref == f"RelatedPerson/{child_id}/_history/{stored['meta']['versionId']}"
+    assert shown.name != "Noor Goossens"  # the server's version
+    assert chart.failed == {shown.ref}
+    assert chart.conflicts == chart.pending == frozenset()
+    assert saved.status == "delivered"
+    assert after.failed == after.conflicts == frozenset()
