@@ -13,6 +13,7 @@ Every failure is one of three typed errors, so callers decide without parsing HT
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import httpx
 
 from service import outbound
+
+log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 
@@ -136,6 +139,19 @@ class FhirClient:
         while following is not None and pages < max_pages:
             url = urljoin(f"{self.base_url}/", following)
             if not self._is_ours(url):
+                # else an operator sees only cases "read in part": a proxy in front of the
+                # server that writes its inside address is the usual cause. The origin only:
+                # the link's path and query name the patient.
+                there = urlsplit(url)
+                log.warning(
+                    "a search's next page lies outside the FHIR server: not followed",
+                    extra={
+                        "fields": {
+                            "fhir_base_url": self.base_url,
+                            "next_origin": f"{there.scheme}://{there.netloc}",
+                        }
+                    },
+                )
                 break
             page = _searchset(self._request("GET", url), resource_type)
             entries += page.get("entry", [])

@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +21,7 @@ from service.fhir.client import (
     FhirRejected,
     FhirUnavailable,
     FhirUnreadable,
+    SearchPages,
 )
 from service.outbox import TransactionBuilder
 
@@ -167,18 +168,16 @@ def test_a_search_is_read_page_by_page_up_to_its_cap(fhir: FhirServer) -> None:
     assert (len(capped.bundle["entry"]), capped.complete) == (4, False)
 
 
-def test_a_next_link_away_from_the_fhir_server_is_not_followed() -> None:
-    # The access token goes to the hospital's FHIR server only: a next page elsewhere is
-    # not asked for, and the read says it is incomplete.
+def _paged(links: Mapping[int, str]) -> tuple[SearchPages, list[str]]:
+    """A search on https://fhir.hospital.example/fhir whose page N links to ``links[N]``:
+    what was read, and the URLs asked. (A MockTransport: a loopback server cannot be made to
+    write links to other hosts or to its own host written another way.)"""
     asked: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         asked.append(str(request.url))
         page = int(request.url.params.get("page", "1"))
-        following = {
-            1: "Observation?page=2",  # relative to the base: followed
-            2: "https://elsewhere.example/fhir/Observation?page=3",
-        }.get(page)
+        following = links.get(page)
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -190,7 +189,20 @@ def test_a_next_link_away_from_the_fhir_server_is_not_followed() -> None:
     with FhirClient("https://fhir.hospital.example/fhir", lambda: "t", 1.0) as client:
         client._http.close()
         client._http = httpx.Client(transport=httpx.MockTransport(answer))
-        pages = client.search_pages("Observation", {"code": "x"}, max_pages=10)
+        return client.search_pages("Observation", {"code": "x"}, max_pages=10), asked
+
+
+def test_a_next_link_away_from_the_fhir_server_is_not_followed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The access token goes to the hospital's FHIR server only: a next page elsewhere is
+    # not asked for, the read says it is incomplete, and the operator is told why.
+    pages, asked = _paged(
+        {
+            1: "Observation?page=2",  # relative to the base: followed
+            2: "https://elsewhere.example/fhir/Observation?patient=Patient/p-1&page=3",
+        }
+    )
 
     assert [e["resource"]["id"] for e in pages.bundle["entry"]] == ["1", "2"]
     assert pages.complete is False
@@ -198,34 +210,23 @@ def test_a_next_link_away_from_the_fhir_server_is_not_followed() -> None:
         "https://fhir.hospital.example/fhir/Observation?code=x",
         "https://fhir.hospital.example/fhir/Observation?page=2",
     ]
+    (warning,) = [r for r in caplog.records if r.name == "service.fhir.client"]
+    fields = getattr(warning, "fields", {})
+    assert fields["next_origin"] == "https://elsewhere.example"
+    assert "p-1" not in str(fields)
 
 
 def test_a_next_link_to_the_same_server_written_another_way_is_followed() -> None:
     # A server (or the proxy in front of it) may write its own host in capitals or name the
     # default port: the same server, followed. Before, such a link was refused as another
     # server's and every case longer than a page read as incomplete. Another port is not.
-    asked: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        asked.append(str(request.url))
-        page = int(request.url.params.get("page", "1"))
-        following = {
+    pages, asked = _paged(
+        {
             1: "https://FHIR.Hospital.example:443/fhir/Observation?page=2",
             2: "https://fhir.hospital.example/fhir/Observation?page=3",
             3: "https://fhir.hospital.example:8443/fhir/Observation?page=4",
-        }.get(page)
-        bundle: dict[str, Any] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": [{"resource": {"resourceType": "Observation", "id": str(page)}}],
-            "link": [{"relation": "next", "url": following}] if following else [],
         }
-        return httpx.Response(200, json=bundle)
-
-    with FhirClient("https://fhir.hospital.example/fhir", lambda: "t", 1.0) as client:
-        client._http.close()
-        client._http = httpx.Client(transport=httpx.MockTransport(answer))
-        pages = client.search_pages("Observation", {"code": "x"}, max_pages=10)
+    )
 
     assert [e["resource"]["id"] for e in pages.bundle["entry"]] == ["1", "2", "3"]
     assert pages.complete is False  # page 4 is on another port: not asked for
