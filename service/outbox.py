@@ -643,23 +643,35 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
         ours = entry["resource"]
         seen = client.read(ours["resourceType"], f"{ours['id']}/_history/{version}")
         _check_owner(seen, ours)
-        if not _unchanged(seen, ours) and not _already_there(client, ours, version):
-            entries.append({"resource": _overlay(seen, ours), "request": request})
+        if _unchanged(seen, ours):
+            continue
+        current = _changed_since(client, ours, version)
+        if current is not None and _unchanged(current, ours):
+            continue  # the resource already says what ours says: nothing to write
+        if current is not None and _SHOWN in entry and _unchanged(current, entry[_SHOWN]):
+            # changed since into what the user was shown (an earlier save's edit, delivered
+            # meanwhile): ours applies over it, as it did over what she saw
+            _check_owner(current, ours)
+            now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
+            entries.append({"resource": _overlay(current, ours), "request": now})
+            continue
+        entries.append({"resource": _overlay(seen, ours), "request": request})
     entries = [_described(entry, updating) for entry in entries]
     return {**bundle, "entry": _referring(entries, found) if found else entries}
 
 
-def _already_there(client: FhirClient, ours: Resource, version: str) -> bool:
-    """Whether the resource, changed since ``version`` (an earlier save made the same edit
-    of that version, say), now says what ours says: nothing left to write, and no conflict.
-    Any other change since ``version``, a deletion too (410), is left to If-Match to refuse."""
+def _changed_since(client: FhirClient, ours: Resource, version: str) -> Resource | None:
+    """The resource as it is now when it changed since ``version`` (an earlier save's edit
+    of that version delivered, say), else None. Only a change into what ours says, or
+    into what the user was shown (``_SHOWN``), is no conflict; any other, a deletion too
+    (410), is left to If-Match to refuse."""
     try:
         current = client.read(ours["resourceType"], ours["id"])
     except FhirRejected:  # gone, or not ours to read: the update itself will say
-        return False
+        return None
     if current.get("meta", {}).get("versionId") == version:
-        return False
-    return _unchanged(current, ours)  # its patient too: a child moved is no match
+        return None
+    return current
 
 
 def _described(entry: Resource, updating: bool) -> Resource:
@@ -938,6 +950,9 @@ class OutboxWorker:
 #: Marks a bundle entry as a merge update; never sent (:func:`_merged` rebuilds the entry).
 _MERGE = "kindreflexMerge"
 _IF_UPDATING = "kindreflexIfUpdating"
+#: On a merge update, what the user was shown of the resource instead of the version it
+#: names: an earlier save's edit of that version, still waiting then (never sent).
+_SHOWN = "kindreflexShown"
 
 
 class TransactionBuilder:
@@ -992,11 +1007,17 @@ class TransactionBuilder:
         )
         return reference
 
-    def merge_update(self, resource: Resource, version_id: str) -> str:
+    def merge_update(
+        self, resource: Resource, version_id: str, *, shown: Resource | None = None
+    ) -> str:
         """An update of ``resource`` (its ``id``, and only our elements) over the version the
-        user saw, merged with that version at delivery (see the module doc)."""
+        user saw, merged with that version at delivery (see the module doc). ``shown``: our
+        elements as the user saw them instead, an earlier save's edit of that version still
+        waiting; once that edit is delivered, the update applies over it."""
         reference = self.update(resource, version_id)
         self._entries[-1][_MERGE] = True
+        if shown is not None:
+            self._entries[-1][_SHOWN] = shown
         return reference
 
     def add(self, resource: Resource, *, if_updating: Resource | None = None) -> str:

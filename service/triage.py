@@ -650,7 +650,8 @@ def _write_children(
     showed that edit pending delivery and the nurse kept it. It is referenced, not written
     again: that save writes it, and a second update on the same version would be refused
     at delivery. Such a child posted with other values is a change of what the page
-    showed (the edit, not the version the session saw), so it is written. An edit already
+    showed (the edit, not the version the session saw), so it is written, over that edit
+    once it is delivered (``TransactionBuilder.merge_update``'s ``shown``). An edit already
     delivered is no reason to reference: someone else may have changed the child since,
     and this save's edit of the version its page showed must then be refused, not lost; it
     is written, and left out at delivery when the record already says what it says
@@ -679,7 +680,13 @@ def _write_children(
             ours = mapping.child_related_person(
                 child, patient_ref=patient_ref, identifier=mapping.identifier("child")
             )
-            refs[child.ref] = tx.merge_update({**ours, "id": child_id}, version)
+            # over the earlier save's edit the page showed, once that is delivered
+            as_shown = None
+            if earlier is not None:
+                as_shown = mapping.child_related_person(
+                    earlier, patient_ref=patient_ref, identifier=mapping.identifier("child")
+                )
+            refs[child.ref] = tx.merge_update({**ours, "id": child_id}, version, shown=as_shown)
             written.append(refs[child.ref])
     return refs, written
 

@@ -1408,3 +1408,67 @@ def test_fault_an_edit_the_server_refused_for_another_reason_is_told_on_the_char
     assert chart.conflicts == chart.pending == frozenset()
     assert saved.status == "delivered"
     assert after.failed == after.conflicts == frozenset()
+
+
+def test_fault_a_pending_edit_corrected_on_the_chart_is_delivered_with_the_correction(
+    database: Database, tmp_path: Path
+) -> None:
+    """The chart shows an edit waiting for delivery and asks to correct it where needed.
+    A colleague corrects it: her save updated the version the edit was made on, which the
+    first save's delivery had replaced, so the server refused it as a conflict (her whole
+    save with it) though nobody else had changed the child. Her correction now applies
+    over the edit once it is delivered: both saves delivered, the child has her name."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world = outage.world
+    edited_ref = outage.children[0].ref
+    patient = outage.server.seeded.patient("els-goossens")
+
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        colleague = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/c-2")
+        chart = world.triage.load_chart(colleague)
+        assert chart.pending == {edited_ref}
+        corrected = tuple(
+            replace(c, name="Noor Goossens-Peeters") if c.ref == edited_ref else c
+            for c in chart.children
+        )
+        saved = world.triage.record_triage(colleague, _no_concern(colleague, corrected))
+        world.clock.advance(120)
+        world.outbox.run_once()
+        world.clock.advance(600)
+        world.outbox.run_once()
+        states = [world.outbox.state_of(r.outbox_id) for r in (outage.result, saved)]
+        after = client.read("RelatedPerson", edited_ref.split("/")[1])
+
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED]
+    assert display_name(after) == "Noor Goossens-Peeters"
+    assert validate(after) == []
+
+
+def test_fault_a_pending_edit_corrected_then_changed_by_someone_else_is_a_conflict(
+    database: Database, tmp_path: Path
+) -> None:
+    """The same correction, but someone else changed the child after the first save's
+    edit was delivered: the correction is refused as a conflict, the other change kept."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world = outage.world
+    edited_ref = outage.children[0].ref
+    child_id = edited_ref.split("/")[1]
+    patient = outage.server.seeded.patient("els-goossens")
+
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        colleague = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/c-3")
+        chart = world.triage.load_chart(colleague)
+        world.clock.advance(120)
+        world.outbox.run_once()
+        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.DELIVERED
+        changed = _changed_by_someone_else(client, child_id)
+        corrected = tuple(
+            replace(c, name="Noor Goossens-Peeters") if c.ref == edited_ref else c
+            for c in chart.children
+        )
+        with pytest.raises(SaveConflict):
+            world.triage.record_triage(colleague, _no_concern(colleague, corrected))
+        after = client.read("RelatedPerson", child_id)
+
+    assert display_name(after) == "Noor Goossens"
+    assert after["birthDate"] == _day_before(changed["birthDate"])
