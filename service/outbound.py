@@ -43,7 +43,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -377,6 +377,19 @@ class GuardedBackend(httpcore.NetworkBackend):
 _LIMITS = httpx.Limits()
 
 
+def _pool_options(
+    backend: httpcore.NetworkBackend | httpcore.AsyncNetworkBackend,
+) -> dict[str, Any]:
+    """The pool httpx builds by default (its trust store ours), with ``backend``."""
+    return {
+        "ssl_context": tls.context(),
+        "max_connections": _LIMITS.max_connections,
+        "max_keepalive_connections": _LIMITS.max_keepalive_connections,
+        "keepalive_expiry": _LIMITS.keepalive_expiry,
+        "network_backend": backend,
+    }
+
+
 def async_transport(
     backend: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncBaseTransport:
@@ -386,11 +399,7 @@ def async_transport(
     # httpx 0.28 has no parameter for the network backend: its pool is replaced by the same
     # pool (httpx's defaults) with ours. tests/integration/test_outbound.py fails if not used.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=tls.context(),
-        max_connections=_LIMITS.max_connections,
-        max_keepalive_connections=_LIMITS.max_keepalive_connections,
-        keepalive_expiry=_LIMITS.keepalive_expiry,
-        network_backend=backend or GuardedAsyncBackend(),
+        **_pool_options(backend or GuardedAsyncBackend())
     )
     return transport
 
@@ -398,11 +407,5 @@ def async_transport(
 def transport(backend: httpcore.NetworkBackend | None = None) -> httpx.BaseTransport:
     """:func:`async_transport` for a blocking ``httpx.Client``."""
     sync = httpx.HTTPTransport(verify=tls.context(), trust_env=False)
-    sync._pool = httpcore.ConnectionPool(
-        ssl_context=tls.context(),
-        max_connections=_LIMITS.max_connections,
-        max_keepalive_connections=_LIMITS.max_keepalive_connections,
-        keepalive_expiry=_LIMITS.keepalive_expiry,
-        network_backend=backend or GuardedBackend(),
-    )
+    sync._pool = httpcore.ConnectionPool(**_pool_options(backend or GuardedBackend()))
     return sync

@@ -424,6 +424,16 @@ def test_a_long_case_is_read_page_by_page(
     assert all("_count=2" in url for url in pages[1:])
 
 
+def _referred_twice(case: HandedOffCase) -> int:
+    """Decide the case concerning-unwilling and refer it to the VK twice; its row version."""
+    saved = case.decide("concerning-unwilling", case.row_version)
+    for _ in range(2):
+        assert saved.status_code == 200, saved.text
+        saved = case.refer_to_vk(saved.json()["row_version"])
+    assert saved.status_code == 200, saved.text
+    return int(saved.json()["row_version"])
+
+
 def test_a_case_longer_than_a_read_takes_says_its_history_is_incomplete(
     database_url: str,
     database: Database,
@@ -433,11 +443,7 @@ def test_a_case_longer_than_a_read_takes_says_its_history_is_incomplete(
     # Beyond the pages a case reads, the page and the API say so instead of hiding it.
     monkeypatch.setattr(casework, "REFERRALS_PAGE_SIZE", 1)
     case = _handed_off_case(database_url, database, fhir_server.base_url)
-    saved = case.decide("concerning-unwilling", case.row_version)
-    for _ in range(2):  # two referrals (to the VK, then again)
-        assert saved.status_code == 200, saved.text
-        saved = case.refer_to_vk(saved.json()["row_version"])
-    assert saved.status_code == 200, saved.text
+    _referred_twice(case)
     incomplete = "de geschiedenis hieronder is onvolledig"
 
     monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 1)
@@ -497,17 +503,11 @@ def test_a_referral_status_is_not_changed_when_not_every_referral_was_read(
     # latest of those read, here the older referral.
     monkeypatch.setattr(casework, "REFERRALS_PAGE_SIZE", 1)
     case = _handed_off_case(database_url, database, fhir_server.base_url)
-    saved = case.decide("concerning-unwilling", case.row_version)
-    for _ in range(2):  # two referrals (to the VK, then again)
-        assert saved.status_code == 200, saved.text
-        saved = case.refer_to_vk(saved.json()["row_version"])
-    assert saved.status_code == 200, saved.text
+    row_version = _referred_twice(case)
     before = sorted((r["id"], r["status"]) for r in _referrals_on(case))
     monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 1)
 
-    changed = case.send(
-        "referral", {"row_version": saved.json()["row_version"], "status": "completed"}
-    )
+    changed = case.send("referral", {"row_version": row_version, "status": "completed"})
 
     assert changed.status_code == 409, changed.text
     assert "more of this case's history" in changed.json()["detail"]["message"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -356,6 +357,23 @@ def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outag
     server.stop()
     result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, name))
     return _Outage(world, server, children, before, result)
+
+
+@contextlib.contextmanager
+def _refused_as_a_conflict(
+    database: Database, tmp_path: Path
+) -> Iterator[tuple[_Outage, FhirClient, str]]:
+    """An edit of the first child saved during an outage ("Noor Goossens"), then refused as
+    a conflict: someone else changed the child before delivery. Yields the outage, a client
+    of the restarted server and the child's id; the server runs until the block ends."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    child_id = outage.children[0].ref.split("/")[1]
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        _changed_by_someone_else(client, child_id)
+        outage.world.clock.advance(120)
+        outage.world.outbox.run_once()
+        assert outage.world.outbox.state_of(outage.result.outbox_id) == DeliveryState.CONFLICT
+        yield outage, client, child_id
 
 
 def test_fault_a_loaded_child_edited_while_the_server_is_down_is_delivered_exactly_once(
@@ -1166,16 +1184,9 @@ def test_fault_an_edit_refused_as_a_conflict_is_told_on_the_chart_until_the_chil
     without a word: the edit silently gone. It now names the child among ``conflicts``
     (the page says the edit was not applied), with the server's version and its ref,
     until the nurse saves the child again; that save is delivered and the notice goes."""
-    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
-    world = outage.world
-    child_id = outage.children[0].ref.split("/")[1]
-    patient = outage.server.seeded.patient("els-goossens")
-
-    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
-        _changed_by_someone_else(client, child_id)
-        world.clock.advance(120)
-        world.outbox.run_once()
-        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.CONFLICT
+    with _refused_as_a_conflict(database, tmp_path) as (outage, client, child_id):
+        world = outage.world
+        patient = outage.server.seeded.patient("els-goossens")
         current = client.read("RelatedPerson", child_id)
         nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-r")
         chart = world.triage.load_chart(nurse)
@@ -1312,16 +1323,9 @@ def test_fault_a_conflict_notice_cleared_by_a_later_save_stays_cleared_once_it_i
     """A conflict is told until a later save names the child. That save delivered, its
     payload emptied by retention (``kindreflex db purge``): the chart could no longer see
     that it named the child, and told the long-redone conflict again."""
-    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
-    world = outage.world
-    child_id = outage.children[0].ref.split("/")[1]
-    patient = outage.server.seeded.patient("els-goossens")
-
-    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
-        _changed_by_someone_else(client, child_id)
-        world.clock.advance(120)
-        world.outbox.run_once()
-        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.CONFLICT
+    with _refused_as_a_conflict(database, tmp_path) as (outage, _client, _child_id):
+        world = outage.world
+        patient = outage.server.seeded.patient("els-goossens")
         nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-p")
         chart = world.triage.load_chart(nurse)
         assert len(chart.conflicts) == 1
