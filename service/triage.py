@@ -516,11 +516,14 @@ def _finding_identifier(
 @dataclass(frozen=True)
 class _Raised:
     """The open concern a save's Flag stands for: its identifier, and when and by whom it
-    was first raised (``period.start`` and ``author``)."""
+    was first raised (``period.start`` and ``author``). Of a concern open already, what
+    its Flag says by now (``known``: its last step and Hague triggers, as the worklist
+    keeps them); None when this save raises it."""
 
     identifier: str
     at: datetime
     by: str
+    known: tuple[Step, frozenset[str]] | None = None
 
 
 def _raised(
@@ -530,7 +533,8 @@ def _raised(
     so whichever pending entry the server gets first (the worker's order is the backoff's,
     not the saves') starts the Flag when the concern was first raised."""
     if open_concern is not None:
-        return _Raised(flag_identifier, open_concern.flagged_at, open_concern.flagged_by)
+        known = (Step(open_concern.last_step), frozenset(open_concern.triggers or ()))
+        return _Raised(flag_identifier, open_concern.flagged_at, open_concern.flagged_by, known)
     assert findings.step2 is not None  # only asked for a concern, which step 2 raises
     return _Raised(flag_identifier, findings.step2.recorded_at, ctx.user.fhir_user)
 
@@ -606,20 +610,29 @@ def _write_findings(
 def _write_flag(
     tx: TransactionBuilder, ctx: LaunchInfo, findings: TriageInput, raised: _Raised | None
 ) -> list[str]:
-    """The open-concern Flag of a niet-pluis or unclear step 2 (none otherwise)."""
+    """The open-concern Flag of a niet-pluis or unclear step 2 (none otherwise).
+
+    A concern open already keeps its Flag, which then says what this visit found too: its
+    last step is step 2 again (the team decides anew, step 4) and its triggers are those of
+    every visit since it was raised. Only when that is news (the case had moved past step 2,
+    or a trigger is new) is it laid over the Flag on the server (a create-or-merge: one
+    read more at delivery); otherwise the conditional create finds it and changes nothing.
+    """
     if raised is None or findings.step2 is None:
         return []
-    patient_ref = _launch_refs(ctx)[0]
+    known_step, known_triggers = raised.known or (Step.STEP_2, frozenset[str]())
+    triggers = known_triggers | {t.value for t in findings.step2.triggers}
     identifier = mapping.identifier("concern", raised.identifier)
     flag = mapping.concern_flag(
-        patient_ref=patient_ref,
+        patient_ref=_launch_refs(ctx)[0],
         author=raised.by,
         flagged_at=raised.at,
         identifier=identifier,
         last_step=Step.STEP_2,
-        triggers=findings.step2.triggers,
+        triggers=triggers,
     )
-    return [tx.create(flag, identifier)]
+    news = known_step is not Step.STEP_2 or triggers != known_triggers
+    return [(tx.create_or_merge if raised.known and news else tx.create)(flag, identifier)]
 
 
 def _write_children(
@@ -1052,7 +1065,7 @@ def _index_concern(
         )
         session.add(row)
     row.patient_display = findings.patient_display or row.patient_display
-    row.triggers = sorted(t.value for t in step2.triggers)
+    row.triggers = sorted({*(row.triggers or ()), *(t.value for t in step2.triggers)})
     row.children_birth_dates = sorted(c.birth_date.isoformat() for c in findings.step1.children)
     row.last_step = Step.STEP_2.value
     row.acute_danger = row.acute_danger or step2.acute_danger  # as the protocol keeps it
