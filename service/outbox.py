@@ -103,6 +103,7 @@ from service.fhir.client import (
     summarise,
 )
 from service.fhir.mapping import display_name, meta_on_update
+from service.fhir.terminology import extension_url
 
 log = logging.getLogger(__name__)
 
@@ -739,6 +740,8 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
     """``ours``' elements laid over ``seen``'s (see :func:`_element`); extensions are merged
     by URL, identifiers kept, ``meta`` is the server's with our profile added
     (:func:`~service.fhir.mapping.meta_on_update`: its tags and security labels stay)."""
+    if ours.get("resourceType") == "Flag":
+        seen = _concern_as_merged(seen, ours)
     merged = {**seen, "meta": meta_on_update(seen.get("meta"), ours.get("meta"))}
     for key, mine in ours.items():
         if key not in _NOT_OURS:
@@ -752,6 +755,19 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
         del merged["extension"]
     merged["identifier"] = seen.get("identifier") or ours.get("identifier", [])
     return merged
+
+
+def _concern_as_merged(seen: Resource, ours: Resource) -> Resource:
+    """The concern Flag on the server as a later visit's niet-pluis finds it
+    (``service.triage._write_flag``), before ours is laid over it. Ours is open: a Flag
+    closed on the server meanwhile (the worklist still said open) is reopened whole, not
+    made ``active`` with the closed concern's end and close reason kept."""
+    if ours.get("status") != "active" or seen.get("status") == "active":
+        return seen
+    closing = extension_url("concern-close-reason")
+    period = {k: v for k, v in seen.get("period", {}).items() if k != "end"}
+    kept = [e for e in seen.get("extension", []) if e.get("url") != closing]
+    return {**seen, "period": period, "extension": kept}
 
 
 #: Elements a merge never takes from ours (``extension`` is merged by URL, ``meta`` kept

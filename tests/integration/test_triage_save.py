@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ from sandbox.fhir_server import FhirServer, free_port
 from sandbox.seed import SeedResult, seed
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, ShownChild
-from service.fhir import terminology
+from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient
 from service.fhir.mapping import display_name
 from service.outbox import DeliveryState, Outbox
@@ -1174,6 +1174,68 @@ def test_a_later_visit_tells_the_open_concerns_flag_what_it_found(
     with world.database.session() as session:
         (row,) = session.scalars(select(Concern)).all()
     assert (row.last_step, row.triggers) == ("step-2", ["domestic-violence", "substance-abuse"])
+
+
+def _later_niet_pluis_over(
+    world: World, seeded: SeedResult, stored: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A concern raised and moved on to step 4 (its worklist row and Flag, as the social
+    service leaves them), its Flag then stored on the server as ``stored`` makes it, and a
+    later visit's niet-pluis with substance abuse: the Flag before and after that visit."""
+    patient = seeded.patient("jan-janssens")
+    lotte = _child("Lotte Janssens", 7)
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    assert world.triage.record_triage(first, _niet_pluis(first, (lotte,))).status == "delivered"
+    with world.database.session() as session:
+        (concern,) = session.scalars(select(Concern)).all()
+        concern.last_step = "step-4"
+    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+    step_url = terminology.extension_url("concern-last-step")
+    with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
+        (flag,) = search(world.base_url, "Flag", identifier=identifier)
+        others = [e for e in flag["extension"] if e["url"] != step_url]
+        step_4 = {"url": step_url, "valueCoding": terminology.coding("kindreflex-step", "step-4")}
+        _put(client, stored({**flag, "extension": [*others, step_4]}))
+    (before,) = search(world.base_url, "Flag", identifier=identifier)
+    later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+    findings = _with_trigger(_niet_pluis(later, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
+    assert world.triage.record_triage(later, findings).status == "delivered"
+    (after,) = search(world.base_url, "Flag", identifier=identifier)
+    return before, after
+
+
+def test_a_later_visit_reopens_a_flag_closed_on_the_server_whole(
+    world: World, seeded: SeedResult
+) -> None:
+    """The worklist says the concern is open, the FHIR server's Flag was closed meanwhile
+    (in the EHR, say). The later visit's niet-pluis reopens it: active, and without the
+    closed concern's end and close reason (an active Flag with them was what the merge
+    made: the case replayed only until that end, and the case page showed it closed)."""
+    closing = terminology.extension_url("concern-close-reason")
+
+    def closed(flag: dict[str, Any]) -> dict[str, Any]:
+        reason = {
+            "url": closing,
+            "valueCodeableConcept": terminology.codeable_concept("case-close-reason", "other")
+            | {"text": "closed in the EHR"},
+        }
+        period = {**flag["period"], "end": "2026-03-10T10:00:00+01:00"}
+        return {
+            **flag,
+            "status": "inactive",
+            "period": period,
+            "extension": [*flag["extension"], reason],
+        }
+
+    before, after = _later_niet_pluis_over(world, seeded, closed)
+
+    assert before["status"] == "inactive"
+    assert after["status"] == "active"
+    assert after["period"] == {"start": before["period"]["start"]}
+    assert [e for e in after["extension"] if e["url"] == closing] == []
+    assert validate(after) == []
+    assert mapping.open_concern_of(after) is not None
+    assert mapping.closure_from_flag(after) is None
 
 
 def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_once_confirmed(
