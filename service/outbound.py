@@ -234,7 +234,7 @@ def url_refusal(url: str, resolve: Callable[[str], list[Address]] | None = None)
         return current.refusal(host, [])
     try:
         addresses = (resolve or resolve_blocking)(host)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a name IDNA cannot encode (a label > 63)
         addresses = []
     return current.refusal(host, addresses)
 

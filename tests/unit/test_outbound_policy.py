@@ -8,6 +8,7 @@ import ipaddress
 import pytest
 from pydantic import ValidationError
 
+from service import outbound
 from service.outbound import OutboundPolicy, denied, ip_literal
 from service.settings import load_settings
 
@@ -98,3 +99,15 @@ def test_the_setting_is_comma_separated() -> None:
     settings = load_settings(outbound_allow=" *.az-gent.be, 10.0.0.0/8 ,,localhost ")
     assert settings.outbound_allow == ["*.az-gent.be", "10.0.0.0/8", "localhost"]
     assert load_settings().outbound_allow == []
+
+
+@pytest.mark.parametrize("host", ["a..b.example", f"{'a' * 64}.example"])
+def test_a_name_the_resolver_cannot_encode_is_refused_when_saved_not_an_error(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges only, so the name is resolved; Python's resolver raises UnicodeError (not
+    OSError) for an empty or over-long label before asking DNS: the save says not allowed."""
+    monkeypatch.setattr(outbound, "_configured", OutboundPolicy.parse(["10.0.0.0/8"]))
+    refusal = outbound.url_refusal(f"https://{host}/fhir")
+    assert refusal is not None
+    assert refusal.kind == "not-allowed"
