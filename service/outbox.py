@@ -761,7 +761,9 @@ def _concern_as_merged(seen: Resource, ours: Resource) -> Resource:
     """The concern Flag on the server as a later visit's niet-pluis finds it
     (``service.triage._write_flag``), before ours is laid over it. Ours is open: a Flag
     closed on the server meanwhile (the worklist still said open) is reopened whole, not
-    made ``active`` with the closed concern's end and close reason kept."""
+    made ``active`` with the closed concern's end and close reason kept. A Flag an earlier
+    version wrote with an ``encounter`` loses it (``mapping.concern_flag``: profile 0..0)."""
+    seen = {key: value for key, value in seen.items() if key != "encounter"}
     if ours.get("status") != "active" or seen.get("status") == "active":
         return seen
     closing = extension_url("concern-close-reason")

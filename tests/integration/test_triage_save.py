@@ -1238,6 +1238,24 @@ def test_a_later_visit_reopens_a_flag_closed_on_the_server_whole(
     assert mapping.closure_from_flag(after) is None
 
 
+def test_a_later_visit_drops_the_encounter_an_earlier_version_wrote_on_the_flag(
+    world: World, seeded: SeedResult
+) -> None:
+    """A Flag written before 413344b names the visit that raised it (Flag.encounter: in R4
+    "only relevant during the encounter"); the profile now forbids it. The later visit's
+    niet-pluis updates that Flag without it, as a social service's step does."""
+    patient = seeded.patient("jan-janssens")
+
+    def with_encounter(flag: dict[str, Any]) -> dict[str, Any]:
+        return {**flag, "encounter": {"reference": f"Encounter/{patient.arrived_encounter_id}"}}
+
+    before, after = _later_niet_pluis_over(world, seeded, with_encounter)
+
+    assert "encounter" in before
+    assert "encounter" not in after
+    assert validate(after) == []
+
+
 def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_once_confirmed(
     database: Database, tmp_path: Path
 ) -> None:
