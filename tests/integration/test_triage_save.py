@@ -1256,6 +1256,33 @@ def test_a_later_visit_drops_the_encounter_an_earlier_version_wrote_on_the_flag(
     assert validate(after) == []
 
 
+def test_a_later_visit_keeps_the_flags_triggers_its_worklist_row_lost(
+    world: World, seeded: SeedResult
+) -> None:
+    """A worklist row saved before e9f6723 kept only the latest visit's triggers, while the
+    Flag kept the first visit's. A later visit's niet-pluis laid over that Flag must not
+    replace the triggers the Flag has with the ones the row knows: it adds its own."""
+
+    def self_harm_too(flag: dict[str, Any]) -> dict[str, Any]:
+        url = terminology.extension_url("concern-trigger")
+        coding = terminology.coding("hague-trigger", HagueTrigger.SELF_HARM_PSYCHIATRIC.value)
+        return {**flag, "extension": [*flag["extension"], {"url": url, "valueCoding": coding}]}
+
+    _, after = _later_niet_pluis_over(world, seeded, self_harm_too)
+
+    url = terminology.extension_url("concern-trigger")
+    triggers = sorted(e["valueCoding"]["code"] for e in after["extension"] if e["url"] == url)
+    assert triggers == sorted(
+        t.value
+        for t in (
+            HagueTrigger.DOMESTIC_VIOLENCE,
+            HagueTrigger.SUBSTANCE_ABUSE,
+            HagueTrigger.SELF_HARM_PSYCHIATRIC,
+        )
+    )
+    assert validate(after) == []
+
+
 def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_once_confirmed(
     database: Database, tmp_path: Path
 ) -> None:
