@@ -304,7 +304,7 @@ class GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
                 addresses = await self._resolve(host, port)
         except TimeoutError as error:
             raise httpcore.ConnectTimeout(str(error)) from error
-        except OSError as error:  # as the socket's own lookup would fail
+        except (OSError, UnicodeError) as error:  # as the socket's own lookup would fail
             raise httpcore.ConnectError(str(error)) from error
         failure: Exception | None = None
         for address in _checked(host, addresses, policy()):
@@ -349,7 +349,7 @@ class GuardedBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         try:
             addresses = self._resolve(host, port)
-        except OSError as error:
+        except (OSError, UnicodeError) as error:  # UnicodeError: a name IDNA cannot encode
             raise httpcore.ConnectError(str(error)) from error
         failure: Exception | None = None
         for address in _checked(host, addresses, policy()):

@@ -29,6 +29,7 @@ from service.admin.commands import import_config
 from service.admin.config import export_yaml
 from service.admin.connection import check_connection
 from service.app import create_app
+from service.bounded_fetch import BlockingClient, Bounds
 from service.db.base import Database
 from service.fhir.client import FhirClient, FhirUnavailable
 from service.settings import Settings, load_settings
@@ -258,3 +259,17 @@ def test_a_name_resolving_to_a_denied_address_is_refused_and_a_checked_address_i
             answer = http.get(f"http://ehr.az-gent.example:{port}/")
             assert answer.status_code == 200
     assert served.requests == 1
+
+
+def test_a_name_the_resolver_cannot_encode_is_a_server_not_reached_not_an_error() -> None:
+    """Python's resolver raises UnicodeError, not OSError, for an empty or over-long label,
+    before asking DNS: as any name that does not resolve, it is a ConnectError for the
+    callers (the FHIR client's FhirUnavailable; the async clients' resolver already says so)."""
+    for base in ("https://a..b.example/fhir", f"https://{'a' * 64}.example/fhir"):
+        with (
+            FhirClient(base, lambda: "token", 5.0) as client_of_fhir,
+            pytest.raises(FhirUnavailable, match="ConnectError"),
+        ):
+            client_of_fhir.search("Patient", {})
+        with BlockingClient(Bounds(5, 1000), 5.0) as blocking, pytest.raises(httpx.ConnectError):
+            blocking.request("GET", base)
