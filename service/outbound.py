@@ -299,18 +299,25 @@ class GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        # ``timeout`` bounds the whole connect, as httpcore's own backend does (the lookup
+        # and every address tried): each address gets an equal share of what is left
+        deadline = None if timeout is None else anyio.current_time() + timeout
         try:
             with anyio.fail_after(timeout):
                 addresses = await self._resolve(host, port)
         except TimeoutError as error:
-            raise httpcore.ConnectTimeout(str(error)) from error
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from error
         except (OSError, UnicodeError) as error:  # as the socket's own lookup would fail
             raise httpcore.ConnectError(str(error)) from error
+        checked = _checked(host, addresses, policy())
         failure: Exception | None = None
-        for address in _checked(host, addresses, policy()):
+        for index, address in enumerate(checked):
+            share = None
+            if deadline is not None:
+                share = max(deadline - anyio.current_time(), 0.0) / (len(checked) - index)
             try:
                 return await self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
+                    str(address), port, share, local_address, socket_options
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
                 failure = error

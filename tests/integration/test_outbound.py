@@ -12,11 +12,13 @@ other processes of this machine share.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpcore
 import httpx
 import pytest
@@ -273,3 +275,36 @@ def test_a_name_the_resolver_cannot_encode_is_a_server_not_reached_not_an_error(
             client_of_fhir.search("Patient", {})
         with BlockingClient(Bounds(5, 1000), 5.0) as blocking, pytest.raises(httpx.ConnectError):
             blocking.request("GET", base)
+
+
+def test_the_async_connect_timeout_bounds_the_lookup_and_every_address_together() -> None:
+    """httpcore's own backend bounds the whole connect (lookup, every address) by the
+    connect timeout; the CDS prefetch counts on it (1.5 s). A slow lookup and two addresses
+    that never answer (IPv6 blackholed, then IPv4) take that timeout, not three of it, and
+    each address is tried."""
+    tried: list[tuple[str, float | None]] = []
+
+    async def slow_lookup(host: str, _port: int) -> list[outbound.Address]:
+        await anyio.sleep(0.3)
+        return [ipaddress.ip_address("2001:db8::1"), ipaddress.ip_address("192.0.2.1")]
+
+    class Blackholed(httpcore.AsyncNetworkBackend):
+        async def connect_tcp(
+            self, host: str, port: int, timeout: float | None = None, *_: object
+        ) -> httpcore.AsyncNetworkStream:
+            tried.append((host, timeout))
+            await anyio.sleep(timeout if timeout is not None else 60)
+            raise httpcore.ConnectTimeout(f"{host} did not answer")
+
+    async def get() -> float:
+        backend = outbound.GuardedAsyncBackend(resolve=slow_lookup, inner=Blackholed())
+        transport = outbound.async_transport(backend)
+        async with httpx.AsyncClient(transport=transport, timeout=1.0) as http:
+            started = time.monotonic()
+            with pytest.raises(httpx.ConnectTimeout):
+                await http.get("https://ehr.az-gent.example/fhir/metadata")
+            return time.monotonic() - started
+
+    took = anyio.run(get)
+    assert took < 1.3, took
+    assert [host for host, _ in tried] == ["2001:db8::1", "192.0.2.1"]
