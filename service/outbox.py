@@ -102,8 +102,7 @@ from service.fhir.client import (
     Resource,
     summarise,
 )
-from service.fhir.mapping import display_name, meta_on_update
-from service.fhir.terminology import extension_url
+from service.fhir.mapping import as_laid_over, display_name, meta_on_update
 
 log = logging.getLogger(__name__)
 
@@ -740,8 +739,7 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
     """``ours``' elements laid over ``seen``'s (see :func:`_element`); extensions are merged
     by URL, identifiers kept, ``meta`` is the server's with our profile added
     (:func:`~service.fhir.mapping.meta_on_update`: its tags and security labels stay)."""
-    if ours.get("resourceType") == "Flag":
-        seen, ours = _concern_as_merged(seen, ours)
+    seen, ours = as_laid_over(seen, ours)
     merged = {**seen, "meta": meta_on_update(seen.get("meta"), ours.get("meta"))}
     for key, mine in ours.items():
         if key not in _NOT_OURS:
@@ -755,34 +753,6 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
         del merged["extension"]
     merged["identifier"] = seen.get("identifier") or ours.get("identifier", [])
     return merged
-
-
-def _concern_as_merged(seen: Resource, ours: Resource) -> tuple[Resource, Resource]:
-    """The concern Flag on the server as a later visit's niet-pluis finds it
-    (``service.triage._write_flag``), and ours to lay over it. Ours is open: a Flag
-    closed on the server meanwhile (the worklist still said open) is reopened whole, not
-    made ``active`` with the closed concern's end and close reason kept. A Flag an earlier
-    version wrote with an ``encounter`` loses it (``mapping.concern_flag``: profile 0..0).
-    Ours says the triggers the worklist row knows; the Flag's triggers are those of every
-    visit since it was raised, so one the row does not know (a row older than e9f6723 kept
-    only the latest visit's) stays beside ours."""
-    seen = {key: value for key, value in seen.items() if key != "encounter"}
-    trigger = extension_url("concern-trigger")
-    mine = ours.get("extension", [])
-    known = [e for e in mine if e.get("url") == trigger]
-    lost = [
-        e
-        for e in seen.get("extension", [])
-        if e.get("url") == trigger and not any(_agrees(e, k) for k in known)
-    ]
-    if lost:
-        ours = {**ours, "extension": [*mine, *lost]}
-    if ours.get("status") != "active" or seen.get("status") == "active":
-        return seen, ours
-    closing = extension_url("concern-close-reason")
-    period = {k: v for k, v in seen.get("period", {}).items() if k != "end"}
-    kept = [e for e in seen.get("extension", []) if e.get("url") != closing]
-    return {**seen, "period": period, "extension": kept}, ours
 
 
 #: Elements a merge never takes from ours (``extension`` is merged by URL, ``meta`` kept

@@ -671,6 +671,45 @@ def open_concern_of(flag: Mapping[str, Any]) -> OpenConcern | None:
     )
 
 
+def as_laid_over(seen: Resource, ours: Resource) -> tuple[Resource, Resource]:
+    """The server's version of a resource of ours and ours, as the outbox lays ours over it
+    at delivery (``service.outbox``: a create-or-merge, a merge update). What the resource
+    type asks of that merge beyond the outbox's general rules is said here; only the
+    concern Flag asks anything (:func:`_concern_as_laid_over`)."""
+    if seen.get("resourceType") == ours.get("resourceType") == "Flag":
+        return _concern_as_laid_over(seen, ours)
+    return seen, ours
+
+
+def _concern_as_laid_over(seen: Resource, ours: Resource) -> tuple[Resource, Resource]:
+    """The concern Flag on the server as a later visit's niet-pluis finds it
+    (``service.triage._write_flag``), and ours to lay over it. Ours is open: a Flag
+    closed on the server meanwhile (the worklist still said open) is reopened whole, not
+    made ``active`` with the closed concern's end and close reason kept. A Flag an earlier
+    version wrote with an ``encounter`` loses it (:func:`concern_flag`: profile 0..0).
+    Ours says the triggers the worklist row knows; the Flag's triggers are those of every
+    visit since it was raised, so one the row does not know (a row older than e9f6723 kept
+    only the latest visit's) stays beside ours."""
+    seen = {key: value for key, value in seen.items() if key != "encounter"}
+    trigger = t.extension_url("concern-trigger")
+    known = set(_extension_codes(ours, "concern-trigger"))
+    lost = [
+        e
+        for e in seen.get("extension", [])
+        if e.get("url") == trigger
+        and isinstance(e.get("valueCoding"), dict)
+        and e["valueCoding"].get("code") not in known
+    ]
+    if lost:
+        ours = {**ours, "extension": [*ours.get("extension", []), *lost]}
+    if ours.get("status") != "active" or seen.get("status") == "active":
+        return seen, ours
+    closing = t.extension_url("concern-close-reason")
+    period = {k: v for k, v in seen.get("period", {}).items() if k != "end"}
+    kept = [e for e in seen.get("extension", []) if e.get("url") != closing]
+    return {**seen, "period": period, "extension": kept}, ours
+
+
 def _extension_codes(resource: Mapping[str, Any], extension_id: str) -> list[str]:
     """The codes of the resource's ``valueCoding`` extensions of the guide's ``extension_id``."""
     url = t.extension_url(extension_id)
