@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service import outbound
+from service import outbound, tls
 from service.admin.commands import import_config
 from service.admin.config import export_yaml
 from service.admin.connection import check_connection
@@ -43,6 +43,7 @@ from tests.integration.test_cds_auth_jwks import GOOD, admin_headers, call
 from tests.integration.test_cds_auth_jwks import KEY as EHR_KEY
 from tests.integration.test_cds_hooks import AUD, PUBLIC_URL, Ehr, tenant_config
 from tests.support.served import ServedJson
+from tests.support.tls import private_ca
 
 __all__ = ["client", "gent"]  # the admin screen's fixtures
 
@@ -308,3 +309,26 @@ def test_the_async_connect_timeout_bounds_the_lookup_and_every_address_together(
     took = anyio.run(get)
     assert took < 1.3, took
     assert [host for host, _ in tried] == ["2001:db8::1", "192.0.2.1"]
+
+
+def test_tls_still_verifies_the_name_though_the_socket_is_opened_to_an_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backends connect to the checked address; SNI and the certificate's check must
+    still be of the URL's name. The hospital CA's certificate names 127.0.0.1 only: reached
+    as 127.0.0.1, refused as localhost (same socket address), whichever client."""
+    ca = private_ca(tmp_path)
+    monkeypatch.setattr(tls, "context", ca.client_context)
+    with ServedJson(BUNDLE, tls=ca.server_context()) as served:
+        by_name = served.url.replace("127.0.0.1", "localhost")
+        with FhirClient(served.url.rstrip("/"), lambda: "token", 5.0) as client_of_fhir:
+            assert client_of_fhir.search("Patient", {})["type"] == "searchset"
+        with (
+            FhirClient(by_name.rstrip("/"), lambda: "token", 5.0) as client_of_fhir,
+            pytest.raises(FhirUnavailable, match="ConnectError"),
+        ):
+            client_of_fhir.search("Patient", {})
+        with BlockingClient(Bounds(5, 1000), 5.0) as blocking:
+            assert blocking.request("GET", served.url).status_code == 200
+            with pytest.raises(httpx.ConnectError, match="Hostname mismatch"):
+                blocking.request("GET", by_name)
