@@ -1129,53 +1129,6 @@ def _with_trigger(findings: TriageInput, trigger: HagueTrigger) -> TriageInput:
     return replace(findings, step2=replace(findings.step2, triggers=frozenset({trigger})))
 
 
-def test_a_later_visit_tells_the_open_concerns_flag_what_it_found(
-    world: World, seeded: SeedResult
-) -> None:
-    """A niet-pluis on a patient whose concern is open continues its Flag. The Flag kept
-    what its first save said: the triggers of that visit, and the last step the social
-    service had reached. It now says this visit too: step 2 again (the team decides anew,
-    as the worklist already said) and the triggers of both visits, on the one Flag. (The
-    social service's step 4 is stood in for by its Flag and worklist row, as it leaves
-    them.) A visit that brings nothing new leaves the Flag as it is."""
-    patient = seeded.patient("jan-janssens")
-    lotte = _child("Lotte Janssens", 7)
-    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
-    assert world.triage.record_triage(first, _niet_pluis(first, (lotte,))).status == "delivered"
-    with world.database.session() as session:
-        (concern,) = session.scalars(select(Concern)).all()
-        concern.last_step = "step-4"
-    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
-    step_url = terminology.extension_url("concern-last-step")
-    with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
-        (flag,) = search(world.base_url, "Flag", identifier=identifier)
-        others = [e for e in flag["extension"] if e["url"] != step_url]
-        step_4 = {"url": step_url, "valueCoding": terminology.coding("kindreflex-step", "step-4")}
-        _put(client, {**flag, "extension": [*others, step_4]})
-
-    later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
-    findings = _with_trigger(_niet_pluis(later, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
-    assert world.triage.record_triage(later, findings).status == "delivered"
-    (continued,) = search(world.base_url, "Flag", identifier=identifier)
-    again = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-3")
-    assert world.triage.record_triage(again, findings).status == "delivered"
-    (unchanged,) = search(world.base_url, "Flag", identifier=identifier)
-
-    def codes(url_id: str) -> list[str]:
-        url = terminology.extension_url(url_id)
-        return sorted(e["valueCoding"]["code"] for e in continued["extension"] if e["url"] == url)
-
-    assert codes("concern-last-step") == ["step-2"]
-    assert codes("concern-trigger") == ["domestic-violence", "substance-abuse"]
-    assert continued["period"] == flag["period"]
-    assert continued["author"] == flag["author"]
-    assert validate(continued) == []
-    assert unchanged["meta"]["versionId"] == continued["meta"]["versionId"]
-    with world.database.session() as session:
-        (row,) = session.scalars(select(Concern)).all()
-    assert (row.last_step, row.triggers) == ("step-2", ["domestic-violence", "substance-abuse"])
-
-
 def _later_niet_pluis_over(
     world: World, seeded: SeedResult, stored: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -1202,6 +1155,39 @@ def _later_niet_pluis_over(
     assert world.triage.record_triage(later, findings).status == "delivered"
     (after,) = search(world.base_url, "Flag", identifier=identifier)
     return before, after
+
+
+def test_a_later_visit_tells_the_open_concerns_flag_what_it_found(
+    world: World, seeded: SeedResult
+) -> None:
+    """A niet-pluis on a patient whose concern is open continues its Flag. The Flag kept
+    what its first save said: the triggers of that visit, and the last step the social
+    service had reached. It now says this visit too: step 2 again (the team decides anew,
+    as the worklist already said) and the triggers of both visits, on the one Flag. (The
+    social service's step 4 is stood in for by its Flag and worklist row, as it leaves
+    them.) A visit that brings nothing new leaves the Flag as it is."""
+    flag, continued = _later_niet_pluis_over(world, seeded, lambda stored: stored)
+    patient = seeded.patient("jan-janssens")
+    again = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-3")
+    lotte = _child("Lotte Janssens", 7)
+    findings = _with_trigger(_niet_pluis(again, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
+    assert world.triage.record_triage(again, findings).status == "delivered"
+    with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
+        unchanged = client.read("Flag", continued["id"])
+
+    def codes(url_id: str) -> list[str]:
+        url = terminology.extension_url(url_id)
+        return sorted(e["valueCoding"]["code"] for e in continued["extension"] if e["url"] == url)
+
+    assert codes("concern-last-step") == ["step-2"]
+    assert codes("concern-trigger") == ["domestic-violence", "substance-abuse"]
+    assert continued["period"] == flag["period"]
+    assert continued["author"] == flag["author"]
+    assert validate(continued) == []
+    assert unchanged["meta"]["versionId"] == continued["meta"]["versionId"]
+    with world.database.session() as session:
+        (row,) = session.scalars(select(Concern)).all()
+    assert (row.last_step, row.triggers) == ("step-2", ["domestic-violence", "substance-abuse"])
 
 
 def test_a_later_visit_reopens_a_flag_closed_on_the_server_whole(
