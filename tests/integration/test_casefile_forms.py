@@ -25,7 +25,7 @@ from service.local_time import local, local_today
 from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
 from service.social import Step4Input
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
-from tests.support.casework import SOCIAL_WORKER, index_case, save_triage
+from tests.support.casework import SOCIAL_WORKER, index_case, on_the_worklist, save_triage
 from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
 from tests.support.write_path import (
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
@@ -42,11 +42,7 @@ def _case_before_step_4(
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     patient = save_triage(app, tenant, base_url)
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
-    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
-    (case_id,) = [
-        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
-    ]
+    client, case_id = on_the_worklist(app, tenant, base_url)
     return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
 
 
@@ -205,11 +201,7 @@ def test_the_printed_referral_gives_the_concerns_reasons_after_a_later_visit_wit
     app = make_app(database_url, database)
     patient = save_triage(app, tenant, base_url)
     save_triage(app, tenant, base_url, returning=patient, assessment=SafetyAssessment.NO_CONCERN)
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
-    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
-    (case_id,) = [
-        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
-    ]
+    client, case_id = on_the_worklist(app, tenant, base_url)
     page = client.get(f"/social/cases/{case_id}").text
     assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
     page = client.get(f"/social/cases/{case_id}").text
@@ -325,9 +317,7 @@ def test_the_history_shows_who_helps_on_a_bad_day_as_the_nurse_recorded_it(
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     save_triage(app, tenant, base_url, who_helps="Her sister, who lives next door.")
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
-    client = TestClient(app, headers={"Cookie": worker.headers["Cookie"]})
-    (case_id,) = re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    client, case_id = on_the_worklist(app, tenant, base_url)
 
     page = client.get(f"/social/cases/{case_id}").text
 
@@ -349,11 +339,7 @@ def test_a_referred_case_closes_after_a_later_visit_without_concern(
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     patient = save_triage(app, tenant, base_url)
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
-    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
-    (case_id,) = [
-        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
-    ]
+    client, case_id = on_the_worklist(app, tenant, base_url)
     page = client.get(f"/social/cases/{case_id}").text
     assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
     page = client.get(f"/social/cases/{case_id}").text

@@ -21,7 +21,13 @@ from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.fhir.client import FhirClient
 from service.outbox import DeliveryState, NewEntry, enqueue
-from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, index_case, save_triage
+from tests.support.casework import (
+    COLLEAGUE,
+    SOCIAL_WORKER,
+    index_case,
+    on_the_worklist,
+    save_triage,
+)
 from tests.support.served import ServedJson
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
@@ -254,11 +260,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     patient = save_triage(app, tenant, base_url)
-    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
-    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
-    (case_id,) = [
-        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
-    ]
+    client, case_id = on_the_worklist(app, tenant, base_url)
 
     assert patient in client.get("/social").text  # the launch carried no name
     page = client.get(f"/social/cases/{case_id}").text

@@ -18,6 +18,7 @@ from tests.support.casework import (
     SOCIAL_WORKER,
     assignment_of,
     index_case,
+    on_the_worklist,
     save_triage,
 )
 from tests.support.sessions import UNUSED_FHIR as FHIR
@@ -281,10 +282,8 @@ def test_take_it_on_from_the_case_page_returns_to_that_case(
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     save_triage(app, tenant, base_url)
-    me = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
-    client = TestClient(app, follow_redirects=False, headers={"Cookie": me.headers["Cookie"]})
+    client, case_id = on_the_worklist(app, tenant, base_url)
     worklist = client.get("/social").text
-    (case_id,) = [int(i) for i in re.findall(r'href="/social/cases/(\d+)"', worklist)]
     assert 'name="return_to" value="worklist"' in worklist
     page = client.get(f"/social/cases/{case_id}").text
     action = f"/social/cases/{case_id}/claim"
@@ -314,14 +313,10 @@ def test_take_it_on_from_the_case_page_refused_shows_that_case_with_who_has_it(
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     save_triage(app, tenant, base_url)
-    me = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
     colleague = signed_in(
         app, tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url, name="Els Peeters"
     )
-    client = TestClient(app, follow_redirects=False, headers={"Cookie": me.headers["Cookie"]})
-    (case_id,) = [
-        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
-    ]
     action = f"/social/cases/{case_id}/claim"
     (csrf, version) = _claim_forms(client.get(f"/social/cases/{case_id}").text)[action]
     theirs = TestClient(

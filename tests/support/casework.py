@@ -3,11 +3,13 @@ needed), and a real niet-pluis save at triage on a real FHIR server."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import httpx
+from fastapi.testclient import TestClient
 
 from service.db.base import Database, utcnow
 from service.db.models import Concern
@@ -185,3 +187,13 @@ def save_triage(
     )
     assert result.status == "delivered"
     return f"Patient/{patient_id}"
+
+
+def on_the_worklist(app: Any, tenant: TenantContext, base_url: str) -> tuple[TestClient, int]:
+    """A social worker signed in on ``base_url`` (a browser that does not follow
+    redirects) and the one case her worklist lists."""
+    worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
+    worklist = client.get("/social").text
+    (case_id,) = [int(i) for i in re.findall(r'href="/social/cases/(\d+)"', worklist)]
+    return client, case_id
