@@ -751,19 +751,29 @@ def _eldest_first(children: Iterable[Child]) -> list[Child]:
     return sorted(children, key=lambda child: (child.birth_date, child.name))
 
 
-def _created_child(entry: Resource, patient_ref: str) -> Child | None:
-    """The child a queued transaction entry creates for this patient (a conditional create
-    on our child identifier, see :func:`_write_children`), with its ``urn:uuid:`` ref."""
+def _child_written(
+    entry: Resource, patient_ref: str, method: Literal["POST", "PUT"]
+) -> tuple[Resource, Child] | None:
+    """The RelatedPerson of this patient a queued transaction entry writes with ``method``,
+    and the child it records (its ``ref`` still to be set)."""
     resource, request = entry.get("resource", {}), entry.get("request", {})
-    if request.get("method") != "POST" or resource.get("resourceType") != "RelatedPerson":
+    if request.get("method") != method or resource.get("resourceType") != "RelatedPerson":
         return None
     if resource.get("patient", {}).get("reference") != patient_ref:
         return None
-    found = _child_identifiers([resource])
     child = mapping.child_from_related_person(resource)
-    if len(found) != 1 or child is None:
+    return None if child is None else (resource, child)
+
+
+def _created_child(entry: Resource, patient_ref: str) -> Child | None:
+    """The child a queued transaction entry creates for this patient (a conditional create
+    on our child identifier, see :func:`_write_children`), with its ``urn:uuid:`` ref."""
+    written = _child_written(entry, patient_ref, "POST")
+    if written is None:
         return None
-    return replace(child, ref=f"urn:uuid:{found.pop()}")
+    resource, child = written
+    found = _child_identifiers([resource])
+    return replace(child, ref=f"urn:uuid:{found.pop()}") if len(found) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -817,17 +827,13 @@ def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chi
 def _edited_child(entry: Resource, patient_ref: str) -> Child | None:
     """The edit a queued transaction entry makes of a child on the server (a merge update
     with If-Match, see :func:`_write_children`), with the ref of the version it was made on."""
-    resource, request = entry.get("resource", {}), entry.get("request", {})
-    if request.get("method") != "PUT" or resource.get("resourceType") != "RelatedPerson":
+    written = _child_written(entry, patient_ref, "PUT")
+    if written is None:
         return None
-    if resource.get("patient", {}).get("reference") != patient_ref:
-        return None
-    version = str(request.get("ifMatch", "")).removeprefix('W/"').removesuffix('"')
+    resource, child = written
+    version = str(entry["request"].get("ifMatch", "")).removeprefix('W/"').removesuffix('"')
     ref = _VERSIONED_CHILD.format(id=resource.get("id"), version=version)
-    child = mapping.child_from_related_person(resource)
-    if child is None or _parse_versioned(ref) is None:
-        return None
-    return replace(child, ref=ref)
+    return replace(child, ref=ref) if _parse_versioned(ref) is not None else None
 
 
 def _edited_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Child]:
