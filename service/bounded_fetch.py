@@ -7,10 +7,11 @@ it, for as long as it likes; and a body is read whole into memory however large 
 body) ends within ``Bounds.seconds`` or raises ``TimeoutError``, and a body growing past
 ``Bounds.max_bytes`` is refused there (:class:`BodyTooLargeError`).
 
-The CDS service awaits it on its event loop (an issuer's JWK Set). The SMART app's routes
-and its token refresh run in threads of a shared pool: they fetch through
-:class:`BlockingClient`, which runs the same coroutine on a loop of their own, because a
-blocking socket has no deadline for a whole answer.
+The CDS service awaits it on its event loop (an issuer's JWK Set, the prefetch fallback's
+FHIR batch). The SMART app's routes, its token refresh and the FHIR client
+(``service.fhir.client``, used by the routes and the outbox worker) run in threads: they
+fetch through :class:`BlockingClient`, which runs the same coroutine on a loop of their
+own, because a blocking socket has no deadline for a whole answer.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class BlockingClient:
 
     def __init__(self, bounds: Bounds, timeout: float) -> None:
         self._bounds = bounds
+        self._closed = False
         self._runner = asyncio.Runner()
         self._client = httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, transport=outbound.async_transport()
@@ -87,11 +89,18 @@ class BlockingClient:
         request = self._client.build_request(method, url, **options)
         return self._runner.run(fetch(self._client, request, self._bounds, auth))
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Closes the connections and the event loop; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._runner.run(self._client.aclose())
         finally:
             self._runner.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
         gt=0,
         le=300,
         allow_inf_nan=False,
-        description="Timeout of one request to a hospital FHIR server (at most 300 s).",
+        description="Timeout of one request to a hospital FHIR server, all of it: "
+        "connecting, sending and the whole answer (at most 300 s).",
     )
     outbox_interval_seconds: float = Field(
         2.0,

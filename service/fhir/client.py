@@ -5,10 +5,19 @@ worker thread, like the database sessions. The client never retries: a failed wr
 the outbox's business (it retries with backoff), a failed read is shown to the user.
 Every failure is one of three typed errors, so callers decide without parsing HTTP:
 
-* :class:`FhirUnavailable` — network error, timeout, 5xx: try again later;
+* :class:`FhirUnavailable` — network error, timeout, 5xx: try again later (its
+  :class:`FhirUnreadable` — an answer that is not FHIR, or too large to read);
 * :class:`FhirConflict` — 409/412: someone else changed the resource (If-Match);
 * :class:`FhirRejected` — any other 4xx, with the server's OperationOutcome: retrying
   the same request cannot help.
+
+Each request is bounded as a whole (:mod:`service.bounded_fetch`), not only each network
+operation: connecting, sending and the whole answer end within the client's ``timeout``
+(``KINDREFLEX_FHIR_TIMEOUT_SECONDS``), else :class:`FhirUnavailable`; and an answer is read
+no further than :data:`MAX_ANSWER_BYTES`, else :class:`FhirUnreadable`. Before, a server
+(or a proxy in front of it) trickling its answer a byte every few seconds held the
+nurse's chart, the social worker's case page or an outbox delivery as long as it liked,
+and a huge answer was read whole into memory.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
-from service import outbound
+from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,14 @@ FHIR_JSON = "application/fhir+json"
 Resource = dict[str, Any]
 #: Search parameters: a mapping, or pairs when a parameter repeats (``_revinclude``).
 SearchParams = Mapping[str, str] | Sequence[tuple[str, str]]
+
+#: The largest answer read from a FHIR server. The largest we ask for are a case's search
+#: page (500 step findings, about 1 MiB), the triage chart (a patient with up to 100
+#: children and Flags) and a transaction's response: a few MiB at most, even pretty-printed
+#: with narratives. 32 MiB leaves ten times that and more, while a few answers at once
+#: (one per thread of the pool, and the outbox worker) cannot exhaust the memory. A larger
+#: answer is not FHIR we can use: :class:`FhirUnreadable`, for the EHR's administrators.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
 class ReauthorisationRequired(Exception):  # noqa: N818 - name agreed between the engineers
@@ -96,7 +113,13 @@ class SearchPages:
 
 
 class FhirClient:
-    """FHIR R4 JSON over HTTP with a bearer token from ``token`` (called for every request)."""
+    """FHIR R4 JSON over HTTP with a bearer token from ``token`` (called for every request).
+
+    ``timeout`` bounds each request whole: see the module's description. Each client has an
+    event loop and a connection pool of its own (:class:`BlockingClient`, with the trust
+    store of ``service.tls`` and the outbound policy): close it (``with``), in the thread
+    that uses it.
+    """
 
     def __init__(
         self,
@@ -106,8 +129,8 @@ class FhirClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        # the trust store of service.tls, and the outbound policy checked at each connection
-        self._http = httpx.Client(timeout=timeout, transport=outbound.transport())
+        self._bounds = Bounds(timeout, MAX_ANSWER_BYTES)
+        self._http = BlockingClient(self._bounds, timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -205,6 +228,13 @@ class FhirClient:
         try:
             query = tuple(params) if isinstance(params, Sequence) else params
             response = self._http.request(method, url, params=query, json=json, headers=headers)
+        except TimeoutError as error:
+            seconds = self._bounds.seconds
+            raise FhirUnavailable(
+                f"{method} {url}: no whole answer within {seconds:g} s (TimeoutError)"
+            ) from error
+        except BodyTooLargeError as error:
+            raise FhirUnreadable(f"{method} {url}: {error}") from error
         except httpx.HTTPError as error:
             raise FhirUnavailable(f"{method} {url}: {type(error).__name__}") from error
         return _body_or_error(method, url, response)

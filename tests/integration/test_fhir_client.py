@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ import pytest
 
 from sandbox.fhir_server import FhirServer, free_port
 from service.fhir.client import (
+    MAX_ANSWER_BYTES,
     FhirClient,
     FhirConflict,
     FhirRejected,
@@ -24,6 +26,7 @@ from service.fhir.client import (
     SearchPages,
 )
 from service.outbox import TransactionBuilder
+from tests.support.served import ServedJson, Trickled
 
 pytestmark = pytest.mark.fhirserver
 
@@ -148,6 +151,44 @@ def test_5xx_timeouts_and_non_fhir_answers_are_unavailable(broken: str) -> None:
             client.read("Patient", "slow")
 
 
+def test_an_answer_trickled_past_the_deadline_is_unavailable_in_time() -> None:
+    """A server (or a proxy) sending a byte every 0.1 s: each read comes well within the
+    per-operation timeout, the whole answer would take a minute. Before, the client waited
+    for all of it; now the request ends at the deadline, its message naming no patient."""
+    padded = {"resourceType": "Bundle", "type": "searchset", "entry": [], "id": "x" * 600}
+    answer = json.dumps(padded).encode()
+    deadline = 1.0
+    with (
+        Trickled(answer, pause=0.1, path="/fhir") as slow,
+        FhirClient(slow.url, lambda: "t", deadline) as client,
+    ):
+        started = time.monotonic()
+        with pytest.raises(FhirUnavailable) as raised:
+            client.search("RelatedPerson", {"patient": "Patient/p-secret"})
+        elapsed = time.monotonic() - started
+
+    assert elapsed < deadline + 2  # the trickle would take 60 s
+    assert not isinstance(raised.value, FhirUnreadable)  # an outage: try again later
+    assert str(raised.value) == (
+        f"GET {slow.url}/RelatedPerson: no whole answer within 1 s (TimeoutError)"
+    )
+
+
+def test_an_answer_larger_than_the_cap_is_unreadable() -> None:
+    """A FHIR-shaped answer one byte past the cap: refused as unreadable (for the EHR's
+    administrators, like a proxy's page), not read whole into memory."""
+    head, tail = b'{"resourceType": "Patient", "id": "p1", "text": "', b'"}'
+    huge = head + b"x" * (MAX_ANSWER_BYTES + 1 - len(head) - len(tail)) + tail
+    with ServedJson(huge, path="/fhir") as flood, FhirClient(flood.url, lambda: "t", 30) as client:
+        with pytest.raises(FhirUnreadable) as raised:
+            client.read("Patient", "p1")
+        flood.body = huge[: len(head)] + tail  # the same server, a Patient within the cap
+        assert client.read("Patient", "p1")["id"] == "p1"
+    assert str(raised.value) == (
+        f"GET {flood.url}/Patient/p1: the answer is larger than {MAX_ANSWER_BYTES} bytes"
+    )
+
+
 def test_a_search_is_read_page_by_page_up_to_its_cap(fhir: FhirServer) -> None:
     # Before, only a search's first page was read. The real server's next links here.
     patient = f"Patient/{uuid.uuid4()}"
@@ -188,7 +229,9 @@ def _paged(links: Mapping[int, str]) -> tuple[SearchPages, list[str]]:
 
     with FhirClient("https://fhir.hospital.example/fhir", lambda: "t", 1.0) as client:
         client._http.close()
-        client._http = httpx.Client(transport=httpx.MockTransport(answer))
+        # an httpx.Client has the bounded client's request() and close(); its bounds are not
+        # what these tests are about
+        client._http = httpx.Client(transport=httpx.MockTransport(answer))  # type: ignore[assignment]
         return client.search_pages("Observation", {"code": "x"}, max_pages=10), asked
 
 
