@@ -1,23 +1,43 @@
-"""What a FHIR server that is too slow means for the nurse, end to end.
+"""What a FHIR server that is too slow means for the nurse and for the outbox, end to end.
 
 The FHIR client ends a request at its deadline (``KINDREFLEX_FHIR_TIMEOUT_SECONDS``, the
 whole exchange: ``test_fhir_client.py``). Here: the nurse's triage page over a FHIR server
-trickling its answer.
+trickling its answer, and a save whose transaction the real FHIR server applied but whose
+answer came after the deadline (a real TCP relay in front of it holds the answer back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
+import uuid
+from collections import Counter
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
 
+from sandbox.fhir_server import FhirServer
+from sandbox.seed import SeedResult, seed
 from service.db.base import Database
+from service.fhir.client import FhirClient
+from service.outbox import DeliveryState
 from tests.integration.test_nurse_screens import _chart
+from tests.integration.test_triage_save import (
+    _edit_first_child,
+    _entry,
+    _identifiers,
+    _world,
+    _written,
+)
 from tests.support.served import Trickled
 from tests.support.sessions import make_app, signed_in
-from tests.support.write_path import make_tenant
+from tests.support.write_path import count, fhir_server, make_tenant
+
+__all__ = ["fhir_server"]  # the fixture, shared with pytest
 
 pytestmark = pytest.mark.fhirserver
 
@@ -51,3 +71,129 @@ def test_a_chart_trickled_past_the_deadline_is_not_loaded_and_the_page_comes_in_
     assert "konden nu niet geladen worden" in page.text
     assert "Emma" not in page.text  # the chart's child: nothing of the trickle was used
     assert elapsed < app.state.settings.fhir_timeout_seconds + 2
+
+
+class HeldAnswers:
+    """A real TCP relay in front of a FHIR server. Requests are forwarded whole; while
+    ``holding``, the answer to a POST (a transaction) is passed on a byte every 0.2 s, each
+    well within the per-read timeout, so the client only gives up at its deadline: the
+    server applied the transaction, the client never heard so. ``held`` is set once an
+    answer was held back. A request is told apart by its first bytes (HTTP/1.1 without
+    pipelining: a request starts a chunk once the answer before it came)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.holding = True
+        self.held = threading.Event()
+        self._upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
+            self._sockets += [downstream, upstream]
+            posting = threading.Event()
+            for pump in (
+                threading.Thread(target=self._requests, args=(downstream, upstream, posting)),
+                threading.Thread(target=self._answers, args=(upstream, downstream, posting)),
+            ):
+                pump.daemon = True
+                self._threads.append(pump)
+                pump.start()
+
+    def _requests(
+        self, source: socket.socket, sink: socket.socket, posting: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if chunk.startswith(b"POST "):
+                    posting.set()
+                elif chunk.split(b" ", 1)[0] in (b"GET", b"PUT", b"DELETE"):
+                    posting.clear()
+                sink.sendall(chunk)
+        _close(source, sink)  # the client gave up (or is done): so is the relay
+
+    def _answers(
+        self, source: socket.socket, sink: socket.socket, posting: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if self.holding and posting.is_set():
+                    self.held.set()
+                    for byte in chunk:  # applied upstream, trickled downstream
+                        sink.sendall(bytes([byte]))
+                        time.sleep(0.2)  # the fault itself, not synchronisation
+                    continue
+                sink.sendall(chunk)
+        _close(source, sink)
+
+    def __enter__(self) -> HeldAnswers:
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+        _close(*self._sockets)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def _close(*sockets: socket.socket) -> None:
+    for each in sockets:
+        with contextlib.suppress(OSError):
+            each.shutdown(socket.SHUT_RDWR)
+        each.close()
+
+
+@pytest.fixture(scope="module")
+def seeded(fhir_server: FhirServer) -> SeedResult:
+    return seed(fhir_server.base_url)
+
+
+def test_a_transaction_answered_after_the_deadline_is_delivered_exactly_once(
+    database: Database, fhir_server: FhirServer, seeded: SeedResult
+) -> None:
+    """The nurse edits a loaded child (an update with If-Match) and saves; the FHIR server
+    applies the transaction, but its answer is held past the deadline. The save says
+    "pending"; the outbox's next attempt finds the save's witness and records it delivered
+    without sending it again: no second Observation, Provenance or AuditEvent, and no 412
+    for the If-Match the first attempt already used."""
+    with HeldAnswers(fhir_server.port) as relay:
+        base_url = f"http://127.0.0.1:{relay.port}/fhir"
+        world = _world(database, base_url)
+        patient = seeded.patient("els-goossens")
+        ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-slow")
+        children = world.triage.load_chart(ctx).children  # GETs: answered
+        child_id, version = children[0].ref.split("/")[1], int(children[0].ref.split("/")[3])
+
+        renamed = f"Noor {uuid.uuid4().hex[:6]}"  # the module's server serves both databases
+        started = time.monotonic()
+        result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, renamed))
+        elapsed = time.monotonic() - started
+
+        assert relay.held.is_set()  # the transaction reached the server; its answer did not
+        assert result.status == "pending"
+        assert elapsed < 3 + 2  # the save's own attempt (3 s), not the held answer
+        assert "no whole answer within 3 s" in (_entry(database, result.outbox_id).last_error or "")
+        relay.holding = False
+        world.clock.advance(120)
+        deliveries = [d for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
+
+    assert [(d.state, d.detail) for d in deliveries] == [
+        (DeliveryState.DELIVERED, "applied earlier")
+    ]
+    world = replace(world, base_url=fhir_server.base_url)  # read back past the relay
+    for kind, identifier in _identifiers(_entry(database, result.outbox_id).bundle):
+        assert count(fhir_server.base_url, kind, identifier=identifier) == 1, kind
+    kinds = Counter(r["resourceType"] for r in _written(world, result.outbox_id))
+    assert (kinds["Provenance"], kinds["AuditEvent"], kinds["RelatedPerson"]) == (1, 1, 1)
+    with FhirClient(fhir_server.base_url, lambda: "loopback", 5.0) as client:
+        after = client.read("RelatedPerson", child_id)
+    assert int(after["meta"]["versionId"]) == version + 1  # one update, not two
+    assert renamed in str(after["name"])
