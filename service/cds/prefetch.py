@@ -2,8 +2,10 @@
 
 The EHR normally sends everything in ``prefetch`` (the hot path: no FHIR call). What it
 left out is fetched in ONE batch Bundle of GETs from ``fhirServer`` with the EHR's
-``fhirAuthorization`` token, under a short timeout. Any failure means "no data": the rules
-then fall back to a safe generic card.
+``fhirAuthorization`` token, bounded as a whole (:mod:`service.bounded_fetch`: the
+exchange within :data:`FETCH_TIMEOUT_SECONDS`, the answer within
+:data:`FETCH_MAX_BYTES`). Any failure means "no data": the rules then fall back to a
+safe generic card.
 """
 
 from __future__ import annotations
@@ -14,13 +16,21 @@ from typing import Any
 
 import httpx
 
+from service.bounded_fetch import BodyTooLargeError, Bounds
+from service.bounded_fetch import fetch as bounded_fetch
 from service.cds import situation as keys
 from service.cds.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-#: The EHR waits for the card: a slow FHIR server must not hold it up for long.
+#: The EHR waits for the card: a slow FHIR server must not hold it up for long. The whole
+#: exchange, not each read: a server trickling its answer is cut off here too.
 FETCH_TIMEOUT_SECONDS = 1.5
+#: One patient's Patient, Encounter, and their Conditions, RelatedPersons, Flags and
+#: Kindreflex findings: tens of KiB, a page of each search at most. A larger answer is not
+#: read into the event loop's memory: the generic card.
+FETCH_MAX_BYTES = 4 * 1024 * 1024
+FETCH_BOUNDS = Bounds(FETCH_TIMEOUT_SECONDS, FETCH_MAX_BYTES)
 
 #: Which context ids each prefetch key needs.
 _NEEDS_ENCOUNTER = frozenset({keys.ENCOUNTER, keys.CONDITIONS, keys.FINDINGS})
@@ -82,7 +92,8 @@ async def fetch(
         "entry": [{"request": {"method": "GET", "url": query}} for query in queries.values()],
     }
     try:
-        response = await client.post(
+        request = client.build_request(
+            "POST",
             fhir_server.rstrip("/"),
             json=bundle,
             headers={
@@ -90,11 +101,12 @@ async def fetch(
                 "Accept": "application/fhir+json",
                 "Content-Type": "application/fhir+json",
             },
-            timeout=FETCH_TIMEOUT_SECONDS,
+            timeout=FETCH_TIMEOUT_SECONDS,  # each operation; FETCH_BOUNDS, all of them
         )
+        response = await bounded_fetch(client, request, FETCH_BOUNDS)
         response.raise_for_status()
         entries = response.json().get("entry", [])
-    except (httpx.HTTPError, ValueError, AttributeError) as error:
+    except (httpx.HTTPError, TimeoutError, BodyTooLargeError, ValueError, AttributeError) as error:
         log.warning(
             "CDS prefetch fallback failed; answering with the generic card",
             extra={"fields": {"error": type(error).__name__}},

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sandbox.cds_client import compute_prefetch
 from sandbox.fhir_server import FhirServer
 from sandbox.seed import SeedResult, seed
-from service.cds.prefetch import FETCH_TIMEOUT_SECONDS
+from service.cds.prefetch import FETCH_MAX_BYTES, FETCH_TIMEOUT_SECONDS, missing_queries
 from service.cds.vocabulary import guide_vocabulary
 from service.db.base import Database
 from service.protocol import Step
@@ -36,6 +36,7 @@ from tests.integration.test_cds_hooks import (
     tenant_config,
 )
 from tests.support.processes import free_port
+from tests.support.served import ServedJson, Trickled
 
 pytestmark = pytest.mark.fhirserver
 
@@ -263,3 +264,68 @@ def test_a_fhir_server_that_never_answers_gives_the_generic_card_in_time(
         elapsed = time.monotonic() - started
     assert only_card(response)["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
     assert elapsed < FETCH_TIMEOUT_SECONDS + 2
+
+
+def _batch_answer(server: FhirServer, patient: Any) -> bytes:
+    """The real FHIR server's answer to the batch the service sends for ``patient`` (what
+    a slow or flooding server in front of it would send, slowly or padded)."""
+    queries = missing_queries(guide_vocabulary(), None, patient.id, patient.arrived_encounter_id)
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": query}} for query in queries.values()],
+    }
+    return httpx.post(server.base_url, json=batch, timeout=10).content
+
+
+def _prefetch_errors(caplog: pytest.LogCaptureFixture) -> list[Any]:
+    """The error types the fallback's failures were logged with (and nothing else)."""
+    return [
+        getattr(r, "fields", {})
+        for r in caplog.records
+        if r.name == "service.cds.prefetch" and "fallback failed" in r.getMessage()
+    ]
+
+
+def test_a_batch_answer_trickled_past_the_deadline_gives_the_generic_card_in_time(
+    cds_on_fhir: Cds,
+    ehr: Ehr,
+    fhir: tuple[FhirServer, SeedResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real answer (a warning for this patient), a byte every 0.05 s: each read comes
+    well within the per-operation timeout. Before, the EHR waited for all of it (minutes)."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    with Trickled(_batch_answer(server, patient), pause=0.05, path="/fhir") as slow:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=slow.url))
+        started = time.monotonic()
+        response = cds_on_fhir.call(body=without_prefetch(slow.url, patient))
+        elapsed = time.monotonic() - started
+
+    assert only_card(response)["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    assert elapsed < FETCH_TIMEOUT_SECONDS + 2
+    assert _prefetch_errors(caplog) == [{"error": "TimeoutError"}]
+
+
+def test_a_batch_answer_larger_than_the_cap_gives_the_generic_card(
+    cds_on_fhir: Cds,
+    ehr: Ehr,
+    fhir: tuple[FhirServer, SeedResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real answer (a warning for this patient) padded past the cap: not read into
+    the CDS service's memory, the generic card instead. Within the cap it is read."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    answer = _batch_answer(server, patient)
+    padded = answer[:-1] + b" " * FETCH_MAX_BYTES + answer[-1:]
+    with ServedJson(padded, path="/fhir") as flood:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=flood.url))
+        card = only_card(cds_on_fhir.call(body=without_prefetch(flood.url, patient)))
+        assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+        assert _prefetch_errors(caplog) == [{"error": "BodyTooLargeError"}]
+
+        flood.body = answer
+        card = only_card(cds_on_fhir.call(body=without_prefetch(flood.url, patient)))
+        assert card["indicator"] == "warning"
