@@ -50,6 +50,7 @@ from service.admin.connection import check_connection
 from service.admin.partners_io import export_bundle, export_csv, import_bundle, import_csv
 from service.api.deps import DatabaseDep, SettingsDep, TenantDep
 from service.db.base import Database
+from service.fhir import terminology
 from service.i18n import Language, negotiate, translate
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
@@ -712,7 +713,8 @@ def _overview(
     field_of: FieldOf = _no_field,
 ) -> HTMLResponse:
     tenant = tenant or admin.tenant
-    errors, error_for = _screen_errors(_language(request), problems, field_of)
+    language = _language(request)
+    errors, error_for = _screen_errors(language, problems, field_of)
     return _page(
         request,
         tenant,
@@ -721,7 +723,10 @@ def _overview(
         admin=admin,
         config=tenant.config,
         all_hooks=ALL_HOOKS,
-        steps=list(Step),
+        # each step named as the case pages name it, in the screen's language
+        steps=[
+            (step, terminology.display("kindreflex-step", step.value, language)) for step in Step
+        ],
         errors=errors,
         error_for=error_for,
         saved=saved,

@@ -357,3 +357,26 @@ def test_the_api_says_our_own_validators_refusals_in_english_as_before(
         r'whose "keys" is a list of JWKs',
         said["registrations[0].cds_issuers[0].jwks"],
     )
+
+
+def _plan_legends(page: str) -> list[str]:
+    """The legends of the plan section's fieldsets: which step each set of fields words."""
+    section = page[page.index('<section id="plan">') :]
+    section = section[: section.index("</section>")]
+    return re.findall(r"<legend>(.*?)</legend>", section)
+
+
+def test_the_plan_section_names_each_step_in_the_screens_language(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The plan's fields were headed by the steps' English names ("4. Check for concern and
+    willingness") on the Dutch and the French screen alike."""
+    _signed_in(client, database, gent)
+
+    dutch = _plan_legends(client.get("/admin").text)
+    assert len(dutch) == 6
+    assert dutch[0] == "Stap 1: voer een positief gesprek over de kinderen en het ouderschap"
+    assert dutch[3] == "Stap 4: ga na of er sprake is van verontrusting en bereidheid"
+
+    french = _plan_legends(client.get("/admin", headers=FRENCH).text)
+    assert french[5] == "Étape 6 : impliquer un service mandaté"
