@@ -47,3 +47,28 @@ def in_frame(page: Page, selector: str = "#app-frame") -> Frame:
     if frame is None:
         raise AssertionError(f"no frame at {selector}")
     return frame
+
+
+def contrast(page: Page | Frame, selector: str) -> float:
+    """WCAG's contrast ratio of the first ``selector``'s text against the background it is
+    drawn on (its nearest opaque one). axe-core passed a link as blue as its banner."""
+    ratio: float = page.locator(selector).first.evaluate(
+        """element => {
+            const rgb = text => text.match(/[\\d.]+/g).map(Number);
+            const luminance = ([r, g, b]) => {
+                const linear = c =>
+                    (c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+                return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+            };
+            let under = element, background = [255, 255, 255];
+            while (under) {
+                const colour = rgb(getComputedStyle(under).backgroundColor);
+                if (colour.length < 4 || colour[3] > 0) { background = colour; break; }
+                under = under.parentElement;
+            }
+            const [lighter, darker] = [luminance(rgb(getComputedStyle(element).color)),
+                                       luminance(background)].sort((a, b) => b - a);
+            return (lighter + 0.05) / (darker + 0.05);
+        }"""
+    )
+    return ratio

@@ -132,6 +132,8 @@ def test_bootstrap_register_test_connection_and_tune_the_hooks(
     admin.fill("#name", "Els Peeters (EPD-beheer)")
     admin.click("#sign-in")
     expect(admin.locator("header")).to_contain_text("Aangemeld als Els Peeters (EPD-beheer)")
+    # the link to the monitoring figures, in the blue banner: once as blue as the banner
+    assert axe.contrast(admin, "header nav a") >= 4.5
 
     # 2. Register the sandbox EHR as an administrator would type it.
     sandbox = stack.sandbox

@@ -167,3 +167,17 @@ def test_the_seeded_concern_of_an_earlier_visit_is_a_case_to_go_on_with(
     assert len(findings) == 2
     for finding in findings:
         assert validate(finding) == []
+
+
+def test_the_way_back_to_the_worklist_can_be_seen(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    """The case page's link back to the worklist sits in the app's blue banner: it was drawn
+    in the same blue (a contrast of 1:1), there for a screen reader, not for the eye."""
+    page = browser.new_page()
+    app = launch_from_chart(page, stack, "karim-el-amrani")
+    back = app.get_by_role("navigation").get_by_role("link", name="Terug naar de werklijst")
+    expect(back).to_be_visible()
+    assert axe.contrast(axe.in_frame(page), ".banner nav a") >= 4.5  # WCAG 2.1 AA, 1.4.3
+    back.click()
+    expect(app.locator("h1")).to_have_text("Werklijst sociale dienst")
