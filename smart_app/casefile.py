@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from service import social
 from service.api.deps import DatabaseDep
@@ -633,9 +634,34 @@ def _typed_date(day: str) -> date | None:
 def _invalid(ctx: LaunchContext, form: str, error: ValidationError) -> tuple[Problem, ...]:
     """Each field the form sent in a shape the API refuses (a missing choice, a bad date),
     once: all of them at a time, not one per save."""
-    message = _message(ctx.language, "error.field")
-    anchors = dict.fromkeys(_field_anchor(form, problem["loc"]) for problem in error.errors())
-    return tuple(Problem(form, anchor, message) for anchor in anchors)
+    said: dict[str, str] = {}
+    for problem in error.errors():
+        anchor = _field_anchor(form, problem["loc"])
+        said.setdefault(anchor, _what_is_wrong(ctx.language, anchor, problem))
+    return tuple(Problem(form, anchor, message) for anchor, message in said.items())
+
+
+#: The choices a form is not saved without (a radio group's id → its question's message):
+#: one left open is named in the error summary ("Teambeslissing: kies …"), where "fill in
+#: this field correctly" said neither which field nor what to do.
+_CHOICE_QUESTION: Mapping[str, str] = {
+    "s4-decision": "s4.decision",
+    "s5-progress": "s5.progress",
+    "s6-partner": "s6.partner",
+    "s6-cooperation": "s6.cooperation",
+    "s6-informed": "s6.informed",
+    "close-reason": "close.reason",
+}
+
+
+def _what_is_wrong(language: Language, anchor: str, problem: ErrorDetails) -> str:
+    """What the social worker is to do about a field the API refused."""
+    question = _CHOICE_QUESTION.get(anchor)
+    if question is not None:
+        return _message(language, "error.choose", question=_message(language, question))
+    if problem["type"] == "string_too_long":  # the nurse's screen says it so, too
+        return translate(language, "app.error.too-long", max=problem.get("ctx", {})["max_length"])
+    return _message(language, "error.field")
 
 
 def _field_anchor(form: str, loc: tuple[int | str, ...]) -> str:

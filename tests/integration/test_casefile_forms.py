@@ -649,3 +649,43 @@ def test_a_step_on_a_case_read_in_part_is_refused_on_the_page(
     assert "Niet bewaard: de FHIR-server bewaart meer geschiedenis" in unescape(again.text)
     step = f"{terminology.code_system_url('kindreflex-step')}|step-4"
     assert len(search(fhir_server.base_url, "Observation", subject=patient, code=step)) == 1
+
+
+def test_a_choice_left_open_and_a_text_too_long_say_what_to_do(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, each said "Vul dit veld correct in.": in the summary, neither which field it
+    # was nor what to do (a team decision not chosen read like a field filled in wrongly).
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    undecided = {key: value for key, value in STEP_4.items() if key != "decision"}
+
+    refused = _post(client, page, case_id, "step-4", "s4", {**undecided, "note": "n" * 4001})
+
+    assert refused.status_code == 422
+    said = unescape(_error_summary(refused.text, "s4"))
+    assert '<a href="#s4-decision">Teambeslissing: kies een van de mogelijkheden.</a>' in said
+    assert '<a href="#s4-note">Te lang: ten hoogste 4000 tekens. Kort de tekst in.</a>' in said
+    assert "Vul dit veld correct in." not in refused.text
+
+    decided = _post(client, page, case_id, "step-4", "s4", STEP_4)
+    assert decided.status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    unanswered = {
+        key: value
+        for key, value in STEP_6.items()
+        if key not in ("partner_id", "cooperation", "informed")
+    }
+    refused = _post(client, page, case_id, "step-6", "s6", unanswered)
+
+    assert refused.status_code == 422
+    said = unescape(_error_summary(refused.text, "s6"))
+    for question in (
+        "Gemandateerde voorziening",
+        "Met medewerking van de patiënt",
+        "Patiënt ingelicht en voorbereid",
+    ):
+        assert f"{question}: kies een van de mogelijkheden." in said
+    assert search(base_url, "ServiceRequest", subject=patient) == []
