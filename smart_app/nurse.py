@@ -398,12 +398,14 @@ def _children(
         if not row.name:
             errors.append(FieldError(f"{at}-name", t("error.child-name-required", n=index + 1)))
         elif len(row.name) > MAX_NAME_LENGTH and not row.recorded:  # the record's, not typed
-            errors.append(FieldError(f"{at}-name", t("error.too-long", max=MAX_NAME_LENGTH)))
+            message = t("error.child-name-too-long", n=index + 1, max=MAX_NAME_LENGTH)
+            errors.append(FieldError(f"{at}-name", message))
         if born is None:
             message_id = "error.date-invalid" if row.birth_date else "error.birth-date-required"
             errors.append(FieldError(f"{at}-birth_date", t(message_id, n=index + 1)))
         elif born > today:  # the protocol's rule, shown at the child's own date
-            errors.append(FieldError(f"{at}-birth_date", t("protocol.child-born-in-future")))
+            message = t("error.child-born-in-future", n=index + 1)
+            errors.append(FieldError(f"{at}-birth_date", message))
         if relationship is None:
             errors.append(FieldError(f"{at}-relationship", t("error.choose-option")))
         if lives_with is None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
+from html import unescape
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlencode
@@ -597,6 +598,31 @@ def test_every_problem_of_the_page_is_shown_at_once(nurse_for: Any, database: Da
         assert f'id="{field}-error"' in refused.text
     with database.session() as session:
         assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
+def test_the_summary_says_which_childs_name_or_birth_date_to_correct(nurse_for: Any) -> None:
+    """The summary said "Te lang: ten hoogste 200 tekens." and "Een geboortedatum ligt in de
+    toekomst." without the child: with several children, a screen reader user heard which
+    problem, not where."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    form = _two_children(
+        page,
+        assessment="no-concern",
+        **{"child-0-name": "L" * 201, "child-1-birth_date": "01/01/2999"},
+    )
+
+    refused = nurse.post(form)
+
+    assert refused.status == 422
+    summary = unescape(_summary(refused))
+    assert (
+        '<a href="#child-0-name">Te lang: de naam van kind 1 telt ten hoogste 200 tekens.'
+        in summary
+    )
+    assert '<a href="#child-1-birth_date">De geboortedatum van kind 2 ligt in de toekomst.' in (
+        summary
+    )
 
 
 @pytest.mark.parametrize(
