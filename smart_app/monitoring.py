@@ -20,6 +20,7 @@ from datetime import date
 from functools import partial
 from typing import Annotated, Literal
 
+from babel.numbers import format_decimal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -33,7 +34,7 @@ from service.local_time import local_today
 from service.monitoring import Breakdown, Figure, Figures, Period, PeriodError
 from service.tenancy import TenantContext
 from service.tenant_config import OVERRIDE_REASONS
-from smart_app import admin
+from smart_app import admin, dates
 from smart_app.errors import PageError
 from smart_app.pages import TEMPLATES
 from smart_app.security import page_headers
@@ -289,8 +290,18 @@ def _page(
         figure_label=partial(_figure_label, language=language),
         breakdown_of=monitoring.BREAKDOWN_OF,
         breakdown_label=partial(_breakdown_label, language=language),
+        hours=partial(_hours, language=language),
+        shown_date=dates.shown_date,
     )
     return HTMLResponse(html, status_code=status, headers=ctx.headers)
+
+
+def _hours(hours: float, language: Language) -> str:
+    """A median in hours as the page's language writes a decimal: 2,5 in Dutch and French
+    (the CSV and the MeasureReport keep 2.5, for machines)."""
+    return format_decimal(
+        hours, format="0.0", locale="en" if language == "en" else f"{language}_BE"
+    )
 
 
 def _message(language: Language, message_id: str, **values: object) -> str:

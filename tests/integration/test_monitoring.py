@@ -536,6 +536,11 @@ def test_the_screen_csv_and_measure_report_show_the_figures_and_no_patient(world
     assert "Niet-pluisgevoel" in page.text
     assert '<th scope="col">Aantal</th>' in page.text
     assert 'data-figure="step-1-done">' in page.text
+    # dates and decimals as a Dutch page writes them (before: "2026-05-17" and "3.0")
+    day = _today().strftime("%d/%m/%Y")
+    assert f"<caption>Kindreflex-cijfers van {day} tot en met {day}</caption>" in page.text
+    median_row = page.text.split('data-figure="time-to-decision">')[1].split("</tr>")[0]
+    assert "<td>3,0</td>" in median_row
 
     download = world.client.get("/monitoring.csv", headers=headers, params=when)
     assert download.status_code == 200
