@@ -689,3 +689,25 @@ def test_a_choice_left_open_and_a_text_too_long_say_what_to_do(
     ):
         assert f"{question}: kies een van de mogelijkheden." in said
     assert search(base_url, "ServiceRequest", subject=patient) == []
+
+
+def test_a_facility_named_as_its_kind_is_not_read_out_twice(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, step 6's choices at acute danger read "Politie: Politie" (the kind, then the
+    # directory's name for it); a facility with a name of its own keeps both.
+    base_url = fhir_server.base_url
+    _, _, _, page = _case_after_step_4(database_url, database, base_url, "acute-danger")
+
+    labels = {
+        found.group(1): re.sub(r"\s+", " ", unescape(found.group(2))).strip()
+        for found in re.finditer(r'<label for="s6-partner-([^"]+)">(.*?)</label>', page, re.S)
+    }
+
+    assert labels["politie"] == "Politie"
+    assert labels["vk-oost-vlaanderen"] == (
+        "Vertrouwenscentrum Kindermishandeling (VK): "
+        "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen · 09 216 73 30"
+    )
