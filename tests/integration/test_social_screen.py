@@ -76,6 +76,22 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     assert f'data-case="{free}"' not in oldest.text
 
 
+def test_the_french_worklist_names_the_open_concerns_as_the_french_card_does(
+    database_url: str, database: Database
+) -> None:
+    """The caption read "Inquiétudes Réflexe Enfant ouvertes": the product's name
+    capitalised as nowhere else, and not the card's "préoccupation Kindreflex ouverte"."""
+    hospital = make_tenant(database, "default", FHIR)
+    index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=1))
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language="fr").headers
+
+    page = TestClient(app).get("/social", headers=me)
+
+    assert '<html lang="fr">' in page.text
+    assert "<caption>Préoccupations Kindreflex ouvertes (1 sur cette page)</caption>" in page.text
+
+
 def test_the_worklist_writes_dates_as_the_nurses_page_does(
     database_url: str, database: Database
 ) -> None:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.db.base import Database, utcnow
+from service.i18n import Language
 from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import CSRF_HEADER, SESSION_COOKIE, AppUser, NewSession, Role
@@ -43,6 +44,7 @@ def signed_in(
     patient_id: str | None = None,
     encounter_id: str | None = None,
     name: str | None = None,
+    language: Language = "nl",
 ) -> User:
     sessions = app.state.sessions
     session_id, secret = sessions.create(
@@ -54,7 +56,7 @@ def signed_in(
             token_endpoint="http://127.0.0.1:9/token",
             # a launch without a name from the identity provider is named by its fhirUser
             user=AppUser(fhir_user=fhir_user, name=name or fhir_user, roles=frozenset(roles)),
-            language="nl",
+            language=language,
             patient_id=patient_id,
             encounter_id=encounter_id,
             app_context=None,
