@@ -181,3 +181,23 @@ def test_the_way_back_to_the_worklist_can_be_seen(
     assert axe.contrast(axe.in_frame(page), ".banner nav a") >= 4.5  # WCAG 2.1 AA, 1.4.3
     back.click()
     expect(app.locator("h1")).to_have_text("Werklijst sociale dienst")
+
+
+def test_a_long_word_wraps_on_the_case_page(browser: BrowserContext, stack: DemoStack) -> None:
+    """A reason pasted without spaces (a link) and a long name stretched the case page to
+    three screens wide: the social worker scrolled sideways to read every line."""
+    page = browser.new_page()
+    app = launch_from_card(page, open_visit(page, stack, "jan-janssens"))
+    app.get_by_label("Naam").first.fill("Lina" + "x" * 150)
+    app.get_by_label("Geboortedatum").first.fill("03/07/2019")
+    app.get_by_label(re.compile("^Niet-pluisgevoel")).click()
+    app.get_by_label("Redenen").fill("https://example.org/" + "verslag-" * 60)
+    app.get_by_role("button", name="Opslaan", exact=True).click()
+    expect(app.locator("[data-handed-off]")).to_be_visible()
+
+    page.close()
+    _, case = _worklist(browser, stack)
+    case.locator("table.worklist a").filter(has_text="Jan Janssens").click()
+    expect(case.locator(".history")).to_contain_text("verslag-verslag-")
+    width = case.locator("html").evaluate("html => html.scrollWidth - html.clientWidth")
+    assert width <= 0, f"the page is {width}px wider than the frame"
