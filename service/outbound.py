@@ -7,10 +7,11 @@ another pod, a loopback admin port — and have the service fetch them (SSRF). S
 operator, not a hospital, decides where the service may connect:
 
 * :data:`DENIED_NETWORKS` are refused always: link-local (169.254.0.0/16 and fe80::/10,
-  where cloud metadata services answer; AWS's IPv6 one, fd00:ec2::254, too), unspecified
-  ("this host", 0.0.0.0/8 and ::), multicast and broadcast. None of them is ever a
-  hospital's EHR. An IPv6 address embedding an IPv4 one (``::ffff:169.254.169.254``,
-  NAT64's ``64:ff9b::/96``) is judged by the IPv4 address.
+  where most clouds' metadata services answer), the :data:`CLOUD_METADATA` addresses
+  outside it (Alibaba Cloud's 100.100.100.200, AWS's IPv6 fd00:ec2::254: those addresses
+  only, not their ranges), unspecified ("this host", 0.0.0.0/8 and ::), multicast and
+  broadcast. None of them is ever a hospital's EHR. An IPv6 address embedding an IPv4 one
+  (``::ffff:169.254.169.254``, NAT64's ``64:ff9b::/96``) is judged by the IPv4 address.
 * ``KINDREFLEX_OUTBOUND_ALLOW`` (:class:`OutboundPolicy`): exact hosts, ``*.example.org``
   (any name under example.org), IP addresses and CIDR ranges. Empty (the default), every
   other address may be reached — loopback and private ranges included, where the demo,
@@ -57,19 +58,31 @@ log = logging.getLogger(__name__)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: Never a hospital's EHR, whatever the allow-list says (see the module's description).
-DENIED_NETWORKS: tuple[Network, ...] = tuple(
-    ipaddress.ip_network(network)
-    for network in (
-        "0.0.0.0/8",  # "this host on this network"; 0.0.0.0 reaches loopback on Linux
-        "169.254.0.0/16",  # link-local: cloud metadata (169.254.169.254)
-        "224.0.0.0/4",  # multicast
-        "255.255.255.255/32",  # broadcast
-        "::/128",  # unspecified
-        "fe80::/10",  # link-local
-        "ff00::/8",  # multicast
+#: Cloud metadata services that answer outside link-local: these addresses only. Their
+#: neighbours are ordinary addresses: 100.64.0.0/10 is carrier-grade NAT (Tailscale's
+#: addresses, say), fd00::/8 any unique local network.
+CLOUD_METADATA: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(address)
+    for address in (
+        "100.100.100.200/32",  # Alibaba Cloud's instance metadata service
         "fd00:ec2::254/128",  # AWS's instance metadata service over IPv6
     )
+)
+#: Never a hospital's EHR, whatever the allow-list says (see the module's description).
+DENIED_NETWORKS: tuple[Network, ...] = (
+    *(
+        ipaddress.ip_network(network)
+        for network in (
+            "0.0.0.0/8",  # "this host on this network"; 0.0.0.0 reaches loopback on Linux
+            "169.254.0.0/16",  # link-local: cloud metadata (169.254.169.254)
+            "224.0.0.0/4",  # multicast
+            "255.255.255.255/32",  # broadcast
+            "::/128",  # unspecified
+            "fe80::/10",  # link-local
+            "ff00::/8",  # multicast
+        )
+    ),
+    *CLOUD_METADATA,
 )
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAME = re.compile(r"^(?:\*\.)?[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?$")
@@ -179,6 +192,8 @@ class OutboundPolicy:
         for address in addresses:
             if denied(address):
                 shown = _as_ipv4(address)
+                if any(shown in network for network in CLOUD_METADATA):
+                    return Refusal("denied", f"{shown} is a cloud's metadata service address")
                 return Refusal(
                     "denied",
                     f"{shown} is a link-local, unspecified, multicast or broadcast address",

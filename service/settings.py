@@ -88,11 +88,11 @@ class Settings(BaseSettings):
         description="Where the service may connect (a hospital's FHIR server and SMART "
         "endpoints, CDS issuers' JWK Sets): host names, `*.example.org` (any name under it), "
         "IP addresses and CIDR ranges, separated by commas. Empty (the default): any address "
-        "but those never allowed (link-local, where cloud metadata answers, unspecified, "
-        "multicast, broadcast), so that the demo and hospitals' EHRs on loopback or private "
-        "addresses work out of the box. Set by the platform operator, not by a hospital: an "
-        "administrator's URL outside it is refused when saved and when connecting "
-        "(`service.outbound`).",
+        "but those never allowed (link-local and the other cloud metadata addresses, "
+        "unspecified, multicast, broadcast), so that the demo and hospitals' EHRs on loopback "
+        "or private addresses work out of the box. Set by the platform operator, not by a "
+        "hospital: an administrator's URL outside it is refused when saved and when "
+        "connecting (`service.outbound`).",
     )
 
     opentelemetry: bool = Field(

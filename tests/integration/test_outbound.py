@@ -264,6 +264,38 @@ def test_a_name_resolving_to_a_denied_address_is_refused_and_a_checked_address_i
     assert served.requests == 1
 
 
+@pytest.mark.parametrize("address", ["100.100.100.200", "fd00:ec2::254"])
+def test_a_name_resolving_to_a_cloud_metadata_address_outside_link_local_is_refused(
+    address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Alibaba Cloud's and AWS's IPv6 metadata services, whatever the allow-list names:
+    refused after the lookup, before any connection (the stand-in resolver's answer)."""
+    outbound.configure(["*.az-gent.example", "100.64.0.0/10", "fd00::/8"])
+    connected: list[str] = []
+
+    class Recorded(httpcore.NetworkBackend):
+        def connect_tcp(self, host: str, *_: object, **__: object) -> httpcore.NetworkStream:
+            connected.append(host)
+            raise httpcore.ConnectError("not reached in this test")
+
+    def resolve(host: str, _port: int) -> list[outbound.Address]:
+        return [ipaddress.ip_address(address)]
+
+    backend = outbound.GuardedBackend(resolve=resolve, inner=Recorded())
+    caplog.set_level(logging.WARNING, logger="service.outbound")
+    with (
+        httpx.Client(transport=outbound.transport(backend)) as http,
+        pytest.raises(outbound.OutboundRefusedError, match="metadata service address"),
+    ):
+        http.get("http://metadata.az-gent.example/latest/meta-data/")
+    assert connected == []
+    (logged,) = refusals(caplog)
+    assert logged.getMessage() == (
+        f"outbound connection to metadata.az-gent.example refused: {address} is a cloud's "
+        "metadata service address"
+    )
+
+
 def test_a_name_the_resolver_cannot_encode_is_a_server_not_reached_not_an_error() -> None:
     """Python's resolver raises UnicodeError, not OSError, for an empty or over-long label,
     before asking DNS: as any name that does not resolve, it is a ConnectError for the

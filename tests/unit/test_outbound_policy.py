@@ -27,9 +27,14 @@ OPEN = OutboundPolicy()
         "::",
         "fe80::1",
         "ff02::1",
-        "fd00:ec2::254",
+        "fd00:ec2::254",  # AWS's metadata service over IPv6
+        "fd00:ec2:0:0:0:0:0:254",
+        "fd00:ec2::254%eth0",  # with a zone
+        "100.100.100.200",  # Alibaba Cloud's metadata service
         "::ffff:169.254.169.254",  # IPv4-mapped
+        "::ffff:100.100.100.200",
         "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b::6464:64c8",  # NAT64 of 100.100.100.200
     ],
 )
 def test_addresses_that_are_never_an_ehr_are_denied_whatever_the_allow_list(address: str) -> None:
@@ -38,6 +43,50 @@ def test_addresses_that_are_never_an_ehr_are_denied_whatever_the_allow_list(addr
     refusal = allowing.refusal(address, [ipaddress.ip_address(address)])
     assert refusal is not None
     assert refusal.kind == "denied"
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("100.100.100.200", "100.100.100.200"),
+        ("100.100.25800", "100.100.100.200"),  # the forms a resolver reads as an address
+        ("0x646464c8", "100.100.100.200"),
+        ("[::ffff:100.100.100.200]", "100.100.100.200"),
+        ("[64:ff9b::6464:64c8]", "100.100.100.200"),
+        ("[FD00:EC2::254]", "fd00:ec2::254"),
+        ("[fd00:0ec2:0000:0000:0000:0000:0000:0254]", "fd00:ec2::254"),
+    ],
+)
+def test_the_cloud_metadata_addresses_outside_link_local_are_refused_in_any_spelling(
+    written: str, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alibaba Cloud's (100.100.100.200) and AWS's IPv6 (fd00:ec2::254) metadata services,
+    as a URL an administrator saves writes them, whatever the allow-list says."""
+    allowing = OutboundPolicy.parse(["0.0.0.0/0", "::/0", "100.64.0.0/10", "fd00::/8"])
+    monkeypatch.setattr(outbound, "_configured", allowing)
+    refusal = outbound.url_refusal(f"http://{written}/latest/meta-data/")
+    assert refusal is not None
+    assert (refusal.kind, refusal.message) == (
+        "denied",
+        f"{shown} is a cloud's metadata service address",
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "100.64.0.1",  # carrier-grade NAT (100.64.0.0/10): Tailscale, a provider's NAT
+        "100.100.100.199",
+        "100.100.100.201",
+        "100.127.255.254",
+        "fd00:ec2::253",  # a unique local network (fd00::/8)
+        "fd00:ec2::1:254",
+        "fd12:3456::254",
+    ],
+)
+def test_only_those_metadata_addresses_are_refused_not_their_ranges(address: str) -> None:
+    assert not denied(ipaddress.ip_address(address))
+    assert OPEN.refusal(address, [ipaddress.ip_address(address)]) is None
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.1.2.3", "192.168.1.5", "8.8.8.8"])
