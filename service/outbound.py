@@ -17,8 +17,11 @@ operator, not a hospital, decides where the service may connect:
   other address may be reached — loopback and private ranges included, where the demo,
   the tests and many hospitals' own EHRs run. Set, a host is reached only when its name
   is listed (exactly or under a ``*.`` suffix), or when every address it resolves to lies
-  in a listed range. A listed name trusts that name's DNS: list ranges rather than a
-  domain whose DNS a hospital controls, if that hospital must not reach your own network.
+  in a listed range. An IP address entry is matched as a name is, by the URL's host as
+  written: it admits ``https://10.20.3.4/``, not a name resolving to 10.20.3.4 (a
+  ``10.20.3.4/32`` range admits both). A listed name trusts that name's DNS: list ranges
+  rather than a domain whose DNS a hospital controls, if that hospital must not reach
+  your own network.
 
 The policy is checked twice. When an administrator saves a URL
 (:func:`url_refusal`, see ``service.admin.config``), by its host as written. And when the

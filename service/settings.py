@@ -87,7 +87,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Where the service may connect (a hospital's FHIR server and SMART "
         "endpoints, CDS issuers' JWK Sets): host names, `*.example.org` (any name under it), "
-        "IP addresses and CIDR ranges, separated by commas. Empty (the default): any address "
+        "IP addresses and CIDR ranges, separated by commas. An IP address matches a URL "
+        "written with it, not a name resolving to it; a range matches both (a name when "
+        "every address it resolves to is in the ranges). Empty (the default): any address "
         "but those never allowed (link-local and the other cloud metadata addresses, "
         "unspecified, multicast, broadcast), so that the demo and hospitals' EHRs on loopback "
         "or private addresses work out of the box. Set by the platform operator, not by a "

@@ -138,6 +138,28 @@ def test_an_allow_list_admits_its_names_suffixes_and_ranges_only() -> None:
         assert refusal.kind == "not-allowed"
 
 
+def test_an_address_entry_admits_the_address_as_written_a_range_also_names_resolving_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the README says of the two: ``10.20.3.4`` admits https://10.20.3.4/, not a name
+    whose address it is; ``10.20.3.4/32`` admits both."""
+    resolved = [ipaddress.ip_address("10.20.3.4")]
+    address = OutboundPolicy.parse(["10.20.3.4"])
+    assert address.refusal("10.20.3.4", resolved) is None
+    refusal = address.refusal("fhir.az-gent.example", resolved)
+    assert refusal is not None
+    assert refusal.kind == "not-allowed"
+    single = OutboundPolicy.parse(["10.20.3.4/32"])
+    assert single.refusal("10.20.3.4", resolved) is None
+    assert single.refusal("fhir.az-gent.example", resolved) is None
+    # the same when saved: the name resolved only for the ranges
+    monkeypatch.setattr(outbound, "_configured", address)
+    assert outbound.url_refusal("https://10.20.3.4/fhir") is None
+    assert outbound.url_refusal("https://fhir.az-gent.example/fhir", lambda _: resolved)
+    monkeypatch.setattr(outbound, "_configured", single)
+    assert outbound.url_refusal("https://fhir.az-gent.example/fhir", lambda _: resolved) is None
+
+
 @pytest.mark.parametrize("entry", ["a b", "*", "*.", "10.0.0.0/33", "http://ehr.example", "a.*.b"])
 def test_an_entry_that_is_no_host_domain_address_or_range_stops_the_start(entry: str) -> None:
     with pytest.raises(ValidationError, match="outbound_allow"):
