@@ -98,7 +98,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     if settings.guide_dir is not None:
         terminology.configure(settings.guide_dir)
     terminology.guide()  # a missing or broken guide stops the start, not the first card
-    outbound.configure(settings.outbound_allow)  # where the service may connect, for all
+    outbound.configure(  # where the service may connect, and through which proxy, for all
+        settings.outbound_allow, settings.outbound_proxy, settings.outbound_no_proxy
+    )
 
     app = KindreflexApp(
         title="Kindreflex-ED",

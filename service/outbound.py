@@ -34,8 +34,25 @@ refusal is an ``httpx.ConnectError`` (:class:`OutboundRefusedError`), which ever
 already handles as a server it cannot reach, and is logged once, with the host and
 address (never a path, query or token).
 
-The transports connect directly: proxies named by ``HTTP(S)_PROXY`` are not used (a
-proxy would resolve the name, out of the policy's sight).
+Through a proxy (:class:`OutboundProxy`). A hospital or platform whose EHR is reached
+only through an HTTP proxy names it in ``KINDREFLEX_OUTBOUND_PROXY`` (``http://`` or
+``https://``, credentials allowed; never logged or shown). The connection to the proxy is
+made as any other is by a plain client: the operator named it, so the allow-list does
+not apply to it. Before a request goes to the proxy, its target host is checked as
+written (:func:`url_refusal`'s check: a name against the listed names, an IP literal
+against everything); the proxy then resolves the name and connects, out of the service's
+sight, so a name that resolves to a refused address is the proxy's to refuse. Hosts named
+in ``KINDREFLEX_OUTBOUND_NO_PROXY`` (the allow-list's syntax, matched as written), and
+loopback (``localhost``, 127.0.0.0/8, ::1: the proxy's own loopback is not ours), are
+connected to directly, with every check above. HTTPS targets go through a CONNECT tunnel
+in which TLS is the service's with the target: the certificate is checked for the URL's
+name against :mod:`service.tls`'s trust store, as without a proxy.
+
+Without ``KINDREFLEX_OUTBOUND_PROXY`` the transports connect directly, and proxies named
+by ``HTTP(S)_PROXY``/``ALL_PROXY`` are never used: a proxy is used because the operator
+named it for this service, not because a variable of the machine or image says so (one
+would send every hospital's requests, and the names' resolution, through a host chosen
+for something else).
 """
 
 from __future__ import annotations
@@ -46,13 +63,14 @@ import re
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
 import httpcore
 import httpx
+from pydantic import SecretStr
 
 from service import tls
 
@@ -211,35 +229,124 @@ class OutboundPolicy:
         )
 
 
+def proxy_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be ``KINDREFLEX_OUTBOUND_PROXY``, or None. The message never
+    repeats the URL: it may hold the proxy's credentials."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError:
+        return "not a URL with a valid host and port (e.g. http://proxy.hospital.example:3128)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "an http:// or https:// URL of the proxy (e.g. http://proxy.hospital.example:3128)"
+    if not parts.hostname:
+        return "the URL names no host (e.g. http://proxy.hospital.example:3128)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "the proxy's address only: scheme, host and port, no path, query or fragment"
+    try:
+        httpx.Proxy(url)
+    except Exception:  # httpx's own parse (an IDNA name, a bracketed address): its message
+        return "not a URL of a proxy httpx can use"  # would show the URL
+    return None
+
+
+@dataclass(frozen=True)
+class OutboundProxy:
+    """``KINDREFLEX_OUTBOUND_PROXY`` and ``KINDREFLEX_OUTBOUND_NO_PROXY``: which requests
+    go through the proxy, and how to reach it. Its repr and :attr:`shown` hold no
+    credentials."""
+
+    url: httpx.URL  # without credentials
+    auth: tuple[str, str] | None = field(repr=False)
+    bypass: OutboundPolicy = OutboundPolicy()  # NO_PROXY's hosts, matched as written
+
+    @classmethod
+    def parse(cls, url: str, no_proxy: Iterable[str] = ()) -> OutboundProxy:
+        problem = proxy_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"KINDREFLEX_OUTBOUND_PROXY: {problem}")
+        parsed = httpx.Proxy(url)  # takes the credentials out of the URL
+        return cls(parsed.url, parsed.auth, OutboundPolicy.parse(no_proxy))
+
+    @property
+    def shown(self) -> str:
+        """The proxy's URL as logs may show it: scheme, host and port."""
+        return str(self.url).rstrip("/")
+
+    def bypasses(self, host: str) -> bool:
+        """Whether a request to ``host`` (as written) is connected to directly."""
+        name = _normal(host)
+        address = ip_literal(name)
+        if name == "localhost" or (address is not None and _as_ipv4(address).is_loopback):
+            return True
+        return not self.bypass.is_open and self.bypass.name_allowed(name)
+
+    def as_httpx(self) -> httpx.Proxy:
+        # TLS to an https:// proxy with the service's trust store too (a hospital's CA)
+        context = tls.context() if self.url.scheme == "https" else None
+        return httpx.Proxy(self.url, auth=self.auth, ssl_context=context)
+
+
 _lock = threading.Lock()
 _configured: OutboundPolicy | None = None
+_proxy: OutboundProxy | None = None
 
 
-def configure(entries: Iterable[str]) -> OutboundPolicy:
-    """Make ``entries`` (``Settings.outbound_allow``) the process's policy (at app start)."""
-    global _configured
+def configure(
+    entries: Iterable[str],
+    proxy: SecretStr | str | None = None,
+    no_proxy: Iterable[str] = (),
+) -> OutboundPolicy:
+    """Make ``entries`` (``Settings.outbound_allow``) the process's policy, and ``proxy``
+    (``Settings.outbound_proxy``, bypassed for ``no_proxy``) its proxy, or none (at app
+    start). Transports made afterwards use them."""
+    global _configured, _proxy
     policy = OutboundPolicy.parse(entries)
+    if isinstance(proxy, SecretStr):
+        proxy = proxy.get_secret_value()
+    through = OutboundProxy.parse(proxy, no_proxy) if proxy else None
     with _lock:
-        _configured = policy
+        _configured, _proxy = policy, through
     return policy
+
+
+def _configured_from_settings() -> None:
+    global _configured, _proxy
+    from service.settings import get_settings  # settings import this module
+
+    settings = get_settings()
+    _configured = OutboundPolicy.parse(settings.outbound_allow)
+    proxy = settings.outbound_proxy
+    _proxy = (
+        None
+        if proxy is None
+        else OutboundProxy.parse(proxy.get_secret_value(), settings.outbound_no_proxy)
+    )
 
 
 def policy() -> OutboundPolicy:
     """The process's policy: the one configured, else the environment's setting."""
-    global _configured
     with _lock:
         if _configured is None:
-            from service.settings import get_settings  # settings import this module
-
-            _configured = OutboundPolicy.parse(get_settings().outbound_allow)
+            _configured_from_settings()
+        assert _configured is not None
         return _configured
+
+
+def configured_proxy() -> OutboundProxy | None:
+    """The process's proxy (None: connect directly), as :func:`policy` finds it."""
+    with _lock:
+        if _configured is None:
+            _configured_from_settings()
+        return _proxy
 
 
 def url_refusal(url: str, resolve: Callable[[str], list[Address]] | None = None) -> Refusal | None:
     """Why a URL an administrator saves may not be used, or None: by its host as written.
 
     A name is resolved only when the allow-list has ranges and does not name it (then the
-    ranges decide); otherwise a name's addresses are checked when connecting.
+    ranges decide); otherwise a name's addresses are checked when connecting. A name the
+    proxy will be asked for is never resolved here: as when connecting, the name decides.
     """
     host = urlsplit(url).hostname
     if not host:
@@ -250,6 +357,9 @@ def url_refusal(url: str, resolve: Callable[[str], list[Address]] | None = None)
         return current.refusal(host, [address])
     if current.is_open or current.name_allowed(host) or not current.networks:
         return current.refusal(host, [])
+    through = configured_proxy()
+    if through is not None and not through.bypasses(host):
+        return current.refusal(host, [])  # the proxy resolves it: the name alone decides
     try:
         addresses = (resolve or resolve_blocking)(host)
     except (OSError, UnicodeError):  # UnicodeError: a name IDNA cannot encode (a label > 63)
@@ -284,18 +394,29 @@ async def resolve_async(host: str, port: int = 443) -> list[Address]:
     return _addresses(await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM))
 
 
-def _checked(host: str, addresses: list[Address], current: OutboundPolicy) -> list[Address]:
+def _checked(
+    host: str, addresses: list[Address], current: OutboundPolicy, *, via_proxy: bool = False
+) -> list[Address]:
     reason = current.refusal(host, addresses)
     if reason is not None:
         shown = ", ".join(str(a) for a in addresses[:4])
-        log.warning(
-            "outbound connection to %s refused: %s",
-            host,
-            reason,
-            extra={"fields": {"host": host, "addresses": shown, "reason": reason.kind}},
-        )
+        fields = {"host": host, "addresses": shown, "reason": reason.kind}
+        if via_proxy:
+            fields["via"] = "proxy"  # never the proxy's URL: it may hold credentials
+        log.warning("outbound connection to %s refused: %s", host, reason, extra={"fields": fields})
         raise OutboundRefusedError(host, reason)
     return addresses
+
+
+def _through_proxy(request: httpx.Request, through: OutboundProxy) -> bool:
+    """Whether ``request`` goes through the proxy, once its host as written is allowed
+    (raises :class:`OutboundRefusedError`, before anything is sent to the proxy)."""
+    host = request.url.raw_host.decode("ascii")  # IDNA-encoded, as the backends see it
+    if through.bypasses(host):
+        return False  # connected to directly: the guarded backend checks it after DNS
+    address = ip_literal(host)
+    _checked(host, [] if address is None else [address], policy(), via_proxy=True)
+    return True
 
 
 class GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
@@ -415,22 +536,74 @@ def _pool_options(
     }
 
 
+class _AsyncRouted(httpx.AsyncBaseTransport):
+    """Each request through the proxy (its host checked first) or, bypassed, directly."""
+
+    def __init__(
+        self,
+        direct: httpx.AsyncBaseTransport,
+        proxied: httpx.AsyncBaseTransport,
+        through: OutboundProxy,
+    ) -> None:
+        self._direct, self._proxied, self._through = direct, proxied, through
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        via = self._proxied if _through_proxy(request, self._through) else self._direct
+        return await via.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        try:
+            await self._proxied.aclose()
+        finally:
+            await self._direct.aclose()
+
+
+class _Routed(httpx.BaseTransport):
+    """:class:`_AsyncRouted` for a blocking ``httpx.Client``."""
+
+    def __init__(
+        self, direct: httpx.BaseTransport, proxied: httpx.BaseTransport, through: OutboundProxy
+    ) -> None:
+        self._direct, self._proxied, self._through = direct, proxied, through
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        via = self._proxied if _through_proxy(request, self._through) else self._direct
+        return via.handle_request(request)
+
+    def close(self) -> None:
+        try:
+            self._proxied.close()
+        finally:
+            self._direct.close()
+
+
 def async_transport(
     backend: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncBaseTransport:
     """The transport of every ``httpx.AsyncClient`` the service sends with: the trust store
-    of :mod:`service.tls`, httpx's defaults, and the policy checked at each connection."""
+    of :mod:`service.tls`, httpx's defaults, and the policy checked at each connection;
+    through the configured proxy, if any (``backend``: the direct connections')."""
     transport = httpx.AsyncHTTPTransport(verify=tls.context(), trust_env=False)
     # httpx 0.28 has no parameter for the network backend: its pool is replaced by the same
     # pool (httpx's defaults) with ours. tests/integration/test_outbound.py fails if not used.
     transport._pool = httpcore.AsyncConnectionPool(
         **_pool_options(backend or GuardedAsyncBackend())
     )
-    return transport
+    through = configured_proxy()
+    if through is None:
+        return transport
+    proxied = httpx.AsyncHTTPTransport(
+        verify=tls.context(), trust_env=False, proxy=through.as_httpx()
+    )
+    return _AsyncRouted(transport, proxied, through)
 
 
 def transport(backend: httpcore.NetworkBackend | None = None) -> httpx.BaseTransport:
     """:func:`async_transport` for a blocking ``httpx.Client``."""
     sync = httpx.HTTPTransport(verify=tls.context(), trust_env=False)
     sync._pool = httpcore.ConnectionPool(**_pool_options(backend or GuardedBackend()))
-    return sync
+    through = configured_proxy()
+    if through is None:
+        return sync
+    proxied = httpx.HTTPTransport(verify=tls.context(), trust_env=False, proxy=through.as_httpx())
+    return _Routed(sync, proxied, through)

@@ -28,7 +28,11 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class Settings(BaseSettings):
     """The service's settings. Every field is ``KINDREFLEX_<FIELD NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="KINDREFLEX_", extra="ignore")
+    # hide_input_in_errors: a value refused is not repeated in the error (a proxy's or a
+    # database's password in its URL); the message says what is wrong with it
+    model_config = SettingsConfigDict(
+        env_prefix="KINDREFLEX_", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Environment = Field(
         "production",
@@ -96,6 +100,23 @@ class Settings(BaseSettings):
         "hospital: an administrator's URL outside it is refused when saved and when "
         "connecting (`service.outbound`).",
     )
+    outbound_proxy: SecretStr | None = Field(
+        None,
+        description="An HTTP proxy every outgoing connection goes through, "
+        "`http://proxy.hospital.example:3128` or `https://…`, with credentials if it needs "
+        "them (`http://user:password@…`, percent-encoded; never logged). The policy then "
+        "checks each target's host as written before asking the proxy; the proxy resolves "
+        "names. Unset (the default): connections are direct, and HTTP(S)_PROXY and "
+        "ALL_PROXY are ignored.",
+    )
+    outbound_no_proxy: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts connected to directly though `outbound_proxy` is set (a "
+        "hospital's internal FHIR server): host names, `*.example.org`, IP addresses and "
+        "CIDR ranges as `outbound_allow` takes them, matched against the URL's host as "
+        "written, separated by commas. Loopback is always direct. Checked by the policy "
+        "as any direct connection.",
+    )
 
     opentelemetry: bool = Field(
         False,
@@ -110,20 +131,36 @@ class Settings(BaseSettings):
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @field_validator("outbound_allow", mode="before")
+    @field_validator("outbound_allow", "outbound_no_proxy", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [entry.strip() for entry in value.split(",") if entry.strip()]
         return value
 
-    @field_validator("outbound_allow")
+    @field_validator("outbound_allow", "outbound_no_proxy")
     @classmethod
     def _allow_list_entries(cls, value: list[str]) -> list[str]:
         from service.outbound import OutboundPolicy  # imported when set: it imports httpx
 
         if value:
             OutboundPolicy.parse(value)
+        return value
+
+    @field_validator("outbound_proxy", mode="before")
+    @classmethod
+    def _empty_is_no_proxy(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("outbound_proxy")
+    @classmethod
+    def _proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        from service.outbound import proxy_url_problem
+
+        if value is not None:
+            problem = proxy_url_problem(value.get_secret_value())
+            if problem is not None:
+                raise ValueError(problem)  # never the URL: it may hold credentials
         return value
 
     @field_validator("log_level")
@@ -163,6 +200,12 @@ class Settings(BaseSettings):
         data = self.model_dump()
         data["secret_key"] = "***" if self.secret_key else None
         data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        if self.outbound_proxy is not None:  # the proxy's address, never its credentials
+            from service.outbound import OutboundProxy
+
+            data["outbound_proxy"] = OutboundProxy.parse(
+                self.outbound_proxy.get_secret_value()
+            ).shown
         return data
 
 

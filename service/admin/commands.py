@@ -54,7 +54,9 @@ def import_config(settings: Settings, tenant: str | None, path: Path, actor: str
         return 2
     database, tenants = _directory(settings)
     slug = tenant or settings.default_tenant
-    outbound.configure(settings.outbound_allow)  # the file's URLs are checked against it
+    outbound.configure(  # the file's URLs are checked against it (and the proxy's use)
+        settings.outbound_allow, settings.outbound_proxy, settings.outbound_no_proxy
+    )
     try:
         context = TenantAdmin(tenants).import_yaml(slug, text, actor)
     except ConfigurationError as error:

@@ -1,5 +1,5 @@
 """A certificate authority of a test's own, like a hospital's internal CA: a server
-certificate for 127.0.0.1 that no public trust store accepts."""
+certificate for 127.0.0.1 (or the names a test gives) that no public trust store accepts."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from cryptography.x509.oid import NameOID
 
 @dataclass(frozen=True)
 class PrivateCa:
-    """The CA's certificate (``ca_file``) and a server's chain and key for 127.0.0.1."""
+    """The CA's certificate (``ca_file``) and a server's chain and key for 127.0.0.1 (or
+    the names given to :func:`private_ca`)."""
 
     ca_file: Path
     server_chain: Path
@@ -33,7 +34,8 @@ class PrivateCa:
         return context
 
 
-def private_ca(directory: Path) -> PrivateCa:
+def private_ca(directory: Path, names: tuple[str, ...] = ("127.0.0.1",)) -> PrivateCa:
+    """The server's certificate is for ``names``: host names or IP addresses."""
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "AZ Test internal CA")])
@@ -49,11 +51,11 @@ def private_ca(directory: Path) -> PrivateCa:
     key = ec.generate_private_key(ec.SECP256R1())
     server = (
         _valid(x509.CertificateBuilder(), now)
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName([_alternative_name(name) for name in names]),
             critical=False,
         )
         .add_extension(_key_usage(signs_certificates=False), critical=True)
@@ -70,6 +72,13 @@ def private_ca(directory: Path) -> PrivateCa:
         )
     )
     return files
+
+
+def _alternative_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _valid(builder: x509.CertificateBuilder, now: datetime) -> x509.CertificateBuilder:

@@ -182,3 +182,60 @@ def test_a_name_the_resolver_cannot_encode_is_refused_when_saved_not_an_error(
     refusal = outbound.url_refusal(f"https://{host}/fhir")
     assert refusal is not None
     assert refusal.kind == "not-allowed"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://proxy.az-gent.be:3128",
+        "https://proxy.az-gent.be",
+        "http://user:p%40ss@10.0.0.8:3128/",
+        "HTTP://[fd12::8]:3128",
+    ],
+)
+def test_an_http_or_https_proxy_url_is_the_proxy_setting(url: str) -> None:
+    settings = load_settings(outbound_proxy=url, outbound_no_proxy="*.intern.be, 10.0.0.0/8")
+    assert settings.outbound_proxy is not None
+    assert settings.outbound_no_proxy == ["*.intern.be", "10.0.0.0/8"]
+    assert "@" not in str(settings.safe_summary()["outbound_proxy"])
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("socks5://proxy.az-gent.be:1080", "an http:// or https:// URL"),
+        ("proxy.az-gent.be:3128", "an http:// or https:// URL"),
+        ("http://proxy.az-gent.be:99999", "valid host and port"),
+        ("http://:3128", "names no host"),
+        ("http://proxy.az-gent.be:3128/path", "no path, query or fragment"),
+        ("http://proxy.az-gent.be:3128?x=1", "no path, query or fragment"),
+    ],
+)
+def test_a_proxy_setting_that_is_no_proxys_url_stops_the_start_without_repeating_it(
+    url: str, problem: str
+) -> None:
+    with pytest.raises(ValidationError, match="outbound_proxy") as refused:
+        load_settings(outbound_proxy=url.replace("://", "://kr:pw-x9@", 1))
+    assert problem in str(refused.value)
+    assert "pw-x9" not in str(refused.value)
+
+
+def test_no_proxy_and_an_empty_proxy_setting() -> None:
+    assert load_settings(outbound_proxy="").outbound_proxy is None
+    with pytest.raises(ValidationError, match="outbound_no_proxy"):
+        load_settings(outbound_no_proxy=".intern.be")  # "*.intern.be" is the form
+
+
+def test_the_proxy_bypasses_no_proxy_hosts_as_written_and_loopback() -> None:
+    through = outbound.OutboundProxy.parse(
+        "http://kr:pw@proxy.az-gent.be:3128", ["*.intern.az-gent.be", "10.0.0.0/8", "fhir.be"]
+    )
+    assert through.shown == "http://proxy.az-gent.be:3128"
+    assert "pw" not in repr(through)
+    for host in [
+        "localhost", "127.0.0.1", "127.1.2.3", "[::1]", "::ffff:127.0.0.1",
+        "fhir.intern.az-gent.be", "10.2.3.4", "FHIR.be.",
+    ]:  # fmt: skip
+        assert through.bypasses(host), host
+    for host in ["intern.az-gent.be", "www.fhir.be", "11.0.0.1", "ehr.az-gent.be", "::2"]:
+        assert not through.bypasses(host), host
