@@ -25,7 +25,7 @@ operator, not a hospital, decides where the service may connect:
 
 The policy is checked twice. When an administrator saves a URL
 (:func:`url_refusal`, see ``service.admin.config``), by its host as written. And when the
-service connects (:func:`async_transport`, :func:`transport`): the host is resolved, every
+service connects (:func:`async_transport`): the host is resolved, every
 address checked, and the connection made to a checked address — so a name that resolves
 to a denied address, or is changed to after the save (DNS rebinding), is still refused.
 That resolution is the one connecting needs anyway (the socket is then opened to the
@@ -64,7 +64,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -386,7 +386,8 @@ def _addresses(infos: Iterable[tuple[object, ...]]) -> list[Address]:
 
 
 def resolve_blocking(host: str, port: int = 443) -> list[Address]:
-    """``host``'s addresses, as the system resolver gives them (in its order)."""
+    """``host``'s addresses, as the system resolver gives them (in its order): the
+    save-time check's (:func:`url_refusal`), which is not async."""
     return _addresses(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
 
 
@@ -411,7 +412,7 @@ def _checked(
 def _through_proxy(request: httpx.Request, through: OutboundProxy) -> bool:
     """Whether ``request`` goes through the proxy, once its host as written is allowed
     (raises :class:`OutboundRefusedError`, before anything is sent to the proxy)."""
-    host = request.url.raw_host.decode("ascii")  # IDNA-encoded, as the backends see it
+    host = request.url.raw_host.decode("ascii")  # IDNA-encoded, as the backend sees it
     if through.bypasses(host):
         return False  # connected to directly: the guarded backend checks it after DNS
     address = ip_literal(host)
@@ -474,66 +475,8 @@ class GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-class GuardedBackend(httpcore.NetworkBackend):
-    """:class:`GuardedAsyncBackend` for blocking clients (the FHIR client)."""
-
-    def __init__(
-        self,
-        resolve: Callable[[str, int], list[Address]] = resolve_blocking,
-        inner: httpcore.NetworkBackend | None = None,
-    ) -> None:
-        self._resolve = resolve
-        self._inner = inner or httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            addresses = self._resolve(host, port)
-        except (OSError, UnicodeError) as error:  # UnicodeError: a name IDNA cannot encode
-            raise httpcore.ConnectError(str(error)) from error
-        failure: Exception | None = None
-        for address in _checked(host, addresses, policy()):
-            try:
-                return self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
-                failure = error
-        raise failure or httpcore.ConnectError(f"{host} has no address")
-
-    def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("unix sockets are not used for outgoing requests")
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
 #: httpx's own defaults (``httpx.Limits()``), which a transport built here keeps.
 _LIMITS = httpx.Limits()
-
-
-def _pool_options(
-    backend: httpcore.NetworkBackend | httpcore.AsyncNetworkBackend,
-) -> dict[str, Any]:
-    """The pool httpx builds by default (its trust store ours), with ``backend``."""
-    return {
-        "ssl_context": tls.context(),
-        "max_connections": _LIMITS.max_connections,
-        "max_keepalive_connections": _LIMITS.max_keepalive_connections,
-        "keepalive_expiry": _LIMITS.keepalive_expiry,
-        "network_backend": backend,
-    }
 
 
 class _AsyncRouted(httpx.AsyncBaseTransport):
@@ -558,25 +501,6 @@ class _AsyncRouted(httpx.AsyncBaseTransport):
             await self._direct.aclose()
 
 
-class _Routed(httpx.BaseTransport):
-    """:class:`_AsyncRouted` for a blocking ``httpx.Client``."""
-
-    def __init__(
-        self, direct: httpx.BaseTransport, proxied: httpx.BaseTransport, through: OutboundProxy
-    ) -> None:
-        self._direct, self._proxied, self._through = direct, proxied, through
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        via = self._proxied if _through_proxy(request, self._through) else self._direct
-        return via.handle_request(request)
-
-    def close(self) -> None:
-        try:
-            self._proxied.close()
-        finally:
-            self._direct.close()
-
-
 def async_transport(
     backend: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncBaseTransport:
@@ -587,7 +511,11 @@ def async_transport(
     # httpx 0.28 has no parameter for the network backend: its pool is replaced by the same
     # pool (httpx's defaults) with ours. tests/integration/test_outbound.py fails if not used.
     transport._pool = httpcore.AsyncConnectionPool(
-        **_pool_options(backend or GuardedAsyncBackend())
+        ssl_context=tls.context(),
+        max_connections=_LIMITS.max_connections,
+        max_keepalive_connections=_LIMITS.max_keepalive_connections,
+        keepalive_expiry=_LIMITS.keepalive_expiry,
+        network_backend=backend or GuardedAsyncBackend(),
     )
     through = configured_proxy()
     if through is None:
@@ -596,14 +524,3 @@ def async_transport(
         verify=tls.context(), trust_env=False, proxy=through.as_httpx()
     )
     return _AsyncRouted(transport, proxied, through)
-
-
-def transport(backend: httpcore.NetworkBackend | None = None) -> httpx.BaseTransport:
-    """:func:`async_transport` for a blocking ``httpx.Client``."""
-    sync = httpx.HTTPTransport(verify=tls.context(), trust_env=False)
-    sync._pool = httpcore.ConnectionPool(**_pool_options(backend or GuardedBackend()))
-    through = configured_proxy()
-    if through is None:
-        return sync
-    proxied = httpx.HTTPTransport(verify=tls.context(), trust_env=False, proxy=through.as_httpx())
-    return _Routed(sync, proxied, through)

@@ -5,7 +5,7 @@ import`), and any connection is checked again after DNS resolution, so one store
 the check, or a name resolving to such an address, is never reached.
 
 The real app on SQLite and PostgreSQL, real signed JWTs, servers on loopback. The one
-stand-in: a resolver answering a name with 169.254.169.254 (GuardedBackend's ``resolve``)
+stand-in: a resolver answering a name with 169.254.169.254 (GuardedAsyncBackend's ``resolve``)
 — the test cannot make the system's resolver say that without editing /etc/hosts, which
 other processes of this machine share.
 """
@@ -82,6 +82,17 @@ def app_with(database_url: str, database: Database, *allow: str) -> FastAPI:
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "service.outbound"]
+
+
+def get_with(backend: httpcore.AsyncNetworkBackend, url: str) -> httpx.Response:
+    """GET ``url`` through the service's transport connecting with ``backend`` (a guarded
+    one with a stand-in resolver): :class:`BlockingClient` takes no backend."""
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=outbound.async_transport(backend)) as http:
+            return await http.get(url)
+
+    return anyio.run(get)
 
 
 def test_a_jku_at_the_metadata_address_is_refused_when_saved_and_never_fetched_by_a_hook(
@@ -232,11 +243,12 @@ def test_loopback_outside_the_allow_list_is_refused_when_connecting(
 def test_a_name_resolving_outside_the_allow_list_is_refused_when_connecting() -> None:
     """The system's resolver: ``localhost`` is not listed, its address not in the ranges."""
     outbound.configure(["10.0.0.0/8"])
-    with Counted(BUNDLE) as served, httpx.Client(transport=outbound.transport()) as http:
+    with Counted(BUNDLE) as served, BlockingClient(Bounds(5, 1000), 5.0) as http:
         with pytest.raises(outbound.OutboundRefusedError, match="not in the platform's"):
-            http.get(served.url.replace("127.0.0.1", "localhost"))
+            http.request("GET", served.url.replace("127.0.0.1", "localhost"))
         outbound.configure(["127.0.0.0/8"])  # its addresses in a listed range: reached
-        assert http.get(served.url.replace("127.0.0.1", "localhost")).status_code == 200
+        answer = http.request("GET", served.url.replace("127.0.0.1", "localhost"))
+        assert answer.status_code == 200
     assert served.requests == 1
 
 
@@ -245,22 +257,18 @@ def test_a_name_resolving_to_a_denied_address_is_refused_and_a_checked_address_i
     with Counted(BUNDLE) as served:
         port = int(served.url.rsplit(":", 1)[1].strip("/"))
 
-        def resolve(host: str, _port: int) -> list[outbound.Address]:
+        async def resolve(host: str, _port: int) -> list[outbound.Address]:
             answers = {
                 "metadata.az-gent.example": "169.254.169.254",
                 "ehr.az-gent.example": "127.0.0.1",
             }
             return [outbound.ip_literal(answers[host])]  # type: ignore[list-item]
 
-        backend = outbound.GuardedBackend(resolve=resolve, inner=httpcore.SyncBackend())
-        with httpx.Client(transport=outbound.transport(backend)) as http:
-            with pytest.raises(
-                outbound.OutboundRefusedError, match=r"169\.254\.169\.254 is a link"
-            ):
-                http.get(f"http://metadata.az-gent.example:{port}/")
-            # the name that resolves to an allowed address is reached at that address
-            answer = http.get(f"http://ehr.az-gent.example:{port}/")
-            assert answer.status_code == 200
+        backend = outbound.GuardedAsyncBackend(resolve=resolve)
+        with pytest.raises(outbound.OutboundRefusedError, match=r"169\.254\.169\.254 is a link"):
+            get_with(backend, f"http://metadata.az-gent.example:{port}/")
+        # the name that resolves to an allowed address is reached at that address
+        assert get_with(backend, f"http://ehr.az-gent.example:{port}/").status_code == 200
     assert served.requests == 1
 
 
@@ -273,21 +281,20 @@ def test_a_name_resolving_to_a_cloud_metadata_address_outside_link_local_is_refu
     outbound.configure(["*.az-gent.example", "100.64.0.0/10", "fd00::/8"])
     connected: list[str] = []
 
-    class Recorded(httpcore.NetworkBackend):
-        def connect_tcp(self, host: str, *_: object, **__: object) -> httpcore.NetworkStream:
+    class Recorded(httpcore.AsyncNetworkBackend):
+        async def connect_tcp(
+            self, host: str, *_: object, **__: object
+        ) -> httpcore.AsyncNetworkStream:
             connected.append(host)
             raise httpcore.ConnectError("not reached in this test")
 
-    def resolve(host: str, _port: int) -> list[outbound.Address]:
+    async def resolve(host: str, _port: int) -> list[outbound.Address]:
         return [ipaddress.ip_address(address)]
 
-    backend = outbound.GuardedBackend(resolve=resolve, inner=Recorded())
+    backend = outbound.GuardedAsyncBackend(resolve=resolve, inner=Recorded())
     caplog.set_level(logging.WARNING, logger="service.outbound")
-    with (
-        httpx.Client(transport=outbound.transport(backend)) as http,
-        pytest.raises(outbound.OutboundRefusedError, match="metadata service address"),
-    ):
-        http.get("http://metadata.az-gent.example/latest/meta-data/")
+    with pytest.raises(outbound.OutboundRefusedError, match="metadata service address"):
+        get_with(backend, "http://metadata.az-gent.example/latest/meta-data/")
     assert connected == []
     (logged,) = refusals(caplog)
     assert logged.getMessage() == (
@@ -346,7 +353,7 @@ def test_the_async_connect_timeout_bounds_the_lookup_and_every_address_together(
 def test_tls_still_verifies_the_name_though_the_socket_is_opened_to_an_address(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The backends connect to the checked address; SNI and the certificate's check must
+    """The backend connects to the checked address; SNI and the certificate's check must
     still be of the URL's name. The hospital CA's certificate names 127.0.0.1 only: reached
     as 127.0.0.1, refused as localhost (same socket address), whichever client."""
     ca = private_ca(tmp_path)

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import httpcore
 import httpx
 import pytest
 from fastapi.testclient import TestClient
@@ -35,6 +34,7 @@ from service.tenant_config import EhrRegistration
 from tests.integration.test_cds_auth_jwks import GOOD, admin_headers, call
 from tests.integration.test_cds_auth_jwks import KEY as EHR_KEY
 from tests.integration.test_cds_hooks import AUD, PUBLIC_URL, Ehr, tenant_config
+from tests.integration.test_outbound import get_with
 from tests.support.forward_proxy import ForwardProxy
 from tests.support.served import ServedJson
 from tests.support.tls import private_ca
@@ -208,15 +208,16 @@ def test_through_the_proxy_a_name_is_judged_as_written_the_proxy_resolves_it(
         refusal = outbound.url_refusal("https://fhir.az-gent.example/fhir", lambda _: in_range)
         assert refusal is not None
         assert refusal.kind == "not-allowed"
-        with httpx.Client(transport=outbound.transport()) as http:
+        with BlockingClient(Bounds(5, 1000), 5.0) as http:
             with pytest.raises(outbound.OutboundRefusedError, match="allow-list"):
-                http.get(f"http://fhir.az-gent.example:{port}/")
+                http.request("GET", f"http://fhir.az-gent.example:{port}/")
             assert proxy.asked == []
             # a written address in a listed range is asked of the proxy
-            assert http.get(f"http://10.20.3.4:{port}/").status_code == 200
+            assert http.request("GET", f"http://10.20.3.4:{port}/").status_code == 200
         outbound.configure([], proxy.url)
-        with httpx.Client(transport=outbound.transport()) as http:
-            assert http.get(f"http://fhir.az-gent.example:{port}/").status_code == 200
+        with BlockingClient(Bounds(5, 1000), 5.0) as http:
+            answer = http.request("GET", f"http://fhir.az-gent.example:{port}/")
+            assert answer.status_code == 200
     assert [a.target for a in proxy.asked] == [
         f"http://10.20.3.4:{port}/",
         f"http://fhir.az-gent.example:{port}/",
@@ -230,20 +231,19 @@ def test_no_proxy_hosts_and_loopback_are_connected_to_directly_and_checked_after
     with ServedJson(BUNDLE) as served, ForwardProxy() as proxy:
         port = port_of(served.url)
 
-        def resolve(host: str, _port: int) -> list[outbound.Address]:
+        async def resolve(host: str, _port: int) -> list[outbound.Address]:
             answers = {"fhir.intern.az-gent.example": "127.0.0.1", "localhost": "127.0.0.1"}
             answers["meta.intern.az-gent.example"] = "169.254.169.254"
             return [outbound.ip_literal(answers.get(host, host))]  # type: ignore[list-item]
 
         outbound.configure([], proxy.url, ["*.intern.az-gent.example"])
-        backend = outbound.GuardedBackend(resolve=resolve, inner=httpcore.SyncBackend())
-        with httpx.Client(transport=outbound.transport(backend)) as http:
-            for host in ("fhir.intern.az-gent.example", "localhost", "127.0.0.1"):
-                assert http.get(f"http://{host}:{port}/").status_code == 200, host
-            with pytest.raises(httpx.ConnectError):  # direct: the server is on IPv4 only
-                http.get(f"http://[::1]:{port}/")
-            with pytest.raises(outbound.OutboundRefusedError, match=r"169\.254\.169\.254"):
-                http.get(f"http://meta.intern.az-gent.example:{port}/")
+        backend = outbound.GuardedAsyncBackend(resolve=resolve)
+        for host in ("fhir.intern.az-gent.example", "localhost", "127.0.0.1"):
+            assert get_with(backend, f"http://{host}:{port}/").status_code == 200, host
+        with pytest.raises(httpx.ConnectError):  # direct: the server is on IPv4 only
+            get_with(backend, f"http://[::1]:{port}/")
+        with pytest.raises(outbound.OutboundRefusedError, match=r"169\.254\.169\.254"):
+            get_with(backend, f"http://meta.intern.az-gent.example:{port}/")
     assert (proxy.connections, proxy.asked) == (0, [])
 
 
@@ -300,8 +300,8 @@ def test_the_proxys_credentials_are_used_and_never_logged_or_shown(
         url = f"http://fhir.az-gent.example:{port_of(served.url)}/"
         settings = load_settings(outbound_proxy=with_credentials(proxy))
         outbound.configure([], settings.outbound_proxy)
-        with httpx.Client(transport=outbound.transport()) as http:
-            assert http.get(url).status_code == 200
+        with BlockingClient(Bounds(5, 1000), 5.0) as http:
+            assert http.request("GET", url).status_code == 200
         assert proxy.asked[-1].proxy_authorization == f"Basic {BASIC}"
         shown += [repr(settings), str(settings), str(settings.safe_summary())]
         shown += [repr(outbound.configured_proxy())]
@@ -309,18 +309,18 @@ def test_the_proxys_credentials_are_used_and_never_logged_or_shown(
 
         wrong = proxy.url.replace("http://", "http://kr-proxy:s3cr3t-not@")
         outbound.configure([], wrong)
-        with httpx.Client(transport=outbound.transport()) as http:
+        with BlockingClient(Bounds(5, 1000), 5.0) as http:
             with pytest.raises(httpx.ProxyError) as refused:
-                http.get(url.replace("http://", "https://"))
+                http.request("GET", url.replace("http://", "https://"))
             shown.append(str(refused.value))
-            assert http.get(url).status_code == 407
+            assert http.request("GET", url).status_code == 407
         registration = EhrRegistration(id="ehr", name="EPD", fhir_base_url=url, client_id="kr")
         report = check_connection(registration, "en", timeout_seconds=2)
         shown += [check.message for check in report.checks]
     outbound.configure([], with_credentials(proxy))  # the proxy is down now
-    with httpx.Client(transport=outbound.transport()) as http:
+    with BlockingClient(Bounds(5, 1000), 5.0) as http:
         with pytest.raises(httpx.ConnectError) as down:
-            http.get(url)
+            http.request("GET", url)
         shown.append(str(down.value))
     with pytest.raises(ValidationError) as bad:
         load_settings(outbound_proxy=f"ftp://{IN_URL}@proxy.az-gent.example:3128")
