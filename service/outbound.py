@@ -57,19 +57,23 @@ for something else).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 from urllib.parse import urlsplit
 
 import anyio
 import httpcore
 import httpx
+import idna
 from pydantic import SecretStr
 
 from service import tls
@@ -391,8 +395,22 @@ def resolve_blocking(host: str, port: int = 443) -> list[Address]:
     return _addresses(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
 
 
+#: Where :func:`resolve_async` runs the system resolver: threads of the process, not of an
+#: event loop. A lookup cannot be interrupted, so one hanging (a DNS server not answering)
+#: outlives the request that hit its deadline; on a loop's own executor, closing that loop
+#: (a ``BlockingClient``'s, at the end of the nurse's page or an outbox delivery) would
+#: wait for it, well past the deadline.
+_LOOKUPS = ThreadPoolExecutor(thread_name_prefix="outbound-lookup")
+
+
 async def resolve_async(host: str, port: int = 443) -> list[Address]:
-    return _addresses(await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    """``host``'s addresses (an IDNA name as anyio encodes it), looked up on
+    :data:`_LOOKUPS`; an awaiting request that ends stops waiting for the lookup."""
+    name = host.encode("ascii") if host.isascii() else idna.encode(host, uts46=True)
+    lookup = partial(socket.getaddrinfo, name, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().run_in_executor(_LOOKUPS, lookup)
+    # an int address: IPv6 compiled out of Python (anyio leaves those out too)
+    return _addresses(info for info in infos if not isinstance(info[4][0], int))
 
 
 def _checked(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -172,6 +173,37 @@ def test_an_answer_trickled_past_the_deadline_is_unavailable_in_time() -> None:
     assert str(raised.value) == (
         f"GET {slow.url}/RelatedPerson: no whole answer within 1 s (TimeoutError)"
     )
+
+
+def test_a_name_lookup_hanging_past_the_deadline_does_not_hold_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The system resolver cannot be interrupted: a lookup hanging (a DNS server that does
+    not answer: retries for many seconds) outlives the request that hit its deadline. Before,
+    it ran on the client's own event loop's executor, and closing the client (the end of
+    the nurse's page, of an outbox delivery) waited for it, past the deadline. A hanging
+    resolver cannot be made here otherwise: ``socket.getaddrinfo`` is replaced for one name,
+    blocking until the test lets it go."""
+    real = socket.getaddrinfo
+    let_go = threading.Event()
+
+    def hanging(host: str | bytes | None, *args: Any, **kwargs: Any) -> Any:
+        if host in ("dns-hangs.example", b"dns-hangs.example"):
+            let_go.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        client = FhirClient("http://dns-hangs.example/fhir", lambda: "t", 0.5)
+        with pytest.raises(FhirUnavailable):
+            client.read("Patient", "p1")
+        closing = threading.Thread(target=client.close)
+        closing.start()
+        closing.join(timeout=10)  # the lookup is let go only below: a bound, not a sleep
+        assert not closing.is_alive()
+    finally:
+        let_go.set()
 
 
 def test_an_answer_larger_than_the_cap_is_unreadable() -> None:
