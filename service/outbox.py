@@ -834,18 +834,62 @@ def _systems(value: dict[str, Any]) -> set[str]:
 
 
 def _unchanged(seen: Resource, ours: Resource) -> bool:
-    """Whether the merge would keep every element of ``seen`` as it is (extensions by URL).
+    """Whether the merge would keep every element of ``seen`` as it is: :func:`_overlay`
+    would write nothing ``seen`` does not say already.
 
     Where both sides have a value they must agree; what only one side spells out (the
-    EHR's name ``use``, our coding's ``display``) is representation, not a change."""
-    extensions = {e.get("url"): e for e in seen.get("extension", [])}
-    for ext in ours.get("extension", []):
-        if ext["url"] not in extensions or not _agrees(extensions[ext["url"]], ext):
+    EHR's name ``use``, our coding's ``display``) is representation, not a change. The
+    resource type's rules of the merge (:func:`~service.fhir.mapping.as_laid_over`) come
+    first, as in the overlay: what they change of ``seen`` itself (an old concern Flag's
+    ``encounter`` dropped) is a change.
+
+    Extensions are compared as the overlay writes them: ours of a URL take the place of
+    all of ``seen``'s of that URL, so, URL by URL, each of ours must agree with one of
+    ``seen``'s, a different one each, and ``seen`` may have no more of that URL than ours:
+    one more would be dropped by the write, a change. (A concern Flag has one
+    ``concern-trigger`` per Hague trigger; a trigger of the server's that ours does not
+    name is added to ours by ``as_laid_over`` and kept, so it is no change.)"""
+    laid, ours = as_laid_over(seen, ours)
+    if laid != seen:
+        return False
+    theirs_by_url = _by_url(seen.get("extension", []))
+    for url, ours_of_url in _by_url(ours.get("extension", [])).items():
+        if not _one_for_one(theirs_by_url.get(url, []), ours_of_url):
             return False
     mine = {k: v for k, v in ours.items() if k not in _NOT_OURS}
     return all(
         key in seen and _element(key, seen[key], value) is seen[key] for key, value in mine.items()
     )
+
+
+def _by_url(extensions: list[Any]) -> dict[Any, list[Any]]:
+    """Extensions grouped by URL, each URL's in their order."""
+    grouped: dict[Any, list[Any]] = {}
+    for extension in extensions:
+        url = extension.get("url") if isinstance(extension, dict) else None
+        grouped.setdefault(url, []).append(extension)
+    return grouped
+
+
+def _one_for_one(theirs: list[Any], mine: list[Any]) -> bool:
+    """Whether each of ``mine`` agrees with (:func:`_agrees`) a different one of ``theirs``
+    and none of ``theirs`` is left over: a matching of the two lists (augmenting paths, as
+    an entry of ours may agree with several of theirs)."""
+    if len(theirs) != len(mine):
+        return False
+    taken: dict[int, int] = {}  # index in theirs → the index in mine that has it
+
+    def place(i: int, tried: set[int]) -> bool:
+        for j, candidate in enumerate(theirs):
+            if j in tried or not _agrees(candidate, mine[i]):
+                continue
+            tried.add(j)
+            if j not in taken or place(taken[j], tried):
+                taken[j] = i
+                return True
+        return False
+
+    return all(place(i, set()) for i in range(len(mine)))
 
 
 def _agrees(theirs: Any, mine: Any) -> bool:

@@ -1269,6 +1269,54 @@ def test_a_later_visit_keeps_the_flags_triggers_its_worklist_row_lost(
     assert validate(after) == []
 
 
+def _flag_history(base_url: str, flag_id: str) -> list[str]:
+    """The versions of a Flag the FHIR server holds, newest first."""
+    bundle = httpx.get(f"{base_url}/Flag/{flag_id}/_history", timeout=10).json()
+    return [entry["resource"]["meta"]["versionId"] for entry in bundle.get("entry", [])]
+
+
+def test_a_later_visit_whose_triggers_the_flag_has_already_writes_no_new_flag_version(
+    world: World, seeded: SeedResult
+) -> None:
+    """A first visit raised the concern with two Hague triggers; a visit before e9f6723
+    with substance abuse alone left the worklist row knowing only that one (the Flag kept
+    both). A later visit with domestic violence is news to the row, so its Flag is laid
+    over the Flag on the server (create-or-merge), which already says all of it: nothing
+    is written. (The merge compared the Flag's triggers keyed by URL, only the last one:
+    two triggers never agreed with it, and the Flag got a needless new version.)"""
+    patient = seeded.patient("jan-janssens")
+    lotte = _child("Lotte Janssens", 7)
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    both = frozenset({HagueTrigger.DOMESTIC_VIOLENCE, HagueTrigger.SUBSTANCE_ABUSE})
+    findings = _niet_pluis(first, (lotte,))
+    assert findings.step2 is not None
+    findings = replace(findings, step2=replace(findings.step2, triggers=both))
+    assert world.triage.record_triage(first, findings).status == "delivered"
+    with world.database.session() as session:
+        (concern,) = session.scalars(select(Concern)).all()
+        concern.triggers = [HagueTrigger.SUBSTANCE_ABUSE.value]  # as a visit before e9f6723
+    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    versions = _flag_history(world.base_url, flag["id"])
+
+    later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+    result = world.triage.record_triage(later, _niet_pluis(later, (lotte,)))
+
+    assert result.status == "delivered"
+    (bundle_flag,) = [
+        e
+        for e in _entry(world.database, result.outbox_id).bundle["entry"]
+        if e["resource"]["resourceType"] == "Flag"
+    ]
+    assert bundle_flag.get("kindreflexMerge")  # the merge path, not a plain conditional create
+    assert _flag_history(world.base_url, flag["id"]) == versions
+    (after,) = search(world.base_url, "Flag", identifier=identifier)
+    assert after["meta"]["versionId"] == flag["meta"]["versionId"]
+    with world.database.session() as session:
+        (row,) = session.scalars(select(Concern)).all()
+    assert row.triggers == ["domestic-violence", "substance-abuse"]
+
+
 def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_once_confirmed(
     database: Database, tmp_path: Path
 ) -> None:

@@ -1,0 +1,117 @@
+"""The outbox's merge at delivery, as pure functions: whether laying ours over the server's
+version of a resource changes it (``service.outbox._unchanged``), compared with what the
+overlay writes (``_overlay``). Against a real FHIR server in
+tests/integration/test_triage_save.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from service.fhir import mapping, terminology
+from service.outbox import _one_for_one, _overlay, _unchanged
+from service.protocol import HagueTrigger, Step
+
+DV = HagueTrigger.DOMESTIC_VIOLENCE.value
+SA = HagueTrigger.SUBSTANCE_ABUSE.value
+SH = HagueTrigger.SELF_HARM_PSYCHIATRIC.value
+TRIGGER = terminology.extension_url("concern-trigger")
+
+
+def _flag(*triggers: str, step: Step = Step.STEP_2) -> dict[str, Any]:
+    return mapping.concern_flag(
+        patient_ref="Patient/1",
+        author="Practitioner/nurse-1",
+        flagged_at=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        identifier=mapping.identifier("concern", "c-1"),
+        last_step=step,
+        triggers=triggers,
+    )
+
+
+def _on_server(flag: dict[str, Any]) -> dict[str, Any]:
+    """The Flag as the FHIR server returns it: an id, a version, its codings' displays."""
+    return {**flag, "id": "7", "meta": {**flag["meta"], "versionId": "3"}}
+
+
+def _triggers(resource: dict[str, Any]) -> list[str]:
+    return sorted(e["valueCoding"]["code"] for e in resource["extension"] if e["url"] == TRIGGER)
+
+
+def test_a_flag_with_several_triggers_that_already_says_ours_is_unchanged() -> None:
+    """Keyed by URL, only the Flag's last trigger was compared: ours with two triggers never
+    agreed with it, so a merge that changes nothing was written once more (a new version)."""
+    assert _unchanged(_on_server(_flag(DV, SA)), _flag(DV, SA))
+    assert _unchanged(_on_server(_flag(DV, SA, SH)), _flag(SH, DV, SA))
+
+
+def test_a_trigger_of_the_servers_ours_does_not_name_is_no_change() -> None:
+    """The concern Flag's merge keeps the server's triggers beside ours (as_laid_over)."""
+    seen = _on_server(_flag(DV, SA))
+    assert _unchanged(seen, _flag(SA))
+    assert _unchanged(seen, _flag(DV))
+    assert _triggers(_overlay(seen, _flag(SA))) == [DV, SA]
+
+
+def test_a_trigger_the_flag_lacks_is_a_change() -> None:
+    assert not _unchanged(_on_server(_flag(DV)), _flag(DV, SA))
+    assert not _unchanged(_on_server(_flag(DV, SA)), _flag(DV, SA, SH))
+    assert not _unchanged(_on_server(_flag(SA, SH)), _flag(DV))
+
+
+def test_another_last_step_is_a_change_whatever_the_triggers() -> None:
+    assert not _unchanged(_on_server(_flag(DV, SA, step=Step.STEP_4)), _flag(DV, SA))
+
+
+def test_a_trigger_twice_on_the_server_is_a_change_the_overlay_writes_once() -> None:
+    seen = _on_server(_flag(DV, SA))
+    doubled = {**seen, "extension": [*seen["extension"], seen["extension"][-1]]}
+    assert not _unchanged(doubled, _flag(DV, SA))
+    assert _triggers(_overlay(doubled, _flag(DV, SA))) == [DV, SA]
+
+
+def test_an_element_the_flags_rules_drop_is_a_change() -> None:
+    """A Flag an earlier version wrote with an encounter loses it in the merge (the
+    profile's 0..0): the merge is written even when ours says nothing new."""
+    seen = {**_on_server(_flag(DV)), "encounter": {"reference": "Encounter/1"}}
+    assert not _unchanged(seen, _flag(DV))
+    assert "encounter" not in _overlay(seen, _flag(DV))
+    assert _unchanged(_on_server(_flag(DV)), _flag(DV))
+
+
+def test_elsewhere_more_extensions_of_one_url_on_the_server_are_a_change() -> None:
+    """Outside the concern Flag, ours of a URL take the place of all the server's of that
+    URL (_overlay): one of the server's more would be dropped by the write."""
+    url = terminology.extension_url("lives-with")
+    seen = {
+        "resourceType": "RelatedPerson",
+        "id": "5",
+        "meta": {"versionId": "2"},
+        "extension": [
+            {"url": url, "valueCode": "part-time"},
+            {"url": url, "valueCode": "permanently"},
+        ],
+    }
+    ours = {
+        "resourceType": "RelatedPerson",
+        "extension": [{"url": url, "valueCode": "permanently"}],
+    }
+    assert not _unchanged(seen, ours)
+    assert _overlay(seen, ours)["extension"] == ours["extension"]
+    assert _unchanged({**seen, "extension": ours["extension"]}, ours)
+
+
+def test_each_of_ours_is_matched_by_a_different_one_of_theirs() -> None:
+    """An entry of ours that spells out less (no code) may agree with several of theirs; the
+    matching gives each of ours one of its own where one exists."""
+    system = "urn:test"
+
+    def ext(**coding: str) -> dict[str, Any]:
+        return {"url": TRIGGER, "valueCoding": {"system": system, **coding}}
+
+    theirs = [ext(code="a"), ext(code="b")]
+    assert _one_for_one(theirs, [ext(), ext(code="a")])
+    assert _one_for_one(theirs, [ext(code="b"), ext(code="a")])
+    assert not _one_for_one(theirs, [ext(code="a"), ext(code="a")])
+    assert not _one_for_one(theirs, [ext(code="a")])
+    assert not _one_for_one(theirs[:1], [ext(code="a"), ext()])
