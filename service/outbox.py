@@ -51,10 +51,17 @@ both ways and sent as it turned out, create or update (``if_updating`` of
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
-the nurse); 401/403 or a session whose tokens cannot be refreshed is
-``waiting-authorisation``: the entry waits until the next launch for the same patient
-through the same EHR registration (:meth:`Outbox.adopt_session`), and is then delivered
-with that session's token — the Provenance inside still names the original author.
+the nurse) — unless it can only be a race with another writer between the outbox's own
+read at delivery and its write: every If-Match of the transaction as sent that the user's
+page carried (an update's, a merge update's, the version laid over what the user was
+shown) still holds, and one came from a create-or-merge's search at delivery. Nobody was
+shown that version, so nothing of the user's was lost: the entry stays ``pending`` and
+the next attempt reads and merges again, at most ``RACES_RETRIED`` times (counted in
+``races``; the next race is a ``conflict``, so nothing loops); 401/403 or a session whose
+tokens cannot be refreshed is ``waiting-authorisation``: the entry waits until the next
+launch for the same patient through the same EHR registration
+(:meth:`Outbox.adopt_session`), and is then delivered with that session's token — the
+Provenance inside still names the original author.
 
 Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
 the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
@@ -81,7 +88,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -118,6 +125,11 @@ READY_MAX_ATTEMPTS = 8
 #: that patient's chart in time, and the finding (with the patient's later saves, which it
 #: holds back) may never reach the FHIR server unless an operator has someone do so.
 READY_MAX_WAIT = timedelta(hours=24)
+#: How many times an entry whose create-or-merge lost a race at delivery (see the module
+#: doc) is merged and sent again; one race more is a ``conflict``. A race needs another
+#: write to the resource between two requests of ours, milliseconds apart: a resource
+#: changed that often is best left to a person.
+RACES_RETRIED = 3
 
 
 class DeliveryState(StrEnum):
@@ -179,6 +191,7 @@ class Delivery:
     state: DeliveryState
     detail: str = ""
     outcome: Resource | None = None  # the server's OperationOutcome, when it refused
+    raced: bool = False  # pending after a race at delivery: counted in ``races``
 
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
@@ -250,6 +263,7 @@ class _Claimed:
     bundle: Resource
     witness: str | None
     attempts: int  # this attempt's number: 1 for the first (counted when claimed)
+    races: int = 0  # the races at delivery retried so far (see RACES_RETRIED)
 
 
 class Outbox:
@@ -441,6 +455,7 @@ class Outbox:
                     bundle=row.bundle,
                     witness=row.witness,
                     attempts=row.attempts,
+                    races=row.races,
                 )
                 for row in rows
             ]
@@ -515,17 +530,17 @@ class Outbox:
         except Exception as error:  # the token endpoint may be down: retry like the server
             return Delivery(entry.id, DeliveryState.PENDING, f"token: {type(error).__name__}")
         with FhirClient(entry.fhir_base_url, lambda: token, timeout) as client:
+            sent: _Sent | None = None
             try:
                 # an earlier attempt may have been applied (its answer, or its holder, lost)
                 if entry.attempts > 1 and entry.witness and _witness_exists(client, entry.witness):
                     return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
-                client.transaction(_merged(client, entry.bundle))
+                sent = _merged(client, entry.bundle)
+                client.transaction(sent.bundle)
             except _Refused as refusal:
                 return Delivery(entry.id, DeliveryState.FAILED, str(refusal))
             except FhirConflict as error:
-                return Delivery(
-                    entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome
-                )
+                return _conflict_or_race(client, entry, sent, error)
             except FhirRejected as error:
                 if error.needs_authorisation:
                     return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(error))
@@ -544,6 +559,8 @@ class Outbox:
             values["outcome"] = delivery.outcome
         if delivery.state is DeliveryState.PENDING:
             values["next_attempt_at"] = now + timedelta(seconds=self._backoff(entry.attempts - 1))
+        if delivery.raced:
+            values["races"] = OutboxEntry.races + 1
         with self._database.session() as session:
             result = session.execute(
                 update(OutboxEntry)
@@ -566,6 +583,42 @@ class Outbox:
         """Capped exponential backoff with jitter, so recovering servers are not stampeded."""
         ceiling = min(RETRY_CAP_SECONDS, self._retry_base * 2**attempts)
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def _conflict_or_race(
+    client: FhirClient, entry: _Claimed, sent: _Sent | None, error: FhirConflict
+) -> Delivery:
+    """A 409/412: a ``conflict``, or a race to merge again at the next attempt (``pending``).
+
+    A race is a transaction with an If-Match from a create-or-merge's search at delivery
+    (:attr:`_Sent.read_at_delivery`) whose other If-Match preconditions, the ones the user's
+    page carried (:attr:`_Sent.shown`), all still hold: those were not what failed, and
+    nobody was shown the version read at delivery. Versions only grow, so one that is
+    current now was current when the server refused. Past ``RACES_RETRIED`` races, and
+    for any other transaction, it is a conflict as before."""
+    conflict = Delivery(entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome)
+    if sent is None or not sent.read_at_delivery:
+        return conflict
+    try:
+        held = all(_still_at(client, reference, version) for reference, version in sent.shown)
+    except FhirUnavailable as unreachable:  # not known: nothing was written, try again later
+        return Delivery(entry.id, DeliveryState.PENDING, str(unreachable))
+    if not held:
+        return conflict
+    detail = f"race {entry.races + 1}: changed after its read at delivery: {conflict.detail}"
+    if entry.races >= RACES_RETRIED:  # an operator (and the log) can tell it from a lost update
+        return replace(conflict, detail=detail)
+    return Delivery(entry.id, DeliveryState.PENDING, detail, error.outcome, raced=True)
+
+
+def _still_at(client: FhirClient, reference: str, version: str) -> bool:
+    """Whether ``Type/id`` is still at ``version`` (a resource gone is not)."""
+    resource_type, _, resource_id = reference.partition("/")
+    try:
+        current = client.read(resource_type, resource_id)
+    except FhirRejected:
+        return False
+    return bool(current.get("meta", {}).get("versionId") == version)
 
 
 def _in_its_turn() -> Any:
@@ -621,7 +674,19 @@ class _Refused(Exception):  # noqa: N818 - a reason, not an error of ours
 _OWNER_ELEMENTS = ("patient", "subject")
 
 
-def _merged(client: FhirClient, bundle: Resource) -> Resource:
+@dataclass(frozen=True)
+class _Sent:
+    """A transaction as sent (:func:`_merged`), and where its If-Match preconditions came
+    from, for telling a race from a conflict (:func:`_conflict_or_race`)."""
+
+    bundle: Resource
+    #: An If-Match is on a version a create-or-merge found at delivery (nobody saw it).
+    read_at_delivery: bool
+    #: The other If-Match preconditions: ``(Type/id, version)``, what the user was shown.
+    shown: tuple[tuple[str, str], ...]
+
+
+def _merged(client: FhirClient, bundle: Resource) -> _Sent:
     """The bundle as sent: each :meth:`TransactionBuilder.merge_update` laid over the version
     it names (read now), unchanged ones and those the resource says by now left out; each
     :meth:`TransactionBuilder.create_or_merge` likewise over the resource its identifier
@@ -629,6 +694,7 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
     entries = []
     found: dict[str, str] = {}  # fullUrl of a create → the resource it found
     updating = False  # whether a create-or-merge became an update
+    read_now: set[str] = set()  # the resources a create-or-merge updates (If-Match read now)
     for entry in bundle["entry"]:
         if not entry.get(_MERGE):
             entries.append(entry)
@@ -637,6 +703,7 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
         if request["method"] == "POST":
             merged = _merged_create(client, entry, found)
             updating |= any(e["request"]["method"] == "PUT" for e in merged)
+            read_now |= {e["request"]["url"] for e in merged if "ifMatch" in e["request"]}
             entries += merged
             continue
         version = request["ifMatch"].removeprefix('W/"').removesuffix('"')
@@ -657,7 +724,13 @@ def _merged(client: FhirClient, bundle: Resource) -> Resource:
             continue
         entries.append({"resource": _overlay(seen, ours), "request": request})
     entries = [_described(entry, updating) for entry in entries]
-    return {**bundle, "entry": _referring(entries, found) if found else entries}
+    shown = tuple(
+        (e["request"]["url"], e["request"]["ifMatch"].removeprefix('W/"').removesuffix('"'))
+        for e in entries
+        if "ifMatch" in e["request"] and e["request"]["url"] not in read_now
+    )
+    sent = {**bundle, "entry": _referring(entries, found) if found else entries}
+    return _Sent(sent, bool(read_now), shown)
 
 
 def _changed_since(client: FhirClient, ours: Resource, version: str) -> Resource | None:

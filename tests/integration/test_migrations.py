@@ -5,14 +5,26 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, insert, inspect, select, text, update
+from sqlalchemy import (
+    JSON,
+    Engine,
+    column,
+    create_engine,
+    insert,
+    inspect,
+    select,
+    table,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session
 
 from service.db import (
     migrate,
     models,  # noqa: F401 - registers every table
 )
-from service.db.base import Base, Database, utcnow
-from service.db.models import AuditRecord, Concern
+from service.db.base import Base, Database, UTCDateTime, utcnow
+from service.db.models import AuditRecord, Concern, OutboxEntry
 from service.outbox import NewEntry, enqueue
 from tests.support.write_path import make_tenant
 
@@ -46,12 +58,7 @@ def test_0017_gives_old_audit_rows_the_fhir_server_of_their_outbox_entry(
     tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
     server = "http://ehr-b.test/fhir"  # the row's own, not just any of the hospital's
     with database.session() as session:
-        entry = enqueue(
-            session,
-            tenant.id,
-            NewEntry("audit", "ehr", server, "s1", "Practitioner/n", "Patient/1", {}),
-        )
-        session.flush()
+        entry_id = _old_outbox_entry(session, tenant.id, server)
         row = {
             "tenant_id": tenant.id,
             "recorded_at": utcnow(),
@@ -64,7 +71,7 @@ def test_0017_gives_old_audit_rows_the_fhir_server_of_their_outbox_entry(
         # the table as 0016 left it: no fhir_base_url column yet
         session.execute(
             insert(AuditRecord),
-            [{**row, "outbox_id": entry.id}, {**row, "outbox_id": None}],
+            [{**row, "outbox_id": entry_id}, {**row, "outbox_id": None}],
         )
 
     migrate.upgrade(database_url)
@@ -73,6 +80,55 @@ def test_0017_gives_old_audit_rows_the_fhir_server_of_their_outbox_entry(
         servers = session.scalars(select(AuditRecord.fhir_base_url).order_by(AuditRecord.id))
         assert list(servers) == [server, None]  # a row without an entry has no known server
     database.dispose()
+
+
+#: ``outbox_entries`` as migrations 0005 to 0019 left it: the model's later columns (and
+#: their defaults) are not there yet.
+_OUTBOX_0019 = table(
+    "outbox_entries",
+    *(
+        column(name)
+        for name in (
+            "id",
+            "tenant_id",
+            "kind",
+            "registration_id",
+            "fhir_base_url",
+            "session_id",
+            "author",
+            "patient_ref",
+            "state",
+            "attempts",
+        )
+    ),
+    column("bundle", JSON),
+    column("next_attempt_at", UTCDateTime()),
+    column("created_at", UTCDateTime()),
+)
+
+
+def _old_outbox_entry(session: Session, tenant_id: int, server: str, state: str = "pending") -> int:
+    """An outbox entry as an older schema takes it (see ``_OUTBOX_0019``)."""
+    now = utcnow()
+    values = {
+        "tenant_id": tenant_id,
+        "kind": "triage",
+        "registration_id": "ehr",
+        "fhir_base_url": server,
+        "session_id": "s1",
+        "author": "Practitioner/n",
+        "patient_ref": "Patient/1",
+        "bundle": {},
+        "state": state,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    return int(
+        session.execute(
+            insert(_OUTBOX_0019).values(values).returning(_OUTBOX_0019.c.id)
+        ).scalar_one()
+    )
 
 
 def test_0018_adds_the_user_names_empty_and_its_downgrade_keeps_the_rows(
@@ -151,6 +207,30 @@ def test_0019_indexes_audit_rows_by_outbox_entry_and_its_downgrade_keeps_the_row
     migrate.downgrade(database_url, "0018_concern_user_names")
     assert _outbox_index(engine) == []
     with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM audit_records")) == 1
+    engine.dispose()
+    database.dispose()
+
+
+def test_0020_counts_no_races_for_existing_entries_and_its_downgrade_keeps_them(
+    database_url: str,
+) -> None:
+    migrate.upgrade(database_url, "0019_audit_outbox_index")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    with database.session() as session:
+        entry_id = _old_outbox_entry(session, tenant.id, "http://ehr-a.test/fhir")
+        session.execute(insert(AuditRecord), [_audit_row(tenant.id, entry_id)])
+
+    migrate.upgrade(database_url)
+    with database.session() as session:
+        assert list(session.scalars(select(OutboxEntry.races))) == [0]
+    migrate.downgrade(database_url, "0019_audit_outbox_index")
+
+    engine = create_engine(database_url)
+    assert "races" not in {c["name"] for c in inspect(engine).get_columns("outbox_entries")}
+    with engine.connect() as connection:  # in place: the audit row referring to it stays
+        assert connection.scalar(text("SELECT count(*) FROM outbox_entries")) == 1
         assert connection.scalar(text("SELECT count(*) FROM audit_records")) == 1
     engine.dispose()
     database.dispose()

@@ -1346,6 +1346,8 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
 
     refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
     assert 'data-save-status="conflict"' in refused.text
+    # said of whatever was changed (a child, or the concern's Flag), not of children only
+    assert "iemand anders heeft intussen dezelfde gegevens in het dossier gewijzigd" in refused.text
 
     again = nurse.page()
 

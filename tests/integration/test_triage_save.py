@@ -27,7 +27,7 @@ from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, Sho
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient
 from service.fhir.mapping import display_name
-from service.outbox import DeliveryState, Outbox
+from service.outbox import RACES_RETRIED, DeliveryState, Outbox
 from service.protocol import (
     Child,
     ChildRelationship,
@@ -1129,12 +1129,15 @@ def _with_trigger(findings: TriageInput, trigger: HagueTrigger) -> TriageInput:
     return replace(findings, step2=replace(findings.step2, triggers=frozenset({trigger})))
 
 
-def _later_niet_pluis_over(
-    world: World, seeded: SeedResult, stored: Callable[[dict[str, Any]], dict[str, Any]]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A concern raised and moved on to step 4 (its worklist row and Flag, as the social
-    service leaves them), its Flag then stored on the server as ``stored`` makes it, and a
-    later visit's niet-pluis with substance abuse: the Flag before and after that visit."""
+def _concern_at_step_4(
+    world: World,
+    seeded: SeedResult,
+    stored: Callable[[dict[str, Any]], dict[str, Any]] = lambda flag: flag,
+) -> tuple[Child, str]:
+    """A concern raised for Jan Janssens (domestic violence, his child Lotte) and moved on
+    to step 4 (its worklist row and Flag, as the social service leaves them), its Flag then
+    stored on the server as ``stored`` makes it. Returns Lotte as the first save sent her
+    and the Flag's identifier search."""
     patient = seeded.patient("jan-janssens")
     lotte = _child("Lotte Janssens", 7)
     first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
@@ -1149,7 +1152,18 @@ def _later_niet_pluis_over(
         others = [e for e in flag["extension"] if e["url"] != step_url]
         step_4 = {"url": step_url, "valueCoding": terminology.coding("kindreflex-step", "step-4")}
         _put(client, stored({**flag, "extension": [*others, step_4]}))
+    return lotte, identifier
+
+
+def _later_niet_pluis_over(
+    world: World, seeded: SeedResult, stored: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A concern at step 4 (:func:`_concern_at_step_4`, its Flag as ``stored`` makes it)
+    and a later visit's niet-pluis with substance abuse: the Flag before and after that
+    visit."""
+    lotte, identifier = _concern_at_step_4(world, seeded, stored)
     (before,) = search(world.base_url, "Flag", identifier=identifier)
+    patient = seeded.patient("jan-janssens")
     later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
     findings = _with_trigger(_niet_pluis(later, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
     assert world.triage.record_triage(later, findings).status == "delivered"
@@ -1315,6 +1329,186 @@ def test_a_later_visit_whose_triggers_the_flag_has_already_writes_no_new_flag_ve
     with world.database.session() as session:
         (row,) = session.scalars(select(Concern)).all()
     assert row.triggers == ["domestic-violence", "substance-abuse"]
+
+
+def _codes(flag: dict[str, Any], url_id: str) -> list[str]:
+    url = terminology.extension_url(url_id)
+    return sorted(e["valueCoding"]["code"] for e in flag.get("extension", []) if e["url"] == url)
+
+
+class _ConcurrentWriter:
+    """Another writer of the concern Flag (a second nurse's save, the EHR) that changes it
+    on the FHIR server at the exact moment between the outbox's search at delivery and its
+    transaction: ``FhirClient.transaction`` is wrapped to do so first, whenever the
+    transaction updates a Flag (``times`` times at most). The only way to cause this race
+    deterministically; the server, the search, the If-Match and the 412 are real."""
+
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        base_url: str,
+        change: Callable[[dict[str, Any], int], dict[str, Any]],
+        times: int = 1,
+    ) -> None:
+        self.writes = 0
+        original = FhirClient.transaction
+
+        def transaction(client: FhirClient, bundle: dict[str, Any]) -> dict[str, Any]:
+            flags = [
+                e["request"]["url"]
+                for e in bundle.get("entry", [])
+                if e["request"]["method"] == "PUT" and e["request"]["url"].startswith("Flag/")
+            ]
+            if flags and self.writes < times:
+                self.writes += 1
+                current = httpx.get(f"{base_url}/{flags[0]}", timeout=10).json()
+                changed = change(current, self.writes)
+                httpx.put(f"{base_url}/{flags[0]}", json=changed, timeout=10).raise_for_status()
+            return original(client, bundle)
+
+        monkeypatch.setattr(FhirClient, "transaction", transaction)
+
+
+def _self_harm_added(flag: dict[str, Any], _: int) -> dict[str, Any]:
+    """A second nurse's visit with a suicide attempt, saved at the same moment."""
+    url = terminology.extension_url("concern-trigger")
+    coding = terminology.coding("hague-trigger", HagueTrigger.SELF_HARM_PSYCHIATRIC.value)
+    return {**flag, "extension": [*flag["extension"], {"url": url, "valueCoding": coding}]}
+
+
+def _tagged(flag: dict[str, Any], write: int) -> dict[str, Any]:
+    """The EHR marks the Flag reviewed: a tag of its own (kept by our merges)."""
+    tag = {"system": "https://ehr.example.org/review", "code": f"review-{write}"}
+    meta = flag.get("meta", {})
+    return {**flag, "meta": {**meta, "tag": [*meta.get("tag", []), tag]}}
+
+
+def _provenances(world: World, outbox_id: int) -> list[dict[str, Any]]:
+    """The Provenances naming the save's step 1 finding (its witness)."""
+    witness = _entry(world.database, outbox_id).witness
+    assert witness is not None
+    (step,) = search(world.base_url, "Observation", identifier=witness.split("=", 1)[1])
+    return search(world.base_url, "Provenance", target=f"Observation/{step['id']}")
+
+
+def _later_niet_pluis(world: World, seeded: SeedResult, lotte: Child) -> SaveResult:
+    patient = seeded.patient("jan-janssens")
+    later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+    findings = _with_trigger(_niet_pluis(later, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
+    return world.triage.record_triage(later, findings)
+
+
+def test_a_flag_changed_between_the_merges_read_and_its_write_is_merged_again(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later visit's niet-pluis lays its Flag over the one the outbox finds at delivery,
+    with If-Match on that version. Another nurse's save adds a trigger in between: 412.
+    Nobody was shown the version read at delivery, so this is a race, not the nurse's
+    lost update: the save stays pending and the next attempt reads and merges again. The
+    other writer's trigger stays, ours are merged, the save is written once (was: the
+    whole save a conflict, told to the nurse as a child someone else had changed)."""
+    lotte, identifier = _concern_at_step_4(world, seeded)
+    writer = _ConcurrentWriter(monkeypatch, world.base_url, _self_harm_added)
+
+    result = _later_niet_pluis(world, seeded, lotte)
+
+    assert (result.status, writer.writes) == ("pending", 1)
+    assert _entry(world.database, result.outbox_id).races == 1
+    world.clock.advance(60)
+    assert [(d.entry_id, d.state) for d in world.outbox.run_once()] == [
+        (result.outbox_id, DeliveryState.DELIVERED)
+    ]
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    assert _codes(flag, "concern-trigger") == sorted(
+        ["domestic-violence", "substance-abuse", "self-harm-psychiatric"]
+    )
+    assert _codes(flag, "concern-last-step") == ["step-2"]
+    assert validate(flag) == []
+    assert len(_provenances(world, result.outbox_id)) == 1
+    assert _outcomes(world.database, result.outbox_id) == ["success"]  # no failure audited
+
+
+def test_a_flag_that_keeps_changing_under_the_merge_becomes_a_conflict(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race is merged again RACES_RETRIED times; one more is a conflict, as any 412
+    was before: nothing loops, the input is kept and nothing of the save is written."""
+    lotte, identifier = _concern_at_step_4(world, seeded)
+    writer = _ConcurrentWriter(monkeypatch, world.base_url, _tagged, times=100)
+
+    result = _later_niet_pluis(world, seeded, lotte)
+    states: list[str] = [result.status]
+    for _ in range(RACES_RETRIED + 2):
+        world.clock.advance(600)
+        states += [d.state for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
+
+    assert states == ["pending", *[DeliveryState.PENDING] * (RACES_RETRIED - 1), "conflict"]
+    assert writer.writes == RACES_RETRIED + 1
+    entry = _entry(world.database, result.outbox_id)
+    assert (entry.state, entry.races) == (DeliveryState.CONFLICT, RACES_RETRIED)
+    assert str(entry.last_error).startswith(f"race {RACES_RETRIED + 1}: ")  # not a lost update
+    findings = [query for kind, query in _identifiers(entry.bundle) if kind == "Observation"]
+    assert findings
+    for query in findings:  # atomic: none of the save's findings (Lotte is the first save's)
+        assert count(world.base_url, "Observation", identifier=query) == 0
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    assert _codes(flag, "concern-last-step") == ["step-4"]  # the other writer's, not ours
+    assert len(flag["meta"]["tag"]) == RACES_RETRIED + 1
+    assert _outcomes(world.database, result.outbox_id) == ["success", "failure"]
+
+
+def _lotte_on_the_server(world: World, lotte: Child) -> tuple[str, str]:
+    """The id and version of the RelatedPerson the first save created for Lotte."""
+    uuid_ = lotte.ref.removeprefix("urn:uuid:")
+    system = terminology.identifier_system("child")
+    (stored,) = search(world.base_url, "RelatedPerson", identifier=f"{system}|{uuid_}")
+    return stored["id"], stored["meta"]["versionId"]
+
+
+def test_a_race_on_the_flag_beside_a_childs_edit_that_still_holds_is_merged_again(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The later visit also renames Lotte, an update with If-Match on the version the nurse
+    was shown. That version is still the child's when the server answers 412, so the
+    412 was the Flag's race: merged again, and both the name and the Flag are written."""
+    lotte, identifier = _concern_at_step_4(world, seeded)
+    child_id, version = _lotte_on_the_server(world, lotte)
+    shown = replace(lotte, ref=f"RelatedPerson/{child_id}/_history/{version}", name="Lotte Peeters")
+    _ConcurrentWriter(monkeypatch, world.base_url, _self_harm_added)
+
+    result = _later_niet_pluis(world, seeded, shown)
+
+    assert result.status == "pending"
+    world.clock.advance(60)
+    assert [d.state for d in world.outbox.run_once()] == [DeliveryState.DELIVERED]
+    with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
+        child = client.read("RelatedPerson", child_id)
+    assert display_name(child) == "Lotte Peeters"
+    assert child["meta"]["versionId"] == str(int(version) + 1)
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    assert "self-harm-psychiatric" in _codes(flag, "concern-trigger")
+    assert "substance-abuse" in _codes(flag, "concern-trigger")
+
+
+def test_a_child_changed_by_someone_else_beside_a_flag_merged_at_delivery_is_a_conflict(
+    world: World, seeded: SeedResult
+) -> None:
+    """The transaction has an If-Match read at delivery (the Flag's) and one the nurse was
+    shown (Lotte's); someone else changed Lotte. That is a lost update of what the nurse
+    saw: a conflict at once, not retried."""
+    lotte, identifier = _concern_at_step_4(world, seeded)
+    child_id, version = _lotte_on_the_server(world, lotte)
+    with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
+        _changed_by_someone_else(client, child_id)
+    shown = replace(lotte, ref=f"RelatedPerson/{child_id}/_history/{version}", name="Lotte Peeters")
+
+    with pytest.raises(SaveConflict) as raised:
+        _later_niet_pluis(world, seeded, shown)
+
+    entry = _entry(world.database, raised.value.outbox_id)
+    assert (entry.state, entry.races) == (DeliveryState.CONFLICT, 0)
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    assert _codes(flag, "concern-last-step") == ["step-4"]  # nothing of the save written
 
 
 def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_once_confirmed(
