@@ -65,14 +65,17 @@ Provenance inside still names the original author.
 
 Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
 the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
-writes. It also fails when an entry saved more than ``READY_MAX_WAIT`` ago still waits for
-authorisation: nobody launched the app for that patient since, and until someone does, the
-finding is not on the server and holds back the patient's later saves. Failed, conflicting
-and younger waiting entries need a person, not another instance, so they are only counted
-in the check's detail (and shown on the worklist); a failed or conflicting write also gets
-a local audit row with outcome ``failure``. The detail counts, it never names a patient
-(``/readyz`` may be reachable from outside); ``kindreflex outbox waiting`` lists the
-waiting entries for an operator (:func:`waiting_for_authorisation`).
+writes. A pending entry waits from when it became deliverable: its save, or the launch
+that took it over from waiting for authorisation (``taken_over_at``), however long ago it
+was saved; the worker sends it at its next cycle. It also fails when an entry saved more
+than ``READY_MAX_WAIT`` ago still waits for authorisation: nobody launched the app for
+that patient since, and until someone does, the finding is not on the server and holds
+back the patient's later saves. Failed, conflicting and younger waiting entries need a
+person, not another instance, so they are only counted in the check's detail (and shown
+on the worklist); a failed or conflicting write also gets a local audit row with outcome
+``failure``. The detail counts, it never names a patient (``/readyz`` may be reachable
+from outside); ``kindreflex outbox waiting`` lists the waiting entries for an operator
+(:func:`waiting_for_authorisation`).
 
 What else a refused write undoes belongs to the module that saved it: a hook registered
 for the entry's kind (:meth:`Outbox.when_refused`) runs in the same local transaction
@@ -343,8 +346,11 @@ class Outbox:
         """A new launch for a patient: entries waiting for authorisation use its session.
 
         Same tenant, same EHR registration and same patient, so the new token's patient
-        scope covers the writes. Returns how many entries became due again.
+        scope covers the writes. Returns how many entries became due again. They are
+        deliverable from now (``taken_over_at``, what readiness counts a pending entry's
+        wait from); ``created_at`` stays the time of the save.
         """
+        now = self._clock()
         with self._database.session() as session:
             result = session.execute(
                 update(OutboxEntry)
@@ -357,7 +363,8 @@ class Outbox:
                 .values(
                     session_id=session_id,
                     state=DeliveryState.PENDING,
-                    next_attempt_at=self._clock(),
+                    next_attempt_at=now,
+                    taken_over_at=now,
                 )
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
@@ -366,14 +373,19 @@ class Outbox:
         self, max_age: timedelta = READY_MAX_AGE, max_wait: timedelta = READY_MAX_WAIT
     ) -> ReadinessCheck:
         """Not ready when an entry waits too long for delivery or for a sign-in, or delivery
-        keeps failing (see module doc). The detail counts entries by state, never names one."""
+        keeps failing (see module doc). The detail counts entries by state, never names one.
+
+        A pending entry's wait counts from when it became deliverable (a take-over of a
+        waiting entry is not an entry undelivered since its save); the wait for a sign-in
+        counts from the save."""
 
         def check() -> CheckResult:
+            deliverable_since = func.coalesce(OutboxEntry.taken_over_at, OutboxEntry.created_at)
             with self._database.session() as session:
                 oldest, attempts = session.execute(
-                    select(OutboxEntry.created_at, OutboxEntry.attempts)
+                    select(deliverable_since, OutboxEntry.attempts)
                     .where(OutboxEntry.state == DeliveryState.PENDING)
-                    .order_by(OutboxEntry.created_at, OutboxEntry.id)
+                    .order_by(deliverable_since, OutboxEntry.id)
                     .limit(1)
                 ).one_or_none() or (None, 0)
                 stuck = _count_by_state(session)

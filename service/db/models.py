@@ -219,6 +219,11 @@ class OutboxEntry(TenantScoped, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: When the latest launch for its patient took the entry over from
+    #: ``waiting-authorisation`` (``Outbox.adopt_session``); None: never. A pending entry is
+    #: deliverable since then, or since its save: the readiness check's ``READY_MAX_AGE``
+    #: counts from there, its ``READY_MAX_WAIT`` from ``created_at``, the save's time.
+    taken_over_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 

@@ -236,6 +236,33 @@ def test_0020_counts_no_races_for_existing_entries_and_its_downgrade_keeps_them(
     database.dispose()
 
 
+def test_0021_leaves_existing_entries_not_taken_over_and_its_downgrade_keeps_them(
+    database_url: str,
+) -> None:
+    """The column is added in place on SQLite too: a copy of the table (what batch mode
+    does for a NOT NULL column) fails on the audit rows that refer to it."""
+    migrate.upgrade(database_url, "0020_outbox_races")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    with database.session() as session:
+        entry_id = _old_outbox_entry(session, tenant.id, "http://ehr-a.test/fhir")
+        session.execute(insert(AuditRecord), [_audit_row(tenant.id, entry_id)])
+
+    migrate.upgrade(database_url)
+    with database.session() as session:
+        assert list(session.scalars(select(OutboxEntry.taken_over_at))) == [None]
+    migrate.downgrade(database_url, "0020_outbox_races")
+
+    engine = create_engine(database_url)
+    columns = {c["name"] for c in inspect(engine).get_columns("outbox_entries")}
+    assert "taken_over_at" not in columns
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM outbox_entries")) == 1
+        assert connection.scalar(text("SELECT count(*) FROM audit_records")) == 1
+    engine.dispose()
+    database.dispose()
+
+
 @pytest.mark.postgres
 def test_a_failed_deliverys_audit_row_is_found_by_the_index(postgres_url: str) -> None:
     """The outbox's look-up of a failed entry's audit row (``service.outbox``), among many

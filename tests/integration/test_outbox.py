@@ -33,6 +33,7 @@ from service.outbox import (
     HELD_FOR_SAVER,
     DeliveryState,
     NewEntry,
+    Outbox,
     TransactionBuilder,
     enqueue,
 )
@@ -513,6 +514,67 @@ def test_readiness_fails_when_an_entry_waits_for_a_sign_in_for_over_a_day(
     assert not old.ok
     assert old.detail == "waiting for a sign-in for over 1 day, 0:00:00: 1 waiting-authorisation"
     assert "readiness-secret-7" not in old.detail
+
+
+def _waiting_since_its_save(
+    database: Database, patient: str, clock: Clock
+) -> tuple[TenantContext, int, Outbox]:
+    """A read of ``patient`` whose session expired before its delivery: waiting for a
+    sign-in from its save on (nothing listens at the FHIR server: it is never sent)."""
+    tenant = make_tenant(database, "a", "http://127.0.0.1:9/fhir")
+    entry_id = _queue_read(database, tenant, "http://127.0.0.1:9/fhir", "expired", patient)
+    settings = Settings(environment="test", database_url="sqlite://")
+    outbox = make_outbox(database, clock, tokens=SessionTokens(database, settings))
+    assert outbox.deliver(entry_id) is DeliveryState.WAITING_AUTHORISATION
+    return tenant, entry_id, outbox
+
+
+def test_readiness_counts_a_taken_over_entrys_wait_from_the_take_over(
+    database: Database,
+) -> None:
+    """An entry that waited hours for a sign-in and is taken over by the next launch for
+    its patient was 'undelivered for over 15 minutes' from that moment until the worker's
+    next cycle sent it: the full /readyz failed, a false alarm. Its wait for delivery now
+    counts from the take-over: after 15 minutes more unsent, it is an alarm again."""
+    clock = Clock()
+    patient = "Patient/taken-over"
+    tenant, entry_id, outbox = _waiting_since_its_save(database, patient, clock)
+    saved_at = _entry(database, entry_id).created_at
+    check = outbox.readiness_check()
+
+    clock.advance(3 * 3600)  # the next shift's nurse opens the patient's chart
+    assert outbox.adopt_session(tenant.id, "ehr", patient, "next-shift") == 1
+    taken_over = check()
+    assert (taken_over.ok, taken_over.detail) == (True, "1 pending")
+    clock.advance(14 * 60)
+    assert check().ok
+
+    clock.advance(2 * 60)  # 16 minutes deliverable and still not sent: the server is down
+    stuck = check()
+    assert not stuck.ok
+    assert stuck.detail == "undelivered for over 0:15:00: 1 pending"
+    assert _entry(database, entry_id).created_at == saved_at  # still the save's time
+
+
+def test_a_taken_over_entry_waiting_again_counts_its_wait_for_a_sign_in_from_its_save(
+    database: Database,
+) -> None:
+    """Taken over, then waiting for a sign-in again (the new session expired too): the
+    READY_MAX_WAIT of a day still counts from the save, not from the take-over."""
+    clock = Clock()
+    patient = "Patient/taken-over-twice"
+    tenant, entry_id, outbox = _waiting_since_its_save(database, patient, clock)
+    check = outbox.readiness_check()
+
+    clock.advance(20 * 3600)
+    assert outbox.adopt_session(tenant.id, "ehr", patient, "also-expired") == 1
+    assert outbox.deliver(entry_id) is DeliveryState.WAITING_AUTHORISATION
+    clock.advance(3 * 3600)
+    assert check().ok  # 23 hours since the save
+    clock.advance(2 * 3600)
+    late = check()
+    assert not late.ok
+    assert late.detail.startswith("waiting for a sign-in for over 1 day")
 
 
 def test_an_idle_cycle_takes_no_write_lock(tmp_path: Path) -> None:
