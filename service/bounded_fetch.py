@@ -17,12 +17,16 @@ own, because a blocking socket has no deadline for a whole answer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 
 from service import outbound
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,20 +91,42 @@ class BlockingClient:
     ) -> httpx.Response:
         """``options`` as ``httpx.AsyncClient.build_request`` takes them (headers, data…)."""
         request = self._client.build_request(method, url, **options)
-        return self._runner.run(fetch(self._client, request, self._bounds, auth))
+        return _outside_a_running_loop(
+            lambda: self._runner.run(fetch(self._client, request, self._bounds, auth))
+        )
 
     def close(self) -> None:
         """Closes the connections and the event loop; closing again does nothing."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._runner.run(self._client.aclose())
-        finally:
-            self._runner.close()
+
+        def close_all() -> None:
+            try:
+                self._runner.run(self._client.aclose())
+            finally:
+                self._runner.close()
+
+        _outside_a_running_loop(close_all)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _outside_a_running_loop(call: Callable[[], T]) -> T:
+    """``call()`` in this thread, or in one of its own while this thread runs an event loop.
+
+    The client's loop cannot run inside another: a blocking caller whose thread also runs
+    one would get a ``RuntimeError``. Playwright's synchronous API runs one, and the browser
+    tests build the demo (which seeds the FHIR server) and read the FHIR server in its
+    thread. The caller still waits: blocking.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return call()
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(call).result()

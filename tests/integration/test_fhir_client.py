@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sqlite3
@@ -64,6 +65,23 @@ def test_transaction_read_and_search(fhir: FhirServer) -> None:
         assert found["type"] == "searchset"
         assert [e["resource"]["id"] for e in found["entry"]] == [person_id]
     assert _last_authorization(fhir) == "Bearer ***redacted***"  # sent, and never logged
+
+
+def test_a_caller_whose_thread_runs_an_event_loop_still_reads(fhir: FhirServer) -> None:
+    """The client is blocking, but a caller's thread may run an event loop of its own
+    (Playwright's synchronous API does, where the browser tests seed and read the FHIR
+    server): the client's own loop cannot run inside it, so it runs beside it."""
+    person = _person()
+    tx = TransactionBuilder()
+    tx.create(person, person["identifier"][0])
+
+    async def inside_a_loop() -> dict[str, Any]:
+        with FhirClient(fhir.base_url, lambda: "secret-token", 5.0) as client:
+            answer = client.transaction(tx.bundle())
+            location = answer["entry"][0]["response"]["location"]
+            return client.read("RelatedPerson", location.split("RelatedPerson/")[1].split("/")[0])
+
+    assert asyncio.run(inside_a_loop())["identifier"] == person["identifier"]
 
 
 def _last_authorization(fhir: FhirServer) -> str:
