@@ -216,7 +216,8 @@ class TriageForm:
     children: list[ChildRow] = field(default_factory=lambda: [ChildRow()])
     no_children: bool = False
     expecting: bool = False
-    pregnancy_of: str = PregnancyOf.PATIENT.value
+    #: No answer preset: "the patient" preset recorded a man as pregnant when left alone.
+    pregnancy_of: str = ""
     expected_date: str = ""
     assessment: str = ""
     reasons: str = ""
@@ -259,7 +260,7 @@ class TriageForm:
             children=children,
             no_children=text("no_children") == "1",
             expecting=text("expecting") == "1",
-            pregnancy_of=text("pregnancy_of") or PregnancyOf.PATIENT.value,
+            pregnancy_of=text("pregnancy_of"),
             expected_date=text("expected_date"),
             assessment=text("assessment"),
             reasons=text("reasons"),
@@ -434,8 +435,10 @@ def _expecting(
     if form.expected_date and expected is None:
         errors.append(FieldError("expected_date", t("error.date-invalid-plain")))
     if pregnancy_of is None:
-        errors.append(FieldError("pregnancy_of", t("error.choose-option")))
-        return None
+        errors.append(FieldError("pregnancy_of", t("error.pregnancy-of-required")))
+        # Never saved (the error refuses the save); built so that the protocol still
+        # checks the expected date in this same save, not in the next one.
+        return ExpectedChild(pregnancy_of=PregnancyOf.PARTNER, expected_date=expected)
     return ExpectedChild(pregnancy_of=pregnancy_of, expected_date=expected)
 
 

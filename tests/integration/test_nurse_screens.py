@@ -1418,3 +1418,39 @@ def test_an_edit_the_server_refused_for_another_reason_is_told_at_the_child(
     assert 'data-child-delivery="failed"' in status
     assert again.text.count("het dossier weigerde ze") == 1
     assert again.text.count("Al in het dossier") == 1  # the other child
+
+
+# ---------------------------------------------------------------------------------------
+# Who is pregnant: no answer preset
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_who_is_pregnant_has_no_preset_answer_and_must_be_answered(
+    nurse_for: Any, database: Database, language: Language
+) -> None:
+    """Ticking "expects a child" left "Who is pregnant?" on "the patient": saved for a man,
+    he was recorded as pregnant. No answer is preset now, and a save without one is
+    refused with an error naming the question, the typed input kept."""
+    nurse = nurse_for("an-peeters", language=language)
+    page = nurse.page()
+    assert not re.search(r'name="pregnancy_of"[^>]*\schecked', page.text)
+
+    expected = (TODAY + timedelta(days=90)).strftime("%d/%m/%Y")
+    form = _two_children(
+        page,
+        assessment="no-concern",
+        support_actions="ask-regularly",
+        expecting="1",
+        expected_date=expected,
+    )
+    refused = nurse.post(form)
+
+    assert refused.status == 422
+    question = catalogue(language).messages["app.step1.pregnancy-of"]
+    assert question in _summary(refused)
+    assert not re.search(r'name="pregnancy_of"[^>]*\schecked', refused.text)
+    assert f'value="{expected}"' in _tag(refused, 'id="expected_date"')
+    assert re.search(r'id="expecting"[^>]*\schecked', refused.text)
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
