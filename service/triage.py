@@ -411,6 +411,13 @@ class Triage:
             extra={"fields": {"tenant": ctx.tenant.slug, "flag": concern.identifier}},
         )
 
+    def has_open_concern(self, ctx: LaunchInfo) -> bool:
+        """Whether the patient's concern is open on the social service's worklist (one local
+        query, no FHIR request): the triage page says so, and that "no concern" now does
+        not close it."""
+        with self._database.session() as session:
+            return _open_concern(session, ctx, _patient_ref(ctx)) is not None
+
     def pending_children(self, ctx: LaunchInfo) -> list[Child]:
         """The new children of the saves for this patient (same hospital, same FHIR server)
         that still wait in the outbox, as the latest of them recorded each; ``ref`` is the

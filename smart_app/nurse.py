@@ -649,13 +649,17 @@ def _form_page(
     notice: str | None = None,
     focus: str | None = None,
     status_code: int | None = None,
+    open_concern: bool = False,
 ) -> HTMLResponse:
+    """``open_concern``: the worklist holds an open concern for the patient (a hand-off
+    saved earlier), said on the page as the card's open concern is."""
     errors = errors or []
+    card = card_context(ctx.app_context)
     return render(
         ctx,
         "triage.html",
         status_code=status_code or (422 if errors else 200),
-        card=card_context(ctx.app_context),
+        card=replace(card, open_concern=card.open_concern or open_concern),
         form=form,
         errors=errors,
         error_for={e.field: e.message for e in errors},
@@ -700,7 +704,7 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
     if chart.patient is not None:
         form.patient_name = chart.patient.name or ""
         form.patient_birth_date = chart.patient.birth_date or ""
-    return _form_page(ctx, form, notice=notice)
+    return _form_page(ctx, form, notice=notice, open_concern=triage.has_open_concern(ctx))
 
 
 @router.post(
@@ -715,17 +719,19 @@ async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> 
     posted = await request.form()
     form = TriageForm.parse(posted)
     action = str(posted.get("action") or "save")
+    if action != "save":
+        page = partial(_form_page, open_concern=triage.has_open_concern(ctx))
     if action == "add-child":
         form.with_blank_row()
-        return _form_page(ctx, form, focus=f"child-{len(form.children) - 1}-name")
+        return page(ctx, form, focus=f"child-{len(form.children) - 1}-name")
     removed = action.removeprefix("remove-child-")
     if removed != action and removed.isdigit():
         rows = posted_rows(posted)
         place = rows.index(int(removed)) if int(removed) in rows else len(rows)
-        return _form_page(ctx, form.without_row(place))
+        return page(ctx, form.without_row(place))
     if action != "save":  # only a forged form names another: said as the page's errors
         unknown = FieldError(NO_FIELD, _app_message(ctx.language, "error.unknown-action"))
-        return _form_page(ctx, form, errors=[unknown], status_code=400)
+        return page(ctx, form, errors=[unknown], status_code=400)
     return await run_in_threadpool(_save, ctx, triage, form, submission_of(posted))
 
 
@@ -757,9 +763,12 @@ def _save(
         findings = replace(build_input(form, ctx, now, t), submission=submission)
         result: SaveResult = triage.record_triage(ctx, findings)
     except InvalidFormError as invalid:
-        return _form_page(ctx, form, errors=invalid.errors)
+        return _form_page(
+            ctx, form, errors=invalid.errors, open_concern=triage.has_open_concern(ctx)
+        )
     except ProtocolError as error:  # a rule that needs the recorded history
-        return _form_page(ctx, form, errors=[protocol_error(error, t)])
+        errors = [protocol_error(error, t)]
+        return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
     except SaveConflict:
         return render(ctx, "triage_saved.html", outcome="conflict", result=None, advice=None)
     except ReauthorisationRequired:
@@ -771,6 +780,8 @@ def _save(
         acute_danger_partners=_acute_danger_partners(ctx),
         result=result,
         advice=kind_en_gezin_advice(ctx, findings, now.date()),
+        # "no concern" now leaves a hand-off made earlier open: the page must not say otherwise
+        open_concern=triage.has_open_concern(ctx),
     )
 
 

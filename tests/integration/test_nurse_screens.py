@@ -1454,3 +1454,32 @@ def test_who_is_pregnant_has_no_preset_answer_and_must_be_answered(
     assert re.search(r'id="expecting"[^>]*\schecked', refused.text)
     with database.session() as session:
         assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
+# ---------------------------------------------------------------------------------------
+# Opened again after a hand-off: the concern with the social service stays in sight
+# ---------------------------------------------------------------------------------------
+
+
+def test_opened_again_after_a_hand_off_the_page_says_the_concern_stays_open(
+    nurse_for: Any,
+) -> None:
+    """After a niet-pluis save, "open again" showed step 2 empty with no word of the
+    concern already with the social service, and "no concern" then said "keep supporting
+    the patient" as if the matter were closed, the case still open on the worklist."""
+    nurse = nurse_for("jan-janssens")
+    form = {"assessment": "niet-pluis", "reasons": "Letsels passen niet bij verhaal"}
+    handed_off = nurse.post(_two_children(nurse.page(), **form))
+    assert handed_off.status == 200, handed_off.text
+
+    again = nurse.page()
+    messages = catalogue("nl").messages
+    assert messages["app.triage.open-concern"] in unescape(again.text)
+
+    saved = nurse.post(
+        _two_children(again, assessment="no-concern", support_actions="ask-regularly")
+    )
+
+    assert saved.status == 200, saved.text
+    assert messages["app.saved.support-intro-open-concern"] in unescape(saved.text)
+    assert messages["app.saved.support-intro"] not in unescape(saved.text)
