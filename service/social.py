@@ -112,6 +112,9 @@ class CaseSummary(BaseModel):
     )
     triggers: list[str] = Field(description="Hague trigger codes that prompted the check.")
     children_ages: list[int] = Field(description="Age in whole years of each child, oldest first.")
+    children_ages_months: list[int] = Field(
+        description="Age in completed months of each child, oldest first (a newborn: 0)."
+    )
     last_step: str
     acute_danger: bool = Field(
         description="The case's route comes from an acute-danger finding (parket or police)."
@@ -253,6 +256,7 @@ def _summary(
         flagged_by_display=concern.flagged_by_display,
         triggers=concern.triggers,
         children_ages=[age_in_months(birth, today) // 12 for birth in births],
+        children_ages_months=[age_in_months(birth, today) for birth in births],
         last_step=concern.last_step,
         acute_danger=concern.acute_danger,
         follow_up_due=due,

@@ -417,12 +417,12 @@ def _partners(ctx: LaunchContext, case: KindreflexCase | None) -> list[Partner]:
 
 
 def _children(case: KindreflexCase | None) -> list[tuple[str, str, int]]:
-    """(ref, name, age in years) of the recorded children, oldest first."""
+    """(ref, name, age in completed months) of the recorded children, oldest first."""
     if case is None:
         return []
     today = local_today()
     kids = sorted(case.children, key=lambda c: c.birth_date)
-    return [(c.ref, c.name, age_in_months(c.birth_date, today) // 12) for c in kids]
+    return [(c.ref, c.name, age_in_months(c.birth_date, today)) for c in kids]
 
 
 def _render(

@@ -41,3 +41,14 @@ def born(fhir_date: str | None, language: Language) -> str | None:
         return None
     message_id = "app.patient.born" if _FULL_DATE.match(fhir_date) else "app.patient.born-in"
     return translate(language, message_id, day=shown_date(fhir_date))
+
+
+def shown_age(months: int, language: Language) -> str:
+    """A child's age as paediatrics says it: "< 1 maand" in the first month, months in the
+    first year ("5 maanden", not "0 jaar"), whole years from then on."""
+    if months < 1:
+        return translate(language, "age.under-a-month")
+    if months < 12:
+        return translate(language, f"age.{'month' if months == 1 else 'months'}", n=months)
+    years = months // 12
+    return translate(language, f"age.{'year' if years == 1 else 'years'}", n=years)

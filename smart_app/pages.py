@@ -7,7 +7,7 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from smart_app.assets import asset_url
-from smart_app.dates import shown_date, shown_moment
+from smart_app.dates import shown_age, shown_date, shown_moment
 
 TEMPLATES = Environment(
     loader=PackageLoader("smart_app", "templates"),
@@ -19,3 +19,4 @@ TEMPLATES = Environment(
 TEMPLATES.globals["asset_url"] = asset_url
 TEMPLATES.filters["day"] = shown_date
 TEMPLATES.filters["moment"] = shown_moment
+TEMPLATES.filters["age"] = shown_age  # months, language: "5 maanden", "3 jaar"

@@ -3,10 +3,12 @@ a case from it (CSRF, post/redirect/get, the conflict in Dutch), its security he
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, date, datetime, time, timedelta
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
@@ -413,3 +415,35 @@ def test_the_worklist_names_who_has_the_case_and_a_colleague_assigned_by_referen
     (listed,) = client.get("/api/cases", headers=an).json()["items"]
     assert (listed["assigned_to"], listed["assigned_to_display"]) == (COLLEAGUE, None)
     assert COLLEAGUE in client.get("/social", headers={"Cookie": an["Cookie"]}).text
+
+
+@pytest.mark.parametrize(
+    ("language", "ages"),
+    [
+        ("nl", "< 1 maand, 1 maand, 5 maanden, 1 jaar, 3 jaar"),
+        ("fr", "< 1 mois, 1 mois, 5 mois, 1 an, 3 ans"),
+        ("en", "< 1 month, 1 month, 5 months, 1 year, 3 years"),
+    ],
+)
+def test_the_worklist_gives_a_babys_age_in_months_not_0_years(
+    database_url: str, database: Database, language: str, ages: str
+) -> None:
+    """A newborn's age read "0 jaar": under a year the age is now in months, under a month
+    "< 1 maand", with the singular and plural of each language."""
+    hospital = make_tenant(database, "default", FHIR)
+    today = local_today()
+    born = (
+        today - timedelta(days=10),  # < 1 month
+        today - timedelta(days=45),  # 1 month (a month has at most 31 days, two at least 59)
+        today - timedelta(days=160),  # 5 months (five months at most 153 days, six at least 181)
+        today - timedelta(days=400),  # 1 year and a month
+        today - timedelta(days=1130),  # 3 years and a month
+    )
+    index_case(database, hospital, "Patient/1", utcnow(), children_born=tuple(sorted(born)))
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+
+    page = TestClient(app).get("/social", headers=me).text
+
+    oldest_first = ", ".join(reversed(ages.split(", ")))
+    assert f"<td>{oldest_first}</td>" in html.unescape(page)

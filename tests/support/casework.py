@@ -40,6 +40,7 @@ def index_case(
     status: str = "open",
     follow_up_due: date | None = None,
     fhir_base_url: str = UNUSED_FHIR,
+    children_born: tuple[date, ...] = (date(2019, 5, 1),),
 ) -> int:
     """A concern on the worklist index, as the triage save writes it (no FHIR server; the
     patient is on ``fhir_base_url``, the server of :func:`signed_in`'s sessions by default)."""
@@ -53,7 +54,7 @@ def index_case(
             flagged_at=at,
             flagged_by="Practitioner/nurse-1",
             triggers=[],
-            children_birth_dates=["2019-05-01"],
+            children_birth_dates=[born.isoformat() for born in children_born],
             last_step="step-2",
             assigned_to=assigned_to,
             status=status,
