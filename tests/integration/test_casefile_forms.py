@@ -711,3 +711,24 @@ def test_a_facility_named_as_its_kind_is_not_read_out_twice(
         "Vertrouwenscentrum Kindermishandeling (VK): "
         "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen · 09 216 73 30"
     )
+
+
+def test_the_printed_referral_to_the_police_names_it_once(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The printed referral to a facility the directory names as its kind read "Politie:
+    Politie", and so did the case's history; both name it once now, as step 6's choice."""
+    base_url = fhir_server.base_url
+    client, case_id, _, page = _case_after_step_4(database_url, database, base_url, "acute-danger")
+    fields = {**STEP_6, "partner_id": "politie", "contact_on": local_today().isoformat()}
+    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+
+    summary = client.get(f"/social/cases/{case_id}/referral").text
+    history = client.get(f"/social/cases/{case_id}").text
+
+    (callee,) = re.findall(r'<p class="callee">(.*?)</p>', summary, re.S)
+    assert callee.strip() == "<strong>Politie</strong>"
+    assert "Politie: Politie" not in _text(history)
+    assert "Politie · " in history
