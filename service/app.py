@@ -37,6 +37,7 @@ from service.tenancy import SecretBox, TenantDirectory
 from service.triage import Triage
 from smart_app.admin import router as admin_router
 from smart_app.casefile import router as casefile_router
+from smart_app.errors import handle_invalid_page_request
 from smart_app.monitoring import router as monitoring_router
 from smart_app.nurse import router as nurse_router
 from smart_app.security import ANY_FRAME, page_headers
@@ -235,7 +236,7 @@ def _too_large(path: str, limit: int) -> Response:
     return PlainTextResponse(text, 413, headers=page_headers(ANY_FRAME))
 
 
-async def _validation_failed(_request: Request, error: Exception) -> Response:
+async def _validation_failed(request: Request, error: Exception) -> Response:
     """FastAPI's 422 for a request that fails validation, with what it echoes made JSON
     and short.
 
@@ -245,6 +246,9 @@ async def _validation_failed(_request: Request, error: Exception) -> Response:
     of megabytes (a code refused for its length) was echoed whole.
     """
     assert isinstance(error, RequestValidationError)
+    page = await handle_invalid_page_request(request, error.errors())  # a screen's: a page
+    if page is not None:
+        return page
     detail = [_echoable(problem) for problem in jsonable_encoder(error.errors())]
     return JSONResponse({"detail": _finite(detail)}, status_code=422)
 

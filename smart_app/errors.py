@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
@@ -73,3 +74,25 @@ async def handle_page_error(request: Request, error: Exception) -> Response:
         },
     )
     return render(error, error.language or negotiate([request.headers.get("accept-language")]))
+
+
+async def handle_invalid_page_request(request: Request, problems: Sequence[Any]) -> Response | None:
+    """A screen's request with a query or path value it cannot read (``older_than_days=abc``,
+    ``/social/cases/abc``): the app's error page, 404 for an address that names nothing, 400
+    for the rest, where FastAPI answered a raw English JSON 422. None for the JSON API's
+    requests, which keep their 422."""
+    route = request.scope.get("route")
+    response_class = getattr(route, "response_class", None)
+    if not (isinstance(response_class, type) and issubclass(response_class, HTMLResponse)):
+        return None
+    in_path = any(next(iter(problem.get("loc") or ("",))) == "path" for problem in problems)
+    from smart_app.session import current_launch, frame_origins  # it imports this module
+
+    try:  # the signed-in user's language and frames, else the browser's
+        ctx = current_launch(request)
+        frames, language = frame_origins(ctx), ctx.language
+    except PageError:
+        frames, language = ANY_FRAME, None
+    status, problem = (404, "page_not_found") if in_path else (400, "bad_query")
+    error = PageError(status, problem, language=language, frame_origins=frames)
+    return await handle_page_error(request, error)

@@ -447,3 +447,39 @@ def test_the_worklist_gives_a_babys_age_in_months_not_0_years(
 
     oldest_first = ", ".join(reversed(ages.split(", ")))
     assert f"<td>{oldest_first}</td>" in html.unescape(page)
+
+
+@pytest.mark.parametrize(
+    ("language", "title"),
+    [
+        ("nl", "Adres niet begrepen"),
+        ("fr", "Adresse non comprise"),
+        ("en", "Address not understood"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("address", "status"),
+    [
+        ("/social?older_than_days=-5", 400),
+        ("/social?older_than_days=abc", 400),
+        ("/social/cases/abc", 404),
+        ("/social/cases/abc/referral", 404),
+    ],
+)
+def test_an_address_the_screens_cannot_read_answers_with_a_page_in_the_users_language(
+    database_url: str, database: Database, language: str, title: str, address: str, status: int
+) -> None:
+    """A negative or non-numeric "older than" or a case id that is no number answered with
+    FastAPI's raw JSON 422, in English; it is the app's own page now, 400 or 404."""
+    hospital = make_tenant(database, "default", FHIR)
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+
+    page = TestClient(app).get(address, headers=me)
+
+    assert page.status_code == status
+    assert page.headers["content-type"].startswith("text/html")
+    assert f'<html lang="{language}">' in page.text
+    if status == 400:
+        assert f"<h1>{title}</h1>" in page.text
+    assert "frame-ancestors" in page.headers["content-security-policy"]
