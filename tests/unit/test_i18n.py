@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from service.i18n import LANGUAGES, catalogue, negotiate, translate
+from service.i18n import LANGUAGES, Language, catalogue, negotiate, translate
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -23,7 +23,7 @@ def test_translations_cover_the_dutch_catalogue_with_the_same_placeholders(langu
 
 
 def test_a_message_falls_back_to_dutch_and_a_missing_one_is_an_error() -> None:
-    assert translate("fr", "product.name").startswith("Réflexe")
+    assert translate("fr", "app.saved.open-again") == "Rouvrir Kindreflex"
     with pytest.raises(KeyError, match="missing from the Dutch catalogue"):
         translate("nl", "no.such.message")
 
@@ -32,3 +32,13 @@ def test_language_negotiation_prefers_the_first_supported_tag() -> None:
     assert negotiate([None, "de-DE,fr-BE;q=0.9,nl;q=0.8"]) == "fr"
     assert negotiate(["en_GB"]) == "en"
     assert negotiate(["de"]) == "nl"
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_the_product_is_named_kindreflex_in_every_language(language: Language) -> None:
+    """The French and English screens said "Réflexe enfant" / "Child reflex" where the
+    cards say "Kindreflex": a proper name, not translated."""
+    assert translate(language, "product.name") == "Kindreflex"
+    translated = re.compile(r"r[ée]flexe enfant|child reflex", re.IGNORECASE)
+    named = [i for i, text in catalogue(language).messages.items() if translated.search(text)]
+    assert named == []
