@@ -57,6 +57,9 @@ class Viewer:
     language: Language
     prefix: str  # "" or "/t/{tenant}", for the screen's links
     headers: dict[str, str]  # the page's security headers (frame-ancestors of the EHRs)
+    #: The screen the banner's link goes back to: the admin screen for an admin, else the
+    #: social service's worklist
+    back: Literal["admin", "worklist"] = "admin"
 
 
 async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
@@ -73,7 +76,7 @@ async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
         slug = request.path_params.get("tenant")
         headers = page_headers(all_frame_origins(tenant))
         prefix = f"/t/{slug}" if slug else ""
-        return Viewer(tenant, signed_in.actor, None, language, prefix, headers)
+        return Viewer(tenant, signed_in.actor, None, language, prefix, headers, "admin")
     ctx = current_launch(request)
     if not ALLOWED_ROLES & ctx.user.roles:
         raise PageError(
@@ -90,6 +93,7 @@ async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
         ctx.language,
         ctx.path_prefix,
         security_headers(ctx),
+        "worklist" if "social-worker" in ctx.user.roles else "admin",
     )
 
 
@@ -283,6 +287,7 @@ def _page(
         lang=language,
         product_name=translate(language, "product.name"),
         prefix=ctx.prefix,
+        back=ctx.back,
         first=result.period.first.isoformat() if result else first or "",
         last=result.period.last.isoformat() if result else last or "",
         result=result,

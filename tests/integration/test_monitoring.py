@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -773,3 +774,28 @@ def test_without_a_period_the_screen_shows_this_month_so_far(world: World) -> No
 )
 def test_the_figure_codes_are_the_guides(codes: type[StrEnum], code_system: str) -> None:
     assert terminology.code_differences(codes, code_system) == (set(), set())
+
+
+@pytest.mark.parametrize("prefix", ["", "/t/hospital-b"], ids=["default", "prefixed"])
+def test_the_monitoring_screen_leads_back_to_where_its_viewer_came_from(
+    world: World, prefix: str
+) -> None:
+    """The monitoring screen had no way back: an admin returns to the admin screen, a
+    social worker to the worklist, from the banner as on the other screens."""
+    tenant = world.other if prefix else world.hospital
+    token, _ = access.issue_bootstrap_token(world.database, tenant.id)
+    admin = access.redeem_bootstrap_token(world.database, tenant.id, token, "Els")
+    worker = world.user("social-worker", tenant).headers
+
+    from_admin = world.client.get(
+        f"{prefix}/monitoring", headers=_admin_headers(admin.token, "cookie")
+    )
+    from_worklist = world.client.get(f"{prefix}/monitoring", headers=worker)
+
+    banner = r'<header class="banner">.*?<nav aria-label="Navigatie">(.*?)</nav>'
+    link = r'<a href="([^"]+)">([^<]+)</a>'
+    (admin_nav,) = re.findall(banner, from_admin.text, re.S)
+    (worker_nav,) = re.findall(banner, from_worklist.text, re.S)
+    assert re.findall(link, admin_nav) == [(f"{prefix}/admin", "Terug naar het beheer")]
+    assert re.findall(link, worker_nav) == [(f"{prefix}/social", "Terug naar de werklijst")]
+    assert world.client.get(f"{prefix}/social", headers=worker).status_code == 200
