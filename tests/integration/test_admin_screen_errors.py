@@ -380,3 +380,18 @@ def test_the_plan_section_names_each_step_in_the_screens_language(
 
     french = _plan_legends(client.get("/admin", headers=FRENCH).text)
     assert french[5] == "Étape 6 : impliquer un service mandaté"
+
+
+def test_the_default_language_choices_name_each_language(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The "default language" choices showed the bare codes nl, fr and en; each now reads
+    as the language's own name, on the Dutch and the French screen alike."""
+    _signed_in(client, database, gent)
+
+    for headers in ({}, FRENCH):
+        page = client.get("/admin", headers=headers).text
+        select = re.search(r'<select id="[^"]*-default_language"[^>]*>(.*?)</select>', page, re.S)
+        assert select is not None
+        options = re.findall(r'<option value="(\w+)"[^>]*>([^<]*)</option>', select.group(1))
+        assert options == [("nl", "Nederlands"), ("fr", "Français"), ("en", "English")]
