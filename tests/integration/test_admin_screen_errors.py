@@ -395,3 +395,18 @@ def test_the_default_language_choices_name_each_language(
         assert select is not None
         options = re.findall(r'<option value="(\w+)"[^>]*>([^<]*)</option>', select.group(1))
         assert options == [("nl", "Nederlands"), ("fr", "Français"), ("en", "English")]
+
+
+def test_each_form_of_the_admin_screen_sends_its_version_once(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """ "Test the connection" (and the registration's save and delete) sent ``version`` twice,
+    two hidden fields with the same name: each form now sends each hidden field once."""
+    _signed_in(client, database, gent)
+
+    page = client.get("/admin").text
+    forms = re.findall(r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
+    assert any(action.endswith("/test") for action, _ in forms)
+    for action, body in forms:
+        hidden = re.findall(r'<input type="hidden" name="([^"]+)"', body)
+        assert len(hidden) == len(set(hidden)), (action, hidden)
