@@ -4,8 +4,10 @@ names but the page did not pass (a typo is an error, never an empty field). Its 
 
 from __future__ import annotations
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
+from jinja2.runtime import Context
 
+from service.i18n import negotiate, translate
 from smart_app.assets import asset_url
 from smart_app.dates import shown_age, shown_date, shown_moment
 
@@ -16,7 +18,17 @@ TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+@pass_context
+def colon(context: Context) -> str:
+    """The colon between a label and its value as the page's language writes it (``lang``):
+    ": " in Dutch and English, a non-breaking space before it in French."""
+    return translate(negotiate([context.get("lang")]), "colon")
+
+
 TEMPLATES.globals["asset_url"] = asset_url
+TEMPLATES.globals["colon"] = colon
 TEMPLATES.filters["day"] = shown_date
 TEMPLATES.filters["moment"] = shown_moment
 TEMPLATES.filters["age"] = shown_age  # months, language: "5 maanden", "3 jaar"

@@ -483,3 +483,20 @@ def test_an_address_the_screens_cannot_read_answers_with_a_page_in_the_users_lan
     if status == 400:
         assert f"<h1>{title}</h1>" in page.text
     assert "frame-ancestors" in page.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize(("language", "colon"), [("nl", ": "), ("fr", "\u00a0: "), ("en", ": ")])
+def test_a_label_and_its_value_are_joined_by_the_languages_colon(
+    database_url: str, database: Database, language: str, colon: str
+) -> None:
+    """The screens joined a label and its value with ": " in every language; French writes
+    a non-breaking space before the colon (here the hidden words of "take it on" that name
+    the patient for a screen reader)."""
+    hospital = make_tenant(database, "default", FHIR)
+    index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+
+    page = TestClient(app).get("/social", headers=me).text
+
+    assert f'<span class="visually-hidden">{colon}Patient/1</span>' in html.unescape(page)
