@@ -500,3 +500,23 @@ def test_a_label_and_its_value_are_joined_by_the_languages_colon(
     page = TestClient(app).get("/social", headers=me).text
 
     assert f'<span class="visually-hidden">{colon}Patient/1</span>' in html.unescape(page)
+
+
+@pytest.mark.parametrize(
+    ("language", "unknown"), [("nl", "onbekend"), ("fr", "inconnu"), ("en", "unknown")]
+)
+def test_the_worklist_names_no_raw_reference_for_who_flagged_a_concern(
+    database_url: str, database: Database, language: str, unknown: str
+) -> None:
+    """A concern whose nurse the worklist knows only by reference (the demo's seeded one,
+    until someone opens the case) read "door Practitioner/7a61…"; it reads "onbekend"
+    now, without a FHIR request per row (this worklist has no FHIR server to ask)."""
+    hospital = make_tenant(database, "default", FHIR)
+    index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+
+    page = TestClient(app).get("/social", headers=me).text
+
+    assert re.search(rf"</time> · {unknown}</td>", page)
+    assert "Practitioner/nurse-1" not in page
