@@ -78,7 +78,7 @@ Dutch terms used once and explained here:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -738,35 +738,15 @@ class Step4Decision(ChildFinding):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        explained = bool(self.patient_explanation and self.patient_explanation.strip())
-        if explained and not self.discussed_with_patient:
-            raise InvalidFindingError(
-                ErrorCode.EXPLANATION_WITHOUT_DISCUSSION,
-                "The patient's explanation is recorded after the worries were named to the "
-                "patient; tick that they were discussed.",
-            )
-        acute = self.decision is TeamDecision.ACUTE_DANGER
-        if not acute and not self.consultations:
-            raise MissingInformationError(
-                ErrorCode.TEAM_DISCUSSION_REQUIRED,
-                "Discuss the situation with a colleague or an expert (or call the VK or "
-                "OCJ anonymously) before deciding.",
-            )
-        if (
-            self.decision in (TeamDecision.CONCERNING_WILLING, TeamDecision.CONCERNING_UNWILLING)
-            and not self.discussed_with_patient
-        ):
-            raise MissingInformationError(
-                ErrorCode.CONCERNS_NOT_DISCUSSED,
-                "Name your worries concretely to the patient before deciding whether the "
-                "patient is willing to change the situation.",
-            )
-        for heard in self.children_heard:
-            if not heard.consent_given:
-                raise MissingInformationError(
-                    ErrorCode.CHILD_CONSENT_REQUIRED,
-                    "A child is only listened to with the child's own consent.",
-                )
+        problems = step4_problems(
+            self.decision,
+            consultations=self.consultations,
+            discussed_with_patient=self.discussed_with_patient,
+            patient_explanation=self.patient_explanation,
+            children_heard=self.children_heard,
+        )
+        if problems:
+            raise problems[0]
 
     @property
     def risk_factors(self) -> tuple[Factor, ...]:
@@ -775,6 +755,55 @@ class Step4Decision(ChildFinding):
     @property
     def protective_factors(self) -> tuple[Factor, ...]:
         return tuple(f for f in self.factors if f.kind is FactorKind.PROTECTIVE)
+
+
+def step4_problems(
+    decision: TeamDecision | None,
+    *,
+    consultations: Collection[Consultation],
+    discussed_with_patient: bool,
+    patient_explanation: str | None,
+    children_heard: Iterable[HeardChild],
+) -> list[ProtocolError]:
+    """Every rule of :class:`Step4Decision` its values break, in the order the finding checks
+    them (it raises the first): a form shows them all at once. ``decision`` None (not
+    chosen yet): the rules that depend on it are left to the decision."""
+    problems: list[ProtocolError] = []
+    if patient_explanation and patient_explanation.strip() and not discussed_with_patient:
+        problems.append(
+            InvalidFindingError(
+                ErrorCode.EXPLANATION_WITHOUT_DISCUSSION,
+                "The patient's explanation is recorded after the worries were named to the "
+                "patient; tick that they were discussed.",
+            )
+        )
+    if decision is not None and decision is not TeamDecision.ACUTE_DANGER and not consultations:
+        problems.append(
+            MissingInformationError(
+                ErrorCode.TEAM_DISCUSSION_REQUIRED,
+                "Discuss the situation with a colleague or an expert (or call the VK or "
+                "OCJ anonymously) before deciding.",
+            )
+        )
+    if (
+        decision in (TeamDecision.CONCERNING_WILLING, TeamDecision.CONCERNING_UNWILLING)
+        and not discussed_with_patient
+    ):
+        problems.append(
+            MissingInformationError(
+                ErrorCode.CONCERNS_NOT_DISCUSSED,
+                "Name your worries concretely to the patient before deciding whether the "
+                "patient is willing to change the situation.",
+            )
+        )
+    if any(not heard.consent_given for heard in children_heard):
+        problems.append(
+            MissingInformationError(
+                ErrorCode.CHILD_CONSENT_REQUIRED,
+                "A child is only listened to with the child's own consent.",
+            )
+        )
+    return problems
 
 
 def _check_not_before(day: date | None, finding: FindingBase) -> None:

@@ -63,6 +63,7 @@ from service.protocol import (
     Consultation,
     ContactChannel,
     ErrorCode,
+    HeardChild,
     KeyPersonRole,
     KindreflexCase,
     ProgressAssessment,
@@ -78,6 +79,7 @@ from service.protocol import (
     age_in_months,
     earliest_contact,
     latest_follow_up,
+    step4_problems,
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app import dates
@@ -587,6 +589,8 @@ def _save_step(
         problems, status = _about_form(ctx, typed, "error.fhir-down"), 503
     except FhirError:
         problems, status = _about_form(ctx, typed, "error.fhir-refused"), 502
+    if problems and typed.form == "s4":  # every problem of the form at once, not one per save
+        problems = _with_step4_rules(ctx, typed, problems)
     if not problems and result.status == "failed":
         # A rejection is final: nothing reached the case and its row went back
         # (``casework.undo_refused_save``), so the input stays on the page to be redone.
@@ -599,6 +603,40 @@ def _save_step(
     if file is None:
         return _not_found(ctx)
     return _render(ctx, file, typed=typed, problems=problems, status=status)
+
+
+def _with_step4_rules(
+    ctx: LaunchContext, typed: Typed, problems: tuple[Problem, ...]
+) -> tuple[Problem, ...]:
+    """A refused step 4 with the protocol's rules its form breaks besides: a missing
+    decision hid the explanation typed without "discussed" until the next save. A field
+    keeps the first problem said of it."""
+    body = step4_body(typed.values)
+    try:
+        decision: TeamDecision | None = TeamDecision(body["decision"])
+    except ValueError:
+        decision = None
+    rules = step4_problems(
+        decision,
+        consultations=[Consultation(c) for c in body["consultations"] if c in _CONSULTATIONS],
+        discussed_with_patient=body["discussed_with_patient"],
+        patient_explanation=body["patient_explanation"],
+        children_heard=[
+            HeardChild(h["child_ref"], h["consent_given"]) for h in body["children_heard"]
+        ],
+    )
+    said = {problem.anchor for problem in problems}
+    more = []
+    for rule in rules:
+        anchor = _protocol_anchor(rule, typed)
+        if anchor not in said:
+            said.add(anchor)
+            message = translate(ctx.language, f"app.protocol.{rule.code.value}")
+            more.append(Problem(typed.form, anchor, message))
+    return (*problems, *more)
+
+
+_CONSULTATIONS = frozenset(c.value for c in Consultation)
 
 
 def _about_form(ctx: LaunchContext, typed: Typed, message_id: str) -> tuple[Problem]:

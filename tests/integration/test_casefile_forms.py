@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
 from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer
@@ -23,7 +22,6 @@ from service.fhir import terminology
 from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local, local_today
 from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
-from service.social import Step4Input
 from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
 from tests.support.casework import SOCIAL_WORKER, index_case, on_the_worklist, save_triage
 from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
@@ -142,7 +140,9 @@ def test_the_step_4_form_takes_as_much_text_as_the_service_keeps(
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
     # A browser cuts pasted text at the field's maxlength without a word: the step 4 note
-    # was cut at 3,000 characters where the service keeps 4,000.
+    # was cut at 3,000 characters where the service keeps 4,000. As on the nurse's page, no
+    # field has a maxlength now: a text too long is refused next to it, saying the limit
+    # (test_step_4s_note_and_explanation_too_long_are_refused_next_to_their_fields).
     tenant = make_tenant(database, "default", fhir_server.base_url)
     app = make_app(database_url, database)
     save_triage(app, tenant, fhir_server.base_url)
@@ -154,15 +154,8 @@ def test_the_step_4_form_takes_as_much_text_as_the_service_keeps(
     page = client.get(f"/social/cases/{case_id}").text
     form = page[page.index('id="s4-form"') : page.index("</form>", page.index('id="s4-form"'))]
 
-    note = re.search(r'name="note" rows="\d+" maxlength="(\d+)"', form)
-    assert note is not None
-    assert int(note.group(1)) == _max_length(Step4Input, "note")
-
-
-def _max_length(model: type[BaseModel], name: str) -> int:
-    """The longest text the API keeps in a field of a step body."""
-    (limit,) = [m.max_length for m in model.model_fields[name].metadata if hasattr(m, "max_length")]
-    return int(limit)
+    assert 'name="note"' in form
+    assert "maxlength" not in form
 
 
 def test_a_case_page_shown_while_the_fhir_server_is_down_is_an_audited_read(
@@ -732,3 +725,24 @@ def test_the_printed_referral_to_the_police_names_it_once(
     assert callee.strip() == "<strong>Politie</strong>"
     assert "Politie: Politie" not in _text(history)
     assert "Politie · " in history
+
+
+def test_step_4_says_every_problem_of_the_form_at_once(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Step 4 said one problem per save: first the missing team decision, and only on the
+    next save that the patient's explanation needs "discussed" ticked. Both are said at
+    once now, as on the nurse's page, each next to its field, nothing recorded."""
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    fields = {k: v for k, v in STEP_4.items() if k not in ("decision", "discussed")}
+
+    refused = _post(client, page, case_id, "step-4", "s4", fields)
+
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "s4", ("s4-decision", "s4-discussed"))
+    assert STEP_4["patient_explanation"] in refused.text  # the input is kept
+    step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
+    assert search(base_url, "Observation", subject=patient, code=step_4) == []
