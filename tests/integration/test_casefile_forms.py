@@ -743,6 +743,6 @@ def test_step_4_says_every_problem_of_the_form_at_once(
 
     assert refused.status_code == 422
     _assert_refused_at_their_fields(refused.text, "s4", ("s4-decision", "s4-discussed"))
-    assert STEP_4["patient_explanation"] in refused.text  # the input is kept
+    assert str(STEP_4["patient_explanation"]) in refused.text  # the input is kept
     step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
     assert search(base_url, "Observation", subject=patient, code=step_4) == []

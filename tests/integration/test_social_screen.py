@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
+from service.i18n import Language
 from service.local_time import LOCAL_ZONE, local_today
 from smart_app.session import Role
 from tests.support.casework import (
@@ -426,7 +427,7 @@ def test_the_worklist_names_who_has_the_case_and_a_colleague_assigned_by_referen
     ],
 )
 def test_the_worklist_gives_a_babys_age_in_months_not_0_years(
-    database_url: str, database: Database, language: str, ages: str
+    database_url: str, database: Database, language: Language, ages: str
 ) -> None:
     """A newborn's age read "0 jaar": under a year the age is now in months, under a month
     "< 1 maand", with the singular and plural of each language."""
@@ -467,7 +468,7 @@ def test_the_worklist_gives_a_babys_age_in_months_not_0_years(
     ],
 )
 def test_an_address_the_screens_cannot_read_answers_with_a_page_in_the_users_language(
-    database_url: str, database: Database, language: str, title: str, address: str, status: int
+    database_url: str, database: Database, language: Language, title: str, address: str, status: int
 ) -> None:
     """A negative or non-numeric "older than" or a case id that is no number answered with
     FastAPI's raw JSON 422, in English; it is the app's own page now, 400 or 404."""
@@ -487,7 +488,7 @@ def test_an_address_the_screens_cannot_read_answers_with_a_page_in_the_users_lan
 
 @pytest.mark.parametrize(("language", "colon"), [("nl", ": "), ("fr", "\u00a0: "), ("en", ": ")])
 def test_a_label_and_its_value_are_joined_by_the_languages_colon(
-    database_url: str, database: Database, language: str, colon: str
+    database_url: str, database: Database, language: Language, colon: str
 ) -> None:
     """The screens joined a label and its value with ": " in every language; French writes
     a non-breaking space before the colon (here the hidden words of "take it on" that name
@@ -506,7 +507,7 @@ def test_a_label_and_its_value_are_joined_by_the_languages_colon(
     ("language", "unknown"), [("nl", "onbekend"), ("fr", "inconnu"), ("en", "unknown")]
 )
 def test_the_worklist_names_no_raw_reference_for_who_flagged_a_concern(
-    database_url: str, database: Database, language: str, unknown: str
+    database_url: str, database: Database, language: Language, unknown: str
 ) -> None:
     """A concern whose nurse the worklist knows only by reference (the demo's seeded one,
     until someone opens the case) read "door Practitioner/7a61…"; it reads "onbekend"
