@@ -212,10 +212,17 @@ def test_0019_indexes_audit_rows_by_outbox_entry_and_its_downgrade_keeps_the_row
     database.dispose()
 
 
-def test_0020_counts_no_races_for_existing_entries_and_its_downgrade_keeps_them(
-    database_url: str,
+@pytest.mark.parametrize(
+    ("before", "column", "existing"),
+    [("0019_audit_outbox_index", "races", 0), ("0020_outbox_races", "taken_over_at", None)],
+)
+def test_0020_and_0021_fill_existing_entries_and_their_downgrades_keep_them(
+    database_url: str, before: str, column: str, existing: object
 ) -> None:
-    migrate.upgrade(database_url, "0019_audit_outbox_index")
+    """An entry saved before counts no races (0020) and was not taken over (0021). Both
+    columns are added and dropped in place on SQLite too: a copy of the table (what batch
+    mode does) fails on the audit rows that refer to its entries."""
+    migrate.upgrade(database_url, before)
     database = Database(database_url)
     tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
     with database.session() as session:
@@ -224,39 +231,12 @@ def test_0020_counts_no_races_for_existing_entries_and_its_downgrade_keeps_them(
 
     migrate.upgrade(database_url)
     with database.session() as session:
-        assert list(session.scalars(select(OutboxEntry.races))) == [0]
-    migrate.downgrade(database_url, "0019_audit_outbox_index")
+        assert list(session.scalars(select(getattr(OutboxEntry, column)))) == [existing]
+    migrate.downgrade(database_url, before)
 
     engine = create_engine(database_url)
-    assert "races" not in {c["name"] for c in inspect(engine).get_columns("outbox_entries")}
-    with engine.connect() as connection:  # in place: the audit row referring to it stays
-        assert connection.scalar(text("SELECT count(*) FROM outbox_entries")) == 1
-        assert connection.scalar(text("SELECT count(*) FROM audit_records")) == 1
-    engine.dispose()
-    database.dispose()
-
-
-def test_0021_leaves_existing_entries_not_taken_over_and_its_downgrade_keeps_them(
-    database_url: str,
-) -> None:
-    """The column is added in place on SQLite too: a copy of the table (what batch mode
-    does for a NOT NULL column) fails on the audit rows that refer to it."""
-    migrate.upgrade(database_url, "0020_outbox_races")
-    database = Database(database_url)
-    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
-    with database.session() as session:
-        entry_id = _old_outbox_entry(session, tenant.id, "http://ehr-a.test/fhir")
-        session.execute(insert(AuditRecord), [_audit_row(tenant.id, entry_id)])
-
-    migrate.upgrade(database_url)
-    with database.session() as session:
-        assert list(session.scalars(select(OutboxEntry.taken_over_at))) == [None]
-    migrate.downgrade(database_url, "0020_outbox_races")
-
-    engine = create_engine(database_url)
-    columns = {c["name"] for c in inspect(engine).get_columns("outbox_entries")}
-    assert "taken_over_at" not in columns
-    with engine.connect() as connection:
+    assert column not in {c["name"] for c in inspect(engine).get_columns("outbox_entries")}
+    with engine.connect() as connection:  # the audit row referring to the entry stays
         assert connection.scalar(text("SELECT count(*) FROM outbox_entries")) == 1
         assert connection.scalar(text("SELECT count(*) FROM audit_records")) == 1
     engine.dispose()
