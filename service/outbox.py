@@ -89,7 +89,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -97,7 +97,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from prometheus_client import Counter
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from service.api.health import CheckResult, ReadinessCheck
@@ -377,14 +377,20 @@ class Outbox:
 
         A pending entry's wait counts from when it became deliverable (a take-over of a
         waiting entry is not an entry undelivered since its save); the wait for a sign-in
-        counts from the save."""
+        counts from the save. A pending entry held back behind a save of its patient that
+        waits for a sign-in is not counted as undelivered: the waiting save's own wait
+        (``max_wait``) is what an operator must act on, and the later one follows it."""
 
         def check() -> CheckResult:
             deliverable_since = func.coalesce(OutboxEntry.taken_over_at, OutboxEntry.created_at)
             with self._database.session() as session:
                 oldest, attempts = session.execute(
                     select(deliverable_since, OutboxEntry.attempts)
-                    .where(OutboxEntry.state == DeliveryState.PENDING)
+                    .where(
+                        OutboxEntry.state == DeliveryState.PENDING,
+                        # behind a save waiting for a sign-in: that one's wait is the alarm
+                        ~_held_back_by((DeliveryState.WAITING_AUTHORISATION,)),
+                    )
                     .order_by(deliverable_since, OutboxEntry.id)
                     .limit(1)
                 ).one_or_none() or (None, 0)
@@ -638,16 +644,24 @@ def _in_its_turn() -> Any:
     (:data:`_HOLDS_LATER`): a patient's saves reach the server in save order (entry id).
     Only undelivered rows are looked at (the ``state`` index), and entries without a
     patient or of :data:`_UNORDERED_KINDS` are not ordered."""
+    return ~_held_back_by(_HOLDS_LATER)
+
+
+def _held_back_by(states: Sequence[DeliveryState]) -> Any:
+    """Whether an older entry of the same patient in one of ``states`` holds this one back
+    (:func:`_in_its_turn`); an entry without a patient or of an unordered kind never is."""
     older = aliased(OutboxEntry)
     held = exists().where(
-        older.state.in_(_HOLDS_LATER),
+        older.state.in_(states),
         older.tenant_id == OutboxEntry.tenant_id,
         older.fhir_base_url == OutboxEntry.fhir_base_url,
         older.patient_ref == OutboxEntry.patient_ref,
         older.kind.not_in(_UNORDERED_KINDS),
         older.id < OutboxEntry.id,
     )
-    return or_(OutboxEntry.patient_ref.is_(None), OutboxEntry.kind.in_(_UNORDERED_KINDS), ~held)
+    return and_(
+        OutboxEntry.patient_ref.is_not(None), OutboxEntry.kind.not_in(_UNORDERED_KINDS), held
+    )
 
 
 #: Outcomes of a write that did not happen and will not be retried: audited as failures.

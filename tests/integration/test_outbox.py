@@ -577,6 +577,36 @@ def test_a_taken_over_entry_waiting_again_counts_its_wait_for_a_sign_in_from_its
     assert late.detail.startswith("waiting for a sign-in for over 1 day")
 
 
+def test_a_save_held_back_behind_one_waiting_for_a_sign_in_is_no_delivery_alarm(
+    database: Database,
+) -> None:
+    """A later save of a patient whose earlier save waits for a sign-in is held back behind
+    it (a patient's saves reach the server in order). It made the full /readyz fail after
+    15 minutes, long before the waiting save's own alarm of a day, though no FHIR server
+    was failing; the waiting save is what an operator must act on."""
+    tenant = make_tenant(database, "a", "http://127.0.0.1:9/fhir")  # nothing listens there
+    clock = Clock()
+    settings = Settings(environment="test", database_url="sqlite://")
+    outbox = make_outbox(database, clock, tokens=SessionTokens(database, settings))
+    patient = "Patient/held-back"
+    waiting = _enqueue(
+        database, tenant, "http://127.0.0.1:9/fhir", {}, session="expired", patient=patient
+    )
+    assert outbox.deliver(waiting) is DeliveryState.WAITING_AUTHORISATION
+    _enqueue(database, tenant, "http://127.0.0.1:9/fhir", {}, session="s2", patient=patient)
+    check = outbox.readiness_check()
+
+    clock.advance(3 * 3600)
+    assert outbox.run_once() == []  # held back: not even tried
+    held = check()
+    assert (held.ok, held.detail) == (True, "1 pending, 1 waiting-authorisation")
+
+    clock.advance(21 * 3600)  # a day since the waiting save: now that one is the alarm
+    late = check()
+    assert not late.ok
+    assert late.detail.startswith("waiting for a sign-in for over 1 day")
+
+
 def test_an_idle_cycle_takes_no_write_lock(tmp_path: Path) -> None:
     """SQLite: the worker's cycle with nothing due must not wait for (or take) the database's
     write lock, which the CDS path's writes need (service.cds.batching)."""
