@@ -143,7 +143,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
             "with_cooperation": False,
             "patient_informed": True,
             "follow_up_actions": ["Tell the CLB who takes the next step."],
-            "contact": {"on": str(utcnow().date()), "person": "An", "channel": "phone"},
+            "contact": {"on": str(local_today()), "person": "An", "channel": "phone"},
         },
     )
     assert referred.status_code == 200, referred.text
@@ -299,7 +299,7 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
     case = _handed_off_case(database_url, database, fhir_server.base_url)
     willing = case.decide("concerning-willing", case.row_version)
     assert willing.status_code == 200, willing.text
-    today = utcnow().date()
+    today = local_today()
 
     first = case.send(
         "step-5",
@@ -645,7 +645,7 @@ def test_a_new_concern_after_a_closed_one_starts_at_the_team_decision(
 ) -> None:
     case = _handed_off_case(database_url, database, fhir_server.base_url)
     unwilling = case.decide("concerning-unwilling", case.row_version)
-    referred = case.refer_to_vk(unwilling.json()["row_version"], contacted_on=str(utcnow().date()))
+    referred = case.refer_to_vk(unwilling.json()["row_version"], contacted_on=str(local_today()))
     closed = case.send(
         "close", {"row_version": referred.json()["row_version"], "reason": "referred"}
     )

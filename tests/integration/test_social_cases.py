@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord
+from service.local_time import local_today
 from service.social import CaseFilter, case_summary, list_cases
 from smart_app.session import CSRF_HEADER, Role
 from tests.support.casework import COLLEAGUE, SOCIAL_WORKER, assignment_of, index_case
@@ -380,7 +381,7 @@ def test_a_hospital_never_sees_or_changes_another_hospitals_cases(
 def test_one_case_summary_is_the_lists_row(database_url: str, database: Database) -> None:
     hospital = make_tenant(database, "default", FHIR)
     other = make_tenant(database, "other", FHIR)
-    today = utcnow().date()
+    today = local_today()
     case_id = index_case(database, hospital, "Patient/1", utcnow(), follow_up_due=today)
     foreign = index_case(database, other, "Patient/2", utcnow())
     with database.session() as session:

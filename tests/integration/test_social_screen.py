@@ -117,7 +117,7 @@ def test_the_worklist_screen_marks_and_filters_overdue_follow_ups(
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    today = utcnow().date()
+    today = local_today()
     late = index_case(
         database, hospital, "Patient/1", utcnow(), follow_up_due=today - timedelta(days=2)
     )
