@@ -168,7 +168,7 @@ def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
 def test_overdue_follow_ups_show_and_filter(database_url: str, database: Database) -> None:
     hospital = make_tenant(database, "default", FHIR)
     now = utcnow()
-    today = now.date()  # the day the list compares with (as the endpoint does)
+    today = local_today()  # the Belgian day the list compares with (as the endpoint does)
     due = {
         "Patient/late": today - timedelta(days=3),
         "Patient/yesterday": today - timedelta(days=1),
