@@ -6,7 +6,9 @@ import re
 
 import pytest
 
+from service.fhir import terminology
 from service.i18n import LANGUAGES, Language, catalogue, negotiate, translate
+from service.protocol import SafetyAssessment
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -42,3 +44,14 @@ def test_the_product_is_named_kindreflex_in_every_language(language: Language) -
     translated = re.compile(r"r[ée]flexe enfant|child reflex", re.IGNORECASE)
     named = [i for i, text in catalogue(language).messages.items() if translated.search(text)]
     assert named == []
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_nurses_no_concern_choice_reads_as_the_social_service_sees_it(
+    language: Language,
+) -> None:
+    """The nurse chose "Geen zorgen" and the case history showed the guide's "Geen twijfels
+    over de thuissituatie" (the protocol's words, seed 003): one choice, two wordings. The
+    nurse's option now uses the protocol's words, as the social worker reads them."""
+    guide = terminology.display("safety-assessment", SafetyAssessment.NO_CONCERN, language)
+    assert translate(language, "app.assessment.no-concern") == guide
