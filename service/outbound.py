@@ -186,8 +186,8 @@ class OutboundPolicy:
                     raise ValueError(f"{raw!r} is not a CIDR range (e.g. 10.20.0.0/16)") from None
                 continue
             address = ip_literal(entry)
-            if address is not None:
-                hosts.add(str(address))
+            if address is not None:  # as name_allowed compares: an IPv4 in an IPv6 one as IPv4
+                hosts.add(str(_as_ipv4(address)))
             elif not _NAME.match(entry) or "*" in entry[2:]:
                 raise ValueError(
                     f"{raw!r} is not a host name, '*.' domain, IP address or CIDR range"
@@ -209,7 +209,7 @@ class OutboundPolicy:
         address = ip_literal(host)
         if address is not None:
             plain = _as_ipv4(address)
-            return str(address) in self.hosts or any(plain in n for n in self.networks)
+            return str(plain) in self.hosts or any(plain in n for n in self.networks)
         return host in self.hosts or any(host.endswith(suffix) for suffix in self.suffixes)
 
     def refusal(self, host: str, addresses: Sequence[Address]) -> Refusal | None:

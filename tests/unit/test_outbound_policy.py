@@ -160,6 +160,16 @@ def test_an_address_entry_admits_the_address_as_written_a_range_also_names_resol
     assert outbound.url_refusal("https://fhir.az-gent.example/fhir", lambda _: resolved) is None
 
 
+@pytest.mark.parametrize("written", ["10.20.3.4", "[::ffff:10.20.3.4]", "[64:ff9b::a14:304]"])
+@pytest.mark.parametrize("entry", ["10.20.3.4", "::ffff:10.20.3.4"])
+def test_an_address_entry_admits_its_address_in_every_spelling(entry: str, written: str) -> None:
+    """An IPv4 address written inside an IPv6 one (mapped, or NAT64) is the same address:
+    the ranges and the denied addresses already compared it so, an address entry refused it."""
+    policy = OutboundPolicy.parse([entry])
+    assert policy.refusal(written, [ipaddress.ip_address(written.strip("[]"))]) is None
+    assert policy.refusal("10.20.3.5", [ipaddress.ip_address("10.20.3.5")]) is not None
+
+
 @pytest.mark.parametrize("entry", ["a b", "*", "*.", "10.0.0.0/33", "http://ehr.example", "a.*.b"])
 def test_an_entry_that_is_no_host_domain_address_or_range_stops_the_start(entry: str) -> None:
     with pytest.raises(ValidationError, match="outbound_allow"):
