@@ -51,17 +51,21 @@ both ways and sent as it turned out, create or update (``if_updating`` of
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
-the nurse) — unless it can only be a race with another writer between the outbox's own
-read at delivery and its write: every If-Match of the transaction as sent that the user's
+the nurse) — unless it was a race with another writer between the outbox's own read at
+delivery and its write: a resource a create-or-merge's search found at delivery is at
+another version by now, while every If-Match of the transaction as sent that the user's
 page carried (an update's, a merge update's, the version laid over what the user was
-shown) still holds, and one came from a create-or-merge's search at delivery. Nobody was
-shown that version, so nothing of the user's was lost: the entry stays ``pending`` and
-the next attempt reads and merges again, at most ``RACES_RETRIED`` times (counted in
-``races``; the next race is a ``conflict``, so nothing loops); 401/403 or a session whose
-tokens cannot be refreshed is ``waiting-authorisation``: the entry waits until the next
-launch for the same patient through the same EHR registration
-(:meth:`Outbox.adopt_session`), and is then delivered with that session's token — the
-Provenance inside still names the original author.
+shown) still holds. Nobody was shown the version read at delivery, so nothing of the
+user's was lost: the entry stays ``pending`` and the next attempt reads and merges again,
+at most ``RACES_RETRIED`` times (counted in ``races``; the next race is a ``conflict``,
+counted too, so nothing loops: the record kept changing under the save,
+:func:`kept_changing`, which the nurse is told apart from a change of what she was
+shown). A 409/412 with every version read at delivery still current is no race but a
+refusal for another reason (a conditional create matching two resources): a ``conflict``
+at once, with the server's outcome; 401/403 or a session whose tokens cannot be refreshed
+is ``waiting-authorisation``: the entry waits until the next launch for the same patient
+through the same EHR registration (:meth:`Outbox.adopt_session`), and is then delivered
+with that session's token — the Provenance inside still names the original author.
 
 Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
 the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
@@ -129,9 +133,9 @@ READY_MAX_ATTEMPTS = 8
 #: holds back) may never reach the FHIR server unless an operator has someone do so.
 READY_MAX_WAIT = timedelta(hours=24)
 #: How many times an entry whose create-or-merge lost a race at delivery (see the module
-#: doc) is merged and sent again; one race more is a ``conflict``. A race needs another
-#: write to the resource between two requests of ours, milliseconds apart: a resource
-#: changed that often is best left to a person.
+#: doc) is merged and sent again; one race more is a ``conflict`` (:func:`kept_changing`).
+#: A race needs another write to the resource between two requests of ours, milliseconds
+#: apart: a resource changed that often is best left to a person.
 RACES_RETRIED = 3
 
 
@@ -194,7 +198,7 @@ class Delivery:
     state: DeliveryState
     detail: str = ""
     outcome: Resource | None = None  # the server's OperationOutcome, when it refused
-    raced: bool = False  # pending after a race at delivery: counted in ``races``
+    raced: bool = False  # a race at delivery lost (pending, or past RACES_RETRIED a conflict)
 
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
@@ -266,7 +270,7 @@ class _Claimed:
     bundle: Resource
     witness: str | None
     attempts: int  # this attempt's number: 1 for the first (counted when claimed)
-    races: int = 0  # the races at delivery retried so far (see RACES_RETRIED)
+    races: int = 0  # the races at delivery lost so far (see RACES_RETRIED)
 
 
 class Outbox:
@@ -608,25 +612,48 @@ def _conflict_or_race(
 ) -> Delivery:
     """A 409/412: a ``conflict``, or a race to merge again at the next attempt (``pending``).
 
-    A race is a transaction with an If-Match from a create-or-merge's search at delivery
-    (:attr:`_Sent.read_at_delivery`) whose other If-Match preconditions, the ones the user's
-    page carried (:attr:`_Sent.shown`), all still hold: those were not what failed, and
-    nobody was shown the version read at delivery. Versions only grow, so one that is
-    current now was current when the server refused. Past ``RACES_RETRIED`` races, and
-    for any other transaction, it is a conflict as before."""
+    A race: a resource the outbox read at delivery (a create-or-merge's search,
+    :attr:`_Sent.read_at_delivery`) is at another version now, so somebody wrote it after
+    that read, while every If-Match the user's page carried (:attr:`_Sent.shown`) still
+    holds. Versions only grow, so a version current now was current when the server
+    refused: those were not what failed, and nobody was shown the version read at
+    delivery. When every version read at delivery is still current too, no If-Match of
+    the transaction failed: the server refused it for another reason (a conditional create
+    matching two resources, say), which merging again would not change: a conflict at
+    once, in the server's words. (A resource read at delivery may also have moved only
+    after the refusal: such a refusal is taken for a race, and is retried within the same
+    bound.) The version read at delivery is asked first: when it still holds, the user's
+    are not read. Past ``RACES_RETRIED`` races, one more is a conflict, counted as a race
+    (:func:`kept_changing`); any other 409/412 is a conflict as before."""
     conflict = Delivery(entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome)
     if sent is None or not sent.read_at_delivery:
         return conflict
     try:
-        held = all(_still_at(client, reference, version) for reference, version in sent.shown)
+        raced = not _all_still_at(client, sent.read_at_delivery) and _all_still_at(
+            client, sent.shown
+        )
     except FhirUnavailable as unreachable:  # not known: nothing was written, try again later
         return Delivery(entry.id, DeliveryState.PENDING, str(unreachable))
-    if not held:
+    if not raced:
         return conflict
     detail = f"race {entry.races + 1}: changed after its read at delivery: {conflict.detail}"
-    if entry.races >= RACES_RETRIED:  # an operator (and the log) can tell it from a lost update
-        return replace(conflict, detail=detail)
+    if entry.races >= RACES_RETRIED:  # an operator (and the nurse's chart) can tell it apart
+        return replace(conflict, detail=detail, raced=True)
     return Delivery(entry.id, DeliveryState.PENDING, detail, error.outcome, raced=True)
+
+
+def kept_changing(state: str, races: int) -> bool:
+    """Whether an entry is a ``conflict`` because the record kept changing under it: it lost
+    one race at delivery more than ``RACES_RETRIED`` (see :func:`_conflict_or_race`), so
+    another writer kept changing a resource the outbox read at delivery, while everything
+    the user was shown still held. Nobody changed what the user saw; the save is not in
+    the record all the same."""
+    return state == DeliveryState.CONFLICT and races > RACES_RETRIED
+
+
+def _all_still_at(client: FhirClient, versions: Sequence[tuple[str, str]]) -> bool:
+    """Whether each ``(Type/id, version)`` still is (read one by one, up to the first not)."""
+    return all(_still_at(client, reference, version) for reference, version in versions)
 
 
 def _still_at(client: FhirClient, reference: str, version: str) -> bool:
@@ -706,9 +733,10 @@ class _Sent:
     from, for telling a race from a conflict (:func:`_conflict_or_race`)."""
 
     bundle: Resource
-    #: An If-Match is on a version a create-or-merge found at delivery (nobody saw it).
-    read_at_delivery: bool
-    #: The other If-Match preconditions: ``(Type/id, version)``, what the user was shown.
+    #: The If-Match preconditions on versions a create-or-merge found at delivery (nobody
+    #: saw them): ``(Type/id, version)``.
+    read_at_delivery: tuple[tuple[str, str], ...]
+    #: The other If-Match preconditions, likewise: what the user was shown.
     shown: tuple[tuple[str, str], ...]
 
 
@@ -750,13 +778,17 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
             continue
         entries.append({"resource": _overlay(seen, ours), "request": request})
     entries = [_described(entry, updating) for entry in entries]
-    shown = tuple(
+    preconditions = [
         (e["request"]["url"], e["request"]["ifMatch"].removeprefix('W/"').removesuffix('"'))
         for e in entries
-        if "ifMatch" in e["request"] and e["request"]["url"] not in read_now
-    )
+        if "ifMatch" in e["request"]
+    ]
     sent = {**bundle, "entry": _referring(entries, found) if found else entries}
-    return _Sent(sent, bool(read_now), shown)
+    return _Sent(
+        sent,
+        read_at_delivery=tuple(p for p in preconditions if p[0] in read_now),
+        shown=tuple(p for p in preconditions if p[0] not in read_now),
+    )
 
 
 def _changed_since(client: FhirClient, ours: Resource, version: str) -> Resource | None:

@@ -61,7 +61,15 @@ from service.fhir.client import (
     FhirUnreadable,
     Resource,
 )
-from service.outbox import DeliveryState, NewEntry, Outbox, TokenSource, TransactionBuilder, enqueue
+from service.outbox import (
+    DeliveryState,
+    NewEntry,
+    Outbox,
+    TokenSource,
+    TransactionBuilder,
+    enqueue,
+    kept_changing,
+)
 from service.protocol import (
     Child,
     ErrorCode,
@@ -90,6 +98,12 @@ KIND = "triage"
 _UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
 #: Outbox entries the FHIR server refused (not retried): their edits are told on the chart.
 _REFUSED = (DeliveryState.CONFLICT, DeliveryState.FAILED)
+#: Why a save's edit of a child was refused, besides its entry's state (``conflict``:
+#: someone else had changed the child first; ``failed``): a conflict because the record
+#: kept changing under the save (``service.outbox.kept_changing``); nobody changed the child.
+KEPT_CHANGING = "kept-changing"
+#: Every reason of a refused edit (:attr:`_Save.refusal`).
+_REFUSALS = (DeliveryState.CONFLICT, KEPT_CHANGING, DeliveryState.FAILED)
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
@@ -181,6 +195,9 @@ class RecordedChart:
     #: Likewise, the children whose edit the server refused for another reason (``failed``:
     #: the save's content, say), shown as the server has them, until a save names them again.
     failed: frozenset[str] = frozenset()
+    #: Likewise, the children whose edit was not applied because the record kept changing
+    #: under its save (another writer's changes of the concern's Flag, not of the child).
+    kept_changing: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -314,8 +331,9 @@ class Triage:
         version it was made on (saved again unchanged, it is referenced, not written a
         second time: :func:`_write_children`). A child whose edit the server refused
         because someone else changed it first is shown as the server has it now, in
-        ``conflicts`` (refused for another reason: ``failed``), until a later save names it
-        again (:func:`_refused_edits`).
+        ``conflicts`` (refused for another reason: ``failed``; not applied because the
+        record kept changing under the save: ``kept_changing``), until a later save names
+        it again (:func:`_refused_edits`).
         """
         patient_ref = _patient_ref(ctx)
         try:
@@ -330,7 +348,9 @@ class Triage:
         outstanding = self._outstanding(ctx)
         on_server = _child_identifiers(chart.related_persons)
         new = [c for c in outstanding.new_children if _child_uuid(c.ref) not in on_server]
-        children, pending, conflicts, failed = [], {c.ref for c in new}, set(), set()
+        children, pending = [], {c.ref for c in new}
+        # the refs of the children whose latest edit was refused, by why (_Save.refusal)
+        told: dict[str, set[str]] = {reason: set() for reason in _REFUSALS}
         for child in recorded.children:
             edit = outstanding.edits.get(_child_id(child.ref))
             if edit is not None:  # the server's version, as our waiting save will change it
@@ -339,16 +359,15 @@ class Triage:
                 continue
             children.append(child)
             refusal = outstanding.refused.get(_child_id(child.ref))
-            if refusal == DeliveryState.CONFLICT:
-                conflicts.add(child.ref)
-            elif refusal is not None:
-                failed.add(child.ref)
+            if refusal is not None:
+                told[refusal].add(child.ref)
         return replace(
             recorded,
             children=_eldest_first([*children, *new]),
             pending=frozenset(pending),
-            conflicts=frozenset(conflicts),
-            failed=frozenset(failed),
+            conflicts=frozenset(told[DeliveryState.CONFLICT]),
+            failed=frozenset(told[DeliveryState.FAILED]),
+            kept_changing=frozenset(told[KEPT_CHANGING]),
         )
 
     def pending_chart(self, ctx: LaunchInfo) -> RecordedChart:
@@ -790,6 +809,13 @@ class _Save:
     id: int
     state: str
     bundle: Resource
+    races: int  # races at delivery lost (``service.outbox.kept_changing``)
+
+    @property
+    def refusal(self) -> str:
+        """Why the save is not in the record, as the chart tells it: its state, or
+        :data:`KEPT_CHANGING` for a conflict that was the record changing under it."""
+        return KEPT_CHANGING if kept_changing(self.state, self.races) else self.state
 
 
 @dataclass(frozen=True)
@@ -798,14 +824,15 @@ class _Outstanding:
 
     new_children: list[Child]  # undelivered new children, eldest first
     edits: dict[str, Child]  # child id → the latest undelivered edit (ref: its version)
-    refused: dict[str, str]  # child id → the state of the save that refused its latest edit
-    # (conflict or failed), for the children no save has named since
+    refused: dict[str, str]  # child id → why the save with its latest edit was refused
+    # (conflict, kept-changing or failed: _Save.refusal), for the children no save has
+    # named since
 
 
 def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
     """The patient's triage saves (same hospital and FHIR server), oldest first."""
     rows = session.execute(
-        select(OutboxEntry.id, OutboxEntry.state, OutboxEntry.bundle)
+        select(OutboxEntry.id, OutboxEntry.state, OutboxEntry.bundle, OutboxEntry.races)
         .where(
             OutboxEntry.tenant_id == ctx.tenant.id,
             OutboxEntry.fhir_base_url == ctx.fhir_base_url,
@@ -814,7 +841,7 @@ def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
         )
         .order_by(OutboxEntry.id)
     )
-    return [_Save(id, state, bundle or {}) for id, state, bundle in rows.all()]
+    return [_Save(id, state, bundle or {}, races) for id, state, bundle, races in rows.all()]
 
 
 def _entries(save: _Save) -> list[Resource]:
@@ -856,8 +883,10 @@ def _edited_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chil
 
 def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -> dict[str, str]:
     """The ids of the children whose latest edit the FHIR server refused, because someone
-    else had changed them first (a ``conflict`` entry) or for another reason (``failed``:
-    the nurse is no less unaware of it), with that state, that no save made after the refusal
+    else had changed them first (a ``conflict`` entry), because the record kept changing
+    under the save (a ``conflict`` past its races, :data:`KEPT_CHANGING`) or for another
+    reason (``failed``: the nurse is no less unaware of it), with that reason
+    (:attr:`_Save.refusal`), that no save made after the refusal
     names (writes, or references as confirmed): the nurse who opens the chart next must be
     told her edit is not in the record, until a save of the child after that tells it was
     seen. "After" is in the order of the audit trail (the refusal's failure row and the
@@ -891,7 +920,7 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
             ):
                 seen.add(child_id)
                 break
-    return {child_id: save.state for child_id, save in refused.items() if child_id not in seen}
+    return {child_id: save.refusal for child_id, save in refused.items() if child_id not in seen}
 
 
 def _named_children(save: _Save) -> set[str]:

@@ -152,9 +152,11 @@ class ChildRow:
     #: What the page says of a recorded child besides "already in the record" (one of
     #: :data:`DELIVERY_MARKERS`): ``pending``, an edit of it saved and waiting in the outbox
     #: (shown with the saved values); ``conflict``, an edit of it the FHIR server refused
-    #: because someone else changed it first (shown as the server has it); ``failed``, an
-    #: edit of it the server refused for another reason (likewise). Posted back with
-    #: the row, so the page shown again (a row added, an error) still says it.
+    #: because someone else changed it first (shown as the server has it);
+    #: ``kept-changing``, an edit of it not applied because the record kept changing under
+    #: its save (likewise); ``failed``, an edit of it the server refused for another reason
+    #: (likewise). Posted back with the row, so the page shown again (a row added, an
+    #: error) still says it.
     delivery: str = ""
 
     @property
@@ -175,25 +177,14 @@ class ChildRow:
             return None
         if self.pending:
             return "step1.pending-child"
-        if self.delivery == "pending":
-            return "step1.pending-edit"
-        if self.delivery == "conflict":
-            return "step1.conflict-child"
-        if self.delivery == "failed":
-            return "step1.failed-child"
-        return "step1.recorded-child"
+        return _DELIVERY_MESSAGES.get(self.delivery, "step1.recorded-child")
 
     @classmethod
     def of(cls, child: Child, chart: RecordedChart | None = None) -> ChildRow:
         """A row for a child already on the FHIR server (or pending delivery to it), shown
-        for confirmation; ``chart`` says whether it shows a pending edit or a conflict."""
-        delivery = ""
-        if chart is not None and child.ref in chart.pending:
-            delivery = "pending"
-        elif chart is not None and child.ref in chart.conflicts:
-            delivery = "conflict"
-        elif chart is not None and child.ref in chart.failed:
-            delivery = "failed"
+        for confirmation; ``chart`` says whether it shows a pending edit or a refused one."""
+        marked = () if chart is None else _marked(chart)
+        delivery = next((marker for marker, refs in marked if child.ref in refs), "")
         return cls(
             ref=child.ref,
             name=child.name,
@@ -205,8 +196,25 @@ class ChildRow:
         )
 
 
+#: What the page says of a recorded child, by :attr:`ChildRow.delivery`: message ids.
+_DELIVERY_MESSAGES = {
+    "pending": "step1.pending-edit",
+    "conflict": "step1.conflict-child",
+    "kept-changing": "step1.kept-changing-child",
+    "failed": "step1.failed-child",
+}
 #: The values of :attr:`ChildRow.delivery` the page knows (anything else posted reads as "").
-DELIVERY_MARKERS = frozenset({"pending", "conflict", "failed"})
+DELIVERY_MARKERS = frozenset(_DELIVERY_MESSAGES)
+
+
+def _marked(chart: RecordedChart) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each :attr:`ChildRow.delivery` marker with the refs of the chart's children it marks."""
+    return (
+        ("pending", chart.pending),
+        ("conflict", chart.conflicts),
+        ("kept-changing", chart.kept_changing),
+        ("failed", chart.failed),
+    )
 
 
 @dataclass

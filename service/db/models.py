@@ -210,8 +210,10 @@ class OutboxEntry(TenantScoped, Base):
     witness: Mapped[str | None] = mapped_column(String(500))
     state: Mapped[str] = mapped_column(String(24))
     attempts: Mapped[int] = mapped_column(default=0)
-    #: Races at delivery retried (``service.outbox.RACES_RETRIED``): 409/412 on a version
-    #: a create-or-merge read at delivery, not one the user was shown.
+    #: Races at delivery lost: 409/412 after another writer changed a version a
+    #: create-or-merge read at delivery, not one the user was shown. Retried up to
+    #: ``service.outbox.RACES_RETRIED``; a ``conflict`` with more lost one race too many
+    #: (``service.outbox.kept_changing``).
     races: Mapped[int] = mapped_column(default=0, server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(64))

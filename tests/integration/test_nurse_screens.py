@@ -31,6 +31,7 @@ from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
 from service.fhir import terminology
 from service.i18n import LANGUAGES, Language, catalogue
+from service.outbox import RACES_RETRIED
 from service.partners import load_default_directory
 from service.protocol import (
     ChildRelationship,
@@ -1417,6 +1418,41 @@ def test_an_edit_the_server_refused_for_another_reason_is_told_at_the_child(
     assert 'class="status warning"' in status
     assert 'data-child-delivery="failed"' in status
     assert again.text.count("het dossier weigerde ze") == 1
+    assert again.text.count("Al in het dossier") == 1  # the other child
+
+
+def test_an_edit_in_a_save_the_record_kept_changing_under_is_told_without_blaming_anyone(
+    nurse_for: Any, database: Database
+) -> None:
+    """A save editing a recorded child that ended a conflict because the record kept
+    changing under it (another writer's changes of the concern's Flag at every attempt,
+    past RACES_RETRIED races: ``outbox.kept_changing``; driven against the real server in
+    test_triage_save, set here as the delivery left it). The page said someone else had
+    changed the child first; nobody had. It now says the change is not in the record
+    because the record kept being changed while it was saved, and to save again."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows = _recorded_rows(page)
+    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+    assert 'data-save-status="delivered"' in saved.text
+    with database.session() as session:  # as the races at delivery left it
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.kind == "triage")
+            .values(state="conflict", races=RACES_RETRIED + 1, delivered_at=None)
+        )
+
+    again = nurse.page()
+
+    child_id = rows["child-0-ref"].split("/")[1]
+    place = next(i for i, ref in enumerate(again.child_refs()) if f"/{child_id}/" in ref)
+    assert again.value(f"child-{place}-delivery") == "kept-changing"
+    status = _tag(again, f'id="child-{place}-status"')
+    assert 'class="status warning"' in status
+    assert 'data-child-delivery="kept-changing"' in status
+    assert again.text.count("het dossier werd telkens opnieuw gewijzigd") == 1
+    assert "iemand anders had het kind eerst gewijzigd" not in again.text
     assert again.text.count("Al in het dossier") == 1  # the other child
 
 

@@ -27,7 +27,8 @@ from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, Sho
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient
 from service.fhir.mapping import display_name
-from service.outbox import RACES_RETRIED, DeliveryState, Outbox
+from service.i18n import translate
+from service.outbox import RACES_RETRIED, DeliveryState, Outbox, kept_changing
 from service.protocol import (
     Child,
     ChildRelationship,
@@ -44,6 +45,7 @@ from service.retention import PURGED_BUNDLE
 from service.settings import Settings
 from service.tenancy import TenantContext
 from service.triage import SaveConflict, SaveResult, Triage, TriageInput
+from smart_app.nurse import ChildRow
 from smart_app.session import AppUser, LaunchContext, NewSession, SessionStore, SessionTokens
 from tests.support.validator import validate
 from tests.support.write_path import Clock, count, fhir_server, make_outbox, make_tenant, search
@@ -1391,10 +1393,12 @@ def _provenances(world: World, outbox_id: int) -> list[dict[str, Any]]:
     return search(world.base_url, "Provenance", target=f"Observation/{step['id']}")
 
 
-def _later_niet_pluis(world: World, seeded: SeedResult, lotte: Child) -> SaveResult:
+def _later_niet_pluis(world: World, seeded: SeedResult, *children: Child) -> SaveResult:
+    """A later visit's niet-pluis for Jan Janssens (substance abuse) naming ``children``:
+    news for the open concern, so its Flag is a create-or-merge."""
     patient = seeded.patient("jan-janssens")
     later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
-    findings = _with_trigger(_niet_pluis(later, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
+    findings = _with_trigger(_niet_pluis(later, children), HagueTrigger.SUBSTANCE_ABUSE)
     return world.triage.record_triage(later, findings)
 
 
@@ -1432,7 +1436,9 @@ def test_a_flag_that_keeps_changing_under_the_merge_becomes_a_conflict(
     world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race is merged again RACES_RETRIED times; one more is a conflict, as any 412
-    was before: nothing loops, the input is kept and nothing of the save is written."""
+    was before: nothing loops, the input is kept and nothing of the save is written. That
+    last race is counted too: ``races`` past RACES_RETRIED tells the record kept changing
+    under the save (``outbox.kept_changing``), not a lost update of what the nurse saw."""
     lotte, identifier = _concern_at_step_4(world, seeded)
     writer = _ConcurrentWriter(monkeypatch, world.base_url, _tagged, times=100)
 
@@ -1445,7 +1451,8 @@ def test_a_flag_that_keeps_changing_under_the_merge_becomes_a_conflict(
     assert states == ["pending", *[DeliveryState.PENDING] * (RACES_RETRIED - 1), "conflict"]
     assert writer.writes == RACES_RETRIED + 1
     entry = _entry(world.database, result.outbox_id)
-    assert (entry.state, entry.races) == (DeliveryState.CONFLICT, RACES_RETRIED)
+    assert (entry.state, entry.races) == (DeliveryState.CONFLICT, RACES_RETRIED + 1)
+    assert kept_changing(entry.state, entry.races)
     assert str(entry.last_error).startswith(f"race {RACES_RETRIED + 1}: ")  # not a lost update
     findings = [query for kind, query in _identifiers(entry.bundle) if kind == "Observation"]
     assert findings
@@ -1509,6 +1516,81 @@ def test_a_child_changed_by_someone_else_beside_a_flag_merged_at_delivery_is_a_c
     assert (entry.state, entry.races) == (DeliveryState.CONFLICT, 0)
     (flag,) = search(world.base_url, "Flag", identifier=identifier)
     assert _codes(flag, "concern-last-step") == ["step-4"]  # nothing of the save written
+
+
+def _duplicated(world: World, seeded: SeedResult, child: Child) -> None:
+    """Two RelatedPersons on the server with ``child``'s identifier (an EHR's import that
+    copied a record twice, say): a conditional create on it matches both."""
+    patient_ref = f"Patient/{seeded.patient('jan-janssens').id}"
+    identifier = mapping.identifier("child", child.ref.removeprefix("urn:uuid:"))
+    resource = mapping.child_related_person(child, patient_ref=patient_ref, identifier=identifier)
+    for _ in range(2):
+        httpx.post(f"{world.base_url}/RelatedPerson", json=resource, timeout=10).raise_for_status()
+
+
+def test_a_refusal_that_is_no_version_clash_beside_a_flag_merged_at_delivery_is_a_conflict(
+    world: World, seeded: SeedResult
+) -> None:
+    """The transaction has an If-Match read at delivery (the Flag's) and a new child's
+    conditional create whose identifier two RelatedPersons on the server carry: the
+    server refuses the create (412, multiple matches), not a version. The Flag is still at
+    the version read, so nobody wrote between the read and the write. This was taken for
+    a race: retried RACES_RETRIED times, then a conflict whose error said "race 4", as if
+    the Flag kept changing. It is a conflict at once, in the server's words."""
+    lotte, identifier = _concern_at_step_4(world, seeded)
+    (flag_before,) = search(world.base_url, "Flag", identifier=identifier)
+    noor = _child("Noor Janssens", 3)
+    _duplicated(world, seeded, noor)
+
+    with pytest.raises(SaveConflict) as raised:
+        _later_niet_pluis(world, seeded, lotte, noor)
+
+    entry = _entry(world.database, raised.value.outbox_id)
+    assert (entry.state, entry.attempts, entry.races) == (DeliveryState.CONFLICT, 1, 0)
+    assert not kept_changing(entry.state, entry.races)
+    assert "race" not in str(entry.last_error)
+    assert "multiple-matches" in str(entry.last_error)  # the server's own outcome
+    assert entry.outcome is not None
+    assert entry.outcome["issue"][0]["code"] == "multiple-matches"
+    sent = [e for e in entry.bundle["entry"] if e["resource"]["resourceType"] == "Flag"]
+    assert [e.get("kindreflexMerge") for e in sent] == [True]  # the Flag merged at delivery
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    assert flag["meta"]["versionId"] == flag_before["meta"]["versionId"]  # nothing written
+    assert _outcomes(world.database, entry.id) == ["success", "failure"]
+
+
+def test_a_childs_edit_in_a_save_the_record_kept_changing_under_is_told_as_such(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The later visit renames Lotte, on the version the nurse was shown, which stays
+    Lotte's; another writer changes the concern's Flag before each attempt's write, so
+    past RACES_RETRIED races the save is a conflict. Nobody changed Lotte, yet the chart
+    told the next nurse "someone else had changed the child first". It now says the edit
+    is not in the record because the record kept being changed while it was saved, and
+    to save again; Lotte is shown as the record has her."""
+    lotte, _ = _concern_at_step_4(world, seeded)
+    child_id, version = _lotte_on_the_server(world, lotte)
+    shown = replace(lotte, ref=f"RelatedPerson/{child_id}/_history/{version}", name="Lotte Peeters")
+    _ConcurrentWriter(monkeypatch, world.base_url, _tagged, times=100)
+
+    result = _later_niet_pluis(world, seeded, shown)
+    for _ in range(RACES_RETRIED):
+        world.clock.advance(600)
+        world.outbox.run_once()
+    assert world.outbox.state_of(result.outbox_id) is DeliveryState.CONFLICT
+    patient = seeded.patient("jan-janssens")
+    nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-3")
+
+    chart = world.triage.load_chart(nurse)
+
+    assert chart.conflicts == chart.failed == chart.pending == frozenset()
+    assert chart.kept_changing == {shown.ref}  # Lotte, still at the version the nurse saw
+    (row,) = [ChildRow.of(child, chart) for child in chart.children if child.ref == shown.ref]
+    assert (row.name, row.delivery) == ("Lotte Janssens", "kept-changing")  # the record's
+    notice = translate("nl", f"app.{row.marker}")
+    assert "het dossier werd telkens opnieuw gewijzigd" in notice
+    assert "sla opnieuw op" in notice
+    assert "iemand anders" not in notice
 
 
 def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_once_confirmed(
