@@ -32,6 +32,7 @@ class PageError(Exception):
         language: Language | None = None,
         frame_origins: Sequence[str] = ANY_FRAME,
         detail: str | None = None,
+        retry_after_seconds: int | None = None,
         **values: object,
     ) -> None:
         super().__init__(f"{problem}: {detail}" if detail else problem)
@@ -42,6 +43,9 @@ class PageError(Exception):
         self.language = language
         self.frame_origins = tuple(frame_origins)
         self.detail = detail
+        # a refusal that passes (a busy service): when to try again, for the browser and
+        # for an EHR or proxy that retries (RFC 9110 Retry-After)
+        self.retry_after_seconds = retry_after_seconds
         self.values = values
 
 
@@ -62,7 +66,10 @@ def render(error: PageError, language: Language) -> HTMLResponse:
         f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{detail}'
         "</main></body></html>"
     )
-    return HTMLResponse(body, status_code=error.status, headers=page_headers(error.frame_origins))
+    headers = page_headers(error.frame_origins)
+    if error.retry_after_seconds is not None:
+        headers["Retry-After"] = str(error.retry_after_seconds)
+    return HTMLResponse(body, status_code=error.status, headers=headers)
 
 
 async def handle_page_error(request: Request, error: Exception) -> Response:

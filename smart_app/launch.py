@@ -5,6 +5,12 @@ registration by ``iss``, reads the EHR's ``.well-known/smart-configuration`` and
 browser to its authorization endpoint with PKCE S256, a single-use expiring ``state``
 bound to this browser by a short-lived cookie, and an OpenID Connect ``nonce``.
 
+``/launch`` is unauthenticated by nature (the EHR's browser calls it) and each call stores
+a launch state for ``LAUNCH_LIFETIME``: a hospital with ``MAX_LAUNCHES_IN_FLIGHT`` states
+outstanding gets a 503 page with ``Retry-After`` instead, before the EHR is asked anything
+and without a write, so that a flood of launches cannot grow the table without bound. The
+ingress's rate limit per client IP is the first line (README, *On Kubernetes*).
+
 ``/callback`` (one redirect URI for every tenant: the state row remembers the tenant)
 consumes the state, exchanges the code with the registration's client authentication,
 verifies the id_token, stores the tokens server-side and sets the session cookie.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -24,7 +31,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import CursorResult
 
 from service import audit
@@ -65,6 +72,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LAUNCH_LIFETIME = timedelta(minutes=10)
+#: Launch states of one hospital in flight at once (unexpired, not yet used by /callback).
+#: The busiest Belgian EDs see a few hundred patients a day, a few dozen in the peak hour;
+#: a state lives until its callback, seconds later, or ``LAUNCH_LIFETIME`` when abandoned.
+#: Even with every ward launching too, a hospital keeps well under a hundred in flight:
+#: 1000 is ten times that, and bounds the table at about 1 KB a row, 1 MB a hospital. Not
+#: a setting: no hospital needs another value. The count precedes the EHR's answer and the
+#: insert follows it, so the launches in flight at that moment (at most 40 per instance,
+#: the thread pool of the app's routes) may each pass: the bound holds within that margin.
+MAX_LAUNCHES_IN_FLIGHT = 1000
 #: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_USER_MAX = 500  # the session's column
@@ -87,13 +103,14 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
     registration = tenant.config.registration_for_iss(iss)
     if registration is None:
         raise PageError(400, "unknown_iss", frame_origins=frames, iss=iss)
+    database: Database = request.app.state.database
+    _refuse_when_busy(database, tenant, registration)
     settings: Settings = request.app.state.settings
     with ehr_client(settings.fhir_timeout_seconds) as http:
         server = _call(registration, lambda: discover(http, registration))
     state, verifier, nonce, browser = (secrets.token_urlsafe(32) for _ in range(4))
     sessions: SessionStore = request.app.state.sessions
     sessions.purge_expired()
-    database: Database = request.app.state.database
     with database.session() as session:
         session.add(
             LaunchState(
@@ -193,6 +210,30 @@ def callback(
     _set_cookie(response, SESSION_COOKIE, secret, SESSION_LIFETIME)
     _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
     return response
+
+
+def _refuse_when_busy(
+    database: Database, tenant: TenantContext, registration: EhrRegistration
+) -> None:
+    """503 while the hospital has ``MAX_LAUNCHES_IN_FLIGHT`` launch states outstanding,
+    with a ``Retry-After`` of when the first of them expires (the page in the EHR's
+    language, logged and counted as every refused request: ``smart_app.errors``, /metrics)."""
+    now = utcnow()
+    with database.session() as session:
+        in_flight, first_expiry = session.execute(
+            select(func.count(), func.min(LaunchState.expires_at)).where(
+                LaunchState.tenant_id == tenant.id, LaunchState.expires_at > now
+            )
+        ).one()
+    if in_flight < MAX_LAUNCHES_IN_FLIGHT:
+        return
+    raise PageError(
+        503,
+        "launch_busy",
+        detail=f"{in_flight} launches of {tenant.slug} in flight, at most {MAX_LAUNCHES_IN_FLIGHT}",
+        retry_after_seconds=max(1, math.ceil((first_expiry - now).total_seconds())),
+        **_page_for(registration),
+    )
 
 
 def _start_page(new: NewSession) -> str:

@@ -42,6 +42,7 @@ from service.fhir.client import ReauthorisationRequired
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
 from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
+from smart_app import launch as launch_module
 from smart_app.oauth import EHR_FETCH_MAX_BYTES, EHR_FETCH_SECONDS
 from smart_app.session import (
     SESSION_COOKIE,
@@ -837,3 +838,73 @@ def test_a_refresh_answered_with_an_absurd_expires_in_keeps_the_token_while_it_l
     _expire_soon(public_app.database, session_id)  # within the margin: a refresh is tried
     _ehr_answers(monkeypatch, public_app.sandbox, {"expires_in": 10**12}, {})
     assert public_app.tokens.access_token(session_id) == current
+
+
+LAUNCH_SECONDS = int(launch_module.LAUNCH_LIFETIME.total_seconds())
+
+
+def _start(kindreflex: Kindreflex, prefix: str = "") -> httpx.Response:
+    """A launch started and abandoned: the EHR's browser never comes back to /callback."""
+    query = httpx.QueryParams({"iss": kindreflex.sandbox.fhir_base_url, "launch": "abandoned"})
+    return Browser().get(f"{kindreflex.url}{prefix}/launch?{query}")
+
+
+def test_a_hospital_with_too_many_launches_in_flight_gets_a_busy_page_and_nothing_is_written(
+    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real bound is 1000 launch states per hospital; 2 here, through the same code."""
+    monkeypatch.setattr(launch_module, "MAX_LAUNCHES_IN_FLIGHT", 2)
+    asked = _smart_configuration_reads(public_app, monkeypatch)
+    assert public_app.launch(Browser()).status_code == 303  # below the bound: a nurse's launch
+    assert [_start(public_app).status_code for _ in range(2)] == [302, 302]
+    assert public_app.count(LaunchState) == 2
+    asked.clear()
+
+    busy = _start(public_app)
+
+    assert busy.status_code == 503
+    assert "Kindreflex is even te druk" in busy.text  # the registration's language: Dutch
+    assert "2 launches of default in flight, at most 2" in busy.text
+    assert 0 < int(busy.headers["retry-after"]) <= LAUNCH_SECONDS
+    assert f"frame-ancestors {EHR_ORIGIN}" in busy.headers["content-security-policy"]
+    assert public_app.count(LaunchState) == 2
+    assert public_app.count(AppSession) == 1
+    assert asked == []  # the EHR was not asked for its SMART configuration either
+    refused = 'kindreflex_http_requests_total{method="GET",route="/launch",status="503"}'
+    assert f"{refused} 1.0" in httpx.get(f"{public_app.url}/metrics").text
+
+    # The bound is each hospital's own.
+    assert _start(public_app, "/t/az-gent").status_code == 302
+    # An expired state no longer counts: the next nurse of the hospital gets in.
+    with public_app.database.session() as session:
+        one = session.scalars(
+            select(LaunchState.state_hash).where(LaunchState.tenant_id == _tenant_id(public_app))
+        ).first()
+        session.execute(
+            update(LaunchState)
+            .where(LaunchState.state_hash == one)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    assert public_app.launch(Browser()).status_code == 303
+    assert public_app.count(AppSession) == 2
+
+
+def _smart_configuration_reads(
+    kindreflex: Kindreflex, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """From now on, one item for each time the sandbox EHR serves its SMART configuration."""
+    auth = kindreflex.sandbox.auth
+    asked: list[int] = []
+    genuine = auth.smart_configuration
+
+    def smart_configuration() -> dict[str, Any]:  # the sandbox's own answer, counted
+        asked.append(1)
+        return genuine()
+
+    monkeypatch.setattr(auth, "smart_configuration", smart_configuration)
+    return asked
+
+
+def _tenant_id(kindreflex: Kindreflex, slug: str = "default") -> int:
+    tenant_id: int = kindreflex.app.state.tenants.get(slug).id
+    return tenant_id

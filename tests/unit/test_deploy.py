@@ -39,6 +39,10 @@ def manifests() -> list[dict[str, Any]]:
     return documents
 
 
+def ingresses() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in manifests() if d["kind"] == "Ingress"}
+
+
 def setting_names() -> set[str]:
     return {f"KINDREFLEX_{name.upper()}" for name in Settings.model_fields}
 
@@ -127,18 +131,34 @@ def test_the_probes_and_the_scrape_ask_on_the_port_the_service_listens_on() -> N
 
 
 def test_the_ingress_serves_the_public_url_over_tls() -> None:
-    """An EHR signs its CDS calls for KINDREFLEX_PUBLIC_URL (the JWT's aud): the Ingress
+    """An EHR signs its CDS calls for KINDREFLEX_PUBLIC_URL (the JWT's aud): the Ingresses
     must answer at exactly that host, with TLS (the app's cookies are Secure)."""
-    ingress = next(d for d in manifests() if d["kind"] == "Ingress")
     configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
     public = urlsplit(configmap["data"]["KINDREFLEX_PUBLIC_URL"])
     assert public.scheme == "https"
-    assert [rule["host"] for rule in ingress["spec"]["rules"]] == [public.hostname]
-    assert ingress["spec"]["tls"][0]["hosts"] == [public.hostname]
+    assert len(ingresses()) == 2
+    for ingress in ingresses().values():
+        assert [rule["host"] for rule in ingress["spec"]["rules"]] == [public.hostname]
+        assert ingress["spec"]["tls"][0]["hosts"] == [public.hostname]
+
+
+def test_the_ingress_limits_per_client_ip_the_paths_anyone_may_call(tmp_path: Path) -> None:
+    """A launch writes a launch state, a callback spends one, a refused admin sign-in is
+    recorded: without a session or a signed JWT. The second Ingress limits exactly these
+    (Exact: not the pages under them), and they are routes of the app: a renamed route
+    would leave its new path unlimited."""
+    settings = load_settings(database_url=f"sqlite:///{tmp_path / 'kr.db'}")
+    routes = set(create_app(settings, Database(settings.database_url)).openapi()["paths"])
+    limited = ingresses()["kindreflex-sign-in"]
+    assert int(limited["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rpm"]) > 0
+    paths = [path for rule in limited["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert {path["pathType"] for path in paths} == {"Exact"}
+    assert {path["path"] for path in paths} == {"/launch", "/callback", "/admin/login"} <= routes
+    assert "limit-rpm" not in str(ingresses()["kindreflex"]["metadata"]["annotations"])
 
 
 def test_the_ingress_lets_through_the_largest_cds_call_the_service_accepts() -> None:
-    ingress = next(d for d in manifests() if d["kind"] == "Ingress")
+    ingress = ingresses()["kindreflex"]
     size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     found = re.fullmatch(r"(\d+)([km]?)", size)
     assert found, size
