@@ -10,6 +10,7 @@ from service.api.deps import for_each_hospital
 from service.settings import Settings
 from smart_app import launch
 from smart_app.errors import PageError, handle_page_error
+from smart_app.oauth import AuthServers
 from smart_app.session import SessionStore, SessionTokens
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def install(app: FastAPI) -> None:
     """Wire the SMART launch and sessions into the app (needs ``app.state.keys``)."""
     settings: Settings = app.state.settings
     app.state.sessions = SessionStore(app.state.database, settings)
+    app.state.auth_servers = AuthServers()
     app.state.session_tokens = SessionTokens(
         app.state.database, settings, keys=app.state.keys, tenants=app.state.tenants
     )

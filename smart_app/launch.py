@@ -1,9 +1,10 @@
 """SMART App Launch 2.x, EHR launch: ``GET /launch`` and ``GET /callback``.
 
 ``/launch?iss=…&launch=…`` (also ``/t/{tenant}/launch``) finds the tenant's EHR
-registration by ``iss``, reads the EHR's ``.well-known/smart-configuration`` and sends the
-browser to its authorization endpoint with PKCE S256, a single-use expiring ``state``
-bound to this browser by a short-lived cookie, and an OpenID Connect ``nonce``.
+registration by ``iss``, reads the EHR's ``.well-known/smart-configuration`` (kept a few
+minutes: ``oauth.AuthServers``) and sends the browser to its authorization endpoint with
+PKCE S256, a single-use expiring ``state`` bound to this browser by a short-lived cookie,
+and an OpenID Connect ``nonce``.
 
 ``/launch`` is unauthenticated by nature (the EHR's browser calls it) and each call stores
 a launch state for ``LAUNCH_LIFETIME``: a hospital with ``MAX_LAUNCHES_IN_FLIGHT`` states
@@ -47,8 +48,8 @@ from service.tenant_config import EhrRegistration
 from smart_app.errors import PageError
 from smart_app.oauth import (
     AuthServer,
+    AuthServers,
     OAuthError,
-    discover,
     ehr_client,
     pkce_challenge,
     request_token,
@@ -106,8 +107,10 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
     database: Database = request.app.state.database
     _refuse_when_busy(database, tenant, registration)
     settings: Settings = request.app.state.settings
-    with ehr_client(settings.fhir_timeout_seconds) as http:
-        server = _call(registration, lambda: discover(http, registration))
+    servers: AuthServers = request.app.state.auth_servers
+    server = _call(
+        registration, lambda: servers.discover(registration, settings.fhir_timeout_seconds)
+    )
     state, verifier, nonce, browser = (secrets.token_urlsafe(32) for _ in range(4))
     sessions: SessionStore = request.app.state.sessions
     sessions.purge_expired()

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import math
 import re
+import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -29,7 +30,7 @@ import orjson
 from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
 from service.keys import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, KeyStore
 from service.settings import over_tls
-from service.tenant_config import EhrRegistration
+from service.tenant_config import ClientAuth, EhrRegistration
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Asymmetric algorithms only: an id_token signed with "none" or HS* (keyed with our own
@@ -42,6 +43,10 @@ EHR_FETCH_SECONDS = 10.0
 EHR_FETCH_MAX_BYTES = 1024 * 1024
 # Access tokens live minutes to hours; an expires_in beyond this is a broken server.
 MAX_TOKEN_LIFETIME = timedelta(days=366)
+#: How long a launch uses an EHR's checked SMART configuration before reading it again
+#: (``AuthServers``): a burst of launches asks the EHR once, and a changed configuration
+#: (an EHR's upgrade) is followed within minutes.
+DISCOVERY_SECONDS = 300.0
 
 FailureKind = Literal["ehr_unreachable", "ehr_unsupported", "token_failed", "id_token_invalid"]
 
@@ -127,6 +132,27 @@ def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
     if cleartext:
         raise OAuthError("ehr_unsupported", f"not https: {', '.join(cleartext)}")
     return server
+
+
+class AuthServers:
+    """The EHRs' checked SMART configurations (``discover``), each kept ``DISCOVERY_SECONDS``
+    in this process: a launch (unauthenticated: anyone may start one) does not cost the
+    EHR a request and a thread of the pool a wait each time. Only a usable configuration is
+    kept; after a failure the next launch asks again."""
+
+    def __init__(self) -> None:
+        # a dict's get and set are atomic: two launches that miss together both fetch
+        self._known: dict[tuple[str, ClientAuth], tuple[float, AuthServer]] = {}
+
+    def discover(self, registration: EhrRegistration, timeout: float) -> AuthServer:
+        key = (registration.fhir_base_url, registration.client_auth)  # what discover reads
+        known = self._known.get(key)
+        if known is not None and time.monotonic() - known[0] < DISCOVERY_SECONDS:
+            return known[1]
+        with ehr_client(timeout) as http:
+            server = discover(http, registration)
+        self._known[key] = (time.monotonic(), server)
+        return server
 
 
 def _contacted(fhir_base_url: str, server: AuthServer) -> list[tuple[str, str]]:

@@ -43,6 +43,7 @@ from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
 from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
 from smart_app import launch as launch_module
+from smart_app import oauth
 from smart_app.oauth import EHR_FETCH_MAX_BYTES, EHR_FETCH_SECONDS
 from smart_app.session import (
     SESSION_COOKIE,
@@ -854,6 +855,7 @@ def test_a_hospital_with_too_many_launches_in_flight_gets_a_busy_page_and_nothin
 ) -> None:
     """The real bound is 1000 launch states per hospital; 2 here, through the same code."""
     monkeypatch.setattr(launch_module, "MAX_LAUNCHES_IN_FLIGHT", 2)
+    monkeypatch.setattr(oauth, "DISCOVERY_SECONDS", 0.0)  # every launch would ask the EHR
     asked = _smart_configuration_reads(public_app, monkeypatch)
     assert public_app.launch(Browser()).status_code == 303  # below the bound: a nurse's launch
     assert [_start(public_app).status_code for _ in range(2)] == [302, 302]
@@ -887,6 +889,19 @@ def test_a_hospital_with_too_many_launches_in_flight_gets_a_busy_page_and_nothin
         )
     assert public_app.launch(Browser()).status_code == 303
     assert public_app.count(AppSession) == 2
+
+
+def test_launches_read_the_ehrs_smart_configuration_once_in_a_while(
+    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = _smart_configuration_reads(public_app, monkeypatch)
+    assert [public_app.launch(Browser()).status_code for _ in range(2)] == [303, 303]
+    assert [_start(public_app).status_code for _ in range(3)] == [302, 302, 302]
+    assert len(asked) == 1
+
+    monkeypatch.setattr(oauth, "DISCOVERY_SECONDS", 0.0)  # as if the five minutes had passed
+    assert public_app.launch(Browser()).status_code == 303
+    assert len(asked) == 2
 
 
 def _smart_configuration_reads(
