@@ -76,12 +76,16 @@ LAUNCH_LIFETIME = timedelta(minutes=10)
 #: Launch states of one hospital in flight at once (unexpired, not yet used by /callback).
 #: The busiest Belgian EDs see a few hundred patients a day, a few dozen in the peak hour;
 #: a state lives until its callback, seconds later, or ``LAUNCH_LIFETIME`` when abandoned.
-#: Even with every ward launching too, a hospital keeps well under a hundred in flight:
-#: 1000 is ten times that, and bounds the table at about 1 KB a row, 1 MB a hospital. Not
-#: a setting: no hospital needs another value. The count precedes the EHR's answer and the
+#: Even with every ward launching too, a hospital keeps well under a hundred in flight.
+#: The bound is far above that because reaching it locks the hospital's nurses out until
+#: states expire: at 1000 a flood of under two launches a second, within the ingress's
+#: limit from a handful of addresses, would do it; 20 000 needs over 30 a second for ten
+#: minutes, a flood the ingress and the operator's alert must meet anyway, and still bounds
+#: the table at about 1–2 KB a row, some 40 MB a hospital. Not a setting: no hospital
+#: needs another value. The count precedes the EHR's answer and the
 #: insert follows it, so the launches in flight at that moment (at most 40 per instance,
 #: the thread pool of the app's routes) may each pass: the bound holds within that margin.
-MAX_LAUNCHES_IN_FLIGHT = 1000
+MAX_LAUNCHES_IN_FLIGHT = 20_000
 #: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_USER_MAX = 500  # the session's column

@@ -853,7 +853,7 @@ def _start(kindreflex: Kindreflex, prefix: str = "") -> httpx.Response:
 def test_a_hospital_with_too_many_launches_in_flight_gets_a_busy_page_and_nothing_is_written(
     public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real bound is 1000 launch states per hospital; 2 here, through the same code."""
+    """The real bound is 20 000 launch states per hospital; 2 here, through the same code."""
     monkeypatch.setattr(launch_module, "MAX_LAUNCHES_IN_FLIGHT", 2)
     monkeypatch.setattr(oauth, "DISCOVERY_SECONDS", 0.0)  # every launch would ask the EHR
     asked = _smart_configuration_reads(public_app, monkeypatch)
