@@ -1389,70 +1389,65 @@ def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any
             assert said in status.group(1)
 
 
-def test_an_edit_the_server_refused_for_another_reason_is_told_at_the_child(
-    nurse_for: Any, database: Database
+@pytest.mark.parametrize(
+    ("left_by_delivery", "marker", "told", "not_told"),
+    [
+        pytest.param(
+            {"state": "failed"},
+            "failed",
+            "het dossier weigerde ze",
+            None,
+            id="refused-for-another-reason",
+        ),
+        pytest.param(
+            {"state": "conflict", "races": RACES_RETRIED + 1},
+            "kept-changing",
+            "het dossier werd telkens opnieuw gewijzigd",
+            "iemand anders had het kind eerst gewijzigd",
+            id="the-record-kept-changing",
+        ),
+    ],
+)
+def test_an_edit_the_record_did_not_take_is_told_at_the_child(
+    nurse_for: Any,
+    database: Database,
+    left_by_delivery: dict[str, Any],
+    marker: str,
+    told: str,
+    not_told: str | None,
 ) -> None:
-    """A save editing a recorded child that the server refused, not as a conflict (its
-    entry failed, for a person): opened again, the page said only 'already in the record'.
-    It now says at that child, as a warning tied to the row, that the saved change was not
-    applied because the record refused it; the other child is only 'already in the record'."""
+    """A save editing a recorded child that did not reach the record, for a reason other
+    than someone changing the child: opened again, the page said only 'already in the
+    record' (refused for another reason: the entry failed, for a person), or that someone
+    else had changed the child first (a conflict because the record kept changing under the
+    save: another writer's changes of the concern's Flag at every attempt, past
+    RACES_RETRIED races, ``outbox.kept_changing``; driven against the real server in
+    test_triage_save, set here as the delivery left it). It now says at that child, as a
+    warning tied to the row, why the saved change is not in the record; the other child is
+    only 'already in the record'."""
     nurse = nurse_for("els-goossens")
     page = nurse.page()
     rows = _recorded_rows(page)
     rows["child-0-name"] = f"{rows['child-0-name']} Junior"
     saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
     assert 'data-save-status="delivered"' in saved.text
-    with database.session() as session:  # as if the server had refused it at delivery
+    with database.session() as session:  # as the delivery left it
         session.execute(
             update(OutboxEntry)
             .where(OutboxEntry.kind == "triage")
-            .values(state="failed", delivered_at=None)
+            .values(**left_by_delivery, delivered_at=None)
         )
 
     again = nurse.page()
 
     child_id = rows["child-0-ref"].split("/")[1]
     place = next(i for i, ref in enumerate(again.child_refs()) if f"/{child_id}/" in ref)
-    assert again.value(f"child-{place}-delivery") == "failed"
+    assert again.value(f"child-{place}-delivery") == marker
     status = _tag(again, f'id="child-{place}-status"')
     assert 'class="status warning"' in status
-    assert 'data-child-delivery="failed"' in status
-    assert again.text.count("het dossier weigerde ze") == 1
-    assert again.text.count("Al in het dossier") == 1  # the other child
-
-
-def test_an_edit_in_a_save_the_record_kept_changing_under_is_told_without_blaming_anyone(
-    nurse_for: Any, database: Database
-) -> None:
-    """A save editing a recorded child that ended a conflict because the record kept
-    changing under it (another writer's changes of the concern's Flag at every attempt,
-    past RACES_RETRIED races: ``outbox.kept_changing``; driven against the real server in
-    test_triage_save, set here as the delivery left it). The page said someone else had
-    changed the child first; nobody had. It now says the change is not in the record
-    because the record kept being changed while it was saved, and to save again."""
-    nurse = nurse_for("els-goossens")
-    page = nurse.page()
-    rows = _recorded_rows(page)
-    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
-    saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
-    assert 'data-save-status="delivered"' in saved.text
-    with database.session() as session:  # as the races at delivery left it
-        session.execute(
-            update(OutboxEntry)
-            .where(OutboxEntry.kind == "triage")
-            .values(state="conflict", races=RACES_RETRIED + 1, delivered_at=None)
-        )
-
-    again = nurse.page()
-
-    child_id = rows["child-0-ref"].split("/")[1]
-    place = next(i for i, ref in enumerate(again.child_refs()) if f"/{child_id}/" in ref)
-    assert again.value(f"child-{place}-delivery") == "kept-changing"
-    status = _tag(again, f'id="child-{place}-status"')
-    assert 'class="status warning"' in status
-    assert 'data-child-delivery="kept-changing"' in status
-    assert again.text.count("het dossier werd telkens opnieuw gewijzigd") == 1
-    assert "iemand anders had het kind eerst gewijzigd" not in again.text
+    assert f'data-child-delivery="{marker}"' in status
+    assert again.text.count(told) == 1
+    assert not_told is None or not_told not in again.text
     assert again.text.count("Al in het dossier") == 1  # the other child
 
 
