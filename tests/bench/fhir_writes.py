@@ -31,7 +31,8 @@ from sandbox.seed import seed  # noqa: E402
 from service.db import migrate  # noqa: E402
 from service.db.base import Database  # noqa: E402
 from tests.conftest import _create_postgres_database, _drop_postgres_database  # noqa: E402
-from tests.integration.test_triage_save import _child, _niet_pluis, _world  # noqa: E402
+from tests.integration.test_triage_save import _child, _niet_pluis  # noqa: E402
+from tests.support.triage import world_at  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def measure(database_url: str, saves: int) -> SaveFigures:
     database = Database(database_url)
     with FhirServer(log_traffic=True) as server:
         seeded = seed(server.base_url)
-        world = _world(database, server.base_url)
+        world = world_at(database, server.base_url)
         patient = seeded.patient("jan-janssens")
         latencies: list[float] = []
         delivered = 0

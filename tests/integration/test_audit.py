@@ -17,7 +17,8 @@ from service.db.base import Database
 from service.db.models import AuditRecord, OutboxEntry
 from service.fhir.client import FhirUnavailable
 from service.outbox import DeliveryState
-from tests.integration.test_triage_save import World, _child, _niet_pluis, _world, seeded, world
+from tests.integration.test_triage_save import _child, _niet_pluis, seeded, world
+from tests.support.triage import World, world_at
 from tests.support.validator import validate
 from tests.support.write_path import fhir_server, search
 
@@ -66,7 +67,7 @@ def test_a_failed_read_is_audited_as_a_failure(database: Database, tmp_path: Pat
     port = free_port()
     with FhirServer(port=port, data_dir=tmp_path / "fhir") as server:
         seeded_here = seed(server.base_url)
-        here = _world(database, server.base_url)
+        here = world_at(database, server.base_url)
     patient = seeded_here.patient("jan-janssens")
     ctx = here.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-b")
 

@@ -25,16 +25,16 @@ from sandbox.seed import SeedResult, seed
 from service.db.base import Database
 from service.fhir.client import FhirClient
 from service.outbox import DeliveryState
-from tests.integration.test_nurse_screens import _chart
-from tests.integration.test_triage_save import (
-    _edit_first_child,
-    _entry,
-    _identifiers,
-    _world,
-    _written,
-)
 from tests.support.served import Trickled
 from tests.support.sessions import make_app, signed_in
+from tests.support.triage import (
+    conditional_creates,
+    edit_first_child,
+    outbox_entry,
+    served_chart,
+    world_at,
+    written_by_save,
+)
 from tests.support.write_path import count, fhir_server, make_tenant
 
 __all__ = ["fhir_server"]  # the fixture, shared with pytest
@@ -48,7 +48,7 @@ def test_a_chart_trickled_past_the_deadline_is_not_loaded_and_the_page_comes_in_
     """The FHIR server sends the chart a byte every 0.05 s (a minute in all, each read well
     within the per-operation timeout). Before, the nurse's page waited for all of it; now
     it comes at the deadline, saying the children could not be loaded, the form usable."""
-    answer = json.dumps(_chart()).encode()
+    answer = json.dumps(served_chart()).encode()
     answer = answer[:-1] + b" " * max(0, 1200 - len(answer)) + b"}"
     with Trickled(answer, pause=0.05, path="/fhir") as slow:
         tenant = make_tenant(database, "default", slow.url)
@@ -166,7 +166,7 @@ def test_a_transaction_answered_after_the_deadline_is_delivered_exactly_once(
     for the If-Match the first attempt already used."""
     with HeldAnswers(fhir_server.port) as relay:
         base_url = f"http://127.0.0.1:{relay.port}/fhir"
-        world = _world(database, base_url)
+        world = world_at(database, base_url)
         patient = seeded.patient("els-goossens")
         ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-slow")
         children = world.triage.load_chart(ctx).children  # GETs: answered
@@ -174,13 +174,15 @@ def test_a_transaction_answered_after_the_deadline_is_delivered_exactly_once(
 
         renamed = f"Noor {uuid.uuid4().hex[:6]}"  # the module's server serves both databases
         started = time.monotonic()
-        result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, renamed))
+        result = world.triage.record_triage(ctx, edit_first_child(ctx, children, renamed))
         elapsed = time.monotonic() - started
 
         assert relay.held.is_set()  # the transaction reached the server; its answer did not
         assert result.status == "pending"
         assert elapsed < 3 + 2  # the save's own attempt (3 s), not the held answer
-        assert "no whole answer within 3 s" in (_entry(database, result.outbox_id).last_error or "")
+        assert "no whole answer within 3 s" in (
+            outbox_entry(database, result.outbox_id).last_error or ""
+        )
         relay.holding = False
         world.clock.advance(120)
         deliveries = [d for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
@@ -189,9 +191,9 @@ def test_a_transaction_answered_after_the_deadline_is_delivered_exactly_once(
         (DeliveryState.DELIVERED, "applied earlier")
     ]
     world = replace(world, base_url=fhir_server.base_url)  # read back past the relay
-    for kind, identifier in _identifiers(_entry(database, result.outbox_id).bundle):
+    for kind, identifier in conditional_creates(outbox_entry(database, result.outbox_id).bundle):
         assert count(fhir_server.base_url, kind, identifier=identifier) == 1, kind
-    kinds = Counter(r["resourceType"] for r in _written(world, result.outbox_id))
+    kinds = Counter(r["resourceType"] for r in written_by_save(world, result.outbox_id))
     assert (kinds["Provenance"], kinds["AuditEvent"], kinds["RelatedPerson"]) == (1, 1, 1)
     with FhirClient(fhir_server.base_url, lambda: "loopback", 5.0) as client:
         after = client.read("RelatedPerson", child_id)

@@ -55,6 +55,7 @@ from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
 from tests.support.served import ServedJson
+from tests.support.triage import served_chart
 from tests.support.validator import validate
 
 pytestmark = pytest.mark.fhirserver
@@ -561,7 +562,7 @@ def test_a_recorded_childs_long_name_does_not_block_the_save(nurse_for: Any) -> 
     """The length limit is for what the nurse types: a name the record already holds (the
     EHR wrote it) is confirmed as it is, not refused with an error she cannot resolve."""
     long_name = "Emma " + "Van den Broeck-" * 15
-    with _serving(_chart(name=[{"text": long_name}])) as fhir_base_url:
+    with _serving(served_chart(name=[{"text": long_name}])) as fhir_base_url:
         nurse = nurse_for("an-peeters", fhir_base_url=fhir_base_url)
         page = nurse.page()
         assert page.value("child-0-name") == long_name.strip()
@@ -1070,42 +1071,13 @@ def _serving(answer: dict[str, Any]) -> Iterator[str]:
         yield served.url
 
 
-def _chart(**child: Any) -> dict[str, Any]:
-    """A searchset with the patient and one child, the child's elements replaced by ``child``."""
-    related = {
-        "resourceType": "RelatedPerson",
-        "id": "c1",
-        "meta": {"versionId": "1"},
-        "patient": {"reference": "Patient/p1"},
-        "extension": [
-            {"url": terminology.extension_url("lives-with"), "valueCoding": {"code": "permanently"}}
-        ],
-        "relationship": [
-            {
-                "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "CHILD"}
-                ]
-            }
-        ],
-        "name": [{"text": "Emma"}],
-        "birthDate": "2019-05-01",
-        **child,
-    }
-    patient = {"resourceType": "Patient", "id": "p1", "name": [{"text": "Moeder"}]}
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in (patient, {k: v for k, v in related.items() if v})],
-    }
-
-
 @pytest.mark.parametrize(
     "answer",
     [
         {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]},
         {"resourceType": "Bundle", "type": "searchset", "entry": "x"},
-        _chart(birthDate="2019-02-30"),
-        _chart(
+        served_chart(birthDate="2019-02-30"),
+        served_chart(
             extension=[
                 {
                     "url": terminology.extension_url("lives-with"),
@@ -1113,9 +1085,9 @@ def _chart(**child: Any) -> dict[str, Any]:
                 }
             ]
         ),
-        _chart(meta=None),
-        _chart(name=[{"given": [1, 2]}]),
-        _chart(extension="x"),
+        served_chart(meta=None),
+        served_chart(name=[{"given": [1, 2]}]),
+        served_chart(extension="x"),
     ],
     ids=[
         "operation-outcome",
@@ -1140,7 +1112,7 @@ def test_a_chart_the_server_garbles_is_not_loaded_and_the_form_stays_usable(
 
 def test_a_well_formed_chart_from_the_same_server_is_loaded(nurse_for: Any) -> None:
     """The garbled charts above differ from this one in one element each."""
-    with _serving(_chart()) as fhir_base_url:
+    with _serving(served_chart()) as fhir_base_url:
         page = nurse_for("an-peeters", fhir_base_url=fhir_base_url).page()
 
     assert page.status == 200
@@ -1166,7 +1138,7 @@ def test_the_banner_shows_the_birth_date_as_the_page_writes_dates(
     """The banner said "geboren 1985-03-14" beside dd/mm/jjjj everywhere else on the page (in
     French and English too: jj/mm/aaaa, dd/mm/yyyy). A FHIR birth date may be partial: the
     EHR knows only the year, or the month."""
-    chart = _chart()
+    chart = served_chart()
     patient = chart["entry"][0]["resource"]
     patient.update(id=sandbox.seeded.patient("an-peeters").id, birthDate=birth_date)
     with _serving(chart) as fhir_base_url:

@@ -309,47 +309,48 @@ def test_a_lost_answer_is_not_sent_again_and_an_if_match_conflict_is_kept(
     database: Database, fhir_server: FhirServer
 ) -> None:
     tenant = make_tenant(database, "a", fhir_server.base_url)
-    client = FhirClient(fhir_server.base_url, lambda: "t", 5.0)
-    created = client.transaction(_single_create(_person(str(uuid.uuid4()))))
-    location = created["entry"][0]["response"]["location"]  # …/RelatedPerson/<id>/_history/1
-    person_id = location.split("RelatedPerson/")[1].split("/")[0]
-    current = client.read("RelatedPerson", person_id)
+    with FhirClient(fhir_server.base_url, lambda: "t", 5.0) as client:  # closed on failure too
+        created = client.transaction(_single_create(_person(str(uuid.uuid4()))))
+        location = created["entry"][0]["response"]["location"]  # …/RelatedPerson/<id>/_history/1
+        person_id = location.split("RelatedPerson/")[1].split("/")[0]
+        current = client.read("RelatedPerson", person_id)
 
-    # 1. A delivery whose answer was lost: before the retry the witness shows that the
-    #    (atomic) transaction was applied → delivered without sending it again.
-    marker = str(uuid.uuid4())
-    tx = TransactionBuilder()
-    tx.update({**current, "name": [{"given": ["Changed"]}]}, current["meta"]["versionId"])
-    tx.create(_person(marker), {"system": SYSTEM, "value": marker})
-    bundle = tx.bundle()
-    witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
-    entry_id = _enqueue(database, tenant, fhir_server.base_url, bundle, witness=witness)
-    client.transaction(bundle)  # the first attempt, whose answer never arrived ...
-    with database.session() as db:  # ... so the outbox recorded it as a failed attempt
-        failed = db.get(OutboxEntry, entry_id)
-        assert failed is not None
-        failed.attempts, failed.last_error = 1, "POST: ReadTimeout"
-    clock = Clock()
-    outbox = make_outbox(database, clock)
-    assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
-    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
-    assert client.read("RelatedPerson", person_id)["meta"]["versionId"] == "2"  # not sent twice
+        # 1. A delivery whose answer was lost: before the retry the witness shows that the
+        #    (atomic) transaction was applied → delivered without sending it again.
+        marker = str(uuid.uuid4())
+        tx = TransactionBuilder()
+        tx.update({**current, "name": [{"given": ["Changed"]}]}, current["meta"]["versionId"])
+        tx.create(_person(marker), {"system": SYSTEM, "value": marker})
+        bundle = tx.bundle()
+        witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+        entry_id = _enqueue(database, tenant, fhir_server.base_url, bundle, witness=witness)
+        client.transaction(bundle)  # the first attempt, whose answer never arrived ...
+        with database.session() as db:  # ... so the outbox recorded it as a failed attempt
+            failed = db.get(OutboxEntry, entry_id)
+            assert failed is not None
+            failed.attempts, failed.last_error = 1, "POST: ReadTimeout"
+        clock = Clock()
+        outbox = make_outbox(database, clock)
+        assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
+        assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
+        assert client.read("RelatedPerson", person_id)["meta"]["versionId"] == "2"  # not sent twice
 
-    # 2. A real lost update: someone else changed the resource → conflict, input kept.
-    stale = client.read("RelatedPerson", person_id)
-    client.transaction(_single_update({**stale, "name": [{"given": ["Other nurse"]}]}, stale))
-    other = str(uuid.uuid4())
-    tx = TransactionBuilder()
-    tx.update({**stale, "name": [{"given": ["Mine"]}]}, stale["meta"]["versionId"])
-    tx.create(_person(other), {"system": SYSTEM, "value": other})
-    witness = f"RelatedPerson?identifier={SYSTEM}|{other}"
-    entry_id = _enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness)
-    clock.advance(5)
-    assert outbox.deliver(entry_id) is DeliveryState.CONFLICT
-    assert client.read("RelatedPerson", person_id)["name"][0]["given"] == ["Other nurse"]
-    assert _entry(database, entry_id).bundle["entry"][0]["resource"]["name"][0]["given"] == ["Mine"]
-    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{other}") == 0
-    client.close()
+        # 2. A real lost update: someone else changed the resource → conflict, input kept.
+        stale = client.read("RelatedPerson", person_id)
+        client.transaction(_single_update({**stale, "name": [{"given": ["Other nurse"]}]}, stale))
+        other = str(uuid.uuid4())
+        tx = TransactionBuilder()
+        tx.update({**stale, "name": [{"given": ["Mine"]}]}, stale["meta"]["versionId"])
+        tx.create(_person(other), {"system": SYSTEM, "value": other})
+        witness = f"RelatedPerson?identifier={SYSTEM}|{other}"
+        entry_id = _enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness)
+        clock.advance(5)
+        assert outbox.deliver(entry_id) is DeliveryState.CONFLICT
+        assert client.read("RelatedPerson", person_id)["name"][0]["given"] == ["Other nurse"]
+        assert _entry(database, entry_id).bundle["entry"][0]["resource"]["name"][0]["given"] == [
+            "Mine"
+        ]
+        assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{other}") == 0
 
 
 def _single_create(resource: dict[str, Any]) -> dict[str, Any]:

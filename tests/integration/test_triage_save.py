@@ -28,7 +28,7 @@ from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient
 from service.fhir.mapping import display_name
 from service.i18n import translate
-from service.outbox import RACES_RETRIED, DeliveryState, Outbox, kept_changing
+from service.outbox import RACES_RETRIED, DeliveryState, kept_changing
 from service.protocol import (
     Child,
     ChildRelationship,
@@ -42,11 +42,18 @@ from service.protocol import (
     SupportAction,
 )
 from service.retention import PURGED_BUNDLE
-from service.settings import Settings
-from service.tenancy import TenantContext
-from service.triage import SaveConflict, SaveResult, Triage, TriageInput
+from service.triage import SaveConflict, SaveResult, TriageInput
 from smart_app.nurse import ChildRow
-from smart_app.session import AppUser, LaunchContext, NewSession, SessionStore, SessionTokens
+from smart_app.session import LaunchContext, SessionStore, SessionTokens
+from tests.support.triage import (
+    World,
+    conditional_creates,
+    edit_first_child,
+    no_concern,
+    outbox_entry,
+    world_at,
+    written_by_save,
+)
 from tests.support.validator import validate
 from tests.support.write_path import Clock, count, fhir_server, make_outbox, make_tenant, search
 
@@ -63,66 +70,9 @@ def seeded(fhir_server: FhirServer) -> SeedResult:
     return seed(fhir_server.base_url)
 
 
-@dataclass
-class World:
-    """One hospital, its FHIR server and a launched nurse session, wired like the app."""
-
-    database: Database
-    tenant: TenantContext
-    settings: Settings
-    clock: Clock
-    outbox: Outbox
-    triage: Triage
-    base_url: str
-
-    def launch(self, patient_id: str, encounter_id: str | None, nurse: str) -> LaunchContext:
-        user = AppUser(fhir_user=nurse, name="Sofie Maes", roles=frozenset({"nurse"}))
-        store = SessionStore(self.database, self.settings)
-        session_id, _secret = store.create(
-            NewSession(
-                tenant_id=self.tenant.id,
-                registration_id="ehr",
-                path_prefix="",
-                fhir_base_url=self.base_url,
-                token_endpoint="http://127.0.0.1:9/token",  # never called: the token is fresh
-                user=user,
-                language="nl",
-                patient_id=patient_id,
-                encounter_id=encounter_id,
-                app_context=None,
-                launch_details={},
-                scope="launch openid fhirUser patient/*.rs patient/*.c",
-                access_token="loopback",  # sekmet on loopback needs no token
-                refresh_token=None,
-                access_expires_at=utcnow() + timedelta(hours=1),
-            )
-        )
-        return LaunchContext(
-            session_id=session_id,
-            tenant=self.tenant,
-            registration_id="ehr",
-            fhir_base_url=self.base_url,
-            patient_id=patient_id,
-            encounter_id=encounter_id,
-            user=user,
-            language="nl",
-            app_context=None,
-        )
-
-
-def _world(database: Database, base_url: str) -> World:
-    settings = Settings(environment="test", database_url="sqlite://")
-    tokens = SessionTokens(database, settings)
-    clock = Clock()
-    outbox = make_outbox(database, clock, tokens=tokens)
-    triage = Triage(database, outbox, tokens, timeout=5.0)
-    tenant = make_tenant(database, "default", base_url)
-    return World(database, tenant, settings, clock, outbox, triage, base_url)
-
-
 @pytest.fixture
 def world(database: Database, fhir_server: FhirServer) -> World:
-    return _world(database, fhir_server.base_url)
+    return world_at(database, fhir_server.base_url)
 
 
 def _child(name: str, years: int) -> Child:
@@ -151,44 +101,6 @@ def _niet_pluis(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
     )
 
 
-def _identifiers(bundle: dict[str, Any]) -> list[tuple[str, str]]:
-    """(type, identifier search) of every conditional create in an outbox bundle."""
-    return [
-        (e["request"]["url"], e["request"]["ifNoneExist"].removeprefix("identifier="))
-        for e in bundle["entry"]
-        if "ifNoneExist" in e["request"]
-    ]
-
-
-def _entry(database: Database, outbox_id: int) -> OutboxEntry:
-    with database.session() as session:
-        entry = session.get(OutboxEntry, outbox_id)
-        assert entry is not None
-        return entry
-
-
-def _written(world: World, outbox_id: int) -> list[dict[str, Any]]:
-    """Every resource the save wrote, read back from the FHIR server."""
-    entry = _entry(world.database, outbox_id)
-    bundle = entry.bundle
-    found = [
-        resource
-        for kind, identifier in _identifiers(bundle)
-        for resource in search(world.base_url, kind, identifier=identifier)
-    ]
-    for e in bundle["entry"]:  # updated children
-        if "ifMatch" in e["request"]:
-            found += search(world.base_url, "RelatedPerson", _id=e["resource"]["id"])
-    # Provenance and AuditEvent have no identifier: found through the step 1 finding they
-    # name (the entry's witness).
-    assert entry.witness is not None
-    (step,) = search(world.base_url, "Observation", identifier=entry.witness.split("=", 1)[1])
-    step_ref = f"Observation/{step['id']}"
-    found += search(world.base_url, "Provenance", target=step_ref)
-    found += search(world.base_url, "AuditEvent", entity=step_ref)
-    return found
-
-
 def test_niet_pluis_is_written_as_one_valid_transaction_and_a_second_save_adds_nothing(
     world: World, seeded: SeedResult
 ) -> None:
@@ -201,7 +113,7 @@ def test_niet_pluis_is_written_as_one_valid_transaction_and_a_second_save_adds_n
 
     assert result.status == "delivered"
     assert result.concern_flagged
-    written = _written(world, result.outbox_id)
+    written = written_by_save(world, result.outbox_id)
     kinds = sorted(r["resourceType"] for r in written)
     assert kinds == sorted(
         ["RelatedPerson"] * 2 + ["Observation"] * 2 + ["Flag", "Provenance", "AuditEvent"]
@@ -226,15 +138,17 @@ def test_niet_pluis_is_written_as_one_valid_transaction_and_a_second_save_adds_n
     assert nurse in {a["who"]["reference"] for a in provenance["agent"]}
 
     counts = {
-        i: count(world.base_url, k, identifier=i) for k, i in _identifiers(_bundle(world, result))
+        i: count(world.base_url, k, identifier=i)
+        for k, i in conditional_creates(_bundle(world, result))
     }
     again = world.triage.record_triage(ctx, findings)  # a double submit, or a retried request
     assert again == result  # joins the first save: nothing is sent twice
     assert {
-        i: count(world.base_url, k, identifier=i) for k, i in _identifiers(_bundle(world, again))
+        i: count(world.base_url, k, identifier=i)
+        for k, i in conditional_creates(_bundle(world, again))
     } == counts
     assert set(counts.values()) == {1}
-    assert sorted(r["resourceType"] for r in _written(world, again.outbox_id)) == kinds
+    assert sorted(r["resourceType"] for r in written_by_save(world, again.outbox_id)) == kinds
 
     with world.database.session() as session:
         concerns = session.scalars(select(Concern)).all()
@@ -245,7 +159,7 @@ def test_niet_pluis_is_written_as_one_valid_transaction_and_a_second_save_adds_n
 
 
 def _bundle(world: World, result: Any) -> dict[str, Any]:
-    return _entry(world.database, result.outbox_id).bundle
+    return outbox_entry(world.database, result.outbox_id).bundle
 
 
 def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restarts(
@@ -255,7 +169,7 @@ def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restar
     data_dir, port = tmp_path / "fhir", free_port()
     server = FhirServer(port=port, data_dir=data_dir).start()
     seeded = seed(server.base_url)
-    world = _world(database, server.base_url)
+    world = world_at(database, server.base_url)
     patient = seeded.patient("jan-janssens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-x")
     findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7),))
@@ -268,7 +182,7 @@ def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restar
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(Concern)) == 1
         assert session.scalar(select(func.count()).select_from(AuditRecord)) == 1
-    identifiers = _identifiers(_entry(database, result.outbox_id).bundle)
+    identifiers = conditional_creates(outbox_entry(database, result.outbox_id).bundle)
 
     database.dispose()  # our service restarts: a new Database, SessionTokens and Outbox ...
     restarted = Database(database_url)
@@ -283,30 +197,10 @@ def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restar
             assert outbox.run_once() == []
             for kind, identifier in identifiers:
                 assert count(server_again.base_url, kind, identifier=identifier) == 1
-            for resource in _written(replace(world, database=restarted), result.outbox_id):
+            for resource in written_by_save(replace(world, database=restarted), result.outbox_id):
                 assert validate(resource) == [], resource["resourceType"]
     finally:
         restarted.dispose()
-
-
-def _edit_first_child(ctx: LaunchContext, children: list[Child], name: str) -> TriageInput:
-    """A no-concern save in which the nurse renamed the first loaded child."""
-    return _no_concern(ctx, (replace(children[0], name=name), *children[1:]))
-
-
-def _no_concern(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
-    """A no-concern save of these children, with step 3's support."""
-    now = utcnow()
-    author = ctx.user.fhir_user
-    return TriageInput(
-        step1=Step1Finding(recorded_by=author, recorded_at=now, children=children),
-        step2=Step2Finding(
-            recorded_by=author, recorded_at=now, assessment=SafetyAssessment.NO_CONCERN
-        ),
-        step3=Step3Support(
-            recorded_by=author, recorded_at=now, actions=frozenset({SupportAction.ASK_REGULARLY})
-        ),
-    )
 
 
 @dataclass
@@ -351,13 +245,13 @@ class _Outage:
 def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outage:
     server = _OwnServer.start(tmp_path)
     patient = server.seeded.patient("els-goossens")
-    world = _world(database, server.base_url)
+    world = world_at(database, server.base_url)
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-edit")
     children = world.triage.load_chart(ctx).children
     with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
         before = client.read("RelatedPerson", children[0].ref.split("/")[1])
     server.stop()
-    result = world.triage.record_triage(ctx, _edit_first_child(ctx, children, name))
+    result = world.triage.record_triage(ctx, edit_first_child(ctx, children, name))
     return _Outage(world, server, children, before, result)
 
 
@@ -414,7 +308,7 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
 
     assert len(children) == 2
     assert all("/_history/" in c.ref for c in children)
-    findings = _edit_first_child(ctx, children, f"{children[0].name} Junior")
+    findings = edit_first_child(ctx, children, f"{children[0].name} Junior")
     result = world.triage.record_triage(ctx, findings)
 
     assert result.status == "delivered"
@@ -427,7 +321,7 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
     assert int(changed["meta"]["versionId"]) == int(changed_version) + 1
     assert kept["meta"]["versionId"] == kept_version  # unchanged: not rewritten
     assert validate(changed) == []
-    bundle = _entry(world.database, result.outbox_id).bundle
+    bundle = outbox_entry(world.database, result.outbox_id).bundle
     assert not any(e["resource"]["resourceType"] == "Flag" for e in bundle["entry"])
     with world.database.session() as session:
         assert session.scalar(select(func.count()).select_from(Concern)) == 0
@@ -448,13 +342,13 @@ def test_children_only_confirmed_are_referenced_not_rewritten_and_the_save_is_a_
     versions = {c.ref.split("/_history/")[0]: c.ref.split("/")[3] for c in children}
     before = fhir_server.inbound_requests()
 
-    result = world.triage.record_triage(ctx, _no_concern(ctx, tuple(children)))
+    result = world.triage.record_triage(ctx, no_concern(ctx, tuple(children)))
 
     assert result.status == "delivered"
     assert fhir_server.inbound_requests() - before == 1  # the transaction alone
     bundle = _bundle(world, result)
     assert "RelatedPerson" not in [e["resource"]["resourceType"] for e in bundle["entry"]]
-    written = _written(world, result.outbox_id)
+    written = written_by_save(world, result.outbox_id)
     for resource in written:
         assert validate(resource) == [], resource["resourceType"]
     focused = {
@@ -488,7 +382,7 @@ def test_a_confirmation_counts_only_in_the_session_that_showed_the_children(
     other = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-e")
     before = fhir_server.inbound_requests()
 
-    result = world.triage.record_triage(other, _no_concern(other, tuple(children)))
+    result = world.triage.record_triage(other, no_concern(other, tuple(children)))
 
     assert result.status == "delivered"
     assert fhir_server.inbound_requests() - before == 1 + len(children)  # a read per child
@@ -588,7 +482,7 @@ def _saved_with(world: World, ctx: LaunchContext, child_id: str, **change: Any) 
     """The nurse loads the children, changes one of them, saves."""
     children = world.triage.load_chart(ctx).children
     edited = tuple(replace(c, **change) if c.ref.split("/")[1] == child_id else c for c in children)
-    return world.triage.record_triage(ctx, _no_concern(ctx, edited))
+    return world.triage.record_triage(ctx, no_concern(ctx, edited))
 
 
 def test_an_edit_keeps_what_the_ehr_recorded_beside_our_elements(
@@ -696,8 +590,8 @@ def test_a_child_changed_by_someone_else_while_the_save_waited_is_a_visible_conf
             d for d in outage.world.outbox.run_once() if d.entry_id == outage.result.outbox_id
         ]
         assert [d.state for d in deliveries] == [DeliveryState.CONFLICT]
-        entry = _entry(database, outage.result.outbox_id)
-        for kind, identifier in _identifiers(entry.bundle):
+        entry = outbox_entry(database, outage.result.outbox_id)
+        for kind, identifier in conditional_creates(entry.bundle):
             assert count(again.base_url, kind, identifier=identifier) == 0  # atomic: nothing
         stored = client.read("RelatedPerson", child_id)
     assert "Noor Goossens" not in str(stored)
@@ -732,9 +626,9 @@ def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
     with pytest.raises(SaveConflict) as raised:
         world.triage.record_triage(ctx, findings)
 
-    entry = _entry(world.database, raised.value.outbox_id)
+    entry = outbox_entry(world.database, raised.value.outbox_id)
     assert entry.state == DeliveryState.CONFLICT  # the nurse's input is kept
-    for kind, identifier in _identifiers(entry.bundle):
+    for kind, identifier in conditional_creates(entry.bundle):
         assert count(world.base_url, kind, identifier=identifier) == 0  # atomic: nothing
     assert client.read("RelatedPerson", other_id)["name"] == current["name"]
     assert _outcomes(world.database, entry.id) == ["success", "failure"]  # audited
@@ -775,10 +669,10 @@ def test_a_loaded_child_of_another_patient_is_refused_at_delivery(
     result = world.triage.record_triage(ctx, findings)
 
     assert result.status == "failed"
-    entry = _entry(world.database, result.outbox_id)
+    entry = outbox_entry(world.database, result.outbox_id)
     assert entry.state == DeliveryState.FAILED
     assert "another patient" in (entry.last_error or "")
-    for kind, identifier in _identifiers(entry.bundle):
+    for kind, identifier in conditional_creates(entry.bundle):
         assert count(world.base_url, kind, identifier=identifier) == 0
     client = FhirClient(world.base_url, lambda: "loopback", 5.0)
     assert "Vreemd" not in str(client.read("RelatedPerson", foreign.ref.split("/")[1]))
@@ -950,12 +844,12 @@ def test_fault_a_child_saved_while_the_server_was_down_is_shown_pending_and_writ
     Once both are delivered, the server holds one RelatedPerson for the child. Another
     patient's chart and another hospital's do not show it."""
     server = _OwnServer.start(tmp_path)
-    world = _world(database, server.base_url)
+    world = world_at(database, server.base_url)
     patient = server.seeded.patient("an-peeters")
     named = _child("Lotte Peeters", 4)  # the child the patient names, to each nurse
     nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
     server.stop()
-    first = world.triage.record_triage(nurse, _no_concern(nurse, (named,)))
+    first = world.triage.record_triage(nurse, no_concern(nurse, (named,)))
     assert first.status == "pending"
 
     with server.restart() as again:
@@ -971,7 +865,7 @@ def test_fault_a_child_saved_while_the_server_was_down_is_shown_pending_and_writ
         leaked = [c.name for ctx in elsewhere for c in world.triage.load_chart(ctx).children]
         # the colleague adds the child the patient names when the page does not show it
         added = () if named.name in {c.name for c in shown} else (_child(named.name, 4),)
-        second = world.triage.record_triage(colleague, _no_concern(colleague, (*shown, *added)))
+        second = world.triage.record_triage(colleague, no_concern(colleague, (*shown, *added)))
         world.clock.advance(120)
         world.outbox.run_once()
         states = {world.outbox.state_of(r.outbox_id) for r in (first, second)}
@@ -1004,7 +898,7 @@ def test_fault_two_pending_concern_saves_keep_the_flag_start_of_the_first(
     the later save's own delivery leaves it to the worker, after the first. The Flag
     starts when the concern was first raised, by whom it was raised."""
     server = _OwnServer.start(tmp_path)
-    world = _world(database, server.base_url)
+    world = world_at(database, server.base_url)
     patient = server.seeded.patient("jan-janssens")
     lotte = _child("Lotte Janssens", 7)
     server.stop()
@@ -1055,15 +949,15 @@ def test_fault_a_pending_child_corrected_and_saved_again_keeps_the_correction(
     first created (it used to be a conditional create too, a no-op: the correction lost).
     One RelatedPerson, with the corrected birth date, valid."""
     server = _OwnServer.start(tmp_path)
-    world = _world(database, server.base_url)
+    world = world_at(database, server.base_url)
     patient = server.seeded.patient("an-peeters")
     nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
     typo = _child("Lotte Peeters", 4)
     server.stop()
-    first = world.triage.record_triage(nurse, _no_concern(nurse, (typo,)))
+    first = world.triage.record_triage(nurse, no_concern(nurse, (typo,)))
     (shown,) = world.triage.pending_children(nurse)  # the page, when the chart is unreadable
     corrected = replace(shown, birth_date=typo.birth_date - timedelta(days=400))
-    second = world.triage.record_triage(nurse, _no_concern(nurse, (corrected,)))
+    second = world.triage.record_triage(nurse, no_concern(nurse, (corrected,)))
     assert (first.status, second.status) == ("pending", "pending")
     assert shown.ref == typo.ref
     in_order = [first.outbox_id, second.outbox_id]
@@ -1077,7 +971,7 @@ def test_fault_a_pending_child_corrected_and_saved_again_keeps_the_correction(
         delivered += [(d.entry_id, d.state) for d in world.outbox.run_once()]
         persons = search(again.base_url, "RelatedPerson", identifier=identifier)
         chart = world.triage.load_chart(nurse).children
-        written = _written(world, second.outbox_id)
+        written = written_by_save(world, second.outbox_id)
 
     assert delivered == [(i, DeliveryState.DELIVERED) for i in in_order]
     (person,) = persons
@@ -1321,7 +1215,7 @@ def test_a_later_visit_whose_triggers_the_flag_has_already_writes_no_new_flag_ve
     assert result.status == "delivered"
     (bundle_flag,) = [
         e
-        for e in _entry(world.database, result.outbox_id).bundle["entry"]
+        for e in outbox_entry(world.database, result.outbox_id).bundle["entry"]
         if e["resource"]["resourceType"] == "Flag"
     ]
     assert bundle_flag.get("kindreflexMerge")  # the merge path, not a plain conditional create
@@ -1387,7 +1281,7 @@ def _tagged(flag: dict[str, Any], write: int) -> dict[str, Any]:
 
 def _provenances(world: World, outbox_id: int) -> list[dict[str, Any]]:
     """The Provenances naming the save's step 1 finding (its witness)."""
-    witness = _entry(world.database, outbox_id).witness
+    witness = outbox_entry(world.database, outbox_id).witness
     assert witness is not None
     (step,) = search(world.base_url, "Observation", identifier=witness.split("=", 1)[1])
     return search(world.base_url, "Provenance", target=f"Observation/{step['id']}")
@@ -1417,7 +1311,7 @@ def test_a_flag_changed_between_the_merges_read_and_its_write_is_merged_again(
     result = _later_niet_pluis(world, seeded, lotte)
 
     assert (result.status, writer.writes) == ("pending", 1)
-    assert _entry(world.database, result.outbox_id).races == 1
+    assert outbox_entry(world.database, result.outbox_id).races == 1
     world.clock.advance(60)
     assert [(d.entry_id, d.state) for d in world.outbox.run_once()] == [
         (result.outbox_id, DeliveryState.DELIVERED)
@@ -1450,11 +1344,11 @@ def test_a_flag_that_keeps_changing_under_the_merge_becomes_a_conflict(
 
     assert states == ["pending", *[DeliveryState.PENDING] * (RACES_RETRIED - 1), "conflict"]
     assert writer.writes == RACES_RETRIED + 1
-    entry = _entry(world.database, result.outbox_id)
+    entry = outbox_entry(world.database, result.outbox_id)
     assert (entry.state, entry.races) == (DeliveryState.CONFLICT, RACES_RETRIED + 1)
     assert kept_changing(entry.state, entry.races)
     assert str(entry.last_error).startswith(f"race {RACES_RETRIED + 1}: ")  # not a lost update
-    findings = [query for kind, query in _identifiers(entry.bundle) if kind == "Observation"]
+    findings = [query for kind, query in conditional_creates(entry.bundle) if kind == "Observation"]
     assert findings
     for query in findings:  # atomic: none of the save's findings (Lotte is the first save's)
         assert count(world.base_url, "Observation", identifier=query) == 0
@@ -1512,7 +1406,7 @@ def test_a_child_changed_by_someone_else_beside_a_flag_merged_at_delivery_is_a_c
     with pytest.raises(SaveConflict) as raised:
         _later_niet_pluis(world, seeded, shown)
 
-    entry = _entry(world.database, raised.value.outbox_id)
+    entry = outbox_entry(world.database, raised.value.outbox_id)
     assert (entry.state, entry.races) == (DeliveryState.CONFLICT, 0)
     (flag,) = search(world.base_url, "Flag", identifier=identifier)
     assert _codes(flag, "concern-last-step") == ["step-4"]  # nothing of the save written
@@ -1545,7 +1439,7 @@ def test_a_refusal_that_is_no_version_clash_beside_a_flag_merged_at_delivery_is_
     with pytest.raises(SaveConflict) as raised:
         _later_niet_pluis(world, seeded, lotte, noor)
 
-    entry = _entry(world.database, raised.value.outbox_id)
+    entry = outbox_entry(world.database, raised.value.outbox_id)
     assert (entry.state, entry.attempts, entry.races) == (DeliveryState.CONFLICT, 1, 0)
     assert not kept_changing(entry.state, entry.races)
     assert "race" not in str(entry.last_error)
@@ -1616,7 +1510,7 @@ def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_o
         colleague = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/c-1")
         chart = world.triage.load_chart(colleague)
         confirmed = world.triage.record_triage(
-            colleague, _no_concern(colleague, tuple(chart.children))
+            colleague, no_concern(colleague, tuple(chart.children))
         )
         world.clock.advance(120)
         world.outbox.run_once()
@@ -1635,7 +1529,7 @@ def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_o
     assert shown[children[1].ref] == children[1]
     assert chart.pending == {edited_ref}  # the other child is the server's: not pending
     assert chart.conflicts == frozenset()
-    bundle = _entry(database, confirmed.outbox_id).bundle
+    bundle = outbox_entry(database, confirmed.outbox_id).bundle
     assert not any(e["request"].get("ifMatch") for e in bundle["entry"])  # referenced only
     assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED]
     assert int(after["meta"]["versionId"]) == int(edited_ref.split("/")[3]) + 1
@@ -1663,7 +1557,7 @@ def test_fault_an_edit_refused_as_a_conflict_is_told_on_the_chart_until_the_chil
         again = world.triage.load_chart(nurse)  # a reload: still told
         redone = replace(shown, name="Noor Goossens")
         saved = world.triage.record_triage(
-            nurse, _no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
+            nurse, no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
         )
         after = world.triage.load_chart(nurse)
         stored = client.read("RelatedPerson", child_id)
@@ -1751,7 +1645,7 @@ def test_an_edit_another_save_already_delivered_then_changed_by_someone_else_is_
     _put(client, {**current, "name": [{"text": "Someone Else"}]})
 
     with pytest.raises(SaveConflict):
-        world.triage.record_triage(second, _edit_first_child(second, children, renamed))
+        world.triage.record_triage(second, edit_first_child(second, children, renamed))
 
     assert display_name(client.read("RelatedPerson", child_id)) == "Someone Else"
     client.close()
@@ -1776,7 +1670,7 @@ def test_an_edit_another_save_already_delivered_is_not_a_conflict_nor_written_ag
     client = FhirClient(world.base_url, lambda: "loopback", 5.0)
     version = client.read("RelatedPerson", child_id)["meta"]["versionId"]
 
-    saved = world.triage.record_triage(second, _edit_first_child(second, children, renamed))
+    saved = world.triage.record_triage(second, edit_first_child(second, children, renamed))
 
     assert saved.status == "delivered"
     after = client.read("RelatedPerson", child_id)
@@ -1801,7 +1695,7 @@ def test_fault_a_conflict_notice_cleared_by_a_later_save_stays_cleared_once_it_i
         shown = next(c for c in chart.children if c.ref in chart.conflicts)
         redone = replace(shown, name="Noor Goossens")
         saved = world.triage.record_triage(
-            nurse, _no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
+            nurse, no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
         )
         assert saved.status == "delivered"
         assert world.triage.load_chart(nurse).conflicts == frozenset()
@@ -1849,7 +1743,7 @@ def test_fault_an_edit_the_server_refused_for_another_reason_is_told_on_the_char
     world = outage.world
     child_id = outage.children[0].ref.split("/")[1]
     patient = outage.server.seeded.patient("els-goossens")
-    bundle = _entry(database, outage.result.outbox_id).bundle
+    bundle = outbox_entry(database, outage.result.outbox_id).bundle
     refused = {
         "resource": {"resourceType": "NoSuchType"},
         "request": {"method": "POST", "url": "NoSuchType"},
@@ -1871,7 +1765,7 @@ def test_fault_an_edit_the_server_refused_for_another_reason_is_told_on_the_char
         shown = next(c for c in chart.children if c.ref.split("/")[1] == child_id)
         redone = replace(shown, name="Noor Goossens")
         saved = world.triage.record_triage(
-            nurse, _no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
+            nurse, no_concern(nurse, tuple(redone if c is shown else c for c in chart.children))
         )
         after = world.triage.load_chart(nurse)
 
@@ -1904,7 +1798,7 @@ def test_fault_a_pending_edit_corrected_on_the_chart_is_delivered_with_the_corre
             replace(c, name="Noor Goossens-Peeters") if c.ref == edited_ref else c
             for c in chart.children
         )
-        saved = world.triage.record_triage(colleague, _no_concern(colleague, corrected))
+        saved = world.triage.record_triage(colleague, no_concern(colleague, corrected))
         world.clock.advance(120)
         world.outbox.run_once()
         world.clock.advance(600)
@@ -1940,7 +1834,7 @@ def test_fault_a_pending_edit_corrected_then_changed_by_someone_else_is_a_confli
             for c in chart.children
         )
         with pytest.raises(SaveConflict):
-            world.triage.record_triage(colleague, _no_concern(colleague, corrected))
+            world.triage.record_triage(colleague, no_concern(colleague, corrected))
         after = client.read("RelatedPerson", child_id)
 
     assert display_name(after) == "Noor Goossens"

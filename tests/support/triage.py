@@ -1,0 +1,172 @@
+"""The nurse's triage as the app wires it, for tests over a real FHIR server (one hospital,
+a launched nurse session, the outbox), with what the tests read back of a save; and a chart
+as a FHIR server answers it, for servers that answer what sekmet will not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from service.db.base import Database, utcnow
+from service.db.models import OutboxEntry
+from service.fhir import terminology
+from service.outbox import Outbox
+from service.protocol import (
+    Child,
+    SafetyAssessment,
+    Step1Finding,
+    Step2Finding,
+    Step3Support,
+    SupportAction,
+)
+from service.settings import Settings
+from service.tenancy import TenantContext
+from service.triage import Triage, TriageInput
+from smart_app.session import AppUser, LaunchContext, NewSession, SessionStore, SessionTokens
+from tests.support.write_path import Clock, make_outbox, make_tenant, search
+
+
+@dataclass
+class World:
+    """One hospital, its FHIR server and a launched nurse session, wired like the app."""
+
+    database: Database
+    tenant: TenantContext
+    settings: Settings
+    clock: Clock
+    outbox: Outbox
+    triage: Triage
+    base_url: str
+
+    def launch(self, patient_id: str, encounter_id: str | None, nurse: str) -> LaunchContext:
+        user = AppUser(fhir_user=nurse, name="Sofie Maes", roles=frozenset({"nurse"}))
+        store = SessionStore(self.database, self.settings)
+        session_id, _secret = store.create(
+            NewSession(
+                tenant_id=self.tenant.id,
+                registration_id="ehr",
+                path_prefix="",
+                fhir_base_url=self.base_url,
+                token_endpoint="http://127.0.0.1:9/token",  # never called: the token is fresh
+                user=user,
+                language="nl",
+                patient_id=patient_id,
+                encounter_id=encounter_id,
+                app_context=None,
+                launch_details={},
+                scope="launch openid fhirUser patient/*.rs patient/*.c",
+                access_token="loopback",  # sekmet on loopback needs no token
+                refresh_token=None,
+                access_expires_at=utcnow() + timedelta(hours=1),
+            )
+        )
+        return LaunchContext(
+            session_id=session_id,
+            tenant=self.tenant,
+            registration_id="ehr",
+            fhir_base_url=self.base_url,
+            patient_id=patient_id,
+            encounter_id=encounter_id,
+            user=user,
+            language="nl",
+            app_context=None,
+        )
+
+
+def world_at(database: Database, base_url: str) -> World:
+    """The hospital whose FHIR server is at ``base_url``, with the app's outbox and triage."""
+    settings = Settings(environment="test", database_url="sqlite://")
+    tokens = SessionTokens(database, settings)
+    clock = Clock()
+    outbox = make_outbox(database, clock, tokens=tokens)
+    triage = Triage(database, outbox, tokens, timeout=5.0)
+    tenant = make_tenant(database, "default", base_url)
+    return World(database, tenant, settings, clock, outbox, triage, base_url)
+
+
+def conditional_creates(bundle: dict[str, Any]) -> list[tuple[str, str]]:
+    """(type, identifier search) of every conditional create in an outbox bundle."""
+    return [
+        (e["request"]["url"], e["request"]["ifNoneExist"].removeprefix("identifier="))
+        for e in bundle["entry"]
+        if "ifNoneExist" in e["request"]
+    ]
+
+
+def outbox_entry(database: Database, outbox_id: int) -> OutboxEntry:
+    with database.session() as session:
+        entry = session.get(OutboxEntry, outbox_id)
+        assert entry is not None
+        return entry
+
+
+def written_by_save(world: World, outbox_id: int) -> list[dict[str, Any]]:
+    """Every resource the save wrote, read back from the FHIR server."""
+    entry = outbox_entry(world.database, outbox_id)
+    bundle = entry.bundle
+    found = [
+        resource
+        for kind, identifier in conditional_creates(bundle)
+        for resource in search(world.base_url, kind, identifier=identifier)
+    ]
+    for e in bundle["entry"]:  # updated children
+        if "ifMatch" in e["request"]:
+            found += search(world.base_url, "RelatedPerson", _id=e["resource"]["id"])
+    # Provenance and AuditEvent have no identifier: found through the step 1 finding they
+    # name (the entry's witness).
+    assert entry.witness is not None
+    (step,) = search(world.base_url, "Observation", identifier=entry.witness.split("=", 1)[1])
+    step_ref = f"Observation/{step['id']}"
+    found += search(world.base_url, "Provenance", target=step_ref)
+    found += search(world.base_url, "AuditEvent", entity=step_ref)
+    return found
+
+
+def edit_first_child(ctx: LaunchContext, children: list[Child], name: str) -> TriageInput:
+    """A no-concern save in which the nurse renamed the first loaded child."""
+    return no_concern(ctx, (replace(children[0], name=name), *children[1:]))
+
+
+def no_concern(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
+    """A no-concern save of these children, with step 3's support."""
+    now = utcnow()
+    author = ctx.user.fhir_user
+    return TriageInput(
+        step1=Step1Finding(recorded_by=author, recorded_at=now, children=children),
+        step2=Step2Finding(
+            recorded_by=author, recorded_at=now, assessment=SafetyAssessment.NO_CONCERN
+        ),
+        step3=Step3Support(
+            recorded_by=author, recorded_at=now, actions=frozenset({SupportAction.ASK_REGULARLY})
+        ),
+    )
+
+
+def served_chart(**child: Any) -> dict[str, Any]:
+    """A searchset with the patient and one child, the child's elements replaced by ``child``."""
+    related = {
+        "resourceType": "RelatedPerson",
+        "id": "c1",
+        "meta": {"versionId": "1"},
+        "patient": {"reference": "Patient/p1"},
+        "extension": [
+            {"url": terminology.extension_url("lives-with"), "valueCoding": {"code": "permanently"}}
+        ],
+        "relationship": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "CHILD"}
+                ]
+            }
+        ],
+        "name": [{"text": "Emma"}],
+        "birthDate": "2019-05-01",
+        **child,
+    }
+    patient = {"resourceType": "Patient", "id": "p1", "name": [{"text": "Moeder"}]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in (patient, {k: v for k, v in related.items() if v})],
+    }
