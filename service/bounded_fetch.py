@@ -74,7 +74,8 @@ async def fetch(
 class BlockingClient:
     """:func:`fetch` for code running in a thread; a context manager, like ``httpx.Client``.
 
-    ``timeout`` still bounds each network operation; ``bounds`` every whole fetch. No
+    ``timeout`` still bounds each network operation; ``bounds`` every whole fetch (a
+    request may name tighter ones: a screen's budget, ``service.fhir.client``). No
     redirects are followed: a server's answer is taken from the URL it was asked at.
     """
 
@@ -87,12 +88,20 @@ class BlockingClient:
         )
 
     def request(
-        self, method: str, url: str, *, auth: httpx.Auth | None = None, **options: Any
+        self,
+        method: str,
+        url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        bounds: Bounds | None = None,
+        **options: Any,
     ) -> httpx.Response:
-        """``options`` as ``httpx.AsyncClient.build_request`` takes them (headers, data…)."""
+        """``options`` as ``httpx.AsyncClient.build_request`` takes them (headers, data…);
+        ``bounds`` this fetch's own, in place of the client's (a caller's shorter deadline)."""
         request = self._client.build_request(method, url, **options)
+        within = bounds or self._bounds
         return _outside_a_running_loop(
-            lambda: self._runner.run(fetch(self._client, request, self._bounds, auth))
+            lambda: self._runner.run(fetch(self._client, request, within, auth))
         )
 
     def close(self) -> None:

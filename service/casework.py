@@ -824,7 +824,9 @@ class Casework:
         return record, KindreflexCase.replay(record.patient_ref, encounter, findings)
 
     def _client(self, ctx: LaunchInfo) -> FhirClient:
-        return FhirClient(
+        """A client for one screen's reads (the case page, or the reads before a change of
+        the case): they end within one budget."""
+        return FhirClient.for_screen(
             ctx.fhir_base_url, lambda: self._tokens.access_token(ctx.session_id), self._timeout
         )
 

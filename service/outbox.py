@@ -551,6 +551,8 @@ class Outbox:
             return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, "session expired")
         except Exception as error:  # the token endpoint may be down: retry like the server
             return Delivery(entry.id, DeliveryState.PENDING, f"token: {type(error).__name__}")
+        # each request bounded, not the delivery as a screen's reads are: its transaction
+        # comes last (service.fhir.client)
         with FhirClient(entry.fhir_base_url, lambda: token, timeout) as client:
             sent: _Sent | None = None
             try:

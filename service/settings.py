@@ -77,7 +77,8 @@ class Settings(BaseSettings):
         le=300,
         allow_inf_nan=False,
         description="Timeout of one request to a hospital FHIR server, all of it: "
-        "connecting, sending and the whole answer (at most 300 s).",
+        "connecting, sending and the whole answer (at most 300 s). A screen's reads "
+        "together end within three times it.",
     )
     outbox_interval_seconds: float = Field(
         2.0,

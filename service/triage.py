@@ -470,7 +470,8 @@ class Triage:
                 _remember_shown(session, ctx.session_id, shown)
 
     def _client(self, ctx: LaunchInfo) -> FhirClient:
-        return FhirClient(
+        """A client for one screen's reads (the nurse's triage page): they end within one budget."""
+        return FhirClient.for_screen(
             ctx.fhir_base_url, lambda: self._tokens.access_token(ctx.session_id), self._timeout
         )
 

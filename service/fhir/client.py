@@ -18,11 +18,29 @@ no further than :data:`MAX_ANSWER_BYTES`, else :class:`FhirUnreadable`. Before, 
 (or a proxy in front of it) trickling its answer a byte every few seconds held the
 nurse's chart, the social worker's case page or an outbox delivery as long as it liked,
 and a huge answer was read whole into memory.
+
+A client made for one screen (:meth:`FhirClient.for_screen`: one page view, such as the
+nurse's triage chart or the social worker's case page) also bounds all its requests
+together: they end within :data:`SCREEN_BUDGET_TIMEOUTS` timeouts in all, each request's
+deadline being the per-request timeout or what is left of that budget, whichever is less;
+a request once the budget is spent is not sent: :class:`FhirUnavailable`, so the screen
+says the server could not be read now. Before, a case page's several searches of up to
+ten pages each, each answered just within the timeout, held the social worker for
+minutes. The outbox's deliveries keep only the per-request bound: nobody waits on the
+worker, and a delivery's transaction is its last request, so a budget spent on the reads
+before it would keep a large delivery to a slow server from ever being sent.
+
+An error's message names the server, the interaction and the resource type (``search
+Observation, page 2 at https://fhir.example/fhir: server error 503``), never the URL asked:
+its query names the patient (``subject=Patient/123``) and a read's path is the resource's
+id (a Patient's is the patient's). The messages go to the outbox's ``last_error`` and to
+the logs.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +65,13 @@ SearchParams = Mapping[str, str] | Sequence[tuple[str, str]]
 #: (one per thread of the pool, and the outbox worker) cannot exhaust the memory. A larger
 #: answer is not FHIR we can use: :class:`FhirUnreadable`, for the EHR's administrators.
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
+
+#: A screen's reads end within this many per-request timeouts in all (15 s with the default
+#: 5 s). A case page asks for a Flag, the chart, the findings and the referrals (about five
+#: requests, well under a second each from a server in good health), at most about 25 with
+#: every search at its page cap: three timeouts let a slow server's ordinary answers
+#: through, and end the page in as long as a user still waits for it.
+SCREEN_BUDGET_TIMEOUTS = 3
 
 
 class ReauthorisationRequired(Exception):  # noqa: N818 - name agreed between the engineers
@@ -115,7 +140,8 @@ class SearchPages:
 class FhirClient:
     """FHIR R4 JSON over HTTP with a bearer token from ``token`` (called for every request).
 
-    ``timeout`` bounds each request whole: see the module's description. Each client has an
+    ``timeout`` bounds each request whole; ``budget`` (seconds from the client's making; None:
+    no bound) all its requests together: see the module's description. Each client has an
     event loop and a connection pool of its own (:class:`BlockingClient`, with the trust
     store of ``service.tls`` and the outbound policy): close it (``with``), in the thread
     that uses it.
@@ -126,11 +152,21 @@ class FhirClient:
         base_url: str,
         token: Callable[[], str],
         timeout: float,
+        *,
+        budget: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        self._bounds = Bounds(timeout, MAX_ANSWER_BYTES)
-        self._http = BlockingClient(self._bounds, timeout)
+        self._timeout = timeout
+        self._budget = budget
+        self._ends = None if budget is None else time.monotonic() + budget
+        self._http = BlockingClient(Bounds(timeout, MAX_ANSWER_BYTES), timeout)
+
+    @classmethod
+    def for_screen(cls, base_url: str, token: Callable[[], str], timeout: float) -> FhirClient:
+        """A client for one screen's reads: made when the page view starts reading, its
+        requests end within :data:`SCREEN_BUDGET_TIMEOUTS` ``timeout`` in all."""
+        return cls(base_url, token, timeout, budget=SCREEN_BUDGET_TIMEOUTS * timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -142,11 +178,13 @@ class FhirClient:
         self.close()
 
     def read(self, resource_type: str, resource_id: str) -> Resource:
-        return self._send("GET", f"{resource_type}/{resource_id}")
+        return self._send("GET", f"{resource_type}/{resource_id}", f"read {resource_type}")
 
     def search(self, resource_type: str, params: SearchParams) -> Resource:
         """A search; returns the searchset Bundle (first page), its entries objects."""
-        return _searchset(self._send("GET", resource_type, params=params), resource_type)
+        call = f"search {resource_type}"
+        bundle = self._send("GET", resource_type, call, params=params)
+        return _searchset(bundle, self._where(call))
 
     def search_pages(
         self, resource_type: str, params: SearchParams, *, max_pages: int
@@ -176,10 +214,11 @@ class FhirClient:
                     },
                 )
                 break
-            page = _searchset(self._request("GET", url), resource_type)
+            pages += 1
+            call = f"search {resource_type}, page {pages}"
+            page = _searchset(self._request("GET", url, call), self._where(call))
             entries += page.get("entry", [])
             following = _next_link(page)
-            pages += 1
         merged = {key: value for key, value in bundle.items() if key != "link"}
         return SearchPages({**merged, "entry": entries}, complete=following is None)
 
@@ -198,49 +237,78 @@ class FhirClient:
         """POST a transaction Bundle; returns the transaction-response Bundle."""
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
             raise ValueError("transaction() needs a Bundle of type 'transaction'")
-        response = self._send("POST", "", json=bundle)
+        response = self._send("POST", "", "transaction", json=bundle)
         if response.get("type") != "transaction-response":
-            raise FhirUnreadable("the server's answer to a transaction is not a response Bundle")
+            where = self._where("transaction")
+            raise FhirUnreadable(f"{where}: the answer is not a transaction-response Bundle")
         return response
 
     def _send(
         self,
         method: str,
         path: str,
+        call: str,
         *,
         params: SearchParams | None = None,
         json: Resource | None = None,
     ) -> Resource:
         url = f"{self.base_url}/{path}" if path else self.base_url
-        return self._request(method, url, params=params, json=json)
+        return self._request(method, url, call, params=params, json=json)
 
     def _request(
         self,
         method: str,
         url: str,
+        call: str,
         *,
         params: SearchParams | None = None,
         json: Resource | None = None,
     ) -> Resource:
+        """``call`` names the request in errors (``read Patient``), in place of ``url``."""
+        where = self._where(call)
         headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {self._token()}"}
         if json is not None:
             headers["Content-Type"] = FHIR_JSON
+        seconds = self._deadline(where)  # after the token, which may have been refreshed
         try:
             query = tuple(params) if isinstance(params, Sequence) else params
-            response = self._http.request(method, url, params=query, json=json, headers=headers)
+            bounds = Bounds(seconds, MAX_ANSWER_BYTES)
+            response = self._http.request(
+                method, url, params=query, json=json, headers=headers, bounds=bounds
+            )
         except TimeoutError as error:
-            seconds = self._bounds.seconds
+            late = self._late(seconds)
             raise FhirUnavailable(
-                f"{method} {url}: no whole answer within {seconds:g} s (TimeoutError)"
+                f"{where}: no whole answer within {late} (TimeoutError)"
             ) from error
         except BodyTooLargeError as error:
-            raise FhirUnreadable(f"{method} {url}: {error}") from error
+            raise FhirUnreadable(f"{where}: {error}") from error
         except httpx.HTTPError as error:
-            raise FhirUnavailable(f"{method} {url}: {type(error).__name__}") from error
-        return _body_or_error(method, url, response)
+            raise FhirUnavailable(f"{where}: {type(error).__name__}") from error
+        return _body_or_error(where, response)
+
+    def _where(self, call: str) -> str:
+        """A request as its errors name it: the interaction, the resource type and the server."""
+        return f"{call} at {self.base_url}"
+
+    def _deadline(self, where: str) -> float:
+        """How long the next request may take: the timeout, or what is left of the budget
+        when less. A request is not sent once the budget is spent."""
+        if self._ends is None:
+            return self._timeout
+        left = self._ends - time.monotonic()
+        if left <= 0:
+            raise FhirUnavailable(f"{where}: not sent, the screen's {self._budget:g} s are spent")
+        return min(self._timeout, left)
+
+    def _late(self, seconds: float) -> str:
+        """The bound a request ran into: its own timeout, or (for less) the screen's budget."""
+        if seconds < self._timeout and self._budget is not None:
+            return f"the screen's {self._budget:g} s"
+        return f"{seconds:g} s"
 
 
-def _searchset(bundle: Resource, resource_type: str) -> Resource:
+def _searchset(bundle: Resource, where: str) -> Resource:
     """``bundle`` when it is a Bundle whose entries are objects (a search's answer)."""
     entries = bundle.get("entry", [])
     if (
@@ -248,7 +316,7 @@ def _searchset(bundle: Resource, resource_type: str) -> Resource:
         or not isinstance(entries, list)
         or not all(isinstance(e, dict) and isinstance(e.get("resource", {}), dict) for e in entries)
     ):
-        raise FhirUnreadable(f"GET {resource_type}: the answer to a search is not a Bundle")
+        raise FhirUnreadable(f"{where}: the answer to a search is not a Bundle")
     return bundle
 
 
@@ -278,17 +346,17 @@ def _next_link(bundle: Resource) -> str | None:
     return url if isinstance(url, str) and url else None
 
 
-def _body_or_error(method: str, url: str, response: httpx.Response) -> Resource:
+def _body_or_error(where: str, response: httpx.Response) -> Resource:
     status = response.status_code
     if status >= 500:
-        raise FhirUnavailable(f"{method} {url}: server error {status}")
+        raise FhirUnavailable(f"{where}: server error {status}")
     body = _json_or_none(response)
     if status >= 400:
         outcome = body if body and body.get("resourceType") == "OperationOutcome" else {}
         error_type = FhirConflict if status in (409, 412) else FhirRejected
         raise error_type(status, outcome)
     if body is None:
-        raise FhirUnreadable(f"{method} {url}: answer {status} is not FHIR JSON")
+        raise FhirUnreadable(f"{where}: answer {status} is not FHIR JSON")
     return body
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import sqlite3
 import threading
@@ -18,8 +19,10 @@ import httpx
 import pytest
 
 from sandbox.fhir_server import FhirServer, free_port
+from service.bounded_fetch import Bounds
 from service.fhir.client import (
     MAX_ANSWER_BYTES,
+    SCREEN_BUDGET_TIMEOUTS,
     FhirClient,
     FhirConflict,
     FhirRejected,
@@ -189,7 +192,7 @@ def test_an_answer_trickled_past_the_deadline_is_unavailable_in_time() -> None:
     assert elapsed < deadline + 2  # the trickle would take 60 s
     assert not isinstance(raised.value, FhirUnreadable)  # an outage: try again later
     assert str(raised.value) == (
-        f"GET {slow.url}/RelatedPerson: no whole answer within 1 s (TimeoutError)"
+        f"search RelatedPerson at {slow.url}: no whole answer within 1 s (TimeoutError)"
     )
 
 
@@ -224,6 +227,79 @@ def test_a_name_lookup_hanging_past_the_deadline_does_not_hold_the_client(
         let_go.set()
 
 
+def test_a_failed_read_names_the_resource_type_not_the_id(broken: str) -> None:
+    """A read's path is the resource's id, a Patient's the patient's: the message (the
+    outbox's ``last_error``, the logs) names the interaction, the type and the server.
+    Before: ``GET http://…/fhir/Patient/p-secret-503: server error 503``."""
+    with FhirClient(broken, lambda: "t", 0.5) as client:
+        with pytest.raises(FhirUnavailable) as down:
+            client.read("Patient", "p-secret-503")
+        with pytest.raises(FhirUnreadable) as garbled:
+            client.read("Patient", "p-secret-html")
+
+    assert str(down.value) == f"read Patient at {broken}: server error 503"
+    assert str(garbled.value) == f"read Patient at {broken}: answer 200 is not FHIR JSON"
+
+
+class _ThenGarbled(ServedJson):
+    """Answers its body once, then a proxy's sign-in page."""
+
+    def current(self) -> bytes:
+        answer, self.body = self.body, b"<html>sign in</html>"
+        return answer
+
+
+def test_a_failed_next_page_names_the_search_not_its_query() -> None:
+    """A next page's URL carries the search's query, which names the patient: the message
+    names the search and the page. Before: ``GET http://…/fhir/Observation?subject=…``."""
+    first = _page("Observation?subject=Patient/p-secret&_page=2")
+    with (
+        _ThenGarbled(json.dumps(first).encode(), path="/fhir") as served,
+        FhirClient(served.url, lambda: "t", 5.0) as client,
+        pytest.raises(FhirUnreadable) as raised,
+    ):
+        client.search_pages("Observation", {"subject": "Patient/p-secret"}, max_pages=3)
+
+    assert str(raised.value) == (
+        f"search Observation, page 2 at {served.url}: answer 200 is not FHIR JSON"
+    )
+
+
+def _page(following: str) -> dict[str, Any]:
+    """A search's page with one Observation and ``following`` as its next page."""
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": {"resourceType": "Observation", "id": "o1"}}],
+        "link": [{"relation": "next", "url": following}],
+    }
+
+
+def test_a_screens_search_over_a_server_slow_on_every_page_ends_within_its_budget() -> None:
+    """Every page comes in 0.6 of the timeout (a byte at a time: the trickling server), each
+    within it; ten pages would take six timeouts. Before, the search read them all; a
+    screen's client now ends it within its budget, as an outage that names no patient."""
+    timeout = 1.0
+    answer = json.dumps(_page("Observation?subject=Patient/p-secret&_page=2")).encode()
+    with Trickled(answer, pause=0.6 * timeout / len(answer), path="/fhir") as slow:
+        started = time.monotonic()
+        client = FhirClient.for_screen(slow.url, lambda: "t", timeout)
+        with client, pytest.raises(FhirUnavailable) as raised:
+            client.search_pages("Observation", {"subject": "Patient/p-secret"}, max_pages=10)
+        elapsed = time.monotonic() - started
+
+    budget = SCREEN_BUDGET_TIMEOUTS * timeout
+    assert elapsed < budget + 1
+    assert not isinstance(raised.value, FhirUnreadable)  # an outage: try again later
+    message = str(raised.value)
+    assert re.fullmatch(
+        rf"search Observation, page \d+ at {re.escape(slow.url)}: "
+        rf"(no whole answer within the screen's 3 s \(TimeoutError\)"
+        rf"|not sent, the screen's 3 s are spent)",
+        message,
+    ), message
+
+
 def test_an_answer_larger_than_the_cap_is_unreadable() -> None:
     """A FHIR-shaped answer one byte past the cap: refused as unreadable (for the EHR's
     administrators, like a proxy's page), not read whole into memory."""
@@ -235,7 +311,7 @@ def test_an_answer_larger_than_the_cap_is_unreadable() -> None:
         flood.body = huge[: len(head)] + tail  # the same server, a Patient within the cap
         assert client.read("Patient", "p1")["id"] == "p1"
     assert str(raised.value) == (
-        f"GET {flood.url}/Patient/p1: the answer is larger than {MAX_ANSWER_BYTES} bytes"
+        f"read Patient at {flood.url}: the answer is larger than {MAX_ANSWER_BYTES} bytes"
     )
 
 
@@ -279,10 +355,18 @@ def _paged(links: Mapping[int, str]) -> tuple[SearchPages, list[str]]:
 
     with FhirClient("https://fhir.hospital.example/fhir", lambda: "t", 1.0) as client:
         client._http.close()
-        # an httpx.Client has the bounded client's request() and close(); its bounds are not
-        # what these tests are about
-        client._http = httpx.Client(transport=httpx.MockTransport(answer))  # type: ignore[assignment]
+        client._http = _Unbounded(transport=httpx.MockTransport(answer))  # type: ignore[assignment]
         return client.search_pages("Observation", {"code": "x"}, max_pages=10), asked
+
+
+class _Unbounded(httpx.Client):
+    """An httpx.Client with the bounded client's request() and close(): its bounds are not
+    what the tests of next links are about."""
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, *, bounds: Bounds, **options: Any
+    ) -> httpx.Response:
+        return super().request(method, url, **options)
 
 
 def test_a_next_link_away_from_the_fhir_server_is_not_followed(

@@ -22,9 +22,13 @@ from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
 from sandbox.seed import SeedResult, seed
+from service.app import create_app
 from service.db.base import Database
-from service.fhir.client import FhirClient
+from service.fhir.client import SCREEN_BUDGET_TIMEOUTS, FhirClient
 from service.outbox import DeliveryState
+from service.settings import Settings
+from tests.support.casework import on_the_worklist, save_triage
+from tests.support.relay import SlowRelay
 from tests.support.served import Trickled
 from tests.support.sessions import make_app, signed_in
 from tests.support.triage import (
@@ -71,6 +75,34 @@ def test_a_chart_trickled_past_the_deadline_is_not_loaded_and_the_page_comes_in_
     assert "konden nu niet geladen worden" in page.text
     assert "Emma" not in page.text  # the chart's child: nothing of the trickle was used
     assert elapsed < app.state.settings.fhir_timeout_seconds + 2
+
+
+def test_a_case_page_over_a_server_slow_on_every_request_comes_within_the_screens_budget(
+    database_url: str, database: Database, fhir_server: FhirServer
+) -> None:
+    """Every answer comes 0.8 of the timeout late: each request within it, the case page's
+    four (its Flag, the chart, the findings, the referrals) 3.2 timeouts in all. Before, the
+    page came when all had come, and a case whose searches ran to ten pages each held the
+    social worker for minutes; now the page's reads end within their budget (three
+    timeouts) and it says the FHIR server could not be read now."""
+    timeout = 1.5
+    with SlowRelay(fhir_server.base_url) as slow:
+        settings = Settings(
+            environment="test", database_url=database_url, fhir_timeout_seconds=timeout
+        )
+        app = create_app(settings, database)
+        tenant = make_tenant(database, "default", slow.url)
+        save_triage(app, tenant, slow.url)  # at once: the relay does not delay yet
+        client, case_id = on_the_worklist(app, tenant, slow.url)
+        slow.delay, asked = 0.8 * timeout, slow.asked
+        started = time.monotonic()
+        page = client.get(f"/social/cases/{case_id}")
+        elapsed = time.monotonic() - started
+
+    assert page.status_code == 200
+    assert "De FHIR-server antwoordt niet" in page.text
+    assert slow.asked - asked == 4  # each read was asked for: the budget ended the last
+    assert elapsed < SCREEN_BUDGET_TIMEOUTS * timeout + 1
 
 
 class HeldAnswers:

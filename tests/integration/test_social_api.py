@@ -399,10 +399,10 @@ def test_a_long_case_is_read_page_by_page(
     pages: list[str] = []
     request = FhirClient._request
 
-    def counted(self: FhirClient, method: str, url: str, **kwargs: Any) -> Any:
+    def counted(self: FhirClient, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         if url.startswith(f"{self.base_url}/Observation"):
             pages.append(url)
-        return request(self, method, url, **kwargs)
+        return request(self, method, url, *args, **kwargs)
 
     monkeypatch.setattr(FhirClient, "_request", counted)
     case = _handed_off_case(database_url, database, fhir_server.base_url)

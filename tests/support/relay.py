@@ -1,0 +1,72 @@
+"""A real HTTP relay in front of a FHIR server that answers every request ``delay`` seconds
+late: a server slow on each request, each answer within the client's timeout (the fault
+under test: many such answers, one page view)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+import httpx
+
+#: The headers passed on: what a FHIR exchange needs, not the connection's own.
+_PASSED = ("Accept", "Authorization", "Content-Type", "If-Match", "If-None-Exist", "Prefer")
+
+
+class SlowRelay:
+    """Passes each request to ``upstream`` (a FHIR base URL) and its answer back ``delay``
+    seconds later (0: at once; may be changed between requests). ``url`` is the relay's base
+    URL, with ``upstream``'s path; ``asked`` counts the requests passed on."""
+
+    def __init__(self, upstream: str, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.asked = 0
+        owner = self
+        origin = httpx.URL(upstream).copy_with(path="/", query=None)
+
+        class Handler(BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                owner.asked += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {name: value for name in _PASSED if (value := self.headers.get(name))}
+                answer = httpx.request(
+                    self.command,
+                    str(origin.join(self.path)),
+                    content=body,
+                    headers=headers,
+                    timeout=30,
+                )
+                time.sleep(owner.delay)  # the fault itself, not synchronisation
+                with contextlib.suppress(ConnectionError):  # the client gave up: expected
+                    self._answer(answer)
+
+            def _answer(self, answer: httpx.Response) -> None:
+                self.send_response(answer.status_code)
+                for name in ("Content-Type", "ETag", "Location"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = _relay  # noqa: N815 - http.server's names
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        port = self._httpd.server_address[1]
+        self.url = str(httpx.URL(upstream).copy_with(host="127.0.0.1", port=port))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
