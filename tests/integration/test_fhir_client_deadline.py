@@ -2,8 +2,10 @@
 
 The FHIR client ends a request at its deadline (``KINDREFLEX_FHIR_TIMEOUT_SECONDS``, the
 whole exchange: ``test_fhir_client.py``). Here: the nurse's triage page over a FHIR server
-trickling its answer, and a save whose transaction the real FHIR server applied but whose
-answer came after the deadline (a real TCP relay in front of it holds the answer back).
+trickling its answer; the social worker's case page over a server slow on every request,
+whose reads end within the screen's budget; and a save whose transaction the real FHIR
+server applied but whose answer came after the deadline (a real TCP relay in front of it
+holds the answer back).
 """
 
 from __future__ import annotations
