@@ -108,6 +108,7 @@ from service.api.health import CheckResult, ReadinessCheck
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry, Tenant
 from service.fhir.client import (
+    SCREEN_BUDGET_TIMEOUTS,
     FhirClient,
     FhirConflict,
     FhirRejected,
@@ -307,14 +308,21 @@ class Outbox:
 
     def deliver(self, entry_id: int, *, timeout: float | None = None) -> DeliveryState:
         """Try to deliver one entry now (the saving request), even before it is due for the
-        worker (``HELD_FOR_SAVER``, or a retry's backoff). Returns its state afterwards."""
+        worker (``HELD_FOR_SAVER``, or a retry's backoff). Returns its state afterwards.
+
+        The user waits for this attempt: its requests end within ``SCREEN_BUDGET_TIMEOUTS``
+        timeouts in all, as a screen's reads do (``service.fhir.client``). A save that
+        merges several resources at delivery, each read just within the timeout, kept the
+        nurse waiting a timeout per read; once the budget is spent the entry stays pending
+        ("saved, delivery pending") and the worker, bounded per request, sends it."""
         claimed = self._claim(OutboxEntry.id == entry_id, limit=1, due_now=False)
         if not claimed:
             # a worker has it, it is delivered already, or an older save of the patient
             # comes first: then the worker sends it after that one, without the hold
             self._release_hold(entry_id)
             return self.state_of(entry_id)
-        return self._deliver(claimed[0], timeout or self._timeout).state
+        seconds = timeout or self._timeout
+        return self._deliver(claimed[0], seconds, SCREEN_BUDGET_TIMEOUTS * seconds).state
 
     def run_once(self, limit: int = 20) -> list[Delivery]:
         """Deliver the entries that are due (the worker's cycle; tests call it directly).
@@ -521,9 +529,9 @@ class Outbox:
 
     # -- delivering --------------------------------------------------------------------------
 
-    def _deliver(self, entry: _Claimed, timeout: float) -> Delivery:
+    def _deliver(self, entry: _Claimed, timeout: float, budget: float | None = None) -> Delivery:
         with self._lease_kept(entry):
-            delivery = self._attempt(entry, timeout)
+            delivery = self._attempt(entry, timeout, budget)
         self._record(entry, delivery)
         return delivery
 
@@ -544,16 +552,16 @@ class Outbox:
             done.set()
             heartbeat.join()
 
-    def _attempt(self, entry: _Claimed, timeout: float) -> Delivery:
+    def _attempt(self, entry: _Claimed, timeout: float, budget: float | None) -> Delivery:
         try:
             token = self._tokens.access_token(entry.session_id)
         except ReauthorisationRequired:
             return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, "session expired")
         except Exception as error:  # the token endpoint may be down: retry like the server
             return Delivery(entry.id, DeliveryState.PENDING, f"token: {type(error).__name__}")
-        # each request bounded, not the delivery as a screen's reads are: its transaction
-        # comes last (service.fhir.client)
-        with FhirClient(entry.fhir_base_url, lambda: token, timeout) as client:
+        # the worker's: each request bounded, not the delivery as a screen's reads are (its
+        # transaction comes last: service.fhir.client); the saving request's: both (deliver)
+        with FhirClient(entry.fhir_base_url, lambda: token, timeout, budget=budget) as client:
             sent: _Sent | None = None
             try:
                 # an earlier attempt may have been applied (its answer, or its holder, lost)

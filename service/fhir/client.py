@@ -26,9 +26,11 @@ deadline being the per-request timeout or what is left of that budget, whichever
 a request once the budget is spent is not sent: :class:`FhirUnavailable`, so the screen
 says the server could not be read now. Before, a case page's several searches of up to
 ten pages each, each answered just within the timeout, held the social worker for
-minutes. The outbox's deliveries keep only the per-request bound: nobody waits on the
-worker, and a delivery's transaction is its last request, so a budget spent on the reads
-before it would keep a large delivery to a slow server from ever being sent.
+minutes. The outbox worker's deliveries keep only the per-request bound: nobody waits on
+the worker, and a delivery's transaction is its last request, so a budget spent on the
+reads before it would keep a large delivery to a slow server from ever being sent. The
+saving request's own attempt, which the user waits for, has the budget: the worker sends
+what it could not (``Outbox.deliver``).
 
 An error's message names the server, the interaction and the resource type (``search
 Observation, page 2 at https://fhir.example/fhir: server error 503``), never the URL asked:

@@ -28,7 +28,7 @@ from service.audit import AuditAction, AuditFact, Channel
 from service.db import migrate
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
-from service.fhir.client import FhirClient, Resource
+from service.fhir.client import SCREEN_BUDGET_TIMEOUTS, FhirClient, Resource
 from service.outbox import (
     HELD_FOR_SAVER,
     DeliveryState,
@@ -40,6 +40,7 @@ from service.outbox import (
 from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionTokens
+from tests.support.relay import SlowRelay
 from tests.support.validator import validate
 from tests.support.write_path import (
     Clock,
@@ -789,3 +790,44 @@ def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
     assert taken_over == []
     assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
     assert _entry(database, entry_id).lease_until is None  # released once recorded
+
+
+def test_a_saving_requests_attempt_ends_within_the_screens_budget_and_the_worker_sends_it(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """The user waits for the save's own attempt. A save merging four resources at delivery
+    (a search each, then the transaction) to a server answering each request just within
+    the timeout kept her waiting five timeouts. The attempt now ends within the screen's
+    budget, nothing half-written (the transaction was never sent); the entry stays pending
+    and the worker, bounded per request only, delivers it once. The slowness is a real
+    relay holding each answer back (tests/support/relay)."""
+    timeout = 1.0
+    markers = [str(uuid.uuid4()) for _ in range(4)]
+    with SlowRelay(fhir_server.base_url, delay=0.8 * timeout) as slow:
+        tenant = make_tenant(database, "a", slow.url)
+        tx = TransactionBuilder()
+        for marker in markers:
+            tx.create_or_merge(_person(marker), {"system": SYSTEM, "value": marker})
+        entry_id = _enqueue(database, tenant, slow.url, tx.bundle())
+        clock = Clock()
+        outbox = make_outbox(database, clock)
+
+        started = time.monotonic()
+        state = outbox.deliver(entry_id, timeout=timeout)
+        waited = time.monotonic() - started
+        asked = slow.asked
+
+        assert state is DeliveryState.PENDING
+        assert waited < SCREEN_BUDGET_TIMEOUTS * timeout + 1
+        assert asked <= 4  # the searches (the last cut off), never the fifth: the transaction
+        for marker in markers:
+            assert (
+                count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 0
+            )
+
+        clock.advance(3600)  # the retry is due
+        (delivery,) = outbox.run_once()
+
+    assert delivery.state is DeliveryState.DELIVERED
+    for marker in markers:
+        assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
