@@ -60,12 +60,13 @@ user's was lost: the entry stays ``pending`` and the next attempt reads and merg
 at most ``RACES_RETRIED`` times (counted in ``races``; the next race is a ``conflict``,
 counted too, so nothing loops: the record kept changing under the save,
 :func:`kept_changing`, which the nurse is told apart from a change of what she was
-shown). A 409/412 with every version read at delivery still current is no race but a
-refusal for another reason (a conditional create matching two resources): a ``conflict``
-at once, with the server's outcome; 401/403 or a session whose tokens cannot be refreshed
-is ``waiting-authorisation``: the entry waits until the next launch for the same patient
-through the same EHR registration (:meth:`Outbox.adopt_session`), and is then delivered
-with that session's token — the Provenance inside still names the original author.
+shown). A 409/412 with every If-Match of the transaction still current is neither: the
+server refused it for another reason (a conditional create matching two resources), which
+saving again would not change: ``failed``, with the server's outcome. 401/403 or a session
+whose tokens cannot be refreshed is ``waiting-authorisation``: the entry waits until the
+next launch for the same patient through the same EHR registration
+(:meth:`Outbox.adopt_session`), and is then delivered with that session's token — the
+Provenance inside still names the original author.
 
 Readiness (``/readyz``) fails when a pending entry waits longer than ``READY_MAX_AGE`` or
 the oldest one has failed ``READY_MAX_ATTEMPTS`` times: the FHIR server is not taking our
@@ -620,32 +621,40 @@ class Outbox:
 def _conflict_or_race(
     client: FhirClient, entry: _Claimed, sent: _Sent | None, error: FhirConflict
 ) -> Delivery:
-    """A 409/412: a ``conflict``, or a race to merge again at the next attempt (``pending``).
+    """A 409/412: a ``conflict``, a race to merge again at the next attempt (``pending``),
+    or a refusal no version explains (``failed``).
 
-    A race: a resource the outbox read at delivery (a create-or-merge's search,
-    :attr:`_Sent.read_at_delivery`) is at another version now, so somebody wrote it after
-    that read, while every If-Match the user's page carried (:attr:`_Sent.shown`) still
-    holds. Versions only grow, so a version current now was current when the server
-    refused: those were not what failed, and nobody was shown the version read at
-    delivery. When every version read at delivery is still current too, no If-Match of
-    the transaction failed: the server refused it for another reason (a conditional create
-    matching two resources, say), which merging again would not change: a conflict at
-    once, in the server's words. (A resource read at delivery may also have moved only
-    after the refusal: such a refusal is taken for a race, and is retried within the same
-    bound.) The version read at delivery is asked first: when it still holds, the user's
-    are not read. Past ``RACES_RETRIED`` races, one more is a conflict, counted as a race
-    (:func:`kept_changing`); any other 409/412 is a conflict as before."""
+    Versions only grow, so a version current now was current when the server refused.
+    Every If-Match of the transaction is read again: those the user's page carried
+    (:attr:`_Sent.shown`) and those on versions a create-or-merge's search found at
+    delivery (:attr:`_Sent.read_at_delivery`).
+
+    * One the user was shown has moved: someone changed what she saw: a ``conflict``.
+    * All of those hold, one read at delivery has moved: somebody wrote it between our read
+      and our write, and nobody was shown that version: a race, merged again at the next
+      attempt. Past ``RACES_RETRIED`` races, one more is a conflict, counted as a race
+      (:func:`kept_changing`). (A resource read at delivery that moved only after the
+      refusal is taken for a race too, retried within the same bound.)
+    * None has moved: no If-Match failed. The server refused the transaction for another
+      reason that saving again would not change (a conditional create matching two
+      resources: the record holds a child twice): ``failed``, in the server's words, for a
+      person to look at. It was a ``conflict`` that told the nurse someone had changed her
+      data, and to save again, which fails the same way.
+
+    A ``conflict`` before the transaction was sent (``sent`` None) stays one."""
     conflict = Delivery(entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome)
-    if sent is None or not sent.read_at_delivery:
+    if sent is None:
         return conflict
     try:
-        raced = not _all_still_at(client, sent.read_at_delivery) and _all_still_at(
-            client, sent.shown
-        )
+        shown_held = _all_still_at(client, sent.shown)
+        moved_at_delivery = shown_held and not _all_still_at(client, sent.read_at_delivery)
     except FhirUnavailable as unreachable:  # not known: nothing was written, try again later
         return Delivery(entry.id, DeliveryState.PENDING, str(unreachable))
-    if not raced:
+    if not shown_held:
         return conflict
+    if not moved_at_delivery:
+        detail = f"refused, no version changed: {conflict.detail}"
+        return Delivery(entry.id, DeliveryState.FAILED, detail, error.outcome)
     detail = f"race {entry.races + 1}: changed after its read at delivery: {conflict.detail}"
     if entry.races >= RACES_RETRIED:  # an operator (and the nurse's chart) can tell it apart
         return replace(conflict, detail=detail, raced=True)

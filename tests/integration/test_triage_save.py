@@ -1422,25 +1422,27 @@ def _duplicated(world: World, seeded: SeedResult, child: Child) -> None:
         httpx.post(f"{world.base_url}/RelatedPerson", json=resource, timeout=10).raise_for_status()
 
 
-def test_a_refusal_that_is_no_version_clash_beside_a_flag_merged_at_delivery_is_a_conflict(
+def test_a_refusal_that_is_no_version_clash_beside_a_flag_merged_at_delivery_is_failed(
     world: World, seeded: SeedResult
 ) -> None:
     """The transaction has an If-Match read at delivery (the Flag's) and a new child's
-    conditional create whose identifier two RelatedPersons on the server carry: the
-    server refuses the create (412, multiple matches), not a version. The Flag is still at
-    the version read, so nobody wrote between the read and the write. This was taken for
-    a race: retried RACES_RETRIED times, then a conflict whose error said "race 4", as if
-    the Flag kept changing. It is a conflict at once, in the server's words."""
+    conditional create whose identifier two RelatedPersons on the server carry: the server
+    refuses the create (412, multiple matches), not a version. The Flag is still at the
+    version read, so no If-Match failed. This
+    was taken for a race: retried RACES_RETRIED times, then a conflict whose error said
+    "race 4", as if the Flag kept changing; then a conflict at once, telling the nurse
+    someone had changed her data and to save again, which fails the same way. It is
+    ``failed`` at once, in the server's words: a person must merge the duplicates."""
     lotte, identifier = _concern_at_step_4(world, seeded)
     (flag_before,) = search(world.base_url, "Flag", identifier=identifier)
     noor = _child("Noor Janssens", 3)
     _duplicated(world, seeded, noor)
 
-    with pytest.raises(SaveConflict) as raised:
-        _later_niet_pluis(world, seeded, lotte, noor)
+    result = _later_niet_pluis(world, seeded, lotte, noor)
 
-    entry = outbox_entry(world.database, raised.value.outbox_id)
-    assert (entry.state, entry.attempts, entry.races) == (DeliveryState.CONFLICT, 1, 0)
+    assert result.status == "failed"
+    entry = outbox_entry(world.database, result.outbox_id)
+    assert (entry.state, entry.attempts, entry.races) == (DeliveryState.FAILED, 1, 0)
     assert not kept_changing(entry.state, entry.races)
     assert "race" not in str(entry.last_error)
     assert "multiple-matches" in str(entry.last_error)  # the server's own outcome
