@@ -55,3 +55,24 @@ def test_the_nurses_no_concern_choice_reads_as_the_social_service_sees_it(
     nurse's option now uses the protocol's words, as the social worker reads them."""
     guide = terminology.display("safety-assessment", SafetyAssessment.NO_CONCERN, language)
     assert translate(language, "app.assessment.no-concern") == guide
+
+
+#: The messages that send the nurse to the no-concern choice, quoting it.
+_NAMING_NO_CONCERN = (
+    "app.step3.only-with-no-concern",
+    "app.error.assessment-required",
+    "app.error.concern-without-children",
+    "app.protocol.acute-danger-needs-concern",
+    "app.triage.open-concern",
+)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("message_id", _NAMING_NO_CONCERN)
+def test_a_message_naming_the_no_concern_choice_quotes_it_as_the_page_shows_it(
+    language: Language, message_id: str
+) -> None:
+    """When the option became the protocol's words, hints and errors still told the nurse
+    to choose 'geen zorgen', an option she could not find on the page."""
+    choice = translate(language, "app.assessment.no-concern").casefold()
+    assert choice in translate(language, message_id).casefold()
