@@ -271,7 +271,8 @@ class FhirClient:
         headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {self._token()}"}
         if json is not None:
             headers["Content-Type"] = FHIR_JSON
-        seconds = self._deadline(where)  # after the token, which may have been refreshed
+        # after the token, which may have been refreshed; a write gets its whole timeout
+        seconds = self._deadline(where, whole=json is not None)
         try:
             query = tuple(params) if isinstance(params, Sequence) else params
             bounds = Bounds(seconds, MAX_ANSWER_BYTES)
@@ -293,13 +294,16 @@ class FhirClient:
         """A request as its errors name it: the interaction, the resource type and the server."""
         return f"{call} at {self.base_url}"
 
-    def _deadline(self, where: str) -> float:
+    def _deadline(self, where: str, *, whole: bool = False) -> float:
         """How long the next request may take: the timeout, or what is left of the budget
-        when less. A request is not sent once the budget is spent."""
+        when less. A request is not sent once the budget is spent, nor a ``whole`` one (a
+        write) with less than its timeout left: cut off by the budget, a transaction the
+        server applies would be taken for undelivered (safe, the outbox's witness finds
+        it, but the user is told "pending" for a save that landed)."""
         if self._ends is None:
             return self._timeout
         left = self._ends - time.monotonic()
-        if left <= 0:
+        if left <= 0 or (whole and left < self._timeout):
             raise FhirUnavailable(f"{where}: not sent, the screen's {self._budget:g} s are spent")
         return min(self._timeout, left)
 

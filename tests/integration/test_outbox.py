@@ -795,14 +795,16 @@ def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
 def test_a_saving_requests_attempt_ends_within_the_screens_budget_and_the_worker_sends_it(
     database: Database, fhir_server: FhirServer
 ) -> None:
-    """The user waits for the save's own attempt. A save merging four resources at delivery
-    (a search each, then the transaction) to a server answering each request just within
-    the timeout kept her waiting five timeouts. The attempt now ends within the screen's
-    budget, nothing half-written (the transaction was never sent); the entry stays pending
-    and the worker, bounded per request only, delivers it once. The slowness is a real
-    relay holding each answer back (tests/support/relay)."""
+    """The user waits for the save's own attempt. A save merging three resources at
+    delivery (a search each, then the transaction) to a server answering each request just
+    within the timeout kept her waiting four timeouts. The attempt now ends within the
+    screen's budget; the searches leave less than a timeout of it, so the transaction is
+    not sent at all (cut off by the budget, the server would apply it unheard: the save
+    said "pending" though it landed). The entry stays pending and the worker, bounded per
+    request only, delivers it once. The slowness is a real relay holding each answer back
+    (tests/support/relay)."""
     timeout = 1.0
-    markers = [str(uuid.uuid4()) for _ in range(4)]
+    markers = [str(uuid.uuid4()) for _ in range(3)]
     with SlowRelay(fhir_server.base_url, delay=0.8 * timeout) as slow:
         tenant = make_tenant(database, "a", slow.url)
         tx = TransactionBuilder()
@@ -819,7 +821,7 @@ def test_a_saving_requests_attempt_ends_within_the_screens_budget_and_the_worker
 
         assert state is DeliveryState.PENDING
         assert waited < SCREEN_BUDGET_TIMEOUTS * timeout + 1
-        assert asked <= 4  # the searches (the last cut off), never the fifth: the transaction
+        assert asked <= 3  # the searches (fewer if one ran out of time), not the transaction
         for marker in markers:
             assert (
                 count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 0
