@@ -123,6 +123,15 @@ def _as_ipv4(address: Address) -> Address:
     return address
 
 
+def _as_ipv4_network(network: Network) -> Network:
+    """The IPv4 range an IPv6 one of mapped or NAT64 addresses stands for (as addresses are
+    compared: :func:`_as_ipv4`), else itself: ``::ffff:10.20.0.0/112`` is 10.20.0.0/16."""
+    first = _as_ipv4(network.network_address)
+    if network.version == 6 and first.version == 4 and network.prefixlen >= 96:
+        return ipaddress.ip_network(f"{first}/{network.prefixlen - 96}")
+    return network
+
+
 def denied(address: Address) -> bool:
     """Whether ``address`` is one the service never connects to."""
     plain = _as_ipv4(address)
@@ -181,7 +190,7 @@ class OutboundPolicy:
                 continue
             if "/" in entry:
                 try:
-                    networks.append(ipaddress.ip_network(entry))
+                    networks.append(_as_ipv4_network(ipaddress.ip_network(entry)))
                 except ValueError:
                     raise ValueError(f"{raw!r} is not a CIDR range (e.g. 10.20.0.0/16)") from None
                 continue

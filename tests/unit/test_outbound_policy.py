@@ -249,3 +249,12 @@ def test_the_proxy_bypasses_no_proxy_hosts_as_written_and_loopback() -> None:
         assert through.bypasses(host), host
     for host in ["intern.az-gent.be", "www.fhir.be", "11.0.0.1", "ehr.az-gent.be", "::2"]:
         assert not through.bypasses(host), host
+
+
+@pytest.mark.parametrize("written", ["10.20.3.4", "[::ffff:10.20.3.4]"])
+def test_a_range_written_as_mapped_ipv6_is_the_ipv4_range_it_stands_for(written: str) -> None:
+    """``::ffff:10.20.0.0/112`` matched nothing: an address is compared as the IPv4 it
+    carries, the range was left IPv6. It now admits 10.20.0.0/16, however the URL writes it."""
+    policy = OutboundPolicy.parse(["::ffff:10.20.0.0/112"])
+    assert policy.refusal(written, [ipaddress.ip_address(written.strip("[]"))]) is None
+    assert policy.refusal("10.21.0.1", [ipaddress.ip_address("10.21.0.1")]) is not None
