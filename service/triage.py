@@ -103,7 +103,7 @@ _REFUSED = (DeliveryState.CONFLICT, DeliveryState.FAILED)
 #: kept changing under the save (``service.outbox.kept_changing``); nobody changed the child.
 KEPT_CHANGING = "kept-changing"
 #: Every reason of a refused edit (:attr:`_Save.refusal`).
-_REFUSALS = (DeliveryState.CONFLICT, KEPT_CHANGING, DeliveryState.FAILED)
+_REFUSAL_REASONS = (DeliveryState.CONFLICT, KEPT_CHANGING, DeliveryState.FAILED)
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
@@ -350,7 +350,7 @@ class Triage:
         new = [c for c in outstanding.new_children if _child_uuid(c.ref) not in on_server]
         children, pending = [], {c.ref for c in new}
         # the refs of the children whose latest edit was refused, by why (_Save.refusal)
-        told: dict[str, set[str]] = {reason: set() for reason in _REFUSALS}
+        told: dict[str, set[str]] = {reason: set() for reason in _REFUSAL_REASONS}
         for child in recorded.children:
             edit = outstanding.edits.get(_child_id(child.ref))
             if edit is not None:  # the server's version, as our waiting save will change it

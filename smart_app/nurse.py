@@ -34,6 +34,7 @@ from starlette.datastructures import FormData
 from service.fhir.client import FhirError, ReauthorisationRequired
 from service.i18n import Language, translate
 from service.local_time import local_now
+from service.outbox import DeliveryState
 from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
@@ -60,6 +61,7 @@ from service.protocol import (
 )
 from service.text import typed_text, worklist_display
 from service.triage import (
+    KEPT_CHANGING,
     RecordedChart,
     SaveConflict,
     SaveResult,
@@ -179,6 +181,11 @@ class ChildRow:
             return "step1.pending-child"
         return _DELIVERY_MESSAGES.get(self.delivery, "step1.recorded-child")
 
+    @property
+    def warned(self) -> bool:
+        """The page warns at this child: an edit of it is not in the record."""
+        return self.recorded and not self.pending and self.delivery in _NOT_IN_THE_RECORD
+
     @classmethod
     def of(cls, child: Child, chart: RecordedChart | None = None) -> ChildRow:
         """A row for a child already on the FHIR server (or pending delivery to it), shown
@@ -199,21 +206,23 @@ class ChildRow:
 #: What the page says of a recorded child, by :attr:`ChildRow.delivery`: message ids.
 _DELIVERY_MESSAGES = {
     "pending": "step1.pending-edit",
-    "conflict": "step1.conflict-child",
-    "kept-changing": "step1.kept-changing-child",
-    "failed": "step1.failed-child",
+    DeliveryState.CONFLICT: "step1.conflict-child",
+    KEPT_CHANGING: "step1.kept-changing-child",
+    DeliveryState.FAILED: "step1.failed-child",
 }
 #: The values of :attr:`ChildRow.delivery` the page knows (anything else posted reads as "").
 DELIVERY_MARKERS = frozenset(_DELIVERY_MESSAGES)
+#: The markers of an edit the record does not have (a refused one): the page warns.
+_NOT_IN_THE_RECORD = DELIVERY_MARKERS - {"pending"}
 
 
 def _marked(chart: RecordedChart) -> tuple[tuple[str, frozenset[str]], ...]:
     """Each :attr:`ChildRow.delivery` marker with the refs of the chart's children it marks."""
     return (
         ("pending", chart.pending),
-        ("conflict", chart.conflicts),
-        ("kept-changing", chart.kept_changing),
-        ("failed", chart.failed),
+        (DeliveryState.CONFLICT, chart.conflicts),
+        (KEPT_CHANGING, chart.kept_changing),
+        (DeliveryState.FAILED, chart.failed),
     )
 
 
