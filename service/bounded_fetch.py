@@ -7,6 +7,16 @@ it, for as long as it likes; and a body is read whole into memory however large 
 body) ends within ``Bounds.seconds`` or raises ``TimeoutError``, and a body growing past
 ``Bounds.max_bytes`` is refused there (:class:`BodyTooLargeError`).
 
+Answers may come gzip-compressed (asked for: FHIR JSON shrinks about tenfold; and some
+gateways compress whatever was asked). The cap counts the decoded body, what is held and
+parsed; it is decoded here as it comes, a bounded step at a time (``zlib``'s
+``max_length``), because httpx's decoder inflates each piece whole: a few KiB of a
+compressed stream of zeros would become any number of MiB before a cap could look. A
+decompression bomb is refused having held about the cap. An encoding not decoded here
+(br, zstd: not asked for) and a corrupt or cut compressed stream are
+:class:`UndecodableBodyError`; callers treat both errors alike (:class:`UnreadableBodyError`:
+an answer they cannot use), never as garbage to parse.
+
 The CDS service awaits it on its event loop (an issuer's JWK Set, the prefetch fallback's
 FHIR batch). The SMART app's routes, its token refresh and the FHIR client
 (``service.fhir.client``, used by the routes and the outbox worker) run in threads: they
@@ -17,6 +27,7 @@ own, because a blocking socket has no deadline for a whole answer.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,12 +48,107 @@ class Bounds:
     max_bytes: int
 
 
-class BodyTooLargeError(Exception):
+#: Asked of every server. deflate is not: it gains nothing over gzip (the same compression),
+#: and some servers send a raw deflate stream under that name, which RFC 9110 does not.
+ACCEPT_ENCODING = "gzip"
+
+#: zlib's ``wbits`` for each content coding decoded (RFC 9110 8.4.1): gzip's header, or
+#: zlib's (``deflate``, sent unasked). ``x-gzip`` is gzip (RFC 9110 8.4.1.3).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+#: The most a compressed body is inflated by at once: what is held beyond the body so far.
+DECODE_STEP = 256 * 1024
+
+
+class UnreadableBodyError(Exception):
+    """The answer's body cannot be used: too large, or not decodable."""
+
+
+class BodyTooLargeError(UnreadableBodyError):
     """The answer's body grew past the limit; it was not read further."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(f"the answer is larger than {max_bytes} bytes")
         self.max_bytes = max_bytes
+
+
+class UndecodableBodyError(UnreadableBodyError):
+    """The answer's body is in an encoding not decoded here, or its compressed data is
+    corrupt or cut short."""
+
+
+class _Body:
+    """A body as it comes, refused past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.content = bytearray()
+        self._max_bytes = max_bytes
+
+    def add(self, raw: bytes) -> None:
+        self._keep(raw)
+
+    def whole(self) -> bytes:
+        return bytes(self.content)
+
+    def _keep(self, piece: bytes) -> None:
+        self.content += piece
+        if len(self.content) > self._max_bytes:
+            raise BodyTooLargeError(self._max_bytes)
+
+    def _room(self) -> int:
+        """One byte past the cap: a piece that large is refused."""
+        return self._max_bytes + 1 - len(self.content)
+
+
+class _InflatedBody(_Body):
+    """A compressed body (zlib's ``wbits`` tell which format), inflated as it comes."""
+
+    def __init__(self, max_bytes: int, wbits: int) -> None:
+        super().__init__(max_bytes)
+        self._wbits = wbits
+        self._stream = zlib.decompressobj(wbits)
+        self._compressed = False  # any compressed data came
+
+    def add(self, raw: bytes) -> None:
+        """Inflates ``raw`` a step at a time, each step ending at ``DECODE_STEP`` bytes or
+        one past the cap; zlib keeps the input a step leaves (``unconsumed_tail``)."""
+        self._compressed = self._compressed or bool(raw)
+        data, pending_output = raw, False
+        while data or pending_output:
+            if self._stream.eof:  # a further gzip member follows (RFC 1952 2.2)
+                self._stream = zlib.decompressobj(self._wbits)
+            limit = min(DECODE_STEP, self._room())
+            try:
+                piece = self._stream.decompress(data, limit)
+            except zlib.error as error:
+                raise UndecodableBodyError(f"the compressed answer is corrupt ({error})") from error
+            self._keep(piece)
+            # a full step may have left output inside zlib, its input all taken
+            pending_output = len(piece) == limit and not self._stream.eof
+            data = self._stream.unused_data if self._stream.eof else self._stream.unconsumed_tail
+
+    def whole(self) -> bytes:
+        """The whole body, its compressed stream ended (an empty body is empty)."""
+        if self._compressed and not self._stream.eof:
+            raise UndecodableBodyError("the compressed answer is cut short")
+        return super().whole()
+
+
+def _body(headers: httpx.Headers, max_bytes: int) -> _Body:
+    """The body of an answer with these headers, decoded per its ``Content-Encoding``."""
+    wbits = _wbits(headers.get_list("Content-Encoding", split_commas=True))
+    return _Body(max_bytes) if wbits is None else _InflatedBody(max_bytes, wbits)
+
+
+def _wbits(codings: list[str]) -> int | None:
+    """zlib's ``wbits`` for a body's content codings; None when not encoded."""
+    named = [coding.lower() for coding in codings if coding.lower() not in ("", "identity")]
+    if not named:
+        return None
+    if len(named) == 1 and named[0] in _WBITS:
+        return _WBITS[named[0]]
+    shown = ", ".join(named)[:60]  # the server's words, in logs: kept short
+    raise UndecodableBodyError(f"the answer is encoded as {shown!r}, which is not decoded here")
 
 
 async def fetch(
@@ -53,22 +159,22 @@ async def fetch(
 ) -> httpx.Response:
     """The answer to ``request``, its body read, within ``bounds``.
 
-    Raises ``TimeoutError``, :class:`BodyTooLargeError` or ``httpx.HTTPError``. Only an
-    uncompressed body is asked for and counted (a compressed one could inflate past any
-    cap in one piece); the answer keeps the status and the body, not the headers.
+    Raises ``TimeoutError``, :class:`BodyTooLargeError`, :class:`UndecodableBodyError` or
+    ``httpx.HTTPError``. A gzip body is asked for, and decoded here (the cap counts the
+    decoded bytes). The answer keeps the status and the decoded body, not the headers: no
+    ``Content-Encoding`` left to make httpx decode it again.
     """
-    request.headers["Accept-Encoding"] = "identity"
+    request.headers["Accept-Encoding"] = ACCEPT_ENCODING
     async with asyncio.timeout(bounds.seconds):
         response = await client.send(request, auth=auth, stream=True)
         try:
-            body = bytearray()
+            body = _body(response.headers, bounds.max_bytes)
             async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) > bounds.max_bytes:
-                    raise BodyTooLargeError(bounds.max_bytes)
+                body.add(chunk)
+            content = body.whole()
         finally:
             await response.aclose()
-    return httpx.Response(response.status_code, content=bytes(body), request=request)
+    return httpx.Response(response.status_code, content=content, request=request)
 
 
 class BlockingClient:

@@ -27,7 +27,7 @@ import httpx
 import jwt
 import orjson
 
-from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
+from service.bounded_fetch import BlockingClient, Bounds, UnreadableBodyError
 from service.keys import ALGORITHMS, DEFAULT_ALGORITHM, Algorithm, KeyStore
 from service.settings import over_tls
 from service.tenant_config import ClientAuth, EhrRegistration
@@ -371,10 +371,10 @@ def _exchange(
     http: BlockingClient, method: str, url: str, name: str, **options: Any
 ) -> httpx.Response:
     """One request to the EHR (``name`` in the failure's detail); no whole answer in time is
-    an unreachable EHR, one past the size limit an unusable one."""
+    an unreachable EHR, one past the size limit (or not decodable) an unusable one."""
     try:
         return http.request(method, url, headers={"Accept": "application/json"}, **options)
-    except BodyTooLargeError as error:
+    except UnreadableBodyError as error:
         raise OAuthError("ehr_unsupported", f"{name}: {error}") from error
     except (httpx.HTTPError, TimeoutError) as error:
         raise OAuthError("ehr_unreachable", f"{name}: {type(error).__name__}") from error

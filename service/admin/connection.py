@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
+from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds, UndecodableBodyError
 from service.i18n import Language, translate
 from service.tenant_config import EhrRegistration
 
@@ -75,6 +75,8 @@ def _fetch_json(client: BlockingClient, url: str) -> tuple[dict[str, Any] | None
         return None, ("too_slow", {"seconds": f"{ANSWER_BOUNDS.seconds:g}"})
     except BodyTooLargeError as error:
         return None, ("too_large", {"mib": f"{error.max_bytes / 1024 / 1024:g}"})
+    except UndecodableBodyError:
+        return None, ("undecodable", {})
     except httpx.HTTPError:
         return None, ("unreachable", {})
     if response.status_code != 200:

@@ -31,7 +31,7 @@ import jwt
 import orjson
 from sqlalchemy import Connection, Table, delete, select
 
-from service.bounded_fetch import BodyTooLargeError, Bounds, fetch
+from service.bounded_fetch import BodyTooLargeError, Bounds, UndecodableBodyError, fetch
 from service.cds.batching import GroupCommit, WriteFailedError
 from service.db.models import CdsSeenToken
 from service.settings import over_tls
@@ -112,7 +112,7 @@ class JwksCache:
             raise CdsAuthError(
                 f"the issuer's JWK Set at {url} is larger than {error.max_bytes} bytes"
             ) from error
-        except (httpx.HTTPError, ValueError, TimeoutError) as error:
+        except (httpx.HTTPError, ValueError, TimeoutError, UndecodableBodyError) as error:
             raise CdsAuthError(
                 f"the issuer's JWK Set at {url} could not be read ({type(error).__name__})"
             ) from error

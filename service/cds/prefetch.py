@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from service.bounded_fetch import BodyTooLargeError, Bounds
+from service.bounded_fetch import Bounds, UnreadableBodyError
 from service.bounded_fetch import fetch as bounded_fetch
 from service.cds import situation as keys
 from service.cds.vocabulary import Vocabulary
@@ -106,7 +106,13 @@ async def fetch(
         response = await bounded_fetch(client, request, FETCH_BOUNDS)
         response.raise_for_status()
         entries = response.json().get("entry", [])
-    except (httpx.HTTPError, TimeoutError, BodyTooLargeError, ValueError, AttributeError) as error:
+    except (
+        httpx.HTTPError,
+        TimeoutError,
+        UnreadableBodyError,
+        ValueError,
+        AttributeError,
+    ) as error:
         log.warning(
             "CDS prefetch fallback failed; answering with the generic card",
             extra={"fields": {"error": type(error).__name__}},

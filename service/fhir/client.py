@@ -6,15 +6,17 @@ the outbox's business (it retries with backoff), a failed read is shown to the u
 Every failure is one of three typed errors, so callers decide without parsing HTTP:
 
 * :class:`FhirUnavailable` — network error, timeout, 5xx: try again later (its
-  :class:`FhirUnreadable` — an answer that is not FHIR, or too large to read);
+  :class:`FhirUnreadable` — an answer that is not FHIR, too large to read, or whose
+  compression cannot be decoded);
 * :class:`FhirConflict` — 409/412: someone else changed the resource (If-Match);
 * :class:`FhirRejected` — any other 4xx, with the server's OperationOutcome: retrying
   the same request cannot help.
 
 Each request is bounded as a whole (:mod:`service.bounded_fetch`), not only each network
 operation: connecting, sending and the whole answer end within the client's ``timeout``
-(``KINDREFLEX_FHIR_TIMEOUT_SECONDS``), else :class:`FhirUnavailable`; and an answer is read
-no further than :data:`MAX_ANSWER_BYTES`, else :class:`FhirUnreadable`. Before, a server
+(``KINDREFLEX_FHIR_TIMEOUT_SECONDS``), else :class:`FhirUnavailable`; and an answer (asked
+for gzip-compressed) is read no further than :data:`MAX_ANSWER_BYTES` decoded, else
+:class:`FhirUnreadable`, as is one whose compression cannot be decoded. Before, a server
 (or a proxy in front of it) trickling its answer a byte every few seconds held the
 nurse's chart, the social worker's case page or an outbox delivery as long as it liked,
 and a huge answer was read whole into memory.
@@ -50,7 +52,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
-from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds
+from service.bounded_fetch import BlockingClient, Bounds, UnreadableBodyError
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +286,7 @@ class FhirClient:
             raise FhirUnavailable(
                 f"{where}: no whole answer within {late} (TimeoutError)"
             ) from error
-        except BodyTooLargeError as error:
+        except UnreadableBodyError as error:  # too large, or its compression undecodable
             raise FhirUnreadable(f"{where}: {error}") from error
         except httpx.HTTPError as error:
             raise FhirUnavailable(f"{where}: {type(error).__name__}") from error

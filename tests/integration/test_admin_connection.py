@@ -8,6 +8,7 @@ real server will not give, a loopback server trickling its answer or sending too
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Iterator
@@ -191,3 +192,20 @@ def test_the_admin_api_runs_the_test_and_records_it(
     recorded = [e for e in access.events(database, context.id) if e.action == "test-connection"]
     assert len(recorded) == 1
     assert recorded[0].detail == {"registration": "ehr", "iss": plain_fhir.base_url, "ready": False}
+
+
+def test_a_compressed_answer_is_read_and_an_undecodable_one_reported() -> None:
+    """An EHR (or its gateway) compressing its answers: gzip is read; brotli, not decoded
+    here, is reported as such. Before, both were read as the answer: not JSON."""
+    statement = capability_statement(300)
+    with ServedJson(statement, path="/fhir", encoding="br") as served:
+        report = check_connection(registration(served.url), "en", timeout_seconds=5)
+        served.body, served.encoding = gzip.compress(statement), "gzip"
+        assert outcome(check_connection(registration(served.url), "en", timeout_seconds=5))[
+            "capability_statement"
+        ]
+    messages = {check.id: check.message for check in report.checks}
+    assert messages["capability_statement"] == (
+        "The FHIR server does not answer with a CapabilityStatement "
+        "(the answer's compression cannot be decoded)."
+    )

@@ -8,6 +8,7 @@ HTTP on loopback.
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 import uuid
@@ -178,3 +179,21 @@ def test_a_jwk_set_url_in_cleartext_off_this_machine_is_never_fetched(
     refused = call(client, ehr.token(AUD))
     assert refused.status_code == 401, refused.text
     assert refused.json()["reason"] == f"the issuer's JWK Set at {url} is not served over https"
+
+
+def test_a_compressed_jwk_set_is_read_and_an_undecodable_one_refused(
+    app: FastAPI, client: TestClient
+) -> None:
+    """An EHR's gateway compressing the keys: brotli (not decoded here) is refused as
+    unreadable, not parsed as the keys; gzip is read. Before, both were parsed as sent."""
+    with ServedJson(GOOD, path="/jwks.json", encoding="br") as jwks:
+        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        configure(app, tenant_config(ehr))
+        refused = call(client, ehr.token(AUD))
+        assert refused.status_code == 401, refused.text
+        reason = refused.json()["reason"]
+        assert (
+            reason == f"the issuer's JWK Set at {jwks.url} could not be read (UndecodableBodyError)"
+        )
+        jwks.body, jwks.encoding = gzip.compress(GOOD), "gzip"
+        assert call(client, ehr.token(AUD)).status_code == 200

@@ -8,6 +8,7 @@ the client that talks to FHIR servers) and in the FHIR server's access log.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import time
@@ -329,3 +330,27 @@ def test_a_batch_answer_larger_than_the_cap_gives_the_generic_card(
         flood.body = answer
         card = only_card(cds_on_fhir.call(body=without_prefetch(flood.url, patient)))
         assert card["indicator"] == "warning"
+
+
+def test_a_compressed_batch_answer_is_read_and_an_undecodable_one_gives_the_generic_card(
+    cds_on_fhir: Cds,
+    ehr: Ehr,
+    fhir: tuple[FhirServer, SeedResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real answer (a warning for this patient) through a gateway compressing it:
+    brotli (not decoded here) gets the generic card; gzip is read. Before, both were
+    parsed as sent."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    answer = _batch_answer(server, patient)
+    with ServedJson(answer, path="/fhir", encoding="br") as gateway:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=gateway.url))
+        card = only_card(cds_on_fhir.call(body=without_prefetch(gateway.url, patient)))
+        assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+        assert _prefetch_errors(caplog) == [{"error": "UndecodableBodyError"}]
+
+        gateway.body, gateway.encoding = gzip.compress(answer), "gzip"
+        card = only_card(cds_on_fhir.call(body=without_prefetch(gateway.url, patient)))
+        assert card["indicator"] == "warning"
+        assert gateway.accepted == ["gzip", "gzip"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Iterator
@@ -132,3 +133,21 @@ def test_an_issuer_key_set_answered_too_slowly_or_too_large_is_refused_in_time(
         _verify(flood, token)
     assert refused.value.kind == "ehr_unsupported"
     assert refused.value.detail.endswith(f"the answer is larger than {EHR_FETCH_MAX_BYTES} bytes")
+
+
+def test_a_compressed_issuer_key_set_is_read_and_an_undecodable_one_refused(
+    issuer_key: SigningKey,
+) -> None:
+    """The EHR compressing its keys: gzip is read; brotli (not decoded here) makes the EHR
+    unusable for the sign-in, saying why. Before, both were parsed as sent."""
+    keys = json.dumps({"keys": [issuer_key.public_jwk()]}).encode()
+    token = issuer_key.sign(_claims())
+    with ServedJson(keys, path="/jwks.json", encoding="br") as served:
+        with pytest.raises(OAuthError) as refused:
+            _verify(served, token)
+        served.body, served.encoding = gzip.compress(keys), "gzip"
+        assert _verify(served, token)["fhirUser"] == f"{ISSUER}/fhir/Practitioner/1"
+    assert refused.value.kind == "ehr_unsupported"
+    assert refused.value.detail == (
+        f"{served.url}: the answer is encoded as 'br', which is not decoded here"
+    )

@@ -1,6 +1,7 @@
 """A real HTTP server on loopback that answers every GET and POST with one JSON body: for
 answers a real server will not give (an EHR's broken JWK Set, a chart a FHIR server
-garbles, a token endpoint trickling its answer) and for keys a test publishes."""
+garbles, a token endpoint trickling its answer, a gateway compressing whatever was asked)
+and for keys a test publishes."""
 
 from __future__ import annotations
 
@@ -15,20 +16,31 @@ from typing import Any, Self
 class ServedJson:
     """Serves ``body`` at ``url`` from a thread while entered. ``body`` may be changed
     between requests; ``current()`` is what a request gets (a subclass may compute it) and
-    ``send()`` how it is written."""
+    ``send()`` how it is written. With ``encoding``, ``body`` is sent as that
+    ``Content-Encoding`` (the test encodes it), whatever the request accepts; each request's
+    ``Accept-Encoding`` is kept in ``accepted``."""
 
     def __init__(
-        self, body: bytes = b"", path: str = "/", tls: ssl.SSLContext | None = None
+        self,
+        body: bytes = b"",
+        path: str = "/",
+        tls: ssl.SSLContext | None = None,
+        encoding: str | None = None,
     ) -> None:
         self.body = body
+        self.encoding = encoding
+        self.accepted: list[str | None] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                owner.accepted.append(self.headers.get("Accept-Encoding"))
                 answer = owner.current()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
+                if owner.encoding is not None:
+                    self.send_header("Content-Encoding", owner.encoding)
+                self.send_header("Content-Length", str(len(answer)))  # of the encoded body
                 self.end_headers()
                 owner.send(self.wfile, answer)
 
