@@ -128,7 +128,11 @@ class FhirServer:
         return self._log_file.read_text(errors="replace")
 
     def inbound_requests(self) -> int:
-        """FHIR requests the server received so far (its traffic log: ``log_traffic``)."""
+        """FHIR requests the server received so far (its traffic log: ``log_traffic``).
+
+        sekmet writes a request's row only after sending the answer, so the request a client
+        was last answered may not be counted yet: fit for totals over many requests, not for
+        an exact count right after an answer (count at a relay in front of the server)."""
         if not self.log_traffic or self.data_dir is None:
             raise RuntimeError("start the server with log_traffic=True to count its requests")
         with contextlib.closing(sqlite3.connect(self.data_dir / "sekmet.db")) as connection:

@@ -45,6 +45,7 @@ from service.retention import PURGED_BUNDLE
 from service.triage import SaveConflict, SaveResult, TriageInput
 from smart_app.nurse import ChildRow
 from smart_app.session import LaunchContext, SessionStore, SessionTokens
+from tests.support.relay import SlowRelay
 from tests.support.triage import (
     World,
     conditional_creates,
@@ -73,6 +74,15 @@ def seeded(fhir_server: FhirServer) -> SeedResult:
 @pytest.fixture
 def world(database: Database, fhir_server: FhirServer) -> World:
     return world_at(database, fhir_server.base_url)
+
+
+@pytest.fixture
+def counted(database: Database, fhir_server: FhirServer) -> Iterator[tuple[World, SlowRelay]]:
+    """The world with its FHIR requests passing a relay that counts each as it arrives,
+    before it is answered. Not the server's traffic log: sekmet writes a request's row only
+    after sending the answer, so a count taken right after an answer can miss it."""
+    with SlowRelay(fhir_server.base_url) as relay:
+        yield world_at(database, relay.url), relay
 
 
 def _child(name: str, years: int) -> Child:
@@ -331,21 +341,22 @@ def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match
 
 
 def test_children_only_confirmed_are_referenced_not_rewritten_and_the_save_is_a_create(
-    world: World, seeded: SeedResult, fhir_server: FhirServer
+    counted: tuple[World, SlowRelay], seeded: SeedResult
 ) -> None:
     """The nurse changed nothing of the children the page showed: the findings point at
     them, nothing rewrites them, and neither the Provenance nor the audit says "update".
     The save is one FHIR request: no child's version has to be read at delivery."""
+    world, relay = counted
     patient = seeded.patient("els-goossens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-c")
     children = world.triage.load_chart(ctx).children
     versions = {c.ref.split("/_history/")[0]: c.ref.split("/")[3] for c in children}
-    before = fhir_server.inbound_requests()
+    before = relay.asked
 
     result = world.triage.record_triage(ctx, no_concern(ctx, tuple(children)))
 
     assert result.status == "delivered"
-    assert fhir_server.inbound_requests() - before == 1  # the transaction alone
+    assert relay.asked - before == 1  # the transaction alone
     bundle = _bundle(world, result)
     assert "RelatedPerson" not in [e["resource"]["resourceType"] for e in bundle["entry"]]
     written = written_by_save(world, result.outbox_id)
@@ -371,21 +382,22 @@ def test_children_only_confirmed_are_referenced_not_rewritten_and_the_save_is_a_
 
 
 def test_a_confirmation_counts_only_in_the_session_that_showed_the_children(
-    world: World, seeded: SeedResult, fhir_server: FhirServer
+    counted: tuple[World, SlowRelay], seeded: SeedResult
 ) -> None:
     """Versions this session never showed (a reference from another launch) are sent as
     updates on the version named; the outbox reads each of them at delivery and finds
     they change nothing."""
+    world, relay = counted
     patient = seeded.patient("els-goossens")
     showed = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-d")
     children = world.triage.load_chart(showed).children
     other = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-e")
-    before = fhir_server.inbound_requests()
+    before = relay.asked
 
     result = world.triage.record_triage(other, no_concern(other, tuple(children)))
 
     assert result.status == "delivered"
-    assert fhir_server.inbound_requests() - before == 1 + len(children)  # a read per child
+    assert relay.asked - before == 1 + len(children)  # a read per child
     bundle = _bundle(world, result)
     updates = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "RelatedPerson"]
     assert [e["request"]["ifMatch"] for e in updates] == [

@@ -19,7 +19,8 @@ _PASSED = ("Accept", "Authorization", "Content-Type", "If-Match", "If-None-Exist
 class SlowRelay:
     """Passes each request to ``upstream`` (a FHIR base URL) and its answer back ``delay``
     seconds later (0: at once; may be changed between requests). ``url`` is the relay's base
-    URL, with ``upstream``'s path; ``asked`` counts the requests passed on."""
+    URL, with ``upstream``'s path; ``asked`` counts the requests passed on, each as it
+    arrives: once a client has an answer, its request is counted."""
 
     def __init__(self, upstream: str, delay: float = 0.0) -> None:
         self.delay = delay

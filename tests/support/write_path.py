@@ -91,5 +91,5 @@ def search(base_url: str, resource_type: str, **params: str) -> list[dict[str, A
 @pytest.fixture(scope="module")
 def fhir_server() -> Iterator[FhirServer]:
     """One real sekmet FHIR server process for a test module (data kept apart by identifiers)."""
-    with FhirServer(log_traffic=True) as server:  # tests count the requests a save sends
+    with FhirServer() as server:
         yield server
