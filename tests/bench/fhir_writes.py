@@ -31,8 +31,7 @@ from sandbox.seed import seed  # noqa: E402
 from service.db import migrate  # noqa: E402
 from service.db.base import Database  # noqa: E402
 from tests.conftest import _create_postgres_database, _drop_postgres_database  # noqa: E402
-from tests.integration.test_triage_save import _child, _niet_pluis  # noqa: E402
-from tests.support.triage import world_at  # noqa: E402
+from tests.support.triage import child_aged, niet_pluis, world_at  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,8 @@ def measure(database_url: str, saves: int) -> SaveFigures:
         started = time.perf_counter()
         for n in range(saves):
             ctx = world.launch(patient.id, patient.arrived_encounter_id, f"Practitioner/n{n}")
-            findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7), _child("Wout Janssens", 3)))
+            children = (child_aged("Lotte Janssens", 7), child_aged("Wout Janssens", 3))
+            findings = niet_pluis(ctx, children)
             t0 = time.perf_counter()
             result = world.triage.record_triage(ctx, findings)
             latencies.append(time.perf_counter() - t0)

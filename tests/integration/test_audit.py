@@ -17,8 +17,7 @@ from service.db.base import Database
 from service.db.models import AuditRecord, OutboxEntry
 from service.fhir.client import FhirUnavailable
 from service.outbox import DeliveryState
-from tests.integration.test_triage_save import _child, _niet_pluis, seeded, world
-from tests.support.triage import World, world_at
+from tests.support.triage import World, child_aged, niet_pluis, seeded, world, world_at
 from tests.support.validator import validate
 from tests.support.write_path import fhir_server, search
 
@@ -85,7 +84,7 @@ def test_a_save_is_audited_here_and_its_audit_event_travels_with_the_data(
     nurse = f"Practitioner/nurse-{uuid.uuid4().hex[:8]}"  # this test's events on the server
     ctx = world.launch(patient.id, patient.arrived_encounter_id, nurse)
 
-    result = world.triage.record_triage(ctx, _niet_pluis(ctx, (_child("Lotte", 6),)))
+    result = world.triage.record_triage(ctx, niet_pluis(ctx, (child_aged("Lotte", 6),)))
 
     (record,) = _records(world.database)
     assert record.action == "create"

@@ -41,6 +41,7 @@ from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionTokens
 from tests.support.relay import SlowRelay
+from tests.support.triage import outbox_entry
 from tests.support.validator import validate
 from tests.support.write_path import (
     Clock,
@@ -88,16 +89,9 @@ def _queue_read(
 
 def _events(database: Database, base_url: str, entry_id: int) -> list[dict[str, Any]]:
     """The AuditEvents on the FHIR server about the patient of an entry."""
-    patient = _entry(database, entry_id).patient_ref
+    patient = outbox_entry(database, entry_id).patient_ref
     assert patient is not None
     return search(base_url, "AuditEvent", patient=patient)
-
-
-def _entry(database: Database, entry_id: int) -> OutboxEntry:
-    with database.session() as db:
-        entry = db.get(OutboxEntry, entry_id)
-        assert entry is not None
-        return entry
 
 
 def test_a_read_is_audited_locally_and_its_audit_event_delivered_once(
@@ -129,7 +123,7 @@ def test_a_read_is_audited_locally_and_its_audit_event_delivered_once(
 
     clock.advance(3600)
     assert outbox.run_once() == []  # delivered exactly once, never again
-    assert _entry(database, entry_id).delivered_at is not None
+    assert outbox_entry(database, entry_id).delivered_at is not None
     assert len(_events(database, fhir_server.base_url, entry_id)) == 1
 
 
@@ -147,7 +141,7 @@ def test_fault_fhir_server_down_then_back_after_our_restart_delivers_exactly_onc
     clock = Clock()
     state = make_outbox(database, clock).deliver(entry_id, timeout=1.0)
     assert state is DeliveryState.PENDING  # the nurse sees "saved, delivery pending"
-    entry = _entry(database, entry_id)
+    entry = outbox_entry(database, entry_id)
     assert entry.attempts == 1
     assert "ConnectError" in (entry.last_error or "")
     assert entry.next_attempt_at > clock.now  # backoff: not retried at once
@@ -164,7 +158,7 @@ def test_fault_fhir_server_down_then_back_after_our_restart_delivers_exactly_onc
             clock.advance(3600)
             assert outbox.run_once() == []
             assert len(_events(restarted, server_again.base_url, entry_id)) == 1
-        assert _entry(restarted, entry_id).state == DeliveryState.DELIVERED
+        assert outbox_entry(restarted, entry_id).state == DeliveryState.DELIVERED
     finally:
         restarted.dispose()
     assert "Patient/" not in caplog.text  # log lines carry no patient data
@@ -197,7 +191,7 @@ def test_two_workers_racing_deliver_each_entry_once(
     assert sorted(delivered[0] + delivered[1]) == sorted(ids)  # each once, none twice
     assert not set(delivered[0]) & set(delivered[1])
     for entry_id in ids:
-        assert _entry(database, entry_id).attempts == 1
+        assert outbox_entry(database, entry_id).attempts == 1
         assert len(_events(database, fhir_server.base_url, entry_id)) == 1
 
 
@@ -274,7 +268,7 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
 
     with caplog.at_level(logging.ERROR, logger="service.outbox"):
         assert outbox.deliver(entry_id) is DeliveryState.FAILED
-    entry = _entry(database, entry_id)
+    entry = outbox_entry(database, entry_id)
     assert entry.attempts == 1
     assert "answered 4" in (entry.last_error or "")  # the server's 4xx, with its reason
     assert entry.outcome is not None
@@ -292,7 +286,7 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
 
     clock.advance(24 * 3600)
     assert outbox.run_once() == []  # a rejection is never retried
-    assert _entry(database, entry_id).attempts == 1
+    assert outbox_entry(database, entry_id).attempts == 1
     check = outbox.readiness_check()()
     assert "1 failed" in check.detail
 
@@ -348,9 +342,8 @@ def test_a_lost_answer_is_not_sent_again_and_an_if_match_conflict_is_kept(
         clock.advance(5)
         assert outbox.deliver(entry_id) is DeliveryState.CONFLICT
         assert client.read("RelatedPerson", person_id)["name"][0]["given"] == ["Other nurse"]
-        assert _entry(database, entry_id).bundle["entry"][0]["resource"]["name"][0]["given"] == [
-            "Mine"
-        ]
+        kept = outbox_entry(database, entry_id).bundle["entry"][0]["resource"]
+        assert kept["name"][0]["given"] == ["Mine"]
         assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{other}") == 0
 
 
@@ -470,7 +463,7 @@ def test_without_authorisation_an_entry_waits_for_the_next_launch_for_the_patien
     assert outbox.adopt_session(tenant.id, "ehr", "Patient/p1", "new-session") == 1
     clock.advance(1)  # adopted entries are due from the real time of the adoption
     assert [d.state for d in outbox.run_once()] == [DeliveryState.DELIVERED]
-    assert _entry(database, entry_id).session_id == "new-session"
+    assert outbox_entry(database, entry_id).session_id == "new-session"
 
 
 def test_readiness_fails_when_an_entry_waits_too_long(database: Database) -> None:
@@ -541,7 +534,7 @@ def test_readiness_counts_a_taken_over_entrys_wait_from_the_take_over(
     clock = Clock()
     patient = "Patient/taken-over"
     tenant, entry_id, outbox = _waiting_since_its_save(database, patient, clock)
-    saved_at = _entry(database, entry_id).created_at
+    saved_at = outbox_entry(database, entry_id).created_at
     check = outbox.readiness_check()
 
     clock.advance(3 * 3600)  # the next shift's nurse opens the patient's chart
@@ -555,7 +548,7 @@ def test_readiness_counts_a_taken_over_entrys_wait_from_the_take_over(
     stuck = check()
     assert not stuck.ok
     assert stuck.detail == "undelivered for over 0:15:00: 1 pending"
-    assert _entry(database, entry_id).created_at == saved_at  # still the save's time
+    assert outbox_entry(database, entry_id).created_at == saved_at  # still the save's time
 
 
 def test_a_taken_over_entry_waiting_again_counts_its_wait_for_a_sign_in_from_its_save(
@@ -659,7 +652,7 @@ def test_the_app_runs_the_worker_and_readyz_and_metrics_report_the_outbox(
         ready = client.get("/readyz")
         assert ready.json()["checks"]["outbox"]["ok"] is True
         give_up = time.monotonic() + 30
-        while _entry(database, entry_id).state != DeliveryState.DELIVERED:
+        while outbox_entry(database, entry_id).state != DeliveryState.DELIVERED:
             assert time.monotonic() < give_up, "the worker did not deliver within 30 s"
             time.sleep(0.05)  # polling a background thread's effect, with a deadline
         metrics = client.get("/metrics").text
@@ -701,7 +694,7 @@ def test_a_holder_that_died_after_the_server_applied_its_delivery_is_not_repeate
         (DeliveryState.DELIVERED, "applied earlier")
     ]
     assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
-    assert _entry(database, entry_id).attempts == 2
+    assert outbox_entry(database, entry_id).attempts == 2
 
 
 def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
@@ -751,7 +744,7 @@ def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
     ]
     for plain in plains:
         assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
-    assert _entry(database, ids[2]).state == DeliveryState.DELIVERED
+    assert outbox_entry(database, ids[2]).state == DeliveryState.DELIVERED
 
 
 def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
@@ -777,7 +770,7 @@ def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
         def access_token(self, session_id: str) -> str:
             clock.advance(3600)  # far past any lease
             give_up = time.monotonic() + 10
-            while _entry(database, entry_id).lease_until <= clock.now:  # type: ignore[operator]
+            while outbox_entry(database, entry_id).lease_until <= clock.now:  # type: ignore[operator]
                 if time.monotonic() > give_up:
                     break  # not renewed: the other instance will show what that costs
                 time.sleep(0.01)  # polling the heartbeat thread's effect, with a deadline
@@ -789,7 +782,7 @@ def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
 
     assert taken_over == []
     assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
-    assert _entry(database, entry_id).lease_until is None  # released once recorded
+    assert outbox_entry(database, entry_id).lease_until is None  # released once recorded
 
 
 def test_a_saving_requests_attempt_ends_within_the_screens_budget_and_the_worker_sends_it(

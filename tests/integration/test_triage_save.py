@@ -33,7 +33,6 @@ from service.protocol import (
     Child,
     ChildRelationship,
     HagueTrigger,
-    LivesWith,
     SafetyAssessment,
     Step1Finding,
     Step2Finding,
@@ -48,32 +47,26 @@ from smart_app.session import LaunchContext, SessionStore, SessionTokens
 from tests.support.relay import SlowRelay
 from tests.support.triage import (
     World,
+    child_aged,
     conditional_creates,
     edit_first_child,
+    niet_pluis,
     no_concern,
     outbox_entry,
+    seeded,
+    world,
     world_at,
     written_by_save,
 )
 from tests.support.validator import validate
 from tests.support.write_path import Clock, count, fhir_server, make_outbox, make_tenant, search
 
-__all__ = ["fhir_server"]
+__all__ = ["fhir_server", "seeded", "world"]  # the fixtures, shared with pytest
 
 pytestmark = pytest.mark.fhirserver
 
 NURSE = "Practitioner/{id}"
 CHILD_PROFILE = terminology.profile_url("kindreflex-child")
-
-
-@pytest.fixture(scope="module")
-def seeded(fhir_server: FhirServer) -> SeedResult:
-    return seed(fhir_server.base_url)
-
-
-@pytest.fixture
-def world(database: Database, fhir_server: FhirServer) -> World:
-    return world_at(database, fhir_server.base_url)
 
 
 @pytest.fixture
@@ -85,39 +78,13 @@ def counted(database: Database, fhir_server: FhirServer) -> Iterator[tuple[World
         yield world_at(database, relay.url), relay
 
 
-def _child(name: str, years: int) -> Child:
-    return Child(
-        ref=f"urn:uuid:{uuid.uuid4()}",
-        name=name,
-        birth_date=date.today() - timedelta(days=365 * years + 30),
-        relationship=ChildRelationship.CHILD,
-        lives_with=LivesWith.PERMANENTLY,
-    )
-
-
-def _niet_pluis(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
-    now = utcnow()
-    author = ctx.user.fhir_user
-    return TriageInput(
-        step1=Step1Finding(recorded_by=author, recorded_at=now, children=children),
-        step2=Step2Finding(
-            recorded_by=author,
-            recorded_at=now + timedelta(seconds=20),
-            assessment=SafetyAssessment.NIET_PLUIS,
-            reasons=("Blauwe plekken bij de partner; kinderen waren erbij",),
-            triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
-        ),
-        patient_display="Jan Janssens",
-    )
-
-
 def test_niet_pluis_is_written_as_one_valid_transaction_and_a_second_save_adds_nothing(
     world: World, seeded: SeedResult
 ) -> None:
     patient = seeded.patient("jan-janssens")
     nurse = NURSE.format(id=seeded.practitioners["nurse"])
     ctx = world.launch(patient.id, patient.arrived_encounter_id, nurse)
-    findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7), _child("Wout Janssens", 3)))
+    findings = niet_pluis(ctx, (child_aged("Lotte Janssens", 7), child_aged("Wout Janssens", 3)))
 
     result = world.triage.record_triage(ctx, findings)
 
@@ -182,7 +149,7 @@ def test_fault_fhir_server_down_at_save_then_delivered_exactly_once_after_restar
     world = world_at(database, server.base_url)
     patient = seeded.patient("jan-janssens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-x")
-    findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7),))
+    findings = niet_pluis(ctx, (child_aged("Lotte Janssens", 7),))
     server.stop()
 
     result = world.triage.record_triage(ctx, findings)
@@ -650,7 +617,7 @@ def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
 def test_a_move_the_protocol_refuses_writes_nothing(world: World, seeded: SeedResult) -> None:
     patient = seeded.patient("jan-janssens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
-    findings = _niet_pluis(ctx, (_child("Lotte Janssens", 7),))
+    findings = niet_pluis(ctx, (child_aged("Lotte Janssens", 7),))
     support = Step3Support(
         recorded_by=ctx.user.fhir_user,
         recorded_at=utcnow() + timedelta(minutes=1),
@@ -676,7 +643,7 @@ def test_a_loaded_child_of_another_patient_is_refused_at_delivery(
     foreign = world.triage.load_chart(other_ctx).children[0]
     patient = seeded.patient("jan-janssens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/n")
-    findings = _niet_pluis(ctx, (replace(foreign, name="Vreemd Kind"),))
+    findings = niet_pluis(ctx, (replace(foreign, name="Vreemd Kind"),))
 
     result = world.triage.record_triage(ctx, findings)
 
@@ -707,7 +674,7 @@ def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
         world.launch(patient.id, patient.arrived_encounter_id, f"Practitioner/nurse-{n}")
         for n in (1, 2)
     ]
-    inputs = [_niet_pluis(ctx, (_child("Lotte Janssens", 7),)) for ctx in contexts]
+    inputs = [niet_pluis(ctx, (child_aged("Lotte Janssens", 7),)) for ctx in contexts]
     start = threading.Barrier(2)
     results: list[Any] = [None, None]
 
@@ -751,7 +718,7 @@ def test_a_case_changed_between_reading_and_saving_its_concern_does_not_lose_the
 
     patient = seeded.patient("jan-janssens")
     first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
-    world.triage.record_triage(first, _niet_pluis(first, (_child("Lotte Janssens", 7),)))
+    world.triage.record_triage(first, niet_pluis(first, (child_aged("Lotte Janssens", 7),)))
     with world.database.session() as session:
         (case,) = session.scalars(select(Concern)).all()
 
@@ -783,7 +750,7 @@ def test_a_case_changed_between_reading_and_saving_its_concern_does_not_lose_the
 
     monkeypatch.setattr(triage, "_shown_children", read_then_someone_assigns)
     second = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
-    result = world.triage.record_triage(second, _niet_pluis(second, (_child("Wout", 3),)))
+    result = world.triage.record_triage(second, niet_pluis(second, (child_aged("Wout", 3),)))
     social_worker.join(timeout=60)
 
     assert result.status == "delivered"
@@ -858,7 +825,7 @@ def test_fault_a_child_saved_while_the_server_was_down_is_shown_pending_and_writ
     server = _OwnServer.start(tmp_path)
     world = world_at(database, server.base_url)
     patient = server.seeded.patient("an-peeters")
-    named = _child("Lotte Peeters", 4)  # the child the patient names, to each nurse
+    named = child_aged("Lotte Peeters", 4)  # the child the patient names, to each nurse
     nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
     server.stop()
     first = world.triage.record_triage(nurse, no_concern(nurse, (named,)))
@@ -876,7 +843,7 @@ def test_fault_a_child_saved_while_the_server_was_down_is_shown_pending_and_writ
         ]
         leaked = [c.name for ctx in elsewhere for c in world.triage.load_chart(ctx).children]
         # the colleague adds the child the patient names when the page does not show it
-        added = () if named.name in {c.name for c in shown} else (_child(named.name, 4),)
+        added = () if named.name in {c.name for c in shown} else (child_aged(named.name, 4),)
         second = world.triage.record_triage(colleague, no_concern(colleague, (*shown, *added)))
         world.clock.advance(120)
         world.outbox.run_once()
@@ -912,12 +879,12 @@ def test_fault_two_pending_concern_saves_keep_the_flag_start_of_the_first(
     server = _OwnServer.start(tmp_path)
     world = world_at(database, server.base_url)
     patient = server.seeded.patient("jan-janssens")
-    lotte = _child("Lotte Janssens", 7)
+    lotte = child_aged("Lotte Janssens", 7)
     server.stop()
     saves = []
     for nurse, minutes in (("Practitioner/nurse-1", 10), ("Practitioner/nurse-2", 0)):
         ctx = world.launch(patient.id, patient.arrived_encounter_id, nurse)
-        findings = _earlier(_niet_pluis(ctx, (lotte,)), minutes)
+        findings = _earlier(niet_pluis(ctx, (lotte,)), minutes)
         saves.append((findings, world.triage.record_triage(ctx, findings)))
     (first_findings, first), (_, second) = saves
     assert [r.status for _, r in saves] == ["pending", "pending"]
@@ -964,7 +931,7 @@ def test_fault_a_pending_child_corrected_and_saved_again_keeps_the_correction(
     world = world_at(database, server.base_url)
     patient = server.seeded.patient("an-peeters")
     nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
-    typo = _child("Lotte Peeters", 4)
+    typo = child_aged("Lotte Peeters", 4)
     server.stop()
     first = world.triage.record_triage(nurse, no_concern(nurse, (typo,)))
     (shown,) = world.triage.pending_children(nurse)  # the page, when the chart is unreadable
@@ -1023,7 +990,7 @@ def test_an_open_concern_only_the_fhir_server_knows_is_put_on_the_worklist_and_c
     assert indexed.patient_display == patient.name
     world.triage.load_chart(nurse)  # again: nothing more
 
-    saved = world.triage.record_triage(nurse, _niet_pluis(nurse, (_child("Yasmine", 6),)))
+    saved = world.triage.record_triage(nurse, niet_pluis(nurse, (child_aged("Yasmine", 6),)))
     assert saved.status == "delivered"
     with world.database.session() as session:
         assert [c.id for c in session.scalars(select(Concern))] == [indexed.id]
@@ -1047,9 +1014,9 @@ def _concern_at_step_4(
     stored on the server as ``stored`` makes it. Returns Lotte as the first save sent her
     and the Flag's identifier search."""
     patient = seeded.patient("jan-janssens")
-    lotte = _child("Lotte Janssens", 7)
+    lotte = child_aged("Lotte Janssens", 7)
     first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
-    assert world.triage.record_triage(first, _niet_pluis(first, (lotte,))).status == "delivered"
+    assert world.triage.record_triage(first, niet_pluis(first, (lotte,))).status == "delivered"
     with world.database.session() as session:
         (concern,) = session.scalars(select(Concern)).all()
         concern.last_step = "step-4"
@@ -1073,7 +1040,7 @@ def _later_niet_pluis_over(
     (before,) = search(world.base_url, "Flag", identifier=identifier)
     patient = seeded.patient("jan-janssens")
     later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
-    findings = _with_trigger(_niet_pluis(later, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
+    findings = _with_trigger(niet_pluis(later, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
     assert world.triage.record_triage(later, findings).status == "delivered"
     (after,) = search(world.base_url, "Flag", identifier=identifier)
     return before, after
@@ -1091,8 +1058,8 @@ def test_a_later_visit_tells_the_open_concerns_flag_what_it_found(
     flag, continued = _later_niet_pluis_over(world, seeded, lambda stored: stored)
     patient = seeded.patient("jan-janssens")
     again = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-3")
-    lotte = _child("Lotte Janssens", 7)
-    findings = _with_trigger(_niet_pluis(again, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
+    lotte = child_aged("Lotte Janssens", 7)
+    findings = _with_trigger(niet_pluis(again, (lotte,)), HagueTrigger.SUBSTANCE_ABUSE)
     assert world.triage.record_triage(again, findings).status == "delivered"
     with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
         unchanged = client.read("Flag", continued["id"])
@@ -1207,10 +1174,10 @@ def test_a_later_visit_whose_triggers_the_flag_has_already_writes_no_new_flag_ve
     is written. (The merge compared the Flag's triggers keyed by URL, only the last one:
     two triggers never agreed with it, and the Flag got a needless new version.)"""
     patient = seeded.patient("jan-janssens")
-    lotte = _child("Lotte Janssens", 7)
+    lotte = child_aged("Lotte Janssens", 7)
     first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
     both = frozenset({HagueTrigger.DOMESTIC_VIOLENCE, HagueTrigger.SUBSTANCE_ABUSE})
-    findings = _niet_pluis(first, (lotte,))
+    findings = niet_pluis(first, (lotte,))
     assert findings.step2 is not None
     findings = replace(findings, step2=replace(findings.step2, triggers=both))
     assert world.triage.record_triage(first, findings).status == "delivered"
@@ -1222,7 +1189,7 @@ def test_a_later_visit_whose_triggers_the_flag_has_already_writes_no_new_flag_ve
     versions = _flag_history(world.base_url, flag["id"])
 
     later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
-    result = world.triage.record_triage(later, _niet_pluis(later, (lotte,)))
+    result = world.triage.record_triage(later, niet_pluis(later, (lotte,)))
 
     assert result.status == "delivered"
     (bundle_flag,) = [
@@ -1304,7 +1271,7 @@ def _later_niet_pluis(world: World, seeded: SeedResult, *children: Child) -> Sav
     news for the open concern, so its Flag is a create-or-merge."""
     patient = seeded.patient("jan-janssens")
     later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
-    findings = _with_trigger(_niet_pluis(later, children), HagueTrigger.SUBSTANCE_ABUSE)
+    findings = _with_trigger(niet_pluis(later, children), HagueTrigger.SUBSTANCE_ABUSE)
     return world.triage.record_triage(later, findings)
 
 
@@ -1447,7 +1414,7 @@ def test_a_refusal_that_is_no_version_clash_beside_a_flag_merged_at_delivery_is_
     ``failed`` at once, in the server's words: a person must merge the duplicates."""
     lotte, identifier = _concern_at_step_4(world, seeded)
     (flag_before,) = search(world.base_url, "Flag", identifier=identifier)
-    noor = _child("Noor Janssens", 3)
+    noor = child_aged("Noor Janssens", 3)
     _duplicated(world, seeded, noor)
 
     result = _later_niet_pluis(world, seeded, lotte, noor)

@@ -4,16 +4,24 @@ as a FHIR server answers it, for servers that answer what sekmet will not."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
+import pytest
+
+from sandbox.fhir_server import FhirServer
+from sandbox.seed import SeedResult, seed
 from service.db.base import Database, utcnow
 from service.db.models import OutboxEntry
 from service.fhir import terminology
 from service.outbox import Outbox
 from service.protocol import (
     Child,
+    ChildRelationship,
+    HagueTrigger,
+    LivesWith,
     SafetyAssessment,
     Step1Finding,
     Step2Finding,
@@ -85,6 +93,18 @@ def world_at(database: Database, base_url: str) -> World:
     return World(database, tenant, settings, clock, outbox, triage, base_url)
 
 
+@pytest.fixture(scope="module")
+def seeded(fhir_server: FhirServer) -> SeedResult:
+    """The sandbox's Flemish patients on the module's FHIR server."""
+    return seed(fhir_server.base_url)
+
+
+@pytest.fixture
+def world(database: Database, fhir_server: FhirServer) -> World:
+    """:func:`world_at` the module's FHIR server."""
+    return world_at(database, fhir_server.base_url)
+
+
 def conditional_creates(bundle: dict[str, Any]) -> list[tuple[str, str]]:
     """(type, identifier search) of every conditional create in an outbox bundle."""
     return [
@@ -140,6 +160,34 @@ def no_concern(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
         step3=Step3Support(
             recorded_by=author, recorded_at=now, actions=frozenset({SupportAction.ASK_REGULARLY})
         ),
+    )
+
+
+def child_aged(name: str, years: int) -> Child:
+    """A new child (not yet on the server) of ``years`` and a month."""
+    return Child(
+        ref=f"urn:uuid:{uuid.uuid4()}",
+        name=name,
+        birth_date=date.today() - timedelta(days=365 * years + 30),
+        relationship=ChildRelationship.CHILD,
+        lives_with=LivesWith.PERMANENTLY,
+    )
+
+
+def niet_pluis(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
+    """Steps 1-2 for Jan Janssens: ``children``, niet-pluis for domestic violence."""
+    now = utcnow()
+    author = ctx.user.fhir_user
+    return TriageInput(
+        step1=Step1Finding(recorded_by=author, recorded_at=now, children=children),
+        step2=Step2Finding(
+            recorded_by=author,
+            recorded_at=now + timedelta(seconds=20),
+            assessment=SafetyAssessment.NIET_PLUIS,
+            reasons=("Blauwe plekken bij de partner; kinderen waren erbij",),
+            triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
+        ),
+        patient_display="Jan Janssens",
     )
 
 
