@@ -88,7 +88,8 @@ class CaseRecord:
     ``people``: the names of the people the case names (the findings' authors, the Flag's),
     by reference, as the same searches included their Practitioners; someone absent is
     shown by reference. ``findings_complete``: False when the findings' search had more
-    pages than a case reads (:data:`MAX_SEARCH_PAGES`): the history shown lacks some.
+    pages than a case reads (:data:`MAX_SEARCH_PAGES`), or than the case page's budget left
+    time for (``FhirClient.for_screen``): the history shown lacks some.
     """
 
     patient_ref: str
@@ -597,7 +598,8 @@ class CaseFile:
     #: the names of the people the case names, by reference (``CaseRecord.people``)
     people: Mapping[str, str] = field(default_factory=dict)
     #: False: the FHIR server holds more findings or referrals than a case reads
-    #: (:data:`MAX_SEARCH_PAGES`); the history shown lacks some
+    #: (:data:`MAX_SEARCH_PAGES`), or than the page's budget left time to read; the history
+    #: shown lacks some
     history_complete: bool = True
 
 
@@ -617,7 +619,7 @@ class Casework:
     ) -> StepResult:
         """Validate ``step`` against the case as the FHIR server holds it, then save it."""
         concern = self._concern(ctx, case_id, expected_version)
-        with self._client(ctx) as client:
+        with self._client(ctx, change=True) as client:
             record, case = self._read(ctx, concern, client)
         _whole(record)
         now = local_now()  # the protocol's "today" (a contact, a follow-up) is Belgian
@@ -657,7 +659,7 @@ class Casework:
         """Close the case: the Flag inactive with its end and the reason; the findings and
         any referral stay as they are."""
         concern = self._concern(ctx, case_id, expected_version)
-        with self._client(ctx) as client:
+        with self._client(ctx, change=True) as client:
             record, case = self._read(ctx, concern, client)
         _whole(record)
         if not closable(case):
@@ -710,7 +712,7 @@ class Casework:
         its concern, and the referral keeps telling where it stands.
         """
         concern = self._concern(ctx, case_id, expected_version, closed_too=True)
-        with self._client(ctx) as client:
+        with self._client(ctx, change=True) as client:
             record, case = self._read(ctx, concern, client)
             referral = _latest_referral(client, record)
         plan = referral_transaction(
@@ -823,10 +825,16 @@ class Casework:
             audit.record_read(session, channel, fact)
         return record, KindreflexCase.replay(record.patient_ref, encounter, findings)
 
-    def _client(self, ctx: LaunchInfo) -> FhirClient:
-        """A client for one screen's reads (the case page, or the reads before a change of
-        the case): they end within one budget."""
-        return FhirClient.for_screen(
+    def _client(self, ctx: LaunchInfo, *, change: bool = False) -> FhirClient:
+        """A client for the case page's reads (within the screen's budget; a search's further
+        pages as far as it allows, the page then saying its history is incomplete), or for
+        the reads before a ``change`` of the case: every page, within the larger budget of
+        a change (``FhirClient.for_change``), else the server does not answer now and
+        nothing is changed. A change is never ruled on part of the history (:func:`_whole`,
+        :func:`_latest_referral`); within the screen's budget a long case on a slow server
+        could never be changed."""
+        make = FhirClient.for_change if change else FhirClient.for_screen
+        return make(
             ctx.fhir_base_url, lambda: self._tokens.access_token(ctx.session_id), self._timeout
         )
 

@@ -28,11 +28,26 @@ deadline being the per-request timeout or what is left of that budget, whichever
 a request once the budget is spent is not sent: :class:`FhirUnavailable`, so the screen
 says the server could not be read now. Before, a case page's several searches of up to
 ten pages each, each answered just within the timeout, held the social worker for
-minutes. The outbox worker's deliveries keep only the per-request bound: nobody waits on
+minutes. On a screen a search's further pages are optional: they are read within the
+budget less :data:`SCREEN_PAGES_SPARE_TIMEOUTS` timeout (kept for the screen's reads after
+the search, such as the case page's next search), and once that is spent the search
+returns the pages read, incomplete (:class:`SearchPages`), and the screen says its history
+is incomplete. Before, a long case on a server slow on every request (a second a
+request, some 25 requests) always ended in "the server does not answer": its first
+search's pages spent the budget and the page showed nothing.
+
+The reads before a change of a case (:meth:`FhirClient.for_change`) need every page:
+a change ruled on part of the case's history could be wrong. They have a larger budget,
+:data:`CHANGE_BUDGET_TIMEOUTS` timeouts, and a page not read within it is
+:class:`FhirUnavailable` like any request (nothing is changed; the user may try again):
+the user asked to save and is told it is being saved, and within the flat screen budget
+a long case on a slow server could never be changed.
+
+The outbox worker's deliveries keep only the per-request bound: nobody waits on
 the worker, and a delivery's transaction is its last request, so a budget spent on the
 reads before it would keep a large delivery to a slow server from ever being sent. The
-saving request's own attempt, which the user waits for, has the budget: the worker sends
-what it could not (``Outbox.deliver``).
+saving request's own attempt, which the user waits for, has the screen's budget: the
+worker sends what it could not (``Outbox.deliver``).
 
 An error's message names the server, the interaction and the resource type (``search
 Observation, page 2 at https://fhir.example/fhir: server error 503``), never the URL asked:
@@ -77,6 +92,20 @@ MAX_ANSWER_BYTES = 32 * 1024 * 1024
 #: through, and end the page in as long as a user still waits for it.
 SCREEN_BUDGET_TIMEOUTS = 3
 
+#: A screen's search reads its further pages within its budget less this many timeouts:
+#: one timeout is kept for the screen's reads after the search (the case page's findings
+#: are followed by the referrals' first page, without which it shows nothing), so a slow
+#: server's long history is shown in part rather than not at all.
+SCREEN_PAGES_SPARE_TIMEOUTS = 1
+
+#: The reads before a change of a case end within this many per-request timeouts in all
+#: (a minute with the default 5 s). A step or a closing reads the Flag, the chart and up to
+#: ten pages of findings (``casework.MAX_SEARCH_PAGES``): twelve requests, so each may take
+#: its whole timeout; a referral's new status also reads up to ten pages of referrals, which
+#: fit when its 22 requests average up to 12/22 of the timeout (2.7 s of 5 s). Bounded still:
+#: the user waits for the save, and past it is told the server does not answer now.
+CHANGE_BUDGET_TIMEOUTS = 12
+
 
 class ReauthorisationRequired(Exception):  # noqa: N818 - name agreed between the engineers
     """No valid access token can be obtained for a session without the user signing in again.
@@ -99,6 +128,11 @@ class FhirUnreadable(FhirUnavailable):
     proxy's sign-in page; a search answered by something other than a Bundle; a
     RelatedPerson born on 30 February). Nothing is read from such an
     answer; like an outage it may pass (a proxy's page, a server being fixed)."""
+
+
+class _BudgetSpentError(FhirUnavailable):
+    """A budgeted client's request not sent, or cut short, because its budget was spent (a
+    screen's search then ends at the pages it read: :meth:`FhirClient.search_pages`)."""
 
 
 class FhirRejected(FhirError):  # noqa: N818 - name agreed between the engineers
@@ -135,7 +169,8 @@ class SearchPages:
     """A search read page by page (:meth:`FhirClient.search_pages`): ``bundle`` is the first
     page's Bundle with the entries of every page read (matches and included resources, in
     the server's order; no ``link``); ``complete`` is False when the server offered a next
-    page that was not read (the cap was reached, or its link left the FHIR server)."""
+    page that was not read (the cap was reached, its link left the FHIR server, or a screen's
+    budget for further pages was spent: :meth:`FhirClient.for_screen`)."""
 
     bundle: Resource
     complete: bool
@@ -145,10 +180,11 @@ class FhirClient:
     """FHIR R4 JSON over HTTP with a bearer token from ``token`` (called for every request).
 
     ``timeout`` bounds each request whole; ``budget`` (seconds from the client's making; None:
-    no bound) all its requests together: see the module's description. Each client has an
-    event loop and a connection pool of its own (:class:`BlockingClient`, with the trust
-    store of ``service.tls`` and the outbound policy): close it (``with``), in the thread
-    that uses it.
+    no bound) all its requests together; ``pages_spare`` (with a budget; None: every page is
+    needed) makes a search's further pages optional, read only within the budget less these
+    seconds: see the module's description. Each client has an event loop and a connection
+    pool of its own (:class:`BlockingClient`, with the trust store of ``service.tls`` and
+    the outbound policy): close it (``with``), in the thread that uses it.
     """
 
     def __init__(
@@ -158,19 +194,35 @@ class FhirClient:
         timeout: float,
         *,
         budget: float | None = None,
+        pages_spare: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout
         self._budget = budget
         self._ends = None if budget is None else time.monotonic() + budget
+        self._pages_spare = pages_spare
         self._http = BlockingClient(Bounds(timeout, MAX_ANSWER_BYTES), timeout)
 
     @classmethod
     def for_screen(cls, base_url: str, token: Callable[[], str], timeout: float) -> FhirClient:
         """A client for one screen's reads: made when the page view starts reading, its
-        requests end within :data:`SCREEN_BUDGET_TIMEOUTS` ``timeout`` in all."""
-        return cls(base_url, token, timeout, budget=SCREEN_BUDGET_TIMEOUTS * timeout)
+        requests end within :data:`SCREEN_BUDGET_TIMEOUTS` ``timeout`` in all; a search's
+        further pages are read while more than :data:`SCREEN_PAGES_SPARE_TIMEOUTS`
+        ``timeout`` of it is left, else the search is incomplete."""
+        return cls(
+            base_url,
+            token,
+            timeout,
+            budget=SCREEN_BUDGET_TIMEOUTS * timeout,
+            pages_spare=SCREEN_PAGES_SPARE_TIMEOUTS * timeout,
+        )
+
+    @classmethod
+    def for_change(cls, base_url: str, token: Callable[[], str], timeout: float) -> FhirClient:
+        """A client for the reads before a change (of a case): every page of a search is
+        needed, and all requests end within :data:`CHANGE_BUDGET_TIMEOUTS` ``timeout``."""
+        return cls(base_url, token, timeout, budget=CHANGE_BUDGET_TIMEOUTS * timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -196,7 +248,9 @@ class FhirClient:
         """A search with its further pages: the Bundle's ``next`` links are followed, at most
         ``max_pages`` pages in all (a bound on the work one read makes). A ``next`` link
         outside this FHIR server's base URL is not followed (the access token goes to this
-        server only): the read is then incomplete, as when the cap is reached."""
+        server only): the read is then incomplete, as when the cap is reached. So is a
+        screen's search whose further pages its budget leaves no time for (``pages_spare``);
+        the first page is needed all the same: its failure raises, nothing is shown."""
         bundle = self.search(resource_type, params)
         entries = list(bundle.get("entry", []))
         following = _next_link(bundle)
@@ -218,9 +272,15 @@ class FhirClient:
                     },
                 )
                 break
+            call = f"search {resource_type}, page {pages + 1}"
+            try:
+                answer = self._request("GET", url, call, spare=self._pages_spare or 0.0)
+            except _BudgetSpentError:
+                if self._pages_spare is None:  # every page is needed
+                    raise
+                break  # optional, and no time left for it: the pages read, incomplete
             pages += 1
-            call = f"search {resource_type}, page {pages}"
-            page = _searchset(self._request("GET", url, call), self._where(call))
+            page = _searchset(answer, self._where(call))
             entries += page.get("entry", [])
             following = _next_link(page)
         merged = {key: value for key, value in bundle.items() if key != "link"}
@@ -267,14 +327,16 @@ class FhirClient:
         *,
         params: SearchParams | None = None,
         json: Resource | None = None,
+        spare: float = 0.0,
     ) -> Resource:
-        """``call`` names the request in errors (``read Patient``), in place of ``url``."""
+        """``call`` names the request in errors (``read Patient``), in place of ``url``;
+        ``spare``: seconds of the budget the request must leave unspent."""
         where = self._where(call)
         headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {self._token()}"}
         if json is not None:
             headers["Content-Type"] = FHIR_JSON
         # after the token, which may have been refreshed; a write gets its whole timeout
-        seconds = self._deadline(where, whole=json is not None)
+        seconds = self._deadline(where, spare, whole=json is not None)
         try:
             query = tuple(params) if isinstance(params, Sequence) else params
             bounds = Bounds(seconds, MAX_ANSWER_BYTES)
@@ -282,10 +344,10 @@ class FhirClient:
                 method, url, params=query, json=json, headers=headers, bounds=bounds
             )
         except TimeoutError as error:
-            late = self._late(seconds)
-            raise FhirUnavailable(
-                f"{where}: no whole answer within {late} (TimeoutError)"
-            ) from error
+            by_budget = seconds < self._timeout and self._budget is not None
+            late = f"the screen's {self._budget:g} s" if by_budget else f"{seconds:g} s"
+            kind = _BudgetSpentError if by_budget else FhirUnavailable
+            raise kind(f"{where}: no whole answer within {late} (TimeoutError)") from error
         except UnreadableBodyError as error:  # too large, or its compression undecodable
             raise FhirUnreadable(f"{where}: {error}") from error
         except httpx.HTTPError as error:
@@ -296,24 +358,18 @@ class FhirClient:
         """A request as its errors name it: the interaction, the resource type and the server."""
         return f"{call} at {self.base_url}"
 
-    def _deadline(self, where: str, *, whole: bool = False) -> float:
+    def _deadline(self, where: str, spare: float, *, whole: bool = False) -> float:
         """How long the next request may take: the timeout, or what is left of the budget
-        when less. A request is not sent once the budget is spent, nor a ``whole`` one (a
-        write) with less than its timeout left: cut off by the budget, a transaction the
-        server applies would be taken for undelivered (safe, the outbox's witness finds
-        it, but the user is told "pending" for a save that landed)."""
+        (less ``spare``) when less. A request is not sent once that is spent, nor a
+        ``whole`` one (a write) with less than its timeout left: cut off by the budget, a
+        transaction the server applies would be taken for undelivered (safe, the outbox's
+        witness finds it, but the user is told "pending" for a save that landed)."""
         if self._ends is None:
             return self._timeout
-        left = self._ends - time.monotonic()
+        left = self._ends - spare - time.monotonic()
         if left <= 0 or (whole and left < self._timeout):
-            raise FhirUnavailable(f"{where}: not sent, the screen's {self._budget:g} s are spent")
+            raise _BudgetSpentError(f"{where}: not sent, the screen's {self._budget:g} s are spent")
         return min(self._timeout, left)
-
-    def _late(self, seconds: float) -> str:
-        """The bound a request ran into: its own timeout, or (for less) the screen's budget."""
-        if seconds < self._timeout and self._budget is not None:
-            return f"the screen's {self._budget:g} s"
-        return f"{seconds:g} s"
 
 
 def _searchset(bundle: Resource, where: str) -> Resource:

@@ -1,6 +1,8 @@
 """A real HTTP relay in front of a FHIR server that answers every request ``delay`` seconds
 late: a server slow on each request, each answer within the client's timeout (the fault
-under test: many such answers, one page view)."""
+under test: many such answers, one page view). Like a reverse proxy configured for the
+server, it writes its own base URL in the answers for the server's (a search's ``next``
+links), so a client pages through it."""
 
 from __future__ import annotations
 
@@ -49,9 +51,10 @@ class SlowRelay:
                 for name in ("Content-Type", "ETag", "Location"):
                     if name in answer.headers:
                         self.send_header(name, answer.headers[name])
-                self.send_header("Content-Length", str(len(answer.content)))
+                content = answer.content.replace(upstream.encode(), owner.url.encode())
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(content)
 
             do_GET = do_POST = do_PUT = _relay  # noqa: N815 - http.server's names
 
