@@ -1,15 +1,17 @@
 """Error pages of the app: a short, translated explanation and what to do next.
 
 Raise ``PageError`` anywhere under a request; the handler that ``smart_app.install``
-registers renders it with the app's security headers. Technical detail (never a token or
-secret) is shown under the message for the EHR administrator.
+registers renders it with the app's security headers. Technical detail about the request
+(never a token or secret) is shown under the message for the EHR administrator; the
+state of the service (how busy a hospital is) goes to the log only, as ``logged``: the
+pages before sign-in answer anyone.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -33,6 +35,7 @@ class PageError(Exception):
         frame_origins: Sequence[str] = ANY_FRAME,
         detail: str | None = None,
         retry_after_seconds: int | None = None,
+        logged: Mapping[str, object] | None = None,
         **values: object,
     ) -> None:
         super().__init__(f"{problem}: {detail}" if detail else problem)
@@ -46,6 +49,7 @@ class PageError(Exception):
         # a refusal that passes (a busy service): when to try again, for the browser and
         # for an EHR or proxy that retries (RFC 9110 Retry-After)
         self.retry_after_seconds = retry_after_seconds
+        self.logged = dict(logged or {})
         self.values = values
 
 
@@ -77,7 +81,12 @@ async def handle_page_error(request: Request, error: Exception) -> Response:
     log.info(
         "app request refused",
         extra={
-            "fields": {"status": error.status, "problem": error.problem, "detail": error.detail}
+            "fields": {
+                "status": error.status,
+                "problem": error.problem,
+                "detail": error.detail,
+                **error.logged,
+            }
         },
     )
     return render(error, error.language or negotiate([request.headers.get("accept-language")]))

@@ -237,7 +237,9 @@ def _refuse_when_busy(
     raise PageError(
         503,
         "launch_busy",
-        detail=f"{in_flight} launches of {tenant.slug} in flight, at most {MAX_LAUNCHES_IN_FLIGHT}",
+        # not on the page: anyone may call /launch, and would read a live gauge of the
+        # hospital and its slug
+        logged={"tenant": tenant.slug, "in_flight": in_flight, "at_most": MAX_LAUNCHES_IN_FLIGHT},
         retry_after_seconds=max(1, math.ceil((first_expiry - now).total_seconds())),
         **_page_for(registration),
     )

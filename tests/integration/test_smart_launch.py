@@ -9,6 +9,7 @@ attribute the browser would see is asserted.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -851,9 +852,10 @@ def _start(kindreflex: Kindreflex, prefix: str = "") -> httpx.Response:
 
 
 def test_a_hospital_with_too_many_launches_in_flight_gets_a_busy_page_and_nothing_is_written(
-    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
+    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The real bound is 20 000 launch states per hospital; 2 here, through the same code."""
+    caplog.set_level(logging.INFO, "smart_app.errors")
     monkeypatch.setattr(launch_module, "MAX_LAUNCHES_IN_FLIGHT", 2)
     monkeypatch.setattr(oauth, "DISCOVERY_SECONDS", 0.0)  # every launch would ask the EHR
     asked = _smart_configuration_reads(public_app, monkeypatch)
@@ -866,7 +868,10 @@ def test_a_hospital_with_too_many_launches_in_flight_gets_a_busy_page_and_nothin
 
     assert busy.status_code == 503
     assert "Kindreflex is even te druk" in busy.text  # the registration's language: Dutch
-    assert "2 launches of default in flight, at most 2" in busy.text
+    # How busy, and which hospital, is for the operator's log: anyone may call /launch.
+    assert 'class="detail"' not in busy.text
+    assert "default" not in busy.text
+    assert _refusals(caplog) == [{"problem": "launch_busy", "tenant": "default", "in_flight": 2}]
     assert 0 < int(busy.headers["retry-after"]) <= LAUNCH_SECONDS
     assert f"frame-ancestors {EHR_ORIGIN}" in busy.headers["content-security-policy"]
     assert public_app.count(LaunchState) == 2
@@ -902,6 +907,16 @@ def test_launches_read_the_ehrs_smart_configuration_once_in_a_while(
     monkeypatch.setattr(oauth, "DISCOVERY_SECONDS", 0.0)  # as if the five minutes had passed
     assert public_app.launch(Browser()).status_code == 303
     assert len(asked) == 2
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The refused requests the app logged: problem, hospital and launches in flight."""
+    wanted = ("problem", "tenant", "in_flight")
+    return [
+        {name: value for name, value in getattr(r, "fields", {}).items() if name in wanted}
+        for r in caplog.records
+        if r.getMessage() == "app request refused"
+    ]
 
 
 def _smart_configuration_reads(
