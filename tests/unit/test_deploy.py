@@ -142,19 +142,56 @@ def test_the_ingress_serves_the_public_url_over_tls() -> None:
         assert ingress["spec"]["tls"][0]["hosts"] == [public.hostname]
 
 
-def test_the_ingress_limits_per_client_ip_the_paths_anyone_may_call(tmp_path: Path) -> None:
+#: The routes anyone may call without a session or a signed JWT; each hospital's under
+#: ``/t/{tenant}`` too, except the one redirect URI.
+SIGN_IN_ROUTES = {
+    "/launch",
+    "/callback",
+    "/admin/login",
+    "/t/{tenant}/launch",
+    "/t/{tenant}/admin/login",
+}
+
+
+def limited_path(path: str) -> bool:
+    """Whether the second Ingress routes ``path``, as ingress-nginx's use-regex matches:
+    ``location ~* "^<path>"``, case-insensitive, the first of its paths that matches."""
+    rules = ingresses()["kindreflex-sign-in"]["spec"]["rules"]
+    patterns = [entry["path"] for rule in rules for entry in rule["http"]["paths"]]
+    return any(re.match(f"^{pattern}", path, re.IGNORECASE) for pattern in patterns)
+
+
+def test_the_ingress_limits_per_client_ip_the_paths_anyone_may_call() -> None:
     """A launch writes a launch state, a callback spends one, a refused admin sign-in is
-    recorded: without a session or a signed JWT. The second Ingress limits exactly these
-    (Exact: not the pages under them), and they are routes of the app: a renamed route
-    would leave its new path unlimited."""
+    recorded: without a session or a signed JWT. The second Ingress limits these, of every
+    hospital without naming one, the default's under its prefix too (``/t/default/launch``
+    counts against its cap), and not the pages under or beside them."""
+    limited = ingresses()["kindreflex-sign-in"]
+    annotations = limited["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/limit-rpm"]) > 0
+    assert annotations["nginx.ingress.kubernetes.io/use-regex"] == "true"
+    paths = [path for rule in limited["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert {path["pathType"] for path in paths} == {"ImplementationSpecific"}
+    for path in ("/launch", "/callback", "/admin/login", "/t/az-brugge/launch"):
+        assert limited_path(path), path
+    for path in ("/t/default/launch", "/t/default/admin/login", "/t/az-brugge/admin/login"):
+        assert limited_path(path), path
+    for path in ("/app/triage", "/cds-services/kindreflex", "/t/x/social", "/admin/logout"):
+        assert not limited_path(path), path
+    for path in ("/launchpad", "/t/az-brugge/launch/x", "/t/a/b/launch", "/x/launch"):
+        assert not limited_path(path), path
+    assert "limit-rpm" not in str(ingresses()["kindreflex"]["metadata"]["annotations"])
+
+
+def test_the_ingress_limits_exactly_the_sign_in_routes_the_app_serves(tmp_path: Path) -> None:
+    """Each route of the app, its parameters filled in: limited if and only if anyone may
+    call it. A renamed sign-in route would be left unlimited, a new page limited."""
     settings = load_settings(database_url=f"sqlite:///{tmp_path / 'kr.db'}")
     routes = set(create_app(settings, Database(settings.database_url)).openapi()["paths"])
-    limited = ingresses()["kindreflex-sign-in"]
-    assert int(limited["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rpm"]) > 0
-    paths = [path for rule in limited["spec"]["rules"] for path in rule["http"]["paths"]]
-    assert {path["pathType"] for path in paths} == {"Exact"}
-    assert {path["path"] for path in paths} == {"/launch", "/callback", "/admin/login"} <= routes
-    assert "limit-rpm" not in str(ingresses()["kindreflex"]["metadata"]["annotations"])
+    assert routes >= SIGN_IN_ROUTES
+    for route in routes:
+        path = re.sub(r"\{\w+\}", "az-brugge", route)
+        assert limited_path(path) == (route in SIGN_IN_ROUTES), route
 
 
 def test_the_ingress_lets_through_the_largest_cds_call_the_service_accepts() -> None:
