@@ -2,9 +2,9 @@
 
 ``/launch?iss=…&launch=…`` (also ``/t/{tenant}/launch``) finds the tenant's EHR
 registration by ``iss``, reads the EHR's ``.well-known/smart-configuration`` (kept a few
-minutes: ``oauth.AuthServers``) and sends the browser to its authorization endpoint with
-PKCE S256, a single-use expiring ``state`` bound to this browser by a short-lived cookie,
-and an OpenID Connect ``nonce``.
+minutes, a failure a few seconds: ``oauth.AuthServers``) and sends the browser to its
+authorization endpoint with PKCE S256, a single-use expiring ``state`` bound to this
+browser by a short-lived cookie, and an OpenID Connect ``nonce``.
 
 ``/launch`` is unauthenticated by nature (the EHR's browser calls it) and each call stores
 a launch state for ``LAUNCH_LIFETIME``: a hospital with ``MAX_LAUNCHES_IN_FLIGHT`` states

@@ -17,8 +17,10 @@ import base64
 import hashlib
 import math
 import re
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import quote_plus, urljoin
@@ -47,6 +49,11 @@ MAX_TOKEN_LIFETIME = timedelta(days=366)
 #: (``AuthServers``): a burst of launches asks the EHR once, and a changed configuration
 #: (an EHR's upgrade) is followed within minutes.
 DISCOVERY_SECONDS = 300.0
+#: How long a launch is given the last failure to read an EHR's SMART configuration
+#: (unreachable, too slow, unusable) before it is read again: a few seconds, so that an
+#: EHR back up is used at once, and a flood of launches against one that is down costs a
+#: fetch every few seconds, not a waiting thread each.
+FAILED_DISCOVERY_SECONDS = 5.0
 
 FailureKind = Literal["ehr_unreachable", "ehr_unsupported", "token_failed", "id_token_invalid"]
 
@@ -137,22 +144,73 @@ def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
 class AuthServers:
     """The EHRs' checked SMART configurations (``discover``), each kept ``DISCOVERY_SECONDS``
     in this process: a launch (unauthenticated: anyone may start one) does not cost the
-    EHR a request and a thread of the pool a wait each time. Only a usable configuration is
-    kept; after a failure the next launch asks again."""
+    EHR a request and a thread of the pool a wait each time. A failure is kept
+    ``FAILED_DISCOVERY_SECONDS``: while an EHR is down or slow, a flood of launches gets its
+    page at once instead of each holding a thread of the pool (every hospital's pages
+    share it) for up to ``EHR_FETCH_SECONDS``. Launches that miss together wait for one
+    fetch. ``clock``: seconds, as ``time.monotonic``."""
 
-    def __init__(self) -> None:
-        # a dict's get and set are atomic: two launches that miss together both fetch
-        self._known: dict[tuple[str, ClientAuth], tuple[float, AuthServer]] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, ClientAuth], _Discovery] = {}
 
     def discover(self, registration: EhrRegistration, timeout: float) -> AuthServer:
         key = (registration.fhir_base_url, registration.client_auth)  # what discover reads
-        known = self._known.get(key)
-        if known is not None and time.monotonic() - known[0] < DISCOVERY_SECONDS:
-            return known[1]
-        with ehr_client(timeout) as http:
-            server = discover(http, registration)
-        self._known[key] = (time.monotonic(), server)
-        return server
+        known, fetching = self._claim(key)
+        if fetching:
+            known.fetch(registration, timeout, self._clock)
+        return known.outcome()
+
+    def _claim(self, key: tuple[str, ClientAuth]) -> tuple[_Discovery, bool]:
+        """The discovery of ``key`` to use, and whether this launch is the one to fetch it
+        (none is kept, or it has expired)."""
+        with self._lock:
+            now = self._clock()
+            known = self._known.get(key)
+            if known is not None and not known.expired(now):
+                return known, False
+            fresh = self._known[key] = _Discovery()
+            return fresh, True
+
+
+@dataclass
+class _Discovery:
+    """One fetch of a SMART configuration and its outcome, shared by the launches that
+    asked while it ran and until it expires."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    server: AuthServer | None = None
+    failure: OAuthError | None = None
+    finished_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        if self.finished_at is None:
+            return False  # still fetching: wait for it
+        kept = DISCOVERY_SECONDS if self.server is not None else FAILED_DISCOVERY_SECONDS
+        return now - self.finished_at >= kept
+
+    def fetch(
+        self, registration: EhrRegistration, timeout: float, clock: Callable[[], float]
+    ) -> None:
+        try:
+            with ehr_client(timeout) as http:
+                self.server = discover(http, registration)
+        except OAuthError as failure:
+            self.failure = failure
+        finally:  # also after an unforeseen error (it reaches this launch alone): none hangs
+            self.finished_at = clock()
+            self.done.set()
+
+    def outcome(self) -> AuthServer:
+        """The configuration, or the fetch's failure, once fetched (``EHR_FETCH_SECONDS``
+        at most)."""
+        self.done.wait()
+        if self.server is not None:
+            return self.server
+        failure = self.failure or OAuthError("ehr_unreachable", "SMART configuration not read")
+        # a new exception for each launch: one raised by all would gather all their tracebacks
+        raise OAuthError(failure.kind, failure.detail)
 
 
 def _contacted(fhir_base_url: str, server: AuthServer) -> list[tuple[str, str]]:

@@ -1,0 +1,158 @@
+"""Reading EHRs' SMART configurations for launches (``smart_app.oauth.AuthServers``), over
+real HTTP from loopback servers that count what they are asked: launches that miss
+together wait for one fetch, a failure is given for a few seconds, then the EHR is asked
+again, and each FHIR base URL and client authentication has its own.
+
+Time moves through the clock ``AuthServers`` takes; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.tenant_config import ClientAuth, EhrRegistration
+from smart_app.oauth import (
+    DISCOVERY_SECONDS,
+    FAILED_DISCOVERY_SECONDS,
+    AuthServers,
+    OAuthError,
+)
+from tests.support.served import ServedJson
+
+TIMEOUT = 5.0
+#: Bounds a test's waits on the other threads, so that a broken build fails, never hangs.
+GIVE_UP_SECONDS = 30.0
+
+
+def smart_configuration(base: str) -> bytes:
+    """What this app needs of a SMART configuration; only private_key_jwt offered."""
+    return json.dumps(
+        {
+            "issuer": base,
+            "authorization_endpoint": f"{base}/authorize",
+            "token_endpoint": f"{base}/token",
+            "jwks_uri": f"{base}/jwks",
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        }
+    ).encode()
+
+
+class CountedEhr(ServedJson):
+    """Answers every GET with ``body`` and counts them; holds each answer while ``release``
+    is clear."""
+
+    def __init__(self, body: bytes = b"{}") -> None:
+        super().__init__(body, path="/fhir")
+        self.requests = 0
+        self.asked = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self._counting = threading.Lock()
+
+    def current(self) -> bytes:
+        with self._counting:
+            self.requests += 1
+        self.asked.set()
+        self.release.wait(GIVE_UP_SECONDS)
+        return self.body
+
+
+class Clock:
+    """Seconds that move when the test moves them; counts its reads, so that a test knows
+    when launches have looked a configuration up (each lookup reads it once)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.reads = 0
+        self._read = threading.Condition()
+
+    def __call__(self) -> float:
+        with self._read:
+            self.reads += 1
+            self._read.notify_all()
+        return self.now
+
+    def wait_for_reads(self, count: int) -> None:
+        with self._read:
+            assert self._read.wait_for(lambda: self.reads >= count, GIVE_UP_SECONDS)
+
+
+def registration(
+    fhir_base_url: str, client_auth: ClientAuth = "private_key_jwt"
+) -> EhrRegistration:
+    return EhrRegistration(
+        id="ehr",
+        name="EHR",
+        fhir_base_url=fhir_base_url,
+        client_id="kindreflex",
+        client_auth=client_auth,
+    )
+
+
+def test_launches_that_miss_together_wait_for_one_fetch() -> None:
+    """Before, each launch arriving while the EHR had not yet answered read it again, each
+    holding a thread of the pool meanwhile."""
+    clock = Clock()
+    servers = AuthServers(clock)
+    with CountedEhr() as ehr, ThreadPoolExecutor(5) as pool:
+        ehr.body = smart_configuration(ehr.url)
+        ehr.release.clear()
+        launch = registration(ehr.url)
+        first = pool.submit(servers.discover, launch, TIMEOUT)
+        assert ehr.asked.wait(GIVE_UP_SECONDS)
+        others = [pool.submit(servers.discover, launch, TIMEOUT) for _ in range(4)]
+        clock.wait_for_reads(5)  # each has looked it up while the EHR had not answered
+        ehr.release.set()
+        answers = [launched.result() for launched in (first, *others)]
+
+    assert ehr.requests == 1
+    assert all(answer == answers[0] for answer in answers)
+    assert answers[0].token_endpoint == f"{ehr.url}/token"
+
+
+def test_a_failure_is_given_for_a_few_seconds_then_the_ehr_is_asked_again() -> None:
+    clock = Clock()
+    servers = AuthServers(clock)
+    with CountedEhr(b'{"issuer": "unusable"}') as ehr:
+        launch = registration(ehr.url)
+        for _ in range(3):
+            with pytest.raises(OAuthError) as refused:
+                servers.discover(launch, TIMEOUT)
+            assert refused.value.kind == "ehr_unsupported"
+            assert "authorization_endpoint" in refused.value.detail
+        assert ehr.requests == 1  # the page at once, no thread waiting on the EHR
+
+        ehr.body = smart_configuration(ehr.url)  # the EHR is fixed
+        clock.now += FAILED_DISCOVERY_SECONDS - 0.5
+        with pytest.raises(OAuthError):
+            servers.discover(launch, TIMEOUT)
+        assert ehr.requests == 1
+
+        clock.now += 0.5
+        assert servers.discover(launch, TIMEOUT).token_endpoint == f"{ehr.url}/token"
+        assert ehr.requests == 2
+        clock.now += DISCOVERY_SECONDS - 1  # a usable one is kept for minutes
+        servers.discover(launch, TIMEOUT)
+        assert ehr.requests == 2
+
+
+def test_each_base_url_and_client_authentication_is_read_on_its_own() -> None:
+    """What discover checks depends on both (the client authentication against the methods
+    the EHR offers), and one EHR's failure is not another's."""
+    servers = AuthServers(Clock())
+    with CountedEhr() as ehr, CountedEhr() as broken:
+        ehr.body = smart_configuration(ehr.url)
+        assert servers.discover(registration(ehr.url), TIMEOUT).issuer == ehr.url
+        with pytest.raises(OAuthError) as refused:
+            servers.discover(registration(ehr.url, "client_secret_basic"), TIMEOUT)
+        assert "token_endpoint_auth_methods_supported" in refused.value.detail
+        with pytest.raises(OAuthError):
+            servers.discover(registration(broken.url), TIMEOUT)
+
+        assert servers.discover(registration(ehr.url), TIMEOUT).issuer == ehr.url
+        assert (ehr.requests, broken.requests) == (2, 1)
