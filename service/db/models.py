@@ -78,6 +78,11 @@ class LaunchState(TenantScoped, Base):
     """An authorization request in flight: single-use, expiring, bound to one browser."""
 
     __tablename__ = "smart_launch_states"
+    # Every launch counts its hospital's unexpired states and reads the first expiry
+    # (``smart_app.launch._refuse_when_busy``, up to 20 000 rows): a range of this index
+    # answers both without reading the rows, and it serves what tenant_id alone served.
+    __table_args__ = (Index("ix_smart_launch_states_tenant_expires", "tenant_id", "expires_at"),)
+    tenant_id_indexed_by_constraint = True
 
     state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     browser_hash: Mapped[str] = mapped_column(String(64))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
+from datetime import timedelta
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -10,6 +13,7 @@ from sqlalchemy import (
     Engine,
     column,
     create_engine,
+    func,
     insert,
     inspect,
     select,
@@ -24,7 +28,7 @@ from service.db import (
     models,  # noqa: F401 - registers every table
 )
 from service.db.base import Base, Database, UTCDateTime, utcnow
-from service.db.models import AuditRecord, Concern, OutboxEntry
+from service.db.models import AuditRecord, Concern, LaunchState, OutboxEntry
 from service.outbox import NewEntry, enqueue
 from tests.support.write_path import make_tenant
 
@@ -267,6 +271,80 @@ def test_a_failed_deliverys_audit_row_is_found_by_the_index(postgres_url: str) -
         statement = lookup.compile(engine, compile_kwargs={"literal_binds": True})
         plan = "\n".join(connection.scalars(text(f"EXPLAIN {statement}")))
     assert "ix_audit_records_outbox" in plan, plan
+    engine.dispose()
+    database.dispose()
+
+
+def _launch_state(tenant_id: int, expires_in: timedelta) -> dict[str, object]:
+    """A launch state as 0004 and later keep it."""
+    return {
+        "state_hash": secrets.token_hex(32),
+        "browser_hash": secrets.token_hex(32),
+        "tenant_id": tenant_id,
+        "registration_id": "ehr",
+        "path_prefix": "",
+        "code_verifier": "v",
+        "nonce": "n",
+        "server": {},
+        "created_at": utcnow(),
+        "expires_at": utcnow() + expires_in,
+    }
+
+
+def _launch_state_indexes(engine: Engine) -> list[list[str | None]]:
+    """The columns of each index of ``smart_launch_states`` that starts with tenant_id."""
+    indexes = inspect(engine).get_indexes("smart_launch_states")
+    return sorted(i["column_names"] for i in indexes if i["column_names"][0] == "tenant_id")
+
+
+def test_0022_indexes_launch_states_by_tenant_and_expiry_and_its_downgrade_keeps_the_rows(
+    database_url: str,
+) -> None:
+    """The composite index replaces the one on tenant_id alone, which it covers."""
+    migrate.upgrade(database_url, "0011_triage_shown_children")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    with database.session() as session:
+        session.execute(insert(LaunchState), [_launch_state(tenant.id, timedelta(minutes=10))])
+    engine = create_engine(database_url)
+    assert _launch_state_indexes(engine) == [["tenant_id"]]
+
+    migrate.upgrade(database_url)
+    assert _launch_state_indexes(engine) == [["tenant_id", "expires_at"]]
+    migrate.downgrade(database_url, "0011_triage_shown_children")
+    assert _launch_state_indexes(engine) == [["tenant_id"]]
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM smart_launch_states")) == 1
+    engine.dispose()
+    database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_launch_counts_its_hospitals_launches_in_flight_from_the_index(
+    postgres_url: str,
+) -> None:
+    """The count of ``_refuse_when_busy`` while another hospital is flooded (20 000 states
+    in flight) and this one's abandoned states of the day wait for the daily purge: the
+    plan reads this hospital's states in flight from the composite index, not every state
+    in flight nor every one of the hospital's."""
+    migrate.upgrade(postgres_url)
+    database = Database(postgres_url)
+    launching = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    flooded = make_tenant(database, "az-brugge", "http://ehr-b.test/fhir")
+    with database.session() as session:
+        flood = [_launch_state(flooded.id, timedelta(minutes=5)) for _ in range(20_000)]
+        abandoned = [_launch_state(launching.id, -timedelta(hours=1)) for _ in range(2000)]
+        in_flight = [_launch_state(launching.id, timedelta(minutes=5)) for _ in range(10)]
+        session.execute(insert(LaunchState), [*flood, *abandoned, *in_flight])
+    count = select(func.count(), func.min(LaunchState.expires_at)).where(
+        LaunchState.tenant_id == launching.id, LaunchState.expires_at > utcnow()
+    )
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE smart_launch_states"))
+        statement = count.compile(engine, compile_kwargs={"literal_binds": True})
+        plan = "\n".join(connection.scalars(text(f"EXPLAIN {statement}")))
+    assert "ix_smart_launch_states_tenant_expires" in plan, plan
     engine.dispose()
     database.dispose()
 
