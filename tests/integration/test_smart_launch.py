@@ -38,7 +38,7 @@ from sandbox.keys import SigningKey as SandboxKey
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
-from service.db.models import AppSession, AuditRecord, LaunchState, OutboxEntry
+from service.db.models import AppSession, AuditRecord, LaunchState, OutboxEntry, Tenant
 from service.fhir.client import ReauthorisationRequired
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
@@ -725,6 +725,13 @@ def test_an_expired_launch_state_and_an_unknown_hospital_get_clear_pages(
     unknown = Browser().get(f"{kindreflex.url}/t/nowhere/launch?iss=x&launch=y")
     assert unknown.status_code == 404
     assert "Onbekend ziekenhuis" in unknown.text
+    # A hospital created but not yet configured gets the same page: it tells nobody which
+    # slugs exist (the log says which case it was).
+    with kindreflex.database.session() as session:
+        session.add(Tenant(slug="unconfigured", name="Ziekenhuis zonder configuratie"))
+    for path in ("/t/unconfigured/launch?iss=x&launch=y", "/t/unconfigured/app/triage"):
+        not_set_up = Browser().get(f"{kindreflex.url}{path}")
+        assert (not_set_up.status_code, not_set_up.text) == (404, unknown.text)
 
 
 @pytest.fixture
