@@ -147,8 +147,10 @@ class AuthServers:
     EHR a request and a thread of the pool a wait each time. A failure is kept
     ``FAILED_DISCOVERY_SECONDS``: while an EHR is down or slow, a flood of launches gets its
     page at once instead of each holding a thread of the pool (every hospital's pages
-    share it) for up to ``EHR_FETCH_SECONDS``. Launches that miss together wait for one
-    fetch. ``clock``: seconds, as ``time.monotonic``."""
+    share it) for up to ``EHR_FETCH_SECONDS``. One launch reads the configuration again
+    once it has expired; the others meanwhile get the expired outcome, and wait only when
+    there is none yet (the first launches after a start, for that one read).
+    ``clock``: seconds, as ``time.monotonic``."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -160,7 +162,8 @@ class AuthServers:
         known, fetching = self._claim(key)
         if fetching:
             known.fetch(registration, timeout, self._clock)
-        return known.outcome()
+            return known.outcome()
+        return known.latest().outcome()
 
     def _claim(self, key: tuple[str, ClientAuth]) -> tuple[_Discovery, bool]:
         """The discovery of ``key`` to use, and whether this launch is the one to fetch it
@@ -170,15 +173,16 @@ class AuthServers:
             known = self._known.get(key)
             if known is not None and not known.expired(now):
                 return known, False
-            fresh = self._known[key] = _Discovery()
+            fresh = self._known[key] = _Discovery(previous=known)
             return fresh, True
 
 
 @dataclass
 class _Discovery:
-    """One fetch of a SMART configuration and its outcome, shared by the launches that
-    asked while it ran and until it expires."""
+    """One read of a SMART configuration and its outcome, shared by the launches that ask
+    until it expires; while it runs, the expired one it replaces (``previous``) answers."""
 
+    previous: _Discovery | None = None
     done: threading.Event = field(default_factory=threading.Event)
     server: AuthServer | None = None
     failure: OAuthError | None = None
@@ -186,9 +190,15 @@ class _Discovery:
 
     def expired(self, now: float) -> bool:
         if self.finished_at is None:
-            return False  # still fetching: wait for it
+            return False  # still fetching
         kept = DISCOVERY_SECONDS if self.server is not None else FAILED_DISCOVERY_SECONDS
         return now - self.finished_at >= kept
+
+    def latest(self) -> _Discovery:
+        """This one once read; until then the one it replaces, if any (read before: it is
+        dropped once this one is done)."""
+        previous = self.previous
+        return self if previous is None or self.done.is_set() else previous
 
     def fetch(
         self, registration: EhrRegistration, timeout: float, clock: Callable[[], float]
@@ -201,6 +211,7 @@ class _Discovery:
         finally:  # also after an unforeseen error (it reaches this launch alone): none hangs
             self.finished_at = clock()
             self.done.set()
+            self.previous = None  # not kept alive, nor chained through the next one
 
     def outcome(self) -> AuthServer:
         """The configuration, or the fetch's failure, once fetched (``EHR_FETCH_SECONDS``

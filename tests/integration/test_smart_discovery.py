@@ -1,7 +1,8 @@
 """Reading EHRs' SMART configurations for launches (``smart_app.oauth.AuthServers``), over
 real HTTP from loopback servers that count what they are asked: launches that miss
 together wait for one fetch, a failure is given for a few seconds, then the EHR is asked
-again, and each FHIR base URL and client authentication has its own.
+again while the other launches get the last outcome, and each FHIR base URL and client
+authentication has its own.
 
 Time moves through the clock ``AuthServers`` takes; nothing sleeps.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
@@ -62,6 +65,17 @@ class CountedEhr(ServedJson):
         return self.body
 
 
+@contextmanager
+def held_answers(ehr: CountedEhr) -> Iterator[None]:
+    """The EHR holds its answers until the block ends; ``asked`` tells a request came."""
+    ehr.asked.clear()
+    ehr.release.clear()
+    try:
+        yield
+    finally:
+        ehr.release.set()
+
+
 class Clock:
     """Seconds that move when the test moves them; counts its reads, so that a test knows
     when launches have looked a configuration up (each lookup reads it once)."""
@@ -101,13 +115,12 @@ def test_launches_that_miss_together_wait_for_one_fetch() -> None:
     servers = AuthServers(clock)
     with CountedEhr() as ehr, ThreadPoolExecutor(5) as pool:
         ehr.body = smart_configuration(ehr.url)
-        ehr.release.clear()
         launch = registration(ehr.url)
-        first = pool.submit(servers.discover, launch, TIMEOUT)
-        assert ehr.asked.wait(GIVE_UP_SECONDS)
-        others = [pool.submit(servers.discover, launch, TIMEOUT) for _ in range(4)]
-        clock.wait_for_reads(5)  # each has looked it up while the EHR had not answered
-        ehr.release.set()
+        with held_answers(ehr):
+            first = pool.submit(servers.discover, launch, TIMEOUT)
+            assert ehr.asked.wait(GIVE_UP_SECONDS)
+            others = [pool.submit(servers.discover, launch, TIMEOUT) for _ in range(4)]
+            clock.wait_for_reads(5)  # each has looked it up while the EHR had not answered
         answers = [launched.result() for launched in (first, *others)]
 
     assert ehr.requests == 1
@@ -139,6 +152,35 @@ def test_a_failure_is_given_for_a_few_seconds_then_the_ehr_is_asked_again() -> N
         clock.now += DISCOVERY_SECONDS - 1  # a usable one is kept for minutes
         servers.discover(launch, TIMEOUT)
         assert ehr.requests == 2
+
+
+def test_while_an_ehr_is_read_again_the_other_launches_get_the_last_outcome_at_once() -> None:
+    """Only the launch reading it waits for the EHR: a flood against an EHR that stays
+    down holds one thread every few seconds, not one per launch for up to ten seconds.
+    The EHR holds each answer here until the other launch has had its own."""
+    clock = Clock()
+    servers = AuthServers(clock)
+    with CountedEhr(b"{}") as ehr, ThreadPoolExecutor(1) as pool:
+        launch = registration(ehr.url)
+        with pytest.raises(OAuthError):
+            servers.discover(launch, TIMEOUT)
+        ehr.body = smart_configuration(ehr.url)
+
+        clock.now += FAILED_DISCOVERY_SECONDS
+        with held_answers(ehr):
+            reading = pool.submit(servers.discover, launch, TIMEOUT)
+            assert ehr.asked.wait(GIVE_UP_SECONDS)
+            with pytest.raises(OAuthError):
+                servers.discover(launch, TIMEOUT)  # the last failure
+        configuration = reading.result()
+
+        clock.now += DISCOVERY_SECONDS
+        with held_answers(ehr):
+            reading = pool.submit(servers.discover, launch, TIMEOUT)
+            assert ehr.asked.wait(GIVE_UP_SECONDS)
+            assert servers.discover(launch, TIMEOUT) == configuration  # read minutes ago
+        assert reading.result() == configuration
+    assert ehr.requests == 3
 
 
 def test_each_base_url_and_client_authentication_is_read_on_its_own() -> None:
