@@ -149,7 +149,9 @@ class AuthServers:
     page at once instead of each holding a thread of the pool (every hospital's pages
     share it) for up to ``EHR_FETCH_SECONDS``. One launch reads the configuration again
     once it has expired; the others meanwhile get the expired outcome, and wait only when
-    there is none yet (the first launches after a start, for that one read).
+    there is none yet (the first launches after a start, for that one read). Threads, not
+    ``service.single_flight``: launches run on the route pool's threads, and each fetch on
+    an event loop of its own (``ehr_client``), which that one's tasks cannot span.
     ``clock``: seconds, as ``time.monotonic``."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
