@@ -61,8 +61,9 @@ at most ``RACES_RETRIED`` times (counted in ``races``; the next race is a ``conf
 counted too, so nothing loops: the record kept changing under the save,
 :func:`kept_changing`, which the nurse is told apart from a change of what she was
 shown). A 409/412 with every If-Match of the transaction still current is neither: the
-server refused it for another reason (a conditional create matching two resources), which
-saving again would not change: ``failed``, with the server's outcome. 401/403 or a session
+server refused it for another reason, passing (a lock) or lasting (a conditional create
+matching two resources): sent again within the same bound, then ``failed``, with the
+server's outcome. 401/403 or a session
 whose tokens cannot be refreshed is ``waiting-authorisation``: the entry waits until the
 next launch for the same patient through the same EHR registration
 (:meth:`Outbox.adopt_session`), and is then delivered with that session's token — the
@@ -137,7 +138,8 @@ READY_MAX_WAIT = timedelta(hours=24)
 #: How many times an entry whose create-or-merge lost a race at delivery (see the module
 #: doc) is merged and sent again; one race more is a ``conflict`` (:func:`kept_changing`).
 #: A race needs another write to the resource between two requests of ours, milliseconds
-#: apart: a resource changed that often is best left to a person.
+#: apart: a resource changed that often is best left to a person. A 409/412 that no version
+#: explains is sent again as often, then ``failed`` (both counted in ``races``).
 RACES_RETRIED = 3
 
 
@@ -200,7 +202,7 @@ class Delivery:
     state: DeliveryState
     detail: str = ""
     outcome: Resource | None = None  # the server's OperationOutcome, when it refused
-    raced: bool = False  # a race at delivery lost (pending, or past RACES_RETRIED a conflict)
+    raced: bool = False  # a race at delivery lost, or a refusal no version explains: counted
 
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
@@ -636,12 +638,15 @@ def _conflict_or_race(
       (:func:`kept_changing`). (A resource read at delivery that moved only after the
       refusal is taken for a race too, retried within the same bound.)
     * None has moved: no If-Match failed. The server refused the transaction for another
-      reason that saving again would not change (a conditional create matching two
-      resources: the record holds a child twice): ``failed``, in the server's words, for a
+      reason, passing (a lock: HAPI answers concurrent writes with 409) or lasting (a
+      conditional create matching two resources, the record holding a child twice:
+      sekmet's 412 ``multiple-matches``). Sent again as it is, within ``RACES_RETRIED``
+      (the If-Matches still guard it), then ``failed``, in the server's words, for a
       person to look at. It was a ``conflict`` that told the nurse someone had changed her
-      data, and to save again, which fails the same way.
+      data, and to save again, which fails the same way when the refusal lasts.
 
-    A ``conflict`` before the transaction was sent (``sent`` None) stays one."""
+    A ``conflict`` before the transaction was sent (``sent`` None) stays one. A re-read
+    refused for want of a sign-in waits for one, as a delivery would."""
     conflict = Delivery(entry.id, DeliveryState.CONFLICT, summarise(error.outcome), error.outcome)
     if sent is None:
         return conflict
@@ -650,11 +655,15 @@ def _conflict_or_race(
         moved_at_delivery = shown_held and not _all_still_at(client, sent.read_at_delivery)
     except FhirUnavailable as unreachable:  # not known: nothing was written, try again later
         return Delivery(entry.id, DeliveryState.PENDING, str(unreachable))
+    except FhirRejected as refused:  # _still_at lets only a want of authorisation through
+        return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(refused))
     if not shown_held:
         return conflict
     if not moved_at_delivery:
-        detail = f"refused, no version changed: {conflict.detail}"
-        return Delivery(entry.id, DeliveryState.FAILED, detail, error.outcome)
+        detail = f"refused {entry.races + 1}, no version changed: {conflict.detail}"
+        last = entry.races >= RACES_RETRIED
+        state = DeliveryState.FAILED if last else DeliveryState.PENDING
+        return Delivery(entry.id, state, detail, error.outcome, raced=True)
     detail = f"race {entry.races + 1}: changed after its read at delivery: {conflict.detail}"
     if entry.races >= RACES_RETRIED:  # an operator (and the nurse's chart) can tell it apart
         return replace(conflict, detail=detail, raced=True)
@@ -676,11 +685,14 @@ def _all_still_at(client: FhirClient, versions: Sequence[tuple[str, str]]) -> bo
 
 
 def _still_at(client: FhirClient, reference: str, version: str) -> bool:
-    """Whether ``Type/id`` is still at ``version`` (a resource gone is not)."""
+    """Whether ``Type/id`` is still at ``version`` (a resource gone is not). A read refused
+    for want of authorisation says nothing of the version: raised."""
     resource_type, _, resource_id = reference.partition("/")
     try:
         current = client.read(resource_type, resource_id)
-    except FhirRejected:
+    except FhirRejected as refused:
+        if refused.needs_authorisation:
+            raise
         return False
     return bool(current.get("meta", {}).get("versionId") == version)
 
