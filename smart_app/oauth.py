@@ -217,8 +217,10 @@ class _Discovery:
 
     def outcome(self) -> AuthServer:
         """The configuration, or the fetch's failure, once fetched (``EHR_FETCH_SECONDS``
-        at most)."""
-        self.done.wait()
+        at most). A waiter gives up a little after that: the fetch is bounded, but closing
+        its client may wait on a DNS lookup that is not."""
+        if not self.done.wait(EHR_FETCH_SECONDS + 2):
+            raise OAuthError("ehr_unreachable", "SMART configuration not read in time")
         if self.server is not None:
             return self.server
         failure = self.failure or OAuthError("ehr_unreachable", "SMART configuration not read")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import pytest
 
 from service.tenant_config import ClientAuth, EhrRegistration
+from smart_app import oauth
 from smart_app.oauth import (
     DISCOVERY_SECONDS,
     FAILED_DISCOVERY_SECONDS,
@@ -198,3 +199,16 @@ def test_each_base_url_and_client_authentication_is_read_on_its_own() -> None:
 
         assert servers.discover(registration(ehr.url), TIMEOUT).issuer == ehr.url
         assert (ehr.requests, broken.requests) == (2, 1)
+
+
+def test_a_launch_waiting_on_a_read_that_never_ends_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read is bounded, but closing its client may wait on a DNS lookup that is not: a
+    launch waiting for it waited without end, holding a thread every hospital's pages
+    share. It now gives up a little after the read's bound, as if the EHR did not answer.
+    (A read that never ends cannot be caused here: the discovery is left unfinished.)"""
+    monkeypatch.setattr(oauth, "EHR_FETCH_SECONDS", 0.0)
+    with pytest.raises(OAuthError) as waited:
+        oauth._Discovery().outcome()
+    assert waited.value.kind == "ehr_unreachable"
