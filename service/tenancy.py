@@ -37,7 +37,14 @@ STALE_GRACE_SECONDS = 1.0  # see TenantDirectory.current
 
 
 class UnknownTenantError(LookupError):
-    """No tenant with that slug is configured on this deployment."""
+    """No tenant with that slug is configured on this deployment. Its message is the same
+    whether no such hospital exists or it has no configuration yet, since anyone may ask
+    (``/t/<slug>/…``) and must not learn which hospitals exist; ``reason`` says which, for
+    the log."""
+
+    def __init__(self, slug: str, reason: str) -> None:
+        super().__init__(f"no hospital '{slug}' is configured on this service")
+        self.reason = reason
 
 
 class SecretsUnavailableError(RuntimeError):
@@ -152,7 +159,7 @@ class TenantDirectory:
     def _load(self, session: Session, slug: str, cached: TenantContext | None) -> TenantContext:
         tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
         if tenant is None:
-            raise UnknownTenantError(f"no hospital '{slug}' is configured on this service")
+            raise UnknownTenantError(slug, "no such hospital")
         latest = session.scalar(
             select(func.max(TenantConfigVersion.version)).where(
                 TenantConfigVersion.tenant_id == tenant.id
@@ -166,7 +173,7 @@ class TenantDirectory:
             )
         )
         if row is None:
-            raise UnknownTenantError(f"hospital '{slug}' has no configuration yet")
+            raise UnknownTenantError(slug, "the hospital has no configuration yet")
         config = TenantConfiguration.model_validate(self._secrets.open(dict(row.document)))
         return TenantContext(id=tenant.id, slug=slug, version=row.version, config=config)
 

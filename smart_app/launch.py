@@ -308,7 +308,7 @@ def _tenant(request: Request) -> TenantContext:
     try:
         return tenants.get(slug)
     except UnknownTenantError as error:
-        raise PageError(404, "unknown_tenant", logged={"reason": str(error)}) from error
+        raise PageError(404, "unknown_tenant", logged={"reason": error.reason}) from error
 
 
 def _path_prefix(request: Request, tenant: TenantContext) -> str:

@@ -205,7 +205,7 @@ def current_launch(request: Request) -> LaunchContext:
         tenant = tenants.get(tenant_slug(request))
     except UnknownTenantError as error:
         # whether the hospital exists but is not set up yet: for the log, not for anyone
-        raise PageError(404, "unknown_tenant", logged={"reason": str(error)}) from error
+        raise PageError(404, "unknown_tenant", logged={"reason": error.reason}) from error
     cookie = request.cookies.get(SESSION_COOKIE)
     row = sessions_of(request).find(cookie) if cookie else None
     if row is None or row.tenant_id != tenant.id:

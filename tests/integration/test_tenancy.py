@@ -11,7 +11,7 @@ from sqlalchemy import event, select
 
 from service import tenancy
 from service.db.base import Database
-from service.db.models import TenantConfigVersion
+from service.db.models import Tenant, TenantConfigVersion
 from service.tenancy import (
     SecretBox,
     SecretsUnavailableError,
@@ -78,6 +78,27 @@ def test_tenants_never_see_each_others_configuration(database: Database) -> None
     assert tenants.get("hospital-a").config.name == "A"
     with pytest.raises(UnknownTenantError):
         tenants.get("hospital-c")
+
+
+def test_a_hospital_without_configuration_is_told_as_one_that_does_not_exist(
+    database: Database,
+) -> None:
+    """Anyone may ask for ``/t/<slug>/…`` (the JSON API, CDS discovery, the pages): the
+    answer said "has no configuration yet" for a hospital created but not set up, so a
+    caller learned which hospitals exist. The message is now one; the reason is for the log."""
+    with database.session() as session:
+        session.add(Tenant(slug="az-nieuw", name="AZ Nieuw"))
+    tenants = TenantDirectory(database, SecretBox(None))
+    with pytest.raises(UnknownTenantError) as not_set_up:
+        tenants.get("az-nieuw")
+    with pytest.raises(UnknownTenantError) as absent:
+        tenants.get("az-nergens")
+
+    assert str(not_set_up.value) == str(absent.value).replace("az-nergens", "az-nieuw")
+    assert (not_set_up.value.reason, absent.value.reason) == (
+        "the hospital has no configuration yet",
+        "no such hospital",
+    )
 
 
 def test_calls_on_the_event_loop_that_find_the_configuration_due_share_one_read(
