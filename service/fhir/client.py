@@ -105,6 +105,13 @@ SCREEN_PAGES_SPARE_TIMEOUTS = 1
 #: fit when its 22 requests average up to 12/22 of the timeout (2.7 s of 5 s). Bounded still:
 #: the user waits for the save, and past it is told the server does not answer now.
 CHANGE_BUDGET_TIMEOUTS = 12
+#: ... and within this many seconds whatever the timeout (a minute and a half): with the
+#: save's own delivery attempt after them (``service.outbox.Outbox.deliver``, 9 s at most)
+#: the request stays within the ingress's read timeout (``deploy/kubernetes/ingress.yaml``,
+#: 120 s; ingress-nginx's default of 60 s would show the social worker its bare 504 page
+#: for a save that went on and landed). A longer timeout setting would hold a route thread
+#: for up to an hour.
+CHANGE_BUDGET_MAX_SECONDS = 90.0
 
 
 class ReauthorisationRequired(Exception):  # noqa: N818 - name agreed between the engineers
@@ -221,8 +228,10 @@ class FhirClient:
     @classmethod
     def for_change(cls, base_url: str, token: Callable[[], str], timeout: float) -> FhirClient:
         """A client for the reads before a change (of a case): every page of a search is
-        needed, and all requests end within :data:`CHANGE_BUDGET_TIMEOUTS` ``timeout``."""
-        return cls(base_url, token, timeout, budget=CHANGE_BUDGET_TIMEOUTS * timeout)
+        needed, and all requests end within :data:`CHANGE_BUDGET_TIMEOUTS` ``timeout``
+        (:data:`CHANGE_BUDGET_MAX_SECONDS` at most)."""
+        budget = min(CHANGE_BUDGET_TIMEOUTS * timeout, CHANGE_BUDGET_MAX_SECONDS)
+        return cls(base_url, token, timeout, budget=budget)
 
     def close(self) -> None:
         self._http.close()

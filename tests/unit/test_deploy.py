@@ -21,7 +21,9 @@ from service.app import create_app
 from service.cds.router import MAX_BODY_BYTES
 from service.cli import build_parser
 from service.db.base import Database
+from service.fhir.client import CHANGE_BUDGET_MAX_SECONDS, SCREEN_BUDGET_TIMEOUTS
 from service.settings import Settings, load_settings
+from service.triage import IMMEDIATE_TIMEOUT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -200,6 +202,17 @@ def test_the_ingress_lets_through_the_largest_cds_call_the_service_accepts() -> 
     found = re.fullmatch(r"(\d+)([km]?)", size)
     assert found, size
     assert int(found[1]) * {"": 1, "k": 2**10, "m": 2**20}[found[2]] > MAX_BODY_BYTES
+
+
+def test_the_ingress_waits_for_the_longest_request_the_service_makes() -> None:
+    """A change of a case reads within its budget, then its save tries to deliver: nginx's
+    default 60 s answered the social worker 504 for a save that went on and landed."""
+    annotations = ingresses()["kindreflex"]["metadata"]["annotations"]
+    longest = CHANGE_BUDGET_MAX_SECONDS + SCREEN_BUDGET_TIMEOUTS * IMMEDIATE_TIMEOUT_SECONDS
+    screen = SCREEN_BUDGET_TIMEOUTS * Settings.model_fields["fhir_timeout_seconds"].default
+    for name in ("proxy-read-timeout", "proxy-send-timeout"):
+        seconds = int(annotations[f"nginx.ingress.kubernetes.io/{name}"])
+        assert seconds > max(longest, screen) + 5, name
 
 
 def pods() -> list[dict[str, Any]]:
