@@ -13,8 +13,9 @@ import socketserver
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Self
 from urllib.parse import urlsplit
+
+from tests.support.serving import Serving
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Asked:
     proxy_authorization: str | None
 
 
-class ForwardProxy:
+class ForwardProxy(Serving):
     """Serves from a thread while entered, at ``url`` (``http://127.0.0.1:PORT``, or
     ``https://`` with ``tls``: the context of its certificate)."""
 
@@ -53,22 +54,13 @@ class ForwardProxy:
             daemon_threads = True
             allow_reuse_address = True
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        server = Server(("127.0.0.1", 0), Handler)
         if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
         scheme = "http" if tls is None else "https"
-        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+        super().__init__(server)
         self._lock = threading.Lock()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
     def _handle(self, handler: socketserver.StreamRequestHandler) -> None:
         with self._lock:

@@ -7,18 +7,19 @@ links), so a client pages through it."""
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
 import httpx
+
+from tests.support.serving import Serving
 
 #: The headers passed on: what a FHIR exchange needs, not the connection's own.
 _PASSED = ("Accept", "Authorization", "Content-Type", "If-Match", "If-None-Exist", "Prefer")
 
 
-class SlowRelay:
+class SlowRelay(Serving):
     """Passes each request to ``upstream`` (a FHIR base URL) and its answer back ``delay``
     seconds later (0: at once; may be changed between requests). ``url`` is the relay's base
     URL, with ``upstream``'s path; ``asked`` counts the requests passed on, each as it
@@ -61,16 +62,7 @@ class SlowRelay:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        port = self._httpd.server_address[1]
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        port = httpd.server_address[1]
         self.url = str(httpx.URL(upstream).copy_with(host="127.0.0.1", port=port))
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(httpd)

@@ -6,14 +6,15 @@ and for keys a test publishes."""
 from __future__ import annotations
 
 import ssl
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
-from typing import Any, Self
+from typing import Any
+
+from tests.support.serving import Serving
 
 
-class ServedJson:
+class ServedJson(Serving):
     """Serves ``body`` at ``url`` from a thread while entered. ``body`` may be changed
     between requests; ``current()`` is what a request gets (a subclass may compute it) and
     ``send()`` how it is written. With ``encoding``, ``body`` is sent as that
@@ -51,12 +52,12 @@ class ServedJson:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         if tls is not None:  # https, with the certificate the context holds
-            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+            httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
         scheme = "http" if tls is None else "https"
-        self.url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}{path}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}{path}"
+        super().__init__(httpd)
 
     def current(self) -> bytes:
         return self.body
@@ -64,15 +65,6 @@ class ServedJson:
     def send(self, out: BufferedIOBase, answer: bytes) -> None:
         """Writes the answer at once; a subclass may send it otherwise (slowly)."""
         out.write(answer)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
 
 class Trickled(ServedJson):
