@@ -215,6 +215,11 @@ def cmd_outbox_waiting(args: argparse.Namespace, settings: Settings) -> int:
     return admin_commands.show_waiting(settings, args.tenant, actor)
 
 
+def cmd_outbox_refused(args: argparse.Namespace, settings: Settings) -> int:
+    actor = f"kindreflex outbox refused ({getpass.getuser()})"
+    return admin_commands.show_refused(settings, args.tenant, actor)
+
+
 def _moment(value: str) -> datetime:
     """A date (from its midnight, Belgian time: the day as the hospital counts it) or a
     timestamp with its offset."""
@@ -241,7 +246,7 @@ def cmd_admin_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
 
 def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``config export|import``, ``admin bootstrap`` (the EHR administrator's journey),
-    ``audit`` and ``outbox waiting``."""
+    ``audit`` and ``outbox waiting|refused``."""
     tenant_help = "hospital (tenant) slug (default: KINDREFLEX_DEFAULT_TENANT)"
     config = commands.add_parser("config", help="configuration as code (YAML)")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CMD")
@@ -305,10 +310,23 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "server, patient, kind, undelivered since (Belgian time), what to do. Listing them "
         "is recorded in the audit trail, one row per patient.",
     )
-    waiting.add_argument(
-        "--tenant", type=_tenant_slug, help="only this hospital's (default: every hospital's)"
-    )
+    every_hospital = "only this hospital's (default: every hospital's)"
+    waiting.add_argument("--tenant", type=_tenant_slug, help=every_hospital)
     waiting.set_defaults(handler=_on_current_schema(cmd_outbox_waiting))
+    refused = box_commands.add_parser(
+        "refused",
+        help="list the writes the FHIR server refused, with its reason (audited: it names "
+        "their patients)",
+        description="List the FHIR writes the FHIR server refused, oldest first: failed (a "
+        "reason that does not pass, e.g. invalid content or a child the record holds twice) "
+        "or conflict (the record changed while they were saved). Nothing of them was "
+        "written and they are never sent again: someone removes the cause and records the "
+        "finding again from the patient's chart. One line each: entry, hospital, FHIR "
+        "server, patient, kind, state, saved (Belgian time), what to do, the server's "
+        "reason. Listing them is recorded in the audit trail, one row per patient.",
+    )
+    refused.add_argument("--tenant", type=_tenant_slug, help=every_hospital)
+    refused.set_defaults(handler=_on_current_schema(cmd_outbox_refused))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,8 +80,9 @@ back the patient's later saves. Failed, conflicting and younger waiting entries 
 person, not another instance, so they are only counted in the check's detail (and shown
 on the worklist); a failed or conflicting write also gets a local audit row with outcome
 ``failure``. The detail counts, it never names a patient (``/readyz`` may be reachable
-from outside); ``kindreflex outbox waiting`` lists the waiting entries for an operator
-(:func:`waiting_for_authorisation`).
+from outside); ``kindreflex outbox waiting`` lists the waiting entries for an operator,
+``kindreflex outbox refused`` the failed and conflicting ones, with the server's reason
+(:func:`undelivered`).
 
 What else a refused write undoes belongs to the module that saved it: a hook registered
 for the entry's kind (:meth:`Outbox.when_refused`) runs in the same local transaction
@@ -95,7 +96,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -227,8 +228,9 @@ def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
 
 
 @dataclass(frozen=True)
-class Waiting:
-    """An entry waiting for authorisation, as ``kindreflex outbox waiting`` lists it."""
+class Undelivered:
+    """An entry a person must act on, as ``kindreflex outbox waiting`` and ``kindreflex
+    outbox refused`` list it."""
 
     entry_id: int
     tenant_slug: str
@@ -237,11 +239,20 @@ class Waiting:
     kind: str
     saved_at: datetime
     tenant_id: int
+    state: DeliveryState
+    last_error: str | None
 
 
-def waiting_for_authorisation(session: Session, tenant_id: int | None = None) -> list[Waiting]:
-    """The entries waiting for a launch for their patient (all hospitals', or one's), oldest
-    first. They name patients: a caller that shows them audits the reading."""
+#: The outcomes of a write that did not happen and will never be sent again (audited as
+#: failures): someone removes the cause the FHIR server named and has it recorded anew.
+REFUSED_STATES = (DeliveryState.FAILED, DeliveryState.CONFLICT)
+
+
+def undelivered(
+    session: Session, states: Collection[DeliveryState], tenant_id: int | None = None
+) -> list[Undelivered]:
+    """The entries in one of ``states`` (all hospitals', or one's), oldest first. They name
+    patients: a caller that shows them audits the reading."""
     query = (
         select(
             OutboxEntry.id,
@@ -251,14 +262,19 @@ def waiting_for_authorisation(session: Session, tenant_id: int | None = None) ->
             OutboxEntry.kind,
             OutboxEntry.created_at,
             OutboxEntry.tenant_id,
+            OutboxEntry.state,
+            OutboxEntry.last_error,
         )
         .join(Tenant, Tenant.id == OutboxEntry.tenant_id)
-        .where(OutboxEntry.state == DeliveryState.WAITING_AUTHORISATION)
+        .where(OutboxEntry.state.in_(states))
         .order_by(OutboxEntry.created_at, OutboxEntry.id)
     )
     if tenant_id is not None:
         query = query.where(OutboxEntry.tenant_id == tenant_id)
-    return [Waiting(*row) for row in session.execute(query)]
+    return [
+        Undelivered(*row[:7], state=DeliveryState(row.state), last_error=row.last_error)
+        for row in session.execute(query)
+    ]
 
 
 @dataclass(frozen=True)
@@ -602,7 +618,7 @@ class Outbox:
                 .where(OutboxEntry.id == entry.id, OutboxEntry.lease_owner == entry.lease)
                 .values(**values)
             )
-            if result.rowcount == 1 and delivery.state in _NEEDS_A_PERSON:  # type: ignore[attr-defined]
+            if result.rowcount == 1 and delivery.state in REFUSED_STATES:  # type: ignore[attr-defined]
                 _audit_failure(session, entry, now)
                 hook = self._refusal_hooks.get(entry.kind)
                 if hook is not None:
@@ -720,10 +736,6 @@ def _held_back_by(states: Sequence[DeliveryState]) -> Any:
     return and_(
         OutboxEntry.patient_ref.is_not(None), OutboxEntry.kind.not_in(_UNORDERED_KINDS), held
     )
-
-
-#: Outcomes of a write that did not happen and will not be retried: audited as failures.
-_NEEDS_A_PERSON = (DeliveryState.FAILED, DeliveryState.CONFLICT)
 
 
 def _audit_failure(session: Session, entry: _Claimed, at: datetime) -> None:

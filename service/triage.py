@@ -62,6 +62,7 @@ from service.fhir.client import (
     Resource,
 )
 from service.outbox import (
+    REFUSED_STATES,
     DeliveryState,
     NewEntry,
     Outbox,
@@ -96,8 +97,6 @@ _COMMIT_ATTEMPTS = 3
 KIND = "triage"
 #: Outbox entries that will still be delivered: their new children are shown pending.
 _UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
-#: Outbox entries the FHIR server refused (not retried): their edits are told on the chart.
-_REFUSED = (DeliveryState.CONFLICT, DeliveryState.FAILED)
 #: Why a save's edit of a child was refused, besides its entry's state (``conflict``:
 #: someone else had changed the child first; ``failed``): a conflict because the record
 #: kept changing under the save (``service.outbox.kept_changing``); nobody changed the child.
@@ -897,7 +896,7 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
     come back with the purge."""
     refused: dict[str, _Save] = {}  # child id → the last refused save editing it
     for save in saves:
-        if save.state in _REFUSED:
+        if save.state in REFUSED_STATES:
             for child in _edited_children([save], patient_ref):
                 refused[child] = save
     if not refused:
@@ -915,7 +914,7 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
             made = audited.get((save.id, "success"), 0)
             if (
                 save.id > refusing.id
-                and save.state not in _REFUSED
+                and save.state not in REFUSED_STATES
                 and made > since
                 and (not _entries(save) or child_id in _named_children(save))
             ):

@@ -1,5 +1,5 @@
 """What ``kindreflex config export|import``, ``kindreflex admin bootstrap``,
-``kindreflex audit`` and ``kindreflex outbox waiting`` do.
+``kindreflex audit`` and ``kindreflex outbox waiting|refused`` do.
 
 ``service/cli.py`` only parses arguments; these functions open the database, act, and
 return the process exit code. Messages go to standard error, data to standard output.
@@ -125,15 +125,52 @@ def show_audit(settings: Settings, tenant: str | None, query: audit.TrailQuery, 
     return 0
 
 
-#: What an operator has someone do about an entry waiting for authorisation: a launch for its
+#: What an operator has someone do about an entry, by its state. Waiting: a launch for its
 #: patient through the same EHR takes it over (``Outbox.adopt_session``) and sends it.
-WAITING_ADVICE = "open Kindreflex from this patient's chart to send it"
+#: Refused: nothing of it was written and it is never sent again, so the finding must be
+#: recorded anew (the nurse's chart, and for a concern the worklist, says so too).
+ADVICE = {
+    outbox.DeliveryState.WAITING_AUTHORISATION: (
+        "open Kindreflex from this patient's chart to send it"
+    ),
+    outbox.DeliveryState.FAILED: (
+        "the FHIR server refused it: remove the cause it names, then record the finding "
+        "again from this patient's chart"
+    ),
+    outbox.DeliveryState.CONFLICT: (
+        "the record changed while it was saved: record the finding again from this patient's chart"
+    ),
+}
+
+#: How much of the server's reason a line shows (``last_error`` keeps up to 2000 characters).
+REASON_SHOWN = 300
 
 
 def show_waiting(settings: Settings, tenant: str | None, actor: str) -> int:
     """Print the outbox entries waiting for a sign-in (``waiting-authorisation``), of every
     hospital or of ``tenant``'s, one line each, oldest first; "none waiting" (on standard
-    error, like other messages) when there are none.
+    error, like other messages) when there are none. Audited as :func:`_show_undelivered`
+    says."""
+    states = (outbox.DeliveryState.WAITING_AUTHORISATION,)
+    return _show_undelivered(settings, tenant, actor, states, "none waiting")
+
+
+def show_refused(settings: Settings, tenant: str | None, actor: str) -> int:
+    """Print the outbox entries the FHIR server refused (``failed``, ``conflict``), of every
+    hospital or of ``tenant``'s, oldest first, each with the server's reason: a save
+    without a concern that failed is on no worklist, and ``/readyz`` only counts it."""
+    return _show_undelivered(settings, tenant, actor, outbox.REFUSED_STATES, "none refused")
+
+
+def _show_undelivered(
+    settings: Settings,
+    tenant: str | None,
+    actor: str,
+    states: tuple[outbox.DeliveryState, ...],
+    none: str,
+) -> int:
+    """Print the entries in ``states``, one line each, and ``none`` on standard error when
+    there are none.
 
     The lines name patients: the reading is audited as ``kindreflex audit`` audits its own,
     a ``search-type`` row by ``actor``, here one per patient listed (on its hospital and
@@ -142,19 +179,14 @@ def show_waiting(settings: Settings, tenant: str | None, actor: str) -> int:
     try:
         tenant_id = None if tenant is None else tenants.get(tenant).id
         with database.session() as session:
-            waiting = outbox.waiting_for_authorisation(session, tenant_id)
-            for entry in waiting:
-                print(
-                    f"entry {entry.entry_id}  hospital {entry.tenant_slug}  "
-                    f"FHIR server {entry.fhir_base_url}  {entry.patient_ref or 'no patient'}  "
-                    f"{entry.kind}  undelivered since {local(entry.saved_at):%d/%m/%Y %H:%M}: "
-                    f"{WAITING_ADVICE}"
-                )
+            entries = outbox.undelivered(session, states, tenant_id)
+            for entry in entries:
+                print(_undelivered_line(entry, show_state=len(states) > 1))
             sys.stdout.flush()
             now = utcnow()
             listed = {
                 (entry.tenant_id, entry.fhir_base_url, entry.patient_ref)
-                for entry in waiting
+                for entry in entries
                 if entry.patient_ref is not None
             }
             for tenant_of, server, patient in sorted(listed):
@@ -165,6 +197,21 @@ def show_waiting(settings: Settings, tenant: str | None, actor: str) -> int:
         return 2
     finally:
         database.dispose()
-    if not waiting:
-        print("none waiting", file=sys.stderr)
+    if not entries:
+        print(none, file=sys.stderr)
     return 0
+
+
+def _undelivered_line(entry: outbox.Undelivered, show_state: bool) -> str:
+    """One entry on one line; a refused one's reason flattened and cut to ``REASON_SHOWN``."""
+    state = f"{entry.state}  " if show_state else ""
+    line = (
+        f"entry {entry.entry_id}  hospital {entry.tenant_slug}  "
+        f"FHIR server {entry.fhir_base_url}  {entry.patient_ref or 'no patient'}  "
+        f"{entry.kind}  {state}undelivered since {local(entry.saved_at):%d/%m/%Y %H:%M}: "
+        f"{ADVICE[entry.state]}"
+    )
+    if entry.state in outbox.REFUSED_STATES:
+        reason = " ".join((entry.last_error or "no reason recorded").split())
+        line += f"  reason: {reason[:REASON_SHOWN]}"
+    return line

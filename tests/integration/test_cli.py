@@ -352,14 +352,85 @@ def _waiting(
     kind: str,
     saved_at: datetime,
     state: DeliveryState = DeliveryState.WAITING_AUTHORISATION,
+    last_error: str | None = None,
 ) -> int:
-    """An outbox entry in ``state`` (a session whose token could not be refreshed)."""
+    """An outbox entry in ``state`` (by default a session whose token could not be
+    refreshed), with the ``last_error`` its delivery recorded."""
     entry = NewEntry(kind, "ehr", server, "expired", "Practitioner/nurse-1", patient, {})
     with database.session() as session:
         row = enqueue(session, tenant_id, entry)
-        row.state, row.created_at = state, saved_at
+        row.state, row.created_at, row.last_error = state, saved_at, last_error
         session.flush()
         return row.id
+
+
+def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_audits_it(
+    tmp_path: Path,
+) -> None:
+    """A save without a concern that the FHIR server refused is on no worklist and /readyz
+    only counts it: the operator finds it here, with what to do and the server's reason."""
+    url = f"sqlite:///{tmp_path / 'kr.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    hospital = make_tenant(database, "default", _SERVER)
+    other = make_tenant(database, "other", _SERVER)
+    at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 1 December 00:30 in Brussels
+    reason = "HTTP 412: multiple-matches\n  RelatedPerson?identifier=… matched 2 " + "x" * 400
+    failed = _waiting(
+        database, hospital.id, _SERVER, "Patient/1", "triage", at, DeliveryState.FAILED, reason
+    )
+    raced = _waiting(
+        database, other.id, _SERVER, "Patient/2", "casework", at + _DAY,
+        DeliveryState.CONFLICT, "HTTP 412: RelatedPerson/7 is at version 3, not 2",
+    )  # fmt: skip
+    _waiting(database, hospital.id, _SERVER, "Patient/3", "triage", at)  # waiting: not refused
+    _waiting(database, hospital.id, _SERVER, "Patient/4", "triage", at, DeliveryState.DELIVERED)
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+
+    def outbox_refused(*wanted: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*KINDREFLEX, "outbox", "refused", *wanted], env=env, capture_output=True, text=True
+        )
+
+    listed = outbox_refused()
+    assert listed.returncode == 0, listed.stderr
+    shown = (
+        "HTTP 412: multiple-matches RelatedPerson?identifier=… matched 2 " + "x" * 236
+    )  # 300 characters
+    assert listed.stdout.splitlines() == [
+        f"entry {failed}  hospital default  FHIR server {_SERVER}  Patient/1  triage  failed  "
+        "undelivered since 01/12/2026 00:30: the FHIR server refused it: remove the cause it "
+        f"names, then record the finding again from this patient's chart  reason: {shown}",
+        f"entry {raced}  hospital other  FHIR server {_SERVER}  Patient/2  casework  conflict  "
+        "undelivered since 02/12/2026 00:30: the record changed while it was saved: record "
+        "the finding again from this patient's chart  reason: HTTP 412: RelatedPerson/7 is at "
+        "version 3, not 2",
+    ]
+    with database.session() as session:
+        readings = session.execute(
+            select(AuditRecord.tenant_id, AuditRecord.patient_ref, AuditRecord.action)
+            .where(AuditRecord.actor.startswith("kindreflex outbox refused ("))
+            .order_by(AuditRecord.id)
+        ).all()
+    assert [tuple(row) for row in readings] == [
+        (hospital.id, "Patient/1", "search-type"),
+        (other.id, "Patient/2", "search-type"),
+    ]
+
+    one = outbox_refused("--tenant", "default")
+    assert [line.split("  ")[:3] for line in one.stdout.splitlines()] == [
+        [f"entry {failed}", "hospital default", f"FHIR server {_SERVER}"]
+    ]
+    with database.session() as session:
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id.in_((failed, raced)))
+            .values(state=DeliveryState.DELIVERED)
+        )
+    database.dispose()
+    none = outbox_refused()
+    assert (none.returncode, none.stdout) == (0, "")
+    assert "none refused" in none.stderr
 
 
 def _seen(patient: str, when: datetime) -> AuditFact:
