@@ -19,6 +19,7 @@ from service.db import migrate
 from service.db.base import Database
 from service.db.models import AuditRecord, OutboxEntry
 from service.outbox import DeliveryState, NewEntry, enqueue
+from service.tenancy import TenantContext
 from tests.support.processes import free_port, running
 from tests.support.write_path import make_tenant
 
@@ -173,12 +174,8 @@ def test_the_audit_trail_is_printed_for_one_patient_and_its_reading_is_audited(
     tmp_path: Path,
 ) -> None:
     """A data-protection officer asks who saw a patient's data (GDPR access request)."""
-    url = f"sqlite:///{tmp_path / 'kr.db'}"
-    migrate.upgrade(url)
-    database = Database(url)
-    hospital = make_tenant(database, "default", _SERVER)
-    other = make_tenant(database, "other", _SERVER)
-    at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 1 December 00:30 in Brussels
+    url, database, hospital, other = _two_hospitals(tmp_path)
+    at = _AT
 
     with database.session() as session:
         audit.record_local(session, hospital.id, _seen("Patient/1", at), _SERVER)
@@ -275,12 +272,8 @@ def test_outbox_waiting_lists_the_writes_waiting_for_a_sign_in_and_audits_the_re
 ) -> None:
     """The full /readyz fails for a write waiting a day for a sign-in, without naming its
     patient: the operator finds the patient here, and someone opens that chart."""
-    url = f"sqlite:///{tmp_path / 'kr.db'}"
-    migrate.upgrade(url)
-    database = Database(url)
-    hospital = make_tenant(database, "default", _SERVER)
-    other = make_tenant(database, "other", _SERVER)
-    at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 1 December 00:30 in Brussels
+    url, database, hospital, other = _two_hospitals(tmp_path)
+    at = _AT
     second = "http://ehr-b.test/fhir"
     triage = _waiting(database, hospital.id, _SERVER, "Patient/1", "triage", at)
     read = _waiting(database, hospital.id, _SERVER, "Patient/1", "audit", at + _MINUTE)
@@ -344,6 +337,24 @@ def test_outbox_waiting_lists_the_writes_waiting_for_a_sign_in_and_audits_the_re
     assert "nowhere" in unknown.stderr
 
 
+#: 1 December 00:30 in Brussels: the commands print Belgian dates.
+_AT = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+
+
+def _two_hospitals(tmp_path: Path) -> tuple[str, Database, TenantContext, TenantContext]:
+    """A migrated SQLite database (its URL, opened) with the hospitals ``default`` and
+    ``other`` on one FHIR server."""
+    url = f"sqlite:///{tmp_path / 'kr.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    return (
+        url,
+        database,
+        make_tenant(database, "default", _SERVER),
+        make_tenant(database, "other", _SERVER),
+    )
+
+
 def _waiting(
     database: Database,
     tenant_id: int,
@@ -369,12 +380,8 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
 ) -> None:
     """A save without a concern that the FHIR server refused is on no worklist and /readyz
     only counts it: the operator finds it here, with what to do and the server's reason."""
-    url = f"sqlite:///{tmp_path / 'kr.db'}"
-    migrate.upgrade(url)
-    database = Database(url)
-    hospital = make_tenant(database, "default", _SERVER)
-    other = make_tenant(database, "other", _SERVER)
-    at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)  # 1 December 00:30 in Brussels
+    url, database, hospital, other = _two_hospitals(tmp_path)
+    at = _AT
     reason = "HTTP 412: multiple-matches\n  RelatedPerson?identifier=… matched 2 " + "x" * 400
     failed = _waiting(
         database, hospital.id, _SERVER, "Patient/1", "triage", at, DeliveryState.FAILED, reason
