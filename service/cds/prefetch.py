@@ -32,6 +32,12 @@ FETCH_TIMEOUT_SECONDS = 1.5
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 FETCH_BOUNDS = Bounds(FETCH_TIMEOUT_SECONDS, FETCH_MAX_BYTES)
 
+#: The page size asked for in the searches fetched: an EHR's prefetch may be one page of
+#: several, and the rules need all of a patient's Flags. A search still paged after it
+#: is not read in full (``situation.answered_in_full``): the generic card, unless a
+#: warning's reason is found anyway.
+FETCH_PAGE_SIZE = 1000
+
 #: Which context ids each prefetch key needs.
 _NEEDS_ENCOUNTER = frozenset({keys.ENCOUNTER, keys.CONDITIONS, keys.FINDINGS})
 
@@ -60,13 +66,14 @@ def missing_queries(
     encounter_id: str | None,
 ) -> dict[str, str]:
     """The FHIR queries for the keys the EHR did not prefetch (a present ``null`` is "no data")
-    or could not: CDS Hooks 2.0 lets a client send an OperationOutcome for a prefetch that
-    failed, and a failed Flag query must not read as "no open concern"."""
+    or not in full: CDS Hooks 2.0 lets a client send an OperationOutcome for a prefetch that
+    failed, and neither that nor the first page of a patient's Flags may read as "no open
+    concern". Searches ask for ``FETCH_PAGE_SIZE`` results a page."""
     given = prefetch or {}
     values = {"{{context.patientId}}": patient_id, "{{context.encounterId}}": encounter_id}
     queries: dict[str, str] = {}
     for key, template in templates(vocabulary).items():
-        answered = key in given and not _failed(given[key])
+        answered = key in given and keys.answered_in_full(given[key])
         if answered or (key in _NEEDS_ENCOUNTER and encounter_id is None):
             continue
         query = template

@@ -8,7 +8,10 @@
   trigger ValueSets or of the hospital's local list) or when the patient has an open
   Kindreflex concern (an active Flag with the guide's open-concern code).
 * Without the patient's data (no prefetch, FHIR unreachable) a generic info card: the
-  nurse still gets the reflex, and nothing is claimed about the patient.
+  nurse still gets the reflex, and nothing is claimed about the patient. The same when
+  no warning reason was found but not all of their sources could be read in full (the
+  encounter, its conditions or the patient's Flags missing, failed, or one page of
+  several): "no reason found" would claim there is none.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ def advise(
     found = vocabulary.triggers_of(situation.presentation_codes)
     triggers = tuple(t for t in HagueTrigger if t in found)
     open_concern = vocabulary.concern_flag in situation.active_flag_codes
+    if not (triggers or open_concern or situation.warning_sources_read):
+        return GENERIC
     return Advice(
         indicator="warning" if triggers or open_concern else "info",
         triggers=triggers,

@@ -34,13 +34,34 @@ _CHILD_CODES = frozenset(r.value for r in ChildRelationship)
 @dataclass(frozen=True)
 class Situation:
     """The facts the rules weigh. ``birth_date`` is the earliest date a partial FHIR date
-    allows (``1990`` → 1990-01-01): with doubt about the age, the card is shown."""
+    allows (``1990`` → 1990-01-01): with doubt about the age, the card is shown.
+    ``warning_sources_read``: whether everything a warning's reasons come from (the
+    encounter, its conditions, the patient's Flags) was read in full, so that finding no
+    reason means there is none."""
 
     birth_date: date | None
     presentation_codes: frozenset[Code]
     active_flag_codes: frozenset[Code]
     encounter_finding_codes: frozenset[Code]
     known_children: int
+    warning_sources_read: bool = True
+
+
+def answered_in_full(value: Any) -> bool:
+    """Whether a prefetch value answers its query completely: a resource, a search Bundle
+    without a next page, or ``null`` (CDS Hooks: no data). Not a client's OperationOutcome
+    for a failed query, not one page of several (a patient's Flags are all of their
+    Flags, whatever their code: the open concern may be on the next page), not anything
+    else."""
+    if value is None:
+        return True
+    kind = value.get("resourceType") if isinstance(value, dict) else None
+    if not isinstance(kind, str) or kind == "OperationOutcome":
+        return False
+    return kind != "Bundle" or not any(
+        isinstance(link, dict) and link.get("relation") == "next"
+        for link in _list(value.get("link"))
+    )
 
 
 def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation | None:
@@ -49,7 +70,9 @@ def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation
     if patient is None:
         return None
     encounter = _single(data.get(ENCOUNTER), "Encounter")
+    sources = (FLAGS,) if encounter_id is None else (FLAGS, ENCOUNTER, CONDITIONS)
     return Situation(
+        warning_sources_read=all(key in data and answered_in_full(data[key]) for key in sources),
         birth_date=_earliest_date(patient.get("birthDate")),
         presentation_codes=_presentation_codes(encounter, data.get(CONDITIONS)),
         active_flag_codes=frozenset(

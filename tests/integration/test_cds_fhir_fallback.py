@@ -193,8 +193,21 @@ def test_the_discovery_templates_work_for_a_real_ehr_client(
 ) -> None:
     """The sandbox EHR's own prefetch code resolves our templates against sekmet."""
     server, seeded = fhir
-    patient = seeded.patient("lotte-claes")
-    templates = cds_on_fhir.discover().json()["services"][0]["prefetch"]
+    body = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, seeded.patient("lotte-claes"))
+    assert set(body["prefetch"]) == set(cds_on_fhir.discover().json()["services"][0]["prefetch"])
+    card = only_card(
+        cds_on_fhir.call(
+            body=body | {"fhirServer": server.base_url, "fhirAuthorization": AUTHORIZATION}
+        )
+    )
+    assert card["indicator"] == "warning"
+    assert cds_on_fhir.fhir_requests() == 0  # everything came in prefetch
+
+
+def prefetched_by_the_sandbox_ehr(cds: Cds, server: FhirServer, patient: Any) -> dict[str, Any]:
+    """A hook body at the patient's arrived encounter whose prefetch the sandbox EHR's own
+    code resolved from our discovery templates against the FHIR server."""
+    templates = cds.discover().json()["services"][0]["prefetch"]
     context = {
         "userId": "Practitioner/nurse-1",
         "patientId": patient.id,
@@ -207,16 +220,69 @@ def test_the_discovery_templates_work_for_a_real_ehr_client(
         return response.json() if response.status_code == 200 else None
 
     data = asyncio.run(compute_prefetch(templates, context, fetch))
-    assert set(data) == set(templates)
     body = hook_body(data=data, encounter_id=patient.arrived_encounter_id)
     body["context"]["patientId"] = patient.id
-    card = only_card(
-        cds_on_fhir.call(
-            body=body | {"fhirServer": server.base_url, "fhirAuthorization": AUTHORIZATION}
-        )
-    )
+    return body
+
+
+def first_page_of_flags(server: FhirServer, patient: Any) -> dict[str, Any]:
+    """The first page of the patient's Flags as a paging EHR may prefetch it: a Flag that is
+    not the Kindreflex's, and a link to the next page."""
+    search = f"{server.base_url}/Flag?patient={patient.id}&_count=1"
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [
+            {"relation": "self", "url": search},
+            {"relation": "next", "url": f"{search}&_offset=1"},
+        ],
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Flag",
+                    "status": "active",
+                    "code": {"text": "Valrisico"},
+                    "subject": {"reference": f"Patient/{patient.id}"},
+                },
+                "search": {"mode": "match"},
+            }
+        ],
+    }
+
+
+def test_one_page_of_the_patients_flags_is_fetched_in_full_not_read_as_no_concern(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """The open concern may be on the next page: the Flags are asked again, all of them."""
+    server, seeded = fhir
+    patient = seeded.patient("karim-el-amrani")  # an open concern from an earlier visit
+    body = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, patient)
+    body["prefetch"]["flags"] = first_page_of_flags(server, patient)
+    body |= {"fhirServer": server.base_url, "fhirAuthorization": AUTHORIZATION}
+    card = only_card(cds_on_fhir.call(body=body))
     assert card["indicator"] == "warning"
-    assert cds_on_fhir.fhir_requests() == 0  # everything came in prefetch
+    assert json.loads(card["links"][0]["appContext"])["reasons"] == ["open-concern"]
+    assert cds_on_fhir.fhir_requests() == 1
+
+
+@pytest.mark.parametrize(
+    ("patient_key", "in_full"),
+    [("karim-el-amrani", "Doe de Kindreflex — aanleiding: open verontrusting"),
+     ("an-peeters", "Doe de Kindreflex: vraag naar kinderen en ouderschap")],
+)  # fmt: skip
+def test_one_page_of_the_patients_flags_and_no_fhir_server_gives_the_generic_card(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult], patient_key: str, in_full: str
+) -> None:
+    """Without the rest of the Flags, neither the warning nor the plain card ("this patient
+    is an adult: ask…") may be claimed: the generic card says the data could not be read."""
+    server, seeded = fhir
+    patient = seeded.patient(patient_key)
+    body = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, patient)
+    assert only_card(cds_on_fhir.call(body=body))["summary"] == in_full
+    body["prefetch"]["flags"] = first_page_of_flags(server, patient)
+    card = only_card(cds_on_fhir.call(body=body))
+    assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    assert cds_on_fhir.fhir_requests() == 0
 
 
 def test_fhir_server_down_gives_the_generic_card(

@@ -235,6 +235,58 @@ def test_all_reasons_together_in_protocol_order_and_known_children_counted() -> 
     assert advice.known_children == 2
 
 
+def paged(search: dict[str, Any]) -> dict[str, Any]:
+    """The search as the first page of several."""
+    return search | {"link": [{"relation": "next", "url": "https://ehr.example/fhir?page=2"}]}
+
+
+FAILED = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+
+
+@pytest.mark.parametrize(
+    "unread",
+    [
+        {"flags": paged(bundle())},
+        {"flags": FAILED},
+        {"flags": "not a Bundle"},
+        {"conditions": paged(bundle())},
+        {"encounter": FAILED},
+    ],
+)
+def test_no_reason_found_where_a_source_was_not_read_in_full_gives_the_generic_card(
+    unread: dict[str, Any],
+) -> None:
+    """ "No warning" would claim there is no open concern and no trigger: nothing is claimed."""
+    assert advice_for(prefetch() | unread) == GENERIC
+    for key in ("flags", "encounter", "conditions"):  # missing altogether: the same
+        assert advice_for({k: v for k, v in prefetch().items() if k != key}) == GENERIC
+
+
+def test_a_reason_found_warns_though_another_source_was_not_read_in_full() -> None:
+    found = advice_for(prefetch(flags=(concern_flag(),)) | {"conditions": FAILED})
+    assert found is not None
+    assert found.reasons == ("open-concern",)
+    on_the_first_page = advice_for(
+        prefetch(reasons=(a_code_of(HagueTrigger.SUBSTANCE_ABUSE),)) | {"flags": paged(bundle())}
+    )
+    assert on_the_first_page is not None
+    assert on_the_first_page.reasons == ("substance-abuse",)
+
+
+def test_sources_read_in_full_a_null_or_a_last_page_give_the_plain_card() -> None:
+    """CDS Hooks: a null prefetch is "no data"; a last page links back, not on."""
+    last_page = bundle() | {"link": [{"relation": "previous", "url": "https://ehr.example/p1"}]}
+    assert advice_for(prefetch() | {"flags": None, "conditions": last_page}) == Advice("info")
+
+
+def test_without_an_encounter_only_the_flags_must_be_read_in_full() -> None:
+    """patient-view has no encounter: its reasons and conditions are not asked for."""
+    data = {"patient": prefetch()["patient"], "flags": bundle()}
+    assert advise(situation_of(data, None), HookSettings(), VOCABULARY, TODAY) == Advice("info")
+    unread = data | {"flags": paged(bundle())}
+    assert advise(situation_of(unread, None), HookSettings(), VOCABULARY, TODAY) == GENERIC
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda inner: (
