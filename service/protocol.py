@@ -58,8 +58,9 @@ Two rules hold at any point after step 1:
   follows (steps 4-6 ahead) stays open.
 * A step 2 (without acute danger) while a concern is open adds its route to the
   concern's; it does not close it. A nurse who finds no concern at the next visit does
-  not end the team's follow-up, and an acute danger the team found stays until step 3,
-  4 or 5 says otherwise.
+  not end the team's follow-up, nor does the support she records after it (step 3
+  following a step 2), and an acute danger the team found stays until the team's route
+  says otherwise (step 4, step 5, or a step 3 that route led to).
 * Acute danger does not wait for the route: a step 2 finding with acute danger may be
   recorded at any point and leads straight to step 6 (or to a team decision, step 4).
 
@@ -1009,6 +1010,14 @@ class KindreflexCase:
         return next((c for c in self.children if c.ref == ref), None)
 
 
+def _supports_after_a_triage(case: KindreflexCase) -> bool:
+    """Whether a step 3 now follows a step 2 (a nurse's "no concern" at a visit) rather
+    than the concern's route (a team decision "safe", progress "improving", a referral):
+    the latest finding of steps 2, 4, 5 or 6 is a step 2."""
+    routing = (f for f in reversed(case.findings) if f.step not in (Step.STEP_1, Step.STEP_3))
+    return isinstance(next(routing, None), Step2Finding)
+
+
 def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
     """Validate one move and return the new state. Raises a :class:`ProtocolError`."""
     _check_time(case, finding)
@@ -1033,8 +1042,12 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
                 # an open concern stays open: the triage does not close it
                 nxt = frozenset({own}) | (case.next_steps & CONCERN_STEPS)
         case Step3Support():
-            acute = False
             nxt = frozenset({Step.STEP_3, Step.STEP_2})
+            if _supports_after_a_triage(case):
+                # the nurse's support after her "no concern": the team's route stays open
+                nxt |= case.next_steps & CONCERN_STEPS
+            else:
+                acute = False  # the team's route led here: the concern is over
         case Step4Decision():
             acute = finding.decision is TeamDecision.ACUTE_DANGER
             nxt = {

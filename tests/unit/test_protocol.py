@@ -328,6 +328,24 @@ def test_the_next_visit_records_steps_1_and_2_again_without_closing_the_concern(
     own = {S3} if assessment is SafetyAssessment.NO_CONCERN else {S4}
     assert again.next_steps == own | still_open
     assert again.has_open_concern == bool((own | still_open) & {S4, S5, S6})
+    if assessment is SafetyAssessment.NO_CONCERN:  # and the support she then records
+        supported = apply(again, step3(t=12))
+        assert supported.next_steps == {S3, S2} | still_open
+        assert supported.has_open_concern == bool(still_open)
+        assert apply(supported, step3(t=13)).next_steps == supported.next_steps
+
+
+def test_the_support_the_teams_route_leads_to_ends_the_concern() -> None:
+    """Step 3 after a referral, a "safe" decision or progress "improving": no steps 4-6 remain."""
+    for route in (
+        (step4(TeamDecision.SAFE),),
+        (step4(TeamDecision.CONCERNING_WILLING), step5(ProgressAssessment.IMPROVING)),
+        (step4(TeamDecision.ACUTE_DANGER), step6(ReferralTarget.PARKET)),
+    ):
+        supported = apply(case_of(step1(), step2(), *route), step3(t=10))
+        assert supported.next_steps == {S3, S2}
+        assert not supported.has_open_concern
+        assert not supported.acute_danger
 
 
 def test_an_acute_danger_the_team_found_stays_through_the_next_visit() -> None:
@@ -335,6 +353,9 @@ def test_an_acute_danger_the_team_found_stays_through_the_next_visit() -> None:
     again = apply(apply(earlier, step1(t=10)), step2(11, SafetyAssessment.NO_CONCERN, ()))
     assert again.acute_danger
     assert apply(again, step6(ReferralTarget.PARKET, t=12)).current_step is S6
+    supported = apply(again, step3(t=12))  # the nurse's support does not lift it either
+    assert supported.acute_danger
+    assert apply(supported, step6(ReferralTarget.PARKET, t=13)).current_step is S6
 
 
 def test_a_child_born_today_is_fine_but_not_tomorrow() -> None:
