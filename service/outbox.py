@@ -111,7 +111,6 @@ from service.api.health import CheckResult, ReadinessCheck
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry, Tenant
 from service.fhir.client import (
-    SCREEN_BUDGET_TIMEOUTS,
     FhirClient,
     FhirConflict,
     FhirRejected,
@@ -155,6 +154,9 @@ class DeliveryState(StrEnum):
 #: What a refused entry (``failed`` or ``conflict``) undoes locally: called with the
 #: session that records the state and the entry's id (see :meth:`Outbox.when_refused`).
 RefusalHook = Callable[[Session, int], None]
+#: How a delivery makes its FHIR client (base URL, token, timeout): the worker's bounds each
+#: request (``FhirClient``), the saving request's all of them too (``FhirClient.for_save``).
+_ClientMaker = Callable[[str, Callable[[], str], float], FhirClient]
 
 
 class TokenSource(Protocol):
@@ -329,8 +331,8 @@ class Outbox:
         """Try to deliver one entry now (the saving request), even before it is due for the
         worker (``HELD_FOR_SAVER``, or a retry's backoff). Returns its state afterwards.
 
-        The user waits for this attempt: its requests end within ``SCREEN_BUDGET_TIMEOUTS``
-        timeouts in all, as a screen's reads do (``service.fhir.client``). A save that
+        The user waits for this attempt: its requests end within the save's budget
+        (``FhirClient.for_save``), as a screen's reads do. A save that
         merges several resources at delivery, each read just within the timeout, kept the
         nurse waiting a timeout per read; once the budget is spent the entry stays pending
         ("saved, delivery pending") and the worker, bounded per request, sends it."""
@@ -341,7 +343,7 @@ class Outbox:
             self._release_hold(entry_id)
             return self.state_of(entry_id)
         seconds = timeout or self._timeout
-        return self._deliver(claimed[0], seconds, SCREEN_BUDGET_TIMEOUTS * seconds).state
+        return self._deliver(claimed[0], seconds, FhirClient.for_save).state
 
     def run_once(self, limit: int = 20) -> list[Delivery]:
         """Deliver the entries that are due (the worker's cycle; tests call it directly).
@@ -548,9 +550,11 @@ class Outbox:
 
     # -- delivering --------------------------------------------------------------------------
 
-    def _deliver(self, entry: _Claimed, timeout: float, budget: float | None = None) -> Delivery:
+    def _deliver(
+        self, entry: _Claimed, timeout: float, client_for: _ClientMaker = FhirClient
+    ) -> Delivery:
         with self._lease_kept(entry):
-            delivery = self._attempt(entry, timeout, budget)
+            delivery = self._attempt(entry, timeout, client_for)
         self._record(entry, delivery)
         return delivery
 
@@ -571,7 +575,7 @@ class Outbox:
             done.set()
             heartbeat.join()
 
-    def _attempt(self, entry: _Claimed, timeout: float, budget: float | None) -> Delivery:
+    def _attempt(self, entry: _Claimed, timeout: float, client_for: _ClientMaker) -> Delivery:
         try:
             token = self._tokens.access_token(entry.session_id)
         except ReauthorisationRequired:
@@ -580,7 +584,7 @@ class Outbox:
             return Delivery(entry.id, DeliveryState.PENDING, f"token: {type(error).__name__}")
         # the worker's: each request bounded, not the delivery as a screen's reads are (its
         # transaction comes last: service.fhir.client); the saving request's: both (deliver)
-        with FhirClient(entry.fhir_base_url, lambda: token, timeout, budget=budget) as client:
+        with client_for(entry.fhir_base_url, lambda: token, timeout) as client:
             sent: _Sent | None = None
             try:
                 # an earlier attempt may have been applied (its answer, or its holder, lost)

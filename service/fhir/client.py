@@ -46,8 +46,13 @@ a long case on a slow server could never be changed.
 The outbox worker's deliveries keep only the per-request bound: nobody waits on
 the worker, and a delivery's transaction is its last request, so a budget spent on the
 reads before it would keep a large delivery to a slow server from ever being sent. The
-saving request's own attempt, which the user waits for, has the screen's budget: the
-worker sends what it could not (``Outbox.deliver``).
+saving request's own attempt, which the user waits for (:meth:`FhirClient.for_save`,
+``Outbox.deliver``), has a budget as large as the screen's: the worker sends what it could
+not.
+
+Each budget is named in the errors it causes (``not sent, the change's 60 s are spent``,
+``no whole answer within the save's 9 s``): an operator reading the outbox's
+``last_error`` or the logs knows which bound ended the work, and which setting it follows.
 
 An error's message names the server, the interaction and the resource type (``search
 Observation, page 2 at https://fhir.example/fhir: server error 503``), never the URL asked:
@@ -183,15 +188,29 @@ class SearchPages:
     complete: bool
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A bound on all of a client's requests together: ``seconds`` from the client's making;
+    ``pages_spare`` (None: every page is needed) makes a search's further pages optional,
+    read only within the budget less these seconds. ``whose`` names it in the errors it
+    causes (``the screen's 15 s``), so that they say which bound ended the work."""
+
+    whose: str
+    seconds: float
+    pages_spare: float | None = None
+
+    def __str__(self) -> str:
+        return f"the {self.whose}'s {self.seconds:g} s"
+
+
 class FhirClient:
     """FHIR R4 JSON over HTTP with a bearer token from ``token`` (called for every request).
 
-    ``timeout`` bounds each request whole; ``budget`` (seconds from the client's making; None:
-    no bound) all its requests together; ``pages_spare`` (with a budget; None: every page is
-    needed) makes a search's further pages optional, read only within the budget less these
-    seconds: see the module's description. Each client has an event loop and a connection
-    pool of its own (:class:`BlockingClient`, with the trust store of ``service.tls`` and
-    the outbound policy): close it (``with``), in the thread that uses it.
+    ``timeout`` bounds each request whole; ``budget`` (None: no bound) all its requests
+    together, on the scale of ``clock`` (monotonic seconds; a test's may be moved on): see
+    the module's description. Each client has an event loop and a connection pool of its
+    own (:class:`BlockingClient`, with the trust store of ``service.tls`` and the outbound
+    policy): close it (``with``), in the thread that uses it.
     """
 
     def __init__(
@@ -200,38 +219,64 @@ class FhirClient:
         token: Callable[[], str],
         timeout: float,
         *,
-        budget: float | None = None,
-        pages_spare: float | None = None,
+        budget: Budget | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout
         self._budget = budget
-        self._ends = None if budget is None else time.monotonic() + budget
-        self._pages_spare = pages_spare
+        self._clock = clock
+        self._ends = None if budget is None else clock() + budget.seconds
         self._http = BlockingClient(Bounds(timeout, MAX_ANSWER_BYTES), timeout)
 
     @classmethod
-    def for_screen(cls, base_url: str, token: Callable[[], str], timeout: float) -> FhirClient:
+    def for_screen(
+        cls,
+        base_url: str,
+        token: Callable[[], str],
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> FhirClient:
         """A client for one screen's reads: made when the page view starts reading, its
         requests end within :data:`SCREEN_BUDGET_TIMEOUTS` ``timeout`` in all; a search's
         further pages are read while more than :data:`SCREEN_PAGES_SPARE_TIMEOUTS`
         ``timeout`` of it is left, else the search is incomplete."""
-        return cls(
-            base_url,
-            token,
-            timeout,
-            budget=SCREEN_BUDGET_TIMEOUTS * timeout,
-            pages_spare=SCREEN_PAGES_SPARE_TIMEOUTS * timeout,
-        )
+        seconds = SCREEN_BUDGET_TIMEOUTS * timeout
+        budget = Budget("screen", seconds, pages_spare=SCREEN_PAGES_SPARE_TIMEOUTS * timeout)
+        return cls(base_url, token, timeout, budget=budget, clock=clock)
 
     @classmethod
-    def for_change(cls, base_url: str, token: Callable[[], str], timeout: float) -> FhirClient:
+    def for_change(
+        cls,
+        base_url: str,
+        token: Callable[[], str],
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> FhirClient:
         """A client for the reads before a change (of a case): every page of a search is
         needed, and all requests end within :data:`CHANGE_BUDGET_TIMEOUTS` ``timeout``
         (:data:`CHANGE_BUDGET_MAX_SECONDS` at most)."""
-        budget = min(CHANGE_BUDGET_TIMEOUTS * timeout, CHANGE_BUDGET_MAX_SECONDS)
-        return cls(base_url, token, timeout, budget=budget)
+        seconds = min(CHANGE_BUDGET_TIMEOUTS * timeout, CHANGE_BUDGET_MAX_SECONDS)
+        return cls(base_url, token, timeout, budget=Budget("change", seconds), clock=clock)
+
+    @classmethod
+    def for_save(
+        cls,
+        base_url: str,
+        token: Callable[[], str],
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> FhirClient:
+        """A client for the saving request's own delivery attempt (``Outbox.deliver``), which
+        the user waits for as for a screen: its reads (every page needed) and its transaction
+        end within :data:`SCREEN_BUDGET_TIMEOUTS` ``timeout`` in all; what it cannot send in
+        time the outbox worker sends."""
+        seconds = SCREEN_BUDGET_TIMEOUTS * timeout
+        return cls(base_url, token, timeout, budget=Budget("save", seconds), clock=clock)
 
     def close(self) -> None:
         self._http.close()
@@ -264,6 +309,7 @@ class FhirClient:
         entries = list(bundle.get("entry", []))
         following = _next_link(bundle)
         pages = 1
+        spare = None if self._budget is None else self._budget.pages_spare
         while following is not None and pages < max_pages:
             url = urljoin(f"{self.base_url}/", following)
             if not self._is_ours(url):
@@ -283,9 +329,9 @@ class FhirClient:
                 break
             call = f"search {resource_type}, page {pages + 1}"
             try:
-                answer = self._request("GET", url, call, spare=self._pages_spare or 0.0)
+                answer = self._request("GET", url, call, spare=spare or 0.0)
             except _BudgetSpentError:
-                if self._pages_spare is None:  # every page is needed
+                if spare is None:  # every page is needed
                     raise
                 break  # optional, and no time left for it: the pages read, incomplete
             pages += 1
@@ -354,7 +400,7 @@ class FhirClient:
             )
         except TimeoutError as error:
             by_budget = seconds < self._timeout and self._budget is not None
-            late = f"the screen's {self._budget:g} s" if by_budget else f"{seconds:g} s"
+            late = str(self._budget) if by_budget else f"{seconds:g} s"
             kind = _BudgetSpentError if by_budget else FhirUnavailable
             raise kind(f"{where}: no whole answer within {late} (TimeoutError)") from error
         except UnreadableBodyError as error:  # too large, or its compression undecodable
@@ -375,9 +421,9 @@ class FhirClient:
         witness finds it, but the user is told "pending" for a save that landed)."""
         if self._ends is None:
             return self._timeout
-        left = self._ends - spare - time.monotonic()
+        left = self._ends - spare - self._clock()
         if left <= 0 or (whole and left < self._timeout):
-            raise _BudgetSpentError(f"{where}: not sent, the screen's {self._budget:g} s are spent")
+            raise _BudgetSpentError(f"{where}: not sent, {self._budget} are spent")
         return min(self._timeout, left)
 
 

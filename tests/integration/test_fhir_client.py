@@ -312,6 +312,49 @@ def test_a_screens_search_over_a_server_slow_on_every_page_returns_the_pages_rea
     assert elapsed < budget + 1
 
 
+class Seconds:
+    """A client's clock that moves when the test moves it, instead of waiting out a budget."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_spent_budget_is_named_and_a_changes_budget_ends_at_90_s(fhir: FhirServer) -> None:
+    """Each budget names itself when spent (an operator reading the outbox's last_error or
+    the log knows which bound ended the work; before, every one was "the screen's"). A
+    change's budget ends at 90 s whatever the timeout (300 s, the setting's maximum, would
+    give twelve of them, an hour): a read with 2 s of it left is sent, none at 90 s."""
+    seconds = Seconds()
+    made = {
+        "screen": FhirClient.for_screen(fhir.base_url, lambda: "t", 5.0, clock=seconds),
+        "save": FhirClient.for_save(fhir.base_url, lambda: "t", 5.0, clock=seconds),
+        "change": FhirClient.for_change(fhir.base_url, lambda: "t", 300.0, clock=seconds),
+    }
+    refused: dict[str, str] = {}
+    try:
+        seconds.now = 88.0
+        sent = made["change"].search("Patient", {"_count": "1"})
+        seconds.now = 90.0
+        for whose, client in made.items():
+            with pytest.raises(FhirUnavailable) as raised:
+                client.search("Patient", {"_count": "1"})
+            refused[whose] = str(raised.value)
+    finally:
+        for client in made.values():
+            client.close()
+
+    assert sent["type"] == "searchset"
+    where = f"search Patient at {fhir.base_url}: not sent"
+    assert refused == {
+        "screen": f"{where}, the screen's 15 s are spent",
+        "save": f"{where}, the save's 15 s are spent",
+        "change": f"{where}, the change's 90 s are spent",
+    }
+
+
 def test_an_answer_larger_than_the_cap_is_unreadable() -> None:
     """A FHIR-shaped answer one byte past the cap: refused as unreadable (for the EHR's
     administrators, like a proxy's page), not read whole into memory."""

@@ -815,6 +815,7 @@ def test_a_saving_requests_attempt_ends_within_the_screens_budget_and_the_worker
         assert state is DeliveryState.PENDING
         assert waited < SCREEN_BUDGET_TIMEOUTS * timeout + 1
         assert asked <= 3  # the searches (fewer if one ran out of time), not the transaction
+        assert "the save's 3 s" in (outbox_entry(database, entry_id).last_error or "")
         for marker in markers:
             assert (
                 count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 0
