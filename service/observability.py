@@ -14,8 +14,21 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+#: A log line's own keys: when it was written, how grave it is, by what, what happened and
+#: the exception's trace. A record's fields never take them (:class:`JsonFormatter`).
+LINE_KEYS = frozenset({"ts", "level", "logger", "msg", "exc"})
+
 
 class JsonFormatter(logging.Formatter):
+    """A record as one JSON object: the line's own keys (:data:`LINE_KEYS`), then the
+    record's ``fields`` (``extra={"fields": {...}}``).
+
+    A field named like one of the line's own keys is kept, renamed ``fields.<key>`` (again
+    while that name is taken): the line's ``level``, ``msg`` or ``exc`` always are the
+    record's, so a field cannot make an error look like an info line or forge what
+    happened, and nothing a caller logged is lost. Before, a field overwrote the line's key
+    (and ``exc`` overwrote a field)."""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
@@ -23,12 +36,20 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                line[_free_key(line, str(key))] = value
         return json.dumps(line, default=str)
+
+
+def _free_key(line: dict[str, Any], key: str) -> str:
+    """``key``, or ``fields.<key>`` while that is a line key or in ``line`` already."""
+    while key in LINE_KEYS or key in line:
+        key = f"fields.{key}"
+    return key
 
 
 class WithoutQueryString(logging.Filter):

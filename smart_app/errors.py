@@ -18,13 +18,23 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 
 from service.i18n import Language, negotiate, translate
+from service.observability import LINE_KEYS
 from smart_app.security import ANY_FRAME, page_headers
 
 log = logging.getLogger(__name__)
 
+#: The keys of a refusal's log line that ``logged`` may not name: the line's own and those
+#: :func:`handle_page_error` writes (a field named ``status`` would replace the refusal's).
+RESERVED_LOG_KEYS = LINE_KEYS | {"status", "problem", "detail"}
+
 
 class PageError(Exception):
-    """A request the app refuses, shown to the user as a page (``smart.<problem>.*`` messages)."""
+    """A request the app refuses, shown to the user as a page (``smart.<problem>.*`` messages).
+
+    ``logged``: fields for the refusal's log line only; their names may not be the line's
+    own (:data:`RESERVED_LOG_KEYS`): a ``ValueError`` at once, where the log would have kept
+    the clashing field renamed, beside the line's real ``status``.
+    """
 
     def __init__(
         self,
@@ -38,6 +48,9 @@ class PageError(Exception):
         logged: Mapping[str, object] | None = None,
         **values: object,
     ) -> None:
+        clashing = sorted(RESERVED_LOG_KEYS.intersection(logged or {}))
+        if clashing:  # a programming error: found by the first test of the refusal
+            raise ValueError(f"PageError: logged may not name {', '.join(clashing)}")
         super().__init__(f"{problem}: {detail}" if detail else problem)
         self.status = status
         self.problem = problem
