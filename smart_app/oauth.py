@@ -54,6 +54,13 @@ DISCOVERY_SECONDS = 300.0
 #: EHR back up is used at once, and a flood of launches against one that is down costs a
 #: fetch every few seconds, not a waiting thread each.
 FAILED_DISCOVERY_SECONDS = 5.0
+#: How long an EHR's SMART configuration (or failure) no launch asks for is kept in memory:
+#: it is forgotten when a launch next looks any up (``AuthServers``). Kept for good, one
+#: per FHIR base URL and client authentication ever launched from (registrations changed
+#: or removed, hospitals come and gone) grew the process without bound. Longer than
+#: ``DISCOVERY_SECONDS``: an EHR launched from every few minutes keeps its configuration,
+#: and the other launches its last outcome while one reads it again.
+DISCOVERY_FORGOTTEN_SECONDS = 600.0
 
 FailureKind = Literal["ehr_unreachable", "ehr_unsupported", "token_failed", "id_token_invalid"]
 
@@ -152,11 +159,14 @@ class AuthServers:
     there is none yet (the first launches after a start, for that one read). Threads, not
     ``service.single_flight``: launches run on the route pool's threads, and each fetch on
     an event loop of its own (``ehr_client``), which that one's tasks cannot span.
+    A configuration no launch has asked for in ``DISCOVERY_FORGOTTEN_SECONDS`` is forgotten
+    at the next lookup (of any): the memory held follows the EHRs launched from lately.
     ``clock``: seconds, as ``time.monotonic``."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        # in the order they were last asked for: the least recently asked come first
         self._known: dict[tuple[str, ClientAuth], _Discovery] = {}
 
     def discover(self, registration: EhrRegistration, timeout: float) -> AuthServer:
@@ -172,11 +182,24 @@ class AuthServers:
         (none is kept, or it has expired)."""
         with self._lock:
             now = self._clock()
-            known = self._known.get(key)
-            if known is not None and not known.expired(now):
-                return known, False
-            fresh = self._known[key] = _Discovery(previous=known)
-            return fresh, True
+            self._forget_unasked(now)
+            known = self._known.pop(key, None)  # put back last: asked for most recently
+            if known is None or known.expired(now):
+                chosen, fetching = _Discovery(previous=known), True
+            else:
+                chosen, fetching = known, False
+            chosen.asked_at = now
+            self._known[key] = chosen
+            return chosen, fetching
+
+    def _forget_unasked(self, now: float) -> None:
+        """Drop the discoveries not asked for in ``DISCOVERY_FORGOTTEN_SECONDS``: from the
+        front of ``_known``, the least recently asked, so a lookup does not go through all."""
+        while self._known:
+            key, oldest = next(iter(self._known.items()))
+            if now - oldest.asked_at < DISCOVERY_FORGOTTEN_SECONDS:
+                return
+            del self._known[key]
 
 
 @dataclass
@@ -185,6 +208,7 @@ class _Discovery:
     until it expires; while it runs, the expired one it replaces (``previous``) answers."""
 
     previous: _Discovery | None = None
+    asked_at: float = 0.0  # when a launch last looked it up (AuthServers' clock)
     done: threading.Event = field(default_factory=threading.Event)
     server: AuthServer | None = None
     failure: OAuthError | None = None

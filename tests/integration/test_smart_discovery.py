@@ -1,8 +1,8 @@
 """Reading EHRs' SMART configurations for launches (``smart_app.oauth.AuthServers``), over
 real HTTP from loopback servers that count what they are asked: launches that miss
 together wait for one fetch, a failure is given for a few seconds, then the EHR is asked
-again while the other launches get the last outcome, and each FHIR base URL and client
-authentication has its own.
+again while the other launches get the last outcome, each FHIR base URL and client
+authentication has its own, and one no launch asks for in ten minutes is forgotten.
 
 Time moves through the clock ``AuthServers`` takes; nothing sleeps.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import pytest
 from service.tenant_config import ClientAuth, EhrRegistration
 from smart_app import oauth
 from smart_app.oauth import (
+    DISCOVERY_FORGOTTEN_SECONDS,
     DISCOVERY_SECONDS,
     FAILED_DISCOVERY_SECONDS,
     AuthServers,
@@ -199,6 +201,40 @@ def test_each_base_url_and_client_authentication_is_read_on_its_own() -> None:
 
         assert servers.discover(registration(ehr.url), TIMEOUT).issuer == ehr.url
         assert (ehr.requests, broken.requests) == (2, 1)
+
+
+def test_a_configuration_no_launch_asked_for_in_ten_minutes_is_no_longer_held() -> None:
+    """Each EHR's configuration was kept for good: launches from ever other FHIR base URLs
+    (registrations changed or removed, many hospitals) grew the process without bound. The
+    next lookup, of any EHR, now drops those not asked for in DISCOVERY_FORGOTTEN_SECONDS;
+    one asked for meanwhile is kept (expired, it still answers while it is read again).
+    Held or not is seen through weak references to what the launches were given."""
+    clock = Clock()
+    servers = AuthServers(clock)
+    with CountedEhr() as ehr:
+        ehr.body = smart_configuration(ehr.url)
+        given = {
+            name: weakref.ref(servers.discover(registration(f"{ehr.url}/{name}"), TIMEOUT))
+            for name in ("gent", "brugge", "asked-again")
+        }
+        clock.now += DISCOVERY_SECONDS - 1
+        assert (
+            servers.discover(registration(f"{ehr.url}/asked-again"), TIMEOUT)
+            is given["asked-again"]()
+        )  # the one kept, not read again
+        clock.now = DISCOVERY_FORGOTTEN_SECONDS - 1  # since the first launches
+        servers.discover(registration(f"{ehr.url}/another"), TIMEOUT)
+        held_before = {name: ref() is not None for name, ref in given.items()}
+        clock.now = DISCOVERY_FORGOTTEN_SECONDS
+        servers.discover(registration(f"{ehr.url}/another"), TIMEOUT)
+
+    assert held_before == {"gent": True, "brugge": True, "asked-again": True}
+    assert {name: ref() is not None for name, ref in given.items()} == {
+        "gent": False,
+        "brugge": False,
+        "asked-again": True,
+    }
+    assert ehr.requests == 4  # each read once: none of them was asked for again
 
 
 def test_a_launch_waiting_on_a_read_that_never_ends_gives_up(
