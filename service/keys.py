@@ -7,7 +7,7 @@ the keys published at ``GET /.well-known/jwks.json``.
 * SMART clients SHALL support both RS384 and ES384, and a server need verify only one of
   them: there is an RSA key (RS384) and an EC P-384 key (ES384) at any time, both
   published; each assertion is signed with the algorithm the EHR accepts
-  (``smart_app.oauth.assertion_algorithm``).
+  (``smart_app.oauth.AuthServer.assertion_alg``).
 * The first key of each algorithm is generated on first use (the first JWKS request or
   token exchange).
 * ``kindreflex keys rotate`` adds a new key of each algorithm and keeps the previous ones

@@ -22,7 +22,11 @@ def install(app: FastAPI) -> None:
     app.state.sessions = SessionStore(app.state.database, settings)
     app.state.auth_servers = AuthServers()
     app.state.session_tokens = SessionTokens(
-        app.state.database, settings, keys=app.state.keys, tenants=app.state.tenants
+        app.state.database,
+        settings,
+        keys=app.state.keys,
+        tenants=app.state.tenants,
+        auth_servers=app.state.auth_servers,
     )
     app.add_exception_handler(PageError, handle_page_error)
     for_each_hospital(app, launch.router)

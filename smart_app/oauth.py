@@ -118,7 +118,7 @@ def pkce_challenge(verifier: str) -> str:
 def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
     """Fetch and check the EHR's SMART configuration against what this app needs."""
     base = registration.fhir_base_url
-    document = _smart_configuration(http, registration)
+    document = _get_json(http, f"{base}/.well-known/smart-configuration")
     missing = [
         name
         for name in ("authorization_endpoint", "token_endpoint", "issuer")
@@ -176,6 +176,15 @@ class AuthServers:
             known.fetch(registration, timeout, self._clock)
             return known.outcome()
         return known.latest().outcome()
+
+    def assertion_algorithm(self, registration: EhrRegistration, timeout: float) -> Algorithm:
+        """The assertion algorithm of a token request outside a launch (a refresh: the
+        session keeps only the token endpoint), from the configuration the launches use,
+        with their checks and their kept failure: a refresh does not ask the EHR each time.
+        Only ``private_key_jwt`` signs an assertion: no other registration asks at all."""
+        if registration.client_auth != "private_key_jwt":
+            return DEFAULT_ALGORITHM
+        return self.discover(registration, timeout).assertion_alg
 
     def _claim(self, key: tuple[str, ClientAuth]) -> tuple[_Discovery, bool]:
         """The discovery of ``key`` to use, and whether this launch is the one to fetch it
@@ -264,10 +273,6 @@ def _contacted(fhir_base_url: str, server: AuthServer) -> list[tuple[str, str]]:
     ]
 
 
-def _smart_configuration(http: BlockingClient, registration: EhrRegistration) -> dict[str, Any]:
-    return _get_json(http, f"{registration.fhir_base_url}/.well-known/smart-configuration")
-
-
 def _assertion_algorithm(smart_configuration: dict[str, Any]) -> Algorithm:
     """The algorithm our client assertions are signed with for this server.
 
@@ -278,15 +283,6 @@ def _assertion_algorithm(smart_configuration: dict[str, Any]) -> Algorithm:
     listed = _strings(smart_configuration, "token_endpoint_auth_signing_alg_values_supported")
     accepted = [algorithm for algorithm in ALGORITHMS if algorithm in listed]
     return accepted[0] if accepted else DEFAULT_ALGORITHM
-
-
-def assertion_algorithm(http: BlockingClient, registration: EhrRegistration) -> Algorithm:
-    """The assertion algorithm for a token request outside a launch (a refresh), read
-    anew from the EHR's SMART configuration (the session keeps only the token endpoint).
-    Only ``private_key_jwt`` signs an assertion: no other registration costs the request."""
-    if registration.client_auth != "private_key_jwt":
-        return DEFAULT_ALGORITHM
-    return _assertion_algorithm(_smart_configuration(http, registration))
 
 
 def _absolute(fhir_base_url: str, url: str) -> str:

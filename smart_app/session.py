@@ -43,8 +43,8 @@ from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTe
 from service.tenant_config import EhrRegistration
 from smart_app.errors import PageError
 from smart_app.oauth import (
+    AuthServers,
     OAuthError,
-    assertion_algorithm,
     ehr_client,
     request_token,
     token_lifetime,
@@ -288,7 +288,9 @@ class SessionTokens:
 
     A refresh happens once even under concurrent requests: a lock per session (striped)
     in this process, and ``SELECT … FOR UPDATE`` on the session row across instances
-    (PostgreSQL; SQLite deployments are single-instance).
+    (PostgreSQL; SQLite deployments are single-instance). ``auth_servers``: the EHRs'
+    SMART configurations the launches read (``app.state.auth_servers``), which a
+    ``private_key_jwt`` refresh needs for its assertion's algorithm.
     """
 
     LOCK_STRIPES = 64
@@ -300,12 +302,14 @@ class SessionTokens:
         *,
         keys: KeyStore | None = None,
         tenants: TenantDirectory | None = None,
+        auth_servers: AuthServers | None = None,
     ) -> None:
         self._database = database
         self._timeout = settings.fhir_timeout_seconds
         self._sealer = Sealer(settings.secret_key, "session-tokens")
         self._keys = keys or KeyStore(database, settings)
         self._tenants = tenants or TenantDirectory(database, SecretBox(settings.secret_key))
+        self._auth_servers = auth_servers or AuthServers()
         self._locks = [threading.Lock() for _ in range(self.LOCK_STRIPES)]
 
     def access_token(self, session_id: str) -> str:
@@ -345,6 +349,7 @@ class SessionTokens:
                 return self._still_valid(row, current, "no refresh token was granted")
             registration = self._registration(session.get(Tenant, row.tenant_id), row)
             try:
+                algorithm = self._auth_servers.assertion_algorithm(registration, self._timeout)
                 with ehr_client(self._timeout) as http:
                     answer = request_token(
                         http,
@@ -355,7 +360,7 @@ class SessionTokens:
                             "grant_type": "refresh_token",
                             "refresh_token": self._sealer.open(row.refresh_token, row.sealed),
                         },
-                        assertion_algorithm(http, registration),
+                        algorithm,
                     )
             except OAuthError as failure:
                 log.warning(

@@ -45,7 +45,12 @@ from service.settings import load_settings
 from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
 from smart_app import launch as launch_module
 from smart_app import oauth
-from smart_app.oauth import EHR_FETCH_MAX_BYTES, EHR_FETCH_SECONDS
+from smart_app.oauth import (
+    EHR_FETCH_MAX_BYTES,
+    EHR_FETCH_SECONDS,
+    FAILED_DISCOVERY_SECONDS,
+    AuthServers,
+)
 from smart_app.session import (
     SESSION_COOKIE,
     LaunchContext,
@@ -548,6 +553,78 @@ def test_an_ehr_verifying_only_es384_gets_es384_assertions_at_launch_and_refresh
     assert kindreflex.sandbox.auth.check_access_token(refreshed) is not None
 
 
+def test_a_launch_and_two_refreshes_read_the_ehrs_smart_configuration_once(
+    database: Database, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private_key_jwt refresh read the EHR's SMART configuration again each time, for
+    its assertion's algorithm, without the launch's checks or its kept outcome. It now
+    asks the app's AuthServers, which the launch filled: each refresh is a new token (the
+    sandbox's authorization server verified its assertion), the configuration read once."""
+    with _running_kindreflex(database, sandbox, "private_key_jwt") as kindreflex:
+        asked = _smart_configuration_reads(kindreflex, monkeypatch)
+        browser = Browser()
+        assert kindreflex.launch(browser).status_code == 303
+        session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+        tokens = [kindreflex.tokens.access_token(session_id)]
+        for _ in range(2):
+            _expire_soon(kindreflex.database, session_id)
+            tokens.append(kindreflex.tokens.access_token(session_id))
+
+    assert len(set(tokens)) == 3  # the launch's, then two refreshed
+    assert all(kindreflex.sandbox.auth.check_access_token(token) for token in tokens[1:])
+    assert len(asked) == 1
+
+
+class Seconds:
+    """A clock that moves when the test moves it (``AuthServers``'), instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_refresh_refuses_a_configuration_the_launch_would_and_keeps_the_failure_a_while(
+    database: Database, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh reads the configuration as a launch does: one a launch refuses (here
+    without PKCE S256) is not used for a refresh either (before, only its algorithms were
+    read, unchecked), so the token is kept while it lasts, then a new launch is needed; and
+    the failure is kept FAILED_DISCOVERY_SECONDS, so refreshes meanwhile do not ask again.
+    Time moves through the clock the refreshes' AuthServers takes."""
+    with _running_kindreflex(database, sandbox, "private_key_jwt") as kindreflex:
+        browser = Browser()
+        assert kindreflex.launch(browser).status_code == 303
+        session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+        seconds = Seconds()
+        state = kindreflex.app.state
+        refreshing = SessionTokens(
+            kindreflex.database,
+            state.settings,
+            keys=state.keys,
+            tenants=state.tenants,
+            auth_servers=AuthServers(seconds),
+        )
+        asked = _smart_configuration_reads(
+            kindreflex, monkeypatch, code_challenge_methods_supported=["plain"]
+        )
+        current = refreshing.access_token(session_id)
+        _expire_soon(kindreflex.database, session_id)  # within the margin: a refresh is tried
+
+        kept = [refreshing.access_token(session_id) for _ in range(2)]
+        asked_at_first = len(asked)
+        seconds.now += FAILED_DISCOVERY_SECONDS
+        kept.append(refreshing.access_token(session_id))
+        _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
+        with pytest.raises(ReauthorisationRequired) as refused:
+            refreshing.access_token(session_id)
+
+    assert kept == [current] * 3
+    assert (asked_at_first, len(asked)) == (1, 2)
+    assert "PKCE S256" in str(refused.value)
+
+
 def _expire_soon(
     database: Database, session_id: str, by: timedelta = timedelta(seconds=10)
 ) -> None:
@@ -927,16 +1004,17 @@ def _refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 
 
 def _smart_configuration_reads(
-    kindreflex: Kindreflex, monkeypatch: pytest.MonkeyPatch
+    kindreflex: Kindreflex, monkeypatch: pytest.MonkeyPatch, **changes: Any
 ) -> list[int]:
-    """From now on, one item for each time the sandbox EHR serves its SMART configuration."""
+    """From now on, one item for each time the sandbox EHR serves its SMART configuration
+    (its own answer, with ``changes``)."""
     auth = kindreflex.sandbox.auth
     asked: list[int] = []
     genuine = auth.smart_configuration
 
     def smart_configuration() -> dict[str, Any]:  # the sandbox's own answer, counted
         asked.append(1)
-        return genuine()
+        return {**genuine(), **changes}
 
     monkeypatch.setattr(auth, "smart_configuration", smart_configuration)
     return asked

@@ -23,8 +23,8 @@ from service.tenant_config import EhrRegistration
 from smart_app import oauth
 from smart_app.oauth import (
     EHR_FETCH_MAX_BYTES,
+    AuthServers,
     OAuthError,
-    assertion_algorithm,
     discover,
     ehr_client,
     request_token,
@@ -207,7 +207,7 @@ def test_the_client_assertion_is_signed_with_an_algorithm_the_server_verifies(
     with ehr_client(timeout=5) as http:
         found = discover(http, registration)
         request_token(http, found.token_endpoint, registration, keys, {}, found.assertion_alg)
-        assert assertion_algorithm(http, registration) == expected  # as a refresh reads it
+    assert AuthServers().assertion_algorithm(registration, 5) == expected  # a refresh's
     _, form = server.token_requests[-1]
     (assertion,) = form["client_assertion"]
     header = jwt.get_unverified_header(assertion)
