@@ -61,9 +61,10 @@ at most ``RACES_RETRIED`` times (counted in ``races``; the next race is a ``conf
 counted too, so nothing loops: the record kept changing under the save,
 :func:`kept_changing`, which the nurse is told apart from a change of what she was
 shown). A 409/412 with every If-Match of the transaction still current is neither: the
-server refused it for another reason, passing (a lock) or lasting (a conditional create
-matching two resources): sent again within the same bound, then ``failed``, with the
-server's outcome. 401/403 or a session
+server refused it for another reason, lasting by its OperationOutcome's issue codes (a
+conditional create matching two resources: :func:`refusal_lasts`), ``failed`` at once, or
+passing (a lock), sent again within the same bound, then ``failed``, with the server's
+outcome. 401/403 or a session
 whose tokens cannot be refreshed is ``waiting-authorisation``: the entry waits until the
 next launch for the same patient through the same EHR registration
 (:meth:`Outbox.adopt_session`), and is then delivered with that session's token — the
@@ -139,8 +140,32 @@ READY_MAX_WAIT = timedelta(hours=24)
 #: doc) is merged and sent again; one race more is a ``conflict`` (:func:`kept_changing`).
 #: A race needs another write to the resource between two requests of ours, milliseconds
 #: apart: a resource changed that often is best left to a person. A 409/412 that no version
-#: explains is sent again as often, then ``failed`` (both counted in ``races``).
+#: explains is sent again as often, then ``failed`` (both counted in ``races``), unless the
+#: server says it lasts (:func:`refusal_lasts`): then it is ``failed`` at once.
 RACES_RETRIED = 3
+#: OperationOutcome issue codes (FHIR R4 IssueType) saying a 409/412 no version explains
+#: will not pass: the content, or what a conditional request matched, must change first,
+#: which sending the same transaction again cannot do (sekmet's 412 ``multiple-matches``
+#: for a child the record holds twice; Microsoft's FHIR server says ``required`` for the
+#: same). Every other code (``processing``: HAPI's lock on concurrent writes, ``conflict``,
+#: ``transient``…) or none may pass, and is retried. See docs/architecture.md.
+LASTING_ISSUE_CODES = frozenset(
+    {
+        "invalid",
+        "structure",
+        "required",
+        "value",
+        "invariant",
+        "code-invalid",
+        "extension",
+        "too-long",
+        "not-supported",
+        "multiple-matches",
+        "business-rule",
+    }
+)
+#: The severities of an issue that refuses: a warning beside the error is not the reason.
+_REFUSING_SEVERITIES = frozenset({"fatal", "error"})
 
 
 class DeliveryState(StrEnum):
@@ -205,7 +230,7 @@ class Delivery:
     state: DeliveryState
     detail: str = ""
     outcome: Resource | None = None  # the server's OperationOutcome, when it refused
-    raced: bool = False  # a race at delivery lost, or a refusal no version explains: counted
+    raced: bool = False  # a race at delivery lost, or a passing refusal no version explains
 
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
@@ -658,12 +683,14 @@ def _conflict_or_race(
       (:func:`kept_changing`). (A resource read at delivery that moved only after the
       refusal is taken for a race too, retried within the same bound.)
     * None has moved: no If-Match failed. The server refused the transaction for another
-      reason, passing (a lock: HAPI answers concurrent writes with 409) or lasting (a
-      conditional create matching two resources, the record holding a child twice:
-      sekmet's 412 ``multiple-matches``). Sent again as it is, within ``RACES_RETRIED``
-      (the If-Matches still guard it), then ``failed``, in the server's words, for a
-      person to look at. It was a ``conflict`` that told the nurse someone had changed her
-      data, and to save again, which fails the same way when the refusal lasts.
+      reason. One its OperationOutcome says lasts (:func:`refusal_lasts`: a conditional
+      create matching two resources, the record holding a child twice, sekmet's 412
+      ``multiple-matches``) is ``failed`` at once, in the server's words, for a person to
+      look at: resending it only kept that person waiting. Any other may pass (a lock:
+      HAPI answers concurrent writes with 409 ``processing``): sent again as it is, within
+      ``RACES_RETRIED`` (the If-Matches still guard it), then ``failed``. It was a
+      ``conflict`` that told the nurse someone had changed her data, and to save again,
+      which fails the same way when the refusal lasts.
 
     A ``conflict`` before the transaction was sent (``sent`` None) stays one. A re-read
     refused for want of a sign-in waits for one, as a delivery would."""
@@ -680,6 +707,9 @@ def _conflict_or_race(
     if not shown_held:
         return conflict
     if not moved_at_delivery:
+        if refusal_lasts(error.outcome):
+            detail = f"refused, no version changed, lasting: {conflict.detail}"
+            return Delivery(entry.id, DeliveryState.FAILED, detail, error.outcome)
         detail = f"refused {entry.races + 1}, no version changed: {conflict.detail}"
         last = entry.races >= RACES_RETRIED
         state = DeliveryState.FAILED if last else DeliveryState.PENDING
@@ -688,6 +718,21 @@ def _conflict_or_race(
     if entry.races >= RACES_RETRIED:  # an operator (and the nurse's chart) can tell it apart
         return replace(conflict, detail=detail, raced=True)
     return Delivery(entry.id, DeliveryState.PENDING, detail, error.outcome, raced=True)
+
+
+def refusal_lasts(outcome: Resource | None) -> bool:
+    """Whether a server's refusal no version explains will not pass by sending the same
+    transaction again: one of its refusing issues (an error or fatal one, or one that names
+    no severity) has a code of :data:`LASTING_ISSUE_CODES`. Resending such a refusal only
+    delays the person who must act (merge a duplicate, correct the data); a refusal with no
+    OperationOutcome, or only codes that may pass, is retried (:func:`_conflict_or_race`)."""
+    issues = (outcome or {}).get("issue") or []
+    return any(
+        isinstance(issue, dict)
+        and issue.get("severity", "error") in _REFUSING_SEVERITIES
+        and issue.get("code") in LASTING_ISSUE_CODES
+        for issue in issues
+    )
 
 
 def kept_changing(state: str, races: int) -> bool:

@@ -25,7 +25,7 @@ from sandbox.seed import SeedResult, seed
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, ShownChild
 from service.fhir import mapping, terminology
-from service.fhir.client import FhirClient
+from service.fhir.client import FhirClient, FhirConflict
 from service.fhir.mapping import display_name
 from service.i18n import translate
 from service.outbox import RACES_RETRIED, DeliveryState, kept_changing
@@ -1410,26 +1410,24 @@ def test_a_refusal_that_is_no_version_clash_beside_a_flag_merged_at_delivery_is_
     version read, so no If-Match failed. This was taken for a race: retried RACES_RETRIED
     times, then a conflict whose error said "race 4", as if the Flag kept changing; and
     any such conflict told the nurse someone had changed her data and to save again,
-    which fails the same way. It is sent again as it is within the same bound (a refusal
-    no version explains may pass: a server's lock), then ``failed``, in the server's
-    words: a person must merge the duplicates."""
+    which fails the same way. Then it was sent again RACES_RETRIED times, as a refusal
+    that may pass would be, which only kept the person who must merge the duplicates
+    waiting. The server says it lasts (``multiple-matches``): ``failed`` at the first
+    delivery, in the server's words, not sent again."""
     lotte, identifier = _concern_at_step_4(world, seeded)
     (flag_before,) = search(world.base_url, "Flag", identifier=identifier)
     noor = child_aged("Noor Janssens", 3)
     _duplicated(world, seeded, noor)
 
     result = _later_niet_pluis(world, seeded, lotte, noor)
-    states: list[str] = [result.status]
-    for _ in range(RACES_RETRIED + 1):
-        world.clock.advance(600)
-        states += [d.state for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
 
-    assert states == ["pending", *[DeliveryState.PENDING] * (RACES_RETRIED - 1), "failed"]
+    assert result.status == "failed"
+    world.clock.advance(24 * 3600)
+    assert [d for d in world.outbox.run_once() if d.entry_id == result.outbox_id] == []
     entry = outbox_entry(world.database, result.outbox_id)
-    attempts = RACES_RETRIED + 1
-    assert (entry.state, entry.attempts, entry.races) == (DeliveryState.FAILED, attempts, attempts)
+    assert (entry.state, entry.attempts, entry.races) == (DeliveryState.FAILED, 1, 0)
     assert not kept_changing(entry.state, entry.races)
-    assert "race" not in str(entry.last_error)
+    assert str(entry.last_error).startswith("refused, no version changed, lasting: ")
     assert "multiple-matches" in str(entry.last_error)  # the server's own outcome
     assert entry.outcome is not None
     assert entry.outcome["issue"][0]["code"] == "multiple-matches"
@@ -1437,6 +1435,80 @@ def test_a_refusal_that_is_no_version_clash_beside_a_flag_merged_at_delivery_is_
     assert [e.get("kindreflexMerge") for e in sent] == [True]  # the Flag merged at delivery
     (flag,) = search(world.base_url, "Flag", identifier=identifier)
     assert flag["meta"]["versionId"] == flag_before["meta"]["versionId"]  # nothing written
+    for query in (q for kind, q in conditional_creates(entry.bundle) if kind == "Observation"):
+        assert count(world.base_url, "Observation", identifier=query) == 0
+    assert _outcomes(world.database, entry.id) == ["success", "failure"]
+
+
+def _locked(monkeypatch: pytest.MonkeyPatch, times: int) -> list[dict[str, Any]]:
+    """The next ``times`` transactions are answered 409 ``processing`` without reaching the
+    server: HAPI's answer when a concurrent write holds a lock, a refusal that passes.
+    sekmet never answers so (it serialises its writes), so that answer is stood in for: the
+    only mock of these tests; the re-reads, the later transactions and the server are
+    real. Returns the bundles refused."""
+    original = FhirClient.transaction
+    refused: list[dict[str, Any]] = []
+
+    def transaction(client: FhirClient, bundle: dict[str, Any]) -> dict[str, Any]:
+        if len(refused) < times:
+            refused.append(bundle)
+            issue = {"severity": "error", "code": "processing", "diagnostics": "HAPI-0550: lock"}
+            raise FhirConflict(409, {"resourceType": "OperationOutcome", "issue": [issue]})
+        return original(client, bundle)
+
+    monkeypatch.setattr(FhirClient, "transaction", transaction)
+    return refused
+
+
+def _mila_saved(world: World, seeded: SeedResult) -> SaveResult:
+    """A first niet-pluis for Jan Janssens naming his child Mila: no If-Match at all."""
+    patient = seeded.patient("jan-janssens")
+    nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    return world.triage.record_triage(nurse, niet_pluis(nurse, (child_aged("Mila Janssens", 4),)))
+
+
+def _attempts(world: World, outbox_id: int, cycles: int) -> list[str]:
+    """The states of the entry's deliveries in ``cycles`` worker cycles, 10 minutes apart."""
+    states: list[str] = []
+    for _ in range(cycles):
+        world.clock.advance(600)
+        states += [d.state for d in world.outbox.run_once() if d.entry_id == outbox_id]
+    return states
+
+
+def test_a_refusal_that_may_pass_is_sent_again_and_delivered(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 409 no version explains whose OperationOutcome says ``processing`` (a lock) is not
+    failed: sent again at the next attempt, and then written once."""
+    refused = _locked(monkeypatch, times=1)
+
+    result = _mila_saved(world, seeded)
+
+    assert result.status == "pending"
+    entry = outbox_entry(world.database, result.outbox_id)
+    assert (entry.state, entry.races) == (DeliveryState.PENDING, 1)
+    assert str(entry.last_error).startswith("refused 1, no version changed: error/processing")
+    assert _attempts(world, result.outbox_id, 1) == [DeliveryState.DELIVERED]
+    assert len(refused) == 1
+    for kind, query in conditional_creates(entry.bundle):
+        assert count(world.base_url, kind, identifier=query) == 1  # written once
+
+
+def test_a_refusal_that_may_pass_but_does_not_is_failed_after_the_retries(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock never goes: sent RACES_RETRIED times more, then ``failed`` for a person."""
+    refused = _locked(monkeypatch, times=100)
+
+    result = _mila_saved(world, seeded)
+    states = [result.status, *_attempts(world, result.outbox_id, RACES_RETRIED + 1)]
+
+    assert states == ["pending", *[DeliveryState.PENDING] * (RACES_RETRIED - 1), "failed"]
+    assert len(refused) == RACES_RETRIED + 1
+    entry = outbox_entry(world.database, result.outbox_id)
+    assert (entry.state, entry.races) == (DeliveryState.FAILED, RACES_RETRIED + 1)
+    assert "lasting" not in str(entry.last_error)
     assert _outcomes(world.database, entry.id) == ["success", "failure"]
 
 
