@@ -275,6 +275,64 @@ def test_fault_a_loaded_child_edited_while_the_server_is_down_is_delivered_exact
     assert validate(after) == []
 
 
+def test_a_conditional_create_another_writer_won_before_delivery_is_delivered_once(
+    database: Database, tmp_path: Path
+) -> None:
+    """A niet-pluis saved while the FHIR server is down (pending). Before the outbox
+    delivers it, another writer (a second instance delivering the same concern's save,
+    say) creates the concern Flag and the child our conditional creates would create, with
+    our identifiers. The delivery finds them (If-None-Exist), creates no second one and
+    is delivered once; the rest of the save is written once, pointing at what was found."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("jan-janssens")
+    world = world_at(database, server.base_url)
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-x")
+    server.stop()
+    result = world.triage.record_triage(ctx, niet_pluis(ctx, (child_aged("Lotte Janssens", 7),)))
+    assert result.status == "pending"
+    bundle = outbox_entry(database, result.outbox_id).bundle
+    raced = [
+        e for e in bundle["entry"] if e["resource"]["resourceType"] in ("Flag", "RelatedPerson")
+    ]
+    assert sorted(e["resource"]["resourceType"] for e in raced) == ["Flag", "RelatedPerson"]
+
+    with server.restart() as again:
+        theirs = {}  # what the other writer created, by type
+        for entry in raced:
+            assert "ifNoneExist" in entry["request"]  # conditional creates, both
+            answer = httpx.post(
+                f"{again.base_url}/{entry['request']['url']}", json=entry["resource"], timeout=10
+            )
+            answer.raise_for_status()
+            theirs[entry["resource"]["resourceType"]] = answer.json()["id"]
+        world.clock.advance(120)
+        deliveries = [d for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
+        world.clock.advance(3600)
+        again_later = [d for d in world.outbox.run_once() if d.entry_id == result.outbox_id]
+
+        assert [d.state for d in deliveries] == [DeliveryState.DELIVERED]
+        assert again_later == []
+        for kind, identifier in conditional_creates(bundle):
+            assert count(again.base_url, kind, identifier=identifier) == 1, kind
+        (flag,) = search(again.base_url, "Flag", identifier=_identifier_of(bundle, "Flag"))
+        assert flag["id"] == theirs["Flag"]
+        assert flag["meta"]["versionId"] == "1"  # found, not written again
+        focused = [  # the findings about the child point at the child found
+            reference["reference"]
+            for kind, identifier in conditional_creates(bundle)
+            if kind == "Observation"
+            for finding in search(again.base_url, kind, identifier=identifier)
+            for reference in finding.get("focus", [])
+        ]
+        assert focused == [f"RelatedPerson/{theirs['RelatedPerson']}"]
+
+
+def _identifier_of(bundle: dict[str, Any], kind: str) -> str:
+    """The identifier search of the bundle's one conditional create of ``kind``."""
+    (identifier,) = [q for k, q in conditional_creates(bundle) if k == kind]
+    return identifier
+
+
 def test_returning_patient_children_are_loaded_audited_and_updated_with_if_match(
     world: World, seeded: SeedResult
 ) -> None:
