@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1457,6 +1458,53 @@ def test_who_is_pregnant_has_no_preset_answer_and_must_be_answered(
     assert re.search(r'id="expecting"[^>]*\schecked', refused.text)
     with database.session() as session:
         assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
+@pytest.mark.parametrize(
+    ("form", "told", "not_told"),
+    [
+        pytest.param(
+            {"assessment": "no-concern", "support_actions": "ask-regularly"},
+            "app.saved.failed-unlisted",
+            "app.saved.failed",
+            id="no-concern-reaches-no-worklist",
+        ),
+        pytest.param(
+            {"assessment": "niet-pluis", "reasons": "Letsels passen niet bij verhaal"},
+            "app.saved.failed",
+            "app.saved.failed-unlisted",
+            id="concern-on-the-worklist",
+        ),
+    ],
+)
+def test_a_refused_save_says_who_will_see_it_only_when_someone_will(
+    nurse_for: Any, sandbox: Sandbox, form: dict[str, str], told: str, not_told: str
+) -> None:
+    """The record refuses the save for good: a new child's identifier is carried by two
+    RelatedPersons on the server (a record holding the child twice), so the conditional
+    create matches both (412 ``multiple-matches``, failed at once). The page said the
+    social service and the administrator would see it on the worklist, also after a "no
+    concern", which puts nothing on the worklist: nobody would. It now says so, and to
+    tell the application manager; a concern's save is on the worklist and says that."""
+    nurse = nurse_for("jan-janssens")
+    twice = str(uuid.uuid4())
+    child = {
+        "resourceType": "RelatedPerson",
+        "identifier": [{"system": terminology.identifier_system("child"), "value": twice}],
+        "patient": {"reference": f"Patient/{nurse.patient_id}"},
+        "name": [{"text": "Mats"}],
+    }
+    for _ in range(2):
+        url = f"{sandbox.upstream_fhir_base_url}/RelatedPerson"
+        httpx.post(url, json=child, timeout=10).raise_for_status()
+
+    saved = nurse.post({**_two_children(nurse.page(), **form), "child-1-ref": f"urn:uuid:{twice}"})
+
+    assert saved.status == 200, saved.text
+    assert 'data-save-status="failed"' in saved.text
+    messages = catalogue("nl").messages
+    assert messages[told] in unescape(saved.text)
+    assert messages[not_told] not in unescape(saved.text)
 
 
 # ---------------------------------------------------------------------------------------
