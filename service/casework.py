@@ -54,6 +54,7 @@ from service.protocol import (
     check_closure,
     check_plausible_dates,
     check_referral_status,
+    leads_to_referral,
 )
 from service.social import (
     CaseConflict,
@@ -81,7 +82,12 @@ class CaseRecord:
 
     ``encounter_ref``: the ED visit that raised the concern, its findings' encounter (the
     Flag has none, see ``mapping.concern_flag``); the social service's findings name it;
-    ``child_refs``: each child's protocol ``Child.ref`` → its RelatedPerson reference;
+    ``child_refs``: each child of the case (its latest step 1) by protocol ``Child.ref`` →
+    its RelatedPerson reference, what its findings and a referral name (not every child
+    RelatedPerson of the chart: a child the nurse took off the list stays there); every
+    child of the chart when the server holds no step 1 of the case (a concern raised
+    elsewhere);
+    ``children``: every child of the chart, by RelatedPerson reference;
     ``flag``: the concern Flag as read (``id`` and ``meta.versionId`` guard the update);
     ``reason_ref``: the finding that led to step 6 (the step 4 decision, step 5 not
     restored or a step 2 acute danger), for the referral's ``reasonReference``;
@@ -286,7 +292,6 @@ def _sign(
 # -- reading a case from the FHIR server --------------------------------------------------------
 
 #: The findings a referral may give as its reason (profile kindreflex-referral).
-_REASON_STEPS = (Step.STEP_2, Step.STEP_4, Step.STEP_5)
 #: The page sizes of a case's searches (``_count``): the patient's step findings, and its
 #: referrals. Further pages are followed (the server's ``next`` links) ...
 FINDINGS_PAGE_SIZE = 500
@@ -335,12 +340,14 @@ def load_case_record(
     observations = _resources(finding_bundle, "Observation")
     flag = flags[0]
     findings = _findings(observations, children, flag["period"])
+    step_1 = next((f for f in reversed(findings) if isinstance(f, Step1Finding)), None)
+    case_children = [child.ref for child in step_1.children] if step_1 else list(children)
     record = CaseRecord(
         patient_ref=patient_ref,
         encounter_ref=next((f.encounter_ref for f in findings if f.encounter_ref), None),
-        child_refs={ref: ref for ref in children},
+        child_refs={ref: ref for ref in case_children},
         flag=flag,
-        reason_ref=_latest_reason(observations),
+        reason_ref=_latest_reason(observations, children),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
         people=_people(flag_bundle, finding_bundle),
@@ -402,12 +409,17 @@ def _findings(
     return findings[starts[-1] :] if starts else findings
 
 
-def _latest_reason(observations: list[Resource]) -> str | None:
-    found = [r for r in observations if mapping.step_of_observation(r) in _REASON_STEPS]
-    if not found:
-        return None
-    latest = max(found, key=lambda r: datetime.fromisoformat(r["effectiveDateTime"]))
-    return f"Observation/{latest['id']}"
+def _latest_reason(observations: list[Resource], children: Mapping[str, Child]) -> str | None:
+    """The latest finding a referral may follow from (``leads_to_referral``), for its
+    ``reasonReference``: the latest of steps 2, 4 and 5 whatever it said gave a nurse's
+    later "no concern" as the reason of a referral to the VK or the parket."""
+    reasons = [
+        (finding.recorded_at, resource["id"])
+        for resource in observations
+        if (finding := mapping.finding_from_observation(resource, children=children))
+        and leads_to_referral(finding)
+    ]
+    return f"Observation/{max(reasons)[1]}" if reasons else None
 
 
 class IncompleteCaseError(CaseNotOnServerError):
@@ -816,7 +828,7 @@ class Casework:
             actor=ctx.user.fhir_user,
             action=AuditAction.READ,
             patient_ref=record.patient_ref,
-            entities=(f"Flag/{record.flag['id']}", *record.child_refs.values()),
+            entities=(f"Flag/{record.flag['id']}", *record.children),  # every child read
             outcome="success",
             at=utcnow(),
         )

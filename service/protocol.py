@@ -1010,6 +1010,23 @@ class KindreflexCase:
         return next((c for c in self.children if c.ref == ref), None)
 
 
+def leads_to_referral(finding: Finding) -> bool:
+    """Whether a step 6 referral may follow from ``finding`` (the referral's reason): the
+    team decision "concerning, unwilling" or "acute danger" (step 4), safety not restored
+    (step 5), or an acute danger found at step 2."""
+    match finding:
+        case Step4Decision():
+            return finding.decision in (
+                TeamDecision.CONCERNING_UNWILLING,
+                TeamDecision.ACUTE_DANGER,
+            )
+        case Step5Progress():
+            return finding.progress is ProgressAssessment.NOT_RESTORED
+        case Step2Finding():
+            return finding.acute_danger
+    return False
+
+
 def _supports_after_a_triage(case: KindreflexCase) -> bool:
     """Whether a step 3 now follows a step 2 (a nurse's "no concern" at a visit) rather
     than the concern's route (a team decision "safe", progress "improving", a referral):

@@ -30,7 +30,7 @@ from service.casework import (
 )
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern, OutboxEntry
-from service.fhir import terminology
+from service.fhir import mapping, terminology
 from service.fhir.client import FhirClient, FhirUnavailable
 from service.outbox import DeliveryState, NewEntry, Outbox, enqueue
 from service.partners import load_default_directory
@@ -49,7 +49,7 @@ from service.protocol import (
 from service.social import CaseFilter, Step4Input, Step6Input, list_cases
 from service.triage import Triage, TriageInput
 from smart_app.session import AppUser, LaunchContext, Role
-from tests.support.casework import patient_at_triage
+from tests.support.casework import new_visit, patient_at_triage
 from tests.support.validator import validate
 from tests.support.write_path import (
     Clock,
@@ -500,3 +500,70 @@ def test_a_step_keeps_the_tags_and_security_labels_the_ehr_put_on_the_flag(
     assert meta["profile"] == [terminology.profile_url("kindreflex-open-concern")]
     assert int(meta["versionId"]) > int(before.flag["meta"]["versionId"]) + 1  # ours came
     assert validate(after.flag) == []
+
+
+def test_a_referral_names_the_cases_children_and_the_finding_that_led_to_it(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    fhir: FhirClient,
+) -> None:
+    """Another child on the chart (one the nurse took off the list stays there) is not the
+    case's, and a nurse's "no concern" at a later visit is no reason for a referral: the
+    referral names the case's children and the team's decision (found by review: it named
+    every child of the chart and the latest step 2, 4 or 5, whatever it said)."""
+    base_url = fhir_server.base_url
+    triaged = _triaged_case(database, base_url)
+    patient_ref = f"Patient/{triaged.patient_id}"
+    other = Child("other", "Broer", date(2015, 3, 2), ChildRelationship.NATURAL_CHILD,
+                  LivesWith.PERMANENTLY)  # fmt: skip
+    not_in_the_case = mapping.child_related_person(
+        other, patient_ref=patient_ref, identifier=mapping.identifier("child")
+    )
+    httpx.post(f"{base_url}/RelatedPerson", json=not_in_the_case, timeout=10).raise_for_status()
+    record, _ = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
+    assert len(record.children) == 2
+    (girl,) = record.child_refs.values()
+    assert record.children[girl].name == "Girl"
+
+    run = uuid.uuid4().hex
+    tenant_id = triaged.case.tenant_id
+    assert _deliver(database, tenant_id, base_url, record, _step4(record, f"s4-{run}")) is (
+        DeliveryState.DELIVERED
+    )
+    (decision,) = _finding(base_url, f"s4-{run}")
+    later_visit = Step2Finding(
+        recorded_by="Practitioner/nurse",
+        recorded_at=utcnow(),
+        encounter_ref=f"Encounter/{new_visit(base_url, patient_ref)}",
+        assessment=SafetyAssessment.NO_CONCERN,
+    )
+    no_concern = mapping.finding_observation(
+        later_visit,
+        patient_ref=patient_ref,
+        encounter_ref=later_visit.encounter_ref,
+        child_refs=record.child_refs,
+        identifier=mapping.identifier("finding"),
+    )
+    httpx.post(f"{base_url}/Observation", json=no_concern, timeout=10).raise_for_status()
+
+    after_4, _ = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
+    assert after_4.reason_ref == f"Observation/{decision['id']}"
+    referral = Step6Input(
+        partner_id="vk-oost-vlaanderen",
+        with_cooperation=False,
+        patient_informed=True,
+        follow_up_actions=["Tell the CLB who takes the next step."],
+    ).finding(SOCIAL_WORKER, utcnow(), load_default_directory())
+    bundle = step_transaction(
+        after_4,
+        referral,
+        finding_identifier=f"s6-{run}",
+        referral=Referral(f"r-{run}", vk_organization()),
+        now=utcnow(),
+    ).bundle
+    assert _deliver(database, tenant_id, base_url, after_4, bundle) is DeliveryState.DELIVERED
+    system = terminology.identifier_system("referral")
+    (stored,) = search(base_url, "ServiceRequest", identifier=f"{system}|r-{run}")
+    assert validate(stored) == []
+    assert stored["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
+    assert stored["supportingInfo"] == [{"reference": girl}]
