@@ -51,7 +51,7 @@ from service.protocol import HagueTrigger  # noqa: E402
 from service.tenancy import SecretBox, TenantDirectory  # noqa: E402
 from service.tenant_config import CdsIssuer, EhrRegistration, TenantConfiguration  # noqa: E402
 from tests.bench.fhir_writes import measure as measure_saves  # noqa: E402
-from tests.conftest import _create_postgres_database, _drop_postgres_database  # noqa: E402
+from tests.support.postgres import throwaway_postgres_database  # noqa: E402
 from tests.support.processes import free_port, running  # noqa: E402
 from tests.support.sandbox import JwksServer  # noqa: E402
 from tests.unit.test_cds_rules import ENCOUNTER_ID, a_code_of, prefetch  # noqa: E402
@@ -244,11 +244,8 @@ def database_url(postgres: bool, directory: Path) -> Iterator[str]:
     if not postgres:
         yield f"sqlite:///{directory / 'bench.db'}"
         return
-    url = _create_postgres_database()
-    try:
+    with throwaway_postgres_database() as url:
         yield url
-    finally:
-        _drop_postgres_database(url)
 
 
 def configure(url: str, jwks_url: str) -> None:

@@ -30,7 +30,7 @@ from sandbox.fhir_server import FhirServer  # noqa: E402
 from sandbox.seed import seed  # noqa: E402
 from service.db import migrate  # noqa: E402
 from service.db.base import Database  # noqa: E402
-from tests.conftest import _create_postgres_database, _drop_postgres_database  # noqa: E402
+from tests.support.postgres import throwaway_postgres_database  # noqa: E402
 from tests.support.triage import child_aged, niet_pluis, world_at  # noqa: E402
 
 
@@ -91,11 +91,8 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true")
     args = parser.parse_args()
     if args.postgres:
-        url = _create_postgres_database()
-        try:
+        with throwaway_postgres_database() as url:
             run(url, args.saves)
-        finally:
-            _drop_postgres_database(url)
         return
     with tempfile.TemporaryDirectory() as directory:
         run(f"sqlite:///{directory}/bench-{uuid.uuid4().hex[:8]}.db", args.saves)

@@ -52,11 +52,7 @@ from service.db import migrate  # noqa: E402
 from service.db.base import Database, utcnow  # noqa: E402
 from service.db.models import Concern, OutboxEntry  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    POSTGRES_ADMIN_URL,
-    _create_postgres_database,
-    _drop_postgres_database,
-)
+from tests.support.postgres import POSTGRES_ADMIN_URL, throwaway_postgres_database  # noqa: E402
 from tests.support.sessions import signed_in  # noqa: E402
 from tests.support.write_path import make_tenant  # noqa: E402
 
@@ -278,11 +274,8 @@ def throwaway_postgres() -> Iterator[str]:
     host = make_url(POSTGRES_ADMIN_URL).host or ""
     if host not in LOOPBACK:
         raise SystemExit(f"refusing a PostgreSQL that is not on loopback: {host}")
-    url = _create_postgres_database()
-    try:
+    with throwaway_postgres_database() as url:
         yield url
-    finally:
-        _drop_postgres_database(url)
 
 
 def main() -> None:

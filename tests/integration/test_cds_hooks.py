@@ -42,7 +42,7 @@ from service.tenant_config import (
     Language,
     TenantConfiguration,
 )
-from tests.conftest import _create_postgres_database, _drop_postgres_database
+from tests.support.postgres import throwaway_postgres_database
 from tests.support.sandbox import JwksServer
 from tests.unit.test_cds_rules import (
     ENCOUNTER_ID,
@@ -774,8 +774,7 @@ def test_a_configuration_read_waiting_on_the_database_does_not_stop_the_event_lo
     """The hospital's configuration is read again every few seconds. A real lock on its
     table (as a slow or hung database) holds that read: meanwhile the service answers
     other requests, and the hook call completes once the lock is gone."""
-    url = _create_postgres_database()
-    try:
+    with throwaway_postgres_database() as url:
         migrate.upgrade(url)
         database = Database(url)
         TenantDirectory(database, SecretBox(None)).save("default", tenant_config(ehr), "test")
@@ -805,8 +804,6 @@ def test_a_configuration_read_waiting_on_the_database_does_not_stop_the_event_lo
             locker.close()
             database.dispose()
         assert answered_while_locked == [True]
-    finally:
-        _drop_postgres_database(url)
 
 
 async def _until_a_query_waits_for_a_lock(url: str) -> None:

@@ -1,0 +1,43 @@
+"""Throw-away PostgreSQL databases on the test server, for the suite's fixtures and the
+benchmarks (``tests/bench``)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+# The server the test suite creates its throw-away databases on (see README).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "KINDREFLEX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@contextmanager
+def throwaway_postgres_database() -> Iterator[str]:
+    """The URL of a new, empty database on POSTGRES_ADMIN_URL's server, dropped on exit
+    (forcibly: a test that failed may leave connections open)."""
+    name = f"kindreflex_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:
+        # Not a skip: the suite promises PostgreSQL coverage, so an absent server fails loudly.
+        raise RuntimeError(
+            f"PostgreSQL is not reachable at {make_url(POSTGRES_ADMIN_URL)!r}: start it "
+            "(README, 'Running the tests') or set KINDREFLEX_TEST_POSTGRES_URL"
+        ) from error
+    finally:
+        admin.dispose()
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
