@@ -52,9 +52,9 @@ from service.tenancy import SecretBox, TenantDirectory  # noqa: E402
 from service.tenant_config import CdsIssuer, EhrRegistration, TenantConfiguration  # noqa: E402
 from tests.bench.fhir_writes import measure as measure_saves  # noqa: E402
 from tests.support.postgres import throwaway_postgres_database  # noqa: E402
+from tests.support.prefetch import ENCOUNTER_ID, a_code_of, prefetch  # noqa: E402
 from tests.support.processes import free_port, running  # noqa: E402
 from tests.support.sandbox import JwksServer  # noqa: E402
-from tests.unit.test_cds_rules import ENCOUNTER_ID, a_code_of, prefetch  # noqa: E402
 
 CONCURRENCY = 50
 NURSE_SAVES = 20

@@ -42,18 +42,10 @@ from service.tenant_config import (
     Language,
     TenantConfiguration,
 )
+from tests.support.any_json import ANY_JSON, paths, replaced
 from tests.support.postgres import throwaway_postgres_database
+from tests.support.prefetch import ENCOUNTER_ID, FULL_PREFETCH, a_code_of, concern_flag, prefetch
 from tests.support.sandbox import JwksServer
-from tests.unit.test_cds_rules import (
-    ENCOUNTER_ID,
-    FULL,
-    JSON,
-    a_code_of,
-    concern_flag,
-    paths,
-    prefetch,
-    replaced,
-)
 
 PUBLIC_URL = "http://testserver"
 ENCOUNTER_START = "kindreflex-encounter-start"
@@ -328,7 +320,7 @@ def test_a_jwt_with_any_json_in_any_field_is_refused_with_401_never_a_500(
         "claims": json.loads(base64.urlsafe_b64decode(claims_b64 + "==")),
     }
     where = data.draw(st.sampled_from(paths(segments[part])[1:]))
-    segments[part] = replaced(segments[part], where, data.draw(JSON))
+    segments[part] = replaced(segments[part], where, data.draw(ANY_JSON))
     token = f"{b64url(segments['header'])}.{b64url(segments['claims'])}.{signature}"
     response = cds.call(token=token)
     assert response.status_code == 401, response.text
@@ -494,8 +486,8 @@ def test_request_metrics_keep_the_route_template_and_a_bounded_set_of_methods(cd
     assert "BREW" not in metrics
 
 
-#: a call with every kind of prefetch resource (FULL), so that every field can be spoiled
-VALID_CALL = hook_body(data=FULL, hookInstance="9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d")
+#: a call with every kind of prefetch resource (FULL_PREFETCH), so that every field can be spoiled
+VALID_CALL = hook_body(data=FULL_PREFETCH, hookInstance="9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d")
 
 
 @settings(SPOILED_INPUT, max_examples=400)
@@ -503,7 +495,7 @@ VALID_CALL = hook_body(data=FULL, hookInstance="9b1deb4d-3b7d-4bad-9bdd-2b0d7b3d
 def test_any_field_of_a_hook_call_with_any_json_gets_a_card_or_a_4xx_never_a_500(
     cds: Cds, where: tuple[Any, ...], data: st.DataObject
 ) -> None:
-    body = replaced(VALID_CALL, where, data.draw(JSON))
+    body = replaced(VALID_CALL, where, data.draw(ANY_JSON))
     sent = json.dumps(body).encode()
     response = cds.call(body=sent, headers={"Content-Type": "application/json"})
     assert response.status_code in (200, 400), response.text
@@ -544,7 +536,7 @@ VALID_FEEDBACK = {
 def test_feedback_with_any_json_in_any_field_is_stored_or_refused_never_a_500(
     cds: Cds, where: tuple[Any, ...], data: st.DataObject
 ) -> None:
-    body = replaced(VALID_FEEDBACK, where, data.draw(JSON))
+    body = replaced(VALID_FEEDBACK, where, data.draw(ANY_JSON))
     path = f"/cds-services/{ENCOUNTER_START}/feedback"
     token = cds.ehr.token(PUBLIC_URL + path)
     sent = json.dumps(body).encode()  # an infinity drawn goes as `Infinity`, as an EHR may

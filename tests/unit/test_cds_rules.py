@@ -21,93 +21,26 @@ from service.cds.cards import SUMMARY_LIMIT, CardBook, CardTarget, uuid7
 from service.cds.configured import ConfiguredHooks
 from service.cds.rules import GENERIC, Advice, advise, local_trigger_codes
 from service.cds.situation import situation_of
-from service.cds.vocabulary import Code, Vocabulary, guide_vocabulary
+from service.cds.vocabulary import Code, Vocabulary
 from service.fhir import terminology
 from service.i18n import Language, translate
 from service.protocol import HagueTrigger
 from service.tenancy import TenantContext
 from service.tenant_config import HookSettings, LocalTriggerCode, TenantConfiguration
+from tests.support.any_json import ANY_JSON, paths, replaced
+from tests.support.prefetch import (
+    ENCOUNTER_ID,
+    FULL_PREFETCH,
+    VOCABULARY,
+    a_code_of,
+    bundle,
+    concern_flag,
+    condition,
+    prefetch,
+    step_1_finding,
+)
 
 TODAY = date(2026, 11, 23)
-ENCOUNTER_ID = "enc-1"
-VOCABULARY = guide_vocabulary()
-
-
-def a_code_of(trigger: HagueTrigger) -> Code:
-    return sorted(VOCABULARY.triggers[trigger], key=lambda c: (c.system, c.code))[0]
-
-
-def coding(code: Code) -> dict[str, Any]:
-    return {"coding": [{"system": code.system, "code": code.code}]}
-
-
-def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
-    }
-
-
-def prefetch(
-    birth_date: str | None = "1990-05-01",
-    reasons: tuple[Code, ...] = (),
-    conditions: tuple[dict[str, Any], ...] = (),
-    flags: tuple[dict[str, Any], ...] = (),
-    findings: tuple[dict[str, Any], ...] = (),
-    children: int = 0,
-) -> dict[str, Any]:
-    patient: dict[str, Any] = {"resourceType": "Patient", "id": "p1"}
-    if birth_date is not None:
-        patient["birthDate"] = birth_date
-    return {
-        "patient": patient,
-        "encounter": {
-            "resourceType": "Encounter",
-            "id": ENCOUNTER_ID,
-            "status": "arrived",
-            "reasonCode": [coding(code) for code in reasons],
-        },
-        "conditions": bundle(*conditions),
-        "flags": bundle(*flags),
-        "findings": bundle(*findings),
-        "relatedPersons": bundle(
-            *(
-                {
-                    "resourceType": "RelatedPerson",
-                    "patient": {"reference": "Patient/p1"},
-                    "relationship": [{"coding": [{"code": "CHILD"}]}],
-                }
-                for _ in range(children)
-            ),
-            # a partner is a RelatedPerson too, but not a child
-            {"resourceType": "RelatedPerson", "relationship": [{"coding": [{"code": "SPS"}]}]},
-        ),
-    }
-
-
-def condition(code: Code, verification: str | None = None) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": "Condition",
-        "code": coding(code),
-        "encounter": {"reference": f"Encounter/{ENCOUNTER_ID}"},
-    }
-    if verification:
-        resource["verificationStatus"] = {"coding": [{"code": verification}]}
-    return resource
-
-
-def concern_flag(status: str = "active") -> dict[str, Any]:
-    return {"resourceType": "Flag", "status": status, "code": coding(VOCABULARY.concern_flag)}
-
-
-def step_1_finding(encounter: str = ENCOUNTER_ID, status: str = "final") -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": status,
-        "code": coding(VOCABULARY.step_1),
-        "encounter": {"reference": f"Encounter/{encounter}"},
-    }
 
 
 def advice_for(
@@ -287,43 +220,8 @@ def test_without_an_encounter_only_the_flags_must_be_read_in_full() -> None:
     assert advise(situation_of(unread, None), HookSettings(), VOCABULARY, TODAY) == GENERIC
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=6,
-)
-
-
-def paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place in a JSON document: its keys and list positions, nested."""
-    children = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    return [path] + [p for key, child in children for p in paths(child, (*path, key))]
-
-
-def replaced(document: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return value
-    copy = dict(document) if isinstance(document, dict) else list(document)
-    copy[path[0]] = replaced(document[path[0]], path[1:], value)
-    return copy
-
-
-FULL = prefetch(
-    reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),),
-    conditions=(condition(a_code_of(HagueTrigger.SUBSTANCE_ABUSE), "confirmed"),),
-    flags=(concern_flag(),),
-    findings=(step_1_finding(encounter="other"),),
-    children=2,
-)
-PATHS = paths(FULL)[1:]  # the prefetch itself is a dict of dicts or nulls (schemas.HookRequest)
+#: the prefetch itself is a dict of dicts or nulls (schemas.HookRequest)
+PATHS = paths(FULL_PREFETCH)[1:]
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)  # the same examples every run
@@ -333,9 +231,9 @@ def test_any_field_of_the_prefetch_with_a_wrong_type_is_treated_as_absent(
 ) -> None:
     """The EHR's JSON is not trusted: whatever stands anywhere, the rules answer, never raise."""
     value = data.draw(
-        JSON.filter(lambda v: v is None or isinstance(v, dict)) if len(where) == 1 else JSON
+        ANY_JSON.filter(lambda v: v is None or isinstance(v, dict)) if len(where) == 1 else ANY_JSON
     )
-    advice = advice_for(replaced(FULL, where, value))
+    advice = advice_for(replaced(FULL_PREFETCH, where, value))
     assert advice is None or advice.indicator in ("info", "warning")
 
 
