@@ -7,8 +7,6 @@ bootstrap tokens; nothing is mocked.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,65 +16,28 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from service.admin import access
-from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import TenantConfigVersion
 from service.protocol import Step
-from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
-from service.tenant_config import EhrRegistration, TenantConfiguration
 from smart_app.admin import ADMIN_COOKIE, CSRF_HEADER, router
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
+from tests.support.admin import (
+    DEPLOYMENT_KEY,
+    Hospital,
+    bearer,
+    client,
+    gent,
+    hospital,
+    stored_gent,
+)
 
-KEY = "admin-test-deployment-key"
-
-
-@dataclass
-class Hospital:
-    slug: str
-    id: int
-    prefix: str
-
-
-@pytest.fixture
-def client(database: Database, database_url: str) -> Iterator[TestClient]:
-    settings = load_settings(
-        database_url=database_url, environment="test", secret_key=KEY, default_tenant="az-gent"
-    )
-    with TestClient(create_app(settings, database)) as test_client:
-        yield test_client
-
-
-def _hospital(database: Database, slug: str, prefix: str) -> Hospital:
-    tenants = TenantDirectory(database, SecretBox(SecretStr(KEY)))
-    registration = EhrRegistration(
-        id="ehr",
-        name="EPD",
-        fhir_base_url=f"https://{slug}.example/fhir",
-        client_id="kindreflex",
-        client_auth="client_secret_basic",
-        client_secret=SecretStr(f"secret-of-{slug}"),
-    )
-    config = TenantConfiguration(name=slug.upper(), registrations=[registration])
-    context = tenants.save(slug, config, actor="test set-up")
-    return Hospital(slug, context.id, prefix)
-
-
-@pytest.fixture
-def gent(database: Database) -> Hospital:
-    """The default tenant: un-prefixed paths."""
-    return _hospital(database, "az-gent", "")
+__all__ = ["client", "gent"]  # the admin tests' fixtures
 
 
 @pytest.fixture
 def brugge(database: Database) -> Hospital:
-    return _hospital(database, "az-brugge", "/t/az-brugge")
-
-
-def bearer(database: Database, hospital: Hospital, name: str = "Els") -> dict[str, str]:
-    token, _ = access.issue_bootstrap_token(database, hospital.id)
-    issued = access.redeem_bootstrap_token(database, hospital.id, token, name)
-    return {"Authorization": f"Bearer {issued.token}"}
+    return hospital(database, "az-brugge", "/t/az-brugge")
 
 
 def admin_routes() -> list[tuple[str, str]]:
@@ -110,7 +71,7 @@ def test_every_admin_endpoint_refuses_anonymous_callers(client: TestClient, gent
 def test_every_admin_endpoint_refuses_another_hospitals_admin(
     client: TestClient, database: Database, gent: Hospital, brugge: Hospital
 ) -> None:
-    headers = bearer(database, brugge)
+    headers = bearer(database, brugge.id)
     for method, path in admin_routes():
         response = client.request(method, concrete(path), headers=headers, follow_redirects=False)
         assert response.status_code == 403, (method, path, response.text)
@@ -121,7 +82,7 @@ def test_every_admin_endpoint_refuses_another_hospitals_admin(
 def test_ended_or_unknown_sessions_are_refused(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     assert client.get("/admin/api/config", headers=headers).status_code == 200
     assert client.delete("/admin/api/session", headers=headers).status_code == 204
     assert client.get("/admin/api/config", headers=headers).status_code == 401
@@ -132,7 +93,7 @@ def test_ended_or_unknown_sessions_are_refused(
 def test_an_admin_sees_and_changes_only_their_own_hospital(
     client: TestClient, database: Database, gent: Hospital, brugge: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     config = client.get("/admin/api/config", headers=headers).json()["configuration"]
     assert config["name"] == "AZ-GENT"
     assert "az-brugge" not in str(config)
@@ -140,7 +101,7 @@ def test_an_admin_sees_and_changes_only_their_own_hospital(
     response = client.put("/admin/api/hooks", headers=headers, json={"adult_age": 16})
     assert response.status_code == 200, response.text
 
-    tenants = TenantDirectory(database, SecretBox(SecretStr(KEY)))
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
     assert tenants.get("az-gent").config.hooks.adult_age == 16
     assert tenants.get("az-brugge").config.hooks.adult_age == 18
     audit = client.get("/admin/api/audit", headers=headers).json()
@@ -150,14 +111,14 @@ def test_an_admin_sees_and_changes_only_their_own_hospital(
 def test_client_secret_is_write_only_and_masked_in_the_audit(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent, name="Els Peeters")
+    headers = bearer(database, gent.id, name="Els Peeters")
     registration = client.get("/admin/api/registrations", headers=headers).json()[0]
     assert registration["client_secret"] == "***"
 
     # Saving the registration as read back keeps the secret; a new secret replaces it.
     registration["name"] = "EPD spoed"
     assert client.put("/admin/api/registrations/ehr", headers=headers, json=registration).is_success
-    kept = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config
+    kept = stored_gent(database).config
     assert kept.registrations[0].client_secret == SecretStr("secret-of-az-gent")
 
     registration["client_secret"] = "a-brand-new-secret"
@@ -185,7 +146,7 @@ def test_a_stored_secret_does_not_follow_the_registration_to_another_ehr_or_clie
 ) -> None:
     """The secret is sent (HTTP Basic) to the token endpoint of fhir_base_url: were it kept
     for a repointed registration, an admin could have it sent to their own server."""
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     before = client.get("/admin/api/config", headers=headers).json()
     registration = client.get("/admin/api/registrations", headers=headers).json()[0]
     moved = {**registration, field: elsewhere}  # client_secret "***": the stored one
@@ -205,18 +166,18 @@ def test_a_stored_secret_does_not_follow_the_registration_to_another_ehr_or_clie
 
     moved["client_secret"] = "secret-of-the-new-client"
     assert client.put("/admin/api/registrations/ehr", headers=headers, json=moved).is_success
-    stored = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config
+    stored = stored_gent(database).config
     assert stored.registrations[0].client_secret == SecretStr("secret-of-the-new-client")
 
 
 def test_a_registration_that_stops_using_its_secret_drops_it(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     registration = client.get("/admin/api/registrations", headers=headers).json()[0]
     keys = {**registration, "client_auth": "private_key_jwt"}
     assert client.put("/admin/api/registrations/ehr", headers=headers, json=keys).is_success
-    stored = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config
+    stored = stored_gent(database).config
     assert stored.registrations[0].client_secret is None
     # …so going back to client_secret_basic needs the secret again
     back = {**keys, "client_auth": "client_secret_basic"}
@@ -257,7 +218,7 @@ def test_a_sign_in_name_the_audit_cannot_hold_is_refused_before_the_token_is_spe
 def test_a_bad_change_is_refused_with_the_reason_and_changes_nothing(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     before = client.get("/admin/api/config", headers=headers).json()
 
     too_young = client.put("/admin/api/hooks", headers=headers, json={"adult_age": 9})
@@ -316,7 +277,7 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     no_file = client.post("/admin/partners", data=hidden, files={"file": ("", b"")})
     assert no_file.status_code == 400
     assert "Kies een CSV-bestand" in no_file.text
-    hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
+    hooks = stored_gent(database).config.hooks
     assert (hooks.adult_age, hooks.enabled) == (17, ["encounter-start"])
 
 
@@ -338,7 +299,7 @@ def test_the_screens_audit_writes_when_as_the_other_screens_do(
     audit = audit[: audit.index("</section>")]
     assert '<time datetime="2026-05-17T22:30:00+00:00">18/05/2026 00:30</time> (v1)' in audit
     assert not re.search(r"\d{4}-\d{2}-\d{2}", re.sub(r"<[^>]+>", "", audit))
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     changes = client.get("/admin/api/audit", headers=headers).json()["changes"]
     assert changes[-1]["at"] == "2026-05-17T22:30:00+00:00"
 
@@ -400,7 +361,7 @@ def test_a_used_or_wrong_bootstrap_token_shows_the_refusal(
 def test_partner_csv_with_bad_rows_changes_nothing_and_names_every_row(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     exported = client.get("/admin/api/partners?format=csv", headers=headers).text
     lines = exported.splitlines()
     bad = [
@@ -426,7 +387,7 @@ def test_partner_csv_with_bad_rows_changes_nothing_and_names_every_row(
 def test_partner_import_as_csv_and_bundle_replaces_the_directory(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     csv_text = (
         "id,type,name,phones,website,region\n"
         'vk-west,vk,VK West-Vlaanderen,"050 40 56 60 (Brugge)",https://vk.example,west\n'
@@ -449,7 +410,7 @@ def test_partner_import_as_csv_and_bundle_replaces_the_directory(
         json=bundle,
     )  # fmt: skip
     assert again.status_code == 200, again.text
-    partners = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.partners
+    partners = stored_gent(database).config.partners
     assert partners.region == "west"  # the first entry's region is the directory's
     assert [e.id for e in partners.entries] == ["vk-west", "politie-brugge"]
     assert partners.entries[0].name.endswith("West-Vlaanderen")
@@ -458,7 +419,7 @@ def test_partner_import_as_csv_and_bundle_replaces_the_directory(
 def test_plan_wording_changes_raise_the_plan_revision(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     assert client.get("/admin/api/plan", headers=headers).json()["revision"] == 1
     plan = {
         "steps": {"step-2": {"title": {"nl": "Peil naar veiligheid (ons ziekenhuis)"}}},
@@ -471,7 +432,7 @@ def test_plan_wording_changes_raise_the_plan_revision(
     assert same["plan_revision"] == 2
     unknown = {"choices": {"safety-assessment/maybe": {"title": {"nl": "?"}}}}
     assert client.put("/admin/api/plan", headers=headers, json=unknown).status_code == 422
-    context = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent")
+    context = stored_gent(database)
     assert context.config.plan.text(Step.STEP_2, "title", "nl") == (
         "Peil naar veiligheid (ons ziekenhuis)"
     )
@@ -526,7 +487,7 @@ def test_an_ehr_user_with_the_admin_role_administers_their_own_hospital(
 def test_a_change_based_on_an_older_version_is_refused_not_lost(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    headers = bearer(database, gent)
+    headers = bearer(database, gent.id)
     read = client.get("/admin/api/config", headers=headers)
     etag = read.headers["etag"]
     first = client.put("/admin/api/hooks", headers={**headers, "If-Match": etag},
@@ -537,5 +498,5 @@ def test_a_change_based_on_an_older_version_is_refused_not_lost(
                       json={"adult_age": 16})  # fmt: skip
     assert late.status_code == 412
     assert "changed meanwhile" in late.json()["issue"][0]["diagnostics"]
-    hooks = TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent").config.hooks
+    hooks = stored_gent(database).config.hooks
     assert hooks.adult_age == 17

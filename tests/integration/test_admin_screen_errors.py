@@ -14,72 +14,36 @@ import re
 
 import yaml
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
 from service.admin import access
 from service.admin.config import export_yaml
 from service.db.base import Database
-from service.tenancy import SecretBox, TenantContext, TenantDirectory
 from service.tenant_config import TenantConfiguration
-from tests.integration.test_admin_api import KEY, Hospital, client, gent
+from tests.support.admin import (
+    Hospital,
+    assert_tied,
+    client,
+    field_tag,
+    gent,
+    screen_sign_in,
+    stored_gent,
+)
 
-__all__ = ["client", "gent"]  # the fixtures, shared with the admin API's tests
+__all__ = ["client", "gent"]  # the admin tests' fixtures (tests/support/admin)
 
 FRENCH = {"Accept-Language": "fr-BE,fr;q=0.9"}
-
-
-def _signed_in(client: TestClient, database: Database, hospital: Hospital) -> dict[str, str]:
-    """Sign in on the screen; the hidden fields every form sends (CSRF token, version)."""
-    token, _ = access.issue_bootstrap_token(database, hospital.id)
-    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
-    page = client.get("/admin").text
-    csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
-    version = re.search(r'name="version" value="(\d+)"', page)
-    assert csrf is not None
-    assert version is not None
-    return {"csrf_token": csrf.group(1), "version": version.group(1)}
-
-
-def _stored(database: Database) -> TenantContext:
-    return TenantDirectory(database, SecretBox(SecretStr(KEY))).get("az-gent")
-
-
-def _field(page: str, tag: str, field_id: str) -> str:
-    """The opening tag of the field ``field_id``."""
-    found = re.search(rf'<{tag} [^>]*id="{re.escape(field_id)}"[^>]*>', page)
-    assert found is not None, f"no <{tag} id={field_id}>"
-    return found.group(0)
-
-
-def _message_of(page: str, field_id: str) -> str:
-    """The text of the field's message (its id ``<field>-error``), tags removed."""
-    found = re.search(rf'<p class="field-error" id="{re.escape(field_id)}-error">(.*?)</p>', page)
-    assert found is not None, f"no message for {field_id}"
-    return re.sub(r"<[^>]+>", "", found.group(1))
-
-
-def _assert_tied(page: str, tag: str, field_id: str) -> str:
-    """The field is marked invalid, described by its message, and the summary links to it."""
-    field = _field(page, tag, field_id)
-    assert 'aria-invalid="true"' in field
-    assert f'aria-describedby="{field_id}-error"' in field
-    summary = page[page.index('id="problems"') :]
-    summary = summary[: summary.index("</div>")]
-    assert "data-error-summary" in page[page.index('<div class="error-summary"') :][:200]
-    assert f'<a href="#{field_id}">' in summary
-    return _message_of(page, field_id)
 
 
 def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = _signed_in(client, database, gent)
-    before = _stored(database)
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
     broken = export_yaml(before.config).replace("adult_age: 18", "adult_age: [18")
 
     dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
     assert dutch.status_code == 422
-    message = _assert_tied(dutch.text, "textarea", "yaml")
+    message = assert_tied(dutch.text, "textarea", "yaml")
     assert re.fullmatch(
         r"Fout: Regel \d+: Dit is geen geldige YAML \(de YAML-lezer meldt: .+\)\.", message
     )
@@ -94,25 +58,25 @@ def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
     french = client.post("/admin/config", data={**hidden, "yaml": broken}, headers=FRENCH)
     assert french.status_code == 422
     assert '<html lang="fr">' in french.text
-    message = _assert_tied(french.text, "textarea", "yaml")
+    message = assert_tied(french.text, "textarea", "yaml")
     assert re.fullmatch(
         r"Erreur : Ligne \d+ : Ce n&#39;est pas du YAML valide \(le lecteur YAML signale : .+\)\.",
         message,
     )
-    after = _stored(database)
+    after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
 
 
 def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated_sentence(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = _signed_in(client, database, gent)
-    before = _stored(database)
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
     invalid = export_yaml(before.config).replace("adult_age: 18", "adult_age: 40")
 
     french = client.post("/admin/config", data={**hidden, "yaml": invalid}, headers=FRENCH)
     assert french.status_code == 422
-    message = _assert_tied(french.text, "textarea", "yaml")
+    message = assert_tied(french.text, "textarea", "yaml")
     assert re.fullmatch(
         r"Erreur : Ligne \d+, hooks\.adult_age : Doit valoir au plus 25 \(donné : 40\)\.", message
     )
@@ -122,7 +86,7 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
     assert "less than or equal" not in french.text
 
     dutch = client.post("/admin/config", data={**hidden, "yaml": invalid})
-    message = _assert_tied(dutch.text, "textarea", "yaml")
+    message = assert_tied(dutch.text, "textarea", "yaml")
     assert re.fullmatch(
         r"Fout: Regel \d+, hooks\.adult_age: Mag hoogstens 25 zijn \(gegeven: 40\)\.", message
     )
@@ -131,9 +95,9 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
     form = {**hidden, "adult_age": "zestien", "hook-patient-view": "on"}
     typed = client.post("/admin/hooks", data=form, headers=FRENCH)
     assert typed.status_code == 422
-    message = _assert_tied(typed.text, "input", "adult_age")
+    message = assert_tied(typed.text, "input", "adult_age")
     assert message == "Erreur : hooks.adult_age : Doit être un nombre entier (donné : zestien)."
-    assert 'aria-invalid="true"' not in _field(typed.text, "textarea", "yaml")
+    assert 'aria-invalid="true"' not in field_tag(typed.text, "textarea", "yaml")
 
     # a registration's field: a new registration that needs a secret and has none
     registration = {
@@ -143,21 +107,21 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
     }  # fmt: skip
     refused = client.post("/admin/registrations", data=registration, headers=FRENCH)
     assert refused.status_code == 422
-    message = _assert_tied(refused.text, "input", "new-client_secret")
+    message = assert_tied(refused.text, "input", "new-client_secret")
     assert message == (
         "Erreur : registrations[1].client_secret : client_secret_basic exige un secret client "
         "(ou choisissez private_key_jwt)."
     )
 
-    after = _stored(database)
+    after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
 
 
 def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = _signed_in(client, database, gent)
-    before = _stored(database)
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
     exported = client.get("/admin/api/partners?format=csv").text
     lines = exported.splitlines()
     bad_rows = "\n".join([lines[0], lines[1].replace(",", ",,", 1), lines[1]]).encode()
@@ -165,7 +129,7 @@ def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
 
     dutch = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", bad_rows)})
     assert dutch.status_code == 422
-    message = _assert_tied(dutch.text, "input", "partners-file")
+    message = assert_tied(dutch.text, "input", "partners-file")
     assert message.startswith("Fout: Rij 2 van het bestand: ")
     assert "Rij 3 van het bestand: " not in message  # row 3 is right: only row 2 is named
     assert "row 2" not in dutch.text
@@ -174,12 +138,12 @@ def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
         "/admin/partners", data=hidden, files={"file": ("p.csv", bad_header)}, headers=FRENCH
     )
     assert french.status_code == 422
-    message = _assert_tied(french.text, "input", "partners-file")
+    message = assert_tied(french.text, "input", "partners-file")
     assert message == "Erreur : Ligne 1 du fichier : Colonne inconnue : fax."
     assert "<code>fax</code>" in french.text
     assert "unknown column" not in french.text
 
-    after = _stored(database)
+    after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
     # the same form takes a good file (the screen read no uploaded file before: the form
     # holds Starlette's UploadFile, not FastAPI's subclass it was checked against)
@@ -187,15 +151,15 @@ def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
     saved = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", good)})
     assert saved.status_code == 200
     assert 'id="saved"' in saved.text
-    assert [e.id for e in _stored(database).config.partners.entries] == [lines[1].split(",")[0]]
+    assert [e.id for e in stored_gent(database).config.partners.entries] == [lines[1].split(",")[0]]
 
 
 def test_the_api_keeps_its_english_operation_outcome(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
     """The screen's translation does not change the API's documented answer."""
-    _signed_in(client, database, gent)
-    yaml_text = export_yaml(_stored(database).config).replace("adult_age: 18", "adult_age: 40")
+    screen_sign_in(client, database, gent)
+    yaml_text = export_yaml(stored_gent(database).config).replace("adult_age: 18", "adult_age: 40")
     token, _ = access.issue_bootstrap_token(database, gent.id)
     issued = access.redeem_bootstrap_token(database, gent.id, token, "API")
     refused = client.put(
@@ -234,13 +198,13 @@ def _messages(page: str) -> list[str]:
 def test_our_own_validators_refusals_are_translated_on_the_screen(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = _signed_in(client, database, gent)
-    before = _stored(database)
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
     broken = _broken_by_our_validators(before.config)
 
     dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
     assert dutch.status_code == 422
-    _assert_tied(dutch.text, "textarea", "yaml")
+    assert_tied(dutch.text, "textarea", "yaml")
     said = " | ".join(_messages(dutch.text))
     for sentence in (
         r"Regel \d+, registrations\[0\]\.cds_issuers\[0\]\.jwks: Een JWK Set is een "
@@ -276,14 +240,14 @@ def test_our_own_validators_refusals_are_translated_on_the_screen(
     ):
         assert re.search(sentence, said), said
 
-    after = _stored(database)
+    after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
 
 
 def test_a_partner_row_that_breaks_the_directorys_rules_names_its_column_in_dutch(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = _signed_in(client, database, gent)
+    hidden = screen_sign_in(client, database, gent)
     lines = client.get("/admin/api/partners?format=csv").text.splitlines()
     header = lines[0].split(",")
     row = next(csv.reader([lines[1]]))
@@ -292,7 +256,7 @@ def test_a_partner_row_that_breaks_the_directorys_rules_names_its_column_in_dutc
 
     dutch = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", bad)})
     assert dutch.status_code == 422
-    message = _assert_tied(dutch.text, "input", "partners-file")
+    message = assert_tied(dutch.text, "input", "partners-file")
     assert message == (
         "Fout: Rij 2 van het bestand: phones.0.number: 09 216 73 is geen Belgisch "
         "telefoonnummer (een 0 en dan 8 of 9 cijfers)."
@@ -304,8 +268,8 @@ def test_a_partner_id_longer_than_step_6_takes_is_refused_in_dutch(
 ) -> None:
     """Step 6 names its partner by a code of at most 64 characters: a longer id could be
     listed but never chosen, so the import refuses it like the directory's other rules."""
-    hidden = _signed_in(client, database, gent)
-    before = _stored(database)
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
     lines = client.get("/admin/api/partners?format=csv").text.splitlines()
     row = next(csv.reader([lines[1]]))
     row[lines[0].split(",").index("id")] = "vk-" + "x" * 62
@@ -313,9 +277,9 @@ def test_a_partner_id_longer_than_step_6_takes_is_refused_in_dutch(
 
     dutch = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", bad)})
     assert dutch.status_code == 422
-    message = _assert_tied(dutch.text, "input", "partners-file")
+    message = assert_tied(dutch.text, "input", "partners-file")
     assert message == "Fout: Rij 2 van het bestand: id: Mag hoogstens 64 tekens lang zijn."
-    after = _stored(database)
+    after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
 
 
@@ -327,7 +291,7 @@ def test_the_api_says_our_own_validators_refusals_in_english_as_before(
     issued = access.redeem_bootstrap_token(database, gent.id, token, "API")
     refused = client.put(
         "/admin/api/config.yaml",
-        content=_broken_by_our_validators(_stored(database).config).encode(),
+        content=_broken_by_our_validators(stored_gent(database).config).encode(),
         headers={"Authorization": f"Bearer {issued.token}", **FRENCH},
     )
     assert refused.status_code == 422
@@ -371,7 +335,7 @@ def test_the_plan_section_names_each_step_in_the_screens_language(
 ) -> None:
     """The plan's fields were headed by the steps' English names ("4. Check for concern and
     willingness") on the Dutch and the French screen alike."""
-    _signed_in(client, database, gent)
+    screen_sign_in(client, database, gent)
 
     dutch = _plan_legends(client.get("/admin").text)
     assert len(dutch) == 6
@@ -387,7 +351,7 @@ def test_the_default_language_choices_name_each_language(
 ) -> None:
     """The "default language" choices showed the bare codes nl, fr and en; each now reads
     as the language's own name, on the Dutch and the French screen alike."""
-    _signed_in(client, database, gent)
+    screen_sign_in(client, database, gent)
 
     for headers in ({}, FRENCH):
         page = client.get("/admin", headers=headers).text
@@ -402,7 +366,7 @@ def test_each_form_of_the_admin_screen_sends_its_version_once(
 ) -> None:
     """ "Test the connection" (and the registration's save and delete) sent ``version`` twice,
     two hidden fields with the same name: each form now sends each hidden field once."""
-    _signed_in(client, database, gent)
+    screen_sign_in(client, database, gent)
 
     page = client.get("/admin").text
     forms = re.findall(r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)

@@ -37,11 +37,18 @@ from service.fhir.client import FhirClient, FhirUnavailable
 from service.settings import Settings, load_settings
 from service.tenancy import SecretBox, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration, TenantConfiguration
-from tests.integration.test_admin_api import KEY, Hospital, client, gent
-from tests.integration.test_admin_screen_errors import _assert_tied, _signed_in, _stored
 from tests.integration.test_cds_auth_jwks import GOOD, admin_headers, call
 from tests.integration.test_cds_auth_jwks import KEY as EHR_KEY
 from tests.integration.test_cds_hooks import AUD, PUBLIC_URL, Ehr, tenant_config
+from tests.support.admin import (
+    DEPLOYMENT_KEY,
+    Hospital,
+    assert_tied,
+    client,
+    gent,
+    screen_sign_in,
+    stored_gent,
+)
 from tests.support.served import ServedJson
 from tests.support.tls import private_ca
 
@@ -133,8 +140,8 @@ def test_a_jku_at_the_metadata_address_is_refused_when_saved_and_never_fetched_b
 def test_the_screen_says_the_refusal_in_the_admins_language_next_to_the_field(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = _signed_in(client, database, gent)
-    before = _stored(database)
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
     registration = {
         **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
         "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
@@ -143,13 +150,13 @@ def test_the_screen_says_the_refusal_in_the_admins_language_next_to_the_field(
     }  # fmt: skip
     refused = client.post("/admin/registrations", data=registration)
     assert refused.status_code == 422
-    message = _assert_tied(refused.text, "textarea", "new-cds_issuers")
+    message = assert_tied(refused.text, "textarea", "new-cds_issuers")
     assert message == (
         "Fout: registrations[1].cds_issuers[0].jku[0]: De dienst mag geen verbinding maken met "
         "169.254.169.254: link-local-, niet-gespecificeerde, multicast- en broadcastadressen "
         "(zoals de metadatadienst van een cloud op 169.254.169.254) zijn nooit een EPD."
     )
-    after = _stored(database)
+    after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
 
 
@@ -189,7 +196,7 @@ def test_config_import_refuses_a_url_outside_the_allow_list(
         capsys.readouterr().err
     )
     with pytest.raises(UnknownTenantError):  # nothing was stored
-        TenantDirectory(database, SecretBox(SecretStr(KEY))).get(settings.default_tenant)
+        TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY))).get(settings.default_tenant)
 
 
 def test_with_an_allow_list_of_loopback_the_local_flows_still_work(

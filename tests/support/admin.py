@@ -1,0 +1,117 @@
+"""Hospitals and admins for the admin API's and screen's tests: the app with its deployment
+key, a hospital configured in it, an admin signed in (API or screen), and how the screen
+ties a refusal to its field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from service.admin import access
+from service.app import create_app
+from service.db.base import Database
+from service.settings import load_settings
+from service.tenancy import SecretBox, TenantContext, TenantDirectory
+from service.tenant_config import EhrRegistration, TenantConfiguration
+
+#: The app's ``secret_key`` in the admin tests: what stored client secrets are sealed with.
+DEPLOYMENT_KEY = "admin-test-deployment-key"
+
+
+@dataclass
+class Hospital:
+    """A configured hospital: its slug, its tenant id and the prefix of its paths."""
+
+    slug: str
+    id: int
+    prefix: str
+
+
+@pytest.fixture
+def client(database: Database, database_url: str) -> Iterator[TestClient]:
+    """The real app with DEPLOYMENT_KEY, AZ Gent its default hospital."""
+    settings = load_settings(
+        database_url=database_url,
+        environment="test",
+        secret_key=DEPLOYMENT_KEY,
+        default_tenant="az-gent",
+    )
+    with TestClient(create_app(settings, database)) as test_client:
+        yield test_client
+
+
+def hospital(database: Database, slug: str, prefix: str) -> Hospital:
+    """A hospital with one EHR registration using a client secret, saved as version 1."""
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
+    registration = EhrRegistration(
+        id="ehr",
+        name="EPD",
+        fhir_base_url=f"https://{slug}.example/fhir",
+        client_id="kindreflex",
+        client_auth="client_secret_basic",
+        client_secret=SecretStr(f"secret-of-{slug}"),
+    )
+    config = TenantConfiguration(name=slug.upper(), registrations=[registration])
+    context = tenants.save(slug, config, actor="test set-up")
+    return Hospital(slug, context.id, prefix)
+
+
+@pytest.fixture
+def gent(database: Database) -> Hospital:
+    """The default tenant: un-prefixed paths."""
+    return hospital(database, "az-gent", "")
+
+
+def stored_gent(database: Database) -> TenantContext:
+    """AZ Gent's configuration as stored, its secrets opened with DEPLOYMENT_KEY."""
+    return TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY))).get("az-gent")
+
+
+def bearer(database: Database, tenant_id: int, name: str = "Els") -> dict[str, str]:
+    """The API header of an admin of the tenant, signed in with a real bootstrap token."""
+    token, _ = access.issue_bootstrap_token(database, tenant_id)
+    issued = access.redeem_bootstrap_token(database, tenant_id, token, name)
+    return {"Authorization": f"Bearer {issued.token}"}
+
+
+def screen_sign_in(client: TestClient, database: Database, hospital: Hospital) -> dict[str, str]:
+    """Sign in on the screen; the hidden fields every form sends (CSRF token, version)."""
+    token, _ = access.issue_bootstrap_token(database, hospital.id)
+    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    page = client.get("/admin").text
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert csrf is not None
+    assert version is not None
+    return {"csrf_token": csrf.group(1), "version": version.group(1)}
+
+
+def field_tag(page: str, tag: str, field_id: str) -> str:
+    """The opening tag of the field ``field_id``."""
+    found = re.search(rf'<{tag} [^>]*id="{re.escape(field_id)}"[^>]*>', page)
+    assert found is not None, f"no <{tag} id={field_id}>"
+    return found.group(0)
+
+
+def message_of(page: str, field_id: str) -> str:
+    """The text of the field's message (its id ``<field>-error``), tags removed."""
+    found = re.search(rf'<p class="field-error" id="{re.escape(field_id)}-error">(.*?)</p>', page)
+    assert found is not None, f"no message for {field_id}"
+    return re.sub(r"<[^>]+>", "", found.group(1))
+
+
+def assert_tied(page: str, tag: str, field_id: str) -> str:
+    """The field is marked invalid, described by its message, and the summary links to it."""
+    field = field_tag(page, tag, field_id)
+    assert 'aria-invalid="true"' in field
+    assert f'aria-describedby="{field_id}-error"' in field
+    summary = page[page.index('id="problems"') :]
+    summary = summary[: summary.index("</div>")]
+    assert "data-error-summary" in page[page.index('<div class="error-summary"') :][:200]
+    assert f'<a href="#{field_id}">' in summary
+    return message_of(page, field_id)
