@@ -13,52 +13,39 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from sandbox.keys import SigningKey
-from service.admin import access
 from service.cds.auth import JWKS_MAX_BYTES, JWKS_TIMEOUT_SECONDS
 from service.db.base import Database
-from service.tenant_config import TenantConfiguration
-from tests.integration.test_cds_hooks import (
+from tests.support.cds import (
     AUD,
-    ENCOUNTER_START,
+    EHR_JWKS,
+    EHR_KEY,
     PUBLIC_URL,
     Ehr,
-    hook_body,
-    make_app,
+    admin_headers,
+    call_encounter_start,
+    make_cds_app,
+    store_unchecked,
     tenant_config,
 )
 from tests.support.served import ServedJson, Trickled
 
-KEY = SigningKey.generate("ehr-key-1", "ES384")
-GOOD = json.dumps({"keys": [KEY.public_jwk()]}).encode()
-BAD_ALG: dict[str, object] = {"keys": [{**KEY.public_jwk(), "alg": ["ES384"]}]}
+BAD_ALG: dict[str, object] = {"keys": [{**EHR_KEY.public_jwk(), "alg": ["ES384"]}]}
 
 
 @pytest.fixture
 def app(database_url: str, database: Database) -> FastAPI:
-    return make_app(database_url, database)
+    return make_cds_app(database_url, database)
 
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, base_url=PUBLIC_URL) as test_client:
         yield test_client
-
-
-def configure(app: FastAPI, config: TenantConfiguration) -> None:
-    """Store the configuration directly, as an older version (no admin checks) was."""
-    app.state.tenants.save("default", config, actor="test")
-
-
-def call(client: TestClient, token: str) -> Any:
-    headers = {"Authorization": f"Bearer {token}"}
-    return client.post(f"/cds-services/{ENCOUNTER_START}", json=hook_body(), headers=headers)
 
 
 def without_jku(ehr: Ehr) -> str:
@@ -85,31 +72,24 @@ def test_a_fetched_jwk_set_that_is_not_one_is_refused_with_401_and_the_reason(
 ) -> None:
     body, reason = UNUSABLE[case]
     with ServedJson(body, path="/jwks.json") as jwks:
-        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
-        configure(app, tenant_config(ehr))
-        refused = call(client, ehr.token(AUD))
+        ehr = Ehr(EHR_KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        store_unchecked(app, tenant_config(ehr))
+        refused = call_encounter_start(client, ehr.token(AUD))
         assert refused.status_code == 401, refused.text
         assert refused.json()["error"] == "invalid_token"
         assert f"the issuer's JWK Set at {jwks.url} {reason}" in refused.json()["reason"]
         # a failed fetch is not cached: once the EHR serves its keys, its calls get through
-        jwks.body = GOOD
-        assert call(client, ehr.token(AUD)).status_code == 200
+        jwks.body = EHR_JWKS
+        assert call_encounter_start(client, ehr.token(AUD)).status_code == 200
 
 
-def admin_headers(app: FastAPI, database: Database) -> dict[str, str]:
-    tenant = app.state.tenants.get("default")
-    token, _ = access.issue_bootstrap_token(database, tenant.id)
-    session = access.redeem_bootstrap_token(database, tenant.id, token, "Els")
-    return {"Authorization": f"Bearer {session.token}"}
-
-
-EHR = Ehr(KEY, "http://127.0.0.1:9/unused", "https://ehr.az-gent.example/cds")
+EHR = Ehr(EHR_KEY, "http://127.0.0.1:9/unused", "https://ehr.az-gent.example/cds")
 
 
 def test_a_configured_jwk_set_that_is_not_one_is_refused_when_an_admin_saves_it(
     app: FastAPI, client: TestClient, database: Database
 ) -> None:
-    configure(app, tenant_config(EHR))
+    store_unchecked(app, tenant_config(EHR))
     headers = admin_headers(app, database)
     registration = client.get("/admin/api/registrations", headers=headers).json()[0]
     unusable: list[object] = [{}, {"keys": "x"}, {"keys": []}, BAD_ALG]
@@ -120,18 +100,18 @@ def test_a_configured_jwk_set_that_is_not_one_is_refused_when_an_admin_saves_it(
         (issue,) = refused.json()["issue"]
         assert issue["expression"] == ["registrations[0].cds_issuers[0].jwks"]
         assert "JWK Set" in issue["diagnostics"]
-    assert call(client, without_jku(EHR)).status_code == 401  # nothing was saved
-    good = {**registration, "cds_issuers": [{"iss": EHR.issuer, "jwks": json.loads(GOOD)}]}
+    assert call_encounter_start(client, without_jku(EHR)).status_code == 401  # nothing was saved
+    good = {**registration, "cds_issuers": [{"iss": EHR.issuer, "jwks": json.loads(EHR_JWKS)}]}
     assert client.put("/admin/api/registrations/ehr", headers=headers, json=good).is_success
-    assert call(client, without_jku(EHR)).status_code == 200
+    assert call_encounter_start(client, without_jku(EHR)).status_code == 200
 
 
 def test_a_configured_jwk_set_stored_before_the_check_is_a_401_not_a_500(
     app: FastAPI, client: TestClient
 ) -> None:
     """A version stored before saves were checked still loads; its issuer is refused."""
-    configure(app, tenant_config(EHR, jwks=BAD_ALG))
-    refused = call(client, without_jku(EHR))
+    store_unchecked(app, tenant_config(EHR, jwks=BAD_ALG))
+    refused = call_encounter_start(client, without_jku(EHR))
     assert refused.status_code == 401, refused.text
     reason = refused.json()["reason"]
     assert f"the configured JWK Set of {EHR.issuer!r} is unusable" in reason
@@ -140,27 +120,27 @@ def test_a_configured_jwk_set_stored_before_the_check_is_a_401_not_a_500(
 def test_a_jwk_set_larger_than_the_limit_is_refused_without_reading_it_all(
     app: FastAPI, client: TestClient
 ) -> None:
-    padded = GOOD[:-1] + b" " * JWKS_MAX_BYTES + b"}"  # the EHR's real keys, padded
+    padded = EHR_JWKS[:-1] + b" " * JWKS_MAX_BYTES + b"}"  # the EHR's real keys, padded
     with ServedJson(padded, path="/jwks.json") as jwks:
-        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
-        configure(app, tenant_config(ehr))
-        refused = call(client, ehr.token(AUD))
+        ehr = Ehr(EHR_KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        store_unchecked(app, tenant_config(ehr))
+        refused = call_encounter_start(client, ehr.token(AUD))
         assert refused.status_code == 401, refused.text
         reason = refused.json()["reason"]
         assert reason == f"the issuer's JWK Set at {jwks.url} is larger than {JWKS_MAX_BYTES} bytes"
-        jwks.body = GOOD
-        assert call(client, ehr.token(AUD)).status_code == 200
+        jwks.body = EHR_JWKS
+        assert call_encounter_start(client, ehr.token(AUD)).status_code == 200
 
 
 def test_a_jwk_set_trickled_slower_than_the_deadline_is_refused_in_time(
     app: FastAPI, client: TestClient
 ) -> None:
     """Each byte comes within httpx's per-read timeout; the whole set would take 10 s."""
-    with Trickled(GOOD, pause=10 / len(GOOD), path="/jwks.json") as jwks:
-        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
-        configure(app, tenant_config(ehr))
+    with Trickled(EHR_JWKS, pause=10 / len(EHR_JWKS), path="/jwks.json") as jwks:
+        ehr = Ehr(EHR_KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        store_unchecked(app, tenant_config(ehr))
         started = time.monotonic()
-        refused = call(client, ehr.token(AUD))
+        refused = call_encounter_start(client, ehr.token(AUD))
         elapsed = time.monotonic() - started
         assert refused.status_code == 401, refused.text
         assert "could not be read (TimeoutError)" in refused.json()["reason"]
@@ -174,9 +154,9 @@ def test_a_jwk_set_url_in_cleartext_off_this_machine_is_never_fetched(
     and every JWT signed with the swapped-in key would pass. (http on loopback, as in the
     other tests here, never leaves the machine.)"""
     url = "http://ehr.az-gent.example/jwks.json"
-    ehr = Ehr(KEY, url, "https://ehr.az-gent.example/cds")
-    configure(app, tenant_config(ehr))
-    refused = call(client, ehr.token(AUD))
+    ehr = Ehr(EHR_KEY, url, "https://ehr.az-gent.example/cds")
+    store_unchecked(app, tenant_config(ehr))
+    refused = call_encounter_start(client, ehr.token(AUD))
     assert refused.status_code == 401, refused.text
     assert refused.json()["reason"] == f"the issuer's JWK Set at {url} is not served over https"
 
@@ -186,14 +166,14 @@ def test_a_compressed_jwk_set_is_read_and_an_undecodable_one_refused(
 ) -> None:
     """An EHR's gateway compressing the keys: brotli (not decoded here) is refused as
     unreadable, not parsed as the keys; gzip is read. Before, both were parsed as sent."""
-    with ServedJson(GOOD, path="/jwks.json", encoding="br") as jwks:
-        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
-        configure(app, tenant_config(ehr))
-        refused = call(client, ehr.token(AUD))
+    with ServedJson(EHR_JWKS, path="/jwks.json", encoding="br") as jwks:
+        ehr = Ehr(EHR_KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        store_unchecked(app, tenant_config(ehr))
+        refused = call_encounter_start(client, ehr.token(AUD))
         assert refused.status_code == 401, refused.text
         reason = refused.json()["reason"]
         assert (
             reason == f"the issuer's JWK Set at {jwks.url} could not be read (UndecodableBodyError)"
         )
-        jwks.body, jwks.encoding = gzip.compress(GOOD), "gzip"
-        assert call(client, ehr.token(AUD)).status_code == 200
+        jwks.body, jwks.encoding = gzip.compress(EHR_JWKS), "gzip"
+        assert call_encounter_start(client, ehr.token(AUD)).status_code == 200

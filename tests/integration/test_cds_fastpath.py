@@ -8,16 +8,17 @@ OpenAPI document still listing the endpoints.
 
 from __future__ import annotations
 
-from tests.integration import test_cds_hooks as hooks
-from tests.integration.test_cds_hooks import (
+from tests.support.cds import (
     ENCOUNTER_START,
     PUBLIC_URL,
     Cds,
+    cds,
+    ehr,
     only_card,
     tenant_config,
 )
 
-cds, ehr = hooks.cds, hooks.ehr  # the fixtures of the CDS tests
+__all__ = ["cds", "ehr"]  # the CDS tests' fixtures (tests/support/cds)
 
 
 def test_a_hospitals_prefix_reaches_its_own_configuration(cds: Cds) -> None:

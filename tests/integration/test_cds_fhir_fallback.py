@@ -26,12 +26,12 @@ from service.cds.prefetch import FETCH_MAX_BYTES, FETCH_TIMEOUT_SECONDS, missing
 from service.cds.vocabulary import guide_vocabulary
 from service.db.base import Database
 from service.protocol import Step
-from tests.integration.test_cds_hooks import (
+from tests.support.cds import (
     PUBLIC_URL,
     Cds,
     Ehr,
     hook_body,
-    make_app,
+    make_cds_app,
     only_card,
     running_ehr,
     tenant_config,
@@ -57,7 +57,7 @@ def fhir() -> Iterator[tuple[FhirServer, SeedResult]]:
 def cds_on_fhir(
     database_url: str, database: Database, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
 ) -> Iterator[Cds]:
-    app = make_app(database_url, database)
+    app = make_cds_app(database_url, database)
     with TestClient(app, base_url=PUBLIC_URL) as client:
         harness = Cds(app, client, ehr, database)
         harness.configure(tenant_config(ehr, fhir_base_url=fhir[0].base_url))

@@ -9,177 +9,50 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import jwt
 import psycopg
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from sandbox.keys import SigningKey
-from service.app import create_app
 from service.cds.router import MAX_BODY_BYTES
 from service.db import migrate
 from service.db.base import Base, Database
 from service.db.models import CdsCard, CdsFeedback, CdsSeenToken
 from service.fhir import terminology
 from service.protocol import HagueTrigger
-from service.settings import Settings
 from service.tenancy import SecretBox, TenantDirectory
-from service.tenant_config import (
-    CdsIssuer,
-    EhrRegistration,
-    HookSettings,
-    Language,
-    TenantConfiguration,
-)
+from service.tenant_config import HookSettings
 from tests.support.any_json import ANY_JSON, paths, replaced
+from tests.support.cds import (
+    AUD,
+    ENCOUNTER_START,
+    PUBLIC_URL,
+    Cds,
+    Ehr,
+    cds,
+    ehr,
+    hook_body,
+    make_cds_app,
+    only_card,
+    tenant_config,
+)
 from tests.support.postgres import throwaway_postgres_database
 from tests.support.prefetch import ENCOUNTER_ID, FULL_PREFETCH, a_code_of, concern_flag, prefetch
 from tests.support.sandbox import JwksServer
+from tests.support.served import Counted
 
-PUBLIC_URL = "http://testserver"
-ENCOUNTER_START = "kindreflex-encounter-start"
+__all__ = ["cds", "ehr"]  # the CDS tests' fixtures (tests/support/cds)
+
 PATIENT_VIEW = "kindreflex-patient-view"
-
-
-@dataclass
-class Ehr:
-    """An EHR that signs its CDS calls: its key, its JWKS URL, its issuer."""
-
-    key: SigningKey
-    jwks_url: str
-    issuer: str
-
-    def token(
-        self, aud: str | list[str], headers: dict[str, Any] | None = None, **claims: Any
-    ) -> str:
-        now = int(time.time())
-        payload: dict[str, Any] = {"iss": self.issuer, "sub": "ehr-client", "aud": aud, "iat": now}
-        payload |= {"exp": now + 120, "jti": str(uuid.uuid4())} | claims
-        return self.key.sign(payload, headers={"jku": self.jwks_url} | (headers or {}))
-
-
-def running_ehr() -> Iterator[Ehr]:
-    """An EHR with a fresh ES384 key, its JWKS served over HTTP on loopback."""
-    key = SigningKey.generate("ehr-key-1", "ES384")
-    with JwksServer(key) as jwks:
-        yield Ehr(key, jwks.url, "https://ehr.az-gent.example/cds")
-
-
-@pytest.fixture(scope="module")
-def ehr() -> Iterator[Ehr]:
-    yield from running_ehr()
-
-
-def tenant_config(
-    ehr: Ehr,
-    hooks: HookSettings | None = None,
-    fhir_base_url: str = "https://ehr.az-gent.example/fhir",
-    language: Language = "nl",
-    jwks: dict[str, object] | None = None,
-) -> TenantConfiguration:
-    issuer = CdsIssuer(iss=ehr.issuer, jku=[] if jwks else [ehr.jwks_url], jwks=jwks)
-    registration = EhrRegistration(
-        id="ehr",
-        name="AZ Gent EHR",
-        fhir_base_url=fhir_base_url,
-        client_id="kindreflex",
-        cds_issuers=[issuer],
-        default_language=language,
-    )
-    return TenantConfiguration(
-        name="AZ Gent", registrations=[registration], hooks=hooks or HookSettings()
-    )
-
-
-@dataclass
-class Cds:
-    """Our app, configured for one hospital, and an HTTP client on it."""
-
-    app: FastAPI
-    client: TestClient
-    ehr: Ehr
-    database: Database
-    tokens: list[str] = field(default_factory=list)
-
-    def configure(self, config: TenantConfiguration, slug: str = "default") -> None:
-        self.app.state.tenants.save(slug, config, actor="test")
-
-    def call(
-        self,
-        service: str = ENCOUNTER_START,
-        body: dict[str, Any] | bytes | None = None,
-        prefix: str = "",
-        token: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
-        path = f"{prefix}/cds-services/{service}"
-        token = token or self.ehr.token(PUBLIC_URL + path)
-        sent = {"Authorization": f"Bearer {token}"} | (headers or {})
-        if isinstance(body, bytes):
-            return self.client.post(path, content=body, headers=sent)
-        return self.client.post(path, json=hook_body() if body is None else body, headers=sent)
-
-    def discover(self, prefix: str = "") -> Any:
-        path = f"{prefix}/cds-services"
-        token = self.ehr.token(PUBLIC_URL + path)
-        return self.client.get(path, headers={"Authorization": f"Bearer {token}"})
-
-    def count(self, model: type[CdsFeedback] | type[CdsSeenToken] | type[CdsCard]) -> int:
-        with self.database.session() as session:
-            return session.scalar(select(func.count()).select_from(model)) or 0
-
-    def fhir_requests(self) -> float:
-        return float(self.app.state.cds.fhir_requests._value.get())
-
-
-def make_app(database_url: str, database: Database) -> FastAPI:
-    settings = Settings(environment="test", public_url=PUBLIC_URL, database_url=database_url)
-    return create_app(settings, database)
-
-
-@pytest.fixture
-def cds(database_url: str, database: Database, ehr: Ehr) -> Iterator[Cds]:
-    app = make_app(database_url, database)
-    with TestClient(app, base_url=PUBLIC_URL) as client:
-        harness = Cds(app, client, ehr, database)
-        harness.configure(tenant_config(ehr))
-        yield harness
-
-
-def hook_body(
-    hook: str = "encounter-start",
-    data: dict[str, Any] | None = None,
-    encounter_id: str | None = ENCOUNTER_ID,
-    **extra: Any,
-) -> dict[str, Any]:
-    context: dict[str, Any] = {"userId": "Practitioner/nurse-1", "patientId": "p1"}
-    if encounter_id is not None:
-        context["encounterId"] = encounter_id
-    body = {
-        "hook": hook,
-        "hookInstance": str(uuid.uuid4()),
-        "context": context,
-        "prefetch": prefetch() if data is None else data,
-    }
-    return body | extra
-
-
-def only_card(response: Any) -> dict[str, Any]:
-    assert response.status_code == 200, response.text
-    (card,) = response.json()["cards"]
-    assert isinstance(card, dict)
-    return card
 
 
 # --- discovery and cards -----------------------------------------------------------------
@@ -250,8 +123,6 @@ def test_patient_view_without_an_encounter_still_prompts(cds: Cds) -> None:
 
 
 # --- authentication ----------------------------------------------------------------------
-
-AUD = f"{PUBLIC_URL}/cds-services/{ENCOUNTER_START}"
 
 
 def hs256_token(ehr: Ehr) -> str:
@@ -355,7 +226,7 @@ def test_a_replayed_token_is_refused_also_by_another_instance(
     assert replay.status_code == 401
     assert "already used" in replay.json()["reason"]
     # a second instance of the service shares the replay ledger through the database
-    with TestClient(make_app(database_url, database), base_url=PUBLIC_URL) as other:
+    with TestClient(make_cds_app(database_url, database), base_url=PUBLIC_URL) as other:
         again = other.post(
             f"/cds-services/{ENCOUNTER_START}",
             json=hook_body(),
@@ -643,40 +514,9 @@ def test_aud_may_be_a_list_naming_the_url_called(cds: Cds) -> None:
     assert cds.call(token=cds.ehr.token(["https://other.example", AUD])).status_code == 200
 
 
-class CountingJwks:
-    """A JWKS endpoint on loopback that counts how often it is fetched."""
-
-    def __init__(self, key: SigningKey) -> None:
-        self.fetches = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.fetches += 1
-                body = json.dumps({"keys": [key.public_jwk()]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/jwks.json"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
 def test_a_burst_of_calls_fetches_the_issuers_keys_once(cds: Cds) -> None:
     key = SigningKey.generate("burst-key", "ES384")
-    jwks = CountingJwks(key)
-    try:
+    with Counted(json.dumps({"keys": [key.public_jwk()]}).encode(), "/jwks.json") as jwks:
         issuer = Ehr(key, jwks.url, "https://ehr.burst.example/cds")
         cds.configure(tenant_config(issuer))
 
@@ -694,9 +534,7 @@ def test_a_burst_of_calls_fetches_the_issuers_keys_once(cds: Cds) -> None:
                 return [r.status_code for r in await asyncio.gather(*calls)]
 
         assert asyncio.run(burst()) == [200] * 20
-        assert jwks.fetches == 1
-    finally:
-        jwks.close()
+        assert jwks.requests == 1
 
 
 def test_without_the_replay_ledger_the_call_is_refused_with_503_not_500(cds: Cds) -> None:
@@ -770,7 +608,7 @@ def test_a_configuration_read_waiting_on_the_database_does_not_stop_the_event_lo
         migrate.upgrade(url)
         database = Database(url)
         TenantDirectory(database, SecretBox(None)).save("default", tenant_config(ehr), "test")
-        app = make_app(url, database)  # a fresh instance: its first call reads the table
+        app = make_cds_app(url, database)  # a fresh instance: its first call reads the table
         locker = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"))
         locker.execute("LOCK TABLE tenant_config_versions IN ACCESS EXCLUSIVE MODE")
         release = threading.Timer(20, locker.commit)  # if the loop were stopped, still end

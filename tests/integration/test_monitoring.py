@@ -70,7 +70,7 @@ from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.admin import ADMIN_COOKIE
 from smart_app.session import AppUser, LaunchContext, Role
-from tests.integration.test_cds_hooks import hook_body
+from tests.support.cds import hook_body
 from tests.support.sessions import UNUSED_FHIR, User, signed_in
 from tests.support.validator import validate
 from tests.support.write_path import (

@@ -37,9 +37,6 @@ from service.fhir.client import FhirClient, FhirUnavailable
 from service.settings import Settings, load_settings
 from service.tenancy import SecretBox, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration, TenantConfiguration
-from tests.integration.test_cds_auth_jwks import GOOD, admin_headers, call
-from tests.integration.test_cds_auth_jwks import KEY as EHR_KEY
-from tests.integration.test_cds_hooks import AUD, PUBLIC_URL, Ehr, tenant_config
 from tests.support.admin import (
     DEPLOYMENT_KEY,
     Hospital,
@@ -49,25 +46,23 @@ from tests.support.admin import (
     screen_sign_in,
     stored_gent,
 )
-from tests.support.served import ServedJson
+from tests.support.cds import (
+    AUD,
+    EHR_JWKS,
+    EHR_KEY,
+    PUBLIC_URL,
+    Ehr,
+    admin_headers,
+    call_encounter_start,
+    tenant_config,
+)
+from tests.support.served import Counted, ServedJson
 from tests.support.tls import private_ca
 
 __all__ = ["client", "gent"]  # the admin screen's fixtures
 
 METADATA_JWKS = "https://169.254.169.254/latest/meta-data/jwks.json"
 BUNDLE = b'{"resourceType": "Bundle", "type": "searchset"}'
-
-
-class Counted(ServedJson):
-    """A server that counts the requests it answered: "never fetched" is zero of them."""
-
-    def __init__(self, body: bytes, path: str = "/") -> None:
-        super().__init__(body, path)
-        self.requests = 0
-
-    def current(self) -> bytes:
-        self.requests += 1
-        return self.body
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +118,7 @@ def test_a_jku_at_the_metadata_address_is_refused_when_saved_and_never_fetched_b
         app.state.tenants.save("default", tenant_config(ehr), actor="test")
         caplog.set_level(logging.WARNING, logger="service.outbound")
         started = time.monotonic()
-        answer = call(client, ehr.token(AUD))
+        answer = call_encounter_start(client, ehr.token(AUD))
         assert time.monotonic() - started < 2
     assert answer.status_code == 401, answer.text
     assert answer.json()["reason"] == (
@@ -203,7 +198,7 @@ def test_with_an_allow_list_of_loopback_the_local_flows_still_work(
     database_url: str, database: Database
 ) -> None:
     app = app_with(database_url, database, "127.0.0.1", "localhost")
-    with ServedJson(GOOD, path="/jwks.json") as jwks, ServedJson(BUNDLE) as fhir:
+    with ServedJson(EHR_JWKS, path="/jwks.json") as jwks, ServedJson(BUNDLE) as fhir:
         ehr = Ehr(EHR_KEY, jwks.url, "https://ehr.az-gent.example/cds")
         config = tenant_config(ehr, fhir_base_url=fhir.url.rstrip("/"))
         with TestClient(app, base_url=PUBLIC_URL) as client:
@@ -212,7 +207,8 @@ def test_with_an_allow_list_of_loopback_the_local_flows_still_work(
             document = config.model_dump(mode="json")
             put = client.put("/admin/api/config", headers=headers, json=document)
             assert put.is_success, put.text
-            assert call(client, ehr.token(AUD)).status_code == 200  # the JWK Set is fetched
+            # the JWK Set is fetched
+            assert call_encounter_start(client, ehr.token(AUD)).status_code == 200
         with FhirClient(fhir.url.rstrip("/"), lambda: "token", 5.0) as client_of_fhir:
             assert client_of_fhir.search("Patient", {})["type"] == "searchset"
         by_name = fhir.url.replace("127.0.0.1", "localhost").rstrip("/")

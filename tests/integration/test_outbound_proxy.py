@@ -31,10 +31,17 @@ from service.db.base import Database
 from service.fhir.client import FhirClient, FhirUnavailable
 from service.settings import Settings, load_settings
 from service.tenant_config import EhrRegistration
-from tests.integration.test_cds_auth_jwks import GOOD, admin_headers, call
-from tests.integration.test_cds_auth_jwks import KEY as EHR_KEY
-from tests.integration.test_cds_hooks import AUD, PUBLIC_URL, Ehr, tenant_config
 from tests.integration.test_outbound import get_with
+from tests.support.cds import (
+    AUD,
+    EHR_JWKS,
+    EHR_KEY,
+    PUBLIC_URL,
+    Ehr,
+    admin_headers,
+    call_encounter_start,
+    tenant_config,
+)
 from tests.support.forward_proxy import ForwardProxy
 from tests.support.served import ServedJson
 from tests.support.tls import private_ca
@@ -71,7 +78,7 @@ def test_a_fhir_read_and_a_cds_jwk_set_reach_their_targets_through_the_proxy(
     monkeypatch.setattr(tls, "context", ca.client_context)
     with (
         ServedJson(BUNDLE) as fhir,
-        ServedJson(GOOD, path="/jwks.json", tls=ca.server_context()) as jwks,
+        ServedJson(EHR_JWKS, path="/jwks.json", tls=ca.server_context()) as jwks,
     ):
         names = {"fhir.az-gent.example": "127.0.0.1", "jwks.az-gent.example": "127.0.0.1"}
         with ForwardProxy(names) as proxy:
@@ -95,7 +102,7 @@ def test_a_fhir_read_and_a_cds_jwk_set_reach_their_targets_through_the_proxy(
                 document = tenant_config(ehr).model_dump(mode="json")
                 put = client.put("/admin/api/config", headers=headers, json=document)
                 assert put.is_success, put.text
-                answer = call(client, ehr.token(AUD))
+                answer = call_encounter_start(client, ehr.token(AUD))
             assert answer.status_code == 200, answer.text
     asked = [(a.method, a.target) for a in proxy.asked]
     assert ("GET", f"{base}/Patient") in asked
@@ -109,7 +116,7 @@ def test_tls_through_the_tunnel_is_checked_for_the_urls_name(
     server, asked for by a name its certificate does not carry, is refused."""
     ca = private_ca(tmp_path, names=("jwks.az-gent.example",))
     monkeypatch.setattr(tls, "context", ca.client_context)
-    with ServedJson(GOOD, tls=ca.server_context()) as served:
+    with ServedJson(EHR_JWKS, tls=ca.server_context()) as served:
         port = port_of(served.url)
         names = {"jwks.az-gent.example": "127.0.0.1", "other.az-gent.example": "127.0.0.1"}
         with ForwardProxy(names) as proxy:
@@ -135,7 +142,7 @@ def test_an_https_proxy_is_reached_over_tls_with_the_services_trust_store(
     names = {"fhir.az-gent.example": "127.0.0.1", "jwks.az-gent.example": "127.0.0.1"}
     with (
         ServedJson(BUNDLE) as fhir,
-        ServedJson(GOOD, tls=ca.server_context()) as jwks,
+        ServedJson(EHR_JWKS, tls=ca.server_context()) as jwks,
         ForwardProxy(names, tls=ca.server_context()) as proxy,
     ):
         assert proxy.url.startswith("https://")

@@ -27,7 +27,7 @@ from smart_app.oauth import (
     AuthServers,
     OAuthError,
 )
-from tests.support.served import ServedJson
+from tests.support.served import Counted
 
 TIMEOUT = 5.0
 #: Bounds a test's waits on the other threads, so that a broken build fails, never hangs.
@@ -48,24 +48,21 @@ def smart_configuration(base: str) -> bytes:
     ).encode()
 
 
-class CountedEhr(ServedJson):
+class CountedEhr(Counted):
     """Answers every GET with ``body`` and counts them; holds each answer while ``release``
     is clear."""
 
     def __init__(self, body: bytes = b"{}") -> None:
         super().__init__(body, path="/fhir")
-        self.requests = 0
         self.asked = threading.Event()
         self.release = threading.Event()
         self.release.set()
-        self._counting = threading.Lock()
 
     def current(self) -> bytes:
-        with self._counting:
-            self.requests += 1
+        answer = super().current()
         self.asked.set()
         self.release.wait(GIVE_UP_SECONDS)
-        return self.body
+        return answer
 
 
 @contextmanager

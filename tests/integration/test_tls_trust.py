@@ -14,8 +14,17 @@ from service import tls
 from service.db.base import Database
 from service.fhir.client import FhirClient
 from smart_app.oauth import ehr_client
-from tests.integration.test_cds_auth_jwks import GOOD, KEY, call, configure
-from tests.integration.test_cds_hooks import AUD, PUBLIC_URL, Ehr, make_app, tenant_config
+from tests.support.cds import (
+    AUD,
+    EHR_JWKS,
+    EHR_KEY,
+    PUBLIC_URL,
+    Ehr,
+    call_encounter_start,
+    make_cds_app,
+    store_unchecked,
+    tenant_config,
+)
 from tests.support.served import ServedJson
 from tests.support.tls import PrivateCa, private_ca
 
@@ -42,10 +51,10 @@ def test_the_ehrs_fhir_and_authorization_servers_behind_the_hospital_ca_are_reac
 def test_a_cds_clients_jwk_set_behind_the_hospital_ca_verifies_its_calls(
     hospital_ca: PrivateCa, database_url: str, database: Database
 ) -> None:
-    with ServedJson(GOOD, tls=hospital_ca.server_context()) as jwks:
-        app = make_app(database_url, database)
-        ehr = Ehr(KEY, jwks.url, "https://ehr.az-gent.example/cds")
-        configure(app, tenant_config(ehr))
+    with ServedJson(EHR_JWKS, tls=hospital_ca.server_context()) as jwks:
+        app = make_cds_app(database_url, database)
+        ehr = Ehr(EHR_KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        store_unchecked(app, tenant_config(ehr))
         with TestClient(app, base_url=PUBLIC_URL) as client:
-            answer = call(client, ehr.token(AUD))
+            answer = call_encounter_start(client, ehr.token(AUD))
     assert answer.status_code == 200, answer.text

@@ -6,6 +6,7 @@ and for keys a test publishes."""
 from __future__ import annotations
 
 import ssl
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
@@ -65,6 +66,21 @@ class ServedJson(Serving):
     def send(self, out: BufferedIOBase, answer: bytes) -> None:
         """Writes the answer at once; a subclass may send it otherwise (slowly)."""
         out.write(answer)
+
+
+class Counted(ServedJson):
+    """A server that counts the requests it answered: "never fetched" is zero of them, "once"
+    one of a burst of concurrent ones."""
+
+    def __init__(self, body: bytes, path: str = "/") -> None:
+        super().__init__(body, path)
+        self.requests = 0
+        self._counting = threading.Lock()  # requests are answered on threads of their own
+
+    def current(self) -> bytes:
+        with self._counting:
+            self.requests += 1
+        return self.body
 
 
 class Trickled(ServedJson):
