@@ -56,6 +56,7 @@ from tests.support.cds import (
     call_encounter_start,
     tenant_config,
 )
+from tests.support.outbound import get_with
 from tests.support.served import Counted, ServedJson
 from tests.support.tls import private_ca
 
@@ -84,17 +85,6 @@ def app_with(database_url: str, database: Database, *allow: str) -> FastAPI:
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "service.outbound"]
-
-
-def get_with(backend: httpcore.AsyncNetworkBackend, url: str) -> httpx.Response:
-    """GET ``url`` through the service's transport connecting with ``backend`` (a guarded
-    one with a stand-in resolver): :class:`BlockingClient` takes no backend."""
-
-    async def get() -> httpx.Response:
-        async with httpx.AsyncClient(transport=outbound.async_transport(backend)) as http:
-            return await http.get(url)
-
-    return anyio.run(get)
 
 
 def test_a_jku_at_the_metadata_address_is_refused_when_saved_and_never_fetched_by_a_hook(

@@ -31,7 +31,6 @@ from service.db.base import Database
 from service.fhir.client import FhirClient, FhirUnavailable
 from service.settings import Settings, load_settings
 from service.tenant_config import EhrRegistration
-from tests.integration.test_outbound import get_with
 from tests.support.cds import (
     AUD,
     EHR_JWKS,
@@ -43,6 +42,7 @@ from tests.support.cds import (
     tenant_config,
 )
 from tests.support.forward_proxy import ForwardProxy
+from tests.support.outbound import get_with
 from tests.support.served import ServedJson
 from tests.support.tls import private_ca
 
