@@ -50,6 +50,7 @@ from service.social import CaseFilter, Step4Input, Step6Input, list_cases
 from service.triage import Triage, TriageInput
 from smart_app.session import AppUser, LaunchContext, Role
 from tests.support.casework import new_visit, patient_at_triage
+from tests.support.partners import vk_organization
 from tests.support.validator import validate
 from tests.support.write_path import (
     Clock,
@@ -60,7 +61,6 @@ from tests.support.write_path import (
     make_tenant,
     search,
 )
-from tests.unit.test_social_casework import vk_organization
 from tests.unit.test_social_inputs import WORKSHOP_FACTORS
 
 SOCIAL_WORKER = "Practitioner/social-worker"

@@ -15,7 +15,7 @@ from service.config_error import ConfigValueError
 from service.i18n import LANGUAGES, catalogue
 from service.partners import parse_directory
 from service.tenant_config import HookSettings, PlanSettings, jwk_set
-from tests.unit.test_partners import GOOD, with_entry
+from tests.support.partners import MINIMAL_DIRECTORY, with_entry
 
 
 def _raised(check: Callable[[], object]) -> ConfigValueError:
@@ -76,9 +76,9 @@ CASES: dict[str, tuple[Callable[[], object], str, tuple[str | int, ...]]] = {
         (),
     ),
     "directory not a mapping": (_directory([]), "directory-not-mapping", ()),
-    "top-level field": (_directory({**GOOD, "extra": 1}), "unknown-fields", ()),
+    "top-level field": (_directory({**MINIMAL_DIRECTORY, "extra": 1}), "unknown-fields", ()),
     "no entries": (_directory({"region": "x", "entries": []}), "no-entries", ("entries",)),
-    "no region": (_directory({"entries": GOOD["entries"]}), "missing", ("region",)),
+    "no region": (_directory({"entries": MINIMAL_DIRECTORY["entries"]}), "missing", ("region",)),
     "entry not a mapping": (
         _directory({"region": "x", "entries": ["vk"]}),
         "partner-not-mapping",
@@ -113,7 +113,12 @@ CASES: dict[str, tuple[Callable[[], object], str, tuple[str | int, ...]]] = {
         ("entries", 0, "phones", 0, "number"),
     ),
     "id twice": (
-        _directory({**GOOD, "entries": [GOOD["entries"][0], GOOD["entries"][0]]}),
+        _directory(
+            {
+                **MINIMAL_DIRECTORY,
+                "entries": [MINIMAL_DIRECTORY["entries"][0], MINIMAL_DIRECTORY["entries"][0]],
+            }
+        ),
         "id-twice",
         ("entries", 1, "id"),
     ),

@@ -19,6 +19,7 @@ from service.partners import (
     parse_directory,
 )
 from service.protocol import ReferralTarget
+from tests.support.partners import MINIMAL_DIRECTORY, with_entry
 
 
 @pytest.fixture(scope="module")
@@ -104,29 +105,9 @@ def test_phone_tel_uri() -> None:
 
 # --- validation -----------------------------------------------------------------------
 
-GOOD: dict[str, Any] = {
-    "region": "test-region",
-    "entries": [
-        {
-            "id": "vk-test",
-            "type": "vk",
-            "name": "VK Test",
-            "phones": [{"number": "09 216 73 30", "label": "Gent"}],
-            "website": "https://example.be/",
-        },
-        {"id": "caw-test", "type": "caw", "name": "CAW Test", "region": "elsewhere"},
-    ],
-}
-
-
-def with_entry(**changes: Any) -> dict[str, Any]:
-    data = copy.deepcopy(GOOD)
-    data["entries"][0].update(changes)
-    return data
-
 
 def test_a_minimal_file_parses() -> None:
-    directory = parse_directory(GOOD)
+    directory = parse_directory(MINIMAL_DIRECTORY)
     assert directory.region == "test-region"
     assert [p.region for p in directory.partners] == ["test-region", "elsewhere"]
     assert directory.partners[0].phones == (Phone("09 216 73 30", "Gent"),)
@@ -164,7 +145,7 @@ def test_an_id_as_long_as_step_6_takes_is_read() -> None:
 
 
 def test_a_duplicate_id_is_refused() -> None:
-    data = copy.deepcopy(GOOD)
+    data = copy.deepcopy(MINIMAL_DIRECTORY)
     data["entries"][1]["id"] = "vk-test"
     with pytest.raises(PartnerDirectoryError, match=r"entry 2 \('vk-test'\): the id is used twice"):
         parse_directory(data)
@@ -175,8 +156,8 @@ def test_a_duplicate_id_is_refused() -> None:
     [
         ([], "expected a mapping with 'region' and 'entries'"),
         ({"region": "x", "entries": []}, "'entries' must be a non-empty list"),
-        ({"entries": GOOD["entries"]}, "'region' is missing"),
-        ({**GOOD, "extra": 1}, "unknown top-level field(s) extra"),
+        ({"entries": MINIMAL_DIRECTORY["entries"]}, "'region' is missing"),
+        ({**MINIMAL_DIRECTORY, "extra": 1}, "unknown top-level field(s) extra"),
         ({"region": "x", "entries": ["vk"]}, "entry 1: expected a mapping"),
     ],
 )
@@ -188,8 +169,8 @@ def test_a_bad_file_structure_is_refused(data: object, message: str) -> None:
 
 def test_load_directory_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "partners.yaml"
-    path.write_text(yaml.safe_dump(GOOD), encoding="utf-8")
-    assert load_directory(path) == parse_directory(GOOD)
+    path.write_text(yaml.safe_dump(MINIMAL_DIRECTORY), encoding="utf-8")
+    assert load_directory(path) == parse_directory(MINIMAL_DIRECTORY)
 
 
 def test_load_directory_reports_bad_yaml(tmp_path: Path) -> None:

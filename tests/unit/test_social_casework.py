@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from service.admin.partners_io import organization
 from service.casework import (
     CaseRecord,
     Referral,
@@ -31,17 +30,10 @@ from service.protocol import (
     Step6Referral,
 )
 from service.social import Step4Input, Step6Input
-from service.tenant_config import default_partners
+from tests.support.partners import vk_organization
 from tests.support.validator import validate_bundle_entries
 from tests.unit.test_seed001_scenario import BOY, EPISODE_2, EPISODE_3, NURSE, SOCIAL_WORKER
 from tests.unit.test_social_inputs import WORKSHOP_FACTORS
-
-
-def vk_organization() -> dict[str, Any]:
-    """The VK of the default directory as the admin's export publishes it."""
-    (entry,) = [e for e in default_partners().entries if e.id == "vk-oost-vlaanderen"]
-    return organization(entry)
-
 
 CHILDREN = {BOY.ref: "RelatedPerson/boy", "girl": "RelatedPerson/girl"}
 
