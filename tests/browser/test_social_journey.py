@@ -23,8 +23,8 @@ from service.fhir import terminology
 from tests.browser import axe
 from tests.browser.ehr import launch_from_card, launch_from_chart, open_visit
 from tests.support.validator import validate
+from tests.support.workshop import WORKSHOP_FACTORS
 from tests.support.write_path import search
-from tests.unit.test_social_inputs import WORKSHOP_FACTORS
 
 pytestmark = pytest.mark.browser
 

@@ -41,7 +41,7 @@ from service.protocol import (
     TeamDecision,
 )
 from tests.support.validator import ProfileValidator
-from tests.unit.test_seed001_scenario import episode_1, episode_2, episode_3
+from tests.support.workshop import episode_1, episode_2, episode_3
 
 BRUSSELS = ZoneInfo("Europe/Brussels")
 NOW = datetime(2026, 5, 18, 13, 5, tzinfo=BRUSSELS)

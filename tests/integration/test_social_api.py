@@ -34,12 +34,12 @@ from service.tenancy import TenantContext
 from tests.support.casework import save_triage
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
+from tests.support.workshop import WORKSHOP_FACTORS
 from tests.support.write_path import (
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
     make_tenant,
     search,
 )
-from tests.unit.test_social_inputs import WORKSHOP_FACTORS
 
 SOCIAL_WORKER = "Practitioner/social-worker"
 

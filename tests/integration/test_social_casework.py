@@ -52,6 +52,7 @@ from smart_app.session import AppUser, LaunchContext, Role
 from tests.support.casework import new_visit, patient_at_triage
 from tests.support.partners import vk_organization
 from tests.support.validator import validate
+from tests.support.workshop import WORKSHOP_FACTORS
 from tests.support.write_path import (
     Clock,
     LoopbackTokens,
@@ -61,7 +62,6 @@ from tests.support.write_path import (
     make_tenant,
     search,
 )
-from tests.unit.test_social_inputs import WORKSHOP_FACTORS
 
 SOCIAL_WORKER = "Practitioner/social-worker"
 

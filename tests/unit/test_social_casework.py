@@ -32,8 +32,7 @@ from service.protocol import (
 from service.social import Step4Input, Step6Input
 from tests.support.partners import vk_organization
 from tests.support.validator import validate_bundle_entries
-from tests.unit.test_seed001_scenario import BOY, EPISODE_2, EPISODE_3, NURSE, SOCIAL_WORKER
-from tests.unit.test_social_inputs import WORKSHOP_FACTORS
+from tests.support.workshop import BOY, EPISODE_2, EPISODE_3, NURSE, SOCIAL_WORKER, WORKSHOP_FACTORS
 
 CHILDREN = {BOY.ref: "RelatedPerson/boy", "girl": "RelatedPerson/girl"}
 

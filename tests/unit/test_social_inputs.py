@@ -33,30 +33,18 @@ from service.protocol import (
     apply,
 )
 from service.social import MAX_FACTORS, CatalogueError, Step4Input, Step5Input, Step6Input
-from tests.unit.test_seed001_scenario import (
+from tests.support.workshop import (
     BOY,
     EPISODE_2,
     EPISODE_3,
     GIRL,
     NURSE,
     SOCIAL_WORKER,
+    WORKSHOP_FACTORS,
     episode_1,
 )
 
 DIRECTORY = load_default_directory()
-
-#: The factors the workshop names in the second episode (seed 001), as the form sends them.
-WORKSHOP_FACTORS = [
-    {"code": "parental-mental-illness", "text": "Depressive thoughts."},
-    {"code": "high-stress", "text": "Cannot organise the day."},
-    {"code": "financial-problems", "text": "Money troubles."},
-    {"code": "partner-hostile-to-children", "text": "New partner irritated by the children."},
-    {"code": "basic-needs-unmet", "text": "No lunch packed for school."},
-    {"code": "school-absence", "text": "Children often absent from school."},
-    {"code": "children-left-alone", "text": "Children often left home alone."},
-    {"code": "asks-for-help", "text": "Mother talks openly about her difficulties."},
-    {"code": "professional-involvement", "text": "School and CLB are involved."},
-]
 
 
 def _handed_off() -> KindreflexCase:
