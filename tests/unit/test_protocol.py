@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -16,7 +15,6 @@ from service.protocol import (
     AdviceKind,
     CaseClosure,
     Child,
-    ChildRelationship,
     CloseReason,
     Consultation,
     ContactChannel,
@@ -62,105 +60,23 @@ from service.protocol import (
     clb_children,
     kind_en_gezin_advised,
 )
-
-BRUSSELS = ZoneInfo("Europe/Brussels")
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=BRUSSELS)
-TODAY = T0.date()
-NURSE = "https://ehr.example.be/fhir/Practitioner/nurse-1"
-SOCIAL_WORKER = "https://ehr.example.be/fhir/Practitioner/sw-1"
+from tests.support.findings import (
+    NURSE,
+    SOCIAL_WORKER,
+    T0,
+    TODAY,
+    at,
+    case_of,
+    child,
+    step1,
+    step2,
+    step3,
+    step4,
+    step5,
+    step6,
+)
 
 S1, S2, S3, S4, S5, S6 = Step
-
-
-def at(minutes: int) -> datetime:
-    return T0 + timedelta(minutes=minutes)
-
-
-def child(ref: str = "c1", born: date = date(2018, 5, 1), name: str = "Lotte") -> Child:
-    return Child(ref, name, born, ChildRelationship.NATURAL_CHILD, LivesWith.PERMANENTLY)
-
-
-def step1(
-    t: int = 0,
-    children: tuple[Child, ...] = (child(),),
-    expecting: ExpectedChild | None = None,
-) -> Step1Finding:
-    return Step1Finding(
-        recorded_by=NURSE, recorded_at=at(t), children=children, expecting=expecting
-    )
-
-
-def step2(
-    t: int = 1,
-    assessment: SafetyAssessment = SafetyAssessment.NIET_PLUIS,
-    reasons: tuple[str, ...] = ("bruises on the patient's arms",),
-    acute: bool = False,
-    focus: tuple[str, ...] = (),
-) -> Step2Finding:
-    return Step2Finding(
-        recorded_by=NURSE,
-        recorded_at=at(t),
-        assessment=assessment,
-        reasons=reasons,
-        acute_danger=acute,
-        focus=focus,
-    )
-
-
-def step3(t: int = 2) -> Step3Support:
-    return Step3Support(
-        recorded_by=NURSE,
-        recorded_at=at(t),
-        actions=frozenset({SupportAction.DISCUSS_IMPACT}),
-    )
-
-
-def step4(
-    decision: TeamDecision,
-    t: int = 3,
-    consultations: frozenset[Consultation] = frozenset({Consultation.COLLEAGUE}),
-    discussed: bool = True,
-    heard: tuple[HeardChild, ...] = (),
-) -> Step4Decision:
-    return Step4Decision(
-        recorded_by=SOCIAL_WORKER,
-        recorded_at=at(t),
-        decision=decision,
-        factors=(Factor("parental-depression", FactorKind.RISK),),
-        consultations=consultations,
-        discussed_with_patient=discussed,
-        children_heard=heard,
-    )
-
-
-def step5(progress: ProgressAssessment, t: int = 4) -> Step5Progress:
-    return Step5Progress(
-        recorded_by=SOCIAL_WORKER,
-        recorded_at=at(t),
-        progress=progress,
-        actions=frozenset({SafetyAction.WORK_WITH_FAMILY}),
-    )
-
-
-def step6(
-    target: ReferralTarget = ReferralTarget.VK,
-    t: int = 5,
-    cooperation: bool = False,
-    informed: bool = True,
-    reason: str | None = None,
-) -> Step6Referral:
-    return Step6Referral(
-        recorded_by=SOCIAL_WORKER,
-        recorded_at=at(t),
-        target=target,
-        with_cooperation=cooperation,
-        patient_informed=informed,
-        not_informed_reason=reason,
-    )
-
-
-def case_of(*findings: Finding) -> KindreflexCase:
-    return KindreflexCase.replay("Patient/p1", "Encounter/e1", findings)
 
 
 def at_step4() -> KindreflexCase:

@@ -33,7 +33,7 @@ from service.protocol import (
     earliest_contact,
     latest_follow_up,
 )
-from tests.unit.test_protocol import (
+from tests.support.findings import (
     SOCIAL_WORKER,
     TODAY,
     at,
