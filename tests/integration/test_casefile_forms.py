@@ -22,8 +22,16 @@ from service.fhir import terminology
 from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local, local_today
 from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
-from tests.integration.test_casefile_pages import STEP_4, STEP_6, _error_summary, _post
-from tests.support.casework import SOCIAL_WORKER, index_case, on_the_worklist, save_triage
+from tests.support.casework import (
+    SOCIAL_WORKER,
+    STEP_4_FORM,
+    STEP_6_FORM,
+    error_summary,
+    index_case,
+    on_the_worklist,
+    post_form,
+    save_triage,
+)
 from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
 from tests.support.write_path import (
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
@@ -50,7 +58,9 @@ def _case_after_step_4(
     """A niet-pluis triage and the team's ``decision``: the client of a signed-in social
     worker, the case id, the patient and the case page (with the next step's form)."""
     client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
-    decided = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "decision": decision})
+    decided = post_form(
+        client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "decision": decision}
+    )
     assert decided.status_code == 303
     return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
 
@@ -69,12 +79,14 @@ def test_a_referral_with_a_yes_no_question_unanswered_is_refused_not_recorded_as
     # as "without cooperation" (and "informed" as "not informed").
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
-    fields = {key: value for key, value in STEP_6.items() if key != question}
+    fields = {key: value for key, value in STEP_6_FORM.items() if key != question}
 
-    refused = _post(client, page, case_id, "step-6", "s6", {**fields, "contact_on": "2026-01-02"})
+    refused = post_form(
+        client, page, case_id, "step-6", "s6", {**fields, "contact_on": "2026-01-02"}
+    )
 
     assert refused.status_code == 422
-    assert f'href="#{anchor}"' in _error_summary(refused.text, "s6")
+    assert f'href="#{anchor}"' in error_summary(refused.text, "s6")
     assert f'id="{anchor}-error"' in refused.text
     assert "Tell the CLB who takes the next step." in refused.text  # the input is kept
     assert search(base_url, "ServiceRequest", subject=patient) == []
@@ -100,10 +112,10 @@ def test_an_agreed_actions_date_in_the_past_is_shown_at_that_action_not_at_the_n
         "next_follow_up": (today + timedelta(days=7)).isoformat(),
     }
 
-    refused = _post(client, page, case_id, "step-5", "s5", fields)
+    refused = post_form(client, page, case_id, "step-5", "s5", fields)
 
     assert refused.status_code == 422
-    assert 'href="#s5-agreed-actions"' in _error_summary(refused.text, "s5")
+    assert 'href="#s5-agreed-actions"' in error_summary(refused.text, "s5")
     assert 'id="s5-agreed-actions-error"' in refused.text
     assert 'id="s5-next-follow-up-error"' not in refused.text
     assert "The school calls when the children are absent." in refused.text
@@ -121,14 +133,14 @@ def test_a_referral_sent_twice_says_it_was_saved_not_that_someone_else_changed_t
     # step 6 form (offered again after a referral): a second referral to the VK.
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
-    fields = {**STEP_6, "contact_on": local_today().isoformat()}
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
 
-    first = _post(client, page, case_id, "step-6", "s6", fields)
-    second = _post(client, page, case_id, "step-6", "s6", fields)
+    first = post_form(client, page, case_id, "step-6", "s6", fields)
+    second = post_form(client, page, case_id, "step-6", "s6", fields)
 
     assert first.status_code == 303
     assert second.status_code == 409
-    said = _error_summary(second.text, "s6")
+    said = error_summary(second.text, "s6")
     assert "U hebt dit formulier al opgeslagen" in said
     assert "Iemand anders" not in said
     assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
@@ -196,10 +208,10 @@ def test_the_printed_referral_gives_the_concerns_reasons_after_a_later_visit_wit
     save_triage(app, tenant, base_url, returning=patient, assessment=SafetyAssessment.NO_CONCERN)
     client, case_id = on_the_worklist(app, tenant, base_url)
     page = client.get(f"/social/cases/{case_id}").text
-    assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
+    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
     page = client.get(f"/social/cases/{case_id}").text
-    fields = {**STEP_6, "contact_on": local_today().isoformat()}
-    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
 
     summary = client.get(f"/social/cases/{case_id}/referral")
 
@@ -224,11 +236,11 @@ def test_a_step_the_fhir_server_rejects_is_shown_again_with_the_input_not_as_sav
         raise FhirRejected(422, outcome)
 
     monkeypatch.setattr(FhirClient, "transaction", rejected)
-    fields = {**STEP_6, "contact_on": local_today().isoformat()}
-    refused = _post(client, page, case_id, "step-6", "s6", fields)
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
+    refused = post_form(client, page, case_id, "step-6", "s6", fields)
 
     assert refused.status_code == 502
-    assert "er werd niets vastgelegd" in _error_summary(refused.text, "s6")
+    assert "er werd niets vastgelegd" in error_summary(refused.text, "s6")
     assert "Tell the CLB who takes the next step." in refused.text
     assert search(base_url, "ServiceRequest", subject=patient) == []
 
@@ -241,12 +253,12 @@ def test_every_field_the_form_got_wrong_is_shown_at_once(
     # Before, only the first was named: the social worker corrected one field per save.
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
-    fields = {k: v for k, v in STEP_6.items() if k not in ("cooperation", "informed")}
+    fields = {k: v for k, v in STEP_6_FORM.items() if k not in ("cooperation", "informed")}
 
-    refused = _post(client, page, case_id, "step-6", "s6", {**fields, "contact_on": "30-02"})
+    refused = post_form(client, page, case_id, "step-6", "s6", {**fields, "contact_on": "30-02"})
 
     assert refused.status_code == 422
-    said = _error_summary(refused.text, "s6")
+    said = error_summary(refused.text, "s6")
     for anchor in ("s6-cooperation", "s6-informed", "s6-contact-on"):  # the date's own field
         assert f'href="#{anchor}"' in said
         assert f'id="{anchor}-error"' in refused.text
@@ -266,7 +278,7 @@ def test_the_history_shows_the_services_and_consultations_of_step_5(
     )
     fields = {"progress": "improving", "service": ["caw"], "consultation": ["expert"]}
 
-    assert _post(client, page, case_id, "step-5", "s5", fields).status_code == 303
+    assert post_form(client, page, case_id, "step-5", "s5", fields).status_code == 303
     after = client.get(f"/social/cases/{case_id}").text
 
     start = after.index('id="history-heading"')
@@ -286,16 +298,16 @@ def test_a_reason_for_not_informing_the_patient_next_to_informed_is_refused(
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
     fields = {
-        **STEP_6,
+        **STEP_6_FORM,
         "informed": "yes",
         "not_informed_reason": "She would take the children away.",
         "contact_on": local_today().isoformat(),
     }
 
-    refused = _post(client, page, case_id, "step-6", "s6", fields)
+    refused = post_form(client, page, case_id, "step-6", "s6", fields)
 
     assert refused.status_code == 422
-    assert 'href="#s6-not-informed-reason"' in _error_summary(refused.text, "s6")
+    assert 'href="#s6-not-informed-reason"' in error_summary(refused.text, "s6")
     assert 'id="s6-not-informed-reason-error"' in refused.text
     assert search(base_url, "ServiceRequest", subject=patient) == []
 
@@ -334,15 +346,15 @@ def test_a_referred_case_closes_after_a_later_visit_without_concern(
     patient = save_triage(app, tenant, base_url)
     client, case_id = on_the_worklist(app, tenant, base_url)
     page = client.get(f"/social/cases/{case_id}").text
-    assert _post(client, page, case_id, "step-4", "s4", STEP_4).status_code == 303
+    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
     page = client.get(f"/social/cases/{case_id}").text
-    fields = {**STEP_6, "contact_on": local_today().isoformat()}
-    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
     save_triage(app, tenant, base_url, returning=patient, assessment=SafetyAssessment.NO_CONCERN)
     page = client.get(f"/social/cases/{case_id}").text
 
     assert 'id="close-form"' in page
-    closed = _post(client, page, case_id, "close", "close", {"reason": "referred"})
+    closed = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
     assert closed.status_code == 303, closed.text
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
@@ -370,10 +382,10 @@ def test_the_case_page_and_the_referral_write_dates_as_the_nurses_page_does(
         "action_on_0": action_on.isoformat(),  # the date input's own form
         "next_follow_up": next_check.isoformat(),
     }
-    assert _post(client, page, case_id, "step-5", "s5", fields).status_code == 303
+    assert post_form(client, page, case_id, "step-5", "s5", fields).status_code == 303
     after_5 = client.get(f"/social/cases/{case_id}").text
-    fields = {**STEP_6, "contact_on": today.isoformat()}
-    assert _post(client, after_5, case_id, "step-6", "s6", fields).status_code == 303
+    fields = {**STEP_6_FORM, "contact_on": today.isoformat()}
+    assert post_form(client, after_5, case_id, "step-6", "s6", fields).status_code == 303
     after_6 = client.get(f"/social/cases/{case_id}").text
     summary = client.get(f"/social/cases/{case_id}/referral").text
 
@@ -406,8 +418,8 @@ def test_the_history_names_the_facility_a_case_was_referred_to(
     # went to was on the printable referral only.
     base_url = fhir_server.base_url
     client, case_id, _, page = _case_after_step_4(database_url, database, base_url)
-    fields = {**STEP_6, "contact_on": local_today().isoformat()}
-    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
 
     after = client.get(f"/social/cases/{case_id}").text
 
@@ -434,7 +446,7 @@ def test_step_5s_unknown_codes_and_a_note_too_long_are_refused_next_to_their_fie
         "note": "n" * 4001,  # a paste gone wrong, past the textarea's maxlength
     }
 
-    refused = _post(client, page, case_id, "step-5", "s5", fields)
+    refused = post_form(client, page, case_id, "step-5", "s5", fields)
 
     assert refused.status_code == 422
     anchors = ("s5-actions", "s5-consultations", "s5-note")
@@ -452,9 +464,9 @@ def test_step_4s_note_and_explanation_too_long_are_refused_next_to_their_fields(
     # Before, the error summary linked to them, but the fields said nothing.
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
-    fields = {**STEP_4, "patient_explanation": "e" * 4001, "note": "n" * 4001}
+    fields = {**STEP_4_FORM, "patient_explanation": "e" * 4001, "note": "n" * 4001}
 
-    refused = _post(client, page, case_id, "step-4", "s4", fields)
+    refused = post_form(client, page, case_id, "step-4", "s4", fields)
 
     assert refused.status_code == 422
     _assert_refused_at_their_fields(refused.text, "s4", ("s4-explanation", "s4-note"))
@@ -475,9 +487,9 @@ def test_step_6s_note_and_contact_refused_next_to_their_fields(
     client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
     person = "p" * 201  # past the input's maxlength of 200
     contact = {"contact_on": local_today().isoformat(), "contact_person": person}
-    fields = {**STEP_6, **contact, "contact_channel": "pigeon", "note": "n" * 4001}
+    fields = {**STEP_6_FORM, **contact, "contact_channel": "pigeon", "note": "n" * 4001}
 
-    refused = _post(client, page, case_id, "step-6", "s6", fields)
+    refused = post_form(client, page, case_id, "step-6", "s6", fields)
 
     assert refused.status_code == 422
     anchors = ("s6-contact-person", "s6-contact-channel", "s6-note")
@@ -497,14 +509,19 @@ def test_a_referral_status_note_too_long_is_refused_next_to_the_note(
     # beside it, nothing for a screen reader on the field itself.
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
-    referred = _post(
-        client, page, case_id, "step-6", "s6", {**STEP_6, "contact_on": local_today().isoformat()}
+    referred = post_form(
+        client,
+        page,
+        case_id,
+        "step-6",
+        "s6",
+        {**STEP_6_FORM, "contact_on": local_today().isoformat()},
     )
     assert referred.status_code == 303
     page = client.get(f"/social/cases/{case_id}").text
     note = "n" * 4001  # a paste gone wrong, past the textarea's maxlength
 
-    refused = _post(
+    refused = post_form(
         client, page, case_id, "referral-status", "referral", {"status": "on-hold", "note": note}
     )
 
@@ -558,7 +575,7 @@ def test_a_follow_up_more_than_a_year_ahead_is_refused_next_to_its_date(
     assert f'name="action_on_0" min="{local_today()}" max="{latest}"' in page
     far = (latest + timedelta(days=1)).isoformat()
 
-    refused = _post(
+    refused = post_form(
         client, page, case_id, "step-5", "s5", {"progress": "improving", "next_follow_up": far}
     )
 
@@ -571,7 +588,7 @@ def test_a_follow_up_more_than_a_year_ahead_is_refused_next_to_its_date(
     # an agreed action's date is shown at the agreed actions, not at the right next check
     action = {"action_text_0": "Call the school.", "action_on_0": far}
     fields = {"progress": "improving", "next_follow_up": latest.isoformat(), **action}
-    refused = _post(client, page, case_id, "step-5", "s5", fields)
+    refused = post_form(client, page, case_id, "step-5", "s5", fields)
     assert refused.status_code == 422
     _assert_refused_at_their_fields(refused.text, "s5", ("s5-agreed-actions",))
     assert 'id="s5-next-follow-up-error"' not in refused.text
@@ -595,7 +612,7 @@ def test_a_facility_contact_more_than_a_year_back_is_refused_next_to_its_date(
     assert f'name="contact_on" min="{earliest}" max="{local_today()}"' in page
     typo = local_today().replace(year=2002, day=1).isoformat()
 
-    refused = _post(client, page, case_id, "step-6", "s6", {**STEP_6, "contact_on": typo})
+    refused = post_form(client, page, case_id, "step-6", "s6", {**STEP_6_FORM, "contact_on": typo})
 
     assert refused.status_code == 422
     _assert_refused_at_their_fields(refused.text, "s6", ("s6-contact-on",))
@@ -604,14 +621,14 @@ def test_a_facility_contact_more_than_a_year_back_is_refused_next_to_its_date(
     assert f'value="{typo}"' in refused.text  # the input is kept
     assert search(base_url, "ServiceRequest", subject=patient) == []
 
-    on_the_bound = {**STEP_6, "contact_on": earliest.isoformat()}
-    assert _post(client, page, case_id, "step-6", "s6", on_the_bound).status_code == 303
+    on_the_bound = {**STEP_6_FORM, "contact_on": earliest.isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", on_the_bound).status_code == 303
 
 
 def _assert_refused_at_their_fields(html: str, form: str, anchors: tuple[str, ...]) -> None:
     """Each field's message stands next to it, the field points to it (aria-describedby,
     aria-invalid) and the form's error summary links to the field."""
-    said = _error_summary(html, form)
+    said = error_summary(html, form)
     for anchor in anchors:
         assert f'href="#{anchor}"' in said
         assert f'id="{anchor}-error"' in html
@@ -636,7 +653,7 @@ def test_a_step_on_a_case_read_in_part_is_refused_on_the_page(
     page = client.get(f"/social/cases/{case_id}").text
     assert 'id="history-incomplete"' in page
 
-    again = _post(client, page, case_id, "step-4", "s4", STEP_4)
+    again = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
 
     assert again.status_code == 409
     assert "Niet bewaard: de FHIR-server bewaart meer geschiedenis" in unescape(again.text)
@@ -653,28 +670,28 @@ def test_a_choice_left_open_and_a_text_too_long_say_what_to_do(
     # was nor what to do (a team decision not chosen read like a field filled in wrongly).
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
-    undecided = {key: value for key, value in STEP_4.items() if key != "decision"}
+    undecided = {key: value for key, value in STEP_4_FORM.items() if key != "decision"}
 
-    refused = _post(client, page, case_id, "step-4", "s4", {**undecided, "note": "n" * 4001})
+    refused = post_form(client, page, case_id, "step-4", "s4", {**undecided, "note": "n" * 4001})
 
     assert refused.status_code == 422
-    said = unescape(_error_summary(refused.text, "s4"))
+    said = unescape(error_summary(refused.text, "s4"))
     assert '<a href="#s4-decision">Teambeslissing: kies een van de mogelijkheden.</a>' in said
     assert '<a href="#s4-note">Te lang: ten hoogste 4000 tekens. Kort de tekst in.</a>' in said
     assert "Vul dit veld correct in." not in refused.text
 
-    decided = _post(client, page, case_id, "step-4", "s4", STEP_4)
+    decided = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
     assert decided.status_code == 303
     page = client.get(f"/social/cases/{case_id}").text
     unanswered = {
         key: value
-        for key, value in STEP_6.items()
+        for key, value in STEP_6_FORM.items()
         if key not in ("partner_id", "cooperation", "informed")
     }
-    refused = _post(client, page, case_id, "step-6", "s6", unanswered)
+    refused = post_form(client, page, case_id, "step-6", "s6", unanswered)
 
     assert refused.status_code == 422
-    said = unescape(_error_summary(refused.text, "s6"))
+    said = unescape(error_summary(refused.text, "s6"))
     for question in (
         "Gemandateerde voorziening",
         "Met medewerking van de patiënt",
@@ -715,8 +732,8 @@ def test_the_printed_referral_to_the_police_names_it_once(
     Politie", and so did the case's history; both name it once now, as step 6's choice."""
     base_url = fhir_server.base_url
     client, case_id, _, page = _case_after_step_4(database_url, database, base_url, "acute-danger")
-    fields = {**STEP_6, "partner_id": "politie", "contact_on": local_today().isoformat()}
-    assert _post(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    fields = {**STEP_6_FORM, "partner_id": "politie", "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
 
     summary = client.get(f"/social/cases/{case_id}/referral").text
     history = client.get(f"/social/cases/{case_id}").text
@@ -737,12 +754,12 @@ def test_step_4_says_every_problem_of_the_form_at_once(
     once now, as on the nurse's page, each next to its field, nothing recorded."""
     base_url = fhir_server.base_url
     client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
-    fields = {k: v for k, v in STEP_4.items() if k not in ("decision", "discussed")}
+    fields = {k: v for k, v in STEP_4_FORM.items() if k not in ("decision", "discussed")}
 
-    refused = _post(client, page, case_id, "step-4", "s4", fields)
+    refused = post_form(client, page, case_id, "step-4", "s4", fields)
 
     assert refused.status_code == 422
     _assert_refused_at_their_fields(refused.text, "s4", ("s4-decision", "s4-discussed"))
-    assert str(STEP_4["patient_explanation"]) in refused.text  # the input is kept
+    assert str(STEP_4_FORM["patient_explanation"]) in refused.text  # the input is kept
     step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
     assert search(base_url, "Observation", subject=patient, code=step_4) == []

@@ -5,7 +5,6 @@ form, CSRF, the FHIR server being down, and the printable referral with the VK's
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -24,8 +23,12 @@ from service.outbox import DeliveryState, NewEntry, enqueue
 from tests.support.casework import (
     COLLEAGUE,
     SOCIAL_WORKER,
+    STEP_4_FORM,
+    STEP_6_FORM,
+    error_summary,
     index_case,
     on_the_worklist,
+    post_form,
     save_triage,
 )
 from tests.support.served import ServedJson
@@ -37,26 +40,6 @@ from tests.support.write_path import (
     make_tenant,
     search,
 )
-
-STEP_4 = {
-    "decision": "concerning-unwilling",
-    "factor": ["partner-hostile-to-children", "children-left-alone", "asks-for-help"],
-    "factor_text_partner-hostile-to-children": "New partner irritated by the children.",
-    "consultation": ["colleague", "clb"],
-    "discussed": "on",
-    "patient_explanation": "She says they are fine alone for an hour.",
-    "key_person": ["partner"],
-    "team_members": "social worker ED\ndr. Janssens",
-    "note": "Worries named; she stops the counselling.",
-}
-STEP_6 = {
-    "partner_id": "vk-oost-vlaanderen",
-    "cooperation": "no",
-    "informed": "yes",
-    "contact_person": "An",
-    "contact_channel": "phone",
-    "follow_up_actions": "Tell the CLB who takes the next step.",
-}
 
 
 @contextmanager
@@ -83,31 +66,6 @@ def fhir_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         patch.setattr(FhirClient, "search", spied_search)
         patch.setattr(FhirClient, "read", spied_read)
         yield seen
-
-
-def _hidden(html: str, form: str, name: str) -> str:
-    """A hidden field of the form with id ``form``."""
-    section = html[html.index(f'id="{form}"') :]
-    found = re.search(rf'name="{name}" value="([^"]*)"', section)
-    assert found is not None, f"{name} not in {form}"
-    return found.group(1)
-
-
-def _post(
-    client: TestClient,
-    html: str,
-    case_id: int,
-    action: str,
-    form: str,
-    fields: Mapping[str, object],
-) -> httpx.Response:
-    body = {
-        "csrf_token": _hidden(html, f"{form}-form", "csrf_token"),
-        "row_version": _hidden(html, f"{form}-form", "row_version"),
-        **fields,
-    }
-    answer: httpx.Response = client.post(f"/social/cases/{case_id}/{action}", data=body)
-    return answer
 
 
 def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows(
@@ -153,7 +111,7 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
         data={"row_version": "1", "decision": "acute-danger", "note": "Gesprek met oma."},
     )
     assert down.status_code == 503
-    assert "er werd nog niets opgeslagen" in _error_summary(down.text, "s4")
+    assert "er werd nog niets opgeslagen" in error_summary(down.text, "s4")
     assert down.text.count("er werd nog niets opgeslagen") == 1  # once: in the summary
     assert "Gesprek met oma." in down.text
     # Another hospital's social worker does not find this hospital's case.
@@ -275,13 +233,13 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert 'id="close-form"' not in page
 
     # Without consultation the protocol refuses: the reason next to the field, input kept.
-    refused = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "consultation": []})
+    refused = post_form(client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "consultation": []})
     assert refused.status_code == 422
     assert 'id="s4-consultations-error"' in refused.text
     assert "She says they are fine alone for an hour." in refused.text
     assert 'value="partner-hostile-to-children" checked' in refused.text
     # The form's error summary links to the field; casefile.js moves the focus to it.
-    summary = _error_summary(refused.text, "s4")
+    summary = error_summary(refused.text, "s4")
     assert 'href="#s4-consultations"' in summary
     assert '<fieldset id="s4-consultations" aria-describedby="s4-consultations-error"' in (
         refused.text
@@ -291,13 +249,15 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     # A team the API refuses (21 names): before, the message was lost (no such anchor on
     # the page) and the social worker saw the form again without a word.
     team = "\n".join(f"member {i}" for i in range(21))
-    refused = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "team_members": team})
+    refused = post_form(
+        client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "team_members": team}
+    )
     assert refused.status_code == 422
-    assert 'href="#s4-team"' in _error_summary(refused.text, "s4")
+    assert 'href="#s4-team"' in error_summary(refused.text, "s4")
     assert 'id="s4-team-error"' in refused.text
     assert 'aria-describedby="s4-team-hint s4-team-error" aria-invalid="true"' in refused.text
 
-    saved = _post(client, page, case_id, "step-4", "s4", STEP_4)
+    saved = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
     assert saved.status_code == 303, saved.text
     after_4 = client.get(saved.headers["location"]).text
     assert "Opgeslagen en naar het dossier van het ziekenhuis geschreven." in after_4
@@ -307,14 +267,14 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert "parket" not in _hidden_section(after_4, "s6-partner").lower()  # no acute danger
 
     # A second social worker's form from before the save: the conflict, nothing overwritten.
-    stale = _post(client, page, case_id, "step-4", "s4", {**STEP_4, "decision": "safe"})
+    stale = post_form(client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "decision": "safe"})
     assert stale.status_code == 409
     assert "Er werd niets overschreven" in stale.text
     step_system = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step"
     assert len(search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4")) == 1
 
     contact = {"contact_on": utcnow().date().isoformat()}
-    referred = _post(client, after_4, case_id, "step-6", "s6", {**STEP_6, **contact})
+    referred = post_form(client, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
     assert referred.status_code == 303, referred.text
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     assert validate(request) == []
@@ -336,7 +296,9 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert "Tell the CLB who takes the next step." in summary.text
     assert "she stops the counselling" not in summary.text  # the team's notes stay home
 
-    paused = _post(client, after_6, case_id, "referral-status", "referral", {"status": "on-hold"})
+    paused = post_form(
+        client, after_6, case_id, "referral-status", "referral", {"status": "on-hold"}
+    )
     assert paused.status_code == 303, paused.text
     after_6 = client.get(f"/social/cases/{case_id}").text
     assert "De verwijzing is nu: gepauzeerd." in after_6
@@ -344,10 +306,10 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert request["status"] == "on-hold"
     assert validate(request) == []
 
-    closed = _post(client, after_6, case_id, "close", "close", {"reason": "other"})
+    closed = post_form(client, after_6, case_id, "close", "close", {"reason": "other"})
     assert closed.status_code == 422
     assert 'id="close-reason-text-error"' in closed.text
-    done = _post(client, after_6, case_id, "close", "close", {"reason": "referred"})
+    done = post_form(client, after_6, case_id, "close", "close", {"reason": "referred"})
     assert done.status_code == 303
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
@@ -362,16 +324,6 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert SOCIAL_WORKER in reads  # opening the case is an audited read
     assert 'id="close-form"' not in closed_page
     assert 'id="s6-form"' not in closed_page
-
-
-def _error_summary(html: str, form: str) -> str:
-    """The error summary at the head of form ``form``: announced and focusable."""
-    start = html.index(f'id="{form}-error-summary"')
-    opening = html[html.rindex("<div", 0, start) : html.index(">", start)]
-    assert 'role="alert"' in opening
-    assert 'tabindex="-1"' in opening
-    assert "data-error-summary" in opening
-    return html[start : html.index("</div>", start)]
 
 
 def _hidden_section(html: str, anchor: str) -> str:

@@ -1,10 +1,11 @@
 """Cases for the social service's tests: a concern on the worklist index (no FHIR server
-needed), and a real niet-pluis save at triage on a real FHIR server."""
+needed), a real niet-pluis save at triage on a real FHIR server, and the case page's forms."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -198,3 +199,62 @@ def on_the_worklist(app: Any, tenant: TenantContext, base_url: str) -> tuple[Tes
     worklist = client.get("/social").text
     (case_id,) = [int(i) for i in re.findall(r'href="/social/cases/(\d+)"', worklist)]
     return client, case_id
+
+
+#: A step 4 form as a social worker fills it in: concerning, patient unwilling.
+STEP_4_FORM = {
+    "decision": "concerning-unwilling",
+    "factor": ["partner-hostile-to-children", "children-left-alone", "asks-for-help"],
+    "factor_text_partner-hostile-to-children": "New partner irritated by the children.",
+    "consultation": ["colleague", "clb"],
+    "discussed": "on",
+    "patient_explanation": "She says they are fine alone for an hour.",
+    "key_person": ["partner"],
+    "team_members": "social worker ED\ndr. Janssens",
+    "note": "Worries named; she stops the counselling.",
+}
+#: A step 6 form as a social worker fills it in: to the VK, without cooperation.
+STEP_6_FORM = {
+    "partner_id": "vk-oost-vlaanderen",
+    "cooperation": "no",
+    "informed": "yes",
+    "contact_person": "An",
+    "contact_channel": "phone",
+    "follow_up_actions": "Tell the CLB who takes the next step.",
+}
+
+
+def _hidden_field(html: str, form: str, name: str) -> str:
+    """A hidden field of the form with id ``form``."""
+    section = html[html.index(f'id="{form}"') :]
+    found = re.search(rf'name="{name}" value="([^"]*)"', section)
+    assert found is not None, f"{name} not in {form}"
+    return found.group(1)
+
+
+def post_form(
+    client: TestClient,
+    html: str,
+    case_id: int,
+    action: str,
+    form: str,
+    fields: Mapping[str, object],
+) -> httpx.Response:
+    """Send ``fields`` with the form's CSRF token and row version, as the page would."""
+    body = {
+        "csrf_token": _hidden_field(html, f"{form}-form", "csrf_token"),
+        "row_version": _hidden_field(html, f"{form}-form", "row_version"),
+        **fields,
+    }
+    answer: httpx.Response = client.post(f"/social/cases/{case_id}/{action}", data=body)
+    return answer
+
+
+def error_summary(html: str, form: str) -> str:
+    """The error summary at the head of form ``form``: announced and focusable."""
+    start = html.index(f'id="{form}-error-summary"')
+    opening = html[html.rindex("<div", 0, start) : html.index(">", start)]
+    assert 'role="alert"' in opening
+    assert 'tabindex="-1"' in opening
+    assert "data-error-summary" in opening
+    return html[start : html.index("</div>", start)]
