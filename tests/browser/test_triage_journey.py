@@ -25,7 +25,7 @@ from service.demo import DemoStack
 from smart_app.nurse import MAX_CHILDREN
 from tests.browser import axe
 from tests.browser.ehr import launch_from_card, launch_from_chart, open_visit
-from tests.integration.test_nurse_screens import written_by_kindreflex
+from tests.support.triage import written_by_kindreflex
 from tests.support.validator import validate
 
 pytestmark = pytest.mark.browser

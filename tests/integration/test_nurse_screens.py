@@ -56,7 +56,7 @@ from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
 from tests.support.served import ServedJson
-from tests.support.triage import served_chart
+from tests.support.triage import resources_of, served_chart, written_by_kindreflex
 from tests.support.validator import validate
 
 pytestmark = pytest.mark.fhirserver
@@ -318,31 +318,6 @@ def _upstream(sandbox: Sandbox, path: str) -> dict[str, Any]:
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return data
-
-
-def _resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
-
-
-def written_by_kindreflex(fhir_base: str, patient_ref: str) -> dict[str, list[dict[str, Any]]]:
-    """The patient's resources on the FHIR server that claim a Kindreflex profile, by type.
-
-    Read from sekmet itself (no token needed on loopback); shared with the browser test.
-    """
-    queries = [
-        f"RelatedPerson?patient={patient_ref}",
-        f"Observation?subject={patient_ref}",
-        # the save's Provenance names the Flag among its targets
-        f"Flag?patient={patient_ref}&status=active&_revinclude=Provenance:target",
-    ]
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for query in queries:
-        response = httpx.get(f"{fhir_base}/{query}", timeout=10)
-        response.raise_for_status()
-        for resource in _resources(response.json()):
-            if any("kindreflex" in p for p in resource.get("meta", {}).get("profile", [])):
-                by_type.setdefault(resource["resourceType"], []).append(resource)
-    return by_type
 
 
 # ---------------------------------------------------------------------------------------
@@ -885,7 +860,7 @@ def test_confirming_a_returning_patients_children_creates_no_duplicates(
     nurse = nurse_for("els-goossens")
     page = nurse.page()
     patient_ref = f"Patient/{nurse.patient_id}"
-    before = _resources(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
+    before = resources_of(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
     rows = {
         f"child-{i}-{name}": page.value(f"child-{i}-{name}")
         for i in range(len(page.child_refs()))
@@ -898,7 +873,7 @@ def test_confirming_a_returning_patients_children_creates_no_duplicates(
 
     assert saved.status == 200, saved.text
     assert 'data-save-status="delivered"' in saved.text
-    after = _resources(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
+    after = resources_of(_upstream(sandbox, f"RelatedPerson?patient={patient_ref}"))
     versions = sorted((r["id"], r["meta"]["versionId"]) for r in after)
     assert versions == sorted((r["id"], r["meta"]["versionId"]) for r in before)
     with database.session() as session:

@@ -1,6 +1,7 @@
 """The nurse's triage as the app wires it, for tests over a real FHIR server (one hospital,
-a launched nurse session, the outbox), with what the tests read back of a save; and a chart
-as a FHIR server answers it, for servers that answer what sekmet will not."""
+a launched nurse session, the outbox), with what the tests read back of a save (through its
+outbox entry, or by the Kindreflex profiles its resources claim); and a chart as a FHIR
+server answers it, for servers that answer what sekmet will not."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from sandbox.fhir_server import FhirServer
@@ -218,3 +220,29 @@ def served_chart(**child: Any) -> dict[str, Any]:
         "type": "searchset",
         "entry": [{"resource": r} for r in (patient, {k: v for k, v in related.items() if v})],
     }
+
+
+def resources_of(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a Bundle's entries (an entry may have none)."""
+    return [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
+
+
+def written_by_kindreflex(fhir_base: str, patient_ref: str) -> dict[str, list[dict[str, Any]]]:
+    """The patient's resources on the FHIR server that claim a Kindreflex profile, by type.
+
+    Read from sekmet itself (no token needed on loopback).
+    """
+    queries = [
+        f"RelatedPerson?patient={patient_ref}",
+        f"Observation?subject={patient_ref}",
+        # the save's Provenance names the Flag among its targets
+        f"Flag?patient={patient_ref}&status=active&_revinclude=Provenance:target",
+    ]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for query in queries:
+        response = httpx.get(f"{fhir_base}/{query}", timeout=10)
+        response.raise_for_status()
+        for resource in resources_of(response.json()):
+            if any("kindreflex" in p for p in resource.get("meta", {}).get("profile", [])):
+                by_type.setdefault(resource["resourceType"], []).append(resource)
+    return by_type
