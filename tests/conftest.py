@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from service.db import migrate
-from service.db.base import Database
-from tests.support.postgres import throwaway_postgres_database
+# The helpers in tests/support assert too (only_card, assert_tied, the workshop's episodes):
+# their failures are explained as a test module's are. Before any of them is imported.
+pytest.register_assert_rewrite("tests.support")
+
+from service.db import migrate  # noqa: E402
+from service.db.base import Database  # noqa: E402
+from tests.support.postgres import throwaway_postgres_database  # noqa: E402
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
