@@ -189,7 +189,14 @@ def referral_transaction(
     """A referral's new status: the ServiceRequest as read with the status (and the note),
     If-Match on the version read, signed like every case write. Raises the protocol's
     error when the referral is already finished."""
-    check_referral_status(ReferralStatus(referral["status"]), status)
+    try:
+        current = ReferralStatus(referral["status"])
+    except ValueError:  # a draft or an unknown status, set by someone else on the server
+        raise NoReferralError(
+            f"The latest referral on the FHIR server has the status '{referral['status']}', "
+            "which Kindreflex does not follow up: change it in the EHR."
+        ) from None
+    check_referral_status(current, status)
     tx = TransactionBuilder()
     updated = mapping.referral_with_status(referral, status, author=author, at=now, note=note)
     written = [tx.update(updated, referral["meta"]["versionId"])]
@@ -448,7 +455,8 @@ class CaseOnAnotherServerError(CaseNotOnServerError):
 
 
 class NoReferralError(LookupError):
-    """The case has no referral on the FHIR server (no step 6 delivered yet)."""
+    """The case has no referral on the FHIR server that Kindreflex follows up (no step 6
+    delivered yet, or the latest one has a status someone else set, such as draft)."""
 
 
 def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], SearchPages]:
@@ -470,7 +478,9 @@ def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], 
     ours = [
         r
         for r in _resources(bundle, "ServiceRequest")
-        if start <= _authored(r) and (end is None or _authored(r) <= end)
+        if start <= _authored(r)
+        and (end is None or _authored(r) <= end)
+        and r.get("status") not in mapping.RETRACTED
     ]
     return sorted(ours, key=_authored, reverse=True), pages
 
@@ -922,9 +932,15 @@ class Casework:
 
 
 def _whole(record: CaseRecord) -> None:
-    """A step or a closing is ruled on the case's whole history, never on part of it."""
+    """A step or a closing is ruled on the case's whole history, never on part of it, and
+    never on a concern the EHR retracted: the save would write its Flag back as active."""
     if not record.findings_complete:
         raise IncompleteCaseError()
+    if record.flag.get("status") not in ("active", "inactive"):
+        raise CaseNotOnServerError(
+            f"The concern's Flag on the FHIR server has the status '{record.flag.get('status')}' "
+            "(retracted in the EHR): nothing can be recorded on this case."
+        )
 
 
 def install(outbox: Outbox) -> None:

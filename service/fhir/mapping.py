@@ -761,6 +761,11 @@ def provenance(
 # --------------------------------------------------------------------------------------
 # Back: a step finding Observation to the protocol's Finding (reconciling from the server)
 # --------------------------------------------------------------------------------------
+#: The statuses of a resource that records nothing (FHIR R4: written in error, or never
+#: happened): a finding, a referral or a concern the EHR retracted.
+RETRACTED = frozenset({"entered-in-error", "cancelled"})
+
+
 def step_of_observation(resource: Mapping[str, Any]) -> Step | None:
     """The Kindreflex step an Observation records (its code), or None for another one."""
     if resource.get("resourceType") != "Observation":
@@ -782,7 +787,8 @@ def finding_from_observation(
 ) -> Finding | None:
     """The protocol's finding recorded in a Kindreflex step Observation.
 
-    None when the resource is not a Kindreflex step finding. Children are named by the
+    None when the resource is not a Kindreflex step finding, or one that was retracted
+    (:data:`RETRACTED`: the EHR marked it entered in error). Children are named by the
     references in ``focus`` (and in the child-consent extension), as written. A step 1
     Observation does not hold the children themselves: pass ``children`` (reference →
     Child, e.g. from :func:`child_from_related_person`) to fill ``Step1Finding.children``;
@@ -790,7 +796,7 @@ def finding_from_observation(
     recorded content breaks a rule of the protocol.
     """
     step = step_of_observation(resource)
-    if step is None:
+    if step is None or resource.get("status") in RETRACTED:
         return None
     components = _components_by_code(resource.get("component", []))
     notes = [n.get("text", "") for n in resource.get("note", []) if n.get("text")]

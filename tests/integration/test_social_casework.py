@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sandbox.fhir_server import FhirServer, free_port
 from sandbox.seed import SeedResult, seed
 from service.casework import (
+    CaseNotOnServerError,
     CaseRecord,
     Casework,
     FhirChangedConflict,
@@ -567,3 +568,53 @@ def test_a_referral_names_the_cases_children_and_the_finding_that_led_to_it(
     assert validate(stored) == []
     assert stored["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
     assert stored["supportingInfo"] == [{"reference": girl}]
+
+
+def _retract(base_url: str, resource: dict[str, Any]) -> None:
+    """What an EHR does with a resource written in error."""
+    retracted = {**resource, "status": "entered-in-error"}
+    url = f"{base_url}/{resource['resourceType']}/{resource['id']}"
+    httpx.put(url, json=retracted, timeout=10).raise_for_status()
+
+
+def test_what_the_ehr_retracted_is_no_part_of_the_case_and_a_retracted_concern_takes_no_step(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    fhir: FhirClient,
+) -> None:
+    """A team decision marked entered in error is not the case's route, and a Flag marked so
+    is not written back as active by the next save (found by review: both were used)."""
+    base_url = fhir_server.base_url
+    patient_id, _, _, case, casework, social_worker = _triaged_case(database, base_url)
+    patient_ref = f"Patient/{patient_id}"
+    unwilling = Step4Input.model_validate(
+        {"decision": "concerning-unwilling", "factors": WORKSHOP_FACTORS,
+         "consultations": ["colleague"], "discussed_with_patient": True}
+    )  # fmt: skip
+    decided = casework.record_step(social_worker, case.id, case.row_version, unwilling)
+    assert decided.status == "delivered"
+    record, findings = load_case_record(fhir, patient_ref, case.flag_identifier)
+    assert [f.step for f in findings][-1] is Step.STEP_4
+    step_code = f"{terminology.code_system_url('kindreflex-step')}|{Step.STEP_4.value}"
+    (decision,) = search(base_url, "Observation", subject=patient_ref, code=step_code)
+    _retract(base_url, decision)
+
+    record, findings = load_case_record(fhir, patient_ref, case.flag_identifier)
+    assert [f.step for f in findings] == [Step.STEP_1, Step.STEP_2]
+    assert record.reason_ref is None  # nothing a referral may follow from
+
+    _retract(base_url, record.flag)
+    queued = _outbox_entries(database)
+    with pytest.raises(CaseNotOnServerError) as refused:
+        casework.record_step(social_worker, case.id, decided.row_version, unwilling)
+    assert "entered-in-error" in str(refused.value)
+    assert _outbox_entries(database) == queued
+    assert fhir.read("Flag", record.flag["id"])["status"] == "entered-in-error"
+
+
+def _outbox_entries(database: Database) -> int:
+    """The saves queued (not the AuditEvents of the reads)."""
+    with database.session() as session:
+        return len(
+            session.scalars(select(OutboxEntry.id).where(OutboxEntry.kind == "social")).all()
+        )

@@ -12,6 +12,7 @@ import pytest
 
 from service.casework import (
     CaseRecord,
+    NoReferralError,
     Referral,
     close_transaction,
     referral_transaction,
@@ -238,6 +239,20 @@ def test_a_finished_referral_does_not_change_again() -> None:
         referral_transaction(
             _record(),
             _referral_as_read("revoked"),
+            ReferralStatus.ACTIVE,
+            author=SOCIAL_WORKER,
+            note=None,
+            now=EPISODE_3,
+        )
+
+
+@pytest.mark.parametrize("status", ["draft", "unknown", "entered-in-error"])
+def test_a_referral_someone_else_gave_another_status_is_refused_with_a_reason(status: str) -> None:
+    """Not a 500 (found by review: ReferralStatus(...) raised a ValueError nobody caught)."""
+    with pytest.raises(NoReferralError, match=f"'{status}'"):
+        referral_transaction(
+            _record(),
+            _referral_as_read(status),
             ReferralStatus.ACTIVE,
             author=SOCIAL_WORKER,
             note=None,
