@@ -21,13 +21,13 @@ harmless for an audit trail, and cheaper than making every read wait.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, distinct, or_, select
+from sqlalchemy import ColumnElement, distinct, insert, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.models import AuditRecord, OutboxEntry
@@ -140,19 +140,56 @@ def record_local(
     """The local audit row (in the caller's unit of work). ``fhir_base_url`` is the FHIR
     server the patient is on (without a patient: the user's EHR; None: no EHR at all), so
     that one patient's rows are not mixed with another's of the same reference."""
-    row = AuditRecord(
-        tenant_id=tenant_id,
-        recorded_at=fact.at,
-        actor=fact.actor,
-        action=fact.action.value,
-        fhir_base_url=fhir_base_url,
-        patient_ref=fact.patient_ref,
-        entities=list(fact.entities),
-        outcome=fact.outcome,
-        outbox_id=outbox_id,
-    )
+    row = AuditRecord(**_columns(tenant_id, fact, fhir_base_url, outbox_id))
     session.add(row)
     return row
+
+
+def _columns(
+    tenant_id: int, fact: AuditFact, fhir_base_url: str | None, outbox_id: int | None = None
+) -> dict[str, Any]:
+    """The ``audit_records`` row of ``fact``, column by column."""
+    return {
+        "tenant_id": tenant_id,
+        "recorded_at": fact.at,
+        "actor": fact.actor,
+        "action": fact.action.value,
+        "fhir_base_url": fhir_base_url,
+        "patient_ref": fact.patient_ref,
+        "entities": list(fact.entities),
+        "outcome": fact.outcome,
+        "outbox_id": outbox_id,
+    }
+
+
+@dataclass(frozen=True, order=True)
+class Listed:
+    """A patient a listing showed: ``patient_ref`` on the FHIR server ``fhir_base_url``, in
+    the hospital ``tenant_id``."""
+
+    tenant_id: int
+    fhir_base_url: str
+    patient_ref: str
+
+
+def record_listing(session: Session, actor: str, listed: Iterable[Listed], at: datetime) -> None:
+    """A listing that shows patients (the worklist, ``kindreflex outbox waiting``), read by
+    ``actor``: a ``search-type`` row per patient listed, once each, on its hospital and FHIR
+    server, so that the patient's own trail (``trail`` matches ``patient_ref``) shows who
+    saw them listed. A listing of no patient leaves no row: it showed nobody's data.
+
+    One INSERT of all the rows in the caller's unit of work, not a row object each: a
+    worklist page lists up to 200 cases and is opened all day."""
+    rows = [
+        _columns(
+            p.tenant_id,
+            AuditFact(actor, AuditAction.SEARCH, p.patient_ref, (), "success", at),
+            p.fhir_base_url,
+        )
+        for p in dict.fromkeys(listed)
+    ]
+    if rows:
+        session.execute(insert(AuditRecord), rows)
 
 
 def record_read(session: Session, channel: Channel, fact: AuditFact) -> AuditRecord:

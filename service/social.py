@@ -103,6 +103,10 @@ class Delivery(BaseModel):
 class CaseSummary(BaseModel):
     id: int
     patient: str = Field(description="Reference to the adult patient, e.g. `Patient/123`.")
+    fhir_server: str = Field(
+        description="The FHIR server the patient is on: a hospital with two EHRs has two, on "
+        "which `Patient/123` may be two different people."
+    )
     patient_display: str | None
     status: CaseStatus
     flagged_at: datetime
@@ -249,6 +253,7 @@ def _summary(
     return CaseSummary(
         id=concern.id,
         patient=concern.patient_ref,
+        fhir_server=concern.fhir_base_url,
         patient_display=concern.patient_display,
         status="closed" if concern.status == "closed" else "open",
         flagged_at=concern.flagged_at,

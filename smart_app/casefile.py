@@ -374,10 +374,9 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         unreadable = "fhir-down"
     except (FhirError, ProtocolError):
         unreadable = "fhir-refused"
-    # The page still shows the worklist's row of the patient: a read, audited as failed. A
-    # case of another EHR names its patient on that EHR's server, not on this session's.
-    patient = None if unreadable == "other-ehr" else summary.patient
-    audit_refusal(ctx, database, AuditAction.READ, patient)
+    # The page still shows the worklist's row of the patient: a read, audited as failed, in
+    # that patient's trail. A case of another EHR has its patient on that EHR's server.
+    audit_refusal(ctx, database, AuditAction.READ, summary.patient, summary.fhir_server)
     return Shown(summary, unreadable=unreadable)
 
 

@@ -8,8 +8,9 @@
 Mounted plain and under ``/t/{tenant}``. Every endpoint requires the social-worker role
 (anonymous 401, anyone else 403, both with a clear message); changes also need the
 session's CSRF token (header ``X-CSRF-Token`` or form field ``csrf_token``). Every
-listing and every change is audited locally: who, when, what, which patients; a refused
-change is audited as a failure.
+listing and every change is audited locally: who, when, what, which patients (a listing
+as one row per patient listed, in that patient's trail); a refused change is audited as
+a failure.
 """
 
 from __future__ import annotations
@@ -485,12 +486,15 @@ def audit_refusal(
     database: DatabaseDep,
     action: AuditAction = AuditAction.UPDATE,
     patient_ref: str | None = None,
+    fhir_base_url: str | None = None,
 ) -> None:
     """A refused change or read, audited as a failure; ``patient_ref``: the patient whose
-    data the user was shown all the same (on the session's FHIR server)."""
+    data the user was shown all the same, on the FHIR server ``fhir_base_url`` (None: the
+    session's; a case recorded through another EHR has its patient on that EHR's)."""
     with database.session() as session:
         refused = _fact(ctx, action, patient_ref, (), outcome="failure")
-        audit.record_local(session, ctx.tenant.id, refused, ctx.fhir_base_url)
+        server = fhir_base_url or ctx.fhir_base_url
+        audit.record_local(session, ctx.tenant.id, refused, server)
 
 
 # -- the worklist screen ----------------------------------------------------------------------
@@ -611,9 +615,12 @@ def _listing(ctx: LaunchContext, database: DatabaseDep, wanted: ListingQuery) ->
             )
         except social.InvalidCursorError as error:
             raise HTTPException(400, str(error)) from error
-        patients = tuple(item.patient for item in page.items)
-        listed = _fact(ctx, AuditAction.SEARCH, None, patients)
-        audit.record_local(session, ctx.tenant.id, listed, ctx.fhir_base_url)
+        # The page shows each patient's name, children's ages and triggers: audited in each
+        # patient's own trail, on the server of the patient's case (not the session's).
+        listed = (
+            audit.Listed(ctx.tenant.id, item.fhir_server, item.patient) for item in page.items
+        )
+        audit.record_listing(session, ctx.user.fhir_user, listed, utcnow())
     return page
 
 

@@ -173,8 +173,8 @@ def _show_undelivered(
     there are none.
 
     The lines name patients: the reading is audited as ``kindreflex audit`` audits its own,
-    a ``search-type`` row by ``actor``, here one per patient listed (on its hospital and
-    FHIR server, where the reference means that patient)."""
+    a ``search-type`` row by ``actor``, here one per patient listed
+    (:func:`audit.record_listing`)."""
     database, tenants = _directory(settings)
     try:
         tenant_id = None if tenant is None else tenants.get(tenant).id
@@ -183,15 +183,12 @@ def _show_undelivered(
             for entry in entries:
                 print(_undelivered_line(entry, show_state=len(states) > 1))
             sys.stdout.flush()
-            now = utcnow()
             listed = {
-                (entry.tenant_id, entry.fhir_base_url, entry.patient_ref)
+                audit.Listed(entry.tenant_id, entry.fhir_base_url, entry.patient_ref)
                 for entry in entries
                 if entry.patient_ref is not None
             }
-            for tenant_of, server, patient in sorted(listed):
-                read = audit.AuditFact(actor, audit.AuditAction.SEARCH, patient, (), "success", now)
-                audit.record_local(session, tenant_of, read, server)
+            audit.record_listing(session, actor, sorted(listed), utcnow())
     except UnknownTenantError as error:
         print(f"kindreflex: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer
+from service import audit
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.fhir.client import FhirClient
@@ -164,6 +165,32 @@ def test_a_case_whose_save_waits_for_a_new_sign_in_says_how_to_send_it(
     assert page.status_code == 200
     assert "de levering wacht op een nieuwe aanmelding" in page.text
     assert "Open de Kindreflex vanuit het dossier van deze patiënt in het EPD" in page.text
+
+
+def test_a_case_of_another_ehr_shown_on_its_page_is_in_its_patients_trail(
+    database_url: str, database: Database
+) -> None:
+    """The page of a case recorded through the hospital's other EHR says to open it there,
+    and shows the worklist's row of it all the same (patient, children's ages, triggers).
+    That read was audited with no patient at all: ``kindreflex audit --patient`` never
+    found it. It is the patient's on the case's own server, not on the session's."""
+    hospital = make_tenant(database, "default", FHIR)
+    other_ehr = "http://127.0.0.1:9/ehr-b/fhir"  # never called: the session is not of it
+    case_id = index_case(database, hospital, "Patient/7", utcnow(), fhir_base_url=other_ehr)
+    app = make_app(database_url, database)
+    worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker")
+
+    page = TestClient(app).get(f"/social/cases/{case_id}", headers=worker.headers)
+
+    assert page.status_code == 200
+    assert "vastgelegd via een ander patiëntendossier (EPD)" in page.text
+    assert "Patient/7" in page.text
+    with database.session() as session:
+        # as ``kindreflex audit --patient Patient/7`` asks: the server found from the trail
+        query = audit.one_patient(session, audit.TrailQuery(hospital.id, patient_ref="Patient/7"))
+        rows = [(r["actor"], r["action"], r["outcome"]) for r in audit.trail(session, query)]
+    assert query.fhir_base_url == other_ehr
+    assert rows == [(SOCIAL_WORKER, "read", "failure")]
 
 
 @pytest.mark.parametrize(

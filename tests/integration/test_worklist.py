@@ -12,14 +12,17 @@ from datetime import date, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from service import audit
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.outbox import NewEntry, enqueue
 from service.tenancy import TenantContext
+from tests.support.casework import index_case
 from tests.support.sessions import make_app, signed_in
 from tests.support.write_path import make_tenant
 
 FHIR = "http://127.0.0.1:9/fhir"  # never called: the worklist is served from our index
+SECOND_EHR = "http://127.0.0.1:9/ehr-b/fhir"  # the hospital's other EHR's server, not called
 
 
 def _concern(
@@ -126,9 +129,11 @@ def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
 
     with database.session() as session:
         listings = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
-    assert len(listings) == pages
-    assert listings[0].actor == "Practitioner/sw-1"
-    assert listings[0].entities == ["Patient/5", "Patient/4"]
+    # a row per patient listed, each page once (the refused requests listed nobody)
+    assert [row.patient_ref for row in listings] == seen
+    assert {(row.actor, row.action, row.fhir_base_url) for row in listings} == {
+        ("Practitioner/sw-1", "search-type", FHIR)
+    }
     assert {row.tenant_id for row in listings} == {hospital.id}
 
 
@@ -197,3 +202,31 @@ def test_a_refused_delivery_shows_on_the_worklist_with_the_servers_outcome(
     (item,) = TestClient(app).get("/api/cases", headers=social).json()["items"]
 
     assert item["delivery"] == {"state": "failed", "error": "answered 422", "outcome": outcome}
+
+
+def test_a_listed_patients_own_trail_shows_who_saw_them_on_the_worklist(
+    database_url: str, database: Database
+) -> None:
+    """The screen and the API show each patient's name, children's ages and triggers. They
+    were audited as one row without a patient (the patients only among its entities), which
+    ``kindreflex audit --patient`` never finds: an access request left the worklist out."""
+    hospital = make_tenant(database, "default", FHIR)
+    # Patient/1 on each of the hospital's two EHRs' servers: two people
+    index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=2), fhir_base_url=FHIR)
+    index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=SECOND_EHR)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker").headers
+
+    assert client.get("/social", headers=social).status_code == 200
+    assert len(client.get("/api/cases", headers=social).json()["items"]) == 2
+
+    def trail(server: str) -> list[tuple[object, ...]]:
+        query = audit.TrailQuery(hospital.id, patient_ref="Patient/1", fhir_base_url=server)
+        with database.session() as session:
+            rows = audit.trail(session, query)
+            return [(r["actor"], r["action"], r["fhir_server"], r["outcome"]) for r in rows]
+
+    read = ("Practitioner/sw-1", "search-type")
+    assert trail(FHIR) == [(*read, FHIR, "success")] * 2  # the screen, then the API
+    assert trail(SECOND_EHR) == [(*read, SECOND_EHR, "success")] * 2
