@@ -89,6 +89,7 @@ from smart_app.session import LaunchContext, csrf_token, security_headers, verif
 from smart_app.social import (
     CaseId,
     CaseworkDep,
+    ClaimRefusal,
     Closing,
     ReferralStatusChange,
     SocialWorker,
@@ -517,20 +518,25 @@ def claim_refused(
     database: DatabaseDep,
     work: Casework,
     case_id: int,
-    conflict: social.CaseConflict,
+    refusal: ClaimRefusal,
 ) -> HTMLResponse:
-    """The case page again after its 'Neem op mij' was refused (409): the social worker
-    stays on the case she was reading, shown as it is now, with who has it."""
+    """The case page again after its 'Neem op mij' was refused: the social worker stays on
+    the case she was reading, shown as it is now, with who has it (409), or told that her
+    sign-in names no one a case can be assigned to (400)."""
     file = _load(ctx, database, work, case_id)
     if file is None:
         return _not_found(ctx)
-    if conflict.reason == "closed":
+    status = 409
+    if isinstance(refusal, social.InvalidAssigneeError):
+        message = translate(ctx.language, "social.problem.not-a-practitioner")
+        status = 400
+    elif refusal.reason == "closed":
         message = translate(ctx.language, "social.problem.closed")
     else:
         nobody = translate(ctx.language, "social.worklist.nobody")
-        holder = file.name_of(conflict.holder) if conflict.holder else nobody
+        holder = file.name_of(refusal.holder) if refusal.holder else nobody
         message = _message(ctx.language, "claim.changed", holder=holder)
-    return _render(ctx, file, problems=(Problem("claim", "claim", message),), status=409)
+    return _render(ctx, file, problems=(Problem("claim", "claim", message),), status=status)
 
 
 class _Form(BaseModel):

@@ -544,18 +544,41 @@ def claim_from_page(
         return _worklist_page(
             ctx, database, WorklistQuery(), problem=("not-found", None), status=404
         )
+    except social.InvalidAssigneeError as refusal:
+        # SMART allows a fhirUser that is a Person or RelatedPerson: no one a case goes to.
+        return _claim_refused(ctx, database, work, case_id, return_to, refusal)
     except social.CaseConflict as conflict:
         # Already yours (the button pressed twice, or in another tab): what was asked is done.
         if conflict.reason != "changed" or conflict.holder != ctx.user.fhir_user:
-            if return_to == "case":
-                # imported here: smart_app.casefile builds on this module
-                from smart_app.casefile import claim_refused
-
-                return claim_refused(ctx, database, work, case_id, conflict)
-            problem = (conflict.reason, conflict.holder_display)
-            return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
+            return _claim_refused(ctx, database, work, case_id, return_to, conflict)
     # Post/redirect/get: a reload does not claim again.
     return RedirectResponse(_after_claim(ctx, case_id, return_to), status_code=303)
+
+
+#: Why a claim from a screen changed nothing (besides a case that does not exist).
+ClaimRefusal = social.CaseConflict | social.InvalidAssigneeError
+
+
+def _claim_refused(
+    ctx: LaunchContext,
+    database: DatabaseDep,
+    work: Casework,
+    case_id: int,
+    return_to: ClaimReturn,
+    refusal: ClaimRefusal,
+) -> HTMLResponse:
+    """The screen the claim came from again, saying why nothing changed: 400 for a user
+    no case can be assigned to, 409 for a case taken or closed meanwhile."""
+    if return_to == "case":
+        # imported here: smart_app.casefile builds on this module
+        from smart_app.casefile import claim_refused
+
+        return claim_refused(ctx, database, work, case_id, refusal)
+    if isinstance(refusal, social.InvalidAssigneeError):
+        problem: tuple[str, str | None] = ("not-a-practitioner", None)
+        return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=400)
+    problem = (refusal.reason, refusal.holder_display)
+    return _worklist_page(ctx, database, WorklistQuery(), problem=problem, status=409)
 
 
 def _after_claim(ctx: LaunchContext, case_id: int, return_to: ClaimReturn) -> str:

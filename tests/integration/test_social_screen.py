@@ -357,6 +357,41 @@ def test_take_it_on_from_the_case_page_refused_shows_that_case_with_who_has_it(
     assert assignment_of(database, case_id) == (COLLEAGUE, 2)
 
 
+@pytest.mark.parametrize("return_to", ["worklist", "case"])
+def test_take_it_on_by_a_user_who_is_no_practitioner_is_refused_and_says_why(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    return_to: str,
+) -> None:
+    """SMART allows a ``fhirUser`` that is a Person or a RelatedPerson; a case is assigned
+    to a Practitioner or PractitionerRole only. The API refused such a claim with a 400;
+    both screens' buttons answered a 500 (the refusal was not caught there)."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, base_url)
+    person = signed_in(app, tenant, "Person/sw-7", "social-worker", fhir_base_url=base_url)
+    client = TestClient(app, follow_redirects=False, headers={"Cookie": person.headers["Cookie"]})
+    (case_id,) = [
+        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    ]
+    action = f"/social/cases/{case_id}/claim"
+    screen = client.get("/social" if return_to == "worklist" else f"/social/cases/{case_id}")
+    (csrf, version) = _claim_forms(screen.text)[action]
+
+    refused = client.post(
+        action, data={"csrf_token": csrf, "row_version": version, "return_to": return_to}
+    )
+
+    assert refused.status_code == 400
+    assert "noemt u niet als zorgverlener" in refused.text
+    assert "Er is niets gewijzigd" in refused.text
+    shown = {"worklist": "Werklijst sociale dienst</h1>", "case": 'id="about-heading"'}
+    assert shown[return_to] in refused.text  # the screen the button was on
+    assert assignment_of(database, case_id) == (None, 1)
+
+
 def test_the_next_page_of_closed_cases_lists_closed_cases(
     database_url: str, database: Database
 ) -> None:
