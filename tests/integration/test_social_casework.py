@@ -121,6 +121,24 @@ def _step4(record: CaseRecord, identifier: str) -> dict[str, Any]:
     return step_transaction(record, decision, finding_identifier=identifier, now=utcnow()).bundle
 
 
+def _referral_to_the_vk(record: CaseRecord, run: str) -> dict[str, Any]:
+    """The transaction of a step 6 referral to the VK (finding ``s6-<run>``, ServiceRequest
+    ``r-<run>``)."""
+    referral = Step6Input(
+        partner_id="vk-oost-vlaanderen",
+        with_cooperation=False,
+        patient_informed=True,
+        follow_up_actions=["Tell the CLB who takes the next step."],
+    ).finding(SOCIAL_WORKER, utcnow(), load_default_directory())
+    return step_transaction(
+        record,
+        referral,
+        finding_identifier=f"s6-{run}",
+        referral=Referral(f"r-{run}", vk_organization()),
+        now=utcnow(),
+    ).bundle
+
+
 def _finding(base_url: str, identifier: str) -> list[dict[str, Any]]:
     system = terminology.identifier_system("finding")
     return search(base_url, "Observation", identifier=f"{system}|{identifier}")
@@ -147,21 +165,11 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
     assert after_4.reason_ref == f"Observation/{decision['id']}"
     assert after_4.flag["meta"]["versionId"] != record.flag["meta"]["versionId"]
 
-    referral = Step6Input(
-        partner_id="vk-oost-vlaanderen",
-        with_cooperation=False,
-        patient_informed=True,
-        follow_up_actions=["Tell the CLB who takes the next step."],
-    ).finding(SOCIAL_WORKER, utcnow(), load_default_directory())
-    bundle = step_transaction(
-        after_4,
-        referral,
-        finding_identifier=f"s6-{run}",
-        referral=Referral(f"r-{run}", vk_organization()),
-        now=utcnow(),
-    ).bundle
-    assert _deliver(database, tenant.id, fhir_server.base_url, after_4, bundle) is (
-        DeliveryState.DELIVERED
+    assert (
+        _deliver(
+            database, tenant.id, fhir_server.base_url, after_4, _referral_to_the_vk(after_4, run)
+        )
+        is DeliveryState.DELIVERED
     )
 
     system = terminology.identifier_system("referral")
@@ -549,19 +557,7 @@ def test_a_referral_names_the_cases_children_and_the_finding_that_led_to_it(
 
     after_4, _ = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
     assert after_4.reason_ref == f"Observation/{decision['id']}"
-    referral = Step6Input(
-        partner_id="vk-oost-vlaanderen",
-        with_cooperation=False,
-        patient_informed=True,
-        follow_up_actions=["Tell the CLB who takes the next step."],
-    ).finding(SOCIAL_WORKER, utcnow(), load_default_directory())
-    bundle = step_transaction(
-        after_4,
-        referral,
-        finding_identifier=f"s6-{run}",
-        referral=Referral(f"r-{run}", vk_organization()),
-        now=utcnow(),
-    ).bundle
+    bundle = _referral_to_the_vk(after_4, run)
     assert _deliver(database, tenant_id, base_url, after_4, bundle) is DeliveryState.DELIVERED
     system = terminology.identifier_system("referral")
     (stored,) = search(base_url, "ServiceRequest", identifier=f"{system}|r-{run}")
