@@ -31,6 +31,7 @@ from service.fhir.client import FhirClient, Resource, SearchPages
 from service.fhir.terminology import identifier_system
 from service.local_time import local_now
 from service.outbox import (
+    IMMEDIATE_TIMEOUT_SECONDS,
     DeliveryState,
     NewEntry,
     Outbox,
@@ -523,9 +524,6 @@ def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
 
 
 # -- the use case: a social worker's save ----------------------------------------------------
-
-#: The save's own delivery attempt must not keep the social worker waiting: the worker retries.
-IMMEDIATE_TIMEOUT_SECONDS = 3.0
 
 StepInput = Step4Input | Step5Input | Step6Input
 

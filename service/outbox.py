@@ -143,6 +143,9 @@ READY_MAX_WAIT = timedelta(hours=24)
 #: explains is sent again as often, then ``failed`` (both counted in ``races``), unless the
 #: server says it lasts (:func:`refusal_lasts`): then it is ``failed`` at once.
 RACES_RETRIED = 3
+#: Each request of the saving request's own delivery attempt (``deliver(timeout=…)``), at
+#: most: the nurse or the social worker waits for it, and the worker sends what it did not.
+IMMEDIATE_TIMEOUT_SECONDS = 3.0
 #: OperationOutcome issue codes (FHIR R4 IssueType) saying a 409/412 no version explains
 #: will not pass: the content, or what a conditional request matched, must change first,
 #: which sending the same transaction again cannot do (sekmet's 412 ``multiple-matches``

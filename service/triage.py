@@ -62,6 +62,7 @@ from service.fhir.client import (
     Resource,
 )
 from service.outbox import (
+    IMMEDIATE_TIMEOUT_SECONDS,
     REFUSED_STATES,
     DeliveryState,
     NewEntry,
@@ -88,8 +89,6 @@ from service.text import user_display, worklist_display
 
 log = logging.getLogger(__name__)
 
-#: The save's own delivery attempt must not keep the nurse waiting: the worker retries.
-IMMEDIATE_TIMEOUT_SECONDS = 3.0
 #: How often a save is tried when the patient's concern changes under it (see
 #: :meth:`Triage._commit_retrying`).
 _COMMIT_ATTEMPTS = 3

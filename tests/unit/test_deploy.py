@@ -22,8 +22,8 @@ from service.cds.router import MAX_BODY_BYTES
 from service.cli import build_parser
 from service.db.base import Database
 from service.fhir.client import CHANGE_BUDGET_MAX_SECONDS, SCREEN_BUDGET_TIMEOUTS
+from service.outbox import IMMEDIATE_TIMEOUT_SECONDS
 from service.settings import Settings, load_settings
-from service.triage import IMMEDIATE_TIMEOUT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
