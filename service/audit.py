@@ -27,7 +27,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, distinct, insert, or_, select
+from sqlalchemy import ColumnElement, insert, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.models import AuditRecord, OutboxEntry
@@ -249,7 +249,7 @@ def one_patient(session: Session, query: TrailQuery) -> TrailQuery:
     several and the query names none: their rows together would mix people."""
     if query.patient_ref is None or query.fhir_base_url is not None:
         return query
-    recorded = select(distinct(AuditRecord.fhir_base_url)).where(*_matching(query))
+    recorded = select(AuditRecord.fhir_base_url).where(*_matching(query)).distinct()
     servers = sorted(s for s in session.scalars(recorded) if s is not None)
     if len(servers) > 1:
         raise AmbiguousPatientError(query.patient_ref, servers)
