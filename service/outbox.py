@@ -402,12 +402,20 @@ class Outbox:
         return DeliveryState(state)
 
     def adopt_session(
-        self, tenant_id: int, registration_id: str, patient_ref: str, session_id: str
+        self,
+        tenant_id: int,
+        registration_id: str,
+        fhir_base_url: str,
+        patient_ref: str,
+        session_id: str,
     ) -> int:
         """A new launch for a patient: entries waiting for authorisation use its session.
 
-        Same tenant, same EHR registration and same patient, so the new token's patient
-        scope covers the writes. Returns how many entries became due again. They are
+        Same tenant, same EHR registration, same FHIR server and same patient, so the new
+        token's patient scope covers the writes and the token goes only to the server it was
+        issued for: a registration moved to another server (an EHR migration) has another
+        ``Patient/123``, and its token must not reach the old one. Returns how many entries
+        became due again. They are
         deliverable from now (``taken_over_at``, what readiness counts a pending entry's
         wait from); ``created_at`` stays the time of the save.
         """
@@ -418,6 +426,7 @@ class Outbox:
                 .where(
                     OutboxEntry.tenant_id == tenant_id,
                     OutboxEntry.registration_id == registration_id,
+                    OutboxEntry.fhir_base_url == fhir_base_url,
                     OutboxEntry.patient_ref == patient_ref,
                     OutboxEntry.state == DeliveryState.WAITING_AUTHORISATION,
                 )

@@ -241,7 +241,9 @@ class Triage:
         _validate(patient_ref, encounter_ref, findings)
         concern = _raises_concern(findings)
         entry_id = self._commit_retrying(ctx, findings, concern)
-        self._outbox.adopt_session(ctx.tenant.id, ctx.registration_id, patient_ref, ctx.session_id)
+        self._outbox.adopt_session(
+            ctx.tenant.id, ctx.registration_id, ctx.fhir_base_url, patient_ref, ctx.session_id
+        )
         quick = min(self._timeout, IMMEDIATE_TIMEOUT_SECONDS)
         state = self._outbox.deliver(entry_id, timeout=quick)
         if state is DeliveryState.CONFLICT:

@@ -199,7 +199,8 @@ def callback(
     if new.patient_id is not None:
         # Writes for this patient that waited for a new sign-in go out with this session.
         outbox: Outbox = request.app.state.outbox
-        outbox.adopt_session(tenant.id, registration.id, f"Patient/{new.patient_id}", session_id)
+        patient_ref = f"Patient/{new.patient_id}"
+        outbox.adopt_session(tenant.id, registration.id, new.fhir_base_url, patient_ref, session_id)
     _audit_sign_in(request.app.state.database, tenant, registration, new, session_id)
     log.info(
         "app launched",

@@ -434,7 +434,10 @@ def _check_authorized_party(claims: dict[str, Any], client_id: str) -> None:
 
 def _verification_key(http: BlockingClient, server: AuthServer, kid: object, algorithm: str) -> Any:
     jwks_uri = server.jwks_uri or _openid_jwks_uri(http, server.issuer)
-    keys = [key for key in _get_json(http, jwks_uri).get("keys", []) if isinstance(key, dict)]
+    listed = _get_json(http, jwks_uri).get("keys")
+    if not isinstance(listed, list):
+        raise OAuthError("id_token_invalid", "the issuer's JWK Set has no list of keys")
+    keys = [key for key in listed if isinstance(key, dict)]
     candidates = [key for key in keys if kid is None or key.get("kid") == kid]
     if len(candidates) != 1:
         raise OAuthError("id_token_invalid", f"no single issuer key with kid {kid!r}")

@@ -385,6 +385,10 @@ class SessionTokens:
         registration = next((r for r in config.registrations if r.id == row.registration_id), None)
         if registration is None:
             raise ReauthorisationRequired("the session's EHR registration was removed")
+        if registration.fhir_base_url != row.fhir_base_url:
+            # the registration now names another EHR: its credentials (a client secret) must
+            # not go to the token endpoint the session was launched with
+            raise ReauthorisationRequired("the session's EHR registration names another server")
         return registration
 
     @staticmethod

@@ -459,8 +459,11 @@ def test_without_authorisation_an_entry_waits_for_the_next_launch_for_the_patien
     assert expired.run_once() == []  # waits; no retry storm against the token endpoint
 
     outbox = make_outbox(database, clock, tokens=LoopbackTokens())
-    assert outbox.adopt_session(tenant.id, "ehr", "Patient/other", "new-session") == 0
-    assert outbox.adopt_session(tenant.id, "ehr", "Patient/p1", "new-session") == 1
+    server = fhir_server.base_url
+    assert outbox.adopt_session(tenant.id, "ehr", server, "Patient/other", "new-session") == 0
+    # the registration moved to another server: its Patient/p1 is someone else
+    assert outbox.adopt_session(tenant.id, "ehr", _NOWHERE, "Patient/p1", "new-session") == 0
+    assert outbox.adopt_session(tenant.id, "ehr", server, "Patient/p1", "new-session") == 1
     clock.advance(1)  # adopted entries are due from the real time of the adoption
     assert [d.state for d in outbox.run_once()] == [DeliveryState.DELIVERED]
     assert outbox_entry(database, entry_id).session_id == "new-session"
@@ -511,13 +514,17 @@ def test_readiness_fails_when_an_entry_waits_for_a_sign_in_for_over_a_day(
     assert "readiness-secret-7" not in old.detail
 
 
+#: A FHIR server where nothing listens.
+_NOWHERE = "http://127.0.0.1:9/fhir"
+
+
 def _waiting_since_its_save(
     database: Database, patient: str, clock: Clock
 ) -> tuple[TenantContext, int, Outbox]:
     """A read of ``patient`` whose session expired before its delivery: waiting for a
     sign-in from its save on (nothing listens at the FHIR server: it is never sent)."""
-    tenant = make_tenant(database, "a", "http://127.0.0.1:9/fhir")
-    entry_id = _queue_read(database, tenant, "http://127.0.0.1:9/fhir", "expired", patient)
+    tenant = make_tenant(database, "a", _NOWHERE)
+    entry_id = _queue_read(database, tenant, _NOWHERE, "expired", patient)
     settings = Settings(environment="test", database_url="sqlite://")
     outbox = make_outbox(database, clock, tokens=SessionTokens(database, settings))
     assert outbox.deliver(entry_id) is DeliveryState.WAITING_AUTHORISATION
@@ -538,7 +545,7 @@ def test_readiness_counts_a_taken_over_entrys_wait_from_the_take_over(
     check = outbox.readiness_check()
 
     clock.advance(3 * 3600)  # the next shift's nurse opens the patient's chart
-    assert outbox.adopt_session(tenant.id, "ehr", patient, "next-shift") == 1
+    assert outbox.adopt_session(tenant.id, "ehr", _NOWHERE, patient, "next-shift") == 1
     taken_over = check()
     assert (taken_over.ok, taken_over.detail) == (True, "1 pending")
     clock.advance(14 * 60)
@@ -562,7 +569,7 @@ def test_a_taken_over_entry_waiting_again_counts_its_wait_for_a_sign_in_from_its
     check = outbox.readiness_check()
 
     clock.advance(20 * 3600)
-    assert outbox.adopt_session(tenant.id, "ehr", patient, "also-expired") == 1
+    assert outbox.adopt_session(tenant.id, "ehr", _NOWHERE, patient, "also-expired") == 1
     assert outbox.deliver(entry_id) is DeliveryState.WAITING_AUTHORISATION
     clock.advance(3 * 3600)
     assert check().ok  # 23 hours since the save

@@ -534,6 +534,27 @@ def test_refresh_happens_once_under_concurrent_requests_then_needs_reauthorisati
         kindreflex.tokens.access_token(session_id)
 
 
+def test_a_refresh_after_the_registration_moved_to_another_ehr_needs_a_new_sign_in(
+    kindreflex: Kindreflex,
+) -> None:
+    """The registration now names another server than the session was launched with (an
+    EHR migration, or an admin re-pointing it): its credentials, a client secret perhaps
+    typed for the new EHR, must not go to the token endpoint of the old one (found by
+    review). Here the session row keeps the old server, as a session launched before."""
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
+    with kindreflex.database.session() as session:
+        session.execute(
+            update(AppSession)
+            .where(AppSession.id == session_id)
+            .values(fhir_base_url="https://old-ehr.example/fhir")
+        )
+    with pytest.raises(ReauthorisationRequired, match="names another server"):
+        kindreflex.tokens.access_token(session_id)
+
+
 def test_an_ehr_verifying_only_es384_gets_es384_assertions_at_launch_and_refresh(
     database: Database, sandbox: Sandbox
 ) -> None:

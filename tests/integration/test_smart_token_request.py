@@ -290,3 +290,20 @@ def test_a_token_endpoint_answering_too_slowly_or_too_much_is_refused_in_time(
         "ehr_unsupported",
         f"token endpoint: the answer is larger than {EHR_FETCH_MAX_BYTES} bytes",
     )
+
+
+@pytest.mark.parametrize("keys", [None, 5, "keys", {"kty": "RSA"}])
+def test_an_issuer_jwk_set_without_a_list_of_keys_refuses_the_id_token_not_a_500(
+    keys: object,
+) -> None:
+    """``{"keys": null}`` made the callback iterate None: a bare 500 instead of the page
+    that says the user was not confirmed (found by review)."""
+    with ServedJson(json.dumps({"keys": keys}).encode()) as jwks, ehr_client(timeout=5) as http:
+        server = oauth.AuthServer("https://ehr.example/auth", "https://ehr.example/token",
+                                  "https://ehr.example", jwks.url)  # fmt: skip
+        with pytest.raises(OAuthError) as refused:
+            verify_id_token(http, _an_rs256_jwt(), server, "kindreflex", "nonce")
+    assert (refused.value.kind, refused.value.detail) == (
+        "id_token_invalid",
+        "the issuer's JWK Set has no list of keys",
+    )
