@@ -102,6 +102,8 @@ _EARLIEST_YEAR = 1900
 #: more is refused next to the children, the rows kept; the work a forged form can cause
 #: is capped by these three-digit row numbers and the form parser's 1000 fields.
 _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
+#: A row's "remove" button; ASCII digits only (``str.isdigit`` took "²", which ``int`` refuses).
+_REMOVE_CHILD = re.compile(r"remove-child-([0-9]{1,3})")
 _DATE_PARTS = re.compile(r"^(\d{1,2})[/.\- ](\d{1,2})[/.\- ](\d{4})$")
 _DATE_DIGITS = re.compile(r"^(\d{2})(\d{2})(\d{4})$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -741,10 +743,9 @@ async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> 
     if action == "add-child":
         form.with_blank_row()
         return page(ctx, form, focus=f"child-{len(form.children) - 1}-name")
-    removed = action.removeprefix("remove-child-")
-    if removed != action and removed.isdigit():
-        rows = posted_rows(posted)
-        place = rows.index(int(removed)) if int(removed) in rows else len(rows)
+    if removed := _REMOVE_CHILD.fullmatch(action):
+        rows, row = posted_rows(posted), int(removed.group(1))
+        place = rows.index(row) if row in rows else len(rows)
         return page(ctx, form.without_row(place))
     if action != "save":  # only a forged form names another: said as the page's errors
         unknown = FieldError(NO_FIELD, _app_message(ctx.language, "error.unknown-action"))

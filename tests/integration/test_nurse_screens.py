@@ -688,6 +688,9 @@ def test_an_unknown_action_is_the_pages_error_and_the_input_is_kept(
     page = nurse.page()
 
     refused = nurse.post(_two_children(page, assessment="no-concern", action="delete-all"))
+    # nor a remove button of a row that cannot be (before: "²" passed isdigit, int() raised)
+    for forged in ("remove-child-²", "remove-child-" + "9" * 5000):
+        assert nurse.post(_two_children(page, assessment="no-concern", action=forged)).status == 400
 
     assert refused.status == 400
     assert refused.response.headers["content-type"].startswith("text/html")
