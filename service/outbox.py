@@ -925,7 +925,7 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
     current version, or nothing when that changes nothing. The bundle's references to
     the create's ``fullUrl`` then name the resource found (``found``)."""
     request, ours = entry["request"], entry["resource"]
-    params = dict([request["ifNoneExist"].split("=", 1)])
+    params = dict(part.split("=", 1) for part in request["ifNoneExist"].split("&"))
     answer = client.search(request["url"], params)
     matches = [
         resource
@@ -1164,6 +1164,8 @@ def _matches_one(resource: Resource, name: str, value: str) -> bool:
         system, _, code = value.rpartition("|")
         identifiers = resource.get("identifier", [])
         return any(i.get("system") == system and i.get("value") == code for i in identifiers)
+    if name == "patient":
+        return bool(resource.get("patient", {}).get("reference") == value)
     if name == "target":
         references = (t.get("reference", "") for t in resource.get("target", []))
         return any(r == value or r.endswith(f"/{value}") for r in references)
@@ -1252,9 +1254,17 @@ class TransactionBuilder:
     def __init__(self) -> None:
         self._entries: list[Resource] = []
 
-    def create(self, resource: Resource, identifier: dict[str, str]) -> str:
+    def create(
+        self, resource: Resource, identifier: dict[str, str], *, patient_ref: str | None = None
+    ) -> str:
+        """A conditional create by ``identifier``; with ``patient_ref``, only a resource of
+        that patient counts as the one already there: an identifier that came from the
+        browser (a new child's) and names another patient's resource creates this
+        patient's own instead of making the save refer to someone else's."""
         full_url = f"urn:uuid:{uuid.uuid4()}"
         query = f"identifier={identifier['system']}|{identifier['value']}"
+        if patient_ref is not None:
+            query += f"&patient={patient_ref}"
         self._entries.append(
             {
                 "fullUrl": full_url,
@@ -1268,12 +1278,14 @@ class TransactionBuilder:
         )
         return full_url
 
-    def create_or_merge(self, resource: Resource, identifier: dict[str, str]) -> str:
+    def create_or_merge(
+        self, resource: Resource, identifier: dict[str, str], *, patient_ref: str | None = None
+    ) -> str:
         """A :meth:`create` of a resource an earlier transaction, still undelivered or
         delivered since, may have created with the same identifier: at delivery, our
         elements are laid over the resource found by the identifier, with If-Match on its
         version (see the module doc), so the later save's values are the ones kept."""
-        reference = self.create(resource, identifier)
+        reference = self.create(resource, identifier, patient_ref=patient_ref)
         self._entries[-1][_MERGE] = True
         return reference
 

@@ -708,7 +708,7 @@ def _write_children(
                 child, patient_ref=patient_ref, identifier=identifier
             )
             write = tx.create_or_merge if identifier["value"] in queued else tx.create
-            refs[child.ref] = write(resource, identifier)
+            refs[child.ref] = write(resource, identifier, patient_ref=patient_ref)
             written.append(refs[child.ref])
         elif _fingerprint(child) == (
             _fingerprint(earlier) if earlier is not None else shown.get(child.ref)

@@ -672,6 +672,37 @@ def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
     client.close()
 
 
+def test_a_new_childs_identifier_of_another_patients_child_creates_this_patients_own(
+    world: World, seeded: SeedResult
+) -> None:
+    """A new child's identifier comes from the browser (its ``urn:uuid`` ref, the same for a
+    form posted twice). One naming another patient's child made the conditional create
+    find that child, and the save's findings refer to it (found by review). The create is
+    scoped to the patient: this patient gets a child of her own, the other is untouched."""
+    returning = seeded.patient("els-goossens")
+    other_ctx = world.launch(returning.id, returning.arrived_encounter_id, "Practitioner/n")
+    theirs = world.triage.load_chart(other_ctx).children[0]
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    their_child = client.read("RelatedPerson", theirs.ref.split("/")[1])
+    system = terminology.identifier_system("child")
+    (value,) = [i["value"] for i in their_child["identifier"] if i["system"] == system]
+    patient = seeded.patient("jan-janssens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/n")
+    forged = replace(child_aged("Vreemd Kind", 5), ref=f"urn:uuid:{value}")
+
+    result = world.triage.record_triage(ctx, niet_pluis(ctx, (forged,)))
+
+    assert result.status == "delivered"
+    found = search(world.base_url, "RelatedPerson", identifier=f"{system}|{value}")
+    assert sorted(r["patient"]["reference"] for r in found) == sorted(
+        [f"Patient/{returning.id}", f"Patient/{patient.id}"]
+    )
+    (own,) = [r for r in found if r["patient"]["reference"] == f"Patient/{patient.id}"]
+    assert display_name(own) == "Vreemd Kind"
+    assert client.read("RelatedPerson", their_child["id"]) == their_child
+    client.close()
+
+
 def test_a_move_the_protocol_refuses_writes_nothing(world: World, seeded: SeedResult) -> None:
     patient = seeded.patient("jan-janssens")
     ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")

@@ -108,9 +108,10 @@ def world(database: Database, fhir_server: FhirServer) -> World:
 
 
 def conditional_creates(bundle: dict[str, Any]) -> list[tuple[str, str]]:
-    """(type, identifier search) of every conditional create in an outbox bundle."""
+    """(type, identifier search) of every conditional create in an outbox bundle (without
+    the patient a child's create is also scoped to)."""
     return [
-        (e["request"]["url"], e["request"]["ifNoneExist"].removeprefix("identifier="))
+        (e["request"]["url"], e["request"]["ifNoneExist"].split("&")[0].removeprefix("identifier="))
         for e in bundle["entry"]
         if "ifNoneExist" in e["request"]
     ]

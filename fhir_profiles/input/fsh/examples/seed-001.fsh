@@ -127,12 +127,12 @@ Usage: #example
 * entry[0].resource = Seed001Noah
 * entry[0].request.method = #POST
 * entry[0].request.url = "RelatedPerson"
-* entry[0].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/child|5eed0001-0000-4000-8000-000000000001"
+* entry[0].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/child|5eed0001-0000-4000-8000-000000000001&patient=Patient/kr-mother-001"
 * entry[1].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000002"
 * entry[1].resource = Seed001Emma
 * entry[1].request.method = #POST
 * entry[1].request.url = "RelatedPerson"
-* entry[1].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/child|5eed0001-0000-4000-8000-000000000002"
+* entry[1].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/child|5eed0001-0000-4000-8000-000000000002&patient=Patient/kr-mother-001"
 * entry[2].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000011"
 * entry[2].resource = Seed001Step1
 * entry[2].request.method = #POST
