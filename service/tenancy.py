@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -177,11 +178,34 @@ class TenantDirectory:
         config = TenantConfiguration.model_validate(self._secrets.open(dict(row.document)))
         return TenantContext(id=tenant.id, slug=slug, version=row.version, config=config)
 
-    def save(self, slug: str, config: TenantConfiguration, actor: str) -> TenantContext:
-        """Store ``config`` as the tenant's newest version (creating the tenant if new)."""
+    def save(
+        self, slug: str, config: TenantConfiguration, actor: str, *, replaces: int | None = None
+    ) -> TenantContext:
+        """Store ``config`` as the tenant's newest version (creating the tenant if new).
+
+        ``replaces``: the version the change was made on (0 for a new tenant). It is stored
+        as exactly the next one, so a change made on a version another save has replaced
+        meanwhile (on another instance, or read from this one's cache, which may be
+        ``REFRESH_SECONDS`` old) meets the unique version and raises ``IntegrityError``
+        instead of silently undoing the other change. Without it: after the latest."""
         if not re.fullmatch(TENANT_SLUG, slug):
             raise ValueError(f"'{slug}' cannot name a hospital: lowercase letters, digits, '-'")
         document = self._secrets.seal(_plain_document(config), config)
+        try:
+            return self._store(slug, config, actor, document, replaces)
+        except IntegrityError:
+            with self._lock:  # the caller is told the version in force, not the cached one
+                self._cache.pop(slug, None)
+            raise
+
+    def _store(
+        self,
+        slug: str,
+        config: TenantConfiguration,
+        actor: str,
+        document: dict[str, Any],
+        replaces: int | None,
+    ) -> TenantContext:
         with self._database.session() as session:
             tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
             if tenant is None:
@@ -189,12 +213,13 @@ class TenantDirectory:
                 session.add(tenant)
                 session.flush()
             tenant.name = config.name
-            latest = session.scalar(
-                select(func.max(TenantConfigVersion.version)).where(
-                    TenantConfigVersion.tenant_id == tenant.id
+            if replaces is None:
+                replaces = session.scalar(
+                    select(func.max(TenantConfigVersion.version)).where(
+                        TenantConfigVersion.tenant_id == tenant.id
+                    )
                 )
-            )
-            version = (latest or 0) + 1
+            version = (replaces or 0) + 1
             session.add(
                 TenantConfigVersion(
                     tenant_id=tenant.id, version=version, document=document, created_by=actor

@@ -284,7 +284,8 @@ class TenantAdmin:
         if current is not None and config == current.config:
             return current
         try:
-            return self.tenants.save(slug, config, actor)
+            replaces = current.version if current is not None else 0
+            return self.tenants.save(slug, config, actor, replaces=replaces)
         except SecretsUnavailableError as error:
             reason = Reason.of("admin.problem.rejected", detail=error)
             raise ConfigurationError(

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from service.admin import access
 from service.admin.changes import history
+from service.admin.config import StaleConfigurationError, TenantAdmin
 from service.db.base import Database
 from service.db.models import AdminBootstrapToken, TenantConfigVersion
 from service.tenancy import SecretBox, TenantDirectory
@@ -214,3 +215,25 @@ def test_an_expired_admin_session_is_refused(database: Database) -> None:
     context = tenants(database).save("az-gent", TenantConfiguration(name="Gent"), actor="set-up")
     issued = access.open_session(database, context.id, "Els", via="test", ttl=timedelta(0))
     assert access.authenticate(database, issued.token) is None
+
+
+def test_a_change_made_on_a_version_another_instance_replaced_is_refused_not_stored(
+    database: Database,
+) -> None:
+    """Two admins on two instances: the second's change, made on version 1 while the first
+    had already stored version 2, passed the check against its instance's cached version
+    and was stored as version 3, silently undoing the first (found by review). The cache
+    is held still here (a fixed clock) as it is within its refresh interval."""
+    first = TenantAdmin(TenantDirectory(database, SecretBox(SecretStr(KEY)), clock=lambda: 0.0))
+    second = TenantAdmin(TenantDirectory(database, SecretBox(SecretStr(KEY)), clock=lambda: 0.0))
+    made = first.save("az", TenantConfiguration(name="AZ Sint-Jan"), "admin-a")
+    assert second.current("az") == made  # the second instance caches version 1
+    config = made.config
+    assert first.save("az", config.model_copy(update={"name": "AZ A"}), "admin-a", 1).version == 2
+
+    with pytest.raises(StaleConfigurationError) as stale:
+        second.save("az", config.model_copy(update={"name": "AZ B"}), "admin-b", based_on=1)
+
+    assert stale.value.current_version == 2
+    assert tenants(database).get("az").config.name == "AZ A"
+    assert version_count(database) == 2
