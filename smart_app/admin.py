@@ -56,6 +56,7 @@ from service.protocol import Step
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
 from service.tenant_config import (
     ALL_HOOKS,
+    EhrRegistration,
     TenantConfiguration,
 )
 from smart_app.errors import PageError
@@ -765,6 +766,21 @@ def _lines(value: str) -> list[str]:
     return [line.strip() for line in value.splitlines() if line.strip()]
 
 
+def _issuers(typed: str, existing: EhrRegistration | None) -> list[dict[str, Any]]:
+    """The form's issuers (one line each: ``iss`` and its ``jku`` URLs), with what the form
+    does not show kept for an issuer still listed: its configured keys (``jwks``) and its
+    allowed CDS client ids (``subjects``). Else a save of the form (a name edit) dropped
+    them: an issuer without a ``jku`` could verify no call, and any client id was let in."""
+    kept = {issuer.iss: issuer for issuer in existing.cds_issuers} if existing else {}
+    issuers: list[dict[str, Any]] = []
+    for iss, *jku in (line.split() for line in _lines(typed)):
+        issuer: dict[str, Any] = {"iss": iss, "jku": jku}
+        if (before := kept.get(iss)) is not None:
+            issuer |= {"jwks": before.jwks, "subjects": before.subjects}
+        issuers.append(issuer)
+    return issuers
+
+
 @router.post("/admin/registrations", response_class=HTMLResponse)
 async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLResponse:
     form = await request.form()
@@ -777,12 +793,9 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLRespons
     if field.get("client_secret"):
         body["client_secret"] = field["client_secret"]
     body["frame_origins"] = _lines(field.get("frame_origins", ""))
-    body["cds_issuers"] = [
-        {"iss": parts[0], "jku": parts[1:]}
-        for parts in (line.split() for line in _lines(field.get("cds_issuers", "")))
-    ]
     registrations = admin.tenant.config.registrations
     existing = next((r for r in registrations if r.id == body["id"]), None)
+    body["cds_issuers"] = _issuers(field.get("cds_issuers", ""), existing)
     if existing is not None:
         body["roles"] = existing.roles
     form_id = existing.id if existing else "new"

@@ -14,12 +14,15 @@ import re
 
 import yaml
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.admin import access
 from service.admin.config import export_yaml
 from service.db.base import Database
-from service.tenant_config import TenantConfiguration
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import CdsIssuer, TenantConfiguration
 from tests.support.admin import (
+    DEPLOYMENT_KEY,
     Hospital,
     assert_tied,
     client,
@@ -28,6 +31,7 @@ from tests.support.admin import (
     screen_sign_in,
     stored_gent,
 )
+from tests.support.cds import EHR_KEY
 
 __all__ = ["client", "gent"]  # the admin tests' fixtures (tests/support/admin)
 
@@ -374,3 +378,36 @@ def test_each_form_of_the_admin_screen_sends_its_version_once(
     for action, body in forms:
         hidden = re.findall(r'<input type="hidden" name="([^"]+)"', body)
         assert len(hidden) == len(set(hidden)), (action, hidden)
+
+
+def test_saving_a_registration_on_the_screen_keeps_its_issuers_keys_and_client_ids(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The form shows an issuer's iss and jku only: a save of it (here a new name) rebuilt
+    the issuers without their configured keys and allowed CDS client ids, so the issuer
+    could verify no call and any client id was let in (found by review)."""
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
+    current = tenants.get(gent.slug)
+    (registration,) = current.config.registrations
+    issuer = CdsIssuer(
+        iss="https://az-gent.example", jwks={"keys": [EHR_KEY.public_jwk()]}, subjects=["cds-1"]
+    )
+    with_keys = registration.model_copy(update={"cds_issuers": [issuer]})
+    tenants.save(gent.slug, current.config.model_copy(update={"registrations": [with_keys]}), "t")
+    hidden = screen_sign_in(client, database, gent)
+    form = {
+        **hidden, "id": "ehr", "name": "EPD (nieuw)", "fhir_base_url": registration.fhir_base_url,
+        "client_id": "kindreflex", "client_auth": "client_secret_basic", "scopes": "openid",
+        "frame_origins": "", "cds_issuers": "https://az-gent.example\nhttps://other.example "
+        "https://other.example/jwks", "default_language": "nl",
+    }  # fmt: skip
+
+    saved = client.post("/admin/registrations", data=form, follow_redirects=False)
+
+    assert saved.status_code in (200, 303), saved.text
+    (stored,) = stored_gent(database).config.registrations
+    assert stored.name == "EPD (nieuw)"
+    assert stored.cds_issuers == [
+        issuer,
+        CdsIssuer(iss="https://other.example", jku=["https://other.example/jwks"]),
+    ]
