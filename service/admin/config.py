@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -112,7 +113,20 @@ def parse_yaml(text: str) -> TenantConfiguration:
 
 class _Loader(yaml.SafeLoader):
     """The safe loader, whose values that cannot be built (the date ``2025-02-30``, an
-    ``!!int`` that is no number) are YAML errors with their line, not a ValueError."""
+    ``!!int`` that is no number) are YAML errors with their line, not a ValueError, and
+    which refuses aliases (``*name``): a configuration has no use for them, and nested
+    aliases expand a file of a few hundred bytes into gigabytes (a "billion laughs")
+    when the configuration is stored, in the process every hospital shares."""
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise ComposerError(
+                None,
+                None,
+                "an alias (*name) is not accepted here: write the value out",
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+            )
+        return super().compose_node(parent, index)
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:

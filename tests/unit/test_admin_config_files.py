@@ -54,6 +54,20 @@ def test_a_syntax_error_names_its_line() -> None:
     assert problem.startswith("line 9: not valid YAML: expected ',' or ']'")
 
 
+def test_an_alias_is_refused_before_anything_expands_it() -> None:
+    """A "billion laughs": nine levels of nine aliases are 9**9 strings once stored."""
+    levels = ["  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+        f"  l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)
+    ]
+    bomb = GOOD.replace("hooks:", "registrations_note:\n" + "\n".join(levels) + "\nhooks:")
+    (problem,) = problems_of(bomb)  # line 9: the first alias, l1's
+    assert problem == (
+        "line 9: not valid YAML: an alias (*name) is not accepted here: write the value out"
+    )
+    anchored = GOOD.replace("name: AZ Gent", "name: &hospital AZ Gent")
+    assert parse_yaml(anchored).name == "AZ Gent"  # an anchor alone is harmless
+
+
 def test_an_unknown_field_names_its_line_and_path() -> None:
     typo = GOOD.replace("    client_id: kindreflex", "    client_id: kindreflex\n    clientid: x")
     assert problems_of(typo) == ["line 7: registrations[0].clientid: unknown field"]
