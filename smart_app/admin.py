@@ -213,14 +213,26 @@ async def _save(
     return await run_in_threadpool(work)
 
 
+#: A configuration version as sent back by a client (API ``If-Match``, the screen's hidden
+#: field): ASCII digits, nine at most. ``str.isdigit`` took "²" and numbers of thousands of
+#: digits, which ``int`` refuses with a ValueError: a 500 instead of a refusal.
+_VERSION = re.compile(r"[0-9]{1,9}")
+
+
+def _version(value: str) -> int | None:
+    """The version in ``value``; None when it is not one (the caller says so its own way)."""
+    return int(value) if _VERSION.fullmatch(value) else None
+
+
 def _if_match(request: Request) -> int | None:
     """The version an API client based its change on: ``If-Match: "7"`` (the ETag we sent)."""
     value = request.headers.get("if-match", "").removeprefix("W/").strip('"')
     if not value:
         return None
-    if not value.isdigit():
+    version = _version(value)
+    if version is None:
         raise HTTPException(400, 'If-Match must be a configuration version such as "7"')
-    return int(value)
+    return version
 
 
 def _outcome(
@@ -749,8 +761,12 @@ async def _screen_change(
     what was typed in it) kept, and each problem next to its field (``field_of``)."""
     form = await request.form()
     based_on = str(form.get("version", ""))
+    number = _version(based_on) if based_on else None
+    if based_on and number is None:  # only a forged form: the page's error, the input kept
+        forged = Problem("not a configuration version", reasons=(Reason("admin.bad-version"),))
+        return _overview(request, admin, status=400, problems=(forged,), typed=typed)
     try:
-        context = await _save(request, admin, change, int(based_on) if based_on.isdigit() else None)
+        context = await _save(request, admin, change, number)
     except ConfigurationError as error:
         return _overview(
             request, admin, status=422, problems=error.problems, typed=typed, field_of=field_of

@@ -500,3 +500,18 @@ def test_a_change_based_on_an_older_version_is_refused_not_lost(
     assert "changed meanwhile" in late.json()["issue"][0]["diagnostics"]
     hooks = stored_gent(database).config.hooks
     assert hooks.adult_age == 17
+
+
+def test_an_if_match_that_is_no_version_number_is_a_400_not_a_500(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    # "²" passed str.isdigit() and 5000 digits too; int() refused both: a 500
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    for forged in ('"²"', '"' + "7" * 5000 + '"', '"7a"', '"-1"'):
+        if_match = {"If-Match": forged.encode("latin-1")}  # as a header's bytes arrive
+        refused = client.put("/admin/api/hooks", headers={**headers, **if_match},
+                             json={"adult_age": 17})  # fmt: skip
+        assert refused.status_code == 400
+        assert refused.json() == {"detail": 'If-Match must be a configuration version such as "7"'}
+    assert client.get("/admin/api/config", headers=headers).json() == before

@@ -411,3 +411,24 @@ def test_saving_a_registration_on_the_screen_keeps_its_issuers_keys_and_client_i
         issuer,
         CdsIssuer(iss="https://other.example", jku=["https://other.example/jwks"]),
     ]
+
+
+def test_a_forged_version_field_is_the_pages_error_and_the_typed_form_is_kept(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    # "²" passed str.isdigit() and 5000 digits too; int() refused both: a 500, the form lost
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    registration = {
+        **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
+        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
+        "frame_origins": "", "cds_issuers": "", "default_language": "nl",
+    }  # fmt: skip
+    for forged in ("²", "7" * 5000):
+        refused = client.post("/admin/registrations", data={**registration, "version": forged})
+        assert refused.status_code == 400
+        assert "is geen versienummer; er is niets bewaard" in refused.text
+        assert 'value="Nieuw EPD"' in refused.text
+        assert 'value="https://n.example/fhir"' in refused.text
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
