@@ -105,12 +105,74 @@ class _Report:
         self.checks.append(Check(check_id, ok, needed, message))
 
 
+class _Members:
+    """An EHR's answer read member by member, a member of the wrong kind ignored and noted.
+
+    The answers are JSON from a server we do not control: a list of capabilities holding an
+    object, a ``rest`` entry that is a string or an ``interaction`` that is no list made
+    ``set()`` and ``.get()`` raise, a 500 instead of a report. What was ignored is named
+    in the report (``_note_ignored``), so that the administrator knows why a check fails.
+    """
+
+    #: At most this many places are named; a broken answer may have thousands.
+    SHOWN = 5
+
+    def __init__(self) -> None:
+        self.ignored: list[str] = []
+
+    def _list(self, document: dict[str, Any], key: str, where: str) -> list[Any]:
+        value = document.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.ignored.append(f"{where}{key}")
+            return []
+        return value
+
+    def strings(self, document: dict[str, Any], key: str, where: str = "") -> set[str]:
+        """The text items of the list ``document[key]``; other items noted."""
+        items = self._list(document, key, where)
+        self.ignored += [
+            f"{where}{key}[{i}]" for i, v in enumerate(items) if not isinstance(v, str)
+        ]
+        return {item for item in items if isinstance(item, str)}
+
+    def text(self, document: dict[str, Any], key: str, where: str) -> str | None:
+        """The text ``document[key]``; None when absent, or noted when of another kind."""
+        value = document.get(key)
+        if value is not None and not isinstance(value, str):
+            self.ignored.append(f"{where}{key}")
+        return value if isinstance(value, str) else None
+
+    def objects(
+        self, document: dict[str, Any], key: str, where: str = ""
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The JSON objects of the list ``document[key]`` with their places; others noted."""
+        places = [(f"{where}{key}[{i}]", v) for i, v in enumerate(self._list(document, key, where))]
+        self.ignored += [place for place, value in places if not isinstance(value, dict)]
+        return [(place, value) for place, value in places if isinstance(value, dict)]
+
+
+def _note_ignored(report: _Report, check_id: str, members: _Members) -> None:
+    """Says which members of the answer were of the wrong kind, if any (nice to have)."""
+    if members.ignored:
+        shown = members.ignored[: _Members.SHOWN]
+        more = len(members.ignored) - len(shown)
+        report.add(
+            check_id,
+            False,
+            needed=False,
+            members=", ".join(shown) + (f" (+{more})" if more else ""),
+        )
+
+
 def _smart_checks(report: _Report, smart: dict[str, Any], registration: EhrRegistration) -> None:
-    capabilities = set(smart.get("capabilities") or [])
-    grants = set(smart.get("grant_types_supported") or [])
-    pkce = set(smart.get("code_challenge_methods_supported") or [])
-    auth_methods = set(smart.get("token_endpoint_auth_methods_supported") or [])
-    scopes = set(smart.get("scopes_supported") or [])
+    members = _Members()
+    capabilities = members.strings(smart, "capabilities")
+    grants = members.strings(smart, "grant_types_supported")
+    pkce = members.strings(smart, "code_challenge_methods_supported")
+    auth_methods = members.strings(smart, "token_endpoint_auth_methods_supported")
+    scopes = members.strings(smart, "scopes_supported")
     report.add("launch_ehr", "launch-ehr" in capabilities)
     report.add("authorization_code", "authorization_code" in grants)
     report.add("pkce_s256", "S256" in pkce)
@@ -123,20 +185,27 @@ def _smart_checks(report: _Report, smart: dict[str, Any], registration: EhrRegis
     openid = "sso-openid-connect" in capabilities or {"openid", "fhirUser"} <= scopes
     report.add("openid_fhiruser", openid)
     report.add("launch_standalone", "launch-standalone" in capabilities, needed=False)
+    _note_ignored(report, "smart_configuration_members", members)
 
 
 def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
     version = str(metadata.get("fhirVersion", ""))
     report.add("fhir_r4", version.startswith("4.0"), version=version or "?")
+    members = _Members()
     interactions: dict[str, set[str]] = {}
-    for rest in metadata.get("rest") or []:
-        for resource in rest.get("resource") or []:
-            codes = {i.get("code") for i in resource.get("interaction") or []}
+    for rest_at, rest in members.objects(metadata, "rest"):
+        for at, resource in members.objects(rest, "resource", f"{rest_at}."):
+            codes = {
+                code
+                for code_at, interaction in members.objects(resource, "interaction", f"{at}.")
+                if (code := members.text(interaction, "code", f"{code_at}.")) is not None
+            }
             interactions.setdefault(str(resource.get("type")), set()).update(codes)
     cannot_write = [r for r in WRITTEN_RESOURCES if "create" not in interactions.get(r, set())]
     report.add("write_resources", not cannot_write, resources=", ".join(cannot_write))
     cannot_read = [r for r in READ_RESOURCES if "read" not in interactions.get(r, set())]
     report.add("read_resources", not cannot_read, resources=", ".join(cannot_read))
+    _note_ignored(report, "capability_statement_members", members)
 
 
 def check_connection(

@@ -209,3 +209,52 @@ def test_a_compressed_answer_is_read_and_an_undecodable_one_reported() -> None:
         "The FHIR server does not answer with a CapabilityStatement "
         "(the answer's compression cannot be decoded)."
     )
+
+
+def test_members_of_the_wrong_kind_are_ignored_and_named_not_raised() -> None:
+    """Before, ``capabilities: [{}]`` raised a TypeError (set() of a dict), ``rest: ["x"]``
+    and ``interaction: "read"`` an AttributeError: a 500 instead of the report. One answer
+    served as both the SMART configuration and the CapabilityStatement."""
+    answer = {
+        "authorization_endpoint": "https://ehr.example/authorize",
+        "capabilities": [{}, "launch-ehr", ["context-ehr-encounter"]],
+        "grant_types_supported": "authorization_code",
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": "4.0.1",
+        "rest": ["x", {"resource": [
+            "Patient",
+            {"type": "Patient", "interaction": "read"},
+            {"type": "Encounter", "interaction": [{"code": ["read"]}, {"code": "read"}, 7]},
+        ]}],
+    }  # fmt: skip
+    with ServedJson(json.dumps(answer).encode(), path="/fhir") as served:
+        report = check_connection(registration(served.url), "en", timeout_seconds=5)
+    found = outcome(report)
+    assert (found["launch_ehr"], found["authorization_code"]) == (True, False)
+    assert (found["context_ehr_encounter"], found["read_resources"]) == (False, False)
+    messages = {check.id: check.message for check in report.checks}
+    assert messages["read_resources"] == (
+        "The server does not let us read these resources: Patient, Condition."
+    )
+    assert messages["smart_configuration_members"] == (
+        "The EHR's SMART configuration has members of the wrong kind, ignored: "
+        "capabilities[0], capabilities[2], grant_types_supported."
+    )
+    assert messages["capability_statement_members"] == (
+        "The CapabilityStatement has members of the wrong kind, ignored: rest[0], "
+        "rest[1].resource[0], rest[1].resource[1].interaction, "
+        "rest[1].resource[2].interaction[2], rest[1].resource[2].interaction[0].code."
+    )
+    ignored = [c for c in report.checks if c.id.endswith("_members")]
+    assert not any(check.needed for check in ignored)
+
+
+def test_a_long_list_of_members_of_the_wrong_kind_names_the_first_five() -> None:
+    answer = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [1] * 40}
+    with ServedJson(json.dumps(answer).encode(), path="/fhir") as served:
+        report = check_connection(registration(served.url), "nl", timeout_seconds=5)
+    messages = {check.id: check.message for check in report.checks}
+    assert messages["capability_statement_members"] == (
+        "Het CapabilityStatement heeft onderdelen van de verkeerde soort, genegeerd: "
+        "rest[0], rest[1], rest[2], rest[3], rest[4] (+35)."
+    )
