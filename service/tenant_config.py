@@ -9,6 +9,7 @@ reads and writes as YAML. Secrets inside it are ``SecretStr`` and are stored enc
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from functools import lru_cache
 from string import Formatter
@@ -45,6 +46,7 @@ from service.protocol import (
     SupportAction,
     TeamDecision,
 )
+from service.settings import is_loopback
 
 Language = Literal["nl", "fr", "en"]
 Hook = Literal["encounter-start", "patient-view"]
@@ -106,6 +108,26 @@ def _well_formed(key: dict[Any, Any]) -> bool:
     return key.get("kty") in ("RSA", "EC") and all(isinstance(key.get(m, ""), str) for m in members)
 
 
+#: An origin as CSP ``frame-ancestors`` names it: ``scheme://host[:port]``, ASCII only (a
+#: header is Latin-1: a Unicode domain made every page of the hospital a 500), no path,
+#: space, ``;`` or ``,`` (which would end the directive and start another, or a list).
+_FRAME_ORIGIN = re.compile(
+    r"(https?)://"
+    r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?",
+    re.ASCII,
+)
+
+
+def is_frame_origin(origin: str) -> bool:
+    """Whether ``origin`` may be put in the CSP ``frame-ancestors`` header as it is: the form
+    above, https, or http on this machine only (the demo EHR), as for the other URLs
+    (``service.settings.over_tls``)."""
+    parts = _FRAME_ORIGIN.fullmatch(origin)
+    return parts is not None and (parts.group(1) == "https" or is_loopback(parts.group(2)))
+
+
 class CdsIssuer(Strict):
     """An EHR allowed to call our CDS services: its JWT ``iss`` and where its keys are."""
 
@@ -162,6 +184,24 @@ class EhrRegistration(Strict):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("frame_origins")
+    @classmethod
+    def _origins_only(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """Each one goes into a header of every page: refused when saved, not a broken or
+        injected header. One stored before this check loads (``SUBMITTED``); the page
+        headers leave it out (``smart_app.security``)."""
+        for index, origin in enumerate(value if _submitted(info) else ()):
+            if not is_frame_origin(origin):
+                raise ConfigValueError(
+                    f"{origin!r} is not an origin such as https://epd.example.be:8443 (https, "
+                    "or http on this machine only; no path, space, ';' or ','); a domain with "
+                    "other than ASCII letters is written in Punycode (xn--…)",
+                    "frame-origin",
+                    (index,),
+                    origin=origin,
+                )
+        return value
 
 
 class LocalTriggerCode(Strict):

@@ -1,24 +1,44 @@
 """Browser-facing security primitives of the app: page headers and token comparison.
 
-Pure functions (no request, no database), so that they are unit-tested on their own;
-``smart_app.session`` applies them to a launched session.
+Pure functions (no request, no database; a left-out frame origin is logged), so that they
+are unit-tested on their own; ``smart_app.session`` applies them to a launched session.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Sequence
+
+from service.tenant_config import is_frame_origin
+
+log = logging.getLogger(__name__)
 
 #: frame-ancestors for pages without data or actions (error pages before we know the EHR):
 #: any EHR may frame them, so that the nurse reads the message instead of a blank frame.
 ANY_FRAME = ("*",)
 
 
+@functools.lru_cache(maxsize=256)
+def _framing_origin(origin: str) -> bool:
+    """Whether ``origin`` goes into ``frame-ancestors``. A save refuses a malformed one, but
+    one stored before that check still loads: put in the header, a Unicode domain made every
+    page of the hospital a 500 (a header is Latin-1) and ``;`` added directives. It is left
+    out instead (that EHR cannot frame the app until an admin corrects it, the other pages
+    work) and logged once per process: the cache remembers the verdict."""
+    if origin in ANY_FRAME or is_frame_origin(origin):
+        return True
+    log.warning("frame origin %r left out of frame-ancestors: not an ASCII origin", origin)
+    return False
+
+
 def content_security_policy(frame_origins: Sequence[str]) -> str:
     """Same-origin resources only, no inline script or style; framing by the given origins."""
-    ancestors = " ".join(frame_origins) if frame_origins else "'none'"
+    usable = [origin for origin in frame_origins if _framing_origin(origin)]
+    ancestors = " ".join(usable) if usable else "'none'"
     return (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "object-src 'none'; base-uri 'none'; form-action 'self'; "

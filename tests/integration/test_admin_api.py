@@ -29,6 +29,7 @@ from tests.support.admin import (
     client,
     gent,
     hospital,
+    screen_sign_in,
     stored_gent,
 )
 
@@ -515,3 +516,42 @@ def test_an_if_match_that_is_no_version_number_is_a_400_not_a_500(
         assert refused.status_code == 400
         assert refused.json() == {"detail": 'If-Match must be a configuration version such as "7"'}
     assert client.get("/admin/api/config", headers=headers).json() == before
+
+
+def test_a_frame_origin_that_is_no_ascii_origin_is_refused_by_the_api(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    # before: saved as typed, then every page of the hospital was a 500 (a Unicode domain),
+    # or its header carried other directives (";") or lines (CR/LF)
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    for origin in ("https://ziekenhuis.例え.jp", "https://a; script-src 'unsafe-inline' *",
+                   "https://a\r\nX-Injected: 1"):  # fmt: skip
+        body = {"name": "EPD", "fhir_base_url": "https://x/fhir", "client_id": "k",
+                "frame_origins": ["https://epd.example", origin]}  # fmt: skip
+        refused = client.put("/admin/api/registrations/other", headers=headers, json=body)
+        assert refused.status_code == 422
+        issue = refused.json()["issue"][0]
+        assert issue["expression"] == ["registrations[1].frame_origins"]
+        assert "Punycode" in issue["diagnostics"]
+    assert client.get("/admin/api/config", headers=headers).json() == before
+
+
+def test_a_stored_bad_frame_origin_is_left_out_of_the_pages_headers_not_a_500(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """A version stored before origins were checked still serves every page: the bad
+    origin is left out of frame-ancestors, and the admin can correct it on the screen."""
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
+    current = stored_gent(database)
+    origins = ["https://ziekenhuis.例え.jp", "https://b; script-src *", "https://epd.example"]
+    registration = current.config.registrations[0].model_copy(update={"frame_origins": origins})
+    tenants.save("az-gent", current.config.model_copy(update={"registrations": [registration]}),
+                 actor="stored before the check")  # fmt: skip
+    screen_sign_in(client, database, gent)
+    page = client.get("/admin")
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"].endswith("frame-ancestors https://epd.example")
+    error_page = client.get("/launch")  # a nurse's error page, before a launch
+    assert error_page.status_code == 400
+    assert "script-src *" not in error_page.headers["content-security-policy"]

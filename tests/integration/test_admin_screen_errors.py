@@ -432,3 +432,28 @@ def test_a_forged_version_field_is_the_pages_error_and_the_typed_form_is_kept(
         assert 'value="https://n.example/fhir"' in refused.text
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
+
+
+def test_a_frame_origin_that_is_no_ascii_origin_is_refused_next_to_its_field(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    registration = {
+        **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
+        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
+        "frame_origins": "https://epd.example\nhttps://ziekenhuis.例え.jp", "cds_issuers": "",
+        "default_language": "nl",
+    }  # fmt: skip
+    refused = client.post("/admin/registrations", data=registration, headers=FRENCH)
+    assert refused.status_code == 422
+    message = assert_tied(refused.text, "textarea", "new-frame_origins")
+    assert message == (
+        "Erreur : registrations[1].frame_origins : [1]: https://ziekenhuis.例え.jp "
+        "n&#39;est pas une origine telle que https://epd.example.be:8443 (https, ou http "
+        "sur cette machine uniquement ; sans chemin, espace, « ; » ni « , »). Écrivez un "
+        "nom de domaine contenant des lettres non ASCII en Punycode (xn--…)."
+    )
+    assert "ziekenhuis.例え.jp</textarea>" in refused.text  # what was typed, kept
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)

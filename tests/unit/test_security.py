@@ -7,7 +7,13 @@ import pytest
 from service.tenancy import TenantContext
 from service.tenant_config import EhrRegistration, RoleMapping, TenantConfiguration
 from smart_app.launch import roles_from_claims
-from smart_app.security import content_security_policy, iframe_cookie, page_headers, tokens_match
+from smart_app.security import (
+    ANY_FRAME,
+    content_security_policy,
+    iframe_cookie,
+    page_headers,
+    tokens_match,
+)
 from smart_app.session import AppUser, LaunchContext, security_headers
 
 EHR = "https://ehr.az-example.be"
@@ -102,3 +108,21 @@ def test_every_launched_clinician_is_a_nurse_other_roles_only_by_mapping() -> No
     assert roles_from_claims(mapped, {"groups": ["SOC"]}) == {"nurse", "social-worker"}
     assert roles_from_claims(mapped, {"roles": ["social-worker"]}) == {"nurse"}
     assert roles_from_claims(mapped, {"groups": ["EPD-ADMIN"]}) == {"nurse", "admin"}
+
+
+def test_a_stored_frame_origin_that_is_no_origin_is_left_out_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A registration stored before origins were checked: its bad origins are left out of
+    the header (before: a Unicode domain was a 500 on every page, ``;`` added directives)."""
+    # origins of this test only: each is logged once per process
+    stored = ["https://ziekenhuis.例え.test-security.jp", "https://test-security; img-src *", EHR]
+    with caplog.at_level("WARNING", logger="smart_app.security"):
+        policy = page_headers(stored)["Content-Security-Policy"]
+        assert page_headers(stored)["Content-Security-Policy"] == policy
+    policy.encode("latin-1")  # what the server does with a header
+    assert policy.endswith(f"frame-ancestors {EHR}")
+    assert policy.count(";") == 7
+    assert len(caplog.records) == 2  # each bad origin once, not on every page
+    assert content_security_policy(stored[:2]).endswith("frame-ancestors 'none'")
+    assert content_security_policy(ANY_FRAME).endswith("frame-ancestors *")
