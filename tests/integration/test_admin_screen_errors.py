@@ -38,6 +38,15 @@ __all__ = ["client", "gent"]  # the admin tests' fixtures (tests/support/admin)
 FRENCH = {"Accept-Language": "fr-BE,fr;q=0.9"}
 
 
+def registration_form(hidden: dict[str, str], **changes: str) -> dict[str, str]:
+    """The registration form as the screen posts it: a new EHR "nieuw", with ``changes``."""
+    return {
+        **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
+        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
+        "frame_origins": "", "cds_issuers": "", "default_language": "nl", **changes,
+    }  # fmt: skip
+
+
 def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
@@ -104,11 +113,7 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
     assert 'aria-invalid="true"' not in field_tag(typed.text, "textarea", "yaml")
 
     # a registration's field: a new registration that needs a secret and has none
-    registration = {
-        **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
-        "client_id": "kindreflex", "client_auth": "client_secret_basic", "scopes": "openid",
-        "frame_origins": "", "cds_issuers": "", "default_language": "nl",
-    }  # fmt: skip
+    registration = registration_form(hidden, client_auth="client_secret_basic")
     refused = client.post("/admin/registrations", data=registration, headers=FRENCH)
     assert refused.status_code == 422
     message = assert_tied(refused.text, "input", "new-client_secret")
@@ -395,12 +400,14 @@ def test_saving_a_registration_on_the_screen_keeps_its_issuers_keys_and_client_i
     with_keys = registration.model_copy(update={"cds_issuers": [issuer]})
     tenants.save(gent.slug, current.config.model_copy(update={"registrations": [with_keys]}), "t")
     hidden = screen_sign_in(client, database, gent)
-    form = {
-        **hidden, "id": "ehr", "name": "EPD (nieuw)", "fhir_base_url": registration.fhir_base_url,
-        "client_id": "kindreflex", "client_auth": "client_secret_basic", "scopes": "openid",
-        "frame_origins": "", "cds_issuers": "https://az-gent.example\nhttps://other.example "
-        "https://other.example/jwks", "default_language": "nl",
-    }  # fmt: skip
+    form = registration_form(
+        hidden,
+        id="ehr",
+        name="EPD (nieuw)",
+        fhir_base_url=registration.fhir_base_url,
+        client_auth="client_secret_basic",
+        cds_issuers="https://az-gent.example\nhttps://other.example https://other.example/jwks",
+    )
 
     saved = client.post("/admin/registrations", data=form, follow_redirects=False)
 
@@ -419,11 +426,7 @@ def test_a_forged_version_field_is_the_pages_error_and_the_typed_form_is_kept(
     # "²" passed str.isdigit() and 5000 digits too; int() refused both: a 500, the form lost
     hidden = screen_sign_in(client, database, gent)
     before = stored_gent(database)
-    registration = {
-        **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
-        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
-        "frame_origins": "", "cds_issuers": "", "default_language": "nl",
-    }  # fmt: skip
+    registration = registration_form(hidden)
     for forged in ("²", "7" * 5000):
         refused = client.post("/admin/registrations", data={**registration, "version": forged})
         assert refused.status_code == 400
@@ -439,12 +442,9 @@ def test_a_frame_origin_that_is_no_ascii_origin_is_refused_next_to_its_field(
 ) -> None:
     hidden = screen_sign_in(client, database, gent)
     before = stored_gent(database)
-    registration = {
-        **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
-        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
-        "frame_origins": "https://epd.example\nhttps://ziekenhuis.例え.jp", "cds_issuers": "",
-        "default_language": "nl",
-    }  # fmt: skip
+    registration = registration_form(
+        hidden, frame_origins="https://epd.example\nhttps://ziekenhuis.例え.jp"
+    )
     refused = client.post("/admin/registrations", data=registration, headers=FRENCH)
     assert refused.status_code == 422
     message = assert_tied(refused.text, "textarea", "new-frame_origins")
