@@ -162,7 +162,7 @@ def _columns(
     }
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Listed:
     """A patient a listing showed: ``patient_ref`` on the FHIR server ``fhir_base_url``, in
     the hospital ``tenant_id``."""

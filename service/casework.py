@@ -299,7 +299,6 @@ def _sign(
 
 # -- reading a case from the FHIR server --------------------------------------------------------
 
-#: The findings a referral may give as its reason (profile kindreflex-referral).
 #: The page sizes of a case's searches (``_count``): the patient's step findings, and its
 #: referrals. Further pages are followed (the server's ``next`` links) ...
 FINDINGS_PAGE_SIZE = 500
@@ -347,7 +346,8 @@ def load_case_record(
     finding_bundle = finding_pages.bundle
     observations = _resources(finding_bundle, "Observation")
     flag = flags[0]
-    findings = _findings(observations, children, flag["period"])
+    recorded = _recorded(observations, children)
+    findings = _findings(recorded, flag["period"])
     step_1 = next((f for f in reversed(findings) if isinstance(f, Step1Finding)), None)
     case_children = [child.ref for child in step_1.children] if step_1 else list(children)
     record = CaseRecord(
@@ -355,7 +355,7 @@ def load_case_record(
         encounter_ref=next((f.encounter_ref for f in findings if f.encounter_ref), None),
         child_refs={ref: ref for ref in case_children},
         flag=flag,
-        reason_ref=_latest_reason(observations, children),
+        reason_ref=_latest_reason(recorded),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
         people=_people(flag_bundle, finding_bundle),
@@ -389,9 +389,20 @@ def _people(*bundles: Resource) -> dict[str, str]:
     }
 
 
-def _findings(
-    observations: list[Resource], children: Mapping[str, Child], period: Resource
-) -> list[Finding]:
+def _recorded(
+    observations: list[Resource], children: Mapping[str, Child]
+) -> list[tuple[str, Finding]]:
+    """The patient's step findings, each with its Observation's id, in the order they were
+    recorded (a retracted Observation is none: ``mapping.finding_from_observation``)."""
+    parsed = (
+        (resource["id"], mapping.finding_from_observation(resource, children=children))
+        for resource in observations
+    )
+    recorded = [(id_, finding) for id_, finding in parsed if finding is not None]
+    return sorted(recorded, key=lambda pair: pair[1].recorded_at)
+
+
+def _findings(recorded: list[tuple[str, Finding]], period: Resource) -> list[Finding]:
     """The findings of this concern the protocol replays, in the order they were recorded:
     from the step 1 of the triage that raised it (the Flag's start is its step 2) until the
     case was closed (the Flag's end). Another concern of the patient is replayed on its own
@@ -399,16 +410,7 @@ def _findings(
     decision (step 4), and a closed case's history ends when it was closed."""
     raised_at = datetime.fromisoformat(period["start"])
     closed_at = datetime.fromisoformat(period["end"]) if "end" in period else None
-    findings = sorted(
-        (
-            finding
-            for resource in observations
-            if (finding := mapping.finding_from_observation(resource, children=children))
-            is not None
-            and (closed_at is None or finding.recorded_at <= closed_at)
-        ),
-        key=lambda f: f.recorded_at,
-    )
+    findings = [f for _, f in recorded if closed_at is None or f.recorded_at <= closed_at]
     starts = [
         at
         for at, f in enumerate(findings)
@@ -417,17 +419,12 @@ def _findings(
     return findings[starts[-1] :] if starts else findings
 
 
-def _latest_reason(observations: list[Resource], children: Mapping[str, Child]) -> str | None:
+def _latest_reason(recorded: list[tuple[str, Finding]]) -> str | None:
     """The latest finding a referral may follow from (``leads_to_referral``), for its
     ``reasonReference``: the latest of steps 2, 4 and 5 whatever it said gave a nurse's
     later "no concern" as the reason of a referral to the VK or the parket."""
-    reasons = [
-        (finding.recorded_at, resource["id"])
-        for resource in observations
-        if (finding := mapping.finding_from_observation(resource, children=children))
-        and leads_to_referral(finding)
-    ]
-    return f"Observation/{max(reasons)[1]}" if reasons else None
+    reasons = [id_ for id_, finding in recorded if leads_to_referral(finding)]
+    return f"Observation/{reasons[-1]}" if reasons else None
 
 
 class IncompleteCaseError(CaseNotOnServerError):

@@ -1165,13 +1165,17 @@ def _matches_one(resource: Resource, name: str, value: str) -> bool:
         identifiers = resource.get("identifier", [])
         return any(i.get("system") == system and i.get("value") == code for i in identifiers)
     if name == "patient":
-        return bool(resource.get("patient", {}).get("reference") == value)
+        return _refers(resource.get("patient", {}).get("reference", ""), value)
     if name == "target":
-        references = (t.get("reference", "") for t in resource.get("target", []))
-        return any(r == value or r.endswith(f"/{value}") for r in references)
+        return any(_refers(t.get("reference", ""), value) for t in resource.get("target", []))
     if name == "recorded":
         return _instant(resource.get("recorded")) == _instant(value)
     return True  # a parameter the witnesses do not use: the server's answer stands
+
+
+def _refers(reference: str, value: str) -> bool:
+    """Whether ``reference`` names ``value`` (``Type/id``), relative or absolute."""
+    return reference == value or reference.endswith(f"/{value}")
 
 
 def _instant(value: Any) -> datetime | None:

@@ -183,12 +183,12 @@ def _show_undelivered(
             for entry in entries:
                 print(_undelivered_line(entry, show_state=len(states) > 1))
             sys.stdout.flush()
-            listed = {
+            listed = (
                 audit.Listed(entry.tenant_id, entry.fhir_base_url, entry.patient_ref)
                 for entry in entries
                 if entry.patient_ref is not None
-            }
-            audit.record_listing(session, actor, sorted(listed), utcnow())
+            )
+            audit.record_listing(session, actor, listed, utcnow())  # once per patient
     except UnknownTenantError as error:
         print(f"kindreflex: {error}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ class Situation:
     active_flag_codes: frozenset[Code]
     encounter_finding_codes: frozenset[Code]
     known_children: int
-    warning_sources_read: bool = True
+    warning_sources_read: bool
 
 
 def answered_in_full(value: Any) -> bool:
