@@ -74,6 +74,11 @@ _ASSIGNEE = re.compile(
 )
 
 
+def assignable(reference: str) -> bool:
+    """Whether a case can be assigned to this user (``fhirUser``) or reference."""
+    return _ASSIGNEE.match(reference) is not None
+
+
 # -- the list of cases ---------------------------------------------------------------------
 
 
@@ -385,7 +390,7 @@ def assign_case(
     assigns it to is named by reference only (the API takes no name for someone else, and
     nothing here looks colleagues up), so the worklist shows the reference until the case
     page finds the colleague's name on the FHIR server (``Casework.open_case``)."""
-    if assignee is not None and not _ASSIGNEE.match(assignee):
+    if assignee is not None and not assignable(assignee):
         raise InvalidAssigneeError(
             "A case is assigned to a Practitioner or PractitionerRole, e.g. 'Practitioner/123'."
         )

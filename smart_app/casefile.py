@@ -446,6 +446,7 @@ def _render(
         csrf_token=csrf_token(ctx),
         prefix=ctx.path_prefix,
         me=ctx.user.fhir_user,
+        can_claim=social.assignable(ctx.user.fhir_user),
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
         children=_children(file.case),

@@ -606,6 +606,7 @@ def _worklist_page(
         csrf_token=csrf_token(ctx),
         prefix=ctx.path_prefix,
         me=ctx.user.fhir_user,
+        can_claim=social.assignable(ctx.user.fhir_user),
         wanted=wanted,
         page=page,
         problem=problem,

@@ -67,6 +67,7 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     assert page.headers["cache-control"] == "no-store"
     # Only the unassigned case offers "take it on".
     assert set(_claim_forms(page.text)) == {f"/social/cases/{free}/claim"}
+    assert 'id="cannot-claim"' not in page.text  # a Practitioner may take cases on
     assert f'data-case="{mine}"' in page.text
     # Each row's button names its patient for a screen reader's list of buttons.
     assert re.search(
@@ -365,8 +366,9 @@ def test_take_it_on_by_a_user_who_is_no_practitioner_is_refused_and_says_why(
     return_to: str,
 ) -> None:
     """SMART allows a ``fhirUser`` that is a Person or a RelatedPerson; a case is assigned
-    to a Practitioner or PractitionerRole only. The API refused such a claim with a 400;
-    both screens' buttons answered a 500 (the refusal was not caught there)."""
+    to a Practitioner or PractitionerRole only. The screens offer such a user no "take it
+    on" button but say why; a claim posted all the same (an old page, a forged form) is
+    refused with a 400 on the screen it came from (it was a 500)."""
     base_url = fhir_server.base_url
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
@@ -378,10 +380,14 @@ def test_take_it_on_by_a_user_who_is_no_practitioner_is_refused_and_says_why(
     ]
     action = f"/social/cases/{case_id}/claim"
     screen = client.get("/social" if return_to == "worklist" else f"/social/cases/{case_id}")
-    (csrf, version) = _claim_forms(screen.text)[action]
+    assert _claim_forms(screen.text) == {}
+    assert "u kunt dossiers bekijken, maar geen dossier op u nemen" in screen.text
+    csrf = re.findall(
+        r'name="csrf_token" value="([^"]+)"', client.get(f"/social/cases/{case_id}").text
+    )[0]
 
     refused = client.post(
-        action, data={"csrf_token": csrf, "row_version": version, "return_to": return_to}
+        action, data={"csrf_token": csrf, "row_version": "1", "return_to": return_to}
     )
 
     assert refused.status_code == 400
