@@ -83,9 +83,10 @@ class CaseRecord:
 
     ``encounter_ref``: the ED visit that raised the concern, its findings' encounter (the
     Flag has none, see ``mapping.concern_flag``); the social service's findings name it;
-    ``child_refs``: each child of the case (its latest step 1) by protocol ``Child.ref`` →
-    its RelatedPerson reference, what its findings and a referral name (not every child
-    RelatedPerson of the chart: a child the nurse took off the list stays there); every
+    ``child_refs``: each child of the case (of its step 1s: a step 1 after the concern was
+    raised does not take a child off it) by protocol ``Child.ref`` → its RelatedPerson
+    reference, what its findings and a referral name (not every child RelatedPerson of the
+    chart: a child the nurse took off the list before the concern stays there); every
     child of the chart when the server holds no step 1 of the case (a concern raised
     elsewhere);
     ``children``: every child of the chart, by RelatedPerson reference;
@@ -348,8 +349,7 @@ def load_case_record(
     flag = flags[0]
     recorded = _recorded(observations, children)
     findings = _findings(recorded, flag["period"])
-    step_1 = next((f for f in reversed(findings) if isinstance(f, Step1Finding)), None)
-    case_children = [child.ref for child in step_1.children] if step_1 else list(children)
+    case_children = _concern_children(findings) or list(children)
     record = CaseRecord(
         patient_ref=patient_ref,
         encounter_ref=next((f.encounter_ref for f in findings if f.encounter_ref), None),
@@ -362,6 +362,13 @@ def load_case_record(
         findings_complete=finding_pages.complete,
     )
     return record, findings
+
+
+def _concern_children(findings: list[Finding]) -> list[str]:
+    """The children a concern is about: those of its step 1s, the latest's first (a later
+    step 1 does not take a child off an open concern: ``protocol._children_after``)."""
+    step_1s = [f for f in reversed(findings) if isinstance(f, Step1Finding)]
+    return list(dict.fromkeys(child.ref for step_1 in step_1s for child in step_1.children))
 
 
 def _step_search(client: FhirClient, patient_ref: str) -> SearchPages:

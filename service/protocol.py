@@ -30,7 +30,8 @@ dates of a new step 5 or 6 may lie from the day they are recorded
 The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.md``)::
 
     step 1  talk about the children and parenthood
-      |     (no children and no child expected: nothing more to do)
+      |     (no minor children and no child expected: nothing more to do; the
+      |     Kindreflex concerns minors, seed 000 "minderjarigen")
     step 2  gauge safety at home and the children's well-being
       |-- no concern ------------------------------------------> step 3
       |-- niet-pluis or unclear (reasons required) ------------> step 4
@@ -54,8 +55,11 @@ Two rules hold at any point after step 1:
 
 * Step 1 may be recorded again: at the patient's next contact (the Kindreflex is done at
   every contact, seed 000) or to update the children (a birth, a correction). It opens
-  step 2 for children to gauge, and it keeps what was open: a concern the social service
-  follows (steps 4-6 ahead) stays open.
+  step 2 when there are minor children (or a child expected) to gauge, and it keeps what
+  was open: a concern the social service follows (steps 4-6 ahead) stays open, with the
+  children and the expected child it is about (a later "no children", from a patient
+  who says less or whose child lives elsewhere now, does not take them off the concern).
+  A step 1 without minor children and without a child expected leaves nothing else open.
 * A step 2 (without acute danger) while a concern is open adds its route to the
   concern's; it does not close it. A nurse who finds no concern at the next visit does
   not end the team's follow-up, nor does the support she records after it (step 3
@@ -78,6 +82,7 @@ Dutch terms used once and explained here:
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -145,6 +150,7 @@ __all__ = [
     "advice",
     "age_in_months",
     "apply",
+    "cares_for_minors",
     "check_closure",
     "check_not_informed_reason",
     "check_plausible_dates",
@@ -401,6 +407,7 @@ class ErrorCode(StrEnum):
     REASONS_REQUIRED = "reasons-required"
     ACUTE_DANGER_NEEDS_CONCERN = "acute-danger-needs-concern"
     SUPPORT_REQUIRED = "support-required"
+    KIND_EN_GEZIN_OUT_OF_AGE = "kind-en-gezin-out-of-age"
     NOT_A_SUPPORT_SERVICE = "not-a-support-service"
     TEAM_DISCUSSION_REQUIRED = "team-discussion-required"
     CONCERNS_NOT_DISCUSSED = "concerns-not-discussed"
@@ -949,7 +956,8 @@ class KindreflexCase:
     :meth:`record`); never construct the derived fields by hand.
 
     * ``next_steps``: the steps the protocol expects next (empty: nothing to do);
-    * ``children`` and ``expecting``: from the latest step 1;
+    * ``children`` and ``expecting``: from the latest step 1, and while a concern is open
+      also those of the step 1s before it (a concern keeps the children it is about);
     * ``acute_danger``: the route into step 6 comes from an acute-danger finding, which
       is what allows the parket or the police.
     """
@@ -990,7 +998,7 @@ class KindreflexCase:
 
     @property
     def is_closed(self) -> bool:
-        """Nothing more to do: the patient cares for no child and expects none."""
+        """Nothing more to do: the patient cares for no minor child and expects none."""
         return not self.next_steps
 
     @property
@@ -1046,9 +1054,12 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
     acute = case.acute_danger
     match finding:
         case Step1Finding():
-            children, expecting = finding.children, finding.expecting
-            gauge = _NO_STEPS if not children and expecting is None else frozenset({Step.STEP_2})
-            nxt = (case.next_steps if case.findings else _NO_STEPS) | gauge
+            children, expecting = _children_after(case, finding)
+            kept = case.next_steps if case.findings else _NO_STEPS
+            if cares_for_minors(finding.children, finding.expecting, finding.recorded_on):
+                nxt = kept | {Step.STEP_2}
+            else:  # nothing to gauge: only a concern the social service follows stays
+                nxt = kept & CONCERN_STEPS
         case Step2Finding():
             acute = finding.acute_danger or case.acute_danger
             if finding.acute_danger:
@@ -1059,6 +1070,7 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
                 # an open concern stays open: the triage does not close it
                 nxt = frozenset({own}) | (case.next_steps & CONCERN_STEPS)
         case Step3Support():
+            _check_kind_en_gezin_start(case, finding)
             nxt = frozenset({Step.STEP_3, Step.STEP_2})
             if _supports_after_a_triage(case):
                 # the nurse's support after her "no concern": the team's route stays open
@@ -1113,6 +1125,40 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
     )
 
 
+def cares_for_minors(children: Iterable[Child], expecting: ExpectedChild | None, on: date) -> bool:
+    """Whether step 1 leaves children to look after on ``on``: a minor child, or one
+    expected (grown-up children stay in the record but end the Kindreflex there)."""
+    return expecting is not None or any(
+        age_in_months(c.birth_date, on) < ADULT_FROM_MONTHS for c in children
+    )
+
+
+def _children_after(
+    case: KindreflexCase, step_1: Step1Finding
+) -> tuple[tuple[Child, ...], ExpectedChild | None]:
+    """The children and the expected child after a new step 1: the step's own, and while a
+    concern is open also the concern's that the step leaves out, so that the social
+    service's route (a team decision about a child, a referral naming it) keeps them."""
+    if not case.has_open_concern:
+        return step_1.children, step_1.expecting
+    listed = {child.ref for child in step_1.children}
+    kept = tuple(child for child in case.children if child.ref not in listed)
+    return (*step_1.children, *kept), step_1.expecting or case.expecting
+
+
+def _check_kind_en_gezin_start(case: KindreflexCase, support: Step3Support) -> None:
+    """A Kind & Gezin start conversation is for children from -9 months to 3 years (seed
+    002); recorded for a family without one, it would count a referral that cannot apply."""
+    if SupportAction.KIND_EN_GEZIN_START not in support.actions:
+        return
+    if kind_en_gezin_advised(case, support.recorded_on) is None:
+        raise InvalidFindingError(
+            ErrorCode.KIND_EN_GEZIN_OUT_OF_AGE,
+            "A Kind & Gezin start conversation is for children from 9 months before birth "
+            "to 3 years; none of the patient's children is of that age.",
+        )
+
+
 def _check_time(case: KindreflexCase, finding: Finding) -> None:
     if case.findings and finding.recorded_at < case.findings[-1].recorded_at:
         raise StepOrderError(
@@ -1125,11 +1171,11 @@ def _check_step_allowed(case: KindreflexCase, finding: Finding) -> None:
     step = finding.step
     if step is Step.STEP_1 or step in case.next_steps:
         return
-    after_step_1 = bool(case.findings)
-    if isinstance(finding, Step2Finding) and finding.acute_danger and after_step_1:
-        return  # acute danger does not wait for the route
+    gauged = cares_for_minors(case.children, case.expecting, finding.recorded_on)
+    if isinstance(finding, Step2Finding) and finding.acute_danger and gauged:
+        return  # acute danger does not wait for the route (but needs children, step 1)
     if not case.next_steps:
-        expected = "nothing: the patient cares for no children and expects none"
+        expected = "nothing: the patient cares for no minor children and expects none"
     else:
         expected = " or ".join(
             f"step {s.number} ({s.heading.lower()})" for s in sorted(case.next_steps)
@@ -1213,10 +1259,15 @@ CONTACT_AT_MOST_YEARS_BEFORE = 1
 def _years_from(day: date, years: int) -> date:
     """The same calendar day ``years`` later (earlier when negative); 29 February becomes
     the 28th in a year without it."""
-    try:
-        return day.replace(year=day.year + years)
-    except ValueError:
-        return day.replace(year=day.year + years, day=28)
+    return _months_from(day, 12 * years)
+
+
+def _months_from(day: date, months: int) -> date:
+    """The same day of the month ``months`` later (earlier when negative); a day the month
+    lacks becomes its last (31 May - 3 months: 28 or 29 February)."""
+    year, month = divmod(day.month - 1 + months, 12)
+    year, month = day.year + year, month + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
 def latest_follow_up(recorded_on: date) -> date:
@@ -1339,11 +1390,14 @@ def kind_en_gezin_advised(case: KindreflexCase, on: date) -> Advice | None:
         for c in case.children
         if 0 <= age_in_months(c.birth_date, on) < KIND_EN_GEZIN_UNTIL_MONTHS
     )
+    due = case.expecting.expected_date if case.expecting is not None else None
+    # compared by day: completed months round towards zero before birth, which would let
+    # 9 months and 3 weeks ahead pass as "-9 months"
     expected = case.expecting is not None and (
-        case.expecting.expected_date is None
-        or KIND_EN_GEZIN_FROM_MONTHS
-        <= age_in_months(case.expecting.expected_date, on)
-        < KIND_EN_GEZIN_UNTIL_MONTHS
+        due is None
+        or _months_from(due, KIND_EN_GEZIN_FROM_MONTHS)
+        <= on
+        < _months_from(due, KIND_EN_GEZIN_UNTIL_MONTHS)
     )
     if not refs and not expected:
         return None

@@ -58,6 +58,7 @@ from service.protocol import (
     Step3Support,
     SupportAction,
     advice,
+    cares_for_minors,
 )
 from service.text import typed_text, worklist_display
 from service.triage import (
@@ -127,6 +128,7 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.DUPLICATE_CHILD: "children",
     ErrorCode.EXPECTED_DATE_IMPLAUSIBLE: "expected_date",
     ErrorCode.SUPPORT_REQUIRED: "support",
+    ErrorCode.KIND_EN_GEZIN_OUT_OF_AGE: "support",
 }
 
 
@@ -500,6 +502,7 @@ def build_input(
     children = _children(form, t, errors, now.date())
     expecting = _expecting(form, t, errors)
     has_family = bool(children) or form.expecting
+    gauged = cares_for_minors(children, expecting, now.date())  # step 2 has someone to gauge
     # a row typed with a mistake has its own error: "fill in the children" would contradict it
     typed_rows = any(not row.is_blank for row in form.children)
     if not has_family and not typed_rows and not form.no_children:
@@ -509,10 +512,12 @@ def build_input(
     if len(form.children) > MAX_CHILDREN:
         errors.append(FieldError("children", t("error.too-many-children", max=MAX_CHILDREN)))
     assessment = _enum_value(SafetyAssessment, form.assessment)
-    if has_family and assessment is None:
+    if gauged and assessment is None:
         errors.append(FieldError("assessment-no-concern", t("error.assessment-required")))
     if form.no_children and not has_family and _marks_a_concern(form, assessment):
         errors.append(FieldError("no_children", t("error.concern-without-children")))
+    if has_family and not gauged and _marks_a_concern(form, assessment):
+        errors.append(FieldError("assessment-no-concern", t("error.concern-about-adults")))
     errors += _too_long(form, t)
     author = ctx.user.fhir_user
     step1 = _checked(
@@ -527,7 +532,7 @@ def build_input(
         ),
     )
     step2 = step3 = None
-    if assessment is not None and (has_family or not form.no_children):
+    if assessment is not None and (gauged or not (has_family or form.no_children)):
         step2 = _checked(errors, t, partial(_step2, form, ctx, assessment, now))
     if step2 is not None and assessment is SafetyAssessment.NO_CONCERN:
         step3 = _checked(errors, t, partial(_support, form, author, now))
@@ -807,7 +812,7 @@ def _outcome(findings: TriageInput) -> str:
     """Where the protocol goes next: nothing to do, step 3 support, step 4, or, with acute
     danger, the parket or the police now (seed 002) besides the hand-off to step 4."""
     if findings.step2 is None:
-        return "no-children"
+        return "grown-up-children" if findings.step1.children else "no-children"
     if findings.step2.acute_danger:
         return "acute-danger"
     if findings.step2.assessment is SafetyAssessment.NO_CONCERN:

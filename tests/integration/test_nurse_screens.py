@@ -779,7 +779,7 @@ def test_niet_pluis_is_saved_and_handed_to_the_social_service(
     patient_ref = f"Patient/{nurse.patient_id}"
     written = written_by_kindreflex(sandbox.upstream_fhir_base_url, patient_ref)
     assert {"RelatedPerson", "Observation", "Flag", "Provenance"} <= set(written)
-    assert {c["name"][0]["given"][0] for c in written["RelatedPerson"]} >= {"Lina", "Mats"}
+    assert {c["name"][0]["text"] for c in written["RelatedPerson"]} >= {"Lina", "Mats"}
     for kind, resources in written.items():
         for resource in resources:
             assert validate(resource) == [], f"{kind}/{resource['id']}"
@@ -968,6 +968,66 @@ def test_a_patient_without_children_closes_the_kindreflex(nurse_for: Any) -> Non
     assert saved.status == 200, saved.text
     assert "de Kindreflex is afgerond" in saved.text
     assert "Doorgegeven aan de sociale dienst" not in saved.text
+
+
+def _grown_up_child(page: Page, **extra: str) -> dict[str, Any]:
+    return {
+        "csrf_token": page.csrf,
+        "page_id": page.value("page_id"),
+        "child-0-ref": page.child_refs()[0],
+        "child-0-name": "Bram",
+        "child-0-birth_date": "14/02/1998",
+        "child-0-relationship": "NCHILD",
+        "child-0-lives_with": "not",
+        **extra,
+    }
+
+
+def test_grown_up_children_only_close_the_kindreflex_after_step_1(
+    nurse_for: Any, database: Database
+) -> None:
+    """The Kindreflex concerns minors: a patient whose children are all adults was asked for
+    step 2 at every visit, and a niet-pluis made the social service follow up an adult."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+
+    saved = nurse.post(_grown_up_child(page))  # no step 2 asked
+
+    assert saved.status == 200, saved.text
+    assert "De kinderen van de patiënt zijn volwassen" in saved.text
+    assert "Doorgegeven aan de sociale dienst" not in saved.text
+
+    refused = nurse.post(_grown_up_child(nurse.page(), assessment="niet-pluis", reasons="x"))
+    assert refused.status == 422
+    assert "de Kindreflex gaat over minderjarigen" in refused.text
+    assert 'href="#assessment-no-concern"' in refused.text
+    with database.session() as session:
+        (entry,) = session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all()
+    codes = [
+        coding["code"]
+        for e in entry.bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+        for coding in e["resource"]["code"]["coding"]
+    ]
+    assert "step-2" not in codes  # the first save: step 1 only
+    assert "step-1" in codes
+
+
+def test_a_kind_en_gezin_start_without_a_child_of_that_age_is_refused_at_the_support(
+    nurse_for: Any,
+) -> None:
+    """Seed 002: a Kind & Gezin start conversation is for children from -9 months to 3
+    years; ticked for a 6-year-old it was recorded as a referral that cannot apply."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    form = _two_children(page, assessment="no-concern", support_actions="kind-en-gezin-start")
+    del form["child-1-ref"], form["child-1-name"], form["child-1-birth_date"]
+
+    refused = nurse.post(form)
+
+    assert refused.status == 422, refused.text
+    assert "geen van de kinderen van de patiënt heeft die leeftijd" in refused.text
+    assert 'href="#support"' in refused.text
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +42,7 @@ from service.protocol import (
     ChildRelationship,
     CloseReason,
     HagueTrigger,
+    KindreflexCase,
     LivesWith,
     SafetyAssessment,
     Step,
@@ -564,6 +566,45 @@ def test_a_referral_names_the_cases_children_and_the_finding_that_led_to_it(
     assert validate(stored) == []
     assert stored["reasonReference"] == [{"reference": f"Observation/{decision['id']}"}]
     assert stored["supportingInfo"] == [{"reference": girl}]
+
+
+def test_a_later_no_children_at_triage_keeps_the_child_on_the_open_concern(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    fhir: FhirClient,
+) -> None:
+    """At a later visit the patient says there are no children (the girl lives elsewhere
+    now). The concern about her goes on: before, the case lost her (no child on the case
+    page, the team's decision about her refused as "unknown child", a referral naming
+    nobody)."""
+    base_url = fhir_server.base_url
+    triaged = _triaged_case(database, base_url)
+    patient_ref = f"Patient/{triaged.patient_id}"
+    nurse = replace(
+        triaged.social_worker,
+        encounter_id=new_visit(base_url, patient_ref),
+        user=AppUser("Practitioner/nurse", "Practitioner/nurse", frozenset({"nurse"})),
+    )
+    no_children = Step1Finding(recorded_by="Practitioner/nurse", recorded_at=utcnow())
+    triage = Triage(database, triaged.outbox, LoopbackTokens(), 5.0)
+    assert triage.record_triage(nurse, TriageInput(step1=no_children)).status == "delivered"
+
+    record, findings = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
+
+    (girl,) = record.child_refs.values()
+    assert record.children[girl].name == "Girl"
+    case = KindreflexCase.replay(patient_ref, "Encounter/x", findings)
+    assert case.has_open_concern
+    decision = Step4Input.model_validate(
+        {
+            "decision": "concerning-willing",
+            "factors": WORKSHOP_FACTORS,
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+            "children_heard": [{"child_ref": girl, "consent_given": True}],
+        }
+    ).finding(SOCIAL_WORKER, utcnow())
+    assert case.record(decision).current_step is Step.STEP_4
 
 
 def _retract(base_url: str, resource: dict[str, Any]) -> None:

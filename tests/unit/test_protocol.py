@@ -205,7 +205,7 @@ def test_step_1_without_children_closes_the_case() -> None:
     with pytest.raises(StepOrderError) as error:
         apply(case, step2())
     assert error.value.code is ErrorCode.STEP_OUT_OF_ORDER
-    assert "no children" in error.value.message
+    assert "no minor children" in error.value.message
 
 
 def test_a_closed_case_reopens_when_step_1_finds_a_child() -> None:
@@ -220,6 +220,51 @@ def test_step_1_again_updates_the_children_and_keeps_the_concern_open() -> None:
     assert updated.next_steps == {S4, S2}
     assert updated.child("c9") == newborn
     assert updated.has_open_concern
+
+
+def test_grown_up_children_only_end_the_kindreflex_at_step_1() -> None:
+    """The Kindreflex concerns minors (seed 000): a 70-year-old's grown children stay in
+    the record (a genogram) but leave nothing to gauge, so no step 2 and no concern."""
+    eighteen_today = child("c1", date(2008, 3, 2), "Bram")  # TODAY is 2 March 2026
+    case = case_of(step1(children=(eighteen_today, child("c2", date(1990, 1, 1), "Jan"))))
+    assert case.is_closed
+    assert case.child("c1") == eighteen_today
+    for refused in (step2(), step2(acute=True)):
+        with pytest.raises(StepOrderError):
+            apply(case, refused)
+    almost = child("c3", date(2008, 3, 3), "Lien")  # 18 tomorrow: still a minor
+    assert case_of(step1(children=(almost,))).next_steps == {S2}
+
+
+def test_acute_danger_needs_a_child_at_step_1() -> None:
+    """Acute danger does not wait for the route, but the route must have a child: after
+    "no children" it would open a concern (and allow the parket) about nobody."""
+    with pytest.raises(StepOrderError):
+        apply(case_of(step1(children=())), step2(t=1, acute=True))
+    expecting = ExpectedChild(PregnancyOf.PATIENT)
+    unborn = case_of(step1(children=(), expecting=expecting))
+    assert apply(unborn, step2(t=1, acute=True)).next_steps == {S4, S6}
+
+
+def test_a_later_no_children_does_not_take_the_child_off_an_open_concern() -> None:
+    """At a later visit the patient says there are no children (or the child lives
+    elsewhere now): the social service's concern about the child goes on, the team may
+    still decide about that child, and the nurse has nothing to gauge herself."""
+    case = at_step4()
+    later = apply(case, step1(t=2, children=()))
+    assert later.next_steps == {S4}
+    assert later.child("c1") == child()
+    heard = HeardChild("c1", consent_given=True)
+    assert apply(later, step4(TeamDecision.SAFE, t=3, heard=(heard,))).current_step is S4
+    renamed = apply(case, step1(t=2, children=(child(name="Lotte V."), child("c2"))))
+    assert [c.name for c in renamed.children] == ["Lotte V.", "Lotte"]  # the new step's own
+
+
+def test_a_step_1_without_children_leaves_nothing_open_but_a_concern() -> None:
+    corrected = case_of(step1(), step1(t=1, children=()))
+    assert corrected.is_closed
+    supported = case_of(step1(), step2(assessment=SafetyAssessment.NO_CONCERN, reasons=()), step3())
+    assert apply(supported, step1(t=10, children=())).is_closed
 
 
 # --- the next contact: the Kindreflex again (seed 000: "bij elke cliënt") ------------------
@@ -440,7 +485,9 @@ def test_step_3_may_involve_support_services() -> None:
         actions=frozenset({SupportAction.KIND_EN_GEZIN_START}),
         services=frozenset({ReferralTarget.KIND_EN_GEZIN, ReferralTarget.CAW}),
     )
-    case = case_of(step1(), step2(assessment=SafetyAssessment.NO_CONCERN, reasons=()), support)
+    toddler = child(born=TODAY - timedelta(days=400))
+    no_concern = step2(assessment=SafetyAssessment.NO_CONCERN, reasons=())
+    case = case_of(step1(children=(toddler,)), no_concern, support)
     assert case.current_step is S3
 
 
@@ -722,6 +769,14 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
         assessment=SafetyAssessment.NO_CONCERN, acute=True
     ),
     ErrorCode.SUPPORT_REQUIRED: lambda: Step3Support(recorded_by=NURSE, recorded_at=T0),
+    ErrorCode.KIND_EN_GEZIN_OUT_OF_AGE: lambda: apply(
+        case_of(step1(), step2(assessment=SafetyAssessment.NO_CONCERN, reasons=())),
+        Step3Support(
+            recorded_by=NURSE,
+            recorded_at=at(2),
+            actions=frozenset({SupportAction.KIND_EN_GEZIN_START}),
+        ),
+    ),
     ErrorCode.NOT_A_SUPPORT_SERVICE: lambda: Step3Support(
         recorded_by=NURSE,
         recorded_at=T0,
@@ -872,6 +927,29 @@ def test_an_expected_date_lies_within_a_pregnancy() -> None:
 
 def test_no_kind_en_gezin_for_older_children() -> None:
     assert kind_en_gezin_advised(_with_children(child(born=date(2015, 1, 1))), TODAY) is None
+
+
+@pytest.mark.parametrize("expected", [date(2026, 12, 3), date(2026, 12, 28)])
+def test_kind_en_gezin_not_yet_more_than_nine_months_before_the_expected_date(
+    expected: date,
+) -> None:
+    """A day past nine months ahead is not "-9 months" (completed months, rounded towards
+    zero before birth, counted it as -9); both dates are within what step 1 accepts."""
+    case = _with_children(expecting=ExpectedChild(PregnancyOf.PATIENT, expected))
+    assert kind_en_gezin_advised(case, TODAY) is None
+
+
+def test_a_kind_en_gezin_start_is_recorded_only_for_a_child_of_that_age() -> None:
+    """Seed 002: "Verwijs door naar Kind & Gezin (bij kinderen van -9m tot 3jaar)"."""
+    start = Step3Support(
+        recorded_by=NURSE, recorded_at=at(2), actions=frozenset({SupportAction.KIND_EN_GEZIN_START})
+    )
+    no_concern = step2(assessment=SafetyAssessment.NO_CONCERN, reasons=())
+    with pytest.raises(InvalidFindingError) as error:
+        case_of(step1(children=(child(born=date(2016, 1, 1)),)), no_concern, start)
+    assert error.value.code is ErrorCode.KIND_EN_GEZIN_OUT_OF_AGE
+    expecting = ExpectedChild(PregnancyOf.PARTNER)
+    assert case_of(step1(expecting=expecting), no_concern, start).current_step is S3
 
 
 def test_consent_advice_notes_children_from_12() -> None:
