@@ -145,16 +145,16 @@ def _category(profile_id: str, element_id: str) -> list[Any]:
 def child_related_person(
     child: Child, *, patient_ref: str, identifier: Mapping[str, str], ssin: str | None = None
 ) -> Resource:
-    """A child of the patient (profile kindreflex-child)."""
+    """A child of the patient (profile kindreflex-child).
+
+    The name is written as the nurse typed it, as ``name.text`` only: the screen has one
+    field, and no rule splits it right ("Noor De Smet" and "Lotte van den Berg" have
+    particles, an eID writes "PEETERS Emma"); a guessed ``family`` would be wrong in the
+    EHR's own name fields and in every search or sort on them.
+    """
     ids: list[Mapping[str, str]] = [dict(identifier)]
     if ssin:
         ids.append({"system": _ssin_system(), "value": ssin})
-    given, family = _split_name(child.name)
-    name: Resource = {"text": child.name}
-    if family:
-        name["family"] = family
-    if given:
-        name["given"] = given
     return {
         "resourceType": "RelatedPerson",
         "meta": _meta("kindreflex-child"),
@@ -169,7 +169,7 @@ def child_related_person(
         "relationship": [
             {"coding": [t.value_set_coding("child-relationship", child.relationship)]}
         ],
-        "name": [name],
+        "name": [{"text": child.name}],
         "birthDate": child.birth_date.isoformat(),
     }
 
@@ -177,14 +177,6 @@ def child_related_person(
 def _ssin_system() -> str:
     pattern = t.element_pattern("kindreflex-child", "RelatedPerson.identifier:ssin.system")
     return str(pattern)
-
-
-def _split_name(name: str) -> tuple[list[str], str | None]:
-    """ "Emma Peeters" → (["Emma"], "Peeters"); a single word is a given name."""
-    parts = name.split()
-    if len(parts) < 2:
-        return parts, None
-    return parts[:-1], parts[-1]
 
 
 @dataclass(frozen=True)

@@ -151,13 +151,27 @@ def test_child_round_trip() -> None:
     resource = mapping.child_related_person(
         child, patient_ref=PATIENT, identifier=mapping.identifier("child", "u-1")
     )
-    assert resource["name"] == [{"text": "Emma Peeters", "family": "Peeters", "given": ["Emma"]}]
+    assert resource["name"] == [{"text": "Emma Peeters"}]
     back = mapping.child_from_related_person({**resource, "id": "rp1"})
     assert back == dataclasses.replace(child, ref="RelatedPerson/rp1")
     without_id = mapping.child_from_related_person(resource)
     assert without_id is not None
     assert without_id.ref == "u-1"
     assert mapping.child_from_related_person({"resourceType": "Patient"}) is None
+
+
+@pytest.mark.parametrize("name", ["Noor De Smet", "Lotte van den Berg", "PEETERS Emma", "Mila"])
+def test_a_childs_name_is_written_as_typed_without_a_guessed_family_name(name: str) -> None:
+    """The name was split on its last space: "Noor De Smet" became given Noor De, family
+    Smet in the EHR's own name fields (Flemish surnames often have a particle)."""
+    child = Child("c1", name, date(2017, 9, 12), ChildRelationship.NATURAL_CHILD, LivesWith.NOT)
+    resource = mapping.child_related_person(
+        child, patient_ref=PATIENT, identifier=mapping.identifier("child")
+    )
+    assert resource["name"] == [{"text": name}]
+    back = mapping.child_from_related_person({**resource, "id": "rp1"})
+    assert back is not None
+    assert back.name == name
     assert mapping.child_from_related_person({**resource, "relationship": []}) is None
 
 
