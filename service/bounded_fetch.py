@@ -161,8 +161,9 @@ async def fetch(
 
     Raises ``TimeoutError``, :class:`BodyTooLargeError`, :class:`UndecodableBodyError` or
     ``httpx.HTTPError``. A gzip body is asked for, and decoded here (the cap counts the
-    decoded bytes). The answer keeps the status and the decoded body, not the headers: no
-    ``Content-Encoding`` left to make httpx decode it again.
+    decoded bytes). The answer keeps the status, the decoded body and the headers but
+    those of the encoding (:data:`_OF_THE_ENCODING`): none left to make httpx decode it
+    again. (A throttling server's ``Retry-After`` was lost with them.)
     """
     request.headers["Accept-Encoding"] = ACCEPT_ENCODING
     async with asyncio.timeout(bounds.seconds):
@@ -174,7 +175,16 @@ async def fetch(
             content = body.whole()
         finally:
             await response.aclose()
-    return httpx.Response(response.status_code, content=content, request=request)
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in _OF_THE_ENCODING
+    ]
+    return httpx.Response(response.status_code, headers=headers, content=content, request=request)
+
+
+#: The headers describing the body as sent, not as :func:`fetch` returns it (decoded, whole).
+_OF_THE_ENCODING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 class BlockingClient:

@@ -50,21 +50,24 @@ both ways and sent as it turned out, create or update (``if_updating`` of
 :meth:`TransactionBuilder.add`).
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
-retried); 409/412 is ``conflict`` (someone else changed a resource; the input is kept for
-the nurse) — unless it was a race with another writer between the outbox's own read at
-delivery and its write: a resource a create-or-merge's search found at delivery is at
-another version by now, while every If-Match of the transaction as sent that the user's
-page carried (an update's, a merge update's, the version laid over what the user was
-shown) still holds. Nobody was shown the version read at delivery, so nothing of the
-user's was lost: the entry stays ``pending`` and the next attempt reads and merges again,
-at most ``RACES_RETRIED`` times (counted in ``races``; the next race is a ``conflict``,
-counted too, so nothing loops: the record kept changing under the save,
-:func:`kept_changing`, which the nurse is told apart from a change of what she was
-shown). A 409/412 with every If-Match of the transaction still current is neither: the
-server refused it for another reason, lasting by its OperationOutcome's issue codes (a
-conditional create matching two resources: :func:`refusal_lasts`), ``failed`` at once, or
-passing (a lock), sent again within the same bound, then ``failed``, with the server's
-outcome. 401/403 or a session
+retried), but for 429, 408 and 425 (``FhirThrottled``: the server, or a gateway in front
+of it, asks to be asked later), to the transaction, a read at delivery or the witness
+alike: ``pending`` like an outage, tried again after the backoff or the answer's
+``Retry-After`` when longer, at most ``RETRY_CAP_SECONDS`` (:meth:`Outbox._retry_delay`);
+409/412 is ``conflict`` (someone else changed a resource; the input is kept for the nurse)
+— unless it was a race with another writer between the outbox's own read at delivery and
+its write: a resource a create-or-merge's search found at delivery is at another version
+by now, while every If-Match of the transaction as sent that the user's page carried (an
+update's, a merge update's, the version laid over what the user was shown) still holds.
+Nobody was shown the version read at delivery, so nothing of the user's was lost: the
+entry stays ``pending`` and the next attempt reads and merges again, at most
+``RACES_RETRIED`` times (counted in ``races``; the next race is a ``conflict``, counted
+too, so nothing loops: the record kept changing under the save, :func:`kept_changing`,
+which the nurse is told apart from a change of what she was shown). A 409/412 with every
+If-Match of the transaction still current is neither: the server refused it for another
+reason, lasting by its OperationOutcome's issue codes (a conditional create matching two
+resources: :func:`refusal_lasts`), ``failed`` at once, or passing (a lock), sent again
+within the same bound, then ``failed``, with the server's outcome. 401/403 or a session
 whose tokens cannot be refreshed is ``waiting-authorisation``: the entry waits until the
 next launch for the same patient through the same EHR registration
 (:meth:`Outbox.adopt_session`), and is then delivered with that session's token — the
@@ -115,6 +118,7 @@ from service.fhir.client import (
     FhirClient,
     FhirConflict,
     FhirRejected,
+    FhirThrottled,
     FhirUnavailable,
     ReauthorisationRequired,
     Resource,
@@ -234,6 +238,14 @@ class Delivery:
     detail: str = ""
     outcome: Resource | None = None  # the server's OperationOutcome, when it refused
     raced: bool = False  # a race at delivery lost, or a passing refusal no version explains
+    retry_after: float | None = None  # a throttling server's Retry-After (seconds), if pending
+
+
+def _not_now(entry_id: int, error: FhirUnavailable) -> Delivery:
+    """``pending``: the server is down, slow or throttling; a throttling server's
+    ``Retry-After`` (:class:`FhirThrottled`) sets when the entry is tried again."""
+    wait = error.retry_after if isinstance(error, FhirThrottled) else None
+    return Delivery(entry_id, DeliveryState.PENDING, str(error), retry_after=wait)
 
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
@@ -638,7 +650,7 @@ class Outbox:
                     return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(error))
                 return Delivery(entry.id, DeliveryState.FAILED, str(error), error.outcome)
             except FhirUnavailable as error:
-                return Delivery(entry.id, DeliveryState.PENDING, str(error))
+                return _not_now(entry.id, error)
         return Delivery(entry.id, DeliveryState.DELIVERED)
 
     def _record(self, entry: _Claimed, delivery: Delivery) -> None:
@@ -650,7 +662,8 @@ class Outbox:
             values["last_error"] = delivery.detail[:2000]
             values["outcome"] = delivery.outcome
         if delivery.state is DeliveryState.PENDING:
-            values["next_attempt_at"] = now + timedelta(seconds=self._backoff(entry.attempts - 1))
+            wait = self._retry_delay(entry.attempts - 1, delivery.retry_after)
+            values["next_attempt_at"] = now + timedelta(seconds=wait)
         if delivery.raced:
             values["races"] = OutboxEntry.races + 1
         with self._database.session() as session:
@@ -670,6 +683,15 @@ class Outbox:
         _log_delivery(delivery)
         if self._deliveries is not None:
             self._deliveries.labels(str(delivery.state)).inc()
+
+    def _retry_delay(self, attempts: int, retry_after: float | None) -> float:
+        """The wait before the next attempt: the backoff, or longer when a throttling server
+        asked for longer (``Retry-After``), never past ``RETRY_CAP_SECONDS``: a server
+        asking for hours (or a mistyped header) must not park a nurse's save that long."""
+        backoff = self._backoff(attempts)
+        if retry_after is None:
+            return backoff
+        return max(backoff, min(retry_after, RETRY_CAP_SECONDS))
 
     def _backoff(self, attempts: int) -> float:
         """Capped exponential backoff with jitter, so recovering servers are not stampeded."""
@@ -713,7 +735,7 @@ def _conflict_or_race(
         shown_held = _all_still_at(client, sent.shown)
         moved_at_delivery = shown_held and not _all_still_at(client, sent.read_at_delivery)
     except FhirUnavailable as unreachable:  # not known: nothing was written, try again later
-        return Delivery(entry.id, DeliveryState.PENDING, str(unreachable))
+        return _not_now(entry.id, unreachable)
     except FhirRejected as refused:  # _still_at lets only a want of authorisation through
         return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(refused))
     if not shown_held:

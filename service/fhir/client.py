@@ -7,10 +7,16 @@ Every failure is one of three typed errors, so callers decide without parsing HT
 
 * :class:`FhirUnavailable` — network error, timeout, 5xx: try again later (its
   :class:`FhirUnreadable` — an answer that is not FHIR, too large to read, or whose
-  compression cannot be decoded);
+  compression cannot be decoded; its :class:`FhirThrottled` — 429, 408 or 425, the server
+  asking to be asked later, with its ``Retry-After``);
 * :class:`FhirConflict` — 409/412: someone else changed the resource (If-Match);
 * :class:`FhirRejected` — any other 4xx, with the server's OperationOutcome: retrying
   the same request cannot help.
+
+Of the 4xx, 429 (Too Many Requests), 408 (Request Timeout) and 425 (Too Early) refuse the
+moment, not the request (RFC 6585, RFC 9110, RFC 8470): the same request later is
+answered. They were :class:`FhirRejected`, so a save met by a throttling server (or its
+gateway) was ``failed`` for good and a social worker's change undone.
 
 Each request is bounded as a whole (:mod:`service.bounded_fetch`), not only each network
 operation: connecting, sending and the whole answer end within the client's ``timeout``
@@ -67,6 +73,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
@@ -81,6 +89,10 @@ FHIR_JSON = "application/fhir+json"
 Resource = dict[str, Any]
 #: Search parameters: a mapping, or pairs when a parameter repeats (``_revinclude``).
 SearchParams = Mapping[str, str] | Sequence[tuple[str, str]]
+
+#: The 4xx that say "not now" rather than "not this" (:class:`FhirThrottled`): Too Many
+#: Requests, Request Timeout, Too Early.
+THROTTLED_STATUSES = frozenset({429, 408, 425})
 
 #: The largest answer read from a FHIR server. The largest we ask for are a case's search
 #: page (500 step findings, about 1 MiB), the triage chart (a patient with up to 100
@@ -145,6 +157,18 @@ class FhirUnreadable(FhirUnavailable):
 class _BudgetSpentError(FhirUnavailable):
     """A budgeted client's request not sent, or cut short, because its budget was spent (a
     screen's search then ends at the pages it read: :meth:`FhirClient.search_pages`)."""
+
+
+class FhirThrottled(FhirUnavailable):
+    """The server answered 429, 408 or 425 (:data:`THROTTLED_STATUSES`): not now, later.
+    ``retry_after``: the seconds its ``Retry-After`` asks to wait (None: it said nothing
+    readable), counted from the answer; the caller bounds it."""
+
+    def __init__(self, where: str, status: int, retry_after: float | None) -> None:
+        wait = "" if retry_after is None else f", retry after {retry_after:g} s"
+        super().__init__(f"{where}: throttled {status}{wait}")
+        self.status = status
+        self.retry_after = retry_after
 
 
 class FhirRejected(FhirError):  # noqa: N818 - name agreed between the engineers
@@ -469,6 +493,8 @@ def _body_or_error(where: str, response: httpx.Response) -> Resource:
     status = response.status_code
     if status >= 500:
         raise FhirUnavailable(f"{where}: server error {status}")
+    if status in THROTTLED_STATUSES:
+        raise FhirThrottled(where, status, retry_after(response.headers.get("Retry-After")))
     body = _json_or_none(response)
     if status >= 400:
         outcome = body if body and body.get("resourceType") == "OperationOutcome" else {}
@@ -477,6 +503,24 @@ def _body_or_error(where: str, response: httpx.Response) -> Resource:
     if body is None:
         raise FhirUnreadable(f"{where}: answer {status} is not FHIR JSON")
     return body
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks to wait: a number of seconds, or an
+    HTTP-date (RFC 9110 §10.2.3) less ``now`` (the answer's arrival; a date past is 0).
+    None for a header absent or unreadable: the caller's own backoff applies."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT; a malformed one without a zone, too
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _json_or_none(response: httpx.Response) -> Resource | None:

@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,93 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
     assert outbox_entry(database, entry_id).attempts == 1
     check = outbox.readiness_check()()
     assert "1 failed" in check.detail
+
+
+def _due_in(database: Database, entry_id: int, clock: Clock) -> float:
+    """Seconds from the outbox's now until the entry's next attempt."""
+    return (outbox_entry(database, entry_id).next_attempt_at - clock.now).total_seconds()
+
+
+def test_a_throttled_save_is_retried_when_the_server_asks_and_delivered_once(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """A throttling server (or its gateway) answers 429 with ``Retry-After``: not now. It
+    was a 4xx like any other, ``failed`` for good at the first answer, and for a social
+    worker's save the refusal hook undid her change. Now the entry stays pending until
+    the server asked to be asked again, when the backoff is shorter; a second 429, to the
+    witness asked before the retry, likewise; then it is delivered once, and nothing was
+    refused (no refusal hook, no failure audit). The throttling is a real relay in front
+    of the real server answering in its place (tests/support/relay)."""
+    marker = str(uuid.uuid4())
+    with SlowRelay(fhir_server.base_url) as gateway:
+        tenant = make_tenant(database, "a", gateway.url)
+        witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+        bundle = _single_create(_person(marker))
+        entry_id = _enqueue(database, tenant, gateway.url, bundle, witness=witness)
+        clock = Clock()
+        outbox = make_outbox(database, clock)
+        undone: list[int] = []
+        outbox.when_refused("test", lambda _session, refused: undone.append(refused))
+
+        gateway.throttled = [(429, "200"), (429, "120")]  # the transaction, then the witness
+        assert outbox.deliver(entry_id) is DeliveryState.PENDING  # "saved, delivery pending"
+        said = outbox_entry(database, entry_id).last_error or ""
+        assert "throttled 429, retry after 200 s" in said
+        assert 198 <= _due_in(database, entry_id, clock) <= 200  # the backoff would be ≤ 30 s
+        clock.advance(190)
+        assert outbox.run_once() == []  # not before the server said
+
+        clock.advance(11)
+        assert [d.state for d in outbox.run_once()] == [DeliveryState.PENDING]
+        assert 118 <= _due_in(database, entry_id, clock) <= 120
+        assert gateway.asked == 0  # neither the transaction nor the witness reached the server
+        clock.advance(121)
+        assert [d.state for d in outbox.run_once()] == [DeliveryState.DELIVERED]
+
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
+    assert undone == []
+    with database.session() as db:
+        assert db.scalars(select(AuditRecord).where(AuditRecord.outcome == "failure")).all() == []
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "due_within"),
+    [
+        (408, None, (15, 30)),  # no Retry-After: the backoff (retry base 30 s, first attempt)
+        (425, "http-date in 100 s", (97, 101)),  # an HTTP-date
+        (429, "86400", (299, 300)),  # a day: bounded by RETRY_CAP_SECONDS
+    ],
+)
+def test_a_throttled_read_at_delivery_keeps_the_save_pending(
+    database: Database,
+    fhir_server: FhirServer,
+    status: int,
+    retry_after: str | None,
+    due_within: tuple[float, float],
+) -> None:
+    """The reads a delivery makes before its transaction (a create-or-merge's search) are
+    throttled like the transaction: 408 and 425 too, ``Retry-After`` an HTTP-date or none,
+    a wait of a day bounded by the outbox's longest backoff."""
+    marker = str(uuid.uuid4())
+    with SlowRelay(fhir_server.base_url) as gateway:
+        tenant = make_tenant(database, "a", gateway.url)
+        tx = TransactionBuilder()
+        tx.create_or_merge(_person(marker), {"system": SYSTEM, "value": marker})
+        entry_id = _enqueue(database, tenant, gateway.url, tx.bundle())
+        clock = Clock()
+        outbox = make_outbox(database, clock)
+        if retry_after == "http-date in 100 s":
+            retry_after = format_datetime(utcnow() + timedelta(seconds=100), usegmt=True)
+        gateway.throttled = [(status, retry_after)]
+
+        assert outbox.deliver(entry_id) is DeliveryState.PENDING
+        assert f"throttled {status}" in (outbox_entry(database, entry_id).last_error or "")
+        earliest, latest = due_within
+        assert earliest <= _due_in(database, entry_id, clock) <= latest
+        clock.advance(latest + 1)
+        assert [d.state for d in outbox.run_once()] == [DeliveryState.DELIVERED]
+
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
 
 
 def _person(identifier: str) -> dict[str, Any]:
