@@ -99,12 +99,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import Counter
@@ -147,6 +149,11 @@ READY_MAX_WAIT = timedelta(hours=24)
 #: explains is sent again as often, then ``failed`` (both counted in ``races``), unless the
 #: server says it lasts (:func:`refusal_lasts`): then it is ``failed`` at once.
 RACES_RETRIED = 3
+#: The attempt (counted from the entry's first, outages included) from which an attempt
+#: that raises an unexpected error (:func:`_unexpected`) is ``failed`` rather than
+#: ``pending``: a passing cause (an odd answer) has had its retries, a bug of ours will not
+#: pass by sending again, and the patient's later saves wait behind a pending entry.
+UNEXPECTED_ATTEMPTS = 3
 #: Each request of the saving request's own delivery attempt (``deliver(timeout=…)``), at
 #: most: the nurse or the social worker waits for it, and the worker sends what it did not.
 IMMEDIATE_TIMEOUT_SECONDS = 3.0
@@ -397,9 +404,9 @@ class Outbox:
         deliveries: list[Delivery] = []
         while len(deliveries) < limit:
             batch = [
-                self._deliver(claimed, self._timeout)
+                delivery
                 for claimed in self._claim(None, limit=limit - len(deliveries))
-                if self._renew(claimed)
+                if self._renew(claimed) and (delivery := self._deliver_in_batch(claimed))
             ]
             deliveries += batch
             if not any(d.state is DeliveryState.DELIVERED for d in batch):
@@ -607,6 +614,18 @@ class Outbox:
         self._record(entry, delivery)
         return delivery
 
+    def _deliver_in_batch(self, entry: _Claimed) -> Delivery | None:
+        """:meth:`_deliver` for one entry of the worker's batch: an attempt records its own
+        errors (:meth:`_attempt`), but recording can fail too (the database, a refusal hook
+        of ours). Such an entry stays leased until its lease runs out, then is tried again;
+        the batch's other entries (other patients' saves) are delivered all the same."""
+        try:
+            return self._deliver(entry, self._timeout)
+        except Exception as error:  # one entry must not stop the batch
+            fields = {"outbox_id": entry.id, "error": type(error).__name__}
+            log.error("outbox delivery not recorded", extra={"fields": fields})
+            return None
+
     @contextmanager
     def _lease_kept(self, entry: _Claimed) -> Iterator[None]:
         """Renew the entry's lease every ``heartbeat_seconds`` until the block ends."""
@@ -625,6 +644,17 @@ class Outbox:
             heartbeat.join()
 
     def _attempt(self, entry: _Claimed, timeout: float, client_for: _ClientMaker) -> Delivery:
+        """One delivery attempt, whatever happens in it: an error no branch of
+        :meth:`_send` expects (a server's answer our code does not handle, a bug) is the
+        entry's, recorded (:func:`_unexpected`); it used to escape, leaving the entry
+        leased and aborting the worker's batch (other patients' saves) every cycle, and
+        the saving request a 500."""
+        try:
+            return self._send(entry, timeout, client_for)
+        except Exception as error:  # recorded as the entry's outcome
+            return _unexpected(entry, error)
+
+    def _send(self, entry: _Claimed, timeout: float, client_for: _ClientMaker) -> Delivery:
         try:
             token = self._tokens.access_token(entry.session_id)
         except ReauthorisationRequired:
@@ -697,6 +727,22 @@ class Outbox:
         """Capped exponential backoff with jitter, so recovering servers are not stampeded."""
         ceiling = min(RETRY_CAP_SECONDS, self._retry_base * 2**attempts)
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def _unexpected(entry: _Claimed, error: Exception) -> Delivery:
+    """An attempt that raised what no outcome expects: ``pending`` (it may have been sent:
+    the next attempt asks the witness first) until its ``UNEXPECTED_ATTEMPTS``-th attempt,
+    then ``failed`` for a person. Logged at ERROR by the exception's type and where it was
+    raised only: its message may quote the bundle or the server's answer (a name)."""
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    detail = (
+        f"unexpected {type(error).__name__} at "
+        f"{Path(where.filename).name}:{where.lineno} ({where.name})"
+    )
+    fields = {"outbox_id": entry.id, "attempt": entry.attempts, "error": detail}
+    log.error("outbox delivery raised an unexpected error", extra={"fields": fields})
+    last = entry.attempts >= UNEXPECTED_ATTEMPTS
+    return Delivery(entry.id, DeliveryState.FAILED if last else DeliveryState.PENDING, detail)
 
 
 def _conflict_or_race(

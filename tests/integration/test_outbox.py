@@ -379,6 +379,100 @@ def test_a_throttled_read_at_delivery_keeps_the_save_pending(
     assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
 
 
+def _without_versions(body: bytes) -> bytes:
+    """A server's answer whose resources have no ``meta.versionId`` (optional in R4)."""
+    return body.replace(b'"versionId"', b'"versionTag"')
+
+
+def test_a_delivery_that_raises_is_recorded_and_the_batch_goes_on(
+    database: Database, fhir_server: FhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A create-or-merge finding the child on a server that gives no ``meta.versionId``
+    raised a KeyError out of the attempt: the entry stayed leased with its attempts
+    climbing and was never failed, the worker's batch was aborted every cycle (another
+    patient's save in it never delivered) and the saving request answered a 500. Now the
+    error is the entry's: pending, then failed at its third attempt, logged by type and
+    place without the child's name; the batch's other entry is delivered, and the saving
+    request gets a state to show. The versionless server is a real relay rewriting the real
+    server's answers (tests/support/relay)."""
+    marker, other = str(uuid.uuid4()), str(uuid.uuid4())
+    with FhirClient(fhir_server.base_url, lambda: "t", 5.0) as client:
+        client.transaction(_single_create({**_person(marker), "name": [{"text": "Noor Aerts"}]}))
+    with SlowRelay(fhir_server.base_url) as versionless:
+        versionless.rewrite = _without_versions
+        tenant = make_tenant(database, "a", versionless.url)
+        tx = TransactionBuilder()
+        renamed = {**_person(marker), "name": [{"text": "Lucas Aerts"}]}
+        tx.create_or_merge(renamed, {"system": SYSTEM, "value": marker})
+        raising = _enqueue(database, tenant, versionless.url, tx.bundle(), patient="Patient/p1")
+        fine = _enqueue(
+            database, tenant, versionless.url, _single_create(_person(other)), patient="Patient/p2"
+        )
+        clock = Clock()
+        outbox = make_outbox(database, clock)
+
+        with caplog.at_level(logging.INFO, logger="service.outbox"):
+            first = outbox.run_once()
+            assert [(d.entry_id, d.state) for d in first] == [
+                (raising, DeliveryState.PENDING),
+                (fine, DeliveryState.DELIVERED),
+            ]
+            entry = outbox_entry(database, raising)
+            assert (entry.attempts, entry.lease_owner) == (1, None)
+            assert (entry.last_error or "").startswith("unexpected KeyError at outbox.py:")
+            # the saving request of a second save would have come here: a state, no 500
+            assert outbox.deliver(raising) is DeliveryState.PENDING
+            clock.advance(3600)
+            assert [(d.entry_id, d.state) for d in outbox.run_once()] == [
+                (raising, DeliveryState.FAILED)
+            ]
+
+    assert outbox_entry(database, raising).attempts == 3
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{other}") == 1
+    (kept,) = search(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}")
+    assert kept["name"] == [{"text": "Noor Aerts"}]  # nothing of the raising entry was sent
+    raised = [r for r in caplog.records if "unexpected" in r.getMessage()]
+    assert len(raised) == 3
+    assert all("KeyError" in r.fields["error"] for r in raised)  # type: ignore[attr-defined]
+    logged = " ".join(str(vars(r)) for r in caplog.records)
+    assert "Aerts" not in logged  # the child's name, neither as saved nor as on the server
+    assert "Patient/" not in logged
+
+
+def test_a_refusal_that_cannot_be_recorded_does_not_stop_the_batch(
+    database: Database, fhir_server: FhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recording an outcome runs the entry kind's refusal hook in the same transaction; a
+    hook that raises (a bug of ours) rolls the recording back. It aborted the worker's
+    batch; now that entry waits for its lease to run out and the others are delivered."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    refused = _enqueue(
+        database, tenant, fhir_server.base_url, _bundle_the_server_rejects(), patient="Patient/p1"
+    )
+    marker = str(uuid.uuid4())
+    fine = _enqueue(
+        database,
+        tenant,
+        fhir_server.base_url,
+        _single_create(_person(marker)),
+        patient="Patient/p2",
+    )
+    outbox = make_outbox(database, Clock())
+
+    def broken_hook(_session: Any, _entry_id: int) -> None:
+        raise RuntimeError("a bug in the undo")
+
+    outbox.when_refused("test", broken_hook)
+    with caplog.at_level(logging.ERROR, logger="service.outbox"):
+        delivered = outbox.run_once()
+
+    assert [(d.entry_id, d.state) for d in delivered] == [(fine, DeliveryState.DELIVERED)]
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
+    entry = outbox_entry(database, refused)
+    assert (entry.state, entry.lease_owner is not None) == (DeliveryState.PENDING, True)
+    assert "outbox delivery not recorded" in caplog.text
+
+
 def _person(identifier: str) -> dict[str, Any]:
     return {
         "resourceType": "RelatedPerson",

@@ -6,13 +6,15 @@ links), so a client pages through it.
 
 It can also stand for a throttling gateway: while ``throttled`` holds answers (status and
 ``Retry-After``), each request is answered with the next of them instead of being passed
-on, as a rate limiter in front of a FHIR server answers."""
+on, as a rate limiter in front of a FHIR server answers. And for a server answering what
+ours must survive, ``rewrite`` changes every answer's body passed back."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -35,12 +37,14 @@ class SlowRelay(Serving):
     URL, with ``upstream``'s path; ``asked`` counts the requests passed on, each as it
     arrives: once a client has an answer, its request is counted. ``throttled``: answers
     ``(status, Retry-After or None)`` given, one each, to the next requests in place of the
-    server's (those requests are not passed on, nor counted in ``asked``)."""
+    server's (those requests are not passed on, nor counted in ``asked``). ``rewrite``: a
+    change made to each answer's body (None: none)."""
 
     def __init__(self, upstream: str, delay: float = 0.0) -> None:
         self.delay = delay
         self.asked = 0
         self.throttled: list[tuple[int, str | None]] = []
+        self.rewrite: Callable[[bytes], bytes] | None = None
         owner = self
         origin = httpx.URL(upstream).copy_with(path="/", query=None)
 
@@ -70,6 +74,8 @@ class SlowRelay(Serving):
                     if name in answer.headers:
                         self.send_header(name, answer.headers[name])
                 content = answer.content.replace(upstream.encode(), owner.url.encode())
+                if owner.rewrite is not None:
+                    content = owner.rewrite(content)
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
                 self.wfile.write(content)
