@@ -935,16 +935,20 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         version = request["ifMatch"].removeprefix('W/"').removesuffix('"')
         ours = entry["resource"]
         seen = client.read(ours["resourceType"], f"{ours['id']}/_history/{version}")
-        _check_owner(seen, ours)
+        _check_owner(seen, ours, client.base_url)
         if _unchanged(seen, ours):
             continue
         current = _changed_since(client, ours, version)
-        if current is not None and _unchanged(current, ours):
+        if (
+            current is not None
+            and _other_owner(current, ours, client.base_url) is None
+            and _unchanged(current, ours)
+        ):
             continue  # the resource already says what ours says: nothing to write
         if current is not None and _SHOWN in entry and _unchanged(current, entry[_SHOWN]):
             # changed since into what the user was shown (an earlier save's edit, delivered
             # meanwhile): ours applies over it, as it did over what she saw
-            _check_owner(current, ours)
+            _check_owner(current, ours, client.base_url)
             now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
             entries.append({"resource": _overlay(current, ours), "request": now})
             continue
@@ -999,12 +1003,12 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
         resource
         for e in answer.get("entry", [])
         if (resource := e.get("resource", {})).get("resourceType") == request["url"]
-        and _matches(resource, params)
+        and _matches(resource, params, client.base_url)
     ]
     if len(matches) != 1:
         return [{key: value for key, value in entry.items() if key != _MERGE}]
     (seen,) = matches
-    _check_owner(seen, {**ours, "id": seen["id"]})
+    _check_owner(seen, {**ours, "id": seen["id"]}, client.base_url)
     reference = f"{seen['resourceType']}/{seen['id']}"
     found[entry["fullUrl"]] = reference
     if _unchanged(seen, ours):
@@ -1028,14 +1032,24 @@ def _referring(value: Any, found: Mapping[str, str]) -> Any:
     return value
 
 
-def _check_owner(seen: Resource, ours: Resource) -> None:
+def _check_owner(seen: Resource, ours: Resource, base_url: str) -> None:
+    """Refuses a merge moving ``seen`` to another patient's record (:func:`_other_owner`)."""
+    element = _other_owner(seen, ours, base_url)
+    if element is not None:
+        raise _Refused(f"{ours['resourceType']}/{ours['id']} belongs to another {element}'s record")
+
+
+def _other_owner(seen: Resource, ours: Resource, base_url: str) -> str | None:
+    """The owner element (``patient``, ``subject``) of ``seen`` naming another record than
+    ours, if any. Relative or absolute (the EHR's own writes may be absolute), as the
+    conditional create's match compares (:func:`_refers`): compared as strings, a child
+    the EHR stored with an absolute ``patient`` loaded fine and every edit was refused.
+    The merge keeps the server's spelling (:data:`_KEPT_AS_THEIRS`)."""
     for element in _OWNER_ELEMENTS:
-        if element in ours and seen.get(element, {}).get("reference") != ours[element].get(
-            "reference"
-        ):
-            raise _Refused(
-                f"{ours['resourceType']}/{ours['id']} belongs to another {element}'s record"
-            )
+        theirs = seen.get(element, {}).get("reference", "")
+        if element in ours and not _refers(theirs, ours[element].get("reference", ""), base_url):
+            return element
+    return None
 
 
 def _overlay(seen: Resource, ours: Resource) -> Resource:
@@ -1045,7 +1059,7 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
     seen, ours = as_laid_over(seen, ours)
     merged = {**seen, "meta": meta_on_update(seen.get("meta"), ours.get("meta"))}
     for key, mine in ours.items():
-        if key not in _NOT_OURS:
+        if key not in _KEPT_AS_THEIRS:
             merged[key] = _element(key, seen[key], mine) if key in seen else mine
     own = {ext["url"] for ext in ours.get("extension", [])}
     merged["extension"] = [
@@ -1058,9 +1072,11 @@ def _overlay(seen: Resource, ours: Resource) -> Resource:
     return merged
 
 
-#: Elements a merge never takes from ours (``extension`` is merged by URL, ``meta`` kept
-#: with our profile added).
-_NOT_OURS = ("id", "meta", "identifier", "extension")
+#: Elements a merge never takes from ours, nor compares with ``seen``'s (``extension`` is
+#: merged by URL, ``meta`` kept with our profile added). The owner elements stay as the
+#: server wrote them (an absolute reference stays absolute): :func:`_check_owner` found
+#: them naming the same record as ours.
+_KEPT_AS_THEIRS = ("id", "meta", "identifier", "extension", *_OWNER_ELEMENTS)
 
 
 def _element(key: str, theirs: Any, mine: Any) -> Any:
@@ -1159,7 +1175,7 @@ def _unchanged(seen: Resource, ours: Resource) -> bool:
     for url, ours_of_url in _by_url(ours.get("extension", [])).items():
         if not _one_for_one(theirs_by_url.get(url, []), ours_of_url):
             return False
-    mine = {k: v for k, v in ours.items() if k not in _NOT_OURS}
+    mine = {k: v for k, v in ours.items() if k not in _KEPT_AS_THEIRS}
     return all(
         key in seen and _element(key, seen[key], value) is seen[key] for key, value in mine.items()
     )
@@ -1218,32 +1234,37 @@ def _witness_exists(client: FhirClient, witness: str) -> bool:
     found = client.search(resource_type, params)
     resources = (e.get("resource", {}) for e in found.get("entry", []))
     return any(
-        resource.get("resourceType") == resource_type and _matches(resource, params)
+        resource.get("resourceType") == resource_type
+        and _matches(resource, params, client.base_url)
         for resource in resources
     )
 
 
-def _matches(resource: Resource, params: dict[str, str]) -> bool:
-    return all(_matches_one(resource, name, value) for name, value in params.items())
+def _matches(resource: Resource, params: dict[str, str], base_url: str) -> bool:
+    """Whether ``resource`` (found on the FHIR server at ``base_url``) meets ``params``."""
+    return all(_matches_one(resource, name, value, base_url) for name, value in params.items())
 
 
-def _matches_one(resource: Resource, name: str, value: str) -> bool:
+def _matches_one(resource: Resource, name: str, value: str, base_url: str) -> bool:
     if name == "identifier":
         system, _, code = value.rpartition("|")
         identifiers = resource.get("identifier", [])
         return any(i.get("system") == system and i.get("value") == code for i in identifiers)
     if name == "patient":
-        return _refers(resource.get("patient", {}).get("reference", ""), value)
+        return _refers(resource.get("patient", {}).get("reference", ""), value, base_url)
     if name == "target":
-        return any(_refers(t.get("reference", ""), value) for t in resource.get("target", []))
+        targets = resource.get("target", [])
+        return any(_refers(t.get("reference", ""), value, base_url) for t in targets)
     if name == "recorded":
         return _instant(resource.get("recorded")) == _instant(value)
     return True  # a parameter the witnesses do not use: the server's answer stands
 
 
-def _refers(reference: str, value: str) -> bool:
-    """Whether ``reference`` names ``value`` (``Type/id``), relative or absolute."""
-    return reference == value or reference.endswith(f"/{value}")
+def _refers(reference: str, value: str, base_url: str) -> bool:
+    """Whether ``reference`` (on the FHIR server at ``base_url``) names ``value``
+    (``Type/id``): relative, or absolute on that server. Any URL ending in ``/Patient/1``
+    was taken for it, another server's Patient/1 too: someone else's record."""
+    return reference in (value, f"{base_url.rstrip('/')}/{value}")
 
 
 def _instant(value: Any) -> datetime | None:

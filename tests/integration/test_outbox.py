@@ -580,6 +580,59 @@ def test_a_create_or_merge_is_described_as_what_it_turned_out_to_be(
     assert stored["name"][0]["given"] == ["Corrected"]
 
 
+def _stored_for(client: FhirClient, patient_reference: str, name: str) -> dict[str, Any]:
+    """A RelatedPerson the EHR stored, its ``patient`` as the EHR wrote it."""
+    person = {**_person(str(uuid.uuid4())), "name": [{"text": name}]}
+    person["patient"] = {"reference": patient_reference}
+    answer = client.transaction(_single_create(person))
+    location = answer["entry"][0]["response"]["location"]
+    return client.read("RelatedPerson", location.split("RelatedPerson/")[1].split("/")[0])
+
+
+def _renamed(stored: dict[str, Any], name: str) -> dict[str, Any]:
+    """A save's merge update of ``stored``: ours names the patient relatively."""
+    tx = TransactionBuilder()
+    ours = {**_person("ours"), "id": stored["id"], "name": [{"text": name}]}
+    tx.merge_update(ours, stored["meta"]["versionId"])
+    return tx.bundle()
+
+
+def test_a_child_the_ehr_refers_to_absolutely_is_edited_and_another_servers_refused(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """An EHR's server may answer the child's ``patient`` absolute. The conditional
+    create's match took that for the patient, the merge's owner check compared strings:
+    the child loaded fine and every edit of it failed "belongs to another patient's
+    record". Now both compare alike: absolute on the entry's FHIR server is the same
+    patient, and the unchanged save is no change. An absolute reference to another
+    server's Patient/p1 was taken for the patient by its ending alone; it is another
+    patient's record, refused. sekmet stores its own absolute references relative, so a
+    real relay in front of it answers them absolute, as such a server does."""
+    with SlowRelay(fhir_server.base_url) as ehr:
+        absolute = f"{ehr.url}/Patient/p1"
+        ehr.rewrite = lambda body: body.replace(b'"Patient/p1"', f'"{absolute}"'.encode())
+        tenant = make_tenant(database, "a", ehr.url)
+        outbox = make_outbox(database, Clock())
+        with FhirClient(ehr.url, lambda: "t", 5.0) as client:
+            ours = _stored_for(client, "Patient/p1", "Emma Peeters")
+            assert ours["patient"] == {"reference": absolute}
+            theirs = _stored_for(client, "https://other.example/fhir/Patient/p1", "Emma Peeters")
+
+            edited = _enqueue(database, tenant, ehr.url, _renamed(ours, "Emma Peters"))
+            assert outbox.deliver(edited) is DeliveryState.DELIVERED
+            after = client.read("RelatedPerson", ours["id"])
+            assert (after["name"], after["meta"]["versionId"]) == ([{"text": "Emma Peters"}], "2")
+            unchanged = _enqueue(database, tenant, ehr.url, _renamed(after, "Emma Peters"))
+            assert outbox.deliver(unchanged) is DeliveryState.DELIVERED
+            assert client.read("RelatedPerson", ours["id"])["meta"]["versionId"] == "2"
+
+            elsewhere = _enqueue(database, tenant, ehr.url, _renamed(theirs, "Emma Peters"))
+            assert outbox.deliver(elsewhere) is DeliveryState.FAILED
+            said = outbox_entry(database, elsewhere).last_error or ""
+            assert "belongs to another patient's record" in said
+            assert client.read("RelatedPerson", theirs["id"])["name"] == [{"text": "Emma Peeters"}]
+
+
 def _due_at(database: Database, entry_id: int, at: datetime) -> None:
     with database.session() as db:
         db.execute(update(OutboxEntry).where(OutboxEntry.id == entry_id).values(next_attempt_at=at))

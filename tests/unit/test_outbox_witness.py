@@ -18,6 +18,8 @@ FLAG_CLOSED = "Provenance?target=Flag/7&recorded=2026-12-03T10:13:49.016845+00:0
 class _Server:
     """Answers every search with the given resources, whatever its parameters."""
 
+    base_url = "https://ehr.example/fhir"
+
     def __init__(self, *resources: dict[str, Any]) -> None:
         self._resources = resources
 
@@ -46,6 +48,18 @@ def test_the_closings_own_provenance_is_its_witness() -> None:
     assert _asks(_Server(_provenance("Flag/7", "2026-12-01T08:00:00Z"), ours), FLAG_CLOSED)
     absolute = _provenance("https://ehr.example/fhir/Flag/7", "2026-12-03T10:13:49.016845Z")
     assert _asks(_Server(absolute), FLAG_CLOSED)
+
+
+def test_an_absolute_reference_counts_only_on_the_entrys_own_server() -> None:
+    """Any URL ending in ``/Flag/7`` was taken for this server's Flag/7: another server's
+    (a reference the EHR copied from elsewhere), or a longer path."""
+    for elsewhere in (
+        "https://other.example/fhir/Flag/7",
+        "https://ehr.example/fhir/x/Flag/7",
+        "https://ehr.example/Flag/7",
+    ):
+        ours_then = _provenance(elsewhere, "2026-12-03T10:13:49.016845Z")
+        assert not _asks(_Server(ours_then), FLAG_CLOSED)
 
 
 def test_an_identifier_witness_needs_that_identifier() -> None:
