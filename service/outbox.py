@@ -116,6 +116,7 @@ from sqlalchemy.orm import Session, aliased
 from service.api.health import CheckResult, ReadinessCheck
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry, Tenant
+from service.fhir import terminology
 from service.fhir.client import (
     FhirClient,
     FhirConflict,
@@ -1082,17 +1083,20 @@ _KEPT_AS_THEIRS = ("id", "meta", "identifier", "extension", *_OWNER_ELEMENTS)
 def _element(key: str, theirs: Any, mine: Any) -> Any:
     """One element after the merge: ``theirs`` itself when it already says what ours says
     (:func:`_agrees`: the EHR's codings, texts and name parts stay), else ours — of a list,
-    only the entry ours stands for: the EHR's other entries (a nickname) stay, except other
-    answers in our code system, which would now contradict ours (a second relationship)."""
+    only the entry ours stands for: the EHR's other entries (a nickname, the person's
+    other roles) stay, except other answers to what ours answers (:func:`_answers`),
+    which would now contradict ours (a second child relationship)."""
     if isinstance(theirs, list) and _stands_for_one(mine) and theirs:
-        at = _corresponding(theirs, mine[0])
+        at = _corresponding(theirs, mine[0], key)
+        if at is None:  # no entry of theirs answers what ours answers: ours beside theirs
+            return [*theirs, mine[0]]
         if _entry_agrees(key, theirs[at], mine[0]):
             return theirs
-        ours = _systems(mine[0])
+        ours = _answers(key, mine[0])
         return [
             _replacing(key, entry, mine[0]) if i == at else entry
             for i, entry in enumerate(theirs)
-            if i == at or not (isinstance(entry, dict) and ours & _systems(entry))
+            if i == at or not ours & _answers(key, entry)
         ]
     return theirs if _agrees(theirs, mine) else mine
 
@@ -1135,15 +1139,39 @@ def _stands_for_one(mine: Any) -> bool:
     return isinstance(mine, list) and len(mine) == 1 and isinstance(mine[0], dict)
 
 
-def _corresponding(theirs: list[Any], mine: dict[str, Any]) -> int:
-    """The entry of ``theirs`` in the same code system as ``mine`` (a coding, or a
-    CodeableConcept's), else the first: the name the nurse was shown is the first."""
-    systems = _systems(mine)
-    if systems:
+def _corresponding(theirs: list[Any], mine: dict[str, Any], key: str | None = None) -> int | None:
+    """The entry of ``theirs`` answering what ``mine`` answers (:func:`_answers`; the
+    element ``key`` of a resource, None: inside one), else the first: the name the nurse
+    was shown is the first. Of an element answered from a value set, no entry (None) when
+    none of theirs answers from it: the first is another answer (the EHR's role)."""
+    answers = _answers(key, mine)
+    if answers:
         for at, entry in enumerate(theirs):
-            if isinstance(entry, dict) and systems & _systems(entry):
+            if answers & _answers(key, entry):
                 return at
-    return 0
+    return None if answers and key in _ANSWERED_FROM else 0
+
+
+#: The elements of ours whose entry is one answer from a value set, by the value set's id:
+#: of theirs, the entry with a coding in it is the one ours stands for. Its code system is
+#: not enough: v3 RoleCode holds the child codes and the EHR's other roles of the same
+#: person (HPOWATT, POWATT, RESPRSN…), which the merge dropped or replaced.
+_ANSWERED_FROM = {"relationship": "child-relationship"}
+
+
+def _answers(key: str | None, entry: Any) -> frozenset[str]:
+    """What an entry of a list answers, for pairing ours with theirs: of an element of
+    :data:`_ANSWERED_FROM`, its value set when one of its codings is in it (else nothing);
+    elsewhere the code systems of the entry (a coding, or a CodeableConcept's)."""
+    if not isinstance(entry, dict):
+        return frozenset()
+    value_set_id = _ANSWERED_FROM.get(key or "")
+    if value_set_id is None:
+        return frozenset(_systems(entry))
+    members = terminology.value_set(value_set_id)
+    codings = [c for c in entry.get("coding", []) if isinstance(c, dict)]
+    found = any(members.contains(c.get("system"), str(c.get("code", ""))) for c in codings)
+    return frozenset({value_set_id}) if found else frozenset()
 
 
 def _systems(value: dict[str, Any]) -> set[str]:
@@ -1216,7 +1244,8 @@ def _agrees(theirs: Any, mine: Any) -> bool:
         return all(_agrees(theirs[key], value) for key, value in mine.items() if key in theirs)
     if isinstance(theirs, list) and isinstance(mine, list):
         if _stands_for_one(mine) and theirs:
-            return _agrees(theirs[_corresponding(theirs, mine[0])], mine[0])
+            at = _corresponding(theirs, mine[0])
+            return at is not None and _agrees(theirs[at], mine[0])
         return len(theirs) == len(mine) and all(map(_agrees, theirs, mine))
     return bool(theirs == mine)
 

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from service.audit import AuditAction, AuditFact, Channel
 from service.db import migrate
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, OutboxEntry
+from service.fhir import mapping
 from service.fhir.client import SCREEN_BUDGET_TIMEOUTS, FhirClient, Resource
 from service.outbox import (
     HELD_FOR_SAVER,
@@ -38,6 +39,7 @@ from service.outbox import (
     TransactionBuilder,
     enqueue,
 )
+from service.protocol import Child, ChildRelationship, LivesWith
 from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionTokens
@@ -631,6 +633,65 @@ def test_a_child_the_ehr_refers_to_absolutely_is_edited_and_another_servers_refu
             said = outbox_entry(database, elsewhere).last_error or ""
             assert "belongs to another patient's record" in said
             assert client.read("RelatedPerson", theirs["id"])["name"] == [{"text": "Emma Peeters"}]
+
+
+V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+#: The EHR's other role of a child's person, of the same code system as the child codes.
+POWER_OF_ATTORNEY = {
+    "coding": [
+        {"system": V3_ROLE_CODE, "code": "HPOWATT", "display": "healthcare power of attorney"}
+    ]
+}
+
+
+def _child(born: date, relationship: ChildRelationship) -> dict[str, Any]:
+    child = Child("x", "Anna Peeters", born, relationship, LivesWith.NOT)
+    return mapping.child_related_person(
+        child, patient_ref="Patient/p1", identifier=mapping.identifier("child")
+    )
+
+
+def _roles(resource: dict[str, Any]) -> list[str]:
+    return [c["code"] for r in resource["relationship"] for c in r["coding"]]
+
+
+@pytest.mark.parametrize("roles_first", [True, False])
+def test_an_edit_of_a_child_keeps_the_ehrs_other_roles_of_that_person(
+    database: Database, fhir_server: FhirServer, roles_first: bool
+) -> None:
+    """The EHR records an adult child as the patient's child and her healthcare power of
+    attorney (HPOWATT): both v3 RoleCode. The merge picked and removed relationship entries
+    by code system: correcting the birth date dropped the power of attorney (or replaced
+    it with the child code), and an unchanged save was taken for a change. Entries are now
+    matched by the child-relationship value set: the EHR's other roles stay, whatever
+    their order, and an unchanged save writes nothing."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "a", base_url)
+    outbox = make_outbox(database, Clock())
+    born, corrected = date(1990, 4, 1), date(1991, 4, 1)
+    ehrs = _child(born, ChildRelationship.NATURAL_CHILD)
+    child_role = ehrs["relationship"][0]
+    roles = [POWER_OF_ATTORNEY, child_role] if roles_first else [child_role, POWER_OF_ATTORNEY]
+    with FhirClient(base_url, lambda: "t", 5.0) as client:
+        created = client.transaction(_single_create({**ehrs, "relationship": roles}))
+        location = created["entry"][0]["response"]["location"]
+        child_id = location.split("RelatedPerson/")[1].split("/")[0]
+
+        def save(born: date, relationship: ChildRelationship, version: str) -> dict[str, Any]:
+            tx = TransactionBuilder()
+            tx.merge_update({**_child(born, relationship), "id": child_id}, version)
+            entry_id = _enqueue(database, tenant, base_url, tx.bundle())
+            assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
+            return client.read("RelatedPerson", child_id)
+
+        unchanged = save(born, ChildRelationship.NATURAL_CHILD, "1")
+        assert unchanged["meta"]["versionId"] == "1"  # nothing written
+        dated = save(corrected, ChildRelationship.NATURAL_CHILD, "1")
+        assert dated["birthDate"] == "1991-04-01"
+        assert dated["relationship"] == roles  # as the EHR wrote them
+        stepchild = save(corrected, ChildRelationship.STEPCHILD, "2")
+    expected = ["HPOWATT", "STPCHLD"] if roles_first else ["STPCHLD", "HPOWATT"]
+    assert _roles(stepchild) == expected
 
 
 def _due_at(database: Database, entry_id: int, at: datetime) -> None:

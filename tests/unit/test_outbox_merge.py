@@ -5,12 +5,12 @@ tests/integration/test_triage_save.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from service.fhir import mapping, terminology
 from service.outbox import _one_for_one, _overlay, _unchanged
-from service.protocol import HagueTrigger, Step
+from service.protocol import Child, ChildRelationship, HagueTrigger, LivesWith, Step
 
 DV = HagueTrigger.DOMESTIC_VIOLENCE.value
 SA = HagueTrigger.SUBSTANCE_ABUSE.value
@@ -115,3 +115,44 @@ def test_each_of_ours_is_matched_by_a_different_one_of_theirs() -> None:
     assert not _one_for_one(theirs, [ext(code="a"), ext(code="a")])
     assert not _one_for_one(theirs, [ext(code="a")])
     assert not _one_for_one(theirs[:1], [ext(code="a"), ext()])
+
+
+V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+POWER_OF_ATTORNEY = {"coding": [{"system": V3_ROLE_CODE, "code": "HPOWATT"}]}
+
+
+def _child(born: date, relationship: ChildRelationship = ChildRelationship.NATURAL_CHILD) -> Any:
+    child = Child("x", "Anna Peeters", born, relationship, LivesWith.NOT)
+    resource = mapping.child_related_person(
+        child, patient_ref="Patient/1", identifier=mapping.identifier("child")
+    )
+    return {**resource, "id": "5"}
+
+
+def _with_roles(*roles: dict[str, Any]) -> dict[str, Any]:
+    """The child as the EHR stores it: its relationship entries ``roles``."""
+    return {**_child(date(1990, 4, 1)), "meta": {"versionId": "1"}, "relationship": list(roles)}
+
+
+def _codes(resource: dict[str, Any]) -> list[str]:
+    return [c["code"] for r in resource["relationship"] for c in r["coding"]]
+
+
+def test_the_ehrs_other_roles_of_a_child_stay_and_an_unchanged_save_is_no_change() -> None:
+    """v3 RoleCode holds the child codes and the person's other roles (HPOWATT…): the merge
+    matched by code system, so the power of attorney was dropped or taken for the child's
+    relationship, and an unchanged save was a change. Matched by the child-relationship
+    value set now, whatever the EHR's order."""
+    child_role = _child(date(1990, 4, 1))["relationship"][0]
+    for roles in ([POWER_OF_ATTORNEY, child_role], [child_role, POWER_OF_ATTORNEY]):
+        seen = _with_roles(*roles)
+        assert _unchanged(seen, _child(date(1990, 4, 1)))
+        assert _overlay(seen, _child(date(1991, 4, 1)))["relationship"] == roles
+        stepchild = _overlay(seen, _child(date(1990, 4, 1), ChildRelationship.STEPCHILD))
+        assert sorted(_codes(stepchild)) == ["HPOWATT", "STPCHLD"]
+
+
+def test_a_child_relationship_the_ehr_removed_is_added_beside_its_other_roles() -> None:
+    seen = _with_roles(POWER_OF_ATTORNEY)
+    assert not _unchanged(seen, _child(date(1990, 4, 1)))
+    assert _codes(_overlay(seen, _child(date(1990, 4, 1)))) == ["HPOWATT", "NCHILD"]
