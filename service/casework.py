@@ -93,6 +93,9 @@ class CaseRecord:
     ``flag``: the concern Flag as read (``id`` and ``meta.versionId`` guard the update);
     ``reason_ref``: the finding that led to step 6 (the step 4 decision, step 5 not
     restored or a step 2 acute danger), for the referral's ``reasonReference``;
+    ``expecting_ref``: the expected child's Observation the case's latest step 1 names
+    (``hasMember``), what a referral names when the case has no child (a concern about an
+    unborn child);
     ``people``: the names of the people the case names (the findings' authors, the Flag's),
     by reference, as the same searches included their Practitioners; someone absent is
     shown by reference. ``findings_complete``: False when the findings' search had more
@@ -105,6 +108,7 @@ class CaseRecord:
     child_refs: Mapping[str, str]
     flag: Resource
     reason_ref: str | None = None
+    expecting_ref: str | None = None
     children: Mapping[str, Child] = field(default_factory=dict)
     patient: mapping.PatientIdentity | None = None
     people: Mapping[str, str] = field(default_factory=dict)
@@ -228,6 +232,7 @@ def _add_referral(
         reason_refs=[record.reason_ref],
         child_refs=record.child_refs,
         identifier=identifier,
+        expecting_ref=record.expecting_ref,
     )
     return tx.create(request, identifier)
 
@@ -320,7 +325,8 @@ def load_case_record(
     """What the FHIR server holds of a case, in three searches: its Flag (with the version
     to update), the patient with the children, and the step findings of this concern in
     the order they were recorded (one search of all the patient's findings, among which the
-    latest a referral may give as its reason).
+    latest a referral may give as its reason, and of the expected children their step 1
+    findings name).
 
     The Flag's and the findings' searches include their authors' Practitioners
     (``_include``), for their names: no request per person. A server may ignore an
@@ -356,6 +362,7 @@ def load_case_record(
         child_refs={ref: ref for ref in case_children},
         flag=flag,
         reason_ref=_latest_reason(recorded),
+        expecting_ref=_expecting_ref(observations, recorded, step_1),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
         people=_people(flag_bundle, finding_bundle),
@@ -373,9 +380,12 @@ def _concern_children(findings: list[Finding]) -> list[str]:
 
 def _step_search(client: FhirClient, patient_ref: str) -> SearchPages:
     """Every Kindreflex step finding of the patient (one search serves the case's history
-    and the referral's reason), with the Practitioners who recorded them; page by page."""
+    and the referral's reason) and every expected child (a step 1 names its own in
+    ``hasMember``: the same search reads them, no request per case), with the
+    Practitioners who recorded them; page by page."""
     system = terminology.code_system_url("kindreflex-step")
-    codes = ",".join(f"{system}|{step.value}" for step in Step)
+    expecting = f"{terminology.code_system_url('record-type')}|expecting-child"
+    codes = ",".join([*(f"{system}|{step.value}" for step in Step), expecting])
     params = {
         "subject": patient_ref,
         "code": codes,
@@ -400,13 +410,33 @@ def _recorded(
     observations: list[Resource], children: Mapping[str, Child]
 ) -> list[tuple[str, Finding]]:
     """The patient's step findings, each with its Observation's id, in the order they were
-    recorded (a retracted Observation is none: ``mapping.finding_from_observation``)."""
+    recorded (a retracted Observation is none: ``mapping.finding_from_observation``); a
+    step 1 with the expected child it names, when it is among ``observations``."""
+    expecting = {
+        f"Observation/{resource['id']}": expected
+        for resource in observations
+        if (expected := mapping.expected_child_from_observation(resource)) is not None
+    }
     parsed = (
-        (resource["id"], mapping.finding_from_observation(resource, children=children))
+        (
+            resource["id"],
+            mapping.finding_from_observation(resource, children=children, expecting=expecting),
+        )
         for resource in observations
     )
     recorded = [(id_, finding) for id_, finding in parsed if finding is not None]
     return sorted(recorded, key=lambda pair: pair[1].recorded_at)
+
+
+def _expecting_ref(
+    observations: list[Resource], recorded: list[tuple[str, Finding]], step_1: Step1Finding | None
+) -> str | None:
+    """The expected child's Observation the case's step 1 (``step_1``, as read) names."""
+    if step_1 is None or step_1.expecting is None:
+        return None
+    step_1_id = next(id_ for id_, finding in recorded if finding is step_1)
+    resource = next(r for r in observations if r["id"] == step_1_id)
+    return mapping.expected_child_reference(resource)
 
 
 def _findings(recorded: list[tuple[str, Finding]], period: Resource) -> list[Finding]:

@@ -604,10 +604,14 @@ def _plan(
 def _write_findings(
     tx: TransactionBuilder, ctx: LaunchInfo, findings: TriageInput, child_refs: Mapping[str, str]
 ) -> list[str]:
-    """The expected child and the step findings; returns their references in the bundle."""
+    """The expected child and the step findings; returns their references in the bundle.
+    The step 1 names the expected child's Observation (``hasMember``: its ``urn:uuid:``
+    here, which the server resolves like every reference of the transaction), so that the
+    pregnancy is read back with it."""
     patient_ref, encounter_ref = _launch_refs(ctx)
     step1 = findings.step1
     written = []
+    expecting_ref = None
     if step1.expecting is not None:
         identifier = _finding_identifier(ctx, findings, step1, "/expecting")
         resource = mapping.expecting_observation(
@@ -618,7 +622,8 @@ def _write_findings(
             recorded_at=step1.recorded_at,
             identifier=identifier,
         )
-        written.append(tx.create(resource, identifier))
+        expecting_ref = tx.create(resource, identifier)
+        written.append(expecting_ref)
     for finding in (step1, findings.step2, findings.step3):
         if finding is not None:
             identifier = _finding_identifier(ctx, findings, finding)
@@ -629,6 +634,7 @@ def _write_findings(
                 child_refs=child_refs,
                 identifier=identifier,
                 plan_version=str(ctx.tenant.config.plan.revision),  # the wording shown
+                expecting_ref=expecting_ref,
             )
             written.append(tx.create(resource, identifier))
     return written

@@ -40,6 +40,7 @@ from service.protocol import (
     KeyPerson,
     KeyPersonRole,
     LivesWith,
+    PregnancyOf,
     ProgressAssessment,
     ReferralStatus,
     ReferralTarget,
@@ -63,6 +64,8 @@ __all__ = [
     "child_related_person",
     "closure_from_flag",
     "concern_flag",
+    "expected_child_from_observation",
+    "expected_child_reference",
     "expecting_observation",
     "finding_from_observation",
     "finding_observation",
@@ -270,7 +273,12 @@ def expecting_observation(
     recorded_at: datetime,
     identifier: Mapping[str, str],
 ) -> Resource:
-    """The patient or the partner expects a child (profile kindreflex-expecting-child)."""
+    """The patient or the partner expects a child (profile kindreflex-expecting-child).
+
+    The step 1 Observation recorded with it names it in ``hasMember``
+    (:func:`finding_observation`'s ``expecting_ref``): without that link, nothing on the
+    server would say which step 1 it answers, and the step 1 read back would be "no
+    children, nothing expected"."""
     profile = "kindreflex-expecting-child"
     resource: Resource = {
         "resourceType": "Observation",
@@ -293,6 +301,34 @@ def expecting_observation(
     return resource
 
 
+def expected_child_from_observation(resource: Mapping[str, Any]) -> ExpectedChild | None:
+    """The expected child a kindreflex-expecting-child Observation records
+    (:func:`expecting_observation`); None for any other resource, or one the EHR retracted
+    (:data:`RETRACTED`). A step 1 read back gets it through its ``hasMember``
+    (:func:`finding_from_observation`'s ``expecting``)."""
+    system = t.code_system_url("record-type")
+    if (
+        resource.get("resourceType") != "Observation"
+        or resource.get("status") in RETRACTED
+        or not any(
+            c.get("system") == system and c.get("code") == "expecting-child"
+            for c in resource.get("code", {}).get("coding", [])
+        )
+    ):
+        return None
+    components = _components_by_code(resource.get("component", []))
+    return ExpectedChild(
+        pregnancy_of=PregnancyOf(_value_code(resource.get("valueCodeableConcept"))),
+        expected_date=next(iter(_dates(components, "expected-delivery-date")), None),
+    )
+
+
+def expected_child_reference(step1: Mapping[str, Any]) -> str | None:
+    """The reference of the expected child's Observation a step 1 Observation names
+    (``hasMember``), or None when it names none."""
+    return next((str(m["reference"]) for m in step1.get("hasMember", []) if "reference" in m), None)
+
+
 # --------------------------------------------------------------------------------------
 # Step findings (Observation)
 # --------------------------------------------------------------------------------------
@@ -305,11 +341,14 @@ def finding_observation(
     identifier: Mapping[str, str],
     referral_ref: str | None = None,
     plan_version: str | None = None,
+    expecting_ref: str | None = None,
 ) -> Resource:
     """A step finding (profiles kindreflex-step1-finding … kindreflex-step6-finding).
 
     ``encounter_ref`` is the case's encounter; the finding's own ``encounter_ref`` wins.
     ``referral_ref`` (step 6) is the reference of the referral ServiceRequest.
+    ``expecting_ref`` (step 1 with an expected child) is the reference of the
+    :func:`expecting_observation` written with it, named in ``hasMember``.
     """
     step = finding.step
     profile = PROFILE_OF_STEP[step]
@@ -334,6 +373,10 @@ def finding_observation(
     match finding:
         case Step1Finding():
             resource["valueBoolean"] = bool(finding.children) or finding.expecting is not None
+            if finding.expecting is not None:
+                if not expecting_ref:
+                    raise ValueError("no Observation reference for the expected child")
+                resource["hasMember"] = [_ref(expecting_ref)]
         case Step2Finding():
             resource["valueCodeableConcept"] = t.codeable_concept(
                 "safety-assessment", finding.assessment
@@ -491,13 +534,17 @@ def referral_service_request(
     child_refs: Mapping[str, str],
     identifier: Mapping[str, str],
     status: str = "active",
+    expecting_ref: str | None = None,
 ) -> Resource:
     """The step 6 referral (profile kindreflex-referral).
 
     ``performer_ref``: the partner Organization of the directory; ``reason_refs``: the
     finding(s) that led to step 6 (the step 4 decision, or step 5, or step 2 acute danger).
-    The children are the finding's focus (all children when the focus is empty: pass
-    them all in ``child_refs``).
+    ``supportingInfo`` names who the referral is about: the finding's focus (all children
+    when the focus is empty: pass them all in ``child_refs``); for a case without a child,
+    the expected child's Observation (``expecting_ref``, a concern about an unborn child).
+    With neither there is no ``supportingInfo`` (FHIR allows no empty array; the profile
+    then refuses the referral, see docs/architecture.md).
     """
     profile = "kindreflex-referral"
     children = (
@@ -505,6 +552,7 @@ def referral_service_request(
         if finding.focus
         else list(child_refs.values())
     )
+    concerned = children or ([expecting_ref] if expecting_ref else [])
     resource: Resource = {
         "resourceType": "ServiceRequest",
         "meta": _meta(profile),
@@ -521,8 +569,9 @@ def referral_service_request(
         "performerType": t.codeable_concept("partner-type", finding.target),
         "performer": [_ref(performer_ref)],
         "reasonReference": [_ref(r) for r in reason_refs],
-        "supportingInfo": [_ref(r) for r in children],
     }
+    if concerned:
+        resource["supportingInfo"] = [_ref(r) for r in concerned]
     encounter = finding.encounter_ref or encounter_ref
     if encounter:
         resource["encounter"] = _ref(encounter)
@@ -775,7 +824,10 @@ def step_of_observation(resource: Mapping[str, Any]) -> Step | None:
 
 
 def finding_from_observation(
-    resource: Mapping[str, Any], *, children: Mapping[str, Child] | None = None
+    resource: Mapping[str, Any],
+    *,
+    children: Mapping[str, Child] | None = None,
+    expecting: Mapping[str, ExpectedChild] | None = None,
 ) -> Finding | None:
     """The protocol's finding recorded in a Kindreflex step Observation.
 
@@ -784,8 +836,10 @@ def finding_from_observation(
     references in ``focus`` (and in the child-consent extension), as written. A step 1
     Observation does not hold the children themselves: pass ``children`` (reference →
     Child, e.g. from :func:`child_from_related_person`) to fill ``Step1Finding.children``;
-    the expected child is a separate Observation. Raises the protocol's errors when the
-    recorded content breaks a rule of the protocol.
+    nor the expected child, a separate Observation it names in ``hasMember``: pass
+    ``expecting`` (reference → ExpectedChild, from
+    :func:`expected_child_from_observation`) to fill ``Step1Finding.expecting``. Raises the
+    protocol's errors when the recorded content breaks a rule of the protocol.
     """
     step = step_of_observation(resource)
     if step is None or resource.get("status") in RETRACTED:
@@ -802,7 +856,12 @@ def finding_from_observation(
     focus = tuple(str(f["reference"]) for f in resource.get("focus", []) if "reference" in f)
     if step is Step.STEP_1:
         known = children or {}
-        return Step1Finding(**base, children=tuple(known[r] for r in focus if r in known))
+        member = expected_child_reference(resource)
+        return Step1Finding(
+            **base,
+            children=tuple(known[r] for r in focus if r in known),
+            expecting=(expecting or {}).get(member) if member else None,
+        )
     base["focus"] = focus
     value = _value_code(resource.get("valueCodeableConcept"))
     consultations = frozenset(Consultation(c) for c in _codes(components, "consultation"))

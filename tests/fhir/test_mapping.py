@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -27,6 +28,7 @@ from service.protocol import (
     HeardChild,
     KeyPerson,
     KeyPersonRole,
+    KindreflexCase,
     LivesWith,
     PregnancyOf,
     ProgressAssessment,
@@ -34,6 +36,7 @@ from service.protocol import (
     ReferralTarget,
     SafetyAssessment,
     Step,
+    Step1Finding,
     Step2Finding,
     Step4Decision,
     Step5Progress,
@@ -196,6 +199,122 @@ def test_expecting_child(fhir_validator: ProfileValidator, expected_date: date |
     )
     assert fhir_validator.validate(resource) == []
     assert ("component" in resource) is (expected_date is not None)
+
+
+def _expecting_only_triage() -> tuple[Step1Finding, Step2Finding]:
+    """A pregnant patient who cares for no child, and the nurse's niet-pluis about it."""
+    step1 = Step1Finding(
+        recorded_by=NURSE,
+        recorded_at=NOW,
+        expecting=ExpectedChild(PregnancyOf.PATIENT, date(2026, 9, 1)),
+    )
+    step2 = Step2Finding(
+        recorded_by=NURSE,
+        recorded_at=NOW,
+        assessment=SafetyAssessment.NIET_PLUIS,
+        reasons=("Drinks daily during the pregnancy.",),
+    )
+    return step1, step2
+
+
+def test_an_expected_child_is_read_back_with_its_step_1_and_the_case_goes_on(
+    fhir_validator: ProfileValidator,
+) -> None:
+    """The step 1 of a pregnant patient without children names the pregnancy's Observation
+    (hasMember); read back with it, the step 1 still expects the child, so the replayed
+    case goes on to step 2 and its niet-pluis opens a concern. Before, the pregnancy was
+    lost on the way back: "no children, nothing expected", and the step 2 was refused."""
+    step1, step2 = _expecting_only_triage()
+    assert step1.expecting is not None
+    pregnancy = mapping.expecting_observation(
+        step1.expecting,
+        patient_ref=PATIENT,
+        encounter_ref="Encounter/e1",
+        performer=NURSE,
+        recorded_at=NOW,
+        identifier=mapping.identifier("finding"),
+    )
+    observations = [
+        mapping.finding_observation(
+            finding,
+            patient_ref=PATIENT,
+            encounter_ref=None,
+            child_refs={},
+            identifier=mapping.identifier("finding"),
+            expecting_ref=_uuid(7),
+        )
+        for finding in (step1, step2)
+    ]
+    assert observations[0]["hasMember"] == [{"reference": _uuid(7)}]
+    assert "hasMember" not in observations[1]
+    for resource in (pregnancy, *observations):
+        assert fhir_validator.validate(resource) == [], resource
+    # as the server holds them: the transaction's urn:uuid resolved to the Observation's id
+    stored = {**pregnancy, "id": "preg-1"}
+    step1_stored = {**observations[0], "hasMember": [{"reference": "Observation/preg-1"}]}
+    read = mapping.expected_child_from_observation(stored)
+    assert read is not None
+    assert read == step1.expecting
+    assert mapping.expected_child_reference(step1_stored) == "Observation/preg-1"
+    back = [
+        mapping.finding_from_observation(resource, expecting={"Observation/preg-1": read})
+        for resource in (step1_stored, observations[1])
+    ]
+    assert back == [step1, step2]
+    case = KindreflexCase.replay(PATIENT, "Encounter/e1", [f for f in back if f is not None])
+    assert case.expecting == step1.expecting
+    assert case.has_open_concern
+    # a retracted pregnancy records nothing
+    retracted = {**stored, "status": "entered-in-error"}
+    assert mapping.expected_child_from_observation(retracted) is None
+    assert mapping.expected_child_from_observation(observations[0]) is None
+
+
+def test_a_step_1_with_an_expected_child_needs_the_reference_of_its_observation() -> None:
+    step1, _ = _expecting_only_triage()
+    with pytest.raises(ValueError, match="expected child"):
+        mapping.finding_observation(
+            step1,
+            patient_ref=PATIENT,
+            encounter_ref=None,
+            child_refs={},
+            identifier=mapping.identifier("finding"),
+        )
+
+
+def test_a_referral_about_an_expected_child_names_its_observation(
+    fhir_validator: ProfileValidator,
+) -> None:
+    """A referral for a patient who cares for no child but expects one names the expected
+    child's Observation as who it is about, and validates against the profile; before,
+    it said ``"supportingInfo": []`` (no valid FHIR: an empty array; the profile wants
+    one at least). A case with children names only them."""
+    referral = Step6Referral(
+        recorded_by=NURSE,
+        recorded_at=NOW,
+        target=ReferralTarget.VK,
+        with_cooperation=True,
+        patient_informed=True,
+    )
+    common: dict[str, Any] = {
+        "patient_ref": PATIENT,
+        "encounter_ref": None,
+        "performer_ref": VK,
+        "reason_refs": ["Observation/s4"],
+        "identifier": mapping.identifier("referral"),
+        "expecting_ref": "Observation/preg-1",
+    }
+    unborn = mapping.referral_service_request(referral, child_refs={}, **common)
+    assert unborn["supportingInfo"] == [{"reference": "Observation/preg-1"}]
+    assert fhir_validator.validate(unborn) == []
+    children = mapping.referral_service_request(
+        referral, child_refs={"c1": "RelatedPerson/c1"}, **common
+    )
+    assert children["supportingInfo"] == [{"reference": "RelatedPerson/c1"}]
+    nobody = mapping.referral_service_request(
+        referral, child_refs={}, **{**common, "expecting_ref": None}
+    )
+    assert "supportingInfo" not in nobody  # never an empty array
 
 
 def _findings() -> list[Finding]:

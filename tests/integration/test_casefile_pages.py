@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -20,7 +21,9 @@ from service import audit
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.fhir.client import FhirClient
+from service.i18n import translate
 from service.outbox import DeliveryState, NewEntry, enqueue
+from service.protocol import ExpectedChild, PregnancyOf
 from tests.support.casework import (
     COLLEAGUE,
     SOCIAL_WORKER,
@@ -351,6 +354,55 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert SOCIAL_WORKER in reads  # opening the case is an audited read
     assert 'id="close-form"' not in closed_page
     assert 'id="s6-form"' not in closed_page
+
+
+def test_a_concern_about_an_expected_child_opens_and_its_referral_names_that_child(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pregnant patient who cares for no child, and the nurse's niet-pluis (she drinks
+    during the pregnancy): the social worker opens the case and takes steps 4 and 6. Before,
+    the step 1 came back from the server as "no children, nothing expected" (the pregnancy
+    was an Observation nothing linked to it), the replay refused the step 2, and the case
+    page said the FHIR server refused to read the case, with no step 4 form; a referral
+    would have said ``"supportingInfo": []``."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    due = utcnow().date() + timedelta(days=90)
+    patient = save_triage(
+        app,
+        tenant,
+        base_url,
+        expecting=ExpectedChild(PregnancyOf.PATIENT, due),
+        with_children=False,
+    )
+    client, case_id = on_the_worklist(app, tenant, base_url)
+
+    with fhir_reads(monkeypatch) as asked:
+        page = client.get(f"/social/cases/{case_id}")
+    assert page.status_code == 200
+    assert translate("nl", "casefile.unreadable.fhir-refused") not in page.text
+    assert 'id="s4-form"' in page.text
+    assert asked.count("Observation") == 1  # the pregnancy comes with the step findings
+    record_type = "https://kindreflex-ed.be/fhir/CodeSystem/record-type"
+    step_system = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step"
+    (pregnancy,) = search(base_url, "Observation", subject=patient, code=f"{record_type}|")
+    (step_1,) = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-1")
+    expected_child = f"Observation/{pregnancy['id']}"
+    assert step_1["hasMember"] == [{"reference": expected_child}]  # the transaction's link
+    assert validate(step_1) == []
+    saved = post_form(client, page.text, case_id, "step-4", "s4", STEP_4_FORM)
+    assert saved.status_code == 303, saved.text
+    after_4 = client.get(saved.headers["location"]).text
+    contact = {"contact_on": utcnow().date().isoformat()}
+    referred = post_form(client, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
+    assert referred.status_code == 303, referred.text
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["supportingInfo"] == [{"reference": expected_child}]
+    assert validate(request) == []
 
 
 def _hidden_section(html: str, anchor: str) -> str:

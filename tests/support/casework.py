@@ -17,6 +17,7 @@ from service.db.models import Concern
 from service.protocol import (
     Child,
     ChildRelationship,
+    ExpectedChild,
     LivesWith,
     SafetyAssessment,
     Step1Finding,
@@ -117,11 +118,14 @@ def save_triage(
     who_helps: str | None = None,
     nurse: str = NURSE,
     nurse_name: str = "Sofie Maes",
+    expecting: ExpectedChild | None = None,
+    with_children: bool = True,
 ) -> str:
     """The nurse's save at triage, as the nurse screen makes it; returns the patient ref.
 
     ``nurse``, ``nurse_name``: the launch's user (a launch that named no one carries the
-    reference as its name).
+    reference as its name). ``expecting``: the patient expects a child; with
+    ``with_children=False`` the patient cares for no child (a concern about an unborn one).
 
     ``returning``: the patient (``Patient/<id>``) of an earlier triage, at a new visit now
     (a new encounter), with ``assessment`` (and ``acute_danger``, ``who_helps``) as step 2."""
@@ -174,7 +178,12 @@ def save_triage(
     result = app.state.triage.record_triage(
         launch,
         TriageInput(
-            step1=Step1Finding(recorded_by=nurse, recorded_at=earlier, children=children),
+            step1=Step1Finding(
+                recorded_by=nurse,
+                recorded_at=earlier,
+                children=children if with_children else (),
+                expecting=expecting,
+            ),
             step2=Step2Finding(
                 recorded_by=nurse,
                 recorded_at=gauged,

@@ -7,6 +7,11 @@ Description: "Children are named in focus only when the patient cares for or exp
 Severity: #error
 Expression: "focus.exists() implies (value as boolean) = true"
 
+Invariant: kr-s1-2
+Description: "An expected child is named in hasMember only when the patient cares for or expects children (value true)."
+Severity: #error
+Expression: "hasMember.exists() implies (value as boolean) = true"
+
 Invariant: kr-s2-1
 Description: "A niet-pluis or unclear assessment is recorded with at least one reason."
 Severity: #error

@@ -85,15 +85,19 @@ Profile: KindreflexStep1Finding
 Parent: KindreflexStepFinding
 Id: kindreflex-step1-finding
 Title: "Kindreflex step 1: talk about the children and parenthood"
-Description: "Step 1: whether the patient cares for children (fully, partly or occasionally) or expects a child. The children themselves are RelatedPerson resources (kindreflex-child) named in focus; a pregnancy is a kindreflex-expecting-child Observation."
+Description: "Step 1: whether the patient cares for children (fully, partly or occasionally) or expects a child. The children themselves are RelatedPerson resources (kindreflex-child) named in focus; a pregnancy is a kindreflex-expecting-child Observation, recorded with this step 1 and named in hasMember."
 * ^abstract = false
 * code = KindreflexStepCS#step-1
 * value[x] 1..1 MS
 * value[x] only boolean
 * value[x] ^short = "true: the patient cares for or expects children; false: no children (the Kindreflex ends)"
+* hasMember 0..1 MS
+* hasMember only Reference(KindreflexExpectingChild)
+* hasMember ^short = "The expected child: the kindreflex-expecting-child Observation recorded with this step 1"
+* hasMember ^comment = "hasMember, not derivedFrom: in R4 hasMember makes this Observation the group of which the target is a part, and the pregnancy is part of the step 1 answer (the nurse records both at once, as the children in focus are); derivedFrom is for a value computed from a measurement (an anion gap from its electrolytes). Without this link nothing on the server says which step 1 a pregnancy answers, and a step 1 read back without it says 'no children, nothing expected' (the Kindreflex would end). Written in the same transaction: the reference is the urn:uuid of the expecting-child entry, which the server resolves."
 * insert ComponentSlicing
 * insert PlanVersionComponent
-* obeys kr-s1-1
+* obeys kr-s1-1 and kr-s1-2
 
 Profile: KindreflexStep2Finding
 Parent: KindreflexStepFinding
@@ -231,7 +235,7 @@ Profile: KindreflexReferral
 Parent: ServiceRequest
 Id: kindreflex-referral
 Title: "Kindreflex referral (step 6)"
-Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo the children concerned."
+Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo the children concerned, or the expected child when the patient cares for no child (a concern about an unborn child)."
 * insert BusinessIdentifier(referral)
 * extension contains PatientInformedExt named patientInformed 1..1 MS
 * extension[patientInformed].value[x] MS
@@ -254,8 +258,9 @@ Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acut
 * reasonReference only Reference(KindreflexStep4Finding or KindreflexStep5Finding or KindreflexStep2Finding)
 * reasonReference ^short = "The finding that led to step 6 (step 4 decision; or step 5 not restored; or step 2 acute danger)"
 * supportingInfo 1..* MS
-* supportingInfo only Reference(KindreflexChild)
-* supportingInfo ^short = "The children concerned"
+* supportingInfo only Reference(KindreflexChild or KindreflexExpectingChild)
+* supportingInfo ^short = "The children concerned; for a patient with no child, the expected child"
+* supportingInfo ^comment = "The kindreflex-child RelatedPersons of the children concerned. A patient who cares for no child but expects one (a concern about an unborn child, e.g. alcohol during the pregnancy) has no RelatedPerson to name: the referral then names the kindreflex-expecting-child Observation the case's step 1 names in hasMember."
 * status from KindreflexReferralStatusVS (required)
 * status ^short = "active | on-hold | completed | revoked: kept up to date as the referral proceeds"
 * note MS

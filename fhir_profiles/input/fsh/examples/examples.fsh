@@ -29,6 +29,16 @@ Usage: #example
 * insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a11, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-01-12T10:15:00+01:00, Practitioner/kr-nurse-1)
 * insert Step1Content(RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
 
+Instance: Step1Expecting
+InstanceOf: KindreflexStep1Finding
+Title: "Example: step 1, no children, the partner is pregnant"
+Usage: #example
+* insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a22, Patient/kr-father-002, Encounter/kr-enc-9, 2026-11-23T09:12:00+01:00, Practitioner/kr-nurse-1)
+* code = KindreflexStepCS#step-1
+* valueBoolean = true
+* hasMember[0].reference = "Observation/ExpectingChildPartner"
+* component[planVersion].valueString = "kindreflex-generic-2021"
+
 Instance: Step1NoChildren
 InstanceOf: KindreflexStep1Finding
 Title: "Example: step 1, no children and none expected"
@@ -116,6 +126,25 @@ InstanceOf: KindreflexReferral
 Title: "Example: referral to the VK"
 Usage: #example
 * insert ReferralContent(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a19, Patient/kr-mother-001, Encounter/kr-enc-3, Practitioner/kr-social-1, Organization/VkOostVlaanderen, Observation/Step5Example, RelatedPerson/ChildNoah, RelatedPerson/ChildEmma)
+
+Instance: ReferralExpectedChild
+InstanceOf: KindreflexReferral
+Title: "Example: referral to the VK about an expected child (the patient cares for no child)"
+Usage: #example
+* identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/referral"
+* identifier[kindreflex].value = "0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a23"
+* extension[patientInformed].valueBoolean = true
+* status = #active
+* intent = #order
+* code = RecordTypeCS#referral
+* subject.reference = "Patient/kr-father-002"
+* encounter.reference = "Encounter/kr-enc-9"
+* authoredOn = "2026-11-24T15:30:00+01:00"
+* requester.reference = "Practitioner/kr-social-1"
+* performerType = PartnerTypeCS#vk "Vertrouwenscentrum Kindermishandeling (VK)"
+* performer[0].reference = "Organization/VkOostVlaanderen"
+* reasonReference[0].reference = "Observation/kr-step4-father-002"
+* supportingInfo[0].reference = "Observation/ExpectingChildPartner"
 
 Instance: OpenConcernExample
 InstanceOf: KindreflexOpenConcern
