@@ -22,6 +22,7 @@ from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.fhir.client import FhirClient
 from service.i18n import translate
+from service.local_time import local_today
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.protocol import ExpectedChild, PregnancyOf
 from tests.support.casework import (
@@ -371,7 +372,7 @@ def test_a_concern_about_an_expected_child_opens_and_its_referral_names_that_chi
     base_url = fhir_server.base_url
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
-    due = utcnow().date() + timedelta(days=90)
+    due = local_today() + timedelta(days=90)
     patient = save_triage(
         app,
         tenant,
@@ -387,6 +388,9 @@ def test_a_concern_about_an_expected_child_opens_and_its_referral_names_that_chi
     assert translate("nl", "casefile.unreadable.fhir-refused") not in page.text
     assert 'id="s4-form"' in page.text
     assert asked.count("Observation") == 1  # the pregnancy comes with the step findings
+    # what the case is about: the page says it, in the about section and step 1's history
+    expected = f"<dt>Verwacht kind</dt><dd>De cliënt is zwanger (uitgerekend op {due:%d/%m/%Y})"
+    assert page.text.count(expected) == 2
     record_type = "https://kindreflex-ed.be/fhir/CodeSystem/record-type"
     step_system = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step"
     (pregnancy,) = search(base_url, "Observation", subject=patient, code=f"{record_type}|")
