@@ -543,8 +543,8 @@ def referral_service_request(
     ``supportingInfo`` names who the referral is about: the finding's focus (all children
     when the focus is empty: pass them all in ``child_refs``); for a case without a child,
     the expected child's Observation (``expecting_ref``, a concern about an unborn child).
-    With neither there is no ``supportingInfo`` (FHIR allows no empty array; the profile
-    then refuses the referral, see docs/architecture.md).
+    With neither there is no ``supportingInfo`` (FHIR allows no empty array; such a
+    referral does not conform to the profile, see docs/architecture.md).
     """
     profile = "kindreflex-referral"
     children = (
