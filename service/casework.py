@@ -362,7 +362,7 @@ def load_case_record(
         child_refs={ref: ref for ref in case_children},
         flag=flag,
         reason_ref=_latest_reason(recorded),
-        expecting_ref=_expecting_ref(observations, recorded, step_1),
+        expecting_ref=_expecting_ref(observations, recorded, findings),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
         people=_people(flag_bundle, finding_bundle),
@@ -429,10 +429,14 @@ def _recorded(
 
 
 def _expecting_ref(
-    observations: list[Resource], recorded: list[tuple[str, Finding]], step_1: Step1Finding | None
+    observations: list[Resource], recorded: list[tuple[str, Finding]], findings: list[Finding]
 ) -> str | None:
-    """The expected child's Observation the case's step 1 (``step_1``, as read) names."""
-    if step_1 is None or step_1.expecting is None:
+    """The expected child's Observation named by the case's latest step 1 that names one (a
+    later step 1 does not take the expected child off an open concern, as the children)."""
+    step_1 = next(
+        (f for f in reversed(findings) if isinstance(f, Step1Finding) and f.expecting), None
+    )
+    if step_1 is None:
         return None
     step_1_id = next(id_ for id_, finding in recorded if finding is step_1)
     resource = next(r for r in observations if r["id"] == step_1_id)
