@@ -937,14 +937,14 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         ours = entry["resource"]
         seen = client.read(ours["resourceType"], f"{ours['id']}/_history/{version}")
         _check_owner(seen, ours, client.base_url)
-        if _unchanged(seen, ours):
+        # ours as the version the user saw: nothing changed, unless she was shown an
+        # earlier save's edit instead (_SHOWN): then ours may undo that edit, and only the
+        # resource as it is now can say there is nothing to write
+        if _SHOWN not in entry and _unchanged(seen, ours):
             continue
         current = _changed_since(client, ours, version)
-        if (
-            current is not None
-            and _other_owner(current, ours, client.base_url) is None
-            and _unchanged(current, ours)
-        ):
+        latest = seen if current is None else current
+        if _other_owner(latest, ours, client.base_url) is None and _unchanged(latest, ours):
             continue  # the resource already says what ours says: nothing to write
         if current is not None and _SHOWN in entry and _unchanged(current, entry[_SHOWN]):
             # changed since into what the user was shown (an earlier save's edit, delivered
@@ -1426,8 +1426,10 @@ class TransactionBuilder:
     ) -> str:
         """An update of ``resource`` (its ``id``, and only our elements) over the version the
         user saw, merged with that version at delivery (see the module doc). ``shown``: our
-        elements as the user saw them instead, an earlier save's edit of that version still
-        waiting; once that edit is delivered, the update applies over it."""
+        elements as the user saw them instead, an earlier save's edit of that version (still
+        waiting, or delivered since); once that edit is delivered, the update applies over
+        it, and whether it changes anything is asked of the resource as it is then: ours
+        may be that version's own values, undoing the edit."""
         reference = self.update(resource, version_id)
         self._entries[-1][_MERGE] = True
         if shown is not None:

@@ -289,7 +289,9 @@ class Triage:
             queued = set(_created_children(saves, patient_ref))
             undelivered = [save for save in saves if save.state in _UNDELIVERED]
             edits = {c.ref: c for c in _edited_children(undelivered, patient_ref).values()}
-            plan = _plan(ctx, findings, raised, now, shown, queued, edits)
+            delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
+            landed = {c.ref: c for c in _edited_children(delivered, patient_ref).values()}
+            plan = _plan(ctx, findings, raised, now, shown, queued, edits, landed)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
                 return earlier
@@ -574,12 +576,13 @@ def _plan(
     shown: Mapping[str, str],
     queued: Set[str] = frozenset(),
     edits: Mapping[str, Child] | None = None,
+    landed: Mapping[str, Child] | None = None,
 ) -> _Plan:
     """The save's transaction; its witness is the step 1 finding (always part of a save)."""
     patient_ref = _patient_ref(ctx)
     tx = TransactionBuilder()
     child_refs, children_written = _write_children(
-        tx, findings.step1.children, patient_ref, shown, queued, edits or {}
+        tx, findings.step1.children, patient_ref, shown, queued, edits or {}, landed or {}
     )
     written = [
         *children_written,
@@ -675,6 +678,7 @@ def _write_children(
     shown: Mapping[str, str],
     queued: Set[str] = frozenset(),
     edits: Mapping[str, Child] | None = None,
+    landed: Mapping[str, Child] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Add the children to the transaction. Returns Child.ref → the reference the findings
     use, and the references of the children written.
@@ -701,13 +705,21 @@ def _write_children(
     delivered is no reason to reference: someone else may have changed the child since,
     and this save's edit of the version its page showed must then be refused, not lost; it
     is written, and left out at delivery when the record already says what it says
-    (``service.outbox._merged``)."""
-    edits = edits or {}
+    (``service.outbox._merged``).
+
+    Nor, once an edit of that version was delivered (``landed``: ref → the latest
+    delivered edit of it), are the version's own values a confirmation: the page showed
+    the edit pending (or the nurse saved it herself), and she put the version's values
+    back, undoing it. Taken for a confirmation, the undo was only referenced and the
+    server kept the edit. It is written over that edit (``shown``), as over a pending
+    one."""
+    edits, landed = edits or {}, landed or {}
     refs: dict[str, str] = {}
     written: list[str] = []
     for child in children:
         seen = _parse_versioned(child.ref)
         earlier = edits.get(child.ref)
+        as_shown_edit = earlier or landed.get(child.ref)
         if seen is None:
             identifier = mapping.identifier("child", _new_child_identifier(child.ref))
             resource = mapping.child_related_person(
@@ -716,9 +728,7 @@ def _write_children(
             write = tx.create_or_merge if identifier["value"] in queued else tx.create
             refs[child.ref] = write(resource, identifier, patient_ref=patient_ref)
             written.append(refs[child.ref])
-        elif _fingerprint(child) == (
-            _fingerprint(earlier) if earlier is not None else shown.get(child.ref)
-        ):  # as the page showed it: the server's version, or the earlier save's edit of it
+        elif _confirms(child, earlier, as_shown_edit, shown.get(child.ref)):
             refs[child.ref] = _unversioned(child.ref)
         else:
             child_id, version = seen
@@ -728,13 +738,23 @@ def _write_children(
             )
             # over the earlier save's edit the page showed, once that is delivered
             as_shown = None
-            if earlier is not None:
+            if as_shown_edit is not None:
                 as_shown = mapping.child_related_person(
-                    earlier, patient_ref=patient_ref, identifier=mapping.identifier("child")
+                    as_shown_edit, patient_ref=patient_ref, identifier=mapping.identifier("child")
                 )
             refs[child.ref] = tx.merge_update({**ours, "id": child_id}, version, shown=as_shown)
             written.append(refs[child.ref])
     return refs, written
+
+
+def _confirms(child: Child, pending: Child | None, edited: Child | None, shown: str | None) -> bool:
+    """Whether ``child`` is as the page showed it, only confirmed: the earlier save's edit
+    of its version still waiting (``pending``), else the version itself (``shown``: its
+    fingerprint), unless an edit of that version was saved (``edited``): then the
+    version's values undo the edit, a change."""
+    if pending is not None:
+        return _fingerprint(child) == _fingerprint(pending)
+    return edited is None and _fingerprint(child) == shown
 
 
 def _fingerprint(child: Child) -> str:

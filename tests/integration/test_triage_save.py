@@ -275,6 +275,47 @@ def test_fault_a_loaded_child_edited_while_the_server_is_down_is_delivered_exact
     assert validate(after) == []
 
 
+@pytest.mark.parametrize("delivered_first", [False, True], ids=["pending", "delivered"])
+def test_a_pending_edit_the_nurse_undoes_is_undone_on_the_server(
+    database: Database, tmp_path: Path, delivered_first: bool
+) -> None:
+    """A nurse renamed a child by a slip (saved during an outage: pending), saw the edit
+    pending on the chart and put the name back. The undo was lost and both saves said
+    delivered: at delivery the undo equals the version she edited, so the outbox took it
+    for "nothing to write"; and when the slip was delivered while her page was open, the
+    save took the version's values for a confirmation and only referenced the child. The
+    server kept the slip. Now the undo is decided against the child as the server has it
+    now, over the slip, and the name she put back is the one kept."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")  # the slip, pending
+    world, edited_ref = outage.world, outage.children[0].ref
+    original = display_name(outage.before)
+    assert original is not None
+    patient = outage.server.seeded.patient("els-goossens")
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/c-2")
+        chart = world.triage.load_chart(nurse)
+        assert chart.pending == {edited_ref}
+        world.clock.advance(120)  # the slip's retry is due
+        if delivered_first:  # while her page is open
+            world.outbox.run_once()
+            assert world.outbox.state_of(outage.result.outbox_id) is DeliveryState.DELIVERED
+        undone = tuple(
+            replace(c, name=original) if c.ref == edited_ref else c for c in chart.children
+        )
+        saved = world.triage.record_triage(nurse, no_concern(nurse, undone))
+        world.outbox.run_once()
+        world.clock.advance(600)
+        world.outbox.run_once()
+        states = [world.outbox.state_of(r.outbox_id) for r in (outage.result, saved)]
+        after = client.read("RelatedPerson", edited_ref.split("/")[1])
+        shown = world.triage.load_chart(nurse)
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED]
+    assert display_name(after) == original
+    assert int(after["meta"]["versionId"]) == int(edited_ref.split("/")[3]) + 2  # slip, undo
+    assert [c.name for c in shown.children if c.ref.split("/")[1] == after["id"]] == [original]
+    assert validate(after) == []
+
+
 def test_a_conditional_create_another_writer_won_before_delivery_is_delivered_once(
     database: Database, tmp_path: Path
 ) -> None:
