@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Literal
@@ -349,12 +349,13 @@ def load_case_record(
         for r in chart.related_persons
         if (child := mapping.child_from_related_person(r)) is not None
     }
+    withdrawn = {f"RelatedPerson/{r['id']}" for r in chart.related_persons if mapping.withdrawn(r)}
     finding_pages = _step_search(client, patient_ref)
     finding_bundle = finding_pages.bundle
     observations = _resources(finding_bundle, "Observation")
     flag = flags[0]
-    recorded = _recorded(observations, children)
-    findings = _findings(recorded, flag["period"])
+    recorded = _recorded(observations, children, withdrawn)
+    findings = _findings(recorded, mapping.flag_period(flag))
     case_children = _concern_children(findings) or list(children)
     record = CaseRecord(
         patient_ref=patient_ref,
@@ -407,11 +408,12 @@ def _people(*bundles: Resource) -> dict[str, str]:
 
 
 def _recorded(
-    observations: list[Resource], children: Mapping[str, Child]
+    observations: list[Resource], children: Mapping[str, Child], withdrawn: Collection[str]
 ) -> list[tuple[str, Finding]]:
     """The patient's step findings, each with its Observation's id, in the order they were
     recorded (a retracted Observation is none: ``mapping.finding_from_observation``); a
-    step 1 with the expected child it names, when it is among ``observations``."""
+    step 1 with the expected child it names, when it is among ``observations``.
+    ``withdrawn``: the children the EHR withdrew, whom a step 1 still names (left out)."""
     expecting = {
         f"Observation/{resource['id']}": expected
         for resource in observations
@@ -420,7 +422,9 @@ def _recorded(
     parsed = (
         (
             resource["id"],
-            mapping.finding_from_observation(resource, children=children, expecting=expecting),
+            mapping.finding_from_observation(
+                resource, children=children, expecting=expecting, withdrawn_children=withdrawn
+            ),
         )
         for resource in observations
     )
@@ -443,14 +447,15 @@ def _expecting_ref(
     return mapping.expected_child_reference(resource)
 
 
-def _findings(recorded: list[tuple[str, Finding]], period: Resource) -> list[Finding]:
+def _findings(
+    recorded: list[tuple[str, Finding]], period: tuple[datetime, datetime | None]
+) -> list[Finding]:
     """The findings of this concern the protocol replays, in the order they were recorded:
     from the step 1 of the triage that raised it (the Flag's start is its step 2) until the
     case was closed (the Flag's end). Another concern of the patient is replayed on its own
     case: an earlier one's route must not carry into this one, which starts with the team's
     decision (step 4), and a closed case's history ends when it was closed."""
-    raised_at = datetime.fromisoformat(period["start"])
-    closed_at = datetime.fromisoformat(period["end"]) if "end" in period else None
+    raised_at, closed_at = period  # the Flag's (mapping.flag_period)
     findings = [f for _, f in recorded if closed_at is None or f.recorded_at <= closed_at]
     starts = [
         at
@@ -511,21 +516,19 @@ def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], 
     }
     pages = client.search_pages("ServiceRequest", params, max_pages=MAX_SEARCH_PAGES)
     bundle = pages.bundle
-    period = record.flag["period"]
-    start = datetime.fromisoformat(period["start"])
-    end = datetime.fromisoformat(period["end"]) if "end" in period else None
+    start, end = mapping.flag_period(record.flag)
     ours = [
         r
         for r in _resources(bundle, "ServiceRequest")
-        if start <= _authored(r)
+        if r.get("status") not in mapping.RETRACTED
+        and start <= _authored(r)
         and (end is None or _authored(r) <= end)
-        and r.get("status") not in mapping.RETRACTED
     ]
     return sorted(ours, key=_authored, reverse=True), pages
 
 
 def _authored(request: Resource) -> datetime:
-    return datetime.fromisoformat(request["authoredOn"])
+    return mapping.moment(request, "authoredOn")
 
 
 def referred_facilities(

@@ -372,7 +372,7 @@ def _read_new_saves(session: Session, tenant_id: int) -> None:
         try:
             # a save without a concern Flag (steps 1-3, no concern) is a case of its own
             read = _findings_of(bundle, fallback_case=f"save-{entry_id}")
-        except (ProtocolError, ValueError, KeyError, TypeError):
+        except (ProtocolError, mapping.UnreadableResourceError, ValueError, KeyError, TypeError):
             # our own write read back: a bug, not the user's input — count it, never guess
             log.exception("monitoring: outbox entry %s cannot be read back", entry_id)
             saves.append({**common, "readable": False})

@@ -127,7 +127,7 @@ from service.fhir.client import (
     Resource,
     summarise,
 )
-from service.fhir.mapping import as_laid_over, display_name, meta_on_update
+from service.fhir.mapping import as_laid_over, current_name, meta_on_update, name_text
 
 log = logging.getLogger(__name__)
 
@@ -1128,7 +1128,7 @@ def _entry_agrees(key: str, theirs: Any, mine: Any) -> bool:
     (a dropped family name is a change even though the parts ours leaves out are only
     theirs)."""
     if key == "name":
-        return display_name({"name": [theirs]}) == display_name({"name": [mine]})
+        return name_text(theirs) == name_text(mine)
     return _agrees(theirs, mine)
 
 
@@ -1140,10 +1140,15 @@ def _stands_for_one(mine: Any) -> bool:
 
 
 def _corresponding(theirs: list[Any], mine: dict[str, Any], key: str | None = None) -> int | None:
-    """The entry of ``theirs`` answering what ``mine`` answers (:func:`_answers`; the
-    element ``key`` of a resource, None: inside one), else the first: the name the nurse
-    was shown is the first. Of an element answered from a value set, no entry (None) when
-    none of theirs answers from it: the first is another answer (the EHR's role)."""
+    """The entry of ``theirs`` ours stands for: of a person's names (``key`` name) the one
+    the nurse was shown and edited (:func:`~service.fhir.mapping.current_name`: the official
+    one, say, not an old name before it); else the one answering what ``mine`` answers
+    (:func:`_answers`; the element ``key`` of a resource, None: inside one), else the
+    first. Of an element answered from a value set, no entry (None) when none of theirs
+    answers from it: the first is another answer (the EHR's role)."""
+    if key == "name":
+        shown = current_name(theirs)
+        return 0 if shown is None else shown
     answers = _answers(key, mine)
     if answers:
         for at, entry in enumerate(theirs):

@@ -401,8 +401,11 @@ class Triage:
         worklist (the local database restored from an older backup, say). Else the social
         service would never see it, and a niet-pluis now would raise a second Flag beside
         it instead of continuing it. A concern the worklist knows, even as closed (its
-        closing may still be on its way to the server), is left as it is."""
-        found = [c for flag in chart.flags if (c := mapping.open_concern_of(flag)) is not None]
+        closing may still be on its way to the server), is left as it is. A Flag of ours the
+        EHR changed so that it cannot be read (:func:`_open_concerns`) is left out with a
+        warning in the log: the nurse sees the children and records her triage all the
+        same."""
+        found = _open_concerns(chart.flags)
         if not found:
             return
         concern = max(found, key=lambda c: c.flagged_at)  # the worklist holds one per patient
@@ -777,11 +780,31 @@ def _shown_children(session: Session, session_id: str) -> dict[str, str]:
     return dict(rows.all())
 
 
+def _open_concerns(flags: Iterable[Resource]) -> list[mapping.OpenConcern]:
+    """The open concerns the Flags of the chart record. One the FHIR server holds in a form
+    we cannot read (``mapping.open_concern_of``: a partial ``period.start``, say) is left
+    out and logged, naming the Flag, for the EHR's administrators: it must not keep the
+    nurse from her patient's triage (were the chart unreadable, its children would not be
+    shown), nor be indexed with a start that is not a moment."""
+    found = []
+    for flag in flags:
+        try:
+            concern = mapping.open_concern_of(flag)
+        except mapping.UnreadableResourceError as error:
+            log.warning("an open concern left off the worklist: %s", error)
+            continue
+        if concern is not None:
+            found.append(concern)
+    return found
+
+
 def _readable(chart: Chart) -> RecordedChart:
     """The chart as the nurse sees it. A resource the server holds in a form FHIR or our
-    profile does not allow (no version, a birth date that is no date, an unknown code, a
-    name that is no text) makes the chart unreadable: the nurse is told the children were
-    not loaded, rather than shown some of them as if complete."""
+    profile does not allow (no version, a birth date that is no full date, an unknown code,
+    a name that is no text) makes the chart unreadable: the nurse is told the children were
+    not loaded, rather than shown some of them as if complete. A child of ours that cannot
+    be read is ``mapping.UnreadableResourceError``, a ``FhirUnreadable`` naming it; a child
+    the EHR withdrew (``active`` false) is no child and is not shown."""
     try:
         patient = None if chart.patient is None else mapping.patient_identity(chart.patient)
         return RecordedChart(patient, _children_of(chart.related_persons))

@@ -52,6 +52,7 @@ from service.fhir.client import (
     FhirUnreadable,
     ReauthorisationRequired,
 )
+from service.fhir.mapping import UnreadableResourceError
 from service.i18n import Language, translate
 from service.local_time import local_today
 from service.partners import Partner
@@ -269,6 +270,8 @@ class Shown:
     summary: CaseSummary
     opened: CaseFile | None = None
     unreadable: str | None = None
+    #: what the message of ``unreadable`` names (the resource that cannot be read)
+    unreadable_values: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def case(self) -> KindreflexCase | None:
@@ -359,6 +362,7 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         summary = social.case_summary(session, ctx.tenant.id, case_id, today=local_today())
     if summary is None:
         return None
+    values: dict[str, str] = {}
     try:
         return Shown(summary, work.open_case(ctx, case_id))
     except social.CaseNotFoundError:
@@ -369,6 +373,8 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         unreadable = "waiting-sign-in" if _waits_for_sign_in(summary) else "not-on-server"
     except ReauthorisationRequired:
         unreadable = "reauthorise"
+    except UnreadableResourceError as error:  # a resource of ours the EHR changed: which one
+        unreadable, values = "fhir-resource", _unreadable_values(error)
     except FhirUnreadable:
         unreadable = "fhir-garbled"
     except FhirUnavailable:
@@ -378,7 +384,7 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
     # The page still shows the worklist's row of the patient: a read, audited as failed, in
     # that patient's trail. A case of another EHR has its patient on that EHR's server.
     audit_refusal(ctx, database, AuditAction.READ, summary.patient, summary.fhir_server)
-    return Shown(summary, unreadable=unreadable)
+    return Shown(summary, unreadable=unreadable, unreadable_values=values)
 
 
 def _message(language: Language, message_id: str, **values: object) -> str:
@@ -589,6 +595,9 @@ def _save_step(
         problems, status = _about_form(ctx, typed, "error.not-now"), 409
     except ReauthorisationRequired:
         problems, status = _about_form(ctx, typed, "error.reauthorise"), 401
+    except UnreadableResourceError as error:
+        problems = _about_form(ctx, typed, "error.fhir-resource", **_unreadable_values(error))
+        status = 502
     except FhirUnreadable:
         problems, status = _about_form(ctx, typed, "error.fhir-garbled"), 502
     except FhirUnavailable:
@@ -645,9 +654,16 @@ def _with_step4_rules(
 _CONSULTATIONS = frozenset(c.value for c in Consultation)
 
 
-def _about_form(ctx: LaunchContext, typed: Typed, message_id: str) -> tuple[Problem]:
+def _about_form(
+    ctx: LaunchContext, typed: Typed, message_id: str, **values: object
+) -> tuple[Problem]:
     """A refusal of the whole form (not of one field), shown at its head."""
-    return (Problem(typed.form, typed.form, _message(ctx.language, message_id)),)
+    return (Problem(typed.form, typed.form, _message(ctx.language, message_id, **values)),)
+
+
+def _unreadable_values(error: UnreadableResourceError) -> dict[str, str]:
+    """What the messages about a resource that cannot be read say of it."""
+    return {"resource": error.resource, "problem": error.problem}
 
 
 def _protocol_anchor(error: ProtocolError, typed: Typed) -> str:

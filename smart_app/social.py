@@ -43,6 +43,7 @@ from service.fhir.client import (
     FhirUnreadable,
     ReauthorisationRequired,
 )
+from service.fhir.mapping import UnreadableResourceError
 from service.fhir.terminology import identifier_system
 from service.i18n import Language, translate
 from service.local_time import local, local_today
@@ -473,6 +474,11 @@ def _refusal(error: Exception) -> tuple[int, object]:
             return 409, {"message": str(error)}
         case ReauthorisationRequired():
             return 401, "The EHR session ended; open the app from the EHR again."
+        case UnreadableResourceError():  # a resource of ours the EHR changed: which one
+            return 502, (
+                f"The FHIR server holds {error.resource} in a form Kindreflex cannot read "
+                f"({error.problem}); nothing was saved. Tell the EHR's administrators."
+            )
         case FhirUnreadable():
             return 502, "The FHIR server's answer is not FHIR; nothing was saved."
         case FhirUnavailable():

@@ -14,13 +14,17 @@ reference of that child's RelatedPerson.
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final
+from enum import StrEnum
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from service.fhir import terminology as t
+from service.fhir.client import FhirUnreadable
 from service.protocol import (
     AgreedAction,
     CaseClosure,
@@ -60,6 +64,7 @@ from service.protocol import (
 __all__ = [
     "PROFILE_OF_STEP",
     "Resource",
+    "UnreadableResourceError",
     "child_from_related_person",
     "child_related_person",
     "closure_from_flag",
@@ -69,11 +74,14 @@ __all__ = [
     "expecting_observation",
     "finding_from_observation",
     "finding_observation",
+    "flag_period",
     "identifier",
     "meta_on_update",
+    "moment",
     "provenance",
     "referral_service_request",
     "referral_with_status",
+    "withdrawn",
 ]
 
 Resource = dict[str, Any]
@@ -143,6 +151,151 @@ def _category(profile_id: str, element_id: str) -> list[Any]:
 
 
 # --------------------------------------------------------------------------------------
+# Reading our resources back: one error for whatever another writer made of them
+# --------------------------------------------------------------------------------------
+class UnreadableResourceError(FhirUnreadable):
+    """A resource of ours (by its profile, business identifier or code) that the FHIR server
+    holds in a form the readers below cannot read as its profile says: the EHR, or another
+    writer, changed it (a SNOMED translation put first is fine, a partial date of birth,
+    an unknown code or a missing value is not). ``resource`` names it (``Observation/123``,
+    or its type when it has no id); ``problem`` says what is wrong with which element,
+    never the element's value (the message goes to the logs).
+
+    A :class:`FhirUnreadable`: the screens say which resource cannot be read, as they say
+    the server's answer is not FHIR (the case page, the social service's API), and the
+    nurse's chart is not loaded, rather than showing part of it as if it were all. The
+    EHR's administrators correct the resource; nothing is read from it until then."""
+
+    def __init__(self, resource: str, problem: str) -> None:
+        super().__init__(f"{resource} cannot be read: {problem}")
+        self.resource = resource
+        self.problem = problem
+
+
+class _MalformedError(ValueError):
+    """What a reader's helper found wrong (an element and what it lacks), raised as an
+    :class:`UnreadableResourceError` naming the resource by :func:`_reads`."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _reads(
+    read: Callable[Concatenate[Mapping[str, Any], _P], _R],
+) -> Callable[Concatenate[Mapping[str, Any], _P], _R]:
+    """The one way a reader of our resources fails: whatever it cannot read in ``resource``
+    (its first argument), a :class:`_MalformedError` of its helpers or a parse, key, type
+    or enum error of Python, is an :class:`UnreadableResourceError` naming the resource.
+    The protocol's own errors (a finding that breaks a rule) pass as they are."""
+
+    @functools.wraps(read)
+    def reading(resource: Mapping[str, Any], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return read(resource, *args, **kwargs)
+        except _MalformedError as error:
+            raise UnreadableResourceError(_named(resource), str(error)) from error
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            problem = f"an element is not as its profile says ({type(error).__name__})"
+            raise UnreadableResourceError(_named(resource), problem) from error
+
+    return reading
+
+
+def _named(resource: Any) -> str:
+    """``Type/id`` of a resource as the errors name it (its type alone without an id)."""
+    if not isinstance(resource, Mapping):
+        return "a resource"
+    kind, id_ = resource.get("resourceType"), resource.get("id")
+    kind = kind if isinstance(kind, str) else "a resource"
+    return f"{kind}/{id_}" if isinstance(id_, str) and id_ else kind
+
+
+def withdrawn(resource: Mapping[str, Any]) -> bool:
+    """Whether the EHR withdrew the resource: a status that records nothing
+    (:data:`RETRACTED`), or ``active`` false, R4's way for a resource without such a
+    status (a RelatedPerson entered by mistake). A withdrawn resource is read as none."""
+    return resource.get("status") in RETRACTED or resource.get("active") is False
+
+
+def _codings(concept: Any) -> list[Mapping[str, Any]]:
+    """The codings of a CodeableConcept (none when it is missing)."""
+    if concept is None:
+        return []
+    codings = concept.get("coding", [])
+    if not isinstance(codings, list):
+        raise _MalformedError("a coding that is not a list")
+    return codings
+
+
+def _coded(codings: Iterable[Mapping[str, Any]], kind: type[_E], where: str) -> _E:
+    """The protocol's code that ``codings`` hold in the guide's code system of ``kind``
+    (``t.PROTOCOL_ENUM_CODE_SYSTEMS``), whatever other codings stand beside or before it
+    (an EHR's translation). None of that system, or a code the protocol does not know, or
+    two different ones: unreadable, where ``where`` names the element."""
+    cs_id = t.PROTOCOL_ENUM_CODE_SYSTEMS[kind.__name__]
+    system = t.code_system_url(cs_id)
+    codes = {c.get("code") for c in codings if c.get("system") == system}
+    if not codes:
+        raise _MalformedError(f"{where} has no code of CodeSystem {cs_id}")
+    if len(codes) > 1:
+        raise _MalformedError(f"{where} has several codes of CodeSystem {cs_id}")
+    (code,) = codes
+    if code not in {member.value for member in kind}:
+        raise _MalformedError(f"{where} has a code that is not in CodeSystem {cs_id}")
+    return kind(code)
+
+
+#: A FHIR date in full (YYYY-MM-DD): a year or a month alone is a valid FHIR date, not a day.
+_FULL_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: A FHIR dateTime with its time, and so (FHIR requires it then) its zone.
+_FULL_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+def _day(value: Any, where: str) -> date:
+    """A day: a full FHIR date (a year or a month alone is a valid FHIR date, not a day), or
+    the day a dateTime with its time names as written (a ``valueDateTime`` of a day)."""
+    if isinstance(value, str) and _FULL_MOMENT.fullmatch(value):
+        value = value[:10]
+    if not isinstance(value, str) or not _FULL_DATE.fullmatch(value):
+        raise _MalformedError(f"{where} is not a full date (YYYY-MM-DD)")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _MalformedError(f"{where} is not a date of the calendar") from None
+
+
+def _moment(value: Any, where: str) -> datetime:
+    """A FHIR dateTime with its time and time zone; a partial one ("2026-05") or a day
+    alone is not a moment (and a datetime without a zone could not be compared)."""
+    if not isinstance(value, str) or not _FULL_MOMENT.fullmatch(value):
+        raise _MalformedError(f"{where} is not a dateTime with a time and a time zone")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise _MalformedError(f"{where} is not a moment of the calendar") from None
+
+
+@_reads
+def moment(resource: Mapping[str, Any], element: str) -> datetime:
+    """The moment a resource of ours holds at ``element`` (a path: ``period.start``,
+    ``authoredOn``): a FHIR dateTime with its time and time zone, else
+    :class:`UnreadableResourceError`."""
+    value: Any = resource
+    for name in element.split("."):
+        value = value.get(name) if isinstance(value, Mapping) else None
+    return _moment(value, element)
+
+
+def flag_period(flag: Mapping[str, Any]) -> tuple[datetime, datetime | None]:
+    """When the concern a Flag of ours records was raised and, once closed, closed
+    (``period.start``, ``period.end``); unreadable without a start or with a partial one."""
+    end = flag.get("period", {}).get("end") if isinstance(flag.get("period"), dict) else None
+    return moment(flag, "period.start"), None if end is None else moment(flag, "period.end")
+
+
+# --------------------------------------------------------------------------------------
 # Children (RelatedPerson)
 # --------------------------------------------------------------------------------------
 def child_related_person(
@@ -202,47 +355,111 @@ def patient_identity(patient: Mapping[str, Any]) -> PatientIdentity:
     )
 
 
-def display_name(resource: Mapping[str, Any]) -> str | None:
-    """A person's first HumanName as people read it: its text, else given names and family."""
-    names = resource.get("name")
-    if not isinstance(names, list) or not names or not isinstance(names[0], dict):
+#: HumanName.use in the order a person's name is chosen for the screens; any other use
+#: (temp, nickname, anonymous, maiden) after these.
+_NAME_USES: Final = ("official", "usual", None)
+
+
+def current_name(names: Any) -> int | None:
+    """Which of a person's HumanNames (``name``) the screens show, by its place in the list;
+    None when none is shown. An official name, else a usual one, else one without a use,
+    else one of another use; the first of its kind. A name of use ``old`` is never shown:
+    it is no longer the person's name (an EHR keeps the name before a marriage or a
+    correction that way; shown on the banner or the worklist it names someone else, a
+    wrong-patient risk). A name whose ``period`` has an end is shown only when every
+    other name has one too: it has ended or will (these readers have no clock), and a
+    current name is there. The outbox's merge replaces this same name with the one the
+    nurse typed (``service.outbox``)."""
+    if not isinstance(names, list):
         return None
-    first = names[0]
-    text = first.get("text") or " ".join([*first.get("given", []), first.get("family", "")])
-    return str(text).strip() or None
+    shown = [
+        (at, name)
+        for at, name in enumerate(names)
+        if isinstance(name, dict) and name.get("use") != "old" and name_text(name)
+    ]
+    if not shown:
+        return None
+
+    def preference(entry: tuple[int, Mapping[str, Any]]) -> tuple[bool, int, int]:
+        at, name = entry
+        period = name.get("period")
+        ends = isinstance(period, dict) and bool(period.get("end"))
+        use = name.get("use")
+        rank = _NAME_USES.index(use) if use in _NAME_USES else len(_NAME_USES)
+        return ends, rank, at
+
+    return min(shown, key=preference)[0]
 
 
+def name_text(name: Mapping[str, Any]) -> str | None:
+    """One HumanName as people read it: its text, else its given names and family (of its
+    parts, only those that are text)."""
+    text, given, family = name.get("text"), name.get("given"), name.get("family")
+    if not isinstance(text, str) or not text.strip():
+        parts = [*(given if isinstance(given, list) else []), family]
+        text = " ".join(part for part in parts if isinstance(part, str))
+    return text.strip() or None
+
+
+def display_name(resource: Mapping[str, Any]) -> str | None:
+    """A person's name as the screens show it (:func:`current_name`), read by
+    :func:`name_text`; None when the resource has no such name."""
+    names: Any = resource.get("name")
+    at = current_name(names)
+    return None if at is None else name_text(names[at])
+
+
+@_reads
 def child_from_related_person(resource: Mapping[str, Any]) -> Child | None:
-    """The protocol's Child from a kindreflex-child RelatedPerson (None if not one).
+    """The protocol's Child from a RelatedPerson of ours (profile kindreflex-child, as
+    :func:`child_related_person` writes it), or None for any other resource: not a
+    RelatedPerson, not ours (none of our profile, child identifier or lives-with
+    extension: the EHR's own record of a relative), or one the EHR withdrew
+    (:func:`withdrawn`: ``active`` false, R4's way to take back a RelatedPerson entered by
+    mistake). A withdrawn child is no child: not on the nurse's list, not in a case, not
+    on a referral.
+
+    One of ours is read whole or not at all: a date of birth that is not a full date (a
+    year or a month alone is valid FHIR: "2017-09"), a relationship outside the ValueSet
+    child-relationship, no lives-with code, no name to show:
+    :class:`UnreadableResourceError`. Left out instead, the child would vanish from the
+    nurse's list, from the case and from a referral naming all the children.
 
     ``ref`` is ``RelatedPerson/<id>`` (or the business identifier's value when the
     resource has no id yet); the caller may replace it (e.g. by a versioned reference).
     """
-    if resource.get("resourceType") != "RelatedPerson":
+    if (
+        resource.get("resourceType") != "RelatedPerson"
+        or not _our_child(resource)
+        or withdrawn(resource)
+    ):
         return None
     lives_with_url = t.extension_url("lives-with")
-    lives_with = next(
-        (
-            e.get("valueCoding", {}).get("code")
+    lives_with = _coded(
+        [
+            e.get("valueCoding") or {}
             for e in resource.get("extension", [])
             if e.get("url") == lives_with_url
-        ),
-        None,
+        ],
+        LivesWith,
+        "extension lives-with",
     )
     relationship_vs = t.value_set("child-relationship")
     relationship = next(
         (
             c["code"]
             for rel in resource.get("relationship", [])
-            for c in rel.get("coding", [])
-            if relationship_vs.contains(c.get("system"), c.get("code", ""))
+            for c in _codings(rel)
+            if c.get("system") and relationship_vs.contains(c.get("system"), c.get("code", ""))
         ),
         None,
     )
-    birth = resource.get("birthDate")
-    if lives_with is None or relationship is None or not birth or len(str(birth)) != 10:
-        return None
+    if relationship is None:
+        raise _MalformedError("relationship has no code of ValueSet child-relationship")
+    birth_date = _day(resource.get("birthDate"), "birthDate")
     text = display_name(resource)
+    if text is None:
+        raise _MalformedError("name has no name to show (text, given or family)")
     if resource.get("id"):
         ref = f"RelatedPerson/{resource['id']}"
     else:
@@ -250,14 +467,26 @@ def child_from_related_person(resource: Mapping[str, Any]) -> Child | None:
         ref = next(
             (i["value"] for i in resource.get("identifier", []) if i.get("system") == ours), ""
         )
-    if not ref or text is None:
-        return None
+    if not ref:
+        raise _MalformedError("has neither an id nor a child identifier of ours")
     return Child(
         ref=ref,
         name=text.strip(),
-        birth_date=date.fromisoformat(str(birth)),
+        birth_date=birth_date,
         relationship=ChildRelationship(relationship),
-        lives_with=LivesWith(lives_with),
+        lives_with=lives_with,
+    )
+
+
+def _our_child(resource: Mapping[str, Any]) -> bool:
+    """Whether a RelatedPerson says it is a child of ours: our profile, our child identifier
+    or our lives-with extension, any of them (an EHR's copy may keep only some)."""
+    profile, system = t.profile_url("kindreflex-child"), t.identifier_system("child")
+    lives_with = t.extension_url("lives-with")
+    return (
+        profile in (resource.get("meta") or {}).get("profile", [])
+        or any(i.get("system") == system for i in resource.get("identifier", []))
+        or any(e.get("url") == lives_with for e in resource.get("extension", []))
     )
 
 
@@ -301,6 +530,7 @@ def expecting_observation(
     return resource
 
 
+@_reads
 def expected_child_from_observation(resource: Mapping[str, Any]) -> ExpectedChild | None:
     """The expected child a kindreflex-expecting-child Observation records
     (:func:`expecting_observation`); None for any other resource, or one the EHR retracted
@@ -318,7 +548,9 @@ def expected_child_from_observation(resource: Mapping[str, Any]) -> ExpectedChil
         return None
     components = _components_by_code(resource.get("component", []))
     return ExpectedChild(
-        pregnancy_of=PregnancyOf(_value_code(resource.get("valueCodeableConcept"))),
+        pregnancy_of=_coded(
+            _codings(resource.get("valueCodeableConcept")), PregnancyOf, "valueCodeableConcept"
+        ),
         expected_date=next(iter(_dates(components, "expected-delivery-date")), None),
     )
 
@@ -684,10 +916,15 @@ class OpenConcern:
     triggers: tuple[str, ...]
 
 
+@_reads
 def open_concern_of(flag: Mapping[str, Any]) -> OpenConcern | None:
     """The open concern an active Flag of ours records (:func:`concern_flag`), or None for
-    any other Flag: inactive, of another kind, without our identifier or a start. A Flag
-    without the last-step extension was raised at step 2, where the Kindreflex hands off."""
+    any other Flag: inactive, of another kind, without our identifier. A Flag without the
+    last-step extension was raised at step 2, where the Kindreflex hands off.
+
+    One of ours whose ``period.start`` is not a dateTime with its time zone (a partial
+    "2026-05" is valid FHIR; a day alone could not be compared with the others), or
+    whose last step is not a code of ours, is :class:`UnreadableResourceError`."""
     system = t.identifier_system("concern")
     identifiers = [i.get("value") for i in flag.get("identifier", []) if i.get("system") == system]
     kind = t.codeable_concept("record-type", "open-concern")["coding"][0]
@@ -699,15 +936,17 @@ def open_concern_of(flag: Mapping[str, Any]) -> OpenConcern | None:
             for c in flag.get("code", {}).get("coding", [])
         )
         or len(identifiers) != 1
-        or not flag.get("period", {}).get("start")
     ):
         return None
-    steps = _extension_codes(flag, "concern-last-step")
+    step_url = t.extension_url("concern-last-step")
+    steps = [
+        e.get("valueCoding") or {} for e in flag.get("extension", []) if e.get("url") == step_url
+    ]
     return OpenConcern(
         identifier=str(identifiers[0]),
-        flagged_at=datetime.fromisoformat(flag["period"]["start"]),
+        flagged_at=_moment(flag.get("period", {}).get("start"), "period.start"),
         flagged_by=str(flag.get("author", {}).get("reference", "")),
-        last_step=Step(steps[0]) if steps and steps[0] in set(Step) else Step.STEP_2,
+        last_step=_coded(steps, Step, "extension concern-last-step") if steps else Step.STEP_2,
         triggers=tuple(sorted(_extension_codes(flag, "concern-trigger"))),
     )
 
@@ -823,13 +1062,26 @@ def step_of_observation(resource: Mapping[str, Any]) -> Step | None:
     return Step(step_code) if step_code in {s.value for s in Step} else None
 
 
+@_reads
 def finding_from_observation(
     resource: Mapping[str, Any],
     *,
     children: Mapping[str, Child] | None = None,
     expecting: Mapping[str, ExpectedChild] | None = None,
+    withdrawn_children: Collection[str] = (),
 ) -> Finding | None:
     """The protocol's finding recorded in a Kindreflex step Observation.
+
+    Read whole or not at all (:class:`UnreadableResourceError`): each coded value is the
+    code of the guide's code system for it, whatever codings the EHR added beside or
+    before it; a value the profile requires (an effectiveDateTime with its time zone, a
+    component's value) must be there. Given ``children``, a step 1 must name in ``focus``
+    only children among them or among ``withdrawn_children`` (the references of the
+    children the EHR withdrew, :func:`withdrawn`: left out of the finding, as the children
+    no longer are); a reference to any other (a child of ours that could not be read and
+    so is not among ``children``, or one the server no longer holds) makes it
+    unreadable, rather than a case without that child and a referral that does not name
+    it.
 
     None when the resource is not a Kindreflex step finding, or one that was retracted
     (:data:`RETRACTED`: the EHR marked it entered in error). Children are named by the
@@ -849,11 +1101,13 @@ def finding_from_observation(
     performers = resource.get("performer", [])
     base: dict[str, Any] = {
         "recorded_by": performers[0].get("reference", "") if performers else "",
-        "recorded_at": datetime.fromisoformat(str(resource.get("effectiveDateTime", ""))),
+        "recorded_at": _moment(resource.get("effectiveDateTime"), "effectiveDateTime"),
         "encounter_ref": resource.get("encounter", {}).get("reference"),
         "note": "\n".join(notes) or None,
     }
     focus = tuple(str(f["reference"]) for f in resource.get("focus", []) if "reference" in f)
+    if step is Step.STEP_1 and children is not None:
+        _names_known_children(focus, children, withdrawn_children)
     if step is Step.STEP_1:
         known = children or {}
         member = expected_child_reference(resource)
@@ -863,30 +1117,30 @@ def finding_from_observation(
             expecting=(expecting or {}).get(member) if member else None,
         )
     base["focus"] = focus
-    value = _value_code(resource.get("valueCodeableConcept"))
-    consultations = frozenset(Consultation(c) for c in _codes(components, "consultation"))
-    services = frozenset(ReferralTarget(c) for c in _codes(components, "service"))
+    value = _codings(resource.get("valueCodeableConcept"))
+    consultations = frozenset(_codes(components, "consultation", Consultation))
+    services = frozenset(_codes(components, "service", ReferralTarget))
     match step:
         case Step.STEP_2:
             return Step2Finding(
                 **base,
-                assessment=SafetyAssessment(value),
+                assessment=_coded(value, SafetyAssessment, "valueCodeableConcept"),
                 reasons=tuple(_strings(components, "reason")),
                 who_helps=next(iter(_strings(components, "who-helps")), None),
                 consultations=consultations,
                 acute_danger=any(_booleans(components, "urgency")),
-                triggers=frozenset(HagueTrigger(c) for c in _codes(components, "trigger")),
+                triggers=frozenset(_codes(components, "trigger", HagueTrigger)),
             )
         case Step.STEP_3:
             return Step3Support(
                 **base,
-                actions=frozenset(SupportAction(c) for c in _codes(components, "support-action")),
+                actions=frozenset(_codes(components, "support-action", SupportAction)),
                 services=services,
             )
         case Step.STEP_4:
             return Step4Decision(
                 **base,
-                decision=TeamDecision(value),
+                decision=_coded(value, TeamDecision, "valueCodeableConcept"),
                 factors=tuple(_factor(c) for c in components.get("factor", [])),
                 consultations=consultations,
                 discussed_with_patient=any(_booleans(components, "discussed-with-patient")),
@@ -898,8 +1152,8 @@ def finding_from_observation(
         case Step.STEP_5:
             return Step5Progress(
                 **base,
-                progress=ProgressAssessment(value),
-                actions=frozenset(SafetyAction(c) for c in _codes(components, "safety-action")),
+                progress=_coded(value, ProgressAssessment, "valueCodeableConcept"),
+                actions=frozenset(_codes(components, "safety-action", SafetyAction)),
                 services=services,
                 consultations=consultations,
                 agreed_actions=tuple(
@@ -910,7 +1164,7 @@ def finding_from_observation(
         case _:
             return Step6Referral(
                 **base,
-                target=ReferralTarget(value),
+                target=_coded(value, ReferralTarget, "valueCodeableConcept"),
                 with_cooperation=any(_booleans(components, "with-cooperation")),
                 patient_informed=any(_booleans(components, "patient-informed")),
                 not_informed_reason=next(iter(_strings(components, "not-informed-reason")), None),
@@ -929,107 +1183,152 @@ def _components_by_code(raw: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapp
     return result
 
 
-def _value_code(concept: Mapping[str, Any] | None) -> str:
-    codings = (concept or {}).get("coding", [])
-    return str(codings[0].get("code", "")) if codings else ""
+def _names_known_children(
+    focus: Sequence[str], children: Mapping[str, Child], withdrawn_children: Collection[str]
+) -> None:
+    """A step 1's ``focus`` names only known children (``children``) and withdrawn ones."""
+    unknown = [ref for ref in focus if ref not in children and ref not in withdrawn_children]
+    if unknown:
+        raise _MalformedError(
+            f"focus names {len(unknown)} RelatedPerson(s) that are not children of the "
+            "patient's chart as read (not held, or not ours)"
+        )
 
 
-def _codes(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[str]:
-    return [_value_code(c.get("valueCodeableConcept")) for c in components.get(code, [])]
+_Components = Mapping[str, list[Mapping[str, Any]]]
 
 
-def _strings(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[str]:
-    return [str(c["valueString"]) for c in components.get(code, []) if "valueString" in c]
+def _values(components: _Components, code: str, value: str, kind: type) -> list[Any]:
+    """The ``value`` (``valueString`` …) of each component of ``code``: every one must have
+    it, of the Python type ``kind``."""
+    found = [c.get(value) for c in components.get(code, [])]
+    if not all(isinstance(v, kind) for v in found):
+        raise _MalformedError(f"a component {code} has no {value}")
+    return found
 
 
-def _booleans(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[bool]:
-    return [c["valueBoolean"] is True for c in components.get(code, []) if "valueBoolean" in c]
+def _codes(components: _Components, code: str, kind: type[_E]) -> list[_E]:
+    """The protocol's code in the ``valueCodeableConcept`` of each component of ``code``."""
+    where = f"component {code}"
+    return [
+        _coded(_codings(c.get("valueCodeableConcept")), kind, where)
+        for c in components.get(code, [])
+    ]
+
+
+def _strings(components: _Components, code: str) -> list[str]:
+    return _values(components, code, "valueString", str)
+
+
+def _booleans(components: _Components, code: str) -> list[bool]:
+    return _values(components, code, "valueBoolean", bool)
 
 
 def _factor(component: Mapping[str, Any]) -> Factor:
-    concept = component.get("valueCodeableConcept", {})
-    coding = (concept.get("coding") or [{}])[0]
-    code = str(coding.get("code", ""))
-    system = coding.get("system")
-    if system and system != t.code_system_url("factor"):
+    """A factor: the catalogue's code when the concept has one (whatever stands before it),
+    else the hospital's own (``system|code``, as :func:`_factor_component` writes it). Its
+    kind is the factor-kind extension's; a catalogue factor without it is of the kind the
+    catalogue gives it (the profile requires the extension: a protective factor must not be
+    read as a risk)."""
+    concept = component.get("valueCodeableConcept") or {}
+    codings = [c for c in _codings(concept) if c.get("code")]
+    catalogue = t.code_system_url("factor")
+    ours = [c for c in codings if c.get("system") == catalogue]
+    if not codings:
+        raise _MalformedError("a component factor has no code")
+    coding = (ours or codings)[0]
+    code, system = str(coding["code"]), coding.get("system")
+    if system and system != catalogue:
         code = f"{system}|{code}"
     kind_url = t.extension_url("factor-kind")
-    kind = next(
-        (
-            e.get("valueCoding", {}).get("code")
-            for e in component.get("extension", [])
-            if e.get("url") == kind_url
-        ),
-        FactorKind.RISK.value,
-    )
-    return Factor(code, FactorKind(kind), concept.get("text"))
+    kinds = [
+        e.get("valueCoding") or {}
+        for e in component.get("extension", [])
+        if e.get("url") == kind_url
+    ]
+    if kinds:
+        kind = _coded(kinds, FactorKind, "extension factor-kind of a component factor")
+    else:
+        listed = {f.code: f.kind for f in t.factors()}.get(code)
+        if listed is None:
+            raise _MalformedError("a component factor of the hospital's own has no factor-kind")
+        kind = FactorKind(listed)
+    return Factor(code, kind, concept.get("text"))
 
 
-def _children_heard(components: Mapping[str, list[Mapping[str, Any]]]) -> tuple[HeardChild, ...]:
+def _children_heard(components: _Components) -> tuple[HeardChild, ...]:
     """Each child-consent component, with the child's own say (child-say) when recorded."""
-    says = {_child_of(c): str(c["valueString"]) for c in components.get("child-say", [])}
-    return tuple(
-        HeardChild(
-            child_ref=_child_of(c),
-            consent_given=c.get("valueBoolean") is True,
-            own_say=says.get(_child_of(c)),
+    says = dict(
+        zip(
+            map(_child_of, components.get("child-say", [])),
+            _strings(components, "child-say"),
+            strict=True,
         )
-        for c in components.get("child-consent", [])
+    )
+    consents = _booleans(components, "child-consent")
+    return tuple(
+        HeardChild(child_ref=_child_of(c), consent_given=consent, own_say=says.get(_child_of(c)))
+        for c, consent in zip(components.get("child-consent", []), consents, strict=True)
     )
 
 
 def _child_of(component: Mapping[str, Any]) -> str:
     child_url = t.extension_url("concerned-child")
-    return next(
-        (
-            str(e.get("valueReference", {}).get("reference", ""))
-            for e in component.get("extension", [])
-            if e.get("url") == child_url
-        ),
-        "",
-    )
-
-
-def _dates(components: Mapping[str, list[Mapping[str, Any]]], code: str) -> list[date]:
-    return [
-        date.fromisoformat(str(c["valueDateTime"])[:10])
-        for c in components.get(code, [])
-        if "valueDateTime" in c
+    found = [
+        e.get("valueReference", {}).get("reference")
+        for e in component.get("extension", [])
+        if e.get("url") == child_url
     ]
+    if len(found) != 1 or not isinstance(found[0], str) or not found[0]:
+        raise _MalformedError("a component about a child does not name one child")
+    return found[0]
+
+
+def _dates(components: _Components, code: str) -> list[date]:
+    where = f"a component {code}'s valueDateTime"
+    return [_day(c.get("valueDateTime"), where) for c in components.get(code, [])]
 
 
 def _key_person(component: Mapping[str, Any]) -> KeyPerson:
-    concept = component.get("valueCodeableConcept", {})
-    return KeyPerson(KeyPersonRole(_value_code(concept)), concept.get("text"))
+    concept = component.get("valueCodeableConcept") or {}
+    role = _coded(_codings(concept), KeyPersonRole, "component key-person")
+    return KeyPerson(role, concept.get("text"))
 
 
 def _agreed_action(component: Mapping[str, Any]) -> AgreedAction:
     url = t.extension_url("follow-up-date")
-    due = next(
-        (str(e["valueDate"]) for e in component.get("extension", []) if e.get("url") == url), None
-    )
-    return AgreedAction(
-        str(component.get("valueString", "")), date.fromisoformat(due) if due else None
-    )
+    dues = [e.get("valueDate") for e in component.get("extension", []) if e.get("url") == url]
+    if len(dues) > 1:
+        raise _MalformedError("a component agreed-action has several follow-up dates")
+    text = component.get("valueString")
+    if not isinstance(text, str):
+        raise _MalformedError("a component agreed-action has no valueString")
+    due = _day(dues[0], "extension follow-up-date") if dues else None
+    return AgreedAction(text, due)
 
 
-def _contact(components: Mapping[str, list[Mapping[str, Any]]]) -> FacilityContact | None:
+def _contact(components: _Components) -> FacilityContact | None:
     day = next(iter(_dates(components, "contact-date")), None)
     if day is None:
         return None
+    channels = _codes(components, "contact-channel", ContactChannel)
+    if not channels:
+        raise _MalformedError("a contact-date without its component contact-channel")
     return FacilityContact(
-        on=day,
-        person=next(iter(_strings(components, "contact-person")), ""),
-        channel=ContactChannel(next(iter(_codes(components, "contact-channel")), "")),
+        on=day, person=next(iter(_strings(components, "contact-person")), ""), channel=channels[0]
     )
 
 
+@_reads
 def closure_from_flag(flag: Mapping[str, Any]) -> CaseClosure | None:
     """Why a concern Flag was closed (None: it is open, or was closed without a reason)."""
     url = t.extension_url("concern-close-reason")
-    concept = next(
-        (e["valueCodeableConcept"] for e in flag.get("extension", []) if e.get("url") == url), None
-    )
-    if concept is None:
+    concepts = [
+        e.get("valueCodeableConcept") for e in flag.get("extension", []) if e.get("url") == url
+    ]
+    if not concepts:
         return None
-    return CaseClosure(CloseReason(_value_code(concept)), concept.get("text"))
+    if len(concepts) > 1 or not isinstance(concepts[0], dict):
+        raise _MalformedError("extension concern-close-reason is not one valueCodeableConcept")
+    where = "extension concern-close-reason"
+    return CaseClosure(_coded(_codings(concepts[0]), CloseReason, where), concepts[0].get("text"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from service.fhir import mapping, terminology
-from service.fhir.client import Resource
+from service.fhir.client import FhirUnreadable, Resource
 from service.protocol import (
     AgreedAction,
     CaseClosure,
@@ -175,7 +176,117 @@ def test_a_childs_name_is_written_as_typed_without_a_guessed_family_name(name: s
     back = mapping.child_from_related_person({**resource, "id": "rp1"})
     assert back is not None
     assert back.name == name
-    assert mapping.child_from_related_person({**resource, "relationship": []}) is None
+
+
+def _child_as_read(**elements: object) -> Resource:
+    """Emma's RelatedPerson as the FHIR server returns it, ``elements`` changed by the EHR."""
+    child = Child(
+        "c1", "Emma Peeters", date(2017, 9, 12), ChildRelationship.CHILD, LivesWith.PERMANENTLY
+    )
+    resource = mapping.child_related_person(
+        child, patient_ref=PATIENT, identifier=mapping.identifier("child", "u-1")
+    )
+    return {**resource, "id": "rp1", "meta": {**resource["meta"], "versionId": "2"}, **elements}
+
+
+@pytest.mark.parametrize(
+    ("elements", "problem"),
+    [
+        ({"birthDate": "2017-09"}, "birthDate is not a full date"),  # valid FHIR, no day
+        ({"birthDate": "2017"}, "birthDate is not a full date"),
+        ({"birthDate": "2017-02-30"}, "birthDate is not a date of the calendar"),
+        (
+            {"relationship": [{"coding": [{"system": "urn:ehr", "code": "stepchild"}]}]},
+            "relationship has no code of ValueSet child-relationship",
+        ),
+        ({"relationship": []}, "relationship has no code of ValueSet child-relationship"),
+        ({"name": [{"use": "old", "text": "Emma Janssens"}]}, "name has no name to show"),
+    ],
+    ids=["year-month", "year", "30-february", "relationship-of-the-ehr", "no-relationship",
+         "only-an-old-name"],
+)  # fmt: skip
+def test_a_child_of_ours_the_ehr_changed_is_unreadable_not_dropped(
+    elements: dict[str, object], problem: str
+) -> None:
+    """A child of ours the readers could not read was None, as if it were no child: left
+    off the nurse's list and out of the case, so that a referral naming all the children
+    did not name it (found by review). It is one of ours (profile, identifier, lives-with):
+    it cannot be read, and the error names it."""
+    with pytest.raises(mapping.UnreadableResourceError) as unreadable:
+        mapping.child_from_related_person(_child_as_read(**elements))
+    assert isinstance(unreadable.value, FhirUnreadable)  # the screens' "not FHIR" handling
+    assert unreadable.value.resource == "RelatedPerson/rp1"
+    assert problem in unreadable.value.problem
+    assert "2017" not in str(unreadable.value)  # the element is named, not its value
+
+
+def test_a_lives_with_coding_of_the_ehrs_beside_ours_is_read_and_without_ours_unreadable() -> None:
+    lives_with = terminology.extension_url("lives-with")
+    ehr_first = {"url": lives_with, "valueCoding": {"system": "urn:ehr", "code": "home"}}
+    ours = _child_as_read()
+    read = mapping.child_from_related_person({**ours, "extension": [ehr_first, *ours["extension"]]})
+    assert read is not None
+    assert read.lives_with is LivesWith.PERMANENTLY
+    with pytest.raises(mapping.UnreadableResourceError, match="extension lives-with"):
+        mapping.child_from_related_person({**ours, "extension": [ehr_first]})
+
+
+def test_a_withdrawn_child_and_the_ehrs_own_relatives_are_no_children() -> None:
+    """R4 RelatedPerson has no entered-in-error status: an EHR withdraws one entered by
+    mistake with ``active`` false. It was still read as a child (found by review): shown to
+    the nurse, in the case, on a referral. A withdrawn child is left out, readable or not."""
+    assert mapping.child_from_related_person(_child_as_read(active=False)) is None
+    assert mapping.child_from_related_person(_child_as_read(active=False, birthDate="2017")) is None
+    assert mapping.child_from_related_person(_child_as_read(active=True)) is not None
+    assert mapping.withdrawn(_child_as_read(active=False))
+    assert mapping.withdrawn({"resourceType": "Observation", "status": "entered-in-error"})
+    assert not mapping.withdrawn(_child_as_read())
+    grandmother = {
+        "resourceType": "RelatedPerson",
+        "id": "rp9",
+        "patient": {"reference": PATIENT},
+        "relationship": [{"coding": [{"system": "urn:ehr", "code": "grandmother"}]}],
+        "name": [{"text": "Oma"}],
+        "birthDate": "1950",
+    }
+    assert mapping.child_from_related_person(grandmother) is None  # the EHR's, not ours
+
+
+@pytest.mark.parametrize(
+    ("names", "shown"),
+    [
+        (
+            [
+                {"use": "old", "family": "Janssens", "given": ["Sofie"],
+                 "period": {"end": "2019-06-01"}},
+                {"use": "official", "family": "Peeters", "given": ["Sofie"]},
+            ],
+            "Sofie Peeters",
+        ),
+        ([{"use": "nickname", "text": "Fie"}, {"text": "Sofie Peeters"}], "Sofie Peeters"),
+        ([{"use": "usual", "text": "Sofie P."}, {"use": "official", "text": "Sofie Peeters"}],
+         "Sofie Peeters"),
+        ([{"use": "official", "text": "Sofie Janssens", "period": {"end": "2019-06-01"}},
+          {"use": "usual", "text": "Sofie Peeters"}], "Sofie Peeters"),
+        ([{"use": "official", "text": "Sofie Peeters", "period": {"end": "2030-01-01"}}],
+         "Sofie Peeters"),  # the only one: it may still be current
+        ([{"use": "official"}, {"use": "usual", "text": "Sofie Peeters"}], "Sofie Peeters"),
+        ([{"use": "old", "text": "Sofie Janssens"}], None),
+        ("Sofie", None),
+        ([], None),
+    ],
+    ids=["old-first", "nickname-first", "usual-first", "ended-official", "ends-later",
+         "empty-official", "only-old", "not-a-list", "none"],
+)  # fmt: skip
+def test_the_name_shown_is_the_current_official_one_not_the_first(
+    names: object, shown: str | None
+) -> None:
+    """The banner and the worklist showed a person's first name whatever its use: a patient
+    whose EHR keeps her name before her marriage first (use old) was shown by that name, a
+    wrong-patient risk (found by review)."""
+    patient = {"resourceType": "Patient", "name": names, "birthDate": "1990-04"}
+    assert mapping.display_name(patient) == shown
+    assert mapping.patient_identity(patient).name == shown
 
 
 def test_child_with_ssin_is_valid(fhir_validator: ProfileValidator) -> None:
@@ -489,6 +600,252 @@ def test_a_closed_concern_needs_its_reason() -> None:
         )
 
 
+# ---- reading back what another writer (the EHR) changed ---------------------------------
+
+#: Where the guide's code systems live: a concept with a coding of ours gets a translation.
+_OURS = terminology.code_system_url("kindreflex-step").rsplit("/", 1)[0]
+_TRANSLATION = {"system": "http://snomed.info/sct", "code": "225444004", "display": "concern"}
+
+
+def _translated_first(concept: object) -> None:
+    """An EHR's translation put before our coding of ``concept`` (in place)."""
+    if isinstance(concept, dict) and any(
+        str(c.get("system", "")).startswith(_OURS) for c in concept.get("coding", [])
+    ):
+        concept["coding"].insert(0, dict(_TRANSLATION))
+
+
+class _AsNamed(dict[str, str]):
+    """Child refs that name each child's RelatedPerson by the child's own ref."""
+
+    def __missing__(self, ref: str) -> str:
+        return ref
+
+
+def _observation_as_read(finding: Finding) -> Resource:
+    resource = mapping.finding_observation(
+        finding,
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        child_refs=_AsNamed(),
+        identifier=mapping.identifier("finding"),
+    )
+    return {**resource, "id": "o1", "meta": {**resource["meta"], "versionId": "3"}}
+
+
+@pytest.mark.parametrize(
+    "finding",
+    [*_findings(), *episode_3(episode_2(episode_1())).findings[1:]],
+    ids=lambda f: type(f).__name__,
+)
+def test_a_finding_is_read_by_the_code_system_of_each_value_whatever_codings_precede(
+    finding: Finding,
+) -> None:
+    """The readers took a concept's first coding: an EHR that codes our findings too (a
+    SNOMED translation put first) gave "'225444004' is not a valid SafetyAssessment", a 500
+    on the social worker's case page, or a catalogue factor read as a hospital's own
+    (found by review). Each value is the code of the guide's code system for it."""
+    resource = _observation_as_read(finding)
+    _translated_first(resource.get("valueCodeableConcept"))
+    for component in resource.get("component", []):
+        _translated_first(component.get("valueCodeableConcept"))
+    assert mapping.finding_from_observation(resource) == finding
+
+
+def _component(resource: Resource, code: str) -> dict[str, Any]:
+    return next(c for c in resource["component"] if c["code"]["coding"][0]["code"] == code)
+
+
+def _without(element: str) -> Callable[[Resource], None]:
+    return lambda resource: resource.pop(element)
+
+
+def _component_without(code: str, element: str) -> Callable[[Resource], None]:
+    return lambda resource: _component(resource, code).pop(element)
+
+
+def _set(element: str, value: object) -> Callable[[Resource], None]:
+    return lambda resource: resource.__setitem__(element, value)
+
+
+def _step2_value(*codes: str) -> Callable[[Resource], None]:
+    system = terminology.code_system_url("safety-assessment")
+    concept = {"coding": [_TRANSLATION, *({"system": system, "code": c} for c in codes)]}
+    return _set("valueCodeableConcept", concept)
+
+
+def _effective_period(resource: Resource) -> None:
+    resource["effectivePeriod"] = {"start": resource.pop("effectiveDateTime")}
+
+
+def _follow_up_date(value: object) -> Callable[[Resource], None]:
+    def change(resource: Resource) -> None:
+        _component(resource, "agreed-action")["extension"][0] = {
+            "url": terminology.extension_url("follow-up-date"),
+            "valueString": value,
+        }
+
+    return change
+
+
+def _drop_component(code: str) -> Callable[[Resource], None]:
+    def change(resource: Resource) -> None:
+        resource["component"] = [
+            c for c in resource["component"] if c is not _component(resource, code)
+        ]
+
+    return change
+
+
+_STEP2, _HOSPITAL_FACTORS, _STEP2_CONSULTED = _findings()[:3]
+_STEP4, _STEP5, _STEP6 = _casework_findings()
+
+
+@pytest.mark.parametrize(
+    ("finding", "change", "problem"),
+    [
+        (_STEP2, _without("valueCodeableConcept"),
+         "valueCodeableConcept has no code of CodeSystem safety-assessment"),
+        (_STEP2, _step2_value(),
+         "valueCodeableConcept has no code of CodeSystem safety-assessment"),
+        (_STEP2, _step2_value("worried"), "a code that is not in CodeSystem safety-assessment"),
+        (_STEP2, _step2_value("unclear", "niet-pluis"), "several codes of CodeSystem"),
+        (_STEP2, _effective_period, "effectiveDateTime is not a dateTime with a time"),
+        (_STEP2, _set("effectiveDateTime", "2026-05"), "effectiveDateTime is not a dateTime"),
+        (_STEP2, _set("effectiveDateTime", "2026-05-18"), "effectiveDateTime is not a dateTime"),
+        (_STEP2, _set("effectiveDateTime", "2026-05-18T10:00:00"), "with a time and a time zone"),
+        (_STEP2, _component_without("reason", "valueString"),
+         "a component reason has no valueString"),
+        (_STEP2, _component_without("urgency", "valueBoolean"),
+         "a component urgency has no valueBoolean"),
+        (_STEP2_CONSULTED, _component_without("consultation", "valueCodeableConcept"),
+         "component consultation has no code of CodeSystem consultation-type"),
+        (_HOSPITAL_FACTORS, _component_without("factor", "extension"),
+         "a component factor of the hospital's own has no factor-kind"),
+        (_STEP4, _component_without("child-say", "valueString"),
+         "a component child-say has no valueString"),
+        (_STEP4, _component_without("child-consent", "extension"),
+         "a component about a child does not name one child"),
+        (_STEP4, _component_without("key-person", "valueCodeableConcept"),
+         "component key-person has no code of CodeSystem key-person-role"),
+        (_STEP5, _follow_up_date("2026-05-25"), "extension follow-up-date is not a full date"),
+        (_STEP5, _component_without("agreed-action", "valueString"),
+         "a component agreed-action has no valueString"),
+        (_STEP5, lambda r: _component(r, "next-follow-up").__setitem__("valueDateTime", "2026-06"),
+         "a component next-follow-up's valueDateTime is not a full date"),
+        (_STEP6, _drop_component("contact-channel"),
+         "a contact-date without its component contact-channel"),
+        (_STEP6, _component_without("with-cooperation", "valueBoolean"),
+         "a component with-cooperation has no valueBoolean"),
+    ],
+    ids=["no-value", "no-code-of-ours", "unknown-code", "two-codes", "effective-period",
+         "partial-effective", "effective-day", "effective-without-zone", "reason-without-text",
+         "urgency-without-boolean", "consultation-without-value", "hospital-factor-without-kind",
+         "child-say-without-text", "consent-without-child", "key-person-without-role",
+         "follow-up-date-not-a-date", "agreed-action-without-text", "partial-next-follow-up",
+         "contact-without-channel", "cooperation-without-boolean"],
+)  # fmt: skip
+def test_a_finding_not_as_its_profile_says_is_unreadable_and_named(
+    finding: Finding, change: Callable[[Resource], None], problem: str
+) -> None:
+    """What the EHR changed so that a finding of ours no longer says what its profile
+    requires crashed the readers (ValueError, KeyError: a 500 on the case page) or was
+    read in part (a reason without its text left out). One error names the Observation
+    and what is wrong with it (found by review)."""
+    resource = _observation_as_read(finding)
+    change(resource)
+    with pytest.raises(mapping.UnreadableResourceError) as unreadable:
+        mapping.finding_from_observation(resource)
+    assert unreadable.value.resource == "Observation/o1"
+    assert problem in unreadable.value.problem
+    assert str(unreadable.value).startswith("Observation/o1 cannot be read: ")
+
+
+def test_a_catalogue_factor_without_its_kind_is_of_the_kind_the_catalogue_gives() -> None:
+    """A protective factor whose factor-kind extension the EHR dropped was read as a risk."""
+    decision = Step4Decision(
+        recorded_by=NURSE,
+        recorded_at=NOW,
+        decision=TeamDecision.SAFE,
+        consultations=frozenset({Consultation.COLLEAGUE}),
+        factors=(Factor("supportive-network", FactorKind.PROTECTIVE),),
+    )
+    resource = _observation_as_read(decision)
+    _component(resource, "factor").pop("extension")
+    read = mapping.finding_from_observation(resource)
+    assert isinstance(read, Step4Decision)
+    assert read.factors == decision.factors
+
+
+def _step1(*focus: str) -> Resource:
+    """A step 1 naming the RelatedPersons ``focus``, as read."""
+    children = tuple(
+        Child(ref, f"Kind {n}", date(2019, 1, n + 1), ChildRelationship.CHILD,
+              LivesWith.PERMANENTLY)
+        for n, ref in enumerate(focus)
+    )  # fmt: skip
+    finding = Step1Finding(recorded_by=NURSE, recorded_at=NOW, children=children)
+    resource = mapping.finding_observation(
+        finding,
+        patient_ref=PATIENT,
+        encounter_ref="Encounter/e",
+        child_refs={ref: ref for ref in focus},
+        identifier=mapping.identifier("finding"),
+    )
+    return {**resource, "id": "s1"}
+
+
+def test_a_step_1_naming_a_child_not_read_is_unreadable_and_a_withdrawn_one_is_left_out() -> None:
+    """A step 1 read back kept only the children it was given (``if r in known``): one that
+    could not be read was left out of the case, and so of a referral naming all the
+    children (found by review). A child the EHR withdrew (active false) is left out: it
+    is no child any more."""
+    emma = mapping.child_from_related_person(_child_as_read())
+    assert emma is not None
+    step1 = _step1(emma.ref, "RelatedPerson/rp2")
+    with pytest.raises(mapping.UnreadableResourceError) as unreadable:
+        mapping.finding_from_observation(step1, children={emma.ref: emma})
+    assert unreadable.value.resource == "Observation/s1"
+    assert "focus names 1 RelatedPerson(s)" in unreadable.value.problem
+    read = mapping.finding_from_observation(
+        step1, children={emma.ref: emma}, withdrawn_children={"RelatedPerson/rp2"}
+    )
+    assert isinstance(read, Step1Finding)
+    assert read.children == (emma,)
+    # without children to check against (a save's own bundle), it names none
+    assert mapping.finding_from_observation(step1) == Step1Finding(
+        recorded_by=NURSE, recorded_at=NOW, encounter_ref="Encounter/e"
+    )
+
+
+def _closed_flag(**over: object) -> Resource:
+    flag = mapping.concern_flag(
+        patient_ref=PATIENT,
+        author=NURSE,
+        flagged_at=NOW,
+        identifier=mapping.identifier("concern"),
+        closed_at=NOW.replace(hour=18),
+        closure=CaseClosure(CloseReason.OTHER, "moved abroad"),
+    )
+    return {**flag, "id": "f1", **over}
+
+
+def test_a_close_reason_is_read_by_its_code_system_and_an_unknown_one_is_named() -> None:
+    flag = _closed_flag()
+    (reason,) = flag["extension"]
+    reason["valueCodeableConcept"]["coding"].insert(0, {"system": "urn:ehr", "code": "X"})
+    assert mapping.closure_from_flag(flag) == CaseClosure(CloseReason.OTHER, "moved abroad")
+    reason["valueCodeableConcept"]["coding"][1]["code"] = "emigrated"
+    with pytest.raises(mapping.UnreadableResourceError) as unreadable:
+        mapping.closure_from_flag(flag)
+    assert str(unreadable.value) == (
+        "Flag/f1 cannot be read: extension concern-close-reason has a code that is not in "
+        "CodeSystem case-close-reason"
+    )
+    with pytest.raises(mapping.UnreadableResourceError, match="not one valueCodeableConcept"):
+        mapping.closure_from_flag(_closed_flag(extension=[{"url": reason["url"]}]))
+
+
 def _referral() -> Resource:
     """A step 6 referral to the VK, as the casework writes it."""
     return mapping.referral_service_request(
@@ -553,6 +910,33 @@ def test_an_update_keeps_the_servers_meta_but_what_the_server_manages() -> None:
     assert updated["meta"] == expected
 
 
+@pytest.mark.parametrize(
+    "period",
+    [{"start": "2026-05"}, {"start": "2026-05-18"}, {"start": "2026-05-18T13:05:00"}, {}],
+    ids=["year-month", "day", "no-time-zone", "no-start"],
+)
+def test_an_open_concern_whose_start_is_no_moment_is_unreadable_and_named(
+    period: dict[str, str],
+) -> None:
+    """A partial period.start (valid FHIR) crashed the nurse's page (datetime.fromisoformat),
+    and a day alone was a datetime without a zone that no other could be compared with
+    (found by review). Only a dateTime with its time zone is a concern's start."""
+    flag = mapping.concern_flag(
+        patient_ref=PATIENT, author=NURSE, flagged_at=NOW, identifier=mapping.identifier("concern")
+    )
+    garbled = {**flag, "id": "f1", "period": period}
+    with pytest.raises(mapping.UnreadableResourceError) as unreadable:
+        mapping.open_concern_of(garbled)
+    assert str(unreadable.value) == (
+        "Flag/f1 cannot be read: period.start is not a dateTime with a time and a time zone"
+    )
+    with pytest.raises(mapping.UnreadableResourceError, match=r"^Flag/f1 cannot be read"):
+        mapping.flag_period(garbled)
+    assert mapping.flag_period(flag) == (NOW, None)
+    utc = {**flag, "period": {"start": "2026-05-18T11:05:00.1234567Z"}}  # as servers write it
+    assert mapping.flag_period(utc)[0] == NOW.replace(microsecond=123456)
+
+
 def test_an_open_concern_is_read_back_from_its_flag_and_any_other_flag_is_not_one() -> None:
     identifier = mapping.identifier("concern")
     flag = mapping.concern_flag(
@@ -578,7 +962,7 @@ def test_an_open_concern_is_read_back_from_its_flag_and_any_other_flag_is_not_on
         {**flag, "status": "inactive"},
         {**flag, "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}},
         {**flag, "identifier": [{"system": "urn:other", "value": "1"}]},
-        {**flag, "period": {}},
+        {**flag, "status": "inactive", "period": {"start": "2026-05"}},
         {**flag, "resourceType": "Observation"},
     ]
     assert [mapping.open_concern_of(other) for other in not_ours] == [None] * len(not_ours)

@@ -1120,13 +1120,18 @@ def _serving(answer: dict[str, Any]) -> Iterator[str]:
             extension=[
                 {
                     "url": terminology.extension_url("lives-with"),
-                    "valueCoding": {"code": "sometimes"},
+                    "valueCoding": {
+                        "system": terminology.code_system_url("lives-with"),
+                        "code": "sometimes",
+                    },
                 }
             ]
         ),
         served_chart(meta=None),
         served_chart(name=[{"given": [1, 2]}]),
         served_chart(extension="x"),
+        served_chart(birthDate="2019-05"),
+        served_chart(relationship=[{"coding": [{"system": "urn:ehr", "code": "kind"}]}]),
     ],
     ids=[
         "operation-outcome",
@@ -1136,6 +1141,8 @@ def _serving(answer: dict[str, Any]) -> Iterator[str]:
         "no-version",
         "given-not-text",
         "extension-not-a-list",
+        "partial-birth-date",
+        "relationship-of-the-ehr",
     ],
 )
 def test_a_chart_the_server_garbles_is_not_loaded_and_the_form_stays_usable(
@@ -1157,6 +1164,47 @@ def test_a_well_formed_chart_from_the_same_server_is_loaded(nurse_for: Any) -> N
     assert page.status == 200
     assert "Emma" in page.text
     assert "konden nu niet geladen worden" not in page.text
+
+
+def test_a_child_the_ehr_withdrew_is_not_shown(nurse_for: Any) -> None:
+    """R4's way to withdraw a RelatedPerson entered by mistake is ``active`` false; it was
+    still shown as a child (found by review). The chart is read, without it."""
+    chart = served_chart()
+    chart["entry"][1]["resource"]["active"] = False
+    with _serving(chart) as fhir_base_url:
+        page = nurse_for("an-peeters", fhir_base_url=fhir_base_url).page()
+
+    assert page.status == 200
+    assert "Emma" not in page.text
+    assert "konden nu niet geladen worden" not in page.text
+
+
+def test_an_open_concern_whose_start_is_no_moment_leaves_the_page_as_it_was(
+    nurse_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An open concern Flag whose period.start the EHR wrote as "2026-05" (valid FHIR) made
+    the nurse's page a 500 (found by review). It is left off the worklist with a warning
+    naming it; the nurse sees the children and can record her triage."""
+    chart = served_chart()
+    flag = {
+        "resourceType": "Flag",
+        "id": "f1",
+        "identifier": [{"system": terminology.identifier_system("concern"), "value": "c-1"}],
+        "status": "active",
+        "code": terminology.codeable_concept("record-type", "open-concern"),
+        "subject": {"reference": "Patient/p1"},
+        "period": {"start": "2026-05"},
+    }
+    chart["entry"].append({"resource": flag})
+    with _serving(chart) as fhir_base_url:
+        page = nurse_for("an-peeters", fhir_base_url=fhir_base_url).page()
+
+    assert page.status == 200
+    assert "Emma" in page.text
+    assert "konden nu niet geladen worden" not in page.text
+    assert "an open concern left off the worklist: Flag/f1 cannot be read: period.start" in (
+        caplog.text
+    )
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,10 @@ def niet_pluis(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
     )
 
 
+def _lives_with(code: str) -> dict[str, str]:
+    return {"system": terminology.code_system_url("lives-with"), "code": code}
+
+
 def served_chart(**child: Any) -> dict[str, Any]:
     """A searchset with the patient and one child, the child's elements replaced by ``child``."""
     related = {
@@ -202,7 +206,10 @@ def served_chart(**child: Any) -> dict[str, Any]:
         "meta": {"versionId": "1"},
         "patient": {"reference": "Patient/p1"},
         "extension": [
-            {"url": terminology.extension_url("lives-with"), "valueCoding": {"code": "permanently"}}
+            {
+                "url": terminology.extension_url("lives-with"),
+                "valueCoding": _lives_with("permanently"),
+            }
         ],
         "relationship": [
             {

@@ -101,6 +101,23 @@ def test_elsewhere_more_extensions_of_one_url_on_the_server_are_a_change() -> No
     assert _unchanged({**seen, "extension": ours["extension"]}, ours)
 
 
+def test_the_name_ours_stands_for_is_the_one_shown_not_the_first() -> None:
+    """The nurse sees a person's current official name (``mapping.current_name``), not an
+    old one the EHR keeps first: her correction replaces that name, the old one stays, and
+    the name she left as it was is no change."""
+    old = {"use": "old", "family": "Janssens", "given": ["Emma"], "period": {"end": "2020-01-01"}}
+    official = {"use": "official", "family": "Peeters", "given": ["Emma"]}
+    seen = {"resourceType": "RelatedPerson", "id": "c1", "name": [old, official]}
+
+    def ours(name: str) -> dict[str, Any]:
+        return {"resourceType": "RelatedPerson", "name": [{"text": name}]}
+
+    assert _unchanged(seen, ours("Emma Peeters"))
+    corrected = _overlay(seen, ours("Emma Peeters-Claes"))["name"]
+    assert corrected == [old, {"use": "official", "text": "Emma Peeters-Claes"}]
+    assert mapping.display_name({"name": corrected}) == "Emma Peeters-Claes"
+
+
 def test_each_of_ours_is_matched_by_a_different_one_of_theirs() -> None:
     """An entry of ours that spells out less (no code) may agree with several of theirs; the
     matching gives each of ours one of its own where one exists."""

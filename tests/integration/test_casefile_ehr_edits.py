@@ -1,0 +1,192 @@
+"""The social worker's case page when the EHR changed a resource of ours on the real FHIR
+server (sekmet stores what FHIR allows, whatever our profiles say): a coding of its own
+beside ours is read, a resource it garbled is named on the page (never a 500), the API and
+the forms say the same, a child it withdrew (``active`` false) is no part of the case.
+Found by review: each of these was a 500, or a child silently left out of the case."""
+
+from __future__ import annotations
+
+from html import unescape
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+from sandbox.fhir_server import FhirServer
+from service.casework import load_case_record
+from service.db.base import Database
+from service.fhir.client import FhirClient
+from tests.support.casework import (
+    SOCIAL_WORKER,
+    STEP_4_FORM,
+    error_summary,
+    on_the_worklist,
+    post_form,
+    save_triage,
+)
+from tests.support.sessions import make_app, signed_in
+from tests.support.write_path import (
+    fhir_server,  # noqa: F401 - the module's FHIR server fixture
+    make_tenant,
+    search,
+)
+
+#: How an EHR that codes our findings too adds its own code: before ours.
+SNOMED = {"system": "http://snomed.info/sct", "code": "225444004", "display": "At risk"}
+#: What the page says of a resource it cannot read (then the resource and what is wrong).
+CANNOT_READ = "in een vorm die Kindreflex niet kan lezen"
+
+
+def _as_the_ehr_changed_it(base_url: str, resource: dict[str, Any]) -> None:
+    url = f"{base_url}/{resource['resourceType']}/{resource['id']}"
+    httpx.put(url, json=resource, timeout=10).raise_for_status()
+
+
+def _step_2(base_url: str, patient: str) -> dict[str, Any]:
+    (step_2,) = [
+        o
+        for o in search(base_url, "Observation", subject=patient)
+        if o["code"]["coding"][0]["code"] == "step-2"
+    ]
+    return step_2
+
+
+def _girl(base_url: str, patient: str) -> dict[str, Any]:
+    (girl,) = [
+        r
+        for r in search(base_url, "RelatedPerson", patient=patient)
+        if r["name"][0]["text"] == "Girl"
+    ]
+    return girl
+
+
+def _text(response: httpx.Response) -> str:
+    return " ".join(unescape(response.text).split())
+
+
+def test_a_coding_of_the_ehrs_before_ours_is_read_and_a_finding_it_garbled_is_named(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    worker, case_id = on_the_worklist(app, tenant, base_url)
+    browser = TestClient(
+        app, follow_redirects=False, raise_server_exceptions=False, headers=worker.headers
+    )
+    api = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+
+    # The EHR codes the nurse's niet-pluis too: its SNOMED code first. It was read as the
+    # step 2's assessment ("'225444004' is not a valid SafetyAssessment"): a 500.
+    step_2 = _step_2(base_url, patient)
+    step_2["valueCodeableConcept"]["coding"].insert(0, SNOMED)
+    _as_the_ehr_changed_it(base_url, step_2)
+    page = browser.get(f"/social/cases/{case_id}")
+    assert page.status_code == 200
+    assert CANNOT_READ not in _text(page)
+    assert 'id="s4-form"' in page.text  # the case replays: the team decision is next
+
+    # The EHR keeps only its own code: the finding says no assessment of ours. The page
+    # names the Observation and what is wrong; no step is offered.
+    step_2["valueCodeableConcept"]["coding"] = [SNOMED]
+    _as_the_ehr_changed_it(base_url, step_2)
+    garbled = browser.get(f"/social/cases/{case_id}")
+    assert garbled.status_code == 200
+    named = (
+        f"De FHIR-server bewaart Observation/{step_2['id']} {CANNOT_READ} "
+        "(valueCodeableConcept has no code of CodeSystem safety-assessment)"
+    )
+    assert named in _text(garbled)
+    assert 'id="s4-form"' not in garbled.text
+
+    # A save from the page read before: nothing saved, the input kept, the same words.
+    save = post_form(worker, page.text, case_id, "step-4", "s4", STEP_4_FORM)
+    assert save.status_code == 502
+    assert f"Observation/{step_2['id']} {CANNOT_READ}" in unescape(error_summary(save.text, "s4"))
+    assert "er werd niets opgeslagen" in _text(save)
+    assert "She says they are fine alone for an hour." in save.text
+    # The API says it too, for a read and for a save.
+    read = browser.get(f"/api/cases/{case_id}", headers=api)
+    step_4 = browser.post(
+        f"/api/cases/{case_id}/step-4",
+        headers=api,
+        json={"row_version": 1, "decision": "acute-danger", "discussed_with_patient": True},
+    )
+    for answer in (read, step_4):
+        assert answer.status_code == 502
+        assert answer.json()["detail"] == (
+            f"The FHIR server holds Observation/{step_2['id']} in a form Kindreflex cannot "
+            "read (valueCodeableConcept has no code of CodeSystem safety-assessment); "
+            "nothing was saved. Tell the EHR's administrators."
+        )
+    assert browser.get("/social").status_code == 200  # the worklist is unaffected
+
+
+def test_a_concern_flag_whose_start_the_ehr_cut_to_a_month_is_named(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A partial period.start is valid FHIR; the case's history starts there (a 500)."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    worker, case_id = on_the_worklist(app, tenant, base_url)
+    browser = TestClient(
+        app, follow_redirects=False, raise_server_exceptions=False, headers=worker.headers
+    )
+    (flag,) = search(base_url, "Flag", patient=patient)
+    flag["period"]["start"] = flag["period"]["start"][:7]
+    _as_the_ehr_changed_it(base_url, flag)
+
+    page = browser.get(f"/social/cases/{case_id}")
+
+    assert page.status_code == 200
+    assert (
+        f"Flag/{flag['id']} {CANNOT_READ} "
+        "(period.start is not a dateTime with a time and a time zone)"
+    ) in _text(page)
+
+
+def test_a_child_the_ehr_garbled_is_named_and_one_it_withdrew_is_no_part_of_the_case(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A child of ours with a date of birth the EHR cut to a month (valid FHIR) was left out
+    of the case without a word: the case page lacked her, and a referral naming all the
+    children did not name her. The case cannot be read, and the page says which child.
+    A child the EHR withdrew (``active`` false) was still one: she is not in the case,
+    though the step 1 names her."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    worker, case_id = on_the_worklist(app, tenant, base_url)
+    girl = _girl(base_url, patient)
+    (flag,) = search(base_url, "Flag", patient=patient)
+    concern = flag["identifier"][0]["value"]
+
+    _as_the_ehr_changed_it(base_url, {**girl, "birthDate": "2017-06"})
+    page = worker.get(f"/social/cases/{case_id}")
+    assert page.status_code == 200
+    assert (
+        f"RelatedPerson/{girl['id']} {CANNOT_READ} (birthDate is not a full date (YYYY-MM-DD))"
+    ) in _text(page)
+    assert 'id="s4-form"' not in page.text
+
+    _as_the_ehr_changed_it(base_url, {**girl, "active": False})
+    page = worker.get(f"/social/cases/{case_id}")
+    assert CANNOT_READ not in _text(page)
+    assert "Boy" in page.text
+    assert "Girl" not in page.text
+    assert 'id="s4-form"' in page.text
+    with FhirClient(base_url, lambda: "loopback", 10.0) as client:
+        record, _ = load_case_record(client, patient, concern)
+    (boy,) = record.child_refs  # what a referral names
+    assert record.children[boy].name == "Boy"
+    assert f"RelatedPerson/{girl['id']}" not in record.children
