@@ -434,16 +434,8 @@ def child_from_related_person(resource: Mapping[str, Any]) -> Child | None:
         or withdrawn(resource)
     ):
         return None
-    lives_with_url = t.extension_url("lives-with")
-    lives_with = _coded(
-        [
-            e.get("valueCoding") or {}
-            for e in resource.get("extension", [])
-            if e.get("url") == lives_with_url
-        ],
-        LivesWith,
-        "extension lives-with",
-    )
+    codings = _extension_codings(resource, "lives-with")
+    lives_with = _coded(codings, LivesWith, "extension lives-with")
     relationship_vs = t.value_set("child-relationship")
     relationship = next(
         (
@@ -938,10 +930,7 @@ def open_concern_of(flag: Mapping[str, Any]) -> OpenConcern | None:
         or len(identifiers) != 1
     ):
         return None
-    step_url = t.extension_url("concern-last-step")
-    steps = [
-        e.get("valueCoding") or {} for e in flag.get("extension", []) if e.get("url") == step_url
-    ]
+    steps = _extension_codings(flag, "concern-last-step")
     return OpenConcern(
         identifier=str(identifiers[0]),
         flagged_at=_moment(flag.get("period", {}).get("start"), "period.start"),
@@ -992,12 +981,24 @@ def _concern_as_laid_over(seen: Resource, ours: Resource) -> tuple[Resource, Res
 
 def _extension_codes(resource: Mapping[str, Any], extension_id: str) -> list[str]:
     """The codes of the resource's ``valueCoding`` extensions of the guide's ``extension_id``."""
-    url = t.extension_url(extension_id)
     return [
-        str(e["valueCoding"].get("code"))
-        for e in resource.get("extension", [])
-        if e.get("url") == url and isinstance(e.get("valueCoding"), dict)
+        str(coding.get("code"))
+        for coding in _extension_values(resource, extension_id, "valueCoding")
+        if isinstance(coding, dict)
     ]
+
+
+def _extension_values(element: Mapping[str, Any], extension_id: str, value: str) -> list[Any]:
+    """The ``value`` (``valueCoding``, ``valueDate`` …) of each of ``element``'s extensions
+    of the guide's ``extension_id``; None where one lacks it."""
+    url = t.extension_url(extension_id)
+    return [e.get(value) for e in element.get("extension", []) if e.get("url") == url]
+
+
+def _extension_codings(element: Mapping[str, Any], extension_id: str) -> list[Mapping[str, Any]]:
+    """The codings of ``element``'s extensions ``extension_id``, for :func:`_coded` (an empty
+    one where an extension lacks its ``valueCoding``: no code, so unreadable)."""
+    return [coding or {} for coding in _extension_values(element, extension_id, "valueCoding")]
 
 
 def provenance(
@@ -1106,9 +1107,9 @@ def finding_from_observation(
         "note": "\n".join(notes) or None,
     }
     focus = tuple(str(f["reference"]) for f in resource.get("focus", []) if "reference" in f)
-    if step is Step.STEP_1 and children is not None:
-        _names_known_children(focus, children, withdrawn_children)
     if step is Step.STEP_1:
+        if children is not None:
+            _names_known_children(focus, children, withdrawn_children)
         known = children or {}
         member = expected_child_reference(resource)
         return Step1Finding(
@@ -1240,12 +1241,7 @@ def _factor(component: Mapping[str, Any]) -> Factor:
     code, system = str(coding["code"]), coding.get("system")
     if system and system != catalogue:
         code = f"{system}|{code}"
-    kind_url = t.extension_url("factor-kind")
-    kinds = [
-        e.get("valueCoding") or {}
-        for e in component.get("extension", [])
-        if e.get("url") == kind_url
-    ]
+    kinds = _extension_codings(component, "factor-kind")
     if kinds:
         kind = _coded(kinds, FactorKind, "extension factor-kind of a component factor")
     else:
@@ -1273,11 +1269,9 @@ def _children_heard(components: _Components) -> tuple[HeardChild, ...]:
 
 
 def _child_of(component: Mapping[str, Any]) -> str:
-    child_url = t.extension_url("concerned-child")
     found = [
-        e.get("valueReference", {}).get("reference")
-        for e in component.get("extension", [])
-        if e.get("url") == child_url
+        (value or {}).get("reference")
+        for value in _extension_values(component, "concerned-child", "valueReference")
     ]
     if len(found) != 1 or not isinstance(found[0], str) or not found[0]:
         raise _MalformedError("a component about a child does not name one child")
@@ -1296,8 +1290,7 @@ def _key_person(component: Mapping[str, Any]) -> KeyPerson:
 
 
 def _agreed_action(component: Mapping[str, Any]) -> AgreedAction:
-    url = t.extension_url("follow-up-date")
-    dues = [e.get("valueDate") for e in component.get("extension", []) if e.get("url") == url]
+    dues = _extension_values(component, "follow-up-date", "valueDate")
     if len(dues) > 1:
         raise _MalformedError("a component agreed-action has several follow-up dates")
     text = component.get("valueString")
@@ -1322,10 +1315,7 @@ def _contact(components: _Components) -> FacilityContact | None:
 @_reads
 def closure_from_flag(flag: Mapping[str, Any]) -> CaseClosure | None:
     """Why a concern Flag was closed (None: it is open, or was closed without a reason)."""
-    url = t.extension_url("concern-close-reason")
-    concepts = [
-        e.get("valueCodeableConcept") for e in flag.get("extension", []) if e.get("url") == url
-    ]
+    concepts = _extension_values(flag, "concern-close-reason", "valueCodeableConcept")
     if not concepts:
         return None
     if len(concepts) > 1 or not isinstance(concepts[0], dict):
