@@ -7,15 +7,17 @@ Found by review: each of these was a 500, or a child silently left out of the ca
 from __future__ import annotations
 
 from html import unescape
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
 from service.casework import load_case_record
 from service.db.base import Database
 from service.fhir.client import FhirClient
+from service.tenancy import TenantContext
 from tests.support.casework import (
     SOCIAL_WORKER,
     STEP_4_FORM,
@@ -60,6 +62,25 @@ def _girl(base_url: str, patient: str) -> dict[str, Any]:
     return girl
 
 
+class _Case(NamedTuple):
+    """A niet-pluis triage saved and on the social worker's worklist."""
+
+    app: FastAPI
+    tenant: TenantContext
+    base_url: str
+    patient: str
+    worker: TestClient
+    case_id: int
+
+
+def _a_triaged_case(database_url: str, database: Database, base_url: str) -> _Case:
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    worker, case_id = on_the_worklist(app, tenant, base_url)
+    return _Case(app, tenant, base_url, patient, worker, case_id)
+
+
 def _text(response: httpx.Response) -> str:
     return " ".join(unescape(response.text).split())
 
@@ -69,11 +90,9 @@ def test_a_coding_of_the_ehrs_before_ours_is_read_and_a_finding_it_garbled_is_na
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    worker, case_id = on_the_worklist(app, tenant, base_url)
+    app, tenant, base_url, patient, worker, case_id = _a_triaged_case(
+        database_url, database, fhir_server.base_url
+    )
     browser = TestClient(
         app, follow_redirects=False, raise_server_exceptions=False, headers=worker.headers
     )
@@ -131,11 +150,9 @@ def test_a_concern_flag_whose_start_the_ehr_cut_to_a_month_is_named(
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
     """A partial period.start is valid FHIR; the case's history starts there (a 500)."""
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    worker, case_id = on_the_worklist(app, tenant, base_url)
+    app, _tenant, base_url, patient, worker, case_id = _a_triaged_case(
+        database_url, database, fhir_server.base_url
+    )
     browser = TestClient(
         app, follow_redirects=False, raise_server_exceptions=False, headers=worker.headers
     )
@@ -162,11 +179,9 @@ def test_a_child_the_ehr_garbled_is_named_and_one_it_withdrew_is_no_part_of_the_
     children did not name her. The case cannot be read, and the page says which child.
     A child the EHR withdrew (``active`` false) was still one: she is not in the case,
     though the step 1 names her."""
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    worker, case_id = on_the_worklist(app, tenant, base_url)
+    _app, _tenant, base_url, patient, worker, case_id = _a_triaged_case(
+        database_url, database, fhir_server.base_url
+    )
     girl = _girl(base_url, patient)
     (flag,) = search(base_url, "Flag", patient=patient)
     concern = flag["identifier"][0]["value"]
