@@ -56,6 +56,7 @@ from service.protocol import (
     check_plausible_dates,
     check_referral_status,
     leads_to_referral,
+    referral_subjects,
 )
 from service.social import (
     CaseConflict,
@@ -117,12 +118,26 @@ class CaseRecord:
 
 @dataclass(frozen=True)
 class Referral:
-    """A step 6 referral's own identifier value and the partner Organization it goes to
-    (as ``service.admin.partners_io.organization`` publishes the directory entry; created
-    on the server when it is not there yet, matched on its partner identifier)."""
+    """A step 6 referral's own identifier value, the partner Organization it goes to (as
+    ``service.admin.partners_io.organization`` publishes the directory entry; created on
+    the server when it is not there yet, matched on its partner identifier) and whom it is
+    about (:func:`referral_about`)."""
 
     identifier_value: str
     organization: Resource
+    about: tuple[str, ...]
+
+
+def referral_about(
+    record: CaseRecord, case: KindreflexCase, finding: Step6Referral
+) -> tuple[str, ...]:
+    """The references of whom ``finding`` is about (``protocol.referral_subjects``): the
+    children's RelatedPersons and the expected child's Observation."""
+    children, expecting = referral_subjects(case, finding)
+    refs = [record.child_refs[child.ref] for child in children]
+    if expecting is not None and record.expecting_ref is not None:
+        refs.append(record.expecting_ref)
+    return tuple(refs)
 
 
 @dataclass(frozen=True)
@@ -230,9 +245,8 @@ def _add_referral(
         encounter_ref=record.encounter_ref,
         performer_ref=performer_ref,
         reason_refs=[record.reason_ref],
-        child_refs=record.child_refs,
+        about=referral.about,
         identifier=identifier,
-        expecting_ref=record.expecting_ref,
     )
     return tx.create(request, identifier)
 
@@ -429,7 +443,9 @@ def _recorded(
         for resource in observations
     )
     recorded = [(id_, finding) for id_, finding in parsed if finding is not None]
-    return sorted(recorded, key=lambda pair: pair[1].recorded_at)
+    # a nurse's save records its steps 1-3 at one instant, and a search without _sort
+    # returns them in any order: the step breaks the tie (step 2 after its step 1)
+    return sorted(recorded, key=lambda pair: (pair[1].recorded_at, pair[1].step.number))
 
 
 def _expecting_ref(
@@ -689,14 +705,17 @@ class Casework:
             finding: CaseworkFinding = step.finding(
                 author, now, ctx.tenant.config.partners.directory()
             )
-            referral: Referral | None = Referral(
-                _business_id(ctx, case_id, "referral", now), _organization(ctx, step.partner_id)
-            )
         else:
             finding = step.finding(author, now)
-            referral = None
         check_plausible_dates(finding)  # a new finding's dates (old ones replay as recorded)
         case = apply(case, finding)  # the protocol's verdict (ProtocolError)
+        referral = None
+        if isinstance(step, Step6Input) and isinstance(finding, Step6Referral):
+            referral = Referral(
+                _business_id(ctx, case_id, "referral", now),
+                _organization(ctx, step.partner_id),
+                referral_about(record, case, finding),
+            )
         plan = step_transaction(
             record,
             finding,

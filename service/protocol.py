@@ -160,6 +160,7 @@ __all__ = [
     "earliest_contact",
     "kind_en_gezin_advised",
     "latest_follow_up",
+    "referral_subjects",
 ]
 
 
@@ -1033,6 +1034,26 @@ def leads_to_referral(finding: Finding) -> bool:
         case Step2Finding():
             return finding.acute_danger
     return False
+
+
+def referral_subjects(
+    case: KindreflexCase, referral: Step6Referral
+) -> tuple[tuple[Child, ...], ExpectedChild | None]:
+    """Whom a referral is about: the children it names. Naming none, it is about the
+    case's minors on the day it is made and the expected child: the Kindreflex concerns
+    minors, from pregnancy on (seeds 000 and 002), so a grown-up child of the patient is
+    not handed to a facility unasked. Only when no minor and no expected child is left
+    (the children came of age while the case was open) is it about all of them."""
+    if referral.focus:
+        named = set(referral.focus)
+        return tuple(child for child in case.children if child.ref in named), None
+    on = referral.recorded_on
+    minors = tuple(
+        child for child in case.children if age_in_months(child.birth_date, on) < ADULT_FROM_MONTHS
+    )
+    if minors or case.expecting is not None:
+        return minors, case.expecting
+    return case.children, None
 
 
 def _supports_after_a_triage(case: KindreflexCase) -> bool:

@@ -18,7 +18,7 @@ save shows the page again with the input kept and the reason next to the field.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
@@ -60,10 +60,13 @@ from service.protocol import (
     ACUTE_DANGER_TARGETS,
     STEP_6_TARGETS,
     CaseClosure,
+    Child,
     CloseReason,
     Consultation,
     ContactChannel,
     ErrorCode,
+    ExpectedChild,
+    Finding,
     HeardChild,
     KeyPersonRole,
     KindreflexCase,
@@ -80,6 +83,8 @@ from service.protocol import (
     age_in_months,
     earliest_contact,
     latest_follow_up,
+    leads_to_referral,
+    referral_subjects,
     step4_problems,
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
@@ -426,10 +431,12 @@ def _partners(ctx: LaunchContext, case: KindreflexCase | None) -> list[Partner]:
 
 def _children(case: KindreflexCase | None) -> list[tuple[str, str, int]]:
     """(ref, name, age in completed months) of the recorded children, oldest first."""
-    if case is None:
-        return []
+    return [] if case is None else _listed(case.children)
+
+
+def _listed(children: Iterable[Child]) -> list[tuple[str, str, int]]:
     today = local_today()
-    kids = sorted(case.children, key=lambda c: c.birth_date)
+    kids = sorted(children, key=lambda c: c.birth_date)
     return [(c.ref, c.name, age_in_months(c.birth_date, today)) for c in kids]
 
 
@@ -808,6 +815,8 @@ class ReferralSummary:
     decision: Step4Decision | None
     referral: Step6Referral
     concern: Step2Finding | None
+    children: tuple[Child, ...]
+    expecting: ExpectedChild | None
 
 
 def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None:
@@ -828,16 +837,31 @@ def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None
     else:
         telecom = organization.get("telecom", [])
         phones = [(None, str(t["value"])) for t in telecom if t["system"] == "phone"]
-    decisions = [f for f in case.findings if isinstance(f, Step4Decision)]
+    referral = referrals[-1]
+    before = case.findings[: case.findings.index(referral)]
     # the latest step 2 that gave reasons: a later visit's "no concern" keeps the concern open
-    concerns = [f for f in case.findings if isinstance(f, Step2Finding) and f.reasons]
+    concerns = [f for f in before if isinstance(f, Step2Finding) and f.reasons]
+    children, expecting = referral_subjects(case, referral)
     return ReferralSummary(
         partner_name=str(organization.get("name", "")),
         phones=phones,
-        decision=decisions[-1] if decisions else None,
-        referral=referrals[-1],
+        decision=_referral_decision(before),
+        referral=referral,
         concern=concerns[-1] if concerns else None,
+        children=children,
+        expecting=expecting,
     )
+
+
+def _referral_decision(before: Sequence[Finding]) -> Step4Decision | None:
+    """The team decision the referral follows from: its reason (``leads_to_referral``) when
+    that is a step 4, the step 4 before it when that is a step 5 "not restored"; none after
+    a step 2's acute danger (an older decision, "safe" say, is not what the facility is told)."""
+    reasons = [at for at, finding in enumerate(before) if leads_to_referral(finding)]
+    if not reasons or isinstance(before[reasons[-1]], Step2Finding):
+        return None
+    decisions = [f for f in before[: reasons[-1] + 1] if isinstance(f, Step4Decision)]
+    return decisions[-1] if decisions else None
 
 
 @router.get("/cases/{case_id}/referral", response_class=HTMLResponse)
@@ -865,7 +889,7 @@ def referral_page(
         prefix=ctx.path_prefix,
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
-        children=_children(file.case),
+        children=_listed(summary.children),
         summary=summary,
         display=_display(ctx.language),
         printed_on=local_today(),

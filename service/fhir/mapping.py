@@ -755,28 +755,20 @@ def referral_service_request(
     encounter_ref: str | None,
     performer_ref: str,
     reason_refs: Sequence[str],
-    child_refs: Mapping[str, str],
+    about: Sequence[str],
     identifier: Mapping[str, str],
     status: str = "active",
-    expecting_ref: str | None = None,
 ) -> Resource:
     """The step 6 referral (profile kindreflex-referral).
 
     ``performer_ref``: the partner Organization of the directory; ``reason_refs``: the
     finding(s) that led to step 6 (the step 4 decision, or step 5, or step 2 acute danger).
-    ``supportingInfo`` names who the referral is about: the finding's focus (all children
-    when the focus is empty: pass them all in ``child_refs``); for a case without a child,
-    the expected child's Observation (``expecting_ref``, a concern about an unborn child).
-    With neither there is no ``supportingInfo`` (FHIR allows no empty array; such a
-    referral does not conform to the profile, see docs/architecture.md).
+    ``about``: whom the referral is about, in ``supportingInfo``: the children's
+    RelatedPersons and the expected child's Observation (``casework.referral_about``).
+    With none there is no ``supportingInfo`` (FHIR allows no empty array; such a referral
+    does not conform to the profile, see docs/architecture.md).
     """
     profile = "kindreflex-referral"
-    children = (
-        [_child_ref(child_refs, r) for r in finding.focus]
-        if finding.focus
-        else list(child_refs.values())
-    )
-    concerned = children or ([expecting_ref] if expecting_ref else [])
     resource: Resource = {
         "resourceType": "ServiceRequest",
         "meta": _meta(profile),
@@ -794,8 +786,8 @@ def referral_service_request(
         "performer": [_ref(performer_ref)],
         "reasonReference": [_ref(r) for r in reason_refs],
     }
-    if concerned:
-        resource["supportingInfo"] = [_ref(r) for r in concerned]
+    if about:
+        resource["supportingInfo"] = [_ref(r) for r in about]
     encounter = finding.encounter_ref or encounter_ref
     if encounter:
         resource["encounter"] = _ref(encounter)

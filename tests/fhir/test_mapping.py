@@ -43,6 +43,7 @@ from service.protocol import (
     Step5Progress,
     Step6Referral,
     TeamDecision,
+    referral_subjects,
 )
 from tests.support.validator import ProfileValidator
 from tests.support.workshop import episode_1, episode_2, episode_3
@@ -95,7 +96,7 @@ def test_seed_001_case_maps_to_valid_resources(fhir_validator: ProfileValidator)
             encounter_ref=case.encounter_ref,
             performer_ref=VK,
             reason_refs=[finding_refs[Step.STEP_5]],
-            child_refs=refs,
+            about=[refs[child.ref] for child in referral_subjects(case, referral)[0]],
             identifier=mapping.identifier("referral"),
         )
     )
@@ -396,10 +397,10 @@ def test_a_step_1_with_an_expected_child_needs_the_reference_of_its_observation(
 def test_a_referral_about_an_expected_child_names_its_observation(
     fhir_validator: ProfileValidator,
 ) -> None:
-    """A referral for a patient who cares for no child but expects one names the expected
-    child's Observation as who it is about, and validates against the profile; before,
-    it said ``"supportingInfo": []`` (no valid FHIR: an empty array; the profile wants
-    one at least). A case with children names only them."""
+    """A referral about an expected child names the expected child's Observation, alone or
+    beside the children, and validates against the profile; before, a case with no child
+    said ``"supportingInfo": []`` (no valid FHIR: an empty array; the profile wants one at
+    least). With nobody to name there is no ``supportingInfo`` at all."""
     referral = Step6Referral(
         recorded_by=NURSE,
         recorded_at=NOW,
@@ -413,18 +414,12 @@ def test_a_referral_about_an_expected_child_names_its_observation(
         "performer_ref": VK,
         "reason_refs": ["Observation/s4"],
         "identifier": mapping.identifier("referral"),
-        "expecting_ref": "Observation/preg-1",
     }
-    unborn = mapping.referral_service_request(referral, child_refs={}, **common)
-    assert unborn["supportingInfo"] == [{"reference": "Observation/preg-1"}]
-    assert fhir_validator.validate(unborn) == []
-    children = mapping.referral_service_request(
-        referral, child_refs={"c1": "RelatedPerson/c1"}, **common
-    )
-    assert children["supportingInfo"] == [{"reference": "RelatedPerson/c1"}]
-    nobody = mapping.referral_service_request(
-        referral, child_refs={}, **{**common, "expecting_ref": None}
-    )
+    for about in (["Observation/preg-1"], ["RelatedPerson/c1", "Observation/preg-1"]):
+        request = mapping.referral_service_request(referral, about=about, **common)
+        assert request["supportingInfo"] == [{"reference": r} for r in about]
+        assert fhir_validator.validate(request) == []
+    nobody = mapping.referral_service_request(referral, about=[], **common)
     assert "supportingInfo" not in nobody  # never an empty array
 
 
@@ -521,7 +516,7 @@ def test_acute_danger_and_hospital_codes_map_to_valid_resources(
             encounter_ref=None,
             performer_ref="Organization/police",
             reason_refs=["Observation/s4"],
-            child_refs={"c1": "RelatedPerson/c1"},
+            about=["RelatedPerson/c1"],
             identifier=mapping.identifier("referral"),
         )
         assert fhir_validator.validate(referral) == []
@@ -854,7 +849,7 @@ def _referral() -> Resource:
         encounter_ref=None,
         performer_ref=VK,
         reason_refs=["Observation/s4"],
-        child_refs={"c1": "RelatedPerson/c1"},
+        about=["RelatedPerson/c1"],
         identifier=mapping.identifier("referral"),
     )
 

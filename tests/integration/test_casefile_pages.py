@@ -409,6 +409,50 @@ def test_a_concern_about_an_expected_child_opens_and_its_referral_names_that_chi
     assert validate(request) == []
 
 
+def test_a_referral_about_all_children_names_the_minors_and_the_expected_child_not_an_adult(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A patient with two young children, a son of 26 and a pregnancy: the referral the
+    social worker makes from the case page (about all children) names the young children
+    and the expected child, and the printed referral lists the same. Before, it named the
+    son too (the Kindreflex concerns minors) and left the unborn child out because born
+    children existed; the printed sheet listed every child of the case."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    due = local_today() + timedelta(days=90)
+    expecting = ExpectedChild(PregnancyOf.PATIENT, due)
+    patient = save_triage(app, tenant, base_url, expecting=expecting, grown_up_son=True)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    page = client.get(f"/social/cases/{case_id}").text
+    assert "Son" in page  # the case shows every child recorded
+    saved = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
+    assert saved.status_code == 303, saved.text
+    after_4 = client.get(saved.headers["location"]).text
+    contact = {"contact_on": utcnow().date().isoformat()}
+    referred = post_form(client, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
+    assert referred.status_code == 303, referred.text
+
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    named = {info["reference"] for info in request["supportingInfo"]}
+    people = {
+        f"RelatedPerson/{p['id']}": p for p in search(base_url, "RelatedPerson", patient=patient)
+    }
+    record_type = "https://kindreflex-ed.be/fhir/CodeSystem/record-type"
+    (pregnancy,) = search(base_url, "Observation", subject=patient, code=f"{record_type}|")
+    young = {ref for ref, person in people.items() if person["name"][0]["text"] in ("Boy", "Girl")}
+    assert named == {*young, f"Observation/{pregnancy['id']}"}
+    assert validate(request) == []
+    printed = client.get(f"/social/cases/{case_id}/referral").text
+    who = printed[printed.index('id="who-heading"') : printed.index('id="concern-heading"')]
+    assert "Boy" in who
+    assert "Girl" in who
+    assert "Son" not in who
+    assert f"uitgerekend op {due:%d/%m/%Y}" in who
+
+
 def _hidden_section(html: str, anchor: str) -> str:
     start = html.index(f'id="{anchor}"')
     return html[start : html.index("</fieldset>", start)]

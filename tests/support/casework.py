@@ -120,12 +120,14 @@ def save_triage(
     nurse_name: str = "Sofie Maes",
     expecting: ExpectedChild | None = None,
     with_children: bool = True,
+    grown_up_son: bool = False,
 ) -> str:
     """The nurse's save at triage, as the nurse screen makes it; returns the patient ref.
 
     ``nurse``, ``nurse_name``: the launch's user (a launch that named no one carries the
     reference as its name). ``expecting``: the patient expects a child; with
-    ``with_children=False`` the patient cares for no child (a concern about an unborn one).
+    ``with_children=False`` the patient cares for no child (a concern about an unborn one);
+    ``grown_up_son``: beside the two young children, a son of 26 ("Son").
 
     ``returning``: the patient (``Patient/<id>``) of an earlier triage, at a new visit now
     (a new encounter), with ``assessment`` (and ``acute_danger``, ``who_helps``) as step 2."""
@@ -159,7 +161,7 @@ def save_triage(
         language="nl",
         app_context=None,
     )
-    children = (
+    children: tuple[Child, ...] = (
         Child(
             f"urn:uuid:{uuid.uuid4()}",
             "Boy",
@@ -175,6 +177,15 @@ def save_triage(
             LivesWith.PERMANENTLY,
         ),
     )
+    if grown_up_son:
+        son = Child(
+            f"urn:uuid:{uuid.uuid4()}",
+            "Son",
+            date(2000, 2, 14),
+            ChildRelationship.NATURAL_CHILD,
+            LivesWith.NOT,
+        )
+        children = (*children, son)
     result = app.state.triage.record_triage(
         launch,
         TriageInput(

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from service.protocol import ProgressAssessment, TeamDecision
 from service.social import Step4Input, Step5Input
-from smart_app.casefile import step4_body, step5_body
+from smart_app.casefile import _referral_decision, step4_body, step5_body
+from tests.support.findings import step1, step2, step4, step5
 
 GIRL = "RelatedPerson/girl"
 
@@ -64,3 +66,18 @@ def test_a_follow_up_date_without_its_agreed_action_is_refused_not_dropped() -> 
     with pytest.raises(ValidationError) as refused:
         Step5Input.model_validate(body)
     assert refused.value.errors()[0]["loc"][:2] == ("agreed_actions", 0)
+
+
+def test_the_printed_referral_gives_the_team_decision_it_follows_from_never_an_older_one() -> None:
+    """The sheet read to the police after the team's "safe" and then a nurse's acute
+    danger said "Teambeslissing: veilig" (the latest step 4, whatever the referral followed
+    from). It now gives the step 4 the referral follows from: its reason, or the decision
+    before a step 5 "not restored"; none after a step 2's acute danger."""
+    safe = step4(TeamDecision.SAFE, t=3)
+    acute = step2(t=11, acute=True)
+    assert _referral_decision([step1(), step2(), safe, step1(t=10), acute]) is None
+    unwilling = step4(TeamDecision.CONCERNING_UNWILLING, t=3)
+    assert _referral_decision([step1(), step2(), unwilling]) is unwilling
+    willing = step4(TeamDecision.CONCERNING_WILLING, t=3)
+    not_restored = step5(ProgressAssessment.NOT_RESTORED)
+    assert _referral_decision([step1(), step2(), safe, willing, not_restored]) is willing

@@ -14,14 +14,18 @@ from service.protocol import (
     Consultation,
     ContactChannel,
     ErrorCode,
+    ExpectedChild,
     FacilityContact,
     InvalidFindingError,
     KeyPerson,
     KeyPersonRole,
+    KindreflexCase,
     MissingInformationError,
+    PregnancyOf,
     ProgressAssessment,
     ReferralStatus,
     Step,
+    Step1Finding,
     Step4Decision,
     Step5Progress,
     Step6Referral,
@@ -32,12 +36,14 @@ from service.protocol import (
     check_referral_status,
     earliest_contact,
     latest_follow_up,
+    referral_subjects,
 )
 from tests.support.findings import (
     SOCIAL_WORKER,
     TODAY,
     at,
     case_of,
+    child,
     step1,
     step2,
     step4,
@@ -212,3 +218,47 @@ def test_only_an_unfinished_referral_changes_status(
             check_referral_status(current, new)
     else:
         check_referral_status(current, new)
+
+
+LOTTE = child("c1", date(2018, 5, 1), "Lotte")
+TOM = child("c2", date(2001, 1, 1), "Tom")  # 25 on the day of the referral
+
+
+def _referred(step_1: Step1Finding, focus: tuple[str, ...] = ()) -> KindreflexCase:
+    return case_of(
+        step_1, step2(), step4(TeamDecision.CONCERNING_UNWILLING), replace(step6(), focus=focus)
+    )
+
+
+def _subjects(case: KindreflexCase) -> tuple[tuple[str, ...], ExpectedChild | None]:
+    referral = case.findings[-1]
+    assert isinstance(referral, Step6Referral)
+    children, expecting = referral_subjects(case, referral)
+    return tuple(c.name for c in children), expecting
+
+
+def test_a_referral_about_all_children_is_about_the_minors_not_a_grown_up_child() -> None:
+    """Before, "all children" handed the patient's grown-up son to the VK with his sister:
+    the Kindreflex concerns minors (seed 000)."""
+    assert _subjects(_referred(step1(children=(LOTTE, TOM)))) == (("Lotte",), None)
+
+
+def test_a_referral_about_all_children_names_the_expected_child_beside_the_born_ones() -> None:
+    """Before, the unborn child was named only when no child was born (seed 002: the
+    children's well-being from pregnancy on)."""
+    pregnancy = ExpectedChild(PregnancyOf.PATIENT, TODAY + timedelta(days=90))
+    step_1 = step1(children=(LOTTE, TOM), expecting=pregnancy)
+    assert _subjects(_referred(step_1)) == (("Lotte",), pregnancy)
+
+
+def test_a_referral_naming_a_child_is_about_that_child_whatever_their_age() -> None:
+    assert _subjects(_referred(step1(children=(LOTTE, TOM)), focus=("c2",))) == (("Tom",), None)
+
+
+def test_a_referral_when_every_child_came_of_age_during_the_case_is_about_all_of_them() -> None:
+    """Nobody left to name would be a referral about no one: the concern's children
+    stay whom it is about."""
+    step_1 = step1(children=(replace(LOTTE, birth_date=date(2008, 3, 3)),))  # 18 the next day
+    later = replace(step6(), recorded_at=at(0) + timedelta(days=2))
+    case = case_of(step_1, step2(), step4(TeamDecision.CONCERNING_UNWILLING), later)
+    assert _subjects(case) == (("Lotte",), None)

@@ -14,6 +14,8 @@ from service.casework import (
     CaseRecord,
     NoReferralError,
     Referral,
+    _findings,
+    _recorded,
     close_transaction,
     referral_transaction,
     step_transaction,
@@ -23,14 +25,18 @@ from service.partners import load_default_directory
 from service.protocol import (
     CaseClosure,
     CloseReason,
+    Finding,
     InvalidFindingError,
+    KindreflexCase,
     ReferralStatus,
     ReferralTarget,
     Step,
     Step4Decision,
     Step6Referral,
+    TeamDecision,
 )
 from service.social import Step4Input, Step6Input
+from tests.support.findings import child, step1, step2, step4
 from tests.support.partners import vk_organization
 from tests.support.validator import validate_bundle_entries
 from tests.support.workshop import BOY, EPISODE_2, EPISODE_3, NURSE, SOCIAL_WORKER, WORKSHOP_FACTORS
@@ -145,7 +151,7 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
         _record(reason_ref="Observation/step-4"),
         referral,
         finding_identifier="f-6",
-        referral=Referral("referral-1", vk_organization()),
+        referral=Referral("referral-1", vk_organization(), tuple(CHILDREN.values())),
         now=EPISODE_3,
     ).bundle
 
@@ -200,7 +206,7 @@ def _referral_as_read(status: str) -> dict[str, Any]:
         encounter_ref="Encounter/episode-3",
         performer_ref="Organization/vk",
         reason_refs=["Observation/decision"],
-        child_refs=CHILDREN,
+        about=tuple(CHILDREN.values()),
         identifier=mapping.identifier("referral", "referral-1"),
         status=status,
     )
@@ -258,3 +264,39 @@ def test_a_referral_someone_else_gave_another_status_is_refused_with_a_reason(st
             note=None,
             now=EPISODE_3,
         )
+
+
+def test_a_triage_saved_at_one_instant_replays_whatever_order_the_server_returns() -> None:
+    """The nurse's save records steps 1 and 2 at one instant, and a search without _sort
+    may return step 2 first. Before, the replay then started at the step 1 and lost the
+    step 2: the team's step 4 was refused as out of order and the case page said the FHIR
+    server refused to read the case."""
+    lotte = child("RelatedPerson/c1")
+    triage = step1(0, (lotte,))
+    gauged = replace(step2(), recorded_at=triage.recorded_at)
+    decision = step4(TeamDecision.CONCERNING_WILLING, t=5)
+    recorded: tuple[Finding, ...] = (triage, gauged, decision)
+    step_1, step_2, step_4 = (
+        {
+            **mapping.finding_observation(
+                finding,
+                patient_ref="Patient/p1",
+                encounter_ref="Encounter/e1",
+                child_refs={lotte.ref: lotte.ref},
+                identifier=mapping.identifier("finding", f"f{n}"),
+            ),
+            "id": f"o{n}",
+        }
+        for n, finding in enumerate(recorded)
+    )
+    for returned in ([step_1, step_2, step_4], [step_2, step_1, step_4]):
+        findings = _findings(
+            _recorded(returned, {lotte.ref: lotte}, ()), (gauged.recorded_at, None)
+        )
+        case = KindreflexCase.replay("Patient/p1", "Encounter/e1", findings)
+        assert [finding.step for finding in case.findings] == [
+            Step.STEP_1,
+            Step.STEP_2,
+            Step.STEP_4,
+        ]
+        assert case.next_steps == {Step.STEP_5}

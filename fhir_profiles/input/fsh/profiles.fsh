@@ -235,7 +235,7 @@ Profile: KindreflexReferral
 Parent: ServiceRequest
 Id: kindreflex-referral
 Title: "Kindreflex referral (step 6)"
-Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo the children concerned, or the expected child when the patient cares for no child (a concern about an unborn child)."
+Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo who the referral is about: the children it names or, naming none, the minor children and the expected child (the Kindreflex concerns minors, from pregnancy on)."
 * insert BusinessIdentifier(referral)
 * extension contains PatientInformedExt named patientInformed 1..1 MS
 * extension[patientInformed].value[x] MS
@@ -259,8 +259,8 @@ Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acut
 * reasonReference ^short = "The finding that led to step 6 (step 4 decision; or step 5 not restored; or step 2 acute danger)"
 * supportingInfo 1..* MS
 * supportingInfo only Reference(KindreflexChild or KindreflexExpectingChild)
-* supportingInfo ^short = "The children concerned; for a patient with no child, the expected child"
-* supportingInfo ^comment = "The kindreflex-child RelatedPersons of the children concerned. A patient who cares for no child but expects one (a concern about an unborn child, e.g. alcohol during the pregnancy) has no RelatedPerson to name: the referral then names the kindreflex-expecting-child Observation the case's step 1 names in hasMember."
+* supportingInfo ^short = "The children concerned and/or the expected child"
+* supportingInfo ^comment = "The kindreflex-child RelatedPersons of the children concerned and, for a pregnancy, the kindreflex-expecting-child Observation the case's step 1 names in hasMember (an unborn child has no RelatedPerson). A referral that names no child is about the patient's minor children and the expected child, not a grown-up child; only when no minor and no expected child is left (the children came of age during the case) is it about all of them."
 * status from KindreflexReferralStatusVS (required)
 * status ^short = "active | on-hold | completed | revoked: kept up to date as the referral proceeds"
 * note MS
