@@ -502,6 +502,18 @@ class IncompleteCaseError(CaseNotOnServerError):
         )
 
 
+class ClosedOnServerError(CaseNotOnServerError):
+    """The concern's Flag is inactive on the FHIR server while the worklist still had the
+    case open: someone closed it in the EHR. Nothing is recorded on it (a step would reopen
+    the Flag and erase its end and reason); opening the case shows it closed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This concern was closed in the EHR; nothing was saved. Reopen it in the EHR if "
+            "the family is still to be followed up."
+        )
+
+
 class CaseOnAnotherServerError(CaseNotOnServerError):
     """The case's patient is on the FHIR server of another EHR of the hospital: the session's
     server and access token cannot read it (and its ``Patient/123`` is someone else)."""
@@ -763,10 +775,10 @@ class Casework:
             record, case = self._read(ctx, concern, client)
             referrals, pages = _referrals(client, record)
             facilities = referred_facilities(client, referrals, pages.bundle)
-        self._reconcile_index(ctx, concern, record, case)
+        status = self._reconcile_index(ctx, concern, record, case)
         return CaseFile(
             case_id=concern.id,
-            status=concern.status,
+            status=status,
             row_version=concern.row_version,
             follow_up_due=concern.follow_up_due,
             case=case,
@@ -849,15 +861,16 @@ class Casework:
 
     def _reconcile_index(
         self, ctx: LaunchInfo, concern: Concern, record: CaseRecord, case: KindreflexCase
-    ) -> None:
+    ) -> str:
         """The worklist shows what the server says from now on: the names of the patient,
         of the flagging nurse and of the assignee when the case names them (a concern
         indexed from a Flag, a colleague assigned by reference, a row older than the names),
-        and the acute danger of the case's findings (a concern indexed from a Flag, which
-        does not carry it: the worklist's "acute danger first" order must know). The index
-        is reconciled with the server when a case is opened. Not a user's change, so the
-        row version stays; the row as read, so a name goes to the person it is of (a
-        colleague claiming the case meanwhile: corrected at the next opening)."""
+        the acute danger of the case's findings (a concern indexed from a Flag, which does
+        not carry it: the worklist's "acute danger first" order must know), and a concern
+        closed in the EHR as closed. The index is reconciled with the server when a case is
+        opened. Not a user's change, so the row version stays; the row as read, so a name
+        goes to the person it is of (a colleague claiming the case meanwhile: corrected at
+        the next opening). Returns the case's status as the worklist now has it."""
         patient = record.patient.name if record.patient else None
         assignee = concern.assigned_to
         names = {
@@ -872,8 +885,11 @@ class Casework:
         }
         if case.acute_danger and not concern.acute_danger:  # the protocol keeps it once set
             changed["acute_danger"] = True
+        if record.flag.get("status") == "inactive" and concern.status == "open":
+            # closed in the EHR: off the open worklist (and free for a new concern)
+            changed.update(status="closed", follow_up_due=None)
         if not changed:
-            return
+            return concern.status
         with self._database.session() as session:
             session.execute(
                 update(Concern)
@@ -885,6 +901,7 @@ class Casework:
                 .values(**changed)
                 .execution_options(synchronize_session=False)
             )
+        return str(changed.get("status", concern.status))
 
     def _read(
         self, ctx: LaunchInfo, concern: Concern, client: FhirClient
@@ -991,10 +1008,13 @@ class Casework:
 
 def _whole(record: CaseRecord) -> None:
     """A step or a closing is ruled on the case's whole history, never on part of it, and
-    never on a concern the EHR retracted: the save would write its Flag back as active."""
+    never on a concern the EHR closed or retracted: the save would write its Flag back as
+    active, without the end and the reason of its closing."""
     if not record.findings_complete:
         raise IncompleteCaseError()
-    if record.flag.get("status") not in ("active", "inactive"):
+    if record.flag.get("status") == "inactive":
+        raise ClosedOnServerError()
+    if record.flag.get("status") != "active":
         raise CaseNotOnServerError(
             f"The concern's Flag on the FHIR server has the status '{record.flag.get('status')}' "
             "(retracted in the EHR): nothing can be recorded on this case."

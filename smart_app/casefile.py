@@ -38,6 +38,7 @@ from service.casework import (
     CaseNotOnServerError,
     CaseOnAnotherServerError,
     Casework,
+    ClosedOnServerError,
     CloseRefusedError,
     IncompleteCaseError,
     NoReferralError,
@@ -598,6 +599,8 @@ def _save_step(
         problems, status = _about_form(ctx, typed, key), 409
     except IncompleteCaseError:
         problems, status = _about_form(ctx, typed, "error.incomplete"), 409
+    except ClosedOnServerError:
+        problems, status = _about_form(ctx, typed, "error.closed-in-ehr"), 409
     except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
         problems, status = _about_form(ctx, typed, "error.not-now"), 409
     except ReauthorisationRequired:

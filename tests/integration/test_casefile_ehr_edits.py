@@ -205,3 +205,34 @@ def test_a_child_the_ehr_garbled_is_named_and_one_it_withdrew_is_no_part_of_the_
     (boy,) = record.child_refs  # what a referral names
     assert record.children[boy].name == "Boy"
     assert f"RelatedPerson/{girl['id']}" not in record.children
+
+
+def test_a_concern_closed_in_the_ehr_is_not_reopened_by_a_step_and_leaves_the_worklist(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The EHR closes the concern (its Flag inactive with an end) while the worklist still
+    has it open. Before, the team's step 4 wrote the Flag back as active, its end and close
+    reason gone. Now the form says the case was closed in the EHR, the Flag stays as the
+    EHR left it, and the case page (which the refused form is) takes it off the open
+    worklist."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
+    page = worker.get(f"/social/cases/{case_id}").text
+    (flag,) = search(base_url, "Flag", subject=patient)
+    flag["status"] = "inactive"
+    flag["period"]["end"] = flag["period"]["start"]
+    _as_the_ehr_changed_it(base_url, flag)
+
+    refused = post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM)
+    assert refused.status_code == 409
+    assert "werd in het EPD afgesloten" in error_summary(refused.text, "s4")
+    (kept,) = search(base_url, "Flag", subject=patient)
+    assert kept["status"] == "inactive"
+    assert kept["period"]["end"] == flag["period"]["end"]
+    step_system = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step"
+    assert search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4") == []
+
+    assert 'id="s4-form"' not in worker.get(f"/social/cases/{case_id}").text
+    assert f'href="/social/cases/{case_id}"' not in worker.get("/social").text
