@@ -23,7 +23,9 @@ identifier in R4 (and a client-assigned id would need update scopes), so they ar
 creates; what keeps them single is the entry's *witness*, a search for a resource only
 this transaction creates. Before any retry the witness is asked first: when a delivery
 succeeded but its answer was lost, the (atomic) transaction was applied and is not sent
-again.
+again. Its search is read to its last page (a lenient server answers with more than was
+asked); a witness that cannot say (its search refused, or too long) keeps the entry
+``pending``, unsent, and alerts (:func:`_not_known`).
 
 One patient's saves in save order. An entry that writes patient data is not claimed — by
 the worker nor by the saving request, which then leaves it to the worker ("delivery
@@ -155,6 +157,12 @@ RACES_RETRIED = 3
 #: ``pending``: a passing cause (an odd answer) has had its retries, a bug of ours will not
 #: pass by sending again, and the patient's later saves wait behind a pending entry.
 UNEXPECTED_ATTEMPTS = 3
+#: The pages of a witness search read at most. A witness finds one resource, but a server
+#: ignoring one of its parameters (FHIR's lenient handling) answers with all the others
+#: too: every Provenance of a Flag, a case's whole history, ours the newest. Ten pages
+#: (2 000 resources at sekmet's 20 a page; HAPI's default is 20 too) bound the work of one
+#: attempt; a longer search without the resource is not known (``_WitnessUnanswered``).
+WITNESS_MAX_PAGES = 10
 #: Each request of the saving request's own delivery attempt (``deliver(timeout=…)``), at
 #: most: the nurse or the social worker waits for it, and the worker sends what it did not.
 IMMEDIATE_TIMEOUT_SECONDS = 3.0
@@ -672,6 +680,8 @@ class Outbox:
                     return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
                 sent = _merged(client, entry.bundle)
                 client.transaction(sent.bundle)
+            except _WitnessUnanswered as unanswered:
+                return _not_known(entry, unanswered)
             except _Refused as refusal:
                 return Delivery(entry.id, DeliveryState.FAILED, str(refusal))
             except FhirConflict as error:
@@ -1255,23 +1265,60 @@ def _agrees(theirs: Any, mine: Any) -> bool:
     return bool(theirs == mine)
 
 
+class _WitnessUnanswered(Exception):  # noqa: N818 - a state of knowledge, not an error of ours
+    """The witness cannot say whether an earlier attempt was applied (:func:`_witness_exists`);
+    ``reason`` says why in a few words without the server's text, for the logs."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"witness unanswered, not sent again: {detail}")
+        self.reason = reason
+
+
 def _witness_exists(client: FhirClient, witness: str) -> bool:
     """Whether the search ``Type?params`` finds the resource only this transaction creates.
-    Errors propagate: not knowing is no reason to send the transaction again.
+    Not knowing is no reason to send the transaction again, nor to call it failed: an
+    outage propagates (``pending``), a refusal for want of a sign-in too (it waits for
+    one), and any other refusal of the search (a 4xx: a parameter the server does not
+    support) or a search longer than :data:`WITNESS_MAX_PAGES` without the resource raises
+    :class:`_WitnessUnanswered` (``pending``, an operator alerted: :func:`_not_known`).
 
     What the server found is checked against the parameters it can be checked against
     (``identifier``, ``target``, ``recorded``): a server that ignores a parameter it does
     not support (FHIR's lenient handling) answers with more than was asked, e.g. every
-    Provenance of the Flag, and an entry never sent must not count as applied."""
+    Provenance of the Flag, and an entry never sent must not count as applied. Ours is
+    then the newest, on the last page: every page is read, not the first only."""
     resource_type, _, query = witness.partition("?")
     params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    found = client.search(resource_type, params)
-    resources = (e.get("resource", {}) for e in found.get("entry", []))
-    return any(
+    try:
+        found = client.search_pages(resource_type, params, max_pages=WITNESS_MAX_PAGES)
+    except FhirRejected as refused:
+        if refused.needs_authorisation:
+            raise
+        raise _WitnessUnanswered(f"search refused {refused.status}", str(refused)) from refused
+    resources = (e.get("resource", {}) for e in found.bundle.get("entry", []))
+    if any(
         resource.get("resourceType") == resource_type
         and _matches(resource, params, client.base_url)
         for resource in resources
-    )
+    ):
+        return True
+    if not found.complete:
+        longer = f"the search has more than {WITNESS_MAX_PAGES} pages"
+        raise _WitnessUnanswered(longer, longer)
+    return False
+
+
+def _not_known(entry: _Claimed, unanswered: _WitnessUnanswered) -> Delivery:
+    """An entry whose earlier attempt may have been applied and whose witness cannot say:
+    ``pending`` and not sent (each later attempt asks the witness again first, so a refusal
+    that passes ends it either way). Logged at ERROR: a refusal that lasts needs a person
+    (the server's search parameters, or a look at the record), and meanwhile the entry
+    holds back its patient's later saves; ``/readyz`` fails once it has waited
+    ``READY_MAX_AGE``. ``failed`` told the user "not saved" for what may be stored, and
+    what she typed again was a duplicate."""
+    fields = {"outbox_id": entry.id, "attempt": entry.attempts, "reason": unanswered.reason}
+    log.error("outbox entry's witness unanswered: kept pending, not sent", extra={"fields": fields})
+    return Delivery(entry.id, DeliveryState.PENDING, str(unanswered))
 
 
 def _matches(resource: Resource, params: dict[str, str], base_url: str) -> bool:

@@ -1000,6 +1000,110 @@ def test_a_holder_that_died_after_the_server_applied_its_delivery_is_not_repeate
     assert outbox_entry(database, entry_id).attempts == 2
 
 
+def _answer_lost(_body: bytes) -> bytes:
+    """A gateway's page in place of the server's answer: the transaction applied, unheard."""
+    return b"<html>502 Bad Gateway</html>"
+
+
+def _provenance(target: str, recorded: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Provenance",
+        "target": [{"reference": target}],
+        "recorded": recorded,
+        "agent": [{"who": {"reference": "Practitioner/nurse-1"}}],
+    }
+
+
+def test_a_witness_a_lenient_server_answers_on_a_later_page_is_found(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """A closing's witness is its Provenance: ``Provenance?target=Flag/…&recorded=…``. A
+    server ignoring ``recorded`` (FHIR's lenient handling) answers with every Provenance of
+    the Flag, ours last, past its first page on a long case. The witness read the first
+    page only, said "not applied", and the closing was sent again: two Provenances (and
+    AuditEvents) of one closing. Now it follows the ``next`` links. The lenient server is
+    a real relay dropping ``recorded`` in front of sekmet (which supports it), whose own
+    paging (20 a page) is followed (tests/support/relay)."""
+    flag = f"Flag/{uuid.uuid4()}"
+    history = [_provenance(flag, f"2026-12-01T08:{minute:02}:00+00:00") for minute in range(20)]
+    with FhirClient(fhir_server.base_url, lambda: "t", 5.0) as client:
+        client.transaction(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {"resource": p, "request": {"method": "POST", "url": "Provenance"}}
+                    for p in history
+                ],
+            }
+        )
+    recorded = utcnow().isoformat()
+    tx = TransactionBuilder()
+    tx.add(_provenance(flag, recorded))
+    witness = f"Provenance?target={flag}&recorded={recorded}"
+    with SlowRelay(fhir_server.base_url) as lenient:
+        tenant = make_tenant(database, "a", lenient.url)
+        entry_id = _enqueue(database, tenant, lenient.url, tx.bundle(), witness=witness)
+        clock = Clock()
+        outbox = make_outbox(database, clock)
+        lenient.rewrite = _answer_lost
+        assert outbox.deliver(entry_id) is DeliveryState.PENDING
+        lenient.rewrite = None
+        lenient.ignored = {"recorded"}
+        clock.advance(3600)
+        assert [(d.state, d.detail) for d in outbox.run_once()] == [
+            (DeliveryState.DELIVERED, "applied earlier")
+        ]
+    assert count(fhir_server.base_url, "Provenance", target=flag, recorded=recorded) == 1
+
+
+def test_a_refused_witness_search_keeps_the_entry_pending_unsent_and_says_so(
+    database: Database, fhir_server: FhirServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before a retry the witness is asked; a server refusing that search (a 4xx: a
+    parameter it does not support) made the entry ``failed``: the nurse told her save was
+    not stored, the refusal hook undoing it, though the first attempt had been applied,
+    and a save typed again a duplicate. Not knowing whether it was applied is no reason
+    to send it again, nor to say it failed: it stays pending, is not sent, is logged at
+    ERROR and, waiting, fails /readyz; once the server answers the search it is found
+    applied. The refusal is a real relay answering 400 in sekmet's place (sekmet supports
+    the parameter; tests/support/relay)."""
+    marker, plain = str(uuid.uuid4()), str(uuid.uuid4())
+    tx = TransactionBuilder()
+    tx.create(_person(marker), {"system": SYSTEM, "value": marker})
+    tx.add(_person(plain))  # no ifNoneExist, like a Provenance: only the witness keeps it single
+    witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+    with SlowRelay(fhir_server.base_url) as server:
+        tenant = make_tenant(database, "a", server.url)
+        entry_id = _enqueue(database, tenant, server.url, tx.bundle(), witness=witness)
+        clock = Clock()
+        outbox = make_outbox(database, clock)
+        undone: list[int] = []
+        outbox.when_refused("test", lambda _session, refused: undone.append(refused))
+        server.rewrite = _answer_lost
+        assert outbox.deliver(entry_id) is DeliveryState.PENDING
+        server.rewrite = None
+
+        server.refused = [400]  # the witness search
+        clock.advance(3600)
+        with caplog.at_level(logging.ERROR, logger="service.outbox"):
+            assert [d.state for d in outbox.run_once()] == [DeliveryState.PENDING]
+        assert undone == []
+        assert "witness" in (outbox_entry(database, entry_id).last_error or "")
+        (alert,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert "witness" in alert.getMessage()
+        assert "Patient/" not in str(vars(alert))
+        check = outbox.readiness_check()()
+        assert not check.ok  # waiting an hour by now: an operator is told
+        assert "1 pending" in check.detail
+
+        clock.advance(3600)
+        assert [(d.state, d.detail) for d in outbox.run_once()] == [
+            (DeliveryState.DELIVERED, "applied earlier")
+        ]
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
+
+
 def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
     database: Database, fhir_server: FhirServer
 ) -> None:

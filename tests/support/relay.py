@@ -6,8 +6,12 @@ links), so a client pages through it.
 
 It can also stand for a throttling gateway: while ``throttled`` holds answers (status and
 ``Retry-After``), each request is answered with the next of them instead of being passed
-on, as a rate limiter in front of a FHIR server answers. And for a server answering what
-ours must survive, ``rewrite`` changes every answer's body passed back."""
+on, as a rate limiter in front of a FHIR server answers. While ``refused`` holds statuses,
+each request is likewise answered with the next of them, a 4xx refusing a search parameter
+the server does not support. And for a server answering what ours must survive,
+``rewrite`` changes every answer's body passed back, and ``ignored`` names search
+parameters dropped from each request passed on: a lenient server ignoring parameters it
+does not support, which answers with more than was asked."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
@@ -26,6 +31,11 @@ from tests.support.serving import Serving
 _THROTTLED_OUTCOME = {
     "resourceType": "OperationOutcome",
     "issue": [{"severity": "error", "code": "throttled"}],
+}
+#: What a server refusing a search parameter answers (``SlowRelay.refused``).
+_REFUSED_OUTCOME = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "not-supported"}],
 }
 #: The headers passed on: what a FHIR exchange needs, not the connection's own.
 _PASSED = ("Accept", "Authorization", "Content-Type", "If-Match", "If-None-Exist", "Prefer")
@@ -37,29 +47,36 @@ class SlowRelay(Serving):
     URL, with ``upstream``'s path; ``asked`` counts the requests passed on, each as it
     arrives: once a client has an answer, its request is counted. ``throttled``: answers
     ``(status, Retry-After or None)`` given, one each, to the next requests in place of the
-    server's (those requests are not passed on, nor counted in ``asked``). ``rewrite``: a
-    change made to each answer's body (None: none)."""
+    server's (those requests are not passed on, nor counted in ``asked``); ``refused``:
+    statuses answered likewise, with a ``not-supported`` OperationOutcome. ``rewrite``: a
+    change made to each answer's body (None: none). ``ignored``: the names of the query
+    parameters left out of each request passed on."""
 
     def __init__(self, upstream: str, delay: float = 0.0) -> None:
         self.delay = delay
         self.asked = 0
         self.throttled: list[tuple[int, str | None]] = []
+        self.refused: list[int] = []
+        self.ignored: set[str] = set()
         self.rewrite: Callable[[bytes], bytes] | None = None
         owner = self
         origin = httpx.URL(upstream).copy_with(path="/", query=None)
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if owner.throttled:
-                    self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                    self._throttle(*owner.throttled.pop(0))
+                    status, retry_after = owner.throttled.pop(0)
+                    self._instead(status, _THROTTLED_OUTCOME, retry_after)
+                    return
+                if owner.refused:
+                    self._instead(owner.refused.pop(0), _REFUSED_OUTCOME, None)
                     return
                 owner.asked += 1
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {name: value for name in _PASSED if (value := self.headers.get(name))}
                 answer = httpx.request(
                     self.command,
-                    str(origin.join(self.path)),
+                    str(origin.join(self._heeded())),
                     content=body,
                     headers=headers,
                     timeout=30,
@@ -80,8 +97,19 @@ class SlowRelay(Serving):
                 self.end_headers()
                 self.wfile.write(content)
 
-            def _throttle(self, status: int, retry_after: str | None) -> None:
-                content = json.dumps(_THROTTLED_OUTCOME).encode()
+            def _heeded(self) -> str:
+                """The request's path and query without the ``ignored`` parameters."""
+                if not owner.ignored:
+                    return self.path
+                path, _, query = self.path.partition("?")
+                pairs = parse_qsl(query, keep_blank_values=True)
+                kept = [(k, v) for k, v in pairs if k not in owner.ignored]
+                return f"{path}?{urlencode(kept)}" if kept else path
+
+            def _instead(
+                self, status: int, outcome: dict[str, Any], retry_after: str | None
+            ) -> None:
+                content = json.dumps(outcome).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/fhir+json")
                 if retry_after is not None:

@@ -9,23 +9,30 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from service.fhir.client import FhirClient
-from service.outbox import _witness_exists
+import pytest
+
+from service.fhir.client import FhirClient, SearchPages
+from service.outbox import _witness_exists, _WitnessUnanswered
 
 FLAG_CLOSED = "Provenance?target=Flag/7&recorded=2026-12-03T10:13:49.016845+00:00"
 
 
 class _Server:
-    """Answers every search with the given resources, whatever its parameters."""
+    """Answers every search with the given resources, whatever its parameters; ``more``: with
+    a next page too, beyond the pages the witness reads (``WITNESS_MAX_PAGES``)."""
 
     base_url = "https://ehr.example/fhir"
 
-    def __init__(self, *resources: dict[str, Any]) -> None:
+    def __init__(self, *resources: dict[str, Any], more: bool = False) -> None:
         self._resources = resources
+        self._more = more
 
-    def search(self, resource_type: str, params: dict[str, str]) -> dict[str, Any]:
+    def search_pages(
+        self, resource_type: str, params: dict[str, str], *, max_pages: int
+    ) -> SearchPages:
         entries = [{"resource": r} for r in self._resources]
-        return {"resourceType": "Bundle", "total": len(entries), "entry": entries}
+        bundle = {"resourceType": "Bundle", "total": len(entries), "entry": entries}
+        return SearchPages(bundle, complete=not self._more)
 
 
 def _provenance(target: str, recorded: str) -> dict[str, Any]:
@@ -75,3 +82,13 @@ def test_an_identifier_witness_needs_that_identifier() -> None:
     assert not _asks(_Server(other), witness)
     assert _asks(_Server(other, ours), witness)
     assert not _asks(_Server(), witness)
+
+
+def test_a_search_longer_than_the_pages_read_says_nothing_without_the_resource() -> None:
+    """A lenient server's answer past the pages read may hold ours: not known, never "not
+    applied" (which would send the closing again)."""
+    triage = _provenance("Flag/7", "2026-12-01T08:00:00+00:00")
+    with pytest.raises(_WitnessUnanswered):
+        _asks(_Server(triage, more=True), FLAG_CLOSED)
+    ours = _provenance("Flag/7", "2026-12-03T10:13:49.016845Z")
+    assert _asks(_Server(triage, ours, more=True), FLAG_CLOSED)
