@@ -152,12 +152,19 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
         ["state"],
         registry=app.state.metrics.registry,
     )
+    lease_renewal_failures = Counter(
+        "kindreflex_outbox_lease_renewal_failures_total",
+        "Lease renewals of a running delivery the database refused (alert on any: a lease "
+        "that runs out lets another instance send the entry again).",
+        registry=app.state.metrics.registry,
+    )
     outbox = Outbox(
         database,
         app.state.session_tokens,
         timeout=settings.fhir_timeout_seconds,
         retry_base=settings.outbox_interval_seconds,
         deliveries=deliveries,
+        lease_renewal_failures=lease_renewal_failures,
     )
     casework.install(outbox)  # a refused social save puts its worklist row back
     app.state.outbox = outbox

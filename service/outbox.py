@@ -15,9 +15,10 @@ its write lock at the start of the statement), so two instances never deliver th
 entry concurrently; only the lease holder may record the result. While a delivery runs,
 its holder renews the lease (``LEASE_HEARTBEAT_SECONDS``): httpx's timeouts bound each
 read and write, not a whole exchange, so a server answering a little at a time could
-otherwise outlast the lease and another instance send the entry a second time. A holder
-that dies stops renewing, and its lease runs out. The Bundle itself is
-idempotent where FHIR allows it: creates are conditional on business identifiers
+otherwise outlast the lease and another instance send the entry a second time. A renewal
+the database refuses is logged, counted and tried again at the next beat
+(:meth:`Outbox._beat`). A holder that dies stops renewing, and its lease runs out. The
+Bundle itself is idempotent where FHIR allows it: creates are conditional on business identifiers
 (``ifNoneExist``), updates carry ``If-Match``. Provenance and AuditEvent have no
 identifier in R4 (and a client-assigned id would need update scopes), so they are plain
 creates; what keeps them single is the entry's *witness*, a search for a resource only
@@ -364,6 +365,7 @@ class Outbox:
         clock: Callable[[], datetime] = utcnow,
         deliveries: Counter | None = None,
         heartbeat_seconds: float = LEASE_HEARTBEAT_SECONDS,
+        lease_renewal_failures: Counter | None = None,
     ) -> None:
         self._database = database
         self._tokens = tokens
@@ -372,6 +374,7 @@ class Outbox:
         self._clock = clock  # tests move time forward instead of sleeping
         self._deliveries = deliveries  # Prometheus: attempts by resulting state (alerting)
         self._heartbeat_seconds = heartbeat_seconds
+        self._lease_renewal_failures = lease_renewal_failures  # Prometheus (alerting)
         self._owner = uuid.uuid4().hex[:12]
         self._refusal_hooks: dict[str, RefusalHook] = {}
 
@@ -637,11 +640,12 @@ class Outbox:
 
     @contextmanager
     def _lease_kept(self, entry: _Claimed) -> Iterator[None]:
-        """Renew the entry's lease every ``heartbeat_seconds`` until the block ends."""
+        """Renew the entry's lease every ``heartbeat_seconds`` until the block ends, or until
+        the lease is lost (:meth:`_beat`)."""
         done = threading.Event()
 
         def renew() -> None:
-            while not done.wait(self._heartbeat_seconds) and self._renew(entry):
+            while not done.wait(self._heartbeat_seconds) and self._beat(entry):
                 pass
 
         heartbeat = threading.Thread(target=renew, name=f"outbox-lease-{entry.id}", daemon=True)
@@ -651,6 +655,22 @@ class Outbox:
         finally:
             done.set()
             heartbeat.join()
+
+    def _beat(self, entry: _Claimed) -> bool:
+        """One renewal of the heartbeat; whether to go on (False: the lease is lost). A
+        database error (a dropped connection, a failover) is logged by its type, never its
+        message (the statement and its values), counted (``lease_renewal_failures``) and
+        the next beat tries again, well within the lease. It ended the heartbeat's thread,
+        its traceback on stderr only, and the delivery went on past its lease for another
+        instance to send the entry a second time."""
+        try:
+            return self._renew(entry)
+        except Exception as error:  # the database's: the next beat may get through
+            fields = {"outbox_id": entry.id, "error": type(error).__name__}
+            log.error("outbox lease not renewed: database error", extra={"fields": fields})
+            if self._lease_renewal_failures is not None:
+                self._lease_renewal_failures.inc()
+            return True
 
     def _attempt(self, entry: _Claimed, timeout: float, client_for: _ClientMaker) -> Delivery:
         """One delivery attempt, whatever happens in it: an error no branch of

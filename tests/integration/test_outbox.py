@@ -16,11 +16,13 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from sandbox.fhir_server import FhirServer, free_port
 from service import audit
@@ -33,6 +35,7 @@ from service.fhir import mapping
 from service.fhir.client import SCREEN_BUDGET_TIMEOUTS, FhirClient, Resource
 from service.outbox import (
     HELD_FOR_SAVER,
+    Delivery,
     DeliveryState,
     NewEntry,
     Outbox,
@@ -960,6 +963,7 @@ def test_the_app_runs_the_worker_and_readyz_and_metrics_report_the_outbox(
             time.sleep(0.05)  # polling a background thread's effect, with a deadline
         metrics = client.get("/metrics").text
         assert 'kindreflex_outbox_deliveries_total{state="delivered"} 1.0' in metrics
+        assert "kindreflex_outbox_lease_renewal_failures_total 0.0" in metrics
     assert len(_events(database, fhir_server.base_url, entry_id)) == 1
 
 
@@ -1154,14 +1158,18 @@ def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
     assert outbox_entry(database, ids[2]).state == DeliveryState.DELIVERED
 
 
-def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
-    database: Database, fhir_server: FhirServer
-) -> None:
-    """httpx's timeouts bound each read and write, not a whole exchange: a server answering
-    a little at a time keeps one delivery going past its lease. Another instance then
-    claimed the entry and sent it again (its plain creates twice). The holder now renews
-    the lease while it delivers. The slowness is the shared clock moved past the lease
-    while the delivery is under way; nothing is mocked."""
+class _PastItsLease(NamedTuple):
+    """An entry whose delivery runs far past its lease: the shared clock is moved on while
+    it is under way, and then another instance looks for due entries."""
+
+    outbox: Outbox  # the one delivering, its heartbeat every 10 ms
+    entry_id: int
+    plain: str  # the identifier of its plain create: once on the server, or twice
+    taken_over: list[Delivery]  # what the other instance delivered meanwhile
+
+
+def _past_its_lease(database: Database, fhir_server: FhirServer, **options: Any) -> _PastItsLease:
+    """Queues the entry and makes the outbox (``options``: make_outbox's) to deliver it."""
     tenant = make_tenant(database, "a", fhir_server.base_url)
     marker, plain = str(uuid.uuid4()), str(uuid.uuid4())
     tx = TransactionBuilder()
@@ -1171,7 +1179,7 @@ def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
     entry_id = _enqueue(database, tenant, fhir_server.base_url, tx.bundle(), witness=witness)
     clock = Clock()
     other = make_outbox(database, clock)
-    taken_over: list[Any] = []
+    taken_over: list[Delivery] = []
 
     class SlowTokens(LoopbackTokens):
         def access_token(self, session_id: str) -> str:
@@ -1184,12 +1192,63 @@ def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
             taken_over.extend(other.run_once())
             return super().access_token(session_id)
 
-    slow = make_outbox(database, clock, tokens=SlowTokens(), heartbeat_seconds=0.01)
-    assert slow.deliver(entry_id) == DeliveryState.DELIVERED
+    slow = make_outbox(database, clock, tokens=SlowTokens(), heartbeat_seconds=0.01, **options)
+    return _PastItsLease(slow, entry_id, plain, taken_over)
 
-    assert taken_over == []
-    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
-    assert outbox_entry(database, entry_id).lease_until is None  # released once recorded
+
+def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """httpx's timeouts bound each read and write, not a whole exchange: a server answering
+    a little at a time keeps one delivery going past its lease. Another instance then
+    claimed the entry and sent it again (its plain creates twice). The holder now renews
+    the lease while it delivers. The slowness is the shared clock moved past the lease
+    while the delivery is under way; nothing is mocked."""
+    slow = _past_its_lease(database, fhir_server)
+    assert slow.outbox.deliver(slow.entry_id) == DeliveryState.DELIVERED
+
+    assert slow.taken_over == []
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{slow.plain}") == 1
+    assert outbox_entry(database, slow.entry_id).lease_until is None  # released once recorded
+
+
+def test_a_lease_renewal_the_database_refuses_is_logged_counted_and_tried_again(
+    database: Database,
+    fhir_server: FhirServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One database error while the heartbeat renewed a delivery's lease (a connection
+    dropped, a failover) ended the heartbeat: past the logs (a thread's traceback on
+    stderr), uncounted, and the delivery went on without its lease, for another instance
+    to claim the entry and send it again. Now the error is logged by its type, counted
+    in a metric, and the next beat renews the lease. The database error is injected (the
+    first renewal raises): one failing UPDATE, and no other statement, cannot be caused
+    otherwise."""
+    registry = CollectorRegistry()
+    failures = Counter("renewal_failures", "lease renewals refused", registry=registry)
+    slow = _past_its_lease(database, fhir_server, lease_renewal_failures=failures)
+    renew = slow.outbox._renew
+    refused: list[int] = []
+
+    def refused_once(entry: Any) -> bool:
+        if not refused:
+            refused.append(entry.id)
+            cause = ConnectionError("server closed the connection unexpectedly")
+            raise OperationalError("UPDATE outbox_entries SET lease_until=?", {}, cause)
+        return renew(entry)
+
+    monkeypatch.setattr(slow.outbox, "_renew", refused_once)
+    with caplog.at_level(logging.ERROR, logger="service.outbox"):
+        assert slow.outbox.deliver(slow.entry_id) == DeliveryState.DELIVERED
+
+    assert slow.taken_over == []
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{slow.plain}") == 1
+    (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "lease" in logged.getMessage()
+    assert logged.fields["error"] == "OperationalError"  # type: ignore[attr-defined]
+    assert "UPDATE" not in str(vars(logged))  # the type, not the statement nor its values
+    assert registry.get_sample_value("renewal_failures_total") == 1
 
 
 def test_a_saving_requests_attempt_ends_within_the_screens_budget_and_the_worker_sends_it(

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import Counter
 
 from sandbox.fhir_server import FhirServer
 from service import casework
@@ -47,7 +48,12 @@ class Clock:
 
 
 def make_outbox(
-    database: Database, clock: Clock, tokens: Any = None, *, heartbeat_seconds: float = 15.0
+    database: Database,
+    clock: Clock,
+    tokens: Any = None,
+    *,
+    heartbeat_seconds: float = 15.0,
+    lease_renewal_failures: Counter | None = None,
 ) -> Outbox:
     """An outbox whose retries are never due before the test moves the clock (backoff ≥ 15 s),
     wired as the app wires it (``service.app``: a refused social save is undone)."""
@@ -59,6 +65,7 @@ def make_outbox(
         retry_base=30.0,
         clock=clock,
         heartbeat_seconds=heartbeat_seconds,
+        lease_renewal_failures=lease_renewal_failures,
     )
     casework.install(outbox)
     return outbox
