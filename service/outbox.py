@@ -18,8 +18,8 @@ read and write, not a whole exchange, so a server answering a little at a time c
 otherwise outlast the lease and another instance send the entry a second time. A renewal
 the database refuses is logged, counted and tried again at the next beat
 (:meth:`Outbox._beat`). A holder that dies stops renewing, and its lease runs out. The
-Bundle itself is idempotent where FHIR allows it: creates are conditional on business identifiers
-(``ifNoneExist``), updates carry ``If-Match``. Provenance and AuditEvent have no
+Bundle itself is idempotent where FHIR allows it: creates are conditional on business
+identifiers (``ifNoneExist``), updates carry ``If-Match``. Provenance and AuditEvent have no
 identifier in R4 (and a client-assigned id would need update scopes), so they are plain
 creates; what keeps them single is the entry's *witness*, a search for a resource only
 this transaction creates. Before any retry the witness is asked first: when a delivery
