@@ -43,6 +43,7 @@ from service.protocol import (
     CONCERN_STEPS,
     CaseClosure,
     Child,
+    CloseReason,
     Finding,
     KindreflexCase,
     ReferralStatus,
@@ -586,6 +587,17 @@ def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
     return found[0]
 
 
+def _referral_statuses(client: FhirClient, record: CaseRecord) -> list[ReferralStatus]:
+    """Where the case's referrals stand on the FHIR server (every one of them: a closing is
+    not ruled on part of them); one with a status Kindreflex does not follow (a draft the
+    EHR made) is left out."""
+    found, pages = _referrals(client, record)
+    if not pages.complete:
+        raise IncompleteCaseError()
+    followed = {status.value for status in ReferralStatus}
+    return [ReferralStatus(r["status"]) for r in found if r.get("status") in followed]
+
+
 def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
     """The matches of a search (not the OperationOutcome a server may add)."""
     found = (e.get("resource", {}) for e in bundle.get("entry", []))
@@ -753,14 +765,16 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version)
         with self._client(ctx, change=True) as client:
             record, case = self._read(ctx, concern, client)
-        _whole(record)
+            _whole(record)
+            referred = closure.reason is CloseReason.REFERRED
+            statuses = _referral_statuses(client, record) if referred else []
         if not closable(case):
             due = ", ".join(sorted(s.value for s in case.next_steps))
             raise CloseRefusedError(
                 f"This case still waits for {due}; close it after the team decision found "
                 "the home safe, after safety was restored, or after a referral."
             )
-        check_closure(case, closure)
+        check_closure(case, closure, statuses)
         plan = close_transaction(
             record, author=ctx.user.fhir_user, closed_at=utcnow(), closure=closure
         )

@@ -428,6 +428,7 @@ class ErrorCode(StrEnum):
     CLOSE_REASON_TEXT_REQUIRED = "close-reason-text-required"
     REFERRAL_STATUS_FINAL = "referral-status-final"
     NOT_REFERRED = "not-referred"
+    REFERRALS_REVOKED = "referrals-revoked"
 
 
 class ProtocolError(Exception):
@@ -1239,14 +1240,27 @@ class CaseClosure:
             )
 
 
-def check_closure(case: KindreflexCase, closure: CaseClosure) -> None:
-    """Refuse a close reason the case contradicts: "referred" needs a step 6 referral."""
-    referred = any(isinstance(f, Step6Referral) for f in case.findings)
-    if closure.reason is CloseReason.REFERRED and not referred:
+def check_closure(
+    case: KindreflexCase,
+    closure: CaseClosure,
+    referral_statuses: Collection[ReferralStatus] = (),
+) -> None:
+    """Refuse a close reason the case contradicts: "referred" (a mandated facility took
+    over) needs a step 6 referral, and one the hospital did not revoke.
+    ``referral_statuses``: where the case's referrals stand on the FHIR server."""
+    if closure.reason is not CloseReason.REFERRED:
+        return
+    if not any(isinstance(f, Step6Referral) for f in case.findings):
         raise InvalidFindingError(
             ErrorCode.NOT_REFERRED,
             "This case has no referral to a mandated facility (step 6); choose another "
             "reason for closing it.",
+        )
+    if referral_statuses and all(s is ReferralStatus.REVOKED for s in referral_statuses):
+        raise InvalidFindingError(
+            ErrorCode.REFERRALS_REVOKED,
+            "Every referral of this case was revoked: no facility took it over. Record a new "
+            "referral (step 6), or choose another reason for closing it.",
         )
 
 

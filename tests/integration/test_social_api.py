@@ -605,6 +605,42 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
     assert validate(request) == []
 
 
+def test_a_case_whose_referral_was_revoked_is_not_closed_as_referred(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The hospital revoked its only referral: no facility took the family over. Before,
+    the case could still be closed as "referred" (the protocol looked for a step 6, not at
+    the referral's status) and nobody followed the family. Another reason still closes it."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    decided = case.send(
+        "step-4",
+        {
+            "row_version": case.row_version,
+            "decision": "concerning-unwilling",
+            "factors": WORKSHOP_FACTORS,
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        },
+    )
+    referred = case.refer_to_vk(decided.json()["row_version"])
+    revoked = case.send(
+        "referral", {"row_version": referred.json()["row_version"], "status": "revoked"}
+    )
+    assert revoked.status_code == 200, revoked.text
+    version = revoked.json()["row_version"]
+
+    refused = case.send("close", {"row_version": version, "reason": "referred"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"]["code"] == "referrals-revoked"
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
+    assert flag["status"] == "active"
+    closing = {"row_version": version, "reason": "other", "reason_text": "VK declined"}
+    closed = case.send("close", closing)
+    assert closed.status_code == 200, closed.text
+
+
 def test_the_next_visit_during_the_follow_up_leaves_the_case_workable(
     database_url: str,
     database: Database,

@@ -847,6 +847,11 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
     ErrorCode.NOT_REFERRED: lambda: check_closure(
         case_of(step1(), step2(), step4(TeamDecision.SAFE)), CaseClosure(CloseReason.REFERRED)
     ),
+    ErrorCode.REFERRALS_REVOKED: lambda: check_closure(
+        case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING), step6()),
+        CaseClosure(CloseReason.REFERRED),
+        [ReferralStatus.REVOKED],
+    ),
 }
 
 

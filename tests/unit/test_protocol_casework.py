@@ -205,6 +205,18 @@ def test_only_a_referred_case_is_closed_as_referred() -> None:
         check_closure(safe, CaseClosure(CloseReason.REFERRED))
     referred = apply(case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING)), step6())
     check_closure(referred, CaseClosure(CloseReason.REFERRED))
+    check_closure(referred, CaseClosure(CloseReason.REFERRED), [ReferralStatus.COMPLETED])
+
+
+def test_a_case_whose_every_referral_was_revoked_is_not_closed_as_referred() -> None:
+    """No facility took the family over: "referred" would leave nobody following it."""
+    referred = apply(case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING)), step6())
+    revoked = [ReferralStatus.REVOKED]
+    with pytest.raises(InvalidFindingError) as refused:
+        check_closure(referred, CaseClosure(CloseReason.REFERRED), revoked)
+    assert refused.value.code is ErrorCode.REFERRALS_REVOKED
+    check_closure(referred, CaseClosure(CloseReason.REFERRED), [*revoked, ReferralStatus.ACTIVE])
+    check_closure(referred, CaseClosure(CloseReason.OTHER, "the VK declined"), revoked)
 
 
 @pytest.mark.parametrize("current", list(ReferralStatus))
