@@ -48,7 +48,9 @@ drops an update that changes nothing. :meth:`TransactionBuilder.create_or_merge`
 saved again while an earlier save of it may not be on the server yet) is a conditional
 create that, when the resource with its identifier exists at delivery, becomes the same
 merge over that resource's current version (a search, then If-Match on what it found);
-what describes the write (its Provenance's activity, its AuditEvent's action) is queued
+given what the user was shown (the resource as the earlier save writes it), only what
+she changed of it is laid over, so that what the EHR corrected since stays. What
+describes the write (its Provenance's activity, its AuditEvent's action) is queued
 both ways and sent as it turned out, create or update (``if_updating`` of
 :meth:`TransactionBuilder.add`).
 
@@ -1037,16 +1039,38 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
         and _matches(resource, params, client.base_url)
     ]
     if len(matches) != 1:
-        return [{key: value for key, value in entry.items() if key != _MERGE}]
+        return [{key: value for key, value in entry.items() if key not in (_MERGE, _SHOWN)}]
     (seen,) = matches
     _check_owner(seen, {**ours, "id": seen["id"]}, client.base_url)
     reference = f"{seen['resourceType']}/{seen['id']}"
     found[entry["fullUrl"]] = reference
-    if _unchanged(seen, ours):
+    changes = ours if _SHOWN not in entry else _changed_from(entry[_SHOWN], ours)
+    if _unchanged(seen, changes):
         return []
     version = seen["meta"]["versionId"]
     update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
-    return [{"resource": _overlay(seen, ours), "request": update_request}]
+    return [{"resource": _overlay(seen, changes), "request": update_request}]
+
+
+def _changed_from(shown: Resource, ours: Resource) -> Resource:
+    """``ours`` without the elements the user left as she was shown them (extensions URL by
+    URL): laid over the resource found at delivery, those keep its values, which someone
+    else (the EHR) may have corrected after the earlier save wrote what she was shown.
+    What names the resource and whose it is (:data:`_KEPT_AS_THEIRS`) stays."""
+    kept = ("resourceType", *_KEPT_AS_THEIRS)
+    changed = {
+        key: value
+        for key, value in ours.items()
+        if key != "extension" and (key in kept or shown.get(key) != value)
+    }
+    shown_by_url = _by_url(shown.get("extension", []))
+    extensions = [
+        extension
+        for url, of_url in _by_url(ours.get("extension", [])).items()
+        if shown_by_url.get(url) != of_url
+        for extension in of_url
+    ]
+    return {**changed, "extension": extensions} if extensions else changed
 
 
 def _referring(value: Any, found: Mapping[str, str]) -> Any:
@@ -1427,7 +1451,8 @@ class OutboxWorker:
 _MERGE = "kindreflexMerge"
 _IF_UPDATING = "kindreflexIfUpdating"
 #: On a merge update, what the user was shown of the resource instead of the version it
-#: names: an earlier save's edit of that version, still waiting then (never sent).
+#: names: an earlier save's edit of that version, still waiting then; on a create-or-merge,
+#: the resource as an earlier save writes it (never sent).
 _SHOWN = "kindreflexShown"
 
 
@@ -1473,14 +1498,24 @@ class TransactionBuilder:
         return full_url
 
     def create_or_merge(
-        self, resource: Resource, identifier: dict[str, str], *, patient_ref: str | None = None
+        self,
+        resource: Resource,
+        identifier: dict[str, str],
+        *,
+        patient_ref: str | None = None,
+        shown: Resource | None = None,
     ) -> str:
         """A :meth:`create` of a resource an earlier transaction, still undelivered or
         delivered since, may have created with the same identifier: at delivery, our
         elements are laid over the resource found by the identifier, with If-Match on its
-        version (see the module doc), so the later save's values are the ones kept."""
+        version (see the module doc), so the later save's values are the ones kept.
+        ``shown``: the resource as the user was shown it, as that earlier transaction
+        writes it. Then only the elements she changed are laid over: one she left as it
+        was keeps the value of the resource found, which the EHR may have corrected since."""
         reference = self.create(resource, identifier, patient_ref=patient_ref)
         self._entries[-1][_MERGE] = True
+        if shown is not None:
+            self._entries[-1][_SHOWN] = shown
         return reference
 
     def update(self, resource: Resource, version_id: str) -> str:

@@ -38,7 +38,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
@@ -286,7 +286,7 @@ class Triage:
             new = any(_parse_versioned(c.ref) is None for c in findings.step1.children)
             edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
             saves = _patient_saves(session, ctx) if new or edited else []
-            queued = set(_created_children(saves, patient_ref))
+            queued = _queued_children(saves, patient_ref)
             undelivered = [save for save in saves if save.state in _UNDELIVERED]
             edits = {c.ref: c for c in _edited_children(undelivered, patient_ref).values()}
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
@@ -577,7 +577,7 @@ def _plan(
     raised: _Raised | None,
     now: datetime,
     shown: Mapping[str, str],
-    queued: Set[str] = frozenset(),
+    queued: Mapping[str, Child | None] | None = None,
     edits: Mapping[str, Child] | None = None,
     landed: Mapping[str, Child] | None = None,
 ) -> _Plan:
@@ -585,7 +585,7 @@ def _plan(
     patient_ref = _patient_ref(ctx)
     tx = TransactionBuilder()
     child_refs, children_written = _write_children(
-        tx, findings.step1.children, patient_ref, shown, queued, edits or {}, landed or {}
+        tx, findings.step1.children, patient_ref, shown, queued or {}, edits or {}, landed or {}
     )
     written = [
         *children_written,
@@ -679,7 +679,7 @@ def _write_children(
     children: tuple[Child, ...],
     patient_ref: str,
     shown: Mapping[str, str],
-    queued: Set[str] = frozenset(),
+    queued: Mapping[str, Child | None] | None = None,
     edits: Mapping[str, Child] | None = None,
     landed: Mapping[str, Child] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
@@ -696,7 +696,10 @@ def _write_children(
     A new child whose identifier an earlier save of the patient already queued (``queued``:
     it was shown pending delivery, or saved twice from one form) is a create-or-merge: at
     delivery it updates the child that save created, else creates it; the outbox sends
-    the patient's saves in order, so this save's values are the ones kept.
+    the patient's saves in order, so this save's values are the ones kept. Only those the
+    nurse changed, though: the child as the earlier saves write it (what she was shown) is
+    its ``shown``, so that what the EHR corrected of the child since, and she did not
+    change, stays corrected (see :func:`_queued_children`).
 
     A loaded child posted with the values of an edit an earlier save still waiting made of
     the same version (``edits``: ref → the edit, of saves pending or waiting): the page
@@ -716,7 +719,7 @@ def _write_children(
     back, undoing it. Taken for a confirmation, the undo was only referenced and the
     server kept the edit. It is written over that edit (``shown``), as over a pending
     one."""
-    edits, landed = edits or {}, landed or {}
+    queued, edits, landed = queued or {}, edits or {}, landed or {}
     refs: dict[str, str] = {}
     written: list[str] = []
     for child in children:
@@ -724,12 +727,7 @@ def _write_children(
         earlier = edits.get(child.ref)
         as_shown_edit = earlier or landed.get(child.ref)
         if seen is None:
-            identifier = mapping.identifier("child", _new_child_identifier(child.ref))
-            resource = mapping.child_related_person(
-                child, patient_ref=patient_ref, identifier=identifier
-            )
-            write = tx.create_or_merge if identifier["value"] in queued else tx.create
-            refs[child.ref] = write(resource, identifier, patient_ref=patient_ref)
+            refs[child.ref] = _write_new_child(tx, child, patient_ref, queued)
             written.append(refs[child.ref])
         elif _confirms(child, earlier, as_shown_edit, shown.get(child.ref)):
             refs[child.ref] = _unversioned(child.ref)
@@ -748,6 +746,24 @@ def _write_children(
             refs[child.ref] = tx.merge_update({**ours, "id": child_id}, version, shown=as_shown)
             written.append(refs[child.ref])
     return refs, written
+
+
+def _write_new_child(
+    tx: TransactionBuilder, child: Child, patient_ref: str, queued: Mapping[str, Child | None]
+) -> str:
+    """A new child's conditional create, or its create-or-merge over the child an earlier
+    save queued, as that save writes it (see :func:`_write_children`)."""
+    identifier = mapping.identifier("child", _new_child_identifier(child.ref))
+    resource = mapping.child_related_person(child, patient_ref=patient_ref, identifier=identifier)
+    if identifier["value"] not in queued:
+        return tx.create(resource, identifier, patient_ref=patient_ref)
+    earlier = queued[identifier["value"]]
+    shown = None
+    if earlier is not None:
+        shown = mapping.child_related_person(
+            earlier, patient_ref=patient_ref, identifier=identifier
+        )
+    return tx.create_or_merge(resource, identifier, patient_ref=patient_ref, shown=shown)
 
 
 def _confirms(child: Child, pending: Child | None, edited: Child | None, shown: str | None) -> bool:
@@ -906,6 +922,17 @@ def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chi
         for entry in _entries(save)
         if (child := _created_child(entry, patient_ref)) is not None
     }
+
+
+def _queued_children(saves: Sequence[_Save], patient_ref: str) -> dict[str, Child | None]:
+    """The new children ``saves`` create, by identifier: each as the latest save the FHIR
+    server did not refuse writes it (what the nurse was shown pending, and what the server
+    holds once they are delivered). None when it refused them all: none of them wrote it,
+    but one refused after an unexpected error may have (``outbox.UNEXPECTED_ATTEMPTS``), so
+    whatever the identifier finds then gets all of the nurse's values."""
+    kept = [save for save in saves if save.state not in REFUSED_STATES]
+    written = _created_children(kept, patient_ref)
+    return {found: written.get(found) for found in _created_children(saves, patient_ref)}
 
 
 def _edited_child(entry: Resource, patient_ref: str) -> Child | None:

@@ -33,6 +33,7 @@ from service.protocol import (
     Child,
     ChildRelationship,
     HagueTrigger,
+    LivesWith,
     SafetyAssessment,
     Step1Finding,
     Step2Finding,
@@ -1096,6 +1097,99 @@ def test_fault_a_pending_child_corrected_and_saved_again_keeps_the_correction(
     assert provenance["activity"]["coding"][0]["code"] == "UPDATE"
     (event,) = (r for r in written if r["resourceType"] == "AuditEvent")
     assert (event["action"], event["subtype"][0]["code"]) == ("U", "update")
+
+
+@dataclass
+class _SavedAgain:
+    """A new child saved while the FHIR server was stopped and, shown pending, saved again;
+    the server is back and the first save delivered, the second not yet (it is due later)."""
+
+    world: World
+    client: FhirClient  # of the restarted server
+    second: SaveResult
+    child_id: str  # the RelatedPerson the first save created
+
+
+@contextlib.contextmanager
+def _a_pending_child_saved_again(
+    database: Database, tmp_path: Path, **change: Any
+) -> Iterator[_SavedAgain]:
+    """The nurse changes ``change`` of the pending child (without: nothing) and saves again."""
+    server = _OwnServer.start(tmp_path)
+    world = world_at(database, server.base_url)
+    patient = server.seeded.patient("an-peeters")
+    nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    server.stop()
+    first = world.triage.record_triage(nurse, no_concern(nurse, (child_aged("Lotte Peeters", 4),)))
+    (shown,) = world.triage.pending_children(nurse)
+    second = world.triage.record_triage(nurse, no_concern(nurse, (replace(shown, **change),)))
+    assert (first.status, second.status) == ("pending", "pending")
+    _due(database, first.outbox_id, -1)
+    _due(database, second.outbox_id, 5)
+    identifier = f"{terminology.identifier_system('child')}|{_child_uuid(shown)}"
+    with server.restart() as again, FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+        assert [(d.entry_id, d.state) for d in world.outbox.run_once()] == [
+            (first.outbox_id, DeliveryState.DELIVERED)
+        ]
+        (person,) = search(again.base_url, "RelatedPerson", identifier=identifier)
+        yield _SavedAgain(world, client, second, person["id"])
+
+
+def _child_uuid(child: Child) -> str:
+    return child.ref.removeprefix("urn:uuid:")
+
+
+def _deliver_later_save(saved: _SavedAgain) -> None:
+    saved.world.clock.advance(600)
+    assert [(d.entry_id, d.state) for d in saved.world.outbox.run_once()] == [
+        (saved.second.outbox_id, DeliveryState.DELIVERED)
+    ]
+
+
+def test_fault_a_pending_child_saved_again_keeps_what_the_ehr_corrected_meanwhile(
+    database: Database, tmp_path: Path
+) -> None:
+    """A new child saved while the FHIR server is stopped; the nurse, shown it pending,
+    changes where it lives and saves again. The first save is delivered, then the EHR
+    corrects the child's birth date (the population register has the right one). The
+    second save lays over the child only what the nurse changed: the EHR's birth date
+    stays. It used to lay all of the nurse's values over it, silently putting back the
+    birth date the EHR had corrected."""
+    with _a_pending_child_saved_again(database, tmp_path, lives_with=LivesWith.PART_TIME) as saved:
+        current = saved.client.read("RelatedPerson", saved.child_id)
+        corrected = _day_before(current["birthDate"])
+        _put(saved.client, {**current, "birthDate": corrected})
+
+        _deliver_later_save(saved)
+        person = saved.client.read("RelatedPerson", saved.child_id)
+
+    child = mapping.child_from_related_person(person)
+    assert child is not None
+    assert (child.birth_date.isoformat(), child.lives_with) == (corrected, LivesWith.PART_TIME)
+    assert validate(person) == []
+
+
+def test_fault_a_pending_child_renamed_and_saved_again_keeps_where_the_ehr_says_it_lives(
+    database: Database, tmp_path: Path
+) -> None:
+    """The same with the nurse correcting the child's name, and the EHR recording meanwhile
+    that the child no longer lives with the patient: the name is hers, where the child
+    lives the EHR's (it used to be put back to "permanently")."""
+    with _a_pending_child_saved_again(database, tmp_path, name="Lotte Claes") as saved:
+        current = saved.client.read("RelatedPerson", saved.child_id)
+        moved_out = {
+            "url": terminology.extension_url("lives-with"),
+            "valueCoding": terminology.coding("lives-with", LivesWith.NOT),
+        }
+        _put(saved.client, {**current, "extension": [moved_out]})
+
+        _deliver_later_save(saved)
+        person = saved.client.read("RelatedPerson", saved.child_id)
+
+    child = mapping.child_from_related_person(person)
+    assert child is not None
+    assert (child.name, child.lives_with) == ("Lotte Claes", LivesWith.NOT)
+    assert validate(person) == []
 
 
 def test_an_open_concern_only_the_fhir_server_knows_is_put_on_the_worklist_and_continued(
