@@ -50,9 +50,10 @@ create that, when the resource with its identifier exists at delivery, becomes t
 merge over that resource's current version (a search, then If-Match on what it found);
 given what the user was shown (the resource as the earlier save writes it), only what
 she changed of it is laid over, so that what the EHR corrected since stays. What
-describes the write (its Provenance's activity, its AuditEvent's action) is queued
-both ways and sent as it turned out, create or update (``if_updating`` of
-:meth:`TransactionBuilder.add`).
+describes the writes (a Provenance's activity and targets, an AuditEvent's action and
+entities) is queued both ways and sent as they turned out, create or update, naming
+only what was written (``if_updating`` of :meth:`TransactionBuilder.add`); a
+transaction left with nothing to write is not sent.
 
 Outcomes: a 4xx rejection is ``failed`` (logged at ERROR without patient data, never
 retried), but for 429, 408 and 425 (``FhirThrottled``: the server, or a gateway in front
@@ -106,7 +107,7 @@ import random
 import threading
 import traceback
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -701,7 +702,8 @@ class Outbox:
                 if entry.attempts > 1 and entry.witness and _witness_exists(client, entry.witness):
                     return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
                 sent = _merged(client, entry.bundle)
-                client.transaction(sent.bundle)
+                if sent.bundle["entry"]:  # else every merge found nothing to write
+                    client.transaction(sent.bundle)
             except _WitnessUnanswered as unanswered:
                 return _not_known(entry, unanswered)
             except _Refused as refusal:
@@ -949,11 +951,12 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
     """The bundle as sent: each :meth:`TransactionBuilder.merge_update` laid over the version
     it names (read now), unchanged ones and those the resource says by now left out; each
     :meth:`TransactionBuilder.create_or_merge` likewise over the resource its identifier
-    finds (:func:`_merged_create`). Raises :class:`_Refused`."""
+    finds (:func:`_merged_create`); the descriptions of the writes as they turned out
+    (:func:`_described`). Raises :class:`_Refused`."""
     entries = []
     found: dict[str, str] = {}  # fullUrl of a create → the resource it found
-    updating = False  # whether a create-or-merge became an update
     read_now: set[str] = set()  # the resources a create-or-merge updates (If-Match read now)
+    left_out: set[str] = set()  # the bundle's references to merges that write nothing
     for entry in bundle["entry"]:
         if not entry.get(_MERGE):
             entries.append(entry)
@@ -961,8 +964,9 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         request = entry["request"]
         if request["method"] == "POST":
             merged = _merged_create(client, entry, found)
-            updating |= any(e["request"]["method"] == "PUT" for e in merged)
             read_now |= {e["request"]["url"] for e in merged if "ifMatch" in e["request"]}
+            if not merged:  # the resource found already says what ours says
+                left_out.add(entry["fullUrl"])
             entries += merged
             continue
         version = request["ifMatch"].removeprefix('W/"').removesuffix('"')
@@ -973,11 +977,13 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         # earlier save's edit instead (_SHOWN): then ours may undo that edit, and only the
         # resource as it is now can say there is nothing to write
         if _SHOWN not in entry and _unchanged(seen, ours):
+            left_out.add(request["url"])
             continue
         current = _changed_since(client, ours, version)
         latest = seen if current is None else current
         if _other_owner(latest, ours, client.base_url) is None and _unchanged(latest, ours):
-            continue  # the resource already says what ours says: nothing to write
+            left_out.add(request["url"])  # the resource already says what ours says
+            continue
         if current is not None and _SHOWN in entry and _unchanged(current, entry[_SHOWN]):
             # changed since into what the user was shown (an earlier save's edit, delivered
             # meanwhile): ours applies over it, as it did over what she saw
@@ -986,7 +992,7 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
             entries.append({"resource": _overlay(current, ours), "request": now})
             continue
         entries.append({"resource": _overlay(seen, ours), "request": request})
-    entries = [_described(entry, updating) for entry in entries]
+    entries = _described(entries, left_out)
     preconditions = [
         (e["request"]["url"], e["request"]["ifMatch"].removeprefix('W/"').removesuffix('"'))
         for e in entries
@@ -1014,13 +1020,45 @@ def _changed_since(client: FhirClient, ours: Resource, version: str) -> Resource
     return current
 
 
-def _described(entry: Resource, updating: bool) -> Resource:
-    """An entry added with an ``if_updating`` variant (:meth:`TransactionBuilder.add`) as
-    sent: the variant when the transaction updates a resource it was to create."""
+def _described(entries: list[Resource], left_out: Set[str]) -> list[Resource]:
+    """The merged ``entries`` with the descriptions of what they write (those added with an
+    ``if_updating`` variant, :meth:`TransactionBuilder.add`) as sent: the variant when an
+    entry updates a resource, and without ``left_out``, the merges that write nothing, so
+    that a Provenance or AuditEvent never records a write that did not happen. When
+    nothing else is written, no description either: the transaction is empty."""
+    updating = any(entry["request"]["method"] == "PUT" for entry in entries)
+    if all(_IF_UPDATING in entry for entry in entries):
+        return []
+    return [_description_as_sent(entry, updating, left_out) for entry in entries]
+
+
+def _description_as_sent(entry: Resource, updating: bool, left_out: Set[str]) -> Resource:
     if _IF_UPDATING not in entry:
         return entry
     sent = {key: value for key, value in entry.items() if key != _IF_UPDATING}
-    return {**sent, "resource": entry[_IF_UPDATING]} if updating else sent
+    resource = entry[_IF_UPDATING] if updating else entry["resource"]
+    return {**sent, "resource": _naming_only_written(resource, left_out)}
+
+
+def _naming_only_written(description: Resource, left_out: Set[str]) -> Resource:
+    """``description`` without the items of its lists that name a resource of ``left_out``
+    (a Provenance's ``target``, an AuditEvent's ``entity``)."""
+    return {
+        key: [item for item in value if not _names_any(item, left_out)]
+        if isinstance(value, list)
+        else value
+        for key, value in description.items()
+    }
+
+
+def _names_any(value: Any, references: Set[str]) -> bool:
+    """Whether ``value`` holds a ``reference`` to one of ``references``."""
+    if isinstance(value, dict):
+        named = value.get("reference") in references
+        return named or any(_names_any(item, references) for item in value.values())
+    if isinstance(value, list):
+        return any(_names_any(item, references) for item in value)
+    return False
 
 
 def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -> list[Resource]:
@@ -1544,10 +1582,12 @@ class TransactionBuilder:
         return reference
 
     def add(self, resource: Resource, *, if_updating: Resource | None = None) -> str:
-        """A plain create. ``if_updating`` is sent instead when, at delivery, a
-        :meth:`create_or_merge` of the transaction updates the resource it found: what
-        describes the write (a Provenance's activity, an AuditEvent's action) then says
-        so, not "create"."""
+        """A plain create. With ``if_updating``, ``resource`` describes the transaction's
+        writes (a Provenance, an AuditEvent) where its merges decide them at delivery: it
+        is sent as it says when the transaction as sent updates nothing, ``if_updating``
+        when it updates a resource (a :meth:`create_or_merge` updating the one it found, a
+        :meth:`merge_update` kept), either one without the references to the merges that
+        turned out to write nothing, and neither when nothing else is written."""
         full_url = f"urn:uuid:{uuid.uuid4()}"
         request = {"method": "POST", "url": resource["resourceType"]}
         entry: Resource = {"fullUrl": full_url, "resource": resource, "request": request}
@@ -1557,9 +1597,11 @@ class TransactionBuilder:
         return full_url
 
     @property
-    def may_become_update(self) -> bool:
-        """Whether a :meth:`create_or_merge` may turn the transaction into an update."""
-        return any(e.get(_MERGE) and e["request"]["method"] == "POST" for e in self._entries)
+    def merges(self) -> bool:
+        """Whether a merge decides at delivery what the transaction writes: of each
+        :meth:`create_or_merge`, a create, an update or nothing; of each
+        :meth:`merge_update`, an update or nothing."""
+        return any(e.get(_MERGE) for e in self._entries)
 
     def bundle(self) -> Resource:
         return {"resourceType": "Bundle", "type": "transaction", "entry": list(self._entries)}

@@ -593,11 +593,12 @@ def _plan(
         *_write_flag(tx, ctx, findings, raised),
     ]
     stable = tx.stable_references()
-    updates = _updates(stable)
-    as_created = _description(ctx, written, stable, now, updates)
-    # a re-saved pending child may turn out, at delivery, to update the first save's child
+    # Resources are updated by merges only, which write what they turn out to at delivery
+    # (a re-saved pending child may update the first save's, an edit change nothing): the
+    # outbox then sends the description of what was written.
+    as_created = _description(ctx, written, stable, now, False)
     as_updated: tuple[Resource | None, Resource | None] = (None, None)
-    if tx.may_become_update and not updates:
+    if tx.merges:
         as_updated = _description(ctx, written, stable, now, True)
     for resource, if_updating in zip(as_created, as_updated, strict=True):
         tx.add(resource, if_updating=if_updating)

@@ -556,7 +556,7 @@ def _described_save(person: dict[str, Any], marker: str) -> dict[str, Any]:
 
     tx = TransactionBuilder()
     tx.create_or_merge(person, person["identifier"][0])
-    assert tx.may_become_update
+    assert tx.merges
     tx.add(description("create"), if_updating=description("update"))
     return tx.bundle()
 
@@ -583,6 +583,30 @@ def test_a_create_or_merge_is_described_as_what_it_turned_out_to_be(
     identifier = f"{SYSTEM}|{person['identifier'][0]['value']}"
     (stored,) = search(fhir_server.base_url, "RelatedPerson", identifier=identifier)
     assert stored["name"][0]["given"] == ["Corrected"]
+
+
+def test_a_transaction_whose_merges_write_nothing_is_not_described_as_a_write(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """A create-or-merge delivered again with what the resource already says writes nothing,
+    and nothing else is in its transaction: nor is its description (a save's Provenance or
+    AuditEvent) sent, which would record a write that did not happen. It used to be
+    created, saying "create"."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    outbox = make_outbox(database, Clock())
+    person = _person(str(uuid.uuid4()))
+    identifier = f"{SYSTEM}|{person['identifier'][0]['value']}"
+    markers = (str(uuid.uuid4()), str(uuid.uuid4()))
+    versions = []
+    for marker in markers:
+        entry_id = _enqueue(database, tenant, fhir_server.base_url, _described_save(person, marker))
+        assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
+        (stored,) = search(fhir_server.base_url, "RelatedPerson", identifier=identifier)
+        versions.append(stored["meta"]["versionId"])
+
+    said = [search(fhir_server.base_url, "Basic", identifier=f"{SYSTEM}|{m}") for m in markers]
+    assert [len(descriptions) for descriptions in said] == [1, 0]
+    assert versions[0] == versions[1]
 
 
 def _stored_for(client: FhirClient, patient_reference: str, name: str) -> dict[str, Any]:

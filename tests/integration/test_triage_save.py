@@ -1192,6 +1192,26 @@ def test_fault_a_pending_child_renamed_and_saved_again_keeps_where_the_ehr_says_
     assert validate(person) == []
 
 
+def test_fault_a_pending_child_saved_again_unchanged_is_not_said_to_be_written_again(
+    database: Database, tmp_path: Path
+) -> None:
+    """The pending child saved again as it was (the nurse saved the page once more): the
+    child the first save created already says it all, so the second save leaves it alone,
+    and its Provenance and AuditEvent name only what it wrote: its findings, created. They
+    used to name the child as created by the second save too, a write that never was."""
+    with _a_pending_child_saved_again(database, tmp_path) as saved:
+        version = saved.client.read("RelatedPerson", saved.child_id)["meta"]["versionId"]
+
+        _deliver_later_save(saved)
+        after = saved.client.read("RelatedPerson", saved.child_id)
+        activity, targets, action, entities = _said_written(saved.world, saved.second.outbox_id)
+
+    assert after["meta"]["versionId"] == version
+    assert (activity, action) == ("CREATE", "C")
+    assert f"RelatedPerson/{saved.child_id}" not in targets | entities
+    assert {t.split("/")[0] for t in targets} == {"Observation"}
+
+
 def test_an_open_concern_only_the_fhir_server_knows_is_put_on_the_worklist_and_continued(
     world: World, seeded: SeedResult
 ) -> None:
@@ -1961,6 +1981,23 @@ def test_an_edit_another_save_already_delivered_is_not_a_conflict_nor_written_ag
     assert after["meta"]["versionId"] == version
     assert display_name(after) == renamed
     assert world.triage.load_chart(second).conflicts == frozenset()
+    # nor said to be: the save's Provenance and AuditEvent name what it created, no update
+    activity, targets, action, entities = _said_written(world, saved.outbox_id)
+    assert (activity, action) == ("CREATE", "C")
+    assert f"RelatedPerson/{child_id}" not in targets | entities
+
+
+def _said_written(world: World, outbox_id: int) -> tuple[str, set[str], str, set[str]]:
+    """What a delivered save's Provenance (its activity, its targets) and AuditEvent (its
+    action, its entities: the patient and what it wrote) say it wrote; both valid."""
+    written = written_by_save(world, outbox_id)
+    (provenance,) = (r for r in written if r["resourceType"] == "Provenance")
+    (event,) = (r for r in written if r["resourceType"] == "AuditEvent")
+    assert validate(provenance) == []
+    assert validate(event) == []
+    targets = {t["reference"] for t in provenance["target"]}
+    entities = {e["what"]["reference"] for e in event["entity"]}
+    return provenance["activity"]["coding"][0]["code"], targets, event["action"], entities
 
 
 def test_fault_a_conflict_notice_cleared_by_a_later_save_stays_cleared_once_it_is_purged(
