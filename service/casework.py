@@ -46,6 +46,7 @@ from service.protocol import (
     CloseReason,
     Finding,
     KindreflexCase,
+    ProtocolError,
     ReferralStatus,
     Step,
     Step1Finding,
@@ -76,6 +77,8 @@ KIND = "social"
 
 #: The findings the social service records.
 CaseworkFinding = Step4Decision | Step5Progress | Step6Referral
+#: A finding read back, with the id of its Observation on the FHIR server.
+RecordedFinding = tuple[str, Finding]
 
 
 @dataclass(frozen=True)
@@ -336,12 +339,13 @@ class CaseNotOnServerError(LookupError):
 
 def load_case_record(
     client: FhirClient, patient_ref: str, flag_identifier: str
-) -> tuple[CaseRecord, list[Finding]]:
+) -> tuple[CaseRecord, list[RecordedFinding]]:
     """What the FHIR server holds of a case, in three searches: its Flag (with the version
     to update), the patient with the children, and the step findings of this concern in
-    the order they were recorded (one search of all the patient's findings, among which the
-    latest a referral may give as its reason, and of the expected children their step 1
-    findings name).
+    the order they were recorded, each with its Observation's id (one search of all the
+    patient's findings, among which the latest a referral may give as its reason, and of
+    the expected children their step 1 findings name). As read, not replayed
+    (:func:`replayed`).
 
     The Flag's and the findings' searches include their authors' Practitioners
     (``_include``), for their names: no request per person. A server may ignore an
@@ -370,7 +374,8 @@ def load_case_record(
     observations = _resources(finding_bundle, "Observation")
     flag = flags[0]
     recorded = _recorded(observations, children, withdrawn)
-    findings = _findings(recorded, mapping.flag_period(flag))
+    concern = _findings(recorded, mapping.flag_period(flag))
+    findings = [finding for _, finding in concern]
     case_children = _concern_children(findings) or list(children)
     record = CaseRecord(
         patient_ref=patient_ref,
@@ -378,13 +383,33 @@ def load_case_record(
         child_refs={ref: ref for ref in case_children},
         flag=flag,
         reason_ref=_latest_reason(recorded),
-        expecting_ref=_expecting_ref(observations, recorded, findings),
+        expecting_ref=_expecting_ref(observations, concern),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
         people=_people(flag_bundle, finding_bundle),
         findings_complete=finding_pages.complete,
     )
-    return record, findings
+    return record, concern
+
+
+def replayed(record: CaseRecord, findings: list[RecordedFinding]) -> KindreflexCase:
+    """The case its findings (:func:`load_case_record`) make, replayed by the protocol.
+    The protocol accepted each of ours when it was saved: findings it refuses in the order
+    recorded were made so by another writer (the EHR named a relative who is no child of
+    the case, or dated a finding before an earlier step). That is no refusal of the user's
+    input: the case cannot be read, naming the finding where the replay stops and the
+    protocol's rule, never its message (it may quote a value, a child's name)."""
+    case = KindreflexCase.open(record.patient_ref, record.encounter_ref or "Encounter/unknown")
+    for id_, finding in findings:
+        try:
+            case = apply(case, finding)
+        except ProtocolError as error:
+            problem = (
+                "the findings, replayed in the order recorded, break the Kindreflex "
+                f"protocol's rule {error.code.value} here"
+            )
+            raise mapping.UnreadableResourceError(f"Observation/{id_}", problem) from error
+    return case
 
 
 def _concern_children(findings: list[Finding]) -> list[str]:
@@ -424,7 +449,7 @@ def _people(*bundles: Resource) -> dict[str, str]:
 
 def _recorded(
     observations: list[Resource], children: Mapping[str, Child], withdrawn: Collection[str]
-) -> list[tuple[str, Finding]]:
+) -> list[RecordedFinding]:
     """The patient's step findings, each with its Observation's id, in the order they were
     recorded (a retracted Observation is none: ``mapping.finding_from_observation``); a
     step 1 with the expected child it names, when it is among ``observations``.
@@ -449,40 +474,39 @@ def _recorded(
     return sorted(recorded, key=lambda pair: (pair[1].recorded_at, pair[1].step.number))
 
 
-def _expecting_ref(
-    observations: list[Resource], recorded: list[tuple[str, Finding]], findings: list[Finding]
-) -> str | None:
+def _expecting_ref(observations: list[Resource], concern: list[RecordedFinding]) -> str | None:
     """The expected child's Observation named by the case's latest step 1 that names one (a
     later step 1 does not take the expected child off an open concern, as the children)."""
-    step_1 = next(
-        (f for f in reversed(findings) if isinstance(f, Step1Finding) and f.expecting), None
+    step_1_id = next(
+        (id_ for id_, f in reversed(concern) if isinstance(f, Step1Finding) and f.expecting),
+        None,
     )
-    if step_1 is None:
+    if step_1_id is None:
         return None
-    step_1_id = next(id_ for id_, finding in recorded if finding is step_1)
     resource = next(r for r in observations if r["id"] == step_1_id)
     return mapping.expected_child_reference(resource)
 
 
 def _findings(
-    recorded: list[tuple[str, Finding]], period: tuple[datetime, datetime | None]
-) -> list[Finding]:
-    """The findings of this concern the protocol replays, in the order they were recorded:
+    recorded: list[RecordedFinding], period: tuple[datetime, datetime | None]
+) -> list[RecordedFinding]:
+    """The findings of this concern (with their Observations' ids) the protocol replays, in
+    the order they were recorded:
     from the step 1 of the triage that raised it (the Flag's start is its step 2) until the
     case was closed (the Flag's end). Another concern of the patient is replayed on its own
     case: an earlier one's route must not carry into this one, which starts with the team's
     decision (step 4), and a closed case's history ends when it was closed."""
     raised_at, closed_at = period  # the Flag's (mapping.flag_period)
-    findings = [f for _, f in recorded if closed_at is None or f.recorded_at <= closed_at]
+    findings = [(id_, f) for id_, f in recorded if closed_at is None or f.recorded_at <= closed_at]
     starts = [
         at
-        for at, f in enumerate(findings)
+        for at, (_, f) in enumerate(findings)
         if isinstance(f, Step1Finding) and f.recorded_at <= raised_at
     ]
     return findings[starts[-1] :] if starts else findings
 
 
-def _latest_reason(recorded: list[tuple[str, Finding]]) -> str | None:
+def _latest_reason(recorded: list[RecordedFinding]) -> str | None:
     """The latest finding a referral may follow from (``leads_to_referral``), for its
     ``reasonReference``: the latest of steps 2, 4 and 5 whatever it said gave a nurse's
     later "no concern" as the reason of a referral to the VK or the parket."""
@@ -922,7 +946,6 @@ class Casework:
     ) -> tuple[CaseRecord, KindreflexCase]:
         """The case from the FHIR server (the source of truth), replayed by the protocol."""
         record, findings = load_case_record(client, concern.patient_ref, concern.flag_identifier)
-        encounter = record.encounter_ref or "Encounter/unknown"
         fact = AuditFact(
             actor=ctx.user.fhir_user,
             action=AuditAction.READ,
@@ -934,7 +957,7 @@ class Casework:
         channel = Channel(ctx.tenant.id, ctx.registration_id, ctx.fhir_base_url, ctx.session_id)
         with self._database.session() as session:
             audit.record_read(session, channel, fact)
-        return record, KindreflexCase.replay(record.patient_ref, encounter, findings)
+        return record, replayed(record, findings)
 
     def _client(self, ctx: LaunchInfo, *, change: bool = False) -> FhirClient:
         """A client for the case page's reads (within the screen's budget; a search's further

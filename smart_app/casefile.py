@@ -385,7 +385,7 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         unreadable = "fhir-garbled"
     except FhirUnavailable:
         unreadable = "fhir-down"
-    except (FhirError, ProtocolError):
+    except FhirError:
         unreadable = "fhir-refused"
     # The page still shows the worklist's row of the patient: a read, audited as failed, in
     # that patient's trail. A case of another EHR has its patient on that EHR's server.

@@ -46,6 +46,7 @@ from service.protocol import (
     LivesWith,
     PregnancyOf,
     ProgressAssessment,
+    ProtocolError,
     ReferralStatus,
     ReferralTarget,
     SafetyAction,
@@ -188,7 +189,10 @@ def _reads(
     """The one way a reader of our resources fails: whatever it cannot read in ``resource``
     (its first argument), a :class:`_MalformedError` of its helpers or a parse, key, type
     or enum error of Python, is an :class:`UnreadableResourceError` naming the resource.
-    The protocol's own errors (a finding that breaks a rule) pass as they are."""
+    So is what the protocol refuses to build from it (a niet-pluis step 2 whose reasons
+    the EHR removed): the protocol accepted each finding of ours when it was saved, so
+    another writer made it so; it is not the user's input to correct. The problem names
+    the protocol's rule, not its message, which may quote a value (a child's name)."""
 
     @functools.wraps(read)
     def reading(resource: Mapping[str, Any], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -196,6 +200,9 @@ def _reads(
             return read(resource, *args, **kwargs)
         except _MalformedError as error:
             raise UnreadableResourceError(_named(resource), str(error)) from error
+        except ProtocolError as error:
+            problem = f"breaks the Kindreflex protocol's rule {error.code.value}"
+            raise UnreadableResourceError(_named(resource), problem) from error
         except (AttributeError, KeyError, TypeError, ValueError) as error:
             problem = f"an element is not as its profile says ({type(error).__name__})"
             raise UnreadableResourceError(_named(resource), problem) from error
@@ -1083,8 +1090,8 @@ def finding_from_observation(
     Child, e.g. from :func:`child_from_related_person`) to fill ``Step1Finding.children``;
     nor the expected child, a separate Observation it names in ``hasMember``: pass
     ``expecting`` (reference → ExpectedChild, from
-    :func:`expected_child_from_observation`) to fill ``Step1Finding.expecting``. Raises the
-    protocol's errors when the recorded content breaks a rule of the protocol.
+    :func:`expected_child_from_observation`) to fill ``Step1Finding.expecting``. Recorded
+    content that breaks a rule of the protocol is unreadable too (:func:`_reads`).
     """
     step = step_of_observation(resource)
     if step is None or resource.get("status") in RETRACTED:

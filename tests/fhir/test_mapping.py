@@ -756,6 +756,20 @@ def test_a_finding_not_as_its_profile_says_is_unreadable_and_named(
     assert str(unreadable.value).startswith("Observation/o1 cannot be read: ")
 
 
+def test_a_finding_the_protocol_refuses_to_build_is_unreadable_and_named() -> None:
+    """The EHR removed the reasons of an "unclear" step 2: each element is as its profile
+    says, but the protocol refuses such a finding. Its error passed the reader as it was
+    and the case page said the FHIR server refused to read the case, the API a 422 as if
+    the social worker's input broke a rule (found by review). The Observation is named with
+    the rule, not the protocol's message."""
+    resource = _observation_as_read(_STEP2)
+    _drop_component("reason")(resource)
+    with pytest.raises(mapping.UnreadableResourceError) as unreadable:
+        mapping.finding_from_observation(resource)
+    assert unreadable.value.resource == "Observation/o1"
+    assert unreadable.value.problem == "breaks the Kindreflex protocol's rule reasons-required"
+
+
 def test_a_catalogue_factor_without_its_kind_is_of_the_kind_the_catalogue_gives() -> None:
     """A protective factor whose factor-kind extension the EHR dropped was read as a risk."""
     decision = Step4Decision(

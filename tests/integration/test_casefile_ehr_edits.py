@@ -6,6 +6,7 @@ Found by review: each of these was a 500, or a child silently left out of the ca
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from html import unescape
 from typing import Any, NamedTuple
 
@@ -15,12 +16,13 @@ from fastapi.testclient import TestClient
 
 from sandbox.fhir_server import FhirServer
 from service.casework import load_case_record
-from service.db.base import Database
+from service.db.base import Database, utcnow
 from service.fhir.client import FhirClient
 from service.tenancy import TenantContext
 from tests.support.casework import (
     SOCIAL_WORKER,
     STEP_4_FORM,
+    STEP_6_FORM,
     error_summary,
     on_the_worklist,
     post_form,
@@ -236,3 +238,82 @@ def test_a_concern_closed_in_the_ehr_is_not_reopened_by_a_step_and_leaves_the_wo
 
     assert 'id="s4-form"' not in worker.get(f"/social/cases/{case_id}").text
     assert f'href="/social/cases/{case_id}"' not in worker.get("/social").text
+
+
+def _step(base_url: str, patient: str, step: str) -> dict[str, Any]:
+    (found,) = [
+        o
+        for o in search(base_url, "Observation", subject=patient)
+        if o["code"]["coding"][0]["code"] == step
+    ]
+    return found
+
+
+def test_findings_the_ehr_made_break_the_protocol_are_named_not_a_refusal(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Findings each readable that the protocol refuses to replay (the EHR made the team's
+    decision name a relative who is no child of the case, or moved it before the nurse's
+    step 2) were shown as "the FHIR server refused to read the case", and the API
+    answered 422 with the protocol's words, as if the social worker's input broke a rule
+    (found by review). The page, a save and the API name the finding where the replay
+    stops and the rule, never a value of it; nothing is saved."""
+    app, tenant, base_url, patient, worker, case_id = _a_triaged_case(
+        database_url, database, fhir_server.base_url
+    )
+    browser = TestClient(
+        app, follow_redirects=False, raise_server_exceptions=False, headers=worker.headers
+    )
+    api = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+    page = browser.get(f"/social/cases/{case_id}").text
+    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+    after_4 = browser.get(f"/social/cases/{case_id}").text
+    assert 'id="s6-form"' in after_4
+    step_4 = _step(base_url, patient, "step-4")
+    grandmother = httpx.post(
+        f"{base_url}/RelatedPerson",
+        json={"resourceType": "RelatedPerson", "patient": {"reference": patient}},
+        timeout=10,
+    ).json()  # the EHR's own record of a relative: no child of ours
+
+    _as_the_ehr_changed_it(
+        base_url, {**step_4, "focus": [{"reference": f"RelatedPerson/{grandmother['id']}"}]}
+    )
+    shown = browser.get(f"/social/cases/{case_id}")
+    assert shown.status_code == 200
+    named = (
+        f"Observation/{step_4['id']} {CANNOT_READ} (the findings, replayed in the order "
+        "recorded, break the Kindreflex protocol's rule unknown-child here)"
+    )
+    assert named in _text(shown)
+    assert "weigerde het dossier te lezen" not in _text(shown)
+    assert 'id="s6-form"' not in shown.text
+    # A save from the page read before: refused as the case unreadable, nothing written.
+    contact = {"contact_on": utcnow().date().isoformat()}
+    save = post_form(worker, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
+    assert save.status_code == 502
+    assert f"Observation/{step_4['id']} {CANNOT_READ}" in unescape(error_summary(save.text, "s6"))
+    assert "er werd niets opgeslagen" in _text(save)
+    assert search(base_url, "ServiceRequest", subject=patient) == []
+    assert [o for o in search(base_url, "Observation", subject=patient) if _is_step_6(o)] == []
+    read = browser.get(f"/api/cases/{case_id}", headers=api)
+    assert read.status_code == 502
+    assert read.json()["detail"] == (
+        f"The FHIR server holds Observation/{step_4['id']} in a form Kindreflex cannot read "
+        "(the findings, replayed in the order recorded, break the Kindreflex protocol's rule "
+        "unknown-child here); nothing was saved. Tell the EHR's administrators."
+    )
+
+    # The EHR dates the team's decision before the nurse's step 2: out of order.
+    step_2 = _step(base_url, patient, "step-2")
+    before_2 = datetime.fromisoformat(step_2["effectiveDateTime"]) - timedelta(seconds=20)
+    _as_the_ehr_changed_it(base_url, {**step_4, "effectiveDateTime": before_2.isoformat()})
+    shown = browser.get(f"/social/cases/{case_id}")
+    assert f"Observation/{step_4['id']} {CANNOT_READ}" in _text(shown)
+    assert "rule step-out-of-order here" in _text(shown)
+
+
+def _is_step_6(observation: dict[str, Any]) -> bool:
+    return any(c.get("code") == "step-6" for c in observation["code"]["coding"])

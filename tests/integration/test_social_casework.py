@@ -28,6 +28,7 @@ from service.casework import (
     StepResult,
     load_case_record,
     referred_facilities,
+    replayed,
     step_transaction,
 )
 from service.db.base import Database, utcnow
@@ -42,7 +43,6 @@ from service.protocol import (
     ChildRelationship,
     CloseReason,
     HagueTrigger,
-    KindreflexCase,
     LivesWith,
     SafetyAssessment,
     Step,
@@ -163,7 +163,7 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
     (decision,) = _finding(fhir_server.base_url, f"s4-{run}")
     assert validate(decision) == []
     after_4, findings = load_case_record(fhir, record.patient_ref, _flag_value(record))
-    assert findings[-1].step is Step.STEP_4  # the history, from the same search
+    assert findings[-1][1].step is Step.STEP_4  # the history, from the same search
     assert after_4.reason_ref == f"Observation/{decision['id']}"
     assert after_4.flag["meta"]["versionId"] != record.flag["meta"]["versionId"]
 
@@ -279,7 +279,7 @@ def test_a_step_or_a_closing_whose_answer_was_lost_is_delivered_not_a_conflict(
     assert outcomes == ["success", "success"]  # no failure audited for saves recorded
     with FhirClient(base_url, lambda: "loopback", 10.0) as client:
         flag, findings = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
-    assert [f.step for f in findings].count(Step.STEP_4) == 1
+    assert [f.step for _, f in findings].count(Step.STEP_4) == 1
     assert flag.flag["status"] == "inactive"
 
 
@@ -593,7 +593,7 @@ def test_a_later_no_children_at_triage_keeps_the_child_on_the_open_concern(
 
     (girl,) = record.child_refs.values()
     assert record.children[girl].name == "Girl"
-    case = KindreflexCase.replay(patient_ref, "Encounter/x", findings)
+    case = replayed(record, findings)
     assert case.has_open_concern
     decision = Step4Input.model_validate(
         {
@@ -631,13 +631,13 @@ def test_what_the_ehr_retracted_is_no_part_of_the_case_and_a_retracted_concern_t
     decided = casework.record_step(social_worker, case.id, case.row_version, unwilling)
     assert decided.status == "delivered"
     record, findings = load_case_record(fhir, patient_ref, case.flag_identifier)
-    assert [f.step for f in findings][-1] is Step.STEP_4
+    assert [f.step for _, f in findings][-1] is Step.STEP_4
     step_code = f"{terminology.code_system_url('kindreflex-step')}|{Step.STEP_4.value}"
     (decision,) = search(base_url, "Observation", subject=patient_ref, code=step_code)
     _retract(base_url, decision)
 
     record, findings = load_case_record(fhir, patient_ref, case.flag_identifier)
-    assert [f.step for f in findings] == [Step.STEP_1, Step.STEP_2]
+    assert [f.step for _, f in findings] == [Step.STEP_1, Step.STEP_2]
     assert record.reason_ref is None  # nothing a referral may follow from
 
     _retract(base_url, record.flag)
