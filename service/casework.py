@@ -106,6 +106,9 @@ class CaseRecord:
     shown by reference. ``findings_complete``: False when the findings' search had more
     pages than a case reads (:data:`MAX_SEARCH_PAGES`), or than the case page's budget left
     time for (``FhirClient.for_screen``): the history shown lacks some.
+    ``added_notes``: the notes others (the EHR's users) added to each finding of the
+    concern, in the order of the findings :func:`load_case_record` returns (and so of the
+    replayed case's): shown as theirs, not the recorder's (``mapping.added_notes``).
     """
 
     patient_ref: str
@@ -118,6 +121,7 @@ class CaseRecord:
     patient: mapping.PatientIdentity | None = None
     people: Mapping[str, str] = field(default_factory=dict)
     findings_complete: bool = True
+    added_notes: tuple[tuple[mapping.AddedNote, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,7 @@ def load_case_record(
     finding_pages = _step_search(client, patient_ref)
     finding_bundle = finding_pages.bundle
     observations = _resources(finding_bundle, "Observation")
+    by_id = {resource["id"]: resource for resource in observations}
     flag = flags[0]
     recorded = _recorded(observations, children, withdrawn)
     concern = _findings(recorded, mapping.flag_period(flag))
@@ -383,11 +388,12 @@ def load_case_record(
         child_refs={ref: ref for ref in case_children},
         flag=flag,
         reason_ref=_latest_reason(recorded),
-        expecting_ref=_expecting_ref(observations, concern),
+        expecting_ref=_expecting_ref(by_id, concern),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
         people=_people(flag_bundle, finding_bundle),
         findings_complete=finding_pages.complete,
+        added_notes=tuple(mapping.added_notes(by_id[id_]) for id_, _ in concern),
     )
     return record, concern
 
@@ -474,7 +480,7 @@ def _recorded(
     return sorted(recorded, key=lambda pair: (pair[1].recorded_at, pair[1].step.number))
 
 
-def _expecting_ref(observations: list[Resource], concern: list[RecordedFinding]) -> str | None:
+def _expecting_ref(by_id: Mapping[str, Resource], concern: list[RecordedFinding]) -> str | None:
     """The expected child's Observation named by the case's latest step 1 that names one (a
     later step 1 does not take the expected child off an open concern, as the children)."""
     step_1_id = next(
@@ -483,8 +489,7 @@ def _expecting_ref(observations: list[Resource], concern: list[RecordedFinding])
     )
     if step_1_id is None:
         return None
-    resource = next(r for r in observations if r["id"] == step_1_id)
-    return mapping.expected_child_reference(resource)
+    return mapping.expected_child_reference(by_id[step_1_id])
 
 
 def _findings(
@@ -726,6 +731,9 @@ class CaseFile:
     #: (:data:`MAX_SEARCH_PAGES`), or than the page's budget left time to read; the history
     #: shown lacks some
     history_complete: bool = True
+    #: the notes others added to each finding, in the order of ``case.findings``
+    #: (``CaseRecord.added_notes``)
+    added_notes: tuple[tuple[mapping.AddedNote, ...], ...] = ()
 
 
 class Casework:
@@ -826,6 +834,7 @@ class Casework:
             patient=record.patient,
             people=record.people,
             history_complete=record.findings_complete and pages.complete,
+            added_notes=record.added_notes,
         )
 
     def update_referral(

@@ -53,7 +53,7 @@ from service.fhir.client import (
     FhirUnreadable,
     ReauthorisationRequired,
 )
-from service.fhir.mapping import UnreadableResourceError
+from service.fhir.mapping import AddedNote, UnreadableResourceError
 from service.i18n import Language, translate
 from service.local_time import local_today
 from service.partners import Partner
@@ -301,6 +301,11 @@ class Shown:
             self.summary.assigned_to: self.summary.assigned_to_display,
         }
         return people.get(reference) or indexed.get(reference) or reference
+
+    def added_notes(self, at: int) -> tuple[AddedNote, ...]:
+        """The notes others (the EHR's users) added to the case's finding at ``at``."""
+        notes = self.opened.added_notes if self.opened is not None else ()
+        return notes[at] if at < len(notes) else ()
 
     @property
     def patient_birth_date(self) -> str | None:

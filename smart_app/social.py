@@ -149,6 +149,12 @@ class ChildView(BaseModel):
     birth_date: date
 
 
+class AddedNoteView(BaseModel):
+    text: str
+    author: str | None = Field(description="Who added it: a reference or a name, as written.")
+    time: str | None = Field(description="When, as written (a FHIR dateTime).")
+
+
 class FindingView(BaseModel):
     step: str
     recorded_at: datetime
@@ -157,7 +163,11 @@ class FindingView(BaseModel):
         None, description="The author's name, as the FHIR server has it; null when not known."
     )
     content: dict[str, Any] = Field(
-        description="Every field of the finding, named as in the step bodies."
+        description="Every field of the finding, named as in the step bodies; `note` is "
+        "the recorder's own."
+    )
+    added_notes: list[AddedNoteView] = Field(
+        description="Notes others (the EHR's users) added to the finding on the FHIR server."
     )
 
 
@@ -334,8 +344,11 @@ def _case_file_view(opened: CaseFile) -> CaseFileResponse:
                 recorded_by=f.recorded_by,
                 recorded_by_display=opened.people.get(f.recorded_by),
                 content=_FINDING_JSON.dump_python(f, mode="json"),
+                added_notes=[
+                    AddedNoteView(text=n.text, author=n.author, time=n.time) for n in added
+                ],
             )
-            for f in case.findings
+            for f, added in zip(case.findings, opened.added_notes, strict=True)
         ],
         referrals=[_referral_view(r, opened.facilities) for r in opened.referrals],
         closure=None if closure is None else {"reason": closure.reason.value, "text": closure.text},

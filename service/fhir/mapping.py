@@ -64,8 +64,10 @@ from service.protocol import (
 
 __all__ = [
     "PROFILE_OF_STEP",
+    "AddedNote",
     "Resource",
     "UnreadableResourceError",
+    "added_notes",
     "child_from_related_person",
     "child_related_person",
     "closure_from_flag",
@@ -1097,13 +1099,12 @@ def finding_from_observation(
     if step is None or resource.get("status") in RETRACTED:
         return None
     components = _components_by_code(resource.get("component", []))
-    notes = [n.get("text", "") for n in resource.get("note", []) if n.get("text")]
     performers = resource.get("performer", [])
     base: dict[str, Any] = {
         "recorded_by": performers[0].get("reference", "") if performers else "",
         "recorded_at": _moment(resource.get("effectiveDateTime"), "effectiveDateTime"),
         "encounter_ref": resource.get("encounter", {}).get("reference"),
-        "note": "\n".join(notes) or None,
+        "note": _recorders_note(resource.get("note", [])),
     }
     focus = tuple(str(f["reference"]) for f in resource.get("focus", []) if "reference" in f)
     if step is Step.STEP_1:
@@ -1171,6 +1172,53 @@ def finding_from_observation(
                 follow_up_actions=tuple(_strings(components, "follow-up")),
                 contact=_contact(components),
             )
+
+
+def _recorders_note(notes: list[Mapping[str, Any]]) -> str | None:
+    """The note written with the finding: the one annotation without an author or a time,
+    as :func:`finding_observation` writes it. Another writer's (the EHR's user's, who is
+    named: :func:`added_notes`) is not the recorder's text; two such annotations and which
+    one the recorder wrote cannot be told."""
+    texts = [n.get("text") for n in notes if not _annotated(n)]
+    if len(texts) > 1:
+        raise _MalformedError("note has several annotations without an author or a time")
+    text = texts[0] if texts else None
+    if text is not None and not isinstance(text, str):
+        raise _MalformedError("note has an annotation without text")
+    return text if text and text.strip() else None
+
+
+def _annotated(note: Mapping[str, Any]) -> bool:
+    """Whether an annotation says who wrote it or when: not as we write a finding's note."""
+    return any(note.get(key) for key in ("authorReference", "authorString", "time"))
+
+
+@dataclass(frozen=True)
+class AddedNote:
+    """A note another writer added to a finding of ours (an annotation with its author or
+    time: the EHR's user): shown as theirs, never as the recorder's. ``author``: the
+    author's reference or name; ``time``: as written (a FHIR dateTime)."""
+
+    text: str
+    author: str | None
+    time: str | None
+
+
+@_reads
+def added_notes(resource: Mapping[str, Any]) -> tuple[AddedNote, ...]:
+    """The notes others added to a finding Observation of ours (:func:`_recorders_note`
+    is the recorder's own), in the order the resource lists them."""
+    found = []
+    for note in resource.get("note", []):
+        if not _annotated(note):
+            continue
+        text, time = note.get("text"), note.get("time")
+        reference = (note.get("authorReference") or {}).get("reference")
+        author = reference or note.get("authorString")
+        if not isinstance(text, str) or not isinstance(author, str | None):
+            raise _MalformedError("note has an annotation without text")
+        found.append(AddedNote(text, author, time if isinstance(time, str) else None))
+    return tuple(found)
 
 
 def _components_by_code(raw: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:

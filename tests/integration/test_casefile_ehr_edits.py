@@ -6,6 +6,7 @@ Found by review: each of these was a 500, or a child silently left out of the ca
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from html import unescape
 from typing import Any, NamedTuple
@@ -317,3 +318,48 @@ def test_findings_the_ehr_made_break_the_protocol_are_named_not_a_refusal(
 
 def _is_step_6(observation: dict[str, Any]) -> bool:
     return any(c.get("code") == "step-6" for c in observation["code"]["coding"])
+
+
+#: A note the EHR's user adds to a finding of ours (FHIR Annotation, with its author).
+EHR_NOTE = {
+    "authorString": "Dr. Peeters (EPD)",
+    "time": "2026-12-04T10:15:00+01:00",
+    "text": "Father called; he wants no contact with the hospital.",
+}
+
+
+def test_a_note_the_ehr_added_to_a_finding_is_not_read_as_the_recorders(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A note the EHR added to the team's decision was joined to the social worker's note
+    and shown as hers, under her name, on the case page and in the API (found by review).
+    Hers is the note written with the finding; the EHR's is shown as added in the EHR, by
+    its author."""
+    app, tenant, base_url, patient, worker, case_id = _a_triaged_case(
+        database_url, database, fhir_server.base_url
+    )
+    api = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url).headers
+    page = worker.get(f"/social/cases/{case_id}").text
+    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+    step_4 = _step(base_url, patient, "step-4")
+    _as_the_ehr_changed_it(base_url, {**step_4, "note": [*step_4["note"], EHR_NOTE]})
+
+    shown = worker.get(f"/social/cases/{case_id}")
+    assert shown.status_code == 200
+    notes = re.findall(r'<dd class="note">(.*?)</dd>', unescape(shown.text), re.DOTALL)
+    assert notes == ["Worries named; she stops the counselling."]
+    assert (
+        "<dt>Notitie toegevoegd in het EPD door Dr. Peeters (EPD)</dt>"
+        '<dd class="added-note">Father called; he wants no contact with the hospital.</dd>'
+    ) in unescape(shown.text)
+    (decision,) = [
+        f for f in worker.get(f"/api/cases/{case_id}", headers=api).json()["findings"]
+        if f["step"] == "step-4"
+    ]  # fmt: skip
+    assert decision["content"]["note"] == "Worries named; she stops the counselling."
+    assert decision["added_notes"] == [
+        {"author": "Dr. Peeters (EPD)", "time": "2026-12-04T10:15:00+01:00",
+         "text": "Father called; he wants no contact with the hospital."}
+    ]  # fmt: skip
