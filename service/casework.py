@@ -375,7 +375,7 @@ def load_case_record(
     withdrawn = {f"RelatedPerson/{r['id']}" for r in chart.related_persons if mapping.withdrawn(r)}
     finding_pages = _step_search(client, patient_ref)
     finding_bundle = finding_pages.bundle
-    observations = _resources(finding_bundle, "Observation")
+    observations = _with_pregnancies_named(_resources(finding_bundle, "Observation"))
     by_id = {resource["id"]: resource for resource in observations}
     flag = flags[0]
     recorded = _recorded(observations, children, withdrawn)
@@ -416,6 +416,57 @@ def replayed(record: CaseRecord, findings: list[RecordedFinding]) -> KindreflexC
             )
             raise mapping.UnreadableResourceError(f"Observation/{id_}", problem) from error
     return case
+
+
+def _with_pregnancies_named(observations: list[Resource]) -> list[Resource]:
+    """The Observations as read, with each step 1 that names no expected child naming the
+    pregnancy written in the same save. Until 2026-12-04 the triage save wrote the step 1
+    without ``hasMember``: read so, a pregnancy-only step 1 says "no children, nothing
+    expected" and the case cannot be opened. The pregnancy is the step 1's when it is the
+    only one not named by a step 1 that the same save wrote: the same patient, encounter,
+    author and moment (the save gives both the step 1's ``recorded_at``). Not a guess by
+    time: a moment to the microsecond, in one encounter, by one author, is one save."""
+    named = {mapping.expected_child_reference(resource) for resource in observations}
+    pregnancies: dict[_Save, list[str]] = {}
+    for resource in observations:
+        ref, save = f"Observation/{resource['id']}", _save_of(resource)
+        if save and ref not in named and mapping.expected_child_from_observation(resource):
+            pregnancies.setdefault(save, []).append(ref)
+    return [_naming(resource, pregnancies) for resource in observations]
+
+
+#: What the Observations of one triage save share: the patient, the encounter, the author
+#: and the moment (compared as moments, whatever the server's notation of them).
+_Save = tuple[str, str, str, datetime]
+
+
+def _naming(resource: Resource, pregnancies: Mapping[_Save, list[str]]) -> Resource:
+    """``resource``, a step 1 without ``hasMember`` naming the one pregnancy of its save."""
+    if (
+        mapping.step_of_observation(resource) is not Step.STEP_1
+        or mapping.expected_child_reference(resource) is not None
+        or resource.get("valueBoolean") is not True
+    ):
+        return resource
+    save = _save_of(resource)
+    found = pregnancies.get(save, []) if save else []
+    return {**resource, "hasMember": [{"reference": found[0]}]} if len(found) == 1 else resource
+
+
+def _save_of(observation: Resource) -> _Save | None:
+    """The save that wrote ``observation`` (None: its moment cannot be read; a step 1 so is
+    unreadable when it is read, and a pregnancy so is named by no one)."""
+    try:
+        at = mapping.moment(observation, "effectiveDateTime")
+    except mapping.UnreadableResourceError:
+        return None
+    performers = observation.get("performer") or [{}]
+    return (
+        str((observation.get("subject") or {}).get("reference")),
+        str((observation.get("encounter") or {}).get("reference")),
+        str(performers[0].get("reference")),
+        at,
+    )
 
 
 def _concern_children(findings: list[Finding]) -> list[str]:

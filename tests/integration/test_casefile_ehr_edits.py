@@ -19,6 +19,8 @@ from sandbox.fhir_server import FhirServer
 from service.casework import load_case_record
 from service.db.base import Database, utcnow
 from service.fhir.client import FhirClient
+from service.local_time import local_today
+from service.protocol import ExpectedChild, PregnancyOf
 from service.tenancy import TenantContext
 from tests.support.casework import (
     SOCIAL_WORKER,
@@ -363,3 +365,37 @@ def test_a_note_the_ehr_added_to_a_finding_is_not_read_as_the_recorders(
         {"author": "Dr. Peeters (EPD)", "time": "2026-12-04T10:15:00+01:00",
          "text": "Father called; he wants no contact with the hospital."}
     ]  # fmt: skip
+
+
+def test_a_pregnancy_only_case_saved_before_the_step_1_named_its_pregnancy_opens(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Until 2026-12-04 the triage save wrote a step 1 without ``hasMember`` naming the
+    pregnancy Observation written with it: read back, a pregnancy-only step 1 said "no
+    children, nothing expected", the replay refused the step 2, and the case could not be
+    opened (found by review). The pregnancy written in the same save (same patient,
+    encounter, author and moment) is the step 1's: the case opens, without a data repair."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    due = local_today() + timedelta(days=90)
+    expecting = ExpectedChild(PregnancyOf.PATIENT, due)
+    patient = save_triage(app, tenant, base_url, expecting=expecting, with_children=False)
+    worker, case_id = on_the_worklist(app, tenant, base_url)
+    step_1 = _step(base_url, patient, "step-1")
+    (pregnancy,) = step_1.pop("hasMember")
+    _as_the_ehr_changed_it(base_url, step_1)  # as the save wrote it before 2026-12-04
+
+    page = worker.get(f"/social/cases/{case_id}")
+
+    assert page.status_code == 200
+    assert CANNOT_READ not in _text(page)
+    assert 'id="s4-form"' in page.text
+    expected = f"<dt>Verwacht kind</dt><dd>De cliënt is zwanger (uitgerekend op {due:%d/%m/%Y})"
+    assert page.text.count(expected) == 2  # the case's, and its step 1's
+    concern = search(base_url, "Flag", patient=patient)[0]["identifier"][0]["value"]
+    with FhirClient(base_url, lambda: "loopback", 10.0) as client:
+        record, _ = load_case_record(client, patient, concern)
+    assert record.expecting_ref == pregnancy["reference"]  # what a referral names

@@ -5,7 +5,7 @@ checked against the guide's profiles (``tests/support/validator.py``)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from service.casework import (
     Referral,
     _findings,
     _recorded,
+    _with_pregnancies_named,
     close_transaction,
     referral_transaction,
     step_transaction,
@@ -25,12 +26,15 @@ from service.partners import load_default_directory
 from service.protocol import (
     CaseClosure,
     CloseReason,
+    ExpectedChild,
     Finding,
     InvalidFindingError,
     KindreflexCase,
+    PregnancyOf,
     ReferralStatus,
     ReferralTarget,
     Step,
+    Step1Finding,
     Step4Decision,
     Step6Referral,
     TeamDecision,
@@ -300,3 +304,41 @@ def test_a_triage_saved_at_one_instant_replays_whatever_order_the_server_returns
             Step.STEP_4,
         ]
         assert case.next_steps == {Step.STEP_5}
+
+
+def _as_read(resource: dict[str, Any], id_: str) -> dict[str, Any]:
+    return {**resource, "id": id_}
+
+
+def test_an_old_step_1_names_the_one_pregnancy_its_save_wrote_and_never_a_guess() -> None:
+    """A step 1 saved before 2026-12-04 has no ``hasMember``: read so, a pregnancy-only case
+    could not be opened (found by review). It names the pregnancy of its own save (same
+    patient, encounter, author, moment); one of another author or moment is not its, and
+    two of the same save leave it naming none."""
+    at = EPISODE_2 + timedelta(microseconds=123456)
+    expecting = ExpectedChild(PregnancyOf.PATIENT)
+
+    def pregnancy(id_: str, *, by: str = NURSE, moment: datetime = at) -> dict[str, Any]:
+        written = mapping.expecting_observation(
+            expecting, patient_ref="Patient/p", encounter_ref="Encounter/e", performer=by,
+            recorded_at=moment, identifier=mapping.identifier("finding"),
+        )  # fmt: skip
+        return _as_read(written, id_)
+
+    step_1 = mapping.finding_observation(
+        Step1Finding(recorded_by=NURSE, recorded_at=at, expecting=expecting),
+        patient_ref="Patient/p", encounter_ref="Encounter/e", child_refs={},
+        identifier=mapping.identifier("finding"), expecting_ref="Observation/x",
+    )  # fmt: skip
+    old = _as_read({k: v for k, v in step_1.items() if k != "hasMember"}, "s1")
+    utc = at.astimezone(UTC)  # the server's notation of the same moment
+    others = [pregnancy("by-another", by=SOCIAL_WORKER), pregnancy("later", moment=at + _SECOND)]
+    (named, *_) = _with_pregnancies_named([old, pregnancy("ours", moment=utc), *others])
+    assert mapping.expected_child_reference(named) == "Observation/ours"
+    (unnamed, *_) = _with_pregnancies_named([old, pregnancy("one"), pregnancy("two"), *others])
+    assert mapping.expected_child_reference(unnamed) is None
+    (alone, *_) = _with_pregnancies_named([old, *others])
+    assert mapping.expected_child_reference(alone) is None
+
+
+_SECOND = timedelta(seconds=1)
