@@ -304,8 +304,7 @@ class Shown:
 
     def added_notes(self, at: int) -> tuple[AddedNote, ...]:
         """The notes others (the EHR's users) added to the case's finding at ``at``."""
-        notes = self.opened.added_notes if self.opened is not None else ()
-        return notes[at] if at < len(notes) else ()
+        return () if self.opened is None else self.opened.added_notes[at]
 
     @property
     def patient_birth_date(self) -> str | None:

@@ -1197,7 +1197,8 @@ def _annotated(note: Mapping[str, Any]) -> bool:
 class AddedNote:
     """A note another writer added to a finding of ours (an annotation with its author or
     time: the EHR's user): shown as theirs, never as the recorder's. ``author``: the
-    author's reference or name; ``time``: as written (a FHIR dateTime)."""
+    author's reference, else their name as written; ``time``: as written (a FHIR
+    dateTime)."""
 
     text: str
     author: str | None
@@ -1213,10 +1214,11 @@ def added_notes(resource: Mapping[str, Any]) -> tuple[AddedNote, ...]:
         if not _annotated(note):
             continue
         text, time = note.get("text"), note.get("time")
-        reference = (note.get("authorReference") or {}).get("reference")
-        author = reference or note.get("authorString")
-        if not isinstance(text, str) or not isinstance(author, str | None):
+        if not isinstance(text, str):
             raise _MalformedError("note has an annotation without text")
+        by = note.get("authorReference") or {}
+        named = (by.get("reference"), by.get("display"), note.get("authorString"))
+        author = next((name for name in named if isinstance(name, str) and name), None)
         found.append(AddedNote(text, author, time if isinstance(time, str) else None))
     return tuple(found)
 
