@@ -297,7 +297,7 @@ def test_a_triage_saved_at_one_instant_replays_whatever_order_the_server_returns
         findings = _findings(
             _recorded(returned, {lotte.ref: lotte}, ()), (gauged.recorded_at, None)
         )
-        case = KindreflexCase.replay("Patient/p1", "Encounter/e1", findings)
+        case = KindreflexCase.replay("Patient/p1", "Encounter/e1", [f for _, f in findings])
         assert [finding.step for finding in case.findings] == [
             Step.STEP_1,
             Step.STEP_2,
