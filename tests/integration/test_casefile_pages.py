@@ -398,12 +398,7 @@ def test_a_concern_about_an_expected_child_opens_and_its_referral_names_that_chi
     expected_child = f"Observation/{pregnancy['id']}"
     assert step_1["hasMember"] == [{"reference": expected_child}]  # the transaction's link
     assert validate(step_1) == []
-    saved = post_form(client, page.text, case_id, "step-4", "s4", STEP_4_FORM)
-    assert saved.status_code == 303, saved.text
-    after_4 = client.get(saved.headers["location"]).text
-    contact = {"contact_on": utcnow().date().isoformat()}
-    referred = post_form(client, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
-    assert referred.status_code == 303, referred.text
+    _refer_from_the_page(client, page.text, case_id)
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     assert request["supportingInfo"] == [{"reference": expected_child}]
     assert validate(request) == []
@@ -428,12 +423,7 @@ def test_a_referral_about_all_children_names_the_minors_and_the_expected_child_n
     client, case_id = on_the_worklist(app, tenant, base_url)
     page = client.get(f"/social/cases/{case_id}").text
     assert "Son" in page  # the case shows every child recorded
-    saved = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
-    assert saved.status_code == 303, saved.text
-    after_4 = client.get(saved.headers["location"]).text
-    contact = {"contact_on": utcnow().date().isoformat()}
-    referred = post_form(client, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
-    assert referred.status_code == 303, referred.text
+    _refer_from_the_page(client, page, case_id)
 
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     named = {info["reference"] for info in request["supportingInfo"]}
@@ -451,6 +441,17 @@ def test_a_referral_about_all_children_names_the_minors_and_the_expected_child_n
     assert "Girl" in who
     assert "Son" not in who
     assert f"uitgerekend op {due:%d/%m/%Y}" in who
+
+
+def _refer_from_the_page(client: TestClient, page: str, case_id: int) -> None:
+    """The team's decision (STEP_4_FORM) and the referral to the VK, contacted today, as
+    the social worker saves them from the case page."""
+    saved = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
+    assert saved.status_code == 303, saved.text
+    after_4 = client.get(saved.headers["location"]).text
+    contact = {"contact_on": utcnow().date().isoformat()}
+    referred = post_form(client, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
+    assert referred.status_code == 303, referred.text
 
 
 def _hidden_section(html: str, anchor: str) -> str:

@@ -78,6 +78,20 @@ class HandedOffCase:
             body["contact"] = {"on": contacted_on, "person": "An", "channel": "phone"}
         return self.send("step-6", {"row_version": row_version, **body})
 
+    def referred_after_an_unwilling_decision(self) -> httpx.Response:
+        """Step 4 "concerning, unwilling" with the workshop's factors, then step 6 to the VK."""
+        decided = self.send(
+            "step-4",
+            {
+                "row_version": self.row_version,
+                "decision": "concerning-unwilling",
+                "factors": WORKSHOP_FACTORS,
+                "consultations": ["colleague"],
+                "discussed_with_patient": True,
+            },
+        )
+        return self.refer_to_vk(decided.json()["row_version"])
+
     def send(self, action: str, body: dict[str, Any]) -> httpx.Response:
         """A change of the case: ``PUT …/referral``, else ``POST …/<action>``."""
         method = "PUT" if action == "referral" else "POST"
@@ -564,17 +578,7 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
     """The facility's own system updates the ServiceRequest between the service's read and
     its write: a real second writer on the real FHIR server, interleaved at that moment."""
     case = _handed_off_case(database_url, database, fhir_server.base_url)
-    decided = case.send(
-        "step-4",
-        {
-            "row_version": case.row_version,
-            "decision": "concerning-unwilling",
-            "factors": WORKSHOP_FACTORS,
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        },
-    )
-    referred = case.refer_to_vk(decided.json()["row_version"])
+    referred = case.referred_after_an_unwilling_decision()
     assert referred.json()["status"] == "delivered", referred.text
     read_referral = casework._latest_referral
 
@@ -614,17 +618,7 @@ def test_a_case_whose_referral_was_revoked_is_not_closed_as_referred(
     the case could still be closed as "referred" (the protocol looked for a step 6, not at
     the referral's status) and nobody followed the family. Another reason still closes it."""
     case = _handed_off_case(database_url, database, fhir_server.base_url)
-    decided = case.send(
-        "step-4",
-        {
-            "row_version": case.row_version,
-            "decision": "concerning-unwilling",
-            "factors": WORKSHOP_FACTORS,
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        },
-    )
-    referred = case.refer_to_vk(decided.json()["row_version"])
+    referred = case.referred_after_an_unwilling_decision()
     revoked = case.send(
         "referral", {"row_version": referred.json()["row_version"], "status": "revoked"}
     )
