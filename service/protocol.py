@@ -51,7 +51,7 @@ The route through the steps (sources: seeds 000-002, see ``/work/shared/domain.m
             ---------------------------------------------------> step 6 again (another
             facility), step 5 (restore safety together with the facility) or step 3
 
-Two rules hold at any point after step 1:
+Rules that hold at any point after step 1:
 
 * Step 1 may be recorded again: at the patient's next contact (the Kindreflex is done at
   every contact, seed 000) or to update the children (a birth, a correction). It opens
@@ -66,7 +66,9 @@ Two rules hold at any point after step 1:
   following a step 2), and an acute danger the team found stays until the team's route
   says otherwise (step 4, step 5, or a step 3 that route led to).
 * Acute danger does not wait for the route: a step 2 finding with acute danger may be
-  recorded at any point and leads straight to step 6 (or to a team decision, step 4).
+  recorded at any point and leads straight to step 6 (or to a team decision, step 4);
+  once the team has decided (a step 4), it may record the decision "acute danger" at any
+  point too (:func:`team_may_find_acute_danger`), which opens the parket and the police.
 
 Dutch terms used once and explained here:
 
@@ -161,6 +163,8 @@ __all__ = [
     "kind_en_gezin_advised",
     "latest_follow_up",
     "referral_subjects",
+    "team_decisions_open",
+    "team_may_find_acute_danger",
 ]
 
 
@@ -1057,6 +1061,26 @@ def referral_subjects(
     return case.children, None
 
 
+def team_may_find_acute_danger(case: KindreflexCase, on: date) -> bool:
+    """Whether the team may record a step 4 "acute danger" now, out of its route: once it
+    has decided (a step 4), danger found later (a new incident, what the facility tells)
+    leads to the parket or the police at any moment ("Er is acuut gevaar: betrek het
+    parket en/of de politie", seed 002; seed 003, step 4: "acuut gevaar? Ga naar stap 6"),
+    without waiting for a nurse's step 2 at the patient's next visit."""
+    decided = any(isinstance(f, Step4Decision) for f in case.findings)
+    return decided and cares_for_minors(case.children, case.expecting, on)
+
+
+def team_decisions_open(case: KindreflexCase, on: date) -> tuple[TeamDecision, ...]:
+    """The step 4 decisions the team may record now: all of them when step 4 is next, only
+    "acute danger" when danger interrupts the route (:func:`team_may_find_acute_danger`)."""
+    if Step.STEP_4 in case.next_steps:
+        return tuple(TeamDecision)
+    if team_may_find_acute_danger(case, on):
+        return (TeamDecision.ACUTE_DANGER,)
+    return ()
+
+
 def _supports_after_a_triage(case: KindreflexCase) -> bool:
     """Whether a step 3 now follows a step 2 (a nurse's "no concern" at a visit) rather
     than the concern's route (a team decision "safe", progress "improving", a referral):
@@ -1196,6 +1220,10 @@ def _check_step_allowed(case: KindreflexCase, finding: Finding) -> None:
     gauged = cares_for_minors(case.children, case.expecting, finding.recorded_on)
     if isinstance(finding, Step2Finding) and finding.acute_danger and gauged:
         return  # acute danger does not wait for the route (but needs children, step 1)
+    if isinstance(finding, Step4Decision) and finding.decision in team_decisions_open(
+        case, finding.recorded_on
+    ):
+        return  # the team's "acute danger" does not wait for the route either
     if not case.next_steps:
         expected = "nothing: the patient cares for no minor children and expects none"
     else:

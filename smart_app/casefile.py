@@ -87,6 +87,7 @@ from service.protocol import (
     leads_to_referral,
     referral_subjects,
     step4_problems,
+    team_decisions_open,
 )
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app import dates
@@ -312,9 +313,19 @@ class Shown:
         return None if identity is None else identity.birth_date
 
     def offers(self, step: Step) -> bool:
+        if step is Step.STEP_4:
+            return bool(self.team_decisions)
         return (
             self.case is not None and self.summary.status == "open" and step in self.case.next_steps
         )
+
+    @property
+    def team_decisions(self) -> tuple[str, ...]:
+        """The decisions the step 4 form offers: all when step 4 is next, only "acute
+        danger" once the team decided (``protocol.team_decisions_open``)."""
+        if self.case is None or self.summary.status != "open":
+            return ()
+        return tuple(d.value for d in team_decisions_open(self.case, local_today()))
 
     def facility(self, referral: Step6Referral) -> dict[str, Any] | None:
         """The facility a step 6 finding referred the case to, its Organization as read (its

@@ -443,6 +443,39 @@ def test_a_referral_about_all_children_names_the_minors_and_the_expected_child_n
     assert f"uitgerekend op {due:%d/%m/%Y}" in who
 
 
+def test_acute_danger_found_after_a_referral_to_the_vk_reaches_the_parket(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The team decided "concerning, unwilling" and referred to the VK; then the danger
+    becomes acute. Before, the case page offered no step 4 and the parket and the police
+    were not among the facilities: the social worker could not record what the seed asks
+    ("Er is acuut gevaar: betrek het parket en/of de politie"). Now the page offers the
+    team's decision "acute danger" alone, and after it the parket."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    _refer_from_the_page(client, client.get(f"/social/cases/{case_id}").text, case_id)
+
+    page = client.get(f"/social/cases/{case_id}").text
+    decisions = _hidden_section(page, "s4-decision")
+    assert 'value="acute-danger"' in decisions
+    assert 'value="safe"' not in decisions
+    assert "parket" not in _hidden_section(page, "s6-partner").lower()
+    acute = {**STEP_4_FORM, "decision": "acute-danger"}
+    saved = post_form(client, page, case_id, "step-4", "s4", acute)
+    assert saved.status_code == 303, saved.text
+    after = client.get(saved.headers["location"]).text
+    assert "parket" in _hidden_section(after, "s6-partner").lower()
+    step_system = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step"
+    decided = search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4")
+    assert len(decided) == 2
+    assert all(validate(observation) == [] for observation in decided)
+
+
 def _refer_from_the_page(client: TestClient, page: str, case_id: int) -> None:
     """The team's decision (STEP_4_FORM) and the referral to the VK, contacted today, as
     the social worker saves them from the case page."""

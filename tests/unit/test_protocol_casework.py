@@ -23,7 +23,10 @@ from service.protocol import (
     MissingInformationError,
     PregnancyOf,
     ProgressAssessment,
+    ProtocolError,
     ReferralStatus,
+    ReferralTarget,
+    SafetyAssessment,
     Step,
     Step1Finding,
     Step4Decision,
@@ -37,6 +40,7 @@ from service.protocol import (
     earliest_contact,
     latest_follow_up,
     referral_subjects,
+    team_decisions_open,
 )
 from tests.support.findings import (
     SOCIAL_WORKER,
@@ -274,3 +278,34 @@ def test_a_referral_when_every_child_came_of_age_during_the_case_is_about_all_of
     later = replace(step6(), recorded_at=at(0) + timedelta(days=2))
     case = case_of(step_1, step2(), step4(TeamDecision.CONCERNING_UNWILLING), later)
     assert _subjects(case) == (("Lotte",), None)
+
+
+def test_acute_danger_found_after_the_team_decided_leads_to_the_parket() -> None:
+    """Seed 002: "Er is acuut gevaar: betrek het parket en/of de politie", at any moment.
+    Before, once the team had decided (here "concerning, unwilling" and a referral to the
+    VK, or a step 5), the social service could not record the acute danger (step 4 was
+    out of order) and so never reach the parket or the police."""
+    unwilling = case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING), step6())
+    assert team_decisions_open(unwilling, TODAY) == (TeamDecision.ACUTE_DANGER,)
+    with pytest.raises(ProtocolError) as refused:
+        apply(unwilling, step6(ReferralTarget.POLICE, t=6))
+    assert refused.value.code is ErrorCode.ACUTE_DANGER_REQUIRED
+    acute = apply(unwilling, step4(TeamDecision.ACUTE_DANGER, t=6))
+    assert acute.acute_danger
+    apply(acute, step6(ReferralTarget.PARKET, t=7))
+
+    willing = case_of(step1(), step2(), step4(TeamDecision.CONCERNING_WILLING))
+    following = apply(willing, follow_up(4, 14, ProgressAssessment.IMPROVING))
+    assert apply(following, step4(TeamDecision.ACUTE_DANGER, t=5)).next_steps == {Step.STEP_6}
+
+
+def test_out_of_its_route_the_team_records_acute_danger_only() -> None:
+    """Another decision still waits for a nurse's new concern (a step 2); before the team
+    decided, step 4 follows the route as always."""
+    unwilling = case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING), step6())
+    with pytest.raises(ProtocolError) as refused:
+        apply(unwilling, step4(TeamDecision.SAFE, t=6))
+    assert refused.value.code is ErrorCode.STEP_OUT_OF_ORDER
+    assert team_decisions_open(case_of(step1(), step2()), TODAY) == tuple(TeamDecision)
+    no_concern = step2(assessment=SafetyAssessment.NO_CONCERN, reasons=())
+    assert team_decisions_open(case_of(step1(), no_concern), TODAY) == ()

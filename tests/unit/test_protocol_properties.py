@@ -243,9 +243,16 @@ def _follows_a_triage(earlier: tuple[Finding, ...]) -> bool:
 
 def check_every_move_follows_the_route(case: KindreflexCase, accepted: Accepted) -> None:
     for before, finding in accepted:
-        acute_interrupt = isinstance(finding, Step2Finding) and finding.acute_danger
+        # acute danger interrupts the route: a nurse's step 2, or the team's step 4 once it
+        # has decided before
+        team_acute = (
+            isinstance(finding, Step4Decision)
+            and finding.decision is TeamDecision.ACUTE_DANGER
+            and any(isinstance(f, Step4Decision) for f in before.findings)
+        )
+        acute_interrupt = team_acute or (isinstance(finding, Step2Finding) and finding.acute_danger)
         assert finding.step in before.next_steps or finding.step is Step.STEP_1 or acute_interrupt
-        if finding.step is Step.STEP_4:
+        if finding.step is Step.STEP_4 and not team_acute:
             # a niet-pluis or unclear step 2 since the route last moved on past step 2 (the
             # support a nurse records after her own step 2 does not move the team's route)
             moved = [
