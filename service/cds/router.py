@@ -55,7 +55,7 @@ from service.cds.configured import ConfiguredHooks
 from service.cds.issued import IssuedCards, Presentation
 from service.cds.rules import advise
 from service.cds.schemas import FeedbackRequest, HookContext, HookRequest
-from service.cds.situation import situation_of
+from service.cds.situation import of_this_context, situation_of
 from service.cds.vocabulary import Vocabulary, guide_vocabulary
 from service.db.base import Database, insert_new, utcnow
 from service.db.models import CdsFeedback
@@ -325,11 +325,16 @@ async def _patient_data(
     tenant: TenantContext,
     state: CdsState,
 ) -> dict[str, Any]:
-    """Prefetch, completed by at most one FHIR request to the calling EHR's own server."""
-    data: dict[str, Any] = dict(body.prefetch or {})
-    queries = prefetch.missing_queries(
-        vocabulary, body.prefetch, context.patientId, context.encounterId
-    )
+    """Prefetch about the context's patient and encounter, completed by at most one FHIR
+    request to the calling EHR's own server."""
+    given = body.prefetch or {}
+    data = of_this_context(given, context.patientId, context.encounterId)
+    if len(data) < len(given):  # the EHR's to fix; which patient is never logged
+        log.warning(
+            "prefetch about another patient or encounter left out",
+            extra={"fields": {"keys": sorted(set(given) - set(data))}},
+        )
+    queries = prefetch.missing_queries(vocabulary, data, context.patientId, context.encounterId)
     if not queries or body.fhirServer is None or body.fhirAuthorization is None:
         return data
     server = str(body.fhirServer).rstrip("/")

@@ -64,6 +64,56 @@ def answered_in_full(value: Any) -> bool:
     )
 
 
+def of_this_context(
+    prefetch: Mapping[str, Any], patient_id: str, encounter_id: str | None
+) -> dict[str, Any]:
+    """The prefetch values about this hook's patient and encounter. A value naming another
+    patient or encounter (an EHR's cache, a chart switched meanwhile) is left out, as if
+    not prefetched: CDS Hooks has prefetched data equivalent to what the template asks and
+    the service check it. Read as sent, another patient's open concern became a warning
+    card about this one, and a child's record hid an adult's card."""
+    return {
+        key: value
+        for key, value in prefetch.items()
+        if value is None or _about(key, value, patient_id, encounter_id)
+    }
+
+
+#: How each prefetch key's resources name the context: (element, the context's patient or
+#: encounter it names). ``id``: the resource read by id. The findings' encounter is left
+#: to the rules, which count only those of the context's encounter.
+_CONTEXT_ELEMENTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    PATIENT: ("Patient", (("id", "Patient"),)),
+    ENCOUNTER: ("Encounter", (("id", "Encounter"), ("subject", "Patient"))),
+    CONDITIONS: ("Condition", (("subject", "Patient"), ("encounter", "Encounter"))),
+    RELATED_PERSONS: ("RelatedPerson", (("patient", "Patient"),)),
+    FLAGS: ("Flag", (("subject", "Patient"),)),
+    FINDINGS: ("Observation", (("subject", "Patient"),)),
+}
+
+
+def _about(key: str, value: Any, patient_id: str, encounter_id: str | None) -> bool:
+    if key not in _CONTEXT_ELEMENTS:
+        return True  # not a key of ours: never read
+    resource_type, elements = _CONTEXT_ELEMENTS[key]
+    ids = {"Patient": patient_id, "Encounter": encounter_id}
+    return all(
+        _names(resource, element, target, ids[target])
+        for resource in _resources(value, resource_type)
+        for element, target in elements
+    )
+
+
+def _names(resource: dict[str, Any], element: str, target: str, target_id: str | None) -> bool:
+    """Whether ``resource``'s ``element`` names the context's ``target``, or nothing (a
+    reference left out names no one else; the resource read by id must be that one)."""
+    if element == "id":
+        return target_id is not None and resource.get("id") == target_id
+    if element not in resource:
+        return True
+    return target_id is not None and _refers_to(resource[element], target, target_id)
+
+
 def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation | None:
     """The situation from prefetch-shaped data; ``None`` when the patient is unknown."""
     patient = _single(data.get(PATIENT), "Patient")

@@ -654,3 +654,27 @@ async def _until_a_query_waits_for_a_lock(url: str) -> None:
                 return
             await asyncio.sleep(0.01)
     raise AssertionError("the configuration read never waited for the lock")
+
+
+def test_prefetch_about_another_patient_or_encounter_is_not_read_as_this_ones(cds: Cds) -> None:
+    """CDS Hooks: prefetched data is what the template asks for the call's context, and the
+    service checks it. Before, prefetch an EHR got wrong (a cache, a chart switched
+    meanwhile) was read as the context's: another patient's open concern, or another
+    encounter's domestic-violence presentation, gave this patient a warning card, and a
+    child's Patient record hid an adult's card. Such a key is now left out, as if not
+    prefetched (here, with no FHIR server to ask, the card says less)."""
+    elsewhere = {**concern_flag(), "subject": {"reference": "Patient/someone-else"}}
+    concern = only_card(cds.call(body=hook_body(data=prefetch(flags=(elsewhere,)))))
+    assert "open verontrusting" not in concern["summary"]
+    violence = prefetch(reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),))
+    violence["encounter"]["id"] = "enc-of-another-visit"
+    assert "huiselijk geweld" not in only_card(cds.call(body=hook_body(data=violence)))["summary"]
+    child = prefetch(birth_date=f"{time.gmtime().tm_year - 10}-01-01")
+    child["patient"]["id"] = "kid-2"
+    adult_card = only_card(cds.call(body=hook_body(data=child)))  # not the child's: no card
+    assert adult_card["summary"].startswith("Doe de Kindreflex")
+    # the same data about the context's patient and encounter is read as before
+    ours = {**concern_flag(), "subject": {"reference": "https://ehr.example.be/fhir/Patient/p1"}}
+    own = only_card(cds.call(body=hook_body(data=prefetch(flags=(ours,)))))
+    assert "open verontrusting" in own["summary"]
+    assert cds.fhir_requests() == 0
