@@ -89,6 +89,9 @@ MAX_LAUNCHES_IN_FLIGHT = 20_000
 #: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_USER_MAX = 500  # the session's column
+#: A fhirUser that is the patient or a relative (SMART: fhirUser may be a Patient or a
+#: RelatedPerson), not the hospital's staff: such a user is not let in.
+_NOT_STAFF = re.compile(r"(?:^|/)(?:Patient|RelatedPerson)/[^/]+(?:/_history/[^/]+)?$")
 USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
 BINDING_COOKIE_PREFIX = "kindreflex_launch_"
 START_PAGE = "/app/triage"
@@ -392,6 +395,12 @@ def _new_session(
     if len(fhir_user) > FHIR_USER_MAX:
         raise PageError(
             400, "id_token_invalid", detail=f"fhirUser longer than {FHIR_USER_MAX}", **page
+        )
+    if _NOT_STAFF.search(fhir_user):
+        # a patient portal or a proxy launched with this client would get the nurse's
+        # screens and record findings as their author
+        raise PageError(
+            403, "not_staff", logged={"fhir_user_type": fhir_user.split("/")[-2]}, **page
         )
     roles = _call(registration, lambda: roles_from_claims(registration, claims))
     patient = _call(registration, lambda: _fhir_id(answer.get("patient"), "patient"))

@@ -916,6 +916,23 @@ def test_a_value_of_the_ehr_in_another_shape_gets_a_clear_page_and_nothing_is_wr
         assert session.scalar(select(func.count()).select_from(AuditRecord)) == 0
 
 
+@pytest.mark.parametrize(
+    "fhir_user", ["https://ehr.example/fhir/Patient/p1", "RelatedPerson/rp-7/_history/2"]
+)
+def test_a_patient_or_a_relative_signed_in_is_not_let_in(
+    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch, fhir_user: str
+) -> None:
+    """SMART's fhirUser may be a Patient or a RelatedPerson: a patient portal or a proxy
+    launched with this client. Before, any fhirUser was a nurse: such a user got the
+    triage screens and recorded findings as their author. Now the page says the app is
+    for the hospital's staff, and no session is made."""
+    _ehr_answers(monkeypatch, public_app.sandbox, {}, {"fhirUser": fhir_user})
+    answer = public_app.launch(Browser(), user="nurse")
+    assert answer.status_code == 403, answer.text
+    assert "Alleen voor medewerkers" in answer.text
+    assert public_app.count(AppSession) == 0
+
+
 def test_roles_as_one_string_and_expires_in_in_digits_still_launch(
     public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
