@@ -590,8 +590,8 @@ class ClosedOnServerError(CaseNotOnServerError):
 
     def __init__(self) -> None:
         super().__init__(
-            "This concern was closed in the EHR; nothing was saved. Reopen it in the EHR if "
-            "the family is still to be followed up."
+            "This concern was closed in the EHR; nothing was saved. Kindreflex follows it up "
+            "no further: a new concern is raised at the patient's next triage."
         )
 
 
@@ -983,12 +983,17 @@ class Casework:
         }
         if case.acute_danger and not concern.acute_danger:  # the protocol keeps it once set
             changed["acute_danger"] = True
-        if record.flag.get("status") == "inactive" and concern.status == "open":
-            # closed in the EHR: off the open worklist (and free for a new concern)
-            changed.update(status="closed", follow_up_due=None)
-        if not changed:
-            return concern.status
         with self._database.session() as session:
+            # closed in the EHR: off the open worklist (and free for a new concern),
+            # unless a save still on its way may reopen it (a nurse's niet-pluis)
+            if (
+                record.flag.get("status") == "inactive"
+                and concern.status == "open"
+                and not _save_on_its_way(session, concern.outbox_id)
+            ):
+                changed.update(status="closed", follow_up_due=None)
+            if not changed:
+                return concern.status
             session.execute(
                 update(Concern)
                 .where(
@@ -1101,6 +1106,14 @@ class Casework:
         with self._database.session() as session:
             version = session.scalar(select(Concern.row_version).where(Concern.id == case_id))
         return int(version or 0)
+
+
+def _save_on_its_way(session: Session, outbox_id: int | None) -> bool:
+    """Whether the case's latest save (``concerns.outbox_id``) is still to be delivered."""
+    if outbox_id is None:
+        return False
+    state = session.scalar(select(OutboxEntry.state).where(OutboxEntry.id == outbox_id))
+    return state in (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
 
 
 def _whole(record: CaseRecord) -> None:

@@ -385,7 +385,12 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         return None
     values: dict[str, str] = {}
     try:
-        return Shown(summary, work.open_case(ctx, case_id))
+        opened = work.open_case(ctx, case_id)
+        if opened.status == summary.status:
+            return Shown(summary, opened)
+        with database.session() as session:  # closed in the EHR (casework._reconcile_index)
+            reconciled = social.case_summary(session, ctx.tenant.id, case_id, today=local_today())
+        return None if reconciled is None else Shown(reconciled, opened)
     except social.CaseNotFoundError:
         return None
     except CaseOnAnotherServerError:
@@ -859,7 +864,7 @@ def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None
     before = case.findings[: case.findings.index(referral)]
     # the latest step 2 that gave reasons: a later visit's "no concern" keeps the concern open
     concerns = [f for f in before if isinstance(f, Step2Finding) and f.reasons]
-    children, expecting = referral_subjects(case, referral)
+    children, expecting = _about_when_made(case, referral)
     return ReferralSummary(
         partner_name=str(organization.get("name", "")),
         phones=phones,
@@ -868,6 +873,17 @@ def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None
         concern=concerns[-1] if concerns else None,
         children=children,
         expecting=expecting,
+    )
+
+
+def _about_when_made(
+    case: KindreflexCase, referral: Step6Referral
+) -> tuple[tuple[Child, ...], ExpectedChild | None]:
+    """Whom ``referral`` was about when it was made, as its ServiceRequest names them
+    (``casework.referral_about``): a child a later step 1 added was not named."""
+    made = case.findings[: case.findings.index(referral) + 1]
+    return referral_subjects(
+        KindreflexCase.replay(case.patient_ref, case.encounter_ref, made), referral
     )
 
 

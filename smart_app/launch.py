@@ -91,7 +91,7 @@ FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_USER_MAX = 500  # the session's column
 #: A fhirUser that is the patient or a relative (SMART: fhirUser may be a Patient or a
 #: RelatedPerson), not the hospital's staff: such a user is not let in.
-_NOT_STAFF = re.compile(r"(?:^|/)(?:Patient|RelatedPerson)/[^/]+(?:/_history/[^/]+)?$")
+_NOT_STAFF = re.compile(r"(?:^|/)(Patient|RelatedPerson)/[^/]+(?:/_history/[^/]+)?$")
 USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
 BINDING_COOKIE_PREFIX = "kindreflex_launch_"
 START_PAGE = "/app/triage"
@@ -396,12 +396,11 @@ def _new_session(
         raise PageError(
             400, "id_token_invalid", detail=f"fhirUser longer than {FHIR_USER_MAX}", **page
         )
-    if _NOT_STAFF.search(fhir_user):
+    if not_staff := _NOT_STAFF.search(fhir_user):
         # a patient portal or a proxy launched with this client would get the nurse's
         # screens and record findings as their author
-        raise PageError(
-            403, "not_staff", logged={"fhir_user_type": fhir_user.split("/")[-2]}, **page
-        )
+        logged = {"fhir_user_type": not_staff.group(1)}
+        raise PageError(403, "not_staff", logged=logged, **page)
     roles = _call(registration, lambda: roles_from_claims(registration, claims))
     patient = _call(registration, lambda: _fhir_id(answer.get("patient"), "patient"))
     # Triage is about one patient; the social service's worklist and the admin screen are

@@ -25,6 +25,7 @@ FLAGS = "flags"
 FINDINGS = "findings"
 PREFETCH_KEYS = (PATIENT, ENCOUNTER, CONDITIONS, RELATED_PERSONS, FLAGS, FINDINGS)
 
+_HISTORY = re.compile(r"/_history/[^/]+$")
 _FHIR_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})
 _VOID_VERIFICATION = frozenset({"entered-in-error", "refuted"})
@@ -105,13 +106,14 @@ def _about(key: str, value: Any, patient_id: str, encounter_id: str | None) -> b
 
 
 def _names(resource: dict[str, Any], element: str, target: str, target_id: str | None) -> bool:
-    """Whether ``resource``'s ``element`` names the context's ``target``, or nothing (a
+    """Whether ``resource``'s ``element`` names the context's ``target``, or no one (a
     reference left out names no one else; the resource read by id must be that one)."""
     if element == "id":
         return target_id is not None and resource.get("id") == target_id
-    if element not in resource:
-        return True
-    return target_id is not None and _refers_to(resource[element], target, target_id)
+    value = resource.get(element)
+    if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
+        return True  # left out, or an identifier only: names no one we can tell
+    return target_id is not None and _refers_to(value, target, target_id)
 
 
 def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation | None:
@@ -208,7 +210,7 @@ def _has_code(concept: Any, codes: frozenset[str]) -> bool:
 def _refers_to(reference: Any, resource_type: str, resource_id: str) -> bool:
     if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
         return False
-    target: str = reference["reference"]
+    target = _HISTORY.sub("", reference["reference"])  # Patient/p1/_history/3 is Patient/p1
     return target == f"{resource_type}/{resource_id}" or target.endswith(
         f"/{resource_type}/{resource_id}"
     )

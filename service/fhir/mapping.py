@@ -1175,17 +1175,30 @@ def finding_from_observation(
 
 
 def _recorders_note(notes: list[Mapping[str, Any]]) -> str | None:
-    """The note written with the finding: the one annotation without an author or a time,
-    as :func:`finding_observation` writes it. Another writer's (the EHR's user's, who is
-    named: :func:`added_notes`) is not the recorder's text; two such annotations and which
-    one the recorder wrote cannot be told."""
-    texts = [n.get("text") for n in notes if not _annotated(n)]
-    if len(texts) > 1:
-        raise _MalformedError("note has several annotations without an author or a time")
-    text = texts[0] if texts else None
+    """The note written with the finding: the first annotation without an author or a
+    time, as :func:`finding_observation` writes it (one at most, first). The others are
+    another writer's (:func:`added_notes`), never the recorder's text."""
+    note, _ = _notes_split(notes)
+    text = None if note is None else note.get("text")
     if text is not None and not isinstance(text, str):
         raise _MalformedError("note has an annotation without text")
     return text if text and text.strip() else None
+
+
+def _notes_split(
+    notes: Iterable[Mapping[str, Any]],
+) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
+    """The recorder's annotation (the first without an author or a time) and the others,
+    in their order. An EHR that adds a note with neither after ours gets it shown as added
+    by someone unnamed, rather than the finding made unreadable (a case that cannot open)."""
+    own: Mapping[str, Any] | None = None
+    others: list[Mapping[str, Any]] = []
+    for note in notes:
+        if own is None and not _annotated(note):
+            own = note
+        else:
+            others.append(note)
+    return own, others
 
 
 def _annotated(note: Mapping[str, Any]) -> bool:
@@ -1210,9 +1223,7 @@ def added_notes(resource: Mapping[str, Any]) -> tuple[AddedNote, ...]:
     """The notes others added to a finding Observation of ours (:func:`_recorders_note`
     is the recorder's own), in the order the resource lists them."""
     found = []
-    for note in resource.get("note", []):
-        if not _annotated(note):
-            continue
+    for note in _notes_split(resource.get("note", []))[1]:
         text, time = note.get("text"), note.get("time")
         if not isinstance(text, str):
             raise _MalformedError("note has an annotation without text")

@@ -770,11 +770,12 @@ def test_a_finding_the_protocol_refuses_to_build_is_unreadable_and_named() -> No
     assert unreadable.value.problem == "breaks the Kindreflex protocol's rule reasons-required"
 
 
-def test_a_note_the_ehr_added_is_not_the_recorders_and_two_unsigned_ones_are_unreadable() -> None:
+def test_a_note_the_ehr_added_is_not_the_recorders_signed_or_not() -> None:
     """Every note of the Observation was joined into the finding's: a note the EHR's user
     added was shown and sent as the nurse's or the social worker's (found by review). The
-    recorder's is the one written with the finding (no author, no time); others are added
-    notes; two without an author or a time, and which is the recorder's cannot be told."""
+    recorder's is the first written with the finding (no author, no time); others are
+    added notes. A plain one after hers made the finding, and the case, unreadable: it is
+    an added note by someone unnamed."""
     resource = _observation_as_read(dataclasses.replace(_STEP4, note="Hers."))
     theirs = {"authorReference": {"reference": "Practitioner/dr"}, "time": "2026-05-19",
               "text": "The EHR's."}  # fmt: skip
@@ -786,8 +787,10 @@ def test_a_note_the_ehr_added_is_not_the_recorders_and_two_unsigned_ones_are_unr
         mapping.AddedNote("The EHR's.", "Practitioner/dr", "2026-05-19"),
     )
     resource["note"].append({"text": "Unsigned."})
-    with pytest.raises(mapping.UnreadableResourceError, match="several annotations"):
-        mapping.finding_from_observation(resource)
+    read = mapping.finding_from_observation(resource)
+    assert read is not None
+    assert read.note == "Hers."
+    assert mapping.added_notes(resource)[-1] == mapping.AddedNote("Unsigned.", None, None)
 
 
 def test_a_catalogue_factor_without_its_kind_is_of_the_kind_the_catalogue_gives() -> None:

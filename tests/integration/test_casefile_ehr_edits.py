@@ -14,12 +14,15 @@ from typing import Any, NamedTuple
 import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from sandbox.fhir_server import FhirServer
 from service.casework import load_case_record
 from service.db.base import Database, utcnow
+from service.db.models import Concern, OutboxEntry
 from service.fhir.client import FhirClient
 from service.local_time import local_today
+from service.outbox import DeliveryState, NewEntry, enqueue
 from service.protocol import ExpectedChild, PregnancyOf
 from service.tenancy import TenantContext
 from tests.support.casework import (
@@ -220,8 +223,8 @@ def test_a_concern_closed_in_the_ehr_is_not_reopened_by_a_step_and_leaves_the_wo
     """The EHR closes the concern (its Flag inactive with an end) while the worklist still
     has it open. Before, the team's step 4 wrote the Flag back as active, its end and close
     reason gone. Now the form says the case was closed in the EHR, the Flag stays as the
-    EHR left it, and the case page (which the refused form is) takes it off the open
-    worklist."""
+    EHR left it, and the case page (which the refused form is) shows it closed and takes
+    it off the open worklist."""
     case = _a_triaged_case(database_url, database, fhir_server.base_url)
     base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
     page = worker.get(f"/social/cases/{case_id}").text
@@ -232,7 +235,8 @@ def test_a_concern_closed_in_the_ehr_is_not_reopened_by_a_step_and_leaves_the_wo
 
     refused = post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM)
     assert refused.status_code == 409
-    assert "werd in het EPD afgesloten" in error_summary(refused.text, "s4")
+    assert "werd in het EPD afgesloten" in _text(refused)  # the page shows it closed
+    assert 'id="s4-form"' not in refused.text
     (kept,) = search(base_url, "Flag", subject=patient)
     assert kept["status"] == "inactive"
     assert kept["period"]["end"] == flag["period"]["end"]
@@ -240,6 +244,54 @@ def test_a_concern_closed_in_the_ehr_is_not_reopened_by_a_step_and_leaves_the_wo
     assert search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4") == []
 
     assert 'id="s4-form"' not in worker.get(f"/social/cases/{case_id}").text
+    assert f'href="/social/cases/{case_id}"' not in worker.get("/social").text
+
+
+def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reopen_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The first case page after the EHR closed the concern showed it open and offered the
+    steps (the worklist row was read before it was reconciled); and a nurse's niet-pluis
+    still on its way, which reopens the Flag when it is delivered, lost its case from the
+    worklist (found by review). The page now shows it closed at once, and a case whose
+    latest save is still on its way stays listed until that save is delivered."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
+    (flag,) = search(base_url, "Flag", subject=patient)
+    _as_the_ehr_changed_it(base_url, {**flag, "status": "inactive"})
+    with database.session() as session:  # the nurse's niet-pluis of a next visit, unsent
+        entry = enqueue(
+            session,
+            case.tenant.id,
+            NewEntry(
+                kind="triage",
+                registration_id="ehr",
+                fhir_base_url=base_url,
+                session_id="ended",
+                author="Practitioner/nurse-1",
+                patient_ref=patient,
+                bundle={"resourceType": "Bundle", "type": "transaction", "entry": []},
+            ),
+        )
+        entry.state = DeliveryState.WAITING_AUTHORISATION
+        session.flush()
+        session.execute(update(Concern).where(Concern.id == case_id).values(outbox_id=entry.id))
+        entry_id = entry.id
+
+    worker.get(f"/social/cases/{case_id}")
+    assert f'href="/social/cases/{case_id}"' in worker.get("/social").text
+
+    with database.session() as session:  # delivered: the EHR's closing stands
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == entry_id)
+            .values(state=DeliveryState.DELIVERED)
+        )
+    first = worker.get(f"/social/cases/{case_id}").text
+    assert 'id="s4-form"' not in first
+    assert 'id="close-form"' not in first
     assert f'href="/social/cases/{case_id}"' not in worker.get("/social").text
 
 

@@ -673,8 +673,14 @@ def test_prefetch_about_another_patient_or_encounter_is_not_read_as_this_ones(cd
     child["patient"]["id"] = "kid-2"
     adult_card = only_card(cds.call(body=hook_body(data=child)))  # not the child's: no card
     assert adult_card["summary"].startswith("Doe de Kindreflex")
-    # the same data about the context's patient and encounter is read as before
-    ours = {**concern_flag(), "subject": {"reference": "https://ehr.example.be/fhir/Patient/p1"}}
-    own = only_card(cds.call(body=hook_body(data=prefetch(flags=(ours,)))))
-    assert "open verontrusting" in own["summary"]
+    # the same data about the context's patient and encounter is read as before, named
+    # relative or absolute, versioned, or by an identifier only
+    for subject in (
+        {"reference": "https://ehr.example.be/fhir/Patient/p1"},
+        {"reference": "Patient/p1/_history/3"},
+        {"identifier": {"system": "https://www.ehealth.fgov.be/ssin", "value": "90050112345"}},
+    ):
+        ours = {**concern_flag(), "subject": subject}
+        own = only_card(cds.call(body=hook_body(data=prefetch(flags=(ours,)))))
+        assert "open verontrusting" in own["summary"]
     assert cds.fhir_requests() == 0

@@ -920,17 +920,25 @@ def test_a_value_of_the_ehr_in_another_shape_gets_a_clear_page_and_nothing_is_wr
     "fhir_user", ["https://ehr.example/fhir/Patient/p1", "RelatedPerson/rp-7/_history/2"]
 )
 def test_a_patient_or_a_relative_signed_in_is_not_let_in(
-    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch, fhir_user: str
+    public_app: Kindreflex,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fhir_user: str,
 ) -> None:
     """SMART's fhirUser may be a Patient or a RelatedPerson: a patient portal or a proxy
     launched with this client. Before, any fhirUser was a nurse: such a user got the
     triage screens and recorded findings as their author. Now the page says the app is
     for the hospital's staff, and no session is made."""
+    caplog.set_level(logging.INFO, "smart_app.errors")
     _ehr_answers(monkeypatch, public_app.sandbox, {}, {"fhirUser": fhir_user})
     answer = public_app.launch(Browser(), user="nurse")
     assert answer.status_code == 403, answer.text
     assert "Alleen voor medewerkers" in answer.text
     assert public_app.count(AppSession) == 0
+    (refused,) = [r for r in caplog.records if r.getMessage() == "app request refused"]
+    logged = refused.fields  # type: ignore[attr-defined] # the line's fields (extra)
+    assert logged["fhir_user_type"] == fhir_user.split("/_history")[0].split("/")[-2]
+    assert fhir_user not in caplog.text  # the type, never the user
 
 
 def test_roles_as_one_string_and_expires_in_in_digits_still_launch(

@@ -3,13 +3,15 @@ typed next to a choice reaches the finding or is refused, never dropped."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 from pydantic import ValidationError
 
-from service.protocol import ProgressAssessment, TeamDecision
+from service.protocol import ProgressAssessment, TeamDecision, apply
 from service.social import Step4Input, Step5Input
-from smart_app.casefile import _referral_decision, step4_body, step5_body
-from tests.support.findings import step1, step2, step4, step5
+from smart_app.casefile import _about_when_made, _referral_decision, step4_body, step5_body
+from tests.support.findings import case_of, child, step1, step2, step4, step5, step6
 
 GIRL = "RelatedPerson/girl"
 
@@ -81,3 +83,14 @@ def test_the_printed_referral_gives_the_team_decision_it_follows_from_never_an_o
     willing = step4(TeamDecision.CONCERNING_WILLING, t=3)
     not_restored = step5(ProgressAssessment.NOT_RESTORED)
     assert _referral_decision([step1(), step2(), safe, willing, not_restored]) is willing
+
+
+def test_the_printed_referral_names_whom_it_was_about_when_it_was_made() -> None:
+    """A child a later step 1 added (a newborn at the next visit) was printed on the
+    referral, though the ServiceRequest sent to the facility does not name them."""
+    lotte, noor = child("c1", name="Lotte"), child("c2", date(2026, 2, 1), "Noor")
+    referred = case_of(step1(children=(lotte,)), step2(), step4(TeamDecision.CONCERNING_UNWILLING))
+    referral = step6()
+    later = apply(apply(referred, referral), step1(t=10, children=(lotte, noor)))
+    assert {c.name for c in later.children} == {"Lotte", "Noor"}
+    assert _about_when_made(later, referral) == ((lotte,), None)
