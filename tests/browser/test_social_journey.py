@@ -109,7 +109,9 @@ def test_seed_001_from_the_worklist_to_the_referral_to_the_vk(
     _submit_with_keyboard(page, app.get_by_role("button", name="Stap 4 opslaan"))
 
     expect(app.locator("[role=status]")).to_contain_text("Opgeslagen", timeout=SAVE_TIMEOUT_MS)
-    expect(app.locator("#s4-form")).to_have_count(0)
+    # the team decided: step 4 stays offered for an acute danger found later, for that only
+    expect(app.locator("#s4-decision-concerning-unwilling")).to_have_count(0)
+    expect(app.locator("#s4-decision-acute-danger")).to_have_count(1)
     vk = app.get_by_label(re.compile("Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen"))
     expect(vk).to_be_visible()
     expect(app.locator("#s6-partner")).to_contain_text(VK_PHONE)

@@ -293,7 +293,9 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     after_4 = client.get(saved.headers["location"]).text
     assert "Opgeslagen en naar het dossier van het ziekenhuis geschreven." in after_4
     assert 'id="s6-form"' in after_4
-    assert 'id="s4-form"' not in after_4
+    # the team decided: step 4 stays offered for an acute danger found later, for that only
+    assert 'value="concerning-unwilling"' not in _hidden_section(after_4, "s4-decision")
+    assert 'value="acute-danger"' in _hidden_section(after_4, "s4-decision")
     assert "09 216 73 30" in after_4  # the VK of the directory, with its number
     assert "parket" not in _hidden_section(after_4, "s6-partner").lower()  # no acute danger
 
