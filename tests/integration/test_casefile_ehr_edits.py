@@ -19,10 +19,10 @@ from sqlalchemy import update
 from sandbox.fhir_server import FhirServer
 from service.casework import load_case_record
 from service.db.base import Database, utcnow
-from service.db.models import Concern, OutboxEntry
+from service.db.models import OutboxEntry
 from service.fhir.client import FhirClient
 from service.local_time import local_today
-from service.outbox import DeliveryState, NewEntry, enqueue
+from service.outbox import DeliveryState
 from service.protocol import ExpectedChild, PregnancyOf
 from service.tenancy import TenantContext
 from tests.support.casework import (
@@ -33,6 +33,7 @@ from tests.support.casework import (
     on_the_worklist,
     post_form,
     save_triage,
+    triage_waiting_for_sign_in,
 )
 from tests.support.sessions import make_app, signed_in
 from tests.support.write_path import (
@@ -261,24 +262,8 @@ def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reop
     base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
     (flag,) = search(base_url, "Flag", subject=patient)
     _as_the_ehr_changed_it(base_url, {**flag, "status": "inactive"})
-    with database.session() as session:  # the nurse's niet-pluis of a next visit, unsent
-        entry = enqueue(
-            session,
-            case.tenant.id,
-            NewEntry(
-                kind="triage",
-                registration_id="ehr",
-                fhir_base_url=base_url,
-                session_id="ended",
-                author="Practitioner/nurse-1",
-                patient_ref=patient,
-                bundle={"resourceType": "Bundle", "type": "transaction", "entry": []},
-            ),
-        )
-        entry.state = DeliveryState.WAITING_AUTHORISATION
-        session.flush()
-        session.execute(update(Concern).where(Concern.id == case_id).values(outbox_id=entry.id))
-        entry_id = entry.id
+    # the nurse's niet-pluis of a next visit, unsent
+    entry_id = triage_waiting_for_sign_in(database, case.tenant, base_url, patient, case_id)
 
     worker.get(f"/social/cases/{case_id}")
     assert f'href="/social/cases/{case_id}"' in worker.get("/social").text

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer
 from service import audit
@@ -23,7 +23,6 @@ from service.db.models import AuditRecord, Concern
 from service.fhir.client import FhirClient
 from service.i18n import translate
 from service.local_time import local_today
-from service.outbox import DeliveryState, NewEntry, enqueue
 from service.protocol import ExpectedChild, PregnancyOf
 from tests.support.casework import (
     COLLEAGUE,
@@ -35,6 +34,7 @@ from tests.support.casework import (
     on_the_worklist,
     post_form,
     save_triage,
+    triage_waiting_for_sign_in,
 )
 from tests.support.served import ServedJson
 from tests.support.sessions import UNUSED_FHIR as FHIR
@@ -144,23 +144,7 @@ def test_a_case_whose_save_waits_for_a_new_sign_in_says_how_to_send_it(
     hospital = make_tenant(database, "default", base_url)
     patient = f"Patient/{uuid.uuid4()}"
     case_id = index_case(database, hospital, patient, utcnow(), fhir_base_url=base_url)
-    with database.session() as session:
-        entry = enqueue(
-            session,
-            hospital.id,
-            NewEntry(
-                kind="triage",
-                registration_id="ehr",
-                fhir_base_url=base_url,
-                session_id="ended",
-                author="Practitioner/nurse-1",
-                patient_ref=patient,
-                bundle={"resourceType": "Bundle", "type": "transaction", "entry": []},
-            ),
-        )
-        entry.state = DeliveryState.WAITING_AUTHORISATION
-        session.flush()
-        session.execute(update(Concern).where(Concern.id == case_id).values(outbox_id=entry.id))
+    triage_waiting_for_sign_in(database, hospital, base_url, patient, case_id)
     app = make_app(database_url, database)
     worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
 

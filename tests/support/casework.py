@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from service.db.base import Database, utcnow
 from service.db.models import Concern
+from service.outbox import DeliveryState, NewEntry, enqueue
 from service.protocol import (
     Child,
     ChildRelationship,
@@ -278,3 +280,28 @@ def error_summary(html: str, form: str) -> str:
     assert 'tabindex="-1"' in opening
     assert "data-error-summary" in opening
     return html[start : html.index("</div>", start)]
+
+
+def triage_waiting_for_sign_in(
+    database: Database, tenant: TenantContext, base_url: str, patient: str, case_id: int
+) -> int:
+    """A nurse's triage save of ``patient`` whose session ended before delivery: it waits
+    for a new launch (``Outbox.adopt_session``), as the case's latest save. Its id."""
+    with database.session() as session:
+        entry = enqueue(
+            session,
+            tenant.id,
+            NewEntry(
+                kind="triage",
+                registration_id="ehr",
+                fhir_base_url=base_url,
+                session_id="ended",
+                author="Practitioner/nurse-1",
+                patient_ref=patient,
+                bundle={"resourceType": "Bundle", "type": "transaction", "entry": []},
+            ),
+        )
+        entry.state = DeliveryState.WAITING_AUTHORISATION
+        session.flush()
+        session.execute(update(Concern).where(Concern.id == case_id).values(outbox_id=entry.id))
+        return entry.id
