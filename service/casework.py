@@ -32,6 +32,7 @@ from service.fhir.terminology import identifier_system
 from service.local_time import local_now
 from service.outbox import (
     IMMEDIATE_TIMEOUT_SECONDS,
+    UNDELIVERED_STATES,
     DeliveryState,
     NewEntry,
     Outbox,
@@ -654,11 +655,18 @@ def referred_facilities(
     }
 
 
+def _every_referral(client: FhirClient, record: CaseRecord) -> list[Resource]:
+    """The case's referrals (:func:`_referrals`), every one: a change is not ruled on part
+    of them (the latest may be among those not read)."""
+    found, pages = _referrals(client, record)
+    if not pages.complete:
+        raise IncompleteCaseError()
+    return found
+
+
 def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
     """The case's most recent referral ServiceRequest, as read (with version)."""
-    found, pages = _referrals(client, record)
-    if not pages.complete:  # the latest of them may be among those not read
-        raise IncompleteCaseError()
+    found = _every_referral(client, record)
     if not found:
         raise NoReferralError(
             "This case has no referral on the FHIR server yet; record step 6 first (or wait "
@@ -668,14 +676,11 @@ def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
 
 
 def _referral_statuses(client: FhirClient, record: CaseRecord) -> list[ReferralStatus]:
-    """Where the case's referrals stand on the FHIR server (every one of them: a closing is
-    not ruled on part of them); one with a status Kindreflex does not follow (a draft the
-    EHR made) is left out."""
-    found, pages = _referrals(client, record)
-    if not pages.complete:
-        raise IncompleteCaseError()
+    """Where the case's referrals stand on the FHIR server; one with a status Kindreflex
+    does not follow (a draft the EHR made) is left out."""
     followed = {status.value for status in ReferralStatus}
-    return [ReferralStatus(r["status"]) for r in found if r.get("status") in followed]
+    referrals = _every_referral(client, record)
+    return [ReferralStatus(r["status"]) for r in referrals if r.get("status") in followed]
 
 
 def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
@@ -983,17 +988,17 @@ class Casework:
         }
         if case.acute_danger and not concern.acute_danger:  # the protocol keeps it once set
             changed["acute_danger"] = True
+        # closed in the EHR: off the open worklist (and free for a new concern), unless a
+        # save still on its way may reopen it (a nurse's niet-pluis)
+        if (
+            record.flag.get("status") == "inactive"
+            and concern.status == "open"
+            and not self._save_on_its_way(concern)
+        ):
+            changed.update(status="closed", follow_up_due=None)
+        if not changed:
+            return concern.status
         with self._database.session() as session:
-            # closed in the EHR: off the open worklist (and free for a new concern),
-            # unless a save still on its way may reopen it (a nurse's niet-pluis)
-            if (
-                record.flag.get("status") == "inactive"
-                and concern.status == "open"
-                and not _save_on_its_way(session, concern.outbox_id)
-            ):
-                changed.update(status="closed", follow_up_due=None)
-            if not changed:
-                return concern.status
             session.execute(
                 update(Concern)
                 .where(
@@ -1005,6 +1010,11 @@ class Casework:
                 .execution_options(synchronize_session=False)
             )
         return str(changed.get("status", concern.status))
+
+    def _save_on_its_way(self, concern: Concern) -> bool:
+        """Whether the case's latest save (``concerns.outbox_id``) is still to be delivered."""
+        latest = concern.outbox_id
+        return latest is not None and self._outbox.state_of(latest) in UNDELIVERED_STATES
 
     def _read(
         self, ctx: LaunchInfo, concern: Concern, client: FhirClient
@@ -1106,14 +1116,6 @@ class Casework:
         with self._database.session() as session:
             version = session.scalar(select(Concern.row_version).where(Concern.id == case_id))
         return int(version or 0)
-
-
-def _save_on_its_way(session: Session, outbox_id: int | None) -> bool:
-    """Whether the case's latest save (``concerns.outbox_id``) is still to be delivered."""
-    if outbox_id is None:
-        return False
-    state = session.scalar(select(OutboxEntry.state).where(OutboxEntry.id == outbox_id))
-    return state in (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
 
 
 def _whole(record: CaseRecord) -> None:

@@ -241,10 +241,11 @@ class NewEntry:
 HELD_FOR_SAVER = timedelta(seconds=30)
 #: How often a running delivery renews its lease: well inside the shortest lease (60 s).
 LEASE_HEARTBEAT_SECONDS = 15.0
-#: An older entry for the same patient in one of these states holds a later one back
-#: (see the module doc): it will still be delivered. Failed and conflicting ones need a
-#: person, and must not hold up the patient's later saves until someone comes.
-_HOLDS_LATER = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
+#: The states of an entry that will still be delivered. An older entry for the same
+#: patient in one of them holds a later one back (see the module doc). Failed and
+#: conflicting ones need a person, and must not hold up the patient's later saves until
+#: someone comes.
+UNDELIVERED_STATES = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
 #: Entries outside the per-patient order: a read's AuditEvent (a plain create of its own).
 _UNORDERED_KINDS = ("audit",)
 
@@ -879,10 +880,10 @@ def _still_at(client: FhirClient, reference: str, version: str) -> bool:
 
 def _in_its_turn() -> Any:
     """No older entry of the same patient (same tenant, FHIR server) still to be delivered
-    (:data:`_HOLDS_LATER`): a patient's saves reach the server in save order (entry id).
+    (:data:`UNDELIVERED_STATES`): a patient's saves reach the server in save order (entry id).
     Only undelivered rows are looked at (the ``state`` index), and entries without a
     patient or of :data:`_UNORDERED_KINDS` are not ordered."""
-    return ~_held_back_by(_HOLDS_LATER)
+    return ~_held_back_by(UNDELIVERED_STATES)
 
 
 def _held_back_by(states: Sequence[DeliveryState]) -> Any:

@@ -64,6 +64,7 @@ from service.fhir.client import (
 from service.outbox import (
     IMMEDIATE_TIMEOUT_SECONDS,
     REFUSED_STATES,
+    UNDELIVERED_STATES,
     DeliveryState,
     NewEntry,
     Outbox,
@@ -94,8 +95,6 @@ log = logging.getLogger(__name__)
 _COMMIT_ATTEMPTS = 3
 #: The outbox kind of the triage saves.
 KIND = "triage"
-#: Outbox entries that will still be delivered: their new children are shown pending.
-_UNDELIVERED = (DeliveryState.PENDING, DeliveryState.WAITING_AUTHORISATION)
 #: Why a save's edit of a child was refused, besides its entry's state (``conflict``:
 #: someone else had changed the child first; ``failed``): a conflict because the record
 #: kept changing under the save (``service.outbox.kept_changing``); nobody changed the child.
@@ -287,7 +286,7 @@ class Triage:
             edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
             saves = _patient_saves(session, ctx) if new or edited else []
             queued = _queued_children(saves, patient_ref)
-            undelivered = [save for save in saves if save.state in _UNDELIVERED]
+            undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
             edits = {c.ref: c for c in _edited_children(undelivered, patient_ref).values()}
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
             landed = {c.ref: c for c in _edited_children(delivered, patient_ref).values()}
@@ -384,7 +383,7 @@ class Triage:
         with self._database.session() as session:
             saves = _patient_saves(session, ctx)
             refused = _refused_edits(session, saves, _patient_ref(ctx))
-        undelivered = [save for save in saves if save.state in _UNDELIVERED]
+        undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
         return _Outstanding(
             new_children=_eldest_first(_created_children(undelivered, _patient_ref(ctx)).values()),
             edits={
