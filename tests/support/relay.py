@@ -1,6 +1,6 @@
 """A real HTTP relay in front of a FHIR server that answers every request ``delay`` seconds
-late: a server slow on each request, each answer within the client's timeout (the fault
-under test: many such answers, one page view). Like a reverse proxy configured for the
+after it came: a server slow on each request, each answer within the client's timeout (the
+fault under test: many such answers, one page view). Like a reverse proxy configured for the
 server, it writes its own base URL in the answers for the server's (a search's ``next``
 links), so a client pages through it.
 
@@ -43,14 +43,15 @@ _PASSED = ("Accept", "Authorization", "Content-Type", "If-Match", "If-None-Exist
 
 class SlowRelay(Serving):
     """Passes each request to ``upstream`` (a FHIR base URL) and its answer back ``delay``
-    seconds later (0: at once; may be changed between requests). ``url`` is the relay's base
-    URL, with ``upstream``'s path; ``asked`` counts the requests passed on, each as it
-    arrives: once a client has an answer, its request is counted. ``throttled``: answers
-    ``(status, Retry-After or None)`` given, one each, to the next requests in place of the
-    server's (those requests are not passed on, nor counted in ``asked``); ``refused``:
-    statuses answered likewise, with a ``not-supported`` OperationOutcome. ``rewrite``: a
-    change made to each answer's body (None: none). ``ignored``: the names of the query
-    parameters left out of each request passed on."""
+    seconds after the request came, or when the server answered if later (0: at once; may be
+    changed between requests). ``url`` is the relay's base URL, with ``upstream``'s path;
+    ``asked`` counts the requests passed on, each as it arrives: once a client has an
+    answer, its request is counted. ``throttled``: answers ``(status, Retry-After or
+    None)`` given, one each, to the next requests in place of the server's (those requests
+    are not passed on, nor counted in ``asked``); ``refused``: statuses answered likewise,
+    with a ``not-supported`` OperationOutcome. ``rewrite``: a change made to each answer's
+    body (None: none). ``ignored``: the names of the query parameters left out of each
+    request passed on."""
 
     def __init__(self, upstream: str, delay: float = 0.0) -> None:
         self.delay = delay
@@ -73,6 +74,7 @@ class SlowRelay(Serving):
                     self._instead(owner.refused.pop(0), _REFUSED_OUTCOME, None)
                     return
                 owner.asked += 1
+                arrived = time.monotonic()
                 headers = {name: value for name in _PASSED if (value := self.headers.get(name))}
                 answer = httpx.request(
                     self.command,
@@ -81,7 +83,10 @@ class SlowRelay(Serving):
                     headers=headers,
                     timeout=30,
                 )
-                time.sleep(owner.delay)  # the fault itself, not synchronisation
+                # the fault itself, not synchronisation: the answer leaves ``delay`` after the
+                # request came (or when the server answered, if later), so a loaded machine's
+                # slower server does not add to the delay and push an answer past a timeout
+                time.sleep(max(0.0, owner.delay - (time.monotonic() - arrived)))
                 with contextlib.suppress(ConnectionError):  # the client gave up: expected
                     self._answer(answer)
 
