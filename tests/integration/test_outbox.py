@@ -35,6 +35,8 @@ from service.fhir import mapping
 from service.fhir.client import SCREEN_BUDGET_TIMEOUTS, FhirClient, Resource
 from service.outbox import (
     HELD_FOR_SAVER,
+    READY_MAX_ATTEMPTS,
+    RETRY_CAP_SECONDS,
     Delivery,
     DeliveryState,
     NewEntry,
@@ -808,6 +810,28 @@ def test_readiness_fails_when_an_entry_waits_too_long(database: Database) -> Non
     result = check()
     assert not result.ok
     assert "1 pending" in result.detail
+
+
+def test_readiness_fails_when_delivery_keeps_failing_however_young_the_entry(
+    database: Database,
+) -> None:
+    """The FHIR server refuses every connection: each attempt fails and the next is due
+    after its backoff. Past ``READY_MAX_ATTEMPTS`` failed attempts in a row /readyz fails,
+    even while the entry is younger than the age that alarms (here set to a day): the
+    server is not taking our writes, and retrying alone will not change that."""
+    tenant = make_tenant(database, "a", _NOWHERE)
+    _queue_read(database, tenant, _NOWHERE, "s1")
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+    check = outbox.readiness_check(max_age=timedelta(days=1))
+    for attempt in range(1, READY_MAX_ATTEMPTS + 1):
+        assert check().ok, f"before attempt {attempt}"
+        assert [d.state for d in outbox.run_once()] == [DeliveryState.PENDING]
+        clock.advance(RETRY_CAP_SECONDS)  # the next attempt is due
+
+    failing = check()
+    assert not failing.ok
+    assert failing.detail == "delivery keeps failing: 1 pending"
 
 
 def test_readiness_fails_when_an_entry_waits_for_a_sign_in_for_over_a_day(
