@@ -265,6 +265,33 @@ def test_one_page_of_the_patients_flags_is_fetched_in_full_not_read_as_no_concer
     assert cds_on_fhir.fhir_requests() == 1
 
 
+def test_prefetch_about_another_patient_is_fetched_for_this_one(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """A key the EHR prefetched about another patient (a cache, a chart switched meanwhile)
+    is left out and, with the EHR's FHIR server given, asked for this patient instead, in
+    the one request. Read as sent, a minor's Patient record hid the open-concern card of
+    Karim, and Karim's open concern gave An, who has none, a warning card."""
+    server, seeded = fhir
+    karim, an = seeded.patient("karim-el-amrani"), seeded.patient("an-peeters")
+    body = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, karim)
+    body["prefetch"]["patient"] = prefetched_by_the_sandbox_ehr(
+        cds_on_fhir, server, seeded.patient("noor-vermeulen")
+    )["prefetch"]["patient"]
+    body |= {"fhirServer": server.base_url, "fhirAuthorization": AUTHORIZATION}
+    card = only_card(cds_on_fhir.call(body=body))
+    assert json.loads(card["links"][0]["appContext"])["reasons"] == ["open-concern"]
+    assert cds_on_fhir.fhir_requests() == 1
+
+    body = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, an)
+    karims = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, karim)["prefetch"]["flags"]
+    body["prefetch"]["flags"] = karims
+    body |= {"fhirServer": server.base_url, "fhirAuthorization": AUTHORIZATION}
+    card = only_card(cds_on_fhir.call(body=body))
+    assert card["summary"] == "Doe de Kindreflex: vraag naar kinderen en ouderschap"
+    assert cds_on_fhir.fhir_requests() == 2
+
+
 @pytest.mark.parametrize(
     ("patient_key", "in_full"),
     [("karim-el-amrani", "Doe de Kindreflex — aanleiding: open verontrusting"),
