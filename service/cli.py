@@ -26,6 +26,7 @@ from service.admin import commands as admin_commands
 from service.audit import TrailQuery
 from service.db import migrate
 from service.db.base import Database
+from service.fhir import terminology
 from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore, Rotation
 from service.local_time import LOCAL_ZONE
 from service.observability import configure_logging
@@ -393,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     configure_logging(settings.log_level)
+    # the commands read a hospital's configuration, checked against the guide: the one the
+    # settings name (the container image's), as the web app does (``create_app``)
+    terminology.configure(settings.guide_dir)
     handler: Command = args.handler
     try:
         return handler(args, settings)
@@ -400,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = make_url(settings.database_url).render_as_string(hide_password=True)
         reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
         print(f"The database at {where} cannot be used: {reason}", file=sys.stderr)
+        return 2
+    except terminology.GuideError as error:
+        print(f"kindreflex: the built FHIR guide cannot be used: {error}", file=sys.stderr)
         return 2
 
 

@@ -6,8 +6,10 @@ as a separate process, the way an administrator or a deployment pipeline runs it
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -22,6 +24,7 @@ from service.admin.changes import history
 from service.admin.config import StaleConfigurationError, TenantAdmin
 from service.db.base import Database
 from service.db.models import AdminBootstrapToken, TenantConfigVersion
+from service.fhir import terminology
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import (
     EhrRegistration,
@@ -36,8 +39,12 @@ KINDREFLEX = [sys.executable, "-m", "service.cli"]
 KEY = "config-test-deployment-key"
 
 
-def kindreflex(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def kindreflex(
+    database_url: str, *args: str, guide_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": database_url, "KINDREFLEX_SECRET_KEY": KEY}
+    if guide_dir is not None:
+        env["KINDREFLEX_GUIDE_DIR"] = str(guide_dir)
     return subprocess.run([*KINDREFLEX, *args], env=env, capture_output=True, text=True)
 
 
@@ -94,6 +101,50 @@ def test_export_then_import_into_an_empty_hospital_gives_the_same_configuration(
     assert copy.config == a_full_configuration()
     again = kindreflex(database_url, "config", "export", "--tenant", "az-nieuw")
     assert again.stdout == exported.stdout
+
+
+def test_the_commands_check_a_configuration_against_the_guide_the_settings_name(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """KINDREFLEX_GUIDE_DIR names the built guide; in the container image it is the only
+    one (the package's default place is empty). Before, only the web app read the setting:
+    there every command reading a hospital's configuration (config export and import,
+    audit, outbox, admin bootstrap) stopped with a traceback. Here the named guide has an
+    override reason the repository's has not: the import is checked against the named one,
+    and a guide that is missing is said so, with no traceback."""
+    guide = tmp_path / "resources"
+    shutil.copytree(terminology.DEFAULT_GUIDE_DIR, guide)
+    reasons = guide / "CodeSystem-cds-override-reason.json"
+    code_system = json.loads(reasons.read_text(encoding="utf-8"))
+    code_system["concept"].append({"code": "hospital-own", "display": "Eigen reden"})
+    reasons.write_text(json.dumps(code_system), encoding="utf-8")
+    tenants(database).save("az-sint-jan", a_full_configuration(), actor="set-up")
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    file = tmp_path / "az.yaml"
+    file.write_text(
+        exported.replace("  override_reasons:\n", "  override_reasons:\n  - hospital-own\n")
+    )
+
+    refused = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+    assert refused.returncode == 1
+    assert "hospital-own" in refused.stderr
+    imported = kindreflex(
+        database_url, "config", "import", str(file), "--tenant", "az-sint-jan", guide_dir=guide
+    )
+    assert imported.returncode == 0, imported.stderr
+    again = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan", guide_dir=guide)
+    assert "  override_reasons:\n  - hospital-own\n" in again.stdout
+
+    missing = tmp_path / "no-guide"
+    export = kindreflex(
+        database_url, "config", "export", "--tenant", "az-sint-jan", guide_dir=missing
+    )
+    assert export.returncode == 2
+    assert "Traceback" not in export.stderr
+    assert export.stderr.strip().splitlines()[-1] == (
+        f"kindreflex: the built FHIR guide cannot be used: the built guide is missing: "
+        f"{missing} (run fhir_profiles/build.sh)"
+    )
 
 
 @pytest.mark.parametrize(
