@@ -24,8 +24,19 @@ from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds, Und
 from service.i18n import Language, translate
 from service.tenant_config import EhrRegistration
 
-#: Resources the app writes (findings, children, referral, open concern, provenance).
-WRITTEN_RESOURCES = ("RelatedPerson", "Observation", "ServiceRequest", "Flag", "Provenance")
+#: Resources the app creates (children, findings, referral and its partner, open concern,
+#: and in every write its provenance and audit event).
+WRITTEN_RESOURCES = (
+    "RelatedPerson",
+    "Observation",
+    "ServiceRequest",
+    "Organization",
+    "Flag",
+    "Provenance",
+    "AuditEvent",
+)
+#: Resources the app updates (a child recorded before, a referral's status, the concern).
+UPDATED_RESOURCES = ("RelatedPerson", "ServiceRequest", "Flag")
 #: Resources the app and the CDS service read.
 READ_RESOURCES = ("Patient", "Encounter", "Condition")
 #: Each of the two fetches, whole: four times the largest CapabilityStatement seen.
@@ -185,6 +196,10 @@ def _smart_checks(report: _Report, smart: dict[str, Any], registration: EhrRegis
     openid = "sso-openid-connect" in capabilities or {"openid", "fhirUser"} <= scopes
     report.add("openid_fhiruser", openid)
     report.add("launch_standalone", "launch-standalone" in capabilities, needed=False)
+    # without refresh tokens a save still undelivered when the nurse's session ends waits
+    # for her next sign-in: it works, late
+    offline = "permission-offline" in capabilities or "offline_access" in scopes
+    report.add("refresh_tokens", offline, needed=False)
     _note_ignored(report, "smart_configuration_members", members)
 
 
@@ -203,6 +218,8 @@ def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
             interactions.setdefault(str(resource.get("type")), set()).update(codes)
     cannot_write = [r for r in WRITTEN_RESOURCES if "create" not in interactions.get(r, set())]
     report.add("write_resources", not cannot_write, resources=", ".join(cannot_write))
+    cannot_update = [r for r in UPDATED_RESOURCES if "update" not in interactions.get(r, set())]
+    report.add("update_resources", not cannot_update, resources=", ".join(cannot_update))
     cannot_read = [r for r in READ_RESOURCES if "read" not in interactions.get(r, set())]
     report.add("read_resources", not cannot_read, resources=", ".join(cannot_read))
     _note_ignored(report, "capability_statement_members", members)

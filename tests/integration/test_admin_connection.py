@@ -68,7 +68,9 @@ def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> No
         "launch_standalone": True,
         "capability_statement": True,
         "fhir_r4": True,
+        "refresh_tokens": True,
         "write_resources": True,
+        "update_resources": True,
         "read_resources": True,
     }
     messages = {check.id: check.message for check in report.checks}
@@ -247,6 +249,46 @@ def test_members_of_the_wrong_kind_are_ignored_and_named_not_raised() -> None:
     )
     ignored = [c for c in report.checks if c.id.endswith("_members")]
     assert not any(check.needed for check in ignored)
+
+
+def test_a_server_that_cannot_make_every_write_of_a_case_is_not_ready() -> None:
+    """Before, the check asked only for the creates of a triage save: a server that could
+    not update a child, a referral or the concern Flag, nor create a referral's partner
+    organisation or the audit event every save carries, was "ready", and those saves were
+    refused later. An EHR without refresh tokens is only said so: saves still go, late."""
+    every = [{"code": code} for code in ("read", "search-type", "create", "update")]
+    resources = [
+        {"type": kind, "interaction": every}
+        for kind in ("Patient", "Encounter", "Condition", "RelatedPerson", "Observation",
+                     "ServiceRequest", "Provenance", "AuditEvent")
+    ] + [{"type": "Flag", "interaction": [{"code": "read"}, {"code": "create"}]}]  # fmt: skip
+    answer = {
+        "authorization_endpoint": "https://ehr.example/authorize",
+        "capabilities": [
+            "launch-ehr",
+            "launch-standalone",
+            "context-ehr-encounter",
+            "sso-openid-connect",
+        ],
+        "grant_types_supported": ["authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": "4.0.1",
+        "rest": [{"mode": "server", "resource": resources}],
+    }
+    with ServedJson(json.dumps(answer).encode(), path="/fhir") as served:
+        report = check_connection(registration(served.url), "en", timeout_seconds=5)
+    assert not report.ready
+    missing = {c.id: c.message for c in report.checks if not c.ok}
+    assert missing == {
+        "write_resources": "The server cannot create these resources: Organization.",
+        "update_resources": "The server cannot update these resources: Flag. A changed "
+        "child, a referral's status or the concern flag is then not saved.",
+        "refresh_tokens": "No refresh tokens (offline_access): what was not yet sent when "
+        "the session ends waits until someone opens the app for that patient again.",
+    }
+    assert [c.id for c in report.checks if not c.needed] == ["launch_standalone", "refresh_tokens"]
 
 
 def test_a_long_list_of_members_of_the_wrong_kind_names_the_first_five() -> None:
