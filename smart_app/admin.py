@@ -56,6 +56,7 @@ from service.protocol import Step
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
 from service.tenant_config import (
     ALL_HOOKS,
+    DEFAULT_SCOPES,
     EhrRegistration,
     TenantConfiguration,
 )
@@ -736,6 +737,7 @@ def _overview(
         admin=admin,
         config=tenant.config,
         all_hooks=ALL_HOOKS,
+        default_scopes=DEFAULT_SCOPES,  # a new registration's, as the API's and a file's
         # each step named as the case pages name it, in the screen's language
         steps=[
             (step, terminology.display("kindreflex-step", step.value, language)) for step in Step

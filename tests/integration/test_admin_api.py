@@ -20,6 +20,7 @@ from service.db.base import Database, utcnow
 from service.db.models import TenantConfigVersion
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import DEFAULT_SCOPES
 from smart_app.admin import ADMIN_COOKIE, CSRF_HEADER, router
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
 from tests.support.admin import (
@@ -303,6 +304,18 @@ def test_the_screens_audit_writes_when_as_the_other_screens_do(
     headers = bearer(database, gent.id)
     changes = client.get("/admin/api/audit", headers=headers).json()["changes"]
     assert changes[-1]["at"] == "2026-05-17T22:30:00+00:00"
+
+
+def test_a_new_registration_is_offered_the_scopes_a_launch_needs(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The screen's form for a new EHR starts with the default scopes, as the API and a
+    configuration file do. Before, it offered scopes without a refresh token and without
+    the updates of a child or the concern Flag: saves made so waited for a sign-in."""
+    token, _ = access.issue_bootstrap_token(database, gent.id)
+    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    page = client.get("/admin").text
+    assert f'<input id="new-scopes" name="scopes" value="{DEFAULT_SCOPES}"' in page
 
 
 def test_a_refused_registration_keeps_what_the_admin_typed(

@@ -24,6 +24,7 @@ from service.db.base import Database
 from service.fhir.client import CHANGE_BUDGET_MAX_SECONDS, SCREEN_BUDGET_TIMEOUTS
 from service.outbox import IMMEDIATE_TIMEOUT_SECONDS
 from service.settings import Settings, load_settings
+from service.tenant_config import DEFAULT_SCOPES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -113,6 +114,15 @@ def test_every_address_the_guides_give_an_ehr_administrator_is_served(tmp_path: 
             assert served(f"/t/az-brugge{path}"), f"{{BASE}}{path} of another hospital"
         elif not path.startswith("/t/"):
             assert served(path), f"KINDREFLEX_PUBLIC_URL{path}"
+
+
+def test_the_scopes_the_guide_gives_an_ehr_administrator_are_those_a_launch_asks() -> None:
+    """Before, the guide gave scopes without ``offline_access`` and the two updates a save
+    needs, and one that is no SMART 2 scope (``encounter/*.rs``): an EHR configured so let
+    a saved child's edit or the concern Flag wait for a sign-in for good."""
+    guide = (ROOT / "docs" / "install-in-your-hospital.md").read_text()
+    (given,) = re.findall(r"^\| scopes \| `([^`]+)`", guide, flags=re.MULTILINE)
+    assert given == DEFAULT_SCOPES
 
 
 def test_the_probes_and_the_scrape_ask_on_the_port_the_service_listens_on() -> None:
