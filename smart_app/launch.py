@@ -92,6 +92,12 @@ FHIR_USER_MAX = 500  # the session's column
 #: A fhirUser that is the patient or a relative (SMART: fhirUser may be a Patient or a
 #: RelatedPerson), not the hospital's staff: such a user is not let in.
 _NOT_STAFF = re.compile(r"(?:^|/)(Patient|RelatedPerson)/[^/]+(?:/_history/[^/]+)?$")
+#: Whom Kindreflex can name as the author of what it writes: the R4 elements it names its
+#: user in (Observation.performer, Flag.author, ServiceRequest.requester,
+#: Provenance.agent.who, AuditEvent.agent.who) admit a Practitioner or PractitionerRole,
+#: not a Person, which SMART also allows as fhirUser.
+_AUTHOR = re.compile(r"(?:^|/)(?:Practitioner|PractitionerRole)/[^/]+(?:/_history/[^/]+)?$")
+_RESOURCE_TYPE = re.compile(r"([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
 USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
 BINDING_COOKIE_PREFIX = "kindreflex_launch_"
 START_PAGE = "/app/triage"
@@ -401,6 +407,13 @@ def _new_session(
         # screens and record findings as their author
         logged = {"fhir_user_type": not_staff.group(1)}
         raise PageError(403, "not_staff", logged=logged, **page)
+    if not _AUTHOR.search(fhir_user):
+        # every launched user may record a triage (a nurse, whatever else): each save would
+        # name them where R4 admits no Person, refused by a server that checks reference
+        # types, invalid on one that does not
+        kind = _RESOURCE_TYPE.search(fhir_user)
+        logged = {"fhir_user_type": kind.group(1) if kind else "unknown"}
+        raise PageError(403, "not_practitioner", logged=logged, **page)
     roles = _call(registration, lambda: roles_from_claims(registration, claims))
     patient = _call(registration, lambda: _fhir_id(answer.get("patient"), "patient"))
     # Triage is about one patient; the social service's worklist and the admin screen are

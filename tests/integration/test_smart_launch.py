@@ -941,6 +941,31 @@ def test_a_patient_or_a_relative_signed_in_is_not_let_in(
     assert fhir_user not in caplog.text  # the type, never the user
 
 
+@pytest.mark.parametrize("roles", [[], ["social-worker"], ["admin"]])
+def test_a_user_the_ehr_names_as_a_person_cannot_record_and_is_not_let_in(
+    public_app: Kindreflex,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    roles: list[str],
+) -> None:
+    """SMART's fhirUser may be a Person; FHIR R4 admits no Person as the performer of an
+    Observation, the author of a Flag, the requester of a ServiceRequest or the agent of a
+    Provenance. Before, such a user was let in, and every save named them there: refused
+    by a server that checks reference types, invalid on one that does not. Now the page
+    says why and no session is made, whatever the user's roles (every launched user may
+    record a triage); only the type is logged."""
+    caplog.set_level(logging.INFO, "smart_app.errors")
+    fhir_user = "https://ehr.example/fhir/Person/staff-7"
+    _ehr_answers(monkeypatch, public_app.sandbox, {}, {"fhirUser": fhir_user, "roles": roles})
+    answer = public_app.launch(Browser(), user="nurse")
+    assert answer.status_code == 403, answer.text
+    assert "Geen zorgverlener in het EPD" in answer.text
+    assert public_app.count(AppSession) == 0
+    (refused,) = [r for r in caplog.records if r.getMessage() == "app request refused"]
+    assert refused.fields["fhir_user_type"] == "Person"  # type: ignore[attr-defined]
+    assert fhir_user not in caplog.text
+
+
 def test_roles_as_one_string_and_expires_in_in_digits_still_launch(
     public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
