@@ -547,14 +547,14 @@ def _finding_identifier(
 @dataclass(frozen=True)
 class _Raised:
     """The open concern a save's Flag stands for: its identifier, and when and by whom it
-    was first raised (``period.start`` and ``author``). Of a concern open already, what
-    its Flag says by now (``known``: its last step and Hague triggers, as the worklist
-    keeps them); None when this save raises it."""
+    was first raised (``period.start`` and ``author``). Of a concern open already, the
+    Hague triggers its Flag says by now (``known``, as the worklist keeps them); None when
+    this save raises it."""
 
     identifier: str
     at: datetime
     by: str
-    known: tuple[Step, frozenset[str]] | None = None
+    known: frozenset[str] | None = None
 
 
 def _raised(
@@ -564,7 +564,7 @@ def _raised(
     so whichever pending entry the server gets first (the worker's order is the backoff's,
     not the saves') starts the Flag when the concern was first raised."""
     if open_concern is not None:
-        known = (Step(open_concern.last_step), frozenset(open_concern.triggers or ()))
+        known = frozenset(open_concern.triggers or ())
         return _Raised(flag_identifier, open_concern.flagged_at, open_concern.flagged_by, known)
     assert findings.step2 is not None  # only asked for a concern, which step 2 raises
     return _Raised(flag_identifier, findings.step2.recorded_at, ctx.user.fhir_user)
@@ -653,14 +653,16 @@ def _write_flag(
 
     A concern open already keeps its Flag, which then says what this visit found too: its
     last step is step 2 again (the team decides anew, step 4) and its triggers are those of
-    every visit since it was raised. Only when that is news (the case had moved past step 2,
-    or a trigger is new) is it laid over the Flag on the server (a create-or-merge: one
-    read more at delivery); otherwise the conditional create finds it and changes nothing.
+    every visit since it was raised. It is laid over the Flag on the server (a
+    create-or-merge: one read more at delivery), which writes only what is news and, when
+    the Flag already says it all, writes nothing and is not named in the save's Provenance
+    and AuditEvent. (A plain conditional create found the Flag and changed nothing, but the
+    save's Provenance still said this nurse created it.) The Flag may also still be on its
+    way in an earlier save: then this one creates it, and says so.
     """
     if raised is None or findings.step2 is None:
         return []
-    known_step, known_triggers = raised.known or (Step.STEP_2, frozenset[str]())
-    triggers = known_triggers | {t.value for t in findings.step2.triggers}
+    triggers = (raised.known or frozenset()) | {t.value for t in findings.step2.triggers}
     identifier = mapping.identifier("concern", raised.identifier)
     flag = mapping.concern_flag(
         patient_ref=_launch_refs(ctx)[0],
@@ -670,8 +672,7 @@ def _write_flag(
         last_step=Step.STEP_2,
         triggers=triggers,
     )
-    news = known_step is not Step.STEP_2 or triggers != known_triggers
-    return [(tx.create_or_merge if raised.known and news else tx.create)(flag, identifier)]
+    return [(tx.create if raised.known is None else tx.create_or_merge)(flag, identifier)]
 
 
 def _write_children(

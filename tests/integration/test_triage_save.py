@@ -1450,6 +1450,34 @@ def test_a_later_visit_whose_triggers_the_flag_has_already_writes_no_new_flag_ve
     assert row.triggers == ["domestic-violence", "substance-abuse"]
 
 
+def test_a_later_niet_pluis_the_open_concern_already_says_is_not_said_to_create_its_flag(
+    world: World, seeded: SeedResult
+) -> None:
+    """A second nurse records niet-pluis for a patient whose concern is open, with nothing
+    new for it. The Flag on the server stays as it was, and her save's Provenance and
+    AuditEvent name only what she wrote: they said she created the Flag another nurse had
+    raised (its conditional create found it and wrote nothing), an audit trail the social
+    service and the inspection rely on."""
+    patient = seeded.patient("jan-janssens")
+    lotte = child_aged("Lotte Janssens", 7)
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    assert world.triage.record_triage(first, niet_pluis(first, (lotte,))).status == "delivered"
+    with world.database.session() as session:
+        (concern,) = session.scalars(select(Concern)).all()
+    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+
+    later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+    saved = world.triage.record_triage(later, niet_pluis(later, (lotte,)))
+
+    assert saved.status == "delivered"
+    assert _flag_history(world.base_url, flag["id"]) == [flag["meta"]["versionId"]]
+    activity, targets, action, entities = _said_written(world, saved.outbox_id)
+    assert (activity, action) == ("CREATE", "C")
+    assert f"Flag/{flag['id']}" not in targets | entities
+    assert {t.split("/")[0] for t in targets} == {"Observation"}
+
+
 def _codes(flag: dict[str, Any], url_id: str) -> list[str]:
     url = terminology.extension_url(url_id)
     return sorted(e["valueCoding"]["code"] for e in flag.get("extension", []) if e["url"] == url)
