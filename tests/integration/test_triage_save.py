@@ -1330,31 +1330,63 @@ def test_a_later_visit_reopens_a_flag_closed_on_the_server_whole(
     (in the EHR, say). The later visit's niet-pluis reopens it: active, and without the
     closed concern's end and close reason (an active Flag with them was what the merge
     made: the case replayed only until that end, and the case page showed it closed)."""
-    closing = terminology.extension_url("concern-close-reason")
-
-    def closed(flag: dict[str, Any]) -> dict[str, Any]:
-        reason = {
-            "url": closing,
-            "valueCodeableConcept": terminology.codeable_concept("case-close-reason", "other")
-            | {"text": "closed in the EHR"},
-        }
-        period = {**flag["period"], "end": "2026-03-10T10:00:00+01:00"}
-        return {
-            **flag,
-            "status": "inactive",
-            "period": period,
-            "extension": [*flag["extension"], reason],
-        }
-
-    before, after = _later_niet_pluis_over(world, seeded, closed)
+    before, after = _later_niet_pluis_over(world, seeded, _closed_in_the_ehr)
 
     assert before["status"] == "inactive"
+    _assert_reopened_whole(before, after)
+
+
+def _closed_in_the_ehr(flag: dict[str, Any]) -> dict[str, Any]:
+    """The concern Flag as the EHR closes it: inactive, ended, with a close reason."""
+    reason = {
+        "url": terminology.extension_url("concern-close-reason"),
+        "valueCodeableConcept": terminology.codeable_concept("case-close-reason", "other")
+        | {"text": "closed in the EHR"},
+    }
+    period = {**flag["period"], "end": "2026-03-10T10:00:00+01:00"}
+    return {
+        **flag,
+        "status": "inactive",
+        "period": period,
+        "extension": [*flag["extension"], reason],
+    }
+
+
+def _assert_reopened_whole(before: dict[str, Any], after: dict[str, Any]) -> None:
+    closing = terminology.extension_url("concern-close-reason")
     assert after["status"] == "active"
     assert after["period"] == {"start": before["period"]["start"]}
     assert [e for e in after["extension"] if e["url"] == closing] == []
     assert validate(after) == []
     assert mapping.open_concern_of(after) is not None
     assert mapping.closure_from_flag(after) is None
+
+
+def test_a_later_niet_pluis_with_nothing_new_reopens_a_flag_closed_in_the_ehr(
+    world: World, seeded: SeedResult
+) -> None:
+    """The worklist says the concern is open at step 2 with these triggers; the EHR closed
+    its Flag meanwhile. A later visit's niet-pluis with nothing new to the worklist sent a
+    plain conditional create, which found the closed Flag and changed nothing: the EHR
+    showed no concern though a nurse had just found one. It reopens it now, whole."""
+    patient = seeded.patient("jan-janssens")
+    lotte = child_aged("Lotte Janssens", 7)
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    assert world.triage.record_triage(first, niet_pluis(first, (lotte,))).status == "delivered"
+    with world.database.session() as session:
+        (concern,) = session.scalars(select(Concern)).all()
+    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    closed = httpx.put(f"{world.base_url}/Flag/{flag['id']}", json=_closed_in_the_ehr(flag))
+    closed.raise_for_status()
+    (before,) = search(world.base_url, "Flag", identifier=identifier)
+
+    later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+    assert world.triage.record_triage(later, niet_pluis(later, (lotte,))).status == "delivered"
+
+    assert before["status"] == "inactive"
+    (after,) = search(world.base_url, "Flag", identifier=identifier)
+    _assert_reopened_whole(before, after)
 
 
 def test_a_later_visit_drops_the_encounter_an_earlier_version_wrote_on_the_flag(
