@@ -131,7 +131,9 @@ def _new_patients(base_url: str, count: int) -> list[tuple[str, str]]:
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     answer = httpx.post(base_url, json=bundle, timeout=60)
     answer.raise_for_status()
-    ids = [e["response"]["location"].split("/")[1] for e in answer.json()["entry"]]
+    # a location is "Patient/<id>/_history/1", relative or absolute
+    locations = [e["response"]["location"] for e in answer.json()["entry"]]
+    ids = [location.split("/_history")[0].rsplit("/", 1)[1] for location in locations]
     return list(zip(ids[0::2], ids[1::2], strict=True))
 
 
