@@ -49,7 +49,7 @@ class UnknownTenantError(LookupError):
 
 
 class SecretsUnavailableError(RuntimeError):
-    """A client secret must be stored or read, but KINDREFLEX_SECRET_KEY is not set."""
+    """A client secret must be stored, but KINDREFLEX_SECRET_KEY is not set."""
 
 
 @dataclass(frozen=True)
@@ -87,18 +87,32 @@ class SecretBox:
                 stored["client_secret"] = self._require().encrypt(plain).decode()
         return document
 
-    def open(self, document: dict[str, Any]) -> dict[str, Any]:
+    def open(self, document: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The document with its secrets in the clear, and the ids of the registrations
+        whose secret cannot be read (KINDREFLEX_SECRET_KEY changed or unset): theirs is
+        left out, as if none were stored. The rest of the hospital keeps working (its CDS
+        hooks, its other EHRs, the admin screen where the secret is entered again); a
+        launch through such a registration is refused saying why."""
+        unreadable = []
         for stored in document.get("registrations", []):
-            if stored.get("client_secret"):
-                try:
-                    stored["client_secret"] = (
-                        self._require().decrypt(stored["client_secret"].encode()).decode()
-                    )
-                except InvalidToken as error:
-                    raise SecretsUnavailableError(
-                        "a stored client secret cannot be decrypted: KINDREFLEX_SECRET_KEY changed"
-                    ) from error
-        return document
+            sealed = stored.get("client_secret")
+            if not sealed:
+                continue
+            plain = self._decrypt(sealed)
+            if plain is None:
+                del stored["client_secret"]
+                unreadable.append(str(stored.get("id")))
+            else:
+                stored["client_secret"] = plain
+        return document, tuple(unreadable)
+
+    def _decrypt(self, sealed: str) -> str | None:
+        if self._fernet is None:
+            return None
+        try:
+            return self._fernet.decrypt(sealed.encode()).decode()
+        except InvalidToken:
+            return None
 
 
 class TenantDirectory:
@@ -175,7 +189,15 @@ class TenantDirectory:
         )
         if row is None:
             raise UnknownTenantError(slug, "the hospital has no configuration yet")
-        config = TenantConfiguration.model_validate(self._secrets.open(dict(row.document)))
+        document, unreadable = self._secrets.open(dict(row.document))
+        if unreadable:
+            # an operator's to mend (the key back, or the secret entered again); never the
+            # secret itself
+            log.error(
+                "stored client secrets cannot be read: KINDREFLEX_SECRET_KEY changed or unset",
+                extra={"fields": {"tenant": slug, "registrations": list(unreadable)}},
+            )
+        config = TenantConfiguration.model_validate(document)
         return TenantContext(id=tenant.id, slug=slug, version=row.version, config=config)
 
     def save(

@@ -338,7 +338,11 @@ def request_token(
         )
     elif registration.client_auth == "client_secret_basic":
         if registration.client_secret is None:
-            raise OAuthError("token_failed", "client_secret_basic without a stored secret")
+            raise OAuthError(
+                "token_failed",
+                "client_secret_basic without a stored secret, or one that cannot be read "
+                "(KINDREFLEX_SECRET_KEY changed): enter the secret again in the admin screen",
+            )
         # RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.
         auth = httpx.BasicAuth(
             quote_plus(registration.client_id),

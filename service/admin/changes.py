@@ -102,7 +102,7 @@ def history(
             )
         )
     # Stored secrets are encrypted with a fresh nonce each save: compare the plain values.
-    documents = [secrets.open(copy.deepcopy(row.document)) for row in rows]
+    documents = [secrets.open(copy.deepcopy(row.document))[0] for row in rows]
     result = []
     for index, row in enumerate(rows[:limit]):
         previous = documents[index + 1] if index + 1 < len(rows) else {}

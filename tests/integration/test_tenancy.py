@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from pydantic import SecretStr
 from sqlalchemy import event, select
 
 from service import tenancy
+from service.admin.config import TenantAdmin
 from service.db.base import Database
 from service.db.models import Tenant, TenantConfigVersion
 from service.tenancy import (
@@ -60,6 +62,40 @@ def test_client_secret_is_encrypted_at_rest_and_readable_again(database: Databas
     assert secret is not None
     assert secret.get_secret_value() == "s3cr3t-value"
     assert loaded.registration_for_iss("https://ehr.example/fhir") is not None
+
+
+@pytest.mark.parametrize("now", [SecretStr("a-new-deployment-key"), None])
+def test_a_secret_the_deployment_key_cannot_open_is_left_out_and_the_hospital_keeps_working(
+    database: Database, caplog: pytest.LogCaptureFixture, now: SecretStr | None
+) -> None:
+    """KINDREFLEX_SECRET_KEY changed (or was unset) after an EHR's client secret was
+    stored. Before, reading the hospital's configuration raised: every page, CDS call,
+    admin sign-in and command of that hospital was a 500 or a traceback, and the secret
+    entered again could not be saved either. Now that one secret is left out (a launch
+    through that EHR is refused saying why), logged at ERROR without it, and the
+    administrator stores it again."""
+    other = EhrRegistration(
+        id="other", name="EPD", fhir_base_url="https://epd.example/fhir", client_id="kr"
+    )
+    config = TenantConfiguration(name="AZ Gent", registrations=[registration("s3cr3t"), other])
+    TenantDirectory(database, SecretBox(KEY)).save("az-gent", config, actor="set-up")
+
+    tenants = TenantDirectory(database, SecretBox(now))
+    with caplog.at_level(logging.ERROR, "service.tenancy"):
+        loaded = tenants.get("az-gent")
+    assert loaded.config.registrations[0].client_secret is None
+    assert loaded.config.registrations[1] == other
+    (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged.fields == {"tenant": "az-gent", "registrations": ["ehr"]}  # type: ignore[attr-defined]
+    assert "s3cr3t" not in caplog.text
+
+    if now is None:
+        return  # storing a secret needs the key: the test above
+    again = config.model_copy(update={"registrations": [registration("n3w"), other]})
+    TenantAdmin(tenants).save("az-gent", again, actor="admin", based_on=loaded.version)
+    stored = TenantDirectory(database, SecretBox(now)).get("az-gent").config.registrations[0]
+    assert stored.client_secret is not None
+    assert stored.client_secret.get_secret_value() == "n3w"
 
 
 def test_a_client_secret_cannot_be_stored_without_the_deployment_key(database: Database) -> None:
