@@ -264,7 +264,7 @@ async def _api_change(request: Request, admin: Admin, change: Change) -> Respons
     except StaleConfigurationError as error:
         status = 412 if request.headers.get("if-match") else 409
         return _outcome(status, [Problem(str(error))], code="conflict")
-    return JSONResponse(_summary(context), headers={"ETag": f'"{context.version}"'})
+    return JSONResponse(_summary(context), headers=_etag(context))
 
 
 def _summary(context: TenantContext) -> dict[str, Any]:
@@ -335,7 +335,13 @@ def api_sign_out(admin: ApiAdmin, database: DatabaseDep) -> Response:
 def api_get_config(admin: ApiAdmin) -> JSONResponse:
     """The configuration in force; its ETag is the version to send back in ``If-Match``."""
     body = {**_summary(admin.tenant), "configuration": _masked(admin.tenant.config)}
-    return JSONResponse(body, headers={"ETag": f'"{admin.tenant.version}"'})
+    return JSONResponse(body, headers=_etag(admin.tenant))
+
+
+def _etag(tenant: TenantContext) -> dict[str, str]:
+    """Every part's GET carries the configuration version it was read from: the ``If-Match``
+    of a ``PUT`` of that part, refused (412) when another change came in between."""
+    return {"ETag": f'"{tenant.version}"'}
 
 
 @router.put("/admin/api/config")
@@ -352,7 +358,9 @@ async def api_put_config(request: Request, admin: ApiAdmin) -> Response:
 
 @router.get("/admin/api/config.yaml", response_class=PlainTextResponse)
 def api_export_yaml(admin: ApiAdmin) -> Response:
-    return PlainTextResponse(export_yaml(admin.tenant.config), media_type="application/yaml")
+    return PlainTextResponse(
+        export_yaml(admin.tenant.config), media_type="application/yaml", headers=_etag(admin.tenant)
+    )
 
 
 @router.put("/admin/api/config.yaml")
@@ -362,7 +370,8 @@ async def api_import_yaml(request: Request, admin: ApiAdmin) -> Response:
 
 
 @router.get("/admin/api/registrations")
-def api_registrations(admin: ApiAdmin) -> list[dict[str, Any]]:
+def api_registrations(admin: ApiAdmin, response: Response) -> list[dict[str, Any]]:
+    response.headers.update(_etag(admin.tenant))
     registrations: list[dict[str, Any]] = _masked(admin.tenant.config)["registrations"]
     return registrations
 
@@ -435,7 +444,8 @@ def _test_connection(
 
 
 @router.get("/admin/api/hooks")
-def api_get_hooks(admin: ApiAdmin) -> dict[str, Any]:
+def api_get_hooks(admin: ApiAdmin, response: Response) -> dict[str, Any]:
+    response.headers.update(_etag(admin.tenant))
     return admin.tenant.config.hooks.model_dump(mode="json")
 
 
@@ -448,17 +458,18 @@ async def api_put_hooks(request: Request, admin: ApiAdmin) -> Response:
 @router.get("/admin/api/partners")
 def api_get_partners(admin: ApiAdmin, format: str = "json") -> Response:
     """The partner directory as ``json`` (the configuration's form), ``csv`` or ``bundle``."""
-    partners = admin.tenant.config.partners
+    partners, etag = admin.tenant.config.partners, _etag(admin.tenant)
     if format == "csv":
         return PlainTextResponse(
             export_csv(partners),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="partners.csv"'},
+            headers={"Content-Disposition": 'attachment; filename="partners.csv"', **etag},
         )
     if format == "bundle":
-        return JSONResponse(export_bundle(partners), media_type="application/fhir+json")
+        bundle = export_bundle(partners)
+        return JSONResponse(bundle, media_type="application/fhir+json", headers=etag)
     if format == "json":
-        return JSONResponse(partners.model_dump(mode="json", exclude_none=True))
+        return JSONResponse(partners.model_dump(mode="json", exclude_none=True), headers=etag)
     raise HTTPException(400, "format must be json, csv or bundle")
 
 
@@ -498,7 +509,8 @@ def _utf8(body: bytes, encoding: str) -> str:
 
 
 @router.get("/admin/api/plan")
-def api_get_plan(admin: ApiAdmin) -> dict[str, Any]:
+def api_get_plan(admin: ApiAdmin, response: Response) -> dict[str, Any]:
+    response.headers.update(_etag(admin.tenant))
     return admin.tenant.config.plan.model_dump(mode="json", exclude_none=True)
 
 

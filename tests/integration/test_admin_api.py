@@ -516,6 +516,24 @@ def test_a_change_based_on_an_older_version_is_refused_not_lost(
     assert hooks.adult_age == 17
 
 
+@pytest.mark.parametrize(
+    "part",
+    ["config", "config.yaml", "registrations", "hooks", "partners", "partners?format=csv",
+     "partners?format=bundle", "plan"],
+)  # fmt: skip
+def test_every_part_read_carries_the_version_a_change_of_it_is_based_on(
+    client: TestClient, database: Database, gent: Hospital, part: str
+) -> None:
+    """The guide says: send If-Match with the ETag of your GET. Only the whole
+    configuration's GET had one; a script reading the hooks or the partners had no version
+    to send, and its change could silently undo another's."""
+    headers = bearer(database, gent.id)
+    version = stored_gent(database).version
+    read = client.get(f"/admin/api/{part}", headers=headers)
+    assert read.status_code == 200
+    assert read.headers["etag"] == f'"{version}"'
+
+
 def test_an_if_match_that_is_no_version_number_is_a_400_not_a_500(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
