@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -41,7 +42,12 @@ Command = Callable[[argparse.Namespace, Settings], int]
 KEEP_ALIVE_SECONDS = 75
 
 
-def _schema_is_current(settings: Settings) -> bool:
+SchemaState = Literal["current", "outdated", "newer"]
+
+
+def _schema_state(settings: Settings) -> SchemaState:
+    """Whether the database's schema is this version's, an older one (``db upgrade``), or
+    one a newer version of Kindreflex migrated it to (a revision unknown here)."""
     script = ScriptDirectory.from_config(migrate.alembic_config(settings.database_url))
     engine = create_engine(settings.database_url)
     try:
@@ -49,20 +55,31 @@ def _schema_is_current(settings: Settings) -> bool:
             current = set(MigrationContext.configure(connection).get_current_heads())
     finally:
         engine.dispose()
-    return current == set(script.get_heads())
+    if current - {revision.revision for revision in script.walk_revisions()}:
+        return "newer"
+    return "current" if current == set(script.get_heads()) else "outdated"
+
+
+#: What to do about a schema that is not this version's.
+_SCHEMA_ADVICE: dict[SchemaState, str] = {
+    "outdated": "The database schema is not current: run `kindreflex db upgrade` first.",
+    "newer": (
+        "The database schema is newer than this version of Kindreflex (a newer version "
+        "migrated it): run that version, or restore the backup taken before its "
+        "`kindreflex db upgrade`. Nothing was changed."
+    ),
+}
 
 
 def _on_current_schema(command: Command) -> Command:
     """For a command that works on the service's tables: a database without them, or with
-    an older schema, gets a sentence saying what to do instead of SQL errors."""
+    an older or newer schema, gets a sentence saying what to do instead of SQL errors."""
 
     @functools.wraps(command)
     def checked(args: argparse.Namespace, settings: Settings) -> int:
-        if not _schema_is_current(settings):
-            print(
-                "The database schema is not current: run `kindreflex db upgrade` first.",
-                file=sys.stderr,
-            )
+        state = _schema_state(settings)
+        if state != "current":
+            print(_SCHEMA_ADVICE[state], file=sys.stderr)
             return 2
         return command(args, settings)
 
@@ -81,14 +98,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    if not _schema_is_current(settings):
-        if not settings.is_sqlite:
-            print(
-                "The database schema is not current: run `kindreflex db upgrade` first "
-                "(on PostgreSQL migrations are a separate step, so that instances never race).",
-                file=sys.stderr,
-            )
-            return 2
+    state = _schema_state(settings)
+    if state == "newer" or (state == "outdated" and not settings.is_sqlite):
+        # on PostgreSQL migrations are a separate step, so that instances never race
+        print(_SCHEMA_ADVICE[state], file=sys.stderr)
+        return 2
+    if state == "outdated":
         migrate.upgrade(settings.database_url)
     uvicorn.run(
         "service.app:create_app",
@@ -105,6 +120,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
+    if _schema_state(settings) == "newer":  # alembic would stop on the unknown revision
+        print(_SCHEMA_ADVICE["newer"], file=sys.stderr)
+        return 2
     try:
         migrate.upgrade(settings.database_url)
     except migrate.MigrationLockedError as error:

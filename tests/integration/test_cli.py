@@ -120,6 +120,34 @@ def test_a_command_on_a_database_without_the_schema_says_to_upgrade_it(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [["db", "upgrade"], ["serve", "--port", "0"], ["config", "export"]]
+)
+def test_a_schema_a_newer_version_migrated_is_named_as_such_and_left_alone(
+    command: list[str], database_url: str
+) -> None:
+    """An older image rolled back onto a database a newer release migrated (the README's
+    *Upgrades*). Before, every command said "run `kindreflex db upgrade` first", and
+    `db upgrade` then stopped with alembic's traceback (a revision it cannot locate).
+    Now each says the schema is newer and what to do, and changes nothing."""
+    migrate.upgrade(database_url)
+    newer = "9999_from_a_newer_release"
+    engine = create_engine(database_url)
+    with engine.begin() as connection:  # a head of a migration this version does not have
+        connection.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": newer})
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": database_url}
+    result = subprocess.run([*KINDREFLEX, *command], env=env, capture_output=True, text=True)
+    with engine.connect() as connection:
+        versions = set(
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+        )
+    engine.dispose()
+    assert result.returncode == 2
+    assert "The database schema is newer than this version of Kindreflex" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert newer in versions  # left as it was
+
+
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["config", "export"]])
 def test_an_unreachable_database_is_named_without_its_password(command: list[str]) -> None:
     url = f"postgresql+psycopg://kindreflex:s3cret-pw@127.0.0.1:{free_port()}/kindreflex"
