@@ -1362,6 +1362,16 @@ def _assert_reopened_whole(before: dict[str, Any], after: dict[str, Any]) -> Non
     assert mapping.closure_from_flag(after) is None
 
 
+def _concern_raised(world: World, patient: Any, child: Child) -> str:
+    """A first nurse's niet-pluis about ``child`` raised the patient's concern: the
+    identifier of its Flag, as a search asks for it (``system|value``)."""
+    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
+    assert world.triage.record_triage(first, niet_pluis(first, (child,))).status == "delivered"
+    with world.database.session() as session:
+        (concern,) = session.scalars(select(Concern)).all()
+    return f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+
+
 def test_a_later_niet_pluis_with_nothing_new_reopens_a_flag_closed_in_the_ehr(
     world: World, seeded: SeedResult
 ) -> None:
@@ -1371,11 +1381,7 @@ def test_a_later_niet_pluis_with_nothing_new_reopens_a_flag_closed_in_the_ehr(
     showed no concern though a nurse had just found one. It reopens it now, whole."""
     patient = seeded.patient("jan-janssens")
     lotte = child_aged("Lotte Janssens", 7)
-    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
-    assert world.triage.record_triage(first, niet_pluis(first, (lotte,))).status == "delivered"
-    with world.database.session() as session:
-        (concern,) = session.scalars(select(Concern)).all()
-    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+    identifier = _concern_raised(world, patient, lotte)
     (flag,) = search(world.base_url, "Flag", identifier=identifier)
     closed = httpx.put(f"{world.base_url}/Flag/{flag['id']}", json=_closed_in_the_ehr(flag))
     closed.raise_for_status()
@@ -1492,11 +1498,7 @@ def test_a_later_niet_pluis_the_open_concern_already_says_is_not_said_to_create_
     service and the inspection rely on."""
     patient = seeded.patient("jan-janssens")
     lotte = child_aged("Lotte Janssens", 7)
-    first = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-1")
-    assert world.triage.record_triage(first, niet_pluis(first, (lotte,))).status == "delivered"
-    with world.database.session() as session:
-        (concern,) = session.scalars(select(Concern)).all()
-    identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
+    identifier = _concern_raised(world, patient, lotte)
     (flag,) = search(world.base_url, "Flag", identifier=identifier)
 
     later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
