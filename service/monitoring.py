@@ -202,7 +202,7 @@ class Figures:
 
 def figures(session: Session, tenant_id: int, period: Period) -> Figures:
     """Every figure of ``period`` for the hospital ``tenant_id``."""
-    _read_new_saves(session, tenant_id)
+    read_new_saves(session, tenant_id)
     values = {
         **_card_figures(session, tenant_id, period),
         **_step_figures(session, tenant_id, period),
@@ -265,7 +265,7 @@ def _overridden(session: Session, tenant_id: int, period: Period) -> Value:
 
 
 # -- the saves of steps 1-6 ---------------------------------------------------------------
-# Each save is read once (``_read_new_saves``) into ``monitoring_findings``; the figures are
+# Each save is read once (``read_new_saves``) into ``monitoring_findings``; the figures are
 # then SQL counts over the period's findings whose save reached the hospital's record.
 
 
@@ -350,7 +350,7 @@ def _unreadable(session: Session, tenant_id: int, period: Period) -> int:
     return int(session.scalar(query) or 0)
 
 
-def _read_new_saves(session: Session, tenant_id: int) -> None:
+def read_new_saves(session: Session, tenant_id: int) -> None:
     """Read every save not read yet (of any period) into ``monitoring_findings``.
 
     Idempotent and safe when two reports run at once: rows already there are skipped.

@@ -3,9 +3,11 @@
 * A delivered outbox entry's bundle holds the nurse's or social worker's input (children's
   names, reasons). Once it is on the FHIR server and monitoring has read it into its own
   tables (``monitoring_saves``), the copy here has done its work: after the retention
-  period its payload is emptied. The row itself stays, because audit rows and the
-  worklist refer to it and monitoring reads its delivery state. Entries not yet counted,
-  not delivered (pending, failed, conflict, waiting) or younger are left alone: they may
+  period its payload is emptied. A purge first reads the saves monitoring has not read
+  yet (``monitoring.read_new_saves``; a hospital that never opens its figures would
+  otherwise keep every child's name for good). The row itself stays, because audit rows
+  and the worklist refer to it and monitoring reads its delivery state. Entries not
+  delivered (pending, failed, conflict, waiting) or younger are left alone: they may
   still need a person or a retry.
 * Admin sessions that expired or ended, and bootstrap tokens that expired or were used,
   are deleted (they only hold hashes, but a dead credential has no reason to stay).
@@ -24,6 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Text, cast, delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from service import monitoring
 from service.db.base import Database, utcnow
 from service.db.models import (
     AdminBootstrapToken,
@@ -56,7 +59,7 @@ class Purged:
 
 
 def purge(database: Database, retention: timedelta, now: datetime | None = None) -> Purged:
-    """Empty old delivered payloads already counted by monitoring; drop dead admin access.
+    """Empty old delivered payloads, once monitoring has counted them; drop dead admin access.
 
     One transaction, so a purge interrupted halfway changes nothing. Safe to run again."""
     if retention < timedelta(0):
@@ -66,6 +69,8 @@ def purge(database: Database, retention: timedelta, now: datetime | None = None)
         MonitoringSave.tenant_id == OutboxEntry.tenant_id
     )
     with database.session() as session:
+        for tenant_id in session.scalars(select(OutboxEntry.tenant_id).distinct()).all():
+            monitoring.read_new_saves(session, tenant_id)
         payloads = session.execute(
             update(OutboxEntry)
             .where(
