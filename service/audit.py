@@ -273,13 +273,16 @@ def _matching(query: TrailQuery) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def trail(session: Session, query: TrailQuery) -> Iterator[dict[str, object]]:
+def trail(
+    session: Session, query: TrailQuery, *, leaving_out: int | None = None
+) -> Iterator[dict[str, object]]:
     """The rows in the order they were recorded, each with the delivery state of the save
-    it belongs to (a write's data travels in an outbox entry), streamed, not loaded whole."""
+    it belongs to (a write's data travels in an outbox entry), streamed, not loaded whole;
+    ``leaving_out``: the row recording this reading."""
     rows = session.execute(
         select(AuditRecord, OutboxEntry.state)
         .outerjoin(OutboxEntry, OutboxEntry.id == AuditRecord.outbox_id)
-        .where(*_matching(query))
+        .where(*_matching(query), AuditRecord.id != (leaving_out or 0))
         .order_by(AuditRecord.recorded_at, AuditRecord.id)
         .execution_options(yield_per=500)
     )

@@ -7,7 +7,10 @@ return the process exit code. Messages go to standard error, data to standard ou
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -101,7 +104,9 @@ def bootstrap(settings: Settings, tenant: str | None, minutes: int) -> int:
 
 def show_audit(settings: Settings, tenant: str | None, query: audit.TrailQuery, actor: str) -> int:
     """Print a hospital's audit trail as JSON lines (``query.tenant_id`` is set here from
-    the slug). Reading the trail is itself audited: a ``search-type`` row by ``actor``.
+    the slug). Reading the trail is itself audited: a ``search-type`` row by ``actor``,
+    committed before the first line is printed (a reader that stops early, ``| head``,
+    has still been recorded), and not printed itself.
 
     A patient whose reference the trail has on several FHIR servers is refused unless the
     query names the server: the rows of two people would be printed as one's."""
@@ -110,19 +115,34 @@ def show_audit(settings: Settings, tenant: str | None, query: audit.TrailQuery, 
         query = replace(query, tenant_id=tenants.get(tenant or settings.default_tenant).id)
         with database.session() as session:
             query = audit.one_patient(session, query)
-            for row in audit.trail(session, query):
-                sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
-            sys.stdout.flush()
             read = audit.AuditFact(
                 actor, audit.AuditAction.SEARCH, query.patient_ref, (), "success", utcnow()
             )
-            audit.record_local(session, query.tenant_id, read, query.fhir_base_url)
+            reading = audit.record_local(session, query.tenant_id, read, query.fhir_base_url)
+            session.flush()
+            reading_id = reading.id
+        with database.session() as session, _printed():
+            for row in audit.trail(session, query, leaving_out=reading_id):
+                sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
+            sys.stdout.flush()
     except (UnknownTenantError, audit.AmbiguousPatientError) as error:
         print(f"kindreflex: {error}", file=sys.stderr)
         return 2
     finally:
         database.dispose()
     return 0
+
+
+@contextlib.contextmanager
+def _printed() -> Iterator[None]:
+    """Printing to a reader that may stop early (``| head``, ``less`` quit): its end is the
+    end of the output, not an error (the reading was recorded before)."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python's advice: point standard output elsewhere, so that the flush at exit does
+        # not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 #: What an operator has someone do about an entry, by its state. Waiting: a launch for its
@@ -174,21 +194,22 @@ def _show_undelivered(
 
     The lines name patients: the reading is audited as ``kindreflex audit`` audits its own,
     a ``search-type`` row by ``actor``, here one per patient listed
-    (:func:`audit.record_listing`)."""
+    (:func:`audit.record_listing`), committed before the first line is printed."""
     database, tenants = _directory(settings)
     try:
         tenant_id = None if tenant is None else tenants.get(tenant).id
-        with database.session() as session:
+        with database.session() as session:  # recorded before a line is printed
             entries = outbox.undelivered(session, states, tenant_id)
-            for entry in entries:
-                print(_undelivered_line(entry, show_state=len(states) > 1))
-            sys.stdout.flush()
             listed = (
                 audit.Listed(entry.tenant_id, entry.fhir_base_url, entry.patient_ref)
                 for entry in entries
                 if entry.patient_ref is not None
             )
             audit.record_listing(session, actor, listed, utcnow())  # once per patient
+        with _printed():
+            for entry in entries:
+                print(_undelivered_line(entry, show_state=len(states) > 1))
+            sys.stdout.flush()
     except UnknownTenantError as error:
         print(f"kindreflex: {error}", file=sys.stderr)
         return 2

@@ -247,6 +247,35 @@ def test_the_audit_trail_is_printed_for_one_patient_and_its_reading_is_audited(
     assert "a timestamp needs its offset" in naive.stderr
 
 
+def test_an_audit_trail_read_only_in_part_is_audited_all_the_same(tmp_path: Path) -> None:
+    """`kindreflex audit … | head -1`: the reader stops after a line. Before, the command
+    died on the broken pipe and its own audit row, written after the printing, was rolled
+    back: patients' rows were read and the reading was nowhere. It is recorded before the
+    first line now, and the early end is no error."""
+    url, database, hospital, _other = _two_hospitals(tmp_path)
+    with database.session() as session:  # far more than a pipe holds (64 KiB)
+        for minute in range(2000):
+            fact = _seen("Patient/1", _AT - minute * _MINUTE)
+            audit.record_local(session, hospital.id, fact, _SERVER)
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+    command = [*KINDREFLEX, "audit", "--patient", "Patient/1"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        assert run.stdout is not None
+        assert run.stderr is not None
+        first = json.loads(run.stdout.readline())
+        run.stdout.close()  # as `head -1` does
+        errors = run.stderr.read().decode()
+    with database.session() as session:
+        readings = session.scalars(select(AuditRecord).filter_by(action="search-type")).all()
+    database.dispose()
+    assert first["patient"] == "Patient/1"
+    assert run.returncode == 0, errors
+    assert "Traceback" not in errors
+    assert [(r.patient_ref, r.actor.split(" (")[0]) for r in readings] == [
+        ("Patient/1", "kindreflex audit")
+    ]
+
+
 def test_the_audit_trail_of_a_patient_reference_on_two_fhir_servers_needs_the_server(
     tmp_path: Path,
 ) -> None:
