@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import Counter
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import smart_app
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     # bodies elsewhere are an admin's imports (the partner directory: 5 KiB as YAML, a
     # region's FHIR Bundle some hundred KiB; the configuration YAML).
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(NoStoreByDefault)  # outside BodyLimit: its 413 has the header too
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
 
     if not settings.cds_jwt_required:
@@ -227,6 +228,31 @@ class BodyLimit:
                 raise
         if received > self.limit and not answered:
             await _too_large(scope["path"], self.limit)(scope, receive, send)
+
+
+class NoStoreByDefault:
+    """``Cache-Control: no-store`` on every answer that does not say otherwise (the static
+    assets and the JWKS say how long to keep them). The pages set it themselves; the JSON
+    APIs carry the same children's names and notes (the social worklist and cases, the
+    admin's configuration), and a browser on a shared workstation must not keep them on
+    its disk. (The CDS hooks answer a server's POST, which nothing caches.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
 
 
 def _too_large(path: str, limit: int) -> Response:

@@ -287,6 +287,25 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert len(opened["children"]) == 2
 
 
+def test_the_apis_answers_about_children_are_never_kept_by_the_browser(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The worklist and a case as JSON carry what the pages do (names, the children's
+    birth dates, notes), on workstations several people share. The pages were never
+    cached; these answers, and the API's refusals, had no Cache-Control at all."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    answers = [
+        case.client.get("/api/cases", headers=case.headers),
+        case.client.get(f"/api/cases/{case.id}", headers=case.headers),
+        case.client.get("/api/cases/999999", headers=case.headers),  # not found
+        case.client.get("/api/cases"),  # not signed in
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 404, 401]
+    assert {a.headers.get("cache-control") for a in answers} == {"no-store"}
+
+
 def test_a_case_with_a_step_still_due_is_not_closed(
     database_url: str,
     database: Database,
