@@ -381,7 +381,8 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
     (an audited read, also when the server could not be read)."""
     with database.session() as session:
         summary = social.case_summary(session, ctx.tenant.id, case_id, today=local_today())
-    if summary is None:
+    if summary is None:  # another hospital's id, or none: a refused read all the same
+        audit_refusal(ctx, database, AuditAction.READ)
         return None
     values: dict[str, str] = {}
     try:
@@ -643,7 +644,7 @@ def _save_step(
     if not problems:
         target = f"{ctx.path_prefix}/social/cases/{case_id}?saved={result.status}"
         return RedirectResponse(target, status_code=303)
-    audit_refusal(ctx, database)
+    audit_refusal(ctx, database, case_id=case_id)
     file = _load(ctx, database, work, case_id)
     if file is None:
         return _not_found(ctx)

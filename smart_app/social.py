@@ -319,7 +319,7 @@ def case_file(
     try:
         opened = work.open_case(ctx, case_id)
     except _REFUSALS as error:
-        audit_refusal(ctx, database, AuditAction.READ)
+        audit_refusal(ctx, database, AuditAction.READ, case_id=case_id)
         raise HTTPException(*_refusal(error)) from error
     return _case_file_view(opened)
 
@@ -449,7 +449,7 @@ def _save(
     try:
         result = save()
     except _REFUSALS as error:
-        audit_refusal(ctx, database)
+        audit_refusal(ctx, database, case_id=case_id)
         raise HTTPException(*_refusal(error)) from error
     return StepResponse(
         status=result.status,
@@ -506,11 +506,19 @@ def audit_refusal(
     action: AuditAction = AuditAction.UPDATE,
     patient_ref: str | None = None,
     fhir_base_url: str | None = None,
+    *,
+    case_id: int | None = None,
 ) -> None:
     """A refused change or read, audited as a failure; ``patient_ref``: the patient whose
     data the user was shown all the same, on the FHIR server ``fhir_base_url`` (None: the
-    session's; a case recorded through another EHR has its patient on that EHR's)."""
+    session's; a case recorded through another EHR has its patient on that EHR's).
+    ``case_id``: the case asked for, whose patient (on its server) is then named, so that
+    the refusal is in that patient's trail; a case of no one of this hospital names none."""
     with database.session() as session:
+        if case_id is not None and patient_ref is None:
+            asked = social.case_summary(session, ctx.tenant.id, case_id, today=local_today())
+            if asked is not None:
+                patient_ref, fhir_base_url = asked.patient, asked.fhir_server
         refused = _fact(ctx, action, patient_ref, (), outcome="failure")
         server = fhir_base_url or ctx.fhir_base_url
         audit.record_local(session, ctx.tenant.id, refused, server)
@@ -704,7 +712,7 @@ def _change(
             fact = _fact(ctx, AuditAction.UPDATE, done.patient_ref, (flag,))
             audit.record_local(session, ctx.tenant.id, fact, done.fhir_base_url)
     except (social.CaseNotFoundError, social.CaseConflict, social.InvalidAssigneeError):
-        audit_refusal(ctx, database)
+        audit_refusal(ctx, database, case_id=case_id)
         raise
     return done
 

@@ -181,6 +181,32 @@ def test_a_case_of_another_ehr_shown_on_its_page_is_in_its_patients_trail(
     assert rows == [(SOCIAL_WORKER, "read", "failure")]
 
 
+def test_a_case_page_or_referral_of_no_case_of_this_hospital_is_a_refused_read_on_record(
+    database_url: str, database: Database
+) -> None:
+    """Another hospital's case id, or none, typed into the address bar: the page says the
+    case does not exist. That was not recorded at all (the API's 404 was): a social worker
+    trying ids left no trace for the data-protection officer."""
+    hospital = make_tenant(database, "default", FHIR)
+    app = make_app(database_url, database)
+    worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker")
+    client = TestClient(app)
+
+    pages = [
+        client.get(f"/social/cases/{path}", headers=worker.headers)
+        for path in ("999999", "999999/referral")
+    ]
+
+    assert [page.status_code for page in pages] == [404, 404]
+    with database.session() as session:
+        rows = session.execute(
+            select(
+                AuditRecord.actor, AuditRecord.action, AuditRecord.outcome, AuditRecord.patient_ref
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [(SOCIAL_WORKER, "read", "failure", None)] * 2
+
+
 @pytest.mark.parametrize(
     "answer",
     [b"<html><body>Sign in to the proxy</body></html>", b'{"resourceType": "Patient"}'],

@@ -253,7 +253,11 @@ def test_claim_and_assign_move_the_version_and_are_audited(
         (SOCIAL_WORKER, "failure")  # the wrong assignee and the unknown case; 422 never ran
     ] * 2
     assert {(c.fhir_base_url, c.patient_ref) for c in changes[:3]} == {(other_ehr, "Patient/1")}
-    assert {c.fhir_base_url for c in changes[3:]} == {FHIR}  # no patient: the worker's EHR
+    # the refusal about the case is in its patient's trail; of no case: the worker's EHR
+    assert [(c.fhir_base_url, c.patient_ref) for c in changes[3:]] == [
+        (other_ehr, "Patient/1"),
+        (FHIR, None),
+    ]
     assert changes[0].entities[0].startswith("Flag?identifier=")
 
 
