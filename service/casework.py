@@ -129,12 +129,15 @@ class CaseRecord:
 class Referral:
     """A step 6 referral's own identifier value, the partner Organization it goes to (as
     ``service.admin.partners_io.organization`` publishes the directory entry; created on
-    the server when it is not there yet, matched on its partner identifier) and whom it is
-    about (:func:`referral_about`)."""
+    the server when it is not there yet, matched on its partner identifier), whom it is
+    about (:func:`referral_about`) and whether it follows from acute danger (the case's
+    ``acute_danger`` as the protocol keeps it: a step 2 acute danger or the team decision
+    "acute danger"), which makes its priority stat."""
 
     identifier_value: str
     organization: Resource
     about: tuple[str, ...]
+    acute_danger: bool
 
 
 def referral_about(
@@ -256,6 +259,7 @@ def _add_referral(
         reason_refs=[record.reason_ref],
         about=referral.about,
         identifier=identifier,
+        acute_danger=referral.acute_danger,
     )
     return tx.create(request, identifier)
 
@@ -827,6 +831,7 @@ class Casework:
                 _business_id(ctx, case_id, "referral", now),
                 _organization(ctx, step.partner_id),
                 referral_about(record, case, finding),
+                acute_danger=case.acute_danger,  # the route into step 6 (apply keeps it there)
             )
         plan = step_transaction(
             record,

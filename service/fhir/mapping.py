@@ -26,6 +26,7 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from service.fhir import terminology as t
 from service.fhir.client import FhirUnreadable
 from service.protocol import (
+    ACUTE_DANGER_TARGETS,
     AgreedAction,
     CaseClosure,
     Child,
@@ -64,6 +65,8 @@ from service.protocol import (
 
 __all__ = [
     "PROFILE_OF_STEP",
+    "ROUTINE",
+    "STAT",
     "AddedNote",
     "Resource",
     "UnreadableResourceError",
@@ -82,6 +85,7 @@ __all__ = [
     "meta_on_update",
     "moment",
     "provenance",
+    "referral_priority",
     "referral_service_request",
     "referral_with_status",
     "withdrawn",
@@ -766,12 +770,17 @@ def referral_service_request(
     reason_refs: Sequence[str],
     about: Sequence[str],
     identifier: Mapping[str, str],
+    acute_danger: bool,
     status: str = "active",
 ) -> Resource:
     """The step 6 referral (profile kindreflex-referral).
 
     ``performer_ref``: the partner Organization of the directory; ``reason_refs``: the
     finding(s) that led to step 6 (the step 4 decision, or step 5, or step 2 acute danger).
+    ``acute_danger``: the case's route into step 6 comes from acute danger (the protocol's
+    ``KindreflexCase.acute_danger``); the referral's ``priority`` is then ``stat``, else
+    ``routine``, always written: R4 reads a missing priority as normal, and a parket or
+    police referral read as routine would wait its turn.
     ``about``: whom the referral is about, in ``supportingInfo``: the children's
     RelatedPersons and the expected child's Observation (``casework.referral_about``).
     With none there is no ``supportingInfo`` (FHIR allows no empty array; such a referral
@@ -790,6 +799,7 @@ def referral_service_request(
         "code": t.codeable_concept("record-type", "referral"),
         "subject": _ref(patient_ref),
         "authoredOn": _instant(finding.recorded_at),
+        "priority": _priority(STAT if acute_danger else ROUTINE),
         "requester": _ref(finding.recorded_by),
         "performerType": t.codeable_concept("partner-type", finding.target),
         "performer": [_ref(performer_ref)],
@@ -810,6 +820,34 @@ def referral_service_request(
     return resource
 
 
+#: A referral's priorities (ValueSet referral-priority, of FHIR request-priority): stat,
+#: "actioned immediately - highest possible priority. E.g. an emergency", when it follows
+#: from acute danger; routine otherwise.
+STAT: Final = "stat"
+ROUTINE: Final = "routine"
+
+
+def _priority(code: str) -> str:
+    """A code of the guide's ValueSet referral-priority (checked against the built guide)."""
+    return t.value_set_coding("referral-priority", code)["code"]
+
+
+def referral_priority(request: Mapping[str, Any]) -> str:
+    """The priority of a referral ServiceRequest of ours as read. One written before the
+    service wrote a priority has none: routine, as R4 reads a missing priority, except a
+    referral to the parket or the police, which the protocol allows only with acute
+    danger (``protocol.ACUTE_DANGER_TARGETS``): stat."""
+    written = request.get("priority")
+    if isinstance(written, str) and written:
+        return written
+    system = t.code_system_url("partner-type")
+    codings = _codings(request.get("performerType"))
+    acute = {target.value for target in ACUTE_DANGER_TARGETS}
+    if any(c.get("system") == system and c.get("code") in acute for c in codings):
+        return STAT
+    return ROUTINE
+
+
 def referral_with_status(
     request: Mapping[str, Any],
     status: ReferralStatus,
@@ -820,11 +858,14 @@ def referral_with_status(
 ) -> Resource:
     """The referral ``request`` as read, with a new status; ``note`` is added as an
     annotation naming its author and time (earlier notes stay). Its ``meta`` is the
-    server's (:func:`meta_on_update`)."""
+    server's (:func:`meta_on_update`). A referral written before the service wrote a
+    priority gets the one it is read with (:func:`referral_priority`), which the profile
+    requires."""
     updated: Resource = {
         **request,
         "meta": meta_on_update(request.get("meta"), _meta("kindreflex-referral")),
         "status": status.value,
+        "priority": referral_priority(request),
     }
     if note and note.strip():
         annotation = {"authorReference": _ref(author), "time": _instant(at), "text": note.strip()}

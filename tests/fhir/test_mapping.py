@@ -98,6 +98,7 @@ def test_seed_001_case_maps_to_valid_resources(fhir_validator: ProfileValidator)
             reason_refs=[finding_refs[Step.STEP_5]],
             about=[refs[child.ref] for child in referral_subjects(case, referral)[0]],
             identifier=mapping.identifier("referral"),
+            acute_danger=case.acute_danger,
         )
     )
     written.append(
@@ -414,6 +415,7 @@ def test_a_referral_about_an_expected_child_names_its_observation(
         "performer_ref": VK,
         "reason_refs": ["Observation/s4"],
         "identifier": mapping.identifier("referral"),
+        "acute_danger": False,
     }
     for about in (["Observation/preg-1"], ["RelatedPerson/c1", "Observation/preg-1"]):
         request = mapping.referral_service_request(referral, about=about, **common)
@@ -518,9 +520,11 @@ def test_acute_danger_and_hospital_codes_map_to_valid_resources(
             reason_refs=["Observation/s4"],
             about=["RelatedPerson/c1"],
             identifier=mapping.identifier("referral"),
+            acute_danger=True,
         )
         assert fhir_validator.validate(referral) == []
         assert referral["note"] == [{"text": finding.not_informed_reason}]
+        assert referral["priority"] == "stat"
 
 
 def test_closed_concern_and_update_provenance(fhir_validator: ProfileValidator) -> None:
@@ -879,7 +883,7 @@ def test_a_close_reason_is_read_by_its_code_system_and_an_unknown_one_is_named()
 
 
 def _referral() -> Resource:
-    """A step 6 referral to the VK, as the casework writes it."""
+    """A step 6 referral (to the police, after acute danger), as the casework writes it."""
     return mapping.referral_service_request(
         _casework_findings()[-1],  # type: ignore[arg-type] # the step 6 finding
         patient_ref=PATIENT,
@@ -888,7 +892,49 @@ def _referral() -> Resource:
         reason_refs=["Observation/s4"],
         about=["RelatedPerson/c1"],
         identifier=mapping.identifier("referral"),
+        acute_danger=True,
     )
+
+
+@pytest.mark.parametrize(("acute_danger", "priority"), [(True, "stat"), (False, "routine")])
+def test_a_referral_says_its_priority_stat_after_acute_danger_else_routine(
+    fhir_validator: ProfileValidator, acute_danger: bool, priority: str
+) -> None:
+    """R4 reads a ServiceRequest without priority as normal: a referral made because a
+    child is in acute danger must say stat (actioned immediately), and one that is not says
+    routine rather than leaving it to the reader."""
+    referral = mapping.referral_service_request(
+        _casework_findings()[-1],  # type: ignore[arg-type] # the step 6 finding (police)
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        performer_ref="Organization/police",
+        reason_refs=["Observation/s4"],
+        about=["RelatedPerson/c1"],
+        identifier=mapping.identifier("referral"),
+        acute_danger=acute_danger,
+    )
+    vk = {**referral, "performerType": terminology.codeable_concept("partner-type", "vk")}
+
+    assert vk["priority"] == priority
+    assert fhir_validator.validate(vk) == []
+    assert mapping.referral_priority(vk) == priority
+
+
+@pytest.mark.parametrize(("target", "priority"), [("vk", "routine"), ("police", "stat")])
+def test_a_referral_written_without_priority_is_read_and_updated_with_one(
+    fhir_validator: ProfileValidator, target: str, priority: str
+) -> None:
+    """Referrals written before the service wrote a priority are on the hospitals' servers:
+    read as routine (R4's meaning of a missing priority), one to the parket or the police
+    (allowed only with acute danger) as stat; a status update writes that priority, which
+    the profile now requires."""
+    written = {k: v for k, v in _referral().items() if k != "priority"}
+    old = {**written, "performerType": terminology.codeable_concept("partner-type", target)}
+
+    assert mapping.referral_priority(old) == priority
+    updated = mapping.referral_with_status(old, ReferralStatus.ON_HOLD, author=NURSE, at=NOW)
+    assert updated["priority"] == priority
+    assert fhir_validator.validate(updated) == []
 
 
 def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileValidator) -> None:

@@ -165,6 +165,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
 
     (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
     assert validate(request) == []
+    assert request["priority"] == "routine"  # no acute danger: said, not left to R4
     step_system = terminology.code_system_url("kindreflex-step")
     (decision,) = search(
         case.base_url, "Observation", subject=case.patient, code=f"{step_system}|step-4"
@@ -797,6 +798,35 @@ def test_acute_danger_is_marked_on_the_worklist_until_the_team_decides_otherwise
     assert willing.status_code == 200, willing.text
     (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert listed["acute_danger"] is False
+
+
+def test_a_referral_to_the_police_after_the_teams_acute_danger_is_stat(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The team finds acute danger and involves the police: the ServiceRequest on the
+    EHR's server says priority stat (to be actioned immediately). Without it R4 reads the
+    referral as of normal priority, and the police's or the parket's queue as routine."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    decided = case.decide("acute-danger", case.row_version)
+    assert decided.status_code == 200, decided.text
+
+    referred = case.send(
+        "step-6",
+        {
+            "row_version": decided.json()["row_version"],
+            "partner_id": "politie",
+            "with_cooperation": False,
+            "patient_informed": True,
+        },
+    )
+
+    assert referred.status_code == 200, referred.text
+    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    assert request["performerType"]["coding"][0]["code"] == "police"
+    assert request["priority"] == "stat"
+    assert validate(request) == []
 
 
 def test_the_social_workers_text_reaches_fhir_clean_and_a_garbled_reference_is_refused(

@@ -136,7 +136,9 @@ def _referral_to_the_vk(record: CaseRecord, run: str) -> dict[str, Any]:
         record,
         referral,
         finding_identifier=f"s6-{run}",
-        referral=Referral(f"r-{run}", vk_organization(), tuple(record.child_refs.values())),
+        referral=Referral(
+            f"r-{run}", vk_organization(), tuple(record.child_refs.values()), acute_danger=False
+        ),
         now=utcnow(),
     ).bundle
 

@@ -155,7 +155,9 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
         _record(reason_ref="Observation/step-4"),
         referral,
         finding_identifier="f-6",
-        referral=Referral("referral-1", vk_organization(), tuple(CHILDREN.values())),
+        referral=Referral(
+            "referral-1", vk_organization(), tuple(CHILDREN.values()), acute_danger=False
+        ),
         now=EPISODE_3,
     ).bundle
 
@@ -168,6 +170,7 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
     assert service_request["reasonReference"] == [{"reference": "Observation/step-4"}]
     assert {r["reference"] for r in service_request["supportingInfo"]} == set(CHILDREN.values())
     assert service_request["requester"] == {"reference": SOCIAL_WORKER}
+    assert service_request["priority"] == "routine"  # said, not left to R4's default
     (observation,) = _entries(bundle, "Observation")
     assert observation["resource"]["basedOn"] == [{"reference": request["fullUrl"]}]
     (flag,) = _entries(bundle, "Flag")
@@ -212,6 +215,7 @@ def _referral_as_read(status: str) -> dict[str, Any]:
         reason_refs=["Observation/decision"],
         about=tuple(CHILDREN.values()),
         identifier=mapping.identifier("referral", "referral-1"),
+        acute_danger=False,
         status=status,
     )
     return {**request, "id": "referral-1", "meta": {**request["meta"], "versionId": "2"}}

@@ -13,3 +13,4 @@ Alias: $be-nihdi-professional = https://www.ehealth.fgov.be/standards/fhir/core/
 Alias: $be-cbe = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/cbe
 Alias: $be-nihdi-organization = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi-organization
 Alias: $request-status = http://hl7.org/fhir/request-status
+Alias: $request-priority = http://hl7.org/fhir/request-priority

@@ -62,6 +62,11 @@ Description: "When the patient was not informed before the referral, a note says
 Severity: #error
 Expression: "extension.where(url = 'https://kindreflex-ed.be/fhir/StructureDefinition/patient-informed' and (value as boolean) = false).exists() implies note.where(text.replace(' ', '').length() > 0).exists()"
 
+Invariant: kr-ref-2
+Description: "A referral to the parket or the police follows from acute danger (the protocol allows them only then): its priority is stat."
+Severity: #error
+Expression: "performerType.coding.where(system = 'https://kindreflex-ed.be/fhir/CodeSystem/partner-type' and (code = 'parket' or code = 'police')).exists() implies priority = 'stat'"
+
 Invariant: kr-prov-1
 Description: "One agent is the author (provenance-participant-type author): the user who recorded the data."
 Severity: #error

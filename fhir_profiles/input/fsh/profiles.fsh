@@ -235,7 +235,7 @@ Profile: KindreflexReferral
 Parent: ServiceRequest
 Id: kindreflex-referral
 Title: "Kindreflex referral (step 6)"
-Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo who the referral is about: the children it names or, naming none, the minor children and the expected child (the Kindreflex concerns minors, from pregnancy on)."
+Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo who the referral is about: the children it names or, naming none, the minor children and the expected child (the Kindreflex concerns minors, from pregnancy on). priority is always written: stat when the referral follows from acute danger (the case's acute-danger route: a step 2 acute danger or the step 4 decision acute-danger; always so for the parket and the police), else routine. stat, not urgent: R4 request-priority defines urgent as 'actioned promptly' and stat as 'actioned immediately - highest possible priority, e.g. an emergency', and a child's integrity in acute danger is that emergency. A referral written before priority was required has none: it is read as routine (R4's meaningWhenMissing), one to the parket or the police as stat, and its next status update writes that priority."
 * insert BusinessIdentifier(referral)
 * extension contains PatientInformedExt named patientInformed 1..1 MS
 * extension[patientInformed].value[x] MS
@@ -247,6 +247,10 @@ Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acut
 * subject only Reference(Patient)
 * encounter MS
 * authoredOn 1..1 MS
+* priority 1..1 MS
+* priority from KindreflexReferralPriorityVS (required)
+* priority ^short = "stat when the referral follows from acute danger, else routine (always written)"
+* priority ^comment = "stat when the case's route into step 6 comes from acute danger (a step 2 finding with acute danger, or the step 4 team decision acute-danger): the only route to the parket or the police, and also a VK or OCJ referral made then. Otherwise routine, written rather than left to R4's meaningWhenMissing (normal priority), so that a reader never has to guess. Why stat and not urgent or asap: FHIR R4 request-priority defines urgent as 'actioned promptly', asap as 'as soon as possible', and stat as 'actioned immediately - highest possible priority, e.g. an emergency'; a child's integrity in acute danger is that emergency. A referral written before this element was required has none: read it as routine (R4's meaning), except one to the parket or the police, which the protocol allows only with acute danger (stat); its next status update writes that priority."
 * requester 1..1 MS
 * requester only Reference(Practitioner or PractitionerRole)
 * performerType 1..1 MS
@@ -265,7 +269,7 @@ Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acut
 * status ^short = "active | on-hold | completed | revoked: kept up to date as the referral proceeds"
 * note MS
 * note ^short = "Why the patient was not informed first; the social worker's notes, one per status change (time, author)"
-* obeys kr-ref-1
+* obeys kr-ref-1 and kr-ref-2
 
 Profile: KindreflexOpenConcern
 Parent: Flag

@@ -199,3 +199,11 @@ Description: "The statuses a Kindreflex referral goes through (a subset of FHIR 
 * include $request-status#on-hold
 * include $request-status#completed
 * include $request-status#revoked
+
+ValueSet: KindreflexReferralPriorityVS
+Id: referral-priority
+Title: "Referral priority"
+Description: "The priorities a Kindreflex referral is written with (a subset of FHIR request-priority): stat when it follows from acute danger (to be actioned immediately: an emergency), else routine."
+* insert KRValueSet(referral-priority, Referral priority)
+* include $request-priority#routine "Routine"
+* include $request-priority#stat "STAT"

@@ -151,6 +151,7 @@ RuleSet: ReferralContent(id, patient, encounter, requester, vk, reason, noah, em
 * subject.reference = "{patient}"
 * encounter.reference = "{encounter}"
 * authoredOn = "2026-05-18T13:00:00+02:00"
+* priority = #routine
 * requester.reference = "{requester}"
 * performerType = PartnerTypeCS#vk "Vertrouwenscentrum Kindermishandeling (VK)"
 * performer[0].reference = "{vk}"

@@ -140,11 +140,33 @@ Usage: #example
 * subject.reference = "Patient/kr-father-002"
 * encounter.reference = "Encounter/kr-enc-9"
 * authoredOn = "2026-11-24T15:30:00+01:00"
+* priority = #routine
 * requester.reference = "Practitioner/kr-social-1"
 * performerType = PartnerTypeCS#vk "Vertrouwenscentrum Kindermishandeling (VK)"
 * performer[0].reference = "Organization/VkOostVlaanderen"
 * reasonReference[0].reference = "Observation/kr-step4-father-002"
 * supportingInfo[0].reference = "Observation/ExpectingChildPartner"
+
+Instance: ReferralPoliceAcuteDanger
+InstanceOf: KindreflexReferral
+Title: "Example: referral to the police with acute danger (priority stat)"
+Usage: #example
+* identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/referral"
+* identifier[kindreflex].value = "0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a24"
+* extension[patientInformed].valueBoolean = false
+* status = #active
+* intent = #order
+* code = RecordTypeCS#referral
+* subject.reference = "Patient/kr-mother-001"
+* encounter.reference = "Encounter/kr-enc-3"
+* authoredOn = "2026-05-18T23:40:00+02:00"
+* priority = #stat
+* requester.reference = "Practitioner/kr-social-1"
+* performerType = PartnerTypeCS#police "Politie"
+* performer[0].reference = "Organization/kr-police-zone"
+* reasonReference[0].reference = "Observation/kr-step4-acute-danger"
+* supportingInfo[0].reference = "RelatedPerson/ChildNoah"
+* note[0].text = "De partner is agressief aanwezig; de patiënte wordt geïnformeerd zodra de kinderen veilig zijn."
 
 Instance: OpenConcernExample
 InstanceOf: KindreflexOpenConcern
