@@ -209,10 +209,17 @@ def write_profiles(guide: Guide) -> str:
         lines += extension_section(guide, sd)
     lines += ["## Business identifiers", ""]
     lines += [
-        "Every resource Kindreflex writes carries an identifier in one of these systems "
-        "(value: a UUID); writes are conditional creates on it, so a repeated write does not "
-        "duplicate. Provenance has no identifier in R4: it is written with a PUT on a "
-        "client-assigned id.",
+        "Every resource Kindreflex writes, except Provenance and AuditEvent, carries an "
+        "identifier in one of these systems (value: a UUID). A new one is a conditional "
+        "create on it (`POST` with `If-None-Exist`), so a repeated write does not duplicate; "
+        "a change of one the server holds (a child, a referral's status, the concern Flag) "
+        "is a `PUT` with `If-Match` on the version read. Provenance and AuditEvent have no "
+        "identifier in R4: each save writes one of each as a plain create (`POST`, the "
+        "server assigns the id) in the same transaction as the resources they describe, so "
+        "they are written when those are and only then. A save's transaction is sent once: "
+        "before a retry the service searches for a resource only that transaction creates "
+        "and, finding it, does not send it again (docs/architecture.md, sections 'The "
+        "write path' and 'Audit').",
         "",
     ]
     rows: list[Sequence[object]] = []
@@ -339,11 +346,19 @@ def write_index(guide: Guide) -> str:
         "",
         "## Who writes what",
         "",
-        "Every Kindreflex resource has `subject`/`patient` = the adult patient, the "
-        "`encounter` in which it was recorded, the user who recorded it (`performer`, "
-        "`requester` or `author`, a Practitioner via the SMART `fhirUser`), a business "
-        "identifier, and a `Provenance` (kindreflex-provenance) whose `target` lists the "
-        "resources written together and whose author agent is the user.",
+        "Every Kindreflex resource about a patient has `subject`/`patient` = the adult "
+        "patient and a business identifier. The step findings, the expecting-child "
+        "Observation and the referral name the user who recorded them (`performer` or "
+        "`requester`, a Practitioner via the SMART `fhirUser`) and the `encounter`, the ED "
+        "visit (for the social worker's steps, the visit that raised the concern), when the "
+        "EHR launched with one. The open-concern Flag names its `author` but no encounter "
+        "(`encounter` 0..0: in R4 a Flag's encounter makes it relevant only during that "
+        "visit, and the concern must warn at every later presentation); a child "
+        "(RelatedPerson) names neither, as it belongs to no one visit. The partner "
+        "Organizations are entries of the regional directory. Each save writes, in its "
+        "transaction, a `Provenance` (kindreflex-provenance) whose `target` lists the "
+        "resources that save wrote and whose author agent is the user who saved, and an "
+        "`AuditEvent`.",
         "",
         "## The six steps and their resources",
         "",

@@ -1050,13 +1050,14 @@ def provenance(
     recorded: datetime,
     encounter_ref: str | None = None,
     update: bool = False,
-    resource_id: str | None = None,
 ) -> Resource:
-    """Who wrote ``targets`` (profile kindreflex-provenance).
+    """Who wrote ``targets`` (profile kindreflex-provenance): one save's writes, by the
+    user who saved.
 
     R4 Provenance has no encounter nor identifier: ``encounter_ref`` is accepted for the
-    callers' convenience and not written; give ``resource_id`` (a UUID) to write it with
-    an idempotent PUT.
+    callers' convenience and not written. Without an identifier there is no conditional
+    create: the callers add it to the save's own transaction as a plain create
+    (``TransactionBuilder.add``), which the outbox sends once (its witness).
     """
     del encounter_ref  # no such element in R4 Provenance
     if not targets:
@@ -1076,8 +1077,6 @@ def provenance(
             }
         ],
     }
-    if resource_id:
-        resource["id"] = resource_id
     return resource
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.fhir import mapping
+from service.outbox import TransactionBuilder
 from tests.support.validator import FHIR_PROFILES_DIR, ProfileValidator
 
 RESOURCES = FHIR_PROFILES_DIR / "fsh-generated" / "resources"
 INVALID = FHIR_PROFILES_DIR / "examples" / "invalid"
 DEFINITIONAL = ("CodeSystem", "ValueSet", "StructureDefinition", "NamingSystem")
+_NOW = datetime(2026, 3, 9, 16, 1, tzinfo=UTC)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -62,7 +66,7 @@ def test_there_are_invalid_examples() -> None:
 
 def test_seed_001_bundle_entries_each_validate(fhir_validator: ProfileValidator) -> None:
     results = fhir_validator.validate_bundle_entries(_bundle())
-    assert len(results) == 15
+    assert len(results) == 17
     assert {url: errors for url, errors in results.items() if errors} == {}
 
 
@@ -74,9 +78,7 @@ def test_seed_001_bundle_is_an_idempotent_transaction() -> None:
         resource, request = entry["resource"], entry["request"]
         assert resource["meta"]["profile"], entry["fullUrl"]
         if resource["resourceType"] == "Provenance":
-            # no identifier in R4: a PUT on a client-assigned id is the idempotent write
-            assert request == {"method": "PUT", "url": f"Provenance/{resource['id']}"}
-            continue
+            continue  # no identifier in R4: see the test below
         ours = [i for i in resource["identifier"] if "kindreflex-ed.be" in i["system"]]
         assert request["method"] == "POST"
         by_identifier = f"identifier={ours[0]['system']}|{ours[0]['value']}"
@@ -103,3 +105,29 @@ def test_seed_001_bundle_tells_the_three_episodes() -> None:
     assert len(encounters) == 3
     referral = next(r for r in resources if r["resourceType"] == "ServiceRequest")
     assert referral["performerType"]["coding"][0]["code"] == "vk"
+
+
+def test_seed_001_provenances_are_written_as_the_service_writes_them() -> None:
+    """The seed Bundle shows what the service does: each save's Provenance is a plain
+    create in the save's transaction (``TransactionBuilder.add``: R4 Provenance has no
+    identifier to create it conditionally on), and each names its own save's author: a
+    step finding or a referral is a target only of a Provenance by the user who recorded
+    it. Before, the example PUT each Provenance on an id the service never assigns, and
+    made the social worker the author of the nurse's step 2 and of the Flag she raised."""
+    tx = TransactionBuilder()
+    tx.add(mapping.provenance(targets=["Flag/1"], author="Practitioner/x", recorded=_NOW))
+    (service_entry,) = tx.bundle()["entry"]
+    entries = [e for e in _bundle()["entry"] if e["resource"]["resourceType"] == "Provenance"]
+    by_url = {e["fullUrl"]: e["resource"] for e in _bundle()["entry"]}
+    assert len(entries) == 5  # one per save: 2 triage saves, 3 step saves
+    for entry in entries:
+        provenance = entry["resource"]
+        assert entry["request"] == service_entry["request"]
+        (author,) = [a["who"]["reference"] for a in provenance["agent"]]
+        for target in provenance["target"]:
+            written = by_url[target["reference"]]
+            recorders = [p["reference"] for p in written.get("performer", [])]
+            if written["resourceType"] == "ServiceRequest":
+                recorders = [written["requester"]["reference"]]
+            if written["resourceType"] == "Observation" or recorders:
+                assert recorders == [author], (target, author)

@@ -111,9 +111,7 @@ def test_seed_001_case_maps_to_valid_resources(fhir_validator: ProfileValidator)
         )
     )
     written.append(
-        mapping.provenance(
-            targets=[_uuid(i) for i in range(1, 4)], author=NURSE, recorded=NOW, resource_id="p1"
-        )
+        mapping.provenance(targets=[_uuid(i) for i in range(1, 4)], author=NURSE, recorded=NOW)
     )
     assert len(written) == 2 + 7 + 3
     for resource in written:

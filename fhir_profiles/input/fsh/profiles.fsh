@@ -300,7 +300,7 @@ Profile: KindreflexProvenance
 Parent: Provenance
 Id: kindreflex-provenance
 Title: "Kindreflex provenance"
-Description: "Who wrote the Kindreflex resources: target = the resources written together, agent author = the user (Practitioner via fhirUser), recorded = when; activity UPDATE when one of them was updated, else CREATE. A recorded child the nurse only confirmed is referenced by the step 1 finding and is not a target: nothing of it was written. Provenance has no identifier in R4: the service gives it a client-assigned id (PUT) or writes it in the same transaction as its targets."
+Description: "Who wrote the Kindreflex resources of one save: target = the resources that save wrote, agent author = the user who saved (Practitioner via fhirUser), recorded = when; activity UPDATE when one of them was updated, else CREATE. One Provenance per save: a nurse's triage save and a social worker's step save are separate saves with separate Provenances, each naming its own author. A recorded child the nurse only confirmed is referenced by the step 1 finding and is not a target: nothing of it was written. Provenance has no identifier in R4: the service writes it as a plain create (POST, id assigned by the server) in the same transaction as its targets, and sends a transaction once (before a retry it searches for a resource only that transaction creates), so it is not written twice."
 * target 1..* MS
 * recorded MS
 * occurred[x] only dateTime

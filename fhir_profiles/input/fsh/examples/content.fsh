@@ -179,8 +179,8 @@ RuleSet: VkContent
 * telecom[0].system = #phone
 * telecom[0].value = "09 216 73 30"
 
-RuleSet: ProvenanceAuthor(author, time)
+RuleSet: ProvenanceAuthor(author, time, activity)
 * recorded = "{time}"
-* activity = $v3-DataOperation#CREATE
+* activity = $v3-DataOperation#{activity}
 * agent[0].type = $provenance-participant-type#author
 * agent[0].who.reference = "{author}"

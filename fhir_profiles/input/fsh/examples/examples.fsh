@@ -199,4 +199,4 @@ Usage: #example
 * target[0].reference = "Observation/Step6Example"
 * target[1].reference = "ServiceRequest/ReferralExample"
 * target[2].reference = "Flag/OpenConcernExample"
-* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-05-18T13:01:00+02:00)
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-05-18T13:01:00+02:00, UPDATE)

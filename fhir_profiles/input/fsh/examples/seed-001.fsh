@@ -1,9 +1,14 @@
 // The whole seed 001 worked case (three episodes) as one transaction Bundle.
-// Every entry is a conditional create on its business identifier (idempotent), except
-// Provenance (no identifier in R4): a PUT on a client-assigned id. References between
-// entries are urn:uuid; Patient, Encounter and Practitioner live on the hospital's server.
-// The Flag is the concern's state after episode 3 (opened at episode 2). Generated once
-// from the story in content.fsh; edit freely.
+// Every entry but the Provenances is a conditional create on its business identifier
+// (idempotent). A Provenance has no identifier in R4: as the service writes it, it is a
+// plain create (POST) in the same transaction as the resources it names, one per save
+// (the nurse's triage saves, the social worker's step saves), each naming what that save
+// wrote and its author; the service sends a transaction once (the outbox asks the server
+// for a resource only it creates before a retry), so it is not written twice.
+// References between entries are urn:uuid; Patient, Encounter and Practitioner live on
+// the hospital's server. The Flag is the concern's state after episode 3 (raised by the
+// nurse at episode 2, updated by each step the social worker saved). Generated once from
+// the story in content.fsh; edit freely.
 
 Instance: Seed001Noah
 InstanceOf: KindreflexChild
@@ -86,36 +91,47 @@ Usage: #inline
 
 Instance: Seed001Provenance1
 InstanceOf: KindreflexProvenance
-Title: "Seed 001 episode 1: authorship"
+Title: "Seed 001 episode 1: the nurse's triage save"
 Usage: #inline
-* id = "5eed0001-0000-4000-8000-000000000041"
 * target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000001"
 * target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000002"
 * target[2].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000011"
 * target[3].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000012"
 * target[4].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000013"
-* insert ProvenanceAuthor(Practitioner/kr-nurse-1, 2026-01-12T10:41:00+01:00)
+* insert ProvenanceAuthor(Practitioner/kr-nurse-1, 2026-01-12T10:41:00+01:00, CREATE)
 
 Instance: Seed001Provenance2
 InstanceOf: KindreflexProvenance
-Title: "Seed 001 episode 2: authorship"
+Title: "Seed 001 episode 2: the nurse's triage save (niet-pluis, the concern raised)"
 Usage: #inline
-* id = "5eed0001-0000-4000-8000-000000000042"
 * target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000017"
 * target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
-* target[2].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000014"
-* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-03-09T16:01:00+01:00)
+* insert ProvenanceAuthor(Practitioner/kr-nurse-1, 2026-03-09T14:01:00+01:00, CREATE)
 
 Instance: Seed001Provenance3
 InstanceOf: KindreflexProvenance
-Title: "Seed 001 episode 3: authorship"
+Title: "Seed 001 episode 2: the social worker's step 4 save"
 Usage: #inline
-* id = "5eed0001-0000-4000-8000-000000000043"
+* target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000014"
+* target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-03-09T16:01:00+01:00, UPDATE)
+
+Instance: Seed001Provenance4
+InstanceOf: KindreflexProvenance
+Title: "Seed 001 episode 3: the social worker's step 5 save"
+Usage: #inline
 * target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000015"
-* target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000021"
-* target[2].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000016"
-* target[3].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
-* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-05-18T13:01:00+02:00)
+* target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-05-18T11:31:00+02:00, UPDATE)
+
+Instance: Seed001Provenance5
+InstanceOf: KindreflexProvenance
+Title: "Seed 001 episode 3: the social worker's step 6 save (the referral)"
+Usage: #inline
+* target[0].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000021"
+* target[1].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000016"
+* target[2].reference = "urn:uuid:5eed0001-0000-4000-8000-000000000030"
+* insert ProvenanceAuthor(Practitioner/kr-social-1, 2026-05-18T13:01:00+02:00, UPDATE)
 
 Instance: Seed001Bundle
 InstanceOf: Bundle
@@ -185,13 +201,21 @@ Usage: #example
 * entry[11].request.ifNoneExist = "identifier=https://kindreflex-ed.be/fhir/sid/finding|5eed0001-0000-4000-8000-000000000016"
 * entry[12].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000041"
 * entry[12].resource = Seed001Provenance1
-* entry[12].request.method = #PUT
-* entry[12].request.url = "Provenance/5eed0001-0000-4000-8000-000000000041"
+* entry[12].request.method = #POST
+* entry[12].request.url = "Provenance"
 * entry[13].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000042"
 * entry[13].resource = Seed001Provenance2
-* entry[13].request.method = #PUT
-* entry[13].request.url = "Provenance/5eed0001-0000-4000-8000-000000000042"
+* entry[13].request.method = #POST
+* entry[13].request.url = "Provenance"
 * entry[14].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000043"
 * entry[14].resource = Seed001Provenance3
-* entry[14].request.method = #PUT
-* entry[14].request.url = "Provenance/5eed0001-0000-4000-8000-000000000043"
+* entry[14].request.method = #POST
+* entry[14].request.url = "Provenance"
+* entry[15].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000044"
+* entry[15].resource = Seed001Provenance4
+* entry[15].request.method = #POST
+* entry[15].request.url = "Provenance"
+* entry[16].fullUrl = "urn:uuid:5eed0001-0000-4000-8000-000000000045"
+* entry[16].resource = Seed001Provenance5
+* entry[16].request.method = #POST
+* entry[16].request.url = "Provenance"
