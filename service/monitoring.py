@@ -32,6 +32,7 @@ inspector needs exact numbers that add up.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import statistics
@@ -480,9 +481,24 @@ def measure_report(result: Figures, *, reporter: str, generated_at: datetime) ->
     }
 
 
+def _population_code(figure: Figure) -> dict[str, Any]:
+    """The code of the one population of ``figure``'s group, as the guide's Measure defines
+    it: a cohort measure's initial-population (FHIR's measure-population, to which the
+    element is bound); the figure itself is the group's code."""
+    measure = terminology.guide().examples[f"Measure/{MEASURE_ID}"]
+    for group in measure["group"]:
+        if any(c.get("code") == figure.value for c in group["code"]["coding"]):
+            return copy.deepcopy(dict(group["population"][0]["code"]))
+    raise terminology.GuideError(f"the Measure {MEASURE_ID} has no group {figure.value}")
+
+
 def _group(figure: Figure, value: Value) -> dict[str, Any]:
     code = {"coding": [terminology.coding("monitoring-figure", figure.value)]}
-    group: dict[str, Any] = {"code": code, "population": [{"code": code, "count": value.count}]}
+    population = _population_code(figure)
+    group: dict[str, Any] = {
+        "code": code,
+        "population": [{"code": population, "count": value.count}],
+    }
     if value.hours is not None:
         group["measureScore"] = {"value": value.hours, "unit": "h", "system": _UCUM, "code": "h"}
     breakdown = BREAKDOWN_OF.get(figure)
@@ -491,7 +507,10 @@ def _group(figure: Figure, value: Value) -> dict[str, Any]:
             {
                 "code": [{"coding": [terminology.coding("monitoring-breakdown", breakdown.value)]}],
                 "stratum": [
-                    {"value": _stratum_value(breakdown, key), "population": [{"count": count}]}
+                    {
+                        "value": _stratum_value(breakdown, key),
+                        "population": [{"code": population, "count": count}],
+                    }
                     for key, count in sorted(value.breakdown.items())
                 ],
             }

@@ -608,12 +608,18 @@ def test_the_measure_report_is_valid_r4_on_the_guides_measure(world: World) -> N
     assert [g["code"]["coding"][0]["code"] for g in report["group"]] == [
         g["code"]["coding"][0]["code"] for g in measure["group"]
     ]
+    initial = {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/measure-population",
+                "code": "initial-population",
+                "display": "Initial Population",
+            }
+        ]
+    }
     for ours, defined in zip(report["group"], measure["group"], strict=True):
-        population = ours["population"][0]
-        assert (
-            population["code"]["coding"][0]["code"]
-            == defined["population"][0]["code"]["coding"][0]["code"]
-        )
+        (population,) = ours["population"]
+        assert population["code"] == defined["population"][0]["code"] == initial  # a cohort
         stratifiers = [s["code"][0]["coding"][0]["code"] for s in ours.get("stratifier", [])]
         assert stratifiers == [
             s["code"]["coding"][0]["code"] for s in defined.get("stratifier", [])
@@ -624,7 +630,7 @@ def test_the_measure_report_is_valid_r4_on_the_guides_measure(world: World) -> N
     assert by_code["referrals"]["stratifier"][0]["stratum"] == [
         {
             "value": {"coding": [terminology.coding("partner-type", "vk")]},
-            "population": [{"count": 1}],
+            "population": [{"code": initial, "count": 1}],
         }
     ]
 

@@ -14,3 +14,4 @@ Alias: $be-cbe = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/cb
 Alias: $be-nihdi-organization = https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi-organization
 Alias: $request-status = http://hl7.org/fhir/request-status
 Alias: $request-priority = http://hl7.org/fhir/request-priority
+Alias: $measure-population = http://terminology.hl7.org/CodeSystem/measure-population

@@ -43,9 +43,12 @@ Description: "What a monitoring figure is broken down by (MeasureReport stratifi
 * #referral-target "Doel van de doorverwijzing" "The referral's target (partner-type)."
 * insert Tr(referral-target, Destinataire de l'orientation, Referral target)
 
+// A cohort measure: each figure is a group (group.code: the figure), whose one population
+// is the initial population it counts (population.code is bound extensibly to FHIR's
+// measure-population; a cohort measure has only the initial population).
 RuleSet: Figure(code, description)
 * group[+].code = MonitoringFigureCS#{code}
-* group[=].population[+].code = MonitoringFigureCS#{code}
+* group[=].population[+].code = $measure-population#initial-population "Initial Population"
 * group[=].population[=].description = "{description}"
 * group[=].population[=].criteria.language = #text/plain
 * group[=].population[=].criteria.expression = "computed by the Kindreflex-ED service from its own records (service/monitoring.py)"
