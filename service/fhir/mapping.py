@@ -529,10 +529,23 @@ def expecting_observation(
     if encounter_ref:
         resource["encounter"] = _ref(encounter_ref)
     if expecting.expected_date is not None:
-        resource["component"] = [
-            _component("expected-delivery-date", valueDateTime=expecting.expected_date.isoformat())
-        ]
+        component = _component(
+            "expected-delivery-date", valueDateTime=expecting.expected_date.isoformat()
+        )
+        component["code"]["coding"].append(_loinc_expected_delivery_date())
+        resource["component"] = [component]
     return resource
+
+
+#: The element of the expecting-child profile whose pattern is the LOINC coding of the
+#: expected delivery date (11778-8 Delivery date Estimated).
+_LOINC_DELIVERY_DATE = "Observation.component:expectedDeliveryDate.code.coding:loinc"
+
+
+def _loinc_expected_delivery_date() -> dict[str, str]:
+    """LOINC's code of the expected delivery date, written beside ours so that a reader who
+    knows LOINC and not the guide finds the date (design: reuse LOINC where it exists)."""
+    return dict(t.element_pattern("kindreflex-expecting-child", _LOINC_DELIVERY_DATE))
 
 
 @_reads
@@ -1275,12 +1288,22 @@ def added_notes(resource: Mapping[str, Any]) -> tuple[AddedNote, ...]:
 
 
 def _components_by_code(raw: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """The components by their code of finding-component; a component coded only with
+    another system's code the guide writes beside ours (LOINC 11778-8 for the expected
+    delivery date) is found under ours, and one coded with both is found once."""
     system = t.code_system_url("finding-component")
+    loinc = _loinc_expected_delivery_date()
+    others = {(loinc["system"], loinc["code"]): "expected-delivery-date"}
     result: dict[str, list[Mapping[str, Any]]] = {}
     for component in raw:
+        codes = set()
         for coding in component.get("code", {}).get("coding", []):
             if coding.get("system") == system:
-                result.setdefault(str(coding.get("code")), []).append(component)
+                codes.add(str(coding.get("code")))
+            elif (ours := others.get((coding.get("system"), coding.get("code")))) is not None:
+                codes.add(ours)
+        for code in sorted(codes):
+            result.setdefault(code, []).append(component)
     return result
 
 

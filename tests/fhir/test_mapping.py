@@ -312,6 +312,44 @@ def test_expecting_child(fhir_validator: ProfileValidator, expected_date: date |
     assert ("component" in resource) is (expected_date is not None)
 
 
+LOINC_DELIVERY_DATE = {
+    "system": "http://loinc.org",
+    "code": "11778-8",
+    "display": "Delivery date Estimated",
+}
+
+
+@pytest.mark.parametrize("kept", ["both", "ours", "loinc"])
+def test_the_expected_delivery_date_is_coded_with_loinc_beside_ours_and_read_by_either(
+    fhir_validator: ProfileValidator, kept: str
+) -> None:
+    """The due date carries LOINC 11778-8 beside the guide's code, so that a reader who
+    knows LOINC and not this guide finds it (before: the guide's code only). It is read
+    back by either coding: Observations written before have only ours, and an EHR may
+    keep only LOINC's."""
+    due = date(2027, 4, 15)
+    written = mapping.expecting_observation(
+        ExpectedChild(PregnancyOf.PATIENT, due),
+        patient_ref=PATIENT,
+        encounter_ref=None,
+        performer=NURSE,
+        recorded_at=NOW,
+        identifier=mapping.identifier("finding"),
+    )
+    (component,) = written["component"]
+    ours = terminology.coding("finding-component", "expected-delivery-date")
+    assert component["code"]["coding"] == [ours, LOINC_DELIVERY_DATE]
+    assert fhir_validator.validate(written) == []
+
+    codings = {"both": [ours, LOINC_DELIVERY_DATE], "ours": [ours], "loinc": [LOINC_DELIVERY_DATE]}
+    as_read = {**written, "component": [{**component, "code": {"coding": codings[kept]}}]}
+    if kept != "loinc":  # the profile finds the component by the guide's code
+        assert fhir_validator.validate(as_read) == []
+    assert mapping.expected_child_from_observation(as_read) == ExpectedChild(
+        PregnancyOf.PATIENT, due
+    )
+
+
 def _expecting_only_triage() -> tuple[Step1Finding, Step2Finding]:
     """A pregnant patient who cares for no child, and the nurse's niet-pluis about it."""
     step1 = Step1Finding(

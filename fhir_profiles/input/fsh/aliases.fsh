@@ -1,5 +1,6 @@
 // Aliases for systems we reuse (never for our own canonicals: those come from the CodeSystem names)
 Alias: $sct = http://snomed.info/sct
+Alias: $loinc = http://loinc.org
 Alias: $icd10cm = http://hl7.org/fhir/sid/icd-10-cm
 Alias: $v3-RoleCode = http://terminology.hl7.org/CodeSystem/v3-RoleCode
 Alias: $obs-category = http://terminology.hl7.org/CodeSystem/observation-category

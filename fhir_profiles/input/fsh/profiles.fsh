@@ -50,6 +50,13 @@ Description: "The patient expects a child: the patient's own pregnancy or the pa
 * component contains expectedDeliveryDate 0..1 MS
 * component[expectedDeliveryDate] ^short = "Expected date of delivery, when known"
 * component[expectedDeliveryDate].code = FindingComponentCS#expected-delivery-date
+* component[expectedDeliveryDate].code ^comment = "Coded with the guide's finding-component#expected-delivery-date (what the slice is found by) and, beside it, LOINC 11778-8 Delivery date Estimated, the code other systems know (HL7 Belgium's pregnancy status, the IPS). Written before 2026-12-04 with the guide's code only: a reader accepts either coding, or both."
+* component[expectedDeliveryDate].code.coding ^slicing.discriminator.type = #pattern
+* component[expectedDeliveryDate].code.coding ^slicing.discriminator.path = "$this"
+* component[expectedDeliveryDate].code.coding ^slicing.rules = #open
+* component[expectedDeliveryDate].code.coding contains loinc 0..1 MS
+* component[expectedDeliveryDate].code.coding[loinc] = $loinc#11778-8 "Delivery date Estimated"
+* component[expectedDeliveryDate].code.coding[loinc] ^short = "LOINC 11778-8 Delivery date Estimated, written beside the guide's code"
 * component[expectedDeliveryDate].value[x] 1..1
 * component[expectedDeliveryDate].value[x] only dateTime
 

@@ -20,6 +20,7 @@ Usage: #example
 * insert FindingCommon(0b7e1c52-1f6a-4d3e-9a41-0c5d2b8e7a10, Patient/kr-father-002, Encounter/kr-enc-9, 2026-11-23T09:12:00+01:00, Practitioner/kr-nurse-1)
 * code = RecordTypeCS#expecting-child
 * valueCodeableConcept = PregnancyOfCS#partner "De partner van de cliënt is zwanger"
+* component[expectedDeliveryDate].code.coding[loinc] = $loinc#11778-8 "Delivery date Estimated"
 * component[expectedDeliveryDate].valueDateTime = "2027-04-15"
 
 Instance: Step1Example
