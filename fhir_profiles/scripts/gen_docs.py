@@ -138,21 +138,23 @@ def profile_section(guide: Guide, sd: Resource) -> list[str]:
         if eid not in differential_ids and not element.get("mustSupport"):
             continue
         if int(element.get("min", 0)) == 0 and element.get("max") == "0":
-            rows.append((eid, "0..0", "(not used)", "", "", ""))
+            rows.append((eid, "0..0", "", "(not used)", "", "", ""))
             continue
         rows.append(
             (
                 eid,
                 f"{element.get('min', 0)}..{element.get('max', '*')}",
+                "MS" if element.get("mustSupport") else "",
                 element_type(guide, element),
                 element_binding(guide, element),
                 element_value(element),
                 element.get("short", ""),
             )
         )
-    lines.append("Elements this profile constrains or requires (must-support):")
+    lines.append("Elements this profile constrains or requires (MS: must-support):")
     lines.append("")
-    lines += table(("element", "card.", "type", "binding", "fixed value", "meaning"), rows)
+    columns = ("element", "card.", "MS", "type", "binding", "fixed value", "meaning")
+    lines += table(columns, rows)
     rules = [
         c
         for element in snapshot
@@ -197,6 +199,15 @@ def write_profiles(guide: Guide) -> str:
         "declares one of these profiles in `meta.profile`. Read *card.* as minimum..maximum "
         "occurrences; *required* bindings allow only the codes of the ValueSet "
         "(see [terminology](terminology.md)).",
+        "",
+        "**Must-support** (column MS of each profile's table) means two things in this "
+        "guide. The service populates a must-support element whenever it knows the value "
+        "(for an element of cardinality 0.., only then: it never invents one, and an "
+        "element it has no source for is not must-support). A receiver (the EHR, a "
+        "facility's system) must be able to read and keep a must-support element, and "
+        "must not reject or drop a resource because one "
+        "is absent when its cardinality allows that. Elements without must-support may be "
+        "present when another writer added them; the service keeps them on update.",
         "",
         "Contents: "
         + ", ".join(f"[{sd.get('title', sd['id'])}](#{anchor(sd)})" for sd in guide.profiles),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
@@ -10,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from service.admin.partners_io import organization
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirUnreadable, Resource
 from service.protocol import (
@@ -45,6 +47,7 @@ from service.protocol import (
     TeamDecision,
     referral_subjects,
 )
+from service.tenant_config import default_partners
 from tests.support.validator import ProfileValidator
 from tests.support.workshop import episode_1, episode_2, episode_3
 
@@ -1080,3 +1083,58 @@ def test_an_open_concern_is_read_back_from_its_flag_and_any_other_flag_is_not_on
         {**flag, "resourceType": "Observation"},
     ]
     assert [mapping.open_concern_of(other) for other in not_ours] == [None] * len(not_ours)
+
+
+def _top_must_support(profile_id: str) -> list[str]:
+    """The must-support elements of a profile at the resource's top level, slices included
+    (``RelatedPerson.gender``, ``RelatedPerson.identifier:ssin``), by element id."""
+    sd = terminology.guide().structure_definition(profile_id)
+    top = re.compile(rf"{sd['type']}\.[a-zA-Z]+(\[x\])?(:[a-zA-Z]+)?")
+    return [
+        str(e["id"])
+        for e in sd["snapshot"]["element"]
+        if e.get("mustSupport") and top.fullmatch(str(e["id"]))
+    ]
+
+
+def _populated(resource: Resource, profile_id: str, element_id: str) -> bool:
+    """Whether ``resource`` has the element; a slice of identifier by its system, of
+    extension by its url."""
+    path, _, slice_name = element_id.partition(":")
+    name = path.split(".", 1)[1].removesuffix("[x]")
+    values = [v for k, v in resource.items() if k == name or (k.startswith(name) and "[x]" in path)]
+    if not slice_name:
+        return bool(values)
+    sd = terminology.guide().structure_definition(profile_id)
+    elements = {str(e["id"]): e for e in sd["snapshot"]["element"]}
+    if name == "identifier":
+        system = elements[f"{element_id}.system"]["fixedUri"]
+        return any(i.get("system") == system for i in resource.get("identifier", []))
+    url = elements[element_id]["type"][0]["profile"][0]
+    return any(e.get("url") == url for e in resource.get("extension", []))
+
+
+def test_what_the_service_writes_populates_every_must_support_element() -> None:
+    """Must-support says the service populates the element when it knows it: a child as
+    the triage writes it (the nurse types name, birth date, relationship, living
+    situation) and a directory partner with every field the directory has (its KBO/BCE
+    number, a phone) leave no must-support element empty. Before, the child's gender and
+    national number and the partner's NIHDI number were must-support though no screen or
+    directory ever gives them: a receiver was told to expect what never comes."""
+    child = mapping.child_related_person(
+        Child(
+            "c1", "Noor De Smet", date(2019, 3, 4), ChildRelationship.CHILD, LivesWith.PERMANENTLY
+        ),
+        patient_ref=PATIENT,
+        identifier=mapping.identifier("child"),
+    )
+    (vk,) = [e for e in default_partners().entries if e.id == "vk-oost-vlaanderen"]
+    partner = organization(vk.model_copy(update={"cbe": "0123456749"}))
+    assert partner.get("telecom")  # the directory gives the VK's phone
+    for resource, profile in (
+        (child, "kindreflex-child"),
+        (partner, "kindreflex-partner-organization"),
+    ):
+        elements = _top_must_support(profile)
+        assert elements, profile
+        assert [e for e in elements if not _populated(resource, profile, e)] == [], profile

@@ -6,8 +6,8 @@ Id: kindreflex-child
 Title: "Kindreflex child of the patient"
 Description: "A child the adult patient cares for, fully, partly or occasionally (step 1). The patient is the adult; the relationship says how the child relates to the patient."
 * insert BusinessIdentifier(child)
-* identifier contains ssin 0..1 MS
-* identifier[ssin] ^short = "Belgian national number (INSZ/NISS) of the child, when known"
+* identifier contains ssin 0..1
+* identifier[ssin] ^short = "Belgian national number (INSZ/NISS) of the child, when an EHR records it (the service does not ask for it)"
 * identifier[ssin].system 1..1
 * identifier[ssin].system = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin" (exactly)
 * identifier[ssin].value 1..1
@@ -23,7 +23,6 @@ Description: "A child the adult patient cares for, fully, partly or occasionally
 * name ^short = "The child's name"
 * birthDate 1..1 MS
 * birthDate ^short = "The child's date of birth"
-* gender MS
 
 Profile: KindreflexExpectingChild
 Parent: Observation
@@ -219,7 +218,7 @@ Description: "An organisation of the regional Kindreflex partner directory (VK, 
 * identifier ^slicing.discriminator.type = #value
 * identifier ^slicing.discriminator.path = "system"
 * identifier ^slicing.rules = #open
-* identifier contains kindreflex 0..1 MS and cbe 0..1 MS and nihdi 0..1 MS
+* identifier contains kindreflex 0..1 MS and cbe 0..1 MS and nihdi 0..1
 * identifier[kindreflex].system 1..1
 * identifier[kindreflex].system = "https://kindreflex-ed.be/fhir/sid/partner" (exactly)
 * identifier[kindreflex].value 1..1
@@ -231,7 +230,7 @@ Description: "An organisation of the regional Kindreflex partner directory (VK, 
 * identifier[nihdi].system 1..1
 * identifier[nihdi].system = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi-organization" (exactly)
 * identifier[nihdi].value 1..1
-* identifier[nihdi] ^short = "NIHDI (RIZIV/INAMI) organisation number"
+* identifier[nihdi] ^short = "NIHDI (RIZIV/INAMI) organisation number, when another writer records it (the partner directory has none)"
 * type 1..* MS
 * type from PartnerTypeVS (extensible)
 * type ^short = "Kind of partner (vk, ocj, parket, police, kind-en-gezin, clb, ...)"
