@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from html import unescape
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlencode
 
@@ -53,6 +52,7 @@ from service.tenant_config import (
 from service.text import typed_text
 from smart_app.nurse import MAX_CHILDREN, NO_FIELD, parse_typed_date, protocol_error
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
+from tests.support.pages import Page, recorded_rows
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
 from tests.support.served import ServedJson
@@ -176,88 +176,6 @@ def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Iterat
     yield launch
     for client in clients:
         client.__exit__(None, None, None)
-
-
-# ---------------------------------------------------------------------------------------
-# Reading a page the way a screen reader and a form submit see it
-# ---------------------------------------------------------------------------------------
-
-
-class _Parser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fields: list[dict[str, str]] = []
-        self.label_for: set[str] = set()
-        self.ids: set[str] = set()
-        self.links: list[str] = []
-        self.textareas: dict[str, str] = {}
-        self.selected: dict[str, str] = {}
-        self._textarea: str | None = None
-        self._select: str | None = None
-        self._in_template = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "template":
-            self._in_template += 1
-        if self._in_template:
-            return
-        if "id" in a:
-            self.ids.add(a["id"])
-        if tag == "label" and "for" in a:
-            self.label_for.add(a["for"])
-        if tag in ("input", "select", "textarea"):
-            self.fields.append({"tag": tag, **a})
-        if tag == "textarea":
-            self._textarea = a.get("name")
-        if tag == "select":
-            self._select = a.get("name")
-        if tag == "option" and self._select and "selected" in a:
-            self.selected[self._select] = a.get("value", "")
-        if tag == "a" and "href" in a:
-            self.links.append(a["href"])
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "template":
-            self._in_template -= 1
-        if tag == "textarea":
-            self._textarea = None
-
-    def handle_data(self, data: str) -> None:
-        if self._textarea and not self._in_template:
-            self.textareas[self._textarea] = self.textareas.get(self._textarea, "") + data
-
-
-class Page:
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.status = response.status_code
-        self.text = response.text
-        self.parsed = _Parser()
-        self.parsed.feed(self.text)
-
-    def value(self, name: str) -> str:
-        if name in self.parsed.textareas:
-            return self.parsed.textareas[name]
-        if name in self.parsed.selected:
-            return self.parsed.selected[name]
-        field = next(f for f in self.parsed.fields if f.get("name") == name)
-        return field.get("value", "")
-
-    @property
-    def csrf(self) -> str:
-        return self.value("csrf_token")
-
-    def child_refs(self) -> list[str]:
-        names = sorted(
-            (
-                f["name"]
-                for f in self.parsed.fields
-                if re.fullmatch(r"child-\d+-ref", f.get("name", ""))
-            ),
-            key=lambda n: int(n.split("-")[1]),
-        )
-        return [self.value(n) for n in names]
 
 
 def _directory_calling(
@@ -1348,15 +1266,6 @@ def test_the_same_form_posted_twice_records_its_findings_once(
     assert findings() - before == 2  # step 1 and step 2, once
 
 
-def _recorded_rows(page: Page) -> dict[str, str]:
-    """The recorded children's rows as the page shows them, to post back."""
-    return {
-        f"child-{i}-{name}": page.value(f"child-{i}-{name}")
-        for i in range(len(page.child_refs()))
-        for name in ("ref", "name", "birth_date", "relationship", "lives_with", "recorded")
-    }
-
-
 def test_an_edit_waiting_for_delivery_is_shown_again_with_its_values_and_marked_pending(
     nurse_for: Any,
 ) -> None:
@@ -1365,7 +1274,7 @@ def test_an_edit_waiting_for_delivery_is_shown_again_with_its_values_and_marked_
     the version it was made on, marked as a change waiting for delivery."""
     page = nurse_for("els-goossens").page()
     offline = nurse_for("els-goossens", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
-    rows = _recorded_rows(page)
+    rows = recorded_rows(page)
     rows["child-0-name"] = f"{rows['child-0-name']} Junior"
     saved = offline.post({"csrf_token": offline.page().csrf, **rows, "assessment": "no-concern"})
     assert 'data-save-status="pending"' in saved.text
@@ -1392,7 +1301,7 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     version; the other child is only 'already in the record'."""
     nurse = nurse_for("els-goossens")
     page = nurse.page()
-    rows = _recorded_rows(page)
+    rows = recorded_rows(page)
     child_id = rows["child-0-ref"].split("/")[1]
     current = _upstream(sandbox, f"RelatedPerson/{child_id}")
     earlier = (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat()
@@ -1428,7 +1337,7 @@ def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any
     field never heard it. Each recorded child's fieldset is now described by it."""
     page = nurse_for("els-goossens").page()
     offline = nurse_for("els-goossens", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
-    rows = _recorded_rows(page)
+    rows = recorded_rows(page)
     rows["child-0-name"] = f"{rows['child-0-name']} Junior"
     offline.post({"csrf_token": offline.page().csrf, **rows, "assessment": "no-concern"})
 
@@ -1486,7 +1395,7 @@ def test_an_edit_the_record_did_not_take_is_told_at_the_child(
     only 'already in the record'."""
     nurse = nurse_for("els-goossens")
     page = nurse.page()
-    rows = _recorded_rows(page)
+    rows = recorded_rows(page)
     rows["child-0-name"] = f"{rows['child-0-name']} Junior"
     saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
     assert 'data-save-status="delivered"' in saved.text

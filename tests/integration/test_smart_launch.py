@@ -60,7 +60,7 @@ from smart_app.session import (
     verify_csrf,
 )
 from tests.support.processes import free_port
-from tests.support.sandbox import running_sandbox
+from tests.support.sandbox import consent, running_sandbox
 from tests.support.served import ServedJson, Trickled
 from tests.support.validator import validate
 
@@ -146,17 +146,11 @@ class Kindreflex:
             + httpx.QueryParams({"iss": self.sandbox.fhir_base_url, "launch": lid}).__str__()
         )
         assert started.status_code == 302, started.text
-        consent = browser.get(started.headers["location"])
-        assert consent.status_code == 200, consent.text
-        request_id = re.search(r'name="request_id" value="([^"]+)"', consent.text)
-        assert request_id, consent.text[:500]
-        decided = browser.post(
-            f"{self.sandbox.ehr_url}/authorize/decision",
-            data={"request_id": request_id.group(1), "decision": decision, "user": user},
-        )
-        assert decided.status_code == 303, decided.text
-        assert decided.headers["location"].startswith(f"{self.url}/callback?")
-        return browser.get(decided.headers["location"])
+        page = browser.get(started.headers["location"])
+        assert page.status_code == 200, page.text
+        back = consent(self.sandbox, page, decision, user)
+        assert back.startswith(f"{self.url}/callback?")
+        return browser.get(back)
 
     def count(self, model: type[AppSession] | type[LaunchState]) -> int:
         with self.database.session() as session:

@@ -8,7 +8,6 @@ reason; a stale save gets 409; closing makes the Flag inactive."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -30,8 +29,7 @@ from service.protocol import (
     earliest_contact,
     latest_follow_up,
 )
-from service.tenancy import TenantContext
-from tests.support.casework import save_triage
+from tests.support.casework import HandedOffCase, save_triage
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
 from tests.support.workshop import WORKSHOP_FACTORS
@@ -42,63 +40,6 @@ from tests.support.write_path import (
 )
 
 SOCIAL_WORKER = "Practitioner/social-worker"
-
-
-@dataclass(frozen=True)
-class HandedOffCase:
-    """A patient handed off at triage, as the case list shows it, and the social worker's
-    API on that case."""
-
-    client: TestClient
-    headers: dict[str, str]
-    base_url: str
-    patient: str
-    id: int
-    row_version: int
-    app: Any
-    tenant: TenantContext
-
-    def decide(self, decision: str, row_version: int) -> httpx.Response:
-        """The team's step 4 decision, a colleague consulted and the worries discussed."""
-        body = {
-            "decision": decision,
-            "consultations": ["colleague"],
-            "discussed_with_patient": True,
-        }
-        return self.send("step-4", {"row_version": row_version, **body})
-
-    def refer_to_vk(self, row_version: int, contacted_on: str | None = None) -> httpx.Response:
-        """Step 6: the VK, without cooperation, the patient informed; called on a day."""
-        body: dict[str, Any] = {
-            "partner_id": "vk-oost-vlaanderen",
-            "with_cooperation": False,
-            "patient_informed": True,
-        }
-        if contacted_on is not None:
-            body["contact"] = {"on": contacted_on, "person": "An", "channel": "phone"}
-        return self.send("step-6", {"row_version": row_version, **body})
-
-    def referred_after_an_unwilling_decision(self) -> httpx.Response:
-        """Step 4 "concerning, unwilling" with the workshop's factors, then step 6 to the VK."""
-        decided = self.send(
-            "step-4",
-            {
-                "row_version": self.row_version,
-                "decision": "concerning-unwilling",
-                "factors": WORKSHOP_FACTORS,
-                "consultations": ["colleague"],
-                "discussed_with_patient": True,
-            },
-        )
-        return self.refer_to_vk(decided.json()["row_version"])
-
-    def send(self, action: str, body: dict[str, Any]) -> httpx.Response:
-        """A change of the case: ``PUT …/referral``, else ``POST …/<action>``."""
-        method = "PUT" if action == "referral" else "POST"
-        answer: httpx.Response = self.client.request(
-            method, f"/api/cases/{self.id}/{action}", headers=self.headers, json=body
-        )
-        return answer
 
 
 def _handed_off_case(database_url: str, database: Database, base_url: str) -> HandedOffCase:

@@ -1,11 +1,13 @@
 """Cases for the social service's tests: a concern on the worklist index (no FHIR server
-needed), a real niet-pluis save at triage on a real FHIR server, and the case page's forms."""
+needed), a real niet-pluis save at triage on a real FHIR server, the case page's forms, and
+the social worker's JSON API on a handed-off case."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -29,6 +31,7 @@ from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.session import AppUser, LaunchContext
 from tests.support.sessions import UNUSED_FHIR, signed_in
+from tests.support.workshop import WORKSHOP_FACTORS
 
 NURSE = "Practitioner/nurse"
 SOCIAL_WORKER = "Practitioner/sw-1"
@@ -305,3 +308,60 @@ def triage_waiting_for_sign_in(
         session.flush()
         session.execute(update(Concern).where(Concern.id == case_id).values(outbox_id=entry.id))
         return entry.id
+
+
+@dataclass(frozen=True)
+class HandedOffCase:
+    """A patient handed off at triage, as the case list shows it, and the social worker's
+    API on that case."""
+
+    client: TestClient
+    headers: dict[str, str]
+    base_url: str
+    patient: str
+    id: int
+    row_version: int
+    app: Any
+    tenant: TenantContext
+
+    def decide(self, decision: str, row_version: int) -> httpx.Response:
+        """The team's step 4 decision, a colleague consulted and the worries discussed."""
+        body = {
+            "decision": decision,
+            "consultations": ["colleague"],
+            "discussed_with_patient": True,
+        }
+        return self.send("step-4", {"row_version": row_version, **body})
+
+    def refer_to_vk(self, row_version: int, contacted_on: str | None = None) -> httpx.Response:
+        """Step 6: the VK, without cooperation, the patient informed; called on a day."""
+        body: dict[str, Any] = {
+            "partner_id": "vk-oost-vlaanderen",
+            "with_cooperation": False,
+            "patient_informed": True,
+        }
+        if contacted_on is not None:
+            body["contact"] = {"on": contacted_on, "person": "An", "channel": "phone"}
+        return self.send("step-6", {"row_version": row_version, **body})
+
+    def referred_after_an_unwilling_decision(self) -> httpx.Response:
+        """Step 4 "concerning, unwilling" with the workshop's factors, then step 6 to the VK."""
+        decided = self.send(
+            "step-4",
+            {
+                "row_version": self.row_version,
+                "decision": "concerning-unwilling",
+                "factors": WORKSHOP_FACTORS,
+                "consultations": ["colleague"],
+                "discussed_with_patient": True,
+            },
+        )
+        return self.refer_to_vk(decided.json()["row_version"])
+
+    def send(self, action: str, body: dict[str, Any]) -> httpx.Response:
+        """A change of the case: ``PUT …/referral``, else ``POST …/<action>``."""
+        method = "PUT" if action == "referral" else "POST"
+        answer: httpx.Response = self.client.request(
+            method, f"/api/cases/{self.id}/{action}", headers=self.headers, json=body
+        )
+        return answer

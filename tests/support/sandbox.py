@@ -42,6 +42,7 @@ __all__ = [
     "SmartDance",
     "TokenResult",
     "client_assertion",
+    "consent",
     "pkce_pair",
     "running_sandbox",
 ]
@@ -148,16 +149,8 @@ class SmartDance:
         self, page: httpx.Response, decision: str = "allow", user: str | None = None
     ) -> dict[str, list[str]]:
         """Click Allow/Deny on the consent page; the redirect's query parameters."""
-        m = re.search(r'name="request_id" value="([^"]+)"', page.text)
-        assert m, f"no consent form in: {page.text[:500]}"
-        form = {"request_id": m.group(1), "decision": decision}
-        if user:
-            form["user"] = user
-        r = httpx.post(
-            f"{self.sandbox.ehr_url}/authorize/decision", data=form, follow_redirects=False
-        )
-        assert r.status_code == 303, r.text
-        return redirect_params(r)
+        back = consent(self.sandbox, page, decision, user)
+        return parse_qs(urlsplit(back).query)
 
     def token(self, form: dict[str, str], *, assertion: str | None = None) -> TokenResult:
         data = dict(form)
@@ -200,6 +193,22 @@ class SmartDance:
         assert page.status_code == 200, page.text
         back = self.consent(page)
         return self.exchange(back["code"][0], verifier)
+
+
+def consent(
+    sandbox: Sandbox, page: httpx.Response, decision: str = "allow", user: str | None = None
+) -> str:
+    """Click Allow/Deny on the sandbox's consent page (``user``: who signs in, else the
+    launch's); where the sandbox sends the browser back: the app's redirect URI with the
+    code (or the error) and the state."""
+    m = re.search(r'name="request_id" value="([^"]+)"', page.text)
+    assert m, f"no consent form in: {page.text[:500]}"
+    form = {"request_id": m.group(1), "decision": decision}
+    if user:
+        form["user"] = user
+    r = httpx.post(f"{sandbox.ehr_url}/authorize/decision", data=form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return str(r.headers["location"])
 
 
 def redirect_params(r: httpx.Response) -> dict[str, list[str]]:
