@@ -157,9 +157,11 @@ class FhirFacade:
             except ValueError:
                 body = None
         needed = needed_interactions(request.method, path, body)
-        if needed and not self.auth.grant_allows(grant, needed):
+        # only what the scopes refuse is named: of a transaction, not each of its entries
+        refused = [n for n in dict.fromkeys(needed) if not self.auth.grant_allows(grant, [n])]
+        if refused:
             self.log.append(FacadeRequest(request.method, path, query, 403, grant.client_id))
-            wanted = ", ".join(f"{t}.{i}" for t, i in needed)
+            wanted = ", ".join(f"{t}.{i}" for t, i in refused)
             return _outcome(403, "forbidden", f"the token's scopes do not allow {wanted}")
         headers = {
             k: self.rewrite_in(v.encode()).decode()

@@ -340,3 +340,21 @@ def test_writes_through_the_facade(sandbox: Sandbox) -> None:
     assert ok.status_code == 200, ok.text
     assert sandbox.upstream_fhir_base_url not in ok.text
     assert any(q.status == 403 for q in sandbox.fhir_requests)
+
+    # The refusal names what the scopes do not allow, not every entry of the transaction.
+    location = ok.json()["entry"][0]["response"]["location"]  # absolute, with the version
+    stored = location.removeprefix(f"{sandbox.fhir_base_url}/").split("/_history")[0]
+    update = {
+        "fullUrl": f"{sandbox.fhir_base_url}/{stored}",
+        "resource": {**obs, "id": stored.split("/")[-1], "status": "amended"},
+        "request": {"method": "PUT", "url": stored},
+    }
+    create_only = sandbox.issue_token(scope="patient/*.rs patient/*.c")
+    refused = httpx.post(
+        sandbox.fhir_base_url,
+        json={**bundle, "entry": [*bundle["entry"], update]},
+        headers={"Authorization": f"Bearer {create_only}"},
+    )
+    assert refused.status_code == 403
+    (issue,) = refused.json()["issue"]
+    assert issue["diagnostics"] == "the token's scopes do not allow Observation.u"
