@@ -57,12 +57,13 @@ ALL_HOOKS: tuple[Hook, ...] = ("encounter-start", "patient-view")
 OVERRIDE_REASONS = "cds-override-reason"
 #: What a launch asks for by default (SMART 2 scopes): read and search the patient's
 #: record, create the findings, update a child already recorded, a referral's status and
-#: the concern Flag (with If-Match), create or find a referral's partner organisation (not
-#: in the patient's compartment, so a user scope), the user's identity, and a refresh token
-#: so that the outbox can still deliver after the nurse's session has ended.
+#: the concern Flag (with If-Match), create, find and read a referral's partner organisation
+#: (not in the patient's compartment, so a user scope; the case page reads it with the
+#: referral), the user's identity, and a refresh token so that the outbox can still
+#: deliver after the nurse's session has ended.
 DEFAULT_SCOPES = (
     "launch openid fhirUser offline_access patient/*.rs patient/*.c "
-    "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u user/Organization.cs"
+    "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u user/Organization.crs"
 )
 
 
