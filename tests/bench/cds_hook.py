@@ -396,7 +396,7 @@ def report(
     lines += [
         f"FHIR requests per hook call: {per_call:.2f} (target 0 with prefetch)",
         f"FHIR requests per nurse save: {per_save:.2f} (target 1; {NURSE_SAVES} saves of steps"
-        " 1-2, two children, niet-pluis raising a concern, counted by the FHIR server)",
+        " 1-2, two children, niet-pluis raising a concern, counted as they reach the FHIR server)",
         f"card returned: {indicator}",
     ]
     return "\n".join(lines)
