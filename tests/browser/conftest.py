@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import BrowserContext, Playwright, sync_playwright
+from playwright.sync_api import BrowserContext, Playwright, expect, sync_playwright
 
 from service.demo import DemoStack, demo_stack, serving
 from tests.support.processes import free_port
@@ -57,6 +57,9 @@ def browser(playwright: Playwright, tmp_path: Path) -> Iterator[BrowserContext]:
         locale="nl-BE",
     )
     context.set_default_timeout(15_000)
+    # expect() does not take the context's timeout: its own is 5 s, short for a loaded
+    # machine's launch or save
+    expect.set_options(timeout=15_000)
     try:
         yield context
     finally:

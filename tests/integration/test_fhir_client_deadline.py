@@ -92,7 +92,7 @@ def test_a_case_page_over_a_server_slow_on_every_request_comes_within_the_screen
     page came when all had come, and a case whose searches ran to ten pages each held the
     social worker for minutes; now the page's reads end within their budget (three
     timeouts) and it says the FHIR server could not be read now."""
-    timeout = 1.5
+    timeout = 3.0  # each answer 0.6 s within it: room for a loaded machine
     with SlowRelay(fhir_server.base_url) as slow:
         settings = Settings(
             environment="test", database_url=database_url, fhir_timeout_seconds=timeout
@@ -174,7 +174,7 @@ def test_a_long_case_over_a_slow_server_opens_with_the_pages_read_in_time(
     opened). Now the findings' further pages stop a timeout before the budget ends, the
     referrals' search still comes, and the page shows the case saying its history is
     incomplete, within the budget."""
-    timeout = 1.5
+    timeout = 2.5  # each answer 1.1 s within it: room for a loaded machine
     monkeypatch.setattr(casework, "FINDINGS_PAGE_SIZE", 1)
     with slow_long_case(database_url, database, fhir_server, timeout) as case:
         case.slow.delay = 0.55 * timeout
@@ -202,7 +202,7 @@ def test_a_long_case_over_a_slow_server_is_changed_on_its_whole_history(
     change reads it whole within the larger budget of a change: a second team decision
     (the first on a page the case page had no time for) is refused by the protocol, nothing
     written, and a follow-up (step 5) is saved."""
-    timeout = 1.5
+    timeout = 2.5  # each answer 1.1 s within it: room for a loaded machine
     monkeypatch.setattr(casework, "FINDINGS_PAGE_SIZE", 1)
     with slow_long_case(database_url, database, fhir_server, timeout) as case:
         case.slow.delay = 0.55 * timeout

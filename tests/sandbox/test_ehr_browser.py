@@ -161,6 +161,7 @@ def test_card_link_launches_the_app_in_the_iframe(
         str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS
     )
     context.set_default_timeout(15_000)
+    expect.set_options(timeout=15_000)  # expect() does not take the context's
     try:
         page = context.new_page()
         page.goto(f"{sandbox.ehr_url}/")

@@ -65,6 +65,7 @@ class SlowRelay(Serving):
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self) -> None:
+                arrived = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if owner.throttled:
                     status, retry_after = owner.throttled.pop(0)
@@ -74,7 +75,6 @@ class SlowRelay(Serving):
                     self._instead(owner.refused.pop(0), _REFUSED_OUTCOME, None)
                     return
                 owner.asked += 1
-                arrived = time.monotonic()
                 headers = {name: value for name in _PASSED if (value := self.headers.get(name))}
                 answer = httpx.request(
                     self.command,
