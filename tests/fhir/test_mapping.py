@@ -301,16 +301,21 @@ def test_child_with_ssin_is_valid(fhir_validator: ProfileValidator) -> None:
     assert resource["identifier"][1]["system"].endswith("/NamingSystem/ssin")
 
 
-@pytest.mark.parametrize("expected_date", [None, date(2027, 4, 15)])
-def test_expecting_child(fhir_validator: ProfileValidator, expected_date: date | None) -> None:
-    resource = mapping.expecting_observation(
-        ExpectedChild(PregnancyOf.PARTNER, expected_date),
+def _expecting(expected: ExpectedChild) -> dict[str, Any]:
+    """The expected child's Observation as the nurse's save writes it."""
+    return mapping.expecting_observation(
+        expected,
         patient_ref=PATIENT,
         encounter_ref=None,
         performer=NURSE,
         recorded_at=NOW,
         identifier=mapping.identifier("finding"),
     )
+
+
+@pytest.mark.parametrize("expected_date", [None, date(2027, 4, 15)])
+def test_expecting_child(fhir_validator: ProfileValidator, expected_date: date | None) -> None:
+    resource = _expecting(ExpectedChild(PregnancyOf.PARTNER, expected_date))
     assert fhir_validator.validate(resource) == []
     assert ("component" in resource) is (expected_date is not None)
 
@@ -331,14 +336,7 @@ def test_the_expected_delivery_date_is_coded_with_loinc_beside_ours_and_read_by_
     back by either coding: Observations written before have only ours, and an EHR may
     keep only LOINC's."""
     due = date(2027, 4, 15)
-    written = mapping.expecting_observation(
-        ExpectedChild(PregnancyOf.PATIENT, due),
-        patient_ref=PATIENT,
-        encounter_ref=None,
-        performer=NURSE,
-        recorded_at=NOW,
-        identifier=mapping.identifier("finding"),
-    )
+    written = _expecting(ExpectedChild(PregnancyOf.PATIENT, due))
     (component,) = written["component"]
     ours = terminology.coding("finding-component", "expected-delivery-date")
     assert component["code"]["coding"] == [ours, LOINC_DELIVERY_DATE]
