@@ -549,16 +549,7 @@ def test_acute_danger_and_hospital_codes_map_to_valid_resources(
     )
     assert fhir_validator.validate(resource) == []
     if isinstance(finding, Step6Referral):
-        referral = mapping.referral_service_request(
-            finding,
-            patient_ref=PATIENT,
-            encounter_ref=None,
-            performer_ref="Organization/police",
-            reason_refs=["Observation/s4"],
-            about=["RelatedPerson/c1"],
-            identifier=mapping.identifier("referral"),
-            acute_danger=True,
-        )
+        referral = _referral_to_the_police(finding, acute_danger=True)
         assert fhir_validator.validate(referral) == []
         assert referral["note"] == [{"text": finding.not_informed_reason}]
         assert referral["priority"] == "stat"
@@ -933,15 +924,10 @@ def _referral() -> Resource:
     )
 
 
-@pytest.mark.parametrize(("acute_danger", "priority"), [(True, "stat"), (False, "routine")])
-def test_a_referral_says_its_priority_stat_after_acute_danger_else_routine(
-    fhir_validator: ProfileValidator, acute_danger: bool, priority: str
-) -> None:
-    """R4 reads a ServiceRequest without priority as normal: a referral made because a
-    child is in acute danger must say stat (actioned immediately), and one that is not says
-    routine rather than leaving it to the reader."""
-    referral = mapping.referral_service_request(
-        _casework_findings()[-1],  # type: ignore[arg-type] # the step 6 finding (police)
+def _referral_to_the_police(finding: Step6Referral, *, acute_danger: bool) -> dict[str, Any]:
+    """The ServiceRequest of ``finding``, to the police, following the team's step 4."""
+    return mapping.referral_service_request(
+        finding,
         patient_ref=PATIENT,
         encounter_ref=None,
         performer_ref="Organization/police",
@@ -950,6 +936,18 @@ def test_a_referral_says_its_priority_stat_after_acute_danger_else_routine(
         identifier=mapping.identifier("referral"),
         acute_danger=acute_danger,
     )
+
+
+@pytest.mark.parametrize(("acute_danger", "priority"), [(True, "stat"), (False, "routine")])
+def test_a_referral_says_its_priority_stat_after_acute_danger_else_routine(
+    fhir_validator: ProfileValidator, acute_danger: bool, priority: str
+) -> None:
+    """R4 reads a ServiceRequest without priority as normal: a referral made because a
+    child is in acute danger must say stat (actioned immediately), and one that is not says
+    routine rather than leaving it to the reader."""
+    step_6 = _casework_findings()[-1]
+    assert isinstance(step_6, Step6Referral)
+    referral = _referral_to_the_police(step_6, acute_danger=acute_danger)
     vk = {**referral, "performerType": terminology.codeable_concept("partner-type", "vk")}
 
     assert vk["priority"] == priority
