@@ -59,11 +59,23 @@ OVERRIDE_REASONS = "cds-override-reason"
 #: record, create the findings, update a child already recorded, a referral's status and
 #: the concern Flag (with If-Match), create, find and read a referral's partner organisation
 #: (not in the patient's compartment, so a user scope; the case page reads it with the
-#: referral), the user's identity, and a refresh token so that the outbox can still
-#: deliver after the nurse's session has ended.
+#: referral), read the practitioners who recorded a finding or raised the concern (the case
+#: page names them: ``_include``), the user's identity, and a refresh token so that the
+#: outbox can still deliver after the nurse's session has ended.
 DEFAULT_SCOPES = (
     "launch openid fhirUser offline_access patient/*.rs patient/*.c "
-    "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u user/Organization.crs"
+    "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u "
+    "user/Organization.crs user/Practitioner.rs"
+)
+#: The defaults of earlier versions (the first also what the admin screen offered), stored
+#: as text in every configuration saved with them: read as today's default, which asks
+#: for what a case now writes and reads (a hospital's own choice of scopes is kept).
+EARLIER_DEFAULT_SCOPES = frozenset(
+    {
+        "launch openid fhirUser patient/*.rs patient/*.c encounter/*.rs",
+        "launch openid fhirUser offline_access patient/*.rs patient/*.c "
+        "patient/RelatedPerson.u patient/Flag.u",
+    }
 )
 
 
@@ -181,6 +193,11 @@ class EhrRegistration(Strict):
     )
     default_language: Language = "nl"
     roles: RoleMapping = Field(default_factory=RoleMapping)
+
+    @field_validator("scopes")
+    @classmethod
+    def _todays_default(cls, value: str) -> str:
+        return DEFAULT_SCOPES if value in EARLIER_DEFAULT_SCOPES else value
 
     @field_validator("fhir_base_url")
     @classmethod

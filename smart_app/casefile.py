@@ -612,6 +612,7 @@ def _save_step(
         problems = (Problem(typed.form, anchor, _message(ctx.language, "error.catalogue")),)
         status = 422
     except social.CaseNotFoundError:
+        audit_refusal(ctx, database, case_id=case_id)
         return _not_found(ctx)
     except social.CaseConflict as conflict:
         key = "error.closed" if conflict.reason == "closed" else "error.conflict"

@@ -196,15 +196,19 @@ def test_a_case_page_or_referral_of_no_case_of_this_hospital_is_a_refused_read_o
         client.get(f"/social/cases/{path}", headers=worker.headers)
         for path in ("999999", "999999/referral")
     ]
+    form = {"row_version": "1", "progress": "improving"}
+    pages.append(client.post("/social/cases/999999/step-5", headers=worker.headers, data=form))
 
-    assert [page.status_code for page in pages] == [404, 404]
+    assert [page.status_code for page in pages] == [404, 404, 404]
     with database.session() as session:
         rows = session.execute(
             select(
                 AuditRecord.actor, AuditRecord.action, AuditRecord.outcome, AuditRecord.patient_ref
             )
         ).all()
-    assert [tuple(row) for row in rows] == [(SOCIAL_WORKER, "read", "failure", None)] * 2
+    assert [tuple(row) for row in rows] == [(SOCIAL_WORKER, "read", "failure", None)] * 2 + [
+        (SOCIAL_WORKER, "update", "failure", None)
+    ]
 
 
 @pytest.mark.parametrize(

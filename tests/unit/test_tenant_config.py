@@ -9,8 +9,11 @@ from pydantic import ValidationError
 
 from sandbox.keys import SigningKey
 from service.tenant_config import (
+    DEFAULT_SCOPES,
+    EARLIER_DEFAULT_SCOPES,
     SUBMITTED,
     CdsIssuer,
+    EhrRegistration,
     HookSettings,
     TenantConfiguration,
     jwk_set,
@@ -136,3 +139,17 @@ def test_ascii_origins_are_accepted_and_a_stored_bad_one_still_loads() -> None:
     assert submitted.registrations[0].frame_origins == ORIGINS_ACCEPTED
     stored = TenantConfiguration.model_validate(registration_document(*ORIGINS_REFUSED))
     assert stored.registrations[0].frame_origins == ORIGINS_REFUSED
+
+
+@pytest.mark.parametrize("stored", sorted(EARLIER_DEFAULT_SCOPES))
+def test_a_registration_stored_with_an_earlier_default_asks_for_todays_scopes(stored: str) -> None:
+    """Every configuration saved before stores the default of its day as text (the admin
+    screen offered the first). Read as it was, an existing hospital never got the scopes a
+    case now needs: a referral's status change was refused by an EHR enforcing scopes and
+    waited for a sign-in for good. A hospital's own choice stays as it chose."""
+    document = {"id": "ehr", "name": "EPD", "fhir_base_url": "https://e.example/fhir"}
+    document["client_id"] = "kindreflex"
+    stored_so = EhrRegistration.model_validate({**document, "scopes": stored})
+    own = EhrRegistration.model_validate({**document, "scopes": "launch openid user/*.cruds"})
+    assert stored_so.scopes == DEFAULT_SCOPES
+    assert own.scopes == "launch openid user/*.cruds"
