@@ -117,6 +117,10 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
     registration = tenant.config.registration_for_iss(iss)
     if registration is None:
         raise PageError(400, "unknown_iss", frame_origins=frames, iss=iss)
+    if registration.client_auth == "client_secret_basic" and registration.client_secret is None:
+        # its secret could not be read (KINDREFLEX_SECRET_KEY changed): said before the
+        # EHR's sign-in, which could only end at a token request we cannot make
+        raise PageError(503, "secret_unreadable", **_page_for(registration))
     database: Database = request.app.state.database
     _refuse_when_busy(database, tenant, registration)
     settings: Settings = request.app.state.settings

@@ -42,6 +42,7 @@ from service.db.models import AppSession, AuditRecord, LaunchState, OutboxEntry,
 from service.fhir.client import ReauthorisationRequired
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
+from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
 from smart_app import launch as launch_module
 from smart_app import oauth
@@ -350,6 +351,28 @@ def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindre
     missing = Browser().get(f"{kindreflex.url}/launch")
     assert missing.status_code == 400
     assert "onvolledig" in missing.text
+
+
+def test_a_launch_through_an_ehr_whose_secret_cannot_be_read_is_refused_before_its_sign_in(
+    kindreflex: Kindreflex,
+) -> None:
+    """KINDREFLEX_SECRET_KEY changed after the hospital stored its EHR's client secret: the
+    secret is read as none. The nurse went through the EHR's sign-in and got a page saying
+    the EHR gave no valid access, to try again (which could never work). The launch now
+    says what is wrong, before the EHR is asked, and nothing is kept."""
+    sealed_before = TenantDirectory(kindreflex.database, SecretBox(SecretStr("the key before")))
+    registration = _registration(kindreflex.sandbox, kindreflex.client_id, "client_secret_basic")
+    with_secret = registration.model_copy(update={"client_secret": SecretStr("s3cr3t")})
+    config = TenantConfiguration(name="AZ Brugge", registrations=[with_secret])
+    sealed_before.save("az-brugge", config, "test")
+
+    iss = kindreflex.sandbox.fhir_base_url
+    answer = Browser().get(f"{kindreflex.url}/t/az-brugge/launch?iss={iss}&launch=abc")
+
+    assert answer.status_code == 503
+    assert "Kindreflex kan zich niet aanmelden bij dit EPD" in answer.text
+    assert "s3cr3t" not in answer.text
+    assert kindreflex.count(LaunchState) == 0
 
 
 def test_a_page_refused_before_any_registration_is_known_follows_the_browser_language(
