@@ -179,7 +179,8 @@ def test_a_server_advertising_only_v1_scopes_is_asked_in_v1_syntax(
         return
     assert scopes == (
         "launch openid fhirUser offline_access patient/*.read patient/*.write "
-        "patient/RelatedPerson.write patient/Flag.write"
+        "patient/RelatedPerson.write patient/ServiceRequest.write patient/Flag.write "
+        "user/Organization.read user/Organization.write user/Practitioner.read"
     )
     narrow = "launch patient/Observation.rs?category=exam patient/Patient.r user/*.cruds"
     assert requested_scopes(narrow, found) == (
