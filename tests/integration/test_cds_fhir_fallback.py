@@ -357,7 +357,7 @@ def test_a_fhir_server_that_never_answers_gives_the_generic_card_in_time(
         response = cds_on_fhir.call(body=without_prefetch(silent, fhir[1].patient("jan-janssens")))
         elapsed = time.monotonic() - started
     assert only_card(response)["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
-    assert elapsed < FETCH_TIMEOUT_SECONDS + 2
+    assert elapsed < FETCH_TIMEOUT_SECONDS + 5  # room for a loaded machine, not the answer
 
 
 def _batch_answer(server: FhirServer, patient: Any) -> bytes:
@@ -398,7 +398,7 @@ def test_a_batch_answer_trickled_past_the_deadline_gives_the_generic_card_in_tim
         elapsed = time.monotonic() - started
 
     assert only_card(response)["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
-    assert elapsed < FETCH_TIMEOUT_SECONDS + 2
+    assert elapsed < FETCH_TIMEOUT_SECONDS + 5  # room for a loaded machine, not the answer
     assert _prefetch_errors(caplog) == [{"error": "TimeoutError"}]
 
 

@@ -193,7 +193,7 @@ def test_an_answer_trickled_past_the_deadline_is_unavailable_in_time() -> None:
             client.search("RelatedPerson", {"patient": "Patient/p-secret"})
         elapsed = time.monotonic() - started
 
-    assert elapsed < deadline + 2  # the trickle would take 60 s
+    assert elapsed < deadline + 5  # the trickle would take 60 s
     assert not isinstance(raised.value, FhirUnreadable)  # an outage: try again later
     assert str(raised.value) == (
         f"search RelatedPerson at {slow.url}: no whole answer within 1 s (TimeoutError)"

@@ -81,7 +81,7 @@ def test_a_chart_trickled_past_the_deadline_is_not_loaded_and_the_page_comes_in_
     assert page.status_code == 200
     assert "konden nu niet geladen worden" in page.text
     assert "Emma" not in page.text  # the chart's child: nothing of the trickle was used
-    assert elapsed < app.state.settings.fhir_timeout_seconds + 2
+    assert elapsed < app.state.settings.fhir_timeout_seconds + 5  # the trickle: a minute
 
 
 def test_a_case_page_over_a_server_slow_on_every_request_comes_within_the_screens_budget(
@@ -323,7 +323,7 @@ def test_a_transaction_answered_after_the_deadline_is_delivered_exactly_once(
 
         assert relay.held.is_set()  # the transaction reached the server; its answer did not
         assert result.status == "pending"
-        assert elapsed < 3 + 2  # the save's own attempt (3 s), not the held answer
+        assert elapsed < 3 + 5  # the save's own attempt (3 s), not the held answer (minutes)
         assert "no whole answer within 3 s" in (
             outbox_entry(database, result.outbox_id).last_error or ""
         )

@@ -339,7 +339,7 @@ def test_the_async_connect_timeout_bounds_the_lookup_and_every_address_together(
             return time.monotonic() - started
 
     took = anyio.run(get)
-    assert took < 1.3, took
+    assert took < 2.0, took  # one timeout and room for a loaded machine; three: 2.3 s or more
     assert [host for host, _ in tried] == ["2001:db8::1", "192.0.2.1"]
 
 

@@ -124,7 +124,7 @@ def test_an_issuer_key_set_answered_too_slowly_or_too_large_is_refused_in_time(
         started = time.monotonic()
         with pytest.raises(OAuthError) as refused:
             _verify(slow, token)
-        assert time.monotonic() - started < 2.0 + 2
+        assert time.monotonic() - started < 2.0 + 5  # room for a loaded machine; the set: 30 s
     assert refused.value.kind == "ehr_unreachable"
     assert refused.value.detail == f"{slow.url}: TimeoutError"
 

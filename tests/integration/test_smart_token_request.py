@@ -274,7 +274,7 @@ def test_a_token_endpoint_answering_too_slowly_or_too_much_is_refused_in_time(
         started = time.monotonic()
         with pytest.raises(OAuthError) as refused:
             request_token(http, slow.url, registration, keys, {})
-        assert time.monotonic() - started < 2.0 + 2
+        assert time.monotonic() - started < 2.0 + 5  # room for a loaded machine; the answer: 30 s
     assert (refused.value.kind, refused.value.detail) == (
         "ehr_unreachable",
         "token endpoint: TimeoutError",

@@ -92,10 +92,12 @@ class Trickled(ServedJson):
         self.pause = pause
 
     def send(self, out: BufferedIOBase, answer: bytes) -> None:
+        started = time.monotonic()
         try:
-            for byte in answer:
+            for sent, byte in enumerate(answer, 1):
                 out.write(bytes([byte]))
                 out.flush()
-                time.sleep(self.pause)
+                # paced from the start: a loaded machine's oversleeping does not add up
+                time.sleep(max(0.0, started + sent * self.pause - time.monotonic()))
         except ConnectionError:
             return  # the client gave up on the answer: what the test expects
