@@ -89,15 +89,16 @@ MAX_LAUNCHES_IN_FLIGHT = 20_000
 #: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_USER_MAX = 500  # the session's column
-#: A fhirUser that is the patient or a relative (SMART: fhirUser may be a Patient or a
-#: RelatedPerson), not the hospital's staff: such a user is not let in.
-_NOT_STAFF = re.compile(r"(?:^|/)(Patient|RelatedPerson)/[^/]+(?:/_history/[^/]+)?$")
+#: A fhirUser's resource type (an absolute or relative reference, perhaps versioned).
+_USER_TYPE = re.compile(r"(?:^|/)([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
+#: The patient or a relative (SMART: fhirUser may be a Patient or a RelatedPerson), not
+#: the hospital's staff: such a user is not let in.
+_NOT_STAFF = frozenset({"Patient", "RelatedPerson"})
 #: Whom Kindreflex can name as the author of what it writes: the R4 elements it names its
 #: user in (Observation.performer, Flag.author, ServiceRequest.requester,
 #: Provenance.agent.who, AuditEvent.agent.who) admit a Practitioner or PractitionerRole,
 #: not a Person, which SMART also allows as fhirUser.
-_AUTHOR = re.compile(r"(?:^|/)(?:Practitioner|PractitionerRole)/[^/]+(?:/_history/[^/]+)?$")
-_RESOURCE_TYPE = re.compile(r"([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
+_AUTHORS = frozenset({"Practitioner", "PractitionerRole"})
 USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
 BINDING_COOKIE_PREFIX = "kindreflex_launch_"
 START_PAGE = "/app/triage"
@@ -406,17 +407,17 @@ def _new_session(
         raise PageError(
             400, "id_token_invalid", detail=f"fhirUser longer than {FHIR_USER_MAX}", **page
         )
-    if not_staff := _NOT_STAFF.search(fhir_user):
+    typed = _USER_TYPE.search(fhir_user)
+    kind = typed.group(1) if typed else "unknown"
+    logged = {"fhir_user_type": kind}  # the type, never the user
+    if kind in _NOT_STAFF:
         # a patient portal or a proxy launched with this client would get the nurse's
         # screens and record findings as their author
-        logged = {"fhir_user_type": not_staff.group(1)}
         raise PageError(403, "not_staff", logged=logged, **page)
-    if not _AUTHOR.search(fhir_user):
+    if kind not in _AUTHORS:
         # every launched user may record a triage (a nurse, whatever else): each save would
         # name them where R4 admits no Person, refused by a server that checks reference
         # types, invalid on one that does not
-        kind = _RESOURCE_TYPE.search(fhir_user)
-        logged = {"fhir_user_type": kind.group(1) if kind else "unknown"}
         raise PageError(403, "not_practitioner", logged=logged, **page)
     roles = _call(registration, lambda: roles_from_claims(registration, claims))
     patient = _call(registration, lambda: _fhir_id(answer.get("patient"), "patient"))
