@@ -92,19 +92,24 @@ class SecretBox:
         whose secret cannot be read (KINDREFLEX_SECRET_KEY changed or unset): theirs is
         left out, as if none were stored. The rest of the hospital keeps working (its CDS
         hooks, its other EHRs, the admin screen where the secret is entered again); a
-        launch through such a registration is refused saying why."""
+        launch through such a registration is refused saying why.
+
+        ``document`` itself is left as it was: it is usually a database row's, which must
+        never hold a secret in the clear."""
         unreadable = []
+        registrations = []
         for stored in document.get("registrations", []):
             sealed = stored.get("client_secret")
-            if not sealed:
-                continue
-            plain = self._decrypt(sealed)
-            if plain is None:
-                del stored["client_secret"]
-                unreadable.append(str(stored.get("id")))
-            else:
-                stored["client_secret"] = plain
-        return document, tuple(unreadable)
+            if sealed:
+                stored = {k: v for k, v in stored.items() if k != "client_secret"}
+                plain = self._decrypt(sealed)
+                if plain is None:
+                    unreadable.append(str(stored.get("id")))
+                else:
+                    stored["client_secret"] = plain
+            registrations.append(stored)
+        opened = {**document, "registrations": registrations} if registrations else dict(document)
+        return opened, tuple(unreadable)
 
     def _decrypt(self, sealed: str) -> str | None:
         if self._fernet is None:
@@ -189,7 +194,7 @@ class TenantDirectory:
         )
         if row is None:
             raise UnknownTenantError(slug, "the hospital has no configuration yet")
-        document, unreadable = self._secrets.open(dict(row.document))
+        document, unreadable = self._secrets.open(row.document)
         if unreadable:
             # an operator's to mend (the key back, or the secret entered again); never the
             # secret itself

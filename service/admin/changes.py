@@ -8,7 +8,6 @@ happen. The "what" is the difference between consecutive documents as a list of 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -102,7 +101,7 @@ def history(
             )
         )
     # Stored secrets are encrypted with a fresh nonce each save: compare the plain values.
-    documents = [secrets.open(copy.deepcopy(row.document))[0] for row in rows]
+    documents = [secrets.open(row.document)[0] for row in rows]
     result = []
     for index, row in enumerate(rows[:limit]):
         previous = documents[index + 1] if index + 1 < len(rows) else {}

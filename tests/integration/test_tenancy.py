@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from typing import Any
 
@@ -62,6 +63,24 @@ def test_client_secret_is_encrypted_at_rest_and_readable_again(database: Databas
     assert secret is not None
     assert secret.get_secret_value() == "s3cr3t-value"
     assert loaded.registration_for_iss("https://ehr.example/fhir") is not None
+
+
+def test_opening_the_secrets_leaves_the_sealed_document_as_it_was(database: Database) -> None:
+    """The document opened is a database row's: a secret written into it in the clear
+    would stay in the session's identity map, next to whatever flushes it."""
+    tenants = TenantDirectory(database, SecretBox(KEY))
+    config = TenantConfiguration(name="AZ Gent", registrations=[registration("s3cr3t-value")])
+    tenants.save("az-gent", config, actor="admin@test")
+    with database.session() as session:
+        row = session.scalars(select(TenantConfigVersion)).one()
+        sealed = copy.deepcopy(row.document)
+
+        opened, unreadable = SecretBox(KEY).open(row.document)
+
+        assert row.document == sealed
+        assert "s3cr3t-value" not in str(row.document)
+    assert opened["registrations"][0]["client_secret"] == "s3cr3t-value"
+    assert unreadable == ()
 
 
 @pytest.mark.parametrize("now", [SecretStr("a-new-deployment-key"), None])
