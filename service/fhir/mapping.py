@@ -312,7 +312,7 @@ def flag_period(flag: Mapping[str, Any]) -> tuple[datetime, datetime | None]:
 # Children (RelatedPerson)
 # --------------------------------------------------------------------------------------
 def child_related_person(
-    child: Child, *, patient_ref: str, identifier: Mapping[str, str], ssin: str | None = None
+    child: Child, *, patient_ref: str, identifier: Mapping[str, str]
 ) -> Resource:
     """A child of the patient (profile kindreflex-child).
 
@@ -321,13 +321,10 @@ def child_related_person(
     particles, an eID writes "PEETERS Emma"); a guessed ``family`` would be wrong in the
     EHR's own name fields and in every search or sort on them.
     """
-    ids: list[Mapping[str, str]] = [dict(identifier)]
-    if ssin:
-        ids.append({"system": _ssin_system(), "value": ssin})
     return {
         "resourceType": "RelatedPerson",
         "meta": _meta("kindreflex-child"),
-        "identifier": ids,
+        "identifier": [dict(identifier)],
         "extension": [
             {
                 "url": t.extension_url("lives-with"),
@@ -341,11 +338,6 @@ def child_related_person(
         "name": [{"text": child.name}],
         "birthDate": child.birth_date.isoformat(),
     }
-
-
-def _ssin_system() -> str:
-    pattern = t.element_pattern("kindreflex-child", "RelatedPerson.identifier:ssin.system")
-    return str(pattern)
 
 
 @dataclass(frozen=True)
