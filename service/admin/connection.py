@@ -35,7 +35,12 @@ WRITTEN_RESOURCES = (
     "Provenance",
     "AuditEvent",
 )
-#: Resources the app updates (a child recorded before, a referral's status, the concern).
+#: Resources the app creates only when their business identifier finds none
+#: (``ifNoneExist``), so that a save sent again creates nothing twice; Provenance and
+#: AuditEvent have no identifier in R4 (the outbox sends them once).
+CONDITIONALLY_CREATED = ("RelatedPerson", "Observation", "ServiceRequest", "Organization", "Flag")
+#: Resources the app updates (a child recorded before, a referral's status, the concern),
+#: always with ``If-Match`` on the version read.
 UPDATED_RESOURCES = ("RelatedPerson", "ServiceRequest", "Flag")
 #: Resources the app and the CDS service read.
 READ_RESOURCES = ("Patient", "Encounter", "Condition")
@@ -208,21 +213,40 @@ def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
     report.add("fhir_r4", version.startswith("4.0"), version=version or "?")
     members = _Members()
     interactions: dict[str, set[str]] = {}
+    system: set[str] = set()  # the whole-system interactions (transaction, batch…)
+    conditional: set[str] = set()  # the types declaring conditionalCreate
+    versioned: set[str] = set()  # the types declaring versioning versioned-update (If-Match)
     for rest_at, rest in members.objects(metadata, "rest"):
+        system |= _codes(members, rest, rest_at)
         for at, resource in members.objects(rest, "resource", f"{rest_at}."):
-            codes = {
-                code
-                for code_at, interaction in members.objects(resource, "interaction", f"{at}.")
-                if (code := members.text(interaction, "code", f"{code_at}.")) is not None
-            }
-            interactions.setdefault(str(resource.get("type")), set()).update(codes)
+            kind = str(resource.get("type"))
+            interactions.setdefault(kind, set()).update(_codes(members, resource, at))
+            if resource.get("conditionalCreate") is True:
+                conditional.add(kind)
+            if members.text(resource, "versioning", f"{at}.") == "versioned-update":
+                versioned.add(kind)
+    # every save is one transaction: all its resources are written, or none
+    report.add("transaction", "transaction" in system)
     cannot_write = [r for r in WRITTEN_RESOURCES if "create" not in interactions.get(r, set())]
     report.add("write_resources", not cannot_write, resources=", ".join(cannot_write))
     cannot_update = [r for r in UPDATED_RESOURCES if "update" not in interactions.get(r, set())]
     report.add("update_resources", not cannot_update, resources=", ".join(cannot_update))
     cannot_read = [r for r in READ_RESOURCES if "read" not in interactions.get(r, set())]
     report.add("read_resources", not cannot_read, resources=", ".join(cannot_read))
+    unconditional = [r for r in CONDITIONALLY_CREATED if r not in conditional]
+    report.add("conditional_create", not unconditional, resources=", ".join(unconditional))
+    unguarded = [r for r in UPDATED_RESOURCES if r not in versioned]
+    report.add("versioned_update", not unguarded, resources=", ".join(unguarded))
     _note_ignored(report, "capability_statement_members", members)
+
+
+def _codes(members: _Members, declared: dict[str, Any], at: str) -> set[str]:
+    """The codes of ``declared``'s interactions (of a ``rest`` entry or of a resource)."""
+    return {
+        code
+        for code_at, interaction in members.objects(declared, "interaction", f"{at}.")
+        if (code := members.text(interaction, "code", f"{code_at}.")) is not None
+    }
 
 
 def check_connection(

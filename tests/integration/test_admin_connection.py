@@ -12,6 +12,7 @@ import gzip
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -69,9 +70,12 @@ def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> No
         "capability_statement": True,
         "fhir_r4": True,
         "refresh_tokens": True,
+        "transaction": True,
         "write_resources": True,
         "update_resources": True,
         "read_resources": True,
+        "conditional_create": True,
+        "versioned_update": True,
     }
     messages = {check.id: check.message for check in report.checks}
     assert messages["launch_ehr"] == "Starten vanuit het EPD (launch-ehr) wordt ondersteund."
@@ -262,6 +266,57 @@ def test_a_server_that_cannot_make_every_write_of_a_case_is_not_ready() -> None:
         for kind in ("Patient", "Encounter", "Condition", "RelatedPerson", "Observation",
                      "ServiceRequest", "Provenance", "AuditEvent")
     ] + [{"type": "Flag", "interaction": [{"code": "read"}, {"code": "create"}]}]  # fmt: skip
+    report = _checked_ehr(resources)
+    assert not report.ready
+    missing = {c.id: c.message for c in report.checks if not c.ok}
+    assert missing == {
+        "write_resources": "The server cannot create these resources: Organization.",
+        "conditional_create": "The server declares no conditional create (conditionalCreate) "
+        "for: Organization. A save sent again may then create them twice.",
+        "update_resources": "The server cannot update these resources: Flag. A changed "
+        "child, a referral's status or the concern flag is then not saved.",
+        "refresh_tokens": "No refresh tokens (offline_access): what was not yet sent when "
+        "the session ends waits until someone opens the app for that patient again.",
+    }
+    assert [c.id for c in report.checks if not c.needed] == ["launch_standalone", "refresh_tokens"]
+
+
+def test_a_server_that_could_save_twice_or_overwrite_unawares_is_not_ready() -> None:
+    """Every save is one transaction; its creates are conditional on a business identifier
+    (a save sent again after a timeout creates nothing twice) and its updates carry
+    If-Match (two users do not overwrite each other). A server that declares none of it
+    was "ready", and would refuse every save, or duplicate and overwrite findings."""
+    every = [{"code": code} for code in ("read", "search-type", "create", "update")]
+    resources = [
+        {"type": kind, "interaction": every, "versioning": "versioned"}
+        for kind in ("Patient", "Encounter", "Condition", "RelatedPerson", "Observation",
+                     "ServiceRequest", "Organization", "Flag", "Provenance", "AuditEvent")
+    ]  # fmt: skip
+    report = _checked_ehr(resources, conditional=False, transaction=False)
+    assert not report.ready
+    missing = {c.id: c.message for c in report.checks if c.needed and not c.ok}
+    assert missing == {
+        "transaction": "The server takes no transactions (interaction transaction): "
+        "Kindreflex saves each step as one transaction and can then save nothing.",
+        "conditional_create": "The server declares no conditional create (conditionalCreate) "
+        "for: RelatedPerson, Observation, ServiceRequest, Organization, Flag. A save sent "
+        "again may then create them twice.",
+        "versioned_update": "The server declares no versioned update (versioning "
+        "versioned-update, If-Match) for: RelatedPerson, ServiceRequest, Flag. Two users may "
+        "then overwrite each other's change unawares.",
+    }
+
+
+def _checked_ehr(
+    resources: list[dict[str, Any]], *, conditional: bool = True, transaction: bool = True
+) -> ConnectionReport:
+    """The test connection's report on an EHR that launches apps as Kindreflex needs and
+    declares ``resources`` (each created conditionally and updated on its version, unless
+    the resource says otherwise or ``conditional`` is False)."""
+    declared = [
+        {"conditionalCreate": conditional, "versioning": "versioned-update", **resource}
+        for resource in resources
+    ]
     answer = {
         "authorization_endpoint": "https://ehr.example/authorize",
         "capabilities": [
@@ -275,20 +330,16 @@ def test_a_server_that_cannot_make_every_write_of_a_case_is_not_ready() -> None:
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "resourceType": "CapabilityStatement",
         "fhirVersion": "4.0.1",
-        "rest": [{"mode": "server", "resource": resources}],
+        "rest": [
+            {
+                "mode": "server",
+                "interaction": [{"code": "transaction"}] if transaction else [],
+                "resource": declared,
+            }
+        ],
     }
     with ServedJson(json.dumps(answer).encode(), path="/fhir") as served:
-        report = check_connection(registration(served.url), "en", timeout_seconds=5)
-    assert not report.ready
-    missing = {c.id: c.message for c in report.checks if not c.ok}
-    assert missing == {
-        "write_resources": "The server cannot create these resources: Organization.",
-        "update_resources": "The server cannot update these resources: Flag. A changed "
-        "child, a referral's status or the concern flag is then not saved.",
-        "refresh_tokens": "No refresh tokens (offline_access): what was not yet sent when "
-        "the session ends waits until someone opens the app for that patient again.",
-    }
-    assert [c.id for c in report.checks if not c.needed] == ["launch_standalone", "refresh_tokens"]
+        return check_connection(registration(served.url), "en", timeout_seconds=5)
 
 
 def test_a_long_list_of_members_of_the_wrong_kind_names_the_first_five() -> None:
