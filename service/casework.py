@@ -1000,7 +1000,8 @@ class Casework:
             and concern.status == "open"
             and not self._save_on_its_way(concern)
         ):
-            changed.update(status="closed", follow_up_due=None)
+            # closed now, for the retention that empties a closed case's names
+            changed.update(status="closed", follow_up_due=None, updated_at=utcnow())
         if not changed:
             return concern.status
         with self._database.session() as session:

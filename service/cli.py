@@ -142,7 +142,9 @@ def cmd_db_purge(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         database.dispose()
     print(
-        f"emptied {purged.payloads} delivered outbox payloads older than {args.days} days; "
+        f"emptied {purged.payloads} delivered outbox payloads older than {args.days} days "
+        f"and the patient's name and children's birth dates of {purged.closed_cases} cases "
+        f"closed more than {args.days} days ago; "
         f"deleted {purged.admin_sessions} admin sessions and {purged.bootstrap_tokens} "
         "bootstrap tokens that expired, ended or were used, "
         f"{purged.app_sessions} expired app sessions (with their EHR tokens) and "

@@ -9,6 +9,11 @@
   and the worklist refer to it and monitoring reads its delivery state. Entries not
   delivered (pending, failed, conflict, waiting) or younger are left alone: they may
   still need a person or a retry.
+* A closed case's row of the worklist index keeps the patient's name and the children's
+  birth dates for the social service's list. Once the case has been closed (unchanged)
+  for the retention period, both are emptied: the case stays on the hospital's FHIR
+  server, and the list shows it by its patient reference. An open case keeps them,
+  however old: the social service works on it.
 * Admin sessions that expired or ended, and bootstrap tokens that expired or were used,
   are deleted (they only hold hashes, but a dead credential has no reason to stay).
 * Expired app sessions are deleted with the EHR's access and refresh tokens they hold
@@ -32,6 +37,7 @@ from service.db.models import (
     AdminBootstrapToken,
     AdminSession,
     AppSession,
+    Concern,
     LaunchState,
     MonitoringSave,
     OutboxEntry,
@@ -45,6 +51,7 @@ PURGED_BUNDLE = {"resourceType": "Bundle", "type": "transaction", "entry": []}
 #: As stored (both databases keep the JSON text they were given): purged rows are skipped,
 #: so a second purge changes and counts nothing.
 _PURGED_TEXT = json.dumps(PURGED_BUNDLE)
+_NO_BIRTH_DATES = json.dumps([])
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Purged:
     """How many rows one purge changed."""
 
     payloads: int
+    closed_cases: int
     admin_sessions: int
     bootstrap_tokens: int
     app_sessions: int
@@ -82,6 +90,7 @@ def purge(database: Database, retention: timedelta, now: datetime | None = None)
             .values(bundle=PURGED_BUNDLE, outcome=None, last_error=None)
             .execution_options(synchronize_session=False)
         )
+        closed_cases = _forget_closed_cases(session, now - retention)
         sessions = session.execute(
             delete(AdminSession).where(
                 or_(AdminSession.expires_at <= now, AdminSession.ended_at.is_not(None))
@@ -95,11 +104,32 @@ def purge(database: Database, retention: timedelta, now: datetime | None = None)
         app_sessions, launch_states = drop_expired_launches(session, now)
         return Purged(
             int(payloads.rowcount),  # type: ignore[attr-defined]
+            closed_cases,
             int(sessions.rowcount),  # type: ignore[attr-defined]
             int(tokens.rowcount),  # type: ignore[attr-defined]
             app_sessions,
             launch_states,
         )
+
+
+def _forget_closed_cases(session: Session, closed_before: datetime) -> int:
+    """Empty the patient's name and the children's birth dates of the cases closed and
+    unchanged since before ``closed_before``; how many."""
+    forgotten = session.execute(
+        update(Concern)
+        .where(
+            Concern.status == "closed",
+            Concern.updated_at < closed_before,
+            or_(
+                Concern.patient_display.is_not(None),
+                cast(Concern.children_birth_dates, Text) != _NO_BIRTH_DATES,
+            ),
+        )
+        # a new row version: a social worker's page of the case still open cannot save over it
+        .values(patient_display=None, children_birth_dates=[], row_version=Concern.row_version + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return int(forgotten.rowcount)  # type: ignore[attr-defined]
 
 
 def drop_expired_launches(session: Session, now: datetime) -> tuple[int, int]:

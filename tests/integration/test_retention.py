@@ -24,6 +24,7 @@ from service.db.models import (
     AdminSession,
     AppSession,
     AuditRecord,
+    Concern,
     LaunchState,
     MonitoringSave,
     OutboxEntry,
@@ -33,6 +34,7 @@ from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionStore
+from tests.support.casework import index_case
 from tests.support.write_path import make_tenant
 
 CHILD_NAME = "Lotte Janssens"  # the nurse's input in every bundle
@@ -108,7 +110,12 @@ def test_only_old_delivered_counted_payloads_are_emptied_and_dead_admin_access_d
     purged = retention.purge(database, timedelta(days=30))
 
     assert purged == retention.Purged(
-        payloads=3, admin_sessions=2, bootstrap_tokens=2, app_sessions=0, launch_states=0
+        payloads=3,
+        closed_cases=0,
+        admin_sessions=2,
+        bootstrap_tokens=2,
+        app_sessions=0,
+        launch_states=0,
     )
     bundles = _bundles(database)
     # a save nobody's view of the figures had counted is counted by the purge, then emptied:
@@ -129,7 +136,7 @@ def test_only_old_delivered_counted_payloads_are_emptied_and_dead_admin_access_d
     assert access.authenticate(database, live.token) is not None
     assert len(tokens) == 1  # the unused, unexpired one
     again = retention.purge(database, timedelta(days=30))
-    assert again == retention.Purged(0, 0, 0, 0, 0)  # safe to run again: nothing left to do
+    assert again == retention.Purged(0, 0, 0, 0, 0, 0)  # safe to run again: nothing left to do
     assert access.redeem_bootstrap_token(database, hospital.id, live_token, "Els").token
 
 
@@ -205,6 +212,54 @@ def test_expired_app_sessions_go_with_their_tokens_and_what_their_pages_showed(
         assert session.scalars(select(AppSession.id)).all() == [live]
         assert session.scalars(select(ShownChild.session_id)).all() == [live]
         assert session.scalars(select(LaunchState.state_hash)).all() == [in_flight]
+
+
+def test_a_case_closed_for_the_retention_period_forgets_the_names_an_open_one_keeps_them(
+    database: Database,
+) -> None:
+    """The worklist index kept the patient's name and the children's birth dates of every
+    case closed, for good, though the case is on the hospital's FHIR server."""
+    hospital = make_tenant(database, "default", "http://fhir.test")
+    other = make_tenant(database, "hospital-b", "http://fhir.test")
+    now = utcnow()
+    month_ago, recently = now - timedelta(days=31), now - timedelta(days=11)
+    cases = {
+        "closed long ago": _case(database, hospital, "closed", month_ago),
+        "of another hospital": _case(database, other, "closed", month_ago),
+        "closed recently": _case(database, hospital, "closed", recently),
+        "open long": _case(database, hospital, "open", month_ago),
+    }
+
+    purged = retention.purge(database, timedelta(days=30))
+
+    assert purged.closed_cases == 2
+    with database.session() as session:
+        rows = {name: session.get(Concern, case_id) for name, case_id in cases.items()}
+        kept = {
+            name: (row.patient_display, row.children_birth_dates, row.row_version)
+            for name, row in rows.items()
+            if row is not None
+        }
+    assert kept == {
+        "closed long ago": (None, [], 2),  # a page of it still open cannot save over this
+        "of another hospital": (None, [], 2),
+        "closed recently": ("Janssens, Eva", ["2019-05-01"], 1),
+        "open long": ("Janssens, Eva", ["2019-05-01"], 1),
+    }
+    assert retention.purge(database, timedelta(days=30)).closed_cases == 0
+
+
+def _case(database: Database, tenant: TenantContext, status: str, changed_at: datetime) -> int:
+    """A case on the worklist index with its patient's name, last changed ``changed_at``."""
+    case_id = index_case(database, tenant, "Patient/p", changed_at, status=status)
+    with database.session() as session:
+        session.execute(
+            update(Concern)
+            .where(Concern.id == case_id)
+            .values(patient_display="Janssens, Eva", updated_at=changed_at)
+            .execution_options(synchronize_session=False)
+        )
+    return case_id
 
 
 def test_a_negative_retention_is_refused(database: Database) -> None:
