@@ -160,8 +160,10 @@ SIGN_IN_ROUTES = {
     "/launch",
     "/callback",
     "/admin/login",
+    "/admin/api/session",  # the admin API's sign-in with a bootstrap token
     "/t/{tenant}/launch",
     "/t/{tenant}/admin/login",
+    "/t/{tenant}/admin/api/session",
 }
 
 
