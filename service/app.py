@@ -275,14 +275,16 @@ async def _validation_failed(request: Request, error: Exception) -> Response:
 
     FastAPI echoes the value it refused (``input``) and where it was (``loc``, which holds
     the name of a field it did not expect); a NaN or an infinity (``1e400``) in a JSON body
-    was echoed as a float that JSON cannot carry, and the answer became a 500; and a string
-    of megabytes (a code refused for its length) was echoed whole.
+    was echoed as a float that JSON cannot carry, and the answer became a 500; so were a
+    lone surrogate (``"\\ud800"``, which JSON may write and UTF-8 cannot) and the bytes of
+    a body that is no UTF-8 (sent as ``text/plain``); and a string of megabytes (a code
+    refused for its length) was echoed whole.
     """
     assert isinstance(error, RequestValidationError)
     page = await handle_invalid_page_request(request, error.errors())  # a screen's: a page
     if page is not None:
         return page
-    detail = [_echoable(problem) for problem in jsonable_encoder(error.errors())]
+    detail = [_echoable(problem) for problem in jsonable_encoder(_encodable(error.errors()))]
     return JSONResponse({"detail": _finite(detail)}, status_code=422)
 
 
@@ -309,6 +311,20 @@ def _cut(value: Any) -> Any:
         return {_cut(key): _cut(item) for key, item in shown} | ({"…": "…"} if more else {})
     if isinstance(value, list):
         return [_cut(item) for item in value[:ECHOED_ITEMS]] + (["…"] if more else [])
+    return value
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with text UTF-8 can carry: bytes decoded (a byte that is no UTF-8 as
+    U+FFFD), a lone surrogate written as its escape (``\\ud800``)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(item) for item in value]
     return value
 
 

@@ -212,6 +212,35 @@ def test_a_number_json_cannot_carry_gets_the_usual_422(
     assert assignment_of(database, hospital.case_id) == (None, 1)
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "refused"),
+    [
+        (b'{"row_version": "\\ud800"}', "application/json", (["body", "row_version"], "\\ud800")),
+        (b'{"row_version": 1, "x\\ud800": 1}', "application/json", (["body"], "x\\ud800")),
+        (b"\xff\xfe{", "text/plain", (["body"], "\ufffd\ufffd{")),
+    ],
+    ids=["lone-surrogate", "lone-surrogate-in-a-name", "no-utf-8"],
+)
+def test_text_utf_8_cannot_carry_gets_the_usual_422(
+    hospital: _Hospital,
+    database: Database,
+    body: bytes,
+    content_type: str,
+    refused: tuple[list[str], object],
+) -> None:
+    """The 422 repeats what it refused; a lone surrogate (which JSON may write, UTF-8
+    cannot) and bytes that are no UTF-8 made that answer a 500 (found by review)."""
+    answer = hospital.client.post(
+        f"/api/cases/{hospital.case_id}/claim",
+        content=body,
+        headers=hospital.headers | {"Content-Type": content_type},
+    )
+    assert answer.status_code == 422, answer.text
+    problems = [(problem["loc"], problem["input"]) for problem in answer.json()["detail"]]
+    assert refused in problems, problems
+    assert assignment_of(database, hospital.case_id) == (None, 1)
+
+
 def _step(hospital: _Hospital, step: str, body: dict[str, Any]) -> dict[str, Any]:
     """The one problem of a step's body the API refused with 422."""
     answer = hospital.client.post(
