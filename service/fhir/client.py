@@ -70,6 +70,7 @@ the logs.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -528,4 +529,30 @@ def _json_or_none(response: httpx.Response) -> Resource | None:
         body = response.json()
     except ValueError:
         return None
-    return body if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return None
+    return _without_lone_surrogates(body) if _SURROGATE_ESCAPE.search(response.content) else body
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Where a surrogate can come from: an escape (UTF-8 has no bytes for one).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with each lone UTF-16 surrogate in its text made U+FFFD.
+
+    JSON may write one (``"\\ud800"``: a name cut in the middle of an emoji by an EHR's
+    length limit), and Python's parser keeps it; UTF-8 cannot encode it, so the page, the
+    database row or the FHIR write that held it failed. A pair is one character by now:
+    only a lone one is replaced."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {
+            _without_lone_surrogates(key): _without_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    return value

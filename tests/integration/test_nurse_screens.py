@@ -54,6 +54,7 @@ from smart_app.nurse import MAX_CHILDREN, NO_FIELD, parse_typed_date, protocol_e
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
 from tests.support.pages import Page, recorded_rows
 from tests.support.processes import free_port
+from tests.support.relay import SlowRelay
 from tests.support.sandbox import running_sandbox
 from tests.support.served import ServedJson
 from tests.support.triage import resources_of, served_chart, written_by_kindreflex
@@ -294,6 +295,26 @@ def test_no_patient_banner_when_the_ehr_shows_its_own(nurse_for: Any) -> None:
     assert all(
         re.fullmatch(r"\d{2}/\d{2}/\d{4}", page.value(f"child-{i}-birth_date")) for i in (0, 1)
     )
+
+
+def test_a_name_the_ehr_cut_in_half_is_shown_with_a_replacement_character(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    """An EHR may cut a name in the middle of an emoji (a length limit counted in UTF-16
+    units), and JSON writes the half left as a lone surrogate ("\\ud83d"), which Python's
+    parser keeps and UTF-8 cannot encode: the triage page was a 500 and the nurse could
+    not record the children (found by review). The real server refuses to store such a
+    name, so a relay in front of it writes one into its answers."""
+    with SlowRelay(sandbox.fhir_base_url) as relay:
+        relay.rewrite = lambda body: body.replace(b'Goossens"', b'Goossens\\ud83d"')
+        nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
+        page = nurse.page()
+        assert page.status == 200, page.text
+        assert page.value("patient_name") == "Els Goossens\ufffd"
+        typed = _child_rows(page, 2) | {"patient_name": page.value("patient_name")}
+        saved = nurse.post(typed | {"assessment": "no-concern"})
+    assert saved.status == 200, saved.text
+    assert "Opgeslagen" in saved.text
 
 
 def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) -> None:
