@@ -62,8 +62,8 @@ from service.tenant_config import (
 )
 from smart_app.errors import PageError
 from smart_app.pages import TEMPLATES
-from smart_app.security import page_headers, tokens_match
-from smart_app.session import SESSION_COOKIE, current_launch
+from smart_app.security import iframe_cookie, page_headers, tokens_match
+from smart_app.session import SESSION_COOKIE, current_launch, sessions_of
 
 ADMIN_COOKIE = "kindreflex_admin"
 CSRF_HEADER = "X-CSRF-Token"
@@ -87,6 +87,7 @@ class Admin:
     csrf: str
     by_cookie: bool
     session: access.AdminPrincipal | None  # None: signed in through an EHR launch
+    launch_session: str | None = None  # that launch's app session
 
 
 class AdminAuthError(Exception):
@@ -128,7 +129,7 @@ def _from_app_session(request: Request, tenant: TenantContext) -> Admin:
     if "admin" not in launch.user.roles:
         raise AdminAuthError(403, "this user does not have the admin role")
     actor = f"{launch.user.name} <{launch.user.fhir_user}>"
-    return Admin(tenant, actor, launch.csrf, True, None)
+    return Admin(tenant, actor, launch.csrf, True, None, launch.session_id)
 
 
 async def _check_csrf(request: Request, admin: Admin) -> None:
@@ -325,10 +326,10 @@ async def api_sign_in(request: Request, tenant: TenantDep, database: DatabaseDep
 
 
 @router.delete("/admin/api/session", status_code=204)
-def api_sign_out(admin: ApiAdmin, database: DatabaseDep) -> Response:
-    if admin.session is not None:
-        access.end_session(database, admin.session)
-    return Response(status_code=204)
+def api_sign_out(request: Request, admin: ApiAdmin, database: DatabaseDep) -> Response:
+    response = Response(status_code=204)
+    _sign_out(request, admin, database, response)
+    return response
 
 
 @router.get("/admin/api/config")
@@ -714,11 +715,23 @@ def login(
 
 @router.post("/admin/logout")
 def logout(request: Request, admin: ScreenAdmin, database: DatabaseDep) -> Response:
-    if admin.session is not None:
-        access.end_session(database, admin.session)
     response = RedirectResponse(f"{_prefix(request)}/admin/login", status_code=303)
     response.delete_cookie(ADMIN_COOKIE, path="/")
+    _sign_out(request, admin, database, response)
     return response
+
+
+def _sign_out(request: Request, admin: Admin, database: Database, response: Response) -> None:
+    """End the admin's session at once: the bootstrap sign-in's, or the EHR launch's. The
+    launch is the app's session too: on a shared workstation, signing out must not leave
+    the worklist open behind the sign-in page."""
+    if admin.session is not None:
+        access.end_session(database, admin.session)
+    elif admin.launch_session is not None:
+        sessions_of(request).end(admin.launch_session)
+        with database.session() as session:
+            access.record_event(session, admin.tenant.id, admin.actor, "admin-signed-out")
+        response.headers.append("set-cookie", iframe_cookie(SESSION_COOKIE, "", 0))
 
 
 @router.get("/admin", response_class=HTMLResponse)

@@ -58,6 +58,7 @@ from smart_app.oauth import (
 )
 from smart_app.security import digest, iframe_cookie, tokens_match
 from smart_app.session import (
+    LAUNCH_PARAM,
     SESSION_COOKIE,
     SESSION_LIFETIME,
     AppUser,
@@ -66,6 +67,7 @@ from smart_app.session import (
     SessionStore,
     all_frame_origins,
     token_expiry,
+    with_launch,
 )
 from smart_app.social import PATIENT_CASE_PAGE
 
@@ -142,7 +144,7 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
                 path_prefix=_path_prefix(request, tenant),
                 code_verifier=verifier,
                 nonce=nonce,
-                server=server.to_json(),
+                server=server.to_json() | {_LAUNCHED_FOR: _identity(registration)},
                 expires_at=utcnow() + LAUNCH_LIFETIME,
             )
         )
@@ -182,7 +184,7 @@ def callback(
         raise PageError(400, "authorization_failed", detail=error_description or error, **page)
     settings: Settings = request.app.state.settings
     keys: KeyStore = request.app.state.keys
-    server = AuthServer.from_json(pending.server)
+    server = AuthServer.from_json({k: v for k, v in pending.server.items() if k != _LAUNCHED_FOR})
     with ehr_client(settings.fhir_timeout_seconds) as http:
         answer = _call(
             registration,
@@ -227,9 +229,10 @@ def callback(
             }
         },
     )
-    start = _start_page(new)
+    start = _start_page(new, session_id)
     response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{start}", 303)
-    _set_cookie(response, SESSION_COOKIE, secret, SESSION_LIFETIME)
+    cookie = with_launch(request.cookies.get(SESSION_COOKIE), secret)
+    _set_cookie(response, SESSION_COOKIE, cookie, SESSION_LIFETIME)
     _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
     return response
 
@@ -260,13 +263,19 @@ def _refuse_when_busy(
     )
 
 
-def _start_page(new: NewSession) -> str:
+def _start_page(new: NewSession, session_id: str) -> str:
     """Where the launch opens the app: a triage visit (a patient and an encounter) on the
     nurse's screen; a social worker's launch without a patient on the worklist, and from
-    a patient's chart (no encounter) on that patient's case."""
+    a patient's chart (no encounter) on that patient's case. A page of the launch's
+    patient names the launch (``LAUNCH_PARAM``): a launch in another tab must not take
+    it over."""
     if "social-worker" not in new.user.roles or new.encounter_id is not None:
-        return START_PAGE
-    return "/social" if new.patient_id is None else PATIENT_CASE_PAGE
+        page = START_PAGE
+    elif new.patient_id is None:
+        return "/social"
+    else:
+        page = PATIENT_CASE_PAGE
+    return f"{page}?{urlencode({LAUNCH_PARAM: session_id})}"
 
 
 def _audit_sign_in(
@@ -360,15 +369,34 @@ def _consume_state(request: Request, state: str | None) -> tuple[LaunchState, Te
         raise PageError(400, "bad_state", detail=str(error)) from error
 
 
+#: The launch state's record of the registration the sign-in was started for.
+_LAUNCHED_FOR = "launched_for"
+
+
+def _identity(registration: EhrRegistration) -> dict[str, str]:
+    """What makes a registration the same EHR and client: where its credentials may go."""
+    return {
+        "fhir_base_url": registration.fhir_base_url,
+        "client_id": registration.client_id,
+        "client_auth": registration.client_auth,
+    }
+
+
 def _registration(tenant: TenantContext, pending: LaunchState) -> EhrRegistration:
+    """The registration the sign-in was started for, as it is now. One an administrator
+    removed, or pointed at another EHR or client while the user was signing in, is
+    refused: its credentials (a client secret) must not go to the token endpoint found
+    for the old one, nor the old EHR's user and patient become a session on the new."""
     registration = next(
         (r for r in tenant.config.registrations if r.id == pending.registration_id), None
     )
     if registration is None:
-        raise PageError(
-            400, "bad_state", frame_origins=all_frame_origins(tenant), detail="EHR unregistered"
-        )
-    return registration
+        detail = "EHR unregistered"
+    elif pending.server.get(_LAUNCHED_FOR) != _identity(registration):
+        detail = "the EHR registration changed during the sign-in"
+    else:
+        return registration
+    raise PageError(400, "bad_state", frame_origins=all_frame_origins(tenant), detail=detail)
 
 
 def _page_for(registration: EhrRegistration) -> dict[str, Any]:

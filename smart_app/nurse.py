@@ -657,6 +657,7 @@ def render(
         product_name=translate(ctx.language, "product.name"),
         lang=ctx.language,
         csrf_token=csrf_token(ctx),
+        launch=ctx.session_id,  # links back to this launch's pages name it (LAUNCH_PARAM)
         choices=_choices(ctx.language),
         support_partners=_support_partners(ctx),
         **values,

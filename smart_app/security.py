@@ -84,4 +84,4 @@ def iframe_cookie(name: str, value: str, max_age: int) -> str:
 
 
 _COOKIE_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
-_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_\-]*")
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_\-.]*")

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service import retention
 from service.api.deps import tenant_slug
@@ -52,6 +52,7 @@ from smart_app.oauth import (
 from smart_app.security import digest, page_headers, tokens_match
 
 __all__ = [
+    "LAUNCH_PARAM",
     "SESSION_COOKIE",
     "AppUser",
     "LaunchContext",
@@ -72,6 +73,14 @@ log = logging.getLogger(__name__)
 Role = Literal["nurse", "social-worker", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 SESSION_COOKIE = "kindreflex_session"
+#: The query parameter that names the launch a page belongs to (its session's id; not a
+#: credential: the cookie is).
+LAUNCH_PARAM = "s"
+#: Launches one browser keeps at once. A nurse may have several patients' charts open in
+#: tabs of the EHR, each with its launch: the cookie holds their secrets, newest first,
+#: and each page names its own (``LAUNCH_PARAM``), so that a tab never acts for the
+#: patient another tab launched.
+MAX_LAUNCHES_PER_BROWSER = 5
 SESSION_LIFETIME = timedelta(hours=8)  # one shift; the EHR relaunches per patient anyway
 REFRESH_MARGIN = timedelta(seconds=60)  # refresh a token this long before it expires
 DEFAULT_TOKEN_LIFETIME = timedelta(minutes=5)  # when a token response has no expires_in
@@ -187,10 +196,48 @@ class SessionStore:
             )
         return row if row is not None and row.expires_at > utcnow() else None
 
+    def of_browser(self, cookie: str, launch: str | None) -> AppSession | None:
+        """The live session of the launch ``launch`` among the cookie's; without one, the
+        browser's newest launch. Never another launch than the one named."""
+        held = browser_launches(cookie)
+        if launch is None:
+            return self.find(held[0]) if held else None
+        with self._database.session() as session:
+            row = session.scalar(
+                select(AppSession).where(
+                    AppSession.id == launch,
+                    AppSession.cookie_hash.in_([digest(secret) for secret in held]),
+                )
+            )
+        return row if row is not None and row.expires_at > utcnow() else None
+
+    def end(self, session_id: str) -> None:
+        """Sign the session out now: its pages are refused from here on, as after its
+        expiry, and it goes with its tokens at the next purge. As after an expiry, a save
+        made in it is still delivered with its access token while that is fresh
+        (``TokenSource.access_token``), then waits for the next sign-in."""
+        with self._database.session() as session:
+            session.execute(
+                update(AppSession)
+                .where(AppSession.id == session_id, AppSession.expires_at > utcnow())
+                .values(expires_at=utcnow())
+            )
+
     def purge_expired(self) -> None:
         """Delete expired sessions (with their tokens) and abandoned launch states."""
         with self._database.session() as session:
             retention.drop_expired_launches(session, utcnow())
+
+
+def browser_launches(cookie: str | None) -> list[str]:
+    """The secrets of the browser's launches the session cookie holds, newest first."""
+    return [secret for secret in (cookie or "").split(".") if secret][:MAX_LAUNCHES_PER_BROWSER]
+
+
+def with_launch(cookie: str | None, secret: str) -> str:
+    """The session cookie after a new launch: its secret first, then the browser's earlier
+    launches (the oldest beyond ``MAX_LAUNCHES_PER_BROWSER`` dropped)."""
+    return ".".join([secret, *browser_launches(cookie)][:MAX_LAUNCHES_PER_BROWSER])
 
 
 def sessions_of(request: Request) -> SessionStore:
@@ -207,9 +254,19 @@ def current_launch(request: Request) -> LaunchContext:
         # whether the hospital exists but is not set up yet: for the log, not for anyone
         raise PageError(404, "unknown_tenant", logged={"reason": error.reason}) from error
     cookie = request.cookies.get(SESSION_COOKIE)
-    row = sessions_of(request).find(cookie) if cookie else None
+    launch = request.query_params.get(LAUNCH_PARAM)
+    row = sessions_of(request).of_browser(cookie, launch) if cookie else None
     if row is None or row.tenant_id != tenant.id:
         raise PageError(401, "session_missing", frame_origins=all_frame_origins(tenant))
+    if not _still_registered(tenant, row):
+        # an administrator removed the EHR (retired, or compromised) or pointed it at
+        # another server: its sessions end now, not when their 8 hours are up
+        raise PageError(
+            401,
+            "session_missing",
+            frame_origins=all_frame_origins(tenant),
+            logged={"reason": "the session's EHR registration was removed or moved"},
+        )
     return LaunchContext(
         session_id=row.id,
         tenant=tenant,
@@ -227,6 +284,15 @@ def current_launch(request: Request) -> LaunchContext:
         path_prefix=row.path_prefix,
         need_patient_banner=row.launch_details.get("need_patient_banner") is not False,
         csrf=row.csrf_token,
+    )
+
+
+def _still_registered(tenant: TenantContext, row: AppSession) -> bool:
+    """Whether the EHR the session was launched through is still registered, at the
+    server the session's tokens are for."""
+    return any(
+        registration.id == row.registration_id and registration.fhir_base_url == row.fhir_base_url
+        for registration in tenant.config.registrations
     )
 
 

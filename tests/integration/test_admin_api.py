@@ -498,6 +498,38 @@ def test_an_ehr_user_with_the_admin_role_administers_their_own_hospital(
     assert client.get("/t/az-brugge/admin/api/config").status_code == 401
 
 
+@pytest.mark.parametrize("how", ["screen", "api"])
+def test_an_ehr_admin_who_signs_out_is_signed_out_of_the_app(
+    client: TestClient, database: Database, gent: Hospital, how: str
+) -> None:
+    """Afmelden (and DELETE /admin/api/session) ended only a bootstrap token's session:
+    an administrator who came through the EHR saw the sign-in page, while her session
+    still opened the admin screen, the worklist and the figures (found by review)."""
+    cookie, csrf = app_session(client, gent, "admin", "social-worker")
+    client.cookies.set(SESSION_COOKIE, cookie)
+    assert client.get("/admin/api/config").status_code == 200
+    headers = {CSRF_HEADER: csrf}
+
+    if how == "screen":
+        out = client.post("/admin/logout", headers=headers, follow_redirects=False)
+        assert out.status_code == 303
+    else:
+        out = client.delete("/admin/api/session", headers=headers)
+        assert out.status_code == 204
+    assert any(
+        line.startswith(f"{SESSION_COOKIE}=;") and "Partitioned" in line
+        for line in out.headers.get_list("set-cookie")
+    )
+
+    client.cookies.set(SESSION_COOKIE, cookie)  # a browser that kept it
+    assert client.get("/admin/api/config").status_code == 401
+    assert client.get("/api/cases").status_code == 401
+    client.cookies.clear()
+    events = client.get("/admin/api/audit", headers=bearer(database, gent.id)).json()["events"]
+    signed_out = [e for e in events if e["action"] == "admin-signed-out"]
+    assert [e["actor"] for e in signed_out] == ["An Janssens <Practitioner/1>"]
+
+
 def test_a_change_based_on_an_older_version_is_refused_not_lost(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

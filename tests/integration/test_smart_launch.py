@@ -53,6 +53,8 @@ from smart_app.oauth import (
     AuthServers,
 )
 from smart_app.session import (
+    LAUNCH_PARAM,
+    MAX_LAUNCHES_PER_BROWSER,
     SESSION_COOKIE,
     LaunchContext,
     LaunchDep,
@@ -133,11 +135,13 @@ class Kindreflex:
         decision: str = "allow",
         with_patient: bool = True,
         with_encounter: bool = True,
+        patient: str | None = None,
     ) -> httpx.Response:
         """The whole EHR launch as the browser lives it; returns our callback's answer.
-        Without an encounter it is a launch from the patient's chart, not a triage visit."""
+        Without an encounter it is a launch from the patient's chart, not a triage visit.
+        The patient is ``patient``, by default the sandbox's first."""
         lid = self.sandbox.auth.create_launch(
-            patient=first_patient(self.sandbox) if with_patient else None,
+            patient=(patient or first_patient(self.sandbox)) if with_patient else None,
             encounter="enc-1" if with_patient and with_encounter else None,
             user=user,
             app_context='{"hook":"encounter-start"}',
@@ -160,6 +164,14 @@ class Kindreflex:
 
 def first_patient(sandbox: Sandbox) -> str:
     return next(iter(sandbox.seeded.patients.values())).id
+
+
+def _opened_page(kindreflex: Kindreflex, answer: httpx.Response) -> str:
+    """Where the callback's answer sends the browser: the page, without the launch a page
+    of the launch's patient names (``?s=``: checked by the test of several launches)."""
+    page, _, query = str(answer.headers["location"]).removeprefix(kindreflex.url).partition("?")
+    assert parse_qs(query).keys() == (set() if page.endswith("/social") else {LAUNCH_PARAM})
+    return page
 
 
 @contextmanager
@@ -273,7 +285,7 @@ def test_ehr_launch_sets_a_partitioned_session_cookie_and_the_launch_context(
     answer = kindreflex.launch(browser)
 
     assert answer.status_code == 303, answer.text
-    assert answer.headers["location"] == f"{kindreflex.url}/app/triage"
+    assert _opened_page(kindreflex, answer) == "/app/triage"
     attributes = browser.attributes(SESSION_COOKIE)
     assert {"secure", "httponly", "partitioned"} <= set(attributes)
     assert attributes["samesite"].lower() == "none"
@@ -311,7 +323,7 @@ def test_a_launch_under_a_tenant_prefix_stays_in_that_tenant(kindreflex: Kindref
     browser = Browser()
     answer = kindreflex.launch(browser, prefix="/t/az-gent")
 
-    assert answer.headers["location"] == f"{kindreflex.url}/t/az-gent/app/triage"
+    assert _opened_page(kindreflex, answer) == "/t/az-gent/app/triage"
     assert browser.get(f"{kindreflex.url}/t/az-gent/test/whoami").json()["tenant"] == "az-gent"
     other_hospital = browser.get(f"{kindreflex.url}/test/whoami")
     assert other_hospital.status_code == 401
@@ -500,12 +512,42 @@ def test_the_app_opens_where_the_launch_context_says(kindreflex: Kindreflex) -> 
             Browser(), user=user, with_patient=with_patient, with_encounter=with_encounter
         )
         assert answer.status_code == 303, answer.text
-        return str(answer.headers["location"]).removeprefix(kindreflex.url)
+        return _opened_page(kindreflex, answer)
 
     assert opened("social-worker") == "/app/triage"
     assert opened("social-worker", with_encounter=False) == "/social/patient"
     assert opened("social-worker", with_patient=False) == "/social"
     assert opened("nurse", with_encounter=False) == "/app/triage"
+
+
+def test_each_tab_keeps_the_patient_it_was_launched_for(kindreflex: Kindreflex) -> None:
+    """Two patients' charts open in two tabs of the EHR, one browser: the second launch
+    replaced the session cookie, and the first tab's next page or save acted for the
+    second patient (found by review: a child recorded in the wrong patient's record).
+    The cookie now holds the browser's launches, and each page names its own."""
+    sandbox = kindreflex.sandbox
+    first, second = list(sandbox.seeded.patients.values())[:2]
+    browser = Browser()
+    tab_1 = kindreflex.launch(browser, patient=first.id).headers["location"]
+    tab_2 = kindreflex.launch(browser, patient=second.id).headers["location"]
+
+    def whoami(page: str, launch: str | None = None) -> httpx.Response:
+        named = parse_qs(urlsplit(page).query)[LAUNCH_PARAM][0] if launch is None else launch
+        return browser.get(f"{kindreflex.url}/test/whoami?{LAUNCH_PARAM}={named}")
+
+    assert whoami(tab_1).json()["patient"] == first.id
+    assert whoami(tab_2).json()["patient"] == second.id
+    newest = browser.get(f"{kindreflex.url}/test/whoami").json()  # a page naming none
+    assert newest["patient"] == second.id
+    # a launch this browser does not hold, or holds no more, is no session at all
+    other = Browser()
+    kindreflex.launch(other, patient=first.id)
+    elsewhere = other.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    assert whoami(tab_1, launch=elsewhere).status_code == 401
+    for _ in range(MAX_LAUNCHES_PER_BROWSER - 1):
+        kindreflex.launch(browser, patient=second.id)
+    assert whoami(tab_1).status_code == 401  # the oldest of six: open it again from the EHR
+    assert whoami(tab_2).json()["patient"] == second.id
 
 
 def test_forms_need_the_session_csrf_token(kindreflex: Kindreflex) -> None:
@@ -570,6 +612,59 @@ def test_a_refresh_after_the_registration_moved_to_another_ehr_needs_a_new_sign_
         )
     with pytest.raises(ReauthorisationRequired, match="names another server"):
         kindreflex.tokens.access_token(session_id)
+
+
+@pytest.mark.parametrize("change", ["moved", "removed"])
+def test_a_registration_changed_during_the_sign_in_ends_the_launch_at_the_callback(
+    kindreflex: Kindreflex, change: str
+) -> None:
+    """The callback took the token endpoint found at the launch and the registration as
+    configured now (found by review): an EHR re-pointed while the user signed in had its
+    new client credentials sent to the old EHR, and the old EHR's user and patient became
+    a session on the new one, with an audit row naming the old patient on the new server.
+    Now the sign-in is refused, and nothing is created."""
+    browser = Browser()
+    lid = kindreflex.sandbox.auth.create_launch(
+        patient=first_patient(kindreflex.sandbox), encounter="enc-1", user="nurse"
+    )
+    query = httpx.QueryParams({"iss": kindreflex.sandbox.fhir_base_url, "launch": lid})
+    started = browser.get(f"{kindreflex.url}/launch?{query}")
+    back = consent(kindreflex.sandbox, browser.get(started.headers["location"]))
+    _change_registration(kindreflex, change)
+
+    answer = browser.get(back)
+
+    assert answer.status_code == 400
+    why = {"moved": "the EHR registration changed during the sign-in", "removed": "unregistered"}
+    assert why[change] in answer.text
+    with kindreflex.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(AppSession)) == 0
+        assert session.scalar(select(func.count()).select_from(AuditRecord)) == 0
+
+
+@pytest.mark.parametrize("change", ["moved", "removed"])
+def test_a_session_ends_when_its_ehr_is_removed_or_pointed_elsewhere(
+    kindreflex: Kindreflex, change: str
+) -> None:
+    """An administrator removing an EHR (retired, or compromised) left its users in for
+    the rest of their 8 hours, worklist and admin screens included (found by review)."""
+    browser = Browser()
+    assert kindreflex.launch(browser).status_code == 303
+    assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 200
+
+    _change_registration(kindreflex, change)
+
+    assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 401
+
+
+def _change_registration(kindreflex: Kindreflex, change: str) -> None:
+    """The default hospital's EHR registration pointed at another server, or removed."""
+    tenants: TenantDirectory = kindreflex.app.state.tenants
+    config = tenants.get("default").config
+    (registration,) = config.registrations
+    moved = registration.model_copy(update={"fhir_base_url": "https://new-ehr.example/fhir"})
+    kept = [moved] if change == "moved" else []
+    tenants.save("default", config.model_copy(update={"registrations": kept}), "test")
 
 
 def test_an_ehr_verifying_only_es384_gets_es384_assertions_at_launch_and_refresh(

@@ -29,6 +29,7 @@ from service.protocol import (
     earliest_contact,
     latest_follow_up,
 )
+from service.tenant_config import EhrRegistration
 from tests.support.casework import HandedOffCase, save_triage
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
@@ -705,7 +706,12 @@ def test_a_second_ehr_of_the_hospital_has_its_own_patients_and_cases(
     second_ehr = fhir_server.base_url.replace("127.0.0.1", "localhost")
     assert second_ehr != fhir_server.base_url
 
-    save_triage(case.app, case.tenant, second_ehr, returning=case.patient)
+    second = EhrRegistration(id="ehr-2", name="EPD 2", fhir_base_url=second_ehr, client_id="kr")
+    config = case.tenant.config.model_copy(
+        update={"registrations": [*case.tenant.config.registrations, second]}
+    )
+    tenant = case.app.state.tenants.save("default", config, actor="test")  # what the app serves
+    save_triage(case.app, tenant, second_ehr, returning=case.patient)
 
     listed = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert len(listed) == 2  # not joined to the first EHR's open concern
@@ -714,7 +720,7 @@ def test_a_second_ehr_of_the_hospital_has_its_own_patients_and_cases(
     assert refused.status_code == 409
     assert "another EHR" in refused.json()["detail"]["message"]
     from_second = signed_in(
-        case.app, case.tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=second_ehr
+        case.app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=second_ehr
     ).headers
     assert case.client.get(f"/api/cases/{other}", headers=from_second).status_code == 200
 

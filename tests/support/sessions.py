@@ -40,19 +40,27 @@ def signed_in(
     tenant: TenantContext,
     fhir_user: str,
     *roles: Role,
-    fhir_base_url: str = UNUSED_FHIR,
+    fhir_base_url: str | None = None,
     patient_id: str | None = None,
     encounter_id: str | None = None,
     name: str | None = None,
     language: Language = "nl",
 ) -> User:
+    """A session launched through the hospital's EHR registration at ``fhir_base_url``
+    (default: its first registration): the app ends a session whose EHR is no longer
+    registered there."""
+    registration = next(
+        (r for r in tenant.config.registrations if fhir_base_url in (None, r.fhir_base_url)),
+        None,
+    )
+    assert registration is not None, f"{tenant.slug} registers no EHR at {fhir_base_url}"
     sessions = app.state.sessions
     session_id, secret = sessions.create(
         NewSession(
             tenant_id=tenant.id,
-            registration_id="ehr",
+            registration_id=registration.id,
             path_prefix="" if tenant.slug == "default" else f"/t/{tenant.slug}",
-            fhir_base_url=fhir_base_url,
+            fhir_base_url=registration.fhir_base_url,
             token_endpoint="http://127.0.0.1:9/token",
             # a launch without a name from the identity provider is named by its fhirUser
             user=AppUser(fhir_user=fhir_user, name=name or fhir_user, roles=frozenset(roles)),
