@@ -10,6 +10,7 @@ Nothing is stored when anything is wrong.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,15 @@ class _Loader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
+        if isinstance(node, ScalarNode) and _LONE_SURROGATE.search(node.value):
+            # YAML's "\\ud800" escape: no text the database or a page holds can carry it
+            raise ConstructorError(
+                None,
+                None,
+                "the value cannot be read: it holds half a character (an escape "
+                "\\ud800 to \\udfff without its other half)",
+                node.start_mark,
+            )
         try:
             return super().construct_object(node, deep)
         except ValueError as error:
@@ -152,6 +162,7 @@ def _syntax_problem(error: yaml.YAMLError) -> Problem:
     )
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _YAML_TOO_DEEP = Reason("admin.problem.yaml-too-deep")
 _YAML_NO_MAPPING = Reason("admin.problem.yaml-no-mapping")
 

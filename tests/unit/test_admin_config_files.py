@@ -90,6 +90,20 @@ def test_a_value_that_cannot_be_read_names_its_line() -> None:
     assert problem.startswith("line 9: not valid YAML: the value 'achttien' cannot be read")
 
 
+def test_half_a_character_names_its_line() -> None:
+    """YAML's "\\ud800" escape is a lone UTF-16 surrogate: it passed validation, and the
+    database write failed, a 500 on the API and the screen (the typed file lost) and a
+    traceback from kindreflex config import (found by review)."""
+    for half in ("\\ud800", "\\udfff"):
+        halved = GOOD.replace("name: EPD", f'name: "EPD {half}"')
+        assert problems_of(halved) == [
+            "line 4: not valid YAML: the value cannot be read: it holds half a character "
+            "(an escape \\ud800 to \\udfff without its other half)"
+        ]
+    whole = GOOD.replace("name: EPD", 'name: "EPD \\U0001f3e5 🏥"')  # YAML's 32-bit escape
+    assert parse_yaml(whole).registrations[0].name == "EPD \U0001f3e5 \U0001f3e5"
+
+
 def test_yaml_nested_a_hundred_thousand_deep_is_a_problem_not_a_crash() -> None:
     assert problems_of("name: AZ\nhooks: " + "[" * 100_000) == ["not valid YAML: nested too deeply"]
 
