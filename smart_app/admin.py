@@ -63,7 +63,7 @@ from service.tenant_config import (
 from smart_app.errors import PageError
 from smart_app.pages import TEMPLATES
 from smart_app.security import iframe_cookie, page_headers, tokens_match
-from smart_app.session import SESSION_COOKIE, current_launch, sessions_of
+from smart_app.session import SESSION_COOKIE, all_frame_origins, current_launch, sessions_of
 
 ADMIN_COOKIE = "kindreflex_admin"
 CSRF_HEADER = "X-CSRF-Token"
@@ -91,10 +91,13 @@ class Admin:
 
 
 class AdminAuthError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    """``reason``: the API's English text; ``problem``: the screen's page (``smart.*``)."""
+
+    def __init__(self, status: int, reason: str, problem: str = "forbidden_role") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.problem = problem
 
 
 def _bearer(request: Request) -> str | None:
@@ -143,7 +146,7 @@ async def _check_csrf(request: Request, admin: Admin) -> None:
         value = (await request.form()).get(CSRF_FIELD)
         presented = value if isinstance(value, str) else None
     if not tokens_match(presented, admin.csrf):
-        raise AdminAuthError(403, "missing or wrong CSRF token")
+        raise AdminAuthError(403, "missing or wrong CSRF token", "csrf_failed")
 
 
 async def api_admin(request: Request, tenant: TenantDep) -> Admin:
@@ -166,7 +169,16 @@ async def screen_admin(request: Request, tenant: TenantDep) -> Admin:
             raise HTTPException(
                 303, "sign in first", headers={"Location": f"{_prefix(request)}/admin/login"}
             ) from None
-        raise HTTPException(error.status, error.reason) from None
+        # a page in the screen's language, not the API's English JSON
+        language = _language(request)
+        raise PageError(
+            error.status,
+            error.problem,
+            language=language,
+            frame_origins=all_frame_origins(tenant),
+            logged={"reason": error.reason},
+            role=translate(language, "smart.role.admin"),
+        ) from None
     return admin
 
 

@@ -257,8 +257,12 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     assert csrf is not None
 
     form = {"adult_age": "17", "hook-encounter-start": "on", "once_per_encounter": "on"}
-    forged = client.post("/admin/hooks", data=form)
+    forged = client.post("/admin/hooks", data=form, headers={"Accept-Language": "fr"})
     assert forged.status_code == 403
+    # a page in the screen's language, not the API's English JSON (found by review)
+    assert forged.headers["content-type"].startswith("text/html")
+    assert '<html lang="fr"' in forged.text
+    assert "Formulaire refusé" in forged.text
     version = re.search(r'name="version" value="(\d+)"', page.text)
     assert version is not None
     hidden = {"csrf_token": csrf.group(1), "version": version.group(1)}
