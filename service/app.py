@@ -14,11 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import Counter
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import smart_app
@@ -37,7 +39,7 @@ from service.tenancy import SecretBox, TenantDirectory
 from service.triage import Triage
 from smart_app.admin import router as admin_router
 from smart_app.casefile import router as casefile_router
-from smart_app.errors import handle_invalid_page_request
+from smart_app.errors import PageError, handle_invalid_page_request, handle_page_error
 from smart_app.monitoring import router as monitoring_router
 from smart_app.nurse import router as nurse_router
 from smart_app.security import ANY_FRAME, page_headers
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     for_each_hospital(app, casefile_router)  # the social worker's case pages
     for_each_hospital(app, monitoring_router)  # the monitoring figures (issue 5 §6)
     app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     # The CDS hooks' limit (they apply it themselves, before this) is the app's: the largest
     # bodies elsewhere are an admin's imports (the partner directory: 5 KiB as YAML, a
     # region's FHIR Bundle some hundred KiB; the configuration YAML).
@@ -267,6 +270,18 @@ def _too_large(path: str, limit: int) -> Response:
         f"The request is too large (at most {mib} MiB).\n"
     )
     return PlainTextResponse(text, 413, headers=page_headers(ANY_FRAME))
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """FastAPI's answer to an HTTP error, but a browser's address that names no page gets
+    the app's "page not found" in the user's language, where FastAPI answered the English
+    JSON ``{"detail": "Not Found"}`` (no title, no language: found by review). In the
+    browser's language: an address that names nothing reads no session."""
+    assert isinstance(error, StarletteHTTPException)
+    browsing = "text/html" in request.headers.get("accept", "")
+    if error.status_code == 404 and browsing and not _JSON_API.fullmatch(request.url.path):
+        return await handle_page_error(request, PageError(404, "page_not_found"))
+    return await http_exception_handler(request, error)
 
 
 async def _validation_failed(request: Request, error: Exception) -> Response:

@@ -217,11 +217,13 @@ def test_the_apps_refusal_pages_are_accessible_too(
     browser: BrowserContext, stack: DemoStack
 ) -> None:
     """What a nurse sees when a launch goes wrong: an EHR that is not registered, a
-    callback that is not ours. Dutch, and within WCAG 2.1 AA like the screens."""
+    callback that is not ours, an address that names no page (it was FastAPI's English
+    JSON, found by review). Dutch, and within WCAG 2.1 AA like the screens."""
     page = browser.new_page()
     refusals = [
         "/launch?iss=https%3A%2F%2Funknown.example%2Ffhir&launch=abc",
         "/callback?code=abc&state=not-ours",
+        "/app/no-such-page",
     ]
     for path in refusals:
         response = page.goto(stack.app_url + path)
