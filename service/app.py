@@ -7,7 +7,6 @@ import functools
 import gc
 import logging
 import math
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,7 +38,7 @@ from service.tenancy import SecretBox, TenantDirectory
 from service.triage import Triage
 from smart_app.admin import router as admin_router
 from smart_app.casefile import router as casefile_router
-from smart_app.errors import PageError, handle_invalid_page_request, handle_page_error
+from smart_app.errors import JSON_API, PageError, handle_invalid_page_request, handle_page_error
 from smart_app.monitoring import router as monitoring_router
 from smart_app.nurse import router as nurse_router
 from smart_app.security import ANY_FRAME, page_headers
@@ -178,10 +177,6 @@ def _install_write_path(app: FastAPI, settings: Settings, database: Database) ->
     app.state.readiness_checks["outbox"] = outbox.readiness_check()
 
 
-#: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.
-_JSON_API = re.compile(r"(?:/t/[^/]+)?(?:/api|/admin/api)(?:/.*)?")
-
-
 class _BodyTooLargeError(Exception):
     pass
 
@@ -262,7 +257,7 @@ def _too_large(path: str, limit: int) -> Response:
     """413: the APIs' JSON error, or a short page in the app's three languages (the app's
     error pages are translated messages; this one is a plain text)."""
     mib = limit // 2**20
-    if _JSON_API.fullmatch(path):
+    if JSON_API.fullmatch(path):
         return JSONResponse({"detail": f"the request body is larger than {mib} MiB"}, 413)
     text = (
         f"Het verzoek is te groot (ten hoogste {mib} MiB).\n"
@@ -279,7 +274,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
     browser's language: an address that names nothing reads no session."""
     assert isinstance(error, StarletteHTTPException)
     browsing = "text/html" in request.headers.get("accept", "")
-    if error.status_code == 404 and browsing and not _JSON_API.fullmatch(request.url.path):
+    if error.status_code == 404 and browsing and not JSON_API.fullmatch(request.url.path):
         return await handle_page_error(request, PageError(404, "page_not_found"))
     return await http_exception_handler(request, error)
 

@@ -60,7 +60,7 @@ from service.tenant_config import (
     EhrRegistration,
     TenantConfiguration,
 )
-from smart_app.errors import PageError
+from smart_app.errors import PageError, Said
 from smart_app.pages import TEMPLATES
 from smart_app.security import iframe_cookie, page_headers, tokens_match
 from smart_app.session import SESSION_COOKIE, all_frame_origins, current_launch, sessions_of
@@ -177,7 +177,7 @@ async def screen_admin(request: Request, tenant: TenantDep) -> Admin:
             language=language,
             frame_origins=all_frame_origins(tenant),
             logged={"reason": error.reason},
-            role=translate(language, "smart.role.admin"),
+            role=Said("smart.role.admin"),
         ) from None
     return admin
 

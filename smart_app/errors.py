@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from service.i18n import Language, negotiate, translate
 from service.observability import LINE_KEYS
@@ -66,9 +68,25 @@ class PageError(Exception):
         self.values = values
 
 
+@dataclass(frozen=True)
+class Said:
+    """A value of a refusal's message that is a message itself (the role a page is for),
+    said in the language the refusal is given in: the page's, or the JSON API's English."""
+
+    message_id: str
+
+
+def _message(error: PageError, language: Language, part: str) -> str:
+    values = {
+        name: translate(language, value.message_id) if isinstance(value, Said) else value
+        for name, value in error.values.items()
+    }
+    return translate(language, f"smart.{error.problem}.{part}", **values)
+
+
 def render(error: PageError, language: Language) -> HTMLResponse:
     def text(part: str) -> str:
-        return html.escape(translate(language, f"smart.{error.problem}.{part}", **error.values))
+        return html.escape(_message(error, language, part))
 
     detail = (
         f'<p class="detail">{html.escape(translate(language, "smart.detail"))} '
@@ -102,7 +120,21 @@ async def handle_page_error(request: Request, error: Exception) -> Response:
             }
         },
     )
+    if JSON_API.fullmatch(request.url.path):
+        return render_json(error)
     return render(error, error.language or negotiate([request.headers.get("accept-language")]))
+
+
+#: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.
+JSON_API = re.compile(r"(?:/t/[^/]+)?(?:/api|/admin/api)(?:/.*)?")
+
+
+def render_json(error: PageError) -> JSONResponse:
+    """A refusal of the JSON API (no session, another role, no CSRF token…) as the API's
+    own errors are: ``{"detail": <English text>}``; it was the app's HTML page."""
+    message = _message(error, "en", "message")
+    headers = {"Retry-After": str(error.retry_after_seconds)} if error.retry_after_seconds else {}
+    return JSONResponse({"detail": message}, status_code=error.status, headers=headers)
 
 
 async def handle_invalid_page_request(request: Request, problems: Sequence[Any]) -> Response | None:

@@ -35,7 +35,7 @@ from service.monitoring import Breakdown, Figure, Figures, Period, PeriodError
 from service.tenancy import TenantContext
 from service.tenant_config import OVERRIDE_REASONS
 from smart_app import admin, dates
-from smart_app.errors import PageError
+from smart_app.errors import PageError, Said
 from smart_app.pages import TEMPLATES
 from smart_app.security import page_headers
 from smart_app.session import all_frame_origins, current_launch, frame_origins, security_headers
@@ -84,7 +84,7 @@ async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
             "forbidden_role",
             language=ctx.language,
             frame_origins=frame_origins(ctx),
-            role=translate(ctx.language, "monitoring.roles"),
+            role=Said("monitoring.roles"),
         )
     return Viewer(
         ctx.tenant,

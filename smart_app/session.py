@@ -36,12 +36,12 @@ from service.api.deps import tenant_slug
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, Tenant
 from service.fhir.client import FhirUnavailable, ReauthorisationRequired
-from service.i18n import Language, negotiate, translate
+from service.i18n import Language, negotiate
 from service.keys import KeyStore, Sealer, UnsealError
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
-from smart_app.errors import PageError
+from smart_app.errors import PageError, Said
 from smart_app.oauth import (
     AuthServers,
     OAuthError,
@@ -309,7 +309,7 @@ def require_role(role: Role) -> Callable[[LaunchContext], LaunchContext]:
                 "forbidden_role",
                 language=ctx.language,
                 frame_origins=frame_origins(ctx),
-                role=translate(ctx.language, f"smart.role.{role}"),
+                role=Said(f"smart.role.{role}"),
             )
         return ctx
 

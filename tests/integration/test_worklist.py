@@ -54,9 +54,19 @@ def test_only_social_workers_see_the_worklist(database_url: str, database: Datab
     app = make_app(database_url, database)
     client = TestClient(app)
 
-    assert client.get("/api/cases").status_code == 401
+    anonymous = client.get("/api/cases")
+    assert anonymous.status_code == 401
     nurse = signed_in(app, hospital, "Practitioner/nurse-1", "nurse").headers
-    assert client.get("/api/cases", headers=nurse).status_code == 403
+    refused = client.get("/api/cases", headers=nurse)
+    assert refused.status_code == 403
+    # in the API's own shape, not the app's HTML page (found by review)
+    assert anonymous.json()["detail"].startswith("Your Kindreflex session has expired")
+    assert "the social service" in refused.json()["detail"]
+    unchecked = client.post(
+        "/api/cases/1/claim", json={"row_version": 1}, headers={"Cookie": nurse["Cookie"]}
+    )
+    assert unchecked.status_code == 403
+    assert "detail" in unchecked.json()
     social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker").headers
     answer = client.get("/api/cases", headers=social)
 
