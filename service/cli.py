@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         "service.app:create_app",
         factory=True,
         host=host,
-        port=args.port or settings.port,
+        port=settings.port if args.port is None else args.port,
         workers=args.workers,
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
@@ -154,9 +154,7 @@ def cmd_db_purge(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _retention_days(value: str) -> int:
-    if not value.isdigit() or int(value) > 3650:
-        raise argparse.ArgumentTypeError(f"must be a whole number of days, 0..3650: {value[:20]}")
-    return int(value)
+    return _number_in(value, 0, 3650, " of days")
 
 
 def _tenant_slug(value: str) -> str:
@@ -288,7 +286,7 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     bootstrap.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
     bootstrap.add_argument(
-        "--minutes", type=int, default=30, choices=range(1, 1441), metavar="1..1440",
+        "--minutes", type=_minutes, default=30, metavar="1..1440",
         help="how long the token is valid (default 30)",
     )  # fmt: skip
     bootstrap.set_defaults(handler=_on_current_schema(cmd_admin_bootstrap))
@@ -360,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the production server")
     serve.add_argument("--host", help="interface to bind (default: KINDREFLEX_HOST)")
-    serve.add_argument("--port", type=int, help="port (default: KINDREFLEX_PORT)")
+    serve.add_argument("--port", type=_port, help="port (default: KINDREFLEX_PORT)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument(
         "--forwarded-allow-ips",
@@ -377,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run everything on localhost: the app, a sandbox EHR and a FHIR server"
     )
-    demo.add_argument("--port", type=int, default=8000, help="port of the Kindreflex app")
+    demo.add_argument("--port", type=_port, default=8000, help="port of the Kindreflex app")
     demo.set_defaults(handler=cmd_demo)
 
     db = commands.add_parser("db", help="database maintenance")
@@ -401,6 +399,23 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(handler=_on_current_schema(cmd_keys_rotate))
     _add_admin_commands(commands)
     return parser
+
+
+def _port(text: str) -> int:
+    """A TCP port (uvicorn took 99999 modulo 65536, and logged it as 99999)."""
+    return _number_in(text, 1, 65535)
+
+
+def _minutes(text: str) -> int:
+    return _number_in(text, 1, 1440, " of minutes")
+
+
+def _number_in(text: str, low: int, high: int, unit: str = "") -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number{unit}, {low}..{high}: {text[:20]}"
+        )
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

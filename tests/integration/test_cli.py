@@ -32,6 +32,27 @@ def test_help_lists_serve_demo_and_db() -> None:
         assert command in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("arguments", "wanted"),
+    [
+        (["serve", "--port", "99999"], "--port: must be a whole number, 1..65535: 99999"),
+        (["serve", "--port", "0"], "--port: must be a whole number, 1..65535: 0"),
+        (["demo", "--port", "-1"], "--port: must be a whole number, 1..65535: -1"),
+        (["admin", "bootstrap", "--minutes", "-1"], "whole number of minutes, 1..1440: -1"),
+    ],
+)
+def test_a_port_or_a_lifetime_out_of_range_is_refused_before_anything_starts(
+    arguments: list[str], wanted: str
+) -> None:
+    """serve --port 99999 listened on 34463 (99999 modulo 65536) and logged :99999, where
+    the EHR and the probes then looked; --port 0 served on KINDREFLEX_PORT instead; a
+    bootstrap token of -1 minutes printed the 1440 valid choices (found by review)."""
+    result = subprocess.run([*KINDREFLEX, *arguments], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert wanted in result.stderr
+    assert len(result.stderr) < 500
+
+
 def test_db_upgrade_then_serve_answers_health_ready_and_metrics(tmp_path: Path) -> None:
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}"}
     upgraded = subprocess.run(
@@ -121,7 +142,7 @@ def test_a_command_on_a_database_without_the_schema_says_to_upgrade_it(
 
 
 @pytest.mark.parametrize(
-    "command", [["db", "upgrade"], ["serve", "--port", "0"], ["config", "export"]]
+    "command", [["db", "upgrade"], ["serve", "--port", "8080"], ["config", "export"]]
 )
 def test_a_schema_a_newer_version_migrated_is_named_as_such_and_left_alone(
     command: list[str], database_url: str
