@@ -11,9 +11,10 @@
   still need a person or a retry.
 * A closed case's row of the worklist index keeps the patient's name and the children's
   birth dates for the social service's list. Once the case has been closed (unchanged)
-  for the retention period, both are emptied: the case stays on the hospital's FHIR
-  server, and the list shows it by its patient reference. An open case keeps them,
-  however old: the social service works on it.
+  for the retention period, and its closing is on the hospital's FHIR server, both are
+  emptied: the case stays there, and the list shows it by its patient reference. An open
+  case keeps them, however old: the social service works on it; so does one whose
+  closing is still on its way (the server may refuse it, and the case is open again).
 * Admin sessions that expired or ended, and bootstrap tokens that expired or were used,
   are deleted (they only hold hashes, but a dead credential has no reason to stay).
 * Expired app sessions are deleted with the EHR's access and refresh tokens they hold
@@ -28,7 +29,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Text, cast, delete, or_, select, update
+from sqlalchemy import Text, cast, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import monitoring
@@ -42,7 +43,7 @@ from service.db.models import (
     MonitoringSave,
     OutboxEntry,
 )
-from service.outbox import DeliveryState
+from service.outbox import UNDELIVERED_STATES, DeliveryState
 
 #: How long a delivered entry keeps its payload by default (``--days``).
 DEFAULT_RETENTION = timedelta(days=30)
@@ -114,12 +115,17 @@ def purge(database: Database, retention: timedelta, now: datetime | None = None)
 
 def _forget_closed_cases(session: Session, closed_before: datetime) -> int:
     """Empty the patient's name and the children's birth dates of the cases closed and
-    unchanged since before ``closed_before``; how many."""
+    unchanged since before ``closed_before``, their closing delivered; how many."""
+    undelivered = select(OutboxEntry.id).where(
+        OutboxEntry.id == Concern.outbox_id, OutboxEntry.state.in_(UNDELIVERED_STATES)
+    )
     forgotten = session.execute(
         update(Concern)
         .where(
             Concern.status == "closed",
             Concern.updated_at < closed_before,
+            # a closing still on its way may be refused, and the case open again
+            ~exists(undelivered),
             or_(
                 Concern.patient_display.is_not(None),
                 cast(Concern.children_birth_dates, Text) != _NO_BIRTH_DATES,
