@@ -87,7 +87,6 @@ class Admin:
     csrf: str
     by_cookie: bool
     session: access.AdminPrincipal | None  # None: signed in through an EHR launch
-    launch_session: str | None = None  # that launch's app session
 
 
 class AdminAuthError(Exception):
@@ -132,7 +131,7 @@ def _from_app_session(request: Request, tenant: TenantContext) -> Admin:
     if "admin" not in launch.user.roles:
         raise AdminAuthError(403, "this user does not have the admin role")
     actor = f"{launch.user.name} <{launch.user.fhir_user}>"
-    return Admin(tenant, actor, launch.csrf, True, None, launch.session_id)
+    return Admin(tenant, actor, launch.csrf, True, None)
 
 
 async def _check_csrf(request: Request, admin: Admin) -> None:
@@ -734,13 +733,13 @@ def logout(request: Request, admin: ScreenAdmin, database: DatabaseDep) -> Respo
 
 
 def _sign_out(request: Request, admin: Admin, database: Database, response: Response) -> None:
-    """End the admin's session at once: the bootstrap sign-in's, or the EHR launch's. The
-    launch is the app's session too: on a shared workstation, signing out must not leave
-    the worklist open behind the sign-in page."""
+    """End the admin's session at once: the bootstrap sign-in's, or the EHR launches the
+    browser holds (all its user's). A launch is the app's session too: on a shared
+    workstation, signing out must not leave the worklist open behind the sign-in page."""
     if admin.session is not None:
         access.end_session(database, admin.session)
-    elif admin.launch_session is not None:
-        sessions_of(request).end(admin.launch_session)
+    else:
+        sessions_of(request).end(request.cookies.get(SESSION_COOKIE, ""))
         with database.session() as session:
             access.record_event(session, admin.tenant.id, admin.actor, "admin-signed-out")
         response.headers.append("set-cookie", iframe_cookie(SESSION_COOKIE, "", 0))

@@ -67,7 +67,6 @@ from smart_app.session import (
     SessionStore,
     all_frame_origins,
     token_expiry,
-    with_launch,
 )
 from smart_app.social import PATIENT_CASE_PAGE
 
@@ -231,7 +230,7 @@ def callback(
     )
     start = _start_page(new, session_id)
     response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{start}", 303)
-    cookie = with_launch(request.cookies.get(SESSION_COOKIE), secret)
+    cookie = sessions.with_launch(request.cookies.get(SESSION_COOKIE), secret, new.user.fhir_user)
     _set_cookie(response, SESSION_COOKIE, cookie, SESSION_LIFETIME)
     _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
     return response
@@ -392,7 +391,8 @@ def _registration(tenant: TenantContext, pending: LaunchState) -> EhrRegistratio
     )
     if registration is None:
         detail = "EHR unregistered"
-    elif pending.server.get(_LAUNCHED_FOR) != _identity(registration):
+    elif pending.server.get(_LAUNCHED_FOR, _identity(registration)) != _identity(registration):
+        # (a sign-in started before this check was released recorded none: let it end)
         detail = "the EHR registration changed during the sign-in"
     else:
         return registration

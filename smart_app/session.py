@@ -1,8 +1,12 @@
 """Launched app sessions: who is using the app, for which patient, with which tokens.
 
-After a SMART launch the browser holds one opaque random secret in the cookie
+After a SMART launch the browser holds an opaque random secret in the cookie
 ``kindreflex_session`` (``Secure; HttpOnly; SameSite=None; Partitioned``: the app runs in
-an EHR iframe); the database holds its SHA-256, the launch context and the EHR's tokens.
+an EHR iframe), beside those of the same user's last launches in that browser (at most
+``MAX_LAUNCHES_PER_BROWSER``, newest first); the database holds each one's SHA-256, the
+launch context and the EHR's tokens. A page of a launch's patient names its launch
+(``LAUNCH_PARAM``), so that the patients' charts open in several tabs of the EHR each
+keep theirs; a page naming none is the newest launch's.
 
 * Tokens are sealed with ``KINDREFLEX_SECRET_KEY`` when it is set. Without it they are
   stored in clear — the embedded default for single-machine installs and the demo; the
@@ -12,14 +16,14 @@ an EHR iframe); the database holds its SHA-256, the launch context and the EHR's
   ``nurse``; ``social-worker`` and ``admin`` come only from the registration's role
   mapping (an id_token claim and its values).
 * CSRF: a synchroniser token per session, sent back in the form field ``csrf_token`` or
-  the header ``X-CSRF-Token``. It also guards against a stale tab: when the same browser
-  launches the app for another patient, the cookie now names the new session and a form
-  of the old page is refused instead of being saved for the wrong patient.
+  the header ``X-CSRF-Token``. A form is checked against the session its page names: a
+  page of a launch the cookie no longer holds is refused, never saved for another.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import zlib
@@ -211,15 +215,35 @@ class SessionStore:
             )
         return row if row is not None and row.expires_at > utcnow() else None
 
-    def end(self, session_id: str) -> None:
-        """Sign the session out now: its pages are refused from here on, as after its
-        expiry, and it goes with its tokens at the next purge. As after an expiry, a save
-        made in it is still delivered with its access token while that is fresh
-        (``TokenSource.access_token``), then waits for the next sign-in."""
+    def with_launch(self, cookie: str | None, secret: str, fhir_user: str) -> str:
+        """The session cookie after a new launch of ``fhir_user``: its secret first, then
+        the same user's earlier launches the browser holds (at most
+        ``MAX_LAUNCHES_PER_BROWSER`` in all). Another user's are dropped: on a shared
+        workstation, a tab of the previous user must not act as them."""
+        earlier = browser_launches(cookie)
+        with self._database.session() as session:
+            theirs = set(
+                session.scalars(
+                    select(AppSession.cookie_hash).where(
+                        AppSession.cookie_hash.in_([digest(held) for held in earlier]),
+                        AppSession.fhir_user == fhir_user,
+                    )
+                )
+            )
+        kept = [held for held in earlier if digest(held) in theirs]
+        return ".".join([secret, *kept][:MAX_LAUNCHES_PER_BROWSER])
+
+    def end(self, cookie: str) -> None:
+        """Sign the browser's launches out now (all of them are its user's): their pages
+        are refused from here on, as after their expiry, and they go with their tokens at
+        the next purge. As after an expiry, a save made in one is still delivered with its
+        access token while that is fresh (``TokenSource.access_token``), then waits for the
+        next sign-in."""
+        hashes = [digest(secret) for secret in browser_launches(cookie)]
         with self._database.session() as session:
             session.execute(
                 update(AppSession)
-                .where(AppSession.id == session_id, AppSession.expires_at > utcnow())
+                .where(AppSession.cookie_hash.in_(hashes), AppSession.expires_at > utcnow())
                 .values(expires_at=utcnow())
             )
 
@@ -230,14 +254,13 @@ class SessionStore:
 
 
 def browser_launches(cookie: str | None) -> list[str]:
-    """The secrets of the browser's launches the session cookie holds, newest first."""
-    return [secret for secret in (cookie or "").split(".") if secret][:MAX_LAUNCHES_PER_BROWSER]
+    """The secrets of the browser's launches the session cookie holds, newest first; what
+    is no secret of ours (a cookie another site's page set, a broken value) is left out."""
+    held = (cookie or "").split(".")
+    return [secret for secret in held if _SECRET.fullmatch(secret)][:MAX_LAUNCHES_PER_BROWSER]
 
 
-def with_launch(cookie: str | None, secret: str) -> str:
-    """The session cookie after a new launch: its secret first, then the browser's earlier
-    launches (the oldest beyond ``MAX_LAUNCHES_PER_BROWSER`` dropped)."""
-    return ".".join([secret, *browser_launches(cookie)][:MAX_LAUNCHES_PER_BROWSER])
+_SECRET = re.compile(r"[A-Za-z0-9_\-]{43}")  # secrets.token_urlsafe(32)
 
 
 def sessions_of(request: Request) -> SessionStore:

@@ -550,6 +550,50 @@ def test_each_tab_keeps_the_patient_it_was_launched_for(kindreflex: Kindreflex) 
     assert whoami(tab_2).json()["patient"] == second.id
 
 
+def test_a_launch_by_another_user_leaves_the_previous_users_launches_behind(
+    kindreflex: Kindreflex,
+) -> None:
+    """A shared workstation: the social worker launches after the nurse, in the same
+    browser. The nurse's tab must not act as her any more (found by review)."""
+    browser = Browser()
+    nurse_tab = kindreflex.launch(browser).headers["location"]
+    kindreflex.launch(browser, user="social-worker")
+    launch = parse_qs(urlsplit(nurse_tab).query)[LAUNCH_PARAM][0]
+    assert browser.get(f"{kindreflex.url}/test/whoami?{LAUNCH_PARAM}={launch}").status_code == 401
+    newest = browser.get(f"{kindreflex.url}/test/whoami").json()
+    assert newest["fhir_user"] == kindreflex.sandbox.fhir_user("social-worker")
+
+
+@pytest.mark.parametrize("held", ["not,ours", "kort", "a" * 43 + ".x y"])
+def test_a_session_cookie_that_is_not_ours_does_not_stop_a_launch(
+    kindreflex: Kindreflex, held: str
+) -> None:
+    """A value another page of the site set, or a broken one: the launch made its session,
+    then failed writing the cookie (500, found by review). What is no secret of ours is
+    left out of the new cookie."""
+    browser = Browser(cookies={SESSION_COOKIE: held})
+    assert kindreflex.launch(browser).status_code == 303
+    assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 200
+
+
+def test_a_sign_in_started_before_the_registration_was_recorded_in_it_ends_well(
+    kindreflex: Kindreflex,
+) -> None:
+    """A launch state written by the release before, which did not record the
+    registration, is let through (for the ten minutes such a state lives)."""
+    browser = Browser()
+    lid = kindreflex.sandbox.auth.create_launch(
+        patient=first_patient(kindreflex.sandbox), encounter="enc-1", user="nurse"
+    )
+    query = httpx.QueryParams({"iss": kindreflex.sandbox.fhir_base_url, "launch": lid})
+    started = browser.get(f"{kindreflex.url}/launch?{query}")
+    back = consent(kindreflex.sandbox, browser.get(started.headers["location"]))
+    with kindreflex.database.session() as session:
+        (state,) = session.scalars(select(LaunchState)).all()
+        state.server = {k: v for k, v in state.server.items() if k != "launched_for"}
+    assert browser.get(back).status_code == 303
+
+
 def test_forms_need_the_session_csrf_token(kindreflex: Kindreflex) -> None:
     first, second = Browser(), Browser()
     kindreflex.launch(first)
