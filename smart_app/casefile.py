@@ -93,7 +93,7 @@ from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app import dates
 from smart_app.assets import asset_response
 from smart_app.pages import TEMPLATES
-from smart_app.session import LaunchContext, csrf_token, security_headers, verify_csrf
+from smart_app.session import LaunchContext, csrf_token, pinned, security_headers, verify_csrf
 from smart_app.social import (
     CaseId,
     CaseworkDep,
@@ -479,6 +479,7 @@ def _render(
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
         csrf_token=csrf_token(ctx),
+        launch=ctx.session_id,  # the forms post for this page's launch (LAUNCH_PARAM)
         prefix=ctx.path_prefix,
         me=ctx.user.fhir_user,
         can_claim=social.assignable(ctx.user.fhir_user),
@@ -643,7 +644,7 @@ def _save_step(
         # (``casework.undo_refused_save``), so the input stays on the page to be redone.
         problems, status = _about_form(ctx, typed, "error.fhir-rejected"), 502
     if not problems:
-        target = f"{ctx.path_prefix}/social/cases/{case_id}?saved={result.status}"
+        target = pinned(ctx, f"/social/cases/{case_id}?saved={result.status}")
         return RedirectResponse(target, status_code=303)
     audit_refusal(ctx, database, case_id=case_id)
     file = _load(ctx, database, work, case_id)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 from sqlalchemy import select, update
@@ -308,6 +309,14 @@ def current_launch(request: Request) -> LaunchContext:
         need_patient_banner=row.launch_details.get("need_patient_banner") is not False,
         csrf=row.csrf_token,
     )
+
+
+def pinned(ctx: LaunchContext, page: str) -> str:
+    """The address of ``page`` (a path of the app, with or without a query) for the launch
+    ``ctx``: what a redirect gives, so that the page it leads to, and its forms, stay with
+    that launch when another tab launches meanwhile."""
+    separator = "&" if "?" in page else "?"
+    return f"{ctx.path_prefix}{page}{separator}{urlencode({LAUNCH_PARAM: ctx.session_id})}"
 
 
 def _still_registered(tenant: TenantContext, row: AppSession) -> bool:

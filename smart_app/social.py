@@ -63,6 +63,7 @@ from smart_app.pages import TEMPLATES
 from smart_app.session import (
     LaunchContext,
     csrf_token,
+    pinned,
     require_role,
     security_headers,
     verify_csrf,
@@ -548,7 +549,7 @@ def patient_case_page(ctx: SocialWorker, database: DatabaseDep) -> Response:
             case_id = social.patient_case(session, ctx.tenant.id, ctx.fhir_base_url, patient)
     if case_id is None:
         return _worklist_page(ctx, database, WorklistQuery(), notice="no-case-for-patient")
-    return RedirectResponse(f"{ctx.path_prefix}/social/cases/{case_id}", status_code=303)
+    return RedirectResponse(pinned(ctx, f"/social/cases/{case_id}"), status_code=303)
 
 
 @router.post(
@@ -612,7 +613,7 @@ def _after_claim(ctx: LaunchContext, case_id: int, return_to: ClaimReturn) -> st
     """Where a claim returns to: the case page's button to the case the social worker was
     reading, the worklist's to her own cases (the one just taken among them)."""
     if return_to == "case":
-        return f"{ctx.path_prefix}/social/cases/{case_id}"
+        return pinned(ctx, f"/social/cases/{case_id}")
     return f"{ctx.path_prefix}/social?view=mine"
 
 
@@ -631,6 +632,7 @@ def _worklist_page(
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
         csrf_token=csrf_token(ctx),
+        launch=ctx.session_id,  # the forms post for this page's launch (LAUNCH_PARAM)
         prefix=ctx.path_prefix,
         me=ctx.user.fhir_user,
         can_claim=social.assignable(ctx.user.fhir_user),

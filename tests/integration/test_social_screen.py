@@ -15,7 +15,7 @@ from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.i18n import Language
 from service.local_time import LOCAL_ZONE, local_today
-from smart_app.session import Role
+from smart_app.session import SESSION_COOKIE, Role
 from tests.support.casework import (
     COLLEAGUE,
     SOCIAL_WORKER,
@@ -33,14 +33,23 @@ from tests.support.write_path import (
 
 
 def _claim_forms(html: str) -> dict[str, tuple[str, str]]:
-    """Per claim form: its action → (csrf_token, row_version)."""
+    """Per claim form: its action's path → (csrf_token, row_version). Each action names
+    the page's launch (``?s=``), so that a claim is made by the launch the page was
+    shown for, whatever another tab launched since."""
     forms = re.findall(
-        r'<form method="post" action="([^"]+)">\s*'
+        r'<form method="post" action="([^"?]+)\?s=[0-9a-f]{32}">\s*'
         r'<input type="hidden" name="csrf_token" value="([^"]+)">\s*'
         r'<input type="hidden" name="row_version" value="(\d+)">',
         html,
     )
     return {action: (csrf, version) for action, csrf, version in forms}
+
+
+def _page(location: str) -> str:
+    """A redirect's page, without the launch it names (``?s=``)."""
+    page, _, launch = location.partition("?s=")
+    assert re.fullmatch(r"[0-9a-f]{32}", launch), location
+    return page
 
 
 def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
@@ -259,8 +268,10 @@ def test_a_launch_from_a_patients_chart_opens_that_patients_case(
         answer: httpx.Response = client.get("/social/patient", headers=user.headers)
         return answer
 
-    assert opened("7", "nurse", "social-worker").headers["location"] == f"/social/cases/{is_open}"
-    assert opened("8", "nurse", "social-worker").headers["location"] == (
+    assert _page(opened("7", "nurse", "social-worker").headers["location"]) == (
+        f"/social/cases/{is_open}"
+    )
+    assert _page(opened("8", "nurse", "social-worker").headers["location"]) == (
         f"/social/cases/{closed_only}"
     )
     without = opened("9", "nurse", "social-worker")
@@ -291,6 +302,38 @@ def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
     assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
 
 
+def test_a_case_page_takes_the_case_with_the_launch_it_was_shown_for(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The social worker reads a case in one tab and opens another patient's chart in a
+    second: the browser's newest launch is the second. The first tab's form was checked
+    against that launch's CSRF token and refused, her input lost (found by review). It
+    names its own launch now, which the browser still holds."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    page = client.get(f"/social/cases/{case_id}").text
+    action = f"/social/cases/{case_id}/claim"
+    (csrf, version) = _claim_forms(page)[action]
+    launch = re.search(rf'action="{action}\?s=([0-9a-f]{{32}})"', page)
+    assert launch is not None
+    second = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    first_secret = client.headers["Cookie"].removeprefix(f"{SESSION_COOKIE}=")
+    second_secret = second.headers["Cookie"].removeprefix(f"{SESSION_COOKIE}=")
+    client.headers["Cookie"] = f"{SESSION_COOKIE}={second_secret}.{first_secret}"
+
+    form = {"csrf_token": csrf, "row_version": version, "return_to": "case"}
+    claimed = client.post(f"{action}?s={launch.group(1)}", data=form)
+
+    assert claimed.status_code == 303, claimed.text
+    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+    assert claimed.headers["location"].endswith(f"?s={launch.group(1)}")
+
+
 def test_take_it_on_from_the_case_page_returns_to_that_case(
     database_url: str,
     database: Database,
@@ -315,7 +358,7 @@ def test_take_it_on_from_the_case_page_returns_to_that_case(
     )
 
     assert claimed.status_code == 303
-    assert claimed.headers["location"] == f"/social/cases/{case_id}"
+    assert _page(claimed.headers["location"]) == f"/social/cases/{case_id}"
     assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
     shown = client.get(claimed.headers["location"]).text
     assert "Ikzelf" in shown
