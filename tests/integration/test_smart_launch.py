@@ -140,6 +140,30 @@ class Kindreflex:
         """The whole EHR launch as the browser lives it; returns our callback's answer.
         Without an encounter it is a launch from the patient's chart, not a triage visit.
         The patient is ``patient``, by default the sandbox's first."""
+        back = self.consented(
+            browser,
+            prefix=prefix,
+            user=user,
+            decision=decision,
+            with_patient=with_patient,
+            with_encounter=with_encounter,
+            patient=patient,
+        )
+        return browser.get(back)
+
+    def consented(
+        self,
+        browser: Browser,
+        *,
+        prefix: str = "",
+        user: str = "nurse",
+        decision: str = "allow",
+        with_patient: bool = True,
+        with_encounter: bool = True,
+        patient: str | None = None,
+    ) -> str:
+        """The launch up to the user's answer at the EHR: the callback address the browser
+        is sent back to, not yet followed."""
         lid = self.sandbox.auth.create_launch(
             patient=(patient or first_patient(self.sandbox)) if with_patient else None,
             encounter="enc-1" if with_patient and with_encounter else None,
@@ -155,7 +179,7 @@ class Kindreflex:
         assert page.status_code == 200, page.text
         back = consent(self.sandbox, page, decision, user)
         assert back.startswith(f"{self.url}/callback?")
-        return browser.get(back)
+        return back
 
     def count(self, model: type[AppSession] | type[LaunchState]) -> int:
         with self.database.session() as session:
@@ -582,12 +606,7 @@ def test_a_sign_in_started_before_the_registration_was_recorded_in_it_ends_well(
     """A launch state written by the release before, which did not record the
     registration, is let through (for the ten minutes such a state lives)."""
     browser = Browser()
-    lid = kindreflex.sandbox.auth.create_launch(
-        patient=first_patient(kindreflex.sandbox), encounter="enc-1", user="nurse"
-    )
-    query = httpx.QueryParams({"iss": kindreflex.sandbox.fhir_base_url, "launch": lid})
-    started = browser.get(f"{kindreflex.url}/launch?{query}")
-    back = consent(kindreflex.sandbox, browser.get(started.headers["location"]))
+    back = kindreflex.consented(browser)
     with kindreflex.database.session() as session:
         (state,) = session.scalars(select(LaunchState)).all()
         state.server = {k: v for k, v in state.server.items() if k != "launched_for"}
@@ -668,12 +687,7 @@ def test_a_registration_changed_during_the_sign_in_ends_the_launch_at_the_callba
     a session on the new one, with an audit row naming the old patient on the new server.
     Now the sign-in is refused, and nothing is created."""
     browser = Browser()
-    lid = kindreflex.sandbox.auth.create_launch(
-        patient=first_patient(kindreflex.sandbox), encounter="enc-1", user="nurse"
-    )
-    query = httpx.QueryParams({"iss": kindreflex.sandbox.fhir_base_url, "launch": lid})
-    started = browser.get(f"{kindreflex.url}/launch?{query}")
-    back = consent(kindreflex.sandbox, browser.get(started.headers["location"]))
+    back = kindreflex.consented(browser)
     _change_registration(kindreflex, change)
 
     answer = browser.get(back)
