@@ -126,30 +126,10 @@ class Kindreflex:
         tokens: SessionTokens = self.app.state.session_tokens
         return tokens
 
-    def launch(
-        self,
-        browser: Browser,
-        *,
-        prefix: str = "",
-        user: str = "nurse",
-        decision: str = "allow",
-        with_patient: bool = True,
-        with_encounter: bool = True,
-        patient: str | None = None,
-    ) -> httpx.Response:
-        """The whole EHR launch as the browser lives it; returns our callback's answer.
-        Without an encounter it is a launch from the patient's chart, not a triage visit.
-        The patient is ``patient``, by default the sandbox's first."""
-        back = self.consented(
-            browser,
-            prefix=prefix,
-            user=user,
-            decision=decision,
-            with_patient=with_patient,
-            with_encounter=with_encounter,
-            patient=patient,
-        )
-        return browser.get(back)
+    def launch(self, browser: Browser, **options: Any) -> httpx.Response:
+        """The whole EHR launch as the browser lives it (``options``: those of
+        ``consented``); returns our callback's answer."""
+        return browser.get(self.consented(browser, **options))
 
     def consented(
         self,
@@ -163,7 +143,9 @@ class Kindreflex:
         patient: str | None = None,
     ) -> str:
         """The launch up to the user's answer at the EHR: the callback address the browser
-        is sent back to, not yet followed."""
+        is sent back to, not yet followed. Without an encounter it is a launch from the
+        patient's chart, not a triage visit. The patient is ``patient``, by default the
+        sandbox's first."""
         lid = self.sandbox.auth.create_launch(
             patient=(patient or first_patient(self.sandbox)) if with_patient else None,
             encounter="enc-1" if with_patient and with_encounter else None,
