@@ -82,7 +82,7 @@ def app(database: Database, database_url: str, sandbox: Sandbox) -> FastAPI:
 def _launched(
     app: FastAPI, sandbox: Sandbox, user: str, patient: str, encounter: str | None
 ) -> tuple[TestClient, str]:
-    """A browser that launched our app from the EHR as ``user``, and where it opened."""
+    """A browser that launched our app from the EHR as ``user``, and the page it opened."""
     browser = TestClient(app, base_url=APP, follow_redirects=False)
     launch = sandbox.create_launch(patient=patient, encounter=encounter, user=user)
     started = browser.get("/launch", params={"iss": sandbox.fhir_base_url, "launch": launch})
@@ -90,7 +90,8 @@ def _launched(
     back = consent(sandbox, httpx.get(started.headers["location"]), user=user)
     opened = browser.get(back)
     assert opened.status_code == 303, opened.text
-    return browser, str(opened.headers["location"]).removeprefix(APP)
+    page = str(opened.headers["location"]).removeprefix(APP)
+    return browser, page.partition("?")[0]  # the page, without the launch it names
 
 
 def _session(app: FastAPI, browser: TestClient) -> AppSession:

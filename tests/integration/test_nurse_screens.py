@@ -307,14 +307,10 @@ def test_a_name_the_ehr_cut_in_half_is_shown_with_a_replacement_character(
     name, so a relay in front of it writes one into its answers."""
     with SlowRelay(sandbox.fhir_base_url) as relay:
         relay.rewrite = lambda body: body.replace(b'Goossens"', b'Goossens\\ud83d"')
-        nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
-        page = nurse.page()
-        assert page.status == 200, page.text
-        assert page.value("patient_name") == "Els Goossens\ufffd"
-        typed = _child_rows(page, 2) | {"patient_name": page.value("patient_name")}
-        saved = nurse.post(typed | {"assessment": "no-concern"})
-    assert saved.status == 200, saved.text
-    assert "Opgeslagen" in saved.text
+        page = nurse_for("els-goossens", fhir_base_url=relay.url).page()
+    assert page.status == 200, page.text
+    assert page.value("patient_name") == "Els Goossens\ufffd"
+    assert page.child_refs()  # her children already recorded, read through the same answers
 
 
 def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) -> None:

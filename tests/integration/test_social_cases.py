@@ -80,8 +80,8 @@ def test_every_case_endpoint_admits_only_social_workers(
     # server, which this test does not run: 503, the answer for an unreachable server.
     steps = 503 if allowed else expected
     assert [a.status_code for a in answers[3:]] == [steps] * (len(STEP_BODIES) + 2)
-    if allowed is False:  # the refusal says which role is missing, in Dutch
-        assert "sociale dienst" in answers[0].text
+    if allowed is False:  # the refusal says which role is missing, in the API's JSON
+        assert "for the social service only" in answers[0].json()["detail"]
     assert assignment_of(database, case_id) == ((COLLEAGUE, 3) if allowed else (None, 1))
 
 
