@@ -295,7 +295,7 @@ async def _validation_failed(request: Request, error: Exception) -> Response:
     if page is not None:
         return page
     detail = [_echoable(problem) for problem in jsonable_encoder(_encodable(error.errors()))]
-    return JSONResponse({"detail": _finite(detail)}, status_code=422)
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 #: How much of a refused string a 422 repeats: enough to recognise it.
@@ -325,25 +325,17 @@ def _cut(value: Any) -> Any:
 
 
 def _encodable(value: Any) -> Any:
-    """``value`` with text UTF-8 can carry: bytes decoded (a byte that is no UTF-8 as
-    U+FFFD), a lone surrogate written as its escape (``\\ud800``)."""
+    """``value`` as JSON in UTF-8 can carry it: bytes decoded (a byte that is no UTF-8 as
+    U+FFFD), a lone surrogate written as its escape (``\\ud800``), a non-finite float as
+    text ("nan", "inf")."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, dict):
         return {_encodable(key): _encodable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_encodable(item) for item in value]
-    return value
-
-
-def _finite(value: Any) -> Any:
-    """``value`` (JSON-like) with every non-finite float written as text ("nan", "inf")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
     return value

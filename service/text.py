@@ -27,6 +27,11 @@ _INVISIBLE = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
 _EDGES = re.compile(rf"^{_INVISIBLE}+|{_INVISIBLE}+$")
 
 
+#: A lone UTF-16 surrogate: JSON and YAML may write one as an escape (``\\ud800``), and
+#: Python's parsers keep it, but UTF-8 cannot encode it (no page, row or FHIR write holds it).
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def typed_text(value: str) -> str:
     """Text without control characters (a NUL cannot be stored in PostgreSQL, a FHIR server
     refuses it, and no keyboard types it) and without blank or invisible characters at its

@@ -10,7 +10,6 @@ Nothing is stored when anything is wrong.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from service.tenancy import (
     UnknownTenantError,
 )
 from service.tenant_config import SUBMITTED, EhrRegistration, TenantConfiguration
+from service.text import LONE_SURROGATE
 
 YAML_HEADER = (
     "# Kindreflex-ED configuration of one hospital (tenant).\n"
@@ -130,7 +130,7 @@ class _Loader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
-        if isinstance(node, ScalarNode) and _LONE_SURROGATE.search(node.value):
+        if isinstance(node, ScalarNode) and LONE_SURROGATE.search(node.value):
             # YAML's "\\ud800" escape: no text the database or a page holds can carry it
             raise ConstructorError(
                 None,
@@ -162,7 +162,6 @@ def _syntax_problem(error: yaml.YAMLError) -> Problem:
     )
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _YAML_TOO_DEEP = Reason("admin.problem.yaml-too-deep")
 _YAML_NO_MAPPING = Reason("admin.problem.yaml-no-mapping")
 

@@ -82,6 +82,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import httpx
 
 from service.bounded_fetch import BlockingClient, Bounds, UnreadableBodyError
+from service.text import LONE_SURROGATE
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +535,6 @@ def _json_or_none(response: httpx.Response) -> Resource | None:
     return _without_lone_surrogates(body) if _SURROGATE_ESCAPE.search(response.content) else body
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Where a surrogate can come from: an escape (UTF-8 has no bytes for one).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -547,7 +547,7 @@ def _without_lone_surrogates(value: Any) -> Any:
     database row or the FHIR write that held it failed. A pair is one character by now:
     only a lone one is replaced."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
+        return LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {
             _without_lone_surrogates(key): _without_lone_surrogates(item)
