@@ -10,8 +10,10 @@ property and is asserted, the time is only printed.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -155,6 +157,46 @@ def test_keyboard_only_no_concern_with_support(browser: BrowserContext, stack: D
     expect(app.locator('[data-advice="kind-en-gezin"]')).to_contain_text("Noor")
     expect(app.locator('a[href^="tel:"]').first).to_be_visible()
     assert axe.violations(axe.in_frame(page)) == []  # step 3's advice and phone numbers
+
+
+def test_a_tab_saves_for_its_own_patient_after_another_tab_launched(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    """Two patients' visits open in two tabs of the EHR: the second launch replaced the
+    one session cookie, and the first tab's app saved the second patient's triage inside
+    the first patient's chart (found by review). Each launch's pages now name it, and the
+    cookie holds both: the first tab's form, and the page it opens again, stay with the
+    first patient."""
+    first_tab, second_tab = browser.new_page(), browser.new_page()
+    first = launch_from_card(first_tab, open_visit(first_tab, stack, "an-peeters"))
+    second = launch_from_card(second_tab, open_visit(second_tab, stack, "els-goossens"))
+    expect(second.get_by_label("Naam").nth(0)).to_have_value("Lucas Goossens")  # Els' child
+
+    # The nurse goes back to the first patient's tab. Without it, Chromium delivered the
+    # clicks to the EHR page's <iframe> element, not into our (cross-site) frame of the
+    # tab in the background: seen as a radio that stayed unchecked, a save that never came.
+    first_tab.bring_to_front()
+    child = f"Kind {uuid.uuid4().hex[:6]}"
+    first.get_by_label("Naam").nth(0).fill(child)
+    first.get_by_label("Geboortedatum").nth(0).fill("03/07/2019")
+    first.locator("#assessment-no-concern").check()
+    first.locator("#support-ask-regularly").check()
+    first.get_by_role("button", name="Opslaan", exact=True).click()
+    expect(first.locator("#save-status")).to_contain_text("Opgeslagen")
+
+    # the save as recorded for delivery (whether or not the FHIR server has it yet)
+    with stack.database.session() as session:
+        saved_for = {
+            entry.patient_ref
+            for entry in session.scalars(select(OutboxEntry))
+            if child in json.dumps(entry.bundle)
+        }
+    assert saved_for == {f"Patient/{stack.sandbox.seeded.patient('an-peeters').id}"}
+
+    # opened again from the saved page: still An Peeters' triage, not Els Goossens'
+    first.get_by_role("link", name="Kindreflex opnieuw openen").click()
+    expect(first.locator('input[name="patient_name"]')).to_have_value("An Peeters")
+    expect(first.locator('input[value="Lucas Goossens"]')).to_have_count(0)
 
 
 def test_add_child_stops_at_the_rows_the_page_takes(
