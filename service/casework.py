@@ -970,16 +970,17 @@ class Casework:
     def _reconcile_index(
         self, ctx: LaunchInfo, concern: Concern, record: CaseRecord, case: KindreflexCase
     ) -> str:
-        """The worklist shows what the server says from now on: the names of the patient,
-        of the flagging nurse and of the assignee when the case names them (a concern
-        indexed from a Flag, a colleague assigned by reference, a row older than the names),
-        the acute danger of the case's findings (a concern indexed from a Flag, which does
-        not carry it: the worklist's "acute danger first" order must know), and a concern
-        closed in the EHR as closed. The index is reconciled with the server when a case is
+        """The worklist shows what the server says from now on: the names of the patient (of
+        an open case), of the flagging nurse and of the assignee when the case names them (a
+        concern indexed from a Flag, a colleague assigned by reference, a row older than the
+        names), the acute danger of the case's findings (a concern indexed from a Flag,
+        which does not carry it: the worklist's "acute danger first" order must know), and a
+        concern closed in the EHR as closed. The index is reconciled with the server when a case is
         opened. Not a user's change, so the row version stays; the row as read, so a name
         goes to the person it is of (a colleague claiming the case meanwhile: corrected at
         the next opening). Returns the case's status as the worklist now has it."""
-        patient = record.patient.name if record.patient else None
+        # a closed case keeps no name the retention emptied: opening it does not refill one
+        patient = record.patient.name if record.patient and concern.status == "open" else None
         assignee = concern.assigned_to
         names = {
             "patient_display": worklist_display(patient) if patient else None,

@@ -17,9 +17,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from sandbox.fhir_server import FhirServer
+from service import retention
 from service.casework import load_case_record
 from service.db.base import Database, utcnow
-from service.db.models import OutboxEntry
+from service.db.models import Concern, OutboxEntry
 from service.fhir.client import FhirClient
 from service.local_time import local_today
 from service.outbox import DeliveryState
@@ -278,6 +279,31 @@ def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reop
     assert 'id="s4-form"' not in first
     assert 'id="close-form"' not in first
     assert f'href="/social/cases/{case_id}"' not in worker.get("/social").text
+
+
+def test_a_closed_case_opened_after_the_retention_keeps_its_name_forgotten(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The retention empties the patient's name of a case closed long enough; opening the
+    case page wrote it back into the worklist's index, until the next purge (found by
+    review). The page still names the patient: it reads the FHIR server."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
+    _as_the_ehr_changed_it(case.base_url, {**flag, "status": "inactive"})
+    case.worker.get(f"/social/cases/{case.case_id}")  # reconciled: closed
+    assert retention.purge(database, timedelta(0)).closed_cases == 1
+
+    page = case.worker.get(f"/social/cases/{case.case_id}")
+
+    assert page.status_code == 200
+    name = search(case.base_url, "Patient", _id=case.patient.removeprefix("Patient/"))[0]
+    assert name["name"][0]["family"] in _text(page)
+    with database.session() as session:
+        concern = session.get(Concern, case.case_id)
+        assert concern is not None
+        assert (concern.status, concern.patient_display) == ("closed", None)
 
 
 def _step(base_url: str, patient: str, step: str) -> dict[str, Any]:
