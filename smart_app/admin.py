@@ -63,7 +63,7 @@ from service.tenant_config import (
 from smart_app.errors import PageError, Said
 from smart_app.pages import TEMPLATES
 from smart_app.security import iframe_cookie, page_headers, tokens_match
-from smart_app.session import SESSION_COOKIE, all_frame_origins, current_launch, sessions_of
+from smart_app.session import SESSION_COOKIE, all_frame_origins, current_launch, end_launches
 
 ADMIN_COOKIE = "kindreflex_admin"
 CSRF_HEADER = "X-CSRF-Token"
@@ -738,11 +738,11 @@ def _sign_out(request: Request, admin: Admin, database: Database, response: Resp
     workstation, signing out must not leave the worklist open behind the sign-in page."""
     if admin.session is not None:
         access.end_session(database, admin.session)
-    else:
-        sessions_of(request).end(request.cookies.get(SESSION_COOKIE, ""))
-        with database.session() as session:
-            access.record_event(session, admin.tenant.id, admin.actor, "admin-signed-out")
-        response.headers.append("set-cookie", iframe_cookie(SESSION_COOKIE, "", 0))
+        return
+    with database.session() as session:  # signed out and audited, or neither
+        end_launches(session, request.cookies.get(SESSION_COOKIE, ""))
+        access.record_event(session, admin.tenant.id, admin.actor, "admin-signed-out")
+    response.headers.append("set-cookie", iframe_cookie(SESSION_COOKIE, "", 0))
 
 
 @router.get("/admin", response_class=HTMLResponse)

@@ -35,6 +35,7 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from service import retention
 from service.api.deps import tenant_slug
@@ -68,6 +69,7 @@ __all__ = [
     "SessionTokens",
     "csrf_token",
     "current_launch",
+    "end_launches",
     "require_role",
     "security_headers",
     "verify_csrf",
@@ -234,24 +236,24 @@ class SessionStore:
         kept = [held for held in earlier if digest(held) in theirs]
         return ".".join([secret, *kept][:MAX_LAUNCHES_PER_BROWSER])
 
-    def end(self, cookie: str) -> None:
-        """Sign the browser's launches out now (all of them are its user's): their pages
-        are refused from here on, as after their expiry, and they go with their tokens at
-        the next purge. As after an expiry, a save made in one is still delivered with its
-        access token while that is fresh (``TokenSource.access_token``), then waits for the
-        next sign-in."""
-        hashes = [digest(secret) for secret in browser_launches(cookie)]
-        with self._database.session() as session:
-            session.execute(
-                update(AppSession)
-                .where(AppSession.cookie_hash.in_(hashes), AppSession.expires_at > utcnow())
-                .values(expires_at=utcnow())
-            )
-
     def purge_expired(self) -> None:
         """Delete expired sessions (with their tokens) and abandoned launch states."""
         with self._database.session() as session:
             retention.drop_expired_launches(session, utcnow())
+
+
+def end_launches(session: Session, cookie: str) -> None:
+    """Sign the browser's launches out now (all of them are its user's), in the caller's
+    transaction: their pages are refused from here on, as after their expiry, and they go
+    with their tokens at the next purge. As after an expiry, a save made in one is still
+    delivered with its access token while that is fresh (``TokenSource.access_token``),
+    then waits for the next sign-in."""
+    hashes = [digest(secret) for secret in browser_launches(cookie)]
+    session.execute(
+        update(AppSession)
+        .where(AppSession.cookie_hash.in_(hashes), AppSession.expires_at > utcnow())
+        .values(expires_at=utcnow())
+    )
 
 
 def browser_launches(cookie: str | None) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from service.admin import access
 from service.db.base import Database, utcnow
@@ -532,6 +532,45 @@ def test_an_ehr_admin_who_signs_out_is_signed_out_of_the_app(
     events = client.get("/admin/api/audit", headers=bearer(database, gent.id)).json()["events"]
     signed_out = [e for e in events if e["action"] == "admin-signed-out"]
     assert [e["actor"] for e in signed_out] == ["An Janssens <Practitioner/1>"]
+
+
+def _refuse_admin_events(database: Database) -> None:
+    """The audit's table refuses every write: a fault in the real database (a trigger)."""
+    if database.engine.dialect.name == "sqlite":
+        ddl = [
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON admin_events "
+            "BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END"
+        ]
+    else:
+        ddl = [
+            "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'audit unavailable'; END $$",
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON admin_events "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_events()",
+        ]
+    with database.session() as session:
+        for statement in ddl:
+            session.execute(text(statement))
+
+
+def test_a_sign_out_the_audit_cannot_record_is_not_half_done(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The EHR admin's sign-out ended her launches and then wrote its audit event, in two
+    transactions: with the audit failing she was signed out unaudited. Now both or neither:
+    she is told it failed and is still signed in (found by review)."""
+    cookie, csrf = app_session(client, gent, "admin")
+    _refuse_admin_events(database)
+    browser = TestClient(client.app, raise_server_exceptions=False)
+    browser.cookies.set(SESSION_COOKIE, cookie)
+
+    out = browser.delete("/admin/api/session", headers={CSRF_HEADER: csrf})
+
+    assert out.status_code == 500
+    assert not any(
+        line.startswith(f"{SESSION_COOKIE}=;") for line in out.headers.get_list("set-cookie")
+    )
+    assert browser.get("/admin/api/config").status_code == 200
 
 
 def test_a_change_based_on_an_older_version_is_refused_not_lost(
