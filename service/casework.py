@@ -39,6 +39,7 @@ from service.outbox import (
     TokenSource,
     TransactionBuilder,
     enqueue,
+    laid_over,
 )
 from service.protocol import (
     CONCERN_STEPS,
@@ -291,23 +292,12 @@ def _update_flag(
         closed_at=closed[0] if closed else None,
         closure=closed[1] if closed else None,
     )
-    # Whatever the EHR stored besides our elements survives the update: its own extensions
-    # too (ours are replaced by what the mapping says now), and its meta (tags, security
-    # labels) with our profile added.
-    ours_urls = {terminology.extension_url(e) for e in mapping.CONCERN_FLAG_EXTENSIONS}
-    theirs = [e for e in flag.get("extension", []) if e.get("url") not in ours_urls]
-    merged = {
-        **flag,
-        **mapped,
-        "id": flag["id"],
-        "identifier": flag["identifier"],
-        "meta": mapping.meta_on_update(flag.get("meta"), mapped["meta"]),
-    }
-    merged.pop("extension", None)
-    merged.pop("encounter", None)  # written before 2026-12-03: see mapping.concern_flag
-    if extensions := [*theirs, *mapped.get("extension", [])]:
-        merged["extension"] = extensions
-    return tx.update(merged, flag["meta"]["versionId"])
+    # Laid over the Flag as read, as a nurse's later save lays hers (``outbox.laid_over``):
+    # whatever the EHR stored besides our elements survives the update, its own codings of
+    # code and category, the subject's display, its extensions and meta (tags, security
+    # labels) with our profile added. It replaced code, category and subject whole before,
+    # dropping the EHR's (found by review).
+    return tx.update(laid_over(flag, mapped), flag["meta"]["versionId"])
 
 
 def _sign(
@@ -344,6 +334,18 @@ MAX_SEARCH_PAGES = 10
 
 class CaseNotOnServerError(LookupError):
     """The concern's Flag is not (or not yet) on the FHIR server: its save is still pending."""
+
+
+class SaveOnItsWayError(Exception):
+    """The case's latest save is not on the FHIR server yet. A change now would be built on
+    the case without it, and the save delivered first would make it a conflict that the
+    user, told it was saved, never sees: the change waits until that save is delivered."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The case's previous save is still on its way to the FHIR server; record this "
+            "once it is delivered (the case page shows its state)."
+        )
 
 
 def load_case_record(
@@ -651,7 +653,8 @@ def referred_facilities(
     """The Organizations the referrals go to, by the reference they are named with: as the
     search included them, read one by one where a server ignored ``_include``."""
     included = {f"Organization/{o['id']}": o for o in _resources(bundle, "Organization")}
-    references = {p["reference"] for r in referrals for p in r.get("performer", [])}
+    named = (mapping.referral_performer(r) for r in referrals)
+    references = {reference for reference in named if reference is not None}
     return {
         reference: included.get(reference) or client.read(*reference.split("/", 1))
         for reference in sorted(references)
@@ -964,6 +967,9 @@ class Casework:
                 raise CaseConflict.of("closed", row)
             if row.row_version != expected_version:
                 raise CaseConflict.of("changed", row)
+            latest = select(OutboxEntry.state).where(OutboxEntry.id == row.outbox_id)
+            if row.outbox_id is not None and session.scalar(latest) in UNDELIVERED_STATES:
+                raise SaveOnItsWayError()
             session.expunge(row)
         return row
 

@@ -990,9 +990,9 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
             # meanwhile): ours applies over it, as it did over what she saw
             _check_owner(current, ours, client.base_url)
             now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
-            entries.append({"resource": _overlay(current, ours), "request": now})
+            entries.append({"resource": laid_over(current, ours), "request": now})
             continue
-        entries.append({"resource": _overlay(seen, ours), "request": request})
+        entries.append({"resource": laid_over(seen, ours), "request": request})
     entries = _described(entries, left_out)
     preconditions = [
         (e["request"]["url"], e["request"]["ifMatch"].removeprefix('W/"').removesuffix('"'))
@@ -1088,7 +1088,7 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
         return []
     version = seen["meta"]["versionId"]
     update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
-    return [{"resource": _overlay(seen, changes), "request": update_request}]
+    return [{"resource": laid_over(seen, changes), "request": update_request}]
 
 
 def _changed_from(shown: Resource, ours: Resource) -> Resource:
@@ -1146,7 +1146,7 @@ def _other_owner(seen: Resource, ours: Resource, base_url: str) -> str | None:
     return None
 
 
-def _overlay(seen: Resource, ours: Resource) -> Resource:
+def laid_over(seen: Resource, ours: Resource) -> Resource:
     """``ours``' elements laid over ``seen``'s (see :func:`_element`); extensions are merged
     by URL, identifiers kept, ``meta`` is the server's with our profile added
     (:func:`~service.fhir.mapping.meta_on_update`: its tags and security labels stay)."""
@@ -1279,7 +1279,7 @@ def _systems(value: dict[str, Any]) -> set[str]:
 
 
 def _unchanged(seen: Resource, ours: Resource) -> bool:
-    """Whether the merge would keep every element of ``seen`` as it is: :func:`_overlay`
+    """Whether the merge would keep every element of ``seen`` as it is: :func:`laid_over`
     would write nothing ``seen`` does not say already.
 
     Where both sides have a value they must agree; what only one side spells out (the

@@ -42,6 +42,7 @@ from service.casework import (
     CloseRefusedError,
     IncompleteCaseError,
     NoReferralError,
+    SaveOnItsWayError,
     StepInput,
     StepResult,
     closable,
@@ -53,9 +54,10 @@ from service.fhir.client import (
     FhirUnreadable,
     ReauthorisationRequired,
 )
-from service.fhir.mapping import AddedNote, UnreadableResourceError
+from service.fhir.mapping import AddedNote, UnreadableResourceError, referral_performer
 from service.i18n import Language, translate
 from service.local_time import local_today
+from service.outbox import UNDELIVERED_STATES
 from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
@@ -312,7 +314,16 @@ class Shown:
         identity = self.opened.patient if self.opened is not None else None
         return None if identity is None else identity.birth_date
 
+    @property
+    def save_on_its_way(self) -> bool:
+        """Whether the case's latest save is still to reach the FHIR server: no change is
+        offered until it has (``casework.SaveOnItsWayError``)."""
+        delivery = self.summary.delivery
+        return delivery is not None and delivery.state in UNDELIVERED_STATES
+
     def offers(self, step: Step) -> bool:
+        if self.save_on_its_way:
+            return False
         if step is Step.STEP_4:
             return bool(self.team_decisions)
         return (
@@ -331,12 +342,17 @@ class Shown:
         """The facility a step 6 finding referred the case to, its Organization as read (its
         name, its numbers). The finding names only the facility's type (VK); the referral
         ServiceRequest written with it, authored at the moment it was recorded, names the
-        facility. None: not read."""
+        facility. None: not read. A facility the EHR renamed to a display only (no
+        reference) is that name alone."""
         if self.opened is None:
             return None
         written_with = (r for r in self.opened.referrals if _authored(r) == referral.recorded_at)
-        performer = _performer(next(written_with, {}))
-        return None if performer is None else self.opened.facilities.get(performer)
+        request = next(written_with, {})
+        performer = referral_performer(request)
+        if performer is not None:
+            return self.opened.facilities.get(performer)
+        named = (request.get("performer") or [{}])[0].get("display")
+        return {"name": named} if isinstance(named, str) else None
 
     def facility_name(self, referral: Step6Referral) -> str | None:
         """The name of the facility a step 6 finding referred the case to (None: unknown)."""
@@ -353,20 +369,18 @@ class Shown:
     @property
     def may_close(self) -> bool:
         """The use case's rule (``casework.closable``): no step 4, 5 or 6 due, or referred."""
-        return self.case is not None and self.summary.status == "open" and closable(self.case)
+        return (
+            self.case is not None
+            and self.summary.status == "open"
+            and not self.save_on_its_way
+            and closable(self.case)
+        )
 
 
 def _authored(request: dict[str, Any]) -> datetime | None:
     """When a referral ServiceRequest was written (None: it does not say)."""
     authored = request.get("authoredOn")
     return datetime.fromisoformat(authored) if isinstance(authored, str) else None
-
-
-def _performer(request: dict[str, Any]) -> str | None:
-    """The reference of the facility a referral ServiceRequest names (None: none)."""
-    performers = request.get("performer") or [{}]
-    reference = performers[0].get("reference")
-    return reference if isinstance(reference, str) else None
 
 
 def _waits_for_sign_in(summary: social.CaseSummary) -> bool:
@@ -479,7 +493,7 @@ def _render(
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
         csrf_token=csrf_token(ctx),
-        launch=ctx.session_id,  # the forms post for this page's launch (LAUNCH_PARAM)
+        pinned=partial(pinned, ctx),  # the forms post for this page's launch (LAUNCH_PARAM)
         prefix=ctx.path_prefix,
         me=ctx.user.fhir_user,
         can_claim=social.assignable(ctx.user.fhir_user),
@@ -521,6 +535,7 @@ def _not_found(ctx: LaunchContext) -> HTMLResponse:
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
         prefix=ctx.path_prefix,
+        pinned=partial(pinned, ctx),
     )
     return HTMLResponse(html, status_code=404, headers=security_headers(ctx))
 
@@ -622,6 +637,8 @@ def _save_step(
         problems, status = _about_form(ctx, typed, key), 409
     except IncompleteCaseError:
         problems, status = _about_form(ctx, typed, "error.incomplete"), 409
+    except SaveOnItsWayError:
+        problems, status = _about_form(ctx, typed, "error.save-on-its-way"), 409
     except ClosedOnServerError:
         problems, status = _about_form(ctx, typed, "error.closed-in-ehr"), 409
     except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
@@ -924,6 +941,7 @@ def referral_page(
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
         prefix=ctx.path_prefix,
+        pinned=partial(pinned, ctx),
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
         children=_listed(summary.children),

@@ -68,7 +68,7 @@ from smart_app.session import (
     all_frame_origins,
     token_expiry,
 )
-from smart_app.social import PATIENT_CASE_PAGE
+from smart_app.social import PATIENT_CASE_PAGE, WORKLIST_PAGE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -265,13 +265,12 @@ def _refuse_when_busy(
 def _start_page(new: NewSession, session_id: str) -> str:
     """Where the launch opens the app: a triage visit (a patient and an encounter) on the
     nurse's screen; a social worker's launch without a patient on the worklist, and from
-    a patient's chart (no encounter) on that patient's case. A page of the launch's
-    patient names the launch (``LAUNCH_PARAM``): a launch in another tab must not take
-    it over."""
+    a patient's chart (no encounter) on that patient's case. The page names the launch
+    (``LAUNCH_PARAM``): a launch in another tab must not take it over."""
     if "social-worker" not in new.user.roles or new.encounter_id is not None:
         page = START_PAGE
     elif new.patient_id is None:
-        return "/social"
+        page = WORKLIST_PAGE
     else:
         page = PATIENT_CASE_PAGE
     return f"{page}?{urlencode({LAUNCH_PARAM: session_id})}"

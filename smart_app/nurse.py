@@ -77,6 +77,7 @@ from smart_app.session import (
     LaunchContext,
     csrf_token,
     current_launch,
+    pinned,
     require_role,
     security_headers,
     verify_csrf,
@@ -657,7 +658,7 @@ def render(
         product_name=translate(ctx.language, "product.name"),
         lang=ctx.language,
         csrf_token=csrf_token(ctx),
-        launch=ctx.session_id,  # links back to this launch's pages name it (LAUNCH_PARAM)
+        pinned=partial(pinned, ctx),  # links back stay with this launch (LAUNCH_PARAM)
         choices=_choices(ctx.language),
         support_partners=_support_partners(ctx),
         **values,

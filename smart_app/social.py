@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -33,10 +34,11 @@ from service.casework import (
     Casework,
     CloseRefusedError,
     NoReferralError,
+    SaveOnItsWayError,
     StepResult,
 )
 from service.db.base import utcnow
-from service.fhir import terminology
+from service.fhir import mapping, terminology
 from service.fhir.client import (
     FhirError,
     FhirUnavailable,
@@ -61,6 +63,7 @@ from service.social import (
 from service.text import OneLine, OptionalText, user_display
 from smart_app.pages import TEMPLATES
 from smart_app.session import (
+    LAUNCH_PARAM,
     LaunchContext,
     csrf_token,
     pinned,
@@ -75,6 +78,7 @@ _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
 #: Where a social worker's launch from a patient's chart opens (``patient_case_page``).
 PATIENT_CASE_PAGE = "/social/patient"
+WORKLIST_PAGE = "/social"
 #: Ids and versions are bounded by the database's integer (``social.MAX_ID``): a larger
 #: one is a 422 here, where the query failed with a 500.
 CaseId = Annotated[int, Path(ge=1, le=social.MAX_ID)]
@@ -175,8 +179,13 @@ class FindingView(BaseModel):
 class ReferralView(BaseModel):
     id: str = Field(description="The ServiceRequest id on the FHIR server.")
     status: str = Field(description="active | on-hold | completed | revoked")
-    target: str = Field(description="vk | ocj | parket | police")
-    performer: str = Field(description="Reference to the facility's Organization.")
+    target: str | None = Field(
+        description="vk | ocj | parket | police; null: the EHR took our coding away"
+    )
+    performer: str | None = Field(
+        description="Reference to the facility's Organization; null: the EHR's edit names "
+        "none (a display only)"
+    )
     authored_on: datetime
     notes: list[dict[str, Any]] = Field(description="FHIR Annotations, oldest first.")
     facility_name: str | None = Field(description="The facility's name, as on the server.")
@@ -244,15 +253,21 @@ class WorklistQuery(ListingQuery):
     @classmethod
     def _blank_is_unset(cls, data: Any) -> Any:
         """The filter form sends a number field left empty as ``older_than_days=``: no filter
-        (the API keeps refusing it)."""
+        (the API keeps refusing it). The launch the page is for (``LAUNCH_PARAM``) is the
+        session's, not the list's."""
         if isinstance(data, Mapping):
-            return {name: value for name, value in data.items() if value != ""}
+            return {
+                name: value for name, value in data.items() if value != "" and name != LAUNCH_PARAM
+            }
         return data
 
 
 @router.get("/api/cases", summary="The hospital's Kindreflex cases, filtered, sorted, paginated")
 def list_cases(ctx: SocialWorker, database: DatabaseDep, wanted: Listing) -> CasePage:
-    return _listing(ctx, database, wanted)
+    try:
+        return _listing(ctx, database, wanted)
+    except social.InvalidCursorError as error:
+        raise HTTPException(400, str(error)) from error
 
 
 @router.post(
@@ -364,12 +379,12 @@ _FINDING_JSON: TypeAdapter[Finding] = TypeAdapter(Finding)
 def _referral_view(
     resource: dict[str, Any], facilities: Mapping[str, dict[str, Any]]
 ) -> ReferralView:
-    performer = resource["performer"][0]["reference"]
-    facility = facilities.get(performer, {})
+    performer = mapping.referral_performer(resource)
+    facility = facilities.get(performer, {}) if performer else {}
     return ReferralView(
         id=resource["id"],
         status=resource["status"],
-        target=resource["performerType"]["coding"][0]["code"],
+        target=mapping.referral_target(resource),
         performer=performer,
         authored_on=resource["authoredOn"],
         notes=resource.get("note", []),
@@ -468,6 +483,7 @@ _REFUSALS = (
     CaseNotOnServerError,
     CloseRefusedError,
     NoReferralError,
+    SaveOnItsWayError,
     FhirError,
     ReauthorisationRequired,
 )
@@ -484,7 +500,7 @@ def _refusal(error: Exception) -> tuple[int, object]:
             return 404, str(error)
         case social.CaseConflict():
             return 409, {"message": error.message, "row_version": error.current_version}
-        case CaseNotOnServerError() | CloseRefusedError() | NoReferralError():
+        case CaseNotOnServerError() | CloseRefusedError() | NoReferralError() | SaveOnItsWayError():
             return 409, {"message": str(error)}
         case ReauthorisationRequired():
             return 401, "The EHR session ended; open the app from the EHR again."
@@ -528,11 +544,15 @@ def audit_refusal(
 # -- the worklist screen ----------------------------------------------------------------------
 
 
-@router.get("/social", response_class=HTMLResponse, summary="The social service's worklist")
+@router.get(WORKLIST_PAGE, response_class=HTMLResponse, summary="The social service's worklist")
 def worklist_page(
     ctx: SocialWorker, database: DatabaseDep, wanted: Annotated[WorklistQuery, Query()]
 ) -> HTMLResponse:
-    return _worklist_page(ctx, database, wanted)
+    try:
+        return _worklist_page(ctx, database, wanted)
+    except social.InvalidCursorError:  # an old or altered "next page" link: its first page
+        first = wanted.model_copy(update={"cursor": None})
+        return _worklist_page(ctx, database, first, problem=("bad-cursor", None), status=400)
 
 
 @router.get(
@@ -614,7 +634,7 @@ def _after_claim(ctx: LaunchContext, case_id: int, return_to: ClaimReturn) -> st
     reading, the worklist's to her own cases (the one just taken among them)."""
     if return_to == "case":
         return pinned(ctx, f"/social/cases/{case_id}")
-    return f"{ctx.path_prefix}/social?view=mine"
+    return pinned(ctx, "/social?view=mine")
 
 
 def _worklist_page(
@@ -632,18 +652,32 @@ def _worklist_page(
         lang=ctx.language,
         product_name=translate(ctx.language, "product.name"),
         csrf_token=csrf_token(ctx),
-        launch=ctx.session_id,  # the forms post for this page's launch (LAUNCH_PARAM)
+        launch=(LAUNCH_PARAM, ctx.session_id),  # the filter form's, for this page's launch
+        pinned=partial(pinned, ctx),  # its links and forms stay with this page's launch
         prefix=ctx.path_prefix,
         me=ctx.user.fhir_user,
         can_claim=social.assignable(ctx.user.fhir_user),
         wanted=wanted,
         page=page,
+        next_page=_next_page(ctx, wanted, page.next_cursor),
         problem=problem,
         notice=notice,
         trigger=lambda code: terminology.display("hague-trigger", code, ctx.language),
         local=local,
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
+
+
+def _next_page(ctx: LaunchContext, wanted: ListingQuery, cursor: str | None) -> str | None:
+    """The address of the list's next page, with the filters of this one."""
+    if cursor is None:
+        return None
+    query: dict[str, object] = {"status": wanted.status, "view": wanted.view, "sort": wanted.sort}
+    if wanted.older_than_days is not None:
+        query["older_than_days"] = wanted.older_than_days
+    if wanted.overdue:
+        query["overdue"] = "true"
+    return pinned(ctx, f"/social?{urlencode({**query, 'cursor': cursor})}")
 
 
 def _message(language: Language, message_id: str, **values: object) -> str:
@@ -655,19 +689,17 @@ def _message(language: Language, message_id: str, **values: object) -> str:
 
 
 def _listing(ctx: LaunchContext, database: DatabaseDep, wanted: ListingQuery) -> CasePage:
+    """A page of the list, its reading audited. Raises ``social.InvalidCursorError``."""
     with database.session() as session:
-        try:
-            page = social.list_cases(
-                session,
-                ctx.tenant.id,
-                ctx.user.fhir_user,
-                wanted.filter(),
-                limit=wanted.limit,
-                cursor=wanted.cursor,
-                today=local_today(),  # as the case page counts overdue
-            )
-        except social.InvalidCursorError as error:
-            raise HTTPException(400, str(error)) from error
+        page = social.list_cases(
+            session,
+            ctx.tenant.id,
+            ctx.user.fhir_user,
+            wanted.filter(),
+            limit=wanted.limit,
+            cursor=wanted.cursor,
+            today=local_today(),  # as the case page counts overdue
+        )
         # The page shows each patient's name, children's ages and triggers: audited in each
         # patient's own trail, on the server of the patient's case (not the session's).
         listed = (

@@ -853,6 +853,28 @@ def referral_priority(request: Mapping[str, Any]) -> str:
     return ROUTINE
 
 
+def referral_performer(request: Mapping[str, Any]) -> str | None:
+    """The reference of the facility a referral ServiceRequest names. None: it names none
+    (the EHR may have rewritten the performer as a display only, which FHIR allows)."""
+    performers = request.get("performer")
+    first = performers[0] if isinstance(performers, list) and performers else None
+    reference = first.get("reference") if isinstance(first, Mapping) else None
+    return reference if isinstance(reference, str) else None
+
+
+def referral_target(request: Mapping[str, Any]) -> str | None:
+    """The kind of facility (vk, ocj, parket, police) a referral is to, as our coding of
+    ``performerType`` says; None: the EHR took that coding away."""
+    concept = request.get("performerType")
+    codings = concept.get("coding") if isinstance(concept, Mapping) else None
+    system = t.code_system_url("partner-type")
+    for coding in codings if isinstance(codings, list) else []:
+        if isinstance(coding, Mapping) and coding.get("system") == system:
+            code = coding.get("code")
+            return code if isinstance(code, str) else None
+    return None
+
+
 def referral_with_status(
     request: Mapping[str, Any],
     status: ReferralStatus,
@@ -876,11 +898,6 @@ def referral_with_status(
         annotation = {"authorReference": _ref(author), "time": _instant(at), "text": note.strip()}
         updated["note"] = [*request.get("note", []), annotation]
     return updated
-
-
-#: The extensions of the concern Flag that are ours (:func:`concern_flag` writes them);
-#: an update replaces these and keeps any other the EHR added.
-CONCERN_FLAG_EXTENSIONS = ("concern-last-step", "concern-trigger", "concern-close-reason")
 
 
 def concern_flag(

@@ -31,12 +31,14 @@ from tests.support.casework import (
     STEP_4_FORM,
     STEP_6_FORM,
     error_summary,
+    listed_cases,
     on_the_worklist,
     post_form,
     save_triage,
     triage_waiting_for_sign_in,
 )
 from tests.support.sessions import make_app, signed_in
+from tests.support.validator import validate
 from tests.support.write_path import (
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
     make_tenant,
@@ -246,7 +248,7 @@ def test_a_concern_closed_in_the_ehr_is_not_reopened_by_a_step_and_leaves_the_wo
     assert search(base_url, "Observation", subject=patient, code=f"{step_system}|step-4") == []
 
     assert 'id="s4-form"' not in worker.get(f"/social/cases/{case_id}").text
-    assert f'href="/social/cases/{case_id}"' not in worker.get("/social").text
+    assert case_id not in listed_cases(worker.get("/social").text)
 
 
 def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reopen_it(
@@ -267,7 +269,7 @@ def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reop
     entry_id = triage_waiting_for_sign_in(database, case.tenant, base_url, patient, case_id)
 
     worker.get(f"/social/cases/{case_id}")
-    assert f'href="/social/cases/{case_id}"' in worker.get("/social").text
+    assert case_id in listed_cases(worker.get("/social").text)
 
     with database.session() as session:  # delivered: the EHR's closing stands
         session.execute(
@@ -278,7 +280,7 @@ def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reop
     first = worker.get(f"/social/cases/{case_id}").text
     assert 'id="s4-form"' not in first
     assert 'id="close-form"' not in first
-    assert f'href="/social/cases/{case_id}"' not in worker.get("/social").text
+    assert case_id not in listed_cases(worker.get("/social").text)
 
 
 def test_a_closed_case_opened_after_the_retention_keeps_its_name_forgotten(
@@ -304,6 +306,79 @@ def test_a_closed_case_opened_after_the_retention_keeps_its_name_forgotten(
         concern = session.get(Concern, case.case_id)
         assert concern is not None
         assert (concern.status, concern.patient_display) == ("closed", None)
+
+
+def test_a_referral_whose_facility_the_ehr_named_by_display_only_still_opens(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The EHR rewrote a referral's performer as a name without a reference, and took our
+    coding from its performerType (FHIR allows both): the case page, the printable
+    referral and the case in the API were a 500, the case closed to every step (found by
+    review). They open; the API says the referral names no Organization."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
+    page = worker.get(f"/social/cases/{case_id}").text
+    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+    page = worker.get(f"/social/cases/{case_id}").text
+    contact = {"contact_on": local_today().isoformat()}
+    assert (
+        post_form(worker, page, case_id, "step-6", "s6", {**STEP_6_FORM, **contact}).status_code
+        == 303
+    )
+    (referral,) = search(base_url, "ServiceRequest", subject=patient)
+    edited = {
+        **referral,
+        "performer": [{"display": "VK Oost-Vlaanderen"}],
+        "performerType": {"text": "Vertrouwenscentrum"},
+    }
+    _as_the_ehr_changed_it(base_url, edited)
+
+    shown = worker.get(f"/social/cases/{case_id}")
+    printed = worker.get(f"/social/cases/{case_id}/referral")
+    read = worker.get(f"/api/cases/{case_id}", headers={"Accept": "application/json"})
+
+    assert (shown.status_code, printed.status_code, read.status_code) == (200, 200, 200)
+    assert 'id="close-form"' in shown.text  # the case goes on: referred, it may be closed
+    assert "VK Oost-Vlaanderen" in _text(printed)  # the facility, as the EHR names it now
+    (view,) = read.json()["referrals"]
+    assert (view["id"], view["performer"], view["target"]) == (referral["id"], None, None)
+
+
+def test_a_step_keeps_what_the_ehr_added_to_the_concern_flag(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The team's step replaced the Flag's code, category and subject with ours: the EHR's
+    own coding of the concern, its category and the patient's display were gone from the
+    server (found by review). They stay, ours beside them, as after a nurse's save."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
+    (flag,) = search(base_url, "Flag", subject=patient)
+    theirs = {"system": "http://example.org/ehr-flag-category", "code": "social-work"}
+    _as_the_ehr_changed_it(
+        base_url,
+        {
+            **flag,
+            "code": {**flag["code"], "coding": [*flag["code"]["coding"], SNOMED]},
+            "category": [*flag["category"], {"coding": [theirs]}],
+            "subject": {**flag["subject"], "display": "Mevrouw X"},
+        },
+    )
+
+    page = worker.get(f"/social/cases/{case_id}").text
+    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+
+    (after,) = search(base_url, "Flag", subject=patient)
+    assert SNOMED in after["code"]["coding"]
+    assert {"coding": [theirs]} in after["category"]
+    assert after["subject"]["display"] == "Mevrouw X"
+    assert flag["code"]["coding"][0] in after["code"]["coding"]  # ours, beside theirs
+    last_step = [e for e in after["extension"] if e["url"].endswith("concern-last-step")]
+    assert [e["valueCoding"]["code"] for e in last_step] == ["step-4"]
+    assert validate(after) == []
 
 
 def _step(base_url: str, patient: str, step: str) -> dict[str, Any]:

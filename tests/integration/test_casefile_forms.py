@@ -12,15 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from sandbox.fhir_server import FhirServer
 from service import casework
 from service.db.base import Database, utcnow
-from service.db.models import AppSession, AuditRecord
+from service.db.models import AppSession, AuditRecord, OutboxEntry
 from service.fhir import terminology
 from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local, local_today
+from service.outbox import DeliveryState
 from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
 from tests.support.casework import (
     SOCIAL_WORKER,
@@ -28,9 +29,11 @@ from tests.support.casework import (
     STEP_6_FORM,
     error_summary,
     index_case,
+    listed_cases,
     on_the_worklist,
     post_form,
     save_triage,
+    triage_waiting_for_sign_in,
 )
 from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
 from tests.support.write_path import (
@@ -141,7 +144,7 @@ def test_a_referral_sent_twice_says_it_was_saved_not_that_someone_else_changed_t
     assert first.status_code == 303
     assert second.status_code == 409
     said = error_summary(second.text, "s6")
-    assert "U hebt dit formulier al opgeslagen" in said
+    assert "U hebt dit dossier net opgeslagen vanuit deze aanmelding" in said
     assert "Iemand anders" not in said
     assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
 
@@ -162,7 +165,7 @@ def test_the_step_4_form_takes_as_much_text_as_the_service_keeps(
         app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=fhir_server.base_url
     )
     client = TestClient(app, headers={"Cookie": worker.headers["Cookie"]})
-    (case_id,) = re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
+    (case_id,) = listed_cases(client.get("/social").text)
     page = client.get(f"/social/cases/{case_id}").text
     form = page[page.index('id="s4-form"') : page.index("</form>", page.index('id="s4-form"'))]
 
@@ -763,3 +766,43 @@ def test_step_4_says_every_problem_of_the_form_at_once(
     assert str(STEP_4_FORM["patient_explanation"]) in refused.text  # the input is kept
     step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
     assert search(base_url, "Observation", subject=patient, code=step_4) == []
+
+
+def test_no_step_is_taken_while_the_cases_previous_save_is_on_its_way(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The case's latest save not yet on the FHIR server, its page offered the next step
+    again, built on the case without that save; the save delivered first made the second
+    a conflict, though the user had been told it was saved, and her decision was lost
+    (found by review). The page now says the save is on its way and offers no step until
+    it is delivered; a form sent meanwhile is refused with its input kept."""
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    tenant = make_tenant(database, "default", base_url)
+    waiting = triage_waiting_for_sign_in(database, tenant, base_url, patient, case_id)
+
+    shown = client.get(f"/social/cases/{case_id}").text
+    note = "Tweede beslissing van het team"
+    refused = post_form(client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "note": note})
+
+    assert 'id="save-on-its-way"' in shown
+    assert 'id="s4-form"' not in shown
+    assert 'id="close-form"' not in shown
+    assert refused.status_code == 409
+    assert "de vorige registratie van dit dossier is nog onderweg" in unescape(refused.text)
+    assert note in refused.text  # the input, kept
+    step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
+    assert search(base_url, "Observation", subject=patient, code=step_4) == []
+    with database.session() as session:
+        saves = select(func.count()).where(OutboxEntry.kind != "audit")  # not a read's
+        assert session.scalar(saves) == 2  # the nurse's two: no third
+
+    with database.session() as session:  # delivered: the team's decision can be recorded
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == waiting)
+            .values(state=DeliveryState.DELIVERED)
+        )
+    assert 'id="s4-form"' in client.get(f"/social/cases/{case_id}").text

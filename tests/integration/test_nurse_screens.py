@@ -905,6 +905,26 @@ def test_a_patient_without_children_closes_the_kindreflex(nurse_for: Any) -> Non
     assert "Doorgegeven aan de sociale dienst" not in saved.text
 
 
+def test_no_children_after_a_hand_off_leaves_the_concern_open_and_says_so(
+    nurse_for: Any,
+) -> None:
+    """After a niet-pluis, "no children" at the next save said "de Kindreflex is afgerond"
+    though the concern stays open with the social service (found by review; seed 002:
+    "laat de situatie niet los")."""
+    nurse = nurse_for("jan-janssens")
+    niet_pluis = _two_children(nurse.page(), assessment="niet-pluis", reasons="Letsels")
+    assert nurse.post(niet_pluis).status == 200
+    page = nurse.page()
+
+    saved = nurse.post(
+        {"csrf_token": page.csrf, "page_id": page.value("page_id"), "no_children": "1"}
+    )
+
+    assert saved.status == 200, saved.text
+    assert "afgerond" not in saved.text
+    assert "De Kindreflex-zorg bij de sociale dienst blijft open" in unescape(saved.text)
+
+
 def _grown_up_child(page: Page, **extra: str) -> dict[str, Any]:
     return {
         "csrf_token": page.csrf,

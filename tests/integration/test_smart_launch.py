@@ -174,9 +174,9 @@ def first_patient(sandbox: Sandbox) -> str:
 
 def _opened_page(kindreflex: Kindreflex, answer: httpx.Response) -> str:
     """Where the callback's answer sends the browser: the page, without the launch a page
-    of the launch's patient names (``?s=``: checked by the test of several launches)."""
+    of the launch names (``?s=``: checked by the test of several launches)."""
     page, _, query = str(answer.headers["location"]).removeprefix(kindreflex.url).partition("?")
-    assert parse_qs(query).keys() == (set() if page.endswith("/social") else {LAUNCH_PARAM})
+    assert parse_qs(query).keys() == {LAUNCH_PARAM}
     return page
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -15,12 +16,13 @@ from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.i18n import Language
 from service.local_time import LOCAL_ZONE, local_today
-from smart_app.session import SESSION_COOKIE, Role
+from smart_app.session import LAUNCH_PARAM, SESSION_COOKIE, Role
 from tests.support.casework import (
     COLLEAGUE,
     SOCIAL_WORKER,
     assignment_of,
     index_case,
+    listed_cases,
     on_the_worklist,
     save_triage,
 )
@@ -46,10 +48,13 @@ def _claim_forms(html: str) -> dict[str, tuple[str, str]]:
 
 
 def _page(location: str) -> str:
-    """A redirect's page, without the launch it names (``?s=``)."""
-    page, _, launch = location.partition("?s=")
+    """A redirect's page, without the launch it names (``s``, exactly one)."""
+    url = urlsplit(location)
+    query = parse_qsl(url.query)
+    (launch,) = [value for name, value in query if name == LAUNCH_PARAM]
     assert re.fullmatch(r"[0-9a-f]{32}", launch), location
-    return page
+    rest = urlencode([(name, value) for name, value in query if name != LAUNCH_PARAM])
+    return f"{url.path}?{rest}" if rest else url.path
 
 
 def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
@@ -103,6 +108,48 @@ def test_the_french_worklist_names_the_open_concerns_as_the_french_card_does(
 
     assert '<html lang="fr">' in page.text
     assert "<caption>Préoccupations Kindreflex ouvertes (1 sur cette page)</caption>" in page.text
+
+
+def test_the_worklist_and_the_pages_it_leads_to_stay_with_its_launch(
+    database_url: str, database: Database
+) -> None:
+    """The worklist named no launch, nor did its links: a case opened from it, or its next
+    page, took the browser's newest launch, which may be another EHR's (a hospital with
+    two), whose case page then says the case is another EHR's (found by review)."""
+    hospital = make_tenant(database, "default", FHIR)
+    for days in range(3):
+        index_case(database, hospital, f"Patient/{days}", utcnow() - timedelta(days=days))
+    app = make_app(database_url, database)
+    first = signed_in(app, hospital, SOCIAL_WORKER, "social-worker")
+    second = signed_in(app, hospital, SOCIAL_WORKER, "social-worker")
+    secrets = [u.headers["Cookie"].removeprefix(f"{SESSION_COOKIE}=") for u in (second, first)]
+    client = TestClient(app, headers={"Cookie": f"{SESSION_COOKIE}={'.'.join(secrets)}"})
+
+    page = client.get("/social", params={LAUNCH_PARAM: first.session_id, "limit": "2"}).text
+
+    named = set(re.findall(r'(?:href|action)="[^"]*[?&](?:amp;)?s=([0-9a-f]{32})', page))
+    assert named == {first.session_id}  # the cases, the next page, the claim forms
+    assert f'name="{LAUNCH_PARAM}" value="{first.session_id}"' in page  # the filter form
+    assert len(listed_cases(page)) == 2
+    assert 'rel="next"' in page
+
+
+def test_an_altered_next_page_link_shows_the_first_page_saying_so(
+    database_url: str, database: Database
+) -> None:
+    """A cursor the worklist did not hand out was answered as English JSON on the Dutch
+    screen (found by review)."""
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    page = TestClient(app).get("/social", headers=me, params={"cursor": "garbage"})
+
+    assert page.status_code == 400
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Deze pagina van de werklijst bestaat niet (meer)" in page.text
+    assert listed_cases(page.text) == [case_id]
 
 
 def test_the_worklist_writes_dates_as_the_nurses_page_does(
@@ -167,7 +214,7 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
     assert forged.status_code == 403
     done = client.post(action, headers=me, data={"csrf_token": mine_csrf, "row_version": version})
     assert done.status_code == 303
-    assert done.headers["location"] == "/social?view=mine"
+    assert _page(done.headers["location"]) == "/social?view=mine"
     late = client.post(
         action, headers=other, data={"csrf_token": other_csrf, "row_version": other_version}
     )
@@ -298,7 +345,7 @@ def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
     second = client.post(action, headers=me, data={"csrf_token": csrf, "row_version": version})
 
     assert (first.status_code, second.status_code) == (303, 303)
-    assert second.headers["location"] == "/social?view=mine"
+    assert _page(second.headers["location"]) == "/social?view=mine"
     assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
 
 
@@ -418,9 +465,7 @@ def test_take_it_on_by_a_user_who_is_no_practitioner_is_refused_and_says_why(
     save_triage(app, tenant, base_url)
     person = signed_in(app, tenant, "Person/sw-7", "social-worker", fhir_base_url=base_url)
     client = TestClient(app, follow_redirects=False, headers={"Cookie": person.headers["Cookie"]})
-    (case_id,) = [
-        int(i) for i in re.findall(r'href="/social/cases/(\d+)"', client.get("/social").text)
-    ]
+    (case_id,) = listed_cases(client.get("/social").text)
     action = f"/social/cases/{case_id}/claim"
     screen = client.get("/social" if return_to == "worklist" else f"/social/cases/{case_id}")
     assert _claim_forms(screen.text) == {}

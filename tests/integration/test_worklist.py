@@ -105,6 +105,25 @@ def test_a_hospital_never_sees_another_hospitals_concerns(
     assert [i["patient"] for i in items] == ["Patient/a1"]
 
 
+def test_a_cursor_the_api_did_not_hand_out_is_a_400_saying_so(
+    database_url: str, database: Database
+) -> None:
+    hospital = make_tenant(database, "default", FHIR)
+    for n in range(3):
+        _concern(database, hospital, f"Patient/{n}", utcnow() - timedelta(hours=n))
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker").headers
+    cursor = client.get("/api/cases", headers=social, params={"limit": "1"}).json()["next_cursor"]
+
+    forged = client.get("/api/cases", headers=social, params={"cursor": "garbage"})
+    resorted = client.get("/api/cases", headers=social, params={"cursor": cursor, "sort": "oldest"})
+
+    assert (forged.status_code, resorted.status_code) == (400, 400)
+    assert forged.json() == {"detail": "the cursor is not one this endpoint handed out"}
+    assert "another sort order" in resorted.json()["detail"]
+
+
 def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
     database_url: str, database: Database
 ) -> None:

@@ -221,9 +221,13 @@ def on_the_worklist(app: Any, tenant: TenantContext, base_url: str) -> tuple[Tes
     redirects) and the one case her worklist lists."""
     worker = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
     client = TestClient(app, follow_redirects=False, headers={"Cookie": worker.headers["Cookie"]})
-    worklist = client.get("/social").text
-    (case_id,) = [int(i) for i in re.findall(r'href="/social/cases/(\d+)"', worklist)]
+    (case_id,) = listed_cases(client.get("/social").text)
     return client, case_id
+
+
+def listed_cases(worklist: str) -> list[int]:
+    """The cases a worklist page links to (each link names the page's launch)."""
+    return [int(i) for i in re.findall(r'href="/social/cases/(\d+)\?s=[0-9a-f]{32}"', worklist)]
 
 
 #: A step 4 form as a social worker fills it in: concerning, patient unwilling.

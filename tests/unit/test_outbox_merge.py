@@ -1,6 +1,6 @@
 """The outbox's merge at delivery, as pure functions: whether laying ours over the server's
 version of a resource changes it (``service.outbox._unchanged``), compared with what the
-overlay writes (``_overlay``). Against a real FHIR server in
+overlay writes (``laid_over``). Against a real FHIR server in
 tests/integration/test_triage_save.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from service.fhir import mapping, terminology
-from service.outbox import _one_for_one, _overlay, _unchanged
+from service.outbox import _one_for_one, _unchanged, laid_over
 from service.protocol import Child, ChildRelationship, HagueTrigger, LivesWith, Step
 
 DV = HagueTrigger.DOMESTIC_VIOLENCE.value
@@ -50,7 +50,7 @@ def test_a_trigger_of_the_servers_ours_does_not_name_is_no_change() -> None:
     seen = _on_server(_flag(DV, SA))
     assert _unchanged(seen, _flag(SA))
     assert _unchanged(seen, _flag(DV))
-    assert _triggers(_overlay(seen, _flag(SA))) == [DV, SA]
+    assert _triggers(laid_over(seen, _flag(SA))) == [DV, SA]
 
 
 def test_a_trigger_the_flag_lacks_is_a_change() -> None:
@@ -67,7 +67,7 @@ def test_a_trigger_twice_on_the_server_is_a_change_the_overlay_writes_once() -> 
     seen = _on_server(_flag(DV, SA))
     doubled = {**seen, "extension": [*seen["extension"], seen["extension"][-1]]}
     assert not _unchanged(doubled, _flag(DV, SA))
-    assert _triggers(_overlay(doubled, _flag(DV, SA))) == [DV, SA]
+    assert _triggers(laid_over(doubled, _flag(DV, SA))) == [DV, SA]
 
 
 def test_an_element_the_flags_rules_drop_is_a_change() -> None:
@@ -75,13 +75,13 @@ def test_an_element_the_flags_rules_drop_is_a_change() -> None:
     profile's 0..0): the merge is written even when ours says nothing new."""
     seen = {**_on_server(_flag(DV)), "encounter": {"reference": "Encounter/1"}}
     assert not _unchanged(seen, _flag(DV))
-    assert "encounter" not in _overlay(seen, _flag(DV))
+    assert "encounter" not in laid_over(seen, _flag(DV))
     assert _unchanged(_on_server(_flag(DV)), _flag(DV))
 
 
 def test_elsewhere_more_extensions_of_one_url_on_the_server_are_a_change() -> None:
     """Outside the concern Flag, ours of a URL take the place of all the server's of that
-    URL (_overlay): one of the server's more would be dropped by the write."""
+    URL (laid_over): one of the server's more would be dropped by the write."""
     url = terminology.extension_url("lives-with")
     seen = {
         "resourceType": "RelatedPerson",
@@ -97,7 +97,7 @@ def test_elsewhere_more_extensions_of_one_url_on_the_server_are_a_change() -> No
         "extension": [{"url": url, "valueCode": "permanently"}],
     }
     assert not _unchanged(seen, ours)
-    assert _overlay(seen, ours)["extension"] == ours["extension"]
+    assert laid_over(seen, ours)["extension"] == ours["extension"]
     assert _unchanged({**seen, "extension": ours["extension"]}, ours)
 
 
@@ -113,7 +113,7 @@ def test_the_name_ours_stands_for_is_the_one_shown_not_the_first() -> None:
         return {"resourceType": "RelatedPerson", "name": [{"text": name}]}
 
     assert _unchanged(seen, ours("Emma Peeters"))
-    corrected = _overlay(seen, ours("Emma Peeters-Claes"))["name"]
+    corrected = laid_over(seen, ours("Emma Peeters-Claes"))["name"]
     assert corrected == [old, {"use": "official", "text": "Emma Peeters-Claes"}]
     assert mapping.display_name({"name": corrected}) == "Emma Peeters-Claes"
 
@@ -164,12 +164,12 @@ def test_the_ehrs_other_roles_of_a_child_stay_and_an_unchanged_save_is_no_change
     for roles in ([POWER_OF_ATTORNEY, child_role], [child_role, POWER_OF_ATTORNEY]):
         seen = _with_roles(*roles)
         assert _unchanged(seen, _child(date(1990, 4, 1)))
-        assert _overlay(seen, _child(date(1991, 4, 1)))["relationship"] == roles
-        stepchild = _overlay(seen, _child(date(1990, 4, 1), ChildRelationship.STEPCHILD))
+        assert laid_over(seen, _child(date(1991, 4, 1)))["relationship"] == roles
+        stepchild = laid_over(seen, _child(date(1990, 4, 1), ChildRelationship.STEPCHILD))
         assert sorted(_codes(stepchild)) == ["HPOWATT", "STPCHLD"]
 
 
 def test_a_child_relationship_the_ehr_removed_is_added_beside_its_other_roles() -> None:
     seen = _with_roles(POWER_OF_ATTORNEY)
     assert not _unchanged(seen, _child(date(1990, 4, 1)))
-    assert _codes(_overlay(seen, _child(date(1990, 4, 1)))) == ["HPOWATT", "NCHILD"]
+    assert _codes(laid_over(seen, _child(date(1990, 4, 1)))) == ["HPOWATT", "NCHILD"]
