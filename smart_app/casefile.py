@@ -50,6 +50,7 @@ from service.casework import (
 from service.fhir import terminology
 from service.fhir.client import (
     FhirError,
+    FhirRejected,
     FhirUnavailable,
     FhirUnreadable,
     ReauthorisationRequired,
@@ -420,12 +421,18 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         unreadable = "fhir-garbled"
     except FhirUnavailable:
         unreadable = "fhir-down"
-    except FhirError:
-        unreadable = "fhir-refused"
+    except FhirError as error:
+        unreadable = "reauthorise" if _token_refused(error) else "fhir-refused"
     # The page still shows the worklist's row of the patient: a read, audited as failed, in
     # that patient's trail. A case of another EHR has its patient on that EHR's server.
     audit_refusal(ctx, database, AuditAction.READ, summary.patient, summary.fhir_server)
     return Shown(summary, unreadable=unreadable, unreadable_values=values)
+
+
+def _token_refused(error: FhirError) -> bool:
+    """The FHIR server refused the launch's access token (401/403), not the request: the
+    user must open the app from the EHR again, which the page says instead of "refused"."""
+    return isinstance(error, FhirRejected) and error.needs_authorisation
 
 
 def _message(language: Language, message_id: str, **values: object) -> str:
@@ -562,6 +569,8 @@ def case_page(
     if file is None:
         return _not_found(ctx)
     shown = saved if saved in ("delivered", "pending") else None
+    if shown == "pending" and _waits_for_sign_in(file.summary):
+        shown = "waiting-sign-in"  # not retried by itself: the page says what sends it
     return _render(ctx, file, saved=shown)
 
 
@@ -652,8 +661,11 @@ def _save_step(
         problems, status = _about_form(ctx, typed, "error.fhir-garbled"), 502
     except FhirUnavailable:
         problems, status = _about_form(ctx, typed, "error.fhir-down"), 503
-    except FhirError:
-        problems, status = _about_form(ctx, typed, "error.fhir-refused"), 502
+    except FhirError as error:
+        if _token_refused(error):
+            problems, status = _about_form(ctx, typed, "error.reauthorise"), 401
+        else:
+            problems, status = _about_form(ctx, typed, "error.fhir-refused"), 502
     if problems and typed.form == "s4":  # every problem of the form at once, not one per save
         problems = _with_step4_rules(ctx, typed, problems)
     if not problems and result.status == "failed":

@@ -35,6 +35,7 @@ from tests.support.casework import (
     save_triage,
     triage_waiting_for_sign_in,
 )
+from tests.support.relay import SlowRelay
 from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
 from tests.support.write_path import (
     fhir_server,  # noqa: F401 - the module's FHIR server fixture
@@ -799,6 +800,11 @@ def test_no_step_is_taken_while_the_cases_previous_save_is_on_its_way(
         saves = select(func.count()).where(OutboxEntry.kind != "audit")  # not a read's
         assert session.scalar(saves) == 2  # the nurse's two: no third
 
+    # a save waiting for a sign-in is not retried by itself: the page does not say it is
+    told = unescape(client.get(f"/social/cases/{case_id}?saved=pending").text)
+    assert "wacht op een nieuwe aanmelding" in told
+    assert "automatisch opnieuw geprobeerd" not in told
+
     with database.session() as session:  # delivered: the team's decision can be recorded
         session.execute(
             update(OutboxEntry)
@@ -806,3 +812,27 @@ def test_no_step_is_taken_while_the_cases_previous_save_is_on_its_way(
             .values(state=DeliveryState.DELIVERED)
         )
     assert 'id="s4-form"' in client.get(f"/social/cases/{case_id}").text
+
+
+def test_a_token_the_fhir_server_refuses_says_to_open_the_app_again(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The FHIR server (or its gateway) answering 401 to the launch's token was said as
+    "the FHIR server refused to read the case", which does not tell the social worker what
+    to do (found by review). The relay stands for that gateway: sekmet checks no token."""
+    with SlowRelay(fhir_server.base_url) as gateway:
+        client, case_id, _, page = _case_before_step_4(database_url, database, gateway.url)
+        # every request refused while it lasts, the outbox worker's deliveries too (each a
+        # 401 that makes its entry wait for a sign-in, not retried): far more than are made
+        gateway.refused = [401] * 100
+        shown = client.get(f"/social/cases/{case_id}")
+        refused = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
+
+    assert shown.status_code == 200
+    assert "open de app opnieuw vanuit het EPD" in unescape(shown.text)
+    assert "weigerde" not in shown.text
+    assert refused.status_code == 401
+    assert "er werd niets opgeslagen. Open de app opnieuw" in unescape(refused.text)
+    assert str(STEP_4_FORM["note"]) in unescape(refused.text)  # the input, kept
