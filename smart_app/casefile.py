@@ -84,6 +84,7 @@ from service.protocol import (
     Step4Decision,
     Step6Referral,
     TeamDecision,
+    advice,
     age_in_months,
     earliest_contact,
     latest_follow_up,
@@ -477,6 +478,20 @@ def _children(case: KindreflexCase | None) -> list[tuple[str, str, int]]:
     return [] if case is None else _listed(case.children)
 
 
+def _advice(file: Shown) -> list[tuple[str, list[str], bool]]:
+    """(kind, children's names, the expected child too) of the protocol's advice where the
+    case stands (``protocol.advice``): the CLB for school-age children (seed 002, steps 4
+    to 6), the children's consent to involve them (seed 001, step 4), Kind & Gezin's start
+    conversation (step 3). None while the case takes no step."""
+    if file.case is None or file.save_on_its_way or file.summary.status != "open":
+        return []
+    names = {c.ref: c.name for c in file.case.children}
+    return [
+        (a.kind.value, [names.get(ref, ref) for ref in a.child_refs], a.includes_expected_child)
+        for a in advice(file.case, local_today())
+    ]
+
+
 def _listed(children: Iterable[Child]) -> list[tuple[str, str, int]]:
     today = local_today()
     kids = sorted(children, key=lambda c: c.birth_date)
@@ -507,6 +522,7 @@ def _render(
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
         children=_children(file.case),
+        advice=_advice(file),
         own_say_age=OWN_SAY_AGE,
         steps=Step,
         typed=typed,

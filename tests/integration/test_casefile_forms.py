@@ -836,3 +836,25 @@ def test_a_token_the_fhir_server_refuses_says_to_open_the_app_again(
     assert refused.status_code == 401
     assert "er werd niets opgeslagen. Open de app opnieuw" in unescape(refused.text)
     assert str(STEP_4_FORM["note"]) in unescape(refused.text)  # the input, kept
+
+
+def test_the_case_page_gives_the_protocols_advice_for_the_next_step(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Seed 002, step 4: "Bij schoolgaande kinderen: betrek ook CLB"; seed 001, step 4:
+    involving children needs their consent. The protocol worked both out, no screen showed
+    them (found by review)."""
+    _, _, _, page = _case_before_step_4(database_url, database, fhir_server.base_url)
+
+    advice = {
+        kind: " ".join(text.split())
+        for kind, text in re.findall(r'<li data-advice="([a-z-]+)">(.*?)</li>', page, re.S)
+    }
+
+    assert advice.keys() == {"child-consent", "clb"}
+    assert "kinderen ook het CLB" in advice["clb"]
+    assert "Boy" in advice["clb"]  # 4 years old: at school from 2.5
+    assert "Girl" in advice["clb"]
+    assert "hun toestemming" in advice["child-consent"]
