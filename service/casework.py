@@ -296,8 +296,10 @@ def _update_flag(
     # whatever the EHR stored besides our elements survives the update, its own codings of
     # code and category, the subject's display, its extensions and meta (tags, security
     # labels) with our profile added. It replaced code, category and subject whole before,
-    # dropping the EHR's (found by review).
-    return tx.update(laid_over(flag, mapped), flag["meta"]["versionId"])
+    # dropping the EHR's (found by review). The period is ours whole: the merge takes a
+    # period that says less (no end) as agreeing, and a closing must write its end.
+    merged = {**laid_over(flag, mapped), "period": mapped["period"]}
+    return tx.update(merged, flag["meta"]["versionId"])
 
 
 def _sign(
@@ -981,10 +983,10 @@ class Casework:
         concern indexed from a Flag, a colleague assigned by reference, a row older than the
         names), the acute danger of the case's findings (a concern indexed from a Flag,
         which does not carry it: the worklist's "acute danger first" order must know), and a
-        concern closed in the EHR as closed. The index is reconciled with the server when a case is
-        opened. Not a user's change, so the row version stays; the row as read, so a name
-        goes to the person it is of (a colleague claiming the case meanwhile: corrected at
-        the next opening). Returns the case's status as the worklist now has it."""
+        concern closed in the EHR as closed. The index is reconciled with the server when a
+        case is opened. Not a user's change, so the row version stays; the row as read, so a
+        name goes to the person it is of (a colleague claiming the case meanwhile: corrected
+        at the next opening). Returns the case's status as the worklist now has it."""
         # a closed case keeps no name the retention emptied: opening it does not refill one
         patient = record.patient.name if record.patient and concern.status == "open" else None
         assignee = concern.assigned_to

@@ -78,6 +78,7 @@ _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
 #: Where a social worker's launch from a patient's chart opens (``patient_case_page``).
 PATIENT_CASE_PAGE = "/social/patient"
+#: The worklist screen, where a social worker's launch without a patient opens.
 WORKLIST_PAGE = "/social"
 #: Ids and versions are bounded by the database's integer (``social.MAX_ID``): a larger
 #: one is a 422 here, where the query failed with a 500.
