@@ -969,10 +969,9 @@ class Casework:
                 raise CaseConflict.of("closed", row)
             if row.row_version != expected_version:
                 raise CaseConflict.of("changed", row)
-            latest = select(OutboxEntry.state).where(OutboxEntry.id == row.outbox_id)
-            if row.outbox_id is not None and session.scalar(latest) in UNDELIVERED_STATES:
-                raise SaveOnItsWayError()
             session.expunge(row)
+        if self._save_on_its_way(row):
+            raise SaveOnItsWayError()
         return row
 
     def _reconcile_index(

@@ -63,6 +63,7 @@ from service.partners import Partner
 from service.protocol import (
     ACUTE_DANGER_TARGETS,
     STEP_6_TARGETS,
+    AdviceKind,
     CaseClosure,
     Child,
     CloseReason,
@@ -353,8 +354,8 @@ class Shown:
         performer = referral_performer(request)
         if performer is not None:
             return self.opened.facilities.get(performer)
-        named = (request.get("performer") or [{}])[0].get("display")
-        return {"name": named} if isinstance(named, str) else None
+        named = referral_performer(request, "display")
+        return None if named is None else {"name": named}
 
     def facility_name(self, referral: Step6Referral) -> str | None:
         """The name of the facility a step 6 finding referred the case to (None: unknown)."""
@@ -478,18 +479,33 @@ def _children(case: KindreflexCase | None) -> list[tuple[str, str, int]]:
     return [] if case is None else _listed(case.children)
 
 
-def _advice(file: Shown) -> list[tuple[str, list[str], bool]]:
-    """(kind, children's names, the expected child too) of the protocol's advice where the
-    case stands (``protocol.advice``): the CLB for school-age children (seed 002, steps 4
-    to 6), the children's consent to involve them (seed 001, step 4), Kind & Gezin's start
-    conversation (step 3). None while the case takes no step."""
+#: What each kind of advice says: Kind & Gezin's start conversation in the nurse's words.
+_ADVICE_TEXT = {
+    AdviceKind.CLB: "casefile.advice.clb",
+    AdviceKind.CHILD_CONSENT: "casefile.advice.child-consent",
+    AdviceKind.KIND_EN_GEZIN_START: "app.advice.kind-en-gezin",
+}
+
+
+def _advice(language: Language, file: Shown) -> list[tuple[str, str]]:
+    """(kind, text) of the protocol's advice where the case stands (``protocol.advice``):
+    the CLB for school-age children (seed 002, steps 4 to 6), the children's consent to
+    involve them (seed 001, step 4), Kind & Gezin's start conversation (step 3), each with
+    the children it is for, as the nurse's page says them. None while the case takes no
+    step."""
     if file.case is None or file.save_on_its_way or file.summary.status != "open":
         return []
     names = {c.ref: c.name for c in file.case.children}
-    return [
-        (a.kind.value, [names.get(ref, ref) for ref in a.child_refs], a.includes_expected_child)
-        for a in advice(file.case, local_today())
-    ]
+    shown = []
+    for given in advice(file.case, local_today()):
+        parts = [translate(language, _ADVICE_TEXT[given.kind])]
+        if given.child_refs:
+            named = ", ".join(names.get(ref, ref) for ref in given.child_refs)
+            parts.append(translate(language, "app.advice.concerns-children", names=named))
+        if given.includes_expected_child:
+            parts.append(translate(language, "app.advice.concerns-expected-child"))
+        shown.append((given.kind.value, " ".join(parts)))
+    return shown
 
 
 def _listed(children: Iterable[Child]) -> list[tuple[str, str, int]]:
@@ -522,7 +538,7 @@ def _render(
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
         children=_children(file.case),
-        advice=_advice(file),
+        advice=_advice(ctx.language, file),
         own_say_age=OWN_SAY_AGE,
         steps=Step,
         typed=typed,

@@ -853,13 +853,14 @@ def referral_priority(request: Mapping[str, Any]) -> str:
     return ROUTINE
 
 
-def referral_performer(request: Mapping[str, Any]) -> str | None:
-    """The reference of the facility a referral ServiceRequest names. None: it names none
-    (the EHR may have rewritten the performer as a display only, which FHIR allows)."""
+def referral_performer(request: Mapping[str, Any], part: str = "reference") -> str | None:
+    """The reference of the facility a referral ServiceRequest names (``part="display"``:
+    its name, as the reference gives it). None: it names none (the EHR may have rewritten
+    the performer as a display only, which FHIR allows)."""
     performers = request.get("performer")
     first = performers[0] if isinstance(performers, list) and performers else None
-    reference = first.get("reference") if isinstance(first, Mapping) else None
-    return reference if isinstance(reference, str) else None
+    value = first.get(part) if isinstance(first, Mapping) else None
+    return value if isinstance(value, str) else None
 
 
 def referral_target(request: Mapping[str, Any]) -> str | None:
