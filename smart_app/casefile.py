@@ -673,8 +673,8 @@ def _save_step(
         return _not_found(ctx)
     except social.CaseConflict as conflict:
         key = "error.closed" if conflict.reason == "closed" else "error.conflict"
-        if conflict.reason == "changed" and work.saved_twice(ctx, case_id, version.row_version):
-            key = "error.saved-twice"
+        if work.saved_twice(ctx, case_id, version.row_version):
+            key = "error.closed-twice" if typed.form == "close" else "error.saved-twice"
         problems, status = _about_form(ctx, typed, key), 409
     except IncompleteCaseError:
         problems, status = _about_form(ctx, typed, "error.incomplete"), 409

@@ -150,6 +150,31 @@ def test_a_referral_sent_twice_says_it_was_saved_not_that_someone_else_changed_t
     assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
 
 
+def test_a_closing_sent_twice_says_it_was_saved_not_only_that_the_case_is_closed(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Before, the second answer of a double-clicked "Afsluiten" said only "this case is
+    # closed", as if a colleague had closed it: the social worker could not tell her own
+    # closing (with her reason) went through.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+
+    first = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
+    second = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
+
+    assert first.status_code == 303
+    assert second.status_code == 409
+    assert "U hebt dit dossier net afgesloten vanuit deze aanmelding" in second.text
+    assert "Dit dossier is afgesloten; er wordt niets meer vastgelegd." not in second.text
+    (flag,) = search(base_url, "Flag", subject=patient)
+    assert flag["status"] == "inactive"
+
+
 def test_the_step_4_form_takes_as_much_text_as_the_service_keeps(
     database_url: str,
     database: Database,
