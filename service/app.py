@@ -270,12 +270,16 @@ def _too_large(path: str, limit: int) -> Response:
 async def _http_error(request: Request, error: Exception) -> Response:
     """FastAPI's answer to an HTTP error, but a browser's address that names no page gets
     the app's "page not found" in the user's language, where FastAPI answered the English
-    JSON ``{"detail": "Not Found"}`` (no title, no language: found by review). In the
-    browser's language: an address that names nothing reads no session."""
+    JSON ``{"detail": "Not Found"}`` (no title, no language: found by review); a form the
+    page cannot parse (forged: over a thousand multipart fields) gets a page likewise. In
+    the browser's language: an address that names nothing reads no session."""
     assert isinstance(error, StarletteHTTPException)
     browsing = "text/html" in request.headers.get("accept", "")
-    if error.status_code == 404 and browsing and not JSON_API.fullmatch(request.url.path):
-        return await handle_page_error(request, PageError(404, "page_not_found"))
+    if browsing and not JSON_API.fullmatch(request.url.path):
+        if error.status_code == 404:
+            return await handle_page_error(request, PageError(404, "page_not_found"))
+        if error.status_code == 400:  # Starlette's: a form it cannot parse (>1000 fields…)
+            return await handle_page_error(request, PageError(400, "form_unreadable"))
     return await http_exception_handler(request, error)
 
 

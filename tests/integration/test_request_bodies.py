@@ -190,6 +190,23 @@ def test_a_page_gets_a_short_plain_413_in_the_apps_languages(
     assert assignment_of(database, hospital.case_id) == (None, 1)
 
 
+def test_a_form_of_more_fields_than_starlette_parses_gets_a_page_and_changes_nothing(
+    hospital: _Hospital, database: Database
+) -> None:
+    # Only a forged post has over a thousand multipart fields (Starlette's limit). Before,
+    # the answer was Starlette's English JSON ``{"detail": "Too many fields…"}``.
+    fields = {f"f{n}": "x" for n in range(1001)} | {"row_version": "1"}
+    answer = hospital.client.post(
+        f"/social/cases/{hospital.case_id}/claim",
+        files={name: (None, value) for name, value in fields.items()},
+        headers=hospital.headers | {"Accept": "text/html", "Accept-Language": "fr"},
+    )
+    assert answer.status_code == 400
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "Ce formulaire n&#x27;a pas pu être lu" in answer.text
+    assert assignment_of(database, hospital.case_id) == (None, 1)
+
+
 @pytest.mark.parametrize(
     ("body", "echoed"),
     [
