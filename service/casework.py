@@ -296,8 +296,8 @@ def _update_flag(
     # whatever the EHR stored besides our elements survives the update, its own codings of
     # code and category, the subject's display, its extensions and meta (tags, security
     # labels) with our profile added. It replaced code, category and subject whole before,
-    # dropping the EHR's (found by review). The period is ours whole: the merge takes a
-    # period that says less (no end) as agreeing, and a closing must write its end.
+    # dropping the EHR's (found by review). The period is ours whole: the merge keeps what
+    # only the server's says, and an end must go with our status, never stay from theirs.
     merged = {**laid_over(flag, mapped), "period": mapped["period"]}
     return tx.update(merged, flag["meta"]["versionId"])
 

@@ -1337,9 +1337,19 @@ def _one_for_one(theirs: list[Any], mine: list[Any]) -> bool:
     return all(place(i, set()) for i in range(len(mine)))
 
 
+#: What only ours spells out and still agrees: how a code or a reference is shown to people,
+#: not what it says. Any other element only ours has — a period's ``end``, a quantity's
+#: ``value`` — is something the server's version does not say yet: a change. (Before, every
+#: element only ours had agreed: a closing laid over the concern Flag lost its end.)
+_SHOWN_ONLY = frozenset({"display", "text"})
+
+
 def _agrees(theirs: Any, mine: Any) -> bool:
     if isinstance(theirs, dict) and isinstance(mine, dict):
-        return all(_agrees(theirs[key], value) for key, value in mine.items() if key in theirs)
+        return all(
+            _agrees(theirs[key], value) if key in theirs else key in _SHOWN_ONLY
+            for key, value in mine.items()
+        )
     if isinstance(theirs, list) and isinstance(mine, list):
         if _stands_for_one(mine) and theirs:
             at = _corresponding(theirs, mine[0])

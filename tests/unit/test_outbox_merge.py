@@ -173,3 +173,18 @@ def test_a_child_relationship_the_ehr_removed_is_added_beside_its_other_roles() 
     seen = _with_roles(POWER_OF_ATTORNEY)
     assert not _unchanged(seen, _child(date(1990, 4, 1)))
     assert _codes(laid_over(seen, _child(date(1990, 4, 1)))) == ["HPOWATT", "NCHILD"]
+
+
+def test_an_element_only_ours_spells_out_is_a_change_unless_it_only_shows_a_code() -> None:
+    # Before, every element only ours had was taken as agreeing: a period ours ends was
+    # kept as the server's open one, and the end was lost.
+    seen = _on_server(_flag(DV))
+    ours = {**_flag(DV), "period": {**seen["period"], "end": "2026-03-09T10:00:00+00:00"}}
+
+    assert not _unchanged(seen, ours)
+    assert laid_over(seen, ours)["period"] == ours["period"]
+
+    no_displays = _on_server(_flag(DV))
+    for coding in no_displays["code"]["coding"]:
+        coding.pop("display", None)
+    assert _unchanged(no_displays, _flag(DV))  # a display only ours writes changes nothing
