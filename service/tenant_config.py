@@ -46,7 +46,7 @@ from service.protocol import (
     SupportAction,
     TeamDecision,
 )
-from service.settings import is_loopback
+from service.settings import is_loopback, over_tls
 
 Language = Literal["nl", "fr", "en"]
 Hook = Literal["encounter-start", "patient-view"]
@@ -201,7 +201,18 @@ class EhrRegistration(Strict):
 
     @field_validator("fhir_base_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str) -> str:
+    def _no_trailing_slash(cls, value: str, info: ValidationInfo) -> str:
+        """Without its trailing slash. Bearer tokens go to it (the SMART session's, the CDS
+        call's ``fhirAuthorization``), and RFC 6750 sends them only over TLS: an http URL off
+        this machine is refused when saved. One stored before this check loads; the CDS
+        service then sends it no token (``service.cds.router``), the launch refuses it."""
+        if _submitted(info) and not over_tls(value):
+            raise ConfigValueError(
+                f"{value!r} is not an https URL (http only on this machine): the EHR's "
+                "tokens are sent to it",
+                "fhir-base-url",
+                url=value,
+            )
         return value.rstrip("/")
 
     @field_validator("frame_origins")

@@ -61,7 +61,7 @@ from service.db.base import Database, insert_new, utcnow
 from service.db.models import CdsFeedback
 from service.i18n import negotiate
 from service.local_time import local_today
-from service.settings import Settings
+from service.settings import Settings, over_tls
 from service.tenancy import TenantContext, UnknownTenantError
 from service.tenant_config import Hook
 
@@ -341,6 +341,9 @@ async def _patient_data(
     # the EHR's token goes only to the FHIR server registered for that EHR, never elsewhere
     registrations = [caller.registration] if caller else tenant.config.registrations
     if server not in {r.fhir_base_url for r in registrations}:
+        return data
+    if not over_tls(server):  # RFC 6750: bearer tokens over TLS only (one stored unchecked)
+        log.warning("fhirServer is not https: the token is not sent, the card is generic")
         return data
     data.update(
         await prefetch.fetch(state.fhir_http, server, body.fhirAuthorization.access_token, queries)

@@ -643,6 +643,26 @@ def test_a_frame_origin_that_is_no_ascii_origin_is_refused_by_the_api(
     assert client.get("/admin/api/config", headers=headers).json() == before
 
 
+def test_a_fhir_base_url_in_clear_off_this_machine_is_refused_by_the_api(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    # The EHR's tokens go to it (SMART, and the CDS call's fhirAuthorization): RFC 6750
+    # sends them over TLS only. Before, http://… was saved and the CDS fallback used it.
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    body = {"name": "EPD", "fhir_base_url": "http://epd.example/fhir", "client_id": "k"}
+    refused = client.put("/admin/api/registrations/other", headers=headers, json=body)
+    assert refused.status_code == 422
+    issue = refused.json()["issue"][0]
+    assert issue["expression"] == ["registrations[1].fhir_base_url"]
+    assert "not an https URL" in issue["diagnostics"]
+    assert client.get("/admin/api/config", headers=headers).json() == before
+
+    on_this_machine = {**body, "fhir_base_url": "http://127.0.0.1:8080/fhir"}
+    saved = client.put("/admin/api/registrations/other", headers=headers, json=on_this_machine)
+    assert saved.status_code == 200, saved.text
+
+
 def test_a_stored_bad_frame_origin_is_left_out_of_the_pages_headers_not_a_500(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

@@ -447,3 +447,34 @@ def test_a_compressed_batch_answer_is_read_and_an_undecodable_one_gives_the_gene
         card = only_card(cds_on_fhir.call(body=without_prefetch(gateway.url, patient)))
         assert card["indicator"] == "warning"
         assert gateway.accepted == ["gzip", "gzip"]
+
+
+def _address_off_loopback() -> str:
+    """This machine's own address on its network (not 127.x): an http URL naming it is not
+    "on this machine only" by its name, though a listener here can see what reaches it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # a UDP "connect" only picks the route; nothing is sent
+        address: str = probe.getsockname()[0]
+    assert not address.startswith("127."), "this test needs a network interface besides lo"
+    return address
+
+
+def test_the_token_is_not_sent_in_clear_to_a_fhir_server_off_this_machine(
+    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """RFC 6750 sends bearer tokens over TLS only. The admin refuses such a base URL now;
+    one stored before (loaded unchecked) gets the generic card, its server no request.
+    Before, the EHR's token went there in clear."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    answer = _batch_answer(server, patient)
+    with ServedJson(answer, path="/fhir", host=_address_off_loopback()) as listener:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=listener.url))
+        card = only_card(cds_on_fhir.call(body=without_prefetch(listener.url, patient)))
+        assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+        assert listener.accepted == []
+    with ServedJson(answer, path="/fhir") as on_this_machine:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=on_this_machine.url))
+        card = only_card(cds_on_fhir.call(body=without_prefetch(on_this_machine.url, patient)))
+        assert card["indicator"] == "warning"
+        assert len(on_this_machine.accepted) == 1

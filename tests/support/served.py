@@ -28,6 +28,7 @@ class ServedJson(Serving):
         path: str = "/",
         tls: ssl.SSLContext | None = None,
         encoding: str | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.body = body
         self.encoding = encoding
@@ -53,11 +54,11 @@ class ServedJson(Serving):
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd = ThreadingHTTPServer((host, 0), Handler)
         if tls is not None:  # https, with the certificate the context holds
             httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
         scheme = "http" if tls is None else "https"
-        self.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}{path}"
+        self.url = f"{scheme}://{host}:{httpd.server_address[1]}{path}"
         super().__init__(httpd)
 
     def current(self) -> bytes:
