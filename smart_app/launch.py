@@ -230,7 +230,7 @@ def callback(
     )
     start = _start_page(new, session_id)
     response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{start}", 303)
-    cookie = sessions.with_launch(request.cookies.get(SESSION_COOKIE), secret, new.user.fhir_user)
+    cookie = sessions.with_launch(request.cookies.get(SESSION_COOKIE), secret)
     _set_cookie(response, SESSION_COOKIE, cookie, SESSION_LIFETIME)
     _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
     return response

@@ -218,18 +218,26 @@ class SessionStore:
             )
         return row if row is not None and row.expires_at > utcnow() else None
 
-    def with_launch(self, cookie: str | None, secret: str, fhir_user: str) -> str:
-        """The session cookie after a new launch of ``fhir_user``: its secret first, then
-        the same user's earlier launches the browser holds (at most
+    def with_launch(self, cookie: str | None, secret: str) -> str:
+        """The session cookie after the new launch whose secret is ``secret``: that secret
+        first, then the same user's earlier launches the browser holds (at most
         ``MAX_LAUNCHES_PER_BROWSER`` in all). Another user's are dropped: on a shared
-        workstation, a tab of the previous user must not act as them."""
+        workstation, a tab of the previous user must not act as them. The same user is the
+        same ``fhirUser`` of the same EHR of the same hospital: a relative ``fhirUser``
+        (``Practitioner/5``) of another EHR or hospital is someone else (found by review)."""
         earlier = browser_launches(cookie)
         with self._database.session() as session:
+            new = session.scalars(
+                select(AppSession).where(AppSession.cookie_hash == digest(secret))
+            ).one()
             theirs = set(
                 session.scalars(
                     select(AppSession.cookie_hash).where(
                         AppSession.cookie_hash.in_([digest(held) for held in earlier]),
-                        AppSession.fhir_user == fhir_user,
+                        AppSession.tenant_id == new.tenant_id,
+                        AppSession.registration_id == new.registration_id,
+                        AppSession.fhir_base_url == new.fhir_base_url,
+                        AppSession.fhir_user == new.fhir_user,
                     )
                 )
             )

@@ -650,3 +650,33 @@ def test_the_worklist_names_no_raw_reference_for_who_flagged_a_concern(
 
     assert re.search(rf"</time> · {unknown}</td>", page)
     assert "Practitioner/nurse-1" not in page
+
+
+def test_a_launch_of_the_same_relative_fhir_user_in_another_hospital_drops_the_earlier_one(
+    database_url: str, database: Database
+) -> None:
+    # A shared workstation: a social worker of hospital A is Practitioner/5 on A's EHR; a
+    # nurse of hospital B, Practitioner/5 on B's EHR, launches next in the same browser.
+    # Before, the equal fhirUser text kept A's launch in the cookie: the nurse's tab could
+    # open A's worklist as the social worker (found by review).
+    a_fhir = "http://127.0.0.1:9/fhir-a"
+    a = make_tenant(database, "a", a_fhir)
+    b = make_tenant(database, "b", "http://127.0.0.1:9/fhir-b")
+    case_id = index_case(database, a, "Patient/a1", utcnow(), fhir_base_url=a_fhir)
+    app = make_app(database_url, database)
+    sessions = app.state.sessions
+    social_worker = signed_in(app, a, "Practitioner/5", "social-worker")
+    earlier = social_worker.headers["Cookie"].split("=", 1)[1]
+    own = TestClient(app, headers=social_worker.headers).get("/t/a/social")
+    assert listed_cases(own.text) == [case_id]
+
+    nurse = signed_in(app, b, "Practitioner/5", "nurse", patient_id="p", encounter_id="e")
+    cookie = sessions.with_launch(earlier, nurse.headers["Cookie"].split("=", 1)[1])
+    browser = TestClient(app, headers={"Cookie": f"{SESSION_COOKIE}={cookie}"})
+    page = browser.get(f"/t/a/social?{LAUNCH_PARAM}={social_worker.session_id}")
+    assert page.status_code == 401
+    assert listed_cases(page.text) == []
+
+    again = signed_in(app, a, "Practitioner/5", "social-worker")  # the same person, relaunching
+    kept = sessions.with_launch(earlier, again.headers["Cookie"].split("=", 1)[1])
+    assert earlier in kept.split(".")

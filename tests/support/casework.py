@@ -227,7 +227,8 @@ def on_the_worklist(app: Any, tenant: TenantContext, base_url: str) -> tuple[Tes
 
 def listed_cases(worklist: str) -> list[int]:
     """The cases a worklist page links to (each link names the page's launch)."""
-    return [int(i) for i in re.findall(r'href="/social/cases/(\d+)\?s=[0-9a-f]{32}"', worklist)]
+    found = re.findall(r'href="(?:/t/[a-z0-9-]+)?/social/cases/(\d+)\?s=[0-9a-f]{32}"', worklist)
+    return [int(i) for i in found]
 
 
 #: A step 4 form as a social worker fills it in: concerning, patient unwilling.
