@@ -956,7 +956,7 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
     (:func:`_described`). Raises :class:`_Refused`."""
     entries = []
     found: dict[str, str] = {}  # fullUrl of a create → the resource it found
-    read_now: set[str] = set()  # the resources a create-or-merge updates (If-Match read now)
+    read_now: set[str] = set()  # resources whose If-Match was read now, not shown to the user
     left_out: set[str] = set()  # the bundle's references to merges that write nothing
     for entry in bundle["entry"]:
         if not entry.get(_MERGE):
@@ -992,6 +992,15 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
             now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
             entries.append({"resource": laid_over(current, ours), "request": now})
             continue
+        if current is not None and _apart(seen, current, ours):
+            # the EHR changed only what ours does not write (a child's phone number): ours
+            # applies over the resource as it is now and the EHR's change stays, where
+            # If-Match on the version seen refused the whole save (found by review)
+            _check_owner(current, ours, client.base_url)
+            now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
+            entries.append({"resource": laid_over(current, ours), "request": now})
+            read_now.add(request["url"])  # moved before our write: a race, merged again
+            continue
         entries.append({"resource": laid_over(seen, ours), "request": request})
     entries = _described(entries, left_out)
     preconditions = [
@@ -1005,6 +1014,22 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         read_at_delivery=tuple(p for p in preconditions if p[0] in read_now),
         shown=tuple(p for p in preconditions if p[0] not in read_now),
     )
+
+
+def _apart(seen: Resource, current: Resource, ours: Resource) -> bool:
+    """Whether what changed from ``seen`` (the version the user saw) to ``current`` lies
+    apart from what ``ours`` writes: each element ours writes, and each extension of a URL
+    ours writes, is in ``current`` as it was in ``seen``. A three-way merge: then laying
+    ours over ``current`` writes what the user meant and keeps the other change."""
+    written = [key for key in ours if key not in _KEPT_AS_THEIRS]
+    if any(seen.get(key) != current.get(key) for key in written):
+        return False
+    urls = {extension.get("url") for extension in ours.get("extension", [])}
+
+    def of_ours(resource: Resource) -> list[Any]:
+        return [e for e in resource.get("extension", []) if e.get("url") in urls]
+
+    return of_ours(seen) == of_ours(current)
 
 
 def _changed_since(client: FhirClient, ours: Resource, version: str) -> Resource | None:

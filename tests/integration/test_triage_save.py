@@ -714,6 +714,50 @@ def test_a_child_changed_by_someone_else_is_a_conflict_and_nothing_is_written(
     client.close()
 
 
+def test_a_child_the_ehr_changed_only_where_ours_writes_nothing_takes_both_changes(
+    world: World, seeded: SeedResult
+) -> None:
+    """The EHR adds a phone number to a child while the nurse corrects its name. Before,
+    If-Match on the version she saw refused the whole save (the step 2 findings and the
+    concern Flag with it, never retried) though nothing of hers clashed (found by review).
+    Ours is laid over the child as it is now: her name and the EHR's phone number."""
+    patient = seeded.patient("els-goossens")
+    ctx = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-z")
+    children = world.triage.load_chart(ctx).children
+    client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+    child_id = children[0].ref.split("/")[1]
+    stored = client.read("RelatedPerson", child_id)
+    phone = {"system": "phone", "value": "+32 9 123 45 67"}
+    _put(client, {**stored, "telecom": [phone]})
+    now = utcnow()
+    renamed = f"Noor {uuid.uuid4().hex[:6].upper()}"
+    findings = TriageInput(
+        step1=Step1Finding(
+            recorded_by=ctx.user.fhir_user,
+            recorded_at=now,
+            children=(replace(children[0], name=renamed), children[1]),
+        ),
+        step2=Step2Finding(
+            recorded_by=ctx.user.fhir_user,
+            recorded_at=now,
+            assessment=SafetyAssessment.NIET_PLUIS,
+            reasons=("Patiënt antwoordt ontwijkend",),
+        ),
+    )
+
+    saved = world.triage.record_triage(ctx, findings)
+
+    assert saved.status == "delivered"
+    child = client.read("RelatedPerson", child_id)
+    assert renamed in str(child["name"])
+    assert child["telecom"] == [phone]
+    assert validate(child) == []
+    entry = outbox_entry(world.database, saved.outbox_id)
+    for kind, identifier in conditional_creates(entry.bundle):
+        assert count(world.base_url, kind, identifier=identifier) == 1
+    client.close()
+
+
 def test_a_new_childs_identifier_of_another_patients_child_creates_this_patients_own(
     world: World, seeded: SeedResult
 ) -> None:
