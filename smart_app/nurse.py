@@ -786,7 +786,7 @@ def _save(
     now = local_now()  # a child born "today" is born today in Belgium
     try:
         findings = replace(build_input(form, ctx, now, t), submission=submission)
-        result: SaveResult = triage.record_triage(ctx, findings)
+        result: SaveResult | None = triage.record_triage(ctx, findings)
     except InvalidFormError as invalid:
         return _form_page(
             ctx, form, errors=invalid.errors, open_concern=triage.has_open_concern(ctx)
@@ -795,7 +795,9 @@ def _save(
         errors = [protocol_error(error, t)]
         return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
     except SaveConflict:
-        return render(ctx, "triage_saved.html", outcome="conflict", result=None, advice=None)
+        # what the protocol asks now does not wait for the record: with acute danger, the
+        # parket or the police (found by review: the conflict page said only "conflict")
+        result = None
     except ReauthorisationRequired:
         return _relaunch_page(ctx)
     return render(

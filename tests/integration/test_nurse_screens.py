@@ -1368,6 +1368,42 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     assert again.text.count("Al in het dossier") == 1  # the other child
 
 
+def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_now(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    """Acute danger does not wait for the record. Before, a save that met someone else's
+    change of a child said only "conflict": no parket or police, no hand-off (found by
+    review)."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows = recorded_rows(page)
+    child_id = rows["child-0-ref"].split("/")[1]
+    current = _upstream(sandbox, f"RelatedPerson/{child_id}")
+    earlier = (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat()
+    changed = httpx.put(
+        f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{child_id}",
+        json={**current, "birthDate": earlier},
+        timeout=10,
+    )
+    changed.raise_for_status()
+    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+
+    refused = nurse.post(
+        {
+            "csrf_token": page.csrf,
+            **rows,
+            "assessment": "niet-pluis",
+            "reasons": "Dreigt de kinderen iets aan te doen",
+            "acute_danger": "1",
+        }
+    )
+
+    assert 'data-save-status="conflict"' in refused.text
+    acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
+    assert "parket en/of de politie" in acute
+    assert "Doorgegeven aan de sociale dienst" in refused.text
+
+
 def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any) -> None:
     """'Already in the record', 'a saved change waits for delivery', 'not applied': said
     above the child's fields but tied to nothing, so a screen reader going from field to
