@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
+from types import TracebackType
 from typing import Any
 
+import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy.exc import StatementError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: A log line's own keys: when it was written, how grave it is, by what, what happened and
@@ -43,6 +47,37 @@ class JsonFormatter(logging.Formatter):
             for key, value in fields.items():
                 line[_free_key(line, str(key))] = value
         return json.dumps(line, default=str)
+
+    def formatException(  # noqa: N802 - logging.Formatter names it so
+        self,
+        ei: tuple[type[BaseException], BaseException, TracebackType | None]
+        | tuple[None, None, None],
+    ) -> str:
+        """The trace, each database error's message in it replaced by its type: the driver
+        names the values a statement failed on (PostgreSQL's ``DETAIL: Key
+        (patient_ref)=(Patient/…)``), and a failed save's values are a patient's. The
+        engine leaves the statement's parameters out already (``make_engine``)."""
+        text = super().formatException(ei)
+        error, seen = ei[1], set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, _DATABASE_ERRORS) and str(error):
+                text = text.replace(str(error), _without_values(error))
+            error = error.__cause__ or error.__context__
+        return text
+
+
+#: Errors whose message may quote what a statement wrote or matched.
+_DATABASE_ERRORS = (StatementError, psycopg.Error, sqlite3.Error)
+
+
+def _without_values(error: BaseException) -> str:
+    """What an operator needs of a database error without its values: its type, and the
+    constraint it broke when PostgreSQL names it."""
+    diagnostic = getattr(error, "diag", None)
+    constraint = getattr(diagnostic, "constraint_name", None)
+    about = f"constraint {constraint}" if constraint else "message not logged"
+    return f"<{type(error).__name__}: {about}>"
 
 
 def _free_key(line: dict[str, Any], key: str) -> str:

@@ -71,13 +71,18 @@ def insert_new(
 
 
 def make_engine(database_url: str) -> Engine:
-    """An engine for the URL; SQLite gets foreign keys on and WAL for concurrent readers."""
+    """An engine for the URL; SQLite gets foreign keys on and WAL for concurrent readers.
+
+    A database error's text leaves out the statement's values (``hide_parameters``): the
+    error of a failed save reaches the log, and its values are patients' names and
+    children's birth dates (found by review)."""
     if database_url.startswith("sqlite"):
         in_memory = database_url in ("sqlite://", "sqlite:///:memory:")
         engine = create_engine(
             database_url,
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=StaticPool if in_memory else None,
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -85,6 +90,7 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(
         database_url,
         pool_pre_ping=True,
+        hide_parameters=True,
         pool_size=10,
         max_overflow=20,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},

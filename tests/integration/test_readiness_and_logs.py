@@ -12,6 +12,7 @@ That the manifests point at these paths is in ``tests/unit/test_deploy.py``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -21,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 from service import audit
 from service.app import create_app
 from service.audit import AuditAction, AuditFact, Channel
 from service.cli import KEEP_ALIVE_SECONDS, build_parser
 from service.db.base import Database, utcnow
-from service.db.models import OutboxEntry
+from service.db.models import OutboxEntry, Tenant
+from service.observability import JsonFormatter
 from service.outbox import READY_MAX_AGE
 from service.settings import Settings
 from tests.support.processes import free_port, running
@@ -145,3 +149,28 @@ def test_serve_keeps_idle_connections_open_longer_than_a_reverse_proxy_does(
         idle_since = time.monotonic()
         assert connection.recv(4096) == b""  # blocks until the server closes the connection
         assert time.monotonic() - idle_since < 4  # uvicorn's own default would be 5 s
+
+
+def test_a_database_error_is_logged_without_the_values_of_the_statement(
+    database: Database,
+) -> None:
+    """A failed write's error reaches the log (uvicorn logs a 500's traceback); its values
+    are a patient's name and children's birth dates. Before, SQLAlchemy's message listed
+    them ("[parameters: ('An Peeters', …)]") and PostgreSQL's named the key it matched
+    ("DETAIL: Key (slug)=(…)")."""
+    with database.session() as session:
+        session.add(Tenant(slug="peeters-2016", name="An Peeters 2016-04-03"))
+    with pytest.raises(IntegrityError) as refused, database.session() as session:
+        session.add(Tenant(slug="peeters-2016", name="An Peeters 2016-04-03"))
+    assert "An Peeters" not in str(refused.value)
+    assert "hidden" in str(refused.value)  # SQLAlchemy says the values were left out
+
+    error = refused.value
+    record = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application", None,
+        (type(error), error, error.__traceback__),
+    )  # fmt: skip
+    logged = json.loads(JsonFormatter().format(record))["exc"]
+    assert "IntegrityError" in logged
+    for value in ("An Peeters", "2016-04-03", "peeters-2016"):
+        assert value not in logged
