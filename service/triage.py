@@ -158,16 +158,27 @@ class Chart:
     flags: list[Resource]
 
 
+#: How many pages of the chart's search are read at most (each of up to 100 entries).
+CHART_MAX_PAGES = 10
+
+
 def search_chart(client: FhirClient, patient_ref: str) -> Chart:
-    """The Patient, every RelatedPerson and every Flag that names them, in one request
-    (``Patient?_id=…&_revinclude=RelatedPerson:patient&_revinclude=Flag:patient``)."""
+    """The Patient, every RelatedPerson and every Flag that names them
+    (``Patient?_id=…&_revinclude=RelatedPerson:patient&_revinclude=Flag:patient``), in one
+    request as a rule. A server that pages the included resources (many cap them at 100)
+    is read page by page; a chart not read in full is unreadable (``FhirUnreadable``): a
+    child left out would be typed again as a new one, an open concern left out would get
+    a second Flag (found by review: the first page alone was read)."""
     query = [
         ("_id", patient_ref.removeprefix("Patient/")),
         ("_revinclude", "RelatedPerson:patient"),
         ("_revinclude", "Flag:patient"),
         ("_count", "100"),
     ]
-    found = [e.get("resource", {}) for e in client.search("Patient", query).get("entry", [])]
+    pages = client.search_pages("Patient", query, max_pages=CHART_MAX_PAGES)
+    if not pages.complete:
+        raise FhirUnreadable(f"the chart has more than {CHART_MAX_PAGES} pages, or pages elsewhere")
+    found = [e.get("resource", {}) for e in pages.bundle.get("entry", [])]
     patients = [r for r in found if f"{r.get('resourceType')}/{r.get('id')}" == patient_ref]
     related = [r for r in found if r.get("resourceType") == "RelatedPerson"]
     flags = [r for r in found if r.get("resourceType") == "Flag"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -439,12 +440,13 @@ def _children(
 
 
 def _same_name(name: str) -> str:
-    """A name as compared for a duplicate row: case and spacing do not make another child.
+    """A name as compared for a duplicate row: case, spacing and how an accent is encoded
+    (an EHR may store "Zoë" as "o" and a combining diaeresis, NFD) do not make another child.
 
     Two rows with the same name and date of birth are one child typed twice (a new row next
     to the child already in the record): saved, the child would be in the record twice.
     Two children both already recorded are left alone: this form cannot remove either."""
-    return " ".join(name.split()).casefold()
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
 
 
 def _expecting(

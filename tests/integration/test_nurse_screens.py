@@ -866,6 +866,16 @@ def test_a_child_typed_twice_is_refused_at_the_second_row(
     with database.session() as session:
         assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
 
+    # "Zoë" as one character and as "o" with a combining diaeresis (NFD, as an EHR may
+    # store it) is one name: before, the two rows were two children (found by review)
+    accents = _two_children(
+        page,
+        assessment="no-concern",
+        **{"child-0-name": "Zo\u00eb Peeters", "child-1-name": "Zoe\u0308 Peeters",
+           "child-1-birth_date": "3/7/2019"},
+    )  # fmt: skip
+    assert nurse.post(accents).status == 422
+
 
 def test_an_edited_child_is_saved_during_an_outage_and_delivery_follows(
     nurse_for: Any, database: Database
@@ -983,6 +993,9 @@ def test_a_kind_en_gezin_start_without_a_child_of_that_age_is_refused_at_the_sup
     assert refused.status == 422, refused.text
     assert "geen van de kinderen van de patiënt heeft die leeftijd" in refused.text
     assert 'href="#support"' in refused.text
+    # a screen reader on the ticked action hears why (before, the message was tied to nothing)
+    actions = refused.text.split('id="support"')[1].split("</fieldset>")[0]
+    assert 'aria-describedby="support-error"' in actions
 
 
 @pytest.mark.parametrize(
@@ -1119,6 +1132,52 @@ def test_a_well_formed_chart_from_the_same_server_is_loaded(nurse_for: Any) -> N
     assert page.status == 200
     assert "Emma" in page.text
     assert "konden nu niet geladen worden" not in page.text
+
+
+class _Paged(ServedJson):
+    """A FHIR server that pages the chart's included resources (as many cap them at 100):
+    each GET answers the next of ``pages``; the last one again when there are no more."""
+
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        super().__init__(path="/fhir")
+        self.pages = [json.dumps(page).encode() for page in pages]
+        self.served = 0
+
+    def current(self) -> bytes:
+        page = self.pages[min(self.served, len(self.pages) - 1)]
+        self.served += 1
+        return page
+
+
+def _with_next(bundle: dict[str, Any], base: str) -> dict[str, Any]:
+    return {**bundle, "link": [{"relation": "next", "url": f"{base}/Patient?page=2"}]}
+
+
+def test_a_chart_on_two_pages_shows_the_children_of_both(nurse_for: Any) -> None:
+    """Before, the first page alone was read: a child on the second was not shown, and the
+    nurse typed it again as a new one (found by review)."""
+    first = served_chart()
+    second = served_chart(id="c2", name=[{"text": "Lucas"}], birthDate="2017-10-03")
+    second["entry"] = second["entry"][1:]  # the child only
+    with _Paged([first, second]) as server:
+        server.pages[0] = json.dumps(_with_next(first, server.url)).encode()
+        page = nurse_for("an-peeters", fhir_base_url=server.url).page()
+
+    assert "konden nu niet geladen worden" not in page.text
+    assert "Emma" in page.text
+    assert "Lucas" in page.text
+
+
+def test_a_chart_with_more_pages_than_are_read_is_not_loaded(nurse_for: Any) -> None:
+    """Children shown in part would be taken for all of them: the page says none could be
+    loaded, and to enter only those not yet in the record."""
+    with _Paged([served_chart()]) as server:
+        server.pages[0] = json.dumps(_with_next(served_chart(), server.url)).encode()
+        page = nurse_for("an-peeters", fhir_base_url=server.url).page()
+
+    assert "konden nu niet geladen worden" in page.text
+    assert "alleen kinderen in die nog niet in het dossier staan" in page.text
+    assert "Emma" not in page.text
 
 
 def test_a_child_the_ehr_withdrew_is_not_shown(nurse_for: Any) -> None:
