@@ -35,6 +35,24 @@ from .seed import USERS, SandboxUser
 
 __all__ = ["AuthServer", "Grant", "LaunchContext", "build_auth_router", "pkce_challenge"]
 
+
+def _granted(requested: str, allowed: str) -> str:
+    """What a real EHR grants of ``requested``: the scopes the client is allowed, a resource
+    scope when one of the allowed covers each of its interactions. Less than asked is
+    possible (SMART's token response says what was granted)."""
+    names = set(allowed.split())
+    grants = parse_scopes(allowed)
+
+    def covered(scope: str) -> bool:
+        wanted = parse_scopes(scope)
+        return bool(wanted) and all(
+            any(g.context in (w.context, "user") and g.allows(w.resource_type, i) for g in grants)
+            for w in wanted
+            for i in w.interactions
+        )
+
+    return " ".join(s for s in requested.split() if s in names or covered(s))
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300
 
@@ -238,8 +256,8 @@ class AuthServer:
         scope = params.get("scope", "").strip()
         if not scope:
             return fail("invalid_scope", "scope is required")
-        allowed = set(client.allowed_scope.split())
-        if not any(s in allowed or parse_scopes(s) for s in scope.split()):
+        scope = _granted(scope, client.allowed_scope)
+        if not scope:
             return fail("invalid_scope", "no requested scope is allowed")
         launch: LaunchContext | None = None
         launch_id = params.get("launch")

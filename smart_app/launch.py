@@ -55,6 +55,7 @@ from smart_app.oauth import (
     request_token,
     requested_scopes,
     verify_id_token,
+    writes_not_granted,
 )
 from smart_app.security import digest, iframe_cookie, tokens_match
 from smart_app.session import (
@@ -452,6 +453,12 @@ def _new_session(
     # opened from the EHR without one.
     if patient is None and roles == {"nurse"}:
         raise PageError(400, "no_patient", **page)
+    granted = answer.get("scope")
+    if isinstance(granted, str):  # absent: as requested (RFC 6749 5.1)
+        missing = writes_not_granted(registration.scopes, granted)
+        if missing:
+            detail = f"not granted: {' '.join(missing)}"
+            raise PageError(403, "scope_not_granted", detail=detail, logged=logged, **page)
     refresh = answer.get("refresh_token")
     return NewSession(
         tenant_id=tenant.id,

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -554,6 +554,37 @@ def test_each_tab_keeps_the_patient_it_was_launched_for(kindreflex: Kindreflex) 
         kindreflex.launch(browser, patient=second.id)
     assert whoami(tab_1).status_code == 401  # the oldest of six: open it again from the EHR
     assert whoami(tab_2).json()["patient"] == second.id
+
+
+def test_a_launch_whose_token_grants_fewer_writes_than_asked_is_refused(
+    kindreflex: Kindreflex,
+) -> None:
+    """SMART lets the EHR grant less than asked. Before, a token without the rights to
+    write was taken: the nurse's save waited for a sign-in that never brought them while
+    the page said "delivery follows" (found by review). The EHR here is set up as a real
+    one may be: the app may read and create, not update."""
+    asked = "launch openid fhirUser patient/*.rs patient/*.c patient/Flag.u user/Organization.crs"
+    current = kindreflex.app.state.tenants.get("default")
+    registration = current.config.registrations[0].model_copy(update={"scopes": asked})
+    kindreflex.app.state.tenants.save(
+        "default", current.config.model_copy(update={"registrations": [registration]}), "test"
+    )
+    allowed = "launch openid fhirUser patient/*.read patient/*.c user/*.rs"
+    kindreflex.sandbox.register_client(
+        replace(kindreflex.sandbox.auth.clients[kindreflex.client_id], allowed_scope=allowed)
+    )
+
+    refused = kindreflex.launch(Browser())
+
+    assert refused.status_code == 403
+    assert "Het EPD gaf niet alle rechten" in refused.text
+    assert "patient/Flag.u user/Organization.c" in refused.text  # for the EHR's administrator
+    assert kindreflex.count(AppSession) == 0
+
+    kindreflex.sandbox.register_client(
+        replace(kindreflex.sandbox.auth.clients[kindreflex.client_id], allowed_scope=asked)
+    )
+    assert kindreflex.launch(Browser()).status_code == 303  # every write granted
 
 
 def test_a_launch_by_another_user_leaves_the_previous_users_launches_behind(
