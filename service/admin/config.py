@@ -304,6 +304,7 @@ class TenantAdmin:
             raise StaleConfigurationError(current.version)
         previous = current.config if current else None
         _refuse_hosts_not_allowed(config)
+        self._refuse_clients_of_other_hospitals(slug, config, previous)
         config = _with_plan_revision(_with_kept_secrets(config, previous), previous)
         if current is not None and config == current.config:
             return current
@@ -317,6 +318,42 @@ class TenantAdmin:
             ) from None
         except IntegrityError:  # another save took the same version number first
             raise StaleConfigurationError(self.tenants.get(slug).version) from None
+
+    def _refuse_clients_of_other_hospitals(
+        self, slug: str, config: TenantConfiguration, previous: TenantConfiguration | None
+    ) -> None:
+        """An EHR client (its FHIR base and client id) newly registered here that another
+        hospital of this deployment registers already is refused. Our signing key is one
+        for the deployment: a sign-in started under this hospital with the other's client
+        would be accepted by its EHR, and what the other hospital's clinician then records
+        would land on this hospital's worklist (found by review). Which hospital is not
+        said. A pair this hospital already had is left alone (stored before the check)."""
+        had = {_client(r)[:2] for r in previous.registrations} if previous else set()
+        new = {
+            index: _client(r)[:2]
+            for index, r in enumerate(config.registrations)
+            if _client(r)[:2] not in had
+        }
+        if not new:
+            return
+        elsewhere = {
+            _client(r)[:2]
+            for other in self.tenants.slugs()
+            if other != slug and (found := self.current(other)) is not None
+            for r in found.config.registrations
+        }
+        problems = [
+            Problem(
+                f"the client {client_id} of {base} is registered by another hospital of this "
+                "service: one EHR client serves one hospital",
+                f"registrations[{index}].client_id",
+                reasons=(Reason.of("admin.problem.client-elsewhere", client=client_id, url=base),),
+            )
+            for index, (base, client_id) in new.items()
+            if (base, client_id) in elsewhere
+        ]
+        if problems:
+            raise ConfigurationError(problems)
 
     def import_yaml(self, slug: str, text: str, actor: str) -> TenantContext:
         return self.save(slug, parse_yaml(text), actor)

@@ -643,6 +643,29 @@ def test_a_frame_origin_that_is_no_ascii_origin_is_refused_by_the_api(
     assert client.get("/admin/api/config", headers=headers).json() == before
 
 
+def test_another_hospitals_ehr_client_cannot_be_registered_here(
+    client: TestClient, database: Database, gent: Hospital, brugge: Hospital
+) -> None:
+    # Our signing key is the deployment's: a sign-in started at AZ Gent with AZ Brugge's
+    # client would be accepted by Brugge's EHR, and what a Brugge clinician then records
+    # would land on Gent's worklist (found by review). Brugge is not named in the refusal.
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    theirs = {"name": "EPD", "fhir_base_url": "https://az-brugge.example/fhir",
+              "client_id": "kindreflex"}  # fmt: skip
+    refused = client.put("/admin/api/registrations/brugge-ehr", headers=headers, json=theirs)
+    assert refused.status_code == 422
+    issue = refused.json()["issue"][0]
+    assert issue["expression"] == ["registrations[1].client_id"]
+    assert "registered by another hospital" in issue["diagnostics"]
+    assert "brugge" not in issue["diagnostics"].replace("az-brugge.example", "")
+    assert client.get("/admin/api/config", headers=headers).json() == before
+
+    own = {**theirs, "client_id": "kindreflex-gent"}  # the same EHR, a client of Gent's own
+    saved = client.put("/admin/api/registrations/brugge-ehr", headers=headers, json=own)
+    assert saved.status_code == 200, saved.text
+
+
 def test_a_fhir_base_url_in_clear_off_this_machine_is_refused_by_the_api(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

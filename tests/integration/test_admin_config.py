@@ -92,6 +92,12 @@ def test_export_then_import_into_an_empty_hospital_gives_the_same_configuration(
     assert exported.returncode == 0, exported.stderr
     file = tmp_path / "az.yaml"
     file.write_text(exported.stdout, encoding="utf-8")
+    refused = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-nieuw")
+    assert refused.returncode != 0  # one EHR client belongs to one hospital
+    assert "registered by another hospital" in refused.stderr
+    # the hospital moves to its new name: the old one no longer registers its EHR clients
+    moved = a_full_configuration().model_copy(update={"registrations": []})
+    tenants(database).save("az-sint-jan", moved, actor="moved")
 
     imported = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-nieuw")
     assert imported.returncode == 0, imported.stderr
