@@ -53,6 +53,7 @@ def _granted(requested: str, allowed: str) -> str:
 
     return " ".join(s for s in requested.split() if s in names or covered(s))
 
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300
 

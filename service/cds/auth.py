@@ -129,12 +129,21 @@ KeysByKid = dict[str | None, list[jwt.PyJWK]]
 
 
 def _by_kid(keyset: jwt.PyJWKSet) -> KeysByKid:
-    """Indexed once per fetch, not searched on every call."""
-    keys: KeysByKid = {None: list(keyset.keys)}
-    for key in keyset.keys:
+    """Indexed once per fetch, not searched on every call. An RSA key shorter than 2048
+    bits verifies nothing (RFC 7518 3.3: "A key of size 2048 bits or larger MUST be
+    used"); PyJWT checks it only when it prepares a key itself, which this path does not."""
+    strong = [k for k in keyset.keys if k.key_type != "RSA" or k.key.key_size >= MIN_RSA_BITS]
+    keys: KeysByKid = {None: strong}
+    for key in strong:
         if key.key_id is not None:
             keys.setdefault(key.key_id, []).append(key)
     return keys
+
+
+MIN_RSA_BITS = 2048
+#: The curve each ECDSA algorithm is defined on (RFC 7518 3.4): ES256 over a P-384 key is
+#: no ES256 signature.
+_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 
 class SeenTokens:
@@ -263,8 +272,11 @@ class _Token:
         """Passes when one of the issuer's keys (of the header's alg) verifies the signature."""
         name = self.header["alg"]
         algorithm = _ALGORITHMS[name]
-        key_type = "EC" if name.startswith("ES") else "RSA"
-        candidates = [k for k in keys if k.key_type == key_type]
+        curve = _CURVES.get(name)
+        if curve is None:
+            candidates = [k for k in keys if k.key_type == "RSA"]
+        else:
+            candidates = [k for k in keys if k.key_type == "EC" and k.key.curve.name == curve]
         if not candidates:
             raise CdsAuthError(f"no key of the issuer matches the JWT's kid and alg {name}")
         for key in candidates:

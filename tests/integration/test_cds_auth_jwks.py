@@ -8,16 +8,21 @@ HTTP on loopback.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from sandbox.keys import SigningKey
 from service.cds.auth import JWKS_MAX_BYTES, JWKS_TIMEOUT_SECONDS
 from service.db.base import Database
 from tests.support.cds import (
@@ -177,3 +182,38 @@ def test_a_compressed_jwk_set_is_read_and_an_undecodable_one_refused(
         )
         jwks.body, jwks.encoding = gzip.compress(EHR_JWKS), "gzip"
         assert call_encounter_start(client, ehr.token(AUD)).status_code == 200
+
+
+def _signed(private_key: Any, alg: str, kid: str, claims: dict[str, Any]) -> str:
+    """A compact JWS made by hand: PyJWT's encode refuses a key that does not fit its alg,
+    as an EHR's own signing library might not."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    signing_input = f"{part({'alg': alg, 'kid': kid, 'typ': 'JWT'})}.{part(claims)}"
+    signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode(), private_key)
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def _claims() -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": EHR.issuer, "aud": AUD, "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
+
+
+def test_a_key_too_weak_or_of_another_curve_than_the_alg_verifies_nothing(
+    app: FastAPI, client: TestClient
+) -> None:
+    """RFC 7518: RSA keys of 2048 bits or more (3.3); ES256 is ECDSA on P-256 (3.4). The
+    signature was verified with whatever key the kid named (found by review)."""
+    short = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the point
+    weak = SigningKey("weak", "RS256", short)
+    store_unchecked(app, tenant_config(EHR, jwks={"keys": [weak.public_jwk()]}))
+    refused = call_encounter_start(client, _signed(short, "RS256", "weak", _claims()))
+    assert refused.status_code == 401, refused.text
+
+    store_unchecked(app, tenant_config(EHR, jwks=json.loads(EHR_JWKS)))  # a P-384 key
+    other_curve = _signed(EHR_KEY.private_key, "ES256", EHR_KEY.kid, _claims())
+    assert call_encounter_start(client, other_curve).status_code == 401
+    fitting = _signed(EHR_KEY.private_key, "ES384", EHR_KEY.kid, _claims())
+    assert call_encounter_start(client, fitting).status_code == 200

@@ -36,9 +36,7 @@ def test_the_writes_not_granted_are_named_as_v2_scopes_in_the_order_asked() -> N
 
 
 def test_a_patient_level_grant_does_not_cover_a_user_level_need() -> None:
-    assert writes_not_granted("user/Organization.c", "patient/*.cruds") == [
-        "user/Organization.c"
-    ]
+    assert writes_not_granted("user/Organization.c", "patient/*.cruds") == ["user/Organization.c"]
 
 
 def test_reads_and_other_scopes_are_not_checked() -> None:
