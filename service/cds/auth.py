@@ -11,7 +11,8 @@ router answers 401). Tokens and keys are never logged. A JWK Set is fetched over
 (plain http on loopback only), without redirects, in at most ``JWKS_TIMEOUT_SECONDS`` all
 told and up to ``JWKS_MAX_BYTES``.
 
-Cost on the hot path: keys are cached (``JWKS_TTL_SECONDS``); the ``jti`` insert is the
+Cost on the hot path: keys are cached (``JWKS_TTL_SECONDS``; the keys last read stand
+in while a refetch fails, see :class:`JwksCache`); the ``jti`` insert is the
 one database write of a hook call; expired ``jti`` rows are purged about once a minute.
 """
 
@@ -20,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import binascii
 import functools
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +42,8 @@ from service.single_flight import SingleFlight
 from service.tenancy import TenantContext
 from service.tenant_config import CdsIssuer, EhrRegistration, jwk_set
 
+log = logging.getLogger(__name__)
+
 ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 )
@@ -48,6 +53,8 @@ MAX_LIFETIME_SECONDS = 300  # bounds how long a jti must be remembered
 JWKS_TTL_SECONDS = 300.0
 JWKS_REFETCH_SECONDS = 30.0  # an unknown kid refetches, but not more often than this
 JWKS_TIMEOUT_SECONDS = 3.0  # the whole fetch, not each read
+JWKS_RETRY_SECONDS = 5.0  # after a failed fetch, the set is not asked for again sooner
+JWKS_STALE_SECONDS = 3600.0  # the keys last read verify this long while a refetch fails
 JWKS_MAX_BYTES = 256 * 1024  # a JWK Set of a few keys is a few KiB
 JWKS_BOUNDS = Bounds(JWKS_TIMEOUT_SECONDS, JWKS_MAX_BYTES)
 PURGE_EVERY_SECONDS = 60.0
@@ -80,23 +87,51 @@ class JwksCache:
 
     Concurrent calls that miss the cache wait for one shared fetch, so a burst of hook
     calls after start-up or a key rotation costs the EHR one JWKS request, not fifty.
+
+    When a refetch fails, the keys last read keep verifying for ``JWKS_STALE_SECONDS``
+    (the issuer's key server down is no reason to refuse every card), and the set is not
+    asked for again within ``JWKS_RETRY_SECONDS``: the ``iss`` is read before any
+    signature, so anyone naming a trusted issuer made one fetch per call, each waiting up
+    to ``JWKS_TIMEOUT_SECONDS``, and a set that could not be read dropped keys that still
+    worked (found by review). A set never read is fetched again at the next call.
     """
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._client = client
+        self._clock = clock
         self._sets: dict[str, tuple[float, KeysByKid]] = {}
+        self._failed_at: dict[str, float] = {}
         self._fetches: SingleFlight[str, KeysByKid] = SingleFlight()
 
     async def keys(self, url: str, kid: str | None) -> list[jwt.PyJWK]:
         cached = self._sets.get(url)
         if cached is not None:
-            age = time.monotonic() - cached[0]
+            age = self._clock() - cached[0]
             known = kid is None or kid in cached[1]
             # an unknown kid may be a rotated key: refetch, at most every JWKS_REFETCH_SECONDS
             if age < JWKS_TTL_SECONDS and (known or age < JWKS_REFETCH_SECONDS):
                 return cached[1].get(kid, [])
+            failed_at = self._failed_at.get(url)
+            if failed_at is not None and self._clock() - failed_at < JWKS_RETRY_SECONDS:
+                return self._last_read(cached, kid, None)
         fetch = self._fetches.start(url, lambda: self._fetch(url))
-        return (await asyncio.shield(fetch)).get(kid, [])
+        try:
+            return (await asyncio.shield(fetch)).get(kid, [])
+        except CdsAuthError as error:
+            self._failed_at[url] = self._clock()
+            return self._last_read(cached, kid, error)
+
+    def _last_read(
+        self, cached: tuple[float, KeysByKid] | None, kid: str | None, error: CdsAuthError | None
+    ) -> list[jwt.PyJWK]:
+        """The keys last read while they may stand in for a set that cannot be read now."""
+        if cached is None or self._clock() - cached[0] >= JWKS_STALE_SECONDS:
+            raise error or CdsAuthError("the issuer's JWK Set could not be read again in time")
+        if error is not None:
+            log.warning("an issuer's JWK Set could not be read: the keys last read stand in")
+        return cached[1].get(kid, [])
 
     async def _fetch(self, url: str) -> KeysByKid:
         if not over_tls(url):  # RFC 7515 4.1.2: keys read in clear could be swapped on the way
@@ -120,7 +155,8 @@ class JwksCache:
             keys = _by_kid(jwk_set(document))
         except ValueError as error:
             raise CdsAuthError(f"the issuer's JWK Set at {url} is unusable: {error}") from error
-        self._sets[url] = (time.monotonic(), keys)
+        self._sets[url] = (self._clock(), keys)
+        self._failed_at.pop(url, None)
         return keys
 
 

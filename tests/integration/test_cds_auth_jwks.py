@@ -8,6 +8,7 @@ HTTP on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,7 +25,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from sandbox.keys import SigningKey
-from service.cds.auth import JWKS_MAX_BYTES, JWKS_TIMEOUT_SECONDS
+from service.cds.auth import (
+    JWKS_MAX_BYTES,
+    JWKS_RETRY_SECONDS,
+    JWKS_STALE_SECONDS,
+    JWKS_TIMEOUT_SECONDS,
+    JWKS_TTL_SECONDS,
+    CdsAuthError,
+    JwksCache,
+)
 from service.db.base import Database
 from tests.support.cds import (
     AUD,
@@ -37,7 +47,7 @@ from tests.support.cds import (
     store_unchecked,
     tenant_config,
 )
-from tests.support.served import ServedJson, Trickled
+from tests.support.served import Counted, ServedJson, Trickled
 
 BAD_ALG: dict[str, object] = {"keys": [{**EHR_KEY.public_jwk(), "alg": ["ES384"]}]}
 
@@ -217,3 +227,29 @@ def test_a_key_too_weak_or_of_another_curve_than_the_alg_verifies_nothing(
     assert call_encounter_start(client, other_curve).status_code == 401
     fitting = _signed(EHR_KEY.private_key, "ES384", EHR_KEY.kid, _claims())
     assert call_encounter_start(client, fitting).status_code == 200
+
+
+def test_a_jwk_set_unreadable_again_keeps_its_keys_and_is_not_fetched_each_call() -> None:
+    """Before, a failed refetch dropped keys that still worked and was not remembered: every
+    call, anyone's naming the issuer, fetched again and waited up to the fetch's deadline
+    (found by review). A clock of the test's own: the cache's times are minutes long."""
+    now = [1000.0]
+
+    async def scenario(served: Counted) -> None:
+        async with httpx.AsyncClient() as http:
+            cache = JwksCache(http, clock=lambda: now[0])
+            assert len(await cache.keys(served.url, EHR_KEY.kid)) == 1
+            served.body = b"not a JWK Set"
+            now[0] += JWKS_TTL_SECONDS + 1  # due for a refetch, which fails
+            for _ in range(5):
+                assert len(await cache.keys(served.url, EHR_KEY.kid)) == 1  # the keys last read
+            assert served.requests == 2  # one refetch, not five
+            now[0] += JWKS_RETRY_SECONDS
+            assert len(await cache.keys(served.url, EHR_KEY.kid)) == 1
+            assert served.requests == 3
+            now[0] += JWKS_STALE_SECONDS  # the keys last read are too old to stand in
+            with pytest.raises(CdsAuthError, match="could not be read"):
+                await cache.keys(served.url, EHR_KEY.kid)
+
+    with Counted(EHR_JWKS) as served:
+        asyncio.run(scenario(served))
