@@ -312,7 +312,9 @@ class TriageForm:
         return self
 
     def without_row(self, index: int) -> TriageForm:
-        if 0 <= index < len(self.children):
+        """Without the typed row ``index``; a recorded child stays (the page offers no
+        removal of it: leaving it out of a save would not take it out of the record)."""
+        if 0 <= index < len(self.children) and not self.children[index].recorded:
             del self.children[index]
         if not self.children:
             self.children.append(ChildRow())

@@ -337,6 +337,27 @@ def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) 
     assert removed.value("child-0-name") == "Mats"
 
 
+def test_a_child_in_the_record_offers_no_removal_and_says_where_to_withdraw_it(
+    nurse_for: Any,
+) -> None:
+    """Before, "Verwijder" on a recorded child took the row off the page and the save said
+    "saved", but the child stayed in the record and came back at every visit (found by
+    review). The EHR withdraws a child entered by mistake (R4: ``active`` false)."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows = recorded_rows(page)
+    first = page.text.split('name="child-0-ref"')[1].split("</fieldset>")[0]
+    assert "data-remove-child" not in first
+    assert "in het EPD als verkeerd ingevoerd markeren" in page.text
+
+    forged = nurse.post({**rows, "csrf_token": page.csrf, "action": "remove-child-0"})
+    assert forged.child_refs() == page.child_refs()  # the recorded child stays
+
+    typed = nurse.post({**rows, "csrf_token": page.csrf, "action": "add-child"})
+    new_row = typed.text.split(f'name="child-{len(page.child_refs())}-ref"')[1]
+    assert "data-remove-child" in new_row.split("</fieldset>")[0]  # a typed row has one
+
+
 def test_add_child_offers_no_row_beyond_the_limit_without_javascript(nurse_for: Any) -> None:
     """'+ kind' went on adding rows past MAX_CHILDREN, and the save then failed; at the
     limit the button gives way to a note, and a stale page's '+ kind' adds nothing."""
