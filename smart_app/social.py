@@ -238,6 +238,16 @@ class ListingQuery(BaseModel):
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(None, max_length=200)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _launch_is_the_sessions(cls, data: Any) -> Any:
+        """The launch a call names (``LAUNCH_PARAM``, as the pages do) is the session's, not
+        the list's: before, the API refused it (422) and always used the browser's newest
+        launch (found by review)."""
+        if isinstance(data, Mapping):
+            return {name: value for name, value in data.items() if name != LAUNCH_PARAM}
+        return data
+
     def filter(self) -> CaseFilter:
         return CaseFilter(self.status, self.view, self.older_than_days, self.sort, self.overdue)
 
@@ -254,12 +264,9 @@ class WorklistQuery(ListingQuery):
     @classmethod
     def _blank_is_unset(cls, data: Any) -> Any:
         """The filter form sends a number field left empty as ``older_than_days=``: no filter
-        (the API keeps refusing it). The launch the page is for (``LAUNCH_PARAM``) is the
-        session's, not the list's."""
+        (the API keeps refusing it)."""
         if isinstance(data, Mapping):
-            return {
-                name: value for name, value in data.items() if value != "" and name != LAUNCH_PARAM
-            }
+            return {name: value for name, value in data.items() if value != ""}
         return data
 
 

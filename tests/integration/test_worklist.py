@@ -105,6 +105,26 @@ def test_a_hospital_never_sees_another_hospitals_concerns(
     assert [i["patient"] for i in items] == ["Patient/a1"]
 
 
+def test_the_list_api_takes_the_launch_a_call_names_as_the_pages_do(
+    database_url: str, database: Database
+) -> None:
+    """Before, ``?s=`` was refused (422): a tab's script could not name its own launch, and
+    the list was always the browser's newest launch's (found by review)."""
+    hospital = make_tenant(database, "default", FHIR)
+    _concern(database, hospital, "Patient/a1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    social = signed_in(app, hospital, "Practitioner/sw-1", "social-worker")
+    other = signed_in(app, hospital, "Practitioner/sw-1", "social-worker")
+
+    named = client.get("/api/cases", headers=social.headers, params={"s": social.session_id})
+    assert named.status_code == 200, named.text
+    assert [i["patient"] for i in named.json()["items"]] == ["Patient/a1"]
+    # a launch the browser does not hold is no session
+    elsewhere = client.get("/api/cases", headers=social.headers, params={"s": other.session_id})
+    assert elsewhere.status_code == 401
+
+
 def test_a_cursor_the_api_did_not_hand_out_is_a_400_saying_so(
     database_url: str, database: Database
 ) -> None:
