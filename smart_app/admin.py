@@ -63,7 +63,14 @@ from service.tenant_config import (
 from smart_app.errors import PageError, Said
 from smart_app.pages import TEMPLATES
 from smart_app.security import iframe_cookie, page_headers, tokens_match
-from smart_app.session import SESSION_COOKIE, all_frame_origins, current_launch, end_launches
+from smart_app.session import (
+    SESSION_COOKIE,
+    all_frame_origins,
+    cookie_name,
+    current_launch,
+    end_launches,
+    session_cookie,
+)
 
 ADMIN_COOKIE = "kindreflex_admin"
 CSRF_HEADER = "X-CSRF-Token"
@@ -122,7 +129,7 @@ def _identify(request: Request, tenant: TenantContext) -> Admin:
 
 def _from_app_session(request: Request, tenant: TenantContext) -> Admin:
     """An app session launched from the tenant's EHR, if its user has the admin role."""
-    if not request.cookies.get(SESSION_COOKIE):
+    if not session_cookie(request):
         raise AdminAuthError(401, "sign in as an administrator first")
     try:
         launch = current_launch(request)
@@ -740,9 +747,10 @@ def _sign_out(request: Request, admin: Admin, database: Database, response: Resp
         access.end_session(database, admin.session)
         return
     with database.session() as session:  # signed out and audited, or neither
-        end_launches(session, request.cookies.get(SESSION_COOKIE, ""))
+        end_launches(session, session_cookie(request) or "")
         access.record_event(session, admin.tenant.id, admin.actor, "admin-signed-out")
-    response.headers.append("set-cookie", iframe_cookie(SESSION_COOKIE, "", 0))
+    name = cookie_name(SESSION_COOKIE, request.app.state.settings)
+    response.headers.append("set-cookie", iframe_cookie(name, "", 0))
 
 
 @router.get("/admin", response_class=HTMLResponse)

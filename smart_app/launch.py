@@ -67,6 +67,8 @@ from smart_app.session import (
     Role,
     SessionStore,
     all_frame_origins,
+    cookie_name,
+    session_cookie,
     token_expiry,
 )
 from smart_app.social import PATIENT_CASE_PAGE, WORKLIST_PAGE
@@ -102,7 +104,7 @@ _NOT_STAFF = frozenset({"Patient", "RelatedPerson"})
 #: not a Person, which SMART also allows as fhirUser.
 _AUTHORS = frozenset({"Practitioner", "PractitionerRole"})
 USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
-BINDING_COOKIE_PREFIX = "kindreflex_launch_"
+BINDING_COOKIE_PREFIX = "kindreflex_launch_"  # its name as served: session.cookie_name
 START_PAGE = "/app/triage"
 
 #: Served with and without the ``/t/{tenant}`` prefix.
@@ -163,7 +165,7 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
         "nonce": nonce,
     }
     response = RedirectResponse(f"{server.authorization_endpoint}?{urlencode(query)}", 302)
-    _set_cookie(response, _binding_cookie(state), browser, LAUNCH_LIFETIME)
+    _set_cookie(response, _binding_cookie(state, settings), browser, LAUNCH_LIFETIME)
     return response
 
 
@@ -231,9 +233,9 @@ def callback(
     )
     start = _start_page(new, session_id)
     response = RedirectResponse(f"{settings.public_url}{pending.path_prefix}{start}", 303)
-    cookie = sessions.with_launch(request.cookies.get(SESSION_COOKIE), secret)
-    _set_cookie(response, SESSION_COOKIE, cookie, SESSION_LIFETIME)
-    _set_cookie(response, _binding_cookie(state or ""), "", timedelta(0))  # used up
+    cookie = sessions.with_launch(session_cookie(request), secret)
+    _set_cookie(response, cookie_name(SESSION_COOKIE, settings), cookie, SESSION_LIFETIME)
+    _set_cookie(response, _binding_cookie(state or "", settings), "", timedelta(0))  # used up
     return response
 
 
@@ -359,7 +361,7 @@ def _consume_state(request: Request, state: str | None) -> tuple[LaunchState, Te
         raise PageError(400, "bad_state", detail="unknown or already used state")
     if pending.expires_at <= utcnow():
         raise PageError(400, "bad_state", detail="expired state")
-    browser = request.cookies.get(_binding_cookie(state))
+    browser = request.cookies.get(_binding_cookie(state, request.app.state.settings))
     if browser is None or not tokens_match(digest(browser), pending.browser_hash):
         raise PageError(400, "bad_state", detail="state not started in this browser")
     try:
@@ -532,9 +534,9 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _binding_cookie(state: str) -> str:
+def _binding_cookie(state: str, settings: Settings) -> str:
     """One binding cookie per launch, so that two tabs launching at once do not collide."""
-    return BINDING_COOKIE_PREFIX + digest(state)[:16]
+    return cookie_name(BINDING_COOKIE_PREFIX + digest(state)[:16], settings)
 
 
 def _set_cookie(response: RedirectResponse, name: str, value: str, lifetime: timedelta) -> None:

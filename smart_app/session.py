@@ -67,11 +67,13 @@ __all__ = [
     "Role",
     "SessionStore",
     "SessionTokens",
+    "cookie_name",
     "csrf_token",
     "current_launch",
     "end_launches",
     "require_role",
     "security_headers",
+    "session_cookie",
     "verify_csrf",
 ]
 
@@ -79,7 +81,7 @@ log = logging.getLogger(__name__)
 
 Role = Literal["nurse", "social-worker", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
-SESSION_COOKIE = "kindreflex_session"
+SESSION_COOKIE = "kindreflex_session"  # its name as served: cookie_name
 #: The query parameter that names the launch a page belongs to (its session's id; not a
 #: credential: the cookie is).
 LAUNCH_PARAM = "s"
@@ -279,6 +281,21 @@ def sessions_of(request: Request) -> SessionStore:
     return store
 
 
+def cookie_name(name: str, settings: Settings) -> str:
+    """A cookie's name as the app sets and reads it: ``__Host-`` before it on https, so
+    that only this host sets it, Secure, on ``/`` (RFC 6265bis 4.1.3.2). Without the
+    prefix, another app of the hospital's domain could plant one with ``Domain=`` that the
+    browser sends beside ours (found by review). On plain http on this machine (the demo)
+    browsers refuse a prefixed cookie: the name as it is. A session set before 2026-12-05,
+    by the plain name on https, ends at the upgrade (the EHR opens the app again)."""
+    return f"__Host-{name}" if str(settings.public_url).startswith("https://") else name
+
+
+def session_cookie(request: Request) -> str | None:
+    """The browser's session cookie: the secrets of its launches."""
+    return request.cookies.get(cookie_name(SESSION_COOKIE, request.app.state.settings))
+
+
 def current_launch(request: Request) -> LaunchContext:
     """The request's launch; a missing, expired or other hospital's session → 401 page."""
     tenants: TenantDirectory = request.app.state.tenants
@@ -287,7 +304,7 @@ def current_launch(request: Request) -> LaunchContext:
     except UnknownTenantError as error:
         # whether the hospital exists but is not set up yet: for the log, not for anyone
         raise PageError(404, "unknown_tenant", logged={"reason": error.reason}) from error
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = session_cookie(request)
     launch = request.query_params.get(LAUNCH_PARAM)
     row = sessions_of(request).of_browser(cookie, launch) if cookie else None
     if row is None or row.tenant_id != tenant.id:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
@@ -643,6 +644,18 @@ def test_a_frame_origin_that_is_no_ascii_origin_is_refused_by_the_api(
     assert client.get("/admin/api/config", headers=headers).json() == before
 
 
+def _refused_registration(
+    client: TestClient, headers: dict[str, str], registration_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """PUT ``body`` as a registration, refused (422) and nothing stored: its one issue."""
+    before = client.get("/admin/api/config", headers=headers).json()
+    refused = client.put(f"/admin/api/registrations/{registration_id}", headers=headers, json=body)
+    assert refused.status_code == 422, refused.text
+    assert client.get("/admin/api/config", headers=headers).json() == before
+    (issue,) = refused.json()["issue"]
+    return dict(issue)
+
+
 def test_another_hospitals_ehr_client_cannot_be_registered_here(
     client: TestClient, database: Database, gent: Hospital, brugge: Hospital
 ) -> None:
@@ -650,16 +663,12 @@ def test_another_hospitals_ehr_client_cannot_be_registered_here(
     # client would be accepted by Brugge's EHR, and what a Brugge clinician then records
     # would land on Gent's worklist (found by review). Brugge is not named in the refusal.
     headers = bearer(database, gent.id)
-    before = client.get("/admin/api/config", headers=headers).json()
     theirs = {"name": "EPD", "fhir_base_url": "https://az-brugge.example/fhir",
               "client_id": "kindreflex"}  # fmt: skip
-    refused = client.put("/admin/api/registrations/brugge-ehr", headers=headers, json=theirs)
-    assert refused.status_code == 422
-    issue = refused.json()["issue"][0]
+    issue = _refused_registration(client, headers, "brugge-ehr", theirs)
     assert issue["expression"] == ["registrations[1].client_id"]
     assert "registered by another hospital" in issue["diagnostics"]
     assert "brugge" not in issue["diagnostics"].replace("az-brugge.example", "")
-    assert client.get("/admin/api/config", headers=headers).json() == before
 
     own = {**theirs, "client_id": "kindreflex-gent"}  # the same EHR, a client of Gent's own
     saved = client.put("/admin/api/registrations/brugge-ehr", headers=headers, json=own)
@@ -672,14 +681,10 @@ def test_a_fhir_base_url_in_clear_off_this_machine_is_refused_by_the_api(
     # The EHR's tokens go to it (SMART, and the CDS call's fhirAuthorization): RFC 6750
     # sends them over TLS only. Before, http://… was saved and the CDS fallback used it.
     headers = bearer(database, gent.id)
-    before = client.get("/admin/api/config", headers=headers).json()
     body = {"name": "EPD", "fhir_base_url": "http://epd.example/fhir", "client_id": "k"}
-    refused = client.put("/admin/api/registrations/other", headers=headers, json=body)
-    assert refused.status_code == 422
-    issue = refused.json()["issue"][0]
+    issue = _refused_registration(client, headers, "other", body)
     assert issue["expression"] == ["registrations[1].fhir_base_url"]
     assert "not an https URL" in issue["diagnostics"]
-    assert client.get("/admin/api/config", headers=headers).json() == before
 
     on_this_machine = {**body, "fhir_base_url": "http://127.0.0.1:8080/fhir"}
     saved = client.put("/admin/api/registrations/other", headers=headers, json=on_this_machine)

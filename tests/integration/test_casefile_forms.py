@@ -69,6 +69,17 @@ def _case_after_step_4(
     return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
 
 
+def _case_referred(
+    database_url: str, database: Database, base_url: str
+) -> tuple[TestClient, int, str, str]:
+    """:func:`_case_after_step_4`, then a referral to the VK (step 6) today: the client,
+    the case id, the patient and the case page after it."""
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
+
+
 @pytest.mark.parametrize(
     ("question", "anchor"), [("cooperation", "s6-cooperation"), ("informed", "s6-informed")]
 )
@@ -159,10 +170,7 @@ def test_a_closing_sent_twice_says_it_was_saved_not_only_that_the_case_is_closed
     # closed", as if a colleague had closed it: the social worker could not tell her own
     # closing (with her reason) went through.
     base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
-    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
+    client, case_id, patient, page = _case_referred(database_url, database, base_url)
 
     first = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
     second = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
@@ -446,11 +454,7 @@ def test_the_history_names_the_facility_a_case_was_referred_to(
     # Before, the history named only the facility's type (VK): which of the VKs the case
     # went to was on the printable referral only.
     base_url = fhir_server.base_url
-    client, case_id, _, page = _case_after_step_4(database_url, database, base_url)
-    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
-
-    after = client.get(f"/social/cases/{case_id}").text
+    *_, after = _case_referred(database_url, database, base_url)
 
     history = after[after.index('<ol class="history">') : after.index("</ol>")]
     facility = "Vertrouwenscentrum Kindermishandeling (VK): Vertrouwenscentrum Kindermishandeling"

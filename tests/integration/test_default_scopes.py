@@ -43,7 +43,7 @@ from service.keys import JWKS_PATH
 from service.outbox import DeliveryState
 from service.settings import load_settings
 from service.tenant_config import DEFAULT_SCOPES, EhrRegistration, TenantConfiguration
-from smart_app.session import CSRF_HEADER, SESSION_COOKIE
+from smart_app.session import CSRF_HEADER, SESSION_COOKIE, cookie_name
 from tests.support.casework import HandedOffCase, patient_at_triage
 from tests.support.pages import Page, recorded_rows
 from tests.support.sandbox import consent, running_sandbox
@@ -96,7 +96,8 @@ def _launched(
 
 def _session(app: FastAPI, browser: TestClient) -> AppSession:
     """The session the launch left in the browser (its cookie)."""
-    session: AppSession | None = app.state.sessions.find(browser.cookies[SESSION_COOKIE])
+    name = cookie_name(SESSION_COOKIE, app.state.settings)  # __Host- on https
+    session: AppSession | None = app.state.sessions.find(browser.cookies[name])
     assert session is not None
     return session
 

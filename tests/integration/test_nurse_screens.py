@@ -51,7 +51,7 @@ from service.tenant_config import (
 )
 from service.text import typed_text
 from smart_app.nurse import MAX_CHILDREN, NO_FIELD, parse_typed_date, protocol_error
-from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore
+from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore, cookie_name
 from tests.support.pages import Page, recorded_rows
 from tests.support.processes import free_port
 from tests.support.relay import SlowRelay
@@ -170,7 +170,8 @@ def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Iterat
         clients.append(client)
         new = _launch(app, sandbox, patient_key=patient_key, fhir_base_url=fhir_base_url, **session)
         _, secret = SessionStore(database, app.state.settings).create(new)
-        client.cookies.set(SESSION_COOKIE, secret)
+        # on https, the cookie's name says only this host sets it (__Host-)
+        client.cookies.set(cookie_name(SESSION_COOKIE, app.state.settings), secret)
         assert new.encounter_id is not None
         return Nurse(client, new.patient_id or "", new.encounter_id)
 
@@ -335,6 +336,21 @@ def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) 
     )
     assert removed.child_refs() == [added.child_refs()[1]]
     assert removed.value("child-0-name") == "Mats"
+
+
+def test_on_https_only_the_session_cookie_for_this_host_opens_the_session(
+    nurse_for: Any,
+) -> None:
+    """``__Host-``: another app of the hospital's domain cannot plant a session cookie
+    beside ours with ``Domain=``, which the browser would send to us too (found by review).
+    The same secret under the plain name opens nothing on https."""
+    nurse = nurse_for("an-peeters")
+    assert nurse.page().status == 200
+    (secret,) = [v for k, v in nurse.client.cookies.items() if k == "__Host-kindreflex_session"]
+
+    planted = TestClient(nurse.client.app, base_url="https://testserver")
+    planted.cookies.set(SESSION_COOKIE, secret)
+    assert planted.get("/app/triage").status_code == 401
 
 
 def test_a_child_in_the_record_offers_no_removal_and_says_where_to_withdraw_it(
@@ -1408,16 +1424,11 @@ def test_an_edit_waiting_for_delivery_is_shown_again_with_its_values_and_marked_
     assert 'data-child-delivery="pending"' in again.text
 
 
-def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reload(
-    nurse_for: Any, sandbox: Sandbox
-) -> None:
-    """The nurse renames a recorded child that someone else changed after the page was
-    loaded: the save says so (a conflict). Opened again, the page showed the record's
-    version without a word. It now says, at that child, that the saved change was not
-    applied because someone else changed the child first, and shows the record's
-    version; the other child is only 'already in the record'."""
-    nurse = nurse_for("els-goossens")
-    page = nurse.page()
+def _renamed_after_someone_else_changed_it(
+    page: Page, sandbox: Sandbox
+) -> tuple[dict[str, str], str, str]:
+    """The page's recorded rows with the first child renamed, after someone else moved its
+    birth date a day back in the record: returns the rows, the child's id, the new date."""
     rows = recorded_rows(page)
     child_id = rows["child-0-ref"].split("/")[1]
     current = _upstream(sandbox, f"RelatedPerson/{child_id}")
@@ -1429,6 +1440,20 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     )
     changed.raise_for_status()
     rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    return rows, child_id, earlier
+
+
+def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reload(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    """The nurse renames a recorded child that someone else changed after the page was
+    loaded: the save says so (a conflict). Opened again, the page showed the record's
+    version without a word. It now says, at that child, that the saved change was not
+    applied because someone else changed the child first, and shows the record's
+    version; the other child is only 'already in the record'."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows, child_id, earlier = _renamed_after_someone_else_changed_it(page, sandbox)
 
     refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
     assert 'data-save-status="conflict"' in refused.text
@@ -1456,17 +1481,7 @@ def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_no
     review)."""
     nurse = nurse_for("els-goossens")
     page = nurse.page()
-    rows = recorded_rows(page)
-    child_id = rows["child-0-ref"].split("/")[1]
-    current = _upstream(sandbox, f"RelatedPerson/{child_id}")
-    earlier = (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat()
-    changed = httpx.put(
-        f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{child_id}",
-        json={**current, "birthDate": earlier},
-        timeout=10,
-    )
-    changed.raise_for_status()
-    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
 
     refused = nurse.post(
         {

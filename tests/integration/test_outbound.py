@@ -154,7 +154,7 @@ def test_a_fhir_base_outside_the_allow_list_is_refused_when_saved(
         app.state.tenants.save("default", tenant_config(ehr), actor="test")
         headers = admin_headers(app, database)
         registration = client.get("/admin/api/registrations", headers=headers).json()[0]
-        for outside in ("https://ehr.elders.example/fhir", "http://10.1.2.3/fhir"):
+        for outside in ("https://ehr.elders.example/fhir", "https://10.1.2.3/fhir"):
             changed = {**registration, "fhir_base_url": outside}
             refused = client.put("/admin/api/registrations/ehr", headers=headers, json=changed)
             assert refused.status_code == 422, refused.text

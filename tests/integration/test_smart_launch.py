@@ -322,7 +322,7 @@ def test_ehr_launch_sets_a_partitioned_session_cookie_and_the_launch_context(
         assert browser.cookies[SESSION_COOKIE] not in row.cookie_hash
     # The launch state is used up and its binding cookie cleared.
     assert kindreflex.count(LaunchState) == 0
-    assert not any(name.startswith("kindreflex_launch_") for name in browser.cookies)
+    assert not any(name.startswith(launch_module.BINDING_COOKIE_PREFIX) for name in browser.cookies)
 
 
 def test_a_launch_under_a_tenant_prefix_stays_in_that_tenant(kindreflex: Kindreflex) -> None:

@@ -2054,12 +2054,15 @@ def test_an_edit_another_save_already_delivered_then_changed_by_someone_else_is_
     assert _saved_with(world, first, child_id, name=renamed).status == "delivered"
     client = FhirClient(world.base_url, lambda: "loopback", 5.0)
     current = client.read("RelatedPerson", child_id)
-    _put(client, {**current, "name": [{"text": "Someone Else"}]})
+    # another name each run: the FHIR server is the module's, and a name the child already
+    # had when the second nurse's page was read would be no change of what she writes
+    someone_else = f"Someone Else {uuid.uuid4().hex[:6].upper()}"
+    _put(client, {**current, "name": [{"text": someone_else}]})
 
     with pytest.raises(SaveConflict):
         world.triage.record_triage(second, edit_first_child(second, children, renamed))
 
-    assert display_name(client.read("RelatedPerson", child_id)) == "Someone Else"
+    assert display_name(client.read("RelatedPerson", child_id)) == someone_else
     client.close()
     shown = world.triage.load_chart(second)
     assert [c.ref for c in shown.children if c.ref.split("/")[1] == child_id] == list(
