@@ -239,11 +239,18 @@ def _card_figures(session: Session, tenant_id: int, period: Period) -> dict[Figu
 
 
 def _feedback_in(tenant_id: int, period: Period, outcome: str) -> list[ColumnElement[bool]]:
+    """The period's feedback with ``outcome`` on cards this hospital issued: feedback names
+    its card by uuid only, and one never issued here counted as accepted or overridden
+    beside no presentation (found by review)."""
+    issued = select(CdsCard.id).where(
+        CdsCard.tenant_id == CdsFeedback.tenant_id, CdsCard.card_uuid == CdsFeedback.card_uuid
+    )
     return [
         CdsFeedback.tenant_id == tenant_id,
         CdsFeedback.outcome == outcome,
         CdsFeedback.outcome_at >= period.start,
         CdsFeedback.outcome_at < period.end,
+        exists(issued),
     ]
 
 

@@ -282,6 +282,7 @@ def _scenario(world: World) -> None:
     _feedback(world, first, "accepted", None, now)  # the EHR retried: stored once
     _feedback(world, second, "overridden", "already-done", now)
     _feedback(world, third, "overridden", None, now)
+    _feedback(world, str(uuid.uuid4()), "accepted", None, now)  # a card never issued here
     boy, girl = _child(world, "Noah", date(2022, 11, 3)), _child(world, "Emma", date(2017, 6, 21))
     niet_pluis = _triage(
         world,
