@@ -16,8 +16,8 @@ Computed from this service's own tables only — never from the FHIR server:
   it was read); a finding saved twice (a double click, a retry) counts once, by its
   business identifier;
 * ``concerns``: when each case was flagged → the median time from the flag to the case's
-  first team decision (step 4) saved in the period. A case decided again in a later period
-  counts there with that decision: the figure reads one period at a time.
+  first team decision (step 4), of the cases whose first decision was saved in the period.
+  A case decided again later counts once, in the period of its first decision.
 
 What falls in a period: a card when issued, feedback when the user acted, a finding when
 it was saved (the outbox entry's ``created_at``). Periods are whole calendar days in
@@ -311,18 +311,21 @@ def _step_figures(session: Session, tenant_id: int, period: Period) -> dict[Figu
     }
 
 
-def _recorded_findings(tenant_id: int, period: Period) -> Select[Any]:
-    """The period's findings whose save was not refused (an outbox row purged after its
-    delivery counts as recorded)."""
-    return (
+def _recorded_findings(tenant_id: int, period: Period | None) -> Select[Any]:
+    """The period's findings (None: of every period) whose save was not refused (an outbox
+    row purged after its delivery counts as recorded)."""
+    query = (
         select(MonitoringFinding)
         .outerjoin(OutboxEntry, OutboxEntry.id == MonitoringFinding.outbox_id)
         .where(
             MonitoringFinding.tenant_id == tenant_id,
-            MonitoringFinding.saved_at >= period.start,
-            MonitoringFinding.saved_at < period.end,
             or_(OutboxEntry.state.is_(None), OutboxEntry.state.not_in(_NOT_RECORDED)),
         )
+    )
+    if period is None:
+        return query
+    return query.where(
+        MonitoringFinding.saved_at >= period.start, MonitoringFinding.saved_at < period.end
     )
 
 
@@ -338,12 +341,19 @@ def _children(session: Session, recorded: Subquery) -> int:
 
 
 def _decisions(session: Session, tenant_id: int, period: Period) -> dict[str, datetime]:
-    """Case (concern identifier) → its first team decision (step 4) saved in the period."""
-    recorded = _recorded_findings(tenant_id, period).subquery()
+    """Case (concern identifier) → its first team decision (step 4), for the cases whose
+    first decision was saved in the period. A later decision of the same case (the team
+    deciding again at a returning patient's niet-pluis) is no time to a decision: measured
+    from the case's flag it grew with the case's age (found by review)."""
+    recorded = _recorded_findings(tenant_id, None).subquery()
     query = (
         select(recorded.c.case_key, func.min(recorded.c.recorded_at))
         .where(recorded.c.step == Step.STEP_4.value)
         .group_by(recorded.c.case_key)
+        .having(
+            func.min(recorded.c.saved_at) >= period.start,
+            func.min(recorded.c.saved_at) < period.end,
+        )
     )
     return dict(session.execute(query).all())
 

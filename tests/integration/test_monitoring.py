@@ -46,11 +46,12 @@ from service.db.models import (
     CdsCard,
     CdsFeedback,
     Concern,
+    MonitoringFinding,
     MonitoringSave,
     OutboxEntry,
 )
 from service.fhir import terminology
-from service.local_time import local_today
+from service.local_time import LOCAL_ZONE, local_today
 from service.monitoring import Figure, Period, PeriodError
 from service.protocol import (
     Child,
@@ -58,6 +59,7 @@ from service.protocol import (
     Consultation,
     LivesWith,
     SafetyAssessment,
+    Step,
     Step1Finding,
     Step2Finding,
     Step3Support,
@@ -371,6 +373,54 @@ def test_the_figures_count_exactly_what_was_recorded_per_hospital(world: World) 
     assert b.values[Figure.NIET_PLUIS].count == 1
     assert b.values[Figure.CARDS_ACCEPTED].count == 0
     assert b.values[Figure.STEP_4_REACHED].count == 0
+
+
+def test_a_case_decided_again_counts_once_with_the_time_to_its_first_decision(
+    world: World,
+) -> None:
+    """The team decided 24 h after the flag, forty days ago; the patient returns with a
+    niet-pluis and the team decides again today. Before, today's report counted that
+    second decision as the case's first, 40 days after its flag (found by review)."""
+    child = _child(world, "Lotte", date(2020, 1, 9))
+    patient = _triage(
+        world, world.hospital, (child,), SafetyAssessment.NIET_PLUIS, flagged_hours_ago=2
+    )
+    decision = Step4Input(
+        decision=TeamDecision.CONCERNING_WILLING,
+        consultations={Consultation.EXPERT},
+        discussed_with_patient=True,
+    )
+    _casework(world, world.hospital, patient, decision)
+    _figures(world, world.hospital, Period(_today(), _today()))  # the saves are read
+    decided = utcnow() - timedelta(days=40)
+    with world.database.session() as session:  # as if all this was forty days ago
+        session.execute(update(Concern).values(flagged_at=decided - timedelta(hours=24)))
+        session.execute(
+            update(MonitoringFinding)
+            .where(MonitoringFinding.step == Step.STEP_4.value)
+            .values(saved_at=decided, recorded_at=decided)
+        )
+    returning = world.launch(world.hospital, NURSE, "nurse", patient.removeprefix("Patient/"))
+    later = utcnow()  # after the first decision, before the second
+    again = TriageInput(
+        step1=Step1Finding(recorded_by=NURSE, recorded_at=later, children=(child,)),
+        step2=Step2Finding(
+            recorded_by=NURSE,
+            recorded_at=later,
+            assessment=SafetyAssessment.NIET_PLUIS,
+            reasons=("Opnieuw alleen thuis.",),
+        ),
+    )
+    assert world.app.state.triage.record_triage(returning, again).status == "delivered"
+    _casework(world, world.hospital, patient, decision)
+
+    today = _figures(world, world.hospital, Period(_today(), _today()))
+    assert today.values[Figure.TIME_TO_DECISION].count == 0
+    then = decided.astimezone(LOCAL_ZONE).date()
+    earlier = _figures(world, world.hospital, Period(then, then)).values[Figure.TIME_TO_DECISION]
+    assert (earlier.count, earlier.hours) == (1, 24.0)
+    both = _figures(world, world.hospital, Period(then, _today())).values[Figure.TIME_TO_DECISION]
+    assert (both.count, both.hours) == (1, 24.0)
 
 
 def test_cards_the_cds_service_returns_count_per_presentation(world: World) -> None:
