@@ -1001,10 +1001,11 @@ class Casework:
         }
         if case.acute_danger and not concern.acute_danger:  # the protocol keeps it once set
             changed["acute_danger"] = True
-        # closed in the EHR: off the open worklist (and free for a new concern), unless a
-        # save still on its way may reopen it (a nurse's niet-pluis)
+        # closed or retracted in the EHR: off the open worklist (and free for a new concern),
+        # unless a save still on its way may reopen it (a nurse's niet-pluis). A retracted
+        # one stayed open for good, with its names, refusing every step (found by review).
         if (
-            record.flag.get("status") == "inactive"
+            (record.flag.get("status") == "inactive" or mapping.withdrawn(record.flag))
             and concern.status == "open"
             and not self._save_on_its_way(concern)
         ):

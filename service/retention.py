@@ -140,7 +140,19 @@ def _forget_closed_cases(session: Session, closed_before: datetime) -> int:
 
 def drop_expired_launches(session: Session, now: datetime) -> tuple[int, int]:
     """Delete expired app sessions (with their tokens) and abandoned launch states; how
-    many of each."""
-    app_sessions = session.execute(delete(AppSession).where(AppSession.expires_at <= now))
+    many of each.
+
+    An ended session whose access token still lives stays until it expires, without its
+    refresh token (an ended session does not refresh): a save made just before the end
+    is delivered with it (``SessionTokens.access_token``). Deleted at once, the save waited
+    for a sign-in and held back the patient's later saves (found by review)."""
+    session.execute(
+        update(AppSession)
+        .where(AppSession.expires_at <= now, AppSession.refresh_token.is_not(None))
+        .values(refresh_token=None)
+    )
+    app_sessions = session.execute(
+        delete(AppSession).where(AppSession.expires_at <= now, AppSession.access_expires_at <= now)
+    )
     states = session.execute(delete(LaunchState).where(LaunchState.expires_at <= now))
     return int(app_sessions.rowcount), int(states.rowcount)  # type: ignore[attr-defined]

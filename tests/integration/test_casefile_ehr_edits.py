@@ -283,6 +283,24 @@ def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reop
     assert case_id not in listed_cases(worker.get("/social").text)
 
 
+def test_a_concern_the_ehr_retracted_leaves_the_worklist_and_its_names_go_with_the_retention(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A Flag the EHR marked entered-in-error is no concern. Before, the case stayed open on
+    the worklist for good, refusing every step and closing, and the retention never
+    emptied its patient's name (found by review)."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
+    _as_the_ehr_changed_it(case.base_url, {**flag, "status": "entered-in-error"})
+
+    case.worker.get(f"/social/cases/{case.case_id}")  # reconciled with the server
+
+    assert case.case_id not in listed_cases(case.worker.get("/social").text)
+    assert retention.purge(database, timedelta(0)).closed_cases == 1
+
+
 def test_a_closed_case_opened_after_the_retention_keeps_its_name_forgotten(
     database_url: str,
     database: Database,

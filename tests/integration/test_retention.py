@@ -140,8 +140,14 @@ def test_only_old_delivered_counted_payloads_are_emptied_and_dead_admin_access_d
     assert access.redeem_bootstrap_token(database, hospital.id, live_token, "Els").token
 
 
-def _app_session(database: Database, tenant: TenantContext, expires_in: timedelta) -> str:
-    """A launched app session holding the EHR's tokens, expiring ``expires_in`` from now."""
+def _app_session(
+    database: Database,
+    tenant: TenantContext,
+    expires_in: timedelta,
+    access_expires_in: timedelta = timedelta(seconds=-1),
+) -> str:
+    """A launched app session holding the EHR's tokens, expiring ``expires_in`` from now,
+    its access token ``access_expires_in`` from now."""
     store = SessionStore(database, Settings(environment="test", database_url="sqlite://"))
     session_id, _cookie = store.create(
         NewSession(
@@ -159,7 +165,7 @@ def _app_session(database: Database, tenant: TenantContext, expires_in: timedelt
             scope="launch openid fhirUser patient/*.rs offline_access",
             access_token="access-secret",
             refresh_token="refresh-secret",
-            access_expires_at=utcnow() + timedelta(minutes=5),
+            access_expires_at=utcnow() + access_expires_in,
         )
     )
     with database.session() as session:
@@ -201,7 +207,7 @@ def test_expired_app_sessions_go_with_their_tokens_and_what_their_pages_showed(
     """Without any launch to clean up, ``db purge`` deletes expired app sessions."""
     hospital = make_tenant(database, "default", "http://fhir.test")
     _app_session(database, hospital, timedelta(seconds=-1))
-    live = _app_session(database, hospital, timedelta(hours=1))
+    live = _app_session(database, hospital, timedelta(hours=1), timedelta(minutes=5))
     _launch_state(database, hospital, timedelta(seconds=-1))
     in_flight = _launch_state(database, hospital, timedelta(minutes=5))
 
@@ -302,3 +308,23 @@ def test_the_cli_purges_with_the_retention_given(database_url: str, database: Da
     refused = subprocess.run([*command, "--days", "-3"], env=env, capture_output=True, text=True)
     assert refused.returncode == 2
     assert "0..3650" in refused.stderr
+
+
+def test_an_ended_session_whose_access_token_lives_stays_for_its_saves_without_refreshing(
+    database: Database,
+) -> None:
+    """A save made just before the session ended is delivered with its access token.
+    Before, the purge (or any launch) deleted the session at its end: the save waited for
+    a sign-in and held back the patient's later saves (found by review)."""
+    hospital = make_tenant(database, "default", "http://fhir.test")
+    ended = _app_session(database, hospital, timedelta(seconds=-1), timedelta(minutes=5))
+
+    assert retention.purge(database, timedelta(days=30)).app_sessions == 0
+    with database.session() as session:
+        row = session.get(AppSession, ended)
+        assert row is not None
+        assert row.refresh_token is None  # an ended session does not refresh
+
+    with database.session() as session:  # its access token expires in turn
+        session.execute(update(AppSession).values(access_expires_at=utcnow()))
+    assert retention.purge(database, timedelta(days=30)).app_sessions == 1
