@@ -107,7 +107,7 @@ def test_only_old_delivered_counted_payloads_are_emptied_and_dead_admin_access_d
             update(AdminSession).where(AdminSession.actor == ended.actor).values(ended_at=now)
         )
 
-    purged = retention.purge(database, timedelta(days=30))
+    purged = retention.purge(database, timedelta(days=30), batch=2)  # in two transactions
 
     assert purged == retention.Purged(
         payloads=3,
