@@ -507,7 +507,8 @@ def test_what_a_page_showed_is_deleted_with_its_session(world: World, seeded: Se
     world.triage.load_chart(ctx)  # shown again: remembered once
     with world.database.session() as session:
         assert session.scalar(select(func.count()).select_from(ShownChild)) == 2
-        session.execute(update(AppSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+        over = utcnow() - timedelta(seconds=1)  # the session and its access token
+        session.execute(update(AppSession).values(expires_at=over, access_expires_at=over))
 
     SessionStore(world.database, world.settings).purge_expired()
 
