@@ -988,17 +988,13 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         if current is not None and _SHOWN in entry and _unchanged(current, entry[_SHOWN]):
             # changed since into what the user was shown (an earlier save's edit, delivered
             # meanwhile): ours applies over it, as it did over what she saw
-            _check_owner(current, ours, client.base_url)
-            now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
-            entries.append({"resource": laid_over(current, ours), "request": now})
+            entries.append(_over_current(client, request, current, ours))
             continue
         if current is not None and _apart(seen, current, ours):
             # the EHR changed only what ours does not write (a child's phone number): ours
             # applies over the resource as it is now and the EHR's change stays, where
             # If-Match on the version seen refused the whole save (found by review)
-            _check_owner(current, ours, client.base_url)
-            now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
-            entries.append({"resource": laid_over(current, ours), "request": now})
+            entries.append(_over_current(client, request, current, ours))
             read_now.add(request["url"])  # moved before our write: a race, merged again
             continue
         entries.append({"resource": laid_over(seen, ours), "request": request})
@@ -1014,6 +1010,15 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         read_at_delivery=tuple(p for p in preconditions if p[0] in read_now),
         shown=tuple(p for p in preconditions if p[0] not in read_now),
     )
+
+
+def _over_current(
+    client: FhirClient, request: Resource, current: Resource, ours: Resource
+) -> Resource:
+    """The entry laying ``ours`` over the resource as it is now, ``If-Match`` on its version."""
+    _check_owner(current, ours, client.base_url)
+    now = {**request, "ifMatch": f'W/"{current["meta"]["versionId"]}"'}
+    return {"resource": laid_over(current, ours), "request": now}
 
 
 def _apart(seen: Resource, current: Resource, ours: Resource) -> bool:

@@ -69,6 +69,7 @@ from smart_app.session import (
     cookie_name,
     current_launch,
     end_launches,
+    served_over_https,
     session_cookie,
 )
 
@@ -694,11 +695,6 @@ def _in_registration_form(form: str, index: int) -> FieldOf:
     return field_of
 
 
-def _cookie_secure(request: Request) -> bool:
-    settings = request.app.state.settings
-    return str(settings.public_url).startswith("https://")
-
-
 @router.get("/admin/login", response_class=HTMLResponse)
 def login_page(request: Request, tenant: TenantDep) -> HTMLResponse:
     return _page(request, tenant, "admin/login.html", problem=None)
@@ -724,7 +720,7 @@ def login(
         issued.token,
         max_age=int(access.SESSION_TTL.total_seconds()),
         path="/",
-        secure=_cookie_secure(request),
+        secure=served_over_https(request.app.state.settings),
         httponly=True,
         samesite="strict",
     )

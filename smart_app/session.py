@@ -73,6 +73,7 @@ __all__ = [
     "end_launches",
     "require_role",
     "security_headers",
+    "served_over_https",
     "session_cookie",
     "verify_csrf",
 ]
@@ -288,7 +289,12 @@ def cookie_name(name: str, settings: Settings) -> str:
     browser sends beside ours (found by review). On plain http on this machine (the demo)
     browsers refuse a prefixed cookie: the name as it is. A session set before 2026-12-05,
     by the plain name on https, ends at the upgrade (the EHR opens the app again)."""
-    return f"__Host-{name}" if str(settings.public_url).startswith("https://") else name
+    return f"__Host-{name}" if served_over_https(settings) else name
+
+
+def served_over_https(settings: Settings) -> bool:
+    """Whether the app's public URL is https (else plain http on this machine: the demo)."""
+    return str(settings.public_url).startswith("https://")
 
 
 def session_cookie(request: Request) -> str | None:
