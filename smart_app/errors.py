@@ -18,6 +18,8 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service.i18n import Language, negotiate, translate
 from service.observability import LINE_KEYS
@@ -84,7 +86,52 @@ def _message(error: PageError, language: Language, part: str) -> str:
     return translate(language, f"smart.{error.problem}.{part}", **values)
 
 
-def render(error: PageError, language: Language) -> HTMLResponse:
+#: The free text of the app's forms (their text areas and text fields, ``smart_app/templates``):
+#: what a user loses when her session ended before she sent the form (:func:`typed_back`).
+FREE_TEXT = re.compile(
+    r"note|reasons|support_note|patient_explanation|team_members|not_informed_reason"
+    r"|follow_up_actions|reason_text|contact_person|key_person_other"
+    r"|(?:child_say|factor_text|action_text)_[\w.-]+"
+)
+
+
+async def typed_back(request: Request) -> list[str]:
+    """The free text of a form sent after its session ended, to show the user back: it
+    cannot be saved, and a social worker's notes typed over an afternoon were lost.
+
+    Only for a form of the app's own pages, as the browser says (``Sec-Fetch-Site``):
+    another site's form could otherwise have this page show its text as the user's own.
+    """
+    if request.method != "POST" or request.headers.get("sec-fetch-site") != "same-origin":
+        return []
+    try:
+        form = await request.form()
+    except (HTTPException, ClientDisconnect):  # not a form, too many fields: nothing kept
+        return []
+    return [
+        value.strip()
+        for name, value in form.multi_items()
+        if isinstance(value, str) and FREE_TEXT.fullmatch(name) and value.strip()
+    ]
+
+
+def _kept(texts: Sequence[str], language: Language) -> str:
+    """The section that shows the user's unsaved text back, each in a read-only text area."""
+    if not texts:
+        return ""
+    fields = "".join(
+        f'<p><label for="kept-{n}">{html.escape(translate(language, "smart.kept.label", n=n))}'
+        f'</label><br><textarea id="kept-{n}" rows="4" cols="60" readonly>{html.escape(text)}'
+        "</textarea></p>"
+        for n, text in enumerate(texts, start=1)
+    )
+    return (
+        f"<h2>{html.escape(translate(language, 'smart.kept.title'))}</h2>"
+        f"<p>{html.escape(translate(language, 'smart.kept.message'))}</p>{fields}"
+    )
+
+
+def render(error: PageError, language: Language, kept: Sequence[str] = ()) -> HTMLResponse:
     def text(part: str) -> str:
         return html.escape(_message(error, language, part))
 
@@ -99,6 +146,7 @@ def render(error: PageError, language: Language) -> HTMLResponse:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{text('title')} — Kindreflex</title></head><body><main>"
         f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{detail}'
+        f"{_kept(kept, language)}"
         "</main></body></html>"
     )
     headers = page_headers(error.frame_origins)
@@ -122,7 +170,9 @@ async def handle_page_error(request: Request, error: Exception) -> Response:
     )
     if JSON_API.fullmatch(request.url.path):
         return render_json(error)
-    return render(error, error.language or negotiate([request.headers.get("accept-language")]))
+    kept = await typed_back(request) if error.problem == "session_missing" else []
+    language = error.language or negotiate([request.headers.get("accept-language")])
+    return render(error, language, kept)
 
 
 #: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.

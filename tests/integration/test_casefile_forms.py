@@ -867,6 +867,36 @@ def test_a_token_the_fhir_server_refuses_says_to_open_the_app_again(
     assert str(STEP_4_FORM["note"]) in unescape(refused.text)  # the input, kept
 
 
+def test_a_form_sent_after_the_session_ended_shows_its_text_back_and_saves_nothing(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A social worker's notes, typed over an afternoon in a case page left open, were
+    lost when the session had ended meanwhile: the refusal showed a message only."""
+    client, case_id, _, page = _case_before_step_4(database_url, database, fhir_server.base_url)
+    with database.session() as session:
+        session.execute(update(AppSession).values(expires_at=utcnow() - timedelta(minutes=1)))
+        waiting = session.scalar(select(func.count()).select_from(OutboxEntry))
+
+    def sent_from(site: str) -> str:
+        headers = {"Sec-Fetch-Site": site}
+        refused = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM, headers)
+        assert refused.status_code == 401
+        return unescape(refused.text)
+
+    own_page = sent_from("same-origin")
+    assert "Wat u typte is niet bewaard" in own_page
+    for typed in ("note", "patient_explanation", "team_members"):
+        assert f"readonly>{STEP_4_FORM[typed]}</textarea>" in own_page
+    assert str(STEP_4_FORM["factor_text_partner-hostile-to-children"]) in own_page
+    assert "concerning-unwilling" not in own_page  # a choice, not text typed
+    # another site's form would have our page show its text as the user's own
+    assert "Wat u typte" not in sent_from("cross-site")
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
+
+
 def test_the_case_page_gives_the_protocols_advice_for_the_next_step(
     database_url: str,
     database: Database,

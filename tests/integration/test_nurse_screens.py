@@ -23,12 +23,12 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, OutboxEntry
+from service.db.models import AppSession, AuditRecord, OutboxEntry
 from service.fhir import terminology
 from service.i18n import LANGUAGES, Language, catalogue
 from service.outbox import RACES_RETRIED
@@ -458,6 +458,31 @@ def test_niet_pluis_without_reasons_shows_the_protocols_error_and_keeps_the_inpu
     assert again.value("child-1-name") == "Mats"
     assert again.value("child-0-birth_date") == "03/07/2019"
     assert 'value="niet-pluis" data-assessment checked' in again.text
+
+
+def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_french(
+    nurse_for: Any, database: Database
+) -> None:
+    """The nurse's reasons were lost with a refusal that showed a message only."""
+    nurse = nurse_for("an-peeters")
+    form = _two_children(
+        nurse.page(), assessment="niet-pluis", reasons="Bleus visibles, enfants seuls."
+    )
+    with database.session() as session:
+        session.execute(update(AppSession).values(expires_at=utcnow() - timedelta(minutes=1)))
+        waiting = session.scalar(select(func.count()).select_from(OutboxEntry))
+
+    headers = {"Sec-Fetch-Site": "same-origin", "Accept-Language": "fr-BE"}
+    refused = nurse.client.post("/app/triage", data=form, headers=headers)
+
+    assert refused.status_code == 401
+    shown = unescape(refused.text)
+    assert '<html lang="fr">' in shown
+    assert "Ce que vous avez saisi n'est pas enregistré" in shown
+    assert "readonly>Bleus visibles, enfants seuls.</textarea>" in shown
+    assert "Mats" not in shown  # a child's name is typed again quickly; the reasons are not
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
 
 
 @pytest.mark.parametrize(

@@ -269,6 +269,7 @@ def post_form(
     action: str,
     form: str,
     fields: Mapping[str, object],
+    headers: Mapping[str, str] | None = None,
 ) -> httpx.Response:
     """Send ``fields`` with the form's CSRF token and row version, as the page would."""
     body = {
@@ -276,7 +277,9 @@ def post_form(
         "row_version": _hidden_field(html, f"{form}-form", "row_version"),
         **fields,
     }
-    answer: httpx.Response = client.post(f"/social/cases/{case_id}/{action}", data=body)
+    answer: httpx.Response = client.post(
+        f"/social/cases/{case_id}/{action}", data=body, headers=headers
+    )
     return answer
 
 

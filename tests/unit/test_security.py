@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+import smart_app
 from service.tenancy import TenantContext
 from service.tenant_config import EhrRegistration, RoleMapping, TenantConfiguration
+from smart_app.errors import FREE_TEXT
 from smart_app.launch import roles_from_claims
 from smart_app.security import (
     ANY_FRAME,
@@ -126,3 +131,19 @@ def test_a_stored_frame_origin_that_is_no_origin_is_left_out_and_logged_once(
     assert len(caplog.records) == 2  # each bad origin once, not on every page
     assert content_security_policy(stored[:2]).endswith("frame-ancestors 'none'")
     assert content_security_policy(ANY_FRAME).endswith("frame-ancestors *")
+
+
+@pytest.mark.parametrize("template", ["triage.html", "social/case.html"])
+def test_every_text_a_user_types_on_a_form_is_shown_back_when_her_session_ended(
+    template: str,
+) -> None:
+    """``FREE_TEXT`` names the forms' text fields by hand: a text area added to a form and
+    not to it would be lost again."""
+    source = (Path(smart_app.__file__).parent / "templates" / template).read_text()
+    fields = re.findall(r'<textarea[^>]*\sname="([^"]+)"', source)
+    if template == "social/case.html":  # the nurse's text inputs are the children's rows
+        fields += re.findall(r'<input[^>]*type="text"[^>]*\sname="([^"]+)"', source)
+    names = [re.sub(r"\{\{[^}]*\}\}", "x", name) for name in fields]
+
+    assert len(names) >= 2
+    assert [name for name in names if not FREE_TEXT.fullmatch(name)] == []
