@@ -148,7 +148,7 @@ def test_the_ingress_serves_the_public_url_over_tls() -> None:
     configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
     public = urlsplit(configmap["data"]["KINDREFLEX_PUBLIC_URL"])
     assert public.scheme == "https"
-    assert len(ingresses()) == 2
+    assert len(ingresses()) == 3
     for ingress in ingresses().values():
         assert [rule["host"] for rule in ingress["spec"]["rules"]] == [public.hostname]
         assert ingress["spec"]["tls"][0]["hosts"] == [public.hostname]
@@ -167,12 +167,17 @@ SIGN_IN_ROUTES = {
 }
 
 
-def limited_path(path: str) -> bool:
-    """Whether the second Ingress routes ``path``, as ingress-nginx's use-regex matches:
+def routed_by(ingress: str, path: str) -> bool:
+    """Whether ``ingress`` routes ``path``, as ingress-nginx's use-regex matches:
     ``location ~* "^<path>"``, case-insensitive, the first of its paths that matches."""
-    rules = ingresses()["kindreflex-sign-in"]["spec"]["rules"]
+    rules = ingresses()[ingress]["spec"]["rules"]
     patterns = [entry["path"] for rule in rules for entry in rule["http"]["paths"]]
     return any(re.match(f"^{pattern}", path, re.IGNORECASE) for pattern in patterns)
+
+
+def limited_path(path: str) -> bool:
+    """Whether the second Ingress, the per-client limit, routes ``path``."""
+    return routed_by("kindreflex-sign-in", path)
 
 
 def test_the_ingress_limits_per_client_ip_the_paths_anyone_may_call() -> None:
@@ -206,6 +211,28 @@ def test_the_ingress_limits_exactly_the_sign_in_routes_the_app_serves(tmp_path: 
     for route in routes:
         path = re.sub(r"\{\w+\}", "az-brugge", route)
         assert limited_path(path) == (route in SIGN_IN_ROUTES), route
+
+
+#: The operations endpoints only Prometheus and the probes ask, from inside the cluster.
+INTERNAL_ROUTES = {"/metrics", "/readyz"}
+
+
+def test_the_ingress_refuses_the_outside_the_operations_endpoints_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """/metrics and /readyz say how the service and the FHIR server are doing, to anyone
+    who asked. The third Ingress admits no client address to exactly those routes."""
+    internal = ingresses()["kindreflex-internal"]
+    annotations = internal["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/allowlist-source-range"] == "127.0.0.1/32"
+    assert annotations["nginx.ingress.kubernetes.io/use-regex"] == "true"
+    settings = load_settings(database_url=f"sqlite:///{tmp_path / 'kr.db'}")
+    routes = set(create_app(settings, Database(settings.database_url)).openapi()["paths"])
+    assert routes >= INTERNAL_ROUTES
+    for route in routes:
+        path = re.sub(r"\{\w+\}", "az-brugge", route)
+        assert routed_by("kindreflex-internal", path) == (route in INTERNAL_ROUTES), route
+    assert not routed_by("kindreflex-internal", "/healthz")  # alive: says nothing
 
 
 def test_the_ingress_lets_through_the_largest_cds_call_the_service_accepts() -> None:
