@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import BrowserContext, Locator, expect
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from service.db.models import OutboxEntry
+from service.db.base import utcnow
+from service.db.models import AppSession, OutboxEntry
 from service.demo import DemoStack
 from smart_app.nurse import MAX_CHILDREN
 from tests.browser import axe
@@ -222,6 +223,34 @@ def test_add_child_stops_at_the_rows_the_page_takes(
     expect(rows).to_have_count(MAX_CHILDREN - 1)
     expect(add).to_be_focused()
     expect(note).to_be_hidden()
+
+
+def test_a_save_after_the_session_ended_shows_the_nurses_reasons_back(
+    browser: BrowserContext, stack: DemoStack
+) -> None:
+    """The session ends while the form is open (8 hours, or an administrator removed the
+    EHR): the save cannot be made, and the reasons she typed are shown back to copy. The
+    browser's own Sec-Fetch-Site is what lets them through; a forged post gets none."""
+    page = browser.new_page()
+    app = launch_from_card(page, open_visit(page, stack, "tom-wouters"))
+    reasons = "Patiënt zegt dat de kinderen alleen thuis zijn sinds gisteren."
+    app.get_by_label(re.compile("^Niet-pluisgevoel")).click()
+    app.get_by_label("Redenen").fill(reasons)
+    with stack.database.session() as session:
+        newest = select(AppSession.id).order_by(AppSession.created_at.desc()).limit(1)
+        ended = utcnow() - timedelta(minutes=1)
+        session.execute(
+            update(AppSession)
+            .where(AppSession.id == newest.scalar_subquery())
+            .values(expires_at=ended)
+        )
+
+    app.get_by_role("button", name="Opslaan", exact=True).click()
+
+    expect(app.locator("h1")).to_have_text("Sessie verlopen")
+    expect(app.get_by_label("Uw tekst 1")).to_have_value(reasons)
+    expect(app.get_by_label("Uw tekst 1")).not_to_be_editable()
+    assert axe.violations(axe.in_frame(page)) == []
 
 
 def test_the_apps_refusal_pages_are_accessible_too(
