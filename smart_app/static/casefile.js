@@ -7,7 +7,11 @@ document.querySelectorAll("button[data-print]").forEach((button) => {
   button.addEventListener("click", () => window.print());
 });
 // A refused save: the focus goes to the form's error summary, which links to each field.
+// A save done: to its result, so that a screen reader says it (a live region that is
+// already there when the page loads is not announced, nor is a page loaded in a frame).
 {
-  const summary = document.querySelector("[data-error-summary]");
-  if (summary) summary.focus();
+  const target =
+    document.querySelector("[data-error-summary]") ||
+    document.querySelector("[data-focus-on-load]");
+  if (target) target.focus();
 }

@@ -3,7 +3,13 @@
 "use strict";
 (function () {
   const form = document.querySelector("[data-triage-form]");
-  if (!form) return;
+  if (!form) {
+    // The saved page: its result takes the focus, so that a screen reader says it (a
+    // live region already there at load is not announced, nor a page loaded in a frame).
+    const result = document.querySelector("[data-focus-on-load]");
+    if (result) result.focus();
+    return;
+  }
   const rows = form.querySelector("[data-children]");
   const template = document.getElementById("child-row-template");
   const announcer = form.querySelector("[data-row-announcer]");

@@ -103,12 +103,18 @@ def test_seed_001_from_the_worklist_to_the_referral_to_the_vk(
         "Ze wil haar vriend niet kwijt."
     )
     assert axe.violations(axe.in_frame(page)) == []
+    # the summary's link to the unanswered decision takes the focus to its fieldset, where
+    # a screen reader says the question and its error
+    app.locator('#s4-error-summary a[href="#s4-decision"]').focus()
+    page.keyboard.press("Enter")
+    expect(app.locator("#s4-decision")).to_be_focused()
     app.locator("#s4-decision-concerning-unwilling").focus()
     page.keyboard.press("Space")
     expect(app.locator("#s4-decision-concerning-unwilling")).to_be_checked()
     _submit_with_keyboard(page, app.get_by_role("button", name="Stap 4 opslaan"))
 
     expect(app.locator("[role=status]")).to_contain_text("Opgeslagen", timeout=SAVE_TIMEOUT_MS)
+    expect(app.locator("[role=status]")).to_be_focused()  # so that a screen reader says it
     # the team decided: step 4 stays offered for an acute danger found later, for that only
     expect(app.locator("#s4-decision-concerning-unwilling")).to_have_count(0)
     expect(app.locator("#s4-decision-acute-danger")).to_have_count(1)

@@ -94,6 +94,7 @@ def test_domestic_violence_card_launch_two_children_niet_pluis(
     assert nurse.interactions <= MAX_INTERACTIONS_STEPS_1_2
     expect(app.locator("[data-handed-off]")).to_contain_text("Doorgegeven aan de sociale dienst")
     assert status.get_attribute("data-save-status") == "delivered", _outbox_states(stack)
+    expect(status).to_be_focused()  # so that a screen reader says it
     assert axe.violations(axe.in_frame(page)) == []  # the outcome, as shown after the save
 
     patient_id = stack.sandbox.seeded.patient("jan-janssens").id

@@ -958,6 +958,7 @@ def test_an_edited_child_is_saved_during_an_outage_and_delivery_follows(
 
     assert saved.status == 200, saved.text
     assert 'data-save-status="pending"' in saved.text
+    assert "<h1>Kindreflex bewaard, levering volgt</h1>" in saved.text
     with database.session() as session:
         saves = select(OutboxEntry).where(OutboxEntry.kind == "triage")
         (entry,) = session.scalars(saves).all()
@@ -1482,6 +1483,7 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
 
     refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
     assert 'data-save-status="conflict"' in refused.text
+    assert "<h1>Nakijken nodig: het dossier is intussen gewijzigd</h1>" in refused.text
     # said of whatever was changed (a child, or the concern's Flag), not of children only
     assert "iemand anders heeft intussen dezelfde gegevens in het dossier gewijzigd" in refused.text
 
@@ -1690,6 +1692,10 @@ def test_a_refused_save_says_who_will_see_it_only_when_someone_will(
 
     assert saved.status == 200, saved.text
     assert 'data-save-status="failed"' in saved.text
+    # the heading says it is not in the record: "saved" over it read as done (found by review)
+    assert "<h1>Niet in het patiëntendossier</h1>" in saved.text
+    assert "opgeslagen" not in saved.text.split("<title>")[1].split("</title>")[0].lower()
+    assert 'class="status failed"' in _tag(saved, 'id="save-status"')
     messages = catalogue("nl").messages
     assert messages[told] in unescape(saved.text)
     assert messages[not_told] not in unescape(saved.text)
