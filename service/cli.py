@@ -86,17 +86,52 @@ def _on_current_schema(command: Command) -> Command:
     return checked
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    host = args.host or settings.host
-    if not is_loopback(host) and is_loopback(urlsplit(settings.public_url).hostname):
+def _not_ready_to_serve(settings: Settings, host: str) -> str | None:
+    """What stops ``serve`` from answering EHRs with these settings, if anything. A trial on
+    this machine alone (the public URL on loopback) is not held to production's rules;
+    behind a reverse proxy on this machine (bound to loopback, a public https URL) it is."""
+    public = urlsplit(settings.public_url)
+    if is_loopback(public.hostname):
+        if is_loopback(host):
+            return None
         # Other machines reach us, yet we would tell EHRs we live on theirs: every CDS
         # call would fail its `aud` check and every launch link would point nowhere.
-        print(
+        return (
             f"KINDREFLEX_PUBLIC_URL is {settings.public_url}, but `serve` listens on {host} "
             "for other machines. Set KINDREFLEX_PUBLIC_URL to the https address EHRs and "
-            "browsers reach the service at.",
-            file=sys.stderr,
+            "browsers reach the service at."
         )
+    if settings.environment != "production":
+        return None
+    if public.scheme != "https" or not public.hostname or public.query or public.fragment:
+        # no scheme: no valid `aud` nor redirect URI; http: the admin cookie without
+        # Secure, and the app's (always Secure) cookie never sent back
+        return (
+            f"KINDREFLEX_PUBLIC_URL is {settings.public_url!r}: in production it is the "
+            "https address EHRs and browsers reach the service at, https://host[:port][/path], "
+            "without a query or fragment."
+        )
+    return _unsealed(settings)
+
+
+def _unsealed(settings: Settings) -> str | None:
+    """Why a hospital's service may not store its secrets with these settings: in
+    production, for EHRs elsewhere (the public URL not on this machine), without a key."""
+    trial = is_loopback(urlsplit(settings.public_url).hostname)
+    if settings.environment != "production" or trial or settings.secret_key is not None:
+        return None
+    return (
+        "KINDREFLEX_SECRET_KEY is not set: in production the EHR tokens of the sessions, "
+        "the EHR client secrets and our private signing keys would be stored unencrypted. "
+        "Set it to a random value (`openssl rand -base64 32`) and keep it: it opens them."
+    )
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    host = args.host or settings.host
+    problem = _not_ready_to_serve(settings, host)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     state = _schema_state(settings)
     if state == "newer" or (state == "outdated" and not settings.is_sqlite):
@@ -173,6 +208,10 @@ def cmd_demo(args: argparse.Namespace, _settings: Settings) -> int:
 
 
 def cmd_keys_rotate(_args: argparse.Namespace, settings: Settings) -> int:
+    problem = _unsealed(settings)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     database = Database(settings.database_url)
     try:
         rotation = KeyStore(database, settings).rotate()

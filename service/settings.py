@@ -25,6 +25,11 @@ TENANT_SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+#: In production: a key a person chose (a word, a short phrase) can be guessed, and with it
+#: every EHR token and private key the database holds can be read.
+MIN_SECRET_KEY_LENGTH = 32
+
+
 class Settings(BaseSettings):
     """The service's settings. Every field is ``KINDREFLEX_<FIELD NAME>`` in the environment."""
 
@@ -183,12 +188,30 @@ class Settings(BaseSettings):
             raise ValueError(f"{backend} is not supported: SQLite or PostgreSQL")
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # `--from-literal=KINDREFLEX_SECRET_KEY="$(openssl rand -base64 32)"` on a machine
+        # without openssl stores an empty key: everything was then sealed under a known one
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty: give it a random value (`openssl rand -base64 32`)")
+        return value
+
     @model_validator(mode="after")
     def _no_unsafe_switch_in_production(self) -> Settings:
-        if self.environment == "production" and not self.cds_jwt_required:
+        if self.environment != "production":
+            return self
+        if not self.cds_jwt_required:
             raise ValueError(
                 "KINDREFLEX_CDS_JWT_REQUIRED=false is only allowed with "
                 "KINDREFLEX_ENVIRONMENT=demo or test: in production every CDS call must be signed"
+            )
+        key = self.secret_key.get_secret_value() if self.secret_key else None
+        if key is not None and len(key) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(
+                f"KINDREFLEX_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters: in "
+                "production it seals the EHR tokens and our private keys; give it a random "
+                "value (`openssl rand -base64 32` gives 44)"
             )
         return self
 

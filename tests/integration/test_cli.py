@@ -122,6 +122,74 @@ def test_serve_for_other_machines_refuses_a_public_url_on_localhost(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
+    ("changes", "told"),
+    [
+        pytest.param(
+            {"KINDREFLEX_PUBLIC_URL": "kindreflex.hospital.example"},
+            "https://host[:port][/path]",
+            id="no-scheme",
+        ),
+        pytest.param(
+            {"KINDREFLEX_PUBLIC_URL": "http://kindreflex.hospital.example"},
+            "https://host[:port][/path]",
+            id="http",
+        ),
+        pytest.param(
+            {"KINDREFLEX_PUBLIC_URL": "https://kindreflex.hospital.example/?x=1"},
+            "without a query or fragment",
+            id="query",
+        ),
+        pytest.param({"KINDREFLEX_SECRET_KEY": None}, "stored unencrypted", id="no-secret-key"),
+    ],
+)
+def test_serve_in_production_refuses_settings_that_would_fail_or_expose_the_ehrs(
+    tmp_path: Path, changes: dict[str, str | None], told: str
+) -> None:
+    """Found by an operations review: a public URL without https (no valid `aud`, no
+    Secure cookie) and a missing secret key (EHR tokens and our private keys stored in
+    the clear) started without a word. Behind a reverse proxy on this machine too."""
+    env = {
+        **os.environ,
+        "KINDREFLEX_ENVIRONMENT": "production",
+        "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}",
+        "KINDREFLEX_PUBLIC_URL": "https://kindreflex.hospital.example",
+        "KINDREFLEX_SECRET_KEY": "a random value of at least 32 characters",
+    }
+    env.update({name: value for name, value in changes.items() if value is not None})
+    for name in [name for name, value in changes.items() if value is None]:
+        env.pop(name)
+    command = [*KINDREFLEX, "serve", "--host", "127.0.0.1", "--port", str(free_port())]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert told in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "k.db").exists()  # refused before the database was touched
+
+
+def test_keys_rotate_in_production_refuses_to_store_private_keys_unencrypted(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    migrate.upgrade(url)
+    env = {
+        **os.environ,
+        "KINDREFLEX_ENVIRONMENT": "production",
+        "KINDREFLEX_DATABASE_URL": url,
+        "KINDREFLEX_PUBLIC_URL": "https://kindreflex.hospital.example",
+    }
+    env.pop("KINDREFLEX_SECRET_KEY", None)
+    result = subprocess.run(
+        [*KINDREFLEX, "keys", "rotate"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "KINDREFLEX_SECRET_KEY is not set" in result.stderr
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM signing_keys")).scalar() == 0
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["config", "export"],

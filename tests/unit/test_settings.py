@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import load_settings
+from service.settings import MIN_SECRET_KEY_LENGTH, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +53,33 @@ def test_production_refuses_unsigned_cds_calls(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_loggable_summary_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "very-secret")
+    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "very-secret, and long enough for production")
     monkeypatch.setenv("KINDREFLEX_DATABASE_URL", "postgresql+psycopg://kr:pw123@db/kr")
     summary = load_settings().safe_summary()
     assert "very-secret" not in str(summary)
     assert "pw123" not in str(summary)
     assert repr(load_settings().secret_key) == "SecretStr('**********')"
+
+
+@pytest.mark.parametrize("environment", ["production", "demo", "test"])
+def test_an_empty_secret_key_is_refused_not_taken_for_a_key(
+    monkeypatch: pytest.MonkeyPatch, environment: str
+) -> None:
+    """`"$(openssl rand -base64 32)"` on a machine without openssl gives an empty value:
+    everything was sealed under a key anyone can derive, and nothing said so."""
+    monkeypatch.setenv("KINDREFLEX_ENVIRONMENT", environment)
+    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "  ")
+    with pytest.raises(ValidationError, match="secret_key") as refused:
+        load_settings()
+    assert "openssl rand" in str(refused.value)
+
+
+def test_production_refuses_a_short_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "x" * (MIN_SECRET_KEY_LENGTH - 1))
+    with pytest.raises(ValidationError, match="shorter than 32 characters"):
+        load_settings()
+    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "x" * MIN_SECRET_KEY_LENGTH)
+    assert load_settings().secret_key is not None
+    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "short")
+    monkeypatch.setenv("KINDREFLEX_ENVIRONMENT", "test")
+    assert load_settings().secret_key is not None  # a developer's machine
