@@ -11,6 +11,7 @@ That the manifests point at these paths is in ``tests/unit/test_deploy.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import yaml
@@ -105,6 +107,34 @@ def test_with_the_database_down_readyz_names_both_failing_checks_instead_of_a_50
     checks = answer.json()["checks"]
     assert checks["database"]["ok"] is False
     assert checks["outbox"] == {"ok": False, "detail": "OperationalError"}
+
+
+def test_the_probes_answer_while_the_screens_hold_every_thread_of_the_pool(
+    database_url: str, database: Database
+) -> None:
+    """Screens waiting on a hung FHIR server held all of the thread pool's threads, and
+    the probes waited behind them: readiness then took every pod out of the Service and
+    liveness restarted them (found by an operations review). Here the pool's threads are
+    all taken, as by those screens; the probes answer all the same."""
+    app = create_app(Settings(environment="test", database_url=database_url), database)
+
+    async def probes() -> list[httpx.Response]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        screens = [object() for _ in range(int(limiter.total_tokens))]
+        for screen in screens:
+            await limiter.acquire_on_behalf_of(screen)
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://kr") as client:
+                return [
+                    await asyncio.wait_for(client.get(path), timeout=10)
+                    for path in ("/healthz", probe_path("readinessProbe"), "/readyz", "/metrics")
+                ]
+        finally:
+            for screen in screens:
+                limiter.release_on_behalf_of(screen)
+
+    assert [answer.status_code for answer in asyncio.run(probes())] == [200, 200, 200, 200]
 
 
 def test_serve_with_several_workers_logs_json_lines_and_no_query_string(tmp_path: Path) -> None:
