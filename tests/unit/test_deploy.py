@@ -265,6 +265,17 @@ def pods() -> list[dict[str, Any]]:
     return found
 
 
+def test_a_pod_ended_at_a_rollout_finishes_the_longest_request_the_ingress_waits_for() -> None:
+    """Kubernetes' default 30 s cut a save on a slow FHIR server short (found by review)."""
+    deployment = next(d for d in manifests() if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    annotations = ingresses()["kindreflex"]["metadata"]["annotations"]
+    longest = int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + longest
+
+
 def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
     image_uid = re.search(r"USER (\d+)", (DEPLOY / "Dockerfile").read_text())
     assert image_uid is not None
