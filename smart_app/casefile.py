@@ -537,6 +537,7 @@ def _render(
         can_claim=social.assignable(ctx.user.fhir_user),
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
+        days_open=partial(dates.shown_days_open, language=ctx.language),
         children=_children(file.case),
         advice=_advice(ctx.language, file),
         own_say_age=OWN_SAY_AGE,

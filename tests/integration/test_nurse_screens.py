@@ -811,7 +811,25 @@ def test_acute_danger_tells_the_nurse_to_involve_the_parket_or_police_now(
     assert "parket en/of de politie" in acute
     assert "Breng de patiënt op de hoogte" in acute
     assert "tel:+3292666111" in acute
+    assert unescape(acute).count("geen nummer in de partnerlijst") == 1  # the parket's
     assert "Doorgegeven aan de sociale dienst" in saved.text  # and step 4 as well
+
+
+def test_acute_danger_without_a_number_in_the_directory_says_so_and_whom_to_call(
+    nurse_for: Any,
+) -> None:
+    """The default directory has no number for the parket or the police (each hospital
+    adds its own): the most urgent screen showed their names alone (found by review)."""
+    nurse = nurse_for("tom-wouters")
+    page = nurse.page()
+
+    saved = nurse.post(
+        _two_children(page, assessment="niet-pluis", reasons="Dreigt ermee", acute_danger="1")
+    )
+
+    acute = unescape(saved.text.split("data-acute-danger")[1].split("</section>")[0])
+    assert acute.count("geen nummer in de partnerlijst van het ziekenhuis") == 2
+    assert "bel bij acuut gevaar de politie op 101, of 112" in acute
 
 
 def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(

@@ -9,6 +9,7 @@ import pytest
 from service.fhir import terminology
 from service.i18n import LANGUAGES, Language, catalogue, negotiate, translate
 from service.protocol import SafetyAssessment
+from smart_app.dates import shown_days_open
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -76,3 +77,23 @@ def test_a_message_naming_the_no_concern_choice_quotes_it_as_the_page_shows_it(
     to choose 'geen zorgen', an option she could not find on the page."""
     choice = translate(language, "app.assessment.no-concern").casefold()
     assert choice in translate(language, message_id).casefold()
+
+
+@pytest.mark.parametrize(
+    ("language", "days", "said"),
+    [
+        ("nl", 0, "0 dagen open"),
+        ("nl", 1, "1 dag open"),
+        ("nl", 2, "2 dagen open"),
+        ("fr", 0, "ouvert depuis 0 jour"),
+        ("fr", 1, "ouvert depuis 1 jour"),
+        ("fr", 2, "ouvert depuis 2 jours"),
+        ("en", 0, "open for 0 days"),
+        ("en", 1, "open for 1 day"),
+    ],
+)
+def test_how_long_a_concern_is_open_is_said_in_the_singular_where_the_language_does(
+    language: Language, days: int, said: str
+) -> None:
+    """The case page said "1 dagen open" and "ouvert depuis 0 jours" (found by review)."""
+    assert shown_days_open(days, language) == said
