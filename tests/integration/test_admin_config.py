@@ -36,7 +36,7 @@ from service.tenant_config import (
 )
 
 KINDREFLEX = [sys.executable, "-m", "service.cli"]
-KEY = "config-test-deployment-key"
+KEY = "config-test-deployment-key, 32 characters or more"
 
 
 def kindreflex(

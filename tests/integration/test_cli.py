@@ -11,12 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, select, text, update
 
 from service import audit
 from service.audit import AuditAction, AuditFact
 from service.db import migrate
 from service.db.base import Database
+from service.db.migrate import alembic_config
 from service.db.models import AuditRecord, OutboxEntry
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.tenancy import TenantContext
@@ -103,6 +105,31 @@ def test_db_upgrade_held_up_by_a_lock_gives_up_with_a_temporary_failure(postgres
     assert result.returncode == 75, result.stderr
     assert "The database was not migrated" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.postgres
+def test_two_db_upgrades_at_once_leave_the_schema_current_without_a_traceback(
+    postgres_url: str,
+) -> None:
+    """Found by an operations review: the second of two upgrades of a new database failed
+    half-way with a traceback (a unique violation creating a type). The second now waits
+    for the first and finds the schema current."""
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": postgres_url}
+    upgrades = [
+        subprocess.Popen([*KINDREFLEX, "db", "upgrade"], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(upgrade.wait(timeout=120), upgrade.communicate()[1]) for upgrade in upgrades]
+
+    assert [code for code, _ in results] == [0, 0], results
+    assert all("Traceback" not in told for _, told in results)
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+        assert set(versions) == set(
+            ScriptDirectory.from_config(alembic_config(postgres_url)).get_heads()
+        )
+    engine.dispose()
 
 
 def test_serve_for_other_machines_refuses_a_public_url_on_localhost(tmp_path: Path) -> None:

@@ -153,7 +153,11 @@ def test_private_keys_are_sealed_with_the_secret_key(database: Database) -> None
 
 def _rotate_command(settings: Settings) -> list[str]:
     """``kindreflex keys rotate`` in a process of its own; the lines it printed."""
-    env = {**os.environ, "KINDREFLEX_DATABASE_URL": settings.database_url}
+    env = {
+        **os.environ,
+        "KINDREFLEX_DATABASE_URL": settings.database_url,
+        "KINDREFLEX_ENVIRONMENT": settings.environment,  # production wants a longer key
+    }
     if settings.secret_key is not None:
         env["KINDREFLEX_SECRET_KEY"] = settings.secret_key.get_secret_value()
     result = subprocess.run(

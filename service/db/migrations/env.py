@@ -9,6 +9,8 @@ from service.db.base import Base, make_engine
 from service.db.migrate import LOCK_TIMEOUT_MS
 
 target_metadata = Base.metadata
+#: The advisory lock one upgrade of the schema holds at a time ("KRED" in ASCII).
+MIGRATION_LOCK = 0x4B524544
 
 
 def run_migrations() -> None:
@@ -28,6 +30,12 @@ def run_migrations() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Two upgrades at once (a Job retried, a person at the console): the second
+                # waits here for the first to commit, then finds the schema current. It
+                # failed half-way with a traceback before (a unique violation creating a
+                # type); the wait is bounded by the lock_timeout above.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             context.run_migrations()
     engine.dispose()
 
