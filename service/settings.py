@@ -181,11 +181,19 @@ class Settings(BaseSettings):
     @classmethod
     def _supported_database(cls, value: str) -> str:
         try:
-            backend = make_url(value).get_backend_name()
+            url = make_url(value)
         except ArgumentError:
             raise ValueError("not a database URL (e.g. postgresql+psycopg://…)") from None
+        backend = url.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{backend} is not supported: SQLite or PostgreSQL")
+        # An "@" left unescaped in the password moved the rest of it into the host or the
+        # database name, which the errors then showed ("failed to resolve host 'ss'"). (A
+        # SQLite file's path may hold one.)
+        if backend == "postgresql" and "@" in f"{url.host}{url.database}":
+            raise ValueError(
+                "the user or password holds an '@' (or a '/'): URL-encode them (%40, %2F)"
+            )
         return value
 
     @field_validator("secret_key")

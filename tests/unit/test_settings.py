@@ -83,3 +83,15 @@ def test_production_refuses_a_short_secret_key(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("KINDREFLEX_SECRET_KEY", "short")
     monkeypatch.setenv("KINDREFLEX_ENVIRONMENT", "test")
     assert load_settings().secret_key is not None  # a developer's machine
+
+
+def test_a_password_with_an_unescaped_at_sign_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest of such a password became the host name, shown in every error after."""
+    monkeypatch.setenv("KINDREFLEX_DATABASE_URL", "postgresql+psycopg://kr:p@ss/w:rd@db:5432/kr")
+    with pytest.raises(ValidationError, match="%40") as refused:
+        load_settings()
+    assert "ss/w" not in str(refused.value)
+    monkeypatch.setenv("KINDREFLEX_DATABASE_URL", "postgresql+psycopg://kr:p%40ss@db:5432/kr")
+    assert load_settings().database_url.endswith("@db:5432/kr")
