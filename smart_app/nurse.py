@@ -757,7 +757,8 @@ async def triage_submit(request: Request, ctx: LaunchDep, triage: TriageDep) -> 
     if removed := _REMOVE_CHILD.fullmatch(action):
         rows, row = posted_rows(posted), int(removed.group(1))
         place = rows.index(row) if row in rows else len(rows)
-        return page(ctx, form.without_row(place))
+        # the focus on "+ kind", as the script leaves it: it was lost on the body
+        return page(ctx, form.without_row(place), focus="add-child")
     if action != "save":  # only a forged form names another: said as the page's errors
         unknown = FieldError(NO_FIELD, _app_message(ctx.language, "error.unknown-action"))
         return page(ctx, form, errors=[unknown], status_code=400)

@@ -74,10 +74,12 @@
       const row = button.closest("[data-child-row]");
       if (rowCount() === 1) return; // server keeps one row
       event.preventDefault();
+      const legend = row.querySelector("legend").textContent.trim();
       row.remove();
       renumber();
       syncLimit();
       addButton.focus();
+      announce(legend + " " + announcer.getAttribute("data-removed"));
     }
   });
 

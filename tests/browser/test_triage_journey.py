@@ -224,6 +224,8 @@ def test_add_child_stops_at_the_rows_the_page_takes(
     expect(rows).to_have_count(MAX_CHILDREN - 1)
     expect(add).to_be_focused()
     expect(note).to_be_hidden()
+    # said, where the announcer still held the limit's note (found by review)
+    expect(app.locator("[data-row-announcer]")).to_have_text(f"Kind {MAX_CHILDREN} verwijderd")
 
 
 def test_a_save_after_the_session_ended_shows_the_nurses_reasons_back(

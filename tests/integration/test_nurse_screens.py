@@ -336,6 +336,9 @@ def test_children_rows_are_added_and_removed_without_javascript(nurse_for: Any) 
     )
     assert removed.child_refs() == [added.child_refs()[1]]
     assert removed.value("child-0-name") == "Mats"
+    # the focus on "+ kind", as with the script; it was left on the body (found by review)
+    assert 'data-focus="add-child"' in removed.text
+    assert 'id="add-child"' in removed.text
 
 
 def test_on_https_only_the_session_cookie_for_this_host_opens_the_session(
