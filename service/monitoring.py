@@ -68,6 +68,7 @@ from service.protocol import (
     Step5Progress,
     Step6Referral,
 )
+from service.tenant_config import OVERRIDE_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +264,22 @@ def _feedback_cards(session: Session, tenant_id: int, period: Period, outcome: s
 
 
 def _overridden(session: Session, tenant_id: int, period: Period) -> Value:
+    """The overridden cards by reason: ours by code; one the EHR added to the card's
+    (CDS Hooks lets it) as ``system|code``, so that its code never counts as one of ours."""
+    ours = terminology.code_system(OVERRIDE_REASONS).url
     query = (
-        select(CdsFeedback.override_code, func.count(distinct(CdsFeedback.card_uuid)))
+        select(
+            CdsFeedback.override_system,
+            CdsFeedback.override_code,
+            func.count(distinct(CdsFeedback.card_uuid)),
+        )
         .where(*_feedback_in(tenant_id, period, "overridden"))
-        .group_by(CdsFeedback.override_code)
+        .group_by(CdsFeedback.override_system, CdsFeedback.override_code)
     )
-    reasons = {str(code or ""): int(n) for code, n in session.execute(query)}
+    reasons: dict[str, int] = {}
+    for system, code, n in session.execute(query):
+        key = str(code or "") if system in (None, ours) else f"{system}|{code}"
+        reasons[key] = reasons.get(key, 0) + int(n)
     return Value(_feedback_cards(session, tenant_id, period, "overridden"), reasons)
 
 

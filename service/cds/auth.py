@@ -246,7 +246,10 @@ class CdsAuthenticator:
     async def _keys(self, issuer: CdsIssuer, header: dict[str, Any]) -> list[jwt.PyJWK]:
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         jku = header.get("jku")
-        if jku is not None:
+        # A jku off the allow-list is never fetched. With keys configured for the issuer it
+        # is left aside, as a header the spec lets the EHR send (MAY), and those keys
+        # verify; it refused every call of such an EHR before (found by review).
+        if jku is not None and (jku in issuer.jku or issuer.jwks is None):
             if jku not in issuer.jku:
                 raise CdsAuthError(f"jku {jku!r} is not on the allow-list of issuer {issuer.iss!r}")
             return await self._jwks.keys(jku, kid)

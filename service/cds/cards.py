@@ -127,9 +127,18 @@ def _texts(advice: Advice, language: Language, hooks: HookSettings) -> tuple[str
             translate(language, "cds.generic.detail"),
         )
     if advice.indicator == "warning":
-        short = ", ".join(translate(language, f"cds.reason.short.{r}") for r in advice.reasons)
+        # The open concern first, and reasons that do not fit the summary said as a count:
+        # cut at the limit, the last one was lost mid-word, the open concern with it, in
+        # Dutch and French (found by review). The detail names them all.
+        ordered = sorted(advice.reasons, key=lambda reason: reason != "open-concern")
+        shorts = [translate(language, f"cds.reason.short.{r}") for r in ordered]
+        summaries = (
+            text("warning_summary", "cds.warning.summary", reasons=_listed(shorts, shown, language))
+            for shown in range(len(shorts), 0, -1)
+        )
+        summary = next((s for s in summaries if len(s) < SUMMARY_LIMIT), "")
+        summary = summary or text("warning_summary", "cds.warning.summary", reasons=shorts[0])
         long = "; ".join(translate(language, f"cds.reason.long.{r}") for r in advice.reasons)
-        summary = text("warning_summary", "cds.warning.summary", reasons=short)
         detail = text("warning_detail", "cds.warning.detail", reasons=long)
     else:
         summary = text("info_summary", "cds.info.summary")
@@ -137,6 +146,13 @@ def _texts(advice: Advice, language: Language, hooks: HookSettings) -> tuple[str
     if advice.known_children:
         detail += "\n\n" + translate(language, "cds.children.known", count=advice.known_children)
     return summary, detail
+
+
+def _listed(reasons: list[str], shown: int, language: Language) -> str:
+    """The first ``shown`` of ``reasons``, and how many more there are."""
+    listed = ", ".join(reasons[:shown])
+    hidden = len(reasons) - shown
+    return f"{listed} {translate(language, 'cds.reason.more', count=hidden)}" if hidden else listed
 
 
 def _fit(summary: str) -> str:

@@ -8,12 +8,14 @@ check off for the local demo. Errors are JSON ``{"error": <code>, "reason": <tex
 the database cannot take the feedback now. 503 means "retry later" to the EHR, so data
 that can never be stored is a 400 (``service.cds.schemas`` checks it before the write).
 
-Feedback names an override reason only as one a card of ours offers: CDS Hooks 2.0's
-``overrideReason.reason`` is the Coding the user chose from the card's
-``overrideReasons``. Any other code is refused (400), else the monitoring figures would
-count it as a nurse's reason. The codes accepted are the whole CodeSystem the cards'
-reasons come from, not only those the hospital configures now: a card shown before an
-administrator changed the list may still be answered.
+Feedback's override reason is the Coding the user chose: one of the card's
+``overrideReasons``, or one the EHR added ("A CDS Client MAY augment the override reasons
+presented to the user with its own reasons", CDS Hooks 2.0). The EHR's own are stored as
+sent, and the monitoring figures count them apart from ours by their system
+(``service.monitoring``); they were refused (400), and every item of the post with them.
+Only a code that names our CodeSystem yet is none of its codes is refused: that is no
+reason anyone chose. Ours are the whole CodeSystem, not only those the hospital
+configures now: a card shown before an administrator changed the list may be answered.
 
 The handlers resolve the tenant and settings by calling ``service.api.deps`` directly
 rather than through ``Depends``: FastAPI runs sync dependencies in its thread pool, a
@@ -383,20 +385,17 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
 
 
 def _unoffered_reason(body: FeedbackRequest, vocabulary: Vocabulary) -> str | None:
-    """Why an item's override reason is none a card of ours offers; None when all are.
-
-    A Coding without a system is judged by its code alone (the code is unique among the
-    cards' reasons); one with a system must name the guide's CodeSystem.
-    """
+    """Why an item's override reason names our CodeSystem with a code it does not have;
+    None when none does. (Another system's, or a code without a system, is the EHR's.)"""
     offered = vocabulary.override_reasons["en"]  # the same codes in every language
     system = vocabulary.override_reason_system
     for index, item in enumerate(body.feedback):
-        reason = item.overrideReason.reason if item.overrideReason else None
-        if reason is None or (reason.code in offered and reason.system in (None, system)):
+        reason = item.reason
+        if reason is None or reason.system != system or reason.code in offered:
             continue
         return (
-            f"feedback.{index}.overrideReason.reason: not one of the card's overrideReasons "
-            f"(codes of {system}: {', '.join(sorted(offered))})"
+            f"feedback.{index}.overrideReason.reason: {reason.code!r} is not a code of "
+            f"{system} ({', '.join(sorted(offered))})"
         )
     return None
 
@@ -425,7 +424,7 @@ def _store_feedback(
             "received_at": utcnow(),
         }
         for item in body.feedback
-        for reason in [item.overrideReason.reason if item.overrideReason else None]
+        for reason in [item.reason]
     ]
     with database.engine.begin() as connection:
         insert_new(connection, CdsFeedback, rows)

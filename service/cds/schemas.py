@@ -7,27 +7,39 @@ can never smuggle extra query parameters into a prefetch request.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     HttpUrl,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
+from service.cds.situation import PREFETCH_KEYS
 from service.text import OneLine
+
+log = logging.getLogger(__name__)
 
 FhirId = Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 UserReference = Annotated[
     str,
     Field(pattern=r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"),
 ]
+
+
+def _bearer(value: str) -> str:
+    if value.lower() != "bearer":
+        raise ValueError("token_type is Bearer")
+    return value
 
 
 class Lenient(BaseModel):
@@ -38,7 +50,8 @@ class Lenient(BaseModel):
 
 class FhirAuthorization(Lenient):
     access_token: str = Field(min_length=1)
-    token_type: Literal["Bearer"]
+    # CDS Hooks fixes "Bearer"; RFC 6749 (5.1) makes the token type case-insensitive
+    token_type: Annotated[str, AfterValidator(_bearer)]
     expires_in: int = Field(gt=0)
     scope: str
     subject: str
@@ -59,7 +72,23 @@ class HookRequest(Lenient):
     fhirServer: HttpUrl | None = None  # noqa: N815
     fhirAuthorization: FhirAuthorization | None = None  # noqa: N815
     context: dict[str, Any]
-    prefetch: dict[str, dict[str, Any] | None] | None = None
+    # the keys of our discovery document; the spec's own example sends others ("user": "123")
+    prefetch: dict[str, Any] | None = None
+
+    @field_validator("fhirAuthorization", mode="wrap")
+    @classmethod
+    def _unusable_authorization_is_left_out(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> FhirAuthorization | None:
+        """A fhirAuthorization we cannot use (no ``subject``, ``expires_in`` 0) costs the
+        fallback FHIR request, not the card: the prefetch may hold all the rules need. It
+        refused the whole call before (found by a review against the spec)."""
+        try:
+            authorization: FhirAuthorization | None = handler(value)
+        except ValidationError:
+            log.warning("an unusable fhirAuthorization is left out; the prefetch is read")
+            return None
+        return authorization
 
     @model_validator(mode="after")
     def _authorization_needs_a_server(self) -> HookRequest:
@@ -67,9 +96,20 @@ class HookRequest(Lenient):
             raise ValueError("fhirAuthorization is given without fhirServer")
         return self
 
+    @model_validator(mode="after")
+    def _our_prefetch_keys_hold_resources(self) -> HookRequest:
+        for key in PREFETCH_KEYS:
+            value = (self.prefetch or {}).get(key)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"prefetch.{key} is a FHIR resource (a JSON object) or null")
+        return self
+
 
 def _in_utc(value: datetime) -> datetime:
-    # stored in UTC: 0001-01-01T00:00:00+14:00 is a valid timestamp without a UTC value
+    # CDS Hooks: "ISO timestamp in UTC", so one without an offset is read as UTC (it was
+    # refused). Stored in UTC: 0001-01-01T00:00:00+14:00 is valid without a UTC value.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
     try:
         return value.astimezone(UTC)
     except OverflowError:
@@ -93,13 +133,15 @@ class Feedback(Lenient):
     card: UUID
     outcome: Literal["accepted", "overridden"]
     overrideReason: OverrideReason | None = None  # noqa: N815
-    outcomeTimestamp: Annotated[AwareDatetime, AfterValidator(_in_utc)]  # noqa: N815
+    outcomeTimestamp: Annotated[datetime, AfterValidator(_in_utc)]  # noqa: N815
 
-    @model_validator(mode="after")
-    def _override_reason_only_when_overridden(self) -> Feedback:
-        if self.outcome == "accepted" and self.overrideReason is not None:
-            raise ValueError("an accepted card has no overrideReason")
-        return self
+    @property
+    def reason(self) -> Coding | None:
+        """The override reason; none for an accepted card, whatever was sent with it (the
+        spec does not forbid one: it was refused, and the whole post with it)."""
+        if self.outcome != "overridden" or self.overrideReason is None:
+            return None
+        return self.overrideReason.reason
 
 
 class FeedbackRequest(Lenient):

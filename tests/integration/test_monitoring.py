@@ -621,8 +621,7 @@ def test_the_screen_csv_and_measure_report_show_the_figures_and_no_patient(world
 
 
 def test_an_ehr_override_code_cannot_become_a_spreadsheet_formula(world: World) -> None:
-    """The feedback endpoint now refuses a code no card offers; a database may still hold
-    one stored before it did, so the row is inserted as it was stored then."""
+    """A reason the EHR added to the card's (CDS Hooks lets it) is stored as sent."""
     _cards(world, world.hospital, ("enc-1", "info", utcnow()))
     (card,) = _card_uuids(world, world.hospital)
     row = {
@@ -640,6 +639,40 @@ def test_an_ehr_override_code_cannot_become_a_spreadsheet_formula(world: World) 
     rows = list(csv.DictReader(io.StringIO(download.content.decode("utf-8-sig"))))
     (reason,) = [r for r in rows if r["figure"] == "cards-overridden" and r["breakdown"]]
     assert (reason["breakdown"], reason["breakdown_label"]) == ("'=HYPERLINK(1)", "'=HYPERLINK(1)")
+
+
+def test_an_ehr_reason_with_the_code_of_one_of_ours_is_counted_apart(world: World) -> None:
+    """An EHR may add its own override reasons; one whose code happens to be ours
+    ("not-now") is another reason, not the nurse choosing ours."""
+    _cards(world, world.hospital, ("enc-1", "info", utcnow()), ("enc-2", "info", utcnow()))
+    ours, theirs = _card_uuids(world, world.hospital)
+    ehr_system = "urn:oid:1.2.840.114350.1"
+    rows = [
+        {
+            "tenant_id": world.hospital.id,
+            "service_id": "kindreflex-encounter-start",
+            "card_uuid": card,
+            "outcome": "overridden",
+            "override_system": system,
+            "override_code": "not-now",
+            "outcome_at": utcnow(),
+        }
+        for card, system in (
+            (ours, terminology.code_system_url("cds-override-reason")),
+            (theirs, ehr_system),
+        )
+    ]
+    with world.database.session() as session:
+        session.execute(insert(CdsFeedback), rows)
+    when = {"from": _today().isoformat(), "to": _today().isoformat()}
+    download = world.client.get("/monitoring.csv", headers=world.user("admin").headers, params=when)
+    lines = list(csv.DictReader(io.StringIO(download.content.decode("utf-8-sig"))))
+    reasons = {
+        r["breakdown"]: r["count"]
+        for r in lines
+        if r["figure"] == "cards-overridden" and r["breakdown"]
+    }
+    assert reasons == {"not-now": "1", f"{ehr_system}|not-now": "1"}
 
 
 def test_the_measure_report_is_valid_r4_on_the_guides_measure(world: World) -> None:

@@ -292,21 +292,37 @@ def test_the_warning_card_names_every_reason_within_140_characters(language: Lan
     advice = Advice(indicator="warning", triggers=tuple(HagueTrigger), open_concern=True)
     result = render(advice, language)
     assert len(result["summary"]) < SUMMARY_LIMIT
+    # the open concern first, whole: cut at the limit it was lost in Dutch and French
+    assert translate(language, "cds.reason.short.open-concern") in result["summary"]
+    assert "…" not in result["summary"]
     for reason in advice.reasons:
         assert translate(language, f"cds.reason.long.{reason}") in result["detail"]
     assert json.loads(result["links"][0]["appContext"])["reasons"] == list(advice.reasons)
 
 
 @pytest.mark.parametrize("extra", [0, 1, 2])
-def test_a_summary_of_140_characters_or_more_is_shortened_below_140(extra: int) -> None:
-    """CDS Hooks 2.0 asks for a "<140-character" summary: 140 itself is one too many."""
+def test_a_summary_of_140_characters_or_more_says_its_last_reasons_as_a_count(
+    extra: int,
+) -> None:
+    """CDS Hooks 2.0 asks for a "<140-character" summary: 140 itself is one too many. The
+    reasons that do not fit give way to a count; none is cut mid-word."""
     advice = Advice(indicator="warning", triggers=tuple(HagueTrigger), open_concern=True)
-    reasons = ", ".join(translate("en", f"cds.reason.short.{r}") for r in advice.reasons)
+    first = ["open-concern", *(t.value for t in HagueTrigger)]
+    reasons = ", ".join(translate("en", f"cds.reason.short.{r}") for r in first)
     padding = "x" * (SUMMARY_LIMIT - 1 - len(reasons) - len(": ") + extra)  # 139 + extra
     hooks = HookSettings(card_wording={"en": {"warning_summary": padding + ": {reasons}"}})
     summary = render(advice, "en", hooks)["summary"]
+    assert len(summary) < SUMMARY_LIMIT
+    assert summary.endswith("(+1)" if extra else reasons)
+    assert "open concern, domestic violence" in summary
+
+
+def test_a_hospitals_summary_too_long_for_one_reason_is_cut_below_140() -> None:
+    advice = Advice(indicator="warning", triggers=(HagueTrigger.SELF_HARM_PSYCHIATRIC,))
+    hooks = HookSettings(card_wording={"en": {"warning_summary": "x" * 88 + ": {reasons}"}})
+    summary = render(advice, "en", hooks)["summary"]
     assert len(summary) == SUMMARY_LIMIT - 1
-    assert summary.endswith("…" if extra else reasons)
+    assert summary.endswith("…")
 
 
 @pytest.mark.parametrize("language", ["nl", "fr", "en"])
