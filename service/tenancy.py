@@ -48,6 +48,13 @@ class UnknownTenantError(LookupError):
         self.reason = reason
 
 
+def _named_by_a_slug(slug: str) -> None:
+    """Refuse, as unknown, what no hospital can be named (``/t/%00/…``): the query with it
+    was PostgreSQL's error, a 500 on every hospital-prefixed route (found by fuzzing)."""
+    if not re.fullmatch(TENANT_SLUG, slug):
+        raise UnknownTenantError("…", "not a hospital slug")  # not repeated: anyone sent it
+
+
 class SecretsUnavailableError(RuntimeError):
     """A client secret must be stored, but KINDREFLEX_SECRET_KEY is not set."""
 
@@ -134,6 +141,7 @@ class TenantDirectory:
         self._refreshes: SingleFlight[str, TenantContext] = SingleFlight()
 
     def get(self, slug: str) -> TenantContext:
+        _named_by_a_slug(slug)
         now = self._clock()
         cached = self._cache.get(slug)
         if cached and now - cached[0] < REFRESH_SECONDS:
@@ -153,6 +161,7 @@ class TenantDirectory:
           version they had (the loop's waits on a thread are slow under load, and every
           call in flight would wait for it); later ones wait for the refresh.
         """
+        _named_by_a_slug(slug)
         cached = self._cache.get(slug)
         age = self._clock() - cached[0] if cached else None
         if cached and age is not None and age < REFRESH_SECONDS:

@@ -8,6 +8,8 @@ OpenAPI document still listing the endpoints.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.cds import (
     ENCOUNTER_START,
     PUBLIC_URL,
@@ -32,6 +34,17 @@ def test_an_unknown_hospital_gets_a_404_in_the_cds_error_shape(cds: Cds) -> None
         assert response.status_code == 404
         assert response.json()["error"] == "unknown_tenant"
         assert "nowhere" in response.json()["reason"]
+
+
+@pytest.mark.parametrize("slug", ["%00", "AZ%20Gent", "a" * 200, "x%0Ay"])
+def test_what_cannot_name_a_hospital_is_an_unknown_one_on_every_route(cds: Cds, slug: str) -> None:
+    """On PostgreSQL a NUL in the slug reached the query: a 500 on every hospital-prefixed
+    route, asked by anyone (found by fuzzing). The slug is not repeated."""
+    for response in (cds.call(prefix=f"/t/{slug}"), cds.discover(prefix=f"/t/{slug}")):
+        assert response.status_code == 404, response.text
+        assert response.json()["error"] == "unknown_tenant"
+    for path in ("/api/cases", "/launch?iss=x&launch=y", "/social", "/admin/api/config"):
+        assert cds.client.get(f"/t/{slug}{path}").status_code == 404, path
 
 
 def test_other_methods_are_left_to_the_router(cds: Cds) -> None:
