@@ -28,7 +28,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -67,7 +67,9 @@ class BatchWriter(Generic[Row, Result]):
     """
 
     def __init__(
-        self, write: Callable[[list[Row]], Awaitable[list[Result]]], max_writers: int
+        self,
+        write: Callable[[list[Row]], Awaitable[Sequence[Result | Exception]]],
+        max_writers: int,
     ) -> None:
         self._write = write
         self._max_writers = max_writers
@@ -108,7 +110,10 @@ class BatchWriter(Generic[Row, Result]):
                         future.set_exception(error)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
+                    if isinstance(result, Exception):  # this row's alone
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
         finally:
             self._writers -= 1
 
@@ -172,7 +177,7 @@ class GroupCommit:
         await self._batches.flushed()
         await self._writes.settled()
 
-    async def _write(self, batch: Batch) -> list[bool]:
+    async def _write(self, batch: Batch) -> Sequence[bool | Exception]:
         now = time.monotonic()
         upkeep: list[Upkeep] = []
         if now >= self._next_upkeep:
@@ -359,12 +364,14 @@ class PostgresWrites:
         )
         self._upkeeps: set[asyncio.Future[None]] = set()
 
-    async def write(self, batch: Batch, upkeep: list[Upkeep]) -> list[bool]:
+    async def write(self, batch: Batch, upkeep: list[Upkeep]) -> list[bool | Exception]:
         if upkeep:
             _in_thread(self._upkeeps, self._run_upkeep, upkeep)
         try:
             await self._insert(batch)
-        except psycopg.IntegrityError:  # row by row, to tell which row it was
+        except (psycopg.IntegrityError, psycopg.DataError):
+            # row by row, to tell which row it was: a value PostgreSQL refuses (a NUL in a
+            # text) failed every call of the batch, of every hospital (found by fuzzing)
             return [await self._write_one(table, row) for table, row in batch]
         return [True] * len(batch)
 
@@ -372,11 +379,13 @@ class PostgresWrites:
         if self._upkeeps:
             await asyncio.wait(set(self._upkeeps))
 
-    async def _write_one(self, table: Table, row: dict[str, Any]) -> bool:
+    async def _write_one(self, table: Table, row: dict[str, Any]) -> bool | Exception:
         try:
             await self._insert([(table, row)])
         except psycopg.IntegrityError:
             return False
+        except psycopg.DataError as error:
+            return WriteFailedError(type(error).__name__)
         return True
 
     async def _insert(self, batch: Batch) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, insert, select
 
-from service.cds.auth import PURGE_CHUNK, SEEN_TOKENS, SeenTokens
+from service.cds.auth import PURGE_CHUNK, SEEN_TOKENS, ReplayCheckUnavailableError, SeenTokens
 from service.cds.batching import (
     CONNECT_TIMEOUT,
     GroupCommit,
@@ -99,6 +99,30 @@ def test_concurrent_calls_share_writes_and_a_replay_in_the_same_batch_is_caught(
     assert sorted(results[30:]) == [False, True]  # exactly one of the two uses is accepted
     assert count(database, CdsSeenToken) == 31
     assert count(database, CdsCard) == 10  # the refused jti did not take the cards with it
+
+
+def test_a_row_the_database_refuses_fails_alone_not_its_batch(
+    database: Database, tenant_id: int
+) -> None:
+    """PostgreSQL refuses a NUL in text: the batch it was in failed, and every call in it
+    (of any hospital) got 503 (found by fuzzing). Row by row, only that row fails."""
+
+    async def calls() -> list[bool | BaseException]:
+        commits = GroupCommit(fast_writes(database))
+        seen = SeenTokens(commits)
+        jtis = [uuid.uuid4().hex for _ in range(10)] + ["a\x00b"]
+        uses = [seen.first_use(tenant_id, ISSUER, jti, soon()) for jti in jtis]
+        results = await asyncio.gather(*uses, return_exceptions=True)
+        await commits.flushed()
+        return results
+
+    results = asyncio.run(calls())
+    assert results[:10] == [True] * 10
+    if database.engine.dialect.name == "postgresql":
+        assert isinstance(results[10], ReplayCheckUnavailableError)
+        assert count(database, CdsSeenToken) == 10
+    else:  # SQLite stores it
+        assert results[10] is True
 
 
 def test_on_sqlite_the_writes_run_on_the_event_loop(sqlite_database: Database) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.cds.auth import LEEWAY_SECONDS, _check_claims, expiry
+from service.cds.auth import LEEWAY_SECONDS, CdsAuthError, _check_claims, expiry
 
 
 @settings(deadline=None)  # a loaded machine's pause is no failure of the code
@@ -26,3 +27,13 @@ def test_a_token_is_not_purged_from_the_ledger_while_it_is_still_accepted(exp: f
 def test_a_whole_second_exp_is_stored_as_it_is() -> None:
     assert expiry({"exp": 1_700_000_000}) == datetime.fromtimestamp(1_700_000_000, UTC)
     assert expiry({"exp": 1_700_000_000.25}) == datetime.fromtimestamp(1_700_000_001, UTC)
+
+
+@pytest.mark.parametrize("jti", ["a\x00b", "line\nbreak", "tab\there", "\u2028", "\ud800"])
+def test_a_jti_that_is_no_text_is_refused(jti: str) -> None:
+    """A NUL reached the replay ledger, where PostgreSQL refused the batch it was in, and
+    every hospital's calls in it with 503 (found by fuzzing)."""
+    claims = {"iss": "ehr", "aud": "url", "exp": 2e9, "iat": 2e9 - 60, "jti": jti}
+    with pytest.raises(CdsAuthError, match="no control characters"):
+        _check_claims(claims, "ehr", "url", 2e9)
+    _check_claims({**claims, "jti": "éèà-123_ABC.x"}, "ehr", "url", 2e9)  # any other text
