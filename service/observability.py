@@ -173,6 +173,10 @@ class MetricsMiddleware:
         await measured(self.metrics, self.app, scope, receive, send)
 
 
+#: nginx's code for a request the client closed before the answer: counted apart from 5xx
+CLIENT_CLOSED = 499
+
+
 async def measured(
     metrics: Metrics, app: ASGIApp, scope: Scope, receive: Receive, send: Send
 ) -> None:

@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.deps import tenant_slug, tenants_of
 from service.cds import cors
 from service.cds.router import call_service, cds_error, discovery, feedback
-from service.observability import Metrics, measured
+from service.observability import CLIENT_CLOSED, Metrics, measured
 from service.tenancy import UnknownTenantError
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ class CdsFastPath:
     ) -> None:
         try:
             response = await self._response(scope, receive, match, target)
+        except ClientDisconnect:  # as the app answers it on other paths (service.app)
+            log.info("client closed the request", extra={"fields": {"path": scope["path"]}})
+            response = Response(status_code=CLIENT_CLOSED)
         except Exception:  # what Starlette's ServerErrorMiddleware does for other paths
             log.exception("CDS endpoint failed", extra={"fields": {"path": scope["path"]}})
             response = cds_error(500, "internal", "unexpected error; it is logged")

@@ -8,12 +8,16 @@ OpenAPI document still listing the endpoints.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from tests.support.cds import (
     ENCOUNTER_START,
     PUBLIC_URL,
     Cds,
+    admin_headers,
     cds,
     ehr,
     only_card,
@@ -95,3 +99,49 @@ def test_another_origin_gets_no_cors_permission(cds: Cds) -> None:
     assert preflight.json()["error"] == "origin_not_allowed"
     answer = cds.call(headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in answer.headers
+
+
+def _sent_then_gone(app: Any, method: str, path: str, headers: dict[str, str]) -> list[int]:
+    """Call ``app`` as a client that sends 40 bytes of a 5000-byte body, then disconnects
+    (its Wi-Fi dropped, or the EHR gave up); the statuses the app answered with."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "https", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 443),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        + [(b"host", b"testserver"), (b"content-length", b"5000")],
+    }  # fmt: skip
+    messages = iter([
+        {"type": "http.request", "body": b'{"hook": "encounter-start", "hookInstance": "',
+         "more_body": True},
+        {"type": "http.disconnect"},
+    ])  # fmt: skip
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    asyncio.run(app(scope, receive, send))
+    return statuses
+
+
+def test_a_client_gone_mid_body_is_no_server_error(
+    cds: Cds, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was a 500 with an ERROR traceback, counted for 5xx alerting (found by fuzzing):
+    on the CDS path, and on the app's routes that read a body (the admin API here)."""
+    hook = f"/cds-services/{ENCOUNTER_START}"
+    calls = [
+        ("POST", hook, {"Authorization": f"Bearer {cds.ehr.token(PUBLIC_URL + hook)}"}),
+        ("PUT", "/admin/api/plan", admin_headers(cds.app, cds.database)),
+    ]
+    for method, path, headers in calls:
+        assert _sent_then_gone(cds.app, method, path, headers) == [499], path
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    metrics = cds.client.get("/metrics").text
+    assert 'status="499"' in metrics
+    assert 'status="500"' not in metrics
