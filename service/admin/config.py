@@ -112,6 +112,10 @@ def parse_yaml(text: str) -> TenantConfiguration:
     return validate_document(data, root)
 
 
+#: The largest integer a configuration file may hold (a 64-bit signed one).
+MAX_INTEGER_BITS = 63
+
+
 class _Loader(yaml.SafeLoader):
     """The safe loader, whose values that cannot be built (the date ``2025-02-30``, an
     ``!!int`` that is no number) are YAML errors with their line, not a ValueError, and
@@ -140,12 +144,18 @@ class _Loader(yaml.SafeLoader):
                 node.start_mark,
             )
         try:
-            return super().construct_object(node, deep)
+            value = super().construct_object(node, deep)
         except ValueError as error:
-            value = f"'{node.value}' " if isinstance(node, ScalarNode) else ""
+            shown = f"'{node.value}' " if isinstance(node, ScalarNode) else ""
             raise ConstructorError(
-                None, None, f"the value {value}cannot be read ({error})", node.start_mark
+                None, None, f"the value {shown}cannot be read ({error})", node.start_mark
             ) from None
+        if isinstance(value, int) and value.bit_length() > MAX_INTEGER_BITS:
+            # YAML's hexadecimal, octal and binary integers have no digit limit: a number
+            # of thousands of digits passed, and its message (str of it) was a 500 (found
+            # by fuzzing). No setting is anywhere near this large.
+            raise ConstructorError(None, None, "the number is too large", node.start_mark)
+        return value
 
 
 def _syntax_problem(error: yaml.YAMLError) -> Problem:

@@ -90,6 +90,18 @@ def test_a_value_that_cannot_be_read_names_its_line() -> None:
     assert problem.startswith("line 9: not valid YAML: the value 'achttien' cannot be read")
 
 
+@pytest.mark.parametrize(
+    "number", ["0x" + "f" * 4000, "0" + "7" * 5000, "0b" + "1" * 5000, "9" * 4000, "0x1" + "0" * 16]
+)
+def test_a_number_too_large_for_any_setting_names_its_line(number: str) -> None:
+    """YAML's hexadecimal and octal integers have no digit limit: one of thousands of
+    digits passed, and saying what was wrong with it was a 500 (found by fuzzing)."""
+    huge = GOOD.replace("adult_age: 18", f"adult_age: {number}")
+    (problem,) = problems_of(huge)
+    assert problem.startswith("line 9: not valid YAML:"), problem
+    assert len(problem) < 200
+
+
 def test_half_a_character_names_its_line() -> None:
     """YAML's "\\ud800" escape is a lone UTF-16 surrogate: it passed validation, and the
     database write failed, a 500 on the API and the screen (the typed file lost) and a
