@@ -9,6 +9,7 @@ OpenAPI document still listing the endpoints.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -111,7 +112,7 @@ def _sent_then_gone(app: Any, method: str, path: str, headers: dict[str, str]) -
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         + [(b"host", b"testserver"), (b"content-length", b"5000")],
     }  # fmt: skip
-    messages = iter([
+    messages: Iterator[dict[str, Any]] = iter([
         {"type": "http.request", "body": b'{"hook": "encounter-start", "hookInstance": "',
          "more_body": True},
         {"type": "http.disconnect"},
