@@ -1192,7 +1192,17 @@ def laid_over(seen: Resource, ours: Resource) -> Resource:
     ]
     if not merged["extension"]:
         del merged["extension"]
-    merged["identifier"] = seen.get("identifier") or ours.get("identifier", [])
+    # theirs kept, ours added for a system they lack: a child the EHR recorded without our
+    # business identifier (read as ours by our profile or extension) was written as our
+    # profile without it, which the profile refuses (found by review)
+    theirs = seen.get("identifier", [])
+    systems = {identifier.get("system") for identifier in theirs}
+    merged["identifier"] = [
+        *theirs,
+        *(i for i in ours.get("identifier", []) if i.get("system") not in systems),
+    ]
+    if not merged["identifier"]:
+        del merged["identifier"]
     return merged
 
 

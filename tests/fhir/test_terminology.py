@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from service import protocol
 from service.fhir import terminology as t
 
 OUR_BASE = "https://kindreflex-ed.be/fhir"
+V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 
 
 def test_every_kindreflex_code_has_dutch_french_and_english_displays() -> None:
@@ -153,3 +155,19 @@ def test_divergence_is_detected(tmp_path: Path) -> None:
         set(),
         set(),
     )
+
+
+def test_the_child_invariant_names_exactly_the_child_relationships_of_the_value_set() -> None:
+    """kr-child-1 spells the ValueSet's codes out (FHIRPath without a terminology server):
+    a code added to one and not the other would let a child be refused or a non-child in."""
+    profile = json.loads(
+        (t.DEFAULT_GUIDE_DIR / "StructureDefinition-kindreflex-child.json").read_text()
+    )
+    (invariant,) = [
+        c for e in profile["snapshot"]["element"] for c in e.get("constraint", [])
+        if c["key"] == "kr-child-1"
+    ]  # fmt: skip
+    named = set(re.findall(r"code = '([A-Z]+)'", invariant["expression"]))
+    members = t.value_set("child-relationship").members
+    assert {(V3_ROLE_CODE, code) for code in named} == set(members)
+    assert named == {r.value for r in protocol.ChildRelationship}

@@ -79,3 +79,29 @@ def test_unknown_profile_of_ours_is_an_error(fhir_validator: ProfileValidator) -
         "meta": {"profile": ["https://kindreflex-ed.be/fhir/StructureDefinition/nope"]},
     }
     assert any("Unknown profile" in m for m in fhir_validator.validate(resource))
+
+
+def test_our_invariants_hold_whatever_codings_an_ehr_adds(
+    fhir_validator: ProfileValidator,
+) -> None:
+    """An EHR may add a translation to a code. The invariants compared ``coding.code`` with
+    ``=``, which with two codings is empty: a valid niet-pluis failed kr-s2-1, and 'other'
+    without a text passed kr-flag-2 (found by a review of the guide)."""
+    translation = {"system": "http://snomed.info/sct", "code": "74964007"}
+    step2 = _generated("Observation-Step2Example")
+    for component in step2["component"]:
+        component["code"]["coding"].append(translation)
+    assert fhir_validator.validate(step2) == []
+
+    closed = _generated("Flag-ClosedConcernExample")
+    (reason,) = [e for e in closed["extension"] if e["url"].endswith("concern-close-reason")]
+    other = {"system": reason["valueCodeableConcept"]["coding"][0]["system"], "code": "other"}
+    reason["valueCodeableConcept"] = {"coding": [other, translation]}
+    assert any("kr-flag-2" in m for m in _errors(fhir_validator.issues(closed), "medplum"))
+
+
+def _generated(name: str) -> dict[str, Any]:
+    resource: dict[str, Any] = json.loads(
+        (FHIR_PROFILES_DIR / "fsh-generated" / "resources" / f"{name}.json").read_text()
+    )
+    return resource

@@ -11,6 +11,7 @@ from typing import Any
 from service.fhir import mapping, terminology
 from service.outbox import _one_for_one, _unchanged, laid_over
 from service.protocol import Child, ChildRelationship, HagueTrigger, LivesWith, Step
+from tests.support.validator import validate
 
 DV = HagueTrigger.DOMESTIC_VIOLENCE.value
 SA = HagueTrigger.SUBSTANCE_ABUSE.value
@@ -136,6 +137,10 @@ def test_each_of_ours_is_matched_by_a_different_one_of_theirs() -> None:
 
 V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 POWER_OF_ATTORNEY = {"coding": [{"system": V3_ROLE_CODE, "code": "HPOWATT"}]}
+EMERGENCY_CONTACT = {
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "C"}]
+}
+SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
 
 
 def _child(born: date, relationship: ChildRelationship = ChildRelationship.NATURAL_CHILD) -> Any:
@@ -173,6 +178,25 @@ def test_a_child_relationship_the_ehr_removed_is_added_beside_its_other_roles() 
     seen = _with_roles(POWER_OF_ATTORNEY)
     assert not _unchanged(seen, _child(date(1990, 4, 1)))
     assert _codes(laid_over(seen, _child(date(1990, 4, 1)))) == ["HPOWATT", "NCHILD"]
+
+
+def test_a_child_with_the_ehrs_other_roles_or_without_our_identifier_is_written_valid() -> None:
+    """Found by a review of the guide: the merge kept the EHR's other roles of the child,
+    which the profile's required binding refused, and a child the EHR recorded without our
+    business identifier was written under our profile without it."""
+    child_role = _child(date(1990, 4, 1))["relationship"][0]
+    for roles in ([POWER_OF_ATTORNEY, child_role], [child_role, EMERGENCY_CONTACT]):
+        assert validate(laid_over(_with_roles(*roles), _child(date(1991, 4, 1)))) == []
+    only_roles_of_others = laid_over(_with_roles(POWER_OF_ATTORNEY), _child(date(1991, 4, 1)))
+    assert validate({**only_roles_of_others, "relationship": [POWER_OF_ATTORNEY]}) != []
+
+    ssin = {"system": SSIN, "value": "90040112345"}
+    merged = laid_over({**_with_roles(child_role), "identifier": [ssin]}, _child(date(1991, 4, 1)))
+    assert merged["identifier"][0] == ssin  # theirs first, as they were
+    assert [i["system"] for i in merged["identifier"][1:]] == [
+        terminology.identifier_system("child")
+    ]
+    assert validate(merged) == []
 
 
 def test_an_element_only_ours_spells_out_is_a_change_unless_it_only_shows_a_code() -> None:

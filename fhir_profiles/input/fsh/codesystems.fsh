@@ -9,7 +9,7 @@ RuleSet: KRCodeSystem(id, title)
 * ^caseSensitive = true
 * ^content = #complete
 * ^language = #nl-BE
-* ^publisher = "Kindreflex-ED project"
+* insert Published
 * ^title = "{title}"
 
 // Designations in French and English for one code

@@ -6,6 +6,8 @@ RuleSet: KRNamingSystem(id, name, what)
 * name = "{name}"
 * status = #draft
 * kind = #identifier
+* publisher = "Kindreflex-ED project"
+* jurisdiction = urn:iso:std:iso:3166#BE "Belgium"
 * date = "2026-11-23"
 * description = "Business identifiers of {what} written by Kindreflex-ED (value: a UUID)."
 * uniqueId[0].type = #uri

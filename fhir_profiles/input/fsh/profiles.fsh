@@ -5,6 +5,7 @@ Parent: RelatedPerson
 Id: kindreflex-child
 Title: "Kindreflex child of the patient"
 Description: "A child the adult patient cares for, fully, partly or occasionally (step 1). The patient is the adult; the relationship says how the child relates to the patient."
+* insert Published
 * insert BusinessIdentifier(child)
 * identifier contains ssin 0..1
 * identifier[ssin] ^short = "Belgian national number (INSZ/NISS) of the child, when an EHR records it (the service does not ask for it)"
@@ -17,8 +18,10 @@ Description: "A child the adult patient cares for, fully, partly or occasionally
 * patient MS
 * patient ^short = "The adult patient"
 * relationship 1..* MS
-* relationship from ChildRelationshipVS (required)
-* relationship ^short = "How the child relates to the patient (CHILD, NCHILD, STPCHLD, CHLDFOST, CHLDADOPT, GRNDCHILD, NIENEPH)"
+* relationship from ChildRelationshipVS (extensible)
+* relationship ^short = "How the child relates to the patient (CHILD, NCHILD, STPCHLD, CHLDFOST, CHLDADOPT, GRNDCHILD, NIENEPH); other roles of the same person may stand beside it"
+* relationship ^comment = "At least one relationship is a child relationship of ChildRelationshipVS (kr-child-1). The EHR may record the person's other roles beside it (a healthcare power of attorney, an emergency contact): the service keeps them when it updates the child, so the binding is extensible, not required."
+* obeys kr-child-1
 * name 1..* MS
 * name ^short = "The child's name"
 * birthDate 1..1 MS
@@ -29,6 +32,7 @@ Parent: Observation
 Id: kindreflex-expecting-child
 Title: "Kindreflex expecting a child"
 Description: "The patient expects a child: the patient's own pregnancy or the partner's (step 1), with the expected date when known."
+* insert Published
 * insert BusinessIdentifier(finding)
 * status MS
 * insert CategorySlice(socialHistory, $obs-category#social-history)
@@ -64,6 +68,7 @@ Parent: Observation
 Id: kindreflex-step-finding
 Title: "Kindreflex step finding (base)"
 Description: "What every Kindreflex step finding records: the step, the patient, the encounter, the children concerned (focus; none = all children), the author and the time. Abstract: a finding conforms to one of the six step profiles."
+* insert Published
 * ^abstract = true
 * insert BusinessIdentifier(finding)
 * status MS
@@ -92,6 +97,7 @@ Parent: KindreflexStepFinding
 Id: kindreflex-step1-finding
 Title: "Kindreflex step 1: talk about the children and parenthood"
 Description: "Step 1: whether the patient cares for children (fully, partly or occasionally) or expects a child. The children themselves are RelatedPerson resources (kindreflex-child) named in focus; a pregnancy is a kindreflex-expecting-child Observation, recorded with this step 1 and named in hasMember."
+* insert Published
 * ^abstract = false
 * code = KindreflexStepCS#step-1
 * value[x] 1..1 MS
@@ -110,6 +116,7 @@ Parent: KindreflexStepFinding
 Id: kindreflex-step2-finding
 Title: "Kindreflex step 2: gauge safety at home"
 Description: "Step 2: the safety assessment (no concern, niet-pluis, unclear) with its reasons, who helps on a bad day, consultations, acute danger and the Hague trigger that prompted the check."
+* insert Published
 * ^abstract = false
 * code = KindreflexStepCS#step-2
 * value[x] 1..1 MS
@@ -130,6 +137,7 @@ Parent: KindreflexStepFinding
 Id: kindreflex-step3-finding
 Title: "Kindreflex step 3: support the patient as a parent"
 Description: "Step 3: how the patient was supported as a parent (support actions and/or a note) and the supporting services involved."
+* insert Published
 * ^abstract = false
 * code = KindreflexStepCS#step-3
 * value[x] 0..0
@@ -144,6 +152,7 @@ Parent: KindreflexStepFinding
 Id: kindreflex-step4-finding
 Title: "Kindreflex step 4: concern and willingness"
 Description: "Step 4: the team decision on concern and willingness, the risk and protective factors weighed, consultations, whether the worries were discussed with the patient, and the children heard (with their consent)."
+* insert Published
 * ^abstract = false
 * code = KindreflexStepCS#step-4
 * value[x] 1..1 MS
@@ -169,6 +178,7 @@ Parent: KindreflexStepFinding
 Id: kindreflex-step5-finding
 Title: "Kindreflex step 5: restore safety"
 Description: "Step 5: the progress (improving or not restored), the safety actions taken, the supporting services and consultations."
+* insert Published
 * ^abstract = false
 * code = KindreflexStepCS#step-5
 * value[x] 1..1 MS
@@ -189,6 +199,7 @@ Parent: KindreflexStepFinding
 Id: kindreflex-step6-finding
 Title: "Kindreflex step 6: involve a mandated facility"
 Description: "Step 6: which facility was involved (VK, OCJ, or with acute danger the parket or police), with or without the patient's cooperation, whether the patient was informed first (if not: why), and the follow-up actions agreed. The referral itself is a kindreflex-referral ServiceRequest (basedOn)."
+* insert Published
 * ^abstract = false
 * code = KindreflexStepCS#step-6
 * basedOn MS
@@ -214,6 +225,7 @@ Parent: Organization
 Id: kindreflex-partner-organization
 Title: "Kindreflex partner organisation"
 Description: "An organisation of the regional Kindreflex partner directory (VK, OCJ, parket, police, Kind en Gezin, CLB, ...). Identifiers follow HL7 Belgium (KBO/BCE enterprise number, NIHDI number)."
+* insert Published
 * identifier MS
 * identifier ^slicing.discriminator.type = #value
 * identifier ^slicing.discriminator.path = "system"
@@ -242,6 +254,7 @@ Parent: ServiceRequest
 Id: kindreflex-referral
 Title: "Kindreflex referral (step 6)"
 Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acute danger, to the parket or police: performer is the Organization from the partner directory, reasonReference the finding that led to step 6 (usually the step 4 decision), supportingInfo who the referral is about: the children it names or, naming none, the minor children and the expected child (the Kindreflex concerns minors, from pregnancy on). priority is always written: stat when the referral follows from acute danger (the case's acute-danger route: a step 2 acute danger or the step 4 decision acute-danger; always so for the parket and the police), else routine. stat, not urgent: R4 request-priority defines urgent as 'actioned promptly' and stat as 'actioned immediately - highest possible priority, e.g. an emergency', and a child's integrity in acute danger is that emergency. A referral written before priority was required has none: it is read as routine (R4's meaningWhenMissing), one to the parket or the police as stat, and its next status update writes that priority."
+* insert Published
 * insert BusinessIdentifier(referral)
 * extension contains PatientInformedExt named patientInformed 1..1 MS
 * extension[patientInformed].value[x] MS
@@ -282,6 +295,7 @@ Parent: Flag
 Id: kindreflex-open-concern
 Title: "Kindreflex open concern"
 Description: "An open Kindreflex concern about the children of the patient: what makes the CDS card warn at the next presentation and what fills the social service's worklist. status active while steps 4-6 lie ahead; inactive (with period.end and the close reason) when closed. It has no encounter: it is relevant beyond the visit that raised it."
+* insert Published
 * insert BusinessIdentifier(concern)
 * extension contains ConcernLastStepExt named lastStep 0..1 MS and ConcernTriggerExt named trigger 0..* MS and ConcernCloseReasonExt named closeReason 0..1 MS
 * extension[lastStep].value[x] MS
@@ -307,6 +321,7 @@ Parent: Provenance
 Id: kindreflex-provenance
 Title: "Kindreflex provenance"
 Description: "Who wrote the Kindreflex resources of one save: target = the resources that save wrote, agent author = the user who saved (Practitioner via fhirUser), recorded = when; activity UPDATE when one of them was updated, else CREATE. One Provenance per save: a nurse's triage save and a social worker's step save are separate saves with separate Provenances, each naming its own author. A recorded child the nurse only confirmed is referenced by the step 1 finding and is not a target: nothing of it was written. Provenance has no identifier in R4: the service writes it as a plain create (POST, id assigned by the server) in the same transaction as its targets, and sends a transaction once (before a retry it searches for a resource only that transaction creates), so it is not written twice."
+* insert Published
 * target 1..* MS
 * recorded MS
 * occurred[x] only dateTime

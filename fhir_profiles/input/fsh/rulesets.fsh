@@ -64,3 +64,9 @@ RuleSet: CategorySlice(name, concept)
 * category ^slicing.rules = #open
 * category contains {name} 1..1 MS
 * category[{name}] = {concept}
+
+// Who publishes each artefact, and for where: every profile, extension, CodeSystem and
+// ValueSet (sushi-config.yaml's own publisher reaches none of them with FSHOnly)
+RuleSet: Published
+* ^publisher = "Kindreflex-ED project"
+* ^jurisdiction = urn:iso:std:iso:3166#BE "Belgium"

@@ -5,7 +5,7 @@ RuleSet: KRValueSet(id, title)
 * ^status = #draft
 * ^experimental = false
 * ^language = #nl-BE
-* ^publisher = "Kindreflex-ED project"
+* insert Published
 * ^title = "{title}"
 
 ValueSet: KindreflexStepVS
@@ -193,7 +193,7 @@ Description: "The card's override reasons."
 ValueSet: KindreflexReferralStatusVS
 Id: referral-status
 Title: "Referral status"
-Description: "The statuses a Kindreflex referral goes through (a subset of FHIR request-status): active when sent, on-hold when paused, completed or revoked when finished."
+Description: "The statuses a Kindreflex referral goes through (a subset of FHIR request-status): active when sent, on-hold when paused, completed or revoked when finished. (An EHR that retracts a referral written in error sets entered-in-error, outside this set: the service then reads it as retracted, and no longer follows it up.)"
 * insert KRValueSet(referral-status, Referral status)
 * include $request-status#active
 * include $request-status#on-hold

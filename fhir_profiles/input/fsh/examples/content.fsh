@@ -53,7 +53,7 @@ RuleSet: Step1Content(noah, emma)
 * focus[1].reference = "{emma}"
 * component[planVersion].valueString = "kindreflex-generic-2021"
 
-RuleSet: Step2NoConcernContent(noah, emma)
+RuleSet: Step2NoConcernContent
 * code = KindreflexStepCS#step-2
 * valueCodeableConcept = SafetyAssessmentCS#no-concern "Geen twijfels over de thuissituatie"
 * component[whoHelps].valueString = "Nog niemand; ze redt het alleen"

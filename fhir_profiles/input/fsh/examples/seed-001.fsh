@@ -34,7 +34,7 @@ InstanceOf: KindreflexStep2Finding
 Title: "Seed 001 episode 1: step 2, no concern"
 Usage: #inline
 * insert FindingCommon(5eed0001-0000-4000-8000-000000000012, Patient/kr-mother-001, Encounter/kr-enc-1, 2026-01-12T10:25:00+01:00, Practitioner/kr-nurse-1)
-* insert Step2NoConcernContent(urn:uuid:5eed0001-0000-4000-8000-000000000001, urn:uuid:5eed0001-0000-4000-8000-000000000002)
+* insert Step2NoConcernContent
 
 Instance: Seed001Step3
 InstanceOf: KindreflexStep3Finding
