@@ -284,9 +284,8 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     # The form's error summary links to the field; casefile.js moves the focus to it.
     summary = error_summary(refused.text, "s4")
     assert 'href="#s4-consultations"' in summary
-    assert '<fieldset id="s4-consultations" tabindex="-1" aria-describedby="s4-consultations-error"' in (
-        refused.text
-    )
+    fieldset = '<fieldset id="s4-consultations" tabindex="-1"'
+    assert f'{fieldset} aria-describedby="s4-consultations-error"' in refused.text
     assert "casefile.js" in refused.text
 
     # A team the API refuses (21 names): before, the message was lost (no such anchor on
