@@ -266,7 +266,7 @@ def _feedback_cards(session: Session, tenant_id: int, period: Period, outcome: s
 def _overridden(session: Session, tenant_id: int, period: Period) -> Value:
     """The overridden cards by reason: ours by code; one the EHR added to the card's
     (CDS Hooks lets it) as ``system|code``, so that its code never counts as one of ours."""
-    ours = terminology.code_system(OVERRIDE_REASONS).url
+    ours = terminology.code_system_url(OVERRIDE_REASONS)
     query = (
         select(
             CdsFeedback.override_system,

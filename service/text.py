@@ -17,7 +17,6 @@ PostgreSQL cannot store a NUL; both rules keep such characters out of what we wr
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
@@ -39,15 +38,16 @@ def typed_text(value: str) -> str:
     return _EDGES.sub("", _CONTROL.sub("", value))
 
 
-#: What a one-line value (a name in the audit, a code) cannot hold: control characters (a
-#: NUL cannot be stored in PostgreSQL, a line break would forge a line of an audit read as
-#: text), lone surrogates (not encodable) and line or paragraph separators.
-_NOT_ONE_LINE = frozenset({"Cc", "Cs", "Zl", "Zp"})
+#: What a one-line value (a name in the audit, a code, a JWT's jti) cannot hold: control
+#: characters (a NUL cannot be stored in PostgreSQL, a line break would forge a line of an
+#: audit read as text), lone surrogates (not encodable) and line or paragraph separators:
+#: Unicode's categories Cc, Cs, Zl and Zp, as one expression (it runs on the CDS hot path).
+_NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
 
 
 def is_one_line(value: str) -> bool:
     """Whether ``value`` can be recorded as one line of text, as it is (nothing removed)."""
-    return not any(unicodedata.category(character) in _NOT_ONE_LINE for character in value)
+    return _NOT_ONE_LINE.search(value) is None
 
 
 def _nothing_left_is_none(value: str | None) -> str | None:
