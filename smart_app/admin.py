@@ -172,18 +172,19 @@ async def screen_admin(request: Request, tenant: TenantDep) -> Admin:
         admin = await run_in_threadpool(_identify, request, tenant)
         await _check_csrf(request, admin)
     except AdminAuthError as error:
-        if error.status == 401:
-            raise HTTPException(
-                303, "sign in first", headers={"Location": f"{_prefix(request)}/admin/login"}
-            ) from None
-        # a page in the screen's language, not the API's English JSON
-        language = _language(request)
+        sign_in = f"{_prefix(request)}/admin/login"
+        if error.status == 401 and request.method in SAFE_METHODS:
+            raise HTTPException(303, "sign in first", headers={"Location": sign_in}) from None
+        # a page in the screen's language, not the API's English JSON; a form sent after
+        # the session ended shows its text back (a pasted YAML was lost in the redirect)
+        ended = error.status == 401
         raise PageError(
             error.status,
-            error.problem,
-            language=language,
+            "admin_session_missing" if ended else error.problem,
+            language=_language(request),
             frame_origins=all_frame_origins(tenant),
             logged={"reason": error.reason},
+            link=sign_in if ended else None,
             role=Said("smart.role.admin"),
         ) from None
     return admin

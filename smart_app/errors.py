@@ -50,6 +50,7 @@ class PageError(Exception):
         detail: str | None = None,
         retry_after_seconds: int | None = None,
         logged: Mapping[str, object] | None = None,
+        link: str | None = None,
         **values: object,
     ) -> None:
         clashing = sorted(RESERVED_LOG_KEYS.intersection(logged or {}))
@@ -67,6 +68,8 @@ class PageError(Exception):
         # for an EHR or proxy that retries (RFC 9110 Retry-After)
         self.retry_after_seconds = retry_after_seconds
         self.logged = dict(logged or {})
+        # where the user goes on (the admin's sign-in page), named by ``smart.<problem>.link``
+        self.link = link
         self.values = values
 
 
@@ -88,11 +91,20 @@ def _message(error: PageError, language: Language, part: str) -> str:
 
 #: The free text of the app's forms (their text areas and text fields, ``smart_app/templates``):
 #: what a user loses when her session ended before she sent the form (:func:`typed_back`).
+#: Never a password field: the admin's client secret is not shown back.
 FREE_TEXT = re.compile(
     r"note|reasons|support_note|patient_explanation|team_members|not_informed_reason"
     r"|follow_up_actions|reason_text|contact_person|key_person_other"
     r"|(?:child_say|factor_text|action_text)_[\w.-]+"
+    r"|yaml|name|fhir_base_url|client_id|scopes|cds_issuers|frame_origins"
+    r"|step-\d\.(?:title|help)\.(?:nl|fr|en)"
 )
+
+#: The refusals of a form's post that show its free text back, with what to do with it.
+SHOWS_TYPED_BACK = {
+    "session_missing": "smart.kept.message",
+    "admin_session_missing": "smart.kept.admin-message",
+}
 
 
 async def typed_back(request: Request) -> list[str]:
@@ -115,7 +127,7 @@ async def typed_back(request: Request) -> list[str]:
     ]
 
 
-def _kept(texts: Sequence[str], language: Language) -> str:
+def _kept(texts: Sequence[str], language: Language, problem: str) -> str:
     """The section that shows the user's unsaved text back, each in a read-only text area."""
     if not texts:
         return ""
@@ -127,7 +139,7 @@ def _kept(texts: Sequence[str], language: Language) -> str:
     )
     return (
         f"<h2>{html.escape(translate(language, 'smart.kept.title'))}</h2>"
-        f"<p>{html.escape(translate(language, 'smart.kept.message'))}</p>{fields}"
+        f"<p>{html.escape(translate(language, SHOWS_TYPED_BACK[problem]))}</p>{fields}"
     )
 
 
@@ -141,12 +153,13 @@ def render(error: PageError, language: Language, kept: Sequence[str] = ()) -> HT
         if error.detail
         else ""
     )
+    link = f'<p><a href="{html.escape(error.link)}">{text("link")}</a></p>' if error.link else ""
     body = (
         f'<!doctype html><html lang="{language}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{text('title')} — Kindreflex</title></head><body><main>"
-        f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{detail}'
-        f"{_kept(kept, language)}"
+        f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{link}{detail}'
+        f"{_kept(kept, language, error.problem)}"
         "</main></body></html>"
     )
     headers = page_headers(error.frame_origins)
@@ -170,7 +183,7 @@ async def handle_page_error(request: Request, error: Exception) -> Response:
     )
     if JSON_API.fullmatch(request.url.path):
         return render_json(error)
-    kept = await typed_back(request) if error.problem == "session_missing" else []
+    kept = await typed_back(request) if error.problem in SHOWS_TYPED_BACK else []
     language = error.language or negotiate([request.headers.get("accept-language")])
     return render(error, language, kept)
 

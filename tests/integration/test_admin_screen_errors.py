@@ -10,17 +10,21 @@ field; nothing is saved. The real app on SQLite and PostgreSQL, nothing mocked.
 from __future__ import annotations
 
 import csv
+import html
 import re
 
 import yaml
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import update
 
 from service.admin import access
 from service.admin.config import export_yaml
-from service.db.base import Database
+from service.db.base import Database, utcnow
+from service.db.models import AdminSession
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import CdsIssuer, TenantConfiguration
+from smart_app.errors import FREE_TEXT
 from tests.support.admin import (
     DEPLOYMENT_KEY,
     Hospital,
@@ -455,5 +459,56 @@ def test_a_frame_origin_that_is_no_ascii_origin_is_refused_next_to_its_field(
         "nom de domaine contenant des lettres non ASCII en Punycode (xn--…)."
     )
     assert "ziekenhuis.例え.jp</textarea>" in refused.text  # what was typed, kept
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
+def _free_text_fields(page: str) -> list[str]:
+    """The names of the page's text areas and text inputs (an input without a type is text)."""
+    tags = re.findall(r"<(?:textarea|input)\b[^>]*>", page)
+    return [
+        name.group(1)
+        for tag in tags
+        if not re.search(r'type="(?!text")', tag) and (name := re.search(r'name="([^"]+)"', tag))
+    ]
+
+
+def test_an_admin_form_sent_after_the_session_ended_shows_its_text_back_not_the_secret(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: the screen answered an ended session with the sign-in page and a
+    pasted configuration was gone. Now the refusal shows it back to copy (the app's
+    ``FREE_TEXT``), with the way to sign in again, and changes nothing."""
+    hidden = screen_sign_in(client, database, gent)
+    page = client.get("/admin").text
+    # every field an admin types text in is shown back; a registration's id is a slug
+    assert {"yaml", "cds_issuers", "name", "step-1.help.fr"} <= set(_free_text_fields(page))
+    assert {n for n in _free_text_fields(page) if not FREE_TEXT.fullmatch(n)} == {"id"}
+    before = stored_gent(database)
+    with database.session() as session, session.begin():
+        session.execute(update(AdminSession).values(expires_at=utcnow()))
+    pasted = export_yaml(before.config).replace("adult_age: 18", "adult_age: 16")
+    ours = {"Sec-Fetch-Site": "same-origin"}
+
+    ended = client.post("/admin/config", data={**hidden, "yaml": pasted}, headers=ours)
+    assert ended.status_code == 401
+    assert "Beheersessie verlopen" in ended.text
+    assert "Meld u daarna opnieuw aan als beheerder" in ended.text
+    assert '<a href="/admin/login">Opnieuw aanmelden als beheerder</a>' in ended.text
+    kept = re.findall(r"<textarea [^>]*readonly>(.*?)</textarea>", ended.text, re.S)
+    assert [html.unescape(text) for text in kept] == [pasted.strip()]
+
+    form = registration_form(hidden, client_secret="geheim-1234", cds_issuers="https://epd.x")
+    registration = client.post("/admin/registrations", data=form, headers=ours)
+    assert registration.status_code == 401
+    assert "geheim-1234" not in registration.text
+    assert "https://epd.x" in registration.text
+    # another site's post cannot put its text on our page
+    elsewhere = client.post("/admin/config", data={**hidden, "yaml": pasted})
+    assert elsewhere.status_code == 401
+    assert "adult_age: 16" not in elsewhere.text
+    # a page asked for, not sent, still goes to the sign-in page
+    asked = client.get("/admin", follow_redirects=False)
+    assert (asked.status_code, asked.headers["location"]) == (303, "/admin/login")
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
