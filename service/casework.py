@@ -983,9 +983,12 @@ class Casework:
         names), the acute danger of the case's findings (a concern indexed from a Flag,
         which does not carry it: the worklist's "acute danger first" order must know), and a
         concern closed in the EHR as closed. The index is reconciled with the server when a
-        case is opened. Not a user's change, so the row version stays; the row as read, so a
-        name goes to the person it is of (a colleague claiming the case meanwhile: corrected
-        at the next opening). Returns the case's status as the worklist now has it."""
+        case is opened. A name is not a user's change, so the row version stays for it; the
+        row as read, so a name goes to the person it is of (a colleague claiming the case
+        meanwhile: corrected at the next opening). Closing moves the version on: a nurse's
+        save that read the case open just before must not join a closed case (found by
+        review: her niet-pluis reached no worklist). Returns the case's status as the
+        worklist now has it."""
         # a closed case keeps no name the retention emptied: opening it does not refill one
         patient = record.patient.name if record.patient and concern.status == "open" else None
         assignee = concern.assigned_to
@@ -1010,7 +1013,12 @@ class Casework:
             and not self._save_on_its_way(concern)
         ):
             # closed now, for the retention that empties a closed case's names
-            changed.update(status="closed", follow_up_due=None, updated_at=utcnow())
+            changed.update(
+                status="closed",
+                follow_up_due=None,
+                updated_at=utcnow(),
+                row_version=Concern.row_version + 1,
+            )
         if not changed:
             return concern.status
         with self._database.session() as session:

@@ -47,6 +47,7 @@ from service.protocol import (
     TeamDecision,
 )
 from service.settings import is_loopback, over_tls
+from service.text import is_one_line
 
 Language = Literal["nl", "fr", "en"]
 Hook = Literal["encounter-start", "patient-view"]
@@ -492,6 +493,10 @@ class PlanSettings(Strict):
         return None if item is None else getattr(getattr(item, part), language)
 
 
+#: The longest hospital name: the ``tenants.name`` column's length.
+HOSPITAL_NAME_LENGTH = 200
+
+
 class TenantConfiguration(Strict):
     """Everything an EHR administrator configures for one hospital."""
 
@@ -500,6 +505,57 @@ class TenantConfiguration(Strict):
     hooks: HookSettings = Field(default_factory=HookSettings)
     partners: PartnerSettings = Field(default_factory=default_partners)
     plan: PlanSettings = Field(default_factory=PlanSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_its_column(cls, name: str, info: ValidationInfo) -> str:
+        """The name the pages' titles and the audit show, as ``tenants.name`` holds it: a
+        longer one or a NUL was a 500 on PostgreSQL (found by review). Checked when saved:
+        one stored before still loads."""
+        if not _submitted(info):
+            return name
+        if not 1 <= len(name) <= HOSPITAL_NAME_LENGTH:
+            raise ConfigValueError(
+                f"the hospital's name must be 1 to {HOSPITAL_NAME_LENGTH} characters long",
+                "too-long" if name else "too-short",
+                limit=HOSPITAL_NAME_LENGTH if name else 1,
+            )
+        if not is_one_line(name):
+            raise ConfigValueError(
+                "the hospital's name must be one line of text, without control characters",
+                "not-one-line",
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _one_registration_per_ehr(self, info: ValidationInfo) -> TenantConfiguration:
+        """A launch finds its registration by the EHR's FHIR base (``registration_for_iss``):
+        a second registration of the same base would never be used, its client, roles and
+        frames silently ignored. Checked when saved: one stored before still loads."""
+        if not _submitted(info):
+            return self
+        ids: set[str] = set()
+        bases: set[str] = set()
+        for index, registration in enumerate(self.registrations):
+            at: tuple[str | int, ...] = ("registrations", index)
+            if registration.id in ids:
+                raise ConfigValueError(
+                    f"the registration id {registration.id} is used twice",
+                    "id-twice",
+                    (*at, "id"),
+                    id=registration.id,
+                )
+            if registration.fhir_base_url in bases:
+                raise ConfigValueError(
+                    f"another registration has the FHIR base {registration.fhir_base_url}: "
+                    "a launch from it always takes the first",
+                    "fhir-base-twice",
+                    (*at, "fhir_base_url"),
+                    url=registration.fhir_base_url,
+                )
+            ids.add(registration.id)
+            bases.add(registration.fhir_base_url)
+        return self
 
     def registration_for_iss(self, iss: str) -> EhrRegistration | None:
         wanted = iss.rstrip("/")

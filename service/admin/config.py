@@ -182,17 +182,19 @@ def validate_document(data: Any, root: Node | None = None) -> TenantConfiguratio
     try:
         return TenantConfiguration.model_validate(data, context=SUBMITTED)
     except ValidationError as error:
-        raise ConfigurationError(
-            [
-                Problem(
-                    _message(issue),
-                    _dotted(issue["loc"]),
-                    _line_of(root, issue["loc"]) if root else None,
-                    (issue_reason(issue),),
-                )
-                for issue in error.errors(include_url=False)
-            ]
-        ) from None
+        problems = []
+        for issue in error.errors(include_url=False):
+            # a check of the whole configuration names the place itself: the problem's
+            where = issue["loc"] or _inside(issue)
+            reason = issue_reason(issue, None if issue["loc"] else "")
+            line = _line_of(root, where) if root else None
+            problems.append(Problem(_message(issue), _dotted(where), line, (reason,)))
+        raise ConfigurationError(problems) from None
+
+
+def _inside(issue: Any) -> tuple[str | int, ...]:
+    own = issue.get("ctx", {}).get("error")
+    return own.loc if isinstance(own, ConfigValueError) else ()
 
 
 def _message(issue: Any) -> str:

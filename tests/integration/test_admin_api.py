@@ -21,7 +21,7 @@ from service.db.base import Database, utcnow
 from service.db.models import TenantConfigVersion
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
-from service.tenant_config import DEFAULT_SCOPES
+from service.tenant_config import DEFAULT_SCOPES, TenantConfiguration
 from smart_app.admin import ADMIN_COOKIE, CSRF_HEADER, router
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
 from tests.support.admin import (
@@ -712,3 +712,38 @@ def test_a_stored_bad_frame_origin_is_left_out_of_the_pages_headers_not_a_500(
     error_page = client.get("/launch")  # a nurse's error page, before a launch
     assert error_page.status_code == 400
     assert "script-src *" not in error_page.headers["content-security-policy"]
+
+
+def test_a_second_registration_of_the_same_ehr_is_refused_as_never_used(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: a launch takes the first registration of its FHIR base, so a
+    second one was saved, listed, and its client, roles and frames never used."""
+    headers = bearer(database, gent.id)
+    (first,) = client.get("/admin/api/registrations", headers=headers).json()
+    again = {"name": "EPD 2", "fhir_base_url": first["fhir_base_url"] + "/",
+             "client_id": "kindreflex-2"}  # fmt: skip
+    issue = _refused_registration(client, headers, "ehr2", again)
+    assert issue["expression"] == ["registrations[1].fhir_base_url"]
+    assert "always takes the first" in issue["diagnostics"]
+    # one stored before the check still loads: the hospital is not taken off the air
+    stored = stored_gent(database).config.model_dump(mode="json")
+    stored["registrations"] *= 2
+    loaded = TenantConfiguration.model_validate(stored)
+    assert loaded.registration_for_iss(first["fhir_base_url"]) == loaded.registrations[0]
+
+
+@pytest.mark.parametrize("name", ["AZ " + "Gent" * 50, "AZ\x00Gent", "AZ\nGent", ""])
+def test_a_hospital_name_the_database_cannot_hold_is_refused_not_a_500(
+    client: TestClient, database: Database, gent: Hospital, name: str
+) -> None:
+    """Found by review: a name over the column's 200 characters, or with a NUL, was a 500
+    on PostgreSQL (a line break would forge a line of the audit read as text)."""
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    changed = {**before["configuration"], "name": name}
+    refused = client.put("/admin/api/config", headers=headers, json=changed)
+    assert refused.status_code == 422, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["expression"] == ["name"]
+    assert client.get("/admin/api/config", headers=headers).json() == before

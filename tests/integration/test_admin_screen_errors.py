@@ -512,3 +512,19 @@ def test_an_admin_form_sent_after_the_session_ended_shows_its_text_back_not_the_
     assert (asked.status_code, asked.headers["location"]) == (303, "/admin/login")
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
+
+
+def test_a_second_registration_of_the_same_ehr_is_refused_next_to_its_fhir_base(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    hidden = screen_sign_in(client, database, gent)
+    (first,) = stored_gent(database).config.registrations
+    form = registration_form(hidden, fhir_base_url=first.fhir_base_url)
+
+    refused = client.post("/admin/registrations", data=form)
+    assert refused.status_code == 422
+    message = assert_tied(refused.text, "input", "new-fhir_base_url")
+    assert message.startswith(
+        "Fout: registrations[1].fhir_base_url: Een andere registratie heeft al de FHIR-basis"
+    )
+    assert len(stored_gent(database).config.registrations) == 1

@@ -60,7 +60,15 @@ from tests.support.triage import (
     written_by_save,
 )
 from tests.support.validator import validate
-from tests.support.write_path import Clock, count, fhir_server, make_outbox, make_tenant, search
+from tests.support.write_path import (
+    Clock,
+    LoopbackTokens,
+    count,
+    fhir_server,
+    make_outbox,
+    make_tenant,
+    search,
+)
 
 __all__ = ["fhir_server", "seeded", "world"]  # the fixtures, shared with pytest
 
@@ -940,6 +948,53 @@ def test_a_case_changed_between_reading_and_saving_its_concern_does_not_lose_the
         assert assigned == [True]  # it came in between, and was not overwritten
     assert row.assigned_to == ("Practitioner/sw-1" if assigned[0] else None)
     assert row.row_version == case.row_version + 1 + assigned[0]
+
+
+def test_a_niet_pluis_saved_as_the_case_is_closed_from_the_ehr_reaches_an_open_case(
+    world: World, seeded: SeedResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the EHR closed the concern's Flag; a social worker opening the case
+    closed it on the worklist between a nurse's save reading it open and updating it. The
+    closing kept the row version, so the save joined the closed case: her niet-pluis was
+    delivered, "handed off", and on no worklist for good. Closing moves the version on;
+    the save reads again and opens a new case. The closing is the real case opening, run
+    from a hook in the save's own reading (on SQLite it cannot come in between)."""
+    from service import triage
+    from service.casework import Casework
+
+    patient = seeded.patient("jan-janssens")
+    lotte = child_aged("Lotte Janssens", 7)
+    identifier = _concern_raised(world, patient, lotte)
+    (flag,) = search(world.base_url, "Flag", identifier=identifier)
+    httpx.put(
+        f"{world.base_url}/Flag/{flag['id']}", json=_closed_in_the_ehr(flag)
+    ).raise_for_status()
+    with world.database.session() as session:
+        (case,) = session.scalars(select(Concern)).all()
+    social_worker = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/sw-1")
+    casework = Casework(world.database, world.outbox, LoopbackTokens(), 5.0)
+    reading = triage._open_concern
+    in_between = world.database.engine.dialect.name == "postgresql"
+    opened: list[str] = []
+
+    def read_then_the_case_is_opened(*args: Any, **kwargs: Any) -> Concern | None:
+        row = reading(*args, **kwargs)
+        if not opened and in_between:
+            opened.append(casework.open_case(social_worker, case.id).status)
+        return row
+
+    monkeypatch.setattr(triage, "_open_concern", read_then_the_case_is_opened)
+    later = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-2")
+    result = world.triage.record_triage(later, niet_pluis(later, (lotte,)))
+
+    assert (result.status, result.concern_flagged) == ("delivered", True)
+    assert opened == (["closed"] if in_between else [])
+    with world.database.session() as session:
+        (open_case,) = session.scalars(select(Concern).where(Concern.status == "open")).all()
+    assert open_case.outbox_id == result.outbox_id  # her save is the open case's
+    flag_of_case = f"{terminology.identifier_system('concern')}|{open_case.flag_identifier}"
+    (written,) = search(world.base_url, "Flag", identifier=flag_of_case)
+    assert written["status"] == "active"
 
 
 def test_the_same_form_posted_twice_at_once_is_saved_once(
