@@ -367,6 +367,9 @@ class AuthServer:
                     "invalid_scope", f"scope not granted before: {' '.join(sorted(extra))}"
                 )
             grant = replace(grant, scope=requested)
+        # as a real EHR may: the client's rights as they are now (an administrator narrowed
+        # them since the launch)
+        grant = replace(grant, scope=_granted(grant.scope, client.allowed_scope))
         with self._lock:
             self._refresh.pop(token, None)  # rotation
         return self._token_response(client, grant)

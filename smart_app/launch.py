@@ -341,12 +341,21 @@ def _path_prefix(request: Request, tenant: TenantContext) -> str:
 
 
 def _consume_state(request: Request, state: str | None) -> tuple[LaunchState, TenantContext]:
-    """The launch this callback completes; single use, unexpired, from the same browser."""
+    """The launch this callback completes; single use, unexpired, from the same browser.
+
+    Only the browser that started the launch uses its state up: another that learnt it
+    (from an EHR's log, a Referer) is refused and leaves it to the nurse (found by review:
+    it was used up first, and her own callback refused as "already used")."""
     if not state:
         raise PageError(400, "bad_state", detail="no state")
     database: Database = request.app.state.database
+    browser = request.cookies.get(_binding_cookie(state, request.app.state.settings))
     with database.session() as session:
         pending = session.get(LaunchState, digest(state))
+        if pending is not None and (
+            browser is None or not tokens_match(digest(browser), pending.browser_hash)
+        ):
+            raise PageError(400, "bad_state", detail="state not started in this browser")
         # The DELETE decides a race between two callbacks: only one removes the row.
         removed = cast(
             CursorResult[Any],
@@ -361,9 +370,6 @@ def _consume_state(request: Request, state: str | None) -> tuple[LaunchState, Te
         raise PageError(400, "bad_state", detail="unknown or already used state")
     if pending.expires_at <= utcnow():
         raise PageError(400, "bad_state", detail="expired state")
-    browser = request.cookies.get(_binding_cookie(state, request.app.state.settings))
-    if browser is None or not tokens_match(digest(browser), pending.browser_hash):
-        raise PageError(400, "bad_state", detail="state not started in this browser")
     try:
         return pending, request.app.state.tenants.get(slug)
     except UnknownTenantError as error:

@@ -54,6 +54,7 @@ from smart_app.oauth import (
     ehr_client,
     request_token,
     token_lifetime,
+    writes_not_granted,
 )
 from smart_app.security import digest, page_headers, tokens_match
 
@@ -501,12 +502,23 @@ class SessionTokens:
                 if failure.kind == "ehr_unreachable" and row.access_expires_at <= utcnow():
                     raise FhirUnavailable(f"token refresh: {failure.detail}") from failure
                 return self._still_valid(row, current, failure.detail)
+            granted = str(answer.get("scope") or row.scope)
+            if dropped := writes_not_granted(row.scope, granted):
+                # as the launch refuses it: the saves would wait for a sign-in while the
+                # nurse reads "delivery follows" (found by review). Not kept; past expiry,
+                # a new sign-in.
+                reason = f"the refresh no longer grants {' '.join(dropped)}"
+                log.warning(
+                    "token refresh refused",
+                    extra={"fields": {"session": session_id, "reason": reason}},
+                )
+                return self._still_valid(row, current, reason)
             row.access_token = self._sealer.seal(str(answer["access_token"]))
             if answer.get("refresh_token"):  # servers may rotate the refresh token
                 row.refresh_token = self._sealer.seal(str(answer["refresh_token"]))
             row.sealed = self._sealer.active
             row.access_expires_at = token_expiry(answer)
-            row.scope = str(answer.get("scope") or row.scope)
+            row.scope = granted
             return str(answer["access_token"])
 
     def _registration(self, tenant: Tenant | None, row: AppSession) -> EhrRegistration:

@@ -43,7 +43,12 @@ from service.fhir.client import ReauthorisationRequired
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
-from service.tenant_config import ClientAuth, EhrRegistration, TenantConfiguration
+from service.tenant_config import (
+    DEFAULT_SCOPES,
+    ClientAuth,
+    EhrRegistration,
+    TenantConfiguration,
+)
 from smart_app import launch as launch_module
 from smart_app import oauth
 from smart_app.oauth import (
@@ -486,6 +491,15 @@ def test_bad_replayed_or_foreign_browser_state_is_refused(kindreflex: Kindreflex
     assert foreign.status_code == 400
     assert kindreflex.count(AppSession) == 1  # only the first, legitimate launch
 
+    # Another browser that learnt a state does not use it up: the nurse's own callback,
+    # which follows, still signs her in (found by review: it was refused as "already used").
+    nurse, someone = Browser(), Browser()
+    callback = kindreflex.consented(nurse)
+    state = parse_qs(urlsplit(callback).query)["state"][0]
+    assert someone.get(f"{kindreflex.url}/callback?state={state}&code=junk").status_code == 400
+    assert nurse.get(callback).status_code == 303
+    assert kindreflex.count(AppSession) == 2
+
 
 def browser_last_callback(browser: Browser, answer: httpx.Response) -> str:
     request_url = str(answer.request.url)
@@ -667,6 +681,41 @@ def test_refresh_happens_once_under_concurrent_requests_then_needs_reauthorisati
     _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
     with pytest.raises(ReauthorisationRequired):
         kindreflex.tokens.access_token(session_id)
+
+
+def test_a_refresh_that_grants_fewer_writes_is_not_taken_and_then_needs_a_sign_in(
+    kindreflex: Kindreflex, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The EHR's administrator narrowed the app's rights after the launch: the refresh
+    grants no update of a Flag. That token was taken, and the saves waited for a sign-in
+    while the nurse read "delivery follows" (found by review). The token the launch
+    granted serves while it lasts; then a new sign-in, as the launch refuses it."""
+    current = kindreflex.app.state.tenants.get("default")
+    writing = current.config.registrations[0].model_copy(update={"scopes": DEFAULT_SCOPES})
+    kindreflex.app.state.tenants.save(
+        "default", current.config.model_copy(update={"registrations": [writing]}), "test"
+    )
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    before = kindreflex.tokens.access_token(session_id)
+    client = kindreflex.sandbox.auth.clients[kindreflex.client_id]
+    narrowed = "launch openid fhirUser patient/*.rs patient/*.c user/*.rs"
+    kindreflex.sandbox.register_client(replace(client, allowed_scope=narrowed))
+
+    _expire_soon(kindreflex.database, session_id)
+    with caplog.at_level("WARNING", logger="smart_app.session"):
+        assert kindreflex.tokens.access_token(session_id) == before  # still valid: kept
+    (refused,) = [r.fields["reason"] for r in caplog.records if hasattr(r, "fields")]
+    assert re.fullmatch(r"the refresh no longer grants .*patient/Flag\.u.*", refused)
+    _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
+    with pytest.raises(ReauthorisationRequired, match="cannot be refreshed"):
+        kindreflex.tokens.access_token(session_id)
+    with kindreflex.database.session() as session:
+        row = session.get(AppSession, session_id)
+        assert row is not None
+        assert "patient/*.c" in row.scope.split()
+        assert row.scope != narrowed
 
 
 def test_a_refresh_after_the_registration_moved_to_another_ehr_needs_a_new_sign_in(
