@@ -846,7 +846,7 @@ class Casework:
             plan_version=str(ctx.tenant.config.plan.revision),  # the wording shown
             now=now,
         )
-        follow_up = finding.next_follow_up if isinstance(finding, Step5Progress) else None
+        follow_up = finding.first_check if isinstance(finding, Step5Progress) else None
         return self._save(
             ctx,
             concern,

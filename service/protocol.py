@@ -872,6 +872,13 @@ class Step5Progress(ChildFinding):
         for action in self.agreed_actions:
             _check_not_before(action.follow_up_on, self)
 
+    @property
+    def first_check(self) -> date | None:
+        """The first day the social service planned to look again: the next follow-up or an
+        agreed action's check, whichever comes first (the worklist's "follow-up due")."""
+        planned = (self.next_follow_up, *(a.follow_up_on for a in self.agreed_actions))
+        return min((day for day in planned if day is not None), default=None)
+
 
 @dataclass(frozen=True)
 class FacilityContact:

@@ -129,7 +129,8 @@ class CaseSummary(BaseModel):
         description="The case's route comes from an acute-danger finding (parket or police)."
     )
     follow_up_due: date | None = Field(
-        description="The next step 5 follow-up, as the latest step 5 planned it."
+        description="The first check the latest step 5 planned: its next follow-up or an "
+        "agreed action's date, whichever comes first."
     )
     overdue: bool = Field(description="An open case whose follow-up date has passed.")
     days_open: int
@@ -340,7 +341,7 @@ class CaseConflict(Exception):  # noqa: N818 - a conflict is an outcome, not a f
         self.holder_display = holder_name or holder
         self.current_version = current_version
         if reason == "closed":
-            self.message = "This case is closed; a closed case is not assigned."
+            self.message = "This case is closed; nothing was changed."
         else:
             self.message = (
                 "Someone else changed this case since you opened it (it is now assigned to "

@@ -175,6 +175,12 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     )
     listed = case.client.get("/api/cases", headers=case.headers, params={"status": "closed"}).json()
     assert [item["id"] for item in listed["items"]] == [case.id]
+    again = case.send(
+        "close", {"row_version": closed.json()["row_version"], "reason": "safety-restored"}
+    )
+    assert again.status_code == 409
+    # not the claim's wording ("a closed case is not assigned") for every change
+    assert again.json()["detail"]["message"] == "This case is closed; nothing was changed."
 
     # A later concern of the same patient has its own referrals (here one made a day later).
     later = {k: v for k, v in request.items() if k not in ("id", "meta")}
@@ -300,10 +306,24 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
     assert validate(progress) == []
     assert mapping.finding_from_observation(progress).next_follow_up == today  # type: ignore[union-attr]
 
-    last = case.send(
+    # an agreed action's check is a follow-up too (found by review: never on the worklist)
+    action = {"text": "Home visit by the CAW", "follow_up_on": str(today + timedelta(days=9))}
+    agreed = case.send(
         "step-5",
         {
             "row_version": first.json()["row_version"],
+            "progress": "improving",
+            "agreed_actions": [action],
+            "next_follow_up": str(today + timedelta(days=14)),
+        },
+    )
+    assert agreed.status_code == 200, agreed.text
+    (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    assert listed["follow_up_due"] == action["follow_up_on"]
+    last = case.send(
+        "step-5",
+        {
+            "row_version": agreed.json()["row_version"],
             "progress": "improving",
             "note": "Follow-up: the CAW sees her weekly.",
         },
