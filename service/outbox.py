@@ -271,6 +271,7 @@ def _not_now(entry_id: int, error: FhirUnavailable) -> Delivery:
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
     """Add an entry inside the caller's unit of work (committed with the rest of the save)."""
+    _in_patient_order(session, tenant_id, entry)
     row = OutboxEntry(
         tenant_id=tenant_id,
         kind=entry.kind,
@@ -288,6 +289,20 @@ def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
     session.add(row)
     session.flush()
     return row
+
+
+def _in_patient_order(session: Session, tenant_id: int, entry: NewEntry) -> None:
+    """A patient's entries are delivered in the order of their ids (:func:`_in_its_turn`),
+    which must be the order their saves commit. PostgreSQL gives the id when the row is
+    inserted: a save whose transaction was still open held an older id than one of
+    another nurse committed before it, and the later one was delivered first (found by
+    review). A lock per patient, taken before the id and held until the commit, gives
+    the ids in commit order; SQLite has one writer at a time."""
+    ordered = entry.patient_ref is not None and entry.kind not in _UNORDERED_KINDS
+    if not ordered or session.get_bind().dialect.name != "postgresql":
+        return
+    key = f"outbox|{tenant_id}|{entry.fhir_base_url}|{entry.patient_ref}"
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
 
 @dataclass(frozen=True)
@@ -338,6 +353,11 @@ def undelivered(
         Undelivered(*row[:7], state=DeliveryState(row.state), last_error=row.last_error)
         for row in session.execute(query)
     ]
+
+
+#: The outcome of an attempt that found, before sending, that another instance holds the
+#: entry now (:meth:`Outbox._still_ours`).
+LEASE_LOST = "lease lost"
 
 
 @dataclass(frozen=True)
@@ -406,7 +426,10 @@ class Outbox:
             self._release_hold(entry_id)
             return self.state_of(entry_id)
         seconds = timeout or self._timeout
-        return self._deliver(claimed[0], seconds, FhirClient.for_save).state
+        delivery = self._deliver(claimed[0], seconds, FhirClient.for_save)
+        if delivery.detail == LEASE_LOST:  # another instance has it: its outcome is the one
+            return self.state_of(entry_id)
+        return delivery.state
 
     def run_once(self, limit: int = 20) -> list[Delivery]:
         """Deliver the entries that are due (the worker's cycle; tests call it directly).
@@ -603,6 +626,12 @@ class Outbox:
 
     def _renew(self, entry: _Claimed) -> bool:
         """A fresh lease for one entry of a claimed batch, if it is still ours."""
+        if self._extended(entry):
+            return True
+        log.warning("outbox lease lost", extra={"fields": {"outbox_id": entry.id}})
+        return False
+
+    def _extended(self, entry: _Claimed) -> bool:
         with self._database.session() as session:
             result = session.execute(
                 update(OutboxEntry)
@@ -610,10 +639,20 @@ class Outbox:
                 .values(lease_until=self._clock() + self._lease_for(1))
                 .execution_options(synchronize_session=False)
             )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            return True
-        log.warning("outbox lease lost", extra={"fields": {"outbox_id": entry.id}})
-        return False
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def _still_ours(self, entry: _Claimed) -> bool:
+        """The lease renewed once more, just before the transaction is sent: the heartbeat
+        may have found it lost (renewals refused past the lease, the process paused) while
+        the attempt went on, and another instance may have claimed the entry since. Sent
+        anyway, the transaction went twice at once (found by review). A database that
+        cannot say is no lease: the entry is tried again once its lease has run out."""
+        try:
+            return self._extended(entry)
+        except Exception as error:  # the database's: not known to be ours
+            fields = {"outbox_id": entry.id, "error": type(error).__name__}
+            log.error("outbox lease not checked: database error", extra={"fields": fields})
+            return False
 
     def _lease_for(self, batch: int) -> timedelta:
         """Long enough for every delivery of the batch to run into its timeout, and a margin:
@@ -703,6 +742,8 @@ class Outbox:
                 if entry.attempts > 1 and entry.witness and _witness_exists(client, entry.witness):
                     return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier")
                 sent = _merged(client, entry.bundle)
+                if not self._still_ours(entry):
+                    return Delivery(entry.id, DeliveryState.PENDING, LEASE_LOST)
                 if sent.bundle["entry"]:  # else every merge found nothing to write
                     client.transaction(sent.bundle)
             except _WitnessUnanswered as unanswered:

@@ -207,22 +207,27 @@ def _enqueue(
     database: Database, tenant: TenantContext, base_url: str, bundle: Any, **kw: Any
 ) -> int:
     with database.session() as db:
-        entry = enqueue(
-            db,
-            tenant.id,
-            NewEntry(
-                kind="test",
-                registration_id="ehr",
-                fhir_base_url=base_url,
-                session_id=kw.get("session", "s1"),
-                author="Practitioner/nurse-1",
-                patient_ref=kw.get("patient", "Patient/p1"),
-                bundle=bundle,
-                witness=kw.get("witness"),
-                delivered_at_once=kw.get("delivered_at_once", False),
-            ),
-        )
-        return entry.id
+        return _enqueue_in(db, tenant, base_url, bundle, **kw)
+
+
+def _enqueue_in(db: Any, tenant: TenantContext, base_url: str, bundle: Any, **kw: Any) -> int:
+    """:func:`_enqueue` inside the caller's transaction."""
+    entry = enqueue(
+        db,
+        tenant.id,
+        NewEntry(
+            kind="test",
+            registration_id="ehr",
+            fhir_base_url=base_url,
+            session_id=kw.get("session", "s1"),
+            author="Practitioner/nurse-1",
+            patient_ref=kw.get("patient", "Patient/p1"),
+            bundle=bundle,
+            witness=kw.get("witness"),
+            delivered_at_once=kw.get("delivered_at_once", False),
+        ),
+    )
+    return entry.id
 
 
 def test_an_entry_its_saving_request_delivers_is_left_to_it_by_the_worker(
@@ -1216,8 +1221,11 @@ class _PastItsLease(NamedTuple):
     taken_over: list[Delivery]  # what the other instance delivered meanwhile
 
 
-def _past_its_lease(database: Database, fhir_server: FhirServer, **options: Any) -> _PastItsLease:
-    """Queues the entry and makes the outbox (``options``: make_outbox's) to deliver it."""
+def _past_its_lease(
+    database: Database, fhir_server: FhirServer, renewed: bool = True, **options: Any
+) -> _PastItsLease:
+    """Queues the entry and makes the outbox (``options``: make_outbox's) to deliver it;
+    ``renewed``: whether its heartbeat beats at all while the delivery is under way."""
     tenant = make_tenant(database, "a", fhir_server.base_url)
     marker, plain = str(uuid.uuid4()), str(uuid.uuid4())
     tx = TransactionBuilder()
@@ -1232,7 +1240,7 @@ def _past_its_lease(database: Database, fhir_server: FhirServer, **options: Any)
     class SlowTokens(LoopbackTokens):
         def access_token(self, session_id: str) -> str:
             clock.advance(3600)  # far past any lease
-            give_up = time.monotonic() + 10
+            give_up = time.monotonic() + (10 if renewed else 0)
             while outbox_entry(database, entry_id).lease_until <= clock.now:  # type: ignore[operator]
                 if time.monotonic() > give_up:
                     break  # not renewed: the other instance will show what that costs
@@ -1240,7 +1248,8 @@ def _past_its_lease(database: Database, fhir_server: FhirServer, **options: Any)
             taken_over.extend(other.run_once())
             return super().access_token(session_id)
 
-    slow = make_outbox(database, clock, tokens=SlowTokens(), heartbeat_seconds=0.01, **options)
+    heartbeat = 0.01 if renewed else 3600
+    slow = make_outbox(database, clock, tokens=SlowTokens(), heartbeat_seconds=heartbeat, **options)
     return _PastItsLease(slow, entry_id, plain, taken_over)
 
 
@@ -1258,6 +1267,20 @@ def test_a_delivery_that_outlasts_its_lease_keeps_it_and_is_not_sent_twice(
     assert slow.taken_over == []
     assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{slow.plain}") == 1
     assert outbox_entry(database, slow.entry_id).lease_until is None  # released once recorded
+
+
+def test_a_delivery_that_lost_its_lease_does_not_send_what_another_instance_took_over(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """The heartbeat could not keep the lease (renewals refused past it, the process
+    paused: here no beat comes at all) and another instance claimed and delivered the
+    entry. The first went on and sent the transaction a second time (found by review: its
+    plain creates twice). It asks for its lease once more before sending, and stops."""
+    slow = _past_its_lease(database, fhir_server, renewed=False)
+    assert slow.outbox.deliver(slow.entry_id) == DeliveryState.DELIVERED  # by the other
+
+    assert [d.state for d in slow.taken_over] == [DeliveryState.DELIVERED]
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{slow.plain}") == 1
 
 
 def test_a_lease_renewal_the_database_refuses_is_logged_counted_and_tried_again(
@@ -1343,3 +1366,36 @@ def test_a_saving_requests_attempt_ends_within_the_screens_budget_and_the_worker
     assert delivery.state is DeliveryState.DELIVERED
     for marker in markers:
         assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
+
+
+def test_a_patients_later_save_waits_for_the_id_of_an_earlier_one_still_committing(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """The ids order a patient's deliveries. PostgreSQL gives an id when the row is
+    inserted: a save still committing held id 10 while another nurse's, committed first,
+    took 11 and was delivered first (found by review). The later save now cannot take an
+    id before the earlier commits: tried with a lock timeout, it is refused while the
+    earlier is open, and takes the next id once it has committed. Another patient's save
+    does not wait. (SQLite has one writer at a time: there the earlier is simply first.)"""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    postgres = database.engine.dialect.name == "postgresql"
+    empty = TransactionBuilder().bundle()
+
+    def later_save(patient: str) -> int:
+        with database.session() as db:
+            if postgres:
+                db.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            return _enqueue_in(db, tenant, fhir_server.base_url, empty, patient=patient)
+
+    with database.session() as earlier:
+        first = _enqueue_in(earlier, tenant, fhir_server.base_url, empty, patient="Patient/p1")
+        if postgres:
+            with pytest.raises(DBAPIError, match="lock"):
+                later_save("Patient/p1")
+            assert later_save("Patient/p2") > first  # another patient: not held
+    second = later_save("Patient/p1")
+
+    assert second > first
