@@ -235,7 +235,7 @@ class AuthServer:
         state = params.get("state")
 
         def fail(error: str, description: str) -> Response:
-            return _redirect(
+            return self._answer(
                 redirect_uri,
                 {
                     "error": error,
@@ -290,7 +290,7 @@ class AuthServer:
         p = pending.params
         state = p["state"]
         if decision != "allow":
-            return _redirect(
+            return self._answer(
                 p["redirect_uri"],
                 {
                     "error": "access_denied",
@@ -301,7 +301,7 @@ class AuthServer:
         launch = pending.launch
         user_key = user or (launch.user if launch else None) or "nurse"
         if self.user(user_key) is None:
-            return _redirect(
+            return self._answer(
                 p["redirect_uri"],
                 {"error": "access_denied", "error_description": "unknown user", "state": state},
             )
@@ -324,7 +324,7 @@ class AuthServer:
                 p["code_challenge"],
                 self.now() + self.config.code_lifetime,
             )
-        return _redirect(p["redirect_uri"], {"code": code, "state": state})
+        return self._answer(p["redirect_uri"], {"code": code, "state": state})
 
     # -- /token ---------------------------------------------------------------------------------
     async def token(self, form: dict[str, str]) -> dict[str, Any]:
@@ -523,6 +523,11 @@ class AuthServer:
                 await http.aclose()
         return [k for k in keys if isinstance(k, dict)]
 
+    def _answer(self, redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
+        """The authorization response, naming its issuer as RFC 9207 has it: a client that
+        registered with several servers knows which one answered (no mix-up)."""
+        return _redirect(redirect_uri, {**params, "iss": self.issuer})
+
     # -- discovery documents --------------------------------------------------------------------
     def smart_configuration(self) -> dict[str, Any]:
         return {
@@ -552,6 +557,7 @@ class AuthServer:
             ],
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
             "capabilities": [
                 "launch-ehr",
                 "launch-standalone",

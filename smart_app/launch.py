@@ -176,17 +176,19 @@ def callback(
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
+    iss: str | None = None,
 ) -> RedirectResponse:
     pending, tenant = _consume_state(request, state)
     registration = _registration(tenant, pending)
     page = _page_for(registration)
+    server = AuthServer.from_json({k: v for k, v in pending.server.items() if k != _LAUNCHED_FOR})
+    _answered_by(server, iss, page)
     if error == "access_denied":
         raise PageError(403, "access_denied", **page)
     if error or not code:
         raise PageError(400, "authorization_failed", detail=error_description or error, **page)
     settings: Settings = request.app.state.settings
     keys: KeyStore = request.app.state.keys
-    server = AuthServer.from_json({k: v for k, v in pending.server.items() if k != _LAUNCHED_FOR})
     with ehr_client(settings.fhir_timeout_seconds) as http:
         answer = _call(
             registration,
@@ -338,6 +340,26 @@ def _tenant(request: Request) -> TenantContext:
 
 def _path_prefix(request: Request, tenant: TenantContext) -> str:
     return f"/t/{tenant.slug}" if "tenant" in request.path_params else ""
+
+
+def _answered_by(server: AuthServer, iss: str | None, page: dict[str, Any]) -> None:
+    """The authorization response comes from the server the launch went to (RFC 9207).
+
+    Every hospital's EHRs answer at the one ``/callback``: a registered EHR that sent the
+    browser on to another EHR with our client and this launch's state would otherwise
+    receive the other's code and our PKCE verifier (found by review: an authorization
+    server mix-up). A server that names itself must, and must name itself; one that does
+    not say it does is taken at the state's word (its registration's ``private_key_jwt``
+    keeps a code that went astray unusable)."""
+    if iss is None and not server.names_itself:
+        return
+    if iss != server.issuer:
+        raise PageError(
+            400,
+            "authorization_failed",
+            detail=f"the authorization response names issuer {iss!r}, not {server.issuer!r}",
+            **page,
+        )
 
 
 def _consume_state(request: Request, state: str | None) -> tuple[LaunchState, TenantContext]:

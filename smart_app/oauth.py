@@ -94,6 +94,8 @@ class AuthServer:
     # defaults: launch states stored before these fields existed still load
     scopes_v1: bool = False
     assertion_alg: Algorithm = DEFAULT_ALGORITHM
+    #: the server names itself in its authorization responses (RFC 9207 ``iss``)
+    names_itself: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +143,7 @@ def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
         jwks_uri=_absolute(base, jwks_uri) if isinstance(jwks_uri, str) and jwks_uri else None,
         scopes_v1="permission-v1" in capabilities and "permission-v2" not in capabilities,
         assertion_alg=_assertion_algorithm(document),
+        names_itself=document.get("authorization_response_iss_parameter_supported") is True,
     )
     cleartext = [name for name, url in _contacted(base, server) if not over_tls(url)]
     if cleartext:

@@ -69,7 +69,7 @@ from smart_app.session import (
 )
 from tests.support.processes import free_port
 from tests.support.sandbox import consent, running_sandbox
-from tests.support.served import ServedJson, Trickled
+from tests.support.served import Counted, ServedJson, Trickled
 from tests.support.validator import validate
 
 EHR_ORIGIN = "https://ehr.az-example.be"
@@ -365,7 +365,7 @@ def test_the_authorization_request_carries_pkce_state_nonce_and_the_iss_as_aud(
 def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindreflex) -> None:
     answer = Browser().get(f"{kindreflex.url}/launch?iss=https://elsewhere.example/fhir&launch=abc")
     assert answer.status_code == 400
-    assert "Dit EHR is niet geregistreerd" in answer.text
+    assert "Dit EPD is niet geregistreerd" in answer.text
     assert "https://elsewhere.example/fhir" in answer.text
     policy = answer.headers["content-security-policy"]
     assert f"frame-ancestors {EHR_ORIGIN} {kindreflex.sandbox.ehr_url}" in policy
@@ -410,7 +410,7 @@ def test_a_page_refused_before_any_registration_is_known_follows_the_browser_lan
     assert answer.status_code == 400
     assert '<html lang="fr">' in answer.text
     assert "Ce DPI n&#x27;est pas enregistré" in answer.text
-    assert "Dit EHR is niet geregistreerd" not in answer.text
+    assert "Dit EPD is niet geregistreerd" not in answer.text
 
 
 def _launch_from(kindreflex: Kindreflex, fhir_base_url: str) -> httpx.Response:
@@ -428,7 +428,7 @@ def _launch_from(kindreflex: Kindreflex, fhir_base_url: str) -> httpx.Response:
 def test_an_unreachable_ehr_gets_a_clear_page(kindreflex: Kindreflex, database: Database) -> None:
     answer = _launch_from(kindreflex, f"http://127.0.0.1:{free_port()}/fhir")
     assert answer.status_code == 502
-    assert "Het EHR antwoordt niet" in answer.text
+    assert "Het EPD antwoordt niet" in answer.text
     assert kindreflex.count(LaunchState) == 0
 
 
@@ -448,12 +448,12 @@ def test_an_ehr_answering_too_slowly_or_too_much_gets_a_clear_page_in_time(
         answer = _launch_from(kindreflex, slow.url)
         assert time.monotonic() - started < EHR_FETCH_SECONDS + 2
         assert answer.status_code == 502
-        assert "Het EHR antwoordt niet" in answer.text
+        assert "Het EPD antwoordt niet" in answer.text
         assert "TimeoutError" in answer.text
 
         answer = _launch_from(kindreflex, flood.url)
         assert answer.status_code == 502
-        assert "Het EHR ondersteunt Kindreflex niet" in answer.text
+        assert "Het EPD ondersteunt Kindreflex niet" in answer.text
         assert f"larger than {EHR_FETCH_MAX_BYTES} bytes" in answer.text
         assert kindreflex.count(LaunchState) == 0
 
@@ -505,6 +505,49 @@ def browser_last_callback(browser: Browser, answer: httpx.Response) -> str:
     request_url = str(answer.request.url)
     assert "/callback?" in request_url
     return request_url
+
+
+def test_an_ehr_that_sends_the_browser_on_to_another_never_gets_the_others_code(
+    kindreflex: Kindreflex,
+) -> None:
+    """Found by review (an authorization server mix-up): another hospital's registered EHR,
+    the attacker's, starts a launch and sends the browser on to the sandbox EHR with our
+    client id, this launch's state and PKCE challenge. The sandbox's answer came to our one
+    ``/callback``, which sent its code and our PKCE verifier to the attacker's token
+    endpoint: a public client's code was then redeemable. The answer names its issuer
+    (RFC 9207), which is not the launch's: refused before any token request."""
+    with Counted(b"{}") as attacker:
+        base = attacker.url.rstrip("/")
+        attacker.body = json.dumps(
+            {"issuer": base, "authorization_endpoint": f"{base}/authorize",
+             "token_endpoint": f"{base}/token", "code_challenge_methods_supported": ["S256"]}
+        ).encode()  # fmt: skip
+        theirs = _registration(kindreflex.sandbox, "their-client", "none")
+        theirs = theirs.model_copy(update={"id": "theirs", "fhir_base_url": f"{base}/fhir"})
+        config = TenantConfiguration(name="AZ Elders", registrations=[theirs])
+        kindreflex.app.state.tenants.save("az-elders", config, "test")
+        nurse = Browser()
+        started = nurse.get(f"{kindreflex.url}/t/az-elders/launch?iss={base}/fhir&launch=x")
+        assert started.status_code == 302, started.text
+        ours = dict(parse_qs(urlsplit(started.headers["location"]).query))
+        sandbox = kindreflex.sandbox
+        launch = sandbox.auth.create_launch(patient=first_patient(sandbox), user="nurse")
+        sent_on = {k: v[0] for k, v in ours.items()} | {
+            "client_id": kindreflex.client_id, "aud": sandbox.fhir_base_url, "launch": launch
+        }  # fmt: skip
+        page = nurse.get(f"{sandbox.auth.authorize_url}?{httpx.QueryParams(sent_on)}")
+        callback = consent(sandbox, page, "allow", "nurse")
+
+        refused = nurse.get(callback)
+
+        assert refused.status_code == 400
+        assert attacker.requests == 1  # its discovery, never a token request
+    assert kindreflex.count(AppSession) == 0
+    # the sandbox says it names itself: an answer without its name is no answer of it
+    callback = kindreflex.consented(nurse)
+    unnamed = re.sub(r"&?iss=[^&]*", "", callback)
+    assert nurse.get(unnamed).status_code == 400
+    assert kindreflex.count(AppSession) == 0
 
 
 def test_roles_come_from_the_id_token_claim_of_the_registration(kindreflex: Kindreflex) -> None:
