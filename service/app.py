@@ -7,7 +7,7 @@ import functools
 import gc
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -80,6 +80,20 @@ def _freeze_startup_heap() -> None:
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
+def _credentials_in_query(scope: MutableMapping[str, Any]) -> bool:
+    """The SMART launch and callback, whose query strings are credentials (the EHR's launch
+    token, the authorization code, the state): FastAPI's span carries a request's whole
+    query (``url.query``), which the access log drops (found by review: sent to the
+    hospital's collector as it was)."""
+    return str(scope.get("path", "")).rsplit("/", 1)[-1] in ("launch", "callback")
+
+
+#: Switched on: requests traced and measured, but not those, and no log records of
+#: FastAPI's own: they carry an exception's message and stack whole, past the scrubbing of
+#: our log formatter (a database error's values: ``observability.JsonFormatter``).
+_TELEMETRY: TelemetryConfig = {"logs": False, "exclude": _credentials_in_query}
+
+
 class KindreflexApp(FastAPI):
     """The app, with the CDS Hooks endpoints answered before its middleware stack: the EHR
     waits on those calls (``service.cds.fastpath``)."""
@@ -110,14 +124,14 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         summary="The Flemish Kindreflex in the emergency department: CDS Hooks and SMART on FHIR",
         version="0.1.0",
         lifespan=_lifespan,
-        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
+        telemetry=_TELEMETRY if settings.opentelemetry else _NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = metrics
     app.state.tenants = TenantDirectory(database, SecretBox(settings.secret_key))
     app.state.readiness_checks = {"database": health.database_check(database)}
-    app.state.cds = new_cds_state(database, metrics.registry)
+    app.state.cds = new_cds_state(database, metrics.registry, settings.secret_key)
 
     app.include_router(health.router)
     for_each_hospital(app, cds_router)  # CDS Hooks
@@ -235,7 +249,8 @@ class NoStoreByDefault:
     assets and the JWKS say how long to keep them). The pages set it themselves; the JSON
     APIs carry the same children's names and notes (the social worklist and cases, the
     admin's configuration), and a browser on a shared workstation must not keep them on
-    its disk. (The CDS hooks answer a server's POST, which nothing caches.)"""
+    its disk. (The CDS hooks are answered before it, and say so themselves:
+    ``service.cds.router``.)"""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import hmac
 import logging
 import statistics
 from collections.abc import Iterable, Iterator, Mapping
@@ -42,6 +43,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import ColumnElement, Select, Subquery, distinct, exists, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -168,16 +170,32 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=LOCAL_ZONE).astimezone(UTC)
 
 
-def presentation_key(fhir_server: str, patient_id: str, encounter_id: str | None, day: date) -> str:
+def presentation_secret(secret_key: SecretStr | None) -> bytes:
+    """The key of :func:`presentation_key`, derived from ``KINDREFLEX_SECRET_KEY`` for this
+    purpose alone (empty without one: a trial's)."""
+    if secret_key is None:
+        return b""
+    return hashlib.sha256(
+        f"kindreflex:presentation:{secret_key.get_secret_value()}".encode()
+    ).digest()
+
+
+def presentation_key(
+    secret: bytes, fhir_server: str, patient_id: str, encounter_id: str | None, day: date
+) -> str:
     """A one-way key of an ED presentation: the encounter, or without one the patient's day.
 
     Cards of the same presentation (a patient-view on every chart opening) share the key,
-    so presentations are counted without storing a patient or encounter id. The ids are
-    guessable, so the key is pseudonymous rather than anonymous: it stays in this database
-    and appears in no output.
+    so presentations are counted without storing a patient or encounter id. An HMAC under
+    a secret the database does not hold (:func:`presentation_secret`): the ids are
+    guessable, and a plain hash of them gave the encounter of a card's reasons (a suicide
+    attempt, domestic violence) back to whoever read the database or a backup, in
+    milliseconds (found by review). A new secret key starts new keys: a presentation
+    across a rotation counts twice.
     """
     subject = f"Encounter/{encounter_id}" if encounter_id else f"Patient/{patient_id}|{day}"
-    return hashlib.sha256(f"{fhir_server.rstrip('/')}|{subject}".encode()).hexdigest()
+    message = f"{fhir_server.rstrip('/')}|{subject}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)

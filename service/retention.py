@@ -171,17 +171,29 @@ def drop_expired_launches(session: Session, now: datetime) -> tuple[int, int]:
     """Delete expired app sessions (with their tokens) and abandoned launch states; how
     many of each.
 
-    An ended session whose access token still lives stays until it expires, without its
-    refresh token (an ended session does not refresh): a save made just before the end
-    is delivered with it (``SessionTokens.access_token``). Deleted at once, the save waited
-    for a sign-in and held back the patient's later saves (found by review)."""
-    session.execute(
-        update(AppSession)
-        .where(AppSession.expires_at <= now, AppSession.refresh_token.is_not(None))
-        .values(refresh_token=None)
+    An ended session that a save still waiting for delivery needs, and whose access token
+    still lives, stays until it expires, without its refresh token (an ended session does
+    not refresh) nor its launch's context: the save made just before the end is delivered
+    with it (``SessionTokens.access_token``). Deleted at once, the save waited for a
+    sign-in and held back the patient's later saves (found by review). Any other ended
+    session goes: kept while its token lived (up to a year), it held the nurse's name, the
+    patient and a live bearer token well past what the README promises (found by review).
+    """
+    needed = exists().where(
+        OutboxEntry.session_id == AppSession.id, OutboxEntry.state.in_(UNDELIVERED_STATES)
     )
     app_sessions = session.execute(
-        delete(AppSession).where(AppSession.expires_at <= now, AppSession.access_expires_at <= now)
+        delete(AppSession).where(
+            AppSession.expires_at <= now, or_(AppSession.access_expires_at <= now, ~needed)
+        )
+    )
+    session.execute(
+        update(AppSession)
+        .where(
+            AppSession.expires_at <= now,
+            or_(AppSession.refresh_token.is_not(None), AppSession.app_context.is_not(None)),
+        )
+        .values(refresh_token=None, app_context=None, launch_details={})
     )
     states = session.execute(delete(LaunchState).where(LaunchState.expires_at <= now))
     return int(app_sessions.rowcount), int(states.rowcount)  # type: ignore[attr-defined]

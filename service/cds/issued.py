@@ -44,8 +44,11 @@ CARDS: Table = CdsCard.__table__  # type: ignore[assignment]
 
 
 class IssuedCards:
-    def __init__(self, commits: GroupCommit, max_backlog: int = MAX_BACKLOG) -> None:
+    """``secret``: the presentation key's (``monitoring.presentation_secret``)."""
+
+    def __init__(self, commits: GroupCommit, secret: bytes, max_backlog: int = MAX_BACKLOG) -> None:
         self._commits = commits
+        self._secret = secret
         self._max_backlog = max_backlog
 
     async def record(
@@ -58,7 +61,7 @@ class IssuedCards:
             "indicator": advice.indicator,
             "reasons": list(advice.reasons),
             "presentation": presentation_key(
-                seen.fhir_server, seen.patient_id, seen.encounter_id, seen.day
+                self._secret, seen.fhir_server, seen.patient_id, seen.encounter_id, seen.day
             ),
             "issued_at": utcnow(),
         }

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError, StatementError
 
 from service import outbound
@@ -63,6 +63,7 @@ from service.db.base import Database, insert_new, utcnow
 from service.db.models import CdsFeedback
 from service.i18n import negotiate
 from service.local_time import local_today
+from service.monitoring import presentation_secret
 from service.settings import Settings, over_tls
 from service.tenancy import TenantContext, UnknownTenantError
 from service.tenant_config import Hook
@@ -97,7 +98,7 @@ def cds_state(request: Request) -> CdsState:
     return state
 
 
-def new_cds_state(database: Database, registry: Any) -> CdsState:
+def new_cds_state(database: Database, registry: Any, secret_key: SecretStr | None) -> CdsState:
     """Built with the app, so that the first hook call after a start does not pay for it
     (the HTTP clients' imports and set-up took seconds on a loaded machine)."""
     fhir_requests = Counter(
@@ -126,7 +127,7 @@ def new_cds_state(database: Database, registry: Any) -> CdsState:
     return CdsState(
         authenticator=CdsAuthenticator(JwksCache(jwks_http), SeenTokens(commits)),
         commits=commits,
-        issued=IssuedCards(commits),
+        issued=IssuedCards(commits, presentation_secret(secret_key)),
         configured=ConfiguredHooks(),
         fhir_http=fhir_http,
         fhir_requests=fhir_requests,
@@ -136,7 +137,14 @@ def new_cds_state(database: Database, registry: Any) -> CdsState:
 
 class _Json(JSONResponse):
     """Plain JSON encoded by orjson: no jsonable_encoder walk, and several times faster than
-    the standard library on a card (the cards and errors hold only str, int, list, dict)."""
+    the standard library on a card (the cards and errors hold only str, int, list, dict).
+
+    ``Cache-Control: no-store``, as every other answer of the service has it: a card says
+    why a patient may have children at risk, and a browser-based EHR calls the hooks from
+    the workstation (found by review: the fast path answers before the app's default)."""
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        super().init_headers({"Cache-Control": "no-store", **(headers or {})})
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

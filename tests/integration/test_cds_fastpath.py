@@ -92,6 +92,11 @@ def test_a_browser_cds_client_on_the_ehrs_origin_may_call_the_service(cds: Cds) 
     only_card(answer)
     assert answer.headers["access-control-allow-origin"] == EHR_ORIGIN
     assert answer.headers["vary"] == "Origin"
+    # the card says why the patient's children may be at risk: not kept by the browser
+    # (found by review), nor a refusal
+    refused = cds.call(headers={"Origin": EHR_ORIGIN, "Authorization": "Bearer nope"})
+    assert refused.status_code == 401
+    assert answer.headers["cache-control"] == refused.headers["cache-control"] == "no-store"
 
 
 def test_another_origin_gets_no_cors_permission(cds: Cds) -> None:

@@ -656,7 +656,7 @@ def test_each_returned_card_is_recorded_for_monitoring_without_patient_ids(cds: 
         (second["uuid"], "warning", ["substance-abuse"]),
     ]
     assert rows[0].presentation == rows[1].presentation
-    assert len(rows[0].presentation) == 64  # a SHA-256 key, not the encounter or patient id
+    assert len(rows[0].presentation) == 64  # an HMAC-SHA-256 key, not the encounter or patient id
     assert ENCOUNTER_ID not in rows[0].presentation
     assert rows[0].service_id == ENCOUNTER_START
 

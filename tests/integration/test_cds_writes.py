@@ -82,7 +82,7 @@ def test_concurrent_calls_share_writes_and_a_replay_in_the_same_batch_is_caught(
 ) -> None:
     async def calls() -> list[bool]:
         commits = GroupCommit(fast_writes(database))
-        seen, issued = SeenTokens(commits), IssuedCards(commits)
+        seen, issued = SeenTokens(commits), IssuedCards(commits, b"test")
         jtis = [uuid.uuid4().hex for _ in range(30)] + ["replayed", "replayed"]
         uses = [seen.first_use(tenant_id, ISSUER, jti, soon()) for jti in jtis]
         cards = [
@@ -237,7 +237,7 @@ def test_when_the_card_writes_fall_behind_the_calls_wait_for_their_row(
 ) -> None:
     async def calls(other_writer: sqlite3.Connection) -> None:
         commits = GroupCommit(fast_writes(sqlite_database))
-        issued = IssuedCards(commits, max_backlog=2)
+        issued = IssuedCards(commits, b"test", max_backlog=2)
 
         def record() -> asyncio.Task[None]:
             card = str(uuid.uuid4())

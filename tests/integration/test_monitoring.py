@@ -234,7 +234,7 @@ def _cards(world: World, tenant: TenantContext, *cards: tuple[str, str, datetime
             "card_uuid": str(uuid.uuid4()),
             "indicator": indicator,
             "reasons": [],
-            "presentation": monitoring.presentation_key(world.base_url, key, key, at.date()),
+            "presentation": monitoring.presentation_key(b"", world.base_url, key, key, at.date()),
             "issued_at": at,
         }
         for key, indicator, at in cards

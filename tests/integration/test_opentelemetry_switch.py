@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 from opentelemetry import trace
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    TraceFlags,
+    Tracer,
+    TracerProvider,
+)
 
 from service.app import create_app
 from service.db.base import Database
@@ -33,3 +43,41 @@ def test_requests_look_for_an_opentelemetry_provider_only_when_switched_on(
         assert client.get("/healthz").status_code == 200
         assert client.post("/cds-services/kindreflex-encounter-start", content=b"{").status_code
     assert bool(lookups) is switched_on
+
+
+def test_a_traced_request_carries_no_credential_of_the_smart_launch(
+    database_url: str, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a span carries the request's query (``url.query``): the EHR's
+    launch token and the authorization code went to the hospital's collector, which the
+    access log never shows. Those two requests are not traced; the others are."""
+    spans: list[dict[str, object]] = []
+
+    class Recorded(NonRecordingSpan):
+        def __init__(self, name: str, attributes: Any) -> None:
+            super().__init__(SpanContext(1, 2, False, TraceFlags(1)))
+            spans.append({"name": name, **(attributes or {})})
+
+        def is_recording(self) -> bool:
+            return True
+
+    class Recording(Tracer):
+        def start_span(self, name: str, *args: Any, attributes: Any = None, **kw: Any) -> Span:
+            return Recorded(name, attributes)
+
+        def start_as_current_span(self, *args: Any, **kw: Any) -> Any:
+            return nullcontext(self.start_span(*args, **kw))
+
+    class Provider(TracerProvider):
+        def get_tracer(self, *args: Any, **kw: Any) -> Tracer:
+            return Recording()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", Provider)
+    settings = Settings(environment="test", database_url=database_url, opentelemetry=True)
+    with TestClient(create_app(settings, database)) as client:
+        client.get("/callback?code=THE-CODE&state=THE-STATE")
+        client.get("/launch?iss=https://ehr.example/fhir&launch=THE-LAUNCH")
+        client.get("/healthz?probe=1")
+
+    assert "THE-" not in repr(spans)
+    assert any(span.get("url.query") == "probe=1" for span in spans)  # still traced

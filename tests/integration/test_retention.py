@@ -46,6 +46,7 @@ def _save(
     state: DeliveryState,
     delivered_at: datetime | None,
     counted: bool,
+    session_id: str = "s1",
 ) -> int:
     """One triage save with its audit row, in ``state``; ``counted``: monitoring read it."""
     bundle = {
@@ -58,7 +59,13 @@ def _save(
             session,
             tenant.id,
             NewEntry(
-                "triage", "ehr", "http://fhir.test", "s1", "Practitioner/n", "Patient/p", bundle
+                "triage",
+                "ehr",
+                "http://fhir.test",
+                session_id,
+                "Practitioner/n",
+                "Patient/p",
+                bundle,
             ),
         )
         fact = AuditFact("Practitioner/n", AuditAction.CREATE, "Patient/p", (), "success", utcnow())
@@ -315,15 +322,25 @@ def test_an_ended_session_whose_access_token_lives_stays_for_its_saves_without_r
 ) -> None:
     """A save made just before the session ended is delivered with its access token.
     Before, the purge (or any launch) deleted the session at its end: the save waited for
-    a sign-in and held back the patient's later saves (found by review)."""
+    a sign-in and held back the patient's later saves (found by review). An ended session
+    no save needs goes at once: kept while its token lived (up to a year), it held the
+    nurse's name, the patient and a live bearer token (found by review)."""
     hospital = make_tenant(database, "default", "http://fhir.test")
     ended = _app_session(database, hospital, timedelta(seconds=-1), timedelta(minutes=5))
+    idle = _app_session(database, hospital, timedelta(seconds=-1), timedelta(days=90))
+    _save(database, hospital, DeliveryState.PENDING, None, counted=False, session_id=ended)
+    _save(database, hospital, DeliveryState.DELIVERED, utcnow(), counted=False, session_id=idle)
+    with database.session() as session:  # what the EHR told of the launch
+        launch = {"app_context": '{"triggers":["domestic-violence"]}', "launch_details": {"a": 1}}
+        session.execute(update(AppSession).values(**launch))
 
-    assert retention.purge(database, timedelta(days=30)).app_sessions == 0
+    assert retention.purge(database, timedelta(days=30)).app_sessions == 1
     with database.session() as session:
+        assert session.get(AppSession, idle) is None
         row = session.get(AppSession, ended)
         assert row is not None
         assert row.refresh_token is None  # an ended session does not refresh
+        assert (row.app_context, row.launch_details) == (None, {})
 
     with database.session() as session:  # its access token expires in turn
         session.execute(update(AppSession).values(access_expires_at=utcnow()))
