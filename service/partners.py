@@ -52,8 +52,11 @@ __all__ = [
 #: The default directory shipped with the service (package ``service.data``).
 DEFAULT_DIRECTORY_RESOURCE = "partners-oost-vlaanderen.yaml"
 
-# Belgian national form: a leading 0, then 8 or 9 more digits, spaces allowed between.
+# Belgian national form: a leading 0, then 8 or 9 more digits, spaces allowed between; or a
+# Belgian short number (101 the police, 112, 1712 the helpline for violence, 1813), which
+# a hospital may list and which has no national form.
 _PHONE = re.compile(r"^0[0-9 ]+$")
+_SHORT_NUMBER = re.compile(r"^1[0-9]{2,3}$")
 _ENTRY_FIELDS = frozenset(
     {
         "id",
@@ -103,9 +106,10 @@ class Phone:
 
     @property
     def tel_uri(self) -> str:
-        """The number as a ``tel:`` URI in international form (``tel:+3292167330``)."""
+        """The number as a ``tel:`` URI in international form (``tel:+3292167330``); a short
+        number has none and is dialled as it is (``tel:101``)."""
         digits = self.number.replace(" ", "")
-        return f"tel:+32{digits[1:]}"
+        return f"tel:+32{digits[1:]}" if digits.startswith("0") else f"tel:{digits}"
 
 
 @dataclass(frozen=True)
@@ -189,9 +193,11 @@ def _phones(value: object, where: _At) -> tuple[Phone, ...]:
             )
         number = " ".join(number.split())
         digits = number.replace(" ", "")
-        if not _PHONE.match(number) or len(digits) not in (9, 10):
+        national = _PHONE.match(number) is not None and len(digits) in (9, 10)
+        if not national and not _SHORT_NUMBER.match(number):
             raise at.error(
-                f"'{number}' is not a Belgian phone number (0 and 8 or 9 more digits)",
+                f"'{number}' is not a Belgian phone number (0 and 8 or 9 more digits, or a "
+                "short number such as 101 or 1712)",
                 "phone-not-belgian",
                 "number",
                 value=number,

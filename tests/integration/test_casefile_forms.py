@@ -426,7 +426,8 @@ def test_the_case_page_and_the_referral_write_dates_as_the_nurses_page_does(
     after_6 = client.get(f"/social/cases/{case_id}").text
     summary = client.get(f"/social/cases/{case_id}/referral").text
 
-    assert f"volgende opvolging {next_check:%d/%m/%Y}" in after_5
+    # the status says the first check planned: here the agreed action's, before the next
+    assert f"volgende opvolging {action_on:%d/%m/%Y}" in after_5
     assert f"children are absent. ({action_on:%d/%m/%Y})</li>" in after_5
     assert f"<dd>{next_check:%d/%m/%Y}</dd>" in after_5
     assert f"<dd>{today:%d/%m/%Y} · An · " in after_6  # the contact with the VK
@@ -726,7 +727,7 @@ def test_a_choice_left_open_and_a_text_too_long_say_what_to_do(
     assert refused.status_code == 422
     said = unescape(error_summary(refused.text, "s6"))
     for question in (
-        "Gemandateerde voorziening",
+        "Voorziening of instantie",
         "Met medewerking van de patiënt",
         "Patiënt ingelicht en voorbereid",
     ):

@@ -101,6 +101,19 @@ def test_lookups(directory: PartnerDirectory) -> None:
 def test_phone_tel_uri() -> None:
     assert Phone("078 150 100").tel_uri == "tel:+3278150100"
     assert Phone("055 31 38 62", "Oudenaarde").tel_uri == "tel:+3255313862"
+    assert Phone("101").tel_uri == "tel:101"  # a short number is dialled as it is
+
+
+def test_a_belgian_short_number_is_a_phone_of_the_directory() -> None:
+    """Found by review: the police (101), 112 or the violence helpline (1712) could not be
+    listed; only the national form was read."""
+    for short in ("101", "112", "1712"):
+        partner = parse_directory(with_entry(phones=[{"number": short}])).get("vk-test")
+        assert partner is not None
+        assert [phone.number for phone in partner.phones] == [short]
+    for not_a_number in ("10", "17123", "2101", "1 01"):
+        with pytest.raises(PartnerDirectoryError, match="is not a Belgian phone number"):
+            parse_directory(with_entry(phones=[{"number": not_a_number}]))
 
 
 # --- validation -----------------------------------------------------------------------
