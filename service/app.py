@@ -85,7 +85,7 @@ def _credentials_in_query(scope: MutableMapping[str, Any]) -> bool:
     token, the authorization code, the state): FastAPI's span carries a request's whole
     query (``url.query``), which the access log drops (found by review: sent to the
     hospital's collector as it was)."""
-    return str(scope.get("path", "")).rsplit("/", 1)[-1] in ("launch", "callback")
+    return str(scope.get("path", "")).rstrip("/").rsplit("/", 1)[-1] in ("launch", "callback")
 
 
 #: Switched on: requests traced and measured, but not those, and no log records of

@@ -887,11 +887,11 @@ class Casework:
             record, case = self._read(ctx, concern, client)
             referrals, pages = _referrals(client, record)
             facilities = referred_facilities(client, referrals, pages.bundle)
-        status = self._reconcile_index(ctx, concern, record, case)
+        status, version = self._reconcile_index(ctx, concern, record, case)
         return CaseFile(
             case_id=concern.id,
             status=status,
-            row_version=concern.row_version,
+            row_version=version,
             follow_up_due=concern.follow_up_due,
             case=case,
             referrals=tuple(referrals),
@@ -976,7 +976,7 @@ class Casework:
 
     def _reconcile_index(
         self, ctx: LaunchInfo, concern: Concern, record: CaseRecord, case: KindreflexCase
-    ) -> str:
+    ) -> tuple[str, int]:
         """The worklist shows what the server says from now on: the names of the patient (of
         an open case), of the flagging nurse and of the assignee when the case names them (a
         concern indexed from a Flag, a colleague assigned by reference, a row older than the
@@ -987,8 +987,9 @@ class Casework:
         row as read, so a name goes to the person it is of (a colleague claiming the case
         meanwhile: corrected at the next opening). Closing moves the version on: a nurse's
         save that read the case open just before must not join a closed case (found by
-        review: her niet-pluis reached no worklist). Returns the case's status as the
-        worklist now has it."""
+        review: her niet-pluis reached no worklist). Returns the case's status and row version
+        as the worklist now has them (the version a change from the opened page is based on:
+        the one before the closing was taken for someone else's change)."""
         # a closed case keeps no name the retention emptied: opening it does not refill one
         patient = record.patient.name if record.patient and concern.status == "open" else None
         assignee = concern.assigned_to
@@ -1020,9 +1021,9 @@ class Casework:
                 row_version=Concern.row_version + 1,
             )
         if not changed:
-            return concern.status
+            return concern.status, concern.row_version
         with self._database.session() as session:
-            session.execute(
+            result = session.execute(
                 update(Concern)
                 .where(
                     Concern.tenant_id == ctx.tenant.id,
@@ -1032,7 +1033,8 @@ class Casework:
                 .values(**changed)
                 .execution_options(synchronize_session=False)
             )
-        return str(changed.get("status", concern.status))
+        moved_on = "row_version" in changed and result.rowcount == 1  # type: ignore[attr-defined]
+        return str(changed.get("status", concern.status)), concern.row_version + moved_on
 
     def _save_on_its_way(self, concern: Concern) -> bool:
         """Whether the case's latest save (``concerns.outbox_id``) is still to be delivered."""

@@ -172,7 +172,8 @@ def _midnight(day: date) -> datetime:
 
 def presentation_secret(secret_key: SecretStr | None) -> bytes:
     """The key of :func:`presentation_key`, derived from ``KINDREFLEX_SECRET_KEY`` for this
-    purpose alone (empty without one: a trial's)."""
+    purpose alone. Empty without one, and then the key protects nothing: only a trial on
+    this machine runs without it (``kindreflex serve`` refuses production without it)."""
     if secret_key is None:
         return b""
     return hashlib.sha256(

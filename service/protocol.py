@@ -874,10 +874,14 @@ class Step5Progress(ChildFinding):
 
     @property
     def first_check(self) -> date | None:
-        """The first day the social service planned to look again: the next follow-up or an
-        agreed action's check, whichever comes first (the worklist's "follow-up due")."""
-        planned = (self.next_follow_up, *(a.follow_up_on for a in self.agreed_actions))
-        return min((day for day in planned if day is not None), default=None)
+        """The first day the social service planned to look again while step 5 goes on (a
+        next follow-up): that follow-up or an agreed action's check, whichever comes first
+        (the worklist's "follow-up due"). Without a next follow-up step 5 is over, and a
+        date it could not record was shown overdue for good (found by review)."""
+        if self.next_follow_up is None:
+            return None
+        planned = (a.follow_up_on for a in self.agreed_actions if a.follow_up_on is not None)
+        return min((self.next_follow_up, *planned))
 
 
 @dataclass(frozen=True)

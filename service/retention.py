@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Text, cast, delete, exists, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import monitoring
@@ -167,6 +167,10 @@ def _forget_closed_cases(session: Session, closed_before: datetime) -> int:
     return int(forgotten.rowcount)  # type: ignore[attr-defined]
 
 
+#: How long an ended app session no save needs is kept: longer than a save takes to commit.
+ENDED_SESSION_GRACE = timedelta(minutes=5)
+
+
 def drop_expired_launches(session: Session, now: datetime) -> tuple[int, int]:
     """Delete expired app sessions (with their tokens) and abandoned launch states; how
     many of each.
@@ -182,17 +186,17 @@ def drop_expired_launches(session: Session, now: datetime) -> tuple[int, int]:
     needed = exists().where(
         OutboxEntry.session_id == AppSession.id, OutboxEntry.state.in_(UNDELIVERED_STATES)
     )
+    # a save that began just before the end may not have committed its entry yet: its
+    # session is given a moment (review: a purge at that moment left it waiting for a sign-in)
+    unneeded = and_(AppSession.expires_at <= now - ENDED_SESSION_GRACE, ~needed)
     app_sessions = session.execute(
         delete(AppSession).where(
-            AppSession.expires_at <= now, or_(AppSession.access_expires_at <= now, ~needed)
+            AppSession.expires_at <= now, or_(AppSession.access_expires_at <= now, unneeded)
         )
     )
     session.execute(
         update(AppSession)
-        .where(
-            AppSession.expires_at <= now,
-            or_(AppSession.refresh_token.is_not(None), AppSession.app_context.is_not(None)),
-        )
+        .where(AppSession.expires_at <= now)
         .values(refresh_token=None, app_context=None, launch_details={})
     )
     states = session.execute(delete(LaunchState).where(LaunchState.expires_at <= now))

@@ -173,7 +173,8 @@ async def screen_admin(request: Request, tenant: TenantDep) -> Admin:
         await _check_csrf(request, admin)
     except AdminAuthError as error:
         sign_in = f"{_prefix(request)}/admin/login"
-        if error.status == 401 and request.method in SAFE_METHODS:
+        signing_out = request.url.path.endswith("/admin/logout")  # done already: no text
+        if error.status == 401 and (request.method in SAFE_METHODS or signing_out):
             raise HTTPException(303, "sign in first", headers={"Location": sign_in}) from None
         # a page in the screen's language, not the API's English JSON; a form sent after
         # the session ended shows its text back (a pasted YAML was lost in the redirect)

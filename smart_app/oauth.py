@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import quote_plus, urljoin
@@ -102,7 +102,10 @@ class AuthServer:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AuthServer:
-        return cls(**data)
+        """As stored with a launch state; a field an instance of a newer version added is
+        left aside (during a rolling update its callback may come here: a 500 it was)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
 
 
 def ehr_client(timeout: float) -> BlockingClient:

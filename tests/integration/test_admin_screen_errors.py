@@ -272,7 +272,7 @@ def test_a_partner_row_that_breaks_the_directorys_rules_names_its_column_in_dutc
     message = assert_tied(dutch.text, "input", "partners-file")
     assert message == (
         "Fout: Rij 2 van het bestand: phones.0.number: 09 216 73 is geen Belgisch "
-        "telefoonnummer (een 0 en dan 8 of 9 cijfers)."
+        "telefoonnummer (een 0 en dan 8 of 9 cijfers, of een kort nummer zoals 101 of 1712)."
     )
 
 
@@ -507,9 +507,11 @@ def test_an_admin_form_sent_after_the_session_ended_shows_its_text_back_not_the_
     elsewhere = client.post("/admin/config", data={**hidden, "yaml": pasted})
     assert elsewhere.status_code == 401
     assert "adult_age: 16" not in elsewhere.text
-    # a page asked for, not sent, still goes to the sign-in page
+    # a page asked for, not sent, still goes to the sign-in page; so does signing out
     asked = client.get("/admin", follow_redirects=False)
     assert (asked.status_code, asked.headers["location"]) == (303, "/admin/login")
+    out = client.post("/admin/logout", data=hidden, headers=ours, follow_redirects=False)
+    assert (out.status_code, out.headers["location"]) == (303, "/admin/login")
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
 

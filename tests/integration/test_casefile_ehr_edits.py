@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer
 from service import retention
@@ -555,3 +555,25 @@ def test_a_pregnancy_only_case_saved_before_the_step_1_named_its_pregnancy_opens
     with FhirClient(base_url, lambda: "loopback", 10.0) as client:
         record, _ = load_case_record(client, patient, concern)
     assert record.expecting_ref == pregnancy["reference"]  # what a referral names
+
+
+def test_a_concern_closed_in_the_ehr_is_opened_with_the_version_its_closing_gave(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Closing a concern the EHR closed moves its row version on (a nurse's save that read
+    it open must not join it). The case as opened then carried the version before: the
+    first change from it (a referral's status, which a closed case takes) was refused as
+    someone else's (found by review)."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
+    _as_the_ehr_changed_it(case.base_url, {**flag, "status": "inactive"})
+
+    opened = case.worker.get(f"/api/cases/{case.case_id}").json()
+    again = case.worker.get(f"/api/cases/{case.case_id}").json()
+
+    with database.session() as session:
+        stored = session.scalar(select(Concern.row_version).where(Concern.id == case.case_id))
+    assert opened["status"] == again["status"] == "closed"
+    assert opened["row_version"] == again["row_version"] == stored

@@ -77,6 +77,7 @@ def test_a_traced_request_carries_no_credential_of_the_smart_launch(
     with TestClient(create_app(settings, database)) as client:
         client.get("/callback?code=THE-CODE&state=THE-STATE")
         client.get("/launch?iss=https://ehr.example/fhir&launch=THE-LAUNCH")
+        client.get("/launch/?launch=THE-SECOND", follow_redirects=False)  # redirected: 307
         client.get("/healthz?probe=1")
 
     assert "THE-" not in repr(spans)

@@ -13,6 +13,7 @@ from service.protocol import (
     MANDATED_FACILITIES,
     Advice,
     AdviceKind,
+    AgreedAction,
     CaseClosure,
     Child,
     CloseReason,
@@ -1037,3 +1038,24 @@ def test_the_day_of_a_finding_is_the_belgian_day_whatever_offset_it_comes_back_w
             next_follow_up=today - timedelta(days=1),
         )
     assert refused.value.code is ErrorCode.FOLLOW_UP_IN_PAST
+
+
+def test_the_first_check_of_step_5_is_its_earliest_date_while_step_5_goes_on() -> None:
+    """The worklist's follow-up: an agreed action's check counts (found by review: only
+    the next follow-up did), but only while a next follow-up keeps step 5 open; else a
+    date no step could clear was shown overdue for good (found by review)."""
+
+    def progress(next_follow_up: date | None, *checks: date) -> Step5Progress:
+        return Step5Progress(
+            recorded_by=SOCIAL_WORKER,
+            recorded_at=T0,
+            progress=ProgressAssessment.IMPROVING,
+            agreed_actions=tuple(AgreedAction("Huisbezoek", on) for on in checks),
+            next_follow_up=next_follow_up,
+        )
+
+    week, fortnight = TODAY + timedelta(days=7), TODAY + timedelta(days=14)
+    assert progress(fortnight, week).first_check == week
+    assert progress(week, fortnight).first_check == week
+    assert progress(fortnight).first_check == fortnight
+    assert progress(None, week).first_check is None
