@@ -66,7 +66,7 @@ def test_every_admin_endpoint_refuses_anonymous_callers(client: TestClient, gent
         response = client.request(method, concrete(path), follow_redirects=False)
         if path.startswith("/admin/api"):
             assert response.status_code == 401, (method, path, response.text)
-        elif method == "GET":  # the screen sends the browser to the sign-in page
+        elif method == "GET" or path == "/admin/logout":  # to the sign-in page
             assert response.status_code == 303, (method, path)
             assert response.headers["location"] == "/admin/login"
         else:  # a form sent: the refusal page links to it (and shows the form's text back)
