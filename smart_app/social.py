@@ -256,9 +256,11 @@ Listing = Annotated[ListingQuery, Query()]
 
 
 class WorklistQuery(ListingQuery):
-    """The screen's: a social worker opening the worklist sees acute danger first."""
+    """The screen's: a social worker opening the worklist sees acute danger first;
+    ``claimed``: the case she just took on herself, which the page confirms."""
 
     sort: CaseSort = "acute-first"
+    claimed: int | None = Field(None, ge=1, le=social.MAX_ID)
 
     @model_validator(mode="before")
     @classmethod
@@ -642,7 +644,7 @@ def _after_claim(ctx: LaunchContext, case_id: int, return_to: ClaimReturn) -> st
     reading, the worklist's to her own cases (the one just taken among them)."""
     if return_to == "case":
         return pinned(ctx, f"/social/cases/{case_id}")
-    return pinned(ctx, "/social?view=mine")
+    return pinned(ctx, f"/social?view=mine&claimed={case_id}")
 
 
 def _worklist_page(
@@ -670,10 +672,23 @@ def _worklist_page(
         next_page=_next_page(ctx, wanted, page.next_cursor),
         problem=problem,
         notice=notice,
+        claimed=_claimed(page, wanted),
         trigger=lambda code: terminology.display("hague-trigger", code, ctx.language),
         local=local,
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
+
+
+def _claimed(page: CasePage, wanted: ListingQuery) -> str | None:
+    """Whom the case a claim just took is about, for the page to confirm it (found by
+    review: the worklist came back showing "mine" and said nothing): as listed, else by
+    its number."""
+    if not isinstance(wanted, WorklistQuery) or wanted.claimed is None:
+        return None
+    item = next((item for item in page.items if item.id == wanted.claimed), None)
+    if item is None:
+        return f"#{wanted.claimed}"
+    return item.patient_display or item.patient
 
 
 def _next_page(ctx: LaunchContext, wanted: ListingQuery, cursor: str | None) -> str | None:

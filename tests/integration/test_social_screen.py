@@ -214,7 +214,13 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
     assert forged.status_code == 403
     done = client.post(action, headers=me, data={"csrf_token": mine_csrf, "row_version": version})
     assert done.status_code == 303
-    assert _page(done.headers["location"]) == "/social?view=mine"
+    assert _page(done.headers["location"]) == f"/social?view=mine&claimed={case_id}"
+    # the page says so, and takes the focus to say it (found by review: it said nothing)
+    confirmed = client.get(done.headers["location"], headers=me).text
+    said = re.search(r'<p role="status" class="notice" id="claimed"[^>]*>([^<]*)</p>', confirmed)
+    assert said is not None
+    assert said.group(1).startswith("U hebt het dossier van ")
+    assert "data-focus-on-load" in said.group(0)
     late = client.post(
         action, headers=other, data={"csrf_token": other_csrf, "row_version": other_version}
     )
@@ -345,7 +351,7 @@ def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
     second = client.post(action, headers=me, data={"csrf_token": csrf, "row_version": version})
 
     assert (first.status_code, second.status_code) == (303, 303)
-    assert _page(second.headers["location"]) == "/social?view=mine"
+    assert _page(second.headers["location"]) == f"/social?view=mine&claimed={case_id}"
     assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
 
 
