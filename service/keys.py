@@ -68,6 +68,12 @@ class UnsealError(RuntimeError):
     """A sealed value cannot be opened: KINDREFLEX_SECRET_KEY is missing or has changed."""
 
 
+def purpose_key(secret_key: SecretStr, purpose: str) -> bytes:
+    """A 32-byte key derived from ``KINDREFLEX_SECRET_KEY`` for one purpose alone (domain
+    separation: a key of one use is never that of another)."""
+    return hashlib.sha256(f"kindreflex:{purpose}:{secret_key.get_secret_value()}".encode()).digest()
+
+
 class Sealer:
     """Fernet encryption derived from ``KINDREFLEX_SECRET_KEY`` for one purpose.
 
@@ -79,8 +85,7 @@ class Sealer:
     def __init__(self, secret_key: SecretStr | None, purpose: str) -> None:
         self._fernet: Fernet | None = None
         if secret_key is not None:
-            material = f"kindreflex:{purpose}:{secret_key.get_secret_value()}".encode()
-            self._fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(material).digest()))
+            self._fernet = Fernet(base64.urlsafe_b64encode(purpose_key(secret_key, purpose)))
 
     @property
     def active(self) -> bool:

@@ -58,6 +58,7 @@ from service.db.models import (
     OutboxEntry,
 )
 from service.fhir import mapping, terminology
+from service.keys import purpose_key
 from service.local_time import LOCAL_ZONE
 from service.outbox import DeliveryState
 from service.protocol import (
@@ -174,11 +175,7 @@ def presentation_secret(secret_key: SecretStr | None) -> bytes:
     """The key of :func:`presentation_key`, derived from ``KINDREFLEX_SECRET_KEY`` for this
     purpose alone. Empty without one, and then the key protects nothing: only a trial on
     this machine runs without it (``kindreflex serve`` refuses production without it)."""
-    if secret_key is None:
-        return b""
-    return hashlib.sha256(
-        f"kindreflex:presentation:{secret_key.get_secret_value()}".encode()
-    ).digest()
+    return b"" if secret_key is None else purpose_key(secret_key, "presentation")
 
 
 def presentation_key(

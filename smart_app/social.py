@@ -650,7 +650,7 @@ def _after_claim(ctx: LaunchContext, case_id: int, return_to: ClaimReturn) -> st
 def _worklist_page(
     ctx: LaunchContext,
     database: DatabaseDep,
-    wanted: ListingQuery,
+    wanted: WorklistQuery,
     *,
     problem: tuple[str, str | None] | None = None,
     notice: str | None = None,
@@ -679,11 +679,11 @@ def _worklist_page(
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
 
 
-def _claimed(page: CasePage, wanted: ListingQuery) -> str | None:
+def _claimed(page: CasePage, wanted: WorklistQuery) -> str | None:
     """Whom the case a claim just took is about, for the page to confirm it (found by
     review: the worklist came back showing "mine" and said nothing): as listed, else by
     its number."""
-    if not isinstance(wanted, WorklistQuery) or wanted.claimed is None:
+    if wanted.claimed is None:
         return None
     item = next((item for item in page.items if item.id == wanted.claimed), None)
     if item is None:

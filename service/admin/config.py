@@ -399,16 +399,7 @@ def _with_kept_secrets(
         if registration.client_auth == "client_secret_basic" and registration.client_secret is None:
             problems.append(_secret_needed(index, old))
         registrations.append(registration)
-    ids = [r.id for r in registrations]
-    problems += [
-        Problem(
-            f"the id '{i}' is used twice",
-            "registrations",
-            reasons=(Reason.of("admin.problem.id-twice", id=i),),
-        )
-        for i in set(ids)
-        if ids.count(i) > 1
-    ]
+    # two registrations of one id are the configuration's own refusal (TenantConfiguration)
     if problems:
         raise ConfigurationError(problems)
     return config.model_copy(update={"registrations": registrations})

@@ -726,6 +726,15 @@ def test_a_second_registration_of_the_same_ehr_is_refused_as_never_used(
     issue = _refused_registration(client, headers, "ehr2", again)
     assert issue["expression"] == ["registrations[1].fhir_base_url"]
     assert "always takes the first" in issue["diagnostics"]
+    # nor two registrations of one id, in a whole configuration sent
+    before = client.get("/admin/api/config", headers=headers).json()
+    twice = {**before["configuration"]}
+    twice["registrations"] = [first, {**first, "fhir_base_url": "https://other.example/fhir"}]
+    refused = client.put("/admin/api/config", headers=headers, json=twice)
+    assert refused.status_code == 422, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["expression"] == ["registrations[1].id"]
+    assert "is used twice" in issue["diagnostics"]
     # one stored before the check still loads: the hospital is not taken off the air
     stored = stored_gent(database).config.model_dump(mode="json")
     stored["registrations"] *= 2
