@@ -1045,12 +1045,22 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         for e in entries
         if "ifMatch" in e["request"]
     ]
-    sent = {**bundle, "entry": _referring(entries, found) if found else entries}
+    entries = _referring(entries, found) if found else entries
+    sent = {**bundle, "entry": [_with_full_url(entry, client.base_url) for entry in entries]}
     return _Sent(
         sent,
         read_at_delivery=tuple(p for p in preconditions if p[0] in read_now),
         shown=tuple(p for p in preconditions if p[0] not in read_now),
     )
+
+
+def _with_full_url(entry: Resource, base_url: str) -> Resource:
+    """``entry`` with a ``fullUrl``, the resource's absolute URL for an update: R4 lets only
+    a POST's go without one, and a server validating the Bundle strictly refuses a PUT
+    without (found by review). Added as sent, so that a queued bundle names no server."""
+    if "fullUrl" in entry or entry["request"]["method"] != "PUT":
+        return entry
+    return {"fullUrl": f"{base_url}/{entry['request']['url']}", **entry}
 
 
 def _over_current(

@@ -76,7 +76,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
@@ -383,9 +383,10 @@ class FhirClient:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
             raise ValueError("transaction() needs a Bundle of type 'transaction'")
         response = self._send("POST", "", "transaction", json=bundle)
+        where = self._where("transaction")
         if response.get("type") != "transaction-response":
-            where = self._where("transaction")
             raise FhirUnreadable(f"{where}: the answer is not a transaction-response Bundle")
+        _each_entry_applied(where, len(bundle.get("entry", [])), response)
         return response
 
     def _send(
@@ -453,6 +454,32 @@ class FhirClient:
         return min(self._timeout, left)
 
 
+def _each_entry_applied(where: str, sent: int, response: Resource) -> None:
+    """Raises unless the transaction-response answers each of the ``sent`` entries with a
+    2xx status. A transaction is all or nothing, but a server (or a facade in front of
+    one) processing it as a batch answered 200 with refused entries, or with none: taken
+    as applied, the save was "delivered" and on no server (found by review). A refused
+    entry is refused like the request (:func:`_body_or_error`); an answer that does not
+    say, unreadable: the outbox's witness then asks whether the save landed."""
+    entries = response.get("entry", [])
+    if not isinstance(entries, list) or len(entries) != sent:
+        raise FhirUnreadable(f"{where}: the answer does not answer each of the {sent} entries")
+    for entry in entries:
+        answer = entry.get("response") if isinstance(entry, dict) else None
+        said = answer.get("status") if isinstance(answer, dict) else None
+        status = _STATUS.match(said) if isinstance(said, str) else None
+        if answer is None or status is None:
+            raise FhirUnreadable(f"{where}: an entry of the answer has no status")
+        code = int(status.group(1))
+        if code >= 300:
+            outcome = answer.get("outcome")
+            _refused(where, code, outcome if isinstance(outcome, dict) else None, None)
+
+
+#: A transaction-response entry's ``response.status``: the HTTP status code, then maybe text.
+_STATUS = re.compile(r"\s*([1-5]\d\d)(?:\s|$)")
+
+
 def _searchset(bundle: Resource, where: str) -> Resource:
     """``bundle`` when it is a Bundle whose entries are objects (a search's answer)."""
     entries = bundle.get("entry", [])
@@ -493,18 +520,25 @@ def _next_link(bundle: Resource) -> str | None:
 
 def _body_or_error(where: str, response: httpx.Response) -> Resource:
     status = response.status_code
-    if status >= 500:
-        raise FhirUnavailable(f"{where}: server error {status}")
-    if status in THROTTLED_STATUSES:
-        raise FhirThrottled(where, status, retry_after(response.headers.get("Retry-After")))
     body = _json_or_none(response)
     if status >= 400:
-        outcome = body if body and body.get("resourceType") == "OperationOutcome" else {}
-        error_type = FhirConflict if status in (409, 412) else FhirRejected
-        raise error_type(status, outcome)
+        _refused(where, status, body, response.headers.get("Retry-After"))
     if body is None:
         raise FhirUnreadable(f"{where}: answer {status} is not FHIR JSON")
     return body
+
+
+def _refused(
+    where: str, status: int, body: Resource | None, retry_after_header: str | None
+) -> NoReturn:
+    """Raises the error of an answer ``status`` (4xx or 5xx; a transaction entry's 3xx too)."""
+    if status >= 500:
+        raise FhirUnavailable(f"{where}: server error {status}")
+    if status in THROTTLED_STATUSES:
+        raise FhirThrottled(where, status, retry_after(retry_after_header))
+    outcome = body if body and body.get("resourceType") == "OperationOutcome" else {}
+    error_type = FhirConflict if status in (409, 412) else FhirRejected
+    raise error_type(status, outcome)
 
 
 def retry_after(value: str | None, now: datetime | None = None) -> float | None:

@@ -127,6 +127,43 @@ def test_only_a_transaction_bundle_is_sent(fhir: FhirServer) -> None:
         client.transaction({"resourceType": "Bundle", "type": "batch", "entry": []})
 
 
+def _entry_answered(status: str | None, issue: str = "invalid") -> dict[str, Any]:
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": issue}]}
+    return {"response": {"outcome": outcome} | ({} if status is None else {"status": status})}
+
+
+@pytest.mark.parametrize(
+    ("entries", "error", "said"),
+    [
+        ([_entry_answered("201 Created"), _entry_answered("400 Bad Request")], FhirRejected, "400"),
+        ([_entry_answered("201"), _entry_answered("412", "conflict")], FhirConflict, "412"),
+        ([_entry_answered("201"), _entry_answered("503 Busy")], FhirUnavailable, "503"),
+        ([], FhirUnreadable, "each of the 2 entries"),
+        ([_entry_answered("201 Created")], FhirUnreadable, "each of the 2 entries"),
+        ([_entry_answered("201"), _entry_answered(None)], FhirUnreadable, "no status"),
+        ([_entry_answered("201"), _entry_answered("Created")], FhirUnreadable, "no status"),
+    ],
+)
+def test_a_transaction_answered_200_with_entries_not_applied_is_not_taken_for_applied(
+    entries: list[dict[str, Any]], error: type[Exception], said: str
+) -> None:
+    """A server processing a transaction as a batch (or a facade in front of one) answered
+    200 with refused entries, or none: taken for applied, the outbox marked a save that
+    is on no server "delivered" (found by review). A refused entry is that refusal; an
+    answer that does not say, unreadable (the outbox's witness then asks)."""
+    answer = {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+    tx = TransactionBuilder()
+    for _ in range(2):
+        person = _person()
+        tx.create(person, person["identifier"][0])
+    with (
+        ServedJson(json.dumps(answer).encode(), path="/fhir") as server,
+        FhirClient(server.url, lambda: "t", 5.0) as client,
+        pytest.raises(error, match=said),
+    ):
+        client.transaction(tx.bundle())
+
+
 def test_no_server_is_unavailable() -> None:
     client = FhirClient(f"http://127.0.0.1:{free_port()}/fhir", lambda: "t", 1.0)
     with client, pytest.raises(FhirUnavailable, match="ConnectError"):

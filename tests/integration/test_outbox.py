@@ -7,6 +7,7 @@ guide's resources, is tested in ``test_triage_save.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -49,6 +50,7 @@ from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionTokens
 from tests.support.relay import SlowRelay
+from tests.support.served import ServedJson
 from tests.support.triage import outbox_entry
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -304,6 +306,29 @@ def test_a_rejected_entry_is_failed_logged_and_not_retried(
     assert "1 failed" in check.detail
 
 
+@pytest.mark.parametrize(
+    ("entries", "state", "said"),
+    [
+        ([{"response": {"status": "400 Bad Request"}}], DeliveryState.FAILED, "answered 400"),
+        ([], DeliveryState.PENDING, "does not answer each"),
+    ],
+)
+def test_a_save_a_server_answers_200_without_applying_it_is_not_delivered(
+    database: Database, entries: list[dict[str, Any]], state: DeliveryState, said: str
+) -> None:
+    """A server processing a transaction as a batch (or a facade in front of one) answered
+    200 with its entry refused, or with no entry: the save was "delivered", on no server,
+    never retried (found by review). Refused, it is failed (the user's input kept for
+    her); unsaid, pending, for the witness to ask. The server is a real HTTP server
+    giving that answer, which the real FHIR server does not give."""
+    answer = {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+    with ServedJson(json.dumps(answer).encode(), path="/fhir") as server:
+        tenant = make_tenant(database, "a", server.url)
+        entry_id = _enqueue(database, tenant, server.url, _single_create(_person("x")))
+        assert make_outbox(database, Clock()).deliver(entry_id) is state
+    assert said in (outbox_entry(database, entry_id).last_error or "")
+
+
 def _due_in(database: Database, entry_id: int, clock: Clock) -> float:
     """Seconds from the outbox's now until the entry's next attempt."""
     return (outbox_entry(database, entry_id).next_attempt_at - clock.now).total_seconds()
@@ -539,6 +564,34 @@ def test_a_lost_answer_is_not_sent_again_and_an_if_match_conflict_is_kept(
         kept = outbox_entry(database, entry_id).bundle["entry"][0]["resource"]
         assert kept["name"][0]["given"] == ["Mine"]
         assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{other}") == 0
+
+
+def test_an_update_reaches_a_server_that_validates_its_bundle_with_its_full_url(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """R4 lets only a POST entry go without ``fullUrl``. A server validating the Bundle
+    refused every save updating a resource (the concern Flag of each step, a child's
+    edit) with 400: failed for good. Each update is sent with its resource's URL, a merge
+    too (found by review). The strict server is a real relay in front of the real one."""
+    with SlowRelay(fhir_server.base_url) as strict:
+        strict.strict = True
+        tenant = make_tenant(database, "a", strict.url)
+        with FhirClient(fhir_server.base_url, lambda: "t", 5.0) as client:
+            created = client.transaction(_single_create(_person(str(uuid.uuid4()))))
+        location = created["entry"][0]["response"]["location"]
+        person_id = location.split("RelatedPerson/")[1].split("/")[0]
+        with FhirClient(fhir_server.base_url, lambda: "t", 5.0) as client:
+            current = client.read("RelatedPerson", person_id)
+        outbox = make_outbox(database, Clock())
+        plain = _single_update({**current, "name": [{"given": ["Plain"]}]}, current)
+        merge = TransactionBuilder()
+        merge.merge_update({**current, "name": [{"given": ["Merged"]}]}, "2")
+        for bundle in (plain, merge.bundle()):
+            entry_id = _enqueue(database, tenant, strict.url, bundle)
+            assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
+    (stored,) = search(fhir_server.base_url, "RelatedPerson", _id=person_id)
+    assert stored["name"][0]["given"] == ["Merged"]
+    assert stored["meta"]["versionId"] == "3"
 
 
 def _single_create(resource: dict[str, Any]) -> dict[str, Any]:

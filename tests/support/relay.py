@@ -37,6 +37,11 @@ _REFUSED_OUTCOME = {
     "resourceType": "OperationOutcome",
     "issue": [{"severity": "error", "code": "not-supported"}],
 }
+#: What a server validating Bundles answers a PUT entry without ``fullUrl`` (``strict``).
+_INVALID_BUNDLE_OUTCOME = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "invalid", "diagnostics": "Bundle.entry.fullUrl"}],
+}
 #: The headers passed on: what a FHIR exchange needs, not the connection's own.
 _PASSED = ("Accept", "Authorization", "Content-Type", "If-Match", "If-None-Exist", "Prefer")
 
@@ -51,7 +56,10 @@ class SlowRelay(Serving):
     are not passed on, nor counted in ``asked``); ``refused``: statuses answered likewise,
     with a ``not-supported`` OperationOutcome. ``rewrite``: a change made to each answer's
     body (None: none). ``ignored``: the names of the query parameters left out of each
-    request passed on."""
+    request passed on. ``strict``: a transaction with an entry other than a POST without a
+    ``fullUrl`` is refused (400), as a server validating Bundles against R4 refuses it.
+    ``page_size``: the page size of each search in a batch that asks none (``_count``), as
+    a server with that default page size answers (None: the server's own)."""
 
     def __init__(self, upstream: str, delay: float = 0.0) -> None:
         self.delay = delay
@@ -60,6 +68,8 @@ class SlowRelay(Serving):
         self.refused: list[int] = []
         self.ignored: set[str] = set()
         self.rewrite: Callable[[bytes], bytes] | None = None
+        self.strict = False
+        self.page_size: int | None = None
         owner = self
         origin = httpx.URL(upstream).copy_with(path="/", query=None)
 
@@ -74,7 +84,12 @@ class SlowRelay(Serving):
                 if owner.refused:
                     self._instead(owner.refused.pop(0), _REFUSED_OUTCOME, None)
                     return
+                if owner.strict and _without_full_url(body):
+                    self._instead(400, _INVALID_BUNDLE_OUTCOME, None)
+                    return
                 owner.asked += 1
+                if owner.page_size is not None:
+                    body = _paged(body, owner.page_size)
                 headers = {name: value for name in _PASSED if (value := self.headers.get(name))}
                 answer = httpx.request(
                     self.command,
@@ -132,3 +147,33 @@ class SlowRelay(Serving):
         port = httpd.server_address[1]
         self.url = str(httpx.URL(upstream).copy_with(host="127.0.0.1", port=port))
         super().__init__(httpd)
+
+
+def _without_full_url(body: bytes) -> bool:
+    """Whether ``body`` is a Bundle with an entry lacking the ``fullUrl`` R4 requires of it:
+    only a POST's may be empty (Bundle.entry.fullUrl)."""
+    try:
+        bundle = json.loads(body) if body else None
+    except ValueError:
+        return False
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return False
+    return any(
+        "fullUrl" not in entry and entry.get("request", {}).get("method") != "POST"
+        for entry in bundle.get("entry", [])
+    )
+
+
+def _paged(body: bytes, page_size: int) -> bytes:
+    """``body`` with ``_count=page_size`` in each search of a batch that asks none."""
+    try:
+        bundle = json.loads(body) if body else None
+    except ValueError:
+        return body
+    if not isinstance(bundle, dict) or bundle.get("type") != "batch":
+        return body
+    for entry in bundle.get("entry", []):
+        url = entry.get("request", {}).get("url", "")
+        if "?" in url and "_count" not in dict(parse_qsl(url.partition("?")[2])):
+            entry["request"]["url"] = f"{url}&_count={page_size}"
+    return json.dumps(bundle).encode()
