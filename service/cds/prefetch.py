@@ -80,13 +80,8 @@ def missing_queries(
         for token, value in values.items():
             if value is not None:
                 query = query.replace(token, value)
-        queries[key] = query
+        queries[key] = f"{query}&_count={FETCH_PAGE_SIZE}" if "?" in query else query
     return queries
-
-
-def _failed(value: Any) -> bool:
-    """Whether a prefetch value is the client's report of a failed query."""
-    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
 async def fetch(

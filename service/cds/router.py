@@ -351,6 +351,8 @@ async def _patient_data(
     # the EHR's token goes only to the FHIR server registered for that EHR, never elsewhere
     registrations = [caller.registration] if caller else tenant.config.registrations
     if server not in {r.fhir_base_url for r in registrations}:
+        # the EHR administrator's to fix (a base written otherwise: a port, capitals)
+        log.warning("fhirServer is not the registered FHIR base: the card is generic")
         return data
     if not over_tls(server):  # RFC 6750: bearer tokens over TLS only (one stored unchecked)
         log.warning("fhirServer is not https: the token is not sent, the card is generic")

@@ -52,16 +52,31 @@ def answered_in_full(value: Any) -> bool:
     """Whether a prefetch value answers its query completely: a resource, a search Bundle
     without a next page, or ``null`` (CDS Hooks: no data). Not a client's OperationOutcome
     for a failed query, not one page of several (a patient's Flags are all of their
-    Flags, whatever their code: the open concern may be on the next page), not anything
-    else."""
+    Flags, whatever their code: the open concern may be on the next page), not a Bundle
+    whose own OperationOutcome says the search failed in part (an error in an entry of
+    search mode ``outcome``), not anything else."""
     if value is None:
         return True
     kind = value.get("resourceType") if isinstance(value, dict) else None
     if not isinstance(kind, str) or kind == "OperationOutcome":
         return False
-    return kind != "Bundle" or not any(
+    if kind != "Bundle":
+        return True
+    entries = (e.get("resource") for e in _list(value.get("entry")) if isinstance(e, dict))
+    return not any(
         isinstance(link, dict) and link.get("relation") == "next"
         for link in _list(value.get("link"))
+    ) and not any(_failed(resource) for resource in entries)
+
+
+def _failed(value: Any) -> bool:
+    """Whether ``value``, an entry of a search Bundle, is an OperationOutcome reporting an
+    error (a server's warning, an unknown parameter ignored say, is not)."""
+    if not isinstance(value, dict) or value.get("resourceType") != "OperationOutcome":
+        return False
+    issues = _list(value.get("issue"))
+    return not issues or any(
+        isinstance(issue, dict) and issue.get("severity") in ("error", "fatal") for issue in issues
     )
 
 

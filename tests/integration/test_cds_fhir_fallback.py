@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from tests.support.cds import (
     tenant_config,
 )
 from tests.support.processes import free_port
+from tests.support.relay import SlowRelay
 from tests.support.served import ServedJson, Trickled
 
 pytestmark = pytest.mark.fhirserver
@@ -265,6 +267,70 @@ def test_one_page_of_the_patients_flags_is_fetched_in_full_not_read_as_no_concer
     assert cds_on_fhir.fhir_requests() == 1
 
 
+def test_a_server_paging_by_default_is_asked_for_all_the_patients_flags(
+    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """A FHIR server pages a search asking no page size (often by 10 to 50). Our one
+    request asked none: a patient with more Flags than a page got the generic card ("the
+    data could not be read"), and with an open concern on the second page no warning
+    (found by review). It asks for ``FETCH_PAGE_SIZE``. The paging server is a real relay
+    giving the real server a page size of 1 for each search asking none; the patient has
+    two Flags that are not the Kindreflex's, and no reason for a warning."""
+    server, seeded = fhir
+    patient = seeded.patient("an-peeters")
+    flags = [
+        httpx.post(f"{server.base_url}/Flag", json=_flag(patient, text)).json()
+        for text in ("Valrisico", "Allergie latex")
+    ]
+    try:
+        with SlowRelay(server.base_url) as paging:
+            paging.page_size = 1
+            cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=paging.url))
+            card = only_card(cds_on_fhir.call(body=without_prefetch(paging.url, patient)))
+    finally:
+        for flag in flags:
+            httpx.delete(f"{server.base_url}/Flag/{flag['id']}")
+    assert card["summary"] == "Doe de Kindreflex: vraag naar kinderen en ouderschap"
+    assert cds_on_fhir.fhir_requests() == 1
+
+
+def _flag(patient: Any, text: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Flag",
+        "status": "active",
+        "code": {"text": text},
+        "subject": {"reference": f"Patient/{patient.id}"},
+    }
+
+
+@pytest.mark.parametrize(("severity", "fetched"), [("error", 1), ("warning", 0)])
+def test_a_flags_search_failed_in_part_is_fetched_not_read_as_no_concern(
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult], severity: str, fetched: int
+) -> None:
+    """A search Bundle may carry the server's OperationOutcome (search mode ``outcome``):
+    with an error, the search failed in part and an open concern may be missing. It was
+    read as "no open concern" (found by review); it is fetched again. A warning (an
+    unknown parameter ignored, say) leaves the search answered in full."""
+    server, seeded = fhir
+    patient = seeded.patient("karim-el-amrani")  # an open concern from an earlier visit
+    body = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, patient)
+    flags = body["prefetch"]["flags"]
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": "too-costly"}],
+    }
+    body["prefetch"]["flags"] = {
+        **flags,
+        "entry": [{"resource": outcome, "search": {"mode": "outcome"}}]
+        + ([] if severity == "error" else flags["entry"]),
+    }
+    body |= {"fhirServer": server.base_url, "fhirAuthorization": AUTHORIZATION}
+    card = only_card(cds_on_fhir.call(body=body))
+    assert card["indicator"] == "warning"
+    assert json.loads(card["links"][0]["appContext"])["reasons"] == ["open-concern"]
+    assert cds_on_fhir.fhir_requests() == fetched
+
+
 def test_prefetch_about_another_patient_is_fetched_for_this_one(
     cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
 ) -> None:
@@ -331,17 +397,20 @@ def test_no_prefetch_and_no_fhir_server_gives_the_generic_card(
 
 
 def test_the_token_is_only_sent_to_the_registered_fhir_server(
-    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
+    cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """And the EHR administrator finds why every such card is generic in the log."""
     server, seeded = fhir
     before = fhir_log_lines(server)
     elsewhere = server.base_url.replace("127.0.0.1", "localhost")
-    card = only_card(
-        cds_on_fhir.call(body=without_prefetch(elsewhere, seeded.patient("jan-janssens")))
-    )
+    with caplog.at_level(logging.WARNING, logger="service.cds.router"):
+        card = only_card(
+            cds_on_fhir.call(body=without_prefetch(elsewhere, seeded.patient("jan-janssens")))
+        )
     assert card["indicator"] == "info"
     assert cds_on_fhir.fhir_requests() == 0
     assert fhir_log_lines(server) == before
+    assert "fhirServer is not the registered FHIR base" in caplog.text
 
 
 def test_a_fhir_server_that_never_answers_gives_the_generic_card_in_time(
