@@ -485,11 +485,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _settings_problems(error: ValidationError | FileNotFoundError) -> str:
-    """One line per setting at fault, named as the environment names it."""
+    """One line per setting at fault, named as the environment names it (a check of
+    several settings together names none: its message names them)."""
     if isinstance(error, FileNotFoundError):
         return f"  {error}"
     return "\n".join(
         f"  KINDREFLEX_{'_'.join(str(part) for part in problem['loc']).upper()}: {problem['msg']}"
+        if problem["loc"]
+        else f"  {problem['msg']}"
         for problem in error.errors()
     )
 

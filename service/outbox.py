@@ -170,6 +170,10 @@ WITNESS_MAX_PAGES = 10
 #: Each request of the saving request's own delivery attempt (``deliver(timeout=…)``), at
 #: most: the nurse or the social worker waits for it, and the worker sends what it did not.
 IMMEDIATE_TIMEOUT_SECONDS = 3.0
+#: How long a stopping service waits for the worker's batch in progress: an entry cut
+#: short is delivered by another instance once its lease ends (``deploy/kubernetes``'s
+#: grace period leaves it this long).
+STOP_TIMEOUT_SECONDS = 30
 #: OperationOutcome issue codes (FHIR R4 IssueType) saying a 409/412 no version explains
 #: will not pass: the content, or what a conditional request matched, must change first,
 #: which sending the same transaction again cannot do (sekmet's 412 ``multiple-matches``
@@ -1575,7 +1579,7 @@ class OutboxWorker:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=STOP_TIMEOUT_SECONDS)
 
     def _loop(self) -> None:
         while True:

@@ -302,6 +302,20 @@ def test_a_setting_that_cannot_be_used_is_named_with_its_reason(
     assert "Traceback" not in result.stderr
 
 
+def test_a_check_of_several_settings_is_printed_as_it_names_them(tmp_path: Path) -> None:
+    """It printed "KINDREFLEX_: Value error, …": a setting of no name (found by review)."""
+    env = {
+        **os.environ,
+        "KINDREFLEX_ENVIRONMENT": "production",
+        "KINDREFLEX_CDS_JWT_REQUIRED": "false",
+        "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}",
+    }
+    result = subprocess.run([*KINDREFLEX, "db", "upgrade"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "\n  Value error, KINDREFLEX_CDS_JWT_REQUIRED=false is only allowed" in result.stderr
+    assert "KINDREFLEX_:" not in result.stderr
+
+
 def test_a_tenant_slug_that_no_url_can_reach_is_refused(tmp_path: Path) -> None:
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}"}
     result = subprocess.run(

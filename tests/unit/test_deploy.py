@@ -22,7 +22,7 @@ from service.cds.router import MAX_BODY_BYTES
 from service.cli import build_parser
 from service.db.base import Database
 from service.fhir.client import CHANGE_BUDGET_MAX_SECONDS, SCREEN_BUDGET_TIMEOUTS
-from service.outbox import IMMEDIATE_TIMEOUT_SECONDS
+from service.outbox import IMMEDIATE_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS
 from service.settings import Settings, load_settings
 from service.tenant_config import DEFAULT_SCOPES
 
@@ -128,7 +128,7 @@ def test_the_scopes_the_guide_gives_an_ehr_administrator_are_those_a_launch_asks
 def test_the_probes_and_the_scrape_ask_on_the_port_the_service_listens_on() -> None:
     deployment = next(d for d in manifests() if d["kind"] == "Deployment")
     service = next(d for d in manifests() if d["kind"] == "Service")
-    policy = next(d for d in manifests() if d["kind"] == "NetworkPolicy")
+    policy = next(d for d in manifests() if d["kind"] == "NetworkPolicy" and _selects_service(d))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     port = re.search(r"KINDREFLEX_PORT=(\d+)", DOCKERFILE)
     assert port
@@ -254,26 +254,32 @@ def test_the_ingress_waits_for_the_longest_request_the_service_makes() -> None:
         assert seconds > max(longest, screen) + 5, name
 
 
-def pods() -> list[dict[str, Any]]:
-    """The pod templates of the Deployment, the Job and the CronJob."""
+def pod_templates() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(manifest, its pod template) of the Deployment, the Job and the CronJob."""
     found = []
     for document in manifests():
         if document["kind"] in ("Deployment", "Job"):
-            found.append(document["spec"]["template"]["spec"])
+            found.append((document, document["spec"]["template"]))
         elif document["kind"] == "CronJob":
-            found.append(document["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+            found.append((document, document["spec"]["jobTemplate"]["spec"]["template"]))
     return found
 
 
+def pods() -> list[dict[str, Any]]:
+    """The pod specs of the Deployment, the Job and the CronJob."""
+    return [template["spec"] for _, template in pod_templates()]
+
+
 def test_a_pod_ended_at_a_rollout_finishes_the_longest_request_the_ingress_waits_for() -> None:
-    """Kubernetes' default 30 s cut a save on a slow FHIR server short (found by review)."""
+    """Kubernetes' default 30 s cut a save on a slow FHIR server short (found by review);
+    after the requests, the outbox worker's batch in progress is waited for too."""
     deployment = next(d for d in manifests() if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     annotations = ingresses()["kindreflex"]["metadata"]["annotations"]
     longest = int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + longest
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + longest + STOP_TIMEOUT_SECONDS
 
 
 def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
@@ -295,6 +301,44 @@ def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
             assert "memory" in container["resources"]["limits"]
             assert {"secretRef": {"name": "kindreflex-secrets"}} in container["envFrom"]
             assert "env" not in container  # no value inlined into a manifest
+
+
+def test_every_pod_has_a_network_policy_and_only_the_services_pods_take_requests() -> None:
+    """The migration Job's and the purge's pods matched no NetworkPolicy: under a default
+    deny they could not reach the database, and otherwise anything (found by review).
+    Nor may they carry the Service's label: it would send them the EHR's requests."""
+    policies = [d for d in manifests() if d["kind"] == "NetworkPolicy"]
+    (service,) = (d for d in manifests() if d["kind"] == "Service")
+    for document, template in pod_templates():
+        labels = template["metadata"]["labels"].items()
+        selected = [p for p in policies if _selector(p).items() <= labels]
+        assert len(selected) == 1, document["metadata"]["name"]
+        serves = service["spec"]["selector"].items() <= labels
+        assert serves is (document["kind"] == "Deployment"), document["metadata"]["name"]
+        if not serves:  # a job: the database and DNS, nothing else, and nothing in
+            (policy,) = selected
+            assert "ingress" not in policy["spec"]
+            assert "Ingress" in policy["spec"]["policyTypes"]
+            ports = {port["port"] for rule in policy["spec"]["egress"] for port in rule["ports"]}
+            assert ports == {53, 5432}
+
+
+def _selects_service(policy: dict[str, Any]) -> bool:
+    return _selector(policy) == {"app.kubernetes.io/name": "kindreflex"}
+
+
+def _selector(policy: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = policy["spec"]["podSelector"]["matchLabels"]
+    return labels
+
+
+def test_the_image_points_psycopgs_openssl_at_debians_ca_bundle() -> None:
+    """psycopg's wheel brings an OpenSSL whose trust store Debian does not have: without
+    ``SSL_CERT_FILE`` the guide's ``sslrootcert=system`` trusted no CA in the image (found
+    by review; that it follows ``SSL_CERT_FILE``: tests/integration/test_database_tls.py)."""
+    runtime = DOCKERFILE.rsplit("\nFROM ", 1)[1]
+    assert re.search(r"^\s+SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\b", runtime, re.M)
+    assert re.search(r"^\s+SSL_CERT_DIR=/etc/ssl/certs\b", runtime, re.M)
 
 
 def dockerfile_exec_form(instruction: str) -> list[str]:
