@@ -15,12 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import Counter
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import smart_app
@@ -298,15 +299,34 @@ async def _http_error(request: Request, error: Exception) -> Response:
     the app's "page not found" in the user's language, where FastAPI answered the English
     JSON ``{"detail": "Not Found"}`` (no title, no language: found by review); a form the
     page cannot parse (forged: over a thousand multipart fields) gets a page likewise. In
-    the browser's language: an address that names nothing reads no session."""
+    the browser's language: an address that names nothing reads no session. An address
+    only a form posts to, opened as a page (the address bar after a refused save, a tab
+    restored), goes to the page that form belongs to (FastAPI: JSON "Method Not Allowed")."""
     assert isinstance(error, StarletteHTTPException)
     browsing = "text/html" in request.headers.get("accept", "")
     if browsing and not JSON_API.fullmatch(request.url.path):
-        if error.status_code == 404:
+        if error.status_code == 405 and request.method in ("GET", "HEAD"):
+            page = _page_of_form(request)
+            if page is not None:
+                return RedirectResponse(page, status_code=303)
+        if error.status_code in (404, 405):
             return await handle_page_error(request, PageError(404, "page_not_found"))
         if error.status_code == 400:  # Starlette's: a form it cannot parse (>1000 fields…)
             return await handle_page_error(request, PageError(400, "form_unreadable"))
     return await http_exception_handler(request, error)
+
+
+def _page_of_form(request: Request) -> str | None:
+    """The nearest address above ``request``'s that the app serves as a page: the case a
+    step's form belongs to (``/social/cases/7/step-4`` → ``/social/cases/7``), the admin
+    screen of its forms."""
+    parts = request.url.path.rstrip("/").split("/")
+    for end in range(len(parts) - 1, 1, -1):
+        path = "/".join(parts[:end])
+        scope = {**request.scope, "path": path, "method": "GET"}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            return path
+    return None
 
 
 async def _validation_failed(request: Request, error: Exception) -> Response:

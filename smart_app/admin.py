@@ -753,7 +753,7 @@ def _sign_out(request: Request, admin: Admin, database: Database, response: Resp
 
 @router.get("/admin", response_class=HTMLResponse)
 def overview(request: Request, admin: ScreenAdmin) -> HTMLResponse:
-    return _overview(request, admin)
+    return _overview(request, admin, saved=request.query_params.get("saved") == "1")
 
 
 def _overview(
@@ -800,9 +800,11 @@ async def _screen_change(
     change: Change,
     typed: Mapping[str, Any] | None = None,
     field_of: FieldOf = _no_field,
-) -> HTMLResponse:
+) -> Response:
     """Save a change from the screen; refused, the page again with ``typed`` (which form,
-    what was typed in it) kept, and each problem next to its field (``field_of``)."""
+    what was typed in it) kept, and each problem next to its field (``field_of``). Saved,
+    the screen by GET (post/redirect/get): the page a save returned, reloaded, sent the
+    form again and was told the configuration had changed meanwhile (found by review)."""
     form = await request.form()
     based_on = str(form.get("version", ""))
     number = _version(based_on) if based_on else None
@@ -810,7 +812,7 @@ async def _screen_change(
         forged = Problem("not a configuration version", reasons=(Reason("admin.bad-version"),))
         return _overview(request, admin, status=400, problems=(forged,), typed=typed)
     try:
-        context = await _save(request, admin, change, number)
+        await _save(request, admin, change, number)
     except ConfigurationError as error:
         return _overview(
             request, admin, status=422, problems=error.problems, typed=typed, field_of=field_of
@@ -819,7 +821,7 @@ async def _screen_change(
         version = Reason.of("admin.stale", version=error.current_version)
         stale = Problem(str(error), reasons=(version,))
         return _overview(request, admin, status=409, problems=(stale,), typed=typed)
-    return _overview(request, admin, saved=True, tenant=context)
+    return RedirectResponse(f"{_prefix(request)}/admin?saved=1", status_code=303)
 
 
 def _lines(value: str) -> list[str]:
@@ -842,7 +844,7 @@ def _issuers(typed: str, existing: EhrRegistration | None) -> list[dict[str, Any
 
 
 @router.post("/admin/registrations", response_class=HTMLResponse)
-async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+async def save_registration(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
     field = {k: str(v) for k, v in form.items() if isinstance(v, str)}
     body: dict[str, Any] = {
@@ -873,7 +875,7 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> HTMLRespons
 @router.post("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)
 async def delete_registration(
     registration_id: str, request: Request, admin: ScreenAdmin
-) -> HTMLResponse:
+) -> Response:
     return await _screen_change(request, admin, lambda c: _without_registration(c, registration_id))
 
 
@@ -892,7 +894,7 @@ def test_registration(
 
 
 @router.post("/admin/hooks", response_class=HTMLResponse)
-async def save_hooks(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+async def save_hooks(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
     current = admin.tenant.config.hooks.model_dump(mode="json")
     hooks = {
@@ -907,7 +909,7 @@ async def save_hooks(request: Request, admin: ScreenAdmin) -> HTMLResponse:
 
 
 @router.post("/admin/partners", response_class=HTMLResponse)
-async def upload_partners(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+async def upload_partners(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
     upload = form.get("file")  # Starlette's UploadFile (FastAPI's is a subclass of it)
     if not isinstance(upload, UploadFile) or not upload.filename:
@@ -926,7 +928,7 @@ async def upload_partners(request: Request, admin: ScreenAdmin) -> HTMLResponse:
 
 
 @router.post("/admin/plan", response_class=HTMLResponse)
-async def save_plan(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+async def save_plan(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
     steps: dict[str, Any] = {}
     for step in (s.value for s in Step):
@@ -946,7 +948,7 @@ async def save_plan(request: Request, admin: ScreenAdmin) -> HTMLResponse:
 
 
 @router.post("/admin/config", response_class=HTMLResponse)
-async def import_config(request: Request, admin: ScreenAdmin) -> HTMLResponse:
+async def import_config(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
     text = str(form.get("yaml", ""))
     return await _screen_change(

@@ -161,9 +161,14 @@ def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
     # the same form takes a good file (the screen read no uploaded file before: the form
     # holds Starlette's UploadFile, not FastAPI's subclass it was checked against)
     good = "\n".join([*lines[:2]]).encode()
-    saved = client.post("/admin/partners", data=hidden, files={"file": ("p.csv", good)})
-    assert saved.status_code == 200
-    assert 'id="saved"' in saved.text
+    saved = client.post(
+        "/admin/partners", data=hidden, files={"file": ("p.csv", good)}, follow_redirects=False
+    )
+    # post/redirect/get: the saved page, reloaded, sent the form again and was told the
+    # configuration had changed meanwhile (found by review)
+    assert (saved.status_code, saved.headers["location"]) == (303, "/admin?saved=1")
+    assert 'id="saved"' in client.get(saved.headers["location"]).text
+    assert 'id="saved"' not in client.get("/admin").text
     assert [e.id for e in stored_gent(database).config.partners.entries] == [lines[1].split(",")[0]]
 
 

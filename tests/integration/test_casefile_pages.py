@@ -130,6 +130,34 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
     assert listed_cases(client.get("/social", headers=cookie_only).text).count(case_id) == 1
 
 
+def test_a_forms_address_opened_as_a_page_goes_to_the_page_of_that_form(
+    database_url: str, database: Database
+) -> None:
+    """After a refused save the address bar shows the form's address; opened again (Enter,
+    a restored tab, a bookmark) it answered FastAPI's raw JSON "Method Not Allowed" (found
+    by review). A browser goes to the page that form belongs to; the API keeps its JSON."""
+    hospital = make_tenant(database, "default", FHIR)
+    make_tenant(database, "az-brugge", FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    client = TestClient(make_app(database_url, database), follow_redirects=False)
+    browser = {"Accept": "text/html,application/xhtml+xml"}
+    expected = {
+        **{
+            f"/social/cases/{case_id}/{form}": f"/social/cases/{case_id}"
+            for form in ("step-4", "step-5", "step-6", "close", "referral-status", "claim")
+        },
+        "/admin/registrations": "/admin",
+        "/t/az-brugge/admin/registrations/ehr/test": "/t/az-brugge/admin",
+        "/t/az-brugge/admin/logout": "/t/az-brugge/admin",
+    }
+    for form, page in expected.items():
+        answer = client.get(form, headers=browser)
+        assert (answer.status_code, answer.headers.get("location")) == (303, page), form
+    api = client.get(f"/api/cases/{case_id}/claim", headers={"Accept": "application/json"})
+    assert api.status_code == 405
+    assert api.headers["content-type"] == "application/json"
+
+
 def test_a_case_whose_save_waits_for_a_new_sign_in_says_how_to_send_it(
     database_url: str,
     database: Database,
