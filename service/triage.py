@@ -160,6 +160,9 @@ class Chart:
 
 #: How many pages of the chart's search are read at most (each of up to 100 entries).
 CHART_MAX_PAGES = 10
+#: What the chart's search includes with the Patient (``_revinclude``): the EHR's
+#: CapabilityStatement must declare both (the admin's connection test asks).
+CHART_REVINCLUDES = ("RelatedPerson:patient", "Flag:patient")
 
 
 def search_chart(client: FhirClient, patient_ref: str) -> Chart:
@@ -171,8 +174,7 @@ def search_chart(client: FhirClient, patient_ref: str) -> Chart:
     a second Flag (found by review: the first page alone was read)."""
     query = [
         ("_id", patient_ref.removeprefix("Patient/")),
-        ("_revinclude", "RelatedPerson:patient"),
-        ("_revinclude", "Flag:patient"),
+        *(("_revinclude", included) for included in CHART_REVINCLUDES),
         ("_count", "100"),
     ]
     pages = client.search_pages("Patient", query, max_pages=CHART_MAX_PAGES)

@@ -23,6 +23,7 @@ import httpx
 from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds, UndecodableBodyError
 from service.i18n import Language, translate
 from service.tenant_config import EhrRegistration
+from service.triage import CHART_REVINCLUDES
 
 #: Resources the app creates (children, findings, referral and its partner, open concern,
 #: and in every write its provenance and audit event).
@@ -216,6 +217,7 @@ def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
     system: set[str] = set()  # the whole-system interactions (transaction, batch…)
     conditional: set[str] = set()  # the types declaring conditionalCreate
     versioned: set[str] = set()  # the types declaring versioning versioned-update (If-Match)
+    revincluded: set[str] = set()  # the Patient search's declared _revinclude values
     for rest_at, rest in members.objects(metadata, "rest"):
         system |= _codes(members, rest, rest_at)
         for at, resource in members.objects(rest, "resource", f"{rest_at}."):
@@ -225,6 +227,8 @@ def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
                 conditional.add(kind)
             if members.text(resource, "versioning", f"{at}.") == "versioned-update":
                 versioned.add(kind)
+            if kind == "Patient":
+                revincluded |= members.strings(resource, "searchRevInclude", f"{at}.")
     # every save is one transaction: all its resources are written, or none
     report.add("transaction", "transaction" in system)
     cannot_write = [r for r in WRITTEN_RESOURCES if "create" not in interactions.get(r, set())]
@@ -237,6 +241,11 @@ def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
     report.add("conditional_create", not unconditional, resources=", ".join(unconditional))
     unguarded = [r for r in UPDATED_RESOURCES if r not in versioned]
     report.add("versioned_update", not unguarded, resources=", ".join(unguarded))
+    # the triage page reads the patient's children and Flags with the Patient, in one
+    # search: a server ignoring a _revinclude shows no child (typed again: twice on the
+    # record) and no open concern (a second one raised)
+    unread = [r for r in CHART_REVINCLUDES if r not in revincluded]
+    report.add("chart_revinclude", not unread, includes=", ".join(unread))
     _note_ignored(report, "capability_statement_members", members)
 
 

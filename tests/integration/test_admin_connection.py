@@ -28,6 +28,7 @@ from service.db.base import Database
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import EhrRegistration, TenantConfiguration
+from service.triage import CHART_REVINCLUDES
 from tests.support.processes import free_port
 from tests.support.sandbox import running_sandbox
 from tests.support.served import ServedJson, Trickled
@@ -76,6 +77,7 @@ def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> No
         "read_resources": True,
         "conditional_create": True,
         "versioned_update": True,
+        "chart_revinclude": True,
     }
     messages = {check.id: check.message for check in report.checks}
     assert messages["launch_ehr"] == "Starten vanuit het EPD (launch-ehr) wordt ondersteund."
@@ -307,14 +309,44 @@ def test_a_server_that_could_save_twice_or_overwrite_unawares_is_not_ready() -> 
     }
 
 
+def test_a_server_whose_patient_search_includes_no_flags_is_not_ready() -> None:
+    """The triage page reads a patient's children and Flags with the Patient (one search,
+    ``_revinclude``). A server that ignores the Flags' was "ready": the nurse saw no open
+    concern and her niet-pluis raised a second one (found by review)."""
+    every = [{"code": code} for code in ("read", "search-type", "create", "update")]
+    children_only = ["RelatedPerson:patient"]
+    patient = {"type": "Patient", "interaction": every, "searchRevInclude": children_only}
+    resources = [
+        {"type": kind, "interaction": every}
+        for kind in ("Encounter", "Condition", "RelatedPerson", "Observation", "ServiceRequest",
+                     "Organization", "Flag", "Provenance", "AuditEvent")
+    ] + [patient]  # fmt: skip
+    report = _checked_ehr(resources)
+    assert not report.ready
+    missing = {c.id: c.message for c in report.checks if c.needed and not c.ok}
+    assert missing == {
+        "chart_revinclude": "The server does not declare including these in a patient's "
+        "search (searchRevInclude): Flag:patient. The triage page then misses what they "
+        "name: a child not shown, typed again, is twice on the record; an open concern not "
+        "shown gets a second one."
+    }
+
+
 def _checked_ehr(
     resources: list[dict[str, Any]], *, conditional: bool = True, transaction: bool = True
 ) -> ConnectionReport:
     """The test connection's report on an EHR that launches apps as Kindreflex needs and
     declares ``resources`` (each created conditionally and updated on its version, unless
-    the resource says otherwise or ``conditional`` is False)."""
+    the resource says otherwise or ``conditional`` is False; a Patient's search including
+    the chart's children and Flags, unless it says otherwise)."""
+    chart = {"searchRevInclude": list(CHART_REVINCLUDES)}
     declared = [
-        {"conditionalCreate": conditional, "versioning": "versioned-update", **resource}
+        {
+            "conditionalCreate": conditional,
+            "versioning": "versioned-update",
+            **(chart if resource["type"] == "Patient" else {}),
+            **resource,
+        }
         for resource in resources
     ]
     answer = {
