@@ -210,9 +210,15 @@ class RecordedChart:
     kept_changing: frozenset[str] = frozenset()
 
 
+#: What the nurse is told of her save: on the record; to follow by itself (the server did
+#: not answer); waiting for a sign-in (her EHR token ran out: sent when the app is opened
+#: again for the patient, not by itself); refused.
+SaveStatus = Literal["delivered", "pending", "waiting-sign-in", "failed"]
+
+
 @dataclass(frozen=True)
 class SaveResult:
-    status: Literal["delivered", "pending", "failed"]
+    status: SaveStatus
     concern_flagged: bool
     outbox_id: int
 
@@ -1082,11 +1088,13 @@ def _updates(stable_references: list[str]) -> bool:
     return any("?" not in ref for ref in stable_references)
 
 
-def _status(state: DeliveryState) -> Literal["delivered", "pending", "failed"]:
+def _status(state: DeliveryState) -> SaveStatus:
     if state is DeliveryState.DELIVERED:
         return "delivered"
     if state is DeliveryState.FAILED:
         return "failed"
+    if state is DeliveryState.WAITING_AUTHORISATION:
+        return "waiting-sign-in"
     return "pending"
 
 

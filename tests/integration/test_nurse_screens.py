@@ -1132,6 +1132,30 @@ def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) 
     assert "Doorgegeven aan de sociale dienst" in saved.text
 
 
+def test_a_save_after_the_ehr_token_ran_out_says_to_open_the_app_again_for_the_patient(
+    nurse_for: Any, database: Database
+) -> None:
+    """The page stayed open longer than the EHR's access token lives (no refresh token): the
+    save waits for a sign-in, sent when the app is opened again for this patient. She read
+    "the record does not answer; it is sent automatically": neither was true, and for a
+    patient nobody opens again the children never reached the record (found by review)."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    with database.session() as session:  # the token ran out while the page was open
+        expired = utcnow() - timedelta(minutes=1)
+        session.execute(update(AppSession).values(access_expires_at=expired))
+
+    saved = nurse.post(_two_children(page, assessment="no-concern"))
+
+    assert saved.status == 200, saved.text
+    assert 'data-save-status="waiting-sign-in"' in saved.text
+    assert "Open de Kindreflex nu opnieuw vanuit het dossier van deze patiënt" in saved.text
+    assert "automatisch doorgestuurd" not in saved.text
+    with database.session() as session:
+        states = session.scalars(select(OutboxEntry.state).where(OutboxEntry.kind == "triage"))
+        assert list(states) == ["waiting-authorisation"]
+
+
 def test_a_child_saved_during_an_outage_is_shown_again_pending_delivery(nurse_for: Any) -> None:
     """The page opened again while the save waits for the FHIR server: the children saved
     are shown, marked as pending delivery, with the refs (identifiers) they were saved
