@@ -107,6 +107,13 @@ class AdminAuthError(Exception):
         self.problem = problem
 
 
+def admin_cookie(request: Request) -> str:
+    """The admin session cookie's name as served: ``__Host-`` on https, like the app
+    session's (``cookie_name``): without it another app of the hospital's domain planted a
+    ``kindreflex_admin`` that locked every launched admin out (found by review)."""
+    return cookie_name(ADMIN_COOKIE, request.app.state.settings)
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -116,7 +123,7 @@ def _bearer(request: Request) -> str | None:
 def _identify(request: Request, tenant: TenantContext) -> Admin:
     """The admin behind the request, or AdminAuthError(401/403) with the reason."""
     bearer = _bearer(request)
-    token = bearer or request.cookies.get(ADMIN_COOKIE)
+    token = bearer or request.cookies.get(admin_cookie(request))
     database = request.app.state.database
     if token:
         principal = access.authenticate(database, token)
@@ -718,7 +725,7 @@ def login(
         return _page(request, tenant, "admin/login.html", status=401, problem="refused")
     response = RedirectResponse(f"{_prefix(request)}/admin", status_code=303)
     response.set_cookie(
-        ADMIN_COOKIE,
+        admin_cookie(request),
         issued.token,
         max_age=int(access.SESSION_TTL.total_seconds()),
         path="/",
@@ -732,7 +739,9 @@ def login(
 @router.post("/admin/logout")
 def logout(request: Request, admin: ScreenAdmin, database: DatabaseDep) -> Response:
     response = RedirectResponse(f"{_prefix(request)}/admin/login", status_code=303)
-    response.delete_cookie(ADMIN_COOKIE, path="/")
+    response.delete_cookie(
+        admin_cookie(request), path="/", secure=served_over_https(request.app.state.settings)
+    )
     _sign_out(request, admin, database, response)
     return response
 

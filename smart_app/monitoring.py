@@ -68,7 +68,7 @@ async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
     An admin token (cookie or Bearer) is judged by the admin pages' own dependency: an
     unknown or expired one is 401, another hospital's 403 — never a fall back to a launch.
     """
-    if admin.ADMIN_COOKIE in request.cookies or _has_bearer(request):
+    if admin.admin_cookie(request) in request.cookies or _has_bearer(request):
         signed_in = await admin.api_admin(request, tenant)
         language = negotiate(
             [request.query_params.get("lang"), request.headers.get("accept-language")]

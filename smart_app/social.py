@@ -61,10 +61,12 @@ from service.social import (
     Step6Input,
 )
 from service.text import OneLine, OptionalText, user_display
+from smart_app.errors import PageError
 from smart_app.pages import TEMPLATES
 from smart_app.session import (
     LAUNCH_PARAM,
     LaunchContext,
+    LaunchDep,
     csrf_token,
     pinned,
     require_role,
@@ -75,7 +77,25 @@ from smart_app.session import (
 router = APIRouter(tags=["social service"])
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
-SocialWorker = Annotated[LaunchContext, Depends(require_role("social-worker"))]
+_as_social_worker = require_role("social-worker")
+
+
+def _social_worker(request: Request, ctx: LaunchDep, database: DatabaseDep) -> LaunchContext:
+    """The launch, if its user is a social worker; else a 403, audited when a case was
+    asked for: an access request must show who tried to open a patient's case (found by
+    review: the refusal came before any route's audit)."""
+    try:
+        return _as_social_worker(ctx)
+    except PageError:
+        case_id = request.path_params.get("case_id", "")
+        if case_id.isdigit():
+            safe = request.method in ("GET", "HEAD")
+            action = AuditAction.READ if safe else AuditAction.UPDATE
+            audit_refusal(ctx, database, action, case_id=int(case_id))
+        raise
+
+
+SocialWorker = Annotated[LaunchContext, Depends(_social_worker)]
 #: Where a social worker's launch from a patient's chart opens (``patient_case_page``).
 PATIENT_CASE_PAGE = "/social/patient"
 #: The worklist screen, where a social worker's launch without a patient opens.

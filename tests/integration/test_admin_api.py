@@ -17,9 +17,11 @@ from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from service.admin import access
+from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import TenantConfigVersion
 from service.protocol import Step
+from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, TenantConfiguration
 from smart_app.admin import ADMIN_COOKIE, CSRF_HEADER, router
@@ -242,6 +244,30 @@ def test_a_bad_change_is_refused_with_the_reason_and_changes_nothing(
     not_json = client.put("/admin/api/plan", headers=headers, content=b"{nope")
     assert not_json.status_code == 400
     assert client.get("/admin/api/config", headers=headers).json() == before
+
+
+def test_on_https_only_the_admin_cookie_for_this_host_signs_in(
+    database: Database, database_url: str, gent: Hospital
+) -> None:
+    """``__Host-``, as the app session's: another app of the hospital's domain planted a
+    ``kindreflex_admin`` with ``Domain=`` that the browser sent beside ours, and every
+    launched admin was refused the admin screen and the figures (found by review)."""
+    settings = load_settings(
+        database_url=database_url,
+        environment="test",
+        secret_key=DEPLOYMENT_KEY,
+        default_tenant="az-gent",
+        public_url="https://kindreflex.example",
+    )
+    with TestClient(create_app(settings, database), base_url="https://testserver") as client:
+        token, _ = access.issue_bootstrap_token(database, gent.id)
+        client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+        (session,) = [v for k, v in client.cookies.items() if k == f"__Host-{ADMIN_COOKIE}"]
+        client.cookies.set(ADMIN_COOKIE, "planted-by-a-neighbour")
+        assert client.get("/admin", follow_redirects=False).status_code == 200
+        client.cookies.clear()
+        client.cookies.set(ADMIN_COOKIE, session)  # the secret, under the plain name
+        assert client.get("/admin", follow_redirects=False).status_code == 303  # sign in
 
 
 def test_the_screen_needs_the_csrf_token_of_the_session(

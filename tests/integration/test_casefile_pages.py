@@ -130,6 +130,27 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
     assert listed_cases(client.get("/social", headers=cookie_only).text).count(case_id) == 1
 
 
+def test_a_case_refused_for_a_users_role_is_in_its_patients_audit_trail(
+    database_url: str, database: Database
+) -> None:
+    """A data-protection officer answering the patient's access request must see who tried
+    to open the case: the role check refused before any route's audit, and left no trace
+    (found by review). On the case page, the referral summary and the API alike."""
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app, follow_redirects=False)
+    nurse = signed_in(app, hospital, "Practitioner/nurse-1", "nurse").headers
+    asked = [f"/social/cases/{case_id}", f"/social/cases/{case_id}/referral"]
+    asked.append(f"/api/cases/{case_id}")
+    for url in asked:
+        assert client.get(url, headers=nurse).status_code == 403
+    with database.session() as session:
+        refused = session.scalars(select(AuditRecord).where(AuditRecord.outcome == "failure"))
+        rows = [(r.actor, r.action, r.patient_ref) for r in refused]
+    assert rows == [("Practitioner/nurse-1", "read", "Patient/1")] * 3
+
+
 def test_a_forms_address_opened_as_a_page_goes_to_the_page_of_that_form(
     database_url: str, database: Database
 ) -> None:
