@@ -7,7 +7,9 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.runtime import Context
 
+from service.fhir import terminology
 from service.i18n import negotiate, translate
+from service.protocol import ReferralTarget
 from smart_app.assets import asset_url
 from smart_app.dates import shown_age, shown_date, shown_moment
 
@@ -21,6 +23,14 @@ TEMPLATES = Environment(
 
 
 @pass_context
+def partner_kind(context: Context, kind: ReferralTarget) -> str:
+    """What kind of service a partner of the directory is, in the page's language: its name
+    is the directory's, often Dutch only ("Politie", "Opvoedingslijn"), which told a French
+    or English reader nothing of whom to call (found by review)."""
+    return terminology.display("partner-type", kind, negotiate([context.get("lang")]))
+
+
+@pass_context
 def colon(context: Context) -> str:
     """The colon between a label and its value as the page's language writes it (``lang``):
     ": " in Dutch and English, a non-breaking space before it in French."""
@@ -29,6 +39,7 @@ def colon(context: Context) -> str:
 
 TEMPLATES.globals["asset_url"] = asset_url
 TEMPLATES.globals["colon"] = colon
+TEMPLATES.globals["partner_kind"] = partner_kind
 TEMPLATES.filters["day"] = shown_date
 TEMPLATES.filters["moment"] = shown_moment
 TEMPLATES.filters["age"] = shown_age  # months, language: "5 maanden", "3 jaar"

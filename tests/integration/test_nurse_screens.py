@@ -835,6 +835,25 @@ def test_acute_danger_without_a_number_in_the_directory_says_so_and_whom_to_call
     assert "bel bij acuut gevaar de politie op 101, of 112" in acute
 
 
+def test_in_french_the_services_to_call_say_what_they_are(nurse_for: Any) -> None:
+    """The directory names its services as they are called, often in Dutch only: a French
+    nurse read "Politie" and "Parket (procureur des Konings)" on the acute-danger screen,
+    and "Opvoedingslijn" among the step 3 partners (found by review). Each is named by its
+    kind in the page's language first; in Dutch the police, named as its kind, once."""
+    nurse = nurse_for("tom-wouters", language="fr")
+    page = nurse.page()
+    saved = nurse.post(
+        _two_children(page, assessment="niet-pluis", reasons="Menaces", acute_danger="1")
+    )
+    acute = unescape(saved.text.split("data-acute-danger")[1].split("</section>")[0])
+    assert "Police\xa0: Politie" in acute  # a non-breaking space before the colon
+    assert "Parquet (procureur du Roi)\xa0: Parket (procureur des Konings)" in acute
+    dutch = nurse_for("an-peeters")
+    support = unescape(dutch.post(_two_children(dutch.page(), assessment="no-concern")).text)
+    assert "Opvoedingslijn: Opvoedingslijn" not in support
+    assert '<span class="partner-name">Opvoedingslijn</span>' in support
+
+
 def test_no_concern_shows_step_3_with_kind_en_gezin_advice_and_phone_numbers(
     nurse_for: Any,
 ) -> None:

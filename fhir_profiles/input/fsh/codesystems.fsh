@@ -31,7 +31,7 @@ Description: "The six steps of the Flemish Kindreflex (kindreflex.be/stappenplan
 * #step-3 "Stap 3: ondersteun de cliënt in zijn rol als ouder" "Support the patient as a parent and record how."
 * insert Tr(step-3, Étape 3 : soutenir le patient dans son rôle de parent, Step 3: support the patient as a parent)
 * #step-4 "Stap 4: ga na of er sprake is van verontrusting en bereidheid" "Weigh risk and protective factors and decide as a team whether the situation is concerning and whether the patient is willing to change it."
-* insert Tr(step-4, Étape 4 : vérifier s'il y a une situation préoccupante et de la disposition, Step 4: check for concern and willingness)
+* insert Tr(step-4, Étape 4 : vérifier s'il y a une situation préoccupante et une disposition à coopérer, Step 4: check for concern and willingness)
 * #step-5 "Stap 5: herstel de veiligheid" "Restore safety with the family and record progress."
 * insert Tr(step-5, Étape 5 : rétablir la sécurité, Step 5: restore safety)
 * #step-6 "Stap 6: betrek een gemandateerde voorziening" "Involve a mandated facility (VK or OCJ) or, with acute danger, the public prosecutor and/or police; inform the patient; record the follow-up actions."
