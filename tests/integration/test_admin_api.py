@@ -386,7 +386,7 @@ def test_a_refused_registration_keeps_what_the_admin_typed(
         assert f'value="{value}"' in form
     assert 'value="launch openid"' in form
     assert '<option value="client_secret_basic" selected>' in form
-    assert '<option value="fr" selected>' in form
+    assert '<option value="fr" lang="fr" selected>' in form
     assert "https://epd.example</textarea>" in form
 
 
