@@ -17,6 +17,7 @@ PostgreSQL cannot store a NUL; both rules keep such characters out of what we wr
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
@@ -94,3 +95,11 @@ def user_display(fhir_user: str, name: str) -> str | None:
     as its name (``smart_app.launch``), which is no name to show beside the reference."""
     display = worklist_display(name)
     return display if display and display != fhir_user else None
+
+
+def same_name(name: str) -> str:
+    """A child's name as compared for "the same child": case, spacing and how an accent is
+    encoded (an EHR may store "Zoë" as "o" and a combining diaeresis, NFD) do not make
+    another child. Two children of one patient with the same name and date of birth are
+    one child typed twice: saved, the child would be in the record twice."""
+    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()

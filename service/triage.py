@@ -86,7 +86,7 @@ from service.protocol import (
     Step3Support,
 )
 from service.tenancy import TenantContext
-from service.text import user_display, worklist_display
+from service.text import same_name, user_display, worklist_display
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,16 @@ class SaveResult:
     outbox_id: int
 
 
+class ChildRecordedMeanwhile(Exception):  # noqa: N818 - says what happened, as SaveConflict
+    """New children of a save that another save of the patient already writes as its own
+    new children (the same name and date of birth): two pages opened before either saved.
+    ``refs``: this save's refs of them. Nothing is saved; the nurse leaves them out."""
+
+    def __init__(self, refs: tuple[str, ...]) -> None:
+        super().__init__(f"{len(refs)} child(ren) recorded meanwhile by another save")
+        self.refs = refs
+
+
 class SaveConflict(Exception):  # noqa: N818 - name agreed between the engineers
     """Another user changed a child since it was loaded. The input is kept (``outbox_id``)."""
 
@@ -304,6 +314,10 @@ class Triage:
             new = any(_parse_versioned(c.ref) is None for c in findings.step1.children)
             edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
             saves = _patient_saves(session, ctx) if new or edited else []
+            launched = _launched_at(session, ctx.session_id)
+            again = _recorded_meanwhile(findings.step1.children, saves, patient_ref, launched)
+            if again:
+                raise ChildRecordedMeanwhile(again)
             queued = _queued_children(saves, patient_ref)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
             edits = {c.ref: c for c in _edited_children(undelivered, patient_ref).values()}
@@ -896,6 +910,7 @@ class _Save:
     state: str
     bundle: Resource
     races: int  # races at delivery lost (``service.outbox.kept_changing``)
+    saved_at: datetime
 
     @property
     def refusal(self) -> str:
@@ -918,7 +933,13 @@ class _Outstanding:
 def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
     """The patient's triage saves (same hospital and FHIR server), oldest first."""
     rows = session.execute(
-        select(OutboxEntry.id, OutboxEntry.state, OutboxEntry.bundle, OutboxEntry.races)
+        select(
+            OutboxEntry.id,
+            OutboxEntry.state,
+            OutboxEntry.bundle,
+            OutboxEntry.races,
+            OutboxEntry.created_at,
+        )
         .where(
             OutboxEntry.tenant_id == ctx.tenant.id,
             OutboxEntry.fhir_base_url == ctx.fhir_base_url,
@@ -927,7 +948,7 @@ def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
         )
         .order_by(OutboxEntry.id)
     )
-    return [_Save(id, state, bundle or {}, races) for id, state, bundle, races in rows.all()]
+    return [_Save(id, state, bundle or {}, races, at) for id, state, bundle, races, at in rows]
 
 
 def _entries(save: _Save) -> list[Resource]:
@@ -942,6 +963,34 @@ def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chi
         for entry in _entries(save)
         if (child := _created_child(entry, patient_ref)) is not None
     }
+
+
+def _launched_at(session: Session, session_id: str) -> datetime | None:
+    launched = session.get(AppSession, session_id)
+    return launched.created_at if launched is not None else None
+
+
+def _recorded_meanwhile(
+    children: Iterable[Child], saves: Sequence[_Save], patient_ref: str, since: datetime | None
+) -> tuple[str, ...]:
+    """The refs of the new ``children`` that another save of the patient made ``since`` the
+    launch (one the server did not refuse) creates under another identifier, by name and
+    date of birth. The form refuses a child typed twice in its rows; two pages opened
+    before either saved (two nurses, the card clicked twice) each created the child, and
+    the record held every one twice, which no form could undo (found by review). A save
+    before the launch is on the page, recorded or pending: the form's own check."""
+    meanwhile = [
+        s for s in saves if s.state not in REFUSED_STATES and (since is None or s.saved_at >= since)
+    ]
+    written = _created_children(meanwhile, patient_ref)
+    known = {(same_name(child.name), child.birth_date) for child in written.values()}
+    return tuple(
+        child.ref
+        for child in children
+        if _parse_versioned(child.ref) is None
+        and _child_uuid(child.ref) not in written
+        and (same_name(child.name), child.birth_date) in known
+    )
 
 
 def _queued_children(saves: Sequence[_Save], patient_ref: str) -> dict[str, Child | None]:

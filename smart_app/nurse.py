@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -61,9 +60,10 @@ from service.protocol import (
     advice,
     cares_for_minors,
 )
-from service.text import typed_text, worklist_display
+from service.text import same_name, typed_text, worklist_display
 from service.triage import (
     KEPT_CHANGING,
+    ChildRecordedMeanwhile,
     RecordedChart,
     SaveConflict,
     SaveResult,
@@ -414,8 +414,8 @@ def _children(
             continue
         at = f"child-{index}"
         born = parse_typed_date(row.birth_date)
-        if born is not None and row.name:
-            first = listed.setdefault((_same_name(row.name), born), (index, row))
+        if born is not None and row.name:  # two children both recorded: this form removes neither
+            first = listed.setdefault((same_name(row.name), born), (index, row))
             if first[0] != index and not (first[1].recorded and row.recorded):
                 message = t("error.duplicate-child", n=index + 1, first=first[0] + 1)
                 errors.append(FieldError(f"{at}-name", message))
@@ -439,16 +439,6 @@ def _children(
         if row.name and born and born <= today and relationship and lives_with:
             children.append(Child(row.ref, row.name, born, relationship, lives_with))
     return tuple(children)
-
-
-def _same_name(name: str) -> str:
-    """A name as compared for a duplicate row: case, spacing and how an accent is encoded
-    (an EHR may store "Zoë" as "o" and a combining diaeresis, NFD) do not make another child.
-
-    Two rows with the same name and date of birth are one child typed twice (a new row next
-    to the child already in the record): saved, the child would be in the record twice.
-    Two children both already recorded are left alone: this form cannot remove either."""
-    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
 
 
 def _expecting(
@@ -798,6 +788,13 @@ def _save(
         )
     except ProtocolError as error:  # a rule that needs the recorded history
         errors = [protocol_error(error, t)]
+        return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
+    except ChildRecordedMeanwhile as meanwhile:
+        errors = [
+            FieldError(f"child-{i}-name", t("error.child-recorded-meanwhile", n=i + 1))
+            for i, row in enumerate(form.children)
+            if row.ref in meanwhile.refs
+        ]
         return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
     except SaveConflict:
         # what the protocol asks now does not wait for the record: with acute danger, the

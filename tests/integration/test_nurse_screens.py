@@ -1151,6 +1151,46 @@ def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) 
     assert "Doorgegeven aan de sociale dienst" in saved.text
 
 
+def test_a_child_another_page_saved_meanwhile_is_not_saved_twice(
+    nurse_for: Any, sandbox: Sandbox, database: Database
+) -> None:
+    """Two pages of one patient opened before either saved (two nurses, the card clicked
+    twice) each typed the children anew: both saves were delivered, and the record held
+    each child twice, which no form could undo (found by review). The second save is
+    refused next to the children the first saved, with the nurse's input kept."""
+    first, second = nurse_for("an-peeters"), nurse_for("an-peeters")
+    page_a, page_b = first.page(), second.page()
+    names = [f"Lina {uuid.uuid4().hex[:6]}", f"Mats {uuid.uuid4().hex[:6]}"]  # new to the record
+    saved = first.post(_new_children(page_a, names, assessment="no-concern"))
+    assert 'data-save-status="delivered"' in saved.text
+
+    form_b = _new_children(page_b, names, assessment="no-concern", support_note="Gesprek gehad")
+    refused = second.post(form_b)
+
+    assert refused.status == 422
+    assert "Kind 1 werd intussen voor deze patiënt bewaard" in unescape(refused.text)
+    assert "Kind 2 werd intussen voor deze patiënt bewaard" in unescape(refused.text)
+    assert "Gesprek gehad" in refused.text  # her input is on the page again
+    written = written_by_kindreflex(sandbox.upstream_fhir_base_url, f"Patient/{first.patient_id}")
+    recorded = [c["name"][0]["text"] for c in written["RelatedPerson"]]
+    assert [recorded.count(name) for name in names] == [1, 1]
+
+
+def _new_children(page: Page, names: list[str], **extra: str) -> dict[str, Any]:
+    """A form of ``page`` adding children of these names (born 3 July 2019), each on a row
+    of its own."""
+    form: dict[str, Any] = {"csrf_token": page.csrf, "page_id": page.value("page_id"), **extra}
+    for i, name in enumerate(names):
+        form |= {
+            f"child-{i}-ref": f"urn:uuid:{uuid.uuid4()}",
+            f"child-{i}-name": name,
+            f"child-{i}-birth_date": "03/07/2019",
+            f"child-{i}-relationship": "NCHILD",
+            f"child-{i}-lives_with": "permanently",
+        }
+    return form
+
+
 def test_a_save_after_the_ehr_token_ran_out_says_to_open_the_app_again_for_the_patient(
     nurse_for: Any, database: Database
 ) -> None:
@@ -1785,9 +1825,9 @@ def test_opened_again_after_a_hand_off_the_page_says_the_concern_stays_open(
     messages = catalogue("nl").messages
     assert messages["app.triage.open-concern"] in unescape(again.text)
 
-    saved = nurse.post(
-        _two_children(again, assessment="no-concern", support_actions="ask-regularly")
-    )
+    another = f"Noor {uuid.uuid4().hex[:6]}"  # her children are on the page, recorded
+    form = {"assessment": "no-concern", "support_actions": "ask-regularly"}
+    saved = nurse.post(_new_children(again, [another], **form))
 
     assert saved.status == 200, saved.text
     assert messages["app.saved.support-intro-open-concern"] in unescape(saved.text)

@@ -858,7 +858,10 @@ def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
         world.launch(patient.id, patient.arrived_encounter_id, f"Practitioner/nurse-{n}")
         for n in (1, 2)
     ]
-    inputs = [niet_pluis(ctx, (child_aged("Lotte Janssens", 7),)) for ctx in contexts]
+    # each another child: the same child typed on both pages is refused to the later save
+    # (test_nurse_screens: a child another page saved meanwhile)
+    children = (child_aged("Lotte Janssens", 7), child_aged("Noah Janssens", 4))
+    inputs = [niet_pluis(ctx, (child,)) for ctx, child in zip(contexts, children, strict=True)]
     start = threading.Barrier(2)
     results: list[Any] = [None, None]
 
