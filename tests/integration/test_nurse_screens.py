@@ -1625,6 +1625,10 @@ def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_no
     )
 
     assert 'data-save-status="conflict"' in refused.text
+    # nothing of it is in the record, and the page opened again will not show her steps:
+    # it promised "your input is kept, check both versions" (found by review)
+    assert "Nog niets van deze bewaring staat in het dossier" in unescape(refused.text)
+    assert "beide versies" not in refused.text
     acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
     assert "parket en/of de politie" in acute
     assert "Doorgegeven aan de sociale dienst" in refused.text
