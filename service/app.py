@@ -10,6 +10,7 @@ import math
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -44,6 +45,7 @@ from smart_app.errors import JSON_API, PageError, handle_invalid_page_request, h
 from smart_app.monitoring import router as monitoring_router
 from smart_app.nurse import router as nurse_router
 from smart_app.security import ANY_FRAME, page_headers
+from smart_app.session import LAUNCH_PARAM
 from smart_app.social import router as social_router
 
 log = logging.getLogger(__name__)
@@ -305,11 +307,10 @@ async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     browsing = "text/html" in request.headers.get("accept", "")
     if browsing and not JSON_API.fullmatch(request.url.path):
-        if error.status_code == 405 and request.method in ("GET", "HEAD"):
-            page = _page_of_form(request)
-            if page is not None:
-                return RedirectResponse(page, status_code=303)
-        if error.status_code in (404, 405):
+        page = _page_of_form(request) if error.status_code == 405 else None
+        if page is not None and request.method == "GET":
+            return RedirectResponse(page, status_code=303)
+        if error.status_code == 404:
             return await handle_page_error(request, PageError(404, "page_not_found"))
         if error.status_code == 400:  # Starlette's: a form it cannot parse (>1000 fields…)
             return await handle_page_error(request, PageError(400, "form_unreadable"))
@@ -319,13 +320,16 @@ async def _http_error(request: Request, error: Exception) -> Response:
 def _page_of_form(request: Request) -> str | None:
     """The nearest address above ``request``'s that the app serves as a page: the case a
     step's form belongs to (``/social/cases/7/step-4`` → ``/social/cases/7``), the admin
-    screen of its forms."""
+    screen of its forms. With the launch the form's address named (``?s=``): without it
+    the page was the browser's newest launch's, perhaps another tab's patient."""
     parts = request.url.path.rstrip("/").split("/")
+    launch = request.query_params.get(LAUNCH_PARAM)
+    pinned = f"?{urlencode({LAUNCH_PARAM: launch})}" if launch else ""
     for end in range(len(parts) - 1, 1, -1):
         path = "/".join(parts[:end])
         scope = {**request.scope, "path": path, "method": "GET"}
         if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
-            return path
+            return path + pinned
     return None
 
 

@@ -226,9 +226,11 @@ class SaveResult:
 class ChildRecordedMeanwhile(Exception):  # noqa: N818 - says what happened, as SaveConflict
     """New children of a save that another save of the patient already writes as its own
     new children (the same name and date of birth): two pages opened before either saved.
-    ``refs``: this save's refs of them. Nothing is saved; the nurse leaves them out."""
+    ``refs``: this save's ref of each → the ref of that child in the other save (its
+    ``urn:uuid:``): saved under it, the child is that one, merged, not a second. Nothing
+    is saved."""
 
-    def __init__(self, refs: tuple[str, ...]) -> None:
+    def __init__(self, refs: Mapping[str, str]) -> None:
         super().__init__(f"{len(refs)} child(ren) recorded meanwhile by another save")
         self.refs = refs
 
@@ -314,10 +316,6 @@ class Triage:
             new = any(_parse_versioned(c.ref) is None for c in findings.step1.children)
             edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
             saves = _patient_saves(session, ctx) if new or edited else []
-            launched = _launched_at(session, ctx.session_id)
-            again = _recorded_meanwhile(findings.step1.children, saves, patient_ref, launched)
-            if again:
-                raise ChildRecordedMeanwhile(again)
             queued = _queued_children(saves, patient_ref)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
             edits = {c.ref: c for c in _edited_children(undelivered, patient_ref).values()}
@@ -342,6 +340,8 @@ class Triage:
                     delivered_at_once=True,
                 ),
             )
+            if new:  # read again under the patient's lock the entry holds (PostgreSQL)
+                _refuse_recorded_meanwhile(session, ctx, findings.step1.children, entry.id)
             fact = _write_fact(ctx, patient_ref, plan.written, now, _updates(plan.written))
             audit.record_local(session, ctx.tenant.id, fact, entry.fhir_base_url, entry.id)
             if concern:
@@ -965,14 +965,24 @@ def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chi
     }
 
 
-def _launched_at(session: Session, session_id: str) -> datetime | None:
-    launched = session.get(AppSession, session_id)
-    return launched.created_at if launched is not None else None
+def _refuse_recorded_meanwhile(
+    session: Session, ctx: LaunchInfo, children: Iterable[Child], entry_id: int
+) -> None:
+    """Raises :class:`ChildRecordedMeanwhile` for the new ``children`` another save of the
+    patient wrote since the launch. Read after this save's entry took the patient's lock
+    (``outbox.enqueue``): two nurses saving at once each read before the other committed,
+    and both children were recorded. SQLite has one writer at a time."""
+    launched = session.get(AppSession, ctx.session_id)
+    others = [save for save in _patient_saves(session, ctx) if save.id != entry_id]
+    since = launched.created_at if launched is not None else None
+    again = _recorded_meanwhile(children, others, _patient_ref(ctx), since)
+    if again:
+        raise ChildRecordedMeanwhile(again)
 
 
 def _recorded_meanwhile(
     children: Iterable[Child], saves: Sequence[_Save], patient_ref: str, since: datetime | None
-) -> tuple[str, ...]:
+) -> dict[str, str]:
     """The refs of the new ``children`` that another save of the patient made ``since`` the
     launch (one the server did not refuse) creates under another identifier, by name and
     date of birth. The form refuses a child typed twice in its rows; two pages opened
@@ -983,14 +993,14 @@ def _recorded_meanwhile(
         s for s in saves if s.state not in REFUSED_STATES and (since is None or s.saved_at >= since)
     ]
     written = _created_children(meanwhile, patient_ref)
-    known = {(same_name(child.name), child.birth_date) for child in written.values()}
-    return tuple(
-        child.ref
+    known = {(same_name(child.name), child.birth_date): child.ref for child in written.values()}
+    return {
+        child.ref: known[(same_name(child.name), child.birth_date)]
         for child in children
         if _parse_versioned(child.ref) is None
         and _child_uuid(child.ref) not in written
         and (same_name(child.name), child.birth_date) in known
-    )
+    }
 
 
 def _queued_children(saves: Sequence[_Save], patient_ref: str) -> dict[str, Child | None]:

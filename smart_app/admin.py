@@ -2,7 +2,8 @@
 ``/t/{tenant}/admin``.
 
 Who may enter: an admin session of THIS tenant — opened with a one-time bootstrap token
-(``kindreflex admin bootstrap``) and held as the cookie ``kindreflex_admin`` or sent as
+(``kindreflex admin bootstrap``) and held as the cookie ``kindreflex_admin`` (with
+``__Host-`` before it on https: :func:`admin_cookie`) or sent as
 ``Authorization: Bearer`` — or an app session launched from the tenant's EHR whose user
 has the admin role (``smart_app.session``, role from the id_token). Anonymous → 401, a
 nurse or social worker → 403, an admin of another hospital → 403.
@@ -762,7 +763,14 @@ def _sign_out(request: Request, admin: Admin, database: Database, response: Resp
 
 @router.get("/admin", response_class=HTMLResponse)
 def overview(request: Request, admin: ScreenAdmin) -> HTMLResponse:
-    return _overview(request, admin, saved=request.query_params.get("saved") == "1")
+    """The screen; after a save (``?saved=<version>``) at least that version: another
+    instance serving the redirect may hold an older one for up to ``REFRESH_SECONDS``, and
+    showed "saved" over the values before it, whose next save was then refused as stale."""
+    saved = _version(request.query_params.get("saved", ""))
+    tenant = admin.tenant
+    if saved is not None and tenant.version < saved:
+        tenant = _tenant_admin(request).tenants.get(tenant.slug, at_least=saved)
+    return _overview(request, admin, saved=saved is not None, tenant=tenant)
 
 
 def _overview(
@@ -821,7 +829,7 @@ async def _screen_change(
         forged = Problem("not a configuration version", reasons=(Reason("admin.bad-version"),))
         return _overview(request, admin, status=400, problems=(forged,), typed=typed)
     try:
-        await _save(request, admin, change, number)
+        context = await _save(request, admin, change, number)
     except ConfigurationError as error:
         return _overview(
             request, admin, status=422, problems=error.problems, typed=typed, field_of=field_of
@@ -830,7 +838,7 @@ async def _screen_change(
         version = Reason.of("admin.stale", version=error.current_version)
         stale = Problem(str(error), reasons=(version,))
         return _overview(request, admin, status=409, problems=(stale,), typed=typed)
-    return RedirectResponse(f"{_prefix(request)}/admin?saved=1", status_code=303)
+    return RedirectResponse(f"{_prefix(request)}/admin?saved={context.version}", status_code=303)
 
 
 def _lines(value: str) -> list[str]:

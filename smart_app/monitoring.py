@@ -5,8 +5,8 @@
 * ``GET /monitoring/MeasureReport?…`` — a FHIR R4 summary ``MeasureReport``.
 
 Mounted plain and under ``/t/{tenant}``. Social workers and admins only: launched from
-the EHR, or an admin of the same hospital signed in with a bootstrap token (the
-``kindreflex_admin`` cookie or ``Authorization: Bearer``, as on the admin pages).
+the EHR, or an admin of the same hospital signed in with a bootstrap token (the admin
+cookie, ``admin.admin_cookie``, or ``Authorization: Bearer``, as on the admin pages).
 Anonymous 401, anyone else 403; every view and download is audited locally. The figures are counts
 (``service.monitoring``): no output names or identifies a patient.
 """

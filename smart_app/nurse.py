@@ -790,11 +790,15 @@ def _save(
         errors = [protocol_error(error, t)]
         return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
     except ChildRecordedMeanwhile as meanwhile:
+        # each such row now names the child the other save wrote: saved again, it is that
+        # child (merged with what she typed), not a second; the rest of her input stays
         errors = [
             FieldError(f"child-{i}-name", t("error.child-recorded-meanwhile", n=i + 1))
             for i, row in enumerate(form.children)
             if row.ref in meanwhile.refs
         ]
+        rows = [replace(row, ref=meanwhile.refs.get(row.ref, row.ref)) for row in form.children]
+        form = replace(form, children=rows)
         return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
     except SaveConflict:
         # what the protocol asks now does not wait for the record: with acute danger, the

@@ -15,6 +15,7 @@ a failure.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from functools import partial
@@ -87,12 +88,21 @@ def _social_worker(request: Request, ctx: LaunchDep, database: DatabaseDep) -> L
     try:
         return _as_social_worker(ctx)
     except PageError:
-        case_id = request.path_params.get("case_id", "")
-        if case_id.isdigit():
+        asked = _case_id(request.path_params.get("case_id", ""))
+        if asked is not None:
             safe = request.method in ("GET", "HEAD")
             action = AuditAction.READ if safe else AuditAction.UPDATE
-            audit_refusal(ctx, database, action, case_id=int(case_id))
+            audit_refusal(ctx, database, action, case_id=asked)
         raise
+
+
+def _case_id(text: str) -> int | None:
+    """A case id as the path gives it, if it can name one (ASCII digits, within the
+    database's integer): "²" is a digit to ``str.isdigit``, and int() refuses it."""
+    if re.fullmatch(r"[0-9]{1,10}", text) is None:
+        return None
+    number = int(text)
+    return number if 1 <= number <= social.MAX_ID else None
 
 
 SocialWorker = Annotated[LaunchContext, Depends(_social_worker)]

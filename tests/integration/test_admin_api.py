@@ -270,6 +270,30 @@ def test_on_https_only_the_admin_cookie_for_this_host_signs_in(
         assert client.get("/admin", follow_redirects=False).status_code == 303  # sign in
 
 
+def test_the_screen_after_a_save_shows_what_was_saved_on_any_instance(
+    client: TestClient, database: Database, database_url: str, gent: Hospital
+) -> None:
+    """Post/redirect/get: the screen after a save may be served by another replica, which
+    held the configuration from before it (``REFRESH_SECONDS``): it said "saved" over the
+    old values, and the next save from it was refused as stale (found by review)."""
+    hidden = screen_sign_in(client, database, gent)
+    settings = load_settings(
+        database_url=database_url,
+        environment="test",
+        secret_key=DEPLOYMENT_KEY,
+        default_tenant="az-gent",
+    )
+    with TestClient(create_app(settings, database)) as other:
+        other.cookies.update(client.cookies)
+        assert 'max="25" value="18"' in other.get("/admin").text  # the other holds version 1
+        form = {**hidden, "adult_age": "17", "hook-encounter-start": "on"}
+        saved = client.post("/admin/hooks", data=form, follow_redirects=False)
+        assert saved.status_code == 303
+        after = other.get(saved.headers["location"])
+    assert 'id="saved"' in after.text
+    assert 'max="25" value="17"' in after.text
+
+
 def test_the_screen_needs_the_csrf_token_of_the_session(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

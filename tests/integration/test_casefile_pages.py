@@ -145,6 +145,8 @@ def test_a_case_refused_for_a_users_role_is_in_its_patients_audit_trail(
     asked.append(f"/api/cases/{case_id}")
     for url in asked:
         assert client.get(url, headers=nurse).status_code == 403
+    for no_case in ("%C2%B2", "99999999999999999999", "0"):  # "²" is a digit to isdigit()
+        assert client.get(f"/social/cases/{no_case}", headers=nurse).status_code == 403
     with database.session() as session:
         refused = session.scalars(select(AuditRecord).where(AuditRecord.outcome == "failure"))
         rows = [(r.actor, r.action, r.patient_ref) for r in refused]
@@ -174,6 +176,10 @@ def test_a_forms_address_opened_as_a_page_goes_to_the_page_of_that_form(
     for form, page in expected.items():
         answer = client.get(form, headers=browser)
         assert (answer.status_code, answer.headers.get("location")) == (303, page), form
+    # the launch the form's address names stays the page's: not the browser's newest
+    pinned = client.get(f"/social/cases/{case_id}/step-4?s=launch-a&x=1", headers=browser)
+    assert pinned.headers["location"] == f"/social/cases/{case_id}?s=launch-a"
+    assert client.head(f"/social/cases/{case_id}/step-4", headers=browser).status_code == 405
     api = client.get(f"/api/cases/{case_id}/claim", headers={"Accept": "application/json"})
     assert api.status_code == 405
     assert api.headers["content-type"] == "application/json"

@@ -1161,16 +1161,21 @@ def test_a_child_another_page_saved_meanwhile_is_not_saved_twice(
     first, second = nurse_for("an-peeters"), nurse_for("an-peeters")
     page_a, page_b = first.page(), second.page()
     names = [f"Lina {uuid.uuid4().hex[:6]}", f"Mats {uuid.uuid4().hex[:6]}"]  # new to the record
-    saved = first.post(_new_children(page_a, names, assessment="no-concern"))
-    assert 'data-save-status="delivered"' in saved.text
+    form_a = _new_children(page_a, names, assessment="no-concern")
+    assert 'data-save-status="delivered"' in first.post(form_a).text
 
     form_b = _new_children(page_b, names, assessment="no-concern", support_note="Gesprek gehad")
     refused = second.post(form_b)
 
     assert refused.status == 422
-    assert "Kind 1 werd intussen voor deze patiënt bewaard" in unescape(refused.text)
-    assert "Kind 2 werd intussen voor deze patiënt bewaard" in unescape(refused.text)
+    for n in (1, 2):
+        assert f"Kind {n} werd intussen al voor deze patiënt opgeslagen" in unescape(refused.text)
     assert "Gesprek gehad" in refused.text  # her input is on the page again
+    # each row now names the child the first page saved: saved again, it is that child
+    rows = [refused.value(f"child-{i}-ref") for i in (0, 1)]
+    assert rows == [form_a["child-0-ref"], form_a["child-1-ref"]]
+    again = second.post({**form_b, **{f"child-{i}-ref": ref for i, ref in enumerate(rows)}})
+    assert 'data-save-status="delivered"' in again.text
     written = written_by_kindreflex(sandbox.upstream_fhir_base_url, f"Patient/{first.patient_id}")
     recorded = [c["name"][0]["text"] for c in written["RelatedPerson"]]
     assert [recorded.count(name) for name in names] == [1, 1]
@@ -1589,7 +1594,7 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     assert 'data-save-status="conflict"' in refused.text
     assert "<h1>Nakijken nodig: het dossier is intussen gewijzigd</h1>" in refused.text
     # said of whatever was changed (a child, or the concern's Flag), not of children only
-    assert "iemand anders heeft intussen dezelfde gegevens in het dossier gewijzigd" in refused.text
+    assert "iemand anders heeft intussen dezelfde gegevens van deze patiënt gewijzigd" in refused.text
 
     again = nurse.page()
 
@@ -1627,7 +1632,7 @@ def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_no
     assert 'data-save-status="conflict"' in refused.text
     # nothing of it is in the record, and the page opened again will not show her steps:
     # it promised "your input is kept, check both versions" (found by review)
-    assert "Nog niets van deze bewaring staat in het dossier" in unescape(refused.text)
+    assert "Nog niets van wat u opsloeg, staat in het dossier" in unescape(refused.text)
     assert "beide versies" not in refused.text
     acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
     assert "parket en/of de politie" in acute

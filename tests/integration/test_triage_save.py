@@ -42,7 +42,7 @@ from service.protocol import (
     SupportAction,
 )
 from service.retention import PURGED_BUNDLE
-from service.triage import SaveConflict, SaveResult, TriageInput
+from service.triage import ChildRecordedMeanwhile, SaveConflict, SaveResult, TriageInput
 from smart_app.nurse import ChildRow
 from smart_app.session import LaunchContext, SessionStore, SessionTokens
 from tests.support.relay import SlowRelay
@@ -57,6 +57,7 @@ from tests.support.triage import (
     seeded,
     world,
     world_at,
+    written_by_kindreflex,
     written_by_save,
 )
 from tests.support.validator import validate
@@ -885,6 +886,47 @@ def test_two_nurses_flagging_the_same_patient_at_once_share_one_concern(
         (concern,) = session.scalars(select(Concern)).all()  # one open concern, not two
     flag_identifier = f"{terminology.identifier_system('concern')}|{concern.flag_identifier}"
     assert count(world.base_url, "Flag", identifier=flag_identifier) == 1
+
+
+def test_two_nurses_saving_the_same_new_child_at_once_record_it_once(
+    world: World, seeded: SeedResult
+) -> None:
+    """Two pages of one patient, one child typed on both, saved at the same moment: each
+    save read the other's before it committed, and the child was recorded twice (found by
+    review). The later one is refused, told which row names the child the other wrote."""
+    patient = seeded.patient("an-peeters")
+    contexts = [
+        world.launch(patient.id, patient.arrived_encounter_id, f"Practitioner/nurse-{n}")
+        for n in (1, 2)
+    ]
+    name = f"Noor {uuid.uuid4().hex[:6]}"
+    typed = [child_aged(name, 3) for _ in contexts]  # one child, a row of its own on each page
+    typed[1] = replace(typed[1], birth_date=typed[0].birth_date)
+    inputs = [no_concern(ctx, (child,)) for ctx, child in zip(contexts, typed, strict=True)]
+    start = threading.Barrier(2)
+    outcomes: list[Any] = [None, None]
+
+    def save(n: int) -> None:
+        start.wait()
+        try:
+            outcomes[n] = world.triage.record_triage(contexts[n], inputs[n])
+        except ChildRecordedMeanwhile as refused:
+            outcomes[n] = refused
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    refused = [o for o in outcomes if isinstance(o, ChildRecordedMeanwhile)]
+    assert len(refused) == 1
+    later = outcomes.index(refused[0])
+    assert refused[0].refs == {typed[later].ref: typed[1 - later].ref}
+    world.clock.advance(120)
+    world.outbox.run_once()
+    recorded = written_by_kindreflex(world.base_url, f"Patient/{patient.id}")["RelatedPerson"]
+    assert [c["name"][0]["text"] for c in recorded].count(name) == 1
 
 
 def _is_plan_version(component: dict[str, Any]) -> bool:
