@@ -17,11 +17,9 @@ from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from service.admin import access
-from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import TenantConfigVersion
 from service.protocol import Step
-from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, TenantConfiguration
 from smart_app.admin import ADMIN_COOKIE, CSRF_HEADER, router
@@ -29,6 +27,7 @@ from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
 from tests.support.admin import (
     DEPLOYMENT_KEY,
     Hospital,
+    admin_app,
     bearer,
     client,
     gent,
@@ -252,14 +251,8 @@ def test_on_https_only_the_admin_cookie_for_this_host_signs_in(
     """``__Host-``, as the app session's: another app of the hospital's domain planted a
     ``kindreflex_admin`` with ``Domain=`` that the browser sent beside ours, and every
     launched admin was refused the admin screen and the figures (found by review)."""
-    settings = load_settings(
-        database_url=database_url,
-        environment="test",
-        secret_key=DEPLOYMENT_KEY,
-        default_tenant="az-gent",
-        public_url="https://kindreflex.example",
-    )
-    with TestClient(create_app(settings, database), base_url="https://testserver") as client:
+    app = admin_app(database, database_url, public_url="https://kindreflex.example")
+    with TestClient(app, base_url="https://testserver") as client:
         token, _ = access.issue_bootstrap_token(database, gent.id)
         client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
         (session,) = [v for k, v in client.cookies.items() if k == f"__Host-{ADMIN_COOKIE}"]
@@ -277,13 +270,7 @@ def test_the_screen_after_a_save_shows_what_was_saved_on_any_instance(
     held the configuration from before it (``REFRESH_SECONDS``): it said "saved" over the
     old values, and the next save from it was refused as stale (found by review)."""
     hidden = screen_sign_in(client, database, gent)
-    settings = load_settings(
-        database_url=database_url,
-        environment="test",
-        secret_key=DEPLOYMENT_KEY,
-        default_tenant="az-gent",
-    )
-    with TestClient(create_app(settings, database)) as other:
+    with TestClient(admin_app(database, database_url)) as other:
         other.cookies.update(client.cookies)
         assert 'max="25" value="18"' in other.get("/admin").text  # the other holds version 1
         form = {**hidden, "adult_age": "17", "hook-encounter-start": "on"}

@@ -1594,7 +1594,8 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     assert 'data-save-status="conflict"' in refused.text
     assert "<h1>Nakijken nodig: het dossier is intussen gewijzigd</h1>" in refused.text
     # said of whatever was changed (a child, or the concern's Flag), not of children only
-    assert "iemand anders heeft intussen dezelfde gegevens van deze patiënt gewijzigd" in refused.text
+    said = "iemand anders heeft intussen dezelfde gegevens van deze patiënt gewijzigd"
+    assert said in refused.text
 
     again = nurse.page()
 

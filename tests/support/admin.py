@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -32,16 +34,24 @@ class Hospital:
     prefix: str
 
 
+def admin_app(database: Database, database_url: str, **settings: Any) -> FastAPI:
+    """The real app with DEPLOYMENT_KEY, AZ Gent its default hospital (``settings``: more)."""
+    return create_app(
+        load_settings(
+            database_url=database_url,
+            environment="test",
+            secret_key=DEPLOYMENT_KEY,
+            default_tenant="az-gent",
+            **settings,
+        ),
+        database,
+    )
+
+
 @pytest.fixture
 def client(database: Database, database_url: str) -> Iterator[TestClient]:
-    """The real app with DEPLOYMENT_KEY, AZ Gent its default hospital."""
-    settings = load_settings(
-        database_url=database_url,
-        environment="test",
-        secret_key=DEPLOYMENT_KEY,
-        default_tenant="az-gent",
-    )
-    with TestClient(create_app(settings, database)) as test_client:
+    """A browser on :func:`admin_app`."""
+    with TestClient(admin_app(database, database_url)) as test_client:
         yield test_client
 
 

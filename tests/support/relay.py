@@ -149,16 +149,20 @@ class SlowRelay(Serving):
         super().__init__(httpd)
 
 
-def _without_full_url(body: bytes) -> bool:
-    """Whether ``body`` is a Bundle with an entry lacking the ``fullUrl`` R4 requires of it:
-    only a POST's may be empty (Bundle.entry.fullUrl)."""
+def _bundle(body: bytes) -> dict[str, Any] | None:
+    """``body`` read as a Bundle, else None."""
     try:
         bundle = json.loads(body) if body else None
     except ValueError:
-        return False
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        return False
-    return any(
+        return None
+    return bundle if isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle" else None
+
+
+def _without_full_url(body: bytes) -> bool:
+    """Whether ``body`` is a Bundle with an entry lacking the ``fullUrl`` R4 requires of it:
+    only a POST's may be empty (Bundle.entry.fullUrl)."""
+    bundle = _bundle(body)
+    return bundle is not None and any(
         "fullUrl" not in entry and entry.get("request", {}).get("method") != "POST"
         for entry in bundle.get("entry", [])
     )
@@ -166,11 +170,8 @@ def _without_full_url(body: bytes) -> bool:
 
 def _paged(body: bytes, page_size: int) -> bytes:
     """``body`` with ``_count=page_size`` in each search of a batch that asks none."""
-    try:
-        bundle = json.loads(body) if body else None
-    except ValueError:
-        return body
-    if not isinstance(bundle, dict) or bundle.get("type") != "batch":
+    bundle = _bundle(body)
+    if bundle is None or bundle.get("type") != "batch":
         return body
     for entry in bundle.get("entry", []):
         url = entry.get("request", {}).get("url", "")
