@@ -769,7 +769,8 @@ def overview(request: Request, admin: ScreenAdmin) -> HTMLResponse:
     saved = _version(request.query_params.get("saved", ""))
     tenant = admin.tenant
     if saved is not None and tenant.version < saved:
-        tenant = _tenant_admin(request).tenants.get(tenant.slug, at_least=saved)
+        tenants: TenantDirectory = request.app.state.tenants
+        tenant = tenants.get(tenant.slug, at_least=saved)
     return _overview(request, admin, saved=saved is not None, tenant=tenant)
 
 

@@ -414,8 +414,9 @@ def _children(
             continue
         at = f"child-{index}"
         born = parse_typed_date(row.birth_date)
-        if born is not None and row.name:  # two children both recorded: this form removes neither
+        if born is not None and row.name:
             first = listed.setdefault((same_name(row.name), born), (index, row))
+            # two children both recorded are left alone: this form removes neither
             if first[0] != index and not (first[1].recorded and row.recorded):
                 message = t("error.duplicate-child", n=index + 1, first=first[0] + 1)
                 errors.append(FieldError(f"{at}-name", message))
