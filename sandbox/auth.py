@@ -412,7 +412,9 @@ class AuthServer:
             "aud": client_id,
             "iat": now,
             "exp": now + self.config.access_token_lifetime,
-            "fhirUser": self.fhir_user(user.key),
+            "fhirUser": self.fhir_user(user.key).removeprefix(
+                f"{self.fhir_base}/" if self.config.relative_fhir_user else ""
+            ),
             "name": user.display,
             "given_name": user.given,
             "family_name": user.family,

@@ -50,6 +50,8 @@ class SandboxConfig:
       ``localhost`` while the app runs on ``127.0.0.1`` to make the iframe cross-site.
     * ``client_assertion_algs`` — the ``private_key_jwt`` algorithms the token endpoint
       verifies (and advertises); narrow it to try a client against a stricter server.
+    * ``relative_fhir_user`` — the id_token's ``fhirUser`` relative to the FHIR base
+      (``Practitioner/…``), as SMART allows and some EHRs send it; absolute by default.
     """
 
     cds_base_url: str | None = None
@@ -71,6 +73,7 @@ class SandboxConfig:
     cds_fhir_scope: str = "patient/*.rs user/Practitioner.rs"
     cds_timeout: float = 10.0
     auto_consent: bool = False
+    relative_fhir_user: bool = False
     frame_origins: tuple[str, ...] = ()
     data_dir: Path | None = None
     seed: bool = True

@@ -198,6 +198,9 @@ class Sandbox:
     def set_cds_base_url(self, url: str | None) -> None:
         self.config.cds_base_url = url
 
+    def set_relative_fhir_user(self, relative: bool) -> None:
+        self.config.relative_fhir_user = relative
+
     def set_app_launch_url(self, url: str | None) -> None:
         self.config.app_launch_url = url
 

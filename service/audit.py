@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, insert, or_, select
 from sqlalchemy.orm import Session
@@ -69,9 +70,25 @@ Outcome = Literal["success", "failure"]
 _OUTCOME_CODE = {"success": "0", "failure": "8"}
 
 
+def actor_url(fhir_user: str, fhir_base_url: str) -> str:
+    """The user as the audit names them: ``fhirUser`` as an absolute URL.
+
+    SMART lets an EHR send ``fhirUser`` relative to the FHIR base of the launch
+    (``Practitioner/5``). Kept so, the users of a hospital's two EHRs would share one name
+    in the trail: a social worker of one EHR sees the other's patients on the worklist,
+    and ``kindreflex audit --actor`` reads the rows of every EHR. The clinical resources
+    keep ``fhirUser`` as the EHR sent it (``performer``, Provenance), a reference on the
+    server it is written to; only the audit, which spans servers, needs the absolute form.
+    """
+    if urlsplit(fhir_user).scheme:
+        return fhir_user
+    return f"{fhir_base_url.rstrip('/')}/{fhir_user.lstrip('/')}"
+
+
 @dataclass(frozen=True)
 class AuditFact:
-    """One audited access. ``entities`` are references (``RelatedPerson/7``, or
+    """One audited access. ``actor``: a user as :func:`actor_url` names them, or a command
+    (``kindreflex audit (alice)``). ``entities`` are references (``RelatedPerson/7``, or
     ``RelatedPerson?identifier=…`` for a resource not yet on the server)."""
 
     actor: str

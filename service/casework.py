@@ -175,6 +175,7 @@ def step_transaction(
     finding_identifier: str,
     referral: Referral | None = None,
     plan_version: str | None = None,
+    actor: str,
     now: datetime,
 ) -> Plan:
     """One idempotent transaction for a step 4, 5 or 6 save: the finding (conditional
@@ -194,20 +195,20 @@ def step_transaction(
     )
     written = [*([referral_ref] if referral_ref else []), tx.create(observation, identifier)]
     written.append(_update_flag(tx, record.flag, last_step=finding.step))
-    _sign(tx, record, written, finding.recorded_by, now)
+    _sign(tx, record, written, now, author=finding.recorded_by, actor=actor)
     witness = f"Observation?identifier={identifier['system']}|{identifier['value']}"
     return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
 
 def close_transaction(
-    record: CaseRecord, *, author: str, closed_at: datetime, closure: CaseClosure
+    record: CaseRecord, *, author: str, actor: str, closed_at: datetime, closure: CaseClosure
 ) -> Plan:
     """Closing a case: the Flag becomes inactive with ``period.end`` and the reason; the
     findings and any referral stay as they are (history stays readable; a referral's own
     status goes on with the facility's work, see :func:`referral_transaction`)."""
     tx = TransactionBuilder()
     written = [_update_flag(tx, record.flag, last_step=None, closed=(closed_at, closure))]
-    witness = _sign(tx, record, written, author, closed_at)
+    witness = _sign(tx, record, written, closed_at, author=author, actor=actor)
     return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
 
@@ -217,6 +218,7 @@ def referral_transaction(
     status: ReferralStatus,
     *,
     author: str,
+    actor: str,
     note: str | None,
     now: datetime,
 ) -> Plan:
@@ -234,7 +236,7 @@ def referral_transaction(
     tx = TransactionBuilder()
     updated = mapping.referral_with_status(referral, status, author=author, at=now, note=note)
     written = [tx.update(updated, referral["meta"]["versionId"])]
-    witness = _sign(tx, record, written, author, now)
+    witness = _sign(tx, record, written, now, author=author, actor=actor)
     return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
 
@@ -303,15 +305,23 @@ def _update_flag(
 
 
 def _sign(
-    tx: TransactionBuilder, record: CaseRecord, written: list[str], author: str, now: datetime
+    tx: TransactionBuilder,
+    record: CaseRecord,
+    written: list[str],
+    now: datetime,
+    *,
+    author: str,
+    actor: str,
 ) -> str:
-    """Add the Provenance and the AuditEvent. Returns the search that finds this Provenance
-    (its first target and its instant): the witness of a save that only updates (closing
-    a case, a referral's status), which creates nothing with an identifier."""
+    """Add the Provenance, naming the ``author`` as the EHR does (``fhirUser``), and the
+    AuditEvent, naming them as the audit does (``actor``: ``audit.actor_url``). Returns the
+    search that finds this Provenance (its first target and its instant): the witness of a
+    save that only updates (closing a case, a referral's status), which creates nothing
+    with an identifier."""
     provenance = mapping.provenance(targets=written, author=author, recorded=now, update=True)
     tx.add(provenance)
     fact = AuditFact(
-        actor=author,
+        actor=actor,
         action=AuditAction.UPDATE,
         patient_ref=record.patient_ref,
         entities=tuple(tx.stable_references()),
@@ -844,6 +854,7 @@ class Casework:
             finding_identifier=_business_id(ctx, case_id, finding.step.value, now),
             referral=referral,
             plan_version=str(ctx.tenant.config.plan.revision),  # the wording shown
+            actor=ctx.actor,
             now=now,
         )
         follow_up = finding.first_check if isinstance(finding, Step5Progress) else None
@@ -874,7 +885,11 @@ class Casework:
             )
         check_closure(case, closure, statuses)
         plan = close_transaction(
-            record, author=ctx.user.fhir_user, closed_at=utcnow(), closure=closure
+            record,
+            author=ctx.user.fhir_user,
+            actor=ctx.actor,
+            closed_at=utcnow(),
+            closure=closure,
         )
         return self._save(
             ctx, concern, plan, _Index(concern.last_step, "closed", None, False), frozenset()
@@ -921,7 +936,13 @@ class Casework:
             record, case = self._read(ctx, concern, client)
             referral = _latest_referral(client, record)
         plan = referral_transaction(
-            record, referral, status, author=ctx.user.fhir_user, note=note, now=utcnow()
+            record,
+            referral,
+            status,
+            author=ctx.user.fhir_user,
+            actor=ctx.actor,
+            note=note,
+            now=utcnow(),
         )
         return self._save(ctx, concern, plan, _Index.of(concern), case.next_steps)
 
@@ -1047,7 +1068,7 @@ class Casework:
         """The case from the FHIR server (the source of truth), replayed by the protocol."""
         record, findings = load_case_record(client, concern.patient_ref, concern.flag_identifier)
         fact = AuditFact(
-            actor=ctx.user.fhir_user,
+            actor=ctx.actor,
             action=AuditAction.READ,
             patient_ref=record.patient_ref,
             entities=(f"Flag/{record.flag['id']}", *record.children),  # every child read
@@ -1118,7 +1139,7 @@ class Casework:
                 # Another save came between our reading and now: undo everything.
                 raise CaseConflict("changed", None, concern.row_version + 1)
             fact = AuditFact(
-                actor=ctx.user.fhir_user,
+                actor=ctx.actor,
                 action=AuditAction.UPDATE,
                 patient_ref=concern.patient_ref,
                 entities=tuple(plan.written),

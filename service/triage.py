@@ -133,6 +133,8 @@ class LaunchInfo(Protocol):
     def encounter_id(self) -> str | None: ...
     @property
     def user(self) -> User: ...
+    @property
+    def actor(self) -> str: ...  # the user as the audit names them (audit.actor_url)
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,7 @@ class Triage:
         them (``ShownChild``), in one transaction: a confirmation is only recognised for a
         read that is audited."""
         fact = AuditFact(
-            actor=ctx.user.fhir_user,
+            actor=ctx.actor,
             action=AuditAction.SEARCH,
             patient_ref=patient_ref,
             entities=tuple(_unversioned(c.ref) for c in shown),
@@ -1133,7 +1135,7 @@ def _write_fact(
     ctx: LaunchInfo, patient_ref: str, written: list[str], now: datetime, update: bool
 ) -> AuditFact:
     return AuditFact(
-        actor=ctx.user.fhir_user,
+        actor=ctx.actor,
         action=AuditAction.UPDATE if update else AuditAction.CREATE,
         patient_ref=patient_ref,
         entities=tuple(written),

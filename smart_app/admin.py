@@ -146,7 +146,7 @@ def _from_app_session(request: Request, tenant: TenantContext) -> Admin:
         raise AdminAuthError(error.status, "sign in as an administrator first") from None
     if "admin" not in launch.user.roles:
         raise AdminAuthError(403, "this user does not have the admin role")
-    actor = f"{launch.user.name} <{launch.user.fhir_user}>"
+    actor = f"{launch.user.name} <{launch.actor}>"
     return Admin(tenant, actor, launch.csrf, True, None)
 
 

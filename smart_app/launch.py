@@ -36,7 +36,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import CursorResult
 
 from service import audit
-from service.audit import AuditAction, AuditFact, Channel
+from service.audit import AuditAction, AuditFact, Channel, actor_url
 from service.db.base import Database, utcnow
 from service.db.models import LaunchState, Tenant
 from service.i18n import negotiate
@@ -291,7 +291,8 @@ def _audit_sign_in(
     """The sign-in in the audit trail; for a patient's chart also as an AuditEvent on the
     EHR's server (without a patient there is no compartment to write it in)."""
     patient_ref = f"Patient/{new.patient_id}" if new.patient_id else None
-    fact = AuditFact(new.user.fhir_user, AuditAction.LOGIN, patient_ref, (), "success", utcnow())
+    actor = actor_url(new.user.fhir_user, registration.fhir_base_url)
+    fact = AuditFact(actor, AuditAction.LOGIN, patient_ref, (), "success", utcnow())
     with database.session() as session:
         if patient_ref is None:
             audit.record_local(session, tenant.id, fact, registration.fhir_base_url)

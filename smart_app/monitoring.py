@@ -88,7 +88,7 @@ async def require_viewer(request: Request, tenant: TenantDep) -> Viewer:
         )
     return Viewer(
         ctx.tenant,
-        ctx.user.fhir_user,
+        ctx.actor,
         ctx.fhir_base_url,
         ctx.language,
         ctx.path_prefix,

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from service import retention
 from service.api.deps import tenant_slug
+from service.audit import actor_url
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, Tenant
 from service.fhir.client import FhirUnavailable, ReauthorisationRequired
@@ -128,6 +129,11 @@ class LaunchContext:
         return next(
             (r for r in self.tenant.config.registrations if r.id == self.registration_id), None
         )
+
+    @property
+    def actor(self) -> str:
+        """The user as the audit trail names them (``service.audit.actor_url``)."""
+        return actor_url(self.user.fhir_user, self.fhir_base_url)
 
 
 @dataclass(frozen=True)

@@ -758,7 +758,7 @@ def _listing(ctx: LaunchContext, database: DatabaseDep, wanted: ListingQuery) ->
         listed = (
             audit.Listed(ctx.tenant.id, item.fhir_server, item.patient) for item in page.items
         )
-        audit.record_listing(session, ctx.user.fhir_user, listed, utcnow())
+        audit.record_listing(session, ctx.actor, listed, utcnow())
     return page
 
 
@@ -821,7 +821,7 @@ def _fact(
     outcome: Outcome = "success",
 ) -> AuditFact:
     return AuditFact(
-        actor=ctx.user.fhir_user,
+        actor=ctx.actor,
         action=action,
         patient_ref=patient_ref,
         entities=entities,

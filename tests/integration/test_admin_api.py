@@ -538,7 +538,7 @@ def test_an_ehr_user_with_the_admin_role_administers_their_own_hospital(
     changed = client.put("/admin/api/hooks", json={"adult_age": 19}, headers={CSRF_HEADER: csrf})
     assert changed.status_code == 200
     newest = client.get("/admin/api/audit").json()["changes"][0]
-    assert newest["actor"] == "An Janssens <Practitioner/1>"
+    assert newest["actor"] == "An Janssens <https://az-gent.example/fhir/Practitioner/1>"
     # the launch belongs to az-gent: at az-brugge it is no session at all
     assert client.get("/t/az-brugge/admin/api/config").status_code == 401
 
@@ -572,7 +572,9 @@ def test_an_ehr_admin_who_signs_out_is_signed_out_of_the_app(
     client.cookies.clear()
     events = client.get("/admin/api/audit", headers=bearer(database, gent.id)).json()["events"]
     signed_out = [e for e in events if e["action"] == "admin-signed-out"]
-    assert [e["actor"] for e in signed_out] == ["An Janssens <Practitioner/1>"]
+    assert [e["actor"] for e in signed_out] == [
+        "An Janssens <https://az-gent.example/fhir/Practitioner/1>"
+    ]
 
 
 def _refuse_admin_events(database: Database) -> None:

@@ -42,7 +42,9 @@ def test_loading_children_is_audited_here_and_on_the_fhir_server(
 
     (record,) = _records(world.database)
     assert record.tenant_id == world.tenant.id
-    assert record.actor == nurse
+    # the EHR named her relative to its FHIR base; the trail names her absolutely, so that
+    # the nurse-1 of another EHR of the hospital is another actor
+    assert record.actor == f"{world.base_url}/{nurse}"
     assert record.action == "search-type"
     assert record.patient_ref == f"Patient/{patient.id}"
     assert record.fhir_base_url == world.base_url  # the server that patient is on

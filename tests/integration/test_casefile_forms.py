@@ -227,7 +227,7 @@ def test_a_case_page_shown_while_the_fhir_server_is_down_is_an_audited_read(
                 AuditRecord.action == "read"
             )
         ).all()
-    assert [tuple(r) for r in reads] == [(SOCIAL_WORKER, "Patient/1", "failure")]
+    assert [tuple(r) for r in reads] == [(f"{UNUSED_FHIR}/{SOCIAL_WORKER}", "Patient/1", "failure")]
 
 
 def test_the_printed_referral_gives_the_concerns_reasons_after_a_later_visit_without_concern(

@@ -150,7 +150,7 @@ def test_a_case_refused_for_a_users_role_is_in_its_patients_audit_trail(
     with database.session() as session:
         refused = session.scalars(select(AuditRecord).where(AuditRecord.outcome == "failure"))
         rows = [(r.actor, r.action, r.patient_ref) for r in refused]
-    assert rows == [("Practitioner/nurse-1", "read", "Patient/1")] * 3
+    assert rows == [(f"{FHIR}/Practitioner/nurse-1", "read", "Patient/1")] * 3
 
 
 def test_a_forms_address_opened_as_a_page_goes_to_the_page_of_that_form(
@@ -231,7 +231,8 @@ def test_a_case_of_another_ehr_shown_on_its_page_is_in_its_patients_trail(
         query = audit.one_patient(session, audit.TrailQuery(hospital.id, patient_ref="Patient/7"))
         rows = [(r["actor"], r["action"], r["outcome"]) for r in audit.trail(session, query)]
     assert query.fhir_base_url == other_ehr
-    assert rows == [(SOCIAL_WORKER, "read", "failure")]
+    # named as her own EHR names her: the Practitioner/sw-1 of the other EHR is someone else
+    assert rows == [(f"{FHIR}/{SOCIAL_WORKER}", "read", "failure")]
 
 
 def test_a_case_page_or_referral_of_no_case_of_this_hospital_is_a_refused_read_on_record(
@@ -259,8 +260,9 @@ def test_a_case_page_or_referral_of_no_case_of_this_hospital_is_a_refused_read_o
                 AuditRecord.actor, AuditRecord.action, AuditRecord.outcome, AuditRecord.patient_ref
             )
         ).all()
-    assert [tuple(row) for row in rows] == [(SOCIAL_WORKER, "read", "failure", None)] * 2 + [
-        (SOCIAL_WORKER, "update", "failure", None)
+    worker_named = f"{FHIR}/{SOCIAL_WORKER}"
+    assert [tuple(row) for row in rows] == [(worker_named, "read", "failure", None)] * 2 + [
+        (worker_named, "update", "failure", None)
     ]
 
 
@@ -420,7 +422,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
                 AuditRecord.patient_ref == patient, AuditRecord.action == "read"
             )
         ).all()
-    assert SOCIAL_WORKER in reads  # opening the case is an audited read
+    assert f"{base_url}/{SOCIAL_WORKER}" in reads  # opening the case is an audited read
     assert 'id="close-form"' not in closed_page
     assert 'id="s6-form"' not in closed_page
 

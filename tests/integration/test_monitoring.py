@@ -803,7 +803,7 @@ def test_every_view_is_audited_without_a_patient(world: World) -> None:
         servers = {r.fhir_base_url for r in rows}
     what = "Measure/kindreflex-ed-monitoring?from=2026-01-01&to=2026-03-31&format="
     assert seen == [
-        ("Practitioner/admin-x", "search-type", None, [what + shown], "success")
+        (f"{world.base_url}/Practitioner/admin-x", "search-type", None, [what + shown], "success")
         for shown in ("screen", "csv", "measure-report")
     ]
     assert servers == {world.base_url}  # the EHR the admin launched from

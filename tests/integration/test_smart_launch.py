@@ -1041,6 +1041,27 @@ def test_every_sign_in_is_audited_and_a_patients_also_on_the_ehrs_server(
     assert validate(event) == []
 
 
+def test_a_relative_fhir_user_is_named_by_its_ehr_in_the_audit_trail(
+    kindreflex: Kindreflex,
+) -> None:
+    """SMART lets the EHR send ``fhirUser`` relative to its FHIR base. The sign-in names
+    the user by the absolute URL, as every row of the trail does: another EHR of the
+    hospital may have a Practitioner of the same id."""
+    sb = kindreflex.sandbox
+    sb.set_relative_fhir_user(True)
+    try:
+        browser = Browser()
+        assert kindreflex.launch(browser).status_code == 303
+    finally:
+        sb.set_relative_fhir_user(False)
+    who = browser.get(f"{kindreflex.url}/test/whoami").json()
+
+    assert who["fhir_user"] == f"Practitioner/{sb.practitioner_id('nurse')}"  # as sent
+    with kindreflex.database.session() as session:
+        (row,) = session.scalars(select(AuditRecord)).all()
+    assert (row.actor, row.action) == (sb.fhir_user("nurse"), "login")
+
+
 @pytest.mark.parametrize(
     ("user", "with_encounter"),
     [("nurse", True), ("social-worker", False)],

@@ -249,8 +249,9 @@ def test_claim_and_assign_move_the_version_and_are_audited(
         changes = session.scalars(
             select(AuditRecord).where(AuditRecord.action == "update").order_by(AuditRecord.id)
         ).all()
-    assert [(c.actor, c.outcome) for c in changes] == [(SOCIAL_WORKER, "success")] * 3 + [
-        (SOCIAL_WORKER, "failure")  # the wrong assignee and the unknown case; 422 never ran
+    worker_named = f"{FHIR}/{SOCIAL_WORKER}"  # by her own EHR, on the other EHR's patient too
+    assert [(c.actor, c.outcome) for c in changes] == [(worker_named, "success")] * 3 + [
+        (worker_named, "failure")  # the wrong assignee and the unknown case; 422 never ran
     ] * 2
     assert {(c.fhir_base_url, c.patient_ref) for c in changes[:3]} == {(other_ehr, "Patient/1")}
     # the refusal about the case is in its patient's trail; of no case: the worker's EHR

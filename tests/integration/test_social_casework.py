@@ -120,7 +120,9 @@ def _step4(record: CaseRecord, identifier: str) -> dict[str, Any]:
             "note": "Worries named concretely; he refuses any help for Yasmine.",
         }
     ).finding(SOCIAL_WORKER, utcnow())
-    return step_transaction(record, decision, finding_identifier=identifier, now=utcnow()).bundle
+    return step_transaction(
+        record, decision, finding_identifier=identifier, actor=SOCIAL_WORKER, now=utcnow()
+    ).bundle
 
 
 def _referral_to_the_vk(record: CaseRecord, run: str) -> dict[str, Any]:
@@ -139,6 +141,7 @@ def _referral_to_the_vk(record: CaseRecord, run: str) -> dict[str, Any]:
         referral=Referral(
             f"r-{run}", vk_organization(), tuple(record.child_refs.values()), acute_danger=False
         ),
+        actor=SOCIAL_WORKER,
         now=utcnow(),
     ).bundle
 

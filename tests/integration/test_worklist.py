@@ -16,7 +16,8 @@ from service import audit
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern
 from service.outbox import NewEntry, enqueue
-from service.tenancy import TenantContext
+from service.tenancy import SecretBox, TenantContext, TenantDirectory
+from service.tenant_config import EhrRegistration, TenantConfiguration
 from tests.support.casework import index_case
 from tests.support.sessions import make_app, signed_in
 from tests.support.write_path import make_tenant
@@ -181,7 +182,7 @@ def test_pages_follow_the_cursor_newest_first_and_listings_are_audited(
     # a row per patient listed, each page once (the refused requests listed nobody)
     assert [row.patient_ref for row in listings] == seen
     assert {(row.actor, row.action, row.fhir_base_url) for row in listings} == {
-        ("Practitioner/sw-1", "search-type", FHIR)
+        (f"{FHIR}/Practitioner/sw-1", "search-type", FHIR)
     }
     assert {row.tenant_id for row in listings} == {hospital.id}
 
@@ -276,6 +277,40 @@ def test_a_listed_patients_own_trail_shows_who_saw_them_on_the_worklist(
             rows = audit.trail(session, query)
             return [(r["actor"], r["action"], r["fhir_server"], r["outcome"]) for r in rows]
 
-    read = ("Practitioner/sw-1", "search-type")
+    # on either server's patient, the worker is named as her own EHR (FHIR) names her
+    read = (f"{FHIR}/Practitioner/sw-1", "search-type")
     assert trail(FHIR) == [(*read, FHIR, "success")] * 2  # the screen, then the API
     assert trail(SECOND_EHR) == [(*read, SECOND_EHR, "success")] * 2
+
+
+def test_two_ehrs_users_of_one_relative_name_are_two_actors_in_the_trail(
+    database_url: str, database: Database
+) -> None:
+    """SMART lets an EHR send ``fhirUser`` relative to its FHIR base. Two EHRs of one hospital
+    may both have a ``Practitioner/5``: two people. The trail stored the name as sent, so
+    ``kindreflex audit --actor Practitioner/5`` gave both people's rows as one user's, and a
+    worklist row on the other EHR's patient read as that EHR's Practitioner/5."""
+    two_ehrs = TenantConfiguration(
+        name="Ziekenhuis met twee EPD's",
+        registrations=[
+            EhrRegistration(id="a", name="EPD A", fhir_base_url=FHIR, client_id="kr"),
+            EhrRegistration(id="b", name="EPD B", fhir_base_url=SECOND_EHR, client_id="kr"),
+        ],
+    )
+    hospital = TenantDirectory(database, SecretBox(None)).save("default", two_ehrs, actor="test")
+    index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=SECOND_EHR)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    for server in (FHIR, SECOND_EHR):
+        worker = signed_in(app, hospital, "Practitioner/5", "social-worker", fhir_base_url=server)
+        assert client.get("/api/cases", headers=worker.headers).status_code == 200
+
+    def rows(actor: str) -> list[tuple[object, ...]]:
+        query = audit.TrailQuery(hospital.id, actor=actor)
+        with database.session() as session:
+            return [(r["actor"], r["fhir_server"]) for r in audit.trail(session, query)]
+
+    # both listed the same patient of EHR B; each is named as their own EHR names them
+    assert rows(f"{FHIR}/Practitioner/5") == [(f"{FHIR}/Practitioner/5", SECOND_EHR)]
+    assert rows(f"{SECOND_EHR}/Practitioner/5") == [(f"{SECOND_EHR}/Practitioner/5", SECOND_EHR)]
+    assert rows("Practitioner/5") == []  # the relative name alone names no one

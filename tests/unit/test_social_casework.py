@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service import audit
 from service.casework import (
     CaseRecord,
     NoReferralError,
@@ -100,7 +101,11 @@ def test_the_team_decision_is_one_conforming_transaction() -> None:
     decision = _team_decision()
 
     bundle = step_transaction(
-        _record(), decision, finding_identifier="f-4", now=EPISODE_2 + timedelta(hours=2)
+        _record(),
+        decision,
+        finding_identifier="f-4",
+        actor=SOCIAL_WORKER,
+        now=EPISODE_2 + timedelta(hours=2),
     ).bundle
 
     assert _problems(bundle) == {}
@@ -131,7 +136,11 @@ def test_a_flag_written_with_an_encounter_loses_it_and_the_finding_keeps_the_vis
     decision = _team_decision()
 
     bundle = step_transaction(
-        record, decision, finding_identifier="f-4", now=EPISODE_2 + timedelta(hours=2)
+        record,
+        decision,
+        finding_identifier="f-4",
+        actor=SOCIAL_WORKER,
+        now=EPISODE_2 + timedelta(hours=2),
     ).bundle
 
     assert _problems(bundle) == {}
@@ -158,6 +167,7 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
         referral=Referral(
             "referral-1", vk_organization(), tuple(CHILDREN.values()), acute_danger=False
         ),
+        actor=SOCIAL_WORKER,
         now=EPISODE_3,
     ).bundle
 
@@ -183,7 +193,7 @@ def test_closing_makes_the_flag_inactive_and_keeps_its_history() -> None:
     closure = CaseClosure(CloseReason.SAFETY_RESTORED, "support through the CAW")
 
     bundle = close_transaction(
-        _record(), author=SOCIAL_WORKER, closed_at=closed_at, closure=closure
+        _record(), author=SOCIAL_WORKER, actor=SOCIAL_WORKER, closed_at=closed_at, closure=closure
     ).bundle
 
     assert _problems(bundle) == {}
@@ -196,6 +206,35 @@ def test_closing_makes_the_flag_inactive_and_keeps_its_history() -> None:
     }
     assert _extension_code(flag["resource"], "concern-last-step") == "step-2"
     assert mapping.closure_from_flag(flag["resource"]) == closure
+
+
+def test_a_case_write_names_the_author_as_the_ehr_does_and_the_actor_as_the_audit_does() -> None:
+    """An EHR may send ``fhirUser`` relative to its FHIR base: the Provenance keeps it so (a
+    reference on the server it is written to), the AuditEvent names the user absolutely, as
+    the local trail does (``audit.actor_url``)."""
+    closure = CaseClosure(CloseReason.SAFETY_RESTORED, None)
+    absolute = "https://ehr.example.be/fhir/Practitioner/sw-1"
+
+    bundle = close_transaction(
+        _record(), author="Practitioner/sw-1", actor=absolute, closed_at=EPISODE_3, closure=closure
+    ).bundle
+
+    (provenance,) = _entries(bundle, "Provenance")
+    (event,) = _entries(bundle, "AuditEvent")
+    assert provenance["resource"]["agent"][0]["who"] == {"reference": "Practitioner/sw-1"}
+    assert event["resource"]["agent"][0]["who"] == {"reference": absolute}
+
+
+@pytest.mark.parametrize(
+    ("fhir_user", "named"),
+    [
+        ("Practitioner/5", "https://ehr-a.example/fhir/Practitioner/5"),
+        ("/Practitioner/5", "https://ehr-a.example/fhir/Practitioner/5"),
+        ("https://ehr-b.example/fhir/Practitioner/5", "https://ehr-b.example/fhir/Practitioner/5"),
+    ],
+)
+def test_the_audit_names_a_user_by_an_absolute_url(fhir_user: str, named: str) -> None:
+    assert audit.actor_url(fhir_user, "https://ehr-a.example/fhir/") == named
 
 
 def _referral_as_read(status: str) -> dict[str, Any]:
@@ -229,6 +268,7 @@ def test_a_referral_status_change_is_an_if_match_update_signed_by_the_social_wor
         _referral_as_read("active"),
         ReferralStatus.ON_HOLD,
         author=SOCIAL_WORKER,
+        actor=SOCIAL_WORKER,
         note="The VK waits for the family.",
         now=later,
     )
@@ -255,6 +295,7 @@ def test_a_finished_referral_does_not_change_again() -> None:
             _referral_as_read("revoked"),
             ReferralStatus.ACTIVE,
             author=SOCIAL_WORKER,
+            actor=SOCIAL_WORKER,
             note=None,
             now=EPISODE_3,
         )
@@ -269,6 +310,7 @@ def test_a_referral_someone_else_gave_another_status_is_refused_with_a_reason(st
             _referral_as_read(status),
             ReferralStatus.ACTIVE,
             author=SOCIAL_WORKER,
+            actor=SOCIAL_WORKER,
             note=None,
             now=EPISODE_3,
         )
