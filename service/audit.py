@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from service.db.models import AuditRecord, OutboxEntry
 from service.fhir.client import Resource
+from service.fhir.mapping import instant_text
 from service.outbox import NewEntry, TransactionBuilder, enqueue
 
 # HL7's base R4 vocabularies of AuditEvent (not the guide's: it has no AuditEvent codes).
@@ -123,7 +124,7 @@ def audit_event(fact: AuditFact, entity_references: Sequence[str] = ()) -> Resou
         "type": _USER_AUTHENTICATION if login else {"system": _EVENT_TYPE, "code": "rest"},
         "subtype": [_LOGIN if login else {"system": _INTERACTION, "code": fact.action.value}],
         "action": fact.action.crude,
-        "recorded": fact.at.isoformat(),
+        "recorded": instant_text(fact.at),
         "outcome": _OUTCOME_CODE[fact.outcome],
         "agent": [{"who": {"reference": fact.actor}, "requestor": True}],
         "source": {

@@ -135,9 +135,21 @@ def _ref(reference: str) -> dict[str, str]:
 
 
 def _instant(moment: datetime) -> str:
+    """A moment as written to FHIR: to the millisecond at most (``instant_text``)."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("a FHIR dateTime with a time needs a time zone")
-    return moment.isoformat()
+    return instant_text(moment)
+
+
+def instant_text(moment: datetime) -> str:
+    """``moment`` to the millisecond at most (whole seconds without a fraction).
+
+    Many FHIR servers keep a moment to the millisecond (HAPI's, Java's Date). Written with
+    microseconds, a moment came back other than sent: the witness that finds a save by its
+    Provenance's ``recorded`` (``Provenance?recorded=``) then missed on such a server, and
+    a save it had applied was sent again, to be refused as changed meanwhile."""
+    kept = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    return kept.isoformat(timespec="milliseconds" if kept.microsecond else "seconds")
 
 
 def _component(code: str, **value: Any) -> Resource:

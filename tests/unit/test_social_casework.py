@@ -225,6 +225,26 @@ def test_a_case_write_names_the_author_as_the_ehr_does_and_the_actor_as_the_audi
     assert event["resource"]["agent"][0]["who"] == {"reference": absolute}
 
 
+def test_a_closing_writes_its_moments_to_the_millisecond_that_its_witness_asks() -> None:
+    """A server that keeps a moment to the millisecond (HAPI's) gave back another
+    ``recorded`` than a microsecond one sent: the witness missed the applied closing, which
+    was sent again and refused as changed meanwhile."""
+    closed_at = datetime(2026, 12, 3, 10, 13, 49, 16845, tzinfo=UTC)
+    closure = CaseClosure(CloseReason.SAFETY_RESTORED, None)
+
+    plan = close_transaction(
+        _record(), author=SOCIAL_WORKER, actor=SOCIAL_WORKER, closed_at=closed_at, closure=closure
+    )
+
+    written = "2026-12-03T10:13:49.016+00:00"
+    (provenance,) = _entries(plan.bundle, "Provenance")
+    (event,) = _entries(plan.bundle, "AuditEvent")
+    (flag,) = _entries(plan.bundle, "Flag")
+    assert provenance["resource"]["recorded"] == event["resource"]["recorded"] == written
+    assert flag["resource"]["period"]["end"] == written
+    assert plan.witness == f"Provenance?target=Flag/flag-1&recorded={written}"
+
+
 @pytest.mark.parametrize(
     ("fhir_user", "named"),
     [
