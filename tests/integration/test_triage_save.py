@@ -1181,8 +1181,8 @@ def test_fault_two_pending_concern_saves_keep_the_flag_start_of_the_first(
         (flag,) = search(again.base_url, "Flag", identifier=identifier)
 
     assert first_findings.step2 is not None
-    first = first_findings.step2.recorded_at
-    to_the_millisecond = first.replace(microsecond=first.microsecond // 1000 * 1000)
+    raised = first_findings.step2.recorded_at
+    to_the_millisecond = raised.replace(microsecond=raised.microsecond // 1000 * 1000)
     assert datetime.fromisoformat(flag["period"]["start"]) == to_the_millisecond
     assert flag["author"]["reference"] == "Practitioner/nurse-1"
     assert validate(flag) == []
