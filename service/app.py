@@ -128,6 +128,12 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         version="0.1.0",
         lifespan=_lifespan,
         telemetry=_TELEMETRY if settings.opentelemetry else _NO_TELEMETRY,
+        # The API's pages for people (Swagger UI, ReDoc) run a script FastAPI loads from a
+        # public CDN, of a version that moves: on the hospital's service origin, next to
+        # the sessions of nurses and social workers, in production never. The document
+        # itself (/openapi.json), which an integrator generates a client from, stays.
+        docs_url=None if settings.environment == "production" else "/docs",
+        redoc_url=None if settings.environment == "production" else "/redoc",
     )
     app.state.settings = settings
     app.state.database = database

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.db.base import Database
+from service.settings import Environment, Settings
 from tests.support.sessions import make_app
 
 _HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -31,3 +34,17 @@ def test_every_path_parameter_is_declared_once_in_each_operation(
                 undeclared.append(f"{method.upper()} {path}: {declared}")
     assert undeclared == []
     assert any(path.startswith("/t/{tenant}/") for path in document["paths"])
+
+
+@pytest.mark.parametrize(("environment", "pages"), [("production", 404), ("demo", 200)])
+def test_the_api_pages_for_people_are_not_served_in_production(
+    database_url: str, database: Database, environment: Environment, pages: int
+) -> None:
+    """Swagger UI and ReDoc load their script from a public CDN at a moving version: on the
+    service's origin, beside the users' sessions, that is someone else's code. Production
+    serves the document alone."""
+    settings = Settings(environment=environment, database_url=database_url, secret_key="k" * 32)
+    client = TestClient(create_app(settings, database))
+
+    assert [client.get(path).status_code for path in ("/docs", "/redoc")] == [pages, pages]
+    assert client.get("/openapi.json").json()["info"]["title"] == "Kindreflex-ED"
