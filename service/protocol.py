@@ -433,6 +433,7 @@ class ErrorCode(StrEnum):
     REFERRAL_STATUS_FINAL = "referral-status-final"
     NOT_REFERRED = "not-referred"
     REFERRALS_REVOKED = "referrals-revoked"
+    NO_REFERRAL_STANDS = "no-referral-stands"
 
 
 class ProtocolError(Exception):
@@ -1286,11 +1287,13 @@ class CaseClosure:
 def check_closure(
     case: KindreflexCase,
     closure: CaseClosure,
-    referral_statuses: Collection[ReferralStatus] = (),
+    referral_statuses: Collection[ReferralStatus],
 ) -> None:
     """Refuse a close reason the case contradicts: "referred" (a mandated facility took
-    over) needs a step 6 referral, and one the hospital did not revoke.
-    ``referral_statuses``: where the case's referrals stand on the FHIR server."""
+    over) needs a step 6 referral, and one that stands on the FHIR server, not revoked.
+    ``referral_statuses``: where the case's referrals stand there (a referral withdrawn in
+    the EHR, entered in error or cancelled, has none: it was never sent, as far as the
+    record says, while its step 6 finding stays)."""
     if closure.reason is not CloseReason.REFERRED:
         return
     if not any(isinstance(f, Step6Referral) for f in case.findings):
@@ -1299,7 +1302,13 @@ def check_closure(
             "This case has no referral to a mandated facility (step 6); choose another "
             "reason for closing it.",
         )
-    if referral_statuses and all(s is ReferralStatus.REVOKED for s in referral_statuses):
+    if not referral_statuses:
+        raise InvalidFindingError(
+            ErrorCode.NO_REFERRAL_STANDS,
+            "No referral of this case stands on the FHIR server: it was withdrawn there. "
+            "Record a new referral (step 6), or choose another reason for closing it.",
+        )
+    if all(s is ReferralStatus.REVOKED for s in referral_statuses):
         raise InvalidFindingError(
             ErrorCode.REFERRALS_REVOKED,
             "Every referral of this case was revoked: no facility took it over. Record a new "

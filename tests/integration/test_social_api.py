@@ -617,6 +617,33 @@ def test_a_case_whose_referral_was_revoked_is_not_closed_as_referred(
     assert closed.status_code == 200, closed.text
 
 
+def test_a_case_whose_referral_the_ehr_withdrew_is_not_closed_as_referred(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Someone marks the case's only referral entered in error in the EHR. The summary then
+    says there is no referral, and the closing as "referred" passed all the same: the Flag
+    said a facility took the case over when the record holds no referral to one (review)."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    referred = case.referred_after_an_unwilling_decision()
+    assert referred.json()["status"] == "delivered", referred.text
+    (request,) = _referrals_on(case)
+    withdrawn = {**request, "status": "entered-in-error"}
+    url = f"{case.base_url}/ServiceRequest/{request['id']}"
+    assert httpx.put(url, json=withdrawn, timeout=10).status_code == 200
+
+    version = referred.json()["row_version"]
+    refused = case.send("close", {"row_version": version, "reason": "referred"})
+
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"]["code"] == "no-referral-stands"
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
+    assert flag["status"] == "active"
+    closing = {"row_version": version, "reason": "other", "reason_text": "referral withdrawn"}
+    assert case.send("close", closing).status_code == 200
+
+
 def test_the_next_visit_during_the_follow_up_leaves_the_case_workable(
     database_url: str,
     database: Database,

@@ -846,7 +846,12 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
         ReferralStatus.COMPLETED, ReferralStatus.ACTIVE
     ),
     ErrorCode.NOT_REFERRED: lambda: check_closure(
-        case_of(step1(), step2(), step4(TeamDecision.SAFE)), CaseClosure(CloseReason.REFERRED)
+        case_of(step1(), step2(), step4(TeamDecision.SAFE)), CaseClosure(CloseReason.REFERRED), []
+    ),
+    ErrorCode.NO_REFERRAL_STANDS: lambda: check_closure(
+        case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING), step6()),
+        CaseClosure(CloseReason.REFERRED),
+        [],
     ),
     ErrorCode.REFERRALS_REVOKED: lambda: check_closure(
         case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING), step6()),

@@ -204,12 +204,23 @@ def test_a_case_is_closed_with_a_reason() -> None:
 
 def test_only_a_referred_case_is_closed_as_referred() -> None:
     safe = case_of(step1(), step2(), step4(TeamDecision.SAFE))
-    check_closure(safe, CaseClosure(CloseReason.SAFETY_RESTORED))
+    check_closure(safe, CaseClosure(CloseReason.SAFETY_RESTORED), [])
     with pytest.raises(InvalidFindingError):
-        check_closure(safe, CaseClosure(CloseReason.REFERRED))
+        check_closure(safe, CaseClosure(CloseReason.REFERRED), [])
     referred = apply(case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING)), step6())
-    check_closure(referred, CaseClosure(CloseReason.REFERRED))
+    check_closure(referred, CaseClosure(CloseReason.REFERRED), [ReferralStatus.ACTIVE])
     check_closure(referred, CaseClosure(CloseReason.REFERRED), [ReferralStatus.COMPLETED])
+
+
+def test_a_case_whose_referral_was_withdrawn_in_the_ehr_is_not_closed_as_referred() -> None:
+    """The EHR marked the only referral entered in error: its step 6 finding stays, but no
+    referral stands on the record, and "referred" would say a facility took the case over
+    (found by review: the summary said "no referral" and the closing passed)."""
+    referred = apply(case_of(step1(), step2(), step4(TeamDecision.CONCERNING_UNWILLING)), step6())
+    with pytest.raises(InvalidFindingError) as refused:
+        check_closure(referred, CaseClosure(CloseReason.REFERRED), [])
+    assert refused.value.code is ErrorCode.NO_REFERRAL_STANDS
+    check_closure(referred, CaseClosure(CloseReason.OTHER, "the referral was a mistake"), [])
 
 
 def test_a_case_whose_every_referral_was_revoked_is_not_closed_as_referred() -> None:
