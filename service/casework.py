@@ -572,11 +572,17 @@ def _findings(
     case: an earlier one's route must not carry into this one, which starts with the team's
     decision (step 4), and a closed case's history ends when it was closed."""
     raised_at, closed_at = period  # the Flag's (mapping.flag_period)
-    findings = [(id_, f) for id_, f in recorded if closed_at is None or f.recorded_at <= closed_at]
+    # to the millisecond: the Flag's moments may have been written again since the findings
+    # (mapping.to_the_millisecond)
+    findings = [
+        (id_, f)
+        for id_, f in recorded
+        if closed_at is None or mapping.to_the_millisecond(f.recorded_at) <= closed_at
+    ]
     starts = [
         at
         for at, (_, f) in enumerate(findings)
-        if isinstance(f, Step1Finding) and f.recorded_at <= raised_at
+        if isinstance(f, Step1Finding) and mapping.to_the_millisecond(f.recorded_at) <= raised_at
     ]
     return findings[starts[-1] :] if starts else findings
 

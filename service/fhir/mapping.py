@@ -148,8 +148,15 @@ def instant_text(moment: datetime) -> str:
     microseconds, a moment came back other than sent: the witness that finds a save by its
     Provenance's ``recorded`` (``Provenance?recorded=``) then missed on such a server, and
     a save it had applied was sent again, to be refused as changed meanwhile."""
-    kept = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    kept = to_the_millisecond(moment)
     return kept.isoformat(timespec="milliseconds" if kept.microsecond else "seconds")
+
+
+def to_the_millisecond(moment: datetime) -> datetime:
+    """``moment`` as :func:`instant_text` writes it. A moment an earlier release wrote to the
+    microsecond is compared so with one written since: a Flag's start, rewritten with its
+    next save, would otherwise lie before the step 1 it was raised with."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _component(code: str, **value: Any) -> Resource:

@@ -41,7 +41,7 @@ from service.protocol import (
     TeamDecision,
 )
 from service.social import Step4Input, Step6Input
-from tests.support.findings import child, step1, step2, step4
+from tests.support.findings import at, child, step1, step2, step4
 from tests.support.partners import vk_organization
 from tests.support.validator import validate_bundle_entries
 from tests.support.workshop import BOY, EPISODE_2, EPISODE_3, NURSE, SOCIAL_WORKER, WORKSHOP_FACTORS
@@ -370,6 +370,36 @@ def test_a_triage_saved_at_one_instant_replays_whatever_order_the_server_returns
             Step.STEP_4,
         ]
         assert case.next_steps == {Step.STEP_5}
+
+
+def test_a_concern_raised_at_a_microsecond_keeps_its_start_once_its_flag_is_written_again() -> None:
+    """An earlier release wrote the Flag's start and the step 1 it was raised with to the
+    microsecond. A save since writes the start again, to the millisecond: the step 1 then
+    lay after it, and the case started at the patient's previous concern, whose findings
+    were replayed into this one (review of the millisecond change)."""
+    lotte = child("RelatedPerson/c1")
+    previous: list[Finding] = [step1(0, (lotte,)), step2(1)]
+    previous.append(step4(TeamDecision.CONCERNING_WILLING, 3))
+    raised = at(60 * 24 * 40) + timedelta(microseconds=123456)
+    today: list[Finding] = [replace(step1(0, (lotte,)), recorded_at=raised)]
+    today.append(replace(step2(1), recorded_at=raised))
+    recorded = [(f"o{n}", finding) for n, finding in enumerate([*previous, *today], 1)]
+    flag = _flag_as_read()
+    flag["period"] = {"start": raised.isoformat()}  # as the earlier release wrote it
+    record = CaseRecord("Patient/p1", "Encounter/e1", {lotte.ref: lotte.ref}, flag)
+    decision = replace(
+        step4(TeamDecision.CONCERNING_WILLING), recorded_at=raised + timedelta(hours=1)
+    )
+
+    plan = step_transaction(
+        record, decision, finding_identifier="f", actor=SOCIAL_WORKER, now=decision.recorded_at
+    )
+
+    (written,) = _entries(plan.bundle, "Flag")
+    start = datetime.fromisoformat(written["resource"]["period"]["start"])
+    assert start == raised.replace(microsecond=123000)  # to the millisecond, before the step 1
+    after = _findings(recorded, mapping.flag_period(written["resource"]))
+    assert [id_ for id_, _ in after] == ["o4", "o5"]
 
 
 def _as_read(resource: dict[str, Any], id_: str) -> dict[str, Any]:
