@@ -73,6 +73,20 @@ def test_with_doubt_about_the_age_the_card_is_shown(birth_date: str | None) -> N
     assert advice_for(prefetch(birth_date=birth_date)) is not None
 
 
+@pytest.mark.parametrize("language", ["nl", "fr", "en"])
+def test_a_card_shown_in_doubt_about_the_age_does_not_say_the_patient_is_adult(
+    language: Language,
+) -> None:
+    """A birth date missing, partial or in the future shows the card (the doubt favours the
+    child), whose detail said "Deze patiënt is volwassen" all the same (review)."""
+    advice = advice_for(prefetch(birth_date=None))
+    assert advice is not None
+
+    detail = render(advice, language)["detail"]
+
+    assert not any(claim in detail for claim in ("volwassen", "adulte", "adult"))
+
+
 def test_no_patient_data_gives_the_generic_card() -> None:
     assert advise(situation_of({}, ENCOUNTER_ID), HookSettings(), VOCABULARY, TODAY) is GENERIC
     assert (
