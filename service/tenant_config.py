@@ -14,6 +14,7 @@ from enum import StrEnum
 from functools import lru_cache
 from string import Formatter
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import jwt
 from pydantic import (
@@ -46,6 +47,7 @@ from service.protocol import (
     SupportAction,
     TeamDecision,
 )
+from service.scopes import writes_not_granted
 from service.settings import is_loopback, over_tls
 from service.text import is_one_line
 
@@ -78,6 +80,21 @@ EARLIER_DEFAULT_SCOPES = frozenset(
         "patient/RelatedPerson.u patient/Flag.u",
     }
 )
+
+
+#: What every launch asks for besides its rights on resources: the EHR launch itself, and
+#: who the user is (an id_token with ``fhirUser``: the author of each finding, the roles).
+LAUNCH_SCOPES = ("launch", "openid", "fhirUser")
+
+
+def scopes_missing(scopes: str) -> list[str]:
+    """What the app needs that ``scopes`` does not ask for: the launch's own scopes, then
+    each write the app makes (those of ``DEFAULT_SCOPES``, as v2 scopes). A registration
+    asking less launches well enough, and then no save can ever reach the record: each
+    waits in the outbox for a sign-in that never brings the right (found by review)."""
+    asked = scopes.split()
+    launch = [scope for scope in LAUNCH_SCOPES if scope not in asked]
+    return launch + writes_not_granted(DEFAULT_SCOPES, scopes)
 
 
 #: The validation context of a configuration an administrator submits:
@@ -159,6 +176,46 @@ class CdsIssuer(Strict):
         description="The CDS client ids (JWT `sub`) this issuer may call with; empty: any.",
     )
 
+    @field_validator("iss")
+    @classmethod
+    def _named(cls, value: str, info: ValidationInfo) -> str:
+        if _submitted(info) and (not value.strip() or value != value.strip()):
+            raise ConfigValueError(
+                f"{value!r} is no issuer: write the `iss` of the EHR's JWT, without spaces",
+                "cds-issuer-iss",
+                iss=value,
+            )
+        return value
+
+    @field_validator("jku")
+    @classmethod
+    def _fetched_over_tls(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """A JWKS URL is fetched for every new key: an https URL (http on this machine), as
+        the CDS service fetches it (``service.cds.auth``), refused when saved, not at the
+        first hook call."""
+        for index, url in enumerate(value if _submitted(info) else ()):
+            if not (urlsplit(url).hostname and over_tls(url)):
+                raise ConfigValueError(
+                    f"{url!r} is not an https URL of a JWK Set (http only on this machine)",
+                    "cds-issuer-jku",
+                    (index,),
+                    url=url,
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _keys_somewhere(self, info: ValidationInfo) -> CdsIssuer:
+        """An issuer with neither a JWKS URL nor keys could verify no call: every hook call of
+        that EHR was refused (401) until someone read the service's log."""
+        if _submitted(info) and not self.jku and self.jwks is None:
+            raise ConfigValueError(
+                f"issuer {self.iss!r} has neither a JWKS URL (jku) nor keys (jwks): no CDS "
+                "call of it could be verified",
+                "cds-issuer-no-keys",
+                iss=self.iss,
+            )
+        return self
+
     @field_validator("jwks")
     @classmethod
     def _usable_keys(
@@ -197,8 +254,18 @@ class EhrRegistration(Strict):
 
     @field_validator("scopes")
     @classmethod
-    def _todays_default(cls, value: str) -> str:
-        return DEFAULT_SCOPES if value in EARLIER_DEFAULT_SCOPES else value
+    def _asked(cls, value: str, info: ValidationInfo) -> str:
+        if value in EARLIER_DEFAULT_SCOPES:
+            return DEFAULT_SCOPES
+        missing = scopes_missing(value) if _submitted(info) else []
+        if missing:
+            raise ConfigValueError(
+                f"the scopes do not ask for {' '.join(missing)}: the app would launch, and "
+                "no save could reach the record (scopes are separated by spaces)",
+                "scopes-missing",
+                missing=" ".join(missing),
+            )
+        return value
 
     @field_validator("fhir_base_url")
     @classmethod

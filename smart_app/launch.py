@@ -42,6 +42,7 @@ from service.db.models import LaunchState, Tenant
 from service.i18n import negotiate
 from service.keys import KeyStore
 from service.outbox import Outbox
+from service.scopes import writes_not_granted
 from service.settings import Settings
 from service.tenancy import TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -55,7 +56,6 @@ from smart_app.oauth import (
     request_token,
     requested_scopes,
     verify_id_token,
-    writes_not_granted,
 )
 from smart_app.security import digest, iframe_cookie, tokens_match
 from smart_app.session import (
@@ -483,7 +483,11 @@ def _new_session(
     # Triage is about one patient; the social service's worklist and the admin screen are
     # opened from the EHR without one.
     if patient is None and roles == {"nurse"}:
-        raise PageError(400, "no_patient", **page)
+        # a social worker whose role the registration's mapping does not know is taken for
+        # a nurse: the log names what the claim held, for the EHR's administrator
+        claim = registration.roles.claim
+        held = {"roles_claim": claim, "roles_held": str(claims.get(claim, ""))[:200]}
+        raise PageError(400, "no_patient", logged=logged | held, **page)
     granted = answer.get("scope")
     if isinstance(granted, str):  # absent: as requested (RFC 6749 5.1)
         missing = writes_not_granted(registration.scopes, granted)

@@ -45,6 +45,7 @@ from service.db.models import AppSession, Tenant
 from service.fhir.client import FhirUnavailable, ReauthorisationRequired
 from service.i18n import Language, negotiate
 from service.keys import KeyStore, Sealer, UnsealError
+from service.scopes import writes_not_granted
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -55,7 +56,6 @@ from smart_app.oauth import (
     ehr_client,
     request_token,
     token_lifetime,
-    writes_not_granted,
 )
 from smart_app.security import digest, page_headers, tokens_match
 

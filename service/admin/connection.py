@@ -22,7 +22,7 @@ import httpx
 
 from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds, UndecodableBodyError
 from service.i18n import Language, translate
-from service.tenant_config import EhrRegistration
+from service.tenant_config import EhrRegistration, scopes_missing
 from service.triage import CHART_REVINCLUDES
 
 #: Resources the app creates (children, findings, referral and its partner, open concern,
@@ -198,6 +198,9 @@ def _smart_checks(report: _Report, smart: dict[str, Any], registration: EhrRegis
             "private_key_jwt",
             "private_key_jwt" in auth_methods or "client-confidential-asymmetric" in capabilities,
         )
+    # the registration's own request: a stored one from before the check on saving it
+    missing = scopes_missing(registration.scopes)
+    report.add("registration_scopes", not missing, missing=" ".join(missing))
     report.add("context_ehr_encounter", "context-ehr-encounter" in capabilities)
     openid = "sso-openid-connect" in capabilities or {"openid", "fhirUser"} <= scopes
     report.add("openid_fhiruser", openid)

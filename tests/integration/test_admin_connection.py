@@ -65,6 +65,7 @@ def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> No
         "authorization_code": True,
         "pkce_s256": True,
         "private_key_jwt": True,
+        "registration_scopes": True,
         "context_ehr_encounter": True,
         "openid_fhiruser": True,
         "launch_standalone": True,
@@ -329,6 +330,27 @@ def test_a_server_whose_patient_search_includes_no_flags_is_not_ready() -> None:
         "search (searchRevInclude): Flag:patient. The triage page then misses what they "
         "name: a child not shown, typed again, is twice on the record; an open concern not "
         "shown gets a second one."
+    }
+
+
+def test_a_registration_stored_with_scopes_that_cannot_write_is_not_ready(
+    sandbox: Sandbox,
+) -> None:
+    """Scopes narrowed to the EHR's reading policy: the nurse launched, and each save waited
+    in the outbox for a sign-in that never brought the right, while the test said "ready"
+    (review). Saving such scopes is refused now; one stored before is found here."""
+    stored = registration(sandbox.fhir_base_url).model_copy(
+        update={"scopes": "launch openid fhirUser patient/*.rs"}
+    )
+
+    report = check_connection(stored, "en", timeout_seconds=5)
+
+    assert not report.ready
+    missing = {c.id: c.message for c in report.checks if c.needed and not c.ok}
+    assert missing == {
+        "registration_scopes": "The registration does not ask for patient/*.c "
+        "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u user/Organization.c: "
+        "the app launches, and no save reaches the patient's record."
     }
 
 

@@ -23,7 +23,7 @@ from service.admin.config import export_yaml
 from service.db.base import Database, utcnow
 from service.db.models import AdminSession
 from service.tenancy import SecretBox, TenantDirectory
-from service.tenant_config import CdsIssuer, TenantConfiguration
+from service.tenant_config import DEFAULT_SCOPES, CdsIssuer, TenantConfiguration
 from smart_app.errors import FREE_TEXT
 from tests.support.admin import (
     DEPLOYMENT_KEY,
@@ -46,7 +46,7 @@ def registration_form(hidden: dict[str, str], **changes: str) -> dict[str, str]:
     """The registration form as the screen posts it: a new EHR "nieuw", with ``changes``."""
     return {
         **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
-        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
+        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": DEFAULT_SCOPES,
         "frame_origins": "", "cds_issuers": "", "default_language": "nl", **changes,
     }  # fmt: skip
 

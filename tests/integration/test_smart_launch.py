@@ -1262,6 +1262,24 @@ def test_a_user_the_ehr_names_as_a_person_cannot_record_and_is_not_let_in(
     assert fhir_user not in caplog.text
 
 
+def test_a_social_worker_whose_role_the_mapping_does_not_know_is_logged_with_the_claim(
+    public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The EHR sends SOCIAL_WORKER where the registration expects social-worker: the
+    worklist launch was refused as a nurse's with no patient, and the log said no more, so
+    the EHR's administrator could not tell why (review of the admin's journey)."""
+    caplog.set_level(logging.INFO, "smart_app.errors")
+    _ehr_answers(monkeypatch, public_app.sandbox, {}, {"roles": ["SOCIAL_WORKER"]})
+
+    answer = public_app.launch(Browser(), user="social-worker", with_patient=False)
+
+    assert answer.status_code == 400
+    assert "Geen patiënt gekozen" in answer.text
+    (refused,) = [r for r in caplog.records if r.getMessage() == "app request refused"]
+    logged = refused.fields  # type: ignore[attr-defined] # the line's fields (extra)
+    assert (logged["roles_claim"], logged["roles_held"]) == ("roles", "['SOCIAL_WORKER']")
+
+
 def test_roles_as_one_string_and_expires_in_in_digits_still_launch(
     public_app: Kindreflex, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,13 +1,13 @@
 """What a token's granted scope leaves out of the writes the registration asked for
-(``smart_app.oauth.writes_not_granted``): SMART v1 and v2 syntax, wildcards, a user-level
+(``service.scopes.writes_not_granted``): SMART v1 and v2 syntax, wildcards, a user-level
 grant for a patient-level need; reads are not checked."""
 
 from __future__ import annotations
 
 import pytest
 
+from service.scopes import writes_not_granted
 from service.tenant_config import DEFAULT_SCOPES
-from smart_app.oauth import writes_not_granted
 
 
 @pytest.mark.parametrize(

@@ -153,3 +153,58 @@ def test_a_registration_stored_with_an_earlier_default_asks_for_todays_scopes(st
     own = EhrRegistration.model_validate({**document, "scopes": "launch openid user/*.cruds"})
     assert stored_so.scopes == DEFAULT_SCOPES
     assert own.scopes == "launch openid user/*.cruds"
+
+
+@pytest.mark.parametrize(
+    ("scopes", "missing"),
+    [
+        ("launch openid fhirUser patient/*.rs", "patient/*.c patient/RelatedPerson.u "
+         "patient/ServiceRequest.u patient/Flag.u user/Organization.c"),
+        ("launch, openid, fhirUser, user/*.cruds", "launch openid fhirUser"),
+        ("openid fhirUser user/*.cruds", "launch"),
+    ],
+)  # fmt: skip
+def test_scopes_that_could_not_launch_or_write_are_refused_when_saved(
+    scopes: str, missing: str
+) -> None:
+    """Narrowed to an EHR's reading policy, or written with commas, the scopes launched the
+    app, and each save waited in the outbox for a right no sign-in brought (review)."""
+    document = {"id": "ehr", "name": "EPD", "fhir_base_url": "https://e.example/fhir",
+                "client_id": "kindreflex", "scopes": scopes}  # fmt: skip
+    with pytest.raises(ValidationError) as refused:
+        EhrRegistration.model_validate(document, context=SUBMITTED)
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("scopes",)
+    assert error["ctx"]["error"].params == {"missing": missing}
+    assert EhrRegistration.model_validate(document).scopes == scopes  # stored: still loads
+    enough = {**document, "scopes": "launch openid fhirUser user/*.cruds"}
+    assert EhrRegistration.model_validate(enough, context=SUBMITTED).scopes == enough["scopes"]
+
+
+@pytest.mark.parametrize(
+    ("issuer", "code"),
+    [
+        ({"iss": "https://epd.example"}, "cds-issuer-no-keys"),
+        ({"iss": "https://epd.example", "jku": ["http://epd.example/jwks"]}, "cds-issuer-jku"),
+        ({"iss": "https://epd.example", "jku": ["jwks.json"]}, "cds-issuer-jku"),
+        ({"iss": " ", "jku": ["https://epd.example/jwks"]}, "cds-issuer-iss"),
+        ({"iss": "https://epd.example ", "jku": ["https://epd.example/jwks"]}, "cds-issuer-iss"),
+    ],
+)
+def test_an_issuer_whose_calls_could_never_be_verified_is_refused_when_saved(
+    issuer: dict[str, Any], code: str
+) -> None:
+    """Saved, each of these had every hook call of that EHR refused (401) until someone
+    read the service's log (review)."""
+    with pytest.raises(ValidationError) as refused:
+        CdsIssuer.model_validate(issuer, context=SUBMITTED)
+    (error,) = refused.value.errors()
+    assert error["ctx"]["error"].code == code
+    assert CdsIssuer.model_validate(issuer).iss == issuer["iss"]  # stored: still loads
+
+
+def test_an_issuer_with_keys_or_a_jwks_url_over_tls_is_accepted() -> None:
+    local = {"iss": "demo", "jku": ["http://127.0.0.1:8001/jwks"]}
+    assert CdsIssuer.model_validate(local, context=SUBMITTED).jku == local["jku"]
+    keys = {"iss": "https://epd.example", "jwks": {"keys": [KEY.public_jwk()]}}
+    assert CdsIssuer.model_validate(keys, context=SUBMITTED).jwks == keys["jwks"]
