@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import getpass
+import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -31,9 +32,10 @@ from service.fhir import terminology
 from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore, Rotation
 from service.local_time import LOCAL_ZONE
 from service.observability import configure_logging
-from service.settings import TENANT_SLUG, Settings, is_loopback, load_settings
+from service.settings import TENANT_SLUG, Settings, is_loopback, load_settings, unknown_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
+log = logging.getLogger(__name__)
 
 #: How long `serve` keeps an idle keep-alive connection open (uvicorn's default is 5 s). A
 #: reverse proxy reuses its idle connections to us for longer (ingress-nginx 60 s, many load
@@ -103,13 +105,16 @@ def _not_ready_to_serve(settings: Settings, host: str) -> str | None:
         )
     if settings.environment != "production":
         return None
-    if public.scheme != "https" or not public.hostname or public.query or public.fragment:
+    wrong = public.query or public.fragment or public.path not in ("", "/")
+    if public.scheme != "https" or not public.hostname or wrong:
         # no scheme: no valid `aud` nor redirect URI; http: the admin cookie without
-        # Secure, and the app's (always Secure) cookie never sent back
+        # Secure, and the app's (always Secure) cookie never sent back; a path: the pages
+        # link from the host's root (/app/static/…, /admin/login), where a proxy that
+        # serves us under /kr sends them nowhere (found by review)
         return (
             f"KINDREFLEX_PUBLIC_URL is {settings.public_url!r}: in production it is the "
-            "https address EHRs and browsers reach the service at, https://host[:port][/path], "
-            "without a query or fragment."
+            "https address EHRs and browsers reach the service at, https://host[:port], the "
+            "root of its own host name, without a path, query or fragment."
         )
     return _unsealed(settings)
 
@@ -468,6 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     configure_logging(settings.log_level)
+    if unknown := unknown_settings():
+        log.warning(
+            "settings ignored: no setting has these names; check their spelling",
+            extra={"fields": {"ignored": ", ".join(unknown)}},
+        )
     # the commands read a hospital's configuration, checked against the guide: the one the
     # settings name (the container image's), as the web app does (``create_app``)
     terminology.configure(settings.guide_dir)

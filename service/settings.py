@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from difflib import get_close_matches
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -247,6 +249,35 @@ def load_settings(**overrides: Any) -> Settings:
     if env_file and not Path(env_file).is_file():
         raise FileNotFoundError(f"KINDREFLEX_SETTINGS_FILE names a missing file: {env_file}")
     return Settings(_env_file=env_file, **overrides)
+
+
+#: Names of our prefix that are no setting: the settings file's own, the test suite's.
+_NOT_SETTINGS = ("KINDREFLEX_SETTINGS_FILE", "KINDREFLEX_TEST_")
+
+
+def unknown_settings() -> list[str]:
+    """The ``KINDREFLEX_*`` names in the environment and the settings file that are no
+    setting, each with the setting it is likely a misspelling of. The settings ignore them
+    (``extra="ignore"``): a ``KINDREFLEX_OUTBOUND_ALLOWLIST`` left the allow-list unset
+    without a word, and the service connected wherever a configuration said (review)."""
+    names = {name.upper() for name in os.environ}
+    env_file = os.environ.get("KINDREFLEX_SETTINGS_FILE")
+    if env_file and Path(env_file).is_file():
+        names |= {name.upper() for name in dotenv_values(env_file)}
+    known = [f"KINDREFLEX_{name.upper()}" for name in Settings.model_fields]
+    unknown = sorted(
+        name
+        for name in names
+        if name.startswith("KINDREFLEX_")
+        and name not in known
+        and not name.startswith(_NOT_SETTINGS)
+    )
+    return [_with_guess(name, known) for name in unknown]
+
+
+def _with_guess(name: str, known: list[str]) -> str:
+    guess = get_close_matches(name, known, n=1, cutoff=0.8)
+    return f"{name} (did you mean {guess[0]}?)" if guess else name
 
 
 @lru_cache(maxsize=1)

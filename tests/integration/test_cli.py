@@ -153,18 +153,23 @@ def test_serve_for_other_machines_refuses_a_public_url_on_localhost(tmp_path: Pa
     [
         pytest.param(
             {"KINDREFLEX_PUBLIC_URL": "kindreflex.hospital.example"},
-            "https://host[:port][/path]",
+            "https://host[:port]",
             id="no-scheme",
         ),
         pytest.param(
             {"KINDREFLEX_PUBLIC_URL": "http://kindreflex.hospital.example"},
-            "https://host[:port][/path]",
+            "https://host[:port]",
             id="http",
         ),
         pytest.param(
             {"KINDREFLEX_PUBLIC_URL": "https://kindreflex.hospital.example/?x=1"},
-            "without a query or fragment",
+            "without a path, query or fragment",
             id="query",
+        ),
+        pytest.param(
+            {"KINDREFLEX_PUBLIC_URL": "https://intranet.hospital.example/kindreflex"},
+            "the root of its own host name",
+            id="path",
         ),
         pytest.param({"KINDREFLEX_SECRET_KEY": None}, "stored unencrypted", id="no-secret-key"),
     ],
@@ -314,6 +319,30 @@ def test_a_check_of_several_settings_is_printed_as_it_names_them(tmp_path: Path)
     assert result.returncode == 2
     assert "\n  Value error, KINDREFLEX_CDS_JWT_REQUIRED=false is only allowed" in result.stderr
     assert "KINDREFLEX_:" not in result.stderr
+
+
+def test_a_misspelt_setting_is_named_not_ignored_in_silence(tmp_path: Path) -> None:
+    """KINDREFLEX_OUTBOUND_ALLOWLIST (for _ALLOW) left the allow-list unset without a word,
+    and every configured EHR was reached wherever it was (review of the admin's journey)."""
+    settings_file = tmp_path / "kindreflex.env"
+    settings_file.write_text("KINDREFLEX_LOG_LEVL=DEBUG\n")
+    env = {
+        **os.environ,
+        "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}",
+        "KINDREFLEX_SETTINGS_FILE": str(settings_file),
+        "KINDREFLEX_OUTBOUND_ALLOWLIST": "*.az-sint-jan.be",
+        "KINDREFLEX_WHATEVER": "1",
+    }
+    result = subprocess.run([*KINDREFLEX, "db", "upgrade"], env=env, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    (warning,) = [json.loads(line) for line in result.stderr.splitlines() if "ignored" in line]
+    assert warning["level"] == "WARNING"
+    assert warning["ignored"] == (
+        "KINDREFLEX_LOG_LEVL (did you mean KINDREFLEX_LOG_LEVEL?), "
+        "KINDREFLEX_OUTBOUND_ALLOWLIST (did you mean KINDREFLEX_OUTBOUND_ALLOW?), "
+        "KINDREFLEX_WHATEVER"
+    )
 
 
 def test_a_tenant_slug_that_no_url_can_reach_is_refused(tmp_path: Path) -> None:
