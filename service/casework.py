@@ -410,7 +410,7 @@ def load_case_record(
         expecting_ref=_expecting_ref(by_id, concern),
         children=children,
         patient=None if chart.patient is None else mapping.patient_identity(chart.patient),
-        people=_people(flag_bundle, finding_bundle),
+        people=_people(client.base_url, flag_bundle, finding_bundle),
         findings_complete=finding_pages.complete,
         added_notes=tuple(mapping.added_notes(by_id[id_]) for id_, _ in concern),
     )
@@ -512,15 +512,19 @@ def _step_search(client: FhirClient, patient_ref: str) -> SearchPages:
     return client.search_pages("Observation", params, max_pages=MAX_SEARCH_PAGES)
 
 
-def _people(*bundles: Resource) -> dict[str, str]:
-    """The names of the Practitioners the searches included, by the reference the case
-    names them with (``Practitioner/<id>``), cut to the worklist's column."""
-    return {
+def _people(base_url: str, *bundles: Resource) -> dict[str, str]:
+    """The names of the Practitioners the searches included (on the FHIR server at
+    ``base_url``), by either reference the case names them with: relative
+    (``Practitioner/<id>``, as some EHRs send ``fhirUser``) and absolute (as others do,
+    and as the worklist names its assignee: ``audit.actor_url``), cut to the worklist's
+    column."""
+    names = {
         f"Practitioner/{person['id']}": name
         for bundle in bundles
         for person in _resources(bundle, "Practitioner")
         if (name := worklist_display(mapping.display_name(person) or ""))
     }
+    return names | {f"{base_url.rstrip('/')}/{ref}": name for ref, name in names.items()}
 
 
 def _recorded(

@@ -533,8 +533,8 @@ def _render(
         csrf_token=csrf_token(ctx),
         pinned=partial(pinned, ctx),  # the forms post for this page's launch (LAUNCH_PARAM)
         prefix=ctx.path_prefix,
-        me=ctx.user.fhir_user,
-        can_claim=social.assignable(ctx.user.fhir_user),
+        me=ctx.actor,
+        can_claim=social.assignable(ctx.actor),
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
         days_open=partial(dates.shown_days_open, language=ctx.language),

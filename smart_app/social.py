@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from service import audit, social
 from service.api.deps import DatabaseDep
-from service.audit import AuditAction, AuditFact, Outcome
+from service.audit import AuditAction, AuditFact, Outcome, actor_url
 from service.casework import (
     CaseFile,
     CaseNotOnServerError,
@@ -319,7 +319,7 @@ def list_cases(ctx: SocialWorker, database: DatabaseDep, wanted: Listing) -> Cas
 def claim(
     ctx: SocialWorker, database: DatabaseDep, case_id: CaseId, body: ClaimRequest
 ) -> AssignmentResponse:
-    return _api_change(ctx, database, case_id, ctx.user.fhir_user, body.row_version)
+    return _api_change(ctx, database, case_id, ctx.actor, body.row_version)
 
 
 @router.put(
@@ -627,7 +627,7 @@ def claim_from_page(
     return_to: Annotated[ClaimReturn, Form()] = "worklist",
 ) -> Response:
     try:
-        _change(ctx, database, case_id, ctx.user.fhir_user, row_version)
+        _change(ctx, database, case_id, ctx.actor, row_version)
     except social.CaseNotFoundError:
         return _worklist_page(
             ctx, database, WorklistQuery(), problem=("not-found", None), status=404
@@ -637,7 +637,7 @@ def claim_from_page(
         return _claim_refused(ctx, database, work, case_id, return_to, refusal)
     except social.CaseConflict as conflict:
         # Already yours (the button pressed twice, or in another tab): what was asked is done.
-        if conflict.reason != "changed" or conflict.holder != ctx.user.fhir_user:
+        if conflict.reason != "changed" or conflict.holder != ctx.actor:
             return _claim_refused(ctx, database, work, case_id, return_to, conflict)
     # Post/redirect/get: a reload does not claim again.
     return RedirectResponse(_after_claim(ctx, case_id, return_to), status_code=303)
@@ -695,8 +695,8 @@ def _worklist_page(
         launch=(LAUNCH_PARAM, ctx.session_id),  # the filter form's, for this page's launch
         pinned=partial(pinned, ctx),  # its links and forms stay with this page's launch
         prefix=ctx.path_prefix,
-        me=ctx.user.fhir_user,
-        can_claim=social.assignable(ctx.user.fhir_user),
+        me=ctx.actor,
+        can_claim=social.assignable(ctx.actor),
         wanted=wanted,
         page=page,
         next_page=_next_page(ctx, wanted, page.next_cursor),
@@ -747,7 +747,7 @@ def _listing(ctx: LaunchContext, database: DatabaseDep, wanted: ListingQuery) ->
         page = social.list_cases(
             session,
             ctx.tenant.id,
-            ctx.user.fhir_user,
+            ctx.actor,
             wanted.filter(),
             limit=wanted.limit,
             cursor=wanted.cursor,
@@ -783,7 +783,11 @@ def _api_change(
 def _change(
     ctx: LaunchContext, database: DatabaseDep, case_id: int, assignee: str | None, version: int
 ) -> social.Assignment:
-    """Assign the case and audit it in one unit of work; a refusal is audited on its own."""
+    """Assign the case and audit it in one unit of work; a refusal is audited on its own.
+    The assignee is named as the audit names users (``audit.actor_url``): a colleague's
+    ``Practitioner/5`` is the one of the assigning user's EHR, and two EHRs of one
+    hospital may each have one (their worklist is one)."""
+    assignee = actor_url(assignee, ctx.fhir_base_url) if assignee is not None else None
     try:
         with database.session() as session:
             done = social.assign_case(
@@ -808,7 +812,7 @@ def _name_of(ctx: LaunchContext, assignee: str | None) -> str | None:
     """The assignee's name as far as this request knows it: the user's own (her launch
     named her) when she takes the case; a colleague is named by reference only
     (``social.assign_case``)."""
-    if assignee is None or assignee != ctx.user.fhir_user:
+    if assignee is None or assignee != ctx.actor:
         return None
     return user_display(ctx.user.fhir_user, ctx.user.name)
 

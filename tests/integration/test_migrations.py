@@ -175,6 +175,47 @@ def test_0018_adds_the_user_names_empty_and_its_downgrade_keeps_the_rows(
     database.dispose()
 
 
+def test_0023_names_a_relative_assignee_on_the_cases_fhir_server(database_url: str) -> None:
+    """Two EHRs of a hospital may each have a Practitioner/sw: the case one of them claimed
+    was "mine" for the other too. A relative assignee becomes absolute on the case's
+    server; an absolute one, and no assignee, stay; the downgrade keeps the names."""
+    migrate.upgrade(database_url, "0021_outbox_taken_over_at")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    cases = [
+        ("f-1", "http://ehr-a.test/fhir", "Practitioner/sw"),
+        ("f-2", "http://ehr-b.test/fhir", "Practitioner/sw"),
+        ("f-3", "http://ehr-a.test/fhir", "https://ehr-a.test/fhir/PractitionerRole/7"),
+        ("f-4", "http://ehr-a.test/fhir", None),
+    ]
+    rows: list[dict[str, object]] = [
+        {"tenant_id": tenant.id, "fhir_base_url": server, "patient_ref": f"Patient/{flag}",
+         "flag_identifier": flag, "flagged_at": utcnow(), "flagged_by": "Practitioner/n",
+         "triggers": [], "children_birth_dates": [], "last_step": "step-2",
+         "assigned_to": assignee, "status": "open", "updated_at": utcnow(), "row_version": 1}
+        for flag, server, assignee in cases
+    ]  # fmt: skip
+    with database.session() as session:
+        session.execute(insert(Concern), rows)
+
+    def assignees() -> list[str | None]:
+        with database.session() as session:
+            found = select(Concern.assigned_to).order_by(Concern.flag_identifier)
+            return list(session.scalars(found))
+
+    migrate.upgrade(database_url)
+    named = [
+        "http://ehr-a.test/fhir/Practitioner/sw",
+        "http://ehr-b.test/fhir/Practitioner/sw",
+        "https://ehr-a.test/fhir/PractitionerRole/7",
+        None,
+    ]
+    assert assignees() == named
+    migrate.downgrade(database_url, "0021_outbox_taken_over_at")
+    assert assignees() == named
+    database.dispose()
+
+
 def _audit_row(tenant_id: int, outbox_id: int | None) -> dict[str, object]:
     """An audit row as 0017 and later keep it."""
     return {

@@ -82,7 +82,10 @@ def test_every_case_endpoint_admits_only_social_workers(
     assert [a.status_code for a in answers[3:]] == [steps] * (len(STEP_BODIES) + 2)
     if allowed is False:  # the refusal says which role is missing, in the API's JSON
         assert "for the social service only" in answers[0].json()["detail"]
-    assert assignment_of(database, case_id) == ((COLLEAGUE, 3) if allowed else (None, 1))
+    # the colleague named as the assigning user's EHR names its users (audit.actor_url)
+    assert assignment_of(database, case_id) == (
+        (f"{FHIR}/{COLLEAGUE}", 3) if allowed else (None, 1)
+    )
 
 
 def test_changes_need_the_sessions_csrf_token(database_url: str, database: Database) -> None:
@@ -106,7 +109,8 @@ def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
     hospital = make_tenant(database, "default", FHIR)
     now = utcnow()
     days = {"Patient/a": 20, "Patient/b": 9, "Patient/c": 3, "Patient/d": 0, "Patient/e": 12}
-    owner = {"Patient/b": SOCIAL_WORKER, "Patient/e": COLLEAGUE}
+    # the assignees as the service stores them: on their EHR (audit.actor_url)
+    owner = {"Patient/b": f"{FHIR}/{SOCIAL_WORKER}", "Patient/e": f"{FHIR}/{COLLEAGUE}"}
     for patient, age in days.items():
         index_case(database, hospital, patient, now - timedelta(days=age), owner.get(patient))
     index_case(database, hospital, "Patient/closed", now - timedelta(days=30), status="closed")
@@ -219,7 +223,8 @@ def test_claim_and_assign_move_the_version_and_are_audited(
     me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
 
     claimed = client.post(f"/api/cases/{case_id}/claim", headers=me, json={"row_version": 1})
-    assert claimed.json() == {"id": case_id, "assigned_to": SOCIAL_WORKER, "row_version": 2}
+    named = f"{FHIR}/{SOCIAL_WORKER}"  # by her own EHR, not the case's (audit.actor_url)
+    assert claimed.json() == {"id": case_id, "assigned_to": named, "row_version": 2}
     handed_on = client.put(
         f"/api/cases/{case_id}/assignment",
         headers=me,
@@ -355,7 +360,7 @@ def test_the_second_of_two_concurrent_changes_gets_a_conflict(
     assert SOCIAL_WORKER in detail["message"]
     assert "Nothing was overwritten" in detail["message"]
     assert detail["row_version"] == 2
-    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+    assert assignment_of(database, case_id) == (f"{FHIR}/{SOCIAL_WORKER}", 2)
 
 
 def test_a_hospital_never_sees_or_changes_another_hospitals_cases(

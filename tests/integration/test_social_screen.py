@@ -33,6 +33,9 @@ from tests.support.write_path import (
     make_tenant,
 )
 
+#: The social worker as the worklist names its assignee: on her EHR (audit.actor_url).
+MINE = f"{FHIR}/{SOCIAL_WORKER}"
+
 
 def _claim_forms(html: str) -> dict[str, tuple[str, str]]:
     """Per claim form: its action's path → (csrf_token, row_version). Each action names
@@ -61,7 +64,7 @@ def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
     database_url: str, database: Database
 ) -> None:
     hospital = make_tenant(database, "default", FHIR)
-    mine = index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=4), SOCIAL_WORKER)
+    mine = index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=4), MINE)
     free = index_case(database, hospital, "Patient/2", utcnow() - timedelta(days=1))
     app = make_app(database_url, database)
     client = TestClient(app)
@@ -228,7 +231,7 @@ def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_c
     assert late.status_code == 409
     assert "Iemand anders heeft dit dossier intussen gewijzigd" in late.text
     assert SOCIAL_WORKER in late.text
-    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+    assert assignment_of(database, case_id) == (MINE, 2)
     missing = client.post(
         "/social/cases/999999/claim", headers=me, data={"csrf_token": mine_csrf, "row_version": "1"}
     )
@@ -265,7 +268,7 @@ def test_the_filter_form_sent_with_its_number_field_left_empty_filters(
     # The browser sends an empty number field as "older_than_days=": before, every use of
     # the filter form without a number of days answered a 422 in JSON instead of the list.
     hospital = make_tenant(database, "default", FHIR)
-    mine = index_case(database, hospital, "Patient/1", utcnow(), SOCIAL_WORKER)
+    mine = index_case(database, hospital, "Patient/1", utcnow(), MINE)
     free = index_case(database, hospital, "Patient/2", utcnow())
     app = make_app(database_url, database)
     client = TestClient(app)
@@ -352,7 +355,7 @@ def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
 
     assert (first.status_code, second.status_code) == (303, 303)
     assert _page(second.headers["location"]) == f"/social?view=mine&claimed={case_id}"
-    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+    assert assignment_of(database, case_id) == (MINE, 2)
 
 
 def test_a_case_page_takes_the_case_with_the_launch_it_was_shown_for(
@@ -383,7 +386,7 @@ def test_a_case_page_takes_the_case_with_the_launch_it_was_shown_for(
     claimed = client.post(f"{action}?s={launch.group(1)}", data=form)
 
     assert claimed.status_code == 303, claimed.text
-    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+    assert assignment_of(database, case_id) == (f"{base_url}/{SOCIAL_WORKER}", 2)
     assert claimed.headers["location"].endswith(f"?s={launch.group(1)}")
 
 
@@ -412,7 +415,7 @@ def test_take_it_on_from_the_case_page_returns_to_that_case(
 
     assert claimed.status_code == 303
     assert _page(claimed.headers["location"]) == f"/social/cases/{case_id}"
-    assert assignment_of(database, case_id) == (SOCIAL_WORKER, 2)
+    assert assignment_of(database, case_id) == (f"{base_url}/{SOCIAL_WORKER}", 2)
     shown = client.get(claimed.headers["location"]).text
     assert "Ikzelf" in shown
     assert action not in shown  # taken: no button any more
@@ -451,7 +454,7 @@ def test_take_it_on_from_the_case_page_refused_shows_that_case_with_who_has_it(
     assert "nu toegewezen aan Els Peeters" in late.text
     assert 'id="about-heading"' in late.text  # the case page, not the worklist
     assert "Werklijst sociale dienst</h1>" not in late.text
-    assert assignment_of(database, case_id) == (COLLEAGUE, 2)
+    assert assignment_of(database, case_id) == (f"{base_url}/{COLLEAGUE}", 2)
 
 
 @pytest.mark.parametrize("return_to", ["worklist", "case"])
@@ -532,7 +535,7 @@ def test_the_worklist_names_who_has_the_case_and_a_colleague_assigned_by_referen
     assert "An Peeters" in worklist
     assert SOCIAL_WORKER not in worklist
     (listed,) = client.get("/api/cases", headers=an).json()["items"]
-    assert (listed["assigned_to"], listed["assigned_to_display"]) == (SOCIAL_WORKER, "An Peeters")
+    assert (listed["assigned_to"], listed["assigned_to_display"]) == (MINE, "An Peeters")
     late = client.post(
         f"/social/cases/{case_id}/claim",
         headers=other,
@@ -549,8 +552,9 @@ def test_the_worklist_names_who_has_the_case_and_a_colleague_assigned_by_referen
     )
     assert handed_on.status_code == 200, handed_on.text
     (listed,) = client.get("/api/cases", headers=an).json()["items"]
-    assert (listed["assigned_to"], listed["assigned_to_display"]) == (COLLEAGUE, None)
-    assert COLLEAGUE in client.get("/social", headers={"Cookie": an["Cookie"]}).text
+    colleague = f"{FHIR}/{COLLEAGUE}"  # of the assigning user's EHR
+    assert (listed["assigned_to"], listed["assigned_to_display"]) == (colleague, None)
+    assert colleague in client.get("/social", headers={"Cookie": an["Cookie"]}).text
 
 
 @pytest.mark.parametrize(

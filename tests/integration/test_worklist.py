@@ -314,3 +314,38 @@ def test_two_ehrs_users_of_one_relative_name_are_two_actors_in_the_trail(
     assert rows(f"{FHIR}/Practitioner/5") == [(f"{FHIR}/Practitioner/5", SECOND_EHR)]
     assert rows(f"{SECOND_EHR}/Practitioner/5") == [(f"{SECOND_EHR}/Practitioner/5", SECOND_EHR)]
     assert rows("Practitioner/5") == []  # the relative name alone names no one
+
+
+def test_a_case_claimed_through_one_ehr_is_not_mine_for_the_same_id_of_another(
+    database_url: str, database: Database
+) -> None:
+    """The assignee was stored as the EHR sent fhirUser: the Practitioner/5 of the other EHR
+    found the case under "mine" and could act on it as theirs (review)."""
+    two_ehrs = TenantConfiguration(
+        name="Ziekenhuis met twee EPD's",
+        registrations=[
+            EhrRegistration(id="a", name="EPD A", fhir_base_url=FHIR, client_id="kr"),
+            EhrRegistration(id="b", name="EPD B", fhir_base_url=SECOND_EHR, client_id="kr"),
+        ],
+    )
+    hospital = TenantDirectory(database, SecretBox(None)).save("default", two_ehrs, actor="test")
+    case_id = index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=FHIR)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    a, b = (
+        signed_in(app, hospital, "Practitioner/5", "social-worker", fhir_base_url=server).headers
+        for server in (FHIR, SECOND_EHR)
+    )
+
+    claimed = client.post(f"/api/cases/{case_id}/claim", headers=a, json={"row_version": 1})
+
+    assert claimed.json()["assigned_to"] == f"{FHIR}/Practitioner/5"
+    mine = {"view": "mine"}
+    assert [i["id"] for i in client.get("/api/cases", headers=a, params=mine).json()["items"]] == [
+        case_id
+    ]
+    assert client.get("/api/cases", headers=b, params=mine).json()["items"] == []
+    # a colleague named relatively is the one of the assigning user's EHR
+    given = {"assignee": "Practitioner/6", "row_version": claimed.json()["row_version"]}
+    assigned = client.put(f"/api/cases/{case_id}/assignment", headers=b, json=given)
+    assert assigned.json()["assigned_to"] == f"{SECOND_EHR}/Practitioner/6"
