@@ -915,11 +915,15 @@ class Step6Referral(ChildFinding):
     happen) before the referral, ``patient_informed``. The one exception is acute
     danger, where informing first could put the child or others at risk: then the
     patient may be informed afterwards, and ``not_informed_reason`` must say why this
-    did not happen first. Informing afterwards is then one of the ``follow_up_actions``.
+    did not happen first. Informing afterwards belongs among the ``follow_up_actions``.
     This exception is a deliberate deviation, for a clinician to confirm: the pocket card
     (seed 002) says "Breng de cliënt op de hoogte" in its acute column too. Without it, a
     social worker whose call to the police cannot wait for the parent would have to
     record something untrue or delay the call; with it, the record says what happened.
+    Two points for that clinician: the exception holds for any referral while the case's
+    acute danger stands (the VK's too, and a later one, until a step 3, 4 or 5 ends the
+    danger), not only the call to the police or the parket; and that informing afterwards
+    is among the follow-up actions is not checked (they are free text).
 
     ``follow_up_actions`` are what was agreed with the facility that the hospital does
     itself to help restore safety; ``contact`` is the contact with the facility (date,
