@@ -296,9 +296,7 @@ def test_a_server_that_could_save_twice_or_overwrite_unawares_is_not_ready() -> 
                      "ServiceRequest", "Organization", "Flag", "Provenance", "AuditEvent")
     ]  # fmt: skip
     report = _checked_ehr(resources, conditional=False, transaction=False)
-    assert not report.ready
-    missing = {c.id: c.message for c in report.checks if c.needed and not c.ok}
-    assert missing == {
+    assert _why_not_ready(report) == {
         "transaction": "The server takes no transactions (interaction transaction): "
         "Kindreflex saves each step as one transaction and can then save nothing.",
         "conditional_create": "The server declares no conditional create (conditionalCreate) "
@@ -323,9 +321,7 @@ def test_a_server_whose_patient_search_includes_no_flags_is_not_ready() -> None:
                      "Organization", "Flag", "Provenance", "AuditEvent")
     ] + [patient]  # fmt: skip
     report = _checked_ehr(resources)
-    assert not report.ready
-    missing = {c.id: c.message for c in report.checks if c.needed and not c.ok}
-    assert missing == {
+    assert _why_not_ready(report) == {
         "chart_revinclude": "The server does not declare including these in a patient's "
         "search (searchRevInclude): Flag:patient. The triage page then misses what they "
         "name: a child not shown, typed again, is twice on the record; an open concern not "
@@ -345,13 +341,17 @@ def test_a_registration_stored_with_scopes_that_cannot_write_is_not_ready(
 
     report = check_connection(stored, "en", timeout_seconds=5)
 
-    assert not report.ready
-    missing = {c.id: c.message for c in report.checks if c.needed and not c.ok}
-    assert missing == {
+    assert _why_not_ready(report) == {
         "registration_scopes": "The registration does not ask for patient/*.c "
         "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u user/Organization.c: "
         "the app launches, and no save reaches the patient's record."
     }
+
+
+def _why_not_ready(report: ConnectionReport) -> dict[str, str]:
+    """The needed checks that failed, by id, with their messages; the report not ready."""
+    assert not report.ready
+    return {c.id: c.message for c in report.checks if c.needed and not c.ok}
 
 
 def _checked_ehr(

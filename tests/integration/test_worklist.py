@@ -283,13 +283,8 @@ def test_a_listed_patients_own_trail_shows_who_saw_them_on_the_worklist(
     assert trail(SECOND_EHR) == [(*read, SECOND_EHR, "success")] * 2
 
 
-def test_two_ehrs_users_of_one_relative_name_are_two_actors_in_the_trail(
-    database_url: str, database: Database
-) -> None:
-    """SMART lets an EHR send ``fhirUser`` relative to its FHIR base. Two EHRs of one hospital
-    may both have a ``Practitioner/5``: two people. The trail stored the name as sent, so
-    ``kindreflex audit --actor Practitioner/5`` gave both people's rows as one user's, and a
-    worklist row on the other EHR's patient read as that EHR's Practitioner/5."""
+def _with_two_ehrs(database: Database) -> TenantContext:
+    """A hospital whose users launch from two EHRs, on the servers FHIR and SECOND_EHR."""
     two_ehrs = TenantConfiguration(
         name="Ziekenhuis met twee EPD's",
         registrations=[
@@ -297,7 +292,17 @@ def test_two_ehrs_users_of_one_relative_name_are_two_actors_in_the_trail(
             EhrRegistration(id="b", name="EPD B", fhir_base_url=SECOND_EHR, client_id="kr"),
         ],
     )
-    hospital = TenantDirectory(database, SecretBox(None)).save("default", two_ehrs, actor="test")
+    return TenantDirectory(database, SecretBox(None)).save("default", two_ehrs, actor="test")
+
+
+def test_two_ehrs_users_of_one_relative_name_are_two_actors_in_the_trail(
+    database_url: str, database: Database
+) -> None:
+    """SMART lets an EHR send ``fhirUser`` relative to its FHIR base. Two EHRs of one hospital
+    may both have a ``Practitioner/5``: two people. The trail stored the name as sent, so
+    ``kindreflex audit --actor Practitioner/5`` gave both people's rows as one user's, and a
+    worklist row on the other EHR's patient read as that EHR's Practitioner/5."""
+    hospital = _with_two_ehrs(database)
     index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=SECOND_EHR)
     app = make_app(database_url, database)
     client = TestClient(app)
@@ -321,14 +326,7 @@ def test_a_case_claimed_through_one_ehr_is_not_mine_for_the_same_id_of_another(
 ) -> None:
     """The assignee was stored as the EHR sent fhirUser: the Practitioner/5 of the other EHR
     found the case under "mine" and could act on it as theirs (review)."""
-    two_ehrs = TenantConfiguration(
-        name="Ziekenhuis met twee EPD's",
-        registrations=[
-            EhrRegistration(id="a", name="EPD A", fhir_base_url=FHIR, client_id="kr"),
-            EhrRegistration(id="b", name="EPD B", fhir_base_url=SECOND_EHR, client_id="kr"),
-        ],
-    )
-    hospital = TenantDirectory(database, SecretBox(None)).save("default", two_ehrs, actor="test")
+    hospital = _with_two_ehrs(database)
     case_id = index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=FHIR)
     app = make_app(database_url, database)
     client = TestClient(app)
