@@ -281,7 +281,42 @@ class EhrRegistration(Strict):
                 "fhir-base-url",
                 url=value,
             )
+        parts = urlsplit(value)
+        if _submitted(info) and (not parts.hostname or parts.query or parts.fragment):
+            # a base without a host (https:///fhir) or with a query is the `iss` of no launch
+            raise ConfigValueError(
+                f"{value!r} is not a FHIR base URL: a host, a path at most, no query",
+                "fhir-base-url-form",
+                url=value,
+            )
         return value.rstrip("/")
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str, info: ValidationInfo) -> str:
+        """The EHR compares it exactly: a blank one, or one with a space typed around it, was
+        saved and answered "client_id '…' is not registered" at each launch (review)."""
+        if _submitted(info) and (not value.strip() or value != value.strip()):
+            raise ConfigValueError(
+                f"{value!r} is no client id: write it as the EHR gave it, without spaces",
+                "client-id",
+                client=value,
+            )
+        return value
+
+    @field_validator("cds_issuers")
+    @classmethod
+    def _issuers_once(cls, value: list[CdsIssuer], info: ValidationInfo) -> list[CdsIssuer]:
+        """An issuer listed twice: only the first one's keys ever verified its calls."""
+        seen = [issuer.iss for issuer in value]
+        twice = sorted({iss for iss in seen if seen.count(iss) > 1})
+        if _submitted(info) and twice:
+            raise ConfigValueError(
+                f"issuer {twice[0]!r} is listed twice: list its JWKS URLs on one line",
+                "cds-issuer-twice",
+                iss=twice[0],
+            )
+        return value
 
     @field_validator("frame_origins")
     @classmethod

@@ -208,3 +208,31 @@ def test_an_issuer_with_keys_or_a_jwks_url_over_tls_is_accepted() -> None:
     assert CdsIssuer.model_validate(local, context=SUBMITTED).jku == local["jku"]
     keys = {"iss": "https://epd.example", "jwks": {"keys": [KEY.public_jwk()]}}
     assert CdsIssuer.model_validate(keys, context=SUBMITTED).jwks == keys["jwks"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"client_id": " "}, "client-id"),
+        ({"client_id": "kindreflex "}, "client-id"),
+        ({"fhir_base_url": "https:///fhir"}, "fhir-base-url-form"),
+        ({"fhir_base_url": "https://e.example/fhir?x=1"}, "fhir-base-url-form"),
+        (
+            {"cds_issuers": [{"iss": "https://e.example", "jku": ["https://e.example/a"]},
+                             {"iss": "https://e.example", "jku": ["https://e.example/b"]}]},
+            "cds-issuer-twice",
+        ),
+    ],
+)  # fmt: skip
+def test_a_registration_no_launch_or_call_could_use_is_refused_when_saved(
+    changes: dict[str, Any], code: str
+) -> None:
+    """Each was saved, and failed at a nurse's launch or the EHR's calls: a client id the EHR
+    did not know, a base no `iss` could match, an issuer's second JWKS never read (review)."""
+    document = {"id": "ehr", "name": "EPD", "fhir_base_url": "https://e.example/fhir",
+                "client_id": "kindreflex", **changes}  # fmt: skip
+    with pytest.raises(ValidationError) as refused:
+        EhrRegistration.model_validate(document, context=SUBMITTED)
+    (error,) = refused.value.errors()
+    assert error["ctx"]["error"].code == code
+    assert EhrRegistration.model_validate(document).id == "ehr"  # stored: still loads
