@@ -188,6 +188,9 @@ class OutboundPolicy:
             entry = _normal(raw.strip())
             if not entry:
                 continue
+            if "://" in entry:  # an EHR's URL pasted whole: the list names hosts
+                host = urlsplit(entry).hostname or "the host name"
+                raise ValueError(f"{raw!r} is a URL: write its host name alone ({host})")
             if "/" in entry:
                 try:
                     networks.append(_as_ipv4_network(ipaddress.ip_network(entry)))

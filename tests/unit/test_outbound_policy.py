@@ -176,6 +176,14 @@ def test_an_entry_that_is_no_host_domain_address_or_range_stops_the_start(entry:
         load_settings(outbound_allow=entry)
 
 
+def test_an_ehrs_url_pasted_whole_is_refused_with_its_host_to_write() -> None:
+    """It said "is not a CIDR range", of a URL: nothing the administrator had in mind
+    (review of the administrator's journey)."""
+    with pytest.raises(ValidationError) as refused:
+        load_settings(outbound_allow="https://ehr.az-gent.be/fhir")
+    assert "is a URL: write its host name alone (ehr.az-gent.be)" in str(refused.value)
+
+
 def test_the_setting_is_comma_separated() -> None:
     settings = load_settings(outbound_allow=" *.az-gent.be, 10.0.0.0/8 ,,localhost ")
     assert settings.outbound_allow == ["*.az-gent.be", "10.0.0.0/8", "localhost"]
