@@ -36,7 +36,7 @@ from service.db.base import Database
 from service.fhir.client import FhirClient, FhirUnavailable
 from service.settings import Settings, load_settings
 from service.tenancy import SecretBox, TenantDirectory, UnknownTenantError
-from service.tenant_config import EhrRegistration, TenantConfiguration
+from service.tenant_config import DEFAULT_SCOPES, EhrRegistration, TenantConfiguration
 from tests.support.admin import (
     DEPLOYMENT_KEY,
     Hospital,
@@ -129,7 +129,7 @@ def test_the_screen_says_the_refusal_in_the_admins_language_next_to_the_field(
     before = stored_gent(database)
     registration = {
         **hidden, "id": "nieuw", "name": "Nieuw EPD", "fhir_base_url": "https://n.example/fhir",
-        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": "openid",
+        "client_id": "kindreflex", "client_auth": "private_key_jwt", "scopes": DEFAULT_SCOPES,
         "frame_origins": "", "cds_issuers": f"https://n.example/cds {METADATA_JWKS}",
         "default_language": "nl",
     }  # fmt: skip
