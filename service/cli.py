@@ -32,7 +32,14 @@ from service.fhir import terminology
 from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore, Rotation
 from service.local_time import LOCAL_ZONE
 from service.observability import configure_logging
-from service.settings import TENANT_SLUG, Settings, is_loopback, load_settings, unknown_settings
+from service.settings import (
+    SLUG_RULE,
+    TENANT_SLUG,
+    Settings,
+    is_loopback,
+    load_settings,
+    unknown_settings,
+)
 
 Command = Callable[[argparse.Namespace, Settings], int]
 log = logging.getLogger(__name__)
@@ -199,10 +206,7 @@ def _retention_days(value: str) -> int:
 
 def _tenant_slug(value: str) -> str:
     if not re.fullmatch(TENANT_SLUG, value):
-        raise argparse.ArgumentTypeError(
-            f"a hospital's slug is lowercase letters, digits and '-' (its URLs are /t/<slug>): "
-            f"{value[:40]}"
-        )
+        raise argparse.ArgumentTypeError(f"{SLUG_RULE}: {value[:40]}")
     return value
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from difflib import get_close_matches
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy.exc import ArgumentError
 Environment = Literal["production", "demo", "test"]
 #: A hospital's slug: the ``/t/{slug}`` of its URLs.
 TENANT_SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+SLUG_RULE = "a hospital's slug is lowercase letters, digits and '-' (its URLs are /t/<slug>)"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -59,7 +61,6 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port `kindreflex serve` listens on.")
     default_tenant: str = Field(
         "default",
-        pattern=TENANT_SLUG,
         description="Tenant (hospital) that un-prefixed paths such as `/cds-services` belong to.",
     )
     secret_key: SecretStr | None = Field(
@@ -133,6 +134,15 @@ class Settings(BaseSettings):
         "service's figures are at /metrics (Prometheus) and its logs are JSON lines, and off, "
         "FastAPI does not look up the OpenTelemetry providers on every request.",
     )
+
+    @field_validator("default_tenant")
+    @classmethod
+    def _a_slug(cls, value: str) -> str:
+        # said as `admin bootstrap --tenant` says it: a regular expression told an
+        # administrator nothing (review)
+        if not re.fullmatch(TENANT_SLUG, value):
+            raise ValueError(SLUG_RULE)
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -95,3 +95,13 @@ def test_a_password_with_an_unescaped_at_sign_is_refused_without_showing_it(
     assert "ss/w" not in str(refused.value)
     monkeypatch.setenv("KINDREFLEX_DATABASE_URL", "postgresql+psycopg://kr:p%40ss@db:5432/kr")
     assert load_settings().database_url.endswith("@db:5432/kr")
+
+
+@pytest.mark.parametrize("slug", ["AZ-Gent", "az gent", "-az", ""])
+def test_a_default_tenant_that_is_no_slug_is_refused_in_words(slug: str) -> None:
+    """It answered with the slug's regular expression, which told the administrator nothing
+    (review of the administrator's journey)."""
+    with pytest.raises(ValidationError) as refused:
+        load_settings(default_tenant=slug)
+    assert "a hospital's slug is lowercase letters, digits and '-'" in str(refused.value)
+    assert "[a-z0-9]" not in str(refused.value)
