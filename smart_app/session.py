@@ -486,6 +486,7 @@ class SessionTokens:
             if row.refresh_token is None:
                 return self._still_valid(row, current, "no refresh token was granted")
             registration = self._registration(session.get(Tenant, row.tenant_id), row)
+            refresh_token = self._sealer.open(row.refresh_token, row.sealed)
             try:
                 algorithm = self._auth_servers.assertion_algorithm(registration, self._timeout)
                 with ehr_client(self._timeout) as http:
@@ -496,7 +497,7 @@ class SessionTokens:
                         self._keys,
                         {
                             "grant_type": "refresh_token",
-                            "refresh_token": self._sealer.open(row.refresh_token, row.sealed),
+                            "refresh_token": refresh_token,
                         },
                         algorithm,
                     )
@@ -519,9 +520,12 @@ class SessionTokens:
                     extra={"fields": {"session": session_id, "reason": reason}},
                 )
                 return self._still_valid(row, current, reason)
+            # Servers may rotate the refresh token. The one kept is sealed again with the new
+            # access token: ``sealed`` speaks for both, and a session stored before the secret
+            # key was set kept its refresh token in the clear, marked sealed (review).
+            refresh_token = str(answer.get("refresh_token") or refresh_token)
             row.access_token = self._sealer.seal(str(answer["access_token"]))
-            if answer.get("refresh_token"):  # servers may rotate the refresh token
-                row.refresh_token = self._sealer.seal(str(answer["refresh_token"]))
+            row.refresh_token = self._sealer.seal(refresh_token)
             row.sealed = self._sealer.active
             row.access_expires_at = token_expiry(answer)
             row.scope = granted

@@ -40,6 +40,7 @@ from service.app import create_app
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, AuditRecord, LaunchState, OutboxEntry, Tenant
 from service.fhir.client import ReauthorisationRequired
+from service.keys import Sealer
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantDirectory
@@ -759,6 +760,39 @@ def test_a_refresh_that_grants_fewer_writes_is_not_taken_and_then_needs_a_sign_i
         assert row is not None
         assert "patient/*.c" in row.scope.split()
         assert row.scope != narrowed
+
+
+def test_a_session_stored_before_the_secret_key_has_its_tokens_sealed_at_the_refresh(
+    kindreflex: Kindreflex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial ran without KINDREFLEX_SECRET_KEY, then got one. A refresh that brought no new
+    refresh token sealed the access token and marked the row sealed, the refresh token
+    left in the clear: readable in the database, and the next refresh failed to open it,
+    so the nurse had to launch again (review of the data's lifecycle)."""
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    sealer = Sealer(kindreflex.app.state.settings.secret_key, "session-tokens")
+    with kindreflex.database.session() as session:  # as stored before the key was set
+        row = session.get(AppSession, session_id)
+        assert row is not None
+        assert row.sealed
+        assert row.refresh_token is not None
+        plain = sealer.open(row.refresh_token, True)
+        row.access_token = sealer.open(row.access_token, True)
+        row.refresh_token, row.sealed = plain, False
+    _ehr_answers(monkeypatch, kindreflex.sandbox, {"refresh_token": ""}, {})  # none rotated
+    _expire_soon(kindreflex.database, session_id)
+
+    kindreflex.tokens.access_token(session_id)
+
+    with kindreflex.database.session() as session:
+        row = session.get(AppSession, session_id)
+        assert row is not None
+        assert row.sealed
+        assert row.refresh_token is not None
+        assert row.refresh_token != plain
+        assert sealer.open(row.refresh_token, True) == plain
 
 
 def test_a_refresh_after_the_registration_moved_to_another_ehr_needs_a_new_sign_in(
