@@ -108,6 +108,16 @@ def _submitted(info: ValidationInfo) -> bool:
     return info.context == SUBMITTED
 
 
+def _as_sent(value: str, info: ValidationInfo, what: str, code: str) -> str:
+    """A name the EHR compares exactly (a client id, an issuer): a blank one, or one with a
+    space typed around it, was saved and refused each launch or call ("client_id '…' is
+    not registered"), so it is refused when submitted (review)."""
+    if _submitted(info) and (not value.strip() or value != value.strip()):
+        written = f"{value!r} is not {what}: write it exactly, without spaces around it"
+        raise ConfigValueError(written, code, value=value)
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -179,13 +189,7 @@ class CdsIssuer(Strict):
     @field_validator("iss")
     @classmethod
     def _named(cls, value: str, info: ValidationInfo) -> str:
-        if _submitted(info) and (not value.strip() or value != value.strip()):
-            raise ConfigValueError(
-                f"{value!r} is no issuer: write the `iss` of the EHR's JWT, without spaces",
-                "cds-issuer-iss",
-                iss=value,
-            )
-        return value
+        return _as_sent(value, info, "the `iss` of the EHR's CDS JWTs", "cds-issuer-iss")
 
     @field_validator("jku")
     @classmethod
@@ -294,15 +298,7 @@ class EhrRegistration(Strict):
     @field_validator("client_id")
     @classmethod
     def _client_id(cls, value: str, info: ValidationInfo) -> str:
-        """The EHR compares it exactly: a blank one, or one with a space typed around it, was
-        saved and answered "client_id '…' is not registered" at each launch (review)."""
-        if _submitted(info) and (not value.strip() or value != value.strip()):
-            raise ConfigValueError(
-                f"{value!r} is no client id: write it as the EHR gave it, without spaces",
-                "client-id",
-                client=value,
-            )
-        return value
+        return _as_sent(value, info, "the client id the EHR gave", "client-id")
 
     @field_validator("cds_issuers")
     @classmethod
