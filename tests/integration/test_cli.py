@@ -292,7 +292,11 @@ def test_an_unreachable_database_is_named_without_its_password(command: list[str
         ("KINDREFLEX_OUTBOX_INTERVAL_SECONDS", "inf", "should be a finite number"),
         ("KINDREFLEX_FHIR_TIMEOUT_SECONDS", "nan", "should be a finite number"),
         ("KINDREFLEX_FHIR_TIMEOUT_SECONDS", "3600", "less than or equal to 300"),
-        ("KINDREFLEX_DEFAULT_TENANT", "Gent/Spoed", "KINDREFLEX_DEFAULT_TENANT: String should"),
+        (
+            "KINDREFLEX_DEFAULT_TENANT",
+            "Gent/Spoed",
+            "KINDREFLEX_DEFAULT_TENANT: Value error, a hospital's slug is lowercase letters",
+        ),
     ],
 )
 def test_a_setting_that_cannot_be_used_is_named_with_its_reason(
