@@ -524,7 +524,7 @@ def _people(base_url: str, *bundles: Resource) -> dict[str, str]:
         for person in _resources(bundle, "Practitioner")
         if (name := worklist_display(mapping.display_name(person) or ""))
     }
-    return names | {f"{base_url.rstrip('/')}/{ref}": name for ref, name in names.items()}
+    return names | {audit.actor_url(ref, base_url): name for ref, name in names.items()}
 
 
 def _recorded(
