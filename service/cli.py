@@ -19,7 +19,6 @@ import uvicorn
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydantic import ValidationError
-from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -27,7 +26,7 @@ from service import retention
 from service.admin import commands as admin_commands
 from service.audit import TrailQuery
 from service.db import migrate
-from service.db.base import Database
+from service.db.base import Database, make_engine
 from service.fhir import terminology
 from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore, Rotation
 from service.local_time import LOCAL_ZONE
@@ -58,7 +57,7 @@ def _schema_state(settings: Settings) -> SchemaState:
     """Whether the database's schema is this version's, an older one (``db upgrade``), or
     one a newer version of Kindreflex migrated it to (a revision unknown here)."""
     script = ScriptDirectory.from_config(migrate.alembic_config(settings.database_url))
-    engine = create_engine(settings.database_url)
+    engine = make_engine(settings.database_url)  # its connect timeout: a silent host fails
     try:
         with engine.connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())

@@ -34,6 +34,10 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_SECRET_KEY_LENGTH = 32
 
 
+#: The database driver the service ships, by backend (``postgresql://`` names it too).
+_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
+
+
 class Settings(BaseSettings):
     """The service's settings. Every field is ``KINDREFLEX_<FIELD NAME>`` in the environment."""
 
@@ -144,6 +148,19 @@ class Settings(BaseSettings):
             raise ValueError(SLUG_RULE)
         return value
 
+    @field_validator("port", mode="before")
+    @classmethod
+    def _not_a_service_link(cls, value: object) -> object:
+        # Kubernetes names its variables for a Service "kindreflex" KINDREFLEX_PORT=tcp://…
+        # in every pod of the namespace (unless enableServiceLinks is false): "not a valid
+        # integer" told a platform engineer nothing (found by review)
+        if isinstance(value, str) and value.startswith("tcp://"):
+            raise ValueError(
+                "this is Kubernetes' variable for a Service named kindreflex, not a port: "
+                "set enableServiceLinks: false in the pod spec (deploy/kubernetes does)"
+            )
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -199,6 +216,11 @@ class Settings(BaseSettings):
         backend = url.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{backend} is not supported: SQLite or PostgreSQL")
+        # the drivers the service ships; another one named crashed the first command with
+        # a traceback (ModuleNotFoundError), past this check (found by review)
+        driver, shipped = url.get_driver_name(), _DRIVERS[backend]
+        if driver != shipped:
+            raise ValueError(f"the driver {driver} is not supported: {backend}+{shipped}://…")
         # An "@" left unescaped in the password moved the rest of it into the host or the
         # database name, which the errors then showed ("failed to resolve host 'ss'"). (A
         # SQLite file's path may hold one.)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -281,6 +282,21 @@ def test_an_unreachable_database_is_named_without_its_password(command: list[str
     assert "Traceback" not in result.stderr
 
 
+def test_a_database_host_that_never_answers_is_named_within_seconds() -> None:
+    """A host that takes the connection and says nothing (a firewall, a wrong port): the
+    schema check before every command had no connect timeout and hung, printing nothing;
+    on Kubernetes the pod restarted every minute without a line saying why (review)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; no one answers
+        url = f"postgresql+psycopg://kindreflex@127.0.0.1:{silent.getsockname()[1]}/kindreflex"
+        env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+        result = subprocess.run(
+            [*KINDREFLEX, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert result.returncode == 2
+    assert "The database at postgresql+psycopg://kindreflex@127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "reason"),
     [
@@ -288,6 +304,11 @@ def test_an_unreachable_database_is_named_without_its_password(command: list[str
         ("KINDREFLEX_SETTINGS_FILE", "/nowhere/kindreflex.env", "names a missing file"),
         ("KINDREFLEX_DATABASE_URL", "notaurl", "KINDREFLEX_DATABASE_URL: Value error, not a"),
         ("KINDREFLEX_DATABASE_URL", "mysql://db/kr", "mysql is not supported"),
+        (
+            "KINDREFLEX_DATABASE_URL",
+            "postgresql+psycopg2://kr@db/kr",
+            "the driver psycopg2 is not supported: postgresql+psycopg://",
+        ),
         ("KINDREFLEX_LOG_LEVEL", "LOUD", "KINDREFLEX_LOG_LEVEL: Value error, one of DEBUG"),
         ("KINDREFLEX_OUTBOX_INTERVAL_SECONDS", "inf", "should be a finite number"),
         ("KINDREFLEX_FHIR_TIMEOUT_SECONDS", "nan", "should be a finite number"),

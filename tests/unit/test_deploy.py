@@ -293,6 +293,9 @@ def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False  # no pod calls the cluster's API
+        # Kubernetes' variables for the Service "kindreflex" are named KINDREFLEX_*: its
+        # KINDREFLEX_PORT=tcp://… stopped every start (found by review)
+        assert pod["enableServiceLinks"] is False
         for container in pod["containers"]:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -38,6 +38,15 @@ def test_the_settings_file_is_read_and_the_environment_wins(
     assert (settings.port, settings.default_tenant) == (9001, "az-gent")
 
 
+def test_kubernetes_service_link_in_the_port_is_named_not_said_not_an_integer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Service named kindreflex gives every pod KINDREFLEX_PORT=tcp://<ip>:80."""
+    monkeypatch.setenv("KINDREFLEX_PORT", "tcp://10.96.12.7:80")
+    with pytest.raises(ValidationError, match="enableServiceLinks: false"):
+        load_settings()
+
+
 def test_a_missing_settings_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KINDREFLEX_SETTINGS_FILE", "/nonexistent/kindreflex.env")
     with pytest.raises(FileNotFoundError, match="missing file"):
