@@ -38,10 +38,12 @@ STALE_GRACE_SECONDS = 1.0  # see TenantDirectory.current
 
 
 class UnknownTenantError(LookupError):
-    """No tenant with that slug is configured on this deployment. Its message is the same
-    whether no such hospital exists or it has no configuration yet, since anyone may ask
-    (``/t/<slug>/…``) and must not learn which hospitals exist; ``reason`` says which, for
-    the log."""
+    """No tenant with that slug is configured on this deployment (a 404). Its message is
+    the same whether no such hospital exists or it has no configuration yet: anyone may
+    ask (``/t/<slug>/…``), and whether a hospital is still being set up is no stranger's
+    business; ``reason`` says which, for the log. That a hospital is served here is no
+    secret (its slug is in the launch and CDS URLs every EHR of it is given), so a known
+    slug answers otherwise (the sign-in page, 401 without a session)."""
 
     def __init__(self, slug: str, reason: str) -> None:
         super().__init__(f"no hospital '{slug}' is configured on this service")

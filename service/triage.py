@@ -144,7 +144,6 @@ class TriageInput:
     step1: Step1Finding
     step2: Step2Finding | None = None
     step3: Step3Support | None = None
-    patient_display: str | None = None  # the patient's name, for the worklist only
     #: The same for the same form posted again (a double click, a browser resending it),
     #: else different: the findings' identifiers come from it instead of their time, which
     #: each post stamps anew. None: from the time (a caller that keeps it stable).
@@ -310,7 +309,7 @@ class Triage:
         now = utcnow()
         with self._database.session() as session:
             _one_save_at_a_time(session, ctx.session_id)
-            open_concern = _open_concern(session, ctx, patient_ref) if concern else None
+            open_concern = _concern_to_continue(session, ctx, patient_ref) if concern else None
             flag_id = open_concern.flag_identifier if open_concern else str(uuid.uuid4())
             raised = _raised(ctx, findings, flag_id, open_concern) if concern else None
             shown = _shown_children(session, ctx.session_id)
@@ -379,7 +378,8 @@ class Triage:
         except (FhirUnavailable, FhirRejected):
             self._audit_read(ctx, patient_ref, "failure")
             raise
-        self._audit_read(ctx, patient_ref, "success", recorded.children)
+        name = recorded.patient.name if recorded.patient else None
+        self._audit_read(ctx, patient_ref, "success", recorded.children, name)
         self._index_unlisted_concern(ctx, chart, recorded)
         outstanding = self._outstanding(ctx)
         on_server = _child_identifiers(chart.related_persons)
@@ -490,10 +490,12 @@ class Triage:
         patient_ref: str,
         outcome: audit.Outcome,
         shown: Sequence[Child] = (),
+        patient_name: str | None = None,
     ) -> None:
         """The read's audit row (naming the children it showed) and what the page showed of
-        them (``ShownChild``), in one transaction: a confirmation is only recognised for a
-        read that is audited."""
+        them (``ShownChild``) and of the patient (their name, which the worklist shows for
+        a concern this session raises), in one transaction: a confirmation is only
+        recognised for a read that is audited."""
         fact = AuditFact(
             actor=ctx.actor,
             action=AuditAction.SEARCH,
@@ -507,6 +509,12 @@ class Triage:
             audit.record_read(session, channel, fact)
             if shown:
                 _remember_shown(session, ctx.session_id, shown)
+            if patient_name:
+                session.execute(
+                    update(AppSession)
+                    .where(AppSession.id == ctx.session_id)
+                    .values(patient_display=worklist_display(patient_name))
+                )
 
     def _client(self, ctx: LaunchInfo) -> FhirClient:
         """A client for one screen's reads (the nurse's triage page): they end within one budget."""
@@ -1200,6 +1208,31 @@ def _open_concern(session: Session, ctx: LaunchInfo, patient_ref: str) -> Concer
     )
 
 
+def _concern_to_continue(session: Session, ctx: LaunchInfo, patient_ref: str) -> Concern | None:
+    """The concern a niet-pluis now continues: the patient's open one, else one whose
+    closing is still on its way to the FHIR server. Her save reopens that one (its Flag is
+    laid over, closed or not by then: ``mapping._concern_as_laid_over``); a second Flag
+    raised beside it stayed active with the first when the server then refused the
+    closing, and the first could no longer be closed (found by review)."""
+    open_concern = _open_concern(session, ctx, patient_ref)
+    if open_concern is not None:
+        return open_concern
+    closing = (
+        select(Concern)
+        .join(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
+        .where(
+            Concern.tenant_id == ctx.tenant.id,
+            Concern.fhir_base_url == ctx.fhir_base_url,
+            Concern.patient_ref == patient_ref,
+            Concern.status == "closed",
+            OutboxEntry.state.in_(UNDELIVERED_STATES),
+        )
+        .order_by(Concern.id.desc())
+        .limit(1)
+    )
+    return session.scalar(closing)
+
+
 def _listed(session: Session, ctx: LaunchInfo, patient_ref: str, flag_identifier: str) -> bool:
     """Whether the worklist knows the concern (open or closed), or has an open one for the
     patient."""
@@ -1253,6 +1286,10 @@ def _index_concern(
     """The worklist row, in the same local transaction as the outbox entry."""
     step2 = findings.step2
     assert step2 is not None  # only called for a concern, which step 2 raises
+    # the name the FHIR server gave this session's page, never one the browser posted
+    shown_name = session.scalar(
+        select(AppSession.patient_display).where(AppSession.id == ctx.session_id)
+    )
     if row is None:
         row = Concern(
             tenant_id=ctx.tenant.id,
@@ -1266,7 +1303,9 @@ def _index_concern(
             acute_danger=False,
         )
         session.add(row)
-    row.patient_display = findings.patient_display or row.patient_display
+    if row.status != "open":  # its closing still on its way (_concern_to_continue)
+        row.status, row.before_save, row.follow_up_due = "open", None, None
+    row.patient_display = shown_name or row.patient_display
     row.triggers = sorted({*(row.triggers or ()), *(t.value for t in step2.triggers)})
     row.children_birth_dates = sorted(c.birth_date.isoformat() for c in findings.step1.children)
     row.last_step = Step.STEP_2.value

@@ -98,16 +98,32 @@ FREE_TEXT = re.compile(
     r"|(?:child_say|factor_text|action_text)_[\w.-]+"
     r"|yaml|name|fhir_base_url|client_id|scopes|cds_issuers|frame_origins"
     r"|step-\d\.(?:title|help)\.(?:nl|fr|en)"
+    r"|child-\d+-(?:name|birth_date)|expected_date|who_helps"
 )
 
-#: The refusals of a form's post that show its free text back, with what to do with it.
-SHOWS_TYPED_BACK = {
-    "session_missing": "smart.kept.message",
-    "admin_session_missing": "smart.kept.admin-message",
+#: The nurse's fields whose kept text says which field it was (each is typed in a hurry,
+#: and "your text 3" does not tell a child's name from its birth date); others are numbered.
+_KEPT_LABELS = {
+    "expected_date": "app.step1.expected-date",
+    "reasons": "app.step2.reasons",
+    "who_helps": "app.step2.who-helps",
+    "support_note": "app.step3.note",
 }
+_CHILD_FIELD = re.compile(r"child-(\d+)-(name|birth_date)")
+_CHILD_LABELS = {"name": "app.step1.child-name", "birth_date": "app.step1.birth-date"}
+
+#: The refusals of a form's post that show its free text back: the section's title, and
+#: what to do with the text.
+SHOWS_TYPED_BACK = {
+    "session_missing": ("smart.kept.title", "smart.kept.message"),
+    "admin_session_missing": ("smart.kept.title", "smart.kept.admin-message"),
+    "database_unavailable": ("smart.kept.unsure-title", "smart.kept.unavailable-message"),
+}
+#: When a user may try again after the database did not answer (a restart, a fail-over).
+DATABASE_RETRY_SECONDS = 30
 
 
-async def typed_back(request: Request) -> list[str]:
+async def typed_back(request: Request) -> list[tuple[str, str]]:
     """The free text of a form sent after its session ended, to show the user back: it
     cannot be saved, and a social worker's notes typed over an afternoon were lost.
 
@@ -121,29 +137,44 @@ async def typed_back(request: Request) -> list[str]:
     except (HTTPException, ClientDisconnect):  # not a form, too many fields: nothing kept
         return []
     return [
-        value.strip()
+        (name, value.strip())
         for name, value in form.multi_items()
         if isinstance(value, str) and FREE_TEXT.fullmatch(name) and value.strip()
     ]
 
 
-def _kept(texts: Sequence[str], language: Language, problem: str) -> str:
-    """The section that shows the user's unsaved text back, each in a read-only text area."""
+def _kept_label(field: str, n: int, language: Language) -> str:
+    """What the kept text was: "Kind 2: Geboortedatum", "Redenen"; else "Uw tekst 3"."""
+    if child := _CHILD_FIELD.fullmatch(field):
+        row, part = child.groups()
+        legend = translate(language, "app.step1.child-legend")
+        return f"{legend} {int(row) + 1}: {translate(language, _CHILD_LABELS[part])}"
+    if field in _KEPT_LABELS:
+        return translate(language, _KEPT_LABELS[field])
+    return translate(language, "smart.kept.label", n=n)
+
+
+def _kept(texts: Sequence[tuple[str, str]], language: Language, problem: str) -> str:
+    """The section that shows the user's unsaved text back, each in a read-only text area
+    labelled with the field it was typed in."""
     if not texts:
         return ""
     fields = "".join(
-        f'<p><label for="kept-{n}">{html.escape(translate(language, "smart.kept.label", n=n))}'
+        f'<p><label for="kept-{n}">{html.escape(_kept_label(field, n, language))}'
         f'</label><br><textarea id="kept-{n}" rows="4" cols="60" readonly>{html.escape(text)}'
         "</textarea></p>"
-        for n, text in enumerate(texts, start=1)
+        for n, (field, text) in enumerate(texts, start=1)
     )
+    title, message = SHOWS_TYPED_BACK[problem]
     return (
-        f"<h2>{html.escape(translate(language, 'smart.kept.title'))}</h2>"
-        f"<p>{html.escape(translate(language, SHOWS_TYPED_BACK[problem]))}</p>{fields}"
+        f"<h2>{html.escape(translate(language, title))}</h2>"
+        f"<p>{html.escape(translate(language, message))}</p>{fields}"
     )
 
 
-def render(error: PageError, language: Language, kept: Sequence[str] = ()) -> HTMLResponse:
+def render(
+    error: PageError, language: Language, kept: Sequence[tuple[str, str]] = ()
+) -> HTMLResponse:
     def text(part: str) -> str:
         return html.escape(_message(error, language, part))
 
@@ -186,6 +217,20 @@ async def handle_page_error(request: Request, error: Exception) -> Response:
     kept = await typed_back(request) if error.problem in SHOWS_TYPED_BACK else []
     language = error.language or negotiate([request.headers.get("accept-language")])
     return render(error, language, kept)
+
+
+async def handle_database_unavailable(request: Request, error: Exception) -> Response:
+    """The database did not answer (down, failing over, a lock held too long): a 503 page in
+    the user's language, with what she typed shown back, or the JSON API's error; it was
+    a bare English "Internal Server Error" and the nurse's input was gone (found by
+    review). Whether her save was made cannot be told here (the failure may come after
+    its commit), so the page says it may not be: the same form sent again is one save."""
+    log.error(
+        "the database did not answer",
+        extra={"fields": {"path": request.url.path, "error": type(error).__name__}},
+    )
+    unavailable = PageError(503, "database_unavailable", retry_after_seconds=DATABASE_RETRY_SECONDS)
+    return await handle_page_error(request, unavailable)
 
 
 #: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.

@@ -109,6 +109,8 @@ START_PAGE = "/app/triage"
 
 #: Served with and without the ``/t/{tenant}`` prefix.
 router = APIRouter(tags=["SMART App Launch"])
+#: An unknown ``iss`` is shown to the EHR's administrator up to this many characters.
+MAX_SHOWN_ISS = 120
 #: Served once, un-prefixed: the single redirect URI registered with every EHR.
 callback_router = APIRouter(tags=["SMART App Launch"])
 
@@ -121,7 +123,10 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
         raise PageError(400, "missing_parameters", frame_origins=frames)
     registration = tenant.config.registration_for_iss(iss)
     if registration is None:
-        raise PageError(400, "unknown_iss", frame_origins=frames, iss=iss)
+        # named as the technical detail, cut: anyone can link here, and the page must not
+        # say a stranger's sentence as the app's own words (found by review)
+        shown = iss if len(iss) <= MAX_SHOWN_ISS else iss[: MAX_SHOWN_ISS - 1] + "…"
+        raise PageError(400, "unknown_iss", frame_origins=frames, detail=shown)
     if registration.client_auth == "client_secret_basic" and registration.client_secret is None:
         # its secret could not be read (KINDREFLEX_SECRET_KEY changed): said before the
         # EHR's sign-in, which could only end at a token request we cannot make

@@ -250,8 +250,9 @@ class TriageForm:
     support_actions: frozenset[str] = frozenset()
     support_note: str = ""
     # The patient as the FHIR server named them when the page was loaded: carried through
-    # the form for the patient banner and the worklist's name (display only; the case
-    # page reads the name from the server again).
+    # the form for the patient banner, drawn again after an error. Display only: what the
+    # browser posts names no one else (the worklist's name is the session's, from the
+    # server: ``service.triage``).
     patient_name: str = ""
     patient_birth_date: str = ""
     #: This page of the form: rendered into it, posted back with it, kept when the page is
@@ -534,7 +535,7 @@ def build_input(
         step3 = _checked(errors, t, partial(_support, form, author, now))
     if errors or step1 is None:
         raise InvalidFormError(errors)
-    return TriageInput(step1, step2, step3, patient_display=form.patient_name or None)
+    return TriageInput(step1, step2, step3)
 
 
 def _step2(

@@ -56,6 +56,13 @@ def utcnow() -> datetime:
 
 
 CONNECT_TIMEOUT_SECONDS = 5
+#: How long a statement waits for a lock another connection holds (PostgreSQL), then fails:
+#: a user's request answers "try again" (``smart_app.errors``) before a reverse proxy's
+#: timeout (120 s in the Kubernetes manifests) answers 504 without saying whether her save
+#: was made; it waited without end (found by review). Above every wait the service means
+#: to make: a token refresh holds its session's row for one request to the EHR's token
+#: endpoint (``fhir_timeout_seconds``, 5 s by default). Migrations set their own.
+LOCK_TIMEOUT_SECONDS = 60
 
 
 def insert_new(
@@ -87,7 +94,7 @@ def make_engine(database_url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # a database that does not answer fails a request within seconds instead of holding it
-    return create_engine(
+    engine = create_engine(
         database_url,
         pool_pre_ping=True,
         hide_parameters=True,
@@ -95,6 +102,16 @@ def make_engine(database_url: str) -> Engine:
         max_overflow=20,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
     )
+    event.listen(engine, "connect", _bounded_lock_waits)
+    return engine
+
+
+def _bounded_lock_waits(dbapi_connection: Any, _record: Any) -> None:
+    # a SET, not the startup option "-c lock_timeout": a connection pooler in front of the
+    # database (PgBouncer) refuses startup options it does not know
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
+    dbapi_connection.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -112,6 +112,9 @@ class AppSession(TenantScoped, Base):
     roles: Mapped[list[str]] = mapped_column(JSON)
     language: Mapped[str] = mapped_column(String(2))
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    # the patient's name as the FHIR server gave it to this session's triage page: what the
+    # worklist shows for a concern this session raises (never a name the browser posts)
+    patient_display: Mapped[str | None] = mapped_column(String(200))
     encounter_id: Mapped[str | None] = mapped_column(String(64))
     app_context: Mapped[str | None] = mapped_column(Text)
     launch_details: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -228,15 +228,18 @@ def test_add_child_stops_at_the_rows_the_page_takes(
     expect(app.locator("[data-row-announcer]")).to_have_text(f"Kind {MAX_CHILDREN} verwijderd")
 
 
-def test_a_save_after_the_session_ended_shows_the_nurses_reasons_back(
+def test_a_save_after_the_session_ended_shows_the_nurses_text_back(
     browser: BrowserContext, stack: DemoStack
 ) -> None:
     """The session ends while the form is open (8 hours, or an administrator removed the
-    EHR): the save cannot be made, and the reasons she typed are shown back to copy. The
-    browser's own Sec-Fetch-Site is what lets them through; a forged post gets none."""
+    EHR): the save cannot be made, and what she typed is shown back to copy, each text
+    named by its field (the children's names and birth dates were lost: found by review).
+    The browser's own Sec-Fetch-Site is what lets them through; a forged post gets none."""
     page = browser.new_page()
     app = launch_from_card(page, open_visit(page, stack, "tom-wouters"))
     reasons = "Patiënt zegt dat de kinderen alleen thuis zijn sinds gisteren."
+    app.get_by_label("Naam").nth(0).fill("Lina")
+    app.get_by_label("Geboortedatum").nth(0).fill("03/07/2019")
     app.get_by_label(re.compile("^Niet-pluisgevoel")).click()
     app.get_by_label("Redenen").fill(reasons)
     with stack.database.session() as session:
@@ -251,8 +254,10 @@ def test_a_save_after_the_session_ended_shows_the_nurses_reasons_back(
     app.get_by_role("button", name="Opslaan", exact=True).click()
 
     expect(app.locator("h1")).to_have_text("Sessie verlopen")
-    expect(app.get_by_label("Uw tekst 1")).to_have_value(reasons)
-    expect(app.get_by_label("Uw tekst 1")).not_to_be_editable()
+    expect(app.get_by_label("Kind 1: Naam")).to_have_value("Lina")
+    expect(app.get_by_label("Kind 1: Geboortedatum")).to_have_value("03/07/2019")
+    expect(app.get_by_label("Redenen")).to_have_value(reasons)
+    expect(app.get_by_label("Redenen")).not_to_be_editable()
     assert axe.violations(axe.in_frame(page)) == []
 
 

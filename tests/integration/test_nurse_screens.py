@@ -27,7 +27,7 @@ from sqlalchemy import func, select, update
 
 from sandbox.runner import Sandbox
 from service.app import create_app
-from service.db.base import Database, utcnow
+from service.db.base import LOCK_TIMEOUT_SECONDS, Database, utcnow
 from service.db.models import AppSession, AuditRecord, OutboxEntry
 from service.fhir import terminology
 from service.i18n import LANGUAGES, Language, catalogue
@@ -53,6 +53,7 @@ from service.text import typed_text
 from smart_app.nurse import MAX_CHILDREN, NO_FIELD, parse_typed_date, protocol_error
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore, cookie_name
 from tests.support.pages import Page, recorded_rows
+from tests.support.postgres import refusing_connections
 from tests.support.processes import free_port
 from tests.support.relay import SlowRelay
 from tests.support.sandbox import running_sandbox
@@ -292,7 +293,7 @@ def test_a_returning_patients_children_are_shown_for_confirmation(
 def test_no_patient_banner_when_the_ehr_shows_its_own(nurse_for: Any) -> None:
     page = nurse_for("els-goossens", need_patient_banner=False).page()
     assert "patient-banner" not in page.text
-    assert page.value("patient_name") == "Els Goossens"  # still carried for the worklist
+    assert page.value("patient_name") == "Els Goossens"  # carried, for display only
     assert all(
         re.fullmatch(r"\d{2}/\d{2}/\d{4}", page.value(f"child-{i}-birth_date")) for i in (0, 1)
     )
@@ -789,6 +790,71 @@ def test_niet_pluis_is_saved_and_handed_to_the_social_service(
     assert item["triggers"] == ["domestic-violence"]
     assert item["patient_display"] == "Jan Janssens"  # the social worker sees a name
     assert "data-acute-danger" not in saved.text
+
+
+def test_the_worklist_names_the_patient_as_the_fhir_server_does_not_as_the_form_posts(
+    nurse_for: Any,
+) -> None:
+    """The name came from a hidden field of the form: any nurse's session could list
+    another name on a patient's case, the name social workers choose a case by (found by
+    review). The worklist now takes the name the server gave the session's page."""
+    nurse = nurse_for("jan-janssens")
+    page = nurse.page()
+    forged = _two_children(page, assessment="niet-pluis", reasons="Letsels passen niet")
+    forged["patient_name"] = "Karim El Amrani"
+
+    saved = nurse.post(forged)
+
+    assert saved.status == 200, saved.text
+    social_worker = nurse_for("an-peeters", roles=frozenset({"nurse", "social-worker"}))
+    items = social_worker.client.get("/api/cases").json()["items"]
+    item = next(i for i in items if i["patient"] == f"Patient/{nurse.patient_id}")
+    assert item["patient_display"] == "Jan Janssens"
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_save_while_the_database_is_down_is_a_page_that_keeps_her_text_then_one_save(
+    nurse_for: Any, database_url: str, sandbox: Sandbox
+) -> None:
+    """The save was a bare English "Internal Server Error" and what the nurse typed was gone
+    (found by review). Now a page in her language says it may not be saved, shows her text
+    back, and the same form sent again when the database is back is saved once."""
+    nurse = nurse_for("jan-janssens")
+    form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Letsels passen niet")
+    same_origin = {"Sec-Fetch-Site": "same-origin"}
+
+    with refusing_connections(database_url):
+        down = nurse.client.post("/app/triage", data=form, headers=same_origin)
+
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "30"
+    page = unescape(down.text)
+    assert "<h1>Kindreflex is even niet bereikbaar</h1>" in page
+    assert ">Kind 1: Naam</label>" in page
+    assert ">Lina</textarea>" in page
+    assert ">Letsels passen niet</textarea>" in page
+    assert nurse.post(form).status == 200
+    assert nurse.post(form).status == 200  # her "back and send again", after all
+    patient_ref = f"Patient/{nurse.patient_id}"
+    assert len(written_by_kindreflex(sandbox.upstream_fhir_base_url, patient_ref)["Flag"]) == 1
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_lock_held_elsewhere_ends_the_wait_of_a_request_before_the_proxy_does(
+    database: Database,
+) -> None:
+    """A lock held by another connection (a stuck administrative transaction) made a save
+    wait without end, past the reverse proxy's 120 s: the nurse got its 504, not whether
+    her save was made (found by review). Past the lock timeout the database refuses the
+    statement, which is the page above: "try again"."""
+    with database.engine.connect() as connection:
+        waits = connection.exec_driver_sql("SHOW lock_timeout").scalar()
+    assert waits == f"{LOCK_TIMEOUT_SECONDS // 60}min"
+    assert 0 < LOCK_TIMEOUT_SECONDS < 120
 
 
 def test_acute_danger_tells_the_nurse_to_involve_the_parket_or_police_now(

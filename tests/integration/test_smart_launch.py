@@ -367,7 +367,13 @@ def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindre
     answer = Browser().get(f"{kindreflex.url}/launch?iss=https://elsewhere.example/fhir&launch=abc")
     assert answer.status_code == 400
     assert "Dit EPD is niet geregistreerd" in answer.text
-    assert "https://elsewhere.example/fhir" in answer.text
+    assert "<code>https://elsewhere.example/fhir</code>" in answer.text  # for the administrator
+    # anyone can link here: a sentence in iss is no message of the app's, and it is cut
+    bait = "uw sessie is verlopen, bel 0900 12 34 56 " * 20
+    baited = httpx.get(f"{kindreflex.url}/launch", params={"iss": bait, "launch": "abc"})
+    assert "kent dit EPD niet" in baited.text
+    assert bait[:120] not in baited.text
+    assert f"<code>{bait[:119]}…</code>" in baited.text
     policy = answer.headers["content-security-policy"]
     assert f"frame-ancestors {EHR_ORIGIN} {kindreflex.sandbox.ehr_url}" in policy
     assert kindreflex.count(LaunchState) == 0

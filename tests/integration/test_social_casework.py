@@ -329,11 +329,11 @@ def _triaged_case(database: Database, base_url: str) -> _TriagedCase:
     )
 
 
-def _niet_pluis(nurse: str) -> TriageInput:
+def _niet_pluis(nurse: str, child_name: str = "Girl") -> TriageInput:
     at = utcnow() - timedelta(minutes=2)
     child = Child(
         f"urn:uuid:{uuid.uuid4()}",
-        "Girl",
+        child_name,
         date(2017, 6, 21),
         ChildRelationship.NATURAL_CHILD,
         LivesWith.PERMANENTLY,
@@ -463,6 +463,64 @@ def test_a_closing_the_fhir_server_refuses_to_the_worker_leaves_the_case_open_to
             flag, _ = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
     assert flag.flag["status"] == "inactive"
     assert case.id not in open_cases()
+
+
+def test_a_niet_pluis_while_a_closing_waits_continues_that_concern_not_a_second_one(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The closing waits in the outbox (the server is down) when the patient comes back and
+    the nurse finds niet-pluis. Her save raised a second concern Flag beside the first;
+    the server then refused the closing (someone changed the Flag meanwhile): two active
+    Flags, and the first one's case closed on the worklist, never to be closed again
+    (found by review). Her save now continues the concern whose closing waits."""
+    data_dir, port = tmp_path / "fhir-data", free_port()
+    with FhirServer(port=port, data_dir=data_dir) as server:
+        base_url = server.base_url
+        patient_id, clock, outbox, case, casework, social_worker = _triaged_case(database, base_url)
+        patient_ref = f"Patient/{patient_id}"
+        nurse = replace(
+            social_worker,
+            encounter_id=new_visit(base_url, patient_ref),
+            user=AppUser("Practitioner/nurse", "Practitioner/nurse", frozenset({"nurse"})),
+        )
+        step = Step4Input.model_validate(
+            {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
+        )
+        decided = casework.record_step(social_worker, case.id, case.row_version, step)
+        delivered_at_once = outbox.deliver
+
+        def server_down_first(entry_id: int, *, timeout: float | None = None) -> DeliveryState:
+            server.stop()
+            return delivered_at_once(entry_id, timeout=timeout)
+
+        monkeypatch.setattr(outbox, "deliver", server_down_first)
+        closure = CaseClosure(CloseReason.SAFETY_RESTORED)
+        closing = casework.close_case(social_worker, case.id, decided.row_version, closure)
+        assert closing.status == "pending"
+        monkeypatch.setattr(outbox, "deliver", delivered_at_once)
+    triage = Triage(database, outbox, LoopbackTokens(), 5.0)
+    saved = triage.record_triage(nurse, _niet_pluis(nurse.user.fhir_user, "Her sister"))
+    assert saved.status == "pending"
+
+    with FhirServer(port=port, data_dir=data_dir) as server_again:
+        flag_url = f"{server_again.base_url}/Flag/{_flag_id(closing.outbox_id, database)}"
+        current = httpx.get(flag_url, timeout=10).json()
+        note = {"url": "urn:test:ehr-note", "valueString": "seen by the GP"}
+        changed = {**current, "extension": [*current.get("extension", []), note]}
+        httpx.put(flag_url, json=changed, timeout=10).raise_for_status()
+        clock.advance(3600)
+        outbox.run_once()
+        assert outbox.state_of(closing.outbox_id) is DeliveryState.CONFLICT
+        assert outbox.state_of(saved.outbox_id) is DeliveryState.DELIVERED
+        flags = httpx.get(
+            f"{server_again.base_url}/Flag", params={"patient": patient_ref}, timeout=10
+        ).json()
+
+    active = [e["resource"] for e in flags.get("entry", []) if e["resource"]["status"] == "active"]
+    assert [f["identifier"][0]["value"] for f in active] == [case.flag_identifier]
+    with database.session() as session:
+        rows = session.scalars(select(Concern).where(Concern.patient_ref == patient_ref)).all()
+    assert [(r.id, r.status) for r in rows] == [(case.id, "open")]
 
 
 def _flag_id(outbox_id: int, database: Database) -> str:

@@ -190,7 +190,6 @@ def niet_pluis(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
             reasons=("Blauwe plekken bij de partner; kinderen waren erbij",),
             triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
         ),
-        patient_display="Jan Janssens",
     )
 
 
