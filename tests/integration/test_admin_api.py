@@ -23,7 +23,7 @@ from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, TenantConfiguration
 from smart_app.admin import ADMIN_COOKIE, CSRF_HEADER, router
-from smart_app.session import SESSION_COOKIE, AppUser, NewSession, Role
+from smart_app.session import LAUNCH_PARAM, SESSION_COOKIE, AppUser, NewSession, Role
 from tests.support.admin import (
     DEPLOYMENT_KEY,
     Hospital,
@@ -553,6 +553,9 @@ def test_an_ehr_admin_who_signs_out_is_signed_out_of_the_app(
     cookie, csrf = app_session(client, gent, "admin", "social-worker")
     client.cookies.set(SESSION_COOKIE, cookie)
     assert client.get("/admin/api/config").status_code == 200
+    launch = client.app.state.sessions.find(cookie).id  # type: ignore[attr-defined]
+    pinned = {LAUNCH_PARAM: launch}  # the app's own links name their launch
+    assert client.get("/api/cases", params=pinned).status_code == 200
     headers = {CSRF_HEADER: csrf}
 
     if how == "screen":
@@ -569,6 +572,8 @@ def test_an_ehr_admin_who_signs_out_is_signed_out_of_the_app(
     client.cookies.set(SESSION_COOKIE, cookie)  # a browser that kept it
     assert client.get("/admin/api/config").status_code == 401
     assert client.get("/api/cases").status_code == 401
+    # the page a link of the app named by its launch too (found by review: untested)
+    assert client.get("/api/cases", params=pinned).status_code == 401
     client.cookies.clear()
     events = client.get("/admin/api/audit", headers=bearer(database, gent.id)).json()["events"]
     signed_out = [e for e in events if e["action"] == "admin-signed-out"]

@@ -82,7 +82,8 @@ def test_who_may_open_the_case_pages_and_what_a_missing_or_unreadable_case_shows
     app = make_app(database_url, database)
     client = TestClient(app, follow_redirects=False)
     pages = [f"/social/cases/{case_id}", f"/social/cases/{case_id}/referral"]
-    forms = [f"/social/cases/{case_id}/{a}" for a in ("step-4", "step-5", "step-6", "close")]
+    actions = ("step-4", "step-5", "step-6", "close", "referral-status")  # every form
+    forms = [f"/social/cases/{case_id}/{a}" for a in actions]
 
     for url in pages:
         assert client.get(url).status_code == 401

@@ -142,6 +142,11 @@ NOW = int(time.time())
 BAD_TOKENS: dict[str, tuple[Callable[[Ehr], str], str]] = {
     "expired": (lambda e: e.token(AUD, iat=NOW - 400, exp=NOW - 100), "expired"),
     "wrong aud": (lambda e: e.token(f"{PUBLIC_URL}/cds-services"), "aud must be the URL called"),
+    # a list may name us among others (RFC 7519), but one without us is for another service
+    "aud list without us": (
+        lambda e: e.token(["https://other.example/cds-services/x"]),
+        "aud must be the URL called",
+    ),
     "unknown iss": (lambda e: e.token(AUD, iss="https://evil.example"), "not registered"),
     "jku not allow-listed": (
         lambda e: e.token(AUD, headers={"jku": "http://127.0.0.1:9/keys.json"}),

@@ -13,10 +13,10 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord
+from service.db.models import AuditRecord, OutboxEntry
 from service.local_time import local_today
 from service.social import CaseFilter, case_summary, list_cases
 from smart_app.session import CSRF_HEADER, Role
@@ -96,13 +96,32 @@ def test_changes_need_the_sessions_csrf_token(database_url: str, database: Datab
     cookie = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]
 
     for csrf in ({}, {CSRF_HEADER: "forged"}):
-        answer = client.post(
-            f"/api/cases/{case_id}/claim",
-            headers={"Cookie": cookie, **csrf},
-            json={"row_version": 1},
-        )
-        assert answer.status_code == 403
+        headers = {"Cookie": cookie, **csrf}
+        # every change of the API, not only the claim (found by review: a route without
+        # the check passed the suite)
+        answers = [
+            client.post(f"/api/cases/{case_id}/claim", headers=headers, json={"row_version": 1}),
+            client.put(
+                f"/api/cases/{case_id}/assignment",
+                headers=headers,
+                json={"assignee": COLLEAGUE, "row_version": 1},
+            ),
+            *(
+                client.post(
+                    f"/api/cases/{case_id}/{path}", headers=headers, json=body | {"row_version": 1}
+                )
+                for path, body in STEP_BODIES.items()
+            ),
+            client.put(
+                f"/api/cases/{case_id}/referral",
+                headers=headers,
+                json={"status": "completed", "row_version": 1},
+            ),
+        ]
+        assert [a.status_code for a in answers] == [403] * (len(STEP_BODIES) + 3)
     assert assignment_of(database, case_id) == (None, 1)
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == 0
 
 
 def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
