@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.support.validator import FHIR_PROFILES_DIR, Issue, ProfileValidator
 
 INVALID = FHIR_PROFILES_DIR / "examples" / "invalid"
+RESOURCES = FHIR_PROFILES_DIR / "fsh-generated" / "resources"
 
 
 def _case(name: str) -> dict[str, Any]:
@@ -27,6 +30,29 @@ def _errors(issues: list[Issue], source: str) -> list[str]:
 def test_medplum_evaluates_our_invariants(fhir_validator: ProfileValidator) -> None:
     issues = fhir_validator.issues(_case("step2-niet-pluis-without-reason"))
     assert any("kr-s2-1" in m for m in _errors(issues, "medplum"))
+
+
+@pytest.mark.parametrize(
+    ("example", "element", "partial", "invariant"),
+    [
+        ("Observation-Step2Example", "effectiveDateTime", "2026-03-14", "kr-moment-1"),
+        ("Observation-Step1Example", "effectiveDateTime", "2026-03", "kr-moment-1"),
+        ("Observation-ExpectingChildPartner", "effectiveDateTime", "2026", "kr-moment-1"),
+        ("RelatedPerson-ChildEmma", "birthDate", "2019-07", "kr-child-2"),
+        ("Flag-OpenConcernExample", "period", {"start": "2026-03-14"}, "kr-flag-3"),
+    ],
+)
+def test_a_partial_date_the_services_readers_refuse_is_refused_by_the_guide_too(
+    fhir_validator: ProfileValidator, example: str, element: str, partial: Any, invariant: str
+) -> None:
+    """A FHIR date or dateTime may be a year, a month or a day alone: valid against the
+    guide, such a resource made the nurse's chart or the case unreadable (found by review).
+    The guide now says what the readers need (``service.fhir.mapping``)."""
+    resource = json.loads((RESOURCES / f"{example}.json").read_text())
+    assert _errors(fhir_validator.issues(resource), "medplum") == []
+    resource[element] = partial
+
+    assert any(invariant in m for m in _errors(fhir_validator.issues(resource), "medplum"))
 
 
 def test_medplum_checks_cardinality_and_slice_counts(fhir_validator: ProfileValidator) -> None:

@@ -99,7 +99,7 @@ Description: "How the patient was supported as a parent (step 3)."
 * #involve-children "De kinderen betrekken en ondersteunen waar nodig" "Involve the children and support them where needed."
 * insert Tr(involve-children, Impliquer les enfants et les soutenir si nécessaire, Involve the children and support them where needed)
 * #involve-network "Het netwerk betrekken (partner, grootouders, buur, vriend)" "Involve relevant people around the patient (partner, grandparents, neighbour, friend)."
-* insert Tr(involve-network, Impliquer le réseau (partenaire - grands-parents - voisin - ami\), Involve the network (partner - grandparents - neighbour - friend\))
+* insert Tr(involve-network, Impliquer le réseau (partenaire\, grands-parents\, voisin\, ami\), Involve the network (partner\, grandparents\, neighbour\, friend\))
 * #involve-service "Een andere voorziening betrekken voor ondersteuning" "Involve another service to support the patient."
 * insert Tr(involve-service, Impliquer un autre service de soutien, Involve another service for support)
 * #kind-en-gezin-start "Doorverwijzen naar Kind en Gezin voor een startgesprek" "Refer to Kind en Gezin for a start conversation (children from -9 months to 3 years)."
@@ -133,7 +133,7 @@ Description: "The three presentations of an adult at the emergency department th
 * #substance-abuse "Middelenmisbruik of intoxicatie" "Substance abuse or intoxication (alcohol or drugs)."
 * insert Tr(substance-abuse, Abus de substances ou intoxication, Substance abuse or intoxication)
 * #self-harm-psychiatric "Suïcidepoging, zelfbeschadiging of ernstige psychiatrische problemen" "Suicide attempt, self-harm or serious psychiatric problems."
-* insert Tr(self-harm-psychiatric, Tentative de suicide - automutilation ou troubles psychiatriques graves, Suicide attempt - self-harm or serious psychiatric problems)
+* insert Tr(self-harm-psychiatric, Tentative de suicide\, automutilation ou troubles psychiatriques graves, Suicide attempt\, self-harm or serious psychiatric problems)
 
 CodeSystem: ConsultationTypeCS
 Id: consultation-type

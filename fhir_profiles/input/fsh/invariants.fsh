@@ -121,3 +121,23 @@ Invariant: kr-s4-8
 Description: "Every child-say component names the child (extension concerned-child), a child heard with consent."
 Severity: #error
 Expression: "component.where(code.coding.where(code = 'child-say').exists()).all(extension('https://kindreflex-ed.be/fhir/StructureDefinition/concerned-child').exists())"
+
+// What the service's readers need of a time and a date (service/fhir/mapping.py): a FHIR
+// dateTime or date may be partial, and a finding of a day alone cannot be ordered within
+// the case, nor a child born "in 2019" given an age in days. Without these, a resource
+// valid against the guide made the chart or the case unreadable (found by review).
+
+Invariant: kr-moment-1
+Description: "The time is a moment: a dateTime with its time (and so, in FHIR, its time zone), not a day, a month or a year alone."
+Severity: #error
+Expression: "(effective as dateTime).toString().contains('T')"
+
+Invariant: kr-child-2
+Description: "The date of birth is a full date (YYYY-MM-DD), not a year or a month alone: the protocol counts the child's age in days."
+Severity: #error
+Expression: "birthDate.toString().length() = 10"
+
+Invariant: kr-flag-3
+Description: "The concern's start, and its end when closed, are moments: dateTimes with their time (and so their time zone)."
+Severity: #error
+Expression: "period.start.toString().contains('T') and (period.end.empty() or period.end.toString().contains('T'))"

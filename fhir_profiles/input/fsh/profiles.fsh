@@ -26,6 +26,7 @@ Description: "A child the adult patient cares for, fully, partly or occasionally
 * name ^short = "The child's name"
 * birthDate 1..1 MS
 * birthDate ^short = "The child's date of birth"
+* obeys kr-child-2
 
 Profile: KindreflexExpectingChild
 Parent: Observation
@@ -43,6 +44,7 @@ Description: "The patient expects a child: the patient's own pregnancy or the pa
 * encounter MS
 * effective[x] 1..1 MS
 * effective[x] only dateTime
+* obeys kr-moment-1
 * performer 1..* MS
 * performer only Reference(Practitioner or PractitionerRole)
 * value[x] 1..1 MS
@@ -87,6 +89,7 @@ Description: "What every Kindreflex step finding records: the step, the patient,
 * effective[x] 1..1 MS
 * effective[x] only dateTime
 * effective[x] ^short = "When the finding was recorded (with time zone)"
+* obeys kr-moment-1
 * performer 1..* MS
 * performer only Reference(Practitioner or PractitionerRole)
 * performer ^short = "The user who recorded the finding (fhirUser)"
@@ -314,7 +317,7 @@ Description: "An open Kindreflex concern about the children of the patient: what
 * encounter ^comment = "Not used: R4 Flag.encounter makes the alert only relevant during that encounter, and the concern must warn at every later presentation until it is closed. The ED visit that raised it is the encounter of its step findings."
 * author 1..1 MS
 * author only Reference(Practitioner or PractitionerRole or Organization or Device)
-* obeys kr-flag-1 and kr-flag-2
+* obeys kr-flag-1 and kr-flag-2 and kr-flag-3
 
 Profile: KindreflexProvenance
 Parent: Provenance

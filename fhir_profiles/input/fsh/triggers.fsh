@@ -64,7 +64,7 @@ its procedure and death codes are left out); ICD-10-CM F06.0, F06.2 from HL7 mCO
 elixhauser-psychosis-vs (https://hl7.org/fhir/us/mcode/STU2.1/ValueSet-elixhauser-psychosis-vs.html).
 No published source for ICD-10-CM intentional self-harm codes was at hand: a hospital adds its
 ICD-10-BE self-harm codes (and further psychiatric codes) to this list. A hospital extends this list with its own codes."""
-* insert KRValueSet(hague-trigger-self-harm-psychiatric, Hague trigger: suicide attempt - self-harm or serious psychiatric problems)
+* insert KRValueSet(hague-trigger-self-harm-psychiatric, Hague trigger: suicide attempt\, self-harm or serious psychiatric problems)
 * ^useContext[0].code = $usage-context-type#focus
 * ^useContext[0].valueCodeableConcept = $hague-trigger#self-harm-psychiatric
 * include $sct#86849004 "Suicidal poisoning (disorder)"
