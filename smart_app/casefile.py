@@ -990,6 +990,10 @@ def referral_page(
         file=file,
         birth=dates.born(file.patient_birth_date, ctx.language),
         children=_listed(summary.children),
+        # who the children are, for the facility to find them: with their birth dates
+        births={c.ref: c.birth_date for c in summary.children},
+        # who refers: the referral's author and the hospital, for the facility's call back
+        hospital=ctx.tenant.config.name,
         summary=summary,
         display=_display(ctx.language),
         printed_on=local_today(),

@@ -5,6 +5,7 @@ form, CSRF, the FHIR server being down, and the printable referral with the VK's
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -397,6 +398,13 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert "New partner irritated by the children." in summary.text
     assert "Tell the CLB who takes the next step." in summary.text
     assert "she stops the counselling" not in summary.text  # the team's notes stay home
+    # who refers, and the contact already made, for the facility's call (found by review:
+    # the sheet said neither), and the children with their birth dates, to find them
+    referred_by = summary.text[summary.text.index('id="by-heading"') :]
+    assert referred_by.startswith('id="by-heading">Verwezen door</h2>')
+    assert f"<p>{SOCIAL_WORKER}, Ziekenhuis DEFAULT · <time" in referred_by
+    assert " · An · " in summary.text  # the contact with the facility: the day, whom, how
+    assert re.search(r"\(\d{2}/\d{2}/\d{4}, \d+ (jaar|maanden)\)</li>", summary.text)
 
     paused = post_form(
         client, after_6, case_id, "referral-status", "referral", {"status": "on-hold"}
