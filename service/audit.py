@@ -58,13 +58,35 @@ class AuditAction(StrEnum):
     SEARCH = "search-type"
     CREATE = "create"
     UPDATE = "update"
+    #: A save that creates some resources and updates others in one FHIR transaction: R4's
+    #: code for it; "update" said of resources it created was wrong (found by review).
+    TRANSACTION = "transaction"
     LOGIN = "login"  # a SMART launch: the user signed in to the app (DICOM 110122)
 
     @property
     def crude(self) -> str:
-        """AuditEvent.action: C, R, U, or E for a query or a sign-in (as IHE codes them)."""
-        codes = {"read": "R", "search-type": "E", "create": "C", "update": "U", "login": "E"}
+        """AuditEvent.action: C, R, U, or E for a query, a mixed transaction or a sign-in
+        (as IHE codes them)."""
+        codes = {
+            "read": "R",
+            "search-type": "E",
+            "create": "C",
+            "update": "U",
+            "transaction": "E",
+            "login": "E",
+        }
         return codes[self.value]
+
+    @classmethod
+    def of_write(cls, stable_references: Sequence[str]) -> AuditAction:
+        """What a social save did, from its entries' stable references: a conditional
+        create is ``Type?identifier=…``, an update the resource's own reference. (A
+        triage save knows only at delivery whether its merges update: ``service.triage``.)"""
+        creates = any("?" in ref for ref in stable_references)
+        updates = any("?" not in ref for ref in stable_references)
+        if creates and updates:
+            return cls.TRANSACTION
+        return cls.UPDATE if updates else cls.CREATE
 
 
 Outcome = Literal["success", "failure"]

@@ -320,11 +320,12 @@ def _sign(
     with an identifier."""
     provenance = mapping.provenance(targets=written, author=author, recorded=now, update=True)
     tx.add(provenance)
+    stable = tuple(tx.stable_references())
     fact = AuditFact(
         actor=actor,
-        action=AuditAction.UPDATE,
+        action=AuditAction.of_write(stable),
         patient_ref=record.patient_ref,
-        entities=tuple(tx.stable_references()),
+        entities=stable,
         outcome="success",
         at=now,
     )

@@ -117,6 +117,7 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from service.api.health import CheckResult, ReadinessCheck
@@ -1571,6 +1572,7 @@ class OutboxWorker:
         self._interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._database_down = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="outbox-worker", daemon=True)
@@ -1583,12 +1585,28 @@ class OutboxWorker:
 
     def _loop(self) -> None:
         while True:
-            try:
-                self._outbox.run_once()
-            except Exception:  # the database may be briefly unreachable: keep the worker alive
-                log.exception("outbox cycle failed")
+            self.cycle()
             if self._stop.wait(self._interval):  # the schedule, not synchronisation
                 return
+
+    def cycle(self) -> None:
+        """One run; a failure keeps the worker alive. A database that does not answer is
+        said once, when it stops and when it answers again: a traceback every cycle (every
+        2 s) buried the log while it was down (found by review); /readyz says it too."""
+        try:
+            self._outbox.run_once()
+        except (OperationalError, InterfaceError) as error:
+            if not self._database_down:
+                fields = {"error": type(error).__name__}
+                log.error("outbox: the database does not answer", extra={"fields": fields})
+            self._database_down = True
+            return
+        except Exception:
+            log.exception("outbox cycle failed")
+            return
+        if self._database_down:
+            log.warning("outbox: the database answers again")
+        self._database_down = False
 
 
 #: Marks a bundle entry as a merge update; never sent (:func:`_merged` rebuilds the entry).

@@ -10,7 +10,7 @@
    the open-concern Flag (niet-pluis or unclear), a Provenance naming the user and the
    write's AuditEvent. A child already on the server whom the nurse only confirmed (the
    version and the values the page showed) is referenced, not written: the Provenance
-   and the audit then say "create", not "update".
+   and the audit then say "create", not "update" (the audit's "transaction": both).
 3. In ONE local transaction: the outbox entry (the bundle, who, which session), the
    audit row and — for a concern — the worklist row. From here on nothing is lost.
 4. One delivery attempt with a short timeout. The nurse sees "delivered", or "pending"
@@ -1144,7 +1144,8 @@ def _write_fact(
 ) -> AuditFact:
     return AuditFact(
         actor=ctx.actor,
-        action=AuditAction.UPDATE if update else AuditAction.CREATE,
+        # a save always creates its step findings: with an update beside them, a transaction
+        action=AuditAction.TRANSACTION if update else AuditAction.CREATE,
         patient_ref=patient_ref,
         entities=tuple(written),
         outcome="success",

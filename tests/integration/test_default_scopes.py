@@ -190,7 +190,7 @@ def test_a_whole_case_is_recorded_with_the_default_scopes(
     assert [(c["name"][0]["text"], c["meta"]["versionId"]) for c in children] == [
         ("Lina Maria", "2")
     ]
-    assert "update" in _audited(sandbox, patient_ref)
+    assert "transaction" in _audited(sandbox, patient_ref)  # findings created, a child updated
 
     # (3) The social worker, launched from the patient's chart: step 4, then the referral.
     browser, opened = _launched(app, sandbox, "social-worker", patient_id, None)

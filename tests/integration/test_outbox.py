@@ -42,6 +42,7 @@ from service.outbox import (
     DeliveryState,
     NewEntry,
     Outbox,
+    OutboxWorker,
     TransactionBuilder,
     enqueue,
 )
@@ -49,6 +50,7 @@ from service.protocol import Child, ChildRelationship, LivesWith
 from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionTokens
+from tests.support.postgres import refusing_connections
 from tests.support.relay import SlowRelay
 from tests.support.served import ServedJson
 from tests.support.triage import outbox_entry
@@ -1452,3 +1454,28 @@ def test_a_patients_later_save_waits_for_the_id_of_an_earlier_one_still_committi
     second = later_save("Patient/p1")
 
     assert second > first
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_database_that_does_not_answer_is_said_once_by_the_worker_not_every_cycle(
+    database: Database, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker logged a full traceback every cycle (2 s) while the database was down,
+    burying the log (found by review): now once when it stops answering, once when it
+    answers again, and the worker goes on."""
+    worker = OutboxWorker(make_outbox(database, Clock()), interval=60)
+    caplog.set_level(logging.INFO, logger="service.outbox")
+
+    with refusing_connections(database_url):
+        worker.cycle()
+        worker.cycle()
+    worker.cycle()
+
+    said = [r for r in caplog.records if r.name == "service.outbox"]
+    assert [(r.levelname, r.getMessage()) for r in said] == [
+        ("ERROR", "outbox: the database does not answer"),
+        ("WARNING", "outbox: the database answers again"),
+    ]
+    assert not any(r.exc_info for r in said)

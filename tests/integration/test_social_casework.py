@@ -171,6 +171,10 @@ def test_the_team_decision_and_the_referral_to_the_vk_reach_the_fhir_server(
     assert findings[-1][1].step is Step.STEP_4  # the history, from the same search
     assert after_4.reason_ref == f"Observation/{decision['id']}"
     assert after_4.flag["meta"]["versionId"] != record.flag["meta"]["versionId"]
+    # the step's finding created and the Flag updated: the AuditEvent says a transaction (it
+    # said "update" of the finding it created: found by review)
+    events = search(fhir_server.base_url, "AuditEvent", entity=f"Observation/{decision['id']}")
+    assert [(e["action"], e["subtype"][0]["code"]) for e in events] == [("E", "transaction")]
 
     assert (
         _deliver(
