@@ -701,6 +701,8 @@ def _save_step(
             problems, status = _about_form(ctx, typed, "error.fhir-refused"), 502
     if problems and typed.form == "s4":  # every problem of the form at once, not one per save
         problems = _with_step4_rules(ctx, typed, problems)
+    if problems and typed.form == "s5":
+        problems = _with_step5_dates(ctx, typed, problems)
     if not problems and result.status == "failed":
         # A rejection is final: nothing reached the case and its row went back
         # (``casework.undo_refused_save``), so the input stays on the page to be redone.
@@ -749,6 +751,35 @@ def _with_step4_rules(
 _CONSULTATIONS = frozenset(c.value for c in Consultation)
 
 
+def _with_step5_dates(
+    ctx: LaunchContext, typed: Typed, problems: tuple[Problem, ...]
+) -> tuple[Problem, ...]:
+    """A refused step 5 with every follow-up date out of bounds, each at its own field: the
+    protocol stops at the first, and an agreed action's was said of all of them, one per
+    save (found by review)."""
+    today = local_today()
+    latest = latest_follow_up(today)
+    fields = [(f"s5-action-on-{i}", f"action_on_{i}", i + 1) for i in range(AGREED_ACTION_ROWS)]
+    fields.append(("s5-next-follow-up", "next_follow_up", 0))
+    dated = []
+    for anchor, name, row in fields:
+        day = _typed_date(typed.value("s5", name))
+        if day is None or today <= day <= latest:
+            continue
+        rule = "in-past" if day < today else "too-far-ahead"
+        message_id = f"app.protocol.follow-up-{rule}"
+        if row:  # an agreed action's date: named by its row
+            message_id = f"casefile.error.action-date-{rule}"
+        dated.append(Problem("s5", anchor, translate(ctx.language, message_id, n=row)))
+    if not dated:
+        return problems
+    said = {translate(ctx.language, f"app.protocol.{code.value}") for code in _DATE_CODES}
+    return (*(p for p in problems if p.message not in said), *dated)
+
+
+_DATE_CODES = (ErrorCode.FOLLOW_UP_IN_PAST, ErrorCode.FOLLOW_UP_TOO_FAR_AHEAD)
+
+
 def _about_form(
     ctx: LaunchContext, typed: Typed, message_id: str, **values: object
 ) -> tuple[Problem]:
@@ -762,19 +793,8 @@ def _unreadable_values(error: UnreadableResourceError) -> dict[str, str]:
 
 
 def _protocol_anchor(error: ProtocolError, typed: Typed) -> str:
-    """Where a refused move is shown. A follow-up date in the past (or more than a year ahead)
-    is an agreed action's when the next follow-up is not: shown at the next follow-up, the
-    message pointed at a date that was right."""
-    next_follow_up = _typed_date(typed.value("s5", "next_follow_up"))
-    today = local_today()
-    if error.code is ErrorCode.FOLLOW_UP_IN_PAST and not (
-        next_follow_up is not None and next_follow_up < today
-    ):
-        return "s5-agreed-actions"
-    if error.code is ErrorCode.FOLLOW_UP_TOO_FAR_AHEAD and not (
-        next_follow_up is not None and next_follow_up > latest_follow_up(today)
-    ):
-        return "s5-agreed-actions"
+    """Where a refused move is shown (a step 5's dates: each at its own field, by
+    :func:`_with_step5_dates`)."""
     return _ERROR_ANCHOR.get(error.code, typed.form)
 
 

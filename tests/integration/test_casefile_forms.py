@@ -130,8 +130,10 @@ def test_an_agreed_actions_date_in_the_past_is_shown_at_that_action_not_at_the_n
     refused = post_form(client, page, case_id, "step-5", "s5", fields)
 
     assert refused.status_code == 422
-    assert 'href="#s5-agreed-actions"' in error_summary(refused.text, "s5")
-    assert 'id="s5-agreed-actions-error"' in refused.text
+    assert 'href="#s5-action-on-1"' in error_summary(refused.text, "s5")
+    error = refused.text[refused.text.index('id="s5-action-on-1-error"') :]
+    assert "afspraak 2 ligt in het verleden" in unescape(error[: error.index("</p>")])
+    assert 'aria-describedby="s5-action-on-1-error" aria-invalid="true"' in refused.text
     assert 'id="s5-next-follow-up-error"' not in refused.text
     assert "The school calls when the children are absent." in refused.text
     step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
@@ -619,13 +621,20 @@ def test_a_follow_up_more_than_a_year_ahead_is_refused_next_to_its_date(
     assert _TOO_FAR[language] in unescape(error[: error.index("</p>")])
     assert f'value="{far}"' in refused.text  # the input is kept
 
-    # an agreed action's date is shown at the agreed actions, not at the right next check
+    # an agreed action's date is shown at that action, not at the right next check
     action = {"action_text_0": "Call the school.", "action_on_0": far}
     fields = {"progress": "improving", "next_follow_up": latest.isoformat(), **action}
     refused = post_form(client, page, case_id, "step-5", "s5", fields)
     assert refused.status_code == 422
-    _assert_refused_at_their_fields(refused.text, "s5", ("s5-agreed-actions",))
+    _assert_refused_at_their_fields(refused.text, "s5", ("s5-action-on-0",))
     assert 'id="s5-next-follow-up-error"' not in refused.text
+
+    # every wrong date at once, each at its field: they came one per save (found by review)
+    past = (local_today() - timedelta(days=1)).isoformat()
+    fields = {"progress": "improving", "next_follow_up": far, **action, "action_on_0": past}
+    refused = post_form(client, page, case_id, "step-5", "s5", fields)
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "s5", ("s5-action-on-0", "s5-next-follow-up"))
     step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
     assert search(base_url, "Observation", subject=patient, code=step_5) == []
 
