@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -255,13 +256,17 @@ async def handle_invalid_page_request(request: Request, problems: Sequence[Any])
     if not (isinstance(response_class, type) and issubclass(response_class, HTMLResponse)):
         return None
     in_path = any(next(iter(problem.get("loc") or ("",))) == "path" for problem in problems)
-    from smart_app.session import current_launch, frame_origins  # it imports this module
+    from smart_app.session import LAUNCH_PARAM, current_launch, frame_origins  # imports us
 
     try:  # the signed-in user's language and frames, else the browser's
         ctx = current_launch(request)
         frames, language = frame_origins(ctx), ctx.language
     except PageError:
         frames, language = ANY_FRAME, None
-    status, problem = (404, "page_not_found") if in_path else (400, "bad_query")
-    error = PageError(status, problem, language=language, frame_origins=frames)
+    if in_path:
+        error = PageError(404, "page_not_found", language=language, frame_origins=frames)
+    else:  # the way on: the same page without what it could not read (found by review)
+        launch = request.query_params.get(LAUNCH_PARAM)  # the launch the page is pinned to
+        page = request.url.path + (f"?{urlencode({LAUNCH_PARAM: launch})}" if launch else "")
+        error = PageError(400, "bad_query", language=language, frame_origins=frames, link=page)
     return await handle_page_error(request, error)

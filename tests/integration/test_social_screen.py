@@ -622,6 +622,8 @@ def test_an_address_the_screens_cannot_read_answers_with_a_page_in_the_users_lan
     assert f'<html lang="{language}">' in page.text
     if status == 400:
         assert f"<h1>{title}</h1>" in page.text
+        # the way on: the same screen without the value (it was "go back": found by review)
+        assert '<p><a href="/social">' in page.text
     assert "frame-ancestors" in page.headers["content-security-policy"]
 
 
