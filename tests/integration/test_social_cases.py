@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from datetime import timedelta
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -54,23 +55,7 @@ def test_every_case_endpoint_admits_only_social_workers(
 
     answers = [
         client.get("/api/cases", headers=headers),
-        client.post(f"/api/cases/{case_id}/claim", headers=headers, json={"row_version": 1}),
-        client.put(
-            f"/api/cases/{case_id}/assignment",
-            headers=headers,
-            json={"assignee": COLLEAGUE, "row_version": 2},
-        ),
-        *(
-            client.post(
-                f"/api/cases/{case_id}/{path}", headers=headers, json=body | {"row_version": 3}
-            )
-            for path, body in STEP_BODIES.items()
-        ),
-        client.put(
-            f"/api/cases/{case_id}/referral",
-            headers=headers,
-            json={"status": "completed", "row_version": 3},
-        ),
+        *_every_change(client, case_id, headers, (1, 2, 3)),
         client.get(f"/api/cases/{case_id}", headers=headers),
     ]
 
@@ -88,6 +73,33 @@ def test_every_case_endpoint_admits_only_social_workers(
     )
 
 
+def _every_change(
+    client: TestClient, case_id: int, headers: dict[str, str], versions: tuple[int, int, int]
+) -> list[httpx.Response]:
+    """Every change the case API offers: the claim, the assignment, each step, the referral's
+    status; ``versions``: the row version the claim, the assignment and the rest send."""
+    claim, assignment, rest = versions
+    return [
+        client.post(f"/api/cases/{case_id}/claim", headers=headers, json={"row_version": claim}),
+        client.put(
+            f"/api/cases/{case_id}/assignment",
+            headers=headers,
+            json={"assignee": COLLEAGUE, "row_version": assignment},
+        ),
+        *(
+            client.post(
+                f"/api/cases/{case_id}/{path}", headers=headers, json=body | {"row_version": rest}
+            )
+            for path, body in STEP_BODIES.items()
+        ),
+        client.put(
+            f"/api/cases/{case_id}/referral",
+            headers=headers,
+            json={"status": "completed", "row_version": rest},
+        ),
+    ]
+
+
 def test_changes_need_the_sessions_csrf_token(database_url: str, database: Database) -> None:
     hospital = make_tenant(database, "default", FHIR)
     case_id = index_case(database, hospital, "Patient/1", utcnow())
@@ -99,25 +111,7 @@ def test_changes_need_the_sessions_csrf_token(database_url: str, database: Datab
         headers = {"Cookie": cookie, **csrf}
         # every change of the API, not only the claim (found by review: a route without
         # the check passed the suite)
-        answers = [
-            client.post(f"/api/cases/{case_id}/claim", headers=headers, json={"row_version": 1}),
-            client.put(
-                f"/api/cases/{case_id}/assignment",
-                headers=headers,
-                json={"assignee": COLLEAGUE, "row_version": 1},
-            ),
-            *(
-                client.post(
-                    f"/api/cases/{case_id}/{path}", headers=headers, json=body | {"row_version": 1}
-                )
-                for path, body in STEP_BODIES.items()
-            ),
-            client.put(
-                f"/api/cases/{case_id}/referral",
-                headers=headers,
-                json={"status": "completed", "row_version": 1},
-            ),
-        ]
+        answers = _every_change(client, case_id, headers, (1, 1, 1))
         assert [a.status_code for a in answers] == [403] * (len(STEP_BODIES) + 3)
     assert assignment_of(database, case_id) == (None, 1)
     with database.session() as session:

@@ -375,10 +375,7 @@ def test_a_closing_the_fhir_server_refuses_leaves_the_case_open_to_close_again(
 
     def someone_changes_the_flag_first(client: FhirClient, bundle: dict[str, Any]) -> Any:
         flag = next(e["resource"] for e in bundle["entry"] if e["request"]["method"] == "PUT")
-        current = httpx.get(f"{base_url}/Flag/{flag['id']}", timeout=10).json()
-        note = {"url": "urn:test:ehr-note", "valueString": "seen by the GP"}
-        changed = {**current, "extension": [*current.get("extension", []), note]}
-        httpx.put(f"{base_url}/Flag/{flag['id']}", json=changed, timeout=10).raise_for_status()
+        _someone_changes(f"{base_url}/Flag/{flag['id']}")
         monkeypatch.setattr(FhirClient, "transaction", sent)
         return sent(client, bundle)
 
@@ -414,23 +411,9 @@ def test_a_closing_the_fhir_server_refuses_to_the_worker_leaves_the_case_open_to
     data_dir, port = tmp_path / "fhir-data", free_port()
     with FhirServer(port=port, data_dir=data_dir) as server:
         base_url = server.base_url
-        patient_id, clock, outbox, case, casework, social_worker = _triaged_case(database, base_url)
-        step = Step4Input.model_validate(
-            {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
-        )
-        decided = casework.record_step(social_worker, case.id, case.row_version, step)
-        assert decided.status == "delivered"
-        delivered_at_once = outbox.deliver
-
-        def server_down_first(entry_id: int, *, timeout: float | None = None) -> DeliveryState:
-            server.stop()
-            return delivered_at_once(entry_id, timeout=timeout)
-
-        monkeypatch.setattr(outbox, "deliver", server_down_first)
-        closure = CaseClosure(CloseReason.SAFETY_RESTORED)
-        closing = casework.close_case(social_worker, case.id, decided.row_version, closure)
-        assert closing.status == "pending"
-        monkeypatch.setattr(outbox, "deliver", delivered_at_once)
+        triaged = _triaged_case(database, base_url)
+        patient_id, clock, outbox, case, casework, social_worker = triaged
+        closing = _closing_waits(server, triaged, monkeypatch)
 
     def open_cases() -> dict[int, tuple[int, str | None]]:
         """The worklist's open cases: their row version and their latest save's state."""
@@ -449,10 +432,7 @@ def test_a_closing_the_fhir_server_refuses_to_the_worker_leaves_the_case_open_to
     assert case.id not in open_cases()  # closed on the worklist while the closing waits
     with FhirServer(port=port, data_dir=data_dir) as server_again:
         flag_url = f"{server_again.base_url}/Flag/{_flag_id(closing.outbox_id, database)}"
-        current = httpx.get(flag_url, timeout=10).json()
-        note = {"url": "urn:test:ehr-note", "valueString": "seen by the GP"}
-        changed = {**current, "extension": [*current.get("extension", []), note]}
-        httpx.put(flag_url, json=changed, timeout=10).raise_for_status()
+        _someone_changes(flag_url)
         clock.advance(3600)
         outbox.run_once()  # the worker: the closing, and the AuditEvents of the readings
         assert outbox.state_of(closing.outbox_id) is DeliveryState.CONFLICT
@@ -461,7 +441,7 @@ def test_a_closing_the_fhir_server_refuses_to_the_worker_leaves_the_case_open_to
         version, delivery = open_cases()[case.id]
         assert delivery == "conflict"  # the worklist shows why it is open again
         assert version > closing.row_version  # a form still showing the closing is stale
-        again = casework.close_case(social_worker, case.id, version, closure)
+        again = casework.close_case(social_worker, case.id, version, CLOSURE)
         assert again.status == "delivered"
         with FhirClient(server_again.base_url, lambda: "loopback", 10.0) as client:
             flag, _ = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
@@ -480,38 +460,22 @@ def test_a_niet_pluis_while_a_closing_waits_continues_that_concern_not_a_second_
     data_dir, port = tmp_path / "fhir-data", free_port()
     with FhirServer(port=port, data_dir=data_dir) as server:
         base_url = server.base_url
-        patient_id, clock, outbox, case, casework, social_worker = _triaged_case(database, base_url)
+        triaged = _triaged_case(database, base_url)
+        patient_id, clock, outbox, case, _, social_worker = triaged
         patient_ref = f"Patient/{patient_id}"
         nurse = replace(
             social_worker,
             encounter_id=new_visit(base_url, patient_ref),
             user=AppUser("Practitioner/nurse", "Practitioner/nurse", frozenset({"nurse"})),
         )
-        step = Step4Input.model_validate(
-            {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
-        )
-        decided = casework.record_step(social_worker, case.id, case.row_version, step)
-        delivered_at_once = outbox.deliver
-
-        def server_down_first(entry_id: int, *, timeout: float | None = None) -> DeliveryState:
-            server.stop()
-            return delivered_at_once(entry_id, timeout=timeout)
-
-        monkeypatch.setattr(outbox, "deliver", server_down_first)
-        closure = CaseClosure(CloseReason.SAFETY_RESTORED)
-        closing = casework.close_case(social_worker, case.id, decided.row_version, closure)
-        assert closing.status == "pending"
-        monkeypatch.setattr(outbox, "deliver", delivered_at_once)
+        closing = _closing_waits(server, triaged, monkeypatch)
     triage = Triage(database, outbox, LoopbackTokens(), 5.0)
     saved = triage.record_triage(nurse, _niet_pluis(nurse.user.fhir_user, "Her sister"))
     assert saved.status == "pending"
 
     with FhirServer(port=port, data_dir=data_dir) as server_again:
         flag_url = f"{server_again.base_url}/Flag/{_flag_id(closing.outbox_id, database)}"
-        current = httpx.get(flag_url, timeout=10).json()
-        note = {"url": "urn:test:ehr-note", "valueString": "seen by the GP"}
-        changed = {**current, "extension": [*current.get("extension", []), note]}
-        httpx.put(flag_url, json=changed, timeout=10).raise_for_status()
+        _someone_changes(flag_url)
         clock.advance(3600)
         outbox.run_once()
         assert outbox.state_of(closing.outbox_id) is DeliveryState.CONFLICT
@@ -525,6 +489,44 @@ def test_a_niet_pluis_while_a_closing_waits_continues_that_concern_not_a_second_
     with database.session() as session:
         rows = session.scalars(select(Concern).where(Concern.patient_ref == patient_ref)).all()
     assert [(r.id, r.status) for r in rows] == [(case.id, "open")]
+
+
+CLOSURE = CaseClosure(CloseReason.SAFETY_RESTORED)
+
+
+def _closing_waits(
+    server: FhirServer, triaged: _TriagedCase, monkeypatch: pytest.MonkeyPatch
+) -> StepResult:
+    """The team finds the home safe (delivered), then the case is closed while the FHIR
+    server stops for real, between the closing's reading of the case and its delivery:
+    the closing waits in the outbox."""
+    step = Step4Input.model_validate(
+        {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
+    )
+    case, outbox = triaged.case, triaged.outbox
+    decided = triaged.casework.record_step(triaged.social_worker, case.id, case.row_version, step)
+    assert decided.status == "delivered"
+    delivered_at_once = outbox.deliver
+
+    def server_down_first(entry_id: int, *, timeout: float | None = None) -> DeliveryState:
+        server.stop()
+        return delivered_at_once(entry_id, timeout=timeout)
+
+    monkeypatch.setattr(outbox, "deliver", server_down_first)
+    closing = triaged.casework.close_case(
+        triaged.social_worker, case.id, decided.row_version, CLOSURE
+    )
+    monkeypatch.setattr(outbox, "deliver", delivered_at_once)
+    assert closing.status == "pending"
+    return closing
+
+
+def _someone_changes(flag_url: str) -> None:
+    """Someone changes the Flag on the FHIR server (a note of the EHR's): its version moves."""
+    current = httpx.get(flag_url, timeout=10).json()
+    note = {"url": "urn:test:ehr-note", "valueString": "seen by the GP"}
+    changed = {**current, "extension": [*current.get("extension", []), note]}
+    httpx.put(flag_url, json=changed, timeout=10).raise_for_status()
 
 
 def _flag_id(outbox_id: int, database: Database) -> str:
