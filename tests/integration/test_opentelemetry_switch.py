@@ -50,7 +50,11 @@ def test_a_traced_request_carries_no_credential_of_the_smart_launch(
 ) -> None:
     """Found by review: a span carries the request's query (``url.query``): the EHR's
     launch token and the authorization code went to the hospital's collector, which the
-    access log never shows. Those two requests are not traced; the others are."""
+    access log never shows. Those two requests are not traced; the others are.
+
+    A recording provider stands in for the hospital's OpenTelemetry SDK: the service ships
+    only the API (constraints.txt), as the design wants (a hospital brings its own SDK
+    and exporter), so no SDK is installed to record spans with."""
     spans: list[dict[str, object]] = []
 
     class Recorded(NonRecordingSpan):

@@ -144,10 +144,9 @@ def test_serve_with_several_workers_logs_json_lines_and_no_query_string(tmp_path
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", "2"]
-    with running(command, f"{base}/healthz", env) as process:
+    with running(command, f"{base}/healthz", env) as server:
         httpx.get(f"{base}/callback", params={"state": "s", "code": "the-code-4711"})
-    assert process.stdout is not None
-    output = process.stdout.read().decode()
+    output = server.output()
     lines = [json.loads(line) for line in output.splitlines()]  # every line is JSON
     access = [line["msg"] for line in lines if line["logger"] == "uvicorn.access"]
     assert any('"GET /callback HTTP/1.1" 400' in msg for msg in access), output
