@@ -1151,7 +1151,7 @@ class Casework:
                 raise CaseConflict("changed", None, concern.row_version + 1)
             fact = AuditFact(
                 actor=ctx.actor,
-                action=AuditAction.UPDATE,
+                action=AuditAction.of_write(plan.written),  # as the save's AuditEvent says
                 patient_ref=concern.patient_ref,
                 entities=tuple(plan.written),
                 outcome="success",

@@ -117,11 +117,10 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from service.api.health import CheckResult, ReadinessCheck
-from service.db.base import Database, utcnow
+from service.db.base import Database, passing_failure, utcnow
 from service.db.models import AuditRecord, OutboxEntry, Tenant
 from service.fhir import terminology
 from service.fhir.client import (
@@ -1595,14 +1594,13 @@ class OutboxWorker:
         2 s) buried the log while it was down (found by review); /readyz says it too."""
         try:
             self._outbox.run_once()
-        except (OperationalError, InterfaceError) as error:
-            if not self._database_down:
+        except Exception as error:
+            if not passing_failure(error):
+                log.exception("outbox cycle failed")
+            elif not self._database_down:
                 fields = {"error": type(error).__name__}
                 log.error("outbox: the database does not answer", extra={"fields": fields})
-            self._database_down = True
-            return
-        except Exception:
-            log.exception("outbox cycle failed")
+            self._database_down = passing_failure(error)
             return
         if self._database_down:
             log.warning("outbox: the database answers again")

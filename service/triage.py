@@ -1218,7 +1218,7 @@ def _concern_to_continue(session: Session, ctx: LaunchInfo, patient_ref: str) ->
     open_concern = _open_concern(session, ctx, patient_ref)
     if open_concern is not None:
         return open_concern
-    closing = (
+    waiting = session.scalars(
         select(Concern)
         .join(OutboxEntry, OutboxEntry.id == Concern.outbox_id)
         .where(
@@ -1229,9 +1229,10 @@ def _concern_to_continue(session: Session, ctx: LaunchInfo, patient_ref: str) ->
             OutboxEntry.state.in_(UNDELIVERED_STATES),
         )
         .order_by(Concern.id.desc())
-        .limit(1)
     )
-    return session.scalar(closing)
+    # the save that waits is the closing when the row was open before it; a closed case's
+    # referral status may wait too, long after its closing was delivered: not reopened
+    return next((row for row in waiting if (row.before_save or {}).get("status") == "open"), None)
 
 
 def _listed(session: Session, ctx: LaunchInfo, patient_ref: str, flag_identifier: str) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from service.api.deps import for_each_hospital
 from service.settings import Settings
 from smart_app import launch
-from smart_app.errors import PageError, handle_database_unavailable, handle_page_error
+from smart_app.errors import PageError, handle_database_error, handle_page_error
 from smart_app.oauth import AuthServers
 from smart_app.session import SessionStore, SessionTokens
 
@@ -31,8 +31,8 @@ def install(app: FastAPI) -> None:
         auth_servers=app.state.auth_servers,
     )
     app.add_exception_handler(PageError, handle_page_error)
-    for unavailable in (OperationalError, InterfaceError, PoolTimeoutError):
-        app.add_exception_handler(unavailable, handle_database_unavailable)
+    for failed in (DBAPIError, PoolTimeoutError):  # a database error no code handled
+        app.add_exception_handler(failed, handle_database_error)
     for_each_hospital(app, launch.router)
     app.include_router(launch.callback_router)
     if settings.secret_key is None and settings.environment == "production":

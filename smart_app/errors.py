@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from service.db.base import passing_failure
 from service.i18n import Language, negotiate, translate
 from service.observability import LINE_KEYS
 from smart_app.security import ANY_FRAME, page_headers
@@ -118,7 +119,8 @@ _CHILD_LABELS = {"name": "app.step1.child-name", "birth_date": "app.step1.birth-
 SHOWS_TYPED_BACK = {
     "session_missing": ("smart.kept.title", "smart.kept.message"),
     "admin_session_missing": ("smart.kept.title", "smart.kept.admin-message"),
-    "database_unavailable": ("smart.kept.unsure-title", "smart.kept.unavailable-message"),
+    "database_unsaved": ("smart.kept.unsure-title", "smart.kept.unsure-message"),
+    "internal_error": ("smart.kept.unsure-title", "smart.kept.unsure-message"),
 }
 #: When a user may try again after the database did not answer (a restart, a fail-over).
 DATABASE_RETRY_SECONDS = 30
@@ -220,18 +222,22 @@ async def handle_page_error(request: Request, error: Exception) -> Response:
     return render(error, language, kept)
 
 
-async def handle_database_unavailable(request: Request, error: Exception) -> Response:
-    """The database did not answer (down, failing over, a lock held too long): a 503 page in
-    the user's language, with what she typed shown back, or the JSON API's error; it was
-    a bare English "Internal Server Error" and the nurse's input was gone (found by
-    review). Whether her save was made cannot be told here (the failure may come after
-    its commit), so the page says it may not be: the same form sent again is one save."""
-    log.error(
-        "the database did not answer",
-        extra={"fields": {"path": request.url.path, "error": type(error).__name__}},
-    )
-    unavailable = PageError(503, "database_unavailable", retry_after_seconds=DATABASE_RETRY_SECONDS)
-    return await handle_page_error(request, unavailable)
+async def handle_database_error(request: Request, error: Exception) -> Response:
+    """A database error no code before handled: a page in the browser's language (the
+    session's is in the database), with what the user typed shown back, or the JSON API's
+    error; it was a bare English "Internal Server Error" and the nurse's input was gone
+    (found by review). A database that does not answer now (:func:`passing_failure`) is a
+    503: try again; a form sent may not be saved (the failure may come after its commit),
+    and the same form sent again is one save. Any other is a 500, logged whole."""
+    fields = {"path": request.url.path, "error": type(error).__name__}
+    if not passing_failure(error):
+        log.error("database error", exc_info=error, extra={"fields": fields})
+        return await handle_page_error(request, PageError(500, "internal_error"))
+    log.error("the database does not take requests now", extra={"fields": fields})
+    sent = request.method not in ("GET", "HEAD")
+    problem = "database_unsaved" if sent else "database_unavailable"
+    retry = DATABASE_RETRY_SECONDS
+    return await handle_page_error(request, PageError(503, problem, retry_after_seconds=retry))
 
 
 #: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.

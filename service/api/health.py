@@ -44,9 +44,18 @@ def database_check(database: Database) -> ReadinessCheck:
     def check() -> CheckResult:
         try:
             with database.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+                # a server that takes no writes (a standby after a fail-over) is not ready:
+                # every save would fail on it while SELECT 1 said ready (found by review)
+                if connection.dialect.name == "postgresql":
+                    shown = connection.exec_driver_sql("SHOW transaction_read_only").scalar()
+                    read_only = shown == "on"
+                else:
+                    read_only = False
+                    connection.execute(text("SELECT 1"))
         except Exception as error:  # any failure means "not ready"
             return CheckResult("database", False, type(error).__name__)
+        if read_only:
+            return CheckResult("database", False, "read-only: it takes no writes")
         return CheckResult("database", True, "reachable")
 
     return check

@@ -6,6 +6,7 @@ same code serves SQLite (the embedded default) and PostgreSQL.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
@@ -112,6 +115,34 @@ def _bounded_lock_waits(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
     dbapi_connection.commit()
+
+
+#: PostgreSQL's SQLSTATEs of a database that does not take a request now and will again:
+#: a read-only server after a fail-over (25006), a shutdown or a start-up (57P01-57P03),
+#: a lock or a conflict given up on (55P03, 40001, 40P01). Class 08 (the connection) too.
+_PASSING_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03", "55P03", "40001", "40P01"})
+#: SQLite's: another writer holds the database past the busy timeout.
+_PASSING_SQLITE = frozenset({"database is locked", "database table is locked"})
+
+
+def passing_failure(error: BaseException) -> bool:
+    """Whether a database error says the database does not take requests now, and the same
+    request later can succeed: down, failing over, read-only, locked. Not a schema out of
+    date, a full disk, a refused value or a bug: those do not pass by waiting, and saying
+    "try again in half a minute" of them hid the cause (found by review)."""
+    if isinstance(error, PoolTimeoutError):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated or isinstance(error, InterfaceError):
+        return True
+    cause = error.orig
+    if isinstance(cause, sqlite3.Error):
+        return str(cause) in _PASSING_SQLITE
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate is None:  # psycopg's own: no connection could be made, or it was lost
+        return isinstance(error, OperationalError)
+    return str(sqlstate).startswith("08") or sqlstate in _PASSING_SQLSTATES
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -53,7 +53,7 @@ from service.text import typed_text
 from smart_app.nurse import MAX_CHILDREN, NO_FIELD, parse_typed_date, protocol_error
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore, cookie_name
 from tests.support.pages import Page, recorded_rows
-from tests.support.postgres import refusing_connections
+from tests.support.postgres import read_only, refusing_connections
 from tests.support.processes import free_port
 from tests.support.relay import SlowRelay
 from tests.support.sandbox import running_sandbox
@@ -191,6 +191,10 @@ def _directory_calling(
         e.model_copy(update={"phones": phone}) if e.type is partner else e for e in default.entries
     ]
     return default.model_copy(update={"region": region or default.region, "entries": entries})
+
+
+#: What the browser says of a form sent from the app's own page (the kept text needs it).
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
 
 
 def _two_children(page: Page, **extra: str) -> dict[str, Any]:
@@ -467,7 +471,8 @@ def test_niet_pluis_without_reasons_shows_the_protocols_error_and_keeps_the_inpu
 def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_french(
     nurse_for: Any, database: Database
 ) -> None:
-    """The nurse's reasons were lost with a refusal that showed a message only."""
+    """The nurse's reasons were lost with a refusal that showed a message only; so were
+    the children's names and birth dates, kept now too, each named by its field."""
     nurse = nurse_for("an-peeters")
     form = _two_children(
         nurse.page(), assessment="niet-pluis", reasons="Bleus visibles, enfants seuls."
@@ -484,7 +489,8 @@ def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_french(
     assert '<html lang="fr">' in shown
     assert "Ce que vous avez saisi n'est pas enregistré" in shown
     assert "readonly>Bleus visibles, enfants seuls.</textarea>" in shown
-    assert "Mats" not in shown  # a child's name is typed again quickly; the reasons are not
+    assert "readonly>Mats</textarea>" in shown
+    assert ">Enfant 2: Date de naissance</label>" in shown
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
 
@@ -823,11 +829,13 @@ def test_a_save_while_the_database_is_down_is_a_page_that_keeps_her_text_then_on
     back, and the same form sent again when the database is back is saved once."""
     nurse = nurse_for("jan-janssens")
     form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Letsels passen niet")
-    same_origin = {"Sec-Fetch-Site": "same-origin"}
 
     with refusing_connections(database_url):
-        down = nurse.client.post("/app/triage", data=form, headers=same_origin)
+        down = nurse.client.post("/app/triage", data=form, headers=SAME_ORIGIN)
+        reopened = nurse.client.get("/app/triage")
 
+    assert reopened.status_code == 503  # a page opened: nothing was sent, reload it later
+    assert "Laad de pagina over een halve minuut opnieuw" in unescape(reopened.text)
     assert down.status_code == 503
     assert down.headers["retry-after"] == "30"
     page = unescape(down.text)
@@ -839,6 +847,52 @@ def test_a_save_while_the_database_is_down_is_a_page_that_keeps_her_text_then_on
     assert nurse.post(form).status == 200  # her "back and send again", after all
     patient_ref = f"Patient/{nurse.patient_id}"
     assert len(written_by_kindreflex(sandbox.upstream_fhir_base_url, patient_ref)["Flag"]) == 1
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_database_that_takes_no_writes_is_not_ready_and_a_save_on_it_keeps_her_text(
+    nurse_for: Any, database_url: str
+) -> None:
+    """After a fail-over the service's connections may reach a standby: it answers SELECT 1
+    (ready, said the probe) and refuses every write, a bare 500 (found by review)."""
+    nurse = nurse_for("jan-janssens")
+    form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Letsels passen niet")
+
+    with read_only(database_url):
+        ready = nurse.client.get("/readyz", params={"check": "database"})
+        refused = nurse.client.post(
+            "/app/triage", data=form, headers={"Sec-Fetch-Site": "same-origin"}
+        )
+
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"]["detail"] == "read-only: it takes no writes"
+    assert refused.status_code == 503
+    assert ">Letsels passen niet</textarea>" in unescape(refused.text)
+    assert nurse.post(form).status == 200
+
+
+def test_a_database_error_that_waiting_does_not_cure_is_a_500_page_logged_whole(
+    nurse_for: Any, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schema behind the code (pods started before `db upgrade`) is no outage: it said
+    "try again in half a minute" on every try and logged only the error's class (found by
+    review). Now an error page that keeps her text, and the log has the whole error."""
+    nurse = nurse_for("jan-janssens")
+    form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Letsels passen niet")
+    with database.engine.begin() as connection:  # as a release before migration 0024 had it
+        connection.exec_driver_sql("ALTER TABLE smart_app_sessions DROP COLUMN patient_display")
+
+    failed = nurse.client.post("/app/triage", data=form, headers=SAME_ORIGIN)
+
+    assert failed.status_code == 500
+    page = unescape(failed.text)
+    assert "<h1>Er ging iets mis</h1>" in page
+    assert ">Letsels passen niet</textarea>" in page
+    (logged,) = [r for r in caplog.records if r.getMessage() == "database error"]
+    assert logged.exc_info is not None
+    assert "patient_display" in str(logged.exc_info[1])
 
 
 @pytest.mark.parametrize(

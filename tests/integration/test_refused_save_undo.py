@@ -16,7 +16,10 @@ from service.db.base import Database, utcnow
 from service.db.models import Concern
 from service.outbox import NewEntry, enqueue
 from service.tenancy import TenantContext
-from tests.support.write_path import make_tenant
+from service.triage import Triage
+from smart_app.session import AppUser, LaunchContext
+from tests.support.triage import child_aged, niet_pluis
+from tests.support.write_path import Clock, LoopbackTokens, make_outbox, make_tenant
 
 FHIR = "http://127.0.0.1:9/fhir"  # never called
 PATIENT = "Patient/1"
@@ -123,3 +126,41 @@ def test_a_refused_closing_stays_closed_when_the_patient_has_another_open_concer
     with database.session() as session:
         open_rows = session.scalars(select(Concern).where(Concern.status == "open")).all()
     assert [r.flag_identifier for r in open_rows] == ["flag-2"]
+
+
+@pytest.mark.parametrize(("before", "continued"), [("open", True), ("closed", False)])
+def test_a_niet_pluis_continues_a_closed_case_only_while_its_closing_waits(
+    database: Database, before: str, continued: bool
+) -> None:
+    """While a case's closing waits in the outbox, the nurse's niet-pluis continues (reopens)
+    that concern: a second Flag beside it stayed active with the first when the server
+    refused the closing. A closed case whose waiting save is a referral's new status (its
+    closing delivered long ago) is not reopened: the patient's concern now is a new case.
+    The FHIR server never answers here: every save waits."""
+    hospital = make_tenant(database, "default", FHIR)
+    waiting = _save(database, hospital)
+    case_id = _closed_by(database, hospital, waiting)
+    with database.session() as session:
+        row = session.get(Concern, case_id)
+        assert row is not None
+        row.before_save = BEFORE_CLOSING | {"status": before}
+    nurse = LaunchContext(
+        "s-nurse",
+        hospital,
+        "ehr",
+        FHIR,
+        PATIENT.removeprefix("Patient/"),
+        "e-2",
+        AppUser("Practitioner/nurse-1", "Practitioner/nurse-1", frozenset({"nurse"})),
+        language="nl",
+        app_context=None,
+    )
+    triage = Triage(database, make_outbox(database, Clock()), LoopbackTokens(), 1.0)
+
+    saved = triage.record_triage(nurse, niet_pluis(nurse, (child_aged("Lou", 6),)))
+
+    assert saved.status == "pending"
+    with database.session() as session:
+        rows = session.scalars(select(Concern).order_by(Concern.id)).all()
+        statuses = [(r.id == case_id, r.status) for r in rows]
+    assert statuses == ([(True, "open")] if continued else [(True, "closed"), (False, "open")])

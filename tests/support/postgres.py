@@ -45,13 +45,29 @@ def throwaway_postgres_database() -> Iterator[str]:
 
 @contextmanager
 def refusing_connections(url: str) -> Iterator[None]:
-    """The database at ``url`` down for the block, as a fail-over or a restart makes it: its
-    connections are ended and new ones refused; then it takes them again."""
+    """The database at ``url`` down for the block, as a restart makes it: its connections
+    are ended and new ones refused; then it takes them again."""
+    with _changed(url, "ALLOW_CONNECTIONS false", "ALLOW_CONNECTIONS true"):
+        yield
+
+
+@contextmanager
+def read_only(url: str) -> Iterator[None]:
+    """The database at ``url`` takes no writes for the block, as a standby does when the
+    service's connections reach it after a fail-over; its connections start anew."""
+    on, off = "SET default_transaction_read_only = on", "RESET default_transaction_read_only"
+    with _changed(url, on, off):
+        yield
+
+
+@contextmanager
+def _changed(url: str, change: str, back: str) -> Iterator[None]:
+    """``ALTER DATABASE … change`` for the block, its connections ended at the start."""
     name = make_url(url).database
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            connection.execute(text(f'ALTER DATABASE "{name}" {change}'))
             connection.execute(
                 text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                 {"n": name},
@@ -59,5 +75,9 @@ def refusing_connections(url: str) -> Iterator[None]:
         yield
     finally:
         with admin.connect() as connection:
-            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            connection.execute(text(f'ALTER DATABASE "{name}" {back}'))
+            connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
         admin.dispose()
