@@ -62,22 +62,22 @@ def read_only(url: str) -> Iterator[None]:
 
 @contextmanager
 def _changed(url: str, change: str, back: str) -> Iterator[None]:
-    """``ALTER DATABASE … change`` for the block, its connections ended at the start."""
+    """``ALTER DATABASE … change`` for the block; its connections end at the start and at
+    the end, so that each new one has the setting of the moment."""
     name = make_url(url).database
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
+
+    def alter(setting: str) -> None:
         with admin.connect() as connection:
-            connection.execute(text(f'ALTER DATABASE "{name}" {change}'))
+            connection.execute(text(f'ALTER DATABASE "{name}" {setting}'))
             connection.execute(
                 text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                 {"n": name},
             )
+
+    try:
+        alter(change)
         yield
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'ALTER DATABASE "{name}" {back}'))
-            connection.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
+        alter(back)
         admin.dispose()
