@@ -1595,12 +1595,13 @@ class OutboxWorker:
         try:
             self._outbox.run_once()
         except Exception as error:
-            if not passing_failure(error):
+            down = passing_failure(error)
+            if not down:
                 log.exception("outbox cycle failed")
             elif not self._database_down:
                 fields = {"error": type(error).__name__}
                 log.error("outbox: the database does not answer", extra={"fields": fields})
-            self._database_down = passing_failure(error)
+            self._database_down = down
             return
         if self._database_down:
             log.warning("outbox: the database answers again")

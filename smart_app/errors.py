@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 from service.db.base import passing_failure
 from service.i18n import Language, negotiate, translate
 from service.observability import LINE_KEYS
+from smart_app.assets import asset_url
 from smart_app.security import ANY_FRAME, page_headers
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,16 @@ def render(
         else ""
     )
     link = f'<p><a href="{html.escape(error.link)}">{text("link")}</a></p>' if error.link else ""
+    product = html.escape(translate(language, "product.name"))
+    # the screens' own look (base.html), from the root: the page may answer any address
+    stylesheet = html.escape(asset_url("/app/static", "nurse.css"))
     body = (
         f'<!doctype html><html lang="{language}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{text('title')} — Kindreflex</title></head><body><main>"
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>{text('title')} · {product}</title>"
+        f'<link rel="stylesheet" href="{stylesheet}"></head><body>'
+        f'<header class="banner"><p class="product">{product}</p></header><main id="main">'
         f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{link}{detail}'
         f"{_kept(kept, language, error.problem)}"
         "</main></body></html>"

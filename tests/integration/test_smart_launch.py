@@ -8,6 +8,7 @@ attribute the browser would see is asserted.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
@@ -381,6 +382,21 @@ def test_unknown_iss_gets_a_dutch_page_and_nothing_is_written(kindreflex: Kindre
     missing = Browser().get(f"{kindreflex.url}/launch")
     assert missing.status_code == 400
     assert "onvolledig" in missing.text
+
+
+def test_an_error_page_looks_like_the_app_under_any_address(kindreflex: Kindreflex) -> None:
+    """A refusal is the app's page (its banner, its stylesheet), wherever it answers: it was
+    unstyled black text, unlike any screen the nurse had seen of the app."""
+    for prefix in ("", "/t/nowhere"):
+        answer = Browser().get(f"{kindreflex.url}{prefix}/launch?iss=https://x.example&launch=a")
+        assert answer.status_code in (400, 404)
+        assert '<header class="banner"><p class="product">Kindreflex</p></header>' in answer.text
+        stylesheet = re.search(r'<link rel="stylesheet" href="([^"]+)">', answer.text)
+        assert stylesheet is not None
+        served = httpx.get(kindreflex.url + html.unescape(stylesheet[1]))
+        assert served.status_code == 200
+        assert served.headers["content-type"].startswith("text/css")
+        assert "style-src 'self'" in answer.headers["content-security-policy"]
 
 
 def test_a_launch_through_an_ehr_whose_secret_cannot_be_read_is_refused_before_its_sign_in(
