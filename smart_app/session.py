@@ -205,28 +205,18 @@ class SessionStore:
             )
         return session_id, secret
 
-    def find(self, cookie_secret: str) -> AppSession | None:
-        """The live session the cookie names, or None."""
-        with self._database.session() as session:
-            row = session.scalar(
-                select(AppSession).where(AppSession.cookie_hash == digest(cookie_secret))
-            )
-        return row if row is not None and row.expires_at > utcnow() else None
-
     def of_browser(self, cookie: str, launch: str | None) -> AppSession | None:
-        """The live session of the launch ``launch`` among the cookie's; without one, the
-        browser's newest launch. Never another launch than the one named."""
+        """The session of the launch ``launch`` among the cookie's; without one, the
+        browser's newest launch. Never another launch than the one named. It may have
+        ended (:func:`live`): its language still says how to tell the user so."""
         held = browser_launches(cookie)
+        query = select(AppSession).where(AppSession.cookie_hash.in_(map(digest, held)))
         if launch is None:
-            return self.find(held[0]) if held else None
+            query = select(AppSession).where(AppSession.cookie_hash == digest(held[0]))
+        else:
+            query = query.where(AppSession.id == launch)
         with self._database.session() as session:
-            row = session.scalar(
-                select(AppSession).where(
-                    AppSession.id == launch,
-                    AppSession.cookie_hash.in_([digest(secret) for secret in held]),
-                )
-            )
-        return row if row is not None and row.expires_at > utcnow() else None
+            return session.scalar(query) if held else None
 
     def with_launch(self, cookie: str | None, secret: str) -> str:
         """The session cookie after the new launch whose secret is ``secret``: that secret
@@ -322,13 +312,19 @@ def current_launch(request: Request) -> LaunchContext:
     row = sessions_of(request).of_browser(cookie, launch) if cookie else None
     if row is None or row.tenant_id != tenant.id:
         raise PageError(401, "session_missing", frame_origins=all_frame_origins(tenant))
+    # the page that says so, and shows back what she typed, in the language she worked in,
+    # not the workstation browser's (found by review)
+    language, frames = negotiate([row.language]), all_frame_origins(tenant)
+    if row.expires_at <= utcnow():
+        raise PageError(401, "session_missing", language=language, frame_origins=frames)
     if not _still_registered(tenant, row):
         # an administrator removed the EHR (retired, or compromised) or pointed it at
         # another server: its sessions end now, not when their 8 hours are up
         raise PageError(
             401,
             "session_missing",
-            frame_origins=all_frame_origins(tenant),
+            language=language,
+            frame_origins=frames,
             logged={"reason": "the session's EHR registration was removed or moved"},
         )
     return LaunchContext(
@@ -343,7 +339,7 @@ def current_launch(request: Request) -> LaunchContext:
             name=row.user_name,
             roles=frozenset(role for role in row.roles if role in ROLES),
         ),
-        language=negotiate([row.language]),
+        language=language,
         app_context=row.app_context,
         path_prefix=row.path_prefix,
         need_patient_banner=row.launch_details.get("need_patient_banner") is not False,

@@ -209,3 +209,25 @@ def test_a_long_word_wraps_on_the_case_page(browser: BrowserContext, stack: Demo
     expect(case.locator(".history")).to_contain_text("verslag-verslag-")
     width = case.locator("html").evaluate("html => html.scrollWidth - html.clientWidth")
     assert width <= 0, f"the page is {width}px wider than the frame"
+
+
+def test_the_worklist_fits_a_narrow_ehr_frame(browser: BrowserContext, stack: DemoStack) -> None:
+    """In an EHR frame 600 px wide the whole worklist page scrolled sideways, and the claim
+    button and three columns sat outside the frame (found by review). Only the table scrolls
+    now, with the keyboard too."""
+    page, app = _worklist(browser, stack)
+    page.locator("#app-frame").evaluate("frame => { frame.style.width = '600px' }")
+    # the app's frame is another site's (another process): it takes the new width in its turn
+    axe.in_frame(page).wait_for_function("() => document.documentElement.clientWidth <= 600")
+    table = app.get_by_role("region", name=re.compile("^Open Kindreflex-zorgen"))
+    expect(table).to_be_visible()
+    width = app.locator("html").evaluate("html => html.scrollWidth - html.clientWidth")
+    assert width <= 0, f"the page is {width}px wider than the frame"
+    overflow = table.evaluate("region => region.scrollWidth - region.clientWidth")
+    assert overflow > 0  # the table is wider than the frame: it is the region that scrolls
+    table.focus()
+    page.keyboard.press("ArrowRight")  # the browser scrolls in its turn, as it animates it
+    axe.in_frame(page).wait_for_function(
+        "() => document.querySelector('.table-scroll').scrollLeft > 0"
+    )
+    assert axe.violations(axe.in_frame(page)) == []

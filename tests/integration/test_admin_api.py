@@ -513,7 +513,7 @@ def app_session(client: TestClient, hospital: Hospital, *roles: Role) -> tuple[s
             refresh_token=None, access_expires_at=utcnow() + timedelta(minutes=5),
         )
     )  # fmt: skip
-    return secret, store.find(secret).csrf_token
+    return secret, store.of_browser(secret, None).csrf_token
 
 
 def test_nurses_and_social_workers_launched_from_the_ehr_are_not_admins(
@@ -553,7 +553,7 @@ def test_an_ehr_admin_who_signs_out_is_signed_out_of_the_app(
     cookie, csrf = app_session(client, gent, "admin", "social-worker")
     client.cookies.set(SESSION_COOKIE, cookie)
     assert client.get("/admin/api/config").status_code == 200
-    launch = client.app.state.sessions.find(cookie).id  # type: ignore[attr-defined]
+    launch = client.app.state.sessions.of_browser(cookie, None).id  # type: ignore[attr-defined]
     pinned = {LAUNCH_PARAM: launch}  # the app's own links name their launch
     assert client.get("/api/cases", params=pinned).status_code == 200
     headers = {CSRF_HEADER: csrf}

@@ -101,6 +101,7 @@ def test_a_referral_with_a_yes_no_question_unanswered_is_refused_not_recorded_as
     )
 
     assert refused.status_code == 422
+    assert "<title>Fout: Dossier " in refused.text  # a tab or a screen reader says so first
     assert f'href="#{anchor}"' in error_summary(refused.text, "s6")
     assert f'id="{anchor}-error"' in refused.text
     assert "Tell the CLB who takes the next step." in refused.text  # the input is kept

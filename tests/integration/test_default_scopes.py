@@ -97,7 +97,7 @@ def _launched(
 def _session(app: FastAPI, browser: TestClient) -> AppSession:
     """The session the launch left in the browser (its cookie)."""
     name = cookie_name(SESSION_COOKIE, app.state.settings)  # __Host- on https
-    session: AppSession | None = app.state.sessions.find(browser.cookies[name])
+    session: AppSession | None = app.state.sessions.of_browser(browser.cookies[name], None)
     assert session is not None
     return session
 

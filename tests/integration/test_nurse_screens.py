@@ -460,6 +460,7 @@ def test_niet_pluis_without_reasons_shows_the_protocols_error_and_keeps_the_inpu
     again = nurse.post(_two_children(page, assessment="niet-pluis", reasons=""))
 
     assert again.status == 422
+    assert "<title>Fout: Kindreflex bij triage" in again.text  # a tab says so first
     assert 'href="#reasons"' in again.text  # the error summary links to the field
     assert 'id="reasons-error"' in again.text
     assert "Schrijf op waarom" in again.text  # the protocol's message, in Dutch
@@ -468,20 +469,22 @@ def test_niet_pluis_without_reasons_shows_the_protocols_error_and_keeps_the_inpu
     assert 'value="niet-pluis" data-assessment checked' in again.text
 
 
-def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_french(
+def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_her_language(
     nurse_for: Any, database: Database
 ) -> None:
     """The nurse's reasons were lost with a refusal that showed a message only; so were
-    the children's names and birth dates, kept now too, each named by its field."""
+    the children's names and birth dates, kept now too, each named by its field. In the
+    language she worked in, not the shared workstation browser's (found by review)."""
     nurse = nurse_for("an-peeters")
     form = _two_children(
         nurse.page(), assessment="niet-pluis", reasons="Bleus visibles, enfants seuls."
     )
     with database.session() as session:
-        session.execute(update(AppSession).values(expires_at=utcnow() - timedelta(minutes=1)))
+        ended = utcnow() - timedelta(minutes=1)
+        session.execute(update(AppSession).values(expires_at=ended, language="fr"))
         waiting = session.scalar(select(func.count()).select_from(OutboxEntry))
 
-    headers = {"Sec-Fetch-Site": "same-origin", "Accept-Language": "fr-BE"}
+    headers = {"Sec-Fetch-Site": "same-origin", "Accept-Language": "nl-BE"}
     refused = nurse.client.post("/app/triage", data=form, headers=headers)
 
     assert refused.status_code == 401

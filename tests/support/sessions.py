@@ -75,5 +75,5 @@ def signed_in(
             access_expires_at=utcnow() + timedelta(hours=1),
         )
     )
-    csrf = sessions.find(secret).csrf_token
+    csrf = sessions.of_browser(secret, None).csrf_token
     return User({"Cookie": f"{SESSION_COOKIE}={secret}", CSRF_HEADER: csrf}, session_id)
