@@ -435,7 +435,9 @@ class Outbox:
             return self.state_of(entry_id)
         return delivery.state
 
-    def run_once(self, limit: int = 20) -> list[Delivery]:
+    def run_once(
+        self, limit: int = 20, stopping: Callable[[], bool] = lambda: False
+    ) -> list[Delivery]:
         """Deliver the entries that are due (the worker's cycle; tests call it directly).
 
         The batch is claimed under one lease, but its entries are delivered one after the
@@ -443,14 +445,23 @@ class Outbox:
         that another instance took over meanwhile (a slow server ran the batch past its
         lease) is left to it, not sent a second time. A batch that delivered something is
         followed by another (up to ``limit`` entries in all): a patient's later save is
-        claimed once the earlier one is delivered."""
+        claimed once the earlier one is delivered.
+
+        Once ``stopping`` says so (the instance shuts down: a rollout, a node drained), the
+        entries of the batch not yet begun are released for another instance at once. They
+        stayed leased by the stopped instance for minutes (the lease covers the whole batch,
+        each running into its timeout), the saves of those patients with them (found by
+        review)."""
         deliveries: list[Delivery] = []
-        while len(deliveries) < limit:
-            batch = [
-                delivery
-                for claimed in self._claim(None, limit=limit - len(deliveries))
-                if self._renew(claimed) and (delivery := self._deliver_in_batch(claimed))
-            ]
+        while len(deliveries) < limit and not stopping():
+            batch: list[Delivery] = []
+            claimed = self._claim(None, limit=limit - len(deliveries))
+            for turn, entry in enumerate(claimed):
+                if stopping():
+                    self._release(claimed[turn:])
+                    break
+                if self._renew(entry) and (delivery := self._deliver_in_batch(entry)):
+                    batch.append(delivery)
             deliveries += batch
             if not any(d.state is DeliveryState.DELIVERED for d in batch):
                 break
@@ -609,6 +620,18 @@ class Outbox:
                 )
                 for row in rows
             ]
+
+    def _release(self, entries: Sequence[_Claimed]) -> None:
+        """Give claimed entries up unattempted: due now for any instance, their claim not
+        counted as an attempt (``_claim`` counted it)."""
+        with self._database.session() as session:
+            for entry in entries:
+                session.execute(
+                    update(OutboxEntry)
+                    .where(OutboxEntry.id == entry.id, OutboxEntry.lease_owner == entry.lease)
+                    .values(lease_owner=None, lease_until=None, attempts=OutboxEntry.attempts - 1)
+                    .execution_options(synchronize_session=False)
+                )
 
     def _release_hold(self, entry_id: int) -> None:
         """The saving request did not deliver its entry: the worker need not wait
@@ -1593,7 +1616,7 @@ class OutboxWorker:
         said once, when it stops and when it answers again: a traceback every cycle (every
         2 s) buried the log while it was down (found by review); /readyz says it too."""
         try:
-            self._outbox.run_once()
+            self._outbox.run_once(stopping=self._stop.is_set)
         except Exception as error:
             down = passing_failure(error)
             if not down:

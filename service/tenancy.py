@@ -142,13 +142,16 @@ class TenantDirectory:
         self._lock = threading.Lock()
         self._refreshes: SingleFlight[str, TenantContext] = SingleFlight()
 
-    def get(self, slug: str, at_least: int = 0) -> TenantContext:
+    def get(self, slug: str, at_least: int = 0, *, fresh: bool = False) -> TenantContext:
         """The hospital's configuration in force; read again when the copy held is older
-        than ``REFRESH_SECONDS`` or than the version ``at_least`` (one another instance saved)."""
+        than ``REFRESH_SECONDS`` or than the version ``at_least`` (one another instance saved),
+        or always with ``fresh``: what an administrator reads and changes, which another
+        instance may have changed a moment ago."""
         _named_by_a_slug(slug)
         now = self._clock()
         cached = self._cache.get(slug)
-        if cached and now - cached[0] < REFRESH_SECONDS and cached[1].version >= at_least:
+        young = cached and now - cached[0] < REFRESH_SECONDS
+        if cached and young and cached[1].version >= at_least and not fresh:
             return cached[1]
         with self._database.session() as session:
             context = self._load(session, slug, cached[1] if cached else None)

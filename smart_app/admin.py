@@ -122,7 +122,12 @@ def _bearer(request: Request) -> str | None:
 
 
 def _identify(request: Request, tenant: TenantContext) -> Admin:
-    """The admin behind the request, or AdminAuthError(401/403) with the reason."""
+    """The admin behind the request, or AdminAuthError(401/403) with the reason. The admin
+    reads the hospital's configuration as the database holds it now, not this instance's
+    copy: behind a load balancer, the version (ETag) another instance just gave must be the
+    one read here too."""
+    tenants: TenantDirectory = request.app.state.tenants
+    tenant = tenants.get(tenant.slug, fresh=True)
     bearer = _bearer(request)
     token = bearer or request.cookies.get(admin_cookie(request))
     database = request.app.state.database

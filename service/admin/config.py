@@ -298,8 +298,12 @@ class TenantAdmin:
         self.tenants = tenants
 
     def current(self, slug: str) -> TenantContext | None:
+        """The version in force as the database holds it now: a change is checked against
+        it and made on it. This process's copy may be a moment old, and the change's
+        ``If-Match`` (the version another instance just gave) was refused as stale against
+        an older one (found by review)."""
         try:
-            return self.tenants.get(slug)
+            return self.tenants.get(slug, fresh=True)
         except UnknownTenantError:
             return None
 
@@ -329,7 +333,7 @@ class TenantAdmin:
                 [Problem(str(error), "registrations", reasons=(reason,))]
             ) from None
         except IntegrityError:  # another save took the same version number first
-            raise StaleConfigurationError(self.tenants.get(slug).version) from None
+            raise StaleConfigurationError(self.tenants.get(slug, fresh=True).version) from None
 
     def _refuse_clients_of_other_hospitals(
         self, slug: str, config: TenantConfiguration, previous: TenantConfiguration | None

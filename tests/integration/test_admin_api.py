@@ -657,6 +657,30 @@ def test_every_part_read_carries_the_version_a_change_of_it_is_based_on(
     assert read.headers["etag"] == f'"{version}"'
 
 
+def test_a_change_based_on_the_version_another_instance_just_gave_is_taken(
+    client: TestClient, database: Database, database_url: str, gent: Hospital
+) -> None:
+    """Two instances behind a load balancer (two pods): a script's second change, sent with
+    the ETag the first change returned from instance A, landed on B, whose copy of the
+    configuration was a moment older. B refused it as stale, "now version 2" of a version 3
+    the script had just been given, and a reload on B gave "2" again (found by review)."""
+    headers = bearer(database, gent.id)
+    with TestClient(admin_app(database, database_url)) as other_instance:
+        base = other_instance.get("/admin/api/hooks", headers=headers)  # B holds this version
+        first = client.put("/admin/api/hooks", json={"adult_age": 19},
+                           headers={**headers, "If-Match": base.headers["etag"]})  # fmt: skip
+        assert first.status_code == 200
+
+        read_on_b = other_instance.get("/admin/api/hooks", headers=headers)
+        assert read_on_b.headers["etag"] == first.headers["etag"]
+        on_first = {**headers, "If-Match": first.headers["etag"]}
+        second = other_instance.put("/admin/api/hooks", json={"adult_age": 20}, headers=on_first)
+        assert second.status_code == 200
+        without_if_match = client.put("/admin/api/hooks", json={"adult_age": 21}, headers=headers)
+        assert without_if_match.status_code == 200
+    assert stored_gent(database).config.hooks.adult_age == 21
+
+
 def test_an_if_match_that_is_no_version_number_is_a_400_not_a_500(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

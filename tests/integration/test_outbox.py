@@ -207,6 +207,40 @@ def test_two_workers_racing_deliver_each_entry_once(
         assert len(_events(database, fhir_server.base_url, entry_id)) == 1
 
 
+def test_a_stopping_instance_gives_the_rest_of_its_batch_to_another_at_once(
+    database_url: str, database: Database, fhir_server: FhirServer
+) -> None:
+    """A pod stopped (a rollout) while it delivered a batch: the entries it had not begun
+    stayed leased by it, and no other instance sent them for minutes, 4 with the defaults
+    and hours with a long FHIR timeout, the patients' later saves waiting behind them
+    (found by review). They are released as the instance stops, not counted as attempts."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    ids = [_queue_read(database, tenant, fhir_server.base_url, "s1") for _ in range(3)]
+    clock = Clock()  # never moves: another instance may take an entry only if released
+
+    def delivered() -> list[int]:
+        return [i for i in ids if outbox_entry(database, i).state == DeliveryState.DELIVERED]
+
+    stopping = make_outbox(database, clock)
+    first = stopping.run_once(stopping=lambda: len(delivered()) > 0)  # told to stop after one
+
+    assert [d.state for d in first] == [DeliveryState.DELIVERED]
+    left = [i for i in ids if i != first[0].entry_id]
+    for entry_id in left:
+        entry = outbox_entry(database, entry_id)
+        assert (entry.state, entry.lease_owner, entry.attempts) == ("pending", None, 0)
+    other_instance = Database(database_url)
+    try:
+        taken_over = make_outbox(other_instance, clock).run_once()
+    finally:
+        other_instance.dispose()
+    assert sorted(d.entry_id for d in taken_over) == sorted(left)
+    assert delivered() == ids
+    for entry_id in ids:
+        assert len(_events(database, fhir_server.base_url, entry_id)) == 1
+        assert outbox_entry(database, entry_id).attempts == 1
+
+
 def _enqueue(
     database: Database, tenant: TenantContext, base_url: str, bundle: Any, **kw: Any
 ) -> int:
