@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
@@ -252,7 +253,11 @@ def _free_or_any(port: int) -> int:
 
 
 def run_demo(port: int) -> int:
-    """Run the demo until Ctrl-C; everything it started is stopped on the way out."""
+    """Run the demo until Ctrl-C or SIGTERM; everything it started is stopped on the way out."""
+    # SIGTERM (`kill`, a process manager) as Ctrl-C: uvicorn passes the signal on to the
+    # handler it found, and Python's default for SIGTERM ended the process before the
+    # sandbox was stopped, the FHIR server left running (found by review).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Each migration would log a line: keep the terminal for the URLs (httpx's request lines
     # are quiet already, see service.observability).
     logging.getLogger("alembic").setLevel(logging.WARNING)

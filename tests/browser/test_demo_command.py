@@ -2,7 +2,8 @@
 
 Runs the real console command in a subprocess (its own ``.demo`` directory in a temporary
 working directory), waits until it prints the URLs, checks that each answers, sends
-SIGINT as Ctrl-C does, and checks that the command exits and leaves no process behind.
+SIGINT as Ctrl-C does (or SIGTERM, as ``kill`` does), and checks that the command exits
+and leaves no process behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.processes import free_port
 
@@ -56,7 +58,14 @@ def _read_lines(stream: object, lines: queue.Queue[str]) -> None:
         lines.put(line)
 
 
-def test_demo_prints_the_urls_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stop",
+    [signal.SIGINT, signal.SIGTERM],  # Ctrl-C; `kill` or a process manager
+    ids=["ctrl-c", "sigterm"],
+)
+def test_demo_prints_the_urls_and_ctrl_c_stops_everything(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
     port = free_port()
     kindreflex = Path(sys.executable).parent / "kindreflex"
     demo = subprocess.Popen(
@@ -70,6 +79,7 @@ def test_demo_prints_the_urls_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_read_lines, args=(demo.stdout, lines), daemon=True).start()
     output: list[str] = []
+    started: set[int] = set()
     try:
         give_up = time.monotonic() + STARTUP_DEADLINE_S
         while not any("Ctrl-C stops everything" in line for line in output):
@@ -88,13 +98,16 @@ def test_demo_prints_the_urls_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         started = _children_of(demo.pid)
         assert started, "the demo runs the FHIR server as a child process"
 
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(stop)
         assert demo.wait(timeout=30) == 0
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
-    assert [pid for pid in started if _alive(pid)] == []
+        left_running = [pid for pid in started if _alive(pid)]
+        for pid in left_running:  # a failed run leaves nothing on the machine either
+            os.kill(pid, signal.SIGKILL)
+    assert left_running == []
     for url in (ehr.group(1), f"http://127.0.0.1:{port}/healthz"):
         try:
             httpx.get(url, timeout=2)
