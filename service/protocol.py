@@ -610,6 +610,13 @@ class Step2Finding(ChildFinding):
     its reasons. ``acute_danger`` records that the situation at home is acutely unsafe
     (the pocket card's "degree of urgency"); it only goes with niet-pluis or unclear.
     ``triggers`` notes a Hague presentation that prompted the check, if any.
+
+    ``consultations`` is recorded, not required: seeds 001-003 ask to discuss the
+    judgement with a colleague ("Overleg steeds met andere collega's of een expert"), but
+    at triage the nurse has minutes and may have no colleague free; step 4, the team's
+    decision, requires one. That a "no concern" may be recorded by one nurse alone, a
+    Hague presentation too, is a deviation for a clinician to confirm or to narrow (e.g.
+    ask for the tick when the card warned).
     """
 
     step: ClassVar[Step] = Step.STEP_2
@@ -927,7 +934,12 @@ class Step6Referral(ChildFinding):
 
     ``follow_up_actions`` are what was agreed with the facility that the hospital does
     itself to help restore safety; ``contact`` is the contact with the facility (date,
-    person, channel), which cannot lie after the finding.
+    person, channel), which cannot lie after the finding. Neither is required, unlike
+    step 3's support ("Noteer de vervolgacties in het cliëntdossier", seeds 001 and 003):
+    the referral is often recorded as the call is made, before anything is agreed, and
+    the referral's status updates carry a note each. Whether to require at least one
+    follow-up action or a note is for a clinician to decide; findings recorded without
+    one must stay readable then.
     """
 
     step: ClassVar[Step] = Step.STEP_6
