@@ -405,6 +405,9 @@ class Outbox:
         self._lease_renewal_failures = lease_renewal_failures  # Prometheus (alerting)
         self._owner = uuid.uuid4().hex[:12]
         self._refusal_hooks: dict[str, RefusalHook] = {}
+        # the entries of each batch in progress (by its lease) that have not begun
+        self._unbegun: dict[str, Sequence[_Claimed]] = {}
+        self._turns = threading.Lock()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -457,15 +460,37 @@ class Outbox:
             batch: list[Delivery] = []
             claimed = self._claim(None, limit=limit - len(deliveries))
             for turn, entry in enumerate(claimed):
-                if stopping():
-                    self._release(claimed[turn:])
+                if not self._may_begin(claimed, turn, stopping):
                     break
                 if self._renew(entry) and (delivery := self._deliver_in_batch(entry)):
                     batch.append(delivery)
+            with self._turns:
+                self._unbegun.pop(claimed[0].lease if claimed else "", None)
             deliveries += batch
             if not any(d.state is DeliveryState.DELIVERED for d in batch):
                 break
         return deliveries
+
+    def _may_begin(self, claimed: Sequence[_Claimed], turn: int, stop: Callable[[], bool]) -> bool:
+        """Whether the batch's entry ``turn`` may begin: not once the instance stops, when
+        it and the rest are released instead. Under the lock :meth:`release_unbegun` takes:
+        an entry is begun or released, never both."""
+        with self._turns:
+            if stop():
+                self._release(claimed[turn:])
+                self._unbegun.pop(claimed[turn].lease, None)
+                return False
+            self._unbegun[claimed[turn].lease] = claimed[turn + 1 :]
+            return True
+
+    def release_unbegun(self) -> None:
+        """Release the entries of the batches in progress that have not begun, once the
+        instance stops: the delivery in flight may outlast the wait for it (a FHIR server
+        that does not answer), and the process then ends before the batch comes to them."""
+        with self._turns:
+            for entries in self._unbegun.values():
+                self._release(entries)
+            self._unbegun.clear()
 
     def state_of(self, entry_id: int) -> DeliveryState:
         with self._database.session() as session:
@@ -1589,9 +1614,12 @@ def _log_delivery(delivery: Delivery) -> None:
 class OutboxWorker:
     """A background thread that runs :meth:`Outbox.run_once` every ``interval`` seconds."""
 
-    def __init__(self, outbox: Outbox, interval: float) -> None:
+    def __init__(
+        self, outbox: Outbox, interval: float, stop_timeout: float = STOP_TIMEOUT_SECONDS
+    ) -> None:
         self._outbox = outbox
         self._interval = interval
+        self._stop_timeout = stop_timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._database_down = False
@@ -1603,7 +1631,9 @@ class OutboxWorker:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=STOP_TIMEOUT_SECONDS)
+            self._thread.join(timeout=self._stop_timeout)
+            if self._thread.is_alive():  # a delivery outlasts the wait: the rest goes now
+                self._outbox.release_unbegun()
 
     def _loop(self) -> None:
         while True:

@@ -210,13 +210,16 @@ class SessionStore:
         browser's newest launch. Never another launch than the one named. It may have
         ended (:func:`live`): its language still says how to tell the user so."""
         held = browser_launches(cookie)
-        query = select(AppSession).where(AppSession.cookie_hash.in_(map(digest, held)))
+        if not held:  # no secret of ours in the cookie (cut, forged, another app's)
+            return None
         if launch is None:
             query = select(AppSession).where(AppSession.cookie_hash == digest(held[0]))
         else:
-            query = query.where(AppSession.id == launch)
+            query = select(AppSession).where(
+                AppSession.id == launch, AppSession.cookie_hash.in_(map(digest, held))
+            )
         with self._database.session() as session:
-            return session.scalar(query) if held else None
+            return session.scalar(query)
 
     def with_launch(self, cookie: str | None, secret: str) -> str:
         """The session cookie after the new launch whose secret is ``secret``: that secret

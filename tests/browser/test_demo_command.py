@@ -101,7 +101,8 @@ def test_demo_prints_the_urls_and_ctrl_c_stops_everything(
         demo.send_signal(stop)
         assert demo.wait(timeout=30) == 0
     finally:
-        if demo.poll() is None:
+        if demo.poll() is None:  # failed before the demo stopped: what it started, too
+            started |= _children_of(demo.pid)
             demo.kill()
             demo.wait()
         left_running = [pid for pid in started if _alive(pid)]

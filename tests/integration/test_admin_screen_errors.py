@@ -60,6 +60,7 @@ def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
 
     dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
     assert dutch.status_code == 422
+    assert "<title>Fout: " in dutch.text  # a screen reader says so as the page opens
     message = assert_tied(dutch.text, "textarea", "yaml")
     assert re.fullmatch(
         r"Fout: Regel \d+: Dit is geen geldige YAML \(de YAML-lezer meldt: .+\)\.", message
@@ -223,6 +224,7 @@ def test_our_own_validators_refusals_are_translated_on_the_screen(
 
     dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
     assert dutch.status_code == 422
+    assert "<title>Fout: " in dutch.text  # a screen reader says so as the page opens
     assert_tied(dutch.text, "textarea", "yaml")
     said = " | ".join(_messages(dutch.text))
     for sentence in (

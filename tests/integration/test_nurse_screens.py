@@ -469,6 +469,25 @@ def test_niet_pluis_without_reasons_shows_the_protocols_error_and_keeps_the_inpu
     assert 'value="niet-pluis" data-assessment checked' in again.text
 
 
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+
+
+def test_a_cookie_without_a_launch_of_ours_is_a_session_ended_page_with_the_text_kept(
+    nurse_for: Any,
+) -> None:
+    """A cut, forged or other app's cookie (the http demo shares localhost): the page that
+    says the session ended, the reasons typed shown back, not a bare 500 (found by review)."""
+    nurse = nurse_for("an-peeters")
+    form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Blauwe plekken.")
+    name = cookie_name(SESSION_COOKIE, nurse.client.app.state.settings)
+    for cookie in ("garbage", "a.b.c", "."):
+        nurse.client.cookies.set(name, cookie)
+        refused = nurse.client.post("/app/triage", data=form, headers=SAME_ORIGIN)
+        assert refused.status_code == 401
+        assert "readonly>Blauwe plekken.</textarea>" in unescape(refused.text)
+        assert nurse.client.get("/app/triage").status_code == 401
+
+
 def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_her_language(
     nurse_for: Any, database: Database
 ) -> None:

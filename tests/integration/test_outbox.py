@@ -7,8 +7,10 @@ guide's resources, is tested in ``test_triage_save.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import sqlite3
 import threading
 import time
@@ -239,6 +241,48 @@ def test_a_stopping_instance_gives_the_rest_of_its_batch_to_another_at_once(
     for entry_id in ids:
         assert len(_events(database, fhir_server.base_url, entry_id)) == 1
         assert outbox_entry(database, entry_id).attempts == 1
+
+
+def test_a_stop_that_cannot_wait_for_the_delivery_in_flight_releases_the_rest_itself(
+    database: Database,
+) -> None:
+    """The delivery in flight outlasts the stop's wait (a FHIR server that does not answer,
+    a long timeout): the process ends with the worker thread still in it, and the batch's
+    other entries stayed leased by a stopped instance for hours (found by review). The
+    server here accepts connections and never answers: a real socket, the one way to make
+    a delivery hang on demand."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/fhir"
+    reached = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                held.append(listener.accept()[0])
+                reached.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    tenant = make_tenant(database, "a", base_url)
+    ids = [_queue_read(database, tenant, base_url, "s1") for _ in range(3)]
+    worker = OutboxWorker(make_outbox(database, Clock()), interval=60, stop_timeout=0.1)
+    worker.start()
+    try:
+        assert reached.wait(timeout=30), "the worker never sent the first entry"
+        worker.stop()  # returns while the first delivery still waits for its answer
+        states = {i: outbox_entry(database, i) for i in ids}
+        in_flight = [i for i, entry in states.items() if entry.lease_owner is not None]
+        assert len(in_flight) == 1
+        for entry_id in set(ids) - set(in_flight):
+            entry = states[entry_id]
+            assert (entry.state, entry.lease_owner, entry.attempts) == ("pending", None, 0)
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()  # the delivery in flight fails now, and its thread ends
+        for thread in threading.enumerate():
+            if thread.name == "outbox-worker":
+                thread.join(timeout=30)
 
 
 def _enqueue(
