@@ -28,7 +28,7 @@ import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, cast
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
@@ -169,7 +169,7 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
         "code_challenge_method": "S256",
         "nonce": nonce,
     }
-    response = RedirectResponse(f"{server.authorization_endpoint}?{urlencode(query)}", 302)
+    response = RedirectResponse(_with_query(server.authorization_endpoint, query), 302)
     _set_cookie(response, _binding_cookie(state, settings), browser, LAUNCH_LIFETIME)
     return response
 
@@ -304,6 +304,15 @@ def _audit_sign_in(
         else:
             channel = Channel(tenant.id, registration.id, registration.fhir_base_url, session_id)
             audit.record_read(session, channel, fact)
+
+
+def _with_query(endpoint: str, parameters: dict[str, str]) -> str:
+    """``endpoint`` with ``parameters`` added to the query it may have already: RFC 6749
+    3.1, the endpoint's query "MUST be retained" (``…/authorize?p=signin``). A second ``?``
+    put the whole request inside its ``p`` (found by review)."""
+    parts = urlsplit(endpoint)
+    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *parameters.items()])
+    return urlunsplit(parts._replace(query=query))
 
 
 def redirect_uri(settings: Settings) -> str:

@@ -530,6 +530,31 @@ def browser_last_callback(browser: Browser, answer: httpx.Response) -> str:
     return request_url
 
 
+def test_an_authorization_endpoint_with_a_query_keeps_it(kindreflex: Kindreflex) -> None:
+    """RFC 6749 3.1: an endpoint's query "MUST be retained when adding additional query
+    parameters" (``…/authorize?p=b2c_1_signin``, a sign-in behind some SMART proxies). A
+    second ``?`` put the whole request inside ``p`` (found by review)."""
+    with Counted(b"{}") as ehr:
+        base = ehr.url.rstrip("/")
+        ehr.body = json.dumps(
+            {"issuer": base, "authorization_endpoint": f"{base}/authorize?p=b2c_1_signin",
+             "token_endpoint": f"{base}/token", "code_challenge_methods_supported": ["S256"]}
+        ).encode()  # fmt: skip
+        registration = _registration(kindreflex.sandbox, "kindreflex", "none")
+        registration = registration.model_copy(update={"fhir_base_url": f"{base}/fhir"})
+        config = TenantConfiguration(name="AZ Proxy", registrations=[registration])
+        kindreflex.app.state.tenants.save("az-proxy", config, "test")
+        started = Browser().get(f"{kindreflex.url}/t/az-proxy/launch?iss={base}/fhir&launch=x")
+
+    assert started.status_code == 302, started.text
+    location = urlsplit(started.headers["location"])
+    assert location.path == "/authorize"
+    sent = parse_qs(location.query)
+    assert sent["p"] == ["b2c_1_signin"]
+    assert sent["response_type"] == ["code"]
+    assert sent["client_id"] == ["kindreflex"]
+
+
 def test_an_ehr_that_sends_the_browser_on_to_another_never_gets_the_others_code(
     kindreflex: Kindreflex,
 ) -> None:
