@@ -51,7 +51,22 @@ def _granted(requested: str, allowed: str) -> str:
             for i in w.interactions
         )
 
-    return " ".join(s for s in requested.split() if s in names or covered(s))
+    def narrowed(scope: str) -> list[str]:
+        """A wildcard the client may not have, as the types it may (SMART 2: "the scopes
+        ultimately granted ... may differ ... often true when dealing with wildcard FHIR
+        Resource scope requests"): ``patient/*.c`` → ``patient/Observation.c`` …"""
+        return [
+            f"{w.context}/{g.resource_type}.{''.join(i for i in 'cruds' if i in letters)}"
+            for w in parse_scopes(scope)
+            if w.resource_type == "*"
+            for g in grants
+            if g.context == w.context and (letters := g.interactions & w.interactions)
+        ]
+
+    granted: list[str] = []
+    for scope in requested.split():
+        granted += [scope] if scope in names or covered(scope) else narrowed(scope)
+    return " ".join(dict.fromkeys(granted))
 
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -34,7 +34,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from sandbox.config import SmartClient
+from sandbox.config import DEFAULT_APP_SCOPE, SmartClient
 from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import Database
@@ -61,15 +61,33 @@ def sandbox() -> Iterator[Sandbox]:
         yield sb
 
 
+#: An EHR that grants no wildcard: the rights of the defaults, type by type, and no more
+#: (SMART 2: the scopes granted "may differ from the scopes requested … often true when
+#: dealing with wildcard FHIR Resource scope requests"). Such an EHR was refused (review).
+PER_TYPE = (
+    "launch openid fhirUser offline_access patient/Patient.rs patient/Encounter.rs "
+    "patient/Condition.rs patient/Observation.crs patient/RelatedPerson.crus "
+    "patient/Flag.crus patient/ServiceRequest.crus patient/Provenance.crs "
+    "patient/AuditEvent.c user/Organization.crs user/Practitioner.rs"
+)
+
+
+@pytest.fixture(params=["wildcards", "type-by-type"])
+def ehr_grants(request: pytest.FixtureRequest) -> str:
+    """What the EHR allows our client: all it asks for, or the same rights type by type."""
+    return DEFAULT_APP_SCOPE if request.param == "wildcards" else PER_TYPE
+
+
 @pytest.fixture
-def app(database: Database, database_url: str, sandbox: Sandbox) -> FastAPI:
+def app(database: Database, database_url: str, sandbox: Sandbox, ehr_grants: str) -> FastAPI:
     """Our app, registered with the sandbox under a client id of its own; the hospital's
     registration names no scopes, so a launch asks for the default."""
     settings = load_settings(environment="test", database_url=database_url, public_url=APP)
     app = create_app(settings, database)
     client_id = f"kindreflex-{uuid.uuid4().hex[:8]}"
     jwks = TestClient(app, base_url=APP).get(JWKS_PATH).json()
-    sandbox.register_client(SmartClient(client_id, (f"{APP}/callback",), jwks=jwks))
+    client = SmartClient(client_id, (f"{APP}/callback",), jwks=jwks, allowed_scope=ehr_grants)
+    sandbox.register_client(client)
     registration = EhrRegistration(
         id="sandbox", name="Sandbox", fhir_base_url=sandbox.fhir_base_url, client_id=client_id
     )
@@ -110,6 +128,15 @@ def _granted(app: FastAPI, sandbox: Sandbox, browser: TestClient) -> set[str]:
     return set(grant.scope.split())
 
 
+def _as_the_ehr_grants(granted: set[str], ehr_grants: str) -> None:
+    """The launch took the grant: what was asked for, or its rights type by type."""
+    if ehr_grants == DEFAULT_APP_SCOPE:
+        assert granted == set(DEFAULT_SCOPES.split())
+    else:
+        assert "patient/Observation.c" in granted
+        assert not [scope for scope in granted if "*" in scope]
+
+
 def _latest_save(database: Database, kind: str) -> OutboxEntry:
     with database.session() as session:
         entry = session.scalars(
@@ -142,14 +169,14 @@ def _triage_form(page: Page, **fields: str) -> dict[str, Any]:
 
 
 def test_a_whole_case_is_recorded_with_the_default_scopes(
-    app: FastAPI, database: Database, sandbox: Sandbox
+    app: FastAPI, database: Database, sandbox: Sandbox, ehr_grants: str
 ) -> None:
     upstream = sandbox.upstream_fhir_base_url
     patient_id, encounter_id = patient_at_triage(upstream)
     patient_ref = f"Patient/{patient_id}"
     nurse, opened = _launched(app, sandbox, "nurse", patient_id, encounter_id)
     assert opened == "/app/triage"
-    assert _granted(app, sandbox, nurse) == set(DEFAULT_SCOPES.split())
+    _as_the_ehr_grants(_granted(app, sandbox, nurse), ehr_grants)
 
     # (1) The nurse's niet-pluis, with a child not yet in the record.
     page = Page(nurse.get("/app/triage"))
@@ -195,7 +222,7 @@ def test_a_whole_case_is_recorded_with_the_default_scopes(
     # (3) The social worker, launched from the patient's chart: step 4, then the referral.
     browser, opened = _launched(app, sandbox, "social-worker", patient_id, None)
     assert opened == "/social/patient"
-    assert _granted(app, sandbox, browser) == set(DEFAULT_SCOPES.split())
+    _as_the_ehr_grants(_granted(app, sandbox, browser), ehr_grants)
     csrf = _session(app, browser).csrf_token
     (listed,) = browser.get("/api/cases").json()["items"]
     assert listed["patient"] == patient_ref
