@@ -530,16 +530,21 @@ def browser_last_callback(browser: Browser, answer: httpx.Response) -> str:
     return request_url
 
 
+def _smart_configuration(base: str, authorize: str) -> bytes:
+    """The ``.well-known/smart-configuration`` of an EHR at ``base`` (a Counted server)."""
+    return json.dumps(
+        {"issuer": base, "authorization_endpoint": authorize, "token_endpoint": f"{base}/token",
+         "code_challenge_methods_supported": ["S256"]}
+    ).encode()  # fmt: skip
+
+
 def test_an_authorization_endpoint_with_a_query_keeps_it(kindreflex: Kindreflex) -> None:
     """RFC 6749 3.1: an endpoint's query "MUST be retained when adding additional query
     parameters" (``…/authorize?p=b2c_1_signin``, a sign-in behind some SMART proxies). A
     second ``?`` put the whole request inside ``p`` (found by review)."""
     with Counted(b"{}") as ehr:
         base = ehr.url.rstrip("/")
-        ehr.body = json.dumps(
-            {"issuer": base, "authorization_endpoint": f"{base}/authorize?p=b2c_1_signin",
-             "token_endpoint": f"{base}/token", "code_challenge_methods_supported": ["S256"]}
-        ).encode()  # fmt: skip
+        ehr.body = _smart_configuration(base, authorize=f"{base}/authorize?p=b2c_1_signin")
         registration = _registration(kindreflex.sandbox, "kindreflex", "none")
         registration = registration.model_copy(update={"fhir_base_url": f"{base}/fhir"})
         config = TenantConfiguration(name="AZ Proxy", registrations=[registration])
@@ -566,10 +571,7 @@ def test_an_ehr_that_sends_the_browser_on_to_another_never_gets_the_others_code(
     (RFC 9207), which is not the launch's: refused before any token request."""
     with Counted(b"{}") as attacker:
         base = attacker.url.rstrip("/")
-        attacker.body = json.dumps(
-            {"issuer": base, "authorization_endpoint": f"{base}/authorize",
-             "token_endpoint": f"{base}/token", "code_challenge_methods_supported": ["S256"]}
-        ).encode()  # fmt: skip
+        attacker.body = _smart_configuration(base, authorize=f"{base}/authorize")
         theirs = _registration(kindreflex.sandbox, "their-client", "none")
         theirs = theirs.model_copy(update={"id": "theirs", "fhir_base_url": f"{base}/fhir"})
         config = TenantConfiguration(name="AZ Elders", registrations=[theirs])
