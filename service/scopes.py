@@ -44,8 +44,7 @@ def writes_not_granted(requested: str, granted: str) -> list[str]:
 
     def covered(context: str, resource: str, letter: str) -> bool:
         return any(
-            g[0] in (context, "user") and g[1] in ("*", resource) and letter in g[2]
-            for g in grants
+            g[0] in (context, "user") and g[1] in ("*", resource) and letter in g[2] for g in grants
         )
 
     missing = []
