@@ -483,14 +483,19 @@ class Outbox:
             self._unbegun[claimed[turn].lease] = claimed[turn + 1 :]
             return True
 
-    def release_unbegun(self) -> None:
+    def release_unbegun(self, wait: float) -> None:
         """Release the entries of the batches in progress that have not begun, once the
         instance stops: the delivery in flight may outlast the wait for it (a FHIR server
-        that does not answer), and the process then ends before the batch comes to them."""
-        with self._turns:
+        that does not answer), and the process then ends before the batch comes to them.
+        Waits at most ``wait`` seconds for the worker's turn (a database that holds it)."""
+        if not self._turns.acquire(timeout=wait):
+            return
+        try:
             for entries in self._unbegun.values():
                 self._release(entries)
             self._unbegun.clear()
+        finally:
+            self._turns.release()
 
     def state_of(self, entry_id: int) -> DeliveryState:
         with self._database.session() as session:
@@ -1633,7 +1638,17 @@ class OutboxWorker:
         if self._thread is not None:
             self._thread.join(timeout=self._stop_timeout)
             if self._thread.is_alive():  # a delivery outlasts the wait: the rest goes now
-                self._outbox.release_unbegun()
+                self._release_unbegun()
+
+    def _release_unbegun(self) -> None:
+        """Best effort, as the service stops: entries not released (the database does not
+        answer either) stay leased until their lease runs out, as before, and the stop
+        goes on; an error here was the app's "shutdown failed" (found by review)."""
+        try:
+            self._outbox.release_unbegun(wait=self._stop_timeout)
+        except Exception as error:
+            fields = {"error": type(error).__name__}
+            log.warning("outbox: entries not begun kept their lease", extra={"fields": fields})
 
     def _loop(self) -> None:
         while True:

@@ -15,29 +15,37 @@ _ANY_SCOPE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.(read|write|\*|
 _V1_LETTERS = {"read": "rs", "write": "cud", "*": "cruds"}
 
 
-#: The types of the patient's record the app writes, by interaction (``service.fhir.mapping``,
-#: the audit): what a wildcard write it asks for (``patient/*.c``) is for.
-_PATIENT_WRITES = {
+#: What a save needs of the patient's record at delivery (``service.outbox``), by
+#: interaction: the types it creates and updates (``service.fhir.mapping``, the audit), and
+#: those it reads before: the version the user saw of what it updates (a merge, an undo),
+#: and the searches that find an earlier save of the same (a merge over it; the witness
+#: that tells whether an attempt landed). What a wildcard asked for (``patient/*.c``) is for.
+_PATIENT_NEEDS = {
     "c": ("Observation", "RelatedPerson", "Flag", "ServiceRequest", "Provenance", "AuditEvent"),
     "u": ("RelatedPerson", "Flag", "ServiceRequest"),
+    "r": ("RelatedPerson", "Flag", "ServiceRequest"),
+    "s": ("Observation", "RelatedPerson", "Flag", "Provenance"),
 }
 #: The user's whole access: the patient's record and the partner directory's Organizations.
-_USER_WRITES = {"c": (*_PATIENT_WRITES["c"], "Organization"), "u": _PATIENT_WRITES["u"]}
+_USER_NEEDS = {**_PATIENT_NEEDS, "c": (*_PATIENT_NEEDS["c"], "Organization")}
 
 
-def writes_not_granted(requested: str, granted: str) -> list[str]:
-    """The writes (create, update) the registration's ``requested`` scopes ask for that the
-    ``granted`` ones do not cover, each as a v2 scope (``patient/Flag.u``), in order.
+def save_rights_not_granted(requested: str, granted: str) -> list[str]:
+    """The rights a save needs at delivery that the registration's ``requested`` scopes ask
+    for and the ``granted`` ones do not cover, each as a v2 scope (``patient/Flag.u``), in
+    order: every create and update asked for, and the reads and searches of the types a
+    delivery reads (:data:`_PATIENT_NEEDS`).
 
-    SMART lets the server grant less than asked. A save it may not write would wait for a
+    SMART lets the server grant less than asked. A save it may not make would wait for a
     sign-in that never brings the right, while the nurse reads "delivery follows" (found
-    by review). A read not granted is not checked: the screens say when they cannot read.
+    by review); so would one whose delivery may not read the child's record it updates
+    (found by review). Other reads are not checked: the screens say when they cannot read.
     A grant covers a need of its own context or, for the user's whole access, ``user``
     (a patient's Flag is among the Flags the user may update).
 
-    A wildcard asked for needs each type the app writes, granted by a wildcard or type by
-    type: SMART 2 says the scopes granted "may differ from the scopes requested … often
-    true when dealing with wildcard FHIR Resource scope requests", and an EHR that grants
+    A wildcard asked for needs each type, granted by a wildcard or type by type: SMART 2
+    says the scopes granted "may differ from the scopes requested … often true when
+    dealing with wildcard FHIR Resource scope requests", and an EHR that grants
     ``patient/Observation.c`` … for ``patient/*.c`` was refused (found by review). Named as
     the wildcard when none of its types is granted."""
     grants = [g for g in map(_letters, granted.split()) if g is not None]
@@ -52,8 +60,8 @@ def writes_not_granted(requested: str, granted: str) -> list[str]:
         if need is None:
             continue
         context, resource, letters = need
-        for letter in sorted(letters & set("cu")):
-            types = _written(context, letter) if resource == "*" else (resource,)
+        for letter in [letter for letter in "curs" if letter in letters]:
+            types = _needed(context, letter, resource)
             lacking = [t for t in types if not covered(context, t, letter)]
             if resource == "*" and lacking and len(lacking) == len(types):
                 missing.append(f"{context}/*.{letter}")
@@ -62,8 +70,12 @@ def writes_not_granted(requested: str, granted: str) -> list[str]:
     return missing
 
 
-def _written(context: str, letter: str) -> tuple[str, ...]:
-    return (_PATIENT_WRITES if context == "patient" else _USER_WRITES)[letter]
+def _needed(context: str, letter: str, resource: str) -> tuple[str, ...]:
+    """The types a scope asked for with ``letter`` on ``resource`` must be granted for."""
+    needs = (_PATIENT_NEEDS if context == "patient" else _USER_NEEDS)[letter]
+    if resource == "*":
+        return needs
+    return (resource,) if letter in "cu" or resource in needs else ()
 
 
 def _letters(scope: str) -> tuple[str, str, set[str]] | None:

@@ -47,7 +47,7 @@ from service.protocol import (
     SupportAction,
     TeamDecision,
 )
-from service.scopes import writes_not_granted
+from service.scopes import save_rights_not_granted
 from service.settings import is_loopback, over_tls
 from service.text import is_one_line
 
@@ -94,7 +94,7 @@ def scopes_missing(scopes: str) -> list[str]:
     waits in the outbox for a sign-in that never brings the right (found by review)."""
     asked = scopes.split()
     launch = [scope for scope in LAUNCH_SCOPES if scope not in asked]
-    return launch + writes_not_granted(DEFAULT_SCOPES, scopes)
+    return launch + save_rights_not_granted(DEFAULT_SCOPES, scopes)
 
 
 #: The validation context of a configuration an administrator submits:

@@ -28,7 +28,7 @@ import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
@@ -42,7 +42,7 @@ from service.db.models import LaunchState, Tenant
 from service.i18n import negotiate
 from service.keys import KeyStore
 from service.outbox import Outbox
-from service.scopes import writes_not_granted
+from service.scopes import save_rights_not_granted
 from service.settings import Settings
 from service.tenancy import TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -307,11 +307,13 @@ def _audit_sign_in(
 
 
 def _with_query(endpoint: str, parameters: dict[str, str]) -> str:
-    """``endpoint`` with ``parameters`` added to the query it may have already: RFC 6749
-    3.1, the endpoint's query "MUST be retained" (``…/authorize?p=signin``). A second ``?``
-    put the whole request inside its ``p`` (found by review)."""
+    """``endpoint`` with ``parameters`` after the query it may have already, kept as written:
+    RFC 6749 3.1, the endpoint's query "MUST be retained" (``…/authorize?p=signin``). A
+    second ``?`` put the whole request inside its ``p``, and decoding the query to encode
+    it again changed its values (found by review). ``oauth.discover`` refuses an endpoint
+    whose query names one of ``parameters`` (each may be sent once)."""
     parts = urlsplit(endpoint)
-    query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), *parameters.items()])
+    query = "&".join(part for part in (parts.query, urlencode(parameters)) if part)
     return urlunsplit(parts._replace(query=query))
 
 
@@ -504,7 +506,7 @@ def _new_session(
         raise PageError(400, "no_patient", logged=logged | held, **page)
     granted = answer.get("scope")
     if isinstance(granted, str):  # absent: as requested (RFC 6749 5.1)
-        missing = writes_not_granted(registration.scopes, granted)
+        missing = save_rights_not_granted(registration.scopes, granted)
         if missing:
             detail = f"not granted: {' '.join(missing)}"
             raise PageError(403, "scope_not_granted", detail=detail, logged=logged, **page)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal
-from urllib.parse import quote_plus, urljoin
+from urllib.parse import parse_qsl, quote_plus, urljoin, urlsplit
 
 import httpx
 import jwt
@@ -151,7 +151,23 @@ def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
     cleartext = [name for name, url in _contacted(base, server) if not over_tls(url)]
     if cleartext:
         raise OAuthError("ehr_unsupported", f"not https: {', '.join(cleartext)}")
+    if taken := _taken_parameters(server.authorization_endpoint):
+        # RFC 6749 3.1: "Request and response parameters MUST NOT be included more than once"
+        raise OAuthError("ehr_unsupported", f"authorization_endpoint's query has {taken}")
     return server
+
+
+#: The parameters of our authorization request (``smart_app.launch``), each sent once.
+AUTHORIZATION_PARAMETERS = frozenset(
+    {"response_type", "client_id", "redirect_uri", "launch", "scope", "state", "aud",
+     "code_challenge", "code_challenge_method", "nonce"}
+)  # fmt: skip
+
+
+def _taken_parameters(endpoint: str) -> str:
+    """The parameters of ours the endpoint's own query names already, if any."""
+    names = {name for name, _ in parse_qsl(urlsplit(endpoint).query, keep_blank_values=True)}
+    return ", ".join(sorted(names & AUTHORIZATION_PARAMETERS))
 
 
 class AuthServers:

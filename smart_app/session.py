@@ -45,7 +45,7 @@ from service.db.models import AppSession, Tenant
 from service.fhir.client import FhirUnavailable, ReauthorisationRequired
 from service.i18n import Language, negotiate
 from service.keys import KeyStore, Sealer, UnsealError
-from service.scopes import writes_not_granted
+from service.scopes import save_rights_not_granted
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -509,7 +509,7 @@ class SessionTokens:
                     raise FhirUnavailable(f"token refresh: {failure.detail}") from failure
                 return self._still_valid(row, current, failure.detail)
             granted = str(answer.get("scope") or row.scope)
-            if dropped := writes_not_granted(row.scope, granted):
+            if dropped := save_rights_not_granted(row.scope, granted):
                 # as the launch refuses it: the saves would wait for a sign-in while the
                 # nurse reads "delivery follows" (found by review). Not kept; past expiry,
                 # a new sign-in.

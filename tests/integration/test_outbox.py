@@ -15,6 +15,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from email.utils import format_datetime
@@ -243,16 +245,13 @@ def test_a_stopping_instance_gives_the_rest_of_its_batch_to_another_at_once(
         assert outbox_entry(database, entry_id).attempts == 1
 
 
-def test_a_stop_that_cannot_wait_for_the_delivery_in_flight_releases_the_rest_itself(
-    database: Database,
-) -> None:
-    """The delivery in flight outlasts the stop's wait (a FHIR server that does not answer,
-    a long timeout): the process ends with the worker thread still in it, and the batch's
-    other entries stayed leased by a stopped instance for hours (found by review). The
-    server here accepts connections and never answers: a real socket, the one way to make
-    a delivery hang on demand."""
+@contextmanager
+def _silent_fhir_server() -> Iterator[tuple[str, threading.Event]]:
+    """A FHIR base URL whose server accepts connections and never answers (a real socket,
+    the one way to make a delivery hang on demand), and the event set at its first
+    connection. At the end, its connections close: a delivery waiting on it fails then,
+    and the worker thread that sent it is waited for."""
     listener = socket.create_server(("127.0.0.1", 0))
-    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/fhir"
     reached = threading.Event()
     held: list[socket.socket] = []
 
@@ -263,26 +262,66 @@ def test_a_stop_that_cannot_wait_for_the_delivery_in_flight_releases_the_rest_it
                 reached.set()
 
     threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/fhir", reached
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+        for thread in threading.enumerate():
+            if thread.name == "outbox-worker":
+                thread.join(timeout=30)
+
+
+def _stopped_in_flight(
+    database: Database,
+    base_url: str,
+    reached: threading.Event,
+    stopping: AbstractContextManager[object] | None = None,
+) -> list[int]:
+    """Three entries queued for ``base_url``; a worker that sends the first and is stopped
+    (within ``stopping``) while that delivery waits: it waits for the stop only 0.1 s. The
+    entries' ids."""
     tenant = make_tenant(database, "a", base_url)
     ids = [_queue_read(database, tenant, base_url, "s1") for _ in range(3)]
     worker = OutboxWorker(make_outbox(database, Clock()), interval=60, stop_timeout=0.1)
     worker.start()
-    try:
-        assert reached.wait(timeout=30), "the worker never sent the first entry"
+    assert reached.wait(timeout=30), "the worker never sent the first entry"
+    with stopping or contextlib.nullcontext():
         worker.stop()  # returns while the first delivery still waits for its answer
+    return ids
+
+
+def test_a_stop_that_cannot_wait_for_the_delivery_in_flight_releases_the_rest_itself(
+    database: Database,
+) -> None:
+    """The delivery in flight outlasts the stop's wait (a FHIR server that does not answer,
+    a long timeout): the process ends with the worker thread still in it, and the batch's
+    other entries stayed leased by a stopped instance for hours (found by review)."""
+    with _silent_fhir_server() as (base_url, reached):
+        ids = _stopped_in_flight(database, base_url, reached)
         states = {i: outbox_entry(database, i) for i in ids}
-        in_flight = [i for i, entry in states.items() if entry.lease_owner is not None]
-        assert len(in_flight) == 1
-        for entry_id in set(ids) - set(in_flight):
-            entry = states[entry_id]
-            assert (entry.state, entry.lease_owner, entry.attempts) == ("pending", None, 0)
-    finally:
-        listener.close()
-        for connection in held:
-            connection.close()  # the delivery in flight fails now, and its thread ends
-        for thread in threading.enumerate():
-            if thread.name == "outbox-worker":
-                thread.join(timeout=30)
+    in_flight = [i for i, entry in states.items() if entry.lease_owner is not None]
+    assert len(in_flight) == 1
+    for entry_id in set(ids) - set(in_flight):
+        entry = states[entry_id]
+        assert (entry.state, entry.lease_owner, entry.attempts) == ("pending", None, 0)
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_stop_whose_release_the_database_does_not_take_still_stops(
+    database: Database, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release at stop is best effort: with the database down too, the stop raised out
+    of the app's shutdown ("Application shutdown failed", found by review). It stops, says
+    so, and the entries keep their lease until the worker's next turn or its end."""
+    with _silent_fhir_server() as (base_url, reached):
+        ids = _stopped_in_flight(database, base_url, reached, refusing_connections(database_url))
+    assert "outbox: entries not begun kept their lease" in caplog.text
+    # nothing lost: each waits for its delivery (released by the worker at its next turn)
+    assert [outbox_entry(database, i).state for i in ids] == ["pending"] * 3
 
 
 def _enqueue(

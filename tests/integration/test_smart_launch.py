@@ -541,23 +541,34 @@ def _smart_configuration(base: str, authorize: str) -> bytes:
 def test_an_authorization_endpoint_with_a_query_keeps_it(kindreflex: Kindreflex) -> None:
     """RFC 6749 3.1: an endpoint's query "MUST be retained when adding additional query
     parameters" (``…/authorize?p=b2c_1_signin``, a sign-in behind some SMART proxies). A
-    second ``?`` put the whole request inside ``p`` (found by review)."""
-    with Counted(b"{}") as ehr:
-        base = ehr.url.rstrip("/")
-        ehr.body = _smart_configuration(base, authorize=f"{base}/authorize?p=b2c_1_signin")
-        registration = _registration(kindreflex.sandbox, "kindreflex", "none")
-        registration = registration.model_copy(update={"fhir_base_url": f"{base}/fhir"})
-        config = TenantConfiguration(name="AZ Proxy", registrations=[registration])
-        kindreflex.app.state.tenants.save("az-proxy", config, "test")
-        started = Browser().get(f"{kindreflex.url}/t/az-proxy/launch?iss={base}/fhir&launch=x")
+    second ``?`` put the whole request inside ``p`` (found by review); the query is kept as
+    written, opaque values and all. One that names a parameter of ours is refused: "MUST NOT
+    be included more than once"."""
 
+    def launched(slug: str, query: str) -> httpx.Response:
+        with Counted(b"{}") as ehr:
+            base = ehr.url.rstrip("/")
+            ehr.body = _smart_configuration(base, authorize=f"{base}/authorize?{query}")
+            registration = _registration(kindreflex.sandbox, "kindreflex", "none")
+            registration = registration.model_copy(update={"fhir_base_url": f"{base}/fhir"})
+            config = TenantConfiguration(name=slug, registrations=[registration])
+            kindreflex.app.state.tenants.save(slug, config, "test")
+            return Browser().get(f"{kindreflex.url}/t/{slug}/launch?iss={base}/fhir&launch=x")
+
+    started = launched("az-proxy", "p=b2c_1_signin&t=%FF%2F&signin")
     assert started.status_code == 302, started.text
     location = urlsplit(started.headers["location"])
     assert location.path == "/authorize"
+    assert location.query.startswith("p=b2c_1_signin&t=%FF%2F&signin&")
     sent = parse_qs(location.query)
-    assert sent["p"] == ["b2c_1_signin"]
-    assert sent["response_type"] == ["code"]
-    assert sent["client_id"] == ["kindreflex"]
+    assert (sent["p"], sent["response_type"], sent["client_id"]) == (
+        ["b2c_1_signin"], ["code"], ["kindreflex"]
+    )  # fmt: skip
+
+    refused = launched("az-twice", "client_id=other")
+    assert refused.status_code == 502, refused.text
+    assert "<code>authorization_endpoint&#x27;s query has client_id</code>" in refused.text
+    assert kindreflex.count(LaunchState) == 1  # the first launch's: nothing of the refused one
 
 
 def test_an_ehr_that_sends_the_browser_on_to_another_never_gets_the_others_code(

@@ -1,12 +1,13 @@
-"""What a token's granted scope leaves out of the writes the registration asked for
-(``service.scopes.writes_not_granted``): SMART v1 and v2 syntax, wildcards, a user-level
-grant for a patient-level need; reads are not checked."""
+"""What a token's granted scope leaves out of the rights a save needs that the registration
+asked for (``service.scopes.save_rights_not_granted``): SMART v1 and v2 syntax, wildcards
+and types granted one by one, a user-level grant for a patient-level need; the reads of a
+delivery are checked, the screens' are not."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.scopes import writes_not_granted
+from service.scopes import save_rights_not_granted
 from service.tenant_config import DEFAULT_SCOPES, scopes_missing
 
 
@@ -15,19 +16,19 @@ from service.tenant_config import DEFAULT_SCOPES, scopes_missing
     [
         DEFAULT_SCOPES,
         "launch openid patient/*.cruds user/*.cruds",
-        "patient/*.write user/*.write",  # v1
+        "patient/*.read patient/*.write user/*.write",  # v1
         "patient/*.* user/Organization.*",  # v1 wildcard
-        "user/*.cu",  # the user's whole access covers the patient's
-        "patient/*.c patient/*.u?category=exam user/Organization.c",  # v2 query: not enforced
+        "user/*.cus user/*.r",  # the user's whole access covers the patient's
+        "patient/*.crs patient/*.u?category=exam user/Organization.c",  # v2 query: not enforced
     ],
 )
-def test_every_write_asked_for_is_granted(granted: str) -> None:
-    assert writes_not_granted(DEFAULT_SCOPES, granted) == []
+def test_every_right_a_save_needs_is_granted(granted: str) -> None:
+    assert save_rights_not_granted(DEFAULT_SCOPES, granted) == []
 
 
-def test_the_writes_not_granted_are_named_as_v2_scopes_in_the_order_asked() -> None:
+def test_the_save_rights_not_granted_are_named_as_v2_scopes_in_the_order_asked() -> None:
     granted = "launch openid fhirUser patient/*.read patient/*.c user/*.rs"
-    assert writes_not_granted(DEFAULT_SCOPES, granted) == [
+    assert save_rights_not_granted(DEFAULT_SCOPES, granted) == [
         "patient/RelatedPerson.u",
         "patient/ServiceRequest.u",
         "patient/Flag.u",
@@ -36,17 +37,32 @@ def test_the_writes_not_granted_are_named_as_v2_scopes_in_the_order_asked() -> N
 
 
 def test_a_patient_level_grant_does_not_cover_a_user_level_need() -> None:
-    assert writes_not_granted("user/Organization.c", "patient/*.cruds") == ["user/Organization.c"]
+    assert save_rights_not_granted("user/Organization.c", "patient/*.cruds") == [
+        "user/Organization.c"
+    ]
 
 
-def test_reads_and_other_scopes_are_not_checked() -> None:
-    assert writes_not_granted("launch openid patient/*.rs user/Practitioner.rs", "launch") == []
+def test_reads_only_the_screens_need_and_other_scopes_are_not_checked() -> None:
+    asked = "launch openid patient/Patient.rs patient/Encounter.rs user/Practitioner.rs"
+    assert save_rights_not_granted(asked, "launch") == []
 
 
-#: What an EHR that grants no wildcard gives for the defaults, type by type.
+def test_the_reads_a_delivery_makes_are_checked() -> None:
+    """A save's delivery reads the version of a child's record the nurse saw, and searches
+    for an earlier save of the same: a grant without them was taken, and the nurse's edit
+    of a child waited for a sign-in that brought the same grant again (found by review)."""
+    no_read = PER_TYPE.replace("RelatedPerson.crus", "RelatedPerson.cus")
+    assert save_rights_not_granted(DEFAULT_SCOPES, no_read) == ["patient/RelatedPerson.r"]
+    no_search = PER_TYPE.replace("Provenance.crs", "Provenance.cr")
+    assert save_rights_not_granted(DEFAULT_SCOPES, no_search) == ["patient/Provenance.s"]
+    assert save_rights_not_granted("patient/*.rs", "patient/*.c") == ["patient/*.r", "patient/*.s"]
+
+
+#: What an EHR that grants no wildcard gives for the defaults, type by type: the creates and
+#: updates, and the reads and searches a delivery makes.
 PER_TYPE = (
     "patient/Observation.crs patient/RelatedPerson.crus patient/Flag.crus "
-    "patient/ServiceRequest.crus patient/Provenance.cr patient/AuditEvent.c "
+    "patient/ServiceRequest.crus patient/Provenance.crs patient/AuditEvent.c "
     "user/Organization.crs user/Practitioner.rs"
 )
 
@@ -54,15 +70,15 @@ PER_TYPE = (
 def test_a_wildcard_asked_for_is_granted_type_by_type() -> None:
     """SMART 2: the scopes granted "may differ from the scopes requested … often true when
     dealing with wildcard FHIR Resource scope requests". Such an EHR was refused."""
-    assert writes_not_granted(DEFAULT_SCOPES, PER_TYPE) == []
+    assert save_rights_not_granted(DEFAULT_SCOPES, PER_TYPE) == []
 
 
 def test_a_type_the_app_writes_that_is_not_granted_is_named() -> None:
     without_audit = PER_TYPE.replace("patient/AuditEvent.c ", "")
-    assert writes_not_granted(DEFAULT_SCOPES, without_audit) == ["patient/AuditEvent.c"]
+    assert save_rights_not_granted(DEFAULT_SCOPES, without_audit) == ["patient/AuditEvent.c"]
     no_update = "patient/*.c user/Organization.c"
-    assert writes_not_granted("patient/*.cu", no_update) == ["patient/*.u"]
-    assert writes_not_granted("user/*.c", "user/Observation.c") == [
+    assert save_rights_not_granted("patient/*.cu", no_update) == ["patient/*.u"]
+    assert save_rights_not_granted("user/*.c", "user/Observation.c") == [
         "user/RelatedPerson.c", "user/Flag.c", "user/ServiceRequest.c", "user/Provenance.c",
         "user/AuditEvent.c", "user/Organization.c",
     ]  # fmt: skip
