@@ -110,7 +110,8 @@ def test_the_french_worklist_names_the_open_concerns_as_the_french_card_does(
     page = TestClient(app).get("/social", headers=me)
 
     assert '<html lang="fr">' in page.text
-    assert "<caption>Préoccupations Kindreflex ouvertes (1 sur cette page)</caption>" in page.text
+    caption = "Préoccupations Kindreflex ouvertes (1 sur cette page)"
+    assert f'<caption id="worklist-caption">{caption}</caption>' in page.text
 
 
 def test_the_worklist_and_the_pages_it_leads_to_stay_with_its_launch(
