@@ -15,19 +15,36 @@ _ANY_SCOPE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.(read|write|\*|
 _V1_LETTERS = {"read": "rs", "write": "cud", "*": "cruds"}
 
 
-#: What a save needs of the patient's record at delivery (``service.outbox``), by
-#: interaction: the types it creates and updates (``service.fhir.mapping``, the audit), and
-#: those it reads before: the version the user saw of what it updates (a merge, an undo),
-#: and the searches that find an earlier save of the same (a merge over it; the witness
-#: that tells whether an attempt landed). What a wildcard asked for (``patient/*.c``) is for.
-_PATIENT_NEEDS = {
-    "c": ("Observation", "RelatedPerson", "Flag", "ServiceRequest", "Provenance", "AuditEvent"),
-    "u": ("RelatedPerson", "Flag", "ServiceRequest"),
-    "r": ("RelatedPerson", "Flag", "ServiceRequest"),
-    "s": ("Observation", "RelatedPerson", "Flag", "Provenance"),
+#: Resources the app creates (children, findings, referral and its partner, open concern,
+#: and in every write its provenance and audit event).
+WRITTEN_RESOURCES = (
+    "RelatedPerson",
+    "Observation",
+    "ServiceRequest",
+    "Organization",
+    "Flag",
+    "Provenance",
+    "AuditEvent",
+)
+#: Resources the app updates (a child recorded before, a referral's status, the concern),
+#: always with ``If-Match`` on the version read: a delivery reads them too (the version the
+#: user saw, for a merge or an undo).
+UPDATED_RESOURCES = ("RelatedPerson", "ServiceRequest", "Flag")
+#: Resources a delivery searches: for an earlier save of the same (a merge over it), and
+#: for the witness that tells whether an earlier attempt landed.
+SEARCHED_AT_DELIVERY = ("Observation", "RelatedPerson", "Flag", "Provenance")
+#: What a save needs at delivery (``service.outbox``), by interaction: what a wildcard
+#: asked for (``user/*.c``) is for.
+_USER_NEEDS = {
+    "c": WRITTEN_RESOURCES,
+    "u": UPDATED_RESOURCES,
+    "r": UPDATED_RESOURCES,
+    "s": SEARCHED_AT_DELIVERY,
 }
-#: The user's whole access: the patient's record and the partner directory's Organizations.
-_USER_NEEDS = {**_PATIENT_NEEDS, "c": (*_PATIENT_NEEDS["c"], "Organization")}
+#: The same of the patient's record: the partner directory's Organizations are outside it.
+_PATIENT_NEEDS = {
+    letter: tuple(t for t in types if t != "Organization") for letter, types in _USER_NEEDS.items()
+}
 
 
 def save_rights_not_granted(requested: str, granted: str) -> list[str]:

@@ -150,8 +150,12 @@ class TenantDirectory:
         _named_by_a_slug(slug)
         now = self._clock()
         cached = self._cache.get(slug)
-        young = cached and now - cached[0] < REFRESH_SECONDS
-        if cached and young and cached[1].version >= at_least and not fresh:
+        if (
+            not fresh
+            and cached
+            and now - cached[0] < REFRESH_SECONDS
+            and cached[1].version >= at_least
+        ):
             return cached[1]
         with self._database.session() as session:
             context = self._load(session, slug, cached[1] if cached else None)

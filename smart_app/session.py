@@ -208,7 +208,7 @@ class SessionStore:
     def of_browser(self, cookie: str, launch: str | None) -> AppSession | None:
         """The session of the launch ``launch`` among the cookie's; without one, the
         browser's newest launch. Never another launch than the one named. It may have
-        ended (:func:`live`): its language still says how to tell the user so."""
+        ended (``expires_at`` past): its language still says how to tell the user so."""
         held = browser_launches(cookie)
         if not held:  # no secret of ours in the cookie (cut, forged, another app's)
             return None

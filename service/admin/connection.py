@@ -22,27 +22,14 @@ import httpx
 
 from service.bounded_fetch import BlockingClient, BodyTooLargeError, Bounds, UndecodableBodyError
 from service.i18n import Language, translate
+from service.scopes import UPDATED_RESOURCES, WRITTEN_RESOURCES
 from service.tenant_config import EhrRegistration, scopes_missing
 from service.triage import CHART_REVINCLUDES
 
-#: Resources the app creates (children, findings, referral and its partner, open concern,
-#: and in every write its provenance and audit event).
-WRITTEN_RESOURCES = (
-    "RelatedPerson",
-    "Observation",
-    "ServiceRequest",
-    "Organization",
-    "Flag",
-    "Provenance",
-    "AuditEvent",
-)
 #: Resources the app creates only when their business identifier finds none
 #: (``ifNoneExist``), so that a save sent again creates nothing twice; Provenance and
 #: AuditEvent have no identifier in R4 (the outbox sends them once).
 CONDITIONALLY_CREATED = ("RelatedPerson", "Observation", "ServiceRequest", "Organization", "Flag")
-#: Resources the app updates (a child recorded before, a referral's status, the concern),
-#: always with ``If-Match`` on the version read.
-UPDATED_RESOURCES = ("RelatedPerson", "ServiceRequest", "Flag")
 #: Resources the app and the CDS service read.
 READ_RESOURCES = ("Patient", "Encounter", "Condition")
 #: Each of the two fetches, whole: four times the largest CapabilityStatement seen.

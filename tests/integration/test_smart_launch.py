@@ -54,6 +54,7 @@ from service.tenant_config import (
 from smart_app import launch as launch_module
 from smart_app import oauth
 from smart_app.oauth import (
+    AUTHORIZATION_PARAMETERS,
     EHR_FETCH_MAX_BYTES,
     EHR_FETCH_SECONDS,
     FAILED_DISCOVERY_SECONDS,
@@ -352,6 +353,7 @@ def test_the_authorization_request_carries_pkce_state_nonce_and_the_iss_as_aud(
     started = Browser().get(f"{kindreflex.url}/launch?{query}")
     assert started.status_code == 302, started.text
     sent = {k: v[0] for k, v in parse_qs(urlsplit(started.headers["location"]).query).items()}
+    assert set(sent) == AUTHORIZATION_PARAMETERS  # those an endpoint's own query may not have
     assert sent["aud"] == iss  # SMART: in an EHR launch, aud is the launch's iss
     assert sent["response_type"] == "code"
     assert sent["client_id"] == kindreflex.client_id
