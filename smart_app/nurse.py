@@ -672,9 +672,11 @@ def _form_page(
     focus: str | None = None,
     status_code: int | None = None,
     open_concern: bool = False,
+    acute_danger_partners: tuple[Partner, ...] = (),
 ) -> HTMLResponse:
     """``open_concern``: the worklist holds an open concern for the patient (a hand-off
-    saved earlier), said on the page as the card's open concern is."""
+    saved earlier), said on the page as the card's open concern is.
+    ``acute_danger_partners``: the parket and the police to call now, above the form."""
     errors = errors or []
     card = card_context(ctx.app_context)
     return render(
@@ -691,6 +693,7 @@ def _form_page(
         max_children=MAX_CHILDREN,
         patient_banner=ctx.need_patient_banner and bool(form.patient_name),
         born=dates.born(form.patient_birth_date, ctx.language),
+        acute_danger_partners=acute_danger_partners,
     )
 
 
@@ -803,9 +806,13 @@ def _save(
         form = replace(form, children=rows)
         return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
     except SaveConflict:
-        # what the protocol asks now does not wait for the record: with acute danger, the
-        # parket or the police (found by review: the conflict page said only "conflict")
-        result = None
+        try:
+            return _form_after_conflict(ctx, triage, form, findings)
+        except (FhirError, ReauthorisationRequired):
+            # the record cannot be read now: a page that says to open the app again and,
+            # with acute danger, to call the parket or the police now (found by review:
+            # the conflict page said only "conflict")
+            result = None
     except ReauthorisationRequired:
         return _relaunch_page(ctx)
     return render(
@@ -818,6 +825,44 @@ def _save(
         # "no concern" now leaves a hand-off made earlier open: the page must not say otherwise
         open_concern=triage.has_open_concern(ctx),
     )
+
+
+def _form_after_conflict(
+    ctx: LaunchContext, triage: Triage, form: TriageForm, findings: TriageInput
+) -> HTMLResponse:
+    """The form again after a save the record refused because someone else had changed the
+    patient's data first (:class:`SaveConflict`): the children as the record has them now
+    (:func:`rows_after_conflict`), every other answer as she gave it, and, with acute
+    danger, the parket or the police to call now. Before, the page told her to open the
+    app again and fill in the steps again: her reasons, typed in a crisis, were in the
+    outbox but no longer in front of her."""
+    chart = triage.load_chart(ctx)
+    rows = rows_after_conflict(form.children, chart)
+    # a page of its own: saved again as shown, it is a new save, not the refused one
+    again = replace(form, children=rows, page_id=uuid.uuid4().hex)
+    refused = FieldError(NO_FIELD, _app_message(ctx.language, "triage.conflict"))
+    acute = findings.step2 is not None and findings.step2.acute_danger
+    return _form_page(
+        ctx,
+        again,
+        errors=[refused],
+        status_code=409,
+        open_concern=triage.has_open_concern(ctx),
+        acute_danger_partners=_acute_danger_partners(ctx) if acute else (),
+    )
+
+
+def rows_after_conflict(typed: list[ChildRow], chart: RecordedChart) -> list[ChildRow]:
+    """The child rows of the form shown again after a conflict. A child the record holds
+    in the version she saw keeps the values she typed (saved again, her edit is made on
+    that version); one the record holds in another version is shown as the record has it,
+    marked as :meth:`Triage.load_chart` says (her edit of it: ``conflict``); a child
+    she added keeps its row. A child on her page the record no longer lists is left out,
+    as the page opened again would."""
+    hers = {row.ref: row for row in typed if row.recorded}
+    rows = [hers.get(child.ref) or ChildRow.of(child, chart) for child in chart.children]
+    rows += [row for row in typed if not row.recorded]
+    return rows or [ChildRow()]
 
 
 def _outcome(findings: TriageInput) -> str:

@@ -30,6 +30,7 @@ from service.app import create_app
 from service.db.base import LOCK_TIMEOUT_SECONDS, Database, utcnow
 from service.db.models import AppSession, AuditRecord, OutboxEntry
 from service.fhir import terminology
+from service.fhir.client import FhirUnavailable
 from service.i18n import LANGUAGES, Language, catalogue
 from service.outbox import RACES_RETRIED
 from service.partners import load_default_directory
@@ -50,6 +51,7 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from service.text import typed_text
+from service.triage import Triage
 from smart_app.nurse import MAX_CHILDREN, NO_FIELD, parse_typed_date, protocol_error
 from smart_app.session import SESSION_COOKIE, AppUser, NewSession, SessionStore, cookie_name
 from tests.support.pages import Page, recorded_rows
@@ -1724,20 +1726,17 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     nurse_for: Any, sandbox: Sandbox
 ) -> None:
     """The nurse renames a recorded child that someone else changed after the page was
-    loaded: the save says so (a conflict). Opened again, the page showed the record's
-    version without a word. It now says, at that child, that the saved change was not
-    applied because someone else changed the child first, and shows the record's
-    version; the other child is only 'already in the record'."""
+    loaded: the save says so (a conflict: the form again, see the next test). Opened
+    again, the page showed the record's version without a word. It now says, at that
+    child, that the saved change was not applied because someone else changed the child
+    first, and shows the record's version; the other child is only 'already in the
+    record'."""
     nurse = nurse_for("els-goossens")
     page = nurse.page()
     rows, child_id, earlier = _renamed_after_someone_else_changed_it(page, sandbox)
 
     refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
-    assert 'data-save-status="conflict"' in refused.text
-    assert "<h1>Nakijken nodig: het dossier is intussen gewijzigd</h1>" in refused.text
-    # said of whatever was changed (a child, or the concern's Flag), not of children only
-    said = "iemand anders heeft intussen dezelfde gegevens van deze patiënt gewijzigd"
-    assert said in refused.text
+    assert refused.status == 409, refused.text
 
     again = nurse.page()
 
@@ -1752,12 +1751,66 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     assert again.text.count("Al in het dossier") == 1  # the other child
 
 
+def test_a_save_refused_because_someone_else_changed_a_child_keeps_her_answers(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    """The nurse renames a recorded child that someone else changed after the page was
+    loaded, edits the other child and gives her step 2 reasons: the record refuses the
+    save (a conflict). The page told her to open the app again and fill in the steps
+    again: her reasons, typed in a crisis, were in the outbox but no longer before her.
+    Now the form comes back with her answers, her edit of the child nobody else changed,
+    the other child as the record has it now (marked), and a new page id; saved again as
+    shown, it reaches the record."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows, child_id, earlier = _renamed_after_someone_else_changed_it(page, sandbox)
+    rows["child-1-name"] = f"{rows['child-1-name']} Marie"  # nobody else changed this one
+    other_id = rows["child-1-ref"].split("/")[1]
+    reasons = f"Dreigt de kinderen iets aan te doen ({uuid.uuid4()})"  # one server, two runs
+    answers = {"assessment": "niet-pluis", "reasons": reasons, "discussed_with_colleague": "1"}
+
+    refused = nurse.post({"csrf_token": page.csrf, **rows, **answers})
+
+    assert refused.status == 409, refused.text
+    summary = refused.text.split("data-error-summary")[1].split("</div>")[0]
+    assert "Uw antwoorden staan hieronder nog ingevuld" in summary
+    # said of whatever was changed (a child, or the concern's Flag), not of children only
+    assert "iemand anders heeft intussen dezelfde gegevens van deze patiënt gewijzigd" in summary
+    assert "<title>Fout: " in refused.text
+    assert refused.value("reasons") == reasons
+    assert refused.submitted()["assessment"] == ["niet-pluis"]
+    assert refused.submitted()["discussed_with_colleague"] == ["1"]
+    assert refused.value("page_id") != page.value("page_id")
+    refs = refused.child_refs()
+    place = next(i for i, ref in enumerate(refs) if f"/{child_id}/" in ref)
+    version = _upstream(sandbox, f"RelatedPerson/{child_id}")["meta"]["versionId"]
+    assert refs[place] == f"RelatedPerson/{child_id}/_history/{version}"
+    assert refused.value(f"child-{place}-name") == page.value("child-0-name")  # the record's
+    assert refused.value(f"child-{place}-birth_date") == f"{date.fromisoformat(earlier):%d/%m/%Y}"
+    assert refused.value(f"child-{place}-delivery") == "conflict"
+    other = next(i for i, ref in enumerate(refs) if f"/{other_id}/" in ref)
+    assert refs[other] == rows["child-1-ref"]  # the version she saw
+    assert refused.value(f"child-{other}-name") == rows["child-1-name"]  # her edit
+
+    saved = nurse.post(refused.submitted())
+
+    assert 'data-save-status="delivered"' in saved.text, saved.text
+    assert (
+        _upstream(sandbox, f"RelatedPerson/{other_id}")["name"][0]["text"] == rows["child-1-name"]
+    )
+    changed = _upstream(sandbox, f"RelatedPerson/{child_id}")
+    assert changed["meta"]["versionId"] == version  # as the other writer left it
+    patient_ref = f"Patient/{nurse.patient_id}"
+    written = written_by_kindreflex(sandbox.upstream_fhir_base_url, patient_ref)
+    assert sum(reasons in json.dumps(o) for o in written["Observation"]) == 1
+
+
 def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_now(
     nurse_for: Any, sandbox: Sandbox
 ) -> None:
     """Acute danger does not wait for the record. Before, a save that met someone else's
-    change of a child said only "conflict": no parket or police, no hand-off (found by
-    review)."""
+    change of a child said only "conflict": no parket or police (found by review). The
+    form shown again says it above her answers, acute danger still ticked."""
     nurse = nurse_for("els-goossens")
     page = nurse.page()
     rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
@@ -1772,14 +1825,44 @@ def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_no
         }
     )
 
-    assert 'data-save-status="conflict"' in refused.text
-    # nothing of it is in the record, and the page opened again will not show her steps:
-    # it promised "your input is kept, check both versions" (found by review)
-    assert "Nog niets van wat u opsloeg, staat in het dossier" in unescape(refused.text)
-    assert "beide versies" not in refused.text
+    assert refused.status == 409, refused.text
     acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
     assert "parket en/of de politie" in acute
-    assert "Doorgegeven aan de sociale dienst" in refused.text
+    assert refused.text.index("data-acute-danger") < refused.text.index("data-triage-form")
+    assert refused.submitted()["acute_danger"] == ["1"]
+
+
+def test_a_conflict_the_record_cannot_be_read_after_says_to_open_the_app_again(
+    nurse_for: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the record cannot be read after the conflict, the form cannot show the
+    children as it has them now: the page says nothing is in the record, to open the app
+    again, and, with acute danger, still to call the parket or the police now. The read
+    failing in the instant between the refusal and it cannot be caused with the real
+    server, so the read is made to fail here (a mock, for that fault alone)."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
+
+    def unreadable(self: Triage, ctx: Any) -> None:
+        raise FhirUnavailable("the FHIR server went away after the refusal")
+
+    monkeypatch.setattr(Triage, "load_chart", unreadable)
+    refused = nurse.post(
+        {
+            "csrf_token": page.csrf,
+            **rows,
+            "assessment": "niet-pluis",
+            "reasons": "Dreigt de kinderen iets aan te doen",
+            "acute_danger": "1",
+        }
+    )
+
+    assert 'data-save-status="conflict"' in refused.text
+    assert "<h1>Nakijken nodig: het dossier is intussen gewijzigd</h1>" in refused.text
+    assert "Open de Kindreflex opnieuw" in unescape(refused.text)
+    acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
+    assert "parket en/of de politie" in acute
 
 
 def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any) -> None:

@@ -36,9 +36,15 @@ class _Parser(HTMLParser):
             self.fields.append({"tag": tag, **a})
         if tag == "textarea":
             self._textarea = a.get("name")
+            self.textareas.setdefault(a.get("name", ""), "")  # sent even when empty
         if tag == "select":
             self._select = a.get("name")
-        if tag == "option" and self._select and "selected" in a:
+        # the selected option, else the first one
+        if (
+            tag == "option"
+            and self._select
+            and ("selected" in a or self._select not in self.selected)
+        ):
             self.selected[self._select] = a.get("value", "")
         if tag == "a" and "href" in a:
             self.links.append(a["href"])
@@ -73,6 +79,23 @@ class Page:
     @property
     def csrf(self) -> str:
         return self.value("csrf_token")
+
+    def submitted(self) -> dict[str, list[str]]:
+        """What submitting the page's form as shown sends (its default button: no
+        ``action``): text and hidden inputs, the checked boxes and radios, each select's
+        selected option, each textarea's text."""
+        sent: dict[str, list[str]] = {}
+        for field in self.parsed.fields:
+            name, kind = field.get("name"), field.get("type", "text")
+            if not name or kind in ("submit", "button") or field["tag"] != "input":
+                continue
+            if kind in ("checkbox", "radio") and "checked" not in field:
+                continue
+            unset = "on" if kind in ("checkbox", "radio") else ""  # as a browser sends them
+            sent.setdefault(name, []).append(field.get("value", unset))
+        for name, value in [*self.parsed.selected.items(), *self.parsed.textareas.items()]:
+            sent.setdefault(name, []).append(value)
+        return sent
 
     def child_refs(self) -> list[str]:
         names = sorted(

@@ -1,0 +1,55 @@
+"""The nurse's child rows when the form comes back after a save the record refused because
+someone else changed the patient's data first (``smart_app.nurse.rows_after_conflict``)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from service.outbox import DeliveryState
+from service.protocol import Child, ChildRelationship, LivesWith
+from service.triage import RecordedChart
+from smart_app.nurse import ChildRow, rows_after_conflict
+
+
+def _child(ref: str, name: str) -> Child:
+    return Child(ref, name, date(2019, 7, 3), ChildRelationship.CHILD, LivesWith.PERMANENTLY)
+
+
+def _typed(ref: str, name: str, *, recorded: bool = True) -> ChildRow:
+    return ChildRow(ref=ref, name=name, birth_date="03/07/2019", recorded=recorded)
+
+
+def test_each_child_as_she_typed_it_unless_the_record_holds_another_version() -> None:
+    changed = _child("RelatedPerson/1/_history/3", "Lotte")  # someone else's version 3
+    unchanged = _child("RelatedPerson/2/_history/1", "Mats")
+    pending = _child("urn:uuid:7d1e0c43-5f62-4f0e-9a8e-0c2b7b1d9f10", "Noor")  # a save waits
+    chart = RecordedChart(
+        None,
+        [changed, unchanged, pending],
+        pending=frozenset({pending.ref}),
+        conflicts=frozenset({changed.ref, unchanged.ref}),  # both edits were in her save
+    )
+    typed = [
+        _typed("RelatedPerson/1/_history/2", "Lotte Junior"),  # the version she saw
+        _typed("RelatedPerson/2/_history/1", "Mats Marie"),
+        _typed(pending.ref, "Noor"),
+        _typed("RelatedPerson/9/_history/1", "Gone"),  # no longer on the record
+        _typed("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000001", "Lina", recorded=False),
+    ]
+
+    rows = rows_after_conflict(typed, chart)
+
+    assert [(r.ref, r.name, r.delivery) for r in rows] == [
+        ("RelatedPerson/1/_history/3", "Lotte", DeliveryState.CONFLICT),  # the record's
+        ("RelatedPerson/2/_history/1", "Mats Marie", ""),  # hers, said as she saw it
+        (pending.ref, "Noor", ""),
+        ("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000001", "Lina", ""),
+    ]
+    assert [r.recorded for r in rows] == [True, True, True, False]
+
+
+def test_a_form_left_without_children_gets_its_empty_row() -> None:
+    rows = rows_after_conflict([], RecordedChart(None, []))
+
+    assert len(rows) == 1
+    assert rows[0].is_blank
