@@ -39,7 +39,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
 
@@ -99,8 +99,12 @@ KIND = "triage"
 #: someone else had changed the child first; ``failed``): a conflict because the record
 #: kept changing under the save (``service.outbox.kept_changing``); nobody changed the child.
 KEPT_CHANGING = "kept-changing"
-#: Every reason of a refused edit (:attr:`_Save.refusal`).
-_REFUSAL_REASONS = (DeliveryState.CONFLICT, KEPT_CHANGING, DeliveryState.FAILED)
+#: Why a save's edit of a child was refused, as the chart tells it: a conflict, but the
+#: child is still in the version the edit was made on. Someone else had changed another
+#: part of the save first (another child, the concern's Flag); nobody changed this child.
+CHANGED_ELSEWHERE = "changed-elsewhere"
+#: Every reason of a refused edit (:attr:`_Save.refusal`, and :data:`CHANGED_ELSEWHERE`).
+_REFUSAL_REASONS = (DeliveryState.CONFLICT, CHANGED_ELSEWHERE, KEPT_CHANGING, DeliveryState.FAILED)
 
 _VERSIONED_CHILD = "RelatedPerson/{id}/_history/{version}"
 _FHIR_ID = r"[A-Za-z0-9\-]+[A-Za-z0-9\-.]{0,63}"  # FHIR id syntax, but never only dots
@@ -203,12 +207,18 @@ class RecordedChart:
     #: save of ours the server refused because someone else had changed the child first
     #: (``conflict``), and that no save since has named again.
     conflicts: frozenset[str] = frozenset()
+    #: Likewise, the children whose edit was refused in a conflict over another part of its
+    #: save: the child is still in the version the edit was made on (``changed-elsewhere``).
+    changed_elsewhere: frozenset[str] = frozenset()
     #: Likewise, the children whose edit the server refused for another reason (``failed``:
     #: the save's content, say), shown as the server has them, until a save names them again.
     failed: frozenset[str] = frozenset()
     #: Likewise, the children whose edit was not applied because the record kept changing
     #: under its save (another writer's changes of the concern's Flag, not of the child).
     kept_changing: frozenset[str] = frozenset()
+    #: Of each child on the server that a save of ours created, by its ref: the
+    #: ``urn:uuid:`` of its identifier, the ref a page showed it by while that save waited.
+    identified_as: Mapping[str, str] = field(default_factory=dict)
 
 
 #: What the nurse is told of her save: on the record; to follow by itself (the server did
@@ -394,16 +404,21 @@ class Triage:
                 pending.add(edit.ref)
                 continue
             children.append(child)
-            refusal = outstanding.refused.get(_child_id(child.ref))
-            if refusal is not None:
+            refused = outstanding.refused.get(_child_id(child.ref))
+            if refused is not None:
+                refusal, made_on = refused
+                if refusal == DeliveryState.CONFLICT and made_on == child.ref:
+                    refusal = CHANGED_ELSEWHERE  # the child is as the edit saw it
                 told[refusal].add(child.ref)
         return replace(
             recorded,
             children=_eldest_first([*children, *new]),
             pending=frozenset(pending),
             conflicts=frozenset(told[DeliveryState.CONFLICT]),
+            changed_elsewhere=frozenset(told[CHANGED_ELSEWHERE]),
             failed=frozenset(told[DeliveryState.FAILED]),
             kept_changing=frozenset(told[KEPT_CHANGING]),
+            identified_as=_identified_as(chart.related_persons),
         )
 
     def pending_chart(self, ctx: LaunchInfo) -> RecordedChart:
@@ -935,9 +950,10 @@ class _Outstanding:
 
     new_children: list[Child]  # undelivered new children, eldest first
     edits: dict[str, Child]  # child id → the latest undelivered edit (ref: its version)
-    refused: dict[str, str]  # child id → why the save with its latest edit was refused
-    # (conflict, kept-changing or failed: _Save.refusal), for the children no save has
-    # named since
+    #: child id → why the save with its latest edit was refused (conflict, kept-changing or
+    #: failed: _Save.refusal) and the ref of the version that edit was made on, for the
+    #: children no save has named since
+    refused: dict[str, tuple[str, str]]
 
 
 def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
@@ -1047,12 +1063,15 @@ def _edited_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chil
     }
 
 
-def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -> dict[str, str]:
+def _refused_edits(
+    session: Session, saves: Sequence[_Save], patient_ref: str
+) -> dict[str, tuple[str, str]]:
     """The ids of the children whose latest edit the FHIR server refused, because someone
     else had changed them first (a ``conflict`` entry), because the record kept changing
     under the save (a ``conflict`` past its races, :data:`KEPT_CHANGING`) or for another
     reason (``failed``: the nurse is no less unaware of it), with that reason
-    (:attr:`_Save.refusal`), that no save made after the refusal
+    (:attr:`_Save.refusal`) and the ref of the version the edit was made on, that no save
+    made after the refusal
     names (writes, or references as confirmed): the nurse who opens the chart next must be
     told her edit is not in the record, until a save of the child after that tells it was
     seen. "After" is in the order of the audit trail (the refusal's failure row and the
@@ -1060,11 +1079,12 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
     ago whose payload retention emptied cannot say whom it named: it counts as naming the
     child (a save names the children its page showed), so a notice it cleared does not
     come back with the purge."""
-    refused: dict[str, _Save] = {}  # child id → the last refused save editing it
+    # child id → the last refused save editing it, and the version its edit was made on
+    refused: dict[str, tuple[_Save, str]] = {}
     for save in saves:
         if save.state in REFUSED_STATES:
-            for child in _edited_children([save], patient_ref):
-                refused[child] = save
+            for child_id, child in _edited_children([save], patient_ref).items():
+                refused[child_id] = (save, child.ref)
     if not refused:
         return {}
     rows = session.execute(
@@ -1074,7 +1094,7 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
     )
     audited = {(outbox_id, outcome): row_id for outbox_id, outcome, row_id in rows.all()}
     seen = set()
-    for child_id, refusing in refused.items():
+    for child_id, (refusing, _) in refused.items():
         since = audited.get((refusing.id, "failure"), 0)
         for save in saves:
             made = audited.get((save.id, "success"), 0)
@@ -1086,7 +1106,11 @@ def _refused_edits(session: Session, saves: Sequence[_Save], patient_ref: str) -
             ):
                 seen.add(child_id)
                 break
-    return {child_id: save.refusal for child_id, save in refused.items() if child_id not in seen}
+    return {
+        child_id: (save.refusal, made_on)
+        for child_id, (save, made_on) in refused.items()
+        if child_id not in seen
+    }
 
 
 def _named_children(save: _Save) -> set[str]:
@@ -1117,6 +1141,18 @@ def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:
         for resource in related_persons
         for identifier in resource.get("identifier", [])
         if identifier.get("system") == system
+    }
+
+
+def _identified_as(related_persons: Iterable[Resource]) -> dict[str, str]:
+    """The ``urn:uuid:`` ref of our child identifier of each versioned RelatedPerson."""
+    system = terminology.identifier_system("child")
+    return {
+        _VERSIONED_CHILD.format(id=resource.get("id"), version=version): f"urn:uuid:{value}"
+        for resource in related_persons
+        if (version := resource.get("meta", {}).get("versionId"))
+        for identifier in resource.get("identifier", [])
+        if identifier.get("system") == system and (value := identifier.get("value"))
     }
 
 

@@ -62,6 +62,7 @@ from service.protocol import (
 )
 from service.text import same_name, typed_text, worklist_display
 from service.triage import (
+    CHANGED_ELSEWHERE,
     KEPT_CHANGING,
     ChildRecordedMeanwhile,
     RecordedChart,
@@ -161,6 +162,8 @@ class ChildRow:
     #: :data:`DELIVERY_MARKERS`): ``pending``, an edit of it saved and waiting in the outbox
     #: (shown with the saved values); ``conflict``, an edit of it the FHIR server refused
     #: because someone else changed it first (shown as the server has it);
+    #: ``changed-elsewhere``, an edit of it refused with its save because someone else had
+    #: changed another part of it first (likewise);
     #: ``kept-changing``, an edit of it not applied because the record kept changing under
     #: its save (likewise); ``failed``, an edit of it the server refused for another reason
     #: (likewise). Posted back with the row, so the page shown again (a row added, an
@@ -213,6 +216,7 @@ class ChildRow:
 _DELIVERY_MESSAGES = {
     "pending": "step1.pending-edit",
     DeliveryState.CONFLICT: "step1.conflict-child",
+    CHANGED_ELSEWHERE: "step1.changed-elsewhere-child",
     KEPT_CHANGING: "step1.kept-changing-child",
     DeliveryState.FAILED: "step1.failed-child",
 }
@@ -227,6 +231,7 @@ def _marked(chart: RecordedChart) -> tuple[tuple[str, frozenset[str]], ...]:
     return (
         ("pending", chart.pending),
         (DeliveryState.CONFLICT, chart.conflicts),
+        (CHANGED_ELSEWHERE, chart.changed_elsewhere),
         (KEPT_CHANGING, chart.kept_changing),
         (DeliveryState.FAILED, chart.failed),
     )
@@ -672,11 +677,11 @@ def _form_page(
     focus: str | None = None,
     status_code: int | None = None,
     open_concern: bool = False,
-    acute_danger_partners: tuple[Partner, ...] = (),
+    acute_danger: bool = False,
 ) -> HTMLResponse:
     """``open_concern``: the worklist holds an open concern for the patient (a hand-off
-    saved earlier), said on the page as the card's open concern is.
-    ``acute_danger_partners``: the parket and the police to call now, above the form."""
+    saved earlier), said on the page as the card's open concern is. ``acute_danger``: the
+    parket and the police to call now, above the form (a save refused meanwhile)."""
     errors = errors or []
     card = card_context(ctx.app_context)
     return render(
@@ -693,7 +698,8 @@ def _form_page(
         max_children=MAX_CHILDREN,
         patient_banner=ctx.need_patient_banner and bool(form.patient_name),
         born=dates.born(form.patient_birth_date, ctx.language),
-        acute_danger_partners=acute_danger_partners,
+        acute_danger=acute_danger,
+        acute_danger_partners=_acute_danger_partners(ctx) if acute_danger else (),
     )
 
 
@@ -836,33 +842,50 @@ def _form_after_conflict(
     danger, the parket or the police to call now. Before, the page told her to open the
     app again and fill in the steps again: her reasons, typed in a crisis, were in the
     outbox but no longer in front of her."""
-    chart = triage.load_chart(ctx)
-    rows = rows_after_conflict(form.children, chart)
+    rows, gone = rows_after_conflict(form.children, triage.load_chart(ctx))
     # a page of its own: saved again as shown, it is a new save, not the refused one
     again = replace(form, children=rows, page_id=uuid.uuid4().hex)
-    refused = FieldError(NO_FIELD, _app_message(ctx.language, "triage.conflict"))
+    say = partial(_app_message, ctx.language)
+    errors = [FieldError(NO_FIELD, say("triage.conflict"))]
+    errors += [FieldError("children", say("triage.conflict-child-gone", name=n)) for n in gone]
     acute = findings.step2 is not None and findings.step2.acute_danger
+    if acute:  # the summary the screen reader reads first names what does not wait
+        errors.append(FieldError("acute-title", say("saved.acute-title")))
     return _form_page(
         ctx,
         again,
-        errors=[refused],
+        errors=errors,
         status_code=409,
         open_concern=triage.has_open_concern(ctx),
-        acute_danger_partners=_acute_danger_partners(ctx) if acute else (),
+        acute_danger=acute,
     )
 
 
-def rows_after_conflict(typed: list[ChildRow], chart: RecordedChart) -> list[ChildRow]:
-    """The child rows of the form shown again after a conflict. A child the record holds
-    in the version she saw keeps the values she typed (saved again, her edit is made on
-    that version); one the record holds in another version is shown as the record has it,
-    marked as :meth:`Triage.load_chart` says (her edit of it: ``conflict``); a child
-    she added keeps its row. A child on her page the record no longer lists is left out,
-    as the page opened again would."""
-    hers = {row.ref: row for row in typed if row.recorded}
-    rows = [hers.get(child.ref) or ChildRow.of(child, chart) for child in chart.children]
+def rows_after_conflict(
+    typed: list[ChildRow], chart: RecordedChart
+) -> tuple[list[ChildRow], list[str]]:
+    """The child rows of the form shown again after a conflict, and the names of the
+    children on her page the record no longer lists (withdrawn or removed meanwhile, or
+    waiting in a save since refused): she is told, not shown them.
+
+    A child the record holds in the version she saw keeps the values she typed (saved
+    again, her edit is made on that version); so does one she saw waiting for delivery
+    (its ``urn:uuid:``), delivered meanwhile: saved again, it is created or merged by its
+    identifier, as her first save would have. One the record holds in another version is
+    shown as the record has it, marked as :meth:`Triage.load_chart` says (her edit of it:
+    ``conflict``). A child she added keeps its row."""
+    # her recorded rows by the child they are: its id on the server, or its urn:uuid
+    hers = {row.ref.split("/_history/")[0]: row for row in typed if row.recorded}
+    rows = []
+    for child in chart.children:
+        same = child.ref.split("/_history/")[0]
+        shown_as = same if same in hers else chart.identified_as.get(child.ref, "")
+        mine = hers.pop(shown_as, None)
+        # hers unless the record holds another version than the one she saw
+        seen = mine is not None and mine.ref in (child.ref, shown_as)
+        rows.append(mine if mine is not None and seen else ChildRow.of(child, chart))
     rows += [row for row in typed if not row.recorded]
-    return rows or [ChildRow()]
+    return rows or [ChildRow()], [row.name for row in hers.values()]
 
 
 def _outcome(findings: TriageInput) -> str:

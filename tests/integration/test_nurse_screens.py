@@ -1751,6 +1751,35 @@ def test_an_edit_refused_because_someone_else_changed_the_child_is_told_on_reloa
     assert again.text.count("Al in het dossier") == 1  # the other child
 
 
+def test_a_child_nobody_changed_is_not_said_to_be_changed_by_someone_else(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    """The nurse edits both recorded children; someone else had changed the first one.
+    Opened again, the page said of both that someone else had changed the child first,
+    of the second untrue: its edit was refused with the save, over the first. It now says
+    of the second that someone else had changed other data of the patient, not the
+    child."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows, child_id, _ = _renamed_after_someone_else_changed_it(page, sandbox)
+    rows["child-1-name"] = f"{rows['child-1-name']} Marie"
+    other_id = rows["child-1-ref"].split("/")[1]
+    refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+    assert refused.status == 409, refused.text
+
+    again = nurse.page()
+
+    refs = again.child_refs()
+    changed = next(i for i, ref in enumerate(refs) if f"/{child_id}/" in ref)
+    untouched = next(i for i, ref in enumerate(refs) if f"/{other_id}/" in ref)
+    assert again.value(f"child-{changed}-delivery") == "conflict"
+    assert again.value(f"child-{untouched}-delivery") == "changed-elsewhere"
+    assert again.text.count("iemand anders had het kind eerst gewijzigd") == 1
+    said = re.search(rf'<p id="child-{untouched}-status"[^>]*>([^<]*)</p>', again.text)
+    assert said
+    assert "andere gegevens van deze patiënt gewijzigd (het kind zelf niet)" in said.group(1)
+
+
 def test_a_save_refused_because_someone_else_changed_a_child_keeps_her_answers(
     nurse_for: Any, sandbox: Sandbox
 ) -> None:
@@ -1805,13 +1834,28 @@ def test_a_save_refused_because_someone_else_changed_a_child_keeps_her_answers(
     assert sum(reasons in json.dumps(o) for o in written["Observation"]) == 1
 
 
+def _without_parket_or_police() -> PartnerSettings:
+    """The embedded directory without the parket and the police: valid, and the hospital's
+    own procedure tells whom to call."""
+    default = PartnerSettings.from_directory(load_default_directory())
+    kept = [e for e in default.entries if e.type not in ACUTE_DANGER_PARTNERS]
+    return default.model_copy(update={"entries": kept})
+
+
+ACUTE_DANGER_PARTNERS = (ReferralTarget.PARKET, ReferralTarget.POLICE)
+
+
+@pytest.mark.parametrize("with_partners", [True, False], ids=["directory", "no-parket-or-police"])
 def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_now(
-    nurse_for: Any, sandbox: Sandbox
+    nurse_for: Any, sandbox: Sandbox, with_partners: bool
 ) -> None:
     """Acute danger does not wait for the record. Before, a save that met someone else's
     change of a child said only "conflict": no parket or police (found by review). The
-    form shown again says it above her answers, acute danger still ticked."""
-    nurse = nurse_for("els-goossens")
+    form shown again says it above her answers, acute danger still ticked, and its error
+    summary, read first, names it; also when the hospital's directory names neither (found
+    by review: the section was left out then)."""
+    partners = None if with_partners else _without_parket_or_police()
+    nurse = nurse_for("els-goossens", partners=partners)
     page = nurse.page()
     rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
 
@@ -1828,8 +1872,110 @@ def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_no
     assert refused.status == 409, refused.text
     acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
     assert "parket en/of de politie" in acute
+    assert ("Parket" in acute) is with_partners
     assert refused.text.index("data-acute-danger") < refused.text.index("data-triage-form")
+    summary = refused.text.split("data-error-summary")[1].split("</div>")[0]
+    assert '<a href="#acute-title">Acuut gevaar: betrek nu het parket' in summary
     assert refused.submitted()["acute_danger"] == ["1"]
+
+
+def test_her_correction_of_a_child_delivered_meanwhile_comes_back_with_her_answers(
+    nurse_for: Any, sandbox: Sandbox, database: Database
+) -> None:
+    """Another nurse's new child waits for delivery when this nurse opens the page: shown
+    by its ``urn:uuid:``. It is delivered, someone else changes the eldest child, and her
+    save (the eldest renamed, the new child's name corrected) is refused. The form shown
+    again had the record's version of the new child, her correction dropped under a
+    summary saying her answers were kept (found by review). It now keeps her row, found
+    by the child's identifier; saved again, her correction reaches the record, on the one
+    child."""
+    system = terminology.identifier_system("child")
+    identifier = str(uuid.uuid4())
+    noor = f"Noor {identifier[:8]}"  # one server for both databases' runs
+    with SlowRelay(sandbox.fhir_base_url) as relay:
+        try:
+            first = nurse_for("els-goossens", fhir_base_url=relay.url)
+            page = first.page()
+            n = len(page.child_refs())
+            new_child = {
+                f"child-{n}-ref": f"urn:uuid:{identifier}",
+                f"child-{n}-name": noor,
+                f"child-{n}-birth_date": (TODAY - timedelta(days=30)).strftime("%d/%m/%Y"),
+                f"child-{n}-relationship": "CHILD",
+                f"child-{n}-lives_with": "permanently",
+            }
+            with database.session() as session:
+                before = session.scalar(select(func.max(OutboxEntry.id))) or 0
+            relay.refused = [503] * 10  # the server cannot take it now: it waits
+            waiting = first.post(
+                {
+                    "csrf_token": page.csrf,
+                    **recorded_rows(page),
+                    **new_child,
+                    "assessment": "no-concern",
+                }
+            )
+            relay.refused = []
+            assert 'data-save-status="pending"' in waiting.text, waiting.text
+
+            nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
+            page = nurse.page()
+            assert f"urn:uuid:{identifier}" in page.child_refs()  # waiting for delivery
+            ours = OutboxEntry.id > before  # the save that waits (a relay's port is reused)
+            with database.session() as session:  # due now, not after the backoff
+                session.execute(update(OutboxEntry).where(ours).values(next_attempt_at=utcnow()))
+                save = select(OutboxEntry.id).where(ours, OutboxEntry.kind == "triage")
+                waited = session.scalars(save).all()
+            delivered = first.client.app.state.outbox.run_once()
+            assert [d.state for d in delivered if d.entry_id in waited] == ["delivered"]
+            rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
+            place = page.child_refs().index(f"urn:uuid:{identifier}")
+            rows[f"child-{place}-name"] = f"{noor} Marie"
+
+            refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+
+            assert refused.status == 409, refused.text
+            names = [refused.value(f"child-{i}-name") for i in range(len(refused.child_refs()))]
+            assert f"{noor} Marie" in names
+            assert noor not in names  # not the record's version beside hers
+
+            saved = nurse.post(refused.submitted())
+
+            assert 'data-save-status="delivered"' in saved.text, saved.text
+        finally:  # the patient's children as they were for the tests after this one
+            found = _upstream(sandbox, f"RelatedPerson?identifier={system}|{identifier}")
+            for entry in found.get("entry", []):
+                child = entry["resource"]
+                url = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{child['id']}"
+                httpx.put(url, json={**child, "active": False}, timeout=10).raise_for_status()
+    assert [e["resource"]["name"][0]["text"] for e in found["entry"]] == [f"{noor} Marie"]
+
+
+def test_a_child_withdrawn_meanwhile_is_named_when_the_form_comes_back(
+    nurse_for: Any, sandbox: Sandbox
+) -> None:
+    """The nurse edits both recorded children; meanwhile someone else changed the first
+    and withdrew the second (``active`` false). The form shown again leaves the second
+    out, as the record does, and says so by name: it disappeared without a word, under a
+    summary saying her answers were kept (found by review)."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
+    rows["child-1-name"] = f"{rows['child-1-name']} Marie"
+    withdrawn_id = rows["child-1-ref"].split("/")[1]
+    child = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{withdrawn_id}"
+    current = _upstream(sandbox, f"RelatedPerson/{withdrawn_id}")
+    httpx.put(child, json={**current, "active": False}, timeout=10).raise_for_status()
+    try:
+        refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+    finally:  # the patient's child again for the tests after this one (one server for all)
+        httpx.put(child, json={**current, "active": True}, timeout=10).raise_for_status()
+
+    assert refused.status == 409, refused.text
+    assert not any(f"/{withdrawn_id}/" in ref for ref in refused.child_refs())
+    summary = unescape(refused.text.split("data-error-summary")[1].split("</div>")[0])
+    said = f"{rows['child-1-name']} staat niet (meer) bij de kinderen in het dossier"
+    assert f'<a href="#children">{said}' in summary
 
 
 def test_a_conflict_the_record_cannot_be_read_after_says_to_open_the_app_again(
@@ -1844,7 +1990,10 @@ def test_a_conflict_the_record_cannot_be_read_after_says_to_open_the_app_again(
     page = nurse.page()
     rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
 
+    reads = []
+
     def unreadable(self: Triage, ctx: Any) -> None:
+        reads.append(ctx.patient_id)
         raise FhirUnavailable("the FHIR server went away after the refusal")
 
     monkeypatch.setattr(Triage, "load_chart", unreadable)
@@ -1858,6 +2007,7 @@ def test_a_conflict_the_record_cannot_be_read_after_says_to_open_the_app_again(
         }
     )
 
+    assert reads == [nurse.patient_id]  # the form again was tried first
     assert 'data-save-status="conflict"' in refused.text
     assert "<h1>Nakijken nodig: het dossier is intussen gewijzigd</h1>" in refused.text
     assert "Open de Kindreflex opnieuw" in unescape(refused.text)

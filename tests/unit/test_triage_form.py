@@ -23,33 +23,40 @@ def test_each_child_as_she_typed_it_unless_the_record_holds_another_version() ->
     changed = _child("RelatedPerson/1/_history/3", "Lotte")  # someone else's version 3
     unchanged = _child("RelatedPerson/2/_history/1", "Mats")
     pending = _child("urn:uuid:7d1e0c43-5f62-4f0e-9a8e-0c2b7b1d9f10", "Noor")  # a save waits
+    delivered = _child("RelatedPerson/5/_history/1", "Jens")  # it waited on her page
+    jens = "urn:uuid:2b0f4a0e-6c1d-4e8a-8f57-3a1f0d9c7e21"
     chart = RecordedChart(
         None,
-        [changed, unchanged, pending],
+        [changed, unchanged, pending, delivered],
         pending=frozenset({pending.ref}),
         conflicts=frozenset({changed.ref, unchanged.ref}),  # both edits were in her save
+        identified_as={delivered.ref: jens},
     )
     typed = [
         _typed("RelatedPerson/1/_history/2", "Lotte Junior"),  # the version she saw
         _typed("RelatedPerson/2/_history/1", "Mats Marie"),
         _typed(pending.ref, "Noor"),
+        _typed(jens, "Jens Peeters"),  # her correction of the child waiting then
         _typed("RelatedPerson/9/_history/1", "Gone"),  # no longer on the record
         _typed("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000001", "Lina", recorded=False),
     ]
 
-    rows = rows_after_conflict(typed, chart)
+    rows, gone = rows_after_conflict(typed, chart)
 
     assert [(r.ref, r.name, r.delivery) for r in rows] == [
         ("RelatedPerson/1/_history/3", "Lotte", DeliveryState.CONFLICT),  # the record's
         ("RelatedPerson/2/_history/1", "Mats Marie", ""),  # hers, said as she saw it
         (pending.ref, "Noor", ""),
+        (jens, "Jens Peeters", ""),  # hers: created or merged by its identifier
         ("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000001", "Lina", ""),
     ]
-    assert [r.recorded for r in rows] == [True, True, True, False]
+    assert [r.recorded for r in rows] == [True, True, True, True, False]
+    assert gone == ["Gone"]
 
 
 def test_a_form_left_without_children_gets_its_empty_row() -> None:
-    rows = rows_after_conflict([], RecordedChart(None, []))
+    rows, gone = rows_after_conflict([], RecordedChart(None, []))
 
     assert len(rows) == 1
     assert rows[0].is_blank
+    assert gone == []
