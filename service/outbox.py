@@ -323,6 +323,9 @@ class Undelivered:
     tenant_id: int
     state: DeliveryState
     last_error: str | None
+    #: A later entry of the same kind for the same patient and FHIR server that was not
+    #: refused (delivered, or on its way): a refused save may have been made again in it.
+    saved_since: int | None = None
 
 
 #: The outcomes of a write that did not happen and will never be sent again (audited as
@@ -335,6 +338,20 @@ def undelivered(
 ) -> list[Undelivered]:
     """The entries in one of ``states`` (all hospitals', or one's), oldest first. They name
     patients: a caller that shows them audits the reading."""
+    later = aliased(OutboxEntry)
+    saved_since = (
+        select(func.min(later.id))
+        .where(
+            later.tenant_id == OutboxEntry.tenant_id,
+            later.fhir_base_url == OutboxEntry.fhir_base_url,
+            later.patient_ref == OutboxEntry.patient_ref,
+            later.kind == OutboxEntry.kind,
+            later.id > OutboxEntry.id,
+            later.state.not_in(REFUSED_STATES),
+        )
+        .correlate(OutboxEntry)
+        .scalar_subquery()
+    )
     query = (
         select(
             OutboxEntry.id,
@@ -346,6 +363,7 @@ def undelivered(
             OutboxEntry.tenant_id,
             OutboxEntry.state,
             OutboxEntry.last_error,
+            saved_since.label("saved_since"),
         )
         .join(Tenant, Tenant.id == OutboxEntry.tenant_id)
         .where(OutboxEntry.state.in_(states))
@@ -354,7 +372,18 @@ def undelivered(
     if tenant_id is not None:
         query = query.where(OutboxEntry.tenant_id == tenant_id)
     return [
-        Undelivered(*row[:7], state=DeliveryState(row.state), last_error=row.last_error)
+        Undelivered(
+            row.id,
+            row.slug,
+            row.fhir_base_url,
+            row.patient_ref,
+            row.kind,
+            row.created_at,
+            row.tenant_id,
+            DeliveryState(row.state),
+            row.last_error,
+            row.saved_since,
+        )
         for row in session.execute(query)
     ]
 

@@ -229,6 +229,9 @@ def _undelivered_line(entry: outbox.Undelivered, show_state: bool) -> str:
         f"{entry.kind}  {state}undelivered since {local(entry.saved_at):%d/%m/%Y %H:%M}: "
         f"{ADVICE[entry.state]}"
     )
+    if entry.state in outbox.REFUSED_STATES and entry.saved_since is not None:
+        # the nurse saved again at once (a conflict brings her form back): recorded twice else
+        line += f", unless entry {entry.saved_since}, saved since and not refused, holds it"
     if entry.state in outbox.REFUSED_STATES:
         reason = " ".join((entry.last_error or "no reason recorded").split())
         line += f"  reason: {reason[:REASON_SHOWN]}"

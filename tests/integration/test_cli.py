@@ -620,7 +620,9 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
     tmp_path: Path,
 ) -> None:
     """A save without a concern that the FHIR server refused is on no worklist and /readyz
-    only counts it: the operator finds it here, with what to do and the server's reason."""
+    only counts it: the operator finds it here, with what to do and the server's reason.
+    One the nurse saved again at once (a conflict brings her form back) was to be
+    recorded again, a second time: the line names the later save of the patient."""
     url, database, hospital, other = _two_hospitals(tmp_path)
     at = _AT
     reason = "HTTP 412: multiple-matches\n  RelatedPerson?identifier=… matched 2 " + "x" * 400
@@ -633,6 +635,11 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
     )  # fmt: skip
     _waiting(database, hospital.id, _SERVER, "Patient/3", "triage", at)  # waiting: not refused
     _waiting(database, hospital.id, _SERVER, "Patient/4", "triage", at, DeliveryState.DELIVERED)
+    # the first saved again since (the nurse, at once); the second's patient in another hospital
+    again = _waiting(
+        database, hospital.id, _SERVER, "Patient/1", "triage", at, DeliveryState.DELIVERED
+    )
+    _waiting(database, hospital.id, _SERVER, "Patient/2", "casework", at, DeliveryState.DELIVERED)
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
 
     def outbox_refused(*wanted: str) -> subprocess.CompletedProcess[str]:
@@ -648,7 +655,8 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
     assert listed.stdout.splitlines() == [
         f"entry {failed}  hospital default  FHIR server {_SERVER}  Patient/1  triage  failed  "
         "undelivered since 01/12/2026 00:30: the FHIR server refused it: remove the cause it "
-        f"names, then record the finding again from this patient's chart  reason: {shown}",
+        f"names, then record the finding again from this patient's chart, unless entry {again}, "
+        f"saved since and not refused, holds it  reason: {shown}",
         f"entry {raced}  hospital other  FHIR server {_SERVER}  Patient/2  casework  conflict  "
         "undelivered since 02/12/2026 00:30: the record changed while it was saved: record "
         "the finding again from this patient's chart  reason: HTTP 412: RelatedPerson/7 is at "
