@@ -360,8 +360,9 @@ class PostgresWrites:
             url,
             pool_size=1,
             max_overflow=0,
-            connect_args={"options": OPTIONS, "connect_timeout": CONNECT_TIMEOUT},
+            connect_args={"connect_timeout": CONNECT_TIMEOUT},
         )
+        event.listen(self._upkeep_engine, "connect", _without_flush_waits)
         self._upkeeps: set[asyncio.Future[None]] = set()
 
     async def write(self, batch: Batch, upkeep: list[Upkeep]) -> list[bool | Exception]:
@@ -403,9 +404,11 @@ class PostgresWrites:
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         # bounded: a database that does not answer must fail the call, not hang the EHR
-        return await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, options=OPTIONS, connect_timeout=CONNECT_TIMEOUT
+        connection = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
         )
+        await connection.execute(SESSION_SETTINGS)
+        return connection
 
     def _run_upkeep(self, upkeep: list[Upkeep]) -> None:
         with self._upkeep_engine.begin() as connection:
@@ -414,7 +417,19 @@ class PostgresWrites:
 
 
 CONNECT_TIMEOUT = 3  # seconds
-OPTIONS = "-c synchronous_commit=off -c statement_timeout=5000"
+#: Set once a connection is open, not as startup options (``-c …``): a connection pooler
+#: in front of the database (PgBouncer, CloudNativePG's Pooler) refuses those, and every
+#: CDS call failed its replay check behind one (found by trying).
+SESSION_SETTINGS = (
+    "SELECT set_config('synchronous_commit', 'off', false),"
+    " set_config('statement_timeout', '5000', false)"
+)
+
+
+def _without_flush_waits(dbapi_connection: Any, _record: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(SESSION_SETTINGS)
+    dbapi_connection.commit()
 
 
 def fast_writes(database: Database) -> SqliteWrites | PostgresWrites:
