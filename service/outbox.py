@@ -323,8 +323,9 @@ class Undelivered:
     tenant_id: int
     state: DeliveryState
     last_error: str | None
-    #: A later entry of the same kind for the same patient and FHIR server that was not
-    #: refused (delivered, or on its way): a refused save may have been made again in it.
+    #: A later entry of the same user's session, kind, patient and FHIR server, not refused
+    #: (delivered, or on its way), of a kind a user saves (not ``audit``): the screen
+    #: saved again, as a nurse does at once when a conflict brings her form back.
     saved_since: int | None = None
 
 
@@ -346,6 +347,8 @@ def undelivered(
             later.fhir_base_url == OutboxEntry.fhir_base_url,
             later.patient_ref == OutboxEntry.patient_ref,
             later.kind == OutboxEntry.kind,
+            later.kind.not_in(_UNORDERED_KINDS),  # an AuditEvent holds no earlier one
+            later.session_id == OutboxEntry.session_id,
             later.id > OutboxEntry.id,
             later.state.not_in(REFUSED_STATES),
         )

@@ -217,8 +217,9 @@ class RecordedChart:
     #: under its save (another writer's changes of the concern's Flag, not of the child).
     kept_changing: frozenset[str] = frozenset()
     #: Of each child on the server that a save of ours created, by its ref: the
-    #: ``urn:uuid:`` of its identifier, the ref a page showed it by while that save waited.
-    identified_as: Mapping[str, str] = field(default_factory=dict)
+    #: ``urn:uuid:`` of its identifier, the ref a page showed it by while that save waited
+    #: (two, of a child the EHR merged from two).
+    identified_as: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 #: What the nurse is told of her save: on the record; to follow by itself (the server did
@@ -1144,16 +1145,20 @@ def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:
     }
 
 
-def _identified_as(related_persons: Iterable[Resource]) -> dict[str, str]:
-    """The ``urn:uuid:`` ref of our child identifier of each versioned RelatedPerson."""
+def _identified_as(related_persons: Iterable[Resource]) -> dict[str, tuple[str, ...]]:
+    """The ``urn:uuid:`` refs of our child identifiers of each versioned RelatedPerson."""
     system = terminology.identifier_system("child")
-    return {
-        _VERSIONED_CHILD.format(id=resource.get("id"), version=version): f"urn:uuid:{value}"
-        for resource in related_persons
-        if (version := resource.get("meta", {}).get("versionId"))
-        for identifier in resource.get("identifier", [])
-        if identifier.get("system") == system and (value := identifier.get("value"))
-    }
+    found: dict[str, tuple[str, ...]] = {}
+    for resource in related_persons:
+        version = resource.get("meta", {}).get("versionId")
+        refs = tuple(
+            f"urn:uuid:{identifier['value']}"
+            for identifier in resource.get("identifier", [])
+            if identifier.get("system") == system and identifier.get("value")
+        )
+        if version and refs:
+            found[_VERSIONED_CHILD.format(id=resource.get("id"), version=version)] = refs
+    return found
 
 
 def _child_uuid(ref: str) -> str:

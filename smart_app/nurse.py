@@ -846,11 +846,12 @@ def _form_after_conflict(
     # a page of its own: saved again as shown, it is a new save, not the refused one
     again = replace(form, children=rows, page_id=uuid.uuid4().hex)
     say = partial(_app_message, ctx.language)
-    errors = [FieldError(NO_FIELD, say("triage.conflict"))]
-    errors += [FieldError("children", say("triage.conflict-child-gone", name=n)) for n in gone]
     acute = findings.step2 is not None and findings.step2.acute_danger
-    if acute:  # the summary the screen reader reads first names what does not wait
-        errors.append(FieldError("acute-title", say("saved.acute-title")))
+    # the summary a screen reader reads first names first what does not wait
+    errors = [FieldError("acute-title", say("saved.acute-title"))] if acute else []
+    errors.append(FieldError(NO_FIELD, say("triage.conflict")))
+    if gone:
+        errors.append(FieldError("children", say("triage.conflict-gone", names=", ".join(gone))))
     return _form_page(
         ctx,
         again,
@@ -878,8 +879,8 @@ def rows_after_conflict(
     hers = {row.ref.split("/_history/")[0]: row for row in typed if row.recorded}
     rows = []
     for child in chart.children:
-        same = child.ref.split("/_history/")[0]
-        shown_as = same if same in hers else chart.identified_as.get(child.ref, "")
+        ways = (child.ref.split("/_history/")[0], *chart.identified_as.get(child.ref, ()))
+        shown_as = next((way for way in ways if way in hers), "")
         mine = hers.pop(shown_as, None)
         # hers unless the record holds another version than the one she saw
         seen = mine is not None and mine.ref in (child.ref, shown_as)

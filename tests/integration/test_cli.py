@@ -605,10 +605,11 @@ def _waiting(
     saved_at: datetime,
     state: DeliveryState = DeliveryState.WAITING_AUTHORISATION,
     last_error: str | None = None,
+    session_id: str = "expired",
 ) -> int:
     """An outbox entry in ``state`` (by default a session whose token could not be
-    refreshed), with the ``last_error`` its delivery recorded."""
-    entry = NewEntry(kind, "ehr", server, "expired", "Practitioner/nurse-1", patient, {})
+    refreshed), with the ``last_error`` its delivery recorded, saved in ``session_id``."""
+    entry = NewEntry(kind, "ehr", server, session_id, "Practitioner/nurse-1", patient, {})
     with database.session() as session:
         row = enqueue(session, tenant_id, entry)
         row.state, row.created_at, row.last_error = state, saved_at, last_error
@@ -630,16 +631,24 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
         database, hospital.id, _SERVER, "Patient/1", "triage", at, DeliveryState.FAILED, reason
     )
     raced = _waiting(
-        database, other.id, _SERVER, "Patient/2", "casework", at + _DAY,
+        database, other.id, _SERVER, "Patient/2", "social", at + _DAY,
         DeliveryState.CONFLICT, "HTTP 412: RelatedPerson/7 is at version 3, not 2",
     )  # fmt: skip
     _waiting(database, hospital.id, _SERVER, "Patient/3", "triage", at)  # waiting: not refused
     _waiting(database, hospital.id, _SERVER, "Patient/4", "triage", at, DeliveryState.DELIVERED)
-    # the first saved again since (the nurse, at once); the second's patient in another hospital
-    again = _waiting(
-        database, hospital.id, _SERVER, "Patient/1", "triage", at, DeliveryState.DELIVERED
-    )
-    _waiting(database, hospital.id, _SERVER, "Patient/2", "casework", at, DeliveryState.DELIVERED)
+    delivered = DeliveryState.DELIVERED
+    # the first saved again since, in its session (the nurse, at once)
+    again = _waiting(database, hospital.id, _SERVER, "Patient/1", "triage", at, delivered)
+    # not the second's: its patient in another hospital; the same hospital's on another
+    # FHIR server; another session's; another kind's; an AuditEvent
+    for tenant, server, session_id, kind, state in (
+        (hospital.id, _SERVER, "expired", "social", delivered),
+        (other.id, "http://127.0.0.1:10/fhir", "expired", "social", delivered),
+        (other.id, _SERVER, "another", "social", delivered),
+        (other.id, _SERVER, "expired", "triage", delivered),
+        (other.id, _SERVER, "expired", "audit", delivered),
+    ):
+        _waiting(database, tenant, server, "Patient/2", kind, at, state, "", session_id)
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
 
     def outbox_refused(*wanted: str) -> subprocess.CompletedProcess[str]:
@@ -657,7 +666,7 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
         "undelivered since 01/12/2026 00:30: the FHIR server refused it: remove the cause it "
         f"names, then record the finding again from this patient's chart, unless entry {again}, "
         f"saved since and not refused, holds it  reason: {shown}",
-        f"entry {raced}  hospital other  FHIR server {_SERVER}  Patient/2  casework  conflict  "
+        f"entry {raced}  hospital other  FHIR server {_SERVER}  Patient/2  social  conflict  "
         "undelivered since 02/12/2026 00:30: the record changed while it was saved: record "
         "the finding again from this patient's chart  reason: HTTP 412: RelatedPerson/7 is at "
         "version 3, not 2",
@@ -687,6 +696,25 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
     none = outbox_refused()
     assert (none.returncode, none.stdout) == (0, "")
     assert "none refused" in none.stderr
+
+
+def test_outbox_refused_names_no_later_audit_event_nor_a_refused_save(tmp_path: Path) -> None:
+    """An AuditEvent holds no earlier one, and a save refused too holds nothing: neither
+    is named as the save that may hold a refused one."""
+    url, database, hospital, _ = _two_hospitals(tmp_path)
+    failed = DeliveryState.FAILED
+    for kind, later in (("audit", DeliveryState.DELIVERED), ("triage", failed)):
+        _waiting(database, hospital.id, _SERVER, f"Patient/{kind}", kind, _AT, failed, "x")
+        _waiting(database, hospital.id, _SERVER, f"Patient/{kind}", kind, _AT, later, "y")
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+
+    listed = subprocess.run(
+        [*KINDREFLEX, "outbox", "refused"], env=env, capture_output=True, text=True
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 3  # the audit entry; both triage saves
+    assert "unless entry" not in listed.stdout
 
 
 def _seen(patient: str, when: datetime) -> AuditFact:

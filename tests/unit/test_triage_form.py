@@ -30,7 +30,7 @@ def test_each_child_as_she_typed_it_unless_the_record_holds_another_version() ->
         [changed, unchanged, pending, delivered],
         pending=frozenset({pending.ref}),
         conflicts=frozenset({changed.ref, unchanged.ref}),  # both edits were in her save
-        identified_as={delivered.ref: jens},
+        identified_as={delivered.ref: (jens,)},
     )
     typed = [
         _typed("RelatedPerson/1/_history/2", "Lotte Junior"),  # the version she saw
@@ -59,4 +59,15 @@ def test_a_form_left_without_children_gets_its_empty_row() -> None:
 
     assert len(rows) == 1
     assert rows[0].is_blank
+    assert gone == []
+
+
+def test_a_child_the_ehr_merged_from_two_is_found_by_either_identifier() -> None:
+    merged = _child("RelatedPerson/5/_history/2", "Jens")
+    first, second = (f"urn:uuid:2b0f4a0e-6c1d-4e8a-8f57-3a1f0d9c7e2{i}" for i in (1, 2))
+    chart = RecordedChart(None, [merged], identified_as={merged.ref: (first, second)})
+
+    rows, gone = rows_after_conflict([_typed(second, "Jens Peeters")], chart)
+
+    assert [(r.ref, r.name) for r in rows] == [(second, "Jens Peeters")]
     assert gone == []
