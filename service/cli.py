@@ -387,8 +387,8 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "reason that does not pass, e.g. invalid content or a child the record holds twice) "
         "or conflict (the record changed while they were saved). Nothing of them was "
         "written and they are never sent again: someone removes the cause and records the "
-        "finding again from the patient's chart, unless a later save of the same session, named "
-        "on the line, holds it. One line each: entry, hospital, FHIR "
+        "finding again from the patient's chart, unless a later save by the same user in the "
+        "same session, named on the line, holds it. One line each: entry, hospital, FHIR "
         "server, patient, kind, state, saved (Belgian time), what to do, the server's "
         "reason. Listing them is recorded in the audit trail, one row per patient.",
     )

@@ -323,9 +323,11 @@ class Undelivered:
     tenant_id: int
     state: DeliveryState
     last_error: str | None
-    #: A later entry of the same user's session, kind, patient and FHIR server, not refused
-    #: (delivered, or on its way), of a kind a user saves (not ``audit``): the screen
-    #: saved again, as a nurse does at once when a conflict brings her form back.
+    #: A later entry of the same author, session, kind, patient and FHIR server, not
+    #: refused (delivered, or on its way), of a kind a user saves (not ``audit``): the
+    #: screen saved again, as a nurse does at once when a conflict brings her form back.
+    #: The author too: an entry waiting for a sign-in takes the session of the patient's
+    #: next launch, whoever's (``Outbox.adopt_session``; found by review).
     saved_since: int | None = None
 
 
@@ -349,6 +351,7 @@ def undelivered(
             later.kind == OutboxEntry.kind,
             later.kind.not_in(_UNORDERED_KINDS),  # an AuditEvent holds no earlier one
             later.session_id == OutboxEntry.session_id,
+            later.author == OutboxEntry.author,
             later.id > OutboxEntry.id,
             later.state.not_in(REFUSED_STATES),
         )

@@ -364,6 +364,7 @@ class PostgresWrites:
         )
         event.listen(self._upkeep_engine, "connect", _without_flush_waits)
         self._upkeeps: set[asyncio.Future[None]] = set()
+        self._abandoned: set[asyncio.Future[psycopg.AsyncConnection[Any]]] = set()
 
     async def write(self, batch: Batch, upkeep: list[Upkeep]) -> list[bool | Exception]:
         if upkeep:
@@ -403,11 +404,28 @@ class PostgresWrites:
                 self._idle.append(connection)
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        # bounded: a database that does not answer must fail the call, not hang the EHR
+        """Bounded: a database that does not answer must fail the call, not hang the EHR.
+        Its settings too: behind a pooler the login succeeds at once and the first
+        statement waits for a server connection (found by review). An opening given up
+        on is left to end by itself: psycopg cancels a waiting statement for up to 10 s."""
+        opening = asyncio.ensure_future(self._open())
+        done, _ = await asyncio.wait({opening}, timeout=CONNECT_TIMEOUT)
+        if not done:
+            opening.cancel()
+            self._abandoned.add(opening)  # the loop keeps only weak references
+            opening.add_done_callback(self._abandoned.discard)
+            raise psycopg.errors.ConnectionTimeout("the database did not answer in time")
+        return opening.result()
+
+    async def _open(self) -> psycopg.AsyncConnection[Any]:
         connection = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
         )
-        await connection.execute(SESSION_SETTINGS)
+        try:
+            await connection.execute(SESSION_SETTINGS)
+        except BaseException:
+            await connection.close()
+            raise
         return connection
 
     def _run_upkeep(self, upkeep: list[Upkeep]) -> None:

@@ -606,10 +606,11 @@ def _waiting(
     state: DeliveryState = DeliveryState.WAITING_AUTHORISATION,
     last_error: str | None = None,
     session_id: str = "expired",
+    author: str = "Practitioner/nurse-1",
 ) -> int:
     """An outbox entry in ``state`` (by default a session whose token could not be
     refreshed), with the ``last_error`` its delivery recorded, saved in ``session_id``."""
-    entry = NewEntry(kind, "ehr", server, session_id, "Practitioner/nurse-1", patient, {})
+    entry = NewEntry(kind, "ehr", server, session_id, author, patient, {})
     with database.session() as session:
         row = enqueue(session, tenant_id, entry)
         row.state, row.created_at, row.last_error = state, saved_at, last_error
@@ -640,7 +641,8 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
     # the first saved again since, in its session (the nurse, at once)
     again = _waiting(database, hospital.id, _SERVER, "Patient/1", "triage", at, delivered)
     # not the second's: its patient in another hospital; the same hospital's on another
-    # FHIR server; another session's; another kind's; an AuditEvent
+    # FHIR server; another session's; another kind's; an AuditEvent; another nurse's,
+    # waiting for a sign-in in this session (Outbox.adopt_session moved it there)
     for tenant, server, session_id, kind, state in (
         (hospital.id, _SERVER, "expired", "social", delivered),
         (other.id, "http://127.0.0.1:10/fhir", "expired", "social", delivered),
@@ -649,6 +651,10 @@ def test_outbox_refused_lists_the_refused_writes_with_the_servers_reason_and_aud
         (other.id, _SERVER, "expired", "audit", delivered),
     ):
         _waiting(database, tenant, server, "Patient/2", kind, at, state, "", session_id)
+    _waiting(
+        database, other.id, _SERVER, "Patient/2", "social", at,
+        DeliveryState.WAITING_AUTHORISATION, None, "expired", "Practitioner/nurse-2",
+    )  # fmt: skip
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
 
     def outbox_refused(*wanted: str) -> subprocess.CompletedProcess[str]:

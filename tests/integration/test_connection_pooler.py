@@ -8,13 +8,15 @@ its replay check (found by trying). They are now set once a connection is open."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from service.cds.batching import PostgresWrites
+from service.cds.batching import CONNECT_TIMEOUT, PostgresWrites
 from service.db import migrate
 from service.db.base import Database
 from service.db.models import CdsSeenToken
@@ -27,7 +29,7 @@ from tests.support.cds import (
     only_card,
     tenant_config,
 )
-from tests.support.pooler import pgbouncer_in_front_of
+from tests.support.pooler import paused, pgbouncer_in_front_of
 
 __all__ = ["ehr"]  # the fixture
 
@@ -92,3 +94,28 @@ def test_the_cds_writes_skip_the_flush_and_bound_their_statements_through_pgboun
         assert upkeep.scalar() == "off"
     with database.session() as session:
         assert session.scalar(text("SELECT current_setting('lock_timeout')")) == "1min"
+
+
+def test_a_cds_connection_gives_up_in_seconds_when_the_pooler_holds_its_statements(
+    pooled: tuple[str, Database],
+) -> None:
+    """Behind a pooler the login succeeds at once, and the first statement waits for a
+    server connection: up to PgBouncer's query_wait_timeout (120 s by default). The CDS
+    path's connect was bounded, its settings were not, and a hook call waited that long
+    (found by review). Connect and settings now fail together within CONNECT_TIMEOUT."""
+    url, database = pooled
+    writes = PostgresWrites(database)
+    asyncio.run(_closed(writes))  # the pool knows the server: a login needs none now
+
+    async def attempt() -> float:
+        with paused(url):
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError):
+                await writes._connect()
+            return time.monotonic() - started
+
+    assert asyncio.run(attempt()) < CONNECT_TIMEOUT + 2
+
+
+async def _closed(writes: PostgresWrites) -> None:
+    await (await writes._connect()).close()

@@ -1781,7 +1781,7 @@ def test_a_child_nobody_changed_is_not_said_to_be_changed_by_someone_else(
 
 
 def test_a_save_refused_because_someone_else_changed_a_child_keeps_her_answers(
-    nurse_for: Any, sandbox: Sandbox
+    nurse_for: Any, sandbox: Sandbox, request: pytest.FixtureRequest
 ) -> None:
     """The nurse renames a recorded child that someone else changed after the page was
     loaded, edits the other child and gives her step 2 reasons: the record refuses the
@@ -1796,6 +1796,9 @@ def test_a_save_refused_because_someone_else_changed_a_child_keeps_her_answers(
     rows["child-1-name"] = f"{rows['child-1-name']} Marie"  # nobody else changed this one
     other_id = rows["child-1-ref"].split("/")[1]
     as_it_was = _upstream(sandbox, f"RelatedPerson/{other_id}")
+    child = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{other_id}"
+    # the child as it was, for the tests after this one (one server for all), pass or fail
+    request.addfinalizer(lambda: httpx.put(child, json=as_it_was, timeout=10).raise_for_status())
     reasons = f"Dreigt de kinderen iets aan te doen ({uuid.uuid4()})"  # one server, two runs
     answers = {"assessment": "niet-pluis", "reasons": reasons, "discussed_with_colleague": "1"}
 
@@ -1826,8 +1829,6 @@ def test_a_save_refused_because_someone_else_changed_a_child_keeps_her_answers(
 
     assert 'data-save-status="delivered"' in saved.text, saved.text
     renamed = _upstream(sandbox, f"RelatedPerson/{other_id}")
-    child = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{other_id}"
-    httpx.put(child, json=as_it_was, timeout=10).raise_for_status()  # for the tests after
     assert renamed["name"][0]["text"] == rows["child-1-name"]
     changed = _upstream(sandbox, f"RelatedPerson/{child_id}")
     assert changed["meta"]["versionId"] == version  # as the other writer left it
