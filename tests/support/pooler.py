@@ -17,7 +17,7 @@ from typing import IO
 import psycopg
 from sqlalchemy.engine import URL, make_url
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, stop
 
 #: Where Debian's package puts it (not on a user's PATH); ``./dev test`` installs it.
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
@@ -53,12 +53,7 @@ def running_until_ready(command: list[str], pooled: URL) -> Iterator[None]:
             _wait_until_it_connects(conninfo, process, log)
             yield
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def _configured(directory: Path, target: URL, listen: int) -> Path:
