@@ -516,7 +516,7 @@ class Triage:
             actor=ctx.actor,
             action=AuditAction.SEARCH,
             patient_ref=patient_ref,
-            entities=tuple(_unversioned(c.ref) for c in shown),
+            entities=tuple(unversioned(c.ref) for c in shown),
             outcome=outcome,
             at=utcnow(),
         )
@@ -581,7 +581,8 @@ def _parse_versioned(ref: str) -> tuple[str, str] | None:
     return (match["id"], match["version"]) if match else None
 
 
-def _unversioned(ref: str) -> str:
+def unversioned(ref: str) -> str:
+    """``RelatedPerson/7/_history/2`` → ``RelatedPerson/7``; any other ref as it is."""
     return ref.split("/_history/")[0]
 
 
@@ -790,7 +791,7 @@ def _write_children(
             refs[child.ref] = _write_new_child(tx, child, patient_ref, queued)
             written.append(refs[child.ref])
         elif _confirms(child, earlier, as_shown_edit, shown.get(child.ref)):
-            refs[child.ref] = _unversioned(child.ref)
+            refs[child.ref] = unversioned(child.ref)
         else:
             child_id, version = seen
             # the identifier only counts when the EHR's version has none of its own
@@ -1136,29 +1137,27 @@ def _named_children(save: _Save) -> set[str]:
 
 def _child_identifiers(related_persons: Iterable[Resource]) -> set[str]:
     """The values of our child identifiers (UUIDs) the resources carry."""
-    system = terminology.identifier_system("child")
-    return {
-        str(identifier.get("value"))
-        for resource in related_persons
-        for identifier in resource.get("identifier", [])
-        if identifier.get("system") == system
-    }
+    return {value for resource in related_persons for value in _our_identifiers(resource)}
 
 
 def _identified_as(related_persons: Iterable[Resource]) -> dict[str, tuple[str, ...]]:
     """The ``urn:uuid:`` refs of our child identifiers of each versioned RelatedPerson."""
+    return {
+        _VERSIONED_CHILD.format(id=resource.get("id"), version=version): refs
+        for resource in related_persons
+        if (version := resource.get("meta", {}).get("versionId"))
+        and (refs := tuple(f"urn:uuid:{value}" for value in _our_identifiers(resource)))
+    }
+
+
+def _our_identifiers(resource: Resource) -> list[str]:
+    """The values of the resource's child identifiers of ours."""
     system = terminology.identifier_system("child")
-    found: dict[str, tuple[str, ...]] = {}
-    for resource in related_persons:
-        version = resource.get("meta", {}).get("versionId")
-        refs = tuple(
-            f"urn:uuid:{identifier['value']}"
-            for identifier in resource.get("identifier", [])
-            if identifier.get("system") == system and identifier.get("value")
-        )
-        if version and refs:
-            found[_VERSIONED_CHILD.format(id=resource.get("id"), version=version)] = refs
-    return found
+    return [
+        str(identifier["value"])
+        for identifier in resource.get("identifier", [])
+        if identifier.get("system") == system and identifier.get("value")
+    ]
 
 
 def _child_uuid(ref: str) -> str:
@@ -1167,7 +1166,7 @@ def _child_uuid(ref: str) -> str:
 
 def _child_id(ref: str) -> str:
     """``RelatedPerson/7/_history/2`` → ``7``."""
-    return _unversioned(ref).removeprefix("RelatedPerson/")
+    return unversioned(ref).removeprefix("RelatedPerson/")
 
 
 def _description(

@@ -71,6 +71,7 @@ from service.triage import (
     Triage,
     TriageDep,
     TriageInput,
+    unversioned,
 )
 from smart_app import dates
 from smart_app.assets import asset_response
@@ -876,10 +877,10 @@ def rows_after_conflict(
     shown as the record has it, marked as :meth:`Triage.load_chart` says (her edit of it:
     ``conflict``). A child she added keeps its row."""
     # her recorded rows by the child they are: its id on the server, or its urn:uuid
-    hers = {row.ref.split("/_history/")[0]: row for row in typed if row.recorded}
+    hers = {unversioned(row.ref): row for row in typed if row.recorded}
     rows = []
     for child in chart.children:
-        ways = (child.ref.split("/_history/")[0], *chart.identified_as.get(child.ref, ()))
+        ways = (unversioned(child.ref), *chart.identified_as.get(child.ref, ()))
         shown_as = next((way for way in ways if way in hers), "")
         mine = hers.pop(shown_as, None)
         # hers unless the record holds another version than the one she saw

@@ -37,7 +37,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Connection, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from service.db.base import Database
+from service.db.base import Database, on_every_connection
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class PostgresWrites:
             max_overflow=0,
             connect_args={"connect_timeout": CONNECT_TIMEOUT},
         )
-        event.listen(self._upkeep_engine, "connect", _without_flush_waits)
+        on_every_connection(self._upkeep_engine, SESSION_SETTINGS)
         self._upkeeps: set[asyncio.Future[None]] = set()
         self._abandoned: set[asyncio.Future[psycopg.AsyncConnection[Any]]] = set()
 
@@ -435,19 +435,12 @@ class PostgresWrites:
 
 
 CONNECT_TIMEOUT = 3  # seconds
-#: Set once a connection is open, not as startup options (``-c …``): a connection pooler
-#: in front of the database (PgBouncer, CloudNativePG's Pooler) refuses those, and every
-#: CDS call failed its replay check behind one (found by trying).
+#: Set once a connection is open, not as startup options (``db.base.on_every_connection``):
+#: as those, every CDS call failed its replay check behind PgBouncer (found by trying).
 SESSION_SETTINGS = (
     "SELECT set_config('synchronous_commit', 'off', false),"
     " set_config('statement_timeout', '5000', false)"
 )
-
-
-def _without_flush_waits(dbapi_connection: Any, _record: Any) -> None:
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute(SESSION_SETTINGS)
-    dbapi_connection.commit()
 
 
 def fast_writes(database: Database) -> SqliteWrites | PostgresWrites:

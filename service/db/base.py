@@ -105,16 +105,21 @@ def make_engine(database_url: str) -> Engine:
         max_overflow=20,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
     )
-    event.listen(engine, "connect", _bounded_lock_waits)
+    on_every_connection(engine, f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
     return engine
 
 
-def _bounded_lock_waits(dbapi_connection: Any, _record: Any) -> None:
-    # a SET, not the startup option "-c lock_timeout": a connection pooler in front of the
-    # database (PgBouncer) refuses startup options it does not know
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
-    dbapi_connection.commit()
+def on_every_connection(engine: Engine, statement: str) -> None:
+    """Run ``statement`` (session settings) on each new PostgreSQL connection of ``engine``:
+    set once a connection is open, not as startup options (``-c …``), which a connection
+    pooler in front of the database (PgBouncer, CloudNativePG's Pooler) refuses."""
+
+    def run(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(statement)
+        dbapi_connection.commit()
+
+    event.listen(engine, "connect", run)
 
 
 #: PostgreSQL's SQLSTATEs of a database that does not take a request now and will again:
