@@ -70,16 +70,14 @@ def missing_queries(
     failed, and neither that nor the first page of a patient's Flags may read as "no open
     concern". Searches ask for ``FETCH_PAGE_SIZE`` results a page."""
     given = prefetch or {}
-    values = {"{{context.patientId}}": patient_id, "{{context.encounterId}}": encounter_id}
     queries: dict[str, str] = {}
-    for key, template in templates(vocabulary).items():
+    for key in keys.PREFETCH_KEYS:  # the templates' order
         answered = key in given and keys.answered_in_full(given[key])
         if answered or (key in _NEEDS_ENCOUNTER and encounter_id is None):
             continue
-        query = template
-        for token, value in values.items():
-            if value is not None:
-                query = query.replace(token, value)
+        query = templates(vocabulary)[key].replace("{{context.patientId}}", patient_id)
+        if encounter_id is not None:
+            query = query.replace("{{context.encounterId}}", encounter_id)
         queries[key] = f"{query}&_count={FETCH_PAGE_SIZE}" if "?" in query else query
     return queries
 

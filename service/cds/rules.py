@@ -79,8 +79,7 @@ def advise(
         return None
     if hooks.once_per_encounter and vocabulary.step_1 in situation.encounter_finding_codes:
         return None
-    found = vocabulary.triggers_of(situation.presentation_codes)
-    triggers = tuple(t for t in HagueTrigger if t in found)
+    triggers = vocabulary.triggers_of(situation.presentation_codes)
     open_concern = vocabulary.concern_flag in situation.active_flag_codes
     if not (triggers or open_concern or situation.warning_sources_read):
         return GENERIC

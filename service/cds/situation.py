@@ -3,6 +3,9 @@
 Pure and defensive: the JSON comes from the EHR, so a field of the wrong type is treated
 as absent rather than trusted or allowed to raise. Only the facts the card rules use are
 kept; nothing here is logged or stored.
+
+It reads every hook call's prefetch, where the EHR waits: plain loops, not generator
+expressions, which cost a third more on this path.
 """
 
 from __future__ import annotations
@@ -62,11 +65,13 @@ def answered_in_full(value: Any) -> bool:
         return False
     if kind != "Bundle":
         return True
-    entries = (e.get("resource") for e in _list(value.get("entry")) if isinstance(e, dict))
-    return not any(
-        isinstance(link, dict) and link.get("relation") == "next"
-        for link in _list(value.get("link"))
-    ) and not any(_failed(resource) for resource in entries)
+    for link in _list(value.get("link")):
+        if isinstance(link, dict) and link.get("relation") == "next":
+            return False
+    for entry in _list(value.get("entry")):
+        if isinstance(entry, dict) and _failed(entry.get("resource")):
+            return False
+    return True
 
 
 def _failed(value: Any) -> bool:
@@ -75,9 +80,10 @@ def _failed(value: Any) -> bool:
     if not isinstance(value, dict) or value.get("resourceType") != "OperationOutcome":
         return False
     issues = _list(value.get("issue"))
-    return not issues or any(
-        isinstance(issue, dict) and issue.get("severity") in ("error", "fatal") for issue in issues
-    )
+    for issue in issues:
+        if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
+            return True
+    return not issues
 
 
 def of_this_context(
@@ -113,11 +119,11 @@ def _about(key: str, value: Any, patient_id: str, encounter_id: str | None) -> b
         return True  # not a key of ours: never read
     resource_type, elements = _CONTEXT_ELEMENTS[key]
     ids = {"Patient": patient_id, "Encounter": encounter_id}
-    return all(
-        _names(resource, element, target, ids[target])
-        for resource in _resources(value, resource_type)
-        for element, target in elements
-    )
+    for resource in _resources(value, resource_type):
+        for element, target in elements:
+            if not _names(resource, element, target, ids[target]):
+                return False
+    return True
 
 
 def _names(resource: dict[str, Any], element: str, target: str, target_id: str | None) -> bool:
@@ -156,10 +162,12 @@ def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation
             and _refers_to(observation.get("encounter"), "Encounter", encounter_id)
             for code in _codes(observation.get("code"))
         ),
-        known_children=sum(
-            1
-            for person in _resources(data.get(RELATED_PERSONS), "RelatedPerson")
-            if person.get("active") is not False and _is_child(person)
+        known_children=len(
+            [
+                person
+                for person in _resources(data.get(RELATED_PERSONS), "RelatedPerson")
+                if person.get("active") is not False and _is_child(person)
+            ]
         ),
     )
 
@@ -180,26 +188,31 @@ def _presentation_codes(encounter: dict[str, Any] | None, conditions: Any) -> fr
 def _is_child(person: dict[str, Any]) -> bool:
     # The child codes are v3 RoleCode codes (the guide's child-relationship ValueSet); EHRs
     # often omit the system on relationship codings, so the code alone is compared.
-    return any(
-        _has_code(relationship, _CHILD_CODES) for relationship in _list(person.get("relationship"))
-    )
+    for relationship in _list(person.get("relationship")):
+        if _has_code(relationship, _CHILD_CODES):
+            return True
+    return False
 
 
-def _resources(value: Any, resource_type: str) -> Iterator[dict[str, Any]]:
+def _resources(value: Any, resource_type: str) -> list[dict[str, Any]]:
     """The resources of ``resource_type`` in a resource or a search Bundle."""
     if not isinstance(value, dict):
-        return
-    if value.get("resourceType") == resource_type:
-        yield value
-    elif value.get("resourceType") == "Bundle":
+        return []
+    kind = value.get("resourceType")
+    if kind == resource_type:
+        return [value]
+    found: list[dict[str, Any]] = []
+    if kind == "Bundle":
         for entry in _list(value.get("entry")):
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
-                yield resource
+                found.append(resource)
+    return found
 
 
 def _single(value: Any, resource_type: str) -> dict[str, Any] | None:
-    return next(_resources(value, resource_type), None)
+    resources = _resources(value, resource_type)
+    return resources[0] if resources else None
 
 
 def _codes(concept: Any) -> Iterator[Code]:
@@ -216,28 +229,29 @@ def _has_code(concept: Any, codes: frozenset[str]) -> bool:
     """Whether a coding of the CodeableConcept has one of ``codes`` (whatever its system)."""
     if not isinstance(concept, dict):
         return False
-    return any(
-        isinstance(coding, dict) and _text(coding.get("code")) in codes
-        for coding in _list(concept.get("coding"))
-    )
+    for coding in _list(concept.get("coding")):
+        if isinstance(coding, dict) and _text(coding.get("code")) in codes:
+            return True
+    return False
 
 
 def _refers_to(reference: Any, resource_type: str, resource_id: str) -> bool:
     if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
         return False
-    target = _HISTORY.sub("", reference["reference"])  # Patient/p1/_history/3 is Patient/p1
-    return target == f"{resource_type}/{resource_id}" or target.endswith(
-        f"/{resource_type}/{resource_id}"
-    )
+    target: str = reference["reference"]
+    if "/_history/" in target:  # Patient/p1/_history/3 is Patient/p1
+        target = _HISTORY.sub("", target)
+    named = f"{resource_type}/{resource_id}"
+    return target == named or target.endswith("/" + named)
 
 
 def _earliest_date(value: Any) -> date | None:
     match = _FHIR_DATE.match(value) if isinstance(value, str) else None
     if match is None:
         return None
-    year, month, day = (int(part) if part else 1 for part in match.groups())
+    year, month, day = match.groups()
     try:
-        return date(year, month, day)
+        return date(int(year), int(month or 1), int(day or 1))
     except ValueError:
         return None
 

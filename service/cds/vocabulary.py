@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 
 from service.fhir import terminology
@@ -40,12 +40,13 @@ class Vocabulary:
     #: language → code → the override reason's Coding (system, code, the guide's display)
     override_reasons: Mapping[str, Mapping[str, Mapping[str, str]]]
 
-    @property
+    @cached_property
     def step_1(self) -> Code:
         return Code(self.step_system, Step.STEP_1.value)
 
-    def triggers_of(self, codes: frozenset[Code]) -> frozenset[HagueTrigger]:
-        return frozenset(t for t, members in self.triggers.items() if members & codes)
+    def triggers_of(self, codes: frozenset[Code]) -> tuple[HagueTrigger, ...]:
+        """The triggers with one of ``codes``, in the protocol's order (``triggers``')."""
+        return tuple(t for t, members in self.triggers.items() if members & codes)
 
     def with_local_codes(self, extra: Mapping[HagueTrigger, frozenset[Code]]) -> Vocabulary:
         """This vocabulary with a hospital's own trigger codes added."""

@@ -15,8 +15,9 @@ that a busy machine affects them alike.
 Prints p50/p99 latency, requests/s, the ratios against the targets (≥ 70 % of the bare
 requests/s, p99 ≤ 1.5 × bare), the server's CPU time per call (user + system of the
 server process, all its threads: the figure that depends least on what else the machine
-is doing), the FHIR requests per hook call (target 0) and, from real nurse saves into a
-sekmet server (``fhir_writes.py``), the FHIR requests per save (target 1).
+is doing) and how much of it the JWT check takes, the FHIR requests per hook call
+(target 0) and, from real nurse saves into a sekmet server (``fhir_writes.py``), the
+FHIR requests per save (target 1).
 """
 
 from __future__ import annotations
@@ -391,6 +392,16 @@ def report(
         f"({budget - bare.cpu_per_call_us:.0f} us beyond the bare endpoint); "
         "the signature check alone: "
         + ", ".join(f"{alg} {us:.0f} us" for alg, us in signatures.items())
+    )
+    unchecked = figures[1]
+    lines.append(
+        "the JWT check in the service (the hook's CPU with it, less without it): "
+        + ", ".join(
+            f"{alg} {f.cpu_per_call_us - unchecked.cpu_per_call_us:.0f} us"
+            for alg, f in zip(ALGORITHMS, figures[2:], strict=True)
+        )
+        + f"; the rest of the hook: {unchecked.cpu_per_call_us - bare.cpu_per_call_us:.0f} us"
+        " beyond the bare endpoint"
     )
     per_call, per_save = fhir_requests
     lines += [

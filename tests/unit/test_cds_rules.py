@@ -400,9 +400,9 @@ def test_configured_hooks_follow_the_hospitals_configuration_version() -> None:
     changed = config.model_copy(update={"hooks": HookSettings(local_trigger_codes=[local])})
     second = configured.of(TenantContext(1, "az", 2, changed))
     assert second is not first
-    assert second.vocabulary.triggers_of(frozenset({Code("urn:local", "zelfmoordpoging")})) == {
-        HagueTrigger.SELF_HARM_PSYCHIATRIC
-    }
+    assert second.vocabulary.triggers_of(frozenset({Code("urn:local", "zelfmoordpoging")})) == (
+        HagueTrigger.SELF_HARM_PSYCHIATRIC,
+    )
     assert not first.vocabulary.triggers_of(frozenset({Code("urn:local", "zelfmoordpoging")}))
     assert configured.of(TenantContext(2, "other", 1, config)) is not second
 
