@@ -76,6 +76,7 @@ from service.outbox import (
 from service.protocol import (
     Child,
     ErrorCode,
+    ExpectedChild,
     Finding,
     KindreflexCase,
     MissingInformationError,
@@ -233,6 +234,19 @@ class SaveResult:
     status: SaveStatus
     concern_flagged: bool
     outbox_id: int
+
+
+@dataclass(frozen=True)
+class RefusedAnswers:
+    """The nurse's own answers in a save of hers the record refused: steps 1 to 3 but the
+    children, which the chart shows as the record has them, marked
+    (:meth:`Triage.refused_answers`)."""
+
+    saved_at: datetime
+    no_children: bool  # step 1 named no child and expected none
+    expecting: ExpectedChild | None
+    step2: Step2Finding | None
+    step3: Step3Support | None
 
 
 class ChildRecordedMeanwhile(Exception):  # noqa: N818 - says what happened, as SaveConflict
@@ -484,6 +498,36 @@ class Triage:
             "an open concern on the FHIR server was not on the worklist: indexed",
             extra={"fields": {"tenant": ctx.tenant.slug, "flag": concern.identifier}},
         )
+
+    def refused_answers(self, ctx: LaunchInfo) -> RefusedAnswers | None:
+        """Her answers in the latest save of this visit (the launch's encounter), when the
+        record refused it: offered back on the form, so that what she typed in a crisis is
+        not typed again. The form shown at once after a refusal keeps them
+        (``smart_app.nurse``); a refusal met at delivery, after she had left the page, left
+        only the children marked (the chart's ``conflicts``).
+
+        None when a save of the visit came since (the record holds that one), when the
+        refused save is a colleague's (a page prefilled with another nurse's judgement would
+        save it under her name), or when its payload is gone (retention) or unreadable."""
+        encounter_ref = _launch_refs(ctx)[1]
+        with self._database.session() as session:
+            saves = _patient_saves(session, ctx)
+        visit = [
+            (save, steps)
+            for save in saves
+            if (steps := _step_observations(save))
+            and steps[Step.STEP_1].get("encounter", {}).get("reference") == encounter_ref
+        ]
+        if not visit:
+            return None
+        save, steps = visit[-1]
+        if save.state not in REFUSED_STATES or save.author != ctx.user.fhir_user:
+            return None
+        try:
+            return _answers(save, steps)
+        except mapping.UnreadableResourceError:
+            log.warning("a refused save's answers could not be read back: not offered")
+            return None
 
     def has_open_concern(self, ctx: LaunchInfo) -> bool:
         """Whether the patient's concern is open on the social service's worklist (one local
@@ -938,6 +982,7 @@ class _Save:
     bundle: Resource
     races: int  # races at delivery lost (``service.outbox.kept_changing``)
     saved_at: datetime
+    author: str  # the nurse who saved it (her fhirUser)
 
     @property
     def refusal(self) -> str:
@@ -967,6 +1012,7 @@ def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
             OutboxEntry.bundle,
             OutboxEntry.races,
             OutboxEntry.created_at,
+            OutboxEntry.author,
         )
         .where(
             OutboxEntry.tenant_id == ctx.tenant.id,
@@ -976,11 +1022,46 @@ def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
         )
         .order_by(OutboxEntry.id)
     )
-    return [_Save(id, state, bundle or {}, races, at) for id, state, bundle, races, at in rows]
+    return [
+        _Save(id, state, bundle or {}, races, at, by) for id, state, bundle, races, at, by in rows
+    ]
 
 
 def _entries(save: _Save) -> list[Resource]:
     return list(save.bundle.get("entry", []))  # a purged payload is empty
+
+
+def _step_observations(save: _Save) -> dict[Step, Resource]:
+    """The step Observations a save writes, by step; empty when it writes no step 1."""
+    found = {}
+    for entry in _entries(save):
+        resource = entry.get("resource", {})
+        step = mapping.step_of_observation(resource)
+        if step is not None:
+            found[step] = resource
+    return found if Step.STEP_1 in found else {}
+
+
+def _answers(save: _Save, steps: Mapping[Step, Resource]) -> RefusedAnswers:
+    """The answers a save's step Observations record (the children left to the chart)."""
+    expected = {
+        str(entry.get("fullUrl")): child
+        for entry in _entries(save)
+        if (child := mapping.expected_child_from_observation(entry.get("resource", {})))
+    }
+    read = {
+        step: mapping.finding_from_observation(resource, expecting=expected)
+        for step, resource in steps.items()
+    }
+    step1, step2, step3 = (read.get(step) for step in (Step.STEP_1, Step.STEP_2, Step.STEP_3))
+    expecting = step1.expecting if isinstance(step1, Step1Finding) else None
+    return RefusedAnswers(
+        saved_at=save.saved_at,
+        no_children=not steps[Step.STEP_1].get("focus") and expecting is None,
+        expecting=expecting,
+        step2=step2 if isinstance(step2, Step2Finding) else None,
+        step3=step3 if isinstance(step3, Step3Support) else None,
+    )
 
 
 def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Child]:

@@ -66,6 +66,7 @@ from service.triage import (
     KEPT_CHANGING,
     ChildRecordedMeanwhile,
     RecordedChart,
+    RefusedAnswers,
     SaveConflict,
     SaveResult,
     Triage,
@@ -736,7 +737,43 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
     if chart.patient is not None:
         form.patient_name = chart.patient.name or ""
         form.patient_birth_date = chart.patient.birth_date or ""
-    return _form_page(ctx, form, notice=notice, open_concern=triage.has_open_concern(ctx))
+    refused = triage.refused_answers(ctx)
+    if refused is not None:
+        form = with_answers(form, refused)
+        moment = dates.shown_moment(refused.saved_at)
+        said = _app_message(ctx.language, "triage.refused-answers", moment=moment)
+        notice = f"{said} {notice}" if notice else said
+    return _form_page(
+        ctx,
+        form,
+        notice=notice,
+        open_concern=triage.has_open_concern(ctx),
+        acute_danger=form.acute_danger and refused is not None,
+    )
+
+
+def with_answers(form: TriageForm, answers: RefusedAnswers) -> TriageForm:
+    """The form with her answers of a save the record refused after she had left the page
+    (:meth:`Triage.refused_answers`), as :func:`build_input` would read them again; the
+    children are the chart's. With acute danger, the page says whom to call now above it,
+    as when the refusal comes while she waits."""
+    step2, step3, expecting = answers.step2, answers.step3, answers.expecting
+    expected_date = expecting.expected_date if expecting else None
+    return replace(
+        form,
+        no_children=answers.no_children,
+        expecting=expecting is not None,
+        pregnancy_of=expecting.pregnancy_of.value if expecting else "",
+        expected_date=dates.shown_date(expected_date) if expected_date else "",
+        assessment=step2.assessment.value if step2 else "",
+        reasons="\n".join(step2.reasons) if step2 else "",
+        discussed_with_colleague=step2 is not None
+        and Consultation.COLLEAGUE in step2.consultations,
+        acute_danger=step2 is not None and step2.acute_danger,
+        who_helps=(step2.who_helps or "") if step2 else "",
+        support_actions=frozenset(a.value for a in step3.actions) if step3 else frozenset(),
+        support_note=(step3.note or "") if step3 else "",
+    )
 
 
 @router.post(

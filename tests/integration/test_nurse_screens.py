@@ -1956,6 +1956,61 @@ def test_her_correction_of_a_child_delivered_meanwhile_comes_back_with_her_answe
     assert [e["resource"]["name"][0]["text"] for e in found["entry"]] == [f"{noor} Marie"]
 
 
+def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
+    nurse_for: Any, sandbox: Sandbox, database: Database
+) -> None:
+    """Her save waits: the record cannot take it now. She leaves the page; someone else
+    changes a child, and the delivery is refused. Opened again, the page marked the child,
+    and her step 2 answers were gone: reasons typed in a crisis, to be given again from
+    memory. The page now fills them in again and says so, and with acute danger whom to
+    call first, above the form."""
+    with SlowRelay(sandbox.fhir_base_url) as relay:
+        nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
+        page = nurse.page()
+        reasons = f"Dreigt de kinderen iets aan te doen ({uuid.uuid4().hex[:6]})"
+        # her save renames a child that someone else changes before it is delivered
+        rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
+        with database.session() as session:
+            before = session.scalar(select(func.max(OutboxEntry.id))) or 0
+        relay.refused = [503] * 10  # the server cannot take it now: it waits
+        waiting = nurse.post(
+            {
+                "csrf_token": page.csrf,
+                **rows,
+                "assessment": "niet-pluis",
+                "reasons": reasons,
+                "who_helps": "Zijn zus",
+                "discussed_with_colleague": "1",
+                "acute_danger": "1",
+            }
+        )
+        relay.refused = []
+        assert 'data-save-status="pending"' in waiting.text, waiting.text
+        ours = OutboxEntry.id > before  # the save that waits (a relay's port is reused)
+        with database.session() as session:  # due now, not after the backoff
+            session.execute(update(OutboxEntry).where(ours).values(next_attempt_at=utcnow()))
+            waited = session.scalars(select(OutboxEntry.id).where(ours)).all()
+        delivered = nurse.client.app.state.outbox.run_once()
+        assert [d.state for d in delivered if d.entry_id in waited] == ["conflict"]
+
+        again = nurse.page()
+
+    assert again.status == 200, again.text
+    notice = unescape(again.text.split('<p class="notice" role="status">')[1].split("</p>")[0])
+    assert notice.startswith("Wat u op ")
+    assert "staat niet in het dossier" in notice
+    assert again.value("reasons") == reasons
+    assert again.value("who_helps") == "Zijn zus"
+    submitted = again.submitted()
+    assert submitted["assessment"] == ["niet-pluis"]
+    assert submitted["discussed_with_colleague"] == ["1"]
+    assert submitted["acute_danger"] == ["1"]
+    acute = again.text.split("data-acute-danger")[1].split("</section>")[0]
+    assert "parket en/of de politie" in acute
+    assert again.text.index("data-acute-danger") < again.text.index("data-triage-form")
+    assert again.value("child-0-delivery") == "conflict"  # the child, as the record has it
+
+
 def test_a_child_withdrawn_meanwhile_is_named_when_the_form_comes_back(
     nurse_for: Any, sandbox: Sandbox
 ) -> None:

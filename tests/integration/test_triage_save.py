@@ -2089,6 +2089,50 @@ def test_fault_an_edit_refused_as_a_conflict_is_told_on_the_chart_until_the_chil
     assert after.conflicts == frozenset()
 
 
+def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her_alone(
+    database: Database, tmp_path: Path
+) -> None:
+    """Her save waited for the record (an outage) and was refused at delivery, after she had
+    left the page: someone else had changed a child first. Opened again, the page marked
+    the child, and her step 2 and 3 answers were gone: to be given again, from memory.
+    ``refused_answers`` now has them, for her: not for a colleague (the page would save
+    another nurse's judgement under her name), nor once retention emptied the save, nor
+    once a save of the visit came since (the record holds that one)."""
+    with _refused_as_a_conflict(database, tmp_path) as (outage, _client, _child_id):
+        world = outage.world
+        patient = outage.server.seeded.patient("els-goossens")
+        visit = (patient.id, patient.arrived_encounter_id)
+        her = world.launch(*visit, "Practitioner/nurse-edit")  # as in _edit_during_outage
+        colleague = world.launch(*visit, "Practitioner/nurse-q")
+        answers = world.triage.refused_answers(her)
+        for_colleague = world.triage.refused_answers(colleague)
+        refused = OutboxEntry.id == outage.result.outbox_id
+        with database.session() as session:
+            entry = session.scalars(select(OutboxEntry).where(refused)).one()
+            saved_at, bundle = entry.created_at, entry.bundle
+            session.execute(update(OutboxEntry).where(refused).values(bundle=PURGED_BUNDLE))
+        purged = world.triage.refused_answers(her)
+        with database.session() as session:
+            session.execute(update(OutboxEntry).where(refused).values(bundle=bundle))
+        kept = world.triage.refused_answers(her)
+        children = tuple(world.triage.load_chart(colleague).children)
+        saved = world.triage.record_triage(colleague, no_concern(colleague, children))
+        after = world.triage.refused_answers(her)
+
+    assert answers is not None
+    assert answers.saved_at == saved_at
+    assert (answers.no_children, answers.expecting) == (False, None)
+    assert answers.step2 is not None
+    assert answers.step2.assessment is SafetyAssessment.NO_CONCERN
+    assert answers.step3 is not None
+    assert answers.step3.actions == {SupportAction.ASK_REGULARLY}
+    assert for_colleague is None
+    assert purged is None
+    assert kept == answers
+    assert saved.status == "delivered"
+    assert after is None
+
+
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)

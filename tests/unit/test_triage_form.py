@@ -1,14 +1,27 @@
-"""The nurse's child rows when the form comes back after a save the record refused because
-someone else changed the patient's data first (``smart_app.nurse.rows_after_conflict``)."""
+"""The nurse's form when it comes back after a save the record refused: her child rows
+when someone else changed the patient's data first (``smart_app.nurse.rows_after_conflict``),
+her other answers when the refusal came after she had left the page
+(``smart_app.nurse.with_answers``)."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 from service.outbox import DeliveryState
-from service.protocol import Child, ChildRelationship, LivesWith
-from service.triage import RecordedChart
-from smart_app.nurse import ChildRow, rows_after_conflict
+from service.protocol import (
+    Child,
+    ChildRelationship,
+    Consultation,
+    ExpectedChild,
+    LivesWith,
+    PregnancyOf,
+    SafetyAssessment,
+    Step2Finding,
+    Step3Support,
+    SupportAction,
+)
+from service.triage import RecordedChart, RefusedAnswers
+from smart_app.nurse import ChildRow, TriageForm, rows_after_conflict, with_answers
 
 
 def _child(ref: str, name: str) -> Child:
@@ -71,3 +84,76 @@ def test_a_child_the_ehr_merged_from_two_is_found_by_either_identifier() -> None
 
     assert [(r.ref, r.name) for r in rows] == [(second, "Jens Peeters")]
     assert gone == []
+
+
+SAVED_AT = datetime(2026, 12, 6, 8, 30, tzinfo=UTC)
+NURSE = "Practitioner/nurse-1"
+
+
+def test_her_refused_answers_fill_the_form_as_she_gave_them() -> None:
+    """Niet-pluis with acute danger, for a pregnancy of the partner: every answer comes
+    back in the field she gave it in, the reasons one a line, the children left as the
+    chart has them."""
+    row = ChildRow(ref="RelatedPerson/1/_history/2", name="Lotte", recorded=True)
+    answers = RefusedAnswers(
+        saved_at=SAVED_AT,
+        no_children=False,
+        expecting=ExpectedChild(PregnancyOf.PARTNER, date(2027, 3, 1)),
+        step2=Step2Finding(
+            recorded_by=NURSE,
+            recorded_at=SAVED_AT,
+            assessment=SafetyAssessment.NIET_PLUIS,
+            reasons=("Dreigt de kinderen iets aan te doen", "Slaapt in de auto"),
+            who_helps="Zijn zus",
+            consultations=frozenset({Consultation.COLLEAGUE}),
+            acute_danger=True,
+        ),
+        step3=None,
+    )
+
+    form = with_answers(TriageForm(children=[row]), answers)
+
+    assert form.children == [row]
+    assert (form.no_children, form.expecting) == (False, True)
+    assert (form.pregnancy_of, form.expected_date) == ("partner", "01/03/2027")
+    assert form.assessment == "niet-pluis"
+    assert form.reasons == "Dreigt de kinderen iets aan te doen\nSlaapt in de auto"
+    assert (form.who_helps, form.discussed_with_colleague, form.acute_danger) == (
+        "Zijn zus",
+        True,
+        True,
+    )
+    assert (form.support_actions, form.support_note) == (frozenset(), "")
+
+
+def test_her_refused_no_concern_with_support_fills_step_3() -> None:
+    answers = RefusedAnswers(
+        saved_at=SAVED_AT,
+        no_children=False,
+        expecting=None,
+        step2=Step2Finding(
+            recorded_by=NURSE, recorded_at=SAVED_AT, assessment=SafetyAssessment.NO_CONCERN
+        ),
+        step3=Step3Support(
+            recorded_by=NURSE,
+            recorded_at=SAVED_AT,
+            actions=frozenset({SupportAction.ASK_REGULARLY, SupportAction.DISCUSS_IMPACT}),
+            note="Folder Kind & Gezin meegegeven",
+        ),
+    )
+
+    form = with_answers(TriageForm(), answers)
+
+    assert (form.expecting, form.pregnancy_of, form.expected_date) == (False, "", "")
+    assert (form.assessment, form.reasons, form.acute_danger) == ("no-concern", "", False)
+    assert form.support_actions == {"ask-regularly", "discuss-impact"}
+    assert form.support_note == "Folder Kind & Gezin meegegeven"
+
+
+def test_her_refused_no_children_is_ticked_again() -> None:
+    answers = RefusedAnswers(SAVED_AT, no_children=True, expecting=None, step2=None, step3=None)
+
+    form = with_answers(TriageForm(), answers)
+
+    assert form.no_children
+    assert (form.assessment, form.expecting) == ("", False)
