@@ -217,9 +217,11 @@ class RecordedChart:
     #: Likewise, the children whose edit was not applied because the record kept changing
     #: under its save (another writer's changes of the concern's Flag, not of the child).
     kept_changing: frozenset[str] = frozenset()
-    #: Of each child on the server that a save of ours created, by its ref: the
-    #: ``urn:uuid:`` of its identifier, the ref a page showed it by while that save waited
-    #: (two, of a child the EHR merged from two).
+    #: Of each child on the server that a save of ours created or edited, by its ref: the
+    #: refs a page showed it by while that save waited. Of a created child, the
+    #: ``urn:uuid:`` of its identifier (two, of a child the EHR merged from two); of an
+    #: edited one, the version the edit was made on, while the record holds what the
+    #: edit wrote (nobody changed the child since its delivery).
     identified_as: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -247,6 +249,9 @@ class RefusedAnswers:
     expecting: ExpectedChild | None
     step2: Step2Finding | None
     step3: Step3Support | None
+    #: The children the save created (by the ``urn:uuid:`` of their identifier): the record
+    #: does not hold them, unless another save wrote them since.
+    new_children: tuple[Child, ...] = ()
 
 
 class ChildRecordedMeanwhile(Exception):  # noqa: N818 - says what happened, as SaveConflict
@@ -412,6 +417,7 @@ class Triage:
         children, pending = [], {c.ref for c in new}
         # the refs of the children whose latest edit was refused, by why (_Save.refusal)
         told: dict[str, set[str]] = {reason: set() for reason in _REFUSAL_REASONS}
+        identified_as = _identified_as(chart.related_persons)
         for child in recorded.children:
             edit = outstanding.edits.get(_child_id(child.ref))
             if edit is not None:  # the server's version, as our waiting save will change it
@@ -419,6 +425,9 @@ class Triage:
                 pending.add(edit.ref)
                 continue
             children.append(child)
+            landed = outstanding.landed.get(_child_id(child.ref))
+            if landed is not None and _fingerprint(landed) == _fingerprint(child):
+                identified_as[child.ref] = (*identified_as.get(child.ref, ()), landed.ref)
             refused = outstanding.refused.get(_child_id(child.ref))
             if refused is not None:
                 refusal, made_on = refused
@@ -433,7 +442,7 @@ class Triage:
             changed_elsewhere=frozenset(told[CHANGED_ELSEWHERE]),
             failed=frozenset(told[DeliveryState.FAILED]),
             kept_changing=frozenset(told[KEPT_CHANGING]),
-            identified_as=_identified_as(chart.related_persons),
+            identified_as=identified_as,
         )
 
     def pending_chart(self, ctx: LaunchInfo) -> RecordedChart:
@@ -449,13 +458,12 @@ class Triage:
             saves = _patient_saves(session, ctx)
             refused = _refused_edits(session, saves, _patient_ref(ctx))
         undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
+        delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
         return _Outstanding(
             new_children=_eldest_first(_created_children(undelivered, _patient_ref(ctx)).values()),
-            edits={
-                _child_id(child.ref): child
-                for child in _edited_children(undelivered, _patient_ref(ctx)).values()
-            },
+            edits=_edited_children(undelivered, _patient_ref(ctx)),
             refused=refused,
+            landed=_edited_children(delivered, _patient_ref(ctx)),
         )
 
     def _index_unlisted_concern(
@@ -508,7 +516,10 @@ class Triage:
 
         None when a save of the visit came since (the record holds that one), when the
         refused save is a colleague's (a page prefilled with another nurse's judgement would
-        save it under her name), or when its payload is gone (retention) or unreadable."""
+        save it under her name), or when it cannot be read. Retention empties the payload of
+        a delivered save, never a refused one's: a save since whose payload is gone may have
+        been of this visit, so it counts as one (found by review: the purge of the save that
+        followed brought answers it had replaced back)."""
         encounter_ref = _launch_refs(ctx)[1]
         with self._database.session() as session:
             saves = _patient_saves(session, ctx)
@@ -523,8 +534,10 @@ class Triage:
         save, steps = visit[-1]
         if save.state not in REFUSED_STATES or save.author != ctx.user.fhir_user:
             return None
+        if any(later.id > save.id and not _entries(later) for later in saves):
+            return None
         try:
-            return _answers(save, steps)
+            return _answers(save, steps, _patient_ref(ctx))
         except mapping.UnreadableResourceError:
             log.warning("a refused save's answers could not be read back: not offered")
             return None
@@ -1001,6 +1014,7 @@ class _Outstanding:
     #: failed: _Save.refusal) and the ref of the version that edit was made on, for the
     #: children no save has named since
     refused: dict[str, tuple[str, str]]
+    landed: dict[str, Child]  # child id → the latest delivered edit (ref: its version)
 
 
 def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
@@ -1042,8 +1056,9 @@ def _step_observations(save: _Save) -> dict[Step, Resource]:
     return found if Step.STEP_1 in found else {}
 
 
-def _answers(save: _Save, steps: Mapping[Step, Resource]) -> RefusedAnswers:
-    """The answers a save's step Observations record (the children left to the chart)."""
+def _answers(save: _Save, steps: Mapping[Step, Resource], patient_ref: str) -> RefusedAnswers:
+    """The answers a save records: its step Observations and the children it created (those
+    it edited are the chart's, as the record has them)."""
     expected = {
         str(entry.get("fullUrl")): child
         for entry in _entries(save)
@@ -1061,6 +1076,7 @@ def _answers(save: _Save, steps: Mapping[Step, Resource]) -> RefusedAnswers:
         expecting=expecting,
         step2=step2 if isinstance(step2, Step2Finding) else None,
         step3=step3 if isinstance(step3, Step3Support) else None,
+        new_children=tuple(_created_children([save], patient_ref).values()),
     )
 
 

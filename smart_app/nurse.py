@@ -256,6 +256,9 @@ class TriageForm:
     who_helps: str = ""
     support_actions: frozenset[str] = frozenset()
     support_note: str = ""
+    #: The Hague triggers of a refused save offered back (:func:`with_answers`): this
+    #: launch's card may not say them. Carried through the form, so that step 2 keeps them.
+    triggers: frozenset[HagueTrigger] = frozenset()
     # The patient as the FHIR server named them when the page was loaded: carried through
     # the form for the patient banner, drawn again after an error. Display only: what the
     # browser posts names no one else (the worklist's name is the session's, from the
@@ -302,6 +305,9 @@ class TriageForm:
                 v for v in form.getlist("support_actions") if isinstance(v, str)
             ),
             support_note=text("support_note"),
+            triggers=frozenset(
+                HagueTrigger(v) for v in form.getlist("triggers") if v in _TRIGGER_VALUES
+            ),
             patient_name=worklist_display(text("patient_name")),
             patient_birth_date=text("patient_birth_date")[:10],
             page_id=page_id if _PAGE_ID.fullmatch(page_id := text("page_id")) else uuid.uuid4().hex,
@@ -367,6 +373,9 @@ class CardContext:
 
     triggers: tuple[HagueTrigger, ...] = ()
     open_concern: bool = False
+
+
+_TRIGGER_VALUES = frozenset(t.value for t in HagueTrigger)
 
 
 def card_context(app_context: str | None) -> CardContext:
@@ -559,7 +568,7 @@ def _step2(
             frozenset({Consultation.COLLEAGUE}) if form.discussed_with_colleague else frozenset()
         ),
         acute_danger=form.acute_danger,
-        triggers=frozenset(card_context(ctx.app_context).triggers),
+        triggers=frozenset(card_context(ctx.app_context).triggers) | form.triggers,
     )
 
 
@@ -686,11 +695,12 @@ def _form_page(
     parket and the police to call now, above the form (a save refused meanwhile)."""
     errors = errors or []
     card = card_context(ctx.app_context)
+    triggers = tuple(t for t in HagueTrigger if t in card.triggers or t in form.triggers)
     return render(
         ctx,
         "triage.html",
         status_code=status_code or (422 if errors else 200),
-        card=replace(card, open_concern=card.open_concern or open_concern),
+        card=replace(card, triggers=triggers, open_concern=card.open_concern or open_concern),
         form=form,
         errors=errors,
         error_for={e.field: e.message for e in errors},
@@ -738,29 +748,43 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
         form.patient_name = chart.patient.name or ""
         form.patient_birth_date = chart.patient.birth_date or ""
     refused = triage.refused_answers(ctx)
-    if refused is not None:
-        form = with_answers(form, refused)
-        moment = dates.shown_moment(refused.saved_at)
-        said = _app_message(ctx.language, "triage.refused-answers", moment=moment)
-        notice = f"{said} {notice}" if notice else said
+    if refused is None:
+        return _form_page(ctx, form, notice=notice, open_concern=triage.has_open_concern(ctx))
+    form = with_answers(form, refused, chart)
+    moment = dates.shown_moment(refused.saved_at)
+    said = _app_message(ctx.language, "triage.refused-answers", moment=moment)
     return _form_page(
         ctx,
         form,
-        notice=notice,
+        notice=f"{said} {notice}" if notice else said,
+        # what she is told first: whom to call, else that these are her answers of then
+        focus="acute-title" if form.acute_danger else "page-notice",
         open_concern=triage.has_open_concern(ctx),
-        acute_danger=form.acute_danger and refused is not None,
+        acute_danger=form.acute_danger,
     )
 
 
-def with_answers(form: TriageForm, answers: RefusedAnswers) -> TriageForm:
+def with_answers(form: TriageForm, answers: RefusedAnswers, chart: RecordedChart) -> TriageForm:
     """The form with her answers of a save the record refused after she had left the page
-    (:meth:`Triage.refused_answers`), as :func:`build_input` would read them again; the
-    children are the chart's. With acute danger, the page says whom to call now above it,
-    as when the refusal comes while she waits."""
+    (:meth:`Triage.refused_answers`), as :func:`build_input` reads them again: the children
+    on the chart as it has them, with the rows of the children she added that it does not
+    list (saved again, created by the same identifier), and her step 1 to 3 answers, with
+    the Hague triggers her step 2 named. With acute danger, the page says whom to call now
+    above it, as when the refusal comes while she waits."""
     step2, step3, expecting = answers.step2, answers.step3, answers.expecting
     expected_date = expecting.expected_date if expecting else None
+    listed = {c.ref for c in chart.children} | {
+        way for ways in chart.identified_as.values() for way in ways
+    }
+    added = [
+        replace(ChildRow.of(child), recorded=False)
+        for child in answers.new_children
+        if child.ref not in listed
+    ]
     return replace(
         form,
+        children=[*(row for row in form.children if not row.is_blank), *added] or [ChildRow()],
+        triggers=step2.triggers if step2 else frozenset(),
         no_children=answers.no_children,
         expecting=expecting is not None,
         pregnancy_of=expecting.pregnancy_of.value if expecting else "",
@@ -910,7 +934,10 @@ def rows_after_conflict(
     A child the record holds in the version she saw keeps the values she typed (saved
     again, her edit is made on that version); so does one she saw waiting for delivery
     (its ``urn:uuid:``), delivered meanwhile: saved again, it is created or merged by its
-    identifier, as her first save would have. One the record holds in another version is
+    identifier, as her first save would have; and one whose edit she saw waiting for
+    delivery, delivered meanwhile, while the record holds what it wrote: saved again, her
+    values are laid over it, as her first save's would have been (``identified_as``:
+    the version she saw). One the record holds in another version is
     shown as the record has it, marked as :meth:`Triage.load_chart` says (her edit of it:
     ``conflict``). A child she added keeps its row."""
     # her recorded rows by the child they are: its id on the server, or its urn:uuid
@@ -921,7 +948,7 @@ def rows_after_conflict(
         shown_as = next((way for way in ways if way in hers), "")
         mine = hers.pop(shown_as, None)
         # hers unless the record holds another version than the one she saw
-        seen = mine is not None and mine.ref in (child.ref, shown_as)
+        seen = mine is not None and (mine.ref == child.ref or mine.ref in ways)
         rows.append(mine if mine is not None and seen else ChildRow.of(child, chart))
     rows += [row for row in typed if not row.recorded]
     return rows or [ChildRow()], [row.name for row in hers.values()]

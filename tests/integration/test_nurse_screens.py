@@ -29,7 +29,7 @@ from sandbox.runner import Sandbox
 from service.app import create_app
 from service.db.base import LOCK_TIMEOUT_SECONDS, Database, utcnow
 from service.db.models import AppSession, AuditRecord, OutboxEntry
-from service.fhir import terminology
+from service.fhir import mapping, terminology
 from service.fhir.client import FhirUnavailable
 from service.i18n import LANGUAGES, Language, catalogue
 from service.outbox import RACES_RETRIED
@@ -37,9 +37,11 @@ from service.partners import load_default_directory
 from service.protocol import (
     ChildRelationship,
     ErrorCode,
+    HagueTrigger,
     LivesWith,
     ProtocolError,
     ReferralTarget,
+    Step2Finding,
     SupportAction,
 )
 from service.settings import load_settings
@@ -1962,10 +1964,12 @@ def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
     """Her save waits: the record cannot take it now. She leaves the page; someone else
     changes a child, and the delivery is refused. Opened again, the page marked the child,
     and her step 2 answers were gone: reasons typed in a crisis, to be given again from
-    memory. The page now fills them in again and says so, and with acute danger whom to
-    call first, above the form."""
+    memory. The page now fills them in again and says so, with acute danger whom to call
+    first, above the form and where the focus is; and the Hague trigger of the card she
+    launched from then, which the launch she opens it from now may not carry."""
+    card = '{"hook":"encounter-start","indicator":"warning","reasons":["domestic-violence"]}'
     with SlowRelay(sandbox.fhir_base_url) as relay:
-        nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
+        nurse = nurse_for("els-goossens", fhir_base_url=relay.url, app_context=card)
         page = nurse.page()
         reasons = f"Dreigt de kinderen iets aan te doen ({uuid.uuid4().hex[:6]})"
         # her save renames a child that someone else changes before it is delivered
@@ -1993,10 +1997,17 @@ def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
         delivered = nurse.client.app.state.outbox.run_once()
         assert [d.state for d in delivered if d.entry_id in waited] == ["conflict"]
 
-        again = nurse.page()
+        later = nurse_for("els-goossens", fhir_base_url=relay.url)  # not from the card
+        again = later.page()
+        relay.refused = [503] * 10  # saved again as shown: it waits, to be read here
+        resaved = later.post(again.submitted())
+        relay.refused = []
+        with database.session() as session:
+            last = select(OutboxEntry.bundle).where(ours, OutboxEntry.kind == "triage")
+            bundle = session.scalars(last.order_by(OutboxEntry.id.desc())).first()
 
     assert again.status == 200, again.text
-    notice = unescape(again.text.split('<p class="notice" role="status">')[1].split("</p>")[0])
+    notice = unescape(again.text.split('id="page-notice" tabindex="-1">')[1].split("</p>")[0])
     assert notice.startswith("Wat u op ")
     assert "staat niet in het dossier" in notice
     assert again.value("reasons") == reasons
@@ -2009,6 +2020,78 @@ def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
     assert "parket en/of de politie" in acute
     assert again.text.index("data-acute-danger") < again.text.index("data-triage-form")
     assert again.value("child-0-delivery") == "conflict"  # the child, as the record has it
+    assert 'data-focus="acute-title"' in again.text
+    assert submitted["triggers"] == ["domestic-violence"]
+    assert "partnergeweld" in again.text.split("data-card-context")[1].split("</div>")[0]
+    assert 'data-save-status="pending"' in resaved.text, resaved.text
+    assert bundle is not None
+    (step2,) = (
+        finding
+        for entry in bundle["entry"]
+        if isinstance(finding := mapping.finding_from_observation(entry["resource"]), Step2Finding)
+    )
+    assert step2.reasons == (reasons,)
+    assert (step2.who_helps, step2.acute_danger) == ("Zijn zus", True)
+    assert step2.triggers == {HagueTrigger.DOMESTIC_VIOLENCE}
+
+
+def test_her_correction_of_an_edit_delivered_meanwhile_comes_back_with_her_answers(
+    nurse_for: Any, sandbox: Sandbox, database: Database
+) -> None:
+    """Another nurse's edit of a child (a new name) waits for delivery when this nurse opens
+    the page: shown with it, by the version it was made on. It is delivered, someone else
+    changes the eldest child, and her save (the eldest renamed, the edited child's name
+    corrected) is refused. The form shown again had the record's version of the edited
+    child, her correction dropped and the child said to have been changed by someone else
+    first. It now keeps her row; saved again, her correction reaches the record."""
+    tag = uuid.uuid4().hex[:6]  # one server for both databases' runs
+    with SlowRelay(sandbox.fhir_base_url) as relay:
+        first = nurse_for("els-goossens", fhir_base_url=relay.url)
+        page = first.page()
+        edited = {**recorded_rows(page)}
+        child_id = edited["child-1-ref"].split("/")[1]
+        original = _upstream(sandbox, f"RelatedPerson/{child_id}")
+        renamed = f"Mira {tag}"
+        edited["child-1-name"] = renamed
+        try:
+            with database.session() as session:
+                before = session.scalar(select(func.max(OutboxEntry.id))) or 0
+            relay.refused = [503] * 10  # the server cannot take it now: it waits
+            waiting = first.post({"csrf_token": page.csrf, **edited, "assessment": "no-concern"})
+            relay.refused = []
+            assert 'data-save-status="pending"' in waiting.text, waiting.text
+
+            nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
+            page = nurse.page()
+            place = next(i for i, r in enumerate(page.child_refs()) if f"/{child_id}/" in r)
+            assert page.value(f"child-{place}-name") == renamed  # the edit, pending
+            ours = OutboxEntry.id > before  # the save that waits (a relay's port is reused)
+            with database.session() as session:  # due now, not after the backoff
+                session.execute(update(OutboxEntry).where(ours).values(next_attempt_at=utcnow()))
+                save = select(OutboxEntry.id).where(ours, OutboxEntry.kind == "triage")
+                waited = session.scalars(save).all()
+            delivered = first.client.app.state.outbox.run_once()
+            assert [d.state for d in delivered if d.entry_id in waited] == ["delivered"]
+            rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
+            rows[f"child-{place}-name"] = f"{renamed} Marie"
+
+            refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+
+            assert refused.status == 409, refused.text
+            at = next(i for i, r in enumerate(refused.child_refs()) if f"/{child_id}/" in r)
+            assert refused.value(f"child-{at}-name") == f"{renamed} Marie"
+            assert f"child-{at}-delivery" not in refused.submitted()  # no "changed first"
+
+            saved = nurse.post(refused.submitted())
+
+            assert 'data-save-status="delivered"' in saved.text, saved.text
+            stored = _upstream(sandbox, f"RelatedPerson/{child_id}")
+            assert stored["name"][0]["text"] == f"{renamed} Marie"
+        finally:  # the child as it was, for the tests after this one
+            child = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{child_id}"
+            current = _upstream(sandbox, f"RelatedPerson/{child_id}")
+            restored = {**original, "meta": current["meta"]}
+            httpx.put(child, json=restored, timeout=10).raise_for_status()
 
 
 def test_a_child_withdrawn_meanwhile_is_named_when_the_form_comes_back(

@@ -41,7 +41,7 @@ from service.protocol import (
     StepOrderError,
     SupportAction,
 )
-from service.retention import PURGED_BUNDLE
+from service.retention import PURGED_BUNDLE, purge
 from service.triage import ChildRecordedMeanwhile, SaveConflict, SaveResult, TriageInput
 from smart_app.nurse import ChildRow
 from smart_app.session import LaunchContext, SessionStore, SessionTokens
@@ -229,7 +229,11 @@ class _Outage:
         return self.server.restart()
 
 
-def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outage:
+def _edit_during_outage(
+    database: Database, tmp_path: Path, name: str, added: tuple[Child, ...] = ()
+) -> _Outage:
+    """The first loaded child renamed ``name`` (and the children ``added``), saved while the
+    FHIR server is stopped."""
     server = _OwnServer.start(tmp_path)
     patient = server.seeded.patient("els-goossens")
     world = world_at(database, server.base_url)
@@ -238,18 +242,19 @@ def _edit_during_outage(database: Database, tmp_path: Path, name: str) -> _Outag
     with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
         before = client.read("RelatedPerson", children[0].ref.split("/")[1])
     server.stop()
-    result = world.triage.record_triage(ctx, edit_first_child(ctx, children, name))
+    result = world.triage.record_triage(ctx, edit_first_child(ctx, [*children, *added], name))
     return _Outage(world, server, children, before, result)
 
 
 @contextlib.contextmanager
 def _refused_as_a_conflict(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, added: tuple[Child, ...] = ()
 ) -> Iterator[tuple[_Outage, FhirClient, str]]:
-    """An edit of the first child saved during an outage ("Noor Goossens"), then refused as
-    a conflict: someone else changed the child before delivery. Yields the outage, a client
-    of the restarted server and the child's id; the server runs until the block ends."""
-    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    """An edit of the first child saved during an outage ("Noor Goossens"), with the
+    children ``added``, then refused as a conflict: someone else changed the child before
+    delivery. Yields the outage, a client of the restarted server and the child's id; the
+    server runs until the block ends."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens", added)
     child_id = outage.children[0].ref.split("/")[1]
     with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
         _changed_by_someone_else(client, child_id)
@@ -2095,10 +2100,12 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
     """Her save waited for the record (an outage) and was refused at delivery, after she had
     left the page: someone else had changed a child first. Opened again, the page marked
     the child, and her step 2 and 3 answers were gone: to be given again, from memory.
-    ``refused_answers`` now has them, for her: not for a colleague (the page would save
-    another nurse's judgement under her name), nor once retention emptied the save, nor
-    once a save of the visit came since (the record holds that one)."""
-    with _refused_as_a_conflict(database, tmp_path) as (outage, _client, _child_id):
+    ``refused_answers`` now has them, with the child she added, for her: not for a
+    colleague (the page would save another nurse's judgement under her name), nor once a
+    save of the visit came since (the record holds that one), also once retention emptied
+    that save (found by review: the older refused answers came back)."""
+    mila = child_aged("Mila Peeters", 2)
+    with _refused_as_a_conflict(database, tmp_path, (mila,)) as (outage, _client, _child_id):
         world = outage.world
         patient = outage.server.seeded.patient("els-goossens")
         visit = (patient.id, patient.arrived_encounter_id)
@@ -2106,18 +2113,14 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
         colleague = world.launch(*visit, "Practitioner/nurse-q")
         answers = world.triage.refused_answers(her)
         for_colleague = world.triage.refused_answers(colleague)
-        refused = OutboxEntry.id == outage.result.outbox_id
-        with database.session() as session:
-            entry = session.scalars(select(OutboxEntry).where(refused)).one()
-            saved_at, bundle = entry.created_at, entry.bundle
-            session.execute(update(OutboxEntry).where(refused).values(bundle=PURGED_BUNDLE))
-        purged = world.triage.refused_answers(her)
-        with database.session() as session:
-            session.execute(update(OutboxEntry).where(refused).values(bundle=bundle))
-        kept = world.triage.refused_answers(her)
         children = tuple(world.triage.load_chart(colleague).children)
         saved = world.triage.record_triage(colleague, no_concern(colleague, children))
         after = world.triage.refused_answers(her)
+        emptied = purge(database, timedelta(0), now=world.clock.now + timedelta(seconds=5))
+        after_retention = world.triage.refused_answers(her)
+        with database.session() as session:
+            refused = OutboxEntry.id == outage.result.outbox_id
+            saved_at = session.scalars(select(OutboxEntry.created_at).where(refused)).one()
 
     assert answers is not None
     assert answers.saved_at == saved_at
@@ -2126,11 +2129,41 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
     assert answers.step2.assessment is SafetyAssessment.NO_CONCERN
     assert answers.step3 is not None
     assert answers.step3.actions == {SupportAction.ASK_REGULARLY}
+    assert answers.new_children == (mila,)
     assert for_colleague is None
-    assert purged is None
-    assert kept == answers
     assert saved.status == "delivered"
     assert after is None
+    assert emptied.payloads >= 1
+    assert after_retention is None
+
+
+def test_fault_a_delivered_edit_identifies_the_child_by_the_version_it_was_made_on(
+    database: Database, tmp_path: Path
+) -> None:
+    """An edit saved during an outage is delivered: the record holds a new version of the
+    child, with what the edit wrote. A page that showed the edit waiting named the child
+    by the version it was made on; the chart says that version is the child's, so that
+    the form shown again after a conflict keeps her correction of it
+    (``nurse.rows_after_conflict``). Not once someone else changed the child since: her
+    correction of the edit would undo their change unseen."""
+    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
+    world, made_on = outage.world, outage.children[0].ref
+    child_id = made_on.split("/")[1]
+    patient = outage.server.seeded.patient("els-goossens")
+    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+        world.clock.advance(120)
+        world.outbox.run_once()
+        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.DELIVERED
+        nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-v")
+        delivered = world.triage.load_chart(nurse)
+        _changed_by_someone_else(client, child_id)
+        changed = world.triage.load_chart(nurse)
+
+    (now,) = (c.ref for c in delivered.children if c.ref.split("/")[1] == child_id)
+    assert now != made_on
+    assert made_on in delivered.identified_as[now]
+    (later,) = (c.ref for c in changed.children if c.ref.split("/")[1] == child_id)
+    assert made_on not in changed.identified_as.get(later, ())
 
 
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:

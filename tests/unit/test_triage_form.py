@@ -13,6 +13,7 @@ from service.protocol import (
     ChildRelationship,
     Consultation,
     ExpectedChild,
+    HagueTrigger,
     LivesWith,
     PregnancyOf,
     SafetyAssessment,
@@ -86,6 +87,34 @@ def test_a_child_the_ehr_merged_from_two_is_found_by_either_identifier() -> None
     assert gone == []
 
 
+def test_her_correction_of_an_edit_delivered_meanwhile_is_kept() -> None:
+    """Her page showed an edit of a child waiting for delivery (by the version it was made
+    on, 2); it was delivered (version 3) before her save, which a conflict over another
+    child refused. Her correction of it came back as the record's version, marked as
+    changed by someone else: it is hers, the record holding what the edit wrote. A row
+    of a version before that (1) is not."""
+    edited = _child("RelatedPerson/2/_history/3", "Mats")
+    older = _child("RelatedPerson/3/_history/3", "Lina")
+    chart = RecordedChart(
+        None,
+        [edited, older],
+        conflicts=frozenset({edited.ref, older.ref}),
+        identified_as={edited.ref: ("RelatedPerson/2/_history/2",), older.ref: ("x",)},
+    )
+    typed = [
+        _typed("RelatedPerson/2/_history/2", "Mats Marie"),
+        _typed("RelatedPerson/3/_history/1", "Lina Marie"),
+    ]
+
+    rows, gone = rows_after_conflict(typed, chart)
+
+    assert [(r.ref, r.name, r.delivery) for r in rows] == [
+        ("RelatedPerson/2/_history/2", "Mats Marie", ""),  # saved again: laid over version 3
+        ("RelatedPerson/3/_history/3", "Lina", DeliveryState.CONFLICT),
+    ]
+    assert gone == []
+
+
 SAVED_AT = datetime(2026, 12, 6, 8, 30, tzinfo=UTC)
 NURSE = "Practitioner/nurse-1"
 
@@ -107,11 +136,12 @@ def test_her_refused_answers_fill_the_form_as_she_gave_them() -> None:
             who_helps="Zijn zus",
             consultations=frozenset({Consultation.COLLEAGUE}),
             acute_danger=True,
+            triggers=frozenset({HagueTrigger.DOMESTIC_VIOLENCE}),
         ),
         step3=None,
     )
 
-    form = with_answers(TriageForm(children=[row]), answers)
+    form = with_answers(TriageForm(children=[row]), answers, RecordedChart(None, []))
 
     assert form.children == [row]
     assert (form.no_children, form.expecting) == (False, True)
@@ -124,6 +154,7 @@ def test_her_refused_answers_fill_the_form_as_she_gave_them() -> None:
         True,
     )
     assert (form.support_actions, form.support_note) == (frozenset(), "")
+    assert form.triggers == {HagueTrigger.DOMESTIC_VIOLENCE}  # this launch's card may not say it
 
 
 def test_her_refused_no_concern_with_support_fills_step_3() -> None:
@@ -142,7 +173,7 @@ def test_her_refused_no_concern_with_support_fills_step_3() -> None:
         ),
     )
 
-    form = with_answers(TriageForm(), answers)
+    form = with_answers(TriageForm(), answers, RecordedChart(None, []))
 
     assert (form.expecting, form.pregnancy_of, form.expected_date) == (False, "", "")
     assert (form.assessment, form.reasons, form.acute_danger) == ("no-concern", "", False)
@@ -153,7 +184,31 @@ def test_her_refused_no_concern_with_support_fills_step_3() -> None:
 def test_her_refused_no_children_is_ticked_again() -> None:
     answers = RefusedAnswers(SAVED_AT, no_children=True, expecting=None, step2=None, step3=None)
 
-    form = with_answers(TriageForm(), answers)
+    form = with_answers(TriageForm(), answers, RecordedChart(None, []))
 
     assert form.no_children
     assert (form.assessment, form.expecting) == ("", False)
+
+
+def test_the_children_she_added_in_a_refused_save_come_back_as_her_rows() -> None:
+    """She added a child in the save the record refused: it is not in the record, and the
+    page showed her reasons about it without it (found by review). It comes back as a row
+    of hers, by the same identifier; one the chart lists (another save wrote it since) is
+    the chart's."""
+    mila = _child("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000007", "Mila")
+    noor = _child("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000008", "Noor")
+    written = _child("RelatedPerson/4/_history/1", "Noor")
+    chart = RecordedChart(None, [written], identified_as={written.ref: (noor.ref,)})
+    answers = RefusedAnswers(
+        SAVED_AT, no_children=False, expecting=None, step2=None, step3=None,
+        new_children=(mila, noor),
+    )  # fmt: skip
+
+    form = with_answers(TriageForm(children=[ChildRow.of(written, chart)]), answers, chart)
+
+    assert [(r.ref, r.name, r.recorded) for r in form.children] == [
+        (written.ref, "Noor", True),
+        (mila.ref, "Mila", False),
+    ]
+    alone = with_answers(TriageForm(), answers, RecordedChart(None, []))
+    assert [r.name for r in alone.children] == ["Mila", "Noor"]  # no blank row before them
