@@ -32,7 +32,7 @@ from service.db.models import AppSession, AuditRecord, OutboxEntry
 from service.fhir import mapping, terminology
 from service.fhir.client import FhirUnavailable
 from service.i18n import LANGUAGES, Language, catalogue
-from service.outbox import RACES_RETRIED
+from service.outbox import RACES_RETRIED, Outbox
 from service.partners import load_default_directory
 from service.protocol import (
     ChildRelationship,
@@ -1886,6 +1886,31 @@ def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_no
     assert refused.submitted()["acute_danger"] == ["1"]
 
 
+def _saved_while_refused(
+    nurse: Nurse, relay: SlowRelay, database: Database, form: dict[str, str]
+) -> int:
+    """Post ``form`` while the record answers 503: the save waits in the outbox. Returns the
+    outbox's last entry id before it (a relay's port, and so its FHIR base, is reused)."""
+    with database.session() as session:
+        before = session.scalar(select(func.max(OutboxEntry.id))) or 0
+    relay.refused = [503] * 10  # the server cannot take it now: it waits
+    waiting = nurse.post(form)
+    relay.refused = []
+    assert 'data-save-status="pending"' in waiting.text, waiting.text
+    return before
+
+
+def _delivered_now(outbox: Outbox, database: Database, since: int) -> list[str]:
+    """Deliver the triage saves after entry ``since`` now, not after the backoff: how each
+    went."""
+    ours = OutboxEntry.id > since
+    with database.session() as session:
+        session.execute(update(OutboxEntry).where(ours).values(next_attempt_at=utcnow()))
+        saves = select(OutboxEntry.id).where(ours, OutboxEntry.kind == "triage")
+        waited = session.scalars(saves).all()
+    return [d.state for d in outbox.run_once() if d.entry_id in waited]
+
+
 def test_her_correction_of_a_child_delivered_meanwhile_comes_back_with_her_answers(
     nurse_for: Any, sandbox: Sandbox, database: Database
 ) -> None:
@@ -1911,30 +1936,15 @@ def test_her_correction_of_a_child_delivered_meanwhile_comes_back_with_her_answe
                 f"child-{n}-relationship": "CHILD",
                 f"child-{n}-lives_with": "permanently",
             }
-            with database.session() as session:
-                before = session.scalar(select(func.max(OutboxEntry.id))) or 0
-            relay.refused = [503] * 10  # the server cannot take it now: it waits
-            waiting = first.post(
-                {
-                    "csrf_token": page.csrf,
-                    **recorded_rows(page),
-                    **new_child,
-                    "assessment": "no-concern",
-                }
+            form = {"csrf_token": page.csrf, **recorded_rows(page), **new_child}
+            since = _saved_while_refused(
+                first, relay, database, {**form, "assessment": "no-concern"}
             )
-            relay.refused = []
-            assert 'data-save-status="pending"' in waiting.text, waiting.text
 
             nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
             page = nurse.page()
             assert f"urn:uuid:{identifier}" in page.child_refs()  # waiting for delivery
-            ours = OutboxEntry.id > before  # the save that waits (a relay's port is reused)
-            with database.session() as session:  # due now, not after the backoff
-                session.execute(update(OutboxEntry).where(ours).values(next_attempt_at=utcnow()))
-                save = select(OutboxEntry.id).where(ours, OutboxEntry.kind == "triage")
-                waited = session.scalars(save).all()
-            delivered = first.client.app.state.outbox.run_once()
-            assert [d.state for d in delivered if d.entry_id in waited] == ["delivered"]
+            assert _delivered_now(first.client.app.state.outbox, database, since) == ["delivered"]
             rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
             place = page.child_refs().index(f"urn:uuid:{identifier}")
             rows[f"child-{place}-name"] = f"{noor} Marie"
@@ -1974,37 +1984,25 @@ def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
         reasons = f"Dreigt de kinderen iets aan te doen ({uuid.uuid4().hex[:6]})"
         # her save renames a child that someone else changes before it is delivered
         rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
-        with database.session() as session:
-            before = session.scalar(select(func.max(OutboxEntry.id))) or 0
-        relay.refused = [503] * 10  # the server cannot take it now: it waits
-        waiting = nurse.post(
-            {
-                "csrf_token": page.csrf,
-                **rows,
-                "assessment": "niet-pluis",
-                "reasons": reasons,
-                "who_helps": "Zijn zus",
-                "discussed_with_colleague": "1",
-                "acute_danger": "1",
-            }
+        answers = {
+            "assessment": "niet-pluis",
+            "reasons": reasons,
+            "who_helps": "Zijn zus",
+            "discussed_with_colleague": "1",
+            "acute_danger": "1",
+        }
+        since = _saved_while_refused(
+            nurse, relay, database, {"csrf_token": page.csrf, **rows, **answers}
         )
-        relay.refused = []
-        assert 'data-save-status="pending"' in waiting.text, waiting.text
-        ours = OutboxEntry.id > before  # the save that waits (a relay's port is reused)
-        with database.session() as session:  # due now, not after the backoff
-            session.execute(update(OutboxEntry).where(ours).values(next_attempt_at=utcnow()))
-            waited = session.scalars(select(OutboxEntry.id).where(ours)).all()
-        delivered = nurse.client.app.state.outbox.run_once()
-        assert [d.state for d in delivered if d.entry_id in waited] == ["conflict"]
+        assert _delivered_now(nurse.client.app.state.outbox, database, since) == ["conflict"]
 
         later = nurse_for("els-goossens", fhir_base_url=relay.url)  # not from the card
         again = later.page()
-        relay.refused = [503] * 10  # saved again as shown: it waits, to be read here
-        resaved = later.post(again.submitted())
-        relay.refused = []
+        # saved again as shown: it waits, to be read here
+        resaved = _saved_while_refused(later, relay, database, again.submitted())
         with database.session() as session:
-            last = select(OutboxEntry.bundle).where(ours, OutboxEntry.kind == "triage")
-            bundle = session.scalars(last.order_by(OutboxEntry.id.desc())).first()
+            last = select(OutboxEntry.bundle).where(OutboxEntry.id > resaved)
+            bundle = session.scalars(last.where(OutboxEntry.kind == "triage")).first()
 
     assert again.status == 200, again.text
     notice = unescape(again.text.split('id="page-notice" tabindex="-1">')[1].split("</p>")[0])
@@ -2023,7 +2021,6 @@ def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
     assert 'data-focus="acute-title"' in again.text
     assert submitted["triggers"] == ["domestic-violence"]
     assert "partnergeweld" in again.text.split("data-card-context")[1].split("</div>")[0]
-    assert 'data-save-status="pending"' in resaved.text, resaved.text
     assert bundle is not None
     (step2,) = (
         finding
@@ -2054,24 +2051,14 @@ def test_her_correction_of_an_edit_delivered_meanwhile_comes_back_with_her_answe
         renamed = f"Mira {tag}"
         edited["child-1-name"] = renamed
         try:
-            with database.session() as session:
-                before = session.scalar(select(func.max(OutboxEntry.id))) or 0
-            relay.refused = [503] * 10  # the server cannot take it now: it waits
-            waiting = first.post({"csrf_token": page.csrf, **edited, "assessment": "no-concern"})
-            relay.refused = []
-            assert 'data-save-status="pending"' in waiting.text, waiting.text
+            form = {"csrf_token": page.csrf, **edited, "assessment": "no-concern"}
+            since = _saved_while_refused(first, relay, database, form)
 
             nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
             page = nurse.page()
             place = next(i for i, r in enumerate(page.child_refs()) if f"/{child_id}/" in r)
             assert page.value(f"child-{place}-name") == renamed  # the edit, pending
-            ours = OutboxEntry.id > before  # the save that waits (a relay's port is reused)
-            with database.session() as session:  # due now, not after the backoff
-                session.execute(update(OutboxEntry).where(ours).values(next_attempt_at=utcnow()))
-                save = select(OutboxEntry.id).where(ours, OutboxEntry.kind == "triage")
-                waited = session.scalars(save).all()
-            delivered = first.client.app.state.outbox.run_once()
-            assert [d.state for d in delivered if d.entry_id in waited] == ["delivered"]
+            assert _delivered_now(first.client.app.state.outbox, database, since) == ["delivered"]
             rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
             rows[f"child-{place}-name"] = f"{renamed} Marie"
 
