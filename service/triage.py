@@ -217,11 +217,9 @@ class RecordedChart:
     #: Likewise, the children whose edit was not applied because the record kept changing
     #: under its save (another writer's changes of the concern's Flag, not of the child).
     kept_changing: frozenset[str] = frozenset()
-    #: Of each child on the server that a save of ours created or edited, by its ref: the
-    #: refs a page showed it by while that save waited. Of a created child, the
-    #: ``urn:uuid:`` of its identifier (two, of a child the EHR merged from two); of an
-    #: edited one, the version the edit was made on, while the record holds what the
-    #: edit wrote (nobody changed the child since its delivery).
+    #: Of each child on the server that a save of ours created, by its ref: the
+    #: ``urn:uuid:`` of its identifier, the ref a page showed it by while that save waited
+    #: (two, of a child the EHR merged from two).
     identified_as: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -417,7 +415,6 @@ class Triage:
         children, pending = [], {c.ref for c in new}
         # the refs of the children whose latest edit was refused, by why (_Save.refusal)
         told: dict[str, set[str]] = {reason: set() for reason in _REFUSAL_REASONS}
-        identified_as = _identified_as(chart.related_persons)
         for child in recorded.children:
             edit = outstanding.edits.get(_child_id(child.ref))
             if edit is not None:  # the server's version, as our waiting save will change it
@@ -425,9 +422,6 @@ class Triage:
                 pending.add(edit.ref)
                 continue
             children.append(child)
-            landed = outstanding.landed.get(_child_id(child.ref))
-            if landed is not None and _fingerprint(landed) == _fingerprint(child):
-                identified_as[child.ref] = (*identified_as.get(child.ref, ()), landed.ref)
             refused = outstanding.refused.get(_child_id(child.ref))
             if refused is not None:
                 refusal, made_on = refused
@@ -442,7 +436,7 @@ class Triage:
             changed_elsewhere=frozenset(told[CHANGED_ELSEWHERE]),
             failed=frozenset(told[DeliveryState.FAILED]),
             kept_changing=frozenset(told[KEPT_CHANGING]),
-            identified_as=identified_as,
+            identified_as=_identified_as(chart.related_persons),
         )
 
     def pending_chart(self, ctx: LaunchInfo) -> RecordedChart:
@@ -458,12 +452,10 @@ class Triage:
             saves = _patient_saves(session, ctx)
             refused = _refused_edits(session, saves, _patient_ref(ctx))
         undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
-        delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
         return _Outstanding(
             new_children=_eldest_first(_created_children(undelivered, _patient_ref(ctx)).values()),
             edits=_edited_children(undelivered, _patient_ref(ctx)),
             refused=refused,
-            landed=_edited_children(delivered, _patient_ref(ctx)),
         )
 
     def _index_unlisted_concern(
@@ -1014,7 +1006,6 @@ class _Outstanding:
     #: failed: _Save.refusal) and the ref of the version that edit was made on, for the
     #: children no save has named since
     refused: dict[str, tuple[str, str]]
-    landed: dict[str, Child]  # child id → the latest delivered edit (ref: its version)
 
 
 def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:

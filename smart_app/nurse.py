@@ -934,10 +934,7 @@ def rows_after_conflict(
     A child the record holds in the version she saw keeps the values she typed (saved
     again, her edit is made on that version); so does one she saw waiting for delivery
     (its ``urn:uuid:``), delivered meanwhile: saved again, it is created or merged by its
-    identifier, as her first save would have; and one whose edit she saw waiting for
-    delivery, delivered meanwhile, while the record holds what it wrote: saved again, her
-    values are laid over it, as her first save's would have been (``identified_as``:
-    the version she saw). One the record holds in another version is
+    identifier, as her first save would have. One the record holds in another version is
     shown as the record has it, marked as :meth:`Triage.load_chart` says (her edit of it:
     ``conflict``). A child she added keeps its row."""
     # her recorded rows by the child they are: its id on the server, or its urn:uuid
@@ -948,7 +945,7 @@ def rows_after_conflict(
         shown_as = next((way for way in ways if way in hers), "")
         mine = hers.pop(shown_as, None)
         # hers unless the record holds another version than the one she saw
-        seen = mine is not None and (mine.ref == child.ref or mine.ref in ways)
+        seen = mine is not None and mine.ref in (child.ref, shown_as)
         rows.append(mine if mine is not None and seen else ChildRow.of(child, chart))
     rows += [row for row in typed if not row.recorded]
     return rows or [ChildRow()], [row.name for row in hers.values()]

@@ -2137,35 +2137,6 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
     assert after_retention is None
 
 
-def test_fault_a_delivered_edit_identifies_the_child_by_the_version_it_was_made_on(
-    database: Database, tmp_path: Path
-) -> None:
-    """An edit saved during an outage is delivered: the record holds a new version of the
-    child, with what the edit wrote. A page that showed the edit waiting named the child
-    by the version it was made on; the chart says that version is the child's, so that
-    the form shown again after a conflict keeps her correction of it
-    (``nurse.rows_after_conflict``). Not once someone else changed the child since: her
-    correction of the edit would undo their change unseen."""
-    outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
-    world, made_on = outage.world, outage.children[0].ref
-    child_id = made_on.split("/")[1]
-    patient = outage.server.seeded.patient("els-goossens")
-    with outage.restart() as server, FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
-        world.clock.advance(120)
-        world.outbox.run_once()
-        assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.DELIVERED
-        nurse = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-v")
-        delivered = world.triage.load_chart(nurse)
-        _changed_by_someone_else(client, child_id)
-        changed = world.triage.load_chart(nurse)
-
-    (now,) = (c.ref for c in delivered.children if c.ref.split("/")[1] == child_id)
-    assert now != made_on
-    assert made_on in delivered.identified_as[now]
-    (later,) = (c.ref for c in changed.children if c.ref.split("/")[1] == child_id)
-    assert made_on not in changed.identified_as.get(later, ())
-
-
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)

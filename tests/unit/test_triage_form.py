@@ -87,34 +87,6 @@ def test_a_child_the_ehr_merged_from_two_is_found_by_either_identifier() -> None
     assert gone == []
 
 
-def test_her_correction_of_an_edit_delivered_meanwhile_is_kept() -> None:
-    """Her page showed an edit of a child waiting for delivery (by the version it was made
-    on, 2); it was delivered (version 3) before her save, which a conflict over another
-    child refused. Her correction of it came back as the record's version, marked as
-    changed by someone else: it is hers, the record holding what the edit wrote. A row
-    of a version before that (1) is not."""
-    edited = _child("RelatedPerson/2/_history/3", "Mats")
-    older = _child("RelatedPerson/3/_history/3", "Lina")
-    chart = RecordedChart(
-        None,
-        [edited, older],
-        conflicts=frozenset({edited.ref, older.ref}),
-        identified_as={edited.ref: ("RelatedPerson/2/_history/2",), older.ref: ("x",)},
-    )
-    typed = [
-        _typed("RelatedPerson/2/_history/2", "Mats Marie"),
-        _typed("RelatedPerson/3/_history/1", "Lina Marie"),
-    ]
-
-    rows, gone = rows_after_conflict(typed, chart)
-
-    assert [(r.ref, r.name, r.delivery) for r in rows] == [
-        ("RelatedPerson/2/_history/2", "Mats Marie", ""),  # saved again: laid over version 3
-        ("RelatedPerson/3/_history/3", "Lina", DeliveryState.CONFLICT),
-    ]
-    assert gone == []
-
-
 SAVED_AT = datetime(2026, 12, 6, 8, 30, tzinfo=UTC)
 NURSE = "Practitioner/nurse-1"
 
