@@ -52,7 +52,14 @@ from sqlalchemy.orm.exc import StaleDataError
 from service import audit
 from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, insert_new, utcnow
-from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, ShownChild
+from service.db.models import (
+    AppSession,
+    AuditRecord,
+    Concern,
+    OutboxEntry,
+    ShownChild,
+    ShownEdit,
+)
 from service.fhir import mapping, terminology
 from service.fhir.client import (
     FhirClient,
@@ -346,10 +353,13 @@ class Triage:
             edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
             saves = _patient_saves(session, ctx) if new or edited else []
             queued = _queued_children(saves, patient_ref)
+            # another save's edit of a version counts only if her page showed it: laid over
+            # one it never showed, her save overwrote another nurse's change unseen
+            seen = _shown_edits(session, ctx.session_id)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
-            edits = {c.ref: c for c in _edited_children(undelivered, patient_ref).values()}
+            edits = _edits_seen(_edited_children(undelivered, patient_ref), seen)
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
-            landed = {c.ref: c for c in _edited_children(delivered, patient_ref).values()}
+            landed = _edits_seen(_edited_children(delivered, patient_ref), seen)
             plan = _plan(ctx, findings, raised, now, shown, queued, edits, landed)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
@@ -371,6 +381,8 @@ class Triage:
             )
             if new:  # read again under the patient's lock the entry holds (PostgreSQL)
                 _refuse_recorded_meanwhile(session, ctx, findings.step1.children, entry.id)
+            mine = (_edited_child(entry, patient_ref) for entry in plan.bundle["entry"])
+            _remember_shown_edits(session, ctx.session_id, [c for c in mine if c is not None])
             fact = _write_fact(ctx, patient_ref, plan.written, now, _updates(plan.written))
             audit.record_local(session, ctx.tenant.id, fact, entry.fhir_base_url, entry.id)
             if concern:
@@ -415,11 +427,13 @@ class Triage:
         children, pending = [], {c.ref for c in new}
         # the refs of the children whose latest edit was refused, by why (_Save.refusal)
         told: dict[str, set[str]] = {reason: set() for reason in _REFUSAL_REASONS}
+        shown_edits = []
         for child in recorded.children:
             edit = outstanding.edits.get(_child_id(child.ref))
             if edit is not None:  # the server's version, as our waiting save will change it
                 children.append(edit)
                 pending.add(edit.ref)
+                shown_edits.append(edit)
                 continue
             children.append(child)
             refused = outstanding.refused.get(_child_id(child.ref))
@@ -428,6 +442,7 @@ class Triage:
                 if refusal == DeliveryState.CONFLICT and made_on == child.ref:
                     refusal = CHANGED_ELSEWHERE  # the child is as the edit saw it
                 told[refusal].add(child.ref)
+        self._remember_edits(ctx, shown_edits)
         return replace(
             recorded,
             children=_eldest_first([*children, *new]),
@@ -445,7 +460,16 @@ class Triage:
         server (with the ref of the version the edit was made on), all pending delivery."""
         outstanding = self._outstanding(ctx)
         children = _eldest_first([*outstanding.new_children, *outstanding.edits.values()])
+        self._remember_edits(ctx, outstanding.edits.values())
         return RecordedChart(None, children, pending=frozenset(c.ref for c in children))
+
+    def _remember_edits(self, ctx: LaunchInfo, edits: Iterable[Child]) -> None:
+        """Remember the waiting edits the page shows (``ShownEdit``): a save of hers may lay
+        her values over those, and only those."""
+        shown = list(edits)
+        if shown:
+            with self._database.session() as session:
+                _remember_shown_edits(session, ctx.session_id, shown)
 
     def _outstanding(self, ctx: LaunchInfo) -> _Outstanding:
         with self._database.session() as session:
@@ -812,8 +836,9 @@ def _write_children(
     change, stays corrected (see :func:`_queued_children`).
 
     A loaded child posted with the values of an edit an earlier save still waiting made of
-    the same version (``edits``: ref → the edit, of saves pending or waiting): the page
-    showed that edit pending delivery and the nurse kept it. It is referenced, not written
+    the same version (``edits``: ref → the edit, of saves pending or waiting, that her
+    page showed: ``ShownEdit``): the page showed that edit pending delivery and the nurse
+    kept it. It is referenced, not written
     again: that save writes it, and a second update on the same version would be refused
     at delivery. Such a child posted with other values is a change of what the page
     showed (the edit, not the version the session saw), so it is written, over that edit
@@ -824,7 +849,8 @@ def _write_children(
     (``service.outbox._merged``).
 
     Nor, once an edit of that version was delivered (``landed``: ref → the latest
-    delivered edit of it), are the version's own values a confirmation: the page showed
+    delivered edit of it, if her page showed it or she saved it), are the version's own
+    values a confirmation: the page showed
     the edit pending (or the nurse saved it herself), and she put the version's values
     back, undoing it. Taken for a confirmation, the undo was only referenced and the
     server kept the edit. It is written over that edit (``shown``), as over a pending
@@ -897,6 +923,26 @@ def _remember_shown(session: Session, session_id: str, shown: Sequence[Child]) -
     fingerprint cannot differ: a version's values never change)."""
     rows = [{"session_id": session_id, "ref": c.ref, "fingerprint": _fingerprint(c)} for c in shown]
     insert_new(session, ShownChild, rows)
+
+
+def _remember_shown_edits(session: Session, session_id: str, edits: Sequence[Child]) -> None:
+    """Record the waiting edits a page showed (or the nurse saved): by the version each was
+    made on, and a fingerprint of its values."""
+    rows = [{"session_id": session_id, "ref": c.ref, "fingerprint": _fingerprint(c)} for c in edits]
+    insert_new(session, ShownEdit, rows)
+
+
+def _shown_edits(session: Session, session_id: str) -> set[tuple[str, str]]:
+    rows = session.execute(
+        select(ShownEdit.ref, ShownEdit.fingerprint).where(ShownEdit.session_id == session_id)
+    )
+    return {(ref, fingerprint) for ref, fingerprint in rows.all()}
+
+
+def _edits_seen(edits: Mapping[str, Child], seen: set[tuple[str, str]]) -> dict[str, Child]:
+    """Of the edits by child id, those the session's page showed, by the version each was
+    made on."""
+    return {c.ref: c for c in edits.values() if (c.ref, _fingerprint(c)) in seen}
 
 
 def _shown_children(session: Session, session_id: str) -> dict[str, str]:

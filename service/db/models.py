@@ -144,6 +144,24 @@ class ShownChild(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
 
 
+class ShownEdit(Base):
+    """An edit of a child's version, waiting in the outbox (or delivered since), that the
+    triage page showed, or that the nurse saved herself: the version it was made on and a
+    fingerprint of its values. Only such an edit is what her page showed of the child: a
+    save of hers lays her values over it (``service.triage``); another nurse's edit her
+    page never showed is not hers to overwrite (If-Match refuses her save instead).
+
+    It lives and dies with its app session, as :class:`ShownChild`."""
+
+    __tablename__ = "triage_shown_edits"
+    __table_args__ = (UniqueConstraint("session_id", "ref", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("smart_app_sessions.id", ondelete="CASCADE"))
+    ref: Mapped[str] = mapped_column(String(200))  # RelatedPerson/<id>/_history/<version>
+    fingerprint: Mapped[str] = mapped_column(String(64))
+
+
 # --- EHR administrator journey (issue 6): bootstrap tokens, admin sessions, admin events ---
 # Configuration changes themselves are audited by their TenantConfigVersion rows (who,
 # when, the whole document); these tables hold how admins got in and what they did besides.

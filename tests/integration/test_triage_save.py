@@ -2137,6 +2137,45 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
     assert after_retention is None
 
 
+@pytest.mark.parametrize("hers", ["renamed", "as-loaded"])
+def test_fault_another_nurses_edit_her_page_never_showed_is_not_overwritten(
+    database: Database, tmp_path: Path, hers: str
+) -> None:
+    """Nurse A's page shows the eldest child; nurse B, who opened the chart later, renames
+    it and her save is delivered. A's save counted B's delivered edit as what her page had
+    shown, and laid her own values over it: renamed, she overwrote B's name without a
+    conflict; left as loaded, she put the old name back. Either way B's change was gone
+    and nobody was told (found by review). Only an edit her page showed (or she saved)
+    counts now: renamed, her save is refused as a conflict, the child as B left it; as
+    loaded, it is only confirmed."""
+    server = _OwnServer.start(tmp_path)
+    try:
+        patient = server.seeded.patient("els-goossens")
+        world = world_at(database, server.base_url)
+        visit = (patient.id, patient.arrived_encounter_id)
+        a = world.launch(*visit, "Practitioner/nurse-a")
+        seen_by_a = world.triage.load_chart(a).children
+        eldest = seen_by_a[0]
+        b = world.launch(*visit, "Practitioner/nurse-b")
+        b_chart = world.triage.load_chart(b).children
+        b_saves = tuple(replace(c, name="Noor B") if c.ref == eldest.ref else c for c in b_chart)
+        assert world.triage.record_triage(b, no_concern(b, b_saves)).status == "delivered"
+        a_saves = (replace(eldest, name="Noor A") if hers == "renamed" else eldest, *seen_by_a[1:])
+
+        refused = None
+        try:
+            world.triage.record_triage(a, no_concern(a, a_saves))
+        except SaveConflict as conflict:
+            refused = conflict
+        with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:
+            after = client.read("RelatedPerson", eldest.ref.split("/")[1])
+    finally:
+        server.stop()
+
+    assert display_name(after) == "Noor B"
+    assert (refused is not None) is (hers == "renamed")
+
+
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)
