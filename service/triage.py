@@ -357,9 +357,9 @@ class Triage:
             # one it never showed, her save overwrote another nurse's change unseen
             seen = _shown_edits(session, ctx.session_id)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
-            edits = _edits_seen(_edited_children(undelivered, patient_ref), seen)
+            edits = _edits_seen(undelivered, patient_ref, seen)
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
-            landed = _edits_seen(_edited_children(delivered, patient_ref), seen)
+            landed = _edits_seen(delivered, patient_ref, seen)
             plan = _plan(ctx, findings, raised, now, shown, queued, edits, landed)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
@@ -939,10 +939,19 @@ def _shown_edits(session: Session, session_id: str) -> set[tuple[str, str]]:
     return {(ref, fingerprint) for ref, fingerprint in rows.all()}
 
 
-def _edits_seen(edits: Mapping[str, Child], seen: set[tuple[str, str]]) -> dict[str, Child]:
-    """Of the edits by child id, those the session's page showed, by the version each was
-    made on."""
-    return {c.ref: c for c in edits.values() if (c.ref, _fingerprint(c)) in seen}
+def _edits_seen(
+    saves: Iterable[_Save], patient_ref: str, seen: set[tuple[str, str]]
+) -> dict[str, Child]:
+    """The latest edit of each version among those the session's page showed (``seen``),
+    by the version it was made on. Seen ones first: another nurse's later edit of the
+    version, never shown, hid the one her page showed (found by review)."""
+    return {
+        child.ref: child
+        for save in saves
+        for entry in _entries(save)
+        if (child := _edited_child(entry, patient_ref)) is not None
+        and (child.ref, _fingerprint(child)) in seen
+    }
 
 
 def _shown_children(session: Session, session_id: str) -> dict[str, str]:

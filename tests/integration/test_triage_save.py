@@ -2176,6 +2176,48 @@ def test_fault_another_nurses_edit_her_page_never_showed_is_not_overwritten(
     assert (refused is not None) is (hers == "renamed")
 
 
+@pytest.mark.parametrize("hers", ["as-loaded", "undone"])
+def test_fault_an_edit_her_page_showed_counts_though_one_she_never_saw_followed_it(
+    database: Database, tmp_path: Path, hers: str
+) -> None:
+    """During an outage nurse C renames the eldest child; A's page shows that edit waiting,
+    and so does B's, who renames the child again over it. A's save counted only B's later
+    edit, which her page never showed, and not C's, which it did: saved as loaded, the
+    child was refused as a conflict; with C's rename undone, her undo was taken for a
+    confirmation and lost, the save said delivered (found by review). The edit her page
+    showed counts: as loaded, the child is confirmed, B's name kept; undone, her undo is
+    laid over C's edit, and B's change since makes it a conflict she is told of."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id)
+    c = world.launch(*visit, "Practitioner/nurse-c")
+    loaded = world.triage.load_chart(c).children
+    eldest = loaded[0]
+    server.stop()
+    renamed = tuple(replace(x, name="Noor C") if x.ref == eldest.ref else x for x in loaded)
+    saves = [world.triage.record_triage(c, no_concern(c, renamed))]
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a).children  # C's edit, waiting
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b).children
+    saves.append(world.triage.record_triage(b, no_concern(b, (replace(b_page[0], name="Noor B"),))))
+    a_saves = (a_page[0] if hers == "as-loaded" else replace(a_page[0], name=eldest.name),)
+    saves.append(world.triage.record_triage(a, no_concern(a, a_saves)))
+    with server.restart() as again:
+        for _ in range(len(saves)):
+            world.clock.advance(600)
+            world.outbox.run_once()
+        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+            after = client.read("RelatedPerson", eldest.ref.split("/")[1])
+
+    assert [x.name for x in a_page] == ["Noor C"]
+    assert display_name(after) == "Noor B"
+    expected = DeliveryState.DELIVERED if hers == "as-loaded" else DeliveryState.CONFLICT
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, expected]
+
+
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)
