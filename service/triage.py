@@ -38,7 +38,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
@@ -945,13 +945,7 @@ def _edits_seen(
     """The latest edit of each version among those the session's page showed (``seen``),
     by the version it was made on. Seen ones first: another nurse's later edit of the
     version, never shown, hid the one her page showed (found by review)."""
-    return {
-        child.ref: child
-        for save in saves
-        for entry in _entries(save)
-        if (child := _edited_child(entry, patient_ref)) is not None
-        and (child.ref, _fingerprint(child)) in seen
-    }
+    return {c.ref: c for c in _edits(saves, patient_ref) if (c.ref, _fingerprint(c)) in seen}
 
 
 def _shown_children(session: Session, session_id: str) -> dict[str, str]:
@@ -1200,12 +1194,15 @@ def _edited_child(entry: Resource, patient_ref: str) -> Child | None:
 def _edited_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Child]:
     """The edits ``saves`` make of children on the server, by child id; of a child edited
     twice, the later save's."""
-    return {
-        _child_id(child.ref): child
-        for save in saves
-        for entry in _entries(save)
-        if (child := _edited_child(entry, patient_ref)) is not None
-    }
+    return {_child_id(child.ref): child for child in _edits(saves, patient_ref)}
+
+
+def _edits(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
+    """The edits ``saves`` make of children on the server, in the saves' order."""
+    for save in saves:
+        for entry in _entries(save):
+            if (child := _edited_child(entry, patient_ref)) is not None:
+                yield child
 
 
 def _refused_edits(

@@ -305,9 +305,7 @@ class TriageForm:
                 v for v in form.getlist("support_actions") if isinstance(v, str)
             ),
             support_note=text("support_note"),
-            triggers=frozenset(
-                HagueTrigger(v) for v in form.getlist("triggers") if v in _TRIGGER_VALUES
-            ),
+            triggers=frozenset(_TRIGGERS[v] for v in form.getlist("triggers") if v in _TRIGGERS),
             patient_name=worklist_display(text("patient_name")),
             patient_birth_date=text("patient_birth_date")[:10],
             page_id=page_id if _PAGE_ID.fullmatch(page_id := text("page_id")) else uuid.uuid4().hex,
@@ -375,7 +373,8 @@ class CardContext:
     open_concern: bool = False
 
 
-_TRIGGER_VALUES = frozenset(t.value for t in HagueTrigger)
+#: The Hague triggers by their code, as a card's appContext and the form carry them.
+_TRIGGERS = {t.value: t for t in HagueTrigger}
 
 
 def card_context(app_context: str | None) -> CardContext:
@@ -391,9 +390,8 @@ def card_context(app_context: str | None) -> CardContext:
     reasons = data.get("reasons") if isinstance(data, dict) else None
     if not isinstance(reasons, list):
         return CardContext()
-    known = {t.value: t for t in HagueTrigger}
     return CardContext(
-        triggers=tuple(known[r] for r in reasons if isinstance(r, str) and r in known),
+        triggers=tuple(_TRIGGERS[r] for r in reasons if isinstance(r, str) and r in _TRIGGERS),
         open_concern="open-concern" in reasons,
     )
 
@@ -747,20 +745,21 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
     if chart.patient is not None:
         form.patient_name = chart.patient.name or ""
         form.patient_birth_date = chart.patient.birth_date or ""
-    refused = triage.refused_answers(ctx)
-    if refused is None:
-        return _form_page(ctx, form, notice=notice, open_concern=triage.has_open_concern(ctx))
-    form = with_answers(form, refused, chart)
-    moment = dates.shown_moment(refused.saved_at)
-    said = _app_message(ctx.language, "triage.refused-answers", moment=moment)
+    refused, focus = triage.refused_answers(ctx), None
+    if refused is not None:
+        form = with_answers(form, refused, chart)
+        moment = dates.shown_moment(refused.saved_at)
+        said = _app_message(ctx.language, "triage.refused-answers", moment=moment)
+        notice = f"{said} {notice}" if notice else said
+        # what she is told first: whom to call, else that these are her answers of then
+        focus = "acute-title" if form.acute_danger else "page-notice"
     return _form_page(
         ctx,
         form,
-        notice=f"{said} {notice}" if notice else said,
-        # what she is told first: whom to call, else that these are her answers of then
-        focus="acute-title" if form.acute_danger else "page-notice",
+        notice=notice,
+        focus=focus,
         open_concern=triage.has_open_concern(ctx),
-        acute_danger=form.acute_danger,
+        acute_danger=form.acute_danger,  # only a refused save's answers fill it in here
     )
 
 
