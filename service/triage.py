@@ -160,6 +160,10 @@ class TriageInput:
     #: else different: the findings' identifiers come from it instead of their time, which
     #: each post stamps anew. None: from the time (a caller that keeps it stable).
     submission: str | None = None
+    #: The page the findings were given on (``RecordedChart.page``): the waiting edits of a
+    #: child it showed are hers to lay her values over, and the ones this save makes are
+    #: remembered for it. None: a page that showed no waiting edit.
+    page: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,10 @@ class RecordedChart:
     #: ``urn:uuid:`` of its identifier, the ref a page showed it by while that save waited
     #: (two, of a child the EHR merged from two).
     identified_as: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The page the chart is shown on, new for each chart read: a save from it names it
+    #: (``TriageInput.page``). The waiting edits it shows are remembered for this page, not
+    #: for the app session: another tab of the session did not show them.
+    page: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 #: What the nurse is told of her save: on the record; to follow by itself (the server did
@@ -355,7 +363,7 @@ class Triage:
             queued = _queued_children(saves, patient_ref)
             # another save's edit of a version counts only if her page showed it: laid over
             # one it never showed, her save overwrote another nurse's change unseen
-            seen = _shown_edits(session, ctx.session_id)
+            seen = _shown_edits(session, ctx.session_id, findings.page)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
             edits = _edits_seen(undelivered, patient_ref, seen)
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
@@ -381,8 +389,10 @@ class Triage:
             )
             if new:  # read again under the patient's lock the entry holds (PostgreSQL)
                 _refuse_recorded_meanwhile(session, ctx, findings.step1.children, entry.id)
-            mine = (_edited_child(entry, patient_ref) for entry in plan.bundle["entry"])
-            _remember_shown_edits(session, ctx.session_id, [c for c in mine if c is not None])
+            if findings.page is not None:
+                mine = (_edited_child(entry, patient_ref) for entry in plan.bundle["entry"])
+                edits_saved = [c for c in mine if c is not None]
+                _remember_shown_edits(session, ctx.session_id, findings.page, edits_saved)
             fact = _write_fact(ctx, patient_ref, plan.written, now, _updates(plan.written))
             audit.record_local(session, ctx.tenant.id, fact, entry.fhir_base_url, entry.id)
             if concern:
@@ -442,7 +452,7 @@ class Triage:
                 if refusal == DeliveryState.CONFLICT and made_on == child.ref:
                     refusal = CHANGED_ELSEWHERE  # the child is as the edit saw it
                 told[refusal].add(child.ref)
-        self._remember_edits(ctx, shown_edits)
+        self._remember_edits(ctx, recorded.page, shown_edits)
         return replace(
             recorded,
             children=_eldest_first([*children, *new]),
@@ -460,16 +470,17 @@ class Triage:
         server (with the ref of the version the edit was made on), all pending delivery."""
         outstanding = self._outstanding(ctx)
         children = _eldest_first([*outstanding.new_children, *outstanding.edits.values()])
-        self._remember_edits(ctx, outstanding.edits.values())
-        return RecordedChart(None, children, pending=frozenset(c.ref for c in children))
+        chart = RecordedChart(None, children, pending=frozenset(c.ref for c in children))
+        self._remember_edits(ctx, chart.page, outstanding.edits.values())
+        return chart
 
-    def _remember_edits(self, ctx: LaunchInfo, edits: Iterable[Child]) -> None:
-        """Remember the waiting edits the page shows (``ShownEdit``): a save of hers may lay
+    def _remember_edits(self, ctx: LaunchInfo, page: str, edits: Iterable[Child]) -> None:
+        """Remember the waiting edits the page shows (``ShownEdit``): a save from it may lay
         her values over those, and only those."""
         shown = list(edits)
         if shown:
             with self._database.session() as session:
-                _remember_shown_edits(session, ctx.session_id, shown)
+                _remember_shown_edits(session, ctx.session_id, page, shown)
 
     def _outstanding(self, ctx: LaunchInfo) -> _Outstanding:
         with self._database.session() as session:
@@ -925,24 +936,30 @@ def _remember_shown(session: Session, session_id: str, shown: Sequence[Child]) -
     insert_new(session, ShownChild, rows)
 
 
-def _remember_shown_edits(session: Session, session_id: str, edits: Sequence[Child]) -> None:
-    """Record the waiting edits a page showed (or the nurse saved): by the version each was
-    made on, and a fingerprint of its values."""
-    rows = [{"session_id": session_id, "ref": c.ref, "fingerprint": _fingerprint(c)} for c in edits]
+def _remember_shown_edits(
+    session: Session, session_id: str, page: str, edits: Sequence[Child]
+) -> None:
+    """Record the waiting edits a page showed (or the nurse saved from it): by the version
+    each was made on, and a fingerprint of its values."""
+    rows = [
+        {"session_id": session_id, "page_id": page, "ref": c.ref, "fingerprint": _fingerprint(c)}
+        for c in edits
+    ]
     insert_new(session, ShownEdit, rows)
 
 
-def _shown_edits(session: Session, session_id: str) -> set[tuple[str, str]]:
-    rows = session.execute(
-        select(ShownEdit.ref, ShownEdit.fingerprint).where(ShownEdit.session_id == session_id)
-    )
+def _shown_edits(session: Session, session_id: str, page: str | None) -> set[tuple[str, str]]:
+    if page is None:
+        return set()
+    of_the_page = (ShownEdit.session_id == session_id) & (ShownEdit.page_id == page)
+    rows = session.execute(select(ShownEdit.ref, ShownEdit.fingerprint).where(of_the_page))
     return {(ref, fingerprint) for ref, fingerprint in rows.all()}
 
 
 def _edits_seen(
     saves: Iterable[_Save], patient_ref: str, seen: set[tuple[str, str]]
 ) -> dict[str, Child]:
-    """The latest edit of each version among those the session's page showed (``seen``),
+    """The latest edit of each version among those her page showed (``seen``),
     by the version it was made on. Seen ones first: another nurse's later edit of the
     version, never shown, hid the one her page showed (found by review)."""
     return {c.ref: c for c in _edits(saves, patient_ref) if (c.ref, _fingerprint(c)) in seen}

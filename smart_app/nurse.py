@@ -265,9 +265,10 @@ class TriageForm:
     # server: ``service.triage``).
     patient_name: str = ""
     patient_birth_date: str = ""
-    #: This page of the form: rendered into it, posted back with it, kept when the page is
-    #: shown again (a row added, an error). The same form posted twice is one save
-    #: (:func:`submission_of`).
+    #: This page of the form (the chart's page, ``RecordedChart.page``): rendered into it,
+    #: posted back with it, kept when the page is shown again (a row added, an error). The
+    #: same form posted twice is one save (:func:`submission_of`); the waiting edits of a
+    #: child this page showed are the ones her save may lay her values over.
     page_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
@@ -741,7 +742,7 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
         chart = triage.pending_chart(ctx)  # what our saves still waiting will write
         notice = _app_message(ctx.language, "notice.children-not-loaded")
     rows = [ChildRow.of(child, chart) for child in chart.children]
-    form = TriageForm(children=rows or [ChildRow()])
+    form = TriageForm(children=rows or [ChildRow()], page_id=chart.page)
     if chart.patient is not None:
         form.patient_name = chart.patient.name or ""
         form.patient_birth_date = chart.patient.birth_date or ""
@@ -852,7 +853,7 @@ def _save(
     t = _translator(ctx.language)
     now = local_now()  # a child born "today" is born today in Belgium
     try:
-        findings = replace(build_input(form, ctx, now, t), submission=submission)
+        findings = replace(build_input(form, ctx, now, t), submission=submission, page=form.page_id)
         result: SaveResult | None = triage.record_triage(ctx, findings)
     except InvalidFormError as invalid:
         return _form_page(
@@ -903,9 +904,10 @@ def _form_after_conflict(
     danger, the parket or the police to call now. Before, the page told her to open the
     app again and fill in the steps again: her reasons, typed in a crisis, were in the
     outbox but no longer in front of her."""
-    rows, gone = rows_after_conflict(form.children, triage.load_chart(ctx))
+    chart = triage.load_chart(ctx)
+    rows, gone = rows_after_conflict(form.children, chart)
     # a page of its own: saved again as shown, it is a new save, not the refused one
-    again = replace(form, children=rows, page_id=uuid.uuid4().hex)
+    again = replace(form, children=rows, page_id=chart.page)
     say = partial(_app_message, ctx.language)
     acute = findings.step2 is not None and findings.step2.acute_danger
     # the summary a screen reader reads first names first what does not wait

@@ -145,19 +145,22 @@ class ShownChild(Base):
 
 
 class ShownEdit(Base):
-    """An edit of a child's version, waiting in the outbox (or delivered since), that the
-    triage page showed, or that the nurse saved herself: the version it was made on and a
-    fingerprint of its values. Only such an edit is what her page showed of the child: a
-    save of hers lays her values over it (``service.triage``); another nurse's edit her
-    page never showed is not hers to overwrite (If-Match refuses her save instead).
+    """An edit of a child's version, waiting in the outbox (or delivered since), that a
+    triage page showed, or that the nurse saved from it: the page, the version the edit
+    was made on and a fingerprint of its values. Only such an edit is what her page showed
+    of the child: a save from that page lays her values over it (``service.triage``);
+    another nurse's edit the page never showed is not hers to overwrite (If-Match refuses
+    her save instead). By page, not by session: a second tab (or a page reached by Back)
+    that never showed the edit is a page that never showed it.
 
     It lives and dies with its app session, as :class:`ShownChild`."""
 
     __tablename__ = "triage_shown_edits"
-    __table_args__ = (UniqueConstraint("session_id", "ref", "fingerprint"),)
+    __table_args__ = (UniqueConstraint("session_id", "page_id", "ref", "fingerprint"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("smart_app_sessions.id", ondelete="CASCADE"))
+    page_id: Mapped[str] = mapped_column(String(32))  # service.triage.RecordedChart.page
     ref: Mapped[str] = mapped_column(String(200))  # RelatedPerson/<id>/_history/<version>
     fingerprint: Mapped[str] = mapped_column(String(64))
 

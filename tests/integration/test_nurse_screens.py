@@ -1705,6 +1705,32 @@ def test_an_edit_waiting_for_delivery_is_shown_again_with_its_values_and_marked_
     assert 'data-child-delivery="pending"' in again.text
 
 
+def test_a_waiting_edit_her_page_showed_saved_as_shown_is_confirmed_not_written_again(
+    nurse_for: Any, database: Database
+) -> None:
+    """The page shows the children with an edit waiting for delivery, and she saves it as
+    it shows them. The page (its ``page_id``) showed those edits: her save confirms them
+    and references the children, instead of updating their versions a second time, which
+    the record would refuse once the waiting save is delivered. A save from a page that
+    never showed them (another tab of the session) would update them (``service.triage``)."""
+    page = nurse_for("els-goossens").page()
+    offline = nurse_for("els-goossens", fhir_base_url=f"http://127.0.0.1:{free_port()}/fhir")
+    rows = recorded_rows(page)
+    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    offline.post({"csrf_token": offline.page().csrf, **rows, "assessment": "no-concern"})
+    again = offline.page()
+    as_shown = {"csrf_token": again.csrf, "page_id": again.value("page_id"), **recorded_rows(again)}
+
+    confirmed = offline.post({**as_shown, "assessment": "no-concern"})
+
+    assert 'data-save-status="pending"' in confirmed.text
+    with database.session() as session:
+        saves = select(OutboxEntry.bundle).where(OutboxEntry.kind == "triage")
+        edited, confirming = session.scalars(saves.order_by(OutboxEntry.id)).all()
+    assert [e for e in edited["entry"] if e["request"].get("ifMatch")] != []
+    assert [e for e in confirming["entry"] if e["request"].get("ifMatch")] == []
+
+
 def _renamed_after_someone_else_changed_it(
     page: Page, sandbox: Sandbox
 ) -> tuple[dict[str, str], str, str]:

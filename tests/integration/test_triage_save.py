@@ -317,7 +317,7 @@ def test_a_pending_edit_the_nurse_undoes_is_undone_on_the_server(
         undone = tuple(
             replace(c, name=original) if c.ref == edited_ref else c for c in chart.children
         )
-        saved = world.triage.record_triage(nurse, no_concern(nurse, undone))
+        saved = world.triage.record_triage(nurse, no_concern(nurse, undone, page=chart.page))
         world.outbox.run_once()
         world.clock.advance(600)
         world.outbox.run_once()
@@ -2032,7 +2032,7 @@ def test_fault_a_pending_edit_of_a_loaded_child_is_shown_on_the_chart_and_kept_o
         colleague = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/c-1")
         chart = world.triage.load_chart(colleague)
         confirmed = world.triage.record_triage(
-            colleague, no_concern(colleague, tuple(chart.children))
+            colleague, no_concern(colleague, tuple(chart.children), page=chart.page)
         )
         world.clock.advance(120)
         world.outbox.run_once()
@@ -2198,12 +2198,14 @@ def test_fault_an_edit_her_page_showed_counts_though_one_she_never_saw_followed_
     renamed = tuple(replace(x, name="Noor C") if x.ref == eldest.ref else x for x in loaded)
     saves = [world.triage.record_triage(c, no_concern(c, renamed))]
     a = world.launch(*visit, "Practitioner/nurse-a")
-    a_page = world.triage.pending_chart(a).children  # C's edit, waiting
+    a_page = world.triage.pending_chart(a)  # C's edit, waiting
     b = world.launch(*visit, "Practitioner/nurse-b")
-    b_page = world.triage.pending_chart(b).children
-    saves.append(world.triage.record_triage(b, no_concern(b, (replace(b_page[0], name="Noor B"),))))
-    a_saves = (a_page[0] if hers == "as-loaded" else replace(a_page[0], name=eldest.name),)
-    saves.append(world.triage.record_triage(a, no_concern(a, a_saves)))
+    b_page = world.triage.pending_chart(b)
+    b_saves = (replace(b_page.children[0], name="Noor B"),)
+    saves.append(world.triage.record_triage(b, no_concern(b, b_saves, page=b_page.page)))
+    shown = a_page.children[0]
+    a_saves = (shown if hers == "as-loaded" else replace(shown, name=eldest.name),)
+    saves.append(world.triage.record_triage(a, no_concern(a, a_saves, page=a_page.page)))
     with server.restart() as again:
         for _ in range(len(saves)):
             world.clock.advance(600)
@@ -2212,10 +2214,48 @@ def test_fault_an_edit_her_page_showed_counts_though_one_she_never_saw_followed_
         with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
             after = client.read("RelatedPerson", eldest.ref.split("/")[1])
 
-    assert [x.name for x in a_page] == ["Noor C"]
+    assert [x.name for x in a_page.children] == ["Noor C"]
     assert display_name(after) == "Noor B"
     expected = DeliveryState.DELIVERED if hers == "as-loaded" else DeliveryState.CONFLICT
     assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, expected]
+
+
+def test_fault_an_edit_another_tab_showed_is_not_undone_by_a_tab_that_never_showed_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """Nurse A has the chart open in a tab. During an outage nurse C renames the eldest
+    child; A opens the chart again in a second tab of the same app session, which shows
+    C's edit waiting. A then saves the first tab, as it was loaded. The edits a page
+    showed were remembered per app session: the first tab counted C's edit as shown, and
+    its old values undid C's rename, both saves "delivered" (found by review). Per page,
+    the first tab only confirms the child it showed, and C's name stands."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    first_tab = world.triage.load_chart(a)
+    eldest = first_tab.children[0]
+    c = world.launch(*visit, "Practitioner/nurse-c")
+    loaded = world.triage.load_chart(c).children
+    server.stop()
+    renamed = tuple(replace(x, name="Noor C") if x.ref == eldest.ref else x for x in loaded)
+    saves = [world.triage.record_triage(c, no_concern(c, renamed))]
+    second_tab = world.triage.pending_chart(a)  # the same session: C's edit, waiting
+    as_loaded = no_concern(a, tuple(first_tab.children), page=first_tab.page)
+    saves.append(world.triage.record_triage(a, as_loaded))
+    with server.restart() as again:
+        for _ in range(len(saves)):
+            world.clock.advance(600)
+            world.outbox.run_once()
+        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+            after = client.read("RelatedPerson", eldest.ref.split("/")[1])
+
+    assert [x.name for x in second_tab.children] == ["Noor C"]
+    assert second_tab.page != first_tab.page
+    assert display_name(after) == "Noor C"
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED]
 
 
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
@@ -2464,7 +2504,9 @@ def test_fault_a_pending_edit_corrected_on_the_chart_is_delivered_with_the_corre
             replace(c, name="Noor Goossens-Peeters") if c.ref == edited_ref else c
             for c in chart.children
         )
-        saved = world.triage.record_triage(colleague, no_concern(colleague, corrected))
+        saved = world.triage.record_triage(
+            colleague, no_concern(colleague, corrected, page=chart.page)
+        )
         world.clock.advance(120)
         world.outbox.run_once()
         world.clock.advance(600)
@@ -2500,7 +2542,7 @@ def test_fault_a_pending_edit_corrected_then_changed_by_someone_else_is_a_confli
             for c in chart.children
         )
         with pytest.raises(SaveConflict):
-            world.triage.record_triage(colleague, no_concern(colleague, corrected))
+            world.triage.record_triage(colleague, no_concern(colleague, corrected, page=chart.page))
         after = client.read("RelatedPerson", child_id)
 
     assert display_name(after) == "Noor Goossens"

@@ -146,16 +146,22 @@ def written_by_save(world: World, outbox_id: int) -> list[dict[str, Any]]:
     return found
 
 
-def edit_first_child(ctx: LaunchContext, children: list[Child], name: str) -> TriageInput:
+def edit_first_child(
+    ctx: LaunchContext, children: list[Child], name: str, page: str | None = None
+) -> TriageInput:
     """A no-concern save in which the nurse renamed the first loaded child."""
-    return no_concern(ctx, (replace(children[0], name=name), *children[1:]))
+    return no_concern(ctx, (replace(children[0], name=name), *children[1:]), page=page)
 
 
-def no_concern(ctx: LaunchContext, children: tuple[Child, ...]) -> TriageInput:
-    """A no-concern save of these children, with step 3's support."""
+def no_concern(
+    ctx: LaunchContext, children: tuple[Child, ...], page: str | None = None
+) -> TriageInput:
+    """A no-concern save of these children, with step 3's support, from ``page`` (the
+    ``RecordedChart.page`` the children were shown on, when its waiting edits count)."""
     now = utcnow()
     author = ctx.user.fhir_user
     return TriageInput(
+        page=page,
         step1=Step1Finding(recorded_by=author, recorded_at=now, children=children),
         step2=Step2Finding(
             recorded_by=author, recorded_at=now, assessment=SafetyAssessment.NO_CONCERN
