@@ -265,6 +265,11 @@ class RefusedAnswers:
     #: The children the save created (by the ``urn:uuid:`` of their identifier): the record
     #: does not hold them, unless another save wrote them since.
     new_children: tuple[Child, ...] = ()
+    #: Why the record refused the save (``_Save.refusal``): someone else changed the
+    #: patient's data first (``conflict``), the record kept changing under it
+    #: (``kept-changing``), or it refused the content (``failed``: saved again as it
+    #: was, it may well be refused again).
+    refusal: str = DeliveryState.CONFLICT
 
 
 class ChildRecordedMeanwhile(Exception):  # noqa: N818 - says what happened, as SaveConflict
@@ -1134,6 +1139,7 @@ def _answers(save: _Save, steps: Mapping[Step, Resource], patient_ref: str) -> R
         step2=step2 if isinstance(step2, Step2Finding) else None,
         step3=step3 if isinstance(step3, Step3Support) else None,
         new_children=tuple(_created_children([save], patient_ref).values()),
+        refusal=save.refusal,
     )
 
 

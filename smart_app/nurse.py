@@ -749,8 +749,7 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
     refused, focus = triage.refused_answers(ctx), None
     if refused is not None:
         form = with_answers(form, refused, chart)
-        moment = dates.shown_moment(refused.saved_at)
-        said = _app_message(ctx.language, "triage.refused-answers", moment=moment)
+        said = refused_answers_notice(ctx.language, refused)
         notice = f"{said} {notice}" if notice else said
         # what she is told first: whom to call, else that these are her answers of then
         focus = "acute-title" if form.acute_danger else "page-notice"
@@ -762,6 +761,23 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
         open_concern=triage.has_open_concern(ctx),
         acute_danger=form.acute_danger,  # only a refused save's answers fill it in here
     )
+
+
+#: The notice above a form filled with a refused save's answers, by why it was refused: a
+#: content the record refused may be refused again, and saying "save again" alone sent
+#: her round in a circle.
+_REFUSED_ANSWERS_NOTICES = {
+    DeliveryState.CONFLICT: "triage.refused-answers",
+    KEPT_CHANGING: "triage.refused-answers-kept-changing",
+    DeliveryState.FAILED: "triage.refused-answers-failed",
+}
+
+
+def refused_answers_notice(language: Language, answers: RefusedAnswers) -> str:
+    """What the page says of her answers filled in again: when she saved them, and why the
+    record did not take them."""
+    message = _REFUSED_ANSWERS_NOTICES[answers.refusal]
+    return _app_message(language, message, moment=dates.shown_moment(answers.saved_at))
 
 
 def with_answers(form: TriageForm, answers: RefusedAnswers, chart: RecordedChart) -> TriageForm:

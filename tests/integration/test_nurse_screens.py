@@ -2034,6 +2034,7 @@ def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
     notice = unescape(again.text.split('id="page-notice" tabindex="-1">')[1].split("</p>")[0])
     assert notice.startswith("Wat u op ")
     assert "staat niet in het dossier" in notice
+    assert "had iemand anders intussen gegevens van deze patiënt gewijzigd" in notice
     assert again.value("reasons") == reasons
     assert again.value("who_helps") == "Zijn zus"
     submitted = again.submitted()

@@ -842,6 +842,9 @@ def test_a_loaded_child_of_another_patient_is_refused_at_delivery(
     entry = outbox_entry(world.database, result.outbox_id)
     assert entry.state == DeliveryState.FAILED
     assert "another patient" in (entry.last_error or "")
+    answers = world.triage.refused_answers(ctx)  # offered back, saying the content was refused
+    assert answers is not None
+    assert answers.refusal == DeliveryState.FAILED
     for kind, identifier in conditional_creates(entry.bundle):
         assert count(world.base_url, kind, identifier=identifier) == 0
     client = FhirClient(world.base_url, lambda: "loopback", 5.0)
@@ -2124,6 +2127,7 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
 
     assert answers is not None
     assert answers.saved_at == saved_at
+    assert answers.refusal == DeliveryState.CONFLICT
     assert (answers.no_children, answers.expecting) == (False, None)
     assert answers.step2 is not None
     assert answers.step2.assessment is SafetyAssessment.NO_CONCERN

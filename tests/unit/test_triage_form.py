@@ -21,8 +21,14 @@ from service.protocol import (
     Step3Support,
     SupportAction,
 )
-from service.triage import RecordedChart, RefusedAnswers
-from smart_app.nurse import ChildRow, TriageForm, rows_after_conflict, with_answers
+from service.triage import KEPT_CHANGING, RecordedChart, RefusedAnswers
+from smart_app.nurse import (
+    ChildRow,
+    TriageForm,
+    refused_answers_notice,
+    rows_after_conflict,
+    with_answers,
+)
 
 
 def _child(ref: str, name: str) -> Child:
@@ -184,3 +190,22 @@ def test_the_children_she_added_in_a_refused_save_come_back_as_her_rows() -> Non
     ]
     alone = with_answers(TriageForm(), answers, RecordedChart(None, []))
     assert [r.name for r in alone.children] == ["Mila", "Noor"]  # no blank row before them
+
+
+def test_the_notice_says_why_the_record_refused_her_answers() -> None:
+    """A refused content may be refused again: that notice says whom to tell, not only to
+    save again; the others say who or what changed the record."""
+    said = {
+        why: refused_answers_notice(
+            "nl", RefusedAnswers(SAVED_AT, False, None, None, None, refusal=why)
+        )
+        for why in (DeliveryState.CONFLICT, KEPT_CHANGING, DeliveryState.FAILED)
+    }
+
+    assert all(notice.startswith("Wat u op ") for notice in said.values())
+    assert "iemand anders" in said[DeliveryState.CONFLICT]
+    assert "telkens opnieuw gewijzigd" in said[KEPT_CHANGING]
+    assert "functioneel beheer" in said[DeliveryState.FAILED]
+    assert "functioneel beheer" not in said[DeliveryState.CONFLICT]
+    english = RefusedAnswers(SAVED_AT, False, None, None, None, refusal=DeliveryState.FAILED)
+    assert "application manager" in refused_answers_notice("en", english)
