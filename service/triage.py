@@ -245,6 +245,25 @@ SaveStatus = Literal["delivered", "pending", "waiting-sign-in", "failed"]
 
 
 @dataclass(frozen=True)
+class EditsShown:
+    """The waiting edits of children that one page showed (``ShownEdit``), or that a save
+    from it made (:meth:`Triage.edits_shown`)."""
+
+    #: (the ref of the version an edit was made on, a fingerprint of its values)
+    seen: frozenset[tuple[str, str]] = frozenset()
+
+    @classmethod
+    def of(cls, edits: Iterable[Child]) -> EditsShown:
+        """These edits, each under the ref of the version it was made on."""
+        return cls(frozenset((edit.ref, _fingerprint(edit)) for edit in edits))
+
+    def include(self, made_on: str, child: Child) -> bool:
+        """Whether the page showed an edit of the version ``made_on`` with ``child``'s
+        values (its name, birth date, relationship and living with the patient)."""
+        return (made_on, _fingerprint(child)) in self.seen
+
+
+@dataclass(frozen=True)
 class SaveResult:
     status: SaveStatus
     concern_flagged: bool
@@ -574,6 +593,13 @@ class Triage:
             log.warning("a refused save's answers could not be read back: not offered")
             return None
 
+    def edits_shown(self, ctx: LaunchInfo, page: str) -> EditsShown:
+        """The waiting edits of children that ``page`` showed, or that a save from it made:
+        the form after a conflict tells by them a child the record now holds as her page
+        showed it (an edit delivered meanwhile) from one someone else changed."""
+        with self._database.session() as session:
+            return _shown_edits(session, ctx.session_id, page)
+
     def has_open_concern(self, ctx: LaunchInfo) -> bool:
         """Whether the patient's concern is open on the social service's worklist (one local
         query, no FHIR request): the triage page says so, and that "no concern" now does
@@ -865,8 +891,8 @@ def _write_children(
     (``service.outbox._merged``).
 
     Nor, once an edit of that version was delivered (``landed``: ref → the latest
-    delivered edit of it, if her page showed it or she saved it), are the version's own
-    values a confirmation: the page showed
+    delivered edit of it, if her page showed it or she saved it from that page), are the
+    version's own values a confirmation: the page showed
     the edit pending (or the nurse saved it herself), and she put the version's values
     back, undoing it. Taken for a confirmation, the undo was only referenced and the
     server kept the edit. It is written over that edit (``shown``), as over a pending
@@ -947,27 +973,25 @@ def _remember_shown_edits(
     """Record the waiting edits a page showed (or the nurse saved from it): by the version
     each was made on, and a fingerprint of its values."""
     rows = [
-        {"session_id": session_id, "page_id": page, "ref": c.ref, "fingerprint": _fingerprint(c)}
-        for c in edits
+        {"session_id": session_id, "page_id": page, "ref": ref, "fingerprint": fingerprint}
+        for ref, fingerprint in sorted(EditsShown.of(edits).seen)
     ]
     insert_new(session, ShownEdit, rows)
 
 
-def _shown_edits(session: Session, session_id: str, page: str | None) -> set[tuple[str, str]]:
+def _shown_edits(session: Session, session_id: str, page: str | None) -> EditsShown:
     if page is None:
-        return set()
+        return EditsShown()
     of_the_page = (ShownEdit.session_id == session_id) & (ShownEdit.page_id == page)
     rows = session.execute(select(ShownEdit.ref, ShownEdit.fingerprint).where(of_the_page))
-    return {(ref, fingerprint) for ref, fingerprint in rows.all()}
+    return EditsShown(frozenset((ref, fingerprint) for ref, fingerprint in rows.all()))
 
 
-def _edits_seen(
-    saves: Iterable[_Save], patient_ref: str, seen: set[tuple[str, str]]
-) -> dict[str, Child]:
+def _edits_seen(saves: Iterable[_Save], patient_ref: str, seen: EditsShown) -> dict[str, Child]:
     """The latest edit of each version among those her page showed (``seen``),
     by the version it was made on. Seen ones first: another nurse's later edit of the
     version, never shown, hid the one her page showed (found by review)."""
-    return {c.ref: c for c in _edits(saves, patient_ref) if (c.ref, _fingerprint(c)) in seen}
+    return {c.ref: c for c in _edits(saves, patient_ref) if seen.include(c.ref, c)}
 
 
 def _shown_children(session: Session, session_id: str) -> dict[str, str]:

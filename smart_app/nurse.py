@@ -65,6 +65,7 @@ from service.triage import (
     CHANGED_ELSEWHERE,
     KEPT_CHANGING,
     ChildRecordedMeanwhile,
+    EditsShown,
     RecordedChart,
     RefusedAnswers,
     SaveConflict,
@@ -920,8 +921,9 @@ def _form_after_conflict(
     danger, the parket or the police to call now. Before, the page told her to open the
     app again and fill in the steps again: her reasons, typed in a crisis, were in the
     outbox but no longer in front of her."""
+    shown = triage.edits_shown(ctx, form.page_id)  # of the page she saved, before the new one
     chart = triage.load_chart(ctx)
-    rows, gone = rows_after_conflict(form.children, chart)
+    rows, gone = rows_after_conflict(form.children, chart, shown)
     # a page of its own: saved again as shown, it is a new save, not the refused one
     again = replace(form, children=rows, page_id=chart.page)
     say = partial(_app_message, ctx.language)
@@ -942,7 +944,7 @@ def _form_after_conflict(
 
 
 def rows_after_conflict(
-    typed: list[ChildRow], chart: RecordedChart
+    typed: list[ChildRow], chart: RecordedChart, shown: EditsShown | None = None
 ) -> tuple[list[ChildRow], list[str]]:
     """The child rows of the form shown again after a conflict, and the names of the
     children on her page the record no longer lists (withdrawn or removed meanwhile, or
@@ -951,9 +953,15 @@ def rows_after_conflict(
     A child the record holds in the version she saw keeps the values she typed (saved
     again, her edit is made on that version); so does one she saw waiting for delivery
     (its ``urn:uuid:``), delivered meanwhile: saved again, it is created or merged by its
-    identifier, as her first save would have. One the record holds in another version is
-    shown as the record has it, marked as :meth:`Triage.load_chart` says (her edit of it:
-    ``conflict``). A child she added keeps its row."""
+    identifier, as her first save would have; and so does a child whose edit her page
+    showed waiting (``shown``: the page's :meth:`Triage.edits_shown`) when the record now
+    holds it as that edit: the edit was delivered meanwhile, nobody else changed it, and
+    saved again, her values are laid over the record's version. One the record holds in
+    another version, or whose version has an edit waiting now that her page never showed
+    (someone else's, saved since), is shown as the chart has it, marked as
+    :meth:`Triage.load_chart` says (her edit of it: ``conflict``; the waiting edit:
+    ``pending``). A child she added keeps its row."""
+    shown = shown or EditsShown()
     # her recorded rows by the child they are: its id on the server, or its urn:uuid
     hers = {unversioned(row.ref): row for row in typed if row.recorded}
     rows = []
@@ -961,9 +969,19 @@ def rows_after_conflict(
         ways = (unversioned(child.ref), *chart.identified_as.get(child.ref, ()))
         shown_as = next((way for way in ways if way in hers), "")
         mine = hers.pop(shown_as, None)
-        # hers unless the record holds another version than the one she saw
-        seen = mine is not None and mine.ref in (child.ref, shown_as)
-        rows.append(mine if mine is not None and seen else ChildRow.of(child, chart))
+        if mine is None:
+            rows.append(ChildRow.of(child, chart))
+        elif mine.ref in (child.ref, shown_as):  # the version she saw
+            # unless an edit of it now waits that her page never showed: the new page would
+            # count it as shown without drawing it, and her save lay her values over it
+            # unseen (found by review)
+            waits = mine.ref != shown_as and child.ref in chart.pending
+            unseen = waits and not shown.include(mine.ref, child)
+            rows.append(ChildRow.of(child, chart) if unseen else mine)
+        elif shown.include(mine.ref, child):  # the edit of it her page showed, delivered
+            rows.append(replace(mine, ref=child.ref, delivery=""))
+        else:
+            rows.append(ChildRow.of(child, chart))
     rows += [row for row in typed if not row.recorded]
     return rows or [ChildRow()], [row.name for row in hers.values()]
 

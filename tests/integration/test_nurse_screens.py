@@ -105,7 +105,12 @@ def _app(
     partners: PartnerSettings | None = None,
 ) -> Any:
     settings = load_settings(
-        environment="test", database_url=database_url, public_url="https://testserver"
+        environment="test",
+        database_url=database_url,
+        public_url="https://testserver",
+        # the background worker stays idle: a waiting save is delivered when the test says
+        # (_delivered_now), not when the worker's next round (2 s) happens to come first
+        outbox_interval_seconds=3600,
     )
     tenants = TenantDirectory(database, SecretBox(None))
     registration = EhrRegistration(
@@ -1731,6 +1736,55 @@ def test_a_waiting_edit_her_page_showed_saved_as_shown_is_confirmed_not_written_
     assert [e for e in confirming["entry"] if e["request"].get("ifMatch")] == []
 
 
+def test_her_correction_of_an_edit_her_page_showed_waiting_stays_on_the_form_after_a_conflict(
+    nurse_for: Any, sandbox: Sandbox, database: Database
+) -> None:
+    """A colleague's rename of the eldest waits for delivery; her page shows it, she
+    corrects it, and renames the other child, which someone else changes in the record
+    first. Meanwhile the colleague's rename is delivered. The form after the conflict
+    showed the eldest as the record has it, marked "someone else changed it", her
+    correction gone (found by review). The record holds the eldest as her page showed
+    it: her correction stays, on the record's version; the other child is the record's."""
+    with SlowRelay(sandbox.fhir_base_url) as relay:
+        colleague = nurse_for("els-goossens", fhir_base_url=relay.url)
+        theirs = colleague.page()
+        renamed = {**recorded_rows(theirs), "child-0-name": f"Noor {uuid.uuid4().hex[:6]}"}
+        form = {"csrf_token": theirs.csrf, **renamed, "assessment": "no-concern"}
+        since = _saved_while_refused(colleague, relay, database, form)
+        nurse = nurse_for("els-goossens", fhir_base_url=relay.url)
+        page = nurse.page()
+        rows = recorded_rows(page)
+        eldest_id = rows["child-0-ref"].split("/")[1]
+        assert (page.value("child-0-delivery"), rows["child-0-name"]) == (
+            "pending",
+            renamed["child-0-name"],
+        )
+        delivered = _delivered_now(colleague.client.app.state.outbox, database, since)
+        assert delivered == ["delivered"]
+        other_id = rows["child-1-ref"].split("/")[1]
+        other = _upstream(sandbox, f"RelatedPerson/{other_id}")
+        moved = (date.fromisoformat(other["birthDate"]) - timedelta(days=1)).isoformat()
+        upstream = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{other_id}"
+        httpx.put(upstream, json={**other, "birthDate": moved}, timeout=10).raise_for_status()
+        rows["child-0-name"] = f"{rows['child-0-name']}-Maes"  # her correction
+        rows["child-1-name"] = f"{rows['child-1-name']} Junior"
+
+        mine = {"csrf_token": page.csrf, "page_id": page.value("page_id"), **rows}
+        refused = nurse.post({**mine, "assessment": "no-concern"})
+        eldest = _upstream(sandbox, f"RelatedPerson/{eldest_id}")
+
+    assert refused.status == 409, refused.text
+    refs = refused.child_refs()
+    mine = refs.index(f"RelatedPerson/{eldest_id}/_history/{eldest['meta']['versionId']}")
+    assert refused.value(f"child-{mine}-name") == rows["child-0-name"]
+    assert f"child-{mine}-delivery" not in refused.submitted()  # not marked
+    theirs_now = next(i for i, ref in enumerate(refs) if f"/{other_id}/" in ref)
+    assert refused.value(f"child-{theirs_now}-delivery") == "conflict"
+    assert (
+        refused.value(f"child-{theirs_now}-birth_date") == f"{date.fromisoformat(moved):%d/%m/%Y}"
+    )
+
+
 def _renamed_after_someone_else_changed_it(
     page: Page, sandbox: Sandbox
 ) -> tuple[dict[str, str], str, str]:
@@ -2206,7 +2260,8 @@ def test_an_edit_the_record_did_not_take_is_told_at_the_child(
     status = _tag(again, f'id="child-{place}-status"')
     assert 'class="status warning"' in status
     assert f'data-child-delivery="{marker}"' in status
-    assert again.text.count(told) == 1
+    form = again.text.split("data-triage-form")[1]  # the notice above it says why, too
+    assert form.count(told) == 1
     assert not_told is None or not_told not in again.text
     assert again.text.count("Al in het dossier") == 1  # the other child
 

@@ -2158,17 +2158,21 @@ def test_fault_another_nurses_edit_her_page_never_showed_is_not_overwritten(
         world = world_at(database, server.base_url)
         visit = (patient.id, patient.arrived_encounter_id)
         a = world.launch(*visit, "Practitioner/nurse-a")
-        seen_by_a = world.triage.load_chart(a).children
+        a_page = world.triage.load_chart(a)
+        seen_by_a = a_page.children
         eldest = seen_by_a[0]
         b = world.launch(*visit, "Practitioner/nurse-b")
-        b_chart = world.triage.load_chart(b).children
-        b_saves = tuple(replace(c, name="Noor B") if c.ref == eldest.ref else c for c in b_chart)
-        assert world.triage.record_triage(b, no_concern(b, b_saves)).status == "delivered"
+        b_page = world.triage.load_chart(b)
+        b_saves = tuple(
+            replace(c, name="Noor B") if c.ref == eldest.ref else c for c in b_page.children
+        )
+        b_saved = world.triage.record_triage(b, no_concern(b, b_saves, page=b_page.page))
+        assert b_saved.status == "delivered"
         a_saves = (replace(eldest, name="Noor A") if hers == "renamed" else eldest, *seen_by_a[1:])
 
         refused = None
         try:
-            world.triage.record_triage(a, no_concern(a, a_saves))
+            world.triage.record_triage(a, no_concern(a, a_saves, page=a_page.page))
         except SaveConflict as conflict:
             refused = conflict
         with FhirClient(server.base_url, lambda: "loopback", 5.0) as client:

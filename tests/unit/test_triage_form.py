@@ -21,7 +21,7 @@ from service.protocol import (
     Step3Support,
     SupportAction,
 )
-from service.triage import KEPT_CHANGING, RecordedChart, RefusedAnswers
+from service.triage import KEPT_CHANGING, EditsShown, RecordedChart, RefusedAnswers
 from smart_app.nurse import (
     ChildRow,
     TriageForm,
@@ -72,6 +72,49 @@ def test_each_child_as_she_typed_it_unless_the_record_holds_another_version() ->
     ]
     assert [r.recorded for r in rows] == [True, True, True, True, False]
     assert gone == ["Gone"]
+
+
+def test_her_correction_of_an_edit_her_page_showed_waiting_stays_once_it_is_delivered() -> None:
+    """Her page showed another nurse's edit of Lotte waiting (made on version 2) and she
+    corrected it; her save was refused over another child. Meanwhile that edit was
+    delivered: the record holds Lotte in version 3, as her page showed her. The form after
+    the conflict showed version 3 marked "someone else changed it", her correction gone
+    (found by review). It keeps her correction, on version 3, unmarked; a version 3 that
+    is not the edit her page showed is the record's, marked, as before."""
+    waiting = _child("RelatedPerson/1/_history/2", "Lotte Peeters")  # the edit, as shown
+    delivered = _child("RelatedPerson/1/_history/3", "Lotte Peeters")
+    someone_elses = _child("RelatedPerson/1/_history/3", "Lotte Janssens")
+    typed = [_typed("RelatedPerson/1/_history/2", "Lotte Peeters-Maes")]
+    shown = EditsShown.of([waiting])
+
+    def after(record: Child) -> list[tuple[str, str, str]]:
+        chart = RecordedChart(None, [record], conflicts=frozenset({record.ref}))
+        rows, _ = rows_after_conflict(typed, chart, shown)
+        return [(r.ref, r.name, r.delivery) for r in rows]
+
+    assert after(delivered) == [("RelatedPerson/1/_history/3", "Lotte Peeters-Maes", "")]
+    assert after(someone_elses) == [
+        ("RelatedPerson/1/_history/3", "Lotte Janssens", DeliveryState.CONFLICT)
+    ]
+    unshown, _ = rows_after_conflict(typed, RecordedChart(None, [delivered]))
+    assert [r.name for r in unshown] == ["Lotte Peeters"]  # another page: the record's
+
+
+def test_a_child_with_an_edit_waiting_that_her_page_never_showed_is_shown_as_it_waits() -> None:
+    """Her save was refused; since her page was drawn, a colleague's save of an edit of
+    Lotte's version 2 waits. The form after the conflict kept her row of version 2, while
+    its new page counted the colleague's edit as shown: saved again, her values were laid
+    over that edit unseen (found by review). The form shows the edit, marked pending; one
+    her page did show keeps her row (her correction of it)."""
+    waiting = _child("RelatedPerson/1/_history/2", "Lotte Janssens")  # the colleague's edit
+    chart = RecordedChart(None, [waiting], pending=frozenset({waiting.ref}))
+    typed = [_typed("RelatedPerson/1/_history/2", "Lotte Peeters-Maes")]
+
+    unseen, _ = rows_after_conflict(typed, chart)
+    seen, _ = rows_after_conflict(typed, chart, EditsShown.of([waiting]))
+
+    assert [(r.name, r.delivery) for r in unseen] == [("Lotte Janssens", "pending")]
+    assert [(r.name, r.delivery) for r in seen] == [("Lotte Peeters-Maes", "")]
 
 
 def test_a_form_left_without_children_gets_its_empty_row() -> None:

@@ -7,8 +7,11 @@ old values over that nurse's change and undid it without a conflict (found by re
 The rows now name the page (``page_id``).
 
 The rows of pages open at the upgrade are dropped, not guessed: a save from such a page
-then counts no waiting edit as shown, and one that changes an edited child is refused as
-a conflict (If-Match) and shown again; nothing is overwritten unseen.
+counts no waiting edit as shown. One that changes a child another save's edit waited for
+is refused as a conflict (If-Match) and shown again. One that puts the version's own
+values back over such an edit the page showed (an undo) is taken for a confirmation: the
+edit stays (found by review). Only a page open across the upgrade that showed another
+save's edit waiting (the record unreachable then) can meet this.
 
 Revision ID: 0026_shown_edits_by_page
 Revises: 0025_triage_shown_edits
