@@ -2184,6 +2184,20 @@ def test_fault_another_nurses_edit_her_page_never_showed_is_not_overwritten(
     assert (refused is not None) is (hers == "renamed")
 
 
+def _delivered_on_restart(
+    server: _OwnServer, world: World, saves: list[SaveResult], child_id: str
+) -> tuple[list[DeliveryState], dict[str, Any]]:
+    """Start the stopped server again and deliver ``saves`` in turn: their states, and the
+    child as the record then holds it."""
+    with server.restart() as again:
+        for _ in saves:
+            world.clock.advance(600)
+            world.outbox.run_once()
+        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+            return states, client.read("RelatedPerson", child_id)
+
+
 @pytest.mark.parametrize("hers", ["as-loaded", "undone"])
 def test_fault_an_edit_her_page_showed_counts_though_one_she_never_saw_followed_it(
     database: Database, tmp_path: Path, hers: str
@@ -2214,13 +2228,7 @@ def test_fault_an_edit_her_page_showed_counts_though_one_she_never_saw_followed_
     shown = a_page.children[0]
     a_saves = (shown if hers == "as-loaded" else replace(shown, name=eldest.name),)
     saves.append(world.triage.record_triage(a, no_concern(a, a_saves, page=a_page.page)))
-    with server.restart() as again:
-        for _ in range(len(saves)):
-            world.clock.advance(600)
-            world.outbox.run_once()
-        states = [world.outbox.state_of(save.outbox_id) for save in saves]
-        with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
-            after = client.read("RelatedPerson", eldest.ref.split("/")[1])
+    states, after = _delivered_on_restart(server, world, saves, eldest.ref.split("/")[1])
 
     assert [x.name for x in a_page.children] == ["Noor C"]
     assert display_name(after) == "Noor B"
@@ -2252,13 +2260,7 @@ def test_fault_an_edit_another_tab_showed_is_not_undone_by_a_tab_that_never_show
     second_tab = world.triage.pending_chart(a)  # the same session: C's edit, waiting
     as_loaded = no_concern(a, tuple(first_tab.children), page=first_tab.page)
     saves.append(world.triage.record_triage(a, as_loaded))
-    with server.restart() as again:
-        for _ in range(len(saves)):
-            world.clock.advance(600)
-            world.outbox.run_once()
-        states = [world.outbox.state_of(save.outbox_id) for save in saves]
-        with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
-            after = client.read("RelatedPerson", eldest.ref.split("/")[1])
+    states, after = _delivered_on_restart(server, world, saves, eldest.ref.split("/")[1])
 
     assert [x.name for x in second_tab.children] == ["Noor C"]
     assert second_tab.page != first_tab.page
