@@ -247,9 +247,10 @@ SaveStatus = Literal["delivered", "pending", "waiting-sign-in", "failed"]
 @dataclass(frozen=True)
 class EditsShown:
     """The waiting edits of children that one page showed (``ShownEdit``), or that a save
-    from it made (:meth:`Triage.edits_shown`)."""
+    from it made, and the waiting new children it showed (:meth:`Triage.edits_shown`)."""
 
-    #: (the ref of the version an edit was made on, a fingerprint of its values)
+    #: (the ref of the version an edit was made on, or of a new child its ``urn:uuid:``; a
+    #: fingerprint of its values)
     seen: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
@@ -258,8 +259,9 @@ class EditsShown:
         return cls(frozenset((edit.ref, _fingerprint(edit)) for edit in edits))
 
     def include(self, made_on: str, child: Child) -> bool:
-        """Whether the page showed an edit of the version ``made_on`` with ``child``'s
-        values (its name, birth date, relationship and living with the patient)."""
+        """Whether the page showed an edit of the version ``made_on`` (or the new child
+        ``made_on``) with ``child``'s values (its name, birth date, relationship and living
+        with the patient)."""
         return (made_on, _fingerprint(child)) in self.seen
 
 
@@ -476,7 +478,7 @@ class Triage:
                 if refusal == DeliveryState.CONFLICT and made_on == child.ref:
                     refusal = CHANGED_ELSEWHERE  # the child is as the edit saw it
                 told[refusal].add(child.ref)
-        self._remember_edits(ctx, recorded.page, shown_edits)
+        self._remember_edits(ctx, recorded.page, [*shown_edits, *new])
         return replace(
             recorded,
             children=_eldest_first([*children, *new]),
@@ -495,12 +497,15 @@ class Triage:
         outstanding = self._outstanding(ctx)
         children = _eldest_first([*outstanding.new_children, *outstanding.edits.values()])
         chart = RecordedChart(None, children, pending=frozenset(c.ref for c in children))
-        self._remember_edits(ctx, chart.page, outstanding.edits.values())
+        self._remember_edits(ctx, chart.page, children)
         return chart
 
     def _remember_edits(self, ctx: LaunchInfo, page: str, edits: Iterable[Child]) -> None:
-        """Remember the waiting edits the page shows (``ShownEdit``): a save from it may lay
-        her values over those, and only those."""
+        """Remember what of the saves still waiting the page shows (``ShownEdit``): their
+        edits of children on the server (a save from the page may lay her values over
+        those, and only those) and their new children (by ``urn:uuid:``: the form after a
+        conflict keeps her row of one only when the record holds it as the page showed
+        it)."""
         shown = list(edits)
         if shown:
             with self._database.session() as session:

@@ -951,16 +951,17 @@ def rows_after_conflict(
     waiting in a save since refused): she is told, not shown them.
 
     A child the record holds in the version she saw keeps the values she typed (saved
-    again, her edit is made on that version); so does one she saw waiting for delivery
-    (its ``urn:uuid:``), delivered meanwhile: saved again, it is created or merged by its
-    identifier, as her first save would have; and so does a child whose edit her page
-    showed waiting (``shown``: the page's :meth:`Triage.edits_shown`) when the record now
-    holds it as that edit: the edit was delivered meanwhile, nobody else changed it, and
-    saved again, her values are laid over the record's version. One the record holds in
-    another version, or whose version has an edit waiting now that her page never showed
-    (someone else's, saved since), is shown as the chart has it, marked as
-    :meth:`Triage.load_chart` says (her edit of it: ``conflict``; the waiting edit:
-    ``pending``). A child she added keeps its row."""
+    again, her edit is made on that version). So does a child whose edit her page showed
+    waiting (``shown``: the page's :meth:`Triage.edits_shown`) when the record now holds
+    it as that edit, delivered meanwhile: saved again, her values are laid over the
+    record's version. So does a new child she saw waiting (by its ``urn:uuid:``) while the
+    chart has it as her page showed it: still waiting (saved again, it is created or
+    merged by its identifier), or delivered meanwhile (her values on the record's
+    version). Any other child is shown as the chart has it, marked as
+    :meth:`Triage.load_chart` says: one the record holds in another version (her edit of
+    it: ``conflict``), one whose version has an edit waiting now that her page never
+    showed (someone else's, saved since: ``pending``), a new one someone changed since
+    her page showed it. A child she added keeps its row."""
     shown = shown or EditsShown()
     # her recorded rows by the child they are: its id on the server, or its urn:uuid
     hers = {unversioned(row.ref): row for row in typed if row.recorded}
@@ -969,16 +970,23 @@ def rows_after_conflict(
         ways = (unversioned(child.ref), *chart.identified_as.get(child.ref, ()))
         shown_as = next((way for way in ways if way in hers), "")
         mine = hers.pop(shown_as, None)
+        as_shown = shown.include(mine.ref, child) if mine is not None else False
         if mine is None:
             rows.append(ChildRow.of(child, chart))
-        elif mine.ref in (child.ref, shown_as):  # the version she saw
+        elif mine.ref == shown_as:  # a new child she saw waiting
+            # hers while the chart has it as her page showed it, waiting still or delivered
+            # (then on the record's version); else someone changed it since, and her values
+            # laid over that change unseen (found by review)
+            on_record = replace(mine, ref=child.ref, delivery="")
+            kept = mine if child.ref == mine.ref else on_record
+            rows.append(kept if as_shown else ChildRow.of(child, chart))
+        elif mine.ref == child.ref:  # the version she saw
             # unless an edit of it now waits that her page never showed: the new page would
             # count it as shown without drawing it, and her save lay her values over it
             # unseen (found by review)
-            waits = mine.ref != shown_as and child.ref in chart.pending
-            unseen = waits and not shown.include(mine.ref, child)
+            unseen = child.ref in chart.pending and not as_shown
             rows.append(ChildRow.of(child, chart) if unseen else mine)
-        elif shown.include(mine.ref, child):  # the edit of it her page showed, delivered
+        elif as_shown:  # the edit of her version that her page showed, delivered meanwhile
             rows.append(replace(mine, ref=child.ref, delivery=""))
         else:
             rows.append(ChildRow.of(child, chart))

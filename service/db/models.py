@@ -147,11 +147,13 @@ class ShownChild(Base):
 class ShownEdit(Base):
     """An edit of a child's version, waiting in the outbox (or delivered since), that a
     triage page showed, or that the nurse saved from it: the page, the version the edit
-    was made on and a fingerprint of its values. Only such an edit is what her page showed
-    of the child: a save from that page lays her values over it (``service.triage``);
-    another nurse's edit the page never showed is not hers to overwrite (If-Match refuses
-    her save instead). By page, not by session: a second tab (or a page reached by Back)
-    that never showed the edit is a page that never showed it.
+    was made on and a fingerprint of its values. (Likewise a new child a waiting save
+    creates, by its ``urn:uuid:``: see ``smart_app.nurse.rows_after_conflict``.) Only
+    such an edit is what her page showed of the child: a save from that page lays her
+    values over it (``service.triage``); another nurse's edit the page never showed is
+    not hers to overwrite (If-Match refuses her save instead). By page, not by session: a
+    second tab (or a page reached by Back) that never showed the edit is a page that never
+    showed it.
 
     It lives and dies with its app session, as :class:`ShownChild`."""
 
@@ -161,7 +163,7 @@ class ShownEdit(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("smart_app_sessions.id", ondelete="CASCADE"))
     page_id: Mapped[str] = mapped_column(String(32))  # service.triage.RecordedChart.page
-    ref: Mapped[str] = mapped_column(String(200))  # RelatedPerson/<id>/_history/<version>
+    ref: Mapped[str] = mapped_column(String(200))  # the version edited, or urn:uuid:<child>
     fingerprint: Mapped[str] = mapped_column(String(64))
 
 

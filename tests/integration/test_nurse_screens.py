@@ -1991,16 +1991,20 @@ def _delivered_now(outbox: Outbox, database: Database, since: int) -> list[str]:
     return [d.state for d in outbox.run_once() if d.entry_id in waited]
 
 
+@pytest.mark.parametrize("renamed_since", [False, True], ids=["as-shown", "renamed-since"])
 def test_her_correction_of_a_child_delivered_meanwhile_comes_back_with_her_answers(
-    nurse_for: Any, sandbox: Sandbox, database: Database
+    nurse_for: Any, sandbox: Sandbox, database: Database, renamed_since: bool
 ) -> None:
     """Another nurse's new child waits for delivery when this nurse opens the page: shown
     by its ``urn:uuid:``. It is delivered, someone else changes the eldest child, and her
     save (the eldest renamed, the new child's name corrected) is refused. The form shown
     again had the record's version of the new child, her correction dropped under a
-    summary saying her answers were kept (found by review). It now keeps her row, found
-    by the child's identifier; saved again, her correction reaches the record, on the one
-    child."""
+    summary saying her answers were kept (found by review). It now keeps her row, on the
+    record's version of the child; saved again, her correction reaches the record, on the
+    one child. Unless a colleague renamed the child in the record after its delivery: the
+    form kept her row all the same and, saved again, her name replaced the colleague's,
+    which the form had read and never shown (found by review). Then the form shows the
+    child as the record has it, and the colleague's name stays."""
     system = terminology.identifier_system("child")
     identifier = str(uuid.uuid4())
     noor = f"Noor {identifier[:8]}"  # one server for both databases' runs
@@ -2025,16 +2029,27 @@ def test_her_correction_of_a_child_delivered_meanwhile_comes_back_with_her_answe
             page = nurse.page()
             assert f"urn:uuid:{identifier}" in page.child_refs()  # waiting for delivery
             assert _delivered_now(first.client.app.state.outbox, database, since) == ["delivered"]
+            if renamed_since:
+                (delivered,) = _upstream(
+                    sandbox, f"RelatedPerson?identifier={system}|{identifier}"
+                )["entry"]
+                child = delivered["resource"]
+                url = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{child['id']}"
+                renamed = {**child, "name": [{"text": f"{noor} Sophie"}]}
+                httpx.put(url, json=renamed, timeout=10).raise_for_status()
             rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
             place = page.child_refs().index(f"urn:uuid:{identifier}")
             rows[f"child-{place}-name"] = f"{noor} Marie"
+            mine = {"csrf_token": page.csrf, "page_id": page.value("page_id"), **rows}
 
-            refused = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+            refused = nurse.post({**mine, "assessment": "no-concern"})
 
             assert refused.status == 409, refused.text
             names = [refused.value(f"child-{i}-name") for i in range(len(refused.child_refs()))]
-            assert f"{noor} Marie" in names
+            kept = f"{noor} Sophie" if renamed_since else f"{noor} Marie"
+            assert kept in names
             assert noor not in names  # not the record's version beside hers
+            assert (f"{noor} Marie" in names) is not renamed_since
 
             saved = nurse.post(refused.submitted())
 
@@ -2045,7 +2060,7 @@ def test_her_correction_of_a_child_delivered_meanwhile_comes_back_with_her_answe
                 child = entry["resource"]
                 url = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{child['id']}"
                 httpx.put(url, json={**child, "active": False}, timeout=10).raise_for_status()
-    assert [e["resource"]["name"][0]["text"] for e in found["entry"]] == [f"{noor} Marie"]
+    assert [e["resource"]["name"][0]["text"] for e in found["entry"]] == [kept]
 
 
 def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(

@@ -55,23 +55,52 @@ def test_each_child_as_she_typed_it_unless_the_record_holds_another_version() ->
     typed = [
         _typed("RelatedPerson/1/_history/2", "Lotte Junior"),  # the version she saw
         _typed("RelatedPerson/2/_history/1", "Mats Marie"),
-        _typed(pending.ref, "Noor"),
+        _typed(pending.ref, "Noor Peeters"),  # her correction of the child waiting
         _typed(jens, "Jens Peeters"),  # her correction of the child waiting then
         _typed("RelatedPerson/9/_history/1", "Gone"),  # no longer on the record
         _typed("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000001", "Lina", recorded=False),
     ]
+    # her page showed Noor and Jens waiting, as the chart has them now
+    shown = EditsShown.of([pending, _child(jens, "Jens")])
 
-    rows, gone = rows_after_conflict(typed, chart)
+    rows, gone = rows_after_conflict(typed, chart, shown)
 
     assert [(r.ref, r.name, r.delivery) for r in rows] == [
         ("RelatedPerson/1/_history/3", "Lotte", DeliveryState.CONFLICT),  # the record's
         ("RelatedPerson/2/_history/1", "Mats Marie", ""),  # hers, said as she saw it
-        (pending.ref, "Noor", ""),
-        (jens, "Jens Peeters", ""),  # hers: created or merged by its identifier
+        (pending.ref, "Noor Peeters", ""),  # hers: created or merged by its identifier
+        (delivered.ref, "Jens Peeters", ""),  # hers, on the record's version
         ("urn:uuid:0c5f7a52-8f0e-4a43-9d59-000000000001", "Lina", ""),
     ]
     assert [r.recorded for r in rows] == [True, True, True, True, False]
     assert gone == ["Gone"]
+
+
+def test_a_new_child_someone_changed_since_her_page_showed_it_waiting_is_the_charts() -> None:
+    """Her page showed Jens waiting; delivered meanwhile, a colleague renamed him in the
+    record, and her save was refused over another child. The form kept her row of Jens by
+    his identifier: saved again, her values were laid over the colleague's rename, which
+    the form had read and never shown (found by review). It shows Jens as the record has
+    him; likewise a waiting Noor whose save someone corrected since."""
+    renamed = _child("RelatedPerson/5/_history/2", "Jens Janssens")  # the colleague's
+    jens = "urn:uuid:2b0f4a0e-6c1d-4e8a-8f57-3a1f0d9c7e21"
+    corrected = _child("urn:uuid:7d1e0c43-5f62-4f0e-9a8e-0c2b7b1d9f10", "Noor Janssens")
+    chart = RecordedChart(
+        None,
+        [renamed, corrected],
+        pending=frozenset({corrected.ref}),
+        identified_as={renamed.ref: (jens,)},
+    )
+    typed = [_typed(jens, "Jens Peeters"), _typed(corrected.ref, "Noor Peeters")]
+    shown = EditsShown.of([_child(jens, "Jens"), _child(corrected.ref, "Noor")])
+
+    rows, gone = rows_after_conflict(typed, chart, shown)
+
+    assert [(r.ref, r.name, r.delivery) for r in rows] == [
+        (renamed.ref, "Jens Janssens", ""),
+        (corrected.ref, "Noor Janssens", "pending"),
+    ]
+    assert gone == []
 
 
 def test_her_correction_of_an_edit_her_page_showed_waiting_stays_once_it_is_delivered() -> None:
@@ -130,9 +159,11 @@ def test_a_child_the_ehr_merged_from_two_is_found_by_either_identifier() -> None
     first, second = (f"urn:uuid:2b0f4a0e-6c1d-4e8a-8f57-3a1f0d9c7e2{i}" for i in (1, 2))
     chart = RecordedChart(None, [merged], identified_as={merged.ref: (first, second)})
 
-    rows, gone = rows_after_conflict([_typed(second, "Jens Peeters")], chart)
+    shown = EditsShown.of([_child(second, "Jens")])  # her page showed him waiting so
 
-    assert [(r.ref, r.name) for r in rows] == [(second, "Jens Peeters")]
+    rows, gone = rows_after_conflict([_typed(second, "Jens Peeters")], chart, shown)
+
+    assert [(r.ref, r.name) for r in rows] == [(merged.ref, "Jens Peeters")]
     assert gone == []
 
 
