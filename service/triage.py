@@ -386,10 +386,10 @@ class Triage:
             new = any(_parse_versioned(c.ref) is None for c in findings.step1.children)
             edited = any(_parse_versioned(c.ref) is not None for c in findings.step1.children)
             saves = _patient_saves(session, ctx) if new or edited else []
-            queued = _queued_children(saves, patient_ref)
             # another save's edit of a version counts only if her page showed it: laid over
             # one it never showed, her save overwrote another nurse's change unseen
             seen = _shown_edits(session, ctx.session_id, findings.page)
+            queued = _queued_children(saves, patient_ref, seen)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
             edits = _edits_seen(undelivered, patient_ref, seen)
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
@@ -878,9 +878,9 @@ def _write_children(
     it was shown pending delivery, or saved twice from one form) is a create-or-merge: at
     delivery it updates the child that save created, else creates it; the outbox sends
     the patient's saves in order, so this save's values are the ones kept. Only those the
-    nurse changed, though: the child as the earlier saves write it (what she was shown) is
-    its ``shown``, so that what the EHR corrected of the child since, and she did not
-    change, stays corrected (see :func:`_queued_children`).
+    nurse changed, though: the child as her page showed it pending (else as the earlier
+    saves write it) is its ``shown``, so that what the EHR or another save changed of the
+    child since, and she did not change, stays changed (see :func:`_queued_children`).
 
     A loaded child posted with the values of an edit an earlier save still waiting made of
     the same version (``edits``: ref → the edit, of saves pending or waiting, that her
@@ -1174,12 +1174,15 @@ def _answers(save: _Save, steps: Mapping[Step, Resource], patient_ref: str) -> R
 
 def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Child]:
     """The new children ``saves`` create, by identifier; of one created twice, the later."""
-    return {
-        _child_uuid(child.ref): child
-        for save in saves
-        for entry in _entries(save)
-        if (child := _created_child(entry, patient_ref)) is not None
-    }
+    return {_child_uuid(child.ref): child for child in _created(saves, patient_ref)}
+
+
+def _created(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
+    """The new children ``saves`` create, in the saves' order (by ``urn:uuid:`` ref)."""
+    for save in saves:
+        for entry in _entries(save):
+            if (child := _created_child(entry, patient_ref)) is not None:
+                yield child
 
 
 def _refuse_recorded_meanwhile(
@@ -1220,15 +1223,30 @@ def _recorded_meanwhile(
     }
 
 
-def _queued_children(saves: Sequence[_Save], patient_ref: str) -> dict[str, Child | None]:
-    """The new children ``saves`` create, by identifier: each as the latest save the FHIR
-    server did not refuse writes it (what the nurse was shown pending, and what the server
-    holds once they are delivered). None when it refused them all: none of them wrote it,
-    but one refused after an unexpected error may have (``outbox.UNEXPECTED_ATTEMPTS``), so
-    whatever the identifier finds then gets all of the nurse's values."""
+def _queued_children(
+    saves: Sequence[_Save], patient_ref: str, seen: EditsShown
+) -> dict[str, Child | None]:
+    """The new children ``saves`` create, by identifier: each as her page showed it pending
+    (``seen``), else as the latest save the FHIR server did not refuse writes it (what the
+    server holds once they are delivered). None when it refused them all: none of them
+    wrote it, but one refused after an unexpected error may have
+    (``outbox.UNEXPECTED_ATTEMPTS``), so whatever the identifier finds then gets all of the
+    nurse's values.
+
+    As her page showed it: another save of the child since (a colleague's rename) is not
+    what she saw, and taken for it, the values she left as they were counted as changed
+    back and undid that save's change, every save "delivered" (found by review)."""
     kept = [save for save in saves if save.state not in REFUSED_STATES]
     written = _created_children(kept, patient_ref)
-    return {found: written.get(found) for found in _created_children(saves, patient_ref)}
+    as_shown = {
+        _child_uuid(child.ref): child
+        for child in _created(kept, patient_ref)
+        if seen.include(child.ref, child)
+    }
+    return {
+        found: as_shown.get(found, written.get(found))
+        for found in _created_children(saves, patient_ref)
+    }
 
 
 def _edited_child(entry: Resource, patient_ref: str) -> Child | None:

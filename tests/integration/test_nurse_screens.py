@@ -105,12 +105,7 @@ def _app(
     partners: PartnerSettings | None = None,
 ) -> Any:
     settings = load_settings(
-        environment="test",
-        database_url=database_url,
-        public_url="https://testserver",
-        # the background worker stays idle: a waiting save is delivered when the test says
-        # (_delivered_now), not when the worker's next round (2 s) happens to come first
-        outbox_interval_seconds=3600,
+        environment="test", database_url=database_url, public_url="https://testserver"
     )
     tenants = TenantDirectory(database, SecretBox(None))
     registration = EhrRegistration(
@@ -164,9 +159,12 @@ def _launch(
 
 
 @pytest.fixture
-def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Iterator[Any]:
-    """``nurse_for(patient_key, ...)``: a nurse launched for a seeded patient."""
-    clients: list[TestClient] = []
+def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Any:
+    """``nurse_for(patient_key, ...)``: a nurse launched for a seeded patient.
+
+    The app runs without its lifespan, so without the background outbox worker: a waiting
+    save is delivered when the test says (``_delivered_now``). A worker's round, the first
+    one as an app starts, claimed it first now and then (found by a new test)."""
 
     def launch(
         patient_key: str,
@@ -176,8 +174,7 @@ def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Iterat
         **session: Any,
     ) -> Nurse:
         app = _app(database, database_url, fhir_base_url or sandbox.fhir_base_url, partners)
-        client = TestClient(app, base_url="https://testserver").__enter__()
-        clients.append(client)
+        client = TestClient(app, base_url="https://testserver")
         new = _launch(app, sandbox, patient_key=patient_key, fhir_base_url=fhir_base_url, **session)
         _, secret = SessionStore(database, app.state.settings).create(new)
         # on https, the cookie's name says only this host sets it (__Host-)
@@ -185,9 +182,7 @@ def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Iterat
         assert new.encounter_id is not None
         return Nurse(client, new.patient_id or "", new.encounter_id)
 
-    yield launch
-    for client in clients:
-        client.__exit__(None, None, None)
+    return launch
 
 
 def _directory_calling(

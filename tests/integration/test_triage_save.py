@@ -2268,6 +2268,45 @@ def test_fault_an_edit_another_tab_showed_is_not_undone_by_a_tab_that_never_show
     assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED]
 
 
+def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting_keeps_the_rename(
+    database: Database, tmp_path: Path
+) -> None:
+    """During an outage a nurse adds Mila; her save waits. Nurse A's page shows Mila
+    waiting; nurse B renames her, and that save waits too. A saves her page as it showed
+    Mila. Her save merged against Mila as the latest waiting save wrote her (B's name), so
+    A's unchanged name counted as a change back and undid B's rename, every save
+    "delivered" (found by review). Against Mila as A's page showed her, A changed nothing
+    of her, and B's name stays."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id)
+    first = world.launch(*visit, "Practitioner/nurse-1")
+    loaded = tuple(world.triage.load_chart(first).children)
+    server.stop()
+    mila = child_aged("Mila Peeters", 2)
+    saves = [world.triage.record_triage(first, no_concern(first, (*loaded, mila)))]
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    renamed = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, renamed, page=b_page.page)))
+    as_shown = no_concern(a, tuple(a_page.children), page=a_page.page)
+    saves.append(world.triage.record_triage(a, as_shown))
+    identifier = f"{terminology.identifier_system('child')}|{mila.ref.removeprefix('urn:uuid:')}"
+    with server.restart() as again:
+        for _ in saves:
+            world.clock.advance(600)
+            world.outbox.run_once()
+        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        found = search(again.base_url, "RelatedPerson", identifier=identifier)
+
+    assert [c.name for c in a_page.children] == ["Mila Peeters"]
+    assert states == [DeliveryState.DELIVERED] * 3
+    assert [display_name(child) for child in found] == ["Mila Janssens"]
+
+
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)
