@@ -246,8 +246,8 @@ SaveStatus = Literal["delivered", "pending", "waiting-sign-in", "failed"]
 
 @dataclass(frozen=True)
 class EditsShown:
-    """The waiting edits of children that one page showed (``ShownEdit``), or that a save
-    from it made, and the waiting new children it showed (:meth:`Triage.edits_shown`)."""
+    """The waiting edits of children and the waiting new children that one page showed
+    (``ShownEdit``), or that a save from it wrote (:meth:`Triage.edits_shown`)."""
 
     #: (the ref of the version an edit was made on, or of a new child its ``urn:uuid:``; a
     #: fingerprint of its values)
@@ -415,10 +415,9 @@ class Triage:
             )
             if new:  # read again under the patient's lock the entry holds (PostgreSQL)
                 _refuse_recorded_meanwhile(session, ctx, findings.step1.children, entry.id)
-            if findings.page is not None:
-                mine = (_edited_child(entry, patient_ref) for entry in plan.bundle["entry"])
-                edits_saved = [c for c in mine if c is not None]
-                _remember_shown_edits(session, ctx.session_id, findings.page, edits_saved)
+            if findings.page is not None:  # her page now stands for what she saved from it
+                saved = _children_saved(plan.bundle, patient_ref)
+                _remember_shown_edits(session, ctx.session_id, findings.page, saved)
             fact = _write_fact(ctx, patient_ref, plan.written, now, _updates(plan.written))
             audit.record_local(session, ctx.tenant.id, fact, entry.fhir_base_url, entry.id)
             if concern:
@@ -599,9 +598,10 @@ class Triage:
             return None
 
     def edits_shown(self, ctx: LaunchInfo, page: str) -> EditsShown:
-        """The waiting edits of children that ``page`` showed, or that a save from it made:
-        the form after a conflict tells by them a child the record now holds as her page
-        showed it (an edit delivered meanwhile) from one someone else changed."""
+        """The waiting edits of children and new children that ``page`` showed, or that a
+        save from it wrote: the form after a conflict tells by them a child the record now
+        holds as her page showed it (an edit delivered meanwhile) from one someone else
+        changed."""
         with self._database.session() as session:
             return _shown_edits(session, ctx.session_id, page)
 
@@ -1177,6 +1177,20 @@ def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chi
     return {_child_uuid(child.ref): child for child in _created(saves, patient_ref)}
 
 
+def _children_saved(bundle: Resource, patient_ref: str) -> list[Child]:
+    """The edits of children on the server a save's bundle makes (by the version each is
+    made on) and the new children it writes (by ``urn:uuid:``): forgotten for her page, a
+    later save from it (the Back button, her answer lost) merged a new child against what
+    the page first showed, and her undo of her own rename counted as no change (found by
+    review)."""
+    saved = []
+    for entry in bundle["entry"]:
+        child = _edited_child(entry, patient_ref) or _created_child(entry, patient_ref)
+        if child is not None:
+            saved.append(child)
+    return saved
+
+
 def _created(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
     """The new children ``saves`` create, in the saves' order (by ``urn:uuid:`` ref)."""
     for save in saves:
@@ -1235,7 +1249,9 @@ def _queued_children(
 
     As her page showed it: another save of the child since (a colleague's rename) is not
     what she saw, and taken for it, the values she left as they were counted as changed
-    back and undid that save's change, every save "delivered" (found by review)."""
+    back and undid that save's change, every save "delivered" (found by review). Of the
+    saves whose values her page showed (or she saved from it), the latest; a refused one
+    is none of them, as it wrote nothing."""
     kept = [save for save in saves if save.state not in REFUSED_STATES]
     written = _created_children(kept, patient_ref)
     as_shown = {

@@ -2307,6 +2307,43 @@ def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting_keeps_the_re
     assert [display_name(child) for child in found] == ["Mila Janssens"]
 
 
+def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_is_kept(
+    database: Database, tmp_path: Path
+) -> None:
+    """During an outage a nurse adds Mila; her save waits. Nurse A's page shows Mila
+    waiting; A renames her and saves; then, from the same page (the Back button), puts the
+    name back and saves again. The second save merged against Mila as the page first
+    showed her, not as A had saved her from it: the name put back counted as no change,
+    and A's rename stayed, every save "delivered" (found by review). Her page stands for
+    what she saved from it: the undo is written."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id)
+    first = world.launch(*visit, "Practitioner/nurse-1")
+    loaded = tuple(world.triage.load_chart(first).children)
+    server.stop()
+    mila = child_aged("Mila Peeters", 2)
+    saves = [world.triage.record_triage(first, no_concern(first, (*loaded, mila)))]
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    page = world.triage.pending_chart(a)
+    renamed = tuple(replace(c, name="Mila Janssens") for c in page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=page.page)))
+    put_back = no_concern(a, tuple(page.children), page=page.page)  # the page as first drawn
+    saves.append(world.triage.record_triage(a, put_back))
+    identifier = f"{terminology.identifier_system('child')}|{mila.ref.removeprefix('urn:uuid:')}"
+    with server.restart() as again:
+        for _ in saves:
+            world.clock.advance(600)
+            world.outbox.run_once()
+        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        found = search(again.base_url, "RelatedPerson", identifier=identifier)
+
+    assert len({save.outbox_id for save in saves}) == 3  # three saves, none joined another
+    assert states == [DeliveryState.DELIVERED] * 3
+    assert [display_name(child) for child in found] == ["Mila Peeters"]
+
+
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)
