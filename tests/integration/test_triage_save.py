@@ -2268,6 +2268,41 @@ def test_fault_an_edit_another_tab_showed_is_not_undone_by_a_tab_that_never_show
     assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED]
 
 
+def _mila_waiting(
+    database: Database, tmp_path: Path
+) -> tuple[_OwnServer, World, tuple[str, str], list[SaveResult]]:
+    """A nurse's save adding Mila (:data:`MILA`), waiting: the FHIR server is stopped.
+    Returns the server, the world, the visit (patient, encounter) and that save."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id or "")
+    first = world.launch(*visit, "Practitioner/nurse-1")
+    loaded = tuple(world.triage.load_chart(first).children)
+    server.stop()
+    saved = world.triage.record_triage(first, no_concern(first, (*loaded, MILA)))
+    return server, world, visit, [saved]
+
+
+#: The new child of :func:`_mila_waiting` (each test has its own FHIR server and database).
+MILA = child_aged("Mila Peeters", 2)
+
+
+def _delivered_mila(
+    server: _OwnServer, world: World, saves: list[SaveResult]
+) -> tuple[list[DeliveryState], list[str | None]]:
+    """Start the server again and deliver ``saves`` in turn: their states, and Mila's name
+    as the record then holds each child of her identifier."""
+    identifier = f"{terminology.identifier_system('child')}|{MILA.ref.removeprefix('urn:uuid:')}"
+    with server.restart() as again:
+        for _ in saves:
+            world.clock.advance(600)
+            world.outbox.run_once()
+        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        found = search(again.base_url, "RelatedPerson", identifier=identifier)
+    return states, [display_name(child) for child in found]
+
+
 def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting_keeps_the_rename(
     database: Database, tmp_path: Path
 ) -> None:
@@ -2277,15 +2312,7 @@ def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting_keeps_the_re
     A's unchanged name counted as a change back and undid B's rename, every save
     "delivered" (found by review). Against Mila as A's page showed her, A changed nothing
     of her, and B's name stays."""
-    server = _OwnServer.start(tmp_path)
-    patient = server.seeded.patient("els-goossens")
-    world = world_at(database, server.base_url)
-    visit = (patient.id, patient.arrived_encounter_id)
-    first = world.launch(*visit, "Practitioner/nurse-1")
-    loaded = tuple(world.triage.load_chart(first).children)
-    server.stop()
-    mila = child_aged("Mila Peeters", 2)
-    saves = [world.triage.record_triage(first, no_concern(first, (*loaded, mila)))]
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
     a = world.launch(*visit, "Practitioner/nurse-a")
     a_page = world.triage.pending_chart(a)
     b = world.launch(*visit, "Practitioner/nurse-b")
@@ -2294,17 +2321,11 @@ def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting_keeps_the_re
     saves.append(world.triage.record_triage(b, no_concern(b, renamed, page=b_page.page)))
     as_shown = no_concern(a, tuple(a_page.children), page=a_page.page)
     saves.append(world.triage.record_triage(a, as_shown))
-    identifier = f"{terminology.identifier_system('child')}|{mila.ref.removeprefix('urn:uuid:')}"
-    with server.restart() as again:
-        for _ in saves:
-            world.clock.advance(600)
-            world.outbox.run_once()
-        states = [world.outbox.state_of(save.outbox_id) for save in saves]
-        found = search(again.base_url, "RelatedPerson", identifier=identifier)
+    states, names = _delivered_mila(server, world, saves)
 
     assert [c.name for c in a_page.children] == ["Mila Peeters"]
     assert states == [DeliveryState.DELIVERED] * 3
-    assert [display_name(child) for child in found] == ["Mila Janssens"]
+    assert names == ["Mila Janssens"]
 
 
 def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_is_kept(
@@ -2316,32 +2337,18 @@ def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_
     showed her, not as A had saved her from it: the name put back counted as no change,
     and A's rename stayed, every save "delivered" (found by review). Her page stands for
     what she saved from it: the undo is written."""
-    server = _OwnServer.start(tmp_path)
-    patient = server.seeded.patient("els-goossens")
-    world = world_at(database, server.base_url)
-    visit = (patient.id, patient.arrived_encounter_id)
-    first = world.launch(*visit, "Practitioner/nurse-1")
-    loaded = tuple(world.triage.load_chart(first).children)
-    server.stop()
-    mila = child_aged("Mila Peeters", 2)
-    saves = [world.triage.record_triage(first, no_concern(first, (*loaded, mila)))]
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
     a = world.launch(*visit, "Practitioner/nurse-a")
     page = world.triage.pending_chart(a)
     renamed = tuple(replace(c, name="Mila Janssens") for c in page.children)
     saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=page.page)))
     put_back = no_concern(a, tuple(page.children), page=page.page)  # the page as first drawn
     saves.append(world.triage.record_triage(a, put_back))
-    identifier = f"{terminology.identifier_system('child')}|{mila.ref.removeprefix('urn:uuid:')}"
-    with server.restart() as again:
-        for _ in saves:
-            world.clock.advance(600)
-            world.outbox.run_once()
-        states = [world.outbox.state_of(save.outbox_id) for save in saves]
-        found = search(again.base_url, "RelatedPerson", identifier=identifier)
+    states, names = _delivered_mila(server, world, saves)
 
     assert len({save.outbox_id for save in saves}) == 3  # three saves, none joined another
     assert states == [DeliveryState.DELIVERED] * 3
-    assert [display_name(child) for child in found] == ["Mila Peeters"]
+    assert names == ["Mila Peeters"]
 
 
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
