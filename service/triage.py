@@ -255,7 +255,8 @@ class EditsShown:
 
     @classmethod
     def of(cls, edits: Iterable[Child]) -> EditsShown:
-        """These edits, each under the ref of the version it was made on."""
+        """These edits (each under the ref of the version it was made on) and new children
+        (under their ``urn:uuid:``)."""
         return cls(frozenset((edit.ref, _fingerprint(edit)) for edit in edits))
 
     def include(self, made_on: str, child: Child) -> bool:
@@ -975,8 +976,9 @@ def _remember_shown(session: Session, session_id: str, shown: Sequence[Child]) -
 def _remember_shown_edits(
     session: Session, session_id: str, page: str, edits: Sequence[Child]
 ) -> None:
-    """Record the waiting edits a page showed (or the nurse saved from it): by the version
-    each was made on, and a fingerprint of its values."""
+    """Record the waiting edits and new children a page showed (or the nurse saved from it):
+    by the version each edit was made on, or the new child's ``urn:uuid:``, and a
+    fingerprint of its values."""
     rows = [
         {"session_id": session_id, "page_id": page, "ref": ref, "fingerprint": fingerprint}
         for ref, fingerprint in sorted(EditsShown.of(edits).seen)
