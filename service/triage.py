@@ -38,7 +38,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Literal, Protocol
@@ -389,7 +389,7 @@ class Triage:
             saves = _patient_saves(session, ctx) if new or edited else []
             # another save's edit of a version counts only if her page showed it: laid over
             # one it never showed, her save overwrote another nurse's change unseen
-            seen = _shown_edits(session, ctx.session_id, findings.page)
+            seen = _shown_edits(session, ctx.session_id, findings.page) if saves else EditsShown()
             queued = _queued_children(saves, patient_ref, seen)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
             edits = _edits_seen(undelivered, patient_ref, seen)
@@ -1185,20 +1185,27 @@ def _children_saved(bundle: Resource, patient_ref: str) -> list[Child]:
     later save from it (the Back button, her answer lost) merged a new child against what
     the page first showed, and her undo of her own rename counted as no change (found by
     review)."""
-    saved = []
-    for entry in bundle["entry"]:
-        child = _edited_child(entry, patient_ref) or _created_child(entry, patient_ref)
-        if child is not None:
-            saved.append(child)
-    return saved
+    entries = bundle["entry"]
+    return [
+        *_read(entries, patient_ref, _edited_child),
+        *_read(entries, patient_ref, _created_child),
+    ]
 
 
 def _created(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
     """The new children ``saves`` create, in the saves' order (by ``urn:uuid:`` ref)."""
     for save in saves:
-        for entry in _entries(save):
-            if (child := _created_child(entry, patient_ref)) is not None:
-                yield child
+        yield from _read(_entries(save), patient_ref, _created_child)
+
+
+def _read(
+    entries: Iterable[Resource], patient_ref: str, reader: Callable[[Resource, str], Child | None]
+) -> Iterator[Child]:
+    """What ``reader`` (:func:`_created_child`, :func:`_edited_child`) reads of each queued
+    transaction entry that writes a child of this patient, in the entries' order."""
+    for entry in entries:
+        if (child := reader(entry, patient_ref)) is not None:
+            yield child
 
 
 def _refuse_recorded_meanwhile(
@@ -1288,9 +1295,7 @@ def _edited_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chil
 def _edits(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
     """The edits ``saves`` make of children on the server, in the saves' order."""
     for save in saves:
-        for entry in _entries(save):
-            if (child := _edited_child(entry, patient_ref)) is not None:
-                yield child
+        yield from _read(_entries(save), patient_ref, _edited_child)
 
 
 def _refused_edits(

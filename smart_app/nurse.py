@@ -968,30 +968,30 @@ def rows_after_conflict(
     rows = []
     for child in chart.children:
         ways = (unversioned(child.ref), *chart.identified_as.get(child.ref, ()))
-        shown_as = next((way for way in ways if way in hers), "")
-        mine = hers.pop(shown_as, None)
-        as_shown = shown.include(mine.ref, child) if mine is not None else False
-        if mine is None:
-            rows.append(ChildRow.of(child, chart))
-        elif mine.ref == shown_as:  # a new child she saw waiting
-            # hers while the chart has it as her page showed it, waiting still or delivered
-            # (then on the record's version); else someone changed it since, and her values
-            # laid over that change unseen (found by review)
-            on_record = replace(mine, ref=child.ref, delivery="")
-            kept = mine if child.ref == mine.ref else on_record
-            rows.append(kept if as_shown else ChildRow.of(child, chart))
-        elif mine.ref == child.ref:  # the version she saw
-            # unless an edit of it now waits that her page never showed: the new page would
-            # count it as shown without drawing it, and her save lay her values over it
-            # unseen (found by review)
-            unseen = child.ref in chart.pending and not as_shown
-            rows.append(ChildRow.of(child, chart) if unseen else mine)
-        elif as_shown:  # the edit of her version that her page showed, delivered meanwhile
-            rows.append(replace(mine, ref=child.ref, delivery=""))
-        else:
-            rows.append(ChildRow.of(child, chart))
+        mine = hers.pop(next((way for way in ways if way in hers), ""), None)
+        rows.append(_row_after_conflict(mine, child, chart, shown))
     rows += [row for row in typed if not row.recorded]
     return rows or [ChildRow()], [row.name for row in hers.values()]
+
+
+def _row_after_conflict(
+    mine: ChildRow | None, child: Child, chart: RecordedChart, shown: EditsShown
+) -> ChildRow:
+    """Her row of ``child`` (``mine``) while the chart has the child as her page had it,
+    else the chart's (see :func:`rows_after_conflict`)."""
+    theirs = ChildRow.of(child, chart)
+    if mine is None:
+        return theirs
+    as_shown = shown.include(mine.ref, child)
+    if mine.ref == child.ref:  # the version she saw, or a new child still waiting
+        # unless a waiting save changed it that her page never showed (a new child the
+        # chart lists by its urn:uuid always waits): the new page would count that save
+        # as shown without drawing it, and hers lay her values over it unseen (review)
+        return mine if as_shown or child.ref not in chart.pending else theirs
+    # the record holds another version: an edit her page showed waiting, or the new child
+    # it showed waiting, delivered meanwhile (hers, on the record's version); else
+    # someone else's change, which her values laid over unseen (found by review)
+    return replace(mine, ref=child.ref, delivery="") if as_shown else theirs
 
 
 def _outcome(findings: TriageInput) -> str:

@@ -1756,13 +1756,8 @@ def test_her_correction_of_an_edit_her_page_showed_waiting_stays_on_the_form_aft
         )
         delivered = _delivered_now(colleague.client.app.state.outbox, database, since)
         assert delivered == ["delivered"]
-        other_id = rows["child-1-ref"].split("/")[1]
-        other = _upstream(sandbox, f"RelatedPerson/{other_id}")
-        moved = (date.fromisoformat(other["birthDate"]) - timedelta(days=1)).isoformat()
-        upstream = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{other_id}"
-        httpx.put(upstream, json={**other, "birthDate": moved}, timeout=10).raise_for_status()
+        rows, other_id, moved = _renamed_after_someone_else_changed_it(page, sandbox, row=1)
         rows["child-0-name"] = f"{rows['child-0-name']}-Maes"  # her correction
-        rows["child-1-name"] = f"{rows['child-1-name']} Junior"
 
         mine = {"csrf_token": page.csrf, "page_id": page.value("page_id"), **rows}
         refused = nurse.post({**mine, "assessment": "no-concern"})
@@ -1770,9 +1765,9 @@ def test_her_correction_of_an_edit_her_page_showed_waiting_stays_on_the_form_aft
 
     assert refused.status == 409, refused.text
     refs = refused.child_refs()
-    mine = refs.index(f"RelatedPerson/{eldest_id}/_history/{eldest['meta']['versionId']}")
-    assert refused.value(f"child-{mine}-name") == rows["child-0-name"]
-    assert f"child-{mine}-delivery" not in refused.submitted()  # not marked
+    eldest_row = refs.index(f"RelatedPerson/{eldest_id}/_history/{eldest['meta']['versionId']}")
+    assert refused.value(f"child-{eldest_row}-name") == rows["child-0-name"]
+    assert f"child-{eldest_row}-delivery" not in refused.submitted()  # not marked
     theirs_now = next(i for i, ref in enumerate(refs) if f"/{other_id}/" in ref)
     assert refused.value(f"child-{theirs_now}-delivery") == "conflict"
     assert (
@@ -1781,12 +1776,13 @@ def test_her_correction_of_an_edit_her_page_showed_waiting_stays_on_the_form_aft
 
 
 def _renamed_after_someone_else_changed_it(
-    page: Page, sandbox: Sandbox
+    page: Page, sandbox: Sandbox, row: int = 0
 ) -> tuple[dict[str, str], str, str]:
-    """The page's recorded rows with the first child renamed, after someone else moved its
-    birth date a day back in the record: returns the rows, the child's id, the new date."""
+    """The page's recorded rows with the child of ``row`` (the first) renamed, after
+    someone else moved its birth date a day back in the record: returns the rows, the
+    child's id, the new date."""
     rows = recorded_rows(page)
-    child_id = rows["child-0-ref"].split("/")[1]
+    child_id = rows[f"child-{row}-ref"].split("/")[1]
     current = _upstream(sandbox, f"RelatedPerson/{child_id}")
     earlier = (date.fromisoformat(current["birthDate"]) - timedelta(days=1)).isoformat()
     changed = httpx.put(
@@ -1795,7 +1791,7 @@ def _renamed_after_someone_else_changed_it(
         timeout=10,
     )
     changed.raise_for_status()
-    rows["child-0-name"] = f"{rows['child-0-name']} Junior"
+    rows[f"child-{row}-name"] = f"{rows[f'child-{row}-name']} Junior"
     return rows, child_id, earlier
 
 
