@@ -49,7 +49,9 @@ saved again while an earlier save of it may not be on the server yet) is a condi
 create that, when the resource with its identifier exists at delivery, becomes the same
 merge over that resource's current version (a search, then If-Match on what it found);
 given what the user was shown (the resource as the earlier save writes it), only what
-she changed of it is laid over, so that what the EHR corrected since stays. What
+she changed of it is laid over, so that what the EHR corrected since stays; an element
+she changed that someone else also changed since, into another value, is a ``conflict``
+(a three-way check: laid over, hers overwrote the other change unseen). What
 describes the writes (a Provenance's activity and targets, an AuditEvent's action and
 entities) is queued both ways and sent as they turned out, create or update, naming
 only what was written (``if_updating`` of :meth:`TransactionBuilder.add`); a
@@ -842,6 +844,8 @@ class Outbox:
                 return _not_known(entry, unanswered)
             except _Refused as refusal:
                 return Delivery(entry.id, DeliveryState.FAILED, str(refusal))
+            except _ChangedByBoth as conflict:
+                return Delivery(entry.id, DeliveryState.CONFLICT, str(conflict))
             except FhirConflict as error:
                 return _conflict_or_race(client, entry, sent, error)
             except FhirRejected as error:
@@ -1064,6 +1068,11 @@ class _Refused(Exception):  # noqa: N818 - a reason, not an error of ours
     """A queued update the outbox must not send (see :func:`_merged`)."""
 
 
+class _ChangedByBoth(Exception):  # noqa: N818 - a reason, not an error of ours
+    """A create-or-merge would overwrite what someone else changed since the user was
+    shown it (:func:`_changed_by_both`): a ``conflict``, as an If-Match refused."""
+
+
 #: The elements naming whose record a resource belongs to: a merge may not change them.
 _OWNER_ELEMENTS = ("patient", "subject")
 
@@ -1259,9 +1268,41 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
     changes = ours if _SHOWN not in entry else _changed_from(entry[_SHOWN], ours)
     if _unchanged(seen, changes):
         return []
+    both = _changed_by_both(seen, entry[_SHOWN], changes) if _SHOWN in entry else []
+    if both:
+        raise _ChangedByBoth(f"{reference}: {', '.join(both)} changed since the user was shown it")
     version = seen["meta"]["versionId"]
     update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
     return [{"resource": laid_over(seen, changes), "request": update_request}]
+
+
+def _changed_by_both(seen: Resource, shown: Resource, changes: Resource) -> list[str]:
+    """The elements (extensions by URL) of ``changes``, what the user changed of the
+    resource as she was shown it, that the resource found at delivery also changed since
+    (someone else, the EHR) into something else than hers: a three-way check. Laid over,
+    hers overwrote the other change unseen; an element only one side changed is merged.
+    Compared as :func:`_unchanged` compares, so that the server's way of writing a value
+    she was shown (a name's ``use``, a coding's ``display``) is no change."""
+
+    def says(key: str, value: Any) -> bool:  # the resource found says it already
+        return _unchanged(seen, {"resourceType": seen["resourceType"], key: value})
+
+    def changed_since(key: str) -> bool:
+        return not says(key, shown[key]) if key in shown else key in seen
+
+    both = [
+        key
+        for key, mine in changes.items()
+        if key not in ("resourceType", *_KEPT_AS_THEIRS)
+        and changed_since(key)
+        and not says(key, mine)
+    ]
+    theirs, before = _by_url(seen.get("extension", [])), _by_url(shown.get("extension", []))
+    for url, mine in _by_url(changes.get("extension", [])).items():
+        now = theirs.get(url, [])
+        if not _one_for_one(now, before.get(url, [])) and not _one_for_one(now, mine):
+            both.append(f"extension {url}")
+    return both
 
 
 def _changed_from(shown: Resource, ours: Resource) -> Resource:

@@ -2328,6 +2328,41 @@ def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting_keeps_the_re
     assert names == ["Mila Janssens"]
 
 
+@pytest.mark.parametrize(
+    ("a_changes", "delivered", "name"),
+    [
+        ({"name": "Mila Claes"}, False, "Mila Janssens"),
+        ({"birth_date": MILA.birth_date - timedelta(days=3)}, True, "Mila Janssens"),
+    ],
+    ids=["the-same-element", "another-element"],
+)
+def test_fault_a_new_child_both_nurses_changed_since_their_pages_showed_it_waiting(
+    database: Database, tmp_path: Path, a_changes: dict[str, Any], delivered: bool, name: str
+) -> None:
+    """During an outage a nurse adds Mila; her save waits. The pages of nurses A and B show
+    Mila waiting. B renames her, then A changes her as well; both saves wait. At delivery
+    A's save found Mila with B's name: A's name was laid over it and B's rename was gone,
+    every save "delivered", nobody told (found in review). Now an element both changed is
+    A's conflict, her answers offered back, B's name kept; a change of another element of
+    Mila (her birth date) is merged with B's rename."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    renamed = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, renamed, page=b_page.page)))
+    changed = tuple(replace(c, **a_changes) for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, changed, page=a_page.page)))
+    states, names = _delivered_mila(server, world, saves)
+
+    a_state = DeliveryState.DELIVERED if delivered else DeliveryState.CONFLICT
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, a_state]
+    assert names == [name]
+    answers = world.triage.refused_answers(a)
+    assert (answers and answers.refusal) == (None if delivered else DeliveryState.CONFLICT)
+
+
 def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_is_kept(
     database: Database, tmp_path: Path
 ) -> None:

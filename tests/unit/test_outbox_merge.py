@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from service.fhir import mapping, terminology
-from service.outbox import _one_for_one, _unchanged, laid_over
+from service.outbox import _changed_by_both, _changed_from, _one_for_one, _unchanged, laid_over
 from service.protocol import Child, ChildRelationship, HagueTrigger, LivesWith, Step
 from tests.support.validator import validate
 
@@ -212,3 +212,37 @@ def test_an_element_only_ours_spells_out_is_a_change_unless_it_only_shows_a_code
     for coding in no_displays["code"]["coding"]:
         coding.pop("display", None)
     assert _unchanged(no_displays, _flag(DV))  # a display only ours writes changes nothing
+
+
+def _new_child(name: str, born: date, lives_with: LivesWith = LivesWith.NOT) -> Any:
+    child = Child("x", name, born, ChildRelationship.NATURAL_CHILD, lives_with)
+    identifier = mapping.identifier("child", "x")
+    return mapping.child_related_person(child, patient_ref="Patient/1", identifier=identifier)
+
+
+def test_what_she_and_someone_else_both_changed_of_a_new_child_is_told_apart() -> None:
+    """The three-way check of a create-or-merge (``_changed_by_both``): she was shown
+    ``shown``, an earlier save's new child; the record holds ``seen`` at delivery. An
+    element only one of them changed merges; one both changed into different values is
+    named; the server's way of writing a name (its ``use``) is no change."""
+    born = date(2024, 5, 1)
+    shown = _new_child("Mila Peeters", born)
+    on_server = {**shown, "id": "5", "meta": {"versionId": "2"}}
+    on_server["name"] = [{**shown["name"][0], "use": "official"}]
+
+    def both(seen: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+        return _changed_by_both(seen, shown, _changed_from(shown, ours))
+
+    renamed = {**on_server, "name": [{"text": "Mila Janssens", "use": "official"}]}
+    lives_with = terminology.extension_url("lives-with")
+    assert both(on_server, _new_child("Mila Claes", born)) == []  # only she changed it
+    assert both(renamed, _new_child("Mila Peeters", date(2024, 5, 4))) == []  # apart
+    assert both(renamed, _new_child("Mila Janssens", born)) == []  # the same change
+    assert both(renamed, _new_child("Mila Claes", born)) == ["name"]
+    moved_in = {
+        **on_server,
+        "extension": _new_child("Mila Peeters", born, LivesWith.PERMANENTLY)["extension"],
+    }
+    part_time = _new_child("Mila Peeters", born, LivesWith.PART_TIME)
+    assert both(moved_in, part_time) == [f"extension {lives_with}"]
+    assert both(on_server, part_time) == []
