@@ -57,6 +57,7 @@ from service.db.models import (
     AuditRecord,
     Concern,
     OutboxEntry,
+    PageSave,
     ShownChild,
     ShownEdit,
 )
@@ -252,6 +253,10 @@ class EditsShown:
     #: (the ref of the version an edit was made on, or of a new child its ``urn:uuid:``; a
     #: fingerprint of its values)
     seen: frozenset[tuple[str, str]] = frozenset()
+    #: The saves made from the page (``PageSave``: their outbox entry ids). What the latest
+    #: of them wrote of a child is what the page stands for: values alone cannot tell her
+    #: save from a colleague's later one with the values her page first showed.
+    saved_in: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, edits: Iterable[Child]) -> EditsShown:
@@ -391,10 +396,7 @@ class Triage:
             # one it never showed, her save overwrote another nurse's change unseen
             seen = _shown_edits(session, ctx.session_id, findings.page) if saves else EditsShown()
             queued = _queued_children(saves, patient_ref, seen)
-            undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
-            edits = _edits_seen(undelivered, patient_ref, seen)
-            delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
-            landed = _edits_seen(delivered, patient_ref, seen)
+            edits, landed = _edits_as_shown(saves, patient_ref, seen)
             plan = _plan(ctx, findings, raised, now, shown, queued, edits, landed)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
@@ -419,6 +421,12 @@ class Triage:
             if findings.page is not None:  # her page now stands for what she saved from it
                 saved = _children_saved(plan.bundle, patient_ref)
                 _remember_shown_edits(session, ctx.session_id, findings.page, saved)
+                row = {
+                    "session_id": ctx.session_id,
+                    "page_id": findings.page,
+                    "outbox_id": entry.id,
+                }
+                insert_new(session, PageSave, [row])
             fact = _write_fact(ctx, patient_ref, plan.written, now, _updates(plan.written))
             audit.record_local(session, ctx.tenant.id, fact, entry.fhir_base_url, entry.id)
             if concern:
@@ -991,14 +999,40 @@ def _shown_edits(session: Session, session_id: str, page: str | None) -> EditsSh
         return EditsShown()
     of_the_page = (ShownEdit.session_id == session_id) & (ShownEdit.page_id == page)
     rows = session.execute(select(ShownEdit.ref, ShownEdit.fingerprint).where(of_the_page))
-    return EditsShown(frozenset((ref, fingerprint) for ref, fingerprint in rows.all()))
+    saves = session.scalars(
+        select(PageSave.outbox_id).where(
+            PageSave.session_id == session_id, PageSave.page_id == page
+        )
+    )
+    return EditsShown(frozenset((ref, fp) for ref, fp in rows.all()), frozenset(saves.all()))
 
 
-def _edits_seen(saves: Iterable[_Save], patient_ref: str, seen: EditsShown) -> dict[str, Child]:
-    """The latest edit of each version among those her page showed (``seen``),
-    by the version it was made on. Seen ones first: another nurse's later edit of the
-    version, never shown, hid the one her page showed (found by review)."""
-    return {c.ref: c for c in _edits(saves, patient_ref) if seen.include(c.ref, c)}
+def _edits_as_shown(
+    saves: Sequence[_Save], patient_ref: str, seen: EditsShown
+) -> tuple[dict[str, Child], dict[str, Child]]:
+    """The edit her page stands for of each version, by the version it was made on: those
+    still waiting (pending or waiting for a sign-in) and those delivered. What the latest
+    save from her page (``seen.saved_in``) wrote, else the latest edit her page showed of
+    the version (``seen``). Seen ones only: another nurse's later edit of the version,
+    never shown, hid the one her page showed (found by review). Her own save first: a
+    colleague's later edit back to the values her page first showed was taken for what
+    her page showed, and her values saved again undid it (found by review)."""
+    undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
+    delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
+    edits = {c.ref: c for c in _edits(undelivered, patient_ref) if seen.include(c.ref, c)}
+    landed = {c.ref: c for c in _edits(delivered, patient_ref) if seen.include(c.ref, c)}
+    for save in _page_saves(saves, seen):
+        for child in _edits([save], patient_ref):
+            edits.pop(child.ref, None)
+            landed.pop(child.ref, None)
+            (landed if save.state == DeliveryState.DELIVERED else edits)[child.ref] = child
+    return edits, landed
+
+
+def _page_saves(saves: Sequence[_Save], seen: EditsShown) -> list[_Save]:
+    """The saves made from her page that the record did not refuse (a refused one wrote
+    nothing), oldest first."""
+    return [s for s in saves if s.id in seen.saved_in and s.state not in REFUSED_STATES]
 
 
 def _shown_children(session: Session, session_id: str) -> dict[str, str]:
@@ -1249,9 +1283,10 @@ def _recorded_meanwhile(
 def _queued_children(
     saves: Sequence[_Save], patient_ref: str, seen: EditsShown
 ) -> dict[str, Child | None]:
-    """The new children ``saves`` create, by identifier: each as her page showed it pending
-    (``seen``), else as the latest save the FHIR server did not refuse writes it (what the
-    server holds once they are delivered). None when it refused them all: none of them
+    """The new children ``saves`` create, by identifier: each as the latest save from her
+    page wrote it (``seen.saved_in``), else as her page showed it pending (``seen``), else
+    as the latest save the FHIR server did not refuse writes it (what the server holds
+    once they are delivered). None when it refused them all: none of them
     wrote it, but one refused after an unexpected error may have
     (``outbox.UNEXPECTED_ATTEMPTS``), so whatever the identifier finds then gets all of the
     nurse's values.
@@ -1260,7 +1295,9 @@ def _queued_children(
     what she saw, and taken for it, the values she left as they were counted as changed
     back and undid that save's change, every save "delivered" (found by review). Of the
     saves whose values her page showed (or she saved from it), the latest; a refused one
-    is none of them, as it wrote nothing."""
+    is none of them, as it wrote nothing. Her own save first: a colleague's later save
+    with the values her page first showed (a revert of her change) is not what her page
+    stands for once she saved from it (found by review)."""
     kept = [save for save in saves if save.state not in REFUSED_STATES]
     written = _created_children(kept, patient_ref)
     as_shown = {
@@ -1268,8 +1305,9 @@ def _queued_children(
         for child in _created(kept, patient_ref)
         if seen.include(child.ref, child)
     }
+    as_saved = _created_children(_page_saves(saves, seen), patient_ref)
     return {
-        found: as_shown.get(found, written.get(found))
+        found: as_saved.get(found, as_shown.get(found, written.get(found)))
         for found in _created_children(saves, patient_ref)
     }
 

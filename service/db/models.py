@@ -167,6 +167,25 @@ class ShownEdit(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
 
 
+class PageSave(Base):
+    """A save made from a triage page (its outbox entry). What the page's latest save wrote
+    of a waiting child is what the page stands for, whatever else it showed of the child
+    or another save wrote since: saved again (the Back button), the page changed nothing
+    of what it had saved (``service.triage._queued_children``, ``_edits_as_shown``).
+
+    It lives and dies with its app session, as :class:`ShownEdit`."""
+
+    __tablename__ = "triage_page_saves"
+    __table_args__ = (UniqueConstraint("session_id", "page_id", "outbox_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("smart_app_sessions.id", ondelete="CASCADE"))
+    page_id: Mapped[str] = mapped_column(String(32))  # service.triage.RecordedChart.page
+    outbox_id: Mapped[int] = mapped_column(
+        ForeignKey("outbox_entries.id", ondelete="CASCADE"), index=True
+    )
+
+
 # --- EHR administrator journey (issue 6): bootstrap tokens, admin sessions, admin events ---
 # Configuration changes themselves are audited by their TenantConfigVersion rows (who,
 # when, the whole document); these tables hold how admins got in and what they did besides.

@@ -2386,6 +2386,71 @@ def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_
     assert names == ["Mila Peeters"]
 
 
+def test_fault_a_colleagues_revert_to_what_her_page_first_showed_is_kept(
+    database: Database, tmp_path: Path
+) -> None:
+    """During an outage a nurse adds Mila; her save waits. Nurse A's page shows Mila
+    waiting; A renames her and saves. Nurse B's page shows A's name waiting; B puts the
+    first name back and saves. A saves her page again (the Back button), her name as she
+    had saved it. Her page remembered the name it first showed and the name she saved, by
+    values alone, and B's save had the first: taken for what A's page stood for, A's name
+    counted as a change and undid B's revert, every save "delivered". Her page stands for
+    what she saved from it: she changed nothing, and B's name stays."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    renamed = tuple(replace(c, name="Mila Janssens") for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=a_page.page)))
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    put_back = tuple(replace(c, name=MILA.name) for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
+    again = no_concern(a, renamed, page=a_page.page)  # the page as she had saved it
+    saves.append(world.triage.record_triage(a, again))
+    states, names = _delivered_mila(server, world, saves)
+
+    assert [c.name for c in b_page.children] == ["Mila Janssens"]
+    assert len({save.outbox_id for save in saves}) == 4  # none joined another
+    assert states == [DeliveryState.DELIVERED] * 4
+    assert names == [MILA.name]
+
+
+def test_fault_a_colleagues_revert_to_the_edit_her_page_first_showed_is_kept(
+    database: Database, tmp_path: Path
+) -> None:
+    """The same with an edit of a child on the record. During an outage nurse C renames the
+    eldest child; A's page shows C's edit waiting, A renames the child again and saves; B's
+    page shows A's name waiting and puts C's name back; A saves her page again, her name
+    as she had saved it. B's revert had the values A's page first showed and was taken
+    for them: A's name was laid over it. Her page stands for her save: she changed
+    nothing, and B's revert stays."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id)
+    c = world.launch(*visit, "Practitioner/nurse-c")
+    loaded = world.triage.load_chart(c).children
+    eldest = loaded[0]
+    server.stop()
+    by_c = tuple(replace(x, name="Noor C") if x.ref == eldest.ref else x for x in loaded)
+    saves = [world.triage.record_triage(c, no_concern(c, by_c))]
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    by_a = tuple(replace(x, name="Noor A") for x in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    put_back = tuple(replace(x, name="Noor C") for x in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
+    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    states, after = _delivered_on_restart(server, world, saves, eldest.ref.split("/")[1])
+
+    assert [x.name for x in a_page.children] == ["Noor C"]
+    assert [x.name for x in b_page.children] == ["Noor A"]
+    assert display_name(after) == "Noor C"
+    assert states == [DeliveryState.DELIVERED] * 4
+
+
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)
