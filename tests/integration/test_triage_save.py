@@ -2198,6 +2198,24 @@ def _delivered_on_restart(
             return states, client.read("RelatedPerson", child_id)
 
 
+def _eldest_renamed_waiting(
+    database: Database, tmp_path: Path
+) -> tuple[_OwnServer, World, tuple[str, str | None], Child, list[SaveResult]]:
+    """During an outage nurse C renames the eldest child "Noor C"; her save waits (the FHIR
+    server is stopped). Returns the server, the world, the visit (patient, encounter), the
+    eldest child as loaded and that save."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id)
+    c = world.launch(*visit, "Practitioner/nurse-c")
+    loaded = world.triage.load_chart(c).children
+    eldest = loaded[0]
+    server.stop()
+    renamed = tuple(replace(x, name="Noor C") if x.ref == eldest.ref else x for x in loaded)
+    return server, world, visit, eldest, [world.triage.record_triage(c, no_concern(c, renamed))]
+
+
 @pytest.mark.parametrize("hers", ["as-loaded", "undone"])
 def test_fault_an_edit_her_page_showed_counts_though_one_she_never_saw_followed_it(
     database: Database, tmp_path: Path, hers: str
@@ -2209,16 +2227,7 @@ def test_fault_an_edit_her_page_showed_counts_though_one_she_never_saw_followed_
     confirmation and lost, the save said delivered (found by review). The edit her page
     showed counts: as loaded, the child is confirmed, B's name kept; undone, her undo is
     laid over C's edit, and B's change since makes it a conflict she is told of."""
-    server = _OwnServer.start(tmp_path)
-    patient = server.seeded.patient("els-goossens")
-    world = world_at(database, server.base_url)
-    visit = (patient.id, patient.arrived_encounter_id)
-    c = world.launch(*visit, "Practitioner/nurse-c")
-    loaded = world.triage.load_chart(c).children
-    eldest = loaded[0]
-    server.stop()
-    renamed = tuple(replace(x, name="Noor C") if x.ref == eldest.ref else x for x in loaded)
-    saves = [world.triage.record_triage(c, no_concern(c, renamed))]
+    server, world, visit, eldest, saves = _eldest_renamed_waiting(database, tmp_path)
     a = world.launch(*visit, "Practitioner/nurse-a")
     a_page = world.triage.pending_chart(a)  # C's edit, waiting
     b = world.launch(*visit, "Practitioner/nurse-b")
@@ -2424,16 +2433,7 @@ def test_fault_a_colleagues_revert_to_the_edit_her_page_first_showed_is_kept(
     as she had saved it. B's revert had the values A's page first showed and was taken
     for them: A's name was laid over it. Her page stands for her save: she changed
     nothing, and B's revert stays."""
-    server = _OwnServer.start(tmp_path)
-    patient = server.seeded.patient("els-goossens")
-    world = world_at(database, server.base_url)
-    visit = (patient.id, patient.arrived_encounter_id)
-    c = world.launch(*visit, "Practitioner/nurse-c")
-    loaded = world.triage.load_chart(c).children
-    eldest = loaded[0]
-    server.stop()
-    by_c = tuple(replace(x, name="Noor C") if x.ref == eldest.ref else x for x in loaded)
-    saves = [world.triage.record_triage(c, no_concern(c, by_c))]
+    server, world, visit, eldest, saves = _eldest_renamed_waiting(database, tmp_path)
     a = world.launch(*visit, "Practitioner/nurse-a")
     a_page = world.triage.pending_chart(a)
     by_a = tuple(replace(x, name="Noor A") for x in a_page.children)
