@@ -277,7 +277,10 @@ def write_terminology(guide: Guide) -> str:
             if has_kind:
                 row.append(
                     next(
-                        (p.get("valueCode", "") for p in concept.get("property", [])),
+                        (
+                            p.get("valueCoding", {}).get("code", "")
+                            for p in concept.get("property", [])
+                        ),
                         "",
                     )
                 )

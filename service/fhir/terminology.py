@@ -191,10 +191,14 @@ class Factor:
 
 
 def _properties(raw: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """A concept's property values by property code; of a ``valueCoding`` (a code of
+    another code system, as the factor's ``kind``), its code."""
     result: dict[str, str] = {}
     for prop in raw:
         for key, value in prop.items():
-            if key.startswith("value"):
+            if key == "valueCoding":
+                result[str(prop["code"])] = str(value.get("code", ""))
+            elif key.startswith("value"):
                 result[str(prop["code"])] = str(value)
     return result
 

@@ -87,6 +87,29 @@ def test_factor_catalogue() -> None:
     assert {f.kind for f in t.factors()} == t.code_system("factor-kind").codes
 
 
+def test_each_concept_property_has_the_type_its_code_system_declares() -> None:
+    """R4 ``CodeSystem.property.type``: ``code`` is a code of the same code system,
+    ``Coding`` one of another. The factor's ``kind`` (risk, protective: codes of
+    CodeSystem factor-kind) was declared ``code``, which says they are factors."""
+    for path in sorted(t.DEFAULT_GUIDE_DIR.glob("CodeSystem-*.json")):
+        cs = json.loads(path.read_text())
+        declared = {p["code"]: p["type"] for p in cs.get("property", [])}
+        for concept in cs.get("concept", []):
+            for prop in concept.get("property", []):
+                kind = declared[prop["code"]]
+                (value_key,) = (key for key in prop if key.startswith("value"))
+                assert value_key == f"value{kind[0].upper()}{kind[1:]}", (cs["id"], prop)
+                codes = {c["code"] for c in cs["concept"]}
+                if kind == "code":
+                    assert prop["valueCode"] in codes, (cs["id"], prop)
+                if kind == "Coding":
+                    system = prop["valueCoding"]["system"]
+                    assert system != cs["url"], (cs["id"], prop)
+                    assert (
+                        prop["valueCoding"]["code"] in t.code_system(system.rsplit("/", 1)[1]).codes
+                    )
+
+
 # -- the protocol's enums and the guide agree, both ways ---------------------------------
 def _enum_pairs() -> list[tuple[str, str]]:
     return [

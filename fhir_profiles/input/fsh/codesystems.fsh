@@ -212,95 +212,95 @@ Description: "A starting catalogue of risk and protective factors for weighing c
 * insert KRCodeSystem(factor, Risk and protective factors)
 * ^property[0].code = #kind
 * ^property[0].uri = "https://kindreflex-ed.be/fhir/CodeSystem/factor-kind"
-* ^property[0].description = "risk or protective (a code of CodeSystem factor-kind)"
-* ^property[0].type = #code
+* ^property[0].description = "risk or protective: a Coding of CodeSystem factor-kind (an external code system to this one, hence type Coding, not code)"
+* ^property[0].type = #Coding
 * #parental-mental-illness "Psychische problemen bij de ouder" "Mental health problems of the parent."
 * #parental-mental-illness ^property[0].code = #kind
-* #parental-mental-illness ^property[0].valueCode = #risk
+* #parental-mental-illness ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(parental-mental-illness, Problèmes psychiques du parent, Parental mental illness)
 * #addiction "Verslaving" "Addiction (alcohol, drugs, medication, gambling)."
 * #addiction ^property[0].code = #kind
-* #addiction ^property[0].valueCode = #risk
+* #addiction ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(addiction, Dépendance, Addiction)
 * #adverse-childhood-experiences "Eigen negatieve jeugdervaringen" "The parent's own adverse childhood experiences."
 * #adverse-childhood-experiences ^property[0].code = #kind
-* #adverse-childhood-experiences ^property[0].valueCode = #risk
+* #adverse-childhood-experiences ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(adverse-childhood-experiences, Expériences négatives dans l'enfance du parent, Own adverse childhood experiences)
 * #high-stress "Hoge mate van stress" "A high level of stress; the parent cannot organise the day."
 * #high-stress ^property[0].code = #kind
-* #high-stress ^property[0].valueCode = #risk
+* #high-stress ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(high-stress, Niveau de stress élevé, High stress)
 * #domestic-violence "Huiselijk geweld" "Domestic or intimate-partner violence."
 * #domestic-violence ^property[0].code = #kind
-* #domestic-violence ^property[0].valueCode = #risk
+* #domestic-violence ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(domestic-violence, Violence domestique, Domestic violence)
 * #isolation "Sociaal isolement" "Social isolation; no one to help on a bad day."
 * #isolation ^property[0].code = #kind
-* #isolation ^property[0].valueCode = #risk
+* #isolation ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(isolation, Isolement social, Social isolation)
 * #financial-problems "Financiële problemen" "Financial problems."
 * #financial-problems ^property[0].code = #kind
-* #financial-problems ^property[0].valueCode = #risk
+* #financial-problems ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(financial-problems, Problèmes financiers, Financial problems)
 * #partner-hostile-to-children "Partner ergert zich aan de kinderen" "A (new) partner is hostile to or irritated by the children."
 * #partner-hostile-to-children ^property[0].code = #kind
-* #partner-hostile-to-children ^property[0].valueCode = #risk
+* #partner-hostile-to-children ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(partner-hostile-to-children, Le partenaire est hostile aux enfants, Partner hostile to the children)
 * #children-left-alone "Kinderen blijven vaak alleen thuis" "The children are often left alone at home."
 * #children-left-alone ^property[0].code = #kind
-* #children-left-alone ^property[0].valueCode = #risk
+* #children-left-alone ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(children-left-alone, Les enfants restent souvent seuls à la maison, Children often left alone)
 * #school-absence "Kinderen vaak afwezig op school" "The children are often absent from school."
 * #school-absence ^property[0].code = #kind
-* #school-absence ^property[0].valueCode = #risk
+* #school-absence ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(school-absence, Les enfants sont souvent absents à l'école, Children often absent from school)
 * #basic-needs-unmet "Basisbehoeften niet vervuld" "Basic needs not met (for example no lunch taken to school)."
 * #basic-needs-unmet ^property[0].code = #kind
-* #basic-needs-unmet ^property[0].valueCode = #risk
+* #basic-needs-unmet ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(basic-needs-unmet, Besoins de base non satisfaits, Basic needs not met)
 * #child-development-concerns "Ontwikkelings- of schoolproblemen bij het kind" "Developmental or school problems of a child."
 * #child-development-concerns ^property[0].code = #kind
-* #child-development-concerns ^property[0].valueCode = #risk
+* #child-development-concerns ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(child-development-concerns, Problèmes de développement ou scolaires de l'enfant, Developmental or school problems of the child)
 * #injuries "Letsels (zoals blauwe plekken)" "Injuries such as bruises on the parent or a child."
 * #injuries ^property[0].code = #kind
-* #injuries ^property[0].valueCode = #risk
+* #injuries ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(injuries, Lésions (comme des ecchymoses\), Injuries (such as bruises\))
 * #school-concern "Blijvende ongerustheid van school of CLB" "Persistent concern voiced by the school or the CLB."
 * #school-concern ^property[0].code = #kind
-* #school-concern ^property[0].valueCode = #risk
+* #school-concern ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(school-concern, Inquiétude persistante de l'école ou du CLB, Persistent concern from school or CLB)
 * #help-refused "Cliënt weigert hulp of zet begeleiding stop" "The patient refuses help or stops care."
 * #help-refused ^property[0].code = #kind
-* #help-refused ^property[0].valueCode = #risk
+* #help-refused ^property[0].valueCoding = FactorKindCS#risk
 * insert Tr(help-refused, Le patient refuse l'aide ou arrête l'accompagnement, Patient refuses help or stops care)
 * #supportive-network "Steunend netwerk" "A supportive network (partner, grandparents, neighbour, friend)."
 * #supportive-network ^property[0].code = #kind
-* #supportive-network ^property[0].valueCode = #protective
+* #supportive-network ^property[0].valueCoding = FactorKindCS#protective
 * insert Tr(supportive-network, Réseau de soutien, Supportive network)
 * #asks-for-help "Ouder vraagt hulp" "The parent asks for help."
 * #asks-for-help ^property[0].code = #kind
-* #asks-for-help ^property[0].valueCode = #protective
+* #asks-for-help ^property[0].valueCoding = FactorKindCS#protective
 * insert Tr(asks-for-help, Le parent demande de l'aide, Parent asks for help)
 * #insight "Inzicht in de problemen" "The parent has insight into the problems and their impact on the children."
 * #insight ^property[0].code = #kind
-* #insight ^property[0].valueCode = #protective
+* #insight ^property[0].valueCoding = FactorKindCS#protective
 * insert Tr(insight, Conscience des problèmes, Insight into the problems)
 * #cooperates-with-care "Werkt mee met de hulpverlening" "The parent cooperates with care providers."
 * #cooperates-with-care ^property[0].code = #kind
-* #cooperates-with-care ^property[0].valueCode = #protective
+* #cooperates-with-care ^property[0].valueCoding = FactorKindCS#protective
 * insert Tr(cooperates-with-care, Coopère avec les intervenants, Cooperates with care)
 * #positive-parent-child-bond "Positieve band tussen ouder en kind" "A warm, positive relationship between parent and child."
 * #positive-parent-child-bond ^property[0].code = #kind
-* #positive-parent-child-bond ^property[0].valueCode = #protective
+* #positive-parent-child-bond ^property[0].valueCoding = FactorKindCS#protective
 * insert Tr(positive-parent-child-bond, Lien positif entre parent et enfant, Positive parent-child bond)
 * #child-resilience "Veerkracht van het kind" "The child is resilient and has a trusted adult."
 * #child-resilience ^property[0].code = #kind
-* #child-resilience ^property[0].valueCode = #protective
+* #child-resilience ^property[0].valueCoding = FactorKindCS#protective
 * insert Tr(child-resilience, Résilience de l'enfant, Child's resilience)
 * #professional-involvement "Betrokken hulpverlening of school" "Care providers, the school or the CLB are involved and follow up."
 * #professional-involvement ^property[0].code = #kind
-* #professional-involvement ^property[0].valueCode = #protective
+* #professional-involvement ^property[0].valueCoding = FactorKindCS#protective
 * insert Tr(professional-involvement, Intervenants ou école impliqués, Professionals or school involved)
 
 CodeSystem: RecordTypeCS
