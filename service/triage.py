@@ -419,7 +419,7 @@ class Triage:
             if new:  # read again under the patient's lock the entry holds (PostgreSQL)
                 _refuse_recorded_meanwhile(session, ctx, findings.step1.children, entry.id)
             if findings.page is not None:  # her page now stands for what she saved from it
-                saved = _children_saved(plan.bundle, patient_ref)
+                saved = _children_saved(plan.bundle["entry"], patient_ref)
                 _remember_shown_edits(session, ctx.session_id, findings.page, saved)
                 row = {
                     "session_id": ctx.session_id,
@@ -610,9 +610,12 @@ class Triage:
         """The waiting edits of children and new children that ``page`` showed, or that a
         save from it wrote: the form after a conflict tells by them a child the record now
         holds as her page showed it (an edit delivered meanwhile) from one someone else
-        changed."""
+        changed. Of a child a save from the page wrote, only what the latest such save
+        wrote (:func:`_as_the_page_stands`)."""
         with self._database.session() as session:
-            return _shown_edits(session, ctx.session_id, page)
+            shown = _shown_edits(session, ctx.session_id, page)
+            saves = _patient_saves(session, ctx) if shown.saved_in else []
+        return _as_the_page_stands(shown, saves, _patient_ref(ctx))
 
     def has_open_concern(self, ctx: LaunchInfo) -> bool:
         """Whether the patient's concern is open on the social service's worklist (one local
@@ -1029,6 +1032,21 @@ def _edits_as_shown(
     return edits, landed
 
 
+def _as_the_page_stands(shown: EditsShown, saves: Sequence[_Save], patient_ref: str) -> EditsShown:
+    """``shown`` with, of each child a save from the page wrote (one the record did not
+    refuse), only what the latest such save wrote. The values the page displayed before
+    are not what it stands for any more: the record holding them again is a colleague's
+    revert, which the form after a conflict kept as hers, and saved, overwrote unseen
+    (found by review)."""
+    saved = {
+        child.ref: _fingerprint(child)
+        for save in _page_saves(saves, shown)
+        for child in _children_saved(_entries(save), patient_ref)
+    }
+    others = {(ref, fingerprint) for ref, fingerprint in shown.seen if ref not in saved}
+    return replace(shown, seen=frozenset(others | set(saved.items())))
+
+
 def _page_saves(saves: Sequence[_Save], seen: EditsShown) -> list[_Save]:
     """The saves made from her page that the record did not refuse (a refused one wrote
     nothing), oldest first."""
@@ -1213,13 +1231,13 @@ def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chi
     return {_child_uuid(child.ref): child for child in _created(saves, patient_ref)}
 
 
-def _children_saved(bundle: Resource, patient_ref: str) -> list[Child]:
-    """The edits of children on the server a save's bundle makes (by the version each is
-    made on) and the new children it writes (by ``urn:uuid:``): forgotten for her page, a
+def _children_saved(entries: list[Resource], patient_ref: str) -> list[Child]:
+    """The edits of children on the server a save's transaction ``entries`` make (by the
+    version each is made on) and the new children they write (by ``urn:uuid:``): forgotten
+    for her page, a
     later save from it (the Back button, her answer lost) merged a new child against what
     the page first showed, and her undo of her own rename counted as no change (found by
     review)."""
-    entries = bundle["entry"]
     return [
         *_read(entries, patient_ref, _edited_child),
         *_read(entries, patient_ref, _created_child),

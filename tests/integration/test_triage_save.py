@@ -43,7 +43,7 @@ from service.protocol import (
 )
 from service.retention import PURGED_BUNDLE, purge
 from service.triage import ChildRecordedMeanwhile, SaveConflict, SaveResult, TriageInput
-from smart_app.nurse import ChildRow
+from smart_app.nurse import ChildRow, rows_after_conflict
 from smart_app.session import LaunchContext, SessionStore, SessionTokens
 from tests.support.relay import SlowRelay
 from tests.support.triage import (
@@ -2404,6 +2404,42 @@ def test_fault_a_colleagues_revert_to_what_her_page_first_showed_is_kept(
     assert len({save.outbox_id for save in saves}) == 4  # none joined another
     assert states == [DeliveryState.DELIVERED] * 4
     assert names == [MILA.name]
+
+
+def test_fault_the_form_after_a_conflict_shows_a_colleagues_revert_of_her_save(
+    database: Database, tmp_path: Path
+) -> None:
+    """As above, everything delivered: Mila is the record's again, B's revert of A's name.
+    A saves her page again with another name: a conflict. The form after it kept A's row,
+    not the record's Mila: the record held a name A's page had shown (before A renamed
+    her), and the page's memory judged by values alone. Saved, it overwrote B's revert
+    unseen (found by review). Her page stands for her save: the form shows B's Mila."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    renamed = tuple(replace(c, name="Mila Janssens") for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=a_page.page)))
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    put_back = tuple(replace(c, name=MILA.name) for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
+    with server.restart():
+        for _ in saves:
+            world.clock.advance(600)
+            world.outbox.run_once()
+        smet = tuple(replace(c, name="Mila Smet") for c in a_page.children)
+        with pytest.raises(SaveConflict):
+            world.triage.record_triage(a, no_concern(a, smet, page=a_page.page))
+        chart = world.triage.load_chart(a)
+        typed = [ChildRow.of(child, a_page) for child in smet]
+        rows, gone = rows_after_conflict(typed, chart, world.triage.edits_shown(a, a_page.page))
+
+    assert [world.outbox.state_of(save.outbox_id) for save in saves] == [
+        DeliveryState.DELIVERED
+    ] * 3
+    assert gone == []
+    assert "Mila Smet" not in [row.name for row in rows]
+    assert MILA.name in [row.name for row in rows]
 
 
 def test_fault_a_colleagues_revert_to_the_edit_her_page_first_showed_is_kept(
