@@ -51,7 +51,8 @@ merge over that resource's current version (a search, then If-Match on what it f
 given what the user was shown (the resource as the earlier save writes it), only what
 she changed of it is laid over, so that what the EHR corrected since stays; an element
 she changed that someone else also changed since, into another value, is a ``conflict``
-(a three-way check: laid over, hers overwrote the other change unseen). What
+(a three-way check: laid over, hers overwrote the other change unseen), unless the
+record never held what she was shown (the save she saw it from was refused). What
 describes the writes (a Provenance's activity and targets, an AuditEvent's action and
 entities) is queued both ways and sent as they turned out, create or update, naming
 only what was written (``if_updating`` of :meth:`TransactionBuilder.add`); a
@@ -1269,7 +1270,7 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
     if _unchanged(seen, changes):
         return []
     both = _changed_by_both(seen, entry[_SHOWN], changes) if _SHOWN in entry else []
-    if both:
+    if both and _once_held(client, seen, entry[_SHOWN], both):
         raise _ChangedByBoth(f"{reference}: {', '.join(both)} changed since the user was shown it")
     version = seen["meta"]["versionId"]
     update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
@@ -1277,32 +1278,55 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
 
 
 def _changed_by_both(seen: Resource, shown: Resource, changes: Resource) -> list[str]:
-    """The elements (extensions by URL) of ``changes``, what the user changed of the
-    resource as she was shown it, that the resource found at delivery also changed since
-    (someone else, the EHR) into something else than hers: a three-way check. Laid over,
+    """The elements of ``changes`` (what the user changed of the resource as she was shown
+    it; extensions URL by URL) that the resource found at delivery also changed since
+    (someone else, the EHR), into something else than hers: a three-way check. Laid over,
     hers overwrote the other change unseen; an element only one side changed is merged.
     Compared as :func:`_unchanged` compares, so that the server's way of writing a value
     she was shown (a name's ``use``, a coding's ``display``) is no change."""
-
-    def says(key: str, value: Any) -> bool:  # the resource found says it already
-        return _unchanged(seen, {"resourceType": seen["resourceType"], key: value})
-
-    def changed_since(key: str) -> bool:
-        return not says(key, shown[key]) if key in shown else key in seen
-
-    both = [
-        key
-        for key, mine in changes.items()
-        if key not in ("resourceType", *_KEPT_AS_THEIRS)
-        and changed_since(key)
-        and not says(key, mine)
+    elements = [key for key in changes if key not in ("resourceType", *_KEPT_AS_THEIRS)]
+    elements += [_EXTENSION + url for url in _by_url(changes.get("extension", []))]
+    return [
+        element
+        for element in elements
+        if not _holds_as(seen, shown, element) and not _holds_as(seen, changes, element)
     ]
-    theirs, before = _by_url(seen.get("extension", [])), _by_url(shown.get("extension", []))
-    for url, mine in _by_url(changes.get("extension", [])).items():
-        now = theirs.get(url, [])
-        if not _one_for_one(now, before.get(url, [])) and not _one_for_one(now, mine):
-            both.append(f"extension {url}")
-    return both
+
+
+def _holds_as(resource: Resource, other: Resource, element: str) -> bool:
+    """Whether ``resource`` says what ``other`` says of ``element`` (a key, or
+    :data:`_EXTENSION` and a URL), compared as :func:`_unchanged` compares; an element
+    neither has is held too."""
+    if element.startswith(_EXTENSION):
+        url = element.removeprefix(_EXTENSION)
+        ours = _by_url(other.get("extension", [])).get(url, [])
+        return _one_for_one(_by_url(resource.get("extension", [])).get(url, []), ours)
+    if element not in other:
+        return element not in resource
+    return _unchanged(resource, {"resourceType": resource["resourceType"], element: other[element]})
+
+
+_EXTENSION = "extension "
+
+
+def _once_held(client: FhirClient, seen: Resource, shown: Resource, elements: list[str]) -> bool:
+    """Whether a version of ``seen`` held what the user was shown of ``elements``. Else the
+    save whose values she was shown was refused and never wrote them: the record's values
+    are not a change made since, and hers are laid over them (a conflict before, with
+    nobody else's change to tell her of: found by review). Not known (the server refuses
+    the history, or has more of it than one page): held, a conflict she is told of."""
+    try:
+        history = client.history(seen["resourceType"], seen["id"])
+    except FhirRejected as refused:
+        if refused.needs_authorisation:
+            raise
+        return True
+    versions = [
+        e["resource"] for e in history.get("entry", []) if isinstance(e.get("resource"), dict)
+    ]
+    if any(all(_holds_as(version, shown, e) for e in elements) for version in versions):
+        return True
+    return any(link.get("relation") == "next" for link in history.get("link", []))
 
 
 def _changed_from(shown: Resource, ours: Resource) -> Resource:
