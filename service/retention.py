@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Text, and_, cast, delete, exists, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import monitoring
@@ -92,7 +92,8 @@ def purge(
         for tenant_id in session.scalars(select(OutboxEntry.tenant_id).distinct()).all():
             monitoring.read_new_saves(session, tenant_id)
     payloads = 0
-    while emptied := _empty_payloads(database, now - retention, batch):
+    delivered_before = min(now - retention, _oldest_live_session(database, now) or now)
+    while emptied := _empty_payloads(database, delivered_before, batch):
         payloads += emptied
     with database.session() as session:
         closed_cases = _forget_closed_cases(session, now - retention)
@@ -114,6 +115,19 @@ def purge(
             int(tokens.rowcount),  # type: ignore[attr-defined]
             app_sessions,
             launch_states,
+        )
+
+
+def _oldest_live_session(database: Database, now: datetime) -> datetime | None:
+    """When the oldest app session still alive began. A payload delivered since is kept,
+    whatever the retention: a triage page of that session may have shown its save
+    waiting, and a later save from the page is merged against it
+    (``service.triage._queued_children``). Emptied (``--days 0``), the page's new child
+    became a plain conditional create that found the child and wrote none of her changes
+    (found by review)."""
+    with database.session() as session:
+        return session.scalar(
+            select(func.min(AppSession.created_at)).where(AppSession.expires_at > now)
         )
 
 

@@ -227,6 +227,29 @@ def test_expired_app_sessions_go_with_their_tokens_and_what_their_pages_showed(
         assert session.scalars(select(LaunchState.state_hash)).all() == [in_flight]
 
 
+def test_a_payload_delivered_since_a_live_app_session_began_is_kept_whatever_the_retention(
+    database: Database,
+) -> None:
+    """A page of a live session may have shown a save waiting that is delivered since, and
+    its later save is merged against that save's payload: ``--days 0`` emptied it, and the
+    page's change of a new child was dropped (found by review). Kept until the session
+    ends; what was delivered before it began is emptied."""
+    hospital = make_tenant(database, "default", "http://fhir.test")
+    now = utcnow()
+    live = _app_session(database, hospital, timedelta(hours=1), timedelta(minutes=5))
+    with database.session() as session:
+        began = now - timedelta(hours=2)
+        session.execute(update(AppSession).where(AppSession.id == live).values(created_at=began))
+    since = _save(database, hospital, DeliveryState.DELIVERED, now - timedelta(hours=1), True)
+    before = _save(database, hospital, DeliveryState.DELIVERED, now - timedelta(hours=3), True)
+
+    assert retention.purge(database, timedelta(0), now=now).payloads == 1
+    assert CHILD_NAME in _bundles(database)[since]
+    assert CHILD_NAME not in _bundles(database)[before]
+    assert retention.purge(database, timedelta(0), now=now + timedelta(hours=2)).payloads == 1
+    assert CHILD_NAME not in _bundles(database)[since]
+
+
 def test_a_case_closed_for_the_retention_period_forgets_the_names_an_open_one_keeps_them(
     database: Database,
 ) -> None:
