@@ -1299,11 +1299,22 @@ def _holds_as(resource: Resource, other: Resource, element: str) -> bool:
     neither has is held too."""
     if element.startswith(_EXTENSION):
         url = element.removeprefix(_EXTENSION)
-        ours = _by_url(other.get("extension", [])).get(url, [])
+        ours = _without_displays(_by_url(other.get("extension", [])).get(url, []))
         return _one_for_one(_by_url(resource.get("extension", [])).get(url, []), ours)
     if element not in other:
         return element not in resource
-    return _unchanged(resource, {"resourceType": resource["resourceType"], element: other[element]})
+    value = _without_displays(other[element])
+    return _unchanged(resource, {"resourceType": resource["resourceType"], element: value})
+
+
+def _without_displays(value: Any) -> Any:
+    """``value`` without its codings' ``display``: how a code is shown to people (which the
+    EHR may word otherwise, or a release of ours) is not what it says."""
+    if isinstance(value, list):
+        return [_without_displays(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _without_displays(v) for k, v in value.items() if k != "display"}
+    return value
 
 
 _EXTENSION = "extension "

@@ -246,3 +246,18 @@ def test_what_she_and_someone_else_both_changed_of_a_new_child_is_told_apart() -
     part_time = _new_child("Mila Peeters", born, LivesWith.PART_TIME)
     assert both(moved_in, part_time) == [f"extension {lives_with}"]
     assert both(on_server, part_time) == []
+    relabelled = {**on_server, "relationship": _relabelled(on_server["relationship"])}
+    relabelled["extension"] = _relabelled(on_server["extension"])
+    stepchild = _new_child("Mila Peeters", born)
+    stepchild["relationship"] = _child(born, ChildRelationship.STEPCHILD)["relationship"]
+    assert both(relabelled, stepchild) == []  # the EHR's own words for the same codes
+    assert both(relabelled, part_time) == []
+
+
+def _relabelled(value: Any) -> Any:
+    """``value`` with each coding's display as an EHR may word it."""
+    if isinstance(value, list):
+        return [_relabelled(item) for item in value]
+    if isinstance(value, dict):
+        return {k: "(EHR)" if k == "display" else _relabelled(v) for k, v in value.items()}
+    return value
