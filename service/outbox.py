@@ -51,8 +51,7 @@ merge over that resource's current version (a search, then If-Match on what it f
 given what the user was shown (the resource as the earlier save writes it), only what
 she changed of it is laid over, so that what the EHR corrected since stays; an element
 she changed that someone else also changed since, into another value, is a ``conflict``
-(a three-way check: laid over, hers overwrote the other change unseen), unless the
-record never held what she was shown (the save she saw it from was refused). What
+(a three-way check: laid over, hers overwrote the other change unseen). What
 describes the writes (a Provenance's activity and targets, an AuditEvent's action and
 entities) is queued both ways and sent as they turned out, create or update, naming
 only what was written (``if_updating`` of :meth:`TransactionBuilder.add`); a
@@ -1270,7 +1269,7 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
     if _unchanged(seen, changes):
         return []
     both = _changed_by_both(seen, entry[_SHOWN], changes) if _SHOWN in entry else []
-    if both and _once_held(client, seen, entry[_SHOWN], both):
+    if both:
         raise _ChangedByBoth(f"{reference}: {', '.join(both)} changed since the user was shown it")
     version = seen["meta"]["versionId"]
     update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
@@ -1318,26 +1317,6 @@ def _without_displays(value: Any) -> Any:
 
 
 _EXTENSION = "extension "
-
-
-def _once_held(client: FhirClient, seen: Resource, shown: Resource, elements: list[str]) -> bool:
-    """Whether a version of ``seen`` held what the user was shown of ``elements``. Else the
-    save whose values she was shown was refused and never wrote them: the record's values
-    are not a change made since, and hers are laid over them (a conflict before, with
-    nobody else's change to tell her of: found by review). Not known (the server refuses
-    the history, or has more of it than one page): held, a conflict she is told of."""
-    try:
-        history = client.history(seen["resourceType"], seen["id"])
-    except FhirRejected as refused:
-        if refused.needs_authorisation:
-            raise
-        return True
-    versions = [
-        e["resource"] for e in history.get("entry", []) if isinstance(e.get("resource"), dict)
-    ]
-    if any(all(_holds_as(version, shown, e) for e in elements) for version in versions):
-        return True
-    return any(link.get("relation") == "next" for link in history.get("link", []))
 
 
 def _changed_from(shown: Resource, ours: Resource) -> Resource:

@@ -316,11 +316,6 @@ class FhirClient:
     def read(self, resource_type: str, resource_id: str) -> Resource:
         return self._send("GET", f"{resource_type}/{resource_id}", f"read {resource_type}")
 
-    def history(self, resource_type: str, resource_id: str) -> Resource:
-        """The resource's versions, newest first: the history Bundle (its first page)."""
-        call = f"history {resource_type}"
-        return self._send("GET", f"{resource_type}/{resource_id}/_history", call)
-
     def search(self, resource_type: str, params: SearchParams) -> Resource:
         """A search; returns the searchset Bundle (first page), its entries objects."""
         call = f"search {resource_type}"

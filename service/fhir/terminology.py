@@ -197,7 +197,8 @@ def _properties(raw: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     for prop in raw:
         for key, value in prop.items():
             if key == "valueCoding":
-                result[str(prop["code"])] = str(value.get("code", ""))
+                code = value.get("code", "") if isinstance(value, dict) else ""
+                result[str(prop["code"])] = str(code)
             elif key.startswith("value"):
                 result[str(prop["code"])] = str(value)
     return result

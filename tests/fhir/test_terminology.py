@@ -110,6 +110,15 @@ def test_each_concept_property_has_the_type_its_code_system_declares() -> None:
                     )
 
 
+def test_a_hospitals_guide_may_give_a_property_as_a_code_or_a_coding() -> None:
+    """An older guide, or a hospital's, writes the factor's kind as ``valueCode``; one whose
+    ``valueCoding`` is not an object reads as no kind, not as an error loading the guide."""
+    read = t._properties
+    assert read([{"code": "kind", "valueCode": "risk"}]) == {"kind": "risk"}
+    assert read([{"code": "kind", "valueCoding": {"code": "protective"}}]) == {"kind": "protective"}
+    assert read([{"code": "kind", "valueCoding": "risk"}]) == {"kind": ""}
+
+
 # -- the protocol's enums and the guide agree, both ways ---------------------------------
 def _enum_pairs() -> list[tuple[str, str]]:
     return [
