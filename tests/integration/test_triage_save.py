@@ -42,7 +42,13 @@ from service.protocol import (
     SupportAction,
 )
 from service.retention import PURGED_BUNDLE, purge
-from service.triage import ChildRecordedMeanwhile, SaveConflict, SaveResult, TriageInput
+from service.triage import (
+    ChildRecordedMeanwhile,
+    RecordedChart,
+    SaveConflict,
+    SaveResult,
+    TriageInput,
+)
 from smart_app.nurse import ChildRow, rows_after_conflict
 from smart_app.session import LaunchContext, SessionStore, SessionTokens
 from tests.support.relay import SlowRelay
@@ -2377,6 +2383,24 @@ def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_
     assert names == ["Mila Peeters"]
 
 
+def _mila_renamed_then_put_back(
+    database: Database, tmp_path: Path
+) -> tuple[_OwnServer, World, list[SaveResult], LaunchContext, RecordedChart, RecordedChart]:
+    """:func:`_mila_waiting`; then nurse A's page shows Mila waiting and A renames her
+    "Mila Janssens"; nurse B's page shows that name waiting and B puts Mila's back. Every
+    save waits. Returns the server, the world, the saves, A's launch, A's page and B's."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    renamed = tuple(replace(c, name="Mila Janssens") for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=a_page.page)))
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    put_back = tuple(replace(c, name=MILA.name) for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
+    return server, world, saves, a, a_page, b_page
+
+
 def test_fault_a_colleagues_revert_to_what_her_page_first_showed_is_kept(
     database: Database, tmp_path: Path
 ) -> None:
@@ -2387,15 +2411,8 @@ def test_fault_a_colleagues_revert_to_what_her_page_first_showed_is_kept(
     values alone, and B's save had the first: taken for what A's page stood for, A's name
     counted as a change and undid B's revert, every save "delivered". Her page stands for
     what she saved from it: she changed nothing, and B's name stays."""
-    server, world, visit, saves = _mila_waiting(database, tmp_path)
-    a = world.launch(*visit, "Practitioner/nurse-a")
-    a_page = world.triage.pending_chart(a)
+    server, world, saves, a, a_page, b_page = _mila_renamed_then_put_back(database, tmp_path)
     renamed = tuple(replace(c, name="Mila Janssens") for c in a_page.children)
-    saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=a_page.page)))
-    b = world.launch(*visit, "Practitioner/nurse-b")
-    b_page = world.triage.pending_chart(b)
-    put_back = tuple(replace(c, name=MILA.name) for c in b_page.children)
-    saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
     again = no_concern(a, renamed, page=a_page.page)  # the page as she had saved it
     saves.append(world.triage.record_triage(a, again))
     states, names = _delivered_mila(server, world, saves)
@@ -2414,15 +2431,7 @@ def test_fault_the_form_after_a_conflict_shows_a_colleagues_revert_of_her_save(
     not the record's Mila: the record held a name A's page had shown (before A renamed
     her), and the page's memory judged by values alone. Saved, it overwrote B's revert
     unseen (found by review). Her page stands for her save: the form shows B's Mila."""
-    server, world, visit, saves = _mila_waiting(database, tmp_path)
-    a = world.launch(*visit, "Practitioner/nurse-a")
-    a_page = world.triage.pending_chart(a)
-    renamed = tuple(replace(c, name="Mila Janssens") for c in a_page.children)
-    saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=a_page.page)))
-    b = world.launch(*visit, "Practitioner/nurse-b")
-    b_page = world.triage.pending_chart(b)
-    put_back = tuple(replace(c, name=MILA.name) for c in b_page.children)
-    saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
+    server, world, saves, a, a_page, _ = _mila_renamed_then_put_back(database, tmp_path)
     with server.restart():
         for _ in saves:
             world.clock.advance(600)
