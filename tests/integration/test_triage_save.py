@@ -50,7 +50,7 @@ from service.triage import (
     TriageInput,
 )
 from smart_app.nurse import ChildRow, rows_after_conflict
-from smart_app.session import LaunchContext, SessionStore, SessionTokens
+from smart_app.session import SESSION_LIFETIME, LaunchContext, SessionStore, SessionTokens
 from tests.support.relay import SlowRelay
 from tests.support.triage import (
     World,
@@ -2125,7 +2125,8 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
         children = tuple(world.triage.load_chart(colleague).children)
         saved = world.triage.record_triage(colleague, no_concern(colleague, children))
         after = world.triage.refused_answers(her)
-        emptied = purge(database, timedelta(0), now=world.clock.now + timedelta(seconds=5))
+        # once the app sessions that may save over it have ended (service.retention)
+        emptied = purge(database, timedelta(0), now=world.clock.now + SESSION_LIFETIME)
         after_retention = world.triage.refused_answers(her)
         with database.session() as session:
             refused = OutboxEntry.id == outage.result.outbox_id
