@@ -394,9 +394,15 @@ class Triage:
             saves = _patient_saves(session, ctx) if new or edited else []
             # another save's edit of a version counts only if her page showed it: laid over
             # one it never showed, her save overwrote another nurse's change unseen
-            seen = _shown_edits(session, ctx.session_id, findings.page) if saves else EditsShown()
+            seen = EditsShown()
+            if saves:
+                page = _shown_edits(session, ctx.session_id, findings.page)
+                seen = _as_the_page_stands(page, saves, patient_ref)
             queued = _queued_children(saves, patient_ref, seen)
-            edits, landed = _edits_as_shown(saves, patient_ref, seen)
+            undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
+            edits = _edits_seen(undelivered, patient_ref, seen)
+            delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
+            landed = _edits_seen(delivered, patient_ref, seen)
             plan = _plan(ctx, findings, raised, now, shown, queued, edits, landed)
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
@@ -1010,47 +1016,30 @@ def _shown_edits(session: Session, session_id: str, page: str | None) -> EditsSh
     return EditsShown(frozenset((ref, fp) for ref, fp in rows.all()), frozenset(saves.all()))
 
 
-def _edits_as_shown(
-    saves: Sequence[_Save], patient_ref: str, seen: EditsShown
-) -> tuple[dict[str, Child], dict[str, Child]]:
-    """The edit her page stands for of each version, by the version it was made on: those
-    still waiting (pending or waiting for a sign-in) and those delivered. What the latest
-    save from her page (``seen.saved_in``) wrote, else the latest edit her page showed of
-    the version (``seen``). Seen ones only: another nurse's later edit of the version,
-    never shown, hid the one her page showed (found by review). Her own save first: a
-    colleague's later edit back to the values her page first showed was taken for what
-    her page showed, and her values saved again undid it (found by review)."""
-    undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
-    delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
-    edits = {c.ref: c for c in _edits(undelivered, patient_ref) if seen.include(c.ref, c)}
-    landed = {c.ref: c for c in _edits(delivered, patient_ref) if seen.include(c.ref, c)}
-    for save in _page_saves(saves, seen):
-        for child in _edits([save], patient_ref):
-            edits.pop(child.ref, None)
-            landed.pop(child.ref, None)
-            (landed if save.state == DeliveryState.DELIVERED else edits)[child.ref] = child
-    return edits, landed
+def _edits_seen(saves: Iterable[_Save], patient_ref: str, seen: EditsShown) -> dict[str, Child]:
+    """The latest edit of each version among those her page stands for (``seen``: what it
+    showed, or what its latest save wrote, :func:`_as_the_page_stands`), by the version it
+    was made on. Seen ones only: another nurse's later edit of the version, never shown,
+    hid the one her page showed (found by review)."""
+    return {c.ref: c for c in _edits(saves, patient_ref) if seen.include(c.ref, c)}
 
 
 def _as_the_page_stands(shown: EditsShown, saves: Sequence[_Save], patient_ref: str) -> EditsShown:
     """``shown`` with, of each child a save from the page wrote (one the record did not
     refuse), only what the latest such save wrote. The values the page displayed before
-    are not what it stands for any more: the record holding them again is a colleague's
-    revert, which the form after a conflict kept as hers, and saved, overwrote unseen
-    (found by review)."""
+    are not what it stands for any more: a colleague's later save back to them (a revert
+    of hers) was taken for what her page showed, by the merge base of her next save from
+    the page (the Back button) and by the form after a conflict, and her values undid the
+    revert unseen (found by review)."""
+    # a refused save wrote nothing
+    from_page = [s for s in saves if s.id in shown.saved_in and s.state not in REFUSED_STATES]
     saved = {
         child.ref: _fingerprint(child)
-        for save in _page_saves(saves, shown)
+        for save in from_page
         for child in _children_saved(_entries(save), patient_ref)
     }
     others = {(ref, fingerprint) for ref, fingerprint in shown.seen if ref not in saved}
     return replace(shown, seen=frozenset(others | set(saved.items())))
-
-
-def _page_saves(saves: Sequence[_Save], seen: EditsShown) -> list[_Save]:
-    """The saves made from her page that the record did not refuse (a refused one wrote
-    nothing), oldest first."""
-    return [s for s in saves if s.id in seen.saved_in and s.state not in REFUSED_STATES]
 
 
 def _shown_children(session: Session, session_id: str) -> dict[str, str]:
@@ -1233,11 +1222,8 @@ def _created_children(saves: Iterable[_Save], patient_ref: str) -> dict[str, Chi
 
 def _children_saved(entries: list[Resource], patient_ref: str) -> list[Child]:
     """The edits of children on the server a save's transaction ``entries`` make (by the
-    version each is made on) and the new children they write (by ``urn:uuid:``): forgotten
-    for her page, a
-    later save from it (the Back button, her answer lost) merged a new child against what
-    the page first showed, and her undo of her own rename counted as no change (found by
-    review)."""
+    version each is made on) and the new children they write (by ``urn:uuid:``): what
+    her page stands for once she saved them (:func:`_as_the_page_stands`)."""
     return [
         *_read(entries, patient_ref, _edited_child),
         *_read(entries, patient_ref, _created_child),
@@ -1301,21 +1287,18 @@ def _recorded_meanwhile(
 def _queued_children(
     saves: Sequence[_Save], patient_ref: str, seen: EditsShown
 ) -> dict[str, Child | None]:
-    """The new children ``saves`` create, by identifier: each as the latest save from her
-    page wrote it (``seen.saved_in``), else as her page showed it pending (``seen``), else
-    as the latest save the FHIR server did not refuse writes it (what the server holds
-    once they are delivered). None when it refused them all: none of them
-    wrote it, but one refused after an unexpected error may have
-    (``outbox.UNEXPECTED_ATTEMPTS``), so whatever the identifier finds then gets all of the
-    nurse's values.
+    """The new children ``saves`` create, by identifier: each as her page stands for it
+    (``seen``: as it showed it pending, or as its latest save wrote it), else as the
+    latest save the FHIR server did not refuse writes it (what the server holds once they
+    are delivered). None when it refused them all: none of them wrote it, but one
+    refused after an unexpected error may have (``outbox.UNEXPECTED_ATTEMPTS``), so
+    whatever the identifier finds then gets all of the nurse's values.
 
     As her page showed it: another save of the child since (a colleague's rename) is not
     what she saw, and taken for it, the values she left as they were counted as changed
     back and undid that save's change, every save "delivered" (found by review). Of the
-    saves whose values her page showed (or she saved from it), the latest; a refused one
-    is none of them, as it wrote nothing. Her own save first: a colleague's later save
-    with the values her page first showed (a revert of her change) is not what her page
-    stands for once she saved from it (found by review)."""
+    saves whose values her page stands for, the latest; a refused one is none of them,
+    as it wrote nothing."""
     kept = [save for save in saves if save.state not in REFUSED_STATES]
     written = _created_children(kept, patient_ref)
     as_shown = {
@@ -1323,9 +1306,8 @@ def _queued_children(
         for child in _created(kept, patient_ref)
         if seen.include(child.ref, child)
     }
-    as_saved = _created_children(_page_saves(saves, seen), patient_ref)
     return {
-        found: as_saved.get(found, as_shown.get(found, written.get(found)))
+        found: as_shown.get(found, written.get(found))
         for found in _created_children(saves, patient_ref)
     }
 

@@ -171,7 +171,7 @@ class PageSave(Base):
     """A save made from a triage page (its outbox entry). What the page's latest save wrote
     of a waiting child is what the page stands for, whatever else it showed of the child
     or another save wrote since: saved again (the Back button), the page changed nothing
-    of what it had saved (``service.triage._queued_children``, ``_edits_as_shown``).
+    of what it had saved (``service.triage._as_the_page_stands``).
 
     It lives and dies with its app session, as :class:`ShownEdit`."""
 
