@@ -2391,15 +2391,25 @@ def _mila_renamed_then_put_back(
     "Mila Janssens"; nurse B's page shows that name waiting and B puts Mila's back. Every
     save waits. Returns the server, the world, the saves, A's launch, A's page and B's."""
     server, world, visit, saves = _mila_waiting(database, tmp_path)
+    return server, world, saves, *_renamed_and_put_back(world, visit, saves, "Mila Janssens")
+
+
+def _renamed_and_put_back(
+    world: World, visit: tuple[str, str | None], saves: list[SaveResult], name: str
+) -> tuple[LaunchContext, RecordedChart, RecordedChart]:
+    """Nurse A's page shows the waiting children and A renames them ``name``; nurse B's
+    page shows that name waiting and B puts back the name A's page showed. Both saves
+    wait (added to ``saves``). Returns A's launch, A's page and B's."""
     a = world.launch(*visit, "Practitioner/nurse-a")
     a_page = world.triage.pending_chart(a)
-    renamed = tuple(replace(c, name="Mila Janssens") for c in a_page.children)
+    renamed = tuple(replace(c, name=name) for c in a_page.children)
     saves.append(world.triage.record_triage(a, no_concern(a, renamed, page=a_page.page)))
     b = world.launch(*visit, "Practitioner/nurse-b")
     b_page = world.triage.pending_chart(b)
-    put_back = tuple(replace(c, name=MILA.name) for c in b_page.children)
+    first = {c.ref: c.name for c in a_page.children}
+    put_back = tuple(replace(c, name=first[c.ref]) for c in b_page.children)
     saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
-    return server, world, saves, a, a_page, b_page
+    return a, a_page, b_page
 
 
 def test_fault_a_colleagues_revert_to_what_her_page_first_showed_is_kept(
@@ -2462,14 +2472,8 @@ def test_fault_a_colleagues_revert_to_the_edit_her_page_first_showed_is_kept(
     for them: A's name was laid over it. Her page stands for her save: she changed
     nothing, and B's revert stays."""
     server, world, visit, eldest, saves = _eldest_renamed_waiting(database, tmp_path)
-    a = world.launch(*visit, "Practitioner/nurse-a")
-    a_page = world.triage.pending_chart(a)
+    a, a_page, b_page = _renamed_and_put_back(world, visit, saves, "Noor A")
     by_a = tuple(replace(x, name="Noor A") for x in a_page.children)
-    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
-    b = world.launch(*visit, "Practitioner/nurse-b")
-    b_page = world.triage.pending_chart(b)
-    put_back = tuple(replace(x, name="Noor C") for x in b_page.children)
-    saves.append(world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page)))
     saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
     states, after = _delivered_on_restart(server, world, saves, eldest.ref.split("/")[1])
 
