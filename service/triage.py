@@ -424,9 +424,11 @@ class Triage:
             )
             if new:  # read again under the patient's lock the entry holds (PostgreSQL)
                 _refuse_recorded_meanwhile(session, ctx, findings.step1.children, entry.id)
-            if findings.page is not None:  # her page now stands for what she saved from it
-                saved = _children_saved(plan.bundle["entry"], patient_ref)
-                _remember_shown_edits(session, ctx.session_id, findings.page, saved)
+            # her page now stands for what she saved from it, unless the record refuses it
+            # (_as_the_page_stands). Not a ShownEdit: remembered as shown, a refused save's
+            # values read later as what her page showed, once a colleague wrote the same,
+            # and her next save laid her values over the colleague's (found by review)
+            if findings.page is not None:
                 row = {
                     "session_id": ctx.session_id,
                     "page_id": findings.page,
@@ -993,9 +995,8 @@ def _remember_shown(session: Session, session_id: str, shown: Sequence[Child]) -
 def _remember_shown_edits(
     session: Session, session_id: str, page: str, edits: Sequence[Child]
 ) -> None:
-    """Record the waiting edits and new children a page showed (or the nurse saved from it):
-    by the version each edit was made on, or the new child's ``urn:uuid:``, and a
-    fingerprint of its values."""
+    """Record the waiting edits and new children a page showed: by the version each edit
+    was made on, or the new child's ``urn:uuid:``, and a fingerprint of its values."""
     rows = [
         {"session_id": session_id, "page_id": page, "ref": ref, "fingerprint": fingerprint}
         for ref, fingerprint in sorted(EditsShown.of(edits).seen)

@@ -146,10 +146,10 @@ class ShownChild(Base):
 
 class ShownEdit(Base):
     """An edit of a child's version, waiting in the outbox (or delivered since), that a
-    triage page showed, or that the nurse saved from it: the page, the version the edit
-    was made on and a fingerprint of its values. (Likewise a new child a waiting save
-    creates, by its ``urn:uuid:``: see ``smart_app.nurse.rows_after_conflict``.) Only
-    such an edit is what her page showed of the child: a save from that page lays her
+    triage page showed: the page, the version the edit was made on and a fingerprint of
+    its values (what she saved from the page: :class:`PageSave`). (Likewise a new child a
+    waiting save creates, by its ``urn:uuid:``: see ``smart_app.nurse.rows_after_conflict``.)
+    Only such an edit is what her page showed of the child: a save from that page lays her
     values over it (``service.triage``); another nurse's edit the page never showed is
     not hers to overwrite (If-Match refuses her save instead). By page, not by session: a
     second tab (or a page reached by Back) that never showed the edit is a page that never

@@ -2462,6 +2462,51 @@ def test_fault_the_form_after_a_conflict_shows_a_colleagues_revert_of_her_save(
     assert MILA.name in [row.name for row in rows]
 
 
+def test_fault_the_form_after_a_conflict_does_not_count_her_refused_save_as_shown(
+    database: Database, tmp_path: Path
+) -> None:
+    """During an outage a nurse adds Mila; A's and B's pages show her waiting. B renames
+    her "Mila Janssens", A "Mila Claes": at delivery A's save is refused (both changed the
+    name). Nurse C then renames Mila "Mila Claes", and A saves her page again with another
+    name: a conflict. The form after it kept A's row: the page remembered what A's save
+    wrote when she made it, and the record now held those values, though not from her
+    refused save. Saved, it overwrote C's name unseen (found by review). A refused save
+    wrote nothing: the form shows C's name."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    by_b = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, by_b, page=b_page.page)))
+    by_a = tuple(replace(c, name="Mila Claes") for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    with server.restart():
+        for _ in saves:
+            world.clock.advance(600)
+            world.outbox.run_once()
+        c = world.launch(*visit, "Practitioner/nurse-c")
+        c_page = world.triage.load_chart(c)
+        by_c = tuple(
+            replace(x, name="Mila Claes") if x.name == "Mila Janssens" else x
+            for x in c_page.children
+        )
+        by_c_saved = world.triage.record_triage(c, no_concern(c, by_c, page=c_page.page))
+        smet = tuple(replace(x, name="Mila Smet") for x in a_page.children)
+        with pytest.raises(SaveConflict):
+            world.triage.record_triage(a, no_concern(a, smet, page=a_page.page))
+        chart = world.triage.load_chart(a)
+        typed = [ChildRow.of(child, a_page) for child in smet]
+        rows, gone = rows_after_conflict(typed, chart, world.triage.edits_shown(a, a_page.page))
+
+    states = [world.outbox.state_of(save.outbox_id) for save in saves]
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, DeliveryState.CONFLICT]
+    assert by_c_saved.status == "delivered"
+    assert gone == []
+    assert "Mila Smet" not in [row.name for row in rows]
+    assert "Mila Claes" in [row.name for row in rows]
+
+
 def test_fault_a_colleagues_revert_to_the_edit_her_page_first_showed_is_kept(
     database: Database, tmp_path: Path
 ) -> None:
