@@ -473,7 +473,8 @@ class Triage:
         name = recorded.patient.name if recorded.patient else None
         self._audit_read(ctx, patient_ref, "success", recorded.children, name)
         self._index_unlisted_concern(ctx, chart, recorded)
-        outstanding = self._outstanding(ctx)
+        identified_as = _identified_as(chart.related_persons)
+        outstanding = self._outstanding(ctx, identified_as)
         on_server = _child_identifiers(chart.related_persons)
         new = [c for c in outstanding.new_children if _child_uuid(c.ref) not in on_server]
         children, pending = [], {c.ref for c in new}
@@ -503,7 +504,7 @@ class Triage:
             changed_elsewhere=frozenset(told[CHANGED_ELSEWHERE]),
             failed=frozenset(told[DeliveryState.FAILED]),
             kept_changing=frozenset(told[KEPT_CHANGING]),
-            identified_as=_identified_as(chart.related_persons),
+            identified_as=identified_as,
         )
 
     def pending_chart(self, ctx: LaunchInfo) -> RecordedChart:
@@ -527,10 +528,16 @@ class Triage:
             with self._database.session() as session:
                 _remember_shown_edits(session, ctx.session_id, page, shown)
 
-    def _outstanding(self, ctx: LaunchInfo) -> _Outstanding:
+    def _outstanding(
+        self, ctx: LaunchInfo, identified_as: Mapping[str, tuple[str, ...]] | None = None
+    ) -> _Outstanding:
+        """``identified_as``: the record's children's identifiers (``RecordedChart``), by
+        which a refused save of a child that was still waiting to be created tells which
+        child on the record it was."""
+        ids = {urn: _child_id(ref) for ref, urns in (identified_as or {}).items() for urn in urns}
         with self._database.session() as session:
             saves = _patient_saves(session, ctx)
-            refused = _refused_edits(session, saves, _patient_ref(ctx))
+            refused = _refused_edits(session, saves, _patient_ref(ctx), ids)
         undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
         return _Outstanding(
             new_children=_eldest_first(_created_children(undelivered, _patient_ref(ctx)).values()),
@@ -1338,7 +1345,7 @@ def _edits(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
 
 
 def _refused_edits(
-    session: Session, saves: Sequence[_Save], patient_ref: str
+    session: Session, saves: Sequence[_Save], patient_ref: str, ids: Mapping[str, str]
 ) -> dict[str, tuple[str, str]]:
     """The ids of the children whose latest edit the FHIR server refused, because someone
     else had changed them first (a ``conflict`` entry), because the record kept changing
@@ -1352,13 +1359,21 @@ def _refused_edits(
     later save's own row), whose clock is not the outbox's. A later save delivered long
     ago whose payload retention emptied cannot say whom it named: it counts as naming the
     child (a save names the children its page showed), so a notice it cleared does not
-    come back with the purge."""
-    # child id → the last refused save editing it, and the version its edit was made on
+    come back with the purge.
+
+    So is a refused save of a new child the record holds (``ids``: the ``urn:uuid:`` of
+    our identifier → the child's id): a create-or-merge over the child an earlier save
+    created. The chart showed it as the record has it, unmarked (found by review)."""
+    # child id → the last refused save editing it, and the version (or the urn:uuid: of
+    # the new child) its edit was made on
     refused: dict[str, tuple[_Save, str]] = {}
     for save in saves:
         if save.state in REFUSED_STATES:
             for child_id, child in _edited_children([save], patient_ref).items():
                 refused[child_id] = (save, child.ref)
+            for child in _created([save], patient_ref):
+                if child.ref in ids:
+                    refused[ids[child.ref]] = (save, child.ref)
     if not refused:
         return {}
     rows = session.execute(
@@ -1376,7 +1391,7 @@ def _refused_edits(
                 save.id > refusing.id
                 and save.state not in REFUSED_STATES
                 and made > since
-                and (not _entries(save) or child_id in _named_children(save))
+                and (not _entries(save) or child_id in _named_children(save, patient_ref, ids))
             ):
                 seen.add(child_id)
                 break
@@ -1387,9 +1402,10 @@ def _refused_edits(
     }
 
 
-def _named_children(save: _Save) -> set[str]:
-    """The ids of the RelatedPersons a save writes or references."""
-    found: set[str] = set()
+def _named_children(save: _Save, patient_ref: str, ids: Mapping[str, str]) -> set[str]:
+    """The ids of the RelatedPersons a save writes or references, and of those the record
+    holds that it creates (or creates or merges) by our identifier (``ids``)."""
+    found = {ids[c.ref] for c in _created([save], patient_ref) if c.ref in ids}
 
     def walk(value: object) -> None:
         if isinstance(value, dict):

@@ -49,7 +49,7 @@ from service.triage import (
     SaveResult,
     TriageInput,
 )
-from smart_app.nurse import ChildRow, rows_after_conflict
+from smart_app.nurse import ChildRow, TriageForm, rows_after_conflict, with_answers
 from smart_app.session import SESSION_LIFETIME, LaunchContext, SessionStore, SessionTokens
 from tests.support.relay import SlowRelay
 from tests.support.triage import (
@@ -2148,6 +2148,31 @@ def test_fault_her_answers_of_a_save_refused_at_delivery_are_offered_back_to_her
     assert after_retention is None
 
 
+def test_fault_a_child_her_refused_save_added_is_unmarked_once_her_next_save_creates_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """Her save adding Mila is refused at delivery (someone changed another child first).
+    She opens the page again, Mila's row filled back, and saves: Mila is created. The
+    record now holds the child her refused save had added: that save is told on the chart
+    only until a later save names the child, and creating her names her."""
+    mila = child_aged("Mila Peeters", 2)
+    with _refused_as_a_conflict(database, tmp_path, (mila,)) as (outage, _client, _child_id):
+        world = outage.world
+        patient = outage.server.seeded.patient("els-goossens")
+        her = world.launch(patient.id, patient.arrived_encounter_id, "Practitioner/nurse-edit")
+        chart = world.triage.load_chart(her)
+        answers = world.triage.refused_answers(her)
+        assert answers is not None
+        again = (*chart.children, *answers.new_children)
+        saved = world.triage.record_triage(her, no_concern(her, again, page=chart.page))
+        after = world.triage.load_chart(her)
+
+    assert answers.new_children == (mila,)
+    assert saved.status == "delivered"
+    assert mila.name in {c.name for c in after.children}
+    assert after.conflicts == frozenset()
+
+
 @pytest.mark.parametrize("hers", ["renamed", "as-loaded"])
 def test_fault_another_nurses_edit_her_page_never_showed_is_not_overwritten(
     database: Database, tmp_path: Path, hers: str
@@ -2359,6 +2384,48 @@ def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting(
     assert names == [name]
     answers = world.triage.refused_answers(a)
     assert (answers and answers.refusal) == (None if delivered else DeliveryState.CONFLICT)
+
+
+def test_fault_her_refused_rename_of_a_waiting_child_is_marked_until_she_saves_it_again(
+    database: Database, tmp_path: Path
+) -> None:
+    """During an outage a nurse adds Mila; A's and B's pages show her waiting. B renames
+    her, then A does: at delivery A's save is refused (both changed the name). Opened
+    again, A's chart showed Mila as the record has her, unmarked: the chart read only the
+    refused edits of children the record held when the save was made (found by review).
+    Mila is marked as a conflict now, on the form with A's answers too, until A saves her
+    again; that save is delivered and the notice goes."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    by_b = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, by_b, page=b_page.page)))
+    by_a = tuple(replace(c, name="Mila Claes") for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    with server.restart():
+        for _ in saves:
+            world.clock.advance(600)
+            world.outbox.run_once()
+        chart = world.triage.load_chart(a)
+        mila = next(c for c in chart.children if c.name == "Mila Janssens")
+        answers = world.triage.refused_answers(a)
+        assert answers is not None
+        form = with_answers(
+            TriageForm(children=[ChildRow.of(c, chart) for c in chart.children]), answers, chart
+        )
+        redone = tuple(replace(c, name="Mila Claes") if c is mila else c for c in chart.children)
+        saved = world.triage.record_triage(a, no_concern(a, redone, page=chart.page))
+        after = world.triage.load_chart(a)
+
+    states = [world.outbox.state_of(save.outbox_id) for save in saves]
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, DeliveryState.CONFLICT]
+    assert chart.conflicts == {mila.ref}
+    assert [row.delivery for row in form.children if row.ref == mila.ref] == ["conflict"]
+    assert saved.status == "delivered"
+    assert after.conflicts == frozenset()
+    assert "Mila Claes" in {c.name for c in after.children}
 
 
 def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_is_kept(
