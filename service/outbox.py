@@ -1132,6 +1132,18 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
             # meanwhile): ours applies over it, as it did over what she saw
             entries.append(_over_current(client, request, current, ours))
             continue
+        if current is not None and _SHOWN in entry:
+            # and by someone else after it: only what she changed of what she was shown,
+            # as a create-or-merge. Judged against the version she saw, a colleague's revert
+            # of that edit was no change, and her page saved again as it was undid the
+            # revert, "delivered" (found by review)
+            changes = _her_changes(current, entry[_SHOWN], ours, request["url"])
+            if changes is None:
+                left_out.add(request["url"])
+                continue
+            entries.append(_over_current(client, request, current, changes))
+            read_now.add(request["url"])  # moved before our write: a race, merged again
+            continue
         if current is not None and _apart(seen, current, ours):
             # the EHR changed only what ours does not write (a child's phone number): ours
             # applies over the resource as it is now and the EHR's change stays, where
@@ -1265,15 +1277,29 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
     _check_owner(seen, {**ours, "id": seen["id"]}, client.base_url)
     reference = f"{seen['resourceType']}/{seen['id']}"
     found[entry["fullUrl"]] = reference
-    changes = ours if _SHOWN not in entry else _changed_from(entry[_SHOWN], ours)
-    if _unchanged(seen, changes):
+    changes = _her_changes(seen, entry.get(_SHOWN), ours, reference)
+    if changes is None:
         return []
-    both = _changed_by_both(seen, entry[_SHOWN], changes) if _SHOWN in entry else []
-    if both:
-        raise _ChangedByBoth(f"{reference}: {', '.join(both)} changed since the user was shown it")
     version = seen["meta"]["versionId"]
     update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
     return [{"resource": laid_over(seen, changes), "request": update_request}]
+
+
+def _her_changes(
+    found: Resource, shown: Resource | None, ours: Resource, reference: str
+) -> Resource | None:
+    """What of ``ours`` to lay over ``found``, the resource as it is at delivery: all of it;
+    with ``shown``, what the user was shown of it, only the elements she changed of that
+    (:func:`_changed_from`). None when ``found`` already says them (she changed nothing,
+    say). Raises :class:`_ChangedByBoth` when someone else changed one of them too
+    (:func:`_changed_by_both`)."""
+    changes = ours if shown is None else _changed_from(shown, ours)
+    if _unchanged(found, changes):
+        return None
+    both = _changed_by_both(found, shown, changes) if shown is not None else []
+    if both:
+        raise _ChangedByBoth(f"{reference}: {', '.join(both)} changed since the user was shown it")
+    return changes
 
 
 def _changed_by_both(seen: Resource, shown: Resource, changes: Resource) -> list[str]:

@@ -2595,6 +2595,74 @@ def test_fault_a_colleagues_revert_to_the_edit_her_page_first_showed_is_kept(
     assert states == [DeliveryState.DELIVERED] * 4
 
 
+@pytest.mark.parametrize(
+    ("before", "hers"),
+    [
+        ("as-seeded", "as-saved"),
+        ("saved-by-us-before", "as-saved"),
+        ("saved-by-us-before", "renamed-again"),
+        ("saved-by-us-before", "born-a-day-earlier"),
+    ],
+)
+def test_a_colleagues_revert_of_her_delivered_edit_is_kept_when_she_saves_her_page_again(
+    database: Database, tmp_path: Path, before: str, hers: str
+) -> None:
+    """Nurse A renames the eldest child; her save is delivered. Nurse B opens the chart and
+    puts the name back; delivered. A saves her page again (the Back button):
+
+    * the child as she had saved it: she changed nothing since, and B's revert stays, her
+      save delivered writing nothing. Her save was judged against the version her page
+      showed: B's revert looked like no change there, and A's name was laid over it,
+      "delivered", nobody told (a child our app had written before: found by review); a
+      child as the EHR recorded it refused her whole save as a conflict;
+    * renamed again: both changed the name since her save; a conflict, B's name kept;
+    * with another birth date: merged, B's name and A's date."""
+    server = _OwnServer.start(tmp_path)
+    try:
+        patient = server.seeded.patient("els-goossens")
+        world = world_at(database, server.base_url)
+        visit = (patient.id, patient.arrived_encounter_id)
+        z = world.launch(*visit, "Practitioner/nurse-z")
+        eldest_id = world.triage.load_chart(z).children[0].ref.split("/")[1]
+        if before == "saved-by-us-before":
+            _saved_with(world, z, eldest_id, name="Noor Goossens")
+        a = world.launch(*visit, "Practitioner/nurse-a")
+        a_page = world.triage.load_chart(a)
+        eldest = next(c for c in a_page.children if c.ref.split("/")[1] == eldest_id)
+        by_a = tuple(replace(c, name="Noor A") if c is eldest else c for c in a_page.children)
+        first = world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page))
+        b = world.launch(*visit, "Practitioner/nurse-b")
+        b_page = world.triage.load_chart(b)
+        put_back = tuple(
+            replace(c, name=eldest.name) if c.name == "Noor A" else c for c in b_page.children
+        )
+        second = world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page))
+        client = FhirClient(world.base_url, lambda: "loopback", 5.0)
+        by_b = client.read("RelatedPerson", eldest_id)
+        change = {
+            "as-saved": {},
+            "renamed-again": {"name": "Noor A2"},
+            "born-a-day-earlier": {"birth_date": eldest.birth_date - timedelta(days=1)},
+        }[hers]
+        again = tuple(replace(c, **change) if c.name == "Noor A" else c for c in by_a)
+        try:
+            status = world.triage.record_triage(a, no_concern(a, again, page=a_page.page)).status
+        except SaveConflict:
+            status = "conflict"
+        stored = client.read("RelatedPerson", eldest_id)
+        client.close()
+    finally:
+        server.stop()
+
+    assert (first.status, second.status) == ("delivered", "delivered")
+    assert status == ("conflict" if hers == "renamed-again" else "delivered")
+    assert display_name(stored) == eldest.name
+    if hers == "born-a-day-earlier":
+        assert stored["birthDate"] == _day_before(eldest.birth_date.isoformat())
+    else:  # nothing written since B's save
+        assert stored["meta"]["versionId"] == by_b["meta"]["versionId"]
+
+
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
     """The child's first name as the EHR stores it, with ``parts`` (a prefix, a suffix)."""
     stored = client.read("RelatedPerson", child_id)
