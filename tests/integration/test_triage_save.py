@@ -2216,16 +2216,22 @@ def test_fault_another_nurses_edit_her_page_never_showed_is_not_overwritten(
     assert (refused is not None) is (hers == "renamed")
 
 
+def _each_delivered(world: World, saves: list[SaveResult]) -> list[DeliveryState]:
+    """Deliver ``saves`` in turn, the FHIR server up (ten minutes apart: past any backoff);
+    their states."""
+    for _ in saves:
+        world.clock.advance(600)
+        world.outbox.run_once()
+    return [world.outbox.state_of(save.outbox_id) for save in saves]
+
+
 def _delivered_on_restart(
     server: _OwnServer, world: World, saves: list[SaveResult], child_id: str
 ) -> tuple[list[DeliveryState], dict[str, Any]]:
     """Start the stopped server again and deliver ``saves`` in turn: their states, and the
     child as the record then holds it."""
     with server.restart() as again:
-        for _ in saves:
-            world.clock.advance(600)
-            world.outbox.run_once()
-        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        states = _each_delivered(world, saves)
         with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
             return states, client.read("RelatedPerson", child_id)
 
@@ -2336,12 +2342,27 @@ def _delivered_mila(
     as the record then holds each child of her identifier."""
     identifier = f"{terminology.identifier_system('child')}|{MILA.ref.removeprefix('urn:uuid:')}"
     with server.restart() as again:
-        for _ in saves:
-            world.clock.advance(600)
-            world.outbox.run_once()
-        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        states = _each_delivered(world, saves)
         found = search(again.base_url, "RelatedPerson", identifier=identifier)
     return states, [display_name(child) for child in found]
+
+
+def _b_renamed_mila_then_a_changed_her(
+    database: Database, tmp_path: Path, **a_changes: Any
+) -> tuple[_OwnServer, World, tuple[str, str], list[SaveResult], LaunchContext, RecordedChart]:
+    """:func:`_mila_waiting`; the pages of nurses A and B show Mila waiting. B renames her
+    "Mila Janssens"; then A saves her page with ``a_changes`` made to Mila. Every save
+    waits. Returns the server, the world, the visit, the saves, A's launch and A's page."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    b = world.launch(*visit, "Practitioner/nurse-b")
+    b_page = world.triage.pending_chart(b)
+    renamed = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
+    saves.append(world.triage.record_triage(b, no_concern(b, renamed, page=b_page.page)))
+    changed = tuple(replace(c, **a_changes) for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, changed, page=a_page.page)))
+    return server, world, visit, saves, a, a_page
 
 
 @pytest.mark.parametrize(
@@ -2367,15 +2388,9 @@ def test_fault_a_new_child_renamed_since_her_page_showed_it_waiting(
       nobody told (found by review). An element both changed is A's conflict now, her
       answers offered back, B's name kept.
     * A changes another element of Mila (her birth date): merged with B's rename."""
-    server, world, visit, saves = _mila_waiting(database, tmp_path)
-    a = world.launch(*visit, "Practitioner/nurse-a")
-    a_page = world.triage.pending_chart(a)
-    b = world.launch(*visit, "Practitioner/nurse-b")
-    b_page = world.triage.pending_chart(b)
-    renamed = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
-    saves.append(world.triage.record_triage(b, no_concern(b, renamed, page=b_page.page)))
-    changed = tuple(replace(c, **a_changes) for c in a_page.children)
-    saves.append(world.triage.record_triage(a, no_concern(a, changed, page=a_page.page)))
+    server, world, _, saves, a, a_page = _b_renamed_mila_then_a_changed_her(
+        database, tmp_path, **a_changes
+    )
     states, names = _delivered_mila(server, world, saves)
 
     assert [c.name for c in a_page.children] == [MILA.name]
@@ -2395,19 +2410,11 @@ def test_fault_her_refused_rename_of_a_waiting_child_is_marked_until_she_saves_i
     refused edits of children the record held when the save was made (found by review).
     Mila is marked as a conflict now, on the form with A's answers too, until A saves her
     again; that save is delivered and the notice goes."""
-    server, world, visit, saves = _mila_waiting(database, tmp_path)
-    a = world.launch(*visit, "Practitioner/nurse-a")
-    a_page = world.triage.pending_chart(a)
-    b = world.launch(*visit, "Practitioner/nurse-b")
-    b_page = world.triage.pending_chart(b)
-    by_b = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
-    saves.append(world.triage.record_triage(b, no_concern(b, by_b, page=b_page.page)))
-    by_a = tuple(replace(c, name="Mila Claes") for c in a_page.children)
-    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    server, world, _, saves, a, _ = _b_renamed_mila_then_a_changed_her(
+        database, tmp_path, name="Mila Claes"
+    )
     with server.restart():
-        for _ in saves:
-            world.clock.advance(600)
-            world.outbox.run_once()
+        states = _each_delivered(world, saves)
         chart = world.triage.load_chart(a)
         mila = next(c for c in chart.children if c.name == "Mila Janssens")
         answers = world.triage.refused_answers(a)
@@ -2419,7 +2426,6 @@ def test_fault_her_refused_rename_of_a_waiting_child_is_marked_until_she_saves_i
         saved = world.triage.record_triage(a, no_concern(a, redone, page=chart.page))
         after = world.triage.load_chart(a)
 
-    states = [world.outbox.state_of(save.outbox_id) for save in saves]
     assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, DeliveryState.CONFLICT]
     assert chart.conflicts == {mila.ref}
     assert [row.delivery for row in form.children if row.ref == mila.ref] == ["conflict"]
@@ -2501,6 +2507,19 @@ def test_fault_a_colleagues_revert_to_what_her_page_first_showed_is_kept(
     assert names == [MILA.name]
 
 
+def _form_after_her_conflict(
+    world: World, a: LaunchContext, a_page: RecordedChart, name: str
+) -> tuple[list[ChildRow], list[str]]:
+    """A saves her page again with Mila renamed ``name``: a conflict. The child rows of the
+    form after it, and the names it says are gone (``rows_after_conflict``)."""
+    renamed = tuple(replace(c, name=name) for c in a_page.children)
+    with pytest.raises(SaveConflict):
+        world.triage.record_triage(a, no_concern(a, renamed, page=a_page.page))
+    chart = world.triage.load_chart(a)
+    typed = [ChildRow.of(child, a_page) for child in renamed]
+    return rows_after_conflict(typed, chart, world.triage.edits_shown(a, a_page.page))
+
+
 def test_fault_the_form_after_a_conflict_shows_a_colleagues_revert_of_her_save(
     database: Database, tmp_path: Path
 ) -> None:
@@ -2511,19 +2530,10 @@ def test_fault_the_form_after_a_conflict_shows_a_colleagues_revert_of_her_save(
     unseen (found by review). Her page stands for her save: the form shows B's Mila."""
     server, world, saves, a, a_page, _ = _mila_renamed_then_put_back(database, tmp_path)
     with server.restart():
-        for _ in saves:
-            world.clock.advance(600)
-            world.outbox.run_once()
-        smet = tuple(replace(c, name="Mila Smet") for c in a_page.children)
-        with pytest.raises(SaveConflict):
-            world.triage.record_triage(a, no_concern(a, smet, page=a_page.page))
-        chart = world.triage.load_chart(a)
-        typed = [ChildRow.of(child, a_page) for child in smet]
-        rows, gone = rows_after_conflict(typed, chart, world.triage.edits_shown(a, a_page.page))
+        delivered = _each_delivered(world, saves)
+        rows, gone = _form_after_her_conflict(world, a, a_page, "Mila Smet")
 
-    assert [world.outbox.state_of(save.outbox_id) for save in saves] == [
-        DeliveryState.DELIVERED
-    ] * 3
+    assert delivered == [DeliveryState.DELIVERED] * 3
     assert gone == []
     assert "Mila Smet" not in [row.name for row in rows]
     assert MILA.name in [row.name for row in rows]
@@ -2539,19 +2549,11 @@ def test_fault_the_form_after_a_conflict_does_not_count_her_refused_save_as_show
     wrote when she made it, and the record now held those values, though not from her
     refused save. Saved, it overwrote C's name unseen (found by review). A refused save
     wrote nothing: the form shows C's name."""
-    server, world, visit, saves = _mila_waiting(database, tmp_path)
-    a = world.launch(*visit, "Practitioner/nurse-a")
-    a_page = world.triage.pending_chart(a)
-    b = world.launch(*visit, "Practitioner/nurse-b")
-    b_page = world.triage.pending_chart(b)
-    by_b = tuple(replace(c, name="Mila Janssens") for c in b_page.children)
-    saves.append(world.triage.record_triage(b, no_concern(b, by_b, page=b_page.page)))
-    by_a = tuple(replace(c, name="Mila Claes") for c in a_page.children)
-    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    server, world, visit, saves, a, a_page = _b_renamed_mila_then_a_changed_her(
+        database, tmp_path, name="Mila Claes"
+    )
     with server.restart():
-        for _ in saves:
-            world.clock.advance(600)
-            world.outbox.run_once()
+        states = _each_delivered(world, saves)
         c = world.launch(*visit, "Practitioner/nurse-c")
         c_page = world.triage.load_chart(c)
         by_c = tuple(
@@ -2559,14 +2561,8 @@ def test_fault_the_form_after_a_conflict_does_not_count_her_refused_save_as_show
             for x in c_page.children
         )
         by_c_saved = world.triage.record_triage(c, no_concern(c, by_c, page=c_page.page))
-        smet = tuple(replace(x, name="Mila Smet") for x in a_page.children)
-        with pytest.raises(SaveConflict):
-            world.triage.record_triage(a, no_concern(a, smet, page=a_page.page))
-        chart = world.triage.load_chart(a)
-        typed = [ChildRow.of(child, a_page) for child in smet]
-        rows, gone = rows_after_conflict(typed, chart, world.triage.edits_shown(a, a_page.page))
+        rows, gone = _form_after_her_conflict(world, a, a_page, "Mila Smet")
 
-    states = [world.outbox.state_of(save.outbox_id) for save in saves]
     assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, DeliveryState.CONFLICT]
     assert by_c_saved.status == "delivered"
     assert gone == []
@@ -2639,12 +2635,13 @@ def test_a_colleagues_revert_of_her_delivered_edit_is_kept_when_she_saves_her_pa
         second = world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page))
         client = FhirClient(world.base_url, lambda: "loopback", 5.0)
         by_b = client.read("RelatedPerson", eldest_id)
-        change = {
+        changes: dict[str, dict[str, Any]] = {
             "as-saved": {},
             "renamed-again": {"name": "Noor A2"},
             "born-a-day-earlier": {"birth_date": eldest.birth_date - timedelta(days=1)},
-        }[hers]
-        again = tuple(replace(c, **change) if c.name == "Noor A" else c for c in by_a)
+        }
+        again = tuple(replace(c, **changes[hers]) if c.name == "Noor A" else c for c in by_a)
+        status: str
         try:
             status = world.triage.record_triage(a, no_concern(a, again, page=a_page.page)).status
         except SaveConflict:
