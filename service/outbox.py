@@ -1127,22 +1127,25 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         if _other_owner(latest, ours, client.base_url) is None and _unchanged(latest, ours):
             left_out.add(request["url"])  # the resource already says what ours says
             continue
-        if current is not None and _SHOWN in entry and _unchanged(current, entry[_SHOWN]):
-            # changed since into what the user was shown (an earlier save's edit, delivered
-            # meanwhile): ours applies over it, as it did over what she saw
-            entries.append(_over_current(client, request, current, ours))
-            continue
         if current is not None and _SHOWN in entry:
-            # and by someone else after it: only what she changed of what she was shown,
-            # as a create-or-merge. Judged against the version she saw, a colleague's revert
-            # of that edit was no change, and her page saved again as it was undid the
+            # changed since into what the user was shown (an earlier save's edit, delivered
+            # meanwhile): ours applies over it, as it did over what she saw; or by someone
+            # else after it: only what she changed of what she was shown, as a
+            # create-or-merge. Judged against the version she saw, a colleague's revert of
+            # that edit was no change, and her page saved again as it was undid the
             # revert, "delivered" (found by review)
-            changes = _her_changes(current, entry[_SHOWN], ours, request["url"])
+            _check_owner(current, ours, client.base_url)
+            as_shown = _unchanged(current, entry[_SHOWN])
+            changes = (
+                ours if as_shown else _her_changes(current, entry[_SHOWN], ours, request["url"])
+            )
             if changes is None:
                 left_out.add(request["url"])
                 continue
             entries.append(_over_current(client, request, current, changes))
-            read_now.add(request["url"])  # moved before our write: a race, merged again
+            # a 412 is the resource moved before our write: a race, merged again (each
+            # time against what she was shown), not a conflict (found by review)
+            read_now.add(request["url"])
             continue
         if current is not None and _apart(seen, current, ours):
             # the EHR changed only what ours does not write (a child's phone number): ours
@@ -1151,6 +1154,14 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
             entries.append(_over_current(client, request, current, ours))
             read_now.add(request["url"])  # moved before our write: a race, merged again
             continue
+        if current is None and _SHOWN in entry:
+            # the version she saw unchanged since: the earlier edit she was shown is not in
+            # the record (refused), and of its values, those she left as shown are not hers
+            # to write: they were written under her name (found by review)
+            ours = _changed_from(entry[_SHOWN], ours)
+            if _unchanged(seen, ours):
+                left_out.add(request["url"])
+                continue
         entries.append({"resource": laid_over(seen, ours), "request": request})
     entries = _described(entries, left_out)
     preconditions = [
@@ -1283,6 +1294,15 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
     version = seen["meta"]["versionId"]
     update_request = {"method": "PUT", "url": reference, "ifMatch": f'W/"{version}"'}
     return [{"resource": laid_over(seen, changes), "request": update_request}]
+
+
+def shown_in(entry: Resource) -> Resource | None:
+    """What the user was shown of the resource a queued merge entry writes, an earlier
+    save's edit or creation of it (:meth:`TransactionBuilder.merge_update`,
+    :meth:`TransactionBuilder.create_or_merge`); None when she was shown the resource
+    itself, or nothing (a resource she added)."""
+    shown = entry.get(_SHOWN)
+    return shown if isinstance(shown, dict) else None
 
 
 def _her_changes(

@@ -80,6 +80,7 @@ from service.outbox import (
     TransactionBuilder,
     enqueue,
     kept_changing,
+    shown_in,
 )
 from service.protocol import (
     Child,
@@ -491,10 +492,7 @@ class Triage:
             children.append(child)
             refused = outstanding.refused.get(_child_id(child.ref))
             if refused is not None:
-                refusal, made_on = refused
-                if refusal == DeliveryState.CONFLICT and made_on == child.ref:
-                    refusal = CHANGED_ELSEWHERE  # the child is as the edit saw it
-                told[refusal].add(child.ref)
+                told[refused.told_of(child)].add(child.ref)
         self._remember_edits(ctx, recorded.page, [*shown_edits, *new])
         return replace(
             recorded,
@@ -1038,15 +1036,25 @@ def _as_the_page_stands(shown: EditsShown, saves: Sequence[_Save], patient_ref: 
     are not what it stands for any more: a colleague's later save back to them (a revert
     of hers) was taken for what her page showed, by the merge base of her next save from
     the page (the Back button) and by the form after a conflict, and her values undid the
-    revert unseen (found by review)."""
-    # a refused save wrote nothing
-    from_page = [s for s in saves if s.id in shown.saved_in and s.state not in REFUSED_STATES]
+    revert unseen (found by review).
+
+    A refused save wrote nothing, and what it changed its page never showed: a release
+    before 2026-12-06 remembered those values as shown when the save was made, and a
+    page open across the upgrade has them still (found by review)."""
+    from_page = [s for s in saves if s.id in shown.saved_in]
+    kept = [s for s in from_page if s.state not in REFUSED_STATES]
     saved = {
         child.ref: _fingerprint(child)
-        for save in from_page
+        for save in kept
         for child in _children_saved(_entries(save), patient_ref)
     }
-    others = {(ref, fingerprint) for ref, fingerprint in shown.seen if ref not in saved}
+    unshown = {
+        (child.ref, _fingerprint(child))
+        for save in from_page
+        if save.state in REFUSED_STATES
+        for child, _ in _changed_by_her(_entries(save), patient_ref)
+    }
+    others = {seen for seen in shown.seen if seen[0] not in saved and seen not in unshown}
     return replace(shown, seen=frozenset(others | set(saved.items())))
 
 
@@ -1153,10 +1161,30 @@ class _Outstanding:
 
     new_children: list[Child]  # undelivered new children, eldest first
     edits: dict[str, Child]  # child id → the latest undelivered edit (ref: its version)
-    #: child id → why the save with its latest edit was refused (conflict, kept-changing or
-    #: failed: _Save.refusal) and the ref of the version that edit was made on, for the
-    #: children no save has named since
-    refused: dict[str, tuple[str, str]]
+    #: child id → why its latest edit was refused, for the children no save named since
+    refused: dict[str, _Refusal]
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why the save with a child's latest edit was refused (conflict, kept-changing or
+    failed: :attr:`_Save.refusal`), and what its page showed of the child: the ref of the
+    version the edit was made on; of a child then waiting to be created, the fingerprint
+    of its values as the page showed them ("" when she added it)."""
+
+    reason: str
+    made_on: str
+
+    def told_of(self, child: Child) -> str:
+        """What the chart tells of ``child``, as the record holds it now: a conflict over
+        another part of the save (:data:`CHANGED_ELSEWHERE`) when the record holds the
+        child as the refused edit saw it."""
+        untouched = self.made_on in (child.ref, _fingerprint(child))
+        return (
+            CHANGED_ELSEWHERE
+            if self.reason == DeliveryState.CONFLICT and untouched
+            else self.reason
+        )
 
 
 def _patient_saves(session: Session, ctx: LaunchInfo) -> list[_Save]:
@@ -1244,6 +1272,24 @@ def _created(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
         yield from _read(_entries(save), patient_ref, _created_child)
 
 
+def _changed_by_her(
+    entries: Iterable[Resource], patient_ref: str
+) -> Iterator[tuple[Child, str | None]]:
+    """The children a save's transaction ``entries`` write with values her page did not
+    show them with (edits by the version they were made on, new children by
+    ``urn:uuid:``), each with the fingerprint of what it showed: an earlier save's edit or
+    new child (``outbox.shown_in``); None for the version itself, or a child she added. A
+    child she only confirmed is written as it was shown while it waits to be created."""
+    for entry in entries:
+        child = _edited_child(entry, patient_ref) or _created_child(entry, patient_ref)
+        if child is None:
+            continue
+        shown = shown_in(entry)
+        was = mapping.child_from_related_person(shown) if shown is not None else None
+        if was is None or _fingerprint(was) != _fingerprint(child):
+            yield child, None if was is None else _fingerprint(was)
+
+
 def _read(
     entries: Iterable[Resource], patient_ref: str, reader: Callable[[Resource, str], Child | None]
 ) -> Iterator[Child]:
@@ -1305,13 +1351,16 @@ def _queued_children(
     As her page showed it: another save of the child since (a colleague's rename) is not
     what she saw, and taken for it, the values she left as they were counted as changed
     back and undid that save's change, every save "delivered" (found by review). Of the
-    saves whose values her page stands for, the latest; a refused one is none of them,
-    as it wrote nothing."""
+    saves whose values her page stands for, the latest, refused or not: a colleague's
+    save her page showed waiting and the record refused since wrote nothing, and the
+    latest save it did not refuse taken instead, the refused values she left as shown
+    counted as her change and were written under her name, over a change her page never
+    showed (found by review). Against what she was shown, they are no change of hers."""
     kept = [save for save in saves if save.state not in REFUSED_STATES]
     written = _created_children(kept, patient_ref)
     as_shown = {
         _child_uuid(child.ref): child
-        for child in _created(kept, patient_ref)
+        for child in _created(saves, patient_ref)
         if seen.include(child.ref, child)
     }
     return {
@@ -1346,7 +1395,7 @@ def _edits(saves: Iterable[_Save], patient_ref: str) -> Iterator[Child]:
 
 def _refused_edits(
     session: Session, saves: Sequence[_Save], patient_ref: str, ids: Mapping[str, str]
-) -> dict[str, tuple[str, str]]:
+) -> dict[str, _Refusal]:
     """The ids of the children whose latest edit the FHIR server refused, because someone
     else had changed them first (a ``conflict`` entry), because the record kept changing
     under the save (a ``conflict`` past its races, :data:`KEPT_CHANGING`) or for another
@@ -1361,19 +1410,20 @@ def _refused_edits(
     child (a save names the children its page showed), so a notice it cleared does not
     come back with the purge.
 
-    So is a refused save of a new child the record holds (``ids``: the ``urn:uuid:`` of
-    our identifier → the child's id): a create-or-merge over the child an earlier save
-    created. The chart showed it as the record has it, unmarked (found by review)."""
-    # child id → the last refused save editing it, and the version (or the urn:uuid: of
-    # the new child) its edit was made on
+    So is a refused save's change of a new child the record holds (``ids``: the
+    ``urn:uuid:`` of our identifier → the child's id): a create-or-merge over the child
+    an earlier save created. The chart showed it as the record has it, unmarked (found by
+    review). One that only carried the child as her page showed it waiting changed
+    nothing of it (found by review)."""
+    # child id → the last refused save editing it, and what its page showed of the child
     refused: dict[str, tuple[_Save, str]] = {}
     for save in saves:
         if save.state in REFUSED_STATES:
             for child_id, child in _edited_children([save], patient_ref).items():
                 refused[child_id] = (save, child.ref)
-            for child in _created([save], patient_ref):
+            for child, was in _changed_by_her(_entries(save), patient_ref):
                 if child.ref in ids:
-                    refused[ids[child.ref]] = (save, child.ref)
+                    refused[ids[child.ref]] = (save, was or "")
     if not refused:
         return {}
     rows = session.execute(
@@ -1396,7 +1446,7 @@ def _refused_edits(
                 seen.add(child_id)
                 break
     return {
-        child_id: (save.refusal, made_on)
+        child_id: _Refusal(save.refusal, made_on)
         for child_id, (save, made_on) in refused.items()
         if child_id not in seen
     }
@@ -1404,8 +1454,15 @@ def _refused_edits(
 
 def _named_children(save: _Save, patient_ref: str, ids: Mapping[str, str]) -> set[str]:
     """The ids of the RelatedPersons a save writes or references, and of those the record
-    holds that it creates (or creates or merges) by our identifier (``ids``)."""
-    found = {ids[c.ref] for c in _created([save], patient_ref) if c.ref in ids}
+    holds (``ids``) that it creates by our identifier while its page did not show them
+    waiting: added on it, or filled back after a refusal. A page that showed a child
+    waiting was drawn before the child's creation was delivered, and so before any
+    refusal of a change of it: its save tells nothing of that refusal (found by review)."""
+    found = {
+        ids[c.ref]
+        for c, was in _changed_by_her(_entries(save), patient_ref)
+        if was is None and c.ref in ids
+    }
 
     def walk(value: object) -> None:
         if isinstance(value, dict):

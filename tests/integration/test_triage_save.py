@@ -22,6 +22,7 @@ from sqlalchemy import func, select, update
 
 from sandbox.fhir_server import FhirServer, free_port
 from sandbox.seed import SeedResult, seed
+from service import triage
 from service.db.base import Database, utcnow
 from service.db.models import AppSession, AuditRecord, Concern, OutboxEntry, ShownChild
 from service.fhir import mapping, terminology
@@ -48,6 +49,7 @@ from service.triage import (
     SaveConflict,
     SaveResult,
     TriageInput,
+    unversioned,
 )
 from smart_app.nurse import ChildRow, TriageForm, rows_after_conflict, with_answers
 from smart_app.session import SESSION_LIFETIME, LaunchContext, SessionStore, SessionTokens
@@ -1684,11 +1686,12 @@ def _codes(flag: dict[str, Any], url_id: str) -> list[str]:
 
 
 class _ConcurrentWriter:
-    """Another writer of the concern Flag (a second nurse's save, the EHR) that changes it
-    on the FHIR server at the exact moment between the outbox's search at delivery and its
-    transaction: ``FhirClient.transaction`` is wrapped to do so first, whenever the
-    transaction updates a Flag (``times`` times at most). The only way to cause this race
-    deterministically; the server, the search, the If-Match and the 412 are real."""
+    """Another writer of the concern Flag (a second nurse's save, the EHR), or of another
+    ``resource_type``, that changes it on the FHIR server at the exact moment between the
+    outbox's reads at delivery and its transaction: ``FhirClient.transaction`` is wrapped
+    to do so first, whenever the transaction updates such a resource (``times`` times at
+    most). The only way to cause this race deterministically; the server, the reads, the
+    If-Match and the 412 are real."""
 
     def __init__(
         self,
@@ -1696,21 +1699,23 @@ class _ConcurrentWriter:
         base_url: str,
         change: Callable[[dict[str, Any], int], dict[str, Any]],
         times: int = 1,
+        resource_type: str = "Flag",
     ) -> None:
         self.writes = 0
         original = FhirClient.transaction
 
         def transaction(client: FhirClient, bundle: dict[str, Any]) -> dict[str, Any]:
-            flags = [
+            updated = [
                 e["request"]["url"]
                 for e in bundle.get("entry", [])
-                if e["request"]["method"] == "PUT" and e["request"]["url"].startswith("Flag/")
+                if e["request"]["method"] == "PUT"
+                and e["request"]["url"].startswith(f"{resource_type}/")
             ]
-            if flags and self.writes < times:
+            if updated and self.writes < times:
                 self.writes += 1
-                current = httpx.get(f"{base_url}/{flags[0]}", timeout=10).json()
+                current = httpx.get(f"{base_url}/{updated[0]}", timeout=10).json()
                 changed = change(current, self.writes)
-                httpx.put(f"{base_url}/{flags[0]}", json=changed, timeout=10).raise_for_status()
+                httpx.put(f"{base_url}/{updated[0]}", json=changed, timeout=10).raise_for_status()
             return original(client, bundle)
 
         monkeypatch.setattr(FhirClient, "transaction", transaction)
@@ -2434,6 +2439,88 @@ def test_fault_her_refused_rename_of_a_waiting_child_is_marked_until_she_saves_i
     assert "Mila Claes" in {c.name for c in after.children}
 
 
+@pytest.mark.parametrize("mila", ["as-shown", "born-a-day-earlier"])
+def test_fault_a_waiting_child_her_refused_save_did_not_change_is_not_marked_a_conflict(
+    database: Database, tmp_path: Path, mila: str
+) -> None:
+    """During an outage a nurse adds Mila; her save waits. The server is back before the
+    outbox runs: A's chart shows the children and Mila waiting. A renames the eldest child,
+    and someone else changes it first: A's save is refused. Mila was marked too,
+    "someone else changed the child first", though A's save only carried her as shown
+    (every waiting child is saved again with the page) and nobody changed her (found by
+    review). Left as shown: not marked. Her birth date corrected by A: marked as refused
+    with the rest of the save, not as changed by someone else."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    with server.restart() as again:
+        a = world.launch(*visit, "Practitioner/nurse-a")
+        page = world.triage.load_chart(a)
+        eldest = next(c for c in page.children if c.ref.startswith("RelatedPerson/"))
+        waiting = next(c for c in page.children if c.name == MILA.name)
+        earlier = MILA.birth_date - timedelta(days=1)
+        by_a = tuple(
+            replace(c, name="Noor A")
+            if c is eldest
+            else replace(c, birth_date=earlier)
+            if c is waiting and mila == "born-a-day-earlier"
+            else c
+            for c in page.children
+        )
+        saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=page.page)))
+        with FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+            _changed_by_someone_else(client, eldest.ref.split("/")[1])
+        states = _each_delivered(world, saves)
+        chart = world.triage.load_chart(a)
+
+    recorded = next(c for c in chart.children if c.name == MILA.name)
+    assert waiting.ref in page.pending
+    assert states == [DeliveryState.DELIVERED, DeliveryState.CONFLICT]
+    assert recorded.ref not in chart.conflicts
+    if mila == "as-shown":
+        marked = chart.conflicts | chart.changed_elsewhere | chart.failed | chart.kept_changing
+        assert recorded.ref not in marked
+    else:
+        assert recorded.ref in chart.changed_elsewhere
+
+
+@pytest.mark.parametrize("c_changes", ["nothing", "the-birth-date"])
+def test_fault_a_page_drawn_before_her_refusal_does_not_clear_its_notice(
+    database: Database, tmp_path: Path, c_changes: str
+) -> None:
+    """During an outage a nurse adds Mila; B and A rename her while she waits, and A's save
+    is refused at delivery. Nurse C's page showed Mila waiting too (as A's save named
+    her), before any of it was delivered; C saves it, Mila as it showed her or with
+    another birth date. C's save came after the refusal and named Mila: it cleared A's
+    notice, though C's page never showed the refusal, and A's rename was gone unseen (her
+    answers are not offered back either: a save of the visit came since; found by
+    review). A page that showed Mila waiting was drawn before she was on the record: A is
+    still told. And C's save laid A's refused name, which C's page showed and C left as it
+    was, over B's (found with it): C changed nothing of the name, and B's stays."""
+    server, world, visit, saves, a, _ = _b_renamed_mila_then_a_changed_her(
+        database, tmp_path, name="Mila Claes"
+    )
+    c = world.launch(*visit, "Practitioner/nurse-c")
+    c_page = world.triage.pending_chart(c)  # still waiting: the server is down
+    earlier = MILA.birth_date - timedelta(days=1)
+    by_c = tuple(
+        replace(x, birth_date=earlier) if c_changes == "the-birth-date" else x
+        for x in c_page.children
+    )
+    with server.restart():
+        states = _each_delivered(world, saves)
+        told = world.triage.load_chart(a)
+        saved = world.triage.record_triage(c, no_concern(c, by_c, page=c_page.page))
+        after = world.triage.load_chart(a)
+
+    assert [x.name for x in c_page.children] == ["Mila Claes"]
+    assert states == [DeliveryState.DELIVERED, DeliveryState.DELIVERED, DeliveryState.CONFLICT]
+    assert saved.status == "delivered"
+    (mila,) = (x for x in after.children if x.name.startswith("Mila"))
+    assert mila.name == "Mila Janssens"
+    assert mila.birth_date == (earlier if c_changes == "the-birth-date" else MILA.birth_date)
+    assert [unversioned(ref) for ref in told.conflicts] == [unversioned(mila.ref)]
+    assert after.conflicts == {mila.ref}
+
+
 def test_fault_her_undo_of_her_own_rename_of_a_waiting_child_from_the_same_page_is_kept(
     database: Database, tmp_path: Path
 ) -> None:
@@ -2539,8 +2626,9 @@ def test_fault_the_form_after_a_conflict_shows_a_colleagues_revert_of_her_save(
     assert MILA.name in [row.name for row in rows]
 
 
+@pytest.mark.parametrize("saved_by", ["this-release", "the-release-before"])
 def test_fault_the_form_after_a_conflict_does_not_count_her_refused_save_as_shown(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, saved_by: str
 ) -> None:
     """During an outage a nurse adds Mila; A's and B's pages show her waiting. B renames
     her "Mila Janssens", A "Mila Claes": at delivery A's save is refused (both changed the
@@ -2548,10 +2636,16 @@ def test_fault_the_form_after_a_conflict_does_not_count_her_refused_save_as_show
     name: a conflict. The form after it kept A's row: the page remembered what A's save
     wrote when she made it, and the record now held those values, though not from her
     refused save. Saved, it overwrote C's name unseen (found by review). A refused save
-    wrote nothing: the form shows C's name."""
+    wrote nothing: the form shows C's name. So for a page open across the upgrade, whose
+    save the release before remembered as shown (found by review)."""
     server, world, visit, saves, a, a_page = _b_renamed_mila_then_a_changed_her(
         database, tmp_path, name="Mila Claes"
     )
+    if saved_by == "the-release-before":  # what it remembered at A's save
+        bundle = outbox_entry(database, saves[-1].outbox_id).bundle
+        with database.session() as session:
+            saved = triage._children_saved(bundle["entry"], f"Patient/{visit[0]}")
+            triage._remember_shown_edits(session, a.session_id, a_page.page, saved)
     with server.restart():
         states = _each_delivered(world, saves)
         c = world.launch(*visit, "Practitioner/nurse-c")
@@ -2591,17 +2685,85 @@ def test_fault_a_colleagues_revert_to_the_edit_her_page_first_showed_is_kept(
     assert states == [DeliveryState.DELIVERED] * 4
 
 
+@dataclass
+class _HerRename:
+    """Nurse A's page of a returning patient, the eldest child renamed "Noor A" and saved:
+    delivered (:func:`_her_rename_delivered`)."""
+
+    world: World
+    seeded: SeedResult
+    client: FhirClient  # to the FHIR server, as the EHR
+    visit: tuple[str, str]
+    a: LaunchContext
+    a_page: RecordedChart
+    by_a: tuple[Child, ...]  # her page as she saved it
+    eldest: Child  # as her page showed it
+
+    @property
+    def child_id(self) -> str:
+        return self.eldest.ref.split("/")[1]
+
+    def put_back(self) -> dict[str, Any]:
+        """Nurse B opens the chart and puts the eldest's name back; the child as stored."""
+        b = self.world.launch(*self.visit, "Practitioner/nurse-b")
+        b_page = self.world.triage.load_chart(b)
+        put_back = tuple(
+            replace(c, name=self.eldest.name) if c.name == "Noor A" else c for c in b_page.children
+        )
+        saved = self.world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page))
+        assert saved.status == "delivered"
+        return self.client.read("RelatedPerson", self.child_id)
+
+    def saved_again(self, **change: Any) -> str:
+        """A saves her page again (the Back button), "Noor A" with ``change``: the save's
+        status, "conflict" when it is refused as one while she waits."""
+        again = tuple(replace(c, **change) if c.name == "Noor A" else c for c in self.by_a)
+        findings = no_concern(self.a, again, page=self.a_page.page)
+        try:
+            return self.world.triage.record_triage(self.a, findings).status
+        except SaveConflict:
+            return "conflict"
+
+
+@contextlib.contextmanager
+def _her_rename_delivered(
+    database: Database, tmp_path: Path, *, ours_before: bool = True
+) -> Iterator[_HerRename]:
+    """A FHIR server of the test's own; with ``ours_before``, a save of ours wrote the
+    eldest child first (our profile and identifier), as the EHR's seed does not."""
+    server = _OwnServer.start(tmp_path)
+    try:
+        patient = server.seeded.patient("els-goossens")
+        world = world_at(database, server.base_url)
+        visit = (patient.id, patient.arrived_encounter_id or "")
+        z = world.launch(*visit, "Practitioner/nurse-z")
+        eldest_id = world.triage.load_chart(z).children[0].ref.split("/")[1]
+        if ours_before:
+            _saved_with(world, z, eldest_id, name="Noor Goossens")
+        a = world.launch(*visit, "Practitioner/nurse-a")
+        a_page = world.triage.load_chart(a)
+        eldest = next(c for c in a_page.children if c.ref.split("/")[1] == eldest_id)
+        by_a = tuple(replace(c, name="Noor A") if c is eldest else c for c in a_page.children)
+        first = world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page))
+        assert first.status == "delivered"
+        with FhirClient(world.base_url, lambda: "loopback", 5.0) as client:
+            yield _HerRename(world, server.seeded, client, visit, a, a_page, by_a, eldest)
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
-    ("before", "hers"),
+    ("ours_before", "hers"),
     [
-        ("as-seeded", "as-saved"),
-        ("saved-by-us-before", "as-saved"),
-        ("saved-by-us-before", "renamed-again"),
-        ("saved-by-us-before", "born-a-day-earlier"),
+        (False, "as-saved"),
+        (True, "as-saved"),
+        (True, "renamed-again"),
+        (True, "born-a-day-earlier"),
     ],
+    ids=["as-seeded-as-saved", "as-saved", "renamed-again", "born-a-day-earlier"],
 )
 def test_a_colleagues_revert_of_her_delivered_edit_is_kept_when_she_saves_her_page_again(
-    database: Database, tmp_path: Path, before: str, hers: str
+    database: Database, tmp_path: Path, ours_before: bool, hers: str
 ) -> None:
     """Nurse A renames the eldest child; her save is delivered. Nurse B opens the chart and
     puts the name back; delivered. A saves her page again (the Back button):
@@ -2613,51 +2775,75 @@ def test_a_colleagues_revert_of_her_delivered_edit_is_kept_when_she_saves_her_pa
       child as the EHR recorded it refused her whole save as a conflict;
     * renamed again: both changed the name since her save; a conflict, B's name kept;
     * with another birth date: merged, B's name and A's date."""
-    server = _OwnServer.start(tmp_path)
-    try:
-        patient = server.seeded.patient("els-goossens")
-        world = world_at(database, server.base_url)
-        visit = (patient.id, patient.arrived_encounter_id)
-        z = world.launch(*visit, "Practitioner/nurse-z")
-        eldest_id = world.triage.load_chart(z).children[0].ref.split("/")[1]
-        if before == "saved-by-us-before":
-            _saved_with(world, z, eldest_id, name="Noor Goossens")
-        a = world.launch(*visit, "Practitioner/nurse-a")
-        a_page = world.triage.load_chart(a)
-        eldest = next(c for c in a_page.children if c.ref.split("/")[1] == eldest_id)
-        by_a = tuple(replace(c, name="Noor A") if c is eldest else c for c in a_page.children)
-        first = world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page))
-        b = world.launch(*visit, "Practitioner/nurse-b")
-        b_page = world.triage.load_chart(b)
-        put_back = tuple(
-            replace(c, name=eldest.name) if c.name == "Noor A" else c for c in b_page.children
-        )
-        second = world.triage.record_triage(b, no_concern(b, put_back, page=b_page.page))
-        client = FhirClient(world.base_url, lambda: "loopback", 5.0)
-        by_b = client.read("RelatedPerson", eldest_id)
+    with _her_rename_delivered(database, tmp_path, ours_before=ours_before) as rename:
+        earlier = rename.eldest.birth_date - timedelta(days=1)
         changes: dict[str, dict[str, Any]] = {
             "as-saved": {},
             "renamed-again": {"name": "Noor A2"},
-            "born-a-day-earlier": {"birth_date": eldest.birth_date - timedelta(days=1)},
+            "born-a-day-earlier": {"birth_date": earlier},
         }
-        again = tuple(replace(c, **changes[hers]) if c.name == "Noor A" else c for c in by_a)
-        status: str
-        try:
-            status = world.triage.record_triage(a, no_concern(a, again, page=a_page.page)).status
-        except SaveConflict:
-            status = "conflict"
-        stored = client.read("RelatedPerson", eldest_id)
-        client.close()
-    finally:
-        server.stop()
+        by_b = rename.put_back()
+        status = rename.saved_again(**changes[hers])
+        stored = rename.client.read("RelatedPerson", rename.child_id)
 
-    assert (first.status, second.status) == ("delivered", "delivered")
     assert status == ("conflict" if hers == "renamed-again" else "delivered")
-    assert display_name(stored) == eldest.name
+    assert display_name(stored) == rename.eldest.name
     if hers == "born-a-day-earlier":
-        assert stored["birthDate"] == _day_before(eldest.birth_date.isoformat())
+        assert stored["birthDate"] == earlier.isoformat()
     else:  # nothing written since B's save
         assert stored["meta"]["versionId"] == by_b["meta"]["versionId"]
+
+
+def test_a_colleagues_revert_of_her_edit_just_before_her_save_is_written_is_merged_again(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, A saves her page again with another birth date; the child is as her save
+    left it, and her date goes over it, If-Match on that version. B puts the name back
+    between the outbox's read and its write: a 412. It was told as a conflict, though
+    nobody changed what she changed; had B's revert come a moment earlier, it merged
+    (found by review). It is a race now, merged again: B's name and A's date."""
+    with _her_rename_delivered(database, tmp_path) as hers:
+        as_shown = hers.eldest.ref.removeprefix("RelatedPerson/")  # the version her page showed
+        first_name = hers.client.read("RelatedPerson", as_shown)["name"]
+        hers.client.close()  # the writer below is the EHR's own connection
+
+        def put_back(child: dict[str, Any], _: int) -> dict[str, Any]:
+            return {**child, "name": first_name}
+
+        writer = _ConcurrentWriter(
+            monkeypatch, hers.world.base_url, put_back, resource_type="RelatedPerson"
+        )
+        earlier = hers.eldest.birth_date - timedelta(days=1)
+        status = hers.saved_again(birth_date=earlier)
+        hers.world.clock.advance(600)
+        hers.world.outbox.run_once()
+        with FhirClient(hers.world.base_url, lambda: "loopback", 5.0) as client:
+            stored = client.read("RelatedPerson", hers.child_id)
+
+    assert writer.writes == 1
+    assert status != "conflict"
+    assert display_name(stored) == hers.eldest.name
+    assert stored["birthDate"] == earlier.isoformat()
+
+
+def test_her_page_saved_again_is_refused_once_the_child_moved_to_another_patient(
+    database: Database, tmp_path: Path
+) -> None:
+    """As above, B puts the name back; then the EHR moves the child to another patient's
+    record (recorded on the wrong mother, corrected). A saves her page again as she had
+    saved it: with nothing of hers to write, her save left the child out unchecked,
+    "delivered", her findings referring to another patient's child (found by review). It
+    is refused, as any save of a child on another patient's record."""
+    with _her_rename_delivered(database, tmp_path) as hers:
+        hers.put_back()
+        moved = hers.client.read("RelatedPerson", hers.child_id)
+        elsewhere = f"Patient/{hers.seeded.patient('jan-janssens').id}"
+        _put(hers.client, {**moved, "patient": {"reference": elsewhere}})
+        status = hers.saved_again()
+        stored = hers.client.read("RelatedPerson", hers.child_id)
+
+    assert status == "failed"
+    assert stored["patient"]["reference"] == elsewhere
 
 
 def _named(client: FhirClient, child_id: str, **parts: Any) -> dict[str, Any]:
@@ -2921,11 +3107,58 @@ def test_fault_a_pending_edit_corrected_on_the_chart_is_delivered_with_the_corre
     assert validate(after) == []
 
 
-def test_fault_a_pending_edit_corrected_then_changed_by_someone_else_is_a_conflict(
+def test_fault_a_colleagues_refused_edit_her_page_showed_is_not_written_under_her_name(
     database: Database, tmp_path: Path
 ) -> None:
+    """During an outage nurse X renames the two children; X's save waits. Nurse A's page
+    shows both renames waiting; A corrects the eldest's birth date and leaves the rest as
+    shown. The EHR changes the second child first: X's save is refused, and the eldest
+    stays as it was. A's save wrote X's refused name of the eldest with her date, under
+    her name: she had only left it as her page showed it (found by review). Of what her
+    page showed, only what she changed is hers: her date, the eldest's own name."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id or "")
+    x = world.launch(*visit, "Practitioner/nurse-x")
+    loaded = world.triage.load_chart(x)
+    eldest, second = loaded.children[0], loaded.children[1]
+    server.stop()
+    by_x = tuple(
+        replace(c, name="Noor X")
+        if c is eldest
+        else replace(c, name="Emma X")
+        if c is second
+        else c
+        for c in loaded.children
+    )
+    saves = [world.triage.record_triage(x, no_concern(x, by_x, page=loaded.page))]
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    earlier = eldest.birth_date - timedelta(days=1)
+    by_a = tuple(
+        replace(c, birth_date=earlier) if c.name == "Noor X" else c for c in a_page.children
+    )
+    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    with server.restart() as again, FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+        _changed_by_someone_else(client, second.ref.split("/")[1])
+        states = _each_delivered(world, saves)
+        stored = client.read("RelatedPerson", eldest.ref.split("/")[1])
+
+    assert sorted(c.name for c in a_page.children) == ["Emma X", "Noor X"]
+    assert states == [DeliveryState.CONFLICT, DeliveryState.DELIVERED]
+    assert display_name(stored) == eldest.name
+    assert stored["birthDate"] == earlier.isoformat()
+
+
+@pytest.mark.parametrize("theirs", ["birth-date", "name"])
+def test_fault_a_pending_edit_corrected_then_changed_by_someone_else_is_merged_or_a_conflict(
+    database: Database, tmp_path: Path, theirs: str
+) -> None:
     """The same correction, but someone else changed the child after the first save's
-    edit was delivered: the correction is refused as a conflict, the other change kept."""
+    edit was delivered. Another element (the birth date): merged, her name and their date
+    (until 2026-12-06 her correction was refused, though nobody changed what she changed).
+    The name: her correction is refused as a conflict, their name kept."""
     outage = _edit_during_outage(database, tmp_path, "Noor Goossens")
     world = outage.world
     edited_ref = outage.children[0].ref
@@ -2938,14 +3171,27 @@ def test_fault_a_pending_edit_corrected_then_changed_by_someone_else_is_a_confli
         world.clock.advance(120)
         world.outbox.run_once()
         assert world.outbox.state_of(outage.result.outbox_id) == DeliveryState.DELIVERED
-        changed = _changed_by_someone_else(client, child_id)
+        if theirs == "name":
+            _named(client, child_id, text="Noor-Marie Goossens", given=["Noor-Marie"])
+        else:
+            _changed_by_someone_else(client, child_id)
+        changed = client.read("RelatedPerson", child_id)
         corrected = tuple(
             replace(c, name="Noor Goossens-Peeters") if c.ref == edited_ref else c
             for c in chart.children
         )
-        with pytest.raises(SaveConflict):
-            world.triage.record_triage(colleague, no_concern(colleague, corrected, page=chart.page))
+        findings = no_concern(colleague, corrected, page=chart.page)
+        status: str
+        try:
+            status = world.triage.record_triage(colleague, findings).status
+        except SaveConflict:
+            status = "conflict"
         after = client.read("RelatedPerson", child_id)
 
-    assert display_name(after) == "Noor Goossens"
-    assert after["birthDate"] == _day_before(changed["birthDate"])
+    assert after["birthDate"] == changed["birthDate"]
+    if theirs == "name":
+        assert status == "conflict"
+        assert after["name"] == changed["name"]
+    else:
+        assert status == "delivered"
+        assert display_name(after) == "Noor Goossens-Peeters"
