@@ -1122,9 +1122,15 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
         if _SHOWN not in entry and _unchanged(seen, ours):
             left_out.add(request["url"])
             continue
-        current = _changed_since(client, ours, version)
+        now = _read_now(client, ours)
+        # changed since the version she saw (an earlier save's edit delivered, say); only a
+        # change into what ours says, or into what she was shown, is no conflict; any
+        # other, a deletion too, is left to If-Match to refuse
+        moved = now is not None and now.get("meta", {}).get("versionId") != version
+        current = now if moved else None
         latest = seen if current is None else current
-        if _other_owner(latest, ours, client.base_url) is None and _unchanged(latest, ours):
+        owned = _other_owner(latest, ours, client.base_url) is None
+        if now is not None and owned and _unchanged(latest, ours):
             left_out.add(request["url"])  # the resource already says what ours says
             continue
         if current is not None and _SHOWN in entry:
@@ -1154,10 +1160,11 @@ def _merged(client: FhirClient, bundle: Resource) -> _Sent:
             entries.append(_over_current(client, request, current, ours))
             read_now.add(request["url"])  # moved before our write: a race, merged again
             continue
-        if current is None and _SHOWN in entry:
+        if now is not None and current is None and _SHOWN in entry:
             # the version she saw unchanged since: the earlier edit she was shown is not in
             # the record (refused), and of its values, those she left as shown are not hers
-            # to write: they were written under her name (found by review)
+            # to write: they were written under her name (found by review). Gone, it is
+            # sent as it is, for If-Match to refuse (found by review)
             ours = _changed_from(entry[_SHOWN], ours)
             if _unchanged(seen, ours):
                 left_out.add(request["url"])
@@ -1212,18 +1219,13 @@ def _apart(seen: Resource, current: Resource, ours: Resource) -> bool:
     return of_ours(seen) == of_ours(current)
 
 
-def _changed_since(client: FhirClient, ours: Resource, version: str) -> Resource | None:
-    """The resource as it is now when it changed since ``version`` (an earlier save's edit
-    of that version delivered, say), else None. Only a change into what ours says, or
-    into what the user was shown (``_SHOWN``), is no conflict; any other, a deletion too
-    (410), is left to If-Match to refuse."""
+def _read_now(client: FhirClient, ours: Resource) -> Resource | None:
+    """The resource ``ours`` updates as it is now; None when it is gone (410) or not ours
+    to read: the update itself will say."""
     try:
-        current = client.read(ours["resourceType"], ours["id"])
-    except FhirRejected:  # gone, or not ours to read: the update itself will say
+        return client.read(ours["resourceType"], ours["id"])
+    except FhirRejected:
         return None
-    if current.get("meta", {}).get("versionId") == version:
-        return None
-    return current
 
 
 def _described(entries: list[Resource], left_out: Set[str]) -> list[Resource]:

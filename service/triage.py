@@ -399,7 +399,7 @@ class Triage:
             if saves:
                 page = _shown_edits(session, ctx.session_id, findings.page)
                 seen = _as_the_page_stands(page, saves, patient_ref)
-            queued = _queued_children(saves, patient_ref, seen)
+            queued = _queued_children(saves, patient_ref, seen, findings.step1.children)
             undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
             edits = _edits_seen(undelivered, patient_ref, seen)
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
@@ -492,7 +492,9 @@ class Triage:
             children.append(child)
             refused = outstanding.refused.get(_child_id(child.ref))
             if refused is not None:
-                told[refused.told_of(child)].add(child.ref)
+                told_of = refused.told_of(child)
+                if told_of is not None:
+                    told[told_of].add(child.ref)
         self._remember_edits(ctx, recorded.page, [*shown_edits, *new])
         return replace(
             recorded,
@@ -1168,17 +1170,22 @@ class _Outstanding:
 @dataclass(frozen=True)
 class _Refusal:
     """Why the save with a child's latest edit was refused (conflict, kept-changing or
-    failed: :attr:`_Save.refusal`), and what its page showed of the child: the ref of the
+    failed: :attr:`_Save.refusal`), what its page showed of the child (the ref of the
     version the edit was made on; of a child then waiting to be created, the fingerprint
-    of its values as the page showed them ("" when she added it)."""
+    of its values as the page showed them, "" when she added it) and the fingerprint of
+    what it wrote of the child."""
 
     reason: str
     made_on: str
+    wrote: str
 
-    def told_of(self, child: Child) -> str:
-        """What the chart tells of ``child``, as the record holds it now: a conflict over
-        another part of the save (:data:`CHANGED_ELSEWHERE`) when the record holds the
-        child as the refused edit saw it."""
+    def told_of(self, child: Child) -> str | None:
+        """What the chart tells of ``child``, as the record holds it now: nothing when it
+        holds what the refused edit wrote (another save wrote it since: the page marked a
+        child on the record as entered, found by review); a conflict over another part of
+        the save (:data:`CHANGED_ELSEWHERE`) when it holds the child as the edit saw it."""
+        if _fingerprint(child) == self.wrote:
+            return None
         untouched = self.made_on in (child.ref, _fingerprint(child))
         return (
             CHANGED_ELSEWHERE
@@ -1339,7 +1346,7 @@ def _recorded_meanwhile(
 
 
 def _queued_children(
-    saves: Sequence[_Save], patient_ref: str, seen: EditsShown
+    saves: Sequence[_Save], patient_ref: str, seen: EditsShown, hers: Iterable[Child] = ()
 ) -> dict[str, Child | None]:
     """The new children ``saves`` create, by identifier: each as her page stands for it
     (``seen``: as it showed it pending, or as its latest save wrote it), else as the
@@ -1355,18 +1362,38 @@ def _queued_children(
     save her page showed waiting and the record refused since wrote nothing, and the
     latest save it did not refuse taken instead, the refused values she left as shown
     counted as her change and were written under her name, over a change her page never
-    showed (found by review). Against what she was shown, they are no change of hers."""
+    showed (found by review). Against what she was shown, they are no change of hers.
+    What she changed of those (``hers``: her rows) is compared with what the refused save
+    was itself based on, as the record holds it: taken for the refused values, nobody's
+    change since counted as someone else's, a conflict."""
     kept = [save for save in saves if save.state not in REFUSED_STATES]
     written = _created_children(kept, patient_ref)
-    as_shown = {
-        _child_uuid(child.ref): child
-        for child in _created(saves, patient_ref)
-        if seen.include(child.ref, child)
-    }
+    mine = {child.ref: child for child in hers}
+    as_shown: dict[str, Child] = {}
+    for save in saves:
+        for entry in _entries(save):
+            child = _created_child(entry, patient_ref)
+            if child is None or not seen.include(child.ref, child):
+                continue
+            based_on = shown_in(entry) if save.state in REFUSED_STATES else None
+            base = mapping.child_from_related_person(based_on) if based_on else None
+            as_shown[_child_uuid(child.ref)] = _as_she_knew(child, base, mine.get(child.ref))
     return {
         found: as_shown.get(found, written.get(found))
         for found in _created_children(saves, patient_ref)
     }
+
+
+def _as_she_knew(shown: Child, base: Child | None, mine: Child | None) -> Child:
+    """The merge base of her row ``mine`` of a child her page showed waiting (``shown``),
+    from a save the record refused that was itself based on ``base``: what she left as
+    shown, as shown (no change of hers); what she changed, as the refused save's base
+    (what the record holds, unless someone changed it since)."""
+    if base is None or mine is None:
+        return shown
+    fields = ("name", "birth_date", "relationship", "lives_with")
+    changed = {f: getattr(base, f) for f in fields if getattr(mine, f) != getattr(shown, f)}
+    return replace(shown, **changed)
 
 
 def _edited_child(entry: Resource, patient_ref: str) -> Child | None:
@@ -1415,15 +1442,16 @@ def _refused_edits(
     an earlier save created. The chart showed it as the record has it, unmarked (found by
     review). One that only carried the child as her page showed it waiting changed
     nothing of it (found by review)."""
-    # child id → the last refused save editing it, and what its page showed of the child
-    refused: dict[str, tuple[_Save, str]] = {}
+    # child id → the last refused save editing it, what its page showed of the child, and
+    # what it wrote of it
+    refused: dict[str, tuple[_Save, str, Child]] = {}
     for save in saves:
         if save.state in REFUSED_STATES:
             for child_id, child in _edited_children([save], patient_ref).items():
-                refused[child_id] = (save, child.ref)
+                refused[child_id] = (save, child.ref, child)
             for child, was in _changed_by_her(_entries(save), patient_ref):
                 if child.ref in ids:
-                    refused[ids[child.ref]] = (save, was or "")
+                    refused[ids[child.ref]] = (save, was or "", child)
     if not refused:
         return {}
     rows = session.execute(
@@ -1433,7 +1461,7 @@ def _refused_edits(
     )
     audited = {(outbox_id, outcome): row_id for outbox_id, outcome, row_id in rows.all()}
     seen = set()
-    for child_id, (refusing, _) in refused.items():
+    for child_id, (refusing, _, _) in refused.items():
         since = audited.get((refusing.id, "failure"), 0)
         for save in saves:
             made = audited.get((save.id, "success"), 0)
@@ -1446,8 +1474,8 @@ def _refused_edits(
                 seen.add(child_id)
                 break
     return {
-        child_id: _Refusal(save.refusal, made_on)
-        for child_id, (save, made_on) in refused.items()
+        child_id: _Refusal(save.refusal, made_on, _fingerprint(child))
+        for child_id, (save, made_on, child) in refused.items()
         if child_id not in seen
     }
 

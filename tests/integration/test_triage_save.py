@@ -2482,6 +2482,60 @@ def test_fault_a_waiting_child_her_refused_save_did_not_change_is_not_marked_a_c
         assert recorded.ref in chart.changed_elsewhere
 
 
+@pytest.mark.parametrize("a_changes", ["the-name", "the-birth-date"])
+def test_fault_her_change_of_a_waiting_child_whose_shown_rename_was_refused_is_delivered(
+    database: Database, tmp_path: Path, a_changes: str
+) -> None:
+    """During an outage a nurse adds Mila; nurse X renames her and the eldest child, and
+    A's page shows X's rename of Mila waiting. The EHR changes the eldest first: X's save
+    is refused, Mila stays as added. A then saves her page with Mila renamed, or with
+    another birth date. Nobody changed Mila since X's page saw her: A's change is laid
+    over her, and the name X gave her, which A left as shown, is not. The merge base of
+    what A changed is what X's refused save was based on: taken for X's values, the name
+    A gave Mila was a conflict with nobody (found with the review's fixes)."""
+    server, world, visit, saves = _mila_waiting(database, tmp_path)
+    x = world.launch(*visit, "Practitioner/nurse-x")
+    with server.restart():  # X's page: the record's children and Mila waiting
+        loaded = world.triage.load_chart(x)
+    eldest = next(c for c in loaded.children if c.ref.startswith("RelatedPerson/"))
+    by_x = tuple(
+        replace(c, name="Mila X")
+        if c.name == MILA.name
+        else replace(c, name="Noor X")
+        if c is eldest
+        else c
+        for c in loaded.children
+    )
+    saves.append(world.triage.record_triage(x, no_concern(x, by_x, page=loaded.page)))
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    earlier = MILA.birth_date - timedelta(days=1)
+    changes: dict[str, dict[str, Any]] = {
+        "the-name": {"name": "Mila A"},
+        "the-birth-date": {"birth_date": earlier},
+    }
+    change = changes[a_changes]
+    # the eldest as the record had it (what X's refused save was made on): nothing to write
+    by_a = tuple(
+        replace(c, **change) if c.name == "Mila X" else eldest if c.name == "Noor X" else c
+        for c in a_page.children
+    )
+    with server.restart() as again, FhirClient(again.base_url, lambda: "loopback", 5.0) as client:
+        _changed_by_someone_else(client, eldest.ref.split("/")[1])
+        _each_delivered(world, saves)
+        saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+        states = [world.outbox.state_of(save.outbox_id) for save in saves]
+        chart = world.triage.load_chart(a)
+
+    (mila,) = (c for c in chart.children if c.name.startswith("Mila"))
+    assert "Mila X" in {c.name for c in a_page.children}
+    assert states == [DeliveryState.DELIVERED, DeliveryState.CONFLICT, DeliveryState.DELIVERED]
+    if a_changes == "the-name":
+        assert (mila.name, mila.birth_date) == ("Mila A", MILA.birth_date)
+    else:
+        assert (mila.name, mila.birth_date) == (MILA.name, earlier)
+
+
 @pytest.mark.parametrize("c_changes", ["nothing", "the-birth-date"])
 def test_fault_a_page_drawn_before_her_refusal_does_not_clear_its_notice(
     database: Database, tmp_path: Path, c_changes: str
@@ -3149,6 +3203,111 @@ def test_fault_a_colleagues_refused_edit_her_page_showed_is_not_written_under_he
     assert states == [DeliveryState.CONFLICT, DeliveryState.DELIVERED]
     assert display_name(stored) == eldest.name
     assert stored["birthDate"] == earlier.isoformat()
+
+
+def test_fault_a_delivered_edit_her_refused_save_left_as_shown_is_not_marked(
+    database: Database, tmp_path: Path
+) -> None:
+    """A renames the eldest; delivered. Someone else changes the second child. A saves her
+    page again (the Back button), the eldest as she had saved it, the second child renamed:
+    refused (the second child). The eldest was marked "someone else changed it first",
+    though the record holds it as her page showed it and as her refused save wrote it
+    (found by review). A child the record holds as the refused save wrote it is not
+    marked."""
+    with _her_rename_delivered(database, tmp_path) as hers:
+        second = next(c for c in hers.by_a if c.name != "Noor A")
+        _changed_by_someone_else(hers.client, second.ref.split("/")[1])
+        again = tuple(replace(c, name="Emma A") if c is second else c for c in hers.by_a)
+        with pytest.raises(SaveConflict):
+            hers.world.triage.record_triage(
+                hers.a, no_concern(hers.a, again, page=hers.a_page.page)
+            )
+        chart = hers.world.triage.load_chart(hers.a)
+
+    eldest = next(c for c in chart.children if c.name == "Noor A")
+    recorded_second = next(c for c in chart.children if c.ref.startswith(unversioned(second.ref)))
+    assert eldest.ref not in chart.conflicts | chart.changed_elsewhere
+    assert recorded_second.ref in chart.conflicts
+
+
+def test_fault_a_waiting_child_a_later_save_created_as_entered_is_not_marked_failed(
+    database: Database, tmp_path: Path
+) -> None:
+    """During an outage nurse 1 renames the eldest and adds Mila; her save waits. Nurse A's
+    page shows both waiting. Nurse 1's save is refused (failed: an entry the server cannot
+    take). A saves her page as it showed it: delivered, the eldest renamed and Mila created
+    as nurse 1 entered them. Mila stayed marked "failed" on nurse 1's chart, though on the
+    record as entered (A's page showed her waiting, so A's save did not count as naming
+    her; found by review). The record holds what the refused save wrote: no mark."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id or "")
+    first = world.launch(*visit, "Practitioner/nurse-1")
+    loaded = world.triage.load_chart(first).children
+    server.stop()
+    by_1 = (replace(loaded[0], name="Noor 1"), *loaded[1:], MILA)
+    s0 = world.triage.record_triage(first, no_concern(first, by_1))
+    bundle = outbox_entry(database, s0.outbox_id).bundle
+    unknown = {  # refused by the server: the save fails as a whole
+        "resource": {"resourceType": "NoSuchType"},
+        "request": {"method": "POST", "url": "NoSuchType"},
+    }
+    with database.session() as session:
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id == s0.outbox_id)
+            .values(bundle={**bundle, "entry": [*bundle["entry"], unknown]})
+        )
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    with server.restart():
+        states = _each_delivered(world, [s0])
+        saved = world.triage.record_triage(
+            a, no_concern(a, tuple(a_page.children), page=a_page.page)
+        )
+        chart = world.triage.load_chart(first)
+
+    assert states == [DeliveryState.FAILED]
+    assert saved.status == "delivered"
+    mila = next(c for c in chart.children if c.name == MILA.name)
+    eldest = next(c for c in chart.children if c.name == "Noor 1")
+    assert eldest.ref not in chart.failed
+    assert mila.ref not in chart.failed
+
+
+def test_fault_her_correction_of_a_waiting_edit_of_a_child_since_deleted_is_a_conflict(
+    database: Database, tmp_path: Path
+) -> None:
+    """During an outage nurse X renames the eldest and corrects its birth date; A's page
+    shows X's edit waiting, and A puts the name back, keeping X's date. The EHR deletes
+    the child before delivery: X's save is a conflict, and A's save was "delivered", her
+    findings naming a deleted child (the read of the child now, gone, was taken for "not
+    changed since", and her undo of X's name for nothing to write: found by review). It
+    is a conflict too."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id or "")
+    x = world.launch(*visit, "Practitioner/nurse-x")
+    loaded = world.triage.load_chart(x)
+    eldest = loaded.children[0]
+    server.stop()
+    earlier = eldest.birth_date - timedelta(days=1)
+    by_x = tuple(
+        replace(c, name="Noor X", birth_date=earlier) if c is eldest else c for c in loaded.children
+    )
+    saves = [world.triage.record_triage(x, no_concern(x, by_x, page=loaded.page))]
+    a = world.launch(*visit, "Practitioner/nurse-a")
+    a_page = world.triage.pending_chart(a)
+    by_a = tuple(replace(c, name=eldest.name) if c.name == "Noor X" else c for c in a_page.children)
+    saves.append(world.triage.record_triage(a, no_concern(a, by_a, page=a_page.page)))
+    with server.restart() as again:
+        child = f"{again.base_url}/RelatedPerson/{eldest.ref.split('/')[1]}"
+        httpx.delete(child, timeout=10).raise_for_status()
+        states = _each_delivered(world, saves)
+
+    assert states == [DeliveryState.CONFLICT, DeliveryState.CONFLICT]
 
 
 @pytest.mark.parametrize("theirs", ["birth-date", "name"])
