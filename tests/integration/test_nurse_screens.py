@@ -2231,6 +2231,7 @@ def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any
 def test_an_edit_the_record_did_not_take_is_told_at_the_child(
     nurse_for: Any,
     database: Database,
+    sandbox: Sandbox,
     left_by_delivery: dict[str, Any],
     marker: str,
     told: str,
@@ -2248,6 +2249,8 @@ def test_an_edit_the_record_did_not_take_is_told_at_the_child(
     nurse = nurse_for("els-goossens")
     page = nurse.page()
     rows = recorded_rows(page)
+    child = f"{sandbox.upstream_fhir_base_url}/RelatedPerson/{rows['child-0-ref'].split('/')[1]}"
+    before = httpx.get(child, timeout=10).json()
     rows["child-0-name"] = f"{rows['child-0-name']} Junior"
     saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
     assert 'data-save-status="delivered"' in saved.text
@@ -2257,6 +2260,8 @@ def test_an_edit_the_record_did_not_take_is_told_at_the_child(
             .where(OutboxEntry.kind == "triage")
             .values(**left_by_delivery, delivered_at=None)
         )
+    # and the record without her edit (holding it, the chart has nothing to tell)
+    httpx.put(child, json={**before, "meta": {}}, timeout=10).raise_for_status()
 
     again = nurse.page()
 
