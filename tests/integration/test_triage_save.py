@@ -3161,6 +3161,22 @@ def test_fault_a_pending_edit_corrected_on_the_chart_is_delivered_with_the_corre
     assert validate(after) == []
 
 
+def _x_loaded_then_outage(
+    database: Database, tmp_path: Path
+) -> tuple[_OwnServer, World, tuple[str, str], LaunchContext, RecordedChart]:
+    """Nurse X's page of the returning patient, loaded from a FHIR server of the test's
+    own; then the server stops. Returns the server, the world, the visit, X's launch and
+    X's page."""
+    server = _OwnServer.start(tmp_path)
+    patient = server.seeded.patient("els-goossens")
+    world = world_at(database, server.base_url)
+    visit = (patient.id, patient.arrived_encounter_id or "")
+    x = world.launch(*visit, "Practitioner/nurse-x")
+    loaded = world.triage.load_chart(x)
+    server.stop()
+    return server, world, visit, x, loaded
+
+
 def test_fault_a_colleagues_refused_edit_her_page_showed_is_not_written_under_her_name(
     database: Database, tmp_path: Path
 ) -> None:
@@ -3170,14 +3186,8 @@ def test_fault_a_colleagues_refused_edit_her_page_showed_is_not_written_under_he
     stays as it was. A's save wrote X's refused name of the eldest with her date, under
     her name: she had only left it as her page showed it (found by review). Of what her
     page showed, only what she changed is hers: her date, the eldest's own name."""
-    server = _OwnServer.start(tmp_path)
-    patient = server.seeded.patient("els-goossens")
-    world = world_at(database, server.base_url)
-    visit = (patient.id, patient.arrived_encounter_id or "")
-    x = world.launch(*visit, "Practitioner/nurse-x")
-    loaded = world.triage.load_chart(x)
+    server, world, visit, x, loaded = _x_loaded_then_outage(database, tmp_path)
     eldest, second = loaded.children[0], loaded.children[1]
-    server.stop()
     by_x = tuple(
         replace(c, name="Noor X")
         if c is eldest
@@ -3285,14 +3295,8 @@ def test_fault_her_correction_of_a_waiting_edit_of_a_child_since_deleted_is_a_co
     findings naming a deleted child (the read of the child now, gone, was taken for "not
     changed since", and her undo of X's name for nothing to write: found by review). It
     is a conflict too."""
-    server = _OwnServer.start(tmp_path)
-    patient = server.seeded.patient("els-goossens")
-    world = world_at(database, server.base_url)
-    visit = (patient.id, patient.arrived_encounter_id or "")
-    x = world.launch(*visit, "Practitioner/nurse-x")
-    loaded = world.triage.load_chart(x)
+    server, world, visit, x, loaded = _x_loaded_then_outage(database, tmp_path)
     eldest = loaded.children[0]
-    server.stop()
     earlier = eldest.birth_date - timedelta(days=1)
     by_x = tuple(
         replace(c, name="Noor X", birth_date=earlier) if c is eldest else c for c in loaded.children
