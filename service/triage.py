@@ -400,10 +400,8 @@ class Triage:
                 page = _shown_edits(session, ctx.session_id, findings.page)
                 seen = _as_the_page_stands(page, saves, patient_ref)
             queued = _queued_children(saves, patient_ref, seen, findings.step1.children)
-            # the edits her page showed waiting, also those the record refused since: their
-            # values she left as shown are not hers to write (found by review)
-            not_delivered = [save for save in saves if save.state != DeliveryState.DELIVERED]
-            edits = _edits_seen(not_delivered, patient_ref, seen)
+            undelivered = [save for save in saves if save.state in UNDELIVERED_STATES]
+            edits = _edits_seen(undelivered, patient_ref, seen)
             delivered = [save for save in saves if save.state == DeliveryState.DELIVERED]
             landed = _edits_seen(delivered, patient_ref, seen)
             plan = _plan(ctx, findings, raised, now, shown, queued, edits, landed)
@@ -912,14 +910,13 @@ def _write_children(
     child since, and she did not change, stays changed (see :func:`_queued_children`).
 
     A loaded child posted with the values of an edit an earlier save still waiting made of
-    the same version (``edits``: ref → the edit, of saves pending or waiting, or refused
-    since, that her page showed: ``ShownEdit``): the page showed that edit pending
-    delivery and the nurse kept it. It is referenced, not written again: that save writes
-    it, and a second update on the same version would be refused at delivery; or the
-    record refused it, and its values are not hers to write. Such a child posted with
-    other values is a change of what the page showed (the edit, not the version the
-    session saw), so it is written, over that edit once it is delivered, only what she
-    changed of it when it is not (``TransactionBuilder.merge_update``'s ``shown``). An edit already
+    the same version (``edits``: ref → the edit, of saves pending or waiting, that her
+    page showed: ``ShownEdit``): the page showed that edit pending delivery and the nurse
+    kept it. It is referenced, not written
+    again: that save writes it, and a second update on the same version would be refused
+    at delivery. Such a child posted with other values is a change of what the page
+    showed (the edit, not the version the session saw), so it is written, over that edit
+    once it is delivered (``TransactionBuilder.merge_update``'s ``shown``). An edit already
     delivered is no reason to reference: someone else may have changed the child since,
     and this save's edit of the version its page showed must then be refused, not lost; it
     is written, and left out at delivery when the record already says what it says
