@@ -986,9 +986,14 @@ def _confirms(child: Child, pending: Child | None, edited: Child | None, shown: 
     return edited is None and _fingerprint(child) == shown
 
 
+#: What the nurse sees of a child, and may change: the fields of its row.
+_SHOWN_FIELDS = ("name", "birth_date", "relationship", "lives_with")
+
+
 def _fingerprint(child: Child) -> str:
-    """What the nurse sees of a child, hashed: equal fingerprints, nothing changed."""
-    shown = (child.name, child.birth_date.isoformat(), child.relationship, child.lives_with)
+    """What the nurse sees of a child (:data:`_SHOWN_FIELDS`), hashed: equal
+    fingerprints, nothing changed."""
+    shown = (str(getattr(child, field)) for field in _SHOWN_FIELDS)
     return hashlib.sha256("\x1f".join(shown).encode()).hexdigest()
 
 
@@ -1293,8 +1298,9 @@ def _changed_by_her(
             continue
         shown = shown_in(entry)
         was = mapping.child_from_related_person(shown) if shown is not None else None
-        if was is None or _fingerprint(was) != _fingerprint(child):
-            yield child, None if was is None else _fingerprint(was)
+        as_shown = None if was is None else _fingerprint(was)
+        if as_shown != _fingerprint(child):
+            yield child, as_shown
 
 
 def _read(
@@ -1391,8 +1397,7 @@ def _as_she_knew(shown: Child, base: Child | None, mine: Child | None) -> Child:
     (what the record holds, unless someone changed it since)."""
     if base is None or mine is None:
         return shown
-    fields = ("name", "birth_date", "relationship", "lives_with")
-    changed = {f: getattr(base, f) for f in fields if getattr(mine, f) != getattr(shown, f)}
+    changed = {f: getattr(base, f) for f in _SHOWN_FIELDS if getattr(mine, f) != getattr(shown, f)}
     return replace(shown, **changed)
 
 
@@ -1460,6 +1465,11 @@ def _refused_edits(
         .group_by(AuditRecord.outbox_id, AuditRecord.outcome)
     )
     audited = {(outbox_id, outcome): row_id for outbox_id, outcome, row_id in rows.all()}
+    named = {  # read once per save, not once per refused child
+        save.id: _named_children(save, patient_ref, ids)
+        for save in saves
+        if save.state not in REFUSED_STATES and _entries(save)
+    }
     seen = set()
     for child_id, (refusing, _, _) in refused.items():
         since = audited.get((refusing.id, "failure"), 0)
@@ -1469,7 +1479,7 @@ def _refused_edits(
                 save.id > refusing.id
                 and save.state not in REFUSED_STATES
                 and made > since
-                and (not _entries(save) or child_id in _named_children(save, patient_ref, ids))
+                and (not _entries(save) or child_id in named[save.id])
             ):
                 seen.add(child_id)
                 break
