@@ -63,8 +63,10 @@ CONNECT_TIMEOUT_SECONDS = 5
 #: a user's request answers "try again" (``smart_app.errors``) before a reverse proxy's
 #: timeout (120 s in the Kubernetes manifests) answers 504 without saying whether her save
 #: was made; it waited without end (found by review). Above every wait the service means
-#: to make: a token refresh holds its session's row for one request to the EHR's token
-#: endpoint (``fhir_timeout_seconds``, 5 s by default). Migrations set their own.
+#: to make: a token refresh holds its session's row for at most two requests to the EHR
+#: (its SMART configuration, its token endpoint), each ended by ``EHR_FETCH_SECONDS`` (10 s,
+#: ``smart_app.oauth``) whatever ``fhir_timeout_seconds`` says (up to 300 s). Migrations set
+#: their own.
 LOCK_TIMEOUT_SECONDS = 60
 
 

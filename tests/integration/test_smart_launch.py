@@ -38,7 +38,7 @@ from sandbox.config import SandboxConfig, SmartClient
 from sandbox.keys import SigningKey as SandboxKey
 from sandbox.runner import Sandbox
 from service.app import create_app
-from service.db.base import Database, utcnow
+from service.db.base import LOCK_TIMEOUT_SECONDS, Database, utcnow
 from service.db.models import AppSession, AuditRecord, LaunchState, OutboxEntry, Tenant
 from service.fhir.client import ReauthorisationRequired
 from service.keys import Sealer
@@ -787,6 +787,41 @@ def test_refresh_happens_once_under_concurrent_requests_then_needs_reauthorisati
     _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
     with pytest.raises(ReauthorisationRequired):
         kindreflex.tokens.access_token(session_id)
+
+
+def test_a_refresh_holds_the_session_row_within_the_fetch_bound_whatever_the_fhir_timeout(
+    kindreflex: Kindreflex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh holds its session's row (``SELECT … FOR UPDATE``) while it asks the EHR,
+    and another instance's request for the session waits for that row at most
+    ``LOCK_TIMEOUT_SECONDS`` before it is refused. ``fhir_timeout_seconds`` may be up to
+    300 s: the EHR's token endpoint trickling its answer (each byte within any per-read
+    timeout) holds the row for ``EHR_FETCH_SECONDS``, the whole-fetch bound, not for that
+    timeout, and the token still valid serves meanwhile."""
+    monkeypatch.setattr(oauth, "EHR_FETCH_SECONDS", 1.0)  # 10 s: the same bound, sooner
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    before = kindreflex.tokens.access_token(session_id)
+    _expire_soon(kindreflex.database, session_id)
+    app = kindreflex.app
+    tokens = SessionTokens(
+        kindreflex.database,
+        app.state.settings.model_copy(update={"fhir_timeout_seconds": 300.0}),
+        keys=app.state.keys,
+        tenants=app.state.tenants,
+        auth_servers=app.state.auth_servers,
+    )
+    answer = json.dumps({"access_token": "late", "token_type": "Bearer", "expires_in": 3600})
+    with Trickled(answer.encode(), pause=30 / len(answer), path="/token") as slow:
+        with kindreflex.database.session() as session:
+            row = session.get(AppSession, session_id)
+            assert row is not None
+            row.token_endpoint = slow.url
+        started = time.monotonic()
+        assert tokens.access_token(session_id) == before
+        assert time.monotonic() - started < 1.0 + 2
+        assert LOCK_TIMEOUT_SECONDS > 2 * EHR_FETCH_SECONDS + 2  # a configuration, a token
 
 
 def test_a_refresh_that_grants_fewer_writes_is_not_taken_and_then_needs_a_sign_in(
