@@ -30,7 +30,12 @@ PREFETCH_KEYS = (PATIENT, ENCOUNTER, CONDITIONS, RELATED_PERSONS, FLAGS, FINDING
 
 _HISTORY = re.compile(r"/_history/[^/]+$")
 _FHIR_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
-_VOID_STATUSES = frozenset({"entered-in-error", "cancelled"})
+#: An Observation's statuses that record a result (FHIR R4 observation-status): not one
+#: only ``registered``, an interim ``preliminary`` (an EHR form not yet signed), one of
+#: ``unknown`` status, nor one retracted. With doubt whether step 1 was done, the card is
+#: shown: an "already done" override costs the nurse one click, a Kindreflex not done a
+#: child unseen.
+_RECORDED_STATUSES = frozenset({"final", "amended", "corrected"})
 _VOID_VERIFICATION = frozenset({"entered-in-error", "refuted"})
 _CHILD_CODES = frozenset(r.value for r in ChildRelationship)
 
@@ -157,7 +162,7 @@ def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation
         encounter_finding_codes=frozenset(
             code
             for observation in _resources(data.get(FINDINGS), "Observation")
-            if _text(observation.get("status")) not in _VOID_STATUSES
+            if _text(observation.get("status")) in _RECORDED_STATUSES
             and encounter_id is not None
             and _refers_to(observation.get("encounter"), "Encounter", encounter_id)
             for code in _codes(observation.get("code"))
