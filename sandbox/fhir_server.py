@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -36,12 +37,41 @@ class FhirServerError(RuntimeError):
     """The FHIR server process could not be started or did not become ready."""
 
 
+#: Where the ports :func:`free_port` hands out start: above the well-known and the common
+#: registered ones, below the kernel's ephemeral range.
+FIRST_FREE_PORT = 10_000
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the kernel for a currently free TCP port on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+    """A TCP port on ``host`` that is free now, for a server about to start there.
+
+    Chosen below the kernel's ephemeral range (:func:`_ephemeral_start`): a port the
+    kernel gives for ``bind(0)`` lies inside it, and between its release and the server's
+    own bind any outgoing connection of any process could take it as its source port, so
+    that the server failed to start. Below the range only a server binding that very port
+    can. Never the same port twice from this process: a server may not have bound the
+    last one yet."""
+    for _ in range(1000):
+        port = FIRST_FREE_PORT + secrets.randbelow(_ephemeral_start() - FIRST_FREE_PORT)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue  # someone listens there, or it is still in TIME_WAIT
+        _handed_out.add(port)
         return port
+    raise FhirServerError(f"no free port found on {host} below the ephemeral range")
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux; IANA's 49152 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152
 
 
 class FhirServer:

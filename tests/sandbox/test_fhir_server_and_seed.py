@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import date
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from sandbox import codes
-from sandbox.fhir_server import FhirServer
+from sandbox.fhir_server import FIRST_FREE_PORT, FhirServer, free_port
 from sandbox.seed import USERS, seed, ssin, years_ago
 
 pytestmark = pytest.mark.fhirserver
@@ -37,6 +38,24 @@ def test_server_answers_metadata_and_stops(tmp_path_factory: pytest.TempPathFact
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.base_url}/metadata", timeout=2.0)
     assert (data / "sekmet.db").exists()  # a given data dir is kept
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_handed_out_once() -> None:
+    """A port from ``bind(0)`` lies in the kernel's ephemeral range, where any outgoing
+    connection may take it before the server binds it: a server that then failed to start
+    failed its test by chance. The ports handed out lie below that range, differ, and a
+    server can bind each of them."""
+    ephemeral_start = int(
+        pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+    )
+    ports = [free_port() for _ in range(50)]
+
+    assert len(set(ports)) == len(ports)
+    assert all(FIRST_FREE_PORT <= port < ephemeral_start for port in ports)
+    for port in ports[:5]:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))
+            server.listen()
 
 
 def test_seed_is_idempotent(fhir: FhirServer) -> None:
