@@ -12,6 +12,12 @@ the same service (JWKS over HTTP; a fresh jti per request, all JWTs signed befor
 The bare endpoint only parses the same JSON body. Rounds alternate between the servers so
 that a busy machine affects them alike.
 
+The target is set against that bare endpoint. So that planning can weigh the reading of
+it that counts the JWT check as part of the baseline, the bare app also answers at
+``/checked``, checking the same RS384 JWTs first the way PyJWT's documentation shows
+(``PyJWKClient`` and ``jwt.decode``: signature, iss, aud, exp; no replay ledger), and the
+hook is compared with that too (printed for information, not as the target).
+
 Prints p50/p99 latency, requests/s, the ratios against the targets (≥ 70 % of the bare
 requests/s, p99 ≤ 1.5 × bare), the server's CPU time per call (user + system of the
 server process, all its threads: the figure that depends least on what else the machine
@@ -66,14 +72,29 @@ ALGORITHMS: tuple[Alg, ...] = ("RS384", "ES384")  # the two CDS Hooks 2.0 names
 
 BARE_APP = textwrap.dedent(
     '''
-    """The baseline: a FastAPI endpoint that only parses the hook's JSON body."""
+    """The baseline: a FastAPI endpoint that only parses the hook's JSON body. Under
+    /checked, the same endpoint checking the hook's JWT first the usual way (PyJWT, the
+    issuer's keys read once: signature, iss, aud, exp), without a replay ledger."""
     import json
+    import os
+
+    import jwt
     from fastapi import FastAPI, Request
 
     app = FastAPI()
+    keys = jwt.PyJWKClient(os.environ["BENCH_JWKS_URL"])
 
     @app.post("/cds-services/{service_id}")
     async def hook(service_id: str, request: Request) -> dict[str, list[object]]:
+        json.loads(await request.body())
+        return {"cards": []}
+
+    @app.post("/checked/cds-services/{service_id}")
+    async def checked(service_id: str, request: Request) -> dict[str, list[object]]:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        key = keys.get_signing_key_from_jwt(token).key
+        audience, issuer = os.environ["BENCH_AUDIENCE"], os.environ["BENCH_ISSUER"]
+        jwt.decode(token, key, algorithms=["RS384"], audience=audience, issuer=issuer)
         json.loads(await request.body())
         return {"cards": []}
 
@@ -178,6 +199,7 @@ class Target:
     port: int
     pid: int
     headers: list[dict[str, str]]
+    path: str = SERVICE
 
 
 def cpu_seconds(pid: int) -> float:
@@ -189,14 +211,16 @@ def cpu_seconds(pid: int) -> float:
 async def interleaved(targets: list[Target], body: bytes, warmup: int) -> list[Figures]:
     """Alternate rounds on the targets, so that a busy machine affects them alike."""
     for target in targets:
-        await load(target.port, SERVICE, body, target.headers[:warmup])
+        await load(target.port, target.path, body, target.headers[:warmup])
     rounds: list[list[Figures]] = [[] for _ in targets]
     timed = len(targets[0].headers) - warmup
     size = max(1, timed // ROUNDS)
     for start in range(warmup, warmup + timed, size):
         for results, target in zip(rounds, targets, strict=True):
             cpu = cpu_seconds(target.pid)
-            figures = await load(target.port, SERVICE, body, target.headers[start : start + size])
+            figures = await load(
+                target.port, target.path, body, target.headers[start : start + size]
+            )
             used = cpu_seconds(target.pid) - cpu
             results.append(Figures(figures.requests, figures.seconds, figures.latencies, used))
     return [_merged(results) for results in rounds]
@@ -297,6 +321,9 @@ def main() -> None:
             "KINDREFLEX_ENVIRONMENT": "test",
             "KINDREFLEX_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
+            "BENCH_JWKS_URL": jwks.url,
+            "BENCH_AUDIENCE": public_url + SERVICE,
+            "BENCH_ISSUER": ISSUER,
         }
         total = args.warmup + args.requests
         plain = [{"Content-Type": "application/json"}] * total
@@ -329,6 +356,13 @@ def main() -> None:
                     Target(f"CDS hook, JWT {alg}", cds_port, hook.pid, signed[alg])
                     for alg in ALGORITHMS
                 ),
+                Target(
+                    "bare FastAPI + PyJWT RS384",
+                    bare_port,
+                    bare.pid,
+                    signed_headers(keys["RS384"], jwks.url, public_url + SERVICE, total),
+                    "/checked" + SERVICE,
+                ),
             ]
             # the prepared JWTs are many objects: a full collection in this client would
             # pause every request in flight and show up as the servers' p99
@@ -359,7 +393,8 @@ def report(
     check: dict[str, Any],
     signatures: dict[Alg, float],
 ) -> str:
-    bare = figures[0]
+    bare, checked = figures[0], figures[-1]
+    hooks = slice(2, 2 + len(ALGORITHMS))  # the lines of the hook with the JWT check
     backend = "PostgreSQL" if args.postgres else "SQLite"
     indicator = check["cards"][0]["indicator"] if check.get("cards") else "none"
     lines = [
@@ -378,7 +413,7 @@ def report(
             f"{f.percentile(99) / bare.percentile(99):>6.2f}x"
             f"{_cpu_ratio(f, bare):>7}"
         )
-    for target, f in zip(targets[2:], figures[2:], strict=True):
+    for target, f in zip(targets[hooks], figures[hooks], strict=True):
         throughput = f.per_second / bare.per_second
         p99 = f.percentile(99) / bare.percentile(99)
         lines.append(
@@ -398,10 +433,18 @@ def report(
         "the JWT check in the service (the hook's CPU with it, less without it): "
         + ", ".join(
             f"{alg} {f.cpu_per_call_us - unchecked.cpu_per_call_us:.0f} us"
-            for alg, f in zip(ALGORITHMS, figures[2:], strict=True)
+            for alg, f in zip(ALGORITHMS, figures[hooks], strict=True)
         )
         + f"; the rest of the hook: {unchecked.cpu_per_call_us - bare.cpu_per_call_us:.0f} us"
         " beyond the bare endpoint"
+    )
+    rs384 = figures[hooks][ALGORITHMS.index("RS384")]
+    throughput = rs384.per_second / checked.per_second
+    p99 = rs384.percentile(99) / checked.percentile(99)
+    lines.append(
+        "for planning, against the bare endpoint checking the same JWT with PyJWT (no replay"
+        f" ledger): CDS hook, JWT RS384 throughput {throughput:.0%}, p99 {p99:.2f}x,"
+        f" CPU {_cpu_ratio(rs384, checked)}"
     )
     per_call, per_save = fhir_requests
     lines += [
