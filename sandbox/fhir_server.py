@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -40,6 +41,9 @@ class FhirServerError(RuntimeError):
 #: Where the ports :func:`free_port` hands out start: above the well-known and the common
 #: registered ones, below the kernel's ephemeral range.
 FIRST_FREE_PORT = 10_000
+#: Fewer ports than this below the ephemeral range (a kernel tuned to hand out nearly all
+#: of them) and :func:`free_port` asks the kernel for one instead.
+MIN_ROOM = 1000
 _handed_out: set[int] = set()
 
 
@@ -52,18 +56,28 @@ def free_port(host: str = "127.0.0.1") -> int:
     that the server failed to start. Below the range only a server binding that very port
     can. Never the same port twice from this process: a server may not have bound the
     last one yet."""
-    for _ in range(1000):
-        port = FIRST_FREE_PORT + secrets.randbelow(_ephemeral_start() - FIRST_FREE_PORT)
+    room = _ephemeral_start() - FIRST_FREE_PORT
+    for _ in range(1000 if room >= MIN_ROOM else 0):
+        port = FIRST_FREE_PORT + secrets.randbelow(room)
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind((host, port))
-            except OSError:
-                continue  # someone listens there, or it is still in TIME_WAIT
+            except OSError as error:
+                if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue  # someone listens there, or it is still in TIME_WAIT
+                raise  # not an IPv4 host of this machine: no port will do
         _handed_out.add(port)
         return port
-    raise FhirServerError(f"no free port found on {host} below the ephemeral range")
+    return _any_free_port(host)  # a kernel whose ephemeral range leaves no room below it
+
+
+def _any_free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _ephemeral_start() -> int:

@@ -12,7 +12,7 @@ from datetime import date
 import httpx
 import pytest
 
-from sandbox import codes
+from sandbox import codes, fhir_server
 from sandbox.fhir_server import FIRST_FREE_PORT, FhirServer, free_port
 from sandbox.seed import USERS, seed, ssin, years_ago
 
@@ -56,6 +56,18 @@ def test_free_ports_lie_below_the_ephemeral_range_and_are_handed_out_once() -> N
         with socket.socket() as server:
             server.bind(("127.0.0.1", port))
             server.listen()
+
+
+def test_a_kernel_handing_out_nearly_every_port_still_gets_a_free_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Some hosts tune the ephemeral range to start at 1024: no room is left below it, and
+    the kernel is asked (the range is patched: tuning it needs root and changes the
+    machine for every other process)."""
+    monkeypatch.setattr(fhir_server, "_ephemeral_start", lambda: 1024)
+    port = free_port()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
 
 
 def test_seed_is_idempotent(fhir: FhirServer) -> None:
