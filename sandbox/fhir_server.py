@@ -57,7 +57,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     can. Never the same port twice from this process: a server may not have bound the
     last one yet."""
     room = _ephemeral_start() - FIRST_FREE_PORT
-    for _ in range(1000 if room >= MIN_ROOM else 0):
+    if room < MIN_ROOM:  # a kernel whose ephemeral range leaves no room below it
+        return _any_free_port(host)
+    for _ in range(1000):
         port = FIRST_FREE_PORT + secrets.randbelow(room)
         if port in _handed_out:
             continue
@@ -70,7 +72,7 @@ def free_port(host: str = "127.0.0.1") -> int:
                 raise  # not an IPv4 host of this machine: no port will do
         _handed_out.add(port)
         return port
-    return _any_free_port(host)  # a kernel whose ephemeral range leaves no room below it
+    return _any_free_port(host)  # below the range, every port tried was taken
 
 
 def _any_free_port(host: str) -> int:

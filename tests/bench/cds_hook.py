@@ -83,6 +83,7 @@ BARE_APP = textwrap.dedent(
 
     app = FastAPI()
     keys = jwt.PyJWKClient(os.environ["BENCH_JWKS_URL"])
+    audience, issuer = os.environ["BENCH_AUDIENCE"], os.environ["BENCH_ISSUER"]
 
     @app.post("/cds-services/{service_id}")
     async def hook(service_id: str, request: Request) -> dict[str, list[object]]:
@@ -93,7 +94,6 @@ BARE_APP = textwrap.dedent(
     async def checked(service_id: str, request: Request) -> dict[str, list[object]]:
         token = request.headers["authorization"].removeprefix("Bearer ")
         key = keys.get_signing_key_from_jwt(token).key
-        audience, issuer = os.environ["BENCH_AUDIENCE"], os.environ["BENCH_ISSUER"]
         jwt.decode(token, key, algorithms=["RS384"], audience=audience, issuer=issuer)
         json.loads(await request.body())
         return {"cards": []}
