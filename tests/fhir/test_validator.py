@@ -8,10 +8,13 @@ tests.support.validator adds those checks in Python.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
 
+from service.fhir import mapping
 from tests.support.validator import FHIR_PROFILES_DIR, Issue, ProfileValidator
 
 INVALID = FHIR_PROFILES_DIR / "examples" / "invalid"
@@ -53,6 +56,81 @@ def test_a_partial_date_the_services_readers_refuse_is_refused_by_the_guide_too(
     resource[element] = partial
 
     assert any(invariant in m for m in _errors(fhir_validator.issues(resource), "medplum"))
+
+
+def _component_value(code: str, value: str) -> Callable[[dict[str, Any]], None]:
+    def change(resource: dict[str, Any]) -> None:
+        (component,) = (
+            c for c in resource["component"] if any(x["code"] == code for x in c["code"]["coding"])
+        )
+        component["valueDateTime"] = value
+
+    return change
+
+
+def _follow_up_date(value: str) -> Callable[[dict[str, Any]], None]:
+    def change(resource: dict[str, Any]) -> None:
+        dates = [e for c in resource["component"] for e in c.get("extension", [])]
+        (follow_up,) = (e for e in dates if e["url"].endswith("/follow-up-date"))
+        follow_up["valueDate"] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("example", "change", "invariant", "reader"),
+    [
+        (
+            "Observation-Step5Example",
+            _component_value("next-follow-up", "2026-06"),
+            "kr-day-1",
+            mapping.finding_from_observation,
+        ),
+        (
+            "Observation-Step5Example",
+            _follow_up_date("2026-05"),
+            "kr-day-2",
+            mapping.finding_from_observation,
+        ),
+        (
+            "Observation-Step6Example",
+            _component_value("contact-date", "2026"),
+            "kr-day-1",
+            mapping.finding_from_observation,
+        ),
+        (
+            "Observation-ExpectingChildPartner",
+            _component_value("expected-delivery-date", "2027-04"),
+            "kr-day-1",
+            mapping.expected_child_from_observation,
+        ),
+        (
+            "ServiceRequest-ReferralExample",
+            lambda referral: referral.update(authoredOn="2026-05-18"),
+            "kr-ref-3",
+            partial(mapping.moment, element="authoredOn"),
+        ),
+    ],
+)
+def test_a_partial_date_inside_a_finding_or_referral_is_refused_by_the_guide_too(
+    fhir_validator: ProfileValidator,
+    example: str,
+    change: Callable[[dict[str, Any]], None],
+    invariant: str,
+    reader: Callable[[dict[str, Any]], object],
+) -> None:
+    """The dates the service reads as days within a finding (follow-up, contact with the
+    facility, expected delivery) and the referral's moment: a month or a year alone, or a
+    referral of a day, was valid against the guide and made the case unreadable (found by
+    review)."""
+    resource = json.loads((RESOURCES / f"{example}.json").read_text())
+    assert _errors(fhir_validator.issues(resource), "medplum") == []
+    reader(resource)
+    change(resource)
+
+    assert any(invariant in m for m in _errors(fhir_validator.issues(resource), "medplum"))
+    with pytest.raises(mapping.UnreadableResourceError):
+        reader(resource)
 
 
 def test_medplum_checks_cardinality_and_slice_counts(fhir_validator: ProfileValidator) -> None:

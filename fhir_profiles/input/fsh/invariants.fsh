@@ -141,3 +141,18 @@ Invariant: kr-flag-3
 Description: "The concern's start, and its end when closed, are moments: dateTimes with their time (and so their time zone)."
 Severity: #error
 Expression: "period.start.toString().contains('T') and (period.end.empty() or period.end.toString().contains('T'))"
+
+Invariant: kr-day-1
+Description: "Every date of a component (next follow-up, contact with the facility, expected delivery) names a day: a full date (YYYY-MM-DD) or a moment, not a month or a year alone."
+Severity: #error
+Expression: "component.all((value as dateTime).empty() or (value as dateTime).toString().length() >= 10)"
+
+Invariant: kr-day-2
+Description: "Every follow-up date of an agreed action (extension follow-up-date) is a full date (YYYY-MM-DD), not a month or a year alone."
+Severity: #error
+Expression: "component.extension.where(url = 'https://kindreflex-ed.be/fhir/StructureDefinition/follow-up-date').all(value.toString().length() = 10)"
+
+Invariant: kr-ref-3
+Description: "The referral's authoredOn is a moment: a dateTime with its time (and so its time zone), not a day, a month or a year alone."
+Severity: #error
+Expression: "authoredOn.toString().contains('T')"

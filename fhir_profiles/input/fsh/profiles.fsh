@@ -64,6 +64,7 @@ Description: "The patient expects a child: the patient's own pregnancy or the pa
 * component[expectedDeliveryDate].code.coding[loinc] ^short = "LOINC 11778-8 Delivery date Estimated, written beside the guide's code"
 * component[expectedDeliveryDate].value[x] 1..1
 * component[expectedDeliveryDate].value[x] only dateTime
+* obeys kr-day-1
 
 Profile: KindreflexStepFinding
 Parent: Observation
@@ -89,7 +90,7 @@ Description: "What every Kindreflex step finding records: the step, the patient,
 * effective[x] 1..1 MS
 * effective[x] only dateTime
 * effective[x] ^short = "When the finding was recorded (with time zone)"
-* obeys kr-moment-1
+* obeys kr-moment-1 and kr-day-1
 * performer 1..* MS
 * performer only Reference(Practitioner or PractitionerRole)
 * performer ^short = "The user who recorded the finding (fhirUser)"
@@ -195,7 +196,7 @@ Description: "Step 5: the progress (improving or not restored), the safety actio
 * insert StringComponent(agreedAction, agreed-action, 0..*, An action agreed with the patient or the family or a service)
 * insert DateComponent(nextFollowUp, next-follow-up, 0..1, The date of the next follow-up (keeps step 5 open\))
 * insert PlanVersionComponent
-* obeys kr-s5-1 and kr-s5-2
+* obeys kr-s5-1 and kr-s5-2 and kr-day-2
 
 Profile: KindreflexStep6Finding
 Parent: KindreflexStepFinding
@@ -291,7 +292,7 @@ Description: "The step 6 referral to a mandated facility (VK, OCJ) or, with acut
 * status ^short = "active | on-hold | completed | revoked: kept up to date as the referral proceeds"
 * note MS
 * note ^short = "Why the patient was not informed first; the social worker's notes, one per status change (time, author)"
-* obeys kr-ref-1 and kr-ref-2
+* obeys kr-ref-1 and kr-ref-2 and kr-ref-3
 
 Profile: KindreflexOpenConcern
 Parent: Flag
