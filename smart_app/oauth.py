@@ -140,10 +140,12 @@ def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
     jwks_uri = document.get("jwks_uri")
     capabilities = _strings(document, "capabilities")
     server = AuthServer(
-        authorization_endpoint=_absolute(base, document["authorization_endpoint"]),
-        token_endpoint=_absolute(base, document["token_endpoint"]),
+        authorization_endpoint=_endpoint(base, document, "authorization_endpoint"),
+        token_endpoint=_endpoint(base, document, "token_endpoint"),
         issuer=document["issuer"],
-        jwks_uri=_absolute(base, jwks_uri) if isinstance(jwks_uri, str) and jwks_uri else None,
+        jwks_uri=_endpoint(base, document, "jwks_uri")
+        if isinstance(jwks_uri, str) and jwks_uri
+        else None,
         scopes_v1="permission-v1" in capabilities and "permission-v2" not in capabilities,
         assertion_alg=_assertion_algorithm(document),
         names_itself=document.get("authorization_response_iss_parameter_supported") is True,
@@ -307,10 +309,21 @@ def _assertion_algorithm(smart_configuration: dict[str, Any]) -> Algorithm:
     return accepted[0] if accepted else DEFAULT_ALGORITHM
 
 
-def _absolute(fhir_base_url: str, url: str) -> str:
-    """SMART 2.x: a legacy server's relative endpoint URL is resolved against the FHIR base
-    URL (RFC 1808), as a browser's ``new URL(url, fhirBaseUrl)`` would; absolute ones stay."""
-    return urljoin(fhir_base_url, url)
+def _endpoint(fhir_base_url: str, document: dict[str, Any], name: str) -> str:
+    """The endpoint ``name`` of the SMART configuration. SMART 2.x: a legacy server's
+    relative URL is resolved against the FHIR base URL (RFC 1808), as a browser's
+    ``new URL(url, fhirBaseUrl)`` would; absolute ones stay. One that is no URL to send a
+    browser or a request to (``https://[::1/``, a port past 65535) is the EHR's to mend:
+    it raised ValueError, a bare 500 for the nurse (found by review)."""
+    try:
+        url: str = urljoin(fhir_base_url, document[name])
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for what is no port
+        if not parts.hostname or port == 0:
+            raise ValueError("no host or no port")
+    except ValueError as error:
+        raise OAuthError("ehr_unsupported", f"{name} is not a usable URL ({error})") from None
+    return url
 
 
 #: A SMART v2 resource scope: context, resource type, permissions and an optional query.

@@ -155,6 +155,26 @@ def test_a_failure_is_given_for_a_few_seconds_then_the_ehr_is_asked_again() -> N
         assert ehr.requests == 2
 
 
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("authorization_endpoint", "https://[::1/authorize"),
+        ("authorization_endpoint", "https://ehr.example:99999/authorize"),
+        ("token_endpoint", "https:///token"),
+        ("jwks_uri", "https://ehr.example:port/jwks"),
+    ],
+)
+def test_an_endpoint_that_is_no_url_is_the_ehrs_to_mend(name: str, url: str) -> None:
+    """Said on the page for the EHR's administrator, as any other unusable configuration:
+    it was a bare 500 for the nurse, then "the EHR does not answer" (found by review)."""
+    with CountedEhr() as ehr:
+        ehr.body = json.dumps({**json.loads(smart_configuration(ehr.url)), name: url}).encode()
+        with pytest.raises(OAuthError) as refused:
+            AuthServers(Clock()).discover(registration(ehr.url), TIMEOUT)
+    assert refused.value.kind == "ehr_unsupported"
+    assert f"{name} is not a usable URL" in refused.value.detail
+
+
 def test_while_an_ehr_is_read_again_the_other_launches_get_the_last_outcome_at_once() -> None:
     """Only the launch reading it waits for the EHR: a flood against an EHR that stays
     down holds one thread every few seconds, not one per launch for up to ten seconds.
