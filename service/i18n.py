@@ -40,15 +40,45 @@ def catalogue(language: Language) -> Catalogue:
 
 
 def negotiate(candidates: Iterable[str | None]) -> Language:
-    """The first supported language among e.g. a request field and Accept-Language tags."""
+    """The first supported language among e.g. a request field and Accept-Language tags;
+    within one candidate, by preference (``q``, RFC 9110 12.4.2), ``q=0`` meaning "not
+    acceptable" (12.5.4). In the order written, an English card went to a nurse whose
+    browser ranked French first (found by review)."""
     for candidate in candidates:
         if not candidate:
             continue
-        for tag in candidate.replace(" ", "").split(","):
-            primary = tag.split(";")[0].split("-")[0].split("_")[0].lower()
+        for tag in _by_preference(candidate.replace(" ", "")):
+            primary = tag.split("-")[0].split("_")[0].lower()
             if primary in LANGUAGES:
                 return primary
     return DEFAULT_LANGUAGE
+
+
+def _by_preference(header: str) -> list[str]:
+    """The language ranges of ``header``, the preferred first (the order written among
+    equals), without the not acceptable ones and those with a malformed weight."""
+    if ";" not in header:  # the common case: no weights, the order written
+        return header.split(",")
+    weighed = []
+    for place, part in enumerate(header.split(",")):
+        tag, *parameters = part.split(";")
+        weight = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.lower() == "q":
+                weight = _weight(value)
+        if weight > 0:
+            weighed.append((-weight, place, tag))
+    return [tag for _, _, tag in sorted(weighed)]
+
+
+def _weight(value: str) -> float:
+    """RFC 9110 12.4.2: 0 to 1, three decimals at most; anything else is not acceptable."""
+    try:
+        weight = float(value)
+    except ValueError:
+        return 0.0
+    return weight if 0 <= weight <= 1 and len(value) <= 5 else 0.0
 
 
 def translate(language: Language, message_id: str, **values: object) -> str:

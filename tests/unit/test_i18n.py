@@ -97,3 +97,24 @@ def test_how_long_a_concern_is_open_is_said_in_the_singular_where_the_language_d
 ) -> None:
     """The case page said "1 dagen open" and "ouvert depuis 0 jours" (found by review)."""
     assert shown_days_open(days, language) == said
+
+
+@pytest.mark.parametrize(
+    ("header", "language"),
+    [
+        ("en;q=0.2, fr;q=0.9", "fr"),  # by weight, not in the order written
+        ("en;q=0, fr", "fr"),  # q=0: not acceptable
+        ("en;q=0", "nl"),  # nothing acceptable: the default
+        ("en-GB;q=0.8, fr;q=0.8", "en"),  # equals: in the order written
+        ("en;q=2, fr;q=0.1", "fr"),  # a weight out of range is no weight
+        ("en;q=high, fr;q=0.1", "fr"),
+        ("de, en;Q=0.5, fr;q=0.4", "en"),
+    ],
+)
+def test_accept_language_is_read_by_preference(header: str, language: str) -> None:
+    assert negotiate([header]) == language
+
+
+def test_a_request_that_accepts_none_of_ours_leaves_it_to_the_next_candidate() -> None:
+    """The registration's default language comes after the browser's Accept-Language."""
+    assert negotiate(["en;q=0, de", "fr"]) == "fr"
