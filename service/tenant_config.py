@@ -14,7 +14,7 @@ from enum import StrEnum
 from functools import lru_cache
 from string import Formatter
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 from pydantic import (
@@ -237,6 +237,32 @@ class RoleMapping(Strict):
     claim: str = Field("roles", description="id_token claim holding the user's roles.")
     social_worker: list[str] = Field(default_factory=lambda: ["social-worker"])
     admin: list[str] = Field(default_factory=lambda: ["admin"])
+
+
+def base_url_key(url: str) -> str:
+    """A FHIR base as a key for comparison: the spellings of one base are one key. The
+    scheme and the host are compared without case, without a trailing dot and without
+    the scheme's default port; a trailing slash is no part of it; the path keeps its case
+    (RFC 3986 6.2.2, 6.2.3). An EHR sent ``fhirServer`` as registered, capitals in the host,
+    and after pydantic had lowercased it the CDS service sent no request; another
+    hospital's client passed the one-client-one-hospital check written another way
+    (both found by review)."""
+    parts = urlsplit(url.rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:  # not a URL to send anything to: compared as written
+        return url.rstrip("/")
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    host = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@{host}" if user else host
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, parts.fragment))
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class EhrRegistration(Strict):
@@ -643,7 +669,7 @@ class TenantConfiguration(Strict):
                     (*at, "id"),
                     id=registration.id,
                 )
-            if registration.fhir_base_url in bases:
+            if base_url_key(registration.fhir_base_url) in bases:
                 raise ConfigValueError(
                     f"another registration has the FHIR base {registration.fhir_base_url}: "
                     "a launch from it always takes the first",
@@ -652,7 +678,7 @@ class TenantConfiguration(Strict):
                     url=registration.fhir_base_url,
                 )
             ids.add(registration.id)
-            bases.add(registration.fhir_base_url)
+            bases.add(base_url_key(registration.fhir_base_url))
         return self
 
     def registration_for_iss(self, iss: str) -> EhrRegistration | None:

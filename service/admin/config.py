@@ -30,7 +30,12 @@ from service.tenancy import (
     TenantDirectory,
     UnknownTenantError,
 )
-from service.tenant_config import SUBMITTED, EhrRegistration, TenantConfiguration
+from service.tenant_config import (
+    SUBMITTED,
+    EhrRegistration,
+    TenantConfiguration,
+    base_url_key,
+)
 from service.text import LONE_SURROGATE
 
 YAML_HEADER = (
@@ -343,17 +348,19 @@ class TenantAdmin:
         for the deployment: a sign-in started under this hospital with the other's client
         would be accepted by its EHR, and what the other hospital's clinician then records
         would land on this hospital's worklist (found by review). Which hospital is not
-        said. A pair this hospital already had is left alone (stored before the check)."""
-        had = {_client(r)[:2] for r in previous.registrations} if previous else set()
+        said. A pair this hospital already had is left alone (stored before the check).
+        The bases are compared as keys (``base_url_key``): written another way, the other
+        hospital's client passed (found by review)."""
+        had = {_client_key(r) for r in previous.registrations} if previous else set()
         new = {
-            index: _client(r)[:2]
+            index: (r.fhir_base_url, r.client_id)
             for index, r in enumerate(config.registrations)
-            if _client(r)[:2] not in had
+            if _client_key(r) not in had
         }
         if not new:
             return
         elsewhere = {
-            _client(r)[:2]
+            _client_key(r)
             for other in self.tenants.slugs()
             if other != slug and (found := self.current(other)) is not None
             for r in found.config.registrations
@@ -366,7 +373,7 @@ class TenantAdmin:
                 reasons=(Reason.of("admin.problem.client-elsewhere", client=client_id, url=base),),
             )
             for index, (base, client_id) in new.items()
-            if (base, client_id) in elsewhere
+            if (base_url_key(base), client_id) in elsewhere
         ]
         if problems:
             raise ConfigurationError(problems)
@@ -435,6 +442,11 @@ def _refuse_hosts_not_allowed(config: TenantConfiguration) -> None:
                 )
     if problems:
         raise ConfigurationError(problems)
+
+
+def _client_key(registration: EhrRegistration) -> tuple[str, str]:
+    """Which EHR client a registration is, however its FHIR base is written."""
+    return base_url_key(registration.fhir_base_url), registration.client_id
 
 
 def _client(registration: EhrRegistration) -> tuple[str, str, str]:

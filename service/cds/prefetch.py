@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import orjson
 
 from service.bounded_fetch import Bounds, UnreadableBodyError
 from service.bounded_fetch import fetch as bounded_fetch
@@ -105,7 +106,9 @@ async def fetch(
         )
         response = await bounded_fetch(client, request, FETCH_BOUNDS)
         response.raise_for_status()
-        entries = response.json().get("entry", [])
+        # depth-limited, unlike json: a deeply nested answer raised RecursionError, a 500
+        # for the EHR (found by review)
+        entries = orjson.loads(response.content).get("entry", [])
     except (
         httpx.HTTPError,
         TimeoutError,

@@ -66,7 +66,7 @@ from service.local_time import local_today
 from service.monitoring import presentation_secret
 from service.settings import Settings, over_tls
 from service.tenancy import TenantContext, UnknownTenantError
-from service.tenant_config import Hook
+from service.tenant_config import Hook, base_url_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["cds-hooks"])
@@ -350,8 +350,8 @@ async def _patient_data(
     server = str(body.fhirServer).rstrip("/")
     # the EHR's token goes only to the FHIR server registered for that EHR, never elsewhere
     registrations = [caller.registration] if caller else tenant.config.registrations
-    if server not in {r.fhir_base_url for r in registrations}:
-        # the EHR administrator's to fix (a base written otherwise: a port, capitals)
+    if base_url_key(server) not in {base_url_key(r.fhir_base_url) for r in registrations}:
+        # the EHR administrator's to fix (another base, or another path)
         log.warning("fhirServer is not the registered FHIR base: the card is generic")
         return data
     if not over_tls(server):  # RFC 6750: bearer tokens over TLS only (one stored unchecked)

@@ -746,6 +746,25 @@ def test_another_hospitals_ehr_client_cannot_be_registered_here(
     assert saved.status_code == 200, saved.text
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "https://AZ-Brugge.example/fhir",
+        "https://az-brugge.example:443/fhir",
+        "https://az-brugge.example./fhir/",
+    ],
+)
+def test_another_hospitals_ehr_client_written_another_way_is_refused_too(
+    client: TestClient, database: Database, gent: Hospital, brugge: Hospital, written: str
+) -> None:
+    """The same FHIR base in another spelling (capitals, the default port, the host's
+    trailing dot) is the same EHR: compared as written, it passed (found by review)."""
+    headers = bearer(database, gent.id)
+    theirs = {"name": "EPD", "fhir_base_url": written, "client_id": "kindreflex"}
+    issue = _refused_registration(client, headers, "brugge-ehr", theirs)
+    assert "registered by another hospital" in issue["diagnostics"]
+
+
 def test_a_fhir_base_url_in_clear_off_this_machine_is_refused_by_the_api(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

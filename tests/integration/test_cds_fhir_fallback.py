@@ -494,6 +494,42 @@ def test_a_batch_answer_larger_than_the_cap_gives_the_generic_card(
         assert card["indicator"] == "warning"
 
 
+def test_a_deeply_nested_batch_answer_gives_the_generic_card_not_a_500(
+    cds_on_fhir: Cds,
+    ehr: Ehr,
+    fhir: tuple[FhirServer, SeedResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Within the size cap, an answer nested deeper than any parser's stack (the standard
+    library's raised RecursionError, a 500 for the EHR)."""
+    _, seeded = fhir
+    deep = b'{"resourceType":"Bundle","entry":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with ServedJson(deep, path="/fhir") as nested:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=nested.url))
+        body = without_prefetch(nested.url, seeded.patient("jan-janssens"))
+        response = cds_on_fhir.call(body=body)
+        assert nested.accepted
+    assert response.status_code == 200
+    assert only_card(response)["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    assert _prefetch_errors(caplog) == [{"error": "JSONDecodeError"}]
+
+
+def test_a_fhir_server_sent_as_registered_with_capitals_in_its_host_is_asked(
+    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """An EHR whose base is registered as its SMART ``iss`` writes it, capitals in the host,
+    and sent as ``fhirServer`` the same way (the URL parser lowercased the host of one side
+    only: the generic card, and the log blamed the administrator)."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    with ServedJson(_batch_answer(server, patient), path="/fhir") as copy:
+        written = copy.url.replace("127.0.0.1", "LocalHost")
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=written))
+        card = only_card(cds_on_fhir.call(body=without_prefetch(written, patient)))
+        assert copy.accepted
+    assert card["indicator"] == "warning"
+
+
 def test_a_compressed_batch_answer_is_read_and_an_undecodable_one_gives_the_generic_card(
     cds_on_fhir: Cds,
     ehr: Ehr,

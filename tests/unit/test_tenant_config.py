@@ -16,6 +16,7 @@ from service.tenant_config import (
     EhrRegistration,
     HookSettings,
     TenantConfiguration,
+    base_url_key,
     jwk_set,
 )
 
@@ -236,3 +237,42 @@ def test_a_registration_no_launch_or_call_could_use_is_refused_when_saved(
     (error,) = refused.value.errors()
     assert error["ctx"]["error"].code == code
     assert EhrRegistration.model_validate(document).id == "ehr"  # stored: still loads
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("https://EHR.Example.be/fhir", "https://ehr.example.be/fhir/"),
+        ("https://ehr.example.be:443/fhir", "https://ehr.example.be./fhir"),
+        ("http://LocalHost:80/R4", "http://localhost/R4"),
+        ("HTTPS://[::1]:443/fhir", "https://[::1]/fhir"),
+    ],
+)
+def test_two_spellings_of_one_fhir_base_are_one_key(one: str, other: str) -> None:
+    assert base_url_key(one) == base_url_key(other)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("https://ehr.example.be/fhir", "https://ehr.example.be/FHIR"),  # a path has case
+        ("https://ehr.example.be/fhir", "https://ehr.example.be:8443/fhir"),
+        ("https://ehr.example.be/fhir", "http://ehr.example.be/fhir"),
+        ("https://ehr.example.be/fhir", "https://ehr.example.be/fhir/r4"),
+    ],
+)
+def test_two_fhir_bases_are_two_keys(one: str, other: str) -> None:
+    assert base_url_key(one) != base_url_key(other)
+
+
+def test_one_fhir_base_registered_twice_in_another_spelling_is_refused() -> None:
+    """A launch from it would always take the first registration: the second is a mistake."""
+    registrations = [
+        EhrRegistration(id=f"ehr-{n}", name="EPD", fhir_base_url=url, client_id=f"k{n}")
+        for n, url in enumerate(["https://ehr.example.be/fhir", "https://EHR.example.be:443/fhir"])
+    ]
+    with pytest.raises(ValidationError, match="another registration has the FHIR base"):
+        TenantConfiguration.model_validate(
+            {"name": "AZ", "registrations": [r.model_dump() for r in registrations]},
+            context=SUBMITTED,
+        )
