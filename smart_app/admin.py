@@ -879,7 +879,8 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> Response:
         body["client_secret"] = field["client_secret"]
     body["frame_origins"] = _lines(field.get("frame_origins", ""))
     registrations = admin.tenant.config.registrations
-    existing = next((r for r in registrations if r.id == body["id"]), None)
+    adding = field.get("form") == "new"  # the new registration's form, whatever id it typed
+    existing = None if adding else next((r for r in registrations if r.id == body["id"]), None)
     body["cds_issuers"] = _issuers(field.get("cds_issuers", ""), existing)
     if existing is not None:
         body["roles"] = existing.roles
@@ -889,10 +890,24 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> Response:
     return await _screen_change(
         request,
         admin,
-        lambda c: _upsert_registration(c, body),
+        lambda c: _added_registration(c, body) if adding else _upsert_registration(c, body),
         typed,
         _in_registration_form(form_id, index),
     )
+
+
+def _added_registration(
+    config: TenantConfiguration, body: Mapping[str, Any]
+) -> TenantConfiguration:
+    """A registration of the new registration's form, refused when its id is in use: it
+    replaced that registration, its client secret dropped and its sessions ended, and
+    said "saved". Checked on the configuration in force now, as every change is."""
+    if any(r.id == body["id"] for r in config.registrations):
+        at = f"registrations[{len(config.registrations)}].id"
+        taken = Reason.of("admin.problem.registration-id-taken", id=body["id"])
+        message = f"the registration id {body['id']} is in use; choose another"
+        raise ConfigurationError([Problem(message, at, reasons=(taken,))])
+    return _upsert_registration(config, body)
 
 
 @router.post("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)

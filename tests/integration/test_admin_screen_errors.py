@@ -538,3 +538,35 @@ def test_a_second_registration_of_the_same_ehr_is_refused_next_to_its_fhir_base(
         "Fout: registrations[1].fhir_base_url: Een andere registratie heeft al de FHIR-basis"
     )
     assert len(stored_gent(database).config.registrations) == 1
+
+
+def test_the_new_registration_form_refuses_an_id_in_use_and_keeps_what_was_typed(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: the id of a registration in use, typed in the new registration's
+    form, replaced that registration (its client secret dropped, its sessions ended) and
+    the screen said "saved". The form says it is the new one; the id is refused next to it."""
+    hidden = screen_sign_in(client, database, gent)
+    page = client.get("/admin").text
+    new_form = page[page.index('id="registration-new"') :]
+    assert '<input type="hidden" name="form" value="new">' in new_form[: new_form.index("</form>")]
+    before = stored_gent(database)
+    form = registration_form(
+        hidden, form="new", id="ehr", name="Tweede EPD", fhir_base_url="https://tweede.example/fhir"
+    )
+
+    refused = client.post("/admin/registrations", data=form, follow_redirects=False)
+
+    assert refused.status_code == 422
+    message = assert_tied(refused.text, "input", "new-id")
+    assert message == (
+        "Fout: registrations[1].id: Er is al een registratie met het id ehr; er werd niets "
+        "gewijzigd. Kies een ander id, of wijzig die registratie in haar eigen formulier."
+    )
+    assert 'value="Tweede EPD"' in refused.text
+    assert 'value="https://tweede.example/fhir"' in refused.text
+    french = client.post("/admin/registrations", data=form, headers=FRENCH)
+    assert "Il existe déjà un enregistrement avec l&#39;identifiant" in french.text
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+    assert after.config.registrations[0].client_secret is not None
