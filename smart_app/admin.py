@@ -934,15 +934,15 @@ def test_registration(
 @router.post("/admin/hooks", response_class=HTMLResponse)
 async def save_hooks(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
-    current = admin.tenant.config.hooks.model_dump(mode="json")
-    hooks = {
-        **current,
+    typed = {
         "enabled": [h for h in ALL_HOOKS if form.get(f"hook-{h}") == "on"],
         "adult_age": str(form.get("adult_age", "")),
         "once_per_encounter": form.get("once_per_encounter") == "on",
     }
+    hooks = {**admin.tenant.config.hooks.model_dump(mode="json"), **typed}
+    # refused, the form shows what was typed (a box unticked too), not the stored hooks
     return await _screen_change(
-        request, admin, lambda c: _replace(c, hooks=hooks), field_of=_in_hooks_form
+        request, admin, lambda c: _replace(c, hooks=hooks), {"hooks": typed}, _in_hooks_form
     )
 
 
@@ -965,23 +965,34 @@ async def upload_partners(request: Request, admin: ScreenAdmin) -> Response:
     )
 
 
+#: The plan form's fields: ``<step>.<title|help>.<language>``, as the page names them.
+_PLAN_FIELDS = tuple(
+    f"{step.value}.{part}.{language}"
+    for step in Step
+    for part in ("title", "help")
+    for language in ("nl", "fr", "en")
+)
+
+
 @router.post("/admin/plan", response_class=HTMLResponse)
 async def save_plan(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
+    typed = {field: str(form.get(field, "")) for field in _PLAN_FIELDS}
     steps: dict[str, Any] = {}
     for step in (s.value for s in Step):
         texts: dict[str, dict[str, str]] = {"title": {}, "help": {}}
         for part in texts:
             for language in ("nl", "fr", "en"):
-                value = str(form.get(f"{step}.{part}.{language}", "")).strip()
+                value = typed[f"{step}.{part}.{language}"].strip()
                 if value:
                     texts[part][language] = value
         if texts["title"] or texts["help"]:
             steps[step] = texts
     current = admin.tenant.config.plan.model_dump(mode="json")
     plan = {**current, "steps": steps}
+    # refused, the form shows what was typed (a text emptied too), not the stored plan
     return await _screen_change(
-        request, admin, lambda c: _replace(c, plan=plan), field_of=_in_plan_form
+        request, admin, lambda c: _replace(c, plan=plan), {"plan": typed}, _in_plan_form
     )
 
 

@@ -22,6 +22,7 @@ from service.admin import access
 from service.admin.config import export_yaml
 from service.db.base import Database, utcnow
 from service.db.models import AdminSession
+from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, CdsIssuer, TenantConfiguration
 from smart_app.errors import FREE_TEXT
@@ -29,6 +30,7 @@ from tests.support.admin import (
     DEPLOYMENT_KEY,
     Hospital,
     assert_tied,
+    bearer,
     client,
     field_tag,
     gent,
@@ -570,3 +572,63 @@ def test_the_new_registration_form_refuses_an_id_in_use_and_keeps_what_was_typed
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
     assert after.config.registrations[0].client_secret is not None
+
+
+def _ticked(page: str, field_id: str) -> bool:
+    return " checked" in field_tag(page, "input", field_id)
+
+
+def test_a_refused_hooks_form_shows_what_was_typed_unticked_boxes_too(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: refused (422, or 409 when another admin saved meanwhile), the hooks
+    form showed the hooks in force again, and what the admin had changed was gone."""
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    unticked = {**hidden, "hook-encounter-start": "on"}  # patient-view and once: unticked
+
+    refused = client.post("/admin/hooks", data={**unticked, "adult_age": ""})
+
+    assert refused.status_code == 422
+    assert_tied(refused.text, "input", "adult_age")
+    assert 'value=""' in field_tag(refused.text, "input", "adult_age")
+    assert _ticked(refused.text, "hook-encounter-start")
+    assert not _ticked(refused.text, "hook-patient-view")
+    assert not _ticked(refused.text, "once_per_encounter")
+    assert stored_gent(database).version == before.version
+
+    api = bearer(database, gent.id)  # another admin changes the plan meanwhile
+    other = {"steps": {"step-2": {"title": {"nl": "Peil naar veiligheid"}}}}
+    assert client.put("/admin/api/plan", headers=api, json=other).status_code == 200
+    stale = client.post("/admin/hooks", data={**unticked, "adult_age": "16"})
+
+    assert stale.status_code == 409
+    assert "De configuratie werd intussen gewijzigd" in stale.text
+    assert 'value="16"' in field_tag(stale.text, "input", "adult_age")
+    assert not _ticked(stale.text, "hook-patient-view")
+    assert not _ticked(stale.text, "once_per_encounter")
+    assert stored_gent(database).config.hooks == before.config.hooks
+
+
+def test_a_plan_form_refused_as_stale_shows_what_was_typed_emptied_texts_too(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    api = bearer(database, gent.id)
+    ours = {"steps": {"step-2": {"title": {"nl": "Peil naar veiligheid (ons ziekenhuis)"}}}}
+    assert client.put("/admin/api/plan", headers=api, json=ours).status_code == 200
+    hidden = screen_sign_in(client, database, gent)
+    # another admin changes the hooks meanwhile
+    assert client.put("/admin/api/hooks", headers=api, json={"adult_age": 16}).status_code == 200
+    typed = "Ons eigen teamoverleg, zoals afgesproken in 2026"
+    form = {**hidden, "step-4.title.nl": typed, "step-1.help.fr": "Appelez le service social"}
+
+    refused = client.post("/admin/plan", data={**form, "step-2.title.nl": ""})
+
+    assert refused.status_code == 409
+    assert "De configuratie werd intussen gewijzigd" in refused.text
+    assert f'value="{typed}"' in field_tag(refused.text, "input", "step-4.title.nl")
+    assert 'value="Appelez le service social"' in refused.text
+    assert 'value=""' in field_tag(refused.text, "input", "step-2.title.nl")  # emptied, kept so
+    plan = stored_gent(database).config.plan
+    assert plan.text(Step.STEP_2, "title", "nl") == "Peil naar veiligheid (ons ziekenhuis)"
+    assert plan.text(Step.STEP_4, "title", "nl") is None
