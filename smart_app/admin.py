@@ -78,6 +78,8 @@ ADMIN_COOKIE = "kindreflex_admin"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The screen's refusals whose page links to the sign-in page (``smart.<problem>.link``).
+SIGN_IN_AGAIN = frozenset({"admin_session_missing", "admin_csrf_failed"})
 
 router = APIRouter(tags=["admin"])
 
@@ -166,7 +168,8 @@ async def _check_csrf(request: Request, admin: Admin) -> None:
         value = (await request.form()).get(CSRF_FIELD)
         presented = value if isinstance(value, str) else None
     if not tokens_match(presented, admin.csrf):
-        raise AdminAuthError(403, "missing or wrong CSRF token", "csrf_failed")
+        # the admin's own page: the app's spoke of another patient and the patient's chart
+        raise AdminAuthError(403, "missing or wrong CSRF token", "admin_csrf_failed")
 
 
 async def api_admin(request: Request, tenant: TenantDep) -> Admin:
@@ -190,15 +193,16 @@ async def screen_admin(request: Request, tenant: TenantDep) -> Admin:
         if error.status == 401 and (request.method in SAFE_METHODS or signing_out):
             raise HTTPException(303, "sign in first", headers={"Location": sign_in}) from None
         # a page in the screen's language, not the API's English JSON; a form sent after
-        # the session ended shows its text back (a pasted YAML was lost in the redirect)
-        ended = error.status == 401
+        # the session ended, or from a tab of an earlier sign-in, shows its text back (a
+        # pasted YAML was lost) with the way to sign in again
+        problem = "admin_session_missing" if error.status == 401 else error.problem
         raise PageError(
             error.status,
-            "admin_session_missing" if ended else error.problem,
+            problem,
             language=_language(request),
             frame_origins=all_frame_origins(tenant),
             logged={"reason": error.reason},
-            link=sign_in if ended else None,
+            link=sign_in if problem in SIGN_IN_AGAIN else None,
             role=Said("smart.role.admin"),
         ) from None
     return admin

@@ -120,6 +120,7 @@ _CHILD_LABELS = {"name": "app.step1.child-name", "birth_date": "app.step1.birth-
 SHOWS_TYPED_BACK = {
     "session_missing": ("smart.kept.title", "smart.kept.message"),
     "admin_session_missing": ("smart.kept.title", "smart.kept.admin-message"),
+    "admin_csrf_failed": ("smart.kept.title", "smart.kept.admin-message"),
     "database_unsaved": ("smart.kept.unsure-title", "smart.kept.unsure-message"),
     "internal_error": ("smart.kept.unsure-title", "smart.kept.unsure-message"),
 }

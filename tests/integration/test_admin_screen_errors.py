@@ -632,3 +632,39 @@ def test_a_plan_form_refused_as_stale_shows_what_was_typed_emptied_texts_too(
     plan = stored_gent(database).config.plan
     assert plan.text(Step.STEP_2, "title", "nl") == "Peil naar veiligheid (ons ziekenhuis)"
     assert plan.text(Step.STEP_4, "title", "nl") is None
+
+
+def test_a_form_sent_from_a_tab_of_an_earlier_sign_in_says_so_and_shows_its_text_back(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: an admin who signed in again in another tab and then sent a form of
+    the old tab was told a different patient was opened, to start again from the patient's
+    chart, without the way to sign in, and a pasted configuration was gone."""
+    old_tab = screen_sign_in(client, database, gent)
+    screen_sign_in(client, database, gent)  # another tab: a new session, a new CSRF token
+    before = stored_gent(database)
+    pasted = export_yaml(before.config).replace("adult_age: 18", "adult_age: 16")
+    ours = {"Sec-Fetch-Site": "same-origin"}
+
+    refused = client.post("/admin/config", data={**old_tab, "yaml": pasted}, headers=ours)
+
+    assert refused.status_code == 403
+    assert "<h1>Formulier niet aanvaard</h1>" in refused.text
+    assert "hoort bij een eerdere aanmelding als beheerder" in refused.text
+    assert "patiënt" not in refused.text
+    assert '<a href="/admin/login">Opnieuw aanmelden als beheerder</a>' in refused.text
+    assert "Meld u daarna opnieuw aan als beheerder en plak het in het formulier" in refused.text
+    kept = re.findall(r"<textarea [^>]*readonly>(.*?)</textarea>", refused.text, re.S)
+    assert [html.unescape(text) for text in kept] == [pasted.strip()]
+
+    french = client.post(
+        "/admin/config", data={**old_tab, "yaml": pasted}, headers={**ours, **FRENCH}
+    )
+    assert "appartient à une connexion d'administration antérieure" in html.unescape(french.text)
+    assert '<a href="/admin/login">Se reconnecter comme administrateur</a>' in french.text
+    # another site's post cannot put its text on our page
+    elsewhere = client.post("/admin/config", data={**old_tab, "yaml": pasted})
+    assert elsewhere.status_code == 403
+    assert "adult_age: 16" not in elsewhere.text
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
