@@ -55,7 +55,12 @@ from service.fhir.client import (
     FhirUnreadable,
     ReauthorisationRequired,
 )
-from service.fhir.mapping import AddedNote, UnreadableResourceError, referral_performer
+from service.fhir.mapping import (
+    AddedNote,
+    UnreadableResourceError,
+    referral_performer,
+    request_status,
+)
 from service.i18n import Language, translate
 from service.local_time import local_today
 from service.outbox import UNDELIVERED_STATES
@@ -364,10 +369,19 @@ class Shown:
 
     @property
     def referral(self) -> dict[str, Any] | None:
-        """The latest referral as read (None: none yet); its status goes on after closing."""
+        """The latest referral as read (None: none yet); its status goes on after closing.
+        One the EHR set to a status we do not write (draft, unknown) is still the latest:
+        it is shown with that status and no form, as ``casework.referral_transaction``
+        refuses to change it ("change it in the EHR"); hiding it would show an older
+        referral's status as the one that holds now."""
         return (
             None if self.opened is None or not self.opened.referrals else self.opened.referrals[0]
         )
+
+    @property
+    def referral_status(self) -> str | None:
+        """The latest referral's status, an R4 request-status code (None: no referral)."""
+        return None if self.referral is None else request_status(self.referral)
 
     @property
     def may_close(self) -> bool:

@@ -209,7 +209,10 @@ class FindingView(BaseModel):
 
 class ReferralView(BaseModel):
     id: str = Field(description="The ServiceRequest id on the FHIR server.")
-    status: str = Field(description="active | on-hold | completed | revoked")
+    status: str = Field(
+        description="active | on-hold | completed | revoked (ours); draft | unknown: set "
+        "by the EHR, not followed up"
+    )
     target: str | None = Field(
         description="vk | ocj | parket | police; null: the EHR took our coding away"
     )

@@ -1129,6 +1129,25 @@ def provenance(
 #: happened): a finding, a referral or a concern the EHR retracted.
 RETRACTED = frozenset({"entered-in-error", "cancelled"})
 
+#: FHIR R4's request-status codes, each of which a server may hold on a referral: we write
+#: four (``protocol.ReferralStatus``), the EHR may set any of the others.
+REQUEST_STATUSES: Final = (
+    "draft",
+    "active",
+    "on-hold",
+    "revoked",
+    "completed",
+    "entered-in-error",
+    "unknown",
+)
+
+
+def request_status(resource: Mapping[str, Any]) -> str:
+    """A request's status as R4 names it; a code outside request-status (a server that does
+    not validate its binding) says no more than ``unknown`` does."""
+    status = resource.get("status")
+    return status if status in REQUEST_STATUSES else "unknown"
+
 
 def step_of_observation(resource: Mapping[str, Any]) -> Step | None:
     """The Kindreflex step an Observation records (its code), or None for another one."""

@@ -12,6 +12,7 @@ from html import unescape
 from typing import Any, NamedTuple
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
@@ -362,6 +363,43 @@ def test_a_referral_whose_facility_the_ehr_named_by_display_only_still_opens(
     assert "VK Oost-Vlaanderen" in _text(printed)  # the facility, as the EHR names it now
     (view,) = read.json()["referrals"]
     assert (view["id"], view["performer"], view["target"]) == (referral["id"], None, None)
+
+
+@pytest.mark.parametrize(("status", "shown"), [("draft", "concept"), ("unknown", "onbekend")])
+def test_a_referral_the_ehr_set_to_a_status_we_do_not_write_is_shown_with_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    status: str,
+    shown: str,
+) -> None:
+    """The EHR set the latest referral to an R4 request-status Kindreflex does not write: the
+    case page was a 500 (no label for it; found by review). It shows the referral with
+    that status, says it is not followed up here and offers no form to change it (a
+    change is refused, ``casework.referral_transaction``); the API says the same status."""
+    case = _a_triaged_case(database_url, database, fhir_server.base_url)
+    base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
+    page = worker.get(f"/social/cases/{case_id}").text
+    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+    page = worker.get(f"/social/cases/{case_id}").text
+    contact = {"contact_on": local_today().isoformat()}
+    assert (
+        post_form(worker, page, case_id, "step-6", "s6", {**STEP_6_FORM, **contact}).status_code
+        == 303
+    )
+    (referral,) = search(base_url, "ServiceRequest", subject=patient)
+    _as_the_ehr_changed_it(base_url, {**referral, "status": status})
+
+    quiet = TestClient(case.app, raise_server_exceptions=False, headers=worker.headers)
+    quiet.cookies = worker.cookies
+    shown_page = quiet.get(f"/social/cases/{case_id}")
+    read = quiet.get(f"/api/cases/{case_id}", headers={"Accept": "application/json"})
+
+    assert (shown_page.status_code, read.status_code) == (200, 200)
+    assert f"De verwijzing is nu: {shown}." in _text(shown_page)
+    assert "Kindreflex volgt een verwijzing met deze stand niet op" in _text(shown_page)
+    assert f"/social/cases/{case_id}/referral-status" not in shown_page.text
+    assert [r["status"] for r in read.json()["referrals"]] == [status]
 
 
 def test_a_step_keeps_what_the_ehr_added_to_the_concern_flag(

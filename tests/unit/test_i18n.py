@@ -7,8 +7,9 @@ import re
 import pytest
 
 from service.fhir import terminology
+from service.fhir.mapping import REQUEST_STATUSES
 from service.i18n import LANGUAGES, Language, catalogue, negotiate, translate
-from service.protocol import SafetyAssessment
+from service.protocol import ReferralStatus, SafetyAssessment
 from smart_app.dates import shown_days_open
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -118,3 +119,12 @@ def test_accept_language_is_read_by_preference(header: str, language: str) -> No
 def test_a_request_that_accepts_none_of_ours_leaves_it_to_the_next_candidate() -> None:
     """The registration's default language comes after the browser's Accept-Language."""
     assert negotiate(["en;q=0, de", "fr"]) == "fr"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_r4_request_status_a_referral_may_have_is_named(language: Language) -> None:
+    """The case page names the latest referral's status, whichever R4 request-status the EHR
+    set (a draft was a 500: no label)."""
+    assert set(REQUEST_STATUSES) >= {s.value for s in ReferralStatus}
+    for status in REQUEST_STATUSES:
+        assert translate(language, f"casefile.referral-status.{status}")
