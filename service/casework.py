@@ -902,9 +902,11 @@ class Casework:
             closed_at=utcnow(),
             closure=closure,
         )
-        return self._save(
-            ctx, concern, plan, _Index(concern.last_step, "closed", None, False), frozenset()
-        )
+        # a closed case keeps its acute danger (the protocol keeps it once set): the closed
+        # worklist still says which cases were acute, as opening one would set it again
+        acute = concern.acute_danger or case.acute_danger
+        index = _Index(concern.last_step, "closed", None, acute)
+        return self._save(ctx, concern, plan, index, frozenset())
 
     def open_case(self, ctx: LaunchInfo, case_id: int) -> CaseFile:
         """The case with its history (an audited read), open or closed."""

@@ -666,6 +666,40 @@ def test_opening_a_case_tells_the_worklist_its_acute_danger(
     assert (first["id"], first["acute_danger"]) == (acute.id, True)
 
 
+def test_a_closed_acute_case_stays_acute_on_the_worklist(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The team found acute danger and referred to the parket; closing the case took the
+    acute-danger mark off its worklist row, and opening it put the mark back (found by
+    review). The closed worklist keeps it, before and after the case is opened."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    save_triage(app, tenant, base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    page = client.get(f"/social/cases/{case_id}").text
+    acute = {**STEP_4_FORM, "decision": "acute-danger"}
+    assert post_form(client, page, case_id, "step-4", "s4", acute).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    parket = {**STEP_6_FORM, "partner_id": "parket", "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", parket).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    closed = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
+    assert closed.status_code == 303, closed.text
+
+    def marked_acute() -> bool:
+        worklist = client.get("/social", params={"status": "closed"}).text
+        row = re.search(rf'<tr data-case="{case_id}">.*?</tr>', worklist, re.S)
+        assert row is not None
+        return "data-acute-danger" in row.group(0)
+
+    assert marked_acute()
+    assert client.get(f"/social/cases/{case_id}").status_code == 200  # opened again
+    assert marked_acute()
+
+
 def test_a_nurses_name_is_cut_to_its_column_and_shown_as_text(
     database_url: str,
     database: Database,
