@@ -1252,8 +1252,9 @@ def _other_open_concern(session: Session, row: Concern) -> bool:
 
 
 def _organization(ctx: LaunchInfo, partner_id: str) -> Resource:
-    (entry,) = [e for e in ctx.tenant.config.partners.entries if e.id == partner_id]
-    return partners_io.organization(entry)
+    """The Organization of the directory's partner ``partner_id`` (``Step6Input`` found it
+    in the directory, whose ids the entries share)."""
+    return partners_io.organization(ctx.tenant.config.partners.entry(partner_id))
 
 
 def _business_id(ctx: LaunchInfo, case_id: int, kind: str, at: datetime) -> str:

@@ -494,7 +494,7 @@ class PartnerPhone(Strict):
 class PartnerEntry(Strict):
     """One organisation of the directory; the fields of ``service/partners.py``'s format."""
 
-    id: str
+    id: str = Field(description="Lower-case letters, digits and hyphens; spaces around it go.")
     type: ReferralTarget
     name: str
     description: str | None = None
@@ -507,6 +507,16 @@ class PartnerEntry(Strict):
     cbe: str | None = Field(
         None, pattern=r"^[01][0-9]{9}$", description="KBO/BCE enterprise number, 10 digits."
     )
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_the_directory_reads_it(cls, value: object) -> object:
+        """The id without spaces around it, as the directory reads it (``partners._text``),
+        whatever brought it (the JSON API, a FHIR Bundle, quoted YAML, a version stored
+        before): step 6 names its partner by the directory's id, and an entry kept as
+        given (``"vk-oost-vlaanderen "``) matched none of them, a 500. Normalised, not
+        refused: the directory already strips every text, and a stored version must load."""
+        return value.strip() if isinstance(value, str) else value
 
 
 class PartnerSettings(Strict):
@@ -526,6 +536,14 @@ class PartnerSettings(Strict):
         return _parsed_directory(
             self.model_dump_json(exclude_none=True, exclude={"entries": {"__all__": {"cbe"}}})
         )
+
+    def entry(self, partner_id: str) -> PartnerEntry:
+        """The entry of the directory's partner ``partner_id`` (``PartnerDirectory.get``:
+        the same id, both read without spaces around it); KeyError: none."""
+        found = next((e for e in self.entries if e.id == partner_id), None)
+        if found is None:
+            raise KeyError(f"no partner '{partner_id}' in the directory")
+        return found
 
     @classmethod
     def from_directory(cls, directory: PartnerDirectory) -> PartnerSettings:

@@ -19,12 +19,14 @@ from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer
 from service import audit
+from service.admin.config import validate_document
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, Concern
+from service.db.models import AuditRecord, Concern, TenantConfigVersion
 from service.fhir.client import FhirClient
 from service.i18n import translate
 from service.local_time import local_today
 from service.protocol import ExpectedChild, PregnancyOf
+from service.tenancy import SecretBox, TenantDirectory
 from tests.support.casework import (
     COLLEAGUE,
     SOCIAL_WORKER,
@@ -698,6 +700,59 @@ def test_a_closed_acute_case_stays_acute_on_the_worklist(
     assert marked_acute()
     assert client.get(f"/social/cases/{case_id}").status_code == 200  # opened again
     assert marked_acute()
+
+
+def _spaced_partner_id(document: dict[str, Any]) -> dict[str, Any]:
+    """The configuration ``document`` with the VK's partner id as an admin's JSON, a FHIR
+    Bundle or quoted YAML could give it: ``"vk-oost-vlaanderen "``."""
+    entries = [
+        {**e, "id": f"{e['id']} "} if e["id"] == "vk-oost-vlaanderen" else e
+        for e in document["partners"]["entries"]
+    ]
+    return {**document, "partners": {**document["partners"], "entries": entries}}
+
+
+@pytest.mark.parametrize("how", ["submitted", "stored-before"])
+def test_a_partner_id_given_with_a_space_around_it_can_be_referred_to(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    how: str,
+) -> None:
+    """The directory reads a partner id without the spaces around it, its entry kept them:
+    step 6 to that partner was a 500 (found by review), whether the admin submitted the
+    id so or a configuration stored before holds it. The referral goes to the partner,
+    named by its id as the directory reads it."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    if how == "submitted":
+        document = _spaced_partner_id(tenant.config.model_dump(mode="json"))
+        TenantDirectory(database, SecretBox(None)).save(
+            "default", validate_document(document), actor="admin"
+        )
+    else:
+        with database.session() as session:
+            stored = session.scalars(select(TenantConfigVersion)).one()
+            stored.document = _spaced_partner_id(stored.document)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    page = client.get(f"/social/cases/{case_id}").text
+    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    assert 'value="vk-oost-vlaanderen"' in _hidden_section(page, "s6-partner")
+
+    vk = {**STEP_6_FORM, "partner_id": "vk-oost-vlaanderen"}
+    referred = post_form(
+        client, page, case_id, "step-6", "s6", {**vk, "contact_on": local_today().isoformat()}
+    )
+
+    assert referred.status_code == 303, referred.text
+    shown = client.get(f"/social/cases/{case_id}/referral").text
+    assert "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen" in shown
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    facility = httpx.get(f"{base_url}/{request['performer'][0]['reference']}", timeout=10)
+    assert "vk-oost-vlaanderen" in [i["value"] for i in facility.json()["identifier"]]
 
 
 def test_a_nurses_name_is_cut_to_its_column_and_shown_as_text(

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from sandbox.keys import SigningKey
+from service.admin.partners_io import export_bundle, import_bundle
 from service.tenant_config import (
     DEFAULT_SCOPES,
     EARLIER_DEFAULT_SCOPES,
@@ -15,8 +16,10 @@ from service.tenant_config import (
     CdsIssuer,
     EhrRegistration,
     HookSettings,
+    PartnerSettings,
     TenantConfiguration,
     base_url_key,
+    default_partners,
     jwk_set,
 )
 
@@ -276,3 +279,22 @@ def test_one_fhir_base_registered_twice_in_another_spelling_is_refused() -> None
             {"name": "AZ", "registrations": [r.model_dump() for r in registrations]},
             context=SUBMITTED,
         )
+
+
+def test_a_partner_id_is_read_without_spaces_around_it_from_every_input() -> None:
+    """The JSON API, a FHIR Bundle and quoted YAML gave an entry ``"vk-oost-vlaanderen "``,
+    which the directory reads stripped: the entry and the directory name the same id."""
+    partners = default_partners().model_dump(mode="json", exclude_none=True)
+    spaced = [
+        {**e, "id": f" {e['id']} "} if e["id"] == "vk-oost-vlaanderen" else e
+        for e in partners["entries"]
+    ]
+    submitted = PartnerSettings.model_validate({**partners, "entries": spaced}, context=SUBMITTED)
+    bundle = export_bundle(default_partners())
+    for entry in bundle["entry"]:
+        for identifier in entry["resource"].get("identifier", []):
+            if identifier["value"] == "vk-oost-vlaanderen":
+                identifier["value"] += " "
+    for settings in (submitted, import_bundle(bundle)):
+        assert settings.directory().get("vk-oost-vlaanderen") is not None
+        assert "vk-oost-vlaanderen" in [e.id for e in settings.entries]
