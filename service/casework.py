@@ -1047,11 +1047,14 @@ class Casework:
             and concern.status == "open"
             and not self._save_on_its_way(concern)
         ):
-            # closed now, for the retention that empties a closed case's names
+            # closed now, for the retention that empties a closed case's names; closed when
+            # the EHR ended the Flag (its days open count up to then), else as of now
+            ended = mapping.flag_period(record.flag)[1]
             changed.update(
                 status="closed",
                 follow_up_due=None,
                 updated_at=utcnow(),
+                closed_at=ended or utcnow(),
                 row_version=Concern.row_version + 1,
             )
         if not changed:
@@ -1145,6 +1148,7 @@ class Casework:
                     before_save=_Index.of(concern).stored(concern.row_version),
                     row_version=version,
                     updated_at=now,
+                    closed_at=now if _closing(concern, index) else concern.closed_at,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -1233,6 +1237,12 @@ def undo_refused_save(session: Session, outbox_id: int) -> None:
         )
         .execution_options(synchronize_session=False)
     )
+
+
+def _closing(concern: Concern, index: _Index) -> bool:
+    """Whether the save closes the open case (its days open stop counting then); a save on a
+    closed case (a referral's status) keeps the moment it was closed."""
+    return concern.status == "open" and index.status == "closed"
 
 
 def _other_open_concern(session: Session, row: Concern) -> bool:

@@ -369,6 +369,9 @@ class Concern(TenantScoped, Base):
     #: at once or later to the worker (``service.casework.undo_refused_save``).
     before_save: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: When the case was last closed (None: never): a closed case's days open count up to
+    #: it. Kept when the case is reopened, so a refused reopening undone has it again.
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     row_version: Mapped[int] = mapped_column(default=1)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy API

@@ -250,6 +250,9 @@ def test_a_concern_closed_in_the_ehr_is_not_reopened_by_a_step_and_leaves_the_wo
 
     assert 'id="s4-form"' not in worker.get(f"/social/cases/{case_id}").text
     assert case_id not in listed_cases(worker.get("/social").text)
+    with database.session() as session:  # its days open count up to the EHR's closing
+        closed_at = session.scalar(select(Concern.closed_at).where(Concern.id == case_id))
+    assert closed_at == datetime.fromisoformat(flag["period"]["end"])
 
 
 def test_a_concern_closed_in_the_ehr_shows_closed_at_once_unless_a_save_may_reopen_it(

@@ -668,15 +668,11 @@ def test_opening_a_case_tells_the_worklist_its_acute_danger(
     assert (first["id"], first["acute_danger"]) == (acute.id, True)
 
 
-def test_a_closed_acute_case_stays_acute_on_the_worklist(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
-) -> None:
-    """The team found acute danger and referred to the parket; closing the case took the
-    acute-danger mark off its worklist row, and opening it put the mark back (found by
-    review). The closed worklist keeps it, before and after the case is opened."""
-    base_url = fhir_server.base_url
+def _referred_to_the_parket_and_closed(
+    database_url: str, database: Database, base_url: str
+) -> tuple[TestClient, int]:
+    """A case the team found in acute danger, referred to the parket and closed from the
+    case page, with the social worker's client."""
     tenant = make_tenant(database, "default", base_url)
     app = make_app(database_url, database)
     save_triage(app, tenant, base_url)
@@ -690,6 +686,20 @@ def test_a_closed_acute_case_stays_acute_on_the_worklist(
     page = client.get(f"/social/cases/{case_id}").text
     closed = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
     assert closed.status_code == 303, closed.text
+    return client, case_id
+
+
+def test_a_closed_acute_case_stays_acute_on_the_worklist(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The team found acute danger and referred to the parket; closing the case took the
+    acute-danger mark off its worklist row, and opening it put the mark back (found by
+    review). The closed worklist keeps it, before and after the case is opened."""
+    client, case_id = _referred_to_the_parket_and_closed(
+        database_url, database, fhir_server.base_url
+    )
 
     def marked_acute() -> bool:
         worklist = client.get("/social", params={"status": "closed"}).text
@@ -700,6 +710,32 @@ def test_a_closed_acute_case_stays_acute_on_the_worklist(
     assert marked_acute()
     assert client.get(f"/social/cases/{case_id}").status_code == 200  # opened again
     assert marked_acute()
+
+
+def test_a_case_closed_the_day_it_was_flagged_says_so_a_month_later(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Its days open counted on after the closing, to the day it was looked at (found by
+    review): a month later the case page and the API say 0 days, as on the day it was
+    closed. The row is moved a month back, as it would read then."""
+    client, case_id = _referred_to_the_parket_and_closed(
+        database_url, database, fhir_server.base_url
+    )
+    month = timedelta(days=30)
+    with database.session() as session:
+        row = session.get(Concern, case_id)
+        assert row is not None
+        assert row.closed_at is not None  # the closing kept its moment
+        row.flagged_at, row.updated_at = row.flagged_at - month, row.updated_at - month
+        row.closed_at -= month
+
+    (item,) = client.get("/api/cases", params={"status": "closed"}).json()["items"]
+    page = client.get(f"/social/cases/{case_id}").text
+
+    assert item["days_open"] == 0
+    assert "(0 dagen open)" in page
 
 
 def _spaced_partner_id(document: dict[str, Any]) -> dict[str, Any]:

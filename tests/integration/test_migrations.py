@@ -288,6 +288,49 @@ def test_0020_and_0021_fill_existing_entries_and_their_downgrades_keep_them(
     database.dispose()
 
 
+def test_0028_gives_closed_cases_their_last_change_as_closing_and_its_downgrade_keeps_them(
+    database_url: str,
+) -> None:
+    """A case closed before 0028 counts its days open up to its row's last change (its
+    closing, or a referral's status updated later): the Flag's end is on the FHIR server."""
+    migrate.upgrade(database_url, "0023_concern_assignee_absolute")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    flagged = utcnow() - timedelta(days=400)
+    rows: list[dict[str, object]] = [
+        {
+            "tenant_id": tenant.id,
+            "fhir_base_url": "http://ehr-a.test/fhir",
+            "patient_ref": f"Patient/{status}",
+            "flag_identifier": f"f-{status}",
+            "flagged_by": "Practitioner/n",
+            "last_step": "step-6",
+            "status": status,
+            "triggers": [],
+            "children_birth_dates": [],
+            "flagged_at": flagged,
+            "updated_at": flagged + timedelta(days=10),
+            "row_version": 1,
+        }
+        for status in ("open", "closed")
+    ]
+    with database.session() as session:  # the table as 0023 left it: no closed_at
+        session.execute(insert(Concern), rows)
+
+    migrate.upgrade(database_url)
+    with database.session() as session:
+        closed = dict(session.execute(select(Concern.status, Concern.closed_at)).all())
+    assert closed == {"open": None, "closed": flagged + timedelta(days=10)}
+    migrate.downgrade(database_url, "0023_concern_assignee_absolute")
+
+    engine = create_engine(database_url)
+    assert "closed_at" not in {c["name"] for c in inspect(engine).get_columns("concerns")}
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM concerns")) == 2
+    engine.dispose()
+    database.dispose()
+
+
 @pytest.mark.postgres
 def test_a_failed_deliverys_audit_row_is_found_by_the_index(postgres_url: str) -> None:
     """The outbox's look-up of a failed entry's audit row (``service.outbox``), among many

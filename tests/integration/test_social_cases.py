@@ -9,15 +9,16 @@ here calls the FHIR server.
 from __future__ import annotations
 
 import base64
+import re
 from datetime import timedelta
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, OutboxEntry
+from service.db.models import AuditRecord, Concern, OutboxEntry
 from service.local_time import local_today
 from service.social import CaseFilter, case_summary, list_cases
 from smart_app.session import CSRF_HEADER, Role
@@ -413,3 +414,45 @@ def test_one_case_summary_is_the_lists_row(database_url: str, database: Database
         ).items
         assert case_summary(session, hospital.id, case_id, today=today) == listed
         assert case_summary(session, hospital.id, foreign, today=today) is None
+
+
+def _days_open_shown(client: TestClient, case_id: int) -> tuple[int, str]:
+    """A closed case's days open in the API and in the closed worklist's "Dagen open"."""
+    (item,) = [
+        i
+        for i in client.get("/api/cases", params={"status": "closed"}).json()["items"]
+        if i["id"] == case_id
+    ]
+    worklist = client.get("/social", params={"status": "closed"}).text
+    header = worklist[worklist.index("<thead>") : worklist.index("</thead>")]
+    column = re.findall(r"<th[^>]*>(.*?)</th>", header, re.S).index("Dagen open")
+    row = re.search(rf'<tr data-case="{case_id}">.*?</tr>', worklist, re.S)
+    assert row is not None
+    return item["days_open"], re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row.group(0), re.S)[column]
+
+
+def test_a_closed_case_counts_its_days_open_up_to_its_closing(
+    database_url: str, database: Database
+) -> None:
+    """A case closed ten days after its flag, a year ago, said 400 days open on the closed
+    worklist and in the API (found by review). It says 10: up to its closing (``closed_at``)
+    or, for one closed before that was kept, up to the row's last change; a referral's
+    status updated later does not move a closing that was kept."""
+    hospital = make_tenant(database, "default", FHIR)
+    flagged = utcnow() - timedelta(days=400)
+    earlier = index_case(database, hospital, "Patient/1", flagged, status="closed")
+    kept = index_case(database, hospital, "Patient/2", flagged, status="closed")
+    app = make_app(database_url, database)
+    client = TestClient(
+        app, headers=signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    )
+
+    with database.session() as session:  # closed ten days after its flag, by an older release
+        closing = update(Concern).where(Concern.id == earlier)
+        session.execute(closing.values(updated_at=flagged + timedelta(days=10)))
+    assert _days_open_shown(client, earlier) == (10, "10")
+
+    with database.session() as session:  # closed then, its referral's status updated today
+        closing = update(Concern).where(Concern.id == kept)
+        session.execute(closing.values(closed_at=flagged + timedelta(days=10), updated_at=utcnow()))
+    assert _days_open_shown(client, kept) == (10, "10")
