@@ -94,6 +94,22 @@ def _a_triaged_case(database_url: str, database: Database, base_url: str) -> _Ca
     return _Case(app, tenant, base_url, patient, worker, case_id)
 
 
+def _a_referred_case(
+    database_url: str, database: Database, base_url: str
+) -> tuple[_Case, dict[str, Any]]:
+    """A triaged case taken through step 4 and referred at step 6, and its referral."""
+    case = _a_triaged_case(database_url, database, base_url)
+    worker, case_id = case.worker, case.case_id
+    page = worker.get(f"/social/cases/{case_id}").text
+    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+    page = worker.get(f"/social/cases/{case_id}").text
+    contact = {"contact_on": local_today().isoformat()}
+    form = {**STEP_6_FORM, **contact}
+    assert post_form(worker, page, case_id, "step-6", "s6", form).status_code == 303
+    (referral,) = search(base_url, "ServiceRequest", subject=case.patient)
+    return case, referral
+
+
 def _text(response: httpx.Response) -> str:
     return " ".join(unescape(response.text).split())
 
@@ -339,17 +355,8 @@ def test_a_referral_whose_facility_the_ehr_named_by_display_only_still_opens(
     coding from its performerType (FHIR allows both): the case page, the printable
     referral and the case in the API were a 500, the case closed to every step (found by
     review). They open; the API says the referral names no Organization."""
-    case = _a_triaged_case(database_url, database, fhir_server.base_url)
-    base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
-    page = worker.get(f"/social/cases/{case_id}").text
-    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
-    page = worker.get(f"/social/cases/{case_id}").text
-    contact = {"contact_on": local_today().isoformat()}
-    assert (
-        post_form(worker, page, case_id, "step-6", "s6", {**STEP_6_FORM, **contact}).status_code
-        == 303
-    )
-    (referral,) = search(base_url, "ServiceRequest", subject=patient)
+    case, referral = _a_referred_case(database_url, database, fhir_server.base_url)
+    base_url, worker, case_id = case.base_url, case.worker, case.case_id
     edited = {
         **referral,
         "performer": [{"display": "VK Oost-Vlaanderen"}],
@@ -380,17 +387,8 @@ def test_a_referral_the_ehr_set_to_a_status_we_do_not_write_is_shown_with_it(
     case page was a 500 (no label for it; found by review). It shows the referral with
     that status, says it is not followed up here and offers no form to change it (a
     change is refused, ``casework.referral_transaction``); the API says the same status."""
-    case = _a_triaged_case(database_url, database, fhir_server.base_url)
-    base_url, patient, worker, case_id = case.base_url, case.patient, case.worker, case.case_id
-    page = worker.get(f"/social/cases/{case_id}").text
-    assert post_form(worker, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
-    page = worker.get(f"/social/cases/{case_id}").text
-    contact = {"contact_on": local_today().isoformat()}
-    assert (
-        post_form(worker, page, case_id, "step-6", "s6", {**STEP_6_FORM, **contact}).status_code
-        == 303
-    )
-    (referral,) = search(base_url, "ServiceRequest", subject=patient)
+    case, referral = _a_referred_case(database_url, database, fhir_server.base_url)
+    base_url, worker, case_id = case.base_url, case.worker, case.case_id
     _as_the_ehr_changed_it(base_url, {**referral, "status": status})
 
     quiet = TestClient(case.app, raise_server_exceptions=False, headers=worker.headers)
