@@ -387,7 +387,7 @@ def card_context(app_context: str | None) -> CardContext:
     """
     try:
         data = json.loads(app_context) if app_context else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return CardContext()
     reasons = data.get("reasons") if isinstance(data, dict) else None
     if not isinstance(reasons, list):

@@ -321,7 +321,8 @@ def _endpoint(fhir_base_url: str, document: dict[str, Any], name: str) -> str:
         port = parts.port  # raises ValueError for what is no port
         if not parts.hostname or port == 0:
             raise ValueError("no host or no port")
-    except ValueError as error:
+        httpx.URL(url)  # what the requests are built with: its own checks of host and port
+    except (ValueError, httpx.InvalidURL) as error:
         raise OAuthError("ehr_unsupported", f"{name} is not a usable URL ({error})") from None
     return url
 
@@ -513,6 +514,8 @@ def _exchange(
         raise OAuthError("ehr_unsupported", f"{name}: {error}") from error
     except (httpx.HTTPError, TimeoutError) as error:
         raise OAuthError("ehr_unreachable", f"{name}: {type(error).__name__}") from error
+    except (httpx.InvalidURL, UnicodeError) as error:  # a host no name lookup can take
+        raise OAuthError("ehr_unsupported", f"{name}: {type(error).__name__}") from error
 
 
 def _json_object(response: httpx.Response, kind: FailureKind) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def _fetch_json(client: BlockingClient, url: str) -> tuple[dict[str, Any] | None
         return None, ("http", {"status": response.status_code})
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep to read
         return None, ("not_json", {})
     return (data, None) if isinstance(data, dict) else (None, ("not_json", {}))
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-import orjson
 
 from service.bounded_fetch import Bounds, UnreadableBodyError
 from service.bounded_fetch import fetch as bounded_fetch
@@ -106,14 +105,13 @@ async def fetch(
         )
         response = await bounded_fetch(client, request, FETCH_BOUNDS)
         response.raise_for_status()
-        # depth-limited, unlike json: a deeply nested answer raised RecursionError, a 500
-        # for the EHR (found by review)
-        entries = orjson.loads(response.content).get("entry", [])
+        entries = response.json().get("entry", [])
     except (
         httpx.HTTPError,
         TimeoutError,
         UnreadableBodyError,
         ValueError,
+        RecursionError,  # an answer nested deeper than the parser goes: a 500 (review)
         AttributeError,
     ) as error:
         log.warning(

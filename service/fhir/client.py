@@ -562,7 +562,7 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
 def _json_or_none(response: httpx.Response) -> Resource | None:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep: a 500 for the page (review)
         return None
     if not isinstance(body, dict):
         return None

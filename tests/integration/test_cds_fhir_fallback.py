@@ -8,6 +8,7 @@ the client that talks to FHIR servers) and in the FHIR server's access log.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import gzip
 import json
 import logging
@@ -511,7 +512,20 @@ def test_a_deeply_nested_batch_answer_gives_the_generic_card_not_a_500(
         assert nested.accepted
     assert response.status_code == 200
     assert only_card(response)["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
-    assert _prefetch_errors(caplog) == [{"error": "JSONDecodeError"}]
+    assert _prefetch_errors(caplog) == [{"error": "RecursionError"}]
+
+
+def test_a_batch_answer_that_starts_with_a_byte_order_mark_is_read(
+    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """JSON may begin with one (RFC 8259 8.1: a parser MAY ignore it); a parser that refused
+    it turned the card generic (found by review)."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    with ServedJson(codecs.BOM_UTF8 + _batch_answer(server, patient), path="/fhir") as marked:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=marked.url))
+        card = only_card(cds_on_fhir.call(body=without_prefetch(marked.url, patient)))
+    assert card["indicator"] == "warning"
 
 
 def test_a_fhir_server_sent_as_registered_with_capitals_in_its_host_is_asked(

@@ -411,6 +411,15 @@ def test_an_answer_larger_than_the_cap_is_unreadable() -> None:
     )
 
 
+def test_an_answer_nested_deeper_than_the_parser_goes_is_unreadable() -> None:
+    """Within the cap, a RecursionError: a 500 for the page that read it (found by review)."""
+    deep = b'{"resourceType":"Patient","extension":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with ServedJson(deep, path="/fhir") as nested:
+        client = FhirClient(nested.url, lambda: "t", 30)
+        with client, pytest.raises(FhirUnreadable):
+            client.read("Patient", "p1")
+
+
 def test_a_search_is_read_page_by_page_up_to_its_cap(fhir: FhirServer) -> None:
     # Before, only a search's first page was read. The real server's next links here.
     patient = f"Patient/{uuid.uuid4()}"

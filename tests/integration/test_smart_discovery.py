@@ -161,6 +161,8 @@ def test_a_failure_is_given_for_a_few_seconds_then_the_ehr_is_asked_again() -> N
         ("authorization_endpoint", "https://[::1/authorize"),
         ("authorization_endpoint", "https://ehr.example:99999/authorize"),
         ("token_endpoint", "https:///token"),
+        ("token_endpoint", "https://[::1]x/token"),
+        ("token_endpoint", "https://ehr\x7f.example/token"),
         ("jwks_uri", "https://ehr.example:port/jwks"),
     ],
 )

@@ -259,6 +259,18 @@ def test_a_refused_token_request_carries_the_servers_reason(
     ]
 
 
+def test_a_token_endpoint_whose_host_no_name_lookup_takes_is_the_ehrs_to_mend(
+    server: ScriptedServer, database: Database
+) -> None:
+    """A host URL parsers take and the name lookup refuses (an invalid IDNA label): an
+    UnicodeError, a bare 500 at the callback (found by review)."""
+    keys = KeyStore(database, load_settings(database_url="sqlite://", environment="test"))
+    with ehr_client(timeout=5) as http, pytest.raises(OAuthError) as refused:
+        request_token(http, "https://xn--a.example/token", _registration(server), keys, {})
+    assert refused.value.kind == "ehr_unsupported"
+    assert "token endpoint" in refused.value.detail
+
+
 def test_a_token_endpoint_answering_too_slowly_or_too_much_is_refused_in_time(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

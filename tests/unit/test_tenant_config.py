@@ -249,6 +249,9 @@ def test_a_registration_no_launch_or_call_could_use_is_refused_when_saved(
         ("https://ehr.example.be:443/fhir", "https://ehr.example.be./fhir"),
         ("http://LocalHost:80/R4", "http://localhost/R4"),
         ("HTTPS://[::1]:443/fhir", "https://[::1]/fhir"),
+        ("http://[0:0:0:0:0:0:0:1]:8080/fhir", "http://[::1]:8080/fhir"),  # as pydantic has it
+        ("https://ehr.example.be/r4/../fhir", "https://ehr.example.be/fhir"),
+        ("https://ziekenhuis-ä.be/fhir", "https://xn--ziekenhuis--v8a.be/fhir"),
     ],
 )
 def test_two_spellings_of_one_fhir_base_are_one_key(one: str, other: str) -> None:
