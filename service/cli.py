@@ -19,7 +19,6 @@ import uvicorn
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydantic import ValidationError
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from service import retention
@@ -37,6 +36,7 @@ from service.settings import (
     Settings,
     is_loopback,
     load_settings,
+    shown_database_url,
     unknown_settings,
 )
 
@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args, settings)
     except OperationalError as error:  # the database is down, unreachable or unreadable
-        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        where = shown_database_url(settings.database_url)
         reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
         print(f"The database at {where} cannot be used: {reason}", file=sys.stderr)
         return 2

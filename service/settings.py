@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import psycopg
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 Environment = Literal["production", "demo", "test"]
@@ -228,6 +229,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "the user or password holds an '@' (or a '/'): URL-encode them (%40, %2F)"
             )
+        if backend == "postgresql":
+            _check_libpq_parameters(url)
         return value
 
     @field_validator("secret_key")
@@ -265,7 +268,7 @@ class Settings(BaseSettings):
         """The settings as loggable data: secrets and database passwords masked."""
         data = self.model_dump()
         data["secret_key"] = "***" if self.secret_key else None
-        data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        data["database_url"] = shown_database_url(self.database_url)
         if self.outbound_proxy is not None:  # the proxy's address, never its credentials
             from service.outbound import OutboundProxy
 
@@ -273,6 +276,36 @@ class Settings(BaseSettings):
                 self.outbound_proxy.get_secret_value()
             ).shown
         return data
+
+
+def _check_libpq_parameters(url: URL) -> None:
+    """The parameters after the ``?`` are libpq's: a misspelt one (``sslmod``) or a
+    ``connect_timeout`` that is no number crashed every command with a traceback, the
+    Kubernetes Job and pods in a loop (found by review). Named, never with its value: it
+    may be a password."""
+    for name, value in url.query.items():
+        try:
+            psycopg.conninfo.make_conninfo("", **{name: str(value)})
+        except psycopg.ProgrammingError:
+            raise ValueError(
+                f"{name!r} after the '?' is not a libpq connection parameter (see "
+                "PostgreSQL's 'Parameter Key Words'; e.g. sslmode, sslrootcert)"
+            ) from None
+    timeout = url.query.get("connect_timeout")
+    if timeout is not None and not re.fullmatch(r"\s*-?\d+\s*", str(timeout)):
+        raise ValueError("connect_timeout after the '?' is a whole number of seconds")
+
+
+#: libpq's parameters that hold a secret, written after the ``?`` of a database URL.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def shown_database_url(database_url: str) -> str:
+    """The database URL as errors and logs may show it: a password masked, in the user part
+    and as a libpq parameter (``?password=…``, printed in clear before: found by review)."""
+    url = make_url(database_url)
+    hidden = {name: "***" for name in url.query if name.lower() in _SECRET_PARAMETERS}
+    return url.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -271,12 +271,24 @@ def test_a_schema_a_newer_version_migrated_is_named_as_such_and_left_alone(
 
 
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["config", "export"]])
-def test_an_unreachable_database_is_named_without_its_password(command: list[str]) -> None:
-    url = f"postgresql+psycopg://kindreflex:s3cret-pw@127.0.0.1:{free_port()}/kindreflex"
-    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+@pytest.mark.parametrize(
+    ("password_in", "shown"),
+    [
+        ("kindreflex:{pw}@127.0.0.1:{port}/kindreflex", "kindreflex:***@127.0.0.1"),
+        # libpq's parameter: printed in clear before (found by review)
+        ("kindreflex@127.0.0.1:{port}/kindreflex?password={pw}", "?password=%2A%2A%2A"),
+        ("kindreflex@127.0.0.1:{port}/kindreflex?sslpassword={pw}", "?sslpassword=%2A%2A%2A"),
+    ],
+)
+def test_an_unreachable_database_is_named_without_its_password(
+    command: list[str], password_in: str, shown: str
+) -> None:
+    written = password_in.format(pw="s3cret-pw", port=free_port())
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"postgresql+psycopg://{written}"}
     result = subprocess.run([*KINDREFLEX, *command], env=env, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "The database at postgresql+psycopg://kindreflex:***@127.0.0.1" in result.stderr
+    assert "The database at postgresql+psycopg://kindreflex" in result.stderr
+    assert shown in result.stderr
     assert "cannot be used" in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
@@ -308,6 +320,16 @@ def test_a_database_host_that_never_answers_is_named_within_seconds() -> None:
             "KINDREFLEX_DATABASE_URL",
             "postgresql+psycopg2://kr@db/kr",
             "the driver psycopg2 is not supported: postgresql+psycopg://",
+        ),
+        (
+            "KINDREFLEX_DATABASE_URL",
+            "postgresql+psycopg://kr@db/kr?sslmod=require",  # a traceback before (review)
+            "'sslmod' after the '?' is not a libpq connection parameter",
+        ),
+        (
+            "KINDREFLEX_DATABASE_URL",
+            "postgresql+psycopg://kr@db/kr?connect_timeout=abc",
+            "connect_timeout after the '?' is a whole number of seconds",
         ),
         ("KINDREFLEX_LOG_LEVEL", "LOUD", "KINDREFLEX_LOG_LEVEL: Value error, one of DEBUG"),
         ("KINDREFLEX_OUTBOX_INTERVAL_SECONDS", "inf", "should be a finite number"),
