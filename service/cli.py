@@ -27,7 +27,13 @@ from service.audit import TrailQuery
 from service.db import migrate
 from service.db.base import Database, make_engine
 from service.fhir import terminology
-from service.keys import NEW_KEY_PUBLISHED_AHEAD, RETIRED_KEY_PUBLISHED_FOR, KeyStore, Rotation
+from service.keys import (
+    NEW_KEY_PUBLISHED_AHEAD,
+    RETIRED_KEY_PUBLISHED_FOR,
+    KeyStore,
+    Rotation,
+    UnreadableKeysError,
+)
 from service.local_time import LOCAL_ZONE
 from service.observability import configure_logging
 from service.settings import (
@@ -215,14 +221,25 @@ def cmd_demo(args: argparse.Namespace, _settings: Settings) -> int:
     return run_demo(port=args.port)
 
 
-def cmd_keys_rotate(_args: argparse.Namespace, settings: Settings) -> int:
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     problem = _unsealed(settings)
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
     database = Database(settings.database_url)
     try:
-        rotation = KeyStore(database, settings).rotate()
+        rotation = KeyStore(database, settings).rotate(discard_unreadable=args.discard_unreadable)
+    except UnreadableKeysError as error:
+        print(
+            f"kindreflex: {error.unreadable} of the {error.stored} stored signing keys do not "
+            "open with this KINDREFLEX_SECRET_KEY; nothing was changed. Run this command "
+            "where the service's own KINDREFLEX_SECRET_KEY is set (a new pod, not an old "
+            "one). If the key was changed on purpose and every instance runs with the new "
+            "one, `kindreflex keys rotate --discard-unreadable` removes the keys it cannot "
+            "open and makes new ones",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         database.dispose()
     print(rotation_report(rotation))
@@ -442,9 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="the app's signing keys (private_key_jwt, JWKS)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
-    keys_commands.add_parser(
+    rotate = keys_commands.add_parser(
         "rotate", help="make a new signing key; keep the old one published for a day"
-    ).set_defaults(handler=_on_current_schema(cmd_keys_rotate))
+    )
+    rotate.add_argument(
+        "--discard-unreadable",
+        action="store_true",
+        help="remove the stored keys this KINDREFLEX_SECRET_KEY cannot open (after the "
+        "secret key was changed on purpose); without it, such keys stop the rotation",
+    )
+    rotate.set_defaults(handler=_on_current_schema(cmd_keys_rotate))
     _add_admin_commands(commands)
     return parser
 

@@ -117,6 +117,16 @@ class Rotation:
     unreadable: int
 
 
+class UnreadableKeysError(Exception):
+    """Stored signing keys do not open with this process's ``KINDREFLEX_SECRET_KEY``, and
+    the rotation was not told to discard them."""
+
+    def __init__(self, unreadable: int, stored: int) -> None:
+        super().__init__(f"{unreadable} of the {stored} stored signing keys do not open")
+        self.unreadable = unreadable
+        self.stored = stored
+
+
 class KeyStore:
     """Generates, rotates and serves the deployment's signing keys."""
 
@@ -170,31 +180,37 @@ class KeyStore:
             algorithm,
         )
 
-    def rotate(self) -> Rotation:
+    def rotate(self, *, discard_unreadable: bool = False) -> Rotation:
         """Add a new key of each algorithm (each signs once published for
         ``NEW_KEY_PUBLISHED_AHEAD``); the previous ones stay published for
         ``RETIRED_KEY_PUBLISHED_FOR``.
 
-        A key sealed under another ``KINDREFLEX_SECRET_KEY`` is deleted at once: it can
-        neither sign nor be published (its public half is derived from the private one),
-        and kept it would fail the JWKS for the whole grace. So a rotation is how the
-        service recovers from a changed secret key.
+        A key sealed under another ``KINDREFLEX_SECRET_KEY`` can neither sign nor be
+        published (its public half is derived from the private one), and kept it would
+        fail the JWKS for the whole grace: with ``discard_unreadable`` it is deleted at
+        once, so a rotation is how the service recovers from a changed secret key. Without,
+        :class:`UnreadableKeysError` and nothing changed: run with a stale or mistyped key,
+        the rotation deleted the live service's keys and sealed new ones it could not
+        open, its JWKS a 500 for every launch (found by review).
         """
         with self._database.session() as session:
             now = utcnow()
-            kept = unreadable = 0
-            for row in session.scalars(select(SigningKey)).all():
-                if not self._opens(row):
+            # Retired keys past their grace are gone for good: nothing may verify with them.
+            session.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
+            rows = session.scalars(select(SigningKey)).all()
+            opened = {row.kid: self._opens(row) for row in rows}
+            unreadable = sum(not opens for opens in opened.values())
+            if unreadable and not discard_unreadable:
+                raise UnreadableKeysError(unreadable, len(rows))  # the session rolls back
+            kept = 0
+            for row in rows:
+                if not opened[row.kid]:
                     session.delete(row)
-                    unreadable += 1
                     continue
                 if row.retired_at is None:
                     row.retired_at = now
                     row.publish_until = now + RETIRED_KEY_PUBLISHED_FOR
-                if row.publish_until is not None and row.publish_until > now:
-                    kept += 1  # the others are past their grace: deleted below
-            # Retired keys past their grace are gone for good: nothing may verify with them.
-            session.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
+                kept += 1
             new = [self._new_key(session, algorithm).kid for algorithm in ALGORITHMS]
             return Rotation(new, kept, unreadable)
 

@@ -151,8 +151,14 @@ def test_private_keys_are_sealed_with_the_secret_key(database: Database) -> None
     _verify(again, store.jwks())
 
 
-def _rotate_command(settings: Settings) -> list[str]:
+def _rotate_command(settings: Settings, *options: str) -> list[str]:
     """``kindreflex keys rotate`` in a process of its own; the lines it printed."""
+    return _run_rotate(settings, *options, check=True).stdout.splitlines()
+
+
+def _run_rotate(
+    settings: Settings, *options: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "KINDREFLEX_DATABASE_URL": settings.database_url,
@@ -160,14 +166,13 @@ def _rotate_command(settings: Settings) -> list[str]:
     }
     if settings.secret_key is not None:
         env["KINDREFLEX_SECRET_KEY"] = settings.secret_key.get_secret_value()
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "keys", "rotate"],
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "rotate", *options],
         env=env,
         capture_output=True,
         text=True,
-        check=True,
+        check=check,
     )
-    return result.stdout.splitlines()
 
 
 def test_keys_rotate_command(database: Database) -> None:
@@ -191,7 +196,7 @@ def test_the_rotate_command_says_it_removed_keys_sealed_under_another_secret_key
     """Not that the previous keys stay published: they are gone, the new ones sign at once."""
     KeyStore(database, _settings(database, secret_key=SecretStr("the old secret"))).jwks()
     settings = _settings(database, secret_key=SecretStr("the new secret"))
-    printed = _rotate_command(settings)
+    printed = _rotate_command(settings, "--discard-unreadable")
     new = [k["kid"] for k in KeyStore(database, settings).jwks()["keys"]]
     assert len(new) == 2
     assert printed == [
@@ -208,7 +213,7 @@ def test_a_rotation_recovers_from_a_changed_secret_key(database: Database) -> No
     before = KeyStore(database, _settings(database, secret_key=SecretStr("the old secret")))
     old_kids = {k["kid"] for k in before.jwks()["keys"]}
     store = KeyStore(database, _settings(database, secret_key=SecretStr("the new secret")))
-    new_kids = store.rotate().new
+    new_kids = store.rotate(discard_unreadable=True).new
     published = store.jwks()
     assert {k["kid"] for k in published["keys"]} == set(new_kids)
     assert not old_kids & set(new_kids)
@@ -216,3 +221,28 @@ def test_a_rotation_recovers_from_a_changed_secret_key(database: Database) -> No
         assertion = store.sign_client_assertion(TOKEN_ENDPOINT, "app", algorithm)
         assert _kid(assertion) == new_kids[ALGORITHMS.index(algorithm)]
         _verify(assertion, published)
+
+
+def test_a_rotation_under_another_secret_key_changes_nothing_unless_told_to_discard(
+    database: Database,
+) -> None:
+    """Run from a shell with a stale or mistyped key (an old pod), the rotation deleted the
+    live service's keys and sealed new ones it could not open: its JWKS a 500 for every
+    launch, and the command said all was well (found by review)."""
+    live = KeyStore(database, _settings(database, secret_key=SecretStr("the service's key")))
+    published = live.jwks()
+    stale = _settings(database, secret_key=SecretStr("a stale key"))
+
+    refused = _run_rotate(stale)
+
+    assert refused.returncode == 2
+    assert "2 of the 2 stored signing keys do not open with this KINDREFLEX_SECRET_KEY" in (
+        refused.stderr
+    )
+    assert "nothing was changed" in refused.stderr
+    assert "--discard-unreadable" in refused.stderr
+    assert refused.stdout == ""
+    fresh = KeyStore(database, _settings(database, secret_key=SecretStr("the service's key")))
+    assert fresh.jwks() == published
+    assertion = fresh.sign_client_assertion(TOKEN_ENDPOINT, "app")
+    _verify(assertion, published)
