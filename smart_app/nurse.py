@@ -172,6 +172,10 @@ class ChildRow:
     #: (likewise). Posted back with the row, so the page shown again (a row added, an
     #: error) still says it.
     delivery: str = ""
+    #: The name the record holds, when longer than :data:`MAX_NAME_LENGTH` (an EHR's own):
+    #: left as it is, it is no typing of hers to refuse; anything else typed in its place
+    #: is held to the limit (a letter pasted there went to the record: found by review).
+    long_recorded_name: str = ""
 
     @property
     def is_blank(self) -> bool:
@@ -212,6 +216,7 @@ class ChildRow:
             lives_with=child.lives_with.value,
             recorded=True,
             delivery=delivery,
+            long_recorded_name=child.name if len(child.name) > MAX_NAME_LENGTH else "",
         )
 
 
@@ -289,6 +294,7 @@ class TriageForm:
                 lives_with=text(f"child-{i}-lives_with"),
                 recorded=text(f"child-{i}-recorded") == "1",
                 delivery=d if (d := text(f"child-{i}-delivery")) in DELIVERY_MARKERS else "",
+                long_recorded_name=text(f"child-{i}-long_recorded_name"),
             )
             for i in posted_rows(form)
         ]
@@ -441,7 +447,7 @@ def _children(
         lives_with = _enum_value(LivesWith, row.lives_with)
         if not row.name:
             errors.append(FieldError(f"{at}-name", t("error.child-name-required", n=index + 1)))
-        elif len(row.name) > MAX_NAME_LENGTH and not row.recorded:  # the record's, not typed
+        elif len(row.name) > MAX_NAME_LENGTH and row.name != row.long_recorded_name:
             message = t("error.child-name-too-long", n=index + 1, max=MAX_NAME_LENGTH)
             errors.append(FieldError(f"{at}-name", message))
         if born is None:
@@ -525,7 +531,10 @@ def build_input(
     if len(form.children) > MAX_CHILDREN:
         errors.append(FieldError("children", t("error.too-many-children", max=MAX_CHILDREN)))
     assessment = _enum_value(SafetyAssessment, form.assessment)
-    if gauged and assessment is None:
+    # a row not read yet (its own error) may be a minor: the assessment is asked for with
+    # it, not on the save after it is mended (found by review: one more round at triage)
+    unread = sum(not row.is_blank for row in form.children) > len(children)
+    if (gauged or (unread and not form.no_children)) and assessment is None:
         errors.append(FieldError("assessment-no-concern", t("error.assessment-required")))
     if form.no_children and not has_family and _marks_a_concern(form, assessment):
         errors.append(FieldError("no_children", t("error.concern-without-children")))

@@ -569,7 +569,9 @@ def test_bad_input_is_answered_next_to_its_field(
 
 def test_a_recorded_childs_long_name_does_not_block_the_save(nurse_for: Any) -> None:
     """The length limit is for what the nurse types: a name the record already holds (the
-    EHR wrote it) is confirmed as it is, not refused with an error she cannot resolve."""
+    EHR wrote it) is confirmed as it is, not refused with an error she cannot resolve.
+    Another name typed or pasted in its place is held to the limit: a letter pasted there
+    went to the record (found by review)."""
     long_name = "Emma " + "Van den Broeck-" * 15
     with _serving(served_chart(name=[{"text": long_name}])) as fhir_base_url:
         nurse = nurse_for("an-peeters", fhir_base_url=fhir_base_url)
@@ -578,9 +580,14 @@ def test_a_recorded_childs_long_name_does_not_block_the_save(nurse_for: Any) -> 
         rows = {
             f"child-0-{name}": page.value(f"child-0-{name}")
             for name in ("ref", "name", "birth_date", "relationship", "lives_with", "recorded")
-        }
+        } | {"child-0-long_recorded_name": page.value("child-0-long_recorded_name")}
+        pasted = {**rows, "child-0-name": "Lorem ipsum " * 50}
 
+        refused = nurse.post({"csrf_token": page.csrf, **pasted, "assessment": "no-concern"})
         saved = nurse.post({"csrf_token": page.csrf, **rows, "assessment": "no-concern"})
+
+    assert refused.status == 422
+    assert 'href="#child-0-name"' in refused.text
 
     assert saved.status == 200, saved.text
     assert 'id="save-status"' in saved.text
@@ -663,6 +670,38 @@ def test_oversized_text_is_refused_next_to_its_field_and_kept(
     assert refused.value(field) == typed
     with database.session() as session:
         assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
+def test_a_missing_assessment_is_said_with_a_childs_mistyped_birth_date(nurse_for: Any) -> None:
+    """Every problem of the page at once: the assessment was asked for only on the save
+    after the date was mended (found by review)."""
+    nurse = nurse_for("an-peeters")
+    form = _two_children(nurse.page(), **{"child-1-birth_date": "31/02/2025"})
+    for name in ("ref", "name", "birth_date", "relationship", "lives_with"):
+        del form[f"child-0-{name}"]  # Mats alone, his date mistyped
+
+    refused = nurse.post(form)  # no assessment chosen
+
+    summary = refused.text.split("data-error-summary")[1].split("</div>")[0]
+    assert refused.status == 422
+    assert 'href="#child-0-birth_date"' in summary
+    assert 'href="#assessment-no-concern"' in summary
+
+
+def test_the_step_3_section_the_summary_leads_to_is_described_by_its_error(
+    nurse_for: Any,
+) -> None:
+    """The error link moves the focus to the section: a screen reader heard its title only."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    form = _two_children(page, assessment="no-concern", support_actions="kind-en-gezin-start")
+    for name in ("ref", "name", "birth_date", "relationship", "lives_with"):
+        del form[f"child-1-{name}"]  # Lina alone, too old for Kind & Gezin
+
+    refused = nurse.post(form)
+
+    assert 'href="#support"' in refused.text
+    assert 'aria-describedby="support-error"' in _tag(refused, 'id="support"')
 
 
 @pytest.mark.parametrize(
