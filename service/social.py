@@ -203,18 +203,22 @@ def case_summary(
 
 
 def patient_case(
-    session: Session, tenant_id: int, fhir_base_url: str, patient_ref: str
+    session: Session, tenant_id: int, fhir_base_url: str, patient_ref: str, *, open_only: bool
 ) -> int | None:
     """The case a social worker opening the app from a patient's chart means: the patient's
-    open one, else the latest closed one (None: the patient has none). The patient is
-    ``patient_ref`` on ``fhir_base_url``: on another EHR's server it is someone else."""
+    open one, else (unless ``open_only``) the latest closed one; None: the patient has
+    none. The patient is ``patient_ref`` on ``fhir_base_url``: on another EHR's server it
+    is someone else."""
+    conditions = [
+        Concern.tenant_id == tenant_id,
+        Concern.fhir_base_url == fhir_base_url,
+        Concern.patient_ref == patient_ref,
+    ]
+    if open_only:
+        conditions.append(Concern.status == "open")
     return session.scalar(
         select(Concern.id)
-        .where(
-            Concern.tenant_id == tenant_id,
-            Concern.fhir_base_url == fhir_base_url,
-            Concern.patient_ref == patient_ref,
-        )
+        .where(*conditions)
         .order_by((Concern.status == "open").desc(), *_NEWEST)
         .limit(1)
     )

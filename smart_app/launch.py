@@ -71,7 +71,7 @@ from smart_app.session import (
     session_cookie,
     token_expiry,
 )
-from smart_app.social import PATIENT_CASE_PAGE, WORKLIST_PAGE
+from smart_app.social import PATIENT_CASE_PAGE, TRIAGE_PAGE, WORKLIST_PAGE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,7 +105,6 @@ _NOT_STAFF = frozenset({"Patient", "RelatedPerson"})
 _AUTHORS = frozenset({"Practitioner", "PractitionerRole"})
 USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
 BINDING_COOKIE_PREFIX = "kindreflex_launch_"  # its name as served: session.cookie_name
-START_PAGE = "/app/triage"
 
 #: Served with and without the ``/t/{tenant}`` prefix.
 router = APIRouter(tags=["SMART App Launch"])
@@ -275,10 +274,11 @@ def _refuse_when_busy(
 def _start_page(new: NewSession, session_id: str) -> str:
     """Where the launch opens the app: a triage visit (a patient and an encounter) on the
     nurse's screen; a social worker's launch without a patient on the worklist, and from
-    a patient's chart (no encounter) on that patient's case. The page names the launch
+    a patient's chart on that patient's case (during a visit, only an open one: else the
+    triage, see ``smart_app.social.patient_case_page``). The page names the launch
     (``LAUNCH_PARAM``): a launch in another tab must not take it over."""
-    if "social-worker" not in new.user.roles or new.encounter_id is not None:
-        page = START_PAGE
+    if "social-worker" not in new.user.roles:
+        page = TRIAGE_PAGE
     elif new.patient_id is None:
         page = WORKLIST_PAGE
     else:

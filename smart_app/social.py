@@ -108,6 +108,8 @@ def _case_id(text: str) -> int | None:
 SocialWorker = Annotated[LaunchContext, Depends(_social_worker)]
 #: Where a social worker's launch from a patient's chart opens (``patient_case_page``).
 PATIENT_CASE_PAGE = "/social/patient"
+#: The nurse's triage screen (``smart_app.nurse``), where a launch during a visit opens.
+TRIAGE_PAGE = "/app/triage"
 #: The worklist screen, where a social worker's launch without a patient opens.
 WORKLIST_PAGE = "/social"
 #: Ids and versions are bounded by the database's integer (``social.MAX_ID``): a larger
@@ -602,14 +604,22 @@ def worklist_page(
     PATIENT_CASE_PAGE, response_class=HTMLResponse, summary="The case of the launch's patient"
 )
 def patient_case_page(ctx: SocialWorker, database: DatabaseDep) -> Response:
-    """Where a social worker's launch from a patient's chart (a patient, no triage visit)
-    opens: that patient's case; without one, the worklist saying so. The triage screen
-    would only say it needs a visit, though the user came for the case."""
+    """Where a social worker's launch from a patient's chart opens: that patient's case;
+    without one, the worklist saying so (the triage screen would only say it needs a
+    visit, though the user came for the case). During a visit (an encounter), the open
+    case, else the triage: the visit's encounter sent her to the triage even for a
+    patient with an open case, who then had two ways in and the case none (found by
+    review); with no open case, a social worker in the ED does the Kindreflex as anyone."""
     case_id = None
+    visit = ctx.encounter_id is not None
     if ctx.patient_id is not None:
         with database.session() as session:
             patient = f"Patient/{ctx.patient_id}"
-            case_id = social.patient_case(session, ctx.tenant.id, ctx.fhir_base_url, patient)
+            case_id = social.patient_case(
+                session, ctx.tenant.id, ctx.fhir_base_url, patient, open_only=visit
+            )
+    if case_id is None and visit:
+        return RedirectResponse(pinned(ctx, TRIAGE_PAGE), status_code=303)
     if case_id is None:
         return _worklist_page(ctx, database, WorklistQuery(), notice="no-case-for-patient")
     return RedirectResponse(pinned(ctx, f"/social/cases/{case_id}"), status_code=303)

@@ -629,9 +629,10 @@ def test_roles_come_from_the_id_token_claim_of_the_registration(kindreflex: Kind
 
 
 def test_the_app_opens_where_the_launch_context_says(kindreflex: Kindreflex) -> None:
-    """A triage visit opens the nurse's screen, whoever launches; a social worker's launch
-    opens the worklist without a patient and the patient's case from the patient's chart
-    (there the triage screen could only say that it needs a visit)."""
+    """A triage visit opens the nurse's screen; a social worker's launch opens the worklist
+    without a patient and the patient's case from the patient's chart (there the triage
+    screen could only say that it needs a visit), during a visit too: that page sends her
+    on to the triage when the patient has no open case (test_social_screen)."""
 
     def opened(user: str, with_patient: bool = True, with_encounter: bool = True) -> str:
         answer = kindreflex.launch(
@@ -640,7 +641,8 @@ def test_the_app_opens_where_the_launch_context_says(kindreflex: Kindreflex) -> 
         assert answer.status_code == 303, answer.text
         return _opened_page(kindreflex, answer)
 
-    assert opened("social-worker") == "/app/triage"
+    assert opened("nurse") == "/app/triage"
+    assert opened("social-worker") == "/social/patient"
     assert opened("social-worker", with_encounter=False) == "/social/patient"
     assert opened("social-worker", with_patient=False) == "/social"
     assert opened("nurse", with_encounter=False) == "/app/triage"

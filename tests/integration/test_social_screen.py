@@ -341,6 +341,34 @@ def test_a_launch_from_a_patients_chart_opens_that_patients_case(
     assert opened("7", "nurse").status_code == 403
 
 
+def test_a_launch_during_a_visit_opens_the_open_case_else_the_triage(
+    database_url: str, database: Database
+) -> None:
+    """The EHR sends the visit's encounter with a launch from the chart during a visit: it
+    opened the triage even for a patient with an open case, whose case then had no way in
+    from the chart (found by review). Only an open case: with a closed one or none, a
+    social worker in the ED does the Kindreflex as anyone."""
+    hospital = make_tenant(database, "default", FHIR)
+    now = utcnow()
+    is_open = index_case(database, hospital, "Patient/7", now - timedelta(days=3))
+    index_case(database, hospital, "Patient/8", now, status="closed")
+    app = make_app(database_url, database)
+    client = TestClient(app, follow_redirects=False)
+
+    def opened(patient_id: str) -> str:
+        user = signed_in(
+            app, hospital, SOCIAL_WORKER, "nurse", "social-worker",
+            patient_id=patient_id, encounter_id="visit-1",
+        )  # fmt: skip
+        answer = client.get("/social/patient", headers=user.headers)
+        assert answer.status_code == 303
+        return _page(answer.headers["location"])
+
+    assert opened("7") == f"/social/cases/{is_open}"
+    assert opened("8") == "/app/triage"
+    assert opened("9") == "/app/triage"
+
+
 def test_take_it_on_pressed_twice_takes_the_case_once_without_a_false_conflict(
     database_url: str, database: Database
 ) -> None:
