@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import update
 
 from sandbox.config import SandboxConfig, SmartClient
 from sandbox.runner import Sandbox
@@ -40,7 +41,7 @@ from service import triage
 from service.app import create_app
 from service.db import migrate
 from service.db.base import Database, insert_new
-from service.db.models import Concern
+from service.db.models import Concern, OutboxEntry
 from service.fhir import mapping
 from service.fhir.client import FhirClient, Resource
 from service.outbox import TransactionBuilder
@@ -89,12 +90,32 @@ def sandbox_registration(sandbox: Sandbox) -> EhrRegistration:
     )
 
 
-def _register(tenants: TenantDirectory, slug: str, registration: EhrRegistration) -> None:
-    """Save the demo hospital's configuration when it differs (ports change per run)."""
+def _register(tenants: TenantDirectory, slug: str, registration: EhrRegistration) -> str | None:
+    """Save the demo hospital's configuration when it differs (ports change per run); the
+    sandbox's FHIR base of the run before when it was another."""
     wanted = TenantConfiguration(name=DEMO_HOSPITAL, registrations=[registration])
-    if slug in tenants.slugs() and tenants.get(slug).config == wanted:
-        return
+    before = tenants.get(slug).config if slug in tenants.slugs() else None
+    if before == wanted:
+        return None
     tenants.save(slug, wanted, actor="kindreflex demo")
+    moved = [
+        r.fhir_base_url for r in (before.registrations if before else []) if r.id == registration.id
+    ]
+    return next((base for base in moved if base != registration.fhir_base_url), None)
+
+
+def _follow_the_sandbox(database: Database, tenant_id: int, before: str, now: str) -> None:
+    """The cases and saves of a run with the sandbox at another address (another port: the
+    same FHIR data) go on at this one. Left at the old one, every case of the earlier run
+    said it was recorded through another EHR, steps 4-6 closed to it, and a waiting save
+    could never be delivered (found by review)."""
+    with database.session() as session:
+        for table in (Concern, OutboxEntry):
+            session.execute(
+                update(table)
+                .where(table.tenant_id == tenant_id, table.fhir_base_url == before)
+                .values(fhir_base_url=now)
+            )
 
 
 def _record_seeded_concerns(
@@ -197,8 +218,10 @@ def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Itera
         with Sandbox.start(config) as sandbox:
             tenants = TenantDirectory(database, SecretBox(settings.secret_key))
             registration = sandbox_registration(sandbox)
-            _register(tenants, settings.default_tenant, registration)
+            before = _register(tenants, settings.default_tenant, registration)
             hospital = tenants.get(settings.default_tenant)
+            if before is not None:
+                _follow_the_sandbox(database, hospital.id, before, registration.fhir_base_url)
             _record_seeded_concerns(database, hospital.id, registration.fhir_base_url, sandbox)
             yield DemoStack(sandbox, settings, database, create_app(settings, database))
     finally:
@@ -233,8 +256,8 @@ def _print_urls(stack: DemoStack) -> None:
         "     pick a patient, start the triage, follow the card's link",
         f"  2. the CDS Hooks discovery:        {app_url}/cds-services",
         "     (called by the EHR with its signed JWT; a browser gets 401 invalid_token)",
-        f"  3. the social service's worklist:  {app_url}/social (launch as Pieter Jacobs)",
-        "     (launch from the EHR as the social worker)",
+        "  3. the social service's worklist: in the sandbox EHR, choose Pieter Jacobs",
+        "     (social-worker), Wissel gebruiker, Werklijst sociale dienst (Kindreflex)",
         f"  FHIR server (sandbox facade):      {sandbox.fhir_base_url}",
         f"  data of this demo:                 {DEMO_DIR.resolve()}",
         "Ctrl-C stops everything.",
@@ -243,8 +266,12 @@ def _print_urls(stack: DemoStack) -> None:
 
 
 def _free_or_any(port: int) -> int:
-    """``port`` when nothing listens there, else 0 (any free port): the demo must start."""
+    """``port`` when nothing listens there, else 0 (any free port): the demo must start.
+    Probed as uvicorn binds (``SO_REUSEADDR``): the connections of a run stopped a moment
+    ago, waiting out TIME_WAIT, made the port look taken, and the EHR moved to another
+    address (found by review)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

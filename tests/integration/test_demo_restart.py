@@ -1,0 +1,56 @@
+"""`kindreflex demo` run again on the data of an earlier run (``.demo/``)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from sqlalchemy import select
+
+from service.db.models import Concern
+from service.demo import _free_or_any, demo_stack
+from tests.support.processes import free_port
+
+
+def test_the_port_of_a_run_stopped_a_moment_ago_is_taken_again() -> None:
+    """Its connections wait out TIME_WAIT: probed without SO_REUSEADDR (uvicorn binds with
+    it), the port looked taken and the EHR moved to another address (found by review)."""
+    port = free_port()
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served, _ = listener.accept()
+            served.close()  # the server's side closes first: its port waits in TIME_WAIT
+            client.recv(1)
+    with socket.socket() as plain:  # the condition the run left: a bind without the option
+        try:
+            plain.bind(("127.0.0.1", port))
+            waiting = False
+        except OSError:
+            waiting = True
+    assert waiting
+
+    assert _free_or_any(port) == port
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        assert _free_or_any(port) == 0  # a port something listens on is left to it
+
+
+def test_a_demo_restarted_with_its_ehr_elsewhere_keeps_its_cases_on_it(tmp_path: Path) -> None:
+    """The same FHIR data behind another address (another port): the cases of the earlier
+    run said they were recorded through another EHR, steps 4-6 closed to them (found by
+    review). They follow the sandbox, none twice."""
+    port = free_port()
+    with demo_stack(port, data_dir=tmp_path, ehr_port=free_port()) as first:
+        earlier = first.sandbox.fhir_base_url
+    with demo_stack(port, data_dir=tmp_path, ehr_port=free_port()) as second:
+        now = second.sandbox.fhir_base_url
+        with second.database.session() as session:
+            cases = session.scalars(select(Concern.fhir_base_url)).all()
+
+    assert now != earlier
+    assert cases == [now]  # the seeded open concern, once, at the sandbox's address now
