@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from sandbox.config import SandboxConfig, SmartClient
 from sandbox.runner import Sandbox
@@ -108,14 +108,24 @@ def _follow_the_sandbox(database: Database, tenant_id: int, before: str, now: st
     """The cases and saves of a run with the sandbox at another address (another port: the
     same FHIR data) go on at this one. Left at the old one, every case of the earlier run
     said it was recorded through another EHR, steps 4-6 closed to it, and a waiting save
-    could never be delivered (found by review)."""
+    could never be delivered (found by review). An open case of a patient who has one at
+    this address already (two runs of an earlier version each indexed it) stays where it
+    is: one open case per patient and address, and the demo must start."""
+    open_here = select(Concern.patient_ref).where(
+        Concern.tenant_id == tenant_id, Concern.fhir_base_url == now, Concern.status == "open"
+    )
     with database.session() as session:
-        for table in (Concern, OutboxEntry):
-            session.execute(
-                update(table)
-                .where(table.tenant_id == tenant_id, table.fhir_base_url == before)
-                .values(fhir_base_url=now)
-            )
+        session.execute(
+            update(Concern)
+            .where(Concern.tenant_id == tenant_id, Concern.fhir_base_url == before)
+            .where(~((Concern.status == "open") & Concern.patient_ref.in_(open_here)))
+            .values(fhir_base_url=now)
+        )
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.tenant_id == tenant_id, OutboxEntry.fhir_base_url == before)
+            .values(fhir_base_url=now)
+        )
 
 
 def _record_seeded_concerns(

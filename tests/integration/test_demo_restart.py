@@ -7,8 +7,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from service.db.base import utcnow
 from service.db.models import Concern
 from service.demo import _free_or_any, demo_stack
+from service.tenancy import SecretBox, TenantDirectory
+from tests.support.casework import index_case
 from tests.support.processes import free_port
 
 
@@ -54,3 +57,23 @@ def test_a_demo_restarted_with_its_ehr_elsewhere_keeps_its_cases_on_it(tmp_path:
 
     assert now != earlier
     assert cases == [now]  # the seeded open concern, once, at the sandbox's address now
+
+
+def test_a_demo_whose_earlier_runs_indexed_a_case_twice_still_starts(tmp_path: Path) -> None:
+    """An earlier version indexed the seeded case again at each new address: the case of
+    the address left can then not join the one already at the new address (one open case
+    per patient and address) and stays where it is, the demo starting all the same."""
+    port, first_ehr, second_ehr = free_port(), free_port(), free_port()
+    with demo_stack(port, data_dir=tmp_path, ehr_port=first_ehr) as first:
+        earlier = first.sandbox.fhir_base_url
+        tenant = TenantDirectory(first.database, SecretBox(None)).get("default")
+        with first.database.session() as session:
+            (patient,) = session.scalars(select(Concern.patient_ref)).all()
+        later = earlier.replace(f":{first_ehr}/", f":{second_ehr}/")
+        index_case(first.database, tenant, patient, utcnow(), fhir_base_url=later)
+    with demo_stack(port, data_dir=tmp_path, ehr_port=second_ehr) as second:
+        assert second.sandbox.fhir_base_url == later
+        with second.database.session() as session:
+            cases = sorted(session.scalars(select(Concern.fhir_base_url)).all())
+
+    assert cases == sorted([earlier, later])
