@@ -54,8 +54,10 @@ def shown_age(months: int, language: Language) -> str:
     return translate(language, f"age.{'year' if years == 1 else 'years'}", n=years)
 
 
-def shown_days_open(days: int, language: Language) -> str:
-    """How long a concern has been open: "1 dag open"; French says the singular below 2
-    ("ouvert depuis 0 jour"), Dutch and English for 1 only."""
+def shown_days_open(days: int, language: Language, *, closed: bool = False) -> str:
+    """How long a concern has been open: "1 dag open", or for a closed one "was 1 dag open"
+    (the count stops at its closing); French says the singular below 2 ("ouvert depuis
+    0 jour"), Dutch and English for 1 only."""
     one = days == 1 or (language == "fr" and days == 0)
-    return translate(language, f"casefile.about.{'day' if one else 'days'}-open", days=days)
+    state = "was-open" if closed else "open"
+    return translate(language, f"casefile.about.{'day' if one else 'days'}-{state}", days=days)

@@ -101,6 +101,24 @@ def test_how_long_a_concern_is_open_is_said_in_the_singular_where_the_language_d
 
 
 @pytest.mark.parametrize(
+    ("language", "days", "said"),
+    [
+        ("nl", 1, "was 1 dag open"),
+        ("nl", 10, "was 10 dagen open"),
+        ("fr", 0, "a été ouvert 0 jour"),
+        ("fr", 10, "a été ouvert 10 jours"),
+        ("en", 1, "was open for 1 day"),
+        ("en", 10, "was open for 10 days"),
+    ],
+)
+def test_a_closed_concern_says_how_long_it_was_open(
+    language: Language, days: int, said: str
+) -> None:
+    """A closed case read "(10 dagen open)", as if it were open still (found by review)."""
+    assert shown_days_open(days, language, closed=True) == said
+
+
+@pytest.mark.parametrize(
     ("header", "language"),
     [
         ("en;q=0.2, fr;q=0.9", "fr"),  # by weight, not in the order written
