@@ -608,6 +608,17 @@ def test_a_refused_hooks_form_shows_what_was_typed_unticked_boxes_too(
     assert not _ticked(stale.text, "hook-patient-view")
     assert not _ticked(stale.text, "once_per_encounter")
     assert stored_gent(database).config.hooks == before.config.hooks
+    # the message says to send the kept form again: it saves over the other admin's version
+    assert "verstuur het formulier opnieuw" in stale.text
+    current = re.search(r'name="version" value="(\d+)"', stale.text)
+    assert current is not None
+    assert int(current[1]) == stored_gent(database).version
+    again = {**unticked, "adult_age": "16", "version": current[1]}
+    sent_again = client.post("/admin/hooks", data=again, follow_redirects=False)
+    assert sent_again.status_code == 303
+    saved = stored_gent(database).config
+    assert saved.hooks.adult_age == 16
+    assert saved.plan.text(Step.STEP_2, "title", "nl") == "Peil naar veiligheid"
 
 
 def test_a_plan_form_refused_as_stale_shows_what_was_typed_emptied_texts_too(
