@@ -456,10 +456,14 @@ def _children(
         elif born > today:  # the protocol's rule, shown at the child's own date
             message = t("error.child-born-in-future", n=index + 1)
             errors.append(FieldError(f"{at}-birth_date", message))
-        if relationship is None:
-            errors.append(FieldError(f"{at}-relationship", t("error.choose-option")))
-        if lives_with is None:
-            errors.append(FieldError(f"{at}-lives_with", t("error.choose-option")))
+        # named, as the other errors of a row are: the summary lists every child's
+        for name, question, value in (
+            ("relationship", "step1.relationship", relationship),
+            ("lives_with", "step1.lives-with", lives_with),
+        ):
+            if value is None:
+                message = t("error.child-choose-option", n=index + 1, question=t(question))
+                errors.append(FieldError(f"{at}-{name}", message))
         if row.name and born and born <= today and relationship and lives_with:
             children.append(Child(row.ref, row.name, born, relationship, lives_with))
     return tuple(children)

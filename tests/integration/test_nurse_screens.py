@@ -540,6 +540,20 @@ def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_her_lang
             "in de toekomst",
         ),
         ({}, "child-0-name", "vink aan dat de patiënt niet voor kinderen zorgt"),
+        (  # named, as the row's other errors are: a bare "choose one" did not say whose
+            {"child-0-name": "Lina", "child-0-birth_date": "03/07/2019", "child-0-lives_with": ""},
+            "child-0-lives_with",
+            "Kies voor kind 1 een van de mogelijkheden bij ‘Woont bij de patiënt’.",
+        ),
+        (
+            {
+                "child-0-name": "Lina",
+                "child-0-birth_date": "03/07/2019",
+                "child-0-relationship": "X",
+            },
+            "child-0-relationship",
+            "Kies voor kind 1 een van de mogelijkheden bij ‘Relatie tot de patiënt’.",
+        ),
     ],
 )
 def test_bad_input_is_answered_next_to_its_field(
