@@ -517,6 +517,19 @@ def _marks_a_concern(form: TriageForm, assessment: SafetyAssessment | None) -> b
     return concern or form.acute_danger
 
 
+def _typed_beyond_step1(form: TriageForm) -> str | None:
+    """The first field of steps 2-3 given an answer other than the assessment, or None.
+    Step 3 only with "no concern": otherwise the page hides it and does not save it."""
+    typed = {
+        "reasons": bool(form.reasons),
+        "discussed_with_colleague": form.discussed_with_colleague,
+        "who_helps": bool(form.who_helps),
+    }
+    if form.assessment == SafetyAssessment.NO_CONCERN.value:
+        typed["support"] = bool(form.support_actions or form.support_note)
+    return next((name for name, given in typed.items() if given), None)
+
+
 def build_input(
     form: TriageForm, ctx: LaunchContext, now: datetime, t: Callable[..., str]
 ) -> TriageInput:
@@ -544,6 +557,11 @@ def build_input(
         errors.append(FieldError("no_children", t("error.concern-without-children")))
     if has_family and not gauged and _marks_a_concern(form, assessment):
         errors.append(FieldError("assessment-no-concern", t("error.concern-about-adults")))
+    # Without a minor (or an expected child) steps 2-3 are not recorded: what was typed
+    # there is refused, not dropped while the save says "saved" (found by review)
+    no_minor = form.no_children or (has_family and not gauged and not unread)
+    if no_minor and not _marks_a_concern(form, assessment) and (typed := _typed_beyond_step1(form)):
+        errors.append(FieldError(typed, t("error.answers-without-minors")))
     errors += _too_long(form, t)
     author = ctx.user.fhir_user
     step1 = _checked(

@@ -1280,6 +1280,51 @@ def test_grown_up_children_only_close_the_kindreflex_after_step_1(
     assert "step-1" in codes
 
 
+@pytest.mark.parametrize(
+    ("answers", "field", "kept"),
+    [
+        ({"assessment": "no-concern", "who_helps": "Haar zus Ann"}, "who_helps", "Haar zus Ann"),
+        (
+            {
+                "assessment": "no-concern",
+                "support_actions": "involve-service",
+                "support_note": "CAW",
+            },
+            "support",
+            ">CAW</textarea>",
+        ),
+        (
+            {"discussed_with_colleague": "1"},
+            "discussed_with_colleague",
+            'name="discussed_with_colleague" value="1" checked',
+        ),
+        (  # "cares for no children" ticked: the same, steps 2-3 are not recorded
+            {"no_children": "1", "child-0-name": "", "child-0-birth_date": "", "who_helps": "Ann"},
+            "who_helps",
+            'value="Ann"',
+        ),
+    ],
+)
+def test_answers_at_steps_2_3_without_a_minor_are_refused_not_dropped(
+    nurse_for: Any, database: Database, answers: dict[str, str], field: str, kept: str
+) -> None:
+    """Found by review: with grown-up children only (or none), the save said "saved" and
+    what the nurse had typed at steps 2-3 went to no resource, without a word."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    with database.session() as session:
+        waiting = session.scalar(select(func.count()).select_from(OutboxEntry))
+
+    refused = nurse.post(_grown_up_child(page, **answers))
+
+    assert refused.status == 422, refused.text
+    assert f'href="#{field}"' in refused.text
+    assert "wordt niet bewaard: zonder minderjarig of verwacht kind" in refused.text
+    assert kept in refused.text
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
+
+
 def test_a_kind_en_gezin_start_without_a_child_of_that_age_is_refused_at_the_support(
     nurse_for: Any,
 ) -> None:
