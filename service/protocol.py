@@ -1439,9 +1439,10 @@ DECIDES_LARGELY_FROM_MONTHS = 12 * 12
 #: School age for the CLB: Flemish children may go to nursery school (kleuterschool)
 #: from 2.5 years; compulsory education runs until 18. So 30 months up to 18 years.
 SCHOOL_AGE_FROM_MONTHS = 30
-#: The most children one case names: more than any family has. The triage screen offers
-#: no more rows, and the social service's lists of children (those a step concerns, those
-#: heard) hold no more, so a forged request cannot make the service do unbounded work.
+#: The most children one list names: more than any family has. The triage screen offers
+#: no more rows to add (besides the children the record already holds), and the social
+#: service's lists of children (those a step concerns, those heard) hold no more, so a
+#: forged request cannot make the service do unbounded work.
 MAX_CHILDREN = 25
 
 

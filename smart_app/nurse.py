@@ -105,9 +105,10 @@ NURSE_ONLY = [Depends(require_role("nurse"))]
 
 #: Dates typed before this year are typos (0019 for 2019), not dates of birth.
 _EARLIEST_YEAR = 1900
-#: A child row's fields. "+ kind" offers no more than MAX_CHILDREN rows, and a save with
-#: more is refused next to the children, the rows kept; the work a forged form can cause
-#: is capped by these three-digit row numbers and the form parser's 1000 fields.
+#: A child row's fields. "+ kind" offers no more than MAX_CHILDREN typed rows besides the
+#: record's children, and a save with more is refused next to the children, the rows
+#: kept; the work a forged form can cause is capped by these three-digit row numbers and
+#: the form parser's 1000 fields.
 _CHILD_FIELD = re.compile(r"^child-(\d{1,3})-ref$")
 #: A row's "remove" button; ASCII digits only (``str.isdigit`` took "²", which ``int`` refuses).
 _REMOVE_CHILD = re.compile(r"remove-child-([0-9]{1,3})")
@@ -320,9 +321,17 @@ class TriageForm:
         )
 
     @property
+    def added_rows(self) -> int:
+        """The rows typed on this page, not the record's children. The limit counts these
+        only: the record's children cannot be removed here, and a patient with more of
+        them than :data:`MAX_CHILDREN` (grandchildren, nieces and nephews count too) could
+        otherwise never be saved (found by review)."""
+        return sum(not row.recorded for row in self.children)
+
+    @property
     def room_for_a_child(self) -> bool:
-        """Whether "+ kind" may add a row: never beyond :data:`MAX_CHILDREN`."""
-        return len(self.children) < MAX_CHILDREN
+        """Whether "+ kind" may add a row: never beyond :data:`MAX_CHILDREN` typed rows."""
+        return self.added_rows < MAX_CHILDREN
 
     def with_blank_row(self) -> TriageForm:
         """Another row, unless the form is full (a page from before the last row was added
@@ -545,7 +554,7 @@ def build_input(
         errors.append(FieldError("child-0-name", t("error.children-or-none")))
     if has_family and form.no_children:
         errors.append(FieldError("no_children", t("error.no-children-contradiction")))
-    if len(form.children) > MAX_CHILDREN:
+    if form.added_rows > MAX_CHILDREN:
         errors.append(FieldError("children", t("error.too-many-children", max=MAX_CHILDREN)))
     assessment = _enum_value(SafetyAssessment, form.assessment)
     # a row not read yet (its own error) may be a minor: the assessment is asked for with

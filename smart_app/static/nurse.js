@@ -21,10 +21,11 @@
 
   function rowCount() { return rows.querySelectorAll("[data-child-row]").length; }
 
-  // The server refuses a save with more rows than the page takes: at the limit "+ kind"
-  // gives way to a note saying so, as on the server-rendered page.
+  // The server refuses a save with more typed rows than the page takes (the record's
+  // children do not count): at the limit "+ kind" gives way to a note saying so, as on
+  // the server-rendered page.
   function syncLimit() {
-    const full = rowCount() >= maxChildren;
+    const full = rows.querySelectorAll("[data-child-row]:not([data-recorded])").length >= maxChildren;
     addButton.hidden = full;
     limitNote.hidden = !full;
     return full;

@@ -400,7 +400,9 @@ def test_add_child_offers_no_row_beyond_the_limit_without_javascript(nurse_for: 
     assert " hidden" in _tag(full, "data-add-child")
     note = _tag(full, "data-children-limit")
     assert " hidden" not in note
-    assert f"Ten hoogste {MAX_CHILDREN} kinderen" in full.text.split(note)[1].split("</p>")[0]
+    assert (
+        f"Ten hoogste {MAX_CHILDREN} nieuwe kinderen" in full.text.split(note)[1].split("</p>")[0]
+    )
 
     again = nurse.post({**_child_rows(page, MAX_CHILDREN), "action": "add-child"})
     assert again.status == 200
@@ -721,9 +723,9 @@ def test_the_step_3_section_the_summary_leads_to_is_described_by_its_error(
 @pytest.mark.parametrize(
     ("language", "said"),
     [
-        ("nl", f"Ten hoogste {MAX_CHILDREN} kinderen: verwijder"),
-        ("fr", f"{MAX_CHILDREN} enfants au maximum : supprimez"),
-        ("en", f"At most {MAX_CHILDREN} children: remove"),
+        ("nl", f"Ten hoogste {MAX_CHILDREN} nieuwe kinderen per keer: verwijder"),
+        ("fr", f"{MAX_CHILDREN} nouveaux enfants au maximum à la fois : supprimez"),
+        ("en", f"At most {MAX_CHILDREN} new children at a time: remove"),
     ],
 )
 def test_more_children_than_the_page_takes_are_refused_next_to_them_and_kept(
@@ -1548,6 +1550,30 @@ def test_a_well_formed_chart_from_the_same_server_is_loaded(nurse_for: Any) -> N
     assert page.status == 200
     assert "Emma" in page.text
     assert "konden nu niet geladen worden" not in page.text
+
+
+def test_a_patient_with_more_recorded_children_than_rows_to_add_can_be_saved(
+    nurse_for: Any,
+) -> None:
+    """Found by review: the limit counted the record's children, which the page cannot
+    remove. A patient with more of them (grandchildren, nieces and nephews count too) was
+    refused at every save, "remove the extra rows", and "+ kind" was gone."""
+    chart = served_chart()
+    patient, child = chart["entry"][0], chart["entry"][1]["resource"]
+    children = [
+        {"resource": {**child, "id": f"c{i}", "name": [{"text": f"Kind {i}"}]}}
+        for i in range(MAX_CHILDREN + 1)
+    ]
+    with _serving({**chart, "entry": [patient, *children]}) as fhir_base_url:
+        nurse = nurse_for("an-peeters", fhir_base_url=fhir_base_url)
+        page = nurse.page()
+        assert len(page.child_refs()) == MAX_CHILDREN + 1
+        assert " hidden" not in _tag(page, "data-add-child")  # a newborn can still be added
+        form = {name: values[0] for name, values in page.submitted().items()}
+        saved = nurse.post(form | {"assessment": "no-concern", "support_actions": "ask-regularly"})
+
+    assert saved.status == 200, saved.text
+    assert "Ten hoogste" not in saved.text
 
 
 class _Paged(ServedJson):
