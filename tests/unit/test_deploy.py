@@ -7,8 +7,11 @@ in ``tests/integration/test_readiness_and_logs.py``.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from service.fhir.client import CHANGE_BUDGET_MAX_SECONDS, SCREEN_BUDGET_TIMEOUT
 from service.outbox import IMMEDIATE_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS
 from service.settings import Settings, load_settings
 from service.tenant_config import DEFAULT_SCOPES
+from tests.support.served import ServedJson
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -88,6 +92,33 @@ def test_probes_point_at_routes_the_app_serves(tmp_path: Path) -> None:
     healthcheck = re.search(r"^HEALTHCHECK .*'http://127\.0\.0\.1:%s(/\w+)'", DOCKERFILE, re.M)
     assert healthcheck, "the image's HEALTHCHECK asks no path"
     assert healthcheck[1] in routes
+
+
+def test_the_image_and_guide_health_checks_ask_the_pod_itself_past_a_proxy() -> None:
+    """A platform that sets ``HTTP_PROXY`` in every container (README, *Operations*) sent
+    the image's HEALTHCHECK and the guide's readiness check to the proxy: the container
+    read unhealthy, and the check an operator types failed (found by review). Run here as
+    written, with a proxy that refuses every connection."""
+    image = re.search(r'^HEALTHCHECK .* CMD python -c "(.+)"$', DOCKERFILE, re.M)
+    guide = (ROOT / "docs" / "install-in-your-hospital.md").read_text()
+    typed = re.search(r'exec deploy/kindreflex -- python -c "([^"]+)"', guide)
+    assert image is not None
+    assert typed is not None
+    unset = {"NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"}
+    with ServedJson(b"{}") as pod:
+        port = str(urlsplit(pod.url).port)
+        env = {k: v for k, v in os.environ.items() if k not in unset}
+        env |= {"HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+        for code in (image[1], typed[1].replace(":8000/", f":{port}/")):
+            run = subprocess.run(
+                [sys.executable, "-c", code],
+                env=env | {"KINDREFLEX_PORT": port},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert run.returncode == 0, f"{code}: {run.stderr[-300:]}"
 
 
 def test_every_address_the_guides_give_an_ehr_administrator_is_served(tmp_path: Path) -> None:
