@@ -13,7 +13,7 @@ import re
 from contextlib import suppress
 from enum import StrEnum
 from functools import lru_cache
-from string import Formatter
+from string import Formatter, ascii_letters, digits
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -250,7 +250,20 @@ def base_url_key(url: str) -> str:
     hospital's client passed the one-client-one-hospital check written another way
     (both found by review). Both sides go through the parser ``fhirServer`` goes through
     (pydantic's): it also writes an IPv6 address short, a non-ASCII host in Punycode,
-    removes dot segments (found by review)."""
+    removes dot segments (found by review).
+
+    The path is compared percent-encoding normalised (RFC 3986 6.2.2.1, 6.2.2.2): an
+    unreserved character written encoded is the character (``/%66hir`` is ``/fhir``), and
+    what stays encoded is compared with its hex in capitals (``%c3%a9`` is ``%C3%A9``).
+    User-info (``https://name@host/fhir``) is no part of the key: it names no other server,
+    the same ``.well-known/smart-configuration`` answers. Both passed the check written so,
+    and AZ Gent's admin registered AZ Brugge's EHR client (found by review).
+
+    Decision: a FHIR base URL with user-info is refused when saved (``EhrRegistration``,
+    code ``fhir-base-url-userinfo``): it is the SMART ``iss`` and where the EHR's tokens
+    go, and a name or password in it would be shown and logged wherever the base is. One
+    stored before that check still loads, and is keyed here without it; the CDS service
+    sends no token to a ``fhirServer`` written with user-info (``service.cds.router``)."""
     with suppress(ValueError):  # not a URL pydantic reads: compared as it is
         url = str(AnyUrl(url.strip()))
     parts = urlsplit(url.rstrip("/"))
@@ -263,11 +276,33 @@ def base_url_key(url: str) -> str:
     host = f"[{host}]" if ":" in host else host
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         host = f"{host}:{port}"
-    user = parts.netloc.rpartition("@")[0]
-    netloc = f"{user}@{host}" if user else host
-    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, parts.fragment))
+    path, query, fragment = (
+        _percent_normalised(part) for part in (parts.path.rstrip("/"), parts.query, parts.fragment)
+    )
+    return urlunsplit((scheme, host, path, query, fragment))
 
 
+def _percent_normalised(text: str) -> str:
+    """``text`` with each percent-encoded unreserved character decoded and the hex of the
+    others in capitals (RFC 3986 6.2.2.1, 6.2.2.2). A reserved character stays encoded:
+    ``%2F`` is no path separator."""
+    return _PERCENT_ENCODED.sub(_one_percent_normalised, text)
+
+
+def _one_percent_normalised(encoded: re.Match[str]) -> str:
+    character = chr(int(encoded.group(1), 16))
+    return character if character in _UNRESERVED else encoded.group(0).upper()
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with what comes before the host's ``@`` (a user name, a password) left out."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+_PERCENT_ENCODED = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(ascii_letters + digits + "-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -309,7 +344,21 @@ class EhrRegistration(Strict):
         """Without its trailing slash. Bearer tokens go to it (the SMART session's, the CDS
         call's ``fhirAuthorization``), and RFC 6750 sends them only over TLS: an http URL off
         this machine is refused when saved. One stored before this check loads; the CDS
-        service then sends it no token (``service.cds.router``), the launch refuses it."""
+        service then sends it no token (``service.cds.router``), the launch refuses it.
+
+        A user name or password before the host (``https://name:pass@…``) is refused when
+        saved, first, and the refusal shows the URL without it: the base is the SMART
+        ``iss``, shown and logged wherever it is, and the EHR's client credentials are the
+        client id and secret (the decision, in ``base_url_key``)."""
+        if _submitted(info) and "@" in urlsplit(value).netloc:
+            bare = _without_userinfo(value).rstrip("/")
+            raise ConfigValueError(
+                f"{bare!r} is written with a user name or password before its host (…@): a "
+                "FHIR base URL has none, it is shown and logged wherever the base is; the "
+                "EHR's client credentials are the client id and secret",
+                "fhir-base-url-userinfo",
+                url=bare,
+            )
         if _submitted(info) and not over_tls(value):
             raise ConfigValueError(
                 f"{value!r} is not an https URL (http only on this machine): the EHR's "

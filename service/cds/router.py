@@ -348,6 +348,11 @@ async def _patient_data(
     if not queries or body.fhirServer is None or body.fhirAuthorization is None:
         return data
     server = str(body.fhirServer).rstrip("/")
+    if body.fhirServer.username or body.fhirServer.password:
+        # the same server as a registered base (``base_url_key``), but httpx would send the
+        # name and password in place of the EHR's token; a base is registered without them
+        log.warning("fhirServer has a user name or password: the card is generic")
+        return data
     # the EHR's token goes only to the FHIR server registered for that EHR, never elsewhere
     registrations = [caller.registration] if caller else tenant.config.registrations
     if base_url_key(server) not in {base_url_key(r.fhir_base_url) for r in registrations}:

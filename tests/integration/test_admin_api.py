@@ -752,15 +752,52 @@ def test_another_hospitals_ehr_client_cannot_be_registered_here(
         "https://AZ-Brugge.example/fhir",
         "https://az-brugge.example:443/fhir",
         "https://az-brugge.example./fhir/",
+        "https://az-brugge.example/%66hir",  # %66 is "f" (RFC 3986 6.2.2.2)
+        "https://az-brugge.example/%66%68%69%72",
     ],
 )
 def test_another_hospitals_ehr_client_written_another_way_is_refused_too(
     client: TestClient, database: Database, gent: Hospital, brugge: Hospital, written: str
 ) -> None:
     """The same FHIR base in another spelling (capitals, the default port, the host's
-    trailing dot) is the same EHR: compared as written, it passed (found by review)."""
+    trailing dot, a letter of the path percent-encoded) is the same EHR: compared as
+    written, it passed (found by review)."""
     headers = bearer(database, gent.id)
     theirs = {"name": "EPD", "fhir_base_url": written, "client_id": "kindreflex"}
+    issue = _refused_registration(client, headers, "brugge-ehr", theirs)
+    assert "registered by another hospital" in issue["diagnostics"]
+
+
+def test_a_fhir_base_url_with_a_user_name_or_password_is_refused(
+    client: TestClient, database: Database, gent: Hospital, brugge: Hospital
+) -> None:
+    """``https://gent@az-brugge.example/fhir`` is AZ Brugge's server, and with it AZ Gent's
+    admin registered Brugge's EHR client (found by review). A FHIR base has no user-info:
+    refused as such, whoever's client it names, and the password is not shown back."""
+    headers = bearer(database, gent.id)
+    for written in ("https://gent@az-brugge.example/fhir",
+                    "https://kindreflex:s3cr3t@az-gent-epd.example/fhir"):  # fmt: skip
+        body = {"name": "EPD", "fhir_base_url": written, "client_id": "kindreflex"}
+        issue = _refused_registration(client, headers, "epd", body)
+        assert issue["expression"] == ["registrations[1].fhir_base_url"]
+        assert "user name or password" in issue["diagnostics"]
+        assert "s3cr3t" not in issue["diagnostics"]
+
+
+def test_another_hospitals_client_stored_with_user_info_is_refused_here_too(
+    client: TestClient, database: Database, gent: Hospital, brugge: Hospital
+) -> None:
+    """AZ Brugge's registration saved with a name before its host, before such a base was
+    refused, is still its EHR client: Gent registering it without the name is refused."""
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
+    current = tenants.get("az-brugge")
+    written = "https://brugge@az-brugge.example/fhir"
+    registration = current.config.registrations[0].model_copy(update={"fhir_base_url": written})
+    tenants.save("az-brugge", current.config.model_copy(update={"registrations": [registration]}),
+                 actor="stored before the check")  # fmt: skip
+    headers = bearer(database, gent.id)
+    theirs = {"name": "EPD", "fhir_base_url": "https://az-brugge.example/fhir",
+              "client_id": "kindreflex"}  # fmt: skip
     issue = _refused_registration(client, headers, "brugge-ehr", theirs)
     assert "registered by another hospital" in issue["diagnostics"]
 

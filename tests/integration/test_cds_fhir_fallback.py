@@ -544,6 +544,41 @@ def test_a_fhir_server_sent_as_registered_with_capitals_in_its_host_is_asked(
     assert card["indicator"] == "warning"
 
 
+def test_a_fhir_server_sent_with_a_letter_percent_encoded_is_asked(
+    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+) -> None:
+    """``/%66hir`` is ``/fhir`` (RFC 3986 6.2.2.2): the registered server, asked."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    with ServedJson(_batch_answer(server, patient), path="/fhir") as copy:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=copy.url))
+        written = copy.url.replace("/fhir", "/%66hir")
+        card = only_card(cds_on_fhir.call(body=without_prefetch(written, patient)))
+        assert len(copy.accepted) == 1
+    assert card["indicator"] == "warning"
+
+
+def test_a_fhir_server_sent_with_a_user_name_gets_no_token(
+    cds_on_fhir: Cds,
+    ehr: Ehr,
+    fhir: tuple[FhirServer, SeedResult],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The registered server, but a request to it would carry the name and password in
+    place of the EHR's token (httpx): nothing is sent, the card is generic, the log says why.
+    A FHIR base is registered without user-info (the admin refuses one)."""
+    server, seeded = fhir
+    patient = seeded.patient("jan-janssens")
+    with ServedJson(_batch_answer(server, patient), path="/fhir") as copy:
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=copy.url))
+        written = copy.url.replace("http://", "http://kindreflex:pw@")
+        with caplog.at_level(logging.WARNING, logger="service.cds.router"):
+            card = only_card(cds_on_fhir.call(body=without_prefetch(written, patient)))
+        assert copy.accepted == []
+    assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    assert "fhirServer has a user name or password" in caplog.text
+
+
 def test_a_compressed_batch_answer_is_read_and_an_undecodable_one_gives_the_generic_card(
     cds_on_fhir: Cds,
     ehr: Ehr,

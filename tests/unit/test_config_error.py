@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from service.config_error import ConfigValueError
 from service.i18n import LANGUAGES, catalogue
 from service.partners import parse_directory
-from service.tenant_config import HookSettings, PlanSettings, jwk_set
+from service.tenant_config import SUBMITTED, EhrRegistration, HookSettings, PlanSettings, jwk_set
 from tests.support.partners import MINIMAL_DIRECTORY, with_entry
 
 
@@ -73,6 +73,19 @@ CASES: dict[str, tuple[Callable[[], object], str, tuple[str | int, ...]]] = {
     "plan choice": (
         lambda: PlanSettings.model_validate({"choices": {"lives-with/hond": {}}}),
         "unknown-plan-choice",
+        (),
+    ),
+    "fhir base with user-info": (
+        lambda: EhrRegistration.model_validate(
+            {
+                "id": "ehr",
+                "name": "EPD",
+                "client_id": "k",
+                "fhir_base_url": "https://k:pw@ehr.example.be/fhir",
+            },
+            context=SUBMITTED,
+        ),
+        "fhir-base-url-userinfo",
         (),
     ),
     "directory not a mapping": (_directory([]), "directory-not-mapping", ()),

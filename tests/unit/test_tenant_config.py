@@ -221,6 +221,8 @@ def test_an_issuer_with_keys_or_a_jwks_url_over_tls_is_accepted() -> None:
         ({"client_id": "kindreflex "}, "client-id"),
         ({"fhir_base_url": "https:///fhir"}, "fhir-base-url-form"),
         ({"fhir_base_url": "https://e.example/fhir?x=1"}, "fhir-base-url-form"),
+        ({"fhir_base_url": "https://gent@e.example/fhir"}, "fhir-base-url-userinfo"),
+        ({"fhir_base_url": "http://gent:pw@127.0.0.1:8080/fhir"}, "fhir-base-url-userinfo"),
         (
             {"cds_issuers": [{"iss": "https://e.example", "jku": ["https://e.example/a"]},
                              {"iss": "https://e.example", "jku": ["https://e.example/b"]}]},
@@ -252,6 +254,19 @@ def test_a_registration_no_launch_or_call_could_use_is_refused_when_saved(
         ("http://[0:0:0:0:0:0:0:1]:8080/fhir", "http://[::1]:8080/fhir"),  # as pydantic has it
         ("https://ehr.example.be/r4/../fhir", "https://ehr.example.be/fhir"),
         ("https://ziekenhuis-ä.be/fhir", "https://xn--ziekenhuis--v8a.be/fhir"),
+        # an unreserved character percent-encoded is the character (RFC 3986 6.2.2.2)
+        ("https://ehr.example.be/%66hir", "https://ehr.example.be/fhir"),
+        ("https://ehr.example.be/%66%68%69%72/", "https://ehr.example.be/fhir"),
+        ("https://ehr.example.be/%7Eepd%2Dr4%2e%5f", "https://ehr.example.be/~epd-r4._"),
+        ("https://ehr.example.be/r4/%2E%2E/fhir", "https://ehr.example.be/fhir"),
+        # the hex of what stays encoded has no case (RFC 3986 6.2.2.1)
+        ("https://ehr.example.be/f%c3%a9", "https://ehr.example.be/f%C3%A9"),
+        ("https://ehr.example.be/fé", "https://ehr.example.be/f%c3%a9"),
+        ("https://ehr.example.be/a%2fb", "https://ehr.example.be/a%2Fb"),
+        # user-info names no other server
+        ("https://gent@ehr.example.be/fhir", "https://ehr.example.be/fhir"),
+        ("https://gent:secret@EHR.example.be:443/fhir", "https://ehr.example.be/fhir"),
+        ("https://@ehr.example.be/fhir", "https://ehr.example.be/fhir"),
     ],
 )
 def test_two_spellings_of_one_fhir_base_are_one_key(one: str, other: str) -> None:
@@ -265,23 +280,44 @@ def test_two_spellings_of_one_fhir_base_are_one_key(one: str, other: str) -> Non
         ("https://ehr.example.be/fhir", "https://ehr.example.be:8443/fhir"),
         ("https://ehr.example.be/fhir", "http://ehr.example.be/fhir"),
         ("https://ehr.example.be/fhir", "https://ehr.example.be/fhir/r4"),
+        ("https://ehr.example.be/fhir", "https://ehr.example.be/%46hir"),  # %46 is "F"
+        ("https://ehr.example.be/a/b", "https://ehr.example.be/a%2Fb"),  # "/" is reserved
+        ("https://ehr.example.be/fhir", "https://ehr.example.be/fhir%2F"),
+        ("https://ehr.example.be/fhir", "https://ehr.example.be/fhir%20"),
     ],
 )
 def test_two_fhir_bases_are_two_keys(one: str, other: str) -> None:
     assert base_url_key(one) != base_url_key(other)
 
 
-def test_one_fhir_base_registered_twice_in_another_spelling_is_refused() -> None:
+@pytest.mark.parametrize(
+    "other", ["https://EHR.example.be:443/fhir", "https://ehr.example.be/%66hir"]
+)
+def test_one_fhir_base_registered_twice_in_another_spelling_is_refused(other: str) -> None:
     """A launch from it would always take the first registration: the second is a mistake."""
     registrations = [
         EhrRegistration(id=f"ehr-{n}", name="EPD", fhir_base_url=url, client_id=f"k{n}")
-        for n, url in enumerate(["https://ehr.example.be/fhir", "https://EHR.example.be:443/fhir"])
+        for n, url in enumerate(["https://ehr.example.be/fhir", other])
     ]
     with pytest.raises(ValidationError, match="another registration has the FHIR base"):
         TenantConfiguration.model_validate(
             {"name": "AZ", "registrations": [r.model_dump() for r in registrations]},
             context=SUBMITTED,
         )
+
+
+def test_a_fhir_base_with_a_password_is_refused_without_showing_it() -> None:
+    """The refusal goes to the API's answer and the admin's screen: it names the base
+    without what was written before its host. One stored before the check still loads."""
+    document = {"id": "ehr", "name": "EPD", "client_id": "kindreflex",
+                "fhir_base_url": "https://kindreflex:s3cr3t@ehr.example.be/fhir/"}  # fmt: skip
+    with pytest.raises(ValidationError) as refused:
+        EhrRegistration.model_validate(document, context=SUBMITTED)
+    (error,) = refused.value.errors(include_input=False)
+    assert error["ctx"]["error"].params == {"url": "https://ehr.example.be/fhir"}
+    assert "s3cr3t" not in str(error["ctx"]["error"])
+    stored = EhrRegistration.model_validate(document)
+    assert base_url_key(stored.fhir_base_url) == base_url_key("https://ehr.example.be/fhir")
 
 
 def test_a_partner_id_is_read_without_spaces_around_it_from_every_input() -> None:
