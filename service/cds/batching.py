@@ -34,10 +34,16 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 from fastapi.concurrency import run_in_threadpool
+from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
 from sqlalchemy import Connection, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from service.db.base import Database, on_every_connection
+from service.db.base import (
+    Database,
+    default_connect_timeout,
+    libpq_parameters,
+    on_every_connection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -353,14 +359,18 @@ class PostgresWrites:
 
     def __init__(self, database: Database) -> None:
         url = database.engine.url
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # what the service's engine connects with, quoted by psycopg (``libpq_parameters``)
+        self._conninfo = make_conninfo("", **libpq_parameters(database.engine, CONNECT_TIMEOUT))
+        # an opening is given up on when psycopg would: the same connect_timeout, read as
+        # libpq reads it (at least 2 s; 0 or less is psycopg's long default, not "never")
+        self._connect_timeout = timeout_from_conninfo(conninfo_to_dict(self._conninfo))
         self._inserts = _Inserts(database.engine.dialect)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._upkeep_engine = create_engine(
             url,
             pool_size=1,
             max_overflow=0,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT},
+            connect_args=default_connect_timeout(url, CONNECT_TIMEOUT),
         )
         on_every_connection(self._upkeep_engine, SESSION_SETTINGS)
         self._upkeeps: set[asyncio.Future[None]] = set()
@@ -409,7 +419,7 @@ class PostgresWrites:
         statement waits for a server connection (found by review). An opening given up
         on is left to end by itself: psycopg cancels a waiting statement for up to 10 s."""
         opening = asyncio.ensure_future(self._open())
-        done, _ = await asyncio.wait({opening}, timeout=CONNECT_TIMEOUT)
+        done, _ = await asyncio.wait({opening}, timeout=self._connect_timeout)
         if not done:
             opening.cancel()
             self._abandoned.add(opening)  # the loop keeps only weak references
@@ -418,9 +428,7 @@ class PostgresWrites:
         return opening.result()
 
     async def _open(self) -> psycopg.AsyncConnection[Any]:
-        connection = await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-        )
+        connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         try:
             await connection.execute(SESSION_SETTINGS)
         except BaseException:
@@ -434,7 +442,8 @@ class PostgresWrites:
                 task(connection)
 
 
-CONNECT_TIMEOUT = 3  # seconds
+#: Seconds; a ``connect_timeout`` the database URL names is used instead.
+CONNECT_TIMEOUT = 3
 #: Set once a connection is open, not as startup options (``db.base.on_every_connection``):
 #: as those, every CDS call failed its replay check behind PgBouncer (found by trying).
 SESSION_SETTINGS = (

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -105,10 +105,31 @@ def make_engine(database_url: str) -> Engine:
         hide_parameters=True,
         pool_size=10,
         max_overflow=20,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args=default_connect_timeout(make_url(database_url), CONNECT_TIMEOUT_SECONDS),
     )
     on_every_connection(engine, f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
     return engine
+
+
+def default_connect_timeout(url: URL, seconds: int) -> dict[str, Any]:
+    """An engine's ``connect_args`` giving libpq's ``connect_timeout`` when ``url`` names
+    none. SQLAlchemy lays ``connect_args`` over the URL's parameters: always given, it
+    dropped the ``connect_timeout`` an operator wrote after the '?' of the database URL,
+    which README says is the place for any libpq parameter (found by review)."""
+    return {} if "connect_timeout" in url.query else {"connect_timeout": seconds}
+
+
+def libpq_parameters(engine: Engine, connect_timeout: int) -> dict[str, Any]:
+    """What a PostgreSQL ``engine`` connects with, for psycopg connections of one's own:
+    the parameters SQLAlchemy's dialect takes from the parsed URL (percent-decoded, several
+    hosts joined as libpq wants them), ``connect_timeout`` the URL's, else the one given.
+    Keywords, not the URL written back as a string: that left a decoded space of the
+    password bare, which libpq refused, quoting the password in its error, and wrote a space
+    after the '?' as '+', which libpq takes as it is (found by review)."""
+    _args, made = engine.dialect.create_connect_args(engine.url)
+    parameters = dict(made) | default_connect_timeout(engine.url, connect_timeout)
+    parameters.pop("context", None)  # SQLAlchemy's psycopg adapters, not a libpq parameter
+    return parameters
 
 
 def on_every_connection(engine: Engine, statement: str) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -19,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from sandbox.keys import SigningKey
@@ -723,6 +725,41 @@ async def _until_a_query_waits_for_a_lock(url: str) -> None:
                 return
             await asyncio.sleep(0.01)
     raise AssertionError("the configuration read never waited for the lock")
+
+
+@pytest.mark.postgres
+def test_a_hook_call_is_answered_with_a_database_password_whose_spaces_are_percent_encoded(
+    ehr: Ehr, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: spaces in the password are written %20. `db upgrade`, `serve` and /readyz
+    worked, and every hook call was a 503: the CDS path's own connections got the password
+    with a bare space, which libpq refused with an error quoting it (found by review). The
+    test server trusts its clients: the password is sent, not checked."""
+    password = "correct horse battery staple"
+    caplog.set_level(logging.DEBUG)
+    with throwaway_postgres_database() as plain:
+        parsed = make_url(plain)
+        url = (
+            f"postgresql+psycopg://{parsed.username}:{quote(password, safe='')}"
+            f"@{parsed.host}:{parsed.port or 5432}/{parsed.database}"
+        )
+        assert "%20" in url
+        migrate.upgrade(url)
+        database = Database(url)
+        try:
+            app = make_cds_app(url, database)
+            with TestClient(app, base_url=PUBLIC_URL) as client:
+                app.state.tenants.save("default", tenant_config(ehr), actor="test")
+                assert client.get("/readyz", params={"check": "database"}).status_code == 200
+                path = f"/cds-services/{ENCOUNTER_START}"
+                headers = {"Authorization": f"Bearer {ehr.token(PUBLIC_URL + path)}"}
+                response = client.post(path, json=hook_body(), headers=headers)
+            assert response.status_code == 200, response.text
+            with database.session() as session:  # its jti is in the replay ledger
+                assert session.scalar(select(func.count()).select_from(CdsSeenToken)) == 1
+        finally:
+            database.dispose()
+    assert password not in caplog.text
 
 
 def test_prefetch_about_another_patient_or_encounter_is_not_read_as_this_ones(cds: Cds) -> None:

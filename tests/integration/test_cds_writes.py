@@ -18,13 +18,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine, event, func, insert, select
 
 from service.cds.auth import PURGE_CHUNK, SEEN_TOKENS, ReplayCheckUnavailableError, SeenTokens
 from service.cds.batching import (
     CONNECT_TIMEOUT,
     GroupCommit,
+    PostgresWrites,
     SqliteWrites,
     WriteFailedError,
     fast_writes,
@@ -297,3 +300,95 @@ def test_a_postgresql_that_does_not_answer_fails_the_write_instead_of_hanging() 
         with pytest.raises(WriteFailedError):
             asyncio.run(write())
         database.dispose()
+
+
+class _NoConnectionError(Exception):
+    """Raised where the engine would connect: what it connects with is captured."""
+
+
+def _what_the_engine_connects_with(database: Database) -> dict[str, str]:
+    """The parameters the service's engine (``db upgrade``, the screens, /readyz) hands
+    psycopg for a new connection, captured instead of connecting."""
+    used: dict[str, Any] = {}
+
+    def capture(_dialect: Any, _record: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        used.update(kwargs)
+        raise _NoConnectionError
+
+    event.listen(database.engine, "do_connect", capture)
+    try:
+        with pytest.raises(_NoConnectionError):
+            database.engine.connect()
+    finally:
+        event.remove(database.engine, "do_connect", capture)
+    return {name: str(value) for name, value in used.items() if name != "context"}
+
+
+@pytest.mark.parametrize(
+    ("written", "timeout"),
+    [
+        # README: spaces in the password percent-encoded
+        ("kindreflex:correct%20horse@db.hospital.example/kindreflex", CONNECT_TIMEOUT),
+        # README: any libpq parameter after the '?'
+        (
+            "kindreflex@db.hospital.example/kindreflex"
+            "?sslmode=verify-full&sslrootcert=/etc/kindreflex/Hospital%20CA.crt",
+            CONNECT_TIMEOUT,
+        ),
+        (
+            "kindreflex@db.hospital.example/kindreflex?options=-c%20search_path%3Dkr",
+            CONNECT_TIMEOUT,
+        ),
+        ("kindreflex@db.hospital.example/kindreflex?connect_timeout=30", 30),
+        (
+            "kindreflex@/kindreflex?host=db1.hospital.example:5432&host=db2.hospital.example:5433",
+            CONNECT_TIMEOUT,
+        ),
+    ],
+)
+def test_the_cds_path_connects_with_what_the_services_engine_connects_with(
+    written: str, timeout: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CDS path opens psycopg connections of its own. It wrote the parsed URL back as a
+    string: a percent-encoded space of the password came back bare, which libpq refuses
+    ("unexpected spaces found", quoting the password), a space after the '?' came back as
+    '+', which libpq takes as it is (``Hospital+CA.crt``, no such file), and of the hosts
+    SQLAlchemy's multi-host form names only the last was left. Every hook call was a 503
+    while /readyz said ready; and a connect_timeout the URL named was replaced by the
+    path's own 3 s (found by review). The path's own timeout stays the default."""
+    cds_uses: dict[str, str] = {}
+    refused: list[str] = []
+
+    async def connect(conninfo: str = "", *, autocommit: bool = False, **kwargs: Any) -> None:
+        try:  # as psycopg reads them
+            used = conninfo_to_dict(conninfo, **kwargs)
+        except psycopg.ProgrammingError as error:
+            refused.append(str(error))
+            raise
+        cds_uses.update({name: str(value) for name, value in used.items()})
+        raise psycopg.OperationalError("no connection is made")
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", connect)
+    database = Database(f"postgresql+psycopg://{written}")
+    try:
+        engine_uses = _what_the_engine_connects_with(database)
+        writes = fast_writes(database)
+
+        async def write() -> None:
+            submitted = GroupCommit(writes).submit(SEEN_TOKENS, token_row("parameters"))
+            with pytest.raises(WriteFailedError):
+                await asyncio.wait_for(submitted, timeout=10)
+
+        asyncio.run(write())
+    finally:
+        database.dispose()
+    assert refused == [], "libpq refuses the CDS path's parameters"
+    cds_timeout, engine_timeout = (
+        uses.pop("connect_timeout", None) for uses in (cds_uses, engine_uses)
+    )
+    assert cds_uses == engine_uses
+    assert cds_timeout == str(timeout)
+    if "connect_timeout" in written:
+        assert engine_timeout == str(timeout)
+    assert isinstance(writes, PostgresWrites)
+    assert writes._connect_timeout == timeout  # an opening is given up on after as long

@@ -11,6 +11,7 @@ test CA shows here that ``sslrootcert=system`` follows ``SSL_CERT_FILE``.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
@@ -18,10 +19,19 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
 
+from service.cds.auth import SEEN_TOKENS
+from service.cds.batching import GroupCommit, fast_writes
+from service.db import migrate
+from service.db.base import Database
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import TenantConfiguration
 from tests.support.processes import free_port
 from tests.support.tls import private_ca
 
@@ -99,3 +109,41 @@ def test_sslrootcert_system_trusts_the_ca_bundle_ssl_cert_file_names(
     elsewhere = _connect(port, DEBIAN_CA_BUNDLE)  # a bundle without the test CA
     assert elsewhere.returncode != 0
     assert "certificate verify failed" in elsewhere.stderr
+
+
+def test_the_cds_path_reads_the_ca_file_the_url_names_at_a_path_with_a_space(
+    tls_postgres: tuple[int, Path], tmp_path: Path
+) -> None:
+    """README: `&sslrootcert=/path/ca.crt` after the '?', a space percent-encoded. The
+    service's engine read `Hospital CA.crt`; the CDS path's own connections looked for
+    `Hospital+CA.crt`, found no CA, and every hook call was a 503 (found by review)."""
+    port, ca_file = tls_postgres
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres", autocommit=True) as admin:
+        admin.execute("CREATE DATABASE kindreflex_ca_path")
+    named = shutil.copy(ca_file, tmp_path / "Hospital CA.crt")
+    url = (
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/kindreflex_ca_path"
+        f"?sslmode=verify-full&sslrootcert={quote(str(named))}"
+    )
+    migrate.upgrade(url)  # `kindreflex db upgrade`: the service's engine
+    database = Database(url)
+    try:
+        tenant = TenantDirectory(database, SecretBox(None)).save(
+            "default", TenantConfiguration(name="AZ"), actor="test"
+        )
+        row = {
+            "tenant_id": tenant.id,
+            "issuer": "https://ehr.example/cds",
+            "jti": "over-tls",
+            "expires_at": datetime.now(UTC) + timedelta(minutes=5),
+        }
+
+        async def first_use() -> bool:
+            commits = GroupCommit(fast_writes(database))
+            written = commits.submit(SEEN_TOKENS, row)
+            await commits.flushed()
+            return written.result()
+
+        assert asyncio.run(first_use()) is True
+    finally:
+        database.dispose()
