@@ -281,16 +281,26 @@ def _feedback_cards(session: Session, tenant_id: int, period: Period, outcome: s
 
 def _overridden(session: Session, tenant_id: int, period: Period) -> Value:
     """The overridden cards by reason: ours by code; one the EHR added to the card's
-    (CDS Hooks lets it) as ``system|code``, so that its code never counts as one of ours."""
+    (CDS Hooks lets it) as ``system|code``, so that its code never counts as one of ours.
+
+    A card dismissed more than once (CDS Hooks 2.0 asks the EHR to report each of the
+    user's interactions) counts under its latest reason of the period, so that the lines
+    add up to the cards: it counted under each reason, and the MeasureReport's strata
+    outnumbered their population (found by review)."""
     ours = terminology.code_system_url(OVERRIDE_REASONS)
-    query = (
-        select(
-            CdsFeedback.override_system,
-            CdsFeedback.override_code,
-            func.count(distinct(CdsFeedback.card_uuid)),
-        )
+    latest = func.row_number().over(
+        partition_by=CdsFeedback.card_uuid,
+        order_by=(CdsFeedback.outcome_at.desc(), CdsFeedback.id.desc()),
+    )
+    per_card = (
+        select(CdsFeedback.override_system, CdsFeedback.override_code, latest.label("nth"))
         .where(*_feedback_in(tenant_id, period, "overridden"))
-        .group_by(CdsFeedback.override_system, CdsFeedback.override_code)
+        .subquery()
+    )
+    query = (
+        select(per_card.c.override_system, per_card.c.override_code, func.count())
+        .where(per_card.c.nth == 1)
+        .group_by(per_card.c.override_system, per_card.c.override_code)
     )
     reasons: dict[str, int] = {}
     for system, code, n in session.execute(query):

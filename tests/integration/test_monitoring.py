@@ -676,6 +676,25 @@ def test_an_ehr_reason_with_the_code_of_one_of_ours_is_counted_apart(world: Worl
     assert reasons == {"not-now": "1", f"{ehr_system}|not-now": "1"}
 
 
+def test_a_card_dismissed_twice_counts_once_under_its_latest_reason(world: World) -> None:
+    """CDS Hooks 2.0 asks the EHR to report each of the user's interactions with a card: one
+    dismissed twice, with two reasons, counted once in the figure and under each reason, so
+    the lines (the MeasureReport's strata) outnumbered the cards (found by review)."""
+    now = utcnow()
+    _cards(world, world.hospital, ("enc-1", "info", now), ("enc-2", "info", now))
+    twice, once = _card_uuids(world, world.hospital)
+    _feedback(world, twice, "overridden", "not-now", now - timedelta(minutes=5))
+    _feedback(world, twice, "overridden", "already-done", now)  # the nurse's latest word
+    _feedback(world, once, "overridden", "not-now", now)
+
+    overridden = _figures(world, world.hospital, Period(_today(), _today())).values[
+        Figure.CARDS_OVERRIDDEN
+    ]
+
+    assert overridden.count == 2
+    assert dict(overridden.breakdown) == {"already-done": 1, "not-now": 1}
+
+
 def test_the_measure_report_is_valid_r4_on_the_guides_measure(world: World) -> None:
     _scenario(world)
     when = {"from": _today().isoformat(), "to": _today().isoformat()}
