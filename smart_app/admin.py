@@ -827,11 +827,13 @@ async def _screen_change(
     change: Change,
     typed: Mapping[str, Any] | None = None,
     field_of: FieldOf = _no_field,
+    not_kept: tuple[Problem, ...] = (),
 ) -> Response:
     """Save a change from the screen; refused, the page again with ``typed`` (which form,
-    what was typed in it) kept, and each problem next to its field (``field_of``). Saved,
-    the screen by GET (post/redirect/get): the page a save returned, reloaded, sent the
-    form again and was told the configuration had changed meanwhile (found by review)."""
+    what was typed in it) kept, each problem next to its field (``field_of``), and
+    ``not_kept``: what the page cannot show again (a typed secret), to be typed again.
+    Saved, the screen by GET (post/redirect/get): the page a save returned, reloaded, sent
+    the form again and was told the configuration had changed meanwhile (found by review)."""
     form = await request.form()
     based_on = str(form.get("version", ""))
     number = _version(based_on) if based_on else None
@@ -841,13 +843,19 @@ async def _screen_change(
     try:
         context = await _save(request, admin, change, number)
     except ConfigurationError as error:
+        problems = (*error.problems, *not_kept)
         return _overview(
-            request, admin, status=422, problems=error.problems, typed=typed, field_of=field_of
+            request, admin, status=422, problems=problems, typed=typed, field_of=field_of
         )
     except StaleConfigurationError as error:
-        version = Reason.of("admin.stale", version=error.current_version)
-        stale = Problem(str(error), reasons=(version,))
-        return _overview(request, admin, status=409, problems=(stale,), typed=typed)
+        # "it is still in the form" only where the form is drawn again as typed: a file
+        # input cannot be, nor a button's (found by review)
+        message_id = "admin.stale" if typed is not None else "admin.stale-again"
+        stale = Problem(str(error), reasons=(Reason.of(message_id, version=error.current_version),))
+        problems = (stale, *not_kept)
+        return _overview(
+            request, admin, status=409, problems=problems, typed=typed, field_of=field_of
+        )
     return RedirectResponse(f"{_prefix(request)}/admin?saved={context.version}", status_code=303)
 
 
@@ -891,12 +899,18 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> Response:
     form_id = existing.id if existing else "new"
     typed = {"registration": form_id, "fields": field}
     index = registrations.index(existing) if existing else len(registrations)
+    # a secret is never drawn again: refused, sent again as it is shown, the save kept the
+    # stored one and said "saved", the new secret lost (found by review)
+    retype = Reason("admin.problem.secret-retype")
+    at = f"registrations[{index}].client_secret"
+    not_kept = (Problem("type the client secret again", at, reasons=(retype,)),)
     return await _screen_change(
         request,
         admin,
         lambda c: _added_registration(c, body) if adding else _upsert_registration(c, body),
         typed,
         _in_registration_form(form_id, index),
+        not_kept if "client_secret" in body else (),
     )
 
 

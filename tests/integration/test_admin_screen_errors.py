@@ -621,6 +621,60 @@ def test_a_refused_hooks_form_shows_what_was_typed_unticked_boxes_too(
     assert saved.plan.text(Step.STEP_2, "title", "nl") == "Peil naar veiligheid"
 
 
+def test_a_client_secret_typed_in_a_refused_form_is_asked_for_again(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: the 409 page said what was typed is still in the form, but a
+    secret is never drawn again. Sent again as shown, the save said "saved" and kept the
+    old secret: the rotation was lost without a word."""
+    hidden = screen_sign_in(client, database, gent)
+    (registration,) = stored_gent(database).config.registrations
+    form = {
+        **hidden, "id": registration.id, "name": registration.name,
+        "fhir_base_url": registration.fhir_base_url, "client_id": registration.client_id,
+        "client_auth": "client_secret_basic", "scopes": DEFAULT_SCOPES, "frame_origins": "",
+        "cds_issuers": "", "default_language": "nl",
+    }  # fmt: skip
+    api = bearer(database, gent.id)  # another admin changes the plan meanwhile
+    other = {"steps": {"step-2": {"title": {"nl": "Peil naar veiligheid"}}}}
+    assert client.put("/admin/api/plan", headers=api, json=other).status_code == 200
+
+    stale = client.post("/admin/registrations", data={**form, "client_secret": "nieuw-geheim"})
+
+    assert stale.status_code == 409
+    secret_field = f"{registration.id}-client_secret"
+    assert "nieuw-geheim" not in stale.text  # never drawn again
+    assert "Vul het client secret opnieuw in" in assert_tied(stale.text, "input", secret_field)
+    current = re.search(r'name="version" value="(\d+)"', stale.text)
+    assert current is not None
+    again = {**form, "client_secret": "nieuw-geheim", "version": current[1]}
+    assert (
+        client.post("/admin/registrations", data=again, follow_redirects=False).status_code == 303
+    )
+    (stored,) = stored_gent(database).config.registrations
+    assert stored.client_secret is not None
+    assert stored.client_secret.get_secret_value() == "nieuw-geheim"
+
+
+def test_a_partner_file_refused_as_stale_is_not_said_to_be_still_in_the_form(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: a file input is drawn empty, yet the 409 page said the typing was
+    kept and to send the form again; sent again, it was refused with "choose a file"."""
+    hidden = screen_sign_in(client, database, gent)
+    exported = client.get("/admin/api/partners?format=csv").text
+    api = bearer(database, gent.id)
+    other = {"steps": {"step-2": {"title": {"nl": "Peil naar veiligheid"}}}}
+    assert client.put("/admin/api/plan", headers=api, json=other).status_code == 200
+
+    upload = {"file": ("p.csv", "\n".join(exported.splitlines()[:2]).encode())}
+    stale = client.post("/admin/partners", data=hidden, files=upload)
+
+    assert stale.status_code == 409
+    assert "staat nog in het formulier" not in stale.text
+    assert "doe de wijziging opnieuw" in stale.text
+
+
 def test_a_plan_form_refused_as_stale_shows_what_was_typed_emptied_texts_too(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
