@@ -190,6 +190,11 @@ class ChildRow:
         return self.recorded and self.ref.startswith("urn:uuid:")
 
     @property
+    def in_the_record(self) -> bool:
+        """A child the FHIR server holds (a version of it), not one of a save still waiting."""
+        return self.recorded and not self.pending
+
+    @property
     def marker(self) -> str | None:
         """The message id of what the page says above a recorded child's fields."""
         if not self.recorded:
@@ -322,11 +327,13 @@ class TriageForm:
 
     @property
     def added_rows(self) -> int:
-        """The rows typed on this page, not the record's children. The limit counts these
-        only: the record's children cannot be removed here, and a patient with more of
-        them than :data:`MAX_CHILDREN` (grandchildren, nieces and nephews count too) could
-        otherwise never be saved (found by review)."""
-        return sum(not row.recorded for row in self.children)
+        """The rows of children not on the FHIR server yet: typed on this page, or of a
+        save still waiting. The limit counts these only: the record's children cannot be
+        removed here, and a patient with more of them than :data:`MAX_CHILDREN`
+        (grandchildren, nieces and nephews count too) could otherwise never be saved
+        (found by review). A row claims to be the record's by its server version, not by
+        its ``recorded`` mark alone: new rows forged as recorded escaped the limit."""
+        return sum(not row.in_the_record for row in self.children)
 
     @property
     def room_for_a_child(self) -> bool:
@@ -526,9 +533,9 @@ def _marks_a_concern(form: TriageForm, assessment: SafetyAssessment | None) -> b
     return concern or form.acute_danger
 
 
-def _typed_beyond_step1(form: TriageForm) -> str | None:
-    """The first field of steps 2-3 given an answer other than the assessment, or None.
-    Step 3 only with "no concern": otherwise the page hides it and does not save it."""
+def _typed_beyond_step1(form: TriageForm) -> list[str]:
+    """The fields of steps 2-3 given an answer other than the assessment. Step 3 only with
+    "no concern": otherwise the page hides it and does not save it."""
     typed = {
         "reasons": bool(form.reasons),
         "discussed_with_colleague": form.discussed_with_colleague,
@@ -536,7 +543,7 @@ def _typed_beyond_step1(form: TriageForm) -> str | None:
     }
     if form.assessment == SafetyAssessment.NO_CONCERN.value:
         typed["support"] = bool(form.support_actions or form.support_note)
-    return next((name for name, given in typed.items() if given), None)
+    return [name for name, given in typed.items() if given]
 
 
 def build_input(
@@ -567,10 +574,13 @@ def build_input(
     if has_family and not gauged and _marks_a_concern(form, assessment):
         errors.append(FieldError("assessment-no-concern", t("error.concern-about-adults")))
     # Without a minor (or an expected child) steps 2-3 are not recorded: what was typed
-    # there is refused, not dropped while the save says "saved" (found by review)
-    no_minor = form.no_children or (has_family and not gauged and not unread)
-    if no_minor and not _marks_a_concern(form, assessment) and (typed := _typed_beyond_step1(form)):
-        errors.append(FieldError(typed, t("error.answers-without-minors")))
+    # there is refused, every such field at once, not dropped while the save says "saved"
+    # (found by review). Not while step 1 is to be mended: a row with its own error, or
+    # "cares for no children" ticked beside a child, may still be a minor.
+    no_minor = not gauged and not unread and (has_family or form.no_children)
+    if no_minor and not _marks_a_concern(form, assessment):
+        message = t("error.answers-without-minors")
+        errors += [FieldError(name, message) for name in _typed_beyond_step1(form)]
     errors += _too_long(form, t)
     author = ctx.user.fhir_user
     step1 = _checked(

@@ -21,11 +21,12 @@
 
   function rowCount() { return rows.querySelectorAll("[data-child-row]").length; }
 
-  // The server refuses a save with more typed rows than the page takes (the record's
+  // The server refuses a save with more new rows than the page takes (the record's
   // children do not count): at the limit "+ kind" gives way to a note saying so, as on
   // the server-rendered page.
   function syncLimit() {
-    const full = rows.querySelectorAll("[data-child-row]:not([data-recorded])").length >= maxChildren;
+    const added = rows.querySelectorAll("[data-child-row]:not([data-in-record])").length;
+    const full = added >= maxChildren;
     addButton.hidden = full;
     limitNote.hidden = !full;
     return full;

@@ -210,10 +210,10 @@ def test_add_child_stops_at_the_rows_the_page_takes(
     page = browser.new_page()
     app = launch_from_card(page, open_visit(page, stack, "els-goossens"))
     add, rows = app.get_by_role("button", name="+ kind"), app.locator("[data-child-row]")
-    typed = app.locator("[data-child-row]:not([data-recorded])")
+    typed = app.locator("[data-child-row]:not([data-in-record])")
     note = app.locator("[data-children-limit]")
     expect(note).to_be_hidden()
-    expect(app.locator("[data-child-row][data-recorded]")).to_have_count(2)
+    expect(app.locator("[data-child-row][data-in-record]")).to_have_count(2)
 
     for _ in range(MAX_CHILDREN - typed.count()):
         add.click()

@@ -410,6 +410,26 @@ def test_add_child_offers_no_row_beyond_the_limit_without_javascript(nurse_for: 
     assert again.value(f"child-{MAX_CHILDREN - 1}-name") == f"Kind {MAX_CHILDREN}"
 
 
+def test_new_rows_forged_as_recorded_still_count_to_the_limit(
+    nurse_for: Any, database: Database
+) -> None:
+    """Found by review: the limit trusted the browser's ``recorded`` mark; new rows marked
+    so (no version on the FHIR server) were saved, MAX_CHILDREN or not."""
+    nurse = nurse_for("an-peeters")
+    page = nurse.page()
+    with database.session() as session:
+        waiting = session.scalar(select(func.count()).select_from(OutboxEntry))
+    forged = _child_rows(page, MAX_CHILDREN + 1)
+    forged |= {f"child-{i}-recorded": "1" for i in range(MAX_CHILDREN + 1)}
+
+    refused = nurse.post(forged | {"assessment": "no-concern"})
+
+    assert refused.status == 422
+    assert 'href="#children"' in refused.text
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
+
+
 def test_a_row_is_removed_by_its_number_after_the_script_removed_another(
     nurse_for: Any,
 ) -> None:
@@ -1325,6 +1345,45 @@ def test_answers_at_steps_2_3_without_a_minor_are_refused_not_dropped(
     assert kept in refused.text
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        {"child-0-name": "Lotte", "child-0-birth_date": "03/07/2019"},
+        {"child-0-name": "", "child-0-birth_date": "", "expecting": "1", "pregnancy_of": "patient"},
+    ],
+    ids=["a-minor", "an-expected-child"],
+)
+def test_no_children_ticked_beside_a_minor_does_not_say_to_empty_steps_2_3(
+    nurse_for: Any, family: dict[str, str]
+) -> None:
+    """Found by review: the page said the answers at steps 2-3 would not be saved without
+    a minor, and to empty them, beside a minor; unticking "no children" saves them."""
+    nurse = nurse_for("an-peeters")
+    answers = {"no_children": "1", "assessment": "no-concern", "who_helps": "Haar zus Ann"}
+
+    refused = nurse.post(_grown_up_child(nurse.page(), **answers, **family))
+
+    assert refused.status == 422, refused.text
+    assert "Kies één van beide" in refused.text  # the contradiction, the real problem
+    assert "wordt niet bewaard: zonder minderjarig" not in refused.text
+
+
+def test_every_answer_at_steps_2_3_without_a_minor_is_refused_at_once(nurse_for: Any) -> None:
+    """Found by review: only the first was refused, the next one at the next save."""
+    nurse = nurse_for("an-peeters")
+    answers = {"reasons": "Moe", "who_helps": "Ann", "support_actions": "ask-regularly"}
+
+    refused = nurse.post(_grown_up_child(nurse.page(), assessment="no-concern", **answers))
+
+    assert refused.status == 422, refused.text
+    summary = refused.text.split("data-error-summary")[1].split("</div>")[0]
+    assert [f for f in ("reasons", "who_helps", "support") if f'href="#{f}"' in summary] == [
+        "reasons",
+        "who_helps",
+        "support",
+    ]
 
 
 def test_a_kind_en_gezin_start_without_a_child_of_that_age_is_refused_at_the_support(
