@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -129,7 +130,7 @@ class CdsFastPath:
 async def _allowed(request: Request, origin: str) -> bool:
     try:
         return cors.allowed(await tenants_of(request).current(tenant_slug(request)), origin)
-    except UnknownTenantError:
+    except (UnknownTenantError, SQLAlchemyError):  # the handler answers 404 or 503
         return False
 
 

@@ -3,9 +3,11 @@
 Mounted at the root (the default hospital) and under ``/t/{tenant}``. Every call is
 authenticated with the EHR's JWT (``service.cds.auth``) unless the deployment turned the
 check off for the local demo. Errors are JSON ``{"error": <code>, "reason": <text>}``:
-400 for a malformed body, 401 for authentication, 404 for an unknown or disabled service,
-413 for a body over ``MAX_BODY_BYTES``, 503 when the replay check cannot be written or
-the database cannot take the feedback now. 503 means "retry later" to the EHR, so data
+400 for a malformed body, 401 for authentication, 404 for an unknown or disabled service
+(feedback: an unknown one only; cards shown before a service was turned off keep theirs),
+413 for a body over ``MAX_BODY_BYTES``, 503 when the replay check cannot be written, the
+hospital's configuration cannot be read or the database cannot take the feedback now.
+503 means "retry later" to the EHR, so data
 that can never be stored is a 400 (``service.cds.schemas`` checks it before the write).
 
 Feedback's override reason is the Coding the user chose: one of the card's
@@ -224,7 +226,9 @@ async def _hospital(request: Request) -> tuple[TenantContext, Settings]:
 def _cds_errors(
     handler: Callable[..., Awaitable[JSONResponse]],
 ) -> Callable[..., Awaitable[JSONResponse]]:
-    """An unknown hospital is a 404 in the CDS error shape, on the router and the fast path."""
+    """An unknown hospital is a 404 in the CDS error shape, on the router and the fast path;
+    a hospital whose configuration cannot be read now (the database down as it is read
+    again) a 503 to retry, as the replay check's: it was a 500 (found by review)."""
 
     @functools.wraps(handler)
     async def answer(*args: Any, **kwargs: Any) -> JSONResponse:
@@ -232,6 +236,9 @@ def _cds_errors(
             return await handler(*args, **kwargs)
         except UnknownTenantError as error:
             return cds_error(404, "unknown_tenant", str(error))
+        except SQLAlchemyError:  # logged by TenantDirectory, without the query
+            reason = "the hospital's configuration cannot be read now; retry later"
+            return cds_error(503, "unavailable", reason)
 
     return answer
 
@@ -372,8 +379,10 @@ async def _patient_data(
 @_cds_errors
 async def feedback(service_id: str, request: Request) -> JSONResponse:
     tenant, settings = await _hospital(request)
-    if _enabled_hook(tenant, service_id) is None:
-        return cds_error(404, "unknown_service", f"no CDS service '{service_id}' is enabled here")
+    # a service turned off since: its cards shown before still get their feedback (an EHR
+    # does not send a 404's again, and the figures lost it: found by review)
+    if service_id not in SERVICES:
+        return cds_error(404, "unknown_service", f"no CDS service '{service_id}' is known here")
     try:
         caller = await _authenticate(request, tenant, settings, cds_state(request))
     except (CdsAuthError, ReplayCheckUnavailableError) as error:

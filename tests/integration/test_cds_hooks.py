@@ -499,6 +499,42 @@ def test_feedback_is_stored_once_per_outcome(cds: Cds) -> None:
         assert "Jonas" not in str([vars(r) for r in rows])  # free text is never kept
 
 
+def test_feedback_on_a_card_of_a_hook_turned_off_since_is_stored(cds: Cds) -> None:
+    """Found by review: a 404, which an EHR does not send again; the card's outcome was
+    lost to the figures. A service id that was never ours is still a 404."""
+    card = only_card(cds.call())
+    cds.configure(tenant_config(cds.ehr, HookSettings(enabled=["patient-view"])))
+    item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-23T10:16:00Z"}
+
+    assert feedback_call(cds, [item]).status_code == 200
+    assert cds.count(CdsFeedback) == 1
+    path = "/cds-services/kindreflex-nothing/feedback"
+    token = cds.ehr.token(PUBLIC_URL + path)
+    unknown = cds.client.post(
+        path, json={"feedback": [item]}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_service")
+
+
+def test_a_hospital_configuration_that_cannot_be_read_is_a_503_to_retry(cds: Cds) -> None:
+    """Found by review: the database failing as a hospital's configuration is read (again)
+    was a 500, which an EHR takes for a fault of ours, not a moment to retry. The fault is
+    caused for real: the table is renamed under the running service."""
+    # saved as another instance of the service would: this one has not read it yet
+    TenantDirectory(cds.database, SecretBox(None)).save("az-gent", tenant_config(cds.ehr), "t")
+    with cds.database.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE tenants RENAME TO tenants_away")
+    try:
+        answers = [cds.call(prefix="/t/az-gent"), cds.discover(prefix="/t/az-gent")]
+    finally:
+        with cds.database.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE tenants_away RENAME TO tenants")
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "unavailable"
+    assert cds.call(prefix="/t/az-gent").status_code == 200  # read again once it answers
+
+
 @pytest.mark.parametrize(
     "item",
     [
