@@ -241,6 +241,7 @@ class RoleMapping(Strict):
     admin: list[str] = Field(default_factory=lambda: ["admin"])
 
 
+@lru_cache(maxsize=256)  # on every hook call (its presentation): a few bases per deployment
 def base_url_key(url: str) -> str:
     """A FHIR base as a key for comparison: the spellings of one base are one key. The
     scheme and the host are compared without case, without a trailing dot and without

@@ -329,7 +329,9 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
         if body.fhirServer
         else (registration.fhir_base_url if registration else "")
     )
-    seen = Presentation(fhir_server, context.patientId, context.encounterId, today)
+    # keyed, so that one encounter is one presentation whichever way its server is written
+    # (with fhirServer, parsed, or without it, the registered base): it counted twice
+    seen = Presentation(base_url_key(fhir_server), context.patientId, context.encounterId, today)
     await state.issued.record(tenant.id, service_id, result["uuid"], advice, seen)
     return _ok({"cards": [result]})
 

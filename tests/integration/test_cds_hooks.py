@@ -687,6 +687,22 @@ def recorded_cards(cds: Cds, expected: int) -> list[CdsCard]:
         time.sleep(0.02)  # polling a background write with a deadline, not synchronisation
 
 
+def test_one_encounter_is_one_presentation_whether_or_not_the_call_names_its_server(
+    cds: Cds,
+) -> None:
+    """Found by review: a call with ``fhirServer`` (as pydantic writes it) and one without
+    (the registered base, as the admin typed it) keyed the same encounter apart, and the
+    figures counted two presentations."""
+    cds.configure(tenant_config(cds.ehr, fhir_base_url="https://EHR.az-gent.example:443/fhir"))
+    named = hook_body(fhirServer="https://ehr.az-gent.example/fhir/")
+    only_card(cds.call(body=named))
+    only_card(cds.call())  # no fhirServer: the registered base
+
+    first, second = recorded_cards(cds, 2)
+
+    assert first.presentation == second.presentation
+
+
 def test_each_returned_card_is_recorded_for_monitoring_without_patient_ids(cds: Cds) -> None:
     warning = prefetch(reasons=(a_code_of(HagueTrigger.SUBSTANCE_ABUSE),))
     first = only_card(cds.call(body=hook_body(data=warning)))
