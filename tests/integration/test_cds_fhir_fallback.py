@@ -528,32 +528,30 @@ def test_a_batch_answer_that_starts_with_a_byte_order_mark_is_read(
     assert card["indicator"] == "warning"
 
 
-def test_a_fhir_server_sent_as_registered_with_capitals_in_its_host_is_asked(
-    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
+@pytest.mark.parametrize(
+    ("registered", "sent"),
+    [
+        # An EHR whose base is registered as its SMART ``iss`` writes it, capitals in the
+        # host, and sends ``fhirServer`` the same way (the URL parser lowercased the host
+        # of one side only: the generic card, and the log blamed the administrator)
+        (("127.0.0.1", "LocalHost"), ("127.0.0.1", "LocalHost")),
+        # ``/%66hir`` is ``/fhir`` (RFC 3986 6.2.2.2): the registered server
+        (("", ""), ("/fhir", "/%66hir")),
+    ],
+    ids=["capitals-in-the-host", "a-letter-percent-encoded"],
+)
+def test_the_registered_fhir_server_written_another_way_is_asked(
+    cds_on_fhir: Cds,
+    ehr: Ehr,
+    fhir: tuple[FhirServer, SeedResult],
+    registered: tuple[str, str],
+    sent: tuple[str, str],
 ) -> None:
-    """An EHR whose base is registered as its SMART ``iss`` writes it, capitals in the host,
-    and sent as ``fhirServer`` the same way (the URL parser lowercased the host of one side
-    only: the generic card, and the log blamed the administrator)."""
     server, seeded = fhir
     patient = seeded.patient("jan-janssens")
     with ServedJson(_batch_answer(server, patient), path="/fhir") as copy:
-        written = copy.url.replace("127.0.0.1", "LocalHost")
-        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=written))
-        card = only_card(cds_on_fhir.call(body=without_prefetch(written, patient)))
-        assert copy.accepted
-    assert card["indicator"] == "warning"
-
-
-def test_a_fhir_server_sent_with_a_letter_percent_encoded_is_asked(
-    cds_on_fhir: Cds, ehr: Ehr, fhir: tuple[FhirServer, SeedResult]
-) -> None:
-    """``/%66hir`` is ``/fhir`` (RFC 3986 6.2.2.2): the registered server, asked."""
-    server, seeded = fhir
-    patient = seeded.patient("jan-janssens")
-    with ServedJson(_batch_answer(server, patient), path="/fhir") as copy:
-        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=copy.url))
-        written = copy.url.replace("/fhir", "/%66hir")
-        card = only_card(cds_on_fhir.call(body=without_prefetch(written, patient)))
+        cds_on_fhir.configure(tenant_config(ehr, fhir_base_url=copy.url.replace(*registered)))
+        card = only_card(cds_on_fhir.call(body=without_prefetch(copy.url.replace(*sent), patient)))
         assert len(copy.accepted) == 1
     assert card["indicator"] == "warning"
 
