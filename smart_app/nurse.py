@@ -337,7 +337,7 @@ class TriageForm:
 
     @property
     def room_for_a_child(self) -> bool:
-        """Whether "+ kind" may add a row: never beyond :data:`MAX_CHILDREN` typed rows."""
+        """Whether "+ kind" may add a row: never beyond :data:`MAX_CHILDREN` new ones."""
         return self.added_rows < MAX_CHILDREN
 
     def with_blank_row(self) -> TriageForm:

@@ -177,6 +177,23 @@ def test_a_stored_secret_does_not_follow_the_registration_to_another_ehr_or_clie
     assert stored.registrations[0].client_secret == SecretStr("secret-of-the-new-client")
 
 
+def test_a_stored_secret_stays_with_the_same_ehr_written_another_way(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Its host in capitals is the same server: the secret was asked for again."""
+    headers = bearer(database, gent.id)
+    registration = client.get("/admin/api/registrations", headers=headers).json()[0]
+    scheme, _, rest = registration["fhir_base_url"].partition("://")
+    host, _, path = rest.partition("/")
+    written = {**registration, "fhir_base_url": f"{scheme}://{host.upper()}/{path}"}
+
+    saved = client.put("/admin/api/registrations/ehr", headers=headers, json=written)
+
+    assert saved.status_code == 200, saved.text
+    stored = stored_gent(database).config
+    assert stored.registrations[0].client_secret == SecretStr("secret-of-az-gent")
+
+
 def test_a_registration_that_stops_using_its_secret_drops_it(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
