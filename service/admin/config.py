@@ -453,8 +453,7 @@ def _client(registration: EhrRegistration) -> tuple[str, str, str]:
     """Where a client secret goes and whose it is: the stored one is kept while this stays.
     The base as a key (``base_url_key``): the same server written another way (its host in
     capitals, a user name taken out as the admin is asked to) asked for the secret again."""
-    key = base_url_key(registration.fhir_base_url)
-    return key, registration.client_id, registration.client_auth
+    return (*_client_key(registration), registration.client_auth)
 
 
 def _secret_needed(index: int, old: EhrRegistration | None) -> Problem:

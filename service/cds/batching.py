@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 from fastapi.concurrency import run_in_threadpool
-from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
+from psycopg.conninfo import make_conninfo, timeout_from_conninfo
 from sqlalchemy import Connection, Dialect, Engine, Table, create_engine, event
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -360,10 +360,11 @@ class PostgresWrites:
     def __init__(self, database: Database) -> None:
         url = database.engine.url
         # what the service's engine connects with, quoted by psycopg (``libpq_parameters``)
-        self._conninfo = make_conninfo("", **libpq_parameters(database.engine, CONNECT_TIMEOUT))
+        parameters = libpq_parameters(database.engine, CONNECT_TIMEOUT)
+        self._conninfo = make_conninfo("", **parameters)
         # an opening is given up on when psycopg would: the same connect_timeout, read as
         # libpq reads it (at least 2 s; 0 or less is psycopg's long default, not "never")
-        self._connect_timeout = timeout_from_conninfo(conninfo_to_dict(self._conninfo))
+        self._connect_timeout = timeout_from_conninfo(parameters)
         self._inserts = _Inserts(database.engine.dialect)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._upkeep_engine = create_engine(

@@ -81,41 +81,30 @@ def test_a_message_naming_the_no_concern_choice_quotes_it_as_the_page_shows_it(
 
 
 @pytest.mark.parametrize(
-    ("language", "days", "said"),
+    ("language", "days", "closed", "said"),
     [
-        ("nl", 0, "0 dagen open"),
-        ("nl", 1, "1 dag open"),
-        ("nl", 2, "2 dagen open"),
-        ("fr", 0, "ouvert depuis 0 jour"),
-        ("fr", 1, "ouvert depuis 1 jour"),
-        ("fr", 2, "ouvert depuis 2 jours"),
-        ("en", 0, "open for 0 days"),
-        ("en", 1, "open for 1 day"),
+        ("nl", 0, False, "0 dagen open"),
+        ("nl", 1, False, "1 dag open"),
+        ("nl", 2, False, "2 dagen open"),
+        ("fr", 0, False, "ouvert depuis 0 jour"),
+        ("fr", 1, False, "ouvert depuis 1 jour"),
+        ("fr", 2, False, "ouvert depuis 2 jours"),
+        ("en", 0, False, "open for 0 days"),
+        ("en", 1, False, "open for 1 day"),
+        ("nl", 1, True, "was 1 dag open"),
+        ("nl", 10, True, "was 10 dagen open"),
+        ("fr", 0, True, "a été ouvert 0 jour"),
+        ("fr", 10, True, "a été ouvert 10 jours"),
+        ("en", 1, True, "was open for 1 day"),
+        ("en", 10, True, "was open for 10 days"),
     ],
 )
-def test_how_long_a_concern_is_open_is_said_in_the_singular_where_the_language_does(
-    language: Language, days: int, said: str
+def test_how_long_a_concern_is_or_was_open_is_said_as_the_language_does(
+    language: Language, days: int, closed: bool, said: str
 ) -> None:
-    """The case page said "1 dagen open" and "ouvert depuis 0 jours" (found by review)."""
-    assert shown_days_open(days, language) == said
-
-
-@pytest.mark.parametrize(
-    ("language", "days", "said"),
-    [
-        ("nl", 1, "was 1 dag open"),
-        ("nl", 10, "was 10 dagen open"),
-        ("fr", 0, "a été ouvert 0 jour"),
-        ("fr", 10, "a été ouvert 10 jours"),
-        ("en", 1, "was open for 1 day"),
-        ("en", 10, "was open for 10 days"),
-    ],
-)
-def test_a_closed_concern_says_how_long_it_was_open(
-    language: Language, days: int, said: str
-) -> None:
-    """A closed case read "(10 dagen open)", as if it were open still (found by review)."""
-    assert shown_days_open(days, language, closed=True) == said
+    """The case page said "1 dagen open" and "ouvert depuis 0 jours", and a closed case
+    "(10 dagen open)", as if it were open still (both found by review)."""
+    assert shown_days_open(days, language, closed=closed) == said
 
 
 @pytest.mark.parametrize(
