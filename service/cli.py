@@ -40,8 +40,10 @@ from service.settings import (
     SLUG_RULE,
     TENANT_SLUG,
     Settings,
+    embedded_settings,
     is_loopback,
     load_settings,
+    settings_given,
     shown_database_url,
     unknown_settings,
 )
@@ -441,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run everything on localhost: the app, a sandbox EHR and a FHIR server"
     )
     demo.add_argument("--port", type=_port, default=8000, help="port of the Kindreflex app")
-    demo.set_defaults(handler=cmd_demo)
+    # embedded: the settings of the code, not the shell's (``embedded_settings``)
+    demo.set_defaults(handler=cmd_demo, embedded=True)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -492,8 +495,9 @@ def _number_in(text: str, low: int, high: int, unit: str = "") -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    embedded = getattr(args, "embedded", False)
     try:
-        settings = load_settings()
+        settings = embedded_settings(environment="demo") if embedded else load_settings()
     except (ValidationError, FileNotFoundError) as error:
         print(
             f"kindreflex: the settings cannot be used:\n{_settings_problems(error)}",
@@ -501,11 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     configure_logging(settings.log_level)
-    if unknown := unknown_settings():
-        log.warning(
-            "settings ignored: no setting has these names; check their spelling",
-            extra={"fields": {"ignored": ", ".join(unknown)}},
-        )
+    _warn_of_ignored_settings(embedded)
     # the commands read a hospital's configuration, checked against the guide: the one the
     # settings name (the container image's), as the web app does (``create_app``)
     terminology.configure(settings.guide_dir)
@@ -520,6 +520,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except terminology.GuideError as error:
         print(f"kindreflex: the built FHIR guide cannot be used: {error}", file=sys.stderr)
         return 2
+
+
+def _warn_of_ignored_settings(embedded: bool) -> None:
+    if embedded and (given := settings_given()):
+        log.warning(
+            "settings ignored: the demo runs on its embedded defaults",
+            extra={"fields": {"ignored": ", ".join(given)}},
+        )
+    elif not embedded and (unknown := unknown_settings()):
+        log.warning(
+            "settings ignored: no setting has these names; check their spelling",
+            extra={"fields": {"ignored": ", ".join(unknown)}},
+        )
 
 
 def _settings_problems(error: ValidationError | FileNotFoundError) -> str:

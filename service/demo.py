@@ -46,7 +46,7 @@ from service.fhir import mapping
 from service.fhir.client import FhirClient, Resource
 from service.outbox import TransactionBuilder
 from service.protocol import SafetyAssessment, Step1Finding, Step2Finding
-from service.settings import Settings, load_settings
+from service.settings import Settings, embedded_settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import CdsIssuer, EhrRegistration, TenantConfiguration
 
@@ -201,7 +201,7 @@ def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Itera
     """Start the sandbox and build our app (not yet serving); stop the sandbox on exit."""
     data_dir.mkdir(parents=True, exist_ok=True)
     app_url = f"http://127.0.0.1:{port}"
-    settings = load_settings(
+    settings = embedded_settings(
         environment="demo",
         database_url=f"sqlite:///{data_dir.resolve() / 'kindreflex.db'}",
         public_url=app_url,
@@ -209,6 +209,8 @@ def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Itera
     )
     migrate.upgrade(settings.database_url)
     database = Database(settings.database_url)
+    # built first: it sets where the process may connect, for the seeding's FHIR client too
+    app = create_app(settings, database)
     client = SmartClient(
         DEMO_CLIENT_ID,
         (f"{app_url}/callback",),
@@ -233,7 +235,7 @@ def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Itera
             if before is not None:
                 _follow_the_sandbox(database, hospital.id, before, registration.fhir_base_url)
             _record_seeded_concerns(database, hospital.id, registration.fhir_base_url, sandbox)
-            yield DemoStack(sandbox, settings, database, create_app(settings, database))
+            yield DemoStack(sandbox, settings, database, app)
     finally:
         database.dispose()
 

@@ -19,7 +19,12 @@ from urllib.parse import urlsplit
 import psycopg
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -316,8 +321,43 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=env_file, **overrides)
 
 
+class _EmbeddedSettings(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def embedded_settings(**overrides: Any) -> Settings:
+    """The embedded defaults and ``overrides``; neither the environment nor the settings
+    file is read. For ``kindreflex demo``, which promises to run as shipped: a shell that
+    exports a hospital's settings for ``serve`` (``KINDREFLEX_OUTBOUND_ALLOW`` naming its
+    EHR) made the demo refuse its own sandbox (review)."""
+    return _EmbeddedSettings(**overrides)
+
+
 #: Names of our prefix that are no setting: the settings file's own, the test suite's.
 _NOT_SETTINGS = ("KINDREFLEX_SETTINGS_FILE", "KINDREFLEX_TEST_")
+
+
+def settings_given() -> list[str]:
+    """The ``KINDREFLEX_*`` names set in the environment and the settings file, sorted,
+    but for those that are no setting of the service by design (``_NOT_SETTINGS``)."""
+    names = {name.upper() for name in os.environ}
+    env_file = os.environ.get("KINDREFLEX_SETTINGS_FILE")
+    if env_file and Path(env_file).is_file():
+        names |= {name.upper() for name in dotenv_values(env_file)}
+    return sorted(
+        name
+        for name in names
+        if name.startswith("KINDREFLEX_") and not name.startswith(_NOT_SETTINGS)
+    )
 
 
 def unknown_settings() -> list[str]:
@@ -325,19 +365,8 @@ def unknown_settings() -> list[str]:
     setting, each with the setting it is likely a misspelling of. The settings ignore them
     (``extra="ignore"``): a ``KINDREFLEX_OUTBOUND_ALLOWLIST`` left the allow-list unset
     without a word, and the service connected wherever a configuration said (review)."""
-    names = {name.upper() for name in os.environ}
-    env_file = os.environ.get("KINDREFLEX_SETTINGS_FILE")
-    if env_file and Path(env_file).is_file():
-        names |= {name.upper() for name in dotenv_values(env_file)}
     known = [f"KINDREFLEX_{name.upper()}" for name in Settings.model_fields]
-    unknown = sorted(
-        name
-        for name in names
-        if name.startswith("KINDREFLEX_")
-        and name not in known
-        and not name.startswith(_NOT_SETTINGS)
-    )
-    return [_with_guess(name, known) for name in unknown]
+    return [_with_guess(name, known) for name in settings_given() if name not in known]
 
 
 def _with_guess(name: str, known: list[str]) -> str:

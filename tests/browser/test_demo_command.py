@@ -58,20 +58,35 @@ def _read_lines(stream: object, lines: queue.Queue[str]) -> None:
         lines.put(line)
 
 
+#: What a shell that runs a hospital's ``kindreflex serve`` exports, one of them unusable.
+HOSPITAL_SHELL = {
+    "KINDREFLEX_OUTBOUND_ALLOW": "ehr.az-gent.example",
+    "KINDREFLEX_PUBLIC_URL": "https://kindreflex.az-gent.example",
+    "KINDREFLEX_DATABASE_URL": "mysql://kindreflex@db.az-gent.example/kindreflex",
+}
+
+
 @pytest.mark.parametrize(
-    "stop",
-    [signal.SIGINT, signal.SIGTERM],  # Ctrl-C; `kill` or a process manager
-    ids=["ctrl-c", "sigterm"],
+    ("stop", "shell"),
+    [
+        (signal.SIGINT, {}),  # Ctrl-C
+        (signal.SIGTERM, {}),  # `kill` or a process manager
+        (signal.SIGINT, HOSPITAL_SHELL),
+    ],
+    ids=["ctrl-c", "sigterm", "hospital-settings-in-the-shell"],
 )
 def test_demo_prints_the_urls_and_ctrl_c_stops_everything(
-    tmp_path: Path, stop: signal.Signals
+    tmp_path: Path, stop: signal.Signals, shell: dict[str, str]
 ) -> None:
+    """With a hospital's settings in the shell too: the demo runs on its embedded defaults
+    and names what it does not read. It read them, and refused to start on a database URL
+    of another kind, or refused its own sandbox outside the allow-list (found by review)."""
     port = free_port()
     kindreflex = Path(sys.executable).parent / "kindreflex"
     demo = subprocess.Popen(
         [str(kindreflex), "demo", "--port", str(port)],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **shell},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -90,6 +105,10 @@ def test_demo_prints_the_urls_and_ctrl_c_stops_everything(
             except queue.Empty:
                 continue
         text = "".join(output)
+        if shell:
+            ignored = re.search(r'"ignored": "([^"]*)"', text)
+            assert ignored is not None, text
+            assert set(shell) <= set(ignored.group(1).split(", ")), text
         ehr = re.search(r"sandbox EHR \(start here\):\s+(\S+)", text)
         assert ehr is not None, text
         assert text.index("sandbox EHR") < text.index("/cds-services"), "the EHR page comes first"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from service.db.base import utcnow
@@ -77,3 +79,27 @@ def test_a_demo_whose_earlier_runs_indexed_a_case_twice_still_starts(tmp_path: P
             cases = sorted(session.scalars(select(Concern.fhir_base_url)).all())
 
     assert cases == sorted([earlier, later])
+
+
+def test_the_demo_runs_on_its_embedded_defaults_whatever_the_shell_exports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell that exports a hospital's settings for ``serve``: the demo read them, and an
+    allow-list naming the hospital's EHR refused the demo's own sandbox at every launch, a
+    hospital's public URL sent the EHR's links elsewhere (found by review)."""
+    settings_file = tmp_path / "hospital.env"
+    settings_file.write_text("KINDREFLEX_CDS_JWT_REQUIRED=false\n")
+    monkeypatch.setenv("KINDREFLEX_SETTINGS_FILE", str(settings_file))
+    monkeypatch.setenv("KINDREFLEX_OUTBOUND_ALLOW", "ehr.az-gent.example")
+    monkeypatch.setenv("KINDREFLEX_PUBLIC_URL", "https://kindreflex.az-gent.example")
+    monkeypatch.setenv("KINDREFLEX_ENVIRONMENT", "production")
+    port = free_port()
+    with demo_stack(port, data_dir=tmp_path / "demo", ehr_port=free_port()) as stack:
+        patient = next(iter(stack.sandbox.seed_result.patients.values()))
+        launch = stack.sandbox.launch_url(f"{stack.app_url}/launch", patient=patient.id)
+        client = TestClient(stack.app, base_url=stack.app_url, follow_redirects=False)
+        answer = client.get(launch.removeprefix(stack.app_url))
+
+    assert answer.status_code in (302, 303), answer.text
+    assert answer.headers["location"].startswith(stack.sandbox.authorize_url)
+    assert stack.settings.cds_jwt_required  # nor did it read the settings file
