@@ -95,7 +95,9 @@ def test_the_demo_runs_on_its_embedded_defaults_whatever_the_shell_exports(
     monkeypatch.setenv("KINDREFLEX_ENVIRONMENT", "production")
     port = free_port()
     with demo_stack(port, data_dir=tmp_path / "demo", ehr_port=free_port()) as stack:
-        patient = next(iter(stack.sandbox.seed_result.patients.values()))
+        seeded = stack.sandbox.seed_result
+        assert seeded is not None
+        patient = next(iter(seeded.patients.values()))
         launch = stack.sandbox.launch_url(f"{stack.app_url}/launch", patient=patient.id)
         client = TestClient(stack.app, base_url=stack.app_url, follow_redirects=False)
         answer = client.get(launch.removeprefix(stack.app_url))
