@@ -62,7 +62,7 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from smart_app.errors import PageError, Said
-from smart_app.pages import TEMPLATES
+from smart_app.pages import TEMPLATES, messages_by_field
 from smart_app.security import iframe_cookie, page_headers, tokens_match
 from smart_app.session import (
     SESSION_COOKIE,
@@ -661,12 +661,7 @@ def _screen_errors(
 ) -> tuple[list[ScreenError], dict[str, Markup]]:
     """The summary's errors, and each field's messages (``error_for`` of ``_fields.html``)."""
     errors = [ScreenError(field_of(problem), _say(language, problem)) for problem in problems]
-    fields = dict.fromkeys(e.field for e in errors if e.field)
-    error_for = {
-        field: Markup("<br>").join(e.message for e in errors if e.field == field)
-        for field in fields
-    }
-    return errors, error_for
+    return errors, messages_by_field(errors)
 
 
 def _in_yaml(_problem: Problem) -> str:

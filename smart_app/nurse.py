@@ -77,7 +77,7 @@ from service.triage import (
 )
 from smart_app import dates
 from smart_app.assets import asset_response
-from smart_app.pages import TEMPLATES
+from smart_app.pages import TEMPLATES, messages_by_field
 from smart_app.session import (
     LaunchContext,
     csrf_token,
@@ -753,7 +753,7 @@ def _form_page(
         card=replace(card, triggers=triggers, open_concern=card.open_concern or open_concern),
         form=form,
         errors=errors,
-        error_for={e.field: e.message for e in errors},
+        error_for=messages_by_field(errors),
         notice=notice,
         focus=focus,
         blank_row=ChildRow(ref=""),

@@ -4,8 +4,12 @@ names but the page did not pass (a typo is an error, never an empty field). Its 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context, select_autoescape
 from jinja2.runtime import Context
+from markupsafe import Markup
 
 from service.fhir import terminology
 from service.i18n import negotiate, translate
@@ -20,6 +24,27 @@ TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+class FieldMessage(Protocol):
+    """An error of a refused form: its sentence, and the id of the field it concerns ("":
+    none, then it is in the page's error summary only)."""
+
+    @property
+    def field(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+def messages_by_field(errors: Iterable[FieldMessage]) -> dict[str, Markup]:
+    """Each field's messages, one per line in the order given (``error_for`` of
+    ``_fields.html``): a field with two problems showed only the last beside it."""
+    said: dict[str, list[str]] = {}
+    for error in errors:
+        if error.field:
+            said.setdefault(error.field, []).append(error.message)
+    return {field: Markup("<br>").join(messages) for field, messages in said.items()}
 
 
 @pass_context

@@ -1370,6 +1370,20 @@ def test_no_children_ticked_beside_a_minor_does_not_say_to_empty_steps_2_3(
     assert "wordt niet bewaard: zonder minderjarig" not in refused.text
 
 
+def test_a_field_with_two_problems_shows_both_beside_it(nurse_for: Any) -> None:
+    """Found by review: the summary listed both, the field only the last; the nurse who
+    mended what she read beside it was refused again for the other."""
+    nurse = nurse_for("an-peeters")
+    answers = {"assessment": "no-concern", "who_helps": "Ann " * 300}  # > 1000 characters
+
+    refused = nurse.post(_grown_up_child(nurse.page(), **answers))
+
+    assert refused.status == 422, refused.text
+    beside = refused.text.split('id="who_helps-error"')[1].split("</p>")[0]
+    assert "Te lang: ten hoogste 1000 tekens" in beside
+    assert "wordt niet bewaard: zonder minderjarig of verwacht kind" in beside
+
+
 def test_every_answer_at_steps_2_3_without_a_minor_is_refused_at_once(nurse_for: Any) -> None:
     """Found by review: only the first was refused, the next one at the next save."""
     nurse = nurse_for("an-peeters")
