@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from service.db.base import utcnow
-from service.db.models import Concern
-from service.demo import _free_or_any, demo_stack
+from service.db.models import Concern, OutboxEntry
+from service.demo import DEMO_REGISTRATION_ID, _free_or_any, demo_stack
+from service.outbox import NewEntry, enqueue
 from service.tenancy import SecretBox, TenantDirectory
 from tests.support.casework import index_case
 from tests.support.processes import free_port
@@ -47,18 +48,35 @@ def test_the_port_of_a_run_stopped_a_moment_ago_is_taken_again() -> None:
 
 def test_a_demo_restarted_with_its_ehr_elsewhere_keeps_its_cases_on_it(tmp_path: Path) -> None:
     """The same FHIR data behind another address (another port): the cases of the earlier
-    run said they were recorded through another EHR, steps 4-6 closed to them (found by
-    review). They follow the sandbox, none twice."""
+    run said they were recorded through another EHR, steps 4-6 closed to them, and a save
+    still waiting could never be delivered (found by review). They follow the sandbox,
+    none twice."""
     port = free_port()
     with demo_stack(port, data_dir=tmp_path, ehr_port=free_port()) as first:
         earlier = first.sandbox.fhir_base_url
+        tenant = TenantDirectory(first.database, SecretBox(None)).get("default")
+        waiting = NewEntry(
+            kind="triage",
+            registration_id=DEMO_REGISTRATION_ID,
+            fhir_base_url=earlier,
+            session_id="a-nurse-session",
+            author="Practitioner/nurse",
+            patient_ref="Patient/p1",
+            bundle={"resourceType": "Bundle", "type": "transaction", "entry": []},
+        )
+        with first.database.session() as session:
+            entry_id = enqueue(session, tenant.id, waiting).id
     with demo_stack(port, data_dir=tmp_path, ehr_port=free_port()) as second:
         now = second.sandbox.fhir_base_url
         with second.database.session() as session:
             cases = session.scalars(select(Concern.fhir_base_url)).all()
+            entry = session.get(OutboxEntry, entry_id)
+            assert entry is not None
+            save_goes_to = entry.fhir_base_url
 
     assert now != earlier
     assert cases == [now]  # the seeded open concern, once, at the sandbox's address now
+    assert save_goes_to == now
 
 
 def test_a_demo_whose_earlier_runs_indexed_a_case_twice_still_starts(tmp_path: Path) -> None:
