@@ -756,5 +756,10 @@ class TenantConfiguration(Strict):
         return self
 
     def registration_for_iss(self, iss: str) -> EhrRegistration | None:
-        wanted = iss.rstrip("/")
-        return next((r for r in self.registrations if r.fhir_base_url == wanted), None)
+        """The registration whose FHIR base a launch's ``iss`` names, however written
+        (``base_url_key``): the capitals of an EHR's scheme or host made a launch "an EHR
+        not registered" that the CDS service and the admin checks took for the same."""
+        wanted = base_url_key(iss)
+        return next(
+            (r for r in self.registrations if base_url_key(r.fhir_base_url) == wanted), None
+        )

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -344,11 +344,21 @@ def test_a_launch_under_a_tenant_prefix_stays_in_that_tenant(kindreflex: Kindref
     assert "Sessie verlopen" in other_hospital.text
 
 
-@pytest.mark.parametrize("slash", ["", "/"])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda base: base,
+        lambda base: base + "/",
+        lambda base: base.replace("http://", "HTTP://"),  # RFC 3986 6.2.2.1: no other URL
+        lambda base: base.replace("/fhir", "/%66hir"),  # 6.2.2.2: an unreserved letter
+    ],
+    ids=["as-registered", "trailing-slash", "scheme-in-capitals", "letter-percent-encoded"],
+)
 def test_the_authorization_request_carries_pkce_state_nonce_and_the_iss_as_aud(
-    kindreflex: Kindreflex, slash: str
+    kindreflex: Kindreflex, spelling: Callable[[str], str]
 ) -> None:
-    iss = kindreflex.sandbox.fhir_base_url + slash
+    """The registered base however the EHR writes it; the last two were "not registered"."""
+    iss = spelling(kindreflex.sandbox.fhir_base_url)
     query = httpx.QueryParams({"iss": iss, "launch": "launch-1"})
     started = Browser().get(f"{kindreflex.url}/launch?{query}")
     assert started.status_code == 302, started.text
