@@ -311,6 +311,19 @@ def test_the_configurable_override_reasons_are_the_codes_of_the_guide() -> None:
         HookSettings(override_reasons=["tired"])
 
 
+@pytest.mark.parametrize(
+    ("language", "word"), [("nl", "verwacht"), ("fr", "attendu"), ("en", "expects")]
+)
+def test_the_no_children_override_reason_says_no_child_is_expected_either(
+    language: Language, word: str
+) -> None:
+    """Seeds 001 and 003, step 1: ask whether the patient "zorg draagt voor kinderen of een
+    kind verwacht". Offered on every card, "Geen kinderen of zorg voor kinderen" dismissed
+    the card of a pregnant patient in one click, counted as "no children" (found by review)."""
+    assert "no-children" in HookSettings().override_reasons
+    assert word in terminology.display("cds-override-reason", "no-children", language)
+
+
 @pytest.mark.parametrize("language", ["nl", "fr", "en"])
 def test_the_warning_card_names_every_reason_within_140_characters(language: Language) -> None:
     advice = Advice(indicator="warning", triggers=tuple(HagueTrigger), open_concern=True)

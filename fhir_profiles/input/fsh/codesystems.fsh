@@ -432,7 +432,7 @@ Description: "Redenen om de Kindreflex-kaart te negeren: the overrideReasons of 
 * insert Tr(patient-not-responsive, Patient pas en état de répondre, Patient not responsive)
 * #already-done "Kindreflex al gedaan" "The Kindreflex was already done for this presentation."
 * insert Tr(already-done, Kindreflex déjà fait, Kindreflex already done)
-* #no-children "Geen kinderen of zorg voor kinderen" "The patient has no children and cares for none."
-* insert Tr(no-children, Pas d'enfants ni d'enfants à charge, No children or care for children)
+* #no-children "Zorgt niet voor kinderen en verwacht er geen" "The patient has no children, cares for none and expects none: neither the patient nor the partner is pregnant (the Kindreflex asks from pregnancy on, seeds 001-003 step 1)."
+* insert Tr(no-children, Pas d'enfants à charge ni d'enfant attendu, Cares for no children and expects none)
 * #not-now "Nu niet mogelijk; later in de zorg" "Not possible now; later during the care."
 * insert Tr(not-now, Pas possible maintenant ; plus tard dans les soins, Not now; later in the care)
