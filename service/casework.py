@@ -69,7 +69,7 @@ from service.social import (
     Step5Input,
     Step6Input,
 )
-from service.text import worklist_display
+from service.text import typed_text, worklist_display
 from service.triage import LaunchInfo, search_chart
 
 log = logging.getLogger(__name__)
@@ -218,11 +218,13 @@ def referral_transaction(
     status: ReferralStatus,
     *,
     author: str,
+    author_name: str,
     actor: str,
     note: str | None,
     now: datetime,
 ) -> Plan:
-    """A referral's new status: the ServiceRequest as read with the status (and the note),
+    """A referral's new status: the ServiceRequest as read with the status (and the note,
+    naming ``author`` or, where R4 does not admit that reference, ``author_name``),
     If-Match on the version read, signed like every case write. Raises the protocol's
     error when the referral is already finished."""
     try:
@@ -234,7 +236,9 @@ def referral_transaction(
         ) from None
     check_referral_status(current, status)
     tx = TransactionBuilder()
-    updated = mapping.referral_with_status(referral, status, author=author, at=now, note=note)
+    updated = mapping.referral_with_status(
+        referral, status, author=author, author_name=author_name, at=now, note=note
+    )
     written = [tx.update(updated, referral["meta"]["versionId"])]
     witness = _sign(tx, record, written, now, author=author, actor=actor)
     return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
@@ -953,6 +957,8 @@ class Casework:
             referral,
             status,
             author=ctx.user.fhir_user,
+            # the launch names a user without a name by their reference
+            author_name=typed_text(ctx.user.name) or ctx.user.fhir_user,
             actor=ctx.actor,
             note=note,
             now=utcnow(),

@@ -101,7 +101,9 @@ _NOT_STAFF = frozenset({"Patient", "RelatedPerson"})
 #: Whom Kindreflex can name as the author of what it writes: the R4 elements it names its
 #: user in (Observation.performer, Flag.author, ServiceRequest.requester,
 #: Provenance.agent.who, AuditEvent.agent.who) admit a Practitioner or PractitionerRole,
-#: not a Person, which SMART also allows as fhirUser.
+#: not a Person, which SMART also allows as fhirUser. A referral's status note
+#: (Annotation.author[x]) admits no PractitionerRole: it names such a user by their name
+#: (``service.fhir.mapping.referral_with_status``).
 _AUTHORS = frozenset({"Practitioner", "PractitionerRole"})
 USER_NAME_MAX = 200  # the session's column; a longer display name is cut there
 BINDING_COOKIE_PREFIX = "kindreflex_launch_"  # its name as served: session.cookie_name

@@ -900,14 +900,16 @@ def referral_with_status(
     status: ReferralStatus,
     *,
     author: str,
+    author_name: str,
     at: datetime,
     note: str | None = None,
 ) -> Resource:
     """The referral ``request`` as read, with a new status; ``note`` is added as an
-    annotation naming its author and time (earlier notes stay). Its ``meta`` is the
-    server's (:func:`meta_on_update`). A referral written before the service wrote a
-    priority gets the one it is read with (:func:`referral_priority`), which the profile
-    requires."""
+    annotation naming its author and time (earlier notes stay): by ``author``, the user's
+    reference, where R4 admits its type there, else by ``author_name``
+    (:func:`_annotation_author`). Its ``meta`` is the server's (:func:`meta_on_update`). A
+    referral written before the service wrote a priority gets the one it is read with
+    (:func:`referral_priority`), which the profile requires."""
     updated: Resource = {
         **request,
         "meta": meta_on_update(request.get("meta"), _meta("kindreflex-referral")),
@@ -915,9 +917,30 @@ def referral_with_status(
         "priority": referral_priority(request),
     }
     if note and note.strip():
-        annotation = {"authorReference": _ref(author), "time": _instant(at), "text": note.strip()}
+        annotation = {
+            **_annotation_author(author, author_name),
+            "time": _instant(at),
+            "text": note.strip(),
+        }
         updated["note"] = [*request.get("note", []), annotation]
     return updated
+
+
+#: The types R4 admits in Annotation.authorReference (Annotation.author[x]): not a
+#: PractitionerRole, which the launch admits as a user (``smart_app.launch._AUTHORS``).
+_ANNOTATION_AUTHORS = frozenset({"Practitioner", "Patient", "RelatedPerson", "Organization"})
+#: A reference's resource type (an absolute or relative reference, perhaps versioned).
+_REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
+
+
+def _annotation_author(author: str, author_name: str) -> Resource:
+    """An annotation's author: ``authorReference`` where R4 admits the reference's type,
+    else ``authorString``, the user's name (a server checking reference targets refuses
+    a PractitionerRole there, and the outbox could never deliver the write)."""
+    typed = _REFERENCE_TYPE.search(author)
+    if typed and typed.group(1) in _ANNOTATION_AUTHORS:
+        return {"authorReference": _ref(author)}
+    return {"authorString": author_name}
 
 
 def concern_flag(

@@ -971,7 +971,9 @@ def test_a_referral_written_without_priority_is_read_and_updated_with_one(
     old = {**written, "performerType": terminology.codeable_concept("partner-type", target)}
 
     assert mapping.referral_priority(old) == priority
-    updated = mapping.referral_with_status(old, ReferralStatus.ON_HOLD, author=NURSE, at=NOW)
+    updated = mapping.referral_with_status(
+        old, ReferralStatus.ON_HOLD, author=NURSE, author_name="An Nurse", at=NOW
+    )
     assert updated["priority"] == priority
     assert fhir_validator.validate(updated) == []
 
@@ -980,7 +982,12 @@ def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileVal
     referral = _referral()
     later = NOW.replace(day=20)
     updated = mapping.referral_with_status(
-        referral, ReferralStatus.ON_HOLD, author=NURSE, at=later, note="VK waits for the family"
+        referral,
+        ReferralStatus.ON_HOLD,
+        author=NURSE,
+        author_name="An Nurse",
+        at=later,
+        note="VK waits for the family",
     )
     assert updated["status"] == "on-hold"
     assert updated["note"][:-1] == referral["note"]
@@ -991,11 +998,38 @@ def test_a_referral_status_change_keeps_earlier_notes(fhir_validator: ProfileVal
     }
     assert fhir_validator.validate(updated) == []
     assert (
-        mapping.referral_with_status(referral, ReferralStatus.ACTIVE, author=NURSE, at=later)[
-            "note"
-        ]
+        mapping.referral_with_status(
+            referral, ReferralStatus.ACTIVE, author=NURSE, author_name="An Nurse", at=later
+        )["note"]
         == referral["note"]
     )
+
+
+def test_a_referral_status_note_by_a_practitioner_role_user_names_her_by_her_name(
+    fhir_validator: ProfileValidator,
+) -> None:
+    """A social worker launched with fhirUser PractitionerRole/… (the launch admits her as
+    an author) changed a referral's status with a note: the note named her in
+    authorReference, which R4 4.0.1 restricts to Practitioner | Patient | RelatedPerson |
+    Organization. A server that checks reference targets refused the update (the outbox
+    marked it failed for good); one that does not stored invalid R4 (found by review). The
+    note names her by her name (authorString); the Provenance still names her role. (The
+    validator does not check reference targets: the test says what is written.)"""
+    referral = {**_referral(), "id": "r1", "meta": {"versionId": "1"}}
+    updated = mapping.referral_with_status(
+        referral,
+        ReferralStatus.ON_HOLD,
+        author="https://ehr.example.be/fhir/PractitionerRole/sw-role-1",
+        author_name="Sofie Claes",
+        at=NOW,
+        note="VK waits for the family",
+    )
+    assert updated["note"][-1] == {
+        "authorString": "Sofie Claes",
+        "time": NOW.isoformat(),
+        "text": "VK waits for the family",
+    }
+    assert fhir_validator.validate(updated) == []
 
 
 def test_an_update_keeps_the_servers_meta_but_what_the_server_manages() -> None:
@@ -1023,7 +1057,9 @@ def test_an_update_keeps_the_servers_meta_but_what_the_server_manages() -> None:
     }
     referral = _referral()
     as_read = {**referral, "id": "r1", "meta": stored}
-    updated = mapping.referral_with_status(as_read, ReferralStatus.ON_HOLD, author=NURSE, at=NOW)
+    updated = mapping.referral_with_status(
+        as_read, ReferralStatus.ON_HOLD, author=NURSE, author_name="An Nurse", at=NOW
+    )
     assert updated["meta"] == expected
 
 
