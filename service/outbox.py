@@ -135,7 +135,13 @@ from service.fhir.client import (
     Resource,
     summarise,
 )
-from service.fhir.mapping import as_laid_over, current_name, meta_on_update, name_text
+from service.fhir.mapping import (
+    as_laid_over,
+    current_name,
+    meta_on_update,
+    name_text,
+    narrative_on_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -1425,7 +1431,10 @@ def _other_owner(seen: Resource, ours: Resource, base_url: str) -> str | None:
 def laid_over(seen: Resource, ours: Resource) -> Resource:
     """``ours``' elements laid over ``seen``'s (see :func:`_element`); extensions are merged
     by URL, identifiers kept, ``meta`` is the server's with our profile added
-    (:func:`~service.fhir.mapping.meta_on_update`: its tags and security labels stay)."""
+    (:func:`~service.fhir.mapping.meta_on_update`: its tags and security labels stay), and
+    its narrative unless the merge changes anything
+    (:func:`~service.fhir.mapping.narrative_on_update`)."""
+    stored = seen
     seen, ours = as_laid_over(seen, ours)
     merged = {**seen, "meta": meta_on_update(seen.get("meta"), ours.get("meta"))}
     for key, mine in ours.items():
@@ -1449,7 +1458,7 @@ def laid_over(seen: Resource, ours: Resource) -> Resource:
     ]
     if not merged["identifier"]:
         del merged["identifier"]
-    return merged
+    return narrative_on_update(stored, merged)
 
 
 #: Elements a merge never takes from ours, nor compares with ``seen``'s (``extension`` is

@@ -130,6 +130,21 @@ def meta_on_update(stored: Mapping[str, Any] | None, ours: Mapping[str, Any] | N
     return meta
 
 
+def narrative_on_update(stored: Mapping[str, Any], updated: Resource) -> Resource:
+    """``updated``, our update of the resource the server holds as ``stored``, without the
+    server's narrative (``text``) when it changes any element but ``meta``: that narrative
+    describes ``stored`` (R4's status ``generated`` says it is generated entirely from the
+    content), and sent back it would tell the EHR's readers the old values. R4 makes it
+    optional; the server may generate it anew. An update that changes nothing keeps it."""
+    if _content(updated) == _content(stored):
+        return updated
+    return {key: value for key, value in updated.items() if key != "text"}
+
+
+def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in resource.items() if key not in ("meta", "text")}
+
+
 def _ref(reference: str) -> dict[str, str]:
     return {"reference": reference}
 
@@ -907,7 +922,8 @@ def referral_with_status(
     """The referral ``request`` as read, with a new status; ``note`` is added as an
     annotation naming its author and time (earlier notes stay): by ``author``, the user's
     reference, where R4 admits its type there, else by ``author_name``
-    (:func:`_annotation_author`). Its ``meta`` is the server's (:func:`meta_on_update`). A
+    (:func:`_annotation_author`). Its ``meta`` is the server's (:func:`meta_on_update`),
+    its narrative too unless the update changes it (:func:`narrative_on_update`). A
     referral written before the service wrote a priority gets the one it is read with
     (:func:`referral_priority`), which the profile requires."""
     updated: Resource = {
@@ -923,7 +939,7 @@ def referral_with_status(
             "text": note.strip(),
         }
         updated["note"] = [*request.get("note", []), annotation]
-    return updated
+    return narrative_on_update(request, updated)
 
 
 #: The types R4 admits in Annotation.authorReference (Annotation.author[x]): not a

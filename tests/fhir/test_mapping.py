@@ -1063,6 +1063,29 @@ def test_an_update_keeps_the_servers_meta_but_what_the_server_manages() -> None:
     assert updated["meta"] == expected
 
 
+def test_a_referral_status_update_drops_the_servers_narrative_of_the_old_status() -> None:
+    """The EHR's server stored the referral with a narrative generated from its data (status
+    active). The update changed the status to revoked and sent that narrative back, still
+    'generated' (R4: entirely generated from the content): the text people read said a
+    revoked referral to the VK was active (found by review). An update that changes the
+    referral leaves the narrative out (R4 makes it optional; the server may generate it
+    anew); one that changes nothing (the same status, no note) keeps it."""
+    narrative = {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml"><p>Referral: status active</p></div>',
+    }
+    as_read = {**_referral(), "id": "r1", "meta": {"versionId": "1"}, "text": narrative}
+
+    def updated(status: ReferralStatus) -> Resource:
+        return mapping.referral_with_status(
+            as_read, status, author=NURSE, author_name="An Nurse", at=NOW
+        )
+
+    assert updated(ReferralStatus.REVOKED)["status"] == "revoked"
+    assert "text" not in updated(ReferralStatus.REVOKED)
+    assert updated(ReferralStatus.ACTIVE)["text"] == narrative
+
+
 @pytest.mark.parametrize(
     "period",
     [{"start": "2026-05"}, {"start": "2026-05-18"}, {"start": "2026-05-18T13:05:00"}, {}],

@@ -214,6 +214,32 @@ def test_an_element_only_ours_spells_out_is_a_change_unless_it_only_shows_a_code
     assert _unchanged(no_displays, _flag(DV))  # a display only ours writes changes nothing
 
 
+def _generated_narrative(text: str) -> dict[str, str]:
+    return {
+        "status": "generated",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{text}</p></div>',
+    }
+
+
+def test_a_merge_that_changes_a_child_drops_the_servers_narrative_of_the_old_values() -> None:
+    """A nurse corrected the birth date of a child the EHR recorded, whose version had a
+    narrative generated from its data: the merge wrote the new birthDate and kept the
+    narrative, still 'generated' (R4: entirely generated from the content), still naming
+    the old date, and the EHR's readers of the text saw the wrong child's age (found by
+    review). A merge that changes anything leaves the narrative out (R4 makes it optional;
+    the server may generate it anew); one that changes nothing keeps it."""
+    seen = {
+        **_child(date(2018, 3, 4)),
+        "meta": {"versionId": "1"},
+        "text": _generated_narrative("Anna Peeters, born 2018-03-04, child of the patient"),
+    }
+
+    corrected = laid_over(seen, _child(date(2019, 3, 4)))
+    assert corrected["birthDate"] == "2019-03-04"
+    assert "text" not in corrected
+    assert laid_over(seen, _child(date(2018, 3, 4)))["text"] == seen["text"]
+
+
 def _new_child(name: str, born: date, lives_with: LivesWith = LivesWith.NOT) -> Any:
     child = Child("x", name, born, ChildRelationship.NATURAL_CHILD, lives_with)
     identifier = mapping.identifier("child", "x")
