@@ -32,6 +32,10 @@ from service.triage import CHART_REVINCLUDES
 CONDITIONALLY_CREATED = ("RelatedPerson", "Observation", "ServiceRequest", "Organization", "Flag")
 #: Resources the app and the CDS service read.
 READ_RESOURCES = ("Patient", "Encounter", "Condition")
+#: Resources the outbox reads at the version the user saw (``Type/id/_history/version``,
+#: a vread) to lay a merge update over it (``outbox.TransactionBuilder.merge_update``): a
+#: child the record holds, corrected by the nurse.
+VREAD_RESOURCES = ("RelatedPerson",)
 #: Each of the two fetches, whole: four times the largest CapabilityStatement seen.
 ANSWER_BOUNDS = Bounds(seconds=10.0, max_bytes=4 * 1024 * 1024)
 
@@ -227,6 +231,9 @@ def _fhir_checks(report: _Report, metadata: dict[str, Any]) -> None:
     report.add("update_resources", not cannot_update, resources=", ".join(cannot_update))
     cannot_read = [r for r in READ_RESOURCES if "read" not in interactions.get(r, set())]
     report.add("read_resources", not cannot_read, resources=", ".join(cannot_read))
+    # R4 declares vread apart from read: without it every merge update fails at delivery
+    cannot_vread = [r for r in VREAD_RESOURCES if "vread" not in interactions.get(r, set())]
+    report.add("vread_resources", not cannot_vread, resources=", ".join(cannot_vread))
     unconditional = [r for r in CONDITIONALLY_CREATED if r not in conditional]
     report.add("conditional_create", not unconditional, resources=", ".join(unconditional))
     unguarded = [r for r in UPDATED_RESOURCES if r not in versioned]

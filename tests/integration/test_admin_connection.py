@@ -76,6 +76,7 @@ def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> No
         "write_resources": True,
         "update_resources": True,
         "read_resources": True,
+        "vread_resources": True,
         "conditional_create": True,
         "versioned_update": True,
         "chart_revinclude": True,
@@ -263,7 +264,7 @@ def test_a_server_that_cannot_make_every_write_of_a_case_is_not_ready() -> None:
     not update a child, a referral or the concern Flag, nor create a referral's partner
     organisation or the audit event every save carries, was "ready", and those saves were
     refused later. An EHR without refresh tokens is only said so: saves still go, late."""
-    every = [{"code": code} for code in ("read", "search-type", "create", "update")]
+    every = [{"code": code} for code in ("read", "vread", "search-type", "create", "update")]
     resources = [
         {"type": kind, "interaction": every}
         for kind in ("Patient", "Encounter", "Condition", "RelatedPerson", "Observation",
@@ -289,7 +290,7 @@ def test_a_server_that_could_save_twice_or_overwrite_unawares_is_not_ready() -> 
     (a save sent again after a timeout creates nothing twice) and its updates carry
     If-Match (two users do not overwrite each other). A server that declares none of it
     was "ready", and would refuse every save, or duplicate and overwrite findings."""
-    every = [{"code": code} for code in ("read", "search-type", "create", "update")]
+    every = [{"code": code} for code in ("read", "vread", "search-type", "create", "update")]
     resources = [
         {"type": kind, "interaction": every, "versioning": "versioned"}
         for kind in ("Patient", "Encounter", "Condition", "RelatedPerson", "Observation",
@@ -308,11 +309,31 @@ def test_a_server_that_could_save_twice_or_overwrite_unawares_is_not_ready() -> 
     }
 
 
+def test_a_server_that_cannot_read_the_version_a_nurse_corrected_is_not_ready() -> None:
+    """A merge update (a child the record held, corrected by the nurse) is laid over the
+    version she saw, read at delivery as ``RelatedPerson/{id}/_history/{version}``, a vread,
+    which R4 declares apart from read. A server declaring read, create and versioned
+    update but no vread was "ready", and then refused every such save, which the outbox
+    marked failed for good (found by review)."""
+    without_vread = [{"code": code} for code in ("read", "search-type", "create", "update")]
+    resources = [
+        {"type": kind, "interaction": without_vread}
+        for kind in ("Patient", "Encounter", "Condition", "RelatedPerson", "Observation",
+                     "ServiceRequest", "Organization", "Flag", "Provenance", "AuditEvent")
+    ]  # fmt: skip
+    report = _checked_ehr(resources)
+    assert _why_not_ready(report) == {
+        "vread_resources": "The server declares no read of a version (interaction vread) "
+        "for: RelatedPerson. A child already on the record, corrected by the nurse, is then "
+        "never saved."
+    }
+
+
 def test_a_server_whose_patient_search_includes_no_flags_is_not_ready() -> None:
     """The triage page reads a patient's children and Flags with the Patient (one search,
     ``_revinclude``). A server that ignores the Flags' was "ready": the nurse saw no open
     concern and her niet-pluis raised a second one (found by review)."""
-    every = [{"code": code} for code in ("read", "search-type", "create", "update")]
+    every = [{"code": code} for code in ("read", "vread", "search-type", "create", "update")]
     children_only = ["RelatedPerson:patient"]
     patient = {"type": "Patient", "interaction": every, "searchRevInclude": children_only}
     resources = [
