@@ -27,6 +27,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -102,6 +103,7 @@ from service.protocol import (
 from service.social import CaseSummary, Step4Input, Step5Input, Step6Input
 from smart_app import dates
 from smart_app.assets import asset_response
+from smart_app.errors import free_text, shown_back
 from smart_app.pages import TEMPLATES
 from smart_app.session import LaunchContext, csrf_token, pinned, security_headers, verify_csrf
 from smart_app.social import (
@@ -579,8 +581,18 @@ def _render(
         today=local_today().isoformat(),
         latest_follow_up=latest_follow_up(local_today()).isoformat(),
         earliest_contact=earliest_contact(local_today()).isoformat(),
+        shown_back=lambda: _shown_back(ctx.language, typed),
     )
     return HTMLResponse(html, status_code=status, headers=security_headers(ctx))
+
+
+def _shown_back(language: Language, typed: Typed) -> Markup:
+    """The free text of a refused form the case no longer offers (a colleague moved it on),
+    read-only: the form is not drawn again, and her notes were shown nowhere (found by
+    review)."""
+    sent = [(name, value) for name, values in typed.values.items() for value in values]
+    title, message = "casefile.kept.title", "casefile.kept.message"
+    return Markup(shown_back(free_text(sent), language, title, message))  # noqa: S704 - escaped
 
 
 def _not_found(ctx: LaunchContext) -> HTMLResponse:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -141,9 +141,15 @@ async def typed_back(request: Request) -> list[tuple[str, str]]:
         form = await request.form()
     except (HTTPException, ClientDisconnect):  # not a form, too many fields: nothing kept
         return []
+    return free_text(form.multi_items())
+
+
+def free_text(fields: Iterable[tuple[str, object]]) -> list[tuple[str, str]]:
+    """The free text among a form's fields (:data:`FREE_TEXT`), in their order, blank ones
+    left out: what a user would lose with a form that cannot be shown again."""
     return [
         (name, value.strip())
-        for name, value in form.multi_items()
+        for name, value in fields
         if isinstance(value, str) and FREE_TEXT.fullmatch(name) and value.strip()
     ]
 
@@ -159,9 +165,12 @@ def _kept_label(field: str, n: int, language: Language) -> str:
     return translate(language, "smart.kept.label", n=n)
 
 
-def _kept(texts: Sequence[tuple[str, str]], language: Language, problem: str) -> str:
-    """The section that shows the user's unsaved text back, each in a read-only text area
-    labelled with the field it was typed in."""
+def shown_back(
+    texts: Sequence[tuple[str, str]], language: Language, title: str, message: str
+) -> str:
+    """The section that shows the user's unsaved text back (HTML, escaped), under the
+    messages ``title`` and ``message``, each text in a read-only text area labelled with the
+    field it was typed in; nothing without text."""
     if not texts:
         return ""
     fields = "".join(
@@ -170,7 +179,6 @@ def _kept(texts: Sequence[tuple[str, str]], language: Language, problem: str) ->
         "</textarea></p>"
         for n, (field, text) in enumerate(texts, start=1)
     )
-    title, message = SHOWS_TYPED_BACK[problem]
     return (
         f"<h2>{html.escape(translate(language, title))}</h2>"
         f"<p>{html.escape(translate(language, message))}</p>{fields}"
@@ -201,7 +209,7 @@ def render(
         f'<link rel="stylesheet" href="{stylesheet}"></head><body>'
         f'<header class="banner"><p class="product">{product}</p></header><main id="main">'
         f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{link}{detail}'
-        f"{_kept(kept, language, error.problem)}"
+        f"{shown_back(kept, language, *SHOWS_TYPED_BACK[error.problem]) if kept else ''}"
         "</main></body></html>"
     )
     headers = page_headers(error.frame_origins)

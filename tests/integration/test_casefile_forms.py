@@ -24,10 +24,12 @@ from service.local_time import local, local_today
 from service.outbox import DeliveryState
 from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
 from tests.support.casework import (
+    COLLEAGUE,
     SOCIAL_WORKER,
     STEP_4_FORM,
     STEP_6_FORM,
     error_summary,
+    hidden_field,
     index_case,
     listed_cases,
     on_the_worklist,
@@ -184,6 +186,47 @@ def test_a_closing_sent_twice_says_it_was_saved_not_only_that_the_case_is_closed
     assert "Dit dossier is afgesloten; er wordt niets meer vastgelegd." not in second.text
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
+
+
+def test_a_step_refused_because_a_colleague_moved_the_case_on_shows_the_typed_note_back(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Two social workers on one case at step 5: while one writes the progress note of a
+    follow-up conversation, a colleague records step 5 "improving" with no next follow-up
+    (step 5 is over). Her save was refused (409, right), but the page offered no step 5 form
+    any more and her note was shown nowhere: it was lost (found by review). The note is
+    shown back read-only; nothing of hers is recorded."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    page = client.get(f"/social/cases/{case_id}").text
+    decision = {**STEP_4_FORM, "decision": "concerning-willing"}  # step 5 is due
+    assert post_form(client, page, case_id, "step-4", "s4", decision).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    colleague = signed_in(app, tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url)
+    version = int(hidden_field(page, "s5-form", "row_version"))
+    moved_on = TestClient(app).post(
+        f"/api/cases/{case_id}/step-5",
+        headers=colleague.headers,
+        json={"row_version": version, "progress": "improving"},
+    )
+    assert moved_on.status_code == 200, moved_on.text
+
+    note = "Huisbezoek 14/3: moeder heeft de afspraak met het CGG afgezegd; vriend weer in huis."
+    fields = {"progress": "not-restored", "action": ["work-with-family"], "note": note}
+    refused = post_form(client, page, case_id, "step-5", "s5", fields)
+
+    assert refused.status_code == 409
+    shown = unescape(refused.text)
+    assert 'id="s5-form"' not in shown
+    assert "Het dossier biedt dit formulier niet meer aan" in shown
+    assert f"readonly>{note}</textarea>" in shown
+    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
+    assert len(search(base_url, "Observation", subject=patient, code=step_5)) == 1
 
 
 def test_the_step_4_form_takes_as_much_text_as_the_service_keeps(

@@ -254,7 +254,7 @@ STEP_6_FORM = {
 }
 
 
-def _hidden_field(html: str, form: str, name: str) -> str:
+def hidden_field(html: str, form: str, name: str) -> str:
     """A hidden field of the form with id ``form``."""
     section = html[html.index(f'id="{form}"') :]
     found = re.search(rf'name="{name}" value="([^"]*)"', section)
@@ -273,8 +273,8 @@ def post_form(
 ) -> httpx.Response:
     """Send ``fields`` with the form's CSRF token and row version, as the page would."""
     body = {
-        "csrf_token": _hidden_field(html, f"{form}-form", "csrf_token"),
-        "row_version": _hidden_field(html, f"{form}-form", "row_version"),
+        "csrf_token": hidden_field(html, f"{form}-form", "csrf_token"),
+        "row_version": hidden_field(html, f"{form}-form", "row_version"),
         **fields,
     }
     answer: httpx.Response = client.post(
