@@ -738,7 +738,12 @@ def _next_page(ctx: LaunchContext, wanted: ListingQuery, cursor: str | None) -> 
     """The address of the list's next page, with the filters of this one."""
     if cursor is None:
         return None
-    query: dict[str, object] = {"status": wanted.status, "view": wanted.view, "sort": wanted.sort}
+    query: dict[str, object] = {
+        "status": wanted.status,
+        "view": wanted.view,
+        "sort": wanted.sort,
+        "limit": wanted.limit,
+    }
     if wanted.older_than_days is not None:
         query["older_than_days"] = wanted.older_than_days
     if wanted.overdue:

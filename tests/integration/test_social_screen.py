@@ -549,6 +549,45 @@ def test_the_next_page_of_closed_cases_lists_closed_cases(
     assert f'data-case="{still_open}"' not in second
 
 
+def test_the_filter_form_lists_closed_cases_and_keeps_the_status_and_the_page_size(
+    database_url: str, database: Database
+) -> None:
+    """The worklist shows how long a closed case was followed up and its "next page" keeps
+    ``status=closed``, yet its filter form had no status field and dropped ``limit``: no way
+    to list the closed cases from the screen, and another sort or "mine" applied on
+    ``?status=closed`` silently listed the open cases again (found by review)."""
+    hospital = make_tenant(database, "default", FHIR)
+    closed = [
+        index_case(
+            database, hospital, f"Patient/{i}", utcnow() - timedelta(days=i), status="closed"
+        )
+        for i in (1, 2)
+    ]
+    still_open = index_case(database, hospital, "Patient/3", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    page = client.get("/social", headers=me, params={"status": "closed", "limit": "1"}).text
+    form = page[page.index('<form method="get"') : page.index("</form>")]
+    assert '<label for="status">Dossiers</label>' in form
+    assert '<option value="closed" selected>Afgesloten</option>' in form
+    assert '<input type="hidden" name="limit" value="1">' in form
+    (link,) = re.findall(r'<a rel="next" href="([^"]+)"', page)
+    assert "limit=1" in link
+
+    # the form sent again with another sort: the closed cases still, a page of one
+    sent = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form))
+    resorted = client.get(
+        "/social", headers=me, params={**sent, "status": "closed", "sort": "oldest"}
+    ).text
+    assert f'data-case="{closed[1]}"' in resorted
+    assert f'data-case="{closed[0]}"' not in resorted
+    assert f'data-case="{still_open}"' not in resorted
+    opened = client.get("/social", headers=me, params={**sent, "status": "open"}).text
+    assert f'data-case="{still_open}"' in opened
+
+
 def test_the_worklist_names_who_has_the_case_and_a_colleague_assigned_by_reference_keeps_it(
     database_url: str, database: Database
 ) -> None:
