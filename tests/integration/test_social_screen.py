@@ -114,6 +114,33 @@ def test_the_french_worklist_names_the_open_concerns_as_the_french_card_does(
     assert f'<caption id="worklist-caption">{caption}</caption>' in page.text
 
 
+@pytest.mark.parametrize(
+    ("language", "caption", "view_all"),
+    [
+        ("nl", "Afgesloten Kindreflex-zorgen (1 op deze pagina)", "Alle dossiers"),
+        ("fr", "Préoccupations Kindreflex clôturées (1 sur cette page)", "Tous les dossiers"),
+        ("en", "Closed Kindreflex concerns (1 on this page)", "All cases"),
+    ],
+)
+def test_the_closed_cases_are_captioned_as_closed_not_as_open_concerns(
+    database_url: str, database: Database, language: Language, caption: str, view_all: str
+) -> None:
+    """The list of closed cases (``?status=closed``) was captioned "Open Kindreflex-zorgen",
+    and its view offered "all open cases": a screen reader user (the caption names the
+    table) was told she read the open ones (found by review)."""
+    hospital = make_tenant(database, "default", FHIR)
+    index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=3), status="closed")
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+
+    page = html.unescape(
+        TestClient(app).get("/social", headers=me, params={"status": "closed"}).text
+    )
+
+    assert f'<caption id="worklist-caption">{caption}</caption>' in page
+    assert f'<option value="all" selected>{view_all}</option>' in page
+
+
 def test_the_worklist_and_the_pages_it_leads_to_stay_with_its_launch(
     database_url: str, database: Database
 ) -> None:
