@@ -51,7 +51,6 @@ from service.casework import (
 from service.fhir import terminology
 from service.fhir.client import (
     FhirError,
-    FhirRejected,
     FhirUnavailable,
     FhirUnreadable,
     ReauthorisationRequired,
@@ -114,6 +113,7 @@ from smart_app.social import (
     ReferralStatusChange,
     SocialWorker,
     audit_refusal,
+    token_refused,
 )
 
 router = APIRouter(prefix="/social", include_in_schema=False)
@@ -440,17 +440,11 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
     except FhirUnavailable:
         unreadable = "fhir-down"
     except FhirError as error:
-        unreadable = "reauthorise" if _token_refused(error) else "fhir-refused"
+        unreadable = "reauthorise" if token_refused(error) else "fhir-refused"
     # The page still shows the worklist's row of the patient: a read, audited as failed, in
     # that patient's trail. A case of another EHR has its patient on that EHR's server.
     audit_refusal(ctx, database, AuditAction.READ, summary.patient, summary.fhir_server)
     return Shown(summary, unreadable=unreadable, unreadable_values=values)
-
-
-def _token_refused(error: FhirError) -> bool:
-    """The FHIR server refused the launch's access token (401/403), not the request: the
-    user must open the app from the EHR again, which the page says instead of "refused"."""
-    return isinstance(error, FhirRejected) and error.needs_authorisation
 
 
 def _message(language: Language, message_id: str, **values: object) -> str:
@@ -721,7 +715,7 @@ def _save_step(
     except FhirUnavailable:
         problems, status = _about_form(ctx, typed, "error.fhir-down"), 503
     except FhirError as error:
-        if _token_refused(error):
+        if token_refused(error):
             problems, status = _about_form(ctx, typed, "error.reauthorise"), 401
         else:
             problems, status = _about_form(ctx, typed, "error.fhir-refused"), 502

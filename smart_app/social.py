@@ -42,6 +42,7 @@ from service.db.base import utcnow
 from service.fhir import mapping, terminology
 from service.fhir.client import (
     FhirError,
+    FhirRejected,
     FhirUnavailable,
     FhirUnreadable,
     ReauthorisationRequired,
@@ -549,6 +550,8 @@ def _refusal(error: Exception) -> tuple[int, object]:
             return 409, {"message": str(error)}
         case ReauthorisationRequired():
             return 401, "The EHR session ended; open the app from the EHR again."
+        case FhirError() if token_refused(error):
+            return 401, "The FHIR server refused the EHR session; open the app from the EHR again."
         case UnreadableResourceError():  # a resource of ours the EHR changed: which one
             return 502, (
                 f"The FHIR server holds {error.resource} in a form Kindreflex cannot read "
@@ -559,7 +562,14 @@ def _refusal(error: Exception) -> tuple[int, object]:
         case FhirUnavailable():
             return 503, "The FHIR server does not answer; nothing was saved. Try again shortly."
         case _:
-            return 502, f"The FHIR server refused to read the case: {error}"
+            return 502, f"The FHIR server refused the request: {error}"
+
+
+def token_refused(error: FhirError) -> bool:
+    """The FHIR server refused the launch's access token (401/403), not the request: the
+    user must open the app from the EHR again, which the page and the API say instead of
+    "refused" (the API answered 502, a broken server, found by review)."""
+    return isinstance(error, FhirRejected) and error.needs_authorisation
 
 
 def audit_refusal(

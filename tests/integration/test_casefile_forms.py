@@ -23,6 +23,7 @@ from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local, local_today
 from service.outbox import DeliveryState
 from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
+from smart_app.session import CSRF_HEADER
 from tests.support.casework import (
     COLLEAGUE,
     SOCIAL_WORKER,
@@ -919,6 +920,38 @@ def test_a_token_the_fhir_server_refuses_says_to_open_the_app_again(
     assert refused.status_code == 401
     assert "er werd niets opgeslagen. Open de app opnieuw" in unescape(refused.text)
     assert str(STEP_4_FORM["note"]) in unescape(refused.text)  # the input, kept
+
+
+def test_the_api_says_to_open_the_app_again_when_the_fhir_server_refuses_the_token(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The case page says "open the app again from the EHR" when the FHIR server (or its
+    gateway) refuses the launch's token; the JSON API answered the same refusal, on a read
+    and on a save, with 502 "The FHIR server refused to read the case: …": its client was
+    told the server is broken, not that its user must sign in again (found by review). A
+    refusal of the request itself stays a 502, no longer said as a refused read."""
+    with SlowRelay(fhir_server.base_url) as gateway:
+        client, case_id, _, page = _case_before_step_4(database_url, database, gateway.url)
+        version = int(hidden_field(page, "s4-form", "row_version"))
+        step_4 = {
+            "row_version": version,
+            "decision": "acute-danger",
+            "discussed_with_patient": True,
+        }
+        gateway.refused = [401] * 100  # every request while it lasts (as the page's test)
+        read = client.get(f"/api/cases/{case_id}")
+        csrf = {CSRF_HEADER: hidden_field(page, "s4-form", "csrf_token")}
+        save = client.post(f"/api/cases/{case_id}/step-4", headers=csrf, json=step_4)
+        gateway.refused = [400] * 100  # the request refused, not the token
+        refused = client.get(f"/api/cases/{case_id}")
+
+    for answer in (read, save):
+        assert answer.status_code == 401, answer.text
+        assert "open the app from the EHR again" in answer.json()["detail"]
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["detail"].startswith("The FHIR server refused the request: ")
 
 
 def test_a_form_sent_after_the_session_ended_shows_its_text_back_and_saves_nothing(
