@@ -104,13 +104,20 @@ FREE_TEXT = re.compile(
     r"|child-\d+-(?:name|birth_date)|expected_date|who_helps"
 )
 
-#: The nurse's fields whose kept text says which field it was (each is typed in a hurry,
-#: and "your text 3" does not tell a child's name from its birth date); others are numbered.
+#: The fields whose kept text says which field it was: the nurse's (each is typed in a
+#: hurry, and "your text 3" does not tell a child's name from its birth date) and the
+#: social worker's steps and closing; others are numbered.
 _KEPT_LABELS = {
     "expected_date": "app.step1.expected-date",
     "reasons": "app.step2.reasons",
     "who_helps": "app.step2.who-helps",
     "support_note": "app.step3.note",
+    "note": "casefile.note",
+    "patient_explanation": "casefile.s4.explanation",
+    "team_members": "casefile.s4.team",
+    "not_informed_reason": "casefile.s6.not-informed-reason",
+    "follow_up_actions": "casefile.s6.follow-up",
+    "reason_text": "casefile.close.text",
 }
 _CHILD_FIELD = re.compile(r"child-(\d+)-(name|birth_date)")
 _CHILD_LABELS = {"name": "app.step1.child-name", "birth_date": "app.step1.birth-date"}

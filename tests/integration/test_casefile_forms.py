@@ -226,6 +226,7 @@ def test_a_step_refused_because_a_colleague_moved_the_case_on_shows_the_typed_no
     assert 'id="s5-form"' not in shown
     assert "Het dossier biedt dit formulier niet meer aan" in shown
     assert f"readonly>{note}</textarea>" in shown
+    assert '<label for="kept-1">Notitie</label>' in shown  # said what it was: not "Uw tekst 1"
     step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
     assert len(search(base_url, "Observation", subject=patient, code=step_5)) == 1
 
