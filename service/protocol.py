@@ -67,8 +67,9 @@ Rules that hold at any point after step 1:
   says otherwise (step 4, step 5, or a step 3 that route led to).
 * Acute danger does not wait for the route: a step 2 finding with acute danger may be
   recorded at any point and leads straight to step 6 (or to a team decision, step 4);
-  once the team has decided (a step 4), it may record the decision "acute danger" at any
-  point too (:func:`team_may_find_acute_danger`), which opens the parket and the police.
+  once the social service follows the concern (a step 4, 5 or 6 is recorded), the team
+  may record the decision "acute danger" at any point too
+  (:func:`team_may_find_acute_danger`), which opens the parket and the police.
 
 Dutch terms used once and explained here:
 
@@ -1094,13 +1095,17 @@ def referral_subjects(
 
 
 def team_may_find_acute_danger(case: KindreflexCase, on: date) -> bool:
-    """Whether the team may record a step 4 "acute danger" now, out of its route: once it
-    has decided (a step 4), danger found later (a new incident, what the facility tells)
-    leads to the parket or the police at any moment ("Er is acuut gevaar: betrek het
-    parket en/of de politie", seed 002; seed 003, step 4: "acuut gevaar? Ga naar stap 6"),
-    without waiting for a nurse's step 2 at the patient's next visit."""
-    decided = any(isinstance(f, Step4Decision) for f in case.findings)
-    return decided and cares_for_minors(case.children, case.expecting, on)
+    """Whether the team may record a step 4 "acute danger" now, out of its route: once the
+    social service follows the concern (a finding of steps 4-6: a team decision, or the
+    referral and the work on safety that a nurse's acute danger led to straight away),
+    danger found later (a new incident, what the facility tells) leads to the parket or the
+    police at any moment ("Er is acuut gevaar: betrek het parket en/of de politie", seed
+    002; seed 003, step 4: "acuut gevaar? Ga naar stap 6"), without waiting for a nurse's
+    step 2 at the patient's next visit. Neither seed asks for an earlier team decision: a
+    case that went from a nurse's acute danger to the police and then to step 5 has none,
+    and the parket and the police were closed to it for good (found by review)."""
+    followed = any(f.step in CONCERN_STEPS for f in case.findings)
+    return followed and cares_for_minors(case.children, case.expecting, on)
 
 
 def team_decisions_open(case: KindreflexCase, on: date) -> tuple[TeamDecision, ...]:

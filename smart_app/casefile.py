@@ -343,7 +343,7 @@ class Shown:
     @property
     def team_decisions(self) -> tuple[str, ...]:
         """The decisions the step 4 form offers: all when step 4 is next, only "acute
-        danger" once the team decided (``protocol.team_decisions_open``)."""
+        danger" once the social service follows the concern (``protocol.team_decisions_open``)."""
         if self.case is None or self.summary.status != "open":
             return ()
         return tuple(d.value for d in team_decisions_open(self.case, local_today()))

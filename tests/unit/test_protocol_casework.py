@@ -51,6 +51,7 @@ from tests.support.findings import (
     step1,
     step2,
     step4,
+    step5,
     step6,
 )
 
@@ -308,6 +309,26 @@ def test_acute_danger_found_after_the_team_decided_leads_to_the_parket() -> None
     willing = case_of(step1(), step2(), step4(TeamDecision.CONCERNING_WILLING))
     following = apply(willing, follow_up(4, 14, ProgressAssessment.IMPROVING))
     assert apply(following, step4(TeamDecision.ACUTE_DANGER, t=5)).next_steps == {Step.STEP_6}
+
+
+def test_new_acute_danger_after_an_acute_route_without_step_4_leads_to_the_parket() -> None:
+    """The nurse found acute danger (step 2) and the social worker called the police
+    straight away (step 6), then worked on safety with the facility (step 5), which ends
+    the acute danger. A new incident puts the child in acute danger again: the social
+    worker could not record it (no step 4 had been recorded, so no team "acute danger"
+    was offered) and the parket and the police were refused for good. Seed 002: "Er is
+    acuut gevaar: betrek het PARKET en/of POLITIE"; seed 003, step 4: "... of acuut
+    gevaar? Ga naar STAP 6": neither asks for an earlier team decision (found by review)."""
+    case = case_of(
+        step1(),
+        step2(acute=True),
+        step6(ReferralTarget.POLICE, t=3),
+        step5(ProgressAssessment.NOT_RESTORED, t=4),
+    )
+    assert not case.acute_danger
+    assert team_decisions_open(case, TODAY) == (TeamDecision.ACUTE_DANGER,)
+    escalated = apply(case, step4(TeamDecision.ACUTE_DANGER, t=5))
+    assert apply(escalated, step6(ReferralTarget.PARKET, t=6)).current_step is Step.STEP_6
 
 
 def test_out_of_its_route_the_team_records_acute_danger_only() -> None:

@@ -243,12 +243,15 @@ def _follows_a_triage(earlier: tuple[Finding, ...]) -> bool:
 
 def check_every_move_follows_the_route(case: KindreflexCase, accepted: Accepted) -> None:
     for before, finding in accepted:
-        # acute danger interrupts the route: a nurse's step 2, or the team's step 4 once it
-        # has decided before
+        # acute danger interrupts the route: a nurse's step 2, or the team's step 4 once the
+        # social service follows the concern (a step 4, 5 or 6 before)
         team_acute = (
             isinstance(finding, Step4Decision)
             and finding.decision is TeamDecision.ACUTE_DANGER
-            and any(isinstance(f, Step4Decision) for f in before.findings)
+            and any(
+                isinstance(f, Step4Decision | Step5Progress | Step6Referral)
+                for f in before.findings
+            )
         )
         acute_interrupt = team_acute or (isinstance(finding, Step2Finding) and finding.acute_danger)
         assert finding.step in before.next_steps or finding.step is Step.STEP_1 or acute_interrupt
