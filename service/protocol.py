@@ -64,7 +64,10 @@ Rules that hold at any point after step 1:
   concern's; it does not close it. A nurse who finds no concern at the next visit does
   not end the team's follow-up, nor does the support she records after it (step 3
   following a step 2), and an acute danger the team found stays until the team's route
-  says otherwise (step 4, step 5, or a step 3 that route led to).
+  says otherwise (step 4, step 5, or a step 3 that route led to). A niet-pluis or unclear
+  she finds keeps step 4 ahead until the team records one: the work on the older plan
+  meanwhile (a step 5 follow-up, a referral, the support they lead to) does not decide on
+  the new worries.
 * Acute danger does not wait for the route: a step 2 finding with acute danger may be
   recorded at any point and leads straight to step 6 (or to a team decision, step 4);
   once the social service follows the concern (a step 4, 5 or 6 is recorded), the team
@@ -1126,6 +1129,26 @@ def _supports_after_a_triage(case: KindreflexCase) -> bool:
     return isinstance(next(routing, None), Step2Finding)
 
 
+def _awaits_team_decision(findings: tuple[Finding, ...]) -> bool:
+    """Whether a nurse's niet-pluis or unclear (step 2, without acute danger) still waits
+    for the team's decision: no step 4 is recorded after it. Seed 003, step 2: "Heb je een
+    niet-pluisgevoel, of voel je onduidelijkheid? Ga naar STAP 4." The work on an older
+    plan (a step 5 follow-up, a referral, the support it leads to) does not decide on the
+    new worries: before, it replaced the step 4 the nurse's finding had opened, and the
+    case could be closed without a team decision on them (found by review). A step 2 with
+    acute danger has a route of its own in place of any other (step 4 or step 6): a
+    referral answers it, and with it any worries found before it."""
+    for finding in reversed(findings):
+        if isinstance(finding, Step4Decision):
+            return False
+        if (
+            isinstance(finding, Step2Finding)
+            and finding.assessment is not SafetyAssessment.NO_CONCERN
+        ):
+            return not finding.acute_danger
+    return False
+
+
 def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
     """Validate one move and return the new state. Raises a :class:`ProtocolError`."""
     _check_time(case, finding)
@@ -1159,7 +1182,9 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
                 # the nurse's support after her "no concern": the team's route stays open
                 nxt |= case.next_steps & CONCERN_STEPS
             else:
-                acute = False  # the team's route led here: the concern is over
+                # the team's route led here: its concern is over (a nurse's worries that
+                # still wait for the team keep step 4 ahead: _awaits_team_decision)
+                acute = False
         case Step4Decision():
             acute = finding.decision is TeamDecision.ACUTE_DANGER
             nxt = {
@@ -1198,9 +1223,12 @@ def apply(case: KindreflexCase, finding: Finding) -> KindreflexCase:
                         "inform the patient afterwards.",
                     )
             nxt = frozenset({Step.STEP_6, Step.STEP_5, Step.STEP_3})
+    findings = (*case.findings, finding)
+    if _awaits_team_decision(findings):
+        nxt |= {Step.STEP_4}  # whatever else moved on meanwhile
     return dataclasses.replace(
         case,
-        findings=(*case.findings, finding),
+        findings=findings,
         next_steps=nxt,
         children=children,
         expecting=expecting,

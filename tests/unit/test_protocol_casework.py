@@ -7,6 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from service.casework import closable
 from service.protocol import (
     AgreedAction,
     CaseClosure,
@@ -50,6 +51,7 @@ from tests.support.findings import (
     child,
     step1,
     step2,
+    step3,
     step4,
     step5,
     step6,
@@ -113,6 +115,36 @@ def test_follow_ups_are_recorded_one_after_the_other_until_the_last() -> None:
     case = apply(case, follow_up(6, None, ProgressAssessment.IMPROVING))
     assert case.next_steps == {Step.STEP_3}
     assert [f.step for f in case.findings[-3:]] == [Step.STEP_5] * 3
+
+
+def test_a_nurses_new_niet_pluis_waits_for_the_team_through_the_older_plan() -> None:
+    """The social service follows the family at step 5; at the next visit the nurse has a
+    new niet-pluis, and the app tells her the social service will assess it (step 4). The
+    social worker then recorded the older plan's follow-up, "improving": step 4 was gone,
+    and the case could be closed as safe without a team decision on the new worries; a
+    referral on the older plan did the same. Seed 003, step 2: "Heb je een
+    niet-pluisgevoel, of voel je onduidelijkheid? Ga naar STAP 4." (found by review)"""
+    case = case_of(
+        step1(),
+        step2(),
+        step4(TeamDecision.CONCERNING_WILLING),
+        follow_up(4, 14, ProgressAssessment.IMPROVING),  # step 5 goes on
+        step1(t=10),  # the patient's next visit
+        step2(t=11, reasons=("new bruises on the child",)),
+    )
+    assert case.next_steps == {Step.STEP_4, Step.STEP_5}
+    improving = apply(case, follow_up(12, None, ProgressAssessment.IMPROVING))
+    assert improving.next_steps == {Step.STEP_3, Step.STEP_4}
+    assert not closable(improving)
+    supported = apply(improving, step3(t=13))  # the support the plan leads to
+    assert supported.next_steps == {Step.STEP_2, Step.STEP_3, Step.STEP_4}
+    not_restored = apply(case, follow_up(12, None, ProgressAssessment.NOT_RESTORED))
+    referred = apply(not_restored, step6(t=13))
+    assert Step.STEP_4 in referred.next_steps
+    assert not closable(referred)
+    decided = apply(improving, step4(TeamDecision.SAFE, t=13))  # only a step 4 decides
+    assert decided.next_steps == {Step.STEP_3}
+    assert closable(decided)
 
 
 def test_follow_up_dates_are_not_in_the_past() -> None:

@@ -256,19 +256,35 @@ def check_every_move_follows_the_route(case: KindreflexCase, accepted: Accepted)
         acute_interrupt = team_acute or (isinstance(finding, Step2Finding) and finding.acute_danger)
         assert finding.step in before.next_steps or finding.step is Step.STEP_1 or acute_interrupt
         if finding.step is Step.STEP_4 and not team_acute:
-            # a niet-pluis or unclear step 2 since the route last moved on past step 2 (the
-            # support a nurse records after her own step 2 does not move the team's route)
-            moved = [
-                at
-                for at, f in enumerate(before.findings)
-                if isinstance(f, Step4Decision | Step5Progress | Step6Referral)
-                or (isinstance(f, Step3Support) and not _follows_a_triage(before.findings[:at]))
-            ]
-            since = before.findings[moved[-1] + 1 :] if moved else before.findings
-            assert any(
-                isinstance(f, Step2Finding) and f.assessment is not SafetyAssessment.NO_CONCERN
-                for f in since
-            )
+            # a niet-pluis or unclear step 2 the team has not decided on: since the latest
+            # step 4, and with acute danger only while its own route (step 4 or 6) is ahead
+            # (the work on an older plan does not decide on a nurse's new worries)
+            worries = _undecided_worries(before.findings)
+            assert worries is not None
+            if worries.acute_danger:
+                after = before.findings[before.findings.index(worries) + 1 :]
+                assert not any(isinstance(f, Step5Progress | Step6Referral) for f in after)
+
+
+def _undecided_worries(findings: tuple[Finding, ...]) -> Step2Finding | None:
+    """The latest niet-pluis or unclear step 2 after the latest step 4, if any."""
+    for finding in reversed(findings):
+        if isinstance(finding, Step4Decision):
+            return None
+        if (
+            isinstance(finding, Step2Finding)
+            and finding.assessment is not SafetyAssessment.NO_CONCERN
+        ):
+            return finding
+    return None
+
+
+def check_a_nurses_worries_wait_for_the_team(case: KindreflexCase, accepted: Accepted) -> None:
+    """A niet-pluis or unclear without acute danger leads to step 4 (seed 003, step 2), and
+    nothing but a step 4 takes it off the route."""
+    worries = _undecided_worries(case.findings)
+    if worries is not None and not worries.acute_danger:
+        assert Step.STEP_4 in case.next_steps
 
 
 def check_every_decision_records_its_author_and_time(
@@ -319,6 +335,7 @@ def test_any_sequence_of_moves_keeps_the_protocol_rules(
     check_step_6_is_never_reached_without_step_4_or_acute_danger(case, accepted)
     check_parket_and_police_only_follow_an_acute_danger_finding(case, accepted)
     check_every_move_follows_the_route(case, accepted)
+    check_a_nurses_worries_wait_for_the_team(case, accepted)
     check_every_decision_records_its_author_and_time(case, accepted)
     check_the_state_is_rebuilt_from_its_recorded_findings(case, accepted)
     check_a_concern_stays_open_until_the_route_returns_to_support(case, accepted)
