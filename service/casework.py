@@ -561,7 +561,8 @@ def _recorded(
 
 def _expecting_ref(by_id: Mapping[str, Resource], concern: list[RecordedFinding]) -> str | None:
     """The expected child's Observation named by the case's latest step 1 that names one (a
-    later step 1 does not take the expected child off an open concern, as the children)."""
+    later step 1 does not take the expected child off an open concern, as the children,
+    until it is born: ``protocol._still_expected``, and a referral then names none)."""
     step_1_id = next(
         (id_ for id_, f in reversed(concern) if isinstance(f, Step1Finding) and f.expecting),
         None,

@@ -58,7 +58,9 @@ Rules that hold at any point after step 1:
   step 2 when there are minor children (or a child expected) to gauge, and it keeps what
   was open: a concern the social service follows (steps 4-6 ahead) stays open, with the
   children and the expected child it is about (a later "no children", from a patient
-  who says less or whose child lives elsewhere now, does not take them off the concern).
+  who says less or whose child lives elsewhere now, does not take them off the concern;
+  the expected child stays until it is born: a month past its expected date, with a
+  child born since among the children).
   A step 1 without minor children and without a child expected leaves nothing else open.
 * A step 2 (without acute danger) while a concern is open adds its route to the
   concern's; it does not close it. A nurse who finds no concern at the next visit does
@@ -999,7 +1001,8 @@ class KindreflexCase:
 
     * ``next_steps``: the steps the protocol expects next (empty: nothing to do);
     * ``children`` and ``expecting``: from the latest step 1, and while a concern is open
-      also those of the step 1s before it (a concern keeps the children it is about);
+      also those of the step 1s before it (a concern keeps the children it is about, and
+      its expected child until it is born and recorded as a child);
     * ``acute_danger``: the route into step 6 comes from an acute-danger finding, which
       is what allows the parket or the police.
     """
@@ -1249,12 +1252,33 @@ def _children_after(
 ) -> tuple[tuple[Child, ...], ExpectedChild | None]:
     """The children and the expected child after a new step 1: the step's own, and while a
     concern is open also the concern's that the step leaves out, so that the social
-    service's route (a team decision about a child, a referral naming it) keeps them."""
+    service's route (a team decision about a child, a referral naming it) keeps them; the
+    concern's expected child until it is born (:func:`_still_expected`)."""
     if not case.has_open_concern:
         return step_1.children, step_1.expecting
     listed = {child.ref for child in step_1.children}
     kept = tuple(child for child in case.children if child.ref not in listed)
-    return (*step_1.children, *kept), step_1.expecting or case.expecting
+    children = (*step_1.children, *kept)
+    still_expected = _still_expected(case.expecting, children, step_1.recorded_on)
+    return children, step_1.expecting or still_expected
+
+
+def _still_expected(
+    expecting: ExpectedChild | None, children: tuple[Child, ...], on: date
+) -> ExpectedChild | None:
+    """The concern's expected child as a step 1 on ``on`` keeps it: not once it is born, its
+    expected date more than EXPECTED_DATE_OVERDUE_DAYS past (a step 1 no longer accepts
+    that date: a child already born is recorded as a child) and a child born since the
+    pregnancy began (at most EXPECTED_DATE_AHEAD_DAYS before that date) among the concern's
+    children. Before, a referral after the birth named the newborn twice, once as a child
+    still expected (found by review). A newborn the patient leaves out keeps it: the
+    expected child is then the only record of that baby, and the concern stays about it."""
+    due = expecting.expected_date if expecting is not None else None
+    if due is None or due >= on - timedelta(days=EXPECTED_DATE_OVERDUE_DAYS):
+        return expecting
+    pregnancy_began = due - timedelta(days=EXPECTED_DATE_AHEAD_DAYS)
+    born = any(child.birth_date >= pregnancy_began for child in children)
+    return None if born else expecting
 
 
 def _check_kind_en_gezin_start(case: KindreflexCase, support: Step3Support) -> None:

@@ -39,6 +39,7 @@ from service.protocol import (
     check_plausible_dates,
     check_referral_status,
     earliest_contact,
+    kind_en_gezin_advised,
     latest_follow_up,
     referral_subjects,
     team_decisions_open,
@@ -309,6 +310,34 @@ def test_a_referral_about_all_children_names_the_expected_child_beside_the_born_
     pregnancy = ExpectedChild(PregnancyOf.PATIENT, TODAY + timedelta(days=90))
     step_1 = step1(children=(LOTTE, TOM), expecting=pregnancy)
     assert _subjects(_referred(step_1)) == (("Lotte",), pregnancy)
+
+
+def test_a_referral_after_the_birth_does_not_name_the_newborn_as_still_expected() -> None:
+    """The concern was raised during the pregnancy (due 20 March); at the visit of 2 May the
+    nurse lists the baby, born 18 March, and no pregnancy any more. The case kept the
+    expected child as well: the referral told the VK of the newborn and of an unborn child
+    due in March, and step 3 advised Kind & Gezin "also for the expected child". Seeds 000
+    and 001, step 1: the children "of een kind verwacht"; a step 1 refuses an expected date
+    more than a month past (found by review). A step 1 that leaves the baby out keeps the
+    expected child: it is then the only record of that baby."""
+    due = TODAY + timedelta(days=18)
+    baby = child("c2", born=TODAY + timedelta(days=16), name="Noor")
+    two_months = 60 * 24 * 61
+    raised = (
+        step1(expecting=ExpectedChild(PregnancyOf.PATIENT, due)),
+        step2(),
+        step4(TeamDecision.CONCERNING_UNWILLING),
+    )
+    worried = step2(t=two_months + 1, reasons=("still worried",))
+    born = case_of(*raised, step1(t=two_months, children=(child(), baby)), worried)
+    children, expecting = referral_subjects(born, step6(t=two_months + 2))
+    assert ({c.ref for c in children}, expecting) == ({"c1", "c2"}, None)
+    advised = kind_en_gezin_advised(born, born.findings[-1].recorded_on)
+    assert advised is not None
+    assert (advised.child_refs, advised.includes_expected_child) == (("c2",), False)
+
+    left_out = case_of(*raised, step1(t=two_months), worried)
+    assert left_out.expecting == ExpectedChild(PregnancyOf.PATIENT, due)
 
 
 def test_a_referral_naming_a_child_is_about_that_child_whatever_their_age() -> None:
