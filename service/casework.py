@@ -231,8 +231,8 @@ def referral_transaction(
         current = ReferralStatus(referral["status"])
     except ValueError:  # a draft or an unknown status, set by someone else on the server
         raise NoReferralError(
-            f"The latest referral on the FHIR server has the status '{referral['status']}', "
-            "which Kindreflex does not follow up: change it in the EHR."
+            f"The referral {referral['id']} on the FHIR server has the status "
+            f"'{referral['status']}', which Kindreflex does not follow up: change it in the EHR."
         ) from None
     check_referral_status(current, status)
     tx = TransactionBuilder()
@@ -644,7 +644,12 @@ class CaseOnAnotherServerError(CaseNotOnServerError):
 
 class NoReferralError(LookupError):
     """The case has no referral on the FHIR server that Kindreflex follows up (no step 6
-    delivered yet, or the latest one has a status someone else set, such as draft)."""
+    delivered yet, or the one to change has a status someone else set, such as draft)."""
+
+
+class UnknownReferralError(LookupError):
+    """The referral named is not one of the case's: another case's or patient's, or one the
+    EHR retracted (``mapping.RETRACTED``). Nothing is changed."""
 
 
 def _referrals(client: FhirClient, record: CaseRecord) -> tuple[list[Resource], SearchPages]:
@@ -699,9 +704,19 @@ def _every_referral(client: FhirClient, record: CaseRecord) -> list[Resource]:
     return found
 
 
-def _latest_referral(client: FhirClient, record: CaseRecord) -> Resource:
-    """The case's most recent referral ServiceRequest, as read (with version)."""
+def _referral(client: FhirClient, record: CaseRecord, referral_id: str | None) -> Resource:
+    """The case's referral ServiceRequest ``referral_id``, as read (with version); without
+    an id its most recent one, as the API's body meant before a case's earlier referrals
+    could be followed up (a VK's referral stays active after a later one to the police)."""
     found = _every_referral(client, record)
+    if referral_id is not None:
+        named = [r for r in found if r["id"] == referral_id]
+        if not named:
+            raise UnknownReferralError(
+                f"ServiceRequest/{referral_id} is not one of this case's referrals; "
+                "nothing was changed."
+            )
+        return named[0]
     if not found:
         raise NoReferralError(
             "This case has no referral on the FHIR server yet; record step 6 first (or wait "
@@ -941,10 +956,12 @@ class Casework:
         ctx: LaunchInfo,
         case_id: int,
         expected_version: int,
+        referral_id: str | None,
         status: ReferralStatus,
         note: str | None,
     ) -> StepResult:
-        """The case's latest referral gets a new status (If-Match on the version read).
+        """The case's referral ``referral_id`` (None: its latest) gets a new status (If-Match
+        on the version read).
 
         Allowed on a closed case too: the facility's work goes on after the hospital closed
         its concern, and the referral keeps telling where it stands.
@@ -952,7 +969,7 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version, closed_too=True)
         with self._client(ctx, change=True) as client:
             record, case = self._read(ctx, concern, client)
-            referral = _latest_referral(client, record)
+            referral = _referral(client, record, referral_id)
         plan = referral_transaction(
             record,
             referral,
@@ -1109,7 +1126,7 @@ class Casework:
         the reads before a ``change`` of the case: every page, within the larger budget of
         a change (``FhirClient.for_change``), else the server does not answer now and
         nothing is changed. A change is never ruled on part of the history (:func:`_whole`,
-        :func:`_latest_referral`); within the screen's budget a long case on a slow server
+        :func:`_referral`); within the screen's budget a long case on a slow server
         could never be changed."""
         make = FhirClient.for_change if change else FhirClient.for_screen
         return make(

@@ -46,6 +46,7 @@ from service.casework import (
     SaveOnItsWayError,
     StepInput,
     StepResult,
+    UnknownReferralError,
     closable,
 )
 from service.fhir import terminology
@@ -59,6 +60,7 @@ from service.fhir.mapping import (
     AddedNote,
     UnreadableResourceError,
     referral_performer,
+    referral_target,
     request_status,
 )
 from service.i18n import Language, translate
@@ -352,17 +354,11 @@ class Shown:
         """The facility a step 6 finding referred the case to, its Organization as read (its
         name, its numbers). The finding names only the facility's type (VK); the referral
         ServiceRequest written with it, authored at the moment it was recorded, names the
-        facility. None: not read. A facility the EHR renamed to a display only (no
-        reference) is that name alone."""
+        facility. None: not read."""
         if self.opened is None:
             return None
         written_with = (r for r in self.opened.referrals if _authored(r) == referral.recorded_at)
-        request = next(written_with, {})
-        performer = referral_performer(request)
-        if performer is not None:
-            return self.opened.facilities.get(performer)
-        named = referral_performer(request, "display")
-        return None if named is None else {"name": named}
+        return _facility_of(next(written_with, {}), self.opened.facilities)
 
     def facility_name(self, referral: Step6Referral) -> str | None:
         """The name of the facility a step 6 finding referred the case to (None: unknown)."""
@@ -370,20 +366,33 @@ class Shown:
         return str(name) if name else None
 
     @property
-    def referral(self) -> dict[str, Any] | None:
-        """The latest referral as read (None: none yet); its status goes on after closing.
-        One the EHR set to a status we do not write (draft, unknown) is still the latest:
-        it is shown with that status and no form, as ``casework.referral_transaction``
-        refuses to change it ("change it in the EHR"); hiding it would show an older
-        referral's status as the one that holds now."""
-        return (
-            None if self.opened is None or not self.opened.referrals else self.opened.referrals[0]
-        )
+    def referrals(self) -> tuple[ShownReferral, ...]:
+        """Every referral of the case as read, newest first, each with its facility; their
+        status goes on after closing. An earlier one still running (the VK's, after a later
+        step 6 to the police) has its own form: showing only the latest left it active for
+        good. One the EHR set to a status we do not write (draft, unknown) is shown with
+        that status and no form, as ``casework.referral_transaction`` refuses to change it
+        ("change it in the EHR")."""
+        if self.opened is None:
+            return ()
+        facilities = self.opened.facilities
+        return tuple(ShownReferral(r, _facility_of(r, facilities)) for r in self.opened.referrals)
 
-    @property
-    def referral_status(self) -> str | None:
-        """The latest referral's status, an R4 request-status code (None: no referral)."""
-        return None if self.referral is None else request_status(self.referral)
+    def offered(self, retry: str) -> dict[str, bool]:
+        """Whether the page offers each form, by its name: the steps the protocol allows
+        next, closing and each running referral's status. ``retry``: the form just sent
+        while the case could not be read or its previous save was on its way, shown again
+        with its input (a referral's only while it runs)."""
+        forms = {
+            "s4": self.offers(Step.STEP_4),
+            "s5": self.offers(Step.STEP_5),
+            "s6": self.offers(Step.STEP_6),
+            "close": self.may_close,
+        }
+        forms |= {r.form: not self.save_on_its_way for r in self.referrals if r.running}
+        if retry in forms:
+            forms[retry] = True
+        return forms
 
     @property
     def may_close(self) -> bool:
@@ -396,10 +405,80 @@ class Shown:
         )
 
 
-def _authored(request: dict[str, Any]) -> datetime | None:
+def _authored(request: Mapping[str, Any]) -> datetime | None:
     """When a referral ServiceRequest was written (None: it does not say)."""
     authored = request.get("authoredOn")
     return datetime.fromisoformat(authored) if isinstance(authored, str) else None
+
+
+def _facility_of(
+    request: Mapping[str, Any], facilities: Mapping[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The facility a referral ServiceRequest goes to, its Organization as read among
+    ``facilities`` (None: not read). A facility the EHR renamed to a display only (no
+    reference) is that name alone."""
+    performer = referral_performer(request)
+    if performer is not None:
+        return facilities.get(performer)
+    named = referral_performer(request, "display")
+    return None if named is None else {"name": named}
+
+
+def referral_form(referral_id: str) -> str:
+    """The name of a referral's status form, the prefix of its fields' ids. A FHIR id may
+    hold "-": as "_", which no id holds, one id's form ("a-note") cannot take another's
+    field ("a"'s note)."""
+    return "referral-" + referral_id.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ShownReferral:
+    """One of the case's referrals as the page lists it: the facility it goes to, where it
+    stands and the name of its status form."""
+
+    request: Mapping[str, Any]
+    #: its Organization as read (None: not read)
+    facility: Mapping[str, Any] | None
+
+    @property
+    def id(self) -> str:
+        return str(self.request["id"])
+
+    @property
+    def form(self) -> str:
+        return referral_form(self.id)
+
+    @property
+    def status(self) -> str:
+        """An R4 request-status code."""
+        return request_status(self.request)
+
+    @property
+    def followed(self) -> bool:
+        """Whether Kindreflex follows its status up (not a draft the EHR made)."""
+        return self.status in _FOLLOWED_STATUSES
+
+    @property
+    def running(self) -> bool:
+        """Whether the facility's work goes on, so its status may still change."""
+        return self.status in (ReferralStatus.ACTIVE, ReferralStatus.ON_HOLD)
+
+    @property
+    def target(self) -> str | None:
+        """The kind of facility (vk, ocj, parket, police); None: the EHR took it away."""
+        return referral_target(self.request)
+
+    @property
+    def facility_name(self) -> str | None:
+        name = (self.facility or {}).get("name")
+        return str(name) if name else None
+
+    @property
+    def authored(self) -> datetime | None:
+        return _authored(self.request)
+
+
+_FOLLOWED_STATUSES = frozenset(status.value for status in ReferralStatus)
 
 
 def _waits_for_sign_in(summary: social.CaseSummary) -> bool:
@@ -705,6 +784,8 @@ def _save_step(
         problems, status = _about_form(ctx, typed, "error.closed-in-ehr"), 409
     except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
         problems, status = _about_form(ctx, typed, "error.not-now"), 409
+    except UnknownReferralError:  # retracted in the EHR meanwhile, or a form made up
+        problems, status = _about_form(ctx, typed, "error.unknown-referral"), 422
     except ReauthorisationRequired:
         problems, status = _about_form(ctx, typed, "error.reauthorise"), 401
     except UnreadableResourceError as error:
@@ -899,14 +980,21 @@ _STEP_FORMS: Mapping[str, tuple[str, Callable[[Mapping[str, list[str]]], StepInp
 async def referral_status(
     request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
 ) -> Response:
-    """The latest referral's status as the facility's work proceeds (also on a closed case)."""
-    typed = await _typed(request, "referral")
+    """A referral's status as the facility's work proceeds (also on a closed case)."""
+    sent = await _typed(request, "")
+    referral_id = _one(sent.values, "referral_id")
+    # each referral has its own form: a refusal is shown in the one sent, with its input
+    typed = Typed(referral_form(referral_id or ""), sent.values)
 
     def save(version: int) -> StepResult:
         body = ReferralStatusChange.model_validate(
-            {"status": _one(typed.values, "status"), "note": _one(typed.values, "note")}
+            {
+                "referral_id": referral_id,
+                "status": _one(typed.values, "status"),
+                "note": _one(typed.values, "note"),
+            }
         )
-        return work.update_referral(ctx, case_id, version, body.status, body.note)
+        return work.update_referral(ctx, case_id, version, body.referral_id, body.status, body.note)
 
     return await run_in_threadpool(_save_step, ctx, database, work, case_id, typed, save)
 

@@ -39,6 +39,7 @@ from service import audit
 from service.audit import AuditAction, AuditFact, Channel, actor_url
 from service.db.base import Database, utcnow
 from service.db.models import LaunchState, Tenant
+from service.fhir.mapping import FHIR_ID
 from service.i18n import negotiate
 from service.keys import KeyStore
 from service.outbox import Outbox
@@ -90,8 +91,6 @@ LAUNCH_LIFETIME = timedelta(minutes=10)
 #: insert follows it, so the launches in flight at that moment (at most 40 per instance,
 #: the thread pool of the app's routes) may each pass: the bound holds within that margin.
 MAX_LAUNCHES_IN_FLIGHT = 20_000
-#: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 FHIR_USER_MAX = 500  # the session's column
 #: A fhirUser's resource type (an absolute or relative reference, perhaps versioned).
 _USER_TYPE = re.compile(r"(?:^|/)([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")

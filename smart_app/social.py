@@ -37,6 +37,7 @@ from service.casework import (
     NoReferralError,
     SaveOnItsWayError,
     StepResult,
+    UnknownReferralError,
 )
 from service.db.base import utcnow
 from service.fhir import mapping, terminology
@@ -170,10 +171,17 @@ class CloseRequest(ClaimRequest, Closing):
 
 
 class ReferralStatusChange(BaseModel):
-    """The referral's new status (the API's body and the case page's form)."""
+    """A referral's new status (the API's body and the case page's forms, one a referral)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    referral_id: str | None = Field(
+        None,
+        pattern=rf"^{mapping.FHIR_ID.pattern}$",
+        description="The referral's ServiceRequest id (`referrals[].id` of the case). "
+        "Absent or null: the case's latest referral, as before a case's earlier referrals "
+        "could be changed. An id that is not one of this case's referrals is refused (422).",
+    )
     status: ReferralStatus = Field(description="active | on-hold | completed | revoked")
     note: OptionalText = Field(None, max_length=4000, description="Why, or what the facility said.")
 
@@ -358,13 +366,16 @@ _STEP_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _case_write(method: str, action: str, summary: str) -> Callable[[_Endpoint], _Endpoint]:
+def _case_write(
+    method: str, action: str, summary: str, description: str | None = None
+) -> Callable[[_Endpoint], _Endpoint]:
     """The route of a change of a case (``/api/cases/{case_id}/<action>``): CSRF-checked,
     answering the refusals of ``_refusal``."""
     return router.api_route(
         f"/api/cases/{{case_id}}/{action}",
         methods=[method],
         summary=summary,
+        description=description,
         dependencies=[Depends(verify_csrf)],
         responses=_STEP_ERRORS,
     )
@@ -487,7 +498,15 @@ def close(
 
 
 @_case_write(
-    "PUT", "referral", "The status of the case's latest referral, as it proceeds (also closed)"
+    "PUT",
+    "referral",
+    "The status of one of the case's referrals, as it proceeds (also closed)",
+    "Changes the referral `referral_id` names, one of the case's `referrals` (an earlier "
+    "one, e.g. the VK's, goes on after a later step 6 to the police). Without `referral_id` "
+    "the case's latest referral changes, as this endpoint did before it took an id. An id "
+    "that is not one of this case's referrals is refused with 422, nothing written. The "
+    "referral is updated with If-Match on the version read; a referral changed on the FHIR "
+    "server meanwhile, or a stale `row_version`, is a 409.",
 )
 def referral_status(
     ctx: SocialWorker,
@@ -500,7 +519,9 @@ def referral_status(
         ctx,
         database,
         case_id,
-        lambda: work.update_referral(ctx, case_id, body.row_version, body.status, body.note),
+        lambda: work.update_referral(
+            ctx, case_id, body.row_version, body.referral_id, body.status, body.note
+        ),
     )
 
 
@@ -529,6 +550,7 @@ _REFUSALS = (
     CaseNotOnServerError,
     CloseRefusedError,
     NoReferralError,
+    UnknownReferralError,
     SaveOnItsWayError,
     FhirError,
     ReauthorisationRequired,
@@ -540,7 +562,7 @@ def _refusal(error: Exception) -> tuple[int, object]:
     match error:
         case ProtocolError():
             return 422, {"code": error.code.value, "message": error.message}
-        case social.CatalogueError():
+        case social.CatalogueError() | UnknownReferralError():
             return 422, {"message": str(error)}
         case social.CaseNotFoundError():
             return 404, str(error)

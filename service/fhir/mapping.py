@@ -64,6 +64,7 @@ from service.protocol import (
 )
 
 __all__ = [
+    "FHIR_ID",
     "PROFILE_OF_STEP",
     "ROUTINE",
     "STAT",
@@ -92,6 +93,9 @@ __all__ = [
 ]
 
 Resource = dict[str, Any]
+
+#: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
+FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 #: The profile (id) of each step's finding.
 PROFILE_OF_STEP: Final[Mapping[Step, str]] = {

@@ -23,6 +23,7 @@ from service.fhir.client import FhirClient, FhirRejected
 from service.local_time import local, local_today
 from service.outbox import DeliveryState
 from service.protocol import SafetyAssessment, earliest_contact, latest_follow_up
+from smart_app.casefile import referral_form
 from smart_app.session import CSRF_HEADER
 from tests.support.casework import (
     COLLEAGUE,
@@ -483,9 +484,10 @@ def test_the_case_page_and_the_referral_write_dates_as_the_nurses_page_does(
         assert "(geboren in 1990)" in html
         assert not re.search(r"\d{4}-\d{2}-\d{2}", _text(html)), _text(html)
     assert f"Afgedrukt op {today:%d/%m/%Y}" in summary
-    # when the concern was flagged and each finding recorded: Belgian time, ISO for machines
+    # when the concern was flagged, each finding recorded and the referral made: Belgian
+    # time, ISO for machines
     moments = re.findall(r'<time datetime="([^"]+)">([^<]+)</time>', after_6)
-    assert len(moments) == 6  # the flag, steps 1, 2, 4, 5 and 6
+    assert len(moments) == 7  # the flag, steps 1, 2, 4, 5 and 6, the referral's status
     for machine, shown in moments:
         assert local(datetime.fromisoformat(machine)).strftime("%d/%m/%Y %H:%M") == shown
 
@@ -602,16 +604,90 @@ def test_a_referral_status_note_too_long_is_refused_next_to_the_note(
     assert referred.status_code == 303
     page = client.get(f"/social/cases/{case_id}").text
     note = "n" * 4001  # a paste gone wrong, past the textarea's maxlength
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    form, fields = referral_form(request["id"]), {"referral_id": request["id"], "note": note}
 
     refused = post_form(
-        client, page, case_id, "referral-status", "referral", {"status": "on-hold", "note": note}
+        client, page, case_id, "referral-status", form, {**fields, "status": "on-hold"}
     )
 
     assert refused.status_code == 422
-    _assert_refused_at_their_fields(refused.text, "referral", ("referral-note",))
+    _assert_refused_at_their_fields(refused.text, form, (f"{form}-note",))
     assert note in refused.text  # the input is kept
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     assert request["status"] == "active"
+
+
+def test_an_earlier_referral_still_running_has_its_own_form_naming_its_facility(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # The VK first, then the police after the team's acute danger: the page showed and
+    # changed only the latest referral, without naming its facility, and the VK's stayed
+    # active for good. Now each referral is listed with its facility and, while it runs,
+    # its own form; a refused save keeps its input in the form it was typed in.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    acute = post_form(
+        client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "decision": "acute-danger"}
+    )
+    assert acute.status_code == 303, acute.text
+    page = client.get(f"/social/cases/{case_id}").text
+    police_fields = {**STEP_6_FORM, "partner_id": "politie", "contact_on": str(local_today())}
+    assert post_form(client, page, case_id, "step-6", "s6", police_fields).status_code == 303
+    by_kind = {
+        r["performerType"]["coding"][0]["code"]: r
+        for r in search(base_url, "ServiceRequest", subject=patient)
+    }
+    vk, police = referral_form(by_kind["vk"]["id"]), referral_form(by_kind["police"]["id"])
+    page = client.get(f"/social/cases/{case_id}").text
+
+    listed = page[page.index('id="referral-heading"') :]
+    assert listed.index(f'id="{police}-heading"') < listed.index(f'id="{vk}-heading"')
+    vk_heading = _text_of(listed, f"{vk}-heading")
+    assert "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen" in vk_heading
+    assert "Politie" in _text_of(listed, f"{police}-heading")
+    for form in (vk, police):  # each its own form, its fields labelled
+        assert f'id="{form}-form"' in page
+        assert f'<label for="{form}-status">' in page
+        assert f'<label for="{form}-note">' in page
+
+    note = "n" * 4001
+    vk_id = {"referral_id": by_kind["vk"]["id"]}
+    refused = post_form(
+        client, page, case_id, "referral-status", vk, {**vk_id, "status": "revoked", "note": note}
+    )
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, vk, (f"{vk}-note",))
+    assert _text_of(refused.text, f"{vk}-note", "</textarea>") == note  # in the VK's form
+    assert _text_of(refused.text, f"{police}-note", "</textarea>") == ""
+
+    elsewhere = {"referral_id": "another-cases-referral", "status": "revoked"}
+    unknown = post_form(client, page, case_id, "referral-status", vk, elsewhere)
+    assert unknown.status_code == 422
+    assert "hoort niet (meer) bij dit dossier" in unknown.text
+    assert {r["status"] for r in search(base_url, "ServiceRequest", subject=patient)} == {"active"}
+
+    revoked = post_form(
+        client, page, case_id, "referral-status", vk, {**vk_id, "status": "revoked"}
+    )
+    assert revoked.status_code == 303, revoked.text
+    statuses = {
+        r["performerType"]["coding"][0]["code"]: r["status"]
+        for r in search(base_url, "ServiceRequest", subject=patient)
+    }
+    assert statuses == {"vk": "revoked", "police": "active"}
+    page = client.get(f"/social/cases/{case_id}").text
+    assert f'id="{vk}-form"' not in page  # final: no form, its status still said
+    assert "De verwijzing is nu: ingetrokken." in _text_of(page, f"{vk}-heading", "</section>")
+    assert f'id="{police}-form"' in page
+
+
+def _text_of(html: str, element_id: str, end: str = "</h3>") -> str:
+    """The text of the element ``element_id`` up to ``end``, tags left out."""
+    start = html.index(">", html.index(f'id="{element_id}"')) + 1
+    return unescape(re.sub(r"<[^>]+>", "", html[start : html.index(end, start)]))
 
 
 #: The message of each date bound, as the case page says it in each language.

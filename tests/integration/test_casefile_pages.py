@@ -27,6 +27,7 @@ from service.i18n import translate
 from service.local_time import local_today
 from service.protocol import ExpectedChild, PregnancyOf
 from service.tenancy import SecretBox, TenantDirectory
+from smart_app.casefile import referral_form
 from tests.support.casework import (
     COLLEAGUE,
     SOCIAL_WORKER,
@@ -408,8 +409,9 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert " · An · " in summary.text  # the contact with the facility: the day, whom, how
     assert re.search(r"\(\d{2}/\d{2}/\d{4}, \d+ (jaar|maanden)\)</li>", summary.text)
 
+    form, referral_id = referral_form(request["id"]), {"referral_id": request["id"]}
     paused = post_form(
-        client, after_6, case_id, "referral-status", "referral", {"status": "on-hold"}
+        client, after_6, case_id, "referral-status", form, {**referral_id, "status": "on-hold"}
     )
     assert paused.status_code == 303, paused.text
     after_6 = client.get(f"/social/cases/{case_id}").text
@@ -426,7 +428,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     (flag,) = search(base_url, "Flag", subject=patient)
     assert flag["status"] == "inactive"
     closed_page = client.get(f"/social/cases/{case_id}").text
-    assert 'id="referral-form"' in closed_page  # the facility's work goes on
+    assert f'id="{form}-form"' in closed_page  # the facility's work goes on
     with database.session() as session:
         reads = session.scalars(
             select(AuditRecord.actor).where(

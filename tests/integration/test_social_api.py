@@ -7,6 +7,7 @@ reason; a stale save gets 409; closing makes the Flag inactive."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -514,6 +515,91 @@ def _referrals_on(case: HandedOffCase) -> list[dict[str, Any]]:
     return search(case.base_url, "ServiceRequest", subject=case.patient)
 
 
+def _referred_to_the_vk_then_the_police(case: HandedOffCase) -> tuple[str, str, int]:
+    """The VK first; then the team finds acute danger and involves the police (two step 6s).
+    The ids of the VK's and the police's ServiceRequests, and the case's row version."""
+    referred = case.referred_after_an_unwilling_decision()
+    assert referred.status_code == 200, referred.text
+    decided = case.decide("acute-danger", referred.json()["row_version"])
+    assert decided.status_code == 200, decided.text
+    police = {"partner_id": "politie", "with_cooperation": False, "patient_informed": True}
+    referred = case.send("step-6", {"row_version": decided.json()["row_version"], **police})
+    assert referred.status_code == 200, referred.text
+    by_target = {mapping.referral_target(r): r["id"] for r in _referrals_on(case)}
+    return by_target["vk"], by_target["police"], int(referred.json()["row_version"])
+
+
+def test_an_earlier_referral_still_running_is_followed_up_after_a_later_one(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """After a referral to the police the VK's stayed active for good: the API changed only
+    the latest referral. Now the body names the referral; without a name it is still the
+    latest (the API's earlier meaning)."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    vk, police, version = _referred_to_the_vk_then_the_police(case)
+
+    completed = case.send(
+        "referral",
+        {"row_version": version, "referral_id": vk, "status": "completed", "note": "VK done."},
+    )
+
+    assert completed.status_code == 200, completed.text
+    on_server = {r["id"]: r for r in _referrals_on(case)}
+    assert (on_server[vk]["status"], on_server[police]["status"]) == ("completed", "active")
+    assert on_server[vk]["note"][-1]["text"] == "VK done."
+    assert validate(on_server[vk]) == []
+    unnamed = case.send(
+        "referral", {"row_version": completed.json()["row_version"], "status": "on-hold"}
+    )
+    assert unnamed.status_code == 200, unnamed.text
+    statuses = {r["id"]: r["status"] for r in _referrals_on(case)}
+    assert statuses == {vk: "completed", police: "on-hold"}
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    assert [(r["id"], r["status"]) for r in opened["referrals"]] == [
+        (police, "on-hold"),
+        (vk, "completed"),
+    ]
+
+
+def test_another_cases_referral_is_not_changed_through_this_case(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """A referral id is looked up among this case's referrals only: another patient's is
+    refused with nothing written, as is an id that is no FHIR id."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    version = case.referred_after_an_unwilling_decision().json()["row_version"]
+    other_patient = save_triage(case.app, case.tenant, case.base_url)
+    listed = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    (other_row,) = [c for c in listed if c["patient"] == other_patient]
+    other_case = dataclasses.replace(
+        case, patient=other_patient, id=other_row["id"], row_version=other_row["row_version"]
+    )
+    assert other_case.referred_after_an_unwilling_decision().status_code == 200
+    (other,) = search(case.base_url, "ServiceRequest", subject=other_patient)
+    before = {r["id"]: r["meta"]["versionId"] for r in [other, *_referrals_on(case)]}
+
+    foreign = case.send(
+        "referral", {"row_version": version, "referral_id": other["id"], "status": "revoked"}
+    )
+    garbled = case.send(
+        "referral", {"row_version": version, "referral_id": "../Patient/1", "status": "revoked"}
+    )
+
+    assert foreign.status_code == 422, foreign.text
+    assert "not one of this case's referrals" in foreign.json()["detail"]["message"]
+    assert garbled.status_code == 422, garbled.text
+    after = search(case.base_url, "ServiceRequest", subject=other_patient)
+    after += _referrals_on(case)
+    assert {r["id"]: r["meta"]["versionId"] for r in after} == before
+    assert {r["status"] for r in after} == {"active"}
+    row = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    assert row["row_version"] == version  # the case's row is not touched either
+
+
 def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
     database_url: str,
     database: Database,
@@ -562,16 +648,18 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
     case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     assert referred.json()["status"] == "delivered", referred.text
-    read_referral = casework._latest_referral
+    read_referral = casework._referral
 
-    def read_then_the_facility_writes(client: Any, record: Any) -> dict[str, Any]:
-        as_read = read_referral(client, record)
+    def read_then_the_facility_writes(
+        client: Any, record: Any, referral_id: str | None
+    ) -> dict[str, Any]:
+        as_read = read_referral(client, record, referral_id)
         theirs = {**as_read, "note": [{"text": "VK: case taken on by An."}]}
         url = f"{case.base_url}/ServiceRequest/{as_read['id']}"
         assert httpx.put(url, json=theirs, timeout=10).status_code == 200
         return as_read
 
-    monkeypatch.setattr(casework, "_latest_referral", read_then_the_facility_writes)
+    monkeypatch.setattr(casework, "_referral", read_then_the_facility_writes)
     refused = case.send(
         "referral", {"row_version": referred.json()["row_version"], "status": "revoked"}
     )
