@@ -124,6 +124,9 @@ router = APIRouter(prefix="/social", include_in_schema=False)
 AGREED_ACTION_ROWS = 3
 #: From this age a child decides much itself: the page asks for the child's own say.
 OWN_SAY_AGE = 12
+#: The channel the step 6 form shows for the contact with the facility until another is
+#: chosen (``step6_body``; ``error.contact-person`` names it).
+CONTACT_CHANNEL_DEFAULT = ContactChannel.PHONE
 
 #: Where on the page a refused move is shown (the id of the field it is about).
 _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
@@ -263,12 +266,16 @@ def step5_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
 
 
 def step6_body(values: Mapping[str, list[str]]) -> dict[str, Any]:
-    # The date defaults to today on the page: a contact is recorded when a person is named.
+    """The step 6 form as the API's body. The page draws the contact's date as today and its
+    channel as :data:`CONTACT_CHANNEL_DEFAULT`, so a contact is recorded when a person is
+    named or either was changed; a changed one without a person is refused at the person,
+    where it was dropped without a word (found by review). A page drawn before midnight and
+    sent after it is refused so, too: better asked again than a contact lost."""
     person = _one(values, "contact_person")
-    contact = None
-    if person:
-        on, channel = _one(values, "contact_on"), _one(values, "contact_channel")
-        contact = {"on": on, "person": person, "channel": channel}
+    on, channel = _one(values, "contact_on"), _one(values, "contact_channel")
+    drawn = (local_today().isoformat(), CONTACT_CHANNEL_DEFAULT.value)
+    changed = (on or drawn[0], channel or drawn[1]) != drawn
+    contact = {"on": on, "person": person, "channel": channel} if person or changed else None
     return {
         "partner_id": _one(values, "partner_id") or "",
         "with_cooperation": _yes_no(values, "cooperation"),
@@ -648,6 +655,7 @@ def _render(
         referral_statuses=[r.value for r in ReferralStatus],
         agreed_rows=range(AGREED_ACTION_ROWS),
         channels=list(ContactChannel),
+        default_channel=CONTACT_CHANNEL_DEFAULT.value,
         close_reasons=[r.value for r in CloseReason],
         child_names={c.ref: c.name for c in file.case.children} if file.case else {},
         partners=_partners(ctx, file.case),
@@ -937,6 +945,10 @@ def _what_is_wrong(language: Language, anchor: str, problem: ErrorDetails) -> st
         return _message(language, "error.choose", question=_message(language, question))
     if problem["type"] == "string_too_long":  # the nurse's screen says it so, too
         return translate(language, "app.error.too-long", max=problem.get("ctx", {})["max_length"])
+    if anchor == "s6-contact-person" and problem["type"] == "string_type":
+        # none named, yet a date or channel changed (``step6_body``): "fill in" said not why
+        channel = terminology.display("contact-channel", CONTACT_CHANNEL_DEFAULT.value, language)
+        return _message(language, "error.contact-person", channel=channel)
     return _message(language, "error.field")
 
 

@@ -584,6 +584,80 @@ def test_step_6s_note_and_contact_refused_next_to_their_fields(
     assert search(base_url, "ServiceRequest", subject=patient) == []
 
 
+_NO_CONTACT_PERSON = {
+    "nl": "Noem met wie u contact had bij de voorziening. Geen contact? Zet de datum dan terug"
+    ' op vandaag en het kanaal op "Telefonisch".',
+    "fr": "Indiquez avec qui vous avez eu contact au service. Pas de contact ? Remettez alors"
+    ' la date à aujourd\'hui et le canal sur "Par téléphone".',
+    "en": "Name whom you contacted at the facility. No contact? Then set the date back to today"
+    ' and the channel to "By phone".',
+}
+
+
+@pytest.mark.parametrize(
+    ("language", "changed"),
+    [
+        ("nl", {"contact_channel": "email"}),
+        ("fr", {"contact_on": "yesterday"}),
+        ("en", {"contact_on": "yesterday", "contact_channel": "letter"}),
+    ],
+)
+def test_a_facility_contact_without_its_person_is_refused_not_dropped(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    language: str,
+    changed: dict[str, str],
+) -> None:
+    # Found by review: a social worker who set the day she phoned the VK or chose "email",
+    # but named no one, saw step 6 saved; the contact she entered was dropped without a word.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    _speaks(database, language)
+    page = client.get(f"/social/cases/{case_id}").text
+    yesterday = (local_today() - timedelta(days=1)).isoformat()
+    contact = {
+        "contact_on": local_today().isoformat(),
+        **{name: yesterday if value == "yesterday" else value for name, value in changed.items()},
+        "contact_person": "",
+    }
+
+    refused = post_form(client, page, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
+
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, "s6", ("s6-contact-person",))
+    error = refused.text[refused.text.index('id="s6-contact-person-error"') :]
+    assert _NO_CONTACT_PERSON[language] in unescape(error[: error.index("</p>")])
+    if "contact_on" in changed:  # the input is kept
+        assert f'name="contact_on" min="{earliest_contact(local_today())}"' in refused.text
+        assert f'max="{local_today()}" value="{yesterday}"' in refused.text
+    if "contact_channel" in changed:
+        assert f'<option value="{changed["contact_channel"]}" selected>' in refused.text
+    assert "Tell the CLB who takes the next step." in refused.text
+    assert search(base_url, "ServiceRequest", subject=patient) == []
+    step_6 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-6"
+    assert search(base_url, "Observation", subject=patient, code=step_6) == []
+
+
+def test_a_referral_with_the_contact_left_as_drawn_is_saved_without_a_contact(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # The page draws the contact as today, by phone: sent so without a person, there was no
+    # contact to record (yet), and the referral is saved without one, as before.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    untouched = {"contact_on": local_today().isoformat(), "contact_person": ""}
+
+    saved = post_form(client, page, case_id, "step-6", "s6", {**STEP_6_FORM, **untouched})
+
+    assert saved.status_code == 303
+    after = client.get(f"/social/cases/{case_id}").text
+    assert "<dt>Contact met de voorziening</dt>" not in after
+    assert len(search(base_url, "ServiceRequest", subject=patient)) == 1
+
+
 def test_a_referral_status_note_too_long_is_refused_next_to_the_note(
     database_url: str,
     database: Database,
