@@ -1434,7 +1434,7 @@ def laid_over(seen: Resource, ours: Resource) -> Resource:
     (:func:`~service.fhir.mapping.meta_on_update`: its tags and security labels stay), and
     its narrative unless the merge changes anything
     (:func:`~service.fhir.mapping.narrative_on_update`)."""
-    stored = seen
+    stored = seen  # as the server holds it: its narrative describes this
     seen, ours = as_laid_over(seen, ours)
     merged = {**seen, "meta": meta_on_update(seen.get("meta"), ours.get("meta"))}
     for key, mine in ours.items():

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
@@ -39,7 +38,7 @@ from service import audit
 from service.audit import AuditAction, AuditFact, Channel, actor_url
 from service.db.base import Database, utcnow
 from service.db.models import LaunchState, Tenant
-from service.fhir.mapping import FHIR_ID
+from service.fhir.mapping import FHIR_ID, REFERENCE_TYPE
 from service.i18n import negotiate
 from service.keys import KeyStore
 from service.outbox import Outbox
@@ -92,8 +91,6 @@ LAUNCH_LIFETIME = timedelta(minutes=10)
 #: the thread pool of the app's routes) may each pass: the bound holds within that margin.
 MAX_LAUNCHES_IN_FLIGHT = 20_000
 FHIR_USER_MAX = 500  # the session's column
-#: A fhirUser's resource type (an absolute or relative reference, perhaps versioned).
-_USER_TYPE = re.compile(r"(?:^|/)([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
 #: The patient or a relative (SMART: fhirUser may be a Patient or a RelatedPerson), not
 #: the hospital's staff: such a user is not let in.
 _NOT_STAFF = frozenset({"Patient", "RelatedPerson"})
@@ -483,7 +480,7 @@ def _new_session(
         raise PageError(
             400, "id_token_invalid", detail=f"fhirUser longer than {FHIR_USER_MAX}", **page
         )
-    typed = _USER_TYPE.search(fhir_user)
+    typed = REFERENCE_TYPE.search(fhir_user)
     kind = typed.group(1) if typed else "unknown"
     logged = {"fhir_user_type": kind}  # the type, never the user
     if kind in _NOT_STAFF:

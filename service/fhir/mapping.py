@@ -66,6 +66,7 @@ from service.protocol import (
 __all__ = [
     "FHIR_ID",
     "PROFILE_OF_STEP",
+    "REFERENCE_TYPE",
     "ROUTINE",
     "STAT",
     "AddedNote",
@@ -96,6 +97,9 @@ Resource = dict[str, Any]
 
 #: A FHIR R4 id (datatypes.html#id), as long as the session's patient and encounter columns.
 FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: A reference's resource type (an absolute or relative reference, perhaps versioned): the
+#: launch's check of who fhirUser is, and the type an annotation may name as its author.
+REFERENCE_TYPE: Final = re.compile(r"(?:^|/)([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
 
 #: The profile (id) of each step's finding.
 PROFILE_OF_STEP: Final[Mapping[Step, str]] = {
@@ -949,15 +953,13 @@ def referral_with_status(
 #: The types R4 admits in Annotation.authorReference (Annotation.author[x]): not a
 #: PractitionerRole, which the launch admits as a user (``smart_app.launch._AUTHORS``).
 _ANNOTATION_AUTHORS = frozenset({"Practitioner", "Patient", "RelatedPerson", "Organization"})
-#: A reference's resource type (an absolute or relative reference, perhaps versioned).
-_REFERENCE_TYPE = re.compile(r"(?:^|/)([A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
 
 
 def _annotation_author(author: str, author_name: str) -> Resource:
     """An annotation's author: ``authorReference`` where R4 admits the reference's type,
     else ``authorString``, the user's name (a server checking reference targets refuses
     a PractitionerRole there, and the outbox could never deliver the write)."""
-    typed = _REFERENCE_TYPE.search(author)
+    typed = REFERENCE_TYPE.search(author)
     if typed and typed.group(1) in _ANNOTATION_AUTHORS:
         return {"authorReference": _ref(author)}
     return {"authorString": author_name}
