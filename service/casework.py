@@ -101,8 +101,10 @@ class CaseRecord:
     ``reason_ref``: the finding that led to step 6 (the step 4 decision, step 5 not
     restored or a step 2 acute danger), for the referral's ``reasonReference``;
     ``expecting_ref``: the expected child's Observation the case's latest step 1 names
-    (``hasMember``), what a referral names when the case has no child (a concern about an
-    unborn child);
+    (``hasMember``); a referral naming no child in particular names it beside the case's
+    minors, or alone when there are none (a concern about an unborn child), while the case
+    still expects it: not once a step 1 records the baby born (:func:`referral_about`, the
+    case's ``expecting``, ``protocol._still_expected``);
     ``people``: the names of the people the case names (the findings' authors, the Flag's),
     by reference, as the same searches included their Practitioners; someone absent is
     shown by reference. ``findings_complete``: False when the findings' search had more
