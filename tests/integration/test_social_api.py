@@ -529,6 +529,44 @@ def _referred_to_the_vk_then_the_police(case: HandedOffCase) -> tuple[str, str, 
     return by_target["vk"], by_target["police"], int(referred.json()["row_version"])
 
 
+def test_a_status_note_by_a_social_worker_signed_in_as_a_practitioner_role_names_her(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """R4's Annotation.authorReference admits no PractitionerRole: the note of a user whose
+    fhirUser is one names her by her name (authorString), and the FHIR server keeps the
+    update. The mapping's test alone covered it; here the API's save reaches the server
+    and the ServiceRequest read back from it carries the note."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    referred = case.referred_after_an_unwilling_decision()
+    assert referred.status_code == 200, referred.text
+    role = "PractitionerRole/sw-role"
+    signed = signed_in(
+        case.app, case.tenant, role, "social-worker", fhir_base_url=case.base_url, name="An Peeters"
+    )
+    as_her_role = dataclasses.replace(case, headers=signed.headers)
+
+    on_hold = as_her_role.send(
+        "referral",
+        {
+            "row_version": referred.json()["row_version"],
+            "status": "on-hold",
+            "note": "The VK calls back on Monday.",
+        },
+    )
+
+    assert on_hold.status_code == 200, on_hold.text
+    assert on_hold.json()["status"] == "delivered"
+    (request,) = _referrals_on(case)
+    assert request["status"] == "on-hold"
+    (note,) = request["note"]
+    assert note["authorString"] == "An Peeters"
+    assert "authorReference" not in note
+    assert note["text"] == "The VK calls back on Monday."
+    assert validate(request) == []
+
+
 def test_an_earlier_referral_still_running_is_followed_up_after_a_later_one(
     database_url: str,
     database: Database,
