@@ -8,13 +8,14 @@ Computed from this service's own tables only — never from the FHIR server:
 * ``outbox_entries`` of kind ``triage`` and ``social``: the transaction each save wrote,
   holding the step finding Observations and the concern Flag. Each save is read ONCE, the
   first time a report runs after it, into ``monitoring_findings`` (step, coded outcome,
-  case, children named — nothing else; ``monitoring_saves`` says which saves were read),
-  so that a report costs SQL counts, not a year of bundles → step 1 done, children named
-  at step 1, niet-pluis, cases reaching steps 4/5/6, referrals per target. Saves the FHIR
-  server refused (``failed``) or that lost an If-Match race (``conflict``) were never
-  recorded and do not count (their state is read at report time: a save may fail after
-  it was read); a finding saved twice (a double click, a retry) counts once, by its
-  business identifier;
+  acute danger, case, children named — nothing else; ``monitoring_saves`` says which saves
+  were read), so that a report costs SQL counts, not a year of bundles → step 1 done,
+  children named at step 1, the step 2 findings that hand the patient to the social
+  service (niet-pluis and unclear, each on its line, and those of them with acute danger),
+  cases reaching steps 4/5/6, referrals per target. Saves the FHIR server refused
+  (``failed``) or that lost an If-Match race (``conflict``) were never recorded and do
+  not count (their state is read at report time: a save may fail after it was read); a
+  finding saved twice (a double click, a retry) counts once, by its business identifier;
 * ``concerns``: when each case was flagged → the median time from the flag to the case's
   first team decision (step 4), of the cases whose first decision was saved in the period.
   A case decided again later counts once, in the period of its first decision.
@@ -98,6 +99,8 @@ class Figure(StrEnum):
     STEP_1_DONE = "step-1-done"
     CHILDREN_RECORDED = "children-recorded"
     NIET_PLUIS = "niet-pluis"
+    UNCLEAR = "unclear"
+    STEP_2_ACUTE_DANGER = "step-2-acute-danger"  # a niet-pluis or unclear, counted there too
     STEP_4_REACHED = "step-4-reached"
     STEP_5_REACHED = "step-5-reached"
     STEP_6_REACHED = "step-6-reached"
@@ -334,13 +337,14 @@ def _step_figures(session: Session, tenant_id: int, period: Period) -> dict[Figu
             .group_by(recorded.c.step, recorded.c.outcome)
         )
     }
+    assessed = {str(o): n for (step, o), n in outcomes.items() if step == Step.STEP_2.value}
     referrals = {str(o): n for (step, o), n in outcomes.items() if step == Step.STEP_6.value}
     return {
         Figure.STEP_1_DONE: Value(per_step.get(Step.STEP_1.value, (0, 0))[0]),
         Figure.CHILDREN_RECORDED: Value(_children(session, recorded)),
-        Figure.NIET_PLUIS: Value(
-            outcomes.get((Step.STEP_2.value, SafetyAssessment.NIET_PLUIS.value), 0)
-        ),
+        Figure.NIET_PLUIS: Value(assessed.get(SafetyAssessment.NIET_PLUIS.value, 0)),
+        Figure.UNCLEAR: Value(assessed.get(SafetyAssessment.UNCLEAR.value, 0)),
+        Figure.STEP_2_ACUTE_DANGER: Value(_acute_dangers(session, recorded)),
         Figure.STEP_4_REACHED: Value(per_step.get(Step.STEP_4.value, (0, 0))[1]),
         Figure.STEP_5_REACHED: Value(per_step.get(Step.STEP_5.value, (0, 0))[1]),
         Figure.STEP_6_REACHED: Value(per_step.get(Step.STEP_6.value, (0, 0))[1]),
@@ -375,6 +379,14 @@ def _children(session: Session, recorded: Subquery) -> int:
         .subquery()
     )
     return int(session.scalar(select(func.coalesce(func.sum(per_finding.c.children), 0))) or 0)
+
+
+def _acute_dangers(session: Session, recorded: Subquery) -> int:
+    """Step 2 findings that marked acute danger, each once even if saved twice."""
+    query = select(func.count(distinct(recorded.c.finding_id))).where(
+        recorded.c.step == Step.STEP_2.value, recorded.c.acute_danger.is_(True)
+    )
+    return int(session.scalar(query) or 0)
 
 
 def _decisions(session: Session, tenant_id: int, period: Period) -> dict[str, datetime]:
@@ -460,6 +472,7 @@ def _findings_of(bundle: Mapping[str, Any], fallback_case: str) -> list[dict[str
                 "step": finding.step.value,
                 "case_key": case,
                 "outcome": _outcome(finding),
+                "acute_danger": isinstance(finding, Step2Finding) and finding.acute_danger,
                 # a step 1 Observation names its children in focus (an unchanged child is
                 # not written again, so the RelatedPersons are not all in the bundle)
                 "children": len(resource.get("focus", [])),

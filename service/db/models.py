@@ -476,7 +476,8 @@ class MonitoringFinding(TenantScoped, Base):
 
     ``case_key``: the concern Flag's identifier (``save-<outbox id>`` for a save without a
     Flag); ``outcome``: the step's coded value (step 2 assessment, step 4 decision, step 5
-    progress, step 6 target).
+    progress, step 6 target); ``acute_danger``: a step 2 marked acute danger (None: read
+    before migration 0029 from a save since emptied, not known).
     """
 
     __tablename__ = "monitoring_findings"
@@ -491,6 +492,7 @@ class MonitoringFinding(TenantScoped, Base):
     step: Mapped[str] = mapped_column(String(10))
     case_key: Mapped[str] = mapped_column(String(200))
     outcome: Mapped[str | None] = mapped_column(String(40))
+    acute_danger: Mapped[bool | None]
     children: Mapped[int]
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
     saved_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -23,13 +24,26 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from service import monitoring
 from service.db import (
     migrate,
     models,  # noqa: F401 - registers every table
 )
 from service.db.base import Base, Database, UTCDateTime, utcnow
-from service.db.models import AuditRecord, Concern, LaunchState, OutboxEntry
-from service.outbox import NewEntry, enqueue
+from service.db.models import (
+    AuditRecord,
+    Concern,
+    LaunchState,
+    MonitoringFinding,
+    MonitoringSave,
+    OutboxEntry,
+)
+from service.fhir import mapping, terminology
+from service.local_time import local_today
+from service.monitoring import Figure, Period
+from service.outbox import DeliveryState, NewEntry, enqueue
+from service.protocol import SafetyAssessment, Step2Finding
+from service.retention import PURGED_BUNDLE
 from tests.support.write_path import make_tenant
 
 
@@ -327,6 +341,83 @@ def test_0028_gives_closed_cases_their_last_change_as_closing_and_its_downgrade_
     assert "closed_at" not in {c["name"] for c in inspect(engine).get_columns("concerns")}
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT count(*) FROM concerns")) == 2
+    engine.dispose()
+    database.dispose()
+
+
+def _step_2_save_read_before_0029(session: Session, tenant_id: int, *, purged: bool) -> int:
+    """A nurse's save of an unclear situation with acute danger, delivered, and read for the
+    monitoring as a release before 0029 read it (no acute danger); ``purged``: its payload
+    emptied since. Its outbox id."""
+    finding = Step2Finding(
+        recorded_by="Practitioner/n",
+        recorded_at=utcnow(),
+        assessment=SafetyAssessment.UNCLEAR,
+        reasons=("Kinderen vaak alleen thuis.",),
+        acute_danger=True,
+    )
+    finding_id = str(uuid.uuid4())
+    observation = mapping.finding_observation(
+        finding,
+        patient_ref="Patient/1",
+        encounter_ref=None,
+        child_refs={},
+        identifier={"system": terminology.identifier_system("finding"), "value": finding_id},
+    )
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": observation}]}
+    entry = enqueue(
+        session,
+        tenant_id,
+        NewEntry(
+            "triage",
+            "ehr",
+            "http://ehr-a.test/fhir",
+            "s1",
+            "Practitioner/n",
+            "Patient/1",
+            PURGED_BUNDLE if purged else bundle,
+        ),
+    )
+    entry.state = DeliveryState.DELIVERED
+    session.flush()
+    saved = {"tenant_id": tenant_id, "outbox_id": entry.id, "saved_at": utcnow()}
+    session.execute(insert(MonitoringSave), [{**saved, "readable": True}])
+    read = {"finding_id": finding_id, "step": "step-2", "case_key": "c", "outcome": "unclear"}
+    row = {**saved, **read, "children": 0, "recorded_at": finding.recorded_at}
+    session.execute(insert(MonitoringFinding), [row])  # as 0009 left the table
+    return entry.id
+
+
+def test_0029_reads_again_the_step_2_saves_whose_payload_is_kept_for_their_acute_danger(
+    database_url: str,
+) -> None:
+    """The figures did not read a step 2's acute danger. A save read before whose payload is
+    still there is read again, its acute danger counted; one the purge emptied keeps its
+    finding, the acute danger not known (NULL), since the payload was its only copy."""
+    migrate.upgrade(database_url)
+    migrate.downgrade(database_url, "0009_monitoring_saves")  # only 0029 undone
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    with database.session() as session:
+        _step_2_save_read_before_0029(session, tenant.id, purged=False)
+        emptied = _step_2_save_read_before_0029(session, tenant.id, purged=True)
+
+    migrate.upgrade(database_url)
+    with database.session() as session:
+        assert session.scalars(select(MonitoringSave.outbox_id)).all() == [emptied]
+        kept = select(MonitoringFinding.outbox_id, MonitoringFinding.acute_danger)
+        assert session.execute(kept).all() == [(emptied, None)]
+        today = local_today()
+        figures = monitoring.figures(session, tenant.id, Period(today, today))
+    assert figures.values[Figure.UNCLEAR].count == 2
+    assert figures.values[Figure.STEP_2_ACUTE_DANGER].count == 1
+    migrate.downgrade(database_url, "0009_monitoring_saves")
+
+    engine = create_engine(database_url)
+    columns = {c["name"] for c in inspect(engine).get_columns("monitoring_findings")}
+    assert "acute_danger" not in columns
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM monitoring_findings")) == 2
     engine.dispose()
     database.dispose()
 

@@ -174,6 +174,7 @@ def _triage(
     *,
     flagged_hours_ago: float = 0.0,
     times: int = 1,
+    acute_danger: bool = False,
 ) -> str:
     """A nurse's save at triage for a new patient (``times`` > 1: the same input submitted
     again, as a double click does); returns the patient reference."""
@@ -189,6 +190,7 @@ def _triage(
             recorded_at=at + timedelta(seconds=30),
             assessment=assessment,
             reasons=("Kinderen vaak alleen thuis.",) if assessment != "no-concern" else (),
+            acute_danger=acute_danger,
         )
     if assessment is SafetyAssessment.NO_CONCERN:
         step3 = Step3Support(
@@ -347,6 +349,8 @@ EXPECTED_A: dict[Figure, int] = {
     Figure.STEP_1_DONE: 4,
     Figure.CHILDREN_RECORDED: 4,
     Figure.NIET_PLUIS: 1,
+    Figure.UNCLEAR: 1,
+    Figure.STEP_2_ACUTE_DANGER: 0,
     Figure.STEP_4_REACHED: 2,
     Figure.STEP_5_REACHED: 1,
     Figure.STEP_6_REACHED: 1,
@@ -373,6 +377,42 @@ def test_the_figures_count_exactly_what_was_recorded_per_hospital(world: World) 
     assert b.values[Figure.NIET_PLUIS].count == 1
     assert b.values[Figure.CARDS_ACCEPTED].count == 0
     assert b.values[Figure.STEP_4_REACHED].count == 0
+
+
+def test_every_step_2_outcome_that_hands_the_patient_to_the_social_service_counts(
+    world: World,
+) -> None:
+    """Only a niet-pluis was counted: an unclear situation, which leads to step 4 as well,
+    and acute danger, which leads to step 4 or straight to step 6, were counted nowhere, and
+    a hospital's report showed fewer patients handed to the social service than it had.
+    Each has its line now; niet-pluis keeps its meaning, and the acute dangers are among
+    the two lines above them."""
+    for assessment, acute_danger, times in [
+        (SafetyAssessment.NIET_PLUIS, False, 1),
+        (SafetyAssessment.NIET_PLUIS, True, 1),
+        (SafetyAssessment.UNCLEAR, False, 1),
+        (SafetyAssessment.UNCLEAR, True, 2),  # sent twice: one finding
+        (SafetyAssessment.NO_CONCERN, False, 1),
+    ]:
+        child = _child(world, "Lotte", date(2020, 1, 9))
+        _triage(world, world.hospital, (child,), assessment, acute_danger=acute_danger, times=times)
+
+    result = _figures(world, world.hospital, Period(_today(), _today()))
+
+    step_2 = (Figure.NIET_PLUIS, Figure.UNCLEAR, Figure.STEP_2_ACUTE_DANGER)
+    assert [result.values[figure].count for figure in step_2] == [2, 2, 2]
+    page = world.client.get("/monitoring", headers=world.user("social-worker").headers)
+    rows = [
+        re.findall(
+            r'data-figure="' + figure + r'">\s*<th scope="row">([^<]+)</th>\s*<td>(\d+)', page.text
+        )
+        for figure in step_2
+    ]
+    assert rows == [
+        [("Niet-pluisgevoel", "2")],
+        [("Onduidelijke situatie", "2")],
+        [("Stap 2 met acuut gevaar (niet-pluis of onduidelijk)", "2")],
+    ]
 
 
 def test_a_case_decided_again_counts_once_with_the_time_to_its_first_decision(

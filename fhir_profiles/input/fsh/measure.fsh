@@ -20,6 +20,10 @@ Description: "The figures of the Kindreflex monitoring report of an emergency de
 * insert Tr(children-recorded, Enfants enregistrés, Children recorded)
 * #niet-pluis "Niet-pluisgevoel" "Step 2 findings with a niet-pluis feeling."
 * insert Tr(niet-pluis, Sentiment que quelque chose ne va pas, Niet-pluis (gut feeling that something is wrong\))
+* #unclear "Onduidelijke situatie" "Step 2 findings with an unclear situation at home (onduidelijk); like a niet-pluis feeling it leads to step 4."
+* insert Tr(unclear, Situation peu claire, Unclear situation)
+* #step-2-acute-danger "Stap 2 met acuut gevaar (niet-pluis of onduidelijk)" "Step 2 findings with acute danger to a child. Each is a niet-pluis or unclear finding and counts there as well; it leads to step 4 or straight to step 6 (public prosecutor and/or police)."
+* insert Tr(step-2-acute-danger, Étape 2 avec danger aigu (niet-pluis ou situation peu claire\), Step 2 with acute danger (niet-pluis or unclear\))
 * #step-4-reached "Stap 4 bereikt" "Cases (concerns) with a step 4 finding recorded in the period."
 * insert Tr(step-4-reached, Étape 4 atteinte, Step 4 reached)
 * #step-5-reached "Stap 5 bereikt" "Cases (concerns) with a step 5 finding recorded in the period."
@@ -77,6 +81,8 @@ Description: "The figures an inspector asks of an emergency department applying 
 * insert Figure(step-1-done, [[Step 1 findings saved in the period]])
 * insert Figure(children-recorded, [[Children named in those step 1 findings]])
 * insert Figure(niet-pluis, [[Step 2 findings with a niet-pluis feeling]])
+* insert Figure(unclear, [[Step 2 findings with an unclear situation]])
+* insert Figure(step-2-acute-danger, [[Step 2 findings with acute danger, each also a niet-pluis or unclear finding]])
 * insert Figure(step-4-reached, [[Cases with a step 4 finding]])
 * insert Figure(step-5-reached, [[Cases with a step 5 finding]])
 * insert Figure(step-6-reached, [[Cases with a step 6 finding]])
