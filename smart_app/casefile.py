@@ -357,20 +357,16 @@ class Shown:
             return ()
         return tuple(d.value for d in team_decisions_open(self.case, local_today()))
 
-    def facility(self, referral: Step6Referral) -> dict[str, Any] | None:
-        """The facility a step 6 finding referred the case to, its Organization as read (its
-        name, its numbers). The finding names only the facility's type (VK); the referral
-        ServiceRequest written with it, authored at the moment it was recorded, names the
-        facility. None: not read."""
-        if self.opened is None:
-            return None
-        written_with = (r for r in self.opened.referrals if _authored(r) == referral.recorded_at)
-        return _facility_of(next(written_with, {}), self.opened.facilities)
+    def referral_of(self, finding: Step6Referral) -> ShownReferral | None:
+        """The referral ServiceRequest a step 6 finding wrote, authored at the moment it was
+        recorded: the finding names only the facility's type (VK), the request the facility
+        and where the referral stands now. None: not read."""
+        return next((r for r in self.referrals if r.authored == finding.recorded_at), None)
 
     def facility_name(self, referral: Step6Referral) -> str | None:
         """The name of the facility a step 6 finding referred the case to (None: unknown)."""
-        name = (self.facility(referral) or {}).get("name")
-        return str(name) if name else None
+        shown = self.referral_of(referral)
+        return None if shown is None else shown.facility_name
 
     @property
     def referrals(self) -> tuple[ShownReferral, ...]:
@@ -1042,18 +1038,23 @@ class ReferralSummary:
     phones: list[tuple[str | None, str]]
     decision: Step4Decision | None
     referral: Step6Referral
+    #: where its ServiceRequest stands now (an R4 request-status code): a referral revoked
+    #: since was printed as if it were running
+    status: str
     concern: Step2Finding | None
     children: tuple[Child, ...]
     expecting: ExpectedChild | None
 
 
 def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None:
-    """The latest referral of the case and the facility it went to (None: no referral)."""
+    """The latest referral of the case, the facility it went to and where it stands (None:
+    no referral). The page lists the case's other referrals beside it (``Shown.referrals``)."""
     case = file.case
     referrals = [f for f in case.findings if isinstance(f, Step6Referral)] if case else []
-    organization = file.facility(referrals[-1]) if referrals else None
-    if case is None or organization is None:
+    made = file.referral_of(referrals[-1]) if referrals else None
+    if case is None or made is None or made.facility is None:
         return None
+    organization = made.facility
     partner_system = terminology.identifier_system("partner")
     partner_id = next(
         (i["value"] for i in organization.get("identifier", []) if i["system"] == partner_system),
@@ -1075,6 +1076,7 @@ def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None
         phones=phones,
         decision=_referral_decision(before),
         referral=referral,
+        status=made.status,
         concern=concerns[-1] if concerns else None,
         children=children,
         expecting=expecting,

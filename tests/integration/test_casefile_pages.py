@@ -559,6 +559,62 @@ def test_acute_danger_found_after_a_referral_to_the_vk_reaches_the_parket(
     assert all(validate(observation) == [] for observation in decided)
 
 
+def test_the_printed_referral_names_every_referral_of_the_case_with_its_status(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The VK first, then the police when the danger became acute, and the police's
+    referral revoked: the printed summary printed only the police's, without its status,
+    as if it were running, and said nothing of the VK's still running. Now it says where
+    the referral it is about stands and lists every referral of the case, newest first,
+    each with its facility, date and status as the case page words them."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    _refer_from_the_page(client, client.get(f"/social/cases/{case_id}").text, case_id)
+    page = client.get(f"/social/cases/{case_id}").text
+    acute = {**STEP_4_FORM, "decision": "acute-danger"}
+    assert post_form(client, page, case_id, "step-4", "s4", acute).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    police = {**STEP_6_FORM, "partner_id": "politie", "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", police).status_code == 303
+    (revoked,) = [
+        r
+        for r in search(base_url, "ServiceRequest", subject=patient)
+        if r["performerType"]["coding"][0]["code"] == "police"
+    ]
+    page = client.get(f"/social/cases/{case_id}").text
+    form, fields = referral_form(revoked["id"]), {"referral_id": revoked["id"]}
+    done = post_form(
+        client, page, case_id, "referral-status", form, {**fields, "status": "revoked"}
+    )
+    assert done.status_code == 303, done.text
+
+    printed = client.get(f"/social/cases/{case_id}/referral").text
+
+    call = printed[printed.index('id="call-heading"') : printed.index('id="by-heading"')]
+    assert "Politie" in call
+    assert "De verwijzing is nu: ingetrokken." in call
+    listed = printed[printed.index('id="referrals-heading"') : printed.index('id="who-heading"')]
+    assert "<caption>Alle verwijzingen van dit dossier, de recentste eerst</caption>" in listed
+    rows = [  # the body's rows: facility, date, status
+        [re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td>(.*?)</td>", row)]
+        for row in re.findall(r"<tr>(<td>.*?)</tr>", listed)
+    ]
+    assert [(facility, status) for facility, _, status in rows] == [
+        ("Politie", "ingetrokken"),
+        (
+            "Vertrouwenscentrum Kindermishandeling (VK): "
+            "Vertrouwenscentrum Kindermishandeling Oost-Vlaanderen",
+            "lopend",
+        ),
+    ]
+    assert all(re.fullmatch(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}", on) for _, on, _ in rows)
+
+
 def _refer_from_the_page(client: TestClient, page: str, case_id: int) -> None:
     """The team's decision (STEP_4_FORM) and the referral to the VK, contacted today, as
     the social worker saves them from the case page."""
