@@ -84,13 +84,16 @@ def assignable(reference: str) -> bool:
 
 @dataclass(frozen=True)
 class CaseFilter:
-    """Which cases to list. ``older_than_days``: flagged more than N whole days ago."""
+    """Which cases to list. ``older_than_days``: flagged more than N whole days ago.
+    ``overdue``: only the open cases whose step 5 follow-up date has passed; ignored with
+    ``status="closed"``: a closed case has no follow-up due (closing clears its date), and
+    the closed list with it came back empty, as if no case had been closed."""
 
     status: CaseStatus = "open"
     view: CaseView = "all"
     older_than_days: int | None = None
     sort: CaseSort = "newest"
-    overdue: bool = False  # only cases whose step 5 follow-up date has passed
+    overdue: bool = False
 
 
 class Delivery(BaseModel):
@@ -230,7 +233,7 @@ def _conditions(wanted: CaseFilter, user: str, today: date) -> list[ColumnElemen
         conditions.append(Concern.assigned_to == user)
     elif wanted.view == "unassigned":
         conditions.append(Concern.assigned_to.is_(None))
-    if wanted.overdue:
+    if wanted.overdue and wanted.status == "open":  # a closed case is never overdue
         conditions.append(Concern.follow_up_due < today)
     if wanted.older_than_days is not None:
         # "older than N days" compares whole Belgian days, as ``days_open`` shows them.

@@ -273,7 +273,11 @@ class ListingQuery(BaseModel):
     status: CaseStatus = "open"
     view: CaseView = Field("all", description="all | mine | unassigned")
     older_than_days: int | None = Field(None, ge=0, le=3650)
-    overdue: bool = Field(False, description="Only cases whose step 5 follow-up date has passed.")
+    overdue: bool = Field(
+        False,
+        description="Only open cases whose step 5 follow-up date has passed; ignored with "
+        "status=closed (a closed case has no follow-up due).",
+    )
     sort: CaseSort = Field(
         "newest",
         description="newest | oldest (by flag time) | acute-first (acute danger first, then "

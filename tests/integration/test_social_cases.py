@@ -225,6 +225,22 @@ def test_overdue_follow_ups_show_and_filter(database_url: str, database: Databas
     assert [(c["patient"], c["overdue"]) for c in closed] == [("Patient/closed", False)]
 
 
+def test_the_closed_list_ignores_the_overdue_filter(database_url: str, database: Database) -> None:
+    # A closed case has no follow-up due (closing clears its date): asked with "overdue",
+    # the closed list was empty, as if no case had been closed.
+    hospital = make_tenant(database, "default", FHIR)
+    index_case(database, hospital, "Patient/closed", utcnow(), status="closed")
+    late = local_today() - timedelta(days=2)
+    index_case(database, hospital, "Patient/late", utcnow(), follow_up_due=late)
+    app = make_app(database_url, database)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    asked = {"status": "closed", "overdue": "true"}
+    closed = TestClient(app).get("/api/cases", headers=me, params=asked).json()["items"]
+
+    assert [(c["patient"], c["overdue"]) for c in closed] == [("Patient/closed", False)]
+
+
 def test_claim_and_assign_move_the_version_and_are_audited(
     database_url: str, database: Database
 ) -> None:

@@ -224,6 +224,29 @@ def test_the_worklist_screen_marks_and_filters_overdue_follow_ups(
     assert 'id="overdue" name="overdue" type="checkbox" value="true" checked' in overdue.text
 
 
+def test_the_closed_worklist_offers_no_overdue_filter_and_ignores_one_asked(
+    database_url: str, database: Database
+) -> None:
+    # A closed case has no follow-up due (closing clears its date): the closed list offered
+    # the overdue filter all the same, and ticked it listed no closed case at all. Now only
+    # the open list offers it; the closed list asked with it lists its cases as without.
+    hospital = make_tenant(database, "default", FHIR)
+    closed = index_case(database, hospital, "Patient/1", utcnow(), status="closed")
+    late = local_today() - timedelta(days=2)
+    index_case(database, hospital, "Patient/2", utcnow(), follow_up_due=late)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+
+    assert 'id="overdue"' in client.get("/social", headers=me).text
+    closed_list = client.get("/social", headers=me, params={"status": "closed"}).text
+    assert 'id="overdue"' not in closed_list
+    assert 'for="overdue"' not in closed_list
+    asked = client.get("/social", headers=me, params={"status": "closed", "overdue": "true"})
+    assert listed_cases(asked.text) == [closed]
+    assert 'id="overdue"' not in asked.text
+
+
 def test_claiming_from_the_screen_redirects_and_a_stale_claim_says_who_has_the_case(
     database_url: str, database: Database
 ) -> None:
