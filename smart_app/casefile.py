@@ -106,7 +106,7 @@ from smart_app import dates
 from smart_app.assets import asset_response
 from smart_app.errors import free_text, shown_back
 from smart_app.pages import TEMPLATES
-from smart_app.session import LaunchContext, csrf_token, pinned, security_headers, verify_csrf
+from smart_app.session import LaunchContext, csrf_token, pinned, security_headers
 from smart_app.social import (
     CaseId,
     CaseworkDep,
@@ -116,6 +116,7 @@ from smart_app.social import (
     SocialWorker,
     audit_refusal,
     token_refused,
+    verify_case_csrf,
 )
 
 router = APIRouter(prefix="/social", include_in_schema=False)
@@ -958,7 +959,7 @@ def _field_anchor(form: str, loc: tuple[int | str, ...]) -> str:
     return _FIELD_ANCHOR.get(anchor, anchor)
 
 
-@router.post("/cases/{case_id}/close", dependencies=[Depends(verify_csrf)])
+@router.post("/cases/{case_id}/close", dependencies=[Depends(verify_case_csrf)])
 async def close(
     request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
 ) -> Response:
@@ -984,7 +985,7 @@ _STEP_FORMS: Mapping[str, tuple[str, Callable[[Mapping[str, list[str]]], StepInp
 }
 
 
-@router.post("/cases/{case_id}/referral-status", dependencies=[Depends(verify_csrf)])
+@router.post("/cases/{case_id}/referral-status", dependencies=[Depends(verify_case_csrf)])
 async def referral_status(
     request: Request, ctx: SocialWorker, database: DatabaseDep, work: CaseworkDep, case_id: CaseId
 ) -> Response:
@@ -1009,7 +1010,7 @@ async def referral_status(
 
 # After ``/close`` and ``/referral-status`` (and the worklist's ``/claim``): a route matches
 # on its path first.
-@router.post("/cases/{case_id}/{step}", dependencies=[Depends(verify_csrf)])
+@router.post("/cases/{case_id}/{step}", dependencies=[Depends(verify_case_csrf)])
 async def record_step(
     request: Request,
     ctx: SocialWorker,

@@ -10,7 +10,7 @@ Mounted plain and under ``/t/{tenant}``. Every endpoint requires the social-work
 session's CSRF token (header ``X-CSRF-Token`` or form field ``csrf_token``). Every
 listing and every change is audited locally: who, when, what, which patients (a listing
 as one row per patient listed, in that patient's trail); a refused change is audited as
-a failure.
+a failure, also one refused for its role or its CSRF token (``verify_case_csrf``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -90,12 +91,39 @@ def _social_worker(request: Request, ctx: LaunchDep, database: DatabaseDep) -> L
     try:
         return _as_social_worker(ctx)
     except PageError:
-        asked = _case_id(request.path_params.get("case_id", ""))
-        if asked is not None:
-            safe = request.method in ("GET", "HEAD")
-            action = AuditAction.READ if safe else AuditAction.UPDATE
-            audit_refusal(ctx, database, action, case_id=asked)
+        _audit_case_asked(request, ctx, database)
         raise
+
+
+async def verify_case_csrf(request: Request, ctx: LaunchDep, database: DatabaseDep) -> None:
+    """``verify_csrf`` for a change of a case (every route of one, API and screens): a
+    request refused for its token (a forged cross-site post, a stale tab) is audited as a
+    role's refusal is, a failure of the case's patient on the case's server, so that the
+    attempt is in that patient's trail (found by review: a 403 and nothing recorded).
+    The route's dependencies run before its role check, so a nurse's post with a forged
+    token is refused here, and recorded here as her role's refusal would have been.
+
+    A request without a session never gets here (``LaunchDep`` answers 401 first) and is
+    not recorded, as the role check does not record it: it names no user to attribute
+    the attempt to, and it read and changed nothing. A row for each would let anyone who
+    reaches the app write rows into any patient's trail by trying case ids, rows an
+    access request would then have to account for, naming no one."""
+    try:
+        await verify_csrf(request, ctx)
+    except PageError:
+        await run_in_threadpool(_audit_case_asked, request, ctx, database)
+        raise
+
+
+def _audit_case_asked(request: Request, ctx: LaunchContext, database: DatabaseDep) -> None:
+    """A request for the case the path names refused before its route ran (and audited
+    anything): a failure row of the case's patient on its server (``audit_refusal``), a
+    read for a GET, else an update. A path that names no case records nothing."""
+    asked = _case_id(request.path_params.get("case_id", ""))
+    if asked is not None:
+        safe = request.method in ("GET", "HEAD")
+        action = AuditAction.READ if safe else AuditAction.UPDATE
+        audit_refusal(ctx, database, action, case_id=asked)
 
 
 def _case_id(text: str) -> int | None:
@@ -331,7 +359,7 @@ def list_cases(ctx: SocialWorker, database: DatabaseDep, wanted: Listing) -> Cas
 @router.post(
     "/api/cases/{case_id}/claim",
     summary="Take a case on yourself",
-    dependencies=[Depends(verify_csrf)],
+    dependencies=[Depends(verify_case_csrf)],
     responses={404: {}, 409: {}},
 )
 def claim(
@@ -343,7 +371,7 @@ def claim(
 @router.put(
     "/api/cases/{case_id}/assignment",
     summary="Assign a case to a colleague, or unassign it",
-    dependencies=[Depends(verify_csrf)],
+    dependencies=[Depends(verify_case_csrf)],
     responses={400: {}, 404: {}, 409: {}},
 )
 def assign(
@@ -380,7 +408,7 @@ def _case_write(
         methods=[method],
         summary=summary,
         description=description,
-        dependencies=[Depends(verify_csrf)],
+        dependencies=[Depends(verify_case_csrf)],
         responses=_STEP_ERRORS,
     )
 
@@ -663,7 +691,7 @@ def patient_case_page(ctx: SocialWorker, database: DatabaseDep) -> Response:
 
 @router.post(
     "/social/cases/{case_id}/claim",
-    dependencies=[Depends(verify_csrf)],
+    dependencies=[Depends(verify_case_csrf)],
     response_class=HTMLResponse,
     summary="Take a case on yourself (the screen's button)",
 )

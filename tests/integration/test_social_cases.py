@@ -119,6 +119,135 @@ def test_changes_need_the_sessions_csrf_token(database_url: str, database: Datab
         assert session.scalar(select(func.count()).select_from(OutboxEntry)) == 0
 
 
+#: Every change of a case, API and screens: (method, path, body). A page's form sends the
+#: CSRF token as a field, the API as a header (``_sent``).
+CASE_CHANGES: list[tuple[str, str, dict[str, object]]] = [
+    ("POST", "/api/cases/{id}/claim", {"row_version": 1}),
+    ("PUT", "/api/cases/{id}/assignment", {"assignee": None, "row_version": 1}),
+    *(
+        ("POST", f"/api/cases/{{id}}/{path}", body | {"row_version": 1})
+        for path, body in STEP_BODIES.items()
+    ),
+    ("PUT", "/api/cases/{id}/referral", {"status": "completed", "row_version": 1}),
+    ("POST", "/social/cases/{id}/claim", {"row_version": "1"}),
+    ("POST", "/social/cases/{id}/close", {"row_version": "1", "reason": "other"}),
+    ("POST", "/social/cases/{id}/referral-status", {"row_version": "1", "status": "completed"}),
+    ("POST", "/social/cases/{id}/step-4", {"row_version": "1", "decision": "acute-danger"}),
+    ("POST", "/social/cases/{id}/step-5", {"row_version": "1", "progress": "improving"}),
+    ("POST", "/social/cases/{id}/step-6", {"row_version": "1", "partner_id": "vk-oost-vlaanderen"}),
+]
+CASE_CHANGE_IDS = [f"{method} {path.removeprefix('/')}" for method, path, _ in CASE_CHANGES]
+
+
+def _sent(
+    client: TestClient,
+    method: str,
+    path: str,
+    body: dict[str, object],
+    cookie: str | None,
+    token: str | None,
+) -> httpx.Response:
+    """The change sent as its client sends it, with ``token`` (None: none) as its CSRF
+    token: a page's form as a field, the API in the header; ``cookie``: the session's
+    (None: no session)."""
+    headers = {} if cookie is None else {"Cookie": cookie}
+    answer: httpx.Response
+    if path.startswith("/social/"):
+        fields = {name: str(value) for name, value in body.items()}
+        if token is not None:
+            fields["csrf_token"] = token
+        answer = client.request(method, path, headers=headers, data=fields)
+    else:
+        if token is not None:
+            headers[CSRF_HEADER] = token
+        answer = client.request(method, path, headers=headers, json=body)
+    return answer
+
+
+@pytest.mark.parametrize("token", [None, "forged"], ids=["missing-token", "forged-token"])
+@pytest.mark.parametrize(("method", "path", "body"), CASE_CHANGES, ids=CASE_CHANGE_IDS)
+def test_a_change_refused_for_its_csrf_token_is_a_failure_row_of_the_cases_patient(
+    database_url: str,
+    database: Database,
+    method: str,
+    path: str,
+    body: dict[str, object],
+    token: str | None,
+) -> None:
+    """A forged cross-site post or a stale tab is an attempt at a child's case: the
+    data-protection officer answering the patient's access request must see it, as a role's
+    refusal, a conflict or a wrong assignee are. It was a 403 and nothing recorded (found
+    by review). The row names the case's patient on the case's server (here another EHR's
+    than the session's); the answer is the 403 it was, and nothing changes."""
+    hospital = make_tenant(database, "default", FHIR)
+    other_ehr = "http://ehr-b.test/fhir"
+    case_id = index_case(database, hospital, "Patient/1", utcnow(), fhir_base_url=other_ehr)
+    app = make_app(database_url, database)
+    cookie = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers["Cookie"]
+
+    answer = _sent(TestClient(app), method, path.format(id=case_id), body, cookie, token)
+
+    assert answer.status_code == 403
+    assert _refused_for_its_token(answer)
+    assert _audit_rows(database) == [
+        (f"{FHIR}/{SOCIAL_WORKER}", "update", "failure", "Patient/1", other_ehr)
+    ]
+    assert assignment_of(database, case_id) == (None, 1)
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == 0
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CASE_CHANGES, ids=CASE_CHANGE_IDS)
+def test_a_nurses_change_with_a_forged_token_is_on_record_as_her_roles_refusal_is(
+    database_url: str, database: Database, method: str, path: str, body: dict[str, object]
+) -> None:
+    """The CSRF check runs before the route's role check, so a nurse's forged post was the
+    CSRF's 403 and never reached the audited role refusal: it left no trace (found by
+    review). It is now the same row as her post with the session's token, which the role
+    check refuses. Without a session nothing is recorded: no one to name (a 401)."""
+    hospital = make_tenant(database, "default", FHIR)
+    case_id = index_case(database, hospital, "Patient/1", utcnow())
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    nurse = signed_in(app, hospital, "Practitioner/nurse-1", "nurse").headers
+    url = path.format(id=case_id)
+
+    anonymous = _sent(client, method, url, body, None, "forged")
+    assert anonymous.status_code == 401
+    assert _audit_rows(database) == []
+
+    forged = _sent(client, method, url, body, nurse["Cookie"], "forged")
+    valid = _sent(client, method, url, body, nurse["Cookie"], nurse[CSRF_HEADER])
+
+    assert (forged.status_code, valid.status_code) == (403, 403)
+    assert _refused_for_its_token(forged)  # the answer it was: the CSRF check's
+    assert not _refused_for_its_token(valid)  # the role check's
+    refused = (f"{FHIR}/Practitioner/nurse-1", "update", "failure", "Patient/1", FHIR)
+    assert _audit_rows(database) == [refused, refused]
+
+
+def _refused_for_its_token(answer: httpx.Response) -> bool:
+    """Whether the answer says the form is not the session's: the API's English JSON or
+    the page's Dutch."""
+    said = ("does not (or no longer) belong to your", "hoort niet (meer) bij uw")
+    return any(words in answer.text for words in said)
+
+
+def _audit_rows(database: Database) -> list[tuple[object, ...]]:
+    """The audit trail: (actor, action, outcome, patient, server), oldest first."""
+    with database.session() as session:
+        rows = session.execute(
+            select(
+                AuditRecord.actor,
+                AuditRecord.action,
+                AuditRecord.outcome,
+                AuditRecord.patient_ref,
+                AuditRecord.fhir_base_url,
+            ).order_by(AuditRecord.id)
+        ).all()
+    return [tuple(row) for row in rows]
+
+
 def test_filters_sort_and_pages(database_url: str, database: Database) -> None:
     hospital = make_tenant(database, "default", FHIR)
     now = utcnow()
