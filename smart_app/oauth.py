@@ -82,8 +82,11 @@ class OAuthError(Exception):
 class AuthServer:
     """What we use from an EHR's ``.well-known/smart-configuration``.
 
-    ``scopes_v1``: the server advertises SMART v1 scope syntax (``permission-v1``) and not
-    v2 (``permission-v2``), so the launch asks in v1 syntax (``requested_scopes``).
+    ``scopes_v1``: the server does not advertise SMART v2 scope syntax (``permission-v2``),
+    so the launch asks in v1 syntax (``requested_scopes``). A SMART App Launch 1.0 server
+    lists neither ``permission-v1`` nor ``-v2`` (2.0 introduced them) and knows only v1; a
+    2.x server SHALL convey the capabilities it supports, so one without ``permission-v2``
+    does not take v2 scopes, and SHOULD still take v1 scopes.
     ``assertion_alg``: how our ``private_key_jwt`` assertions are signed for this server.
     """
 
@@ -146,7 +149,7 @@ def discover(http: BlockingClient, registration: EhrRegistration) -> AuthServer:
         jwks_uri=_endpoint(base, document, "jwks_uri")
         if isinstance(jwks_uri, str) and jwks_uri
         else None,
-        scopes_v1="permission-v1" in capabilities and "permission-v2" not in capabilities,
+        scopes_v1="permission-v2" not in capabilities,
         assertion_alg=_assertion_algorithm(document),
         names_itself=document.get("authorization_response_iss_parameter_supported") is True,
     )

@@ -163,10 +163,12 @@ def _an_rs256_jwt() -> str:
         (["launch-ehr", "permission-v1"], True),
         (["launch-ehr", "permission-v1", "permission-v2"], False),
         (["launch-ehr", "permission-v2"], False),
-        (["launch-ehr"], False),  # says nothing: the configured (v2) scopes are sent
+        # neither: a SMART App Launch 1.0 server (2.0 introduced both), which knows only v1;
+        # it was sent the configured v2 scopes, which it could not read
+        (["launch-ehr"], True),
     ],
 )
-def test_a_server_advertising_only_v1_scopes_is_asked_in_v1_syntax(
+def test_a_server_not_advertising_v2_scopes_is_asked_in_v1_syntax(
     server: ScriptedServer, capabilities: list[str], v1: bool
 ) -> None:
     _configuration(server, capabilities=capabilities)
