@@ -27,7 +27,13 @@ from service.audit import AuditAction, AuditFact, Channel
 from service.db.base import Database, utcnow
 from service.db.models import Concern, OutboxEntry
 from service.fhir import mapping, terminology
-from service.fhir.client import FhirClient, Resource, SearchPages
+from service.fhir.client import (
+    FhirClient,
+    Resource,
+    SearchPages,
+    identifier_search,
+    search_query,
+)
 from service.fhir.terminology import identifier_system
 from service.local_time import local_now
 from service.outbox import (
@@ -198,7 +204,7 @@ def step_transaction(
     written = [*([referral_ref] if referral_ref else []), tx.create(observation, identifier)]
     written.append(_update_flag(tx, record.flag, last_step=finding.step))
     _sign(tx, record, written, now, author=finding.recorded_by, actor=actor)
-    witness = f"Observation?identifier={identifier['system']}|{identifier['value']}"
+    witness = identifier_search("Observation", identifier["system"], identifier["value"])
     return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
 
@@ -336,7 +342,7 @@ def _sign(
         at=now,
     )
     tx.add(audit.audit_event(fact, entity_references=written))
-    return f"Provenance?target={written[0]}&recorded={provenance['recorded']}"
+    return f"Provenance?{search_query({'target': written[0], 'recorded': provenance['recorded']})}"
 
 
 # -- reading a case from the FHIR server --------------------------------------------------------

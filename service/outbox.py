@@ -133,6 +133,8 @@ from service.fhir.client import (
     FhirUnavailable,
     ReauthorisationRequired,
     Resource,
+    search_params,
+    search_query,
     summarise,
 )
 from service.fhir.mapping import (
@@ -1282,7 +1284,7 @@ def _merged_create(client: FhirClient, entry: Resource, found: dict[str, str]) -
     current version, or nothing when that changes nothing. The bundle's references to
     the create's ``fullUrl`` then name the resource found (``found``)."""
     request, ours = entry["request"], entry["resource"]
-    params = dict(part.split("=", 1) for part in request["ifNoneExist"].split("&"))
+    params = search_params(request["ifNoneExist"])
     answer = client.search(request["url"], params)
     matches = [
         resource
@@ -1676,7 +1678,7 @@ def _witness_exists(client: FhirClient, witness: str) -> bool:
     Provenance of the Flag, and an entry never sent must not count as applied. Ours is
     then the newest, on the last page: every page is read, not the first only."""
     resource_type, _, query = witness.partition("?")
-    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    params = search_params(query)
     try:
         found = client.search_pages(resource_type, params, max_pages=WITNESS_MAX_PAGES)
     except FhirRejected as refused:
@@ -1857,9 +1859,9 @@ class TransactionBuilder:
         browser (a new child's) and names another patient's resource creates this
         patient's own instead of making the save refer to someone else's."""
         full_url = f"urn:uuid:{uuid.uuid4()}"
-        query = f"identifier={identifier['system']}|{identifier['value']}"
+        params = {"identifier": f"{identifier['system']}|{identifier['value']}"}
         if patient_ref is not None:
-            query += f"&patient={patient_ref}"
+            params["patient"] = patient_ref
         self._entries.append(
             {
                 "fullUrl": full_url,
@@ -1867,7 +1869,7 @@ class TransactionBuilder:
                 "request": {
                     "method": "POST",
                     "url": resource["resourceType"],
-                    "ifNoneExist": query,
+                    "ifNoneExist": search_query(params),
                 },
             }
         )
@@ -1946,7 +1948,8 @@ class TransactionBuilder:
 
     def stable_references(self) -> list[str]:
         """How to find each created or updated resource later, without server ids:
-        ``Type?identifier=system|value`` for a create, ``Type/id`` for an update."""
+        ``Type?identifier=system%7Cvalue`` for a create (its ``ifNoneExist``), ``Type/id``
+        for an update."""
         return [
             entry["request"]["url"]
             + (f"?{entry['request']['ifNoneExist']}" if entry["request"].get("ifNoneExist") else "")

@@ -68,6 +68,7 @@ from service.fhir.client import (
     FhirUnavailable,
     FhirUnreadable,
     Resource,
+    identifier_search,
 )
 from service.outbox import (
     IMMEDIATE_TIMEOUT_SECONDS,
@@ -810,7 +811,7 @@ def _plan(
         tx.add(resource, if_updating=if_updating)
     witness = _finding_identifier(ctx, findings, findings.step1)
     return _Plan(
-        tx.bundle(), f"Observation?identifier={witness['system']}|{witness['value']}", stable
+        tx.bundle(), identifier_search("Observation", witness["system"], witness["value"]), stable
     )
 
 

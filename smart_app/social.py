@@ -48,6 +48,7 @@ from service.fhir.client import (
     FhirUnavailable,
     FhirUnreadable,
     ReauthorisationRequired,
+    identifier_search,
 )
 from service.fhir.mapping import UnreadableResourceError
 from service.fhir.terminology import identifier_system
@@ -881,7 +882,7 @@ def _change(
                 expected_version=version,
                 now=utcnow(),
             )
-            flag = f"Flag?identifier={identifier_system('concern')}|{done.flag_identifier}"
+            flag = identifier_search("Flag", identifier_system("concern"), done.flag_identifier)
             fact = _fact(ctx, AuditAction.UPDATE, done.patient_ref, (flag,))
             audit.record_local(session, ctx.tenant.id, fact, done.fhir_base_url)
     except (social.CaseNotFoundError, social.CaseConflict, social.InvalidAssigneeError):

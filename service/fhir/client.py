@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 import httpx
 
@@ -590,3 +590,24 @@ def _without_lone_surrogates(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_lone_surrogates(item) for item in value]
     return value
+
+
+def search_query(params: Mapping[str, str]) -> str:
+    """``params`` as a search URL's query (``identifier=…&patient=…``), as our transactions'
+    ``ifNoneExist`` and the outbox's witnesses write it: each value percent-encoded, a
+    token's ``|`` too (not legal raw in a URI), and what would end or change a value as
+    the server reads it (``&``, ``=``, ``#``, ``+``, ``%``, a space). ``:`` and ``/``,
+    legal in a query, are kept so that a system URL stays readable in the audit."""
+    return "&".join(f"{name}={quote(value, safe=':/')}" for name, value in params.items())
+
+
+def identifier_search(resource_type: str, system: str, value: str) -> str:
+    """The search ``Type?identifier=system|value``, as :func:`search_query` writes it."""
+    return f"{resource_type}?{search_query({'identifier': f'{system}|{value}'})}"
+
+
+def search_params(query: str) -> dict[str, str]:
+    """The parameters of a :func:`search_query`, decoded. A ``+`` is kept, not read as a
+    space: a query written before the encoding (still queued) kept a time zone's ``+``."""
+    pairs = (part.split("=", 1) for part in query.split("&") if "=" in part)
+    return {name: unquote(value) for name, value in pairs}

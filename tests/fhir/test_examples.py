@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from service.fhir import mapping
+from service.fhir.client import search_query
 from service.outbox import TransactionBuilder
 from tests.support.validator import FHIR_PROFILES_DIR, ProfileValidator
 
@@ -81,10 +82,10 @@ def test_seed_001_bundle_is_an_idempotent_transaction() -> None:
             continue  # no identifier in R4: see the test below
         ours = [i for i in resource["identifier"] if "kindreflex-ed.be" in i["system"]]
         assert request["method"] == "POST"
-        by_identifier = f"identifier={ours[0]['system']}|{ours[0]['value']}"
+        by_identifier = {"identifier": f"{ours[0]['system']}|{ours[0]['value']}"}
         if resource["resourceType"] == "RelatedPerson":  # a child: only the patient's own
-            by_identifier += f"&patient={resource['patient']['reference']}"
-        assert request["ifNoneExist"] == by_identifier
+            by_identifier["patient"] = resource["patient"]["reference"]
+        assert request["ifNoneExist"] == search_query(by_identifier)
         # every urn:uuid reference points into the bundle
         text = json.dumps(resource)
         for piece in text.split('"reference": "')[1:]:

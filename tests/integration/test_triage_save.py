@@ -63,6 +63,7 @@ from tests.support.triage import (
     no_concern,
     outbox_entry,
     seeded,
+    witness_identifier,
     world,
     world_at,
     written_by_kindreflex,
@@ -1737,9 +1738,8 @@ def _tagged(flag: dict[str, Any], write: int) -> dict[str, Any]:
 
 def _provenances(world: World, outbox_id: int) -> list[dict[str, Any]]:
     """The Provenances naming the save's step 1 finding (its witness)."""
-    witness = outbox_entry(world.database, outbox_id).witness
-    assert witness is not None
-    (step,) = search(world.base_url, "Observation", identifier=witness.split("=", 1)[1])
+    witness = witness_identifier(outbox_entry(world.database, outbox_id))
+    (step,) = search(world.base_url, "Observation", identifier=witness)
     return search(world.base_url, "Provenance", target=f"Observation/{step['id']}")
 
 

@@ -18,6 +18,7 @@ from sandbox.seed import SeedResult, seed
 from service.db.base import Database, utcnow
 from service.db.models import OutboxEntry
 from service.fhir import terminology
+from service.fhir.client import search_params
 from service.outbox import Outbox
 from service.protocol import (
     Child,
@@ -111,7 +112,7 @@ def conditional_creates(bundle: dict[str, Any]) -> list[tuple[str, str]]:
     """(type, identifier search) of every conditional create in an outbox bundle (without
     the patient a child's create is also scoped to)."""
     return [
-        (e["request"]["url"], e["request"]["ifNoneExist"].split("&")[0].removeprefix("identifier="))
+        (e["request"]["url"], search_params(e["request"]["ifNoneExist"])["identifier"])
         for e in bundle["entry"]
         if "ifNoneExist" in e["request"]
     ]
@@ -138,12 +139,17 @@ def written_by_save(world: World, outbox_id: int) -> list[dict[str, Any]]:
             found += search(world.base_url, "RelatedPerson", _id=e["resource"]["id"])
     # Provenance and AuditEvent have no identifier: found through the step 1 finding they
     # name (the entry's witness).
-    assert entry.witness is not None
-    (step,) = search(world.base_url, "Observation", identifier=entry.witness.split("=", 1)[1])
+    (step,) = search(world.base_url, "Observation", identifier=witness_identifier(entry))
     step_ref = f"Observation/{step['id']}"
     found += search(world.base_url, "Provenance", target=step_ref)
     found += search(world.base_url, "AuditEvent", entity=step_ref)
     return found
+
+
+def witness_identifier(entry: OutboxEntry) -> str:
+    """The identifier a save's witness searches for (its step 1 finding's)."""
+    assert entry.witness is not None
+    return search_params(entry.witness.partition("?")[2])["identifier"]
 
 
 def edit_first_child(

@@ -1,4 +1,5 @@
-"""The outbox's witness: what a retry asks before sending a transaction again.
+"""The outbox's witness: what a retry asks before sending a transaction again; and the
+conditional create's ``ifNoneExist``, which keeps a transaction sent again from creating twice.
 
 A stub stands in for the FHIR server here: the behaviour tested — a server ignoring a
 search parameter it does not support (FHIR's lenient handling) — is one the test server
@@ -12,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from service.fhir.client import FhirClient, SearchPages
-from service.outbox import _witness_exists, _WitnessUnanswered
+from service.outbox import TransactionBuilder, _witness_exists, _WitnessUnanswered
 
 FLAG_CLOSED = "Provenance?target=Flag/7&recorded=2026-12-03T10:13:49.016845+00:00"
 
@@ -82,6 +83,30 @@ def test_an_identifier_witness_needs_that_identifier() -> None:
     assert not _asks(_Server(other), witness)
     assert _asks(_Server(other, ours), witness)
     assert not _asks(_Server(), witness)
+
+
+def test_a_witness_reads_its_identifier_percent_decoded() -> None:
+    """The identifier of a witness is percent-encoded, as in ``ifNoneExist``; read as it is
+    written, it searched for the system ``urn:kr:finding%7Ca…`` and never found the save."""
+    witness = "Observation?identifier=urn:kr:finding%7Ca%26b%2Bc%20d"
+    ours = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:kr:finding", "value": "a&b+c d"}],
+    }
+    assert _asks(_Server(ours), witness)
+
+
+def test_a_conditional_creates_identifier_is_percent_encoded() -> None:
+    """Its ``|`` is not legal raw in a URI query, and a value's ``&``, ``#``, ``+``, ``%``
+    or space ended or changed the value as the server read it: the create sent again
+    found nothing and created a second resource (tests/integration/test_outbox.py)."""
+    tx = TransactionBuilder()
+    identifier = {"system": "https://ehr.example/id", "value": "a&b=c#d+e%f g"}
+    tx.create({"resourceType": "RelatedPerson"}, identifier, patient_ref="Patient/p1")
+    (entry,) = tx.bundle()["entry"]
+    encoded = "identifier=https://ehr.example/id%7Ca%26b%3Dc%23d%2Be%25f%20g&patient=Patient/p1"
+    assert entry["request"]["ifNoneExist"] == encoded
+    assert tx.stable_references() == [f"RelatedPerson?{encoded}"]
 
 
 def test_a_search_longer_than_the_pages_read_says_nothing_without_the_resource() -> None:

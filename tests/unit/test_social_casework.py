@@ -111,7 +111,7 @@ def test_the_team_decision_is_one_conforming_transaction() -> None:
     assert _problems(bundle) == {}
     (observation,) = _entries(bundle, "Observation")
     assert observation["request"]["method"] == "POST"
-    assert observation["request"]["ifNoneExist"].endswith("|f-4")
+    assert observation["request"]["ifNoneExist"].endswith("%7Cf-4")
     assert len(observation["resource"]["component"]) >= len(WORKSHOP_FACTORS)
     (flag,) = _entries(bundle, "Flag")
     assert flag["request"] == {"method": "PUT", "url": "Flag/flag-1", "ifMatch": 'W/"3"'}
@@ -175,7 +175,7 @@ def test_the_referral_to_the_vk_is_a_conforming_service_request() -> None:
     (request,) = _entries(bundle, "ServiceRequest")
     service_request = request["resource"]
     (organization,) = _entries(bundle, "Organization")
-    assert organization["request"]["ifNoneExist"].endswith("|vk-oost-vlaanderen")
+    assert organization["request"]["ifNoneExist"].endswith("%7Cvk-oost-vlaanderen")
     assert service_request["performer"] == [{"reference": organization["fullUrl"]}]
     assert service_request["reasonReference"] == [{"reference": "Observation/step-4"}]
     assert {r["reference"] for r in service_request["supportingInfo"]} == set(CHILDREN.values())
@@ -237,12 +237,13 @@ def test_a_closing_writes_its_moments_to_the_millisecond_that_its_witness_asks()
     )
 
     written = "2026-12-03T10:13:49.016+00:00"
+    recorded = "2026-12-03T10:13:49.016%2B00:00"  # the witness's query, its + encoded
     (provenance,) = _entries(plan.bundle, "Provenance")
     (event,) = _entries(plan.bundle, "AuditEvent")
     (flag,) = _entries(plan.bundle, "Flag")
     assert provenance["resource"]["recorded"] == event["resource"]["recorded"] == written
     assert flag["resource"]["period"]["end"] == written
-    assert plan.witness == f"Provenance?target=Flag/flag-1&recorded={written}"
+    assert plan.witness == f"Provenance?target=Flag/flag-1&recorded={recorded}"
 
 
 @pytest.mark.parametrize(
