@@ -16,6 +16,7 @@ PostgreSQL cannot store a NUL; both rules keep such characters out of what we wr
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from typing import Annotated
@@ -30,6 +31,15 @@ _EDGES = re.compile(rf"^{_INVISIBLE}+|{_INVISIBLE}+$")
 #: A lone UTF-16 surrogate: JSON and YAML may write one as an escape (``\\ud800``), and
 #: Python's parsers keep it, but UTF-8 cannot encode it (no page, row or FHIR write holds it).
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_bom(body: bytes) -> bytes:
+    """A JSON request body without the UTF-8 byte order mark it may open with. RFC 8259
+    §8.1 lets a parser ignore one rather than treat it as an error, and tools on Windows
+    write one (a file saved as "UTF-8 with BOM", Windows PowerShell's UTF8): orjson and
+    pydantic refuse it, so such a hook call or admin upload was refused as not JSON. (The
+    social API's body models are parsed by Python's json, which ignores it already.)"""
+    return body.removeprefix(codecs.BOM_UTF8)
 
 
 def typed_text(value: str) -> str:

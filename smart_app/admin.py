@@ -61,6 +61,7 @@ from service.tenant_config import (
     EhrRegistration,
     TenantConfiguration,
 )
+from service.text import without_bom
 from smart_app.errors import PageError, Said
 from smart_app.pages import TEMPLATES, messages_by_field
 from smart_app.security import iframe_cookie, page_headers, tokens_match
@@ -329,7 +330,7 @@ def _parse_json(body: bytes) -> Any:
     """JSON, ValueError when it is not. orjson, not json: json recurses once per level, and
     ``[[[[…`` a hundred thousand deep would be a RecursionError (a 500); orjson refuses
     nesting deeper than 1024 (and NaN or a lone surrogate, which are not JSON either)."""
-    return orjson.loads(body)
+    return orjson.loads(without_bom(body))
 
 
 # ---------------------------------------------------------------------------------------

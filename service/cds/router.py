@@ -69,6 +69,7 @@ from service.monitoring import presentation_secret
 from service.settings import Settings, over_tls
 from service.tenancy import TenantContext, UnknownTenantError
 from service.tenant_config import Hook, base_url_key
+from service.text import without_bom
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["cds-hooks"])
@@ -172,7 +173,7 @@ class _TooLargeError(Exception):
 
 
 async def _body(request: Request) -> bytes:
-    """The request body, read no further than ``MAX_BODY_BYTES``."""
+    """The request body (JSON: :func:`without_bom`), read no further than ``MAX_BODY_BYTES``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _TooLargeError
@@ -183,7 +184,7 @@ async def _body(request: Request) -> bytes:
         if size > MAX_BODY_BYTES:
             raise _TooLargeError
         chunks.append(chunk)
-    return b"".join(chunks)
+    return without_bom(b"".join(chunks))
 
 
 def _too_large() -> JSONResponse:

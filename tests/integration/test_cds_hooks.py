@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import json
 import logging
 import threading
@@ -368,6 +369,30 @@ def test_a_prefetch_key_the_service_did_not_ask_for_is_left_alone(cds: Cds) -> N
     """The spec's own example prefetch holds ``"user": "123"``: not a resource."""
     body = hook_body(data=prefetch() | {"user": "123", "other": [1, 2]})
     assert only_card(cds.call(body=body))["indicator"] == "info"
+
+
+def test_a_call_opening_with_a_utf_8_byte_order_mark_gets_its_card(cds: Cds) -> None:
+    """RFC 8259 §8.1: a parser MAY ignore a byte order mark rather than treat it as an
+    error. A call sent with one (a tool on Windows) was a 400 "Invalid JSON", and the EHR
+    showed no card; its feedback was refused alike."""
+    json_type = {"Content-Type": "application/json"}
+    body = codecs.BOM_UTF8 + json.dumps(hook_body()).encode()
+    card = only_card(cds.call(body=body, headers=json_type))
+    assert card["indicator"] == "info"
+
+    path = f"/cds-services/{ENCOUNTER_START}/feedback"
+    feedback = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-11-23T10:16:00Z",
+    }
+    sent = codecs.BOM_UTF8 + json.dumps({"feedback": [feedback]}).encode()
+    token = cds.ehr.token(PUBLIC_URL + path)
+    answer = cds.client.post(
+        path, content=sent, headers=json_type | {"Authorization": f"Bearer {token}"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert cds.count(CdsFeedback) == 1
 
 
 def test_a_body_over_the_limit_is_refused_with_413_before_it_is_parsed(cds: Cds) -> None:
