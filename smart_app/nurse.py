@@ -87,6 +87,7 @@ from smart_app.session import (
     security_headers,
     verify_csrf,
 )
+from smart_app.social import token_refused
 
 __all__ = [
     "MAX_CHILDREN",
@@ -789,7 +790,10 @@ def triage_page(ctx: LaunchDep, triage: TriageDep) -> HTMLResponse:
         chart = triage.load_chart(ctx)
     except ReauthorisationRequired:
         return _relaunch_page(ctx)
-    except FhirError:  # unreachable or refused: the nurse can still enter the children
+    except FhirError as error:
+        if token_refused(error):  # revoked or narrowed: only a new launch gets one it takes
+            return _relaunch_page(ctx)
+        # unreachable or refused the request: the nurse can still enter the children
         chart = triage.pending_chart(ctx)  # what our saves still waiting will write
         notice = _app_message(ctx.language, "notice.children-not-loaded")
     rows = [ChildRow.of(child, chart) for child in chart.children]

@@ -128,15 +128,20 @@ def _launch(
     app_context: str | None = None,
     roles: frozenset[Any] = frozenset({"nurse"}),
     need_patient_banner: bool = True,
+    granted_scope: str = "user/*.cruds",
+    granted_seconds: int | None = None,
 ) -> NewSession:
+    """``granted_scope`` and ``granted_seconds``: the access token as the sandbox's FHIR
+    server knows it (the session believes it grants ``user/*.cruds`` for an hour)."""
     patient = sandbox.seeded.patient(patient_key)
     assert patient.arrived_encounter_id is not None
     token = sandbox.issue_token(
         client_id="kindreflex",
-        scope="user/*.cruds",
+        scope=granted_scope,
         user="nurse",
         patient=patient.id,
         encounter=patient.arrived_encounter_id,
+        lifetime=granted_seconds,
     )
     tenant = app.state.tenants.get(app.state.settings.default_tenant)
     return NewSession(
@@ -1468,6 +1473,36 @@ def test_an_unreachable_fhir_server_says_saved_delivery_pending(nurse_for: Any) 
     assert 'data-save-status="pending"' in saved.text
     assert "levering volgt" in saved.text
     assert "Doorgegeven aan de sociale dienst" in saved.text
+
+
+@pytest.mark.parametrize(
+    "token",
+    [{"granted_seconds": 0}, {"granted_scope": "user/Encounter.rs"}],
+    ids=["401-expired", "403-out-of-scope"],
+)
+def test_a_token_the_fhir_server_refuses_while_the_chart_loads_says_to_open_the_app_again(
+    nurse_for: Any, database: Database, token: dict[str, Any]
+) -> None:
+    """The sandbox's FHIR server refuses the launch's access token, as an EHR's does once
+    it revoked it (401: expired there, not refreshed here: the launch gave no refresh
+    token) or narrowed it (403): the page said the children could not be loaded and drew
+    the form, which nothing could save while that token lasted. As on the case page, it
+    now says to open the Kindreflex again from the patient's record."""
+    nurse = nurse_for("an-peeters", **token)
+
+    page = nurse.page()
+
+    assert page.status == 401, page.text
+    assert "Open de Kindreflex opnieuw vanuit het dossier van de patiënt" in unescape(page.text)
+    assert "konden nu niet geladen worden" not in page.text
+    assert "data-triage-form" not in page.text
+    with database.session() as session:  # the refused read is in the patient's trail
+        outcomes = session.scalars(
+            select(AuditRecord.outcome).where(
+                AuditRecord.patient_ref == f"Patient/{nurse.patient_id}"
+            )
+        ).all()
+    assert outcomes == ["failure"]
 
 
 def test_a_child_another_page_saved_meanwhile_is_not_saved_twice(
