@@ -345,8 +345,8 @@ class Triage:
     # -- save ---------------------------------------------------------------------------------
 
     def record_triage(self, ctx: LaunchInfo, findings: TriageInput) -> SaveResult:
-        patient_ref, encounter_ref = _launch_refs(ctx)
-        _validate(patient_ref, encounter_ref, findings)
+        validate(ctx, findings)
+        patient_ref = _patient_ref(ctx)
         concern = _raises_concern(findings)
         entry_id = self._commit_retrying(ctx, findings, concern)
         self._outbox.adopt_session(
@@ -709,11 +709,12 @@ def _patient_ref(ctx: LaunchInfo) -> str:
     return f"Patient/{ctx.patient_id}"
 
 
-def _validate(patient_ref: str, encounter_ref: str, findings: TriageInput) -> KindreflexCase:
-    """The protocol's verdict on the moves of this save (raises ProtocolError)."""
+def validate(ctx: LaunchInfo, findings: TriageInput) -> None:
+    """The protocol's verdict on the moves of a save (raises ProtocolError): the save asks
+    it, and the nurse's page with the form's other errors."""
     moves: list[Finding] = [findings.step1]
     moves += [f for f in (findings.step2, findings.step3) if f is not None]
-    return KindreflexCase.replay(patient_ref, encounter_ref, moves)
+    KindreflexCase.replay(*_launch_refs(ctx), moves)
 
 
 def _raises_concern(findings: TriageInput) -> bool:

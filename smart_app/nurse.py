@@ -74,6 +74,7 @@ from service.triage import (
     TriageDep,
     TriageInput,
     unversioned,
+    validate,
 )
 from smart_app import dates
 from smart_app.assets import asset_response
@@ -600,9 +601,49 @@ def build_input(
         step2 = _checked(errors, t, partial(_step2, form, ctx, assessment, now))
     if step2 is not None and assessment is SafetyAssessment.NO_CONCERN:
         step3 = _checked(errors, t, partial(_support, form, author, now))
-    if errors or step1 is None:
-        raise InvalidFormError(errors)
-    return TriageInput(step1, step2, step3)
+    if step1 is None:
+        raise InvalidFormError(in_page_order(errors))
+    findings = TriageInput(step1, step2, step3)
+    # step 3 against the children (Kind & Gezin's ages), with the other errors: said alone
+    # once they were mended, it cost one more save. Not before every row is read (one not
+    # read may be the child of that age), nor without a minor (step 2 is then refused).
+    if step3 is not None and gauged and not unread:
+        _checked(errors, t, partial(validate, ctx, findings))
+    if errors:
+        raise InvalidFormError(in_page_order(errors))
+    return findings
+
+
+#: Where each field's error is on the page (``triage.html``), a child's row at ``child``
+#: with its fields in ``_ROW_ORDER``; the summary above the form lists the errors so, as
+#: the nurse meets the fields, whichever check found them (NO_FIELD's is above "save").
+_PAGE_ORDER = (
+    "children",
+    "child",
+    "pregnancy_of",
+    "expected_date",
+    "no_children",
+    "assessment-no-concern",
+    "reasons",
+    "discussed_with_colleague",
+    "who_helps",
+    "support",
+    "support_note",
+    NO_FIELD,
+)
+_ROW_ORDER = ("name", "birth_date", "relationship", "lives_with")
+_ROW_FIELD = re.compile(r"child-(\d+)-([a-z_]+)")
+
+
+def in_page_order(errors: list[FieldError]) -> list[FieldError]:
+    """The errors in the order of their fields on the page; a field's own in the order found."""
+    return sorted(errors, key=_place_on_page)
+
+
+def _place_on_page(error: FieldError) -> tuple[int, int, int]:
+    if row := _ROW_FIELD.fullmatch(error.field):
+        return _PAGE_ORDER.index("child"), int(row[1]), _ROW_ORDER.index(row[2])
+    return _PAGE_ORDER.index(error.field), 0, 0
 
 
 def _step2(

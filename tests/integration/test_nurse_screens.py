@@ -1425,6 +1425,33 @@ def test_a_kind_en_gezin_start_without_a_child_of_that_age_is_refused_at_the_sup
     assert 'aria-describedby="support-error"' in actions
 
 
+def test_a_kind_en_gezin_start_without_a_child_of_that_age_is_said_with_the_pages_errors(
+    nurse_for: Any, database: Database
+) -> None:
+    """The Kind & Gezin refusal was checked only once the rest of the form was right: the
+    nurse mended the page's errors, saved, and only then heard that none of the children
+    is of that age, one more round at triage. It is said with them, where step 3 stands
+    among the fields: after step 2's, before the note of step 3."""
+    nurse = nurse_for("an-peeters")
+    form = _two_children(
+        nurse.page(),
+        assessment="no-concern",
+        who_helps="x" * 1001,
+        support_actions="kind-en-gezin-start",
+        support_note="x" * 4001,
+    )
+    del form["child-1-ref"], form["child-1-name"], form["child-1-birth_date"]  # Lina, 6
+
+    refused = nurse.post(form)
+
+    assert refused.status == 422, refused.text
+    summary = unescape(_summary(refused))
+    assert re.findall(r'href="#([^"]+)"', summary) == ["who_helps", "support", "support_note"]
+    assert "geen van de kinderen van de patiënt heeft die leeftijd" in summary
+    with database.session() as session:
+        assert session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "triage")).all() == []
+
+
 @pytest.mark.parametrize(
     "concern",
     [
