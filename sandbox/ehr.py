@@ -10,11 +10,12 @@ URLs (``E`` = the EHR base, e.g. ``http://127.0.0.1:8095``):
   ``E/fhir/.well-known/smart-configuration``;
 * ``E/authorize``, ``E/token``, ``E/.well-known/jwks.json``,
   ``E/.well-known/openid-configuration`` — the authorization server (issuer ``E``);
-* ``E/healthz``.
+* ``E/healthz``, ``E/favicon.ico``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import logging
@@ -47,6 +48,12 @@ __all__ = ["EhrApp", "Visit", "origin_of"]
 
 log = logging.getLogger("sandbox.ehr")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: The pages' icon: a 16x16 PNG square in the orange of the SANDBOX badge. Browsers ask
+#: /favicon.ico on every page; each 404 was noise in the console and the log.
+FAVICON = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR42mNY7MVAEmIY1TCqYfhqAACjVe0B"
+    "Rx1MVQAAAABJRU5ErkJggg=="
+)
 USER_COOKIE = "sandbox_user"
 
 
@@ -360,16 +367,16 @@ class EhrApp:
             self.visits[visit.id] = visit
         cds_base = self.config.cds_base_url
         if not cds_base:
-            visit.messages.append("No CDS service configured (cds_base_url): no hook was called.")
+            visit.messages.append("Geen CDS-dienst ingesteld (cds_base_url): geen hook opgeroepen.")
             return visit
         try:
             services = await self.cds.discover(self.http, cds_base)
         except (httpx.HTTPError, ValueError) as exc:
-            visit.messages.append(f"CDS discovery at {cds_base}/cds-services failed: {exc}")
+            visit.messages.append(f"CDS-discovery op {cds_base}/cds-services mislukt: {exc}")
             return visit
         matching = [s for s in services if s.get("hook") == hook and s.get("id")]
         if not matching:
-            visit.messages.append(f"The CDS service offers no {hook} service.")
+            visit.messages.append(f"De CDS-dienst biedt geen service voor {hook}.")
         context: dict[str, Any] = {"userId": self.practitioner_ref(user), "patientId": patient_id}
         if encounter_id:
             context["encounterId"] = encounter_id
@@ -404,7 +411,7 @@ class EhrApp:
     async def feedback(self, visit: Visit, index: int, item: dict[str, Any]) -> None:
         found = next(((c, card) for i, c, card in visit.cards() if i == index), None)
         if found is None or not self.config.cds_base_url:
-            visit.messages.append("Unknown card.")
+            visit.messages.append("Onbekende kaart.")
             return
         call, card = found
         item = {
@@ -416,9 +423,9 @@ class EhrApp:
             r = await self.cds.feedback(
                 self.http, self.config.cds_base_url, call.service_id, [item]
             )
-            visit.messages.append(f"Feedback '{item['outcome']}' sent: HTTP {r.status_code}")
+            visit.messages.append(f"Feedback '{item['outcome']}' verstuurd: HTTP {r.status_code}")
         except httpx.HTTPError as exc:
-            visit.messages.append(f"Feedback failed: {exc}")
+            visit.messages.append(f"Feedback mislukt: {exc}")
 
     # -- the ASGI app -----------------------------------------------------------------------------
     def _build(self) -> FastAPI:
@@ -440,6 +447,10 @@ class EhrApp:
         @app.get("/healthz")
         async def healthz() -> JSONResponse:
             return JSONResponse({"status": "ok"})
+
+        @app.get("/favicon.ico")
+        async def favicon() -> Response:
+            return Response(FAVICON, media_type="image/png")
 
         @app.get("/.well-known/jwks.json")
         async def jwks_endpoint() -> JSONResponse:
@@ -497,7 +508,7 @@ class EhrApp:
             if self.config.app_launch_url:
                 self.launch(visit, self.config.app_launch_url, None)
             else:
-                visit.messages.append("No app_launch_url configured.")
+                visit.messages.append("Geen app_launch_url ingesteld.")
             return RedirectResponse(f"/visits/{visit.id}", status_code=303)
 
         @app.post("/worklist")
@@ -518,8 +529,8 @@ class EhrApp:
                 return self.render(
                     "message.html",
                     status=404,
-                    title="Unknown visit",
-                    message="This EHR screen does not exist (anymore).",
+                    title="Onbekend EPD-scherm",
+                    message="Dit EPD-scherm bestaat niet (meer).",
                 )
             patient = await self.facade.fetch(f"Patient/{visit.patient_id}") or {}
             encounter = (
@@ -547,7 +558,7 @@ class EhrApp:
             card = next((c for i, _, c in visit.cards() if i == index), None)
             links = (card or {}).get("links") or []
             if card is None or not 0 <= link < len(links):
-                visit.messages.append("Unknown link.")
+                visit.messages.append("Onbekende link.")
             else:
                 target = links[link]
                 app_context = target.get("appContext")
@@ -600,7 +611,7 @@ class EhrApp:
                     },
                 )
             else:
-                visit.messages.append("This suggestion has no uuid: no feedback possible.")
+                visit.messages.append("Dit voorstel heeft geen uuid: geen feedback mogelijk.")
             return RedirectResponse(f"/visits/{visit_id}", status_code=303)
 
         return app

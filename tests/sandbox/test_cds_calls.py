@@ -302,3 +302,33 @@ def test_a_second_triage_is_a_new_visit_with_the_same_trigger(
     assert second["status"] == "in-progress"
     assert second["reasonCode"][0]["coding"] == first["reasonCode"][0]["coding"]
     assert second["reasonCode"][0]["coding"][0]["system"] == "http://snomed.info/sct"
+
+
+def test_the_ehr_serves_its_pages_icon(sandbox: Sandbox) -> None:
+    """A browser asks every page's icon at /favicon.ico: it was a 404, one more error in the
+    console and the log on each page of the EHR."""
+    icon = httpx.get(f"{sandbox.ehr_url}/favicon.ico", timeout=10)
+
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/png"
+    assert icon.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_ehr_pages_speak_dutch(sandbox: Sandbox) -> None:
+    """The EHR's pages are Dutch (lang nl-BE); their header, the index's CDS line, a visit's
+    messages and a page gone were English."""
+    ehr = _ehr(sandbox)
+    patient = sandbox.seeded.patient("an-peeters")
+
+    index = ehr.get("/")
+    visit = ehr.post(f"/patients/{patient.id}/triage")
+    feedback = ehr.post(visit.url.path + "/cards/99/override", data={"reason": "0"})
+    gone = ehr.get("/visits/unknown")
+
+    assert "SANDBOX (testomgeving)" in index.text
+    assert "CDS-dienst:" in index.text
+    assert "CDS-hook: encounter-start" in visit.text
+    assert "Onbekende kaart." in feedback.text
+    assert gone.status_code == 404
+    assert "Onbekend EPD-scherm" in gone.text
+    assert "Dit EPD-scherm bestaat niet (meer)." in gone.text
