@@ -641,9 +641,15 @@ def in_page_order(errors: list[FieldError]) -> list[FieldError]:
 
 
 def _place_on_page(error: FieldError) -> tuple[int, int, int]:
+    # a field not listed (one added to the form later) goes last: a summary out of order
+    # is better than a nurse's page that fails
     if row := _ROW_FIELD.fullmatch(error.field):
-        return _PAGE_ORDER.index("child"), int(row[1]), _ROW_ORDER.index(row[2])
-    return _PAGE_ORDER.index(error.field), 0, 0
+        return _place(_PAGE_ORDER, "child"), int(row[1]), _place(_ROW_ORDER, row[2])
+    return _place(_PAGE_ORDER, error.field), 0, 0
+
+
+def _place(order: tuple[str, ...], field: str) -> int:
+    return order.index(field) if field in order else len(order)
 
 
 def _step2(
