@@ -35,9 +35,10 @@ from service.fhir.client import (
     search_query,
 )
 from service.fhir.terminology import identifier_system
-from service.local_time import local_now
+from service.local_time import local, local_now
 from service.outbox import (
     IMMEDIATE_TIMEOUT_SECONDS,
+    REFUSED_STATES,
     UNDELIVERED_STATES,
     DeliveryState,
     NewEntry,
@@ -76,6 +77,7 @@ from service.social import (
     Step6Input,
 )
 from service.text import typed_text, worklist_display
+from service.triage import KIND as TRIAGE_KIND
 from service.triage import LaunchInfo, search_chart
 
 log = logging.getLogger(__name__)
@@ -358,7 +360,40 @@ MAX_SEARCH_PAGES = 10
 
 
 class CaseNotOnServerError(LookupError):
-    """The concern's Flag is not (or not yet) on the FHIR server: its save is still pending."""
+    """The concern's Flag is not (or not yet) on the FHIR server: its save is still pending
+    (the nurse's save refused for good: :class:`RaisingSaveRefusedError`)."""
+
+
+#: How much of the FHIR server's reason a refused save's error carries (as ``kindreflex
+#: outbox refused`` prints it, on one line).
+REASON_SHOWN = 300
+
+
+class RaisingSaveRefusedError(CaseNotOnServerError):
+    """The nurse's triage save that raised the concern, the case's latest save, was refused
+    by the FHIR server for good (``failed``: a 4xx; ``conflict``): its Flag is not on the
+    server and never will be, as the outbox never sends a refused entry again. Not a
+    delivery under way: nothing can be recorded or closed on the case until a nurse records
+    the finding again from the patient's chart (a new triage save for the patient continues
+    this concern, its worklist row: ``triage._concern_to_continue``). The case stays on the
+    worklist all the same: a nurse flagged a child, and the social service must see it.
+
+    ``state``: ``failed`` or ``conflict``; ``saved_at``: when the nurse saved; ``reason``:
+    the server's answer as the outbox recorded it, on one line (None: none recorded)."""
+
+    def __init__(self, state: DeliveryState, saved_at: datetime, reason: str | None) -> None:
+        self.state = state
+        self.saved_at = saved_at
+        self.reason = " ".join(reason.split())[:REASON_SHOWN] if reason else None
+        why = "the record changed meanwhile" if state is DeliveryState.CONFLICT else None
+        why = why or (f"reason: {self.reason}" if self.reason else "no reason recorded")
+        super().__init__(
+            f"The FHIR server refused the nurse's save of {local(saved_at):%d/%m/%Y %H:%M} that "
+            f"raised this concern ({why}): nothing of it is on the patient's record and it is "
+            "never sent again, so nothing can be recorded or closed on this case. A nurse "
+            "records the finding again from the patient's chart in the EHR; the "
+            "administrators find the refusal with `kindreflex outbox refused`."
+        )
 
 
 class SaveOnItsWayError(Exception):
@@ -1110,11 +1145,37 @@ class Casework:
         latest = concern.outbox_id
         return latest is not None and self._outbox.state_of(latest) in UNDELIVERED_STATES
 
+    def _raising_save_refused(self, concern: Concern) -> RaisingSaveRefusedError | None:
+        """The refusal of the case's latest save when it is a nurse's triage save the FHIR
+        server refused for good (a social save needs the Flag on the server to be made)."""
+        with self._database.session() as session:
+            refused = session.execute(
+                select(OutboxEntry.state, OutboxEntry.created_at, OutboxEntry.last_error).where(
+                    OutboxEntry.id == concern.outbox_id,
+                    OutboxEntry.kind == TRIAGE_KIND,
+                    OutboxEntry.state.in_(REFUSED_STATES),
+                )
+            ).one_or_none()
+        if refused is None:
+            return None
+        state, saved_at, reason = refused
+        return RaisingSaveRefusedError(DeliveryState(state), saved_at, reason)
+
     def _read(
         self, ctx: LaunchInfo, concern: Concern, client: FhirClient
     ) -> tuple[CaseRecord, KindreflexCase]:
-        """The case from the FHIR server (the source of truth), replayed by the protocol."""
-        record, findings = load_case_record(client, concern.patient_ref, concern.flag_identifier)
+        """The case from the FHIR server (the source of truth), replayed by the protocol.
+        A Flag not on the server because the FHIR server refused the nurse's save that raised
+        it is :class:`RaisingSaveRefusedError`, not a delivery under way."""
+        try:
+            record, findings = load_case_record(
+                client, concern.patient_ref, concern.flag_identifier
+            )
+        except CaseNotOnServerError as missing:
+            refused = self._raising_save_refused(concern)
+            if refused is not None:
+                raise refused from missing
+            raise
         fact = AuditFact(
             actor=ctx.actor,
             action=AuditAction.READ,

@@ -13,6 +13,14 @@ the FHIR server (the source of truth) and replayed by the protocol each time a p
 opened, through the same use case as the JSON API (``service.casework.Casework``), which
 also audits the read. Every save goes through the same use case as the API; a refused
 save shows the page again with the input kept and the reason next to the field.
+
+A case whose concern Flag is not on the FHIR server shows the worklist's row and says why:
+its nurse's save still on its way (``not-on-server``), waiting for a sign-in
+(``waiting-sign-in``), or refused by the server for good (``refused``, ``refused-conflict``,
+``refused-no-reason``: :class:`~service.casework.RaisingSaveRefusedError`). The refused
+case stays on the worklist, as a nurse's worry must, and its page says when the nurse
+saved, the server's reason, that none of it is in the patient's record and what to do: a
+nurse records the finding again from the patient's chart, whose save continues this case.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from service.casework import (
     CloseRefusedError,
     IncompleteCaseError,
     NoReferralError,
+    RaisingSaveRefusedError,
     SaveOnItsWayError,
     StepInput,
     StepResult,
@@ -492,6 +501,17 @@ def _waits_for_sign_in(summary: social.CaseSummary) -> bool:
     return summary.delivery is not None and summary.delivery.state == "waiting-authorisation"
 
 
+def _refused_values(error: RaisingSaveRefusedError) -> tuple[str, dict[str, str]]:
+    """The message of a case whose nurse's save the FHIR server refused for good, and what
+    it names: when she saved, and the server's reason (a conflict: the record changed)."""
+    moment = dates.shown_moment(error.saved_at)
+    if error.state == "conflict":
+        return "refused-conflict", {"moment": moment}
+    if error.reason is None:
+        return "refused-no-reason", {"moment": moment}
+    return "refused", {"moment": moment, "reason": error.reason}
+
+
 def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: int) -> Shown | None:
     """The case of this hospital (None: no such case), reconciled from the FHIR server
     (an audited read, also when the server could not be read)."""
@@ -512,6 +532,8 @@ def _load(ctx: LaunchContext, database: DatabaseDep, work: Casework, case_id: in
         return None
     except CaseOnAnotherServerError:
         unreadable = "other-ehr"
+    except RaisingSaveRefusedError as error:  # not on its way: never sent again
+        unreadable, values = _refused_values(error)
     except CaseNotOnServerError:
         unreadable = "waiting-sign-in" if _waits_for_sign_in(summary) else "not-on-server"
     except ReauthorisationRequired:
@@ -787,6 +809,8 @@ def _save_step(
         problems, status = _about_form(ctx, typed, "error.save-on-its-way"), 409
     except ClosedOnServerError:
         problems, status = _about_form(ctx, typed, "error.closed-in-ehr"), 409
+    except RaisingSaveRefusedError:  # the page says why, above: not "not yet"
+        problems, status = _about_form(ctx, typed, "error.raising-refused"), 409
     except (CaseNotOnServerError, CloseRefusedError, NoReferralError):
         problems, status = _about_form(ctx, typed, "error.not-now"), 409
     except UnknownReferralError:  # retracted in the EHR meanwhile, or a form made up

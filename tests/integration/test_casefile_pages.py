@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -21,15 +21,28 @@ from sandbox.fhir_server import FhirServer
 from service import audit
 from service.admin.config import validate_document
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, Concern, TenantConfigVersion
+from service.db.models import AuditRecord, Concern, OutboxEntry, TenantConfigVersion
 from service.fhir.client import FhirClient
 from service.i18n import translate
 from service.local_time import local_today
-from service.protocol import ExpectedChild, PregnancyOf
+from service.protocol import (
+    Child,
+    ChildRelationship,
+    ExpectedChild,
+    LivesWith,
+    PregnancyOf,
+    SafetyAssessment,
+    Step1Finding,
+    Step2Finding,
+)
 from service.tenancy import SecretBox, TenantDirectory
+from service.triage import TriageInput
 from smart_app.casefile import referral_form
+from smart_app.dates import shown_moment
+from smart_app.session import AppUser, LaunchContext
 from tests.support.casework import (
     COLLEAGUE,
+    NURSE,
     SOCIAL_WORKER,
     STEP_4_FORM,
     STEP_6_FORM,
@@ -37,10 +50,12 @@ from tests.support.casework import (
     index_case,
     listed_cases,
     on_the_worklist,
+    patient_at_triage,
     post_form,
     save_triage,
     triage_waiting_for_sign_in,
 )
+from tests.support.relay import SlowRelay
 from tests.support.served import ServedJson
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
@@ -211,6 +226,179 @@ def test_a_case_whose_save_waits_for_a_new_sign_in_says_how_to_send_it(
     assert page.status_code == 200
     assert "de levering wacht op een nieuwe aanmelding" in page.text
     assert "Open de Kindreflex vanuit het dossier van deze patiënt in het EPD" in page.text
+
+
+def _niet_pluis(at: datetime) -> TriageInput:
+    """A nurse's step 1 (one child) and niet-pluis step 2, recorded at ``at``."""
+    child = Child(
+        f"urn:uuid:{uuid.uuid4()}",
+        "Boy",
+        date(2022, 11, 3),
+        ChildRelationship.NATURAL_CHILD,
+        LivesWith.PERMANENTLY,
+    )
+    return TriageInput(
+        step1=Step1Finding(recorded_by=NURSE, recorded_at=at, children=(child,)),
+        step2=Step2Finding(
+            recorded_by=NURSE,
+            recorded_at=at + timedelta(seconds=40),
+            assessment=SafetyAssessment.NIET_PLUIS,
+            acute_danger=False,
+            who_helps=None,
+            reasons=("Often left home alone.",),
+        ),
+    )
+
+
+@pytest.mark.fhirserver
+def test_a_refused_niet_pluis_stays_listed_says_it_was_refused_and_a_new_save_continues_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The triage save writes the worklist's row in its local transaction, before the FHIR
+    server has the Flag. A server refusing that save for good (a 422, as one validating the
+    guide's profiles answers: ``failed``, never sent again) left the case on the worklist,
+    its page saying "De zorg staat nog niet op de FHIR-server (levering loopt)": delivery
+    under way, steps possible after it. They never were (found by review). The worry stays
+    listed (a nurse flagged a child), but the page, the form and the API say the server
+    refused the nurse's save, when and why, that none of it is on the record, and what to
+    do: a nurse records the finding again, and her new save continues this very case."""
+    with SlowRelay(fhir_server.base_url) as relay:
+        hospital = make_tenant(database, "default", relay.url)
+        app = make_app(database_url, database)
+        patient_id, encounter_id = patient_at_triage(fhir_server.base_url)
+        nurse = signed_in(
+            app,
+            hospital,
+            NURSE,
+            "nurse",
+            fhir_base_url=relay.url,
+            patient_id=patient_id,
+            encounter_id=encounter_id,
+        )
+        launch = LaunchContext(
+            nurse.session_id,
+            hospital,
+            "ehr",
+            relay.url,
+            patient_id,
+            encounter_id,
+            AppUser(NURSE, "Sofie Maes", frozenset({"nurse"})),
+            language="nl",
+            app_context=None,
+        )
+        relay.refused = [422]  # the server refuses the save's transaction
+        saved = app.state.triage.record_triage(launch, _niet_pluis(utcnow() - timedelta(minutes=2)))
+        assert saved.status == "failed"  # the nurse is told, and her save is never sent again
+        with database.session() as session:
+            (case,) = session.scalars(select(Concern)).all()
+            entry = session.get(OutboxEntry, case.outbox_id)
+            assert entry is not None
+            assert (entry.kind, entry.state) == ("triage", "failed")
+            refused_at = shown_moment(entry.created_at)
+
+        worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", fhir_base_url=relay.url)
+        client = TestClient(app, headers=worker.headers)
+        page = client.get(f"/social/cases/{case.id}")
+        worklist = client.get("/social")
+        api = client.get(f"/api/cases/{case.id}")
+        form = client.post(
+            f"/social/cases/{case.id}/step-4",
+            data={**STEP_4_FORM, "row_version": str(case.row_version)},
+        )
+        api_step = client.post(
+            f"/api/cases/{case.id}/step-4",
+            json={"row_version": case.row_version, "decision": "acute-danger"},
+        )
+
+        # the nurse records the finding again: her new save continues the same case
+        again = app.state.triage.record_triage(launch, _niet_pluis(utcnow()))
+        reopened = client.get(f"/social/cases/{case.id}")
+        listed_again = client.get("/social")
+
+    assert page.status_code == 200
+    # the page must not say the concern is on its way to the server: it never will be
+    assert "levering loopt" not in page.text
+    assert f"Wat de verpleegkundige op {refused_at} opsloeg, heeft de FHIR-server geweigerd" in (
+        page.text
+    )
+    assert "(reden: FHIR server answered 422: error/not-supported:)" in page.text
+    assert "Niets daarvan staat in het patiëntendossier" in page.text
+    assert "Een verpleegkundige opent de Kindreflex vanuit het dossier van deze patiënt" in (
+        page.text
+    )
+    assert "`kindreflex outbox refused`" in page.text
+    assert 'id="s4-form"' not in page.text
+    assert "Geweigerd door het EPD" in page.text  # its delivery, as the worklist says it
+    # the worry stays on the worklist, marked refused, not waiting
+    assert listed_cases(worklist.text) == [case.id]
+    assert "Geweigerd door het EPD" in worklist.text
+    assert "Wacht op verzending" not in worklist.text
+    # a form sent all the same (an older page) is refused without "not yet"
+    assert form.status_code == 409
+    refusal = "de FHIR-server heeft de melding van de verpleegkundige geweigerd"
+    assert refusal in error_summary(form.text, "s4")
+    # "what you can do is said above": the page's own message comes first
+    assert form.text.index("heeft de FHIR-server geweigerd (reden:") < form.text.index(refusal)
+    assert "nog niet op de FHIR-server" not in form.text
+    assert "She says they are fine alone for an hour." in form.text  # her input kept
+    for answer in (api, api_step):
+        assert answer.status_code == 409
+        message = answer.json()["detail"]["message"]
+        assert "refused the nurse's save" in message
+        assert "never sent again" in message
+        assert "kindreflex outbox refused" in message
+    assert "pending" not in api.text
+
+    assert again.status == "delivered"
+    assert reopened.status_code == 200
+    assert "geweigerd" not in reopened.text
+    assert 'id="s4-form"' in reopened.text  # the team's decision is next: the case is workable
+    assert listed_cases(listed_again.text) == [case.id]  # the same case, not a second one
+    assert "Geweigerd door het EPD" not in listed_again.text
+
+
+@pytest.mark.fhirserver
+@pytest.mark.parametrize(
+    ("state", "reason", "said"),
+    [
+        ("conflict", "FHIR server answered 412", "geweigerd: het patiëntendossier was intussen"),
+        ("failed", None, "heeft de FHIR-server geweigerd. Niets daarvan"),
+    ],
+)
+def test_a_refused_niet_pluis_in_conflict_or_without_a_reason_says_so(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    state: str,
+    reason: str | None,
+    said: str,
+) -> None:
+    """A triage save refused as a conflict (the record changed meanwhile) says so, not a
+    technical reason; one whose reason was not recorded says it was refused, naming none.
+    Neither says its delivery is under way."""
+    base_url = fhir_server.base_url
+    hospital = make_tenant(database, "default", base_url)
+    patient = f"Patient/{uuid.uuid4()}"
+    case_id = index_case(database, hospital, patient, utcnow(), fhir_base_url=base_url)
+    entry_id = triage_waiting_for_sign_in(database, hospital, base_url, patient, case_id)
+    with database.session() as session:
+        entry = session.get(OutboxEntry, entry_id)
+        assert entry is not None
+        entry.state, entry.last_error = state, reason
+        refused_at = shown_moment(entry.created_at)
+    app = make_app(database_url, database)
+    worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+
+    page = TestClient(app).get(f"/social/cases/{case_id}", headers=worker.headers)
+
+    assert page.status_code == 200
+    assert f"Wat de verpleegkundige op {refused_at} opsloeg, heeft de FHIR-server" in page.text
+    assert said in page.text
+    assert "reden:" not in page.text
+    assert "levering" not in page.text
+    assert "`kindreflex outbox refused`" in page.text
 
 
 def test_a_case_of_another_ehr_shown_on_its_page_is_in_its_patients_trail(
