@@ -8,7 +8,9 @@ Every failure is one of three typed errors, so callers decide without parsing HT
 * :class:`FhirUnavailable` — network error, timeout, 5xx: try again later (its
   :class:`FhirUnreadable` — an answer that is not FHIR, too large to read, or whose
   compression cannot be decoded; its :class:`FhirThrottled` — 429, 408 or 425, the server
-  asking to be asked later, with its ``Retry-After``);
+  asking to be asked later, with its ``Retry-After``; its :class:`FhirUnanswered` — a
+  request that reached the server, or may have, and got no answer from it: a write may
+  still be applied after the error);
 * :class:`FhirConflict` — 409/412: someone else changed the resource (If-Match);
 * :class:`FhirRejected` — any other 4xx, with the server's OperationOutcome: retrying
   the same request cannot help.
@@ -96,6 +98,22 @@ SearchParams = Mapping[str, str] | Sequence[tuple[str, str]]
 #: Requests, Request Timeout, Too Early.
 THROTTLED_STATUSES = frozenset({429, 408, 425})
 
+#: What a gateway (a reverse proxy, a load balancer) answers for a server that did not
+#: answer it: Bad Gateway (the connection to the server failed or was cut, perhaps after the
+#: request reached it), Gateway Timeout (the gateway stopped waiting; the server goes on).
+#: A 500 or 503 is the server's own answer: what it answered is what it did.
+GATEWAY_STATUSES = frozenset({502, 504})
+
+#: httpx's errors raised before a request is sent: nothing reached the server.
+_NOT_SENT = (
+    httpx.ConnectError,  # the outbound policy's refusal too (OutboundRefusedError)
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+)
+
 #: The largest answer read from a FHIR server. The largest we ask for are a case's search
 #: page (500 step findings, about 1 MiB), the triage chart (a patient with up to 100
 #: children and Flags) and a transaction's response: a few MiB at most, even pretty-printed
@@ -154,6 +172,16 @@ class FhirUnreadable(FhirUnavailable):
     proxy's sign-in page; a search answered by something other than a Bundle; a
     RelatedPerson born on 30 February). Nothing is read from such an
     answer; like an outage it may pass (a proxy's page, a server being fixed)."""
+
+
+class FhirUnanswered(FhirUnavailable):
+    """A request sent, or perhaps sent, that the server did not answer: its deadline passed
+    (connecting too: which step it was is not known), the connection was lost after it was
+    made, or a gateway in front of the server answered in its place that the server gave
+    it no answer (:data:`GATEWAY_STATUSES`). A server does not stop working on a request
+    whose client went away: a write (a transaction) may be applied after this error, even
+    seconds later. Not raised when nothing can have been sent (a connection refused, an
+    address the outbound policy refuses, a budget spent before the request)."""
 
 
 class _BudgetSpentError(FhirUnavailable):
@@ -428,12 +456,13 @@ class FhirClient:
         except TimeoutError as error:
             by_budget = seconds < self._timeout and self._budget is not None
             late = str(self._budget) if by_budget else f"{seconds:g} s"
-            kind = _BudgetSpentError if by_budget else FhirUnavailable
+            kind: type[FhirUnavailable] = _BudgetSpentError if by_budget else FhirUnanswered
             raise kind(f"{where}: no whole answer within {late} (TimeoutError)") from error
         except UnreadableBodyError as error:  # too large, or its compression undecodable
             raise FhirUnreadable(f"{where}: {error}") from error
         except httpx.HTTPError as error:
-            raise FhirUnavailable(f"{where}: {type(error).__name__}") from error
+            kind = FhirUnavailable if isinstance(error, _NOT_SENT) else FhirUnanswered
+            raise kind(f"{where}: {type(error).__name__}") from error
         return _body_or_error(where, response)
 
     def _where(self, call: str) -> str:
@@ -532,6 +561,8 @@ def _refused(
     where: str, status: int, body: Resource | None, retry_after_header: str | None
 ) -> NoReturn:
     """Raises the error of an answer ``status`` (4xx or 5xx; a transaction entry's 3xx too)."""
+    if status in GATEWAY_STATUSES:
+        raise FhirUnanswered(f"{where}: server error {status}")
     if status >= 500:
         raise FhirUnavailable(f"{where}: server error {status}")
     if status in THROTTLED_STATUSES:

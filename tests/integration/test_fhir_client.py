@@ -26,6 +26,7 @@ from service.fhir.client import (
     FhirClient,
     FhirConflict,
     FhirRejected,
+    FhirUnanswered,
     FhirUnavailable,
     FhirUnreadable,
     SearchPages,
@@ -176,7 +177,11 @@ class _Broken(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.endswith("/slow"):
             self.server.release.wait(10)  # type: ignore[attr-defined]
-        status, body = (503, b"busy") if "503" in self.path else (200, b"<html>login</html>")
+        if self.path.endswith("/cut"):  # the connection closed, the request unanswered
+            self.close_connection = True
+            return
+        statuses = [code for code in (502, 503, 504) if str(code) in self.path]
+        status, body = (statuses[0], b"busy") if statuses else (200, b"<html>login</html>")
         self.send_response(status)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
@@ -212,6 +217,35 @@ def test_5xx_timeouts_and_non_fhir_answers_are_unavailable(broken: str) -> None:
         pytest.raises(FhirUnavailable, match="Timeout"),
     ):
         client.read("Patient", "slow")
+
+
+def test_a_request_left_unanswered_is_told_from_one_never_sent_and_from_a_servers_5xx(
+    broken: str,
+) -> None:
+    """A request that reached the server, or may have, and got no answer from it is
+    ``FhirUnanswered``: its deadline passed, the connection was cut, or a gateway said the
+    server gave it none (502, 504). A transaction so left may be applied afterwards, and
+    the outbox lets it settle before asking whether it landed (``service.outbox``). One
+    that reached no server (the connection refused), or the server's own 5xx (503), is
+    another outage: what it answered is what it did."""
+    with FhirClient(broken, lambda: "t", 10.0) as client:
+        for status in ("502", "504"):
+            with pytest.raises(FhirUnanswered, match=f"server error {status}"):
+                client.read("Patient", status)
+        with pytest.raises(FhirUnanswered, match="RemoteProtocolError"):
+            client.read("Patient", "cut")
+        with pytest.raises(FhirUnavailable, match="503") as busy:
+            client.read("Patient", "503")
+        assert not isinstance(busy.value, FhirUnanswered)
+    with (
+        FhirClient(broken, lambda: "t", 0.5) as client,
+        pytest.raises(FhirUnanswered, match="no whole answer within"),
+    ):
+        client.read("Patient", "slow")
+    nowhere = FhirClient(f"http://127.0.0.1:{free_port()}/fhir", lambda: "t", 1.0)
+    with nowhere, pytest.raises(FhirUnavailable, match="ConnectError") as refused:
+        nowhere.read("Patient", "1")
+    assert not isinstance(refused.value, FhirUnanswered)
 
 
 def test_an_answer_trickled_past_the_deadline_is_unavailable_in_time() -> None:
