@@ -28,6 +28,18 @@ again. Its search is read to its last page (a lenient server answers with more t
 asked); a witness that cannot say (its search refused, or too long) keeps the entry
 ``pending``, unsent, and alerts (:func:`_not_known`).
 
+A transaction sent and left unanswered is *in doubt* (``FhirUnanswered``: its deadline
+passed, the connection was cut, a gateway answered 502/504 for the server): the server
+does not drop it because our client stopped waiting, and may apply it seconds later. The
+next attempt therefore comes no sooner than the settle window, the worker's whole request
+deadline (``KINDREFLEX_FHIR_TIMEOUT_SECONDS``), however short the backoff: the witness
+asked after the backoff alone (1-2 s) found nothing yet, the transaction went again,
+then the first copy landed (its plain creates twice; the second copy's If-Match refused,
+412, a ``conflict`` for a save the record holds). A 5xx the server answered itself is an
+outage as before. And since a server may be slower still, a 409/412 to a transaction sent
+again asks the witness once more before it is judged (:func:`_landed_or_refused`):
+found, our earlier copy landed first, and the entry is delivered.
+
 One patient's saves in save order. An entry that writes patient data is not claimed — by
 the worker nor by the saving request, which then leaves it to the worker ("delivery
 pending") — while an older entry for the same patient (same hospital and FHIR server)
@@ -130,6 +142,7 @@ from service.fhir.client import (
     FhirConflict,
     FhirRejected,
     FhirThrottled,
+    FhirUnanswered,
     FhirUnavailable,
     ReauthorisationRequired,
     Resource,
@@ -274,6 +287,13 @@ class Delivery:
     outcome: Resource | None = None  # the server's OperationOutcome, when it refused
     raced: bool = False  # a race at delivery lost, or a passing refusal no version explains
     retry_after: float | None = None  # a throttling server's Retry-After (seconds), if pending
+    in_doubt: bool = False  # the transaction was sent and not answered: it may still land
+
+
+def _in_doubt(entry_id: int, error: FhirUnanswered) -> Delivery:
+    """``pending``, the transaction *in doubt*: sent (or perhaps sent) and not answered, it
+    may be applied yet, after the error (:meth:`Outbox._record` waits for it to settle)."""
+    return Delivery(entry_id, DeliveryState.PENDING, f"in doubt: {error}", in_doubt=True)
 
 
 def _not_now(entry_id: int, error: FhirUnavailable) -> Delivery:
@@ -443,6 +463,19 @@ class Outbox:
         self._database = database
         self._tokens = tokens
         self._timeout = timeout
+        # The settle window: how long a transaction in doubt (sent, not answered:
+        # ``_in_doubt``) is left before the next attempt asks the witness, at least. A
+        # server does not drop a transaction whose client went away, it applies it when it
+        # comes to it; asked after the backoff alone (1-2 s), the witness found nothing
+        # yet, the transaction went again, then the first copy landed. The window is the
+        # worker's whole deadline for one request (``timeout``,
+        # KINDREFLEX_FHIR_TIMEOUT_SECONDS, at most 300 s): the time the hospital's server
+        # is given to answer us; one slower than that does not answer the worker either.
+        # Counted from the end of the attempt, which waited itself, the next attempt comes
+        # more than that deadline after the copy was sent: a copy the server applies
+        # within it is found by the witness. One applied later still is met by the 412 of
+        # a resend's If-Match, asked about again (``_landed_or_refused``).
+        self._settle_seconds = timeout
         self._retry_base = retry_base
         self._clock = clock  # tests move time forward instead of sleeping
         self._deliveries = deliveries  # Prometheus: attempts by resulting state (alerting)
@@ -847,7 +880,10 @@ class Outbox:
                 if not self._still_ours(entry):
                     return Delivery(entry.id, DeliveryState.PENDING, LEASE_LOST)
                 if sent.bundle["entry"]:  # else every merge found nothing to write
-                    client.transaction(sent.bundle)
+                    try:
+                        client.transaction(sent.bundle)
+                    except FhirUnanswered as unanswered:  # not a read's: this may land yet
+                        return _in_doubt(entry.id, unanswered)
             except _WitnessUnanswered as unanswered:
                 return _not_known(entry, unanswered)
             except _Refused as refusal:
@@ -855,7 +891,7 @@ class Outbox:
             except _ChangedByBoth as conflict:
                 return Delivery(entry.id, DeliveryState.CONFLICT, str(conflict))
             except FhirConflict as error:
-                return _conflict_or_race(client, entry, sent, error)
+                return _landed_or_refused(client, entry, sent, error)
             except FhirRejected as error:
                 if error.needs_authorisation:
                     return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(error))
@@ -874,6 +910,8 @@ class Outbox:
             values["outcome"] = delivery.outcome
         if delivery.state is DeliveryState.PENDING:
             wait = self._retry_delay(entry.attempts - 1, delivery.retry_after)
+            if delivery.in_doubt:
+                wait = max(wait, self._settle_seconds)
             values["next_attempt_at"] = now + timedelta(seconds=wait)
         if delivery.raced:
             values["races"] = OutboxEntry.races + 1
@@ -924,6 +962,41 @@ def _unexpected(entry: _Claimed, error: Exception) -> Delivery:
     log.error("outbox delivery raised an unexpected error", extra={"fields": fields})
     last = entry.attempts >= UNEXPECTED_ATTEMPTS
     return Delivery(entry.id, DeliveryState.FAILED if last else DeliveryState.PENDING, detail)
+
+
+def _landed_or_refused(
+    client: FhirClient, entry: _Claimed, sent: _Sent | None, error: FhirConflict
+) -> Delivery:
+    """A 409/412 to a transaction sent again: our earlier copy may have landed meanwhile.
+
+    The witness was asked before this attempt sent it and found nothing; but a transaction
+    in doubt (``_in_doubt``, or sent by a holder that died) may land after that question,
+    later than the settle window, just before our copy. Its If-Matches are then on the
+    versions our earlier copy moved: refused, 412, though the record holds the save. So
+    the witness is asked again, first: a resource only this transaction creates (the
+    conditional create of a finding; a save that only updates, a closing or a referral's
+    status, its Provenance by target and instant) exists only if a copy of this
+    transaction was applied, whole (a transaction is atomic). Then the entry is delivered,
+    not a ``conflict`` (the nurse told someone else changed her data, a social save's
+    worklist row put back by its refusal hook): this copy was refused whole, so nothing of
+    it was written twice. Not found, no copy of ours moved a version (it would have
+    created the witness in the same transaction): judged as any 409/412
+    (:func:`_conflict_or_race`). A witness that cannot say keeps the entry ``pending``,
+    unsent (:func:`_not_known`). On a first attempt nothing of ours was sent before: not
+    asked."""
+    if sent is None or entry.attempts <= 1 or not entry.witness:
+        return _conflict_or_race(client, entry, sent, error)
+    try:
+        landed = _witness_exists(client, entry.witness)
+    except _WitnessUnanswered as unanswered:
+        return _not_known(entry, unanswered)
+    except FhirUnavailable as unreachable:
+        return _not_now(entry.id, unreachable)
+    except FhirRejected as refused:  # _witness_exists lets only a want of authorisation through
+        return Delivery(entry.id, DeliveryState.WAITING_AUTHORISATION, str(refused))
+    if landed:
+        return Delivery(entry.id, DeliveryState.DELIVERED, "applied earlier, its resend refused")
+    return _conflict_or_race(client, entry, sent, error)
 
 
 def _conflict_or_race(

@@ -96,14 +96,18 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="Timeout of one request to a hospital FHIR server, all of it: "
         "connecting, sending and the whole answer (at most 300 s). A screen's reads "
-        "together end within three times it.",
+        "together end within three times it. Also the outbox's settle window: a "
+        "transaction the server left unanswered (it may apply it later) is retried no "
+        "sooner than this after the attempt ended.",
     )
     outbox_interval_seconds: float = Field(
         2.0,
         gt=0,
         le=3600,
         allow_inf_nan=False,
-        description="How often the outbox retries undelivered FHIR writes (at most hourly).",
+        description="How often the outbox retries undelivered FHIR writes (at most "
+        "hourly): the worker's cycle and the first step of each write's backoff (a write "
+        "left unanswered waits at least fhir_timeout_seconds).",
     )
 
     outbound_allow: Annotated[list[str], NoDecode] = Field(

@@ -1354,6 +1354,152 @@ def test_a_refused_witness_search_keeps_the_entry_pending_unsent_and_says_so(
     assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
 
 
+#: The worker's deadline for one request in the tests of a transaction in doubt: the settle
+#: window (``Outbox._settle_seconds``), longer than the backoff's first step (below).
+IN_DOUBT_TIMEOUT = 10.0
+#: The retry base of those tests: the default ``KINDREFLEX_OUTBOX_INTERVAL_SECONDS``, as the
+#: app runs it (``make_outbox``'s 30 s backoff is longer than the settle window).
+INTERVAL_SECONDS = 2.0
+
+
+def _stored_person(base_url: str) -> dict[str, Any]:
+    """A RelatedPerson the server holds (version 1), as a user is shown it."""
+    with FhirClient(base_url, lambda: "t", 5.0) as client:
+        created = client.transaction(_single_create(_person(str(uuid.uuid4()))))
+        location = created["entry"][0]["response"]["location"]
+        return client.read("RelatedPerson", location.split("RelatedPerson/")[1].split("/")[0])
+
+
+def _given_name(base_url: str, person_id: str) -> tuple[list[str], str]:
+    with FhirClient(base_url, lambda: "t", 5.0) as client:
+        stored = client.read("RelatedPerson", person_id)
+    return stored["name"][0]["given"], stored["meta"]["versionId"]
+
+
+@pytest.mark.parametrize("edits", [True, False], ids=["if-match", "creates-only"])
+def test_a_transaction_in_doubt_is_left_to_settle_before_its_witness_is_asked(
+    database: Database, fhir_server: FhirServer, edits: bool
+) -> None:
+    """The server takes a transaction up late (a queue in front of it, a lock it waits
+    for): the saving request stops waiting (its short timeout), the server goes on and
+    applies it afterwards. The worker retried after the backoff's first step (1-2 s with
+    the default interval), the witness found nothing yet, and the transaction went again;
+    then the first copy landed. The second, with an If-Match on the version the first had
+    just moved, was refused, 412: a ``conflict`` (the nurse told someone else changed her
+    data) for a save the record holds; without one, its plain creates (a save's Provenance
+    and AuditEvent) were stored twice. Now a transaction sent and not answered is in
+    doubt: the next attempt waits the settle window (the worker's deadline) before it
+    asks the witness, which then finds the first copy: delivered, sent once.
+
+    Real FHIR server; the relay in front of it holds the transaction until the test lets
+    it go (tests/support/relay), the outbox's clock is moved: no sleeping."""
+    marker, plain = str(uuid.uuid4()), str(uuid.uuid4())
+    with SlowRelay(fhir_server.base_url) as late:
+        tenant = make_tenant(database, "a", late.url)
+        tx = TransactionBuilder()
+        if edits:
+            shown = _stored_person(fhir_server.base_url)
+            tx.update({**shown, "name": [{"given": ["Edited"]}]}, shown["meta"]["versionId"])
+        tx.create(_person(marker), {"system": SYSTEM, "value": marker})  # the witness
+        tx.add(_person(plain))  # a plain create, as a save's Provenance is
+        witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+        entry_id = _enqueue(database, tenant, late.url, tx.bundle(), witness=witness)
+        clock = Clock()
+        outbox = Outbox(
+            database,
+            LoopbackTokens(),
+            timeout=IN_DOUBT_TIMEOUT,
+            retry_base=INTERVAL_SECONDS,
+            clock=clock,
+        )
+
+        late.holding = 1  # the server takes the transaction up late
+        assert outbox.deliver(entry_id, timeout=0.5) is DeliveryState.PENDING
+        clock.advance(INTERVAL_SECONDS)  # the backoff's first step, at its longest
+        assert outbox.run_once() == []  # not sent again while the first copy may land
+        said = outbox_entry(database, entry_id).last_error or ""
+        assert said.startswith("in doubt: ")
+        assert "no whole answer within 0.5 s" in said
+        settled_at = IN_DOUBT_TIMEOUT - INTERVAL_SECONDS
+        assert settled_at - 1 <= _due_in(database, entry_id, clock) <= settled_at
+
+        late.release()  # the server applies the first copy, its client long gone
+        assert late.settled()
+        clock.advance(settled_at)
+        assert [(d.state, d.detail) for d in outbox.run_once()] == [
+            (DeliveryState.DELIVERED, "applied earlier")
+        ]
+        assert late.transactions == 1
+
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{marker}") == 1
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{plain}") == 1
+    if edits:
+        assert _given_name(fhir_server.base_url, shown["id"]) == (["Edited"], "2")
+
+
+@pytest.mark.parametrize("witnessed_by", ["create", "provenance"])
+def test_a_resend_refused_because_the_copy_in_doubt_landed_first_is_delivered_not_a_conflict(
+    database: Database, fhir_server: FhirServer, witnessed_by: str
+) -> None:
+    """A server slower still: the copy in doubt lands after the settle window, after the
+    witness asked before the resend found nothing, just before the copy sent again. That
+    one's If-Match is on the version the first copy moved: 412. It was a ``conflict``
+    (for a social save, its refusal hook put the worklist row back) though the record
+    holds the save. Now a 409/412 to a transaction sent again asks the witness again
+    first: found, the entry is delivered; the copy refused wrote nothing. For either
+    witness: a resource the save creates (a nurse's step 1 finding, beside her edit of a
+    child, merged at delivery), or the Provenance of a save that only updates (a social
+    worker's closing of the case's Flag), found by its target and instant.
+
+    The relay holds the first copy until the second comes, then applies them in the order
+    they came, as a server taking up a queue (tests/support/relay)."""
+    shown = _stored_person(fhir_server.base_url)
+    plain = str(uuid.uuid4())
+    tx = TransactionBuilder()
+    edited = {**shown, "name": [{"given": ["Edited"]}]}
+    if witnessed_by == "create":
+        marker = str(uuid.uuid4())
+        tx.merge_update(edited, shown["meta"]["versionId"])
+        tx.create(_person(marker), {"system": SYSTEM, "value": marker})
+        tx.add(_person(plain))  # a plain create, as a save's Provenance is
+        witness = f"RelatedPerson?identifier={SYSTEM}|{marker}"
+        written = ("RelatedPerson", {"identifier": f"{SYSTEM}|{plain}"})
+    else:
+        tx.update(edited, shown["meta"]["versionId"])
+        target, recorded = f"RelatedPerson/{shown['id']}", utcnow().isoformat()
+        tx.add(_provenance(target, recorded))
+        witness = f"Provenance?target={target}&recorded={recorded}"
+        written = ("Provenance", {"target": target, "recorded": recorded})
+    with SlowRelay(fhir_server.base_url) as late:
+        tenant = make_tenant(database, "a", late.url)
+        entry_id = _enqueue(database, tenant, late.url, tx.bundle(), witness=witness)
+        clock = Clock()
+        outbox = Outbox(
+            database,
+            LoopbackTokens(),
+            timeout=IN_DOUBT_TIMEOUT,
+            retry_base=INTERVAL_SECONDS,
+            clock=clock,
+        )
+        undone: list[int] = []
+        outbox.when_refused("test", lambda _session, refused: undone.append(refused))
+
+        late.holding = 1
+        assert outbox.deliver(entry_id, timeout=0.5) is DeliveryState.PENDING
+        clock.advance(3600)  # well past the settle window
+        deliveries = outbox.run_once()  # the witness: nothing yet; the resend: 412
+        assert late.transactions == 2
+        assert late.settled()
+
+    assert [(d.state, d.detail) for d in deliveries] == [
+        (DeliveryState.DELIVERED, "applied earlier, its resend refused")
+    ]
+    assert undone == []  # no refusal: a social save's worklist row stays
+    assert _given_name(fhir_server.base_url, shown["id"]) == (["Edited"], "2")  # applied once
+    kind, params = written  # the plain create: once
+    assert count(fhir_server.base_url, kind, **params) == 1
+
+
 def test_a_slow_batch_does_not_deliver_an_entry_another_instance_took_over(
     database: Database, fhir_server: FhirServer
 ) -> None:

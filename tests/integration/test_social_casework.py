@@ -54,6 +54,7 @@ from service.triage import Triage, TriageInput
 from smart_app.session import AppUser, LaunchContext, Role
 from tests.support.casework import new_visit, patient_at_triage
 from tests.support.partners import vk_organization
+from tests.support.relay import SlowRelay
 from tests.support.validator import validate
 from tests.support.workshop import WORKSHOP_FACTORS
 from tests.support.write_path import (
@@ -290,6 +291,69 @@ def test_a_step_or_a_closing_whose_answer_was_lost_is_delivered_not_a_conflict(
         flag, findings = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
     assert [f.step for _, f in findings].count(Step.STEP_4) == 1
     assert flag.flag["status"] == "inactive"
+
+
+@pytest.mark.parametrize("save", ["step", "closing"])
+def test_a_social_save_in_doubt_that_lands_before_its_resend_is_delivered_and_stays_saved(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    save: str,
+) -> None:
+    """The FHIR server takes a social save's transaction up late: the social worker's own
+    attempt stops waiting (3 s), "pending"; the server applies it later, after the
+    worker's next attempt asked the witness (nothing yet), just before the copy it sent
+    again. That copy's If-Match on the Flag names the version the first copy moved: 412.
+    It was a ``conflict``: the social worker told someone else changed the case, the
+    refusal hook put the worklist row back (a closed case open again) and a failure
+    audited, though the record held her save. Now the 412 to a resend asks the witness
+    again: delivered, the row as she saved it. A step's witness is its finding; a closing
+    creates nothing with an identifier, and its witness is its Provenance, by the Flag and
+    the moment.
+
+    Real FHIR server; the relay in front of it holds the save's transaction until the
+    next comes, then applies them in order (tests/support/relay)."""
+    step = Step4Input.model_validate(
+        {"decision": "safe", "factors": WORKSHOP_FACTORS, "consultations": ["colleague"]}
+    )
+    with SlowRelay(fhir_server.base_url) as late:
+        triaged = _triaged_case(database, late.url)
+        patient_id, clock, outbox, case, casework, social_worker = triaged
+        version = case.row_version
+        if save == "closing":
+            version = casework.record_step(social_worker, case.id, version, step).row_version
+        before = late.transactions  # the triage's, the step's before a closing
+        late.holding = 1  # the server takes the save's transaction up late
+        if save == "step":
+            result = casework.record_step(social_worker, case.id, version, step)
+        else:
+            result = casework.close_case(social_worker, case.id, version, CLOSURE)
+        assert result.status == "pending"
+        clock.advance(3600)  # the settle window long past: the server is slower still
+        # the save's next attempt; run_once would first send the AuditEvents of the case's
+        # readings, due earlier, and the held copy would land before the witness is asked
+        assert outbox.deliver(result.outbox_id) is DeliveryState.DELIVERED
+        assert late.transactions - before == 2  # the save's, and its copy sent again
+        assert late.settled()
+
+    with database.session() as session:
+        row = session.get(Concern, case.id)
+        assert row is not None
+        status = "closed" if save == "closing" else "open"
+        assert (row.status, row.row_version) == (status, result.row_version)  # not put back
+        outcomes = session.scalars(
+            select(AuditRecord.outcome).where(AuditRecord.outbox_id == result.outbox_id)
+        ).all()
+        entry = session.get(OutboxEntry, result.outbox_id)
+        assert entry is not None
+        witness = entry.witness or ""
+    assert outcomes == ["success"]  # no failure audited
+    kind, _, query = witness.partition("?")  # the finding, or the closing's Provenance: once
+    params = dict(part.split("=", 1) for part in query.split("&"))
+    assert count(fhir_server.base_url, kind, **params) == 1
+    with FhirClient(fhir_server.base_url, lambda: "loopback", 10.0) as client:
+        flag, findings = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
+    assert [f.step for _, f in findings].count(Step.STEP_4) == 1
+    assert flag.flag["status"] == ("inactive" if save == "closing" else "active")
 
 
 class _TriagedCase(NamedTuple):

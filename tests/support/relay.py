@@ -11,12 +11,19 @@ each request is likewise answered with the next of them, a 4xx refusing a search
 the server does not support. And for a server answering what ours must survive,
 ``rewrite`` changes every answer's body passed back, and ``ignored`` names search
 parameters dropped from each request passed on: a lenient server ignoring parameters it
-does not support, which answers with more than was asked."""
+does not support, which answers with more than was asked.
+
+And for a server slow to take a transaction up (a queue in front of it, a lock it waits
+for) while it answers searches at once: ``holding`` transactions are held, not passed on,
+until the test releases them or a later transaction comes; then they are applied in the
+order they came. A client that gave up waiting does not cancel one: it is applied all the
+same, as a real server applies a request whose client has gone away."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,7 +66,14 @@ class SlowRelay(Serving):
     request passed on. ``strict``: a transaction with an entry other than a POST without a
     ``fullUrl`` is refused (400), as a server validating Bundles against R4 refuses it.
     ``page_size``: the page size of each search in a batch that asks none (``_count``), as
-    a server with that default page size answers (None: the server's own)."""
+    a server with that default page size answers (None: the server's own).
+
+    Transactions (Bundles of that type POSTed to the base URL; not a batch) are passed on
+    one at a time, in the order they came. ``holding``: how many of the next transactions
+    are held back, not passed on until :meth:`release` or until a later transaction comes,
+    which goes after them (a server takes up what it received in order); ``transactions``
+    counts the transactions to pass on, ``applied`` those the server has answered
+    (:meth:`settled` waits for them)."""
 
     def __init__(self, upstream: str, delay: float = 0.0) -> None:
         self.delay = delay
@@ -70,8 +84,14 @@ class SlowRelay(Serving):
         self.rewrite: Callable[[bytes], bytes] | None = None
         self.strict = False
         self.page_size: int | None = None
+        self.holding = 0
+        self.transactions = 0
+        self.applied = 0
+        self._released = 0  # the transactions (by the order they came) free to go
+        self._order = threading.Condition()
         owner = self
         origin = httpx.URL(upstream).copy_with(path="/", query=None)
+        base_path = httpx.URL(upstream).path.rstrip("/")
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self) -> None:
@@ -90,20 +110,31 @@ class SlowRelay(Serving):
                 owner.asked += 1
                 if owner.page_size is not None:
                     body = _paged(body, owner.page_size)
-                headers = {name: value for name in _PASSED if (value := self.headers.get(name))}
-                answer = httpx.request(
-                    self.command,
-                    str(origin.join(self._heeded())),
-                    content=body,
-                    headers=headers,
-                    timeout=30,
-                )
+                if self.command == "POST" and self.path.rstrip("/") == base_path:
+                    bundle = _bundle(body)
+                    transaction = bundle is not None and bundle.get("type") == "transaction"
+                else:
+                    transaction = False
+                if transaction:
+                    answer = owner._in_turn(lambda: self._passed_on(body))
+                else:
+                    answer = self._passed_on(body)
                 # the fault itself, not synchronisation: the answer leaves ``delay`` after the
                 # request came (or when the server answered, if later), so a loaded machine's
                 # slower server does not add to the delay and push an answer past a timeout
                 time.sleep(max(0.0, owner.delay - (time.monotonic() - arrived)))
                 with contextlib.suppress(ConnectionError):  # the client gave up: expected
                     self._answer(answer)
+
+            def _passed_on(self, body: bytes) -> httpx.Response:
+                headers = {name: value for name in _PASSED if (value := self.headers.get(name))}
+                return httpx.request(
+                    self.command,
+                    str(origin.join(self._heeded())),
+                    content=body,
+                    headers=headers,
+                    timeout=30,
+                )
 
             def _answer(self, answer: httpx.Response) -> None:
                 self.send_response(answer.status_code)
@@ -147,6 +178,42 @@ class SlowRelay(Serving):
         port = httpd.server_address[1]
         self.url = str(httpx.URL(upstream).copy_with(host="127.0.0.1", port=port))
         super().__init__(httpd)
+
+    def _in_turn(self, apply: Callable[[], httpx.Response]) -> httpx.Response:
+        """``apply`` (a transaction passed on) once it may go: released, and every
+        transaction that came before it answered by the server (see ``holding``)."""
+        with self._order:
+            turn = self.transactions
+            self.transactions += 1
+            if self.holding:
+                self.holding -= 1
+            else:  # a later transaction: those held before it go now, then it
+                self._released = self.transactions
+            self._order.notify_all()
+            self._order.wait_for(lambda: self._released > turn and self.applied == turn)
+        try:
+            return apply()
+        finally:
+            with self._order:
+                self.applied += 1
+                self._order.notify_all()
+
+    def release(self) -> None:
+        """Let the transactions held go (see ``holding``), in the order they came."""
+        with self._order:
+            self.holding = 0
+            self._released = self.transactions
+            self._order.notify_all()
+
+    def settled(self, within: float = 30.0) -> bool:
+        """Whether every transaction received has been applied, waiting for it up to
+        ``within`` seconds (released: the server's own time, on a loaded machine)."""
+        with self._order:
+            return self._order.wait_for(lambda: self.applied == self.transactions, within)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()  # nothing is left waiting for a test that ended
+        super().__exit__(*exc)
 
 
 def _bundle(body: bytes) -> dict[str, Any] | None:

@@ -12,8 +12,16 @@ from typing import Any, cast
 
 import pytest
 
-from service.fhir.client import FhirClient, SearchPages
-from service.outbox import TransactionBuilder, _witness_exists, _WitnessUnanswered
+from service.fhir.client import FhirClient, FhirConflict, SearchPages
+from service.outbox import (
+    DeliveryState,
+    TransactionBuilder,
+    _Claimed,
+    _landed_or_refused,
+    _Sent,
+    _witness_exists,
+    _WitnessUnanswered,
+)
 
 FLAG_CLOSED = "Provenance?target=Flag/7&recorded=2026-12-03T10:13:49.016845+00:00"
 
@@ -117,3 +125,44 @@ def test_a_search_longer_than_the_pages_read_says_nothing_without_the_resource()
         _asks(_Server(triage, more=True), FLAG_CLOSED)
     ours = _provenance("Flag/7", "2026-12-03T10:13:49.016845Z")
     assert _asks(_Server(triage, ours, more=True), FLAG_CLOSED)
+
+
+#: The closing's own Provenance, as the server spells it back.
+CLOSED = _provenance("Flag/7", "2026-12-03T10:13:49.016845Z")
+#: The Flag's If-Match refused: sekmet's 412 for an If-Match on another version.
+STALE = FhirConflict(
+    412, {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "conflict"}]}
+)
+
+
+def _judged(server: _Server, attempt: int) -> tuple[DeliveryState, str]:
+    """The closing's 412 at its ``attempt``, as :func:`_landed_or_refused` judges it (no
+    If-Match of the bundle sent is read again here: what the witness says decides)."""
+    entry = _Claimed(1, "lease", 1, "social", server.base_url, "s", {}, FLAG_CLOSED, attempt)
+    sent = _Sent({"resourceType": "Bundle", "type": "transaction", "entry": []}, (), ())
+    delivery = _landed_or_refused(cast(FhirClient, server), entry, sent, STALE)
+    return delivery.state, delivery.detail
+
+
+def test_a_412_to_a_resend_whose_earlier_copy_landed_is_delivered() -> None:
+    """A copy in doubt applied just before the resend: the resend's If-Match refused, the
+    witness found. It was a ``conflict`` for a closing the record holds."""
+    assert _judged(_Server(CLOSED), attempt=2) == (
+        DeliveryState.DELIVERED,
+        "applied earlier, its resend refused",
+    )
+
+
+def test_a_412_to_a_first_attempt_or_without_the_witness_is_judged_as_a_refusal() -> None:
+    # a first attempt: nothing of ours was sent before, the witness is not asked
+    state, detail = _judged(_Server(CLOSED), attempt=1)
+    assert (state, detail.split(":")[0]) == (DeliveryState.PENDING, "refused 1, no version changed")
+    # a resend, nothing found: no copy of ours moved a version
+    state, detail = _judged(_Server(), attempt=2)
+    assert (state, detail.split(":")[0]) == (DeliveryState.PENDING, "refused 1, no version changed")
+
+
+def test_a_412_to_a_resend_whose_witness_cannot_say_keeps_it_pending_unsent() -> None:
+    state, detail = _judged(_Server(more=True), attempt=2)
+    assert state is DeliveryState.PENDING
+    assert detail.startswith("witness unanswered, not sent again")
