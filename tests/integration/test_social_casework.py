@@ -34,7 +34,7 @@ from service.casework import (
 from service.db.base import Database, utcnow
 from service.db.models import AuditRecord, Concern, OutboxEntry
 from service.fhir import mapping, terminology
-from service.fhir.client import FhirClient, FhirUnavailable
+from service.fhir.client import FhirClient, FhirUnavailable, search_params
 from service.outbox import DeliveryState, NewEntry, Outbox, enqueue
 from service.partners import load_default_directory
 from service.protocol import (
@@ -348,8 +348,7 @@ def test_a_social_save_in_doubt_that_lands_before_its_resend_is_delivered_and_st
         witness = entry.witness or ""
     assert outcomes == ["success"]  # no failure audited
     kind, _, query = witness.partition("?")  # the finding, or the closing's Provenance: once
-    params = dict(part.split("=", 1) for part in query.split("&"))
-    assert count(fhir_server.base_url, kind, **params) == 1
+    assert count(fhir_server.base_url, kind, **search_params(query)) == 1
     with FhirClient(fhir_server.base_url, lambda: "loopback", 10.0) as client:
         flag, findings = load_case_record(client, f"Patient/{patient_id}", case.flag_identifier)
     assert [f.step for _, f in findings].count(Step.STEP_4) == 1
