@@ -172,6 +172,22 @@ def is_frame_origin(origin: str) -> bool:
     return parts is not None and (parts.group(1) == "https" or is_loopback(parts.group(2)))
 
 
+def is_web_url(url: str) -> bool:
+    """Whether ``url`` is an absolute web URL: an ``https`` URL with a host, or ``http`` on
+    this machine only (the demo), as for the other URLs (``service.settings.over_tls``),
+    written without a space or a control character (a URL has none, RFC 3986). Not
+    ``kindreflex.be`` (no scheme: relative), ``/over`` nor ``javascript:…``. False for
+    text that is no URL at all (``https://[::1``), never an error: it also checks values
+    stored before a save checked them."""
+    if not is_one_line(url) or any(character.isspace() for character in url):
+        return False
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:  # an unclosed IPv6 bracket
+        return False
+    return bool(host) and over_tls(url)
+
+
 class CdsIssuer(Strict):
     """An EHR allowed to call our CDS services: its JWT ``iss`` and where its keys are."""
 
@@ -200,7 +216,7 @@ class CdsIssuer(Strict):
         the CDS service fetches it (``service.cds.auth``), refused when saved, not at the
         first hook call."""
         for index, url in enumerate(value if _submitted(info) else ()):
-            if not (urlsplit(url).hostname and over_tls(url)):
+            if not is_web_url(url):
                 raise ConfigValueError(
                     f"{url!r} is not an https URL of a JWK Set (http only on this machine)",
                     "cds-issuer-jku",
@@ -455,8 +471,29 @@ class HookSettings(Strict):
         "`{reasons}` (warning) and stays within 140 characters.",
     )
     source_url: str = Field(
-        "https://kindreflex.be/", description="Where the card's source label links to."
+        "https://kindreflex.be/",
+        description="Where the card's source label links to: an absolute https URL (http "
+        "only on this machine); empty: the card's source has no link.",
     )
+
+    @field_validator("source_url")
+    @classmethod
+    def _absolute_web_url(cls, value: str, info: ValidationInfo) -> str:
+        """Every card's ``source.url``, which CDS Hooks 2.0 has the EHR load in the user's
+        browser when the source label is clicked ("an optional absolute URL to load (via
+        GET, in a browser context)"). Any text was saved: ``kindreflex.be`` or ``/over``
+        (relative: a dead link, or one to a page of the EHR), ``javascript:…`` (a script
+        run in the EHR's page). Refused when saved (``SUBMITTED``); one stored before this
+        check loads, and the cards leave it out (``service.cds.cards``)."""
+        if _submitted(info) and value and not is_web_url(value):
+            raise ConfigValueError(
+                f"{value!r} is not an absolute https URL (http only on this machine), such "
+                "as https://kindreflex.be/: the EHR opens it in the browser from every card; "
+                "leave it empty for no link",
+                "source-url",
+                url=value,
+            )
+        return value
 
     @field_validator("override_reasons")
     @classmethod

@@ -677,6 +677,7 @@ _HOOK_FIELDS = {
     "hooks.adult_age": "adult_age",
     "hooks.once_per_encounter": "once_per_encounter",
     "hooks.enabled": f"hook-{ALL_HOOKS[0]}",
+    "hooks.source_url": "source_url",
 }
 
 
@@ -953,10 +954,13 @@ async def save_hooks(request: Request, admin: ScreenAdmin) -> Response:
         "adult_age": str(form.get("adult_age", "")),
         "once_per_encounter": form.get("once_per_encounter") == "on",
     }
+    # a form without it (a page drawn before the field was added) keeps the link in force
+    if "source_url" in form:
+        typed["source_url"] = str(form["source_url"]).strip()
     hooks = {**admin.tenant.config.hooks.model_dump(mode="json"), **typed}
     # refused, the form shows what was typed (a box unticked too), not the stored hooks
     return await _screen_change(
-        request, admin, lambda c: _replace(c, hooks=hooks), {"hooks": typed}, _in_hooks_form
+        request, admin, lambda c: _replace(c, hooks=hooks), {"hooks": hooks}, _in_hooks_form
     )
 
 

@@ -99,7 +99,7 @@ FREE_TEXT = re.compile(
     r"note|reasons|support_note|patient_explanation|team_members|not_informed_reason"
     r"|follow_up_actions|reason_text|contact_person|key_person_other"
     r"|(?:child_say|factor_text|action_text)_[\w.-]+"
-    r"|yaml|name|fhir_base_url|client_id|scopes|cds_issuers|frame_origins"
+    r"|yaml|name|fhir_base_url|client_id|scopes|cds_issuers|frame_origins|source_url"
     r"|step-\d\.(?:title|help)\.(?:nl|fr|en)"
     r"|child-\d+-(?:name|birth_date)|expected_date|who_helps"
 )

@@ -18,7 +18,7 @@ import orjson
 from service.cds.rules import Advice
 from service.cds.vocabulary import Vocabulary
 from service.i18n import Language, translate
-from service.tenant_config import CardText, HookSettings
+from service.tenant_config import CardText, HookSettings, is_web_url
 
 #: CDS Hooks 2.0: a card's summary is a "<140-character" sentence, so at most 139.
 SUMMARY_LIMIT = 140
@@ -99,7 +99,10 @@ class CardBook:
         # settings leave empty (no override reasons, no source URL) is left out
         if reasons:
             fields["overrideReasons"] = reasons
-        if self._hooks.source_url:
+        # CDS Hooks 2.0: source.url is an absolute URL the EHR loads in the user's browser.
+        # A URL saved before the setting was checked (``HookSettings.source_url``), relative
+        # or ``javascript:``, is left out: the card keeps its label, without the link
+        if is_web_url(self._hooks.source_url):
             source["url"] = self._hooks.source_url
         return _Face(fields, translate(language, "cds.link.label"))
 

@@ -262,6 +262,37 @@ def test_a_bad_change_is_refused_with_the_reason_and_changes_nothing(
     assert client.get("/admin/api/config", headers=headers).json() == before
 
 
+#: A card source link that is no absolute web URL (review: tests/review/test_card_source_url).
+NOT_ABSOLUTE = ["kindreflex.be", "/over-kindreflex", "javascript:alert(document.domain)"]
+
+
+@pytest.mark.parametrize("url", NOT_ABSOLUTE)
+def test_the_admin_api_refuses_a_source_url_that_is_not_an_absolute_web_url(
+    client: TestClient, database: Database, gent: Hospital, url: str
+) -> None:
+    """CDS Hooks 2.0, Card > Source: ``url`` is "an optional absolute URL to load (via
+    GET, in a browser context) when a user clicks on this link"; its Security and Safety
+    names "links to dangerous apps in Cards". ``HookSettings.source_url`` was any text:
+    the API saved these three, and every card's ``source.url`` carried it (review)."""
+    headers = bearer(database, gent.id)
+    before = stored_gent(database)
+    response = client.put("/admin/api/hooks", headers=headers, json={"source_url": url})
+    assert response.status_code == 422, (
+        f"source_url {url!r} was saved ({response.status_code}); every card's source.url "
+        "would carry it, and CDS Hooks 2.0 wants an absolute URL there"
+    )
+    (issue,) = response.json()["issue"]
+    assert issue["expression"] == ["hooks.source_url"]
+    assert "is not an absolute https URL" in issue["diagnostics"]
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+    # an https one, or none at all (the card's source then has no link), is saved
+    for good in ("https://www.az-gent.be/kindreflex", ""):
+        saved = client.put("/admin/api/hooks", headers=headers, json={"source_url": good})
+        assert saved.status_code == 200, saved.text
+        assert stored_gent(database).config.hooks.source_url == good
+
+
 def test_on_https_only_the_admin_cookie_for_this_host_signs_in(
     database: Database, database_url: str, gent: Hospital
 ) -> None:

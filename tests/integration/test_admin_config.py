@@ -173,8 +173,19 @@ def test_the_commands_check_a_configuration_against_the_guide_the_settings_name(
             ("card_wording: {}", "card_wording: {nl: {warning_summary: '{reasons.x}'}}"),
             r"line \d+: hooks.card_wording: .*unknown placeholder \{reasons.x\}",
         ),
+        (
+            ("source_url: https://kindreflex.be/", "source_url: javascript:alert(1)"),
+            r"line \d+: hooks.source_url: .*'javascript:alert\(1\)' is not an absolute https URL",
+        ),
     ],
-    ids=["syntax", "unknown-field", "wrong-type", "impossible-date", "wording-placeholder"],
+    ids=[
+        "syntax",
+        "unknown-field",
+        "wrong-type",
+        "impossible-date",
+        "wording-placeholder",
+        "card-source-url",
+    ],
 )
 def test_a_bad_file_changes_nothing_and_names_the_line(
     database: Database,

@@ -621,6 +621,55 @@ def test_a_refused_hooks_form_shows_what_was_typed_unticked_boxes_too(
     assert saved.plan.text(Step.STEP_2, "title", "nl") == "Peil naar veiligheid"
 
 
+def test_a_card_source_url_that_is_no_web_url_is_refused_next_to_its_field(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The hooks form has the card's source link (every card's ``source.url``, which the
+    EHR opens in the browser): one that is no absolute https URL is refused next to it, in
+    the page's language, what was typed kept. A value stored before that check (any text
+    was saved) is shown in the form, and a save of the form names it until it is mended."""
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    form = {**hidden, "hook-encounter-start": "on", "hook-patient-view": "on",
+            "adult_age": "18", "once_per_encounter": "on"}  # fmt: skip
+
+    refused = client.post("/admin/hooks", data={**form, "source_url": "javascript:alert(1)"})
+
+    assert refused.status_code == 422
+    message = assert_tied(refused.text, "input", "source_url")
+    assert message == (
+        "Fout: hooks.source_url: javascript:alert(1) is geen volledig https-adres zoals "
+        "https://kindreflex.be/ (http alleen op deze machine): het EPD opent het vanaf elke "
+        "kaart in de browser. Laat het leeg voor geen link."
+    )
+    assert 'value="javascript:alert(1)"' in field_tag(refused.text, "input", "source_url")
+    french = client.post(
+        "/admin/hooks", data={**form, "source_url": "kindreflex.be"}, headers=FRENCH
+    )
+    assert french.status_code == 422
+    assert assert_tied(french.text, "input", "source_url").startswith(
+        "Erreur : hooks.source_url : kindreflex.be n&#39;est pas une adresse https complète"
+    )
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
+    hooks = before.config.hooks.model_copy(update={"source_url": "/over-kindreflex"})
+    tenants.save(gent.slug, before.config.model_copy(update={"hooks": hooks}), "older version")
+    hidden = screen_sign_in(client, database, gent)
+    page = client.get("/admin").text
+    assert 'value="/over-kindreflex"' in field_tag(page, "input", "source_url")
+    older = {**form, **hidden, "adult_age": "17"}
+    stuck = client.post("/admin/hooks", data={**older, "source_url": "/over-kindreflex"})
+    assert stuck.status_code == 422
+    assert_tied(stuck.text, "input", "source_url")
+    mended = {**older, "source_url": " https://www.az-gent.be/kindreflex "}
+    saved = client.post("/admin/hooks", data=mended, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    stored = stored_gent(database).config.hooks
+    assert (stored.adult_age, stored.source_url) == (17, "https://www.az-gent.be/kindreflex")
+
+
 def test_a_client_secret_typed_in_a_refused_form_is_asked_for_again(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

@@ -125,6 +125,28 @@ def test_patient_view_without_an_encounter_still_prompts(cds: Cds) -> None:
     assert only_card(cds.call(PATIENT_VIEW, body))["indicator"] == "info"
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["kindreflex.be", "/over-kindreflex", "javascript:alert(document.domain)", "https://[::1"],
+)
+def test_a_source_url_stored_before_it_was_checked_is_left_out_of_the_card(
+    cds: Cds, url: str
+) -> None:
+    """CDS Hooks 2.0, Card > Source: ``url`` is "an optional absolute URL to load (via
+    GET, in a browser context)". ``HookSettings.source_url`` was any text, copied into every
+    card's ``source.url`` (review). A save refuses it now; a configuration stored before
+    still loads (its hospital must keep its cards) and its cards keep the source's label,
+    without the link, and their warning (``CardBook``): the call is not refused."""
+    cds.configure(tenant_config(cds.ehr, HookSettings(source_url=url)))  # as stored before
+    data = prefetch(reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),))
+    card = only_card(cds.call(body=hook_body(data=data)))
+    assert card["source"] == {"label": "Kindreflex"}
+    assert card["indicator"] == "warning"
+
+    cds.configure(tenant_config(cds.ehr, HookSettings(source_url="https://www.az-gent.be/kr")))
+    assert only_card(cds.call())["source"]["url"] == "https://www.az-gent.be/kr"
+
+
 # --- authentication ----------------------------------------------------------------------
 
 

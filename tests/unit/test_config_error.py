@@ -88,6 +88,11 @@ CASES: dict[str, tuple[Callable[[], object], str, tuple[str | int, ...]]] = {
         "fhir-base-url-userinfo",
         (),
     ),
+    "card source url": (
+        lambda: HookSettings.model_validate({"source_url": "kindreflex.be"}, context=SUBMITTED),
+        "source-url",
+        (),
+    ),
     "directory not a mapping": (_directory([]), "directory-not-mapping", ()),
     "top-level field": (_directory({**MINIMAL_DIRECTORY, "extra": 1}), "unknown-fields", ()),
     "no entries": (_directory({"region": "x", "entries": []}), "no-entries", ("entries",)),

@@ -215,6 +215,37 @@ def test_an_issuer_with_keys_or_a_jwks_url_over_tls_is_accepted() -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    ["kindreflex.be", "/over-kindreflex", "javascript:alert(document.domain)",
+     "http://kindreflex.be/", "https:///over", "https://[::1", " https://kindreflex.be/",
+     "https://kindreflex.be/over ons", "data:text/html,<script>alert(1)</script>"],
+)  # fmt: skip
+def test_a_card_source_url_that_is_no_absolute_https_url_is_refused_when_saved(
+    url: str,
+) -> None:
+    """CDS Hooks 2.0: a card's ``source.url`` is "an optional absolute URL to load (via
+    GET, in a browser context)"; any text was saved and put in every card (review)."""
+    with pytest.raises(ValidationError) as refused:
+        HookSettings.model_validate({"source_url": url}, context=SUBMITTED)
+    (error,) = refused.value.errors()
+    assert (error["loc"], error["ctx"]["error"].code) == (("source_url",), "source-url")
+    assert HookSettings.model_validate({"source_url": url}).source_url == url  # stored: loads
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://kindreflex.be/",
+        "https://www.az-gent.be/kindreflex?taal=nl",
+        "http://localhost:8000/over",
+        "",
+    ],
+)
+def test_a_card_source_url_over_https_or_on_this_machine_or_none_is_accepted(url: str) -> None:
+    assert HookSettings.model_validate({"source_url": url}, context=SUBMITTED).source_url == url
+
+
+@pytest.mark.parametrize(
     ("changes", "code"),
     [
         ({"client_id": " "}, "client-id"),
