@@ -304,6 +304,16 @@ async def call_service(service_id: str, request: Request) -> JSONResponse:
     if hook == "encounter-start" and context.encounterId is None:
         reason = "context.encounterId is required for encounter-start"
         return cds_error(400, "invalid_request", reason)
+    if not context.for_care_staff:
+        # Least privilege: the Kindreflex is the care staff's (the nurse's reflex, the social
+        # service's follow-up). A patient portal or a proxy viewing the record (patient-view
+        # allows a Patient or RelatedPerson user; the proxy may be the partner a domestic
+        # violence trigger is about) got the warning with its reasons, an open concern, and
+        # the link to the nurses' app. Now no card: nothing read from the FHIR server, no
+        # card recorded. encounter-start names a Practitioner or PractitionerRole only; a
+        # Patient there gets the same empty answer, not a 400 the EHR would show as a fault.
+        state.cards["none"].inc()
+        return _ok({"cards": []})
     configured = state.configured.of(tenant)
     data = await _patient_data(body, context, configured.vocabulary, caller, tenant, state)
     today = local_today()  # ages count on the Belgian calendar day

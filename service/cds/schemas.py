@@ -57,13 +57,27 @@ class FhirAuthorization(Lenient):
     subject: str
 
 
+#: The users a Kindreflex card is for: care staff, as the EHR names them in ``userId``.
+CARE_STAFF = frozenset({"Practitioner", "PractitionerRole"})
+
+
 class HookContext(Lenient):
     """The context of ``encounter-start`` and ``patient-view`` (the encounter is optional
-    in ``patient-view``, required in ``encounter-start``: checked by the router)."""
+    in ``patient-view``, required in ``encounter-start``: checked by the router).
+
+    ``userId`` may name a Patient or a RelatedPerson: the patient-view hook has them "when
+    a patient or their proxy are viewing the record" (a patient portal). Accepted, not
+    refused, and answered without a card (``for_care_staff``, ``service.cds.router``)."""
 
     userId: UserReference  # noqa: N815 - CDS Hooks field names
     patientId: FhirId  # noqa: N815
     encounterId: FhirId | None = None  # noqa: N815
+
+    @property
+    def for_care_staff(self) -> bool:
+        """Whether the user is care staff (a Practitioner or PractitionerRole), not the
+        patient or their proxy (a Patient or RelatedPerson)."""
+        return self.userId.partition("/")[0] in CARE_STAFF
 
 
 class HookRequest(Lenient):

@@ -767,6 +767,53 @@ def test_each_returned_card_is_recorded_for_monitoring_without_patient_ids(cds: 
     assert rows[0].service_id == ENCOUNTER_START
 
 
+@pytest.mark.parametrize(
+    ("service", "hook", "user"),
+    [
+        (PATIENT_VIEW, "patient-view", "RelatedPerson/proxy-1"),
+        (PATIENT_VIEW, "patient-view", "Patient/p1"),
+        (ENCOUNTER_START, "encounter-start", "Patient/p1"),
+    ],
+)
+def test_no_kindreflex_card_for_a_patient_or_proxy_user(
+    cds: Cds, service: str, hook: str, user: str
+) -> None:
+    """patient-view's ``userId`` may be a Patient or RelatedPerson, "when a patient or their
+    proxy are viewing the record"; the service accepted them and never read ``userId``
+    again, so a patient portal or a proxy (a RelatedPerson, possibly the partner the
+    domestic-violence trigger is about) got "Doe de Kindreflex — aanleiding: open
+    verontrusting, huiselijk geweld" and the SMART link to the nurses' app (review).
+    The Kindreflex is the care staff's (least privilege): no card, none recorded.
+    encounter-start names a Practitioner or PractitionerRole; a Patient there is answered
+    the same, not refused."""
+    data = prefetch(reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),), flags=(concern_flag(),))
+    body = hook_body(hook, data=data)
+    body["context"]["userId"] = user
+    response = cds.call(service, body)
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    shown = [(c["indicator"], c["summary"]) for c in cards]
+    assert cards == [], f"{user} is shown {shown}"
+
+    staff = hook_body(hook, data=data)
+    staff["context"]["userId"] = "PractitionerRole/nurse-1"
+    card = only_card(cds.call(service, staff))
+    assert card["indicator"] == "warning"
+    # recorded in the order they were answered: the staff's card alone, not the patient's
+    assert [row.card_uuid for row in recorded_cards(cds, 1)] == [card["uuid"]]
+    # nor is anything read for them from the EHR's FHIR server with the EHR's token
+    unfetched = hook_body(
+        hook,
+        data={},
+        fhirServer="https://ehr.az-gent.example/fhir",
+        fhirAuthorization={"access_token": "t", "token_type": "Bearer", "expires_in": 60,
+                           "scope": "patient/*.rs", "subject": "cds"},
+    )  # fmt: skip
+    unfetched["context"]["userId"] = user
+    assert cds.call(service, unfetched).json() == {"cards": []}
+    assert cds.fhir_requests() == 0
+
+
 @pytest.mark.postgres
 def test_a_configuration_read_waiting_on_the_database_does_not_stop_the_event_loop(
     ehr: Ehr,
