@@ -6,7 +6,9 @@
 * Otherwise an **info** card "Doe de Kindreflex"; a **warning** card when the encounter
   shows a Hague trigger (its reasons or its conditions carry a code of the guide's
   trigger ValueSets or of the hospital's local list) or when the patient has an open
-  Kindreflex concern (an active Flag with the guide's open-concern code).
+  Kindreflex concern (an active Flag with the guide's open-concern code). An encounter
+  entered in error or cancelled is no presentation: it shows no trigger
+  (``situation._NO_PRESENTATION``).
 * Without the patient's data (no prefetch, FHIR unreachable) a generic info card: the
   nurse still gets the reflex, and nothing is claimed about the patient. The same when
   no warning reason was found but not all of their sources could be read in full (the

@@ -37,6 +37,13 @@ _FHIR_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 #: child unseen.
 _RECORDED_STATUSES = frozenset({"final", "amended", "corrected"})
 _VOID_VERIFICATION = frozenset({"entered-in-error", "refuted"})
+#: An Encounter's statuses (FHIR R4 encounter-status, a required binding) that are no
+#: presentation: ``entered-in-error`` ("this instance should not have been part of this
+#: patient's medical record"), and ``cancelled`` ("the Encounter has ended before it has
+#: begun": the patient was not seen). Neither its reasons nor the conditions recorded for
+#: it are a trigger; the patient's open concern still warns, and an adult still gets the
+#: card that prompts the Kindreflex.
+_NO_PRESENTATION = frozenset({"entered-in-error", "cancelled"})
 _CHILD_CODES = frozenset(r.value for r in ChildRelationship)
 
 
@@ -178,8 +185,12 @@ def situation_of(data: Mapping[str, Any], encounter_id: str | None) -> Situation
 
 
 def _presentation_codes(encounter: dict[str, Any] | None, conditions: Any) -> frozenset[Code]:
-    """Codes of the encounter's reasons and of the conditions recorded for it."""
+    """Codes of the encounter's reasons and of the conditions recorded for it; none for an
+    encounter that is no presentation (``_NO_PRESENTATION``). A trigger on an encounter
+    entered in error or cancelled made a warning card naming it (found by review)."""
     codes: set[Code] = set()
+    if encounter is not None and _text(encounter.get("status")) in _NO_PRESENTATION:
+        return frozenset()
     if encounter is not None:
         for reason in _list(encounter.get("reasonCode")):
             codes.update(_codes(reason))

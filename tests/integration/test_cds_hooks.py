@@ -113,6 +113,15 @@ def test_minor_step_1_done_and_open_concern(cds: Cds) -> None:
     assert "open verontrusting" in concern["summary"]
 
 
+def test_a_trigger_on_an_encounter_entered_in_error_makes_no_warning(cds: Cds) -> None:
+    """Found by review: Encounter.status was never read (``situation._NO_PRESENTATION``)."""
+    data = prefetch(reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),))
+    data["encounter"]["status"] = "entered-in-error"
+    card = only_card(cds.call(body=hook_body(data=data)))
+    assert card["indicator"] == "info"
+    assert "huiselijk geweld" not in card["summary"] + card["detail"]
+
+
 def test_language_from_accept_language_else_the_registration_default(cds: Cds) -> None:
     french = only_card(cds.call(headers={"Accept-Language": "fr-BE,fr;q=0.9"}))
     assert french["summary"].startswith("Faites le Kindreflex")

@@ -149,6 +149,41 @@ def test_a_refuted_or_erroneous_condition_is_no_trigger() -> None:
     assert advice.indicator == "info"
 
 
+def _on_encounter_of(status: Any, flags: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """A visit with a trigger as its reason and another as its condition, the encounter's
+    status ``status``."""
+    data = prefetch(
+        reasons=(a_code_of(HagueTrigger.DOMESTIC_VIOLENCE),),
+        conditions=(condition(a_code_of(HagueTrigger.SUBSTANCE_ABUSE)),),
+        flags=flags,
+    )
+    data["encounter"]["status"] = status
+    return data
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled"])
+def test_an_encounter_entered_in_error_or_cancelled_gives_no_trigger(status: str) -> None:
+    """Found by review: the rules never read Encounter.status, and a trigger on an
+    encounter recorded in error, or cancelled before it began (no presentation: the
+    patient was not seen), made a warning card naming it. The adult still gets the card
+    that prompts the Kindreflex, and their open concern still warns."""
+    advice = advice_for(_on_encounter_of(status))
+    assert advice is not None
+    assert (advice.indicator, advice.triggers, advice.patient_data) == ("info", (), True)
+    concern = advice_for(_on_encounter_of(status, flags=(concern_flag(),)))
+    assert concern is not None
+    assert (concern.indicator, concern.reasons) == ("warning", ("open-concern",))
+
+
+@pytest.mark.parametrize(
+    "status", ["planned", "arrived", "triaged", "in-progress", "finished", "unknown", None, 7]
+)
+def test_an_encounter_of_any_other_status_or_none_gives_its_triggers(status: Any) -> None:
+    advice = advice_for(_on_encounter_of(status))
+    assert advice is not None
+    assert advice.triggers == (HagueTrigger.DOMESTIC_VIOLENCE, HagueTrigger.SUBSTANCE_ABUSE)
+
+
 def test_a_code_outside_the_trigger_value_sets_does_not_warn() -> None:
     advice = advice_for(prefetch(reasons=(Code("http://snomed.info/sct", "0000000"),)))
     assert advice is not None
