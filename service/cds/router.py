@@ -9,6 +9,9 @@ check off for the local demo. Errors are JSON ``{"error": <code>, "reason": <tex
 hospital's configuration cannot be read or the database cannot take the feedback now.
 503 means "retry later" to the EHR, so data
 that can never be stored is a 400 (``service.cds.schemas`` checks it before the write).
+A call whose patient data can be neither read from the prefetch nor fetched gets the
+generic card (200), not the 412 CDS Hooks 2.0 asks for then: a deliberate deviation
+(issue 4; docs/architecture.md, "CDS cards").
 
 Feedback's override reason is the Coding the user chose: one of the card's
 ``overrideReasons``, or one the EHR added ("A CDS Client MAY augment the override reasons

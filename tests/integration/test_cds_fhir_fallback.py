@@ -392,8 +392,11 @@ def test_fhir_server_down_gives_the_generic_card(
 def test_no_prefetch_and_no_fhir_server_gives_the_generic_card(
     cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult]
 ) -> None:
+    """A 200 with the generic card, not the 412 CDS Hooks 2.0 asks for: a deliberate
+    deviation (issue 4; docs/architecture.md, "CDS cards")."""
     card = only_card(cds_on_fhir.call(body=without_prefetch(None, fhir[1].patient("jan-janssens"))))
     assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    assert "konden nu niet gelezen worden" in card["detail"]
     assert cds_on_fhir.fhir_requests() == 0
 
 
