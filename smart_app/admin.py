@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import (
     HTMLResponse,
@@ -36,7 +36,7 @@ from fastapi.responses import (
 from markupsafe import Markup, escape
 from starlette.datastructures import UploadFile
 
-from service.admin import access, changes
+from service.admin import access, changes, dependents
 from service.admin.config import (
     ConfigurationError,
     Problem,
@@ -438,18 +438,93 @@ def _upsert_registration(
     return _replace(config, registrations=registrations)
 
 
-@router.delete("/admin/api/registrations/{registration_id}")
+ForceRemoval = Annotated[
+    bool,
+    Query(
+        description="Remove the registration even though undelivered writes or open cases "
+        "depend on it (the 409's count): they then stay undelivered, and the cases cannot "
+        "be worked, until a registration with the same id and FHIR server is added again."
+    ),
+]
+
+
+@router.delete(
+    "/admin/api/registrations/{registration_id}",
+    responses={
+        404: {"description": "No registration with this id."},
+        409: {
+            "description": "Not removed: undelivered writes through the registration (pending "
+            "or waiting for a sign-in) or open cases on its FHIR server depend on it; the "
+            "OperationOutcome counts them. Send `?force=true` to remove it anyway."
+        },
+    },
+)
 async def api_delete_registration(
-    registration_id: str, request: Request, admin: ApiAdmin
+    registration_id: str,
+    request: Request,
+    admin: ApiAdmin,
+    database: DatabaseDep,
+    force: ForceRemoval = False,
 ) -> Response:
-    if not any(r.id == registration_id for r in admin.tenant.config.registrations):
+    """Remove a registration. A nurse's save waiting for a sign-in is sent only by a later
+    launch through the same registration, and a case is worked only from an EHR
+    registered with its FHIR server: while any depends on it, the removal is refused (409,
+    with how many) unless ``force=true``; forced, the admin events record what was left."""
+    registration = _registration_of(admin.tenant.config, registration_id)
+    if registration is None:
         raise HTTPException(404, f"no registration '{registration_id}'")
-    return await _api_change(request, admin, lambda c: _without_registration(c, registration_id))
+    depending = await run_in_threadpool(
+        dependents.on_registration, database, admin.tenant.id, admin.tenant.config, registration_id
+    )
+    if depending and not force:
+        return _outcome(409, [Problem(_still_needed(registration, depending))], code="conflict")
+    response = await _api_change(
+        request, admin, lambda c: _without_registration(c, registration_id)
+    )
+    if depending and response.status_code == 200:
+        await run_in_threadpool(_record_removed_anyway, database, admin, registration_id, depending)
+    return response
+
+
+def _registration_of(config: TenantConfiguration, registration_id: str) -> EhrRegistration | None:
+    return next((r for r in config.registrations if r.id == registration_id), None)
 
 
 def _without_registration(config: TenantConfiguration, registration_id: str) -> TenantConfiguration:
     kept = [r for r in config.registrations if r.id != registration_id]
     return _replace(config, registrations=kept)
+
+
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _still_needed(registration: EhrRegistration, depending: dependents.Dependents) -> str:
+    """Why the API does not remove ``registration``, with what depends on it (English)."""
+    writes = _counted(depending.writes, "undelivered write", "undelivered writes")
+    cases = _counted(depending.cases, "open case", "open cases")
+    return (
+        f"registration '{registration.id}' ({registration.fhir_base_url}) was not removed: "
+        f"{writes} through it ({depending.pending} pending, {depending.waiting} waiting for "
+        f"a sign-in) and {cases} on the worklist depend on it. A save waiting for a sign-in "
+        "is sent only by a later launch through this registration, and a case is worked "
+        "only from an EHR registered with its FHIR server: once it is removed they stay "
+        "undelivered and cannot be worked until a registration with the same id and FHIR "
+        "server is added again. Let the writes be delivered first (`kindreflex outbox "
+        "waiting` lists those waiting for a sign-in), or send ?force=true to remove it anyway"
+    )
+
+
+def _record_removed_anyway(
+    database: Database, admin: Admin, registration_id: str, depending: dependents.Dependents
+) -> None:
+    """The admin events name a registration removed while writes or cases depended on it:
+    the version's audit shows the removal, not what it left undelivered."""
+    with database.session() as session:
+        access.record_event(
+            session, admin.tenant.id, admin.actor, "registration-removed-anyway",
+            registration=registration_id, **depending.as_json(),
+        )  # fmt: skip
 
 
 @router.post("/admin/api/registrations/{registration_id}/test-connection")
@@ -925,11 +1000,90 @@ def _added_registration(
     return _upsert_registration(config, body)
 
 
+#: The confirmation page's hidden fields: what it said depends on the registration.
+_SHOWN_WRITES, _SHOWN_CASES = "shown_writes", "shown_cases"
+
+
+@router.get("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)
+def confirm_removal(
+    registration_id: str, request: Request, admin: ScreenAdmin, database: DatabaseDep
+) -> HTMLResponse:
+    """The question before a registration is removed, with what depends on it.
+
+    Decision: asked also when nothing depends on it, as a removal that cannot be undone
+    is asked for elsewhere: the registration's client secret (typed again to add it back),
+    roles and CDS issuers go with it, its users' sessions end, and the button sits beside
+    "Test the connection". The page says then that nothing depends on it."""
+    return _removal_page(request, admin, database, registration_id)
+
+
 @router.post("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)
 async def delete_registration(
-    registration_id: str, request: Request, admin: ScreenAdmin
+    registration_id: str, request: Request, admin: ScreenAdmin, database: DatabaseDep
 ) -> Response:
-    return await _screen_change(request, admin, lambda c: _without_registration(c, registration_id))
+    """Remove the registration once the admin confirmed it on the page that said what
+    depends on it; a form without that confirmation (a tab of the screen of before, which
+    removed it at one click) gets the question. More depending on it now than the page
+    said (a save waiting since): asked again, with the new count."""
+    form = await request.form()
+    if form.get("confirmed") != "yes":
+        return await run_in_threadpool(_removal_page, request, admin, database, registration_id)
+    config = admin.tenant.config
+    if _registration_of(config, registration_id) is None:  # removed meanwhile: said so
+        return await run_in_threadpool(_removal_page, request, admin, database, registration_id)
+    depending = await run_in_threadpool(
+        dependents.on_registration, database, admin.tenant.id, config, registration_id
+    )
+    shown = dependents.Dependents(
+        pending=_count(form.get(_SHOWN_WRITES)), cases=_count(form.get(_SHOWN_CASES))
+    )
+    if depending.more_than(shown):
+        return await run_in_threadpool(
+            _removal_page, request, admin, database, registration_id, True
+        )
+    response = await _screen_change(
+        request, admin, lambda c: _without_registration(c, registration_id)
+    )
+    if depending and response.status_code == 303:
+        await run_in_threadpool(_record_removed_anyway, database, admin, registration_id, depending)
+    return response
+
+
+def _count(value: object) -> int:
+    """A count the confirmation page sent back; 0 when it is none (a forged form)."""
+    number = _version(value) if isinstance(value, str) else None
+    return number or 0
+
+
+def _removal_page(
+    request: Request,
+    admin: Admin,
+    database: Database,
+    registration_id: str,
+    grown: bool = False,
+) -> HTMLResponse:
+    """The confirmation page; ``grown``: more depends on it than the page said before (409).
+    A registration no longer there (another admin removed it): the screen says so (404)."""
+    registration = _registration_of(admin.tenant.config, registration_id)
+    if registration is None:
+        gone = Reason.of("admin.remove.gone", id=registration_id)
+        problem = Problem(f"no registration '{registration_id}'", reasons=(gone,))
+        return _overview(request, admin, status=404, problems=(problem,))
+    depending = dependents.on_registration(
+        database, admin.tenant.id, admin.tenant.config, registration_id
+    )
+    return _page(
+        request,
+        admin.tenant,
+        "admin/remove_registration.html",
+        status=409 if grown else 200,
+        admin=admin,
+        registration=registration,
+        depending=depending,
+        grown=grown,
+        shown_writes=_SHOWN_WRITES,
+        shown_cases=_SHOWN_CASES,
+    )
 
 
 @router.post("/admin/registrations/{registration_id}/test", response_class=HTMLResponse)

@@ -18,7 +18,8 @@ from sqlalchemy import select, text
 
 from service.admin import access
 from service.db.base import Database, utcnow
-from service.db.models import TenantConfigVersion
+from service.db.models import Concern, TenantConfigVersion
+from service.outbox import DeliveryState, NewEntry, enqueue
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, TenantConfiguration
@@ -928,3 +929,209 @@ def test_a_hospital_name_the_database_cannot_hold_is_refused_not_a_500(
     (issue,) = refused.json()["issue"]
     assert issue["expression"] == ["name"]
     assert client.get("/admin/api/config", headers=headers).json() == before
+
+
+# --- Removing a registration something depends on ---------------------------------------
+
+
+def _undelivered_save(
+    database: Database, hospital: Hospital, state: DeliveryState, registration: str = "ehr"
+) -> int:
+    """A nurse's triage save through ``registration``, undelivered in ``state``."""
+    server = f"https://{hospital.slug}.example/fhir"
+    entry = NewEntry(
+        "triage", registration, server, "ended", "Practitioner/nurse-1", "Patient/1", {}
+    )
+    with database.session() as session:
+        row = enqueue(session, hospital.id, entry)
+        row.state = state
+        # not due: the worker leaves it as it is while the test reads the count
+        row.next_attempt_at = utcnow() + timedelta(days=1)
+        session.flush()
+        return row.id
+
+
+def _case(database: Database, hospital: Hospital, server: str, status: str = "open") -> None:
+    """A case on the worklist for a patient of ``server``."""
+    with database.session() as session:
+        session.add(
+            Concern(
+                tenant_id=hospital.id, fhir_base_url=server, patient_ref="Patient/7",
+                flag_identifier=f"flag-{server}-{status}", flagged_at=utcnow(),
+                flagged_by="Practitioner/nurse-1", triggers=[], children_birth_dates=[],
+                last_step="step-2", status=status,
+            )
+        )  # fmt: skip
+
+
+def test_removing_a_registration_with_undelivered_saves_is_refused_by_the_api_unless_forced(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """A save waiting for a sign-in is sent only by a later launch through the same
+    registration (``Outbox.adopt_session``): DELETE removed it all the same and said
+    nothing, the save stranded and ``kindreflex outbox waiting`` still advising to open
+    Kindreflex from the chart (found by review). Now a 409 counts what depends on it
+    (pending or waiting writes, open cases of its server), and ``?force=true`` removes it,
+    the admin events recording what it left."""
+    _undelivered_save(database, gent, DeliveryState.WAITING_AUTHORISATION)
+    _undelivered_save(database, gent, DeliveryState.WAITING_AUTHORISATION)
+    _undelivered_save(database, gent, DeliveryState.PENDING)
+    _undelivered_save(database, gent, DeliveryState.DELIVERED)  # in the record: no matter
+    _undelivered_save(database, gent, DeliveryState.FAILED)  # refused for good: no matter
+    _undelivered_save(database, gent, DeliveryState.WAITING_AUTHORISATION, "other")
+    _case(database, gent, "https://az-gent.example/fhir")
+    _case(database, gent, "https://AZ-Gent.example/fhir/")  # the same server, written so
+    _case(database, gent, "https://az-gent.example/fhir", status="closed")
+    _case(database, gent, "https://elsewhere.example/fhir")
+    headers = bearer(database, gent.id)
+
+    refused = client.delete("/admin/api/registrations/ehr", headers=headers)
+
+    assert refused.status_code == 409, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["code"] == "conflict"
+    said = issue["diagnostics"]
+    assert "3 undelivered writes through it (1 pending, 2 waiting for a sign-in)" in said
+    assert "2 open cases on the worklist depend on it" in said
+    assert "?force=true" in said
+    assert [r.id for r in stored_gent(database).config.registrations] == ["ehr"]
+
+    removed = client.delete("/admin/api/registrations/ehr?force=true", headers=headers)
+
+    assert removed.status_code == 200, removed.text
+    assert stored_gent(database).config.registrations == []
+    event = client.get("/admin/api/audit", headers=headers).json()["events"][0]
+    assert event["action"] == "registration-removed-anyway"
+    assert event["detail"] == {
+        "registration": "ehr", "undelivered_writes": 3, "pending": 1,
+        "waiting_for_sign_in": 2, "open_cases": 2,
+    }  # fmt: skip
+
+
+def test_a_registration_nothing_depends_on_is_removed_by_the_api_at_once(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Delivered or refused saves, closed cases, a case another registration of the same
+    server still opens: none of them needs this registration."""
+    _undelivered_save(database, gent, DeliveryState.DELIVERED)
+    _undelivered_save(database, gent, DeliveryState.CONFLICT)
+    _case(database, gent, "https://az-gent.example/fhir", status="closed")
+    headers = bearer(database, gent.id)
+
+    removed = client.delete("/admin/api/registrations/ehr", headers=headers)
+
+    assert removed.status_code == 200, removed.text
+    assert stored_gent(database).config.registrations == []
+    assert client.delete("/admin/api/registrations/ehr", headers=headers).status_code == 404
+    events = client.get("/admin/api/audit", headers=headers).json()["events"]
+    assert "registration-removed-anyway" not in [e["action"] for e in events]
+
+
+def test_the_api_documents_how_to_remove_a_registration_anyway(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"][
+        "/admin/api/registrations/{registration_id}"
+    ]
+    removal = operation["delete"]
+    (force,) = [p for p in removal["parameters"] if p["name"] == "force"]
+    assert force["in"] == "query"
+    assert force["schema"]["default"] is False
+    assert "undelivered" in force["description"]
+    assert "?force=true" in removal["responses"]["409"]["description"].replace("`", "")
+
+
+def _removal_page(client: TestClient) -> tuple[str, dict[str, str]]:
+    """The screen's question before removing ``ehr``, and its form's fields."""
+    page = client.get("/admin/registrations/ehr/delete")
+    assert page.status_code == 200, page.text
+    form = re.search(
+        r'<form method="post" action="/admin/registrations/ehr/delete">(.*?)</form>',
+        page.text,
+        re.S,
+    )
+    assert form is not None
+    fields = dict(
+        re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(1))
+    )
+    return page.text, fields
+
+
+def test_removing_a_registration_on_the_screen_asks_first_and_says_what_depends_on_it(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """One click on "Verwijderen" removed the registration, no question asked, nothing said
+    of the save waiting for it (found by review). The button leads to a question that
+    counts what depends on it; "Toch verwijderen" removes it, "Annuleren" goes back."""
+    _undelivered_save(database, gent, DeliveryState.WAITING_AUTHORISATION)
+    _case(database, gent, "https://az-gent.example/fhir")
+    hidden = screen_sign_in(client, database, gent)
+    overview = client.get("/admin").text
+    assert (
+        '<a href="/admin/registrations/ehr/delete" class="button secondary" id="delete-ehr">'
+        in overview
+    )
+
+    # a form of the screen of before (one click, no confirmation): the question, not removed
+    asked = client.post("/admin/registrations/ehr/delete", data=hidden)
+    assert asked.status_code == 200
+    assert 'id="remove-confirm"' in asked.text
+    assert 'id="registration-ehr"' in client.get("/admin").text
+
+    page, fields = _removal_page(client)
+    assert (
+        '<h1 id="remove-title" tabindex="-1" data-focus-on-load>Registratie EPD verwijderen?</h1>'
+        in page
+    )
+    assert "1 opslag die wacht op een aanmelding" in page
+    assert "1 open dossier op de werklijst" in page
+    assert 'id="remove-pending"' not in page
+    assert ">Toch verwijderen</button>" in page
+    cancel = '<a href="/admin#registration-ehr" class="button secondary" id="remove-cancel">'
+    assert f"{cancel}Annuleren</a>" in page
+    assert fields["confirmed"] == "yes"
+    assert (fields["shown_writes"], fields["shown_cases"]) == ("1", "1")
+    french = client.get("/admin/registrations/ehr/delete", headers={"Accept-Language": "fr"})
+    assert "1 saisie enregistrée qui attend une connexion" in french.text
+    assert ">Supprimer tout de même</button>" in french.text
+
+    # the form without its CSRF token is refused, as every form of the screen
+    forged = client.post("/admin/registrations/ehr/delete", data={**fields, "csrf_token": "0"})
+    assert forged.status_code == 403
+    # a save waiting since the page was shown: asked again, with the new count
+    _undelivered_save(database, gent, DeliveryState.PENDING)
+    again = client.post("/admin/registrations/ehr/delete", data=fields)
+    assert again.status_code == 409
+    assert 'role="alert" id="remove-grown"' in again.text
+    assert "1 opslag die nog aan de FHIR-server geleverd wordt" in again.text
+    assert 'id="registration-ehr"' in client.get("/admin").text
+
+    _, fields = _removal_page(client)
+    removed = client.post("/admin/registrations/ehr/delete", data=fields, follow_redirects=False)
+
+    assert removed.status_code == 303
+    assert stored_gent(database).config.registrations == []
+    assert 'id="registration-ehr"' not in client.get(removed.headers["location"]).text
+    (event,) = [e for e in access.events(database, gent.id) if e.action.startswith("registration")]
+    assert event.detail["undelivered_writes"] == 2
+    # the question of a registration removed meanwhile says so, and changes nothing
+    gone = client.get("/admin/registrations/ehr/delete")
+    assert gone.status_code == 404
+    assert "Er is geen registratie <code>ehr</code> (meer)" in gone.text
+
+
+def test_a_registration_nothing_depends_on_is_still_removed_only_once_confirmed(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Decision: the screen asks also when nothing depends on the registration; its client
+    secret, roles and issuers go with it, and the button sits beside "Test the connection"."""
+    screen_sign_in(client, database, gent)
+    page, fields = _removal_page(client)
+    assert "Er hangt niets van deze registratie af" in page
+    assert 'id="remove-depending"' not in page
+    assert ">Verwijderen</button>" in page
+    assert (fields["shown_writes"], fields["shown_cases"]) == ("0", "0")
+
+    removed = client.post("/admin/registrations/ehr/delete", data=fields, follow_redirects=False)
+
+    assert removed.status_code == 303
+    assert stored_gent(database).config.registrations == []
+    assert not [e for e in access.events(database, gent.id) if e.action.startswith("registration")]
