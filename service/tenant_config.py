@@ -124,6 +124,31 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: The members of a JWK that hold private or secret key material: RSA's ``d``, ``p``,
+#: ``q``, ``dp``, ``dq``, ``qi`` and ``oth``, EC's (and OKP's) ``d``, a symmetric key's
+#: ``k`` (RFC 7518 6.2.2, 6.3.2, 6.4.1; RFC 8037 2). An issuer's keys are public: none.
+PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+def private_members(key: object) -> list[str]:
+    """The private members a JWK holds (their names, never their values), in order."""
+    return sorted(PRIVATE_JWK_MEMBERS.intersection(key)) if isinstance(key, dict) else []
+
+
+def public_jwks(document: object) -> object:
+    """A JWK Set with each key's private members left out (what is left of an RSA or EC
+    private key is its public key); anything that is no JWK Set as it is."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        return document
+    keys = [
+        {m: v for m, v in key.items() if m not in PRIVATE_JWK_MEMBERS}
+        if isinstance(key, dict)
+        else key
+        for key in document["keys"]
+    ]
+    return {**document, "keys": keys}
+
+
 def jwk_set(document: object) -> jwt.PyJWKSet:
     """The usable keys of a JWK Set (RFC 7517 section 5); ConfigValueError says what is wrong.
 
@@ -131,7 +156,8 @@ def jwk_set(document: object) -> jwt.PyJWKSet:
     and so is a key PyJWT cannot build; only a set with no usable key is refused. The
     shape is checked here because PyJWT trusts it: a list, ``null`` or a key whose ``alg``
     is a list makes it raise AttributeError or TypeError. The reason never quotes a key
-    (a configured set might hold private material by mistake).
+    (a fetched set might hold private material by mistake; a configured one holding any
+    is refused when saved and read without it: ``CdsIssuer``).
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ConfigValueError(
@@ -237,6 +263,40 @@ class CdsIssuer(Strict):
                 iss=self.iss,
             )
         return self
+
+    @field_validator("jwks", mode="before")
+    @classmethod
+    def _public_keys_only(cls, value: object, info: ValidationInfo) -> object:
+        """An issuer's keys verify its calls: its public keys. A key holding private
+        material (the EHR's signing key, pasted by mistake) was stored, and shown in every
+        export, on the screen and in every admin's audit, for good: anyone who read it
+        could sign CDS calls as the EHR (found by review). Refused when submitted, the
+        reason naming the members, never their values.
+
+        Decision: a version stored before this check is read with the private members
+        left out (``public_jwks``): what remains of an RSA or EC private key is its public
+        key, so the issuer's calls still verify (an EC one did; an RSA private key verified
+        none), and nothing read from the configuration (exports, the screen, the API)
+        shows them again. The stored versions are left as they are, the audit masks the
+        members (``service.admin.changes``); the key was exposed, and the EHR should
+        replace it (docs/install-in-your-hospital.md)."""
+        if not _submitted(info):
+            return public_jwks(value)
+        keys = value.get("keys") if isinstance(value, dict) else None
+        for index, key in enumerate(keys if isinstance(keys, list) else ()):
+            if members := private_members(key):
+                raise ConfigValueError(
+                    f"key {index + 1} of the JWK Set holds private key material "
+                    f"({', '.join(members)}): an issuer's public keys are wanted. Send the "
+                    "public key only; the private key signs the EHR's CDS calls and must "
+                    "not be sent around (a private key that left the EHR should be "
+                    "replaced). Nothing was saved",
+                    "jwks-private-key",
+                    ("keys", index),
+                    n=index + 1,
+                    members=", ".join(members),
+                )
+        return value
 
     @field_validator("jwks")
     @classmethod

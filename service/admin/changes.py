@@ -17,6 +17,7 @@ from sqlalchemy import select
 from service.db.base import Database
 from service.db.models import TenantConfigVersion
 from service.tenancy import SecretBox
+from service.tenant_config import PRIVATE_JWK_MEMBERS
 
 MASK = "***"
 SECRET_KEYS = frozenset({"client_secret"})
@@ -101,10 +102,42 @@ def history(
             )
         )
     # Stored secrets are encrypted with a fresh nonce each save: compare the plain values.
-    documents = [secrets.open(row.document)[0] for row in rows]
+    documents = [_private_keys_masked(secrets.open(row.document)[0]) for row in rows]
     result = []
     for index, row in enumerate(rows[:limit]):
         previous = documents[index + 1] if index + 1 < len(rows) else {}
         changes = diff(previous, documents[index])
         result.append(ConfigChange(row.version, row.created_by, row.created_at, tuple(changes)))
     return result
+
+
+def _private_keys_masked(document: dict[str, Any]) -> dict[str, Any]:
+    """The document with the private members of its issuers' configured keys masked.
+
+    Saving a key set holding any is refused now (``CdsIssuer``); a version stored before
+    holds them still, and each of its changes showed them to every admin (found by review).
+    A member masked in one version and gone from the next is a change, shown masked."""
+    registrations = document.get("registrations")
+    if not isinstance(registrations, list):
+        return document
+    return {**document, "registrations": [_registration_masked(r) for r in registrations]}
+
+
+def _registration_masked(registration: Any) -> Any:
+    issuers = registration.get("cds_issuers") if isinstance(registration, dict) else None
+    if not isinstance(issuers, list):
+        return registration
+    return {**registration, "cds_issuers": [_issuer_masked(i) for i in issuers]}
+
+
+def _issuer_masked(issuer: Any) -> Any:
+    jwks = issuer.get("jwks") if isinstance(issuer, dict) else None
+    if not isinstance(jwks, dict) or not isinstance(keys := jwks.get("keys"), list):
+        return issuer
+    masked = [
+        {m: MASK if m in PRIVATE_JWK_MEMBERS else v for m, v in key.items()}
+        if isinstance(key, dict)
+        else key
+        for key in keys
+    ]
+    return {**issuer, "jwks": {**jwks, "keys": masked}}

@@ -6,17 +6,21 @@ bootstrap tokens; nothing is mocked.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from jwt.algorithms import RSAAlgorithm
 from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from service.admin import access
+from service.admin.config import export_yaml
 from service.db.base import Database, utcnow
 from service.db.models import Concern, TenantConfigVersion
 from service.outbox import DeliveryState, NewEntry, enqueue
@@ -1135,3 +1139,70 @@ def test_a_registration_nothing_depends_on_is_still_removed_only_once_confirmed(
     assert removed.status_code == 303
     assert stored_gent(database).config.registrations == []
     assert not [e for e in access.events(database, gent.id) if e.action.startswith("registration")]
+
+
+# --- A CDS issuer's configured keys: public ones only ----------------------------------
+
+
+def _private_jwk(kid: str = "epd-cds-1") -> dict[str, Any]:
+    """The EHR's RSA signing key as a JWK, private members and all."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return {**json.loads(RSAAlgorithm.to_jwk(private)), "kid": kid, "alg": "RS384"}
+
+
+def test_an_issuers_key_set_holding_a_private_key_is_refused_not_stored_and_shown(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The EHR's private signing key, pasted as the issuer's keys, was accepted, stored and
+    shown in every export, the screen's YAML box and every admin's audit, in every version
+    kept: anyone who read it could sign CDS calls as the EHR (found by review). A set with
+    a private member (RSA's d, p, q, dp, dq, qi, oth; EC's d; a symmetric k) is refused
+    when saved, by the registration, the whole configuration or a YAML file, the reason
+    naming the members and the key's place, never their values."""
+    jwk = _private_jwk()
+    public = {m: v for m, v in jwk.items() if m in ("kty", "n", "e", "kid", "alg")}
+    headers = bearer(database, gent.id)
+    registration = client.get("/admin/api/registrations", headers=headers).json()[0]
+    before = stored_gent(database)
+
+    issuers = [{"iss": "https://az-gent.example", "jwks": {"keys": [public, jwk]}}]
+    refused = client.put(
+        "/admin/api/registrations/ehr",
+        headers=headers,
+        json={**registration, "cds_issuers": issuers},
+    )
+
+    assert refused.status_code == 422, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["expression"] == ["registrations[0].cds_issuers[0].jwks"]
+    assert issue["diagnostics"].startswith(
+        "registrations[0].cds_issuers[0].jwks: key 2 of the JWK Set holds private key material "
+        "(d, dp, dq, p, q, qi): an issuer's public keys are wanted. Send the public key only"
+    )
+    for secret in (jwk["d"], jwk["p"], jwk["q"], jwk["dp"], jwk["dq"], jwk["qi"]):
+        assert secret not in refused.text
+    symmetric = {"kty": "oct", "k": "c2VjcmV0LW9mLXRoZS1laHI", "kid": "hmac"}
+    for key in (symmetric, {**public, "oth": []}):
+        one = [{"iss": "https://az-gent.example", "jwks": {"keys": [public, key]}}]
+        changed = {**registration, "cds_issuers": one}
+        refused = client.put("/admin/api/registrations/ehr", headers=headers, json=changed)
+        assert refused.status_code == 422, refused.text
+        assert "c2VjcmV0" not in refused.text
+    config = client.get("/admin/api/config", headers=headers).json()["configuration"]
+    config["registrations"][0]["cds_issuers"] = issuers
+    assert client.put("/admin/api/config", headers=headers, json=config).status_code == 422
+    text = export_yaml(before.config).replace(
+        "cds_issuers: []", f"cds_issuers: {json.dumps(issuers)}"
+    )
+    assert "cds_issuers: [{" in text
+    as_yaml = client.put("/admin/api/config.yaml", headers=headers, content=text)
+    assert as_yaml.status_code == 422, as_yaml.text
+    assert jwk["d"] not in as_yaml.text
+    assert "holds private key material" in as_yaml.text
+
+    assert stored_gent(database).version == before.version
+    assert jwk["d"] not in client.get("/admin/api/audit", headers=headers).text
+    # the public key alone is taken
+    issuers = [{"iss": "https://az-gent.example", "jwks": {"keys": [public]}}]
+    changed = {**registration, "cds_issuers": issuers}
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=changed).is_success

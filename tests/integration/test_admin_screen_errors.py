@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import re
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
+from jwt.algorithms import ECAlgorithm
 from pydantic import SecretStr
 from sqlalchemy import update
 
@@ -780,5 +783,39 @@ def test_a_form_sent_from_a_tab_of_an_earlier_sign_in_says_so_and_shows_its_text
     elsewhere = client.post("/admin/config", data={**old_tab, "yaml": pasted})
     assert elsewhere.status_code == 403
     assert "adult_age: 16" not in elsewhere.text
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
+def test_an_issuers_private_key_in_a_yaml_file_is_refused_next_to_the_text(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The screen's way to configure an issuer's keys is the YAML file: one holding the
+    EHR's private key (found by review: stored and shown in every export and audit) is
+    refused at the YAML text in the page's language, naming the members, not their values."""
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    assert isinstance(EHR_KEY.private_key, ec.EllipticCurvePrivateKey)
+    jwk = json.loads(ECAlgorithm.to_jwk(EHR_KEY.private_key))
+    issuers = [{"iss": "https://az-gent.example", "jwks": {"keys": [jwk]}}]
+    text = export_yaml(before.config).replace(
+        "cds_issuers: []", f"cds_issuers: {json.dumps(issuers)}"
+    )
+
+    dutch = client.post("/admin/config", data={**hidden, "yaml": text})
+
+    assert dutch.status_code == 422
+    message = assert_tied(dutch.text, "textarea", "yaml")
+    assert re.fullmatch(
+        r"Fout: Regel \d+, registrations\[0\]\.cds_issuers\[0\]\.jwks: keys\[0\]: Sleutel 1 van de "
+        r"JWK Set bevat privésleutelmateriaal \(d\): alleen de publieke sleutels van de uitgever "
+        r"horen hier\. Stuur alleen de publieke sleutel; .+",
+        message,
+    )
+    summary = dutch.text[dutch.text.index('id="problems"') :]
+    assert jwk["d"] not in summary[: summary.index("</div>")]
+    french = client.post("/admin/config", data={**hidden, "yaml": text}, headers=FRENCH)
+    message = assert_tied(french.text, "textarea", "yaml")
+    assert "La clé 1 du JWK Set contient une clé privée (d) : seules les clés publiques" in message
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)

@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from sandbox.keys import SigningKey
 from service.cds.auth import (
@@ -35,6 +36,8 @@ from service.cds.auth import (
     JwksCache,
 )
 from service.db.base import Database
+from service.tenancy import SecretBox, TenantDirectory
+from service.tenant_config import CdsIssuer
 from tests.support.cds import (
     AUD,
     EHR_JWKS,
@@ -253,3 +256,61 @@ def test_a_jwk_set_unreadable_again_keeps_its_keys_and_is_not_fetched_each_call(
 
     with Counted(EHR_JWKS) as served:
         asyncio.run(scenario(served))
+
+
+def _private_jwk(key: SigningKey) -> dict[str, Any]:
+    """The EHR's signing key as a JWK, its private members and all."""
+    private = key.private_key
+    jwk = (
+        RSAAlgorithm.to_jwk(private)
+        if isinstance(private, rsa.RSAPrivateKey)
+        else ECAlgorithm.to_jwk(private)
+    )
+    return {**json.loads(jwk), "kid": key.kid, "alg": key.alg}
+
+
+def test_a_configured_key_set_stored_with_private_keys_is_read_as_its_public_keys(
+    app: FastAPI, client: TestClient, database: Database
+) -> None:
+    """A version stored before a private key was refused (found by review) still loads:
+    read without its private members, what is left of each key is the issuer's public key,
+    and the EHR's calls verify with it (an RSA private key verified none before). The
+    private members are in no answer of the admin API any more, its audit masks them."""
+    rsa_key = SigningKey.generate("ehr-rsa-1", "RS384")
+    private: dict[str, Any] = {"keys": [_private_jwk(EHR_KEY), _private_jwk(rsa_key)]}
+    jwks: dict[str, object] = private
+    older = CdsIssuer.model_construct(iss=EHR.issuer, jku=[], jwks=jwks, subjects=[])
+    config = tenant_config(EHR)
+    (registration,) = config.registrations
+    stored = registration.model_copy(update={"cds_issuers": [older]})
+    before = config.model_copy(update={"registrations": [stored]})  # as an older version did
+    TenantDirectory(database, SecretBox(app.state.settings.secret_key)).save("default", before, "t")
+
+    assert call_encounter_start(client, without_jku(EHR)).status_code == 200
+    with_rsa = Ehr(rsa_key, EHR.jwks_url, EHR.issuer)
+    assert call_encounter_start(client, without_jku(with_rsa)).status_code == 200
+
+    headers = admin_headers(app, database)
+    secrets = [key["d"] for key in private["keys"]] + [private["keys"][1]["qi"]]
+    for path in ("/admin/api/config", "/admin/api/config.yaml", "/admin/api/registrations"):
+        answer = client.get(path, headers=headers)
+        assert answer.status_code == 200
+        assert not [secret for secret in secrets if secret in answer.text], path
+    read = client.get("/admin/api/registrations", headers=headers).json()[0]
+    (keys,) = [issuer["jwks"]["keys"] for issuer in read["cds_issuers"]]
+    assert [sorted(key) for key in keys] == [
+        ["alg", "crv", "kid", "kty", "x", "y"],
+        ["alg", "e", "key_ops", "kid", "kty", "n"],  # PyJWT writes key_ops for RSA
+    ]
+    # the next change (here of the name) stores the keys as read, public; the audit shows
+    # the private members masked, then gone
+    read["name"] = "AZ Gent EPD"
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=read).is_success
+    audit = client.get("/admin/api/audit", headers=headers)
+    assert not [secret for secret in secrets if secret in audit.text]
+    name, change = audit.json()["changes"][0]["changes"]
+    assert name == {"path": "registrations[ehr].name", "old": "AZ Gent EHR", "new": "AZ Gent EPD"}
+    assert change["path"] == "registrations[ehr].cds_issuers"
+    assert change["old"][0]["jwks"]["keys"][1]["d"] == "***"
+    assert "d" not in change["new"][0]["jwks"]["keys"][1]
+    assert call_encounter_start(client, without_jku(with_rsa)).status_code == 200
