@@ -359,6 +359,9 @@ class Undelivered:
     #: The author too: an entry waiting for a sign-in takes the session of the patient's
     #: next launch, whoever's (``Outbox.adopt_session``; found by review).
     saved_since: int | None = None
+    #: The EHR registration it was saved through: only a launch through it sends an
+    #: entry waiting for a sign-in (None: not read).
+    registration_id: str | None = None
 
 
 #: The outcomes of a write that did not happen and will never be sent again (audited as
@@ -400,6 +403,7 @@ def undelivered(
             OutboxEntry.state,
             OutboxEntry.last_error,
             saved_since.label("saved_since"),
+            OutboxEntry.registration_id,
         )
         .join(Tenant, Tenant.id == OutboxEntry.tenant_id)
         .where(OutboxEntry.state.in_(states))
@@ -419,6 +423,7 @@ def undelivered(
             DeliveryState(row.state),
             row.last_error,
             row.saved_since,
+            row.registration_id,
         )
         for row in session.execute(query)
     ]

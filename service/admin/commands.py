@@ -206,9 +206,10 @@ def _show_undelivered(
                 if entry.patient_ref is not None
             )
             audit.record_listing(session, actor, listed, utcnow())  # once per patient
+        stranded = _stranded(tenants, entries)
         with _printed():
             for entry in entries:
-                print(_undelivered_line(entry, show_state=len(states) > 1))
+                print(_undelivered_line(entry, len(states) > 1, entry.entry_id in stranded))
             sys.stdout.flush()
     except UnknownTenantError as error:
         print(f"kindreflex: {error}", file=sys.stderr)
@@ -220,14 +221,54 @@ def _show_undelivered(
     return 0
 
 
-def _undelivered_line(entry: outbox.Undelivered, show_state: bool) -> str:
-    """One entry on one line; a refused one's reason flattened and cut to ``REASON_SHOWN``."""
+def _stranded(tenants: TenantDirectory, entries: list[outbox.Undelivered]) -> set[int]:
+    """The entries waiting for a sign-in whose EHR registration is gone, or names another
+    FHIR server now: no launch takes them over (``Outbox.adopt_session``), and opening
+    Kindreflex from the chart, which the line advised, could never send them. An admin
+    removes a registration anything depends on only when told to go ahead anyway
+    (``smart_app.admin``)."""
+    configs: dict[str, TenantConfiguration | None] = {}
+    stranded = set()
+    for entry in entries:
+        if entry.state != outbox.DeliveryState.WAITING_AUTHORISATION:
+            continue
+        if entry.tenant_slug not in configs:
+            try:
+                configs[entry.tenant_slug] = tenants.get(entry.tenant_slug).config
+            except UnknownTenantError:
+                configs[entry.tenant_slug] = None
+        config = configs[entry.tenant_slug]
+        registrations = config.registrations if config else []
+        if not any(
+            r.id == entry.registration_id and r.fhir_base_url == entry.fhir_base_url
+            for r in registrations
+        ):
+            stranded.add(entry.entry_id)
+    return stranded
+
+
+#: What to do with an entry waiting for a sign-in whose registration is gone (``_stranded``).
+STRANDED_ADVICE = (
+    "its EHR registration '{registration}' was removed or names another FHIR server now: "
+    "no launch can send it until a registration with that id and this FHIR server is added "
+    "again, then Kindreflex opened from this patient's chart"
+)
+
+
+def _undelivered_line(entry: outbox.Undelivered, show_state: bool, stranded: bool) -> str:
+    """One entry on one line; a refused one's reason flattened and cut to ``REASON_SHOWN``.
+    ``stranded``: waiting for a sign-in through a registration no longer there."""
     state = f"{entry.state}  " if show_state else ""
+    advice = (
+        STRANDED_ADVICE.format(registration=entry.registration_id)
+        if stranded
+        else ADVICE[entry.state]
+    )
     line = (
         f"entry {entry.entry_id}  hospital {entry.tenant_slug}  "
         f"FHIR server {entry.fhir_base_url}  {entry.patient_ref or 'no patient'}  "
         f"{entry.kind}  {state}undelivered since {local(entry.saved_at):%d/%m/%Y %H:%M}: "
-        f"{ADVICE[entry.state]}"
+        f"{advice}"
     )
     if entry.state in outbox.REFUSED_STATES and entry.saved_since is not None:
         # the nurse saved again at once (a conflict brings her form back): recorded twice else

@@ -22,7 +22,8 @@ from service.db.base import Database
 from service.db.migrate import alembic_config
 from service.db.models import AuditRecord, OutboxEntry
 from service.outbox import DeliveryState, NewEntry, enqueue
-from service.tenancy import TenantContext
+from service.tenancy import SecretBox, TenantContext, TenantDirectory
+from service.tenant_config import TenantConfiguration
 from tests.support.processes import free_port, running
 from tests.support.write_path import make_tenant
 
@@ -541,6 +542,7 @@ def test_outbox_waiting_lists_the_writes_waiting_for_a_sign_in_and_audits_the_re
     triage = _waiting(database, hospital.id, _SERVER, "Patient/1", "triage", at)
     read = _waiting(database, hospital.id, _SERVER, "Patient/1", "audit", at + _MINUTE)
     elsewhere = _waiting(database, other.id, second, "Patient/1", "casework", at + _DAY)
+    make_tenant(database, "other", second)  # the other hospital's EHR: on a server of its own
     _waiting(database, hospital.id, _SERVER, "Patient/9", "triage", at, DeliveryState.PENDING)
     env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
 
@@ -598,6 +600,48 @@ def test_outbox_waiting_lists_the_writes_waiting_for_a_sign_in_and_audits_the_re
     database.dispose()
     assert unknown.returncode == 2
     assert "nowhere" in unknown.stderr
+
+
+def test_outbox_waiting_says_when_the_registration_a_write_waits_for_is_gone(
+    tmp_path: Path,
+) -> None:
+    """A write waiting for a sign-in is sent only by a launch through its registration: one
+    whose registration an admin removed anyway (or pointed at another FHIR server) was
+    still listed with "open Kindreflex from this patient's chart", which could never send
+    it (found by review). Its line says what is needed now."""
+    url, database, hospital, other = _two_hospitals(tmp_path)
+    kept = _waiting(database, hospital.id, _SERVER, "Patient/1", "triage", _AT)
+    removed = _waiting(database, other.id, _SERVER, "Patient/2", "triage", _AT + _MINUTE)
+    # saved while the registration named the EHR's old server: a launch now has another
+    old = "http://ehr-old.test/fhir"
+    moved = _waiting(database, hospital.id, old, "Patient/3", "triage", _AT + 2 * _MINUTE)
+    TenantDirectory(database, SecretBox(None)).save(
+        "other", TenantConfiguration(name="Ziekenhuis OTHER"), actor="an admin, anyway"
+    )
+    database.dispose()
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": url}
+
+    listed = subprocess.run(
+        [*KINDREFLEX, "outbox", "waiting"], env=env, capture_output=True, text=True
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    advice = [line.split(": ", 1)[1] for line in listed.stdout.splitlines()]
+    gone = (
+        "its EHR registration '{}' was removed or names another FHIR server now: no launch "
+        "can send it until a registration with that id and this FHIR server is added again, "
+        "then Kindreflex opened from this patient's chart"
+    )
+    assert [line.split("  ")[0] for line in listed.stdout.splitlines()] == [
+        f"entry {kept}",
+        f"entry {removed}",
+        f"entry {moved}",
+    ]
+    assert advice == [
+        "open Kindreflex from this patient's chart to send it",
+        gone.format("ehr"),
+        gone.format("ehr"),
+    ]
 
 
 #: 1 December 00:30 in Brussels: the commands print Belgian dates.
