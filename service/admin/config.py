@@ -138,6 +138,26 @@ class _Loader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """A key written twice in one mapping is refused with both its lines: YAML forbids
+        it (1.2, 3.2.1.1), and PyYAML silently keeps the last. A second ``registrations:``
+        block added at the end of an exported file dropped the first one's registrations,
+        their client secrets with them, and an ``adult_age:`` written twice took the lower
+        line's; the import said the new version was in force (found by review). A merge
+        key's (``<<``) mapping may still be overridden, as YAML's merge has it."""
+        seen: dict[Any, Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag in _MERGE_TAGS:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # unhashable: the loader's own refusal, below
+                continue
+            if first is not key_node:
+                raise KeyTwiceError(key, first.start_mark.line + 1, key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         if isinstance(node, ScalarNode) and LONE_SURROGATE.search(node.value):
             # YAML's "\\ud800" escape: no text the database or a page holds can carry it
@@ -163,6 +183,28 @@ class _Loader(yaml.SafeLoader):
         return value
 
 
+_MERGE_TAGS = frozenset({"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"})
+
+#: The longest key a refusal shows whole.
+_KEY_SHOWN = 80
+
+
+class KeyTwiceError(ConstructorError):
+    """A key written twice in one mapping: on ``first_line`` and at ``mark`` (the second)."""
+
+    def __init__(self, key: object, first_line: int, mark: Any) -> None:
+        shown = str(key) if len(str(key)) <= _KEY_SHOWN else str(key)[: _KEY_SHOWN - 1] + "…"
+        super().__init__(
+            None,
+            None,
+            f"the key '{shown}' is written twice in one mapping (first on line {first_line}); "
+            "a key may be written once: keep one of them",
+            mark,
+        )
+        self.key = shown
+        self.first_line = first_line
+
+
 def _syntax_problem(error: yaml.YAMLError) -> Problem:
     """Where the broken construct starts (an unclosed ``[``), and where it was noticed."""
     problem = getattr(error, "problem_mark", None)
@@ -170,10 +212,12 @@ def _syntax_problem(error: yaml.YAMLError) -> Problem:
     reason = getattr(error, "problem", None) or str(error)
     if problem is not None and context is not None and problem.line != context.line:
         reason += f" (noticed on line {problem.line + 1})"
+    if isinstance(error, KeyTwiceError):
+        said = Reason.of("admin.problem.yaml-key-twice", key=error.key, line=error.first_line)
+    else:
+        said = Reason.of("admin.problem.yaml-syntax", detail=reason)
     return Problem(
-        f"not valid YAML: {reason}",
-        line=context.line + 1 if context else None,
-        reasons=(Reason.of("admin.problem.yaml-syntax", detail=reason),),
+        f"not valid YAML: {reason}", line=context.line + 1 if context else None, reasons=(said,)
     )
 
 

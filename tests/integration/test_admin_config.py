@@ -213,6 +213,51 @@ def test_a_bad_file_changes_nothing_and_names_the_line(
     assert tenants(database).get("az-sint-jan").config == a_full_configuration()
 
 
+def test_a_key_written_twice_is_refused_with_its_line_not_the_last_one_taken(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """An administrator adds a second EHR as a new `registrations:` block at the end of the
+    exported file (or writes `adult_age:` twice). YAML forbids a key twice in a mapping;
+    PyYAML's SafeLoader silently keeps the last value, so the first registration (EPD,
+    with its client and issuers) was dropped without a word, and the command said the new
+    version was in force (found by review). Now the file is refused, both lines named."""
+    tenants(database).save("az-sint-jan", a_full_configuration(), actor="set-up")
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    second = (
+        "registrations:\n"
+        "- id: epd-test\n"
+        "  name: EPD test\n"
+        "  fhir_base_url: https://epd-test.example/fhir\n"
+        "  client_id: kindreflex-test\n"
+    )
+    file = tmp_path / "az.yaml"
+    file.write_text(exported + second, encoding="utf-8")
+
+    result = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+
+    stored = tenants(database).get("az-sint-jan").config
+    assert [r.id for r in stored.registrations] == ["epd"], (
+        f"the duplicate key was taken silently (exit {result.returncode}): "
+        f"{[r.id for r in stored.registrations]}"
+    )
+    assert result.returncode == 1
+    duplicate_line = len(exported.splitlines()) + 1
+    first_line = exported.splitlines().index("registrations:") + 1
+    assert f"{file}: line {duplicate_line}: not valid YAML: the key 'registrations' is " in (
+        result.stderr
+    )
+    assert f"(first on line {first_line})" in result.stderr
+    assert version_count(database) == 1
+
+    twice = exported.replace("  adult_age: 16\n", "  adult_age: 16\n  adult_age: 17\n")
+    assert twice != exported
+    file.write_text(twice, encoding="utf-8")
+    result = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+    assert result.returncode == 1
+    assert "the key 'adult_age' is written twice in one mapping" in result.stderr
+    assert tenants(database).get("az-sint-jan").config == a_full_configuration()
+
+
 def test_an_import_is_audited_with_who_when_and_what(
     database: Database, database_url: str, tmp_path: Path
 ) -> None:

@@ -90,6 +90,31 @@ def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
     assert (after.version, after.config) == (before.version, before.config)
 
 
+def test_a_key_written_twice_in_the_yaml_box_is_refused_with_both_lines_in_the_pages_language(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """PyYAML kept the last of two `adult_age:` lines silently; now the screen refuses the
+    text, the line of the second and of the first in its own words (found by review)."""
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    exported = export_yaml(before.config)
+    twice = exported.replace("  adult_age: 18\n", "  adult_age: 18\n  adult_age: 16\n")
+    first = exported.splitlines().index("  adult_age: 18") + 1
+
+    dutch = client.post("/admin/config", data={**hidden, "yaml": twice})
+    assert dutch.status_code == 422
+    message = assert_tied(dutch.text, "textarea", "yaml")
+    assert message == (
+        f"Fout: Regel {first + 1}: De sleutel adult_age staat twee keer in dezelfde mapping (de "
+        f"eerste keer op regel {first}); een sleutel mag er maar één keer staan. Houd er één "
+        "van over."
+    )
+    french = client.post("/admin/config", data={**hidden, "yaml": twice}, headers=FRENCH)
+    assert "La clé <code>adult_age</code> figure deux fois" in french.text
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
 def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated_sentence(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

@@ -68,6 +68,21 @@ def test_an_alias_is_refused_before_anything_expands_it() -> None:
     assert parse_yaml(anchored).name == "AZ Gent"  # an anchor alone is harmless
 
 
+def test_a_key_written_twice_is_refused_with_both_lines() -> None:
+    """YAML forbids it; PyYAML kept the last silently (found by review)."""
+    twice = GOOD.replace("  adult_age: 18", "  adult_age: 18\n  adult_age: 17")
+    assert problems_of(twice) == [
+        "line 10: not valid YAML: the key 'adult_age' is written twice in one mapping "
+        "(first on line 9); a key may be written once: keep one of them"
+    ]
+    flow = GOOD.replace("  adult_age: 18", "  card_wording: {nl: {}, nl: {}}")
+    assert problems_of(flow)[0].startswith("line 9: not valid YAML: the key 'nl' is written twice")
+    inside_a_list = GOOD.replace("    client_id: kindreflex", "    name: X\n    client_id: k")
+    assert problems_of(inside_a_list)[0].startswith("line 6: not valid YAML: the key 'name' is")
+    merged = GOOD.replace("name: AZ Gent", "name: AZ Gent\n<<: {name: AZ Brugge}")
+    assert parse_yaml(merged).name == "AZ Gent"  # YAML's merge: the mapping's own key wins
+
+
 def test_an_unknown_field_names_its_line_and_path() -> None:
     typo = GOOD.replace("    client_id: kindreflex", "    client_id: kindreflex\n    clientid: x")
     assert problems_of(typo) == ["line 7: registrations[0].clientid: unknown field"]
