@@ -44,7 +44,7 @@ from service.admin.config import (
     StaleConfigurationError,
     TenantAdmin,
     export_yaml,
-    parse_yaml,
+    read_yaml,
     validate_document,
 )
 from service.admin.connection import check_connection
@@ -406,7 +406,9 @@ def api_export_yaml(admin: ApiAdmin) -> Response:
 @router.put("/admin/api/config.yaml")
 async def api_import_yaml(request: Request, admin: ApiAdmin) -> Response:
     body = await request.body()
-    return await _api_change(request, admin, lambda _current: parse_yaml(_utf8(body, "utf-8")))
+    return await _api_change(
+        request, admin, lambda _current: read_yaml(_utf8(body, "utf-8")).config
+    )
 
 
 @router.get("/admin/api/registrations")
@@ -1173,5 +1175,5 @@ async def import_config(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
     text = str(form.get("yaml", ""))
     return await _screen_change(
-        request, admin, lambda _current: parse_yaml(text), {"yaml": text}, _in_yaml
+        request, admin, lambda _current: read_yaml(text).config, {"yaml": text}, _in_yaml
     )

@@ -100,7 +100,62 @@ def export_yaml(config: TenantConfiguration) -> str:
 
 
 def parse_yaml(text: str) -> TenantConfiguration:
-    """Validate a YAML configuration file; problems carry the file's line numbers."""
+    """Validate a YAML configuration document; problems carry the file's line numbers.
+    A part it leaves out is its default: an import reads a file with :func:`read_yaml`."""
+    return validate_document(*_load(text))
+
+
+#: The parts of a configuration a file to import must write: all but those it cannot
+#: leave out anyway (``name``).
+PARTS = tuple(
+    name for name, field in TenantConfiguration.model_fields.items() if not field.is_required()
+)
+
+
+@dataclass(frozen=True)
+class ConfigurationFile:
+    """A configuration file to import: the whole configuration it replaces the one in
+    force with."""
+
+    config: TenantConfiguration
+
+
+def read_yaml(text: str) -> ConfigurationFile:
+    """A configuration file to import (``kindreflex config import``, the API's PUT
+    config.yaml, the screen's YAML box): :func:`parse_yaml`'s checks, and every part
+    (``PARTS``) written. An import replaces the whole configuration (the file is the
+    state), so a part left out was emptied or reset to its default: a file holding only
+    the name and the hooks deleted the EHR registrations with their client secrets, put
+    the partner directory back to Oost-Vlaanderen's and dropped the plan's wording, and
+    was reported as saved (found by review). It is refused, saying which parts it lacks
+    and how to empty one on purpose (``registrations: []``), with the file's other
+    problems."""
+    data, root = _load(text)
+    missing = [part for part in PARTS if part not in data]
+    problems = [_parts_missing(missing)] if missing else []
+    try:
+        config = validate_document(data, root)
+    except ConfigurationError as error:
+        raise ConfigurationError([*problems, *error.problems]) from None
+    if problems:
+        raise ConfigurationError(problems)
+    return ConfigurationFile(config)
+
+
+def _parts_missing(missing: Sequence[str]) -> Problem:
+    parts = ", ".join(missing)
+    empty = "registrations: []"
+    return Problem(
+        f"the file leaves out {parts}: an import replaces the whole configuration, and a part "
+        "left out would be emptied or reset to its default (the EHR registrations with their "
+        "client secrets, the partner directory, the plan's wording); write every part, as "
+        f"`kindreflex config export` does, and a part you mean to empty as empty ({empty})",
+        reasons=(Reason.of("admin.problem.parts-missing", parts=parts, empty=empty),),
+    )
+
+
+def _load(text: str) -> tuple[dict[str, Any], Node]:
+    """The YAML document as data, and as nodes (for the lines of its problems)."""
     try:
         root = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
@@ -114,7 +169,7 @@ def parse_yaml(text: str) -> TenantConfiguration:
             "expected a mapping with at least 'name'", line=1, reasons=(_YAML_NO_MAPPING,)
         )
         raise ConfigurationError([not_a_mapping])
-    return validate_document(data, root)
+    return data, root
 
 
 #: The largest integer a configuration file may hold (a 64-bit signed one).
@@ -423,7 +478,8 @@ class TenantAdmin:
             raise ConfigurationError(problems)
 
     def import_yaml(self, slug: str, text: str, actor: str) -> TenantContext:
-        return self.save(slug, parse_yaml(text), actor)
+        """Replace the configuration with a file's (:func:`read_yaml`)."""
+        return self.save(slug, read_yaml(text).config, actor)
 
 
 def _with_kept_secrets(

@@ -298,6 +298,34 @@ def test_the_admin_api_refuses_a_source_url_that_is_not_an_absolute_web_url(
         assert stored_gent(database).config.hooks.source_url == good
 
 
+def test_a_yaml_file_that_leaves_out_a_part_is_refused_not_taken_as_its_default(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """PUT config.yaml replaces the whole configuration: a file of the name and the hooks
+    alone deleted the registrations (and their client secrets), reset the partners and
+    dropped the plan's wording (found by review). Now refused, naming the parts; a part
+    written empty is emptied."""
+    headers = bearer(database, gent.id)
+    before = stored_gent(database)
+    partial = b"name: AZ Gent\nhooks:\n  adult_age: 17\n"
+
+    refused = client.put("/admin/api/config.yaml", headers=headers, content=partial)
+
+    assert refused.status_code == 422
+    (issue,) = refused.json()["issue"]
+    assert issue["diagnostics"].startswith(
+        "the file leaves out registrations, partners, plan: an import replaces the whole"
+    )
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+    exported = client.get("/admin/api/config.yaml", headers=headers).text
+    emptied = exported[: exported.index("registrations:\n")] + "registrations: []\n"
+    emptied += exported[exported.index("hooks:\n") :]
+    taken = client.put("/admin/api/config.yaml", headers=headers, content=emptied.encode())
+    assert taken.status_code == 200, taken.text
+    assert stored_gent(database).config == before.config.model_copy(update={"registrations": []})
+
+
 def test_on_https_only_the_admin_cookie_for_this_host_signs_in(
     database: Database, database_url: str, gent: Hospital
 ) -> None:

@@ -258,6 +258,51 @@ def test_a_key_written_twice_is_refused_with_its_line_not_the_last_one_taken(
     assert tenants(database).get("az-sint-jan").config == a_full_configuration()
 
 
+def test_a_file_that_leaves_out_a_part_is_refused_naming_it_and_a_part_emptied_is_taken(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """An administrator imports a file holding only what she means to change (the name and
+    the adult age). Every part the file left out was replaced by its default: the EHR
+    registration disappeared (its nurses' launches "EHR not registered", its client secret
+    gone), the partner directory became the Oost-Vlaanderen default, the plan's wording
+    was dropped, and the command reported success (found by review). An import still
+    replaces the whole configuration, but a file that leaves a part out is refused, naming
+    the parts; a part written empty is emptied, on purpose."""
+    full = a_full_configuration()
+    tenants(database).save("az-sint-jan", full, actor="set-up")
+    file = tmp_path / "partial.yaml"
+    file.write_text("name: AZ Sint-Jan\nhooks:\n  adult_age: 17\n", encoding="utf-8")
+
+    result = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+
+    stored = tenants(database).get("az-sint-jan").config
+    assert stored == full, (
+        f"exit {result.returncode}, {result.stderr.strip().splitlines()[-1]!r}; "
+        f"registrations now {[r.id for r in stored.registrations]}, "
+        f"plan revision {stored.plan.revision} (was {full.plan.revision}) without its wording"
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [  # after the migration check's log lines
+        f"{file}: nothing was changed:",
+        f"{file}: the file leaves out registrations, partners, plan: an import replaces the "
+        "whole configuration, and a part left out would be emptied or reset to its default "
+        "(the EHR registrations with their client secrets, the partner directory, the plan's "
+        "wording); write every part, as `kindreflex config export` does, and a part you mean "
+        "to empty as empty (registrations: [])",
+    ]
+    assert version_count(database) == 1
+
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    start = exported.index("registrations:\n")
+    emptied = exported[:start] + "registrations: []\n" + exported[exported.index("hooks:\n") :]
+    file.write_text(emptied, encoding="utf-8")
+    result = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+    assert result.returncode == 0, result.stderr
+    assert tenants(database).get("az-sint-jan").config == full.model_copy(
+        update={"registrations": []}
+    )
+
+
 def test_an_import_is_audited_with_who_when_and_what(
     database: Database, database_url: str, tmp_path: Path
 ) -> None:

@@ -115,6 +115,29 @@ def test_a_key_written_twice_in_the_yaml_box_is_refused_with_both_lines_in_the_p
     assert (after.version, after.config) == (before.version, before.config)
 
 
+def test_a_yaml_text_that_leaves_out_a_part_is_refused_in_the_pages_language(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The box's text replaces the whole configuration: a part deleted from it was emptied
+    or reset to its default, and the screen said "saved" (found by review)."""
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    exported = export_yaml(before.config)
+    without = exported[: exported.index("partners:\n")] + exported[exported.index("plan:\n") :]
+
+    dutch = client.post("/admin/config", data={**hidden, "yaml": without})
+    assert dutch.status_code == 422
+    message = assert_tied(dutch.text, "textarea", "yaml")
+    assert message.startswith(
+        "Fout: Het bestand laat partners weg. Een import vervangt de hele configuratie"
+    )
+    assert message.endswith("leeg: registrations: [].")
+    french = client.post("/admin/config", data={**hidden, "yaml": without}, headers=FRENCH)
+    assert "Le fichier omet <code>partners</code>." in french.text
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
 def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated_sentence(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

@@ -5,13 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.admin.changes import Change, diff
-from service.admin.config import ConfigurationError, Problem, export_yaml, parse_yaml
+from service.admin.config import (
+    ConfigurationError,
+    Problem,
+    export_yaml,
+    parse_yaml,
+    read_yaml,
+)
 from service.admin.partners_io import import_csv
-from service.tenant_config import EhrRegistration, HookSettings, TenantConfiguration
+from service.tenant_config import (
+    EhrRegistration,
+    HookSettings,
+    PlanSettings,
+    TenantConfiguration,
+    default_partners,
+)
 
 
 def problems_or_none(call: Callable[[], object]) -> tuple[Problem, ...]:
@@ -163,6 +176,25 @@ def test_export_leaves_secrets_out_and_reads_back() -> None:
     assert "client_secret:" not in text
     again = parse_yaml(text)
     assert again.model_copy(update={"registrations": config.registrations}) == config
+    assert read_yaml(text).config == again  # the export writes every part an import needs
+
+
+def test_a_file_to_import_names_the_parts_it_leaves_out_with_its_other_problems() -> None:
+    """An import replaces the whole configuration: a part left out is refused, not
+    emptied or reset to its default (found by review); the file's other problems too."""
+    wrong = GOOD.replace("adult_age: 18", "adult_age: 99")
+    with pytest.raises(ConfigurationError) as caught:
+        read_yaml(wrong)
+    missing, too_old = caught.value.problems
+    assert str(missing).startswith("the file leaves out partners, plan: an import replaces")
+    assert (missing.line, [r.code for r in missing.reasons]) == (
+        None,
+        ["admin.problem.parts-missing"],
+    )
+    assert str(too_old).startswith("line 9: hooks.adult_age: ")
+    directory = default_partners().model_dump(mode="json", exclude_none=True)
+    whole = GOOD + yaml.safe_dump({"partners": directory}) + "plan: {}\n"
+    assert read_yaml(whole).config.plan == PlanSettings()  # a part written empty: emptied
 
 
 def test_diff_lists_changed_paths_by_id_and_masks_secrets() -> None:
