@@ -279,7 +279,9 @@ def cmd_config_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_config_import(args: argparse.Namespace, settings: Settings) -> int:
     actor = f"{admin_commands.CLI_ACTOR} ({getpass.getuser()})"
-    return admin_commands.import_config(settings, args.tenant, Path(args.file), actor)
+    return admin_commands.import_config(
+        settings, args.tenant, Path(args.file), actor, force=args.force
+    )
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
@@ -339,10 +341,26 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     export.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
     export.set_defaults(handler=_on_current_schema(cmd_config_export))
     load = config_commands.add_parser(
-        "import", help="validate a YAML file completely, then apply it (or change nothing)"
+        "import",
+        help="validate a YAML file completely, then apply it (or change nothing)",
+        description=(
+            "Validate a YAML file completely, then replace the hospital's whole configuration "
+            "with it (or change nothing). The file writes every part (registrations, hooks, "
+            "partners, plan); write one empty to empty it (registrations: []). A file naming "
+            "the version it was exported from (version: 7, as `config export` writes it) is "
+            "refused when the configuration has changed since, unless --force; a file without "
+            "that line (one kept in git as the source of truth) is applied whatever version "
+            "is in force."
+        ),
     )
     load.add_argument("file", help="the YAML file (as written by `config export`)")
     load.add_argument("--tenant", type=_tenant_slug, help=tenant_help)
+    load.add_argument(
+        "--force",
+        action="store_true",
+        help="apply the file even if the configuration has changed since the version it "
+        "names, undoing those changes",
+    )
     load.set_defaults(handler=_on_current_schema(cmd_config_import))
 
     admin = commands.add_parser("admin", help="administrator access")

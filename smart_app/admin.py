@@ -39,9 +39,11 @@ from starlette.datastructures import UploadFile
 from service.admin import access, changes, dependents
 from service.admin.config import (
     ConfigurationError,
+    ConfigurationFile,
     Problem,
     Reason,
     StaleConfigurationError,
+    StaleFileError,
     TenantAdmin,
     export_yaml,
     read_yaml,
@@ -237,7 +239,9 @@ def _replace(config: TenantConfiguration, **parts: Any) -> TenantConfiguration:
     return validate_document({**dict(config), **parts})
 
 
-Change = Callable[[TenantConfiguration], TenantConfiguration]
+#: A change of the configuration in force: the new one, or a file to import (whose
+#: ``version`` is checked as ``based_on`` is: ``TenantAdmin.save``'s ``exported_from``).
+Change = Callable[[TenantConfiguration], TenantConfiguration | ConfigurationFile]
 
 
 async def _save(
@@ -249,7 +253,11 @@ async def _save(
     def work() -> TenantContext:
         tenants = _tenant_admin(request)
         current = tenants.current(admin.tenant.slug) or admin.tenant
-        return tenants.save(admin.tenant.slug, change(current.config), admin.actor, based_on)
+        changed = change(current.config)
+        file = changed if isinstance(changed, ConfigurationFile) else ConfigurationFile(changed)
+        return tenants.save(
+            admin.tenant.slug, file.config, admin.actor, based_on, file.exported_from
+        )
 
     return await run_in_threadpool(work)
 
@@ -398,17 +406,18 @@ async def api_put_config(request: Request, admin: ApiAdmin) -> Response:
 
 @router.get("/admin/api/config.yaml", response_class=PlainTextResponse)
 def api_export_yaml(admin: ApiAdmin) -> Response:
+    """The configuration as a file to import, naming its version (as the ETag does)."""
     return PlainTextResponse(
-        export_yaml(admin.tenant.config), media_type="application/yaml", headers=_etag(admin.tenant)
+        export_yaml(admin.tenant.config, admin.tenant.version),
+        media_type="application/yaml",
+        headers=_etag(admin.tenant),
     )
 
 
 @router.put("/admin/api/config.yaml")
 async def api_import_yaml(request: Request, admin: ApiAdmin) -> Response:
     body = await request.body()
-    return await _api_change(
-        request, admin, lambda _current: read_yaml(_utf8(body, "utf-8")).config
-    )
+    return await _api_change(request, admin, lambda _current: read_yaml(_utf8(body, "utf-8")))
 
 
 @router.get("/admin/api/registrations")
@@ -891,7 +900,7 @@ def _overview(
         report=report,
         typed=typed,
         history=_history(request, admin)[:20],
-        yaml_text=export_yaml(tenant.config),
+        yaml_text=export_yaml(tenant.config, tenant.version),
     )
 
 
@@ -925,7 +934,12 @@ async def _screen_change(
         # "it is still in the form" only where the form is drawn again as typed: a file
         # input cannot be, nor a button's (found by review)
         message_id = "admin.stale" if typed is not None else "admin.stale-again"
-        stale = Problem(str(error), reasons=(Reason.of(message_id, version=error.current_version),))
+        reason = Reason.of(message_id, version=error.current_version)
+        if isinstance(error, StaleFileError):  # the text names a version no longer in force
+            reason = Reason.of(
+                "admin.stale-file", file=error.exported_from, version=error.current_version
+            )
+        stale = Problem(str(error), reasons=(reason,))
         problems = (stale, *not_kept)
         return _overview(
             request, admin, status=409, problems=problems, typed=typed, field_of=field_of
@@ -1175,5 +1189,5 @@ async def import_config(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
     text = str(form.get("yaml", ""))
     return await _screen_change(
-        request, admin, lambda _current: read_yaml(text).config, {"yaml": text}, _in_yaml
+        request, admin, lambda _current: read_yaml(text), {"yaml": text}, _in_yaml
     )

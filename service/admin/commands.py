@@ -19,7 +19,14 @@ import orjson
 
 from service import audit, outbound, outbox
 from service.admin import access
-from service.admin.config import ConfigurationError, TenantAdmin, export_yaml
+from service.admin.changes import ConfigChange, history
+from service.admin.config import (
+    ConfigurationError,
+    StaleConfigurationError,
+    StaleFileError,
+    TenantAdmin,
+    export_yaml,
+)
 from service.db.base import Database, utcnow
 from service.local_time import local
 from service.settings import Settings
@@ -35,21 +42,31 @@ def _directory(settings: Settings) -> tuple[Database, TenantDirectory]:
 
 
 def export_config(settings: Settings, tenant: str | None) -> int:
-    """Print the tenant's configuration as YAML (client secrets left out)."""
+    """Print the tenant's configuration as YAML (client secrets left out), with the version
+    it is (the file's ``version``, which an import of it checks)."""
     database, tenants = _directory(settings)
     try:
-        config = tenants.get(tenant or settings.default_tenant).config
+        context = tenants.get(tenant or settings.default_tenant, fresh=True)
     except UnknownTenantError as error:
         print(f"kindreflex: {error}", file=sys.stderr)
         return 2
     finally:
         database.dispose()
-    sys.stdout.write(export_yaml(config))
+    sys.stdout.write(export_yaml(context.config, context.version))
     return 0
 
 
-def import_config(settings: Settings, tenant: str | None, path: Path, actor: str) -> int:
-    """Validate the whole file, then store it as the tenant's new version (or change nothing)."""
+#: How many of the changes made since a stale file's version the refusal lists.
+CHANGES_LISTED = 10
+
+
+def import_config(
+    settings: Settings, tenant: str | None, path: Path, actor: str, force: bool = False
+) -> int:
+    """Validate the whole file, then store it as the tenant's new version (or change nothing).
+
+    A file naming the version it was exported from (``version``) is refused when another is
+    in force, saying what was changed since, unless ``force``: it would undo those changes."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -61,11 +78,18 @@ def import_config(settings: Settings, tenant: str | None, path: Path, actor: str
         settings.outbound_allow, settings.outbound_proxy, settings.outbound_no_proxy
     )
     try:
-        context = TenantAdmin(tenants).import_yaml(slug, text, actor)
+        context = TenantAdmin(tenants).import_yaml(slug, text, actor, force=force)
     except ConfigurationError as error:
         print(f"{path}: nothing was changed:", file=sys.stderr)
         for problem in error.problems:
             print(f"{path}: {problem}", file=sys.stderr)
+        return 1
+    except StaleFileError as error:
+        since = _changes_since(database, settings, tenants.get(slug, fresh=True).id, error)
+        _say_stale_file(path, slug, error, since)
+        return 1
+    except StaleConfigurationError as error:  # another change came in while this one was saved
+        print(f"{path}: nothing was changed: {error}", file=sys.stderr)
         return 1
     finally:
         database.dispose()
@@ -73,6 +97,48 @@ def import_config(settings: Settings, tenant: str | None, path: Path, actor: str
         f"hospital '{slug}': configuration version {context.version} is in force", file=sys.stderr
     )
     return 0
+
+
+def _changes_since(
+    database: Database, settings: Settings, tenant_id: int, error: StaleFileError
+) -> list[ConfigChange]:
+    """The versions after the file's, oldest first (the last ``CHANGES_LISTED``)."""
+    newer = error.current_version - error.exported_from
+    if newer <= 0:  # a version this hospital never had (a file of another hospital?)
+        return []
+    box = SecretBox(settings.secret_key)
+    changes = history(database, box, tenant_id, limit=min(newer, CHANGES_LISTED))
+    return [c for c in reversed(changes) if c.version > error.exported_from]
+
+
+def _say_stale_file(
+    path: Path, slug: str, error: StaleFileError, since: list[ConfigChange]
+) -> None:
+    """Which versions, what changed since (the paths, as the audit names them), and what to
+    do: export again, or --force."""
+    print(
+        f"{path}: nothing was changed: the file was exported from version "
+        f"{error.exported_from}, and hospital '{slug}' is at version {error.current_version} "
+        "now: importing it would undo what was changed since",
+        file=sys.stderr,
+    )
+    unlisted = error.current_version - error.exported_from - len(since)
+    if since and unlisted > 0:
+        print(f"{path}:   {unlisted} earlier change(s), see the audit", file=sys.stderr)
+    for change in since:
+        paths = [c.path or "(the whole configuration)" for c in change.changes]
+        shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        print(
+            f"{path}:   version {change.version}, {local(change.at):%d/%m/%Y %H:%M}, "
+            f"{change.actor}: {shown or 'no setting'}",
+            file=sys.stderr,
+        )
+    print(
+        f"{path}: export the configuration again and make your change on that export, or "
+        "import this file with --force to replace the configuration with it as it is (every "
+        "version stays in the audit)",
+        file=sys.stderr,
+    )
 
 
 def bootstrap(settings: Settings, tenant: str | None, minutes: int) -> int:

@@ -91,12 +91,26 @@ class ConfigurationError(ValueError):
         super().__init__("; ".join(str(p) for p in self.problems))
 
 
-def export_yaml(config: TenantConfiguration) -> str:
-    """The configuration as YAML, client secrets left out."""
+#: The key of a file that names the configuration version it was exported from.
+VERSION_KEY = "version"
+
+VERSION_COMMENT = (
+    "# version: the configuration version this file was exported from. An import refuses\n"
+    "# the file when the configuration has changed since (it would undo that change), unless\n"
+    "# kindreflex config import --force. A file kept as the source of truth (in git) leaves\n"
+    "# this line out: it is then applied whatever version is in force.\n"
+)
+
+
+def export_yaml(config: TenantConfiguration, version: int | None = None) -> str:
+    """The configuration as YAML, client secrets left out; with ``version``, the version it
+    is (:func:`read_yaml` reads it back as the file's ``exported_from``)."""
     document = config.model_dump(mode="json")
     for registration in document["registrations"]:
         registration.pop("client_secret", None)
-    return YAML_HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    named = "" if version is None else f"{VERSION_COMMENT}{VERSION_KEY}: {version}\n"
+    dumped = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    return YAML_HEADER + named + dumped
 
 
 def parse_yaml(text: str) -> TenantConfiguration:
@@ -115,9 +129,11 @@ PARTS = tuple(
 @dataclass(frozen=True)
 class ConfigurationFile:
     """A configuration file to import: the whole configuration it replaces the one in
-    force with."""
+    force with, and the version it was exported from (its ``version``; None: a file of
+    its own, such as one kept in git as the source of truth)."""
 
     config: TenantConfiguration
+    exported_from: int | None = None
 
 
 def read_yaml(text: str) -> ConfigurationFile:
@@ -129,17 +145,45 @@ def read_yaml(text: str) -> ConfigurationFile:
     the partner directory back to Oost-Vlaanderen's and dropped the plan's wording, and
     was reported as saved (found by review). It is refused, saying which parts it lacks
     and how to empty one on purpose (``registrations: []``), with the file's other
-    problems."""
+    problems.
+
+    A ``version`` (the export writes the version it was taken from) is the file's
+    ``exported_from``, a whole number of 1 or more; :meth:`TenantAdmin.save` checks it."""
     data, root = _load(text)
+    exported_from, problems = _exported_from(data, root)
     missing = [part for part in PARTS if part not in data]
-    problems = [_parts_missing(missing)] if missing else []
+    problems += [_parts_missing(missing)] if missing else []
     try:
         config = validate_document(data, root)
     except ConfigurationError as error:
         raise ConfigurationError([*problems, *error.problems]) from None
     if problems:
         raise ConfigurationError(problems)
-    return ConfigurationFile(config)
+    return ConfigurationFile(config, exported_from)
+
+
+def _exported_from(data: dict[str, Any], root: Node) -> tuple[int | None, list[Problem]]:
+    """The file's ``version``, taken out of ``data`` (it is no part of the configuration)."""
+    if VERSION_KEY not in data:
+        return None, []
+    version = data.pop(VERSION_KEY)
+    number = isinstance(version, int) and not isinstance(version, bool)
+    if number and version >= 1:
+        return version, []
+    shown = str(version) if isinstance(version, str | int | float) else _KIND.get(type(version), "")
+    shown = shown if len(shown) <= 80 else shown[:79] + "…"
+    if number:
+        reason = Reason.of("admin.problem.too-small", limit=1, value=shown)
+    else:
+        reason = Reason.of("admin.problem.not-integer", value=shown)
+    problem = Problem(
+        "the configuration version the file was exported from is a whole number of 1 or more "
+        "(a file without the line is applied whatever version is in force)",
+        VERSION_KEY,
+        _line_of(root, (VERSION_KEY,)),
+        (reason,),
+    )
+    return None, [problem]
 
 
 def _parts_missing(missing: Sequence[str]) -> Problem:
@@ -387,12 +431,29 @@ def _line_of(node: Node, location: Sequence[int | str]) -> int:
 class StaleConfigurationError(RuntimeError):
     """The change was based on an older version than the one in force; nothing was saved."""
 
-    def __init__(self, current_version: int) -> None:
+    def __init__(self, current_version: int, message: str | None = None) -> None:
         super().__init__(
-            f"the configuration was changed meanwhile (now version {current_version}); "
+            message
+            or f"the configuration was changed meanwhile (now version {current_version}); "
             "nothing was saved: reload and make the change again"
         )
         self.current_version = current_version
+
+
+class StaleFileError(StaleConfigurationError):
+    """A file to import was exported from ``exported_from``, and another version is in
+    force: importing it would undo the changes made since; nothing was saved."""
+
+    def __init__(self, exported_from: int, current_version: int) -> None:
+        super().__init__(
+            current_version,
+            f"the file was exported from version {exported_from}, and version "
+            f"{current_version} is in force now: importing it would undo what was changed "
+            "since; nothing was saved: export the configuration again and make the change on "
+            "that export, or take the file's `version` line out to replace the configuration "
+            "with the file as it is",
+        )
+        self.exported_from = exported_from
 
 
 class TenantAdmin:
@@ -412,22 +473,43 @@ class TenantAdmin:
             return None
 
     def save(
-        self, slug: str, config: TenantConfiguration, actor: str, based_on: int | None = None
+        self,
+        slug: str,
+        config: TenantConfiguration,
+        actor: str,
+        based_on: int | None = None,
+        exported_from: int | None = None,
     ) -> TenantContext:
         """Store ``config`` as a new version unless it changes nothing (ConfigurationError).
 
         ``based_on``: the version the change was made on; a newer one in force raises
         StaleConfigurationError, so that one admin never silently undoes another's change.
-        """
+
+        ``exported_from``: the version a file to import names (its ``version``); another
+        in force raises StaleFileError, before the file's own problems, unless the file
+        changes nothing. An export imported after another admin's change silently undid
+        that change (found by review). A new hospital has nothing to undo. Checked here, as
+        ``based_on`` is: a change saved between this check and the store meets the unique
+        version (StaleConfigurationError)."""
         current = self.current(slug)
         if based_on is not None and current is not None and current.version != based_on:
             raise StaleConfigurationError(current.version)
+        moved_on = None
+        if exported_from is not None and current is not None and current.version != exported_from:
+            moved_on = StaleFileError(exported_from, current.version)
         previous = current.config if current else None
-        _refuse_hosts_not_allowed(config)
-        self._refuse_clients_of_other_hospitals(slug, config, previous)
-        config = _with_plan_revision(_with_kept_secrets(config, previous), previous)
+        try:
+            _refuse_hosts_not_allowed(config)
+            self._refuse_clients_of_other_hospitals(slug, config, previous)
+            config = _with_plan_revision(_with_kept_secrets(config, previous), previous)
+        except ConfigurationError:
+            if moved_on is not None:  # a file of an older version: exported again first
+                raise moved_on from None
+            raise
         if current is not None and config == current.config:
             return current
+        if moved_on is not None:
+            raise moved_on
         try:
             replaces = current.version if current is not None else 0
             return self.tenants.save(slug, config, actor, replaces=replaces)
@@ -477,9 +559,14 @@ class TenantAdmin:
         if problems:
             raise ConfigurationError(problems)
 
-    def import_yaml(self, slug: str, text: str, actor: str) -> TenantContext:
-        """Replace the configuration with a file's (:func:`read_yaml`)."""
-        return self.save(slug, read_yaml(text).config, actor)
+    def import_yaml(
+        self, slug: str, text: str, actor: str, *, force: bool = False
+    ) -> TenantContext:
+        """Replace the configuration with a file's (:func:`read_yaml`); one naming a version
+        that is no longer in force is refused (StaleFileError) unless ``force``."""
+        file = read_yaml(text)
+        exported_from = None if force else file.exported_from
+        return self.save(slug, file.config, actor, exported_from=exported_from)
 
 
 def _with_kept_secrets(

@@ -326,6 +326,36 @@ def test_a_yaml_file_that_leaves_out_a_part_is_refused_not_taken_as_its_default(
     assert stored_gent(database).config == before.config.model_copy(update={"registrations": []})
 
 
+def test_a_yaml_export_names_its_version_and_an_import_of_it_after_another_change_is_refused(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The file names the version it was read from, as its ETag does: PUT back after
+    another change (even without If-Match) it would undo that change, and is refused; a
+    file without the line (one kept as the source of truth) is applied."""
+    headers = bearer(database, gent.id)
+    read = client.get("/admin/api/config.yaml", headers=headers)
+    version = stored_gent(database).version
+    assert read.headers["etag"] == f'"{version}"'
+    assert f"\nversion: {version}\nname: " in read.text
+    changed = client.put("/admin/api/hooks", headers=headers, json={"adult_age": 17})
+    assert changed.status_code == 200
+    edited = read.text.replace("adult_age: 18", "adult_age: 19")
+
+    refused = client.put("/admin/api/config.yaml", headers=headers, content=edited.encode())
+
+    assert refused.status_code == 409
+    (issue,) = refused.json()["issue"]
+    assert issue["diagnostics"].startswith(
+        f"the file was exported from version {version}, and version {version + 1} is in force "
+        "now: importing it would undo what was changed since; nothing was saved"
+    )
+    assert stored_gent(database).config.hooks.adult_age == 17
+    own = edited.replace(f"version: {version}\n", "")
+    taken = client.put("/admin/api/config.yaml", headers=headers, content=own.encode())
+    assert taken.status_code == 200, taken.text
+    assert stored_gent(database).config.hooks.adult_age == 19
+
+
 def test_on_https_only_the_admin_cookie_for_this_host_signs_in(
     database: Database, database_url: str, gent: Hospital
 ) -> None:

@@ -25,6 +25,7 @@ from service.admin.config import StaleConfigurationError, TenantAdmin
 from service.db.base import Database
 from service.db.models import AdminBootstrapToken, TenantConfigVersion
 from service.fhir import terminology
+from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import (
     EhrRegistration,
@@ -301,6 +302,90 @@ def test_a_file_that_leaves_out_a_part_is_refused_naming_it_and_a_part_emptied_i
     assert tenants(database).get("az-sint-jan").config == full.model_copy(
         update={"registrations": []}
     )
+
+
+def test_an_import_of_an_export_another_admin_changed_since_does_not_undo_that_change(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """Configuration as code, as the install guide's section 6 has it: export, edit, review,
+    import. Meanwhile a colleague raises the adult age on the screen (a new version). The
+    import of the reviewed file, made on the version before hers, undid her change without
+    a word: the export named no version, and `config import` checked none, while the screen
+    and the API's If-Match refuse exactly this (found by review). Now the export names its
+    version, and an import of it is refused once another is in force, saying what changed
+    since, unless --force."""
+    directory = tenants(database)
+    directory.save("az-sint-jan", a_full_configuration(), actor="set-up")
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    assert "\n# version: the configuration version this file was exported from." in exported
+    assert "\nversion: 1\nname: AZ Sint-Jan\n" in exported
+    file = tmp_path / "az.yaml"
+    file.write_text(exported.replace("Kinderen? (AZ)", "Kinderen thuis?"), encoding="utf-8")
+
+    current = directory.get("az-sint-jan", fresh=True)
+    colleague = current.config.hooks.model_copy(update={"adult_age": 21})
+    directory.save(
+        "az-sint-jan", current.config.model_copy(update={"hooks": colleague}), actor="An (screen)"
+    )
+
+    result = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+
+    stored = directory.get("az-sint-jan", fresh=True).config
+    assert result.returncode != 0 or stored.hooks.adult_age == 21, (
+        f"exit {result.returncode}: the colleague's adult age 21 was silently undone, now "
+        f"{stored.hooks.adult_age}"
+    )
+    assert result.returncode == 1
+    said = result.stderr.splitlines()[-3:]
+    assert said[0] == (
+        f"{file}: nothing was changed: the file was exported from version 1, and hospital "
+        "'az-sint-jan' is at version 2 now: importing it would undo what was changed since"
+    )
+    assert re.fullmatch(
+        rf"{re.escape(str(file))}:   version 2, \d\d/\d\d/\d{{4}} \d\d:\d\d, An \(screen\): "
+        r"hooks\.adult_age",
+        said[1],
+    ), said[1]
+    assert "import this file with --force to replace the configuration with it" in said[2]
+    assert version_count(database) == 2
+    assert stored.plan.text(Step.STEP_1, "title", "nl") == "Kinderen? (AZ)"
+
+    forced = kindreflex(
+        database_url, "config", "import", str(file), "--tenant", "az-sint-jan", "--force"
+    )
+    assert forced.returncode == 0, forced.stderr
+    stored = directory.get("az-sint-jan", fresh=True).config
+    assert stored.hooks.adult_age == 16  # undone, as asked
+    assert stored.plan.text(Step.STEP_1, "title", "nl") == "Kinderen thuis?"
+
+
+def test_a_file_without_a_version_is_applied_whatever_version_is_in_force(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """A file kept in git as the source of truth names no version: it is the configuration,
+    whatever was changed on the screen since it was written. So the decision goes: an
+    export names its version and is checked against it; a file without one is applied as
+    before. A version that is no whole number of 1 or more is a bad file, its line named."""
+    directory = tenants(database)
+    directory.save("az-sint-jan", a_full_configuration(), actor="set-up")
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    directory.save(
+        "az-sint-jan", a_full_configuration().model_copy(update={"name": "AZ X"}), actor="An"
+    )
+    line = exported.splitlines().index("version: 1") + 1
+    file = tmp_path / "az.yaml"
+    file.write_text(exported.replace("version: 1\n", "version: zeven\n"), encoding="utf-8")
+    bad = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+    assert bad.returncode == 1
+    assert f"{file}: line {line}: version: the configuration version the file was exported " in (
+        bad.stderr
+    )
+
+    file.write_text(exported.replace("version: 1\n", ""), encoding="utf-8")
+    result = kindreflex(database_url, "config", "import", str(file), "--tenant", "az-sint-jan")
+    assert result.returncode == 0, result.stderr
+    assert "configuration version 3 is in force" in result.stderr
+    assert directory.get("az-sint-jan", fresh=True).config == a_full_configuration()
 
 
 def test_an_import_is_audited_with_who_when_and_what(

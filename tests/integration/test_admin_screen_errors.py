@@ -138,6 +138,39 @@ def test_a_yaml_text_that_leaves_out_a_part_is_refused_in_the_pages_language(
     assert (after.version, after.config) == (before.version, before.config)
 
 
+def test_a_yaml_text_of_a_version_no_longer_in_force_is_refused_saying_so(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The box shows the configuration with the version it is; a text of an earlier
+    version pasted in (an export kept aside) would undo what was changed since: refused,
+    in the page's language, the text kept."""
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    page = client.get("/admin").text
+    assert f"version: {before.version}\nname: " in html.unescape(page)
+    old = export_yaml(before.config, before.version).replace("adult_age: 18", "adult_age: 16")
+    newer = before.config.hooks.model_copy(update={"adult_age": 20})
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
+    tenants.save(gent.slug, before.config.model_copy(update={"hooks": newer}), actor="An")
+    now = stored_gent(database)
+
+    refused = client.post("/admin/config", data={**hidden, "version": str(now.version),
+                                                 "yaml": old})  # fmt: skip
+
+    assert refused.status_code == 409
+    (message,) = _messages(refused.text)
+    assert message == (
+        f"Deze tekst werd geëxporteerd uit versie {before.version} van de configuratie; intussen "
+        f"geldt versie {now.version}. Er werd niets opgeslagen: de tekst zou ongedaan maken wat "
+        "sindsdien gewijzigd werd (zie Wijzigingen). Begin opnieuw van de configuratie zoals ze "
+        "nu is, of haal de regel version weg om de configuratie toch door deze tekst te "
+        "vervangen."
+    )
+    assert "adult_age: 16" in refused.text  # the text kept
+    after = stored_gent(database)
+    assert (after.version, after.config.hooks.adult_age) == (now.version, 20)
+
+
 def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated_sentence(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from service.admin.changes import Change, diff
 from service.admin.config import (
     ConfigurationError,
+    ConfigurationFile,
     Problem,
     export_yaml,
     parse_yaml,
@@ -195,6 +196,21 @@ def test_a_file_to_import_names_the_parts_it_leaves_out_with_its_other_problems(
     directory = default_partners().model_dump(mode="json", exclude_none=True)
     whole = GOOD + yaml.safe_dump({"partners": directory}) + "plan: {}\n"
     assert read_yaml(whole).config.plan == PlanSettings()  # a part written empty: emptied
+
+
+def test_an_export_names_its_version_and_a_file_to_import_reads_it_back() -> None:
+    config = TenantConfiguration(name="AZ")
+    text = export_yaml(config, 7)
+    assert "\nversion: 7\nname: AZ\n" in text
+    assert read_yaml(text) == ConfigurationFile(config, exported_from=7)
+    assert read_yaml(export_yaml(config)) == ConfigurationFile(config, exported_from=None)
+    for wrong, reason in (("0", "too-small"), ("zeven", "not-integer"), ("true", "not-integer")):
+        with pytest.raises(ConfigurationError) as caught:
+            read_yaml(text.replace("version: 7", f"version: {wrong}"))
+        (problem,) = caught.value.problems
+        line = text.splitlines().index("version: 7") + 1
+        assert (problem.line, problem.path) == (line, "version")
+        assert [r.code for r in problem.reasons] == [f"admin.problem.{reason}"]
 
 
 def test_diff_lists_changed_paths_by_id_and_masks_secrets() -> None:
