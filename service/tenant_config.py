@@ -135,18 +135,22 @@ def private_members(key: object) -> list[str]:
     return sorted(PRIVATE_JWK_MEMBERS.intersection(key)) if isinstance(key, dict) else []
 
 
-def public_jwks(document: object) -> object:
+def public_jwks(document: object, masked_as: str | None = None) -> object:
     """A JWK Set with each key's private members left out (what is left of an RSA or EC
-    private key is its public key); anything that is no JWK Set as it is."""
+    private key is its public key), or each one's value replaced by ``masked_as`` (the
+    audit's changes show that a member was there); anything that is no JWK Set as it is."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         return document
     keys = [
-        {m: v for m, v in key.items() if m not in PRIVATE_JWK_MEMBERS}
-        if isinstance(key, dict)
-        else key
-        for key in document["keys"]
+        _public_key(key, masked_as) if isinstance(key, dict) else key for key in document["keys"]
     ]
     return {**document, "keys": keys}
+
+
+def _public_key(key: dict[str, Any], masked_as: str | None) -> dict[str, Any]:
+    if masked_as is None:
+        return {m: v for m, v in key.items() if m not in PRIVATE_JWK_MEMBERS}
+    return {m: masked_as if m in PRIVATE_JWK_MEMBERS else v for m, v in key.items()}
 
 
 def jwk_set(document: object) -> jwt.PyJWKSet:

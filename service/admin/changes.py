@@ -17,7 +17,7 @@ from sqlalchemy import select
 from service.db.base import Database
 from service.db.models import TenantConfigVersion
 from service.tenancy import SecretBox
-from service.tenant_config import PRIVATE_JWK_MEMBERS
+from service.tenant_config import public_jwks
 
 MASK = "***"
 SECRET_KEYS = frozenset({"client_secret"})
@@ -131,13 +131,6 @@ def _registration_masked(registration: Any) -> Any:
 
 
 def _issuer_masked(issuer: Any) -> Any:
-    jwks = issuer.get("jwks") if isinstance(issuer, dict) else None
-    if not isinstance(jwks, dict) or not isinstance(keys := jwks.get("keys"), list):
+    if not isinstance(issuer, dict) or "jwks" not in issuer:
         return issuer
-    masked = [
-        {m: MASK if m in PRIVATE_JWK_MEMBERS else v for m, v in key.items()}
-        if isinstance(key, dict)
-        else key
-        for key in keys
-    ]
-    return {**issuer, "jwks": {**jwks, "keys": masked}}
+    return {**issuer, "jwks": public_jwks(issuer["jwks"], masked_as=MASK)}
