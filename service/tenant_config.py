@@ -160,8 +160,9 @@ def jwk_set(document: object) -> jwt.PyJWKSet:
     and so is a key PyJWT cannot build; only a set with no usable key is refused. The
     shape is checked here because PyJWT trusts it: a list, ``null`` or a key whose ``alg``
     is a list makes it raise AttributeError or TypeError. The reason never quotes a key
-    (a fetched set might hold private material by mistake; a configured one holding any
-    is refused when saved and read without it: ``CdsIssuer``).
+    (a fetched set's keys holding private material are left out before:
+    ``service.cds.auth``; a configured one holding any is refused when saved and read
+    without it: ``CdsIssuer``).
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ConfigValueError(

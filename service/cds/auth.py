@@ -9,7 +9,8 @@ issuer's allow-list when it has one; and a ``jti`` never seen before for that is
 A failure raises :class:`CdsAuthError` with a reason the EHR's integrator can act on (the
 router answers 401). Tokens and keys are never logged. A JWK Set is fetched over https
 (plain http on loopback only), without redirects, in at most ``JWKS_TIMEOUT_SECONDS`` all
-told and up to ``JWKS_MAX_BYTES``.
+told and up to ``JWKS_MAX_BYTES``; a key it publishes with its private members verifies
+nothing (anyone can sign with it) and is left out, logged at ERROR (``_published_keys``).
 
 Cost on the hot path: keys are cached (``JWKS_TTL_SECONDS``; the keys last read stand
 in while a refetch fails, see :class:`JwksCache`); the ``jti`` insert is the
@@ -40,7 +41,7 @@ from service.db.models import CdsSeenToken
 from service.settings import over_tls
 from service.single_flight import SingleFlight
 from service.tenancy import TenantContext
-from service.tenant_config import CdsIssuer, EhrRegistration, jwk_set
+from service.tenant_config import CdsIssuer, EhrRegistration, jwk_set, private_members
 from service.text import is_one_line
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ class JwksCache:
         self._failed_at: dict[str, float] = {}
         self._fetches: SingleFlight[str, KeysByKid] = SingleFlight()
 
-    async def keys(self, url: str, kid: str | None) -> list[jwt.PyJWK]:
+    async def keys(self, url: str, kid: str | None, issuer: str) -> list[jwt.PyJWK]:
+        """The keys of the set at ``url`` under ``kid``; ``issuer`` (whose call needs them)
+        is named in the log of what the fetch found wrong."""
         cached = self._sets.get(url)
         if cached is not None:
             age = self._clock() - cached[0]
@@ -117,7 +120,7 @@ class JwksCache:
             failed_at = self._failed_at.get(url)
             if failed_at is not None and self._clock() - failed_at < JWKS_RETRY_SECONDS:
                 return self._last_read(cached, kid, None)
-        fetch = self._fetches.start(url, lambda: self._fetch(url))
+        fetch = self._fetches.start(url, lambda: self._fetch(url, issuer))
         try:
             return (await asyncio.shield(fetch)).get(kid, [])
         except CdsAuthError as error:
@@ -134,7 +137,7 @@ class JwksCache:
             log.warning("an issuer's JWK Set could not be read: the keys last read stand in")
         return cached[1].get(kid, [])
 
-    async def _fetch(self, url: str) -> KeysByKid:
+    async def _fetch(self, url: str, issuer: str) -> KeysByKid:
         if not over_tls(url):  # RFC 7515 4.1.2: keys read in clear could be swapped on the way
             raise CdsAuthError(f"the issuer's JWK Set at {url} is not served over https")
         headers = {"Accept": "application/jwk-set+json, application/json"}
@@ -153,7 +156,7 @@ class JwksCache:
                 f"the issuer's JWK Set at {url} could not be read ({type(error).__name__})"
             ) from error
         try:
-            keys = _by_kid(jwk_set(document))
+            keys = _published_keys(document, url, issuer)
         except ValueError as error:
             raise CdsAuthError(f"the issuer's JWK Set at {url} is unusable: {error}") from error
         self._sets[url] = (self._clock(), keys)
@@ -163,6 +166,28 @@ class JwksCache:
 
 #: The keys of a JWK Set by ``kid``; under ``None`` all of them (a JWT without a kid).
 KeysByKid = dict[str | None, list[jwt.PyJWK]]
+
+
+def _published_keys(document: object, url: str, issuer: str) -> KeysByKid:
+    """A fetched JWK Set's keys, but those published with private members: anyone who
+    read the set can sign with such a key, so it verifies nothing. It is left out (a call
+    signed with it is refused as by an unknown key), and the EHR's administrator is told
+    at ERROR, once per fetch: the issuer, the URL, each such key's kid and its private
+    members' names, never their values. A set of only such keys is read as empty, not
+    as unreadable: the keys last read (the same key pair, perhaps) do not stand in."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        return _by_kid(jwk_set(document))  # refused there, saying why
+    exposed = [key for key in document["keys"] if private_members(key)]
+    if not exposed:
+        return _by_kid(jwk_set(document))
+    described = [{"kid": key.get("kid"), "members": private_members(key)} for key in exposed]
+    log.error(
+        "an issuer's JWK Set publishes private keys: they are not used; have the EHR's "
+        "supplier replace them and publish only the public keys",
+        extra={"fields": {"issuer": issuer, "jwks_url": url, "keys": described}},
+    )
+    public = [key for key in document["keys"] if not private_members(key)]
+    return _by_kid(jwk_set({**document, "keys": public})) if public else {None: []}
 
 
 def _by_kid(keyset: jwt.PyJWKSet) -> KeysByKid:
@@ -248,7 +273,7 @@ class CdsAuthenticator:
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         jku = header.get("jku")
         if jku is not None and jku in issuer.jku:
-            return await self._jwks.keys(jku, kid)
+            return await self._jwks.keys(jku, kid, issuer.iss)
         # A jku off the allow-list is never fetched. With keys configured for the issuer it
         # is left aside, as a header the spec lets the EHR send (MAY), and those keys
         # verify; it refused every call of such an EHR before (found by review).
@@ -261,7 +286,7 @@ class CdsAuthenticator:
                 raise CdsAuthError(
                     f"the configured JWK Set of {issuer.iss!r} is unusable: {error}"
                 ) from error
-        keys = [key for url in issuer.jku for key in await self._jwks.keys(url, kid)]
+        keys = [key for url in issuer.jku for key in await self._jwks.keys(url, kid, issuer.iss)]
         if not keys:
             raise CdsAuthError(f"no keys are configured for issuer {issuer.iss!r}")
         return keys

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import gzip
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -241,18 +242,18 @@ def test_a_jwk_set_unreadable_again_keeps_its_keys_and_is_not_fetched_each_call(
     async def scenario(served: Counted) -> None:
         async with httpx.AsyncClient() as http:
             cache = JwksCache(http, clock=lambda: now[0])
-            assert len(await cache.keys(served.url, EHR_KEY.kid)) == 1
+            assert len(await cache.keys(served.url, EHR_KEY.kid, EHR.issuer)) == 1
             served.body = b"not a JWK Set"
             now[0] += JWKS_TTL_SECONDS + 1  # due for a refetch, which fails
-            for _ in range(5):
-                assert len(await cache.keys(served.url, EHR_KEY.kid)) == 1  # the keys last read
+            for _ in range(5):  # the keys last read
+                assert len(await cache.keys(served.url, EHR_KEY.kid, EHR.issuer)) == 1
             assert served.requests == 2  # one refetch, not five
             now[0] += JWKS_RETRY_SECONDS
-            assert len(await cache.keys(served.url, EHR_KEY.kid)) == 1
+            assert len(await cache.keys(served.url, EHR_KEY.kid, EHR.issuer)) == 1
             assert served.requests == 3
             now[0] += JWKS_STALE_SECONDS  # the keys last read are too old to stand in
             with pytest.raises(CdsAuthError, match="could not be read"):
-                await cache.keys(served.url, EHR_KEY.kid)
+                await cache.keys(served.url, EHR_KEY.kid, EHR.issuer)
 
     with Counted(EHR_JWKS) as served:
         asyncio.run(scenario(served))
@@ -314,3 +315,35 @@ def test_a_configured_key_set_stored_with_private_keys_is_read_as_its_public_key
     assert change["old"][0]["jwks"]["keys"][1]["d"] == "***"
     assert "d" not in change["new"][0]["jwks"]["keys"][1]
     assert call_encounter_start(client, without_jku(with_rsa)).status_code == 200
+
+
+@pytest.mark.parametrize("beside", ["alone", "beside a public key"])
+def test_a_fetched_key_published_with_its_private_half_verifies_nothing_and_is_logged(
+    app: FastAPI, client: TestClient, caplog: pytest.LogCaptureFixture, beside: str
+) -> None:
+    """An issuer publishing its private key at its JWKS URL lets anyone sign its hook
+    calls: that key verifies no call (401, as an unknown key; an EC one verified before),
+    and the EHR's administrator reads at ERROR, once per fetch, the issuer, the key's kid
+    and the members, never their values. A public key beside it still verifies."""
+    rotated = SigningKey.generate("ehr-key-2", "ES384")
+    exposed = _private_jwk(EHR_KEY)
+    keys = [exposed] + ([rotated.public_jwk()] if beside != "alone" else [])
+    with ServedJson(json.dumps({"keys": keys}).encode(), path="/jwks.json") as jwks:
+        ehr = Ehr(EHR_KEY, jwks.url, "https://ehr.az-gent.example/cds")
+        store_unchecked(app, tenant_config(ehr))
+        with caplog.at_level(logging.ERROR, logger="service.cds.auth"):
+            for _ in range(2):  # the second call reads the keys cached: no second log
+                refused = call_encounter_start(client, ehr.token(AUD))
+                assert refused.status_code == 401, refused.text
+                assert "no key of the issuer matches the JWT's kid" in refused.json()["reason"]
+            if beside != "alone":
+                signed = Ehr(rotated, jwks.url, ehr.issuer).token(AUD)
+                assert call_encounter_start(client, signed).status_code == 200
+    (logged,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "publishes private keys" in logged.getMessage()
+    assert logged.fields == {  # type: ignore[attr-defined]
+        "issuer": ehr.issuer,
+        "jwks_url": jwks.url,
+        "keys": [{"kid": EHR_KEY.kid, "members": ["d"]}],
+    }
+    assert exposed["d"] not in caplog.text
