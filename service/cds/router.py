@@ -368,7 +368,10 @@ async def _patient_data(
             extra={"fields": {"keys": sorted(set(given) - set(data))}},
         )
     queries = prefetch.missing_queries(vocabulary, data, context.patientId, context.encounterId)
-    if not queries or body.fhirServer is None or body.fhirAuthorization is None:
+    if not queries:
+        return data
+    if body.fhirServer is None or body.fhirAuthorization is None:
+        _log_unreadable(body, caller, list(queries))
         return data
     server = str(body.fhirServer).rstrip("/")
     if body.fhirServer.username or body.fhirServer.password:
@@ -389,6 +392,26 @@ async def _patient_data(
         await prefetch.fetch(state.fhir_http, server, body.fhirAuthorization.access_token, queries)
     )
     return data
+
+
+def _log_unreadable(body: HookRequest, caller: Caller | None, missing: list[str]) -> None:
+    """Why the card may be the generic one, for the EHR administrator, once per such call
+    as the other reasons are (a count of them is a count of such cards): the hook, who
+    called, the prefetch keys left out and what the call lacks; never which patient."""
+    access = {"fhirServer": body.fhirServer, "fhirAuthorization": body.fhirAuthorization}
+    log.warning(
+        "the prefetch is incomplete and the call gives no FHIR server to read the rest: "
+        "the card may be generic; have the EHR prefetch every key of the discovery document",
+        extra={
+            "fields": {
+                "hook": body.hook,
+                "registration": caller.registration.id if caller else None,
+                "issuer": caller.issuer if caller else None,
+                "missing_prefetch": missing,
+                "missing_access": [name for name, given in access.items() if given is None],
+            }
+        },
+    )
 
 
 @router.post("/cds-services/{service_id}/feedback", response_model=None)

@@ -400,6 +400,47 @@ def test_no_prefetch_and_no_fhir_server_gives_the_generic_card(
     assert cds_on_fhir.fhir_requests() == 0
 
 
+@pytest.mark.parametrize("sent", ["no prefetch, no FHIR server", "one page of flags, no token"])
+def test_a_card_generic_for_want_of_prefetch_or_fhir_server_says_why_in_the_log(
+    cds_on_fhir: Cds,
+    fhir: tuple[FhirServer, SeedResult],
+    ehr: Ehr,
+    caplog: pytest.LogCaptureFixture,
+    sent: str,
+) -> None:
+    """An EHR administrator seeing every card generic reads why: the hook, the registration
+    and issuer, the prefetch keys left out and what the call lacks. Never the patient (nor
+    the encounter). Nothing was logged before."""
+    server, seeded = fhir
+    patient = seeded.patient("karim-el-amrani")
+    if sent == "no prefetch, no FHIR server":
+        body = without_prefetch(None, patient)
+        missing = ["patient", "encounter", "conditions", "relatedPersons", "flags", "findings"]
+        lacks = ["fhirServer", "fhirAuthorization"]
+    else:
+        body = prefetched_by_the_sandbox_ehr(cds_on_fhir, server, patient)
+        body["prefetch"]["flags"] = first_page_of_flags(server, patient)
+        body["fhirServer"] = server.base_url  # without fhirAuthorization: no token to send
+        missing, lacks = ["flags"], ["fhirAuthorization"]
+    with caplog.at_level(logging.WARNING, logger="service.cds.router"):
+        card = only_card(cds_on_fhir.call(body=body))
+    assert card["summary"] == "Doe de Kindreflex bij elke volwassen patiënt"
+    (logged,) = [r for r in caplog.records if r.name == "service.cds.router"]
+    assert logged.levelno == logging.WARNING
+    assert "the card may be generic" in logged.getMessage()
+    assert logged.fields == {  # type: ignore[attr-defined]
+        "hook": "encounter-start",
+        "registration": "ehr",
+        "issuer": ehr.issuer,
+        "missing_prefetch": missing,
+        "missing_access": lacks,
+    }
+    written = caplog.text + json.dumps(logged.fields)  # type: ignore[attr-defined]
+    for identifier in (patient.id, patient.arrived_encounter_id):
+        assert identifier
+        assert identifier not in written
+
+
 def test_the_token_is_only_sent_to_the_registered_fhir_server(
     cds_on_fhir: Cds, fhir: tuple[FhirServer, SeedResult], caplog: pytest.LogCaptureFixture
 ) -> None:
