@@ -32,6 +32,7 @@ from service.fhir.client import (
     Resource,
     SearchPages,
     identifier_search,
+    identifier_token,
     search_query,
 )
 from service.fhir.terminology import identifier_system
@@ -425,7 +426,7 @@ def load_case_record(
     """
     system = identifier_system("concern")
     flag_bundle = client.search(
-        "Flag", {"identifier": f"{system}|{flag_identifier}", "_include": "Flag:author"}
+        "Flag", {"identifier": identifier_token(system, flag_identifier), "_include": "Flag:author"}
     )
     flags = _resources(flag_bundle, "Flag")
     if len(flags) != 1:

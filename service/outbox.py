@@ -146,6 +146,8 @@ from service.fhir.client import (
     FhirUnavailable,
     ReauthorisationRequired,
     Resource,
+    identifier_of_token,
+    identifier_token,
     search_params,
     search_query,
     summarise,
@@ -1796,7 +1798,7 @@ def _matches(resource: Resource, params: dict[str, str], base_url: str) -> bool:
 
 def _matches_one(resource: Resource, name: str, value: str, base_url: str) -> bool:
     if name == "identifier":
-        system, _, code = value.rpartition("|")
+        system, code = identifier_of_token(value)
         identifiers = resource.get("identifier", [])
         return any(i.get("system") == system and i.get("value") == code for i in identifiers)
     if name == "patient":
@@ -1937,7 +1939,7 @@ class TransactionBuilder:
         browser (a new child's) and names another patient's resource creates this
         patient's own instead of making the save refer to someone else's."""
         full_url = f"urn:uuid:{uuid.uuid4()}"
-        params = {"identifier": f"{identifier['system']}|{identifier['value']}"}
+        params = {"identifier": identifier_token(identifier["system"], identifier["value"])}
         if patient_ref is not None:
             params["patient"] = patient_ref
         self._entries.append(

@@ -634,7 +634,40 @@ def search_query(params: Mapping[str, str]) -> str:
 
 def identifier_search(resource_type: str, system: str, value: str) -> str:
     """The search ``Type?identifier=system|value``, as :func:`search_query` writes it."""
-    return f"{resource_type}?{search_query({'identifier': f'{system}|{value}'})}"
+    return f"{resource_type}?{search_query({'identifier': identifier_token(system, value)})}"
+
+
+#: What a FHIR search reads in a parameter's value (R4 search.html#escaping): ``,`` between
+#: values, ``|`` between a token's system and code, ``$`` between a composite's parts, and
+#: the backslash escaping them.
+_SEARCH_SPECIAL = re.compile(r"([\\|,$])")
+#: A token's system (escapes read pairwise), the first ``|`` not escaped, its value.
+_TOKEN = re.compile(r"((?:[^\\|]|\\.)*)\|(.*)", re.DOTALL)
+_ESCAPED = re.compile(r"\\([\\|,$])")
+
+
+def search_escaped(text: str) -> str:
+    r"""``text`` with each ``\``, ``|``, ``,`` and ``$`` escaped by a ``\``, as a FHIR search
+    parameter's value must write them."""
+    return _SEARCH_SPECIAL.sub(r"\\\1", text)
+
+
+def identifier_token(system: str, value: str) -> str:
+    """``system|value`` as an ``identifier`` search's value, each escaped: a hospital's
+    identifier holding ``|`` or ``,`` was read by the server as another system, or as two
+    identifiers, none of them ours (a conditional create sent again created twice).
+    Escaped before :func:`search_query` percent-encodes it."""
+    return f"{search_escaped(system)}|{search_escaped(value)}"
+
+
+def identifier_of_token(token: str) -> tuple[str, str]:
+    r"""The (system, value) an :func:`identifier_token` names; ("", token) without a ``|``.
+    A token queued before the escaping reads as written, split at its first ``|`` (a system
+    is a URI, which holds none raw), unless it holds a ``\`` before one of ``\|,$``: that
+    reads as an escape (a ``\`` before anything else stays)."""
+    parts = _TOKEN.fullmatch(token)
+    system, value = parts.groups() if parts else ("", token)
+    return _ESCAPED.sub(r"\1", system), _ESCAPED.sub(r"\1", value)
 
 
 def search_params(query: str) -> dict[str, str]:

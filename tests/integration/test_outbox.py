@@ -685,25 +685,38 @@ def test_a_lost_answer_is_not_sent_again_and_an_if_match_conflict_is_kept(
         assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{other}") == 0
 
 
+#: Identifier values of a hospital's schemes, and each as a search writes it escaped
+_HELD = {
+    "URI characters": ("a&b=c#d+e%f", "a&b=c#d+e%f"),
+    "search characters": ("MRN|7,a\\b$c", "MRN\\|7\\,a\\\\b\\$c"),
+}
+
+
 @pytest.mark.parametrize("merge", [False, True], ids=["create", "create-or-merge"])
+@pytest.mark.parametrize("held", list(_HELD))
 def test_a_create_sent_again_finds_its_identifier_whatever_characters_it_holds(
-    database: Database, fhir_server: FhirServer, merge: bool
+    database: Database, fhir_server: FhirServer, merge: bool, held: str
 ) -> None:
     """A transaction sent again (its answer lost, a double submit) creates nothing twice,
     also where the identifier's value holds ``&``, ``=``, ``#``, ``+``, ``%`` or a space.
     Written raw into ``ifNoneExist``, the server read a new parameter at the ``&`` (sekmet
     refused the save, an unknown search parameter: failed for good) and a space for a
-    ``+`` (it found nothing and created a second resource). Percent-encoded now."""
+    ``+`` (it found nothing and created a second resource). Percent-encoded now. And
+    where it holds ``|``, ``,``, ``\\`` or ``$``, which FHIR search reads as a system's
+    end, a second value, an escape, a composite's parts: unescaped, the server looked for
+    other identifiers and the create sent again created a second resource. Escaped now
+    (FHIR R4 search, "Escaping Search Parameters"), which sekmet reads."""
     tenant = make_tenant(database, "a", fhir_server.base_url)
     outbox = make_outbox(database, Clock())
-    value = f"{uuid.uuid4()} a&b=c#d+e%f"
+    unique = str(uuid.uuid4())
+    value, escaped = (f"{unique} {text}" for text in _HELD[held])
     person = _person(value)
     tx = TransactionBuilder()
     (tx.create_or_merge if merge else tx.create)(person, person["identifier"][0])
     for _sent in range(2):
         entry_id = _enqueue(database, tenant, fhir_server.base_url, tx.bundle())
         assert outbox.deliver(entry_id) is DeliveryState.DELIVERED
-    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{value}") == 1
+    assert count(fhir_server.base_url, "RelatedPerson", identifier=f"{SYSTEM}|{escaped}") == 1
 
 
 def test_an_update_reaches_a_server_that_validates_its_bundle_with_its_full_url(

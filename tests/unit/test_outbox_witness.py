@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 
-from service.fhir.client import FhirClient, FhirConflict, SearchPages
+from service.fhir.client import FhirClient, FhirConflict, SearchPages, identifier_search
 from service.outbox import (
     DeliveryState,
     TransactionBuilder,
@@ -115,6 +115,38 @@ def test_a_conditional_creates_identifier_is_percent_encoded() -> None:
     encoded = "identifier=https://ehr.example/id%7Ca%26b%3Dc%23d%2Be%25f%20g&patient=Patient/p1"
     assert entry["request"]["ifNoneExist"] == encoded
     assert tx.stable_references() == [f"RelatedPerson?{encoded}"]
+
+
+def _observation(value: str) -> dict[str, Any]:
+    return {"resourceType": "Observation", "identifier": [{"system": "urn:kr:x", "value": value}]}
+
+
+def test_an_identifier_holding_what_a_search_reads_is_escaped_and_read_back() -> None:
+    r"""FHIR search reads ``|`` as a token's system's end, ``,`` between two values, ``$``
+    in a composite, ``\`` as an escape: a hospital's identifier holding them is escaped
+    with a ``\`` (R4 search, "Escaping Search Parameters"), then percent-encoded. The
+    server read ``7|a,b`` as two identifiers, neither ours (a create sent again created a
+    second resource), and the witness read the system ``urn:kr:x|7``: the save's own
+    resource did not count."""
+    tx = TransactionBuilder()
+    identifier = {"system": "https://ehr.example/id", "value": "7|a,b\\c$d"}
+    tx.create({"resourceType": "RelatedPerson"}, identifier)
+    (entry,) = tx.bundle()["entry"]
+    escaped = "7%5C%7Ca%5C%2Cb%5C%5Cc%5C%24d"  # 7\|a\,b\\c\$d
+    assert entry["request"]["ifNoneExist"] == f"identifier=https://ehr.example/id%7C{escaped}"
+    witness = identifier_search("Observation", "urn:kr:x", "7|a,b\\c$d")
+    assert witness == f"Observation?identifier=urn:kr:x%7C{escaped}"
+    assert _asks(_Server(_observation("7|a,b\\c$d")), witness)
+    assert not _asks(_Server(_observation("7|a,b\\\\c$d"), _observation("a,b\\c$d")), witness)
+
+
+def test_an_identifier_queued_before_the_escaping_is_read_as_written() -> None:
+    r"""A witness or ``ifNoneExist`` in the outbox since before (no escapes) is read as its
+    writer meant it: split at the first ``|``, a ``\`` before anything but ``\|,$`` kept."""
+    assert _asks(_Server(_observation("7|a")), "Observation?identifier=urn:kr:x%7C7%7Ca")
+    assert _asks(
+        _Server(_observation("C:\\dossier")), "Observation?identifier=urn:kr:x%7CC:%5Cdossier"
+    )
 
 
 def test_a_search_longer_than_the_pages_read_says_nothing_without_the_resource() -> None:
