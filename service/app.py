@@ -43,6 +43,7 @@ from smart_app.admin import router as admin_router
 from smart_app.casefile import router as casefile_router
 from smart_app.errors import JSON_API, PageError, handle_invalid_page_request, handle_page_error
 from smart_app.monitoring import router as monitoring_router
+from smart_app.nurse import icon_router
 from smart_app.nurse import router as nurse_router
 from smart_app.security import ANY_FRAME, page_headers
 from smart_app.session import LAUNCH_PARAM
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     smart_app.install(app)  # SMART launch, sessions, their error pages
     _install_write_path(app, settings, database)
     for_each_hospital(app, nurse_router)  # the nurse's triage screen (steps 1-3)
+    app.include_router(icon_router)  # /favicon.ico
     for_each_hospital(app, admin_router)  # the EHR administrator's screen and API
     for_each_hospital(app, social_router)  # the social service's cases (issue 5)
     for_each_hospital(app, casefile_router)  # the social worker's case pages

@@ -1,4 +1,4 @@
-"""The screens' stylesheets and scripts, with the content's version in their URLs.
+"""The screens' stylesheets, scripts and icon, with the content's version in their URLs.
 
 A page links each file as ``…/nurse.js?v=<version>``, the version being the start of the
 file's SHA-256 (``asset_url``, a template global). A browser may keep such a URL for a
@@ -19,8 +19,16 @@ from pathlib import Path
 from starlette.responses import Response
 
 _DIR = Path(__file__).parent / "static"
-_MEDIA_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript"}
+_MEDIA_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript",
+    ".svg": "image/svg+xml",
+}
 _FOR_A_YEAR = "public, max-age=31536000, immutable"
+#: /favicon.ico names no version: an icon a day old harms no one, and one request a day
+#: per workstation is no load
+_FOR_A_DAY = "public, max-age=86400"
+ICON = "favicon.svg"
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,15 @@ def asset_response(name: str, version: str | None, served: Collection[str]) -> R
     if name not in served:
         return Response("no such file", status_code=404, media_type="text/plain")
     asset = _asset(name)
-    cache_control = _FOR_A_YEAR if version == asset.version else "no-cache"
+    return _response(asset, _FOR_A_YEAR if version == asset.version else "no-cache")
+
+
+def icon_response() -> Response:
+    """The app's icon, where a browser asks for it unlinked (``/favicon.ico``: a JSON
+    answer opened in a tab, an old bookmark): each such request was a 404 in the log."""
+    return _response(_asset(ICON), _FOR_A_DAY)
+
+
+def _response(asset: Asset, cache_control: str) -> Response:
     headers = {"Cache-Control": cache_control, "X-Content-Type-Options": "nosniff"}
     return Response(asset.content, media_type=asset.media_type, headers=headers)

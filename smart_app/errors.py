@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from service.db.base import passing_failure
 from service.i18n import Language, negotiate, translate
 from service.observability import LINE_KEYS
-from smart_app.assets import asset_url
+from smart_app.assets import ICON, asset_url
 from smart_app.security import ANY_FRAME, page_headers
 
 log = logging.getLogger(__name__)
@@ -208,12 +208,14 @@ def render(
     product = html.escape(translate(language, "product.name"))
     # the screens' own look (base.html), from the root: the page may answer any address
     stylesheet = html.escape(asset_url("/app/static", "nurse.css"))
+    icon = html.escape(asset_url("/app/static", ICON))
     body = (
         f'<!doctype html><html lang="{language}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="referrer" content="no-referrer">'
         f"<title>{text('title')} · {product}</title>"
-        f'<link rel="stylesheet" href="{stylesheet}"></head><body>'
+        f'<link rel="stylesheet" href="{stylesheet}">'
+        f'<link rel="icon" type="image/svg+xml" href="{icon}"></head><body>'
         f'<header class="banner"><p class="product">{product}</p></header><main id="main">'
         f'<h1>{text("title")}</h1><p role="alert">{text("message")}</p>{link}{detail}'
         f"{shown_back(kept, language, *SHOWS_TYPED_BACK[error.problem]) if kept else ''}"

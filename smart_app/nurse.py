@@ -77,7 +77,7 @@ from service.triage import (
     validate,
 )
 from smart_app import dates
-from smart_app.assets import asset_response
+from smart_app.assets import ICON, asset_response, icon_response
 from smart_app.pages import TEMPLATES, messages_by_field
 from smart_app.session import (
     LaunchContext,
@@ -1116,6 +1116,15 @@ def _acute_danger_partners(ctx: LaunchContext) -> tuple[Partner, ...]:
 
 @router.get("/static/{name}")
 def static_file(name: str, v: str | None = None) -> Response:
-    """The page's stylesheet and script (same origin, so the CSP can stay 'self'); ``v``:
+    """The pages' stylesheet, script and icon (same origin: the CSP can stay 'self'); ``v``:
     the version the page linked (``smart_app.assets``)."""
-    return asset_response(name, v, served=("nurse.css", "nurse.js"))
+    return asset_response(name, v, served=("nurse.css", "nurse.js", ICON))
+
+
+#: At the origin's root only, where a browser asks for the icon of a page linking none.
+icon_router = APIRouter(include_in_schema=False)
+
+
+@icon_router.get("/favicon.ico")
+def favicon() -> Response:
+    return icon_response()

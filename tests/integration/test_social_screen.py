@@ -316,6 +316,43 @@ def test_the_worklists_stylesheet_and_script_load(database_url: str, database: D
         assert client.get(unknown).status_code == 404, unknown
 
 
+def test_the_apps_pages_link_their_icon_and_favicon_ico_is_served(
+    database_url: str, database: Database
+) -> None:
+    """The pages opened outside the EHR's frame (the worklist, the admin's sign-in, an
+    error page) had no icon: a blank tab, and each load a 404 for /favicon.ico in the log.
+    Each links the app's SVG, same origin as the CSP's img-src 'self' allows, under its
+    versioned URL kept a year; /favicon.ico answers the same icon, kept a day."""
+    hospital = make_tenant(database, "default", FHIR)
+    app = make_app(database_url, database)
+    client = TestClient(app)
+    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    pages = {
+        "/social": client.get("/social", headers=me),
+        "/admin/login": client.get("/admin/login"),
+        "/social without a session": client.get("/social"),
+    }
+    assert pages["/social without a session"].status_code == 401  # the app's error page
+    icons = set()
+    for name, page in pages.items():
+        assert "text/html" in page.headers["content-type"], name
+        assert "img-src 'self' data:;" in page.headers["content-security-policy"], name
+        linked = re.findall(r'<link rel="icon" type="image/svg\+xml" href="([^"]+)">', page.text)
+        assert [url.split("?v=")[0] for url in linked] == ["/app/static/favicon.svg"], name
+        icons.add(linked[0])
+    (icon_url,) = icons
+    icon = client.get(icon_url)
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
+    assert icon.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert icon.content.startswith(b"<svg ")
+    unlinked = client.get("/favicon.ico")
+    assert unlinked.status_code == 200
+    assert unlinked.headers["content-type"] == "image/svg+xml"
+    assert unlinked.headers["cache-control"] == "public, max-age=86400"
+    assert unlinked.content == icon.content
+
+
 def test_the_filter_form_sent_with_its_number_field_left_empty_filters(
     database_url: str, database: Database
 ) -> None:
