@@ -350,7 +350,9 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
             "the version it was exported from (version: 7, as `config export` writes it) is "
             "refused when the configuration has changed since, unless --force; a file without "
             "that line (one kept in git as the source of truth) is applied whatever version "
-            "is in force."
+            "is in force. A file that removes an EHR registration, or moves it to another FHIR "
+            "server, while nurses' undelivered writes through it or open cases on its server "
+            "depend on it is refused, saying what, unless --force."
         ),
     )
     load.add_argument("file", help="the YAML file (as written by `config export`)")
@@ -358,8 +360,10 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     load.add_argument(
         "--force",
         action="store_true",
-        help="apply the file even if the configuration has changed since the version it "
-        "names, undoing those changes",
+        help="apply the file as it is: even if the configuration has changed since the "
+        "version it names (undoing those changes), and even if it removes or moves a "
+        "registration that undelivered writes or open cases depend on (they stay undelivered "
+        "and unworkable; recorded in the admin events)",
     )
     load.set_defaults(handler=_on_current_schema(cmd_config_import))
 

@@ -142,6 +142,11 @@ class TenantDirectory:
         self._lock = threading.Lock()
         self._refreshes: SingleFlight[str, TenantContext] = SingleFlight()
 
+    @property
+    def database(self) -> Database:
+        """Where the hospitals' configurations (and what depends on them) are stored."""
+        return self._database
+
     def get(self, slug: str, at_least: int = 0, *, fresh: bool = False) -> TenantContext:
         """The hospital's configuration in force; read again when the copy held is older
         than ``REFRESH_SECONDS`` or than the version ``at_least`` (one another instance saved),

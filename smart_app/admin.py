@@ -40,8 +40,10 @@ from service.admin import access, changes, dependents
 from service.admin.config import (
     ConfigurationError,
     ConfigurationFile,
+    Force,
     Problem,
     Reason,
+    RegistrationsInUseError,
     StaleConfigurationError,
     StaleFileError,
     TenantAdmin,
@@ -245,10 +247,11 @@ Change = Callable[[TenantConfiguration], TenantConfiguration | ConfigurationFile
 
 
 async def _save(
-    request: Request, admin: Admin, change: Change, based_on: int | None
+    request: Request, admin: Admin, change: Change, based_on: int | None, force: Force = False
 ) -> TenantContext:
     """Apply ``change`` to the configuration in force NOW (not the one the request began
-    with, so that a partial change never undoes another admin's) and store it, off the loop."""
+    with, so that a partial change never undoes another admin's) and store it, off the loop.
+    ``force``: as ``TenantAdmin.save`` takes it (registrations removed or moved anyway)."""
 
     def work() -> TenantContext:
         tenants = _tenant_admin(request)
@@ -256,7 +259,7 @@ async def _save(
         changed = change(current.config)
         file = changed if isinstance(changed, ConfigurationFile) else ConfigurationFile(changed)
         return tenants.save(
-            admin.tenant.slug, file.config, admin.actor, based_on, file.exported_from
+            admin.tenant.slug, file.config, admin.actor, based_on, file.exported_from, force
         )
 
     return await run_in_threadpool(work)
@@ -304,11 +307,16 @@ def _outcome(
     )
 
 
-async def _api_change(request: Request, admin: Admin, change: Change) -> Response:
+async def _api_change(
+    request: Request, admin: Admin, change: Change, force: bool = False
+) -> Response:
     try:
-        context = await _save(request, admin, change, _if_match(request))
+        context = await _save(request, admin, change, _if_match(request), force)
     except ConfigurationError as error:
         return _outcome(422, error.problems)
+    except RegistrationsInUseError as error:  # one issue per registration, with its counts
+        refusals = [Problem(s.refusal("send ?force=true")) for s in error.stranded]
+        return _outcome(409, refusals, code="conflict")
     except StaleConfigurationError as error:
         status = 412 if request.headers.get("if-match") else 409
         return _outcome(status, [Problem(str(error))], code="conflict")
@@ -379,6 +387,28 @@ def api_sign_out(request: Request, admin: ApiAdmin, database: DatabaseDep) -> Re
     return response
 
 
+ForceChange = Annotated[
+    bool,
+    Query(
+        description="Save the change even though it removes a registration, or moves one to "
+        "another FHIR server (the same id), that undelivered writes or open cases depend on "
+        "(the 409's count): they then stay undelivered, and the cases cannot be worked, "
+        "until a registration with the same id and FHIR server is added again."
+    ),
+]
+
+#: The answers of a change that may remove or move a registration (documented in OpenAPI).
+IN_USE: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "Not saved: the change removes or moves (another FHIR server) a "
+        "registration that undelivered writes (pending or waiting for a sign-in) or open cases "
+        "on its FHIR server depend on; the OperationOutcome counts them, one issue per "
+        "registration. Send `?force=true` to save it anyway. Also the answer when another "
+        "change came in meanwhile (412 with If-Match)."
+    }
+}
+
+
 @router.get("/admin/api/config")
 def api_get_config(admin: ApiAdmin) -> JSONResponse:
     """The configuration in force; its ETag is the version to send back in ``If-Match``."""
@@ -392,8 +422,8 @@ def _etag(tenant: TenantContext) -> dict[str, str]:
     return {"ETag": f'"{tenant.version}"'}
 
 
-@router.put("/admin/api/config")
-async def api_put_config(request: Request, admin: ApiAdmin) -> Response:
+@router.put("/admin/api/config", responses=IN_USE)
+async def api_put_config(request: Request, admin: ApiAdmin, force: ForceChange = False) -> Response:
     """Replace the whole configuration (a client secret left out or masked is kept while
     the registration's EHR and client stay the same: ``_with_kept_secrets``)."""
     body = await _json_body(request)
@@ -401,7 +431,7 @@ async def api_put_config(request: Request, admin: ApiAdmin) -> Response:
     for registration in registrations if isinstance(registrations, list) else []:
         if isinstance(registration, dict) and registration.get("client_secret") == "***":
             registration.pop("client_secret")
-    return await _api_change(request, admin, lambda _current: validate_document(body))
+    return await _api_change(request, admin, lambda _current: validate_document(body), force)
 
 
 @router.get("/admin/api/config.yaml", response_class=PlainTextResponse)
@@ -414,10 +444,14 @@ def api_export_yaml(admin: ApiAdmin) -> Response:
     )
 
 
-@router.put("/admin/api/config.yaml")
-async def api_import_yaml(request: Request, admin: ApiAdmin) -> Response:
+@router.put("/admin/api/config.yaml", responses=IN_USE)
+async def api_import_yaml(
+    request: Request, admin: ApiAdmin, force: ForceChange = False
+) -> Response:
     body = await request.body()
-    return await _api_change(request, admin, lambda _current: read_yaml(_utf8(body, "utf-8")))
+    return await _api_change(
+        request, admin, lambda _current: read_yaml(_utf8(body, "utf-8")), force
+    )
 
 
 @router.get("/admin/api/registrations")
@@ -427,16 +461,19 @@ def api_registrations(admin: ApiAdmin, response: Response) -> list[dict[str, Any
     return registrations
 
 
-@router.put("/admin/api/registrations/{registration_id}")
-async def api_put_registration(registration_id: str, request: Request, admin: ApiAdmin) -> Response:
-    """Create or replace one registration (its ``id`` is the path's)."""
+@router.put("/admin/api/registrations/{registration_id}", responses=IN_USE)
+async def api_put_registration(
+    registration_id: str, request: Request, admin: ApiAdmin, force: ForceChange = False
+) -> Response:
+    """Create or replace one registration (its ``id`` is the path's); one moved to another
+    FHIR server while anything depends on it is refused (409) unless ``force=true``."""
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise HTTPException(400, "expected a registration object")
     if body.get("client_secret") == "***":
         body.pop("client_secret")
     body["id"] = registration_id
-    return await _api_change(request, admin, lambda c: _upsert_registration(c, body))
+    return await _api_change(request, admin, lambda c: _upsert_registration(c, body), force)
 
 
 def _upsert_registration(
@@ -471,30 +508,18 @@ ForceRemoval = Annotated[
     },
 )
 async def api_delete_registration(
-    registration_id: str,
-    request: Request,
-    admin: ApiAdmin,
-    database: DatabaseDep,
-    force: ForceRemoval = False,
+    registration_id: str, request: Request, admin: ApiAdmin, force: ForceRemoval = False
 ) -> Response:
     """Remove a registration. A nurse's save waiting for a sign-in is sent only by a later
     launch through the same registration, and a case is worked only from an EHR
     registered with its FHIR server: while any depends on it, the removal is refused (409,
-    with how many) unless ``force=true``; forced, the admin events record what was left."""
-    registration = _registration_of(admin.tenant.config, registration_id)
-    if registration is None:
+    with how many) unless ``force=true``; forced, the admin events record what was left
+    (``TenantAdmin.save``, as for every change that removes a registration)."""
+    if _registration_of(admin.tenant.config, registration_id) is None:
         raise HTTPException(404, f"no registration '{registration_id}'")
-    depending = await run_in_threadpool(
-        dependents.on_registration, database, admin.tenant.id, admin.tenant.config, registration_id
+    return await _api_change(
+        request, admin, lambda c: _without_registration(c, registration_id), force
     )
-    if depending and not force:
-        return _outcome(409, [Problem(_still_needed(registration, depending))], code="conflict")
-    response = await _api_change(
-        request, admin, lambda c: _without_registration(c, registration_id)
-    )
-    if depending and response.status_code == 200:
-        await run_in_threadpool(_record_removed_anyway, database, admin, registration_id, depending)
-    return response
 
 
 def _registration_of(config: TenantConfiguration, registration_id: str) -> EhrRegistration | None:
@@ -504,38 +529,6 @@ def _registration_of(config: TenantConfiguration, registration_id: str) -> EhrRe
 def _without_registration(config: TenantConfiguration, registration_id: str) -> TenantConfiguration:
     kept = [r for r in config.registrations if r.id != registration_id]
     return _replace(config, registrations=kept)
-
-
-def _counted(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
-def _still_needed(registration: EhrRegistration, depending: dependents.Dependents) -> str:
-    """Why the API does not remove ``registration``, with what depends on it (English)."""
-    writes = _counted(depending.writes, "undelivered write", "undelivered writes")
-    cases = _counted(depending.cases, "open case", "open cases")
-    return (
-        f"registration '{registration.id}' ({registration.fhir_base_url}) was not removed: "
-        f"{writes} through it ({depending.pending} pending, {depending.waiting} waiting for "
-        f"a sign-in) and {cases} on the worklist depend on it. A save waiting for a sign-in "
-        "is sent only by a later launch through this registration, and a case is worked "
-        "only from an EHR registered with its FHIR server: once it is removed they stay "
-        "undelivered and cannot be worked until a registration with the same id and FHIR "
-        "server is added again. Let the writes be delivered first (`kindreflex outbox "
-        "waiting` lists those waiting for a sign-in), or send ?force=true to remove it anyway"
-    )
-
-
-def _record_removed_anyway(
-    database: Database, admin: Admin, registration_id: str, depending: dependents.Dependents
-) -> None:
-    """The admin events name a registration removed while writes or cases depended on it:
-    the version's audit shows the removal, not what it left undelivered."""
-    with database.session() as session:
-        access.record_event(
-            session, admin.tenant.id, admin.actor, "registration-removed-anyway",
-            registration=registration_id, **depending.as_json(),
-        )  # fmt: skip
 
 
 @router.post("/admin/api/registrations/{registration_id}/test-connection")
@@ -877,7 +870,10 @@ def _overview(
     tenant: TenantContext | None = None,
     typed: Mapping[str, Any] | None = None,
     field_of: FieldOf = _no_field,
+    in_use: RegistrationsInUseError | None = None,
 ) -> HTMLResponse:
+    """The screen; ``in_use``: a save refused for what depends on the registrations it
+    removes or moves, said in the form that was sent (``typed``), with a way to go ahead."""
     tenant = tenant or admin.tenant
     language = _language(request)
     errors, error_for = _screen_errors(language, problems, field_of)
@@ -899,6 +895,9 @@ def _overview(
         saved=saved,
         report=report,
         typed=typed,
+        in_use=in_use,
+        shown_writes=_SHOWN_WRITES,
+        shown_cases=_SHOWN_CASES,
         history=_history(request, admin)[:20],
         yaml_text=export_yaml(tenant.config, tenant.version),
     )
@@ -911,6 +910,7 @@ async def _screen_change(
     typed: Mapping[str, Any] | None = None,
     field_of: FieldOf = _no_field,
     not_kept: tuple[Problem, ...] = (),
+    force: Force | None = None,
 ) -> Response:
     """Save a change from the screen; refused, the page again with ``typed`` (which form,
     what was typed in it) kept, each problem next to its field (``field_of``), and
@@ -924,12 +924,21 @@ async def _screen_change(
         forged = Problem("not a configuration version", reasons=(Reason("admin.bad-version"),))
         return _overview(request, admin, status=400, problems=(forged,), typed=typed)
     try:
-        context = await _save(request, admin, change, number)
+        context = await _save(
+            request, admin, change, number, _confirmed(form) if force is None else force
+        )
     except ConfigurationError as error:
         problems = (*error.problems, *not_kept)
         return _overview(
             request, admin, status=422, problems=problems, typed=typed, field_of=field_of
         )
+    except RegistrationsInUseError as error:
+        # the form again as typed, saying what depends on them and asking to go ahead
+        problems = (*(_in_use(s) for s in error.stranded), *not_kept)
+        return _overview(
+            request, admin, status=409, problems=problems, typed=typed, field_of=field_of,
+            in_use=error,
+        )  # fmt: skip
     except StaleConfigurationError as error:
         # "it is still in the form" only where the form is drawn again as typed: a file
         # input cannot be, nor a button's (found by review)
@@ -945,6 +954,35 @@ async def _screen_change(
             request, admin, status=409, problems=problems, typed=typed, field_of=field_of
         )
     return RedirectResponse(f"{_prefix(request)}/admin?saved={context.version}", status_code=303)
+
+
+#: The fields of a form sent back confirmed: what the page said depends on the registrations
+#: the change removes or moves (``admin/_in_use.html``, the removal's page).
+_SHOWN_WRITES, _SHOWN_CASES = "shown_writes", "shown_cases"
+
+
+def _confirmed(form: Mapping[str, Any]) -> Force:
+    """A form confirmed on the page that said what depends on the registrations it removes
+    or moves: saved unless more depends on them now (asked again). Else: not forced."""
+    if form.get("force") != "yes":
+        return False
+    shown = (_count(form.get(_SHOWN_WRITES)), _count(form.get(_SHOWN_CASES)))
+    return dependents.Dependents(pending=shown[0], cases=shown[1])
+
+
+def _count(value: object) -> int:
+    """A count the confirmation page sent back; 0 when it is none (a forged form)."""
+    number = _version(value) if isinstance(value, str) else None
+    return number or 0
+
+
+def _in_use(stranded: dependents.Stranded) -> Problem:
+    """A registration a refused save removes or moves, in the summary (what depends on it
+    is said beside the form, ``admin/_in_use.html``)."""
+    registration, to = stranded.registration, stranded.moved_to
+    message_id = "admin.in-use.removed" if to is None else "admin.in-use.moved"
+    reason = Reason.of(message_id, id=registration.id, url=registration.fhir_base_url, to=to or "")
+    return Problem(stranded.refusal("confirm it"), reasons=(reason,))
 
 
 def _lines(value: str) -> list[str]:
@@ -1016,10 +1054,6 @@ def _added_registration(
     return _upsert_registration(config, body)
 
 
-#: The confirmation page's hidden fields: what it said depends on the registration.
-_SHOWN_WRITES, _SHOWN_CASES = "shown_writes", "shown_cases"
-
-
 @router.get("/admin/registrations/{registration_id}/delete", response_class=HTMLResponse)
 def confirm_removal(
     registration_id: str, request: Request, admin: ScreenAdmin, database: DatabaseDep
@@ -1057,18 +1091,10 @@ async def delete_registration(
         return await run_in_threadpool(
             _removal_page, request, admin, database, registration_id, True
         )
-    response = await _screen_change(
-        request, admin, lambda c: _without_registration(c, registration_id)
+    # confirmed: the save records it as removed anyway when anything depended on it
+    return await _screen_change(
+        request, admin, lambda c: _without_registration(c, registration_id), force=shown
     )
-    if depending and response.status_code == 303:
-        await run_in_threadpool(_record_removed_anyway, database, admin, registration_id, depending)
-    return response
-
-
-def _count(value: object) -> int:
-    """A count the confirmation page sent back; 0 when it is none (a forged form)."""
-    number = _version(value) if isinstance(value, str) else None
-    return number or 0
 
 
 def _removal_page(

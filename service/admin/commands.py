@@ -22,6 +22,7 @@ from service.admin import access
 from service.admin.changes import ConfigChange, history
 from service.admin.config import (
     ConfigurationError,
+    RegistrationsInUseError,
     StaleConfigurationError,
     StaleFileError,
     TenantAdmin,
@@ -66,7 +67,14 @@ def import_config(
     """Validate the whole file, then store it as the tenant's new version (or change nothing).
 
     A file naming the version it was exported from (``version``) is refused when another is
-    in force, saying what was changed since, unless ``force``: it would undo those changes."""
+    in force, saying what was changed since, unless ``force``: it would undo those changes.
+    A file removing a registration, or moving it to another FHIR server, while undelivered
+    writes or open cases depend on it is refused, saying which and what, unless ``force``.
+
+    Decision: one ``--force`` for both. Either way it means "apply this file as it is"; a
+    second flag would only be added to the first once the first refusal is read. Both
+    refusals say what the flag would do, and a forced import says what it left stranded
+    (and the admin events record it)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -77,8 +85,9 @@ def import_config(
     outbound.configure(  # the file's URLs are checked against it (and the proxy's use)
         settings.outbound_allow, settings.outbound_proxy, settings.outbound_no_proxy
     )
+    admin = TenantAdmin(tenants)
     try:
-        context = TenantAdmin(tenants).import_yaml(slug, text, actor, force=force)
+        context = admin.import_yaml(slug, text, actor, force=force)
     except ConfigurationError as error:
         print(f"{path}: nothing was changed:", file=sys.stderr)
         for problem in error.problems:
@@ -91,8 +100,22 @@ def import_config(
     except StaleConfigurationError as error:  # another change came in while this one was saved
         print(f"{path}: nothing was changed: {error}", file=sys.stderr)
         return 1
+    except RegistrationsInUseError as error:
+        print(f"{path}: nothing was changed:", file=sys.stderr)
+        for stranded in error.stranded:
+            print(f"{path}: {stranded.refusal('import the file with --force')}", file=sys.stderr)
+        return 1
     finally:
         database.dispose()
+    for stranded in admin.forced:  # what --force left stranded, as the admin events say
+        done = "removed" if stranded.moved_to is None else f"moved to {stranded.moved_to}"
+        counts = stranded.depending
+        print(
+            f"{path}: registration '{stranded.registration.id}' "
+            f"({stranded.registration.fhir_base_url}) {done} anyway: {counts.writes} "
+            f"undelivered write(s) through it and {counts.cases} open case(s) depended on it",
+            file=sys.stderr,
+        )
     print(
         f"hospital '{slug}': configuration version {context.version} is in force", file=sys.stderr
     )

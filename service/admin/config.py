@@ -23,6 +23,7 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from service import outbound
+from service.admin import access, dependents
 from service.config_error import ConfigValueError
 from service.tenancy import (
     SecretsUnavailableError,
@@ -456,11 +457,33 @@ class StaleFileError(StaleConfigurationError):
         self.exported_from = exported_from
 
 
+class RegistrationsInUseError(Exception):
+    """The change removes or moves (another FHIR server, the same id) registrations that
+    undelivered writes or open cases depend on (``stranded``); nothing was saved."""
+
+    def __init__(self, stranded: Sequence[dependents.Stranded]) -> None:
+        super().__init__("; ".join(s.refusal("force the change") for s in stranded))
+        self.stranded = tuple(stranded)
+
+    @property
+    def depending(self) -> dependents.Dependents:
+        """All that depends on them: what an admin is shown, and forces (``TenantAdmin.save``)."""
+        return sum((s.depending for s in self.stranded), dependents.Dependents())
+
+
+#: How a save treats registrations it removes or moves while anything depends on them:
+#: False refuses (RegistrationsInUseError), True goes ahead, a Dependents goes ahead unless
+#: more depends on them now than that (what the admin was shown and confirmed).
+Force = bool | dependents.Dependents
+
+
 class TenantAdmin:
     """The administrator's changes to one deployment's tenants."""
 
     def __init__(self, tenants: TenantDirectory) -> None:
         self.tenants = tenants
+        #: What the last save removed or moved anyway (forced), as recorded in the events.
+        self.forced: tuple[dependents.Stranded, ...] = ()
 
     def current(self, slug: str) -> TenantContext | None:
         """The version in force as the database holds it now: a change is checked against
@@ -479,6 +502,7 @@ class TenantAdmin:
         actor: str,
         based_on: int | None = None,
         exported_from: int | None = None,
+        force: Force = False,
     ) -> TenantContext:
         """Store ``config`` as a new version unless it changes nothing (ConfigurationError).
 
@@ -490,7 +514,14 @@ class TenantAdmin:
         changes nothing. An export imported after another admin's change silently undid
         that change (found by review). A new hospital has nothing to undo. Checked here, as
         ``based_on`` is: a change saved between this check and the store meets the unique
-        version (StaleConfigurationError)."""
+        version (StaleConfigurationError).
+
+        ``force``: a registration the change removes, or moves to another FHIR server, while
+        undelivered writes or open cases depend on it raises RegistrationsInUseError unless
+        forced (:data:`Force`), counted against ``config`` (:func:`dependents.stranded_by`).
+        Checked here so that every way to change the configuration asks (found by review:
+        an import removed what the registration's own removal refused); forced, each is an
+        admin event. The count and the store are not one transaction, as for a removal."""
         current = self.current(slug)
         if based_on is not None and current is not None and current.version != based_on:
             raise StaleConfigurationError(current.version)
@@ -510,9 +541,10 @@ class TenantAdmin:
             return current
         if moved_on is not None:
             raise moved_on
+        stranded = self._stranded(current, config, force)
         try:
             replaces = current.version if current is not None else 0
-            return self.tenants.save(slug, config, actor, replaces=replaces)
+            context = self.tenants.save(slug, config, actor, replaces=replaces)
         except SecretsUnavailableError as error:
             reason = Reason.of("admin.problem.rejected", detail=error)
             raise ConfigurationError(
@@ -520,6 +552,41 @@ class TenantAdmin:
             ) from None
         except IntegrityError:  # another save took the same version number first
             raise StaleConfigurationError(self.tenants.get(slug, fresh=True).version) from None
+        self._record_forced(context, actor, stranded)
+        return context
+
+    def _stranded(
+        self, current: TenantContext | None, config: TenantConfiguration, force: Force
+    ) -> list[dependents.Stranded]:
+        """What ``config`` strands (removed or moved registrations something depends on);
+        RegistrationsInUseError unless ``force`` covers it."""
+        if current is None:  # a new hospital: nothing depends on it yet
+            return []
+        stranded = dependents.stranded_by(self.tenants.database, current.id, current.config, config)
+        if not stranded:
+            return []
+        refused = RegistrationsInUseError(stranded)
+        shown_less = isinstance(force, dependents.Dependents) and refused.depending.more_than(force)
+        if force is False or shown_less:
+            raise refused
+        return stranded
+
+    def _record_forced(
+        self, context: TenantContext, actor: str, stranded: list[dependents.Stranded]
+    ) -> None:
+        """An admin event per registration removed or moved anyway, with what depended on
+        it: the version's audit shows the change, not what it left undelivered."""
+        self.forced = tuple(stranded)
+        if not stranded:
+            return
+        with self.tenants.database.session() as session:
+            for s in stranded:
+                moved = {} if s.moved_to is None else {"moved_to": s.moved_to}
+                action = "registration-removed-anyway" if not moved else "registration-moved-anyway"
+                access.record_event(
+                    session, context.id, actor, action,
+                    registration=s.registration.id, **moved, **s.depending.as_json(),
+                )  # fmt: skip
 
     def _refuse_clients_of_other_hospitals(
         self, slug: str, config: TenantConfiguration, previous: TenantConfiguration | None
@@ -563,10 +630,12 @@ class TenantAdmin:
         self, slug: str, text: str, actor: str, *, force: bool = False
     ) -> TenantContext:
         """Replace the configuration with a file's (:func:`read_yaml`); one naming a version
-        that is no longer in force is refused (StaleFileError) unless ``force``."""
+        that is no longer in force is refused (StaleFileError), and one removing or moving
+        a registration something depends on (RegistrationsInUseError), unless ``force``:
+        one flag for both (the file is applied as it is, what it strands recorded)."""
         file = read_yaml(text)
         exported_from = None if force else file.exported_from
-        return self.save(slug, file.config, actor, exported_from=exported_from)
+        return self.save(slug, file.config, actor, exported_from=exported_from, force=force)
 
 
 def _with_kept_secrets(

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from service.db.base import Database
 from service.db.models import Concern, OutboxEntry
 from service.outbox import DeliveryState
-from service.tenant_config import TenantConfiguration, base_url_key
+from service.tenant_config import EhrRegistration, TenantConfiguration, base_url_key
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class Dependents:
         """Whether more depends on it now than ``shown`` (what an admin was told)."""
         return self.writes > shown.writes or self.cases > shown.cases
 
+    def __add__(self, other: Dependents) -> Dependents:
+        return Dependents(
+            self.pending + other.pending, self.waiting + other.waiting, self.cases + other.cases
+        )
+
     def as_json(self) -> dict[str, int]:
         return {
             "undelivered_writes": self.writes,
@@ -55,20 +60,29 @@ class Dependents:
 
 
 def on_registration(
-    database: Database, tenant_id: int, config: TenantConfiguration, registration_id: str
+    database: Database,
+    tenant_id: int,
+    config: TenantConfiguration,
+    registration_id: str,
+    after: TenantConfiguration | None = None,
 ) -> Dependents:
-    """What depends on the registration ``registration_id`` of ``config`` (none: nothing)."""
+    """What depends on the registration ``registration_id`` of ``config`` (none: nothing).
+
+    ``after``: the configuration that replaces ``config`` (default: ``config`` without the
+    registration). A case stays workable when a registration of ``after`` names its FHIR
+    server (another id replacing this one); the writes through this id do not."""
     registration = next((r for r in config.registrations if r.id == registration_id), None)
     if registration is None:
         return Dependents()
     server = base_url_key(registration.fhir_base_url)
+    remaining = (
+        [r for r in config.registrations if r.id != registration_id]
+        if after is None
+        else after.registrations
+    )
     # a case is worked from any registration of its server (the configuration allows one,
     # but a version stored before that check may name a server twice)
-    served_elsewhere = any(
-        base_url_key(r.fhir_base_url) == server
-        for r in config.registrations
-        if r.id != registration_id
-    )
+    served_elsewhere = any(base_url_key(r.fhir_base_url) == server for r in remaining)
     with database.session() as session:
         by_state: dict[str, int] = dict(
             session.execute(
@@ -102,3 +116,57 @@ def on_registration(
         waiting=by_state.get(DeliveryState.WAITING_AUTHORISATION, 0),
         cases=cases,
     )
+
+
+@dataclass(frozen=True)
+class Stranded:
+    """A registration a change removes (``moved_to`` None) or moves to another FHIR server,
+    and what depends on it."""
+
+    registration: EhrRegistration
+    moved_to: str | None
+    depending: Dependents
+
+    def refusal(self, force: str) -> str:
+        """Why it was not removed or moved (English: the API's and the command's), ending
+        with how to do it anyway (``force``: "send ?force=true", "import the file with
+        --force")."""
+        registration, depending = self.registration, self.depending
+        gone, verb = ("removed", "remove") if self.moved_to is None else ("moved", "move")
+        done = gone if self.moved_to is None else f"moved to {self.moved_to}"
+        writes = _counted(depending.writes, "undelivered write", "undelivered writes")
+        cases = _counted(depending.cases, "open case", "open cases")
+        return (
+            f"registration '{registration.id}' ({registration.fhir_base_url}) was not {done}: "
+            f"{writes} through it ({depending.pending} pending, {depending.waiting} waiting for "
+            f"a sign-in) and {cases} on the worklist depend on it. A save waiting for a sign-in "
+            "is sent only by a later launch through this registration, and a case is worked "
+            f"only from an EHR registered with its FHIR server: once it is {gone} they stay "
+            "undelivered and cannot be worked until a registration with the same id and FHIR "
+            "server is added again. Let the writes be delivered first (`kindreflex outbox "
+            f"waiting` lists those waiting for a sign-in), or {force} to {verb} it anyway"
+        )
+
+
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def stranded_by(
+    database: Database, tenant_id: int, before: TenantConfiguration, after: TenantConfiguration
+) -> list[Stranded]:
+    """The registrations of ``before`` that ``after`` removes or moves (its id kept, another
+    FHIR server) while anything depends on them, counted against ``after``: a case whose
+    server another registration of ``after`` names stays workable."""
+    servers = {r.id: r.fhir_base_url for r in after.registrations}
+    stranded = []
+    for registration in before.registrations:
+        moved_to = servers.get(registration.id)
+        if moved_to is not None and base_url_key(moved_to) == base_url_key(
+            registration.fhir_base_url
+        ):
+            continue  # kept: its launches take over what waits for it
+        depending = on_registration(database, tenant_id, before, registration.id, after)
+        if depending:
+            stranded.append(Stranded(registration, moved_to, depending))
+    return stranded

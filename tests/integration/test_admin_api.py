@@ -17,13 +17,13 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from jwt.algorithms import RSAAlgorithm
 from pydantic import SecretStr
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from service.admin import access
 from service.admin.config import export_yaml
 from service.db.base import Database, utcnow
-from service.db.models import Concern, TenantConfigVersion
-from service.outbox import DeliveryState, NewEntry, enqueue
+from service.db.models import OutboxEntry, TenantConfigVersion
+from service.outbox import DeliveryState
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, TenantConfiguration
@@ -34,11 +34,13 @@ from tests.support.admin import (
     Hospital,
     admin_app,
     bearer,
+    case_on,
     client,
     gent,
     hospital,
     screen_sign_in,
     stored_gent,
+    undelivered_save,
 )
 
 __all__ = ["client", "gent"]  # the admin tests' fixtures
@@ -1001,29 +1003,11 @@ def _undelivered_save(
 ) -> int:
     """A nurse's triage save through ``registration``, undelivered in ``state``."""
     server = f"https://{hospital.slug}.example/fhir"
-    entry = NewEntry(
-        "triage", registration, server, "ended", "Practitioner/nurse-1", "Patient/1", {}
-    )
-    with database.session() as session:
-        row = enqueue(session, hospital.id, entry)
-        row.state = state
-        # not due: the worker leaves it as it is while the test reads the count
-        row.next_attempt_at = utcnow() + timedelta(days=1)
-        session.flush()
-        return row.id
+    return undelivered_save(database, hospital.id, server, state, registration)
 
 
 def _case(database: Database, hospital: Hospital, server: str, status: str = "open") -> None:
-    """A case on the worklist for a patient of ``server``."""
-    with database.session() as session:
-        session.add(
-            Concern(
-                tenant_id=hospital.id, fhir_base_url=server, patient_ref="Patient/7",
-                flag_identifier=f"flag-{server}-{status}", flagged_at=utcnow(),
-                flagged_by="Practitioner/nurse-1", triggers=[], children_birth_dates=[],
-                last_step="step-2", status=status,
-            )
-        )  # fmt: skip
+    case_on(database, hospital.id, server, status)
 
 
 def test_removing_a_registration_with_undelivered_saves_is_refused_by_the_api_unless_forced(
@@ -1099,6 +1083,143 @@ def test_the_api_documents_how_to_remove_a_registration_anyway(client: TestClien
     assert force["schema"]["default"] is False
     assert "undelivered" in force["description"]
     assert "?force=true" in removal["responses"]["409"]["description"].replace("`", "")
+    # and so do the changes that may remove or move a registration along with the rest
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/admin/api/config",
+        "/admin/api/config.yaml",
+        "/admin/api/registrations/{registration_id}",
+    ):
+        put = paths[path]["put"]
+        assert [p["name"] for p in put["parameters"] if p["in"] == "query"] == ["force"], path
+        assert "?force=true" in put["responses"]["409"]["description"].replace("`", ""), path
+
+
+def _events_of_registrations(client: TestClient, headers: dict[str, str]) -> list[Any]:
+    events = client.get("/admin/api/audit", headers=headers).json()["events"]
+    return [e for e in events if e["action"].startswith("registration")]
+
+
+def test_a_whole_configuration_that_removes_a_registration_something_depends_on_is_refused(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Only DELETE of the registration asked: the JSON PUT of the whole configuration
+    without it, or a YAML file without it, removed it in silence, stranding the save
+    waiting for it and the open case of its server (found by review). Now both refuse it
+    as DELETE does (409, the same counts and words), nothing changed, unless ?force=true,
+    which the admin events record."""
+    _undelivered_save(database, gent, DeliveryState.WAITING_AUTHORISATION)
+    _undelivered_save(database, gent, DeliveryState.PENDING)
+    _case(database, gent, "https://az-gent.example/fhir")
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    without = {**before["configuration"], "registrations": []}
+    file = export_yaml(stored_gent(database).config.model_copy(update={"registrations": []}))
+
+    for refused in (
+        client.put("/admin/api/config", headers=headers, json=without),
+        client.put("/admin/api/config.yaml", headers=headers, content=file.encode()),
+    ):
+        assert refused.status_code == 409, refused.text
+        (issue,) = refused.json()["issue"]
+        assert issue["code"] == "conflict"
+        said = issue["diagnostics"]
+        assert "registration 'ehr' (https://az-gent.example/fhir) was not removed" in said
+        assert "2 undelivered writes through it (1 pending, 1 waiting for a sign-in)" in said
+        assert "1 open case on the worklist depend on it" in said
+        assert "or send ?force=true to remove it anyway" in said
+    assert client.get("/admin/api/config", headers=headers).json() == before
+    assert _events_of_registrations(client, headers) == []
+
+    forced = client.put("/admin/api/config.yaml?force=true", headers=headers, content=file.encode())
+
+    assert forced.status_code == 200, forced.text
+    assert stored_gent(database).config.registrations == []
+    (event,) = _events_of_registrations(client, headers)
+    assert event["action"] == "registration-removed-anyway"
+    assert event["detail"] == {
+        "registration": "ehr", "undelivered_writes": 2, "pending": 1,
+        "waiting_for_sign_in": 1, "open_cases": 1,
+    }  # fmt: skip
+
+
+def test_a_registration_moved_to_another_fhir_server_is_refused_like_its_removal(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The same id naming another FHIR server strands the old server's saves and cases as
+    its removal does: a launch takes over only the saves of its own id and server. Refused
+    through the registration's PUT and the whole configuration, unless ?force=true."""
+    _undelivered_save(database, gent, DeliveryState.WAITING_AUTHORISATION)
+    _case(database, gent, "https://az-gent.example/fhir")
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    (registration,) = before["configuration"]["registrations"]
+    moved = {**registration, "fhir_base_url": "https://new.example/fhir", "client_secret": "s"}
+    whole = {**before["configuration"], "registrations": [moved]}
+
+    for refused in (
+        client.put("/admin/api/registrations/ehr", headers=headers, json=moved),
+        client.put("/admin/api/config", headers=headers, json=whole),
+    ):
+        assert refused.status_code == 409, refused.text
+        (issue,) = refused.json()["issue"]
+        said = issue["diagnostics"]
+        assert (
+            "registration 'ehr' (https://az-gent.example/fhir) was not moved to "
+            "https://new.example/fhir: 1 undelivered write through it (0 pending, 1 waiting "
+            "for a sign-in) and 1 open case on the worklist depend on it"
+        ) in said
+        assert "or send ?force=true to move it anyway" in said
+    assert client.get("/admin/api/config", headers=headers).json() == before
+    # the same server written another way is no move
+    same = {**registration, "fhir_base_url": "https://AZ-Gent.example/fhir/"}
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=same).status_code == 200
+
+    forced = client.put("/admin/api/registrations/ehr?force=true", headers=headers, json=moved)
+
+    assert forced.status_code == 200, forced.text
+    (stored,) = stored_gent(database).config.registrations
+    assert stored.fhir_base_url == "https://new.example/fhir"
+    (event,) = _events_of_registrations(client, headers)
+    assert event["action"] == "registration-moved-anyway"
+    assert event["detail"]["moved_to"] == "https://new.example/fhir"
+    assert event["detail"]["open_cases"] == 1
+
+
+def test_a_configuration_replacing_a_registration_by_another_of_its_server_counts_the_new_one(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """A file removing registration ``ehr`` and adding ``epd-2`` of the same FHIR server:
+    its open cases are still worked from launches of ``epd-2``, but a save waiting for a
+    sign-in through ``ehr`` is not taken over by them. The count is made against the new
+    configuration: the cases do not count, the save does; with the save delivered the
+    file is taken at once."""
+    entry = _undelivered_save(database, gent, DeliveryState.WAITING_AUTHORISATION)
+    _case(database, gent, "https://az-gent.example/fhir")
+    headers = bearer(database, gent.id)
+    before = client.get("/admin/api/config", headers=headers).json()
+    (registration,) = before["configuration"]["registrations"]
+    replaced = {**registration, "id": "epd-2", "client_id": "kindreflex-2", "client_secret": "s"}
+    whole = {**before["configuration"], "registrations": [replaced]}
+
+    refused = client.put("/admin/api/config", headers=headers, json=whole)
+
+    assert refused.status_code == 409, refused.text
+    (issue,) = refused.json()["issue"]
+    assert (
+        "1 undelivered write through it (0 pending, 1 waiting for a sign-in) and 0 open cases "
+        "on the worklist depend on it"
+    ) in issue["diagnostics"]
+    with database.session() as session:
+        session.execute(
+            update(OutboxEntry).where(OutboxEntry.id == entry).values(state=DeliveryState.DELIVERED)
+        )
+
+    taken = client.put("/admin/api/config", headers=headers, json=whole)
+
+    assert taken.status_code == 200, taken.text
+    assert [r.id for r in stored_gent(database).config.registrations] == ["epd-2"]
+    assert _events_of_registrations(client, headers) == []
 
 
 def _removal_page(client: TestClient) -> tuple[str, dict[str, str]]:

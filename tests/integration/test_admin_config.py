@@ -25,6 +25,7 @@ from service.admin.config import StaleConfigurationError, TenantAdmin
 from service.db.base import Database
 from service.db.models import AdminBootstrapToken, TenantConfigVersion
 from service.fhir import terminology
+from service.outbox import DeliveryState
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import (
@@ -35,6 +36,7 @@ from service.tenant_config import (
     TenantConfiguration,
     Wording,
 )
+from tests.support.admin import case_on, undelivered_save
 
 KINDREFLEX = [sys.executable, "-m", "service.cli"]
 KEY = "config-test-deployment-key, 32 characters or more"
@@ -357,6 +359,72 @@ def test_an_import_of_an_export_another_admin_changed_since_does_not_undo_that_c
     stored = directory.get("az-sint-jan", fresh=True).config
     assert stored.hooks.adult_age == 16  # undone, as asked
     assert stored.plan.text(Step.STEP_1, "title", "nl") == "Kinderen thuis?"
+
+
+def test_an_import_removing_or_moving_a_registration_something_depends_on_is_refused(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """Removing a registration on the screen or the API asks first when nurses' saves or
+    open cases depend on it; `config import` of a file without it, or with its id naming
+    another FHIR server, removed or moved it in silence (found by review). Now refused, the
+    command saying which registration and what depends on it, nothing changed, unless
+    --force, which says what it left and records it in the admin events. A registration
+    of the same server added in its place keeps the cases workable, not the saves."""
+    directory = tenants(database)
+    context = directory.save("az-sint-jan", a_full_configuration(), actor="set-up")
+    server = "https://epd.example/fhir"
+    undelivered_save(database, context.id, server, DeliveryState.WAITING_AUTHORISATION, "epd")
+    undelivered_save(database, context.id, server, DeliveryState.PENDING, "epd")
+    case_on(database, context.id, server)
+    exported = kindreflex(database_url, "config", "export", "--tenant", "az-sint-jan").stdout
+    removed, moved, replaced = (tmp_path / f"{n}.yaml" for n in ("removed", "moved", "replaced"))
+    removed.write_text(re.sub(r"\nregistrations:\n.*?\nhooks:", "\nregistrations: []\nhooks:",
+                              exported, flags=re.S), encoding="utf-8")  # fmt: skip
+    moved.write_text(exported.replace(server, "https://epd-nieuw.example/fhir"), encoding="utf-8")
+    replaced.write_text(exported.replace("id: epd", "id: epd-2"), encoding="utf-8")
+
+    def import_(file: Path, *force: str) -> subprocess.CompletedProcess[str]:
+        return kindreflex(
+            database_url, "config", "import", str(file), "--tenant", "az-sint-jan", *force
+        )
+
+    refused = import_(removed)
+    assert refused.returncode == 1
+    said = [line for line in refused.stderr.splitlines() if line.startswith(str(removed))]
+    assert said[0] == f"{removed}: nothing was changed:"
+    assert said[1].startswith(
+        f"{removed}: registration 'epd' ({server}) was not removed: 2 undelivered writes "
+        "through it (1 pending, 1 waiting for a sign-in) and 1 open case on the worklist "
+        "depend on it."
+    )
+    assert said[1].endswith("or import the file with --force to remove it anyway")
+    refused = import_(moved)
+    assert refused.returncode == 1
+    assert (
+        f"registration 'epd' ({server}) was not moved to https://epd-nieuw.example/fhir: 2 "
+        "undelivered writes"
+    ) in refused.stderr
+    refused = import_(replaced)  # the cases are still worked through epd-2; the saves not
+    assert refused.returncode == 1
+    assert "(1 pending, 1 waiting for a sign-in) and 0 open cases" in refused.stderr
+    assert version_count(database) == 1
+    assert directory.get("az-sint-jan", fresh=True).config == a_full_configuration()
+
+    forced = import_(removed, "--force")
+
+    assert forced.returncode == 0, forced.stderr
+    assert (
+        f"{removed}: registration 'epd' ({server}) removed anyway: 2 undelivered write(s) "
+        "through it and 1 open case(s) depended on it"
+    ) in forced.stderr
+    assert directory.get("az-sint-jan", fresh=True).config.registrations == []
+    (event,) = access.events(database, context.id)
+    assert event.action == "registration-removed-anyway"
+    assert event.actor.startswith("kindreflex config import")
+    assert event.detail == {
+        "registration": "epd", "undelivered_writes": 2, "pending": 1, "waiting_for_sign_in": 1,
+        "open_cases": 1,
+    }  # fmt: skip
 
 
 def test_a_file_without_a_version_is_applied_whatever_version_is_in_force(

@@ -25,6 +25,7 @@ from service.admin import access
 from service.admin.config import export_yaml
 from service.db.base import Database, utcnow
 from service.db.models import AdminSession
+from service.outbox import DeliveryState
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, CdsIssuer, TenantConfiguration
@@ -34,11 +35,13 @@ from tests.support.admin import (
     Hospital,
     assert_tied,
     bearer,
+    case_on,
     client,
     field_tag,
     gent,
     screen_sign_in,
     stored_gent,
+    undelivered_save,
 )
 from tests.support.cds import EHR_KEY
 
@@ -900,3 +903,107 @@ def test_an_issuers_private_key_in_a_yaml_file_is_refused_next_to_the_text(
     assert "La clé 1 du JWK Set contient une clé privée (d) : seules les clés publiques" in message
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
+
+
+def _in_use_form(page: str) -> dict[str, str]:
+    """The fields the refusal adds to the YAML box's form: the counts it showed, the box."""
+    found = re.search(r'<div class="notice" id="yaml-in-use">(.*?)</div>', page, re.S)
+    assert found is not None, "no question in the YAML box's form"
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', found[1]))
+    assert '<input type="checkbox" name="force" value="yes" id="yaml-force">' in found[1]
+    return fields
+
+
+def test_a_yaml_text_removing_a_registration_something_depends_on_asks_first(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The box replaced the configuration by a text without the registration, no question
+    asked, while the registration's own "Verwijderen" asks (found by review): the save
+    waiting for it and the case of its server stranded. Now the text is refused, in the
+    page's language and with the removal's words, nothing saved, the text kept, and a box
+    to tick saves it; more depending on it by then asks again."""
+    server = "https://az-gent.example/fhir"
+    undelivered_save(database, gent.id, server, DeliveryState.WAITING_AUTHORISATION, "ehr")
+    case_on(database, gent.id, server)
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    without = export_yaml(before.config.model_copy(update={"registrations": []}), before.version)
+
+    refused = client.post("/admin/config", data={**hidden, "yaml": without})
+
+    assert refused.status_code == 409
+    (message,) = _messages(refused.text)
+    assert message == (
+        "Er werd niets opgeslagen: deze wijziging verwijdert registratie ehr "
+        f"({server}), terwijl er nog opslagen of open dossiers van afhangen. Lees bij het "
+        "formulier wat ervan afhangt."
+    )
+    assert "1 opslag die wacht op een aanmelding" in refused.text
+    assert "1 open dossier op de werklijst" in refused.text
+    assert "registrations: []" in refused.text  # the text kept
+    fields = _in_use_form(refused.text)
+    assert (fields["shown_writes"], fields["shown_cases"]) == ("1", "1")
+    french = client.post("/admin/config", data={**hidden, "yaml": without}, headers=FRENCH)
+    assert "1 saisie enregistrée qui attend une connexion" in french.text
+    assert "Enregistrer tout de même" in french.text
+    assert stored_gent(database).version == before.version
+    # a save waiting since the question was shown: asked again, with the new count
+    undelivered_save(database, gent.id, server, DeliveryState.PENDING, "ehr")
+    confirmed = {**hidden, "yaml": without, **fields, "force": "yes"}
+    again = client.post("/admin/config", data=confirmed)
+    assert again.status_code == 409
+    assert "1 opslag die nog aan de FHIR-server geleverd wordt" in again.text
+    assert stored_gent(database).version == before.version
+
+    confirmed = {**hidden, "yaml": without, **_in_use_form(again.text), "force": "yes"}
+    saved = client.post("/admin/config", data=confirmed, follow_redirects=False)
+
+    assert saved.status_code == 303
+    assert stored_gent(database).config.registrations == []
+    (event,) = [e for e in access.events(database, gent.id) if e.action.startswith("registration")]
+    assert event.action == "registration-removed-anyway"
+    assert event.detail["undelivered_writes"] == 2
+
+
+def test_a_registration_moved_to_another_fhir_server_in_its_form_asks_first(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The registration's form saved with another FHIR server (the same id) strands the
+    saves waiting for it as its removal does: refused with the same question, in the
+    form, which a ticked box saves."""
+    undelivered_save(
+        database,
+        gent.id,
+        "https://az-gent.example/fhir",
+        DeliveryState.WAITING_AUTHORISATION,
+        "ehr",
+    )
+    hidden = screen_sign_in(client, database, gent)
+    form = registration_form(
+        hidden, id="ehr", name="EPD", fhir_base_url="https://nieuw.example/fhir",
+        client_auth="client_secret_basic", client_secret="nieuw-geheim",
+    )  # fmt: skip
+
+    refused = client.post("/admin/registrations", data=form)
+
+    assert refused.status_code == 409
+    assert (
+        "deze wijziging verplaatst registratie ehr van https://az-gent.example/fhir naar "
+        "https://nieuw.example/fhir"
+    ) in " ".join(_messages(refused.text))
+    notice = re.search(r'<div class="notice" id="ehr-in-use">(.*?)</div>', refused.text, re.S)
+    assert notice is not None
+    assert "1 opslag die wacht op een aanmelding" in notice[1]
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', notice[1]))
+    assert stored_gent(database).config.registrations[0].fhir_base_url.startswith("https://az")
+
+    saved = client.post(
+        "/admin/registrations", data={**form, **fields, "force": "yes"}, follow_redirects=False
+    )
+
+    assert saved.status_code == 303
+    assert (
+        stored_gent(database).config.registrations[0].fhir_base_url == "https://nieuw.example/fhir"
+    )
+    (event,) = [e for e in access.events(database, gent.id) if e.action.startswith("registration")]
+    assert event.action == "registration-moved-anyway"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +17,9 @@ from pydantic import SecretStr
 
 from service.admin import access
 from service.app import create_app
-from service.db.base import Database
+from service.db.base import Database, utcnow
+from service.db.models import Concern
+from service.outbox import DeliveryState, NewEntry, enqueue
 from service.settings import load_settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
 from service.tenant_config import EhrRegistration, TenantConfiguration
@@ -125,3 +128,32 @@ def assert_tied(page: str, tag: str, field_id: str) -> str:
     assert "data-error-summary" in page[page.index('<div class="error-summary"') :][:200]
     assert f'<a href="#{field_id}">' in summary
     return message_of(page, field_id)
+
+
+def undelivered_save(
+    database: Database, tenant_id: int, server: str, state: DeliveryState, registration: str
+) -> int:
+    """A nurse's triage save on ``server`` through ``registration``, undelivered in ``state``."""
+    entry = NewEntry(
+        "triage", registration, server, "ended", "Practitioner/nurse-1", "Patient/1", {}
+    )
+    with database.session() as session:
+        row = enqueue(session, tenant_id, entry)
+        row.state = state
+        # not due: the worker leaves it as it is while the test reads the count
+        row.next_attempt_at = utcnow() + timedelta(days=1)
+        session.flush()
+        return row.id
+
+
+def case_on(database: Database, tenant_id: int, server: str, status: str = "open") -> None:
+    """A case on the worklist for a patient of ``server``."""
+    with database.session() as session:
+        session.add(
+            Concern(
+                tenant_id=tenant_id, fhir_base_url=server, patient_ref="Patient/7",
+                flag_identifier=f"flag-{server}-{status}", flagged_at=utcnow(),
+                flagged_by="Practitioner/nurse-1", triggers=[], children_birth_dates=[],
+                last_step="step-2", status=status,
+            )
+        )  # fmt: skip
