@@ -155,16 +155,17 @@ def _counted(n: int, one: str, many: str) -> str:
 def stranded_by(
     database: Database, tenant_id: int, before: TenantConfiguration, after: TenantConfiguration
 ) -> list[Stranded]:
-    """The registrations of ``before`` that ``after`` removes or moves (its id kept, another
-    FHIR server) while anything depends on them, counted against ``after``: a case whose
+    """The registrations of ``before`` that ``after`` removes or moves (its id kept, its FHIR
+    base written otherwise) while anything depends on them, counted against ``after``: a case whose
     server another registration of ``after`` names stays workable."""
     servers = {r.id: r.fhir_base_url for r in after.registrations}
     stranded = []
     for registration in before.registrations:
         moved_to = servers.get(registration.id)
-        if moved_to is not None and base_url_key(moved_to) == base_url_key(
-            registration.fhir_base_url
-        ):
+        # the same server written another way moves it too: a launch takes over the saves
+        # queued with the base as written (Outbox.adopt_session), and a patient's saves keep
+        # their order by it
+        if moved_to == registration.fhir_base_url:
             continue  # kept: its launches take over what waits for it
         depending = on_registration(database, tenant_id, before, registration.id, after)
         if depending:

@@ -1171,9 +1171,16 @@ def test_a_registration_moved_to_another_fhir_server_is_refused_like_its_removal
         ) in said
         assert "or send ?force=true to move it anyway" in said
     assert client.get("/admin/api/config", headers=headers).json() == before
-    # the same server written another way is no move
-    same = {**registration, "fhir_base_url": "https://AZ-Gent.example/fhir/"}
-    assert client.put("/admin/api/registrations/ehr", headers=headers, json=same).status_code == 200
+    # the same server written another way moves the saves waiting for it just the same: a
+    # launch takes over the saves queued with the base as written
+    same = {**registration, "fhir_base_url": "https://AZ-Gent.example/fhir"}
+    respelled = client.put("/admin/api/registrations/ehr", headers=headers, json=same)
+    assert respelled.status_code == 409, respelled.text
+    # a trailing slash is no other spelling: the base is stored without it
+    slashed = {**registration, "fhir_base_url": "https://az-gent.example/fhir/"}
+    assert (
+        client.put("/admin/api/registrations/ehr", headers=headers, json=slashed).status_code == 200
+    )
 
     forced = client.put("/admin/api/registrations/ehr?force=true", headers=headers, json=moved)
 
