@@ -29,6 +29,7 @@ from service.db.models import Concern, OutboxEntry
 from service.fhir import mapping, terminology
 from service.fhir.client import (
     FhirClient,
+    FhirRejected,
     Resource,
     SearchPages,
     identifier_search,
@@ -686,6 +687,37 @@ class CaseOnAnotherServerError(CaseNotOnServerError):
         self.fhir_base_url = fhir_base_url
 
 
+class UnknownEncounterError(LookupError):
+    """A step names a visit (``encounter_ref``) that is no Encounter of the case's patient
+    on the FHIR server: its finding and referral would be filed in another patient's visit,
+    or name one that is not there (:func:`_check_encounter`)."""
+
+
+def _check_encounter(client: FhirClient, record: CaseRecord, encounter_ref: str | None) -> None:
+    """Refuses a step's own ``encounter_ref`` unless it is an Encounter of the case's patient
+    (its ``subject``, relative or absolute on this server); the case's encounter, or none,
+    needs no read. Any reference the API was given was written as the finding's and the
+    referral's ``encounter`` (found by review): another patient's visit put the team's
+    decision about these children in that patient's record."""
+    if encounter_ref is None or encounter_ref == record.encounter_ref:
+        return
+    try:
+        encounter = client.read(*encounter_ref.split("/", 1))
+    except FhirRejected as refused:
+        if refused.status not in (404, 410):
+            raise  # a token refused is the launch's to say, not a wrong visit
+        encounter = {}
+    subject = encounter.get("subject")
+    reference = subject.get("reference") if isinstance(subject, Mapping) else None
+    own = (record.patient_ref, f"{client.base_url.rstrip('/')}/{record.patient_ref}")
+    if reference not in own:
+        raise UnknownEncounterError(
+            f"The encounter {encounter_ref} is not a visit of this patient on the FHIR "
+            "server: name one of the patient's own visits, or none (the visit that raised "
+            "the concern)."
+        )
+
+
 class NoReferralError(LookupError):
     """The case has no referral on the FHIR server that Kindreflex follows up (no step 6
     delivered yet, or the one to change has a status someone else set, such as draft)."""
@@ -904,6 +936,7 @@ class Casework:
         concern = self._concern(ctx, case_id, expected_version)
         with self._client(ctx, change=True) as client:
             record, case = self._read(ctx, concern, client)
+            _check_encounter(client, record, step.encounter_ref)
         _whole(record)
         now = local_now()  # the protocol's "today" (a contact, a follow-up) is Belgian
         author = ctx.user.fhir_user

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Concern, OutboxEntry
 from service.fhir import terminology
+from service.fhir.mapping import FHIR_ID
 from service.local_time import LOCAL_ZONE, local
 from service.partners import Partner, PartnerDirectory
 from service.protocol import (
@@ -484,7 +485,13 @@ class _Input(BaseModel):
         description="The children concerned (their refs), each once; empty: all.",
     )
     note: OptionalText = Field(None, max_length=4000)
-    encounter_ref: OneLine | None = Field(None, max_length=200)
+    encounter_ref: OneLine | None = Field(
+        None,
+        max_length=200,
+        pattern=rf"^Encounter/{FHIR_ID.pattern}$",
+        description="The visit of the case's patient the step was recorded in, when not the "
+        "one that raised the concern (Encounter/<id>); checked on the FHIR server.",
+    )
 
     @field_validator("focus")
     @classmethod

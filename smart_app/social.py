@@ -38,6 +38,7 @@ from service.casework import (
     NoReferralError,
     SaveOnItsWayError,
     StepResult,
+    UnknownEncounterError,
     UnknownReferralError,
 )
 from service.db.base import utcnow
@@ -584,6 +585,7 @@ _REFUSALS = (
     CloseRefusedError,
     NoReferralError,
     UnknownReferralError,
+    UnknownEncounterError,
     SaveOnItsWayError,
     FhirError,
     ReauthorisationRequired,
@@ -595,7 +597,7 @@ def _refusal(error: Exception) -> tuple[int, object]:
     match error:
         case ProtocolError():
             return 422, {"code": error.code.value, "message": error.message}
-        case social.CatalogueError() | UnknownReferralError():
+        case social.CatalogueError() | UnknownReferralError() | UnknownEncounterError():
             return 422, {"message": str(error)}
         case social.CaseNotFoundError():
             return 404, str(error)

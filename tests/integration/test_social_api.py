@@ -31,7 +31,7 @@ from service.protocol import (
     latest_follow_up,
 )
 from service.tenant_config import EhrRegistration
-from tests.support.casework import HandedOffCase, save_triage
+from tests.support.casework import HandedOffCase, new_visit, patient_at_triage, save_triage
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
 from tests.support.workshop import WORKSHOP_FACTORS
@@ -990,3 +990,35 @@ def test_the_social_workers_text_reaches_fhir_clean_and_a_garbled_reference_is_r
     assert finding.patient_explanation is None
     assert finding.team_members == ("dr. Janssens",)
     assert finding.key_persons[0].text == "buurvrouw"
+
+
+def test_a_step_names_only_a_visit_of_the_cases_patient(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The API's ``encounter_ref`` (the visit a step was recorded in, when not the one that
+    raised the concern) was written as the finding's and the referral's ``encounter``
+    whatever it named: another patient's visit put the team's decision about these children
+    in that patient's record (found by review). Now it must be an Encounter of the case's
+    patient on the FHIR server; anything else is refused, nothing written."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    _, someone_elses = patient_at_triage(case.base_url)
+    decision = {
+        "row_version": case.row_version,
+        "decision": "concerning-unwilling",
+        "consultations": ["colleague"],
+        "discussed_with_patient": True,
+    }
+    for wrong in (f"Encounter/{someone_elses}", "Encounter/no-such-visit", case.patient):
+        refused = case.send("step-4", {**decision, "encounter_ref": wrong})
+        assert refused.status_code == 422, (wrong, refused.text)
+        assert "encounter" in refused.text
+    assert _step_4_findings(case) == []
+
+    later_visit = f"Encounter/{new_visit(case.base_url, case.patient)}"
+    decided = case.send("step-4", {**decision, "encounter_ref": later_visit})
+    assert decided.status_code == 200, decided.text
+    (recorded,) = _step_4_findings(case)
+    assert recorded["encounter"] == {"reference": later_visit}
+    assert validate(recorded) == []
