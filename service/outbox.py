@@ -9,6 +9,13 @@ transaction as everything else, and only then delivers it:
 * otherwise by the worker (:class:`OutboxWorker`), which retries due entries with capped
   exponential backoff and jitter, across restarts (all state is in the database).
 
+One server's outage delays no other's. One worker delivers for every hospital and FHIR
+server of the instance, a batch's entries one after the other: once a server does not take
+an attempt (down, not answering, throttling: ``Delivery.unavailable``), the worker sends it
+nothing more in that cycle. Its other entries of the batch wait for their backoff unsent
+(not counted as attempts), and the next batch is claimed without them
+(:meth:`Outbox.run_once`). A server that hangs costs a cycle one timeout, not one per entry.
+
 Exactly once. An instance *claims* entries with a lease (``lease_owner``/``lease_until``)
 in one UPDATE whose subquery uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite takes
 its write lock at the start of the statement), so two instances never deliver the same
@@ -290,19 +297,23 @@ class Delivery:
     raced: bool = False  # a race at delivery lost, or a passing refusal no version explains
     retry_after: float | None = None  # a throttling server's Retry-After (seconds), if pending
     in_doubt: bool = False  # the transaction was sent and not answered: it may still land
+    #: the FHIR server did not take the attempt (down, not answering, throttling): the
+    #: worker sends nothing more to it in this cycle (:meth:`Outbox.run_once`)
+    unavailable: bool = False
 
 
 def _in_doubt(entry_id: int, error: FhirUnanswered) -> Delivery:
     """``pending``, the transaction *in doubt*: sent (or perhaps sent) and not answered, it
     may be applied yet, after the error (:meth:`Outbox._record` waits for it to settle)."""
-    return Delivery(entry_id, DeliveryState.PENDING, f"in doubt: {error}", in_doubt=True)
+    detail = f"in doubt: {error}"
+    return Delivery(entry_id, DeliveryState.PENDING, detail, in_doubt=True, unavailable=True)
 
 
 def _not_now(entry_id: int, error: FhirUnavailable) -> Delivery:
     """``pending``: the server is down, slow or throttling; a throttling server's
     ``Retry-After`` (:class:`FhirThrottled`) sets when the entry is tried again."""
     wait = error.retry_after if isinstance(error, FhirThrottled) else None
-    return Delivery(entry_id, DeliveryState.PENDING, str(error), retry_after=wait)
+    return Delivery(entry_id, DeliveryState.PENDING, str(error), retry_after=wait, unavailable=True)
 
 
 def enqueue(session: Session, tenant_id: int, entry: NewEntry) -> OutboxEntry:
@@ -535,24 +546,41 @@ class Outbox:
         followed by another (up to ``limit`` entries in all): a patient's later save is
         claimed once the earlier one is delivered.
 
+        One worker serves every hospital and FHIR server of the instance, so a server that
+        did not take an attempt (``Delivery.unavailable``: down, not answering, throttling)
+        is sent nothing more in this cycle: its other entries of the batch wait for their
+        backoff unsent (:meth:`_postpone`), and the next batch is claimed without its
+        entries. A server that hangs costs the cycle one timeout, not one per entry: the
+        saves for the others (another hospital, a second FHIR server) waited batch ×
+        timeout behind it, and a batch of its entries alone left them to the next cycle.
+
         Once ``stopping`` says so (the instance shuts down: a rollout, a node drained), the
         entries of the batch not yet begun are released for another instance at once. They
         stayed leased by the stopped instance for minutes (the lease covers the whole batch,
         each running into its timeout), the saves of those patients with them (found by
         review)."""
         deliveries: list[Delivery] = []
+        unavailable: dict[str, Delivery] = {}  # FHIR base URL → the attempt it did not take
         while len(deliveries) < limit and not stopping():
             batch: list[Delivery] = []
-            claimed = self._claim(None, limit=limit - len(deliveries))
+            elsewhere = (
+                OutboxEntry.fhir_base_url.not_in(tuple(unavailable)) if unavailable else None
+            )
+            claimed = self._claim(elsewhere, limit=limit - len(deliveries))
             for turn, entry in enumerate(claimed):
                 if not self._may_begin(claimed, turn, stopping):
                     break
-                if self._renew(entry) and (delivery := self._deliver_in_batch(entry)):
+                if cause := unavailable.get(entry.fhir_base_url):
+                    self._postpone(entry, cause)  # it would wait for the same server
+                elif self._renew(entry) and (delivery := self._deliver_in_batch(entry)):
                     batch.append(delivery)
+                    if delivery.unavailable:
+                        unavailable[entry.fhir_base_url] = delivery
             with self._turns:
                 self._unbegun.pop(claimed[0].lease if claimed else "", None)
             deliveries += batch
-            if not any(d.state is DeliveryState.DELIVERED for d in batch):
+            # a server found unavailable is left out of the next claim: the others' turn
+            if not any(d.state is DeliveryState.DELIVERED or d.unavailable for d in batch):
                 break
         return deliveries
 
@@ -736,17 +764,33 @@ class Outbox:
                 for row in rows
             ]
 
-    def _release(self, entries: Sequence[_Claimed]) -> None:
-        """Give claimed entries up unattempted: due now for any instance, their claim not
-        counted as an attempt (``_claim`` counted it)."""
+    def _release(self, entries: Sequence[_Claimed], *, due_at: datetime | None = None) -> None:
+        """Give claimed entries up unattempted: due again as they were (now, for any
+        instance) or at ``due_at``, their claim not counted as an attempt (``_claim``
+        counted it)."""
+        due = {} if due_at is None else {"next_attempt_at": due_at}
         with self._database.session() as session:
             for entry in entries:
                 session.execute(
                     update(OutboxEntry)
                     .where(OutboxEntry.id == entry.id, OutboxEntry.lease_owner == entry.lease)
-                    .values(lease_owner=None, lease_until=None, attempts=OutboxEntry.attempts - 1)
+                    .values(
+                        lease_owner=None, lease_until=None, attempts=OutboxEntry.attempts - 1, **due
+                    )
                     .execution_options(synchronize_session=False)
                 )
+
+    def _postpone(self, entry: _Claimed, cause: Delivery) -> None:
+        """Give a claimed entry up unsent until its backoff has passed: its FHIR server did
+        not take an earlier attempt of the cycle (``cause``), and sending it would only wait
+        for the server too, keeping the other servers' entries waiting (:meth:`run_once`).
+        Not an attempt: the backoff stays its own, so one entry the server cannot take (a
+        transaction it is too slow for) does not keep the server's others back (its own
+        grows with its attempts); a throttling server's ``Retry-After`` holds for it too."""
+        wait = self._retry_delay(entry.attempts - 1, cause.retry_after)
+        self._release([entry], due_at=self._clock() + timedelta(seconds=wait))
+        fields = {"outbox_id": entry.id, "after": cause.entry_id}
+        log.info("outbox entry postponed: its FHIR server is unavailable", extra={"fields": fields})
 
     def _release_hold(self, entry_id: int) -> None:
         """The saving request did not deliver its entry: the worker need not wait

@@ -324,6 +324,43 @@ def test_a_stop_whose_release_the_database_does_not_take_still_stops(
     assert [outbox_entry(database, i).state for i in ids] == ["pending"] * 3
 
 
+def test_a_fhir_server_that_does_not_answer_holds_up_no_other_hospitals_deliveries(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """One worker delivers for every hospital and FHIR server of the instance. Hospital A's
+    FHIR server hangs: it takes each connection and never answers (a real socket: sekmet
+    cannot be made to hang on demand). A's entries are due first (retries, saves whose
+    own attempt failed); hospital B's is due behind them, its FHIR server (sekmet) up.
+    Each of A's entries waited out the whole timeout, one after the other: B's save
+    waited batch × timeout (20 × 5 s with the defaults), and a batch of A's alone was a
+    cycle without a delivery, B's left to the next one. Now the first of A's left
+    unanswered is enough: A's others wait for their next attempt unsent, and B's save is
+    delivered in the same cycle, after that one timeout."""
+    with _silent_fhir_server() as (hung_url, _):
+        hung = make_tenant(database, "a", hung_url)
+        up = make_tenant(database, "b", fhir_server.base_url)
+        stuck = [_queue_read(database, hung, hung_url, "s1") for _ in range(3)]
+        waiting = _queue_read(database, up, fhir_server.base_url, "s2")
+        clock = Clock()
+        outbox = make_outbox(database, clock, timeout=1.0)
+
+        deliveries = outbox.run_once(limit=3)  # A's fill the batch (20 in the worker)
+
+        states = {i: outbox_entry(database, i) for i in stuck}
+    assert [(d.entry_id, d.state) for d in deliveries] == [
+        (stuck[0], DeliveryState.PENDING),  # the one timeout B's save waited for
+        (waiting, DeliveryState.DELIVERED),
+    ]
+    assert len(_events(database, fhir_server.base_url, waiting)) == 1
+    assert (states[stuck[0]].last_error or "").startswith("in doubt: ")
+    assert states[stuck[0]].attempts == 1
+    for entry_id in stuck[1:]:  # not sent, so no attempt; tried again after their backoff
+        entry = states[entry_id]
+        assert (entry.state, entry.lease_owner, entry.attempts) == ("pending", None, 0)
+        assert entry.next_attempt_at > clock.now
+    assert outbox.run_once() == []  # nothing of A's is sent again at once
+
+
 def _enqueue(
     database: Database, tenant: TenantContext, base_url: str, bundle: Any, **kw: Any
 ) -> int:

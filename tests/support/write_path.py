@@ -54,14 +54,16 @@ def make_outbox(
     *,
     heartbeat_seconds: float = 15.0,
     lease_renewal_failures: Counter | None = None,
+    timeout: float = 5.0,
 ) -> Outbox:
     """An outbox whose retries are never due before the test moves the clock (backoff ≥ 15 s),
-    wired as the app wires it (``service.app``: a refused social save is undone)."""
+    wired as the app wires it (``service.app``: a refused social save is undone). ``timeout``:
+    KINDREFLEX_FHIR_TIMEOUT_SECONDS (a test waiting for one to pass makes it short)."""
     tokens = tokens or LoopbackTokens()
     outbox = Outbox(
         database,
         tokens,
-        timeout=5.0,
+        timeout=timeout,
         retry_base=30.0,
         clock=clock,
         heartbeat_seconds=heartbeat_seconds,
