@@ -68,6 +68,7 @@ from service.fhir.client import (
 from service.fhir.mapping import (
     AddedNote,
     UnreadableResourceError,
+    referral_notes,
     referral_performer,
     referral_target,
     request_status,
@@ -489,6 +490,24 @@ class ShownReferral:
     @property
     def authored(self) -> datetime | None:
         return _authored(self.request)
+
+    @property
+    def notes(self) -> tuple[tuple[AddedNote, datetime | None], ...]:
+        """The notes added since it was made (``mapping.referral_notes``), each with its
+        moment when it gives one: why its status changed, what the facility said. They were
+        written to the FHIR server and shown nowhere, not even to a colleague taking the
+        case over (found by review)."""
+        return tuple((note, _instant(note.time)) for note in referral_notes(self.request))
+
+
+def _instant(written: str | None) -> datetime | None:
+    """A FHIR dateTime that names a moment (with its offset); None for a day alone or none,
+    which the page then writes as written."""
+    try:
+        moment = datetime.fromisoformat(written) if written else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
 
 
 _FOLLOWED_STATUSES = frozenset(status.value for status in ReferralStatus)

@@ -1370,14 +1370,39 @@ def added_notes(resource: Mapping[str, Any]) -> tuple[AddedNote, ...]:
     is the recorder's own), in the order the resource lists them."""
     found = []
     for note in _notes_split(resource.get("note", []))[1]:
-        text, time = note.get("text"), note.get("time")
-        if not isinstance(text, str):
+        added = _added_note(note)
+        if added is None:
             raise _MalformedError("note has an annotation without text")
-        by = note.get("authorReference") or {}
-        named = (by.get("reference"), by.get("display"), note.get("authorString"))
-        author = next((name for name in named if isinstance(name, str) and name), None)
-        found.append(AddedNote(text, author, time if isinstance(time, str) else None))
+        found.append(added)
     return tuple(found)
+
+
+def referral_notes(request: Mapping[str, Any]) -> tuple[AddedNote, ...]:
+    """The notes added to a referral ServiceRequest after it was made, as it lists them
+    (each added last: oldest first), each saying who and when: every status change's "why,
+    or what the facility said" (:func:`referral_with_status`) and the EHR's users' notes.
+    The notes it was made with (:func:`referral_service_request`: why the patient was not
+    informed, the step's note) name neither; its step 6 finding shows them. An annotation
+    without text (not ours) is left out: it says nothing, and the case must still open."""
+    notes = request.get("note")
+    found = []
+    for note in notes if isinstance(notes, list) else []:
+        added = _added_note(note) if isinstance(note, Mapping) and _annotated(note) else None
+        if added is not None:
+            found.append(added)
+    return tuple(found)
+
+
+def _added_note(note: Mapping[str, Any]) -> AddedNote | None:
+    """An annotation as a note added by someone (None: it has no text)."""
+    text, time = note.get("text"), note.get("time")
+    if not isinstance(text, str):
+        return None
+    by = note.get("authorReference")
+    by = by if isinstance(by, Mapping) else {}
+    named = (by.get("reference"), by.get("display"), note.get("authorString"))
+    author = next((name for name in named if isinstance(name, str) and name), None)
+    return AddedNote(text, author, time if isinstance(time, str) else None)
 
 
 def _components_by_code(raw: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:

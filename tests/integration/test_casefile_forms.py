@@ -758,6 +758,45 @@ def test_an_earlier_referral_still_running_has_its_own_form_naming_its_facility(
     assert f'id="{police}-form"' in page
 
 
+def test_each_referral_lists_the_notes_of_its_status_changes_with_who_and_when(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # "Why, or what the facility said": the note of each status change went to the
+    # ServiceRequest on the FHIR server and was shown nowhere in Kindreflex. A colleague
+    # taking the case over could not read why the VK's referral was paused, then revoked,
+    # nor what the EHR's users noted on it.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    form, referral_id = referral_form(request["id"]), {"referral_id": request["id"]}
+    paused = {**referral_id, "status": "on-hold", "note": "VK wacht op het gezin.\nBel maandag."}
+    assert post_form(client, page, case_id, "referral-status", form, paused).status_code == 303
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    by_the_ehr = {"authorString": "Dr. Peeters", "time": "2026-12-01T09:30:00+01:00"}
+    noted = {**request, "note": [*request["note"], {**by_the_ehr, "text": "Moeder belde <3>."}]}
+    url = f"{base_url}/ServiceRequest/{request['id']}"
+    assert httpx.put(url, json=noted, timeout=10).status_code == 200
+    page = client.get(f"/social/cases/{case_id}").text
+    revoked = {**referral_id, "status": "revoked", "note": "Dubbele melding: de politie volgt."}
+    assert post_form(client, page, case_id, "referral-status", form, revoked).status_code == 303
+
+    page = client.get(f"/social/cases/{case_id}").text
+    notes = _text_of(page, f"{form}-notes-heading", "</ul>")
+    assert notes.startswith("Notities bij deze verwijzing")
+    lines = [line.strip() for line in notes.split("\n") if line.strip()][1:]
+    today = local_today().strftime("%d/%m/%Y")
+    assert lines[0].startswith(f"{today} ")
+    assert lines[0].endswith(f" · {SOCIAL_WORKER}")
+    assert lines[1:3] == ["VK wacht op het gezin.", "Bel maandag."]
+    assert lines[3:5] == ["01/12/2026 09:30 · Dr. Peeters", "Moeder belde <3>."]
+    assert lines[5].startswith(f"{today} ")
+    assert lines[5].endswith(f" · {SOCIAL_WORKER}")
+    assert lines[6:] == ["Dubbele melding: de politie volgt."]
+    assert "Moeder belde &lt;3&gt;." in page  # the EHR's text, escaped
+
+
 def _text_of(html: str, element_id: str, end: str = "</h3>") -> str:
     """The text of the element ``element_id`` up to ``end``, tags left out."""
     start = html.index(">", html.index(f'id="{element_id}"')) + 1
