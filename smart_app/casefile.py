@@ -66,10 +66,12 @@ from service.fhir.client import (
     ReauthorisationRequired,
 )
 from service.fhir.mapping import (
+    STAT,
     AddedNote,
     UnreadableResourceError,
     referral_notes,
     referral_performer,
+    referral_priority,
     referral_target,
     request_status,
 )
@@ -1085,6 +1087,9 @@ class ReferralSummary:
     #: where its ServiceRequest stands now (an R4 request-status code): a referral revoked
     #: since was printed as if it were running
     status: str
+    #: whether it follows from acute danger (its ServiceRequest's priority "stat"), which the
+    #: sheet says first: a facility called from it read a routine referral (found by review)
+    urgent: bool
     concern: Step2Finding | None
     children: tuple[Child, ...]
     expecting: ExpectedChild | None
@@ -1121,6 +1126,7 @@ def _referral_summary(ctx: LaunchContext, file: Shown) -> ReferralSummary | None
         decision=_referral_decision(before),
         referral=referral,
         status=made.status,
+        urgent=referral_priority(made.request) == STAT,
         concern=concerns[-1] if concerns else None,
         children=children,
         expecting=expecting,

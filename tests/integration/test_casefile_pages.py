@@ -10,18 +10,25 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
+from html import unescape
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sandbox.fhir_server import FhirServer
 from service import audit
 from service.admin.config import validate_document
 from service.db.base import Database, utcnow
-from service.db.models import AuditRecord, Concern, OutboxEntry, TenantConfigVersion
+from service.db.models import (
+    AppSession,
+    AuditRecord,
+    Concern,
+    OutboxEntry,
+    TenantConfigVersion,
+)
 from service.fhir.client import FhirClient
 from service.i18n import translate
 from service.local_time import local_today
@@ -589,6 +596,7 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     assert "New partner irritated by the children." in summary.text
     assert "Tell the CLB who takes the next step." in summary.text
     assert "she stops the counselling" not in summary.text  # the team's notes stay home
+    assert "data-acute-danger" not in summary.text  # a routine referral, not urgent
     # who refers, and the contact already made, for the facility's call (found by review:
     # the sheet said neither), and the children with their birth dates, to find them
     referred_by = summary.text[summary.text.index('id="by-heading"') :]
@@ -801,6 +809,53 @@ def test_the_printed_referral_names_every_referral_of_the_case_with_its_status(
         ),
     ]
     assert all(re.fullmatch(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}", on) for _, on, _ in rows)
+
+
+@pytest.mark.parametrize(
+    ("language", "urgent"),
+    [
+        ("nl", "Acuut gevaar: deze verwijzing is dringend."),
+        ("fr", "Danger aigu : cette orientation est urgente."),
+        ("en", "Acute danger: this referral is urgent."),
+    ],
+)
+def test_the_printed_referral_after_a_nurses_acute_danger_says_it_is_urgent(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    language: str,
+    urgent: str,
+) -> None:
+    """The nurse found acute danger at triage and the social worker called the VK at once,
+    the patient not informed first. The ServiceRequest is a "stat" referral, but the sheet
+    printed for the call said nothing of the danger: the nurse's reasons, no team decision
+    (there is none), "not informed" with its reason. Now the call's section says, first,
+    that the referral is urgent; a routine one's does not (the journey's test)."""
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url, acute_danger=True)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    page = client.get(f"/social/cases/{case_id}").text
+    fields = {
+        **STEP_6_FORM,
+        "informed": "no",
+        "not_informed_reason": "Informing her first puts the children at risk.",
+        "contact_on": local_today().isoformat(),
+    }
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["priority"] == "stat"
+    with database.session() as session:
+        session.execute(update(AppSession).values(language=language))
+
+    printed = client.get(f"/social/cases/{case_id}/referral").text
+
+    call = printed[printed.index('id="call-heading"') : printed.index('id="by-heading"')]
+    found = re.search(r'<p class="acute" data-acute-danger><strong>(.*?)</strong></p>', call)
+    assert found is not None, call
+    assert unescape(found.group(1)) == urgent
+    assert call.index("data-acute-danger") < call.index('class="phones"')
 
 
 def _refer_from_the_page(client: TestClient, page: str, case_id: int) -> None:
