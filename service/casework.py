@@ -903,6 +903,9 @@ class CaseFile:
     case: KindreflexCase
     referrals: tuple[Resource, ...]
     closure: CaseClosure | None
+    #: when the concern was closed, as its Flag's ``period.end`` says (None: open); a Flag
+    #: closed in the EHR may have it without a ``closure``
+    closed_at: datetime | None = None
     #: each referral's performer reference → the facility's Organization as read (its
     #: name and phone numbers, e.g. for the printable referral summary)
     facilities: Mapping[str, Resource] = field(default_factory=dict)
@@ -1021,6 +1024,7 @@ class Casework:
             case=case,
             referrals=tuple(referrals),
             closure=mapping.closure_from_flag(record.flag),
+            closed_at=mapping.flag_period(record.flag)[1],
             facilities=facilities,
             patient=record.patient,
             people=record.people,

@@ -282,6 +282,10 @@ class CaseFileResponse(BaseModel):
     closure: dict[str, str | None] | None = Field(
         description="Why the case was closed: `{reason, text}`; null while open."
     )
+    closed_at: datetime | None = Field(
+        description="When the case was closed, as its Flag's `period.end` says; null while "
+        "open. A case closed in the EHR may have it with a null `closure`."
+    )
     history_complete: bool = Field(
         description="False: the FHIR server holds more findings or referrals than a case "
         "reads; `findings` and `referrals` lack some."
@@ -459,6 +463,7 @@ def _case_file_view(opened: CaseFile) -> CaseFileResponse:
         ],
         referrals=[_referral_view(r, opened.facilities) for r in opened.referrals],
         closure=None if closure is None else {"reason": closure.reason.value, "text": closure.text},
+        closed_at=opened.closed_at,
         history_complete=opened.history_complete,
     )
 

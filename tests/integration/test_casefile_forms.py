@@ -797,6 +797,43 @@ def test_each_referral_lists_the_notes_of_its_status_changes_with_who_and_when(
     assert "Moeder belde &lt;3&gt;." in page  # the EHR's text, escaped
 
 
+@pytest.mark.parametrize("closed_in", ["kindreflex", "ehr"])
+def test_a_closed_case_says_when_and_why_it_was_closed(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    closed_in: str,
+) -> None:
+    # The case page of a closed case said "afgesloten · Stap 6" and nothing more: the
+    # reason chosen and the "Toelichting" typed when closing it were written to the Flag
+    # and shown nowhere (the API's `closure` alone), nor when it was closed. Reviewing
+    # closed cases, or the patient back at the ED, a social worker could not read why the
+    # hospital stopped following the family.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    (flag,) = search(base_url, "Flag", subject=patient)
+    if closed_in == "kindreflex":
+        why = {"reason": "other", "reason_text": "VK nam het over;\nmoeder verhuist naar Gent."}
+        assert post_form(client, page, case_id, "close", "close", why).status_code == 303
+        expected = "Andere reden: VK nam het over;\nmoeder verhuist naar Gent."
+        (flag,) = search(base_url, "Flag", subject=patient)
+    else:  # closed in the EHR, without Kindreflex's reason
+        flag = {**flag, "status": "inactive"}
+        flag["period"] = {**flag["period"], "end": "2026-12-07T09:05:00+01:00"}
+        url = f"{base_url}/Flag/{flag['id']}"
+        assert httpx.put(url, json=flag, timeout=10).status_code == 200
+        expected = "reden niet vermeld"
+
+    page = client.get(f"/social/cases/{case_id}").text
+
+    closed = _text_of(page, "about-closed", "</dd>")
+    ended = local(datetime.fromisoformat(flag["period"]["end"])).strftime("%d/%m/%Y %H:%M")
+    assert closed == f"Afgesloten{ended} · {expected}"
+    assert 'id="close-form"' not in page
+    api = client.get(f"/api/cases/{case_id}").json()
+    assert datetime.fromisoformat(api["closed_at"]) == datetime.fromisoformat(flag["period"]["end"])
+
+
 def _text_of(html: str, element_id: str, end: str = "</h3>") -> str:
     """The text of the element ``element_id`` up to ``end``, tags left out."""
     start = html.index(">", html.index(f'id="{element_id}"')) + 1
