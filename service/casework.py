@@ -246,7 +246,7 @@ def referral_transaction(
             f"The referral {referral['id']} on the FHIR server has the status "
             f"'{referral['status']}', which Kindreflex does not follow up: change it in the EHR."
         ) from None
-    check_referral_status(current, status)
+    check_referral_status(current, status, note)
     tx = TransactionBuilder()
     updated = mapping.referral_with_status(
         referral, status, author=author, author_name=author_name, at=now, note=note

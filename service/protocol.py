@@ -437,6 +437,7 @@ class ErrorCode(StrEnum):
     CONTACT_TOO_LONG_AGO = "contact-too-long-ago"
     CLOSE_REASON_TEXT_REQUIRED = "close-reason-text-required"
     REFERRAL_STATUS_FINAL = "referral-status-final"
+    REVOCATION_REASON_REQUIRED = "revocation-reason-required"
     NOT_REFERRED = "not-referred"
     REFERRALS_REVOKED = "referrals-revoked"
     NO_REFERRAL_STANDS = "no-referral-stands"
@@ -1471,13 +1472,26 @@ def check_plausible_dates(finding: Finding) -> None:
 _FINAL_REFERRAL_STATUSES = frozenset({ReferralStatus.COMPLETED, ReferralStatus.REVOKED})
 
 
-def check_referral_status(current: ReferralStatus, new: ReferralStatus) -> None:
-    """Refuse a status change of a finished referral (completed or revoked are final)."""
+def check_referral_status(
+    current: ReferralStatus, new: ReferralStatus, note: str | None = None
+) -> None:
+    """Refuse a status change of a finished referral (completed or revoked are final), and
+    a revocation without its reason (``note``). Revoking withdraws the hospital's referral
+    of the children to a mandated facility, for good: the record says why (the facility
+    declined, the family moved away, it was made in error), for a colleague who takes the
+    case over and for the inspection that checks the plan is applied. Before, it could be
+    revoked without a word. Other changes keep the note optional."""
     if current in _FINAL_REFERRAL_STATUSES and new is not current:
         raise InvalidFindingError(
             ErrorCode.REFERRAL_STATUS_FINAL,
             f"This referral is {current.value}; a finished referral does not change again. "
             "Record a new step 6 to involve the facility again.",
+        )
+    if new is ReferralStatus.REVOKED and new is not current and not (note and note.strip()):
+        raise MissingInformationError(
+            ErrorCode.REVOCATION_REASON_REQUIRED,
+            "Write down why the referral is revoked (for example what the facility said, "
+            "or that it was made in error).",
         )
 
 

@@ -160,6 +160,9 @@ _ERROR_ANCHOR: Mapping[ErrorCode, str] = {
     ErrorCode.REASON_WITHOUT_NOT_INFORMED: "s6-not-informed-reason",
     ErrorCode.CLOSE_REASON_TEXT_REQUIRED: "close-reason-text",
 }
+#: Where a refused move is shown in a form whose ids are its own (a referral's status form,
+#: ``referral_form``): the field of the form sent, by its name.
+_FORM_FIELD: Mapping[ErrorCode, str] = {ErrorCode.REVOCATION_REASON_REQUIRED: "note"}
 #: A field the API refuses (``s4-team-members``) → its id on the page, where the two differ:
 #: a message at an anchor the page lacks would be shown nowhere.
 _FIELD_ANCHOR: Mapping[str, str] = {
@@ -946,6 +949,9 @@ def _unreadable_values(error: UnreadableResourceError) -> dict[str, str]:
 def _protocol_anchor(error: ProtocolError, typed: Typed) -> str:
     """Where a refused move is shown (a step 5's dates: each at its own field, by
     :func:`_with_step5_dates`)."""
+    field = _FORM_FIELD.get(error.code)
+    if field is not None:
+        return f"{typed.form}-{field}"
     return _ERROR_ANCHOR.get(error.code, typed.form)
 
 

@@ -213,7 +213,12 @@ class ReferralStatusChange(BaseModel):
         "could be changed. An id that is not one of this case's referrals is refused (422).",
     )
     status: ReferralStatus = Field(description="active | on-hold | completed | revoked")
-    note: OptionalText = Field(None, max_length=4000, description="Why, or what the facility said.")
+    note: OptionalText = Field(
+        None,
+        max_length=4000,
+        description="Why, or what the facility said; required to revoke (422 "
+        "`revocation-reason-required`).",
+    )
 
 
 class ReferralStatusRequest(ClaimRequest, ReferralStatusChange):

@@ -743,9 +743,8 @@ def test_an_earlier_referral_still_running_has_its_own_form_naming_its_facility(
     assert "hoort niet (meer) bij dit dossier" in unknown.text
     assert {r["status"] for r in search(base_url, "ServiceRequest", subject=patient)} == {"active"}
 
-    revoked = post_form(
-        client, page, case_id, "referral-status", vk, {**vk_id, "status": "revoked"}
-    )
+    why = {"status": "revoked", "note": "The police follow up."}
+    revoked = post_form(client, page, case_id, "referral-status", vk, {**vk_id, **why})
     assert revoked.status_code == 303, revoked.text
     statuses = {
         r["performerType"]["coding"][0]["code"]: r["status"]
@@ -795,6 +794,54 @@ def test_each_referral_lists_the_notes_of_its_status_changes_with_who_and_when(
     assert lines[5].endswith(f" · {SOCIAL_WORKER}")
     assert lines[6:] == ["Dubbele melding: de politie volgt."]
     assert "Moeder belde &lt;3&gt;." in page  # the EHR's text, escaped
+
+
+def test_a_referral_is_revoked_only_with_its_reason(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    # Revoking withdraws the hospital's referral of the children to the VK, for good (a
+    # revoked referral does not change again), and the page and the API took it without a
+    # word of why: the record said the referral was withdrawn and nobody could tell whether
+    # the VK declined, the family moved, or it was made by mistake. Now the reason is asked
+    # where it is typed, the note of that referral's form; the other changes keep it optional.
+    base_url = fhir_server.base_url
+    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    form, referral_id = referral_form(request["id"]), {"referral_id": request["id"]}
+
+    refused = post_form(
+        client, page, case_id, "referral-status", form, {**referral_id, "status": "revoked"}
+    )
+
+    assert refused.status_code == 422
+    _assert_refused_at_their_fields(refused.text, form, (f"{form}-note",))
+    assert "waarom de verwijzing wordt ingetrokken" in _text_of(
+        refused.text, f"{form}-note-error", "</p>"
+    )
+    assert 'value="revoked" selected' in refused.text  # the choice is kept
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["status"] == "active"
+    api = client.put(
+        f"/api/cases/{case_id}/referral",
+        json={
+            "row_version": int(hidden_field(page, f"{form}-form", "row_version")),
+            "status": "revoked",
+            "note": " ",
+        },
+        headers={CSRF_HEADER: hidden_field(page, f"{form}-form", "csrf_token")},
+    )
+    assert api.status_code == 422, api.text
+    assert api.json()["detail"]["code"] == "revocation-reason-required"
+    paused = {**referral_id, "status": "on-hold"}  # a pause needs no reason
+    assert post_form(client, page, case_id, "referral-status", form, paused).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    why = {**referral_id, "status": "revoked", "note": "Het gezin verhuisde naar Antwerpen."}
+    assert post_form(client, page, case_id, "referral-status", form, why).status_code == 303
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    assert request["status"] == "revoked"
+    assert request["note"][-1]["text"] == "Het gezin verhuisde naar Antwerpen."
 
 
 @pytest.mark.parametrize("closed_in", ["kindreflex", "ehr"])

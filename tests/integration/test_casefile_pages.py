@@ -50,6 +50,7 @@ from smart_app.session import AppUser, LaunchContext
 from tests.support.casework import (
     COLLEAGUE,
     NURSE,
+    REVOKED,
     SOCIAL_WORKER,
     STEP_4_FORM,
     STEP_6_FORM,
@@ -784,9 +785,7 @@ def test_the_printed_referral_names_every_referral_of_the_case_with_its_status(
     ]
     page = client.get(f"/social/cases/{case_id}").text
     form, fields = referral_form(revoked["id"]), {"referral_id": revoked["id"]}
-    done = post_form(
-        client, page, case_id, "referral-status", form, {**fields, "status": "revoked"}
-    )
+    done = post_form(client, page, case_id, "referral-status", form, {**fields, **REVOKED})
     assert done.status_code == 303, done.text
 
     printed = client.get(f"/social/cases/{case_id}/referral").text

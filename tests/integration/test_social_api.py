@@ -31,7 +31,7 @@ from service.protocol import (
     latest_follow_up,
 )
 from service.tenant_config import EhrRegistration
-from tests.support.casework import HandedOffCase, new_visit, patient_at_triage, save_triage
+from tests.support.casework import REVOKED, HandedOffCase, new_visit, patient_at_triage, save_triage
 from tests.support.sessions import make_app, signed_in
 from tests.support.validator import validate
 from tests.support.workshop import WORKSHOP_FACTORS
@@ -210,7 +210,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert reopened.json()["detail"]["code"] == "referral-status-final"
     stale_status = case.send(
         "referral",
-        {"row_version": closed.json()["row_version"], "status": "revoked"},
+        {"row_version": closed.json()["row_version"], **REVOKED},
     )
     assert stale_status.status_code == 409
     assert {r["status"] for r in search(case.base_url, "ServiceRequest", subject=case.patient)} == {
@@ -698,9 +698,7 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
         return as_read
 
     monkeypatch.setattr(casework, "_referral", read_then_the_facility_writes)
-    refused = case.send(
-        "referral", {"row_version": referred.json()["row_version"], "status": "revoked"}
-    )
+    refused = case.send("referral", {"row_version": referred.json()["row_version"], **REVOKED})
     assert refused.status_code == 409, refused.text
     assert "Nothing was overwritten" in refused.json()["detail"]["message"]
     (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
@@ -709,7 +707,7 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
 
     monkeypatch.undo()  # the social worker opens the case again and redoes the change
     current = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
-    redone = case.send("referral", {"row_version": current["row_version"], "status": "revoked"})
+    redone = case.send("referral", {"row_version": current["row_version"], **REVOKED})
     assert redone.status_code == 200, redone.text
     (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
     assert request["status"] == "revoked"
@@ -727,9 +725,7 @@ def test_a_case_whose_referral_was_revoked_is_not_closed_as_referred(
     the referral's status) and nobody followed the family. Another reason still closes it."""
     case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
-    revoked = case.send(
-        "referral", {"row_version": referred.json()["row_version"], "status": "revoked"}
-    )
+    revoked = case.send("referral", {"row_version": referred.json()["row_version"], **REVOKED})
     assert revoked.status_code == 200, revoked.text
     version = revoked.json()["row_version"]
 

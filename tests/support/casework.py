@@ -253,6 +253,9 @@ STEP_6_FORM = {
     "follow_up_actions": "Tell the CLB who takes the next step.",
 }
 
+#: A referral's revocation as a social worker sends it (API body or form): with its reason.
+REVOKED = {"status": "revoked", "note": "Made by mistake: the parket follows up."}
+
 
 def hidden_field(html: str, form: str, name: str) -> str:
     """A hidden field of the form with id ``form``."""

@@ -845,6 +845,9 @@ ERROR_EXAMPLES: dict[ErrorCode, Callable[[], object]] = {
     ErrorCode.REFERRAL_STATUS_FINAL: lambda: check_referral_status(
         ReferralStatus.COMPLETED, ReferralStatus.ACTIVE
     ),
+    ErrorCode.REVOCATION_REASON_REQUIRED: lambda: check_referral_status(
+        ReferralStatus.ACTIVE, ReferralStatus.REVOKED, " "
+    ),
     ErrorCode.NOT_REFERRED: lambda: check_closure(
         case_of(step1(), step2(), step4(TeamDecision.SAFE)), CaseClosure(CloseReason.REFERRED), []
     ),

@@ -278,7 +278,19 @@ def test_only_an_unfinished_referral_changes_status(
         with pytest.raises(InvalidFindingError):
             check_referral_status(current, new)
     else:
-        check_referral_status(current, new)
+        check_referral_status(current, new, "the VK declined")
+
+
+@pytest.mark.parametrize("note", [None, "", "  "])
+def test_a_referral_is_revoked_only_with_its_reason(note: str | None) -> None:
+    """Revoking withdraws the referral for good: the record says why; a pause or the
+    facility's completion keeps the note optional."""
+    with pytest.raises(MissingInformationError) as refused:
+        check_referral_status(ReferralStatus.ACTIVE, ReferralStatus.REVOKED, note)
+    assert refused.value.code is ErrorCode.REVOCATION_REASON_REQUIRED
+    check_referral_status(ReferralStatus.ON_HOLD, ReferralStatus.REVOKED, "family moved away")
+    check_referral_status(ReferralStatus.ACTIVE, ReferralStatus.ON_HOLD, note)
+    check_referral_status(ReferralStatus.ACTIVE, ReferralStatus.COMPLETED, note)
 
 
 LOTTE = child("c1", date(2018, 5, 1), "Lotte")
