@@ -71,6 +71,7 @@ from service.protocol import (
     leads_to_referral,
     referral_subjects,
 )
+from service.scopes import asks_for
 from service.social import (
     CaseConflict,
     CaseNotFoundError,
@@ -145,12 +146,20 @@ class Referral:
     the server when it is not there yet, matched on its partner identifier), whom it is
     about (:func:`referral_about`) and whether it follows from acute danger (the case's
     ``acute_danger`` as the protocol keeps it: a step 2 acute danger or the team decision
-    "acute danger"), which makes its priority stat."""
+    "acute danger"), which makes its priority stat.
+
+    ``updates_facility``: the Organization the partner identifier finds is laid over with
+    the directory's entry (a create-or-merge: its name and phone numbers as the directory
+    says them now; what the EHR added stays), when the EHR registration asks to update
+    Organizations (:func:`updates_facilities`); else it is created once and left as it is
+    (a plain conditional create), as every referral did before 2026-12-07: the name and
+    phone of the day of the first referral stayed on the record for good (found by review)."""
 
     identifier_value: str
     organization: Resource
     about: tuple[str, ...]
     acute_danger: bool
+    updates_facility: bool = False
 
 
 def referral_about(
@@ -268,7 +277,8 @@ def _add_referral(
         raise ValueError("a step 6 save needs its referral and the finding that led to it")
     partner_system = identifier_system("partner")
     (partner,) = [i for i in referral.organization["identifier"] if i["system"] == partner_system]
-    performer_ref = tx.create(referral.organization, partner)
+    write = tx.create_or_merge if referral.updates_facility else tx.create
+    performer_ref = write(referral.organization, partner)
     identifier = mapping.identifier("referral", referral.identifier_value)
     request = mapping.referral_service_request(
         finding,
@@ -958,6 +968,7 @@ class Casework:
                 _organization(ctx, step.partner_id),
                 referral_about(record, case, finding),
                 acute_danger=case.acute_danger,  # the route into step 6 (apply keeps it there)
+                updates_facility=updates_facilities(ctx),
             )
         plan = step_transaction(
             record,
@@ -1396,6 +1407,18 @@ def _organization(ctx: LaunchInfo, partner_id: str) -> Resource:
     """The Organization of the directory's partner ``partner_id`` (``Step6Input`` found it
     in the directory, whose ids the entries share)."""
     return partners_io.organization(ctx.tenant.config.partners.entry(partner_id))
+
+
+def updates_facilities(ctx: LaunchInfo) -> bool:
+    """Whether a referral through ``ctx``'s EHR registration lays the directory's entry over
+    its facility's Organization (``Referral.updates_facility``): when the registration asks
+    to find and update Organizations by name (``user/Organization.us``, in the default
+    scopes), which the launch then found granted. Asked for no such right, the update would
+    be refused and the referral wait for a sign-in that never brings it."""
+    registration = next(
+        (r for r in ctx.tenant.config.registrations if r.id == ctx.registration_id), None
+    )
+    return registration is not None and asks_for(registration.scopes, "user", "Organization", "us")
 
 
 def _business_id(ctx: LaunchInfo, case_id: int, kind: str, at: datetime) -> str:

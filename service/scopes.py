@@ -87,6 +87,19 @@ def save_rights_not_granted(requested: str, granted: str) -> list[str]:
     return missing
 
 
+def asks_for(requested: str, context: str, resource: str, letters: str) -> bool:
+    """Whether the ``requested`` scopes name ``resource`` itself in ``context`` with each of
+    ``letters`` (v2 letters; v1 scopes read as :func:`save_rights_not_granted` reads them).
+    A wildcard does not count: the launch checks what a wildcard asked for only for the
+    types a save needs (:data:`_USER_NEEDS`), so its grant of another type is unknown."""
+    named = [
+        granted
+        for need in requested.split()
+        if (granted := _letters(need)) is not None and granted[:2] == (context, resource)
+    ]
+    return all(any(letter in need[2] for need in named) for letter in letters)
+
+
 def _needed(context: str, letter: str, resource: str) -> tuple[str, ...]:
     """The types a scope asked for with ``letter`` on ``resource`` must be granted for."""
     needs = (_PATIENT_NEEDS if context == "patient" else _USER_NEEDS)[letter]

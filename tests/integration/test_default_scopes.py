@@ -68,7 +68,7 @@ PER_TYPE = (
     "launch openid fhirUser offline_access patient/Patient.rs patient/Encounter.rs "
     "patient/Condition.rs patient/Observation.crs patient/RelatedPerson.crus "
     "patient/Flag.crus patient/ServiceRequest.crus patient/Provenance.crs "
-    "patient/AuditEvent.c user/Organization.crs user/Practitioner.rs"
+    "patient/AuditEvent.c user/Organization.crus user/Practitioner.rs"
 )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from sandbox.fhir_server import FhirServer, free_port
 from sandbox.seed import SeedResult, seed
+from service.admin import partners_io
 from service.casework import (
     CaseNotOnServerError,
     CaseRecord,
@@ -50,6 +51,7 @@ from service.protocol import (
     Step2Finding,
 )
 from service.social import CaseFilter, Step4Input, Step6Input, list_cases
+from service.tenant_config import PartnerPhone, default_partners
 from service.triage import Triage, TriageInput
 from smart_app.session import AppUser, LaunchContext, Role
 from tests.support.casework import new_visit, patient_at_triage
@@ -126,9 +128,13 @@ def _step4(record: CaseRecord, identifier: str) -> dict[str, Any]:
     ).bundle
 
 
-def _referral_to_the_vk(record: CaseRecord, run: str) -> dict[str, Any]:
+def _referral_to_the_vk(
+    record: CaseRecord, run: str, facility: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The transaction of a step 6 referral to the VK (finding ``s6-<run>``, ServiceRequest
-    ``r-<run>``)."""
+    ``r-<run>``); ``facility``: its Organization as the directory publishes it, the default
+    directory's VK unless given, laid over the one on the server as a registration with
+    the default scopes does (``casework.updates_facilities``)."""
     referral = Step6Input(
         partner_id="vk-oost-vlaanderen",
         with_cooperation=False,
@@ -140,7 +146,11 @@ def _referral_to_the_vk(record: CaseRecord, run: str) -> dict[str, Any]:
         referral,
         finding_identifier=f"s6-{run}",
         referral=Referral(
-            f"r-{run}", vk_organization(), tuple(record.child_refs.values()), acute_danger=False
+            f"r-{run}",
+            facility or vk_organization(),
+            tuple(record.child_refs.values()),
+            acute_danger=False,
+            updates_facility=True,
         ),
         actor=SOCIAL_WORKER,
         now=utcnow(),
@@ -787,3 +797,60 @@ def _outbox_entries(database: Database) -> int:
         return len(
             session.scalars(select(OutboxEntry.id).where(OutboxEntry.kind == "social")).all()
         )
+
+
+def test_a_referral_writes_the_facility_as_the_partner_directory_says_it_now(
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    fhir: FhirClient,
+) -> None:
+    """The directory's VK moved its intake to another phone number and was renamed: the next
+    referral to it names the Organization as the directory says it now, the one the first
+    referral created (found by review: its conditional create left the Organization as the
+    first referral wrote it, and the case page and the EHR kept showing the old number of
+    the mandated facility for good). What the EHR added to the Organization stays."""
+    base_url = fhir_server.base_url
+    triaged = _triaged_case(database, base_url)
+    patient_ref = f"Patient/{triaged.patient_id}"
+    run = uuid.uuid4().hex
+    tenant_id = triaged.case.tenant_id
+    (vk,) = [e for e in default_partners().entries if e.id == "vk-oost-vlaanderen"]
+    vk = vk.model_copy(update={"id": f"vk-{run}"})  # this run's own facility
+    record, _ = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
+    assert _deliver(database, tenant_id, base_url, record, _step4(record, f"s4-{run}")) is (
+        DeliveryState.DELIVERED
+    )
+    first, _ = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
+    bundle = _referral_to_the_vk(first, f"1-{run}", partners_io.organization(vk))
+    assert _deliver(database, tenant_id, base_url, first, bundle) is DeliveryState.DELIVERED
+    partner = f"{terminology.identifier_system('partner')}|vk-{run}"
+    (created,) = search(base_url, "Organization", identifier=partner)
+    with_alias = {**created, "alias": ["VK O-Vl"]}  # the EHR's own
+    httpx.put(f"{base_url}/Organization/{created['id']}", json=with_alias, timeout=10)
+
+    moved = vk.model_copy(
+        update={
+            "name": "Vertrouwenscentrum Kindermishandeling Gent",
+            "phones": [PartnerPhone(number="09 999 99 99")],
+        }
+    )
+    second, _ = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
+    bundle = _referral_to_the_vk(second, f"2-{run}", partners_io.organization(moved))
+    assert _deliver(database, tenant_id, base_url, second, bundle) is DeliveryState.DELIVERED
+
+    (facility,) = search(base_url, "Organization", identifier=partner)
+    assert facility["id"] == created["id"]
+    assert facility["name"] == "Vertrouwenscentrum Kindermishandeling Gent"
+    phones = [t["value"] for t in facility["telecom"] if t["system"] == "phone"]
+    assert phones == ["09 999 99 99"]
+    assert facility["alias"] == ["VK O-Vl"]
+    assert validate(facility) == []
+    third, _ = load_case_record(fhir, patient_ref, triaged.case.flag_identifier)
+    bundle = _referral_to_the_vk(third, f"3-{run}", partners_io.organization(moved))
+    assert _deliver(database, tenant_id, base_url, third, bundle) is DeliveryState.DELIVERED
+    (unchanged,) = search(base_url, "Organization", identifier=partner)
+    assert unchanged["meta"]["versionId"] == facility["meta"]["versionId"]  # not written again
+    system = terminology.identifier_system("referral")
+    for value in (f"r-1-{run}", f"r-2-{run}", f"r-3-{run}"):
+        (request,) = search(base_url, "ServiceRequest", identifier=f"{system}|{value}")
+        assert request["performer"] == [{"reference": f"Organization/{created['id']}"}]

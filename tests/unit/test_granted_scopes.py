@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.scopes import save_rights_not_granted
-from service.tenant_config import DEFAULT_SCOPES, scopes_missing
+from service.scopes import asks_for, save_rights_not_granted
+from service.tenant_config import DEFAULT_SCOPES, SAVE_SCOPES, scopes_missing
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from service.tenant_config import DEFAULT_SCOPES, scopes_missing
         "patient/*.read patient/*.write user/*.write",  # v1
         "patient/*.* user/Organization.*",  # v1 wildcard
         "user/*.cus user/*.r",  # the user's whole access covers the patient's
-        "patient/*.crs patient/*.u?category=exam user/Organization.c",  # v2 query: not enforced
+        "patient/*.crs patient/*.u?category=exam user/Organization.cu",  # v2 query: not enforced
     ],
 )
 def test_every_right_a_save_needs_is_granted(granted: str) -> None:
@@ -33,6 +33,7 @@ def test_the_save_rights_not_granted_are_named_as_v2_scopes_in_the_order_asked()
         "patient/ServiceRequest.u",
         "patient/Flag.u",
         "user/Organization.c",
+        "user/Organization.u",
     ]
 
 
@@ -63,7 +64,7 @@ def test_the_reads_a_delivery_makes_are_checked() -> None:
 PER_TYPE = (
     "patient/Observation.crs patient/RelatedPerson.crus patient/Flag.crus "
     "patient/ServiceRequest.crus patient/Provenance.crs patient/AuditEvent.c "
-    "user/Organization.crs user/Practitioner.rs"
+    "user/Organization.crus user/Practitioner.rs"
 )
 
 
@@ -91,3 +92,31 @@ def test_an_administrator_may_ask_type_by_type() -> None:
     assert scopes_missing(f"launch openid fhirUser {PER_TYPE.replace('Flag.crus', 'Flag.rs')}") == [
         "patient/Flag.c", "patient/Flag.u",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("asked", "updates"),
+    [
+        (DEFAULT_SCOPES, True),
+        ("launch user/Organization.cu user/Organization.rs", True),
+        ("launch user/Organization.read user/Organization.write", True),  # v1
+        (SAVE_SCOPES, False),  # the default of before: no update asked
+        ("launch user/*.cruds", False),  # a wildcard: the launch checks no Organization.u
+        ("launch patient/Organization.cruds", False),  # outside the patient's compartment
+        ("launch user/Organization.cru", False),  # not found by its identifier
+    ],
+)
+def test_a_referral_updates_its_facility_only_where_the_registration_asks_to(
+    asked: str, updates: bool
+) -> None:
+    """A referral lays the directory over the facility's Organization only where its update
+    (and the search that finds it) is asked by name, and so checked granted at launch:
+    elsewhere it would wait for a sign-in that never brings the right."""
+    assert asks_for(asked, "user", "Organization", "us") is updates
+
+
+def test_a_registration_need_not_ask_to_update_the_facilities() -> None:
+    """The default of before (no Organization update) may still be saved: its referrals
+    reach the record, creating the facility once. The default asks for the update."""
+    assert scopes_missing(SAVE_SCOPES) == []
+    assert "user/Organization.crus" in DEFAULT_SCOPES.split()
