@@ -52,15 +52,20 @@ def _granted(requested: str, allowed: str) -> str:
         )
 
     def narrowed(scope: str) -> list[str]:
-        """A wildcard the client may not have, as the types it may (SMART 2: "the scopes
-        ultimately granted ... may differ ... often true when dealing with wildcard FHIR
-        Resource scope requests"): ``patient/*.c`` → ``patient/Observation.c`` …"""
+        """A scope the client may not have whole, as what it may of it (SMART 2: "the
+        scopes ultimately granted ... may differ ... often true when dealing with wildcard
+        FHIR Resource scope requests"): a wildcard as the types it may, ``patient/*.c`` →
+        ``patient/Observation.c`` …; a type with the interactions it may, as an EHR that
+        lets no app update its Organizations grants ``user/Organization.crs`` of
+        ``user/Organization.crus``."""
         return [
-            f"{w.context}/{g.resource_type}.{''.join(i for i in 'cruds' if i in letters)}"
+            f"{w.context}/{kind}.{''.join(i for i in 'cruds' if i in letters)}"
             for w in parse_scopes(scope)
-            if w.resource_type == "*"
             for g in grants
-            if g.context == w.context and (letters := g.interactions & w.interactions)
+            if g.context == w.context
+            and (kind := g.resource_type if w.resource_type == "*" else w.resource_type)
+            and g.resource_type in ("*", kind)
+            and (letters := g.interactions & w.interactions)
         ]
 
     granted: list[str] = []

@@ -71,7 +71,7 @@ from service.protocol import (
     leads_to_referral,
     referral_subjects,
 )
-from service.scopes import asks_for
+from service.scopes import is_granted
 from service.social import (
     CaseConflict,
     CaseNotFoundError,
@@ -150,7 +150,7 @@ class Referral:
 
     ``updates_facility``: the Organization the partner identifier finds is laid over with
     the directory's entry (a create-or-merge: its name and phone numbers as the directory
-    says them now; what the EHR added stays), when the EHR registration asks to update
+    says them now; what the EHR added stays), when the session's token grants the update of
     Organizations (:func:`updates_facilities`); else it is created once and left as it is
     (a plain conditional create), as every referral did before 2026-12-07: the name and
     phone of the day of the first referral stayed on the record for good (found by review)."""
@@ -1410,15 +1410,13 @@ def _organization(ctx: LaunchInfo, partner_id: str) -> Resource:
 
 
 def updates_facilities(ctx: LaunchInfo) -> bool:
-    """Whether a referral through ``ctx``'s EHR registration lays the directory's entry over
-    its facility's Organization (``Referral.updates_facility``): when the registration asks
-    to find and update Organizations by name (``user/Organization.us``, in the default
-    scopes), which the launch then found granted. Asked for no such right, the update would
-    be refused and the referral wait for a sign-in that never brings it."""
-    registration = next(
-        (r for r in ctx.tenant.config.registrations if r.id == ctx.registration_id), None
-    )
-    return registration is not None and asks_for(registration.scopes, "user", "Organization", "us")
+    """Whether a referral in ``ctx``'s session lays the directory's entry over its
+    facility's Organization (``Referral.updates_facility``): when the session's token grants
+    finding and updating Organizations (``user/Organization.us``; asked for by default, an
+    optional right: ``scopes.OPTIONAL_RIGHTS``), as its token response says, or its refresh
+    since. Not granted, the update would be refused and the referral wait for a sign-in
+    that never brings the right: it creates the Organization once instead."""
+    return is_granted(ctx.scope, "user", "Organization", "us")
 
 
 def _business_id(ctx: LaunchInfo, case_id: int, kind: str, at: datetime) -> str:

@@ -45,6 +45,15 @@ _USER_NEEDS = {
 _PATIENT_NEEDS = {
     letter: tuple(t for t in types if t != "Organization") for letter, types in _USER_NEEDS.items()
 }
+#: Rights the app asks for (``tenant_config.DEFAULT_SCOPES``) and uses only where the
+#: session's token grants them (:func:`is_granted`), as v2 scopes: no save needs them, so they
+#: are never a reason to refuse a launch or a refresh, nor missing from a registration
+#: (:func:`save_rights_not_granted` leaves them out). The update of a partner's
+#: Organization: a referral lays the partner directory's entry over it when granted, else
+#: creates it once and leaves it as it is (``casework.updates_facilities``). Organizations
+#: are master data that many EHRs let no app update: were the right required, such an
+#: EHR's every launch would be refused.
+OPTIONAL_RIGHTS = frozenset({"user/Organization.u"})
 
 
 def save_rights_not_granted(requested: str, granted: str) -> list[str]:
@@ -58,20 +67,15 @@ def save_rights_not_granted(requested: str, granted: str) -> list[str]:
     by review); so would one whose delivery may not read the child's record it updates
     (found by review). Other reads are not checked: the screens say when they cannot read.
     A grant covers a need of its own context or, for the user's whole access, ``user``
-    (a patient's Flag is among the Flags the user may update).
+    (a patient's Flag is among the Flags the user may update). The :data:`OPTIONAL_RIGHTS`
+    are no need: left out.
 
     A wildcard asked for needs each type, granted by a wildcard or type by type: SMART 2
     says the scopes granted "may differ from the scopes requested … often true when
     dealing with wildcard FHIR Resource scope requests", and an EHR that grants
     ``patient/Observation.c`` … for ``patient/*.c`` was refused (found by review). Named as
     the wildcard when none of its types is granted."""
-    grants = [g for g in map(_letters, granted.split()) if g is not None]
-
-    def covered(context: str, resource: str, letter: str) -> bool:
-        return any(
-            g[0] in (context, "user") and g[1] in ("*", resource) and letter in g[2] for g in grants
-        )
-
+    grants = _grants(granted)
     missing = []
     for need in map(_letters, requested.split()):
         if need is None:
@@ -79,7 +83,7 @@ def save_rights_not_granted(requested: str, granted: str) -> list[str]:
         context, resource, letters = need
         for letter in [letter for letter in "curs" if letter in letters]:
             types = _needed(context, letter, resource)
-            lacking = [t for t in types if not covered(context, t, letter)]
+            lacking = [t for t in types if not _covers(grants, context, t, letter)]
             if resource == "*" and lacking and len(lacking) == len(types):
                 missing.append(f"{context}/*.{letter}")
             else:
@@ -87,25 +91,34 @@ def save_rights_not_granted(requested: str, granted: str) -> list[str]:
     return missing
 
 
-def asks_for(requested: str, context: str, resource: str, letters: str) -> bool:
-    """Whether the ``requested`` scopes name ``resource`` itself in ``context`` with each of
-    ``letters`` (v2 letters; v1 scopes read as :func:`save_rights_not_granted` reads them).
-    A wildcard does not count: the launch checks what a wildcard asked for only for the
-    types a save needs (:data:`_USER_NEEDS`), so its grant of another type is unknown."""
-    named = [
-        granted
-        for need in requested.split()
-        if (granted := _letters(need)) is not None and granted[:2] == (context, resource)
-    ]
-    return all(any(letter in need[2] for need in named) for letter in letters)
+def is_granted(granted: str, context: str, resource: str, letters: str) -> bool:
+    """Whether the ``granted`` scopes (a session's, as its token response named them) cover
+    ``resource`` in ``context`` with each of ``letters`` (v2 letters; v1 scopes and
+    wildcards read as :func:`save_rights_not_granted` reads them): whether the app may use
+    one of the :data:`OPTIONAL_RIGHTS`, which no launch checked."""
+    given = _grants(granted)
+    return all(_covers(given, context, resource, letter) for letter in letters)
+
+
+def _grants(granted: str) -> list[tuple[str, str, set[str]]]:
+    return [g for g in map(_letters, granted.split()) if g is not None]
+
+
+def _covers(
+    grants: list[tuple[str, str, set[str]]], context: str, resource: str, letter: str
+) -> bool:
+    """A grant of the need's own context or, for the user's whole access, ``user``."""
+    return any(
+        g[0] in (context, "user") and g[1] in ("*", resource) and letter in g[2] for g in grants
+    )
 
 
 def _needed(context: str, letter: str, resource: str) -> tuple[str, ...]:
     """The types a scope asked for with ``letter`` on ``resource`` must be granted for."""
     needs = (_PATIENT_NEEDS if context == "patient" else _USER_NEEDS)[letter]
-    if resource == "*":
-        return needs
-    return (resource,) if letter in "cu" or resource in needs else ()
+    if resource != "*":
+        needs = (resource,) if letter in "cu" or resource in needs else ()
+    return tuple(t for t in needs if f"{context}/{t}.{letter}" not in OPTIONAL_RIGHTS)
 
 
 def _letters(scope: str) -> tuple[str, str, set[str]] | None:

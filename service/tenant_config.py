@@ -64,21 +64,16 @@ OVERRIDE_REASONS = "cds-override-reason"
 #: record, create the findings, update a child already recorded, a referral's status and
 #: the concern Flag (with If-Match), create, find, read and update a referral's partner
 #: organisation (not in the patient's compartment, so a user scope; the case page reads it
-#: with the referral; a referral lays the directory's entry over it, ``casework.Referral``),
-#: read the practitioners who recorded a finding or raised the concern (the case page names
-#: them: ``_include``), the user's identity, and a refresh token so that the outbox can
-#: still deliver after the nurse's session has ended.
+#: with the referral; a referral lays the directory's entry over it where the EHR grants
+#: the update, an optional right: ``scopes.OPTIONAL_RIGHTS``), read the practitioners who
+#: recorded a finding or raised the concern (the case page names them: ``_include``), the
+#: user's identity, and a refresh token so that the outbox can still deliver after the
+#: nurse's session has ended.
 DEFAULT_SCOPES = (
     "launch openid fhirUser offline_access patient/*.rs patient/*.c "
     "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u "
     "user/Organization.crus user/Practitioner.rs"
 )
-#: What a registration must ask for (:func:`scopes_missing`): the defaults but the update
-#: of a partner's Organization, without which a referral still reaches the record (it
-#: creates the Organization once and leaves it as it is, ``casework.Referral``). The
-#: default of before 2026-12-07, kept as it was: read as today's, a hospital's EHR that
-#: grants no Organization update would have had every launch refused.
-SAVE_SCOPES = DEFAULT_SCOPES.replace("user/Organization.crus", "user/Organization.crs")
 #: The defaults of earlier versions (the first also what the admin screen offered), stored
 #: as text in every configuration saved with them: read as today's default, which asks
 #: for what a case now writes and reads (a hospital's own choice of scopes is kept).
@@ -87,6 +82,11 @@ EARLIER_DEFAULT_SCOPES = frozenset(
         "launch openid fhirUser patient/*.rs patient/*.c encounter/*.rs",
         "launch openid fhirUser offline_access patient/*.rs patient/*.c "
         "patient/RelatedPerson.u patient/Flag.u",
+        # until 2026-12-07: no update of a partner's Organization, an optional right since
+        # (``scopes.OPTIONAL_RIGHTS``), which no launch is refused for
+        "launch openid fhirUser offline_access patient/*.rs patient/*.c "
+        "patient/RelatedPerson.u patient/ServiceRequest.u patient/Flag.u "
+        "user/Organization.crs user/Practitioner.rs",
     }
 )
 
@@ -98,12 +98,13 @@ LAUNCH_SCOPES = ("launch", "openid", "fhirUser")
 
 def scopes_missing(scopes: str) -> list[str]:
     """What the app needs that ``scopes`` does not ask for: the launch's own scopes, then
-    each write the app makes (those of ``SAVE_SCOPES``, as v2 scopes). A registration
+    each write the app makes (those of ``DEFAULT_SCOPES``, as v2 scopes, but the optional
+    rights: ``scopes.OPTIONAL_RIGHTS``, asked for and used where granted). A registration
     asking less launches well enough, and then no save can ever reach the record: each
     waits in the outbox for a sign-in that never brings the right (found by review)."""
     asked = scopes.split()
     launch = [scope for scope in LAUNCH_SCOPES if scope not in asked]
-    return launch + save_rights_not_granted(SAVE_SCOPES, scopes)
+    return launch + save_rights_not_granted(DEFAULT_SCOPES, scopes)
 
 
 #: The validation context of a configuration an administrator submits:

@@ -150,6 +150,8 @@ class LaunchInfo(Protocol):
     def user(self) -> User: ...
     @property
     def actor(self) -> str: ...  # the user as the audit names them (audit.actor_url)
+    @property
+    def scope(self) -> str: ...  # what the session's token grants (its token response's)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ class LaunchContext:
     path_prefix: str = ""  # "" or "/t/<tenant>": where the app's own links start
     need_patient_banner: bool = True  # SMART: False when the EHR already shows the patient
     csrf: str = field(default="", repr=False, compare=False)
+    #: What the session's token grants: its token response's ``scope`` (as requested when
+    #: absent, RFC 6749 5.1), or its latest refresh's. The optional rights
+    #: (``service.scopes.OPTIONAL_RIGHTS``) are used only where it names them.
+    scope: str = ""
 
     @property
     def registration(self) -> EhrRegistration | None:
@@ -347,6 +351,7 @@ def current_launch(request: Request) -> LaunchContext:
         path_prefix=row.path_prefix,
         need_patient_banner=row.launch_details.get("need_patient_banner") is not False,
         csrf=row.csrf_token,
+        scope=row.scope,
     )
 
 
@@ -512,7 +517,8 @@ class SessionTokens:
             if dropped := save_rights_not_granted(row.scope, granted):
                 # as the launch refuses it: the saves would wait for a sign-in while the
                 # nurse reads "delivery follows" (found by review). Not kept; past expiry,
-                # a new sign-in.
+                # a new sign-in. An optional right dropped is taken (the scope stored says
+                # it: a later referral creates its facility instead of updating it).
                 reason = f"the refresh no longer grants {' '.join(dropped)}"
                 log.warning(
                     "token refresh refused",

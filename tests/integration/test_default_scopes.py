@@ -18,8 +18,10 @@ makes, each delivered and on the FHIR server:
 the nurse's niet-pluis with a new child (RelatedPerson, Observations, Flag, Provenance,
 AuditEvent), her second save renaming that child (an update of the RelatedPerson), the
 social worker's step 4 and step 6 referral to the VK (a ServiceRequest and the partner's
-Organization, created conditionally), the referral's new status (an update of the
-ServiceRequest with If-Match), and the case's closing (an update of the Flag).
+Organization: laid over as the partner directory says it where the EHR grants its update,
+else created conditionally and left as it is, an EHR that grants no such update being a
+third set of grants), the referral's new status (an update of the ServiceRequest with
+If-Match), and the case's closing (an update of the Flag).
 """
 
 from __future__ import annotations
@@ -36,13 +38,20 @@ from sqlalchemy import select
 
 from sandbox.config import DEFAULT_APP_SCOPE, SmartClient
 from sandbox.runner import Sandbox
+from service.admin import partners_io
 from service.app import create_app
 from service.db.base import Database
 from service.db.models import AppSession, OutboxEntry
+from service.fhir import terminology
 from service.keys import JWKS_PATH
 from service.outbox import DeliveryState
 from service.settings import load_settings
-from service.tenant_config import DEFAULT_SCOPES, EhrRegistration, TenantConfiguration
+from service.tenant_config import (
+    DEFAULT_SCOPES,
+    EhrRegistration,
+    TenantConfiguration,
+    default_partners,
+)
 from smart_app.session import CSRF_HEADER, SESSION_COOKIE, cookie_name
 from tests.support.casework import HandedOffCase, patient_at_triage
 from tests.support.pages import Page, recorded_rows
@@ -70,12 +79,22 @@ PER_TYPE = (
     "patient/Flag.crus patient/ServiceRequest.crus patient/Provenance.crs "
     "patient/AuditEvent.c user/Organization.crus user/Practitioner.rs"
 )
+#: The same, but an EHR that lets no app update its Organizations (master data): the
+#: update is an optional right (``service.scopes.OPTIONAL_RIGHTS``); refused, such an EHR's
+#: every launch was (review).
+NO_ORGANIZATION_UPDATE = PER_TYPE.replace("user/Organization.crus", "user/Organization.crs")
+GRANTS = {
+    "wildcards": DEFAULT_APP_SCOPE,
+    "type-by-type": PER_TYPE,
+    "no-organization-update": NO_ORGANIZATION_UPDATE,
+}
 
 
-@pytest.fixture(params=["wildcards", "type-by-type"])
+@pytest.fixture(params=sorted(GRANTS))
 def ehr_grants(request: pytest.FixtureRequest) -> str:
-    """What the EHR allows our client: all it asks for, or the same rights type by type."""
-    return DEFAULT_APP_SCOPE if request.param == "wildcards" else PER_TYPE
+    """What the EHR allows our client: all it asks for, the same rights type by type, or
+    those but the update of an Organization."""
+    return GRANTS[request.param]
 
 
 @pytest.fixture
@@ -157,6 +176,23 @@ def _audited(sandbox: Sandbox, patient_ref: str) -> set[str]:
     """What the AuditEvents of the patient on the FHIR server say was done (login, create…)."""
     events = search(sandbox.upstream_fhir_base_url, "AuditEvent", entity=patient_ref, _count="200")
     return {coding["code"] for e in events for coding in e.get("subtype", [])}
+
+
+def _vk_as_written_long_ago(upstream: str) -> dict[str, Any]:
+    """The VK's Organization on the FHIR server as an earlier referral wrote it, under a
+    name the partner directory no longer gives it (the module's first run creates it)."""
+    partner = f"{terminology.identifier_system('partner')}|vk-oost-vlaanderen"
+    found = search(upstream, "Organization", identifier=partner)
+    (vk,) = [e for e in default_partners().entries if e.id == "vk-oost-vlaanderen"]
+    written = {**partners_io.organization(vk), "name": "VK Oost-Vlaanderen (old name)"}
+    if found:
+        url = f"{upstream}/Organization/{found[0]['id']}"
+        answer = httpx.put(url, json={**written, "id": found[0]["id"]}, timeout=10)
+    else:
+        answer = httpx.post(f"{upstream}/Organization", json=written, timeout=10)
+    assert answer.status_code in (200, 201), answer.text
+    result: dict[str, Any] = answer.json()
+    return result
 
 
 def _triage_form(page: Page, **fields: str) -> dict[str, Any]:
@@ -246,11 +282,17 @@ def test_a_whole_case_is_recorded_with_the_default_scopes(
         return version
 
     version = delivered(case.decide("concerning-unwilling", case.row_version))
+    outdated = _vk_as_written_long_ago(upstream)
     version = delivered(case.refer_to_vk(version))
     (referral,) = search(upstream, "ServiceRequest", subject=patient_ref)
     performer = referral["performer"][0]["reference"]
+    assert performer == f"Organization/{outdated['id']}"
     facility = httpx.get(f"{upstream}/{performer}", timeout=10).json()
-    assert facility["name"].startswith("Vertrouwenscentrum")
+    if ehr_grants == NO_ORGANIZATION_UPDATE:  # created once, left as it is: not refused
+        assert facility["name"] == outdated["name"]
+        assert facility["meta"]["versionId"] == outdated["meta"]["versionId"]
+    else:  # as the partner directory says it now
+        assert facility["name"].startswith("Vertrouwenscentrum")
 
     # (4) The referral's new status: a PUT of the ServiceRequest with If-Match.
     version = delivered(case.send("referral", {"row_version": version, "status": "on-hold"}))

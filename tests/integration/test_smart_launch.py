@@ -37,6 +37,7 @@ from sandbox.auth import Grant
 from sandbox.config import SandboxConfig, SmartClient
 from sandbox.keys import SigningKey as SandboxKey
 from sandbox.runner import Sandbox
+from service import casework
 from service.app import create_app
 from service.db.base import LOCK_TIMEOUT_SECONDS, Database, utcnow
 from service.db.models import AppSession, AuditRecord, LaunchState, OutboxEntry, Tenant
@@ -222,6 +223,7 @@ def _test_routes(app: FastAPI) -> None:
             "app_context": ctx.app_context,
             "need_patient_banner": ctx.need_patient_banner,
             "csrf": ctx.csrf,
+            "updates_facilities": casework.updates_facilities(ctx),
         }
 
     def social(
@@ -871,6 +873,44 @@ def test_a_refresh_that_grants_fewer_writes_is_not_taken_and_then_needs_a_sign_i
         assert row is not None
         assert "patient/*.c" in row.scope.split()
         assert row.scope != narrowed
+
+
+def test_an_ehr_granting_no_organization_update_scope_launches_and_refreshes(
+    kindreflex: Kindreflex,
+) -> None:
+    """Organizations are master data many EHRs let no app update. The update a referral
+    makes of its facility (the partner directory's entry laid over it) is asked for by
+    default, and was then needed: such an EHR's every launch was refused (review). Now the
+    launch is taken and its referrals create the facility once; a launch granted the update
+    lays the directory over it, until a refresh no longer grants it: that token is taken
+    too, and the session's later referrals create the facility instead."""
+    current = kindreflex.app.state.tenants.get("default")
+    writing = current.config.registrations[0].model_copy(update={"scopes": DEFAULT_SCOPES})
+    kindreflex.app.state.tenants.save(
+        "default", current.config.model_copy(update={"registrations": [writing]}), "test"
+    )
+    client = kindreflex.sandbox.auth.clients[kindreflex.client_id]
+    no_update = DEFAULT_SCOPES.replace("user/Organization.crus", "user/Organization.crs")
+
+    def launched(allowed: str) -> tuple[Browser, dict[str, Any]]:
+        kindreflex.sandbox.register_client(replace(client, allowed_scope=allowed))
+        browser = Browser()
+        assert kindreflex.launch(browser).status_code == 303
+        return browser, browser.get(f"{kindreflex.url}/test/whoami").json()
+
+    _, master_data = launched(no_update)
+    assert master_data["updates_facilities"] is False
+    browser, granted = launched(DEFAULT_SCOPES)
+    assert granted["updates_facilities"] is True
+
+    kindreflex.sandbox.register_client(replace(client, allowed_scope=no_update))
+    session_id = granted["session_id"]
+    before = kindreflex.tokens.access_token(session_id)
+    _expire_soon(kindreflex.database, session_id, by=timedelta(seconds=-1))
+    refreshed = kindreflex.tokens.access_token(session_id)  # not a new sign-in
+    assert refreshed != before
+    assert kindreflex.sandbox.auth.check_access_token(refreshed) is not None
+    assert browser.get(f"{kindreflex.url}/test/whoami").json()["updates_facilities"] is False
 
 
 def test_a_session_stored_before_the_secret_key_has_its_tokens_sealed_at_the_refresh(

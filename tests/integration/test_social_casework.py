@@ -133,8 +133,8 @@ def _referral_to_the_vk(
 ) -> dict[str, Any]:
     """The transaction of a step 6 referral to the VK (finding ``s6-<run>``, ServiceRequest
     ``r-<run>``); ``facility``: its Organization as the directory publishes it, the default
-    directory's VK unless given, laid over the one on the server as a registration with
-    the default scopes does (``casework.updates_facilities``)."""
+    directory's VK unless given, laid over the one on the server as a session granted the
+    update of Organizations does (``casework.updates_facilities``)."""
     referral = Step6Input(
         partner_id="vk-oost-vlaanderen",
         with_cooperation=False,

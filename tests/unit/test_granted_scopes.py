@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.scopes import asks_for, save_rights_not_granted
-from service.tenant_config import DEFAULT_SCOPES, SAVE_SCOPES, scopes_missing
+from service.scopes import is_granted, save_rights_not_granted
+from service.tenant_config import DEFAULT_SCOPES, scopes_missing
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from service.tenant_config import DEFAULT_SCOPES, SAVE_SCOPES, scopes_missing
         "patient/*.read patient/*.write user/*.write",  # v1
         "patient/*.* user/Organization.*",  # v1 wildcard
         "user/*.cus user/*.r",  # the user's whole access covers the patient's
-        "patient/*.crs patient/*.u?category=exam user/Organization.cu",  # v2 query: not enforced
+        "patient/*.crs patient/*.u?category=exam user/Organization.c",  # v2 query: not enforced
     ],
 )
 def test_every_right_a_save_needs_is_granted(granted: str) -> None:
@@ -33,8 +33,7 @@ def test_the_save_rights_not_granted_are_named_as_v2_scopes_in_the_order_asked()
         "patient/ServiceRequest.u",
         "patient/Flag.u",
         "user/Organization.c",
-        "user/Organization.u",
-    ]
+    ]  # not the update of an Organization: optional
 
 
 def test_a_patient_level_grant_does_not_cover_a_user_level_need() -> None:
@@ -94,29 +93,40 @@ def test_an_administrator_may_ask_type_by_type() -> None:
     ]  # fmt: skip
 
 
+#: The default scopes as an EHR grants them that lets no app update its Organizations.
+NO_ORGANIZATION_UPDATE = DEFAULT_SCOPES.replace("user/Organization.crus", "user/Organization.crs")
+
+
 @pytest.mark.parametrize(
-    ("asked", "updates"),
+    ("granted", "updates"),
     [
         (DEFAULT_SCOPES, True),
         ("launch user/Organization.cu user/Organization.rs", True),
         ("launch user/Organization.read user/Organization.write", True),  # v1
-        (SAVE_SCOPES, False),  # the default of before: no update asked
-        ("launch user/*.cruds", False),  # a wildcard: the launch checks no Organization.u
+        ("launch user/*.cruds", True),  # granted by a wildcard
+        (NO_ORGANIZATION_UPDATE, False),
         ("launch patient/Organization.cruds", False),  # outside the patient's compartment
         ("launch user/Organization.cru", False),  # not found by its identifier
+        ("openid fhirUser", False),
     ],
 )
-def test_a_referral_updates_its_facility_only_where_the_registration_asks_to(
-    asked: str, updates: bool
+def test_a_referral_updates_its_facility_only_where_the_session_is_granted_it(
+    granted: str, updates: bool
 ) -> None:
-    """A referral lays the directory over the facility's Organization only where its update
-    (and the search that finds it) is asked by name, and so checked granted at launch:
-    elsewhere it would wait for a sign-in that never brings the right."""
-    assert asks_for(asked, "user", "Organization", "us") is updates
+    """A referral lays the directory over the facility's Organization only where the
+    session's token grants its update and the search that finds it: elsewhere it would
+    wait for a sign-in that never brings the right."""
+    assert is_granted(granted, "user", "Organization", "us") is updates
 
 
-def test_a_registration_need_not_ask_to_update_the_facilities() -> None:
-    """The default of before (no Organization update) may still be saved: its referrals
-    reach the record, creating the facility once. The default asks for the update."""
-    assert scopes_missing(SAVE_SCOPES) == []
+def test_the_update_of_the_facilities_is_asked_for_and_never_needed() -> None:
+    """An EHR that lets no app update its Organizations (master data) launches the app with
+    the default scopes, and its refresh keeps the session: the update is an optional right,
+    asked for by default, which the admin is not told is missing either."""
     assert "user/Organization.crus" in DEFAULT_SCOPES.split()
+    assert save_rights_not_granted(DEFAULT_SCOPES, NO_ORGANIZATION_UPDATE) == []
+    assert save_rights_not_granted(DEFAULT_SCOPES, "launch user/*.cruds patient/*.cruds") == []
+    assert scopes_missing(NO_ORGANIZATION_UPDATE) == []
+    assert save_rights_not_granted(DEFAULT_SCOPES, DEFAULT_SCOPES.replace("crus", "rus")) == [
+        "user/Organization.c"
+    ]  # the create stays needed

@@ -228,7 +228,7 @@ Profile: KindreflexPartnerOrganization
 Parent: Organization
 Id: kindreflex-partner-organization
 Title: "Kindreflex partner organisation"
-Description: "An organisation of the regional Kindreflex partner directory (VK, OCJ, parket, police, Kind en Gezin, CLB, ...). Identifiers follow HL7 Belgium (KBO/BCE enterprise number, NIHDI number). A step 6 referral writes it as the hospital's directory says it at the referral: created when the server holds none with its partner identifier, else the directory's entry laid over the one it holds (a changed name or phone number), what the EHR added kept, where the EHR registration asks to update Organizations."
+Description: "An organisation of the regional Kindreflex partner directory (VK, OCJ, parket, police, Kind en Gezin, CLB, ...). Identifiers follow HL7 Belgium (KBO/BCE enterprise number, NIHDI number). A step 6 referral writes it as the hospital's directory says it at the referral: created when the server holds none with its partner identifier, else the directory's entry laid over the one it holds (a changed name or phone number), what the EHR added kept, where the EHR grants the app the update of Organizations."
 * insert Published
 * identifier MS
 * identifier ^slicing.discriminator.type = #value
