@@ -19,6 +19,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import audit
@@ -70,6 +71,7 @@ from service.protocol import (
     check_referral_status,
     leads_to_referral,
     referral_subjects,
+    reopens_after_referral_change,
 )
 from service.scopes import is_granted
 from service.social import (
@@ -243,11 +245,14 @@ def referral_transaction(
     actor: str,
     note: str | None,
     now: datetime,
+    reopen: bool = False,
 ) -> Plan:
     """A referral's new status: the ServiceRequest as read with the status (and the note,
     naming ``author`` or, where R4 does not admit that reference, ``author_name``),
-    If-Match on the version read, signed like every case write. Raises the protocol's
-    error when the referral is already finished."""
+    If-Match on the version read, signed like every case write; with ``reopen``, the closed
+    concern Flag active again in the same transaction (its end and close reason gone,
+    If-Match on the version read: ``protocol.reopens_after_referral_change``). Raises the
+    protocol's error when the referral is already finished."""
     try:
         current = ReferralStatus(referral["status"])
     except ValueError:  # a draft or an unknown status, set by someone else on the server
@@ -261,6 +266,8 @@ def referral_transaction(
         referral, status, author=author, author_name=author_name, at=now, note=note
     )
     written = [tx.update(updated, referral["meta"]["versionId"])]
+    if reopen:
+        written.append(_update_flag(tx, record.flag, last_step=None))
     witness = _sign(tx, record, written, now, author=author, actor=actor)
     return Plan(tx.bundle(), tuple(tx.stable_references()), witness)
 
@@ -300,7 +307,8 @@ def _update_flag(
     last_step: Step | None,
     closed: tuple[datetime, CaseClosure] | None = None,
 ) -> str:
-    """The Flag as read, with a new last step or closed; If-Match on the version read."""
+    """The Flag as read, with a new last step, closed, or (neither given) open again with
+    its last step; If-Match on the version read."""
     ours = [i for i in flag["identifier"] if i.get("system") == identifier_system("concern")]
     trigger_url = terminology.extension_url("concern-trigger")
     step_url = terminology.extension_url("concern-last-step")
@@ -811,12 +819,20 @@ def _referral(client: FhirClient, record: CaseRecord, referral_id: str | None) -
     return found[0]
 
 
-def _referral_statuses(client: FhirClient, record: CaseRecord) -> list[ReferralStatus]:
-    """Where the case's referrals stand on the FHIR server; one with a status Kindreflex
+def _referral_statuses(
+    client: FhirClient, record: CaseRecord, changed: tuple[str, ReferralStatus] | None = None
+) -> list[ReferralStatus]:
+    """Where the case's referrals stand on the FHIR server, with the referral ``changed``
+    names (its id and new status) as the change makes it; one with a status Kindreflex
     does not follow (a draft the EHR made) is left out."""
     followed = {status.value for status in ReferralStatus}
     referrals = _every_referral(client, record)
-    return [ReferralStatus(r["status"]) for r in referrals if r.get("status") in followed]
+    changed_id, new_status = changed or (None, None)
+    return [
+        new_status if r["id"] == changed_id and new_status else ReferralStatus(r["status"])
+        for r in referrals
+        if r.get("status") in followed
+    ]
 
 
 def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
@@ -830,15 +846,24 @@ def _resources(bundle: Resource, resource_type: str) -> list[Resource]:
 StepInput = Step4Input | Step5Input | Step6Input
 
 
+#: What a referral's status change did to its case closed as "referred" when it left no
+#: referral standing (``protocol.reopens_after_referral_change``): reopened it, or kept it
+#: closed because the patient has another open case (one open concern per patient), where
+#: the children are followed.
+Reopening = Literal["reopened", "kept-closed"]
+
+
 @dataclass(frozen=True)
 class StepResult:
     """Where a save stands: delivered to FHIR, or pending in the outbox (the worker
-    delivers it), or failed (the server rejected it; kept for the operators)."""
+    delivers it), or failed (the server rejected it; kept for the operators).
+    ``reopening``: what a referral's status change did to its closed case (None: nothing)."""
 
     status: Literal["delivered", "pending", "failed"]
     outbox_id: int
     next_steps: tuple[str, ...]
     row_version: int
+    reopening: Reopening | None = None
 
 
 @dataclass(frozen=True)
@@ -1056,24 +1081,60 @@ class Casework:
         on the version read).
 
         Allowed on a closed case too: the facility's work goes on after the hospital closed
-        its concern, and the referral keeps telling where it stands.
+        its concern, and the referral keeps telling where it stands. A case closed as
+        "referred" that the change leaves with no referral standing (its last one revoked)
+        is reopened in the same transaction, back on the worklist with step 6 open, unless
+        the patient has another open case (:meth:`_reopening`).
         """
         concern = self._concern(ctx, case_id, expected_version, closed_too=True)
         with self._client(ctx, change=True) as client:
             record, case = self._read(ctx, concern, client)
             referral = _referral(client, record, referral_id)
-        plan = referral_transaction(
-            record,
-            referral,
-            status,
-            author=ctx.user.fhir_user,
-            # the launch names a user without a name by their reference
-            author_name=typed_text(ctx.user.name) or ctx.user.fhir_user,
-            actor=ctx.actor,
-            note=note,
-            now=utcnow(),
-        )
-        return self._save(ctx, concern, plan, _Index.of(concern), case.next_steps)
+            closure = mapping.closure_from_flag(record.flag)
+            # a closed case's referrals are all read: whether one still stands decides
+            changed = (referral["id"], status)
+            statuses = _referral_statuses(client, record, changed) if closure else []
+        reopening = self._reopening(concern, reopens_after_referral_change(closure, statuses))
+        now = utcnow()
+
+        def save(reopening: Reopening | None) -> StepResult:
+            plan = referral_transaction(
+                record,
+                referral,
+                status,
+                author=ctx.user.fhir_user,
+                # the launch names a user without a name by their reference
+                author_name=typed_text(ctx.user.name) or ctx.user.fhir_user,
+                actor=ctx.actor,
+                note=note,
+                now=now,
+                reopen=reopening == "reopened",
+            )
+            index = _Index.of(concern)
+            if reopening == "reopened":  # on the worklist again: nothing planned, step 6 open
+                index = replace(index, status="open", follow_up_due=None)
+            result = self._save(ctx, concern, plan, index, case.next_steps)
+            return replace(result, reopening=reopening)
+
+        try:
+            return save(reopening)
+        except IntegrityError:
+            if reopening != "reopened":
+                raise
+            # a nurse's triage opened another case of the patient since _reopening looked:
+            # the unique open-concern index refused this one open, nothing was written.
+            # The change is made as it would have been then, the case kept closed.
+            return save("kept-closed")
+
+    def _reopening(self, concern: Concern, reopens: bool) -> Reopening | None:
+        """What the change does to the case it ``reopens`` by the protocol: reopened, or
+        kept closed when the patient has another open case (one open concern per patient:
+        the children are followed there; the index's ``uq_concerns_open_patient``)."""
+        if not reopens:
+            return None
+        with self._database.session() as session:
+            other = _other_open_concern(session, concern)
+        return "kept-closed" if other else "reopened"
 
     def saved_twice(self, ctx: LaunchInfo, case_id: int, seen_version: int) -> bool:
         """Whether the one change since the version a refused form showed is this session's

@@ -169,6 +169,7 @@ __all__ = [
     "kind_en_gezin_advised",
     "latest_follow_up",
     "referral_subjects",
+    "reopens_after_referral_change",
     "team_decisions_open",
     "team_may_find_acute_danger",
 ]
@@ -1382,12 +1383,35 @@ def check_closure(
             "No referral of this case stands on the FHIR server: it was withdrawn there. "
             "Record a new referral (step 6), or choose another reason for closing it.",
         )
-    if all(s is ReferralStatus.REVOKED for s in referral_statuses):
+    if not _any_stands(referral_statuses):
         raise InvalidFindingError(
             ErrorCode.REFERRALS_REVOKED,
             "Every referral of this case was revoked: no facility took it over. Record a new "
             "referral (step 6), or choose another reason for closing it.",
         )
+
+
+def reopens_after_referral_change(
+    closure: CaseClosure | None, referral_statuses: Collection[ReferralStatus]
+) -> bool:
+    """Whether a referral's status change reopens a case closed as "referred": once it is
+    made (``referral_statuses``: where the case's referrals then stand), every referral of
+    the case is revoked, the state :func:`check_closure` refuses to close in. No facility
+    holds the case any more, so the social service follows it again, with step 6 (a new
+    referral) open. ``closure``: why the case was closed (None: it is open). A case closed
+    for another reason, or with a referral still standing, stays as it is."""
+    return (
+        closure is not None
+        and closure.reason is CloseReason.REFERRED
+        and bool(referral_statuses)
+        and not _any_stands(referral_statuses)
+    )
+
+
+def _any_stands(referral_statuses: Collection[ReferralStatus]) -> bool:
+    """Whether a facility holds the case: one of its referrals is not revoked (a completed
+    one stands: the facility did its part)."""
+    return any(s is not ReferralStatus.REVOKED for s in referral_statuses)
 
 
 def check_not_informed_reason(referral: Step6Referral) -> None:

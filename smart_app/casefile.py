@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -52,6 +52,7 @@ from service.casework import (
     IncompleteCaseError,
     NoReferralError,
     RaisingSaveRefusedError,
+    Reopening,
     SaveOnItsWayError,
     StepInput,
     StepResult,
@@ -660,6 +661,7 @@ def _render(
     typed: Typed = Typed(),
     problems: tuple[Problem, ...] = (),
     saved: str | None = None,
+    reopening: str | None = None,
     status: int = 200,
 ) -> HTMLResponse:
     html = TEMPLATES.get_template("social/case.html").render(
@@ -685,6 +687,7 @@ def _render(
         problems=problems,
         problem_at=lambda anchor: [p.message for p in problems if p.anchor == anchor],
         saved=saved,
+        reopening=reopening,
         display=_display(ctx.language),
         word=_wording(ctx),
         step_title=partial(_step_title, ctx),
@@ -747,6 +750,7 @@ def case_page(
     work: CaseworkDep,
     case_id: CaseId,
     saved: str | None = None,
+    reopening: str | None = None,
 ) -> HTMLResponse:
     file = _load(ctx, database, work, case_id)
     if file is None:
@@ -754,7 +758,8 @@ def case_page(
     shown = saved if saved in ("delivered", "pending") else None
     if shown == "pending" and _waits_for_sign_in(file.summary):
         shown = "waiting-sign-in"  # not retried by itself: the page says what sends it
-    return _render(ctx, file, saved=shown)
+    said = reopening if shown and reopening in get_args(Reopening) else None
+    return _render(ctx, file, saved=shown, reopening=said)
 
 
 def claim_refused(
@@ -862,7 +867,9 @@ def _save_step(
         # (``casework.undo_refused_save``), so the input stays on the page to be redone.
         problems, status = _about_form(ctx, typed, "error.fhir-rejected"), 502
     if not problems:
-        target = pinned(ctx, f"/social/cases/{case_id}?saved={result.status}")
+        # what a referral's change did to its closed case, said on the page it goes back to
+        reopening = f"&reopening={result.reopening}" if result.reopening else ""
+        target = pinned(ctx, f"/social/cases/{case_id}?saved={result.status}{reopening}")
         return RedirectResponse(target, status_code=303)
     audit_refusal(ctx, database, case_id=case_id)
     file = _load(ctx, database, work, case_id)

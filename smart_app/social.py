@@ -36,6 +36,7 @@ from service.casework import (
     Casework,
     CloseRefusedError,
     NoReferralError,
+    Reopening,
     SaveOnItsWayError,
     StepResult,
     UnknownEncounterError,
@@ -302,6 +303,14 @@ class StepResponse(BaseModel):
     outbox_id: int
     next_steps: list[str] = Field(description="What the protocol expects next.")
     row_version: int
+    reopening: Reopening | None = Field(
+        None,
+        description="A referral's status change that left a case closed as `referred` with "
+        "no referral standing (its last one revoked): `reopened`, the case is open again "
+        "(its Flag active, on the worklist, step 6 open); `kept-closed`, the patient has "
+        "another open case, where the children are followed, so this one stays closed. "
+        "Null: the case's state did not change.",
+    )
 
 
 class ListingQuery(BaseModel):
@@ -550,7 +559,8 @@ def close(
     "the case's latest referral changes, as this endpoint did before it took an id. An id "
     "that is not one of this case's referrals is refused with 422, nothing written. The "
     "referral is updated with If-Match on the version read; a referral changed on the FHIR "
-    "server meanwhile, or a stale `row_version`, is a 409.",
+    "server meanwhile, or a stale `row_version`, is a 409. Revoking the last referral "
+    "standing of a case closed as `referred` reopens it (`reopening` in the answer).",
 )
 def referral_status(
     ctx: SocialWorker,
@@ -583,6 +593,7 @@ def _save(
         outbox_id=result.outbox_id,
         next_steps=list(result.next_steps),
         row_version=result.row_version,
+        reopening=result.reopening,
     )
 
 

@@ -27,6 +27,7 @@ from smart_app.casefile import referral_form
 from smart_app.session import CSRF_HEADER
 from tests.support.casework import (
     COLLEAGUE,
+    REVOKED,
     SOCIAL_WORKER,
     STEP_4_FORM,
     STEP_6_FORM,
@@ -879,6 +880,63 @@ def test_a_closed_case_says_when_and_why_it_was_closed(
     assert 'id="close-form"' not in page
     api = client.get(f"/api/cases/{case_id}").json()
     assert datetime.fromisoformat(api["closed_at"]) == datetime.fromisoformat(flag["period"]["end"])
+
+
+@pytest.mark.parametrize("another_case_open", [False, True])
+def test_revoking_the_last_referral_of_a_case_closed_as_referred_says_what_became_of_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    another_case_open: bool,
+) -> None:
+    # The case closed as "referred", its only referral revoked on the closed case's page:
+    # before, the page said "saved" and the case stayed closed, no facility holding it.
+    # Now it is reopened, the page says so and offers step 6 again; when a later visit
+    # opened another case of the patient, it stays closed and the page says where the
+    # children are followed.
+    base_url = fhir_server.base_url
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    page = client.get(f"/social/cases/{case_id}").text
+    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
+    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    page = client.get(f"/social/cases/{case_id}").text
+    assert (
+        post_form(client, page, case_id, "close", "close", {"reason": "referred"}).status_code
+        == 303
+    )
+    if another_case_open:
+        save_triage(app, tenant, base_url, returning=patient)
+    (request,) = search(base_url, "ServiceRequest", subject=patient)
+    form = referral_form(request["id"])
+    page = client.get(f"/social/cases/{case_id}").text
+
+    revoked = post_form(
+        client,
+        page,
+        case_id,
+        "referral-status",
+        form,
+        {"referral_id": request["id"], **REVOKED},
+    )
+
+    assert revoked.status_code == 303, revoked.text
+    page = client.get(revoked.headers["location"]).text
+    said = _text_of(page, "reopening", "</p>")
+    flags = {f["status"] for f in search(base_url, "Flag", subject=patient)}
+    if another_case_open:
+        assert said.startswith("Het dossier blijft afgesloten: de patiënt heeft een ander open")
+        assert flags == {"inactive", "active"}  # the other case's
+        assert 'id="s6-form"' not in page
+    else:
+        assert said.startswith("Het dossier is heropend: geen enkele doorverwijzing staat nog")
+        assert flags == {"active"}
+        assert 'id="s6-form"' in page  # a new referral
+        assert listed_cases(client.get("/social").text) == [case_id]
 
 
 def _text_of(html: str, element_id: str, end: str = "</h3>") -> str:

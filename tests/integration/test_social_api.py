@@ -739,6 +739,176 @@ def test_a_case_whose_referral_was_revoked_is_not_closed_as_referred(
     assert closed.status_code == 200, closed.text
 
 
+def _closed_as(case: HandedOffCase, row_version: int, reason: str) -> int:
+    """The case closed with ``reason`` (and a text); its row version after."""
+    body = {"row_version": row_version, "reason": reason, "reason_text": "VK takes it on."}
+    closed = case.send("close", body)
+    assert closed.status_code == 200, closed.text
+    return int(closed.json()["row_version"])
+
+
+def _open_cases(case: HandedOffCase) -> list[tuple[int, str]]:
+    """The social worker's worklist of open cases: each case's id and its last step."""
+    listed = case.client.get("/api/cases", headers=case.headers).json()["items"]
+    return [(item["id"], item["last_step"]) for item in listed]
+
+
+def test_revoking_the_only_referral_of_a_case_closed_as_referred_reopens_it(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """The case was closed as "referred" (the VK took it over); then the hospital revoked
+    that referral. Before, the case stayed closed as "referred" while no facility held it:
+    off the worklist, its Flag inactive (no warning at the next visit), nobody following
+    the children. Now the revocation reopens it in the same transaction."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    referred = case.referred_after_an_unwilling_decision()
+    closed = _closed_as(case, referred.json()["row_version"], "referred")
+    assert _open_cases(case) == []
+
+    revoked = case.send(
+        "referral", {"row_version": closed, "status": "revoked", "note": "VK declined."}
+    )
+
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["status"] == "delivered"
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
+    assert flag["status"] == "active"
+    assert "end" not in flag["period"]
+    closing = terminology.extension_url("concern-close-reason")
+    assert closing not in {e["url"] for e in flag.get("extension", [])}
+    assert validate(flag) == []
+    (request,) = _referrals_on(case)
+    assert request["status"] == "revoked"
+    assert validate(request) == []
+    # one write, one signature: the Provenance names the referral and the reopened Flag
+    signed = search(case.base_url, "Provenance", target=f"Flag/{flag['id']}")
+    targets = {t["reference"] for p in signed for t in p["target"]}
+    assert f"ServiceRequest/{request['id']}" in targets
+    # back on the worklist, step 6 (a new referral) open
+    assert _open_cases(case) == [(case.id, "step-6")]
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    assert (opened["status"], opened["closure"]) == ("open", None)
+    assert "step-6" in opened["next_steps"]
+    # and the social worker is told
+    assert revoked.json()["reopening"] == "reopened"
+    assert "step-6" in revoked.json()["next_steps"]
+    # still no closing as "referred" while no referral stands; a new referral is recorded
+    version = opened["row_version"]
+    refused = case.send("close", {"row_version": version, "reason": "referred"})
+    assert refused.json()["detail"]["code"] == "referrals-revoked"
+    assert case.refer_to_vk(version).status_code == 200
+
+
+def test_a_case_closed_as_referred_stays_closed_while_a_referral_stands(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Revoking one referral while another stands (the police's, after the VK's) leaves
+    the case closed as "referred": a facility holds it. Revoking the last one reopens it."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    vk, police, version = _referred_to_the_vk_then_the_police(case)
+    closed = _closed_as(case, version, "referred")
+
+    first = case.send("referral", {"row_version": closed, "referral_id": vk, **REVOKED})
+
+    assert first.status_code == 200, first.text
+    assert first.json()["reopening"] is None
+    (flag,) = search(case.base_url, "Flag", subject=case.patient)
+    assert flag["status"] == "inactive"
+    assert mapping.closure_from_flag(flag) == CaseClosure(CloseReason.REFERRED, "VK takes it on.")
+    assert _open_cases(case) == []
+    last = {"row_version": first.json()["row_version"], "referral_id": police}
+    second = case.send("referral", {**last, **REVOKED})
+    assert second.json()["reopening"] == "reopened"
+    assert _open_cases(case) == [(case.id, "step-6")]
+
+
+def test_a_case_closed_as_safe_stays_closed_when_its_referral_is_revoked(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """Closed for another reason than "referred": the case never rested on the referral."""
+    safe = _handed_off_case(database_url, database, fhir_server.base_url)
+    referred = safe.referred_after_an_unwilling_decision()
+    closed = _closed_as(safe, referred.json()["row_version"], "safety-restored")
+    revoked = safe.send("referral", {"row_version": closed, **REVOKED})
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["reopening"] is None
+    (flag,) = search(safe.base_url, "Flag", subject=safe.patient)
+    assert flag["status"] == "inactive"
+    assert mapping.closure_from_flag(flag) == CaseClosure(
+        CloseReason.SAFETY_RESTORED, "VK takes it on."
+    )
+    opened = safe.client.get(f"/api/cases/{safe.id}", headers=safe.headers).json()
+    assert opened["status"] == "closed"
+
+
+def test_revoking_the_last_referral_keeps_the_case_closed_when_another_is_open(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> None:
+    """One open case per patient: a later visit's niet-pluis opened a new case, where the
+    children are followed. Revoking the earlier case's last referral is recorded, that case
+    stays closed, and the answer says why."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    referred = case.referred_after_an_unwilling_decision()
+    closed = _closed_as(case, referred.json()["row_version"], "referred")
+    save_triage(case.app, case.tenant, case.base_url, returning=case.patient)
+    ((new_case, _),) = _open_cases(case)
+
+    revoked = case.send("referral", {"row_version": closed, **REVOKED})
+
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["reopening"] == "kept-closed"
+    (request,) = _referrals_on(case)
+    assert request["status"] == "revoked"
+    flags = {f["status"]: f for f in search(case.base_url, "Flag", subject=case.patient)}
+    assert mapping.closure_from_flag(flags["inactive"]) == CaseClosure(
+        CloseReason.REFERRED, "VK takes it on."
+    )
+    assert _open_cases(case) == [(new_case, "step-2")]
+    assert new_case != case.id
+    opened = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
+    assert opened["status"] == "closed"
+
+
+def test_a_new_case_opened_while_the_revocation_is_saved_keeps_the_earlier_closed(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A nurse's niet-pluis opens a new case of the patient just after the revocation
+    found none open: the earlier case is not reopened beside it (one open case per
+    patient), the revocation is recorded all the same and says the case stays closed."""
+    case = _handed_off_case(database_url, database, fhir_server.base_url)
+    referred = case.referred_after_an_unwilling_decision()
+    closed = _closed_as(case, referred.json()["row_version"], "referred")
+    looked = casework.Casework._reopening
+
+    def looked_then_a_nurse_saves(self: Any, concern: Any, reopens: bool) -> Any:
+        found = looked(self, concern, reopens)
+        save_triage(case.app, case.tenant, case.base_url, returning=case.patient)
+        return found
+
+    monkeypatch.setattr(casework.Casework, "_reopening", looked_then_a_nurse_saves)
+    revoked = case.send("referral", {"row_version": closed, **REVOKED})
+
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["reopening"] == "kept-closed"
+    (request,) = _referrals_on(case)
+    assert request["status"] == "revoked"
+    flags = sorted(f["status"] for f in search(case.base_url, "Flag", subject=case.patient))
+    assert flags == ["active", "inactive"]  # the new case's, and the earlier one closed
+    ((open_case, _),) = _open_cases(case)
+    assert open_case != case.id
+
+
 def test_a_case_whose_referral_the_ehr_withdrew_is_not_closed_as_referred(
     database_url: str,
     database: Database,

@@ -42,6 +42,7 @@ from service.protocol import (
     kind_en_gezin_advised,
     latest_follow_up,
     referral_subjects,
+    reopens_after_referral_change,
     team_decisions_open,
 )
 from tests.support.findings import (
@@ -266,6 +267,23 @@ def test_a_case_whose_every_referral_was_revoked_is_not_closed_as_referred() -> 
     assert refused.value.code is ErrorCode.REFERRALS_REVOKED
     check_closure(referred, CaseClosure(CloseReason.REFERRED), [*revoked, ReferralStatus.ACTIVE])
     check_closure(referred, CaseClosure(CloseReason.OTHER, "the VK declined"), revoked)
+
+
+def test_only_the_last_referral_revoked_reopens_a_case_closed_as_referred() -> None:
+    """Closed as "referred" with no referral standing is the state closing refuses: the
+    change that leads there reopens the case. A referral still standing (a completed one:
+    the facility did its part), another close reason or an open case: no change."""
+    referred = CaseClosure(CloseReason.REFERRED)
+    revoked = ReferralStatus.REVOKED
+    assert reopens_after_referral_change(referred, [revoked])
+    assert reopens_after_referral_change(referred, [revoked, revoked])
+    assert not reopens_after_referral_change(referred, [revoked, ReferralStatus.ACTIVE])
+    assert not reopens_after_referral_change(referred, [revoked, ReferralStatus.COMPLETED])
+    assert not reopens_after_referral_change(referred, [ReferralStatus.ON_HOLD])
+    assert not reopens_after_referral_change(referred, [])  # nothing changed of ours
+    assert not reopens_after_referral_change(CaseClosure(CloseReason.SAFETY_RESTORED), [revoked])
+    assert not reopens_after_referral_change(CaseClosure(CloseReason.OTHER, "moved"), [revoked])
+    assert not reopens_after_referral_change(None, [revoked])
 
 
 @pytest.mark.parametrize("current", list(ReferralStatus))
