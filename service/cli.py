@@ -56,6 +56,13 @@ log = logging.getLogger(__name__)
 #: balancers 60 s): a request it sends just as uvicorn closes one gets a 502, and a CDS
 #: hook call, a POST, is not retried. Outlasting the proxy, we let it close first.
 KEEP_ALIVE_SECONDS = 75
+#: How long a stopping `serve` waits for the requests in flight before it cancels them and
+#: stops the instance's own work (the outbox worker's batch, the CDS path's rows not yet
+#: written). Without a bound it waited for every request however long, and a request that
+#: outlasted the platform's grace period (Kubernetes' terminationGracePeriodSeconds) had
+#: the process killed with that work undone. The ingress waits 120 s for an answer
+#: (deploy/kubernetes/ingress.yaml): past that nobody waits for the request's answer.
+GRACEFUL_SHUTDOWN_SECONDS = 120
 
 
 SchemaState = Literal["current", "outdated", "newer"]
@@ -168,6 +175,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
         timeout_keep_alive=args.timeout_keep_alive,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         log_config=None,
     )
     return 0
@@ -459,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"close idle connections after this long (default {KEEP_ALIVE_SECONDS}: longer "
         "than the reverse proxy keeps its idle connections to us)",
     )  # fmt: skip
+    serve.add_argument(
+        "--timeout-graceful-shutdown", type=_seconds, default=GRACEFUL_SHUTDOWN_SECONDS,
+        metavar="SECONDS",
+        help=f"when stopped, wait this long for the requests in flight, then end them and "
+        f"stop (default {GRACEFUL_SHUTDOWN_SECONDS}: the longest the ingress waits for us)",
+    )  # fmt: skip
     serve.set_defaults(handler=cmd_serve)
 
     demo = commands.add_parser(
@@ -501,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _port(text: str) -> int:
     """A TCP port (uvicorn took 99999 modulo 65536, and logged it as 99999)."""
     return _number_in(text, 1, 65535)
+
+
+def _seconds(text: str) -> int:
+    """A whole number of seconds, one hour at most: past that no platform waits."""
+    return _number_in(text, 1, 3600, " of seconds")
 
 
 def _minutes(text: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,6 +75,38 @@ def test_db_upgrade_then_serve_answers_health_ready_and_metrics(tmp_path: Path) 
         metrics = httpx.get(f"{base}/metrics").text
         counted = 'kindreflex_http_requests_total{method="GET",route="/healthz",status="200"}'
         assert counted in metrics
+
+
+def test_a_stopped_serve_ends_a_request_that_outlasts_its_grace_and_shuts_down_cleanly(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM (a rollout, a node drain) with a request in flight: serve waited for it
+    without end, so a request longer than Kubernetes' grace period had the process killed
+    before the instance's shutdown (the outbox worker's batch released, the CDS path's rows
+    written; found by an operations review). Now it waits --timeout-graceful-shutdown for
+    the requests, then ends them and shuts down. The request here is held by its client
+    (a body announced and never sent) as a slow FHIR server holds a screen."""
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": f"sqlite:///{tmp_path / 'kr.db'}"}
+    for command in (["db", "upgrade"], ["admin", "bootstrap"]):  # a hospital to ask
+        subprocess.run([*KINDREFLEX, *command], env=env, capture_output=True, check=True)
+    port = free_port()
+    serve = [*KINDREFLEX, "serve", "--port", str(port), "--timeout-graceful-shutdown", "2"]
+    with (
+        running(serve, f"http://127.0.0.1:{port}/healthz", env) as server,
+        socket.create_connection(("127.0.0.1", port), timeout=30) as client,
+    ):
+        client.sendall(
+            b"POST /admin/api/session HTTP/1.1\r\nHost: kindreflex\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        # uvicorn answers 100 when the app asks for the body: the request is in flight
+        assert client.recv(100).startswith(b"HTTP/1.1 100 ")
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=30)  # not killed by `running`: it ended by itself
+        log = server.output()
+    assert "timeout graceful shutdown exceeded" in log
+    assert "Application shutdown complete." in log
 
 
 def test_serve_refuses_an_outdated_postgres_schema_instead_of_migrating_it(

@@ -303,14 +303,19 @@ def pods() -> list[dict[str, Any]]:
 
 def test_a_pod_ended_at_a_rollout_finishes_the_longest_request_the_ingress_waits_for() -> None:
     """Kubernetes' default 30 s cut a save on a slow FHIR server short (found by review);
-    after the requests, the outbox worker's batch in progress is waited for too."""
+    after the requests, the outbox worker's batch in progress is waited for too. serve
+    waits for the requests no longer than the ingress waits for them, and the grace period
+    leaves it that, then the outbox's stop: a request that outlasts it is ended, and the
+    instance's shutdown still runs before Kubernetes kills the process."""
     deployment = next(d for d in manifests() if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     annotations = ingresses()["kindreflex"]["metadata"]["annotations"]
     longest = int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + longest + STOP_TIMEOUT_SECONDS
+    requests = build_parser().parse_args(container["args"]).timeout_graceful_shutdown
+    assert requests >= longest
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + requests + STOP_TIMEOUT_SECONDS
 
 
 def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
