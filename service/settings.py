@@ -244,12 +244,18 @@ class Settings(BaseSettings):
 
     @field_validator("secret_key")
     @classmethod
-    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+    def _not_empty_nor_padded(cls, value: SecretStr | None) -> SecretStr | None:
         # `--from-literal=KINDREFLEX_SECRET_KEY="$(openssl rand -base64 32)"` on a machine
         # without openssl stores an empty key: everything was then sealed under a known one
-        if value is not None and not value.get_secret_value().strip():
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
             raise ValueError("is empty: give it a random value (`openssl rand -base64 32`)")
-        return value
+        # The same key with or without a file's newline (a Secret made --from-file, one made
+        # --from-literal, the settings file) is one key: taken as given, a key restored the
+        # other way opened nothing it had sealed (found by an operations review)
+        return SecretStr(key)
 
     @model_validator(mode="after")
     def _no_unsafe_switch_in_production(self) -> Settings:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import event
 
 from service.db.base import CONNECT_TIMEOUT_SECONDS, make_engine
+from service.keys import Sealer
 from service.settings import MIN_SECRET_KEY_LENGTH, load_settings
 
 
@@ -84,6 +85,26 @@ def test_an_empty_secret_key_is_refused_not_taken_for_a_key(
     with pytest.raises(ValidationError, match="secret_key") as refused:
         load_settings()
     assert "openssl rand" in str(refused.value)
+
+
+def test_the_secret_key_opens_what_it_sealed_whether_it_came_with_a_newline_or_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A key kept in a file (``openssl rand -base64 32 > key``) reaches the pod with its
+    newline through a Secret made ``--from-file``, and without it through ``--from-literal``
+    or the settings file. The key was taken with the newline: the same key given the other
+    way, at a restore into a new cluster, opened none of the EHR client secrets, signing
+    keys and tokens it had sealed, as if it had been changed (found by an operations
+    review). Surrounding whitespace is no part of the key."""
+    key = "mR3tq0bQ9v0x3b7Jm2HcVf1s8o4nC5yZkWq6eT2uA1E="
+    monkeypatch.setenv("KINDREFLEX_SECRET_KEY", f"{key}\n")  # kubectl … --from-file=…=key
+    sealed = Sealer(load_settings().secret_key, "client-secret").seal("the EHR's secret")
+    monkeypatch.delenv("KINDREFLEX_SECRET_KEY")
+    settings_file = tmp_path / "kindreflex.env"
+    settings_file.write_text(f"KINDREFLEX_SECRET_KEY={key}\n")
+    monkeypatch.setenv("KINDREFLEX_SETTINGS_FILE", str(settings_file))
+    opened = Sealer(load_settings().secret_key, "client-secret").open(sealed, sealed=True)
+    assert opened == "the EHR's secret"
 
 
 def test_production_refuses_a_short_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
