@@ -974,12 +974,9 @@ def _save(
         findings = replace(build_input(form, ctx, now, t), submission=submission, page=form.page_id)
         result: SaveResult | None = triage.record_triage(ctx, findings)
     except InvalidFormError as invalid:
-        return _form_page(
-            ctx, form, errors=invalid.errors, open_concern=triage.has_open_concern(ctx)
-        )
+        return _refused_form(ctx, triage, form, invalid.errors)
     except ProtocolError as error:  # a rule that needs the recorded history
-        errors = [protocol_error(error, t)]
-        return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
+        return _refused_form(ctx, triage, form, [protocol_error(error, t)])
     except ChildRecordedMeanwhile as meanwhile:
         # each such row now names the child the other save wrote: saved again, it is that
         # child (merged with what she typed), not a second; the rest of her input stays
@@ -989,11 +986,10 @@ def _save(
             if row.ref in meanwhile.refs
         ]
         rows = [replace(row, ref=meanwhile.refs.get(row.ref, row.ref)) for row in form.children]
-        form = replace(form, children=rows)
-        return _form_page(ctx, form, errors=errors, open_concern=triage.has_open_concern(ctx))
+        return _refused_form(ctx, triage, replace(form, children=rows), errors)
     except SaveConflict:
         try:
-            return _form_after_conflict(ctx, triage, form, findings)
+            return _form_after_conflict(ctx, triage, form)
         except (FhirError, ReauthorisationRequired):
             # the record cannot be read now: a page that says to open the app again and,
             # with acute danger, to call the parket or the police now (found by review:
@@ -1013,9 +1009,7 @@ def _save(
     )
 
 
-def _form_after_conflict(
-    ctx: LaunchContext, triage: Triage, form: TriageForm, findings: TriageInput
-) -> HTMLResponse:
+def _form_after_conflict(ctx: LaunchContext, triage: Triage, form: TriageForm) -> HTMLResponse:
     """The form again after a save the record refused because someone else had changed the
     patient's data first (:class:`SaveConflict`): the children as the record has them now
     (:func:`rows_after_conflict`), every other answer as she gave it, and, with acute
@@ -1028,19 +1022,35 @@ def _form_after_conflict(
     # a page of its own: saved again as shown, it is a new save, not the refused one
     again = replace(form, children=rows, page_id=chart.page)
     say = partial(_app_message, ctx.language)
-    acute = findings.step2 is not None and findings.step2.acute_danger
-    # the summary a screen reader reads first names first what does not wait
-    errors = [FieldError("acute-title", say("saved.acute-title"))] if acute else []
-    errors.append(FieldError(NO_FIELD, say("triage.conflict")))
+    errors = [FieldError(NO_FIELD, say("triage.conflict"))]
     if gone:
         errors.append(FieldError("children", say("triage.conflict-gone", names=", ".join(gone))))
+    return _refused_form(ctx, triage, again, errors, status_code=409)
+
+
+def _refused_form(
+    ctx: LaunchContext,
+    triage: Triage,
+    form: TriageForm,
+    errors: list[FieldError],
+    *,
+    status_code: int | None = None,
+) -> HTMLResponse:
+    """The form again with why her save was refused, her input kept. With acute danger
+    ticked, the parket or the police to call now above it, and the summary a screen reader
+    reads first names that first: acute danger waits neither for the record (a conflict)
+    nor for a typo to be mended. Whatever else the form says (even "no concern" beside it,
+    refused), she ticked it: the numbers are shown rather than held back."""
+    if form.acute_danger:
+        call_now = FieldError("acute-title", _app_message(ctx.language, "saved.acute-title"))
+        errors = [call_now, *errors]
     return _form_page(
         ctx,
-        again,
+        form,
         errors=errors,
-        status_code=409,
+        status_code=status_code,
         open_concern=triage.has_open_concern(ctx),
-        acute_danger=acute,
+        acute_danger=form.acute_danger,
     )
 
 

@@ -1061,6 +1061,53 @@ def test_acute_danger_without_a_number_in_the_directory_says_so_and_whom_to_call
     assert "bel bij acuut gevaar de politie op 101, of 112" in acute
 
 
+def test_acute_danger_refused_for_a_typo_still_says_to_call_the_parket_or_police_now(
+    nurse_for: Any,
+) -> None:
+    """Acute danger waits for no typo either. Before, a save refused for a mistyped birth
+    date showed the form with its errors and nothing of the parket or the police: whom to
+    call came only once the date was mended and the save went through (found by review).
+    Now the form says it above her answers, and the summary, read first, names it first."""
+    with_police = _directory_calling(ReferralTarget.POLICE, "09 266 61 11")
+    nurse = nurse_for("tom-wouters", partners=with_police)
+    page = nurse.page()
+
+    refused = nurse.post(
+        _two_children(
+            page,
+            assessment="niet-pluis",
+            reasons="Dreigt de kinderen iets aan te doen",
+            acute_danger="1",
+            **{"child-1-birth_date": "31/02/2019"},
+        )
+    )
+
+    assert refused.status == 422, refused.text
+    acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
+    assert "parket en/of de politie" in acute
+    assert "tel:+3292666111" in acute
+    assert refused.text.index("data-acute-danger") < refused.text.index("data-triage-form")
+    summary = refused.text.split("data-error-summary")[1].split("</div>")[0]
+    items = summary.split("<li>")[1:]
+    assert items[0].startswith('<a href="#acute-title">Acuut gevaar: betrek nu het parket')
+    assert items[1].startswith('<a href="#child-1-birth_date">')  # and what to mend
+    submitted = refused.submitted()
+    assert submitted["acute_danger"] == ["1"]
+    assert submitted["child-1-birth_date"] == ["31/02/2019"]
+    assert submitted["reasons"] == ["Dreigt de kinderen iets aan te doen"]
+
+
+def test_a_form_refused_without_acute_danger_names_no_parket_or_police(nurse_for: Any) -> None:
+    nurse = nurse_for("tom-wouters")
+    page = nurse.page()
+
+    refused = nurse.post(_two_children(page, assessment="niet-pluis", reasons=""))
+
+    assert refused.status == 422, refused.text
+    assert "data-acute-danger" not in refused.text
+    assert "#acute-title" not in refused.text
+
+
 def test_in_french_the_services_to_call_say_what_they_are(nurse_for: Any) -> None:
     """The directory names its services as they are called, often in Dutch only: a French
     nurse read "Politie" and "Parket (procureur des Konings)" on the acute-danger screen,
