@@ -1925,6 +1925,31 @@ def test_every_code_the_screen_shows_has_a_label_in_every_language(language: Lan
     assert [m for m in wanted if m not in messages] == []
 
 
+#: How each language names Kind & Gezin's start conversation on the page: the step 3 box.
+START_CONVERSATION = {"nl": "startgesprek", "fr": "entretien de départ", "en": "start conversation"}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_messages_name_the_choices_as_the_page_labels_them(language: Language) -> None:
+    """What a message asks her to choose or untick is called as the box or option she looks
+    for. Before, French asked for the reasons "en cas de doute" beside the options "Aucun
+    doute …" and "Sentiment que quelque chose ne va pas (niet-pluis)", and to untick an
+    "entretien de démarrage" where the box says "entretien de départ" (found by review)."""
+    messages = catalogue(language).messages
+    niet_pluis = messages["app.assessment.niet-pluis"].lower()
+    assert "niet-pluis" in niet_pluis
+    for message_id in ("app.step2.reasons-hint", "app.protocol.reasons-required"):
+        assert "niet-pluis" in messages[message_id].lower(), message_id
+        assert "doute" not in messages[message_id], message_id  # "aucun doute" is no concern
+    start = START_CONVERSATION[language]
+    for message_id in (
+        "app.support-action.kind-en-gezin-start",
+        "app.advice.kind-en-gezin",
+        "app.protocol.kind-en-gezin-out-of-age",
+    ):
+        assert start in messages[message_id].lower(), message_id
+
+
 @pytest.mark.parametrize(
     ("typed", "kept"),
     [
