@@ -1643,6 +1643,11 @@ def test_a_save_after_the_ehr_token_ran_out_says_to_open_the_app_again_for_the_p
     assert 'data-save-status="waiting-sign-in"' in saved.text
     assert "Open de Kindreflex nu opnieuw vanuit het dossier van deze patiënt" in saved.text
     assert "automatisch doorgestuurd" not in saved.text
+    # nor does the heading, read first, say it follows: it does not without her (review)
+    heading = "Nog niet in het dossier: open de Kindreflex opnieuw vanuit het EPD"
+    assert f"<h1>{heading}</h1>" in saved.text
+    assert f"<title>{heading} · Kindreflex</title>" in saved.text
+    assert "levering volgt" not in saved.text
     with database.session() as session:
         states = session.scalars(select(OutboxEntry.state).where(OutboxEntry.kind == "triage"))
         assert list(states) == ["waiting-authorisation"]
