@@ -535,6 +535,17 @@ def _marks_a_concern(form: TriageForm, assessment: SafetyAssessment | None) -> b
     return concern or form.acute_danger
 
 
+def _no_children_contradiction(form: TriageForm, children: tuple[Child, ...], today: date) -> str:
+    """The message id of "cares for no children" refused beside a minor or an expected
+    child. When the only minors are the record's, she typed nothing to choose between:
+    she is told she cannot remove them here, and what to do instead."""
+    recorded = {row.ref for row in form.children if row.in_the_record}
+    typed = (child for child in children if child.ref not in recorded)
+    if form.expecting or cares_for_minors(typed, None, today):
+        return "error.no-children-contradiction"
+    return "error.no-children-recorded-minors"
+
+
 def _typed_beyond_step1(form: TriageForm) -> list[str]:
     """The fields of steps 2-3 given an answer other than the assessment. Step 3 only with
     "no concern": otherwise the page hides it and does not save it."""
@@ -561,8 +572,10 @@ def build_input(
     typed_rows = any(not row.is_blank for row in form.children)
     if not has_family and not typed_rows and not form.no_children:
         errors.append(FieldError("child-0-name", t("error.children-or-none")))
-    if has_family and form.no_children:
-        errors.append(FieldError("no_children", t("error.no-children-contradiction")))
+    # "cares for no children" is true beside grown-up children: the Kindreflex ends there
+    if gauged and form.no_children:
+        message = _no_children_contradiction(form, children, now.date())
+        errors.append(FieldError("no_children", t(message)))
     if form.added_rows > MAX_CHILDREN:
         errors.append(FieldError("children", t("error.too-many-children", max=MAX_CHILDREN)))
     assessment = _enum_value(SafetyAssessment, form.assessment)

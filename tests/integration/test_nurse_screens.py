@@ -1422,6 +1422,57 @@ def test_no_children_ticked_beside_a_minor_does_not_say_to_empty_steps_2_3(
     assert "wordt niet bewaard: zonder minderjarig" not in refused.text
 
 
+def test_no_children_ticked_beside_grown_up_children_in_the_record_closes_the_kindreflex(
+    nurse_for: Any,
+) -> None:
+    """A returning patient whose children in the record are all adults says she cares for
+    no children, which is true. Before, the save was refused: "U vulde kinderen … in en
+    vinkte ook 'zorgt niet voor kinderen' aan. Kies één van beide.", where she had filled
+    in nothing and cannot remove the record's children (found by review)."""
+    nurse = nurse_for("lotte-claes")
+    page = nurse.page()
+    added = len(page.child_refs())  # a row after the rows shown (the record's, or a blank one)
+    bram = f"Bram {uuid.uuid4().hex[:6]}"  # the sandbox outlives a run: another each time
+    first = nurse.post(
+        {
+            **page.submitted(),
+            f"child-{added}-ref": f"urn:uuid:{uuid.uuid4()}",
+            f"child-{added}-name": bram,
+            f"child-{added}-birth_date": "14/02/1998",
+            f"child-{added}-relationship": "NCHILD",
+            f"child-{added}-lives_with": "not",
+        }
+    )
+    assert first.status == 200, first.text
+    again = nurse.page()
+    assert bram in recorded_rows(again).values()
+
+    saved = nurse.post({**again.submitted(), "no_children": "1"})
+
+    assert saved.status == 200, saved.text
+    assert "De kinderen van de patiënt zijn volwassen" in saved.text
+    assert "de Kindreflex is afgerond" in saved.text
+
+
+def test_no_children_ticked_beside_a_minor_in_the_record_says_what_to_do_with_it(
+    nurse_for: Any,
+) -> None:
+    """The record's minors are not hers to remove here: the refusal says so, and what to do
+    (the child does not live with the patient; a child recorded in error), not that she
+    filled them in and should choose."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+
+    refused = nurse.post({**page.submitted(), "no_children": "1", "assessment": "no-concern"})
+
+    assert refused.status == 422, refused.text
+    beside = unescape(refused.text.split('id="no_children-error"')[1].split("</p>")[0])
+    assert "Het dossier noemt minderjarige kinderen van de patiënt" in beside
+    assert "kies bij zo'n kind 'Niet' bij 'Woont bij de patiënt'" in beside
+    assert "U vulde kinderen" not in refused.text
+    assert 'href="#no_children"' in refused.text
+
+
 def test_a_field_with_two_problems_shows_both_beside_it(nurse_for: Any) -> None:
     """Found by review: the summary listed both, the field only the last; the nurse who
     mended what she read beside it was refused again for the other."""
