@@ -547,8 +547,10 @@ class AuthServer:
 
     def _answer(self, redirect_uri: str, params: dict[str, str]) -> RedirectResponse:
         """The authorization response, naming its issuer as RFC 9207 has it: a client that
-        registered with several servers knows which one answered (no mix-up)."""
-        return _redirect(redirect_uri, {**params, "iss": self.issuer})
+        registered with several servers knows which one answered (no mix-up); unless
+        configured not to (``SandboxConfig.names_itself``)."""
+        named = {"iss": self.issuer} if self.config.names_itself else {}
+        return _redirect(redirect_uri, {**params, **named})
 
     # -- discovery documents --------------------------------------------------------------------
     def smart_configuration(self) -> dict[str, Any]:
@@ -579,7 +581,7 @@ class AuthServer:
             ],
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
-            "authorization_response_iss_parameter_supported": True,
+            "authorization_response_iss_parameter_supported": self.config.names_itself,
             "capabilities": [
                 "launch-ehr",
                 "launch-standalone",

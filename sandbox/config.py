@@ -52,6 +52,9 @@ class SandboxConfig:
       verifies (and advertises); narrow it to try a client against a stricter server.
     * ``relative_fhir_user`` — the id_token's ``fhirUser`` relative to the FHIR base
       (``Practitioner/…``), as SMART allows and some EHRs send it; absolute by default.
+    * ``names_itself`` — the authorization responses name their issuer (RFC 9207 ``iss``,
+      advertised in the SMART configuration); off, as most EHRs are still, to try a
+      client's mix-up defence without it.
     """
 
     cds_base_url: str | None = None
@@ -74,6 +77,7 @@ class SandboxConfig:
     cds_timeout: float = 10.0
     auto_consent: bool = False
     relative_fhir_user: bool = False
+    names_itself: bool = True
     frame_origins: tuple[str, ...] = ()
     data_dir: Path | None = None
     seed: bool = True

@@ -88,8 +88,10 @@ def _credentials_in_query(scope: MutableMapping[str, Any]) -> bool:
     """The SMART launch and callback, whose query strings are credentials (the EHR's launch
     token, the authorization code, the state): FastAPI's span carries a request's whole
     query (``url.query``), which the access log drops (found by review: sent to the
-    hospital's collector as it was)."""
-    return str(scope.get("path", "")).rstrip("/").rsplit("/", 1)[-1] in ("launch", "callback")
+    hospital's collector as it was). A registration's own redirect URI
+    (``/callback/{hospital}/{registration}``) too."""
+    segments = str(scope.get("path", "")).rstrip("/").split("/")
+    return segments[-1] in ("launch", "callback") or segments[1:2] == ["callback"]
 
 
 #: Switched on: requests traced and measured, but not those, and no log records of

@@ -412,6 +412,13 @@ class EhrRegistration(Strict):
     )
     default_language: Language = "nl"
     roles: RoleMapping = Field(default_factory=RoleMapping)
+    own_redirect_uri: bool = Field(
+        default=False,
+        description="The EHR answers at this registration's own redirect URI, "
+        "`{KINDREFLEX_PUBLIC_URL}/callback/{hospital}/{id}`, registered at the EHR instead of "
+        "`/callback`: an authorization server mix-up is then refused also where the EHR does "
+        "not name itself in its answers (RFC 9207).",
+    )
 
     @field_validator("scopes")
     @classmethod

@@ -1020,8 +1020,9 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> Response:
     adding = field.get("form") == "new"  # the new registration's form, whatever id it typed
     existing = None if adding else next((r for r in registrations if r.id == body["id"]), None)
     body["cds_issuers"] = _issuers(field.get("cds_issuers", ""), existing)
-    if existing is not None:
+    if existing is not None:  # kept: the form does not show them
         body["roles"] = existing.roles
+        body["own_redirect_uri"] = existing.own_redirect_uri
     form_id = existing.id if existing else "new"
     typed = {"registration": form_id, "fields": field}
     index = registrations.index(existing) if existing else len(registrations)

@@ -12,7 +12,8 @@ outstanding gets a 503 page with ``Retry-After`` instead, before the EHR is aske
 and without a write, so that a flood of launches cannot grow the table without bound. The
 ingress's rate limit per client IP is the first line (README, *On Kubernetes*).
 
-``/callback`` (one redirect URI for every tenant: the state row remembers the tenant)
+``/callback`` (one redirect URI for every tenant: the state row remembers the tenant;
+a registration with ``own_redirect_uri`` is answered at ``/callback/{tenant}/{id}`` only)
 consumes the state, exchanges the code with the registration's client authentication,
 verifies the id_token, stores the tokens server-side and sets the session cookie.
 Anything wrong → a translated page; a refused launch writes no session.
@@ -136,6 +137,7 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
         registration, lambda: servers.discover(registration, settings.fhir_timeout_seconds)
     )
     state, verifier, nonce, browser = (secrets.token_urlsafe(32) for _ in range(4))
+    answered_at = registration_redirect_uri(settings, tenant.slug, registration)
     sessions: SessionStore = request.app.state.sessions
     sessions.purge_expired()
     with database.session() as session:
@@ -148,14 +150,15 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
                 path_prefix=_path_prefix(request, tenant),
                 code_verifier=verifier,
                 nonce=nonce,
-                server=server.to_json() | {_LAUNCHED_FOR: _identity(registration)},
+                server=server.to_json()
+                | {_LAUNCHED_FOR: _identity(registration), _ANSWERED_AT: answered_at},
                 expires_at=utcnow() + LAUNCH_LIFETIME,
             )
         )
     query = {
         "response_type": "code",
         "client_id": registration.client_id,
-        "redirect_uri": redirect_uri(settings),
+        "redirect_uri": answered_at,
         "launch": launch,
         "scope": requested_scopes(registration.scopes, server),
         "state": state,
@@ -180,10 +183,44 @@ def callback(
     error_description: str | None = None,
     iss: str | None = None,
 ) -> RedirectResponse:
+    answered_at = redirect_uri(request.app.state.settings)
+    return _authorized(request, answered_at, state, code, error, error_description, iss)
+
+
+@callback_router.get(
+    "/callback/{hospital}/{registration_id}",
+    summary="SMART authorization redirect of a registration with its own redirect URI",
+)
+def own_callback(
+    request: Request,
+    hospital: str,
+    registration_id: str,
+    state: str | None = None,
+    code: str | None = None,
+    error: str | None = None,
+    error_description: str | None = None,
+    iss: str | None = None,
+) -> RedirectResponse:
+    answered_at = _own_redirect_uri(request.app.state.settings, hospital, registration_id)
+    return _authorized(request, answered_at, state, code, error, error_description, iss)
+
+
+def _authorized(
+    request: Request,
+    answered_at: str,
+    state: str | None,
+    code: str | None,
+    error: str | None,
+    error_description: str | None,
+    iss: str | None,
+) -> RedirectResponse:
+    """The authorization response ``answered_at`` (the redirect URI it came to): the
+    session, or the page saying why not."""
     pending, tenant = _consume_state(request, state)
     registration = _registration(tenant, pending)
     page = _page_for(registration)
-    server = AuthServer.from_json({k: v for k, v in pending.server.items() if k != _LAUNCHED_FOR})
+    server = AuthServer.from_json(pending.server)
+    _answered_at(pending, answered_at, redirect_uri(request.app.state.settings), page)
     _answered_by(server, iss, page)
     if error == "access_denied":
         raise PageError(403, "access_denied", **page)
@@ -202,7 +239,7 @@ def callback(
                 {
                     "grant_type": "authorization_code",
                     "code": code,
-                    "redirect_uri": redirect_uri(settings),
+                    "redirect_uri": answered_at,
                     "code_verifier": pending.code_verifier,
                 },
                 server.assertion_alg,
@@ -316,7 +353,23 @@ def _with_query(endpoint: str, parameters: dict[str, str]) -> str:
 
 
 def redirect_uri(settings: Settings) -> str:
+    """The redirect URI every EHR of every hospital may answer at."""
     return f"{settings.public_url}/callback"
+
+
+def registration_redirect_uri(
+    settings: Settings, tenant_slug: str, registration: EhrRegistration
+) -> str:
+    """Where the EHR sends the browser back: the registration's own redirect URI when it
+    has one (``own_redirect_uri``: only its launches are taken there, and none of its at
+    ``/callback``), else the shared one."""
+    if registration.own_redirect_uri:
+        return _own_redirect_uri(settings, tenant_slug, registration.id)
+    return redirect_uri(settings)
+
+
+def _own_redirect_uri(settings: Settings, tenant_slug: str, registration_id: str) -> str:
+    return f"{settings.public_url}/callback/{tenant_slug}/{registration_id}"
 
 
 def roles_from_claims(registration: EhrRegistration, claims: dict[str, Any]) -> frozenset[Role]:
@@ -364,8 +417,13 @@ def _answered_by(server: AuthServer, iss: str | None, page: dict[str, Any]) -> N
     browser on to another EHR with our client and this launch's state would otherwise
     receive the other's code and our PKCE verifier (found by review: an authorization
     server mix-up). A server that names itself must, and must name itself; one that does
-    not say it does is taken at the state's word (its registration's ``private_key_jwt``
-    keeps a code that went astray unusable)."""
+    not say it does is taken at the state's word, at the redirect URI the launch asked for
+    (``_answered_at``). At the shared ``/callback`` that leaves a mix-up open for such an
+    EHR, whatever the client authentication: the attacker's EHR that receives the other's
+    code cannot redeem it itself with a ``private_key_jwt`` or secret client, but it chose
+    the PKCE challenge and nonce of a launch the attacker started in their own browser,
+    whose callback then exchanges the code, our credentials and all (RFC 9700 4.4.1). A
+    registration with its own redirect URI closes it (RFC 9700 4.4.2)."""
     if iss is None and not server.names_itself:
         return
     if iss != server.issuer:
@@ -373,6 +431,26 @@ def _answered_by(server: AuthServer, iss: str | None, page: dict[str, Any]) -> N
             400,
             "authorization_failed",
             detail=f"the authorization response names issuer {iss!r}, not {server.issuer!r}",
+            **page,
+        )
+
+
+def _answered_at(pending: LaunchState, answered_at: str, shared: str, page: dict[str, Any]) -> None:
+    """The authorization response came to the redirect URI the launch asked for: a
+    registration with its own is answered there only, and nothing else is taken there.
+
+    For an EHR that does not name itself (RFC 9207), this is what tells a mix-up (RFC 9700
+    4.4.2): the attacker's registered EHR, sent a nurse's launch, sends her browser on to
+    that EHR with our client id and her state. Its code then comes back to the
+    registration's own URI, which refuses a state of another, before any token request:
+    neither the code nor our PKCE verifier reach the attacker's token endpoint, to be
+    exchanged in a launch of the attacker's. A launch stored before the URI was recorded
+    asked for the ``shared`` one."""
+    if answered_at != pending.server.get(_ANSWERED_AT, shared):
+        raise PageError(
+            400,
+            "authorization_failed",
+            detail="the authorization response came to another redirect URI than the launch's",
             **page,
         )
 
@@ -415,6 +493,8 @@ def _consume_state(request: Request, state: str | None) -> tuple[LaunchState, Te
 
 #: The launch state's record of the registration the sign-in was started for.
 _LAUNCHED_FOR = "launched_for"
+#: The launch state's record of the redirect URI its authorization request named.
+_ANSWERED_AT = "redirect_uri"
 
 
 def _identity(registration: EhrRegistration) -> dict[str, str]:

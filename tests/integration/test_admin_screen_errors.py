@@ -486,19 +486,21 @@ def test_each_form_of_the_admin_screen_sends_its_version_once(
         assert len(hidden) == len(set(hidden)), (action, hidden)
 
 
-def test_saving_a_registration_on_the_screen_keeps_its_issuers_keys_and_client_ids(
+def test_saving_a_registration_on_the_screen_keeps_what_its_form_does_not_show(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
     """The form shows an issuer's iss and jku only: a save of it (here a new name) rebuilt
     the issuers without their configured keys and allowed CDS client ids, so the issuer
-    could verify no call and any client id was let in (found by review)."""
+    could verify no call and any client id was let in (found by review). Its own redirect
+    URI, which the form does not show, is kept too: dropped, the EHR's answers would come
+    to a URI the launch no longer asks for."""
     tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
     current = tenants.get(gent.slug)
     (registration,) = current.config.registrations
     issuer = CdsIssuer(
         iss="https://az-gent.example", jwks={"keys": [EHR_KEY.public_jwk()]}, subjects=["cds-1"]
     )
-    with_keys = registration.model_copy(update={"cds_issuers": [issuer]})
+    with_keys = registration.model_copy(update={"cds_issuers": [issuer], "own_redirect_uri": True})
     tenants.save(gent.slug, current.config.model_copy(update={"registrations": [with_keys]}), "t")
     hidden = screen_sign_in(client, database, gent)
     form = registration_form(
@@ -515,6 +517,7 @@ def test_saving_a_registration_on_the_screen_keeps_its_issuers_keys_and_client_i
     assert saved.status_code in (200, 303), saved.text
     (stored,) = stored_gent(database).config.registrations
     assert stored.name == "EPD (nieuw)"
+    assert stored.own_redirect_uri
     assert stored.cds_issuers == [
         issuer,
         CdsIssuer(iss="https://other.example", jku=["https://other.example/jwks"]),

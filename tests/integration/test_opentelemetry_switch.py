@@ -80,6 +80,7 @@ def test_a_traced_request_carries_no_credential_of_the_smart_launch(
     settings = Settings(environment="test", database_url=database_url, opentelemetry=True)
     with TestClient(create_app(settings, database)) as client:
         client.get("/callback?code=THE-CODE&state=THE-STATE")
+        client.get("/callback/az-gent/epd?code=THE-OWN-CODE&state=THE-OWN-STATE")
         client.get("/launch?iss=https://ehr.example/fhir&launch=THE-LAUNCH")
         client.get("/launch/?launch=THE-SECOND", follow_redirects=False)  # redirected: 307
         client.get("/healthz?probe=1")

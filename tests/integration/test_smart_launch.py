@@ -169,7 +169,7 @@ class Kindreflex:
         page = browser.get(started.headers["location"])
         assert page.status_code == 200, page.text
         back = consent(self.sandbox, page, decision, user)
-        assert back.startswith(f"{self.url}/callback?")
+        assert back.startswith(f"{self.url}/callback")
         return back
 
     def count(self, model: type[AppSession] | type[LaunchState]) -> int:
@@ -623,6 +623,73 @@ def test_an_ehr_that_sends_the_browser_on_to_another_never_gets_the_others_code(
     unnamed = re.sub(r"&?iss=[^&]*", "", callback)
     assert nurse.get(unnamed).status_code == 400
     assert kindreflex.count(AppSession) == 0
+
+
+def test_a_registration_with_its_own_redirect_uri_is_answered_there_only(
+    kindreflex: Kindreflex,
+) -> None:
+    """Found by review (RFC 9700 4.4.1): an EHR that does not name itself in its answers
+    (RFC 9207; most do not) answered at the one ``/callback`` of every EHR of every
+    hospital, which took the state's word for who answered. The attacker's registered
+    EHR, sent a nurse's launch, sent her browser on to this EHR with our client id and her
+    state: its code came back to us and went, with our PKCE verifier, to the attacker's
+    token endpoint, whatever our client authentication (the attacker exchanges it in a
+    launch of its own, whose challenge and nonce it chose). A registration with its own
+    redirect URI is answered there only: a state of another registration arriving there,
+    or its own arriving at ``/callback``, is refused before any token request."""
+    sandbox = kindreflex.sandbox
+    tenants: TenantDirectory = kindreflex.app.state.tenants
+    (shared,) = tenants.get("default").config.registrations
+    own_uri = f"{kindreflex.url}/callback/default/{shared.id}"
+    client_id = f"kindreflex-own-{uuid.uuid4().hex[:8]}"
+    jwks = f"{kindreflex.url}/.well-known/jwks.json"
+    confidential = shared.client_auth == "private_key_jwt"
+    sandbox.register_client(SmartClient(client_id, (own_uri,), jwks if confidential else None))
+    own = shared.model_copy(update={"client_id": client_id, "own_redirect_uri": True})
+    tenants.save("default", TenantConfiguration(name="default", registrations=[own]), "test")
+    sandbox.auth.config.names_itself = False  # as most EHRs: the iss check cannot tell
+    try:
+        with Counted(b"{}") as attacker:
+            base = attacker.url.rstrip("/")
+            attacker.body = _smart_configuration(base, authorize=f"{base}/authorize")
+            theirs = _registration(sandbox, "their-client", "none")
+            theirs = theirs.model_copy(update={"id": "theirs", "fhir_base_url": f"{base}/fhir"})
+            config = TenantConfiguration(name="AZ Elders", registrations=[theirs])
+            tenants.save("az-elders", config, "test")
+            nurse = Browser()
+            started = nurse.get(f"{kindreflex.url}/t/az-elders/launch?iss={base}/fhir&launch=x")
+            assert started.status_code == 302, started.text
+            ours = {
+                k: v[0] for k, v in parse_qs(urlsplit(started.headers["location"]).query).items()
+            }
+            assert ours["redirect_uri"] == f"{kindreflex.url}/callback"
+            launch = sandbox.auth.create_launch(patient=first_patient(sandbox), user="nurse")
+            sent_on = ours | {
+                "client_id": client_id, "redirect_uri": own_uri, "aud": sandbox.fhir_base_url,
+                "launch": launch,
+            }  # fmt: skip
+            page = nurse.get(f"{sandbox.auth.authorize_url}?{httpx.QueryParams(sent_on)}")
+            callback = consent(sandbox, page, "allow", "nurse")
+            assert callback.startswith(f"{own_uri}?")
+            assert "iss=" not in callback
+
+            refused = nurse.get(callback)
+
+            assert refused.status_code == 400
+            assert "another redirect URI" in html.unescape(refused.text)
+            assert attacker.requests == 1  # its discovery, never a token request
+        assert kindreflex.count(AppSession) == 0
+
+        # its own launches are answered at its own URI, and only there
+        at_shared = kindreflex.consented(nurse).replace(
+            f"{own_uri}?", f"{kindreflex.url}/callback?"
+        )
+        assert nurse.get(at_shared).status_code == 400
+        assert kindreflex.count(AppSession) == 0
+        assert kindreflex.launch(nurse).status_code == 303
+        assert kindreflex.count(AppSession) == 1
+    finally:
+        sandbox.auth.config.names_itself = True
 
 
 def test_roles_come_from_the_id_token_claim_of_the_registration(kindreflex: Kindreflex) -> None:

@@ -190,6 +190,7 @@ def test_the_ingress_serves_the_public_url_over_tls() -> None:
 SIGN_IN_ROUTES = {
     "/launch",
     "/callback",
+    "/callback/{hospital}/{registration_id}",  # a registration's own redirect URI
     "/admin/login",
     "/admin/api/session",  # the admin API's sign-in with a bootstrap token
     "/t/{tenant}/launch",
@@ -222,13 +223,13 @@ def test_the_ingress_limits_per_client_ip_the_paths_anyone_may_call() -> None:
     assert annotations["nginx.ingress.kubernetes.io/use-regex"] == "true"
     paths = [path for rule in limited["spec"]["rules"] for path in rule["http"]["paths"]]
     assert {path["pathType"] for path in paths} == {"ImplementationSpecific"}
-    for path in ("/launch", "/callback", "/admin/login", "/t/az-brugge/launch"):
+    for path in ("/launch", "/callback", "/callback/az-brugge/epd", "/admin/login"):
         assert limited_path(path), path
-    for path in ("/t/default/launch", "/t/default/admin/login", "/t/az-brugge/admin/login"):
+    for path in ("/t/az-brugge/launch", "/t/default/launch", "/t/default/admin/login"):
         assert limited_path(path), path
     for path in ("/app/triage", "/cds-services/kindreflex", "/t/x/social", "/admin/logout"):
         assert not limited_path(path), path
-    for path in ("/launchpad", "/t/az-brugge/launch/x", "/t/a/b/launch", "/x/launch"):
+    for path in ("/launchpad", "/t/az-brugge/launch/x", "/t/a/b/launch", "/callback/a/b/c"):
         assert not limited_path(path), path
     assert "limit-rpm" not in str(ingresses()["kindreflex"]["metadata"]["annotations"])
 
