@@ -200,6 +200,13 @@ def _smart_checks(report: _Report, smart: dict[str, Any], registration: EhrRegis
     # for her next sign-in: it works, late
     offline = "permission-offline" in capabilities or "offline_access" in scopes
     report.add("refresh_tokens", offline, needed=False)
+    # RFC 9207, or an answer only at the registration's own redirect URI: else another
+    # registered EHR, of any hospital, can have a sign-in at this one used in a launch of
+    # its own (docs/architecture.md, SMART sessions). Nice to have: with no other EHR
+    # registered in the installation there is none to fear
+    named = smart.get("authorization_response_iss_parameter_supported") is True
+    told_apart = named or registration.own_redirect_uri
+    report.add("answers_told_apart", told_apart, needed=False, id=registration.id)
     _note_ignored(report, "smart_configuration_members", members)
 
 

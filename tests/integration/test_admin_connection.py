@@ -72,6 +72,7 @@ def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> No
         "capability_statement": True,
         "fhir_r4": True,
         "refresh_tokens": True,
+        "answers_told_apart": True,
         "transaction": True,
         "write_resources": True,
         "update_resources": True,
@@ -84,6 +85,28 @@ def test_the_sandbox_ehr_has_everything_kindreflex_needs(sandbox: Sandbox) -> No
     messages = {check.id: check.message for check in report.checks}
     assert messages["launch_ehr"] == "Starten vanuit het EPD (launch-ehr) wordt ondersteund."
     assert messages["fhir_r4"] == "FHIR-versie 4.0.1 (R4)."
+
+
+def test_an_ehr_that_does_not_name_itself_is_told_apart_only_by_an_own_redirect_uri(
+    sandbox: Sandbox,
+) -> None:
+    """Found by review (RFC 9700 4.4.1): at the shared /callback, the answers of an EHR
+    that does not name itself (RFC 9207) can be taken over by another registered EHR. The
+    test says so, and what to do, until the registration has its own redirect URI; it is
+    no reason to call the EHR not ready (with one EHR installed there is none to fear)."""
+    sandbox.auth.config.names_itself = False
+    try:
+        shared = check_connection(registration(sandbox.fhir_base_url), "en", timeout_seconds=5)
+        own = registration(sandbox.fhir_base_url).model_copy(update={"own_redirect_uri": True})
+        told_apart = check_connection(own, "en", timeout_seconds=5)
+    finally:
+        sandbox.auth.config.names_itself = True
+    assert shared.ready
+    (check,) = [c for c in shared.checks if c.id == "answers_told_apart"]
+    assert (check.ok, check.needed) == (False, False)
+    assert "own redirect URI (/callback/<hospital>/ehr) at the EHR and set " \
+        "own_redirect_uri: true" in check.message  # fmt: skip
+    assert outcome(told_apart)["answers_told_apart"]
 
 
 def test_a_fhir_server_without_user_launch_is_not_ready_and_says_why(
@@ -282,7 +305,8 @@ def test_a_server_that_cannot_make_every_write_of_a_case_is_not_ready() -> None:
         "refresh_tokens": "No refresh tokens (offline_access): what was not yet sent when "
         "the session ends waits until someone opens the app for that patient again.",
     }
-    assert [c.id for c in report.checks if not c.needed] == ["launch_standalone", "refresh_tokens"]
+    nice_to_have = ["launch_standalone", "refresh_tokens", "answers_told_apart"]
+    assert [c.id for c in report.checks if not c.needed] == nice_to_have
 
 
 def test_a_server_that_could_save_twice_or_overwrite_unawares_is_not_ready() -> None:
@@ -401,6 +425,7 @@ def _checked_ehr(
             "sso-openid-connect",
         ],
         "grant_types_supported": ["authorization_code"],
+        "authorization_response_iss_parameter_supported": True,
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "resourceType": "CapabilityStatement",
