@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -195,6 +196,43 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure, the same command may succeed later
+#: How often ``db wait`` asks the database again: a new pod starts this soon after the Job.
+SCHEMA_POLL_SECONDS = 2
+
+
+def cmd_db_wait(args: argparse.Namespace, settings: Settings) -> int:
+    """Wait until the database answers with this version's schema: a new pod's init
+    container, so that the service starts once the migration Job is done instead of
+    refusing the outdated schema and crash-looping into Kubernetes' restart back-off."""
+    deadline = monotonic() + args.timeout
+    said = None
+    if not log.isEnabledFor(logging.DEBUG):  # alembic's two lines a question, every 2 s
+        logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    while True:
+        state, reason = _schema_state_and_advice(settings)
+        if state == "current":
+            print("database schema is current")
+            return 0
+        if state == "newer":  # no waiting makes an older image fit a newer schema
+            print(reason, file=sys.stderr)
+            return 2
+        if monotonic() >= deadline:
+            print(f"Gave up after {args.timeout} s: {reason}", file=sys.stderr)
+            return EX_TEMPFAIL
+        if reason != said:  # one line per change of reason: the pod's log says why it waits
+            print(f"Waiting up to {args.timeout} s: {reason}", file=sys.stderr, flush=True)
+            said = reason
+        sleep(min(SCHEMA_POLL_SECONDS, max(deadline - monotonic(), 0)))
+
+
+def _schema_state_and_advice(settings: Settings) -> tuple[SchemaState, str]:
+    """The schema's state and what to do about it; a database not up yet, or not
+    reachable, is one not migrated yet: asked again, and named if it stays so."""
+    try:
+        state = _schema_state(settings)
+    except OperationalError as error:
+        return "outdated", _unusable(settings, error)
+    return state, _SCHEMA_ADVICE.get(state, "")
 
 
 def cmd_db_purge(args: argparse.Namespace, settings: Settings) -> int:
@@ -487,6 +525,21 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("upgrade", help="apply all migrations").set_defaults(
         handler=cmd_db_upgrade
     )
+    wait = db_commands.add_parser(
+        "wait",
+        help="wait until the database answers with this version's schema (a pod's init "
+        "container, while the migration Job runs)",
+        description="Wait until the database is reachable and its schema is the one this "
+        "version expects (`kindreflex db upgrade` has run), asking every "
+        f"{SCHEMA_POLL_SECONDS} s. Exit code 0 when it is; 2 at once when the schema is "
+        "newer than this version (waiting does not change that); 75 when --timeout passes "
+        "first (the database unreachable, or not migrated).",
+    )
+    wait.add_argument(
+        "--timeout", type=_seconds, default=600, metavar="SECONDS",
+        help="give up after this long (default 600)",
+    )  # fmt: skip
+    wait.set_defaults(handler=cmd_db_wait)
     purge = db_commands.add_parser(
         "purge", help="empty delivered payloads monitoring counted; drop dead admin access"
     )
@@ -554,13 +607,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args, settings)
     except OperationalError as error:  # the database is down, unreachable or unreadable
-        where = shown_database_url(settings.database_url)
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-        print(f"The database at {where} cannot be used: {reason}", file=sys.stderr)
+        print(_unusable(settings, error), file=sys.stderr)
         return 2
     except terminology.GuideError as error:
         print(f"kindreflex: the built FHIR guide cannot be used: {error}", file=sys.stderr)
         return 2
+
+
+def _unusable(settings: Settings, error: OperationalError) -> str:
+    """The database's failure in one line, naming it without its password."""
+    where = shown_database_url(settings.database_url)
+    reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+    return f"The database at {where} cannot be used: {reason}"
 
 
 def _warn_of_ignored_settings(embedded: bool) -> None:

@@ -167,6 +167,81 @@ def test_two_db_upgrades_at_once_leave_the_schema_current_without_a_traceback(
     engine.dispose()
 
 
+def test_db_wait_lets_a_new_pod_start_at_once_on_a_current_schema(database_url: str) -> None:
+    """A new pod's init container (deploy/kubernetes/deployment.yaml): the service starts
+    when the schema is this version's, instead of crash-looping into the restart back-off
+    while the migration Job runs (found by an operations review)."""
+    migrate.upgrade(database_url)
+    result = _db_wait(database_url, "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert "database schema is current" in result.stdout
+
+
+def test_db_wait_waits_for_the_migration_and_ends_when_it_is_done(database_url: str) -> None:
+    """The schema an older release left: the pod waits, saying why, and starts as soon as
+    the Job has migrated, not minutes later at the end of a back-off."""
+    migrate.upgrade(database_url, "0010_concern_follow_up")
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": database_url}
+    wait = [*KINDREFLEX, "db", "wait", "--timeout", "300"]
+    with subprocess.Popen(wait, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as pod:
+        assert pod.stderr is not None
+        told = pod.stderr.readline().decode()  # it has asked, and waits, saying why alone
+        assert told.startswith("Waiting up to 300 s: The database schema is not current")
+        migrate.upgrade(database_url)  # the Job
+        out, _ = pod.communicate(timeout=60)
+    assert pod.returncode == 0
+    assert b"database schema is current" in out
+
+
+def test_db_wait_gives_up_on_an_outdated_schema_when_its_timeout_passes(
+    database_url: str,
+) -> None:
+    migrate.upgrade(database_url, "0010_concern_follow_up")
+    started = datetime.now(UTC)
+    result = _db_wait(database_url, "--timeout", "3")
+    assert datetime.now(UTC) - started >= timedelta(seconds=3)  # it waited, then gave up
+    assert result.returncode == 75  # "try again later", as a migration held up by a lock
+    told = result.stderr.strip().splitlines()
+    assert told[-1] == (
+        "Gave up after 3 s: The database schema is not current: run `kindreflex db upgrade` first."
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_db_wait_refuses_a_newer_schema_at_once(database_url: str) -> None:
+    """An older image on a database a newer release migrated: no wait would make it fit."""
+    migrate.upgrade(database_url)
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO alembic_version VALUES ('9999_from_newer')"))
+    engine.dispose()
+    started = datetime.now(UTC)
+    result = _db_wait(database_url, "--timeout", "300")
+    assert datetime.now(UTC) - started < timedelta(seconds=60)
+    assert result.returncode == 2
+    told = result.stderr.strip().splitlines()
+    assert len(told) == 1
+    assert told[0].startswith("The database schema is newer than this version of Kindreflex")
+
+
+def test_db_wait_gives_up_on_an_unreachable_database_naming_it_without_its_password() -> None:
+    url = f"postgresql+psycopg://kindreflex:s3cret-pw@127.0.0.1:{free_port()}/kindreflex"
+    result = _db_wait(url, "--timeout", "1")
+    assert result.returncode == 75
+    assert "Gave up after 1 s: The database at postgresql+psycopg://kindreflex:***@127.0.0.1" in (
+        result.stderr
+    )
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def _db_wait(database_url: str, *options: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KINDREFLEX_DATABASE_URL": database_url}
+    return subprocess.run(
+        [*KINDREFLEX, "db", "wait", *options], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_serve_for_other_machines_refuses_a_public_url_on_localhost(tmp_path: Path) -> None:
     # The default KINDREFLEX_PUBLIC_URL (http://localhost:8000) on a server EHRs reach over
     # the network: every CDS call would fail its aud check. Named before anything starts.

@@ -302,6 +302,39 @@ def pods() -> list[dict[str, Any]]:
     return [template["spec"] for _, template in pod_templates()]
 
 
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container a pod runs, its init containers first."""
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def test_a_new_pod_waits_for_the_migration_job_instead_of_crash_looping() -> None:
+    """At an upgrade the new pods started with the migration Job: `serve` refused the
+    outdated schema, and the pods crash-looped into the restart back-off, red in `rollout
+    status` at every upgrade and minutes late after the Job (found by an operations
+    review). An init container runs `kindreflex db wait` as serve runs, as long as the Job
+    may run, and the rollout is not called stuck while it waits."""
+    deployment = next(d for d in manifests() if d["kind"] == "Deployment")
+    job = next(d for d in manifests() if d["kind"] == "Job")
+    pod = deployment["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]
+    (serve,) = pod["containers"]
+    waited = build_parser().parse_args(wait["args"])
+    assert (waited.command, waited.db_command) == ("db", "wait")
+    for same in ("image", "envFrom", "securityContext", "volumeMounts"):
+        assert wait[same] == serve[same], same
+    assert waited.timeout >= job["spec"]["activeDeadlineSeconds"]
+    assert deployment["spec"]["progressDeadlineSeconds"] > waited.timeout
+
+
+def test_the_docs_wait_for_the_migration_jobs_end_failed_or_complete() -> None:
+    """`kubectl wait --for=condition=complete` sat out its whole timeout on a failed Job
+    (found by an operations review): the docs wait for either condition."""
+    for doc in DOCS:
+        assert "--for=condition=complete job/" not in doc.read_text(), doc.name
+    readme = (ROOT / "README.md").read_text()
+    assert "| grep -Eow 'Complete|Failed')" in readme
+
+
 def test_a_pod_ended_at_a_rollout_finishes_the_longest_request_the_ingress_waits_for() -> None:
     """Kubernetes' default 30 s cut a save on a slow FHIR server short (found by review);
     after the requests, the outbox worker's batch in progress is waited for too. serve
@@ -333,7 +366,7 @@ def test_every_pod_runs_unprivileged_as_the_image_user() -> None:
         # Kubernetes' variables for the Service "kindreflex" are named KINDREFLEX_*: its
         # KINDREFLEX_PORT=tcp://… stopped every start (found by review)
         assert pod["enableServiceLinks"] is False
-        for container in pod["containers"]:
+        for container in containers(pod):
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -394,7 +427,7 @@ def test_every_container_runs_a_command_of_the_cli() -> None:
     assert dockerfile_exec_form("ENTRYPOINT") == ["kindreflex"]
     assert "kindreflex" in scripts
     for pod in pods():
-        for container in pod["containers"]:
+        for container in containers(pod):
             assert "command" not in container  # the image's ENTRYPOINT: kindreflex
             build_parser().parse_args(container["args"])  # exits on an unknown argument
     # one worker per process: each has its own Prometheus registry (README, "Operations")
