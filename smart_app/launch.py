@@ -27,10 +27,10 @@ import math
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Annotated, Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import CursorResult
@@ -174,17 +174,33 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
     return response
 
 
-@callback_router.get("/callback", summary="SMART authorization redirect")
-def callback(
-    request: Request,
+class AuthorizationAnswer(NamedTuple):
+    """The query of an authorization response (RFC 6749 4.1.2, RFC 9207's ``iss``), as
+    either redirect URI receives it."""
+
+    state: str | None
+    code: str | None
+    error: str | None
+    error_description: str | None
+    iss: str | None
+
+
+def _authorization_answer(
     state: str | None = None,
     code: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
     iss: str | None = None,
-) -> RedirectResponse:
-    answered_at = redirect_uri(request.app.state.settings)
-    return _authorized(request, answered_at, state, code, error, error_description, iss)
+) -> AuthorizationAnswer:
+    return AuthorizationAnswer(state, code, error, error_description, iss)
+
+
+AnswerDep = Annotated[AuthorizationAnswer, Depends(_authorization_answer)]
+
+
+@callback_router.get("/callback", summary="SMART authorization redirect")
+def callback(request: Request, answer: AnswerDep) -> RedirectResponse:
+    return _authorized(request, redirect_uri(request.app.state.settings), answer)
 
 
 @callback_router.get(
@@ -192,30 +208,18 @@ def callback(
     summary="SMART authorization redirect of a registration with its own redirect URI",
 )
 def own_callback(
-    request: Request,
-    hospital: str,
-    registration_id: str,
-    state: str | None = None,
-    code: str | None = None,
-    error: str | None = None,
-    error_description: str | None = None,
-    iss: str | None = None,
+    request: Request, hospital: str, registration_id: str, answer: AnswerDep
 ) -> RedirectResponse:
     answered_at = _own_redirect_uri(request.app.state.settings, hospital, registration_id)
-    return _authorized(request, answered_at, state, code, error, error_description, iss)
+    return _authorized(request, answered_at, answer)
 
 
 def _authorized(
-    request: Request,
-    answered_at: str,
-    state: str | None,
-    code: str | None,
-    error: str | None,
-    error_description: str | None,
-    iss: str | None,
+    request: Request, answered_at: str, authorization: AuthorizationAnswer
 ) -> RedirectResponse:
     """The authorization response ``answered_at`` (the redirect URI it came to): the
     session, or the page saying why not."""
+    state, code, error, error_description, iss = authorization
     pending, tenant = _consume_state(request, state)
     registration = _registration(tenant, pending)
     page = _page_for(registration)
