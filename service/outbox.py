@@ -720,10 +720,11 @@ class Outbox:
         if condition is not None:
             due.append(condition)
         due.append(_in_its_turn())
+        chosen_order = (OutboxEntry.next_attempt_at, OutboxEntry.id)  # longest due first
         candidates = (
             select(OutboxEntry.id)
             .where(*due)
-            .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
+            .order_by(*chosen_order)
             .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL; SQLite locks the whole database
         )
@@ -747,7 +748,9 @@ class Outbox:
                 )
                 .execution_options(synchronize_session=False)
             )
-            rows = session.scalars(select(OutboxEntry).where(OutboxEntry.lease_owner == lease))
+            rows = session.scalars(
+                select(OutboxEntry).where(OutboxEntry.lease_owner == lease).order_by(*chosen_order)
+            )
             return [
                 _Claimed(
                     id=row.id,

@@ -1017,6 +1017,31 @@ def test_a_patients_saves_are_delivered_in_order_and_a_failed_one_holds_back_not
     ]
 
 
+def test_a_batch_is_delivered_longest_due_first(
+    database: Database, fhir_server: FhirServer
+) -> None:
+    """The entries of a batch are sent in the order they were chosen in, the one due
+    longest first (a retry waiting since before a newer save goes before it), not in the
+    order the database happens to return the claimed rows."""
+    tenant = make_tenant(database, "a", fhir_server.base_url)
+    clock = Clock()
+    outbox = make_outbox(database, clock)
+    entries = [
+        _enqueue(
+            database,
+            tenant,
+            fhir_server.base_url,
+            _single_create(_person(str(uuid.uuid4()))),
+            patient=f"Patient/{uuid.uuid4()}",
+        )
+        for _ in range(3)
+    ]
+    for waited, entry_id in enumerate(entries):  # the newest entry has waited longest
+        _due_at(database, entry_id, clock.now - timedelta(minutes=waited))
+
+    assert [d.entry_id for d in outbox.run_once()] == entries[::-1]
+
+
 def test_without_authorisation_an_entry_waits_for_the_next_launch_for_the_patient(
     database: Database, fhir_server: FhirServer
 ) -> None:
