@@ -127,6 +127,8 @@ def profile_section(guide: Guide, sd: Resource) -> list[str]:
     ]
     if sd.get("abstract"):
         lines.append("- Abstract: resources conform to one of the profiles derived from it.")
+    if sd.get("copyright"):
+        lines.append(f"- Copyright: {sd['copyright']}")
     lines.append("")
     differential_ids = {str(e["id"]) for e in sd.get("differential", {}).get("element", [])}
     snapshot = sd["snapshot"]["element"]
@@ -291,6 +293,8 @@ def write_terminology(guide: Guide) -> str:
     for vs in guide.of("ValueSet"):
         lines += [f"## {vs.get('title', vs['id'])} (`{vs['id']}`)", ""]
         lines += [str(vs.get("description", "")), "", f"URL: `{vs['url']}`", ""]
+        if vs.get("copyright"):
+            lines += [f"Copyright: {vs['copyright']}", ""]
         for include in vs.get("compose", {}).get("include", []):
             system = str(include.get("system", ""))
             if include.get("concept"):

@@ -73,3 +73,47 @@ def test_the_readable_guide_is_what_the_committed_build_generates(tmp_path: Path
     for page in pages:
         stale = f"docs/guide/{page} is not what the build generates: run fhir_profiles/build.sh"
         assert (tmp_path / page).read_text() == (committed / page).read_text(), stale
+
+
+#: What a ValueSet or a profile that holds codes of these terminologies must say (the
+#: statements HL7 International and HL7 Belgium publish with such content): SNOMED CT is
+#: licensed (Belgium is a SNOMED International member; its use in a hospital is covered
+#: by that membership, not by this guide), LOINC is free under Regenstrief's licence.
+_COPYRIGHT_OF = {
+    "http://snomed.info/sct": ("SNOMED CT", "International Health Terminology Standards"),
+    "http://loinc.org": ("LOINC", "Regenstrief Institute"),
+}
+
+
+def _systems(value: object) -> Iterable[str]:
+    """Every code system named anywhere in ``value`` (a compose, a differential)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("system"), str):
+            yield value["system"]
+        for item in value.values():
+            yield from _systems(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _systems(item)
+
+
+def test_content_from_snomed_ct_or_loinc_carries_its_copyright_statement() -> None:
+    """A ValueSet including SNOMED CT codes (the Hague trigger lists) or a profile fixing a
+    LOINC code (the expected delivery date) states the terminology's copyright, as FHIR
+    and HL7 Belgium publish such content; without it the guide hands SNOMED CT content to
+    hospitals and EHR vendors with no word of its licence."""
+    checked = set()
+    for path in sorted(RESOURCES.glob("*.json")):
+        resource = json.loads(path.read_text(encoding="utf-8"))
+        own = {
+            "ValueSet": resource.get("compose"),
+            "StructureDefinition": resource.get("differential"),
+        }.get(resource["resourceType"])
+        for system in set(_systems(own)) & set(_COPYRIGHT_OF):
+            name, owner = _COPYRIGHT_OF[system]
+            copyright_ = str(resource.get("copyright", ""))
+            assert name in copyright_, (path.name, system)
+            assert owner in copyright_, (path.name, system)
+            checked.add((resource["id"], system))
+    assert ("hague-trigger-domestic-violence", "http://snomed.info/sct") in checked
+    assert ("kindreflex-expecting-child", "http://loinc.org") in checked

@@ -34,6 +34,7 @@ Id: kindreflex-expecting-child
 Title: "Kindreflex expecting a child"
 Description: "The patient expects a child: the patient's own pregnancy or the partner's (step 1), with the expected date when known."
 * insert Published
+* insert LoincCopyright
 * insert BusinessIdentifier(finding)
 * status MS
 * insert CategorySlice(socialHistory, $obs-category#social-history)

@@ -70,3 +70,13 @@ RuleSet: CategorySlice(name, concept)
 RuleSet: Published
 * ^publisher = "Kindreflex-ED project"
 * ^jurisdiction = urn:iso:std:iso:3166#BE "Belgium"
+
+// Copyright of the external terminologies an artefact holds content of: the statements
+// HL7 International and HL7 Belgium publish with such content (their QA checks for them).
+// SNOMED CT is licensed: Belgium is a SNOMED International member, and a hospital's use
+// falls under that membership, not under this guide. LOINC is free under its licence.
+RuleSet: SnomedCopyright
+* ^copyright = "This value set includes content from SNOMED CT, which is copyright © 2002+ International Health Terminology Standards Development Organisation (IHTSDO), and distributed by agreement between IHTSDO and HL7. Implementer use of SNOMED CT is not covered by this agreement."
+
+RuleSet: LoincCopyright
+* ^copyright = "This material contains content from LOINC (http://loinc.org). LOINC is copyright © 1995+ Regenstrief Institute, Inc. and the Logical Observation Identifiers Names and Codes (LOINC) Committee and is available at no cost under the license at http://loinc.org/license. LOINC® is a registered United States trademark of Regenstrief Institute, Inc."
