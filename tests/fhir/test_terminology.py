@@ -203,3 +203,25 @@ def test_the_child_invariant_names_exactly_the_child_relationships_of_the_value_
     members = t.value_set("child-relationship").members
     assert {(V3_ROLE_CODE, code) for code in named} == set(members)
     assert named == {r.value for r in protocol.ChildRelationship}
+
+
+def test_a_value_set_listing_english_displays_says_it_is_in_english() -> None:
+    """A ValueSet that lists concepts of another code system with their displays (SNOMED
+    CT, ICD-10-CM, HL7 v3 and FHIR codes, all English) declares the language of those
+    displays. Declared nl-BE, as the guide's own ValueSets are, a validator checks
+    "Victim of intimate partner abuse" as a Dutch display of SNOMED CT 706893006 (and finds
+    none), and a reader takes it for the Dutch term."""
+    resources = Path(t.DEFAULT_GUIDE_DIR)
+    listing = []
+    for path in sorted(resources.glob("ValueSet-*.json")):
+        vs = json.loads(path.read_text(encoding="utf-8"))
+        foreign = [
+            include["system"]
+            for include in vs.get("compose", {}).get("include", [])
+            if not str(include.get("system", "")).startswith(f"{OUR_BASE}/")
+            and any("display" in concept for concept in include.get("concept", []))
+        ]
+        if foreign:
+            listing.append(vs["id"])
+            assert vs.get("language") == "en", (vs["id"], vs.get("language"), foreign)
+    assert {"hague-trigger-domestic-violence", "child-relationship"} <= set(listing)

@@ -14,6 +14,7 @@ SNOMED CT 706893006 and ICD-10-CM T74.11, T74.11XA, T74.11XS from the SHIFT task
 (https://build.fhir.org/ig/JohnMoehrke/SLSValueSets/ValueSet-ShiftMinSDVCodes.html).
 A hospital extends this list with its own codes."""
 * insert KRValueSet(hague-trigger-domestic-violence, Hague trigger: domestic violence)
+* insert EnglishDisplays
 * insert SnomedCopyright
 * ^useContext[0].code = $usage-context-type#focus
 * ^useContext[0].valueCodeableConcept = $hague-trigger#domestic-violence
@@ -39,6 +40,7 @@ and F11.10, F11.120, F11.129 from elixhauser-drug-abuse-vs
 https://hl7.org/fhir/us/mcode/STU2.1/ValueSet-elixhauser-drug-abuse-vs.html).
 A hospital extends this list with its own codes."""
 * insert KRValueSet(hague-trigger-substance-abuse, Hague trigger: substance abuse or intoxication)
+* insert EnglishDisplays
 * insert SnomedCopyright
 * ^useContext[0].code = $usage-context-type#focus
 * ^useContext[0].valueCodeableConcept = $hague-trigger#substance-abuse
@@ -67,6 +69,7 @@ elixhauser-psychosis-vs (https://hl7.org/fhir/us/mcode/STU2.1/ValueSet-elixhause
 No published source for ICD-10-CM intentional self-harm codes was at hand: a hospital adds its
 ICD-10-BE self-harm codes (and further psychiatric codes) to this list. A hospital extends this list with its own codes."""
 * insert KRValueSet(hague-trigger-self-harm-psychiatric, Hague trigger: suicide attempt\, self-harm or serious psychiatric problems)
+* insert EnglishDisplays
 * insert SnomedCopyright
 * ^useContext[0].code = $usage-context-type#focus
 * ^useContext[0].valueCodeableConcept = $hague-trigger#self-harm-psychiatric

@@ -8,6 +8,14 @@ RuleSet: KRValueSet(id, title)
 * insert Published
 * ^title = "{title}"
 
+// A ValueSet listing concepts of an English-only code system (SNOMED CT, ICD-10-CM, HL7
+// v3 and FHIR code systems) with their displays: its language is English, the language of
+// those displays (a validator checks a ValueSet's displays in its language, and a reader
+// takes them as Dutch when it says nl-BE). Our own codes' Dutch displays come from our
+// CodeSystems (nl-BE), not from these ValueSets.
+RuleSet: EnglishDisplays
+* ^language = #en
+
 ValueSet: KindreflexStepVS
 Id: kindreflex-step
 Title: "Kindreflex steps"
@@ -121,6 +129,7 @@ Id: child-relationship
 Title: "Child relationships"
 Description: "How a child relates to the patient, from HL7 v3 RoleCode (terminology.hl7.org, as shipped with FHIR R4 4.0.1)."
 * insert KRValueSet(child-relationship, Child relationships)
+* insert EnglishDisplays
 * include $v3-RoleCode#CHILD "child"
 * include $v3-RoleCode#NCHILD "natural child"
 * include $v3-RoleCode#STPCHLD "step child"
@@ -152,6 +161,7 @@ Id: provenance-activity
 Title: "Provenance activity"
 Description: "What a Kindreflex write did: create or update (HL7 v3 DataOperation)."
 * insert KRValueSet(provenance-activity, Provenance activity)
+* insert EnglishDisplays
 * include $v3-DataOperation#CREATE "create"
 * include $v3-DataOperation#UPDATE "revise"
 
@@ -160,6 +170,7 @@ Id: provenance-author-role
 Title: "Provenance author role"
 Description: "The agent type of the user who recorded Kindreflex data (provenance-participant-type author)."
 * insert KRValueSet(provenance-author-role, Provenance author role)
+* insert EnglishDisplays
 * include $provenance-participant-type#author "Author"
 
 ValueSet: KeyPersonRoleVS
@@ -205,5 +216,6 @@ Id: referral-priority
 Title: "Referral priority"
 Description: "The priorities a Kindreflex referral is written with (a subset of FHIR request-priority): stat when it follows from acute danger (to be actioned immediately: an emergency), else routine."
 * insert KRValueSet(referral-priority, Referral priority)
+* insert EnglishDisplays
 * include $request-priority#routine "Routine"
 * include $request-priority#stat "STAT"
