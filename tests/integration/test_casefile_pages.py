@@ -678,6 +678,7 @@ def test_a_concern_about_an_expected_child_opens_and_its_referral_names_that_chi
     expected_child = f"Observation/{pregnancy['id']}"
     assert step_1["hasMember"] == [{"reference": expected_child}]  # the transaction's link
     assert validate(step_1) == []
+    assert validate(pregnancy) == []  # the expecting-child Observation, as the server holds it
     _refer_from_the_page(client, page.text, case_id)
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     assert request["supportingInfo"] == [{"reference": expected_child}]
