@@ -7,6 +7,7 @@ in ``tests/integration/test_readiness_and_logs.py``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -27,7 +28,7 @@ from service.db.base import Database
 from service.fhir.client import CHANGE_BUDGET_MAX_SECONDS, SCREEN_BUDGET_TIMEOUTS
 from service.outbox import IMMEDIATE_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS
 from service.settings import Settings, load_settings
-from service.tenant_config import DEFAULT_SCOPES
+from service.tenant_config import DEFAULT_SCOPES, SUBMITTED, EhrRegistration
 from tests.support.served import ServedJson
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -458,7 +459,8 @@ def documented_commands() -> list[str]:
         code = re.findall(r"`([^`\n]+)`", text) + re.findall(r"^ *(kindreflex .+)$", text, re.M)
         for span in code:
             for match in re.finditer(
-                r"\bkindreflex ((?:serve|demo|db|keys|config|admin)\b[^`#<>|\n]*)", span
+                r"\bkindreflex ((?:serve|demo|db|keys|config|admin|audit|outbox)\b[^`#<>|\n]*)",
+                span,
             ):
                 found.append(match[1].strip())
     return sorted(set(found))
@@ -468,20 +470,92 @@ def test_every_kindreflex_command_the_docs_show_is_accepted_by_the_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     placeholders = {"N": "30", "W": "1", "H": "localhost", "T": "az-brugge", "IPS": "*", "S": "75"}
+    placeholders |= {"REF": "Patient/1", "URL": "https://ehr.example/fhir", "D": "2026-12-01"}
     commands = documented_commands()
     assert "db upgrade" in commands
+    assert {"audit", "outbox waiting", "outbox refused"} <= set(commands)
     assert len(commands) > 10
+
+    def accepted(words: list[str]) -> bool:
+        try:
+            build_parser().parse_args(words)
+        except SystemExit:
+            return False
+        return True
+
     for command in commands:
         words = [placeholders.get(w, w) for w in shlex.split(re.sub(r"[][]", " ", command))]
         named_only = len(words) <= 2 and not any(w.startswith("-") for w in words)
-        try:  # a command only named in a sentence (`kindreflex config import`) must exist
-            build_parser().parse_args([*words, "--help"] if named_only else words)
-        except SystemExit as refused:
-            if not (named_only and refused.code == 0):
-                pytest.fail(f"the docs show `kindreflex {command}`, which the command refuses")
-        else:
-            assert not named_only
+        if named_only:  # a command only named in a sentence (`kindreflex config import`)
+            with pytest.raises(SystemExit) as helped:
+                build_parser().parse_args([*words, "--help"])
+            assert helped.value.code == 0, f"the docs name `kindreflex {command}`, which is none"
+        else:  # or an option named in a sentence (`kindreflex audit --actor`), given a value
+            shown = accepted(words) or (words[-1].startswith("--") and accepted([*words, "x"]))
+            assert shown, f"the docs show `kindreflex {command}`, which the command refuses"
     capsys.readouterr()  # the help texts
+
+
+def cli_commands(parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """Every command line the CLI runs (``db wait``, ``config import``, ``audit``, …)."""
+    actions = (parser or build_parser())._actions
+    found = []
+    for action in actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [f"{name} {rest}".strip() for rest in cli_commands(sub) or [""]]
+    return found
+
+
+def test_every_command_of_the_cli_is_in_the_readmes_command_table() -> None:
+    """`kindreflex db wait`, which the Kubernetes pods run, was not in the table an operator
+    looks a command up in (found by a walk of the docs)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## The `kindreflex` command") : readme.index("## Configuration")]
+    rows = set(re.findall(r"^\| `kindreflex ([a-z ]+?)(?: \[|`| [A-Z])", table, re.MULTILINE))
+    assert len(rows) > 10
+    assert set(cli_commands()) == rows
+
+
+def test_the_first_install_sets_every_example_value_of_the_configmap() -> None:
+    """The ConfigMap's `KINDREFLEX_OUTBOUND_ALLOW` is an example that refuses every EHR until
+    replaced, and the first-install steps of the README and the guide named only the public
+    URL and the default hospital to set there (found by a walk of the docs): every value
+    naming the example host is named where the operator is told what to set."""
+    configmap = next(d for d in manifests() if d["kind"] == "ConfigMap")
+    examples = {k for k, v in configmap["data"].items() if "hospital.example" in v}
+    assert examples >= {"KINDREFLEX_PUBLIC_URL", "KINDREFLEX_OUTBOUND_ALLOW"}
+    readme = (ROOT / "README.md").read_text()
+    (readme_steps,) = re.findall(r"^# set (KINDREFLEX_.+?) in configmap\.yaml", readme, re.M | re.S)
+    guide = (ROOT / "docs" / "install-in-your-hospital.md").read_text()
+    (guide_steps,) = re.findall(r"\), set (`KINDREFLEX_.+?) in that ConfigMap", guide, re.S)
+    for steps in (readme_steps, guide_steps):
+        assert examples <= set(re.findall(r"KINDREFLEX_[A-Z_]*[A-Z]", steps)), steps
+
+
+def test_the_registration_examples_the_guide_gives_are_accepted_when_saved() -> None:
+    """The guide's floor for narrowed scopes left out the reads a save's delivery makes:
+    an administrator who narrowed to it had the registration refused, "the scopes do not
+    ask for patient/*.r patient/*.s" (found by a walk of the docs). Its floor, its wider
+    grant and its role mapping, as an administrator saves them."""
+    guide = (ROOT / "docs" / "install-in-your-hospital.md").read_text()
+    floor = re.search(
+        r"not below `(launch openid fhirUser)` and the default's [a-z, ]+\(`([^`]+)`, "
+        r"or a wider grant such as `([^`]+)`\)",
+        guide,
+    )
+    assert floor, "the guide's floor for narrowed scopes"
+    (roles,) = re.findall(r"`(roles: \{[^`]+\})`", guide)
+    base = {
+        "id": "epd",
+        "name": "EPD spoed",
+        "fhir_base_url": "https://ehr.hospital.example/fhir",
+        "client_id": "kindreflex",
+    } | yaml.safe_load(roles)
+    for scopes in (f"{floor[1]} {floor[2]}", f"{floor[1]} {floor[3]}"):
+        registration = EhrRegistration.model_validate(base | {"scopes": scopes}, context=SUBMITTED)
+        assert registration.scopes == scopes
+    assert registration.roles.admin == ["EHR_ADMIN"]
 
 
 def test_retention_is_scheduled_daily_and_never_twice_at_once() -> None:
