@@ -445,7 +445,11 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="only this FHIR server's rows (its base URL, as printed in fhir_server) and "
         "those without one; needed with --patient when its rows are on several servers",
     )
-    trail.add_argument("--actor", help="only this user (fhirUser), e.g. Practitioner/7")
+    trail.add_argument(
+        "--actor",
+        help="only this user, as the trail names them: an absolute URL, e.g. "
+        "https://ehr.example/fhir/Practitioner/7 (rows of earlier releases: fhirUser as sent)",
+    )
     moment = "a date (Belgian time) or a timestamp with offset"
     trail.add_argument("--since", type=_moment, help=f"from this moment on: {moment}")
     trail.add_argument("--until", type=_moment, help=f"before this moment: {moment}")
