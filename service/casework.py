@@ -44,11 +44,9 @@ from service.outbox import (
     REFUSED_STATES,
     UNDELIVERED_STATES,
     DeliveryState,
-    NewEntry,
     Outbox,
     TokenSource,
     TransactionBuilder,
-    enqueue,
     laid_over,
 )
 from service.protocol import (
@@ -83,7 +81,7 @@ from service.social import (
 )
 from service.text import typed_text, worklist_display
 from service.triage import KIND as TRIAGE_KIND
-from service.triage import LaunchInfo, search_chart
+from service.triage import LaunchInfo, enqueue_save, search_chart
 
 log = logging.getLogger(__name__)
 
@@ -1323,21 +1321,7 @@ class Casework:
         """Outbox entry, index row and audit row in ONE local unit of work, then delivery."""
         now = utcnow()
         with self._database.session() as session:
-            entry = enqueue(
-                session,
-                ctx.tenant.id,
-                NewEntry(
-                    kind=KIND,
-                    registration_id=ctx.registration_id,
-                    fhir_base_url=ctx.fhir_base_url,
-                    session_id=ctx.session_id,
-                    author=ctx.user.fhir_user,
-                    patient_ref=concern.patient_ref,
-                    bundle=plan.bundle,
-                    witness=plan.witness,
-                    delivered_at_once=True,
-                ),
-            )
+            entry = enqueue_save(session, ctx, KIND, concern.patient_ref, plan.bundle, plan.witness)
             version = concern.row_version + 1
             changed = session.execute(
                 update(Concern)

@@ -872,6 +872,11 @@ class TenantConfiguration(Strict):
             bases.add(base_url_key(registration.fhir_base_url))
         return self
 
+    def registration_by_id(self, registration_id: str) -> EhrRegistration | None:
+        """The registration with the id ``registration_id`` (the first, as a launch takes
+        it, should a configuration stored before ids were checked have it twice)."""
+        return next((r for r in self.registrations if r.id == registration_id), None)
+
     def registration_for_iss(self, iss: str) -> EhrRegistration | None:
         """The registration whose FHIR base a launch's ``iss`` names, however written
         (``base_url_key``): the capitals of an EHR's scheme or host made a launch "an EHR

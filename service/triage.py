@@ -154,6 +154,34 @@ class LaunchInfo(Protocol):
     def scope(self) -> str: ...  # what the session's token grants (its token response's)
 
 
+def enqueue_save(
+    session: Session,
+    ctx: LaunchInfo,
+    kind: str,
+    patient_ref: str,
+    bundle: Resource,
+    witness: str | None,
+) -> OutboxEntry:
+    """The outbox entry of a user's save (a triage, a social service's step), sent on her
+    behalf through her launch, within the caller's unit of work; the saving request
+    delivers it itself (``NewEntry.delivered_at_once``)."""
+    return enqueue(
+        session,
+        ctx.tenant.id,
+        NewEntry(
+            kind=kind,
+            registration_id=ctx.registration_id,
+            fhir_base_url=ctx.fhir_base_url,
+            session_id=ctx.session_id,
+            author=ctx.user.fhir_user,
+            patient_ref=patient_ref,
+            bundle=bundle,
+            witness=witness,
+            delivered_at_once=True,
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class TriageInput:
     """The nurse's findings of one save. ``step2`` is None only when step 1 closes the case."""
@@ -411,21 +439,7 @@ class Triage:
             earlier = _entry_with_witness(session, ctx.tenant.id, plan.witness)
             if earlier is not None:
                 return earlier
-            entry = enqueue(
-                session,
-                ctx.tenant.id,
-                NewEntry(
-                    kind=KIND,
-                    registration_id=ctx.registration_id,
-                    fhir_base_url=ctx.fhir_base_url,
-                    session_id=ctx.session_id,
-                    author=ctx.user.fhir_user,
-                    patient_ref=patient_ref,
-                    bundle=plan.bundle,
-                    witness=plan.witness,
-                    delivered_at_once=True,
-                ),
-            )
+            entry = enqueue_save(session, ctx, KIND, patient_ref, plan.bundle, plan.witness)
             if new:  # read again under the patient's lock the entry holds (PostgreSQL)
                 _refuse_recorded_meanwhile(session, ctx, findings.step1.children, entry.id)
             # her page now stands for what she saved from it, unless the record refuses it

@@ -515,15 +515,11 @@ async def api_delete_registration(
     registered with its FHIR server: while any depends on it, the removal is refused (409,
     with how many) unless ``force=true``; forced, the admin events record what was left
     (``TenantAdmin.save``, as for every change that removes a registration)."""
-    if _registration_of(admin.tenant.config, registration_id) is None:
+    if admin.tenant.config.registration_by_id(registration_id) is None:
         raise HTTPException(404, f"no registration '{registration_id}'")
     return await _api_change(
         request, admin, lambda c: _without_registration(c, registration_id), force
     )
-
-
-def _registration_of(config: TenantConfiguration, registration_id: str) -> EhrRegistration | None:
-    return next((r for r in config.registrations if r.id == registration_id), None)
 
 
 def _without_registration(config: TenantConfiguration, registration_id: str) -> TenantConfiguration:
@@ -548,9 +544,7 @@ def api_test_connection(
 def _test_connection(
     request: Request, admin: Admin, timeout: float, database: Database, registration_id: str
 ) -> dict[str, Any]:
-    registration = next(
-        (r for r in admin.tenant.config.registrations if r.id == registration_id), None
-    )
+    registration = admin.tenant.config.registration_by_id(registration_id)
     if registration is None:
         raise HTTPException(404, f"no registration '{registration_id}'")
     report = check_connection(registration, _language(request), timeout)
@@ -964,10 +958,14 @@ _SHOWN_WRITES, _SHOWN_CASES = "shown_writes", "shown_cases"
 def _confirmed(form: Mapping[str, Any]) -> Force:
     """A form confirmed on the page that said what depends on the registrations it removes
     or moves: saved unless more depends on them now (asked again). Else: not forced."""
-    if form.get("force") != "yes":
-        return False
-    shown = (_count(form.get(_SHOWN_WRITES)), _count(form.get(_SHOWN_CASES)))
-    return dependents.Dependents(pending=shown[0], cases=shown[1])
+    return _shown(form) if form.get("force") == "yes" else False
+
+
+def _shown(form: Mapping[str, Any]) -> dependents.Dependents:
+    """What the page the form was sent from said depends on the registration(s)."""
+    return dependents.Dependents(
+        pending=_count(form.get(_SHOWN_WRITES)), cases=_count(form.get(_SHOWN_CASES))
+    )
 
 
 def _count(value: object) -> int:
@@ -1018,7 +1016,7 @@ async def save_registration(request: Request, admin: ScreenAdmin) -> Response:
     body["frame_origins"] = _lines(field.get("frame_origins", ""))
     registrations = admin.tenant.config.registrations
     adding = field.get("form") == "new"  # the new registration's form, whatever id it typed
-    existing = None if adding else next((r for r in registrations if r.id == body["id"]), None)
+    existing = None if adding else admin.tenant.config.registration_by_id(body["id"])
     body["cds_issuers"] = _issuers(field.get("cds_issuers", ""), existing)
     if existing is not None:  # kept: the form does not show them
         body["roles"] = existing.roles
@@ -1047,7 +1045,7 @@ def _added_registration(
     """A registration of the new registration's form, refused when its id is in use: it
     replaced that registration, its client secret dropped and its sessions ended, and
     said "saved". Checked on the configuration in force now, as every change is."""
-    if any(r.id == body["id"] for r in config.registrations):
+    if config.registration_by_id(body["id"]) is not None:
         at = f"registrations[{len(config.registrations)}].id"
         taken = Reason.of("admin.problem.registration-id-taken", id=body["id"])
         message = f"the registration id {body['id']} is in use; choose another"
@@ -1080,14 +1078,12 @@ async def delete_registration(
     if form.get("confirmed") != "yes":
         return await run_in_threadpool(_removal_page, request, admin, database, registration_id)
     config = admin.tenant.config
-    if _registration_of(config, registration_id) is None:  # removed meanwhile: said so
+    if config.registration_by_id(registration_id) is None:  # removed meanwhile: said so
         return await run_in_threadpool(_removal_page, request, admin, database, registration_id)
     depending = await run_in_threadpool(
         dependents.on_registration, database, admin.tenant.id, config, registration_id
     )
-    shown = dependents.Dependents(
-        pending=_count(form.get(_SHOWN_WRITES)), cases=_count(form.get(_SHOWN_CASES))
-    )
+    shown = _shown(form)
     if depending.more_than(shown):
         return await run_in_threadpool(
             _removal_page, request, admin, database, registration_id, True
@@ -1107,7 +1103,7 @@ def _removal_page(
 ) -> HTMLResponse:
     """The confirmation page; ``grown``: more depends on it than the page said before (409).
     A registration no longer there (another admin removed it): the screen says so (404)."""
-    registration = _registration_of(admin.tenant.config, registration_id)
+    registration = admin.tenant.config.registration_by_id(registration_id)
     if registration is None:
         gone = Reason.of("admin.remove.gone", id=registration_id)
         problem = Problem(f"no registration '{registration_id}'", reasons=(gone,))

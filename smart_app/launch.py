@@ -515,9 +515,7 @@ def _registration(tenant: TenantContext, pending: LaunchState) -> EhrRegistratio
     removed, or pointed at another EHR or client while the user was signing in, is
     refused: its credentials (a client secret) must not go to the token endpoint found
     for the old one, nor the old EHR's user and patient become a session on the new."""
-    registration = next(
-        (r for r in tenant.config.registrations if r.id == pending.registration_id), None
-    )
+    registration = tenant.config.registration_by_id(pending.registration_id)
     if registration is None:
         detail = "EHR unregistered"
     elif pending.server.get(_LAUNCHED_FOR, _identity(registration)) != _identity(registration):

@@ -130,9 +130,7 @@ class LaunchContext:
 
     @property
     def registration(self) -> EhrRegistration | None:
-        return next(
-            (r for r in self.tenant.config.registrations if r.id == self.registration_id), None
-        )
+        return self.tenant.config.registration_by_id(self.registration_id)
 
     @property
     def actor(self) -> str:
@@ -540,7 +538,7 @@ class SessionTokens:
         if tenant is None:
             raise ReauthorisationRequired("the session's hospital no longer exists")
         config = self._tenants.get(tenant.slug).config
-        registration = next((r for r in config.registrations if r.id == row.registration_id), None)
+        registration = config.registration_by_id(row.registration_id)
         if registration is None:
             raise ReauthorisationRequired("the session's EHR registration was removed")
         if registration.fhir_base_url != row.fhir_base_url:

@@ -71,7 +71,7 @@ def on_registration(
     ``after``: the configuration that replaces ``config`` (default: ``config`` without the
     registration). A case stays workable when a registration of ``after`` names its FHIR
     server (another id replacing this one); the writes through this id do not."""
-    registration = next((r for r in config.registrations if r.id == registration_id), None)
+    registration = config.registration_by_id(registration_id)
     if registration is None:
         return Dependents()
     server = base_url_key(registration.fhir_base_url)
