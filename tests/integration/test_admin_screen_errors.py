@@ -14,6 +14,7 @@ import html
 import json
 import re
 
+import httpx
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
@@ -27,7 +28,7 @@ from service.db.base import Database, utcnow
 from service.db.models import AdminSession
 from service.outbox import DeliveryState
 from service.protocol import Step
-from service.tenancy import SecretBox, TenantDirectory
+from service.tenancy import SecretBox, TenantContext, TenantDirectory
 from service.tenant_config import DEFAULT_SCOPES, CdsIssuer, TenantConfiguration
 from smart_app.errors import FREE_TEXT
 from tests.support.admin import (
@@ -59,14 +60,41 @@ def registration_form(hidden: dict[str, str], **changes: str) -> dict[str, str]:
     }  # fmt: skip
 
 
+def _signed_in(
+    client: TestClient, database: Database, gent: Hospital
+) -> tuple[dict[str, str], TenantContext]:
+    """An admin of AZ Gent signed in on the screen: the forms' hidden fields, and the
+    configuration as stored before anything is sent."""
+    hidden = screen_sign_in(client, database, gent)
+    return hidden, stored_gent(database)
+
+
+def _posted_yaml(
+    client: TestClient,
+    hidden: dict[str, str],
+    text: str,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """The configuration form sent with ``text`` in its YAML box."""
+    answer: httpx.Response = client.post(
+        "/admin/config", data={**hidden, "yaml": text}, headers=headers
+    )
+    return answer
+
+
+def _assert_nothing_saved(database: Database, before: TenantContext) -> None:
+    """AZ Gent's stored configuration is still ``before``: same version, same content."""
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+
+
 def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     broken = export_yaml(before.config).replace("adult_age: 18", "adult_age: [18")
 
-    dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
+    dutch = _posted_yaml(client, hidden, broken)
     assert dutch.status_code == 422
     assert "<title>Fout: " in dutch.text  # a screen reader says so as the page opens
     message = assert_tied(dutch.text, "textarea", "yaml")
@@ -81,7 +109,7 @@ def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
     assert script is not None
     assert client.get(script.group(1)).status_code == 200
 
-    french = client.post("/admin/config", data={**hidden, "yaml": broken}, headers=FRENCH)
+    french = _posted_yaml(client, hidden, broken, FRENCH)
     assert french.status_code == 422
     assert '<html lang="fr">' in french.text
     message = assert_tied(french.text, "textarea", "yaml")
@@ -89,8 +117,7 @@ def test_a_broken_yaml_file_is_refused_in_the_pages_language_next_to_the_text(
         r"Erreur : Ligne \d+ : Ce n&#39;est pas du YAML valide \(le lecteur YAML signale : .+\)\.",
         message,
     )
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_a_key_written_twice_in_the_yaml_box_is_refused_with_both_lines_in_the_pages_language(
@@ -98,13 +125,12 @@ def test_a_key_written_twice_in_the_yaml_box_is_refused_with_both_lines_in_the_p
 ) -> None:
     """PyYAML kept the last of two `adult_age:` lines silently; now the screen refuses the
     text, the line of the second and of the first in its own words (found by review)."""
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     exported = export_yaml(before.config)
     twice = exported.replace("  adult_age: 18\n", "  adult_age: 18\n  adult_age: 16\n")
     first = exported.splitlines().index("  adult_age: 18") + 1
 
-    dutch = client.post("/admin/config", data={**hidden, "yaml": twice})
+    dutch = _posted_yaml(client, hidden, twice)
     assert dutch.status_code == 422
     message = assert_tied(dutch.text, "textarea", "yaml")
     assert message == (
@@ -112,10 +138,9 @@ def test_a_key_written_twice_in_the_yaml_box_is_refused_with_both_lines_in_the_p
         f"eerste keer op regel {first}); een sleutel mag er maar één keer staan. Houd er één "
         "van over."
     )
-    french = client.post("/admin/config", data={**hidden, "yaml": twice}, headers=FRENCH)
+    french = _posted_yaml(client, hidden, twice, FRENCH)
     assert "La clé <code>adult_age</code> figure deux fois" in french.text
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_a_yaml_text_that_leaves_out_a_part_is_refused_in_the_pages_language(
@@ -123,22 +148,20 @@ def test_a_yaml_text_that_leaves_out_a_part_is_refused_in_the_pages_language(
 ) -> None:
     """The box's text replaces the whole configuration: a part deleted from it was emptied
     or reset to its default, and the screen said "saved" (found by review)."""
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     exported = export_yaml(before.config)
     without = exported[: exported.index("partners:\n")] + exported[exported.index("plan:\n") :]
 
-    dutch = client.post("/admin/config", data={**hidden, "yaml": without})
+    dutch = _posted_yaml(client, hidden, without)
     assert dutch.status_code == 422
     message = assert_tied(dutch.text, "textarea", "yaml")
     assert message.startswith(
         "Fout: Het bestand laat partners weg. Een import vervangt de hele configuratie"
     )
     assert message.endswith("leeg: registrations: [].")
-    french = client.post("/admin/config", data={**hidden, "yaml": without}, headers=FRENCH)
+    french = _posted_yaml(client, hidden, without, FRENCH)
     assert "Le fichier omet <code>partners</code>." in french.text
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_a_yaml_text_of_a_version_no_longer_in_force_is_refused_saying_so(
@@ -147,8 +170,7 @@ def test_a_yaml_text_of_a_version_no_longer_in_force_is_refused_saying_so(
     """The box shows the configuration with the version it is; a text of an earlier
     version pasted in (an export kept aside) would undo what was changed since: refused,
     in the page's language, the text kept."""
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     page = client.get("/admin").text
     assert f"version: {before.version}\nname: " in html.unescape(page)
     old = export_yaml(before.config, before.version).replace("adult_age: 18", "adult_age: 16")
@@ -177,11 +199,10 @@ def test_a_yaml_text_of_a_version_no_longer_in_force_is_refused_saying_so(
 def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated_sentence(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     invalid = export_yaml(before.config).replace("adult_age: 18", "adult_age: 40")
 
-    french = client.post("/admin/config", data={**hidden, "yaml": invalid}, headers=FRENCH)
+    french = _posted_yaml(client, hidden, invalid, FRENCH)
     assert french.status_code == 422
     message = assert_tied(french.text, "textarea", "yaml")
     assert re.fullmatch(
@@ -192,7 +213,7 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
     assert "<code>40</code>" in french.text
     assert "less than or equal" not in french.text
 
-    dutch = client.post("/admin/config", data={**hidden, "yaml": invalid})
+    dutch = _posted_yaml(client, hidden, invalid)
     message = assert_tied(dutch.text, "textarea", "yaml")
     assert re.fullmatch(
         r"Fout: Regel \d+, hooks\.adult_age: Mag hoogstens 25 zijn \(gegeven: 40\)\.", message
@@ -216,15 +237,13 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
         "(ou choisissez private_key_jwt)."
     )
 
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     exported = client.get("/admin/api/partners?format=csv").text
     lines = exported.splitlines()
     bad_rows = "\n".join([lines[0], lines[1].replace(",", ",,", 1), lines[1]]).encode()
@@ -246,8 +265,7 @@ def test_a_broken_partner_csv_is_refused_per_row_next_to_the_file_input(
     assert "<code>fax</code>" in french.text
     assert "unknown column" not in french.text
 
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
     # the same form takes a good file (the screen read no uploaded file before: the form
     # holds Starlette's UploadFile, not FastAPI's subclass it was checked against)
     good = "\n".join([*lines[:2]]).encode()
@@ -307,11 +325,10 @@ def _messages(page: str) -> list[str]:
 def test_our_own_validators_refusals_are_translated_on_the_screen(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     broken = _broken_by_our_validators(before.config)
 
-    dutch = client.post("/admin/config", data={**hidden, "yaml": broken})
+    dutch = _posted_yaml(client, hidden, broken)
     assert dutch.status_code == 422
     assert "<title>Fout: " in dutch.text  # a screen reader says so as the page opens
     assert_tied(dutch.text, "textarea", "yaml")
@@ -336,7 +353,7 @@ def test_our_own_validators_refusals_are_translated_on_the_screen(
         assert english not in dutch.text
     assert "JWK Set is a JSON object" not in dutch.text
 
-    french = client.post("/admin/config", data={**hidden, "yaml": broken}, headers=FRENCH)
+    french = _posted_yaml(client, hidden, broken, FRENCH)
     assert french.status_code == 422
     said = " | ".join(_messages(french.text))
     for sentence in (
@@ -350,8 +367,7 @@ def test_our_own_validators_refusals_are_translated_on_the_screen(
     ):
         assert re.search(sentence, said), said
 
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_a_partner_row_that_breaks_the_directorys_rules_names_its_column_in_dutch(
@@ -378,8 +394,7 @@ def test_a_partner_id_longer_than_step_6_takes_is_refused_in_dutch(
 ) -> None:
     """Step 6 names its partner by a code of at most 64 characters: a longer id could be
     listed but never chosen, so the import refuses it like the directory's other rules."""
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     lines = client.get("/admin/api/partners?format=csv").text.splitlines()
     row = next(csv.reader([lines[1]]))
     row[lines[0].split(",").index("id")] = "vk-" + "x" * 62
@@ -389,8 +404,7 @@ def test_a_partner_id_longer_than_step_6_takes_is_refused_in_dutch(
     assert dutch.status_code == 422
     message = assert_tied(dutch.text, "input", "partners-file")
     assert message == "Fout: Rij 2 van het bestand: id: Mag hoogstens 64 tekens lang zijn."
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_the_api_says_our_own_validators_refusals_in_english_as_before(
@@ -528,8 +542,7 @@ def test_a_forged_version_field_is_the_pages_error_and_the_typed_form_is_kept(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
     # "²" passed str.isdigit() and 5000 digits too; int() refused both: a 500, the form lost
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     registration = registration_form(hidden)
     for forged in ("²", "7" * 5000):
         refused = client.post("/admin/registrations", data={**registration, "version": forged})
@@ -537,15 +550,13 @@ def test_a_forged_version_field_is_the_pages_error_and_the_typed_form_is_kept(
         assert "is geen versienummer; er is niets bewaard" in refused.text
         assert 'value="Nieuw EPD"' in refused.text
         assert 'value="https://n.example/fhir"' in refused.text
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_a_frame_origin_that_is_no_ascii_origin_is_refused_next_to_its_field(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     registration = registration_form(
         hidden, frame_origins="https://epd.example\nhttps://ziekenhuis.例え.jp"
     )
@@ -559,8 +570,7 @@ def test_a_frame_origin_that_is_no_ascii_origin_is_refused_next_to_its_field(
         "nom de domaine contenant des lettres non ASCII en Punycode (xn--…)."
     )
     assert "ziekenhuis.例え.jp</textarea>" in refused.text  # what was typed, kept
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def _free_text_fields(page: str) -> list[str]:
@@ -590,7 +600,7 @@ def test_an_admin_form_sent_after_the_session_ended_shows_its_text_back_not_the_
     pasted = export_yaml(before.config).replace("adult_age: 18", "adult_age: 16")
     ours = {"Sec-Fetch-Site": "same-origin"}
 
-    ended = client.post("/admin/config", data={**hidden, "yaml": pasted}, headers=ours)
+    ended = _posted_yaml(client, hidden, pasted, ours)
     assert ended.status_code == 401
     assert "Beheersessie verlopen" in ended.text
     assert "Meld u daarna opnieuw aan als beheerder" in ended.text
@@ -604,7 +614,7 @@ def test_an_admin_form_sent_after_the_session_ended_shows_its_text_back_not_the_
     assert "geheim-1234" not in registration.text
     assert "https://epd.x" in registration.text
     # another site's post cannot put its text on our page
-    elsewhere = client.post("/admin/config", data={**hidden, "yaml": pasted})
+    elsewhere = _posted_yaml(client, hidden, pasted)
     assert elsewhere.status_code == 401
     assert "adult_age: 16" not in elsewhere.text
     # a page asked for, not sent, still goes to the sign-in page; so does signing out
@@ -612,8 +622,7 @@ def test_an_admin_form_sent_after_the_session_ended_shows_its_text_back_not_the_
     assert (asked.status_code, asked.headers["location"]) == (303, "/admin/login")
     out = client.post("/admin/logout", data=hidden, headers=ours, follow_redirects=False)
     assert (out.status_code, out.headers["location"]) == (303, "/admin/login")
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_a_second_registration_of_the_same_ehr_is_refused_next_to_its_fhir_base(
@@ -673,8 +682,7 @@ def test_a_refused_hooks_form_shows_what_was_typed_unticked_boxes_too(
 ) -> None:
     """Found by review: refused (422, or 409 when another admin saved meanwhile), the hooks
     form showed the hooks in force again, and what the admin had changed was gone."""
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     unticked = {**hidden, "hook-encounter-start": "on"}  # patient-view and once: unticked
 
     refused = client.post("/admin/hooks", data={**unticked, "adult_age": ""})
@@ -718,8 +726,7 @@ def test_a_card_source_url_that_is_no_web_url_is_refused_next_to_its_field(
     EHR opens in the browser): one that is no absolute https URL is refused next to it, in
     the page's language, what was typed kept. A value stored before that check (any text
     was saved) is shown in the form, and a save of the form names it until it is mended."""
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     form = {**hidden, "hook-encounter-start": "on", "hook-patient-view": "on",
             "adult_age": "18", "once_per_encounter": "on"}  # fmt: skip
 
@@ -740,8 +747,7 @@ def test_a_card_source_url_that_is_no_web_url_is_refused_next_to_its_field(
     assert assert_tied(french.text, "input", "source_url").startswith(
         "Erreur : hooks.source_url : kindreflex.be n&#39;est pas une adresse https complète"
     )
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
     tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
     hooks = before.config.hooks.model_copy(update={"source_url": "/over-kindreflex"})
@@ -850,7 +856,7 @@ def test_a_form_sent_from_a_tab_of_an_earlier_sign_in_says_so_and_shows_its_text
     pasted = export_yaml(before.config).replace("adult_age: 18", "adult_age: 16")
     ours = {"Sec-Fetch-Site": "same-origin"}
 
-    refused = client.post("/admin/config", data={**old_tab, "yaml": pasted}, headers=ours)
+    refused = _posted_yaml(client, old_tab, pasted, ours)
 
     assert refused.status_code == 403
     assert "<h1>Formulier niet aanvaard</h1>" in refused.text
@@ -867,11 +873,10 @@ def test_a_form_sent_from_a_tab_of_an_earlier_sign_in_says_so_and_shows_its_text
     assert "appartient à une connexion d'administration antérieure" in html.unescape(french.text)
     assert '<a href="/admin/login">Se reconnecter comme administrateur</a>' in french.text
     # another site's post cannot put its text on our page
-    elsewhere = client.post("/admin/config", data={**old_tab, "yaml": pasted})
+    elsewhere = _posted_yaml(client, old_tab, pasted)
     assert elsewhere.status_code == 403
     assert "adult_age: 16" not in elsewhere.text
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def test_an_issuers_private_key_in_a_yaml_file_is_refused_next_to_the_text(
@@ -880,8 +885,7 @@ def test_an_issuers_private_key_in_a_yaml_file_is_refused_next_to_the_text(
     """The screen's way to configure an issuer's keys is the YAML file: one holding the
     EHR's private key (found by review: stored and shown in every export and audit) is
     refused at the YAML text in the page's language, naming the members, not their values."""
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     assert isinstance(EHR_KEY.private_key, ec.EllipticCurvePrivateKey)
     jwk = json.loads(ECAlgorithm.to_jwk(EHR_KEY.private_key))
     issuers = [{"iss": "https://az-gent.example", "jwks": {"keys": [jwk]}}]
@@ -889,7 +893,7 @@ def test_an_issuers_private_key_in_a_yaml_file_is_refused_next_to_the_text(
         "cds_issuers: []", f"cds_issuers: {json.dumps(issuers)}"
     )
 
-    dutch = client.post("/admin/config", data={**hidden, "yaml": text})
+    dutch = _posted_yaml(client, hidden, text)
 
     assert dutch.status_code == 422
     message = assert_tied(dutch.text, "textarea", "yaml")
@@ -901,11 +905,10 @@ def test_an_issuers_private_key_in_a_yaml_file_is_refused_next_to_the_text(
     )
     summary = dutch.text[dutch.text.index('id="problems"') :]
     assert jwk["d"] not in summary[: summary.index("</div>")]
-    french = client.post("/admin/config", data={**hidden, "yaml": text}, headers=FRENCH)
+    french = _posted_yaml(client, hidden, text, FRENCH)
     message = assert_tied(french.text, "textarea", "yaml")
     assert "La clé 1 du JWK Set contient une clé privée (d) : seules les clés publiques" in message
-    after = stored_gent(database)
-    assert (after.version, after.config) == (before.version, before.config)
+    _assert_nothing_saved(database, before)
 
 
 def _in_use_form(page: str) -> dict[str, str]:
@@ -928,11 +931,10 @@ def test_a_yaml_text_removing_a_registration_something_depends_on_asks_first(
     server = "https://az-gent.example/fhir"
     undelivered_save(database, gent.id, server, DeliveryState.WAITING_AUTHORISATION, "ehr")
     case_on(database, gent.id, server)
-    hidden = screen_sign_in(client, database, gent)
-    before = stored_gent(database)
+    hidden, before = _signed_in(client, database, gent)
     without = export_yaml(before.config.model_copy(update={"registrations": []}), before.version)
 
-    refused = client.post("/admin/config", data={**hidden, "yaml": without})
+    refused = _posted_yaml(client, hidden, without)
 
     assert refused.status_code == 409
     (message,) = _messages(refused.text)
@@ -946,7 +948,7 @@ def test_a_yaml_text_removing_a_registration_something_depends_on_asks_first(
     assert "registrations: []" in refused.text  # the text kept
     fields = _in_use_form(refused.text)
     assert (fields["shown_writes"], fields["shown_cases"]) == ("1", "1")
-    french = client.post("/admin/config", data={**hidden, "yaml": without}, headers=FRENCH)
+    french = _posted_yaml(client, hidden, without, FRENCH)
     assert "1 saisie enregistrée qui attend une connexion" in french.text
     assert "Enregistrer tout de même" in french.text
     assert stored_gent(database).version == before.version
