@@ -5,6 +5,7 @@ never recorded as an answer, and nothing is written."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from html import unescape
 from typing import Any
@@ -31,14 +32,20 @@ from tests.support.casework import (
     SOCIAL_WORKER,
     STEP_4_FORM,
     STEP_6_FORM,
+    TriagedCase,
+    case_page,
+    decided_and_referred,
     error_summary,
     hidden_field,
     index_case,
     listed_cases,
     on_the_worklist,
     post_form,
+    referred_today,
     save_triage,
+    saved_from_the_page,
     triage_waiting_for_sign_in,
+    triaged_case,
 )
 from tests.support.relay import SlowRelay
 from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
@@ -54,11 +61,8 @@ def _case_before_step_4(
 ) -> tuple[TestClient, int, str, str]:
     """A niet-pluis triage: the client of a signed-in social worker, the case id, the
     patient and the case page (with the step 4 form)."""
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
+    case = triaged_case(database_url, database, base_url)
+    return case.client, case.id, case.patient, case_page(case.client, case.id)
 
 
 def _case_after_step_4(
@@ -67,11 +71,9 @@ def _case_after_step_4(
     """A niet-pluis triage and the team's ``decision``: the client of a signed-in social
     worker, the case id, the patient and the case page (with the next step's form)."""
     client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
-    decided = post_form(
-        client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "decision": decision}
-    )
-    assert decided.status_code == 303
-    return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
+    decided = {**STEP_4_FORM, "decision": decision}
+    after = saved_from_the_page(client, page, case_id, "step-4", "s4", decided)
+    return client, case_id, patient, after
 
 
 def _case_referred(
@@ -80,25 +82,65 @@ def _case_referred(
     """:func:`_case_after_step_4`, then a referral to the VK (step 6) today: the client,
     the case id, the patient and the case page after it."""
     client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
-    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
-    return client, case_id, patient, client.get(f"/social/cases/{case_id}").text
+    return client, case_id, patient, referred_today(client, page, case_id)
+
+
+def _findings_of(base_url: str, patient: str, step: str) -> list[dict[str, Any]]:
+    """The patient's Kindreflex findings of ``step`` (``"step-5"``) on the FHIR server."""
+    code = f"{terminology.code_system_url('kindreflex-step')}|{step}"
+    return search(base_url, "Observation", subject=patient, code=code)
+
+
+@dataclass(frozen=True)
+class _Cases:
+    """New cases at the hospital on the module's FHIR server, each brought to a point of
+    the protocol (:func:`_case_before_step_4` and the others on ``base_url``)."""
+
+    database_url: str
+    database: Database
+    base_url: str
+
+    def triaged(self, **triage: Any) -> TriagedCase:
+        """:func:`triaged_case` with ``triage``."""
+        return triaged_case(self.database_url, self.database, self.base_url, **triage)
+
+    def before_step_4(self) -> tuple[TestClient, int, str, str]:
+        """:func:`_case_before_step_4`."""
+        return _case_before_step_4(self.database_url, self.database, self.base_url)
+
+    def after_step_4(
+        self, decision: str = "concerning-unwilling"
+    ) -> tuple[TestClient, int, str, str]:
+        """:func:`_case_after_step_4` with ``decision``."""
+        return _case_after_step_4(self.database_url, self.database, self.base_url, decision)
+
+    def referred(self) -> tuple[TestClient, int, str, str]:
+        """:func:`_case_referred`."""
+        return _case_referred(self.database_url, self.database, self.base_url)
+
+
+@pytest.fixture
+def cases(
+    database_url: str,
+    database: Database,
+    fhir_server: FhirServer,  # noqa: F811
+) -> _Cases:
+    """New cases on the module's FHIR server."""
+    return _Cases(database_url, database, fhir_server.base_url)
 
 
 @pytest.mark.parametrize(
     ("question", "anchor"), [("cooperation", "s6-cooperation"), ("informed", "s6-informed")]
 )
 def test_a_referral_with_a_yes_no_question_unanswered_is_refused_not_recorded_as_no(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
     question: str,
     anchor: str,
 ) -> None:
     # Before, an unanswered "with the patient's cooperation" was written to the FHIR server
     # as "without cooperation" (and "informed" as "not informed").
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     fields = {key: value for key, value in STEP_6_FORM.items() if key != question}
 
     refused = post_form(
@@ -115,16 +157,12 @@ def test_a_referral_with_a_yes_no_question_unanswered_is_refused_not_recorded_as
 
 
 def test_an_agreed_actions_date_in_the_past_is_shown_at_that_action_not_at_the_next_check(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the message "a follow-up date does not lie in the past" stood at the next
     # follow-up, whose date was right; the wrong date was an agreed action's.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(
-        database_url, database, base_url, "concerning-willing"
-    )
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4("concerning-willing")
     today = local_today()
     fields = {
         "progress": "improving",
@@ -142,20 +180,17 @@ def test_an_agreed_actions_date_in_the_past_is_shown_at_that_action_not_at_the_n
     assert 'aria-describedby="s5-action-on-1-error" aria-invalid="true"' in refused.text
     assert 'id="s5-next-follow-up-error"' not in refused.text
     assert "The school calls when the children are absent." in refused.text
-    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
-    assert search(base_url, "Observation", subject=patient, code=step_5) == []
+    assert _findings_of(base_url, patient, "step-5") == []
 
 
 def test_a_referral_sent_twice_says_it_was_saved_not_that_someone_else_changed_the_case(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # A double click sends the form twice; the browser shows the second answer. Before, it
     # said someone else had changed the case and asked to save again, with the input in the
     # step 6 form (offered again after a referral): a second referral to the VK.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
 
     first = post_form(client, page, case_id, "step-6", "s6", fields)
@@ -170,15 +205,13 @@ def test_a_referral_sent_twice_says_it_was_saved_not_that_someone_else_changed_t
 
 
 def test_a_closing_sent_twice_says_it_was_saved_not_only_that_the_case_is_closed(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the second answer of a double-clicked "Afsluiten" said only "this case is
     # closed", as if a colleague had closed it: the social worker could not tell her own
     # closing (with her reason) went through.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.referred()
 
     first = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
     second = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
@@ -192,27 +225,23 @@ def test_a_closing_sent_twice_says_it_was_saved_not_only_that_the_case_is_closed
 
 
 def test_a_step_refused_because_a_colleague_moved_the_case_on_shows_the_typed_note_back(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     """Two social workers on one case at step 5: while one writes the progress note of a
     follow-up conversation, a colleague records step 5 "improving" with no next follow-up
     (step 5 is over). Her save was refused (409, right), but the page offered no step 5 form
     any more and her note was shown nowhere: it was lost (found by review). The note is
     shown back read-only; nothing of hers is recorded."""
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    page = client.get(f"/social/cases/{case_id}").text
+    base_url = cases.base_url
+    case = cases.triaged()
+    client, case_id, patient = case.client, case.id, case.patient
     decision = {**STEP_4_FORM, "decision": "concerning-willing"}  # step 5 is due
-    assert post_form(client, page, case_id, "step-4", "s4", decision).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
-    colleague = signed_in(app, tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url)
+    page = saved_from_the_page(
+        client, case_page(client, case_id), case_id, "step-4", "s4", decision
+    )
+    colleague = signed_in(case.app, case.tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url)
     version = int(hidden_field(page, "s5-form", "row_version"))
-    moved_on = TestClient(app).post(
+    moved_on = TestClient(case.app).post(
         f"/api/cases/{case_id}/step-5",
         headers=colleague.headers,
         json={"row_version": version, "progress": "improving"},
@@ -229,8 +258,7 @@ def test_a_step_refused_because_a_colleague_moved_the_case_on_shows_the_typed_no
     assert "Het dossier biedt dit formulier niet meer aan" in shown
     assert f"readonly>{note}</textarea>" in shown
     assert '<label for="kept-1">Notitie</label>' in shown  # said what it was: not "Uw tekst 1"
-    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
-    assert len(search(base_url, "Observation", subject=patient, code=step_5)) == 1
+    assert len(_findings_of(base_url, patient, "step-5")) == 1
 
 
 def test_the_step_4_form_takes_as_much_text_as_the_service_keeps(
@@ -294,11 +322,7 @@ def test_the_printed_referral_gives_the_concerns_reasons_after_a_later_visit_wit
     patient = save_triage(app, tenant, base_url)
     save_triage(app, tenant, base_url, returning=patient, assessment=SafetyAssessment.NO_CONCERN)
     client, case_id = on_the_worklist(app, tenant, base_url)
-    page = client.get(f"/social/cases/{case_id}").text
-    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
-    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    decided_and_referred(client, case_id)
 
     summary = client.get(f"/social/cases/{case_id}/referral")
 
@@ -307,16 +331,14 @@ def test_the_printed_referral_gives_the_concerns_reasons_after_a_later_visit_wit
 
 
 def test_a_step_the_fhir_server_rejects_is_shown_again_with_the_input_not_as_saved(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A rejection (4xx) is final: nothing reaches the case and its row goes back. Before,
     # the page said "saved" and showed the step's form again empty: the referral typed was
     # gone. A mock, because the sandbox FHIR server accepts everything this form can send.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
 
     def rejected(self: FhirClient, bundle: dict[str, Any]) -> Any:
@@ -333,13 +355,11 @@ def test_a_step_the_fhir_server_rejects_is_shown_again_with_the_input_not_as_sav
 
 
 def test_every_field_the_form_got_wrong_is_shown_at_once(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, only the first was named: the social worker corrected one field per save.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     fields = {k: v for k, v in STEP_6_FORM.items() if k not in ("cooperation", "informed")}
 
     refused = post_form(client, page, case_id, "step-6", "s6", {**fields, "contact_on": "30-02"})
@@ -353,20 +373,14 @@ def test_every_field_the_form_got_wrong_is_shown_at_once(
 
 
 def test_the_history_shows_the_services_and_consultations_of_step_5(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, step 5's supporting services and consultations were recorded but the case's
     # history left them out: nobody could see who was involved in restoring safety.
-    base_url = fhir_server.base_url
-    client, case_id, _, page = _case_after_step_4(
-        database_url, database, base_url, "concerning-willing"
-    )
+    client, case_id, _, page = cases.after_step_4("concerning-willing")
     fields = {"progress": "improving", "service": ["caw"], "consultation": ["expert"]}
 
-    assert post_form(client, page, case_id, "step-5", "s5", fields).status_code == 303
-    after = client.get(f"/social/cases/{case_id}").text
+    after = saved_from_the_page(client, page, case_id, "step-5", "s5", fields)
 
     start = after.index('id="history-heading"')
     history = after[start : after.index("</section>", start)]
@@ -376,14 +390,12 @@ def test_the_history_shows_the_services_and_consultations_of_step_5(
 
 
 def test_a_reason_for_not_informing_the_patient_next_to_informed_is_refused(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, "informed: yes" was recorded with a reason why the patient was not informed
     # (typed before switching to yes), and the facility's summary said both.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     fields = {
         **STEP_6_FORM,
         "informed": "yes",
@@ -400,18 +412,12 @@ def test_a_reason_for_not_informing_the_patient_next_to_informed_is_refused(
 
 
 def test_the_history_shows_who_helps_on_a_bad_day_as_the_nurse_recorded_it(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the nurse's answer at step 2 was recorded but the case's history left it out.
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    save_triage(app, tenant, base_url, who_helps="Her sister, who lives next door.")
-    client, case_id = on_the_worklist(app, tenant, base_url)
+    case = cases.triaged(who_helps="Her sister, who lives next door.")
 
-    page = client.get(f"/social/cases/{case_id}").text
+    page = case_page(case.client, case.id)
 
     start = page.index('id="history-heading"')
     history = page[start : page.index("</section>", start)]
@@ -420,24 +426,17 @@ def test_the_history_shows_who_helps_on_a_bad_day_as_the_nurse_recorded_it(
 
 
 def test_a_referred_case_closes_after_a_later_visit_without_concern(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # The Kindreflex is done at every contact. Before, the nurse's "no concern" at the
     # patient's next visit after the referral took the close form away and closing was
     # refused ("a step is still due"), though the case was referred.
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    page = client.get(f"/social/cases/{case_id}").text
-    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
-    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
-    save_triage(app, tenant, base_url, returning=patient, assessment=SafetyAssessment.NO_CONCERN)
+    base_url = cases.base_url
+    case = cases.triaged()
+    client, case_id, patient = case.client, case.id, case.patient
+    decided_and_referred(client, case_id)
+    no_concern = SafetyAssessment.NO_CONCERN
+    save_triage(case.app, case.tenant, base_url, returning=patient, assessment=no_concern)
     page = client.get(f"/social/cases/{case_id}").text
 
     assert 'id="close-form"' in page
@@ -448,17 +447,13 @@ def test_a_referred_case_closes_after_a_later_visit_without_concern(
 
 
 def test_the_case_page_and_the_referral_write_dates_as_the_nurses_page_does(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, they showed ISO dates ("geboren 1990-04-12", "2026-05-17 16:58", a follow-up
     # "2026-05-24") where the nurse's page writes dd/mm/jjjj; an EHR that knows only the
     # year of birth made it "geboren 1990", as if the 1st of January were meant.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(
-        database_url, database, base_url, "concerning-willing"
-    )
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4("concerning-willing")
     stored = httpx.get(f"{base_url}/{patient}", timeout=10).json()
     httpx.put(f"{base_url}/{patient}", json={**stored, "birthDate": "1990"}, timeout=10)
     today = local_today()
@@ -469,11 +464,9 @@ def test_the_case_page_and_the_referral_write_dates_as_the_nurses_page_does(
         "action_on_0": action_on.isoformat(),  # the date input's own form
         "next_follow_up": next_check.isoformat(),
     }
-    assert post_form(client, page, case_id, "step-5", "s5", fields).status_code == 303
-    after_5 = client.get(f"/social/cases/{case_id}").text
+    after_5 = saved_from_the_page(client, page, case_id, "step-5", "s5", fields)
     fields = {**STEP_6_FORM, "contact_on": today.isoformat()}
-    assert post_form(client, after_5, case_id, "step-6", "s6", fields).status_code == 303
-    after_6 = client.get(f"/social/cases/{case_id}").text
+    after_6 = saved_from_the_page(client, after_5, case_id, "step-6", "s6", fields)
     summary = client.get(f"/social/cases/{case_id}/referral").text
 
     # the status says the first check planned: here the agreed action's, before the next
@@ -499,14 +492,11 @@ def _text(html: str) -> str:
 
 
 def test_the_history_names_the_facility_a_case_was_referred_to(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the history named only the facility's type (VK): which of the VKs the case
     # went to was on the printable referral only.
-    base_url = fhir_server.base_url
-    *_, after = _case_referred(database_url, database, base_url)
+    *_, after = cases.referred()
 
     history = after[after.index('<ol class="history">') : after.index("</ol>")]
     facility = "Vertrouwenscentrum Kindermishandeling (VK): Vertrouwenscentrum Kindermishandeling"
@@ -514,16 +504,12 @@ def test_the_history_names_the_facility_a_case_was_referred_to(
 
 
 def test_step_5s_unknown_codes_and_a_note_too_long_are_refused_next_to_their_fields(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the error summary linked to them, but the fields said nothing: no message
     # beside them, nothing for a screen reader on the field itself.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(
-        database_url, database, base_url, "concerning-willing"
-    )
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4("concerning-willing")
     fields = {
         "progress": "improving",
         "action": ["made-up-action"],
@@ -537,18 +523,15 @@ def test_step_5s_unknown_codes_and_a_note_too_long_are_refused_next_to_their_fie
     anchors = ("s5-actions", "s5-consultations", "s5-note")
     _assert_refused_at_their_fields(refused.text, "s5", anchors)
     assert "n" * 4001 in refused.text  # the input is kept
-    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
-    assert search(base_url, "Observation", subject=patient, code=step_5) == []
+    assert _findings_of(base_url, patient, "step-5") == []
 
 
 def test_step_4s_note_and_explanation_too_long_are_refused_next_to_their_fields(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the error summary linked to them, but the fields said nothing.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.before_step_4()
     fields = {**STEP_4_FORM, "patient_explanation": "e" * 4001, "note": "n" * 4001}
 
     refused = post_form(client, page, case_id, "step-4", "s4", fields)
@@ -557,19 +540,16 @@ def test_step_4s_note_and_explanation_too_long_are_refused_next_to_their_fields(
     _assert_refused_at_their_fields(refused.text, "s4", ("s4-explanation", "s4-note"))
     assert "e" * 4001 in refused.text  # the input is kept
     assert "n" * 4001 in refused.text
-    step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
-    assert search(base_url, "Observation", subject=patient, code=step_4) == []
+    assert _findings_of(base_url, patient, "step-4") == []
 
 
 def test_step_6s_note_and_contact_refused_next_to_their_fields(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the summary linked the note to a field that said nothing, and the person to
     # the contact's fieldset: the message stood there, not at the field to correct.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     person = "p" * 201  # past the input's maxlength of 200
     contact = {"contact_on": local_today().isoformat(), "contact_person": person}
     fields = {**STEP_6_FORM, **contact, "contact_channel": "pigeon", "note": "n" * 4001}
@@ -604,16 +584,15 @@ _NO_CONTACT_PERSON = {
     ],
 )
 def test_a_facility_contact_without_its_person_is_refused_not_dropped(
-    database_url: str,
+    cases: _Cases,
     database: Database,
-    fhir_server: FhirServer,  # noqa: F811
     language: str,
     changed: dict[str, str],
 ) -> None:
     # Found by review: a social worker who set the day she phoned the VK or chose "email",
     # but named no one, saw step 6 saved; the contact she entered was dropped without a word.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     _speaks(database, language)
     page = client.get(f"/social/cases/{case_id}").text
     yesterday = (local_today() - timedelta(days=1)).isoformat()
@@ -636,19 +615,16 @@ def test_a_facility_contact_without_its_person_is_refused_not_dropped(
         assert f'<option value="{changed["contact_channel"]}" selected>' in refused.text
     assert "Tell the CLB who takes the next step." in refused.text
     assert search(base_url, "ServiceRequest", subject=patient) == []
-    step_6 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-6"
-    assert search(base_url, "Observation", subject=patient, code=step_6) == []
+    assert _findings_of(base_url, patient, "step-6") == []
 
 
 def test_a_referral_with_the_contact_left_as_drawn_is_saved_without_a_contact(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # The page draws the contact as today, by phone: sent so without a person, there was no
     # contact to record (yet), and the referral is saved without one, as before.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     untouched = {"contact_on": local_today().isoformat(), "contact_person": ""}
 
     saved = post_form(client, page, case_id, "step-6", "s6", {**STEP_6_FORM, **untouched})
@@ -660,24 +636,13 @@ def test_a_referral_with_the_contact_left_as_drawn_is_saved_without_a_contact(
 
 
 def test_a_referral_status_note_too_long_is_refused_next_to_the_note(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, the error summary linked to the note, but the note said nothing: no message
     # beside it, nothing for a screen reader on the field itself.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
-    referred = post_form(
-        client,
-        page,
-        case_id,
-        "step-6",
-        "s6",
-        {**STEP_6_FORM, "contact_on": local_today().isoformat()},
-    )
-    assert referred.status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
+    page = referred_today(client, page, case_id)
     note = "n" * 4001  # a paste gone wrong, past the textarea's maxlength
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     form, fields = referral_form(request["id"]), {"referral_id": request["id"], "note": note}
@@ -694,29 +659,22 @@ def test_a_referral_status_note_too_long_is_refused_next_to_the_note(
 
 
 def test_an_earlier_referral_still_running_has_its_own_form_naming_its_facility(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # The VK first, then the police after the team's acute danger: the page showed and
     # changed only the latest referral, without naming its facility, and the VK's stayed
     # active for good. Now each referral is listed with its facility and, while it runs,
     # its own form; a refused save keeps its input in the form it was typed in.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_referred(database_url, database, base_url)
-    acute = post_form(
-        client, page, case_id, "step-4", "s4", {**STEP_4_FORM, "decision": "acute-danger"}
-    )
-    assert acute.status_code == 303, acute.text
-    page = client.get(f"/social/cases/{case_id}").text
-    police_fields = {**STEP_6_FORM, "partner_id": "politie", "contact_on": str(local_today())}
-    assert post_form(client, page, case_id, "step-6", "s6", police_fields).status_code == 303
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.referred()
+    acute = {**STEP_4_FORM, "decision": "acute-danger"}
+    page = saved_from_the_page(client, page, case_id, "step-4", "s4", acute)
+    page = referred_today(client, page, case_id, partner_id="politie")
     by_kind = {
         r["performerType"]["coding"][0]["code"]: r
         for r in search(base_url, "ServiceRequest", subject=patient)
     }
     vk, police = referral_form(by_kind["vk"]["id"]), referral_form(by_kind["police"]["id"])
-    page = client.get(f"/social/cases/{case_id}").text
 
     listed = page[page.index('id="referral-heading"') :]
     assert listed.index(f'id="{police}-heading"') < listed.index(f'id="{vk}-heading"')
@@ -759,16 +717,14 @@ def test_an_earlier_referral_still_running_has_its_own_form_naming_its_facility(
 
 
 def test_each_referral_lists_the_notes_of_its_status_changes_with_who_and_when(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # "Why, or what the facility said": the note of each status change went to the
     # ServiceRequest on the FHIR server and was shown nowhere in Kindreflex. A colleague
     # taking the case over could not read why the VK's referral was paused, then revoked,
     # nor what the EHR's users noted on it.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.referred()
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     form, referral_id = referral_form(request["id"]), {"referral_id": request["id"]}
     paused = {**referral_id, "status": "on-hold", "note": "VK wacht op het gezin.\nBel maandag."}
@@ -780,9 +736,7 @@ def test_each_referral_lists_the_notes_of_its_status_changes_with_who_and_when(
     assert httpx.put(url, json=noted, timeout=10).status_code == 200
     page = client.get(f"/social/cases/{case_id}").text
     revoked = {**referral_id, "status": "revoked", "note": "Dubbele melding: de politie volgt."}
-    assert post_form(client, page, case_id, "referral-status", form, revoked).status_code == 303
-
-    page = client.get(f"/social/cases/{case_id}").text
+    page = saved_from_the_page(client, page, case_id, "referral-status", form, revoked)
     notes = _text_of(page, f"{form}-notes-heading", "</ul>")
     assert notes.startswith("Notities bij deze verwijzing")
     lines = [line.strip() for line in notes.split("\n") if line.strip()][1:]
@@ -798,17 +752,15 @@ def test_each_referral_lists_the_notes_of_its_status_changes_with_who_and_when(
 
 
 def test_a_referral_is_revoked_only_with_its_reason(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Revoking withdraws the hospital's referral of the children to the VK, for good (a
     # revoked referral does not change again), and the page and the API took it without a
     # word of why: the record said the referral was withdrawn and nobody could tell whether
     # the VK declined, the family moved, or it was made by mistake. Now the reason is asked
     # where it is typed, the note of that referral's form; the other changes keep it optional.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.referred()
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     form, referral_id = referral_form(request["id"]), {"referral_id": request["id"]}
 
@@ -836,8 +788,7 @@ def test_a_referral_is_revoked_only_with_its_reason(
     assert api.status_code == 422, api.text
     assert api.json()["detail"]["code"] == "revocation-reason-required"
     paused = {**referral_id, "status": "on-hold"}  # a pause needs no reason
-    assert post_form(client, page, case_id, "referral-status", form, paused).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
+    page = saved_from_the_page(client, page, case_id, "referral-status", form, paused)
     why = {**referral_id, "status": "revoked", "note": "Het gezin verhuisde naar Antwerpen."}
     assert post_form(client, page, case_id, "referral-status", form, why).status_code == 303
     (request,) = search(base_url, "ServiceRequest", subject=patient)
@@ -847,9 +798,7 @@ def test_a_referral_is_revoked_only_with_its_reason(
 
 @pytest.mark.parametrize("closed_in", ["kindreflex", "ehr"])
 def test_a_closed_case_says_when_and_why_it_was_closed(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
     closed_in: str,
 ) -> None:
     # The case page of a closed case said "afgesloten · Stap 6" and nothing more: the
@@ -857,8 +806,8 @@ def test_a_closed_case_says_when_and_why_it_was_closed(
     # and shown nowhere (the API's `closure` alone), nor when it was closed. Reviewing
     # closed cases, or the patient back at the ED, a social worker could not read why the
     # hospital stopped following the family.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_referred(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.referred()
     (flag,) = search(base_url, "Flag", subject=patient)
     if closed_in == "kindreflex":
         why = {"reason": "other", "reason_text": "VK nam het over;\nmoeder verhuist naar Gent."}
@@ -884,9 +833,7 @@ def test_a_closed_case_says_when_and_why_it_was_closed(
 
 @pytest.mark.parametrize("another_case_open", [False, True])
 def test_revoking_the_last_referral_of_a_case_closed_as_referred_says_what_became_of_it(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
     another_case_open: bool,
 ) -> None:
     # The case closed as "referred", its only referral revoked on the closed case's page:
@@ -894,23 +841,13 @@ def test_revoking_the_last_referral_of_a_case_closed_as_referred_says_what_becam
     # Now it is reopened, the page says so and offers step 6 again; when a later visit
     # opened another case of the patient, it stays closed and the page says where the
     # children are followed.
-    base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    page = client.get(f"/social/cases/{case_id}").text
-    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
-    fields = {**STEP_6_FORM, "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
-    assert (
-        post_form(client, page, case_id, "close", "close", {"reason": "referred"}).status_code
-        == 303
-    )
+    base_url = cases.base_url
+    case = cases.triaged()
+    client, case_id, patient = case.client, case.id, case.patient
+    page = decided_and_referred(client, case_id)
+    saved_from_the_page(client, page, case_id, "close", "close", {"reason": "referred"})
     if another_case_open:
-        save_triage(app, tenant, base_url, returning=patient)
+        save_triage(case.app, case.tenant, base_url, returning=patient)
     (request,) = search(base_url, "ServiceRequest", subject=patient)
     form = referral_form(request["id"])
     page = client.get(f"/social/cases/{case_id}").text
@@ -970,16 +907,13 @@ def _speaks(database: Database, language: str) -> None:
 
 @pytest.mark.parametrize("language", ["nl", "fr", "en"])
 def test_a_follow_up_more_than_a_year_ahead_is_refused_next_to_its_date(
-    database_url: str,
+    cases: _Cases,
     database: Database,
-    fhir_server: FhirServer,  # noqa: F811
     language: str,
 ) -> None:
     # Before, a year typed wrong (2062 for 2026) was recorded and put on the worklist.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(
-        database_url, database, base_url, "concerning-willing"
-    )
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4("concerning-willing")
     _speaks(database, language)
     page = client.get(f"/social/cases/{case_id}").text
     latest = latest_follow_up(local_today())
@@ -1012,20 +946,18 @@ def test_a_follow_up_more_than_a_year_ahead_is_refused_next_to_its_date(
     refused = post_form(client, page, case_id, "step-5", "s5", fields)
     assert refused.status_code == 422
     _assert_refused_at_their_fields(refused.text, "s5", ("s5-action-on-0", "s5-next-follow-up"))
-    step_5 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-5"
-    assert search(base_url, "Observation", subject=patient, code=step_5) == []
+    assert _findings_of(base_url, patient, "step-5") == []
 
 
 @pytest.mark.parametrize("language", ["nl", "fr", "en"])
 def test_a_facility_contact_more_than_a_year_back_is_refused_next_to_its_date(
-    database_url: str,
+    cases: _Cases,
     database: Database,
-    fhir_server: FhirServer,  # noqa: F811
     language: str,
 ) -> None:
     # Before, a year typed wrong (2002 for 2026) told the facility of a contact 24 years ago.
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_after_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.after_step_4()
     _speaks(database, language)
     page = client.get(f"/social/cases/{case_id}").text
     earliest = earliest_contact(local_today())
@@ -1058,16 +990,12 @@ def _assert_refused_at_their_fields(html: str, form: str, anchors: tuple[str, ..
 
 
 def test_a_step_on_a_case_read_in_part_is_refused_on_the_page(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Beyond the pages a case reads, the page offered (and took) the team's decision a second
     # time: the findings read still asked for it. Now refused with its reason, nothing written.
-    client, case_id, patient, _ = _case_after_step_4(
-        database_url, database, fhir_server.base_url, "concerning-willing"
-    )
+    client, case_id, patient, _ = cases.after_step_4("concerning-willing")
     monkeypatch.setattr(casework, "FINDINGS_PAGE_SIZE", 2)  # steps 1 and 2: step 4 unread
     monkeypatch.setattr(casework, "MAX_SEARCH_PAGES", 1)
     page = client.get(f"/social/cases/{case_id}").text
@@ -1077,19 +1005,16 @@ def test_a_step_on_a_case_read_in_part_is_refused_on_the_page(
 
     assert again.status_code == 409
     assert "Niet bewaard: de FHIR-server bewaart meer geschiedenis" in unescape(again.text)
-    step = f"{terminology.code_system_url('kindreflex-step')}|step-4"
-    assert len(search(fhir_server.base_url, "Observation", subject=patient, code=step)) == 1
+    assert len(_findings_of(cases.base_url, patient, "step-4")) == 1
 
 
 def test_a_choice_left_open_and_a_text_too_long_say_what_to_do(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, each said "Vul dit veld correct in.": in the summary, neither which field it
     # was nor what to do (a team decision not chosen read like a field filled in wrongly).
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.before_step_4()
     undecided = {key: value for key, value in STEP_4_FORM.items() if key != "decision"}
 
     refused = post_form(client, page, case_id, "step-4", "s4", {**undecided, "note": "n" * 4001})
@@ -1100,9 +1025,7 @@ def test_a_choice_left_open_and_a_text_too_long_say_what_to_do(
     assert '<a href="#s4-note">Te lang: ten hoogste 4000 tekens. Kort de tekst in.</a>' in said
     assert "Vul dit veld correct in." not in refused.text
 
-    decided = post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM)
-    assert decided.status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
+    page = saved_from_the_page(client, page, case_id, "step-4", "s4", STEP_4_FORM)
     unanswered = {
         key: value
         for key, value in STEP_6_FORM.items()
@@ -1122,14 +1045,11 @@ def test_a_choice_left_open_and_a_text_too_long_say_what_to_do(
 
 
 def test_a_facility_named_as_its_kind_is_not_read_out_twice(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     # Before, step 6's choices at acute danger read "Politie: Politie" (the kind, then the
     # directory's name for it); a facility with a name of its own keeps both.
-    base_url = fhir_server.base_url
-    _, _, _, page = _case_after_step_4(database_url, database, base_url, "acute-danger")
+    _, _, _, page = cases.after_step_4("acute-danger")
 
     labels = {
         found.group(1): re.sub(r"\s+", " ", unescape(found.group(2))).strip()
@@ -1144,16 +1064,12 @@ def test_a_facility_named_as_its_kind_is_not_read_out_twice(
 
 
 def test_the_printed_referral_to_the_police_names_it_once(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     """The printed referral to a facility the directory names as its kind read "Politie:
     Politie", and so did the case's history; both name it once now, as step 6's choice."""
-    base_url = fhir_server.base_url
-    client, case_id, _, page = _case_after_step_4(database_url, database, base_url, "acute-danger")
-    fields = {**STEP_6_FORM, "partner_id": "politie", "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", fields).status_code == 303
+    client, case_id, _, page = cases.after_step_4("acute-danger")
+    referred_today(client, page, case_id, partner_id="politie")
 
     summary = client.get(f"/social/cases/{case_id}/referral").text
     history = client.get(f"/social/cases/{case_id}").text
@@ -1165,15 +1081,13 @@ def test_the_printed_referral_to_the_police_names_it_once(
 
 
 def test_step_4_says_every_problem_of_the_form_at_once(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     """Step 4 said one problem per save: first the missing team decision, and only on the
     next save that the patient's explanation needs "discussed" ticked. Both are said at
     once now, as on the nurse's page, each next to its field, nothing recorded."""
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.before_step_4()
     fields = {k: v for k, v in STEP_4_FORM.items() if k not in ("decision", "discussed")}
 
     refused = post_form(client, page, case_id, "step-4", "s4", fields)
@@ -1181,22 +1095,20 @@ def test_step_4_says_every_problem_of_the_form_at_once(
     assert refused.status_code == 422
     _assert_refused_at_their_fields(refused.text, "s4", ("s4-decision", "s4-discussed"))
     assert str(STEP_4_FORM["patient_explanation"]) in refused.text  # the input is kept
-    step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
-    assert search(base_url, "Observation", subject=patient, code=step_4) == []
+    assert _findings_of(base_url, patient, "step-4") == []
 
 
 def test_no_step_is_taken_while_the_cases_previous_save_is_on_its_way(
-    database_url: str,
+    cases: _Cases,
     database: Database,
-    fhir_server: FhirServer,  # noqa: F811
 ) -> None:
     """The case's latest save not yet on the FHIR server, its page offered the next step
     again, built on the case without that save; the save delivered first made the second
     a conflict, though the user had been told it was saved, and her decision was lost
     (found by review). The page now says the save is on its way and offers no step until
     it is delivered; a form sent meanwhile is refused with its input kept."""
-    base_url = fhir_server.base_url
-    client, case_id, patient, page = _case_before_step_4(database_url, database, base_url)
+    base_url = cases.base_url
+    client, case_id, patient, page = cases.before_step_4()
     tenant = make_tenant(database, "default", base_url)
     waiting = triage_waiting_for_sign_in(database, tenant, base_url, patient, case_id)
 
@@ -1210,8 +1122,7 @@ def test_no_step_is_taken_while_the_cases_previous_save_is_on_its_way(
     assert refused.status_code == 409
     assert "de vorige registratie van dit dossier is nog onderweg" in unescape(refused.text)
     assert note in refused.text  # the input, kept
-    step_4 = "https://kindreflex-ed.be/fhir/CodeSystem/kindreflex-step|step-4"
-    assert search(base_url, "Observation", subject=patient, code=step_4) == []
+    assert _findings_of(base_url, patient, "step-4") == []
     with database.session() as session:
         saves = select(func.count()).where(OutboxEntry.kind != "audit")  # not a read's
         assert session.scalar(saves) == 2  # the nurse's two: no third
@@ -1287,13 +1198,12 @@ def test_the_api_says_to_open_the_app_again_when_the_fhir_server_refuses_the_tok
 
 
 def test_a_form_sent_after_the_session_ended_shows_its_text_back_and_saves_nothing(
-    database_url: str,
+    cases: _Cases,
     database: Database,
-    fhir_server: FhirServer,  # noqa: F811
 ) -> None:
     """A social worker's notes, typed over an afternoon in a case page left open, were
     lost when the session had ended meanwhile: the refusal showed a message only."""
-    client, case_id, _, page = _case_before_step_4(database_url, database, fhir_server.base_url)
+    client, case_id, _, page = cases.before_step_4()
     with database.session() as session:
         session.execute(update(AppSession).values(expires_at=utcnow() - timedelta(minutes=1)))
         waiting = session.scalar(select(func.count()).select_from(OutboxEntry))
@@ -1317,14 +1227,12 @@ def test_a_form_sent_after_the_session_ended_shows_its_text_back_and_saves_nothi
 
 
 def test_the_case_page_gives_the_protocols_advice_for_the_next_step(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    cases: _Cases,
 ) -> None:
     """Seed 002, step 4: "Bij schoolgaande kinderen: betrek ook CLB"; seed 001, step 4:
     involving children needs their consent. The protocol worked both out, no screen showed
     them (found by review)."""
-    _, _, _, page = _case_before_step_4(database_url, database, fhir_server.base_url)
+    _, _, _, page = cases.before_step_4()
 
     advice = {
         kind: " ".join(text.split())

@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from service.db.base import Database, utcnow
 from service.db.models import Concern
+from service.local_time import local_today
 from service.outbox import DeliveryState, NewEntry, enqueue
 from service.protocol import (
     Child,
@@ -30,8 +31,9 @@ from service.protocol import (
 from service.tenancy import TenantContext
 from service.triage import TriageInput
 from smart_app.session import AppUser, LaunchContext
-from tests.support.sessions import UNUSED_FHIR, signed_in
+from tests.support.sessions import UNUSED_FHIR, make_app, signed_in
 from tests.support.workshop import WORKSHOP_FACTORS
+from tests.support.write_path import make_tenant
 
 NURSE = "Practitioner/nurse"
 SOCIAL_WORKER = "Practitioner/sw-1"
@@ -225,6 +227,31 @@ def on_the_worklist(app: Any, tenant: TenantContext, base_url: str) -> tuple[Tes
     return client, case_id
 
 
+@dataclass(frozen=True)
+class TriagedCase:
+    """A niet-pluis triage saved on a real FHIR server at the hospital ("default"): the
+    app, the hospital, the patient, and the signed-in social worker's browser (it does not
+    follow redirects) with the one case her worklist lists."""
+
+    app: Any
+    tenant: TenantContext
+    patient: str
+    client: TestClient
+    id: int
+
+
+def triaged_case(
+    database_url: str, database: Database, base_url: str, **triage: Any
+) -> TriagedCase:
+    """A hospital on ``base_url``, the nurse's save at triage (:func:`save_triage` with
+    ``triage``) and the case on the social worker's worklist."""
+    tenant = make_tenant(database, "default", base_url)
+    app = make_app(database_url, database)
+    patient = save_triage(app, tenant, base_url, **triage)
+    client, case_id = on_the_worklist(app, tenant, base_url)
+    return TriagedCase(app, tenant, patient, client, case_id)
+
+
 def listed_cases(worklist: str) -> list[int]:
     """The cases a worklist page links to (each link names the page's launch)."""
     found = re.findall(r'href="(?:/t/[a-z0-9-]+)?/social/cases/(\d+)\?s=[0-9a-f]{32}"', worklist)
@@ -284,6 +311,42 @@ def post_form(
         f"/social/cases/{case_id}/{action}", data=body, headers=headers
     )
     return answer
+
+
+def case_page(client: TestClient, case_id: int) -> str:
+    """The case page as the social worker's browser gets it now."""
+    page: str = client.get(f"/social/cases/{case_id}").text
+    return page
+
+
+def saved_from_the_page(
+    client: TestClient,
+    page: str,
+    case_id: int,
+    action: str,
+    form: str,
+    fields: Mapping[str, object],
+) -> str:
+    """``fields`` sent with ``page``'s form (:func:`post_form`) and accepted (303): the
+    case page after it."""
+    saved = post_form(client, page, case_id, action, form, fields)
+    assert saved.status_code == 303, saved.text
+    return case_page(client, case_id)
+
+
+def referred_today(client: TestClient, page: str, case_id: int, **fields: object) -> str:
+    """Step 6 saved from ``page``: :data:`STEP_6_FORM` (to the VK) with ``fields``,
+    contacted today; the case page after it."""
+    referral = {**STEP_6_FORM, "contact_on": local_today().isoformat(), **fields}
+    return saved_from_the_page(client, page, case_id, "step-6", "s6", referral)
+
+
+def decided_and_referred(client: TestClient, case_id: int) -> str:
+    """The team's decision (:data:`STEP_4_FORM`) and the referral to the VK, contacted
+    today, saved from the case page: the case page after them."""
+    page = case_page(client, case_id)
+    decided = saved_from_the_page(client, page, case_id, "step-4", "s4", STEP_4_FORM)
+    return referred_today(client, decided, case_id)
 
 
 def error_summary(html: str, form: str) -> str:
