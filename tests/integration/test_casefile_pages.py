@@ -54,14 +54,18 @@ from tests.support.casework import (
     SOCIAL_WORKER,
     STEP_4_FORM,
     STEP_6_FORM,
+    case_page,
     error_summary,
     index_case,
     listed_cases,
     on_the_worklist,
     patient_at_triage,
     post_form,
+    referred_today,
     save_triage,
+    saved_from_the_page,
     triage_waiting_for_sign_in,
+    triaged_case,
 )
 from tests.support.relay import SlowRelay
 from tests.support.served import ServedJson
@@ -516,10 +520,8 @@ def test_from_the_worklist_through_step_4_and_step_6_to_the_printable_referral(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
+    case = triaged_case(database_url, database, base_url)
+    patient, client, case_id = case.patient, case.client, case.id
 
     assert patient in client.get("/social").text  # the launch carried no name
     page = client.get(f"/social/cases/{case_id}").text
@@ -650,17 +652,10 @@ def test_a_concern_about_an_expected_child_opens_and_its_referral_names_that_chi
     page said the FHIR server refused to read the case, with no step 4 form; a referral
     would have said ``"supportingInfo": []``."""
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
     due = local_today() + timedelta(days=90)
-    patient = save_triage(
-        app,
-        tenant,
-        base_url,
-        expecting=ExpectedChild(PregnancyOf.PATIENT, due),
-        with_children=False,
-    )
-    client, case_id = on_the_worklist(app, tenant, base_url)
+    expecting = ExpectedChild(PregnancyOf.PATIENT, due)
+    case = triaged_case(database_url, database, base_url, expecting=expecting, with_children=False)
+    patient, client, case_id = case.patient, case.client, case.id
 
     with fhir_reads(monkeypatch) as asked:
         page = client.get(f"/social/cases/{case_id}")
@@ -696,13 +691,11 @@ def test_a_referral_about_all_children_names_the_minors_and_the_expected_child_n
     son too (the Kindreflex concerns minors) and left the unborn child out because born
     children existed; the printed sheet listed every child of the case."""
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
     due = local_today() + timedelta(days=90)
     expecting = ExpectedChild(PregnancyOf.PATIENT, due)
-    patient = save_triage(app, tenant, base_url, expecting=expecting, grown_up_son=True)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    page = client.get(f"/social/cases/{case_id}").text
+    case = triaged_case(database_url, database, base_url, expecting=expecting, grown_up_son=True)
+    patient, client, case_id = case.patient, case.client, case.id
+    page = case_page(client, case_id)
     assert "Son" in page  # the case shows every child recorded
     _refer_from_the_page(client, page, case_id)
 
@@ -735,11 +728,7 @@ def test_acute_danger_found_after_a_referral_to_the_vk_reaches_the_parket(
     ("Er is acuut gevaar: betrek het parket en/of de politie"). Now the page offers the
     team's decision "acute danger" alone, and after it the parket."""
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    _refer_from_the_page(client, client.get(f"/social/cases/{case_id}").text, case_id)
+    patient, client, case_id = _referred_from_the_page(database_url, database, base_url)
 
     page = client.get(f"/social/cases/{case_id}").text
     decisions = _hidden_section(page, "s4-decision")
@@ -768,23 +757,15 @@ def test_the_printed_referral_names_every_referral_of_the_case_with_its_status(
     the referral it is about stands and lists every referral of the case, newest first,
     each with its facility, date and status as the case page words them."""
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    _refer_from_the_page(client, client.get(f"/social/cases/{case_id}").text, case_id)
-    page = client.get(f"/social/cases/{case_id}").text
+    patient, client, case_id = _referred_from_the_page(database_url, database, base_url)
     acute = {**STEP_4_FORM, "decision": "acute-danger"}
-    assert post_form(client, page, case_id, "step-4", "s4", acute).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
-    police = {**STEP_6_FORM, "partner_id": "politie", "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", police).status_code == 303
+    page = saved_from_the_page(client, case_page(client, case_id), case_id, "step-4", "s4", acute)
+    page = referred_today(client, page, case_id, partner_id="politie")
     (revoked,) = [
         r
         for r in search(base_url, "ServiceRequest", subject=patient)
         if r["performerType"]["coding"][0]["code"] == "police"
     ]
-    page = client.get(f"/social/cases/{case_id}").text
     form, fields = referral_form(revoked["id"]), {"referral_id": revoked["id"]}
     done = post_form(client, page, case_id, "referral-status", form, {**fields, **REVOKED})
     assert done.status_code == 303, done.text
@@ -832,11 +813,9 @@ def test_the_printed_referral_after_a_nurses_acute_danger_says_it_is_urgent(
     (there is none), "not informed" with its reason. Now the call's section says, first,
     that the referral is urgent; a routine one's does not (the journey's test)."""
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    patient = save_triage(app, tenant, base_url, acute_danger=True)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    page = client.get(f"/social/cases/{case_id}").text
+    case = triaged_case(database_url, database, base_url, acute_danger=True)
+    patient, client, case_id = case.patient, case.client, case.id
+    page = case_page(client, case_id)
     fields = {
         **STEP_6_FORM,
         "informed": "no",
@@ -867,6 +846,16 @@ def _refer_from_the_page(client: TestClient, page: str, case_id: int) -> None:
     contact = {"contact_on": utcnow().date().isoformat()}
     referred = post_form(client, after_4, case_id, "step-6", "s6", {**STEP_6_FORM, **contact})
     assert referred.status_code == 303, referred.text
+
+
+def _referred_from_the_page(
+    database_url: str, database: Database, base_url: str
+) -> tuple[str, TestClient, int]:
+    """A niet-pluis triage on the social worker's worklist, referred from the case page
+    (:func:`_refer_from_the_page`): the patient, her client and the case id."""
+    case = triaged_case(database_url, database, base_url)
+    _refer_from_the_page(case.client, case_page(case.client, case.id), case.id)
+    return case.patient, case.client, case.id
 
 
 def _hidden_section(html: str, anchor: str) -> str:
@@ -974,17 +963,11 @@ def _referred_to_the_parket_and_closed(
 ) -> tuple[TestClient, int]:
     """A case the team found in acute danger, referred to the parket and closed from the
     case page, with the social worker's client."""
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
-    page = client.get(f"/social/cases/{case_id}").text
+    case = triaged_case(database_url, database, base_url)
+    client, case_id = case.client, case.id
     acute = {**STEP_4_FORM, "decision": "acute-danger"}
-    assert post_form(client, page, case_id, "step-4", "s4", acute).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
-    parket = {**STEP_6_FORM, "partner_id": "parket", "contact_on": local_today().isoformat()}
-    assert post_form(client, page, case_id, "step-6", "s6", parket).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
+    page = saved_from_the_page(client, case_page(client, case_id), case_id, "step-4", "s4", acute)
+    page = referred_today(client, page, case_id, partner_id="parket")
     closed = post_form(client, page, case_id, "close", "close", {"reason": "referred"})
     assert closed.status_code == 303, closed.text
     return client, case_id
@@ -1076,8 +1059,7 @@ def test_a_partner_id_given_with_a_space_around_it_can_be_referred_to(
     patient = save_triage(app, tenant, base_url)
     client, case_id = on_the_worklist(app, tenant, base_url)
     page = client.get(f"/social/cases/{case_id}").text
-    assert post_form(client, page, case_id, "step-4", "s4", STEP_4_FORM).status_code == 303
-    page = client.get(f"/social/cases/{case_id}").text
+    page = saved_from_the_page(client, page, case_id, "step-4", "s4", STEP_4_FORM)
     assert 'value="vk-oost-vlaanderen"' in _hidden_section(page, "s6-partner")
 
     vk = {**STEP_6_FORM, "partner_id": "vk-oost-vlaanderen"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -16,6 +17,7 @@ from sandbox.fhir_server import FhirServer
 from service.db.base import Database, utcnow
 from service.i18n import Language
 from service.local_time import LOCAL_ZONE, local_today
+from service.tenancy import TenantContext
 from smart_app.session import LAUNCH_PARAM, SESSION_COOKIE, Role
 from tests.support.casework import (
     COLLEAGUE,
@@ -23,8 +25,8 @@ from tests.support.casework import (
     assignment_of,
     index_case,
     listed_cases,
-    on_the_worklist,
     save_triage,
+    triaged_case,
 )
 from tests.support.sessions import UNUSED_FHIR as FHIR
 from tests.support.sessions import make_app, signed_in
@@ -58,6 +60,16 @@ def _page(location: str) -> str:
     assert re.fullmatch(r"[0-9a-f]{32}", launch), location
     rest = urlencode([(name, value) for name, value in query if name != LAUNCH_PARAM])
     return f"{url.path}?{rest}" if rest else url.path
+
+
+def _signed_in_worker(
+    database_url: str, database: Database, hospital: TenantContext, **session: Any
+) -> tuple[TestClient, dict[str, str]]:
+    """The app on the hospital's cases: a browser and the request headers of the social
+    worker signed in (``session``: :func:`signed_in`'s options, e.g. ``language``)."""
+    app = make_app(database_url, database)
+    worker = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", **session)
+    return TestClient(app), worker.headers
 
 
 def test_the_worklist_screen_shows_the_cases_in_dutch_with_the_security_headers(
@@ -104,10 +116,9 @@ def test_the_french_worklist_names_the_open_concerns_as_the_french_card_does(
     capitalised as nowhere else, and not the card's "préoccupation Kindreflex ouverte"."""
     hospital = make_tenant(database, "default", FHIR)
     index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=1))
-    app = make_app(database_url, database)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language="fr").headers
+    client, me = _signed_in_worker(database_url, database, hospital, language="fr")
 
-    page = TestClient(app).get("/social", headers=me)
+    page = client.get("/social", headers=me)
 
     assert '<html lang="fr">' in page.text
     caption = "Préoccupations Kindreflex ouvertes (1 sur cette page)"
@@ -130,12 +141,9 @@ def test_the_closed_cases_are_captioned_as_closed_not_as_open_concerns(
     table) was told she read the open ones (found by review)."""
     hospital = make_tenant(database, "default", FHIR)
     index_case(database, hospital, "Patient/1", utcnow() - timedelta(days=3), status="closed")
-    app = make_app(database_url, database)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+    client, me = _signed_in_worker(database_url, database, hospital, language=language)
 
-    page = html.unescape(
-        TestClient(app).get("/social", headers=me, params={"status": "closed"}).text
-    )
+    page = html.unescape(client.get("/social", headers=me, params={"status": "closed"}).text)
 
     assert f'<caption id="worklist-caption">{caption}</caption>' in page
     assert f'<option value="all" selected>{view_all}</option>' in page
@@ -172,10 +180,9 @@ def test_an_altered_next_page_link_shows_the_first_page_saying_so(
     screen (found by review)."""
     hospital = make_tenant(database, "default", FHIR)
     case_id = index_case(database, hospital, "Patient/1", utcnow())
-    app = make_app(database_url, database)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
-    page = TestClient(app).get("/social", headers=me, params={"cursor": "garbage"})
+    page = client.get("/social", headers=me, params={"cursor": "garbage"})
 
     assert page.status_code == 400
     assert page.headers["content-type"].startswith("text/html")
@@ -192,10 +199,9 @@ def test_the_worklist_writes_dates_as_the_nurses_page_does(
     flagged = datetime(2026, 5, 17, 14, 58, tzinfo=UTC)  # 16:58 in Brussels
     follow_up = date(2026, 5, 24)
     index_case(database, hospital, "Patient/1", flagged, follow_up_due=follow_up)
-    app = make_app(database_url, database)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
-    page = TestClient(app).get("/social", headers=me).text
+    page = client.get("/social", headers=me).text
 
     assert re.search(r'<time datetime="2026-05-17T14:58:00[^"]*">17/05/2026</time>', page)
     assert '<time datetime="2026-05-24">24/05/2026</time>' in page
@@ -210,9 +216,7 @@ def test_the_worklist_screen_marks_and_filters_overdue_follow_ups(
         database, hospital, "Patient/1", utcnow(), follow_up_due=today - timedelta(days=2)
     )
     due = index_case(database, hospital, "Patient/2", utcnow(), follow_up_due=today)
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
     page = client.get("/social", headers=me)
     assert "Volgende opvolging" in page.text
@@ -234,9 +238,7 @@ def test_the_closed_worklist_offers_no_overdue_filter_and_ignores_one_asked(
     closed = index_case(database, hospital, "Patient/1", utcnow(), status="closed")
     late = local_today() - timedelta(days=2)
     index_case(database, hospital, "Patient/2", utcnow(), follow_up_due=late)
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
     assert 'id="overdue"' in client.get("/social", headers=me).text
     closed_list = client.get("/social", headers=me, params={"status": "closed"}).text
@@ -361,9 +363,7 @@ def test_the_filter_form_sent_with_its_number_field_left_empty_filters(
     hospital = make_tenant(database, "default", FHIR)
     mine = index_case(database, hospital, "Patient/1", utcnow(), MINE)
     free = index_case(database, hospital, "Patient/2", utcnow())
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
     sent = {"view": "mine", "older_than_days": "", "sort": "acute-first"}
     page = client.get("/social", headers=me, params=sent)
@@ -383,9 +383,7 @@ def test_a_concern_flagged_after_midnight_in_belgium_counts_belgian_days(
     yesterday = local_today() - timedelta(days=1)
     flagged = datetime.combine(yesterday, time(0, 30), LOCAL_ZONE).astimezone(UTC)
     case_id = index_case(database, hospital, "Patient/1", flagged)
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
     (item,) = client.get("/api/cases", headers=me).json()["items"]
     page = client.get("/social", headers=me).text
@@ -487,16 +485,16 @@ def test_a_case_page_takes_the_case_with_the_launch_it_was_shown_for(
     against that launch's CSRF token and refused, her input lost (found by review). It
     names its own launch now, which the browser still holds."""
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
+    case = triaged_case(database_url, database, base_url)
+    client, case_id = case.client, case.id
     page = client.get(f"/social/cases/{case_id}").text
     action = f"/social/cases/{case_id}/claim"
     (csrf, version) = _claim_forms(page)[action]
     launch = re.search(rf'action="{action}\?s=([0-9a-f]{{32}})"', page)
     assert launch is not None
-    second = signed_in(app, tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url)
+    second = signed_in(
+        case.app, case.tenant, SOCIAL_WORKER, "social-worker", fhir_base_url=base_url
+    )
     first_secret = client.headers["Cookie"].removeprefix(f"{SESSION_COOKIE}=")
     second_secret = second.headers["Cookie"].removeprefix(f"{SESSION_COOKIE}=")
     client.headers["Cookie"] = f"{SESSION_COOKIE}={second_secret}.{first_secret}"
@@ -517,10 +515,8 @@ def test_take_it_on_from_the_case_page_returns_to_that_case(
     # Before, the case page's button landed on the worklist: the social worker had to find
     # the case she was reading again. The worklist's button still returns to the worklist.
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
+    case = triaged_case(database_url, database, base_url)
+    client, case_id = case.client, case.id
     worklist = client.get("/social").text
     assert 'name="return_to" value="worklist"' in worklist
     page = client.get(f"/social/cases/{case_id}").text
@@ -548,12 +544,10 @@ def test_take_it_on_from_the_case_page_refused_shows_that_case_with_who_has_it(
     # Before, the refusal landed on the worklist: the social worker lost the case she was
     # reading, to learn there that a colleague had taken it on meanwhile.
     base_url = fhir_server.base_url
-    tenant = make_tenant(database, "default", base_url)
-    app = make_app(database_url, database)
-    save_triage(app, tenant, base_url)
-    client, case_id = on_the_worklist(app, tenant, base_url)
+    case = triaged_case(database_url, database, base_url)
+    app, client, case_id = case.app, case.client, case.id
     colleague = signed_in(
-        app, tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url, name="Els Peeters"
+        app, case.tenant, COLLEAGUE, "social-worker", fhir_base_url=base_url, name="Els Peeters"
     )
     action = f"/social/cases/{case_id}/claim"
     (csrf, version) = _claim_forms(client.get(f"/social/cases/{case_id}").text)[action]
@@ -624,9 +618,7 @@ def test_the_next_page_of_closed_cases_lists_closed_cases(
         index_case(database, hospital, f"Patient/{i}", utcnow(), status="closed") for i in (1, 2)
     ]
     still_open = index_case(database, hospital, "Patient/3", utcnow() - timedelta(days=1))
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
     first = client.get("/social", headers=me, params={"status": "closed", "limit": "1"}).text
     (link,) = re.findall(r'<a rel="next" href="([^"]+)"', first)
@@ -651,9 +643,7 @@ def test_the_filter_form_lists_closed_cases_and_keeps_the_status_and_the_page_si
         for i in (1, 2)
     ]
     still_open = index_case(database, hospital, "Patient/3", utcnow())
-    app = make_app(database_url, database)
-    client = TestClient(app)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker").headers
+    client, me = _signed_in_worker(database_url, database, hospital)
 
     page = client.get("/social", headers=me, params={"status": "closed", "limit": "1"}).text
     form = page[page.index('<form method="get"') : page.index("</form>")]
@@ -739,10 +729,9 @@ def test_the_worklist_gives_a_babys_age_in_months_not_0_years(
         today - timedelta(days=1130),  # 3 years and a month
     )
     index_case(database, hospital, "Patient/1", utcnow(), children_born=tuple(sorted(born)))
-    app = make_app(database_url, database)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+    client, me = _signed_in_worker(database_url, database, hospital, language=language)
 
-    page = TestClient(app).get("/social", headers=me).text
+    page = client.get("/social", headers=me).text
 
     oldest_first = ", ".join(reversed(ages.split(", ")))
     assert f"<td>{oldest_first}</td>" in html.unescape(page)
@@ -795,10 +784,9 @@ def test_a_label_and_its_value_are_joined_by_the_languages_colon(
     the patient for a screen reader)."""
     hospital = make_tenant(database, "default", FHIR)
     index_case(database, hospital, "Patient/1", utcnow())
-    app = make_app(database_url, database)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+    client, me = _signed_in_worker(database_url, database, hospital, language=language)
 
-    page = TestClient(app).get("/social", headers=me).text
+    page = client.get("/social", headers=me).text
 
     assert f'<span class="visually-hidden">{colon}Patient/1</span>' in html.unescape(page)
 
@@ -814,10 +802,9 @@ def test_the_worklist_names_no_raw_reference_for_who_flagged_a_concern(
     now, without a FHIR request per row (this worklist has no FHIR server to ask)."""
     hospital = make_tenant(database, "default", FHIR)
     index_case(database, hospital, "Patient/1", utcnow())
-    app = make_app(database_url, database)
-    me = signed_in(app, hospital, SOCIAL_WORKER, "social-worker", language=language).headers
+    client, me = _signed_in_worker(database_url, database, hospital, language=language)
 
-    page = TestClient(app).get("/social", headers=me).text
+    page = client.get("/social", headers=me).text
 
     assert re.search(rf"</time> · {unknown}</td>", page)
     assert "Practitioner/nurse-1" not in page
