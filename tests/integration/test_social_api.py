@@ -56,12 +56,25 @@ def _handed_off_case(database_url: str, database: Database, base_url: str) -> Ha
     )
 
 
-def test_from_the_case_list_to_the_referral_to_the_vk(
+@pytest.fixture
+def case(
     database_url: str,
     database: Database,
     fhir_server: FhirServer,  # noqa: F811
+) -> HandedOffCase:
+    """A patient handed off at triage on the module's FHIR server, and the social
+    worker's API on that case."""
+    return _handed_off_case(database_url, database, fhir_server.base_url)
+
+
+def _referrals_on(case: HandedOffCase) -> list[dict[str, Any]]:
+    """The referrals (ServiceRequests) of the case's patient on the FHIR server."""
+    return search(case.base_url, "ServiceRequest", subject=case.patient)
+
+
+def test_from_the_case_list_to_the_referral_to_the_vk(
+    case: HandedOffCase,
 ) -> None:
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert listed["patient"] == case.patient
     assert listed["last_step"] == "step-2"
@@ -106,7 +119,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     assert referred.status_code == 200, referred.text
     assert referred.json()["status"] == "delivered"
 
-    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    (request,) = _referrals_on(case)
     assert validate(request) == []
     assert request["priority"] == "routine"  # no acute danger: said, not left to R4
     step_system = terminology.code_system_url("kindreflex-step")
@@ -129,7 +142,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     stale = case.refer_to_vk(version)
     assert stale.status_code == 409
     assert "Nothing was overwritten" in stale.json()["detail"]["message"]
-    assert len(search(case.base_url, "ServiceRequest", subject=case.patient)) == 1
+    assert len(_referrals_on(case)) == 1
 
     on_hold = case.send(
         "referral",
@@ -141,7 +154,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
     )
     assert on_hold.status_code == 200, on_hold.text
     assert on_hold.json()["status"] == "delivered"
-    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    (request,) = _referrals_on(case)
     assert request["status"] == "on-hold"
     assert request["note"][-1]["text"] == "The VK waits until the mother is home."
     assert request["note"][-1]["authorReference"] == {"reference": SOCIAL_WORKER}
@@ -195,7 +208,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
         {"row_version": closed.json()["row_version"], "status": "completed"},
     )
     assert completed.status_code == 200, completed.text
-    on_server = search(case.base_url, "ServiceRequest", subject=case.patient)
+    on_server = _referrals_on(case)
     assert sorted((r["id"] == request["id"], r["status"]) for r in on_server) == [
         (False, "on-hold"),  # the later concern's referral, untouched
         (True, "completed"),
@@ -213,7 +226,7 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
         {"row_version": closed.json()["row_version"], **REVOKED},
     )
     assert stale_status.status_code == 409
-    assert {r["status"] for r in search(case.base_url, "ServiceRequest", subject=case.patient)} == {
+    assert {r["status"] for r in _referrals_on(case)} == {
         "completed",
         "on-hold",
     }
@@ -238,14 +251,11 @@ def test_from_the_case_list_to_the_referral_to_the_vk(
 
 
 def test_the_apis_answers_about_children_are_never_kept_by_the_browser(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """The worklist and a case as JSON carry what the pages do (names, the children's
     birth dates, notes), on workstations several people share. The pages were never
     cached; these answers, and the API's refusals, had no Cache-Control at all."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     answers = [
         case.client.get("/api/cases", headers=case.headers),
         case.client.get(f"/api/cases/{case.id}", headers=case.headers),
@@ -257,11 +267,8 @@ def test_the_apis_answers_about_children_are_never_kept_by_the_browser(
 
 
 def test_a_case_with_a_step_still_due_is_not_closed(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
 
     refused = case.send(
         "close",
@@ -275,11 +282,8 @@ def test_a_case_with_a_step_still_due_is_not_closed(
 
 
 def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     willing = case.decide("concerning-willing", case.row_version)
     assert willing.status_code == 200, willing.text
     today = local_today()
@@ -346,13 +350,10 @@ def test_step_5_follow_ups_keep_the_case_open_and_show_on_the_worklist(
 
 
 def test_dates_a_year_out_of_reach_are_refused_with_their_reason(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     # Before, a follow-up in 2062 and a facility contact in 2002 (years typed wrong) were
     # recorded on the FHIR server.
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     willing = case.decide("concerning-willing", case.row_version)
     assert willing.status_code == 200, willing.text
     version = willing.json()["row_version"]
@@ -380,7 +381,7 @@ def test_dates_a_year_out_of_reach_are_refused_with_their_reason(
     detail = refused.json()["detail"]
     assert detail["code"] == "contact-too-long-ago"
     assert f"on {typo} lies more than a year back" in detail["message"]
-    assert search(case.base_url, "ServiceRequest", subject=case.patient) == []
+    assert _referrals_on(case) == []
 
 
 def test_a_long_case_is_read_page_by_page(
@@ -462,16 +463,13 @@ def _step_4_findings(case: HandedOffCase) -> list[dict[str, Any]]:
 
 
 def test_a_case_read_in_part_is_not_changed(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Beyond the pages a case reads, a change ruled on part of its history could be wrong:
     # before, the team's decision (on the page not read) was taken a second time, as the
     # findings read still asked for it. Now the step and the closing are refused, nothing
     # is written; the case is still shown, saying its history is incomplete.
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     decided = case.decide("concerning-willing", case.row_version)
     assert decided.status_code == 200, decided.text
     version = decided.json()["row_version"]
@@ -511,10 +509,6 @@ def test_a_referral_status_is_not_changed_when_not_every_referral_was_read(
     assert sorted((r["id"], r["status"]) for r in _referrals_on(case)) == before
 
 
-def _referrals_on(case: HandedOffCase) -> list[dict[str, Any]]:
-    return search(case.base_url, "ServiceRequest", subject=case.patient)
-
-
 def _referred_to_the_vk_then_the_police(case: HandedOffCase) -> tuple[str, str, int]:
     """The VK first; then the team finds acute danger and involves the police (two step 6s).
     The ids of the VK's and the police's ServiceRequests, and the case's row version."""
@@ -530,15 +524,12 @@ def _referred_to_the_vk_then_the_police(case: HandedOffCase) -> tuple[str, str, 
 
 
 def test_a_status_note_by_a_social_worker_signed_in_as_a_practitioner_role_names_her(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """R4's Annotation.authorReference admits no PractitionerRole: the note of a user whose
     fhirUser is one names her by her name (authorString), and the FHIR server keeps the
     update. The mapping's test alone covered it; here the API's save reaches the server
     and the ServiceRequest read back from it carries the note."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     assert referred.status_code == 200, referred.text
     role = "PractitionerRole/sw-role"
@@ -568,14 +559,11 @@ def test_a_status_note_by_a_social_worker_signed_in_as_a_practitioner_role_names
 
 
 def test_an_earlier_referral_still_running_is_followed_up_after_a_later_one(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """After a referral to the police the VK's stayed active for good: the API changed only
     the latest referral. Now the body names the referral; without a name it is still the
     latest (the API's earlier meaning)."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     vk, police, version = _referred_to_the_vk_then_the_police(case)
 
     completed = case.send(
@@ -602,13 +590,10 @@ def test_an_earlier_referral_still_running_is_followed_up_after_a_later_one(
 
 
 def test_another_cases_referral_is_not_changed_through_this_case(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """A referral id is looked up among this case's referrals only: another patient's is
     refused with nothing written, as is an id that is no FHIR id."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     version = case.referred_after_an_unwilling_decision().json()["row_version"]
     other_patient = save_triage(case.app, case.tenant, case.base_url)
     listed = case.client.get("/api/cases", headers=case.headers).json()["items"]
@@ -639,11 +624,8 @@ def test_another_cases_referral_is_not_changed_through_this_case(
 
 
 def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     safe = case.send(
         "step-4",
         {"row_version": case.row_version, "decision": "safe", "consultations": ["expert"]},
@@ -676,14 +658,11 @@ def test_a_safe_home_is_closed_as_safety_restored_not_as_referred(
 
 
 def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The facility's own system updates the ServiceRequest between the service's read and
     its write: a real second writer on the real FHIR server, interleaved at that moment."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     assert referred.json()["status"] == "delivered", referred.text
     read_referral = casework._referral
@@ -701,7 +680,7 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
     refused = case.send("referral", {"row_version": referred.json()["row_version"], **REVOKED})
     assert refused.status_code == 409, refused.text
     assert "Nothing was overwritten" in refused.json()["detail"]["message"]
-    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    (request,) = _referrals_on(case)
     assert request["status"] == "active"  # our revocation did not land on their change
     assert request["note"] == [{"text": "VK: case taken on by An."}]
 
@@ -709,21 +688,18 @@ def test_a_referral_changed_on_the_fhir_server_meanwhile_is_not_overwritten(
     current = case.client.get(f"/api/cases/{case.id}", headers=case.headers).json()
     redone = case.send("referral", {"row_version": current["row_version"], **REVOKED})
     assert redone.status_code == 200, redone.text
-    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    (request,) = _referrals_on(case)
     assert request["status"] == "revoked"
     assert request["note"][0] == {"text": "VK: case taken on by An."}  # theirs is kept
     assert validate(request) == []
 
 
 def test_a_case_whose_referral_was_revoked_is_not_closed_as_referred(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """The hospital revoked its only referral: no facility took the family over. Before,
     the case could still be closed as "referred" (the protocol looked for a step 6, not at
     the referral's status) and nobody followed the family. Another reason still closes it."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     revoked = case.send("referral", {"row_version": referred.json()["row_version"], **REVOKED})
     assert revoked.status_code == 200, revoked.text
@@ -754,15 +730,12 @@ def _open_cases(case: HandedOffCase) -> list[tuple[int, str]]:
 
 
 def test_revoking_the_only_referral_of_a_case_closed_as_referred_reopens_it(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """The case was closed as "referred" (the VK took it over); then the hospital revoked
     that referral. Before, the case stayed closed as "referred" while no facility held it:
     off the worklist, its Flag inactive (no warning at the next visit), nobody following
     the children. Now the revocation reopens it in the same transaction."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     closed = _closed_as(case, referred.json()["row_version"], "referred")
     assert _open_cases(case) == []
@@ -802,13 +775,10 @@ def test_revoking_the_only_referral_of_a_case_closed_as_referred_reopens_it(
 
 
 def test_a_case_closed_as_referred_stays_closed_while_a_referral_stands(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """Revoking one referral while another stands (the police's, after the VK's) leaves
     the case closed as "referred": a facility holds it. Revoking the last one reopens it."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     vk, police, version = _referred_to_the_vk_then_the_police(case)
     closed = _closed_as(case, version, "referred")
 
@@ -848,14 +818,11 @@ def test_a_case_closed_as_safe_stays_closed_when_its_referral_is_revoked(
 
 
 def test_revoking_the_last_referral_keeps_the_case_closed_when_another_is_open(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """One open case per patient: a later visit's niet-pluis opened a new case, where the
     children are followed. Revoking the earlier case's last referral is recorded, that case
     stays closed, and the answer says why."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     closed = _closed_as(case, referred.json()["row_version"], "referred")
     save_triage(case.app, case.tenant, case.base_url, returning=case.patient)
@@ -878,15 +845,12 @@ def test_revoking_the_last_referral_keeps_the_case_closed_when_another_is_open(
 
 
 def test_a_new_case_opened_while_the_revocation_is_saved_keeps_the_earlier_closed(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A nurse's niet-pluis opens a new case of the patient just after the revocation
     found none open: the earlier case is not reopened beside it (one open case per
     patient), the revocation is recorded all the same and says the case stays closed."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     closed = _closed_as(case, referred.json()["row_version"], "referred")
     looked = casework.Casework._reopening
@@ -910,14 +874,11 @@ def test_a_new_case_opened_while_the_revocation_is_saved_keeps_the_earlier_close
 
 
 def test_a_case_whose_referral_the_ehr_withdrew_is_not_closed_as_referred(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """Someone marks the case's only referral entered in error in the EHR. The summary then
     says there is no referral, and the closing as "referred" passed all the same: the Flag
     said a facility took the case over when the record holds no referral to one (review)."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     referred = case.referred_after_an_unwilling_decision()
     assert referred.json()["status"] == "delivered", referred.text
     (request,) = _referrals_on(case)
@@ -937,13 +898,10 @@ def test_a_case_whose_referral_the_ehr_withdrew_is_not_closed_as_referred(
 
 
 def test_the_next_visit_during_the_follow_up_leaves_the_case_workable(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """Seed 000: the Kindreflex at every contact. The nurse's steps 1-2 at the patient's next
     visit (no concern this time) do not close the team's follow-up, nor block it."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     willing = case.decide("concerning-willing", case.row_version)
     assert willing.status_code == 200, willing.text
 
@@ -970,11 +928,8 @@ def test_the_next_visit_during_the_follow_up_leaves_the_case_workable(
 
 
 def test_a_new_concern_after_a_closed_one_starts_at_the_team_decision(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     unwilling = case.decide("concerning-unwilling", case.row_version)
     referred = case.refer_to_vk(unwilling.json()["row_version"], contacted_on=str(local_today()))
     closed = case.send(
@@ -995,15 +950,12 @@ def test_a_new_concern_after_a_closed_one_starts_at_the_team_decision(
 
 
 def test_a_facility_called_after_midnight_in_belgium_is_called_today(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Between midnight and 01:00 (02:00 in summer) the UTC date is still yesterday's. The
     clock is set to 00:30 in Brussels (the time of day cannot be caused otherwise); the
     social worker's "today" is the Belgian date."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     tomorrow = (utcnow() + timedelta(days=1)).astimezone(LOCAL_ZONE).date()
     half_past_midnight = datetime.combine(tomorrow, time(0, 30), tzinfo=LOCAL_ZONE)
     assert half_past_midnight.astimezone(UTC).date() < tomorrow
@@ -1017,11 +969,8 @@ def test_a_facility_called_after_midnight_in_belgium_is_called_today(
 
 
 def test_a_patient_name_longer_than_the_worklist_column_is_cut_not_a_500(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     patient = httpx.get(f"{case.base_url}/{case.patient}", timeout=10).json()
     patient["name"] = [{"text": "Van " + "der Berghe-" * 40 + "\u200b"}]
     httpx.put(f"{case.base_url}/{case.patient}", json=patient, timeout=10).raise_for_status()
@@ -1034,14 +983,12 @@ def test_a_patient_name_longer_than_the_worklist_column_is_cut_not_a_500(
 
 
 def test_a_second_ehr_of_the_hospital_has_its_own_patients_and_cases(
-    database_url: str,
-    database: Database,
+    case: HandedOffCase,
     fhir_server: FhirServer,  # noqa: F811
 ) -> None:
     """A hospital with two EHRs has two FHIR servers, on which Patient/123 may be two
     people. (The second server here is the same process under another address: the patient
     ids coincide, which is what the test needs.)"""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     second_ehr = fhir_server.base_url.replace("127.0.0.1", "localhost")
     assert second_ehr != fhir_server.base_url
 
@@ -1065,11 +1012,8 @@ def test_a_second_ehr_of_the_hospital_has_its_own_patients_and_cases(
 
 
 def test_acute_danger_is_marked_on_the_worklist_until_the_team_decides_otherwise(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     (listed,) = case.client.get("/api/cases", headers=case.headers).json()["items"]
     assert listed["acute_danger"] is False
 
@@ -1087,14 +1031,11 @@ def test_acute_danger_is_marked_on_the_worklist_until_the_team_decides_otherwise
 
 
 def test_a_referral_to_the_police_after_the_teams_acute_danger_is_stat(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """The team finds acute danger and involves the police: the ServiceRequest on the
     EHR's server says priority stat (to be actioned immediately). Without it R4 reads the
     referral as of normal priority, and the police's or the parket's queue as routine."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     decided = case.decide("acute-danger", case.row_version)
     assert decided.status_code == 200, decided.text
 
@@ -1109,20 +1050,17 @@ def test_a_referral_to_the_police_after_the_teams_acute_danger_is_stat(
     )
 
     assert referred.status_code == 200, referred.text
-    (request,) = search(case.base_url, "ServiceRequest", subject=case.patient)
+    (request,) = _referrals_on(case)
     assert request["performerType"]["coding"][0]["code"] == "police"
     assert request["priority"] == "stat"
     assert validate(request) == []
 
 
 def test_the_social_workers_text_reaches_fhir_clean_and_a_garbled_reference_is_refused(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     # FHIR strings may not hold control characters and PostgreSQL cannot store a NUL: typed
     # text is cleaned (service.text's rule), an identifier is refused, never changed.
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     garbled_ref = case.send(
         "step-4",
         {"row_version": case.row_version, "decision": "safe", "encounter_ref": "Encounter/1\n"},
@@ -1159,16 +1097,13 @@ def test_the_social_workers_text_reaches_fhir_clean_and_a_garbled_reference_is_r
 
 
 def test_a_step_names_only_a_visit_of_the_cases_patient(
-    database_url: str,
-    database: Database,
-    fhir_server: FhirServer,  # noqa: F811
+    case: HandedOffCase,
 ) -> None:
     """The API's ``encounter_ref`` (the visit a step was recorded in, when not the one that
     raised the concern) was written as the finding's and the referral's ``encounter``
     whatever it named: another patient's visit put the team's decision about these children
     in that patient's record (found by review). Now it must be an Encounter of the case's
     patient on the FHIR server; anything else is refused, nothing written."""
-    case = _handed_off_case(database_url, database, fhir_server.base_url)
     _, someone_elses = patient_at_triage(case.base_url)
     decision = {
         "row_version": case.row_version,
