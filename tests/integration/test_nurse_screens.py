@@ -202,6 +202,11 @@ def _directory_calling(
     return default.model_copy(update={"region": region or default.region, "entries": entries})
 
 
+def _police_numbered() -> PartnerSettings:
+    """The embedded directory, with the hospital's own police number (09 266 61 11)."""
+    return _directory_calling(ReferralTarget.POLICE, "09 266 61 11")
+
+
 #: What the browser says of a form sent from the app's own page (the kept text needs it).
 SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
 
@@ -1017,26 +1022,32 @@ def test_a_lock_held_elsewhere_ends_the_wait_of_a_request_before_the_proxy_does(
     assert 0 < LOCK_TIMEOUT_SECONDS < 120
 
 
+def _acute_danger_section(html: str) -> str:
+    """The page's section on acute danger (whom to call now), up to its end."""
+    return html.split("data-acute-danger")[1].split("</section>")[0]
+
+
+def _acute_danger_sent(nurse: Any, reasons: str, **extra: str) -> Any:
+    """The nurse's niet-pluis for the two children with acute danger and ``reasons``, sent
+    from the page she opens (``extra``: further fields); the answer."""
+    page = nurse.page()
+    fields = _two_children(
+        page, assessment="niet-pluis", reasons=reasons, acute_danger="1", **extra
+    )
+    return nurse.post(fields)
+
+
 def test_acute_danger_tells_the_nurse_to_involve_the_parket_or_police_now(
     nurse_for: Any,
 ) -> None:
     """Seed 002: "Er is acuut gevaar → Betrek het PARKET en/of POLITIE. Breng de cliënt op
     de hoogte en geef aan wat er zal gebeuren." With the hospital's own police number."""
-    with_police = _directory_calling(ReferralTarget.POLICE, "09 266 61 11")
-    nurse = nurse_for("tom-wouters", partners=with_police)
-    page = nurse.page()
+    nurse = nurse_for("tom-wouters", partners=_police_numbered())
 
-    saved = nurse.post(
-        _two_children(
-            page,
-            assessment="niet-pluis",
-            reasons="Dreigt de kinderen iets aan te doen",
-            acute_danger="1",
-        )
-    )
+    saved = _acute_danger_sent(nurse, "Dreigt de kinderen iets aan te doen")
 
     assert saved.status == 200, saved.text
-    acute = saved.text.split("data-acute-danger")[1].split("</section>")[0]
+    acute = _acute_danger_section(saved.text)
     assert "parket en/of de politie" in acute
     assert "Breng de patiënt op de hoogte" in acute
     assert "tel:+3292666111" in acute
@@ -1050,13 +1061,10 @@ def test_acute_danger_without_a_number_in_the_directory_says_so_and_whom_to_call
     """The default directory has no number for the parket or the police (each hospital
     adds its own): the most urgent screen showed their names alone (found by review)."""
     nurse = nurse_for("tom-wouters")
-    page = nurse.page()
 
-    saved = nurse.post(
-        _two_children(page, assessment="niet-pluis", reasons="Dreigt ermee", acute_danger="1")
-    )
+    saved = _acute_danger_sent(nurse, "Dreigt ermee")
 
-    acute = unescape(saved.text.split("data-acute-danger")[1].split("</section>")[0])
+    acute = unescape(_acute_danger_section(saved.text))
     assert acute.count("geen nummer in de partnerlijst van het ziekenhuis") == 2
     assert "bel bij acuut gevaar de politie op 101, of 112" in acute
 
@@ -1068,22 +1076,14 @@ def test_acute_danger_refused_for_a_typo_still_says_to_call_the_parket_or_police
     date showed the form with its errors and nothing of the parket or the police: whom to
     call came only once the date was mended and the save went through (found by review).
     Now the form says it above her answers, and the summary, read first, names it first."""
-    with_police = _directory_calling(ReferralTarget.POLICE, "09 266 61 11")
-    nurse = nurse_for("tom-wouters", partners=with_police)
-    page = nurse.page()
+    nurse = nurse_for("tom-wouters", partners=_police_numbered())
 
-    refused = nurse.post(
-        _two_children(
-            page,
-            assessment="niet-pluis",
-            reasons="Dreigt de kinderen iets aan te doen",
-            acute_danger="1",
-            **{"child-1-birth_date": "31/02/2019"},
-        )
+    refused = _acute_danger_sent(
+        nurse, "Dreigt de kinderen iets aan te doen", **{"child-1-birth_date": "31/02/2019"}
     )
 
     assert refused.status == 422, refused.text
-    acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
+    acute = _acute_danger_section(refused.text)
     assert "parket en/of de politie" in acute
     assert "tel:+3292666111" in acute
     assert refused.text.index("data-acute-danger") < refused.text.index("data-triage-form")
@@ -1114,11 +1114,8 @@ def test_in_french_the_services_to_call_say_what_they_are(nurse_for: Any) -> Non
     and "Opvoedingslijn" among the step 3 partners (found by review). Each is named by its
     kind in the page's language first; in Dutch the police, named as its kind, once."""
     nurse = nurse_for("tom-wouters", language="fr")
-    page = nurse.page()
-    saved = nurse.post(
-        _two_children(page, assessment="niet-pluis", reasons="Menaces", acute_danger="1")
-    )
-    acute = unescape(saved.text.split("data-acute-danger")[1].split("</section>")[0])
+    saved = _acute_danger_sent(nurse, "Menaces")
+    acute = unescape(_acute_danger_section(saved.text))
     assert "Police\xa0: Politie" in acute  # a non-breaking space before the colon
     assert "Parquet (procureur du Roi)\xa0: Parket (procureur des Konings)" in acute
     dutch = nurse_for("an-peeters")
@@ -2335,7 +2332,7 @@ def test_a_save_refused_as_a_conflict_still_says_to_call_the_parket_or_police_no
     )
 
     assert refused.status == 409, refused.text
-    acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
+    acute = _acute_danger_section(refused.text)
     assert "parket en/of de politie" in acute
     assert ("Parket" in acute) is with_partners
     assert refused.text.index("data-acute-danger") < refused.text.index("data-triage-form")
@@ -2490,7 +2487,7 @@ def test_her_answers_of_a_save_refused_after_she_left_the_page_come_back_on_it(
     assert submitted["assessment"] == ["niet-pluis"]
     assert submitted["discussed_with_colleague"] == ["1"]
     assert submitted["acute_danger"] == ["1"]
-    acute = again.text.split("data-acute-danger")[1].split("</section>")[0]
+    acute = _acute_danger_section(again.text)
     assert "parket en/of de politie" in acute
     assert again.text.index("data-acute-danger") < again.text.index("data-triage-form")
     assert again.value("child-0-delivery") == "conflict"  # the child, as the record has it
@@ -2568,7 +2565,7 @@ def test_a_conflict_the_record_cannot_be_read_after_says_to_open_the_app_again(
     assert 'data-save-status="conflict"' in refused.text
     assert "<h1>Nakijken nodig: het dossier is intussen gewijzigd</h1>" in refused.text
     assert "Open de Kindreflex opnieuw" in unescape(refused.text)
-    acute = refused.text.split("data-acute-danger")[1].split("</section>")[0]
+    acute = _acute_danger_section(refused.text)
     assert "parket en/of de politie" in acute
 
 
