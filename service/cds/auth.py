@@ -1,11 +1,12 @@
 """Authentication of the EHR calling us: the CDS Hooks 2.0 JWT (``Authorization: Bearer``).
 
-Checks, in order: an asymmetric ``alg``; an ``iss`` trusted by one of the tenant's EHR
-registrations (``cds_issuers``); the signing keys — from the JWT's ``jku`` only when that
-URL is on the issuer's allow-list, else the issuer's configured JWKS or its allow-listed
-JWKS URLs; the signature; ``aud`` = the exact URL called; ``exp`` and ``iat`` (with a small
-leeway, a lifetime of at most five minutes); ``sub`` (the EHR's CDS client id) on the
-issuer's allow-list when it has one; and a ``jti`` never seen before for that issuer.
+Checks, in order: an asymmetric ``alg``; a ``typ``, when given, of ``JWT``; an ``iss``
+trusted by one of the tenant's EHR registrations (``cds_issuers``); the signing keys —
+from the JWT's ``jku`` only when that URL is on the issuer's allow-list, else the
+issuer's configured JWKS or its allow-listed JWKS URLs; the signature; ``aud`` = the
+exact URL called; ``exp`` and ``iat`` (with a small leeway, a lifetime of at most five
+minutes); ``sub`` (the EHR's CDS client id) on the issuer's allow-list when it has one;
+and a ``jti`` never seen before for that issuer.
 A failure raises :class:`CdsAuthError` with a reason the EHR's integrator can act on (the
 router answers 401). Tokens and keys are never logged. A JWK Set is fetched over https
 (plain http on loopback only), without redirects, in at most ``JWKS_TIMEOUT_SECONDS`` all
@@ -331,6 +332,11 @@ class _Token:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise CdsAuthError(f"alg {alg!r} is not accepted; use one of {sorted(ALGORITHMS)}")
+        typ = header.get("typ")
+        if typ is not None and not _typed_as_jwt(typ):
+            # CDS Hooks 2.0: typ "Fixed value: JWT". Another type names another kind of
+            # token the EHR's keys sign (an access token, a DPoP proof): RFC 8725 3.11
+            raise CdsAuthError(f"typ {typ!r} names another kind of token; a CDS call's is 'JWT'")
         return cls(header, claims, f"{header_b64}.{claims_b64}".encode(), signature)
 
     def verify_signature(self, keys: list[jwt.PyJWK]) -> None:
@@ -351,6 +357,12 @@ class _Token:
             except (TypeError, ValueError, AttributeError):
                 continue  # a key of another type: try the next one
         raise CdsAuthError("the JWT signature does not verify with the issuer's keys")
+
+
+def _typed_as_jwt(typ: object) -> bool:
+    """RFC 7515 4.1.9: a media type, so case-insensitive, ``application/`` left out or not.
+    A token without ``typ`` is accepted (a decision: it names no other kind of token)."""
+    return isinstance(typ, str) and typ.lower() in {"jwt", "application/jwt"}
 
 
 def _b64(segment: str) -> bytes:
