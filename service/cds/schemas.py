@@ -8,6 +8,7 @@ can never smuggle extra query parameters into a prefetch request.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -15,6 +16,7 @@ from uuid import UUID
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
@@ -119,6 +121,20 @@ class HookRequest(Lenient):
         return self
 
 
+#: How an RFC 3339 (5.6) date-time opens: a full date, then the time of day.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _a_date_time(value: Any) -> Any:
+    """CDS Hooks 2.0: outcomeTimestamp is a *string*, a date-time "as profiled in section
+    5.6 of RFC3339". Pydantic reads more: a number (or a string of digits) as Unix seconds,
+    or as milliseconds when it is large, and a date alone as its midnight; each was stored
+    as a moment the user may never have acted at (found by a review against the spec)."""
+    if not isinstance(value, str) or not _DATE_TIME.match(value):
+        raise ValueError("a date and time as RFC 3339 writes it, e.g. 2026-11-23T10:05:00Z")
+    return value
+
+
 def _in_utc(value: datetime) -> datetime:
     # CDS Hooks: "ISO timestamp in UTC", so one without an offset is read as UTC (it was
     # refused). Stored in UTC: 0001-01-01T00:00:00+14:00 is valid without a UTC value.
@@ -147,7 +163,9 @@ class Feedback(Lenient):
     card: UUID
     outcome: Literal["accepted", "overridden"]
     overrideReason: OverrideReason | None = None  # noqa: N815
-    outcomeTimestamp: Annotated[datetime, AfterValidator(_in_utc)]  # noqa: N815
+    outcomeTimestamp: Annotated[  # noqa: N815
+        datetime, BeforeValidator(_a_date_time), AfterValidator(_in_utc)
+    ]
 
     @property
     def reason(self) -> Coding | None:

@@ -615,7 +615,16 @@ def test_a_hospital_configuration_that_cannot_be_read_is_a_503_to_retry(cds: Cds
                 "outcome": "accepted",
                 "outcomeTimestamp": moment,
             }
-            for moment in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+            for moment in (
+                "0001-01-01T00:00:00+14:00",
+                "9999-12-31T23:59:59-14:00",
+                # CDS Hooks 2.0: a string, an RFC 3339 date-time. These were read as Unix
+                # seconds, or milliseconds by their size, and as midnight
+                1795428000,
+                1795428000000,
+                "1795428000",
+                "2026-11-23",
+            )
         ),
         *(
             {
@@ -636,6 +645,10 @@ def test_a_hospital_configuration_that_cannot_be_read_is_a_503_to_retry(cds: Cds
         "unknown outcome",
         "before year 1 in UTC",
         "after year 9999 in UTC",
+        "a number",
+        "a number of milliseconds",
+        "digits as text",
+        "a date without a time",
         "NUL in the code",
         "system longer than its column",
         "a code our CodeSystem does not have",
