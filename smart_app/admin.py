@@ -1188,6 +1188,10 @@ _PLAN_FIELDS = tuple(
 @router.post("/admin/plan", response_class=HTMLResponse)
 async def save_plan(request: Request, admin: ScreenAdmin) -> Response:
     form = await request.form()
+    if not any(field in form for field in _PLAN_FIELDS):
+        # not the plan's form (a JSON body, a form cut short): read as one, its empty fields
+        # put every step's wording back to the default (found by the bad-input sweep)
+        raise PageError(400, "form_unreadable", language=_language(request))
     typed = {field: str(form.get(field, "")) for field in _PLAN_FIELDS}
     steps: dict[str, Any] = {}
     for step in (s.value for s in Step):

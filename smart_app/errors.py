@@ -280,11 +280,15 @@ def render_json(error: PageError) -> JSONResponse:
 async def handle_invalid_page_request(request: Request, problems: Sequence[Any]) -> Response | None:
     """A screen's request with a query or path value it cannot read (``older_than_days=abc``,
     ``/social/cases/abc``): the app's error page, 404 for an address that names nothing, 400
-    for the rest, where FastAPI answered a raw English JSON 422. None for the JSON API's
-    requests, which keep their 422."""
+    for the rest, where FastAPI answered a raw English JSON 422. A screen's is a page's
+    route, or a browser's request outside the JSON APIs: a case's form posted to an address
+    whose case id is no number (``/social/cases/abc/close``) got the JSON 422 (found by the
+    bad-input sweep). None for the JSON API's requests, which keep their 422."""
     route = request.scope.get("route")
     response_class = getattr(route, "response_class", None)
-    if not (isinstance(response_class, type) and issubclass(response_class, HTMLResponse)):
+    a_page = isinstance(response_class, type) and issubclass(response_class, HTMLResponse)
+    browsing = "text/html" in request.headers.get("accept", "")
+    if not (a_page or (browsing and not JSON_API.fullmatch(request.url.path))):
         return None
     in_path = any(next(iter(problem.get("loc") or ("",))) == "path" for problem in problems)
     from smart_app.session import LAUNCH_PARAM, current_launch, frame_origins  # imports us
