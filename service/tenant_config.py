@@ -157,8 +157,21 @@ def public_jwks(document: object, masked_as: str | None = None) -> object:
 
 def _public_key(key: dict[str, Any], masked_as: str | None) -> dict[str, Any]:
     if masked_as is None:
-        return {m: v for m, v in key.items() if m not in PRIVATE_JWK_MEMBERS}
+        public = {m: v for m, v in key.items() if m not in PRIVATE_JWK_MEMBERS}
+        operations = key.get("key_ops")
+        if private_members(key) and isinstance(operations, list):
+            # a private key's key_ops name what it does ("sign": PyJWT writes it); what is
+            # left is its public key, which does the counterpart (RFC 7517 4.3), or it would
+            # verify nothing (service.cds.auth reads key_ops)
+            public["key_ops"] = [
+                _PUBLIC_OPERATION.get(op, op) if isinstance(op, str) else op for op in operations
+            ]
+        return public
     return {m: masked_as if m in PRIVATE_JWK_MEMBERS else v for m, v in key.items()}
+
+
+#: A private key's operations (RFC 7517 4.3) and those of the public key left of it.
+_PUBLIC_OPERATION = {"sign": "verify", "decrypt": "encrypt", "unwrapKey": "wrapKey"}
 
 
 def jwk_set(document: object) -> jwt.PyJWKSet:

@@ -12,6 +12,9 @@ router answers 401). Tokens and keys are never logged. A JWK Set is fetched over
 (plain http on loopback only), without redirects, in at most ``JWKS_TIMEOUT_SECONDS`` all
 told and up to ``JWKS_MAX_BYTES``; a key it publishes with its private members verifies
 nothing (anyone can sign with it) and is left out, logged at ERROR (``_published_keys``).
+A key verifies only what its own members allow (RFC 7517 4.2-4.4, RFC 8725 3.1): none
+with a ``use`` other than ``sig`` or a ``key_ops`` without ``verify``, only the algorithm
+its ``alg`` names when it has one (``_by_kid``).
 
 Cost on the hot path: keys are cached (``JWKS_TTL_SECONDS``; the keys last read stand
 in while a refetch fails, see :class:`JwksCache`); the ``jti`` insert is the
@@ -26,9 +29,10 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -108,35 +112,35 @@ class JwksCache:
         self._failed_at: dict[str, float] = {}
         self._fetches: SingleFlight[str, KeysByKid] = SingleFlight()
 
-    async def keys(self, url: str, kid: str | None, issuer: str) -> list[jwt.PyJWK]:
-        """The keys of the set at ``url`` under ``kid``; ``issuer`` (whose call needs them)
-        is named in the log of what the fetch found wrong."""
+    async def keys(self, url: str, kid: str | None, issuer: str) -> KeysByAlg:
+        """The keys of the set at ``url`` under ``kid``, by the algorithm each may verify;
+        ``issuer`` (whose call needs them) is named in the log of what the fetch found wrong."""
         cached = self._sets.get(url)
         if cached is not None:
             age = self._clock() - cached[0]
             known = kid is None or kid in cached[1]
             # an unknown kid may be a rotated key: refetch, at most every JWKS_REFETCH_SECONDS
             if age < JWKS_TTL_SECONDS and (known or age < JWKS_REFETCH_SECONDS):
-                return cached[1].get(kid, [])
+                return cached[1].get(kid, _NO_KEYS)
             failed_at = self._failed_at.get(url)
             if failed_at is not None and self._clock() - failed_at < JWKS_RETRY_SECONDS:
                 return self._last_read(cached, kid, None)
         fetch = self._fetches.start(url, lambda: self._fetch(url, issuer))
         try:
-            return (await asyncio.shield(fetch)).get(kid, [])
+            return (await asyncio.shield(fetch)).get(kid, _NO_KEYS)
         except CdsAuthError as error:
             self._failed_at[url] = self._clock()
             return self._last_read(cached, kid, error)
 
     def _last_read(
         self, cached: tuple[float, KeysByKid] | None, kid: str | None, error: CdsAuthError | None
-    ) -> list[jwt.PyJWK]:
+    ) -> KeysByAlg:
         """The keys last read while they may stand in for a set that cannot be read now."""
         if cached is None or self._clock() - cached[0] >= JWKS_STALE_SECONDS:
             raise error or CdsAuthError("the issuer's JWK Set could not be read again in time")
         if error is not None:
             log.warning("an issuer's JWK Set could not be read: the keys last read stand in")
-        return cached[1].get(kid, [])
+        return cached[1].get(kid, _NO_KEYS)
 
     async def _fetch(self, url: str, issuer: str) -> KeysByKid:
         if not over_tls(url):  # RFC 7515 4.1.2: keys read in clear could be swapped on the way
@@ -165,8 +169,11 @@ class JwksCache:
         return keys
 
 
+#: Keys by the algorithm (a JWT header's ``alg``) each may verify.
+KeysByAlg = Mapping[str, list[jwt.PyJWK]]
 #: The keys of a JWK Set by ``kid``; under ``None`` all of them (a JWT without a kid).
-KeysByKid = dict[str | None, list[jwt.PyJWK]]
+KeysByKid = dict[str | None, KeysByAlg]
+_NO_KEYS: KeysByAlg = MappingProxyType({})
 
 
 def _published_keys(document: object, url: str, issuer: str) -> KeysByKid:
@@ -177,10 +184,10 @@ def _published_keys(document: object, url: str, issuer: str) -> KeysByKid:
     members' names, never their values. A set of only such keys is read as empty, not
     as unreadable: the keys last read (the same key pair, perhaps) do not stand in."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        return _by_kid(jwk_set(document))  # refused there, saying why
+        return _by_kid(jwk_set(document), issuer, url)  # refused there, saying why
     exposed = [key for key in document["keys"] if private_members(key)]
     if not exposed:
-        return _by_kid(jwk_set(document))
+        return _by_kid(jwk_set(document), issuer, url)
     described = [{"kid": key.get("kid"), "members": private_members(key)} for key in exposed]
     log.error(
         "an issuer's JWK Set publishes private keys: they are not used; have the EHR's "
@@ -188,25 +195,73 @@ def _published_keys(document: object, url: str, issuer: str) -> KeysByKid:
         extra={"fields": {"issuer": issuer, "jwks_url": url, "keys": described}},
     )
     public = [key for key in document["keys"] if not private_members(key)]
-    return _by_kid(jwk_set({**document, "keys": public})) if public else {None: []}
+    if not public:
+        return {None: _NO_KEYS}
+    return _by_kid(jwk_set({**document, "keys": public}), issuer, url)
 
 
-def _by_kid(keyset: jwt.PyJWKSet) -> KeysByKid:
-    """Indexed once per fetch, not searched on every call. An RSA key shorter than 2048
+def _by_kid(keyset: jwt.PyJWKSet, issuer: str, url: str | None) -> KeysByKid:
+    """Indexed once per fetch by kid and alg, not searched on every call: a hook call looks
+    up the keys that may verify its header's alg, and nothing else.
+
+    A key verifies only the algorithms its type and curve allow, and of those only what its
+    own members allow: a ``use`` other than ``sig`` (RFC 7517 4.2) or a ``key_ops`` without
+    ``verify`` (4.3) marks a key for something else, and an ``alg`` member (4.4) binds it
+    to that one algorithm (RFC 8725 3.1); such a key of no use here is left out and the
+    EHR's administrator told at WARNING, once per fetch: the issuer, the URL (None: the
+    configured set), each key's kid and the member, never a key's values. A key with none
+    of them verifies any algorithm its type and curve allow. An RSA key shorter than 2048
     bits verifies nothing (RFC 7518 3.3: "A key of size 2048 bits or larger MUST be
     used"); PyJWT checks it only when it prepares a key itself, which this path does not."""
-    strong = [k for k in keyset.keys if k.key_type != "RSA" or k.key.key_size >= MIN_RSA_BITS]
-    keys: KeysByKid = {None: strong}
-    for key in strong:
-        if key.key_id is not None:
-            keys.setdefault(key.key_id, []).append(key)
-    return keys
+    keys: dict[str | None, dict[str, list[jwt.PyJWK]]] = {None: {}}
+    unusable: list[dict[str, object]] = []
+    for key in keyset.keys:
+        algorithms, member = _algorithms(key)
+        if member is not None:
+            unusable.append({"kid": key.key_id, "member": member})
+        for alg in algorithms:
+            keys[None].setdefault(alg, []).append(key)
+            if key.key_id is not None:
+                keys.setdefault(key.key_id, {}).setdefault(alg, []).append(key)
+    if unusable:
+        log.warning(
+            "an issuer's JWK Set holds keys whose use, key_ops or alg forbids verifying a "
+            "hook call's JWT signature: they are not used",
+            extra={"fields": {"issuer": issuer, "jwks_url": url, "keys": unusable}},
+        )
+    return dict(keys)
+
+
+def _algorithms(key: jwt.PyJWK) -> tuple[frozenset[str], str | None]:
+    """The algorithms ``key`` may verify; when its own members leave it none, which one."""
+    if key.key_type == "RSA":
+        fitting = _RSA if key.key.key_size >= MIN_RSA_BITS else frozenset()
+    else:  # EC: jwk_set keeps no other type
+        fitting = _BY_CURVE.get(key.key.curve.name, frozenset())
+    if not fitting:
+        return fitting, None  # of no algorithm accepted here, whatever its members say
+    # PyJWK reads alg from the JWK (an RSA key without one is RS256 to it) and no key_ops:
+    # the members as published (jwk_set keeps only keys whose kid, alg and use are strings)
+    members = key._jwk_data
+    if members.get("use", "sig") != "sig":
+        return frozenset(), "use"
+    operations = members.get("key_ops")
+    if operations is not None and (not isinstance(operations, list) or "verify" not in operations):
+        return frozenset(), "key_ops"
+    alg = members.get("alg")
+    if alg is not None:
+        fitting = fitting & {alg}
+        if not fitting:
+            return fitting, "alg"
+    return fitting, None
 
 
 MIN_RSA_BITS = 2048
+_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 #: The curve each ECDSA algorithm is defined on (RFC 7518 3.4): ES256 over a P-384 key is
 #: no ES256 signature.
 _CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+_BY_CURVE = {curve: frozenset({alg}) for alg, curve in _CURVES.items()}
 
 
 class SeenTokens:
@@ -271,10 +326,12 @@ class CdsAuthenticator:
         return Caller(issuer.iss, registration), token.claims
 
     async def _keys(self, issuer: CdsIssuer, header: dict[str, Any]) -> list[jwt.PyJWK]:
+        """The issuer's keys that may verify the header's alg (checked by ``_Token.parse``)."""
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+        alg = header["alg"]
         jku = header.get("jku")
         if jku is not None and jku in issuer.jku:
-            return await self._jwks.keys(jku, kid, issuer.iss)
+            return (await self._jwks.keys(jku, kid, issuer.iss)).get(alg, [])
         # A jku off the allow-list is never fetched. With keys configured for the issuer it
         # is left aside, as a header the spec lets the EHR send (MAY), and those keys
         # verify; it refused every call of such an EHR before (found by review).
@@ -282,22 +339,27 @@ class CdsAuthenticator:
             raise CdsAuthError(f"jku {jku!r} is not on the allow-list of issuer {issuer.iss!r}")
         if issuer.jwks is not None:
             try:
-                return _configured_keys(orjson.dumps(issuer.jwks)).get(kid, [])
+                configured = _configured_keys(orjson.dumps(issuer.jwks), issuer.iss)
+                return configured.get(kid, _NO_KEYS).get(alg, [])
             except ValueError as error:  # stored before a save checked it (SUBMITTED)
                 raise CdsAuthError(
                     f"the configured JWK Set of {issuer.iss!r} is unusable: {error}"
                 ) from error
-        keys = [key for url in issuer.jku for key in await self._jwks.keys(url, kid, issuer.iss)]
+        keys = [
+            key
+            for url in issuer.jku
+            for key in (await self._jwks.keys(url, kid, issuer.iss)).get(alg, [])
+        ]
         if not keys:
             raise CdsAuthError(f"no keys are configured for issuer {issuer.iss!r}")
         return keys
 
 
 @functools.lru_cache(maxsize=64)
-def _configured_keys(jwks: bytes) -> KeysByKid:
+def _configured_keys(jwks: bytes, issuer: str) -> KeysByKid:
     """A configured JWK Set, parsed once (building an RSA or EC key object costs more than
     checking a signature with it); keyed by its JSON, so a changed configuration misses."""
-    return _by_kid(jwk_set(orjson.loads(jwks)))
+    return _by_kid(jwk_set(orjson.loads(jwks)), issuer, None)
 
 
 def _bearer(authorization: str | None) -> str:
@@ -340,17 +402,13 @@ class _Token:
         return cls(header, claims, f"{header_b64}.{claims_b64}".encode(), signature)
 
     def verify_signature(self, keys: list[jwt.PyJWK]) -> None:
-        """Passes when one of the issuer's keys (of the header's alg) verifies the signature."""
+        """Passes when one of ``keys``, the issuer's that may verify the header's alg
+        (``_by_kid``), verifies the signature."""
         name = self.header["alg"]
         algorithm = _ALGORITHMS[name]
-        curve = _CURVES.get(name)
-        if curve is None:
-            candidates = [k for k in keys if k.key_type == "RSA"]
-        else:
-            candidates = [k for k in keys if k.key_type == "EC" and k.key.curve.name == curve]
-        if not candidates:
+        if not keys:
             raise CdsAuthError(f"no key of the issuer matches the JWT's kid and alg {name}")
-        for key in candidates:
+        for key in keys:
             try:
                 if algorithm.verify(self.signing_input, key.key, self.signature):
                     return

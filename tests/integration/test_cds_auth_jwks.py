@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from sandbox.keys import SigningKey
+from sandbox.keys import Alg, SigningKey
 from service.cds.auth import (
     JWKS_MAX_BYTES,
     JWKS_RETRY_SECONDS,
@@ -198,14 +198,17 @@ def test_a_compressed_jwk_set_is_read_and_an_undecodable_one_refused(
         assert call_encounter_start(client, ehr.token(AUD)).status_code == 200
 
 
-def _signed(private_key: Any, alg: str, kid: str, claims: dict[str, Any]) -> str:
+def _signed(
+    private_key: Any, alg: str, kid: str, claims: dict[str, Any], jku: str | None = None
+) -> str:
     """A compact JWS made by hand: PyJWT's encode refuses a key that does not fit its alg,
-    as an EHR's own signing library might not."""
+    as an EHR's own signing library might not. With ``jku``, the header names it."""
 
     def part(data: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
-    signing_input = f"{part({'alg': alg, 'kid': kid, 'typ': 'JWT'})}.{part(claims)}"
+    header = {"alg": alg, "kid": kid, "typ": "JWT"} | ({"jku": jku} if jku else {})
+    signing_input = f"{part(header)}.{part(claims)}"
     signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode(), private_key)
     return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
@@ -347,3 +350,94 @@ def test_a_fetched_key_published_with_its_private_half_verifies_nothing_and_is_l
         "keys": [{"kid": EHR_KEY.kid, "members": ["d"]}],
     }
     assert exposed["d"] not in caplog.text
+
+
+def _jwk(key: SigningKey, **members: object) -> dict[str, Any]:
+    """The key's public JWK (use sig, key_ops verify, its alg) with ``members`` set; a
+    member given None is left out."""
+    jwk = {**key.public_jwk(), **members}
+    return {member: value for member, value in jwk.items() if value is not None}
+
+
+#: A key whose own members forbid it to verify the JWT's signature: (the key's type and
+#: alg, its members changed, the alg the JWT is signed with, the member logged).
+UNFIT: dict[str, tuple[Alg, dict[str, object], str, str | None]] = {
+    "use enc": ("ES384", {"use": "enc", "key_ops": None}, "ES384", "use"),
+    "key_ops without verify": (
+        "ES384",
+        {"use": None, "key_ops": ["encrypt", "wrapKey"]},
+        "ES384",
+        "key_ops",
+    ),
+    "key_ops a string": ("ES384", {"use": None, "key_ops": "verify"}, "ES384", "key_ops"),
+    # an RSA key for RS256 only (RFC 8725 3.1): not logged, it verifies RS256
+    "alg of another RSA algorithm": ("RS256", {}, "PS256", None),
+    "alg of another curve": ("ES384", {"alg": "ES256"}, "ES384", "alg"),
+}
+
+
+@pytest.mark.parametrize("source", ["fetched", "configured"])
+@pytest.mark.parametrize("case", list(UNFIT))
+def test_a_key_whose_use_key_ops_or_alg_forbids_it_verifies_nothing_and_is_logged(
+    app: FastAPI, client: TestClient, caplog: pytest.LogCaptureFixture, case: str, source: str
+) -> None:
+    """RFC 7517 4.2-4.4, RFC 8725 3.1: a key for encryption, one whose key_ops leave out
+    verify, or one whose alg names another algorithm verified the hook call's signature all
+    the same (found by review). Now 401, as an unknown key; the EHR's administrator reads at
+    WARNING, once per fetch (or parse of the configured set), the issuer, the URL, the
+    key's kid and the member, never a key's values. A fitting key beside it verifies."""
+    kind, members, alg, member = UNFIT[case]
+    key = SigningKey.generate("ehr-unfit", kind)  # fresh: the configured set's parse is cached
+    beside = SigningKey.generate("ehr-key-2", "ES384")
+    keys: dict[str, object] = {"keys": [_jwk(key, **members), beside.public_jwk()]}
+    with (
+        ServedJson(json.dumps(keys).encode(), path="/jwks.json") as served,
+        caplog.at_level(logging.WARNING, logger="service.cds.auth"),
+    ):
+        fetched = source == "fetched"
+        ehr = Ehr(key, served.url, EHR.issuer)
+        store_unchecked(app, tenant_config(ehr, jwks=None if fetched else keys))
+        jku = served.url if fetched else None
+        for _ in range(2):  # the second call reads the keys as indexed: no second log
+            token = _signed(key.private_key, alg, key.kid, _claims(), jku)
+            refused = call_encounter_start(client, token)
+            assert refused.status_code == 401, refused.text
+            reason = f"no key of the issuer matches the JWT's kid and alg {alg}"
+            assert refused.json()["reason"] == reason
+        fitting = _signed(beside.private_key, "ES384", beside.kid, _claims(), jku)
+        assert call_encounter_start(client, fitting).status_code == 200
+        if member is None:  # its alg's own algorithm it verifies
+            own = _signed(key.private_key, key.alg, key.kid, _claims(), jku)
+            assert call_encounter_start(client, own).status_code == 200
+    logged = [r for r in caplog.records if "use, key_ops or alg" in r.getMessage()]
+    if member is None:
+        assert not logged
+    else:
+        (one,) = logged
+        assert one.levelno == logging.WARNING
+        assert one.fields == {  # type: ignore[attr-defined]
+            "issuer": EHR.issuer,
+            "jwks_url": served.url if fetched else None,
+            "keys": [{"kid": key.kid, "member": member}],
+        }
+    public = key.public_jwk()
+    values = [public[m] for m in ("n", "e", "x", "y") if m in public]
+    assert not [value for value in values if value in caplog.text]
+
+
+def test_a_key_without_use_key_ops_or_alg_verifies_what_its_type_and_curve_allow(
+    app: FastAPI, client: TestClient
+) -> None:
+    """As before the members were read: a bare RSA key any RSA algorithm, a bare P-384 key
+    ES384 and no other ECDSA algorithm."""
+    rsa_key = SigningKey.generate("ehr-rsa-bare", "RS256")
+    bare = {"use": None, "key_ops": None, "alg": None}
+    keys: dict[str, object] = {"keys": [_jwk(rsa_key, **bare), _jwk(EHR_KEY, **bare)]}
+    store_unchecked(app, tenant_config(EHR, jwks=keys))
+    for alg in ("RS256", "RS512", "PS256", "PS384"):
+        token = _signed(rsa_key.private_key, alg, rsa_key.kid, _claims())
+        assert call_encounter_start(client, token).status_code == 200, alg
+    fitting = _signed(EHR_KEY.private_key, "ES384", EHR_KEY.kid, _claims())
+    assert call_encounter_start(client, fitting).status_code == 200
+    other_curve = _signed(EHR_KEY.private_key, "ES256", EHR_KEY.kid, _claims())
+    assert call_encounter_start(client, other_curve).status_code == 401
