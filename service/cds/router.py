@@ -66,7 +66,7 @@ from service.cds.situation import of_this_context, situation_of
 from service.cds.vocabulary import Vocabulary, guide_vocabulary
 from service.db.base import Database, insert_new, utcnow
 from service.db.models import CdsFeedback
-from service.i18n import negotiate
+from service.i18n import negotiate, translate
 from service.local_time import local_today
 from service.monitoring import presentation_secret
 from service.settings import Settings, over_tls
@@ -261,10 +261,21 @@ def _enabled_hook(tenant: TenantContext, service_id: str) -> Hook | None:
 async def discovery(request: Request) -> JSONResponse:
     tenant, settings = await _hospital(request)
     try:
-        await _authenticate(request, tenant, settings, cds_state(request))
+        caller = await _authenticate(request, tenant, settings, cds_state(request))
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
         return _refused(error)
     templates = prefetch.templates(guide_vocabulary())
+    # usageRequirements (CDS Hooks 2.0, OPTIONAL) is read by the EHR's administrator: in the
+    # language the GET asks for, else the calling registration's, else English (a discovery
+    # without either: the demo without JWT check), not Dutch as a card
+    language = negotiate(
+        [
+            request.headers.get("accept-language"),
+            caller.registration.default_language if caller else None,
+            "en",
+        ]
+    )
+    usage = translate(language, "cds.discovery.usage")
     return _ok(
         {
             "services": [
@@ -275,6 +286,7 @@ async def discovery(request: Request) -> JSONResponse:
                     "description": "Prompts the Kindreflex (see the children behind the adult "
                     "patient) and warns on Hague-protocol presentations or an open concern.",
                     "prefetch": templates,
+                    "usageRequirements": usage,
                 }
                 for service_id, hook in SERVICES.items()
                 if hook in tenant.config.hooks.enabled

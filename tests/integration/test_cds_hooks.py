@@ -26,12 +26,14 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from sandbox.keys import SigningKey
+from service.app import create_app
 from service.cds.router import MAX_BODY_BYTES
 from service.db import migrate
 from service.db.base import Base, Database
 from service.db.models import CdsCard, CdsFeedback, CdsSeenToken
 from service.fhir import terminology
 from service.protocol import HagueTrigger
+from service.settings import Settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import HookSettings
 from tests.support.any_json import ANY_JSON, paths, replaced
@@ -77,6 +79,46 @@ def test_discovery_lists_both_services_with_prefetch_templates(cds: Cds) -> None
         "flags",
         "findings",
     }
+
+
+USAGE = {
+    "nl": "Voor een kaart op maat van de patiënt zijn de prefetch of FHIR-toegang (fhirServer "
+    "en fhirAuthorization) nodig; zonder een van beide volgt een algemene kaart.",
+    "fr": "Pour une carte propre au patient, il faut le prefetch ou un accès FHIR (fhirServer "
+    "et fhirAuthorization) ; sans l'un ni l'autre, la carte est générique.",
+    "en": "For a card specific to the patient, send the prefetch or FHIR access (fhirServer "
+    "and fhirAuthorization); without either, the card is generic.",
+}
+
+
+def test_discovery_tells_the_ehr_administrator_what_a_specific_card_needs(
+    cds: Cds, database_url: str, database: Database
+) -> None:
+    """CDS Hooks 2.0 discovery's OPTIONAL usageRequirements, one sentence per service: the
+    EHR's administrator read nowhere in it that without the prefetch or FHIR access the
+    card is generic. In the language the GET asks for, else the calling registration's,
+    else (no JWT check, no Accept-Language) English."""
+
+    def usage(answer: Any) -> set[str]:
+        assert answer.status_code == 200, answer.text
+        services = answer.json()["services"]
+        assert len(services) == 2
+        return {service["usageRequirements"] for service in services}
+
+    assert usage(cds.discover()) == {USAGE["nl"]}  # the registration's default language
+    cds.configure(tenant_config(cds.ehr, language="fr"))
+    assert usage(cds.discover()) == {USAGE["fr"]}
+    token = cds.ehr.token(PUBLIC_URL + "/cds-services")
+    asked = {"Authorization": f"Bearer {token}", "Accept-Language": "en-GB,nl;q=0.5"}
+    assert usage(cds.client.get("/cds-services", headers=asked)) == {USAGE["en"]}
+
+    settings = Settings(
+        environment="test", public_url=PUBLIC_URL, database_url=database_url, cds_jwt_required=False
+    )
+    with TestClient(create_app(settings, database), base_url=PUBLIC_URL) as demo:
+        assert usage(demo.get("/cds-services")) == {USAGE["en"]}
+        nl = demo.get("/cds-services", headers={"Accept-Language": "nl-BE"})
+        assert usage(nl) == {USAGE["nl"]}
 
 
 def test_disabling_a_hook_takes_effect_at_once(cds: Cds) -> None:
