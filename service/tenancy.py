@@ -168,6 +168,13 @@ class TenantDirectory:
             self._cache[slug] = (now, context)
         return context
 
+    def last_read(self, slug: str) -> TenantContext | None:
+        """The hospital's configuration as this instance last read it, however old; None if
+        it never did. Never the database: for an answer when the database has failed (the
+        error page's frame origins, ``smart_app.errors.handle_database_error``)."""
+        cached = self._cache.get(slug)
+        return cached[1] if cached else None
+
     async def current(self, slug: str) -> TenantContext:
         """``get`` for code on the event loop (the CDS path), which must never wait for the
         database on the loop nor hold a call up for a routine refresh:

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from service.api.deps import tenant_slug, tenants_of
 from service.db.base import passing_failure
 from service.i18n import Language, negotiate, translate
 from service.observability import LINE_KEYS
@@ -255,14 +256,32 @@ async def handle_database_error(request: Request, error: Exception) -> Response:
     503: try again; a form sent may not be saved (the failure may come after its commit),
     and the same form sent again is one save. Any other is a 500, logged whole."""
     fields = {"path": request.url.path, "error": type(error).__name__}
+    frames = _last_frame_origins(request)
     if not passing_failure(error):
         log.error("database error", exc_info=error, extra={"fields": fields})
-        return await handle_page_error(request, PageError(500, "internal_error"))
+        return await handle_page_error(
+            request, PageError(500, "internal_error", frame_origins=frames)
+        )
     log.error("the database does not take requests now", extra={"fields": fields})
     sent = request.method not in ("GET", "HEAD")
     problem = "database_unsaved" if sent else "database_unavailable"
     retry = DATABASE_RETRY_SECONDS
-    return await handle_page_error(request, PageError(503, problem, retry_after_seconds=retry))
+    error_page = PageError(503, problem, frame_origins=frames, retry_after_seconds=retry)
+    return await handle_page_error(request, error_page)
+
+
+def _last_frame_origins(request: Request) -> Sequence[str]:
+    """Who may frame a page after a database error: the hospital's EHRs, as this instance
+    last read its configuration (the session, which names the user's EHR, is in the failed
+    database). The page shows back what the user typed (children's names, notes): it was
+    sent with ``frame-ancestors *``, so that any site could frame it (found by a route
+    sweep). :data:`ANY_FRAME` only when this instance never read the hospital (a restart
+    onto a database that is down): a nurse inside the EHR's frame must still see her text,
+    and a page that refuses framing would hide it from her."""
+    from smart_app.session import all_frame_origins  # it imports us
+
+    tenant = tenants_of(request).last_read(tenant_slug(request))
+    return all_frame_origins(tenant) if tenant is not None else ANY_FRAME
 
 
 #: Paths whose clients read JSON errors (``{"detail": ...}``): the social and admin APIs.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -103,13 +103,18 @@ def _app(
     database_url: str,
     fhir_base_url: str,
     partners: PartnerSettings | None = None,
+    frame_origins: Sequence[str] = (),
 ) -> Any:
     settings = load_settings(
         environment="test", database_url=database_url, public_url="https://testserver"
     )
     tenants = TenantDirectory(database, SecretBox(None))
     registration = EhrRegistration(
-        id=REGISTRATION, name="Sandbox", fhir_base_url=fhir_base_url, client_id="kindreflex"
+        id=REGISTRATION,
+        name="Sandbox",
+        fhir_base_url=fhir_base_url,
+        client_id="kindreflex",
+        frame_origins=list(frame_origins),
     )
     config = TenantConfiguration(name="Testziekenhuis", registrations=[registration])
     if partners is not None:
@@ -176,9 +181,11 @@ def nurse_for(database: Database, database_url: str, sandbox: Sandbox) -> Any:
         *,
         fhir_base_url: str | None = None,
         partners: PartnerSettings | None = None,
+        frame_origins: Sequence[str] = (),
         **session: Any,
     ) -> Nurse:
-        app = _app(database, database_url, fhir_base_url or sandbox.fhir_base_url, partners)
+        fhir = fhir_base_url or sandbox.fhir_base_url
+        app = _app(database, database_url, fhir, partners, frame_origins)
         client = TestClient(app, base_url="https://testserver")
         new = _launch(app, sandbox, patient_key=patient_key, fhir_base_url=fhir_base_url, **session)
         _, secret = SessionStore(database, app.state.settings).create(new)
@@ -937,9 +944,12 @@ def test_a_save_while_the_database_is_down_is_a_page_that_keeps_her_text_then_on
 ) -> None:
     """The save was a bare English "Internal Server Error" and what the nurse typed was gone
     (found by review). Now a page in her language says it may not be saved, shows her text
-    back, and the same form sent again when the database is back is saved once."""
-    nurse = nurse_for("jan-janssens")
-    form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Letsels passen niet")
+    back, and the same form sent again when the database is back is saved once. The page
+    that shows her text back is framed as her screens are, by the EHR's registered origin:
+    it was ``frame-ancestors *``, any site could frame it (found by a route sweep)."""
+    nurse = nurse_for("jan-janssens", frame_origins=[sandbox.ehr_url])
+    working = nurse.page()
+    form = _two_children(working, assessment="niet-pluis", reasons="Letsels passen niet")
 
     with refusing_connections(database_url):
         down = nurse.client.post("/app/triage", data=form, headers=SAME_ORIGIN)
@@ -954,6 +964,10 @@ def test_a_save_while_the_database_is_down_is_a_page_that_keeps_her_text_then_on
     assert ">Kind 1: Naam</label>" in page
     assert ">Lina</textarea>" in page
     assert ">Letsels passen niet</textarea>" in page
+    framed_by = f"frame-ancestors {sandbox.ehr_url}"
+    assert working.response.headers["content-security-policy"].endswith(framed_by)
+    for refused in (down, reopened):
+        assert refused.headers["content-security-policy"].endswith(framed_by)
     assert nurse.post(form).status == 200
     assert nurse.post(form).status == 200  # her "back and send again", after all
     patient_ref = f"Patient/{nurse.patient_id}"
@@ -985,12 +999,13 @@ def test_a_database_that_takes_no_writes_is_not_ready_and_a_save_on_it_keeps_her
 
 
 def test_a_database_error_that_waiting_does_not_cure_is_a_500_page_logged_whole(
-    nurse_for: Any, database: Database, caplog: pytest.LogCaptureFixture
+    nurse_for: Any, database: Database, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A schema behind the code (pods started before `db upgrade`) is no outage: it said
     "try again in half a minute" on every try and logged only the error's class (found by
-    review). Now an error page that keeps her text, and the log has the whole error."""
-    nurse = nurse_for("jan-janssens")
+    review). Now an error page that keeps her text, framed by her EHR only (it was any
+    site's: the session that names the EHR is unread), and the log has the whole error."""
+    nurse = nurse_for("jan-janssens", frame_origins=[sandbox.ehr_url])
     form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Letsels passen niet")
     with database.engine.begin() as connection:  # as a release before migration 0024 had it
         connection.exec_driver_sql("ALTER TABLE smart_app_sessions DROP COLUMN patient_display")
@@ -1001,6 +1016,8 @@ def test_a_database_error_that_waiting_does_not_cure_is_a_500_page_logged_whole(
     page = unescape(failed.text)
     assert "<h1>Er ging iets mis</h1>" in page
     assert ">Letsels passen niet</textarea>" in page
+    csp = failed.headers["content-security-policy"]
+    assert csp.endswith(f"frame-ancestors {sandbox.ehr_url}")
     (logged,) = [r for r in caplog.records if r.getMessage() == "database error"]
     assert logged.exc_info is not None
     assert "patient_display" in str(logged.exc_info[1])

@@ -201,3 +201,27 @@ def test_a_call_just_after_the_refresh_is_due_gets_the_version_it_had_and_the_ne
         return names
 
     assert asyncio.run(scenario()) == ["AZ v1", "AZ v1", "AZ v2"]
+
+
+def test_the_configuration_last_read_is_at_hand_without_the_database(database: Database) -> None:
+    """What an error page after a database failure is framed by (``smart_app.errors``):
+    nothing before this instance read the hospital; then the version it read, however old,
+    and never a statement sent for it."""
+    TenantDirectory(database, SecretBox(None)).save("az", TenantConfiguration(name="AZ"), "t")
+    clock = [1000.0]
+    directory = TenantDirectory(database, SecretBox(None), clock=lambda: clock[0])
+    assert directory.last_read("az") is None
+    read = directory.get("az")
+    clock[0] += 10 * tenancy.REFRESH_SECONDS  # long due: get would read it again
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", note)
+    try:
+        assert directory.last_read("az") is read
+        assert directory.last_read("az-nergens") is None
+    finally:
+        event.remove(database.engine, "before_cursor_execute", note)
+    assert statements == []
