@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     # bodies elsewhere are an admin's imports (the partner directory: 5 KiB as YAML, a
     # region's FHIR Bundle some hundred KiB; the configuration YAML).
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    app.add_middleware(NoStoreByDefault)  # outside BodyLimit: its 413 has the header too
+    app.add_middleware(DefaultHeaders)  # outside BodyLimit: its 413 has the headers too
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
 
     if not settings.cds_jwt_required:
@@ -257,13 +257,15 @@ class BodyLimit:
             await _too_large(scope["path"], self.limit)(scope, receive, send)
 
 
-class NoStoreByDefault:
-    """``Cache-Control: no-store`` on every answer that does not say otherwise (the static
-    assets and the JWKS say how long to keep them). The pages set it themselves; the JSON
-    APIs carry the same children's names and notes (the social worklist and cases, the
-    admin's configuration), and a browser on a shared workstation must not keep them on
-    its disk. (The CDS hooks are answered before it, and say so themselves:
-    ``service.cds.router``.)"""
+class DefaultHeaders:
+    """``Cache-Control: no-store`` and ``X-Content-Type-Options: nosniff`` on every answer
+    that does not say otherwise (the static assets and the JWKS say how long to keep them).
+    The pages set both themselves; the JSON APIs carry the same children's names and notes
+    (the social worklist and cases, the admin's configuration), and a browser on a shared
+    workstation must not keep them on its disk. ``nosniff``: a browser never reads a JSON
+    or YAML answer (``/api/cases``, ``/admin/api/config.yaml``, ``/metrics``) as a script
+    or a page, whatever text a user put in it (found by a route sweep). (The CDS hooks are
+    answered before it, and say so themselves: ``service.cds.router``.)"""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -273,14 +275,14 @@ class NoStoreByDefault:
             await self.app(scope, receive, send)
             return
 
-        async def send_no_store(message: Message) -> None:
+        async def send_with_defaults(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                if "cache-control" not in headers:
-                    headers["Cache-Control"] = "no-store"
+                headers.setdefault("Cache-Control", "no-store")
+                headers.setdefault("X-Content-Type-Options", "nosniff")
             await send(message)
 
-        await self.app(scope, receive, send_no_store)
+        await self.app(scope, receive, send_with_defaults)
 
 
 def _too_large(path: str, limit: int) -> Response:

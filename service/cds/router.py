@@ -141,16 +141,21 @@ def new_cds_state(database: Database, registry: Any, secret_key: SecretStr | Non
     )
 
 
+#: What every CDS answer says (``service.app.DefaultHeaders`` for the rest of the app).
+_DEFAULT_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 class _Json(JSONResponse):
     """Plain JSON encoded by orjson: no jsonable_encoder walk, and several times faster than
     the standard library on a card (the cards and errors hold only str, int, list, dict).
 
     ``Cache-Control: no-store``, as every other answer of the service has it: a card says
     why a patient may have children at risk, and a browser-based EHR calls the hooks from
-    the workstation (found by review: the fast path answers before the app's default)."""
+    the workstation (found by review: the fast path answers before the app's default);
+    ``X-Content-Type-Options: nosniff`` likewise (a constant header, nothing per call)."""
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
-        super().init_headers({"Cache-Control": "no-store", **(headers or {})})
+        super().init_headers({**_DEFAULT_HEADERS, **(headers or {})})
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

@@ -97,6 +97,8 @@ def test_a_browser_cds_client_on_the_ehrs_origin_may_call_the_service(cds: Cds) 
     refused = cds.call(headers={"Origin": EHR_ORIGIN, "Authorization": "Bearer nope"})
     assert refused.status_code == 401
     assert answer.headers["cache-control"] == refused.headers["cache-control"] == "no-store"
+    sniffing = answer.headers["x-content-type-options"], refused.headers["x-content-type-options"]
+    assert sniffing == ("nosniff", "nosniff")
 
 
 def test_another_origin_gets_no_cors_permission(cds: Cds) -> None:
