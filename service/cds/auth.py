@@ -257,10 +257,10 @@ def _algorithms(key: jwt.PyJWK) -> tuple[frozenset[str], str | None]:
 
 
 MIN_RSA_BITS = 2048
-_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 #: The curve each ECDSA algorithm is defined on (RFC 7518 3.4): ES256 over a P-384 key is
 #: no ES256 signature.
 _CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+_RSA = ALGORITHMS.difference(_CURVES)  # the accepted algorithms that are not ECDSA's
 _BY_CURVE = {curve: frozenset({alg}) for alg, curve in _CURVES.items()}
 
 
