@@ -310,9 +310,10 @@ class CdsAuthenticator:
         self.seen = seen
 
     async def verify(
-        self, authorization: str | None, tenant: TenantContext, audience: str
+        self, authorization: str | None, tenant: TenantContext, audiences: tuple[str, ...]
     ) -> tuple[Caller, dict[str, Any]]:
-        """The caller and the verified claims; the ``jti`` is NOT yet recorded (see ``seen``)."""
+        """The caller and the verified claims; the ``jti`` is NOT yet recorded (see ``seen``).
+        ``aud`` must name one of ``audiences``, the first being the URL called."""
         token = _Token.parse(_bearer(authorization))
         iss = token.claims.get("iss")
         trusted = trusted_issuer(tenant, iss) if isinstance(iss, str) else None
@@ -320,7 +321,7 @@ class CdsAuthenticator:
             raise CdsAuthError(f"issuer {iss!r} is not registered for this hospital")
         registration, issuer = trusted
         token.verify_signature(await self._keys(issuer, token.header))
-        _check_claims(token.claims, issuer.iss, audience, time.time())
+        _check_claims(token.claims, issuer.iss, audiences, time.time())
         if issuer.subjects and token.claims.get("sub") not in issuer.subjects:
             raise CdsAuthError(f"sub {token.claims.get('sub')!r} is not a client of this issuer")
         return Caller(issuer.iss, registration), token.claims
@@ -433,7 +434,9 @@ def _b64(segment: str) -> bytes:
 _URL_ALPHABET = bytes.maketrans(b"-_", b"+/")
 
 
-def _check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float) -> None:
+def _check_claims(
+    claims: dict[str, Any], issuer: str, audiences: tuple[str, ...], now: float
+) -> None:
     """iss, aud, exp, iat (and nbf) with LEEWAY_SECONDS; jti present; a short lifetime."""
     for name in ("iss", "aud", "exp", "iat", "jti"):
         if claims.get(name) is None:
@@ -444,8 +447,8 @@ def _check_claims(claims: dict[str, Any], issuer: str, audience: str, now: float
     if claims["iss"] != issuer:
         raise CdsAuthError(f"iss must be {issuer!r}")
     aud = claims["aud"]
-    if aud != audience and not (isinstance(aud, list) and audience in aud):
-        raise CdsAuthError(f"aud must be the URL called: {audience}")
+    if not any(ours == aud or (isinstance(aud, list) and ours in aud) for ours in audiences):
+        raise CdsAuthError(f"aud must be the URL called: {' or '.join(audiences)}")
     if now > exp + LEEWAY_SECONDS:
         raise CdsAuthError("the JWT has expired")
     if iat > now + LEEWAY_SECONDS or nbf > now + LEEWAY_SECONDS:

@@ -210,15 +210,25 @@ def _invalid(error: ValidationError) -> JSONResponse:
 
 
 async def _authenticate(
-    request: Request, tenant: TenantContext, settings: Settings, state: CdsState
+    request: Request,
+    tenant: TenantContext,
+    settings: Settings,
+    state: CdsState,
+    service_path: str | None = None,
 ) -> Caller | None:
-    """The calling EHR, or None when the deployment switched the check off (demo only)."""
+    """The calling EHR, or None when the deployment switched the check off (demo only).
+
+    ``aud`` names the URL called or, when given, ``service_path``: the service a
+    feedback call is about. CDS Hooks 2.0 defines ``aud`` for discovery and service calls
+    only, so an EHR may name either for feedback; both are ours, and the ``jti`` ledger,
+    shared by every endpoint, still lets a JWT be used once."""
     if not settings.cds_jwt_required:
         return None
-    audience = settings.public_url + request.scope["path"]
+    called = settings.public_url + request.scope["path"]
+    audiences = (called,) if service_path is None else (called, settings.public_url + service_path)
     authenticator = state.authenticator
     caller, claims = await authenticator.verify(
-        request.headers.get("authorization"), tenant, audience
+        request.headers.get("authorization"), tenant, audiences
     )
     first_use = await authenticator.seen.first_use(
         tenant.id, caller.issuer, claims["jti"], expiry(claims)
@@ -440,7 +450,8 @@ async def feedback(service_id: str, request: Request) -> JSONResponse:
     if service_id not in SERVICES:
         return cds_error(404, "unknown_service", f"no CDS service '{service_id}' is known here")
     try:
-        caller = await _authenticate(request, tenant, settings, cds_state(request))
+        service = request.scope["path"].removesuffix("/feedback")
+        caller = await _authenticate(request, tenant, settings, cds_state(request), service)
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
         return _refused(error)
     try:

@@ -610,6 +610,37 @@ def test_feedback_is_stored_once_per_outcome(cds: Cds) -> None:
         assert "Jonas" not in str([vars(r) for r in rows])  # free text is never kept
 
 
+def test_feedback_may_name_the_service_it_is_about_as_its_aud(cds: Cds) -> None:
+    """CDS Hooks 2.0 says what ``aud`` is for discovery and service calls, not for
+    feedback: an EHR may name the service the feedback is about (it got 401 before). No
+    other URL will do, and the hook call's own JWT is not good for its feedback too."""
+    item = {
+        "card": str(uuid.uuid4()),
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-11-23T10:16:00Z",
+    }
+    path = f"/cds-services/{ENCOUNTER_START}/feedback"
+
+    def feedback_with(token: str) -> Any:
+        headers = {"Authorization": f"Bearer {token}"}
+        return cds.client.post(path, json={"feedback": [item]}, headers=headers)
+
+    assert feedback_with(cds.ehr.token(AUD)).status_code == 200
+    for elsewhere in (
+        f"{PUBLIC_URL}/cds-services",
+        f"{PUBLIC_URL}/cds-services/kindreflex-patient-view",
+    ):
+        refused = feedback_with(cds.ehr.token(elsewhere))
+        assert refused.status_code == 401, elsewhere
+        assert "aud must be the URL called" in refused.json()["reason"]
+    used = cds.ehr.token(AUD)
+    assert cds.call(token=used).status_code == 200
+    replayed = feedback_with(used)
+    assert replayed.status_code == 401
+    assert "already used" in replayed.json()["reason"]
+    assert cds.count(CdsFeedback) == 1
+
+
 def test_feedback_on_a_card_of_a_hook_turned_off_since_is_stored(cds: Cds) -> None:
     """Found by review: a 404, which an EHR does not send again; the card's outcome was
     lost to the figures. A service id that was never ours is still a 404."""

@@ -18,7 +18,7 @@ def test_a_token_is_not_purged_from_the_ledger_while_it_is_still_accepted(exp: f
     token stopped being accepted, so it could be replayed in that second."""
     claims = {"iss": "ehr", "aud": "url", "exp": exp, "iat": exp - 60, "jti": "j"}
     last_accepted = exp + LEEWAY_SECONDS
-    _check_claims(claims, "ehr", "url", last_accepted)  # still accepted: does not raise
+    _check_claims(claims, "ehr", ("url",), last_accepted)  # still accepted: does not raise
     # what SeenTokens._purge_when_due deletes at that moment: expires_at < cutoff
     cutoff = datetime.fromtimestamp(last_accepted, UTC) - timedelta(seconds=LEEWAY_SECONDS)
     assert not expiry(claims) < cutoff
@@ -35,5 +35,5 @@ def test_a_jti_that_is_no_text_is_refused(jti: str) -> None:
     every hospital's calls in it with 503 (found by fuzzing)."""
     claims = {"iss": "ehr", "aud": "url", "exp": 2e9, "iat": 2e9 - 60, "jti": jti}
     with pytest.raises(CdsAuthError, match="no control characters"):
-        _check_claims(claims, "ehr", "url", 2e9)
-    _check_claims({**claims, "jti": "éèà-123_ABC.x"}, "ehr", "url", 2e9)  # any other text
+        _check_claims(claims, "ehr", ("url",), 2e9)
+    _check_claims({**claims, "jti": "éèà-123_ABC.x"}, "ehr", ("url",), 2e9)  # any other text
