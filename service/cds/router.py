@@ -280,7 +280,7 @@ async def discovery(request: Request) -> JSONResponse:
     except (CdsAuthError, ReplayCheckUnavailableError) as error:
         return _refused(error)
     templates = prefetch.templates(guide_vocabulary())
-    # usageRequirements (CDS Hooks 2.0, OPTIONAL) is read by the EHR's administrator: in the
+    # description and usageRequirements are read by the EHR's administrator: in the
     # language the GET asks for, else the calling registration's, else English (a discovery
     # without either: the demo without JWT check), not Dutch as a card
     language = negotiate(
@@ -291,6 +291,7 @@ async def discovery(request: Request) -> JSONResponse:
         ]
     )
     usage = translate(language, "cds.discovery.usage")
+    description = translate(language, "cds.discovery.description")
     return _ok(
         {
             "services": [
@@ -298,8 +299,7 @@ async def discovery(request: Request) -> JSONResponse:
                     "hook": hook,
                     "id": service_id,
                     "title": "Kindreflex",
-                    "description": "Prompts the Kindreflex (see the children behind the adult "
-                    "patient) and warns on Hague-protocol presentations or an open concern.",
+                    "description": description,
                     "prefetch": templates,
                     "usageRequirements": usage,
                 }

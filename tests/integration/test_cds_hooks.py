@@ -90,6 +90,17 @@ USAGE = {
     "and fhirAuthorization); without either, the card is generic.",
 }
 
+#: The services' description in discovery, for the EHR's administrator.
+DESCRIPTION = {
+    "nl": "Vraagt de Kindreflex te doen (de kinderen achter de volwassen patiënt zien) en "
+    "waarschuwt bij een aanmelding uit het Haags protocol of een open Kindreflex-verontrusting.",
+    "fr": "Invite à faire le Kindreflex (voir les enfants derrière le patient adulte) et avertit "
+    "en cas de présentation relevant du protocole de La Haye ou de préoccupation Kindreflex "
+    "ouverte.",
+    "en": "Prompts the Kindreflex (see the children behind the adult patient) and warns on "
+    "Hague-protocol presentations or an open concern.",
+}
+
 
 def test_discovery_tells_the_ehr_administrator_what_a_specific_card_needs(
     cds: Cds, database_url: str, database: Database
@@ -97,12 +108,18 @@ def test_discovery_tells_the_ehr_administrator_what_a_specific_card_needs(
     """CDS Hooks 2.0 discovery's OPTIONAL usageRequirements, one sentence per service: the
     EHR's administrator read nowhere in it that without the prefetch or FHIR access the
     card is generic. In the language the GET asks for, else the calling registration's,
-    else (no JWT check, no Accept-Language) English."""
+    else (no JWT check, no Accept-Language) English. The services' description likewise:
+    it was English only, outside the catalogues."""
 
     def usage(answer: Any) -> set[str]:
+        """The usage requirements, checked to come in the language of the description."""
         assert answer.status_code == 200, answer.text
         services = answer.json()["services"]
         assert len(services) == 2
+        language = next(
+            code for code, text in USAGE.items() if text == services[0]["usageRequirements"]
+        )
+        assert {service["description"] for service in services} == {DESCRIPTION[language]}
         return {service["usageRequirements"] for service in services}
 
     assert usage(cds.discover()) == {USAGE["nl"]}  # the registration's default language
