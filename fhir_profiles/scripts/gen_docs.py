@@ -348,6 +348,21 @@ STEP_RESOURCES = {
 }
 
 
+def published(artefact: Resource) -> str:
+    """Who publishes the guide, whom to contact, which version of when, for where: as every
+    artefact of the guide says it (RuleSets Published and PublishedInstance)."""
+    contact = "; ".join(
+        f"{c.get('name', '')} <{t['value']}>" for c in artefact["contact"] for t in c["telecom"]
+    )
+    where = ", ".join(
+        c.get("display", c["code"]) for j in artefact["jurisdiction"] for c in j["coding"]
+    )
+    return (
+        f"- Publisher: {artefact['publisher']} (contact: {contact}); version "
+        f"{artefact['version']} ({artefact['status']}) of {artefact['date']}; for {where}."
+    )
+
+
 def write_index(guide: Guide) -> str:
     steps = next(cs for cs in guide.of("CodeSystem") if cs["id"] == "kindreflex-step")
     lines = [GENERATED, "", "# Kindreflex for the emergency department: FHIR guide", ""]
@@ -358,6 +373,7 @@ def write_index(guide: Guide) -> str:
         "",
         "- Canonical base: `https://kindreflex-ed.be/fhir`; package `be.kindreflex-ed`; "
         "FHIR 4.0.1.",
+        published(steps),
         "- Sources: FSH in `fhir_profiles/input/fsh`; build: `fhir_profiles/build.sh` (offline).",
         "- [Profiles and extensions](profiles.md) · [Terminology](terminology.md) · "
         "[Examples](examples.md)",

@@ -117,3 +117,35 @@ def test_content_from_snomed_ct_or_loinc_carries_its_copyright_statement() -> No
             checked.add((resource["id"], system))
     assert ("hague-trigger-domestic-violence", "http://snomed.info/sct") in checked
     assert ("kindreflex-expecting-child", "http://loinc.org") in checked
+
+
+#: The guide's conformance artefacts: what an implementer looks up by canonical URL.
+_ARTEFACTS = ("StructureDefinition", "ValueSet", "CodeSystem", "NamingSystem", "Measure")
+_BELGIUM = {"coding": [{"system": "urn:iso:std:iso:3166", "code": "BE", "display": "Belgium"}]}
+
+
+def test_every_conformance_artefact_says_who_publishes_it_whom_to_contact_when_and_where() -> None:
+    """Publisher, contact, date and jurisdiction (Belgium) on every profile, extension,
+    CodeSystem, ValueSet, NamingSystem and the Measure, the same on each (RuleSets Published
+    and PublishedInstance). Before, none had a contact nor (but the NamingSystems) a date,
+    and the Measure no jurisdiction: an IG QA review flags each, and a hospital or EHR
+    vendor holding one of them had no one to ask and no date to tell which content it is.
+    The date is the content's, fixed in the FSH, not the build's (a rebuild changes
+    nothing)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(RESOURCES.glob("*.json")):
+        resource = json.loads(path.read_text(encoding="utf-8"))
+        if resource["resourceType"] not in _ARTEFACTS:
+            continue
+        seen.setdefault(resource["resourceType"], []).append(resource["id"])
+        assert resource.get("publisher") == "Kindreflex-ED project", path.name
+        assert resource.get("contact") == [
+            {
+                "name": "Kindreflex-ED project",
+                "telecom": [{"system": "url", "value": "https://kindreflex-ed.be/fhir"}],
+            }
+        ], path.name
+        assert resource.get("date") == "2026-12-07", path.name
+        assert resource.get("jurisdiction") == [_BELGIUM], path.name
+    assert set(seen) == set(_ARTEFACTS)
+    assert seen["Measure"] == ["kindreflex-ed-monitoring"]

@@ -6,12 +6,15 @@ import enum
 import json
 import re
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from service import protocol
+from service.fhir import mapping
 from service.fhir import terminology as t
+from tests.support.validator import ProfileValidator
 
 OUR_BASE = "https://kindreflex-ed.be/fhir"
 V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
@@ -225,3 +228,45 @@ def test_a_value_set_listing_english_displays_says_it_is_in_english() -> None:
             listing.append(vs["id"])
             assert vs.get("language") == "en", (vs["id"], vs.get("language"), foreign)
     assert {"hague-trigger-domestic-violence", "child-relationship"} <= set(listing)
+
+
+def test_provenance_author_role_codes_the_agent_type_the_service_writes(
+    fhir_validator: ProfileValidator,
+) -> None:
+    """The ValueSet provenance-author-role is bound to kindreflex-provenance's agent.type,
+    the element whose code the service writes (mapping.provenance: type author, no role),
+    extensibly: an author agent uses its code, another participant may have another type.
+    Before, no element was bound to it (only a short text named it). What the service
+    writes is valid; a second agent of another type (an enterer) is too."""
+    guide = t.guide()
+    profile = guide.structure_definitions["kindreflex-provenance"]
+    elements = {e["id"]: e for e in profile["snapshot"]["element"]}
+    binding = elements["Provenance.agent.type"]["binding"]
+    assert binding["valueSet"] == t.value_set_url("provenance-author-role")
+    assert binding["strength"] == "extensible"
+    assert elements["Provenance.agent.role"]["binding"]["valueSet"] != binding["valueSet"]
+
+    written = mapping.provenance(
+        targets=["Flag/1"],
+        author="Practitioner/kr-nurse-1",
+        recorded=datetime(2026, 3, 9, tzinfo=UTC),
+    )
+    value_set = guide.value_set_by_url(binding["valueSet"])
+    assert value_set is not None
+    members = value_set.members
+    for agent in written["agent"]:
+        assert "role" not in agent
+        assert {(c["system"], c["code"]) for c in agent["type"]["coding"]} <= members
+    assert fhir_validator.validate(written) == []
+    enterer = {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "enterer",
+                }
+            ]
+        },
+        "who": {"reference": "Device/ehr"},
+    }
+    assert fhir_validator.validate({**written, "agent": [*written["agent"], enterer]}) == []

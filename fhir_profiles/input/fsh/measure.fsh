@@ -70,7 +70,7 @@ Description: "The figures an inspector asks of an emergency department applying 
 * status = #draft
 * experimental = false
 * language = #nl-BE
-* publisher = "Kindreflex-ED project"
+* insert PublishedInstance
 * description = "The figures an inspector asks of an emergency department applying the Kindreflex, for a period. Counts only, never patients."
 * scoring = http://terminology.hl7.org/CodeSystem/measure-scoring#cohort
 * insert Figure(presentations-with-card, [[Distinct ED presentations with a card issued in the period]])

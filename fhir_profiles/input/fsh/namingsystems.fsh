@@ -7,9 +7,7 @@ RuleSet: KRNamingSystem(id, name, what, value)
 * name = "{name}"
 * status = #draft
 * kind = #identifier
-* publisher = "Kindreflex-ED project"
-* jurisdiction = urn:iso:std:iso:3166#BE "Belgium"
-* date = "2026-11-23"
+* insert PublishedInstance
 * description = "Business identifiers of {what} written by Kindreflex-ED (value: {value})."
 * uniqueId[0].type = #uri
 * uniqueId[0].value = "https://kindreflex-ed.be/fhir/sid/{id}"

@@ -336,6 +336,15 @@ Description: "Who wrote the Kindreflex resources of one save: target = the resou
 * agent 1..* MS
 * agent.type 1..1 MS
 * agent.type ^short = "author (ValueSet provenance-author-role) for the user who recorded"
+// The service writes one agent, the user who saved, with type provenance-participant-type
+// author (service/fhir/mapping.py provenance(), from this ValueSet); agent.role it leaves
+// empty, so the ValueSet codes agent.type. Extensible, not required: kr-prov-1 already
+// demands an author agent, and the profile lets a Provenance name other participants
+// (agent 1..*), such as an enterer or a device, whose type is not author; required would
+// make each of them invalid. Extensible narrows R4's own extensible provenance-agent-type
+// (which holds author) to the one code an agent in the author's role uses.
+* agent.type from ProvenanceAuthorRoleVS (extensible)
+* agent.type ^binding.description = "The author: the user who recorded the data (provenance-participant-type author); another participant a type of its own."
 * agent.who MS
 * agent.who only Reference(Practitioner or PractitionerRole or Organization or Device)
 * agent.who ^short = "The author: the user (fhirUser) who recorded the data"

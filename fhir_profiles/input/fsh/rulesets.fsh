@@ -65,11 +65,34 @@ RuleSet: CategorySlice(name, concept)
 * category contains {name} 1..1 MS
 * category[{name}] = {concept}
 
-// Who publishes each artefact, and for where: every profile, extension, CodeSystem and
-// ValueSet (sushi-config.yaml's own publisher reaches none of them with FSHOnly)
+// Who publishes each artefact, whom to contact, as of when, and for where: every profile,
+// extension, CodeSystem and ValueSet (Published, caret rules) and every definitional
+// instance, the NamingSystems and the Measure (PublishedInstance). Set here, not in
+// sushi-config.yaml: with FSHOnly, SUSHI writes no ImplementationGuide and copies none of
+// the configuration's publisher, contact, date or jurisdiction into the artefacts (it even
+// clears a parent's), and the IG Publisher that would apply them (apply-contact, …) does
+// not run in this build. Both RuleSets say the same; tests/fhir/test_guide_build.py checks
+// that every artefact carries the same values.
+// - contact: the project, reached through its canonical base; no person or phone number
+//   (the guide names no individual maintainer).
+// - date: the date of the guide's current content, written here by hand when the content
+//   changes for a release (with version in sushi-config.yaml), never the build's date: a
+//   rebuild of unchanged sources must give the same files (build stamp, build.sh).
 RuleSet: Published
 * ^publisher = "Kindreflex-ED project"
+* ^contact[0].name = "Kindreflex-ED project"
+* ^contact[0].telecom[0].system = #url
+* ^contact[0].telecom[0].value = "https://kindreflex-ed.be/fhir"
+* ^date = "2026-12-07"
 * ^jurisdiction = urn:iso:std:iso:3166#BE "Belgium"
+
+RuleSet: PublishedInstance
+* publisher = "Kindreflex-ED project"
+* contact[0].name = "Kindreflex-ED project"
+* contact[0].telecom[0].system = #url
+* contact[0].telecom[0].value = "https://kindreflex-ed.be/fhir"
+* date = "2026-12-07"
+* jurisdiction = urn:iso:std:iso:3166#BE "Belgium"
 
 // Copyright of the external terminologies an artefact holds content of: the statements
 // HL7 International and HL7 Belgium publish with such content (their QA checks for them).
