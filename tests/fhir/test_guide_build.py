@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -149,3 +150,17 @@ def test_every_conformance_artefact_says_who_publishes_it_whom_to_contact_when_a
         assert resource.get("jurisdiction") == [_BELGIUM], path.name
     assert set(seen) == set(_ARTEFACTS)
     assert seen["Measure"] == ["kindreflex-ed-monitoring"]
+
+
+def test_the_measure_has_the_guides_version() -> None:
+    """SUSHI versions the profiles, CodeSystems and ValueSets, not an instance: the Measure
+    had none, so a MeasureReport's reader could not tell which figures it defines."""
+    versions = set()
+    for path in sorted(RESOURCES.glob("*.json")):
+        resource = json.loads(path.read_text(encoding="utf-8"))
+        if resource["resourceType"] in ("StructureDefinition", "ValueSet", "CodeSystem", "Measure"):
+            versions.add(resource.get("version"))
+    config = (FHIR_PROFILES_DIR / "sushi-config.yaml").read_text(encoding="utf-8")
+    version = re.search(r"^version: (.+)$", config, re.MULTILINE)
+    assert version is not None
+    assert versions == {version[1]}

@@ -66,6 +66,9 @@ Description: "The figures an inspector asks of an emergency department applying 
 * meta.profile = "http://hl7.org/fhir/StructureDefinition/Measure"
 * url = "https://kindreflex-ed.be/fhir/Measure/kindreflex-ed-monitoring"
 * name = "KindreflexEdMonitoring"
+// SUSHI gives the guide's version (sushi-config.yaml) to profiles, CodeSystems and
+// ValueSets, not to an instance: kept equal by tests/fhir/test_guide_build.py
+* version = "0.1.0"
 * title = "Kindreflex op de spoedgevallendienst: monitoring"
 * status = #draft
 * experimental = false
