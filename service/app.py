@@ -116,7 +116,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         # (`kindreflex` configured only the parent), which would drop every INFO line and
         # print the rest as plain text
         configure_logging(settings.log_level)
-    database = database or Database(settings.database_url)
+    database = database or Database.of(settings)
     metrics = Metrics()
     if settings.guide_dir is not None:
         terminology.configure(settings.guide_dir)

@@ -236,7 +236,7 @@ def _schema_state_and_advice(settings: Settings) -> tuple[SchemaState, str]:
 
 
 def cmd_db_purge(args: argparse.Namespace, settings: Settings) -> int:
-    database = Database(settings.database_url)
+    database = Database.of(settings)
     try:
         purged = retention.purge(database, timedelta(days=args.days))
     finally:
@@ -274,7 +274,7 @@ def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    database = Database(settings.database_url)
+    database = Database.of(settings)
     try:
         rotation = KeyStore(database, settings).rotate(discard_unreadable=args.discard_unreadable)
     except UnreadableKeysError as error:

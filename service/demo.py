@@ -208,7 +208,7 @@ def demo_stack(port: int, data_dir: Path = DEMO_DIR, ehr_port: int = 0) -> Itera
         port=port,
     )
     migrate.upgrade(settings.database_url)
-    database = Database(settings.database_url)
+    database = Database.of(settings)
     # built first: it sets where the process may connect, for the seeding's FHIR client too
     app = create_app(settings, database)
     client = SmartClient(

@@ -669,7 +669,8 @@ class Outbox:
 
         def check() -> CheckResult:
             deliverable_since = func.coalesce(OutboxEntry.taken_over_at, OutboxEntry.created_at)
-            with self._database.session() as session:
+            # outside the pool, as the database check (``Database.probe_engine``)
+            with self._database.probe_session() as session:
                 oldest, attempts = session.execute(
                     select(deliverable_since, OutboxEntry.attempts)
                     .where(

@@ -28,6 +28,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from service.db.base import MAX_OVERFLOW, POOL_SIZE
+
 Environment = Literal["production", "demo", "test"]
 #: A hospital's slug: the ``/t/{slug}`` of its URLs.
 TENANT_SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -61,6 +63,23 @@ class Settings(BaseSettings):
         "sqlite:///kindreflex.db",
         description="SQLAlchemy URL. The embedded default is a SQLite file in the working "
         "directory; `postgresql+psycopg://…` selects PostgreSQL (production, several instances).",
+    )
+    database_pool_size: int = Field(
+        POOL_SIZE,
+        ge=1,
+        le=1000,
+        description="PostgreSQL: the connections each instance (each worker process) keeps "
+        "open for the screens, the APIs and the outbox (1..1000; 0 would be SQLAlchemy's "
+        "'no limit'). SQLite ignores it.",
+    )
+    database_max_overflow: int = Field(
+        MAX_OVERFLOW,
+        ge=0,
+        le=1000,
+        description="PostgreSQL: the connections each instance opens beyond "
+        "database_pool_size under load, closed when done (0..1000; -1 would be SQLAlchemy's "
+        "'no limit'). A request that finds none free waits up to 30 s, then is told to try again. "
+        "SQLite ignores it.",
     )
     public_url: str = Field(
         "http://localhost:8000",

@@ -38,7 +38,7 @@ CLI_ACTOR = "kindreflex config import"
 
 
 def _directory(settings: Settings) -> tuple[Database, TenantDirectory]:
-    database = Database(settings.database_url)
+    database = Database.of(settings)
     return database, TenantDirectory(database, SecretBox(settings.secret_key))
 
 

@@ -41,9 +41,14 @@ ReadinessChecks = dict[str, ReadinessCheck]
 
 
 def database_check(database: Database) -> ReadinessCheck:
+    """Whether the database answers and takes writes, asked on a connection outside the
+    pool (``Database.probe_engine``): a pool that every request holds says this instance is
+    busy, not that it should leave the Service (docs/architecture.md, *Persistence*). The
+    detail says how full the pool is, so that a busy instance shows it."""
+
     def check() -> CheckResult:
         try:
-            with database.engine.connect() as connection:
+            with database.probe_engine.connect() as connection:
                 # a server that takes no writes (a standby after a fail-over) is not ready:
                 # every save would fail on it while SELECT 1 said ready (found by review)
                 if connection.dialect.name == "postgresql":
@@ -56,7 +61,13 @@ def database_check(database: Database) -> ReadinessCheck:
             return CheckResult("database", False, type(error).__name__)
         if read_only:
             return CheckResult("database", False, "read-only: it takes no writes")
-        return CheckResult("database", True, "reachable")
+        in_use = database.pool_in_use()
+        if in_use is None:
+            return CheckResult("database", True, "reachable")
+        used, limit = in_use
+        return CheckResult(
+            "database", True, f"reachable; {used} of {limit} pooled connections in use"
+        )
 
     return check
 

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, DateTime, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,8 +18,11 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, QueuePool, StaticPool
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 # Stable constraint names, so that migrations are the same on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -59,6 +62,11 @@ def utcnow() -> datetime:
 
 
 CONNECT_TIMEOUT_SECONDS = 5
+#: PostgreSQL: the connections an engine keeps open, and those it opens beyond them under
+#: load (closed when returned): ``KINDREFLEX_DATABASE_POOL_SIZE`` and
+#: ``KINDREFLEX_DATABASE_MAX_OVERFLOW``. SQLite keeps SQLAlchemy's own pool.
+POOL_SIZE = 10
+MAX_OVERFLOW = 20
 #: How long a statement waits for a lock another connection holds (PostgreSQL), then fails:
 #: a user's request answers "try again" (``smart_app.errors``) before a reverse proxy's
 #: timeout (120 s in the Kubernetes manifests) answers 504 without saying whether her save
@@ -82,8 +90,11 @@ def insert_new(
     target.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(
+    database_url: str, *, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW
+) -> Engine:
     """An engine for the URL; SQLite gets foreign keys on and WAL for concurrent readers.
+    ``pool_size`` and ``max_overflow`` size a PostgreSQL engine's pool; SQLite ignores them.
 
     A database error's text leaves out the statement's values (``hide_parameters``): the
     error of a failed save reaches the log, and its values are patients' names and
@@ -103,12 +114,33 @@ def make_engine(database_url: str) -> Engine:
         database_url,
         pool_pre_ping=True,
         hide_parameters=True,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
         connect_args=default_connect_timeout(make_url(database_url), CONNECT_TIMEOUT_SECONDS),
     )
     on_every_connection(engine, f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
     return engine
+
+
+def make_probe_engine(engine: Engine) -> Engine:
+    """The engine the readiness checks ask through (``service.api.health``). On PostgreSQL
+    a connection of its own for each check, opened and closed, outside ``engine``'s pool:
+    checked out from it, a probe waited behind the requests holding every connection
+    (30 s, the pool's timeout) and Kubernetes took a pod out of its Service because it was
+    busy, not because its database failed; the other pods then took its load onto the same
+    database (docs/architecture.md, *Persistence*). Not kept open between checks: behind a
+    pooler in session mode it would hold a server connection for nothing. SQLite: ``engine``
+    itself (an in-memory database is the one connection it holds)."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    probe = create_engine(
+        engine.url,
+        poolclass=NullPool,
+        hide_parameters=True,
+        connect_args=default_connect_timeout(engine.url, CONNECT_TIMEOUT_SECONDS),
+    )
+    on_every_connection(probe, f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
+    return probe
 
 
 def default_connect_timeout(url: URL, seconds: int) -> dict[str, Any]:
@@ -184,9 +216,37 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """An engine and its session factory: one per process, created by the app or the CLI."""
 
-    def __init__(self, database_url: str) -> None:
-        self.engine = make_engine(database_url)
+    def __init__(
+        self, database_url: str, *, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW
+    ) -> None:
+        self.engine = make_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
+        self._pool_limit = pool_size + max_overflow
+        #: the readiness checks', outside ``engine``'s pool on PostgreSQL (``make_probe_engine``)
+        self.probe_engine = make_probe_engine(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Database:
+        """The database the settings name, its pool sized as they say."""
+        return cls(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
+
+    def pool_in_use(self) -> tuple[int, int] | None:
+        """PostgreSQL: the pool's connections in use and how many it may open at most."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool) or self.engine.dialect.name != "postgresql":
+            return None
+        return pool.checkedout(), self._pool_limit
+
+    @contextmanager
+    def probe_session(self) -> Iterator[Session]:
+        """A session for a readiness check, on ``probe_engine``: it reads, nothing is
+        committed."""
+        with Session(self.probe_engine) as session:
+            yield session
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -203,3 +263,4 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.probe_engine.dispose()

@@ -445,6 +445,16 @@ def test_a_database_host_that_never_answers_is_named_within_seconds() -> None:
         ("KINDREFLEX_FHIR_TIMEOUT_SECONDS", "nan", "should be a finite number"),
         ("KINDREFLEX_FHIR_TIMEOUT_SECONDS", "3600", "less than or equal to 300"),
         (
+            "KINDREFLEX_DATABASE_POOL_SIZE",
+            "0",  # SQLAlchemy's "no limit"
+            "KINDREFLEX_DATABASE_POOL_SIZE: Input should be greater than or equal to 1",
+        ),
+        (
+            "KINDREFLEX_DATABASE_MAX_OVERFLOW",
+            "twenty",
+            "KINDREFLEX_DATABASE_MAX_OVERFLOW: Input should be a valid integer",
+        ),
+        (
             "KINDREFLEX_DEFAULT_TENANT",
             "Gent/Spoed",
             "KINDREFLEX_DEFAULT_TENANT: Value error, a hospital's slug is lowercase letters",

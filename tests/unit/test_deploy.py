@@ -81,6 +81,22 @@ def test_every_setting_the_docs_name_exists_and_every_setting_is_in_the_readme()
     assert missing == set(), "settings the README's Configuration table leaves out"
 
 
+def test_the_configmap_sizes_the_database_pool_as_the_service_and_readme_do() -> None:
+    """The pool was fixed in code; an operator sizes it in the ConfigMap for PostgreSQL's
+    max_connections (README, *On PostgreSQL*). The example gives the service's defaults,
+    which the README's table states, and the settings accept every value it holds (one
+    refused stops every pod)."""
+    data = next(d for d in manifests() if d["kind"] == "ConfigMap")["data"]
+    given = {name.removeprefix("KINDREFLEX_").lower(): value for name, value in data.items()}
+    settings = Settings(_env_file=None, **given)
+    readme = (ROOT / "README.md").read_text()
+    for name in ("database_pool_size", "database_max_overflow"):
+        default = Settings.model_fields[name].default
+        assert f"KINDREFLEX_{name.upper()}" in data
+        assert getattr(settings, name) == default
+        assert f"| `KINDREFLEX_{name.upper()}` | `{default}` |" in readme
+
+
 def test_probes_point_at_routes_the_app_serves(tmp_path: Path) -> None:
     settings = load_settings(database_url=f"sqlite:///{tmp_path / 'kr.db'}")
     app = create_app(settings, Database(settings.database_url))

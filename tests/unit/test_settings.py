@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
 
-from service.db.base import CONNECT_TIMEOUT_SECONDS, make_engine
+from service.db.base import CONNECT_TIMEOUT_SECONDS, Database, make_engine
 from service.keys import Sealer
 from service.settings import MIN_SECRET_KEY_LENGTH, load_settings
 
@@ -172,3 +173,51 @@ def test_a_default_tenant_that_is_no_slug_is_refused_in_words(slug: str) -> None
         load_settings(default_tenant=slug)
     assert "a hospital's slug is lowercase letters, digits and '-'" in str(refused.value)
     assert "[a-z0-9]" not in str(refused.value)
+
+
+def test_the_pool_settings_default_to_the_pool_the_service_always_had() -> None:
+    """10 kept and 20 more under load: what README's sizing of max_connections counts."""
+    settings = load_settings(database_url="postgresql+psycopg://kindreflex@db/kindreflex")
+    database = Database.of(settings)
+    pool = database.engine.pool
+    assert isinstance(pool, QueuePool)
+    assert (settings.database_pool_size, settings.database_max_overflow) == (10, 20)
+    assert (pool.size(), database.pool_in_use()) == (10, (0, 30))
+    database.dispose()
+
+
+def test_the_pool_settings_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KINDREFLEX_DATABASE_URL", "postgresql+psycopg://kindreflex@db/kindreflex")
+    monkeypatch.setenv("KINDREFLEX_DATABASE_POOL_SIZE", "4")
+    monkeypatch.setenv("KINDREFLEX_DATABASE_MAX_OVERFLOW", "0")
+    database = Database.of(load_settings())
+    assert (database.engine.pool.size(), database.pool_in_use()) == (4, (0, 4))  # type: ignore[attr-defined]
+    database.dispose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "reason"),
+    [
+        # SQLAlchemy takes a pool of 0 and an overflow of -1 for "no limit": refused, as
+        # each instance would open connections past PostgreSQL's max_connections
+        ("DATABASE_POOL_SIZE", "0", "greater than or equal to 1"),
+        ("DATABASE_POOL_SIZE", "-5", "greater than or equal to 1"),
+        ("DATABASE_POOL_SIZE", "1001", "less than or equal to 1000"),
+        ("DATABASE_POOL_SIZE", "ten", "should be a valid integer"),
+        ("DATABASE_POOL_SIZE", "2.5", "should be a valid integer"),
+        ("DATABASE_MAX_OVERFLOW", "-1", "greater than or equal to 0"),
+        ("DATABASE_MAX_OVERFLOW", "", "should be a valid integer"),
+        ("DATABASE_MAX_OVERFLOW", "1001", "less than or equal to 1000"),
+    ],
+)
+def test_a_pool_setting_out_of_range_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, setting: str, value: str, reason: str
+) -> None:
+    monkeypatch.setenv(f"KINDREFLEX_{setting}", value)
+    with pytest.raises(ValidationError) as refused:
+        load_settings()
+    (problem,) = refused.value.errors()
+    assert problem["loc"] == (setting.lower(),)
+    assert reason in problem["msg"]
