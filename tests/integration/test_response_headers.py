@@ -3,12 +3,8 @@ APIs, the operations endpoints and the CDS hooks as well as the pages."""
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
-from sqlalchemy import select
-
 from service.db.base import Database
-from service.db.models import Concern
-from tests.support.admin import Hospital, admin_app, bearer, case_on, gent
+from tests.support.admin import Hospital, bearer, gent, with_a_case
 from tests.support.sessions import signed_in
 
 __all__ = ["gent"]  # the fixture of the hospital
@@ -21,13 +17,9 @@ def test_no_answer_is_read_by_the_browser_as_another_type_than_it_says(
     nosniff``, which only the pages had: a browser could read a case's JSON or the admin's
     configuration YAML, text users typed, as something else (found by a route sweep). Now
     every answer says it once; the pages, which set it themselves, not twice."""
-    case_on(database, gent.id, "https://az-gent.example/fhir")
-    with database.session() as session:
-        case_id = session.scalars(select(Concern.id)).one()
-    app = admin_app(database, database_url)
-    with TestClient(app) as client:
-        tenant = app.state.tenants.get("az-gent")
-        social = signed_in(app, tenant, "Practitioner/sw", "social-worker").headers
+    with with_a_case(database, database_url, gent) as running:
+        client, case_id = running.client, running.case_id
+        social = signed_in(running.app, running.tenant, "Practitioner/sw", "social-worker").headers
         admin = bearer(database, gent.id)
         calls: list[tuple[str, dict[str, str]]] = [
             ("/api/cases", social),

@@ -43,10 +43,9 @@ from sqlalchemy import select
 
 from service.cds.router import SERVICES
 from service.db.base import Base, Database
-from service.db.models import Concern
 from smart_app.errors import JSON_API
 from smart_app.session import CSRF_HEADER, ROLES, Role
-from tests.support.admin import Hospital, admin_app, case_on, gent, hospital, screen_sign_in
+from tests.support.admin import Hospital, gent, hospital, screen_sign_in, with_a_case
 from tests.support.sessions import signed_in
 
 __all__ = ["gent"]  # the fixture of the hospital
@@ -190,17 +189,13 @@ class World:
 
 @pytest.fixture
 def world(database: Database, database_url: str, gent: Hospital) -> Iterator[World]:
-    case_on(database, gent.id, "https://az-gent.example/fhir")
-    with database.session() as session:
-        case_id = session.scalars(select(Concern.id)).one()
-    app = admin_app(database, database_url)
-    with TestClient(app) as client:
-        tenant = app.state.tenants.get("az-gent")
+    with with_a_case(database, database_url, gent) as running:
+        app, tenant = running.app, running.tenant
         sessions = {
             role: signed_in(app, tenant, f"Practitioner/{role}", role, patient_id="7").headers
             for role in ROLES
         }
-        yield World(client, database, case_id, gent.id, sessions)
+        yield World(running.client, database, running.case_id, gent.id, sessions)
 
 
 def without_csrf(headers: dict[str, str]) -> dict[str, str]:

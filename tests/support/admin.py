@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from service.admin import access
 from service.app import create_app
@@ -157,3 +159,25 @@ def case_on(database: Database, tenant_id: int, server: str, status: str = "open
                 last_step="step-2", status=status,
             )
         )  # fmt: skip
+
+
+@dataclass
+class WithACase:
+    """The app on a hospital with one case on its worklist, and a browser on the app."""
+
+    app: FastAPI
+    client: TestClient
+    tenant: TenantContext  # the hospital's configuration as the app holds it
+    case_id: int
+
+
+@contextmanager
+def with_a_case(database: Database, database_url: str, hospital: Hospital) -> Iterator[WithACase]:
+    """:func:`admin_app` running, with an open case on a patient of ``hospital``'s EHR (its
+    FHIR server is not run). ``hospital``: the app's default, AZ Gent (:func:`gent`)."""
+    case_on(database, hospital.id, f"https://{hospital.slug}.example/fhir")
+    with database.session() as session:
+        case_id = session.scalars(select(Concern.id)).one()
+    app = admin_app(database, database_url)
+    with TestClient(app) as client:
+        yield WithACase(app, client, app.state.tenants.get(hospital.slug), case_id)
