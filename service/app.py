@@ -30,7 +30,7 @@ from service import casework, keys, outbound
 from service.api import health
 from service.api.deps import for_each_hospital
 from service.cds.fastpath import CdsFastPath
-from service.cds.router import MAX_BODY_BYTES, CdsState, new_cds_state
+from service.cds.router import DEFAULT_HEADERS, MAX_BODY_BYTES, CdsState, new_cds_state
 from service.cds.router import router as cds_router
 from service.db.base import Database
 from service.fhir import terminology
@@ -105,7 +105,10 @@ class KindreflexApp(FastAPI):
     waits on those calls (``service.cds.fastpath``)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return CdsFastPath(super().build_middleware_stack(), self.state.metrics)
+        # DefaultHeaders outside Starlette's outermost layer (ServerErrorMiddleware), so
+        # that its plain-text 500 has them too; inside the fast path, which sets its own.
+        stack = DefaultHeaders(super().build_middleware_stack())
+        return CdsFastPath(stack, self.state.metrics)
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
@@ -164,8 +167,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     # bodies elsewhere are an admin's imports (the partner directory: 5 KiB as YAML, a
     # region's FHIR Bundle some hundred KiB; the configuration YAML).
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    app.add_middleware(DefaultHeaders)  # outside BodyLimit: its 413 has the headers too
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the 413s too
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outside BodyLimit: counts the 413s
+    # (DefaultHeaders is outside all of them, and outside Starlette's 500: KindreflexApp)
 
     if not settings.cds_jwt_required:
         log.warning(
@@ -264,8 +267,10 @@ class DefaultHeaders:
     (the social worklist and cases, the admin's configuration), and a browser on a shared
     workstation must not keep them on its disk. ``nosniff``: a browser never reads a JSON
     or YAML answer (``/api/cases``, ``/admin/api/config.yaml``, ``/metrics``) as a script
-    or a page, whatever text a user put in it (found by a route sweep). (The CDS hooks are
-    answered before it, and say so themselves: ``service.cds.router``.)"""
+    or a page, whatever text a user put in it (found by a route sweep). The outermost
+    layer but the CDS fast path (``KindreflexApp``): Starlette's plain-text 500 for an
+    exception no handler takes has them too. (The CDS hooks are answered before it, and
+    say so themselves: ``service.cds.router``.)"""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -278,8 +283,8 @@ class DefaultHeaders:
         async def send_with_defaults(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.setdefault("Cache-Control", "no-store")
-                headers.setdefault("X-Content-Type-Options", "nosniff")
+                for name, value in DEFAULT_HEADERS.items():
+                    headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_defaults)

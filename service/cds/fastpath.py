@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.deps import tenant_slug, tenants_of
 from service.cds import cors
-from service.cds.router import call_service, cds_error, discovery, feedback
+from service.cds.router import DEFAULT_HEADERS, call_service, cds_error, discovery, feedback
 from service.observability import CLIENT_CLOSED, Metrics, measured
 from service.tenancy import UnknownTenantError
 
@@ -138,4 +138,6 @@ def _preflight(origin: str | None, allowed: bool) -> Response:
     if origin is None or not allowed:
         reason = "this origin is not registered as a web origin of the hospital's EHR"
         return cds_error(403, "origin_not_allowed", reason)
-    return Response(status_code=204, headers=cors.preflight_headers(origin))
+    # the app's default headers, as the refusal above has them (found by review: only the
+    # preflight's 204 had none)
+    return Response(status_code=204, headers=DEFAULT_HEADERS | cors.preflight_headers(origin))

@@ -141,8 +141,10 @@ def new_cds_state(database: Database, registry: Any, secret_key: SecretStr | Non
     )
 
 
-#: What every CDS answer says (``service.app.DefaultHeaders`` for the rest of the app).
-_DEFAULT_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+#: What every answer of the service says unless it says otherwise: the CDS answers here
+#: and in ``service.cds.fastpath`` (a constant, nothing per call), the rest of the app
+#: through ``service.app.DefaultHeaders``.
+DEFAULT_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 class _Json(JSONResponse):
@@ -155,7 +157,7 @@ class _Json(JSONResponse):
     ``X-Content-Type-Options: nosniff`` likewise (a constant header, nothing per call)."""
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
-        super().init_headers({**_DEFAULT_HEADERS, **(headers or {})})
+        super().init_headers({**DEFAULT_HEADERS, **(headers or {})})
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
