@@ -135,15 +135,17 @@ def _launch(
     need_patient_banner: bool = True,
     granted_scope: str = "user/*.cruds",
     granted_seconds: int | None = None,
+    user: str = "nurse",
 ) -> NewSession:
     """``granted_scope`` and ``granted_seconds``: the access token as the sandbox's FHIR
-    server knows it (the session believes it grants ``user/*.cruds`` for an hour)."""
+    server knows it (the session believes it grants ``user/*.cruds`` for an hour).
+    ``user``: the sandbox user signed in (another one stands for a colleague)."""
     patient = sandbox.seeded.patient(patient_key)
     assert patient.arrived_encounter_id is not None
     token = sandbox.issue_token(
         client_id="kindreflex",
         scope=granted_scope,
-        user="nurse",
+        user=user,
         patient=patient.id,
         encounter=patient.arrived_encounter_id,
         lifetime=granted_seconds,
@@ -155,7 +157,7 @@ def _launch(
         path_prefix="",
         fhir_base_url=fhir_base_url or sandbox.fhir_base_url,
         token_endpoint=sandbox.token_url,
-        user=AppUser(sandbox.fhir_user("nurse"), "Sofie Maes", roles),
+        user=AppUser(sandbox.fhir_user(user), "Sofie Maes" if user == "nurse" else user, roles),
         language=language,  # type: ignore[arg-type]
         patient_id=patient.id,
         encounter_id=patient.arrived_encounter_id,
@@ -2584,6 +2586,74 @@ def test_a_conflict_the_record_cannot_be_read_after_says_to_open_the_app_again(
     assert "Open de Kindreflex opnieuw" in unescape(refused.text)
     acute = _acute_danger_section(refused.text)
     assert "parket en/of de politie" in acute
+
+
+def test_a_conflict_the_record_cannot_be_read_after_says_her_answers_come_back_and_they_do(
+    nurse_for: Any, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone else changes a child on the FHIR server between her page and her save: the
+    record refuses the save (a real conflict), and it cannot be read just after (made to
+    fail, that one read alone, as above). The page told her to open the app again and fill
+    in the steps again, though opened again for this visit the form has her answers of the
+    refused save back (``Triage.refused_answers``): in an emergency department, sent to
+    type again what the page would give her. It now says they come back. Opened again (its
+    button: the same launch), her step 2 and 3 answers are checked and filled in, said to
+    be hers of the refused save; to a colleague opening the patient's form, none of them;
+    once she saved again, none either (the record holds that save)."""
+    nurse = nurse_for("els-goossens")
+    page = nurse.page()
+    rows, _, _ = _renamed_after_someone_else_changed_it(page, sandbox)
+    readable = Triage.load_chart
+
+    def unreadable_once(self: Triage, ctx: Any) -> Any:
+        monkeypatch.setattr(Triage, "load_chart", readable)  # readable again from now
+        raise FhirUnavailable("the FHIR server went away after the refusal")
+
+    monkeypatch.setattr(Triage, "load_chart", unreadable_once)
+    note = f"Vraagt volgende week naar de kinderen ({uuid.uuid4().hex[:6]})"  # one server
+    actions = ["ask-regularly", "involve-network"]
+    answers = {
+        "assessment": "no-concern",
+        "discussed_with_colleague": "1",
+        "support_actions": actions,
+        "support_note": note,
+    }
+
+    refused = nurse.post({"csrf_token": page.csrf, **rows, **answers})
+
+    assert 'data-save-status="conflict"' in refused.text, refused.text
+    said = unescape(refused.text.split('id="save-status"')[1].split("</div>")[0])
+    assert "vul de stappen opnieuw in" not in said
+    assert "Open de Kindreflex opnieuw voor dit bezoek" in said
+    assert "uw antwoorden van deze registratie staan er dan weer ingevuld" in said
+
+    again = nurse.page()  # "Kindreflex opnieuw openen"
+
+    assert again.status == 200, again.text
+    notice = unescape(again.text.split('id="page-notice" tabindex="-1">')[1].split("</p>")[0])
+    assert notice.startswith("Wat u op ")
+    assert "Uw antwoorden van toen staan hieronder weer ingevuld" in notice
+    submitted = again.submitted()
+    assert submitted["assessment"] == ["no-concern"]
+    assert submitted["discussed_with_colleague"] == ["1"]
+    assert sorted(submitted["support_actions"]) == actions
+    assert again.value("support_note") == note
+
+    colleague = nurse_for("els-goossens", user="social-worker").page()
+
+    assert colleague.status == 200, colleague.text
+    assert 'id="page-notice"' not in colleague.text
+    assert note not in colleague.text
+    assert "support_actions" not in colleague.submitted()
+    assert "assessment" not in colleague.submitted()
+
+    saved = nurse.post(again.submitted())
+    assert 'data-save-status="delivered"' in saved.text, saved.text
+    after = nurse.page()
+
+    assert 'id="page-notice"' not in after.text
+    assert note not in after.text
+    assert "support_actions" not in after.submitted()
 
 
 def test_what_the_page_says_of_a_recorded_child_describes_its_row(nurse_for: Any) -> None:
