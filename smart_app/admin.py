@@ -700,27 +700,32 @@ def _no_field(_problem: Problem) -> str:
     return ""
 
 
-def _say(language: Language, problem: Problem) -> Markup:
+def _say(language: Language, problem: Problem, field: Markup | None = None) -> Markup:
     """The problem in ``language``: where (a line, row or Bundle entry; the path) and why,
     the sentences from the catalogues (escaped, like any text of the page), the technical
-    data in them as ``<code>`` (escaped too: a YAML file's words are the admin's input)."""
+    data in them as ``<code>`` (escaped too: a YAML file's words are the admin's input).
+
+    ``field``: the form's field it concerns, as the page labels it (:func:`_field_place`):
+    said instead of the configuration's path, which names no field the admin sees."""
 
     def say(message_id: str, **values: object) -> Markup:
         data = {name: Markup("<code>{}</code>").format(value) for name, value in values.items()}
         return escape(translate(language, message_id)).format(**data)
 
     where: list[Markup] = []
-    if problem.place is not None:
+    if field is not None:
+        where.append(field)
+    elif problem.place is not None:
         unit, number = problem.place
         where.append(escape(translate(language, f"admin.problem.at-{unit}", n=number)))
     elif problem.line is not None:
         where.append(escape(translate(language, "admin.problem.at-line", line=problem.line)))
-    if problem.path and problem.place is None:
+    if problem.path and problem.place is None and field is None:
         where.append(Markup("<code>{}</code>").format(problem.path))
     reasons = problem.reasons or (Reason.of("admin.problem.rejected", detail=problem.message),)
     what = Markup("; ").join(
         Markup("<code>{}</code>: {}").format(r.field, say(r.code, **dict(r.values)))
-        if r.field
+        if r.field and field is None  # in a form, the line of a list is in ``field``
         else say(r.code, **dict(r.values))
         for r in reasons
     )
@@ -731,11 +736,73 @@ def _say(language: Language, problem: Problem) -> Markup:
 
 
 def _screen_errors(
-    language: Language, problems: Sequence[Problem], field_of: FieldOf
+    language: Language,
+    problems: Sequence[Problem],
+    field_of: FieldOf,
+    typed: Mapping[str, Any] | None = None,
 ) -> tuple[list[ScreenError], dict[str, Markup]]:
     """The summary's errors, and each field's messages (``error_for`` of ``_fields.html``)."""
-    errors = [ScreenError(field_of(problem), _say(language, problem)) for problem in problems]
+    errors = []
+    for problem in problems:
+        field = field_of(problem)
+        place = _field_place(language, field, problem, typed)
+        errors.append(ScreenError(field, _say(language, problem, place)))
     return errors, messages_by_field(errors)
+
+
+#: The registration form's fields typed one item per line (``_lines``).
+_LINE_FIELDS = frozenset({"cds_issuers", "frame_origins"})
+_PLAN_FIELD = re.compile(r"(step-\d)\.(title|help)\.(nl|fr|en)")
+
+
+def _field_label(language: Language, field: str) -> str | None:
+    """The label the page shows the field ``field`` (its id) with; None for the YAML text
+    and the partner file, whose problems keep their line, row or path: that is what the
+    admin edits there."""
+    if field in ("adult_age", "once_per_encounter", "source_url"):
+        return translate(language, f"admin.hooks.{field}")
+    if field.startswith("hook-"):
+        return f"{field.removeprefix('hook-')} — {translate(language, 'admin.hooks.enabled')}"
+    if plan := _PLAN_FIELD.fullmatch(field):
+        step, part, text_language = plan.groups()
+        label = translate(language, "admin.plan." + ("title" if part == "title" else "help_text"))
+        legend = terminology.display("kindreflex-step", step, language)
+        return f"{legend} — {label} ({text_language})"
+    key = field.rsplit("-", 1)[-1]
+    if field.count("-") and key in _REGISTRATION_FIELDS:
+        return translate(language, f"admin.registration.{key}")
+    return None
+
+
+def _field_place(
+    language: Language, field: str, problem: Problem, typed: Mapping[str, Any] | None
+) -> Markup | None:
+    """Where in the form the problem is: the field's label, and in a list typed one item per
+    line the item's line as typed (blank lines are skipped when it is read). None: the
+    problem says its own place (:func:`_field_label`)."""
+    label = _field_label(language, field) if field else None
+    if label is None:
+        return None
+    key = field.rsplit("-", 1)[-1]
+    fields = typed.get("fields") if typed else None
+    item = _item(problem)
+    if key in _LINE_FIELDS and isinstance(fields, Mapping) and item is not None:
+        text = str(fields.get(key, ""))
+        lines = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        if item < len(lines):
+            said = translate(language, "admin.problem.field-line", label=label, line=lines[item])
+            return escape(said)
+    return escape(label)
+
+
+def _item(problem: Problem) -> int | None:
+    """The list item a registration field's problem is about: ``registrations[1].frame_origins``
+    with the reason's ``[2]``, or ``registrations[1].cds_issuers[2].iss``; None: no item."""
+    inside = re.sub(r"^registrations\[\d+\]\.\w+", "", problem.path)
+    if not inside and problem.reasons:
+        inside = problem.reasons[0].field
+    found = re.match(r"\[(\d+)\]", inside)
+    return int(found.group(1)) if found else None
 
 
 def _in_yaml(_problem: Problem) -> str:
@@ -870,7 +937,7 @@ def _overview(
     removes or moves, said in the form that was sent (``typed``), with a way to go ahead."""
     tenant = tenant or admin.tenant
     language = _language(request)
-    errors, error_for = _screen_errors(language, problems, field_of)
+    errors, error_for = _screen_errors(language, problems, field_of, typed)
     return _page(
         request,
         tenant,

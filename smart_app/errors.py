@@ -24,8 +24,10 @@ from starlette.requests import ClientDisconnect
 
 from service.api.deps import tenant_slug, tenants_of
 from service.db.base import passing_failure
+from service.fhir import terminology
 from service.i18n import Language, negotiate, translate
 from service.observability import LINE_KEYS
+from service.tenant_config import PRIVATE_JWK_MEMBERS
 from smart_app.assets import ICON, asset_url
 from smart_app.security import ANY_FRAME, page_headers
 
@@ -120,6 +122,16 @@ _KEPT_LABELS = {
     "follow_up_actions": "casefile.s6.follow-up",
     "reason_text": "casefile.close.text",
 }
+#: The admin screen's (``admin/index.html``), by the labels they have there.
+_ADMIN_LABELS = {
+    "yaml": "admin.config.import",
+    **{
+        key: f"admin.registration.{key}"
+        for key in ("name", "fhir_base_url", "client_id", "scopes", "cds_issuers", "frame_origins")
+    },
+    "source_url": "admin.hooks.source_url",
+}
+_PLAN_FIELD = re.compile(r"(step-\d)\.(title|help)\.(nl|fr|en)")
 _CHILD_FIELD = re.compile(r"child-(\d+)-(name|birth_date)")
 _CHILD_LABELS = {"name": "app.step1.child-name", "birth_date": "app.step1.birth-date"}
 
@@ -162,6 +174,55 @@ def free_text(fields: Iterable[tuple[str, object]]) -> list[tuple[str, str]]:
     ]
 
 
+#: The keys whose value is a secret: a registration's client secret and the private members
+#: of a JWK (``service.tenant_config.PRIVATE_JWK_MEMBERS``) — what a configuration text
+#: pasted in the admin screen may carry.
+_SECRET_KEYS = r"client_secret|" + "|".join(sorted(PRIVATE_JWK_MEMBERS, key=len, reverse=True))
+#: Such a key starting a line of block YAML (``  client_secret: …``, ``- d: …``), its value
+#: on that line or, left empty or a block scalar (``|``, ``>``), on the lines indented under it.
+_SECRET_LINE = re.compile(
+    rf"""(?P<key>(?P<indent>[ \t]*(?:-[ \t]+)*)(?P<q>["']?)(?:{_SECRET_KEYS})(?P=q)[ \t]*:)"""
+    r"(?P<value>.*)"
+)
+#: Such a key inside a line: flow YAML or JSON (``{"d": "…", …}``); the value quoted, or
+#: plain up to the next ``,``, ``}`` or ``]`` (a flow scalar holds none of them).
+_SECRET_FLOW = re.compile(
+    rf"""(?P<key>(?<![\w-])(?P<q>["']?)(?:{_SECRET_KEYS})(?P=q)[ \t]*:[ \t]*)"""
+    r"""(?P<value>"(?:[^"\\\n]|\\.)*"|'(?:[^'\n]|'')*'|[^\s,}\]][^,}\]\n]*)"""
+)
+
+
+def without_secrets(text: str) -> tuple[str, bool]:
+    """A configuration text with each secret's value (:data:`_SECRET_KEYS`) made ``null``,
+    and whether one was: the page after an ended admin session shows the text back, and a
+    secret is never drawn on a page again. ``null`` rather than a mark: the text, imported
+    as it is, keeps the stored client secret or is refused for a private key, as an export."""
+    lines = text.splitlines()
+    kept: list[str] = []
+    removed = False
+    under: int | None = None  # the indentation of a key whose value is on the lines below
+    for line in lines:
+        if under is not None:
+            if not line.strip():  # nothing to hide; a block scalar may hold blank lines
+                kept.append(line)
+                continue
+            if len(line) - len(line.lstrip()) > under:
+                removed = True
+                continue
+            under = None
+        if block := _SECRET_LINE.fullmatch(line):
+            value = block.group("value").strip()
+            if not value or value[0] in "|>#":
+                under = len(block.group("indent").replace("-", " "))
+            removed = removed or value.split("#")[0].strip() not in ("", "null", "~")
+            kept.append(f"{block.group('key')} null")
+            continue
+        flow = _SECRET_FLOW.sub(lambda m: f"{m.group('key')}null", line)
+        removed = removed or flow != line
+        kept.append(flow)
+    return "\n".join(kept), removed
+
+
 def _kept_label(field: str, n: int, language: Language) -> str:
     """What the kept text was: "Kind 2: Geboortedatum", "Redenen"; else "Uw tekst 3"."""
     if child := _CHILD_FIELD.fullmatch(field):
@@ -170,6 +231,13 @@ def _kept_label(field: str, n: int, language: Language) -> str:
         return f"{legend} {int(row) + 1}: {translate(language, _CHILD_LABELS[part])}"
     if field in _KEPT_LABELS:
         return translate(language, _KEPT_LABELS[field])
+    if field in _ADMIN_LABELS:
+        return translate(language, _ADMIN_LABELS[field])
+    if plan := _PLAN_FIELD.fullmatch(field):
+        step, part, text_language = plan.groups()
+        label = translate(language, "admin.plan." + ("title" if part == "title" else "help_text"))
+        legend = terminology.display("kindreflex-step", step, language)
+        return f"{legend} — {label} ({text_language})"
     return translate(language, "smart.kept.label", n=n)
 
 
@@ -181,6 +249,14 @@ def shown_back(
     field it was typed in; nothing without text."""
     if not texts:
         return ""
+    # a configuration text never draws a secret it carries (a client secret, a private key)
+    cleaned = [(f, without_secrets(t) if f == "yaml" else (t, False)) for f, t in texts]
+    texts = [(field, text) for field, (text, _) in cleaned]
+    secrets = (
+        f"<p>{html.escape(translate(language, 'smart.kept.secrets-left-out'))}</p>"
+        if any(removed for _, (_, removed) in cleaned)
+        else ""
+    )
     fields = "".join(
         f'<p><label for="kept-{n}">{html.escape(_kept_label(field, n, language))}'
         f'</label><br><textarea id="kept-{n}" rows="4" cols="60" readonly>{html.escape(text)}'
@@ -189,7 +265,7 @@ def shown_back(
     )
     return (
         f"<h2>{html.escape(translate(language, title))}</h2>"
-        f"<p>{html.escape(translate(language, message))}</p>{fields}"
+        f"<p>{html.escape(translate(language, message))}</p>{secrets}{fields}"
     )
 
 

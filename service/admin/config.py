@@ -379,6 +379,11 @@ _ISSUE_REASONS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The fields whose pattern a refusal says in words (``admin.problem.pattern-<field>``):
+#: its regular expression (``^[a-z0-9][a-z0-9-]{0,62}$``) told an administrator nothing.
+_PATTERN_SAID = {"id": "pattern-id", "cbe": "pattern-cbe"}
+
+
 #: What a value that is no text or number is, shown in its place (JSON's and YAML's words).
 _KIND: dict[type, str] = {dict: "{…}", list: "[…]", type(None): "null", bool: "true/false"}
 
@@ -394,6 +399,9 @@ def issue_reason(issue: Any, field: str | None = None) -> Reason:
         where = _dotted(own.loc) if field is None else field
         return Reason.of(f"admin.problem.{own.code}", where, **own.params)
     code, limit = _ISSUE_REASONS.get(issue["type"], ("rejected", ""))
+    named = [part for part in issue.get("loc", ()) if isinstance(part, str)]
+    if code == "pattern" and named and named[-1] in _PATTERN_SAID:
+        code, limit = _PATTERN_SAID[named[-1]], ""  # the form in words, not the expression
     values: dict[str, object] = {}
     if limit:
         values["limit"] = issue.get("ctx", {}).get(limit, "")

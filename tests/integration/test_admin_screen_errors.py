@@ -224,7 +224,9 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
     typed = client.post("/admin/hooks", data=form, headers=FRENCH)
     assert typed.status_code == 422
     message = assert_tied(typed.text, "input", "adult_age")
-    assert message == "Erreur : hooks.adult_age : Doit être un nombre entier (donné : zestien)."
+    assert message == (
+        "Erreur : Adulte à partir de (ans) : Doit être un nombre entier (donné : zestien)."
+    )
     assert 'aria-invalid="true"' not in field_tag(typed.text, "textarea", "yaml")
 
     # a registration's field: a new registration that needs a secret and has none
@@ -233,7 +235,7 @@ def test_a_schema_invalid_configuration_names_the_path_and_value_in_a_translated
     assert refused.status_code == 422
     message = assert_tied(refused.text, "input", "new-client_secret")
     assert message == (
-        "Erreur : registrations[1].client_secret : client_secret_basic exige un secret client "
+        "Erreur : Secret client (vide = inchangé) : client_secret_basic exige un secret client "
         "(ou choisissez private_key_jwt)."
     )
 
@@ -564,7 +566,8 @@ def test_a_frame_origin_that_is_no_ascii_origin_is_refused_next_to_its_field(
     assert refused.status_code == 422
     message = assert_tied(refused.text, "textarea", "new-frame_origins")
     assert message == (
-        "Erreur : registrations[1].frame_origins : [1]: https://ziekenhuis.例え.jp "
+        "Erreur : Origines autorisées à intégrer l&#39;application (une par ligne), ligne 2 : "
+        "https://ziekenhuis.例え.jp "
         "n&#39;est pas une origine telle que https://epd.example.be:8443 (https, ou http "
         "sur cette machine uniquement ; sans chemin, espace, « ; » ni « , »). Écrivez un "
         "nom de domaine contenant des lettres non ASCII en Punycode (xn--…)."
@@ -636,7 +639,7 @@ def test_a_second_registration_of_the_same_ehr_is_refused_next_to_its_fhir_base(
     assert refused.status_code == 422
     message = assert_tied(refused.text, "input", "new-fhir_base_url")
     assert message.startswith(
-        "Fout: registrations[1].fhir_base_url: Een andere registratie heeft al de FHIR-basis"
+        "Fout: FHIR-basis-URL (iss): Een andere registratie heeft al de FHIR-basis"
     )
     assert len(stored_gent(database).config.registrations) == 1
 
@@ -661,8 +664,9 @@ def test_the_new_registration_form_refuses_an_id_in_use_and_keeps_what_was_typed
     assert refused.status_code == 422
     message = assert_tied(refused.text, "input", "new-id")
     assert message == (
-        "Fout: registrations[1].id: Er is al een registratie met het id ehr; er werd niets "
-        "gewijzigd. Kies een ander id, of wijzig die registratie in haar eigen formulier."
+        "Fout: Sleutel (kleine letters, cijfers, -): Er is al een registratie met het id ehr; "
+        "er werd niets gewijzigd. Kies een ander id, of wijzig die registratie in haar eigen "
+        "formulier."
     )
     assert 'value="Tweede EPD"' in refused.text
     assert 'value="https://tweede.example/fhir"' in refused.text
@@ -735,7 +739,8 @@ def test_a_card_source_url_that_is_no_web_url_is_refused_next_to_its_field(
     assert refused.status_code == 422
     message = assert_tied(refused.text, "input", "source_url")
     assert message == (
-        "Fout: hooks.source_url: javascript:alert(1) is geen volledig https-adres zoals "
+        "Fout: Link van de bron op de kaart (https; leeg: geen link): javascript:alert(1) is "
+        "geen volledig https-adres zoals "
         "https://kindreflex.be/ (http alleen op deze machine): het EPD opent het vanaf elke "
         "kaart in de browser. Laat het leeg voor geen link."
     )
@@ -745,7 +750,8 @@ def test_a_card_source_url_that_is_no_web_url_is_refused_next_to_its_field(
     )
     assert french.status_code == 422
     assert assert_tied(french.text, "input", "source_url").startswith(
-        "Erreur : hooks.source_url : kindreflex.be n&#39;est pas une adresse https complète"
+        "Erreur : Lien de la source sur la carte (https ; vide : pas de lien) : kindreflex.be "
+        "n&#39;est pas une adresse https complète"
     )
     _assert_nothing_saved(database, before)
 
@@ -1012,3 +1018,110 @@ def test_a_registration_moved_to_another_fhir_server_in_its_form_asks_first(
     )
     (event,) = [e for e in access.events(database, gent.id) if e.action.startswith("registration")]
     assert event.action == "registration-moved-anyway"
+
+
+def test_a_refused_form_names_each_field_by_its_label_with_a_human_message(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """Found by review: the summary and the field's message named the field by its path in
+    the configuration (``registrations[1].id``) and a key not in the required form by its
+    regular expression. A form's field is named by the label the page shows it with, in the
+    page's language, and the form a key must have said in words; the summary's link still
+    goes to the field."""
+    hidden, before = _signed_in(client, database, gent)
+    registration = registration_form(hidden, id="Nieuw EPD")
+
+    dutch = client.post("/admin/registrations", data=registration)
+    assert dutch.status_code == 422
+    assert assert_tied(dutch.text, "input", "new-id") == (
+        "Fout: Sleutel (kleine letters, cijfers, -): Nieuw EPD is geen geldige sleutel: "
+        "alleen kleine letters, cijfers en koppeltekens, te beginnen met een letter of "
+        "cijfer, hoogstens 63 tekens."
+    )
+    assert _messages(dutch.text) == [
+        "Sleutel (kleine letters, cijfers, -): Nieuw EPD is geen geldige sleutel: alleen "
+        "kleine letters, cijfers en koppeltekens, te beginnen met een letter of cijfer, "
+        "hoogstens 63 tekens."
+    ]
+    assert "registrations[" not in dutch.text
+    assert "[a-z0-9]" not in dutch.text
+
+    french = client.post("/admin/registrations", data=registration, headers=FRENCH)
+    assert assert_tied(french.text, "input", "new-id") == (
+        "Erreur : Clé (minuscules, chiffres, -) : Nieuw EPD n&#39;est pas une clé valide : "
+        "uniquement des minuscules, des chiffres et des traits d&#39;union, commençant par "
+        "une lettre ou un chiffre, 63 caractères au plus."
+    )
+    english = client.post(
+        "/admin/registrations", data=registration, headers={"Accept-Language": "en"}
+    )
+    assert assert_tied(english.text, "input", "new-id") == (
+        "Error: Key (lower case, digits, -): Nieuw EPD is not a valid key: lower-case "
+        "letters, digits and hyphens only, starting with a letter or digit, 63 characters "
+        "at most."
+    )
+
+    no_secret = registration_form(hidden, client_auth="client_secret_basic")
+    secret = client.post("/admin/registrations", data=no_secret)
+    assert assert_tied(secret.text, "input", "new-client_secret") == (
+        "Fout: Clientgeheim (leeg laten = ongewijzigd): client_secret_basic heeft een client "
+        "secret nodig (of kies private_key_jwt)."
+    )
+    assert "registrations[" not in secret.text
+
+    # a hooks field and a line of a list typed one per line
+    hooks = client.post(
+        "/admin/hooks", data={**hidden, "adult_age": "zestien", "hook-patient-view": "on"},
+        headers=FRENCH,
+    )  # fmt: skip
+    assert assert_tied(hooks.text, "input", "adult_age") == (
+        "Erreur : Adulte à partir de (ans) : Doit être un nombre entier (donné : zestien)."
+    )
+    origins = registration_form(hidden, frame_origins="https://epd.example\n\nhttps://x.例え.jp")
+    refused = client.post("/admin/registrations", data=origins)
+    assert assert_tied(refused.text, "textarea", "new-frame_origins") == (
+        "Fout: Origins die de app mogen inbedden (één per lijn), regel 3: https://x.例え.jp "
+        "is geen origin zoals https://epd.example.be:8443 (https, of http alleen op deze "
+        "machine; geen pad, spaties, &#34;;&#34; of &#34;,&#34;). Schrijf een domeinnaam met "
+        "andere dan ASCII-letters in Punycode (xn--…)."
+    )
+    # the configuration's text keeps its line and path: they are what the admin edits there
+    wrong_id = export_yaml(before.config).replace("- id: ehr", "- id: EHR")
+    text = _posted_yaml(client, hidden, wrong_id)
+    assert re.fullmatch(
+        r"Fout: Regel \d+, registrations\[0\]\.id: EHR is geen geldige sleutel: .+",
+        assert_tied(text.text, "textarea", "yaml"),
+    )
+    _assert_nothing_saved(database, before)
+
+
+def test_an_admin_form_sent_after_the_session_ended_never_shows_a_pasted_secret_back(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """A configuration text may carry a registration's client secret (the install guide's
+    way to enter it again) or, pasted by mistake, an issuer's private key: the page shown
+    after the session ended gives the text back to copy without them, says so, and names
+    each text by its field."""
+    hidden = screen_sign_in(client, database, gent)
+    before = stored_gent(database)
+    with database.session() as session, session.begin():
+        session.execute(update(AdminSession).values(expires_at=utcnow()))
+    document = before.config.model_dump(mode="json")
+    document["registrations"][0]["client_secret"] = "geheim-uit-yaml"
+    document["registrations"][0]["cds_issuers"] = [
+        {"iss": "https://epd.x", "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "pub-x",
+                                                    "y": "pub-y", "d": "prive-d"}]}}
+    ]  # fmt: skip
+    block = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    flow = json.dumps(document)  # JSON is YAML too
+    ours = {"Sec-Fetch-Site": "same-origin"}
+
+    for pasted in (block, flow):
+        ended = _posted_yaml(client, hidden, pasted, ours)
+        assert ended.status_code == 401
+        assert "geheim-uit-yaml" not in ended.text
+        assert "prive-d" not in ended.text
+        assert "pub-x" in ended.text  # the rest of the text is there to copy
+        assert "Client secrets en privésleutels in de tekst zijn weggelaten" in ended.text
+        assert '<label for="kept-1">Importeren (YAML)</label>' in ended.text
+    _assert_nothing_saved(database, before)

@@ -137,9 +137,10 @@ def test_the_screen_says_the_refusal_in_the_admins_language_next_to_the_field(
     assert refused.status_code == 422
     message = assert_tied(refused.text, "textarea", "new-cds_issuers")
     assert message == (
-        "Fout: registrations[1].cds_issuers[0].jku[0]: De dienst mag geen verbinding maken met "
-        "169.254.169.254: link-local-, niet-gespecificeerde, multicast- en broadcastadressen "
-        "(zoals de metadatadienst van een cloud op 169.254.169.254) zijn nooit een EPD."
+        "Fout: CDS Hooks-uitgevers (iss jku, één per lijn), regel 1: De dienst mag geen "
+        "verbinding maken met 169.254.169.254: link-local-, niet-gespecificeerde, multicast- en "
+        "broadcastadressen (zoals de metadatadienst van een cloud op 169.254.169.254) zijn "
+        "nooit een EPD."
     )
     after = stored_gent(database)
     assert (after.version, after.config) == (before.version, before.config)
