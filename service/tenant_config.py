@@ -14,11 +14,12 @@ from contextlib import suppress
 from enum import StrEnum
 from functools import lru_cache
 from string import Formatter, ascii_letters, digits
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 from pydantic import (
+    AfterValidator,
     AnyUrl,
     BaseModel,
     ConfigDict,
@@ -31,6 +32,7 @@ from pydantic import (
 
 from service.config_error import ConfigValueError
 from service.fhir import terminology
+from service.jwk_use import ALGORITHMS, MIN_RSA_BITS, verifiable_algorithms
 from service.partners import (
     PartnerDirectory,
     load_default_directory,
@@ -126,6 +128,59 @@ def _as_sent(value: str, info: ValidationInfo, what: str, code: str) -> str:
         written = f"{value!r} is not {what}: write it exactly, without spaces around it"
         raise ConfigValueError(written, code, value=value)
     return value
+
+
+#: How long each text of the configuration may be, by what it holds. Decision: checked when
+#: submitted (``SUBMITTED``), code ``too-long`` with the ``limit``: a text had no bound
+#: but the request body's 4 MiB, and a name of megabytes went into every page, export and
+#: audit. A version stored before still loads, as it is. The limits are generous for what
+#: each one holds and no more: a name, a label, a region or a phone number 200 characters
+#: (as the hospital's name, ``tenants.name``'s column); a client id, a CDS client id
+#: (``sub``), a claim or role name, a code 255 (what identity providers and EHRs use); an
+#: e-mail address 254 (RFC 5321's path); a URL, an origin, a code system, an issuer and
+#: the scopes (sent in the authorize URL) 2048 (what browsers and servers reliably
+#: carry); a client secret 1024; a partner's address or opening hours 1000 (a few lines);
+#: a description, a card's or the plan's wording 4000 (a few paragraphs: the card's
+#: detail, a step's help).
+NAME_LENGTH = 200
+IDENTIFIER_LENGTH = 255
+EMAIL_LENGTH = 254
+URL_LENGTH = 2048
+SECRET_LENGTH = 1024
+LINES_LENGTH = 1000
+TEXT_LENGTH = 4000
+
+
+def _at_most(limit: int) -> AfterValidator:
+    """A text refused when submitted longer than ``limit`` characters; checked before the
+    field's own checks, so that none of them reads, or a refusal repeats, a huge value."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        if _submitted(info) and len(value) > limit:
+            raise ConfigValueError(
+                f"at most {limit} characters ({len(value)} given)", "too-long", limit=limit
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _secret_at_most(value: SecretStr, info: ValidationInfo) -> SecretStr:
+    """As ``_at_most`` for a secret: the refusal never names a character of it."""
+    if _submitted(info) and len(value.get_secret_value()) > SECRET_LENGTH:
+        raise ConfigValueError(
+            f"at most {SECRET_LENGTH} characters", "too-long", limit=SECRET_LENGTH
+        )
+    return value
+
+
+NameText = Annotated[str, _at_most(NAME_LENGTH)]
+IdText = Annotated[str, _at_most(IDENTIFIER_LENGTH)]
+EmailText = Annotated[str, _at_most(EMAIL_LENGTH)]
+UrlText = Annotated[str, _at_most(URL_LENGTH)]
+LinesText = Annotated[str, _at_most(LINES_LENGTH)]
+LongText = Annotated[str, _at_most(TEXT_LENGTH)]
+Secret = Annotated[SecretStr, AfterValidator(_secret_at_most)]
 
 
 class Strict(BaseModel):
@@ -243,15 +298,15 @@ def is_web_url(url: str) -> bool:
 class CdsIssuer(Strict):
     """An EHR allowed to call our CDS services: its JWT ``iss`` and where its keys are."""
 
-    iss: str = Field(description="The `iss` claim the EHR puts in its CDS Hooks JWT.")
-    jku: list[str] = Field(
+    iss: UrlText = Field(description="The `iss` claim the EHR puts in its CDS Hooks JWT.")
+    jku: list[UrlText] = Field(
         default_factory=list,
         description="JWKS URLs this issuer may name in the JWT `jku` header (allow-list).",
     )
     jwks: dict[str, object] | None = Field(
         None, description="The issuer's public keys, when configured instead of fetched."
     )
-    subjects: list[str] = Field(
+    subjects: list[IdText] = Field(
         default_factory=list,
         description="The CDS client ids (JWT `sub`) this issuer may call with; empty: any.",
     )
@@ -329,18 +384,44 @@ class CdsIssuer(Strict):
     def _usable_keys(
         cls, value: dict[str, object] | None, info: ValidationInfo
     ) -> dict[str, object] | None:
-        """Keys that cannot verify any call are refused when saved, not at the first call."""
+        """Keys that cannot verify any call are refused when saved, not at the first call:
+        a set that is no JWK Set or has no RSA or EC key (``jwk_set``), and one whose keys
+        all verify nothing by the rule the CDS service verifies with
+        (``jwk_use.verifiable_algorithms``): a key for encryption (``use``, ``key_ops``), of
+        an ``alg`` not accepted or of another curve, an RSA key under 2048 bits. Such a set
+        was saved, and every call of the EHR refused with 401 (found by review)."""
         if value is not None and _submitted(info):
-            jwk_set(value)
+            keys = jwk_set(value).keys
+            if not any(verifiable_algorithms(key)[0] for key in keys):
+                why = "; ".join(_unfit(key) for key in keys)
+                raise ConfigValueError(
+                    "the JWK Set has no usable RSA or EC public key: none may verify a CDS "
+                    f'call\'s signature ({why}). A key verifies with "use": "sig" or '
+                    'without use, "verify" in its key_ops or without key_ops, an alg of '
+                    f"{', '.join(sorted(ALGORITHMS))} or without alg, RSA of at least "
+                    f"{MIN_RSA_BITS} bits or EC on its algorithm's curve",
+                    "jwks-no-usable-key",
+                )
         return value
+
+
+def _unfit(key: jwt.PyJWK) -> str:
+    """Why ``key`` verifies nothing, naming its kid, never its values."""
+    _, member = verifiable_algorithms(key)
+    kid = key.key_id
+    shown = kid if kid is None or len(kid) <= 80 else kid[:79] + "…"
+    what = f"key {shown!r}" if shown is not None else "a key without kid"
+    if member is None:
+        return f"{what}: its type, size or curve fits no algorithm accepted"
+    return f"{what}: its {member}"
 
 
 class RoleMapping(Strict):
     """How the EHR's id_token tells a nurse, a social worker and an admin apart."""
 
-    claim: str = Field("roles", description="id_token claim holding the user's roles.")
-    social_worker: list[str] = Field(default_factory=lambda: ["social-worker"])
-    admin: list[str] = Field(default_factory=lambda: ["admin"])
+    claim: IdText = Field("roles", description="id_token claim holding the user's roles.")
+    social_worker: list[IdText] = Field(default_factory=lambda: ["social-worker"])
+    admin: list[IdText] = Field(default_factory=lambda: ["admin"])
 
 
 @lru_cache(maxsize=256)  # on every hook call (its presentation): a few bases per deployment
@@ -413,14 +494,14 @@ class EhrRegistration(Strict):
     """One EHR this tenant's users launch us from."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    name: str
-    fhir_base_url: str = Field(description="The EHR's FHIR base: the SMART `iss`.")
-    client_id: str
+    name: NameText
+    fhir_base_url: UrlText = Field(description="The EHR's FHIR base: the SMART `iss`.")
+    client_id: IdText
     client_auth: ClientAuth = "private_key_jwt"
-    client_secret: SecretStr | None = None
-    scopes: str = DEFAULT_SCOPES
+    client_secret: Secret | None = None
+    scopes: UrlText = DEFAULT_SCOPES
     cds_issuers: list[CdsIssuer] = Field(default_factory=list)
-    frame_origins: list[str] = Field(
+    frame_origins: list[UrlText] = Field(
         default_factory=list, description="Origins allowed to frame the app (CSP frame-ancestors)."
     )
     default_language: Language = "nl"
@@ -528,8 +609,8 @@ class LocalTriggerCode(Strict):
     """A code of the hospital's own coding that counts as a Hague trigger (added to the guide's)."""
 
     trigger: HagueTrigger
-    system: str = Field(min_length=1, description="The code system URI as the EHR sends it.")
-    code: str = Field(min_length=1)
+    system: UrlText = Field(min_length=1, description="The code system URI as the EHR sends it.")
+    code: IdText = Field(min_length=1)
 
 
 CardText = Literal["info_summary", "info_detail", "warning_summary", "warning_detail"]
@@ -548,7 +629,7 @@ class HookSettings(Strict):
         description="Codes of the hospital's own codings that count as Hague triggers, "
         "on top of the guide's trigger ValueSets.",
     )
-    override_reasons: list[str] = Field(
+    override_reasons: list[IdText] = Field(
         default_factory=lambda: [
             "patient-not-responsive",
             "already-done",
@@ -558,12 +639,12 @@ class HookSettings(Strict):
         description="Override reasons the card offers, in this order (codes of the "
         "guide's CDS override-reason CodeSystem).",
     )
-    card_wording: dict[Language, dict[CardText, str]] = Field(
+    card_wording: dict[Language, dict[CardText, LongText]] = Field(
         default_factory=dict,
         description="The facility's own card wording per language; a summary may use "
         "`{reasons}` (warning) and stays within 140 characters.",
     )
-    source_url: str = Field(
+    source_url: UrlText = Field(
         "https://kindreflex.be/",
         description="Where the card's source label links to: an absolute https URL (http "
         "only on this machine); empty: the card's source has no link.",
@@ -673,8 +754,8 @@ def _parsed_directory(document: str) -> PartnerDirectory:
 
 
 class PartnerPhone(Strict):
-    number: str = Field(description="Belgian national form, e.g. `09 216 73 30`.")
-    label: str | None = None
+    number: NameText = Field(description="Belgian national form, e.g. `09 216 73 30`.")
+    label: NameText | None = None
 
 
 class PartnerEntry(Strict):
@@ -682,14 +763,14 @@ class PartnerEntry(Strict):
 
     id: str = Field(description="Lower-case letters, digits and hyphens; spaces around it go.")
     type: ReferralTarget
-    name: str
-    description: str | None = None
+    name: NameText
+    description: LongText | None = None
     phones: list[PartnerPhone] = Field(default_factory=list)
-    website: str | None = None
-    email: str | None = None
-    address: str | None = None
-    opening_hours: str | None = None
-    region: str | None = None
+    website: UrlText | None = None
+    email: EmailText | None = None
+    address: LinesText | None = None
+    opening_hours: LinesText | None = None
+    region: NameText | None = None
     cbe: str | None = Field(
         None, pattern=r"^[01][0-9]{9}$", description="KBO/BCE enterprise number, 10 digits."
     )
@@ -708,7 +789,7 @@ class PartnerEntry(Strict):
 class PartnerSettings(Strict):
     """The tenant's partner directory; ``service.partners`` holds the validation rules."""
 
-    region: str
+    region: NameText
     entries: list[PartnerEntry]
 
     @model_validator(mode="after")
@@ -773,9 +854,9 @@ PLAN_CHOICE_SETS: dict[str, type[StrEnum]] = {
 class Wording(Strict):
     """A text in each language; an absent language shows the generic wording."""
 
-    nl: str | None = None
-    fr: str | None = None
-    en: str | None = None
+    nl: LongText | None = None
+    fr: LongText | None = None
+    en: LongText | None = None
 
 
 class PlanText(Strict):

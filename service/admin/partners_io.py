@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from service.admin.config import ConfigurationError, Problem, Reason, issue_reason
 from service.fhir import terminology
 from service.partners import PartnerDirectoryError
-from service.tenant_config import PartnerEntry, PartnerSettings
+from service.tenant_config import SUBMITTED, PartnerEntry, PartnerSettings
 
 CSV_COLUMNS = (
     "id", "type", "name", "description", "phones", "website", "email", "address",
@@ -64,14 +64,16 @@ def _guide() -> dict[str, str]:
 def _validated(
     region: str, rows: Iterable[tuple[int, Callable[[], dict[str, Any]]]], unit: str
 ) -> PartnerSettings:
-    """Every row checked on its own (all problems collected), then the directory as a whole."""
+    """Every row checked on its own (all problems collected), then the directory as a whole,
+    with the checks of a submitted configuration (``SUBMITTED``: a text too long): the
+    directory is saved as checked here, not validated again."""
     entries: list[PartnerEntry] = []
     problems: list[Problem] = []
     seen: set[str] = set()
     for number, read in rows:
         at, place = f"{unit} {number}", (unit, number)
         try:
-            entry = PartnerEntry.model_validate(read())
+            entry = PartnerEntry.model_validate(read(), context=SUBMITTED)
             PartnerSettings(region=region, entries=[entry])  # the directory rules, per row
         except (ValidationError, ValueError) as error:
             problems.append(Problem(_reason(error), at, None, _why(error), place))
@@ -91,7 +93,12 @@ def _validated(
         )
     if problems:
         raise ConfigurationError(problems)
-    return PartnerSettings(region=region, entries=entries)
+    try:
+        return PartnerSettings.model_validate(
+            {"region": region, "entries": entries}, context=SUBMITTED
+        )
+    except ValidationError as error:  # the region (a bundle's)
+        raise ConfigurationError([Problem(_reason(error), reasons=_why(error))]) from None
 
 
 _NOT_A_PARTNER = Reason("admin.problem.not-a-partner")

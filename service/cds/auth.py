@@ -43,6 +43,7 @@ from sqlalchemy import Connection, Table, delete, select
 from service.bounded_fetch import BodyTooLargeError, Bounds, UndecodableBodyError, fetch
 from service.cds.batching import GroupCommit, WriteFailedError
 from service.db.models import CdsSeenToken
+from service.jwk_use import ALGORITHMS, verifiable_algorithms
 from service.settings import over_tls
 from service.single_flight import SingleFlight
 from service.tenancy import TenantContext
@@ -51,9 +52,6 @@ from service.text import is_one_line
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
-)
 _ALGORITHMS = {name: jwt.get_algorithm_by_name(name) for name in ALGORITHMS}
 LEEWAY_SECONDS = 30
 MAX_LIFETIME_SECONDS = 300  # bounds how long a jti must be remembered
@@ -204,19 +202,17 @@ def _by_kid(keyset: jwt.PyJWKSet, issuer: str, url: str | None) -> KeysByKid:
     """Indexed once per fetch by kid and alg, not searched on every call: a hook call looks
     up the keys that may verify its header's alg, and nothing else.
 
-    A key verifies only the algorithms its type and curve allow, and of those only what its
-    own members allow: a ``use`` other than ``sig`` (RFC 7517 4.2) or a ``key_ops`` without
-    ``verify`` (4.3) marks a key for something else, and an ``alg`` member (4.4) binds it
-    to that one algorithm (RFC 8725 3.1); such a key of no use here is left out and the
-    EHR's administrator told at WARNING, once per fetch: the issuer, the URL (None: the
-    configured set), each key's kid and the member, never a key's values. A key with none
-    of them verifies any algorithm its type and curve allow. An RSA key shorter than 2048
-    bits verifies nothing (RFC 7518 3.3: "A key of size 2048 bits or larger MUST be
-    used"); PyJWT checks it only when it prepares a key itself, which this path does not."""
+    A key verifies only the algorithms its type, size and curve allow, and of those only
+    what its own ``use``, ``key_ops`` and ``alg`` allow (``jwk_use.verifiable_algorithms``,
+    the rule an admin's save of a configured set is checked with too); a key those members
+    leave of no use here is left out and the EHR's administrator told at WARNING, once per
+    fetch: the issuer, the URL (None: the configured set), each key's kid and the member,
+    never a key's values. A key with none of them verifies any algorithm its type and
+    curve allow."""
     keys: dict[str | None, dict[str, list[jwt.PyJWK]]] = {None: {}}
     unusable: list[dict[str, object]] = []
     for key in keyset.keys:
-        algorithms, member = _algorithms(key)
+        algorithms, member = verifiable_algorithms(key)
         if member is not None:
             unusable.append({"kid": key.key_id, "member": member})
         for alg in algorithms:
@@ -230,38 +226,6 @@ def _by_kid(keyset: jwt.PyJWKSet, issuer: str, url: str | None) -> KeysByKid:
             extra={"fields": {"issuer": issuer, "jwks_url": url, "keys": unusable}},
         )
     return dict(keys)
-
-
-def _algorithms(key: jwt.PyJWK) -> tuple[frozenset[str], str | None]:
-    """The algorithms ``key`` may verify; when its own members leave it none, which one."""
-    if key.key_type == "RSA":
-        fitting = _RSA if key.key.key_size >= MIN_RSA_BITS else frozenset()
-    else:  # EC: jwk_set keeps no other type
-        fitting = _BY_CURVE.get(key.key.curve.name, frozenset())
-    if not fitting:
-        return fitting, None  # of no algorithm accepted here, whatever its members say
-    # PyJWK reads alg from the JWK (an RSA key without one is RS256 to it) and no key_ops:
-    # the members as published (jwk_set keeps only keys whose kid, alg and use are strings)
-    members = key._jwk_data
-    if members.get("use", "sig") != "sig":
-        return frozenset(), "use"
-    operations = members.get("key_ops")
-    if operations is not None and (not isinstance(operations, list) or "verify" not in operations):
-        return frozenset(), "key_ops"
-    alg = members.get("alg")
-    if alg is not None:
-        fitting = fitting & {alg}
-        if not fitting:
-            return fitting, "alg"
-    return fitting, None
-
-
-MIN_RSA_BITS = 2048
-#: The curve each ECDSA algorithm is defined on (RFC 7518 3.4): ES256 over a P-384 key is
-#: no ES256 signature.
-_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
-_RSA = ALGORITHMS.difference(_CURVES)  # the accepted algorithms that are not ECDSA's
-_BY_CURVE = {curve: frozenset({alg}) for alg, curve in _CURVES.items()}
 
 
 class SeenTokens:

@@ -6,6 +6,7 @@ bootstrap tokens; nothing is mocked.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -1392,3 +1393,150 @@ def test_an_issuers_key_set_holding_a_private_key_is_refused_not_stored_and_show
     issuers = [{"iss": "https://az-gent.example", "jwks": {"keys": [public]}}]
     changed = {**registration, "cds_issuers": issuers}
     assert client.put("/admin/api/registrations/ehr", headers=headers, json=changed).is_success
+
+
+# --- How long a text of the configuration may be ----------------------------------------
+
+
+def _url_of(length: int) -> str:
+    """An https URL of exactly ``length`` characters."""
+    base = "https://www.az-gent.be/"
+    return base + "a" * (length - len(base))
+
+
+#: A text of the configuration, as a part's PUT takes it: (the path, the body with the text
+#: ``value`` in place given the part as read, where the refusal names it, the limit, the
+#: text of that length).
+LONG_TEXTS: dict[str, tuple[str, Any, str, int, Any]] = {
+    "a registration's name": (
+        "/admin/api/registrations/ehr",
+        lambda part, value: {**part, "name": value},
+        "registrations[0].name",
+        200,
+        lambda length: "E" * length,
+    ),
+    "a client id": (
+        "/admin/api/registrations/ehr",
+        # another client: its secret with it
+        lambda part, value: {**part, "client_id": value, "client_secret": "nieuw-geheim"},
+        "registrations[0].client_id",
+        255,
+        lambda length: "k" * length,
+    ),
+    "a CDS client id (sub)": (
+        "/admin/api/registrations/ehr",
+        lambda part, value: {
+            **part,
+            "cds_issuers": [
+                {"iss": "https://az-gent.example", "jku": [_url_of(40)], "subjects": [value]}
+            ],
+        },
+        "registrations[0].cds_issuers[0].subjects[0]",
+        255,
+        lambda length: "s" * length,
+    ),
+    "a card's source URL": (
+        "/admin/api/hooks",
+        lambda part, value: {**part, "source_url": value},
+        "hooks.source_url",
+        2048,
+        _url_of,
+    ),
+    "a local trigger code": (
+        "/admin/api/hooks",
+        lambda part, value: {
+            **part,
+            "local_trigger_codes": [
+                {"trigger": "domestic-violence", "system": _url_of(40), "code": value}
+            ],
+        },
+        "hooks.local_trigger_codes[0].code",
+        255,
+        lambda length: "T" * length,
+    ),
+    "a step's help": (
+        "/admin/api/plan",
+        lambda part, value: {**part, "steps": {"step-2": {"help": {"nl": value}}}},
+        "plan.steps.step-2.help.nl",
+        4000,
+        lambda length: "h" * length,
+    ),
+    "the partners' region": (
+        "/admin/api/partners",
+        lambda part, value: {**part, "region": value},
+        "partners.region",
+        200,
+        lambda length: "r" * length,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_TEXTS))
+def test_a_text_longer_than_its_field_takes_is_refused_and_one_at_the_limit_saved(
+    client: TestClient, database: Database, gent: Hospital, case: str
+) -> None:
+    """A text of the configuration had no bound but the body's 4 MiB: a name of megabytes
+    was saved, and went into every page, export and audit. Each kind of text has its limit
+    (``tenant_config``), checked when saved: one character more is refused (422, where and
+    the limit), nothing saved; a text of the limit is saved."""
+    path, body_with, where, limit, text_of = LONG_TEXTS[case]
+    headers = bearer(database, gent.id)
+    read = client.get(path.removesuffix("/ehr"), headers=headers).json()
+    part = read[0] if path.endswith("/ehr") else read  # the registrations: the first
+    before = stored_gent(database)
+
+    refused = client.put(path, headers=headers, json=body_with(part, text_of(limit + 1)))
+
+    assert refused.status_code == 422, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["expression"] == [where]
+    assert f"at most {limit} characters ({limit + 1} given)" in issue["diagnostics"]
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+    saved = client.put(path, headers=headers, json=body_with(part, text_of(limit)))
+    assert saved.status_code == 200, saved.text
+    assert stored_gent(database).version == before.version + 1
+
+
+def test_a_partner_file_with_a_text_too_long_is_refused_naming_its_row(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """A CSV file or FHIR Bundle of partners is checked as the JSON is: it was saved as read."""
+    headers = bearer(database, gent.id)
+    lines = client.get("/admin/api/partners?format=csv", headers=headers).text.splitlines()
+    name = lines[0].split(",").index("name")
+    before = stored_gent(database)
+
+    def with_name(length: int) -> bytes:
+        row = next(csv.reader([lines[1]]))
+        row[name] = "N" * length
+        return "\n".join([lines[0], ",".join(f'"{cell}"' for cell in row)]).encode()
+
+    csv_headers = {**headers, "Content-Type": "text/csv"}
+    refused = client.put("/admin/api/partners", headers=csv_headers, content=with_name(201))
+    assert refused.status_code == 422, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["diagnostics"] == "row 2: name: at most 200 characters (201 given)"
+    after = stored_gent(database)
+    assert (after.version, after.config) == (before.version, before.config)
+    saved = client.put("/admin/api/partners", headers=csv_headers, content=with_name(200))
+    assert saved.status_code == 200, saved.text
+    assert stored_gent(database).config.partners.entries[0].name == "N" * 200
+
+
+def test_a_configuration_stored_with_texts_longer_than_today_still_loads_and_works(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The limits are checked when saved: a version stored before them loads, its pages
+    and API answer, and a change of another part saves."""
+    stored = stored_gent(database).config
+    long_name = stored.registrations[0].model_copy(update={"name": "E" * 5000})
+    tenants = TenantDirectory(database, SecretBox(SecretStr(DEPLOYMENT_KEY)))
+    tenants.save("az-gent", stored.model_copy(update={"registrations": [long_name]}), "test")
+    headers = bearer(database, gent.id)
+
+    read = client.get("/admin/api/config", headers=headers)
+    assert read.status_code == 200, read.text
+    assert read.json()["configuration"]["registrations"][0]["name"] == "E" * 5000
+    hooks = client.put("/admin/api/hooks", headers=headers, json={"adult_age": 18})
+    assert hooks.status_code == 200, hooks.text

@@ -1125,3 +1125,32 @@ def test_an_admin_form_sent_after_the_session_ended_never_shows_a_pasted_secret_
         assert "Client secrets en privésleutels in de tekst zijn weggelaten" in ended.text
         assert '<label for="kept-1">Importeren (YAML)</label>' in ended.text
     _assert_nothing_saved(database, before)
+
+
+def test_a_text_longer_than_its_field_takes_is_refused_next_to_it_in_dutch(
+    client: TestClient, database: Database, gent: Hospital
+) -> None:
+    """The limits of the configuration's texts (``tenant_config``) on the screen: the
+    catalogue's sentence with the limit, next to the field; nothing saved; a text of the
+    limit is saved. A secret too long is not shown back, not even in the refusal."""
+    hidden, before = _signed_in(client, database, gent)
+
+    refused = client.post("/admin/registrations", data=registration_form(hidden, name="E" * 201))
+    assert refused.status_code == 422
+    message = assert_tied(refused.text, "input", "new-name")
+    assert message == "Fout: Naam: Mag hoogstens 200 tekens lang zijn."
+    _assert_nothing_saved(database, before)
+
+    secret = "geheim-" + "s" * 1018  # 1025 characters
+    with_secret = registration_form(hidden, client_auth="client_secret_basic", client_secret=secret)
+    refused = client.post("/admin/registrations", data=with_secret)
+    assert refused.status_code == 422
+    said = " | ".join(_messages(refused.text))
+    assert "Clientgeheim (leeg laten = ongewijzigd): Mag hoogstens 1024 tekens lang zijn." in said
+    assert "geheim-" not in refused.text
+    _assert_nothing_saved(database, before)
+
+    at_the_limit = registration_form(hidden, name="E" * 200)
+    saved = client.post("/admin/registrations", data=at_the_limit, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    assert stored_gent(database).config.registrations[1].name == "E" * 200

@@ -344,9 +344,8 @@ ROUTES: dict[tuple[str, str], Takes] = {
         "json",
         lambda world: _get_json("/admin/api/registrations")(world)[0],  # type: ignore[index]
         path={"registration_id": "ehr"},
-        # the path names the registration (a body's id is not read); left alone: the
-        # configuration's texts have no length of their own (the body's 4 MiB bound them)
-        accepts=("id", "name: 100 000", "client_id: 100 000"),
+        # the path names the registration (a body's id is not read)
+        accepts=("id",),
     ),
     ("DELETE", "/admin/api/registrations/{registration_id}"): Takes(
         "admin-api", path={"registration_id": "ehr"}
@@ -359,9 +358,7 @@ ROUTES: dict[tuple[str, str], Takes] = {
         "admin-api", "json", _get_json("/admin/api/hooks"), accepts=("an empty object",)
     ),
     ("GET", "/admin/api/partners"): Takes("admin-api"),
-    ("PUT", "/admin/api/partners"): Takes(
-        "admin-api", "fhir", _get_json("/admin/api/partners"), accepts=("region: 100 000",)
-    ),  # left alone, as a registration's texts (above)
+    ("PUT", "/admin/api/partners"): Takes("admin-api", "fhir", _get_json("/admin/api/partners")),
     # the plan's default wording; its revision is the service's to raise (a sent one ignored)
     ("PUT", "/admin/api/plan"): Takes(
         "admin-api", "json", _get_json("/admin/api/plan"), accepts=("an empty object", "revision")
@@ -378,6 +375,7 @@ ROUTES: dict[tuple[str, str], Takes] = {
         "form",
         _admin_form("/admin/registrations"),
         numbers=("version",),
+        free_text=("name", "client_id"),
         accepts=("version missing",),  # a form without one: saved unchecked, as the API's
     ),
     ("GET", "/admin/registrations/{registration_id}/delete"): Takes(
@@ -414,6 +412,7 @@ ROUTES: dict[tuple[str, str], Takes] = {
         "form",
         _admin_form("/admin/plan"),
         numbers=("version",),
+        free_text=("step-2.help.nl",),
         accepts=("version missing",),  # a form without one: saved unchecked, as the API's
     ),
     ("POST", "/admin/config"): Takes(

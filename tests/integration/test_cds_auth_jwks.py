@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -374,6 +374,61 @@ UNFIT: dict[str, tuple[Alg, dict[str, object], str, str | None]] = {
     "alg of another RSA algorithm": ("RS256", {}, "PS256", None),
     "alg of another curve": ("ES384", {"alg": "ES256"}, "ES384", "alg"),
 }
+
+
+#: A key no CDS call could be verified with, whatever its members say or by them: (its
+#: public JWK, what the refusal says of it).
+def _verifying_nothing() -> dict[str, tuple[dict[str, Any], str]]:
+    short = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the point
+    keys = {
+        case: (_jwk(SigningKey.generate("ehr-unfit", kind), **members), f"its {member}")
+        for case, (kind, members, _, member) in UNFIT.items()
+        if member is not None
+    }
+    weak = SigningKey("ehr-unfit", "RS256", short).public_jwk()
+    k1 = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256K1()).public_key(), as_dict=True)
+    fits_none = "its type, size or curve fits no algorithm accepted"
+    return keys | {
+        "RSA of 1024 bits": (weak, fits_none),
+        "EC on secp256k1 (ES256K)": ({**k1, "kid": "ehr-unfit", "alg": "ES256K"}, fits_none),
+    }
+
+
+VERIFYING_NOTHING = _verifying_nothing()
+
+
+@pytest.mark.parametrize("case", list(VERIFYING_NOTHING))
+def test_a_configured_jwk_set_whose_keys_verify_nothing_is_refused_when_an_admin_saves_it(
+    app: FastAPI, client: TestClient, database: Database, case: str
+) -> None:
+    """A set of only such keys passed the save's check (its shape), and then every call of
+    the EHR was a 401 and a WARNING (found by review). The save asks the rule the calls are
+    verified with (``jwk_use.verifiable_algorithms``): refused (422), naming each key's kid
+    and why, nothing saved. A usable key beside them: saved, and it verifies."""
+    store_unchecked(app, tenant_config(EHR))
+    version = app.state.tenants.get("default").version
+    headers = admin_headers(app, database)
+    registration = client.get("/admin/api/registrations", headers=headers).json()[0]
+    unfit, why = VERIFYING_NOTHING[case]
+
+    issuers = [{"iss": EHR.issuer, "jwks": {"keys": [unfit]}}]
+    changed = {**registration, "cds_issuers": issuers}
+    refused = client.put("/admin/api/registrations/ehr", headers=headers, json=changed)
+
+    assert refused.status_code == 422, refused.text
+    (issue,) = refused.json()["issue"]
+    assert issue["expression"] == ["registrations[0].cds_issuers[0].jwks"]
+    assert (
+        "the JWK Set has no usable RSA or EC public key: none may verify a CDS call's "
+        f"signature (key 'ehr-unfit': {why})"
+    ) in issue["diagnostics"]
+    assert app.state.tenants.get("default", fresh=True).version == version  # nothing saved
+    beside = SigningKey.generate("ehr-key-2", "ES384")
+    issuers = [{"iss": EHR.issuer, "jwks": {"keys": [unfit, beside.public_jwk()]}}]
+    changed = {**registration, "cds_issuers": issuers}
+    assert client.put("/admin/api/registrations/ehr", headers=headers, json=changed).is_success
+    token = _signed(beside.private_key, "ES384", beside.kid, _claims())
+    assert call_encounter_start(client, token).status_code == 200
 
 
 @pytest.mark.parametrize("source", ["fetched", "configured"])

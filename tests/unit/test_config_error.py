@@ -11,10 +11,18 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from sandbox.keys import SigningKey
 from service.config_error import ConfigValueError
 from service.i18n import LANGUAGES, catalogue
 from service.partners import parse_directory
-from service.tenant_config import SUBMITTED, EhrRegistration, HookSettings, PlanSettings, jwk_set
+from service.tenant_config import (
+    SUBMITTED,
+    CdsIssuer,
+    EhrRegistration,
+    HookSettings,
+    PlanSettings,
+    jwk_set,
+)
 from tests.support.partners import MINIMAL_DIRECTORY, with_entry
 
 
@@ -41,9 +49,24 @@ def _directory(data: Any) -> Callable[[], object]:
     return lambda: parse_directory(data, source="partners")
 
 
+_ENCRYPTING = {"keys": [{**SigningKey.generate("k", "ES384").public_jwk(), "use": "enc"}]}
+_REGISTRATION = {"id": "ehr", "name": "EPD", "fhir_base_url": "https://ehr.example.be/fhir"}
+
 CASES: dict[str, tuple[Callable[[], object], str, tuple[str | int, ...]]] = {
     "jwks not a set": (lambda: jwk_set([]), "jwks-not-a-set", ()),
     "jwks without a key": (lambda: jwk_set({"keys": []}), "jwks-no-usable-key", ()),
+    "jwks of a key for encryption only": (
+        lambda: CdsIssuer.model_validate({"iss": "x", "jwks": _ENCRYPTING}, context=SUBMITTED),
+        "jwks-no-usable-key",
+        (),
+    ),
+    "client id too long": (
+        lambda: EhrRegistration.model_validate(
+            {**_REGISTRATION, "client_id": "k" * 256}, context=SUBMITTED
+        ),
+        "too-long",
+        (),
+    ),
     "override reason": (
         lambda: HookSettings(override_reasons=["not-now", "geen-tijd"]),
         "unknown-override-reasons",

@@ -368,3 +368,30 @@ def test_a_partner_id_is_read_without_spaces_around_it_from_every_input() -> Non
     for settings in (submitted, import_bundle(bundle)):
         assert settings.directory().get("vk-oost-vlaanderen") is not None
         assert "vk-oost-vlaanderen" in [e.id for e in settings.entries]
+
+
+def test_texts_over_their_limits_are_refused_when_submitted_and_load_when_stored() -> None:
+    """The limits (``tenant_config``: a name 200 characters, a client id 255, a URL 2048, a
+    wording 4000) are checked when an administrator submits a configuration; a version
+    stored before them loads as it is (it can be corrected, the hospital keeps working)."""
+    document = issuer_document({"keys": [KEY.public_jwk()]})
+    registration = document["registrations"][0]
+    registration["name"] = "E" * 201
+    registration["client_id"] = "k" * 256
+    registration["cds_issuers"][0]["subjects"] = ["s" * 256]
+    document["plan"] = {"steps": {"step-2": {"help": {"fr": "h" * 4001}}}}
+    document["hooks"] = {"source_url": "https://kindreflex.be/" + "a" * 2027}
+
+    stored = TenantConfiguration.model_validate(document)
+    assert stored.registrations[0].name == "E" * 201
+    with pytest.raises(ValidationError) as refused:
+        TenantConfiguration.model_validate(document, context=SUBMITTED)
+    said = {(".".join(map(str, e["loc"])), e["msg"]) for e in refused.value.errors()}
+    assert said == {
+        ("registrations.0.name", "Value error, at most 200 characters (201 given)"),
+        ("registrations.0.client_id", "Value error, at most 255 characters (256 given)"),
+        ("registrations.0.cds_issuers.0.subjects.0",
+         "Value error, at most 255 characters (256 given)"),
+        ("hooks.source_url", "Value error, at most 2048 characters (2049 given)"),
+        ("plan.steps.step-2.help.fr", "Value error, at most 4000 characters (4001 given)"),
+    }  # fmt: skip
