@@ -1060,7 +1060,9 @@ def test_acute_danger_tells_the_nurse_to_involve_the_parket_or_police_now(
     nurse_for: Any,
 ) -> None:
     """Seed 002: "Er is acuut gevaar → Betrek het PARKET en/of POLITIE. Breng de cliënt op
-    de hoogte en geef aan wat er zal gebeuren." With the hospital's own police number."""
+    de hoogte en geef aan wat er zal gebeuren." With the hospital's own police number. The
+    hand-off to the social service is said last, as the follow-up of that step 6: a
+    "step 4" after it went back in the protocol (found by review: step 6 before step 4)."""
     nurse = nurse_for("tom-wouters", partners=_police_numbered())
 
     saved = _acute_danger_sent(nurse, "Dreigt de kinderen iets aan te doen")
@@ -1071,7 +1073,11 @@ def test_acute_danger_tells_the_nurse_to_involve_the_parket_or_police_now(
     assert "Breng de patiënt op de hoogte" in acute
     assert "tel:+3292666111" in acute
     assert unescape(acute).count("geen nummer in de partnerlijst") == 1  # the parket's
-    assert "Doorgegeven aan de sociale dienst" in saved.text  # and step 4 as well
+    handed_off = acute.index("Doorgegeven aan de sociale dienst")
+    assert acute.index("tel:+3292666111") < handed_off  # whom to call, then who follows up
+    assert "met hen afspreekt en de vervolgacties" in unescape(acute)
+    assert "Stap 4" not in saved.text
+    assert saved.text.count("data-handed-off") == 1
 
 
 def test_acute_danger_without_a_number_in_the_directory_says_so_and_whom_to_call(
