@@ -68,7 +68,9 @@ from smart_app.session import (
     Role,
     SessionStore,
     all_frame_origins,
+    client_identity,
     cookie_name,
+    registration_fingerprint,
     session_cookie,
     token_expiry,
 )
@@ -151,7 +153,7 @@ def launch(request: Request, iss: str | None = None, launch: str | None = None) 
                 code_verifier=verifier,
                 nonce=nonce,
                 server=server.to_json()
-                | {_LAUNCHED_FOR: _identity(registration), _ANSWERED_AT: answered_at},
+                | {_LAUNCHED_FOR: client_identity(registration), _ANSWERED_AT: answered_at},
                 expires_at=utcnow() + LAUNCH_LIFETIME,
             )
         )
@@ -501,24 +503,16 @@ _LAUNCHED_FOR = "launched_for"
 _ANSWERED_AT = "redirect_uri"
 
 
-def _identity(registration: EhrRegistration) -> dict[str, str]:
-    """What makes a registration the same EHR and client: where its credentials may go."""
-    return {
-        "fhir_base_url": registration.fhir_base_url,
-        "client_id": registration.client_id,
-        "client_auth": registration.client_auth,
-    }
-
-
 def _registration(tenant: TenantContext, pending: LaunchState) -> EhrRegistration:
     """The registration the sign-in was started for, as it is now. One an administrator
     removed, or pointed at another EHR or client while the user was signing in, is
     refused: its credentials (a client secret) must not go to the token endpoint found
     for the old one, nor the old EHR's user and patient become a session on the new."""
     registration = tenant.config.registration_by_id(pending.registration_id)
+    identity = None if registration is None else client_identity(registration)
     if registration is None:
         detail = "EHR unregistered"
-    elif pending.server.get(_LAUNCHED_FOR, _identity(registration)) != _identity(registration):
+    elif pending.server.get(_LAUNCHED_FOR, identity) != identity:
         # (a sign-in started before this check was released recorded none: let it end)
         detail = "the EHR registration changed during the sign-in"
     else:
@@ -594,6 +588,7 @@ def _new_session(
     return NewSession(
         tenant_id=tenant.id,
         registration_id=registration.id,
+        registration_fingerprint=registration_fingerprint(registration),
         path_prefix=pending.path_prefix,
         fhir_base_url=registration.fhir_base_url,
         token_endpoint=server.token_endpoint,

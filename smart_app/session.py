@@ -15,6 +15,9 @@ keep theirs; a page naming none is the newest launch's.
 * Roles: everyone the EHR launches us for is a clinician at triage, so every session has
   ``nurse``; ``social-worker`` and ``admin`` come only from the registration's role
   mapping (an id_token claim and its values).
+* A session is bound to its EHR registration as launched (``registration_fingerprint``:
+  its FHIR base, client and role mapping): once an administrator changes one of them, or
+  removes the registration, its pages are refused as after its expiry.
 * CSRF: a synchroniser token per session, sent back in the form field ``csrf_token`` or
   the header ``X-CSRF-Token``. A form is checked against the session its page names: a
   page of a launch the cookie no longer holds is refused, never saved for another.
@@ -22,6 +25,8 @@ keep theirs; a page naming none is the newest launch's.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import secrets
@@ -69,10 +74,12 @@ __all__ = [
     "Role",
     "SessionStore",
     "SessionTokens",
+    "client_identity",
     "cookie_name",
     "csrf_token",
     "current_launch",
     "end_launches",
+    "registration_fingerprint",
     "require_role",
     "security_headers",
     "served_over_https",
@@ -144,6 +151,9 @@ class NewSession:
 
     tenant_id: int
     registration_id: str
+    #: ``registration_fingerprint`` of the registration the launch went through, as it
+    #: was when the user's roles were read with its mapping
+    registration_fingerprint: str
     path_prefix: str
     fhir_base_url: str
     token_endpoint: str
@@ -183,6 +193,7 @@ class SessionStore:
                     csrf_token=secrets.token_urlsafe(32),
                     tenant_id=new.tenant_id,
                     registration_id=new.registration_id,
+                    registration_fingerprint=new.registration_fingerprint,
                     path_prefix=new.path_prefix,
                     fhir_base_url=new.fhir_base_url,
                     token_endpoint=new.token_endpoint,
@@ -322,15 +333,13 @@ def current_launch(request: Request) -> LaunchContext:
     language, frames = negotiate([row.language]), all_frame_origins(tenant)
     if row.expires_at <= utcnow():
         raise PageError(401, "session_missing", language=language, frame_origins=frames)
-    if not _still_registered(tenant, row):
-        # an administrator removed the EHR (retired, or compromised) or pointed it at
-        # another server: its sessions end now, not when their 8 hours are up
+    if changed := _registration_changed(tenant, row):
+        # an administrator removed the EHR (retired, or compromised), pointed it at another
+        # server, gave it another client or another role mapping: its sessions end now,
+        # not when their 8 hours are up. The page is the expired session's, which shows
+        # back the text of a form sent now (``errors.FREE_TEXT``)
         raise PageError(
-            401,
-            "session_missing",
-            language=language,
-            frame_origins=frames,
-            logged={"reason": "the session's EHR registration was removed or moved"},
+            401, "session_missing", language=language, frame_origins=frames, logged=changed
         )
     return LaunchContext(
         session_id=row.id,
@@ -361,13 +370,46 @@ def pinned(ctx: LaunchContext, page: str) -> str:
     return f"{ctx.path_prefix}{page}{separator}{urlencode({LAUNCH_PARAM: ctx.session_id})}"
 
 
-def _still_registered(tenant: TenantContext, row: AppSession) -> bool:
-    """Whether the EHR the session was launched through is still registered, at the
-    server the session's tokens are for."""
-    return any(
-        registration.id == row.registration_id and registration.fhir_base_url == row.fhir_base_url
-        for registration in tenant.config.registrations
-    )
+def client_identity(registration: EhrRegistration) -> dict[str, str]:
+    """What makes a registration the same EHR and client: where its credentials may go,
+    and whom the EHR issued a session's tokens to. Its client secret is no part of it: a
+    secret rotated keeps the client (and is never written into a fingerprint)."""
+    return {
+        "fhir_base_url": registration.fhir_base_url,
+        "client_id": registration.client_id,
+        "client_auth": registration.client_auth,
+    }
+
+
+def registration_fingerprint(registration: EhrRegistration) -> str:
+    """What a session is bound to of the registration it was launched through: its EHR
+    and client (``client_identity``) and the role mapping its user's roles were read with
+    (each list's values as a set: their order and repeats change no one's role). SHA-256
+    of their canonical JSON. The rest (name, frame origins, scopes, language, CDS issuers,
+    own redirect URI) binds nothing: the decision in docs/architecture.md."""
+    mapping = registration.roles
+    bound = client_identity(registration) | {
+        "roles": {
+            "claim": mapping.claim,
+            "social_worker": sorted(set(mapping.social_worker)),
+            "admin": sorted(set(mapping.admin)),
+        }
+    }
+    canonical = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _registration_changed(tenant: TenantContext, row: AppSession) -> dict[str, str] | None:
+    """Why the session no longer holds for the EHR registration it was launched through
+    (the refusal's log fields), or None while it does."""
+    registration = tenant.config.registration_by_id(row.registration_id)
+    if registration is None or registration.fhir_base_url != row.fhir_base_url:
+        return {"reason": "the session's EHR registration was removed or moved"}
+    if row.registration_fingerprint is None:
+        return {"reason": "the session was launched before sessions were bound to a client"}
+    if row.registration_fingerprint != registration_fingerprint(registration):
+        return {"reason": "the session's EHR registration has another client or role mapping"}
+    return None
 
 
 LaunchDep = Annotated[LaunchContext, Depends(current_launch)]

@@ -104,6 +104,10 @@ class AppSession(TenantScoped, Base):
     cookie_hash: Mapped[str] = mapped_column(String(64), unique=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     registration_id: Mapped[str] = mapped_column(String(63))
+    # what of its registration the session is bound to, as launched: SHA-256 of its EHR,
+    # client and role mapping (``smart_app.session.registration_fingerprint``); NULL for
+    # one launched before 0030, which ends at the upgrade
+    registration_fingerprint: Mapped[str | None] = mapped_column(String(64))
     path_prefix: Mapped[str] = mapped_column(String(80))
     fhir_base_url: Mapped[str] = mapped_column(String(500))
     token_endpoint: Mapped[str] = mapped_column(String(500))

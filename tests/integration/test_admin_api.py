@@ -43,6 +43,7 @@ from tests.support.admin import (
     stored_gent,
     undelivered_save,
 )
+from tests.support.sessions import launched_under
 
 __all__ = ["client", "gent"]  # the admin tests' fixtures
 
@@ -616,9 +617,11 @@ def app_session(client: TestClient, hospital: Hospital, *roles: Role) -> tuple[s
     """The session a completed SMART launch creates (the launch itself is tested in
     test_smart_launch.py); returns the cookie secret and the session's CSRF token."""
     store = client.app.state.sessions  # type: ignore[attr-defined]
+    tenant = client.app.state.tenants.get(hospital.slug)  # type: ignore[attr-defined]
     _, secret = store.create(
         NewSession(
             tenant_id=hospital.id, registration_id="ehr", path_prefix=hospital.prefix,
+            registration_fingerprint=launched_under(tenant, "ehr"),
             fhir_base_url=f"https://{hospital.slug}.example/fhir",
             token_endpoint="https://ehr.example/token",
             user=AppUser("Practitioner/1", "An Janssens", frozenset({"nurse", *roles})),

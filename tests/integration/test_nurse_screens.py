@@ -62,6 +62,7 @@ from tests.support.processes import free_port
 from tests.support.relay import SlowRelay
 from tests.support.sandbox import running_sandbox
 from tests.support.served import ServedJson
+from tests.support.sessions import launched_under
 from tests.support.triage import resources_of, served_chart, written_by_kindreflex
 from tests.support.validator import validate
 
@@ -154,6 +155,7 @@ def _launch(
     return NewSession(
         tenant_id=tenant.id,
         registration_id=REGISTRATION,
+        registration_fingerprint=launched_under(tenant, REGISTRATION),
         path_prefix="",
         fhir_base_url=fhir_base_url or sandbox.fhir_base_url,
         token_endpoint=sandbox.token_url,

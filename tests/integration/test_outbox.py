@@ -57,6 +57,7 @@ from smart_app.session import AppUser, NewSession, SessionTokens
 from tests.support.postgres import refusing_connections
 from tests.support.relay import SlowRelay
 from tests.support.served import ServedJson
+from tests.support.sessions import launched_under
 from tests.support.triage import outbox_entry
 from tests.support.validator import validate
 from tests.support.write_path import (
@@ -1256,6 +1257,7 @@ def test_the_app_runs_the_worker_and_readyz_and_metrics_report_the_outbox(
         NewSession(
             tenant_id=tenant.id,
             registration_id="ehr",
+            registration_fingerprint=launched_under(tenant, "ehr"),
             path_prefix="",
             fhir_base_url=fhir_server.base_url,
             token_endpoint="http://127.0.0.1:9/token",

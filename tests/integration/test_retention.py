@@ -35,6 +35,7 @@ from service.settings import Settings
 from service.tenancy import TenantContext
 from smart_app.session import AppUser, NewSession, SessionStore
 from tests.support.casework import index_case
+from tests.support.sessions import launched_under
 from tests.support.write_path import make_tenant
 
 CHILD_NAME = "Lotte Janssens"  # the nurse's input in every bundle
@@ -160,6 +161,7 @@ def _app_session(
         NewSession(
             tenant_id=tenant.id,
             registration_id="ehr",
+            registration_fingerprint=launched_under(tenant, "ehr"),
             path_prefix="",
             fhir_base_url="http://fhir.test",
             token_endpoint="http://ehr.test/token",

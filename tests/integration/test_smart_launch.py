@@ -98,8 +98,11 @@ class Browser:
         self._remember(response)
         return response
 
-    def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        response = httpx.post(url, headers=self._header(), follow_redirects=False, **kwargs)
+    def post(
+        self, url: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        sent = self._header() | (headers or {})
+        response = httpx.post(url, headers=sent, follow_redirects=False, **kwargs)
         self._remember(response)
         return response
 
@@ -172,7 +175,7 @@ class Kindreflex:
         assert back.startswith(f"{self.url}/callback")
         return back
 
-    def count(self, model: type[AppSession] | type[LaunchState]) -> int:
+    def count(self, model: type[AppSession | LaunchState | OutboxEntry]) -> int:
         with self.database.session() as session:
             return session.scalar(select(func.count()).select_from(model)) or 0
 
@@ -1070,6 +1073,143 @@ def test_a_session_ends_when_its_ehr_is_removed_or_pointed_elsewhere(
     _change_registration(kindreflex, change)
 
     assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 401
+
+
+def test_a_session_continues_after_a_change_of_its_registration_that_binds_nothing(
+    kindreflex: Kindreflex,
+) -> None:
+    """Its name, frame origins, scopes, language and redirect URI are not what the session
+    holds: the session and its roles go on (``session.registration_fingerprint``)."""
+    nurse, social_worker = Browser(), Browser()
+    kindreflex.launch(nurse)
+    kindreflex.launch(social_worker, user="social-worker")
+    registration = _edit_registration(
+        kindreflex,
+        name="Sandbox EHR (renamed)",
+        frame_origins=[EHR_ORIGIN],
+        scopes=DEFAULT_SCOPES,
+        default_language="fr",
+        own_redirect_uri=True,
+    )
+    assert registration.client_id == kindreflex.client_id
+
+    assert nurse.get(f"{kindreflex.url}/test/whoami").json()["roles"] == ["nurse"]
+    assert social_worker.get(f"{kindreflex.url}/test/social").status_code == 200
+
+
+@pytest.mark.parametrize("change", ["client_id", "client_auth"])
+def test_a_session_ends_when_its_registration_names_another_client(
+    kindreflex: Kindreflex, change: str
+) -> None:
+    """An administrator gave the EHR registration another client (one compromised, one
+    re-registered at the EHR): the sessions launched through the old one kept their powers
+    for the rest of their 8 hours. They end, with the page that asks to launch again."""
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    registration = _registration_now(kindreflex)
+    other_auth = "none" if registration.client_auth == "private_key_jwt" else "private_key_jwt"
+    _edit_registration(
+        kindreflex,
+        **({"client_id": "kindreflex-new-client"} if change == "client_id" else {}),
+        **({"client_auth": other_auth} if change == "client_auth" else {}),
+    )
+
+    assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 401
+    page = browser.get(f"{kindreflex.url}/app/triage?{LAUNCH_PARAM}={session_id}")
+    assert page.status_code == 401
+    assert "Start de Kindreflex opnieuw vanuit het dossier" in html.unescape(page.text)
+
+
+def test_a_session_launched_before_sessions_were_bound_to_their_registration_ends(
+    kindreflex: Kindreflex,
+) -> None:
+    """One stored before migration 0030 has no fingerprint: what it was launched under is
+    not known, so it ends at the upgrade, as a changed one does."""
+    browser = Browser()
+    kindreflex.launch(browser)
+    session_id = browser.get(f"{kindreflex.url}/test/whoami").json()["session_id"]
+    with kindreflex.database.session() as session:
+        session.execute(
+            update(AppSession)
+            .where(AppSession.id == session_id)
+            .values(registration_fingerprint=None)
+        )
+
+    assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 401
+
+
+@pytest.mark.parametrize("change", ["value removed", "claim renamed"])
+def test_a_session_ends_when_the_role_mapping_it_was_launched_under_changes(
+    kindreflex: Kindreflex, change: str
+) -> None:
+    """A group's social-worker role removed from the mapping (or the mapping reading
+    another claim): the social worker kept the worklist and the cases for hours. Her
+    session ends; so does the nurse's of that registration, whose roles were read with
+    the same mapping (a relaunch reads them again: the decision in docs/architecture.md)."""
+    nurse, social_worker = Browser(), Browser()
+    kindreflex.launch(nurse)
+    kindreflex.launch(social_worker, user="social-worker")
+    assert social_worker.get(f"{kindreflex.url}/test/social").status_code == 200
+    mapping = _registration_now(kindreflex).roles
+    changed = (
+        mapping.model_copy(update={"social_worker": ["maatschappelijk-werker"]})
+        if change == "value removed"
+        else mapping.model_copy(update={"claim": "groups"})
+    )
+    _edit_registration(kindreflex, roles=changed)
+
+    assert social_worker.get(f"{kindreflex.url}/test/social").status_code == 401
+    assert social_worker.get(f"{kindreflex.url}/test/whoami").status_code == 401
+    assert nurse.get(f"{kindreflex.url}/test/whoami").status_code == 401
+
+
+def test_a_form_sent_after_the_registration_changed_shows_its_text_back_and_saves_nothing(
+    kindreflex: Kindreflex,
+) -> None:
+    """As after the session's expiry: the nurse's typed text comes back on the page that
+    asks her to launch again (``errors.FREE_TEXT``), in read-only fields to copy."""
+    browser = Browser()
+    kindreflex.launch(browser)
+    who = browser.get(f"{kindreflex.url}/test/whoami").json()
+    _edit_registration(kindreflex, client_id="kindreflex-new-client")
+    form = {
+        "csrf_token": who["csrf"],
+        "child-0-name": "Lina",
+        "child-0-birth_date": "03/07/2019",
+        "assessment": "niet-pluis",
+        "reasons": "Blauwe plekken op beide armen.",
+    }
+    waiting = kindreflex.count(OutboxEntry)  # the sign-in's AuditEvent
+
+    refused = browser.post(
+        f"{kindreflex.url}/app/triage?{LAUNCH_PARAM}={who['session_id']}",
+        data=form,
+        headers={"Sec-Fetch-Site": "same-origin"},
+    )
+
+    assert refused.status_code == 401
+    shown = html.unescape(refused.text)
+    assert "Wat u typte is niet bewaard" in shown
+    assert "readonly>Blauwe plekken op beide armen.</textarea>" in shown
+    assert "readonly>Lina</textarea>" in shown
+    assert kindreflex.count(OutboxEntry) == waiting
+
+
+def _registration_now(kindreflex: Kindreflex) -> EhrRegistration:
+    tenants: TenantDirectory = kindreflex.app.state.tenants
+    (registration,) = tenants.get("default").config.registrations
+    return registration
+
+
+def _edit_registration(kindreflex: Kindreflex, **update: Any) -> EhrRegistration:
+    """The default hospital's EHR registration with ``update``, saved as an admin would."""
+    tenants: TenantDirectory = kindreflex.app.state.tenants
+    config = tenants.get("default").config
+    (registration,) = config.registrations
+    edited = EhrRegistration.model_validate({**registration.model_dump(), **update})
+    tenants.save("default", config.model_copy(update={"registrations": [edited]}), "test")
+    return edited
 
 
 def _change_registration(kindreflex: Kindreflex, change: str) -> None:

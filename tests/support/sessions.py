@@ -16,7 +16,14 @@ from service.db.base import Database, utcnow
 from service.i18n import Language
 from service.settings import Settings
 from service.tenancy import TenantContext
-from smart_app.session import CSRF_HEADER, SESSION_COOKIE, AppUser, NewSession, Role
+from smart_app.session import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    AppUser,
+    NewSession,
+    Role,
+    registration_fingerprint,
+)
 
 #: Never called: these sessions only reach our own index-backed endpoints.
 UNUSED_FHIR = "http://127.0.0.1:9/fhir"
@@ -33,6 +40,14 @@ class User:
 def make_app(database_url: str, database: Database) -> FastAPI:
     """The real app on a test database (settings for tests: unsafe switches allowed)."""
     return create_app(Settings(environment="test", database_url=database_url), database)
+
+
+def launched_under(tenant: TenantContext, registration_id: str) -> str:
+    """The fingerprint a launch through the hospital's registration gives its session: the
+    app ends a session whose registration changed its client or role mapping since."""
+    registration = tenant.config.registration_by_id(registration_id)
+    assert registration is not None, f"{tenant.slug} has no EHR registration {registration_id}"
+    return registration_fingerprint(registration)
 
 
 def signed_in(
@@ -59,6 +74,7 @@ def signed_in(
         NewSession(
             tenant_id=tenant.id,
             registration_id=registration.id,
+            registration_fingerprint=registration_fingerprint(registration),
             path_prefix="" if tenant.slug == "default" else f"/t/{tenant.slug}",
             fhir_base_url=registration.fhir_base_url,
             token_endpoint="http://127.0.0.1:9/token",

@@ -35,6 +35,7 @@ from service.settings import Settings
 from service.tenancy import TenantContext
 from service.triage import Triage, TriageInput
 from smart_app.session import AppUser, LaunchContext, NewSession, SessionStore, SessionTokens
+from tests.support.sessions import launched_under
 from tests.support.write_path import Clock, make_outbox, make_tenant, search
 
 
@@ -57,6 +58,7 @@ class World:
             NewSession(
                 tenant_id=self.tenant.id,
                 registration_id="ehr",
+                registration_fingerprint=launched_under(self.tenant, "ehr"),
                 path_prefix="",
                 fhir_base_url=self.base_url,
                 token_endpoint="http://127.0.0.1:9/token",  # never called: the token is fresh
