@@ -10,7 +10,9 @@ nurse or social worker → 403, an admin of another hospital → 403.
 
 CSRF: a request authenticated by a cookie must send the session's CSRF token (form field
 ``csrf_token`` or header ``X-CSRF-Token``) with every state-changing method; a bearer
-token is not sent by the browser on its own, so API clients using it need none.
+token is not sent by the browser on its own, so API clients using it need none. The
+sign-in form, which has no session yet, sends the sign-in page's own token (login CSRF:
+:data:`LOGIN_COOKIE`).
 
 Every change is one new configuration version (``service.admin.config.TenantAdmin``),
 which is also its audit record; bad input → 4xx with the reason, and nothing is changed.
@@ -19,6 +21,7 @@ which is also its audit record; bad input → 4xx with the reason, and nothing i
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -57,6 +60,7 @@ from service.api.deps import DatabaseDep, SettingsDep, TenantDep
 from service.db.base import Database
 from service.fhir import terminology
 from service.i18n import Language, negotiate, translate
+from service.keys import purpose_key
 from service.protocol import Step
 from service.tenancy import SecretBox, TenantContext, TenantDirectory
 from service.tenant_config import (
@@ -66,9 +70,9 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from service.text import without_bom
-from smart_app.errors import PageError, Said
+from smart_app.errors import PageError, Said, log_refusal
 from smart_app.pages import TEMPLATES, messages_by_field
-from smart_app.security import iframe_cookie, page_headers, tokens_match
+from smart_app.security import form_token, iframe_cookie, page_headers, tokens_match
 from smart_app.session import (
     SESSION_COOKIE,
     all_frame_origins,
@@ -851,9 +855,71 @@ def _in_registration_form(form: str, index: int) -> FieldOf:
     return field_of
 
 
+#: The sign-in form's own CSRF cookie (the form has no session yet: login CSRF, OWASP): a
+#: random nonce, ``__Host-`` on https and ``SameSite=Strict`` as the admin cookie; the form's
+#: hidden ``csrf_token`` is an HMAC of it (``security.form_token``).
+LOGIN_COOKIE = "kindreflex_admin_login"
+#: How long a sign-in page may stay open before its form is refused (and shown again).
+LOGIN_FORM_SECONDS = 60 * 60
+_LOGIN_NONCE = re.compile(r"[A-Za-z0-9_\-]{43}")  # secrets.token_urlsafe(32)
+#: The key of the sign-in forms without ``KINDREFLEX_SECRET_KEY`` (the demo, a trial on
+#: this machine): this process's own, so a page another process served is refused.
+_PROCESS_LOGIN_KEY = secrets.token_bytes(32)
+
+
+def login_cookie(request: Request) -> str:
+    return cookie_name(LOGIN_COOKIE, request.app.state.settings)
+
+
+def _login_csrf(request: Request, tenant: TenantContext, nonce: str) -> str:
+    """The hidden field that goes with the cookie ``nonce`` on this hospital's sign-in."""
+    secret_key = request.app.state.settings.secret_key
+    key = purpose_key(secret_key, "admin-sign-in") if secret_key else _PROCESS_LOGIN_KEY
+    return form_token(key, tenant.slug, nonce)
+
+
+def _login_page(
+    request: Request, tenant: TenantContext, status: int = 200, problem: str | None = None
+) -> HTMLResponse:
+    """The sign-in page, with its CSRF cookie and field: the browser's nonce when it holds
+    one (the sign-in page open in another tab, of another hospital too, stays good), else a
+    new one; its lifetime starts again."""
+    nonce = request.cookies.get(login_cookie(request), "")
+    if not _LOGIN_NONCE.fullmatch(nonce):
+        nonce = secrets.token_urlsafe(32)
+    csrf = _login_csrf(request, tenant, nonce)
+    response = _page(
+        request, tenant, "admin/login.html", status=status, problem=problem, csrf_token=csrf
+    )
+    response.set_cookie(
+        login_cookie(request),
+        nonce,
+        max_age=LOGIN_FORM_SECONDS,
+        path="/",
+        secure=served_over_https(request.app.state.settings),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def _login_refusal(request: Request, tenant: TenantContext, presented: str) -> str | None:
+    """Why a sign-in form is refused before its token is looked at, or None: sent from
+    another site (``Sec-Fetch-Site``), or without the cookie and field of our sign-in page
+    (another site's form, a page open too long, cookies blocked)."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return "sent from another site"
+    nonce = request.cookies.get(login_cookie(request), "")
+    if not _LOGIN_NONCE.fullmatch(nonce):
+        return "no sign-in cookie"
+    if not tokens_match(presented, _login_csrf(request, tenant, nonce)):
+        return "missing or wrong CSRF token"
+    return None
+
+
 @router.get("/admin/login", response_class=HTMLResponse)
 def login_page(request: Request, tenant: TenantDep) -> HTMLResponse:
-    return _page(request, tenant, "admin/login.html", problem=None)
+    return _login_page(request, tenant)
 
 
 @router.post("/admin/login", response_class=HTMLResponse)
@@ -861,15 +927,27 @@ def login(
     request: Request,
     tenant: TenantDep,
     database: DatabaseDep,
-    token: Annotated[str, Form()],
+    token: Annotated[str, Form()] = "",
     name: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
+    """Spend a bootstrap token on an admin session, if the form is our sign-in page's.
+
+    Decision (login CSRF): another site's page could post the attacker's token and sign
+    the victim's browser into the attacker's session, where she would then type what the
+    attacker reads. A form from elsewhere is refused before the token is looked at: the
+    page again, saying so, nothing written (the token stays good), the refusal logged as
+    every CSRF refusal is."""
+    refused = _login_refusal(request, tenant, csrf_token)
+    if refused is not None:
+        log_refusal(403, "admin_login_csrf_failed", tenant=tenant.slug, reason=refused)
+        return _login_page(request, tenant, status=403, problem="csrf")
     try:
         issued = access.redeem_bootstrap_token(database, tenant.id, token.strip(), name)
     except access.InvalidNameError:
-        return _page(request, tenant, "admin/login.html", status=422, problem="bad-name")
+        return _login_page(request, tenant, status=422, problem="bad-name")
     except access.AccessDeniedError:
-        return _page(request, tenant, "admin/login.html", status=401, problem="refused")
+        return _login_page(request, tenant, status=401, problem="refused")
     response = RedirectResponse(f"{_prefix(request)}/admin", status_code=303)
     response.set_cookie(
         admin_cookie(request),

@@ -304,19 +304,16 @@ def render(
     return HTMLResponse(body, status_code=error.status, headers=headers)
 
 
+def log_refusal(status: int, problem: str, detail: str | None = None, **logged: object) -> None:
+    """The log line of a refused request (``app request refused``): every PageError's, and
+    that of a refusal answered with its own page (the admin's sign-in refused for CSRF)."""
+    fields = {"status": status, "problem": problem, "detail": detail, **logged}
+    log.info("app request refused", extra={"fields": fields})
+
+
 async def handle_page_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, PageError)
-    log.info(
-        "app request refused",
-        extra={
-            "fields": {
-                "status": error.status,
-                "problem": error.problem,
-                "detail": error.detail,
-                **error.logged,
-            }
-        },
-    )
+    log_refusal(error.status, error.problem, error.detail, **error.logged)
     if JSON_API.fullmatch(request.url.path):
         return render_json(error)
     kept = await typed_back(request) if error.problem in SHOWS_TYPED_BACK else []

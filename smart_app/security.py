@@ -63,6 +63,17 @@ def tokens_match(presented: str | None, expected: str) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
+def form_token(key: bytes, scope: str, nonce: str) -> str:
+    """The hidden field of a form that has no session yet (the admin's sign-in): an HMAC,
+    with the app's key, of the random ``nonce`` its short-lived cookie holds. The form is
+    taken when the field is this HMAC of the cookie the browser sent (:func:`tokens_match`):
+    a site that can plant a cookie (another port of localhost, no ``__Host-`` on http)
+    still cannot write the field that goes with it. ``scope``: what the token is for (the
+    hospital's sign-in), so that a form of one is no form of another."""
+    message = f"{scope}\n{nonce}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
 def digest(secret: str) -> str:
     """What we store instead of a bearer secret (session cookie, state): its SHA-256."""
     return hashlib.sha256(secret.encode()).hexdigest()

@@ -222,3 +222,33 @@ def test_a_refused_configuration_is_said_at_its_field_and_the_summary_takes_the_
     expect(field).to_have_value("name: [AZ")
     expect(admin.locator("#yaml-error")).to_contain_text("Regel 1")
     assert axe.violations(admin) == []
+
+
+def test_another_sites_page_cannot_sign_the_browser_into_the_attackers_session(
+    browser: BrowserContext, stack: Stack
+) -> None:
+    """Login CSRF: a page of another site posts the attacker's bootstrap token to our
+    sign-in, in the victim's browser (her sign-in page open in another tab). Before, the
+    browser was then signed in as the attacker, and what she typed on the screen was the
+    attacker's to read. Now the post is refused, she is not signed in, and the token is
+    still good."""
+    token = _bootstrap_token(stack)  # the attacker's
+    own = browser.new_page()
+    own.goto(f"{stack.app_url}/admin/login")  # her sign-in page: its cookie in the browser
+    attacker_site = "http://attacker.localhost/"  # another site than 127.0.0.1
+    form = (
+        f'<form id="f" method="post" action="{stack.app_url}/admin/login">'
+        f'<input name="token" value="{token}"><input name="name" value="Mallory"></form>'
+        "<script>document.getElementById('f').submit()</script>"
+    )
+    page = browser.new_page()
+    page.route(attacker_site, lambda route: route.fulfill(content_type="text/html", body=form))
+    page.goto(attacker_site)
+    expect(page.locator("#login-csrf")).to_contain_text("Deze aanmelding is geweigerd")
+    # she opens the screen herself: not signed in, as anyone
+    own.goto(f"{stack.app_url}/admin")
+    expect(own).to_have_url(f"{stack.app_url}/admin/login")
+    # the attacker's token was not spent
+    own.fill("#token", token)
+    own.click("#sign-in")
+    expect(own.locator("header")).to_contain_text("Aangemeld als")

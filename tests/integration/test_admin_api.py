@@ -39,6 +39,7 @@ from tests.support.admin import (
     client,
     gent,
     hospital,
+    post_sign_in,
     screen_sign_in,
     stored_gent,
     undelivered_save,
@@ -234,7 +235,7 @@ def test_a_sign_in_name_the_audit_cannot_hold_is_refused_before_the_token_is_spe
         refused = client.post("/admin/api/session", json=attempt)
         assert refused.status_code == 422, refused.text
         assert reason in refused.json()["detail"]
-    form = client.post("/admin/login", data={"token": token, "name": name})
+    form = post_sign_in(client, {"token": token, "name": name})
     assert form.status_code == 422
     assert 'id="login-bad-name"' in form.text  # the sign-in page again, with the reason
     assert re.search(
@@ -369,7 +370,7 @@ def test_on_https_only_the_admin_cookie_for_this_host_signs_in(
     app = admin_app(database, database_url, public_url="https://kindreflex.example")
     with TestClient(app, base_url="https://testserver") as client:
         token, _ = access.issue_bootstrap_token(database, gent.id)
-        client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+        post_sign_in(client, {"token": token, "name": "Els"}, follow_redirects=False)
         (session,) = [v for k, v in client.cookies.items() if k == f"__Host-{ADMIN_COOKIE}"]
         client.cookies.set(ADMIN_COOKIE, "planted-by-a-neighbour")
         assert client.get("/admin", follow_redirects=False).status_code == 200
@@ -400,9 +401,7 @@ def test_the_screen_needs_the_csrf_token_of_the_session(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
     token, _ = access.issue_bootstrap_token(database, gent.id)
-    signed_in = client.post(
-        "/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False
-    )
+    signed_in = post_sign_in(client, {"token": token, "name": "Els"}, follow_redirects=False)
     assert signed_in.status_code == 303
     assert ADMIN_COOKIE in signed_in.cookies
 
@@ -453,7 +452,7 @@ def test_the_screens_audit_writes_when_as_the_other_screens_do(
         (first,) = session.scalars(select(TenantConfigVersion).filter_by(tenant_id=gent.id))
         first.created_at = late_evening
     token, _ = access.issue_bootstrap_token(database, gent.id)
-    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    post_sign_in(client, {"token": token, "name": "Els"}, follow_redirects=False)
 
     page = client.get("/admin").text
 
@@ -473,7 +472,7 @@ def test_a_new_registration_is_offered_the_scopes_a_launch_needs(
     configuration file do. Before, it offered scopes without a refresh token and without
     the updates of a child or the concern Flag: saves made so waited for a sign-in."""
     token, _ = access.issue_bootstrap_token(database, gent.id)
-    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    post_sign_in(client, {"token": token, "name": "Els"}, follow_redirects=False)
     page = client.get("/admin").text
     assert f'<input id="new-scopes" name="scopes" value="{DEFAULT_SCOPES}"' in page
 
@@ -484,7 +483,7 @@ def test_a_refused_registration_keeps_what_the_admin_typed(
     """Before, the form came back with the stored values (for a new one: empty) and, for a
     registration already saved, folded shut: everything typed had to be typed again."""
     token, _ = access.issue_bootstrap_token(database, gent.id)
-    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    post_sign_in(client, {"token": token, "name": "Els"}, follow_redirects=False)
     page = client.get("/admin")
     csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
     version = re.search(r'name="version" value="(\d+)"', page.text)
@@ -520,9 +519,9 @@ def test_a_used_or_wrong_bootstrap_token_shows_the_refusal(
     client: TestClient, database: Database, gent: Hospital
 ) -> None:
     token, _ = access.issue_bootstrap_token(database, gent.id)
-    first = client.post("/admin/login", data={"token": token}, follow_redirects=False)
+    first = post_sign_in(client, {"token": token}, follow_redirects=False)
     assert first.status_code == 303
-    again = client.post("/admin/login", data={"token": token}, follow_redirects=False)
+    again = post_sign_in(client, {"token": token}, follow_redirects=False)
     assert again.status_code == 401
     assert 'id="login-refused"' in again.text
     assert re.search(

@@ -47,6 +47,7 @@ from service.db.base import Base, Database, utcnow
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantDirectory
 from service.tenant_config import CdsIssuer, EhrRegistration, TenantConfiguration
+from tests.support.admin import login_csrf, post_sign_in
 from tests.support.casework import SOCIAL_WORKER, STEP_4_FORM, STEP_6_FORM, index_case
 from tests.support.cds import ENCOUNTER_START, PUBLIC_URL, Ehr, hook_body
 from tests.support.sessions import UNUSED_FHIR, signed_in
@@ -75,6 +76,7 @@ class World:
     headers: dict[str, dict[str, str]]  # by who: the request headers of that caller
     admin_form: dict[str, dict[str, list[str]]]  # the admin screen's forms by action
     bootstrap_token: str
+    login_csrf: str  # the sign-in page's CSRF field, its cookie in ``anyone``'s jar
 
     def row_version(self) -> int:
         with self.database.session() as session:
@@ -158,7 +160,7 @@ def world(database_url: str, database: Database) -> Iterator[World]:
         TestClient(app, base_url=PUBLIC_URL, follow_redirects=False) as screen,
     ):
         token, _ = access.issue_bootstrap_token(database, tenant.id)
-        signed = screen.post("/admin/login", data={"token": token, "name": "Els"})
+        signed = post_sign_in(screen, {"token": token, "name": "Els"})
         assert signed.status_code == 303, signed.text
         overview = screen.get("/admin")
         assert overview.status_code == 200, overview.text
@@ -182,6 +184,7 @@ def world(database_url: str, database: Database) -> Iterator[World]:
             },
             admin_form=parser.forms,
             bootstrap_token=login_token,
+            login_csrf=login_csrf(anyone),
         )
 
 
@@ -367,7 +370,11 @@ ROUTES: dict[tuple[str, str], Takes] = {
     ("POST", "/admin/login"): Takes(
         "anyone",
         "form",
-        lambda world: {"token": world.bootstrap_token, "name": "Els"},
+        lambda world: {
+            "token": world.bootstrap_token,
+            "name": "Els",
+            "csrf_token": world.login_csrf,
+        },
         free_text=("name",),
     ),
     ("POST", "/admin/registrations"): Takes(

@@ -81,9 +81,10 @@ PUBLIC: dict[tuple[str, str], str] = {
     ("GET", "/app/static/{name}"): "static asset",
     ("GET", "/social/static/{name}"): "static asset",
     ("GET", "/favicon.ico"): "icon",
-    # the admin's sign-in: the bootstrap token or admin token is what it checks
+    # the admin's sign-in: the bootstrap token or admin token is what it checks. Its form
+    # (POST /admin/login) is no exception: swept as the admin's other forms, it needs the
+    # CSRF token of the sign-in page (login CSRF), and no session refuses it less.
     ("GET", "/admin/login"): "admin sign-in page",
-    ("POST", "/admin/login"): "admin sign-in (the bootstrap token is the credential)",
     ("POST", "/admin/api/session"): "admin API sign-in (the bootstrap token is the credential)",
 }
 

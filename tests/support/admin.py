@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -94,10 +95,29 @@ def bearer(database: Database, tenant_id: int, name: str = "Els") -> dict[str, s
     return {"Authorization": f"Bearer {issued.token}"}
 
 
+def login_csrf(client: TestClient, prefix: str = "") -> str:
+    """Open the sign-in page as a browser does: its CSRF cookie into the client's jar, and
+    the hidden field that goes with it."""
+    page = client.get(f"{prefix}/admin/login")
+    assert page.status_code == 200, page.text
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert found is not None, "no CSRF field on the sign-in page"
+    return found.group(1)
+
+
+def post_sign_in(
+    client: TestClient, data: dict[str, str], prefix: str = "", **sent: Any
+) -> httpx.Response:
+    """Send the sign-in form as a browser does: from the sign-in page, with its CSRF field."""
+    form = data | {"csrf_token": login_csrf(client, prefix)}
+    response: httpx.Response = client.post(f"{prefix}/admin/login", data=form, **sent)
+    return response
+
+
 def screen_sign_in(client: TestClient, database: Database, hospital: Hospital) -> dict[str, str]:
     """Sign in on the screen; the hidden fields every form sends (CSRF token, version)."""
     token, _ = access.issue_bootstrap_token(database, hospital.id)
-    client.post("/admin/login", data={"token": token, "name": "Els"}, follow_redirects=False)
+    post_sign_in(client, {"token": token, "name": "Els"}, follow_redirects=False)
     page = client.get("/admin").text
     csrf = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
     version = re.search(r'name="version" value="(\d+)"', page)
