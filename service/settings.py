@@ -42,6 +42,19 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_SECRET_KEY_LENGTH = 32
 
 
+#: Minutes without a request that end a signed-in session (``session_idle_minutes``).
+#: An hour: at the emergency department's shared workstations a session must not stay
+#: open for the next person for the rest of the 8-hour shift (ISO 27799, NEN 7510 ask for
+#: an inactivity limit), while a nurse called away from a half-filled triage, or a social
+#: worker reading a chart before a call, comes back to her session. The EHR's own screen
+#: lock is usually shorter; a session that ended costs a launch from the EHR, and what a
+#: form carried is shown back.
+DEFAULT_SESSION_IDLE_MINUTES = 60
+#: Below 5 minutes a nurse reading the chart beside the form loses her session; above 8
+#: hours (every session's absolute limit) the setting would change nothing.
+MIN_SESSION_IDLE_MINUTES, MAX_SESSION_IDLE_MINUTES = 5, 480
+
+
 #: The database driver the service ships, by backend (``postgresql://`` names it too).
 _DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg"}
 
@@ -127,6 +140,16 @@ class Settings(BaseSettings):
         description="How often the outbox retries undelivered FHIR writes (at most "
         "hourly): the worker's cycle and the first step of each write's backoff (a write "
         "left unanswered waits at least fhir_timeout_seconds).",
+    )
+
+    session_idle_minutes: int = Field(
+        DEFAULT_SESSION_IDLE_MINUTES,
+        ge=MIN_SESSION_IDLE_MINUTES,
+        le=MAX_SESSION_IDLE_MINUTES,
+        description="Minutes without a request after which a signed-in session ends: a "
+        "nurse's or social worker's app session (the EHR opens the app again) and an "
+        "administrator's (sign in again), as at their 8 hours (5..480). Saves waiting in "
+        "the outbox are still delivered with the session's tokens.",
     )
 
     outbound_allow: Annotated[list[str], NoDecode] = Field(

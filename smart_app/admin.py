@@ -24,6 +24,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -143,7 +144,8 @@ def _identify(request: Request, tenant: TenantContext) -> Admin:
     token = bearer or request.cookies.get(admin_cookie(request))
     database = request.app.state.database
     if token:
-        principal = access.authenticate(database, token)
+        idle_limit = timedelta(minutes=request.app.state.settings.session_idle_minutes)
+        principal = access.authenticate(database, token, idle_limit)
         if principal is None:
             raise AdminAuthError(401, "the admin session is unknown, ended or expired")
         if principal.tenant_id != tenant.id:

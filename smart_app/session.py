@@ -12,6 +12,10 @@ keep theirs; a page naming none is the newest launch's.
   stored in clear — the embedded default for single-machine installs and the demo; the
   service warns at start in production. Either way they are never logged and never reach
   the browser, and a session row is deleted once expired (``SESSION_LIFETIME``).
+* A session unused for ``KINDREFLEX_SESSION_IDLE_MINUTES`` ends for its user as an expired
+  one does (shared workstations); each request records its use, to the minute
+  (``ACTIVITY_RESOLUTION``). The outbox does not look at it: a save waiting for delivery
+  is sent with the session's tokens, refreshed, until the session's 8 hours are up.
 * Roles: everyone the EHR launches us for is a clinician at triage, so every session has
   ``nurse``; ``social-worker`` and ``admin`` come only from the registration's role
   mapping (an id_token claim and its values).
@@ -39,7 +43,7 @@ from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlencode
 
 from fastapi import Depends, Request
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service import retention
@@ -101,6 +105,10 @@ LAUNCH_PARAM = "s"
 #: patient another tab launched.
 MAX_LAUNCHES_PER_BROWSER = 5
 SESSION_LIFETIME = timedelta(hours=8)  # one shift; the EHR relaunches per patient anyway
+#: How stale the recorded last use may be: a request writes it only when it is older, so
+#: that a page's requests (and a JSON API's polling) do not each write the session's row.
+#: The idle limit is therefore kept to within this.
+ACTIVITY_RESOLUTION = timedelta(minutes=1)
 REFRESH_MARGIN = timedelta(seconds=60)  # refresh a token this long before it expires
 DEFAULT_TOKEN_LIFETIME = timedelta(minutes=5)  # when a token response has no expires_in
 CSRF_HEADER = "X-CSRF-Token"
@@ -180,6 +188,8 @@ class SessionStore:
     def __init__(self, database: Database, settings: Settings) -> None:
         self._database = database
         self._sealer = Sealer(settings.secret_key, "session-tokens")
+        #: A session unused this long is refused, as after its ``expires_at``.
+        self.idle_limit = timedelta(minutes=settings.session_idle_minutes)
 
     def create(self, new: NewSession) -> tuple[str, str]:
         """Store the session; returns its id and the cookie secret (for the browser only)."""
@@ -214,6 +224,7 @@ class SessionStore:
                     access_expires_at=new.access_expires_at,
                     created_at=now,
                     expires_at=now + SESSION_LIFETIME,
+                    last_active_at=now,
                 )
             )
         return session_id, secret
@@ -259,6 +270,30 @@ class SessionStore:
             )
         kept = [held for held in earlier if digest(held) in theirs]
         return ".".join([secret, *kept][:MAX_LAUNCHES_PER_BROWSER])
+
+    def idle(self, row: AppSession, now: datetime) -> bool:
+        """Whether the session lay unused past the idle limit (a row stored before its
+        last use was recorded counts from its launch)."""
+        return (row.last_active_at or row.created_at) + self.idle_limit <= now
+
+    def touch(self, row: AppSession, now: datetime) -> None:
+        """Record a request of the session, when its recorded last use is older than
+        ``ACTIVITY_RESOLUTION``: one write a minute at most, and none for the requests of
+        one page. Conditional, so that of two instances one writes."""
+        if (row.last_active_at or row.created_at) > now - ACTIVITY_RESOLUTION:
+            return
+        with self._database.session() as session:
+            session.execute(
+                update(AppSession)
+                .where(
+                    AppSession.id == row.id,
+                    or_(
+                        AppSession.last_active_at.is_(None),
+                        AppSession.last_active_at <= now - ACTIVITY_RESOLUTION,
+                    ),
+                )
+                .values(last_active_at=now)
+            )
 
     def purge_expired(self) -> None:
         """Delete expired sessions (with their tokens) and abandoned launch states."""
@@ -331,8 +366,19 @@ def current_launch(request: Request) -> LaunchContext:
     # the page that says so, and shows back what she typed, in the language she worked in,
     # not the workstation browser's (found by review)
     language, frames = negotiate([row.language]), all_frame_origins(tenant)
-    if row.expires_at <= utcnow():
+    now, store = utcnow(), sessions_of(request)
+    if row.expires_at <= now:
         raise PageError(401, "session_missing", language=language, frame_origins=frames)
+    if store.idle(row, now):
+        # unused too long at a shared workstation: ended for its user as at its 8 hours
+        # (its tokens still deliver its saves waiting in the outbox: SessionTokens)
+        raise PageError(
+            401,
+            "session_missing",
+            language=language,
+            frame_origins=frames,
+            logged={"reason": "the session lay unused past the idle limit"},
+        )
     if changed := _registration_changed(tenant, row):
         # an administrator removed the EHR (retired, or compromised), pointed it at another
         # server, gave it another client or another role mapping: its sessions end now,
@@ -341,6 +387,7 @@ def current_launch(request: Request) -> LaunchContext:
         raise PageError(
             401, "session_missing", language=language, frame_origins=frames, logged=changed
         )
+    store.touch(row, now)
     return LaunchContext(
         session_id=row.id,
         tenant=tenant,
@@ -500,7 +547,8 @@ class SessionTokens:
         A token that is not yet due for refresh is handed out even after the app session
         has ended: the outbox delivers a save the user made while signed in with it. Pages
         check the session's end themselves (``SessionStore``), so no user acts on an ended
-        session this way.
+        session this way. The idle limit is the pages' only: a session unused past it
+        still refreshes its token for the outbox until its ``expires_at``.
 
         Raises ``ReauthorisationRequired`` when none can be had without the user (a refresh
         is due but refused, there is no refresh token, or the session has ended so it may

@@ -17,15 +17,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import Database, utcnow
 from service.db.models import AdminBootstrapToken, AdminEvent, AdminSession
+from service.settings import DEFAULT_SESSION_IDLE_MINUTES
 from service.text import is_one_line
 
 BOOTSTRAP_TTL = timedelta(minutes=30)
 SESSION_TTL = timedelta(hours=8)
+#: A session unused this long ends (``KINDREFLEX_SESSION_IDLE_MINUTES``; its default here).
+DEFAULT_IDLE_LIMIT = timedelta(minutes=DEFAULT_SESSION_IDLE_MINUTES)
+#: How stale the recorded last use may be: a request writes it only when it is older (one
+#: write a minute at most, as the app's sessions: ``smart_app.session.ACTIVITY_RESOLUTION``).
+ACTIVITY_RESOLUTION = timedelta(minutes=1)
 MAX_NAME_LENGTH = 200  # the actor column holds 500; room for " (bootstrap token #n)"
 
 
@@ -138,29 +144,53 @@ def open_session(
 ) -> IssuedSession:
     """A new admin session of ``tenant_id`` for ``actor`` (after a bootstrap token or SMART)."""
     token = secrets.token_urlsafe(32)
-    expires_at = utcnow() + ttl
+    now = utcnow()
+    expires_at = now + ttl
     with database.session() as session:
         session.add(
             AdminSession(
-                tenant_id=tenant_id, token_hash=_hash(token), actor=actor, expires_at=expires_at
+                tenant_id=tenant_id,
+                token_hash=_hash(token),
+                actor=actor,
+                expires_at=expires_at,
+                last_active_at=now,
             )
         )
         record_event(session, tenant_id, actor, "admin-signed-in", via=via)
     return IssuedSession(token, csrf_token_for(token), actor, expires_at)
 
 
-def authenticate(database: Database, token: str) -> AdminPrincipal | None:
-    """The live session of this token, or None (unknown, ended or expired)."""
+def authenticate(
+    database: Database, token: str, idle_limit: timedelta = DEFAULT_IDLE_LIMIT
+) -> AdminPrincipal | None:
+    """The live session of this token, or None (unknown, ended, expired, or unused for
+    ``idle_limit``). Records the request as the session's last use, to the minute."""
+    now = utcnow()
+    # a row stored before its last use was recorded counts from its sign-in
+    last_used = func.coalesce(AdminSession.last_active_at, AdminSession.created_at)
     with database.session() as session:
         row = session.scalar(
             select(AdminSession).where(
                 AdminSession.token_hash == _hash(token),
                 AdminSession.ended_at.is_(None),
-                AdminSession.expires_at > utcnow(),
+                AdminSession.expires_at > now,
+                last_used > now - idle_limit,
             )
         )
         if row is None:
             return None
+        if (row.last_active_at or row.created_at) <= now - ACTIVITY_RESOLUTION:
+            session.execute(
+                update(AdminSession)
+                .where(
+                    AdminSession.id == row.id,
+                    or_(
+                        AdminSession.last_active_at.is_(None),
+                        AdminSession.last_active_at <= now - ACTIVITY_RESOLUTION,
+                    ),
+                )
+                .values(last_active_at=now)
+            )
         return AdminPrincipal(row.tenant_id, row.actor, row.id, csrf_token_for(token))
 
 

@@ -129,6 +129,9 @@ class AppSession(TenantScoped, Base):
     access_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # the user's last request, to the minute (``SessionStore.touch``): past the idle limit
+    # her pages are refused as after ``expires_at``; the outbox still uses the tokens
+    last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ShownChild(Base):
@@ -218,6 +221,8 @@ class AdminSession(TenantScoped, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the admin's last request, to the minute: past the idle limit the session is refused
+    last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AdminEvent(TenantScoped, Base):

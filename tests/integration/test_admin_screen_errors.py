@@ -13,6 +13,7 @@ import csv
 import html
 import json
 import re
+from datetime import timedelta
 
 import httpx
 import yaml
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm
 from pydantic import SecretStr
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from service.admin import access
 from service.admin.config import export_yaml
@@ -34,6 +35,7 @@ from smart_app.errors import FREE_TEXT
 from tests.support.admin import (
     DEPLOYMENT_KEY,
     Hospital,
+    admin_app,
     assert_tied,
     bearer,
     case_on,
@@ -626,6 +628,54 @@ def test_an_admin_form_sent_after_the_session_ended_shows_its_text_back_not_the_
     out = client.post("/admin/logout", data=hidden, headers=ours, follow_redirects=False)
     assert (out.status_code, out.headers["location"]) == (303, "/admin/login")
     _assert_nothing_saved(database, before)
+
+
+def _admin_last_used(database: Database, ago: timedelta) -> None:
+    """The admin's last request ``ago`` (what the clock would say that long after)."""
+    with database.session() as session, session.begin():
+        session.execute(update(AdminSession).values(last_active_at=utcnow() - ago))
+
+
+def test_an_admin_session_idle_past_the_limit_is_refused_as_an_ended_one(
+    database: Database, database_url: str, gent: Hospital
+) -> None:
+    """An administrator's session lasted its 8 hours however long the shared workstation
+    lay unused. Past KINDREFLEX_SESSION_IDLE_MINUTES (15 here) it is refused as an ended
+    one: a page asked for goes to the sign-in, a form sent shows its text back to copy
+    and saves nothing, the API says 401; within it the session goes on, its use recorded."""
+    ours = {"Sec-Fetch-Site": "same-origin"}
+    with TestClient(admin_app(database, database_url, session_idle_minutes=15)) as client:
+        hidden = screen_sign_in(client, database, gent)
+        api = bearer(database, gent.id)
+        _admin_last_used(database, timedelta(minutes=14))
+        assert client.get("/admin").status_code == 200
+        assert client.get("/admin/api/config", headers=api).status_code == 200
+        with database.session() as session:
+            used = session.scalars(select(AdminSession.last_active_at)).all()
+        assert all(at is not None and utcnow() - at < timedelta(seconds=30) for at in used)
+
+        before = stored_gent(database)
+        pasted = export_yaml(before.config).replace("adult_age: 18", "adult_age: 16")
+        _admin_last_used(database, timedelta(minutes=16))
+        asked = client.get("/admin", follow_redirects=False)
+        assert (asked.status_code, asked.headers["location"]) == (303, "/admin/login")
+        idle = _posted_yaml(client, hidden, pasted, ours)
+        assert idle.status_code == 401
+        assert "Beheersessie verlopen" in idle.text
+        kept = re.findall(r"<textarea [^>]*readonly>(.*?)</textarea>", idle.text, re.S)
+        assert [html.unescape(text) for text in kept] == [pasted.strip()]
+        refused = client.get("/admin/api/config", headers=api)
+        assert refused.status_code == 401
+        _assert_nothing_saved(database, before)
+
+        # word for word what a session past its 8 hours gets
+        with database.session() as session, session.begin():
+            session.execute(
+                update(AdminSession).values(last_active_at=utcnow(), expires_at=utcnow())
+            )
+        expired = _posted_yaml(client, hidden, pasted, ours)
+        assert (expired.status_code, expired.text) == (401, idle.text)
+        assert client.get("/admin/api/config", headers=api).json() == refused.json()
 
 
 def test_a_second_registration_of_the_same_ehr_is_refused_next_to_its_fhir_base(

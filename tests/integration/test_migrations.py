@@ -423,6 +423,53 @@ def test_0029_reads_again_the_step_2_saves_whose_payload_is_kept_for_their_acute
 
 
 @pytest.mark.postgres
+def test_0031_counts_a_session_open_at_the_upgrade_as_used_then_and_its_downgrade_keeps_it(
+    database_url: str,
+) -> None:
+    """A session open at the upgrade records no last use: it counts as used at the
+    upgrade, so that the inactivity limit signs nobody out at the upgrade itself."""
+    before = "0030_session_fingerprint"
+    migrate.upgrade(database_url, before)
+    migrate.upgrade(database_url, "0006_admin")
+    database = Database(database_url)
+    tenant = make_tenant(database, "default", "http://ehr-a.test/fhir")
+    sessions = table(
+        "admin_sessions",
+        column("tenant_id"),
+        column("token_hash"),
+        column("actor"),
+        column("created_at", UTCDateTime()),
+        column("expires_at", UTCDateTime()),
+    )
+    signed_in = utcnow() - timedelta(hours=3)
+    with database.session() as session:
+        session.execute(
+            insert(sessions).values(
+                tenant_id=tenant.id,
+                token_hash="0" * 64,
+                actor="Els",
+                created_at=signed_in,
+                expires_at=signed_in + timedelta(hours=8),
+            )
+        )
+
+    upgraded = utcnow()
+    migrate.upgrade(database_url)
+    last_used = table("admin_sessions", column("last_active_at", UTCDateTime()))
+    with database.session() as session:
+        (recorded,) = session.scalars(select(last_used.c.last_active_at)).all()
+    assert recorded >= upgraded - timedelta(seconds=1)
+    migrate.downgrade(database_url, before)
+
+    engine = create_engine(database_url)
+    for name in ("admin_sessions", "smart_app_sessions"):
+        assert "last_active_at" not in {c["name"] for c in inspect(engine).get_columns(name)}
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM admin_sessions")) == 1
+    engine.dispose()
+    database.dispose()
+
+
 def test_a_failed_deliverys_audit_row_is_found_by_the_index(postgres_url: str) -> None:
     """The outbox's look-up of a failed entry's audit row (``service.outbox``), among many
     rows of other saves: PostgreSQL's plan reads the index, not the whole trail."""

@@ -564,6 +564,72 @@ def test_a_save_after_the_session_ended_shows_the_typed_reasons_back_in_her_lang
         assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
 
 
+def _last_used(database: Database, ago: timedelta) -> None:
+    """Her session's last request ``ago`` (what the clock would say that long after)."""
+    with database.session() as session:
+        session.execute(update(AppSession).values(last_active_at=utcnow() - ago))
+
+
+def _session_row(database: Database) -> AppSession:
+    with database.session() as session:
+        return session.scalars(select(AppSession)).one()
+
+
+def test_a_session_used_within_the_idle_limit_goes_on_and_its_use_is_recorded(
+    nurse_for: Any, database: Database
+) -> None:
+    """KINDREFLEX_SESSION_IDLE_MINUTES (60 by default): a nurse back at the triage after 59
+    minutes goes on where she was; her request records the use, so that the next hour
+    counts from it. Within a minute of the last record, a request writes nothing."""
+    nurse = nurse_for("an-peeters")
+    form = _two_children(nurse.page(), assessment="no-concern")
+    _last_used(database, timedelta(minutes=59))
+
+    saved = nurse.post(form)
+
+    assert saved.status == 200, saved.text
+    recorded = _session_row(database).last_active_at
+    assert recorded is not None
+    assert utcnow() - recorded < timedelta(seconds=30)
+    _last_used(database, timedelta(seconds=30))
+    before = _session_row(database).last_active_at
+    assert nurse.page().status == 200
+    assert _session_row(database).last_active_at == before  # not written again
+
+
+def test_a_session_idle_past_the_limit_is_refused_as_an_expired_one_with_her_text_kept(
+    nurse_for: Any, database: Database
+) -> None:
+    """A shared workstation at the emergency department: a session left unused for over
+    an hour ended only at its 8 hours. It now ends for its user as at its 8 hours: the
+    page to open the app again from the EHR, in her language, what the form carried shown
+    back to copy, nothing saved; the same page an expired session gets."""
+    nurse = nurse_for("an-peeters")
+    form = _two_children(nurse.page(), assessment="niet-pluis", reasons="Bleus visibles.")
+    with database.session() as session:
+        session.execute(update(AppSession).values(language="fr"))
+        waiting = session.scalar(select(func.count()).select_from(OutboxEntry))
+    _last_used(database, timedelta(minutes=61))
+
+    idle = nurse.client.post("/app/triage", data=form, headers=SAME_ORIGIN)
+
+    assert idle.status_code == 401
+    shown = unescape(idle.text)
+    assert '<html lang="fr">' in shown
+    assert "Ce que vous avez saisi n'est pas enregistré" in shown
+    assert "readonly>Bleus visibles.</textarea>" in shown
+    assert nurse.client.get("/app/triage").status_code == 401
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEntry)) == waiting
+        # refused, not used: the idle session stays idle
+        assert _session_row(database).last_active_at < utcnow() - timedelta(minutes=60)  # type: ignore[operator]
+    # the page an expired session gets, word for word
+    with database.session() as session:
+        session.execute(update(AppSession).values(last_active_at=utcnow(), expires_at=utcnow()))
+    expired = nurse.client.post("/app/triage", data=form, headers=SAME_ORIGIN)
+    assert (expired.status_code, expired.text) == (401, idle.text)
+
+
 @pytest.mark.parametrize(
     ("form", "field", "message"),
     [

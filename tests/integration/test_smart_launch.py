@@ -1492,6 +1492,55 @@ def test_a_new_launch_for_the_patient_takes_over_writes_waiting_for_authorisatio
         assert entry.state != DeliveryState.WAITING_AUTHORISATION
 
 
+def test_a_save_of_a_session_idle_past_the_limit_is_delivered_with_its_token_refreshed(
+    kindreflex: Kindreflex,
+) -> None:
+    """The idle limit ends a session for its user only: her pages are refused, while the
+    outbox still delivers the save she made before she left, refreshing the session's
+    token as it needs to (until the session's 8 hours are up, as before)."""
+    browser = Browser()
+    kindreflex.launch(browser)
+    who = browser.get(f"{kindreflex.url}/test/whoami").json()
+    session_id, patient = who["session_id"], who["patient"]
+    # a read the launch's patient/*.rs grants: what counts is the token it goes with
+    read = {"request": {"method": "GET", "url": f"Patient/{patient}"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [read]}
+    with kindreflex.database.session() as session:
+        tenant_id = kindreflex.app.state.tenants.get("default").id
+        entry = enqueue(
+            session,
+            tenant_id,
+            NewEntry(
+                kind="triage",
+                registration_id="sandbox-ehr",
+                fhir_base_url=kindreflex.sandbox.fhir_base_url,
+                session_id=session_id,
+                author=who["fhir_user"],
+                patient_ref=f"Patient/{patient}",
+                bundle=bundle,
+            ),
+        )
+        entry.next_attempt_at = utcnow() + timedelta(days=1)  # the worker leaves it to us
+        entry_id = entry.id
+        # an hour and a minute without a request, and the token due for its refresh
+        session.execute(
+            update(AppSession)
+            .where(AppSession.id == session_id)
+            .values(
+                last_active_at=utcnow() - timedelta(minutes=61),
+                access_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+
+    assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 401
+    assert kindreflex.app.state.outbox.deliver(entry_id) == DeliveryState.DELIVERED
+    with kindreflex.database.session() as session:
+        row = session.get(AppSession, session_id)
+        assert row is not None
+        assert row.access_expires_at > utcnow()  # refreshed for the delivery
+    assert browser.get(f"{kindreflex.url}/test/whoami").status_code == 401  # still ended
+
+
 def test_an_expired_launch_state_and_an_unknown_hospital_get_clear_pages(
     kindreflex: Kindreflex,
 ) -> None:

@@ -221,3 +221,34 @@ def test_a_pool_setting_out_of_range_is_refused_naming_it(
     (problem,) = refused.value.errors()
     assert problem["loc"] == (setting.lower(),)
     assert reason in problem["msg"]
+
+
+def test_the_session_idle_limit_defaults_to_an_hour_and_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().session_idle_minutes == 60
+    monkeypatch.setenv("KINDREFLEX_SESSION_IDLE_MINUTES", "15")
+    assert load_settings().session_idle_minutes == 15
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        # a minute or two ended a nurse's session while she read the chart beside the form
+        ("4", "greater than or equal to 5"),
+        ("0", "greater than or equal to 5"),
+        # past every session's 8 hours it would change nothing
+        ("481", "less than or equal to 480"),
+        ("1h", "should be a valid integer"),
+        ("", "should be a valid integer"),
+    ],
+)
+def test_a_session_idle_limit_out_of_range_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, reason: str
+) -> None:
+    monkeypatch.setenv("KINDREFLEX_SESSION_IDLE_MINUTES", value)
+    with pytest.raises(ValidationError) as refused:
+        load_settings()
+    (problem,) = refused.value.errors()
+    assert problem["loc"] == ("session_idle_minutes",)
+    assert reason in problem["msg"]
