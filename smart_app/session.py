@@ -43,7 +43,7 @@ from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlencode
 
 from fastapi import Depends, Request
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service import retention
@@ -55,6 +55,7 @@ from service.fhir.client import FhirUnavailable, ReauthorisationRequired
 from service.i18n import Language, negotiate
 from service.keys import KeyStore, Sealer, UnsealError
 from service.scopes import save_rights_not_granted
+from service.session_use import ACTIVITY_RESOLUTION, last_use, record_use
 from service.settings import Settings
 from service.tenancy import SecretBox, TenantContext, TenantDirectory, UnknownTenantError
 from service.tenant_config import EhrRegistration
@@ -105,10 +106,6 @@ LAUNCH_PARAM = "s"
 #: patient another tab launched.
 MAX_LAUNCHES_PER_BROWSER = 5
 SESSION_LIFETIME = timedelta(hours=8)  # one shift; the EHR relaunches per patient anyway
-#: How stale the recorded last use may be: a request writes it only when it is older, so
-#: that a page's requests (and a JSON API's polling) do not each write the session's row.
-#: The idle limit is therefore kept to within this.
-ACTIVITY_RESOLUTION = timedelta(minutes=1)
 REFRESH_MARGIN = timedelta(seconds=60)  # refresh a token this long before it expires
 DEFAULT_TOKEN_LIFETIME = timedelta(minutes=5)  # when a token response has no expires_in
 CSRF_HEADER = "X-CSRF-Token"
@@ -272,28 +269,16 @@ class SessionStore:
         return ".".join([secret, *kept][:MAX_LAUNCHES_PER_BROWSER])
 
     def idle(self, row: AppSession, now: datetime) -> bool:
-        """Whether the session lay unused past the idle limit (a row stored before its
-        last use was recorded counts from its launch)."""
-        return (row.last_active_at or row.created_at) + self.idle_limit <= now
+        """Whether the session lay unused past the idle limit."""
+        return last_use(row) + self.idle_limit <= now
 
     def touch(self, row: AppSession, now: datetime) -> None:
-        """Record a request of the session, when its recorded last use is older than
-        ``ACTIVITY_RESOLUTION``: one write a minute at most, and none for the requests of
-        one page. Conditional, so that of two instances one writes."""
-        if (row.last_active_at or row.created_at) > now - ACTIVITY_RESOLUTION:
-            return
+        """Record a request of the session (``service.session_use``: one write a minute at
+        most, none for the requests of one page)."""
+        if last_use(row) > now - ACTIVITY_RESOLUTION:
+            return  # without opening a database session
         with self._database.session() as session:
-            session.execute(
-                update(AppSession)
-                .where(
-                    AppSession.id == row.id,
-                    or_(
-                        AppSession.last_active_at.is_(None),
-                        AppSession.last_active_at <= now - ACTIVITY_RESOLUTION,
-                    ),
-                )
-                .values(last_active_at=now)
-            )
+            record_use(session, row, now)
 
     def purge_expired(self) -> None:
         """Delete expired sessions (with their tokens) and abandoned launch states."""

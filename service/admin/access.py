@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import Database, utcnow
 from service.db.models import AdminBootstrapToken, AdminEvent, AdminSession
+from service.session_use import record_use
 from service.settings import DEFAULT_SESSION_IDLE_MINUTES
 from service.text import is_one_line
 
@@ -29,9 +30,6 @@ BOOTSTRAP_TTL = timedelta(minutes=30)
 SESSION_TTL = timedelta(hours=8)
 #: A session unused this long ends (``KINDREFLEX_SESSION_IDLE_MINUTES``; its default here).
 DEFAULT_IDLE_LIMIT = timedelta(minutes=DEFAULT_SESSION_IDLE_MINUTES)
-#: How stale the recorded last use may be: a request writes it only when it is older (one
-#: write a minute at most, as the app's sessions: ``smart_app.session.ACTIVITY_RESOLUTION``).
-ACTIVITY_RESOLUTION = timedelta(minutes=1)
 MAX_NAME_LENGTH = 200  # the actor column holds 500; room for " (bootstrap token #n)"
 
 
@@ -179,18 +177,7 @@ def authenticate(
         )
         if row is None:
             return None
-        if (row.last_active_at or row.created_at) <= now - ACTIVITY_RESOLUTION:
-            session.execute(
-                update(AdminSession)
-                .where(
-                    AdminSession.id == row.id,
-                    or_(
-                        AdminSession.last_active_at.is_(None),
-                        AdminSession.last_active_at <= now - ACTIVITY_RESOLUTION,
-                    ),
-                )
-                .values(last_active_at=now)
-            )
+        record_use(session, row, now)
         return AdminPrincipal(row.tenant_id, row.actor, row.id, csrf_token_for(token))
 
 
