@@ -192,6 +192,17 @@ _SECRET_FLOW = re.compile(
 )
 
 
+_NULL = ("", "null", "~")
+
+
+def _may_go_on(value: re.Match[str]) -> bool:
+    """Whether a secret's value, starting a line of block YAML, may go on over the lines
+    below: it ends the line and is no closed quoted string."""
+    text = value.group("value")
+    closed = len(text) > 1 and text[0] in "\"'" and text[-1] == text[0]
+    return not closed and not value.string[value.end("value") :].strip()
+
+
 def without_secrets(text: str) -> tuple[str, bool]:
     """A configuration text with each secret's value (:data:`_SECRET_KEYS`) made ``null``,
     and whether one was: the page after an ended admin session shows the text back, and a
@@ -211,12 +222,17 @@ def without_secrets(text: str) -> tuple[str, bool]:
                 continue
             under = None
         if block := _SECRET_LINE.fullmatch(line):
-            value = block.group("value").strip()
-            if not value or value[0] in "|>#":
-                under = len(block.group("indent").replace("-", " "))
-            removed = removed or value.split("#")[0].strip() not in ("", "null", "~")
-            kept.append(f"{block.group('key')} null")
-            continue
+            indent = len(block.group("indent").replace("-", " "))
+            value = _SECRET_FLOW.match(line, len(block.group("indent")))
+            if value is None or _may_go_on(value):
+                # the lines indented under it can only be more of its value: a block scalar,
+                # a plain or quoted scalar folded over lines (found by review)
+                under = indent
+            if value is None:  # on the lines below, or not a value the flow form reads
+                removed = removed or block.group("value").split("#")[0].strip() not in _NULL
+                kept.append(f"{block.group('key')} null")
+                continue
+        # only the value: what follows it on the line (``,``, ``}``, another key) is hers
         flow = _SECRET_FLOW.sub(lambda m: f"{m.group('key')}null", line)
         removed = removed or flow != line
         kept.append(flow)

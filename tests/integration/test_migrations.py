@@ -422,7 +422,6 @@ def test_0029_reads_again_the_step_2_saves_whose_payload_is_kept_for_their_acute
     database.dispose()
 
 
-@pytest.mark.postgres
 def test_0031_counts_a_session_open_at_the_upgrade_as_used_then_and_its_downgrade_keeps_it(
     database_url: str,
 ) -> None:
