@@ -152,26 +152,18 @@ TEXT_LENGTH = 4000
 
 
 def _at_most(limit: int) -> AfterValidator:
-    """A text refused when submitted longer than ``limit`` characters; checked before the
-    field's own checks, so that none of them reads, or a refusal repeats, a huge value."""
+    """A text (or secret) refused when submitted longer than ``limit`` characters; checked
+    before the field's own checks, so that none of them reads, or a refusal repeats, a huge
+    value. A secret's refusal says nothing of it, not even its length."""
 
-    def check(value: str, info: ValidationInfo) -> str:
-        if _submitted(info) and len(value) > limit:
-            raise ConfigValueError(
-                f"at most {limit} characters ({len(value)} given)", "too-long", limit=limit
-            )
+    def check(value: str | SecretStr, info: ValidationInfo) -> str | SecretStr:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if _submitted(info) and len(text) > limit:
+            given = "" if isinstance(value, SecretStr) else f" ({len(text)} given)"
+            raise ConfigValueError(f"at most {limit} characters{given}", "too-long", limit=limit)
         return value
 
     return AfterValidator(check)
-
-
-def _secret_at_most(value: SecretStr, info: ValidationInfo) -> SecretStr:
-    """As ``_at_most`` for a secret: the refusal never names a character of it."""
-    if _submitted(info) and len(value.get_secret_value()) > SECRET_LENGTH:
-        raise ConfigValueError(
-            f"at most {SECRET_LENGTH} characters", "too-long", limit=SECRET_LENGTH
-        )
-    return value
 
 
 NameText = Annotated[str, _at_most(NAME_LENGTH)]
@@ -180,7 +172,7 @@ EmailText = Annotated[str, _at_most(EMAIL_LENGTH)]
 UrlText = Annotated[str, _at_most(URL_LENGTH)]
 LinesText = Annotated[str, _at_most(LINES_LENGTH)]
 LongText = Annotated[str, _at_most(TEXT_LENGTH)]
-Secret = Annotated[SecretStr, AfterValidator(_secret_at_most)]
+Secret = Annotated[SecretStr, _at_most(SECRET_LENGTH)]
 
 
 class Strict(BaseModel):

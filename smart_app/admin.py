@@ -71,7 +71,7 @@ from service.tenant_config import (
     TenantConfiguration,
 )
 from service.text import without_bom
-from smart_app.errors import PageError, Said, log_refusal
+from smart_app.errors import PageError, Said, log_refusal, plan_field_label
 from smart_app.pages import TEMPLATES, messages_by_field
 from smart_app.security import form_token, iframe_cookie, page_headers, tokens_match
 from smart_app.session import (
@@ -758,7 +758,6 @@ def _screen_errors(
 
 #: The registration form's fields typed one item per line (``_lines``).
 _LINE_FIELDS = frozenset({"cds_issuers", "frame_origins"})
-_PLAN_FIELD = re.compile(r"(step-\d)\.(title|help)\.(nl|fr|en)")
 
 
 def _field_label(language: Language, field: str) -> str | None:
@@ -769,11 +768,8 @@ def _field_label(language: Language, field: str) -> str | None:
         return translate(language, f"admin.hooks.{field}")
     if field.startswith("hook-"):
         return f"{field.removeprefix('hook-')} — {translate(language, 'admin.hooks.enabled')}"
-    if plan := _PLAN_FIELD.fullmatch(field):
-        step, part, text_language = plan.groups()
-        label = translate(language, "admin.plan." + ("title" if part == "title" else "help_text"))
-        legend = terminology.display("kindreflex-step", step, language)
-        return f"{legend} — {label} ({text_language})"
+    if plan := plan_field_label(language, field):
+        return plan
     key = field.rsplit("-", 1)[-1]
     if field.count("-") and key in _REGISTRATION_FIELDS:
         return translate(language, f"admin.registration.{key}")

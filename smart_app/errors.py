@@ -249,12 +249,19 @@ def _kept_label(field: str, n: int, language: Language) -> str:
         return translate(language, _KEPT_LABELS[field])
     if field in _ADMIN_LABELS:
         return translate(language, _ADMIN_LABELS[field])
-    if plan := _PLAN_FIELD.fullmatch(field):
-        step, part, text_language = plan.groups()
-        label = translate(language, "admin.plan." + ("title" if part == "title" else "help_text"))
-        legend = terminology.display("kindreflex-step", step, language)
-        return f"{legend} — {label} ({text_language})"
-    return translate(language, "smart.kept.label", n=n)
+    return plan_field_label(language, field) or translate(language, "smart.kept.label", n=n)
+
+
+def plan_field_label(language: Language, field: str) -> str | None:
+    """The label of the admin's plan form field ``field`` (``step-4.help.fr``): "Stap 4 —
+    Hulptekst (fr)"; None for another field."""
+    plan = _PLAN_FIELD.fullmatch(field)
+    if plan is None:
+        return None
+    step, part, text_language = plan.groups()
+    label = translate(language, "admin.plan." + ("title" if part == "title" else "help_text"))
+    legend = terminology.display("kindreflex-step", step, language)
+    return f"{legend} — {label} ({text_language})"
 
 
 def shown_back(
